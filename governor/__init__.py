@@ -1,0 +1,1 @@
+"""llm-governor: budgets, caps and cost telemetry between agents and model calls."""

@@ -1,0 +1,164 @@
+"""The governor's exception tree.
+
+Every error the governor raises derives from :class:`GovernorError`, carries a
+stable ``code`` and machine-readable fields, and says in its message what the
+user can change to make the error go away.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "BudgetExceeded",
+    "ConfigError",
+    "GovernorError",
+    "GovernorHalt",
+    "PolicyError",
+    "PriceUnknown",
+    "StoreUnavailable",
+]
+
+
+class GovernorError(Exception):
+    """Root of every error raised by llm-governor."""
+
+    code: str = "governor_error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the error's machine-readable fields."""
+        return {"code": self.code, "message": str(self)}
+
+
+class ConfigError(GovernorError, ValueError):
+    """A setting or argument is invalid; the message names it and the accepted forms."""
+
+    code = "config_error"
+
+
+class PolicyError(ConfigError):
+    """A policy could not be built from the given values."""
+
+    code = "policy_invalid"
+
+
+class PriceUnknown(GovernorError, LookupError):
+    """No usable price is known for a model, so its cost cannot be bounded."""
+
+    code = "price_unknown"
+
+    def __init__(self, model: str, reason: str = "") -> None:
+        self.model = model
+        self.reason = reason
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"no price is known for model {model!r}{detail}. Price it with "
+            f"Policy(pricing=Pricing(overrides={{{model!r}: Price("
+            "input_usd_per_mtok=..., output_usd_per_mtok=...)})), or set "
+            "Pricing(default=Price(...)) to admit unpriced models at a default rate."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "model": self.model}
+
+
+class GovernorHalt(GovernorError):
+    """The governor stopped a task; subclasses say why.
+
+    The task's spend so far is attached as ``spent_usd`` and ``task_id`` so that
+    a caller who catches the error can still report it.
+    """
+
+    code = "governor_halt"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str | None = None,
+        spent_usd: Decimal = Decimal(0),
+        spent_tokens: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.spent_usd = spent_usd
+        self.spent_tokens = spent_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "task_id": self.task_id,
+            "spent_usd": str(self.spent_usd),
+            "spent_tokens": self.spent_tokens,
+        }
+
+
+class BudgetExceeded(GovernorHalt):
+    """A call was refused before it was sent because it could cross a budget.
+
+    Attributes:
+        scope: the budget's scope key, e.g. ``"task:3f2a..."`` or ``"team:search"``.
+        unit: ``"usd"`` or ``"tokens"``.
+        limit: the budget's limit in that unit.
+        spent: what was already settled against it.
+        reserved: what other in-flight calls hold.
+        requested: the worst case this call needed.
+        model: the model of the refused call.
+    """
+
+    code = "budget_exceeded"
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        unit: str,
+        limit: Decimal,
+        spent: Decimal,
+        reserved: Decimal,
+        requested: Decimal,
+        model: str,
+        task_id: str | None = None,
+        task_spent_usd: Decimal = Decimal(0),
+        task_spent_tokens: int = 0,
+    ) -> None:
+        self.scope = scope
+        self.unit = unit
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.model = model
+        left = limit - spent - reserved
+        message = (
+            f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
+            f"needs up to {requested} {unit}, {left} left of {limit} "
+            f"(spent {spent}, reserved by calls in flight {reserved}). The call was "
+            "not sent. Raise the budget's limit, lower max_tokens, or pick a "
+            "cheaper model."
+        )
+        super().__init__(
+            message,
+            task_id=task_id,
+            spent_usd=task_spent_usd,
+            spent_tokens=task_spent_tokens,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "scope": self.scope,
+            "unit": self.unit,
+            "limit": str(self.limit),
+            "spent": str(self.spent),
+            "reserved": str(self.reserved),
+            "requested": str(self.requested),
+            "model": self.model,
+        }
+
+
+class StoreUnavailable(GovernorError, ConnectionError):
+    """The budget store could not be reached and the policy fails closed."""
+
+    code = "store_unavailable"

@@ -1,0 +1,37 @@
+"""Money arithmetic: Decimal US dollars at the edges, integer nano-dollars inside.
+
+The ledger and every store count in integer nano-dollars (1e-9 USD) so that sums
+are exact and atomic server-side scripts need no floating point. Per-token list
+prices are fractions of a micro-dollar, so micro-dollars would round real calls.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, Decimal
+
+NANOS_PER_USD = 10**9
+_NANO = Decimal(1).scaleb(-9)
+
+
+def usd_to_nanos(usd: Decimal) -> int:
+    """Convert dollars to nano-dollars, rounding up so holds never undershoot."""
+    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    """Convert nano-dollars to an exact Decimal amount of dollars."""
+    return (Decimal(nanos) * _NANO).normalize() if nanos else Decimal(0)
+
+
+def as_decimal(value: object, *, field: str) -> Decimal:
+    """Read a money value given as Decimal, int or str; floats go through str()."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"{field} must be a number of dollars, got {value!r}")
+    if isinstance(value, int | str):
+        return Decimal(value)
+    if isinstance(value, float):
+        # repr of a float is the shortest string that round-trips: 0.1 -> "0.1".
+        return Decimal(repr(value))
+    raise TypeError(f"{field} must be a number of dollars, got {value!r}")

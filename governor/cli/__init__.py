@@ -1,0 +1,54 @@
+"""The ``governor`` command line.
+
+Each command lives in its own private module ``governor.cli._<name>`` that
+defines ``register(subparsers)``; modules load only when their command runs,
+so ``governor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# command name -> (module, one-line help)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("_demo", "run the example agents offline under their policies"),
+    "pricing": ("_pricing", "print the rate-card entry used for a model"),
+    "budget": ("_budget", "show or reset budgets in the configured store"),
+    "eval": ("_eval", "evaluate a policy part on recorded data"),
+    "report": ("_report", "report recorded spend by team, feature, model, day"),
+    "replay": ("_replay", "replay recorded traffic through a policy"),
+    "compare": ("_compare", "compare two policies or models on recorded traffic"),
+}
+
+
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="governor", description="Govern what AI agents spend."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        if name != wanted:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(f"governor.cli.{module_name}")
+        module.register(sub, name, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(args_list)
+    args = parser.parse_args(args_list)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    code: int = handler(args)
+    return code

@@ -1,0 +1,27 @@
+"""``governor eval``: evaluate one policy part on recorded data."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+# eval target -> (module defining register_eval(subparsers, name, help), help)
+_TARGETS: dict[str, tuple[str, str]] = {
+    "loops": ("_eval_loops", "replay agent trajectories through the loop guard"),
+    "cascade": ("_eval_cascade", "replay per-model outcomes through a cascade"),
+    "cache": ("_eval_cache", "measure cache hits and wrong hits on labelled pairs"),
+    "anomalies": ("_eval_anomalies", "replay request traces through spend alerts"),
+}
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    """Add ``eval`` and its targets to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for target, (module_name, target_help) in _TARGETS.items():
+        try:
+            module = importlib.import_module(f"governor.cli.{module_name}")
+        except ModuleNotFoundError:
+            continue
+        module.register_eval(targets, target, target_help)

@@ -1,0 +1,254 @@
+"""The policy model: what a governor enforces, declared as frozen data.
+
+A :class:`Policy` is composed of parts, each with one job. Policies compose with
+:meth:`Policy.merged` (organisation default, then team override, then agent
+override); see ``docs/policy.md`` for the merge rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from governor._errors import PolicyError
+from governor.policies._base import PolicyModel
+
+__all__ = [
+    "SCOPES",
+    "Attribution",
+    "Budget",
+    "Fanout",
+    "Loops",
+    "Policy",
+    "Price",
+    "PriceTier",
+    "Pricing",
+    "Scope",
+]
+
+Scope = Literal["task", "session", "user", "team", "feature", "environment", "org"]
+SCOPES: tuple[Scope, ...] = (
+    "task",
+    "session",
+    "user",
+    "team",
+    "feature",
+    "environment",
+    "org",
+)
+
+_USD = "a non-negative number of US dollars as Decimal, int or str, e.g. '0.50'"
+_PER_MTOK = "US dollars per million tokens, non-negative, e.g. Decimal('2.50')"
+
+
+class PriceTier(PolicyModel):
+    """Prices that apply once a call's prompt exceeds ``above_input_tokens``."""
+
+    above_input_tokens: int = Field(gt=0, description="a positive token count")
+    input_usd_per_mtok: Decimal = Field(ge=0, description=_PER_MTOK)
+    output_usd_per_mtok: Decimal = Field(ge=0, description=_PER_MTOK)
+    cache_read_usd_per_mtok: Decimal | None = Field(
+        default=None, ge=0, description=_PER_MTOK
+    )
+    cache_write_usd_per_mtok: Decimal | None = Field(
+        default=None, ge=0, description=_PER_MTOK
+    )
+
+
+class Price(PolicyModel):
+    """A model's price, for negotiated rates, self-hosted models and defaults.
+
+    Unset cache prices fall back to the input price and an unset reasoning price
+    to the output price. ``usd_per_second`` prices self-hosted models by the
+    wall time of the call, alone or on top of the token prices.
+    """
+
+    input_usd_per_mtok: Decimal = Field(default=Decimal(0), ge=0, description=_PER_MTOK)
+    output_usd_per_mtok: Decimal = Field(
+        default=Decimal(0), ge=0, description=_PER_MTOK
+    )
+    cache_read_usd_per_mtok: Decimal | None = Field(
+        default=None, ge=0, description=_PER_MTOK
+    )
+    cache_write_usd_per_mtok: Decimal | None = Field(
+        default=None, ge=0, description=_PER_MTOK
+    )
+    reasoning_usd_per_mtok: Decimal | None = Field(
+        default=None, ge=0, description=_PER_MTOK
+    )
+    usd_per_second: Decimal | None = Field(
+        default=None, ge=0, description="US dollars per second of call wall time"
+    )
+    tiers: tuple[PriceTier, ...] = Field(
+        default=(), description="PriceTier entries, one per context-length threshold"
+    )
+    max_output_tokens: int | None = Field(
+        default=None, gt=0, description="the model's output-token ceiling"
+    )
+    max_input_tokens: int | None = Field(
+        default=None, gt=0, description="the model's context window in tokens"
+    )
+
+
+class Pricing(PolicyModel):
+    """Where prices come from: LiteLLM's bundled map, then these overrides."""
+
+    overrides: Mapping[str, Price] = Field(
+        default_factory=dict,
+        description="a mapping of model name to Price; it wins over the price map",
+    )
+    default: Price | None = Field(
+        default=None,
+        description="a Price for models with no known price; None refuses them",
+    )
+    remote_price_map: bool = Field(
+        default=False,
+        description="True to fetch LiteLLM's current price map once (network)",
+    )
+
+
+class Budget(PolicyModel):
+    """A hard limit on spend, in dollars, tokens or both, for one scope.
+
+    ``scope="task"`` limits each task (one graph invocation or governed call);
+    the attribution scopes (``team``, ``feature``, ...) limit the spend of every
+    task that carries that attribute, summed. With ``key`` set the budget
+    applies only to that value, e.g. ``Budget(scope="team", key="search", ...)``.
+    """
+
+    scope: Scope = Field(default="task", description=f"one of {', '.join(SCOPES)}")
+    key: str | None = Field(
+        default=None,
+        description="the scope value this budget is for; None means every value",
+    )
+    max_usd: Decimal | None = Field(default=None, ge=0, description=_USD)
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="a non-negative whole number of tokens"
+    )
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> Self:
+        if self.max_usd is None and self.max_tokens is None:
+            raise ValueError("a Budget needs max_usd, max_tokens or both")
+        if self.scope == "task" and self.key is not None:
+            raise ValueError("a task budget applies to every task; drop key")
+        return self
+
+
+class Attribution(PolicyModel):
+    """Who and what a task's spend is charged to."""
+
+    team: str | None = Field(default=None, description="a team name")
+    feature: str | None = Field(default=None, description="a product feature name")
+    environment: str | None = Field(
+        default=None, description="e.g. 'prod', 'staging', 'dev'"
+    )
+    user: str | None = Field(default=None, description="an end-user id")
+    session: str | None = Field(default=None, description="a session or thread id")
+    org: str | None = Field(default=None, description="an organisation name")
+    tags: Mapping[str, str] = Field(
+        default_factory=dict, description="free-form string tags"
+    )
+
+    def scope_values(self) -> dict[str, str]:
+        """Return the set scopes as ``{scope: value}``."""
+        fields = ("team", "feature", "environment", "user", "session", "org")
+        return {f: v for f in fields if (v := getattr(self, f)) is not None}
+
+
+class Loops(PolicyModel):
+    """Ceilings per task that stop runaway agents whatever the framework does."""
+
+    max_model_calls: int | None = Field(
+        default=None, gt=0, description="a positive number of model calls per task"
+    )
+    max_wall_s: float | None = Field(
+        default=None, gt=0, description="seconds from the task's start"
+    )
+
+
+class Fanout(PolicyModel):
+    """Caps on parallelism within one task."""
+
+    max_inflight_calls: int | None = Field(
+        default=None, gt=0, description="a positive number of concurrent model calls"
+    )
+    on_cap: Literal["wait", "refuse"] = Field(
+        default="wait", description="'wait' (queue, with wait_timeout_s) or 'refuse'"
+    )
+    wait_timeout_s: float = Field(
+        default=60.0, gt=0, description="seconds a call may wait for a free slot"
+    )
+
+
+class Policy(PolicyModel):
+    """Everything one governor enforces.
+
+    Example:
+        >>> Policy(
+        ...     budgets=[Budget(max_usd="0.05")],
+        ...     attribution=Attribution(team="search"),
+        ... )
+    """
+
+    name: str = Field(default="default", description="a label for reports and spans")
+    budgets: tuple[Budget, ...] = Field(
+        default=(), description="a list of Budget, at most one per (scope, key)"
+    )
+    pricing: Pricing = Field(default_factory=Pricing, description="a Pricing")
+    attribution: Attribution = Field(
+        default_factory=Attribution, description="an Attribution"
+    )
+    loops: Loops = Field(default_factory=Loops, description="a Loops")
+    fanout: Fanout = Field(default_factory=Fanout, description="a Fanout")
+    failure_mode: Literal["closed", "open"] = Field(
+        default="closed",
+        description="'closed' refuses calls when the store is down; 'open' admits",
+    )
+    default_max_output_tokens: int = Field(
+        default=4096,
+        gt=0,
+        description="max_tokens sent (and reserved for) when a request sets none",
+    )
+    hold_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="seconds a reservation lives; must outlast the longest call",
+    )
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_budget_per_scope(self) -> Self:
+        seen: set[tuple[str, str | None]] = set()
+        for budget in self.budgets:
+            ident = (budget.scope, budget.key)
+            if ident in seen:
+                raise ValueError(
+                    f"two budgets for scope {budget.scope!r} key {budget.key!r}; "
+                    "put max_usd and max_tokens on one Budget"
+                )
+            seen.add(ident)
+        return self
+
+    def merged(self, override: Policy) -> Policy:
+        """Lay ``override`` over this policy and return the result.
+
+        Budgets merge by ``(scope, key)``: an override's budget replaces the
+        base's budget for the same scope and key, others are kept. Every other
+        part merges field by field, and only fields the override set count.
+        """
+        if not isinstance(override, Policy):
+            raise PolicyError(f"cannot merge {type(override).__name__} into Policy")
+        result = super().merged(override)
+        if "budgets" not in override.model_fields_set:
+            return result
+        by_ident = {(b.scope, b.key): b for b in self.budgets}
+        by_ident.update({(b.scope, b.key): b for b in override.budgets})
+        return result.model_copy(update={"budgets": tuple(by_ident.values())})

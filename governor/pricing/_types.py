@@ -1,0 +1,50 @@
+"""Normalised token usage and priced cost, the values pricing trades in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+__all__ = ["Cost", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one call in one convention, whatever the provider reported.
+
+    ``prompt_tokens`` counts every prompt token, cached ones included (the
+    OpenAI convention and the meaning of ``gen_ai.usage.input_tokens``);
+    ``cache_read_tokens`` and ``cache_write_tokens`` are the parts of it read
+    from or written to the provider's prompt cache. ``completion_tokens``
+    counts every output token; ``reasoning_tokens`` is the part of it spent on
+    hidden reasoning. ``estimated`` is True when the numbers were counted
+    locally because the provider reported none.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The priced cost of one call, exact, with where the price came from.
+
+    ``source`` is ``"price_map"`` (LiteLLM's bundled map), ``"override"`` (the
+    policy's Pricing.overrides), ``"default"`` (Pricing.default) or
+    ``"estimated"`` when the usage itself was counted locally.
+    """
+
+    usd: Decimal
+    model: str
+    source: str
+    estimated: bool = False
+    breakdown: dict[str, Decimal] = field(default_factory=dict)

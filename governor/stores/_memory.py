@@ -1,0 +1,194 @@
+"""An in-process ledger: one lock, plain integers, exact and fast.
+
+It holds within one process, across threads and asyncio tasks. Budgets that
+must hold across processes or hosts need the Redis store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from governor.stores._base import Balance, Line, Refusal
+
+__all__ = ["MemoryLedger"]
+
+_SETTLED_MEMORY = 100_000
+
+
+@dataclass(slots=True)
+class _Counters:
+    limit_nanos: int | None = None
+    limit_tokens: int | None = None
+    spent_nanos: int = 0
+    spent_tokens: int = 0
+    reserved_nanos: int = 0
+    reserved_tokens: int = 0
+
+    def snapshot(self, key: str) -> Balance:
+        return Balance(
+            key,
+            self.limit_nanos,
+            self.limit_tokens,
+            self.spent_nanos,
+            self.spent_tokens,
+            self.reserved_nanos,
+            self.reserved_tokens,
+        )
+
+
+@dataclass(slots=True)
+class _Hold:
+    keys: tuple[str, ...]
+    nanos: int
+    tokens: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _State:
+    lines: dict[str, _Counters] = field(default_factory=dict)
+    holds: dict[str, _Hold] = field(default_factory=dict)
+    settled: dict[str, None] = field(default_factory=dict)
+
+
+class MemoryLedger:
+    """A thread-safe in-memory :class:`~governor.stores.Ledger`.
+
+    The async methods run the same code inline: each step is a few dictionary
+    operations under a lock and never waits on I/O.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._clock = clock
+
+    def reserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        """Hold the amounts on every line, or refuse on all of them."""
+        with self._lock:
+            now = self._clock()
+            self._reap(now)
+            counters = [self._counters(line) for line in lines]
+            for line, entry in zip(lines, counters, strict=True):
+                refusal = _check(line.key, entry, nanos, tokens)
+                if refusal is not None:
+                    return refusal
+
+            for entry in counters:
+                entry.reserved_nanos += nanos
+                entry.reserved_tokens += tokens
+            keys = tuple(line.key for line in lines)
+            self._state.holds[hold_id] = _Hold(keys, nanos, tokens, now + ttl_s)
+            return None
+
+    def settle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        """Charge the actual spend and drop the hold; a repeat is a no-op."""
+        with self._lock:
+            if hold_id in self._state.settled:
+                return
+            self._drop_hold(hold_id)
+            for key in keys:
+                entry = self._state.lines.setdefault(key, _Counters())
+                entry.spent_nanos += nanos
+                entry.spent_tokens += tokens
+            self._remember_settled(hold_id)
+
+    def release(self, hold_id: str) -> None:
+        """Drop the hold without spend."""
+        with self._lock:
+            self._drop_hold(hold_id)
+
+    def balance(self, key: str) -> Balance | None:
+        """Return the line's balance, or None if never seen."""
+        with self._lock:
+            self._reap(self._clock())
+            entry = self._state.lines.get(key)
+            return None if entry is None else entry.snapshot(key)
+
+    def keys(self) -> list[str]:
+        """Return every line key the ledger holds, sorted."""
+        with self._lock:
+            return sorted(self._state.lines)
+
+    def reset(self, key: str) -> None:
+        """Forget a line's spend (holds on it stay until settled or expired)."""
+        with self._lock:
+            entry = self._state.lines.get(key)
+            if entry is not None:
+                entry.spent_nanos = 0
+                entry.spent_tokens = 0
+
+    async def areserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        """Async form of :meth:`reserve`."""
+        return self.reserve(hold_id, lines, nanos, tokens, ttl_s)
+
+    async def asettle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        """Async form of :meth:`settle`."""
+        self.settle(hold_id, keys, nanos, tokens)
+
+    async def arelease(self, hold_id: str) -> None:
+        """Async form of :meth:`release`."""
+        self.release(hold_id)
+
+    async def abalance(self, key: str) -> Balance | None:
+        """Async form of :meth:`balance`."""
+        return self.balance(key)
+
+    def _counters(self, line: Line) -> _Counters:
+        entry = self._state.lines.get(line.key)
+        if entry is None:
+            entry = self._state.lines[line.key] = _Counters()
+        entry.limit_nanos = line.limit_nanos
+        entry.limit_tokens = line.limit_tokens
+        return entry
+
+    def _drop_hold(self, hold_id: str) -> None:
+        hold = self._state.holds.pop(hold_id, None)
+        if hold is None:
+            return
+        for key in hold.keys:
+            entry = self._state.lines[key]
+            entry.reserved_nanos -= hold.nanos
+            entry.reserved_tokens -= hold.tokens
+
+    def _reap(self, now: float) -> None:
+        expired = [h for h, hold in self._state.holds.items() if hold.deadline <= now]
+        for hold_id in expired:
+            self._drop_hold(hold_id)
+
+    def _remember_settled(self, hold_id: str) -> None:
+        settled = self._state.settled
+        settled[hold_id] = None
+        if len(settled) > _SETTLED_MEMORY:
+            del settled[next(iter(settled))]
+
+
+def _check(key: str, entry: _Counters, nanos: int, tokens: int) -> Refusal | None:
+    used_nanos = entry.spent_nanos + entry.reserved_nanos
+    if entry.limit_nanos is not None and used_nanos + nanos > entry.limit_nanos:
+        return Refusal("usd", entry.snapshot(key))
+    used_tokens = entry.spent_tokens + entry.reserved_tokens
+    if entry.limit_tokens is not None and used_tokens + tokens > entry.limit_tokens:
+        return Refusal("tokens", entry.snapshot(key))
+    return None
