@@ -1,1 +1,88 @@
-"""llm-governor: budgets, caps and cost telemetry between agents and model calls."""
+"""llm-governor: budgets, caps and cost telemetry between agents and model calls.
+
+The public API is what this module exports. LangGraph and LiteLLM load only
+when an adapter is used: ``govern`` imports the LangGraph adapter on first use,
+and ``governor.adapters.litellm`` holds the LiteLLM one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from governor._calls import Admission, CallRequest, CallResult
+from governor._engine import Governor
+from governor._errors import (
+    BudgetExceeded,
+    ConfigError,
+    GovernorError,
+    GovernorHalt,
+    PolicyError,
+    PriceUnknown,
+    StoreUnavailable,
+)
+from governor._task import Task, TaskReport, current_task
+from governor.policies import (
+    Attribution,
+    Budget,
+    Cache,
+    Cascade,
+    Fanout,
+    Loops,
+    Policy,
+    Price,
+    PriceTier,
+    Pricing,
+)
+
+if TYPE_CHECKING:
+    from governor.adapters.langgraph import GovernedGraph
+
+__all__ = [
+    "Admission",
+    "Attribution",
+    "Budget",
+    "BudgetExceeded",
+    "Cache",
+    "CallRequest",
+    "CallResult",
+    "Cascade",
+    "ConfigError",
+    "Fanout",
+    "GovernedGraph",
+    "Governor",
+    "GovernorError",
+    "GovernorHalt",
+    "Loops",
+    "Policy",
+    "PolicyError",
+    "Price",
+    "PriceTier",
+    "PriceUnknown",
+    "Pricing",
+    "StoreUnavailable",
+    "Task",
+    "TaskReport",
+    "__version__",
+    "current_task",
+    "govern",
+]
+
+__version__ = "0.1.0"
+
+
+def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
+    """Wrap a compiled LangGraph graph so each invocation is a governed task.
+
+    See :func:`governor.adapters.langgraph.govern`.
+    """
+    from governor.adapters.langgraph import govern as _govern
+
+    return _govern(graph, governor)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GovernedGraph":
+        from governor.adapters.langgraph import GovernedGraph
+
+        return GovernedGraph
+    raise AttributeError(f"module 'governor' has no attribute {name!r}")

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
 from governor._errors import PolicyError
 from governor.policies._base import PolicyModel
+from governor.policies._cache import Cache
+from governor.policies._cascade import Cascade
+from governor.policies._loops import Loops
 
 __all__ = [
     "SCOPES",
@@ -22,6 +26,7 @@ __all__ = [
     "Budget",
     "Fanout",
     "Loops",
+    "Period",
     "Policy",
     "Price",
     "PriceTier",
@@ -30,6 +35,7 @@ __all__ = [
 ]
 
 Scope = Literal["task", "session", "user", "team", "feature", "environment", "org"]
+Period = Literal["total", "hour", "day", "week", "month", "rolling"]
 SCOPES: tuple[Scope, ...] = (
     "task",
     "session",
@@ -128,11 +134,48 @@ class Budget(PolicyModel):
     max_tokens: int | None = Field(
         default=None, ge=0, description="a non-negative whole number of tokens"
     )
+    period: Period = Field(
+        default="total",
+        description=(
+            "'total' (never resets), 'hour', 'day', 'week', 'month' (calendar "
+            "windows in `timezone`) or 'rolling' (the last `window_s` seconds)"
+        ),
+    )
+    window_s: float | None = Field(
+        default=None, gt=0, description="seconds, for period='rolling' only"
+    )
+    timezone: str = Field(
+        default="UTC", description="an IANA time zone name, e.g. 'Europe/Paris'"
+    )
+    warn_at: tuple[float, ...] = Field(
+        default=(0.8, 0.95),
+        description="fractions of the limit (0 < f < 1) that log a warning once",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError("warn_at fractions must lie strictly between 0 and 1")
+        return tuple(sorted(value))
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> Self:
         if self.max_usd is None and self.max_tokens is None:
             raise ValueError("a Budget needs max_usd, max_tokens or both")
+        if (self.period == "rolling") != (self.window_s is not None):
+            raise ValueError("period='rolling' needs window_s, and only it takes one")
+        if self.scope == "task" and self.period != "total":
+            raise ValueError("a task budget lasts the task; use period='total'")
         if self.scope == "task" and self.key is not None:
             raise ValueError("a task budget applies to every task; drop key")
         return self
@@ -157,17 +200,6 @@ class Attribution(PolicyModel):
         """Return the set scopes as ``{scope: value}``."""
         fields = ("team", "feature", "environment", "user", "session", "org")
         return {f: v for f in fields if (v := getattr(self, f)) is not None}
-
-
-class Loops(PolicyModel):
-    """Ceilings per task that stop runaway agents whatever the framework does."""
-
-    max_model_calls: int | None = Field(
-        default=None, gt=0, description="a positive number of model calls per task"
-    )
-    max_wall_s: float | None = Field(
-        default=None, gt=0, description="seconds from the task's start"
-    )
 
 
 class Fanout(PolicyModel):
@@ -204,6 +236,12 @@ class Policy(PolicyModel):
     )
     loops: Loops = Field(default_factory=Loops, description="a Loops")
     fanout: Fanout = Field(default_factory=Fanout, description="a Fanout")
+    cascade: Cascade | None = Field(
+        default=None, description="a Cascade of model tiers, or None for no cascade"
+    )
+    cache: Cache | None = Field(
+        default=None, description="a Cache, or None to serve nothing from cache"
+    )
     failure_mode: Literal["closed", "open"] = Field(
         default="closed",
         description="'closed' refuses calls when the store is down; 'open' admits",

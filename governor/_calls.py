@@ -1,0 +1,115 @@
+"""The values that adapters hand the engine and get back for one model call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from governor.pricing import Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from governor._task import Task
+    from governor.pricing import Rate
+
+__all__ = ["Admission", "CallRequest", "CallResult", "prompt_byte_bound"]
+
+# Per-message overhead a chat template adds (role markers, separators); a
+# generous constant keeps the byte bound an upper bound on template tokens too.
+_MESSAGE_OVERHEAD_TOKENS = 8
+_REQUEST_OVERHEAD_TOKENS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One model call as an adapter describes it, before it is sent.
+
+    Attributes:
+        model: the model name as the caller wrote it.
+        messages: the chat messages (mappings with ``role`` and ``content``).
+        max_output_tokens: the request's own output ceiling, if it set one.
+        can_set_max_tokens: True when the adapter will send the governor's
+            ceiling if the request had none; otherwise the model's own maximum
+            output is reserved.
+        stream: whether the answer streams.
+        count_prompt_tokens: an exact counter, used only when the cheap upper
+            bound does not fit the budget left.
+        parent_span: the span to nest the call span under (a graph step).
+        extra_prompt: other request parts that count as prompt (tools, schema).
+    """
+
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    max_output_tokens: int | None = None
+    can_set_max_tokens: bool = True
+    stream: bool = False
+    operation: str = "chat"
+    count_prompt_tokens: Callable[[], int] | None = None
+    parent_span: Span | None = None
+    extra_prompt: object = None
+    task: Task | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """A call the governor admitted: what it holds and where to report back."""
+
+    call_id: str
+    task: Task
+    owns_task: bool
+    request: CallRequest
+    rate: Rate
+    max_output_tokens: int
+    hold_nanos: int
+    hold_tokens: int
+    keys: tuple[str, ...]
+    started_at: float
+    span: Span | None = None
+    settled: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What came back from a call: usage when known, and any error.
+
+    With ``usage`` None the call is settled at zero: the provider billed
+    nothing that the adapter could see (a refused or failed request).
+    """
+
+    usage: Usage | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    error: BaseException | None = None
+
+
+def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> int:
+    """Return an upper bound on a prompt's tokens without a tokenizer.
+
+    Byte-level BPE tokenizers (the tiktoken families, Claude's, Gemini's)
+    emit at least one UTF-8 byte per token, so the byte length of the text
+    bounds the token count; a fixed overhead covers the chat template.
+    """
+    total = _REQUEST_OVERHEAD_TOKENS
+    for message in messages:
+        total += _MESSAGE_OVERHEAD_TOKENS + _content_bytes(message.get("content"))
+        for key in ("tool_calls", "name", "function_call"):
+            if message.get(key):
+                total += _content_bytes(message[key])
+    if extra is not None:
+        total += _content_bytes(extra)
+    return total
+
+
+def _content_bytes(content: object) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    try:
+        return len(json.dumps(content, default=str).encode())
+    except (TypeError, ValueError):
+        return len(str(content).encode())

@@ -1,0 +1,502 @@
+"""The governor: admits, refuses and settles model calls under a policy.
+
+The flow of one call is ``begin_call`` (price the worst case, reserve it on
+every budget that applies, start the call span) and ``end_call`` (price what
+was used, settle it, close the span, record metrics). Adapters drive these two
+steps around the real provider call; the async forms differ only in awaiting
+the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import SpanKind, TracerProvider
+
+from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
+from governor._errors import BudgetExceeded, GovernorHalt, PriceUnknown
+from governor._money import nanos_to_usd, usd_to_nanos
+from governor._task import _CURRENT, Task, TaskReport
+from governor.policies import Attribution, Budget, Policy
+from governor.pricing import Rate, RateCard, Usage
+from governor.stores import AsyncLedger, Ledger, Line, MemoryLedger, Refusal
+from governor.telemetry import _attributes as attr
+from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
+
+__all__ = ["Governor"]
+
+logger = logging.getLogger(__name__)
+
+_UNBOUNDED_OUTPUT_TOKENS = 32_768
+
+
+class Governor:
+    """Enforces one policy over every model call made in its tasks.
+
+    Args:
+        policy: what to enforce; the default policy prices and records calls
+            but limits nothing.
+        ledger: the budget store; an in-process :class:`MemoryLedger` unless
+            given (use the Redis store to share budgets across processes).
+        rate_card: prices; built from ``policy.pricing`` unless given.
+        tracer_provider: where spans go (default: the global provider).
+        meter_provider: where metrics go (default: the global provider).
+
+    A governor is safe to share between threads and asyncio tasks.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        ledger: Ledger | None = None,
+        rate_card: RateCard | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.policy = policy or Policy()
+        self.ledger: Ledger = ledger or MemoryLedger()
+        self.rate_card = rate_card or RateCard(self.policy.pricing)
+        self.telemetry = Telemetry(tracer_provider, meter_provider)
+        self._warned: set[tuple[str, float]] = set()
+
+    # -- tasks -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def task(
+        self,
+        task_id: str | None = None,
+        *,
+        policy: Policy | None = None,
+        attribution: Attribution | None = None,
+        **scopes: str,
+    ) -> Iterator[Task]:
+        """Run a block as one governed task.
+
+        Args:
+            task_id: the task's id; a random one if None.
+            policy: an override laid over the governor's policy for this task.
+            attribution: who and what the spend is charged to; scope values
+                given as keywords (``team="search"``) are laid over it.
+
+        Yields:
+            The :class:`Task`, whose ``report()`` gives its totals.
+        """
+        task = self.open_task(task_id, policy=policy, attribution=attribution, **scopes)
+        token = _CURRENT.set(task)
+        try:
+            with trace.use_span(task.span, end_on_exit=False) if task.span else _null():
+                yield task
+        except GovernorHalt as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            _CURRENT.reset(token)
+            self.close_task(task)
+
+    @contextlib.asynccontextmanager
+    async def atask(
+        self,
+        task_id: str | None = None,
+        *,
+        policy: Policy | None = None,
+        attribution: Attribution | None = None,
+        **scopes: str,
+    ) -> AsyncIterator[Task]:
+        """Async form of :meth:`task`; the task follows the asyncio task."""
+        with self.task(task_id, policy=policy, attribution=attribution, **scopes) as t:
+            yield t
+
+    def open_task(
+        self,
+        task_id: str | None = None,
+        *,
+        policy: Policy | None = None,
+        attribution: Attribution | None = None,
+        **scopes: str,
+    ) -> Task:
+        """Create a task and start its span; pair with :meth:`close_task`."""
+        effective = self.policy.merged(policy) if policy else self.policy
+        base = effective.attribution
+        if attribution is not None:
+            base = base.merged(attribution)
+        if scopes:
+            base = base.merged(Attribution(**scopes))
+        task = Task(effective, base, task_id=task_id)
+        task.span = self.telemetry.start_task(task)
+        return task
+
+    def close_task(self, task: Task) -> TaskReport:
+        """End a task's span with its roll-ups and return its report."""
+        task.budget_left_usd = self._budget_left(task)
+        report = task.report()
+        self.telemetry.end_task(task.span, report)
+        return report
+
+    # -- calls -----------------------------------------------------------
+
+    def begin_call(self, request: CallRequest) -> Admission:
+        """Reserve a call's worst case or raise; see the module docstring."""
+        admission = self._plan(request)
+        refusal = self.ledger.reserve(
+            admission.call_id,
+            self._lines(admission.task),
+            admission.hold_nanos,
+            admission.hold_tokens,
+            admission.task.policy.hold_ttl_s,
+        )
+        if refusal is not None and self._recount(admission):
+            refusal = self.ledger.reserve(
+                admission.call_id,
+                self._lines(admission.task),
+                admission.hold_nanos,
+                admission.hold_tokens,
+                admission.task.policy.hold_ttl_s,
+            )
+        return self._admit_or_refuse(admission, refusal)
+
+    async def abegin_call(self, request: CallRequest) -> Admission:
+        """Async form of :meth:`begin_call`."""
+        admission = self._plan(request)
+        ledger = self.ledger
+        if not isinstance(ledger, AsyncLedger):
+            return self.begin_call(request)
+        refusal = await ledger.areserve(
+            admission.call_id,
+            self._lines(admission.task),
+            admission.hold_nanos,
+            admission.hold_tokens,
+            admission.task.policy.hold_ttl_s,
+        )
+        if refusal is not None and self._recount(admission):
+            refusal = await ledger.areserve(
+                admission.call_id,
+                self._lines(admission.task),
+                admission.hold_nanos,
+                admission.hold_tokens,
+                admission.task.policy.hold_ttl_s,
+            )
+        return self._admit_or_refuse(admission, refusal)
+
+    def end_call(self, admission: Admission, result: CallResult) -> Decimal:
+        """Settle a call at its actual cost; return that cost in dollars."""
+        if admission.settled:
+            return Decimal(0)
+        nanos, usage, cost_source = self._price(admission, result)
+        self.ledger.settle(admission.call_id, admission.keys, nanos, usage.total_tokens)
+        return self._finish(admission, result, nanos, usage, cost_source)
+
+    async def aend_call(self, admission: Admission, result: CallResult) -> Decimal:
+        """Async form of :meth:`end_call`."""
+        if admission.settled:
+            return Decimal(0)
+        ledger = self.ledger
+        if not isinstance(ledger, AsyncLedger):
+            return self.end_call(admission, result)
+        nanos, usage, cost_source = self._price(admission, result)
+        await ledger.asettle(
+            admission.call_id, admission.keys, nanos, usage.total_tokens
+        )
+        return self._finish(admission, result, nanos, usage, cost_source)
+
+    # -- steps -----------------------------------------------------------
+
+    def _plan(self, request: CallRequest) -> Admission:
+        task, owns = self._task_for(request)
+        try:
+            rate = self.rate_card.rate(request.model)
+        except PriceUnknown:
+            self._refused(task, "price_unknown", request.model)
+            if owns:
+                self.close_task(task)
+            raise
+        max_out = _output_ceiling(request, rate, task.policy)
+        bound = prompt_byte_bound(request.messages, request.extra_prompt)
+        return Admission(
+            call_id=uuid.uuid4().hex,
+            task=task,
+            owns_task=owns,
+            request=request,
+            rate=rate,
+            max_output_tokens=max_out,
+            hold_nanos=self._worst_nanos(rate, bound, max_out),
+            hold_tokens=bound + max_out,
+            keys=tuple(line.key for line in self._lines(task)),
+            started_at=time.monotonic(),
+        )
+
+    def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
+        task = request.task or _CURRENT.get()
+        if task is not None:
+            return task, False
+        return self.open_task(), True
+
+    def _worst_nanos(self, rate: Rate, prompt_tokens: int, max_out: int) -> int:
+        worst = self.rate_card.worst_case_usd(
+            rate.model, prompt_tokens=prompt_tokens, max_output_tokens=max_out
+        )
+        return usd_to_nanos(worst)
+
+    def _recount(self, admission: Admission) -> bool:
+        """Replace the byte bound by an exact count; True if it shrank the hold."""
+        counter = admission.request.count_prompt_tokens
+        if counter is None:
+            return False
+        exact = counter()
+        old = admission.hold_tokens
+        admission.hold_nanos = self._worst_nanos(
+            admission.rate, exact, admission.max_output_tokens
+        )
+        admission.hold_tokens = exact + admission.max_output_tokens
+        return admission.hold_tokens < old
+
+    def _admit_or_refuse(
+        self, admission: Admission, refusal: Refusal | None
+    ) -> Admission:
+        task = admission.task
+        if refusal is not None:
+            self._refuse(admission, refusal)
+        task.admit()
+        admission.span = self._start_call_span(admission)
+        self.telemetry.event(
+            admission.span,
+            attr.EVENT_RESERVED,
+            {
+                "usd": float(nanos_to_usd(admission.hold_nanos)),
+                "tokens": admission.hold_tokens,
+                "max_output_tokens": admission.max_output_tokens,
+            },
+        )
+        logger.debug(
+            "task %s: reserved %s nano-USD for %s",
+            task.id,
+            admission.hold_nanos,
+            admission.request.model,
+        )
+        return admission
+
+    def _refuse(self, admission: Admission, refusal: Refusal) -> None:
+        task = admission.task
+        balance = refusal.balance
+        self._refused(task, BudgetExceeded.code, admission.request.model)
+        if refusal.unit == "usd":
+            limit = nanos_to_usd(balance.limit_nanos or 0)
+            spent = nanos_to_usd(balance.spent_nanos)
+            reserved = nanos_to_usd(balance.reserved_nanos)
+            requested = nanos_to_usd(admission.hold_nanos)
+        else:
+            limit = Decimal(balance.limit_tokens or 0)
+            spent = Decimal(balance.spent_tokens)
+            reserved = Decimal(balance.reserved_tokens)
+            requested = Decimal(admission.hold_tokens)
+        error = BudgetExceeded(
+            scope=balance.key,
+            unit=refusal.unit,
+            limit=limit,
+            spent=spent,
+            reserved=reserved,
+            requested=requested,
+            model=admission.request.model,
+            task_id=task.id,
+            task_spent_usd=task.cost_usd,
+            task_spent_tokens=task.tokens,
+        )
+        self.telemetry.event(
+            task.span,
+            attr.EVENT_REFUSED,
+            {
+                "scope": balance.key,
+                "unit": refusal.unit,
+                "model": admission.request.model,
+                "requested": float(requested),
+                "left": float(limit - spent - reserved),
+            },
+        )
+        if admission.owns_task:
+            self.close_task(task)
+        raise error
+
+    def _refused(self, task: Task, reason: str, model: str) -> None:
+        task.refuse(reason)
+        self.telemetry.record_refusal(
+            {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
+        )
+
+    def _price(
+        self, admission: Admission, result: CallResult
+    ) -> tuple[int, Usage, str]:
+        usage = result.usage or Usage()
+        if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
+            return 0, usage, admission.rate.source
+        duration = time.monotonic() - admission.started_at
+        cost = self.rate_card.cost(admission.rate.model, usage, duration_s=duration)
+        return usd_to_nanos(cost.usd), usage, cost.source
+
+    def _finish(
+        self,
+        admission: Admission,
+        result: CallResult,
+        nanos: int,
+        usage: Usage,
+        cost_source: str,
+    ) -> Decimal:
+        admission.settled = True
+        task = admission.task
+        task.settle(
+            nanos=nanos,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+        )
+        cost = nanos_to_usd(nanos)
+        duration = time.monotonic() - admission.started_at
+        self._close_call_span(admission, result, usage, cost, cost_source)
+        self.telemetry.record_call(
+            self._labels(admission),
+            cost_usd=float(cost),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            duration_s=duration,
+        )
+        self._check_warnings(admission)
+        if admission.owns_task:
+            self.close_task(task)
+        return cost
+
+    # -- budget lines ----------------------------------------------------
+
+    def _lines(self, task: Task) -> list[Line]:
+        return [line for _, line in self._budget_lines(task)]
+
+    def _budget_lines(self, task: Task) -> list[tuple[Budget, Line]]:
+        values = task.attribution.scope_values()
+        lines = []
+        for budget in task.policy.budgets:
+            if budget.scope == "task":
+                key = f"task:{task.id}"
+            else:
+                value = values.get(budget.scope)
+                if value is None or budget.key not in (None, value):
+                    continue
+                key = f"{budget.scope}:{value}"
+            limit_nanos = (
+                None if budget.max_usd is None else usd_to_nanos(budget.max_usd)
+            )
+            lines.append((budget, Line(key, limit_nanos, budget.max_tokens)))
+        return lines
+
+    def _budget_left(self, task: Task) -> Decimal | None:
+        left: Decimal | None = None
+        for line in self._lines(task):
+            balance = self.ledger.balance(line.key)
+            if balance is None or balance.left_nanos is None:
+                continue
+            room = nanos_to_usd(max(balance.left_nanos, 0))
+            left = room if left is None else min(left, room)
+        return left
+
+    def _check_warnings(self, admission: Admission) -> None:
+        for budget, line in self._budget_lines(admission.task):
+            if not budget.warn_at or line.limit_nanos in (None, 0):
+                continue
+            balance = self.ledger.balance(line.key)
+            if balance is None or line.limit_nanos is None:
+                continue
+            used = balance.spent_nanos / line.limit_nanos
+            for fraction in budget.warn_at:
+                if used >= fraction and (line.key, fraction) not in self._warned:
+                    self._warned.add((line.key, fraction))
+                    logger.warning(
+                        "budget %s has used %.0f%% of its limit", line.key, used * 100
+                    )
+                    self.telemetry.event(
+                        admission.task.span,
+                        attr.EVENT_WARNING,
+                        {"scope": line.key, "fraction": fraction},
+                    )
+
+    # -- spans -----------------------------------------------------------
+
+    def _start_call_span(self, admission: Admission) -> Any:
+        request = admission.request
+        attributes: dict[str, AttrValue] = {
+            attr.GEN_AI_OPERATION_NAME: request.operation,
+            attr.GEN_AI_REQUEST_MODEL: request.model,
+            attr.GEN_AI_REQUEST_MAX_TOKENS: admission.max_output_tokens,
+            attr.TASK_ID: admission.task.id,
+            attr.CALL_ID: admission.call_id,
+            attr.CALL_RESERVED_USD: float(nanos_to_usd(admission.hold_nanos)),
+            **attribution_attributes(admission.task),
+        }
+        if admission.rate.provider:
+            attributes[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
+        parent = request.parent_span or admission.task.span
+        name = f"{request.operation} {request.model}"
+        return self.telemetry.start_span(name, parent, attributes, kind=SpanKind.CLIENT)
+
+    def _close_call_span(
+        self,
+        admission: Admission,
+        result: CallResult,
+        usage: Usage,
+        cost: Decimal,
+        cost_source: str,
+    ) -> None:
+        cost_f = float(cost)
+        source = "estimated" if usage.estimated else cost_source
+        attributes: dict[str, AttrValue] = {
+            attr.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
+            attr.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
+            attr.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: usage.cache_read_tokens,
+            attr.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: usage.cache_write_tokens,
+            attr.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: usage.reasoning_tokens,
+            attr.GEN_AI_USAGE_COST_AMOUNT: cost_f,
+            attr.GEN_AI_USAGE_COST_CURRENCY: attr.CURRENCY_USD,
+            attr.GEN_AI_USAGE_COST_SOURCE: source,
+            attr.LLM_COST_TOTAL: cost_f,
+            attr.GEN_AI_USAGE_COST: cost_f,
+            attr.CALL_COST_ESTIMATED: usage.estimated,
+        }
+        if result.response_model:
+            attributes[attr.GEN_AI_RESPONSE_MODEL] = result.response_model
+        if result.finish_reasons:
+            attributes[attr.GEN_AI_RESPONSE_FINISH_REASONS] = ",".join(
+                result.finish_reasons
+            )
+        self.telemetry.event(
+            admission.span,
+            attr.EVENT_SETTLED,
+            {"usd": cost_f, "tokens": usage.total_tokens},
+        )
+        self.telemetry.end_span(admission.span, attributes, result.error)
+
+    def _labels(self, admission: Admission) -> Mapping[str, AttrValue]:
+        labels: dict[str, AttrValue] = {
+            attr.GEN_AI_REQUEST_MODEL: admission.request.model,
+        }
+        if admission.rate.provider:
+            labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
+        labels.update(attribution_attributes(admission.task))
+        return labels
+
+
+def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
+    if request.max_output_tokens is not None:
+        return request.max_output_tokens
+    model_max = rate.max_output_tokens
+    if request.can_set_max_tokens:
+        default = policy.default_max_output_tokens
+        return min(default, model_max) if model_max else default
+    return model_max or _UNBOUNDED_OUTPUT_TOKENS
+
+
+@contextlib.contextmanager
+def _null() -> Iterator[None]:
+    yield

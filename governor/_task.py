@@ -1,0 +1,158 @@
+"""Tasks: one governed unit of work and its running totals."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from governor._money import nanos_to_usd
+
+if TYPE_CHECKING:
+    from governor.policies import Attribution, Policy
+
+__all__ = ["Task", "TaskReport", "current_task"]
+
+_CURRENT: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "governor_current_task", default=None
+)
+
+
+def current_task() -> Task | None:
+    """Return the task governing the current thread or asyncio task, if any."""
+    return _CURRENT.get()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """What one task did and spent, as reported at its end (or so far)."""
+
+    task_id: str
+    policy: str
+    calls: int
+    refused: int
+    cache_hits: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    saved_usd: Decimal
+    budget_left_usd: Decimal | None
+    stop_reason: str | None
+    elapsed_s: float
+    attribution: dict[str, str]
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class Task:
+    """One governed unit of work: a graph invocation or a governed call.
+
+    Totals are updated under a lock, so branches of one task may run in
+    threads and asyncio tasks at once.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        attribution: Attribution,
+        *,
+        task_id: str | None = None,
+    ) -> None:
+        self.id = task_id or uuid.uuid4().hex
+        self.policy = policy
+        self.attribution = attribution
+        self.started_at = time.monotonic()
+        self.stop_reason: str | None = None
+        self.span: Any = None
+        self.budget_left_usd: Decimal | None = None
+        self.extras: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._refused = 0
+        self._cache_hits = 0
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._cost_nanos = 0
+        self._saved_nanos = 0
+        self._inflight = 0
+        self.peak_inflight = 0
+
+    @property
+    def calls(self) -> int:
+        """Model calls admitted so far."""
+        return self._calls
+
+    @property
+    def cost_nanos(self) -> int:
+        """Settled cost so far, in nano-dollars."""
+        return self._cost_nanos
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Settled cost so far, in dollars."""
+        return nanos_to_usd(self._cost_nanos)
+
+    @property
+    def tokens(self) -> int:
+        """Settled input plus output tokens so far."""
+        return self._input_tokens + self._output_tokens
+
+    def admit(self) -> int:
+        """Count an admitted call; return the task's in-flight count."""
+        with self._lock:
+            self._calls += 1
+            self._inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self._inflight)
+            return self._inflight
+
+    def settle(self, *, nanos: int, input_tokens: int, output_tokens: int) -> None:
+        """Add a finished call's settled spend."""
+        with self._lock:
+            self._inflight -= 1
+            self._cost_nanos += nanos
+            self._input_tokens += input_tokens
+            self._output_tokens += output_tokens
+
+    def refuse(self, reason: str) -> None:
+        """Count a refused call and remember why the task stopped."""
+        with self._lock:
+            self._refused += 1
+            self.stop_reason = self.stop_reason or reason
+
+    def cache_hit(self, saved_nanos: int) -> None:
+        """Count a call answered from cache and the money it saved."""
+        with self._lock:
+            self._cache_hits += 1
+            self._saved_nanos += saved_nanos
+
+    def report(self) -> TaskReport:
+        """Return the task's totals so far."""
+        with self._lock:
+            return TaskReport(
+                task_id=self.id,
+                policy=self.policy.name,
+                calls=self._calls,
+                refused=self._refused,
+                cache_hits=self._cache_hits,
+                input_tokens=self._input_tokens,
+                output_tokens=self._output_tokens,
+                cost_usd=nanos_to_usd(self._cost_nanos),
+                saved_usd=nanos_to_usd(self._saved_nanos),
+                budget_left_usd=self.budget_left_usd,
+                stop_reason=self.stop_reason,
+                elapsed_s=time.monotonic() - self.started_at,
+                attribution=_flat_attribution(self.attribution),
+            )
+
+
+def _flat_attribution(attribution: Attribution) -> dict[str, str]:
+    flat = attribution.scope_values()
+    flat.update({f"tag.{k}": v for k, v in attribution.tags.items()})
+    return flat

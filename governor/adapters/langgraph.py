@@ -1,0 +1,506 @@
+"""Govern a compiled LangGraph graph: ``govern(graph, governor)``.
+
+Each invocation of the wrapped graph is one governed task. The governor rides
+on LangChain's callback system, which reaches every chat model and LLM call in
+every node, Send branch and subgraph, whether or not the node passes its
+config on. The callback handler is marked ``raise_error`` so that a refusal
+stops the graph before the refused call is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
+from opentelemetry.trace import Span
+
+from governor._calls import Admission, CallRequest, CallResult
+from governor._engine import Governor
+from governor._errors import GovernorHalt
+from governor._task import _CURRENT, Task, TaskReport
+from governor.policies import Attribution, Policy
+from governor.pricing import Usage, usage_from_response
+from governor.telemetry import _attributes as attr
+from governor.telemetry._tracing import AttrValue
+
+__all__ = ["GovernedGraph", "GovernorCallbackHandler", "govern"]
+
+logger = logging.getLogger(__name__)
+
+_ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
+
+
+def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
+    """Wrap a compiled graph so that every invocation is a governed task.
+
+    Args:
+        graph: a compiled LangGraph graph (anything with invoke/stream).
+        governor: a :class:`Governor`, or a :class:`Policy` to build one.
+
+    Returns:
+        A :class:`GovernedGraph`, usable wherever the graph was.
+    """
+    if governor is None or isinstance(governor, Policy):
+        governor = Governor(governor)
+    return GovernedGraph(graph, governor)
+
+
+class GovernedGraph:
+    """A compiled graph whose invocations are governed tasks.
+
+    ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch``
+    take the graph's own arguments; the caller's config passes through with
+    the governor's callback added. The task id is ``config["metadata"]
+    ["task_id"]`` when given, else a fresh one; attribution keys (``team``,
+    ``feature``, ``environment``, ``user``, ``session``) in the metadata are
+    charged. Other attributes are the graph's.
+    """
+
+    def __init__(self, graph: Any, governor: Governor) -> None:
+        self.graph = graph
+        self.governor = governor
+        self._reports: list[TaskReport] = []
+        self._lock = threading.Lock()
+
+    @property
+    def last_report(self) -> TaskReport | None:
+        """The report of the most recently finished invocation."""
+        with self._lock:
+            return self._reports[-1] if self._reports else None
+
+    @property
+    def reports(self) -> list[TaskReport]:
+        """Reports of every finished invocation, oldest first."""
+        with self._lock:
+            return list(self._reports)
+
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        """Run the graph as one governed task and return its output."""
+        task, config = self._start(config)
+        token = _CURRENT.set(task)
+        try:
+            return self.graph.invoke(input, config, **kwargs)
+        except GovernorHalt as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            _CURRENT.reset(token)
+            self._finish(task)
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        """Async form of :meth:`invoke`."""
+        task, config = self._start(config)
+        token = _CURRENT.set(task)
+        try:
+            return await self.graph.ainvoke(input, config, **kwargs)
+        except GovernorHalt as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            _CURRENT.reset(token)
+            self._finish(task)
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        """Stream the graph's output as one governed task."""
+        task, config = self._start(config)
+        try:
+            yield from _with_task(task, self.graph.stream(input, config, **kwargs))
+        except GovernorHalt as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            self._finish(task)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        """Async form of :meth:`stream`."""
+        task, config = self._start(config)
+        token = _CURRENT.set(task)
+        try:
+            async for item in self.graph.astream(input, config, **kwargs):
+                yield item
+        except GovernorHalt as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            _reset(token)
+            self._finish(task)
+
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Invoke once per input, each a task of its own, in order."""
+        configs = _configs(config, len(inputs))
+        return [
+            self.invoke(i, c, **kwargs) for i, c in zip(inputs, configs, strict=True)
+        ]
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Async form of :meth:`batch`; inputs run concurrently."""
+        import asyncio
+
+        configs = _configs(config, len(inputs))
+        return list(
+            await asyncio.gather(
+                *(
+                    self.ainvoke(i, c, **kwargs)
+                    for i, c in zip(inputs, configs, strict=True)
+                )
+            )
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.graph, name)
+
+    def _start(self, config: RunnableConfig | None) -> tuple[Task, RunnableConfig]:
+        merged: RunnableConfig = {**(config or {})}
+        metadata = dict(merged.get("metadata") or {})
+        task_id = str(metadata.get("task_id") or uuid.uuid4().hex)
+        task = self.governor.open_task(task_id, attribution=_attribution(merged))
+        metadata["task_id"] = task.id
+        merged["metadata"] = metadata
+        handler = GovernorCallbackHandler(self.governor, task)
+        merged["callbacks"] = _with_handler(merged.get("callbacks"), handler)
+        return task, merged
+
+    def _finish(self, task: Task) -> None:
+        report = self.governor.close_task(task)
+        with self._lock:
+            self._reports.append(report)
+
+
+class GovernorCallbackHandler(BaseCallbackHandler):
+    """Reserves before, and settles after, every model call of one task.
+
+    Also opens one span per graph node step. Refusals raise out of the
+    callback (``raise_error``), so the model call is never made.
+    """
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(self, governor: Governor, task: Task) -> None:
+        self.governor = governor
+        self.task = task
+        self._lock = threading.Lock()
+        self._parents: dict[UUID, UUID | None] = {}
+        self._spans: dict[UUID, Span | None] = {}
+        self._calls: dict[UUID, Admission] = {}
+        self._streamed: dict[UUID, list[str]] = {}
+        task.extras["parent_span"] = self.current_span
+
+    # -- graph steps -----------------------------------------------------
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Open a span when a graph node starts a step."""
+        span = None
+        node = (metadata or {}).get("langgraph_node")
+        if node is not None and kwargs.get("name") == node:
+            attributes: dict[str, AttrValue] = {
+                attr.NODE_NAME: str(node),
+                attr.NODE_STEP: int((metadata or {}).get("langgraph_step", 0)),
+                attr.TASK_ID: self.task.id,
+            }
+            parent = self._span_for(parent_run_id)
+            name = attr.SPAN_NODE_PREFIX + str(node)
+            span = self.governor.telemetry.start_span(name, parent, attributes)
+        with self._lock:
+            self._parents[run_id] = parent_run_id
+            self._spans[run_id] = span
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Close the node span, if this run opened one."""
+        self._end_chain(run_id, None)
+
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """Close the node span with the error."""
+        self._end_chain(run_id, error)
+
+    def _end_chain(self, run_id: UUID, error: BaseException | None) -> None:
+        with self._lock:
+            span = self._spans.pop(run_id, None)
+            self._parents.pop(run_id, None)
+        if span is not None:
+            self.governor.telemetry.end_span(span, {}, error)
+
+    # -- model calls -----------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve the call's worst case, or raise to stop it being sent."""
+        if _governed_by_litellm(serialized):
+            return
+        chat = [_as_dict(m) for m in (messages[0] if messages else [])]
+        self._begin(run_id, parent_run_id, chat, metadata, kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve a completion-style LLM call (prompts, not messages)."""
+        if _governed_by_litellm(serialized):
+            return
+        chat = [{"role": "user", "content": p} for p in prompts[:1]]
+        self._begin(run_id, parent_run_id, chat, metadata, kwargs)
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        """Keep streamed text so a stream that ends early can be charged."""
+        text = token if isinstance(token, str) else ""
+        with self._lock:
+            pieces = self._streamed.get(run_id)
+            if pieces is not None:
+                pieces.append(text)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Settle the call at the usage the model reported (or a local count)."""
+        admission = self._pop(run_id)
+        if admission is None:
+            return
+        usage, model = _usage_of(response)
+        if usage is None:
+            usage = _estimate(admission, _generated_text(response))
+        result = CallResult(usage=usage, response_model=model)
+        self.governor.end_call(admission, result)
+
+    def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """Settle what a failed or cancelled call streamed, and release the rest."""
+        with self._lock:
+            text = "".join(self._streamed.get(run_id, []))
+        admission = self._pop(run_id)
+        if admission is None:
+            return
+        usage = _estimate(admission, text) if text else None
+        self.governor.end_call(admission, CallResult(usage=usage, error=error))
+
+    def _begin(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        messages: list[dict[str, Any]],
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        params = dict(kwargs.get("invocation_params") or {})
+        request = CallRequest(
+            model=_model_name(params, metadata or {}),
+            messages=messages,
+            max_output_tokens=_max_tokens(params, metadata or {}),
+            can_set_max_tokens=False,
+            stream=bool(params.get("stream")),
+            parent_span=self._span_for(parent_run_id),
+            extra_prompt=params.get("tools"),
+            task=self.task,
+        )
+        admission = self.governor.begin_call(request)
+        with self._lock:
+            self._calls[run_id] = admission
+            self._streamed[run_id] = []
+
+    def _pop(self, run_id: UUID) -> Admission | None:
+        with self._lock:
+            self._streamed.pop(run_id, None)
+            return self._calls.pop(run_id, None)
+
+    def _span_for(self, run_id: UUID | None) -> Span | None:
+        """The nearest node span at or above a run, else the task span."""
+        with self._lock:
+            while run_id is not None:
+                span = self._spans.get(run_id)
+                if span is not None:
+                    return span
+                run_id = self._parents.get(run_id)
+        span = self.task.span
+        return span if isinstance(span, Span) else None
+
+    def current_span(self) -> Span | None:
+        """The node span of the code running now (for direct LiteLLM calls)."""
+        config = var_child_runnable_config.get() or {}
+        manager = config.get("callbacks")
+        run_id = getattr(manager, "parent_run_id", None)
+        return self._span_for(run_id)
+
+
+# -- helpers -------------------------------------------------------------
+
+
+def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
+    """Iterate with the task current, without leaking it between steps."""
+    iterator = iter(items)
+    while True:
+        token = _CURRENT.set(task)
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            _reset(token)
+        yield item
+
+
+def _reset(token: Any) -> None:
+    try:
+        _CURRENT.reset(token)
+    except ValueError:
+        # A generator resumed in another context; the var is not ours to reset.
+        logger.debug("task context was reset in a different context")
+
+
+def _attribution(config: Mapping[str, Any]) -> Attribution | None:
+    metadata = config.get("metadata") or {}
+    values = {k: str(metadata[k]) for k in _ATTRIBUTION_KEYS if metadata.get(k)}
+    thread = (config.get("configurable") or {}).get("thread_id")
+    if thread is not None and "session" not in values:
+        values["session"] = str(thread)
+    return Attribution(**values) if values else None
+
+
+def _with_handler(callbacks: Any, handler: BaseCallbackHandler) -> Any:
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, list):
+        return [*callbacks, handler]
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        return manager
+    raise TypeError(
+        f"config['callbacks'] must be a list or a callback manager, got "
+        f"{type(callbacks).__name__}"
+    )
+
+
+def _configs(
+    config: RunnableConfig | Sequence[RunnableConfig] | None, count: int
+) -> list[RunnableConfig | None]:
+    if config is None or isinstance(config, Mapping):
+        return [config] * count
+    configs = list(config)
+    if len(configs) != count:
+        raise ValueError(f"got {len(configs)} configs for {count} inputs")
+    return list(configs)
+
+
+def _governed_by_litellm(serialized: Mapping[str, Any] | None) -> bool:
+    """ChatLiteLLM calls go through litellm.completion; govern them there."""
+    from governor.adapters import _registry
+
+    if not _registry.litellm_instrumented():
+        return False
+    ident = (serialized or {}).get("id") or []
+    return "ChatLiteLLM" in ident or "ChatLiteLLMRouter" in ident
+
+
+def _as_dict(message: BaseMessage) -> dict[str, Any]:
+    role = {"human": "user", "ai": "assistant"}.get(message.type, message.type)
+    entry: dict[str, Any] = {"role": role, "content": message.content}
+    tool_calls = getattr(message, "tool_calls", None)
+    if tool_calls:
+        entry["tool_calls"] = tool_calls
+    return entry
+
+
+def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    for key in ("model", "model_name", "model_id"):
+        value = params.get(key)
+        if value:
+            return str(value)
+    value = metadata.get("ls_model_name")
+    return str(value) if value else "unknown"
+
+
+def _max_tokens(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = params.get(key)
+        if value:
+            return int(value)
+    value = metadata.get("ls_max_tokens")
+    return int(value) if value else None
+
+
+def _usage_of(response: LLMResult) -> tuple[Usage | None, str | None]:
+    model = None
+    for generations in response.generations:
+        for generation in generations:
+            message = getattr(generation, "message", None)
+            meta = getattr(message, "response_metadata", None) or {}
+            model = model or meta.get("model_name") or meta.get("model")
+            usage = getattr(message, "usage_metadata", None)
+            if usage:
+                return usage_from_response(usage), model
+    token_usage = (response.llm_output or {}).get("token_usage")
+    if token_usage:
+        return usage_from_response(token_usage), model
+    return None, model
+
+
+def _generated_text(response: LLMResult) -> str:
+    return "".join(g.text for gens in response.generations for g in gens)
+
+
+def _estimate(admission: Admission, text: str) -> Usage:
+    """No usage reported: count locally and mark the cost as estimated."""
+    from governor.adapters._tokens import count_message_tokens, count_text_tokens
+
+    model = admission.request.model
+    return Usage(
+        prompt_tokens=count_message_tokens(model, admission.request.messages),
+        completion_tokens=count_text_tokens(model, text),
+        estimated=True,
+    )

@@ -1,0 +1,325 @@
+"""Govern LiteLLM calls: ``completion`` and ``acompletion``, streams included.
+
+Two ways in:
+
+* :class:`GovernedLiteLLM` wraps calls explicitly:
+  ``GovernedLiteLLM(gov).completion(model=..., messages=...)``.
+* :func:`instrument` replaces ``litellm.completion`` and ``litellm.acompletion``
+  for the whole process, which governs code that already calls them, LiteLLM's
+  ``Router`` and LangChain's ``ChatLiteLLM`` without editing call sites. It
+  cannot reach code that bound the functions before instrumenting
+  (``from litellm import completion`` at import time); see docs/adapters.md.
+
+LiteLLM's own callbacks cannot refuse or rewrite a request, which is why the
+governor wraps the functions instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from governor._calls import Admission, CallRequest, CallResult
+from governor._engine import Governor
+from governor._task import current_task
+from governor.adapters._tokens import count_message_tokens, count_text_tokens
+from governor.pricing import Usage, usage_from_response, usage_from_stream_chunks
+
+__all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
+
+logger = logging.getLogger(__name__)
+
+# LiteLLM fetches its price map over the network at import unless told not to
+# (shared NOTES, section 1); the governor prices from the bundled copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402  (must follow the environment default above)
+
+# Set while a governed wrapper runs, so an instrumented inner call (a Router
+# calling litellm.completion) is not governed twice.
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "governor_inside_litellm", default=False
+)
+
+
+class GovernedLiteLLM:
+    """LiteLLM's ``completion`` and ``acompletion`` under a governor.
+
+    Each call is reserved before it is sent and settled after it returns.
+    Outside a task, each call is a task of its own. Requests without
+    ``max_tokens`` are sent with the policy's ``default_max_output_tokens``;
+    streams always ask the provider for usage.
+    """
+
+    def __init__(
+        self,
+        governor: Governor,
+        *,
+        completion: Callable[..., Any] | None = None,
+        acompletion: Callable[..., Any] | None = None,
+    ) -> None:
+        self.governor = governor
+        self._completion = completion or litellm.completion
+        self._acompletion = acompletion or litellm.acompletion
+
+    def completion(self, *args: Any, **kwargs: Any) -> Any:
+        """Governed ``litellm.completion``; same arguments, same return value."""
+        if _INSIDE.get():
+            return self._completion(*args, **kwargs)
+        kwargs = _named(args, kwargs)
+        admission = self.governor.begin_call(_request(kwargs))
+        _apply(admission, kwargs)
+        token = _INSIDE.set(True)
+        try:
+            response = self._completion(**kwargs)
+        except BaseException as exc:
+            self.governor.end_call(admission, CallResult(error=exc))
+            raise
+        finally:
+            _INSIDE.reset(token)
+        if kwargs.get("stream"):
+            return _SyncStream(self.governor, admission, response)
+        self.governor.end_call(admission, _result(response))
+        return response
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        """Governed ``litellm.acompletion``; same arguments, same return value."""
+        if _INSIDE.get():
+            return await self._acompletion(*args, **kwargs)
+        kwargs = _named(args, kwargs)
+        admission = await self.governor.abegin_call(_request(kwargs))
+        _apply(admission, kwargs)
+        token = _INSIDE.set(True)
+        try:
+            response = await self._acompletion(**kwargs)
+        except BaseException as exc:
+            await self.governor.aend_call(admission, CallResult(error=exc))
+            raise
+        finally:
+            _INSIDE.reset(token)
+        if kwargs.get("stream"):
+            return _AsyncStream(self.governor, admission, response)
+        await self.governor.aend_call(admission, _result(response))
+        return response
+
+
+class Instrumentation:
+    """A process-wide patch of LiteLLM; undo it with :meth:`uninstrument`.
+
+    Usable as a context manager. Only one governor can instrument LiteLLM at
+    a time.
+    """
+
+    _lock = threading.Lock()
+    _active: Instrumentation | None = None
+
+    def __init__(self, governor: Governor) -> None:
+        self.governor = governor
+        self._original = (litellm.completion, litellm.acompletion)
+        self._governed = GovernedLiteLLM(
+            governor, completion=self._original[0], acompletion=self._original[1]
+        )
+
+    def _install(self) -> None:
+        with Instrumentation._lock:
+            if Instrumentation._active is not None:
+                raise RuntimeError(
+                    "LiteLLM is already instrumented by another governor; call "
+                    "uninstrument() on it first"
+                )
+            litellm.completion = self._governed.completion
+            litellm.acompletion = self._governed.acompletion
+            Instrumentation._active = self
+
+    def uninstrument(self) -> None:
+        """Put LiteLLM's own functions back."""
+        with Instrumentation._lock:
+            if Instrumentation._active is not self:
+                return
+            litellm.completion, litellm.acompletion = self._original
+            Instrumentation._active = None
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstrument()
+
+
+def instrument(governor: Governor) -> Instrumentation:
+    """Govern every ``litellm.completion`` / ``acompletion`` in this process.
+
+    Returns:
+        The :class:`Instrumentation`; call ``uninstrument()`` (or use it as a
+        context manager) to restore LiteLLM.
+    """
+    instrumentation = Instrumentation(governor)
+    instrumentation._install()
+    return instrumentation
+
+
+def active_instrumentation() -> Instrumentation | None:
+    """Return the live instrumentation, if LiteLLM is instrumented."""
+    return Instrumentation._active
+
+
+# -- request and response ------------------------------------------------
+
+# Request parts that the provider bills as prompt tokens besides the messages.
+_PROMPT_PARTS = ("tools", "functions", "response_format")
+
+
+def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    named = dict(kwargs)
+    for name, value in zip(("model", "messages"), args, strict=False):
+        named[name] = value
+    if "model" not in named or "messages" not in named:
+        raise TypeError("completion() needs model= and messages=")
+    return named
+
+
+def _request(kwargs: Mapping[str, Any]) -> CallRequest:
+    model = str(kwargs["model"])
+    messages = list(kwargs["messages"])
+    max_tokens = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens")
+    extra = {
+        k: kwargs[k] for k in ("tools", "functions", "response_format") if k in kwargs
+    }
+
+    def count() -> int:
+        return count_message_tokens(model, messages)
+
+    return CallRequest(
+        model=model,
+        messages=messages,
+        max_output_tokens=int(max_tokens) if max_tokens else None,
+        stream=bool(kwargs.get("stream")),
+        count_prompt_tokens=count,
+        extra_prompt=extra or None,
+        parent_span=_parent_span(),
+    )
+
+
+def _parent_span() -> Any:
+    """The graph step this call runs in, when a governed graph runs it."""
+    task = current_task()
+    resolver = task.extras.get("parent_span") if task else None
+    return resolver() if resolver else None
+
+
+def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
+    """Send the ceiling the governor reserved for, and ask streams for usage."""
+    if admission.request.max_output_tokens is None:
+        kwargs["max_tokens"] = admission.max_output_tokens
+    if kwargs.get("stream"):
+        options = dict(kwargs.get("stream_options") or {})
+        options["include_usage"] = True
+        kwargs["stream_options"] = options
+
+
+def _result(response: Any) -> CallResult:
+    usage_obj = getattr(response, "usage", None)
+    usage = usage_from_response(usage_obj) if usage_obj is not None else None
+    choices = getattr(response, "choices", None) or []
+    reasons = tuple(
+        str(c.finish_reason) for c in choices if getattr(c, "finish_reason", None)
+    )
+    return CallResult(
+        usage=usage,
+        response_model=getattr(response, "model", None),
+        finish_reasons=reasons,
+    )
+
+
+# -- streams -------------------------------------------------------------
+
+
+class _StreamSettler:
+    """Collects chunks and turns them into usage at the end of a stream."""
+
+    def __init__(self, governor: Governor, admission: Admission) -> None:
+        self.governor = governor
+        self.admission = admission
+        self.chunks: list[Any] = []
+        self.error: BaseException | None = None
+
+    def result(self) -> CallResult:
+        usage = usage_from_stream_chunks(self.chunks) or self._counted()
+        model = next(
+            (
+                getattr(c, "model", None)
+                for c in self.chunks
+                if getattr(c, "model", None)
+            ),
+            None,
+        )
+        return CallResult(usage=usage, response_model=model, error=self.error)
+
+    def _counted(self) -> Usage | None:
+        """No usage arrived: count both sides locally and say it is estimated."""
+        if not self.chunks and self.error is not None:
+            return None
+        text = "".join(_delta_text(c) for c in self.chunks)
+        request = self.admission.request
+        return Usage(
+            prompt_tokens=count_message_tokens(request.model, request.messages),
+            completion_tokens=count_text_tokens(request.model, text),
+            estimated=True,
+        )
+
+
+def _delta_text(chunk: Any) -> str:
+    for choice in getattr(chunk, "choices", None) or []:
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if content:
+            return str(content)
+    return ""
+
+
+class _SyncStream(_StreamSettler):
+    """Passes a LiteLLM stream through and settles when it ends or is dropped."""
+
+    def __init__(self, governor: Governor, admission: Admission, inner: Any) -> None:
+        super().__init__(governor, admission)
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for chunk in self._inner:
+                self.chunks.append(chunk)
+                yield chunk
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.governor.end_call(self.admission, self.result())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _AsyncStream(_StreamSettler):
+    """Async form of :class:`_SyncStream`."""
+
+    def __init__(self, governor: Governor, admission: Admission, inner: Any) -> None:
+        super().__init__(governor, admission)
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for chunk in self._inner:
+                self.chunks.append(chunk)
+                yield chunk
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            await self.governor.aend_call(self.admission, self.result())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

