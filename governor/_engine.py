@@ -28,7 +28,7 @@ from governor._task import _CURRENT, Task, TaskReport
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import AsyncLedger, Ledger, Line, MemoryLedger, Refusal
-from governor.telemetry import _attributes as attr
+from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
 
 __all__ = ["Governor"]
@@ -93,7 +93,7 @@ class Governor:
         task = self.open_task(task_id, policy=policy, attribution=attribution, **scopes)
         token = _CURRENT.set(task)
         try:
-            with trace.use_span(task.span, end_on_exit=False) if task.span else _null():
+            with _current(task.span):
                 yield task
         except GovernorHalt as exc:
             task.stop_reason = task.stop_reason or exc.code
@@ -498,5 +498,12 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
 
 
 @contextlib.contextmanager
-def _null() -> Iterator[None]:
-    yield
+def _current(span: Any) -> Iterator[None]:
+    """Make the task span current, leaving its status to the governor."""
+    if span is None:
+        yield
+        return
+    with trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    ):
+        yield

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from governor.telemetry import _attributes as attr
+from governor.telemetry import attributes as attr
 
 if TYPE_CHECKING:
     from governor._task import Task, TaskReport

@@ -1,0 +1,135 @@
+"""Exporter setup: OTLP/HTTP by the standard OTEL_* variables, and a JSONL file.
+
+The application owns its tracer provider; these helpers build one for users
+who have none, and a JSONL exporter the CLI can read back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+
+__all__ = ["JsonlSpanExporter", "configure_tracing", "read_spans"]
+
+logger = logging.getLogger(__name__)
+
+ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""Base URL of an OTLP/HTTP receiver; ``/v1/traces`` is appended (OTel spec)."""
+ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+"""Full URL of an OTLP/HTTP traces receiver; wins over the base URL."""
+ENV_TRACES_FILE = "GOVERNOR_TRACES_FILE"
+"""Path of a JSONL file that receives every span, one JSON object per line."""
+
+
+def configure_tracing(
+    *,
+    service_name: str = "llm-governor",
+    otlp_endpoint: str | None = None,
+    jsonl_path: str | Path | None = None,
+    exporters: Sequence[SpanExporter] = (),
+) -> TracerProvider:
+    """Build a tracer provider that exports the governor's spans.
+
+    Args:
+        service_name: the ``service.name`` resource attribute.
+        otlp_endpoint: full OTLP/HTTP traces URL; when None, the standard
+            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
+            variables decide, and with neither set nothing goes over OTLP.
+        jsonl_path: a file to append spans to as JSON lines; defaults to
+            ``GOVERNOR_TRACES_FILE`` when set.
+        exporters: further exporters, each behind its own batch processor.
+
+    Returns:
+        A provider to pass as ``Governor(tracer_provider=...)``. Call its
+        ``shutdown()`` (or ``force_flush()``) before the process exits.
+    """
+    resource = Resource.create({"service.name": service_name})
+    provider = TracerProvider(resource=resource)
+    for exporter in _exporters(otlp_endpoint, jsonl_path, exporters):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporters(
+    otlp_endpoint: str | None,
+    jsonl_path: str | Path | None,
+    extra: Sequence[SpanExporter],
+) -> list[SpanExporter]:
+    chosen = list(extra)
+    wants_otlp = otlp_endpoint or os.environ.get(ENV_OTLP_TRACES_ENDPOINT)
+    if wants_otlp or os.environ.get(ENV_OTLP_ENDPOINT):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
+
+        chosen.append(OTLPSpanExporter(endpoint=otlp_endpoint))
+    path = jsonl_path or os.environ.get(ENV_TRACES_FILE)
+    if path:
+        chosen.append(JsonlSpanExporter(path))
+    return chosen
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object per line.
+
+    Each line holds ``name``, ``trace_id``, ``span_id``, ``parent_id`` (hex),
+    ``start_ns``, ``end_ns``, ``status``, ``attributes`` and ``events``.
+    Safe to share between threads.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the spans; a failure is logged and reported, never raised."""
+        lines = "".join(json.dumps(_span_dict(s)) + "\n" for s in spans)
+        try:
+            with self._lock, self.path.open("a", encoding="utf-8") as handle:
+                handle.write(lines)
+        except OSError:
+            logger.warning("could not write spans to %s", self.path, exc_info=True)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the file is opened per batch."""
+
+
+def read_spans(path: str | Path) -> list[dict[str, Any]]:
+    """Read back spans written by :class:`JsonlSpanExporter`."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _span_dict(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    parent = span.parent
+    return {
+        "name": span.name,
+        "trace_id": f"{context.trace_id:032x}" if context else None,
+        "span_id": f"{context.span_id:016x}" if context else None,
+        "parent_id": f"{parent.span_id:016x}" if parent else None,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "events": [
+            {"name": e.name, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
+    }

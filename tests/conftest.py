@@ -1,0 +1,49 @@
+"""Shared fixtures: offline LiteLLM, in-memory span capture, a governor."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports litellm: price from the bundled map, never fetch it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("GOVERNOR_OFFLINE_SPEED", "0")
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+
+class SpanCapture:
+    """Finished spans of one test, with lookups by name."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    @property
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, prefix: str) -> list[ReadableSpan]:
+        return [s for s in self.spans if s.name.startswith(prefix)]
+
+    def calls(self) -> list[ReadableSpan]:
+        return [s for s in self.spans if s.name.startswith("chat ")]
+
+    def task(self) -> ReadableSpan:
+        (span,) = self.named("governor.task")
+        return span
+
+
+@pytest.fixture
+def capture() -> Iterator[SpanCapture]:
+    """An in-memory span exporter wired into a tracer provider."""
+    capture = SpanCapture()
+    yield capture
+    capture.provider.shutdown()

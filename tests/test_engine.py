@@ -1,0 +1,278 @@
+"""The governor's call flow: reserve before, settle after, refuse in time."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+
+from conftest import SpanCapture
+from governor import (
+    Budget,
+    BudgetExceeded,
+    Governor,
+    Policy,
+    Price,
+    PriceUnknown,
+    Pricing,
+)
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.telemetry import attributes as attr
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+# litellm's non-stream mock always reports 10 prompt and 20 completion tokens.
+MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
+
+
+class CountingLiteLLM:
+    """Real litellm.completion, counting how many requests were sent."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def completion(self, **kwargs: Any) -> Any:
+        self.sent += 1
+        return litellm.completion(**kwargs)
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        self.sent += 1
+        return await litellm.acompletion(**kwargs)
+
+
+def governed(
+    policy: Policy, capture: SpanCapture
+) -> tuple[Governor, GovernedLiteLLM, CountingLiteLLM]:
+    gov = Governor(policy, tracer_provider=capture.provider)
+    counter = CountingLiteLLM()
+    llm = GovernedLiteLLM(
+        gov, completion=counter.completion, acompletion=counter.acompletion
+    )
+    return gov, llm, counter
+
+
+def call(llm: GovernedLiteLLM, **extra: Any) -> Any:
+    return llm.completion(
+        model="gpt-4o-mini", messages=MESSAGES, mock_response="Paris", **extra
+    )
+
+
+def test_settled_cost_is_priced_from_reported_usage(capture: SpanCapture) -> None:
+    """A call is charged its usage at the model's list price, exactly."""
+    gov, llm, _ = governed(Policy(), capture)
+    with gov.task() as task:
+        call(llm, max_tokens=50)
+    assert task.report().cost_usd == MOCK_COST
+
+
+def test_task_is_stopped_before_the_call_that_would_cross(
+    capture: SpanCapture,
+) -> None:
+    """The refused call is never sent and spend stays within the budget."""
+    budget = Decimal("0.0001")
+    gov, llm, counter = governed(Policy(budgets=[Budget(max_usd=budget)]), capture)
+    with pytest.raises(BudgetExceeded) as info, gov.task() as task:
+        for _ in range(100):
+            call(llm, max_tokens=50)
+    report = task.report()
+    # Each call holds its worst case: prompt bound plus 50 output tokens.
+    assert counter.sent == report.calls
+    assert report.cost_usd <= budget
+    assert report.cost_usd == MOCK_COST * counter.sent
+    assert budget - report.cost_usd < Decimal(info.value.requested)
+    assert report.stop_reason == "budget_exceeded"
+
+
+def test_budget_exceeded_carries_scope_limit_and_spend(capture: SpanCapture) -> None:
+    """The refusal names the scope, unit, limit, spend so far and task id."""
+    gov, llm, _ = governed(Policy(budgets=[Budget(max_usd="0.00004")]), capture)
+    with pytest.raises(BudgetExceeded) as info, gov.task("t-1"):
+        call(llm, max_tokens=50)
+        call(llm, max_tokens=50)
+    error = info.value
+    assert (error.scope, error.unit, error.task_id) == ("task:t-1", "usd", "t-1")
+    assert error.limit == Decimal("0.00004")
+    assert error.spent == MOCK_COST
+    assert error.spent_usd == MOCK_COST
+    assert error.to_dict()["code"] == "budget_exceeded"
+
+
+def test_token_budget_refuses_in_tokens(capture: SpanCapture) -> None:
+    """A token budget counts prompt bound plus max output per call."""
+    gov, llm, counter = governed(Policy(budgets=[Budget(max_tokens=100)]), capture)
+    with pytest.raises(BudgetExceeded) as info, gov.task():
+        call(llm, max_tokens=500)
+    assert info.value.unit == "tokens"
+    assert counter.sent == 0
+
+
+def test_missing_max_tokens_is_filled_from_the_policy(capture: SpanCapture) -> None:
+    """A request without max_tokens is sent with the policy's default ceiling."""
+    seen: dict[str, Any] = {}
+
+    def spy(**kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return litellm.completion(**kwargs)
+
+    gov = Governor(Policy(default_max_output_tokens=77))
+    GovernedLiteLLM(gov, completion=spy).completion(
+        model="gpt-4o-mini", messages=MESSAGES, mock_response="x"
+    )
+    assert seen["max_tokens"] == 77
+
+
+def test_unknown_model_is_refused_with_how_to_price_it(capture: SpanCapture) -> None:
+    """A model without a price is refused by default, naming the fix."""
+    gov, llm, counter = governed(Policy(), capture)
+    with pytest.raises(PriceUnknown) as info:
+        llm.completion(
+            model="acme/secret-model", messages=MESSAGES, mock_response="x"
+        )
+    assert info.value.model == "acme/secret-model"
+    assert "Pricing(overrides=" in str(info.value)
+    assert counter.sent == 0
+
+
+def test_default_price_admits_unknown_models(capture: SpanCapture) -> None:
+    """A policy default price prices models the map does not know."""
+    pricing = Pricing(
+        default=Price(input_usd_per_mtok=1, output_usd_per_mtok=2)
+    )
+    gov, llm, _ = governed(Policy(pricing=pricing), capture)
+    with gov.task() as task:
+        llm.completion(
+            model="openai/acme-model",
+            messages=MESSAGES,
+            mock_response="x",
+            max_tokens=5,
+        )
+    assert task.report().cost_usd == Decimal(10 * 1 + 20 * 2) / 10**6
+
+
+def test_span_cost_equals_ledger_and_task_total_is_the_sum(
+    capture: SpanCapture,
+) -> None:
+    """Each call span's cost is its settled cost; the task span sums them."""
+    gov, llm, _ = governed(Policy(budgets=[Budget(max_usd=1)]), capture)
+    with gov.task() as task:
+        for _ in range(3):
+            call(llm, max_tokens=30)
+    calls = capture.calls()
+    assert [s.attributes[attr.GEN_AI_USAGE_COST_AMOUNT] for s in calls] == [
+        float(MOCK_COST)
+    ] * 3
+    balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert balance.spent_nanos == 3 * 13_500
+    task_span = capture.task()
+    assert task_span.attributes[attr.TASK_COST_USD] == float(MOCK_COST * 3)
+    assert task_span.attributes[attr.TASK_CALLS] == 3
+    assert {s.parent.span_id for s in calls if s.parent} == {
+        task_span.context.span_id
+    }
+
+
+def test_call_span_has_genai_attributes_and_decision_events(
+    capture: SpanCapture,
+) -> None:
+    """Model-call spans use GenAI names and carry reserve/settle events."""
+    gov, llm, _ = governed(Policy(), capture)
+    with gov.task("t-9", team="search", feature="faq"):
+        call(llm, max_tokens=30)
+    (span,) = capture.calls()
+    attributes = dict(span.attributes or {})
+    assert attributes[attr.GEN_AI_OPERATION_NAME] == "chat"
+    assert attributes[attr.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert attributes[attr.GEN_AI_PROVIDER_NAME] == "openai"
+    assert attributes[attr.GEN_AI_USAGE_INPUT_TOKENS] == 10
+    assert attributes[attr.GEN_AI_USAGE_OUTPUT_TOKENS] == 20
+    assert attributes[attr.GEN_AI_USAGE_COST_CURRENCY] == "USD"
+    assert attributes[attr.GEN_AI_USAGE_COST_SOURCE] == "price_map"
+    assert attributes[attr.LLM_COST_TOTAL] == float(MOCK_COST)
+    assert attributes[attr.GEN_AI_USAGE_COST] == float(MOCK_COST)
+    assert (attributes[attr.TEAM], attributes[attr.FEATURE]) == ("search", "faq")
+    assert [e.name for e in span.events] == [attr.EVENT_RESERVED, attr.EVENT_SETTLED]
+
+
+def test_refusal_is_an_event_on_the_task_span(capture: SpanCapture) -> None:
+    """A refused call leaves a refused event and the stop reason on the task."""
+    gov, llm, _ = governed(Policy(budgets=[Budget(max_usd="0.000001")]), capture)
+    with pytest.raises(BudgetExceeded), gov.task():
+        call(llm, max_tokens=30)
+    task_span = capture.task()
+    assert [e.name for e in task_span.events] == [attr.EVENT_REFUSED]
+    assert task_span.attributes[attr.TASK_STOP_REASON] == "budget_exceeded"
+
+
+def test_provider_error_releases_the_hold(capture: SpanCapture) -> None:
+    """A failed call is charged nothing and frees its reservation."""
+    gov, llm, _ = governed(Policy(budgets=[Budget(max_usd="0.001")]), capture)
+    with gov.task() as task:
+        with pytest.raises(litellm.RateLimitError):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="litellm.RateLimitError",
+                max_tokens=30,
+            )
+        balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (0, 0)
+
+
+def test_team_budget_is_shared_by_tasks(capture: SpanCapture) -> None:
+    """A team budget sums the spend of every task charged to the team."""
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.00005")])
+    gov, llm, counter = governed(policy, capture)
+    # max_tokens stays at 20 because litellm's mock always answers 20 tokens.
+    with gov.task(team="search"):
+        call(llm, max_tokens=20)
+    with pytest.raises(BudgetExceeded) as info:
+        for _ in range(5):
+            with gov.task(team="search"):
+                call(llm, max_tokens=20)
+    assert info.value.scope == "team:search"
+    assert counter.sent == 3
+    with gov.task(team="other"):
+        call(llm, max_tokens=20)
+    assert counter.sent == 4
+
+
+def test_async_calls_share_the_task_budget(capture: SpanCapture) -> None:
+    """Concurrent async calls in one task never settle more than the budget."""
+    budget = Decimal("0.0002")
+    gov, llm, counter = governed(Policy(budgets=[Budget(max_usd=budget)]), capture)
+
+    async def one() -> str:
+        try:
+            await llm.acompletion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="x",
+                max_tokens=20,
+            )
+        except BudgetExceeded:
+            return "refused"
+        return "ok"
+
+    async def main() -> list[str]:
+        async with gov.atask() as task:
+            outcomes = await asyncio.gather(*(one() for _ in range(40)))
+        assert task.report().cost_usd <= budget
+        return list(outcomes)
+
+    outcomes = asyncio.run(main())
+    assert outcomes.count("ok") == counter.sent
+    assert outcomes.count("ok") >= 1
+    assert outcomes.count("refused") == 40 - counter.sent
+
+
+def test_call_outside_a_task_is_a_task_of_its_own(capture: SpanCapture) -> None:
+    """A bare governed call gets its own task span with the roll-up."""
+    gov, llm, _ = governed(Policy(), capture)
+    call(llm, max_tokens=5)
+    task_span = capture.task()
+    assert task_span.attributes[attr.TASK_CALLS] == 1
+    assert task_span.attributes[attr.TASK_COST_USD] == float(MOCK_COST)

@@ -1,0 +1,123 @@
+"""The in-memory ledger: atomic reserve over lines, settle, release, leases."""
+
+from __future__ import annotations
+
+import threading
+
+from governor.stores import Line, MemoryLedger
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reserve_refuses_on_every_line_when_one_lacks_room() -> None:
+    """A refusal on one line leaves no hold on the others."""
+    ledger = MemoryLedger()
+    lines = [Line("task:a", 100, None), Line("team:x", 50, None)]
+    refusal = ledger.reserve("h1", lines, 60, 0, 10)
+    assert refusal is not None
+    assert (refusal.unit, refusal.balance.key) == ("usd", "team:x")
+    task = ledger.balance("task:a")
+    assert task is not None
+    assert task.reserved_nanos == 0
+
+
+def test_token_limit_refuses_with_tokens_unit() -> None:
+    """A line limited in tokens refuses in tokens."""
+    ledger = MemoryLedger()
+    refusal = ledger.reserve("h", [Line("task:a", None, 10)], 0, 11, 10)
+    assert refusal is not None
+    assert refusal.unit == "tokens"
+
+
+def test_settle_replaces_hold_by_actual_spend() -> None:
+    """Settling charges the actual amount and frees the rest of the hold."""
+    ledger = MemoryLedger()
+    lines = [Line("task:a", 100, 1000)]
+    assert ledger.reserve("h", lines, 80, 500, 10) is None
+    ledger.settle("h", ["task:a"], 30, 200)
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (30, 0)
+    assert (balance.spent_tokens, balance.left_tokens) == (200, 800)
+
+
+def test_settle_is_idempotent_per_hold() -> None:
+    """A retried settle with the same hold id counts once."""
+    ledger = MemoryLedger()
+    ledger.reserve("h", [Line("task:a", 100)], 50, 0, 10)
+    ledger.settle("h", ["task:a"], 40, 0)
+    ledger.settle("h", ["task:a"], 40, 0)
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert balance.spent_nanos == 40
+
+
+def test_release_frees_without_spend() -> None:
+    """Releasing a hold returns its room and charges nothing."""
+    ledger = MemoryLedger()
+    ledger.reserve("h", [Line("task:a", 100)], 100, 0, 10)
+    ledger.release("h")
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos, balance.left_nanos) == (
+        0,
+        0,
+        100,
+    )
+
+
+def test_expired_hold_returns_its_room() -> None:
+    """A hold past its lease no longer blocks other reservations."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    line = [Line("task:a", 100)]
+    assert ledger.reserve("h1", line, 100, 0, 5) is None
+    assert ledger.reserve("h2", line, 1, 0, 5) is not None
+    clock.now = 6.0
+    assert ledger.reserve("h2", line, 100, 0, 5) is None
+
+
+def test_late_settle_after_expiry_still_charges() -> None:
+    """Spend that really happened is recorded even when its hold expired."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    ledger.reserve("h1", [Line("task:a", 100)], 100, 0, 5)
+    clock.now = 6.0
+    ledger.settle("h1", ["task:a"], 70, 0)
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (70, 0)
+
+
+def test_threads_never_overspend() -> None:
+    """Concurrent reserve-and-settle from threads admits exactly what fits."""
+    ledger = MemoryLedger()
+    line = [Line("task:a", 1000)]
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(25):
+            hold = f"{n}-{i}"
+            if ledger.reserve(hold, line, 30, 0, 10) is None:
+                ledger.settle(hold, ["task:a"], 30, 0)
+                with lock:
+                    admitted.append(1)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert len(admitted) == 33
+    assert balance.spent_nanos == 990

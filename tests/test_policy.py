@@ -1,0 +1,104 @@
+"""The policy model: validation errors, immutability and the merge rule."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from governor import Attribution, Budget, Policy, PolicyError, Price, Pricing
+
+
+def test_budget_reads_money_as_decimal() -> None:
+    """Dollar amounts given as strings become exact Decimals."""
+    budget = Budget(max_usd="0.10")
+    assert budget.max_usd == Decimal("0.10")
+
+
+def test_bad_scope_names_field_value_and_accepted_forms() -> None:
+    """An unknown scope fails with the field, the value and the accepted scopes."""
+    with pytest.raises(PolicyError) as info:
+        Budget(scope="tem", max_usd=1)
+    message = str(info.value)
+    assert "scope" in message
+    assert "'tem'" in message
+    assert "task, session, user, team, feature, environment, org" in message
+
+
+def test_negative_limit_is_refused() -> None:
+    """A negative dollar limit is a construction error naming max_usd."""
+    with pytest.raises(PolicyError, match="max_usd"):
+        Budget(max_usd="-1")
+
+
+def test_budget_needs_a_limit() -> None:
+    """A budget with neither dollars nor tokens is refused."""
+    with pytest.raises(PolicyError, match="max_usd, max_tokens or both"):
+        Budget(scope="team")
+
+
+def test_unknown_field_is_refused() -> None:
+    """A misspelt keyword fails instead of being ignored."""
+    with pytest.raises(PolicyError, match="max_dollars"):
+        Budget(max_dollars=1)  # type: ignore[call-arg]
+
+
+def test_unknown_time_zone_is_refused() -> None:
+    """Calendar budgets need a real IANA zone."""
+    with pytest.raises(PolicyError, match="Mars/Olympus"):
+        Budget(scope="team", max_usd=1, period="day", timezone="Mars/Olympus")
+
+
+def test_policy_is_frozen() -> None:
+    """Policies cannot be changed after construction."""
+    policy = Policy()
+    with pytest.raises(Exception, match="frozen"):
+        policy.name = "changed"  # type: ignore[misc]
+
+
+def test_two_budgets_for_one_scope_are_refused() -> None:
+    """One policy holds at most one budget per scope and key."""
+    with pytest.raises(PolicyError, match="two budgets for scope 'task'"):
+        Policy(budgets=[Budget(max_usd=1), Budget(max_tokens=5)])
+
+
+def test_merge_replaces_budget_of_same_scope_and_keeps_others() -> None:
+    """An override's budget replaces the base's for its scope only."""
+    org = Policy(
+        budgets=[Budget(max_usd=1), Budget(scope="team", max_usd=100)],
+        default_max_output_tokens=1000,
+    )
+    team = Policy(budgets=[Budget(max_usd=2)])
+    merged = org.merged(team)
+    by_scope = {b.scope: b.max_usd for b in merged.budgets}
+    assert by_scope == {"task": Decimal(2), "team": Decimal(100)}
+    assert merged.default_max_output_tokens == 1000
+
+
+def test_merge_lays_nested_parts_and_mappings_key_by_key() -> None:
+    """Nested parts merge field by field and mappings merge key by key."""
+    org = Policy(
+        attribution=Attribution(team="a", tags={"x": "1"}),
+        pricing=Pricing(overrides={"m1": Price(input_usd_per_mtok=1)}),
+    )
+    agent = Policy(
+        attribution=Attribution(feature="f", tags={"y": "2"}),
+        pricing=Pricing(overrides={"m2": Price(input_usd_per_mtok=2)}),
+    )
+    merged = org.merged(agent)
+    assert merged.attribution.team == "a"
+    assert merged.attribution.feature == "f"
+    assert dict(merged.attribution.tags) == {"x": "1", "y": "2"}
+    assert sorted(merged.pricing.overrides) == ["m1", "m2"]
+
+
+def test_merge_ignores_fields_the_override_left_at_default() -> None:
+    """A default value in the override does not reset the base's setting."""
+    org = Policy(failure_mode="open", hold_ttl_s=60)
+    agent = Policy(name="agent")
+    merged = org.merged(agent)
+    assert (merged.failure_mode, merged.hold_ttl_s, merged.name) == (
+        "open",
+        60,
+        "agent",
+    )
