@@ -125,11 +125,9 @@ def test_missing_max_tokens_is_filled_from_the_policy(capture: SpanCapture) -> N
 
 def test_unknown_model_is_refused_with_how_to_price_it(capture: SpanCapture) -> None:
     """A model without a price is refused by default, naming the fix."""
-    gov, llm, counter = governed(Policy(), capture)
+    _gov, llm, counter = governed(Policy(), capture)
     with pytest.raises(PriceUnknown) as info:
-        llm.completion(
-            model="acme/secret-model", messages=MESSAGES, mock_response="x"
-        )
+        llm.completion(model="acme/secret-model", messages=MESSAGES, mock_response="x")
     assert info.value.model == "acme/secret-model"
     assert "Pricing(overrides=" in str(info.value)
     assert counter.sent == 0
@@ -137,9 +135,7 @@ def test_unknown_model_is_refused_with_how_to_price_it(capture: SpanCapture) -> 
 
 def test_default_price_admits_unknown_models(capture: SpanCapture) -> None:
     """A policy default price prices models the map does not know."""
-    pricing = Pricing(
-        default=Price(input_usd_per_mtok=1, output_usd_per_mtok=2)
-    )
+    pricing = Pricing(default=Price(input_usd_per_mtok=1, output_usd_per_mtok=2))
     gov, llm, _ = governed(Policy(pricing=pricing), capture)
     with gov.task() as task:
         llm.completion(
@@ -169,9 +165,7 @@ def test_span_cost_equals_ledger_and_task_total_is_the_sum(
     task_span = capture.task()
     assert task_span.attributes[attr.TASK_COST_USD] == float(MOCK_COST * 3)
     assert task_span.attributes[attr.TASK_CALLS] == 3
-    assert {s.parent.span_id for s in calls if s.parent} == {
-        task_span.context.span_id
-    }
+    assert {s.parent.span_id for s in calls if s.parent} == {task_span.context.span_id}
 
 
 def test_call_span_has_genai_attributes_and_decision_events(
@@ -271,7 +265,7 @@ def test_async_calls_share_the_task_budget(capture: SpanCapture) -> None:
 
 def test_call_outside_a_task_is_a_task_of_its_own(capture: SpanCapture) -> None:
     """A bare governed call gets its own task span with the roll-up."""
-    gov, llm, _ = governed(Policy(), capture)
+    _gov, llm, _ = governed(Policy(), capture)
     call(llm, max_tokens=5)
     task_span = capture.task()
     assert task_span.attributes[attr.TASK_CALLS] == 1

@@ -1,0 +1,207 @@
+"""The LiteLLM adapter: streams, async, and governing code that calls LiteLLM."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+
+from conftest import SpanCapture
+from governor import Budget, BudgetExceeded, Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM, instrument
+from governor.telemetry import attributes as attr
+
+MESSAGES = [{"role": "user", "content": "Name three primary colours."}]
+ANSWER = "Red, yellow and blue are the three primary colours."
+IN_PRICE = Decimal("0.15e-6")
+OUT_PRICE = Decimal("0.6e-6")
+
+
+def price(prompt: int, completion: int) -> Decimal:
+    return prompt * IN_PRICE + completion * OUT_PRICE
+
+
+def count_prompt() -> int:
+    return int(litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES))
+
+
+def count_answer() -> int:
+    return int(litellm.token_counter(model="gpt-4o-mini", text=ANSWER))
+
+
+def test_stream_is_settled_from_usage_in_its_last_chunk(capture: SpanCapture) -> None:
+    """A stream asks for usage and is charged what its final chunk reports."""
+    gov = Governor(tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        stream = llm.completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            mock_response=ANSWER,
+            stream=True,
+            max_tokens=100,
+        )
+        chunks = list(stream)
+    usage = chunks[-1].usage
+    assert usage is not None
+    report = task.report()
+    assert (report.input_tokens, report.output_tokens) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+    assert report.cost_usd == price(usage.prompt_tokens, usage.completion_tokens)
+    (span,) = capture.calls()
+    assert span.attributes[attr.CALL_COST_ESTIMATED] is False
+
+
+def test_stream_without_usage_is_counted_and_marked_estimated(
+    capture: SpanCapture,
+) -> None:
+    """A provider that sends no usage is charged a local count, flagged estimated."""
+
+    def provider_without_usage(**kwargs: Any) -> Any:
+        kwargs.pop("stream_options", None)
+        return litellm.completion(**kwargs)
+
+    gov = Governor(tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov, completion=provider_without_usage)
+    with gov.task() as task:
+        for _ in llm.completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            mock_response=ANSWER,
+            stream=True,
+            max_tokens=100,
+        ):
+            pass
+    report = task.report()
+    assert (report.input_tokens, report.output_tokens) == (
+        count_prompt(),
+        count_answer(),
+    )
+    (span,) = capture.calls()
+    assert span.attributes[attr.CALL_COST_ESTIMATED] is True
+    assert span.attributes[attr.GEN_AI_USAGE_COST_SOURCE] == "estimated"
+
+
+def test_stream_dropped_early_is_charged_for_what_arrived(
+    capture: SpanCapture,
+) -> None:
+    """Closing a stream after one chunk settles that chunk and frees the hold."""
+
+    def provider_without_usage(**kwargs: Any) -> Any:
+        kwargs.pop("stream_options", None)
+        return litellm.completion(**kwargs)
+
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    llm = GovernedLiteLLM(gov, completion=provider_without_usage)
+    with gov.task() as task:
+        stream = iter(
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response=ANSWER,
+                stream=True,
+                max_tokens=100,
+            )
+        )
+        first = next(stream)
+        stream.close()  # type: ignore[attr-defined]
+    text = first.choices[0].delta.content
+    expected = int(litellm.token_counter(model="gpt-4o-mini", text=text))
+    assert task.report().output_tokens == expected
+    balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert balance.reserved_nanos == 0
+
+
+def test_async_stream_is_settled(capture: SpanCapture) -> None:
+    """An async stream is settled from its final usage chunk."""
+    gov = Governor(tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+
+    async def run() -> Any:
+        async with gov.atask() as task:
+            stream = await llm.acompletion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response=ANSWER,
+                stream=True,
+                max_tokens=100,
+            )
+            chunks = [c async for c in stream]
+        return task, chunks[-1].usage
+
+    task, usage = asyncio.run(run())
+    assert task.report().cost_usd == price(usage.prompt_tokens, usage.completion_tokens)
+
+
+def test_instrument_governs_existing_litellm_calls() -> None:
+    """After instrument(), plain litellm.completion calls are reserved and settled."""
+    original = litellm.completion
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.00002")]))
+    with instrument(gov), gov.task() as task:
+        litellm.completion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+        )
+        with pytest.raises(BudgetExceeded):
+            litellm.completion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="x",
+                max_tokens=20,
+            )
+    assert task.report().calls == 1
+    assert litellm.completion is original
+
+
+def test_instrument_governs_router_calls() -> None:
+    """LiteLLM's Router goes through the instrumented function and is charged."""
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "cheap",
+                "litellm_params": {"model": "gpt-4o-mini", "mock_response": "hi"},
+            }
+        ],
+        num_retries=0,
+    )
+    gov = Governor()
+    with instrument(gov), gov.task() as task:
+        router.completion(model="cheap", messages=MESSAGES, max_tokens=20)
+    report = task.report()
+    assert report.calls == 1
+    assert report.cost_usd == price(10, 20)
+
+
+def test_instrument_governs_chat_litellm() -> None:
+    """LangChain's ChatLiteLLM is governed through the instrumented function."""
+    from langchain_litellm import ChatLiteLLM
+
+    model = ChatLiteLLM(
+        model="gpt-4o-mini", model_kwargs={"mock_response": "hi"}, max_tokens=20
+    )
+    gov = Governor()
+    with instrument(gov), gov.task() as task:
+        model.invoke("hello")
+    assert task.report().calls == 1
+    assert task.report().cost_usd == price(10, 20)
+
+
+def test_second_instrumentation_is_refused() -> None:
+    """Two governors cannot patch LiteLLM at once."""
+    with instrument(Governor()), pytest.raises(RuntimeError, match="already"):
+        instrument(Governor())
+
+
+def test_positional_arguments_are_understood() -> None:
+    """completion(model, messages) works as in LiteLLM."""
+    gov = Governor()
+    with gov.task() as task:
+        GovernedLiteLLM(gov).completion(
+            "gpt-4o-mini", MESSAGES, mock_response="x", max_tokens=20
+        )
+    assert task.report().calls == 1
