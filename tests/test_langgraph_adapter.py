@@ -1,0 +1,263 @@
+"""The LangGraph adapter: every model call in a governed graph is governed."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Annotated, Any, TypedDict
+
+import litellm
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_litellm import ChatLiteLLM
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from conftest import SpanCapture
+from governor import Budget, BudgetExceeded, Governor, Policy, govern
+from governor.adapters.litellm import instrument
+from governor.telemetry import attributes as attr
+
+GPT4O_IN = Decimal("2.5e-6")
+GPT4O_OUT = Decimal("10e-6")
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A LangChain chat model standing in for gpt-4o, with fixed usage."""
+
+    answer: str = "ok"
+    prompt_tokens: int = 12
+    completion_tokens: int = 8
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
+        return {"ls_provider": "openai", "ls_model_name": "gpt-4o", "ls_max_tokens": 64}
+
+    def _usage(self) -> Any:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        message = AIMessage(content=self.answer, usage_metadata=self._usage())
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for word in self.answer.split():
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word + " "))
+        last = AIMessageChunk(content="", usage_metadata=self._usage())
+        yield ChatGenerationChunk(message=last)
+
+
+CALL_COST = 12 * GPT4O_IN + 8 * GPT4O_OUT
+
+
+class FanState(TypedDict):
+    items: list[str]
+    answers: Annotated[list[str], operator.add]
+
+
+def fan_out_graph(model: BaseChatModel) -> Any:
+    def fan(state: FanState) -> list[Send]:
+        return [Send("worker", {"items": [i], "answers": []}) for i in state["items"]]
+
+    def worker(state: FanState) -> dict[str, list[str]]:
+        reply = model.invoke(state["items"][0])
+        return {"answers": [str(reply.content)]}
+
+    graph = StateGraph(FanState)
+    graph.add_node("worker", worker)
+    graph.add_conditional_edges(START, fan, ["worker"])
+    graph.add_edge("worker", END)
+    return graph.compile()
+
+
+def test_every_send_branch_is_charged(capture: SpanCapture) -> None:
+    """Each fan-out branch's model call is reserved, settled and summed."""
+    gov = Governor(tracer_provider=capture.provider)
+    graph = govern(fan_out_graph(ScriptedChatModel()), gov)
+    out = graph.invoke({"items": ["a", "b", "c"], "answers": []})
+    assert out["answers"] == ["ok", "ok", "ok"]
+    report = graph.last_report
+    assert report is not None
+    assert (report.calls, report.cost_usd) == (3, CALL_COST * 3)
+
+
+def test_call_spans_nest_under_node_spans_under_the_task(
+    capture: SpanCapture,
+) -> None:
+    """Model-call spans are children of their node step, under the task span."""
+    gov = Governor(tracer_provider=capture.provider)
+    govern(fan_out_graph(ScriptedChatModel()), gov).invoke(
+        {"items": ["a", "b"], "answers": []}
+    )
+    task = capture.task()
+    nodes = {s.context.span_id: s for s in capture.named("governor.node worker")}
+    calls = capture.named("chat gpt-4o")
+    assert len(nodes) == 2
+    assert len(calls) == 2
+    assert {c.parent.span_id for c in calls if c.parent} == set(nodes)
+    assert {n.parent.span_id for n in nodes.values() if n.parent} == {
+        task.context.span_id
+    }
+    assert task.attributes[attr.TASK_COST_USD] == float(CALL_COST * 2)
+
+
+def test_fan_out_stops_at_the_budget(capture: SpanCapture) -> None:
+    """A budget too small for all branches raises and never overspends."""
+    budget = Decimal("0.002")
+    gov = Governor(Policy(budgets=[Budget(max_usd=budget)]))
+    graph = govern(fan_out_graph(ScriptedChatModel()), gov)
+    with pytest.raises(BudgetExceeded) as info:
+        graph.invoke({"items": [str(i) for i in range(30)], "answers": []})
+    report = graph.last_report
+    assert report is not None
+    assert report.cost_usd <= budget
+    assert report.stop_reason == "budget_exceeded"
+    assert info.value.task_id == report.task_id
+
+
+def test_subgraph_calls_are_charged_to_the_parent_task() -> None:
+    """A compiled subgraph used as a node is governed as part of the task."""
+    inner = fan_out_graph(ScriptedChatModel())
+
+    def prepare(state: FanState) -> dict[str, Any]:
+        return {}
+
+    outer = StateGraph(FanState)
+    outer.add_node("prepare", prepare)
+    outer.add_node("inner", inner)
+    outer.add_edge(START, "prepare")
+    outer.add_edge("prepare", "inner")
+    outer.add_edge("inner", END)
+    graph = govern(outer.compile(), Governor())
+    graph.invoke({"items": ["x", "y"], "answers": []})
+    report = graph.last_report
+    assert report is not None
+    assert report.calls == 2
+
+
+def test_async_invoke_and_streams_are_tasks() -> None:
+    """ainvoke, stream and astream each run as one governed task."""
+    graph = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    asyncio.run(graph.ainvoke({"items": ["a"], "answers": []}))
+    list(graph.stream({"items": ["a", "b"], "answers": []}))
+
+    async def consume() -> None:
+        async for _ in graph.astream({"items": ["a", "b", "c"], "answers": []}):
+            pass
+
+    asyncio.run(consume())
+    assert [r.calls for r in graph.reports] == [1, 2, 3]
+    assert len({r.task_id for r in graph.reports}) == 3
+
+
+def test_batch_runs_one_task_per_input() -> None:
+    """batch and abatch give each input its own task."""
+    graph = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    graph.batch([{"items": ["a"], "answers": []}, {"items": ["b"], "answers": []}])
+    asyncio.run(graph.abatch([{"items": ["c"], "answers": []}]))
+    assert [r.calls for r in graph.reports] == [1, 1, 1]
+
+
+def test_caller_config_passes_through() -> None:
+    """The caller's callbacks still fire and metadata sets task id and team."""
+    seen: list[str] = []
+
+    class Recorder(BaseCallbackHandler):
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            seen.append("chat")
+
+    graph = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    config: Any = {
+        "callbacks": [Recorder()],
+        "metadata": {"task_id": "job-7", "team": "research"},
+        "configurable": {"thread_id": "thread-1"},
+    }
+    graph.invoke({"items": ["a", "b"], "answers": []}, config)
+    report = graph.last_report
+    assert report is not None
+    assert seen == ["chat", "chat"]
+    assert report.task_id == "job-7"
+    assert report.attribution == {"team": "research", "session": "thread-1"}
+
+
+def test_streamed_chat_model_is_settled_from_final_usage() -> None:
+    """A node that streams its model is charged the usage of the final chunk."""
+    model = ScriptedChatModel(answer="one two three")
+
+    def node(state: FanState) -> dict[str, list[str]]:
+        text = "".join(str(c.content) for c in model.stream("hi"))
+        return {"answers": [text]}
+
+    graph = StateGraph(FanState)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    graph.add_edge("node", END)
+    governed = govern(graph.compile(), Governor())
+    governed.invoke({"items": [], "answers": []})
+    report = governed.last_report
+    assert report is not None
+    assert report.cost_usd == CALL_COST
+
+
+def test_direct_litellm_calls_in_nodes_are_governed_once(
+    capture: SpanCapture,
+) -> None:
+    """With LiteLLM instrumented, plain and ChatLiteLLM calls count once each."""
+    chat = ChatLiteLLM(
+        model="gpt-4o-mini", model_kwargs={"mock_response": "hi"}, max_tokens=20
+    )
+
+    def node(state: FanState) -> dict[str, list[str]]:
+        litellm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            mock_response="plain",
+            max_tokens=20,
+        )
+        return {"answers": [str(chat.invoke("hello").content)]}
+
+    graph = StateGraph(FanState)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    graph.add_edge("node", END)
+    gov = Governor(tracer_provider=capture.provider)
+    with instrument(gov):
+        governed = govern(graph.compile(), gov)
+        governed.invoke({"items": [], "answers": []})
+    report = governed.last_report
+    assert report is not None
+    assert report.calls == 2
+    (node_span,) = capture.named("governor.node node")
+    calls = capture.calls()
+    assert [c.parent.span_id for c in calls if c.parent] == [
+        node_span.context.span_id
+    ] * 2
+
+
+def test_unpriced_chat_model_is_refused() -> None:
+    """A chat model whose name has no price stops the graph by default."""
+    from governor import PriceUnknown
+
+    class Nameless(ScriptedChatModel):
+        def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
+            return {"ls_provider": "acme", "ls_model_name": "acme-large"}
+
+    graph = govern(fan_out_graph(Nameless()), Governor())
+    with pytest.raises(PriceUnknown, match="acme-large"):
+        graph.invoke({"items": ["a"], "answers": []})
