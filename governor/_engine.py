@@ -337,7 +337,7 @@ class Governor:
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
         duration = time.monotonic() - admission.started_at
-        cost = self.rate_card.cost(admission.rate.model, usage, duration_s=duration)
+        cost = admission.rate.cost(usage, duration_s=duration)
         return usd_to_nanos(cost.usd), usage, cost.source
 
     def _finish(

@@ -38,9 +38,9 @@ class Usage:
 class Cost:
     """The priced cost of one call, exact, with where the price came from.
 
-    ``source`` is ``"price_map"`` (LiteLLM's bundled map), ``"override"`` (the
-    policy's Pricing.overrides), ``"default"`` (Pricing.default) or
-    ``"estimated"`` when the usage itself was counted locally.
+    ``source`` is where the price came from: ``"price_map"``, ``"override"``
+    or ``"default"``. ``estimated`` is True when the usage was counted locally
+    (the provider reported none).
     """
 
     usd: Decimal

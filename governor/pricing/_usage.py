@@ -1,0 +1,296 @@
+"""Token usage as providers report it, brought to one convention.
+
+Providers disagree on what their numbers include. :class:`Usage` follows the
+OpenAI convention (prompt tokens include cached ones, completion tokens
+include reasoning ones); each reader below converts one provider's shape:
+
+===============  ==========================================================
+shape            how it is read
+===============  ==========================================================
+OpenAI / LiteLLM ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``;
+                 LiteLLM's Usage also brings Anthropic's cache tokens into
+                 ``prompt_tokens`` and repeats them as
+                 ``cache_read_input_tokens`` / ``cache_creation_input_tokens``
+OpenAI Responses ``input_tokens`` includes ``input_tokens_details.cached_tokens``
+Anthropic        ``input_tokens`` excludes ``cache_read_input_tokens`` and
+                 ``cache_creation_input_tokens``; thinking is in ``output_tokens``
+Gemini           ``promptTokenCount`` includes ``cachedContentTokenCount``;
+                 ``candidatesTokenCount`` excludes ``thoughtsTokenCount``
+LangChain        ``input_tokens`` includes ``input_token_details.cache_read``
+                 and ``.cache_creation``; ``output_tokens`` includes
+                 ``output_token_details.reasoning``
+===============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from governor._errors import ConfigError
+from governor.pricing._types import Usage
+
+__all__ = ["usage_from_response", "usage_from_stream_chunks"]
+
+logger = logging.getLogger(__name__)
+
+_OPENAI_KEYS = ("prompt_tokens", "completion_tokens")
+_GEMINI_KEYS = (
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "prompt_token_count",
+    "candidates_token_count",
+)
+_LANGCHAIN_KEYS = ("input_token_details", "output_token_details")
+_RESPONSES_KEYS = ("input_tokens_details", "output_tokens_details")
+_ANTHROPIC_KEYS = ("input_tokens", "output_tokens")
+# Containers that hold a usage: a response's ``usage``, LangChain's
+# ``usage_metadata`` (and google-genai's), Gemini REST's ``usageMetadata``.
+_WRAPPER_KEYS = ("usage", "usage_metadata", "usageMetadata")
+
+
+class _Fields(Protocol):
+    """Read access to an object's fields, whether it is a dict or not."""
+
+    def get(self, key: str, /) -> Any: ...
+
+
+class _Attributes:
+    """Fields of a plain object, read as attributes."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: object) -> None:
+        self._obj = obj
+
+    def get(self, key: str, /) -> Any:
+        return getattr(self._obj, key, None)
+
+
+_NO_FIELDS: Mapping[str, Any] = {}
+
+
+def _fields(obj: object) -> _Fields:
+    if obj is None:
+        return _NO_FIELDS
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(type(obj), "__pydantic_fields__"):
+        # Pydantic models (LiteLLM's, OpenAI's, Anthropic's, LangChain's) keep
+        # fields in __dict__ and extras aside; asking getattr for a missing
+        # name costs LiteLLM's models several microseconds each.
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    if isinstance(obj, Mapping):
+        return obj
+    return _Attributes(obj)
+
+
+def usage_from_response(obj: object) -> Usage:
+    """Read the token usage of one call from a response or a usage object.
+
+    Accepts a whole response (LiteLLM ``ModelResponse``, LangChain
+    ``AIMessage``, an Anthropic or Gemini response, as objects or dicts) or its
+    usage part, in any of the conventions in this module's docstring.
+
+    Raises:
+        ConfigError: the object is in no known shape; the message lists the
+            keys that were seen.
+    """
+    if isinstance(obj, Usage):
+        return obj
+    fields = _fields(obj)
+    for has_keys, reader in _READERS:
+        for key in has_keys:
+            if fields.get(key) is not None:
+                return reader(fields)
+    for key in _WRAPPER_KEYS:
+        inner = fields.get(key)
+        if inner is not None:
+            return usage_from_response(inner)
+    raise ConfigError(
+        f"cannot read token usage from a {type(obj).__name__} with keys "
+        f"{_keys_seen(obj)}; pass an OpenAI/LiteLLM usage (prompt_tokens, "
+        "completion_tokens), an Anthropic one (input_tokens, output_tokens), a "
+        "Gemini usageMetadata (promptTokenCount, candidatesTokenCount), a "
+        "LangChain usage_metadata, or a response that holds one as usage"
+    )
+
+
+def usage_from_stream_chunks(chunks: Iterable[object]) -> Usage | None:
+    """Read the usage of a streamed call from its chunks, or None if none had any.
+
+    OpenAI-style chunks (LiteLLM's included) carry a running total as
+    ``usage``, normally only on the last chunk, so the last one that has it
+    wins. LangChain message chunks carry ``usage_metadata`` increments that
+    LangChain itself adds up when chunks are merged, so those are summed.
+    """
+    last: Usage | None = None
+    summed: Usage | None = None
+    for chunk in chunks:
+        fields = _fields(chunk)
+        usage = fields.get("usage")
+        if usage is not None:
+            last = usage_from_response(usage)
+            continue
+        increment = fields.get("usage_metadata")
+        if increment is not None:
+            summed = _add(summed, usage_from_response(increment))
+    return last if last is not None else summed
+
+
+def _add(total: Usage | None, part: Usage) -> Usage:
+    if total is None:
+        return part
+    return Usage(
+        prompt_tokens=total.prompt_tokens + part.prompt_tokens,
+        completion_tokens=total.completion_tokens + part.completion_tokens,
+        cache_read_tokens=total.cache_read_tokens + part.cache_read_tokens,
+        cache_write_tokens=total.cache_write_tokens + part.cache_write_tokens,
+        reasoning_tokens=total.reasoning_tokens + part.reasoning_tokens,
+    )
+
+
+def _from_openai(usage: _Fields) -> Usage:
+    prompt_details = _fields(usage.get("prompt_tokens_details"))
+    completion_details = _fields(usage.get("completion_tokens_details"))
+    cache_read = _first_count(
+        (prompt_details, "cached_tokens"),
+        (usage, "cache_read_input_tokens"),
+        (usage, "prompt_cache_hit_tokens"),  # DeepSeek's raw name
+    )
+    cache_write = _first_count(
+        (prompt_details, "cache_creation_tokens"),
+        (prompt_details, "cache_write_tokens"),
+        (usage, "cache_creation_input_tokens"),
+    )
+    reasoning = _first_count(
+        (completion_details, "reasoning_tokens"), (usage, "reasoning_tokens")
+    )
+    return _consistent(
+        prompt=_count(usage, "prompt_tokens"),
+        completion=_count(usage, "completion_tokens"),
+        cache_read=cache_read,
+        cache_write=cache_write,
+        reasoning=reasoning,
+    )
+
+
+def _consistent(
+    *, prompt: int, completion: int, cache_read: int, cache_write: int, reasoning: int
+) -> Usage:
+    # Some pass-through providers report prompt tokens net of cache tokens or
+    # completion tokens net of reasoning; a part larger than its whole can only
+    # mean that, and adding it back is the one reading that bills every token.
+    if cache_read + cache_write > prompt:
+        logger.debug("prompt_tokens %d excludes cache tokens; adding them", prompt)
+        prompt += cache_read + cache_write
+    if reasoning > completion:
+        logger.debug("completion_tokens %d excludes reasoning; adding it", completion)
+        completion += reasoning
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+    )
+
+
+def _from_responses(usage: _Fields) -> Usage:
+    return _consistent(
+        prompt=_count(usage, "input_tokens"),
+        completion=_count(usage, "output_tokens"),
+        cache_read=_count(_fields(usage.get("input_tokens_details")), "cached_tokens"),
+        cache_write=0,
+        reasoning=_count(
+            _fields(usage.get("output_tokens_details")), "reasoning_tokens"
+        ),
+    )
+
+
+def _from_langchain(usage: _Fields) -> Usage:
+    input_details = _fields(usage.get("input_token_details"))
+    output_details = _fields(usage.get("output_token_details"))
+    return _consistent(
+        prompt=_count(usage, "input_tokens"),
+        completion=_count(usage, "output_tokens"),
+        cache_read=_count(input_details, "cache_read"),
+        cache_write=_count(input_details, "cache_creation"),
+        reasoning=_count(output_details, "reasoning"),
+    )
+
+
+def _from_anthropic(usage: _Fields) -> Usage:
+    cache_read = _count(usage, "cache_read_input_tokens")
+    cache_write = _count(usage, "cache_creation_input_tokens")
+    return Usage(
+        prompt_tokens=_count(usage, "input_tokens") + cache_read + cache_write,
+        completion_tokens=_count(usage, "output_tokens"),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+
+
+def _from_gemini(usage: _Fields) -> Usage:
+    def count(camel: str, snake: str) -> int:
+        return _first_count((usage, camel), (usage, snake))
+
+    prompt = count("promptTokenCount", "prompt_token_count")
+    candidates = count("candidatesTokenCount", "candidates_token_count")
+    thoughts = count("thoughtsTokenCount", "thoughts_token_count")
+    tool_prompt = count("toolUsePromptTokenCount", "tool_use_prompt_token_count")
+    total = count("totalTokenCount", "total_token_count")
+    cached = count("cachedContentTokenCount", "cached_content_token_count")
+    # Gemini bills tool-use prompt tokens as input; some model versions count
+    # thoughts inside candidates, which the total then reveals.
+    thoughts_apart = prompt + tool_prompt + candidates != total or total == 0
+    return Usage(
+        prompt_tokens=prompt + tool_prompt,
+        completion_tokens=candidates + thoughts if thoughts_apart else candidates,
+        cache_read_tokens=cached,
+        reasoning_tokens=thoughts,
+    )
+
+
+_READERS: tuple[tuple[tuple[str, ...], Callable[[_Fields], Usage]], ...] = (
+    (_OPENAI_KEYS, _from_openai),
+    (_GEMINI_KEYS, _from_gemini),
+    (_LANGCHAIN_KEYS, _from_langchain),
+    (_RESPONSES_KEYS, _from_responses),
+    (_ANTHROPIC_KEYS, _from_anthropic),
+)
+
+
+def _count(fields: _Fields, key: str) -> int:
+    return _as_count(fields.get(key), key)
+
+
+def _as_count(value: Any, key: str) -> int:
+    if value is None:
+        return 0
+    if type(value) is int and value >= 0:  # the usual case, checked cheaply
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"usage field {key!r} must be a token count, got {value!r}")
+    if value < 0 or value != int(value):
+        raise ConfigError(
+            f"usage field {key!r} must be a whole number >= 0, got {value!r}"
+        )
+    return int(value)
+
+
+def _first_count(*places: tuple[_Fields, str]) -> int:
+    for fields, key in places:
+        value = fields.get(key)
+        if value is not None:
+            return _as_count(value, key)
+    return 0
+
+
+def _keys_seen(obj: object) -> list[str]:
+    if isinstance(obj, Mapping):
+        return sorted(str(key) for key in obj)
+    names = vars(obj) if hasattr(obj, "__dict__") else dir(obj)
+    return sorted(name for name in names if not name.startswith("_"))

@@ -1,0 +1,102 @@
+"""Spans reach a real OTLP/HTTP receiver with every cost attribute intact."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from governor import Budget, BudgetExceeded, Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.telemetry import attributes as attr
+from governor.telemetry import configure_tracing, read_spans
+from governor.testing._otlp import OtlpReceiver
+
+MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet."}]
+CALL_COST = 10 * Decimal("0.15e-6") + 20 * Decimal("0.6e-6")
+
+
+def test_governed_task_arrives_over_otlp_attribute_by_attribute() -> None:
+    """A task and its calls are exported over OTLP/HTTP and decode exactly."""
+    with OtlpReceiver() as receiver:
+        provider = configure_tracing(
+            service_name="governor-test", otlp_endpoint=receiver.endpoint
+        )
+        gov = Governor(
+            Policy(budgets=[Budget(max_usd="0.00004")]), tracer_provider=provider
+        )
+        llm = GovernedLiteLLM(gov)
+        with (
+            pytest.raises(BudgetExceeded),
+            gov.task("otlp-1", team="lit", feature="qa"),
+        ):
+            for _ in range(5):
+                llm.completion(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    mock_response="A prince hesitates.",
+                    max_tokens=20,
+                )
+        provider.shutdown()
+        calls = receiver.named("chat gpt-4o-mini")
+        (task,) = receiver.named("governor.task")
+
+    assert len(calls) == 2
+    call = calls[0].attributes
+    assert call[attr.GEN_AI_OPERATION_NAME] == "chat"
+    assert call[attr.GEN_AI_PROVIDER_NAME] == "openai"
+    assert call[attr.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert call[attr.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini"
+    assert call[attr.GEN_AI_USAGE_INPUT_TOKENS] == 10
+    assert call[attr.GEN_AI_USAGE_OUTPUT_TOKENS] == 20
+    assert call[attr.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 0
+    assert call[attr.GEN_AI_USAGE_COST_AMOUNT] == float(CALL_COST)
+    assert call[attr.GEN_AI_USAGE_COST_CURRENCY] == "USD"
+    assert call[attr.GEN_AI_USAGE_COST_SOURCE] == "price_map"
+    assert call[attr.LLM_COST_TOTAL] == float(CALL_COST)
+    assert call[attr.GEN_AI_USAGE_COST] == float(CALL_COST)
+    assert (call[attr.TEAM], call[attr.FEATURE], call[attr.TASK_ID]) == (
+        "lit",
+        "qa",
+        "otlp-1",
+    )
+    assert [name for name, _ in calls[0].events] == [
+        attr.EVENT_RESERVED,
+        attr.EVENT_SETTLED,
+    ]
+    assert task.attributes[attr.TASK_COST_USD] == float(CALL_COST * 2)
+    assert task.attributes[attr.TASK_CALLS] == 2
+    assert task.attributes[attr.TASK_STOP_REASON] == "budget_exceeded"
+    assert [name for name, _ in task.events] == [attr.EVENT_REFUSED]
+    assert {c.parent_span_id for c in calls} == {task.span_id}
+    assert task.resource["service.name"] == "governor-test"
+
+
+def test_spans_can_go_to_a_jsonl_file(tmp_path: object) -> None:
+    """The JSONL exporter writes spans the CLI can read back."""
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "spans.jsonl"
+    provider = configure_tracing(jsonl_path=path)
+    gov = Governor(tracer_provider=provider)
+    GovernedLiteLLM(gov).completion(
+        model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+    )
+    provider.shutdown()
+    spans = read_spans(path)
+    names = sorted(s["name"] for s in spans)
+    assert names == ["chat gpt-4o-mini", "governor.task"]
+    (call,) = [s for s in spans if s["name"].startswith("chat")]
+    assert call["attributes"][attr.GEN_AI_USAGE_COST_AMOUNT] == float(CALL_COST)
+
+
+def test_exporter_failure_never_breaks_a_call() -> None:
+    """With the receiver unreachable, governed calls still succeed."""
+    provider = configure_tracing(otlp_endpoint="http://127.0.0.1:9/v1/traces")
+    gov = Governor(tracer_provider=provider)
+    with gov.task() as task:
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+        )
+    provider.force_flush(timeout_millis=2000)
+    assert task.report().cost_usd == CALL_COST

@@ -1,0 +1,533 @@
+"""Rate cards: model resolution, overrides, unknown prices, cost bounds, the map."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import random
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from governor._errors import ConfigError, PriceUnknown
+from governor.cli import main as cli_main
+from governor.policies import Price, PriceTier, Pricing
+from governor.pricing import Rate, RateCard, Usage
+from governor.pricing._pricemap import parse_price_map
+
+D = Decimal
+
+# A small map in LiteLLM's format, so resolution rules do not hang on real prices.
+_MAP: dict[str, dict[str, Any]] = {
+    "gpt-4o": {
+        "litellm_provider": "openai",
+        "input_cost_per_token": D("2.5e-06"),
+        "output_cost_per_token": D("1e-05"),
+        "cache_read_input_token_cost": D("1.25e-06"),
+        "max_input_tokens": 128000,
+        "max_output_tokens": 16384,
+    },
+    "openai/gpt-4o": {
+        "litellm_provider": "openai",
+        "input_cost_per_token": D("9e-06"),
+        "output_cost_per_token": D("9e-05"),
+    },
+    "Org/Mixed-Case": {
+        "litellm_provider": "together_ai",
+        "input_cost_per_token": D("1e-07"),
+        "output_cost_per_token": D("2e-07"),
+    },
+    "retired-model": {
+        "litellm_provider": "anthropic",
+        "input_cost_per_token": 0,
+        "output_cost_per_token": 0,
+        "max_output_tokens": 8192,
+    },
+    "vendor/retired-model": {"litellm_provider": "vendor", "max_input_tokens": 1000},
+    "embed-only": {
+        "litellm_provider": "openai",
+        "input_cost_per_token": D("0"),
+        "output_cost_per_token": D("1e-06"),
+    },
+    "long-context": {
+        "litellm_provider": "gemini",
+        "input_cost_per_token": D("1.25e-06"),
+        "output_cost_per_token": D("1e-05"),
+        "cache_read_input_token_cost": D("1.25e-07"),
+        "input_cost_per_token_above_200k_tokens": D("2.5e-06"),
+        "output_cost_per_token_above_200k_tokens": D("1.5e-05"),
+        "input_cost_per_token_above_200k_tokens_priority": D("9e-06"),
+    },
+}
+
+
+def _card(pricing: Pricing | None = None) -> RateCard:
+    return RateCard(pricing, price_map=_MAP)
+
+
+def test_exact_key_resolves_from_the_map() -> None:
+    """A name that is a map key gets that entry's per-token prices."""
+    rate = _card().rate("gpt-4o")
+    assert (rate.model, rate.source, rate.provider) == ("gpt-4o", "price_map", "openai")
+    assert (rate.input_per_token, rate.output_per_token) == (D("2.5e-6"), D("1e-5"))
+
+
+def test_exact_key_wins_over_stripped_prefix() -> None:
+    """A prefixed name that is itself a map key is priced by that key."""
+    assert _card().rate("openai/gpt-4o").input_per_token == D("9e-06")
+
+
+def test_name_in_another_letter_case_resolves() -> None:
+    """Letter case does not matter when the exact name is not a key."""
+    assert _card().rate("org/mixed-case").model == "Org/Mixed-Case"
+
+
+def test_provider_prefix_is_stripped() -> None:
+    """A provider prefix missing from the map is removed: azure/gpt-4o is gpt-4o."""
+    assert _card().rate("azure/gpt-4o").model == "gpt-4o"
+
+
+def test_offline_prefix_resolves_to_the_real_model() -> None:
+    """offline/<model> is priced as <model>, prefixes nested or not."""
+    card = RateCard()
+    assert card.rate("offline/gpt-4o-mini").model == "gpt-4o-mini"
+    assert card.rate("offline/gemini/gemini-2.5-flash").model == (
+        "gemini/gemini-2.5-flash"
+    )
+
+
+def test_missing_cache_and_reasoning_prices_fall_back() -> None:
+    """Cache prices fall back to the input price, reasoning to the output price."""
+    rate = _card().rate("gpt-4o")
+    assert rate.cache_read_per_token == D("1.25e-06")
+    assert rate.cache_write_per_token == D("2.5e-06")
+    assert rate.reasoning_per_token == D("1e-05")
+
+
+def test_map_limits_are_read() -> None:
+    """Context window and output ceiling come from the map entry."""
+    rate = _card().rate("gpt-4o")
+    assert (rate.max_input_tokens, rate.max_output_tokens) == (128000, 16384)
+
+
+def test_unknown_model_is_refused_with_how_to_price_it() -> None:
+    """An unpriced model raises PriceUnknown naming it and the override to set."""
+    with pytest.raises(PriceUnknown) as caught:
+        _card().rate("my-private-model")
+    assert caught.value.model == "my-private-model"
+    message = str(caught.value)
+    assert "'my-private-model'" in message
+    assert "Pricing(overrides=" in message
+    assert "Pricing(default=" in message
+
+
+def test_unknown_model_stays_unknown_on_later_calls() -> None:
+    """The refusal is remembered and raised again, not turned into a price."""
+    card = _card()
+    for _ in range(2):
+        with pytest.raises(PriceUnknown):
+            card.rate("my-private-model")
+
+
+def test_zero_priced_map_entry_is_unknown_not_free() -> None:
+    """A map entry with no input and no output price is refused, with a reason."""
+    with pytest.raises(PriceUnknown) as caught:
+        _card().rate("retired-model")
+    assert "no token prices" in caught.value.reason
+
+
+def test_first_map_entry_found_decides() -> None:
+    """An unpriced prefixed entry is not priced by a shorter name's entry."""
+    with pytest.raises(PriceUnknown) as caught:
+        _card().rate("vendor/retired-model")
+    assert "'vendor/retired-model'" in caught.value.reason
+
+
+def test_real_placeholder_entry_is_unknown() -> None:
+    """The bundled map's unpriced placeholder ids are refused."""
+    with pytest.raises(PriceUnknown):
+        RateCard().rate("bedrock/claude-opus-latest")
+
+
+def test_retired_claude_id_is_unknown() -> None:
+    """A retired Claude id that LiteLLM would cost at 0.0 is refused."""
+    with pytest.raises(PriceUnknown):
+        RateCard().rate("claude-sonnet-4-20250514")
+
+
+def test_override_wins_over_the_map() -> None:
+    """A negotiated price replaces the map's price and says so."""
+    pricing = Pricing(
+        overrides={"gpt-4o": Price(input_usd_per_mtok="2", output_usd_per_mtok="8")}
+    )
+    rate = _card(pricing).rate("gpt-4o")
+    assert (rate.source, rate.input_per_token, rate.output_per_token) == (
+        "override",
+        D("0.000002"),
+        D("0.000008"),
+    )
+
+
+def test_override_matches_the_stripped_name() -> None:
+    """An override for gpt-4o also prices offline/gpt-4o."""
+    pricing = Pricing(overrides={"gpt-4o": Price(input_usd_per_mtok="2")})
+    rate = _card(pricing).rate("offline/gpt-4o")
+    assert (rate.model, rate.source) == ("gpt-4o", "override")
+
+
+def test_override_keeps_the_maps_limits_and_provider() -> None:
+    """An override without limits takes them, and the provider, from the map."""
+    pricing = Pricing(overrides={"gpt-4o": Price(input_usd_per_mtok="2")})
+    rate = _card(pricing).rate("gpt-4o")
+    assert (rate.max_output_tokens, rate.provider) == (16384, "openai")
+
+
+def test_override_cache_and_reasoning_prices() -> None:
+    """Override cache-read, cache-write and reasoning prices are each applied."""
+    price = Price(
+        input_usd_per_mtok="3",
+        output_usd_per_mtok="15",
+        cache_read_usd_per_mtok="0.3",
+        cache_write_usd_per_mtok="3.75",
+        reasoning_usd_per_mtok="20",
+    )
+    card = _card(Pricing(overrides={"house-model": price}))
+    usage = Usage(
+        prompt_tokens=1000,
+        cache_read_tokens=500,
+        cache_write_tokens=200,
+        completion_tokens=100,
+        reasoning_tokens=40,
+    )
+    cost = card.cost("house-model", usage)
+    assert cost.breakdown == {
+        "input": D("0.0009"),
+        "cache_read": D("0.00015"),
+        "cache_write": D("0.00075"),
+        "output": D("0.0009"),
+        "reasoning": D("0.0008"),
+        "duration": D("0"),
+    }
+    assert cost.usd == D("0.0035")
+
+
+def test_self_hosted_model_priced_per_second() -> None:
+    """A per-second override bills the call's wall time, with no token price."""
+    price = Price(usd_per_second="0.0025")
+    card = _card(Pricing(overrides={"vllm/llama-3-8b": price}))
+    cost = card.cost("vllm/llama-3-8b", Usage(prompt_tokens=900), duration_s=1.5)
+    assert (cost.usd, cost.source) == (D("0.00375"), "override")
+
+
+def test_explicitly_free_override_is_allowed() -> None:
+    """An override of zero prices means free on purpose, so tokens cost 0."""
+    card = _card(Pricing(overrides={"local-model": Price()}))
+    assert card.cost("local-model", Usage(prompt_tokens=10)).usd == 0
+
+
+def test_zero_map_total_for_used_tokens_is_unknown() -> None:
+    """A map price that comes to 0 for a call that used tokens raises PriceUnknown."""
+    card = _card()
+    with pytest.raises(PriceUnknown) as caught:
+        card.cost("embed-only", Usage(prompt_tokens=100))
+    assert "zero" in caught.value.reason
+
+
+def test_override_price_tier_applies_above_threshold() -> None:
+    """A PriceTier prices every token of a call whose prompt passes its threshold."""
+    price = Price(
+        input_usd_per_mtok="1",
+        output_usd_per_mtok="2",
+        tiers=(
+            PriceTier(
+                above_input_tokens=1000,
+                input_usd_per_mtok="4",
+                output_usd_per_mtok="8",
+            ),
+        ),
+    )
+    card = _card(Pricing(overrides={"tiered": price}))
+    at = card.cost("tiered", Usage(prompt_tokens=1000, completion_tokens=10)).usd
+    above = card.cost("tiered", Usage(prompt_tokens=1001, completion_tokens=10)).usd
+    assert (at, above) == (D("0.00102"), D("0.004084"))
+
+
+def test_tier_cache_price_falls_back_to_the_base_cache_price() -> None:
+    """A tier without its own cache price keeps the base's explicit cache price."""
+    price = Price(
+        input_usd_per_mtok="1",
+        cache_read_usd_per_mtok="0.1",
+        tiers=(
+            PriceTier(
+                above_input_tokens=10, input_usd_per_mtok="2", output_usd_per_mtok="4"
+            ),
+        ),
+    )
+    rate = _card(Pricing(overrides={"m": price})).rate("m")
+    assert rate.tiers[0].cache_read_per_token == D("1E-7")
+    assert rate.tiers[0].cache_write_per_token == D("0.000002")
+
+
+def test_map_tier_keys_become_tiers() -> None:
+    """above_200k_tokens keys make a tier at 200000; service-tier variants do not."""
+    rate = _card().rate("long-context")
+    assert [t.above_input_tokens for t in rate.tiers] == [200_000]
+    assert rate.tiers[0].input_per_token == D("2.5e-06")
+
+
+def test_tiered_pricing_table_is_read() -> None:
+    """A map entry priced by a tiered_pricing table gets its base and tiers."""
+    rate = RateCard().rate("dashscope/qwen-plus-latest")
+    assert rate.input_per_token == D("4E-7")
+    assert [t.above_input_tokens for t in rate.tiers] == [256_000]
+    assert rate.tiers[0].reasoning_per_token == D("0.000012")
+
+
+def test_default_price_admits_unknown_models() -> None:
+    """With a default price, an unknown model is priced at it, marked default."""
+    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    rate = card.rate("my-private-model")
+    assert (rate.model, rate.source, rate.input_per_token) == (
+        "my-private-model",
+        "default",
+        D("0.000005"),
+    )
+
+
+def test_default_price_covers_zero_priced_entries() -> None:
+    """A zero-priced map entry is unknown, so the default prices it."""
+    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    rate = card.rate("retired-model")
+    assert (rate.source, rate.max_output_tokens) == ("default", 8192)
+
+
+def test_default_price_does_not_replace_known_prices() -> None:
+    """A model the map prices keeps its map price when a default is set."""
+    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    assert card.rate("gpt-4o").source == "price_map"
+
+
+def test_rate_is_resolved_once_per_model() -> None:
+    """A second lookup returns the very same Rate object."""
+    card = _card()
+    assert card.rate("gpt-4o") is card.rate("gpt-4o")
+
+
+def test_cost_parts_add_up() -> None:
+    """Cost.usd is the sum of its breakdown and the usage drives each part."""
+    usage = Usage(prompt_tokens=2000, cache_read_tokens=1000, completion_tokens=100)
+    cost = _card().cost("gpt-4o", usage)
+    assert cost.breakdown["input"] == D("0.0025")
+    assert cost.breakdown["cache_read"] == D("0.00125")
+    assert cost.breakdown["output"] == D("0.001")
+    assert cost.usd == sum(cost.breakdown.values()) == D("0.00475")
+
+
+def test_estimated_usage_keeps_the_rate_source() -> None:
+    """An estimated usage marks the cost estimated; the source stays the rate's."""
+    cost = _card().cost("gpt-4o", Usage(prompt_tokens=10, estimated=True))
+    assert (cost.source, cost.estimated) == ("price_map", True)
+
+
+def test_inconsistent_usage_is_rejected() -> None:
+    """Cache tokens beyond the prompt are a ConfigError, not a negative cost."""
+    with pytest.raises(ConfigError):
+        _card().cost("gpt-4o", Usage(prompt_tokens=10, cache_read_tokens=11))
+
+
+def test_worst_case_value() -> None:
+    """Worst case is prompt at the input price plus max output at the output price."""
+    worst = _card().worst_case_usd("gpt-4o", prompt_tokens=1000, max_output_tokens=500)
+    assert worst == D("0.0075")
+
+
+def test_worst_case_uses_the_tier_the_prompt_lands_in() -> None:
+    """A prompt above the threshold is bounded at the tier's prices."""
+    worst = _card().worst_case_usd(
+        "long-context", prompt_tokens=200_001, max_output_tokens=0
+    )
+    assert worst == D("0.5000025")
+
+
+def test_worst_case_covers_dear_cache_writes() -> None:
+    """A cache write dearer than input is covered by the bound."""
+    price = Price(input_usd_per_mtok="3", cache_write_usd_per_mtok="3.75")
+    card = _card(Pricing(overrides={"m": price}))
+    worst = card.worst_case_usd("m", prompt_tokens=100, max_output_tokens=0)
+    assert worst == card.cost("m", Usage(prompt_tokens=100, cache_write_tokens=100)).usd
+
+
+def test_worst_case_includes_duration() -> None:
+    """A per-second price adds max_duration_s seconds to the bound."""
+    card = _card(Pricing(overrides={"m": Price(usd_per_second="0.01")}))
+    worst = card.worst_case_usd(
+        "m", prompt_tokens=5, max_output_tokens=5, max_duration_s=2.5
+    )
+    assert worst == D("0.025")
+
+
+def _random_usage(rng: random.Random, prompt: int, max_output: int) -> Usage:
+    cache_read = rng.randint(0, prompt)
+    cache_write = rng.randint(0, prompt - cache_read)
+    completion = rng.randint(0, max_output)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=rng.randint(0, completion),
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-4o-mini",
+        "claude-sonnet-4-6",
+        "gemini/gemini-2.5-pro",
+        "gemini/gemini-2.5-flash",
+        "dashscope/qwen-plus-latest",
+    ],
+)
+def test_worst_case_bounds_every_cost(model: str) -> None:
+    """No usage within the bounds costs more than worst_case_usd."""
+    card = RateCard()
+    rng = random.Random(model)
+    for _ in range(300):
+        prompt = rng.choice([1, 999, 200_000, 200_001, 256_001, rng.randint(1, 10**6)])
+        max_output = rng.randint(0, 70_000)
+        worst = card.worst_case_usd(
+            model, prompt_tokens=prompt, max_output_tokens=max_output
+        )
+        usage = _random_usage(rng, prompt, max_output)
+        assert card.cost(model, usage).usd <= worst, (model, usage)
+
+
+def test_importing_pricing_does_not_import_litellm() -> None:
+    """import governor.pricing, and pricing a model, leave litellm unimported."""
+    code = (
+        "import sys, governor.pricing as p; p.RateCard().rate('gpt-4o'); "
+        "print('litellm' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_bundled_map_keeps_prices_exact() -> None:
+    """Prices parse as Decimal, so 1.5e-07 stays exactly 0.00000015."""
+    assert RateCard().rate("gpt-4o-mini").input_per_token == D("0.00000015")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_remote_map_failure_falls_back_to_bundled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unreachable remote map logs a WARNING and prices from the bundled map."""
+    url = f"http://127.0.0.1:{_free_port()}/prices.json"
+    card = RateCard(Pricing(remote_price_map=True), price_map_url=url)
+    with caplog.at_level(logging.WARNING, logger="governor.pricing._pricemap"):
+        rate = card.rate("gpt-4o-mini")
+    assert rate.input_per_token == D("1.5e-07")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert url in caplog.records[0].getMessage()
+
+
+@pytest.fixture
+def served_map() -> Iterator[str]:
+    """Serve a one-model price map from a local HTTP server; yield its URL."""
+    body = json.dumps(
+        {"gpt-4o-mini": {"input_cost_per_token": 1e-07, "output_cost_per_token": 2e-07}}
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/prices.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_remote_map_is_used_when_fetched(served_map: str) -> None:
+    """An opted-in remote map replaces the bundled prices."""
+    card = RateCard(Pricing(remote_price_map=True), price_map_url=served_map)
+    assert card.rate("gpt-4o-mini").input_per_token == D("1e-07")
+
+
+def test_price_map_document_must_be_an_object() -> None:
+    """A map that is not a JSON object of entries is rejected."""
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_price_map(b"[1, 2]")
+
+
+def test_cli_prints_the_entry_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """governor pricing MODEL --json prints per-million prices, tiers and limits."""
+    assert cli_main(["pricing", "offline/gemini/gemini-2.5-pro", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["model"] == "gemini/gemini-2.5-pro"
+    assert document["source"] == "price_map"
+    assert document["provider"] == "gemini"
+    assert document["usd_per_mtok"] == {
+        "input": "1.25",
+        "output": "10",
+        "cache_read": "0.125",
+        "cache_write": "1.25",
+        "reasoning": "10",
+    }
+    assert document["tiers"][0]["above_input_tokens"] == 200_000
+    assert document["tiers"][0]["usd_per_mtok"]["input"] == "2.5"
+    assert (document["max_input_tokens"], document["max_output_tokens"]) == (
+        1048576,
+        65536,
+    )
+
+
+def test_cli_prints_the_entry_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """governor pricing MODEL prints a readable entry with the resolved key."""
+    assert cli_main(["pricing", "openai/gpt-4o-mini"]) == 0
+    out = capsys.readouterr().out
+    assert "model      gpt-4o-mini" in out
+    assert "  input       0.15" in out
+    assert "max output         16384 tokens" in out
+
+
+def test_cli_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unpriced model exits 1 and says how to price it."""
+    assert cli_main(["pricing", "no-such-model-xyz"]) == 1
+    assert "Pricing(overrides=" in capsys.readouterr().err
+
+
+def test_rate_is_a_frozen_value() -> None:
+    """A Rate cannot be changed after it is built."""
+    rate = _card().rate("gpt-4o")
+    assert isinstance(rate, Rate)
+    with pytest.raises(AttributeError):
+        rate.input_per_token = D(0)  # type: ignore[misc]
