@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from governor.pricing import Usage
+from governor.stores import Line
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from governor._task import Task
+    from governor.policies import Budget
     from governor.pricing import Rate
 
 __all__ = ["Admission", "CallRequest", "CallResult", "prompt_byte_bound"]
@@ -65,11 +67,17 @@ class Admission:
     max_output_tokens: int
     hold_nanos: int
     hold_tokens: int
-    keys: tuple[str, ...]
+    lines: tuple[Line, ...]
+    budgets: tuple[Budget, ...]
     started_at: float
     span: Span | None = None
     settled: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys of the budget lines the call is held on."""
+        return tuple(line.key for line in self.lines)
 
 
 @dataclass(frozen=True, slots=True)

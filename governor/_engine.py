@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
@@ -24,7 +23,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
 from governor._errors import BudgetExceeded, GovernorHalt, PriceUnknown
 from governor._money import nanos_to_usd, usd_to_nanos
-from governor._task import _CURRENT, Task, TaskReport
+from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import AsyncLedger, Ledger, Line, MemoryLedger, Refusal
@@ -148,7 +147,7 @@ class Governor:
         admission = self._plan(request)
         refusal = self.ledger.reserve(
             admission.call_id,
-            self._lines(admission.task),
+            admission.lines,
             admission.hold_nanos,
             admission.hold_tokens,
             admission.task.policy.hold_ttl_s,
@@ -156,7 +155,7 @@ class Governor:
         if refusal is not None and self._recount(admission):
             refusal = self.ledger.reserve(
                 admission.call_id,
-                self._lines(admission.task),
+                admission.lines,
                 admission.hold_nanos,
                 admission.hold_tokens,
                 admission.task.policy.hold_ttl_s,
@@ -171,7 +170,7 @@ class Governor:
             return self.begin_call(request)
         refusal = await ledger.areserve(
             admission.call_id,
-            self._lines(admission.task),
+            admission.lines,
             admission.hold_nanos,
             admission.hold_tokens,
             admission.task.policy.hold_ttl_s,
@@ -179,7 +178,7 @@ class Governor:
         if refusal is not None and self._recount(admission):
             refusal = await ledger.areserve(
                 admission.call_id,
-                self._lines(admission.task),
+                admission.lines,
                 admission.hold_nanos,
                 admission.hold_tokens,
                 admission.task.policy.hold_ttl_s,
@@ -220,8 +219,9 @@ class Governor:
             raise
         max_out = _output_ceiling(request, rate, task.policy)
         bound = prompt_byte_bound(request.messages, request.extra_prompt)
+        pairs = self._budget_lines(task)
         return Admission(
-            call_id=uuid.uuid4().hex,
+            call_id=new_id(),
             task=task,
             owns_task=owns,
             request=request,
@@ -229,7 +229,8 @@ class Governor:
             max_output_tokens=max_out,
             hold_nanos=self._worst_nanos(rate, bound, max_out),
             hold_tokens=bound + max_out,
-            keys=tuple(line.key for line in self._lines(task)),
+            lines=tuple(line for _, line in pairs),
+            budgets=tuple(budget for budget, _ in pairs),
             started_at=time.monotonic(),
         )
 
@@ -376,7 +377,7 @@ class Governor:
         return [line for _, line in self._budget_lines(task)]
 
     def _budget_lines(self, task: Task) -> list[tuple[Budget, Line]]:
-        values = task.attribution.scope_values()
+        values = task.scope_values
         lines = []
         for budget in task.policy.budgets:
             if budget.scope == "task":
@@ -403,7 +404,7 @@ class Governor:
         return left
 
     def _check_warnings(self, admission: Admission) -> None:
-        for budget, line in self._budget_lines(admission.task):
+        for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if not budget.warn_at or line.limit_nanos in (None, 0):
                 continue
             balance = self.ledger.balance(line.key)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -26,10 +25,10 @@ from opentelemetry.trace import Span
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import GovernorHalt
-from governor._task import _CURRENT, Task, TaskReport
+from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
-from governor.telemetry import _attributes as attr
+from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue
 
 __all__ = ["GovernedGraph", "GovernorCallbackHandler", "govern"]
@@ -179,7 +178,7 @@ class GovernedGraph:
     def _start(self, config: RunnableConfig | None) -> tuple[Task, RunnableConfig]:
         merged: RunnableConfig = {**(config or {})}
         metadata = dict(merged.get("metadata") or {})
-        task_id = str(metadata.get("task_id") or uuid.uuid4().hex)
+        task_id = str(metadata.get("task_id") or new_id())
         task = self.governor.open_task(task_id, attribution=_attribution(merged))
         metadata["task_id"] = task.id
         merged["metadata"] = metadata

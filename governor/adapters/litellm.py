@@ -224,9 +224,10 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
 def _result(response: Any) -> CallResult:
     usage_obj = getattr(response, "usage", None)
     usage = usage_from_response(usage_obj) if usage_obj is not None else None
-    choices = getattr(response, "choices", None) or []
     reasons = tuple(
-        str(c.finish_reason) for c in choices if getattr(c, "finish_reason", None)
+        str(reason)
+        for choice in getattr(response, "choices", None) or ()
+        if (reason := choice.get("finish_reason"))
     )
     return CallResult(
         usage=usage,

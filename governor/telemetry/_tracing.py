@@ -180,7 +180,13 @@ class Telemetry:
 
 
 def attribution_attributes(task: Task) -> dict[str, AttrValue]:
-    """Return the task's attribution as span attributes."""
+    """Return the task's attribution as span attributes (computed once)."""
+    if not task.span_attributes and (task.scope_values or task.attribution.tags):
+        task.span_attributes = _attribution_attributes(task)
+    return task.span_attributes
+
+
+def _attribution_attributes(task: Task) -> dict[str, AttrValue]:
     names = {
         "team": attr.TEAM,
         "feature": attr.FEATURE,
@@ -189,7 +195,7 @@ def attribution_attributes(task: Task) -> dict[str, AttrValue]:
         "session": attr.SESSION,
         "org": attr.ORG,
     }
-    values = task.attribution.scope_values()
+    values = task.scope_values
     out: dict[str, AttrValue] = {names[k]: v for k, v in values.items()}
     out.update({attr.TAG_PREFIX + k: v for k, v in task.attribution.tags.items()})
     return out
