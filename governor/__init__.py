@@ -7,7 +7,14 @@ and ``governor.adapters.litellm`` holds the LiteLLM one.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# LiteLLM fetches its price map from the network when first imported unless
+# told otherwise; the governor promises no network access at import or call
+# time, and prices from the bundled map. Set the variable to "False" before
+# importing governor to let LiteLLM fetch (or use Pricing(remote_price_map=True)).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor

@@ -1,0 +1,282 @@
+"""``governor demo``: the example agents, offline, under their policies."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__all__ = ["register"]
+
+_EXAMPLES = Path("examples") / "agents"
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    """Add ``demo`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Run the example LangGraph agents with no network and no API keys: "
+            "a map-reduce research agent over HotpotQA, a calculator agent over "
+            "GSM8K, and one research task whose budget is too small for it. "
+            "GOVERNOR_PROVIDER=live sends the same calls to the real models."
+        ),
+    )
+    parser.add_argument(
+        "--count", type=int, default=3, help="tasks per agent (default 3)"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="offline latency multiplier: 1 realistic (default), 0 instant",
+    )
+    parser.add_argument(
+        "--traces",
+        default=".governor/traces.jsonl",
+        help="JSONL file the spans are written to (default .governor/traces.jsonl)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    parser.set_defaults(handler=_run)
+
+
+@dataclass
+class _Row:
+    agent: str
+    task_id: str
+    calls: int
+    tokens: int
+    cost_usd: str
+    budget_left_usd: str
+    stop_reason: str
+    seconds: float
+    detail: str = ""
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        print("governor demo: --count must be at least 1", file=sys.stderr)
+        return 2
+    examples = _examples_dir()
+    if examples is None:
+        print(
+            "governor demo: the example agents were not found. Run it from a "
+            "checkout of the llm-governor repository (it reads examples/agents/).",
+            file=sys.stderr,
+        )
+        return 2
+    if importlib.util.find_spec("langchain_litellm") is None:
+        print(
+            "governor demo: the examples use LangChain's ChatLiteLLM. Install it "
+            "with: pip install 'llm-governor[examples]'",
+            file=sys.stderr,
+        )
+        return 2
+    return _demo(args, examples)
+
+
+def _demo(args: argparse.Namespace, examples: Path) -> int:
+    from governor import Governor
+    from governor.stores import MemoryLedger
+    from governor.telemetry import configure_tracing
+    from governor.testing import ENV_PROVIDER, install_offline_provider
+
+    research = _load(examples / "research.py", "governor_demo_research")
+    math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
+    live = os.environ.get(ENV_PROVIDER, "offline") == "live"
+    if not live:
+        install_offline_provider(
+            _chain(research.offline_responder, math_tools.offline_responder),
+            speed=args.speed,
+        )
+    _quiet_langchain_refusal_logs()
+    traces = Path(args.traces)
+    provider = configure_tracing(service_name="governor-demo", jsonl_path=traces)
+    ledger = MemoryLedger()
+
+    def governor(policy: Any) -> Governor:
+        return Governor(policy, ledger=ledger, tracer_provider=provider)
+
+    _say(args, f"llm-governor demo ({'live models' if live else 'offline models'})")
+    rows = [
+        *_run_research(args, research, governor(research.POLICY), "research"),
+        *_run_math(args, math_tools, governor(math_tools.POLICY)),
+        *_run_research(
+            args,
+            research,
+            governor(research.POLICY.merged(_small_budget(research.POLICY))),
+            "research (budget $0.001)",
+            count=1,
+        ),
+    ]
+    provider.shutdown()
+    _print_table(args, rows, traces)
+    return 0
+
+
+def _run_research(
+    args: argparse.Namespace,
+    module: ModuleType,
+    governor: Any,
+    label: str,
+    count: int | None = None,
+) -> list[_Row]:
+    from governor import govern
+
+    agent = govern(module.build_graph(), governor)
+    rows = []
+    for item in module.questions(count or args.count):
+        inputs = {"question": item["question"]}
+        rows.append(_run_task(args, agent, label, item["question"], inputs))
+    return rows
+
+
+def _run_math(
+    args: argparse.Namespace, module: ModuleType, governor: Any
+) -> list[_Row]:
+    from governor import govern
+
+    agent = govern(module.build_graph(), governor)
+    return [
+        _run_task(args, agent, "math-tools", p["question"], module.task_input(p))
+        for p in module.problems(args.count)
+    ]
+
+
+def _run_task(
+    args: argparse.Namespace, agent: Any, label: str, title: str, inputs: Any
+) -> _Row:
+    from governor import GovernorHalt
+
+    _say(args, f"  {label:<26} {_short(title)}", end="")
+    start = time.monotonic()
+    outcome, detail = "completed", ""
+    try:
+        agent.invoke(inputs, {"metadata": {"environment": "demo"}})
+    except GovernorHalt as exc:
+        outcome, detail = f"stopped: {exc.code}", str(exc)
+    report = agent.last_report
+    seconds = time.monotonic() - start
+    _say(args, f"  {outcome}, {report.calls} calls, ${report.cost_usd}")
+    left = report.budget_left_usd
+    return _Row(
+        agent=label,
+        task_id=report.task_id,
+        calls=report.calls,
+        tokens=report.tokens,
+        cost_usd=str(report.cost_usd),
+        budget_left_usd="-" if left is None else str(left),
+        stop_reason=report.stop_reason or "completed",
+        seconds=round(seconds, 2),
+        detail=detail,
+    )
+
+
+def _small_budget(policy: Any) -> Any:
+    from governor import Budget, Policy
+
+    return Policy(name=f"{policy.name}-small", budgets=[Budget(max_usd="0.001")])
+
+
+def _print_table(args: argparse.Namespace, rows: list[_Row], traces: Path) -> None:
+    if args.json:
+        print(json.dumps({"tasks": [r.__dict__ for r in rows], "traces": str(traces)}))
+        return
+    headers = ("agent", "task", "calls", "tokens", "cost USD", "budget left", "stop")
+    table = [
+        (
+            r.agent,
+            r.task_id[:8],
+            str(r.calls),
+            str(r.tokens),
+            r.cost_usd,
+            r.budget_left_usd,
+            r.stop_reason,
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print("\n" + line + "\n" + "-" * len(line))
+    for entry in table:
+        print("  ".join(c.ljust(w) for c, w in zip(entry, widths, strict=True)))
+    total = sum((_decimal(r.cost_usd) for r in rows), start=_decimal("0"))
+    print("-" * len(line))
+    print(f"{len(rows)} tasks, {sum(r.calls for r in rows)} model calls, ${total}")
+    for row in rows:
+        if row.detail:
+            print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
+    print(f"\nTraces: {traces} (one JSON span per line).")
+    print(
+        "Send them to Jaeger or Tempo instead: set "
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
+    )
+
+
+def _quiet_langchain_refusal_logs() -> None:
+    """LangChain logs every exception a callback raises, refusals included.
+
+    The demo reports refusals itself, so it drops those duplicate records; a
+    library would leave other libraries' loggers alone, but this is the app.
+    """
+    import logging
+
+    class _DropRefusals(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "GovernorCallbackHandler" not in record.getMessage()
+
+    logging.getLogger("langchain_core.callbacks.manager").addFilter(_DropRefusals())
+
+
+def _decimal(value: str) -> Any:
+    from decimal import Decimal
+
+    return Decimal(value)
+
+
+def _chain(*responders: Any) -> Any:
+    def respond(model: str, messages: list[dict[str, Any]], tools: Any) -> Any:
+        for responder in responders:
+            answer = responder(model, messages, tools)
+            if answer is not None:
+                return answer
+        return None
+
+    return respond
+
+
+def _examples_dir() -> Path | None:
+    package_root = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), package_root):
+        candidate = base / _EXAMPLES
+        if (candidate / "research.py").is_file():
+            return candidate
+    return None
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load example {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _say(args: argparse.Namespace, text: str, end: str = "\n") -> None:
+    if not args.json:
+        print(text, end=end, flush=True)

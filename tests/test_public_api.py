@@ -1,0 +1,49 @@
+"""The public surface: what `governor` exports, and what importing it costs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import governor
+
+
+def test_every_exported_name_is_importable() -> None:
+    """Each name in governor.__all__ resolves to an object."""
+    missing = [name for name in governor.__all__ if not hasattr(governor, name)]
+    assert missing == []
+
+
+def test_no_private_name_is_exported() -> None:
+    """__all__ lists public names only."""
+    assert [
+        n for n in governor.__all__ if n.startswith("_") and n != "__version__"
+    ] == []
+
+
+def test_import_loads_neither_litellm_nor_langgraph() -> None:
+    """`import governor` stays fast: the frameworks load with their adapters."""
+    code = (
+        "import sys, governor, governor.testing, governor.pricing; "
+        "print(sorted(m for m in ('litellm', 'langgraph', 'langchain_core') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_errors_share_one_root_and_stable_codes() -> None:
+    """Every governor error derives from GovernorError and has its own code."""
+    errors = [
+        governor.BudgetExceeded,
+        governor.ConfigError,
+        governor.GovernorHalt,
+        governor.PolicyError,
+        governor.PriceUnknown,
+        governor.StoreUnavailable,
+    ]
+    assert all(issubclass(e, governor.GovernorError) for e in errors)
+    codes = [e.code for e in errors]
+    assert len(set(codes)) == len(codes)
