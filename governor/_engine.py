@@ -13,8 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
@@ -23,12 +25,16 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
 from governor._errors import BudgetExceeded, GovernorHalt, PriceUnknown
 from governor._money import nanos_to_usd, usd_to_nanos
+from governor._recorder import SpendRecorder
 from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import AsyncLedger, Ledger, Line, MemoryLedger, Refusal
 from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
+
+if TYPE_CHECKING:
+    from governor.spend import SpendStore
 
 __all__ = ["Governor"]
 
@@ -48,6 +54,10 @@ class Governor:
         rate_card: prices; built from ``policy.pricing`` unless given.
         tracer_provider: where spans go (default: the global provider).
         meter_provider: where metrics go (default: the global provider).
+        spend: where each call's spend record goes: a SpendStore, or a path or
+            URL for ``governor.spend.open_store`` (``.sqlite3``, ``.jsonl``,
+            ``redis://``). Records are written by a background thread; call
+            :meth:`close` (or use the governor as a context manager) to flush.
 
     A governor is safe to share between threads and asyncio tasks.
     """
@@ -60,12 +70,31 @@ class Governor:
         rate_card: RateCard | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        spend: SpendStore | str | Path | None = None,
     ) -> None:
         self.policy = policy or Policy()
         self.ledger: Ledger = ledger or MemoryLedger()
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self.telemetry = Telemetry(tracer_provider, meter_provider)
+        self.recorder = _recorder(spend)
         self._warned: set[tuple[str, float]] = set()
+
+    def flush(self) -> None:
+        """Block until queued spend records are written."""
+        if self.recorder is not None:
+            self.recorder.flush()
+
+    def close(self) -> None:
+        """Write queued spend records and stop the writer thread."""
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+    def __enter__(self) -> Governor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- tasks -----------------------------------------------------------
 
@@ -367,9 +396,51 @@ class Governor:
             duration_s=duration,
         )
         self._check_warnings(admission)
+        if self.recorder is not None:
+            self._record(admission, usage, cost, duration, result.error)
         if admission.owns_task:
             self.close_task(task)
         return cost
+
+    def _record(
+        self,
+        admission: Admission,
+        usage: Usage,
+        cost: Decimal,
+        duration_s: float,
+        error: BaseException | None,
+    ) -> None:
+        from governor.spend import SpendRecord
+
+        task = admission.task
+        attribution = task.attribution
+        try:
+            record = SpendRecord(
+                ts=datetime.now(UTC),
+                task_id=task.id,
+                call_id=admission.call_id,
+                model=admission.request.model,
+                provider=admission.rate.provider,
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cost_usd=cost,
+                cost_estimated=usage.estimated,
+                outcome="error" if error is not None else "ok",
+                stop_reason=task.stop_reason,
+                latency_s=duration_s,
+                team=attribution.team,
+                feature=attribution.feature,
+                environment=attribution.environment,
+                user=attribution.user,
+                session=attribution.session,
+                tags=dict(attribution.tags),
+            )
+        except (TypeError, ValueError):
+            logger.warning("could not build a spend record", exc_info=True)
+            return
+        if self.recorder is not None:
+            self.recorder.submit(record)
 
     # -- budget lines ----------------------------------------------------
 
@@ -486,6 +557,16 @@ class Governor:
             labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
         labels.update(attribution_attributes(admission.task))
         return labels
+
+
+def _recorder(spend: SpendStore | str | Path | None) -> SpendRecorder | None:
+    if spend is None:
+        return None
+    if isinstance(spend, str | Path):
+        from governor.spend import open_store
+
+        return SpendRecorder(open_store(spend))
+    return SpendRecorder(spend)
 
 
 def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:

@@ -270,3 +270,20 @@ def test_call_outside_a_task_is_a_task_of_its_own(capture: SpanCapture) -> None:
     task_span = capture.task()
     assert task_span.attributes[attr.TASK_CALLS] == 1
     assert task_span.attributes[attr.TASK_COST_USD] == float(MOCK_COST)
+
+
+def test_spend_records_reach_the_store(tmp_path: object) -> None:
+    """Each settled call is written to the spend store with its attribution."""
+    from pathlib import Path
+
+    from governor.spend import SQLiteSpendStore
+
+    store = SQLiteSpendStore(Path(str(tmp_path)) / "spend.sqlite3")
+    with Governor(spend=store) as gov, gov.task("rec-1", team="search") as task:
+        for _ in range(2):
+            call(GovernedLiteLLM(gov), max_tokens=30)
+    records = list(store.query())
+    assert [(r.task_id, r.team, r.model, r.cost_usd) for r in records] == [
+        ("rec-1", "search", "gpt-4o-mini", MOCK_COST)
+    ] * 2
+    assert sum(r.cost_usd for r in records) == task.report().cost_usd

@@ -44,6 +44,12 @@ def register(sub: Any, name: str, help_text: str) -> None:
         default=".governor/traces.jsonl",
         help="JSONL file the spans are written to (default .governor/traces.jsonl)",
     )
+    parser.add_argument(
+        "--spend-db",
+        default=None,
+        help="spend store the calls are recorded to (default: GOVERNOR_SPEND_DB "
+        "or .governor/spend.sqlite3); read it with `governor report`",
+    )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     parser.set_defaults(handler=_run)
 
@@ -85,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, examples: Path) -> int:
     from governor import Governor
+    from governor.spend import default_spend_target, open_store
     from governor.stores import MemoryLedger
     from governor.telemetry import configure_tracing
     from governor.testing import ENV_PROVIDER, install_offline_provider
@@ -101,9 +108,14 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     traces = Path(args.traces)
     provider = configure_tracing(service_name="governor-demo", jsonl_path=traces)
     ledger = MemoryLedger()
+    spend_target = args.spend_db or default_spend_target()
+    spend = open_store(spend_target)
+    governors: list[Governor] = []
 
     def governor(policy: Any) -> Governor:
-        return Governor(policy, ledger=ledger, tracer_provider=provider)
+        gov = Governor(policy, ledger=ledger, tracer_provider=provider, spend=spend)
+        governors.append(gov)
+        return gov
 
     _say(args, f"llm-governor demo ({'live models' if live else 'offline models'})")
     rows = [
@@ -118,7 +130,9 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
         ),
     ]
     provider.shutdown()
-    _print_table(args, rows, traces)
+    for gov in governors:
+        gov.close()
+    _print_table(args, rows, traces, spend_target)
     return 0
 
 
@@ -186,9 +200,12 @@ def _small_budget(policy: Any) -> Any:
     return Policy(name=f"{policy.name}-small", budgets=[Budget(max_usd="0.001")])
 
 
-def _print_table(args: argparse.Namespace, rows: list[_Row], traces: Path) -> None:
+def _print_table(
+    args: argparse.Namespace, rows: list[_Row], traces: Path, spend: str
+) -> None:
     if args.json:
-        print(json.dumps({"tasks": [r.__dict__ for r in rows], "traces": str(traces)}))
+        out = {"tasks": [r.__dict__ for r in rows], "traces": str(traces)}
+        print(json.dumps({**out, "spend": spend}))
         return
     headers = ("agent", "task", "calls", "tokens", "cost USD", "budget left", "stop")
     table = [
@@ -219,6 +236,7 @@ def _print_table(args: argparse.Namespace, rows: list[_Row], traces: Path) -> No
         "Send them to Jaeger or Tempo instead: set "
         "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
     )
+    print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
 
 
 def _quiet_langchain_refusal_logs() -> None:

@@ -1,0 +1,92 @@
+"""The anomaly monitor: detector plus hooks, safe to share between threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
+from governor.anomaly._detector import Alert, AnomalyDetector
+from governor.anomaly._settings import Anomalies
+from governor.spend._record import SpendRecord
+
+__all__ = ["AnomalyMonitor"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnomalyMonitor:
+    """Feed spend records in; alerts come out through hooks.
+
+    Built from :class:`Anomalies` settings: every alert is logged at
+    ``log_level``, POSTed to ``webhook_url`` when set, passed to each hook in
+    ``hooks``, and, when ``auto_tighten`` is not ``"off"``, turned into a
+    :class:`Tighten` request for ``on_tighten``. A hook that raises is logged
+    and skipped: monitoring never breaks the call it watches.
+
+    Thread-safe: the detector runs under a lock, hooks run outside it.
+
+    Args:
+        settings: rules and actions; the defaults when None.
+        hooks: callables taking an :class:`Alert`, called in order.
+        on_tighten: receives a :class:`Tighten` per alert when auto-tighten
+            is on; typically lowers or blocks the scope's budget.
+    """
+
+    def __init__(
+        self,
+        settings: Anomalies | None = None,
+        *,
+        hooks: Sequence[AlertHook] = (),
+        on_tighten: Callable[[Tighten], None] | None = None,
+    ) -> None:
+        self.settings = settings or Anomalies()
+        self._detector = AnomalyDetector(self.settings)
+        self._lock = threading.Lock()
+        self._webhook: WebhookHook | None = None
+        level = logging.getLevelNamesMapping()[self.settings.log_level]
+        self._hooks: list[AlertHook] = [LogHook(level)]
+        if self.settings.webhook_url:
+            self._webhook = WebhookHook(
+                self.settings.webhook_url, timeout_s=self.settings.webhook_timeout_s
+            )
+            self._hooks.append(self._webhook)
+        self._hooks.extend(hooks)
+        self._on_tighten = on_tighten
+        if self.settings.auto_tighten != "off" and on_tighten is None:
+            logger.warning(
+                "Anomalies(auto_tighten=%r) has no on_tighten callback; "
+                "alerts will not tighten any budget",
+                self.settings.auto_tighten,
+            )
+
+    def observe(self, rec: SpendRecord) -> list[Alert]:
+        """Feed one spend record; run the hooks for each alert and return them."""
+        with self._lock:
+            alerts = self._detector.observe_record(rec)
+        for alert in alerts:
+            self._dispatch(alert)
+        return alerts
+
+    def _dispatch(self, alert: Alert) -> None:
+        for hook in self._hooks:
+            _call_safely(hook, alert)
+        mode = self.settings.auto_tighten
+        if mode != "off" and self._on_tighten is not None:
+            request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
+            _call_safely(self._on_tighten, request)
+
+    def close(self) -> None:
+        """Let queued webhook POSTs finish."""
+        if self._webhook is not None:
+            self._webhook.close()
+
+
+def _call_safely(hook: Callable[[Any], None], value: object) -> None:
+    try:
+        hook(value)
+    except Exception:
+        # Hooks are user code; an alert must never fail the governed call.
+        logger.warning("anomaly hook %r failed", hook, exc_info=True)

@@ -1,0 +1,118 @@
+"""Settings of spend anomaly alerts, as a frozen policy part."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from governor.policies._base import PolicyModel
+
+__all__ = ["ALERT_SCOPES", "AlertScope", "Anomalies", "Metric"]
+
+Metric = Literal["usd", "tokens"]
+AlertScope = Literal[
+    "all", "team", "feature", "environment", "model", "provider", "user", "session"
+]
+ALERT_SCOPES: tuple[str, ...] = (
+    "all",
+    "team",
+    "feature",
+    "environment",
+    "model",
+    "provider",
+    "user",
+    "session",
+)
+
+
+class Anomalies(PolicyModel):
+    """When spend per interval is unusual for a scope, and what to do about it.
+
+    Two rules run on every scope and metric. The *deviation* rule alerts when
+    an interval's spend so far exceeds the mean of the last
+    ``window_intervals`` closed intervals plus ``k`` standard deviations. The
+    *burst* rule alerts when the last ``burst_window_s`` seconds spent at
+    least ``burst_factor`` times the baseline rate. Neither fires before
+    ``min_history_intervals`` intervals have closed.
+    """
+
+    interval_s: float = Field(
+        default=60.0, gt=0, description="seconds per interval the rules sum over"
+    )
+    window_intervals: int = Field(
+        default=30, ge=2, description="closed intervals in the rolling baseline"
+    )
+    min_history_intervals: int = Field(
+        default=10,
+        ge=2,
+        description="closed intervals needed before any rule fires (<= window)",
+    )
+    k: float = Field(
+        default=2.0, gt=0, description="standard deviations above the rolling mean"
+    )
+    burst_window_s: float = Field(
+        default=10.0, gt=0, description="seconds the burst rule looks back"
+    )
+    burst_factor: float = Field(
+        default=5.0,
+        gt=1,
+        description="multiple of the baseline rate that counts as a burst",
+    )
+    metrics: tuple[Metric, ...] = Field(
+        default=("usd", "tokens"), description="'usd', 'tokens' or both"
+    )
+    scopes: tuple[AlertScope, ...] = Field(
+        default=("all", "team", "feature"),
+        description=f"scopes watched separately, from {', '.join(ALERT_SCOPES)}",
+    )
+    min_usd_per_interval: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        description="US dollars an interval (or burst window) must reach to alert",
+    )
+    min_tokens_per_interval: int = Field(
+        default=0,
+        ge=0,
+        description="tokens an interval (or burst window) must reach to alert",
+    )
+    cooldown_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds before the same scope, metric and rule alert again",
+    )
+    log_level: Literal["INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="level of the log line each alert writes"
+    )
+    webhook_url: str | None = Field(
+        default=None, description="an http(s) URL each alert is POSTed to as JSON"
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, description="seconds a webhook POST may take"
+    )
+    auto_tighten: Literal["off", "lower", "block"] = Field(
+        default="off",
+        description="'lower' the alerting scope's budget, 'block' it, or 'off'",
+    )
+    tighten_factor: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="fraction of its limit a lowered budget keeps (0 < f < 1)",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _history_fits(self) -> Self:
+        if self.min_history_intervals > self.window_intervals:
+            raise ValueError("min_history_intervals must not exceed window_intervals")
+        if not self.metrics or not self.scopes:
+            raise ValueError("metrics and scopes must each name at least one entry")
+        return self

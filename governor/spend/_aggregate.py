@@ -1,0 +1,139 @@
+"""Sums of spend records by team, feature, model, day and other keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from governor._errors import ConfigError
+from governor.spend._record import SpendRecord
+
+__all__ = ["GROUPINGS", "Group", "SpendSummary", "Totals", "summarize"]
+
+GROUPINGS: tuple[str, ...] = (
+    "team",
+    "feature",
+    "model",
+    "day",
+    "hour",
+    "environment",
+    "provider",
+    "user",
+    "session",
+    "task",
+)
+"""Keys spend can be grouped by; ``"tag.<name>"`` groups by a free-form tag."""
+
+NONE_KEY = "(none)"
+_TIME_ORDERED = ("day", "hour")
+
+
+@dataclass(slots=True)
+class Totals:
+    """Sums over a set of calls. Money is exact Decimal dollars."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    saved_usd: Decimal = Decimal(0)
+    cache_hits: int = 0
+    refused: int = 0
+    errors: int = 0
+
+    def add(self, rec: SpendRecord) -> None:
+        """Count one record in."""
+        self.calls += 1
+        self.input_tokens += rec.input_tokens
+        self.output_tokens += rec.output_tokens
+        self.cost_usd += rec.cost_usd
+        self.saved_usd += rec.saved_usd
+        self.cache_hits += rec.cache_hit
+        self.refused += rec.outcome == "refused"
+        self.errors += rec.outcome == "error"
+
+    def to_json_dict(self) -> dict[str, object]:
+        """JSON-safe values; money as decimal strings."""
+        return {
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": str(self.cost_usd),
+            "saved_usd": str(self.saved_usd),
+            "cache_hits": self.cache_hits,
+            "refused": self.refused,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One row of a grouping: the key's value and its totals."""
+
+    key: str
+    totals: Totals
+
+
+@dataclass(frozen=True, slots=True)
+class SpendSummary:
+    """A report's numbers: overall totals, each grouping, the first and last call."""
+
+    total: Totals
+    groups: dict[str, list[Group]]
+    first_ts: datetime | None
+    last_ts: datetime | None
+    by: tuple[str, ...] = field(default=())
+
+
+def check_grouping(by: str) -> str:
+    """Return ``by`` if spend can be grouped by it, else raise ConfigError."""
+    if by in GROUPINGS or (by.startswith("tag.") and len(by) > len("tag.")):
+        return by
+    raise ConfigError(
+        f"cannot group spend by {by!r}; use one of {', '.join(GROUPINGS)} "
+        "or 'tag.<name>'"
+    )
+
+
+def key_of(rec: SpendRecord, by: str) -> str:
+    """The value of grouping ``by`` for one record (``"(none)"`` when unset)."""
+    if by == "day":
+        return rec.ts.strftime("%Y-%m-%d")
+    if by == "hour":
+        return rec.ts.strftime("%Y-%m-%dT%H:00Z")
+    if by == "task":
+        return rec.task_id
+    if by.startswith("tag."):
+        value = rec.tags.get(by[len("tag.") :])
+    else:
+        value = getattr(rec, by)
+    return NONE_KEY if value is None else str(value)
+
+
+def summarize(records: Iterable[SpendRecord], by: Sequence[str]) -> SpendSummary:
+    """Sum ``records`` once per grouping in ``by``, in one pass.
+
+    Groups are sorted by cost, highest first; ``day`` and ``hour`` by time.
+    """
+    wanted = tuple(check_grouping(b) for b in by)
+    total = Totals()
+    tables: dict[str, dict[str, Totals]] = {b: {} for b in wanted}
+    first: datetime | None = None
+    last: datetime | None = None
+    for rec in records:
+        total.add(rec)
+        first = rec.ts if first is None or rec.ts < first else first
+        last = rec.ts if last is None or rec.ts > last else last
+        for b, table in tables.items():
+            table.setdefault(key_of(rec, b), Totals()).add(rec)
+    groups = {b: _ordered(b, table) for b, table in tables.items()}
+    return SpendSummary(total, groups, first, last, wanted)
+
+
+def _ordered(by: str, table: dict[str, Totals]) -> list[Group]:
+    rows = [Group(key, totals) for key, totals in table.items()]
+    if by in _TIME_ORDERED:
+        return sorted(rows, key=lambda g: g.key)
+    return sorted(rows, key=lambda g: (-g.totals.cost_usd, g.key))

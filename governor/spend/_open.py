@@ -1,0 +1,41 @@
+"""Where spend is recorded by default, and opening a store from a path or URL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from governor.spend._jsonl import JsonlSpendStore
+from governor.spend._redis import RedisSpendStore
+from governor.spend._sqlite import SQLiteSpendStore
+
+__all__ = ["DEFAULT_SPEND_PATH", "ENV_SPEND_DB", "default_spend_target", "open_store"]
+
+ENV_SPEND_DB = "GOVERNOR_SPEND_DB"
+"""Environment variable naming the spend store: a SQLite file, a ``.jsonl``
+trace file or a ``redis://`` URL. Read when a store is opened without a target."""
+
+DEFAULT_SPEND_PATH = Path(".governor") / "spend.sqlite3"
+"""Used when ``GOVERNOR_SPEND_DB`` is unset, relative to the working directory."""
+
+AnySpendStore = SQLiteSpendStore | JsonlSpendStore | RedisSpendStore
+
+
+def default_spend_target() -> str:
+    """Return ``$GOVERNOR_SPEND_DB``, else ``./.governor/spend.sqlite3``."""
+    return os.environ.get(ENV_SPEND_DB) or str(DEFAULT_SPEND_PATH)
+
+
+def open_store(target: str | Path | None = None) -> AnySpendStore:
+    """Open the spend store named by ``target`` (default: :func:`default_spend_target`).
+
+    ``redis://`` and ``rediss://`` URLs open a :class:`RedisSpendStore`, a path
+    ending in ``.jsonl`` a :class:`JsonlSpendStore`, any other path a
+    :class:`SQLiteSpendStore` (created with its folders when missing).
+    """
+    text = str(target) if target is not None else default_spend_target()
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSpendStore.from_url(text)
+    if text.endswith(".jsonl"):
+        return JsonlSpendStore(text)
+    return SQLiteSpendStore(text)

@@ -1,0 +1,111 @@
+"""One governed call's spend, as recorded, and its JSON form."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, get_args
+
+from governor._errors import GovernorError
+
+__all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord"]
+
+Outcome = Literal["ok", "error", "refused", "cache_hit"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+
+# Version of the JSON form written by SpendRecord.to_json_dict; readers accept
+# any record whose "v" they know and ignore keys they do not.
+JSON_VERSION = 1
+
+
+class SpendDataError(GovernorError, ValueError):
+    """A stored spend record could not be read; the message names where."""
+
+    code = "spend_data_invalid"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpendRecord:
+    """What one governed call cost, who it is charged to and how it ended.
+
+    ``ts`` is when the call finished, a timezone-aware datetime normalised to
+    UTC. ``cost_usd`` is the settled cost (zero for refusals and cache hits);
+    ``saved_usd`` is what a cache hit or a downgrade saved against the price of
+    the call as asked. ``input_tokens`` counts every prompt token, cached ones
+    included; ``cache_read_tokens`` is the cached part of it.
+    """
+
+    ts: datetime
+    task_id: str
+    call_id: str
+    model: str
+    provider: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    cost_estimated: bool = False
+    cache_hit: bool = False
+    saved_usd: Decimal = Decimal(0)
+    outcome: Outcome = "ok"
+    stop_reason: str | None = None
+    latency_s: float = 0.0
+    team: str | None = None
+    feature: str | None = None
+    environment: str | None = None
+    user: str | None = None
+    session: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None or self.ts.utcoffset() is None:
+            raise ValueError("SpendRecord.ts must be timezone-aware (UTC)")
+        if self.ts.tzinfo is not UTC:
+            object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+        for name in ("cost_usd", "saved_usd"):
+            if not isinstance(getattr(self, name), Decimal):
+                raise TypeError(f"SpendRecord.{name} must be a Decimal")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
+        tokens = (self.input_tokens, self.output_tokens, self.cache_read_tokens)
+        if min(tokens) < 0:
+            raise ValueError("SpendRecord token counts must be non-negative")
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return the record as JSON-safe values (the JSONL trace format)."""
+        out: dict[str, Any] = {"v": JSON_VERSION}
+        for f in fields(self):
+            out[f.name] = getattr(self, f.name)
+        out["ts"] = self.ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        out["cost_usd"] = str(self.cost_usd)
+        out["saved_usd"] = str(self.saved_usd)
+        out["tags"] = dict(self.tags)
+        return out
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> SpendRecord:
+        """Build a record from :meth:`to_json_dict` output; unknown keys are ignored.
+
+        Raises:
+            SpendDataError: a required key is missing or a value is malformed.
+        """
+        version = data.get("v", JSON_VERSION)
+        if version != JSON_VERSION:
+            raise SpendDataError(f"unknown spend record version {version!r}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            values["ts"] = datetime.fromisoformat(str(values["ts"]))
+            for name in ("cost_usd", "saved_usd"):
+                values[name] = Decimal(str(values.get(name, "0")))
+            values["tags"] = {str(k): str(v) for k, v in values.get("tags", {}).items()}
+            return cls(**values)
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            raise SpendDataError(f"malformed spend record: {exc}") from exc

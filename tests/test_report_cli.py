@@ -1,0 +1,204 @@
+"""``governor report``: tables, JSON, CSV, HTML and PNG from a spend store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from governor.cli import main
+from governor.cli._report import parse_when
+from governor.spend import JsonlSpendStore, SpendRecord, SQLiteSpendStore
+from governor.spend._png import encode_png
+
+T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+TEAMS = ("search", "ads")
+
+
+def record(i: int) -> SpendRecord:
+    """Call i: team search for even i, ads for odd; cost 0.001 x (i + 1)."""
+    return SpendRecord(
+        ts=T0 + timedelta(hours=3 * i),
+        task_id=f"task-{i % 4}",
+        call_id=f"call-{i}",
+        model="gpt-4o-mini",
+        provider="openai",
+        input_tokens=1000,
+        output_tokens=100,
+        cost_usd=Decimal("0.001") * (i + 1),
+        team=TEAMS[i % 2],
+        feature="qa",
+        environment="prod",
+        tags={"customer": "acme" if i < 4 else "globex"},
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A SQLite store holding ten calls over 27 hours."""
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as store:
+        store.record_many(record(i) for i in range(10))
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``governor report`` and return exit code, stdout and stderr."""
+    code = main(["report", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table_lists_cost_per_team(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The team table holds each team's calls and exact cost."""
+    code, out, _ = run(capsys, "--db", db, "--by", "team")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[4:6]}
+    assert code == 0
+    assert (rows["search"][1], rows["search"][4]) == ("5", "0.025000")
+    assert (rows["ads"][1], rows["ads"][4]) == ("5", "0.030000")
+
+
+def test_default_tables_are_team_feature_model_day_and_tasks(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --by the report shows team, feature, model, day and top tasks."""
+    _, out, _ = run(capsys, "--db", db)
+    titles = [line for line in out.splitlines() if line.startswith(("By ", "Top "))]
+    assert titles == ["By team", "By feature", "By model", "By day", "Top 10 tasks"]
+
+
+def test_json_totals_are_exact_strings(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--format json prints one document with money as decimal strings."""
+    _, out, _ = run(capsys, "--db", db, "--format", "json", "--by", "day")
+    document = json.loads(out)
+    days = {g["key"]: g["cost_usd"] for g in document["groups"]["day"]}
+    assert document["total"]["cost_usd"] == "0.055"
+    assert days == {"2026-12-01": "0.021", "2026-12-02": "0.034"}
+
+
+def test_csv_has_one_row_per_group(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--format csv names the grouping in a column."""
+    _, out, _ = run(capsys, "--db", db, "--format", "csv", "--by", "tag.customer")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["by"], r["key"], r["cost_usd"]) for r in rows] == [
+        ("tag.customer", "globex", "0.045000"),
+        ("tag.customer", "acme", "0.010000"),
+    ]
+
+
+def test_since_and_filter_narrow_the_calls(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--since and --filter keep only matching calls."""
+    args = ["--db", db, "--format", "json", "--by", "team"]
+    _, out, _ = run(capsys, *args, "--since", "2026-12-02", "--filter", "team=ads")
+    assert json.loads(out)["total"] == {
+        "calls": 2,
+        "input_tokens": 2000,
+        "output_tokens": 200,
+        "cost_usd": "0.018",
+        "saved_usd": "0",
+        "cache_hits": 0,
+        "refused": 0,
+        "errors": 0,
+    }
+
+
+def test_top_limits_the_task_list(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--top N keeps the N most expensive tasks."""
+    args = ["--db", db, "--format", "json", "--by", "task", "--top", "2"]
+    _, out, _ = run(capsys, *args)
+    tasks = json.loads(out)["groups"]["task"]
+    assert [(t["key"], t["cost_usd"]) for t in tasks] == [
+        ("task-1", "0.018"),
+        ("task-0", "0.015"),
+    ]
+
+
+def test_reads_a_jsonl_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--db accepts a JSONL trace file."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record_many(record(i) for i in range(3))
+    _, out, _ = run(capsys, "--db", str(path), "--format", "json", "--by", "team")
+    assert json.loads(out)["total"]["cost_usd"] == "0.006"
+
+
+def test_missing_store_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --db path that does not exist exits 1 and creates nothing."""
+    path = tmp_path / "none.sqlite3"
+    code, _, err = run(capsys, "--db", str(path))
+    assert (code, path.exists()) == (1, False)
+    assert "no spend store at" in err
+
+
+def test_bad_grouping_is_an_error(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --by key exits 1 and lists the accepted keys."""
+    code, _, err = run(capsys, "--db", db, "--by", "colour")
+    assert code == 1
+    assert "cannot group spend by 'colour'" in err
+
+
+def test_parse_when_relative_and_iso() -> None:
+    """7d means seven days before now; a date without zone is UTC."""
+    now = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+    assert parse_when("7d", now=now) == datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert parse_when("2026-12-01", now=now) == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_html_has_inline_svg_charts(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--html writes a page with spend over time, by team and top tasks."""
+    page = tmp_path / "report.html"
+    run(capsys, "--db", db, "--by", "team", "--html", str(page))
+    text = page.read_text()
+    assert text.count("<svg ") == 3
+    assert "Spend per hour (USD)" in text
+    assert "Top 4 tasks by spend" in text
+    assert ">$0.0300</text>" in text
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """Decode an 8-bit RGB, non-interlaced PNG with filter 0 rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, pos = b"", 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            chunks += data[pos + 8 : pos + 8 + length]
+        pos += length + 12
+    rows = np.frombuffer(zlib.decompress(chunks), dtype=np.uint8)
+    return rows.reshape(height, width * 3 + 1)[:, 1:].reshape(height, width, 3)
+
+
+def test_png_encoder_round_trips_pixels() -> None:
+    """encode_png writes pixels a PNG decoder reads back unchanged."""
+    canvas = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert np.array_equal(read_png(encode_png(canvas)), canvas)
+
+
+def test_png_report_draws_bars(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--png writes a valid PNG whose bars are drawn in the bar colour."""
+    path = tmp_path / "report.png"
+    run(capsys, "--db", db, "--by", "team", "--png", str(path))
+    pixels = read_png(path.read_bytes())
+    bar = np.all(pixels == (0x3B, 0x6E, 0xA5), axis=2)
+    assert pixels.shape[1] == 760
+    assert bar.sum() > 1000

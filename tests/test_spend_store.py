@@ -1,0 +1,305 @@
+"""Spend records and their stores: SQLite (default), JSONL traces and Redis."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+
+from governor._errors import ConfigError
+from governor.spend import (
+    ENV_SPEND_DB,
+    JsonlSpendStore,
+    RedisSpendStore,
+    SpendDataError,
+    SpendRecord,
+    SpendStore,
+    SQLiteSpendStore,
+    default_spend_target,
+    open_store,
+    summarize,
+)
+
+pytest_plugins = ["_redis_fixtures"]
+
+T0 = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+def make(i: int, **changes: object) -> SpendRecord:
+    """A record with every field set, varied by ``i``."""
+    fields: dict[str, object] = {
+        "ts": T0 + timedelta(minutes=i),
+        "task_id": f"task-{i % 3}",
+        "call_id": f"call-{i}",
+        "model": "gpt-4o-mini" if i % 2 else "gpt-4o",
+        "provider": "openai",
+        "input_tokens": 100 + i,
+        "output_tokens": 20 + i,
+        "cache_read_tokens": i,
+        "cost_usd": Decimal("0.000000123456789") * (i + 1),
+        "cost_estimated": i % 2 == 0,
+        "cache_hit": i % 5 == 4,
+        "saved_usd": Decimal("0.0001") * (i % 5 == 4),
+        "outcome": "cache_hit" if i % 5 == 4 else "ok",
+        "stop_reason": "length" if i == 1 else None,
+        "latency_s": 0.25 + i,
+        "team": ("search", "ads")[i % 2],
+        "feature": "qa" if i % 3 else None,
+        "environment": "prod",
+        "user": f"u{i % 4}",
+        "session": f"s{i % 2}",
+        "tags": {"customer": f"c{i % 2}", "tier": "gold"},
+    }
+    fields.update(changes)
+    return SpendRecord(**fields)  # type: ignore[arg-type]  # mixed value types by field
+
+
+@pytest.fixture(params=["sqlite", "jsonl", "redis"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[SQLiteSpendStore | JsonlSpendStore | RedisSpendStore]:
+    """Each store kind, empty; the Redis one under this test's own key prefix."""
+    if request.param == "sqlite":
+        sqlite_store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+        yield sqlite_store
+        sqlite_store.close()
+    elif request.param == "jsonl":
+        yield JsonlSpendStore(tmp_path / "trace.jsonl")
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+        redis_store = RedisSpendStore(redis.Redis.from_url(url), prefix=prefix)
+        yield redis_store
+        redis_store.close()
+
+
+def test_every_store_follows_the_protocol(store: SpendStore) -> None:
+    """Each store is a SpendStore at runtime."""
+    assert isinstance(store, SpendStore)
+
+
+def test_round_trip_keeps_every_field_exactly(store: SpendStore) -> None:
+    """A record read back equals the one written, money and microseconds included."""
+    records = [make(i) for i in range(6)]
+    store.record_many(records)
+    assert list(store.query()) == records
+
+
+def test_query_bounds_include_since_and_exclude_until(store: SpendStore) -> None:
+    """since is inclusive and until exclusive."""
+    store.record_many(make(i) for i in range(6))
+    found = store.query(
+        since=T0 + timedelta(minutes=2), until=T0 + timedelta(minutes=4)
+    )
+    assert [r.call_id for r in found] == ["call-2", "call-3"]
+
+
+def test_query_filters_by_field_and_tag(store: SpendStore) -> None:
+    """Field and tag filters combine with AND."""
+    store.record_many(make(i) for i in range(8))
+    found = store.query(
+        filters={"team": "ads", "tag.customer": "c1", "task_id": "task-1"}
+    )
+    assert [r.call_id for r in found] == ["call-1", "call-7"]
+
+
+def test_filter_none_matches_unset_attribute(store: SpendStore) -> None:
+    """A None filter value keeps records where the attribute is unset."""
+    store.record_many(make(i) for i in range(7))
+    found = store.query(filters={"feature": None})
+    assert [r.call_id for r in found] == ["call-0", "call-3", "call-6"]
+
+
+def test_query_returns_time_order_whatever_the_write_order(store: SpendStore) -> None:
+    """Records written out of order come back sorted by time."""
+    store.record_many([make(3), make(1), make(2)])
+    assert [r.call_id for r in store.query()] == ["call-1", "call-2", "call-3"]
+
+
+def test_unknown_filter_key_is_a_config_error(store: SpendStore) -> None:
+    """A filter on a field that does not exist names the accepted keys."""
+    with pytest.raises(ConfigError, match="unknown spend filter 'colour'"):
+        store.query(filters={"colour": "red"})
+
+
+def test_naive_bound_is_a_config_error(store: SpendStore) -> None:
+    """A query bound without a time zone is refused."""
+    with pytest.raises(ConfigError, match="has no time zone"):
+        store.query(since=datetime(2026, 12, 1))
+
+
+def test_repeated_call_id_keeps_the_first_in_sqlite(tmp_path: Path) -> None:
+    """SQLite ignores a second record with the same call_id."""
+    with SQLiteSpendStore(tmp_path / "s.sqlite3") as sqlite_store:
+        sqlite_store.record(make(1))
+        sqlite_store.record(make(1, cost_usd=Decimal(5)))
+        assert [r.cost_usd for r in sqlite_store.query()] == [make(1).cost_usd]
+
+
+def test_repeated_call_id_keeps_the_first_in_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis ignores a second record with the same call_id."""
+    redis_store = RedisSpendStore(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    redis_store.record(make(1))
+    redis_store.record(make(1, cost_usd=Decimal(5)))
+    assert [r.cost_usd for r in redis_store.query()] == [make(1).cost_usd]
+    redis_store.close()
+
+
+def test_repeated_call_id_is_appended_again_in_jsonl(tmp_path: Path) -> None:
+    """The JSONL trace is append-only, so a repeated call_id appears twice."""
+    jsonl = JsonlSpendStore(tmp_path / "t.jsonl")
+    jsonl.record(make(1))
+    jsonl.record(make(1))
+    assert len(list(jsonl.query())) == 2
+
+
+def test_redis_store_writes_only_under_its_prefix(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Both Redis keys start with the prefix and share the {spend} hash tag."""
+    client = redis.Redis.from_url(redis_url)
+    RedisSpendStore(client, prefix=redis_prefix).record(make(0))
+    keys = sorted(k.decode() for k in client.scan_iter(match=redis_prefix + "*"))
+    assert keys == [f"{redis_prefix}{{spend}}:h", f"{redis_prefix}{{spend}}:z"]
+    client.close()
+
+
+def test_redis_query_pages_past_one_batch(redis_url: str, redis_prefix: str) -> None:
+    """A query returns every record when there are more than one page of them."""
+    redis_store = RedisSpendStore(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    redis_store.record_many(make(i, ts=T0 + timedelta(seconds=i)) for i in range(1203))
+    assert sum(1 for _ in redis_store.query()) == 1203
+    redis_store.close()
+
+
+def test_sqlite_uses_write_ahead_logging(tmp_path: Path) -> None:
+    """The database file is in WAL mode so reports do not block writers."""
+    path = tmp_path / "spend.sqlite3"
+    SQLiteSpendStore(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_stores_money_as_exact_text(tmp_path: Path) -> None:
+    """cost_usd is stored as the Decimal's text, not a float."""
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as sqlite_store:
+        sqlite_store.record(make(0, cost_usd=Decimal("0.000000000123456789")))
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT cost_usd, typeof(cost_usd) FROM spend").fetchone()
+    assert row == ("1.23456789E-10", "text")
+
+
+def test_sqlite_creates_missing_folders(tmp_path: Path) -> None:
+    """The store creates the parent folders of its file."""
+    path = tmp_path / "a" / "b" / "spend.sqlite3"
+    SQLiteSpendStore(path).close()
+    assert path.is_file()
+
+
+def test_sqlite_counts_every_record_from_many_threads(tmp_path: Path) -> None:
+    """Eight threads writing at once lose no record and no fraction of a cent."""
+    sqlite_store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+
+    def write(worker: int) -> None:
+        for i in range(50):
+            sqlite_store.record(
+                make(i, call_id=f"w{worker}-{i}", cost_usd=Decimal("0.000000001"))
+            )
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = summarize(sqlite_store.query(), ["team"]).total
+    sqlite_store.close()
+    assert (total.calls, total.cost_usd) == (400, Decimal("0.000000400"))
+
+
+def test_jsonl_line_format(tmp_path: Path) -> None:
+    """Each JSONL line carries the version, a Z timestamp and money as strings."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record(make(0))
+    line = json.loads(path.read_text().splitlines()[0])
+    assert (line["v"], line["ts"], line["cost_usd"], line["tags"]) == (
+        1,
+        "2026-12-01T09:30:15.123456Z",
+        "1.23456789E-7",
+        {"customer": "c0", "tier": "gold"},
+    )
+
+
+def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    """A malformed line raises SpendDataError with its line number."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record(make(0))
+    with path.open("a") as fh:
+        fh.write('{"v": 1, "task_id": "t"}\n')
+    with pytest.raises(SpendDataError, match=r"trace\.jsonl:2: "):
+        list(JsonlSpendStore(path).query())
+
+
+def test_jsonl_reader_ignores_unknown_keys() -> None:
+    """A record with keys from a newer writer still reads."""
+    data = {**make(2).to_json_dict(), "messages": [{"role": "user"}]}
+    assert SpendRecord.from_json_dict(data) == make(2)
+
+
+def test_record_rejects_naive_timestamp() -> None:
+    """A record's ts must carry a time zone."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        make(0, ts=datetime(2026, 12, 1))
+
+
+def test_record_normalises_timestamp_to_utc() -> None:
+    """A ts in another zone is stored as the same instant in UTC."""
+    paris = timezone(timedelta(hours=1))
+    rec = make(0, ts=datetime(2026, 12, 1, 10, 0, tzinfo=paris))
+    assert (rec.ts.tzinfo, rec.ts.hour) == (UTC, 9)
+
+
+def test_record_rejects_float_money() -> None:
+    """cost_usd must be a Decimal, never a float."""
+    with pytest.raises(TypeError, match="cost_usd must be a Decimal"):
+        make(0, cost_usd=0.1)
+
+
+def test_default_target_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GOVERNOR_SPEND_DB overrides the default location."""
+    monkeypatch.setenv(ENV_SPEND_DB, "/var/lib/gov/spend.sqlite3")
+    assert default_spend_target() == "/var/lib/gov/spend.sqlite3"
+
+
+def test_default_target_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without GOVERNOR_SPEND_DB the store is ./.governor/spend.sqlite3."""
+    monkeypatch.delenv(ENV_SPEND_DB, raising=False)
+    assert default_spend_target() == str(Path(".governor") / "spend.sqlite3")
+
+
+def test_open_store_picks_the_kind_from_the_target(tmp_path: Path) -> None:
+    """A .jsonl path opens a JSONL store, a redis URL a Redis one, else SQLite."""
+    kinds = [
+        type(open_store(tmp_path / "t.jsonl")),
+        type(open_store("redis://127.0.0.1:1/0")),
+        type(open_store(tmp_path / "s.sqlite3")),
+    ]
+    assert kinds == [JsonlSpendStore, RedisSpendStore, SQLiteSpendStore]
+
+
+def test_summarize_sums_exactly_and_orders_by_cost() -> None:
+    """Groups hold exact Decimal sums, highest cost first, (none) for unset."""
+    records = [make(i, cost_usd=Decimal("0.1") * i) for i in range(6)]
+    summary = summarize(records, ["feature", "team"])
+    features = [(g.key, g.totals.cost_usd) for g in summary.groups["feature"]]
+    assert features == [("qa", Decimal("1.2")), ("(none)", Decimal("0.3"))]
+    assert summary.total.cost_usd == Decimal("1.5")
