@@ -1,0 +1,887 @@
+"""A Redis ledger: budgets that hold across processes and hosts, exactly.
+
+Each ledger step (reserve, settle, release, renew) is one Lua script run with
+``EVALSHA`` (``register_script``, reloaded on ``NOSCRIPT``), so the check and
+the hold over every line of a call happen in one atomic step: no
+read-modify-write race, no overshoot by the concurrency. Holds are leases with
+a deadline taken from the server's clock (``TIME``); an expired hold is reaped
+by the next script that runs, so a crashed worker's reservation comes back
+after its lease. :meth:`RedisLedger.renew` extends a lease for long streams.
+
+Key layout (``ns`` is ``prefix + "{" + hash_tag + "}:"``, e.g.
+``governor:{budgets}:``)::
+
+    ns + "l:" + line key   hash: limits, spent, reserved, ttl, rolling window
+    ns + "r:" + line key   hash: a rolling line's spend per sub-bucket
+    ns + "h:" + hold id    hash: the hold's lines, amounts, deadline, state
+    ns + "holds"           sorted set: live hold ids by deadline
+    ns + "lines"           set: line keys, for listing
+
+Hash slots and Redis Cluster: every key carries the same hash tag, so every
+script touches one slot and runs unchanged on Redis Cluster and on managed
+Redis with cluster mode. Scripts also reach keys of the same slot that they
+derive from declared ones (the lines of an expired hold being reaped); Redis
+Cluster accepts that because the slot is the same. The trade-off: one tag puts
+all budget state of one ledger on one shard, so a single shard carries every
+reserve and settle (tens of thousands of scripts a second on one core). To
+spread load, give each tenant its own ledger with ``hash_tag=<org>``; then a
+call's lines must all belong to that tenant, and no budget can span tenants.
+
+Numbers: amounts are integer nano-dollars and tokens; Lua numbers are doubles,
+exact below 2**53, so a line's limit and spend must stay under about 9 million
+dollars (checked on the way in).
+
+Failures: transient errors (connection refused or reset, timeouts, a replica
+being promoted) are retried with tenacity a bounded number of times; then the
+call raises :class:`governor.StoreUnavailable`. Wrap the ledger in
+:class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
+Retries are safe: a retried reserve finds its hold id and admits once, a
+retried settle finds the id settled and charges once.
+
+Cancellation: an asyncio step cancelled while its command is on the wire
+raises :class:`asyncio.CancelledError` (even where redis-py on Python 3.11
+swallows it), but the command may have run: after a cancelled ``areserve``,
+release the hold id (shielded) to give its room back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript, Script
+from redis.retry import Retry
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from governor._errors import ConfigError, StoreUnavailable
+from governor.stores._base import Balance, Line, Refusal
+
+if TYPE_CHECKING:
+    from governor.stores._semaphore import RedisSemaphore
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "MAX_EXACT",
+    "RedisConfig",
+    "RedisConnections",
+    "RedisLedger",
+    "redact_url",
+]
+
+T = TypeVar("T")
+
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+MAX_EXACT: Final = 2**53 - 1
+"""The largest amount the ledger keeps exact (Lua numbers are doubles)."""
+
+_TRANSIENT: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisConfig:
+    """How to reach Redis, shared by the ledger and the semaphores.
+
+    Attributes:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
+            TLS, or ``unix://``.
+        max_connections: size of the blocking connection pool (per process,
+            and per event loop for asyncio callers); callers beyond it wait.
+        pool_timeout_s: how long a caller waits for a free connection.
+        socket_timeout_s: how long one command may take before it counts as
+            failed (a slow Redis is treated like an unreachable one).
+        connect_timeout_s: how long opening a connection may take.
+        attempts: tries per step for transient errors (1 = no retry).
+        retry_wait_s: wait before the first retry; doubles, with jitter.
+        connection_kwargs: passed to redis-py's connections, e.g.
+            ``{"ssl_ca_certs": "ca.pem"}`` for ``rediss://``.
+    """
+
+    url: str = DEFAULT_REDIS_URL
+    max_connections: int = 50
+    pool_timeout_s: float = 5.0
+    socket_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
+    attempts: int = 3
+    retry_wait_s: float = 0.05
+    connection_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme.lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"url {redact_url(self.url)!r} is not a Redis URL; use "
+                "redis://[:password@]host:port/db, rediss://... or unix://..."
+            )
+        if self.max_connections < 1 or self.attempts < 1:
+            raise ConfigError(
+                "max_connections and attempts must be at least 1, got "
+                f"{self.max_connections} and {self.attempts}"
+            )
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+@dataclass(slots=True)
+class _AsyncSide:
+    """One event loop's async client and the scripts registered on it."""
+
+    client: aredis.Redis
+    scripts: dict[str, AsyncScript] = field(default_factory=dict)
+
+
+class RedisConnections:
+    """Blocking connection pools (sync, and one per event loop) with retries.
+
+    redis-py's own retries are off; :meth:`call` and :meth:`acall` retry
+    transient errors with tenacity and then raise
+    :class:`~governor.StoreUnavailable`. Thread-safe; asyncio clients are
+    bound to the loop that made them, so each loop gets its own pool.
+    """
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._sync: redis.Redis | None = None
+        self._sync_scripts: dict[str, Script] = {}
+        self._async: dict[asyncio.AbstractEventLoop, _AsyncSide] = {}
+
+    def client(self) -> redis.Redis:
+        """Return the process's sync client (made on first use)."""
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = redis.Redis(connection_pool=self._sync_pool())
+        return self._sync
+
+    def aclient(self) -> aredis.Redis:
+        """Return the running event loop's async client (made on first use)."""
+        return self._async_side().client
+
+    def script(self, lua: str) -> Script:
+        """Return ``lua`` registered on the sync client."""
+        found = self._sync_scripts.get(lua)
+        if found is None:
+            found = self._sync_scripts[lua] = self.client().register_script(lua)
+        return found
+
+    def ascript(self, lua: str) -> AsyncScript:
+        """Return ``lua`` registered on the running loop's async client."""
+        side = self._async_side()
+        found = side.scripts.get(lua)
+        if found is None:
+            found = side.scripts[lua] = side.client.register_script(lua)
+        return found
+
+    def _async_side(self) -> _AsyncSide:
+        loop = asyncio.get_running_loop()
+        side = self._async.get(loop)
+        if side is not None:
+            return side
+        with self._lock:
+            # Pools of finished loops cannot be used again: forget them.
+            for old in [old for old in self._async if old.is_closed()]:
+                del self._async[old]
+            side = self._async.get(loop)
+            if side is None:
+                client = aredis.Redis(connection_pool=self._async_pool())
+                side = self._async[loop] = _AsyncSide(client)
+        return side
+
+    def call(self, op: Callable[[], T], what: str) -> T:
+        """Run ``op``, retrying transient errors; raise StoreUnavailable at last."""
+        try:
+            return op()
+        except _TRANSIENT as exc:
+            if self.config.attempts == 1:
+                raise self.unavailable(what, exc) from exc
+        time.sleep(self.config.retry_wait_s)
+        try:
+            for attempt in Retrying(**self._retry_args()):
+                with attempt:
+                    return op()
+        except _TRANSIENT as exc:
+            raise self.unavailable(what, exc) from exc
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def acall(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Async form of :meth:`call`.
+
+        A cancellation that arrives while the command runs is raised as
+        :class:`asyncio.CancelledError` even if redis-py swallowed it (on
+        Python 3.11 its ``asyncio.wait_for`` can); the command may have run.
+        """
+        try:
+            return _unless_cancelled(await op())
+        except _TRANSIENT as exc:
+            if self.config.attempts == 1:
+                raise self.unavailable(what, exc) from exc
+        await asyncio.sleep(self.config.retry_wait_s)
+        try:
+            async for attempt in AsyncRetrying(**self._retry_args()):
+                with attempt:
+                    return _unless_cancelled(await op())
+        except _TRANSIENT as exc:
+            raise self.unavailable(what, exc) from exc
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        """Build the error raised when Redis cannot be reached."""
+        return StoreUnavailable(
+            f"the Redis store at {redact_url(self.config.url)} did not answer "
+            f"{what} after {self.config.attempts} attempt(s): "
+            f"{str(exc).rstrip('.')}. Check that "
+            "Redis is running and reachable (URL, password, TLS), or set "
+            "Policy(failure_mode='open') to admit calls under a local shadow "
+            "budget while it is down."
+        )
+
+    def close(self) -> None:
+        """Close the sync pool's connections (async pools close with aclose)."""
+        with self._lock:
+            client, self._sync = self._sync, None
+            self._sync_scripts = {}
+        if client is not None:
+            client.close()
+            client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async pool."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            side = self._async.pop(loop, None)
+        if side is not None:
+            await side.client.aclose()
+            await side.client.connection_pool.disconnect()
+
+    def _retry_args(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.config.attempts - 1),
+            # Exponential from retry_wait_s, plus jitter so workers do not
+            # retry in lockstep.
+            "wait": wait_exponential(multiplier=self.config.retry_wait_s, max=1.0)
+            + wait_random(0, self.config.retry_wait_s),
+            "retry": retry_if_exception_type(_TRANSIENT),
+            "reraise": True,
+        }
+
+    def _pool_args(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "max_connections": cfg.max_connections,
+            "timeout": cfg.pool_timeout_s,
+            "socket_timeout": cfg.socket_timeout_s,
+            "socket_connect_timeout": cfg.connect_timeout_s,
+            "decode_responses": True,
+            **cfg.connection_kwargs,
+        }
+
+    def _sync_pool(self) -> redis.BlockingConnectionPool:
+        return redis.BlockingConnectionPool.from_url(
+            self.config.url, retry=Retry(NoBackoff(), 0), **self._pool_args()
+        )
+
+    def _async_pool(self) -> aredis.BlockingConnectionPool:
+        return aredis.BlockingConnectionPool.from_url(
+            self.config.url, retry=AsyncRetry(NoBackoff(), 0), **self._pool_args()
+        )
+
+
+class RedisLedger:
+    """A :class:`~governor.stores.Ledger` and ``AsyncLedger`` kept in Redis.
+
+    Same meaning as :class:`~governor.stores.MemoryLedger`, step for step,
+    across every process and host that shares the Redis and the prefix. Also
+    keeps rolling windows: a line with a ``window_s`` attribute (see
+    :class:`governor.budgets.RollingLine`) counts only recent spend.
+
+    Thread-safe and usable from any number of event loops at once.
+
+    Example:
+        >>> ledger = RedisLedger("redis://:secret@127.0.0.1:6379/0")
+        >>> ledger.reserve("call-1", [Line("team:search", limit_nanos=10**9)],
+        ...                nanos=2_000_000, tokens=900, ttl_s=600)
+    """
+
+    def __init__(
+        self,
+        config: RedisConfig | str = DEFAULT_REDIS_URL,
+        *,
+        prefix: str = "governor:",
+        hash_tag: str = "budgets",
+        settled_memory_s: float = 86400.0,
+        connections: RedisConnections | None = None,
+    ) -> None:
+        """Make a ledger; nothing connects until the first step.
+
+        Args:
+            config: a :class:`RedisConfig` or just a URL.
+            prefix: put before every key, so deployments and tests can share a
+                server; must not contain braces.
+            hash_tag: the Redis Cluster hash tag shared by all keys of this
+                ledger (see the module docs for the trade-off).
+            settled_memory_s: how long a settled hold id is remembered, so a
+                retried settle within this time counts once.
+            connections: pools to share with other stores (semaphores).
+        """
+        if isinstance(config, str):
+            config = RedisConfig(url=config)
+        if any(c in prefix + hash_tag for c in "{}") or not hash_tag:
+            raise ConfigError(
+                f"prefix {prefix!r} and hash_tag {hash_tag!r} must be free of "
+                "'{' and '}', and hash_tag must not be empty"
+            )
+        self.prefix = prefix
+        self.hash_tag = hash_tag
+        self.ns = f"{prefix}{{{hash_tag}}}:"
+        self._conn = connections or RedisConnections(config)
+        self._settled_ms = _ms(settled_memory_s)
+
+    @property
+    def connections(self) -> RedisConnections:
+        """The pools this ledger uses (to share with semaphores)."""
+        return self._conn
+
+    # -- sync ------------------------------------------------------------
+
+    def reserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        """Hold the amounts on every line, or refuse on all of them."""
+        keys, args = self._reserve_args(hold_id, lines, nanos, tokens, ttl_s)
+        script = self._conn.script(_RESERVE_LUA)
+        reply = self._conn.call(lambda: script(keys, args), "reserve")
+        return _refusal(reply, lines)
+
+    def settle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        """Charge the actual spend and drop the hold; a repeat is a no-op."""
+        rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
+        script = self._conn.script(_SETTLE_LUA)
+        self._conn.call(lambda: script(rkeys, args), "settle")
+
+    def release(self, hold_id: str) -> None:
+        """Drop the hold without spend."""
+        script = self._conn.script(_RELEASE_LUA)
+        keys, args = self._hold_args(hold_id)
+        self._conn.call(lambda: script(keys, args), "release")
+
+    def renew(self, hold_id: str, ttl_s: float) -> bool:
+        """Make a live hold expire ``ttl_s`` from now; False if it is gone."""
+        script = self._conn.script(_RENEW_LUA)
+        keys, args = self._hold_args(hold_id)
+        reply = self._conn.call(lambda: script(keys, [*args, _ms(ttl_s)]), "renew")
+        return bool(reply)
+
+    def balance(self, key: str) -> Balance | None:
+        """Return the line's balance, or None if never seen (or expired)."""
+        script = self._conn.script(_BALANCE_LUA)
+        rkeys = [self.ns + "holds", self._line(key)]
+        reply = self._conn.call(lambda: script(rkeys, [self.ns, key]), "balance")
+        return _balance(key, reply)
+
+    def keys(self) -> list[str]:
+        """Return every line key whose counters still live, sorted."""
+        script = self._conn.script(_LIST_LUA)
+        reply = self._conn.call(lambda: script([self.ns + "lines"], [self.ns]), "keys")
+        return [str(k) for k in reply]
+
+    def reset(self, key: str) -> None:
+        """Forget a line's spend (holds on it stay until settled or expired)."""
+        script = self._conn.script(_RESET_LUA)
+        self._conn.call(lambda: script([self._line(key)], [self.ns, key]), "reset")
+
+    def ping(self) -> bool:
+        """Return True when Redis answers (after retries), else raise."""
+        client = self._conn.client()
+        return bool(self._conn.call(client.ping, "ping"))
+
+    def semaphore(self, key: str, limit: int, lease_s: float) -> RedisSemaphore:
+        """Return a concurrency cap on ``key`` sharing this ledger's pools."""
+        from governor.stores._semaphore import RedisSemaphore
+
+        return RedisSemaphore(
+            key, limit, lease_s, prefix=self.prefix, connections=self._conn
+        )
+
+    def close(self) -> None:
+        """Close the sync connection pool."""
+        self._conn.close()
+
+    # -- async -----------------------------------------------------------
+
+    async def areserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        """Async form of :meth:`reserve`."""
+        keys, args = self._reserve_args(hold_id, lines, nanos, tokens, ttl_s)
+        script = self._conn.ascript(_RESERVE_LUA)
+        reply = await self._conn.acall(lambda: script(keys, args), "reserve")
+        return _refusal(reply, lines)
+
+    async def asettle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        """Async form of :meth:`settle`."""
+        rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
+        script = self._conn.ascript(_SETTLE_LUA)
+        await self._conn.acall(lambda: script(rkeys, args), "settle")
+
+    async def arelease(self, hold_id: str) -> None:
+        """Async form of :meth:`release`."""
+        script = self._conn.ascript(_RELEASE_LUA)
+        keys, args = self._hold_args(hold_id)
+        await self._conn.acall(lambda: script(keys, args), "release")
+
+    async def arenew(self, hold_id: str, ttl_s: float) -> bool:
+        """Async form of :meth:`renew`."""
+        script = self._conn.ascript(_RENEW_LUA)
+        keys, args = self._hold_args(hold_id)
+        reply = await self._conn.acall(
+            lambda: script(keys, [*args, _ms(ttl_s)]), "renew"
+        )
+        return bool(reply)
+
+    async def abalance(self, key: str) -> Balance | None:
+        """Async form of :meth:`balance`."""
+        script = self._conn.ascript(_BALANCE_LUA)
+        rkeys = [self.ns + "holds", self._line(key)]
+        reply = await self._conn.acall(lambda: script(rkeys, [self.ns, key]), "balance")
+        return _balance(key, reply)
+
+    async def akeys(self) -> list[str]:
+        """Async form of :meth:`keys`."""
+        script = self._conn.ascript(_LIST_LUA)
+        reply = await self._conn.acall(
+            lambda: script([self.ns + "lines"], [self.ns]), "keys"
+        )
+        return [str(k) for k in reply]
+
+    async def areset(self, key: str) -> None:
+        """Async form of :meth:`reset`."""
+        script = self._conn.ascript(_RESET_LUA)
+        await self._conn.acall(
+            lambda: script([self._line(key)], [self.ns, key]), "reset"
+        )
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connection pool."""
+        await self._conn.aclose()
+
+    # -- arguments (no I/O) ----------------------------------------------
+
+    def _line(self, key: str) -> str:
+        return f"{self.ns}l:{key}"
+
+    def _hold_args(self, hold_id: str) -> tuple[list[str], list[Any]]:
+        return [self.ns + "holds", f"{self.ns}h:{hold_id}"], [self.ns, hold_id]
+
+    def _reserve_args(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> tuple[list[str], list[Any]]:
+        _check_amounts(nanos, tokens)
+        keys = [self.ns + "holds", self.ns + "lines", f"{self.ns}h:{hold_id}"]
+        args: list[Any] = [self.ns, hold_id, nanos, tokens, _ms(ttl_s)]
+        for line in lines:
+            _check_limits(line)
+            window_s: float | None = getattr(line, "window_s", None)
+            keys.append(self._line(line.key))
+            args += [
+                line.key,
+                _opt(line.limit_nanos),
+                _opt(line.limit_tokens),
+                _opt(None if line.ttl_s is None else _ms(line.ttl_s)),
+                _opt(None if window_s is None else _ms(window_s)),
+            ]
+        return keys, args
+
+    def _settle_args(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> tuple[list[str], list[Any]]:
+        _check_amounts(nanos, tokens)
+        rkeys = [self.ns + "holds", self.ns + "lines", f"{self.ns}h:{hold_id}"]
+        rkeys += [self._line(key) for key in keys]
+        args: list[Any] = [self.ns, hold_id, nanos, tokens, self._settled_ms]
+        return rkeys, [*args, *keys]
+
+
+def _unless_cancelled(result: T) -> T:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _opt(value: int | None) -> int | str:
+    return "" if value is None else value
+
+
+def _check_amounts(nanos: int, tokens: int) -> None:
+    if not (0 <= nanos <= MAX_EXACT and 0 <= tokens <= MAX_EXACT):
+        raise ConfigError(
+            f"amounts must be whole numbers from 0 to {MAX_EXACT}, got "
+            f"nanos={nanos} tokens={tokens}"
+        )
+
+
+def _check_limits(line: Line) -> None:
+    for limit in (line.limit_nanos, line.limit_tokens):
+        if limit is not None and not 0 <= limit <= MAX_EXACT:
+            raise ConfigError(
+                f"line {line.key!r}: limits must lie from 0 to {MAX_EXACT} "
+                f"(about 9 million dollars in nano-dollars), got {limit}"
+            )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value in ("", None) else int(value)
+
+
+def _refusal(reply: Sequence[Any], lines: Sequence[Line]) -> Refusal | None:
+    if int(reply[0]) == 1:
+        return None
+    _, index, unit, ln, lt, sn, st, rn, rt = reply
+    key = lines[int(index) - 1].key
+    balance = Balance(
+        key, _int_or_none(ln), _int_or_none(lt), int(sn), int(st), int(rn), int(rt)
+    )
+    return Refusal("usd" if unit == "usd" else "tokens", balance)
+
+
+def _balance(key: str, reply: Sequence[Any] | None) -> Balance | None:
+    if not reply:
+        return None
+    ln, lt, sn, st, rn, rt = reply
+    return Balance(
+        key, _int_or_none(ln), _int_or_none(lt), int(sn), int(st), int(rn), int(rt)
+    )
+
+
+# Helpers shared by the scripts. A line hash holds:
+#   ln, lt   limits (absent = unlimited)   sn, st   spent
+#   rn, rt   reserved by live holds        ttl      ms the line lives after a change
+#   wm       rolling window in ms (absent = not rolling)
+# A rolling line keeps its spend per sub-bucket in the hash ns..'r:'..key,
+# fields 'n<idx>' and 't<idx>'. A hold hash holds k (JSON list of line keys),
+# n, t, dl (deadline ms) and s ('held' or 'settled'). The set ns..'lines'
+# indexes line keys for listing. Every redis.call costs server time on the
+# hot path, so each line is read once (HMGET) and written only where needed.
+_LUA_LIB: Final = """
+local BUCKETS = 60
+local REAP_MAX = 1000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- HINCRBY by a Lua number; zero is skipped (a negated zero prints as "-0",
+-- which HINCRBY rejects, and adding zero is a wasted call).
+local function incr(key, field, by)
+  if by ~= 0 then redis.call('HINCRBY', key, field, by) end
+end
+
+local function drop_hold(ns, hkey)
+  local h = redis.call('HMGET', hkey, 'k', 'n', 't', 's')
+  if h[4] ~= 'held' then return false end
+  local n, t = tonumber(h[2]), tonumber(h[3])
+  for _, key in ipairs(cjson.decode(h[1])) do
+    local lk = ns .. 'l:' .. key
+    -- A line that expired meanwhile stays gone rather than going negative.
+    if redis.call('EXISTS', lk) == 1 then
+      incr(lk, 'rn', -n)
+      incr(lk, 'rt', -t)
+    end
+  end
+  return true
+end
+
+local function reap(ns, holds, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, REAP_MAX)
+  for _, id in ipairs(expired) do
+    local hkey = ns .. 'h:' .. id
+    drop_hold(ns, hkey)
+    redis.call('DEL', hkey)
+    redis.call('ZREM', holds, id)
+  end
+end
+
+local function width_ms(wm)
+  return math.max(1, math.ceil(wm / BUCKETS))
+end
+
+-- Drop the rolling sub-buckets whose whole span is older than the window;
+-- return the spend dropped, in nanos and tokens.
+local function roll(rk, lk, wm, now)
+  local width = width_ms(wm)
+  local cutoff = now - wm
+  local fields = redis.call('HGETALL', rk)
+  local dn, dt = 0, 0
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if (tonumber(string.sub(f, 2)) + 1) * width <= cutoff then
+      if string.sub(f, 1, 1) == 'n' then
+        dn = dn + tonumber(fields[i + 1])
+      else
+        dt = dt + tonumber(fields[i + 1])
+      end
+      redis.call('HDEL', rk, f)
+    end
+  end
+  incr(lk, 'sn', -dn)
+  incr(lk, 'st', -dt)
+  return dn, dt
+end
+
+local function expire(lk, rk, ttl, wm)
+  redis.call('PEXPIRE', lk, ttl)
+  if wm then redis.call('PEXPIRE', rk, ttl) end
+end
+"""
+
+# KEYS: holds, index, hold, line hashes...
+# ARGV: ns, hold_id, nanos, tokens, ttl_ms, then per line: key, ln, lt, ttl, wm
+# ('' for absent). Returns {1} when held (or already held under this id), else
+# {0, line_index, unit, ln, lt, sn, st, rn, rt} for the first line lacking room.
+_RESERVE_LUA: Final = (
+    _LUA_LIB
+    + """
+local ns, id = ARGV[1], ARGV[2]
+local nanos, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+reap(ns, KEYS[1], now)
+if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
+
+local SETTINGS = {'ln', 'lt', 'ttl', 'wm'}
+local count = #KEYS - 3
+local names, state = {}, {}
+for i = 1, count do
+  local a = 5 + (i - 1) * 5
+  local key, lk = ARGV[a + 1], KEYS[3 + i]
+  local cur = redis.call('HMGET', lk, 'ln', 'lt', 'ttl', 'wm', 'sn', 'st', 'rn', 'rt')
+  local set, del = {}, {}
+  for j = 1, 4 do
+    local want = ARGV[a + 1 + j]
+    if want == '' then
+      if cur[j] then del[#del + 1] = SETTINGS[j] end
+    elseif cur[j] ~= want then
+      set[#set + 1] = SETTINGS[j]
+      set[#set + 1] = want
+    end
+  end
+  if not cur[5] then
+    for _, f in ipairs({'sn', 'st', 'rn', 'rt'}) do
+      set[#set + 1] = f
+      set[#set + 1] = 0
+    end
+    redis.call('SADD', KEYS[2], key)
+  end
+  if #set > 0 then redis.call('HSET', lk, unpack(set)) end
+  if #del > 0 then redis.call('HDEL', lk, unpack(del)) end
+
+  local sn, st = tonumber(cur[5] or 0), tonumber(cur[6] or 0)
+  local wm, ttl = ARGV[a + 5], ARGV[a + 4]
+  local rk = ns .. 'r:' .. key
+  if wm ~= '' then
+    local dn, dt = roll(rk, lk, tonumber(wm), now)
+    sn, st = sn - dn, st - dt
+  end
+  if ttl ~= '' then
+    expire(lk, rk, ttl, wm ~= '')
+  elseif cur[3] then
+    redis.call('PERSIST', lk)
+    redis.call('PERSIST', rk)
+  end
+  names[i] = key
+  state[i] = {sn, st, tonumber(cur[7] or 0), tonumber(cur[8] or 0)}
+end
+
+for i = 1, count do
+  local a = 5 + (i - 1) * 5
+  local ln, lt = ARGV[a + 2], ARGV[a + 3]
+  local sn, st, rn, rt = unpack(state[i])
+  if ln ~= '' and sn + rn + nanos > tonumber(ln) then
+    return {0, i, 'usd', ln, lt, sn, st, rn, rt}
+  end
+  if lt ~= '' and st + rt + tokens > tonumber(lt) then
+    return {0, i, 'tokens', ln, lt, sn, st, rn, rt}
+  end
+end
+
+for i = 1, count do
+  incr(KEYS[3 + i], 'rn', nanos)
+  incr(KEYS[3 + i], 'rt', tokens)
+end
+local deadline = now + tonumber(ARGV[5])
+redis.call('HSET', KEYS[3], 'k', cjson.encode(names), 'n', ARGV[3], 't', ARGV[4],
+  'dl', deadline, 's', 'held')
+redis.call('ZADD', KEYS[1], deadline, id)
+return {1}
+"""
+)
+
+# KEYS: holds, index, hold, line hashes...
+# ARGV: ns, hold_id, nanos, tokens, settled_memory_ms, line keys...
+# Returns 1 when charged, 0 when this hold id was settled before.
+_SETTLE_LUA: Final = (
+    _LUA_LIB
+    + """
+local ns, id = ARGV[1], ARGV[2]
+local state = redis.call('HGET', KEYS[3], 's')
+if state == 'settled' then return 0 end
+if state == 'held' then
+  drop_hold(ns, KEYS[3])
+  redis.call('ZREM', KEYS[1], id)
+end
+
+local now = now_ms()
+local nanos, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 1, #KEYS - 3 do
+  local key, lk = ARGV[5 + i], KEYS[3 + i]
+  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm')
+  local rk = ns .. 'r:' .. key
+  if not cur[1] then
+    redis.call('HSET', lk, 'sn', nanos, 'st', tokens, 'rn', 0, 'rt', 0)
+    redis.call('SADD', KEYS[2], key)
+  else
+    incr(lk, 'sn', nanos)
+    incr(lk, 'st', tokens)
+  end
+  if cur[3] then
+    local wm = tonumber(cur[3])
+    roll(rk, lk, wm, now)
+    local idx = math.floor(now / width_ms(wm))
+    incr(rk, 'n' .. idx, nanos)
+    incr(rk, 't' .. idx, tokens)
+  end
+  if cur[2] then expire(lk, rk, cur[2], cur[3]) end
+end
+
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 's', 'settled')
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+return 1
+"""
+)
+
+# KEYS: holds, hold.  ARGV: ns, hold_id.  Returns 1 when a live hold was dropped.
+_RELEASE_LUA: Final = (
+    _LUA_LIB
+    + """
+if not drop_hold(ARGV[1], KEYS[2]) then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: holds, hold.  ARGV: ns, hold_id, ttl_ms.
+# Returns 1 when the hold was live and now lives ttl_ms from now, else 0.
+_RENEW_LUA: Final = (
+    _LUA_LIB
+    + """
+local now = now_ms()
+reap(ARGV[1], KEYS[1], now)
+if redis.call('HGET', KEYS[2], 's') ~= 'held' then return 0 end
+local deadline = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'dl', deadline)
+redis.call('ZADD', KEYS[1], deadline, ARGV[2])
+return 1
+"""
+)
+
+# KEYS: holds, line.  ARGV: ns, key.
+# Returns false for an unknown line, else {ln, lt, sn, st, rn, rt}.
+_BALANCE_LUA: Final = (
+    _LUA_LIB
+    + """
+local now = now_ms()
+reap(ARGV[1], KEYS[1], now)
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local wm = redis.call('HGET', KEYS[2], 'wm')
+if wm then roll(ARGV[1] .. 'r:' .. ARGV[2], KEYS[2], tonumber(wm), now) end
+local c = redis.call('HMGET', KEYS[2], 'ln', 'lt', 'sn', 'st', 'rn', 'rt')
+return {c[1] or '', c[2] or '', c[3] or '0', c[4] or '0', c[5] or '0', c[6] or '0'}
+"""
+)
+
+# KEYS: index.  ARGV: ns.  Returns every line key whose counters still
+# live, sorted; keys of expired lines leave the index.
+_LIST_LUA: Final = (
+    _LUA_LIB
+    + """
+local live = {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. 'l:' .. key) == 1 then
+    live[#live + 1] = key
+  else
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+table.sort(live)
+return live
+"""
+)
+
+# KEYS: line.  ARGV: ns, key.  Zeroes a line's spend; returns 1 if it existed.
+_RESET_LUA: Final = (
+    _LUA_LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'sn', 0, 'st', 0)
+redis.call('DEL', ARGV[1] .. 'r:' .. ARGV[2])
+return 1
+"""
+)

@@ -1,0 +1,478 @@
+"""Concurrency caps: at most N model calls in flight per scope.
+
+Two semaphores with one interface (:class:`Semaphore`):
+
+* :class:`LocalSemaphore` caps calls within one process. Threads and asyncio
+  tasks may share one instance: waiters queue first come, first served, and
+  a freed slot is handed straight to the next waiter, thread or coroutine.
+* :class:`RedisSemaphore` caps calls across every process and host sharing a
+  Redis. A slot is a member of a sorted set scored by its lease deadline (from
+  the server's clock); an acquire drops expired members first, so a crashed
+  worker's slot comes back when its lease ends. Waiters poll with a growing,
+  jittered back-off (no fairness between hosts). Renew the lease of a long
+  call with :meth:`RedisSemaphore.renew`.
+
+Use :meth:`Semaphore.slot` / :meth:`Semaphore.aslot`: the slot is released on
+every exit path (success, error, timeout, cancellation); the lease covers a
+crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, runtime_checkable
+
+from governor._errors import ConfigError, GovernorError
+from governor.stores._redis import DEFAULT_REDIS_URL, RedisConfig, RedisConnections
+
+__all__ = ["LocalSemaphore", "RedisSemaphore", "Semaphore", "SlotUnavailable"]
+
+_POLL_FIRST_S: Final = 0.002
+_POLL_MAX_S: Final = 0.05
+
+
+class SlotUnavailable(GovernorError, TimeoutError):
+    """No concurrency slot came free within the wait allowed.
+
+    Attributes:
+        key: the semaphore's key.
+        limit: its number of slots.
+        timeout_s: how long the caller waited.
+    """
+
+    code = "slot_unavailable"
+
+    def __init__(self, key: str, limit: int, timeout_s: float | None) -> None:
+        self.key = key
+        self.limit = limit
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. Raise "
+            "the cap (Fanout.max_inflight_calls), wait longer "
+            "(Fanout.wait_timeout_s), or run fewer calls at once."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "key": self.key,
+            "limit": self.limit,
+            "timeout_s": self.timeout_s,
+        }
+
+
+@runtime_checkable
+class Semaphore(Protocol):
+    """A counting semaphore whose slots are named by tokens.
+
+    ``timeout_s=None`` waits for ever, ``0`` tries once; both acquire forms
+    raise :class:`SlotUnavailable` when no slot came free in time. Releasing
+    an unknown or already released token does nothing.
+    """
+
+    key: str
+    limit: int
+
+    def acquire(self, timeout_s: float | None = None) -> str:
+        """Take a slot and return its token."""
+        ...
+
+    def release(self, token: str) -> None:
+        """Give the slot back."""
+        ...
+
+    def renew(self, token: str) -> bool:
+        """Extend the slot's lease; False if the slot is gone."""
+        ...
+
+    async def aacquire(self, timeout_s: float | None = None) -> str:
+        """Async form of :meth:`acquire`."""
+        ...
+
+    async def arelease(self, token: str) -> None:
+        """Async form of :meth:`release`."""
+        ...
+
+    async def arenew(self, token: str) -> bool:
+        """Async form of :meth:`renew`."""
+        ...
+
+    def in_use(self) -> int:
+        """Return how many slots are taken now."""
+        ...
+
+    def slot(self, timeout_s: float | None = None) -> AbstractContextManager[str]:
+        """Hold a slot for the ``with`` block."""
+        ...
+
+    def aslot(self, timeout_s: float | None = None) -> AbstractAsyncContextManager[str]:
+        """Hold a slot for the ``async with`` block."""
+        ...
+
+
+class _SlotMixin:
+    """``slot`` and ``aslot`` built on the acquire and release methods."""
+
+    def acquire(self, timeout_s: float | None = None) -> str:
+        raise NotImplementedError
+
+    def release(self, token: str) -> None:
+        raise NotImplementedError
+
+    async def aacquire(self, timeout_s: float | None = None) -> str:
+        raise NotImplementedError
+
+    async def arelease(self, token: str) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def slot(self, timeout_s: float | None = None) -> Iterator[str]:
+        """Hold a slot for the ``with`` block, whatever way it ends."""
+        token = self.acquire(timeout_s)
+        try:
+            yield token
+        finally:
+            self.release(token)
+
+    @asynccontextmanager
+    async def aslot(self, timeout_s: float | None = None) -> AsyncIterator[str]:
+        """Hold a slot for the ``async with`` block, cancellation included."""
+        token = await self.aacquire(timeout_s)
+        try:
+            yield token
+        finally:
+            # Shielded, so a cancellation arriving now cannot skip the release.
+            await asyncio.shield(self.arelease(token))
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    event: threading.Event | None = None
+    future: asyncio.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    token: str | None = None
+
+
+class LocalSemaphore(_SlotMixin):
+    """An in-process semaphore shared safely by threads and asyncio tasks.
+
+    A sync :meth:`acquire` blocks its thread: do not call it on an event
+    loop's thread, use :meth:`aacquire` there.
+    """
+
+    def __init__(self, limit: int, *, key: str = "local") -> None:
+        """Make a semaphore of ``limit`` slots; ``key`` names it in errors."""
+        if limit < 1:
+            raise ConfigError(f"a semaphore needs at least 1 slot, got {limit}")
+        self.key = key
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._holders: set[str] = set()
+        self._waiters: deque[_Waiter] = deque()
+
+    def in_use(self) -> int:
+        """Return how many slots are taken now."""
+        with self._lock:
+            return len(self._holders)
+
+    def acquire(self, timeout_s: float | None = None) -> str:
+        """Take a slot, waiting up to ``timeout_s``; return its token."""
+        with self._lock:
+            if self._free_locked():
+                return self._grant_locked()
+            if timeout_s is not None and timeout_s <= 0:
+                raise SlotUnavailable(self.key, self.limit, timeout_s)
+            waiter = _Waiter(event=threading.Event())
+            self._waiters.append(waiter)
+        assert waiter.event is not None
+        try:
+            waiter.event.wait(timeout_s)
+        except BaseException:
+            self._settle_waiter(waiter, keep=False)
+            raise
+        token = self._settle_waiter(waiter, keep=True)
+        if token is None:
+            raise SlotUnavailable(self.key, self.limit, timeout_s)
+        return token
+
+    async def aacquire(self, timeout_s: float | None = None) -> str:
+        """Take a slot without blocking the event loop; return its token."""
+        with self._lock:
+            if self._free_locked():
+                return self._grant_locked()
+            if timeout_s is not None and timeout_s <= 0:
+                raise SlotUnavailable(self.key, self.limit, timeout_s)
+            loop = asyncio.get_running_loop()
+            waiter = _Waiter(future=loop.create_future(), loop=loop)
+            self._waiters.append(waiter)
+        assert waiter.future is not None
+        try:
+            await asyncio.wait_for(waiter.future, timeout_s)
+        except TimeoutError:
+            token = self._settle_waiter(waiter, keep=True)
+            if token is None:
+                raise SlotUnavailable(self.key, self.limit, timeout_s) from None
+            return token
+        except BaseException:
+            # Cancelled: a slot handed over meanwhile goes to the next waiter.
+            self._settle_waiter(waiter, keep=False)
+            raise
+        assert waiter.token is not None
+        return waiter.token
+
+    def release(self, token: str) -> None:
+        """Give the slot back and hand it to the next waiter, if any."""
+        with self._lock:
+            if token not in self._holders:
+                return
+            self._holders.discard(token)
+            self._hand_on_locked()
+
+    async def arelease(self, token: str) -> None:
+        """Async form of :meth:`release` (it never waits)."""
+        self.release(token)
+
+    def renew(self, token: str) -> bool:
+        """Return whether the slot is held: in-process slots need no lease."""
+        with self._lock:
+            return token in self._holders
+
+    async def arenew(self, token: str) -> bool:
+        """Async form of :meth:`renew`."""
+        return self.renew(token)
+
+    def _free_locked(self) -> bool:
+        return len(self._holders) < self.limit and not self._waiters
+
+    def _grant_locked(self) -> str:
+        token = uuid.uuid4().hex
+        self._holders.add(token)
+        return token
+
+    def _settle_waiter(self, waiter: _Waiter, *, keep: bool) -> str | None:
+        """Stop waiting: return the granted token if kept, else pass it on."""
+        with self._lock:
+            if waiter.token is None:
+                self._waiters.remove(waiter)
+                return None
+            if keep:
+                return waiter.token
+            self._holders.discard(waiter.token)
+            self._hand_on_locked()
+            return None
+
+    def _hand_on_locked(self) -> None:
+        while self._waiters and len(self._holders) < self.limit:
+            waiter = self._waiters.popleft()
+            waiter.token = self._grant_locked()
+            if waiter.event is not None:
+                waiter.event.set()
+                continue
+            assert waiter.loop is not None
+            assert waiter.future is not None
+            try:
+                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+            except RuntimeError:
+                # Its loop is closed: nobody will take the slot.
+                self._holders.discard(waiter.token)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class RedisSemaphore(_SlotMixin):
+    """A semaphore whose slots are leases in Redis, shared by every process.
+
+    Thread-safe and usable from any event loop. Errors reaching Redis raise
+    :class:`~governor.StoreUnavailable` after bounded retries.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        limit: int,
+        lease_s: float,
+        *,
+        config: RedisConfig | str = DEFAULT_REDIS_URL,
+        prefix: str = "governor:",
+        connections: RedisConnections | None = None,
+    ) -> None:
+        """Make a handle on the semaphore ``key``; nothing connects yet.
+
+        Args:
+            key: what the cap is on, e.g. ``"team:search"``.
+            limit: slots; every handle on the same key should use the same.
+            lease_s: how long a slot outlives a worker that died holding it;
+                it must outlast the call, or be renewed.
+            config: a :class:`~governor.stores.RedisConfig` or a URL.
+            prefix: put before the Redis key; must not contain braces.
+            connections: pools to share with a ledger
+                (``RedisLedger.connections``).
+        """
+        if limit < 1 or lease_s <= 0:
+            raise ConfigError(
+                f"a semaphore needs limit >= 1 and lease_s > 0, got {limit} "
+                f"and {lease_s}"
+            )
+        if "{" in prefix or "}" in prefix:
+            raise ConfigError(f"prefix {prefix!r} must be free of braces")
+        if isinstance(config, str):
+            config = RedisConfig(url=config)
+        self.key = key
+        self.limit = limit
+        self.lease_s = lease_s
+        # The key is its own hash tag: each semaphore lives in one slot and
+        # different semaphores spread over a cluster.
+        self.redis_key = f"{prefix}{{sem:{key}}}"
+        self._conn = connections or RedisConnections(config)
+        self._lease_ms = max(1, round(lease_s * 1000))
+
+    @property
+    def connections(self) -> RedisConnections:
+        """The pools this semaphore uses."""
+        return self._conn
+
+    def in_use(self) -> int:
+        """Return how many live slots are taken now."""
+        script = self._conn.script(_COUNT_LUA)
+        return int(self._conn.call(lambda: script([self.redis_key]), "count"))
+
+    def try_acquire(self) -> str | None:
+        """Take a slot if one is free now; return its token or None."""
+        token = uuid.uuid4().hex
+        return token if self._take(token) else None
+
+    def acquire(self, timeout_s: float | None = None) -> str:
+        """Take a slot, polling up to ``timeout_s``; return its token."""
+        token = uuid.uuid4().hex
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = _POLL_FIRST_S
+        while not self._take(token):
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                raise SlotUnavailable(self.key, self.limit, timeout_s)
+            time.sleep(_pause(pause, left))
+            pause = min(pause * 2, _POLL_MAX_S)
+        return token
+
+    async def aacquire(self, timeout_s: float | None = None) -> str:
+        """Async form of :meth:`acquire`."""
+        token = uuid.uuid4().hex
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = _POLL_FIRST_S
+        try:
+            while not await self._atake(token):
+                left = _left(deadline)
+                if left is not None and left <= 0:
+                    raise SlotUnavailable(self.key, self.limit, timeout_s)
+                await asyncio.sleep(_pause(pause, left))
+                pause = min(pause * 2, _POLL_MAX_S)
+        except asyncio.CancelledError:
+            # The take may have run on the server before the cancel landed.
+            await asyncio.shield(self.arelease(token))
+            raise
+        return token
+
+    def release(self, token: str) -> None:
+        """Give the slot back (idempotent)."""
+        script = self._conn.script(_RELEASE_LUA)
+        self._conn.call(lambda: script([self.redis_key], [token]), "release")
+
+    async def arelease(self, token: str) -> None:
+        """Async form of :meth:`release`."""
+        script = self._conn.ascript(_RELEASE_LUA)
+        await self._conn.acall(lambda: script([self.redis_key], [token]), "release")
+
+    def renew(self, token: str) -> bool:
+        """Make the slot's lease end ``lease_s`` from now; False if it is gone."""
+        script = self._conn.script(_RENEW_LUA)
+        args: list[str | int] = [token, self._lease_ms]
+        return bool(self._conn.call(lambda: script([self.redis_key], args), "renew"))
+
+    async def arenew(self, token: str) -> bool:
+        """Async form of :meth:`renew`."""
+        script = self._conn.ascript(_RENEW_LUA)
+        args: list[str | int] = [token, self._lease_ms]
+        reply = await self._conn.acall(lambda: script([self.redis_key], args), "renew")
+        return bool(reply)
+
+    def _take(self, token: str) -> bool:
+        script = self._conn.script(_ACQUIRE_LUA)
+        args: list[str | int] = [token, self.limit, self._lease_ms]
+        return bool(self._conn.call(lambda: script([self.redis_key], args), "acquire"))
+
+    async def _atake(self, token: str) -> bool:
+        script = self._conn.ascript(_ACQUIRE_LUA)
+        args: list[str | int] = [token, self.limit, self._lease_ms]
+        reply = await self._conn.acall(
+            lambda: script([self.redis_key], args), "acquire"
+        )
+        return bool(reply)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _pause(pause: float, left: float | None) -> float:
+    jittered = pause * random.uniform(0.5, 1.5)
+    return jittered if left is None else max(0.0, min(jittered, left))
+
+
+_NOW_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+# KEYS: slots.  ARGV: token, limit, lease_ms.  Returns 1 when the slot is held.
+_ACQUIRE_LUA: Final = (
+    _NOW_LUA
+    + """
+local lease = tonumber(ARGV[3])
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < lease then
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+return 1
+"""
+)
+
+# KEYS: slots.  ARGV: token, lease_ms.  Returns 1 when a live slot was renewed.
+_RENEW_LUA: Final = (
+    _NOW_LUA
+    + """
+local lease = tonumber(ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < lease then
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+return 1
+"""
+)
+
+# KEYS: slots.  ARGV: token.
+_RELEASE_LUA: Final = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+
+# KEYS: slots.  Returns the number of live slots.
+_COUNT_LUA: Final = _NOW_LUA + "return redis.call('ZCARD', KEYS[1])"

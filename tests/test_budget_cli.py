@@ -1,0 +1,142 @@
+"""``governor budget status|reset`` against a real Redis store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from _redis_fixtures import OwnRedis
+
+from governor.budgets import lines_for
+from governor.cli import main
+from governor.policies import Budget
+from governor.stores._redis import RedisLedger
+
+pytest_plugins = ["_redis_fixtures"]
+
+NOW = datetime(2026, 12, 4, 15, tzinfo=UTC)
+
+
+def _spend(ledger: RedisLedger) -> None:
+    """A task line, a daily team line in Paris and a settled plus a held call."""
+    budgets = [
+        Budget(max_usd="1"),
+        Budget(
+            scope="team",
+            max_usd="10",
+            max_tokens=5000,
+            period="day",
+            timezone="Europe/Paris",
+        ),
+    ]
+    lines = [s.line() for s in lines_for(budgets, {"team": "search"}, "t1", NOW)]
+    keys = [line.key for line in lines]
+    ledger.reserve("h1", lines, 2_000_000, 300, 600)
+    ledger.settle("h1", keys, 1_250_000, 200)
+    ledger.reserve("h2", lines, 500_000, 100, 600)
+
+
+def _store(url: str, prefix: str) -> list[str]:
+    return ["--redis-url", url, "--prefix", prefix]
+
+
+def test_status_json_lists_every_line_with_its_figures(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status --json gives limit, spent, reserved, period and next reset per line."""
+    _spend(redis_ledger)
+    code = main(["budget", "status", "--json", *_store(redis_url, redis_prefix)])
+    lines = {row["scope"]: row for row in json.loads(capsys.readouterr().out)["lines"]}
+    assert code == 0
+    assert sorted(lines) == ["task:t1", "team:search"]
+    team = lines["team:search"]
+    assert (team["period"], team["timezone"]) == ("day", "Europe/Paris")
+    assert team["next_reset"] == "2026-12-05T00:00:00+01:00"
+    assert (team["limit_usd"], team["spent_usd"], team["reserved_usd"]) == (
+        "10",
+        "0.00125",
+        "0.0005",
+    )
+    assert (team["limit_tokens"], team["spent_tokens"], team["left_tokens"]) == (
+        5000,
+        200,
+        4700,
+    )
+
+
+def test_status_text_shows_a_table(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status prints one row per line under a header."""
+    _spend(redis_ledger)
+    main(["budget", "status", *_store(redis_url, redis_prefix)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == [
+        "SCOPE",
+        "PERIOD",
+        "LIMIT",
+        "SPENT",
+        "RESERVED",
+        "NEXT",
+        "RESET",
+    ]
+    assert rows[1].split()[:3] == ["task:t1", "total", "$1"]
+    assert rows[2].split()[:3] == ["team:search", "day", "(Europe/Paris)"]
+
+
+def test_reset_zeroes_every_window_of_a_scope(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """reset SCOPE zeroes the spend of each window of that scope, holds stay."""
+    _spend(redis_ledger)
+    code = main(
+        ["budget", "reset", "team:search", "--json", *_store(redis_url, redis_prefix)]
+    )
+    (key,) = json.loads(capsys.readouterr().out)["reset"]
+    balance = redis_ledger.balance(key)
+    assert code == 0
+    assert key == "team:search#day:2026-12-04@Europe/Paris"
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (0, 500_000)
+
+
+def test_reset_of_an_unknown_scope_fails(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """reset of a scope with no line exits 1 and says so."""
+    code = main(["budget", "reset", "team:none", *_store(redis_url, redis_prefix)])
+    assert code == 1
+    assert "no line matches 'team:none'" in capsys.readouterr().err
+
+
+def test_status_without_a_store_says_how_to_configure_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no URL configured, status exits 2 naming the flag and variable."""
+    monkeypatch.delenv("GOVERNOR_REDIS_URL", raising=False)
+    code = main(["budget", "status"])
+    assert code == 2
+    assert "GOVERNOR_REDIS_URL" in capsys.readouterr().err
+
+
+def test_status_of_an_unreachable_store_fails_cleanly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store nobody answers at gives exit 1 and the store_unavailable code."""
+    url = OwnRedis().url  # a free port, no server
+    code = main(["budget", "status", "--json", "--redis-url", url])
+    assert code == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "store_unavailable"

@@ -1,0 +1,243 @@
+"""FailoverLedger: fail closed or open when the store is down, then reconcile."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import pytest
+from _redis_fixtures import OwnRedis
+
+from governor._errors import StoreUnavailable
+from governor.stores import Balance, Line, MemoryLedger, Refusal
+from governor.stores._failover import (
+    EVENT_FAIL_CLOSED,
+    EVENT_FAIL_OPEN,
+    EVENT_RECONCILED,
+    EVENT_SETTLE_QUEUED,
+    FailoverLedger,
+)
+from governor.stores._redis import RedisConfig, RedisLedger
+
+pytest_plugins = ["_redis_fixtures"]
+
+LINE = Line("team:x", 100, None)
+
+
+class SwitchedStore(MemoryLedger):
+    """A memory ledger standing in for a store that can be switched off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.calls = 0
+
+    def _gate(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("store switched off by the test")
+
+    def reserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        self._gate()
+        return super().reserve(hold_id, lines, nanos, tokens, ttl_s)
+
+    def settle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        self._gate()
+        super().settle(hold_id, keys, nanos, tokens)
+
+    def release(self, hold_id: str) -> None:
+        self._gate()
+        super().release(hold_id)
+
+    def balance(self, key: str) -> Balance | None:
+        self._gate()
+        return super().balance(key)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _spent(store: MemoryLedger, key: str) -> int:
+    balance = MemoryLedger.balance(store, key)
+    return -1 if balance is None else balance.spent_nanos
+
+
+def test_closed_mode_refuses_with_the_documented_error() -> None:
+    """Fail closed: a reservation while the store is down raises StoreUnavailable."""
+    store = SwitchedStore()
+    store.down = True
+    events: list[str] = []
+    ledger = FailoverLedger(store, mode="closed", on_degraded=events.append)
+    with pytest.raises(StoreUnavailable, match="failure_mode='open'"):
+        ledger.reserve("h", [LINE], 10, 0, 60)
+    assert events == [EVENT_FAIL_CLOSED]
+
+
+def test_entering_degraded_mode_logs_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Going degraded logs one WARNING, not one per call."""
+    store = SwitchedStore()
+    store.down = True
+    ledger = FailoverLedger(store, mode="open", probe_interval_s=0)
+    with caplog.at_level(logging.WARNING, logger="governor.stores._failover"):
+        ledger.reserve("h1", [LINE], 10, 0, 60)
+        ledger.reserve("h2", [LINE], 10, 0, 60)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "failing open" in caplog.records[0].getMessage()
+
+
+def test_open_mode_admits_under_a_shadow_with_the_same_limits() -> None:
+    """Fail open: the shadow budget refuses what the line's limit refuses."""
+    store = SwitchedStore()
+    store.down = True
+    events: list[str] = []
+    ledger = FailoverLedger(store, mode="open", on_degraded=events.append)
+    assert ledger.reserve("h1", [LINE], 60, 0, 60) is None
+    refusal = ledger.reserve("h2", [LINE], 60, 0, 60)
+    assert refusal is not None
+    assert (refusal.balance.key, refusal.balance.limit_nanos) == ("team:x", 100)
+    assert events == [EVENT_FAIL_OPEN, EVENT_FAIL_OPEN]
+
+
+def test_open_mode_reconciles_shadow_spend_when_store_returns() -> None:
+    """Spend settled under the shadow reaches the store once it answers."""
+    store = SwitchedStore()
+    events: list[str] = []
+    ledger = FailoverLedger(
+        store, mode="open", on_degraded=events.append, probe_interval_s=0
+    )
+    store.down = True
+    ledger.reserve("h1", [LINE], 60, 0, 60)
+    ledger.settle("h1", ["team:x"], 25, 0)
+    store.down = False
+    assert ledger.reserve("h2", [LINE], 10, 0, 60) is None
+    assert _spent(store, "team:x") == 25
+    assert ledger.degraded is False
+    assert events[-1] == EVENT_RECONCILED
+
+
+def test_settle_of_a_store_hold_during_outage_is_queued_not_raised() -> None:
+    """A settle that cannot reach the store waits for it, in closed mode too."""
+    store = SwitchedStore()
+    events: list[str] = []
+    ledger = FailoverLedger(
+        store, mode="closed", on_degraded=events.append, probe_interval_s=0
+    )
+    ledger.reserve("h1", [LINE], 60, 0, 60)
+    store.down = True
+    ledger.settle("h1", ["team:x"], 40, 0)
+    queued = ledger.pending_settles
+    store.down = False
+    ledger.reserve("h2", [LINE], 10, 0, 60)
+    assert queued == 1
+    assert EVENT_SETTLE_QUEUED in events
+    assert _spent(store, "team:x") == 40
+    assert ledger.pending_settles == 0
+
+
+def test_store_is_probed_at_most_once_per_interval() -> None:
+    """While degraded, calls skip the store until the probe interval passes."""
+    store = SwitchedStore()
+    store.down = True
+    clock = Clock()
+    ledger = FailoverLedger(store, mode="open", probe_interval_s=5, clock=clock)
+    for index in range(3):
+        ledger.reserve(f"h{index}", [Line("team:y")], 1, 0, 60)
+    calls_before = store.calls
+    clock.now = 6.0
+    ledger.reserve("h9", [Line("team:y")], 1, 0, 60)
+    assert (calls_before, store.calls) == (1, 2)
+
+
+def test_failing_hook_does_not_break_the_call() -> None:
+    """An exception inside on_degraded is logged and the decision stands."""
+    store = SwitchedStore()
+    store.down = True
+
+    def broken(event: str) -> None:
+        raise RuntimeError(event)
+
+    ledger = FailoverLedger(store, mode="open", on_degraded=broken)
+    assert ledger.reserve("h", [LINE], 10, 0, 60) is None
+
+
+async def test_async_open_mode_reconciles() -> None:
+    """The async steps fail open and reconcile like the sync ones."""
+    store = SwitchedStore()
+    ledger = FailoverLedger(store, mode="open", probe_interval_s=0)
+    store.down = True
+    assert await ledger.areserve("h1", [LINE], 60, 0, 60) is None
+    await ledger.asettle("h1", ["team:x"], 30, 0)
+    store.down = False
+    assert await ledger.areserve("h2", [LINE], 10, 0, 60) is None
+    assert _spent(store, "team:x") == 30
+
+
+def _redis_failover(
+    server: OwnRedis, mode: Literal["closed", "open"]
+) -> FailoverLedger:
+    config = RedisConfig(
+        url=server.url,
+        attempts=2,
+        retry_wait_s=0.01,
+        socket_timeout_s=0.5,
+        connect_timeout_s=0.5,
+    )
+    primary = RedisLedger(config)
+    return FailoverLedger(primary, mode=mode, probe_interval_s=0)
+
+
+def test_redis_killed_fail_closed_refuses_then_recovers(own_redis: OwnRedis) -> None:
+    """Redis killed: fail_closed raises StoreUnavailable; restarted, it admits."""
+    ledger = _redis_failover(own_redis, "closed")
+    assert ledger.reserve("h1", [LINE], 10, 0, 60) is None
+    own_redis.kill()
+    with pytest.raises(StoreUnavailable):
+        ledger.reserve("h2", [LINE], 10, 0, 60)
+    own_redis.start()
+    assert ledger.reserve("h3", [LINE], 10, 0, 60) is None
+
+
+def test_redis_killed_fail_open_continues_and_reconciles(own_redis: OwnRedis) -> None:
+    """With Redis killed, fail_open keeps admitting; its spend lands in Redis after."""
+    ledger = _redis_failover(own_redis, "open")
+    own_redis.kill()
+    for index in range(3):
+        assert ledger.reserve(f"h{index}", [LINE], 30, 0, 60) is None
+        ledger.settle(f"h{index}", ["team:x"], 20, 0)
+    own_redis.start()  # same port, empty: nothing persisted
+    assert ledger.reserve("after", [LINE], 30, 0, 60) is None
+    balance = RedisLedger(own_redis.url).balance("team:x")
+    assert ledger.degraded is False
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (60, 30)
+
+
+def test_paused_redis_counts_as_unavailable(own_redis: OwnRedis) -> None:
+    """A Redis that stops answering (too slow) is treated like a dead one."""
+    ledger = _redis_failover(own_redis, "closed")
+    ledger.reserve("h1", [LINE], 10, 0, 60)
+    own_redis.pause()
+    try:
+        with pytest.raises(StoreUnavailable):
+            ledger.reserve("h2", [LINE], 10, 0, 60)
+    finally:
+        own_redis.resume()

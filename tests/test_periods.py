@@ -1,0 +1,191 @@
+"""Budget periods and scopes: windows, key suffixes, resets and applying lines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from governor._errors import ConfigError
+from governor.budgets import (
+    RollingLine,
+    lines_for,
+    parse_line_key,
+    window_at,
+    window_for,
+)
+from governor.policies import Budget
+from governor.stores import Line, MemoryLedger
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+class Clock:
+    """An injectable wall clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_month_window_is_the_calendar_month_in_the_zone() -> None:
+    """Late on 31 January UTC is already February in Paris."""
+    budget = Budget(scope="team", max_usd="10", period="month", timezone="Europe/Paris")
+    window = window_for(budget, datetime(2026, 1, 31, 23, 30, tzinfo=UTC))
+    assert window.key_suffix == "#month:2026-02@Europe/Paris"
+    assert window.starts_at == datetime(2026, 2, 1, tzinfo=PARIS)
+    assert window.resets_at == datetime(2026, 3, 1, tzinfo=PARIS)
+
+
+def test_month_rollover_in_non_utc_zone_starts_a_new_line() -> None:
+    """Spend in January's window does not count against February's."""
+    clock = Clock(datetime(2026, 1, 31, 22, 59, 59, tzinfo=UTC))
+    budget = Budget(scope="team", max_usd="1", period="month", timezone="Europe/Paris")
+    ledger = MemoryLedger()
+
+    def spend(hold_id: str) -> bool:
+        (spec,) = lines_for([budget], {"team": "search"}, "t", clock())
+        if ledger.reserve(hold_id, [spec.line()], 10**9, 0, 60) is not None:
+            return False
+        ledger.settle(hold_id, [spec.key], 10**9, 0)
+        return True
+
+    assert spend("jan-1") is True
+    assert spend("jan-2") is False
+    clock.now += timedelta(seconds=1)  # 00:00:00 on 1 February in Paris
+    assert spend("feb-1") is True
+
+
+def test_day_window_is_23_hours_on_spring_forward_day() -> None:
+    """A calendar day spans local midnight to midnight, whatever its length."""
+    window = window_at("day", "Europe/Paris", datetime(2026, 3, 29, 12, tzinfo=UTC))
+    assert window.starts_at is not None
+    assert window.resets_at is not None
+    # Same-zone subtraction is wall-clock; compare real elapsed time in UTC.
+    length = window.resets_at.astimezone(UTC) - window.starts_at.astimezone(UTC)
+    assert length == timedelta(hours=23)
+
+
+def test_week_starts_monday_and_uses_iso_week_numbers() -> None:
+    """Thursday 31 December 2026 falls in ISO week 2026-W53, from Monday the 28th."""
+    window = window_at("week", "UTC", datetime(2026, 12, 31, 9, tzinfo=UTC))
+    assert window.key_suffix == "#week:2026-W53@UTC"
+    assert window.starts_at == datetime(2026, 12, 28, tzinfo=ZoneInfo("UTC"))
+    assert window.resets_at == datetime(2027, 1, 4, tzinfo=ZoneInfo("UTC"))
+
+
+def test_repeated_fall_back_hour_gets_two_windows() -> None:
+    """The two 01:00 hours of a fall-back night in New York are different lines."""
+    first = window_at(
+        "hour", "America/New_York", datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+    )
+    second = window_at(
+        "hour", "America/New_York", datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+    )
+    assert first.key_suffix == "#hour:2026-11-01T01-0400@America/New_York"
+    assert second.key_suffix == "#hour:2026-11-01T01-0500@America/New_York"
+
+
+def test_hour_window_resets_an_hour_after_it_starts() -> None:
+    """An hour window in Kolkata (UTC+05:30) runs on the local hour."""
+    window = window_at("hour", "Asia/Kolkata", datetime(2026, 6, 1, 10, 45, tzinfo=UTC))
+    assert window.resets_at == datetime(2026, 6, 1, 11, 30, tzinfo=UTC)
+
+
+def test_total_window_has_no_suffix_and_no_reset() -> None:
+    """A total budget has one line for ever."""
+    window = window_at("total", "UTC", datetime(2026, 6, 1, tzinfo=UTC))
+    assert (window.key_suffix, window.resets_at, window.ttl_s) == ("", None, None)
+
+
+def test_rolling_window_names_its_length_and_never_resets() -> None:
+    """A rolling line is named by its window length; spend rolls off instead."""
+    window = window_at(
+        "rolling", "UTC", datetime(2026, 6, 1, tzinfo=UTC), window_s=3600
+    )
+    assert (window.key_suffix, window.resets_at, window.window_s) == (
+        "#rolling:3600s",
+        None,
+        3600,
+    )
+    assert window.ttl_s == 3660.0
+
+
+def test_calendar_ttl_covers_rest_of_window_plus_one_period() -> None:
+    """A day line lives until a day after its window ends."""
+    window = window_at("day", "UTC", datetime(2026, 6, 1, 18, tzinfo=UTC))
+    assert window.ttl_s == 6 * 3600 + 86400
+
+
+def test_naive_now_is_refused() -> None:
+    """A naive datetime is ambiguous and raises ConfigError."""
+    with pytest.raises(ConfigError, match="aware datetime"):
+        window_at("day", "UTC", datetime(2026, 6, 1))
+
+
+def test_parse_line_key_reads_back_the_window() -> None:
+    """The CLI recovers period, zone and next reset from a key."""
+    parsed = parse_line_key("team:search#day:2026-12-04@Europe/Paris")
+    assert (parsed.base, parsed.period, parsed.timezone) == (
+        "team:search",
+        "day",
+        "Europe/Paris",
+    )
+    assert parsed.resets_at == datetime(2026, 12, 5, tzinfo=PARIS)
+
+
+def test_parse_line_key_reads_a_plain_key_as_total() -> None:
+    """A key without a window suffix is a total budget."""
+    parsed = parse_line_key("task:ab#12")
+    assert (parsed.base, parsed.period, parsed.resets_at) == (
+        "task:ab#12",
+        "total",
+        None,
+    )
+
+
+def test_lines_for_skips_budgets_without_a_matching_value() -> None:
+    """Budgets for absent scopes or other keys do not apply."""
+    budgets = [
+        Budget(scope="team", key="search", max_usd="5"),
+        Budget(scope="team", key="ads", max_usd="5"),
+        Budget(scope="user", max_usd="1"),
+    ]
+    specs = lines_for(
+        budgets, {"team": "search"}, "t1", datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    assert [spec.key for spec in specs] == ["team:search"]
+
+
+def test_lines_for_orders_narrowest_first_and_converts_limits() -> None:
+    """The task line comes first; dollars become nano-dollars."""
+    budgets = [
+        Budget(scope="org", max_tokens=1000),
+        Budget(max_usd=Decimal("0.25")),
+    ]
+    specs = lines_for(budgets, {"org": "acme"}, "t1", datetime(2026, 6, 1, tzinfo=UTC))
+    assert [(s.key, s.limit_nanos, s.limit_tokens) for s in specs] == [
+        ("task:t1", 250_000_000, None),
+        ("org:acme", None, 1000),
+    ]
+
+
+def test_task_line_gets_the_task_ttl() -> None:
+    """A task line expires a configurable time after its last change."""
+    (spec,) = lines_for(
+        [Budget(max_usd="1")], {}, "t1", datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    assert spec.line(task_ttl_s=120.0) == Line("task:t1", 10**9, None, 120.0)
+
+
+def test_rolling_budget_becomes_a_rolling_line() -> None:
+    """A rolling budget's line carries its window for the store."""
+    budget = Budget(scope="user", max_usd="1", period="rolling", window_s=600)
+    (spec,) = lines_for([budget], {"user": "u"}, "t", datetime(2026, 6, 1, tzinfo=UTC))
+    line = spec.line()
+    assert isinstance(line, RollingLine)
+    assert (line.key, line.window_s) == ("user:u#rolling:600s", 600)
