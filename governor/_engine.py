@@ -9,6 +9,7 @@ the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -23,13 +24,21 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
-from governor._errors import BudgetExceeded, GovernorHalt, PriceUnknown
+from governor._errors import BudgetExceeded, GovernorError, PriceUnknown
 from governor._money import nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
 from governor._task import _CURRENT, Task, TaskReport, new_id
+from governor.budgets import lines_for
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
-from governor.stores import AsyncLedger, Ledger, Line, MemoryLedger, Refusal
+from governor.stores import (
+    AsyncLedger,
+    FailoverLedger,
+    Ledger,
+    Line,
+    MemoryLedger,
+    Refusal,
+)
 from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
 
@@ -41,6 +50,7 @@ __all__ = ["Governor"]
 logger = logging.getLogger(__name__)
 
 _UNBOUNDED_OUTPUT_TOKENS = 32_768
+_WARN_MEMORY = 10_000
 
 
 class Governor:
@@ -73,11 +83,33 @@ class Governor:
         spend: SpendStore | str | Path | None = None,
     ) -> None:
         self.policy = policy or Policy()
-        self.ledger: Ledger = ledger or MemoryLedger()
+        self.ledger: Ledger = self._wrap(ledger)
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self.recorder = _recorder(spend)
         self._warned: set[tuple[str, float]] = set()
+        self._warn_checked: dict[str, float] = {}
+
+    def _wrap(self, ledger: Ledger | None) -> Ledger:
+        """Put a networked store behind the policy's failure mode."""
+        if ledger is None:
+            return MemoryLedger()
+        if isinstance(ledger, MemoryLedger | FailoverLedger):
+            return ledger
+        if not isinstance(ledger, AsyncLedger):
+            return ledger
+        return FailoverLedger(
+            ledger,
+            mode=self.policy.failure_mode,
+            on_degraded=self._degraded,
+        )
+
+    def _degraded(self, event: str) -> None:
+        """The store is down: say so on the current task's span and in metrics."""
+        task = _CURRENT.get()
+        span = task.span if task else None
+        self.telemetry.event(span, event, {"failure_mode": self.policy.failure_mode})
+        self.telemetry.record_degraded(event)
 
     def flush(self) -> None:
         """Block until queued spend records are written."""
@@ -123,7 +155,7 @@ class Governor:
         try:
             with _current(task.span):
                 yield task
-        except GovernorHalt as exc:
+        except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
         finally:
@@ -197,13 +229,18 @@ class Governor:
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
             return self.begin_call(request)
-        refusal = await ledger.areserve(
-            admission.call_id,
-            admission.lines,
-            admission.hold_nanos,
-            admission.hold_tokens,
-            admission.task.policy.hold_ttl_s,
-        )
+        try:
+            refusal = await ledger.areserve(
+                admission.call_id,
+                admission.lines,
+                admission.hold_nanos,
+                admission.hold_tokens,
+                admission.task.policy.hold_ttl_s,
+            )
+        except asyncio.CancelledError:
+            # The script may have run before the cancellation arrived.
+            await asyncio.shield(ledger.arelease(admission.call_id))
+            raise
         if refusal is not None and self._recount(admission):
             refusal = await ledger.areserve(
                 admission.call_id,
@@ -448,23 +485,20 @@ class Governor:
         return [line for _, line in self._budget_lines(task)]
 
     def _budget_lines(self, task: Task) -> list[tuple[Budget, Line]]:
-        values = task.scope_values
-        lines = []
-        for budget in task.policy.budgets:
-            if budget.scope == "task":
-                key = f"task:{task.id}"
-            else:
-                value = values.get(budget.scope)
-                if value is None or budget.key not in (None, value):
-                    continue
-                key = f"{budget.scope}:{value}"
-            limit_nanos = (
-                None if budget.max_usd is None else usd_to_nanos(budget.max_usd)
-            )
-            lines.append((budget, Line(key, limit_nanos, budget.max_tokens)))
-        return lines
+        if not task.policy.budgets:
+            return []
+        now = datetime.now(UTC)
+        specs = lines_for(task.policy.budgets, task.scope_values, task.id, now)
+        return [(spec.budget, spec.line()) for spec in specs]
 
     def _budget_left(self, task: Task) -> Decimal | None:
+        try:
+            return self._tightest_room(task)
+        except GovernorError:
+            logger.debug("no budget balance for task %s", task.id, exc_info=True)
+            return None
+
+    def _tightest_room(self, task: Task) -> Decimal | None:
         left: Decimal | None = None
         for line in self._lines(task):
             balance = self.ledger.balance(line.key)
@@ -475,10 +509,25 @@ class Governor:
         return left
 
     def _check_warnings(self, admission: Admission) -> None:
+        """Warn once per line and threshold; a networked store is read at most
+        once a second per line, so warnings cost no round trip per call."""
+        now = time.monotonic()
+        local = isinstance(self.ledger, MemoryLedger)
+        if len(self._warn_checked) > _WARN_MEMORY:
+            # Task lines pile up in a long-lived process; forgetting them only
+            # means a threshold may be announced twice.
+            self._warn_checked.clear()
+            self._warned.clear()
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if not budget.warn_at or line.limit_nanos in (None, 0):
                 continue
-            balance = self.ledger.balance(line.key)
+            if not local and now - self._warn_checked.get(line.key, -1.0) < 1.0:
+                continue
+            self._warn_checked[line.key] = now
+            try:
+                balance = self.ledger.balance(line.key)
+            except GovernorError:
+                continue
             if balance is None or line.limit_nanos is None:
                 continue
             used = balance.spent_nanos / line.limit_nanos

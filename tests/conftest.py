@@ -17,6 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
+pytest_plugins = ["_redis_fixtures"]
+
 
 class SpanCapture:
     """Finished spans of one test, with lookups by name."""

@@ -121,3 +121,27 @@ def test_threads_never_overspend() -> None:
     assert balance is not None
     assert len(admitted) == 33
     assert balance.spent_nanos == 990
+
+
+def test_retried_reserve_holds_once() -> None:
+    """A reserve repeated with the same hold id does not hold twice."""
+    ledger = MemoryLedger()
+    line = [Line("task:a", 100)]
+    assert ledger.reserve("h", line, 60, 0, 10) is None
+    assert ledger.reserve("h", line, 60, 0, 10) is None
+    balance = ledger.balance("task:a")
+    assert balance is not None
+    assert balance.reserved_nanos == 60
+
+
+def test_renew_extends_a_lease() -> None:
+    """A renewed hold outlives its first deadline."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    line = [Line("task:a", 100)]
+    ledger.reserve("h", line, 100, 0, 5)
+    clock.now = 4.0
+    assert ledger.renew("h", 5) is True
+    clock.now = 8.0
+    assert ledger.reserve("other", line, 1, 0, 5) is not None
+    assert ledger.renew("missing", 5) is False

@@ -24,7 +24,7 @@ from opentelemetry.trace import Span
 
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
-from governor._errors import GovernorHalt
+from governor._errors import GovernorError
 from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
@@ -90,7 +90,7 @@ class GovernedGraph:
         token = _CURRENT.set(task)
         try:
             return self.graph.invoke(input, config, **kwargs)
-        except GovernorHalt as exc:
+        except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
         finally:
@@ -105,7 +105,7 @@ class GovernedGraph:
         token = _CURRENT.set(task)
         try:
             return await self.graph.ainvoke(input, config, **kwargs)
-        except GovernorHalt as exc:
+        except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
         finally:
@@ -119,7 +119,7 @@ class GovernedGraph:
         task, config = self._start(config)
         try:
             yield from _with_task(task, self.graph.stream(input, config, **kwargs))
-        except GovernorHalt as exc:
+        except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
         finally:
@@ -134,7 +134,7 @@ class GovernedGraph:
         try:
             async for item in self.graph.astream(input, config, **kwargs):
                 yield item
-        except GovernorHalt as exc:
+        except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
         finally:

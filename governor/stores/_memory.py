@@ -78,6 +78,8 @@ class MemoryLedger:
         with self._lock:
             now = self._clock()
             self._reap(now)
+            if hold_id in self._state.holds or hold_id in self._state.settled:
+                return None  # a retried reserve holds once, as in Redis
             counters = [self._counters(line) for line in lines]
             for line, entry in zip(lines, counters, strict=True):
                 refusal = _check(line.key, entry, nanos, tokens)
@@ -104,6 +106,19 @@ class MemoryLedger:
                 entry.spent_nanos += nanos
                 entry.spent_tokens += tokens
             self._remember_settled(hold_id)
+
+    def renew(self, hold_id: str, ttl_s: float) -> bool:
+        """Extend a live hold's lease to ``ttl_s`` from now; False if it is gone."""
+        with self._lock:
+            hold = self._state.holds.get(hold_id)
+            if hold is None:
+                return False
+            hold.deadline = self._clock() + ttl_s
+            return True
+
+    async def arenew(self, hold_id: str, ttl_s: float) -> bool:
+        """Async form of :meth:`renew`."""
+        return self.renew(hold_id, ttl_s)
 
     def release(self, hold_id: str) -> None:
         """Drop the hold without spend."""

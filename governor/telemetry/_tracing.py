@@ -66,6 +66,11 @@ class Telemetry:
         self._saved = meter.create_counter(
             "governor.cache.saved", unit="USD", description="Cost avoided by cache"
         )
+        self._degraded = meter.create_counter(
+            "governor.store.degraded",
+            unit="{decision}",
+            description="Decisions taken while the budget store was unreachable",
+        )
         self._stops = meter.create_counter(
             "governor.task.stops", unit="{task}", description="Tasks stopped by policy"
         )
@@ -169,6 +174,13 @@ class Telemetry:
             self._refusals.add(1, labels)
         except Exception:
             logger.warning("could not record a refusal metric", exc_info=True)
+
+    def record_degraded(self, event: str) -> None:
+        """Count a decision taken while the budget store was down."""
+        try:
+            self._degraded.add(1, {"event": event})
+        except Exception:
+            logger.warning("could not record a degraded-store metric", exc_info=True)
 
     def record_cache_hit(self, labels: Mapping[str, AttrValue], saved: float) -> None:
         """Count a cache hit and the money it saved."""
