@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from governor._slots import Held
 from governor.pricing import Usage
 from governor.stores import Line
 
@@ -71,6 +72,7 @@ class Admission:
     budgets: tuple[Budget, ...]
     started_at: float
     span: Span | None = None
+    held: Held = field(default_factory=lambda: Held([], 0.0))
     settled: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -27,6 +27,9 @@ from governor._calls import Admission, CallRequest, CallResult, prompt_byte_boun
 from governor._errors import BudgetExceeded, GovernorError, PriceUnknown
 from governor._money import nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
+from governor._slots import Held, SlotKeeper
+from governor._slots import arelease as arelease_slots
+from governor._slots import release as release_slots
 from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.budgets import lines_for
 from governor.policies import Attribution, Budget, Policy
@@ -89,6 +92,7 @@ class Governor:
         self.recorder = _recorder(spend)
         self._warned: set[tuple[str, float]] = set()
         self._warn_checked: dict[str, float] = {}
+        self.slots = SlotKeeper(self.ledger)
 
     def _wrap(self, ledger: Ledger | None) -> Ledger:
         """Put a networked store behind the policy's failure mode."""
@@ -206,14 +210,8 @@ class Governor:
     def begin_call(self, request: CallRequest) -> Admission:
         """Reserve a call's worst case or raise; see the module docstring."""
         admission = self._plan(request)
-        refusal = self.ledger.reserve(
-            admission.call_id,
-            admission.lines,
-            admission.hold_nanos,
-            admission.hold_tokens,
-            admission.task.policy.hold_ttl_s,
-        )
-        if refusal is not None and self._recount(admission):
+        admission.held = self._take_slots(admission, self.slots.acquire)
+        try:
             refusal = self.ledger.reserve(
                 admission.call_id,
                 admission.lines,
@@ -221,14 +219,30 @@ class Governor:
                 admission.hold_tokens,
                 admission.task.policy.hold_ttl_s,
             )
-        return self._admit_or_refuse(admission, refusal)
+            if refusal is not None and self._recount(admission):
+                refusal = self.ledger.reserve(
+                    admission.call_id,
+                    admission.lines,
+                    admission.hold_nanos,
+                    admission.hold_tokens,
+                    admission.task.policy.hold_ttl_s,
+                )
+            return self._admit_or_refuse(admission, refusal)
+        except BaseException:
+            release_slots(admission.held)
+            raise
 
     async def abegin_call(self, request: CallRequest) -> Admission:
         """Async form of :meth:`begin_call`."""
-        admission = self._plan(request)
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
             return self.begin_call(request)
+        admission = self._plan(request)
+        try:
+            admission.held = await self.slots.aacquire(admission.task)
+        except GovernorError as exc:
+            self._slot_refused(admission, exc)
+            raise
         try:
             refusal = await ledger.areserve(
                 admission.call_id,
@@ -237,26 +251,48 @@ class Governor:
                 admission.hold_tokens,
                 admission.task.policy.hold_ttl_s,
             )
+            if refusal is not None and self._recount(admission):
+                refusal = await ledger.areserve(
+                    admission.call_id,
+                    admission.lines,
+                    admission.hold_nanos,
+                    admission.hold_tokens,
+                    admission.task.policy.hold_ttl_s,
+                )
+            return self._admit_or_refuse(admission, refusal)
         except asyncio.CancelledError:
-            # The script may have run before the cancellation arrived.
+            # The reserve script may have run before the cancellation arrived.
             await asyncio.shield(ledger.arelease(admission.call_id))
+            await arelease_slots(admission.held)
             raise
-        if refusal is not None and self._recount(admission):
-            refusal = await ledger.areserve(
-                admission.call_id,
-                admission.lines,
-                admission.hold_nanos,
-                admission.hold_tokens,
-                admission.task.policy.hold_ttl_s,
-            )
-        return self._admit_or_refuse(admission, refusal)
+        except BaseException:
+            await arelease_slots(admission.held)
+            raise
+
+    def _take_slots(self, admission: Admission, acquire: Any) -> Held:
+        try:
+            held: Held = acquire(admission.task)
+        except GovernorError as exc:
+            self._slot_refused(admission, exc)
+            raise
+        return held
+
+    def _slot_refused(self, admission: Admission, error: GovernorError) -> None:
+        self._refused(admission.task, error.code, admission.request.model)
+        if admission.owns_task:
+            self.close_task(admission.task)
 
     def end_call(self, admission: Admission, result: CallResult) -> Decimal:
         """Settle a call at its actual cost; return that cost in dollars."""
         if admission.settled:
             return Decimal(0)
         nanos, usage, cost_source = self._price(admission, result)
-        self.ledger.settle(admission.call_id, admission.keys, nanos, usage.total_tokens)
+        try:
+            self.ledger.settle(
+                admission.call_id, admission.keys, nanos, usage.total_tokens
+            )
+        finally:
+            release_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
 
     async def aend_call(self, admission: Admission, result: CallResult) -> Decimal:
@@ -267,9 +303,12 @@ class Governor:
         if not isinstance(ledger, AsyncLedger):
             return self.end_call(admission, result)
         nanos, usage, cost_source = self._price(admission, result)
-        await ledger.asettle(
-            admission.call_id, admission.keys, nanos, usage.total_tokens
-        )
+        try:
+            await ledger.asettle(
+                admission.call_id, admission.keys, nanos, usage.total_tokens
+            )
+        finally:
+            await arelease_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
 
     # -- steps -----------------------------------------------------------
@@ -554,6 +593,7 @@ class Governor:
             attr.TASK_ID: admission.task.id,
             attr.CALL_ID: admission.call_id,
             attr.CALL_RESERVED_USD: float(nanos_to_usd(admission.hold_nanos)),
+            attr.FANOUT_WAIT_S: admission.held.wait_s,
             **attribution_attributes(admission.task),
         }
         if admission.rate.provider:

@@ -49,6 +49,7 @@ class TaskReport:
     stop_reason: str | None
     elapsed_s: float
     attribution: dict[str, str]
+    peak_inflight: int = 0
 
     @property
     def tokens(self) -> int:
@@ -156,6 +157,7 @@ class Task:
                 stop_reason=self.stop_reason,
                 elapsed_s=time.monotonic() - self.started_at,
                 attribution=_flat_attribution(self.attribution),
+                peak_inflight=self.peak_inflight,
             )
 
 

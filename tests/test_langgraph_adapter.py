@@ -261,3 +261,88 @@ def test_unpriced_chat_model_is_refused() -> None:
     graph = govern(fan_out_graph(Nameless()), Governor())
     with pytest.raises(PriceUnknown, match="acme-large"):
         graph.invoke({"items": ["a"], "answers": []})
+
+
+def test_async_graph_waits_for_call_slots_without_blocking() -> None:
+    """In ainvoke, a call cap makes branches wait on the event loop, not block."""
+    from governor import Fanout
+
+    class SlowModel(ScriptedChatModel):
+        async def _agenerate(
+            self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            await asyncio.sleep(0.05)
+            return self._generate(messages, stop, **kwargs)
+
+    model = SlowModel()
+
+    def fan(state: FanState) -> list[Send]:
+        return [Send("worker", {"items": [i], "answers": []}) for i in state["items"]]
+
+    async def worker(state: FanState) -> dict[str, list[str]]:
+        reply = await model.ainvoke(state["items"][0])
+        return {"answers": [str(reply.content)]}
+
+    builder = StateGraph(FanState)
+    builder.add_node("worker", worker)
+    builder.add_conditional_edges(START, fan, ["worker"])
+    builder.add_edge("worker", END)
+    policy = Policy(fanout=Fanout(max_inflight_calls=2))
+    graph = govern(builder.compile(), Governor(policy))
+    out = asyncio.run(graph.ainvoke({"items": list("abcdef"), "answers": []}))
+    report = graph.last_report
+    assert report is not None
+    assert len(out["answers"]) == 6
+    assert (report.calls, report.peak_inflight) == (6, 2)
+
+
+def test_branch_cap_limits_parallel_steps() -> None:
+    """Fanout.max_branches caps how many Send branches run at once."""
+    import threading
+    import time
+
+    from governor import Fanout
+
+    running = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    class Tracking(ScriptedChatModel):
+        def _generate(
+            self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            with lock:
+                running["now"] += 1
+                running["peak"] = max(running["peak"], running["now"])
+            time.sleep(0.05)
+            with lock:
+                running["now"] -= 1
+            return super()._generate(messages, stop, **kwargs)
+
+    policy = Policy(fanout=Fanout(max_branches=2))
+    graph = govern(fan_out_graph(Tracking()), Governor(policy))
+    out = graph.invoke({"items": list("abcdef"), "answers": []})
+    assert len(out["answers"]) == 6
+    assert running["peak"] == 2
+
+
+def test_branch_cap_refuses_when_asked() -> None:
+    """With on_cap='refuse', a step wider than max_branches stops the graph."""
+    from governor import Fanout
+    from governor.stores import SlotUnavailable
+
+    class Slow(ScriptedChatModel):
+        def _generate(
+            self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            import time
+
+            time.sleep(0.05)
+            return super()._generate(messages, stop, **kwargs)
+
+    policy = Policy(fanout=Fanout(max_branches=1, on_cap="refuse"))
+    graph = govern(fan_out_graph(Slow()), Governor(policy))
+    with pytest.raises(SlotUnavailable):
+        graph.invoke({"items": list("abcd"), "answers": []})
+    report = graph.last_report
+    assert report is not None
+    assert report.stop_reason == "slot_unavailable"

@@ -15,7 +15,11 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.callbacks import (
+    AsyncCallbackHandler,
+    BaseCallbackHandler,
+    BaseCallbackManager,
+)
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
@@ -31,7 +35,12 @@ from governor.pricing import Usage, usage_from_response
 from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue
 
-__all__ = ["GovernedGraph", "GovernorCallbackHandler", "govern"]
+__all__ = [
+    "AsyncGovernorCallbackHandler",
+    "GovernedGraph",
+    "GovernorCallbackHandler",
+    "govern",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +110,7 @@ class GovernedGraph:
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Any:
         """Async form of :meth:`invoke`."""
-        task, config = self._start(config)
+        task, config = self._start(config, is_async=True)
         token = _CURRENT.set(task)
         try:
             return await self.graph.ainvoke(input, config, **kwargs)
@@ -129,7 +138,7 @@ class GovernedGraph:
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         """Async form of :meth:`stream`."""
-        task, config = self._start(config)
+        task, config = self._start(config, is_async=True)
         token = _CURRENT.set(task)
         try:
             async for item in self.graph.astream(input, config, **kwargs):
@@ -175,14 +184,17 @@ class GovernedGraph:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.graph, name)
 
-    def _start(self, config: RunnableConfig | None) -> tuple[Task, RunnableConfig]:
+    def _start(
+        self, config: RunnableConfig | None, *, is_async: bool = False
+    ) -> tuple[Task, RunnableConfig]:
         merged: RunnableConfig = {**(config or {})}
         metadata = dict(merged.get("metadata") or {})
         task_id = str(metadata.get("task_id") or new_id())
         task = self.governor.open_task(task_id, attribution=_attribution(merged))
         metadata["task_id"] = task.id
         merged["metadata"] = metadata
-        handler = GovernorCallbackHandler(self.governor, task)
+        kind = AsyncGovernorCallbackHandler if is_async else GovernorCallbackHandler
+        handler = kind(self.governor, task)
         merged["callbacks"] = _with_handler(merged.get("callbacks"), handler)
         return task, merged
 
@@ -192,15 +204,8 @@ class GovernedGraph:
             self._reports.append(report)
 
 
-class GovernorCallbackHandler(BaseCallbackHandler):
-    """Reserves before, and settles after, every model call of one task.
-
-    Also opens one span per graph node step. Refusals raise out of the
-    callback (``raise_error``), so the model call is never made.
-    """
-
-    raise_error = True
-    run_inline = True
+class _HandlerCore:
+    """State and steps shared by the sync and async callback handlers."""
 
     def __init__(self, governor: Governor, task: Task) -> None:
         self.governor = governor
@@ -208,26 +213,25 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._parents: dict[UUID, UUID | None] = {}
         self._spans: dict[UUID, Span | None] = {}
+        self._branches: dict[UUID, tuple[Any, str]] = {}
         self._calls: dict[UUID, Admission] = {}
         self._streamed: dict[UUID, list[str]] = {}
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
 
-    def on_chain_start(
+    def _node_started(
         self,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        *,
         run_id: UUID,
-        parent_run_id: UUID | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Open a span when a graph node starts a step."""
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any] | None,
+        name: str | None,
+    ) -> bool:
+        """Record the run; open a span if it is a node step. True for a step."""
         span = None
         node = (metadata or {}).get("langgraph_node")
-        if node is not None and kwargs.get("name") == node:
+        is_step = node is not None and name == node
+        if is_step:
             attributes: dict[str, AttrValue] = {
                 attr.NODE_NAME: str(node),
                 attr.NODE_STEP: int((metadata or {}).get("langgraph_step", 0)),
@@ -239,105 +243,50 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._parents[run_id] = parent_run_id
             self._spans[run_id] = span
+        return is_step
 
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """Close the node span, if this run opened one."""
-        self._end_chain(run_id, None)
+    def _branch_slots(self, metadata: Mapping[str, Any] | None) -> Any:
+        """The semaphore capping parallel node runs of this graph level."""
+        limit = self.task.policy.fanout.max_branches
+        if limit is None:
+            return None
+        from governor.stores._semaphore import LocalSemaphore
 
-    def on_chain_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
-        """Close the node span with the error."""
-        self._end_chain(run_id, error)
+        namespace = str((metadata or {}).get("checkpoint_ns", ""))
+        level = namespace.rsplit("|", 1)[0] if "|" in namespace else ""
+        with self._lock:
+            slots = self.task.extras.setdefault("branch_slots", {})
+            if level not in slots:
+                slots[level] = LocalSemaphore(limit, key=f"branches:{self.task.id}")
+            return slots[level]
 
-    def _end_chain(self, run_id: UUID, error: BaseException | None) -> None:
+    def _chain_ended(self, run_id: UUID, error: BaseException | None) -> Any:
+        """Close the step span; return the branch slot to give back, if any."""
         with self._lock:
             span = self._spans.pop(run_id, None)
             self._parents.pop(run_id, None)
+            slot = self._branches.pop(run_id, None)
         if span is not None:
             self.governor.telemetry.end_span(span, {}, error)
+        return slot
+
+    def _branch_refused(self, error: GovernorError) -> None:
+        self.task.refuse(error.code)
 
     # -- model calls -----------------------------------------------------
 
-    def on_chat_model_start(
+    def _request(
         self,
-        serialized: dict[str, Any] | None,
-        messages: list[list[BaseMessage]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Reserve the call's worst case, or raise to stop it being sent."""
-        if _governed_by_litellm(serialized):
-            return
-        chat = [_as_dict(m) for m in (messages[0] if messages else [])]
-        self._begin(run_id, parent_run_id, chat, metadata, kwargs)
-
-    def on_llm_start(
-        self,
-        serialized: dict[str, Any] | None,
-        prompts: list[str],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Reserve a completion-style LLM call (prompts, not messages)."""
-        if _governed_by_litellm(serialized):
-            return
-        chat = [{"role": "user", "content": p} for p in prompts[:1]]
-        self._begin(run_id, parent_run_id, chat, metadata, kwargs)
-
-    def on_llm_new_token(
-        self,
-        token: str | list[str | dict[str, Any]],
-        *,
-        run_id: UUID,
-        **kwargs: Any,
-    ) -> None:
-        """Keep streamed text so a stream that ends early can be charged."""
-        text = token if isinstance(token, str) else ""
-        with self._lock:
-            pieces = self._streamed.get(run_id)
-            if pieces is not None:
-                pieces.append(text)
-
-    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        """Settle the call at the usage the model reported (or a local count)."""
-        admission = self._pop(run_id)
-        if admission is None:
-            return
-        usage, model = _usage_of(response)
-        if usage is None:
-            usage = _estimate(admission, _generated_text(response))
-        result = CallResult(usage=usage, response_model=model)
-        self.governor.end_call(admission, result)
-
-    def on_llm_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
-        """Settle what a failed or cancelled call streamed, and release the rest."""
-        with self._lock:
-            text = "".join(self._streamed.get(run_id, []))
-        admission = self._pop(run_id)
-        if admission is None:
-            return
-        usage = _estimate(admission, text) if text else None
-        self.governor.end_call(admission, CallResult(usage=usage, error=error))
-
-    def _begin(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
+        serialized: Mapping[str, Any] | None,
         messages: list[dict[str, Any]],
+        parent_run_id: UUID | None,
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> None:
+    ) -> CallRequest | None:
+        if _governed_by_litellm(serialized):
+            return None
         params = dict(kwargs.get("invocation_params") or {})
-        request = CallRequest(
+        return CallRequest(
             model=_model_name(params, metadata or {}),
             messages=messages,
             max_output_tokens=_max_tokens(params, metadata or {}),
@@ -347,10 +296,40 @@ class GovernorCallbackHandler(BaseCallbackHandler):
             extra_prompt=params.get("tools"),
             task=self.task,
         )
-        admission = self.governor.begin_call(request)
+
+    def _admitted(self, run_id: UUID, admission: Admission) -> None:
         with self._lock:
             self._calls[run_id] = admission
             self._streamed[run_id] = []
+
+    def _streamed_text(self, run_id: UUID, token: Any) -> None:
+        text = token if isinstance(token, str) else ""
+        with self._lock:
+            pieces = self._streamed.get(run_id)
+            if pieces is not None:
+                pieces.append(text)
+
+    def _ended(
+        self, run_id: UUID, response: LLMResult
+    ) -> tuple[Admission, CallResult] | None:
+        admission = self._pop(run_id)
+        if admission is None:
+            return None
+        usage, model = _usage_of(response)
+        if usage is None:
+            usage = _estimate(admission, _generated_text(response))
+        return admission, CallResult(usage=usage, response_model=model)
+
+    def _failed(
+        self, run_id: UUID, error: BaseException
+    ) -> tuple[Admission, CallResult] | None:
+        with self._lock:
+            text = "".join(self._streamed.get(run_id, []))
+        admission = self._pop(run_id)
+        if admission is None:
+            return None
+        usage = _estimate(admission, text) if text else None
+        return admission, CallResult(usage=usage, error=error)
 
     def _pop(self, run_id: UUID) -> Admission | None:
         with self._lock:
@@ -374,6 +353,269 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         manager = config.get("callbacks")
         run_id = getattr(manager, "parent_run_id", None)
         return self._span_for(run_id)
+
+
+def _timeout(task: Task) -> float:
+    fanout = task.policy.fanout
+    return 0.0 if fanout.on_cap == "refuse" else fanout.wait_timeout_s
+
+
+def _chat(messages: list[list[BaseMessage]]) -> list[dict[str, Any]]:
+    return [_as_dict(m) for m in (messages[0] if messages else [])]
+
+
+def _prompts(prompts: list[str]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": p} for p in prompts[:1]]
+
+
+class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
+    """Reserves before, and settles after, every model call of one task.
+
+    Also opens one span per graph node step and caps parallel steps
+    (``Fanout.max_branches``). Refusals raise out of the callback
+    (``raise_error``), so the refused call or step never runs. Used for
+    ``invoke``, ``stream`` and ``batch``.
+    """
+
+    raise_error = True
+    run_inline = True
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Open a span when a graph node starts a step; take a branch slot."""
+        if not self._node_started(run_id, parent_run_id, metadata, kwargs.get("name")):
+            return
+        slots = self._branch_slots(metadata)
+        if slots is None:
+            return
+        try:
+            token = slots.acquire(_timeout(self.task))
+        except GovernorError as exc:
+            self._branch_refused(exc)
+            raise
+        with self._lock:
+            self._branches[run_id] = (slots, token)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Close the node span and give back its branch slot."""
+        slot = self._chain_ended(run_id, None)
+        if slot is not None:
+            slot[0].release(slot[1])
+
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """Close the node span with the error and give back its slot."""
+        slot = self._chain_ended(run_id, error)
+        if slot is not None:
+            slot[0].release(slot[1])
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve the call's worst case, or raise to stop it being sent."""
+        request = self._request(
+            serialized, _chat(messages), parent_run_id, metadata, kwargs
+        )
+        if request is not None:
+            self._admitted(run_id, self.governor.begin_call(request))
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve a completion-style LLM call (prompts, not messages)."""
+        request = self._request(
+            serialized, _prompts(prompts), parent_run_id, metadata, kwargs
+        )
+        if request is not None:
+            self._admitted(run_id, self.governor.begin_call(request))
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        """Keep streamed text so a stream that ends early can be charged."""
+        self._streamed_text(run_id, token)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Settle the call at the usage the model reported (or a local count)."""
+        ended = self._ended(run_id, response)
+        if ended is not None:
+            self.governor.end_call(*ended)
+
+    def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """Settle what a failed or cancelled call streamed, and release the rest."""
+        failed = self._failed(run_id, error)
+        if failed is not None:
+            self.governor.end_call(*failed)
+
+
+class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
+    """The asyncio form of :class:`GovernorCallbackHandler`.
+
+    Waiting for a slot and talking to a networked budget store happen without
+    blocking the event loop. Used for ``ainvoke``, ``astream`` and ``abatch``.
+    """
+
+    raise_error = True
+    run_inline = True
+
+    async def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Open a span when a graph node starts a step; take a branch slot."""
+        if not self._node_started(run_id, parent_run_id, metadata, kwargs.get("name")):
+            return
+        slots = self._branch_slots(metadata)
+        if slots is None:
+            return
+        try:
+            token = await slots.aacquire(_timeout(self.task))
+        except GovernorError as exc:
+            self._branch_refused(exc)
+            raise
+        with self._lock:
+            self._branches[run_id] = (slots, token)
+
+    async def on_chain_end(
+        self,
+        outputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Close the node span and give back its branch slot."""
+        slot = self._chain_ended(run_id, None)
+        if slot is not None:
+            await slot[0].arelease(slot[1])
+
+    async def on_chain_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Close the node span with the error and give back its slot."""
+        slot = self._chain_ended(run_id, error)
+        if slot is not None:
+            await slot[0].arelease(slot[1])
+
+    async def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve the call's worst case, or raise to stop it being sent."""
+        request = self._request(
+            serialized, _chat(messages), parent_run_id, metadata, kwargs
+        )
+        if request is not None:
+            self._admitted(run_id, await self.governor.abegin_call(request))
+
+    async def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reserve a completion-style LLM call (prompts, not messages)."""
+        request = self._request(
+            serialized, _prompts(prompts), parent_run_id, metadata, kwargs
+        )
+        if request is not None:
+            self._admitted(run_id, await self.governor.abegin_call(request))
+
+    async def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: Any = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keep streamed text so a stream that ends early can be charged."""
+        self._streamed_text(run_id, token)
+
+    async def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Settle the call at the usage the model reported (or a local count)."""
+        ended = self._ended(run_id, response)
+        if ended is not None:
+            await self.governor.aend_call(*ended)
+
+    async def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Settle what a failed or cancelled call streamed, and release the rest."""
+        failed = self._failed(run_id, error)
+        if failed is not None:
+            await self.governor.aend_call(*failed)
 
 
 # -- helpers -------------------------------------------------------------
@@ -410,7 +652,7 @@ def _attribution(config: Mapping[str, Any]) -> Attribution | None:
     return Attribution(**values) if values else None
 
 
-def _with_handler(callbacks: Any, handler: BaseCallbackHandler) -> Any:
+def _with_handler(callbacks: Any, handler: Any) -> Any:
     if callbacks is None:
         return [handler]
     if isinstance(callbacks, list):

@@ -203,10 +203,28 @@ class Attribution(PolicyModel):
 
 
 class Fanout(PolicyModel):
-    """Caps on parallelism within one task."""
+    """Caps on parallelism: graph branches and model calls in flight.
 
+    Past a cap a call (or branch) waits for a slot up to ``wait_timeout_s`` when
+    ``on_cap="wait"``, or is refused at once with ``on_cap="refuse"``; either
+    way a refusal raises :class:`governor.stores.SlotUnavailable`, so no work
+    is dropped silently.
+    """
+
+    max_branches: int | None = Field(
+        default=None,
+        gt=0,
+        description="a positive number of graph node runs in flight per task "
+        "(the width of a Send fan-out)",
+    )
     max_inflight_calls: int | None = Field(
         default=None, gt=0, description="a positive number of concurrent model calls"
+    )
+    scope_caps: Mapping[Scope, int] = Field(
+        default_factory=dict,
+        description="a mapping of scope to the model calls in flight allowed for "
+        "each value of it, e.g. {'team': 20}; held across processes when the "
+        "ledger is Redis",
     )
     on_cap: Literal["wait", "refuse"] = Field(
         default="wait", description="'wait' (queue, with wait_timeout_s) or 'refuse'"
@@ -214,6 +232,14 @@ class Fanout(PolicyModel):
     wait_timeout_s: float = Field(
         default=60.0, gt=0, description="seconds a call may wait for a free slot"
     )
+
+    @field_validator("scope_caps")
+    @classmethod
+    def _positive_caps(cls, value: Mapping[Scope, int]) -> Mapping[Scope, int]:
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"scope caps must be at least 1, got {bad}")
+        return value
 
 
 class Policy(PolicyModel):

@@ -219,6 +219,7 @@ def _task_rollups(report: TaskReport) -> dict[str, AttrValue]:
         attr.TASK_TOKENS: report.tokens,
         attr.TASK_CALLS: report.calls,
         attr.TASK_STOP_REASON: report.stop_reason or "completed",
+        attr.TASK_PEAK_INFLIGHT: report.peak_inflight,
     }
     if report.budget_left_usd is not None:
         rollups[attr.TASK_BUDGET_LEFT_USD] = float(report.budget_left_usd)
