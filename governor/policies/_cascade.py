@@ -1,17 +1,342 @@
-"""Model cascade settings: tiers, acceptance checks, fallback."""
+"""Model cascade settings: tiers, acceptance checks, pre-call tiering, fallback.
+
+A :class:`Cascade` is pure data. ``governor.cascade`` turns it into a runner;
+see ``docs/cascade.md`` for how a request moves through the tiers.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
 
 from governor.policies._base import PolicyModel
 
-__all__ = ["Cascade"]
+__all__ = [
+    "AgreementCheck",
+    "AnyOfCheck",
+    "CallableCheck",
+    "Cascade",
+    "CheckSpec",
+    "JsonCheck",
+    "JudgeCheck",
+    "LogprobCheck",
+    "MatchCheck",
+    "NonEmptyCheck",
+    "NotRefusalCheck",
+    "PreCall",
+    "PythonCodeCheck",
+    "Retry",
+    "Tier",
+]
+
+_CALLABLE_REF = (
+    "a name registered with the runner (callables={name: fn}) or an import "
+    "path 'package.module:attribute'"
+)
+Normaliser = Literal["text", "choice", "number", "json"]
+
+
+class NonEmptyCheck(PolicyModel):
+    """Reject an answer whose stripped text is shorter than ``min_chars``."""
+
+    kind: Literal["non_empty"] = Field(
+        default="non_empty", description="the literal 'non_empty'"
+    )
+    min_chars: int = Field(default=1, ge=1, description="a positive character count")
+
+
+class NotRefusalCheck(PolicyModel):
+    """Reject an answer that opens like a refusal ("I can't help with that")."""
+
+    kind: Literal["not_refusal"] = Field(
+        default="not_refusal", description="the literal 'not_refusal'"
+    )
+    extra_patterns: tuple[str, ...] = Field(
+        default=(),
+        description="regular expressions, matched case-insensitively against the "
+        "answer's first 200 characters, added to the built-in refusal phrases",
+    )
+
+
+class JsonCheck(PolicyModel):
+    """Accept only an answer that parses as JSON and, if given, fits a schema.
+
+    The schema support is a documented subset of JSON Schema (see
+    ``docs/cascade.md``); an unsupported keyword is refused when the runner is
+    built rather than silently ignored.
+    """
+
+    kind: Literal["json"] = Field(default="json", description="the literal 'json'")
+    json_schema: Mapping[str, Any] | None = Field(
+        default=None,
+        description="a JSON Schema object using the supported subset, or None to "
+        "only require valid JSON",
+    )
+    strip_code_fence: bool = Field(
+        default=True,
+        description="True to accept JSON wrapped in a ```json fenced block",
+    )
+
+
+class AgreementCheck(PolicyModel):
+    """Accept an answer that enough other samples agree with.
+
+    The other samples are the answer's own extra choices (a tier sampled with
+    ``n`` > 1) and, with ``include_history``, the answers of cheaper tiers that
+    this cascade run already tried.
+    """
+
+    kind: Literal["agreement"] = Field(
+        default="agreement", description="the literal 'agreement'"
+    )
+    min_agreeing: int = Field(
+        default=1,
+        ge=1,
+        description="how many other samples must give the same normalised answer",
+    )
+    normalise: Normaliser = Field(
+        default="text",
+        description="'text' (case and whitespace folded), 'choice' (a multiple-"
+        "choice letter A-J), 'number' (the last number), 'json' (canonical JSON)",
+    )
+    include_history: bool = Field(
+        default=True,
+        description="True to count answers of tiers tried earlier in the run",
+    )
+
+
+class JudgeCheck(PolicyModel):
+    """Accept an answer a judge scores at least ``min_score``."""
+
+    kind: Literal["judge"] = Field(default="judge", description="the literal 'judge'")
+    judge: str = Field(
+        min_length=1,
+        description=f"the judge: {_CALLABLE_REF}; it takes (answer, history) and "
+        "returns a number",
+    )
+    min_score: float = Field(description="the lowest accepted score, e.g. 7.0")
+
+
+class LogprobCheck(PolicyModel):
+    """Accept an answer whose mean token log-probability is high enough."""
+
+    kind: Literal["logprob"] = Field(
+        default="logprob", description="the literal 'logprob'"
+    )
+    min_mean_logprob: float = Field(
+        le=0, description="a natural-log probability <= 0, e.g. -0.3"
+    )
+    if_missing: Literal["pass", "fail"] = Field(
+        default="pass",
+        description="'pass' or 'fail' when the provider returned no logprobs",
+    )
+
+
+class MatchCheck(PolicyModel):
+    """Accept an answer that a regular expression finds (or does not find)."""
+
+    kind: Literal["match"] = Field(default="match", description="the literal 'match'")
+    pattern: str = Field(min_length=1, description="a Python regular expression")
+    must_match: bool = Field(
+        default=True, description="True to require a match, False to forbid one"
+    )
+
+
+class PythonCodeCheck(PolicyModel):
+    """Accept an answer whose Python code parses (fenced blocks, else the text)."""
+
+    kind: Literal["python"] = Field(
+        default="python", description="the literal 'python'"
+    )
+    require_function: bool = Field(
+        default=True, description="True to also require at least one def"
+    )
+
+
+class CallableCheck(PolicyModel):
+    """Any user check: a callable taking (answer, history) and returning a result."""
+
+    kind: Literal["callable"] = Field(
+        default="callable", description="the literal 'callable'"
+    )
+    ref: str = Field(
+        min_length=1,
+        description=f"the check: {_CALLABLE_REF}; it returns a CheckResult or a bool",
+    )
+
+
+class AnyOfCheck(PolicyModel):
+    """Accept an answer that passes at least one of the inner checks."""
+
+    kind: Literal["any_of"] = Field(
+        default="any_of", description="the literal 'any_of'"
+    )
+    checks: tuple[CheckSpec, ...] = Field(
+        min_length=1, description="a list of check objects, each with a 'kind'"
+    )
+
+
+CheckSpec = Annotated[
+    NonEmptyCheck
+    | NotRefusalCheck
+    | JsonCheck
+    | AgreementCheck
+    | JudgeCheck
+    | LogprobCheck
+    | MatchCheck
+    | PythonCodeCheck
+    | CallableCheck
+    | AnyOfCheck,
+    Field(discriminator="kind"),
+]
+AnyOfCheck.model_rebuild()
+
+_DEFAULT_CHECKS: tuple[CheckSpec, ...] = (NonEmptyCheck(), NotRefusalCheck())
+
+
+class Tier(PolicyModel):
+    """One model step of a cascade."""
+
+    name: str = Field(min_length=1, description="a unique label, e.g. 'cheap'")
+    model: str = Field(
+        min_length=1,
+        description="a model name or a LiteLLM model group, e.g. 'gpt-4o-mini'",
+    )
+    params: Mapping[str, Any] = Field(
+        default_factory=dict,
+        description="call parameters laid over the request's, e.g. "
+        "{'temperature': 0, 'max_tokens': 512}",
+    )
+    context_window_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="the model's context window in tokens; None to use the rate card",
+    )
+    checks: tuple[CheckSpec, ...] | None = Field(
+        default=None,
+        description="check objects for this tier's answers; None uses the cascade's",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value, "model": value}
+        return value
+
+
+class PreCall(PolicyModel):
+    """Pick the first tier from an estimate of the prompt's complexity.
+
+    The estimator returns a number in [0, 1]; the cascade starts at the tier
+    whose index is how many ``thresholds`` that number reaches.
+    """
+
+    estimator: str = Field(
+        default="heuristic",
+        description=f"'heuristic' for the built-in estimator, or {_CALLABLE_REF}",
+    )
+    thresholds: tuple[float, ...] = Field(
+        min_length=1,
+        description="ascending complexities in [0, 1]; a prompt reaching the "
+        "i-th threshold starts at tier i + 1, e.g. (0.6,) starts prompts scored "
+        "0.6 or more at the second tier",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= t <= 1 for t in value) or list(value) != sorted(value):
+            raise ValueError("thresholds must be ascending numbers in [0, 1]")
+        return value
+
+
+class Retry(PolicyModel):
+    """Retries, fallback and cooldown for provider errors."""
+
+    max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="requests sent across all tiers, retries included, at most",
+    )
+    max_retries_per_tier: int = Field(
+        default=2,
+        ge=0,
+        description="retries of one tier after a retryable error before falling back",
+    )
+    backoff_initial_s: float = Field(
+        default=0.5, ge=0, description="seconds before the first retry, e.g. 0.5"
+    )
+    backoff_max_s: float = Field(
+        default=8.0, ge=0, description="seconds; the exponential backoff's ceiling"
+    )
+    jitter_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="seconds; a uniform random wait in [0, jitter_s] is added",
+    )
+    max_retry_after_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="seconds; a longer Retry-After falls back instead of waiting",
+    )
+    cooldown_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds a model that kept failing is skipped by later runs",
+    )
 
 
 class Cascade(PolicyModel):
-    """An ordered list of model tiers, cheapest first (built out under issue #5)."""
+    """Ordered model tiers, cheapest first, and when to escalate or fall back.
 
-    tiers: tuple[str, ...] = Field(
-        min_length=1, description="model names, cheapest first"
+    Example:
+        >>> Cascade(
+        ...     tiers=[
+        ...         Tier(name="cheap", model="gpt-4o-mini"),
+        ...         Tier(name="premium", model="gpt-4o"),
+        ...     ],
+        ...     checks=[NonEmptyCheck(), JsonCheck()],
+        ... )
+    """
+
+    tiers: tuple[Tier, ...] = Field(
+        min_length=1,
+        description="Tier objects (or bare model names), cheapest first",
     )
+    checks: tuple[CheckSpec, ...] = Field(
+        default=_DEFAULT_CHECKS,
+        description="check objects every answer must pass; each has a 'kind' of "
+        "non_empty, not_refusal, json, agreement, judge, logprob, match, python, "
+        "callable or any_of",
+    )
+    check_last_tier: bool = Field(
+        default=False,
+        description="True to check the last tier's answers too; False accepts them",
+    )
+    on_all_rejected: Literal["raise", "return"] = Field(
+        default="raise",
+        description="when no answer was accepted: 'raise' CascadeExhausted, or "
+        "'return' the answer of the most capable tier that answered, flagged "
+        "accepted=False",
+    )
+    precall: PreCall | None = Field(
+        default=None, description="a PreCall, or None to always start at tier one"
+    )
+    retry: Retry = Field(default_factory=Retry, description="a Retry")
+
+    @field_validator("tiers", "checks", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        if self.precall and len(self.precall.thresholds) >= len(self.tiers):
+            raise ValueError("precall needs fewer thresholds than there are tiers")
+        return self

@@ -1,0 +1,352 @@
+"""Named cascade policies for the offline evaluation, and their price tables.
+
+A named policy is a *family*: a few candidate cascades that differ in a
+threshold or a tier. ``governor eval cascade`` picks one candidate on the fit
+part of the rows and reports it on the rest; a family of one needs no fit.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from governor._errors import ConfigError, PriceUnknown
+from governor.cascade._checks import resolve_callable
+from governor.cascade._datasets import Prices
+from governor.cascade._replay import RECORDED_JUDGE
+from governor.cascade._types import Answer, CheckResult
+from governor.policies._cascade import (
+    AgreementCheck,
+    AnyOfCheck,
+    CallableCheck,
+    Cascade,
+    CheckSpec,
+    JudgeCheck,
+    MatchCheck,
+    NonEmptyCheck,
+    NotRefusalCheck,
+    PreCall,
+    PythonCodeCheck,
+    Tier,
+)
+
+__all__ = [
+    "ARENA_PRICE_KEYS",
+    "BUILTIN_POLICIES",
+    "GSM8K_PRICE_KEYS",
+    "JUDGE_PRICE_KEY",
+    "NamedPolicy",
+    "arithmetic_check",
+    "load_policy",
+    "price_table",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPolicy:
+    """A family of candidate cascades under one name."""
+
+    name: str
+    description: str
+    candidates: tuple[tuple[str, Cascade], ...]
+    callables: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+# -- a user check: recompute the arithmetic a GSM8K-style answer shows --------
+
+_ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+_OPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """Evaluate + - * / % over number literals only; anything else is refused."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    raise ValueError("not plain arithmetic")
+
+
+def arithmetic_check(answer: Answer, history: Sequence[Answer]) -> CheckResult:
+    """Recompute every ``<<expression=result>>`` calculation in the answer.
+
+    GSM8K-style solutions annotate each step; a step whose result is wrong
+    marks an answer worth escalating. Expressions are parsed, never run.
+    """
+    steps = 0
+    for expression, claimed in _ANNOTATION.findall(answer.text):
+        text = expression.replace(",", "").replace("x", "*").strip()
+        try:
+            value = _evaluate(ast.parse(text, mode="eval").body)
+            stated = float(claimed.replace(",", "").strip())
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+            continue  # not an arithmetic step we can recompute
+        steps += 1
+        if abs(value - stated) > 1e-6 * max(1.0, abs(stated)):
+            reason = f"step {expression.strip()}={claimed.strip()} is wrong"
+            return CheckResult("arithmetic", False, reason, float(steps))
+    return CheckResult("arithmetic", True, f"{steps} steps recomputed", float(steps))
+
+
+# -- price tables for data sets that record no cost --------------------------
+
+GSM8K_PRICE_KEYS: Mapping[str, str] = {
+    "gpt-4-1106-preview": "gpt-4-1106-preview",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": (
+        "together_ai/mistralai/Mixtral-8x7B-Instruct-v0.1"
+    ),
+}
+"""Data-set model name -> LiteLLM price-map key, for RouteLLM's GSM8K file."""
+
+ARENA_PRICE_KEYS: Mapping[str, str] = {
+    "gpt-4-1106-preview": "gpt-4-1106-preview",
+    "gpt-4-0314": "gpt-4",
+    "gpt-3.5-turbo-1106": "gpt-3.5-turbo-1106",
+    "gpt-3.5-turbo": "gpt-3.5-turbo",
+    "claude-2.1": "anthropic.claude-v2:1",
+    "claude-1": "anthropic.claude-v1",
+    "claude-instant-1": "anthropic.claude-instant-v1",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": (
+        "together_ai/mistralai/Mixtral-8x7B-Instruct-v0.1"
+    ),
+    "mistralai/Mistral-7B-Instruct-v0.1": (
+        "anyscale/mistralai/Mistral-7B-Instruct-v0.1"
+    ),
+    "Llama-2-70b-chat": "replicate/meta/llama-2-70b-chat",
+    "openchat_3.5": "fireworks_ai/accounts/fireworks/models/openchat-3p5-0106-7b",
+}
+"""Data-set model name -> LiteLLM price-map key, for Arena-Bench-v1.
+
+Starling-LM-7B-alpha, vicuna-33b-v1.3, llama-13b and palm-2-chat-bison-001
+have no entry in the price map and are left out."""
+
+JUDGE_PRICE_KEY = "gpt-4"
+"""Arena-Bench-v1 was graded by GPT-4; its judge calls are priced as gpt-4."""
+
+
+def price_table(layout: str) -> Prices:
+    """Return list prices for a cost-less layout, from governor's rate card."""
+    from governor.pricing import RateCard
+
+    card = RateCard()
+    keys = ARENA_PRICE_KEYS if layout == "arena" else GSM8K_PRICE_KEYS
+    per_model: dict[str, tuple[Decimal, Decimal]] = {}
+    for model, key in keys.items():
+        try:
+            rate = card.rate(key)
+        except PriceUnknown:
+            continue
+        per_model[model] = (rate.input_per_token, rate.output_per_token)
+    judge_rate = card.rate(JUDGE_PRICE_KEY)
+    judge = (judge_rate.input_per_token, judge_rate.output_per_token)
+    return Prices(
+        per_model,
+        judge if layout == "arena" else None,
+        "governor.pricing.RateCard (LiteLLM's bundled price map)",
+    )
+
+
+# -- the named families -------------------------------------------------------
+
+_MIXTRAL = "mistralai/mixtral-8x7b-chat"
+_YI = "zero-one-ai/Yi-34B-Chat"
+_MISTRAL = "mistralai/mistral-7b-chat"
+_LLAMA70 = "meta/llama-2-70b-chat"
+_GPT35 = "gpt-3.5-turbo-1106"
+_GPT4 = "gpt-4-1106-preview"
+_BASIC: tuple[CheckSpec, ...] = (NonEmptyCheck(), NotRefusalCheck())
+
+
+def _tier(model: str, checks: Sequence[CheckSpec] | None = None) -> Tier:
+    name = model.rsplit("/", 1)[-1]
+    return Tier(name=name, model=model, checks=None if checks is None else checks)
+
+
+def _routerbench(
+    cheap: Sequence[str], agree: int, code_at: float | None, vote: bool
+) -> Cascade:
+    """Cheap tiers vote by agreement; coding prompts may start at GPT-3.5."""
+    agreement = AgreementCheck(normalise="choice", min_agreeing=agree)
+    tiers = [_tier(model) for model in cheap]
+    precall = None
+    if code_at is not None:
+        # GPT-3.5 accepts code that parses; with vote, also a letter that
+        # earlier tiers agree on.
+        code: CheckSpec = (
+            AnyOfCheck(checks=(PythonCodeCheck(), agreement))
+            if vote
+            else PythonCodeCheck()
+        )
+        tiers.append(_tier(_GPT35, (*_BASIC, code)))
+        # Equal thresholds: a coding prompt skips every cheap tier at once.
+        precall = PreCall(thresholds=(code_at,) * len(cheap))
+    tiers.append(_tier(_GPT4))
+    return Cascade(tiers=tiers, checks=(*_BASIC, agreement), precall=precall)
+
+
+_CHAINS: Mapping[str, tuple[str, ...]] = {
+    "mixtral>yi": (_MIXTRAL, _YI),
+    "mistral>mixtral>yi": (_MISTRAL, _MIXTRAL, _YI),
+    "mixtral>yi>llama-70b": (_MIXTRAL, _YI, _LLAMA70),
+}
+# (label, pre-call threshold for coding prompts, GPT-3.5 also votes)
+_CODE_ROUTES: tuple[tuple[str, float | None, bool], ...] = (
+    ("none", None, False),
+    ("gpt-3.5@0.3", 0.3, False),
+    ("gpt-3.5@0.4", 0.4, False),
+    ("gpt-3.5@0.5", 0.5, False),
+    ("gpt-3.5+vote@0.4", 0.4, True),
+)
+
+
+def _routerbench_family() -> tuple[tuple[str, Cascade], ...]:
+    out: list[tuple[str, Cascade]] = []
+    for chain_name, chain in _CHAINS.items():
+        for agree in range(1, len(chain)):
+            for route, code_at, vote in _CODE_ROUTES:
+                label = f"{chain_name}>gpt-4 agree={agree} code={route}"
+                out.append((label, _routerbench(chain, agree, code_at, vote)))
+    return tuple(out)
+
+
+def _gsm8k_family() -> tuple[tuple[str, Cascade], ...]:
+    final = MatchCheck(pattern=r"####\s*-?\$?\d")
+    arithmetic = CallableCheck(ref="arithmetic")
+    variants: dict[str, tuple[CheckSpec, ...]] = {
+        "basic": _BASIC,
+        "final-answer": (*_BASIC, final),
+        "final-answer+arithmetic": (*_BASIC, final, arithmetic),
+    }
+    tiers = (_tier("mistralai/Mixtral-8x7B-Instruct-v0.1"), _tier(_GPT4))
+    return tuple(
+        (f"mixtral>gpt-4 checks={name}", Cascade(tiers=tiers, checks=checks))
+        for name, checks in variants.items()
+    )
+
+
+def _arena_family(judge: bool) -> tuple[tuple[str, Cascade], ...]:
+    tiers = (
+        _tier("mistralai/Mixtral-8x7B-Instruct-v0.1"),
+        _tier(_GPT35),
+        _tier(_GPT4),
+    )
+    if not judge:
+        return (("mixtral>gpt-3.5>gpt-4 checks=basic", Cascade(tiers=tiers)),)
+    return tuple(
+        (
+            f"mixtral>gpt-3.5>gpt-4 judge>={score:g}",
+            Cascade(
+                tiers=tiers,
+                checks=(*_BASIC, JudgeCheck(judge=RECORDED_JUDGE, min_score=score)),
+            ),
+        )
+        for score in (6.0, 7.0, 8.0, 9.0)
+    )
+
+
+BUILTIN_POLICIES: Mapping[str, Callable[[], NamedPolicy]] = {
+    "routerbench-3tier": lambda: NamedPolicy(
+        "routerbench-3tier",
+        "Mixtral, then Yi-34B accepted when it agrees with Mixtral's letter, "
+        "then GPT-4 (one candidate: nothing to fit)",
+        (
+            (
+                "mixtral>yi>gpt-4 agree=1 code=none",
+                _routerbench((_MIXTRAL, _YI), 1, None, vote=False),
+            ),
+        ),
+    ),
+    "routerbench-cascade": lambda: NamedPolicy(
+        "routerbench-cascade",
+        "cheap tiers that must agree on a letter, GPT-3.5 for coding prompts "
+        "picked by the pre-call estimate, then GPT-4; 20 candidates to fit",
+        _routerbench_family(),
+    ),
+    "gsm8k-2tier": lambda: NamedPolicy(
+        "gsm8k-2tier",
+        "Mixtral checked on its text (final answer, recomputed arithmetic), then GPT-4",
+        _gsm8k_family(),
+        {"arithmetic": arithmetic_check},
+    ),
+    "arena-3tier": lambda: NamedPolicy(
+        "arena-3tier",
+        "Mixtral, GPT-3.5, GPT-4 with text checks only (non-empty, no refusal)",
+        _arena_family(judge=False),
+    ),
+    "arena-3tier-judge": lambda: NamedPolicy(
+        "arena-3tier-judge",
+        "Mixtral, GPT-3.5, GPT-4 accepted on the recorded GPT-4 grade (an "
+        "oracle-like upper bound; the judge's calls are charged)",
+        _arena_family(judge=True),
+    ),
+}
+
+
+def load_policy(spec: str) -> NamedPolicy:
+    """Find a policy by built-in name, JSON file, or ``package.module:attr``.
+
+    A JSON file holds a Cascade object (plus an optional ``"name"``), or
+    ``{"name": ..., "cascade": {...}}``,
+    or ``{"name": ..., "candidates": {label: {...}, ...}}``. A Python
+    attribute is a Cascade, a NamedPolicy, or a mapping of label to Cascade.
+    """
+    if spec in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[spec]()
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        return _from_json(path)
+    if ":" in spec:
+        return _from_object(spec, resolve_callable(spec, {}))
+    raise ConfigError(
+        f"unknown policy {spec!r}: give one of {sorted(BUILTIN_POLICIES)}, a .json "
+        "file, or a Python attribute 'package.module:name'"
+    )
+
+
+def _from_json(path: Path) -> NamedPolicy:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    name = str(data.get("name", path.stem))
+    if "candidates" in data:
+        found = {k: Cascade(**v) for k, v in dict(data["candidates"]).items()}
+        return NamedPolicy(name, f"from {path.name}", tuple(found.items()))
+    body = data.get("cascade")
+    if body is None and "tiers" in data:
+        body = {k: v for k, v in data.items() if k != "name"}
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: needs 'tiers', 'cascade' or 'candidates'")
+    return NamedPolicy(name, f"from {path.name}", ((name, Cascade(**body)),))
+
+
+def _from_object(spec: str, value: object) -> NamedPolicy:
+    if isinstance(value, NamedPolicy):
+        return value
+    if isinstance(value, Cascade):
+        return NamedPolicy(spec, f"from {spec}", ((spec, value),))
+    if isinstance(value, Mapping) and all(
+        isinstance(v, Cascade) for v in value.values()
+    ):
+        return NamedPolicy(spec, f"from {spec}", tuple(value.items()))
+    raise ConfigError(
+        f"{spec} is a {type(value).__name__}; expected a Cascade, a NamedPolicy "
+        "or a mapping of label to Cascade"
+    )

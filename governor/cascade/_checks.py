@@ -1,0 +1,455 @@
+"""Acceptance checks: small tests of an answer that compose.
+
+A check is any callable ``check(answer, history) -> CheckResult`` with a
+``name``; ``history`` holds the answers of cheaper tiers this run already
+rejected. Checks do no I/O of their own; a judge check calls the judge the
+caller supplied.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from governor._errors import ConfigError
+from governor.cascade._schema import check_supported, schema_errors
+from governor.cascade._types import Answer, CheckResult
+from governor.policies._cascade import (
+    AgreementCheck,
+    AnyOfCheck,
+    CallableCheck,
+    CheckSpec,
+    JsonCheck,
+    JudgeCheck,
+    LogprobCheck,
+    MatchCheck,
+    NonEmptyCheck,
+    Normaliser,
+    NotRefusalCheck,
+    PythonCodeCheck,
+)
+
+__all__ = [
+    "Agreement",
+    "AllOf",
+    "AnyOf",
+    "Check",
+    "Judge",
+    "LogprobThreshold",
+    "Matches",
+    "NonEmpty",
+    "NotRefusal",
+    "PythonParses",
+    "UserCheck",
+    "ValidJson",
+    "build_check",
+    "normalise",
+    "resolve_callable",
+]
+
+
+class Check(Protocol):
+    """What the runner calls to test an answer."""
+
+    @property
+    def name(self) -> str:
+        """A short label for spans and reasons."""
+        ...
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        """Test ``answer``; ``history`` holds earlier tiers' answers."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NonEmpty:
+    """Fail an answer whose stripped text is shorter than ``min_chars``."""
+
+    min_chars: int = 1
+    name: str = "non_empty"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        size = len(answer.text.strip())
+        if size >= self.min_chars:
+            return CheckResult(self.name, True, f"{size} characters", float(size))
+        return CheckResult(
+            self.name, False, f"answer has {size} characters, needs {self.min_chars}"
+        )
+
+
+_APOS = "['\u2019]"
+_REFUSALS = (
+    rf"^\W*(i{_APOS}?m|i am)?\s*sorry\b.{{0,80}}\b(can{_APOS}?t|cannot|unable|"
+    rf"not able|won{_APOS}?t)\b",
+    rf"^\W*i\s+(can{_APOS}?t|cannot|won{_APOS}?t|will not|am unable to|"
+    rf"{_APOS}?m unable to|am not able to|{_APOS}?m not able to)\s+"
+    r"(help|assist|comply|provide|do that|fulfil|answer|create|write|generate|"
+    r"share|support)",
+    r"\bas an ai(\s+language model)?\b.{0,60}\b(can.?t|cannot|unable|do not|don.?t)\b",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NotRefusal:
+    """Fail an answer that opens like a refusal."""
+
+    extra_patterns: tuple[str, ...] = ()
+    name: str = "not_refusal"
+    _compiled: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        patterns = (*_REFUSALS, *self.extra_patterns)
+        compiled = tuple(re.compile(p, re.IGNORECASE | re.DOTALL) for p in patterns)
+        object.__setattr__(self, "_compiled", compiled)
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        head = answer.text.strip()[:200]
+        for pattern in self._compiled:
+            found = pattern.search(head)
+            if found:
+                return CheckResult(
+                    self.name, False, f"reads as a refusal: {found.group(0)!r}"
+                )
+        return CheckResult(self.name, True, "no refusal phrase")
+
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def _unfenced(text: str, languages: tuple[str, ...]) -> str | None:
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in languages]
+    return "\n".join(blocks) if blocks else None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidJson:
+    """Fail an answer that is not JSON, or not JSON fitting ``schema``."""
+
+    schema: Mapping[str, Any] | None = None
+    strip_code_fence: bool = True
+    name: str = "json"
+
+    def __post_init__(self) -> None:
+        if self.schema is not None:
+            check_supported(self.schema)
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        text = answer.text.strip()
+        if self.strip_code_fence:
+            text = _unfenced(text, ("json", "")) or text
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return CheckResult(self.name, False, f"not valid JSON: {exc}")
+        errors = schema_errors(value, self.schema) if self.schema else []
+        if errors:
+            more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+            return CheckResult(self.name, False, f"schema: {errors[0]}{more}")
+        return CheckResult(self.name, True, "valid JSON")
+
+
+_CHOICE_PATTERNS = (
+    # A letter alone, or followed by ) . : ] as in "B)" or "(C)"; not "A cat".
+    re.compile(r"^\W{0,3}([A-J])(?:[).:\]]|\s*$)"),
+    re.compile(r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?(?-i:([A-J]))\b", re.I),
+)
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_FINAL_NUMBER = re.compile(
+    r"(?:####|answer is|answer:)\s*\$?(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE
+)
+
+
+def _choice(text: str) -> str | None:
+    for pattern in _CHOICE_PATTERNS:
+        found = pattern.search(text.strip())
+        if found:
+            return found.group(1).upper()
+    return None
+
+
+def _number(text: str) -> str | None:
+    final = _FINAL_NUMBER.findall(text)
+    candidates = final or _NUMBER.findall(text)
+    if not candidates:
+        return None
+    raw = candidates[-1].replace(",", "").replace("$", "")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        return None
+    return format(value.normalize(), "f")
+
+
+def _json(text: str) -> str | None:
+    try:
+        value = json.loads(_unfenced(text, ("json", "")) or text)
+    except ValueError:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _text(text: str) -> str | None:
+    folded = " ".join(text.casefold().split()).rstrip(".!")
+    return folded or None
+
+
+_NORMALISERS: dict[str, Callable[[str], str | None]] = {
+    "text": _text,
+    "choice": _choice,
+    "number": _number,
+    "json": _json,
+}
+
+
+def normalise(text: str, how: Normaliser) -> str | None:
+    """Return the comparable form of ``text``, or None when it has none.
+
+    ``"choice"`` finds a multiple-choice letter, ``"number"`` the final
+    number (after ``####`` or "answer is" when present), ``"json"`` a
+    canonical JSON dump, ``"text"`` the case- and space-folded text.
+    """
+    return _NORMALISERS[how](text)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """Pass when at least ``min_agreeing`` other samples give the same answer."""
+
+    min_agreeing: int = 1
+    normaliser: Normaliser = "text"
+    include_history: bool = True
+    name: str = "agreement"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        mine = normalise(answer.text, self.normaliser)
+        if mine is None:
+            return CheckResult(
+                self.name, False, f"answer has no {self.normaliser} form", 0.0
+            )
+        others = list(answer.samples)
+        if self.include_history:
+            others += [earlier.text for earlier in history]
+        forms = [normalise(text, self.normaliser) for text in others]
+        agreeing = sum(1 for form in forms if form == mine)
+        reason = f"{agreeing} of {len(forms)} other samples agree on {mine!r}"
+        passed = agreeing >= self.min_agreeing
+        if not passed:
+            reason += f", needs {self.min_agreeing}"
+        return CheckResult(self.name, passed, reason, float(agreeing))
+
+
+ScoreFn = Callable[[Answer, Sequence[Answer]], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """Pass when ``judge(answer, history)`` scores at least ``min_score``.
+
+    The judge is the caller's: a model call, a small classifier, a
+    verifier. When it calls a model, that call should be governed too.
+    """
+
+    judge: ScoreFn
+    min_score: float
+    name: str = "judge"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        score = float(self.judge(answer, history))
+        passed = score >= self.min_score
+        word = "at least" if passed else "below"
+        return CheckResult(
+            self.name,
+            passed,
+            f"judge scored {score:g}, {word} {self.min_score:g}",
+            score,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobThreshold:
+    """Pass when the answer's mean token log-probability is high enough."""
+
+    min_mean_logprob: float
+    if_missing: bool = True
+    name: str = "logprob"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        values = answer.token_logprobs
+        if not values:
+            verdict = "passed" if self.if_missing else "failed"
+            return CheckResult(self.name, self.if_missing, f"no logprobs; {verdict}")
+        mean = sum(values) / len(values)
+        passed = mean >= self.min_mean_logprob
+        word = "at least" if passed else "below"
+        return CheckResult(
+            self.name,
+            passed,
+            f"mean logprob {mean:.3f} {word} {self.min_mean_logprob:g}",
+            mean,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """Pass when ``pattern`` is found (or, with ``must_match=False``, is not)."""
+
+    pattern: str
+    must_match: bool = True
+    name: str = "match"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        found = re.search(self.pattern, answer.text) is not None
+        passed = found == self.must_match
+        state = "found" if found else "not found"
+        return CheckResult(self.name, passed, f"pattern {self.pattern!r} {state}")
+
+
+_TAGGED_PYTHON = re.compile(r"\[PYTHON\](.*?)\[/PYTHON\]", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class PythonParses:
+    """Pass when the answer's Python code parses (and defines a function).
+
+    The code comes from fenced ``python``/``py``/untagged blocks, or
+    ``[PYTHON]`` tags; without either, the whole text. It is parsed, never run.
+    """
+
+    require_function: bool = True
+    name: str = "python"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        text = answer.text.replace("\r\n", "\n")
+        tagged = _TAGGED_PYTHON.findall(text)
+        source = _unfenced(text, ("python", "py", "python3", "")) or (
+            "\n".join(tagged) if tagged else text
+        )
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError) as exc:
+            return CheckResult(self.name, False, f"code does not parse: {exc}")
+        defines = any(
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(tree)
+        )
+        if self.require_function and not defines:
+            return CheckResult(self.name, False, "code defines no function")
+        return CheckResult(self.name, True, "code parses")
+
+
+UserFn = Callable[[Answer, Sequence[Answer]], "CheckResult | bool"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserCheck:
+    """Wrap any callable returning a CheckResult or a bool."""
+
+    fn: UserFn
+    name: str = "callable"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        result = self.fn(answer, history)
+        if isinstance(result, CheckResult):
+            return result
+        return CheckResult(
+            self.name, bool(result), "user check returned " + str(result)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Pass when every inner check passes; stop at the first failure."""
+
+    checks: tuple[Check, ...]
+    name: str = "all_of"
+
+    def results(self, answer: Answer, history: Sequence[Answer]) -> list[CheckResult]:
+        """Run the checks in order, up to and including the first failure."""
+        done: list[CheckResult] = []
+        for check in self.checks:
+            done.append(check(answer, history))
+            if not done[-1].passed:
+                break
+        return done
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        done = self.results(answer, history)
+        failed = [r for r in done if not r.passed]
+        if failed:
+            return CheckResult(
+                self.name, False, f"{failed[0].check}: {failed[0].reason}"
+            )
+        return CheckResult(self.name, True, f"{len(done)} checks passed")
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Pass when at least one inner check passes."""
+
+    checks: tuple[Check, ...]
+    name: str = "any_of"
+
+    def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        reasons = []
+        for check in self.checks:
+            result = check(answer, history)
+            if result.passed:
+                return CheckResult(
+                    self.name, True, f"{check.name}: {result.reason}", result.score
+                )
+            reasons.append(f"{check.name}: {result.reason}")
+        return CheckResult(self.name, False, "none passed (" + "; ".join(reasons) + ")")
+
+
+def resolve_callable(ref: str, callables: Mapping[str, Callable[..., Any]]) -> Any:
+    """Find ``ref`` among ``callables``, else import ``package.module:attribute``."""
+    if ref in callables:
+        return callables[ref]
+    module_name, _, attribute = ref.partition(":")
+    if not attribute:
+        raise ConfigError(
+            f"callable {ref!r} is neither registered (callables={{name: fn}}, "
+            f"known: {sorted(callables)}) nor an import path 'package.module:attr'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import callable {ref!r}: {exc}") from exc
+
+
+def build_check(
+    spec: CheckSpec, callables: Mapping[str, Callable[..., Any]] | None = None
+) -> Check:
+    """Turn one check declaration from a policy into a runnable check."""
+    known = callables or {}
+    match spec:
+        case NonEmptyCheck():
+            return NonEmpty(spec.min_chars)
+        case NotRefusalCheck():
+            return NotRefusal(spec.extra_patterns)
+        case JsonCheck():
+            return ValidJson(spec.json_schema, spec.strip_code_fence)
+        case AgreementCheck():
+            return Agreement(spec.min_agreeing, spec.normalise, spec.include_history)
+        case JudgeCheck():
+            fn = resolve_callable(spec.judge, known)
+            return Judge(fn, spec.min_score, name=f"judge:{spec.judge}")
+        case LogprobCheck():
+            return LogprobThreshold(spec.min_mean_logprob, spec.if_missing == "pass")
+        case MatchCheck():
+            return Matches(spec.pattern, spec.must_match)
+        case PythonCodeCheck():
+            return PythonParses(spec.require_function)
+        case CallableCheck():
+            fn = resolve_callable(spec.ref, known)
+            return UserCheck(fn, name=f"callable:{spec.ref}")
+        case AnyOfCheck():
+            return AnyOf(tuple(build_check(s, known) for s in spec.checks))
+    raise ConfigError(f"unknown check declaration {spec!r}")

@@ -1,0 +1,515 @@
+"""The cascade runner: one I/O-free core, a thin sync and a thin async driver.
+
+The core is a generator. It decides what happens next and *yields* an effect
+(ask the budget whether a tier fits, call a tier, sleep); the driver performs
+it, with the caller's functions, and sends the result back (or throws the
+call's exception in). The sync and async drivers differ only in how they
+perform effects, so the cascade's rules exist once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any, TypeAlias, TypeVar
+
+from governor._errors import BudgetExceeded
+from governor.cascade._checks import AllOf, Check, build_check, resolve_callable
+from governor.cascade._classify import RETRYABLE, classify_error, retry_after_s
+from governor.cascade._complexity import Estimator, heuristic_complexity, start_tier
+from governor.cascade._cooldown import CooldownRegistry
+from governor.cascade._errors import CascadeBudgetExceeded, CascadeExhausted
+from governor.cascade._types import Answer, Attempt, CascadeResult, ErrorKind
+from governor.policies._cascade import Cascade, Retry, Tier
+
+__all__ = ["CascadeRunner", "WaitStrategy"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Fit: TypeAlias = "bool | BudgetExceeded"
+"""A budget probe's answer: True fits; False or the refusal does not."""
+WaitStrategy = Callable[[int], float]
+"""Seconds to wait before retry number ``n`` (1-based) of one tier."""
+ContextWindow = Callable[[Tier], "int | None"]
+CountTokens = Callable[[Tier, Any], int]
+
+# Kinds after which the model itself is suspect and rests for cooldown_s.
+_COOL_ON: frozenset[ErrorKind] = frozenset(RETRYABLE | {"auth", "not_found"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Fits:
+    tier: Tier
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    tier: Tier
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    seconds: float
+
+
+_Effect: TypeAlias = "_Fits | _Call | _Sleep"
+_Steps: TypeAlias = "Generator[_Effect, Any, CascadeResult]"
+
+
+def tenacity_wait(retry: Retry) -> WaitStrategy:
+    """Build the bounded exponential backoff with jitter from tenacity's parts."""
+    import tenacity  # a light import, kept off the ``import governor`` path
+
+    strategy = tenacity.wait_exponential(
+        multiplier=retry.backoff_initial_s, max=retry.backoff_max_s
+    ) + tenacity.wait_random(0, retry.jitter_s)
+
+    def wait(retry_number: int) -> float:
+        # Wait strategies read only attempt_number, so no Retrying object.
+        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = retry_number
+        return float(strategy(state))
+
+    return wait
+
+
+@dataclass
+class _Run:
+    """Mutable bookkeeping of one run; private to the core."""
+
+    tiers: tuple[Tier, ...]
+    attempts: list[Attempt] = field(default_factory=list)
+    history: list[tuple[Tier, Answer]] = field(default_factory=list)
+    sent: int = 0
+    failed_models: set[str] = field(default_factory=set)
+    refusal: BudgetExceeded | None = None
+    pending: Attempt | None = None
+    budget_skips: int = 0
+    out_of_attempts: bool = False
+
+
+class CascadeRunner:
+    """Runs requests through a :class:`~governor.policies.Cascade`.
+
+    The runner does no I/O itself: the caller hands it a ``call`` function
+    that sends one request to one tier and returns an :class:`Answer` (or
+    raises the provider's exception), and optional probes for the budget and
+    the context window. One runner may serve many concurrent runs; the
+    cooldown registry is shared between them.
+
+    Args:
+        policy: the cascade to run.
+        callables: named judges, user checks and estimators the policy
+            refers to by name.
+        cooldowns: the registry of resting models; a private one by default.
+            Share one per process so later runs skip a failing model.
+        wait: seconds to wait before retry ``n`` of a tier; by default
+            tenacity's exponential backoff with jitter from ``policy.retry``.
+        clock_ns: wall clock for attempt timestamps, epoch nanoseconds.
+        on_attempt: called with each attempt as soon as it is recorded, e.g.
+            to end the attempt's span; it must not raise.
+    """
+
+    def __init__(
+        self,
+        policy: Cascade,
+        *,
+        callables: Mapping[str, Callable[..., Any]] | None = None,
+        cooldowns: CooldownRegistry | None = None,
+        wait: WaitStrategy | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ) -> None:
+        known = dict(callables or {})
+        self.policy = policy
+        self.cooldowns = cooldowns or CooldownRegistry()
+        self._wait = wait or tenacity_wait(policy.retry)
+        self._clock_ns = clock_ns
+        self._on_attempt = on_attempt
+        default = AllOf(tuple(build_check(s, known) for s in policy.checks))
+        self._checks: dict[str, AllOf] = {
+            tier.name: default
+            if tier.checks is None
+            else AllOf(tuple(build_check(s, known) for s in tier.checks))
+            for tier in policy.tiers
+        }
+        self._estimator = self._build_estimator(known)
+
+    def _build_estimator(
+        self, known: Mapping[str, Callable[..., Any]]
+    ) -> Estimator | None:
+        precall = self.policy.precall
+        if precall is None:
+            return None
+        if precall.estimator == "heuristic" and "heuristic" not in known:
+            return heuristic_complexity
+        estimator: Estimator = resolve_callable(precall.estimator, known)
+        return estimator
+
+    def checks_for(self, tier: Tier) -> tuple[Check, ...]:
+        """Return the checks a tier's answers must pass, in order."""
+        return self._checks[tier.name].checks
+
+    # -- drivers ---------------------------------------------------------
+
+    def run(
+        self,
+        request: R,
+        *,
+        call: Callable[[Tier, R], Answer],
+        fits: Callable[[Tier, R], Fit] | None = None,
+        context_window: ContextWindow | None = None,
+        count_tokens: Callable[[Tier, R], int] | None = None,
+        prompt_text: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> CascadeResult:
+        """Run one request through the cascade, blocking.
+
+        Args:
+            request: the caller's request, passed through to its functions.
+            call: sends ``request`` to ``tier`` and returns its answer, or
+                raises the provider's exception. It should reserve and settle
+                the attempt against the task's budget.
+            fits: says whether the tier's worst case fits the remaining
+                budget: True, or False / the BudgetExceeded refusal.
+            context_window: the tier's context window in tokens, or None
+                when unknown (``Tier.context_window_tokens`` wins).
+            count_tokens: the tokens ``request`` needs in ``tier``'s window.
+            prompt_text: the prompt, for pre-call complexity estimation.
+            sleep: waits between retries; tests pass a recorder.
+
+        Returns:
+            The accepted answer, its tier and every attempt.
+
+        Raises:
+            CascadeBudgetExceeded: no tier fitted the budget; nothing was sent.
+            CascadeExhausted: no tier gave an answer the policy accepts.
+        """
+        steps = self._steps(request, context_window, count_tokens, prompt_text)
+        to_send: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                effect = steps.throw(error) if error else steps.send(to_send)
+            except StopIteration as stop:
+                result: CascadeResult = stop.value
+                return result
+            to_send, error = None, None
+            if isinstance(effect, _Sleep):
+                sleep(effect.seconds)
+            elif isinstance(effect, _Fits):
+                to_send = True if fits is None else fits(effect.tier, request)
+            else:
+                try:
+                    to_send = call(effect.tier, request)
+                except Exception as exc:  # handed to the core, which classifies it
+                    error = exc
+
+    async def arun(
+        self,
+        request: R,
+        *,
+        call: Callable[[Tier, R], Awaitable[Answer]],
+        fits: Callable[[Tier, R], Fit | Awaitable[Fit]] | None = None,
+        context_window: ContextWindow | None = None,
+        count_tokens: Callable[[Tier, R], int] | None = None,
+        prompt_text: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> CascadeResult:
+        """Run one request through the cascade without blocking the loop.
+
+        The same as :meth:`run`, with an async ``call``; ``fits`` may be sync
+        or async and ``sleep`` defaults to :func:`asyncio.sleep`.
+        """
+        import asyncio
+
+        do_sleep = sleep or asyncio.sleep
+        steps = self._steps(request, context_window, count_tokens, prompt_text)
+        to_send: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                effect = steps.throw(error) if error else steps.send(to_send)
+            except StopIteration as stop:
+                result: CascadeResult = stop.value
+                return result
+            to_send, error = None, None
+            if isinstance(effect, _Sleep):
+                await do_sleep(effect.seconds)
+            elif isinstance(effect, _Fits):
+                verdict = True if fits is None else fits(effect.tier, request)
+                to_send = await verdict if inspect.isawaitable(verdict) else verdict
+            else:
+                try:
+                    to_send = await call(effect.tier, request)
+                except Exception as exc:  # handed to the core, which classifies it
+                    error = exc
+
+    # -- the core --------------------------------------------------------
+
+    def _steps(
+        self,
+        request: Any,
+        context_window: ContextWindow | None,
+        count_tokens: CountTokens | None,
+        prompt_text: str | None,
+    ) -> _Steps:
+        complexity, start = self._plan(prompt_text)
+        run = _Run(tiers=self.policy.tiers[start:])
+        for position, tier in enumerate(run.tiers):
+            is_last = position == len(run.tiers) - 1
+            if run.sent >= self.policy.retry.max_attempts:
+                run.out_of_attempts = True
+                break
+            skip = self._precheck(tier, request, run, context_window, count_tokens)
+            if skip is not None:
+                self._record(run, skip)
+                continue
+            fit = yield _Fits(tier)
+            if fit is not True:
+                self._skip_budget(run, tier, fit)
+                continue
+            answer = yield from self._try_tier(tier, run)
+            if answer is None:
+                continue
+            accepted = self._judge(tier, answer, run, is_last)
+            if accepted:
+                return self._result(run, tier, answer, True, start, complexity)
+        return self._give_up(run, start, complexity)
+
+    def _plan(self, prompt_text: str | None) -> tuple[float | None, int]:
+        precall = self.policy.precall
+        if self._estimator is None or precall is None or prompt_text is None:
+            return None, 0
+        complexity = float(self._estimator(prompt_text))
+        start = min(
+            start_tier(complexity, precall.thresholds), len(self.policy.tiers) - 1
+        )
+        logger.debug(
+            "cascade pre-call complexity %.3f, start tier %d", complexity, start
+        )
+        return complexity, start
+
+    def _precheck(
+        self,
+        tier: Tier,
+        request: Any,
+        run: _Run,
+        context_window: ContextWindow | None,
+        count_tokens: CountTokens | None,
+    ) -> Attempt | None:
+        resting = self.cooldowns.remaining_s(tier.model)
+        if resting > 0:
+            return _skip(tier, f"cooldown: model rests {resting:.1f} s more")
+        if tier.model in run.failed_models:
+            return _skip(tier, "fallback cycle: this model already failed in this run")
+        window = tier.context_window_tokens
+        if window is None and context_window is not None:
+            window = context_window(tier)
+        if window is not None and count_tokens is not None:
+            needed = count_tokens(tier, request)
+            if needed > window:
+                reason = f"context_window: needs {needed} tokens, window {window}"
+                return _skip(tier, reason, "context_window")
+        return None
+
+    def _skip_budget(self, run: _Run, tier: Tier, fit: Any) -> None:
+        run.budget_skips += 1
+        if isinstance(fit, BudgetExceeded):
+            run.refusal = run.refusal or fit
+            reason = f"budget: {fit}"
+        else:
+            reason = "budget: the tier's worst case does not fit the remaining budget"
+        self._record(run, _skip(tier, reason, "budget"))
+
+    def _try_tier(
+        self, tier: Tier, run: _Run
+    ) -> Generator[_Effect, Any, Answer | None]:
+        retries = 0
+        while True:
+            run.sent += 1
+            started = self._clock_ns()
+            try:
+                answer: Answer = yield _Call(tier)
+            except Exception as exc:
+                kind = classify_error(exc)
+                if kind is None:
+                    exc.add_note(self._attempts_note(run, tier))
+                    raise
+                if kind == "budget":
+                    run.sent -= 1  # refused by the reservation: never sent
+                    self._skip_budget(run, tier, exc)
+                    return None
+                wait = self._retry_wait(kind, exc, retries, run)
+                self._record_error(run, tier, kind, exc, wait, started)
+                if wait is None:
+                    self._after_failure(run, tier, kind, exc)
+                    return None
+                retries += 1
+                yield _Sleep(wait)
+                continue
+            run.history.append((tier, answer))
+            run.pending = _sent(tier, answer, started, self._clock_ns())
+            return answer
+
+    def _retry_wait(
+        self, kind: ErrorKind, exc: Exception, retries: int, run: _Run
+    ) -> float | None:
+        retry = self.policy.retry
+        if kind not in RETRYABLE or retries >= retry.max_retries_per_tier:
+            return None
+        if run.sent >= retry.max_attempts:
+            return None
+        backoff = self._wait(retries + 1)
+        asked = retry_after_s(exc) if kind == "rate_limit" else None
+        if asked is None:
+            return backoff
+        if asked > retry.max_retry_after_s:
+            return None
+        return max(asked, backoff)
+
+    def _after_failure(
+        self, run: _Run, tier: Tier, kind: ErrorKind, exc: Exception
+    ) -> None:
+        if kind not in _COOL_ON:
+            return  # the request, not the model, was at fault
+        run.failed_models.add(tier.model)
+        rest = self.policy.retry.cooldown_s
+        if kind == "rate_limit":
+            rest = max(rest, retry_after_s(exc) or 0.0)
+        self.cooldowns.cool(tier.model, rest)
+        logger.debug(
+            "cascade cools model %s for %.1f s after %s", tier.model, rest, kind
+        )
+
+    def _judge(self, tier: Tier, answer: Answer, run: _Run, is_last: bool) -> bool:
+        pending = run.pending
+        assert pending is not None, "a judged answer always has its attempt"
+        if is_last and not self.policy.check_last_tier:
+            self._record(run, replace(pending, reason="last tier: accepted unchecked"))
+            return True
+        earlier = [a for t, a in run.history[:-1]]
+        results = tuple(self._checks[tier.name].results(answer, earlier))
+        failed = [r for r in results if not r.passed]
+        if failed:
+            reason = f"{failed[0].check}: {failed[0].reason}"
+            self._record(
+                run, replace(pending, outcome="rejected", reason=reason, checks=results)
+            )
+            return False
+        reason = f"{len(results)} checks passed"
+        self._record(run, replace(pending, reason=reason, checks=results))
+        return True
+
+    def _give_up(
+        self, run: _Run, start: int, complexity: float | None
+    ) -> CascadeResult:
+        names = [t.name for t in run.tiers]
+        spent = sum((a.cost_usd for a in run.attempts if a.cost_usd), Decimal(0))
+        if run.history and self.policy.on_all_rejected == "return":
+            tier, answer = run.history[-1]
+            return self._result(run, tier, answer, False, start, complexity)
+        if run.budget_skips and run.sent == 0:
+            raise CascadeBudgetExceeded(
+                run.attempts, tiers=names, refusal=run.refusal, spent_usd=spent
+            )
+        if run.out_of_attempts:
+            reason = f"Retry.max_attempts ({self.policy.retry.max_attempts}) reached"
+        elif run.history:
+            reason = "every answer failed its checks"
+        else:
+            reason = "every tier failed or was skipped"
+        raise CascadeExhausted(
+            run.attempts, reason=reason, tiers=names, spent_usd=spent
+        )
+
+    # -- records ---------------------------------------------------------
+
+    def _record(self, run: _Run, attempt: Attempt) -> None:
+        run.attempts.append(attempt)
+        logger.debug("cascade attempt %s", attempt.describe())
+        if self._on_attempt is not None:
+            self._on_attempt(attempt)
+
+    def _record_error(
+        self,
+        run: _Run,
+        tier: Tier,
+        kind: ErrorKind,
+        exc: Exception,
+        wait: float | None,
+        started: int,
+    ) -> None:
+        then = "retrying" if wait is not None else "falling back"
+        reason = f"{kind}: {type(exc).__name__}: {_first_line(exc)}; {then}"
+        asked = retry_after_s(exc) if kind == "rate_limit" else None
+        if asked is not None:
+            reason += f" (Retry-After {asked:g} s)"
+        attempt = Attempt(
+            tier=tier.name,
+            model=tier.model,
+            outcome="error",
+            reason=reason,
+            sent=True,
+            error_kind=kind,
+            wait_s=wait or 0.0,
+            started_ns=started,
+            ended_ns=self._clock_ns(),
+        )
+        self._record(run, attempt)
+
+    def _attempts_note(self, run: _Run, tier: Tier) -> str:
+        done = "; ".join(a.describe() for a in run.attempts) or "none"
+        return f"raised by cascade tier {tier.name!r}; earlier attempts: {done}"
+
+    def _result(
+        self,
+        run: _Run,
+        tier: Tier,
+        answer: Answer,
+        accepted: bool,
+        start: int,
+        complexity: float | None,
+    ) -> CascadeResult:
+        return CascadeResult(
+            answer=answer,
+            tier=tier,
+            accepted=accepted,
+            attempts=tuple(run.attempts),
+            start_tier=start,
+            complexity=complexity,
+        )
+
+
+def _skip(tier: Tier, reason: str, kind: ErrorKind | None = None) -> Attempt:
+    return Attempt(
+        tier=tier.name,
+        model=tier.model,
+        outcome="skipped",
+        reason=reason,
+        sent=False,
+        error_kind=kind,
+    )
+
+
+def _sent(tier: Tier, answer: Answer, started: int, ended: int) -> Attempt:
+    return Attempt(
+        tier=tier.name,
+        model=answer.model or tier.model,
+        outcome="accepted",
+        reason="",
+        sent=True,
+        cost_usd=answer.cost_usd,
+        started_ns=started,
+        ended_ns=ended,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""

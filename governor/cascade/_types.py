@@ -1,0 +1,144 @@
+"""The values a cascade trades in: answers, check results, attempts, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from governor.policies._cascade import Tier
+
+__all__ = [
+    "Answer",
+    "Attempt",
+    "CascadeResult",
+    "CheckResult",
+    "ErrorKind",
+    "Outcome",
+]
+
+ErrorKind = Literal[
+    "rate_limit",
+    "server",
+    "timeout",
+    "connection",
+    "content_policy",
+    "context_window",
+    "auth",
+    "not_found",
+    "budget",
+]
+"""Provider failures the cascade recognises; anything else propagates."""
+
+Outcome = Literal["accepted", "rejected", "error", "skipped"]
+"""``skipped`` attempts were never sent: over budget, cooling down, too long."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One model answer, as the caller's ``call`` function reports it.
+
+    Attributes:
+        text: the answer text (first choice).
+        model: the model that produced it, as the provider named it.
+        cost_usd: what the call cost, when known.
+        samples: the texts of further choices (a call with ``n`` > 1), which
+            the agreement check counts.
+        token_logprobs: per-token log-probabilities, when the provider
+            returned them.
+        raw: the provider's response object, untouched, for the caller.
+    """
+
+    text: str
+    model: str = ""
+    cost_usd: Decimal | None = None
+    samples: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] | None = None
+    raw: object = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one check said about one answer.
+
+    ``score`` is the number the check compared, when it has one (a judge's
+    score, a mean log-probability, an agreeing-sample count).
+    """
+
+    check: str
+    passed: bool
+    reason: str = ""
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One step of a cascade run, sent or skipped.
+
+    Attributes:
+        tier: the tier's name.
+        model: the tier's model.
+        outcome: ``accepted``, ``rejected`` (a check failed), ``error`` (the
+            provider failed) or ``skipped`` (never sent).
+        reason: why, in words, e.g. ``"rate_limit: retry after 2.0 s"``.
+        sent: True when the request went to the provider.
+        cost_usd: the attempt's cost when known; None for errors the
+            provider did not bill and for skips.
+        error_kind: the classified provider error, for ``error`` and for
+            budget skips.
+        checks: every check's result, for ``accepted`` and ``rejected``.
+        wait_s: seconds slept after this attempt before the next one.
+        started_ns: wall-clock start of a sent attempt, in epoch nanoseconds
+            (for a span's start time); None for skips.
+        ended_ns: its end, likewise.
+    """
+
+    tier: str
+    model: str
+    outcome: Outcome
+    reason: str
+    sent: bool
+    cost_usd: Decimal | None = None
+    error_kind: ErrorKind | None = None
+    checks: tuple[CheckResult, ...] = ()
+    wait_s: float = 0.0
+    started_ns: int | None = None
+    ended_ns: int | None = None
+
+    def describe(self) -> str:
+        """Return a one-line account, e.g. ``"cheap (gpt-4o-mini): error ..."``."""
+        return f"{self.tier} ({self.model}): {self.outcome}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeResult:
+    """The answer a cascade settled on and how it got there.
+
+    Attributes:
+        answer: the answer returned to the caller.
+        tier: the tier that produced it.
+        accepted: False when no answer passed its checks and the policy
+            (``on_all_rejected="return"``) returns the best one anyway.
+        attempts: every attempt in order, skipped ones included.
+        start_tier: the index of the first tier tried (pre-call tiering).
+        complexity: the pre-call estimate, when pre-call tiering ran.
+    """
+
+    answer: Answer
+    tier: Tier
+    accepted: bool
+    attempts: tuple[Attempt, ...]
+    start_tier: int = 0
+    complexity: float | None = None
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """The known cost of every attempt, rejected ones included."""
+        return sum(
+            (a.cost_usd for a in self.attempts if a.cost_usd is not None), Decimal(0)
+        )
+
+    @property
+    def sent_attempts(self) -> int:
+        """How many requests went to a provider."""
+        return sum(1 for a in self.attempts if a.sent)

@@ -1,0 +1,159 @@
+"""``governor eval cascade``: replay recorded per-model outcomes through a cascade."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register_eval"]
+
+
+def register_eval(sub: Any, name: str, help_text: str) -> None:
+    """Add ``eval cascade`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Replay recorded per-model outcomes (RouterBench CSV, the JSONL "
+            "equivalent, RouteLLM GSM8K, Arena-Bench-v1) through a cascade "
+            "policy. Candidates of a named policy are chosen on a seeded fit "
+            "part of the rows and reported on the rest."
+        ),
+    )
+    parser.add_argument("data", metavar="DATA", help="a data file or folder")
+    parser.add_argument(
+        "--policy",
+        required=True,
+        metavar="NAME_OR_FILE",
+        help="a built-in name (routerbench-3tier, routerbench-cascade, "
+        "gsm8k-2tier, arena-3tier, arena-3tier-judge), a .json file, or "
+        "package.module:attribute",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON doc")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (0)")
+    parser.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="share of rows used to choose a candidate (0.5); 0 reports a "
+        "one-candidate policy on every row",
+    )
+    parser.add_argument(
+        "--target-quality", type=float, default=0.98, help="quality ratio (0.98)"
+    )
+    parser.add_argument(
+        "--target-cost", type=float, default=0.30, help="cost ratio (0.30)"
+    )
+    parser.add_argument(
+        "--png", metavar="PATH", help="also write the cost-quality chart here"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from governor._errors import ConfigError
+    from governor.cascade._builtin import load_policy, price_table
+    from governor.cascade._datasets import load_rows
+    from governor.cascade._fit import fit_and_report
+
+    try:
+        policy = load_policy(args.policy)
+        rows = load_rows(Path(args.data), price_table)
+        result = fit_and_report(
+            policy,
+            rows,
+            fit_fraction=args.fit_fraction,
+            seed=args.seed,
+            target_quality=args.target_quality,
+            target_cost=args.target_cost,
+        )
+    except (OSError, ConfigError) as exc:
+        print(f"governor eval cascade: {exc}", file=sys.stderr)
+        return 2
+    if args.png:
+        _chart(Path(args.png), result, args)
+    if args.json:
+        json.dump(result.report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(_text(result, args))
+    return 0
+
+
+def _text(result: Any, args: argparse.Namespace) -> str:
+    doc = result.report.to_json()
+    held = doc["rows"]
+    lines = [
+        f"policy   {doc['policy']}",
+        f"rows     {held} held out, {result.fit_rows} used to choose (seed "
+        f"{args.seed})",
+        f"cascade  cost ${doc['cost_usd']:.4f}  accuracy {doc['accuracy']:.4f}  "
+        f"cost_ratio {doc['cost_ratio']:.3f}  quality_ratio "
+        f"{doc['quality_ratio']:.3f}",
+    ]
+    for name, base in doc["baselines"].items():
+        lines.append(
+            f"{name:<16} cost ${base['cost_usd']:.4f}  accuracy {base['accuracy']:.4f}"
+        )
+    lines.append(f"final tier counts: {dict(result.report.final_tiers)}")
+    lines.append("")
+    lines.append(
+        "| candidate | fit cost | fit quality | held-out cost | held-out quality |"
+    )
+    lines.append("|---|---|---|---|---|")
+    for point in sorted(result.curve, key=lambda p: p.cost_ratio):
+        mark = " (selected)" if point.label == result.selected else ""
+        star = "*" if point.on_fit_frontier else ""
+        lines.append(
+            f"| {point.label}{star}{mark} | {point.fit_cost_ratio:.3f} | "
+            f"{point.fit_quality_ratio:.3f} | {point.cost_ratio:.3f} | "
+            f"{point.quality_ratio:.3f} |"
+        )
+    lines.append("(* on the fit rows' cost-quality frontier)")
+    return "\n".join(lines) + "\n"
+
+
+def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
+    from governor.cascade._chart import Series, write_chart
+    from governor.cascade._published import FRUGALGPT_POINTS, ROUTELLM_POINTS
+
+    frontier = sorted(
+        (p.cost_ratio, p.quality_ratio) for p in result.curve if p.on_fit_frontier
+    )
+    others = [(p.cost_ratio, p.quality_ratio) for p in result.curve]
+    chosen = [
+        (p.cost_ratio, p.quality_ratio)
+        for p in result.curve
+        if p.label == result.selected
+    ]
+    base = result.report.baselines
+    best = base.always_best
+    cheap = base.always_cheapest
+    oracle = base.oracle
+    series = [
+        Series("RouteLLM (published)", list(ROUTELLM_POINTS.values()), (150, 90, 30)),
+        Series(
+            "FrugalGPT (published)",
+            [pt for pts in FRUGALGPT_POINTS.values() for pt in pts],
+            (140, 60, 170),
+        ),
+        Series("candidates", others, (170, 170, 170), marker_px=2),
+        Series("cascade frontier", frontier, (30, 90, 200), line=True),
+        Series("selected", chosen, (20, 40, 140), marker_px=6),
+        Series("always-cheapest", [_ratios(cheap, best)], (230, 140, 20), marker_px=5),
+        Series("oracle", [_ratios(oracle, best)], (30, 150, 60), marker_px=5),
+        Series("always-best", [(1.0, 1.0)], (0, 0, 0), marker_px=5),
+    ]
+    title = f"{result.report.policy.split('/')[0]} held-out rows"
+    write_chart(
+        path, series, title=title, target=(args.target_cost, args.target_quality)
+    )
+
+
+def _ratios(summary: Any, best: Any) -> tuple[float, float]:
+    cost = float(summary.cost_usd / best.cost_usd) if best.cost_usd else 0.0
+    quality = summary.accuracy / best.accuracy if best.accuracy else 0.0
+    return cost, quality

@@ -1,0 +1,281 @@
+"""Acceptance checks and the pre-call complexity estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from governor._errors import ConfigError
+from governor.cascade import (
+    Agreement,
+    AllOf,
+    Answer,
+    AnyOf,
+    CheckResult,
+    Judge,
+    LogprobThreshold,
+    Matches,
+    NonEmpty,
+    NotRefusal,
+    PythonParses,
+    UserCheck,
+    ValidJson,
+    build_check,
+    from_labels,
+    heuristic_complexity,
+    normalise,
+    start_tier,
+)
+from governor.cascade._datasets import load_routerbench
+from governor.cascade._replay import ReplayRow
+from governor.policies._cascade import CallableCheck, JudgeCheck
+
+SAMPLE = Path(__file__).parent / "data" / "routerbench_sample.csv.gz"
+MIXTRAL = "mistralai/mixtral-8x7b-chat"
+YI = "zero-one-ai/Yi-34B-Chat"
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, ReplayRow]:
+    """The RouterBench sample, keyed by row key."""
+    return {row.key: row for row in load_routerbench(SAMPLE)}
+
+
+def _recorded(rows: dict[str, ReplayRow], key: str, model: str) -> Answer:
+    return Answer(rows[key].outcomes[model].response, model)
+
+
+def test_non_empty_fails_whitespace() -> None:
+    """An answer of only whitespace fails the non-empty check."""
+    result = NonEmpty()(Answer(" \n\t"), [])
+    assert result == CheckResult("non_empty", False, "answer has 0 characters, needs 1")
+
+
+def test_refusal_is_rejected() -> None:
+    """A typical refusal opening fails the not-refusal check."""
+    result = NotRefusal()(Answer("I'm sorry, but I can't help with that request."), [])
+    assert result.passed is False
+    assert "refusal" in result.reason
+
+
+def test_apology_without_refusal_passes() -> None:
+    """An apology that goes on to answer is not a refusal."""
+    result = NotRefusal()(Answer("Sorry for the wait: the answer is 42."), [])
+    assert result.passed is True
+
+
+def test_extra_refusal_pattern_is_used() -> None:
+    """A user pattern adds to the built-in refusal phrases."""
+    check = NotRefusal(extra_patterns=(r"^nope\b",))
+    assert check(Answer("Nope, not doing that."), []).passed is False
+
+
+def test_fenced_json_passes() -> None:
+    """JSON inside a ```json fence is valid JSON."""
+    answer = Answer('Here you go:\n```json\n{"a": 1}\n```')
+    assert ValidJson()(answer, []).passed is True
+
+
+def test_invalid_json_fails_with_parser_reason() -> None:
+    """Text that is not JSON fails and says where parsing stopped."""
+    result = ValidJson()(Answer("{'a': 1}"), [])
+    assert result.passed is False
+    assert result.reason.startswith("not valid JSON: Expecting property name")
+
+
+def test_schema_reports_missing_required_property() -> None:
+    """An object missing a required property fails with its path."""
+    schema = {"type": "object", "required": ["name"], "properties": {}}
+    result = ValidJson(schema)(Answer('{"age": 3}'), [])
+    assert result.reason == "schema: $: missing required 'name'"
+
+
+def test_schema_checks_nested_types_and_extra_properties() -> None:
+    """Nested type errors and forbidden extra properties are both reported."""
+    schema = {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+        "additionalProperties": False,
+    }
+    result = ValidJson(schema)(Answer('{"tags": ["a", 2], "x": 1}'), [])
+    assert result.reason == "schema: $.tags[1]: expected string, got int (+1 more)"
+
+
+def test_schema_accepts_a_fitting_value() -> None:
+    """A value meeting enum, bounds and pattern passes the schema."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "grade": {"type": "integer", "minimum": 1, "maximum": 10},
+            "label": {"enum": ["good", "bad"]},
+            "id": {"type": "string", "pattern": "^[a-z]+-[0-9]+$"},
+        },
+        "required": ["grade", "label", "id"],
+    }
+    answer = Answer('{"grade": 7, "label": "good", "id": "q-12"}')
+    assert ValidJson(schema)(answer, []).passed is True
+
+
+def test_unsupported_schema_keyword_is_refused_up_front() -> None:
+    """A schema keyword outside the subset is refused when the check is built."""
+    with pytest.raises(ConfigError, match=r"\['\$ref'\].*not supported"):
+        ValidJson({"$ref": "#/definitions/x"})
+
+
+def test_recorded_letters_agree_after_normalising(rows: dict[str, ReplayRow]) -> None:
+    """Mixtral's recorded 'D\\n' and Yi's recorded 'D' agree as choices."""
+    mixtral = _recorded(rows, "routerbench_sample:1417", MIXTRAL)
+    yi = _recorded(rows, "routerbench_sample:1417", YI)
+    result = Agreement(normaliser="choice")(yi, [mixtral])
+    assert result == CheckResult(
+        "agreement", True, "1 of 1 other samples agree on 'D'", 1.0
+    )
+
+
+def test_recorded_letters_disagree(rows: dict[str, ReplayRow]) -> None:
+    """Recorded answers 'D' and 'C' on one ARC row do not agree."""
+    mixtral = _recorded(rows, "routerbench_sample:507", MIXTRAL)
+    yi = _recorded(rows, "routerbench_sample:507", YI)
+    result = Agreement(normaliser="choice")(yi, [mixtral])
+    assert (result.passed, result.score) == (False, 0.0)
+
+
+def test_agreement_counts_the_answers_own_samples() -> None:
+    """Extra choices of one call count as samples (a tier called with n > 1)."""
+    answer = Answer("B", samples=("B", "(B)", "A"))
+    result = Agreement(min_agreeing=2, normaliser="choice")(answer, [])
+    assert (result.passed, result.score) == (True, 2.0)
+
+
+def test_agreement_below_minimum_says_what_it_needs() -> None:
+    """One agreeing sample of two required fails and says it needs two."""
+    result = Agreement(min_agreeing=2, normaliser="choice")(
+        Answer("A"), [Answer("A"), Answer("C")]
+    )
+    assert result.reason == "1 of 2 other samples agree on 'A', needs 2"
+
+
+def test_number_normaliser_reads_final_answers() -> None:
+    """'#### 1,200' and 'The answer is 1200.' are the same number."""
+    assert normalise("so\n#### 1,200", "number") == "1200"
+    assert normalise("The answer is 1200.", "number") == "1200"
+
+
+def test_choice_normaliser_ignores_prose_starting_with_a() -> None:
+    """A sentence that starts with the word 'A' is not choice A."""
+    assert normalise("A function that sorts a list", "choice") is None
+
+
+def test_judge_scores_below_threshold_fail() -> None:
+    """A judge score under the minimum fails and keeps the score."""
+    check = Judge(lambda answer, history: 6.5, min_score=7.0)
+    result = check(Answer("text"), [])
+    assert result == CheckResult("judge", False, "judge scored 6.5, below 7", 6.5)
+
+
+def test_logprob_mean_below_threshold_fails() -> None:
+    """A mean token logprob under the threshold fails."""
+    answer = Answer("x", token_logprobs=(-0.1, -0.9))
+    result = LogprobThreshold(min_mean_logprob=-0.3)(answer, [])
+    assert (result.passed, result.score) == (False, -0.5)
+
+
+def test_missing_logprobs_follow_the_setting() -> None:
+    """Without logprobs the check passes by default and fails when told to."""
+    answer = Answer("x")
+    assert LogprobThreshold(-0.3)(answer, []).passed is True
+    assert LogprobThreshold(-0.3, if_missing=False)(answer, []).passed is False
+
+
+def test_forbidden_pattern_fails_when_found() -> None:
+    """A pattern that must not match fails when it is found."""
+    check = Matches(r"TODO", must_match=False)
+    assert check(Answer("done, TODO tests"), []).passed is False
+
+
+def test_recorded_code_answer_parses(rows: dict[str, ReplayRow]) -> None:
+    """A recorded MBPP answer with [PYTHON] tags parses and defines a function."""
+    answer = _recorded(
+        rows, "routerbench_sample:21111", "meta/code-llama-instruct-34b-chat"
+    )
+    assert PythonParses()(answer, []) == CheckResult("python", True, "code parses")
+
+
+def test_recorded_cpp_answer_fails_the_python_check(
+    rows: dict[str, ReplayRow],
+) -> None:
+    """Yi's recorded C++ answer to an MBPP prompt does not parse as Python."""
+    answer = _recorded(rows, "routerbench_sample:21050", YI)
+    result = PythonParses()(answer, [])
+    assert result.passed is False
+    assert result.reason.startswith("code does not parse")
+
+
+def test_letter_answer_defines_no_function() -> None:
+    """A bare letter parses as Python but defines no function."""
+    result = PythonParses()(Answer("B"), [])
+    assert result.reason == "code defines no function"
+
+
+def test_user_callable_returning_bool_is_wrapped() -> None:
+    """A user check returning False becomes a failed result."""
+    check = UserCheck(lambda answer, history: "42" in answer.text, name="has-42")
+    assert check(Answer("41"), []) == CheckResult(
+        "has-42", False, "user check returned False"
+    )
+
+
+def test_any_of_passes_on_the_second_check() -> None:
+    """Any-of passes when a later inner check passes, naming it."""
+    check = AnyOf((PythonParses(), Agreement(normaliser="choice")))
+    result = check(Answer("C"), [Answer("C")])
+    assert (result.passed, result.reason) == (
+        True,
+        "agreement: 1 of 1 other samples agree on 'C'",
+    )
+
+
+def test_all_of_stops_at_the_first_failure() -> None:
+    """All-of does not run checks after the first failing one."""
+    ran: list[str] = []
+
+    def later(answer: Answer, history: object) -> bool:
+        ran.append("later")
+        return True
+
+    results = AllOf((NonEmpty(), UserCheck(later))).results(Answer(""), [])
+    assert ([r.check for r in results], ran) == (["non_empty"], [])
+
+
+def test_callable_check_resolves_an_import_path() -> None:
+    """A callable check given as 'module:attribute' is imported."""
+    check = build_check(CallableCheck(ref="governor.cascade._builtin:arithmetic_check"))
+    result = check(Answer("2 * 3 = <<2*3=7>>7"), [])
+    assert result.reason == "step 2*3=7 is wrong"
+
+
+def test_unknown_judge_name_is_a_config_error() -> None:
+    """A judge name neither registered nor importable is refused."""
+    with pytest.raises(ConfigError, match="neither registered"):
+        build_check(JudgeCheck(judge="gpt-judge", min_score=5), {})
+
+
+def test_heuristic_scores_a_coding_request_above_a_greeting() -> None:
+    """Known estimates: a coding request 0.4235, a greeting 0.011."""
+    code = "Write a python function to count inversions in an array."
+    assert heuristic_complexity(code) == 0.4235
+    assert heuristic_complexity("hi") == 0.011
+
+
+def test_start_tier_counts_reached_thresholds() -> None:
+    """A complexity reaching two of three thresholds starts at tier index 2."""
+    assert start_tier(0.5, (0.2, 0.5, 0.8)) == 2
+
+
+def test_label_classifier_becomes_an_estimator() -> None:
+    """A small model's label maps to its complexity; unknown labels fail."""
+    estimate = from_labels(lambda text: " Hard\n", {"easy": 0.1, "hard": 0.9})
+    assert estimate("prove it") == 0.9
+    with pytest.raises(ConfigError, match="returned label 'medium'"):
+        from_labels(lambda text: "medium", {"easy": 0.1})("x")

@@ -1,0 +1,82 @@
+"""The Cascade policy part: tiers, checks, pre-call tiering, retry settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from governor._errors import PolicyError
+from governor.policies._cascade import (
+    AgreementCheck,
+    AnyOfCheck,
+    Cascade,
+    JsonCheck,
+    PreCall,
+    PythonCodeCheck,
+    Retry,
+    Tier,
+)
+
+
+def test_bare_model_names_become_tiers() -> None:
+    """A tier given as a bare model name is named after the model."""
+    cascade = Cascade(tiers=["gpt-4o-mini", "gpt-4o"])
+    assert cascade.tiers == (
+        Tier(name="gpt-4o-mini", model="gpt-4o-mini"),
+        Tier(name="gpt-4o", model="gpt-4o"),
+    )
+
+
+def test_duplicate_tier_names_are_refused() -> None:
+    """Two tiers with one name are refused, naming the duplicates."""
+    with pytest.raises(PolicyError, match=r"tier names must be unique.*'a', 'a'"):
+        Cascade(tiers=["a", "a"])
+
+
+def test_unknown_check_kind_lists_the_accepted_kinds() -> None:
+    """An unknown check kind is refused with the accepted kinds in the message."""
+    with pytest.raises(PolicyError, match="non_empty, not_refusal, json, agreement"):
+        Cascade(tiers=["a"], checks=[{"kind": "vibes"}])
+
+
+def test_precall_needs_fewer_thresholds_than_tiers() -> None:
+    """Pre-call tiering with as many thresholds as tiers is refused."""
+    with pytest.raises(PolicyError, match="fewer thresholds than there are tiers"):
+        Cascade(tiers=["a", "b"], precall=PreCall(thresholds=(0.3, 0.6)))
+
+
+def test_precall_thresholds_must_ascend() -> None:
+    """Descending pre-call thresholds are refused."""
+    with pytest.raises(PolicyError, match="ascending"):
+        PreCall(thresholds=(0.6, 0.3))
+
+
+def test_cascade_round_trips_through_json() -> None:
+    """A cascade dumped to JSON and read back is equal to the original."""
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="gpt-4o-mini", params={"temperature": 0}),
+            Tier(
+                name="code",
+                model="gpt-4o",
+                checks=[AnyOfCheck(checks=[PythonCodeCheck(), JsonCheck()])],
+            ),
+        ],
+        checks=[AgreementCheck(normalise="choice", min_agreeing=2)],
+        precall=PreCall(thresholds=(0.5,)),
+        retry=Retry(cooldown_s=5.0),
+    )
+    assert Cascade.model_validate_json(cascade.model_dump_json()) == cascade
+
+
+def test_merge_overrides_only_the_retry_field_set() -> None:
+    """Merging an override that sets one retry field keeps the base's tiers."""
+    base = Cascade(tiers=["a", "b"], retry=Retry(max_attempts=4))
+    override = Cascade(tiers=["a", "b"], retry=Retry(cooldown_s=1.0))
+    merged = base.merged(override)
+    assert (merged.retry.max_attempts, merged.retry.cooldown_s) == (4, 1.0)
+
+
+def test_negative_backoff_is_refused_with_accepted_forms() -> None:
+    """A negative backoff names the field and what it accepts."""
+    with pytest.raises(PolicyError, match=r"backoff_initial_s.*seconds before"):
+        Retry(backoff_initial_s=-1)

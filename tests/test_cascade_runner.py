@@ -1,0 +1,458 @@
+"""The cascade runner with fake call functions: escalation, budget, fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from governor._errors import BudgetExceeded
+from governor.cascade import (
+    AgreementCheck,
+    Answer,
+    Attempt,
+    Cascade,
+    CascadeBudgetExceeded,
+    CascadeExhausted,
+    CascadeRunner,
+    CooldownRegistry,
+    NonEmptyCheck,
+    PreCall,
+    Retry,
+    Tier,
+    classify_error,
+    retry_after_s,
+    tenacity_wait,
+)
+
+
+class Headers(dict[str, str]):
+    """Response headers as a plain mapping."""
+
+
+class FakeResponse:
+    """Just enough of an HTTP response to carry headers."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = Headers(headers)
+
+
+class ProviderError(Exception):
+    """A provider failure known only by its HTTP status."""
+
+    def __init__(
+        self, status_code: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.response = FakeResponse(dict(headers or {}))
+
+
+class ContentPolicyViolationError(Exception):
+    """Named like LiteLLM's content-policy refusal."""
+
+
+class ContextWindowExceededError(Exception):
+    """Named like LiteLLM's context-overflow error."""
+
+
+class Clock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TIERS = [
+    Tier(name="cheap", model="m-cheap"),
+    Tier(name="mid", model="m-mid"),
+    Tier(name="top", model="m-top"),
+]
+NO_JITTER = Retry(jitter_s=0, backoff_initial_s=0.5, backoff_max_s=4.0)
+
+
+def policy(**changes: object) -> Cascade:
+    """A three-tier cascade whose answers must be non-empty."""
+    settings: dict[str, Any] = {
+        "tiers": TIERS,
+        "checks": [NonEmptyCheck()],
+        "retry": NO_JITTER,
+    }
+    settings.update(changes)
+    return Cascade(**settings)
+
+
+Script = Mapping[str, list[object]]
+
+
+def scripted(script: Script) -> tuple[Callable[[Tier, str], Answer], list[str]]:
+    """A call function answering per model from a script; raises exceptions."""
+    queues = {model: list(steps) for model, steps in script.items()}
+    sent: list[str] = []
+
+    def call(tier: Tier, request: str) -> Answer:
+        sent.append(tier.model)
+        step = queues[tier.model].pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return Answer(str(step), tier.model, Decimal("0.001"))
+
+    return call, sent
+
+
+def outcomes(attempts: tuple[Attempt, ...]) -> list[tuple[str, str]]:
+    """(tier, outcome) of each attempt."""
+    return [(a.tier, a.outcome) for a in attempts]
+
+
+def test_cheapest_passing_tier_answers_alone() -> None:
+    """When the cheapest tier's answer passes, no other tier is called."""
+    call, sent = scripted({"m-cheap": ["fine"]})
+    result = CascadeRunner(policy()).run("q", call=call)
+    assert (result.tier.name, result.answer.text, sent) == (
+        "cheap",
+        "fine",
+        ["m-cheap"],
+    )
+
+
+def test_rejected_answer_escalates_with_its_reason() -> None:
+    """An answer failing a check escalates, and the attempt keeps the reason."""
+    call, _sent = scripted({"m-cheap": [""], "m-mid": ["ok"]})
+    result = CascadeRunner(policy()).run("q", call=call)
+    first = result.attempts[0]
+    assert (first.outcome, first.reason) == (
+        "rejected",
+        "non_empty: answer has 0 characters, needs 1",
+    )
+    assert result.tier.name == "mid"
+
+
+def test_agreement_with_a_cheaper_tier_accepts() -> None:
+    """The mid tier is accepted when it agrees with the cheap tier's letter."""
+    cascade = policy(checks=[AgreementCheck(normalise="choice")])
+    call, _sent = scripted({"m-cheap": ["B"], "m-mid": ["(B)"]})
+    result = CascadeRunner(cascade).run("q", call=call)
+    assert outcomes(result.attempts) == [("cheap", "rejected"), ("mid", "accepted")]
+
+
+def test_every_attempt_is_charged() -> None:
+    """The result's cost sums rejected and accepted attempts."""
+    call, _ = scripted({"m-cheap": [""], "m-mid": ["ok"]})
+    result = CascadeRunner(policy()).run("q", call=call)
+    assert result.cost_usd == Decimal("0.002")
+
+
+def test_tier_over_budget_is_skipped() -> None:
+    """A tier whose reservation does not fit is skipped and never called."""
+    call, sent = scripted({"m-mid": ["ok"]})
+
+    def fits(tier: Tier, request: str) -> bool:
+        return tier.name != "cheap"
+
+    result = CascadeRunner(policy()).run("q", call=call, fits=fits)
+    assert (sent, result.attempts[0].error_kind) == (["m-mid"], "budget")
+
+
+def test_no_tier_fits_raises_budget_exceeded_naming_tiers() -> None:
+    """When no tier fits, a BudgetExceeded names every tier and nothing is sent."""
+    call, sent = scripted({})
+    refusal = BudgetExceeded(
+        scope="task:t1",
+        unit="usd",
+        limit=Decimal("0.01"),
+        spent=Decimal("0.0095"),
+        reserved=Decimal(0),
+        requested=Decimal("0.001"),
+        model="m-cheap",
+    )
+
+    def fits(tier: Tier, request: str) -> bool | BudgetExceeded:
+        return refusal if tier.name == "cheap" else False
+
+    with pytest.raises(BudgetExceeded) as caught:
+        CascadeRunner(policy()).run("q", call=call, fits=fits)
+    error = caught.value
+    assert isinstance(error, CascadeBudgetExceeded)
+    assert (error.tiers, error.scope, error.limit, sent) == (
+        ("cheap", "mid", "top"),
+        "task:t1",
+        Decimal("0.01"),
+        [],
+    )
+
+
+def test_budget_refusal_inside_the_call_counts_as_a_skip() -> None:
+    """A reservation refused inside call skips the tier without counting a send."""
+    refusal = BudgetExceeded(
+        scope="task:t1",
+        unit="usd",
+        limit=Decimal(1),
+        spent=Decimal(1),
+        reserved=Decimal(0),
+        requested=Decimal("0.1"),
+        model="m-cheap",
+    )
+    call, _ = scripted({"m-cheap": [refusal], "m-mid": ["ok"]})
+    result = CascadeRunner(policy()).run("q", call=call)
+    assert (result.attempts[0].sent, result.sent_attempts) == (False, 1)
+
+
+def test_rate_limit_waits_for_retry_after() -> None:
+    """A 429 with Retry-After 3 waits 3 s (over the 0.5 s backoff) and retries."""
+    call, sent = scripted({"m-cheap": [ProviderError(429, {"retry-after": "3"}), "ok"]})
+    slept: list[float] = []
+    result = CascadeRunner(policy()).run("q", call=call, sleep=slept.append)
+    assert (slept, sent, result.tier.name) == ([3.0], ["m-cheap", "m-cheap"], "cheap")
+
+
+def test_long_retry_after_falls_back_and_cools_the_model() -> None:
+    """A Retry-After beyond max_retry_after_s falls back and rests the model."""
+    clock = Clock()
+    cooldowns = CooldownRegistry(clock)
+    call, _sent = scripted(
+        {"m-cheap": [ProviderError(429, {"retry-after": "120"})], "m-mid": ["ok"]}
+    )
+    slept: list[float] = []
+    runner = CascadeRunner(policy(), cooldowns=cooldowns)
+    result = runner.run("q", call=call, sleep=slept.append)
+    assert (slept, result.tier.name) == ([], "mid")
+    assert cooldowns.remaining_s("m-cheap") == 120.0
+
+
+def test_server_errors_back_off_exponentially_then_fall_back() -> None:
+    """Two retries of a 503 wait 0.5 s then 1 s, then the next tier answers."""
+    call, sent = scripted({"m-cheap": [ProviderError(503)] * 3, "m-mid": ["ok"]})
+    slept: list[float] = []
+    result = CascadeRunner(policy()).run("q", call=call, sleep=slept.append)
+    assert slept == [0.5, 1.0]
+    assert sent == ["m-cheap"] * 3 + ["m-mid"]
+    assert [a.error_kind for a in result.attempts[:3]] == ["server"] * 3
+
+
+def test_timeout_is_retried() -> None:
+    """A timeout is retried on the same tier."""
+    call, sent = scripted({"m-cheap": [TimeoutError("read timed out"), "ok"]})
+    result = CascadeRunner(policy()).run("q", call=call, sleep=lambda s: None)
+    assert (result.attempts[0].error_kind, sent) == ("timeout", ["m-cheap", "m-cheap"])
+
+
+def test_content_policy_falls_back_without_retry_or_cooldown() -> None:
+    """A content-policy refusal goes to the next tier at once; the model stays up."""
+    cooldowns = CooldownRegistry(Clock())
+    call, sent = scripted(
+        {"m-cheap": [ContentPolicyViolationError("flagged")], "m-mid": ["ok"]}
+    )
+    CascadeRunner(policy(), cooldowns=cooldowns).run("q", call=call)
+    assert (sent, cooldowns.remaining_s("m-cheap")) == (["m-cheap", "m-mid"], 0.0)
+
+
+def test_provider_context_overflow_falls_back() -> None:
+    """A context-window error from the provider falls back without a retry."""
+    call, sent = scripted(
+        {"m-cheap": [ContextWindowExceededError("too long")], "m-mid": ["ok"]}
+    )
+    result = CascadeRunner(policy()).run("q", call=call)
+    assert (result.attempts[0].error_kind, sent) == (
+        "context_window",
+        ["m-cheap", "m-mid"],
+    )
+
+
+def test_prompt_too_long_for_a_window_is_never_sent() -> None:
+    """A tier whose context window cannot hold the prompt is skipped unsent."""
+    tiers = [
+        Tier(name="small", model="m-cheap", context_window_tokens=8_000),
+        Tier(name="large", model="m-mid", context_window_tokens=128_000),
+    ]
+    call, sent = scripted({"m-mid": ["ok"]})
+    result = CascadeRunner(policy(tiers=tiers)).run(
+        "q", call=call, count_tokens=lambda tier, request: 9_000
+    )
+    assert sent == ["m-mid"]
+    assert result.attempts[0].reason == "context_window: needs 9000 tokens, window 8000"
+
+
+def test_context_window_probe_is_used_when_the_tier_sets_none() -> None:
+    """Without a tier setting, the caller's context-window probe decides."""
+    call, sent = scripted({"m-top": ["ok"]})
+    windows = {"m-cheap": 4_000, "m-mid": 4_000, "m-top": None}
+    CascadeRunner(policy()).run(
+        "q",
+        call=call,
+        context_window=lambda tier: windows[tier.model],
+        count_tokens=lambda tier, request: 5_000,
+    )
+    assert sent == ["m-top"]
+
+
+def test_total_attempts_are_bounded() -> None:
+    """Sends stop at max_attempts and the error lists every attempt."""
+    retry = Retry(max_attempts=4, max_retries_per_tier=2, jitter_s=0)
+    call, sent = scripted({m: [ProviderError(500)] * 3 for m in ("m-cheap", "m-mid")})
+    with pytest.raises(CascadeExhausted, match=r"max_attempts \(4\) reached") as caught:
+        CascadeRunner(policy(retry=retry)).run("q", call=call, sleep=lambda s: None)
+    assert len(sent) == 4
+    assert len(caught.value.attempts) == 4
+
+
+def test_a_failed_model_is_not_tried_again_in_the_run() -> None:
+    """Two tiers on one model: after it fails, the second tier is skipped."""
+    tiers = [
+        Tier(name="a", model="shared"),
+        Tier(name="b", model="shared", params={"temperature": 1}),
+        Tier(name="c", model="other"),
+    ]
+    retry = Retry(max_retries_per_tier=0, cooldown_s=0)
+    call, sent = scripted({"shared": [ProviderError(502)], "other": ["ok"]})
+    result = CascadeRunner(policy(tiers=tiers, retry=retry)).run("q", call=call)
+    assert sent == ["shared", "other"]
+    assert result.attempts[1].reason.startswith("fallback cycle")
+
+
+def test_cooled_model_is_skipped_by_the_next_run_until_rested() -> None:
+    """A model that failed rests cooldown_s across runs, then is used again."""
+    clock = Clock()
+    cooldowns = CooldownRegistry(clock)
+    retry = Retry(max_retries_per_tier=0, cooldown_s=30)
+    runner = CascadeRunner(policy(retry=retry), cooldowns=cooldowns)
+    call, _sent = scripted(
+        {"m-cheap": [ProviderError(503), "back"], "m-mid": ["ok", "ok"]}
+    )
+    runner.run("q1", call=call)
+    second = runner.run("q2", call=call)
+    clock.now += 30
+    third = runner.run("q3", call=call)
+    assert second.attempts[0].reason == "cooldown: model rests 30.0 s more"
+    assert third.tier.name == "cheap"
+
+
+def test_unknown_exceptions_propagate_with_the_attempts_noted() -> None:
+    """A non-provider error is not swallowed; a note lists earlier attempts."""
+    call, _ = scripted({"m-cheap": [""], "m-mid": [KeyError("bug")]})
+    with pytest.raises(KeyError) as caught:
+        CascadeRunner(policy()).run("q", call=call)
+    assert caught.value.__notes__ == [
+        "raised by cascade tier 'mid'; earlier attempts: cheap (m-cheap): "
+        "rejected: non_empty: answer has 0 characters, needs 1"
+    ]
+
+
+def test_precall_estimate_starts_hard_prompts_higher() -> None:
+    """A coding prompt reaching the threshold starts at the second tier."""
+    cascade = policy(precall=PreCall(thresholds=(0.4,)))
+    call, sent = scripted({"m-mid": ["ok"]})
+    prompt = "Write a python function to count inversions in an array."
+    result = CascadeRunner(cascade).run("q", call=call, prompt_text=prompt)
+    assert (result.start_tier, result.complexity, sent) == (1, 0.4235, ["m-mid"])
+
+
+def test_registered_estimator_replaces_the_heuristic() -> None:
+    """A named estimator (e.g. a small classifier) picks the first tier."""
+    cascade = policy(precall=PreCall(estimator="clf", thresholds=(0.3, 0.6)))
+    call, sent = scripted({"m-top": ["ok"]})
+    runner = CascadeRunner(cascade, callables={"clf": lambda text: 0.9})
+    runner.run("q", call=call, prompt_text="anything")
+    assert sent == ["m-top"]
+
+
+def test_all_rejected_raises_by_default_when_the_last_tier_is_checked() -> None:
+    """With the last tier checked and every answer rejected, the run raises."""
+    call, _ = scripted({m: [""] for m in ("m-cheap", "m-mid", "m-top")})
+    with pytest.raises(CascadeExhausted, match="every answer failed its checks"):
+        CascadeRunner(policy(check_last_tier=True)).run("q", call=call)
+
+
+def test_all_rejected_can_return_the_best_answer_flagged() -> None:
+    """on_all_rejected='return' gives the last answer with accepted=False."""
+    cascade = policy(check_last_tier=True, on_all_rejected="return")
+    call, _ = scripted({"m-cheap": [" "], "m-mid": ["\n"], "m-top": ["\t"]})
+    result = CascadeRunner(cascade).run("q", call=call)
+    assert (result.accepted, result.tier.name, result.answer.text) == (
+        False,
+        "top",
+        "\t",
+    )
+
+
+def test_each_attempt_is_reported_as_it_happens() -> None:
+    """The on_attempt hook sees every attempt in order, skips included."""
+    seen: list[tuple[str, str]] = []
+    call, _ = scripted({"m-mid": [""], "m-top": ["ok"]})
+    runner = CascadeRunner(
+        policy(), on_attempt=lambda a: seen.append((a.tier, a.outcome))
+    )
+    runner.run("q", call=call, fits=lambda tier, request: tier.name != "cheap")
+    assert seen == [("cheap", "skipped"), ("mid", "rejected"), ("top", "accepted")]
+
+
+def test_attempts_carry_wall_clock_bounds() -> None:
+    """A sent attempt records start and end from the injected clock."""
+    ticks = iter(range(1_000, 2_000, 10))
+    call, _ = scripted({"m-cheap": ["ok"]})
+    runner = CascadeRunner(policy(), clock_ns=lambda: next(ticks))
+    (attempt,) = runner.run("q", call=call).attempts
+    assert (attempt.started_ns, attempt.ended_ns) == (1_000, 1_010)
+
+
+async def test_async_driver_follows_the_same_rules() -> None:
+    """The async driver retries, awaits an async budget probe and escalates."""
+    queue: dict[str, list[object]] = {
+        "m-cheap": [ProviderError(429, {"retry-after": "2"}), ""],
+        "m-mid": ["ok"],
+    }
+    slept: list[float] = []
+
+    async def call(tier: Tier, request: str) -> Answer:
+        step = queue[tier.model].pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return Answer(str(step), tier.model, Decimal("0.001"))
+
+    async def fits(tier: Tier, request: str) -> bool:
+        return True
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    result = await CascadeRunner(policy()).arun("q", call=call, fits=fits, sleep=sleep)
+    assert slept == [2.0]
+    assert outcomes(result.attempts) == [
+        ("cheap", "error"),
+        ("cheap", "rejected"),
+        ("mid", "accepted"),
+    ]
+
+
+def test_jittered_backoff_stays_within_its_bounds() -> None:
+    """Backoff with 0.5 s jitter lies in [base, base + 0.5] and caps at the max."""
+    wait = tenacity_wait(Retry(backoff_initial_s=1, backoff_max_s=4, jitter_s=0.5))
+    waits = [wait(n) for n in (1, 2, 3, 4)]
+    bases = [1.0, 2.0, 4.0, 4.0]
+    assert all(b <= w <= b + 0.5 for w, b in zip(waits, bases, strict=True))
+
+
+def test_cooldown_keeps_the_longer_rest() -> None:
+    """A shorter cooldown does not cut a longer one short."""
+    clock = Clock()
+    cooldowns = CooldownRegistry(clock)
+    cooldowns.cool("m", 60)
+    cooldowns.cool("m", 5)
+    assert cooldowns.remaining_s("m") == 60.0
+
+
+def test_status_codes_classify_unknown_exception_types() -> None:
+    """Status 429, 408 and 502 map to rate_limit, timeout and server."""
+    kinds = [classify_error(ProviderError(code)) for code in (429, 408, 502, 400)]
+    assert kinds == ["rate_limit", "timeout", "server", None]
+
+
+def test_retry_after_http_date_is_read_against_now() -> None:
+    """An HTTP-date Retry-After gives the seconds from now until then."""
+    error = ProviderError(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
+    assert retry_after_s(error, now=lambda: 1445412480.0) == 10.0
