@@ -21,10 +21,12 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
+from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
 from governor.adapters._tokens import count_message_tokens, count_text_tokens
 from governor.pricing import Usage, usage_from_response, usage_from_stream_chunks
@@ -65,12 +67,107 @@ class GovernedLiteLLM:
         self.governor = governor
         self._completion = completion or litellm.completion
         self._acompletion = acompletion or litellm.acompletion
+        self._runners: dict[int, Any] = {}
+        self._cooldowns: Any = None
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.completion``; same arguments, same return value."""
         if _INSIDE.get():
             return self._completion(*args, **kwargs)
-        kwargs = _named(args, kwargs)
+        return self._complete(_named(args, kwargs))[0]
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        """Governed ``litellm.acompletion``; same arguments, same return value."""
+        if _INSIDE.get():
+            return await self._acompletion(*args, **kwargs)
+        return (await self._acomplete(_named(args, kwargs)))[0]
+
+    def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """Answer with the policy's cascade: cheapest tier whose answer passes.
+
+        ``kwargs`` are LiteLLM arguments shared by every tier (a tier's own
+        ``params`` win). Each attempt is a governed call, reserved and settled
+        on the task's budgets; a tier that does not fit is skipped.
+
+        Returns:
+            The :class:`governor.cascade.CascadeResult`; ``result.answer.raw``
+            is LiteLLM's response of the accepted tier.
+
+        Raises:
+            CascadeExhausted: no tier gave an acceptable answer.
+            CascadeBudgetExceeded: no tier fitted the budget left.
+        """
+        runner, request = self._cascade_setup(messages, kwargs)
+        return runner.run(
+            request,
+            call=self._tier_call,
+            context_window=self._context_window,
+            count_tokens=_tier_tokens,
+            prompt_text=_last_user_text(messages),
+        )
+
+    async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """Async form of :meth:`cascade`."""
+        runner, request = self._cascade_setup(messages, kwargs)
+        return await runner.arun(
+            request,
+            call=self._atier_call,
+            context_window=self._context_window,
+            count_tokens=_tier_tokens,
+            prompt_text=_last_user_text(messages),
+        )
+
+    def _cascade_setup(
+        self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        task = current_task()
+        policy = (task.policy if task else self.governor.policy).cascade
+        if policy is None:
+            raise ConfigError(
+                "cascade() needs a policy with a Cascade: "
+                "Policy(cascade=Cascade(tiers=[...]))"
+            )
+        runner = self._runners.get(id(policy))
+        if runner is None:
+            from governor.cascade import CascadeRunner
+
+            runner = CascadeRunner(
+                policy, cooldowns=self._cooldowns, on_attempt=self._on_attempt
+            )
+            self._runners[id(policy)] = runner
+        return runner, {**kwargs, "messages": messages}
+
+    def _tier_call(self, tier: Any, request: dict[str, Any]) -> Any:
+        response, cost = self._complete(_tier_kwargs(tier, request))
+        return _answer(response, cost)
+
+    async def _atier_call(self, tier: Any, request: dict[str, Any]) -> Any:
+        response, cost = await self._acomplete(_tier_kwargs(tier, request))
+        return _answer(response, cost)
+
+    def _context_window(self, tier: Any) -> int | None:
+        try:
+            window: int | None = self.governor.rate_card.rate(
+                tier.model
+            ).max_input_tokens
+        except GovernorError:
+            return None
+        return window
+
+    def _on_attempt(self, attempt: Any) -> None:
+        task = current_task()
+        self.governor.telemetry.event(
+            task.span if task else None,
+            "governor.cascade.attempt",
+            {
+                "tier": attempt.tier,
+                "model": attempt.model,
+                "outcome": attempt.outcome,
+                "reason": attempt.reason or "",
+            },
+        )
+
+    def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         admission = self.governor.begin_call(_request(kwargs))
         _apply(admission, kwargs)
         token = _INSIDE.set(True)
@@ -82,15 +179,10 @@ class GovernedLiteLLM:
         finally:
             _INSIDE.reset(token)
         if kwargs.get("stream"):
-            return _SyncStream(self.governor, admission, response)
-        self.governor.end_call(admission, _result(response))
-        return response
+            return _SyncStream(self.governor, admission, response), Decimal(0)
+        return response, self.governor.end_call(admission, _result(response))
 
-    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
-        """Governed ``litellm.acompletion``; same arguments, same return value."""
-        if _INSIDE.get():
-            return await self._acompletion(*args, **kwargs)
-        kwargs = _named(args, kwargs)
+    async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         admission = await self.governor.abegin_call(_request(kwargs))
         _apply(admission, kwargs)
         token = _INSIDE.set(True)
@@ -102,9 +194,8 @@ class GovernedLiteLLM:
         finally:
             _INSIDE.reset(token)
         if kwargs.get("stream"):
-            return _AsyncStream(self.governor, admission, response)
-        await self.governor.aend_call(admission, _result(response))
-        return response
+            return _AsyncStream(self.governor, admission, response), Decimal(0)
+        return response, await self.governor.aend_call(admission, _result(response))
 
 
 class Instrumentation:
@@ -234,6 +325,46 @@ def _result(response: Any) -> CallResult:
         response_model=getattr(response, "model", None),
         finish_reasons=reasons,
     )
+
+
+# -- cascades ------------------------------------------------------------
+
+
+def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:
+    """One tier's request: shared arguments, the tier's own, no SDK retries."""
+    return {
+        **request,
+        **dict(tier.params),
+        "model": tier.model,
+        "num_retries": 0,
+        "max_retries": 0,
+    }
+
+
+def _tier_tokens(tier: Any, request: Mapping[str, Any]) -> int:
+    prompt = count_message_tokens(tier.model, request["messages"])
+    return prompt + int(request.get("max_tokens") or 0)
+
+
+def _answer(response: Any, cost: Decimal) -> Any:
+    from governor.cascade import Answer
+
+    choices = list(getattr(response, "choices", None) or [])
+    texts = [str(c.message.content or "") for c in choices]
+    return Answer(
+        text=texts[0] if texts else "",
+        model=str(getattr(response, "model", "") or ""),
+        cost_usd=cost,
+        samples=tuple(texts[1:]),
+        raw=response,
+    )
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
 
 
 # -- streams -------------------------------------------------------------

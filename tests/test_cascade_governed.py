@@ -1,0 +1,82 @@
+"""A cascade through the governor: escalation, error fallback, one budget."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import SpanCapture
+from governor import Budget, Cascade, Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.cascade import CascadeBudgetExceeded
+from governor.policies._cascade import MatchCheck, Retry, Tier
+from governor.testing import OfflineAnswer, install_offline_provider
+
+QUESTION = "Which gas do plants absorb? A) oxygen B) carbon dioxide. Reply A or B."
+CASCADE = Cascade(
+    tiers=[
+        Tier(name="cheap", model="offline/gpt-4o-mini"),
+        Tier(name="premium", model="offline/gpt-4o"),
+    ],
+    checks=[MatchCheck(pattern=r"^[AB]$")],
+    retry=Retry(max_retries_per_tier=0, backoff_initial_s=0, jitter_s=0),
+)
+
+
+def respond(cheap: Any) -> Any:
+    def responder(model: str, messages: Any, tools: Any) -> Any:
+        if model == "gpt-4o-mini":
+            return cheap
+        return "B"
+
+    return responder
+
+
+def run(policy: Policy, capture: SpanCapture) -> tuple[Any, Any]:
+    gov = Governor(policy, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        result = llm.cascade([{"role": "user", "content": QUESTION}], max_tokens=20)
+    return result, task.report()
+
+
+def test_rejected_cheap_answer_escalates_and_both_are_charged(
+    capture: SpanCapture,
+) -> None:
+    """A cheap answer failing the check goes to the next tier; both cost."""
+    install_offline_provider(respond("Probably B, carbon dioxide."), speed=0)
+    result, report = run(Policy(cascade=CASCADE), capture)
+    assert (result.tier.name, result.answer.text) == ("premium", "B")
+    assert [a.outcome for a in result.attempts] == ["rejected", "accepted"]
+    assert report.calls == 2
+    charged = sum(
+        Decimal(str(s.attributes["gen_ai.usage.cost.amount"])) for s in capture.calls()
+    )
+    assert charged == report.cost_usd
+    assert sum(a.cost_usd for a in result.attempts) == report.cost_usd
+    events = [e.attributes["outcome"] for e in capture.task().events]
+    assert events == ["rejected", "accepted"]
+
+
+def test_provider_error_falls_back_to_the_next_tier(capture: SpanCapture) -> None:
+    """A rate-limited cheap tier falls back; the failed call costs nothing."""
+    install_offline_provider(respond(OfflineAnswer(error="rate_limit")), speed=0)
+    result, report = run(Policy(cascade=CASCADE), capture)
+    assert result.tier.name == "premium"
+    assert result.attempts[0].outcome == "error"
+    assert result.attempts[0].error_kind == "rate_limit"
+    costs = [s.attributes["gen_ai.usage.cost.amount"] for s in capture.calls()]
+    assert costs[0] == 0
+    assert Decimal(str(costs[1])) == report.cost_usd
+
+
+def test_no_tier_fits_the_budget(capture: SpanCapture) -> None:
+    """With a budget too small for any tier, nothing is sent."""
+    provider = install_offline_provider(respond("A"), speed=0)
+    provider.clear_calls()
+    policy = Policy(cascade=CASCADE, budgets=[Budget(max_usd="0.000001")])
+    with pytest.raises(CascadeBudgetExceeded):
+        run(policy, capture)
+    assert provider.calls == []
