@@ -24,7 +24,12 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = {row["agent"]: row for row in result["tasks"]}
-    assert sorted(rows) == ["math-tools", "research", "research (budget $0.001)"]
+    assert sorted(rows) == [
+        "math-tools",
+        "research",
+        "research (budget $0.001)",
+        "triage (cascade)",
+    ]
     assert rows["research"]["stop_reason"] == "completed"
     assert rows["math-tools"]["stop_reason"] == "completed"
     small = rows["research (budget $0.001)"]

@@ -98,10 +98,15 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
 
     research = _load(examples / "research.py", "governor_demo_research")
     math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
+    triage = _load(examples / "triage.py", "governor_demo_triage")
     live = os.environ.get(ENV_PROVIDER, "offline") == "live"
     if not live:
         install_offline_provider(
-            _chain(research.offline_responder, math_tools.offline_responder),
+            _chain(
+                research.offline_responder,
+                math_tools.offline_responder,
+                triage.offline_responder,
+            ),
             speed=args.speed,
         )
     _quiet_langchain_refusal_logs()
@@ -121,6 +126,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     rows = [
         *_run_research(args, research, governor(research.POLICY), "research"),
         *_run_math(args, math_tools, governor(math_tools.POLICY)),
+        *_run_triage(args, triage, governor(triage.POLICY)),
         *_run_research(
             args,
             research,
@@ -174,9 +180,12 @@ def _run_task(
     start = time.monotonic()
     outcome, detail = "completed", ""
     try:
-        agent.invoke(inputs, {"metadata": {"environment": "demo"}})
+        result = agent.invoke(inputs, {"metadata": {"environment": "demo"}})
     except GovernorHalt as exc:
         outcome, detail = f"stopped: {exc.code}", str(exc)
+    else:
+        if isinstance(result, dict) and "path" in result:
+            outcome = f"cascade: {result['path']}"
     report = agent.last_report
     seconds = time.monotonic() - start
     _say(args, f"  {outcome}, {report.calls} calls, ${report.cost_usd}")
@@ -192,6 +201,21 @@ def _run_task(
         seconds=round(seconds, 2),
         detail=detail,
     )
+
+
+def _run_triage(
+    args: argparse.Namespace, module: ModuleType, governor: Any
+) -> list[_Row]:
+    from governor import govern
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    agent = govern(module.build_graph(GovernedLiteLLM(governor)), governor)
+    return [
+        _run_task(
+            args, agent, "triage (cascade)", q["question"], {"question": q["question"]}
+        )
+        for q in module.questions(args.count + 1)
+    ]
 
 
 def _small_budget(policy: Any) -> Any:
