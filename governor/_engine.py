@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
 from governor._errors import BudgetExceeded, GovernorError, PriceUnknown
-from governor._money import nanos_to_usd, usd_to_nanos
+from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
 from governor._slots import Held, SlotKeeper
 from governor._slots import arelease as arelease_slots
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 _UNBOUNDED_OUTPUT_TOKENS = 32_768
 _WARN_MEMORY = 10_000
+# Budget warnings read the store at most this often per line, so they cost no
+# store round trip per call; a threshold is announced within this delay.
+_WARN_EVERY_S = 1.0
 
 
 class Governor:
@@ -372,15 +375,6 @@ class Governor:
             self._refuse(admission, refusal)
         task.admit()
         admission.span = self._start_call_span(admission)
-        self.telemetry.event(
-            admission.span,
-            attr.EVENT_RESERVED,
-            {
-                "usd": float(nanos_to_usd(admission.hold_nanos)),
-                "tokens": admission.hold_tokens,
-                "max_output_tokens": admission.max_output_tokens,
-            },
-        )
         logger.debug(
             "task %s: reserved %s nano-USD for %s",
             task.id,
@@ -462,11 +456,12 @@ class Governor:
             output_tokens=usage.completion_tokens,
         )
         cost = nanos_to_usd(nanos)
+        cost_f = nanos / NANOS_PER_USD  # the same double as float(cost)
         duration = time.monotonic() - admission.started_at
-        self._close_call_span(admission, result, usage, cost, cost_source)
+        self._close_call_span(admission, result, usage, cost_f, cost_source)
         self.telemetry.record_call(
             self._labels(admission),
-            cost_usd=float(cost),
+            cost_usd=cost_f,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
             duration_s=duration,
@@ -548,10 +543,8 @@ class Governor:
         return left
 
     def _check_warnings(self, admission: Admission) -> None:
-        """Warn once per line and threshold; a networked store is read at most
-        once a second per line, so warnings cost no round trip per call."""
+        """Warn once per line and threshold crossed, reading each line rarely."""
         now = time.monotonic()
-        local = isinstance(self.ledger, MemoryLedger)
         if len(self._warn_checked) > _WARN_MEMORY:
             # Task lines pile up in a long-lived process; forgetting them only
             # means a threshold may be announced twice.
@@ -560,7 +553,7 @@ class Governor:
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if not budget.warn_at or line.limit_nanos in (None, 0):
                 continue
-            if not local and now - self._warn_checked.get(line.key, -1.0) < 1.0:
+            if now - self._warn_checked.get(line.key, -1.0) < _WARN_EVERY_S:
                 continue
             self._warn_checked[line.key] = now
             try:
@@ -586,31 +579,48 @@ class Governor:
 
     def _start_call_span(self, admission: Admission) -> Any:
         request = admission.request
+        parent = request.parent_span or admission.task.span
+        name = f"{request.operation} {request.model}"
+        span = self.telemetry.start_span(name, parent, {}, kind=SpanKind.CLIENT)
+        if span is None or not span.is_recording():
+            return span  # no tracer configured: skip building attributes
         attributes: dict[str, AttrValue] = {
             attr.GEN_AI_OPERATION_NAME: request.operation,
             attr.GEN_AI_REQUEST_MODEL: request.model,
             attr.GEN_AI_REQUEST_MAX_TOKENS: admission.max_output_tokens,
             attr.TASK_ID: admission.task.id,
             attr.CALL_ID: admission.call_id,
-            attr.CALL_RESERVED_USD: float(nanos_to_usd(admission.hold_nanos)),
+            attr.CALL_RESERVED_USD: admission.hold_nanos / NANOS_PER_USD,
             attr.FANOUT_WAIT_S: admission.held.wait_s,
             **attribution_attributes(admission.task),
         }
         if admission.rate.provider:
             attributes[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
-        parent = request.parent_span or admission.task.span
-        name = f"{request.operation} {request.model}"
-        return self.telemetry.start_span(name, parent, attributes, kind=SpanKind.CLIENT)
+        self.telemetry.set_attributes(span, attributes)
+        self.telemetry.event(
+            span,
+            attr.EVENT_RESERVED,
+            {
+                "usd": admission.hold_nanos / NANOS_PER_USD,
+                "tokens": admission.hold_tokens,
+                "max_output_tokens": admission.max_output_tokens,
+            },
+        )
+        return span
 
     def _close_call_span(
         self,
         admission: Admission,
         result: CallResult,
         usage: Usage,
-        cost: Decimal,
+        cost_f: float,
         cost_source: str,
     ) -> None:
-        cost_f = float(cost)
+        span = admission.span
+        if span is None or not span.is_recording():
+            if span is not None:
+                span.end()
+            return
         source = "estimated" if usage.estimated else cost_source
         attributes: dict[str, AttrValue] = {
             attr.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
@@ -639,6 +649,13 @@ class Governor:
         self.telemetry.end_span(admission.span, attributes, result.error)
 
     def _labels(self, admission: Admission) -> Mapping[str, AttrValue]:
+        cache = admission.task.extras.setdefault("labels", {})
+        labels: dict[str, AttrValue] | None = cache.get(admission.request.model)
+        if labels is None:
+            labels = cache[admission.request.model] = self._new_labels(admission)
+        return labels
+
+    def _new_labels(self, admission: Admission) -> dict[str, AttrValue]:
         labels: dict[str, AttrValue] = {
             attr.GEN_AI_REQUEST_MODEL: admission.request.model,
         }

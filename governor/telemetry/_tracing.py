@@ -121,6 +121,17 @@ class Telemetry:
             logger.warning("could not start span %s", name, exc_info=True)
             return None
 
+    def set_attributes(
+        self, span: Span | None, attributes: Mapping[str, AttrValue]
+    ) -> None:
+        """Set attributes on a live span."""
+        if span is None:
+            return
+        try:
+            span.set_attributes(attributes)
+        except Exception:
+            logger.warning("could not set span attributes", exc_info=True)
+
     def event(
         self, span: Span | None, name: str, attributes: Mapping[str, AttrValue]
     ) -> None:
