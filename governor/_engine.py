@@ -519,11 +519,21 @@ class Governor:
         return [line for _, line in self._budget_lines(task)]
 
     def _budget_lines(self, task: Task) -> list[tuple[Budget, Line]]:
+        """The task's budget lines, recomputed only when a window rolls over."""
         if not task.policy.budgets:
             return []
-        now = datetime.now(UTC)
-        specs = lines_for(task.policy.budgets, task.scope_values, task.id, now)
-        return [(spec.budget, spec.line()) for spec in specs]
+        cached = task.extras.get("lines")
+        now = time.time()
+        if cached is not None and now < cached[0]:
+            return cached[1]  # type: ignore[no-any-return]
+        moment = datetime.fromtimestamp(now, UTC)
+        specs = lines_for(task.policy.budgets, task.scope_values, task.id, moment)
+        pairs = [(spec.budget, spec.line()) for spec in specs]
+        resets = [s.window.resets_at.timestamp() for s in specs if s.window.resets_at]
+        rolling = any(s.window.window_s is not None for s in specs)
+        valid_until = now if rolling else min(resets, default=float("inf"))
+        task.extras["lines"] = (valid_until, pairs)
+        return pairs
 
     def _budget_left(self, task: Task) -> Decimal | None:
         try:

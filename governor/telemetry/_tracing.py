@@ -45,6 +45,7 @@ class Telemetry:
     ) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_SCOPE)
+        self._explicit = tracer_provider is not None
         meter = (meter_provider or get_meter_provider()).get_meter(_SCOPE)
         self._cost = meter.create_counter(
             "governor.cost", unit="USD", description="Settled cost of model calls"
@@ -75,8 +76,16 @@ class Telemetry:
             "governor.task.stops", unit="{task}", description="Tasks stopped by policy"
         )
 
+    def tracing(self) -> bool:
+        """False while no tracer provider is set anywhere: spans are skipped."""
+        if self._explicit:
+            return True
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
     def start_task(self, task: Task) -> Span | None:
         """Start the span covering a whole task."""
+        if not self.tracing():
+            return None
         try:
             attributes: dict[str, AttrValue] = {
                 attr.TASK_ID: task.id,
@@ -112,6 +121,8 @@ class Telemetry:
         kind: SpanKind = SpanKind.INTERNAL,
     ) -> Span | None:
         """Start a child span of ``parent`` (a graph step or a model call)."""
+        if not self.tracing():
+            return None
         try:
             context = trace.set_span_in_context(parent) if parent else None
             return self._tracer.start_span(
