@@ -208,6 +208,11 @@ class Governor:
         self.telemetry.end_task(task.span, report)
         return report
 
+    def _close_owned(self, task: Task) -> None:
+        """Close a one-call task; its report is only needed for its span."""
+        if task.span is not None:
+            self.close_task(task)
+
     # -- calls -----------------------------------------------------------
 
     def begin_call(self, request: CallRequest) -> Admission:
@@ -470,7 +475,7 @@ class Governor:
         if self.recorder is not None:
             self._record(admission, usage, cost, duration, result.error)
         if admission.owns_task:
-            self.close_task(task)
+            self._close_owned(task)
         return cost
 
     def _record(
@@ -561,7 +566,7 @@ class Governor:
             self._warn_checked.clear()
             self._warned.clear()
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
-            if not budget.warn_at or line.limit_nanos in (None, 0):
+            if budget.scope == "task" or not budget.warn_at or not line.limit_nanos:
                 continue
             if now - self._warn_checked.get(line.key, -1.0) < _WARN_EVERY_S:
                 continue

@@ -9,6 +9,7 @@ code they describe.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ class Telemetry:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_SCOPE)
         self._explicit = tracer_provider is not None
+        self._global_set = False
+        self._recheck_at = 0.0
         meter = (meter_provider or get_meter_provider()).get_meter(_SCOPE)
         self._cost = meter.create_counter(
             "governor.cost", unit="USD", description="Settled cost of model calls"
@@ -77,10 +80,19 @@ class Telemetry:
         )
 
     def tracing(self) -> bool:
-        """False while no tracer provider is set anywhere: spans are skipped."""
+        """False while no tracer provider is set anywhere: spans are skipped.
+
+        The global provider is looked up at most once a second, because the
+        lookup reads the environment each time until a provider is set.
+        """
         if self._explicit:
             return True
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        now = time.monotonic()
+        if now >= self._recheck_at:
+            provider = trace.get_tracer_provider()
+            self._global_set = not isinstance(provider, trace.ProxyTracerProvider)
+            self._recheck_at = now + 1.0
+        return self._global_set
 
     def start_task(self, task: Task) -> Span | None:
         """Start the span covering a whole task."""
