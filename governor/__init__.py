@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 # importing governor to let LiteLLM fetch (or use Pricing(remote_price_map=True)).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from governor._attribution import attribute, current_attribution
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import (
@@ -70,6 +71,8 @@ __all__ = [
     "Task",
     "TaskReport",
     "__version__",
+    "attribute",
+    "current_attribution",
     "current_task",
     "govern",
 ]

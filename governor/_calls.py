@@ -42,6 +42,9 @@ class CallRequest:
             bound does not fit the budget left.
         parent_span: the span to nest the call span under (a graph step).
         extra_prompt: other request parts that count as prompt (tools, schema).
+        task: the task to charge; the current task when None.
+        attribution: scope values for a call made outside any task, e.g. from
+            LiteLLM's ``metadata``; the one-call task is charged to them.
     """
 
     model: str
@@ -54,6 +57,7 @@ class CallRequest:
     parent_span: Span | None = None
     extra_prompt: object = None
     task: Task | None = None
+    attribution: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)

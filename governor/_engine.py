@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 
+from governor._attribution import current_attribution
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
 from governor._errors import BudgetExceeded, GovernorError, PriceUnknown
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
@@ -193,6 +194,9 @@ class Governor:
         """Create a task and start its span; pair with :meth:`close_task`."""
         effective = self.policy.merged(policy) if policy else self.policy
         base = effective.attribution
+        ambient = current_attribution()
+        if ambient is not None:
+            base = base.merged(ambient)
         if attribution is not None:
             base = base.merged(attribution)
         if scopes:
@@ -351,6 +355,8 @@ class Governor:
         task = request.task or _CURRENT.get()
         if task is not None:
             return task, False
+        if request.attribution:
+            return self.open_task(attribution=Attribution(**request.attribution)), True
         return self.open_task(), True
 
     def _worst_nanos(self, rate: Rate, prompt_tokens: int, max_out: int) -> int:

@@ -292,7 +292,19 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         count_prompt_tokens=count,
         extra_prompt=extra or None,
         parent_span=_parent_span(),
+        attribution=_metadata_attribution(kwargs.get("metadata")),
     )
+
+
+_ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
+
+
+def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
+    """Scope values from LiteLLM's ``metadata={"team": ...}``, if any."""
+    if not isinstance(metadata, Mapping):
+        return None
+    found = {k: str(metadata[k]) for k in _ATTRIBUTION_KEYS if metadata.get(k)}
+    return found or None
 
 
 def _parent_span() -> Any:

@@ -1,0 +1,117 @@
+"""Ambient attribution reaches every task, through asyncio, threads and graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from typing import Any
+
+from opentelemetry import baggage
+
+from conftest import SpanCapture
+from governor import Attribution, Governor, Policy, attribute, current_attribution
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.telemetry import attributes as attr
+
+MESSAGES = [{"role": "user", "content": "Say hi."}]
+
+
+def call(gov: Governor, **extra: Any) -> None:
+    GovernedLiteLLM(gov).completion(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        mock_response="hi",
+        max_tokens=20,
+        **extra,
+    )
+
+
+def test_context_manager_charges_tasks_opened_inside(capture: SpanCapture) -> None:
+    """Tasks opened inside attribute() carry its team and feature."""
+    gov = Governor(tracer_provider=capture.provider)
+    with attribute(team="search", feature="answers"), gov.task() as task:
+        call(gov)
+    assert task.report().attribution == {"team": "search", "feature": "answers"}
+    (span,) = capture.calls()
+    assert (span.attributes[attr.TEAM], span.attributes[attr.FEATURE]) == (
+        "search",
+        "answers",
+    )
+
+
+def test_blocks_nest_and_inner_values_win() -> None:
+    """An inner block overrides the outer team and keeps the outer feature."""
+    with attribute(team="a", feature="f", tags={"x": "1"}):
+        with attribute(team="b", tags={"y": "2"}) as inner:
+            assert inner == Attribution(
+                team="b", feature="f", tags={"x": "1", "y": "2"}
+            )
+        assert current_attribution() == Attribution(
+            team="a", feature="f", tags={"x": "1"}
+        )
+    assert current_attribution() is None
+
+
+def test_policy_attribution_is_the_base_and_explicit_values_win() -> None:
+    """Policy values, then ambient values, then the task's own, in that order."""
+    policy = Policy(attribution=Attribution(environment="prod", team="core"))
+    gov = Governor(policy)
+    with attribute(team="search"), gov.task(feature="faq") as task:
+        pass
+    assert task.report().attribution == {
+        "environment": "prod",
+        "team": "search",
+        "feature": "faq",
+    }
+
+
+def test_decorator_follows_asyncio_tasks() -> None:
+    """A decorated coroutine's attribution reaches tasks it spawns."""
+    gov = Governor()
+
+    @attribute(team="async-team")
+    async def run() -> dict[str, str]:
+        async def child() -> dict[str, str]:
+            async with gov.atask() as task:
+                return task.report().attribution
+
+        return await asyncio.create_task(child())
+
+    assert asyncio.run(run()) == {"team": "async-team"}
+
+
+def test_threads_inherit_through_a_copied_context() -> None:
+    """A thread started with a copied context keeps the attribution."""
+    gov = Governor()
+    seen: list[dict[str, str]] = []
+
+    def work() -> None:
+        with gov.task() as task:
+            seen.append(task.report().attribution)
+
+    with attribute(team="threaded"):
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(work,))
+        thread.start()
+        thread.join()
+    assert seen == [{"team": "threaded"}]
+
+
+def test_values_go_into_otel_baggage() -> None:
+    """attribute() puts its values into OpenTelemetry baggage."""
+    with attribute(team="search", tags={"tier": "gold"}):
+        assert baggage.get_baggage("governor.team") == "search"
+        assert baggage.get_baggage("governor.tag.tier") == "gold"
+    assert baggage.get_baggage("governor.team") is None
+
+
+def test_litellm_metadata_attributes_a_bare_call(capture: SpanCapture) -> None:
+    """A call outside any task is charged to the team in LiteLLM's metadata."""
+    gov = Governor(tracer_provider=capture.provider)
+    call(gov, metadata={"team": "billing", "feature": "invoices"})
+    task = capture.task()
+    assert (task.attributes[attr.TEAM], task.attributes[attr.FEATURE]) == (
+        "billing",
+        "invoices",
+    )
