@@ -45,6 +45,8 @@ class CallRequest:
         task: the task to charge; the current task when None.
         attribution: scope values for a call made outside any task, e.g. from
             LiteLLM's ``metadata``; the one-call task is charged to them.
+        prompt_tokens: the prompt's token count when the caller knows it
+            (replays); it replaces the byte bound.
     """
 
     model: str
@@ -58,6 +60,7 @@ class CallRequest:
     extra_prompt: object = None
     task: Task | None = None
     attribution: Mapping[str, str] | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)

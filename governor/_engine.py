@@ -335,7 +335,9 @@ class Governor:
                 self.close_task(task)
             raise
         max_out = _output_ceiling(request, rate, task.policy)
-        bound = prompt_byte_bound(request.messages, request.extra_prompt)
+        bound = request.prompt_tokens
+        if bound is None:
+            bound = prompt_byte_bound(request.messages, request.extra_prompt)
         pairs = self._budget_lines(task)
         return Admission(
             call_id=new_id(),

@@ -1,0 +1,224 @@
+"""Replay recorded traffic through a policy, and compare two runs.
+
+Each recorded call (a :class:`governor.spend.SpendRecord`) is sent through a
+real :class:`Governor` with no provider: the call is reserved and settled with
+its recorded token usage, priced by the policy's rate card, under the policy's
+budgets. A task stopped by the policy stops there, as it would have live, and
+its later calls are not replayed. Cache hits are replayed as calls, since a new
+policy may not serve them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from governor._calls import CallRequest, CallResult
+from governor._engine import Governor
+from governor._errors import ConfigError, GovernorHalt
+from governor.policies import Attribution, Policy
+from governor.pricing import Usage
+
+if TYPE_CHECKING:
+    from governor.spend import SpendRecord
+
+__all__ = ["ReplayRun", "TaskReplay", "load_policy", "replay"]
+
+
+@dataclass
+class TaskReplay:
+    """One task as the replayed policy ran it."""
+
+    task_id: str
+    calls: int = 0
+    cost_usd: Decimal = Decimal(0)
+    stop_reason: str | None = None
+    quality: float | None = None
+
+
+@dataclass
+class ReplayRun:
+    """A whole replay: every task, in the order first seen."""
+
+    label: str
+    tasks: dict[str, TaskReplay] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Total cost of the run."""
+        return sum((t.cost_usd for t in self.tasks.values()), Decimal(0))
+
+    @property
+    def stopped(self) -> int:
+        """Tasks the policy stopped."""
+        return sum(1 for t in self.tasks.values() if t.stop_reason)
+
+    @property
+    def quality(self) -> float | None:
+        """Mean recorded quality over tasks that have one, else None."""
+        known = [t.quality for t in self.tasks.values() if t.quality is not None]
+        return sum(known) / len(known) if known else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run as plain JSON-ready data."""
+        count = len(self.tasks) or 1
+        return {
+            "label": self.label,
+            "tasks": len(self.tasks),
+            "cost_usd": str(self.cost_usd),
+            "cost_per_task_usd": str(_nano(self.cost_usd / count)),
+            "stopped": self.stopped,
+            "quality": self.quality,
+        }
+
+
+def replay(
+    records: Iterable[SpendRecord],
+    policy: Policy,
+    *,
+    label: str | None = None,
+    model_map: Mapping[str, str] | None = None,
+) -> ReplayRun:
+    """Run recorded calls through ``policy``; see the module docstring.
+
+    Args:
+        records: recorded calls, any order; grouped by task, ordered by time.
+        policy: the policy to replay under.
+        label: a name for the run (default: the policy's name).
+        model_map: models to swap, e.g. ``{"gpt-4o": "gpt-4.1"}``; the
+            recorded token counts are kept.
+    """
+    swaps = dict(model_map or {})
+    run = ReplayRun(label or policy.name)
+    gov = Governor(policy)
+    for task_id, calls in _by_task(records).items():
+        run.tasks[task_id] = _replay_task(gov, task_id, calls, swaps)
+    return run
+
+
+def _by_task(records: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
+    grouped: dict[str, list[SpendRecord]] = {}
+    for record in sorted(records, key=lambda r: r.ts):
+        if record.outcome == "refused":
+            continue
+        grouped.setdefault(record.task_id, []).append(record)
+    return grouped
+
+
+def _replay_task(
+    gov: Governor, task_id: str, calls: list[SpendRecord], swaps: Mapping[str, str]
+) -> TaskReplay:
+    first = calls[0]
+    outcome = TaskReplay(task_id, quality=_quality(calls))
+    with gov.task(task_id, attribution=_attribution(first)) as task:
+        for record in calls:
+            try:
+                _replay_call(gov, record, swaps)
+            except GovernorHalt as exc:
+                outcome.stop_reason = exc.code
+                break
+    report = task.report()
+    outcome.calls = report.calls
+    outcome.cost_usd = report.cost_usd
+    return outcome
+
+
+def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -> None:
+    model = swaps.get(record.model, record.model)
+    usage = Usage(
+        prompt_tokens=record.input_tokens,
+        completion_tokens=record.output_tokens,
+        cache_read_tokens=min(record.cache_read_tokens, record.input_tokens),
+    )
+    request = CallRequest(
+        model=model,
+        messages=(),
+        max_output_tokens=max(record.output_tokens, 1),
+        prompt_tokens=record.input_tokens,
+    )
+    admission = gov.begin_call(request)
+    gov.end_call(admission, CallResult(usage=usage, response_model=model))
+
+
+def _attribution(record: SpendRecord) -> Attribution:
+    values = {
+        "team": record.team,
+        "feature": record.feature,
+        "environment": record.environment,
+        "user": record.user,
+        "session": record.session,
+    }
+    given = {k: v for k, v in values.items() if v}
+    return Attribution(**given, tags=dict(record.tags))
+
+
+def _quality(calls: list[SpendRecord]) -> float | None:
+    """A task's quality, from a ``quality`` or ``correct`` tag on any call."""
+    for record in reversed(calls):
+        for key in ("quality", "correct"):
+            value = record.tags.get(key)
+            if value is not None:
+                try:
+                    return float(value)
+                except ValueError:
+                    continue
+    return None
+
+
+def _nano(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("1e-9")).normalize()
+
+
+def load_policy(spec: str) -> Policy:
+    """Load a policy from ``default``, a ``.json`` file or a ``.py`` file.
+
+    A Python file must define ``POLICY``; ``path.py:NAME`` picks another name.
+
+    Raises:
+        ConfigError: the file is missing or does not hold a Policy.
+    """
+    if spec == "default":
+        return Policy()
+    path_text, _, name = spec.partition(":") if ".py:" in spec else (spec, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(
+            f"policy {spec!r} is not 'default' or an existing .json / .py file"
+        )
+    if path.suffix == ".json":
+        try:
+            return Policy(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a policy: {exc}") from exc
+    return _python_policy(path, name or "POLICY")
+
+
+def _python_policy(path: Path, name: str) -> Policy:
+    spec = importlib.util.spec_from_file_location(f"governor_policy_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigError(f"{path}: importing it failed: {exc}") from exc
+    policy = getattr(module, name, None)
+    if not isinstance(policy, Policy):
+        raise ConfigError(f"{path} defines no Policy named {name}")
+    return policy
+
+
+def swaps_from(pairs: Iterable[str]) -> dict[str, str]:
+    """Parse ``OLD=NEW`` model swaps from the command line."""
+    swaps = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"model swap {pair!r} must look like OLD=NEW")
+        swaps[old] = new
+    return swaps

@@ -1,0 +1,84 @@
+"""``governor compare``: cost per task under two policies or two models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal
+from typing import Any
+
+from governor.cli._replay import add_source_arguments, load_records
+
+__all__ = ["register"]
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    """Add ``compare`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Replay recorded traffic twice, under policy A and policy B (or "
+            "with models swapped in B), and print cost per task, quality where "
+            "the records carry it, and the difference: the figure to paste "
+            "into a pull request that changes a model or a policy."
+        ),
+    )
+    add_source_arguments(parser)
+    parser.add_argument("--a", default="default", help="policy A (baseline)")
+    parser.add_argument("--b", default=None, help="policy B (default: same as A)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="in run B, replay calls to OLD as calls to NEW (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from governor._errors import ConfigError
+    from governor._replay import load_policy, replay, swaps_from
+
+    records = load_records(args)
+    if records is None:
+        return 2
+    if args.b is None and not args.model:
+        print("governor compare: give --b POLICY or --model OLD=NEW", file=sys.stderr)
+        return 2
+    try:
+        policy_a = load_policy(args.a)
+        policy_b = load_policy(args.b) if args.b else policy_a
+        run_a = replay(records, policy_a, label=f"A: {args.a}")
+        label_b = f"B: {args.b or args.a}" + "".join(f" {m}" for m in args.model)
+        run_b = replay(
+            records, policy_b, label=label_b, model_map=swaps_from(args.model)
+        )
+    except ConfigError as exc:
+        print(f"governor compare: {exc}", file=sys.stderr)
+        return 2
+    _print(args, run_a, run_b)
+    return 0
+
+
+def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
+    a, b = run_a.as_dict(), run_b.as_dict()
+    per_a = Decimal(a["cost_per_task_usd"])
+    per_b = Decimal(b["cost_per_task_usd"])
+    change = (per_b - per_a) / per_a * 100 if per_a else Decimal(0)
+    if args.json:
+        print(json.dumps({"a": a, "b": b, "cost_per_task_change_pct": float(change)}))
+        return
+    header = ("", "tasks", "cost USD", "per task", "stopped", "quality")
+    print("{:<4}{:>6}  {:>14}  {:>14}  {:>7}  {}".format(*header))
+    for name, run in (("A", a), ("B", b)):
+        quality = "n/a" if run["quality"] is None else f"{run['quality']:.3f}"
+        print(
+            f"{name:<4}{run['tasks']:>6}  {run['cost_usd']:>14}  "
+            f"{run['cost_per_task_usd']:>14}  {run['stopped']:>7}  {quality}"
+        )
+    print(f"\nA = {run_a.label}\nB = {run_b.label}")
+    print(f"Cost per task: ${per_a} -> ${per_b} ({change:+.1f}%)")

@@ -1,0 +1,109 @@
+"""``governor replay``: recorded traffic through a policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["add_source_arguments", "load_records", "register"]
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    """Add ``replay`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Replay the calls in a spend store (SQLite, JSONL trace or Redis) "
+            "through a policy: each call is reserved and settled with its "
+            "recorded tokens under the policy's prices and budgets."
+        ),
+    )
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--policy",
+        default="default",
+        help="'default', a .json policy, or a .py file defining POLICY",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="replay calls to OLD as calls to NEW (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=_run)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which recorded traffic to read."""
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="spend store to read (default: GOVERNOR_SPEND_DB or "
+        ".governor/spend.sqlite3); a .jsonl path reads a JSONL trace",
+    )
+    parser.add_argument("--task", action="append", default=[], help="only these tasks")
+
+
+def load_records(args: argparse.Namespace) -> list[Any] | None:
+    """Read the records the arguments name, or print why not and return None."""
+    from pathlib import Path
+
+    from governor.spend import default_spend_target, open_store
+
+    target = args.db or default_spend_target()
+    is_url = target.startswith(("redis://", "rediss://", "unix://"))
+    if not is_url and not Path(target).exists():
+        print(
+            f"governor: no spend store at {target}; run `governor demo` or "
+            "point --db at a store or JSONL trace",
+            file=sys.stderr,
+        )
+        return None
+    records = list(open_store(target).query())
+    if args.task:
+        records = [r for r in records if r.task_id in set(args.task)]
+    return records
+
+
+def _run(args: argparse.Namespace) -> int:
+    from governor._errors import ConfigError
+    from governor._replay import load_policy, replay, swaps_from
+
+    records = load_records(args)
+    if records is None:
+        return 2
+    try:
+        policy = load_policy(args.policy)
+        run = replay(records, policy, model_map=swaps_from(args.model))
+    except ConfigError as exc:
+        print(f"governor replay: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        tasks = [
+            {
+                "task_id": t.task_id,
+                "calls": t.calls,
+                "cost_usd": str(t.cost_usd),
+                "stop_reason": t.stop_reason,
+            }
+            for t in run.tasks.values()
+        ]
+        print(json.dumps({**run.as_dict(), "per_task": tasks}))
+        return 0
+    summary = run.as_dict()
+    print(
+        f"{summary['tasks']} tasks replayed under {run.label!r}: "
+        f"${summary['cost_usd']} (${summary['cost_per_task_usd']} per task), "
+        f"{summary['stopped']} stopped by the policy"
+    )
+    for task in run.tasks.values():
+        stop = f"  stopped: {task.stop_reason}" if task.stop_reason else ""
+        print(
+            f"  {task.task_id[:12]:<12}  {task.calls:>4} calls  ${task.cost_usd}{stop}"
+        )
+    return 0

@@ -1,0 +1,115 @@
+"""`governor replay` and `governor compare` on recorded traffic."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from governor import Budget, Policy
+from governor._replay import load_policy, replay
+from governor.cli import main
+from governor.spend import JsonlSpendStore, SpendRecord
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+# gpt-4o: $2.50 / $10 per million; gpt-4o-mini: $0.15 / $0.60.
+CALL_4O = Decimal(1000) * Decimal("2.5e-6") + Decimal(200) * Decimal("10e-6")
+CALL_MINI = Decimal(1000) * Decimal("0.15e-6") + Decimal(200) * Decimal("0.6e-6")
+
+
+def records(tasks: int, calls: int) -> list[SpendRecord]:
+    out = []
+    for t in range(tasks):
+        for c in range(calls):
+            out.append(
+                SpendRecord(
+                    ts=T0 + timedelta(seconds=t * 60 + c),
+                    task_id=f"task-{t}",
+                    call_id=f"call-{t}-{c}",
+                    model="gpt-4o",
+                    input_tokens=1000,
+                    output_tokens=200,
+                    cost_usd=CALL_4O,
+                    team="search",
+                    tags={"quality": "1" if t % 2 else "0"},
+                )
+            )
+    return out
+
+
+def test_replay_prices_recorded_usage_under_the_policy() -> None:
+    """Each task costs its calls' recorded tokens at the rate card's prices."""
+    run = replay(records(3, 2), Policy())
+    assert [t.cost_usd for t in run.tasks.values()] == [CALL_4O * 2] * 3
+    assert run.quality == pytest.approx(1 / 3)
+
+
+def test_replay_stops_tasks_the_new_budget_would_stop() -> None:
+    """A tighter per-task budget stops tasks at the call that would cross it."""
+    policy = Policy(budgets=[Budget(max_usd=CALL_4O * Decimal("1.5"))])
+    run = replay(records(2, 3), policy)
+    assert [(t.calls, t.stop_reason) for t in run.tasks.values()] == [
+        (1, "budget_exceeded"),
+        (1, "budget_exceeded"),
+    ]
+    assert run.cost_usd == CALL_4O * 2
+
+
+def test_model_swap_reprices_the_same_tokens() -> None:
+    """Replaying with gpt-4o swapped for gpt-4o-mini prices the same tokens."""
+    run = replay(records(2, 2), Policy(), model_map={"gpt-4o": "gpt-4o-mini"})
+    assert run.cost_usd == CALL_MINI * 4
+
+
+def test_compare_cli_prints_the_cost_per_task_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`governor compare --model` reports both runs and the change per task."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(4, 2))
+    code = main(
+        ["compare", "--db", str(trace), "--model", "gpt-4o=gpt-4o-mini", "--json"]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Decimal(out["a"]["cost_per_task_usd"]) == CALL_4O * 2
+    assert Decimal(out["b"]["cost_per_task_usd"]) == CALL_MINI * 2
+    expected = float((CALL_MINI - CALL_4O) / CALL_4O * 100)
+    assert out["cost_per_task_change_pct"] == pytest.approx(expected)
+
+
+def test_replay_cli_reads_a_python_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`governor replay --policy file.py` loads POLICY from the file."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(2, 3))
+    policy_file = tmp_path / "tight.py"
+    policy_file.write_text(
+        "from governor import Budget, Policy\n"
+        "POLICY = Policy(name='tight', budgets=[Budget(max_usd='0.005')])\n"
+    )
+    code = main(["replay", "--db", str(trace), "--policy", str(policy_file), "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["label"], out["stopped"]) == ("tight", 2)
+
+
+def test_bad_policy_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A policy path that does not exist says what is accepted."""
+    from governor import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'default' or an existing \.json"):
+        load_policy(str(tmp_path / "missing.json"))
+
+
+def test_missing_store_exits_with_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replaying a store that does not exist exits 2 and says what to do."""
+    code = main(["replay", "--db", str(tmp_path / "nope.sqlite3")])
+    assert code == 2
+    assert "governor demo" in capsys.readouterr().err
