@@ -1,8 +1,8 @@
 """Loop prevention settings: ceilings and repetition rules per task.
 
 The defaults were chosen on 500 real agent runs (see ``docs/loops.md``): at
-these values no more than 2% of successful runs are stopped and at least 99%
-of loops spliced into runs are caught within three repeats.
+these values 1 of 371 successful runs is stopped (on a real loop) and every
+loop spliced into the runs is caught, after a median of three repeats.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Loops(PolicyModel):
         ),
     )
     near_duplicate_similarity: float = Field(
-        default=0.8,
+        default=0.75,
         gt=0,
         le=1,
         description=(
@@ -98,10 +98,13 @@ class Loops(PolicyModel):
         ),
     )
     shingle_tokens: int = Field(
-        default=3,
+        default=1,
         ge=1,
         le=8,
-        description="words per shingle for output similarity (1-8)",
+        description=(
+            "words per shingle for output similarity: 1 compares the sets of "
+            "words, 2-8 compare word n-grams"
+        ),
     )
     mask_volatile: bool = Field(
         default=True,

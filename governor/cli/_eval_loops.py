@@ -1,0 +1,118 @@
+"""``governor eval loops``: replay agent trajectories through the loop guard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register_eval"]
+
+_HEADLINE = (
+    "false_stop_rate",
+    "detection_rate",
+    "median_delay_repeats",
+    "max_delay_repeats",
+    "failed_runs_flagged",
+    "failed_spend_after_flag_usd",
+)
+
+
+def register_eval(sub: Any, name: str, help_text: str) -> None:
+    """Add ``eval loops`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Replay each run's calls through the loop guard at the default "
+            "settings and report false stops on resolved runs, detection of "
+            "spliced loops (--inject) and flags among failed runs."
+        ),
+    )
+    parser.add_argument(
+        "path",
+        metavar="PATH",
+        help="trajectory JSONL (.gz too), or the raw mini-swe-agent data set",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON doc")
+    parser.add_argument(
+        "--inject", action="store_true", help="splice seeded loops into copies"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="injection seed (0)")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also vary one setting at a time"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from governor._errors import ConfigError
+    from governor.loops._eval import evaluate, sweep
+    from governor.loops._trajectory import read_trajectories
+    from governor.policies._loops import Loops
+
+    try:
+        runs = list(read_trajectories(args.path))
+    except (OSError, ConfigError) as exc:
+        print(f"governor eval loops: cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    loops = Loops()
+    report = evaluate(runs, loops, injecting=args.inject, seed=args.seed)
+    doc: dict[str, Any] = {key: report["all"][key] for key in _HEADLINE}
+    doc.update(
+        {
+            "runs": len(runs),
+            "seed": args.seed,
+            "inject": args.inject,
+            "settings": loops.model_dump(mode="json"),
+            "defaults": report,
+        }
+    )
+    if args.sweep:
+        doc["sweep"] = sweep(runs, loops, injecting=args.inject, seed=args.seed)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(_table(doc))
+    return 0
+
+
+def _cells(report: dict[str, Any]) -> list[str]:
+    detection = report["detection_rate"]
+    return [
+        f"{report['false_stops']}/{report['resolved_runs']} "
+        f"({_pct(report['false_stop_rate'])})",
+        "-" if detection is None else f"{_pct(detection)}",
+        _num(report["median_delay_repeats"]),
+        _num(report["max_delay_repeats"]),
+        f"{report['failed_runs_flagged']}/{report['failed_runs']}",
+        f"${float(report['failed_spend_after_flag_usd']):.2f}",
+    ]
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _table(doc: dict[str, Any]) -> str:
+    head = (
+        "| setting | split | false stops | detection | median delay | max delay "
+        "| failed runs flagged | failed spend after flag |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for split in ("all", "train", "test"):
+        cells = _cells(doc["defaults"][split])
+        lines.append("| defaults | " + split + " | " + " | ".join(cells) + " |")
+    for row in doc.get("sweep", []):
+        for split in ("train", "test"):
+            cells = _cells(row[split])
+            label = f"{row['setting']}={row['value']}"
+            lines.append(f"| {label} | {split} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,230 @@
+"""The loop guard: a pure, per-task detector fed one observation at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from governor.loops._errors import LoopDetected
+from governor.loops._normalize import (
+    digest,
+    normalize_args,
+    normalize_result,
+    normalize_text,
+)
+from governor.loops._rules import Channel, Hit, OutputRun, Rule
+from governor.policies._loops import LoopAction, Loops
+
+__all__ = ["LoopGuard", "LoopVerdict", "Rule"]
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["tool", "node", "output", "task"]
+
+_EXCERPT_CHARS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class LoopVerdict:
+    """What the loop guard found, and what the policy says to do about it.
+
+    Attributes:
+        rule: the rule that fired (see :data:`Rule`).
+        action: ``"stop"``, ``"escalate"`` or ``"record"``; after one
+            escalation in a task, later verdicts say ``"stop"``.
+        source: what was being watched: ``"tool"``, ``"node"``,
+            ``"output"`` or ``"task"`` (ceilings).
+        evidence: short descriptions of the repeated items, oldest first.
+        steps: the caller's step numbers of the items in the loop.
+        repeats: how many repeats (laps, for a cycle) were seen.
+        setting: the :class:`governor.Loops` field that governs this rule.
+        limit: that field's value.
+        message: one sentence saying what happened.
+    """
+
+    rule: Rule
+    action: LoopAction
+    source: Source
+    evidence: tuple[str, ...]
+    steps: tuple[int, ...]
+    repeats: int
+    setting: str
+    limit: float
+    message: str
+
+    @property
+    def hint(self) -> str:
+        """A note to add to the prompt of a retry after an escalation."""
+        return (
+            "You appear to be stuck in a loop: "
+            f"{self.message}. Repeating the same step will not change the outcome; "
+            "try a different approach or stop and report what blocks you."
+        )
+
+    def to_error(
+        self,
+        *,
+        task_id: str | None = None,
+        spent_usd: Decimal = Decimal(0),
+        spent_tokens: int = 0,
+    ) -> LoopDetected:
+        """Build the :class:`LoopDetected` error that stops the task."""
+        return LoopDetected(
+            rule=self.rule,
+            detail=self.message,
+            evidence=self.evidence,
+            steps=self.steps,
+            setting=self.setting,
+            limit=self.limit,
+            task_id=task_id,
+            spent_usd=spent_usd,
+            spent_tokens=spent_tokens,
+        )
+
+
+class LoopGuard:
+    """Watches one task and says when it loops; does no I/O and never raises.
+
+    Feed it every model output, tool call (with its result) and node visit,
+    each with the caller's step number, and ask it about ceilings before each
+    model call or step. Each method returns ``None`` or a :class:`LoopVerdict`;
+    acting on the verdict (raising, interrupting, logging) is the caller's job.
+
+    Each observation costs time linear in its own size plus
+    ``Loops.max_cycle_period``; memory is bounded by ``Loops.window_steps``.
+    One guard serves one task and is not thread-safe: callers that feed it
+    from parallel branches must serialize the calls.
+    """
+
+    def __init__(self, loops: Loops) -> None:
+        self._loops = loops
+        self._tools = Channel(loops)
+        self._nodes = Channel(loops)
+        self._outputs = OutputRun(loops)
+        self._exempt = frozenset(loops.exempt_tools)
+        self._escalated = False
+        self._ceilings_hit: set[str] = set()
+        self._verdicts: list[LoopVerdict] = []
+
+    @property
+    def loops(self) -> Loops:
+        """The settings this guard applies."""
+        return self._loops
+
+    @property
+    def verdicts(self) -> tuple[LoopVerdict, ...]:
+        """Every verdict given so far in this task, oldest first."""
+        return tuple(self._verdicts)
+
+    def on_model_output(self, text: str, *, step: int) -> LoopVerdict | None:
+        """Observe the text of one model output.
+
+        Pass the message text only; report the tool calls it asks for through
+        :meth:`on_tool_call` once they return. Outputs with no words (a
+        message carrying only tool calls) are skipped.
+        """
+        hit = self._outputs.observe(text, _excerpt(text), step)
+        return self._verdict(hit, "output")
+
+    def on_tool_call(
+        self,
+        name: str,
+        args: Mapping[str, Any] | str,
+        result: str | None,
+        *,
+        step: int,
+    ) -> LoopVerdict | None:
+        """Observe one tool call with its result, once the result is known.
+
+        A call whose result is ``None`` (unknown) or whose tool is listed in
+        ``Loops.exempt_tools`` is not judged: repeating a call is no loop
+        unless it also gets the same result.
+        """
+        if result is None or name in self._exempt:
+            return None
+        norm_args = normalize_args(args)
+        norm_result = normalize_result(result, mask_volatile=self._loops.mask_volatile)
+        key = digest("tool", name, norm_args, norm_result)
+        label = f"{name}({_excerpt(norm_args)}) -> {_excerpt(norm_result)}"
+        return self._verdict(self._tools.observe(key, label, step), "tool")
+
+    def on_node(
+        self, name: str, state_digest: str | None, *, step: int
+    ) -> LoopVerdict | None:
+        """Observe one node visit with a digest of the state it acts on.
+
+        Without a state digest a visit is not judged: a node reached again
+        is a loop only if it is reached with the same relevant state.
+        """
+        if state_digest is None:
+            return None
+        key = digest("node", name, state_digest)
+        label = f"{name} [state {state_digest[:16]}]"
+        return self._verdict(self._nodes.observe(key, label, step), "node")
+
+    def check_ceilings(
+        self,
+        model_calls: int = 0,
+        steps: int = 0,
+        elapsed_s: float = 0.0,
+    ) -> LoopVerdict | None:
+        """Check the task's totals, counting the call or step about to start.
+
+        Each ceiling gives one verdict per task, the first time it is passed.
+        """
+        loops = self._loops
+        ceilings: tuple[tuple[Rule, float, float | None], ...] = (
+            ("max_model_calls", model_calls, loops.max_model_calls),
+            ("max_steps", steps, loops.max_steps),
+            ("max_wall_s", elapsed_s, loops.max_wall_s),
+        )
+        for rule, value, limit in ceilings:
+            if limit is None or value <= limit or rule in self._ceilings_hit:
+                continue
+            self._ceilings_hit.add(rule)
+            what = rule.removeprefix("max_").replace("_", " ")
+            hit = Hit(
+                rule=rule,
+                setting=rule,
+                limit=limit,
+                repeats=0,
+                labels=(),
+                steps=(),
+                detail=f"{what} reached {value:g}, over the ceiling of {limit:g}",
+            )
+            return self._verdict(hit, "task")
+        return None
+
+    def _verdict(self, hit: Hit | None, source: Source) -> LoopVerdict | None:
+        if hit is None:
+            return None
+        action = self._loops.action
+        if action == "escalate":
+            # One escalation per task: if the loop survives it, stop.
+            action = "stop" if self._escalated else "escalate"
+            self._escalated = True
+        verdict = LoopVerdict(
+            rule=hit.rule,
+            action=action,
+            source=source,
+            evidence=hit.labels,
+            steps=hit.steps,
+            repeats=hit.repeats,
+            setting=hit.setting,
+            limit=hit.limit,
+            message=hit.detail,
+        )
+        self._verdicts.append(verdict)
+        logger.debug("loop verdict %s (%s): %s", hit.rule, action, hit.detail)
+        return verdict
+
+
+def _excerpt(text: str) -> str:
+    # Slice before normalizing: results can be megabytes long.
+    text = normalize_text(text[: 4 * _EXCERPT_CHARS])
+    if len(text) <= _EXCERPT_CHARS:
+        return text
+    return text[: _EXCERPT_CHARS - 3] + "..."

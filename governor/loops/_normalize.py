@@ -1,0 +1,110 @@
+"""Normalization and hashing of what the loop guard observes.
+
+Two observations are "the same" when their normalized forms hash alike, so
+normalization decides what counts as a repeat: whitespace and the key order of
+arguments never matter; with masking on, neither do the hex addresses, UUIDs,
+timestamps and durations that make two identical outcomes print differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "digest",
+    "normalize_args",
+    "normalize_result",
+    "normalize_text",
+    "shingles",
+]
+
+_DIGEST_BYTES = 16
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+# One alternation, so a result is scanned once. Timestamps come before
+# durations, so "12:00:01.5s" is masked as one token.
+_VOLATILE = re.compile(
+    r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{12}\b)"
+    r"|(?P<addr>\b0x[0-9a-fA-F]{4,}\b)"
+    r"|(?P<time>\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?Z?"
+    r"|\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
+    r"|(?P<duration>\b\d+(?:\.\d+)?\s?"
+    r"(?:ms|us|µs|ns|s|sec|secs|seconds?|minutes?)\b)"
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return f"<{match.lastgroup}>"
+
+
+def normalize_text(text: str) -> str:
+    """Collapse every run of whitespace to one space and strip the ends."""
+    return _SPACE.sub(" ", text).strip()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, str):
+        return normalize_text(value)
+    return value
+
+
+def normalize_args(args: Mapping[str, Any] | str) -> str:
+    """Return a canonical string for tool arguments.
+
+    A mapping, or a string holding a JSON object, becomes compact JSON with
+    sorted keys and whitespace-collapsed string values; any other string is
+    whitespace-collapsed.
+    """
+    if isinstance(args, str):
+        stripped = args.strip()
+        if not stripped.startswith("{"):
+            return normalize_text(args)
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            return normalize_text(args)
+        if not isinstance(parsed, dict):
+            return normalize_text(args)
+        args = parsed
+    return json.dumps(
+        _canonical(args), sort_keys=True, separators=(",", ":"), default=str
+    )
+
+
+def normalize_result(result: str, *, mask_volatile: bool) -> str:
+    """Return a tool result with whitespace collapsed and, if asked, masked."""
+    if mask_volatile:
+        result = _VOLATILE.sub(_mask, result)
+    return normalize_text(result)
+
+
+def digest(*parts: str) -> bytes:
+    """Hash normalized parts into a short, collision-resistant key."""
+    h = hashlib.blake2b(digest_size=_DIGEST_BYTES)
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.digest()
+
+
+def shingles(text: str, size: int) -> frozenset[int]:
+    """Return the set of hashed word ``size``-grams of lower-cased ``text``.
+
+    Python's own tuple hash is used because the values never leave the
+    process and it is several times faster than a cryptographic hash.
+    """
+    words = _WORD.findall(text.lower())
+    if len(words) <= size:
+        return frozenset((hash(tuple(words)),)) if words else frozenset()
+    # zip of shifted views builds the n-grams in C, without a Python loop.
+    return frozenset(map(hash, zip(*(words[i:] for i in range(size)), strict=False)))
