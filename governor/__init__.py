@@ -29,6 +29,7 @@ from governor._errors import (
     StoreUnavailable,
 )
 from governor._task import Task, TaskReport, current_task
+from governor.loops import LoopDetected
 from governor.policies import (
     Attribution,
     Budget,
@@ -60,6 +61,7 @@ __all__ = [
     "Governor",
     "GovernorError",
     "GovernorHalt",
+    "LoopDetected",
     "Loops",
     "Policy",
     "PolicyError",

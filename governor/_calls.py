@@ -47,6 +47,8 @@ class CallRequest:
             LiteLLM's ``metadata``; the one-call task is charged to them.
         prompt_tokens: the prompt's token count when the caller knows it
             (replays); it replaces the byte bound.
+        step: the graph step (LangGraph's ``langgraph_step``) making the call.
+        node: the graph node making the call.
     """
 
     model: str
@@ -61,6 +63,8 @@ class CallRequest:
     task: Task | None = None
     attribution: Mapping[str, str] | None = None
     prompt_tokens: int | None = None
+    step: int | None = None
+    node: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,12 +99,14 @@ class CallResult:
 
     With ``usage`` None the call is settled at zero: the provider billed
     nothing that the adapter could see (a refused or failed request).
+    ``output_text`` (the answer's text) feeds the loop guard.
     """
 
     usage: Usage | None = None
     response_model: str | None = None
     finish_reasons: tuple[str, ...] = ()
     error: BaseException | None = None
+    output_text: str | None = None
 
 
 def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> int:

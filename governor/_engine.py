@@ -25,7 +25,8 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._attribution import current_attribution
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
-from governor._errors import BudgetExceeded, GovernorError, PriceUnknown
+from governor._errors import BudgetExceeded, GovernorError
+from governor._loopwatch import loop_watch
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
 from governor._slots import Held, SlotKeeper
@@ -328,9 +329,11 @@ class Governor:
     def _plan(self, request: CallRequest) -> Admission:
         task, owns = self._task_for(request)
         try:
+            step = request.step if request.step is not None else task.calls + 1
+            loop_watch(task, self.telemetry).before_call(request.messages, step)
             rate = self.rate_card.rate(request.model)
-        except PriceUnknown:
-            self._refused(task, "price_unknown", request.model)
+        except GovernorError as exc:
+            self._refused(task, exc.code, request.model)
             if owns:
                 self.close_task(task)
             raise
@@ -463,6 +466,11 @@ class Governor:
     ) -> Decimal:
         admission.settled = True
         task = admission.task
+        request = admission.request
+        step = request.step if request.step is not None else task.calls
+        loop_watch(task, self.telemetry).after_call(
+            result.output_text, step, request.node
+        )
         task.settle(
             nanos=nanos,
             input_tokens=usage.prompt_tokens,

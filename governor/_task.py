@@ -112,6 +112,10 @@ class Task:
         """Settled input plus output tokens so far."""
         return self._input_tokens + self._output_tokens
 
+    def elapsed_s(self) -> float:
+        """Seconds since the task started."""
+        return time.monotonic() - self.started_at
+
     def admit(self) -> int:
         """Count an admitted call; return the task's in-flight count."""
         with self._lock:

@@ -28,6 +28,7 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
         "math-tools",
         "research",
         "research (budget $0.001)",
+        "runaway (loop guard)",
         "triage (cascade)",
     ]
     assert rows["research"]["stop_reason"] == "completed"
@@ -36,6 +37,9 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
     assert small["stop_reason"] == "budget_exceeded"
     assert Decimal(small["cost_usd"]) <= Decimal("0.001")
     assert "was not sent" in small["detail"]
+    runaway = rows["runaway (loop guard)"]
+    assert runaway["stop_reason"] == "loop_detected"
+    assert runaway["calls"] <= 5
 
     spans = read_spans(traces)
     tasks = {

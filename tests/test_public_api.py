@@ -40,6 +40,7 @@ def test_errors_share_one_root_and_stable_codes() -> None:
         governor.BudgetExceeded,
         governor.ConfigError,
         governor.GovernorHalt,
+        governor.LoopDetected,
         governor.PolicyError,
         governor.PriceUnknown,
         governor.StoreUnavailable,

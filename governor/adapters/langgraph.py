@@ -29,6 +29,7 @@ from opentelemetry.trace import Span
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import GovernorError
+from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
@@ -226,12 +227,16 @@ class _HandlerCore:
         parent_run_id: UUID | None,
         metadata: Mapping[str, Any] | None,
         name: str | None,
+        inputs: Any = None,
     ) -> bool:
         """Record the run; open a span if it is a node step. True for a step."""
         span = None
         node = (metadata or {}).get("langgraph_node")
         is_step = node is not None and name == node
         if is_step:
+            step = int((metadata or {}).get("langgraph_step", 0))
+            watch = loop_watch(self.task, self.governor.telemetry)
+            watch.on_step(str(node), state_digest(inputs), step)
             attributes: dict[str, AttrValue] = {
                 attr.NODE_NAME: str(node),
                 attr.NODE_STEP: int((metadata or {}).get("langgraph_step", 0)),
@@ -286,8 +291,10 @@ class _HandlerCore:
         if _governed_by_litellm(serialized):
             return None
         params = dict(kwargs.get("invocation_params") or {})
+        meta = metadata or {}
+        step = meta.get("langgraph_step")
         return CallRequest(
-            model=_model_name(params, metadata or {}),
+            model=_model_name(params, meta),
             messages=messages,
             max_output_tokens=_max_tokens(params, metadata or {}),
             can_set_max_tokens=False,
@@ -295,6 +302,8 @@ class _HandlerCore:
             parent_span=self._span_for(parent_run_id),
             extra_prompt=params.get("tools"),
             task=self.task,
+            step=int(step) if step is not None else None,
+            node=meta.get("langgraph_node"),
         )
 
     def _admitted(self, run_id: UUID, admission: Admission) -> None:
@@ -316,9 +325,12 @@ class _HandlerCore:
         if admission is None:
             return None
         usage, model = _usage_of(response)
+        text = _generated_text(response)
         if usage is None:
-            usage = _estimate(admission, _generated_text(response))
-        return admission, CallResult(usage=usage, response_model=model)
+            usage = _estimate(admission, text)
+        return admission, CallResult(
+            usage=usage, response_model=model, output_text=text
+        )
 
     def _failed(
         self, run_id: UUID, error: BaseException
@@ -391,7 +403,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Open a span when a graph node starts a step; take a branch slot."""
-        if not self._node_started(run_id, parent_run_id, metadata, kwargs.get("name")):
+        name = kwargs.get("name")
+        if not self._node_started(run_id, parent_run_id, metadata, name, inputs):
             return
         slots = self._branch_slots(metadata)
         if slots is None:
@@ -499,7 +512,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Open a span when a graph node starts a step; take a branch slot."""
-        if not self._node_started(run_id, parent_run_id, metadata, kwargs.get("name")):
+        name = kwargs.get("name")
+        if not self._node_started(run_id, parent_run_id, metadata, name, inputs):
             return
         slots = self._branch_slots(metadata)
         if slots is None:
@@ -694,6 +708,9 @@ def _as_dict(message: BaseMessage) -> dict[str, Any]:
     tool_calls = getattr(message, "tool_calls", None)
     if tool_calls:
         entry["tool_calls"] = tool_calls
+    tool_call_id = getattr(message, "tool_call_id", None)
+    if tool_call_id:
+        entry["tool_call_id"] = tool_call_id
     return entry
 
 

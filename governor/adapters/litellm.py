@@ -316,6 +316,10 @@ def _parent_span() -> Any:
 
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     """Send the ceiling the governor reserved for, and ask streams for usage."""
+    watch = admission.task.extras.get("loop_watch")
+    hint = watch.take_hint() if watch is not None else None
+    if hint:
+        kwargs["messages"] = [*kwargs["messages"], {"role": "system", "content": hint}]
     if admission.request.max_output_tokens is None:
         kwargs["max_tokens"] = admission.max_output_tokens
     if kwargs.get("stream"):
@@ -336,7 +340,15 @@ def _result(response: Any) -> CallResult:
         usage=usage,
         response_model=getattr(response, "model", None),
         finish_reasons=reasons,
+        output_text=_first_text(response),
     )
+
+
+def _first_text(response: Any) -> str | None:
+    choices = getattr(response, "choices", None) or ()
+    message = getattr(choices[0], "message", None) if choices else None
+    content = getattr(message, "content", None)
+    return content if isinstance(content, str) else None
 
 
 # -- cascades ------------------------------------------------------------

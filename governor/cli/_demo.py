@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, examples: Path) -> int:
-    from governor import Governor
+    from governor import Governor, govern
     from governor.spend import default_spend_target, open_store
     from governor.stores import MemoryLedger
     from governor.telemetry import configure_tracing
@@ -99,6 +99,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     research = _load(examples / "research.py", "governor_demo_research")
     math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
     triage = _load(examples / "triage.py", "governor_demo_triage")
+    runaway = _load(examples / "runaway.py", "governor_demo_runaway")
     live = os.environ.get(ENV_PROVIDER, "offline") == "live"
     if not live:
         install_offline_provider(
@@ -106,6 +107,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
                 research.offline_responder,
                 math_tools.offline_responder,
                 triage.offline_responder,
+                runaway.offline_responder,
             ),
             speed=args.speed,
         )
@@ -127,6 +129,13 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
         *_run_research(args, research, governor(research.POLICY), "research"),
         *_run_math(args, math_tools, governor(math_tools.POLICY)),
         *_run_triage(args, triage, governor(triage.POLICY)),
+        _run_task(
+            args,
+            govern(runaway.build_graph(), governor(runaway.POLICY)),
+            "runaway (loop guard)",
+            "rerun the same failing tests forever",
+            runaway.task_input(),
+        ),
         *_run_research(
             args,
             research,

@@ -88,6 +88,15 @@ class Loops(PolicyModel):
             "near-duplicate of the one before before the guard acts" + _OFF
         ),
     )
+    min_output_words: int = Field(
+        default=8,
+        ge=0,
+        description=(
+            "a whole number: outputs shorter than this many words are not "
+            "compared, since short answers ('yes', 'B', a label) repeat "
+            "legitimately"
+        ),
+    )
     near_duplicate_similarity: float = Field(
         default=0.75,
         gt=0,

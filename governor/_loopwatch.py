@@ -1,0 +1,188 @@
+"""Feeds a task's loop guard from the call path and acts on its verdicts.
+
+The guard itself (:mod:`governor.loops`) only judges. Here its observations
+are gathered and its verdicts applied:
+
+* ``stop``: the task is stopped; the next model call (or graph step) raises
+  :class:`governor.loops.LoopDetected`, and so does every one after it. The
+  output that revealed the loop has been paid for and is returned.
+* ``escalate``: the first time, a hint is added to the next LiteLLM call's
+  messages (a LangChain model's request cannot be changed from a callback, so
+  there it is recorded only); after that the guard answers ``stop``.
+* ``record``: a span event and a warning, nothing else.
+
+Parallel calls of one graph step are one observation (the first), so Send
+branches that answer alike are not mistaken for a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from governor.loops import LoopDetected, LoopGuard, LoopVerdict
+
+if TYPE_CHECKING:
+    from governor._task import Task
+    from governor.telemetry import Telemetry
+
+__all__ = ["LoopWatch", "loop_watch", "state_digest"]
+
+logger = logging.getLogger(__name__)
+
+EVENT_LOOP = "governor.loop_detected"
+
+
+class LoopWatch:
+    """One task's loop guard, serialized, with the verdicts acted on."""
+
+    def __init__(self, task: Task, telemetry: Telemetry) -> None:
+        self.task = task
+        self.telemetry = telemetry
+        self.guard = LoopGuard(task.policy.loops)
+        self.stopped: LoopDetected | None = None
+        self.hint: str | None = None
+        self._lock = threading.Lock()
+        self._steps = 0
+        self._seen: set[tuple[int, str]] = set()
+        self._seen_step_nodes: set[tuple[int, str]] = set()
+
+    def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> None:
+        """Judge the tool results the prompt carries and the ceilings; maybe raise."""
+        self.raise_if_stopped()
+        with self._lock:
+            for name, args, result in self._new_tool_results(messages):
+                self._act(self.guard.on_tool_call(name, args, result, step=step))
+            self._act(
+                self.guard.check_ceilings(
+                    model_calls=self.task.calls + 1,
+                    steps=self._steps,
+                    elapsed_s=self.task.elapsed_s(),
+                )
+            )
+        self.raise_if_stopped()
+
+    def after_call(self, text: str | None, step: int, node: str | None) -> None:
+        """Judge one model output (the first of its step when in a graph)."""
+        if not text or len(text.split()) < self.task.policy.loops.min_output_words:
+            return
+        with self._lock:
+            if node is not None:
+                if (step, node) in self._seen_step_nodes:
+                    return
+                self._seen_step_nodes.add((step, node))
+            self._act(self.guard.on_model_output(text, step=step))
+
+    def on_step(self, node: str, digest: str | None, step: int) -> None:
+        """Judge a graph step: the node with its relevant state, and max_steps."""
+        self.raise_if_stopped()
+        with self._lock:
+            self._steps += 1
+            self._act(self.guard.on_node(node, digest, step=step))
+            self._act(
+                self.guard.check_ceilings(
+                    model_calls=self.task.calls,
+                    steps=self._steps,
+                    elapsed_s=self.task.elapsed_s(),
+                )
+            )
+        self.raise_if_stopped()
+
+    def take_hint(self) -> str | None:
+        """The escalation hint for the next call, once."""
+        with self._lock:
+            hint, self.hint = self.hint, None
+            return hint
+
+    def raise_if_stopped(self) -> None:
+        """Raise the task's LoopDetected again if the guard stopped it."""
+        if self.stopped is not None:
+            raise self.stopped
+
+    def _act(self, verdict: LoopVerdict | None) -> None:
+        if verdict is None:
+            return
+        self.telemetry.event(
+            self.task.span,
+            EVENT_LOOP,
+            {
+                "rule": verdict.rule,
+                "action": verdict.action,
+                "evidence": "; ".join(verdict.evidence),
+                "steps": ",".join(str(step) for step in verdict.steps),
+            },
+        )
+        logger.warning(
+            "task %s: %s (%s)", self.task.id, verdict.message, verdict.action
+        )
+        if verdict.action == "stop" and self.stopped is None:
+            self.task.stop_reason = self.task.stop_reason or LoopDetected.code
+            self.stopped = verdict.to_error(
+                task_id=self.task.id,
+                spent_usd=self.task.cost_usd,
+                spent_tokens=self.task.tokens,
+            )
+        elif verdict.action == "escalate":
+            self.hint = verdict.hint
+
+    def _new_tool_results(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Any, str]]:
+        calls: dict[str, tuple[str, Any]] = {}
+        found = []
+        for position, message in enumerate(messages):
+            for call in message.get("tool_calls") or ():
+                ident, name, args = _tool_call(call)
+                if ident:
+                    calls[ident] = (name, args)
+            ident = message.get("tool_call_id")
+            if message.get("role") != "tool" or not ident:
+                continue
+            # Providers and fakes may reuse call ids, so a result is known by
+            # its place in the conversation as well as by its id.
+            seen_key = (position, str(ident))
+            if seen_key in self._seen:
+                continue
+            self._seen.add(seen_key)
+            if ident in calls:
+                name, args = calls[ident]
+                found.append((name, args, _text(message.get("content"))))
+        return found
+
+
+def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:
+    """The task's watch, made on first use."""
+    watch = task.extras.get("loop_watch")
+    if watch is None:
+        watch = task.extras.setdefault("loop_watch", LoopWatch(task, telemetry))
+    return watch  # type: ignore[no-any-return]
+
+
+def state_digest(inputs: Any) -> str | None:
+    """A digest of a node's input state, leaving out the growing message list."""
+    if not isinstance(inputs, Mapping):
+        return None
+    relevant = {k: v for k, v in inputs.items() if k != "messages"}
+    if not relevant:
+        return None
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _tool_call(call: Any) -> tuple[str | None, str, Any]:
+    if not isinstance(call, Mapping):
+        return None, "", None
+    function = call.get("function")
+    if isinstance(function, Mapping):  # OpenAI shape
+        return call.get("id"), str(function.get("name", "")), function.get("arguments")
+    return call.get("id"), str(call.get("name", "")), call.get("args")  # LangChain
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return json.dumps(content, default=str)
