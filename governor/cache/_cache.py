@@ -1,0 +1,390 @@
+"""The response cache: exact layer, then semantic layer behind the safety gate.
+
+The cache fails open: when its store or embedder fails, the lookup is a miss
+with reason ``store_error`` or ``embed_error``, a warning is logged, and the
+model call goes ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from governor._errors import ConfigError
+from governor._money import usd_to_nanos
+from governor.cache._embed import Embedder, PricedEmbedder, Vectors, make_embedder
+from governor.cache._gate import gate_refusal
+from governor.cache._request import (
+    CacheKeys,
+    KeyOptions,
+    build_keys,
+    normalize_query,
+)
+from governor.cache._store import CacheStore, MemoryCacheStore
+from governor.cache._types import CacheEntry, CacheHit, CacheMiss, message_text
+from governor.policies import Cache
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["ResponseCache", "Stored", "Verifier"]
+
+logger = logging.getLogger(__name__)
+
+# Nearest entries fetched per semantic lookup: the best, and rivals to it.
+_CANDIDATES = 4
+
+Verifier = Callable[[str, str, str], bool]
+"""``(question, cached_question, cached_answer) -> True`` to allow a semantic hit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What :meth:`ResponseCache.store` did.
+
+    Attributes:
+        stored: True when the answer was stored.
+        reason: why it was not, or None.
+        embedding_cost_usd: what embedding the question cost here (only when
+            the lookup had not embedded it already); charge it.
+    """
+
+    stored: bool
+    reason: str | None = None
+    embedding_cost_usd: Decimal = Decimal(0)
+
+
+class ResponseCache:
+    """Answers requests from earlier answers, per a :class:`~governor.Cache` policy.
+
+    Call :meth:`lookup` before a model call. On a :class:`CacheHit` serve its
+    message at zero cost; on a :class:`CacheMiss` make the call, then pass the
+    miss and the answer to :meth:`store`. Thread-safe; the ``a``-prefixed
+    methods run the same work in a worker thread.
+    """
+
+    def __init__(
+        self,
+        policy: Cache,
+        *,
+        store: CacheStore | None = None,
+        embedder: Embedder | None = None,
+        verifier: Verifier | None = None,
+        redis_client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Build a cache.
+
+        Args:
+            policy: the cache settings.
+            store: where entries live; default from ``policy.store``.
+            embedder: overrides ``policy.embedder``; built lazily otherwise,
+                so a cache whose semantic layer is off never loads a model.
+            verifier: confirms semantic hits; required when ``policy.verifier``
+                names a model (the governor builds it on a model call).
+            redis_client: the client for ``store="redis"`` (bytes responses).
+            clock: seconds since the epoch, injectable for tests.
+
+        Raises:
+            ConfigError: ``store="redis"`` without a client or store, or a
+                verifier model named without a verifier callable.
+        """
+        self.policy = policy
+        self._store = store or _default_store(policy, redis_client)
+        self._embedder = embedder
+        self._verifier = _resolve_verifier(policy, verifier)
+        self._clock = clock
+        self._options = KeyOptions(
+            partition_by=policy.partition_by,
+            scope_by_model=policy.scope_by_model,
+            scope_by_system_prompt=policy.scope_by_system_prompt,
+            scope_by_tools=policy.scope_by_tools,
+            scope_by_context=policy.scope_by_context,
+            max_temperature=policy.max_temperature,
+        )
+
+    @property
+    def store_backend(self) -> CacheStore:
+        """The store entries live in."""
+        return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder of the semantic layer (loaded on first use)."""
+        if self._embedder is None:
+            self._embedder = make_embedder(self.policy.embedder)
+        return self._embedder
+
+    @property
+    def threshold(self) -> float:
+        """The similarity a semantic hit needs."""
+        configured = self.policy.similarity_threshold
+        return configured if configured is not None else self.embedder.default_threshold
+
+    def lookup(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any] | None = None,
+        partition: Mapping[str, str] | None = None,
+    ) -> CacheHit | CacheMiss:
+        """Find a cached answer for a request.
+
+        Args:
+            model: the model tier the request would go to.
+            messages: the chat messages.
+            params: every other request parameter (temperature, tools,
+                response_format, ``cache={"no-cache": True}`` ...).
+            partition: the task's attribution values, e.g.
+                ``{"org": "acme", "team": "search"}``.
+
+        Returns:
+            A :class:`CacheHit` to serve, or a :class:`CacheMiss` to hand back
+            to :meth:`store` after the model call.
+        """
+        keys = self.keys(
+            model=model, messages=messages, params=params, partition=partition
+        )
+        if keys.uncacheable is not None:
+            return CacheMiss(keys.uncacheable, keys, storable=False)
+        if not keys.read:
+            return CacheMiss("opt_out", keys, storable=keys.write)
+        try:
+            return self._lookup(keys)
+        except Exception:  # the cache fails open (DESIGN: cache never blocks a call)
+            logger.warning("cache lookup failed; calling the model", exc_info=True)
+            return CacheMiss("store_error", keys)
+
+    def keys(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any] | None = None,
+        partition: Mapping[str, str] | None = None,
+    ) -> CacheKeys:
+        """Return a request's keys and cacheability under this cache's policy."""
+        return build_keys(
+            model=model,
+            messages=messages,
+            params=params or {},
+            partition=partition or {},
+            options=self._options,
+        )
+
+    def store(
+        self,
+        miss: CacheMiss,
+        *,
+        message: Mapping[str, Any],
+        model: str,
+        cost_usd: Decimal,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> Stored:
+        """Store the answer a model gave to a request that missed.
+
+        Args:
+            miss: the :class:`CacheMiss` that :meth:`lookup` returned.
+            message: the assistant message, JSON-able, e.g.
+                ``{"role": "assistant", "content": "..."}``.
+            model: the model that answered.
+            cost_usd: what the answer cost; reported as saved on later hits.
+            input_tokens: prompt tokens of the call.
+            output_tokens: completion tokens of the call.
+        """
+        keys = miss.keys
+        if not miss.storable or not keys.write:
+            return Stored(False, "not_storable")
+        if len(message_text(dict(message))) > self.policy.max_answer_chars:
+            return Stored(False, "too_long")
+        try:
+            return self._store_entry(
+                miss, dict(message), model, cost_usd, input_tokens, output_tokens
+            )
+        except Exception:  # fail open: a lost entry only costs a later call
+            logger.warning(
+                "cache store failed; the answer is not cached", exc_info=True
+            )
+            return Stored(False, "store_error")
+
+    async def alookup(self, **request: Any) -> CacheHit | CacheMiss:
+        """:meth:`lookup` in a worker thread (embedding and I/O block)."""
+        return await asyncio.to_thread(lambda: self.lookup(**request))
+
+    async def astore(self, miss: CacheMiss, **answer: Any) -> Stored:
+        """:meth:`store` in a worker thread."""
+        return await asyncio.to_thread(lambda: self.store(miss, **answer))
+
+    def clear(self) -> None:
+        """Drop every entry of this cache's store."""
+        self._store.clear()
+
+    def _lookup(self, keys: CacheKeys) -> CacheHit | CacheMiss:
+        now = self._clock()
+        if self.policy.exact:
+            entry = self._store.get(keys.exact, now)
+            if entry is not None:
+                self._store.touch(entry.key, now)
+                return CacheHit.from_entry(
+                    entry, layer="exact", similarity=1.0, now=now
+                )
+        if not self.policy.semantic or keys.query is None:
+            return CacheMiss(keys.semantic_skip or "not_found", keys)
+        try:
+            vector, cost = self._embed(keys.query)
+        except Exception:
+            logger.warning("cache embedding failed; calling the model", exc_info=True)
+            return CacheMiss("embed_error", keys)
+        return self._semantic(keys, vector, cost, now)
+
+    def _semantic(
+        self, keys: CacheKeys, vector: Vectors, cost: Decimal, now: float
+    ) -> CacheHit | CacheMiss:
+        assert keys.query is not None
+        threshold, margin = self.threshold, self.policy.ambiguity_margin or 0.0
+        matches, best = self._store.search(
+            self._index(keys),
+            vector,
+            min_score=threshold - margin,
+            limit=_CANDIDATES,
+            now=now,
+        )
+        miss = CacheMiss(
+            "not_found", keys, best, embedding_cost_usd=cost, vector=vector
+        )
+        if not matches or matches[0][1] < threshold:
+            return miss
+        entry, score = matches[0]
+        if self.policy.ambiguity_margin is not None and _rivalled(matches, margin):
+            return replace(miss, reason="ambiguous")
+        refusal = self._refusal(keys.query, entry)
+        if refusal is not None:
+            logger.debug("semantic match %.3f refused: %s", score, refusal)
+            return replace(miss, reason=refusal)
+        self._store.touch(entry.key, now)
+        return CacheHit.from_entry(
+            entry, layer="semantic", similarity=score, now=now, embedding_cost_usd=cost
+        )
+
+    def _refusal(self, query: str, entry: CacheEntry) -> str | None:
+        if entry.query is None:
+            return "gate:no_question"
+        if self.policy.safety_gate:
+            check = gate_refusal(entry.query, query)
+            if check is not None:
+                return f"gate:{check}"
+        if self._verifier is not None:
+            try:
+                allowed = self._verifier(
+                    query, entry.query, message_text(entry.message)
+                )
+            except Exception:  # a failing verifier refuses: never serve unverified
+                logger.warning("cache verifier failed; refusing the hit", exc_info=True)
+                return "verifier"
+            if not allowed:
+                return "verifier"
+        return None
+
+    def _store_entry(
+        self,
+        miss: CacheMiss,
+        message: dict[str, Any],
+        model: str,
+        cost_usd: Decimal,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> Stored:
+        keys = miss.keys
+        now = self._clock()
+        vector, cost = miss.vector, Decimal(0)
+        indexed = self.policy.semantic and keys.query is not None
+        if indexed and vector is None and keys.query is not None:
+            vector, cost = self._embed(keys.query)
+        ttl = self.policy.ttl_s
+        entry = CacheEntry(
+            key=keys.exact,
+            index=self._index(keys) if indexed else None,
+            query=keys.query,
+            message=message,
+            model=model,
+            cost_nanos=usd_to_nanos(cost_usd),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            created_at=now,
+            expires_at=now + ttl if ttl is not None else None,
+        )
+        self._store.put(entry, vector if indexed else None, now)
+        return Stored(True, None, cost)
+
+    def _embed(self, text: str) -> tuple[Vectors, Decimal]:
+        embedder = self.embedder
+        if isinstance(embedder, PricedEmbedder):
+            vectors, cost = embedder.embed_priced([text])
+        else:
+            vectors, cost = embedder.embed([text]), Decimal(0)
+        return np.ascontiguousarray(vectors[0], dtype=np.float32), cost
+
+    def _index(self, keys: CacheKeys) -> str:
+        # Vectors of two embedders are never compared: the name is in the index.
+        raw = f"{keys.scope}|{self.embedder.name}".encode()
+        return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def _default_store(policy: Cache, client: redis.Redis | None) -> CacheStore:
+    if policy.store == "memory":
+        return MemoryCacheStore(
+            max_entries=policy.max_entries, eviction=policy.eviction
+        )
+    if client is None:
+        raise ConfigError(
+            "Cache(store='redis') needs a Redis client: pass redis_client= or a "
+            "RedisCacheStore as store="
+        )
+    from governor.cache._redis_store import RedisCacheStore
+
+    return RedisCacheStore(
+        client,
+        prefix=policy.key_prefix,
+        max_entries=policy.max_entries,
+        eviction=policy.eviction,
+    )
+
+
+def _resolve_verifier(policy: Cache, verifier: Verifier | None) -> Verifier | None:
+    if verifier is not None:
+        return verifier
+    if callable(policy.verifier):
+        found: Verifier = policy.verifier
+        return found
+    if isinstance(policy.verifier, str):
+        raise ConfigError(
+            f"Cache(verifier={policy.verifier!r}) names a model: pass the "
+            "verifier callable that asks it to ResponseCache(verifier=...)"
+        )
+    return None
+
+
+def _rivalled(matches: list[tuple[CacheEntry, float]], margin: float) -> bool:
+    """True when another question scores within ``margin`` of the best match.
+
+    Two different cached questions that both sit close to the new one mean it
+    lies between them; serving either answer is a guess. The same question
+    stored twice (e.g. under two temperatures) is no rival.
+    """
+    best_entry, best_score = matches[0]
+    same = normalize_query(best_entry.query or "").casefold()
+    return any(
+        score >= best_score - margin
+        and normalize_query(entry.query or "").casefold() != same
+        for entry, score in matches[1:]
+    )

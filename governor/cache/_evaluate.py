@@ -1,0 +1,333 @@
+"""Measure hits and wrong hits of the cache on labelled question pairs.
+
+Both protocols drive the real :class:`ResponseCache` (keys, scoping, store,
+safety gate); only the embeddings are computed up front, in batches.
+
+* pairwise: each pair alone: store text_a's answer, ask text_b.
+* retrieval (GPTCache's protocol): store every text_a in one cache, then ask
+  every text_b. A hit on the pair's own text_a, or on another entry holding
+  the same question (after folding case, spacing and punctuation) in the
+  same conversation, is right when the label is 1; every other hit is wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from governor._errors import ConfigError
+from governor.cache._cache import ResponseCache
+from governor.cache._embed import Embedder, Vectors
+from governor.cache._request import normalize_query
+from governor.cache._store import MemoryCacheStore
+from governor.cache._types import CacheMiss
+from governor.policies import Cache
+
+__all__ = [
+    "EvalPair",
+    "Mode",
+    "PrecomputedEmbedder",
+    "evaluate",
+    "expand_conversations",
+    "load_pairs",
+    "precompute",
+    "questions",
+    "replace_policy",
+    "sweep",
+    "without_gate",
+]
+
+Mode = Literal["pairwise", "retrieval"]
+Message = dict[str, Any]
+_MODEL = "eval-model"
+_FOLD = re.compile(r"[\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class EvalPair:
+    """Two requests (chat messages) and whether one's answer serves the other."""
+
+    a: tuple[Message, ...]
+    b: tuple[Message, ...]
+    label: int
+
+
+def load_pairs(path: Path) -> tuple[list[EvalPair], Mode]:
+    """Read labelled pairs and the protocol that suits them by default.
+
+    Accepts JSONL (optionally gzipped) of ``{"text_a", "text_b", "label"}``
+    where a text is a string or a list of chat messages (the last is the
+    question, the ones before it its conversation); a JSON list of
+    ``{"origin", "similar"}`` paraphrases (label 1, retrieval by default);
+    and a JSON list of MeanCache conversations (``u0``, ``u0_duplicate``,
+    ``system_q0``, ``u1``, ``u1_duplicate``), expanded by
+    :func:`expand_conversations`.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        raw = handle.read()
+    stripped = raw.lstrip()
+    if stripped.startswith("["):
+        rows = json.loads(stripped)
+        if rows and "origin" in rows[0]:
+            return [_pair(r["origin"], r["similar"], 1) for r in rows], "retrieval"
+        if rows and "u0" in rows[0]:
+            return expand_conversations(rows), "pairwise"
+        raise ConfigError(f"{path}: a JSON list of unknown rows")
+    pairs = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            try:
+                pairs.append(_pair(row["text_a"], row["text_b"], int(row["label"])))
+            except KeyError as exc:
+                raise ConfigError(f"{path}:{number}: missing {exc}") from exc
+    return pairs, "pairwise"
+
+
+def expand_conversations(rows: Sequence[Mapping[str, str]]) -> list[EvalPair]:
+    """Turn MeanCache two-turn conversations into labelled pairs.
+
+    For conversation ``i`` (and ``j = i + 1``, wrapping): ``u0`` against its
+    paraphrase (label 1); the follow-up against its paraphrase after the same
+    first turn (label 1); and the follow-up, then its paraphrase, asked after
+    conversation ``j``'s first turn (label 0: the answer depends on it).
+    Conversations repeated word for word are counted once.
+    """
+    # The published file repeats some conversations word for word; a repeat
+    # would turn a "different conversation" negative into the same request.
+    rows = list({json.dumps(row, sort_keys=True): row for row in rows}.values())
+    pairs: list[EvalPair] = []
+    for i, row in enumerate(rows):
+        other = rows[(i + 1) % len(rows)]
+        context = _turn(row)
+        elsewhere = _turn(other)
+        pairs.append(_pair(row["u0"], row["u0_duplicate"], 1))
+        follow = (*context, _user(row["u1"]))
+        pairs.append(EvalPair(follow, (*context, _user(row["u1_duplicate"])), 1))
+        pairs.append(EvalPair(follow, (*elsewhere, _user(row["u1"])), 0))
+        pairs.append(EvalPair(follow, (*elsewhere, _user(row["u1_duplicate"])), 0))
+    return pairs
+
+
+def _turn(row: Mapping[str, str]) -> tuple[Message, Message]:
+    return _user(row["u0"]), {"role": "assistant", "content": row["system_q0"]}
+
+
+def _user(text: str) -> Message:
+    return {"role": "user", "content": text}
+
+
+def _pair(a: Any, b: Any, label: int) -> EvalPair:
+    return EvalPair(_messages(a), _messages(b), label)
+
+
+def _messages(text: Any) -> tuple[Message, ...]:
+    if isinstance(text, str):
+        return (_user(text),)
+    if isinstance(text, list) and text:
+        return tuple(dict(m) for m in text)
+    raise ConfigError(f"a text must be a string or a list of messages, got {text!r}")
+
+
+def questions(pairs: Iterable[EvalPair]) -> list[str]:
+    """Return the distinct normalized questions the cache would embed."""
+    seen: dict[str, None] = {}
+    for pair in pairs:
+        for messages in (pair.a, pair.b):
+            content = messages[-1].get("content")
+            if isinstance(content, str) and normalize_query(content):
+                seen.setdefault(normalize_query(content), None)
+    return list(seen)
+
+
+class PrecomputedEmbedder:
+    """Serves vectors computed up front; unknown texts are an error."""
+
+    def __init__(self, name: str, threshold: float, table: Mapping[str, Vectors]):
+        """Look texts up in ``table`` under another embedder's name."""
+        self.name = name
+        self.default_threshold = threshold
+        self._table = table
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Return the stored vectors of ``texts``."""
+        return np.stack([self._table[t] for t in texts]).astype(np.float32)
+
+
+def precompute(
+    embedder: Embedder,
+    texts: Sequence[str],
+    *,
+    cache_file: Path | None = None,
+    batch: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrecomputedEmbedder:
+    """Embed ``texts`` in batches, reusing and extending ``cache_file`` if given."""
+    table: dict[str, Vectors] = {}
+    if cache_file is not None and cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as data:
+            if str(data["name"]) == embedder.name:
+                table = dict(zip(data["texts"].tolist(), data["vectors"], strict=True))
+    missing = [t for t in texts if t not in table]
+    for start in range(0, len(missing), batch):
+        chunk = missing[start : start + batch]
+        table.update(zip(chunk, embedder.embed(chunk), strict=True))
+        if progress is not None:
+            progress(start + len(chunk), len(missing))
+    if cache_file is not None and missing:
+        names = list(table)
+        np.savez(
+            cache_file,
+            name=np.array(embedder.name),
+            texts=np.array(names, dtype=str),
+            vectors=np.stack([table[n] for n in names]).astype(np.float32),
+        )
+    return PrecomputedEmbedder(embedder.name, embedder.default_threshold, table)
+
+
+def evaluate(
+    pairs: Sequence[EvalPair], *, mode: Mode, policy: Cache, embedder: Embedder
+) -> dict[str, Any]:
+    """Run one protocol and return the figures ``governor eval cache`` prints."""
+    run = _pairwise if mode == "pairwise" else _retrieval
+    outcome = run(pairs, policy, embedder)
+    cache = ResponseCache(policy, embedder=embedder)
+    return outcome.report(len(pairs), mode, cache.threshold, pairs)
+
+
+def sweep(
+    pairs: Sequence[EvalPair],
+    *,
+    mode: Mode,
+    policy: Cache,
+    embedder: Embedder,
+    thresholds: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Evaluate at each threshold, with the policy's gate setting."""
+    rows = []
+    for threshold in thresholds:
+        at = replace_policy(policy, similarity_threshold=threshold)
+        rows.append(evaluate(pairs, mode=mode, policy=at, embedder=embedder))
+    return rows
+
+
+@dataclass(slots=True)
+class _Outcome:
+    hits: int = 0
+    wrong: int = 0
+    right: int = 0
+    layers: Counter[str] | None = None
+    misses: Counter[str] | None = None
+
+    def count(self, layer: str | None, right: bool, reason: str | None) -> None:
+        assert self.layers is not None
+        assert self.misses is not None
+        if layer is None:
+            self.misses[reason or "not_found"] += 1
+            return
+        self.hits += 1
+        self.layers[layer] += 1
+        if right:
+            self.right += 1
+        else:
+            self.wrong += 1
+
+    def report(
+        self, n: int, mode: Mode, threshold: float, pairs: Sequence[EvalPair]
+    ) -> dict[str, Any]:
+        positives = sum(1 for p in pairs if p.label == 1)
+        false_rate = self.wrong / self.hits if self.hits else 0.0
+        return {
+            "pairs": n,
+            "mode": mode,
+            "threshold": round(threshold, 4),
+            "hit_rate": _round(self.hits / n if n else 0.0),
+            "false_hit_rate": _round(false_rate),
+            "precision": _round(1.0 - false_rate if self.hits else 1.0),
+            "recall": _round(self.right / positives if positives else 0.0),
+            "hits": self.hits,
+            "wrong_hits": self.wrong,
+            "positives": positives,
+            "layers": dict(self.layers or {}),
+            "misses": dict(sorted((self.misses or {}).items())),
+        }
+
+
+def _round(value: float) -> float:
+    return round(value, 4)
+
+
+def _new_outcome() -> _Outcome:
+    return _Outcome(layers=Counter(), misses=Counter())
+
+
+def _answer(index: int) -> Message:
+    return {"role": "assistant", "content": f"answer {index}"}
+
+
+def _pairwise(pairs: Sequence[EvalPair], policy: Cache, embedder: Embedder) -> _Outcome:
+    outcome = _new_outcome()
+    store = MemoryCacheStore(max_entries=16)
+    cache = ResponseCache(policy, embedder=embedder, store=store)
+    for index, pair in enumerate(pairs):
+        store.clear()
+        _seed(cache, pair.a, index)
+        result = cache.lookup(model=_MODEL, messages=pair.b)
+        if result.hit:
+            outcome.count(result.layer, pair.label == 1, None)
+        else:
+            outcome.count(None, False, result.reason)
+    return outcome
+
+
+def _retrieval(
+    pairs: Sequence[EvalPair], policy: Cache, embedder: Embedder
+) -> _Outcome:
+    outcome = _new_outcome()
+    store = MemoryCacheStore(max_entries=2 * len(pairs) + 16)
+    cache = ResponseCache(policy, embedder=embedder, store=store)
+    for index, pair in enumerate(pairs):
+        _seed(cache, pair.a, index)
+    for pair in pairs:
+        result = cache.lookup(model=_MODEL, messages=pair.b)
+        if not result.hit:
+            outcome.count(None, False, result.reason)
+            continue
+        own = cache.keys(model=_MODEL, messages=pair.a)
+        asked = cache.keys(model=_MODEL, messages=pair.b)
+        same_question = result.key == own.exact or (
+            own.scope == asked.scope and _fold(result.cached_query) == _fold(own.query)
+        )
+        outcome.count(result.layer, same_question and pair.label == 1, None)
+    return outcome
+
+
+def _seed(cache: ResponseCache, messages: Sequence[Message], index: int) -> None:
+    keys = cache.keys(model=_MODEL, messages=messages)
+    if keys.uncacheable is None:
+        miss = CacheMiss("seed", keys)
+        cache.store(miss, message=_answer(index), model=_MODEL, cost_usd=Decimal(0))
+
+
+def _fold(text: str | None) -> str:
+    return " ".join(_FOLD.sub(" ", (text or "").lower()).split())
+
+
+def without_gate(policy: Cache) -> Cache:
+    """Return ``policy`` with the safety gate off (for comparisons)."""
+    return replace_policy(policy, safety_gate=False)
+
+
+def replace_policy(policy: Cache, **changes: Any) -> Cache:
+    """Return a copy of ``policy`` with ``changes``, validated."""
+    return Cache(**{**policy.model_dump(), **changes})

@@ -1,0 +1,342 @@
+"""The safety gate: refuse a semantic match whose key content differs.
+
+Sentence embeddings place a question and its negation, or the same question
+about another city or number, almost on top of each other (issue #6, and the
+measurements in ``docs/cache.md``). The gate compares what an embedding blurs:
+negation, opposite words, the kind of question (why, where, when, who),
+numbers and quantities, names and the roles they play, quoted text and
+symbols such as ``==`` or ``c++``. Each
+check errs on the side of a miss: a refused paraphrase costs one model call,
+a wrong hit serves a wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["GATE_CHECKS", "gate_refusal"]
+
+GATE_CHECKS = (
+    "negation",
+    "polarity",
+    "question",
+    "numbers",
+    "quantities",
+    "entities",
+    "quotes",
+    "symbols",
+)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _pairs(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in text.split():
+        key, value = pair.split(":")
+        found[key] = value
+    return found
+
+
+_TOKEN = re.compile(r"[$€£¥]?\w+(?:[’'.,\-]\w+)*%?")
+_NUMBER = re.compile(r"^[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
+_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)')
+_SYMBOL_RUN = re.compile(r"[^\w\s]+")
+# Sentence punctuation, and lone brackets or dashes around asides, say nothing
+# about what is asked; "==" versus "=", or "c++" versus "c", do.
+_PUNCTUATION = ".,?!;:'\"’“”‘…"
+_LONE_MARKS = _words("( ) - / – —")
+_DOTTED = re.compile(r"[._\-]")
+_SENTENCE_END = frozenset(".?!:;\n")
+_SUFFIXES = ("ing", "ed", "ly", "es", "s", "'s")
+
+# Asking for a reason, a place, a time or a person wants another answer; "how",
+# "what" and "which" are left out because paraphrases swap them freely.
+_QUESTION_WORDS = _words("why where when who whom whose")
+_NEGATIONS = _words(
+    "not no never none nobody nothing neither nor nowhere without cannot "
+    "lack lacks lacking"
+)
+# "one" is left out: far more often a pronoun ("which one") than a count.
+_NUMBER_WORDS = _pairs(
+    """zero:0 two:2 three:3 four:4 five:5 six:6 seven:7 eight:8
+    nine:9 ten:10 eleven:11 twelve:12 thirteen:13 fourteen:14 fifteen:15
+    sixteen:16 seventeen:17 eighteen:18 nineteen:19 twenty:20 thirty:30
+    forty:40 fifty:50 sixty:60 seventy:70 eighty:80 ninety:90 hundred:100
+    thousand:1000 million:1e6 billion:1e9 trillion:1e12 dozen:12 half:0.5
+    twice:2x first:1st second:2nd third:3rd fourth:4th fifth:5th"""
+)
+# Opposites an embedding scores as near-synonyms: a word on one side and its
+# opposite on the other refuses the match.
+_OPPOSITE_PAIRS = """
+best:worst better:worse good:bad more:less more:fewer most:least
+increase:decrease increase:reduce gain:lose gain:loss win:lose
+advantage:disadvantage advantages:disadvantages pro:con pros:cons
+benefit:drawback benefits:drawbacks positive:negative true:false high:low
+higher:lower highest:lowest big:small bigger:smaller biggest:smallest
+large:small larger:smaller largest:smallest fast:slow faster:slower
+fastest:slowest cheap:expensive cheapest:expensive hot:cold warm:cold
+before:after start:end begin:end first:last buy:sell love:hate like:hate
+like:dislike agree:disagree always:never rich:poor old:young old:new
+oldest:youngest strong:weak easy:hard easy:difficult men:women man:woman
+male:female boy:girl boys:girls husband:wife father:mother son:daughter
+brother:sister up:down open:close add:remove enable:disable import:export
+input:output upload:download push:pull send:receive min:max
+minimum:maximum inside:outside above:below over:under north:south
+east:west left:right day:night past:future early:late long:short
+longest:shortest heavy:light wet:dry safe:dangerous legal:illegal
+success:failure succeed:fail accept:reject allow:forbid allow:prevent
+include:exclude maximize:minimize encrypt:decrypt encode:decode
+compress:decompress sync:async client:server frontend:backend debit:credit
+birth:death asleep:awake bull:bear
+"""
+_OPPOSITE: dict[str, set[str]] = {}
+for _pair in _OPPOSITE_PAIRS.split():
+    _a, _b = _pair.split(":")
+    _OPPOSITE.setdefault(_a, set()).add(_b)
+    _OPPOSITE.setdefault(_b, set()).add(_a)
+del _pair, _a, _b
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "anti")
+# Prepositions that give a name its role: "from Paris to London" is not
+# "from London to Paris", although every word is shared.
+_ROLE_WORDS = _words("from to into than vs versus against before after over")
+_SKIPPED_BEFORE_NAME = _words("a an the")
+# Words that open a sentence with a capital letter without naming anything.
+_COMMON = _words(
+    """a about after all also am an and any are as at be because been before
+    being but by can could did do does doing during each either even every
+    for from give had has have having he her here hers him his how however i
+    if in into is it its just let lets list may me might more most must my
+    no nor not of on once one only or other our out own please should so
+    some such tell than that the their them then there these they this those
+    through to too under until up very was we were what when where whether
+    which while who whom whose why will with would yes yet you your
+    explain describe define compare summarize summarise write show name find
+    suggest recommend provide create make help hi hello hey thanks thank
+    okay ok now today tomorrow yesterday besides moreover why's what's
+    how's who's where's when's i'm i've i'd i'll it's that's there's dear
+    kindly imagine assume consider suppose use using get click see try go
+    check pass set run call read learn note apart although though since
+    instead additionally furthermore generally usually typically sometimes
+    currently basically actually interested many several both another
+    given following according in-order once whenever"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    words: frozenset[str]
+    stems: frozenset[str]
+    parts: frozenset[str]
+    content: tuple[str, ...]
+    negations: int
+    numbers: Counter[str]
+    quantities: Counter[tuple[str, str]]
+    entities: tuple[str, ...]
+    roles: frozenset[tuple[str, str]]
+    quotes: frozenset[str]
+    symbols: Counter[str]
+
+
+def gate_refusal(cached: str, query: str) -> str | None:
+    """Return why a cached question's answer must not serve ``query``, or None.
+
+    Args:
+        cached: the question whose answer is cached.
+        query: the new question.
+
+    Returns:
+        One of :data:`GATE_CHECKS` naming the first difference found, or
+        None when the gate finds none.
+    """
+    if cached == query:
+        return None
+    a, b = _facts(cached), _facts(query)
+    if a.negations != b.negations:
+        return "negation"
+    if _opposed(a.words - b.words, b.words - a.words):
+        return "polarity"
+    if a.words & _QUESTION_WORDS != b.words & _QUESTION_WORDS:
+        return "question"
+    if a.numbers != b.numbers:
+        return "numbers"
+    if a.quantities != b.quantities:
+        return "quantities"
+    if _names_differ(a, b) or _roles_differ(a, b) or _permuted(a, b):
+        return "entities"
+    if a.quotes != b.quotes:
+        return "quotes"
+    if a.symbols != b.symbols:
+        return "symbols"
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _facts(text: str) -> _Facts:
+    tokens = _TOKEN.findall(text)
+    lowered = [_fold(t) for t in tokens]
+    numbers = [_number(t) for t in lowered]
+    entities = list(_entities(text, tokens))
+    return _Facts(
+        words=frozenset(lowered),
+        stems=frozenset(_stem(w) for w in lowered),
+        parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
+        content=tuple(w for w in lowered if w not in _COMMON),
+        negations=sum(1 for w in lowered if _negation(w)),
+        numbers=Counter(n for n in numbers if n is not None),
+        quantities=Counter(_quantities(lowered, numbers)),
+        entities=tuple(e for e, _ in entities),
+        roles=frozenset(_roles(lowered, entities)),
+        quotes=frozenset(_fold(" ".join(g.split())) for g in _quoted(text)),
+        symbols=Counter(_symbols(text)),
+    )
+
+
+def _symbols(text: str) -> Iterable[str]:
+    for run in _SYMBOL_RUN.findall(text):
+        kept = run.strip(_PUNCTUATION)
+        if kept and kept not in _LONE_MARKS:
+            yield kept
+
+
+def _fold(token: str) -> str:
+    return token.lower().replace("’", "'")
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _negation(word: str) -> bool:
+    return word in _NEGATIONS or word.endswith("n't")
+
+
+def _number(word: str) -> str | None:
+    if word in _NUMBER_WORDS:
+        return _NUMBER_WORDS[word]
+    if _NUMBER.match(word):
+        # "1,000" and "1000" are one number; "3.5" keeps its point.
+        return word.replace(",", "")
+    return None
+
+
+def _quantities(
+    words: list[str], numbers: list[str | None]
+) -> Iterable[tuple[str, str]]:
+    for index, number in enumerate(numbers[:-1]):
+        unit = words[index + 1]
+        if number is not None and numbers[index + 1] is None and unit.isalpha():
+            yield number, unit.rstrip("s")
+
+
+def _quoted(text: str) -> Iterable[str]:
+    for match in _QUOTED.finditer(text):
+        yield next(group for group in match.groups() if group)
+
+
+def _opposed(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
+    for word in only_a:
+        if _OPPOSITE.get(word, set()) & only_b:
+            return True
+        for other in only_b:
+            if _prefix_negated(word, other) or _prefix_negated(other, word):
+                return True
+    return False
+
+
+def _prefix_negated(word: str, other: str) -> bool:
+    if len(other) < 4 or not word.endswith(other):
+        return False
+    return word[: len(word) - len(other)] in _NEGATING_PREFIXES
+
+
+def _entities(text: str, tokens: list[str]) -> Iterable[tuple[str, int]]:
+    """Yield each name (folded) with its token position."""
+    position = 0
+    sentence_start = True
+    for index, token in enumerate(tokens):
+        found = text.find(token, position)
+        if found >= 0:
+            if any(ch in _SENTENCE_END for ch in text[position:found]):
+                sentence_start = True
+            position = found + len(token)
+        if _is_entity(token, sentence_start):
+            yield _fold(token), index
+        sentence_start = False
+
+
+def _is_entity(token: str, sentence_start: bool) -> bool:
+    letters = [ch for ch in token if ch.isalpha()]
+    if not letters or _fold(token) in ("i", "i'm", "i've", "i'd", "i'll"):
+        return False
+    if any(ch.isdigit() for ch in token) and not _NUMBER.match(_fold(token)):
+        return True  # product and site names: GPT-4, farm2stores.com, b2b
+    upper = sum(1 for ch in letters if ch.isupper())
+    if upper == 0:
+        return False
+    if upper > 1 or not token[0].isupper():
+        return True  # acronyms (NASA), mixed case (iPhone)
+    return not sentence_start or _fold(token) not in _COMMON
+
+
+def _roles(
+    words: list[str], entities: list[tuple[str, int]]
+) -> Iterable[tuple[str, str]]:
+    for name, index in entities:
+        before = index - 1
+        while before >= 0 and words[before] in _SKIPPED_BEFORE_NAME:
+            before -= 1
+        if before >= 0 and words[before] in _ROLE_WORDS:
+            yield name, words[before]
+
+
+def _found(name: str, other: _Facts) -> bool:
+    if name in other.words or _stem(name) in other.stems or name in other.parts:
+        return True
+    # "datasets.Metric" is written "the Metric of datasets" elsewhere.
+    parts = [p for p in _DOTTED.split(name) if p]
+    return len(parts) > 1 and all(p in other.words for p in parts)
+
+
+def _names_differ(a: _Facts, b: _Facts) -> bool:
+    # A name on one side must appear on the other, in any case: users type
+    # "python" and "Python" for the same thing.
+    return any(not _found(e, b) for e in a.entities) or any(
+        not _found(e, a) for e in b.entities
+    )
+
+
+def _roles_differ(a: _Facts, b: _Facts) -> bool:
+    """True when a name shared by both sides is led by another role word."""
+    shared = set(a.entities) & set(b.entities)
+    return any(
+        ra != rb and name in shared
+        for name, ra in a.roles
+        for other, rb in b.roles
+        if other == name
+    )
+
+
+def _permuted(a: _Facts, b: _Facts) -> bool:
+    """True when both sides hold the same content words in another order.
+
+    "Does a dog chase a cat?" and "Does a cat chase a dog?" share every word;
+    only the order tells them apart. Plurals count as their singular:
+    "terrorists who are Muslim" is not "Muslims who are terrorists".
+    """
+    if ("by" in a.words) != ("by" in b.words):
+        return False  # active and passive voice order the same words differently
+    stems_a = [_stem(w) for w in a.content]
+    stems_b = [_stem(w) for w in b.content]
+    return (
+        stems_a != stems_b and len(stems_a) > 1 and Counter(stems_a) == Counter(stems_b)
+    )

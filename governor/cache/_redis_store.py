@@ -1,0 +1,311 @@
+"""A cache store in Redis, shared by every worker.
+
+Entries, their vectors and the eviction order live in Redis; each worker keeps
+a local mirror of the vectors of the indexes it searched and brings it up to
+date from a per-index stream of additions, so a search costs one round trip
+plus a local matrix product. Removals need no log: a mirrored row whose entry
+is gone is dropped when a search meets it.
+
+Keys, under the prefix ``P``: ``P:e:<key>`` hash of entry JSON, vector and
+index; ``P:use`` sorted set ordering eviction; ``P:exp`` sorted set of expiry
+times; ``P:ix:<index>`` set of an index's keys; ``P:log:<index>`` stream of an
+index's additions. The scripts name keys they build from the prefix, so the
+store needs a single Redis server, not a cluster. Memory stays bounded: at
+most ``max_entries`` entries, and an index's set and stream go with its last
+entry.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from governor._errors import ConfigError
+from governor.cache._index import Vector, VectorIndex
+from governor.cache._types import CacheEntry
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisCacheStore"]
+
+_MIRRORED_INDEXES = 4096
+
+# Drop one entry and its traces; the index's set and stream go with its last key.
+_DROP = """
+local function drop(p, k)
+  local idx = redis.call('HGET', p .. ':e:' .. k, 'i')
+  redis.call('DEL', p .. ':e:' .. k)
+  redis.call('ZREM', p .. ':use', k)
+  redis.call('ZREM', p .. ':exp', k)
+  if idx then
+    redis.call('SREM', p .. ':ix:' .. idx, k)
+    if redis.call('SCARD', p .. ':ix:' .. idx) == 0 then
+      redis.call('DEL', p .. ':ix:' .. idx, p .. ':log:' .. idx)
+    end
+  end
+end
+"""
+
+# ARGV: prefix, key, json, vector, index, ttl_ms, expires_at, use score,
+# max entries, now, stream max length.
+_PUT = (
+    _DROP
+    + """
+local p, k = ARGV[1], ARGV[2]
+local ttl = tonumber(ARGV[6])
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', p .. ':exp', '-inf', ARGV[10],
+                                'LIMIT', 0, 64)) do
+  drop(p, old)
+end
+drop(p, k)
+local e = p .. ':e:' .. k
+redis.call('HSET', e, 'j', ARGV[3])
+if ARGV[5] ~= '' then
+  local ix, log = p .. ':ix:' .. ARGV[5], p .. ':log:' .. ARGV[5]
+  redis.call('HSET', e, 'v', ARGV[4], 'i', ARGV[5])
+  redis.call('SADD', ix, k)
+  redis.call('XADD', log, 'MAXLEN', '~', ARGV[11], '*', 'k', k)
+  if ttl > 0 then
+    -- the newest entry expires last, so the index lives as long as it does
+    redis.call('PEXPIRE', ix, ttl)
+    redis.call('PEXPIRE', log, ttl)
+  end
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', e, ttl)
+  redis.call('ZADD', p .. ':exp', ARGV[7], k)
+end
+-- evict before adding the new key: under LFU it has no uses yet
+local excess = redis.call('ZCARD', p .. ':use') + 1 - tonumber(ARGV[9])
+if excess > 0 then
+  local popped = redis.call('ZPOPMIN', p .. ':use', excess)
+  for i = 1, #popped, 2 do drop(p, popped[i]) end
+end
+redis.call('ZADD', p .. ':use', ARGV[8], k)
+return excess
+"""
+)
+
+# ARGV: prefix, key, now, lfu (1/0). LFU scores are uses plus a fraction that
+# grows with the last use, so the least recently used goes among equals.
+_TOUCH = """
+local p, k = ARGV[1], ARGV[2]
+local score = redis.call('ZSCORE', p .. ':use', k)
+if not score then return 0 end
+local stamp = tonumber(ARGV[3]) / 1e11
+if ARGV[4] == '1' then
+  redis.call('ZADD', p .. ':use', math.floor(tonumber(score)) + 1 + stamp, k)
+else
+  redis.call('ZADD', p .. ':use', ARGV[3], k)
+end
+return 1
+"""
+
+_CLEAR = """
+local cursor, n = '0', 0
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 500)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do redis.call('DEL', key); n = n + 1 end
+until cursor == '0'
+return n
+"""
+
+
+@dataclass(slots=True)
+class _Mirror:
+    """A worker's copy of one index's vectors, and the last addition seen."""
+
+    last_id: str
+    index: VectorIndex | None = None
+
+    def add(self, key: str, vector: Vector) -> None:
+        if self.index is None:
+            self.index = VectorIndex(vector.shape[0])
+        self.index.add(key, vector)
+
+    def remove(self, key: str) -> None:
+        if self.index is not None:
+            self.index.remove(key)
+
+    def search(
+        self, vector: Vector, min_score: float, limit: int
+    ) -> tuple[list[tuple[str, float]], float | None]:
+        if self.index is None:
+            return [], None
+        return self.index.search(vector, min_score, limit)
+
+
+class RedisCacheStore:
+    """A :class:`CacheStore` in Redis, shared by every process that uses it.
+
+    Thread-safe. Needs Redis 6.2 or later. A client made
+    with ``decode_responses=True`` is refused: vectors are raw bytes.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "governor:cache",
+        max_entries: int = 10_000,
+        eviction: Literal["lru", "lfu"] = "lru",
+    ) -> None:
+        """Store entries through ``client`` under ``prefix``.
+
+        Raises:
+            ConfigError: the client decodes responses to strings.
+        """
+        kwargs = client.get_connection_kwargs()
+        if kwargs.get("decode_responses"):
+            raise ConfigError(
+                "RedisCacheStore needs a client with decode_responses=False"
+            )
+        self._redis = client
+        self._p = prefix.removesuffix(":")
+        self.max_entries = max_entries
+        self.eviction = eviction
+        self._put = client.register_script(_PUT)
+        self._touch = client.register_script(_TOUCH)
+        self._clear = client.register_script(_CLEAR)
+        self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisCacheStore:
+        """Connect to the Redis at ``url`` (``redis://host:port/db``)."""
+        import redis
+
+        return cls(redis.Redis.from_url(url), **kwargs)
+
+    def get(self, key: str, now: float) -> CacheEntry | None:
+        """Return the live entry stored under ``key``, or None."""
+        raw = self._redis.hget(f"{self._p}:e:{key}", "j")
+        if raw is None:
+            return None
+        entry = CacheEntry.from_json(raw)
+        return None if entry.expired(now) else entry
+
+    def search(
+        self, index: str, vector: Vector, *, min_score: float, limit: int, now: float
+    ) -> tuple[list[tuple[CacheEntry, float]], float | None]:
+        """Return up to ``limit`` live entries at or above ``min_score``."""
+        mirror = self._synced(index)
+        with self._lock:
+            near, best = mirror.search(vector, min_score, limit)
+        if not near:
+            return [], best
+        raws = self._fetch([key for key, _ in near])
+        matches: list[tuple[CacheEntry, float]] = []
+        for (key, score), raw in zip(near, raws, strict=True):
+            entry = CacheEntry.from_json(raw) if raw is not None else None
+            if entry is None or entry.expired(now):
+                with self._lock:
+                    mirror.remove(key)
+                continue
+            matches.append((entry, score))
+        return matches, best
+
+    def put(self, entry: CacheEntry, vector: Vector | None, now: float) -> None:
+        """Store ``entry`` and evict beyond ``max_entries``, in one script."""
+        ttl_ms = 0
+        if entry.expires_at is not None:
+            ttl_ms = max(1, int((entry.expires_at - now) * 1000))
+        indexed = vector is not None and entry.index is not None
+        blob = vector.astype("<f4").tobytes() if indexed and vector is not None else b""
+        score = now if self.eviction == "lru" else now / 1e11
+        self._put(
+            args=[
+                self._p,
+                entry.key,
+                entry.to_json(),
+                blob,
+                entry.index if indexed and entry.index is not None else "",
+                ttl_ms,
+                entry.expires_at if entry.expires_at is not None else 0,
+                repr(score),
+                self.max_entries,
+                repr(now),
+                self.max_entries,
+            ]
+        )
+
+    def touch(self, key: str, now: float) -> None:
+        """Count a use of ``key`` for LRU or LFU eviction."""
+        self._touch(
+            args=[self._p, key, repr(now), "1" if self.eviction == "lfu" else "0"]
+        )
+
+    def size(self) -> int:
+        """Return how many entries the shared store holds."""
+        return int(self._redis.zcard(f"{self._p}:use"))
+
+    def clear(self) -> None:
+        """Delete every key under this store's prefix (and only those)."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._p) + ":*"
+        with self._lock:
+            self._mirrors.clear()
+        self._clear(args=[pattern])
+
+    def _fetch(self, keys: Iterable[str]) -> list[bytes | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(f"{self._p}:e:{key}", "j")
+        return list(pipe.execute())
+
+    def _synced(self, index: str) -> _Mirror:
+        with self._lock:
+            mirror = self._mirrors.get(index)
+            if mirror is not None:
+                self._mirrors.move_to_end(index)
+        if mirror is None:
+            mirror = self._full_sync(index)
+        else:
+            self._catch_up(index, mirror)
+        return mirror
+
+    def _full_sync(self, index: str) -> _Mirror:
+        log = f"{self._p}:log:{index}"
+        # Read the stream position first: an addition racing with the set read
+        # then shows up in both, and adding a key twice replaces its row.
+        last: Any = self._redis.xrevrange(log, count=1)
+        mirror = _Mirror(last_id=_text(last[0][0]) if last else "0-0")
+        members: Any = self._redis.smembers(f"{self._p}:ix:{index}")
+        members = [_text(m) for m in members]
+        self._load(mirror, members)
+        with self._lock:
+            self._mirrors[index] = mirror
+            while len(self._mirrors) > _MIRRORED_INDEXES:
+                self._mirrors.popitem(last=False)
+        return mirror
+
+    def _catch_up(self, index: str, mirror: _Mirror) -> None:
+        log = f"{self._p}:log:{index}"
+        added: Any = self._redis.xrange(log, min=f"({mirror.last_id}")
+        if not added:
+            return
+        mirror.last_id = _text(added[-1][0])
+        self._load(mirror, [_text(fields[b"k"]) for _, fields in added])
+
+    def _load(self, mirror: _Mirror, keys: list[str]) -> None:
+        if not keys:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(f"{self._p}:e:{key}", "v")
+        blobs = pipe.execute()
+        with self._lock:
+            for key, blob in zip(keys, blobs, strict=True):
+                if blob:
+                    mirror.add(key, np.frombuffer(blob, dtype="<f4"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,292 @@
+"""Request normalisation: what makes two requests the same, and what is cacheable.
+
+Two keys come out of one request. The exact key hashes the normalized whole
+request. The scope key hashes everything the semantic layer must hold equal
+(tenant, model tier, system prompt, tool schemas, answer-shaping parameters
+and every message before the last user turn), so that a paraphrase is only
+ever compared with entries asked in the same situation (issue #6: a follow-up
+such as "expand on that" must never hit another conversation's answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CacheKeys",
+    "KeyOptions",
+    "build_keys",
+    "normalize_query",
+    "parse_opt_out",
+]
+
+# Transport, telemetry and routing parameters: they never change the answer.
+_TRANSPORT_PARAMS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "timeout",
+        "request_timeout",
+        "api_key",
+        "api_base",
+        "base_url",
+        "api_version",
+        "organization",
+        "headers",
+        "extra_headers",
+        "metadata",
+        "user",
+        "num_retries",
+        "max_retries",
+        "fallbacks",
+        "cache",
+        "caching",
+        "callbacks",
+        "tags",
+        "custom_llm_provider",
+    }
+)
+# Sampling parameters change which answer is drawn, not what kind of answer is
+# wanted, so they stay out of the semantic scope (they are in the exact key).
+_SAMPLING_PARAMS = frozenset({"temperature", "top_p", "top_k", "seed"})
+_TOOL_PARAMS = frozenset({"tools", "tool_choice", "functions", "function_call"})
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+_TOOL_ROLES = frozenset({"tool", "function"})
+_SPACE = re.compile(r"\s+")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOptions:
+    """Which parts of a request scope the cache (from the ``Cache`` policy)."""
+
+    partition_by: tuple[str, ...] = ("org", "team")
+    scope_by_model: bool = True
+    scope_by_system_prompt: bool = True
+    scope_by_tools: bool = True
+    scope_by_context: bool = True
+    max_temperature: float | None = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKeys:
+    """The keys and the query text of one request.
+
+    Attributes:
+        exact: hex digest of the normalized whole request and its partition.
+        scope: hex digest of what the semantic layer must hold equal.
+        query: the normalized last user message, or None when the semantic
+            layer cannot serve this request.
+        uncacheable: why nothing may be served or stored, or None.
+        semantic_skip: why the semantic layer is skipped, or None.
+        read: False when the request opted out of lookups.
+        write: False when the request opted out of storing its answer.
+    """
+
+    exact: str
+    scope: str
+    query: str | None
+    uncacheable: str | None = None
+    semantic_skip: str | None = None
+    read: bool = True
+    write: bool = True
+
+
+def normalize_query(text: str) -> str:
+    """Return ``text`` in NFKC form with runs of white space made one space."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def parse_opt_out(params: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Read a per-request opt-out and return ``(read, write)``.
+
+    Accepts LiteLLM's convention ``cache={"no-cache": True, "no-store": True}``
+    and ``cache=False`` (neither read nor write).
+    """
+    flag = params.get("cache")
+    if flag is False:
+        return False, False
+    if isinstance(flag, Mapping):
+        return not flag.get("no-cache", False), not flag.get("no-store", False)
+    return True, True
+
+
+def build_keys(
+    *,
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    partition: Mapping[str, str],
+    options: KeyOptions,
+) -> CacheKeys:
+    """Normalize a request and compute its keys and cacheability.
+
+    Args:
+        model: the model tier the request goes to.
+        messages: OpenAI-style chat messages.
+        params: every other request parameter (temperature, tools, ...).
+        partition: attribution values, e.g. ``{"team": "search"}``; only the
+            scopes in ``options.partition_by`` are used.
+        options: the scoping options.
+    """
+    read, write = parse_opt_out(params)
+    canon = _canonical_messages(messages)
+    tenant = {k: partition[k] for k in options.partition_by if k in partition}
+    model_part = model if options.scope_by_model else ""
+    kept = {k: _canon(v) for k, v in params.items() if k not in _TRANSPORT_PARAMS}
+    exact = _digest(["exact", tenant, model_part, canon, kept])
+    reason = _uncacheable(canon, params, options)
+    last_user = _last_user_index(canon)
+    query, skip = _query(canon, last_user)
+    scope = _digest(
+        [
+            "scope",
+            tenant,
+            model_part,
+            _system_part(canon) if options.scope_by_system_prompt else "",
+            _tools_part(kept) if options.scope_by_tools else "",
+            _context_part(canon, last_user) if options.scope_by_context else "",
+            {k: v for k, v in kept.items() if k not in _SAMPLING_PARAMS | _TOOL_PARAMS},
+        ]
+    )
+    if reason is None and not read and not write:
+        reason = "opt_out"
+    return CacheKeys(exact, scope, query, reason, skip, read, write)
+
+
+def _uncacheable(
+    canon: list[dict[str, Any]], params: Mapping[str, Any], options: KeyOptions
+) -> str | None:
+    temperature = params.get("temperature")
+    bound = options.max_temperature
+    if bound is not None and temperature is not None and float(temperature) > bound:
+        return "temperature"
+    if not canon:
+        return "no_messages"
+    last = canon[-1]
+    if last["role"] in _TOOL_ROLES or (
+        last["role"] == "assistant" and last.get("tool_calls")
+    ):
+        return "pending_tool"
+    return None
+
+
+def _query(
+    canon: list[dict[str, Any]], last_user: int | None
+) -> tuple[str | None, str | None]:
+    if last_user is None:
+        return None, "no_user_turn"
+    if last_user != len(canon) - 1:
+        return None, "not_last_turn"
+    content = canon[last_user]["content"]
+    if not isinstance(content, str):
+        return None, "non_text_query"
+    query = normalize_query(content)
+    return (query, None) if query else (None, "empty_query")
+
+
+def _last_user_index(canon: list[dict[str, Any]]) -> int | None:
+    for index in range(len(canon) - 1, -1, -1):
+        if canon[index]["role"] == "user":
+            return index
+    return None
+
+
+def _system_part(canon: list[dict[str, Any]]) -> list[Any]:
+    return [m["content"] for m in canon if m["role"] in _SYSTEM_ROLES]
+
+
+def _context_part(canon: list[dict[str, Any]], last_user: int | None) -> list[Any]:
+    end = len(canon) if last_user is None else last_user
+    return [m for m in canon[:end] if m["role"] not in _SYSTEM_ROLES]
+
+
+def _tools_part(kept: Mapping[str, Any]) -> list[Any]:
+    return [kept.get(name) for name in sorted(_TOOL_PARAMS)]
+
+
+def _canonical_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # Tool-call ids are random per call; numbering them in order of appearance
+    # keeps the pairing of calls and results without making every key unique.
+    ids: dict[str, int] = {}
+    return [_canonical_message(m, ids) for m in messages]
+
+
+def _canonical_message(
+    message: Mapping[str, Any], ids: dict[str, int]
+) -> dict[str, Any]:
+    role = str(message.get("role", "user"))
+    out: dict[str, Any] = {"role": role, "content": _content(message.get("content"))}
+    if message.get("name"):
+        out["name"] = str(message["name"])
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [_tool_call(call, ids) for call in calls]
+    call_id = message.get("tool_call_id")
+    if call_id is not None:
+        out["tool_call_id"] = ids.setdefault(str(call_id), len(ids))
+    if message.get("function_call"):
+        out["function_call"] = _canon(message["function_call"])
+    return out
+
+
+def _tool_call(call: Any, ids: dict[str, int]) -> Any:
+    data = _canon(call)
+    if isinstance(data, dict) and "id" in data:
+        data = {**data, "id": ids.setdefault(str(data["id"]), len(ids))}
+    return data
+
+
+def _content(content: Any) -> Any:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return _normalize_text(content)
+    if isinstance(content, Sequence):
+        parts = [_part(p) for p in content]
+        if len(parts) == 1 and isinstance(parts[0], str):
+            return parts[0]
+        return parts
+    return _canon(content)
+
+
+def _part(part: Any) -> Any:
+    if isinstance(part, Mapping) and part.get("type") == "text":
+        return _normalize_text(str(part.get("text", "")))
+    if isinstance(part, str):
+        return _normalize_text(part)
+    return _canon(part)
+
+
+def _normalize_text(text: str) -> str:
+    # White space inside a message can carry meaning (code indentation), so
+    # the exact layer only drops line-end and edge spaces.
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n")
+    return _TRAILING_SPACE.sub("\n", text).strip()
+
+
+def _canon(value: Any) -> Any:
+    """Return ``value`` as plain JSON-able data with a stable shape."""
+    if isinstance(value, Mapping):
+        return {str(k): _canon(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canon(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, type):
+        # A pydantic class as response_format: its JSON schema is what counts.
+        schema = getattr(value, "model_json_schema", None)
+        return _canon(schema()) if callable(schema) else repr(value)
+    dump = getattr(value, "model_dump", None)
+    return _canon(dump()) if callable(dump) else repr(value)
+
+
+def _digest(parts: list[Any]) -> str:
+    raw = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(raw.encode("utf-8"), digest_size=16).hexdigest()

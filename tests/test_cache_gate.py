@@ -1,0 +1,78 @@
+"""The safety gate refuses matches whose key content differs."""
+
+from __future__ import annotations
+
+import pytest
+
+from governor.cache import gate_refusal
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
+        ("Why can I sleep well?", "Why can't I sleep well?", "negation"),
+        ("Which is the best laptop?", "Which is the worst laptop?", "polarity"),
+        ("Is rain likely tomorrow?", "Is rain unlikely tomorrow?", "polarity"),
+        ("How do I increase my score?", "How do I decrease my score?", "polarity"),
+        ("What is 2+2?", "What is 2+3?", "numbers"),
+        ("Top 10 movies of 1999", "Top 10 movies of 2001", "numbers"),
+        ("Convert 5 kg to grams", "Convert 5 lb to grams", "quantities"),
+        (
+            "What is the capital of France?",
+            "What is the capital of Germany?",
+            "entities",
+        ),
+        ("Weather in Paris today", "Weather in London today", "entities"),
+        ("Flights from Paris to London", "Flights from London to Paris", "entities"),
+        ("Does a dog chase a cat?", "Does a cat chase a dog?", "entities"),
+        ("What share of cats are pets?", "What share of pets are cats?", "entities"),
+        ("Is shop2go.com legit?", "Is shops2go.com legit?", "entities"),
+        (
+            "Flights from Paris to London",
+            "Which flights go from London to Paris?",
+            "entities",
+        ),
+        (
+            "How did God create the universe?",
+            "Why did God create the universe?",
+            "question",
+        ),
+        ('Translate "good morning"', 'Translate "good night"', "quotes"),
+        ("What does = mean in Python?", "What does == mean in Python?", "symbols"),
+        ("Is c++ hard to learn?", "Is c hard to learn?", "symbols"),
+    ],
+)
+def test_the_gate_refuses_a_key_difference(cached: str, query: str, check: str) -> None:
+    """Each kind of key difference is refused and named."""
+    assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("What is the capital of France?", "what's the capital of france"),
+        ("Give me two examples of recursion", "Give me 2 examples of recursion"),
+        ("How do I learn Python fast?", "What is the fastest way to learn Python?"),
+        ("Why can't I sleep at night?", "Why can I not sleep at night?"),
+        ("A Dataset is backed by a PyArrow Table.", "A PyArrow Table backs a Dataset."),
+        ("Use datasets.Metric here", "Use the Metric of datasets here"),
+        ("I'm scared of death. What do I do?", "I'm scared of death.What do I do ?"),
+        ("Is the CBSE board (India) hard?", "Is the CBSE board in India hard?"),
+    ],
+)
+def test_the_gate_passes_a_paraphrase(cached: str, query: str) -> None:
+    """Re-wordings that keep names, numbers and polarity pass."""
+    assert gate_refusal(cached, query) is None
+
+
+def test_identical_texts_pass() -> None:
+    """A question always matches itself."""
+    text = "Is it not true that 2 + 2 = 5 in 'Orwell'?"
+    assert gate_refusal(text, text) is None
+
+
+def test_a_capitalized_first_word_is_not_a_name() -> None:
+    """Sentence-initial common words are not mistaken for names."""
+    assert gate_refusal("Explain recursion simply", "explain recursion simply") is None

@@ -1,0 +1,228 @@
+"""The Redis cache store: shared by processes, bounded, expiring, own keys only.
+
+These tests need a real Redis at ``REDIS_URL`` (see ``_redis_fixtures``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from governor._errors import ConfigError
+from governor.cache import (
+    CacheEntry,
+    CacheHit,
+    CacheMiss,
+    RedisCacheStore,
+    ResponseCache,
+)
+from governor.cache._embed import normalize_rows
+from governor.policies import Cache
+
+pytest_plugins = ["_redis_fixtures"]
+pytestmark = pytest.mark.redis
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A bytes client on the test Redis."""
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+def entry(
+    key: str, index: str | None = "ix", expires_at: float | None = None
+) -> CacheEntry:
+    return CacheEntry(
+        key=key,
+        index=index,
+        query=f"question {key}",
+        message={"role": "assistant", "content": f"answer {key}"},
+        model=MODEL,
+        cost_nanos=2500,
+        input_tokens=3,
+        output_tokens=4,
+        created_at=0.0,
+        expires_at=expires_at,
+    )
+
+
+def unit(*values: float) -> np.ndarray:
+    return normalize_rows(np.array([values]))[0]
+
+
+def ask(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_an_entry_round_trips(client: redis.Redis, redis_prefix: str) -> None:
+    """What one put stores, a get returns unchanged."""
+    store = RedisCacheStore(client, prefix=redis_prefix)
+    stored = entry("a")
+    store.put(stored, unit(1, 0), 0)
+    assert store.get("a", 1) == stored
+
+
+def test_search_finds_the_nearest_entry(client: redis.Redis, redis_prefix: str) -> None:
+    """The vector search runs over the index's vectors from Redis."""
+    store = RedisCacheStore(client, prefix=redis_prefix)
+    store.put(entry("a"), unit(1, 0, 0), 0)
+    store.put(entry("b"), unit(0, 1, 0), 0)
+    matches, _ = store.search("ix", unit(0.1, 1, 0), min_score=0.9, limit=3, now=1)
+    assert [e.key for e, _ in matches] == ["b"]
+
+
+def test_a_second_worker_sees_later_additions(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """A worker that mirrored an index catches up with another's additions."""
+    first = RedisCacheStore(client, prefix=redis_prefix)
+    second = RedisCacheStore(client, prefix=redis_prefix)
+    assert second.search("ix", unit(1, 0), min_score=0.9, limit=3, now=0) == ([], None)
+    first.put(entry("a"), unit(1, 0), 0)
+    matches, _ = second.search("ix", unit(1, 0), min_score=0.9, limit=3, now=1)
+    assert [e.key for e, _ in matches] == ["a"]
+
+
+def test_a_removed_entry_leaves_other_mirrors(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """A mirrored vector whose entry was evicted elsewhere is not served."""
+    first = RedisCacheStore(client, prefix=redis_prefix, max_entries=1)
+    second = RedisCacheStore(client, prefix=redis_prefix, max_entries=1)
+    first.put(entry("a"), unit(1, 0), 0)
+    second.search("ix", unit(1, 0), min_score=0.9, limit=3, now=1)
+    first.put(entry("b", index="other"), unit(0, 1), 2)
+    matches, _ = second.search("ix", unit(1, 0), min_score=0.9, limit=3, now=3)
+    assert matches == []
+
+
+def test_ttl_is_set_on_the_entry(client: redis.Redis, redis_prefix: str) -> None:
+    """Redis expires the entry itself, so memory returns without a sweep."""
+    store = RedisCacheStore(client, prefix=redis_prefix)
+    store.put(entry("a", expires_at=100.0), unit(1, 0), 40.0)
+    ttl_ms = client.pttl(f"{redis_prefix.rstrip(':')}:e:a")
+    assert 0 < ttl_ms <= 60_000
+
+
+def test_an_expired_entry_is_not_served(client: redis.Redis, redis_prefix: str) -> None:
+    """An entry past its expiry is a miss even before Redis drops it."""
+    store = RedisCacheStore(client, prefix=redis_prefix)
+    store.put(entry("a", expires_at=100.0), unit(1, 0), 40.0)
+    matches, _ = store.search("ix", unit(1, 0), min_score=0.9, limit=3, now=100.0)
+    assert (store.get("a", 100.0), matches) == (None, [])
+
+
+def test_lru_eviction_keeps_the_recently_used(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """Beyond max_entries the least recently used entry goes."""
+    store = RedisCacheStore(client, prefix=redis_prefix, max_entries=2, eviction="lru")
+    store.put(entry("a"), unit(1, 0), 1)
+    store.put(entry("b"), unit(0, 1), 2)
+    store.touch("a", 3)
+    store.put(entry("c"), unit(1, 1), 4)
+    kept = [k for k in "abc" if store.get(k, 5) is not None]
+    assert (kept, store.size()) == (["a", "c"], 2)
+
+
+def test_lfu_eviction_keeps_the_frequently_used(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """Beyond max_entries the least frequently used entry goes."""
+    store = RedisCacheStore(client, prefix=redis_prefix, max_entries=2, eviction="lfu")
+    store.put(entry("a"), unit(1, 0), 1)
+    store.put(entry("b"), unit(0, 1), 2)
+    for now in (3, 4):
+        store.touch("a", now)
+    store.touch("b", 5)
+    store.put(entry("c"), unit(1, 1), 6)
+    kept = [k for k in "abc" if store.get(k, 7) is not None]
+    assert kept == ["a", "c"]
+
+
+def test_an_index_goes_with_its_last_entry(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """Evicting an index's last entry deletes its set and stream (bounded memory)."""
+    store = RedisCacheStore(client, prefix=redis_prefix, max_entries=1)
+    store.put(entry("a", index="first"), unit(1, 0), 1)
+    store.put(entry("b", index="second"), unit(0, 1), 2)
+    base = redis_prefix.rstrip(":")
+    assert client.exists(f"{base}:ix:first", f"{base}:log:first") == 0
+
+
+def test_clear_deletes_only_its_own_keys(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """clear() leaves keys of other prefixes alone."""
+    store = RedisCacheStore(client, prefix=redis_prefix + "cache")
+    store.put(entry("a"), unit(1, 0), 0)
+    client.set(redis_prefix + "other", b"keep")
+    store.clear()
+    assert (store.size(), client.get(redis_prefix + "other")) == (0, b"keep")
+
+
+def test_a_decoding_client_is_refused(redis_url: str) -> None:
+    """Vectors are bytes, so a decode_responses client is a config error."""
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ConfigError, match="decode_responses"):
+        RedisCacheStore(decoding)
+    decoding.close()
+
+
+_WORKER = """
+from decimal import Decimal
+import redis
+from governor.cache import ResponseCache
+from governor.policies import Cache
+
+policy = Cache(store="redis", key_prefix={prefix!r}, embedder="hashing")
+cache = ResponseCache(policy, redis_client=redis.Redis.from_url({url!r}))
+miss = cache.lookup(
+    model="gpt-4o-mini",
+    messages=[{{"role": "user", "content": "What is the capital of France?"}}],
+    partition={{"team": "geo"}},
+)
+assert miss.hit is False, miss
+cache.store(miss, message={{"role": "assistant", "content": "Paris."}},
+            model="gpt-4o-mini", cost_usd=Decimal("0.003"), input_tokens=9,
+            output_tokens=2)
+"""
+
+
+def test_two_processes_share_one_cache(
+    client: redis.Redis, redis_url: str, redis_prefix: str
+) -> None:
+    """An answer stored by another process is served here, with its cost saved."""
+    policy = Cache(store="redis", key_prefix=redis_prefix, embedder="hashing")
+    cache = ResponseCache(policy, redis_client=client)
+    question = ask("what is the capital of france")
+    before = cache.lookup(model=MODEL, messages=question, partition={"team": "geo"})
+    script = textwrap.dedent(_WORKER.format(prefix=redis_prefix, url=redis_url))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    after = cache.lookup(model=MODEL, messages=question, partition={"team": "geo"})
+    assert isinstance(before, CacheMiss)
+    assert isinstance(after, CacheHit)
+    assert (after.layer, after.text, after.saved_usd) == (
+        "semantic",
+        "Paris.",
+        Decimal("0.003"),
+    )
+
+
+def test_the_redis_policy_needs_a_client() -> None:
+    """store='redis' without a client or store is a config error."""
+    with pytest.raises(ConfigError, match="redis_client"):
+        ResponseCache(Cache(store="redis"))

@@ -1,0 +1,104 @@
+"""Replaying a cached answer as a stream."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from governor.cache import (
+    CacheHit,
+    CacheMiss,
+    ResponseCache,
+    areplay_chunks,
+    replay_chunks,
+    split_text,
+)
+from governor.policies import Cache
+
+TEXT = "Paris is the capital of France.\n\nIt lies on the Seine, in the north."
+
+
+def hit(message: dict[str, Any] | None = None) -> CacheHit:
+    return CacheHit(
+        layer="exact",
+        similarity=1.0,
+        message=message or {"role": "assistant", "content": TEXT},
+        model="gpt-4o-mini",
+        saved_usd=Decimal("0.002"),
+        saved_input_tokens=12,
+        saved_output_tokens=20,
+        cached_query="capital of France?",
+        key="0123456789abcdef0123",
+        age_s=3.0,
+    )
+
+
+def test_split_text_rejoins_exactly() -> None:
+    """The pieces of a text join back into the same text."""
+    pieces = split_text(TEXT, chunk_chars=8)
+    assert ("".join(pieces), len(pieces) > 3) == (TEXT, True)
+
+
+def test_chunks_carry_the_text_then_a_stop() -> None:
+    """Deltas join into the answer and the last chunk stops with zero usage."""
+    chunks = list(replay_chunks(hit(), chunk_chars=10, created=7))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    last = chunks[-1]
+    assert (
+        text,
+        last["choices"][0]["finish_reason"],
+        last["usage"]["total_tokens"],
+    ) == (
+        TEXT,
+        "stop",
+        0,
+    )
+
+
+def test_litellm_rebuilds_the_streamed_answer() -> None:
+    """LiteLLM's own chunk builder turns the replay into the cached message."""
+    import litellm
+
+    chunks = [litellm.ModelResponseStream(**c) for c in replay_chunks(hit())]
+    rebuilt = litellm.stream_chunk_builder(chunks)
+    assert (rebuilt.choices[0].message.content, rebuilt.usage.total_tokens) == (TEXT, 0)
+
+
+def test_tool_calls_replay_with_their_finish_reason() -> None:
+    """A cached tool call comes back whole, finishing with tool_calls."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+    }
+    chunks = list(
+        replay_chunks(hit({"role": "assistant", "content": None, "tool_calls": [call]}))
+    )
+    calls = [c for c in chunks if c["choices"][0]["delta"].get("tool_calls")]
+    assert calls[0]["choices"][0]["delta"]["tool_calls"] == [{"index": 0, **call}]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_a_streamed_request_is_served_from_cache() -> None:
+    """A stream=True repeat is a hit, replayed asynchronously."""
+    cache = ResponseCache(Cache(embedder="hashing"))
+    messages = [{"role": "user", "content": "Where is Paris?"}]
+    miss = cache.lookup(model="gpt-4o-mini", messages=messages, params={"stream": True})
+    assert isinstance(miss, CacheMiss)
+    cache.store(
+        miss,
+        message={"role": "assistant", "content": TEXT},
+        model="gpt-4o-mini",
+        cost_usd=Decimal("0.002"),
+    )
+    found = cache.lookup(
+        model="gpt-4o-mini", messages=messages, params={"stream": True}
+    )
+    assert isinstance(found, CacheHit)
+    pieces = [
+        c["choices"][0]["delta"].get("content") async for c in areplay_chunks(found)
+    ]
+    assert "".join(p or "" for p in pieces) == TEXT
