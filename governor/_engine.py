@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._attribution import current_attribution
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
-from governor._errors import BudgetExceeded, GovernorError
+from governor._errors import BudgetExceeded, ConfigError, GovernorError
 from governor._loopwatch import loop_watch
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
@@ -98,6 +98,92 @@ class Governor:
         self._warned: set[tuple[str, float]] = set()
         self._warn_checked: dict[str, float] = {}
         self.slots = SlotKeeper(self.ledger)
+        self._caches: dict[int, Any] = {}
+
+    # -- cache -----------------------------------------------------------
+
+    def cache_for(self, policy: Policy) -> Any:
+        """The response cache of a policy, or None when it sets no cache."""
+        if policy.cache is None:
+            return None
+        key = id(policy.cache)
+        cache = self._caches.get(key)
+        if cache is None:
+            from governor.cache import ResponseCache
+
+            client = None
+            if policy.cache.store == "redis":
+                connections = getattr(
+                    getattr(self.ledger, "primary", None), "_conn", None
+                )
+                if connections is None:
+                    raise ConfigError(
+                        "Cache(store='redis') needs a Redis ledger: "
+                        "Governor(ledger=RedisLedger(url))"
+                    )
+                client = connections.client()
+            cache = self._caches.setdefault(
+                key, ResponseCache(policy.cache, redis_client=client)
+            )
+        return cache
+
+    def record_cache_hit(self, request: CallRequest, hit: Any) -> None:
+        """Account for a call answered from cache: cost 0, the saving recorded."""
+        task, owns = self._task_for(request)
+        saved = usd_to_nanos(hit.saved_usd)
+        task.cache_hit(saved)
+        parent = request.parent_span or task.span
+        span = self.telemetry.start_span(
+            f"{request.operation} {request.model}", parent, {}, kind=SpanKind.CLIENT
+        )
+        attributes: dict[str, AttrValue] = {
+            attr.GEN_AI_OPERATION_NAME: request.operation,
+            attr.GEN_AI_REQUEST_MODEL: request.model,
+            attr.GEN_AI_RESPONSE_MODEL: hit.model,
+            attr.GEN_AI_USAGE_INPUT_TOKENS: 0,
+            attr.GEN_AI_USAGE_OUTPUT_TOKENS: 0,
+            attr.GEN_AI_USAGE_COST_AMOUNT: 0.0,
+            attr.GEN_AI_USAGE_COST_CURRENCY: attr.CURRENCY_USD,
+            attr.GEN_AI_USAGE_COST_SOURCE: "cache",
+            attr.LLM_COST_TOTAL: 0.0,
+            attr.GEN_AI_USAGE_COST: 0.0,
+            attr.CACHE_HIT: True,
+            attr.CACHE_LAYER: hit.layer,
+            attr.CACHE_SIMILARITY: float(hit.similarity),
+            attr.CACHE_SAVED_USD: saved / NANOS_PER_USD,
+            attr.TASK_ID: task.id,
+            **attribution_attributes(task),
+        }
+        self.telemetry.end_span(span, attributes)
+        self.telemetry.record_cache_hit(
+            {attr.GEN_AI_REQUEST_MODEL: request.model}, saved / NANOS_PER_USD
+        )
+        if self.recorder is not None:
+            self._record_hit(task, request, hit)
+        if owns:
+            self._close_owned(task)
+
+    def _record_hit(self, task: Task, request: CallRequest, hit: Any) -> None:
+        from governor.spend import SpendRecord
+
+        attribution = task.attribution
+        self.recorder.submit(  # type: ignore[union-attr]
+            SpendRecord(
+                ts=datetime.now(UTC),
+                task_id=task.id,
+                call_id=new_id(),
+                model=request.model,
+                cache_hit=True,
+                saved_usd=hit.saved_usd,
+                outcome="cache_hit",
+                team=attribution.team,
+                feature=attribution.feature,
+                environment=attribution.environment,
+                user=attribution.user,
+                session=attribution.session,
+                tags=dict(attribution.tags),
+            )
+        )
 
     def _wrap(self, ledger: Ledger | None) -> Ledger:
         """Put a networked store behind the policy's failure mode."""

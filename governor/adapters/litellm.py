@@ -168,7 +168,12 @@ class GovernedLiteLLM:
         )
 
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
-        admission = self.governor.begin_call(_request(kwargs))
+        request = _request(kwargs)
+        cache, lookup = self._lookup(kwargs)
+        if lookup is not None and lookup.hit:
+            self.governor.record_cache_hit(request, lookup)
+            return _cached_response(lookup, kwargs), Decimal(0)
+        admission = self.governor.begin_call(request)
         _apply(admission, kwargs)
         token = _INSIDE.set(True)
         try:
@@ -178,12 +183,21 @@ class GovernedLiteLLM:
             raise
         finally:
             _INSIDE.reset(token)
+        saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
-            return _SyncStream(self.governor, admission, response), Decimal(0)
-        return response, self.governor.end_call(admission, _result(response))
+            return _SyncStream(self.governor, admission, response, saver), Decimal(0)
+        result = _result(response)
+        cost = self.governor.end_call(admission, result)
+        saver.save(result, cost, _message(response))
+        return response, cost
 
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
-        admission = await self.governor.abegin_call(_request(kwargs))
+        request = _request(kwargs)
+        cache, lookup = self._lookup(kwargs)
+        if lookup is not None and lookup.hit:
+            self.governor.record_cache_hit(request, lookup)
+            return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
+        admission = await self.governor.abegin_call(request)
         _apply(admission, kwargs)
         token = _INSIDE.set(True)
         try:
@@ -193,9 +207,57 @@ class GovernedLiteLLM:
             raise
         finally:
             _INSIDE.reset(token)
+        saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
-            return _AsyncStream(self.governor, admission, response), Decimal(0)
-        return response, await self.governor.aend_call(admission, _result(response))
+            stream = _AsyncStream(self.governor, admission, response, saver)
+            return stream, Decimal(0)
+        result = _result(response)
+        cost = await self.governor.aend_call(admission, result)
+        saver.save(result, cost, _message(response))
+        return response, cost
+
+    def _lookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The policy's cache and its answer for this request, if it has one."""
+        task = current_task()
+        policy = task.policy if task else self.governor.policy
+        cache = self.governor.cache_for(policy)
+        if cache is None:
+            return None, None
+        params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
+        scopes = task.scope_values if task else policy.attribution.scope_values()
+        lookup = cache.lookup(
+            model=str(kwargs["model"]),
+            messages=kwargs["messages"],
+            params=params,
+            partition=scopes,
+        )
+        return cache, lookup
+
+
+class _Saver:
+    """Stores a successful answer in the cache after a miss."""
+
+    def __init__(self, cache: Any, lookup: Any, kwargs: Mapping[str, Any]) -> None:
+        self.cache = cache
+        self.lookup = lookup
+        self.model = str(kwargs["model"])
+
+    def save(
+        self, result: CallResult, cost: Decimal, message: dict[str, Any] | None
+    ) -> None:
+        if self.cache is None or self.lookup is None or message is None:
+            return
+        if result.error is not None or not getattr(self.lookup, "storable", False):
+            return
+        usage = result.usage or Usage()
+        self.cache.store(
+            self.lookup,
+            message=message,
+            model=self.model,
+            cost_usd=cost,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+        )
 
 
 class Instrumentation:
@@ -351,6 +413,45 @@ def _first_text(response: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+# -- cache ---------------------------------------------------------------
+
+
+def _message(response: Any) -> dict[str, Any] | None:
+    """The first choice's message as a plain dict, or None if it has none."""
+    choices = getattr(response, "choices", None) or ()
+    message = getattr(choices[0], "message", None) if choices else None
+    if message is None or getattr(message, "tool_calls", None):
+        return None  # answers that call tools depend on the tools' results
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        return None
+    return {"role": "assistant", "content": content}
+
+
+def _cached_response(
+    hit: Any, kwargs: Mapping[str, Any], is_async: bool = False
+) -> Any:
+    """LiteLLM's own response types, built from a cache hit."""
+    from governor.cache import areplay_chunks, replay_chunks
+
+    if kwargs.get("stream"):
+        if is_async:
+            return _aiter_chunks(areplay_chunks(hit))
+        return (litellm.ModelResponseStream(**chunk) for chunk in replay_chunks(hit))
+    response = litellm.ModelResponse(
+        choices=[{"index": 0, "message": hit.message, "finish_reason": "stop"}],
+        model=hit.model,
+        usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    )
+    response._hidden_params["cache_hit"] = True
+    return response
+
+
+async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        yield litellm.ModelResponseStream(**chunk)
+
+
 # -- cascades ------------------------------------------------------------
 
 
@@ -397,11 +498,18 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 class _StreamSettler:
     """Collects chunks and turns them into usage at the end of a stream."""
 
-    def __init__(self, governor: Governor, admission: Admission) -> None:
+    def __init__(self, governor: Governor, admission: Admission, saver: _Saver) -> None:
         self.governor = governor
         self.admission = admission
+        self.saver = saver
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
+
+    def settle(self, cost: Decimal, result: CallResult) -> None:
+        """After settling, keep a complete answer in the cache."""
+        text = result.output_text
+        if result.error is None and text:
+            self.saver.save(result, cost, {"role": "assistant", "content": text})
 
     def result(self) -> CallResult:
         usage = usage_from_stream_chunks(self.chunks) or self._counted()
@@ -440,8 +548,10 @@ def _delta_text(chunk: Any) -> str:
 class _SyncStream(_StreamSettler):
     """Passes a LiteLLM stream through and settles when it ends or is dropped."""
 
-    def __init__(self, governor: Governor, admission: Admission, inner: Any) -> None:
-        super().__init__(governor, admission)
+    def __init__(
+        self, governor: Governor, admission: Admission, inner: Any, saver: _Saver
+    ) -> None:
+        super().__init__(governor, admission, saver)
         self._inner = inner
 
     def __iter__(self) -> Iterator[Any]:
@@ -453,7 +563,8 @@ class _SyncStream(_StreamSettler):
             self.error = exc
             raise
         finally:
-            self.governor.end_call(self.admission, self.result())
+            result = self.result()
+            self.settle(self.governor.end_call(self.admission, result), result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -462,8 +573,10 @@ class _SyncStream(_StreamSettler):
 class _AsyncStream(_StreamSettler):
     """Async form of :class:`_SyncStream`."""
 
-    def __init__(self, governor: Governor, admission: Admission, inner: Any) -> None:
-        super().__init__(governor, admission)
+    def __init__(
+        self, governor: Governor, admission: Admission, inner: Any, saver: _Saver
+    ) -> None:
+        super().__init__(governor, admission, saver)
         self._inner = inner
 
     async def __aiter__(self) -> AsyncIterator[Any]:
@@ -475,7 +588,8 @@ class _AsyncStream(_StreamSettler):
             self.error = exc
             raise
         finally:
-            await self.governor.aend_call(self.admission, self.result())
+            result = self.result()
+            self.settle(await self.governor.aend_call(self.admission, result), result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

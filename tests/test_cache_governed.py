@@ -1,0 +1,133 @@
+"""The response cache on the call path: hits cost nothing and are reported."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import litellm
+
+from conftest import SpanCapture
+from governor import Budget, Cache, Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.telemetry import attributes as attr
+
+QUESTION = [
+    {"role": "user", "content": "What is the boiling point of water at sea level?"}
+]
+POLICY = Policy(cache=Cache(embedder="hashing"), budgets=[Budget(max_usd=1)])
+MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
+
+
+class Counting:
+    """Real litellm calls, counted."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def completion(self, **kwargs: Any) -> Any:
+        self.sent += 1
+        return litellm.completion(**kwargs)
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        self.sent += 1
+        return await litellm.acompletion(**kwargs)
+
+
+def ask(llm: GovernedLiteLLM, **extra: Any) -> Any:
+    return llm.completion(
+        model="gpt-4o-mini",
+        messages=QUESTION,
+        mock_response="100 degrees Celsius.",
+        max_tokens=30,
+        **extra,
+    )
+
+
+def test_repeat_is_served_from_cache_at_zero_cost(capture: SpanCapture) -> None:
+    """The second identical request is not sent and costs nothing."""
+    counter = Counting()
+    gov = Governor(POLICY, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task() as task:
+        first = ask(llm)
+        second = ask(llm)
+    report = task.report()
+    assert counter.sent == 1
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert (report.calls, report.cache_hits) == (1, 1)
+    assert report.cost_usd == MOCK_COST
+    assert report.saved_usd == MOCK_COST
+    hit_span = capture.calls()[1]
+    assert hit_span.attributes[attr.CACHE_HIT] is True
+    assert hit_span.attributes[attr.GEN_AI_USAGE_COST_AMOUNT] == 0.0
+    assert hit_span.attributes[attr.CACHE_SAVED_USD] == float(MOCK_COST)
+
+
+def test_hits_do_not_charge_the_budget() -> None:
+    """Token and dollar budgets are not charged for served answers."""
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        for _ in range(5):
+            ask(llm)
+    balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert balance.spent_nanos == 13_500
+
+
+def test_streaming_request_gets_the_cached_answer_as_a_stream() -> None:
+    """A streamed repeat is replayed as chunks that rebuild the answer."""
+    counter = Counting()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task():
+        ask(llm)
+        chunks = list(ask(llm, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "100 degrees Celsius."
+    assert counter.sent == 1
+
+
+def test_opted_out_request_is_sent() -> None:
+    """cache={'no-cache': True} skips the lookup."""
+    counter = Counting()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task():
+        ask(llm)
+        ask(llm, cache={"no-cache": True})
+    assert counter.sent == 2
+
+
+def test_other_team_does_not_hit() -> None:
+    """An answer cached for one team is not served to another."""
+    counter = Counting()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task(team="a"):
+        ask(llm)
+    with gov.task(team="b"):
+        ask(llm)
+    assert counter.sent == 2
+
+
+def test_async_repeat_is_served() -> None:
+    """acompletion serves repeats from cache too."""
+    counter = Counting()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, acompletion=counter.acompletion)
+
+    async def run() -> None:
+        async with gov.atask():
+            for _ in range(3):
+                await llm.acompletion(
+                    model="gpt-4o-mini",
+                    messages=QUESTION,
+                    mock_response="100 degrees Celsius.",
+                    max_tokens=30,
+                )
+
+    asyncio.run(run())
+    assert counter.sent == 1
