@@ -25,6 +25,7 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
     result = json.loads(capsys.readouterr().out)
     rows = {row["agent"]: row for row in result["tasks"]}
     assert sorted(rows) == [
+        "faq (cache)",
         "math-tools",
         "research",
         "research (budget $0.001)",
@@ -37,6 +38,9 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
     assert small["stop_reason"] == "budget_exceeded"
     assert Decimal(small["cost_usd"]) <= Decimal("0.001")
     assert "was not sent" in small["detail"]
+    faq = rows["faq (cache)"]
+    assert (faq["calls"], faq["cache_hits"]) == (2, 2)
+    assert Decimal(faq["saved_usd"]) == Decimal(faq["cost_usd"])
     runaway = rows["runaway (loop guard)"]
     assert runaway["stop_reason"] == "loop_detected"
     assert runaway["calls"] <= 5
@@ -53,7 +57,8 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
             if s["name"].startswith("chat ")
             and s["attributes"][attr.TASK_ID] == row["task_id"]
         ]
-        assert len(calls) == row["calls"]
+        hits = [c for c in calls if c["attributes"].get(attr.CACHE_HIT)]
+        assert (len(calls) - len(hits), len(hits)) == (row["calls"], row["cache_hits"])
         summed = sum(Decimal(str(c["attributes"][attr.LLM_COST_TOTAL])) for c in calls)
         assert summed == Decimal(row["cost_usd"])
         assert task_span["attributes"][attr.TASK_COST_USD] == float(row["cost_usd"])

@@ -64,6 +64,8 @@ class _Row:
     budget_left_usd: str
     stop_reason: str
     seconds: float
+    cache_hits: int = 0
+    saved_usd: str = "0"
     detail: str = ""
 
 
@@ -100,6 +102,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
     triage = _load(examples / "triage.py", "governor_demo_triage")
     runaway = _load(examples / "runaway.py", "governor_demo_runaway")
+    faq = _load(examples / "faq.py", "governor_demo_faq")
     live = os.environ.get(ENV_PROVIDER, "offline") == "live"
     if not live:
         install_offline_provider(
@@ -108,6 +111,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
                 math_tools.offline_responder,
                 triage.offline_responder,
                 runaway.offline_responder,
+                faq.offline_responder,
             ),
             speed=args.speed,
         )
@@ -129,6 +133,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
         *_run_research(args, research, governor(research.POLICY), "research"),
         *_run_math(args, math_tools, governor(math_tools.POLICY)),
         *_run_triage(args, triage, governor(triage.POLICY)),
+        _run_faq(args, faq, governor(faq.POLICY)),
         _run_task(
             args,
             govern(runaway.build_graph(), governor(runaway.POLICY)),
@@ -197,7 +202,8 @@ def _run_task(
             outcome = f"cascade: {result['path']}"
     report = agent.last_report
     seconds = time.monotonic() - start
-    _say(args, f"  {outcome}, {report.calls} calls, ${report.cost_usd}")
+    hits = f", {report.cache_hits} cache hits" if report.cache_hits else ""
+    _say(args, f"  {outcome}, {report.calls} calls{hits}, ${report.cost_usd}")
     left = report.budget_left_usd
     return _Row(
         agent=label,
@@ -208,6 +214,8 @@ def _run_task(
         budget_left_usd="-" if left is None else str(left),
         stop_reason=report.stop_reason or "completed",
         seconds=round(seconds, 2),
+        cache_hits=report.cache_hits,
+        saved_usd=str(report.saved_usd),
         detail=detail,
     )
 
@@ -227,6 +235,16 @@ def _run_triage(
     ]
 
 
+def _run_faq(args: argparse.Namespace, module: ModuleType, governor: Any) -> _Row:
+    from governor import govern
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    agent = govern(module.build_graph(GovernedLiteLLM(governor)), governor)
+    label = "faq (cache)"
+    title = "a help-desk queue with repeated questions"
+    return _run_task(args, agent, label, title, module.session(args.count + 1))
+
+
 def _small_budget(policy: Any) -> Any:
     from governor import Budget, Policy
 
@@ -240,7 +258,17 @@ def _print_table(
         out = {"tasks": [r.__dict__ for r in rows], "traces": str(traces)}
         print(json.dumps({**out, "spend": spend}))
         return
-    headers = ("agent", "task", "calls", "tokens", "cost USD", "budget left", "stop")
+    headers = (
+        "agent",
+        "task",
+        "calls",
+        "tokens",
+        "cost USD",
+        "budget left",
+        "cache hits",
+        "saved USD",
+        "stop",
+    )
     table = [
         (
             r.agent,
@@ -249,6 +277,8 @@ def _print_table(
             str(r.tokens),
             r.cost_usd,
             r.budget_left_usd,
+            str(r.cache_hits),
+            r.saved_usd,
             r.stop_reason,
         )
         for r in rows
