@@ -3,8 +3,11 @@
 Both run in one process, interleaved call by call (A, B, A, B, ...) so that
 drift in machine load hits both alike. The provider is LiteLLM's offline mock
 (``mock_response``), so the figures are LiteLLM's own client-side work plus,
-for the governed call, the governor's. A second measurement times the
-governor's own steps (reserve, price, settle, spans) with no provider at all.
+for the governed call, the governor's. A second pair replaces the provider by
+a function returning a prebuilt response, which leaves exactly the governor's
+share; a third times the engine's own steps (reserve, price, settle) alone.
+The governed calls each run as a task of their own, under a dollar budget,
+with no tracer provider configured (the default for a library).
 
 Run:  python benchmarks/bench_overhead.py [--calls 3000] [--json]
 """
@@ -79,6 +82,42 @@ def interleaved(calls: int) -> dict[str, float]:
     }
 
 
+def adapter_only(calls: int) -> dict[str, float]:
+    """Governed vs plain call of a provider that returns a prebuilt response.
+
+    The same interleaving, with LiteLLM's own client work taken out: what is
+    left is exactly what the governor adds to a call (adapter and engine).
+    """
+    response = litellm.completion(**KWARGS)
+
+    def provider(**_: Any) -> Any:
+        return response
+
+    request = {k: v for k, v in KWARGS.items() if k != "mock_response"}
+    governed = GovernedLiteLLM(
+        Governor(Policy(budgets=[Budget(max_usd=10**6)])), completion=provider
+    )
+    plain: list[float] = []
+    ruled: list[float] = []
+    for _ in range(200):
+        governed.completion(**request)
+    gc.collect()
+    for _ in range(calls):
+        start = time.perf_counter()
+        provider(**request)
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        governed.completion(**request)
+        ruled.append(time.perf_counter() - start)
+    us = 1e6
+    return {
+        "fixed_ungoverned_p50_us": percentile(plain, 0.5) * us,
+        "fixed_governed_p50_us": percentile(ruled, 0.5) * us,
+        "fixed_added_p50_us": (percentile(ruled, 0.5) - percentile(plain, 0.5)) * us,
+        "fixed_added_p99_us": (percentile(ruled, 0.99) - percentile(plain, 0.99)) * us,
+    }
+
+
 def engine_only(calls: int) -> dict[str, float]:
     """Time begin_call + end_call alone, with a LiteLLM-shaped usage dict."""
     gov = Governor(Policy(budgets=[Budget(max_usd=10**6)]))
@@ -108,10 +147,13 @@ def main() -> int:
     results = {
         "calls": args.calls,
         **interleaved(args.calls),
+        **adapter_only(args.calls),
         **engine_only(args.calls),
     }
     results["python"] = sys.version.split()[0]
-    results["litellm"] = litellm.__version__ if hasattr(litellm, "__version__") else ""
+    from importlib.metadata import version
+
+    results["litellm"] = version("litellm")
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -43,7 +43,12 @@ class LoopWatch:
     def __init__(self, task: Task, telemetry: Telemetry) -> None:
         self.task = task
         self.telemetry = telemetry
-        self.guard = LoopGuard(task.policy.loops)
+        self._guard: LoopGuard | None = None
+        loops = task.policy.loops
+        self._has_ceilings = any(
+            limit is not None
+            for limit in (loops.max_model_calls, loops.max_steps, loops.max_wall_s)
+        )
         self.stopped: LoopDetected | None = None
         self.hint: str | None = None
         self._lock = threading.Lock()
@@ -51,19 +56,27 @@ class LoopWatch:
         self._seen: set[tuple[int, str]] = set()
         self._seen_step_nodes: set[tuple[int, str]] = set()
 
+    @property
+    def guard(self) -> LoopGuard:
+        """The task's guard, made when first needed (most calls need none)."""
+        if self._guard is None:
+            self._guard = LoopGuard(self.task.policy.loops)
+        return self._guard
+
     def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> None:
         """Judge the tool results the prompt carries and the ceilings; maybe raise."""
         self.raise_if_stopped()
         with self._lock:
             for name, args, result in self._new_tool_results(messages):
                 self._act(self.guard.on_tool_call(name, args, result, step=step))
-            self._act(
-                self.guard.check_ceilings(
-                    model_calls=self.task.calls + 1,
-                    steps=self._steps,
-                    elapsed_s=self.task.elapsed_s(),
+            if self._has_ceilings:
+                self._act(
+                    self.guard.check_ceilings(
+                        model_calls=self.task.calls + 1,
+                        steps=self._steps,
+                        elapsed_s=self.task.elapsed_s(),
+                    )
                 )
-            )
         self.raise_if_stopped()
 
     def after_call(self, text: str | None, step: int, node: str | None) -> None:
@@ -132,6 +145,8 @@ class LoopWatch:
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]
     ) -> list[tuple[str, Any, str]]:
+        if not any(m.get("role") == "tool" for m in messages):
+            return []
         calls: dict[str, tuple[str, Any]] = {}
         found = []
         for position, message in enumerate(messages):

@@ -188,7 +188,8 @@ class GovernedLiteLLM:
             return _SyncStream(self.governor, admission, response, saver), Decimal(0)
         result = _result(response)
         cost = self.governor.end_call(admission, result)
-        saver.save(result, cost, _message(response))
+        if cache is not None:
+            saver.save(result, cost, _message(response))
         return response, cost
 
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
@@ -213,7 +214,8 @@ class GovernedLiteLLM:
             return stream, Decimal(0)
         result = _result(response)
         cost = await self.governor.aend_call(admission, result)
-        saver.save(result, cost, _message(response))
+        if cache is not None:
+            saver.save(result, cost, _message(response))
         return response, cost
 
     def _lookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:

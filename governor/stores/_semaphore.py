@@ -23,7 +23,6 @@ import asyncio
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import (
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 from governor._errors import ConfigError, GovernorError
+from governor._task import new_id
 from governor.stores._redis import DEFAULT_REDIS_URL, RedisConfig, RedisConnections
 
 __all__ = ["LocalSemaphore", "RedisSemaphore", "Semaphore", "SlotUnavailable"]
@@ -258,7 +258,7 @@ class LocalSemaphore(_SlotMixin):
         return len(self._holders) < self.limit and not self._waiters
 
     def _grant_locked(self) -> str:
-        token = uuid.uuid4().hex
+        token = new_id()
         self._holders.add(token)
         return token
 
@@ -354,12 +354,12 @@ class RedisSemaphore(_SlotMixin):
 
     def try_acquire(self) -> str | None:
         """Take a slot if one is free now; return its token or None."""
-        token = uuid.uuid4().hex
+        token = new_id()
         return token if self._take(token) else None
 
     def acquire(self, timeout_s: float | None = None) -> str:
         """Take a slot, polling up to ``timeout_s``; return its token."""
-        token = uuid.uuid4().hex
+        token = new_id()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pause = _POLL_FIRST_S
         while not self._take(token):
@@ -372,7 +372,7 @@ class RedisSemaphore(_SlotMixin):
 
     async def aacquire(self, timeout_s: float | None = None) -> str:
         """Async form of :meth:`acquire`."""
-        token = uuid.uuid4().hex
+        token = new_id()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pause = _POLL_FIRST_S
         try:
