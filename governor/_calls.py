@@ -18,12 +18,24 @@ if TYPE_CHECKING:
     from governor.policies import Budget
     from governor.pricing import Rate
 
-__all__ = ["Admission", "CallRequest", "CallResult", "prompt_byte_bound"]
+__all__ = [
+    "IMAGE_PART_TOKENS",
+    "Admission",
+    "CallRequest",
+    "CallResult",
+    "plain_text_prompt",
+    "prompt_byte_bound",
+]
 
 # Per-message overhead a chat template adds (role markers, separators); a
 # generous constant keeps the byte bound an upper bound on template tokens too.
 _MESSAGE_OVERHEAD_TOKENS = 8
 _REQUEST_OVERHEAD_TOKENS = 16
+# An image is billed by its size, not by the bytes of its URL: gpt-4o charges
+# up to about 1,100 tokens for a high-detail image, Claude about 1,600 for the
+# largest it takes. A data URL's base64 would overcount by orders of magnitude.
+IMAGE_PART_TOKENS = 1_600
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,8 @@ class CallRequest:
         prompt_tokens: the prompt's token count when the caller knows it
             (replays); it replaces the byte bound.
         step: the graph step (LangGraph's ``langgraph_step``) making the call.
+        choices: how many answers the request asks for (``n``); each may use
+            the whole output ceiling.
         node: the graph node making the call.
     """
 
@@ -65,6 +79,7 @@ class CallRequest:
     prompt_tokens: int | None = None
     step: int | None = None
     node: str | None = None
+    choices: int = 1
 
 
 @dataclass(slots=True)
@@ -118,7 +133,7 @@ def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> i
     """
     total = _REQUEST_OVERHEAD_TOKENS
     for message in messages:
-        total += _MESSAGE_OVERHEAD_TOKENS + _content_bytes(message.get("content"))
+        total += _MESSAGE_OVERHEAD_TOKENS + _content_tokens(message.get("content"))
         for key in ("tool_calls", "name", "function_call"):
             if message.get(key):
                 total += _content_bytes(message[key])
@@ -127,11 +142,37 @@ def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> i
     return total
 
 
+def plain_text_prompt(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True when every message is plain text: a tokenizer count is then exact."""
+    return all(
+        isinstance(m.get("content"), str | None)
+        and not m.get("tool_calls")
+        and not m.get("function_call")
+        for m in messages
+    )
+
+
+def _content_tokens(content: object) -> int:
+    """Upper bound for one message's content: text by bytes, images by size."""
+    if not isinstance(content, list):
+        return _content_bytes(content)
+    total = 0
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in _IMAGE_PARTS:
+            total += IMAGE_PART_TOKENS
+        elif kind == "text" and isinstance(part, Mapping):
+            total += _content_bytes(part.get("text"))
+        else:
+            total += _content_bytes(part)
+    return total
+
+
 def _content_bytes(content: object) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
-        return len(content.encode())
+        return len(content.encode("utf-8", "surrogatepass"))
     try:
         return len(json.dumps(content, default=str).encode())
     except (TypeError, ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
@@ -55,6 +56,8 @@ __all__ = ["Governor"]
 logger = logging.getLogger(__name__)
 
 _UNBOUNDED_OUTPUT_TOKENS = 32_768
+_COUNT_MARGIN = 1.05
+_MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
@@ -90,6 +93,11 @@ class Governor:
         meter_provider: MeterProvider | None = None,
         spend: SpendStore | str | Path | None = None,
     ) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(
+                f"Governor() takes a Policy, got {type(policy).__name__}; wrap it: "
+                "Governor(Policy(budgets=[Budget(...)]))"
+            )
         self.policy = policy or Policy()
         self.ledger: Ledger = self._wrap(ledger)
         self.rate_card = rate_card or RateCard(self.policy.pricing)
@@ -289,6 +297,7 @@ class Governor:
         if scopes:
             base = base.merged(Attribution(**scopes))
         task = Task(effective, base, task_id=task_id)
+        task.parent = _CURRENT.get()
         task.span = self.telemetry.start_task(task)
         return task
 
@@ -413,6 +422,7 @@ class Governor:
     # -- steps -----------------------------------------------------------
 
     def _plan(self, request: CallRequest) -> Admission:
+        _check_request(request)
         task, owns = self._task_for(request)
         try:
             step = request.step if request.step is not None else task.calls + 1
@@ -424,6 +434,7 @@ class Governor:
                 self.close_task(task)
             raise
         max_out = _output_ceiling(request, rate, task.policy)
+        out_total = max_out * request.choices
         bound = request.prompt_tokens
         if bound is None:
             bound = prompt_byte_bound(request.messages, request.extra_prompt)
@@ -435,8 +446,8 @@ class Governor:
             request=request,
             rate=rate,
             max_output_tokens=max_out,
-            hold_nanos=self._worst_nanos(rate, bound, max_out),
-            hold_tokens=bound + max_out,
+            hold_nanos=self._worst_nanos(rate, bound, out_total, task.policy),
+            hold_tokens=bound + out_total,
             lines=tuple(line for _, line in pairs),
             budgets=tuple(budget for budget, _ in pairs),
             started_at=time.monotonic(),
@@ -450,9 +461,14 @@ class Governor:
             return self.open_task(attribution=Attribution(**request.attribution)), True
         return self.open_task(), True
 
-    def _worst_nanos(self, rate: Rate, prompt_tokens: int, max_out: int) -> int:
+    def _worst_nanos(
+        self, rate: Rate, prompt_tokens: int, max_out: int, policy: Policy
+    ) -> int:
         worst = self.rate_card.worst_case_usd(
-            rate.model, prompt_tokens=prompt_tokens, max_output_tokens=max_out
+            rate.model,
+            prompt_tokens=prompt_tokens,
+            max_output_tokens=max_out,
+            max_duration_s=policy.max_call_s if rate.usd_per_second else 0.0,
         )
         return usd_to_nanos(worst)
 
@@ -461,12 +477,15 @@ class Governor:
         counter = admission.request.count_prompt_tokens
         if counter is None:
             return False
-        exact = counter()
+        # Tokenizer counts of other providers' models are approximations:
+        # keep a margin so the count stays an upper bound.
+        exact = math.ceil(counter() * _COUNT_MARGIN) + _MESSAGE_SLACK_TOKENS
         old = admission.hold_tokens
+        out_total = admission.max_output_tokens * admission.request.choices
         admission.hold_nanos = self._worst_nanos(
-            admission.rate, exact, admission.max_output_tokens
+            admission.rate, exact, out_total, admission.task.policy
         )
-        admission.hold_tokens = exact + admission.max_output_tokens
+        admission.hold_tokens = exact + out_total
         return admission.hold_tokens < old
 
     def _admit_or_refuse(
@@ -627,7 +646,7 @@ class Governor:
 
     def _budget_lines(self, task: Task) -> list[tuple[Budget, Line]]:
         """The task's budget lines, recomputed only when a window rolls over."""
-        if not task.policy.budgets:
+        if not task.policy.budgets and task.parent is None:
             return []
         cached = task.extras.get("lines")
         now = time.time()
@@ -636,11 +655,24 @@ class Governor:
         moment = datetime.fromtimestamp(now, UTC)
         specs = lines_for(task.policy.budgets, task.scope_values, task.id, moment)
         pairs = [(spec.budget, spec.line()) for spec in specs]
+        pairs.extend(self._parent_task_lines(task, {line.key for _, line in pairs}))
         resets = [s.window.resets_at.timestamp() for s in specs if s.window.resets_at]
         rolling = any(s.window.window_s is not None for s in specs)
         valid_until = now if rolling else min(resets, default=float("inf"))
         task.extras["lines"] = (valid_until, pairs)
         return pairs
+
+    def _parent_task_lines(
+        self, task: Task, taken: set[str]
+    ) -> list[tuple[Budget, Line]]:
+        """A sub-agent's calls also count against its parent task's budgets."""
+        if task.parent is None:
+            return []
+        return [
+            (budget, line)
+            for budget, line in self._budget_lines(task.parent)
+            if line.key.startswith("task:") and line.key not in taken
+        ]
 
     def _budget_left(self, task: Task) -> Decimal | None:
         try:
@@ -790,6 +822,18 @@ def _recorder(spend: SpendStore | str | Path | None) -> SpendRecorder | None:
 
         return SpendRecorder(open_store(spend))
     return SpendRecorder(spend)
+
+
+def _check_request(request: CallRequest) -> None:
+    """Refuse requests whose numbers cannot be reserved for."""
+    ceiling = request.max_output_tokens
+    if ceiling is not None and (not isinstance(ceiling, int) or ceiling < 1):
+        raise ConfigError(
+            f"max_tokens must be a positive whole number, got {ceiling!r}; leave "
+            "it out to use Policy.default_max_output_tokens"
+        )
+    if not isinstance(request.choices, int) or request.choices < 1:
+        raise ConfigError(f"n must be a positive whole number, got {request.choices!r}")
 
 
 def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:

@@ -80,6 +80,7 @@ class Task:
         task_id: str | None = None,
     ) -> None:
         self.id = task_id or new_id()
+        self.parent: Task | None = None
         self.policy = policy
         self.attribution = attribution
         self.started_at = time.monotonic()

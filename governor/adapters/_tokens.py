@@ -20,13 +20,21 @@ def _tokenizer_model(model: str) -> str:
     return model.removeprefix("offline/")
 
 
-def count_message_tokens(model: str, messages: Sequence[Mapping[str, Any]]) -> int:
-    """Count a chat prompt's tokens with the model's tokenizer (LiteLLM's)."""
+def count_message_tokens(
+    model: str, messages: Sequence[Mapping[str, Any]], *, tools: Any = None
+) -> int:
+    """Count a chat prompt's tokens with the model's tokenizer (LiteLLM's).
+
+    Only the text is counted: use it for plain-text prompts, or as an
+    estimate after the fact.
+    """
     plain = [
         {"role": str(m.get("role", "user")), "content": _text(m.get("content"))}
         for m in messages
     ]
-    counted = _litellm().token_counter(model=_tokenizer_model(model), messages=plain)
+    counted = _litellm().token_counter(
+        model=_tokenizer_model(model), messages=plain, tools=tools or None
+    )
     return int(counted)
 
 

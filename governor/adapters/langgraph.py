@@ -9,7 +9,10 @@ stops the graph before the refused call is sent.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
@@ -28,7 +31,7 @@ from opentelemetry.trace import Span
 
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
-from governor._errors import GovernorError
+from governor._errors import ConfigError, GovernorError
 from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, new_id
 from governor.policies import Attribution, Policy
@@ -46,6 +49,25 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
+
+# Runnable methods that would run the graph around the governor if they were
+# passed through to it; each is either wrapped above or refused.
+_UNGOVERNED_RUNS = frozenset(
+    {
+        "abatch_as_completed",
+        "astream_log",
+        "atransform",
+        "transform",
+        "stream_events",
+        "with_retry",
+        "with_fallbacks",
+        "pipe",
+        "bind",
+        "with_listeners",
+        "with_alisteners",
+        "map",
+    }
+)
 
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
@@ -103,6 +125,9 @@ class GovernedGraph:
         except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
             raise
+        except BaseException as exc:
+            task.stop_reason = task.stop_reason or _error_reason(exc)
+            raise
         finally:
             _CURRENT.reset(token)
             self._finish(task)
@@ -117,6 +142,9 @@ class GovernedGraph:
             return await self.graph.ainvoke(input, config, **kwargs)
         except GovernorError as exc:
             task.stop_reason = task.stop_reason or exc.code
+            raise
+        except BaseException as exc:
+            task.stop_reason = task.stop_reason or _error_reason(exc)
             raise
         finally:
             _CURRENT.reset(token)
@@ -157,11 +185,31 @@ class GovernedGraph:
         config: RunnableConfig | Sequence[RunnableConfig] | None = None,
         **kwargs: Any,
     ) -> list[Any]:
-        """Invoke once per input, each a task of its own, in order."""
+        """Invoke once per input, each a task of its own, in order.
+
+        With ``return_exceptions=True`` an input that fails gives its
+        exception in its place instead of stopping the batch.
+        """
         configs = _configs(config, len(inputs))
-        return [
-            self.invoke(i, c, **kwargs) for i, c in zip(inputs, configs, strict=True)
-        ]
+        keep_errors = bool(kwargs.pop("return_exceptions", False))
+        results: list[Any] = []
+        for item, item_config in zip(inputs, configs, strict=True):
+            try:
+                results.append(self.invoke(item, item_config, **kwargs))
+            except Exception as exc:
+                if not keep_errors:
+                    raise
+                results.append(exc)
+        return results
+
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`batch`, yielding ``(index, output)`` pairs."""
+        yield from enumerate(self.batch(inputs, config, **kwargs))
 
     async def abatch(
         self,
@@ -170,19 +218,48 @@ class GovernedGraph:
         **kwargs: Any,
     ) -> list[Any]:
         """Async form of :meth:`batch`; inputs run concurrently."""
-        import asyncio
-
         configs = _configs(config, len(inputs))
+        keep_errors = bool(kwargs.pop("return_exceptions", False))
         return list(
             await asyncio.gather(
                 *(
                     self.ainvoke(i, c, **kwargs)
                     for i, c in zip(inputs, configs, strict=True)
-                )
+                ),
+                return_exceptions=keep_errors,
             )
         )
 
+    async def astream_events(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        """The graph's event stream, run as one governed task."""
+        task, config = self._start(config, is_async=True)
+        token = _CURRENT.set(task)
+        try:
+            async for event in self.graph.astream_events(input, config, **kwargs):
+                yield event
+        except GovernorError as exc:
+            task.stop_reason = task.stop_reason or exc.code
+            raise
+        finally:
+            _reset(token)
+            self._finish(task)
+
+    def with_config(
+        self, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> GovernedGraph:
+        """The graph with a bound config, still governed by this governor."""
+        return GovernedGraph(self.graph.with_config(config, **kwargs), self.governor)
+
     def __getattr__(self, name: str) -> Any:
+        if name in _UNGOVERNED_RUNS:
+            raise AttributeError(
+                f"GovernedGraph.{name} is not supported: it would run the graph "
+                "without the governor. Use invoke, ainvoke, stream, astream, "
+                "astream_events, batch or abatch, or call it on .graph to run "
+                "ungoverned on purpose."
+            )
         return getattr(self.graph, name)
 
     def _start(
@@ -194,12 +271,18 @@ class GovernedGraph:
         task = self.governor.open_task(task_id, attribution=_attribution(merged))
         metadata["task_id"] = task.id
         merged["metadata"] = metadata
-        kind = AsyncGovernorCallbackHandler if is_async else GovernorCallbackHandler
-        handler = kind(self.governor, task)
+        handler = GovernorCallbackHandler(self.governor, task)
+        task.extras["handler"] = handler
         merged["callbacks"] = _with_handler(merged.get("callbacks"), handler)
+        if is_async:
+            partner = AsyncGovernorCallbackHandler(handler)
+            merged["callbacks"] = _with_handler(merged["callbacks"], partner)
         return task, merged
 
     def _finish(self, task: Task) -> None:
+        handler = task.extras.get("handler")
+        if handler is not None:
+            handler.abandon_open_calls()
         report = self.governor.close_task(task)
         with self._lock:
             self._reports.append(report)
@@ -232,7 +315,7 @@ class _HandlerCore:
         """Record the run; open a span if it is a node step. True for a step."""
         span = None
         node = (metadata or {}).get("langgraph_node")
-        is_step = node is not None and name == node
+        is_step = node is not None and name == node and not self._foreign(metadata)
         if is_step:
             step = int((metadata or {}).get("langgraph_step", 0))
             watch = loop_watch(self.task, self.governor.telemetry)
@@ -249,6 +332,11 @@ class _HandlerCore:
             self._parents[run_id] = parent_run_id
             self._spans[run_id] = span
         return is_step
+
+    def _foreign(self, metadata: Mapping[str, Any] | None) -> bool:
+        """True for runs of a nested governed graph: its own handler governs."""
+        owner = (metadata or {}).get("task_id")
+        return owner is not None and owner != self.task.id
 
     def _branch_slots(self, metadata: Mapping[str, Any] | None) -> Any:
         """The semaphore capping parallel node runs of this graph level."""
@@ -288,13 +376,18 @@ class _HandlerCore:
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
     ) -> CallRequest | None:
-        if _governed_by_litellm(serialized):
+        if _governed_by_litellm(serialized) or self._foreign(metadata):
             return None
         params = dict(kwargs.get("invocation_params") or {})
         meta = metadata or {}
         step = meta.get("langgraph_step")
+        model = _model_name(params, meta)
+        if model is None:
+            if self.task.policy.pricing.default is None:
+                raise _unnamed_model()
+            model = "unnamed"
         return CallRequest(
-            model=_model_name(params, meta),
+            model=model,
             messages=messages,
             max_output_tokens=_max_tokens(params, metadata or {}),
             can_set_max_tokens=False,
@@ -304,6 +397,7 @@ class _HandlerCore:
             task=self.task,
             step=int(step) if step is not None else None,
             node=meta.get("langgraph_node"),
+            choices=int(params.get("n") or 1),
         )
 
     def _admitted(self, run_id: UUID, admission: Admission) -> None:
@@ -342,6 +436,19 @@ class _HandlerCore:
             return None
         usage = _estimate(admission, text) if text else None
         return admission, CallResult(usage=usage, error=error)
+
+    def abandon_open_calls(self) -> None:
+        """Settle calls that never reported back (a cancelled invocation).
+
+        What they streamed is charged (as an estimate) and the rest released,
+        so a cancelled task does not pin its budget until the holds expire.
+        """
+        with self._lock:
+            open_runs = list(self._calls)
+        for run_id in open_runs:
+            failed = self._failed(run_id, _Abandoned())
+            if failed is not None:
+                self.governor.end_call(*failed)
 
     def _pop(self, run_id: UUID) -> Admission | None:
         with self._lock:
@@ -391,6 +498,19 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
 
     raise_error = True
     run_inline = True
+    partner: AsyncGovernorCallbackHandler | None = None
+
+    def _deferred(self) -> bool:
+        """True when LangChain's async manager calls: the async partner acts.
+
+        The async manager calls a sync handler from a coroutine; the sync
+        manager from a plain function. Without a partner this handler acts on
+        every event.
+        """
+        if self.partner is None:
+            return False
+        caller = sys._getframe(2)
+        return bool(caller.f_code.co_flags & inspect.CO_COROUTINE)
 
     def on_chain_start(
         self,
@@ -403,6 +523,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Open a span when a graph node starts a step; take a branch slot."""
+        if self._deferred():
+            return
         name = kwargs.get("name")
         if not self._node_started(run_id, parent_run_id, metadata, name, inputs):
             return
@@ -419,6 +541,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """Close the node span and give back its branch slot."""
+        if self._deferred():
+            return
         slot = self._chain_ended(run_id, None)
         if slot is not None:
             slot[0].release(slot[1])
@@ -427,6 +551,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
         """Close the node span with the error and give back its slot."""
+        if self._deferred():
+            return
         slot = self._chain_ended(run_id, error)
         if slot is not None:
             slot[0].release(slot[1])
@@ -442,6 +568,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve the call's worst case, or raise to stop it being sent."""
+        if self._deferred():
+            return
         request = self._request(
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
@@ -459,6 +587,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve a completion-style LLM call (prompts, not messages)."""
+        if self._deferred():
+            return
         request = self._request(
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
@@ -473,10 +603,14 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Keep streamed text so a stream that ends early can be charged."""
+        if self._deferred():
+            return
         self._streamed_text(run_id, token)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Settle the call at the usage the model reported (or a local count)."""
+        if self._deferred():
+            return
         ended = self._ended(run_id, response)
         if ended is not None:
             self.governor.end_call(*ended)
@@ -485,20 +619,42 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
         """Settle what a failed or cancelled call streamed, and release the rest."""
+        if self._deferred():
+            return
         failed = self._failed(run_id, error)
         if failed is not None:
             self.governor.end_call(*failed)
 
 
-class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
-    """The asyncio form of :class:`GovernorCallbackHandler`.
+class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
+    """The asyncio partner of a :class:`GovernorCallbackHandler`.
 
-    Waiting for a slot and talking to a networked budget store happen without
-    blocking the event loop. Used for ``ainvoke``, ``astream`` and ``abatch``.
+    In ``ainvoke``, ``astream`` and ``abatch`` both handlers are attached and
+    share one state. Events of async model calls and async nodes, which run on
+    the invocation's event loop, are handled here: waiting for a slot and
+    talking to a networked store happen without blocking the loop. Events
+    from sync code (a sync node in a worker thread, a blocking call) are left
+    to the sync handler, because LangChain swallows the errors of async
+    handlers run from sync code, and a refusal must always propagate.
     """
 
     raise_error = True
     run_inline = True
+
+    def __init__(self, core: GovernorCallbackHandler) -> None:
+        self.core = core
+        self.loop = asyncio.get_running_loop()
+        core.partner = self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def _mine(self) -> bool:
+        """True when running on the invocation's loop (the async manager)."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
 
     async def on_chain_start(
         self,
@@ -512,6 +668,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Open a span when a graph node starts a step; take a branch slot."""
+        if not self._mine():
+            return
         name = kwargs.get("name")
         if not self._node_started(run_id, parent_run_id, metadata, name, inputs):
             return
@@ -536,6 +694,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Close the node span and give back its branch slot."""
+        if not self._mine():
+            return
         slot = self._chain_ended(run_id, None)
         if slot is not None:
             await slot[0].arelease(slot[1])
@@ -550,6 +710,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Close the node span with the error and give back its slot."""
+        if not self._mine():
+            return
         slot = self._chain_ended(run_id, error)
         if slot is not None:
             await slot[0].arelease(slot[1])
@@ -566,6 +728,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve the call's worst case, or raise to stop it being sent."""
+        if not self._mine():
+            return
         request = self._request(
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
@@ -584,6 +748,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve a completion-style LLM call (prompts, not messages)."""
+        if not self._mine():
+            return
         request = self._request(
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
@@ -601,6 +767,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Keep streamed text so a stream that ends early can be charged."""
+        if not self._mine():
+            return
         self._streamed_text(run_id, token)
 
     async def on_llm_end(
@@ -613,6 +781,8 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Settle the call at the usage the model reported (or a local count)."""
+        if not self._mine():
+            return
         ended = self._ended(run_id, response)
         if ended is not None:
             await self.governor.aend_call(*ended)
@@ -627,12 +797,24 @@ class AsyncGovernorCallbackHandler(_HandlerCore, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Settle what a failed or cancelled call streamed, and release the rest."""
+        if not self._mine():
+            return
         failed = self._failed(run_id, error)
         if failed is not None:
             await self.governor.aend_call(*failed)
 
 
 # -- helpers -------------------------------------------------------------
+
+
+class _Abandoned(Exception):
+    """The invocation ended while this model call was still open."""
+
+
+def _error_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"error:{type(exc).__name__}"
 
 
 def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
@@ -714,13 +896,21 @@ def _as_dict(message: BaseMessage) -> dict[str, Any]:
     return entry
 
 
-def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
     for key in ("model", "model_name", "model_id"):
         value = params.get(key)
         if value:
             return str(value)
     value = metadata.get("ls_model_name")
-    return str(value) if value else "unknown"
+    return str(value) if value else None
+
+
+def _unnamed_model() -> ConfigError:
+    return ConfigError(
+        "a chat model reported no model name (no 'model' or 'model_name' "
+        "parameter, no ls_model_name), so its calls cannot be priced; give the "
+        "model a name, or set Pricing(default=Price(...)) to price unnamed models"
+    )
 
 
 def _max_tokens(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from governor._calls import Admission, CallRequest, CallResult
+from governor._calls import Admission, CallRequest, CallResult, plain_text_prompt
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
@@ -340,24 +340,40 @@ def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
     model = str(kwargs["model"])
     messages = list(kwargs["messages"])
-    max_tokens = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens")
-    extra = {
-        k: kwargs[k] for k in ("tools", "functions", "response_format") if k in kwargs
-    }
+    max_tokens = _first_set(kwargs, "max_tokens", "max_completion_tokens")
+    extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs}
+    tools = kwargs.get("tools")
 
     def count() -> int:
-        return count_message_tokens(model, messages)
+        return count_message_tokens(model, messages, tools=tools)
 
+    exact_ok = plain_text_prompt(messages) and "functions" not in kwargs
     return CallRequest(
         model=model,
         messages=messages,
-        max_output_tokens=int(max_tokens) if max_tokens else None,
+        max_output_tokens=max_tokens,
         stream=bool(kwargs.get("stream")),
-        count_prompt_tokens=count,
+        count_prompt_tokens=count if exact_ok else None,
         extra_prompt=extra or None,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
+        choices=kwargs.get("n") or 1,
     )
+
+
+def _first_set(kwargs: Mapping[str, Any], *names: str) -> Any:
+    """The first of ``names`` given a value (0 is a value, None is not)."""
+    for name in names:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def _parent_span() -> Any:
+    """The graph step this call runs in, when a governed graph runs it."""
+    task = current_task()
+    resolver = task.extras.get("parent_span") if task else None
+    return resolver() if resolver else None
 
 
 _ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
@@ -369,13 +385,6 @@ def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
         return None
     found = {k: str(metadata[k]) for k in _ATTRIBUTION_KEYS if metadata.get(k)}
     return found or None
-
-
-def _parent_span() -> Any:
-    """The graph step this call runs in, when a governed graph runs it."""
-    task = current_task()
-    resolver = task.extras.get("parent_span") if task else None
-    return resolver() if resolver else None
 
 
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
@@ -548,25 +557,57 @@ def _delta_text(chunk: Any) -> str:
 
 
 class _SyncStream(_StreamSettler):
-    """Passes a LiteLLM stream through and settles when it ends or is dropped."""
+    """Passes a LiteLLM stream through and settles when it ends or is dropped.
+
+    It is an iterator like LiteLLM's own stream. A stream closed early is
+    charged for what arrived; one dropped without being read is charged its
+    prompt (estimated), since the request was sent. It holds no reference
+    cycle, so dropping it settles at once.
+    """
 
     def __init__(
         self, governor: Governor, admission: Admission, inner: Any, saver: _Saver
     ) -> None:
         super().__init__(governor, admission, saver)
         self._inner = inner
+        self._source: Iterator[Any] | None = None
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> _SyncStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self.admission.settled:
+            raise StopIteration
+        if self._source is None:
+            self._source = iter(self._inner)
         try:
-            for chunk in self._inner:
-                self.chunks.append(chunk)
-                yield chunk
+            chunk = next(self._source)
+        except StopIteration:
+            self._finish()
+            raise
         except BaseException as exc:
             self.error = exc
+            self._finish()
             raise
-        finally:
-            result = self.result()
-            self.settle(self.governor.end_call(self.admission, result), result)
+        self.chunks.append(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Stop reading; settle what arrived."""
+        self._finish()
+
+    def __del__(self) -> None:
+        if not self.admission.settled:
+            try:
+                self._finish()
+            except Exception:
+                logger.debug("could not settle an abandoned stream", exc_info=True)
+
+    def _finish(self) -> None:
+        if self.admission.settled:
+            return
+        result = self.result()
+        self.settle(self.governor.end_call(self.admission, result), result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -580,18 +621,45 @@ class _AsyncStream(_StreamSettler):
     ) -> None:
         super().__init__(governor, admission, saver)
         self._inner = inner
+        self._source: AsyncIterator[Any] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> _AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.admission.settled:
+            raise StopAsyncIteration
+        if self._source is None:
+            self._source = aiter(self._inner)
         try:
-            async for chunk in self._inner:
-                self.chunks.append(chunk)
-                yield chunk
+            chunk = await anext(self._source)
+        except StopAsyncIteration:
+            await self._afinish()
+            raise
         except BaseException as exc:
             self.error = exc
+            await self._afinish()
             raise
-        finally:
-            result = self.result()
-            self.settle(await self.governor.aend_call(self.admission, result), result)
+        self.chunks.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop reading; settle what arrived."""
+        await self._afinish()
+
+    def __del__(self) -> None:
+        if not self.admission.settled:
+            try:
+                result = self.result()
+                self.settle(self.governor.end_call(self.admission, result), result)
+            except Exception:
+                logger.debug("could not settle an abandoned stream", exc_info=True)
+
+    async def _afinish(self) -> None:
+        if self.admission.settled:
+            return
+        result = self.result()
+        self.settle(await self.governor.aend_call(self.admission, result), result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+ENV_DEBUG = "GOVERNOR_DEBUG"
+"""Set to show Python tracebacks instead of one-line errors."""
 
 # command name -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,5 +54,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    code: int = handler(args)
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get(ENV_DEBUG):
+            raise
+        print(
+            f"governor {args.command}: {_describe(exc)} "
+            f"(set {ENV_DEBUG}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return code
+
+
+def _describe(exc: Exception) -> str:
+    from governor._errors import GovernorError
+
+    if isinstance(exc, GovernorError | OSError | ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -64,7 +64,7 @@ def load_records(args: argparse.Namespace) -> list[Any] | None:
             file=sys.stderr,
         )
         return None
-    records = list(open_store(target).query())
+    records = list(open_store(target, existing=True).query())
     if args.task:
         records = [r for r in records if r.task_id in set(args.task)]
     return records

@@ -121,7 +121,7 @@ def _summarize(args: argparse.Namespace) -> tuple[SpendSummary, str]:
     if args.html or args.png:
         # Charts need the time buckets and the top tasks whatever was asked.
         by += tuple(b for b in ("hour", "day", "task") if b not in by)
-    store = open_store(target)
+    store = open_store(target, existing=True)
     try:
         summary = summarize(store.query(since, until, _filters(args.filter)), by)
     finally:

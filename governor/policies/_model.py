@@ -196,6 +196,14 @@ class Attribution(PolicyModel):
         default_factory=dict, description="free-form string tags"
     )
 
+    @field_validator("team", "feature", "environment", "user", "session", "org")
+    @classmethod
+    def _no_separator(cls, value: str | None) -> str | None:
+        # '#' separates a budget line's key from its period window.
+        if value is not None and ("#" in value or not value.strip()):
+            raise ValueError("must be a non-empty name without '#'")
+        return value
+
     def scope_values(self) -> dict[str, str]:
         """Return the set scopes as ``{scope: value}``."""
         fields = ("team", "feature", "environment", "user", "session", "org")
@@ -277,6 +285,12 @@ class Policy(PolicyModel):
         gt=0,
         description="max_tokens sent (and reserved for) when a request sets none",
     )
+    max_call_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a call is assumed to run at most; models priced "
+        "per second (Price.usd_per_second) reserve this much time",
+    )
     hold_ttl_s: float = Field(
         default=900.0,
         gt=0,
@@ -286,6 +300,8 @@ class Policy(PolicyModel):
     @field_validator("budgets", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
+        if isinstance(value, Budget):
+            return (value,)
         return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from governor.spend._jsonl import JsonlSpendStore
+from governor.spend._record import SpendDataError
 from governor.spend._redis import RedisSpendStore
 from governor.spend._sqlite import SQLiteSpendStore
 
@@ -26,16 +27,51 @@ def default_spend_target() -> str:
     return os.environ.get(ENV_SPEND_DB) or str(DEFAULT_SPEND_PATH)
 
 
-def open_store(target: str | Path | None = None) -> AnySpendStore:
+def open_store(
+    target: str | Path | None = None, *, existing: bool = False
+) -> AnySpendStore:
     """Open the spend store named by ``target`` (default: :func:`default_spend_target`).
 
     ``redis://`` and ``rediss://`` URLs open a :class:`RedisSpendStore`, a path
     ending in ``.jsonl`` a :class:`JsonlSpendStore`, any other path a
     :class:`SQLiteSpendStore` (created with its folders when missing).
+
+    Args:
+        target: the store's path or URL.
+        existing: for readers: refuse a SQLite file that is not already a
+            spend store, rather than adding a table to someone's database.
+
+    Raises:
+        SpendDataError: ``existing`` is set and the SQLite file holds no
+            spend table.
     """
     text = str(target) if target is not None else default_spend_target()
     if text.startswith(("redis://", "rediss://", "unix://")):
         return RedisSpendStore.from_url(text)
     if text.endswith(".jsonl"):
         return JsonlSpendStore(text)
+    if existing:
+        _check_spend_database(Path(text))
     return SQLiteSpendStore(text)
+
+
+def _check_spend_database(path: Path) -> None:
+    """Refuse a file that is not a governor SQLite spend store, untouched."""
+    import sqlite3
+
+    uri = f"file:{path.resolve()}?mode=ro"
+    try:
+        with sqlite3.connect(uri, uri=True) as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='spend'"
+            ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SpendDataError(
+            f"{path} is not a SQLite spend store ({exc}); point --db at the file "
+            "the governor records to (GOVERNOR_SPEND_DB), or at a spend .jsonl"
+        ) from exc
+    if found is None:
+        raise SpendDataError(
+            f"{path} is a SQLite database with no spend table; it was left as "
+            "it is. Point --db at the file the governor records to."
+        )
