@@ -367,12 +367,12 @@ def _fit(
     # Decoding a prefix and counting again can differ by a token or two, so
     # shorten until the count fits: the usage must never exceed max_tokens.
     ids = litellm.encode(model=model, text=answer.text)
-    keep = max_tokens
+    keep = max(max_tokens, 0)
     while True:
         text = litellm.decode(model=model, tokens=ids[:keep])
         cut = OfflineAnswer(text=text, tool_calls=answer.tool_calls)
         tokens = _completion_tokens(model, cut)
-        if tokens <= max_tokens or keep == 0:
+        if tokens <= max_tokens or keep <= 0:
             return cut, tokens, True
         keep -= 1
 
