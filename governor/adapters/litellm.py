@@ -30,6 +30,7 @@ from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
 from governor.adapters._tokens import count_message_tokens, count_text_tokens
 from governor.pricing import Usage, usage_from_response, usage_from_stream_chunks
+from governor.telemetry import attributes as attr
 
 __all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
 
@@ -98,24 +99,26 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs)
-        return runner.run(
+        result = runner.run(
             request,
             call=self._tier_call,
             context_window=self._context_window,
             count_tokens=_tier_tokens,
             prompt_text=_last_user_text(messages),
         )
+        return self._on_result(result)
 
     async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
-        return await runner.arun(
+        result = await runner.arun(
             request,
             call=self._atier_call,
             context_window=self._context_window,
             count_tokens=_tier_tokens,
             prompt_text=_last_user_text(messages),
         )
+        return self._on_result(result)
 
     def _cascade_setup(
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
@@ -155,17 +158,48 @@ class GovernedLiteLLM:
         return window
 
     def _on_attempt(self, attempt: Any) -> None:
+        """One child span per attempt, sent or skipped, with its verdict."""
         task = current_task()
-        self.governor.telemetry.event(
-            task.span if task else None,
-            "governor.cascade.attempt",
+        parent = task.span if task else None
+        attributes: dict[str, Any] = {
+            attr.CASCADE_TIER: attempt.tier,
+            attr.GEN_AI_REQUEST_MODEL: attempt.model,
+            attr.CASCADE_OUTCOME: attempt.outcome,
+            attr.CASCADE_REASON: attempt.reason or "",
+            attr.CASCADE_SENT: attempt.sent,
+            attr.CASCADE_CHECKS: ", ".join(
+                f"{c.check}:{'pass' if c.passed else 'fail'}" for c in attempt.checks
+            ),
+        }
+        if attempt.cost_usd is not None:
+            attributes[attr.GEN_AI_USAGE_COST_AMOUNT] = float(attempt.cost_usd)
+        if attempt.error_kind:
+            attributes[attr.CASCADE_ERROR_KIND] = attempt.error_kind
+        self.governor.telemetry.event(parent, "governor.cascade.attempt", attributes)
+        self.governor.telemetry.timed_span(
+            f"governor.cascade.attempt {attempt.tier}",
+            parent,
+            attributes,
+            start_ns=attempt.started_ns,
+            end_ns=attempt.ended_ns,
+        )
+
+    def _on_result(self, result: Any) -> Any:
+        """Put the final tier and the saving against the premium tier on the task."""
+        task = current_task()
+        if task is None:
+            return result
+        premium = task.policy.cascade or self.governor.policy.cascade
+        saved = _premium_saving(self.governor, premium, result)
+        self.governor.telemetry.set_attributes(
+            task.span,
             {
-                "tier": attempt.tier,
-                "model": attempt.model,
-                "outcome": attempt.outcome,
-                "reason": attempt.reason or "",
+                attr.CASCADE_FINAL_TIER: result.tier.name,
+                attr.CASCADE_ACCEPTED: result.accepted,
+                attr.CASCADE_SAVED_USD: float(saved),
             },
         )
+        return result
 
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         request = _request(kwargs)
@@ -464,6 +498,22 @@ async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[
 
 
 # -- cascades ------------------------------------------------------------
+
+
+def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
+    """What the accepted answer's usage would have cost on the last tier, less
+    what the cascade spent on every attempt."""
+    raw = result.answer.raw
+    usage_obj = getattr(raw, "usage", None)
+    if cascade is None or usage_obj is None:
+        return Decimal(0)
+    try:
+        premium = governor.rate_card.rate(cascade.tiers[-1].model)
+        would_cost = premium.cost(usage_from_response(usage_obj)).usd
+    except GovernorError:
+        return Decimal(0)
+    spent = sum((a.cost_usd or Decimal(0) for a in result.attempts), Decimal(0))
+    return would_cost - spent
 
 
 def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:

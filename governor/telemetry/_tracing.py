@@ -155,6 +155,27 @@ class Telemetry:
         except Exception:
             logger.warning("could not set span attributes", exc_info=True)
 
+    def timed_span(
+        self,
+        name: str,
+        parent: Span | None,
+        attributes: Mapping[str, AttrValue],
+        *,
+        start_ns: int | None,
+        end_ns: int | None,
+    ) -> None:
+        """Record a span after the fact, with the times it covered."""
+        if not self.tracing():
+            return
+        try:
+            context = trace.set_span_in_context(parent) if parent else None
+            span = self._tracer.start_span(
+                name, context=context, attributes=attributes, start_time=start_ns
+            )
+            span.end(end_time=end_ns)
+        except Exception:
+            logger.warning("could not record span %s", name, exc_info=True)
+
     def event(
         self, span: Span | None, name: str, attributes: Mapping[str, AttrValue]
     ) -> None:
