@@ -12,6 +12,7 @@ from governor import Budget, Cascade, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.cascade import CascadeBudgetExceeded
 from governor.policies._cascade import MatchCheck, Retry, Tier
+from governor.telemetry import attributes as attr
 from governor.testing import OfflineAnswer, install_offline_provider
 
 QUESTION = "Which gas do plants absorb? A) oxygen B) carbon dioxide. Reply A or B."
@@ -56,7 +57,7 @@ def test_rejected_cheap_answer_escalates_and_both_are_charged(
     )
     assert charged == report.cost_usd
     assert sum(a.cost_usd for a in result.attempts) == report.cost_usd
-    events = [e.attributes["outcome"] for e in capture.task().events]
+    events = [e.attributes[attr.CASCADE_OUTCOME] for e in capture.task().events]
     assert events == ["rejected", "accepted"]
 
 
