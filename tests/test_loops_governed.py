@@ -130,6 +130,30 @@ def test_escalation_adds_a_hint_to_the_next_call() -> None:
     assert "stuck in a loop" in hints[0]["content"]
 
 
+def test_escalation_retries_on_the_configured_stronger_model() -> None:
+    """The call after an escalation goes to Loops.escalate_to, once."""
+    models: list[str] = []
+
+    def spy(**kwargs: Any) -> Any:
+        import litellm
+
+        models.append(kwargs["model"])
+        return litellm.completion(**kwargs)
+
+    policy = Policy(loops=Loops(action="escalate", escalate_to="gpt-4o"))
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov, completion=spy)
+    with gov.task():
+        for _ in range(6):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Go on."}],
+                mock_response=LONG,
+                max_tokens=40,
+            )
+    assert models == ["gpt-4o-mini"] * 4 + ["gpt-4o", "gpt-4o-mini"]
+
+
 def test_rerun_after_a_change_is_not_a_loop() -> None:
     """The same command with a different result each time is legitimate."""
     results = iter(["3 failed", "2 failed", "1 failed", "all passed"])

@@ -202,6 +202,7 @@ class GovernedLiteLLM:
         return result
 
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
+        kwargs = _escalated(kwargs)
         request = _request(kwargs)
         cache, lookup = self._lookup(kwargs)
         if lookup is not None and lookup.hit:
@@ -227,6 +228,7 @@ class GovernedLiteLLM:
         return response, cost
 
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
+        kwargs = _escalated(kwargs)
         request = _request(kwargs)
         cache, lookup = self._lookup(kwargs)
         if lookup is not None and lookup.hit:
@@ -421,12 +423,40 @@ def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
     return found or None
 
 
+def _escalated(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """After a loop verdict with action 'escalate': one retry, stronger, hinted.
+
+    The hint goes into the messages and the call goes to ``Loops.escalate_to``,
+    or to the tier after the current model in the policy's cascade.
+    """
+    task = current_task()
+    watch = task.extras.get("loop_watch") if task else None
+    hint = watch.take_hint() if watch is not None else None
+    if not hint or task is None:
+        return kwargs
+    hinted = {**kwargs, "messages": [*kwargs["messages"], _hint_message(hint)]}
+    stronger = task.policy.loops.escalate_to or _next_tier(task, str(kwargs["model"]))
+    if stronger:
+        hinted["model"] = stronger
+    return hinted
+
+
+def _hint_message(hint: str) -> dict[str, str]:
+    return {"role": "system", "content": hint}
+
+
+def _next_tier(task: Any, model: str) -> str | None:
+    cascade = task.policy.cascade
+    if cascade is None:
+        return None
+    models = [tier.model for tier in cascade.tiers]
+    if model in models and models.index(model) + 1 < len(models):
+        return str(models[models.index(model) + 1])
+    return None
+
+
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     """Send the ceiling the governor reserved for, and ask streams for usage."""
-    watch = admission.task.extras.get("loop_watch")
-    hint = watch.take_hint() if watch is not None else None
-    if hint:
-        kwargs["messages"] = [*kwargs["messages"], {"role": "system", "content": hint}]
     if admission.request.max_output_tokens is None:
         kwargs["max_tokens"] = admission.max_output_tokens
     if kwargs.get("stream"):

@@ -132,7 +132,14 @@ class Loops(PolicyModel):
     action: LoopAction = Field(
         default="stop",
         description=(
-            "'stop' (raise LoopDetected), 'escalate' (one human review or "
-            "stronger-model retry, then stop) or 'record' (flag only)"
+            "'stop' (raise LoopDetected), 'escalate' (one stronger-model retry "
+            "with a hint, then stop) or 'record' (flag only)"
+        ),
+    )
+    escalate_to: str | None = Field(
+        default=None,
+        description=(
+            "the model the retry after an escalation goes to; None: the tier "
+            "after the current model in the policy's cascade, else the same model"
         ),
     )
