@@ -26,6 +26,7 @@ from governor._errors import (
     GovernorHalt,
     PolicyError,
     PriceUnknown,
+    ScopeBlocked,
     StoreUnavailable,
 )
 from governor._task import Task, TaskReport, current_task
@@ -69,6 +70,7 @@ __all__ = [
     "PriceTier",
     "PriceUnknown",
     "Pricing",
+    "ScopeBlocked",
     "StoreUnavailable",
     "Task",
     "TaskReport",

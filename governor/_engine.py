@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -26,7 +27,12 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._attribution import current_attribution
 from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
-from governor._errors import BudgetExceeded, ConfigError, GovernorError
+from governor._errors import (
+    BudgetExceeded,
+    ConfigError,
+    GovernorError,
+    ScopeBlocked,
+)
 from governor._loopwatch import loop_watch
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
@@ -49,6 +55,7 @@ from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
 
 if TYPE_CHECKING:
+    from governor.anomaly import Anomalies, AnomalyMonitor
     from governor.spend import SpendStore
 
 __all__ = ["Governor"]
@@ -79,6 +86,11 @@ class Governor:
             URL for ``governor.spend.open_store`` (``.sqlite3``, ``.jsonl``,
             ``redis://``). Records are written by a background thread; call
             :meth:`close` (or use the governor as a context manager) to flush.
+        anomalies: spend-anomaly alerts on the recorded calls (rolling mean +
+            k standard deviations, bursts), as settings or a ready monitor
+            (pass it ``on_tighten=governor.apply_tighten`` yourself); with
+            ``auto_tighten`` set, an alert lowers the scope's budgets or blocks
+            its calls (see :meth:`unblock`).
 
     A governor is safe to share between threads and asyncio tasks.
     """
@@ -92,6 +104,7 @@ class Governor:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         spend: SpendStore | str | Path | None = None,
+        anomalies: Anomalies | AnomalyMonitor | None = None,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(
@@ -102,7 +115,11 @@ class Governor:
         self.ledger: Ledger = self._wrap(ledger)
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self.telemetry = Telemetry(tracer_provider, meter_provider)
-        self.recorder = _recorder(spend)
+        self._blocked: set[str] = set()
+        self._factors: dict[str, float] = {}
+        self._tighten_version = 0
+        self.monitor = self._monitor(anomalies)
+        self.recorder = _recorder(spend, self.monitor)
         self._warned: set[tuple[str, float]] = set()
         self._warn_checked: dict[str, float] = {}
         self.slots = SlotKeeper(self.ledger)
@@ -192,6 +209,55 @@ class Governor:
                 tags=dict(attribution.tags),
             )
         )
+
+    # -- anomalies -------------------------------------------------------
+
+    def _monitor(self, anomalies: Anomalies | AnomalyMonitor | None) -> Any:
+        if anomalies is None:
+            return None
+        from governor.anomaly import AnomalyMonitor
+
+        if isinstance(anomalies, AnomalyMonitor):
+            return anomalies
+        return AnomalyMonitor(anomalies, on_tighten=self._tighten)
+
+    def apply_tighten(self, request: Any) -> None:
+        """Apply an auto-tighten request (a ``governor.anomaly.Tighten``)."""
+        self._tighten(request)
+
+    def _tighten(self, request: Any) -> None:
+        """Apply an auto-tighten request from the anomaly monitor."""
+        if request.mode == "block":
+            self._blocked.add(request.scope)
+        else:
+            factor = self._factors.get(request.scope, 1.0) * request.factor
+            self._factors[request.scope] = factor
+        self._tighten_version += 1
+        logger.warning(
+            "spend anomaly on %s: %s (auto-tighten)", request.scope, request.mode
+        )
+
+    def unblock(self, scope: str) -> None:
+        """Undo auto-tighten for a scope ("team:search", or "all")."""
+        self._blocked.discard(scope)
+        self._factors.pop(scope, None)
+        self._tighten_version += 1
+
+    def _check_blocked(self, task: Task) -> None:
+        if not self._blocked:
+            return
+        keys = {"all", *(f"{k}:{v}" for k, v in task.scope_values.items())}
+        for scope in sorted(keys & self._blocked):
+            raise ScopeBlocked(scope, task_id=task.id)
+
+    def _tightened(self, line: Line) -> Line:
+        scope = line.key.split("#", 1)[0]
+        factor = self._factors.get(scope, 1.0) * self._factors.get("all", 1.0)
+        if factor == 1.0:
+            return line
+        nanos = None if line.limit_nanos is None else int(line.limit_nanos * factor)
+        tokens = None if line.limit_tokens is None else int(line.limit_tokens * factor)
+        return dataclasses.replace(line, limit_nanos=nanos, limit_tokens=tokens)
 
     def _wrap(self, ledger: Ledger | None) -> Ledger:
         """Put a networked store behind the policy's failure mode."""
@@ -425,6 +491,7 @@ class Governor:
         _check_request(request)
         task, owns = self._task_for(request)
         try:
+            self._check_blocked(task)
             step = request.step if request.step is not None else task.calls + 1
             loop_watch(task, self.telemetry).before_call(request.messages, step)
             rate = self.rate_card.rate(request.model)
@@ -650,16 +717,20 @@ class Governor:
             return []
         cached = task.extras.get("lines")
         now = time.time()
-        if cached is not None and now < cached[0]:
+        if (
+            cached is not None
+            and now < cached[0]
+            and cached[2] == self._tighten_version
+        ):
             return cached[1]  # type: ignore[no-any-return]
         moment = datetime.fromtimestamp(now, UTC)
         specs = lines_for(task.policy.budgets, task.scope_values, task.id, moment)
-        pairs = [(spec.budget, spec.line()) for spec in specs]
+        pairs = [(spec.budget, self._tightened(spec.line())) for spec in specs]
         pairs.extend(self._parent_task_lines(task, {line.key for _, line in pairs}))
         resets = [s.window.resets_at.timestamp() for s in specs if s.window.resets_at]
         rolling = any(s.window.window_s is not None for s in specs)
         valid_until = now if rolling else min(resets, default=float("inf"))
-        task.extras["lines"] = (valid_until, pairs)
+        task.extras["lines"] = (valid_until, pairs, self._tighten_version)
         return pairs
 
     def _parent_task_lines(
@@ -814,14 +885,17 @@ class Governor:
         return labels
 
 
-def _recorder(spend: SpendStore | str | Path | None) -> SpendRecorder | None:
+def _recorder(
+    spend: SpendStore | str | Path | None, monitor: Any
+) -> SpendRecorder | None:
+    observers = [monitor.observe] if monitor is not None else []
     if spend is None:
-        return None
+        return SpendRecorder(None, observers=observers) if observers else None
     if isinstance(spend, str | Path):
         from governor.spend import open_store
 
-        return SpendRecorder(open_store(spend))
-    return SpendRecorder(spend)
+        return SpendRecorder(open_store(spend), observers=observers)
+    return SpendRecorder(spend, observers=observers)
 
 
 def _check_request(request: CallRequest) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "GovernorHalt",
     "PolicyError",
     "PriceUnknown",
+    "ScopeBlocked",
     "StoreUnavailable",
 ]
 
@@ -156,6 +157,21 @@ class BudgetExceeded(GovernorHalt):
             "requested": str(self.requested),
             "model": self.model,
         }
+
+
+class ScopeBlocked(GovernorHalt):
+    """Calls for a scope were blocked after a spend anomaly (auto-tighten)."""
+
+    code = "scope_blocked"
+
+    def __init__(self, scope: str, *, task_id: str | None = None) -> None:
+        self.scope = scope
+        super().__init__(
+            f"calls for {scope} are blocked after a spend anomaly "
+            f"(Anomalies(auto_tighten='block')). Look at the alert, then call "
+            f"governor.unblock({scope!r}) to let calls through again.",
+            task_id=task_id,
+        )
 
 
 class StoreUnavailable(GovernorError, ConnectionError):

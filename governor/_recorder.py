@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,10 +25,18 @@ _STOP = None
 
 
 class SpendRecorder:
-    """Queues spend records and writes them to a store in the background."""
+    """Queues spend records; a background thread writes them to a store and
+    feeds them to observers (the anomaly monitor), off the call path."""
 
-    def __init__(self, store: SpendStore, *, max_queue: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: SpendStore | None,
+        *,
+        observers: Sequence[Callable[[SpendRecord], object]] = (),
+        max_queue: int = 100_000,
+    ) -> None:
         self.store = store
+        self.observers = list(observers)
         self._queue: queue.Queue[SpendRecord | None] = queue.Queue(max_queue)
         self._thread = threading.Thread(
             target=self._drain, name="governor-spend-writer", daemon=True
@@ -71,9 +80,16 @@ class SpendRecorder:
     def _write(self, records: list[SpendRecord]) -> None:
         if not records:
             return
-        try:
-            self.store.record_many(records)
-        except Exception:
-            logger.warning(
-                "could not write %d spend records", len(records), exc_info=True
-            )
+        if self.store is not None:
+            try:
+                self.store.record_many(records)
+            except Exception:
+                logger.warning(
+                    "could not write %d spend records", len(records), exc_info=True
+                )
+        for observer in self.observers:
+            for record in records:
+                try:
+                    observer(record)
+                except Exception:
+                    logger.warning("a spend observer failed", exc_info=True)

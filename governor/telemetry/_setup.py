@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -22,7 +24,12 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-__all__ = ["JsonlSpanExporter", "configure_tracing", "read_spans"]
+__all__ = [
+    "JsonlSpanExporter",
+    "configure_metrics",
+    "configure_tracing",
+    "read_spans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """Base URL of an OTLP/HTTP receiver; ``/v1/traces`` is appended (OTel spec)."""
 ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 """Full URL of an OTLP/HTTP traces receiver; wins over the base URL."""
+ENV_OTLP_METRICS_ENDPOINT = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+"""Full URL of an OTLP/HTTP metrics receiver; wins over the base URL."""
 ENV_TRACES_FILE = "GOVERNOR_TRACES_FILE"
 """Path of a JSONL file that receives every span, one JSON object per line."""
 
@@ -80,6 +89,43 @@ def _exporters(
     if path:
         chosen.append(JsonlSpanExporter(path))
     return chosen
+
+
+def configure_metrics(
+    *,
+    service_name: str = "llm-governor",
+    otlp_endpoint: str | None = None,
+    export_interval_s: float = 60.0,
+    readers: Sequence[MetricReader] = (),
+) -> MeterProvider:
+    """Build a meter provider that exports the governor's cost metrics.
+
+    Args:
+        service_name: the ``service.name`` resource attribute.
+        otlp_endpoint: full OTLP/HTTP metrics URL; when None, the standard
+            ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
+            variables decide, and with neither set nothing goes over OTLP.
+        export_interval_s: how often metrics are pushed.
+        readers: further metric readers (an in-memory reader in tests).
+
+    Returns:
+        A provider to pass as ``Governor(meter_provider=...)``; call its
+        ``shutdown()`` before the process exits.
+    """
+    chosen = list(readers)
+    wants = otlp_endpoint or os.environ.get(ENV_OTLP_METRICS_ENDPOINT)
+    if wants or os.environ.get(ENV_OTLP_ENDPOINT):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter,
+        )
+
+        exporter = OTLPMetricExporter(endpoint=otlp_endpoint)
+        interval_ms = export_interval_s * 1000
+        chosen.append(
+            PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
+        )
+    resource = Resource.create({"service.name": service_name})
+    return MeterProvider(resource=resource, metric_readers=chosen)
 
 
 class JsonlSpanExporter(SpanExporter):

@@ -1,0 +1,146 @@
+"""Cost metrics over the OpenTelemetry API, and anomaly alerts that tighten."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from governor import Budget, BudgetExceeded, Governor, Policy, ScopeBlocked
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.anomaly import Anomalies, AnomalyMonitor
+from governor.spend import SpendRecord
+from governor.telemetry import configure_metrics
+
+MESSAGES = [{"role": "user", "content": "Summarise the meeting notes."}]
+MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
+
+
+def call(gov: Governor) -> None:
+    GovernedLiteLLM(gov).completion(
+        model="gpt-4o-mini", messages=MESSAGES, mock_response="ok", max_tokens=20
+    )
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    found = []
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found
+
+
+def test_cost_metric_carries_model_and_attribution() -> None:
+    """governor.cost sums settled USD per model and team."""
+    reader = InMemoryMetricReader()
+    provider = configure_metrics(readers=[reader])
+    gov = Governor(meter_provider=provider)
+    with gov.task(team="search"):
+        call(gov)
+        call(gov)
+    (point,) = points(reader, "governor.cost")
+    assert point.value == pytest.approx(float(MOCK_COST * 2))
+    assert point.attributes["governor.team"] == "search"
+    assert point.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    tokens = {
+        p.attributes["gen_ai.token.type"]: p.value
+        for p in points(reader, "governor.tokens")
+    }
+    assert tokens == {"input": 20, "output": 40}
+
+
+def test_refusals_are_counted() -> None:
+    """A refused call adds to governor.refusals with its reason."""
+    reader = InMemoryMetricReader()
+    gov = Governor(
+        Policy(budgets=[Budget(max_usd="0.000001")]),
+        meter_provider=configure_metrics(readers=[reader]),
+    )
+    with pytest.raises(BudgetExceeded), gov.task():
+        call(gov)
+    (point,) = points(reader, "governor.refusals")
+    assert (point.value, point.attributes["reason"]) == (1, "budget_exceeded")
+
+
+def spike(monitor: AnomalyMonitor) -> None:
+    """Feed a quiet history for team 'search', then a burst of spend."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for minute in range(20):
+        monitor.observe(
+            SpendRecord(
+                ts=start + timedelta(minutes=minute),
+                task_id=f"t{minute}",
+                call_id=f"c{minute}",
+                model="gpt-4o-mini",
+                input_tokens=100,
+                output_tokens=50,
+                cost_usd=Decimal("0.001"),
+                team="search",
+            )
+        )
+    for i in range(40):
+        monitor.observe(
+            SpendRecord(
+                ts=start + timedelta(minutes=20, seconds=i),
+                task_id="loop",
+                call_id=f"spike{i}",
+                model="gpt-4o-mini",
+                input_tokens=5000,
+                output_tokens=2000,
+                cost_usd=Decimal("0.05"),
+                team="search",
+            )
+        )
+
+
+def test_anomaly_blocks_the_scope_until_unblocked() -> None:
+    """With auto_tighten='block', a spike on a team refuses its next calls."""
+    settings = Anomalies(auto_tighten="block", scopes=("team",), cooldown_s=0)
+    gov = Governor(anomalies=settings)
+    spike(gov.monitor)
+    with pytest.raises(ScopeBlocked) as info, gov.task(team="search"):
+        call(gov)
+    assert info.value.scope == "team:search"
+    with gov.task(team="other") as other:
+        call(gov)
+    assert other.report().calls == 1
+    gov.unblock("team:search")
+    with gov.task(team="search") as again:
+        call(gov)
+    assert again.report().calls == 1
+
+
+def test_anomaly_lowers_the_scope_budget() -> None:
+    """With auto_tighten='lower', the team's dollar limit is cut by the factor."""
+    settings = Anomalies(
+        auto_tighten="lower", tighten_factor=0.5, scopes=("team",), cooldown_s=0
+    )
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.00005")])
+    gov = Governor(policy, anomalies=settings)
+    spike(gov.monitor)
+    with pytest.raises(BudgetExceeded) as info, gov.task(team="search"):
+        for _ in range(5):
+            call(gov)
+    assert info.value.limit < Decimal("0.00005")
+
+
+def test_governed_calls_feed_the_monitor() -> None:
+    """Each settled call reaches the anomaly monitor, off the call path."""
+    seen: list[SpendRecord] = []
+
+    class Recording(AnomalyMonitor):
+        def observe(self, rec: SpendRecord) -> list[Any]:
+            seen.append(rec)
+            return super().observe(rec)
+
+    gov = Governor(anomalies=Recording(Anomalies()))
+    with gov.task(team="search"):
+        call(gov)
+    gov.flush()
+    assert [(r.team, r.cost_usd) for r in seen] == [("search", MOCK_COST)]
