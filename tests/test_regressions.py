@@ -272,3 +272,30 @@ def test_sync_call_inside_an_async_node_is_governed_once() -> None:
     report = graph.last_report
     assert report is not None
     assert report.calls == 1
+
+
+def test_sub_agent_under_the_same_caps_does_not_deadlock() -> None:
+    """A governed agent calling a governed sub-agent never waits on its own slot."""
+    from governor import Fanout
+
+    policy = Policy(
+        fanout=Fanout(max_inflight_calls=1, scope_caps={"team": 1}, wait_timeout_s=5)
+    )
+    gov = Governor(policy)
+    inner = govern(chat_graph("inner"), gov)
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer="outer")
+
+    def outer_node(state: State) -> dict[str, list[str]]:
+        first = str(model.invoke("q").content)
+        nested = inner.invoke({"items": [], "answers": []}, {"metadata": {"team": "a"}})
+        return {"answers": [first, *nested["answers"]]}
+
+    builder = StateGraph(State)
+    builder.add_node("outer", outer_node)
+    builder.add_edge(START, "outer")
+    builder.add_edge("outer", END)
+    outer = govern(builder.compile(), gov)
+    out = outer.invoke({"items": [], "answers": []}, {"metadata": {"team": "a"}})
+    assert out["answers"] == ["outer", "inner"]
