@@ -190,8 +190,8 @@ def test_missing_logprobs_follow_the_setting() -> None:
 
 def test_forbidden_pattern_fails_when_found() -> None:
     """A pattern that must not match fails when it is found."""
-    check = Matches(r"TODO", must_match=False)
-    assert check(Answer("done, TODO tests"), []).passed is False
+    check = Matches(r"TBD", must_match=False)
+    assert check(Answer("done, TBD tests"), []).passed is False
 
 
 def test_recorded_code_answer_parses(rows: dict[str, ReplayRow]) -> None:
