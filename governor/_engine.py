@@ -278,6 +278,7 @@ class Governor:
         task = _CURRENT.get()
         span = task.span if task else None
         self.telemetry.event(span, event, {"failure_mode": self.policy.failure_mode})
+        self.telemetry.set_attributes(span, {attr.DEGRADED: event})
         self.telemetry.record_degraded(event)
 
     def flush(self) -> None:

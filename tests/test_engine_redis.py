@@ -60,7 +60,9 @@ def test_unreachable_store_fails_closed_by_default(capture: SpanCapture) -> None
     )
     with pytest.raises(StoreUnavailable), gov.task():
         call(gov)
-    assert [e.name for e in capture.task().events] == ["store.fail_closed"]
+    task_span = capture.task()
+    assert [e.name for e in task_span.events] == ["store.fail_closed"]
+    assert task_span.attributes["governor.degraded"] == "store.fail_closed"
 
 
 def test_unreachable_store_fails_open_when_asked() -> None:
