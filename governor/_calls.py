@@ -107,6 +107,16 @@ class Admission:
         """The keys of the budget lines the call is held on."""
         return tuple(line.key for line in self.lines)
 
+    def hold(self) -> tuple[str, tuple[Line, ...], int, int, float]:
+        """The arguments of ``Ledger.reserve`` for this call's current hold."""
+        return (
+            self.call_id,
+            self.lines,
+            self.hold_nanos,
+            self.hold_tokens,
+            self.task.policy.hold_ttl_s,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CallResult:

@@ -387,21 +387,9 @@ class Governor:
         admission = self._plan(request)
         admission.held = self._take_slots(admission, self.slots.acquire)
         try:
-            refusal = self.ledger.reserve(
-                admission.call_id,
-                admission.lines,
-                admission.hold_nanos,
-                admission.hold_tokens,
-                admission.task.policy.hold_ttl_s,
-            )
+            refusal = self.ledger.reserve(*admission.hold())
             if refusal is not None and self._recount(admission):
-                refusal = self.ledger.reserve(
-                    admission.call_id,
-                    admission.lines,
-                    admission.hold_nanos,
-                    admission.hold_tokens,
-                    admission.task.policy.hold_ttl_s,
-                )
+                refusal = self.ledger.reserve(*admission.hold())
             return self._admit_or_refuse(admission, refusal)
         except BaseException:
             release_slots(admission.held)
@@ -419,21 +407,9 @@ class Governor:
             self._slot_refused(admission, exc)
             raise
         try:
-            refusal = await ledger.areserve(
-                admission.call_id,
-                admission.lines,
-                admission.hold_nanos,
-                admission.hold_tokens,
-                admission.task.policy.hold_ttl_s,
-            )
+            refusal = await ledger.areserve(*admission.hold())
             if refusal is not None and self._recount(admission):
-                refusal = await ledger.areserve(
-                    admission.call_id,
-                    admission.lines,
-                    admission.hold_nanos,
-                    admission.hold_tokens,
-                    admission.task.policy.hold_ttl_s,
-                )
+                refusal = await ledger.areserve(*admission.hold())
             return self._admit_or_refuse(admission, refusal)
         except asyncio.CancelledError:
             # The reserve script may have run before the cancellation arrived.

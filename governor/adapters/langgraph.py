@@ -48,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
 
 # Runnable methods that would run the graph around the governor if they were
 # passed through to it; each is either wrapped above or refused.
@@ -841,7 +840,7 @@ def _reset(token: Any) -> None:
 
 def _attribution(config: Mapping[str, Any]) -> Attribution | None:
     metadata = config.get("metadata") or {}
-    values = {k: str(metadata[k]) for k in _ATTRIBUTION_KEYS if metadata.get(k)}
+    values = Attribution.values_in(metadata)
     thread = (config.get("configurable") or {}).get("thread_id")
     if thread is not None and "session" not in values:
         values["session"] = str(thread)

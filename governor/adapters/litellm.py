@@ -29,6 +29,7 @@ from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
 from governor.adapters._tokens import count_message_tokens, count_text_tokens
+from governor.policies import Attribution
 from governor.pricing import Usage, usage_from_response, usage_from_stream_chunks
 from governor.telemetry import attributes as attr
 
@@ -412,14 +413,11 @@ def _parent_span() -> Any:
     return resolver() if resolver else None
 
 
-_ATTRIBUTION_KEYS = ("team", "feature", "environment", "user", "session", "org")
-
-
 def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
     """Scope values from LiteLLM's ``metadata={"team": ...}``, if any."""
     if not isinstance(metadata, Mapping):
         return None
-    found = {k: str(metadata[k]) for k in _ATTRIBUTION_KEYS if metadata.get(k)}
+    found = Attribution.values_in(metadata)
     return found or None
 
 

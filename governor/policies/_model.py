@@ -46,6 +46,9 @@ SCOPES: tuple[Scope, ...] = (
     "org",
 )
 
+ATTRIBUTION_FIELDS = ("team", "feature", "environment", "user", "session", "org")
+"""The scopes an Attribution names (every scope but ``task``)."""
+
 _USD = "a non-negative number of US dollars as Decimal, int or str, e.g. '0.50'"
 _PER_MTOK = "US dollars per million tokens, non-negative, e.g. Decimal('2.50')"
 
@@ -196,7 +199,7 @@ class Attribution(PolicyModel):
         default_factory=dict, description="free-form string tags"
     )
 
-    @field_validator("team", "feature", "environment", "user", "session", "org")
+    @field_validator(*ATTRIBUTION_FIELDS)
     @classmethod
     def _no_separator(cls, value: str | None) -> str | None:
         # '#' separates a budget line's key from its period window.
@@ -206,8 +209,12 @@ class Attribution(PolicyModel):
 
     def scope_values(self) -> dict[str, str]:
         """Return the set scopes as ``{scope: value}``."""
-        fields = ("team", "feature", "environment", "user", "session", "org")
-        return {f: v for f in fields if (v := getattr(self, f)) is not None}
+        return {f: v for f in ATTRIBUTION_FIELDS if (v := getattr(self, f)) is not None}
+
+    @staticmethod
+    def values_in(metadata: Mapping[str, Any]) -> dict[str, str]:
+        """The attribution fields a metadata mapping sets (LangGraph, LiteLLM)."""
+        return {f: str(metadata[f]) for f in ATTRIBUTION_FIELDS if metadata.get(f)}
 
 
 class Fanout(PolicyModel):
