@@ -76,3 +76,42 @@ def test_identical_texts_pass() -> None:
 def test_a_capitalized_first_word_is_not_a_name() -> None:
     """Sentence-initial common words are not mistaken for names."""
     assert gate_refusal("Explain recursion simply", "explain recursion simply") is None
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        # An opening capital may be dropped by a rewording...
+        (
+            "Information stored in DatasetInfo includes the licence.",
+            "The DatasetInfo class holds the licence.",
+            None,
+        ),
+        # ...but not replaced by another name.
+        ("Paris weather today?", "London weather today?", "entities"),
+        ("Paris weather today?", "Weather today in London?", "entities"),
+        # A sure name (not opening a sentence) may never go missing.
+        ("How do I learn Python?", "How do I learn programming?", "entities"),
+    ],
+)
+def test_an_opening_capital_is_a_name_only_when_replaced(
+    cached: str, query: str, check: str | None
+) -> None:
+    """Sentence-initial capitals are unsure names; sure names must match."""
+    assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("Pass the path when calling load().", "Give load() the path.", None),
+        ("Users who log in see the page.", "Logged-in users see the page.", None),
+        ("When does the shop open?", "What time does the shop open?", "question"),
+        ("Where does the shop open", "How does the shop open", "question"),
+    ],
+)
+def test_question_words_count_only_in_questions(
+    cached: str, query: str, check: str | None
+) -> None:
+    """'when' and 'who' join clauses in statements; in a question they ask."""
+    assert gate_refusal(cached, query) == check

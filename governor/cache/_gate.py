@@ -59,6 +59,9 @@ _SUFFIXES = ("ing", "ed", "ly", "es", "s", "'s")
 # Asking for a reason, a place, a time or a person wants another answer; "how",
 # "what" and "which" are left out because paraphrases swap them freely.
 _QUESTION_WORDS = _words("why where when who whom whose")
+# Words that open a question; a sentence opened by one asks even without "?".
+_ASKING = _QUESTION_WORDS | _words("how what which")
+_SENTENCE = re.compile(r"[^.?!\n]+[.?!]*")
 _NEGATIONS = _words(
     "not no never none nobody nothing neither nor nowhere without cannot "
     "lack lacks lacking"
@@ -139,6 +142,8 @@ class _Facts:
     numbers: Counter[str]
     quantities: Counter[tuple[str, str]]
     entities: tuple[str, ...]
+    certain: frozenset[str]
+    asks: frozenset[str]
     roles: frozenset[tuple[str, str]]
     quotes: frozenset[str]
     symbols: Counter[str]
@@ -162,7 +167,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words):
         return "polarity"
-    if a.words & _QUESTION_WORDS != b.words & _QUESTION_WORDS:
+    if a.asks != b.asks:
         return "question"
     if a.numbers != b.numbers:
         return "numbers"
@@ -191,11 +196,25 @@ def _facts(text: str) -> _Facts:
         negations=sum(1 for w in lowered if _negation(w)),
         numbers=Counter(n for n in numbers if n is not None),
         quantities=Counter(_quantities(lowered, numbers)),
-        entities=tuple(e for e, _ in entities),
+        entities=tuple(e for e, _, _ in entities),
+        certain=frozenset(e for e, _, sure in entities if sure),
+        asks=frozenset(_asked(text)),
         roles=frozenset(_roles(lowered, entities)),
         quotes=frozenset(_fold(" ".join(g.split())) for g in _quoted(text)),
         symbols=Counter(_symbols(text)),
     )
+
+
+def _asked(text: str) -> Iterable[str]:
+    """Yield the question words (why, where...) of the sentences that ask.
+
+    In a statement "when" and "who" join clauses ("pass it when calling
+    f()"); only in a question do they say what kind of answer is wanted.
+    """
+    for sentence in _SENTENCE.findall(text):
+        words = [_fold(t) for t in _TOKEN.findall(sentence)]
+        if words and (sentence.rstrip().endswith("?") or words[0] in _ASKING):
+            yield from (w for w in words if w in _QUESTION_WORDS)
 
 
 def _symbols(text: str) -> Iterable[str]:
@@ -259,8 +278,12 @@ def _prefix_negated(word: str, other: str) -> bool:
     return word[: len(word) - len(other)] in _NEGATING_PREFIXES
 
 
-def _entities(text: str, tokens: list[str]) -> Iterable[tuple[str, int]]:
-    """Yield each name (folded) with its token position."""
+def _entities(text: str, tokens: list[str]) -> Iterable[tuple[str, int, bool]]:
+    """Yield each name (folded), its token position and whether it is sure.
+
+    A capitalized word that opens a sentence may be a name ("Paris") or an
+    ordinary word ("Transforms"); it is yielded as unsure.
+    """
     position = 0
     sentence_start = True
     for index, token in enumerate(tokens):
@@ -269,29 +292,33 @@ def _entities(text: str, tokens: list[str]) -> Iterable[tuple[str, int]]:
             if any(ch in _SENTENCE_END for ch in text[position:found]):
                 sentence_start = True
             position = found + len(token)
-        if _is_entity(token, sentence_start):
-            yield _fold(token), index
+        kind = _name_kind(token, sentence_start)
+        if kind is not None:
+            yield _fold(token), index, kind
         sentence_start = False
 
 
-def _is_entity(token: str, sentence_start: bool) -> bool:
+def _name_kind(token: str, sentence_start: bool) -> bool | None:
+    """None for no name; True for a sure name; False for an opening capital."""
     letters = [ch for ch in token if ch.isalpha()]
     if not letters or _fold(token) in ("i", "i'm", "i've", "i'd", "i'll"):
-        return False
+        return None
     if any(ch.isdigit() for ch in token) and not _NUMBER.match(_fold(token)):
         return True  # product and site names: GPT-4, farm2stores.com, b2b
     upper = sum(1 for ch in letters if ch.isupper())
     if upper == 0:
-        return False
+        return None
     if upper > 1 or not token[0].isupper():
         return True  # acronyms (NASA), mixed case (iPhone)
-    return not sentence_start or _fold(token) not in _COMMON
+    if not sentence_start:
+        return True
+    return None if _fold(token) in _COMMON else False
 
 
 def _roles(
-    words: list[str], entities: list[tuple[str, int]]
+    words: list[str], entities: list[tuple[str, int, bool]]
 ) -> Iterable[tuple[str, str]]:
-    for name, index in entities:
+    for name, index, _ in entities:
         before = index - 1
         while before >= 0 and words[before] in _SKIPPED_BEFORE_NAME:
             before -= 1
@@ -308,11 +335,18 @@ def _found(name: str, other: _Facts) -> bool:
 
 
 def _names_differ(a: _Facts, b: _Facts) -> bool:
-    # A name on one side must appear on the other, in any case: users type
-    # "python" and "Python" for the same thing.
-    return any(not _found(e, b) for e in a.entities) or any(
-        not _found(e, a) for e in b.entities
-    )
+    """True when a sure name is missing on the other side, or names swap.
+
+    A name on one side must appear on the other, in any case: users type
+    "python" and "Python" for the same thing. An unsure name (a capital that
+    opens a sentence) may be dropped by a rewording, but not replaced by
+    another name: "Paris weather?" is not "London weather?".
+    """
+    missing_a = [e for e in a.entities if not _found(e, b)]
+    missing_b = [e for e in b.entities if not _found(e, a)]
+    if any(e in a.certain for e in missing_a) or any(e in b.certain for e in missing_b):
+        return True
+    return bool(missing_a) and bool(missing_b)
 
 
 def _roles_differ(a: _Facts, b: _Facts) -> bool:
