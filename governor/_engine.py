@@ -39,7 +39,7 @@ from governor._recorder import SpendRecorder
 from governor._slots import Held, SlotKeeper
 from governor._slots import arelease as arelease_slots
 from governor._slots import release as release_slots
-from governor._task import _CURRENT, Task, TaskReport, new_id
+from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
 from governor.budgets import lines_for
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
@@ -325,8 +325,8 @@ class Governor:
         try:
             with _current(task.span):
                 yield task
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
+        except BaseException as exc:
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             _CURRENT.reset(token)

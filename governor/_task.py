@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import random
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from governor._errors import GovernorError
 from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
     from governor.policies import Attribution, Policy
 
-__all__ = ["Task", "TaskReport", "current_task", "new_id"]
+__all__ = ["Task", "TaskReport", "current_task", "new_id", "stop_reason_for"]
 
 _CURRENT: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
     "governor_current_task", default=None
@@ -33,6 +35,15 @@ os.register_at_fork(after_in_child=lambda: _RNG.seed(os.urandom(32)))
 def new_id() -> str:
     """Return a random 128-bit id as 32 hex digits."""
     return f"{_RNG.getrandbits(128):032x}"
+
+
+def stop_reason_for(exc: BaseException) -> str:
+    """The stop reason a task records when ``exc`` ends it."""
+    if isinstance(exc, GovernorError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"error:{type(exc).__name__}"
 
 
 def current_task() -> Task | None:

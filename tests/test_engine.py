@@ -287,3 +287,30 @@ def test_spend_records_reach_the_store(tmp_path: object) -> None:
         ("rec-1", "search", "gpt-4o-mini", MOCK_COST)
     ] * 2
     assert sum(r.cost_usd for r in records) == task.report().cost_usd
+
+
+def test_a_task_ended_by_any_exception_records_why(capture: SpanCapture) -> None:
+    """An application error ends the task with ``error:<Type>``, then propagates."""
+    gov, llm, _ = governed(Policy(), capture)
+    with pytest.raises(KeyError), gov.task() as task:
+        call(llm, max_tokens=5)
+        raise KeyError("missing")
+    assert (task.report().calls, task.report().stop_reason) == (1, "error:KeyError")
+
+
+async def test_a_cancelled_async_task_records_cancelled(capture: SpanCapture) -> None:
+    """Cancelling the asyncio task that runs a governed task says so."""
+    gov, _, _ = governed(Policy(), capture)
+    seen: list[Any] = []
+
+    async def work() -> None:
+        async with gov.atask() as task:
+            seen.append(task)
+            await asyncio.sleep(10)
+
+    running = asyncio.ensure_future(work())
+    await asyncio.sleep(0.01)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert seen[0].report().stop_reason == "cancelled"

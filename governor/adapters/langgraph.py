@@ -33,7 +33,7 @@ from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._loopwatch import loop_watch, state_digest
-from governor._task import _CURRENT, Task, TaskReport, new_id
+from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
 from governor.telemetry import attributes as attr
@@ -121,11 +121,8 @@ class GovernedGraph:
         token = _CURRENT.set(task)
         try:
             return self.graph.invoke(input, config, **kwargs)
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
-            raise
         except BaseException as exc:
-            task.stop_reason = task.stop_reason or _error_reason(exc)
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             _CURRENT.reset(token)
@@ -139,11 +136,8 @@ class GovernedGraph:
         token = _CURRENT.set(task)
         try:
             return await self.graph.ainvoke(input, config, **kwargs)
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
-            raise
         except BaseException as exc:
-            task.stop_reason = task.stop_reason or _error_reason(exc)
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             _CURRENT.reset(token)
@@ -156,8 +150,8 @@ class GovernedGraph:
         task, config = self._start(config)
         try:
             yield from _with_task(task, self.graph.stream(input, config, **kwargs))
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
+        except Exception as exc:  # not GeneratorExit: a reader may stop early
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             self._finish(task)
@@ -171,8 +165,8 @@ class GovernedGraph:
         try:
             async for item in self.graph.astream(input, config, **kwargs):
                 yield item
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
+        except Exception as exc:  # not GeneratorExit: a reader may stop early
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             _reset(token)
@@ -238,8 +232,8 @@ class GovernedGraph:
         try:
             async for event in self.graph.astream_events(input, config, **kwargs):
                 yield event
-        except GovernorError as exc:
-            task.stop_reason = task.stop_reason or exc.code
+        except Exception as exc:  # not GeneratorExit: a reader may stop early
+            task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             _reset(token)
@@ -808,12 +802,6 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
 
 class _Abandoned(Exception):
     """The invocation ended while this model call was still open."""
-
-
-def _error_reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return f"error:{type(exc).__name__}"
 
 
 def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
