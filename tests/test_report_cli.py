@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -94,6 +95,19 @@ def test_csv_has_one_row_per_group(db: str, capsys: pytest.CaptureFixture[str]) 
         ("tag.customer", "globex", "0.045000"),
         ("tag.customer", "acme", "0.010000"),
     ]
+
+
+def test_csv_keeps_a_formula_in_a_key_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A team named like a spreadsheet formula is written with a leading quote."""
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as store:
+        formula = replace(record(0), team='=HYPERLINK("x")')
+        store.record_many([formula, replace(record(1), team="-1")])
+    _, out, _ = run(capsys, "--db", str(path), "--format", "csv", "--by", "team")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["key"] for r in rows) == ["'-1", '\'=HYPERLINK("x")']
 
 
 def test_since_and_filter_narrow_the_calls(

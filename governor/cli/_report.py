@@ -210,6 +210,9 @@ def render_json(summary: SpendSummary, label: str, top: int) -> str:
     return json.dumps(document, indent=2)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def render_csv(summary: SpendSummary, top: int) -> str:
     """One CSV table with a ``by`` column naming each row's grouping."""
     buffer = io.StringIO()
@@ -217,8 +220,17 @@ def render_csv(summary: SpendSummary, top: int) -> str:
     writer.writerow(["by", "key", *_COLUMNS])
     for by in summary.by:
         for group in _rows(summary, by, top):
-            writer.writerow([by, group.key, *_cells(group, summary)])
+            writer.writerow([by, _inert(group.key), *_cells(group, summary)])
     return buffer.getvalue()
+
+
+def _inert(text: str) -> str:
+    """Keep a spreadsheet from running a cell: "=cmd()" is shown, not run.
+
+    Attribution values come from callers; a team named ``=HYPERLINK(...)``
+    would be a formula in Excel or Sheets. A leading quote makes it text.
+    """
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
 
 
 def _print(summary: SpendSummary, fmt: str, label: str, top: int) -> None:
