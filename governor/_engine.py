@@ -146,7 +146,7 @@ class Governor:
                         "Cache(store='redis') needs a Redis ledger: "
                         "Governor(ledger=RedisLedger(url))"
                     )
-                client = connections.client()
+                client = connections.bytes_client()
             cache = self._caches.setdefault(
                 key, ResponseCache(policy.cache, redis_client=client)
             )

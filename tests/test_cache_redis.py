@@ -226,3 +226,40 @@ def test_the_redis_policy_needs_a_client() -> None:
     """store='redis' without a client or store is a config error."""
     with pytest.raises(ConfigError, match="redis_client"):
         ResponseCache(Cache(store="redis"))
+
+
+def test_a_governor_with_a_redis_ledger_shares_its_cache_in_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Cache(store='redis') works through Governor and GovernedLiteLLM.
+
+    The ledger's client decodes replies to strings; the cache gets a bytes
+    client to the same server.
+    """
+    from governor import Budget, Governor, Policy
+    from governor.adapters.litellm import GovernedLiteLLM
+    from governor.stores import RedisLedger
+    from governor.testing import install_offline_provider
+
+    install_offline_provider(speed=0)
+    policy = Policy(
+        budgets=[Budget(max_usd="1")],
+        cache=Cache(
+            store="redis", key_prefix=f"{redis_prefix}cache", embedder="hashing"
+        ),
+    )
+    ledger = RedisLedger(redis_url, prefix=f"{redis_prefix}ledger:")
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    hits = []
+    try:
+        for _ in range(2):
+            governor = Governor(policy, ledger=ledger)
+            with governor.task() as task:
+                GovernedLiteLLM(governor).completion(
+                    model="offline/gpt-4o-mini", messages=messages, max_tokens=20
+                )
+            hits.append(task.report().cache_hits)
+    finally:
+        ledger.close()
+    stored = redis.Redis.from_url(redis_url).keys(f"{redis_prefix}cache:e:*")
+    assert (hits, len(stored)) == ([0, 1], 1)

@@ -175,6 +175,7 @@ class RedisConnections:
         self.config = config
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
+        self._raw: redis.Redis | None = None
         self._sync_scripts: dict[str, Script] = {}
         self._async: dict[asyncio.AbstractEventLoop, _AsyncSide] = {}
 
@@ -185,6 +186,22 @@ class RedisConnections:
                 if self._sync is None:
                     self._sync = redis.Redis(connection_pool=self._sync_pool())
         return self._sync
+
+    def bytes_client(self) -> redis.Redis:
+        """Return a sync client whose replies are bytes (the response cache's).
+
+        Same server, credentials and timeouts as :meth:`client`, its own pool.
+        """
+        if self._raw is None:
+            with self._lock:
+                if self._raw is None:
+                    pool = redis.BlockingConnectionPool.from_url(
+                        self.config.url,
+                        retry=Retry(NoBackoff(), 0),
+                        **{**self._pool_args(), "decode_responses": False},
+                    )
+                    self._raw = redis.Redis(connection_pool=pool)
+        return self._raw
 
     def aclient(self) -> aredis.Redis:
         """Return the running event loop's async client (made on first use)."""
