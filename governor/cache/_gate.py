@@ -29,6 +29,7 @@ GATE_CHECKS = (
     "entities",
     "quotes",
     "symbols",
+    "edited",
 )
 
 
@@ -59,9 +60,14 @@ _SUFFIXES = ("ing", "ed", "ly", "es", "s", "'s")
 # Asking for a reason, a place, a time or a person wants another answer; "how",
 # "what" and "which" are left out because paraphrases swap them freely.
 _QUESTION_WORDS = _words("why where when who whom whose")
+# Shared words beyond which the shared text outweighs a short edit in the
+# embedding; questions are shorter than this and are left to the threshold.
+_SHARED_WORDS = 20
 # Words that open a question; a sentence opened by one asks even without "?".
 _ASKING = _QUESTION_WORDS | _words("how what which")
-_SENTENCE = re.compile(r"[^.?!\n]+[.?!]*")
+# A sentence ends at . ? or ! before white space, or at a line break ("3.5"
+# and "e.g." stay whole).
+_SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+|\n+")
 _NEGATIONS = _words(
     "not no never none nobody nothing neither nor nowhere without cannot "
     "lack lacks lacking"
@@ -134,6 +140,7 @@ _COMMON = _words(
 
 @dataclass(frozen=True, slots=True)
 class _Facts:
+    tokens: tuple[str, ...]
     words: frozenset[str]
     stems: frozenset[str]
     parts: frozenset[str]
@@ -179,6 +186,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "quotes"
     if a.symbols != b.symbols:
         return "symbols"
+    if _edited(a.tokens, b.tokens):
+        return "edited"
     return None
 
 
@@ -189,13 +198,16 @@ def _facts(text: str) -> _Facts:
     numbers = [_number(t) for t in lowered]
     entities = list(_entities(text, tokens))
     return _Facts(
+        tokens=tuple(lowered),
         words=frozenset(lowered),
         stems=frozenset(_stem(w) for w in lowered),
         parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
         content=tuple(w for w in lowered if w not in _COMMON),
         negations=sum(1 for w in lowered if _negation(w)),
         numbers=Counter(n for n in numbers if n is not None),
-        quantities=Counter(_quantities(lowered, numbers)),
+        quantities=Counter(
+            q for sentence in _SENTENCE_BREAK.split(text) for q in _quantities(sentence)
+        ),
         entities=tuple(e for e, _, _ in entities),
         certain=frozenset(e for e, _, sure in entities if sure),
         asks=frozenset(_asked(text)),
@@ -205,13 +217,38 @@ def _facts(text: str) -> _Facts:
     )
 
 
+def _edited(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when a long shared text differs by an edit that changes content.
+
+    A document followed by "summarize it" and the same document followed by
+    "translate it" embed almost alike: the shared text outweighs the short
+    instruction, and an embedder that truncates long input may not see the
+    instruction at all. So when most of both texts is the same run of
+    words at the start and end, the words in between decide: their content
+    words (by stem) must be the same on both sides.
+    """
+    limit = min(len(a), len(b))
+    head = 0
+    while head < limit and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    shared = head + tail
+    if shared < _SHARED_WORDS or shared < max(len(a), len(b)) / 2:
+        return False
+    middle_a = {_stem(w) for w in a[head : len(a) - tail] if w not in _COMMON}
+    middle_b = {_stem(w) for w in b[head : len(b) - tail] if w not in _COMMON}
+    return middle_a != middle_b
+
+
 def _asked(text: str) -> Iterable[str]:
     """Yield the question words (why, where...) of the sentences that ask.
 
     In a statement "when" and "who" join clauses ("pass it when calling
     f()"); only in a question do they say what kind of answer is wanted.
     """
-    for sentence in _SENTENCE.findall(text):
+    for sentence in _SENTENCE_BREAK.split(text):
         words = [_fold(t) for t in _TOKEN.findall(sentence)]
         if words and (sentence.rstrip().endswith("?") or words[0] in _ASKING):
             yield from (w for w in words if w in _QUESTION_WORDS)
@@ -248,9 +285,10 @@ def _number(word: str) -> str | None:
     return None
 
 
-def _quantities(
-    words: list[str], numbers: list[str | None]
-) -> Iterable[tuple[str, str]]:
+def _quantities(sentence: str) -> Iterable[tuple[str, str]]:
+    """Yield (number, unit) for each number followed by a word in a sentence."""
+    words = [_fold(t) for t in _TOKEN.findall(sentence)]
+    numbers = [_number(w) for w in words]
     for index, number in enumerate(numbers[:-1]):
         unit = words[index + 1]
         if number is not None and numbers[index + 1] is None and unit.isalpha():
