@@ -189,3 +189,24 @@ def test_rolling_budget_becomes_a_rolling_line() -> None:
     line = spec.line()
     assert isinstance(line, RollingLine)
     assert (line.key, line.window_s) == ("user:u#rolling:600s", 600)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_keyed_budget_replaces_the_scope_wide_one_for_its_value(order: int) -> None:
+    """One line per scope value and period: the keyed limit wins, in any order."""
+    budgets = [
+        Budget(scope="team", max_usd="1"),
+        Budget(scope="team", key="search", max_usd="0.0001"),
+        Budget(scope="team", max_usd="50", period="month"),
+    ][::order]
+    when = datetime(2026, 6, 1, tzinfo=UTC)
+    search = lines_for(budgets, {"team": "search"}, "t1", when)
+    ads = lines_for(budgets, {"team": "ads"}, "t1", when)
+    assert sorted((s.key, s.limit_nanos) for s in search) == [
+        ("team:search", 100_000),
+        ("team:search#month:2026-06@UTC", 50 * 10**9),
+    ]
+    assert sorted((s.key, s.limit_nanos) for s in ads) == [
+        ("team:ads", 10**9),
+        ("team:ads#month:2026-06@UTC", 50 * 10**9),
+    ]

@@ -90,6 +90,10 @@ def lines_for(
 ) -> list[LineSpec]:
     """Return a line for every budget that applies to a call, narrowest first.
 
+    A budget with a ``key`` replaces the scope-wide budget (no key) of the
+    same scope and period for that value: "every team $1, team search
+    $0.0001" gives team search one line, at $0.0001.
+
     Args:
         policy_budgets: the policy's budgets.
         attribution_values: the call's scope values, e.g. ``{"team": "search"}``
@@ -97,16 +101,17 @@ def lines_for(
         task_id: the id of the task the call belongs to.
         now: an aware datetime, the moment of the call.
     """
-    specs = []
+    by_key: dict[str, LineSpec] = {}
     for budget in policy_budgets:
         value = (
             task_id if budget.scope == "task" else attribution_values.get(budget.scope)
         )
         if value is None or (budget.key is not None and budget.key != value):
             continue
-        specs.append(_spec(budget, value, now))
-    specs.sort(key=lambda spec: _ORDER[spec.scope])
-    return specs
+        spec = _spec(budget, value, now)
+        if spec.key not in by_key or budget.key is not None:
+            by_key[spec.key] = spec
+    return sorted(by_key.values(), key=lambda spec: _ORDER[spec.scope])
 
 
 def _spec(budget: Budget, value: str, now: datetime) -> LineSpec:
