@@ -79,11 +79,15 @@ def test_merge_lays_nested_parts_and_mappings_key_by_key() -> None:
     """Nested parts merge field by field and mappings merge key by key."""
     org = Policy(
         attribution=Attribution(team="a", tags={"x": "1"}),
-        pricing=Pricing(overrides={"m1": Price(input_usd_per_mtok=1)}),
+        pricing=Pricing(
+            overrides={"m1": Price(input_usd_per_mtok=1, output_usd_per_mtok=1)}
+        ),
     )
     agent = Policy(
         attribution=Attribution(feature="f", tags={"y": "2"}),
-        pricing=Pricing(overrides={"m2": Price(input_usd_per_mtok=2)}),
+        pricing=Pricing(
+            overrides={"m2": Price(input_usd_per_mtok=2, output_usd_per_mtok=2)}
+        ),
     )
     merged = org.merged(agent)
     assert merged.attribution.team == "a"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from governor._errors import ConfigError, PriceUnknown
+from governor._errors import ConfigError, PolicyError, PriceUnknown
 from governor.cli import main as cli_main
 from governor.policies import Price, PriceTier, Pricing
 from governor.pricing import Rate, RateCard, Usage
@@ -177,14 +177,18 @@ def test_override_wins_over_the_map() -> None:
 
 def test_override_matches_the_stripped_name() -> None:
     """An override for gpt-4o also prices offline/gpt-4o."""
-    pricing = Pricing(overrides={"gpt-4o": Price(input_usd_per_mtok="2")})
+    pricing = Pricing(
+        overrides={"gpt-4o": Price(input_usd_per_mtok="2", output_usd_per_mtok="2")}
+    )
     rate = _card(pricing).rate("offline/gpt-4o")
     assert (rate.model, rate.source) == ("gpt-4o", "override")
 
 
 def test_override_keeps_the_maps_limits_and_provider() -> None:
     """An override without limits takes them, and the provider, from the map."""
-    pricing = Pricing(overrides={"gpt-4o": Price(input_usd_per_mtok="2")})
+    pricing = Pricing(
+        overrides={"gpt-4o": Price(input_usd_per_mtok="2", output_usd_per_mtok="2")}
+    )
     rate = _card(pricing).rate("gpt-4o")
     assert (rate.max_output_tokens, rate.provider) == (16384, "openai")
 
@@ -226,6 +230,14 @@ def test_self_hosted_model_priced_per_second() -> None:
     assert (cost.usd, cost.source) == (D("0.00375"), "override")
 
 
+@pytest.mark.parametrize("given", ["input_usd_per_mtok", "output_usd_per_mtok"])
+def test_a_price_with_one_token_price_is_refused(given: str) -> None:
+    """Forgetting the other token price would make those tokens free silently."""
+    with pytest.raises(PolicyError) as caught:
+        Price(**{given: "3"})
+    assert "set both" in str(caught.value)
+
+
 def test_explicitly_free_override_is_allowed() -> None:
     """An override of zero prices means free on purpose, so tokens cost 0."""
     card = _card(Pricing(overrides={"local-model": Price()}))
@@ -263,6 +275,7 @@ def test_tier_cache_price_falls_back_to_the_base_cache_price() -> None:
     """A tier without its own cache price keeps the base's explicit cache price."""
     price = Price(
         input_usd_per_mtok="1",
+        output_usd_per_mtok="2",
         cache_read_usd_per_mtok="0.1",
         tiers=(
             PriceTier(
@@ -292,7 +305,9 @@ def test_tiered_pricing_table_is_read() -> None:
 
 def test_default_price_admits_unknown_models() -> None:
     """With a default price, an unknown model is priced at it, marked default."""
-    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    card = _card(
+        Pricing(default=Price(input_usd_per_mtok="5", output_usd_per_mtok="5"))
+    )
     rate = card.rate("my-private-model")
     assert (rate.model, rate.source, rate.input_per_token) == (
         "my-private-model",
@@ -303,14 +318,18 @@ def test_default_price_admits_unknown_models() -> None:
 
 def test_default_price_covers_zero_priced_entries() -> None:
     """A zero-priced map entry is unknown, so the default prices it."""
-    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    card = _card(
+        Pricing(default=Price(input_usd_per_mtok="5", output_usd_per_mtok="5"))
+    )
     rate = card.rate("retired-model")
     assert (rate.source, rate.max_output_tokens) == ("default", 8192)
 
 
 def test_default_price_does_not_replace_known_prices() -> None:
     """A model the map prices keeps its map price when a default is set."""
-    card = _card(Pricing(default=Price(input_usd_per_mtok="5")))
+    card = _card(
+        Pricing(default=Price(input_usd_per_mtok="5", output_usd_per_mtok="5"))
+    )
     assert card.rate("gpt-4o").source == "price_map"
 
 
@@ -358,7 +377,11 @@ def test_worst_case_uses_the_tier_the_prompt_lands_in() -> None:
 
 def test_worst_case_covers_dear_cache_writes() -> None:
     """A cache write dearer than input is covered by the bound."""
-    price = Price(input_usd_per_mtok="3", cache_write_usd_per_mtok="3.75")
+    price = Price(
+        input_usd_per_mtok="3",
+        output_usd_per_mtok="15",
+        cache_write_usd_per_mtok="3.75",
+    )
     card = _card(Pricing(overrides={"m": price}))
     worst = card.worst_case_usd("m", prompt_tokens=100, max_output_tokens=0)
     assert worst == card.cost("m", Usage(prompt_tokens=100, cache_write_tokens=100)).usd

@@ -101,6 +101,24 @@ class Price(PolicyModel):
         default=None, gt=0, description="the model's context window in tokens"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _both_token_prices(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("usd_per_second") is not None:
+            return data
+        given = [k for k in ("input_usd_per_mtok", "output_usd_per_mtok") if k in data]
+        if len(given) == 1:
+            missing = (
+                "output_usd_per_mtok"
+                if given[0] == "input_usd_per_mtok"
+                else "input_usd_per_mtok"
+            )
+            raise ValueError(
+                f"Price sets {given[0]} but not {missing}; set both (0 makes "
+                "those tokens free on purpose), or Price() for a free model"
+            )
+        return data
+
 
 class Pricing(PolicyModel):
     """Where prices come from: LiteLLM's bundled map, then these overrides."""
