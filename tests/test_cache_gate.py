@@ -141,3 +141,52 @@ def test_a_long_shared_text_leaves_the_edit_to_decide(
 def test_a_short_question_is_left_to_the_threshold() -> None:
     """Under twenty shared words, one changed word is the embedder's to judge."""
     assert gate_refusal("How do I post comments?", "How do I add comments?") is None
+
+
+CONTEXT = (
+    "Context: our warehouse system tracks inventory, orders, shipments and "
+    "returns for every store in the region, and the nightly jobs reconcile "
+    "them with the ledger before the stores open. Question: "
+)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("grant read access to the bucket?", "grant write access to the bucket?"),
+        ("sort it in ascending order?", "sort it in descending order?"),
+        ("keep only the odd rows?", "keep only the even rows?"),
+        ("meet on monday morning?", "meet on tuesday morning?"),
+    ],
+)
+def test_one_changed_word_after_a_shared_context_is_refused(
+    cached: str, query: str
+) -> None:
+    """Any content word changed around a long shared context refuses the match."""
+    assert gate_refusal(CONTEXT + cached, CONTEXT + query) == "edited"
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (
+            "What is the absolute value of -5?",
+            "What is the absolute value of 5?",
+            "numbers",
+        ),
+        ("Set the offset to −2", "Set the offset to 2", "numbers"),
+        (
+            "Which fields does getUser return?",
+            "Which fields does getUsers return?",
+            "entities",
+        ),
+        ("What does max_len do?", "What does max_lens do?", "entities"),
+        ("Which Americans won?", "Which American won?", None),
+        ("Is a well-known fix 3-4 lines?", "Is a well-known fix 3-4 lines?", None),
+    ],
+)
+def test_signs_and_code_names_are_compared_exactly(
+    cached: str, query: str, check: str | None
+) -> None:
+    """A minus sign belongs to its number; code names are not stemmed."""
+    assert gate_refusal(cached, query) == check

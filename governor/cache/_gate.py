@@ -45,8 +45,9 @@ def _pairs(text: str) -> dict[str, str]:
     return found
 
 
-_TOKEN = re.compile(r"[$€£¥]?\w+(?:[’'.,\-]\w+)*%?")
-_NUMBER = re.compile(r"^[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
+# A minus sign that opens a number is part of it: "-5" is not "5".
+_TOKEN = re.compile(r"(?:(?<![\w.])[-−](?=[$€£¥]?\d))?[$€£¥]?\w+(?:[’'.,\-]\w+)*%?")
+_NUMBER = re.compile(r"^[-−]?[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)')
 _SYMBOL_RUN = re.compile(r"[^\w\s]+")
 # Sentence punctuation, and lone brackets or dashes around asides, say nothing
@@ -60,6 +61,16 @@ _SUFFIXES = ("ing", "ed", "ly", "es", "s", "'s")
 # Asking for a reason, a place, a time or a person wants another answer; "how",
 # "what" and "which" are left out because paraphrases swap them freely.
 _QUESTION_WORDS = _words("why where when who whom whose")
+# Words that carry no content of their own: an edit that only changes these
+# ("how do I" / "how can I", "the" / "a") keeps the question.
+_FUNCTION_WORDS = _words(
+    """a an the this that these those is are was were be been being am do does
+    did done have has had can could would should will shall may might must i
+    me my mine you your yours we our ours us it its they them their he she him
+    her his of to in on at by for with from as into onto about than then so
+    and or but if please kindly just also very really any some there here
+    what how which whether"""
+)
 # Shared words beyond which the shared text outweighs a short edit in the
 # embedding; questions are shorter than this and are left to the threshold.
 _SHARED_WORDS = 20
@@ -141,6 +152,7 @@ _COMMON = _words(
 @dataclass(frozen=True, slots=True)
 class _Facts:
     tokens: tuple[str, ...]
+    code: frozenset[str]
     words: frozenset[str]
     stems: frozenset[str]
     parts: frozenset[str]
@@ -186,7 +198,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "quotes"
     if a.symbols != b.symbols:
         return "symbols"
-    if _edited(a.tokens, b.tokens):
+    if _edited(a, b):
         return "edited"
     return None
 
@@ -199,6 +211,7 @@ def _facts(text: str) -> _Facts:
     entities = list(_entities(text, tokens))
     return _Facts(
         tokens=tuple(lowered),
+        code=frozenset(_fold(t) for t in tokens if _is_identifier(t)),
         words=frozenset(lowered),
         stems=frozenset(_stem(w) for w in lowered),
         parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
@@ -217,7 +230,7 @@ def _facts(text: str) -> _Facts:
     )
 
 
-def _edited(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+def _edited(a: _Facts, b: _Facts) -> bool:
     """True when a long shared text differs by an edit that changes content.
 
     A document followed by "summarize it" and the same document followed by
@@ -227,19 +240,33 @@ def _edited(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     words at the start and end, the words in between decide: their content
     words (by stem) must be the same on both sides.
     """
-    limit = min(len(a), len(b))
+    ta, tb = a.tokens, b.tokens
+    limit = min(len(ta), len(tb))
     head = 0
-    while head < limit and a[head] == b[head]:
+    while head < limit and ta[head] == tb[head]:
         head += 1
     tail = 0
-    while tail < limit - head and a[-1 - tail] == b[-1 - tail]:
+    while tail < limit - head and ta[-1 - tail] == tb[-1 - tail]:
         tail += 1
     shared = head + tail
-    if shared < _SHARED_WORDS or shared < max(len(a), len(b)) / 2:
+    if shared < _SHARED_WORDS or shared < max(len(ta), len(tb)) / 2:
         return False
-    middle_a = {_stem(w) for w in a[head : len(a) - tail] if w not in _COMMON}
-    middle_b = {_stem(w) for w in b[head : len(b) - tail] if w not in _COMMON}
+    middle_a = _content_stems(a.tokens[head : len(a.tokens) - tail], a.code)
+    middle_b = _content_stems(b.tokens[head : len(b.tokens) - tail], b.code)
     return middle_a != middle_b
+
+
+def _content_stems(words: tuple[str, ...], code: frozenset[str]) -> set[str]:
+    return {w if w in code else _stem(w) for w in words if w not in _FUNCTION_WORDS}
+
+
+def _is_identifier(token: str) -> bool:
+    """True for code names (getUser, max_len, v2): compared exactly, unstemmed."""
+    return (
+        "_" in token
+        or any(ch.isupper() for ch in token[1:])
+        or (any(ch.isdigit() for ch in token) and any(ch.isalpha() for ch in token))
+    )
 
 
 def _asked(text: str) -> Iterable[str]:
@@ -343,6 +370,8 @@ def _name_kind(token: str, sentence_start: bool) -> bool | None:
         return None
     if any(ch.isdigit() for ch in token) and not _NUMBER.match(_fold(token)):
         return True  # product and site names: GPT-4, farm2stores.com, b2b
+    if "_" in token.strip("_"):
+        return True  # code names: max_len, load_dataset
     upper = sum(1 for ch in letters if ch.isupper())
     if upper == 0:
         return None
@@ -364,9 +393,11 @@ def _roles(
             yield name, words[before]
 
 
-def _found(name: str, other: _Facts) -> bool:
-    if name in other.words or _stem(name) in other.stems or name in other.parts:
+def _found(name: str, other: _Facts, code: frozenset[str]) -> bool:
+    if name in other.words or name in other.parts:
         return True
+    if name not in code and _stem(name) in other.stems:
+        return True  # "Americans" and "American"; never "getUsers" and "getUser"
     # "datasets.Metric" is written "the Metric of datasets" elsewhere.
     parts = [p for p in _DOTTED.split(name) if p]
     return len(parts) > 1 and all(p in other.words for p in parts)
@@ -380,8 +411,8 @@ def _names_differ(a: _Facts, b: _Facts) -> bool:
     opens a sentence) may be dropped by a rewording, but not replaced by
     another name: "Paris weather?" is not "London weather?".
     """
-    missing_a = [e for e in a.entities if not _found(e, b)]
-    missing_b = [e for e in b.entities if not _found(e, a)]
+    missing_a = [e for e in a.entities if not _found(e, b, a.code)]
+    missing_b = [e for e in b.entities if not _found(e, a, b.code)]
     if any(e in a.certain for e in missing_a) or any(e in b.certain for e in missing_b):
         return True
     return bool(missing_a) and bool(missing_b)
