@@ -70,6 +70,23 @@ def test_answer_changing_parts_change_the_exact_key(change: dict[str, Any]) -> N
     assert keys(**change).exact != keys().exact
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        {"api_base": "http://127.0.0.1:8001/v1"},
+        {"base_url": "http://127.0.0.1:8002/v1"},
+        {"api_version": "2024-06-01"},
+        {"custom_llm_provider": "openai"},
+    ],
+)
+def test_another_endpoint_is_another_exact_key_and_scope(
+    endpoint: dict[str, Any],
+) -> None:
+    """Two servers may answer under one model name: neither layer mixes them."""
+    moved = keys(**endpoint)
+    assert (moved.exact != keys().exact, moved.scope != keys().scope) == (True, True)
+
+
 def test_a_single_text_part_equals_a_plain_string() -> None:
     """Content given as one text part keys like the same string."""
     parts = [{"role": "user", "content": [{"type": "text", "text": Q[0]["content"]}]}]

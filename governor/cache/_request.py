@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 # Transport, telemetry and routing parameters: they never change the answer.
+# The endpoint does (api_base, base_url, api_version, custom_llm_provider): two
+# servers may serve different models under one name, so it stays in the keys.
 _TRANSPORT_PARAMS = frozenset(
     {
         "stream",
@@ -34,9 +36,6 @@ _TRANSPORT_PARAMS = frozenset(
         "timeout",
         "request_timeout",
         "api_key",
-        "api_base",
-        "base_url",
-        "api_version",
         "organization",
         "headers",
         "extra_headers",
@@ -49,7 +48,6 @@ _TRANSPORT_PARAMS = frozenset(
         "caching",
         "callbacks",
         "tags",
-        "custom_llm_provider",
     }
 )
 # Sampling parameters change which answer is drawn, not what kind of answer is
