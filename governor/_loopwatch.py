@@ -11,8 +11,9 @@ are gathered and its verdicts applied:
   there it is recorded only); after that the guard answers ``stop``.
 * ``record``: a span event and a warning, nothing else.
 
-Parallel calls of one graph step are one observation (the first), so Send
-branches that answer alike are not mistaken for a loop.
+Parallel calls of one graph step are one observation (the first), and so are
+parallel visits of one node with one state, so Send branches that ask or
+answer alike are not mistaken for a loop.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class LoopWatch:
         self._steps = 0
         self._seen: set[tuple[int, str]] = set()
         self._seen_step_nodes: set[tuple[int, str]] = set()
+        self._seen_visits: set[tuple[int, str, str | None]] = set()
 
     @property
     def guard(self) -> LoopGuard:
@@ -95,7 +97,11 @@ class LoopWatch:
         self.raise_if_stopped()
         with self._lock:
             self._steps += 1
-            self._act(self.guard.on_node(node, digest, step=step))
+            # Parallel runs of one node on one state in one step (Send
+            # branches sampling the same question) are one visit, not a loop.
+            if (step, node, digest) not in self._seen_visits:
+                self._seen_visits.add((step, node, digest))
+                self._act(self.guard.on_node(node, digest, step=step))
             self._act(
                 self.guard.check_ceilings(
                     model_calls=self.task.calls,

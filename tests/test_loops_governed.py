@@ -190,6 +190,17 @@ def test_parallel_branches_answering_alike_are_one_observation() -> None:
     assert len(out["answers"]) == 6
 
 
+def test_parallel_branches_on_one_state_are_one_visit() -> None:
+    """Self-consistency: five Send branches asking the same thing are no loop."""
+    from test_langgraph_adapter import ScriptedChatModel, fan_out_graph
+
+    graph = govern(fan_out_graph(ScriptedChatModel(answer=LONG)), Governor())
+    out = graph.invoke({"items": ["same question"] * 5, "answers": []})
+    report = graph.last_report
+    assert report is not None
+    assert (len(out["answers"]), report.calls, report.stop_reason) == (5, 5, None)
+
+
 def test_offline_answer_import_is_used() -> None:
     """OfflineAnswer carries tool calls for scripted agents."""
     answer = OfflineAnswer(tool_calls=[{"name": "t", "arguments": {}}])
