@@ -88,6 +88,23 @@ def test_durations_and_addresses_are_masked_by_default() -> None:
     assert [v.rule for v in verdicts] == ["repeat"]
 
 
+def test_request_counters_and_long_ids_are_masked_by_default() -> None:
+    """A retry whose error only counts up (request #7, #8) is still a repeat."""
+    guard = LoopGuard(Loops(max_repeats=1))
+    results = [f"error 503 (request #{n}, trace {1700000000 + n})" for n in (7, 8, 9)]
+    verdicts = _feed_tool(guard, [("fetch", r) for r in results])
+    assert [v.rule for v in verdicts] == ["repeat"]
+
+
+def test_progress_numbers_are_not_masked() -> None:
+    """Polling that reports progress learns something new each time."""
+    guard = LoopGuard(Loops(max_repeats=1, max_stale_steps=None))
+    results = [
+        f"job running: {pct}% done, step {n}" for n, pct in enumerate((20, 45, 80))
+    ]
+    assert _feed_tool(guard, [("status", r) for r in results]) == []
+
+
 def test_masking_can_be_turned_off() -> None:
     """With mask_volatile=False, a changed duration is a changed result."""
     guard = LoopGuard(Loops(max_repeats=1, mask_volatile=False))

@@ -3,7 +3,9 @@
 Two observations are "the same" when their normalized forms hash alike, so
 normalization decides what counts as a repeat: whitespace and the key order of
 arguments never matter; with masking on, neither do the hex addresses, UUIDs,
-timestamps and durations that make two identical outcomes print differently.
+timestamps, durations, counters ("request #7") and long numeric ids (six
+digits or more, epoch times) that make two identical outcomes print
+differently.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _VOLATILE = re.compile(
     r"|\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
     r"|(?P<duration>\b\d+(?:\.\d+)?\s?"
     r"(?:ms|us|µs|ns|s|sec|secs|seconds?|minutes?)\b)"
+    r"|(?P<counter>#\d+\b)"
+    r"|(?P<id>\b\d{6,}\b)"
 )
 
 
