@@ -114,6 +114,7 @@ class Governor:
         self.policy = policy or Policy()
         self.ledger: Ledger = self._wrap(ledger)
         self.rate_card = rate_card or RateCard(self.policy.pricing)
+        self._rate_cards: dict[str, RateCard] = {}
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -355,6 +356,14 @@ class Governor:
     ) -> Task:
         """Create a task and start its span; pair with :meth:`close_task`."""
         effective = self.policy.merged(policy) if policy else self.policy
+        if effective.failure_mode != self.policy.failure_mode:
+            logger.warning(
+                "a task policy sets failure_mode=%r but the governor's ledger "
+                "was built for %r; failure_mode applies per Governor, so make "
+                "a Governor with that policy instead",
+                effective.failure_mode,
+                self.policy.failure_mode,
+            )
         base = effective.attribution
         ambient = current_attribution()
         if ambient is not None:
@@ -471,7 +480,7 @@ class Governor:
             self._check_blocked(task)
             step = request.step if request.step is not None else task.calls + 1
             loop_watch(task, self.telemetry).before_call(request.messages, step)
-            rate = self.rate_card.rate(request.model)
+            rate = self._task_rates(task).rate(request.model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
             if owns:
@@ -490,12 +499,28 @@ class Governor:
             request=request,
             rate=rate,
             max_output_tokens=max_out,
-            hold_nanos=self._worst_nanos(rate, bound, out_total, task.policy),
+            hold_nanos=self._worst_nanos(rate, bound, out_total, task),
             hold_tokens=bound + out_total,
             lines=tuple(line for _, line in pairs),
             budgets=tuple(budget for budget, _ in pairs),
             started_at=time.monotonic(),
         )
+
+    def rate_card_for(self, policy: Policy) -> RateCard:
+        """The prices a task under ``policy`` pays (its pricing override, if any).
+
+        The governor's own card serves every policy that prices as the
+        governor's does; a task override's pricing gets a card of its own,
+        made once per distinct pricing.
+        """
+        pricing = policy.pricing
+        if pricing is self.policy.pricing or pricing == self.policy.pricing:
+            return self.rate_card
+        key = policy.pricing.model_dump_json()
+        card = self._rate_cards.get(key)
+        if card is None:
+            card = self._rate_cards.setdefault(key, RateCard(policy.pricing))
+        return card
 
     def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
         task = request.task or _CURRENT.get()
@@ -505,14 +530,20 @@ class Governor:
             return self.open_task(attribution=Attribution(**request.attribution)), True
         return self.open_task(), True
 
+    def _task_rates(self, task: Task) -> RateCard:
+        card = task.extras.get("rate_card")
+        if card is None:
+            card = task.extras["rate_card"] = self.rate_card_for(task.policy)
+        return card
+
     def _worst_nanos(
-        self, rate: Rate, prompt_tokens: int, max_out: int, policy: Policy
+        self, rate: Rate, prompt_tokens: int, max_out: int, task: Task
     ) -> int:
-        worst = self.rate_card.worst_case_usd(
+        worst = self._task_rates(task).worst_case_usd(
             rate.model,
             prompt_tokens=prompt_tokens,
             max_output_tokens=max_out,
-            max_duration_s=policy.max_call_s if rate.usd_per_second else 0.0,
+            max_duration_s=task.policy.max_call_s if rate.usd_per_second else 0.0,
         )
         return usd_to_nanos(worst)
 
@@ -527,7 +558,7 @@ class Governor:
         old = admission.hold_tokens
         out_total = admission.max_output_tokens * admission.request.choices
         admission.hold_nanos = self._worst_nanos(
-            admission.rate, exact, out_total, admission.task.policy
+            admission.rate, exact, out_total, admission.task
         )
         admission.hold_tokens = exact + out_total
         return admission.hold_tokens < old

@@ -314,3 +314,31 @@ async def test_a_cancelled_async_task_records_cancelled(capture: SpanCapture) ->
     with pytest.raises(asyncio.CancelledError):
         await running
     assert seen[0].report().stop_reason == "cancelled"
+
+
+def test_a_task_pricing_override_prices_its_calls() -> None:
+    """gov.task(policy=Policy(pricing=...)) charges at the override's prices."""
+    from governor.testing import install_offline_provider
+
+    install_offline_provider(speed=0)
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    llm = GovernedLiteLLM(gov)
+    dear = Price(input_usd_per_mtok="1000", output_usd_per_mtok="1000")
+    own = Price(input_usd_per_mtok="1", output_usd_per_mtok="2")
+    reports = []
+    for model, price in [
+        ("offline/gpt-4o-mini", dear),
+        ("offline/my-finetune", own),
+        ("offline/gpt-4o-mini", None),
+    ]:
+        override = Policy(pricing=Pricing(overrides={model: price})) if price else None
+        with gov.task(policy=override) as task:
+            llm.completion(model=model, messages=MESSAGES, max_tokens=10)
+        reports.append(task.report())
+    dear_report, own_report, list_report = reports
+    assert dear_report.cost_usd == Decimal(dear_report.tokens) * Decimal("0.001")
+    assert own_report.cost_usd == (
+        Decimal(own_report.input_tokens) * Decimal("1e-6")
+        + Decimal(own_report.output_tokens) * Decimal("2e-6")
+    )
+    assert list_report.cost_usd * 100 < Decimal(list_report.tokens) * Decimal("0.001")

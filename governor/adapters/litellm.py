@@ -30,7 +30,12 @@ from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
 from governor.adapters._tokens import count_message_tokens, count_text_tokens
 from governor.policies import Attribution
-from governor.pricing import Usage, usage_from_response, usage_from_stream_chunks
+from governor.pricing import (
+    RateCard,
+    Usage,
+    usage_from_response,
+    usage_from_stream_chunks,
+)
 from governor.telemetry import attributes as attr
 
 __all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
@@ -151,9 +156,7 @@ class GovernedLiteLLM:
 
     def _context_window(self, tier: Any) -> int | None:
         try:
-            window: int | None = self.governor.rate_card.rate(
-                tier.model
-            ).max_input_tokens
+            window: int | None = _rates(self.governor).rate(tier.model).max_input_tokens
         except GovernorError:
             return None
         return window
@@ -528,6 +531,12 @@ async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[
 # -- cascades ------------------------------------------------------------
 
 
+def _rates(governor: Governor) -> RateCard:
+    """The prices of the current task (its pricing override), else the governor's."""
+    task = current_task()
+    return governor.rate_card_for(task.policy if task else governor.policy)
+
+
 def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
     """What the accepted answer's usage would have cost on the last tier, less
     what the cascade spent on every attempt."""
@@ -536,7 +545,7 @@ def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
     if cascade is None or usage_obj is None:
         return Decimal(0)
     try:
-        premium = governor.rate_card.rate(cascade.tiers[-1].model)
+        premium = _rates(governor).rate(cascade.tiers[-1].model)
         would_cost = premium.cost(usage_from_response(usage_obj)).usd
     except GovernorError:
         return Decimal(0)
