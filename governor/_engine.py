@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -115,6 +116,8 @@ class Governor:
         self.ledger: Ledger = self._wrap(ledger)
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self._rate_cards: dict[str, RateCard] = {}
+        self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
+        self._warned_orphan = False
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -373,12 +376,14 @@ class Governor:
         if scopes:
             base = base.merged(Attribution(**scopes))
         task = Task(effective, base, task_id=task_id)
+        self._open_tasks.add(task)
         task.parent = _CURRENT.get()
         task.span = self.telemetry.start_task(task)
         return task
 
     def close_task(self, task: Task) -> TaskReport:
         """End a task's span with its roll-ups and return its report."""
+        self._open_tasks.discard(task)
         task.budget_left_usd = self._budget_left(task)
         report = task.report()
         self.telemetry.end_task(task.span, report)
@@ -526,9 +531,27 @@ class Governor:
         task = request.task or _CURRENT.get()
         if task is not None:
             return task, False
-        if request.attribution:
-            return self.open_task(attribution=Attribution(**request.attribution)), True
-        return self.open_task(), True
+        if self._open_tasks:
+            self._warn_orphan_call()
+        attribution = request.attribution
+        task = self.open_task(
+            attribution=Attribution(**attribution) if attribution else None
+        )
+        self._open_tasks.discard(task)
+        return task, True
+
+    def _warn_orphan_call(self) -> None:
+        """A call outside any task while tasks are open: likely a worker thread."""
+        if self._warned_orphan:
+            return
+        self._warned_orphan = True
+        logger.warning(
+            "a model call ran outside any governed task while %d task(s) are "
+            "open; it is charged to a task of its own, not to theirs. Threads "
+            "do not inherit the current task: submit task.bind(fn) to the "
+            "executor (or contextvars.copy_context().run). Logged once.",
+            len(self._open_tasks),
+        )
 
     def _task_rates(self, task: Task) -> RateCard:
         card = task.extras.get("rate_card")

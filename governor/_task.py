@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from governor._errors import GovernorError
 from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
     from governor.policies import Attribution, Policy
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = ["Task", "TaskReport", "current_task", "new_id", "stop_reason_for"]
 
@@ -163,6 +168,27 @@ class Task:
         with self._lock:
             self._cache_hits += 1
             self._saved_nanos += saved_nanos
+
+    def bind(self, function: Callable[P, R]) -> Callable[P, R]:
+        """Return ``function`` made to run inside this task, in any thread.
+
+        Worker threads do not inherit the current task, so a call made in a
+        ``ThreadPoolExecutor`` would be charged to a task of its own. Submit
+        ``task.bind(fn)`` instead of ``fn``::
+
+            with gov.task() as task:
+                pool.map(task.bind(summarize), pages)
+        """
+
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = _CURRENT.set(self)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _CURRENT.reset(token)
+
+        return run
 
     def report(self) -> TaskReport:
         """Return the task's totals so far."""

@@ -342,3 +342,23 @@ def test_a_task_pricing_override_prices_its_calls() -> None:
         + Decimal(own_report.output_tokens) * Decimal("2e-6")
     )
     assert list_report.cost_usd * 100 < Decimal(list_report.tokens) * Decimal("0.001")
+
+
+def test_calls_in_worker_threads_join_the_task_through_bind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """task.bind carries the task into a pool; without it the call warns once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    llm = GovernedLiteLLM(gov)
+
+    def ask(_: int) -> Any:
+        return call(llm, max_tokens=5)
+
+    with ThreadPoolExecutor(4) as pool, gov.task() as task:
+        list(pool.map(task.bind(ask), range(6)))
+        assert "outside any governed task" not in caplog.text
+        list(pool.map(ask, range(3)))
+    warnings = caplog.text.count("outside any governed task")
+    assert (task.report().calls, warnings) == (6, 1)
