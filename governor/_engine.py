@@ -451,7 +451,11 @@ class Governor:
         """Settle a call at its actual cost; return that cost in dollars."""
         if admission.settled:
             return Decimal(0)
-        nanos, usage, cost_source = self._price(admission, result)
+        try:
+            nanos, usage, cost_source = self._price(admission, result)
+        except BaseException:
+            self._settle_at_hold(admission, result)
+            raise
         try:
             self.ledger.settle(
                 admission.call_id, admission.keys, nanos, usage.total_tokens
@@ -460,6 +464,19 @@ class Governor:
             release_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
 
+    def _settle_at_hold(self, admission: Admission, result: CallResult) -> None:
+        """A call that cannot be priced is charged its hold, the worst case.
+
+        The call was made, so releasing the hold would under-count; keeping
+        it would leak the reservation and the fan-out slot until its lease.
+        """
+        nanos, tokens = admission.hold_nanos, admission.hold_tokens
+        try:
+            self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
+        finally:
+            release_slots(admission.held)
+            self._finish(admission, result, nanos, Usage(), "hold")
+
     async def aend_call(self, admission: Admission, result: CallResult) -> Decimal:
         """Async form of :meth:`end_call`."""
         if admission.settled:
@@ -467,7 +484,11 @@ class Governor:
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
             return self.end_call(admission, result)
-        nanos, usage, cost_source = self._price(admission, result)
+        try:
+            nanos, usage, cost_source = self._price(admission, result)
+        except BaseException:
+            self._settle_at_hold(admission, result)
+            raise
         try:
             await ledger.asettle(
                 admission.call_id, admission.keys, nanos, usage.total_tokens

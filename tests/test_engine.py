@@ -362,3 +362,27 @@ def test_calls_in_worker_threads_join_the_task_through_bind(
         list(pool.map(ask, range(3)))
     warnings = caplog.text.count("outside any governed task")
     assert (task.report().calls, warnings) == (6, 1)
+
+
+def test_a_call_that_cannot_be_priced_is_charged_its_hold_and_frees_its_slot() -> None:
+    """end_call with an impossible usage raises, settles the worst case, frees."""
+    from governor import CallRequest, CallResult, ConfigError, Fanout
+    from governor.pricing import Usage
+
+    gov = Governor(
+        Policy(
+            budgets=[Budget(scope="team", max_usd="1")],
+            fanout=Fanout(max_inflight_calls=1, on_cap="refuse"),
+        )
+    )
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=100)
+    bad = Usage(prompt_tokens=5, completion_tokens=3, cache_read_tokens=10)
+    with gov.task(team="a") as task:
+        admission = gov.begin_call(request)
+        with pytest.raises(ConfigError):
+            gov.end_call(admission, CallResult(usage=bad))
+        gov.end_call(gov.begin_call(request), CallResult(usage=Usage(1, 1)))
+    balance = gov.ledger.balance("team:a")
+    assert balance is not None
+    assert (balance.reserved_nanos, task.report().calls) == (0, 2)
+    assert balance.spent_nanos == admission.hold_nanos + 750
