@@ -195,7 +195,6 @@ class Governor:
     def _record_hit(self, task: Task, request: CallRequest, hit: Any) -> None:
         from governor.spend import SpendRecord
 
-        attribution = task.attribution
         self.recorder.submit(  # type: ignore[union-attr]
             SpendRecord(
                 ts=datetime.now(UTC),
@@ -205,12 +204,7 @@ class Governor:
                 cache_hit=True,
                 saved_usd=hit.saved_usd,
                 outcome="cache_hit",
-                team=attribution.team,
-                feature=attribution.feature,
-                environment=attribution.environment,
-                user=attribution.user,
-                session=attribution.session,
-                tags=dict(attribution.tags),
+                **_record_scopes(task),
             )
         )
 
@@ -669,6 +663,20 @@ class Governor:
         self.telemetry.record_refusal(
             {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
         )
+        if self.recorder is not None:
+            from governor.spend import SpendRecord
+
+            self.recorder.submit(
+                SpendRecord(
+                    ts=datetime.now(UTC),
+                    task_id=task.id,
+                    call_id=new_id(),
+                    model=model,
+                    outcome="refused",
+                    stop_reason=reason,
+                    **_record_scopes(task),
+                )
+            )
 
     def _price(
         self, admission: Admission, result: CallResult
@@ -729,7 +737,6 @@ class Governor:
         from governor.spend import SpendRecord
 
         task = admission.task
-        attribution = task.attribution
         try:
             record = SpendRecord(
                 ts=datetime.now(UTC),
@@ -745,12 +752,7 @@ class Governor:
                 outcome="error" if error is not None else "ok",
                 stop_reason=task.stop_reason,
                 latency_s=duration_s,
-                team=attribution.team,
-                feature=attribution.feature,
-                environment=attribution.environment,
-                user=attribution.user,
-                session=attribution.session,
-                tags=dict(attribution.tags),
+                **_record_scopes(task),
             )
         except (TypeError, ValueError):
             logger.warning("could not build a spend record", exc_info=True)
@@ -982,3 +984,16 @@ def _current(span: Any) -> Iterator[None]:
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     ):
         yield
+
+
+def _record_scopes(task: Task) -> dict[str, Any]:
+    """The attribution fields of a task's spend records."""
+    attribution = task.attribution
+    return {
+        "team": attribution.team,
+        "feature": attribution.feature,
+        "environment": attribution.environment,
+        "user": attribution.user,
+        "session": attribution.session,
+        "tags": dict(attribution.tags),
+    }

@@ -386,3 +386,20 @@ def test_a_call_that_cannot_be_priced_is_charged_its_hold_and_frees_its_slot() -
     assert balance is not None
     assert (balance.reserved_nanos, task.report().calls) == (0, 2)
     assert balance.spent_nanos == admission.hold_nanos + 750
+
+
+def test_a_refused_call_is_a_spend_record(tmp_path: Any) -> None:
+    """Reports count refusals: the refused call is written with its reason."""
+    from governor.spend import open_store
+
+    db = str(tmp_path / "spend.sqlite3")
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.00003")]), spend=db)
+    llm = GovernedLiteLLM(gov)
+    with pytest.raises(BudgetExceeded), gov.task(team="search"):
+        for _ in range(5):
+            call(llm, max_tokens=20)
+    gov.close()
+    records = list(open_store(db).query(None, None, {}))
+    refused = [(r.outcome, r.stop_reason, r.cost_usd, r.team) for r in records]
+    assert refused.count(("refused", "budget_exceeded", Decimal(0), "search")) == 1
+    assert [r.outcome for r in records].count("ok") == len(records) - 1
