@@ -3,6 +3,11 @@
 Every error the governor raises derives from :class:`GovernorError`, carries a
 stable ``code`` and machine-readable fields, and says in its message what the
 user can change to make the error go away.
+
+Every error survives pickling with its class, message and fields, so that a
+process pool, Celery or Ray can re-raise a worker's error in the parent.
+Amounts are stored and printed in plain notation ("200", "0.000025"), never
+as "2E+2".
 """
 
 from __future__ import annotations
@@ -22,10 +27,43 @@ __all__ = [
 ]
 
 
+def plain_decimal(value: Decimal) -> Decimal:
+    """Return ``value`` with a zero or negative exponent, equal to it.
+
+    ``Decimal("2E+2")`` becomes ``Decimal("200")``; values that are already
+    plain, infinities and NaNs come back unchanged.
+    """
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return value
+    return Decimal(format(value, "f"))
+
+
+def decimal_text(value: Decimal) -> str:
+    """Write an amount in plain notation, e.g. ``"200"`` or ``"0.000025"``."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def _rebuild(cls: type[GovernorError], args: tuple[Any, ...]) -> GovernorError:
+    """Recreate an error for unpickling without running its constructor."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
+
 class GovernorError(Exception):
-    """Root of every error raised by llm-governor."""
+    """Root of every error raised by llm-governor.
+
+    Subclasses may take any constructor arguments: pickling restores an
+    error from its ``args`` and attributes, not by calling ``__init__`` again.
+    """
 
     code: str = "governor_error"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as class, ``args`` and attributes, bypassing ``__init__``."""
+        return (_rebuild, (type(self), self.args), self.__dict__)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the error's machine-readable fields."""
@@ -83,14 +121,14 @@ class GovernorHalt(GovernorError):
     ) -> None:
         super().__init__(message)
         self.task_id = task_id
-        self.spent_usd = spent_usd
+        self.spent_usd = plain_decimal(spent_usd)
         self.spent_tokens = spent_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **super().to_dict(),
             "task_id": self.task_id,
-            "spent_usd": str(self.spent_usd),
+            "spent_usd": decimal_text(self.spent_usd),
             "spent_tokens": self.spent_tokens,
         }
 
@@ -126,18 +164,19 @@ class BudgetExceeded(GovernorHalt):
     ) -> None:
         self.scope = scope
         self.unit = unit
-        self.limit = limit
-        self.spent = spent
-        self.reserved = reserved
-        self.requested = requested
+        self.limit = plain_decimal(limit)
+        self.spent = plain_decimal(spent)
+        self.reserved = plain_decimal(reserved)
+        self.requested = plain_decimal(requested)
         self.model = model
-        left = limit - spent - reserved
+        left = self.limit - self.spent - self.reserved
         message = (
             f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
-            f"needs up to {requested} {unit}, {left} left of {limit} "
-            f"(spent {spent}, reserved by calls in flight {reserved}). The call was "
-            "not sent. Raise the budget's limit, lower max_tokens, or pick a "
-            "cheaper model."
+            f"needs up to {decimal_text(self.requested)} {unit}, "
+            f"{decimal_text(left)} left of {decimal_text(self.limit)} "
+            f"(spent {decimal_text(self.spent)}, reserved by calls in flight "
+            f"{decimal_text(self.reserved)}). The call was not sent. "
+            f"{_budget_advice(unit)}"
         )
         super().__init__(
             message,
@@ -151,12 +190,22 @@ class BudgetExceeded(GovernorHalt):
             **super().to_dict(),
             "scope": self.scope,
             "unit": self.unit,
-            "limit": str(self.limit),
-            "spent": str(self.spent),
-            "reserved": str(self.reserved),
-            "requested": str(self.requested),
+            "limit": decimal_text(self.limit),
+            "spent": decimal_text(self.spent),
+            "reserved": decimal_text(self.reserved),
+            "requested": decimal_text(self.requested),
             "model": self.model,
         }
+
+
+def _budget_advice(unit: str) -> str:
+    """What the user can change to get past a refusal in ``unit``."""
+    if unit == "tokens":
+        return (
+            "Raise the budget's token limit (Budget.max_tokens), lower the "
+            "call's max_tokens, or shorten the prompt."
+        )
+    return "Raise the budget's limit, lower max_tokens, or pick a cheaper model."
 
 
 class ScopeBlocked(GovernorHalt):

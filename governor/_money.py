@@ -19,8 +19,18 @@ def usd_to_nanos(usd: Decimal) -> int:
 
 
 def nanos_to_usd(nanos: int) -> Decimal:
-    """Convert nano-dollars to an exact Decimal amount of dollars."""
-    return (Decimal(nanos) * _NANO).normalize() if nanos else Decimal(0)
+    """Convert nano-dollars to an exact Decimal amount of dollars.
+
+    Trailing zeros are dropped, but never into an exponent: 200 dollars is
+    ``Decimal("200")``, not ``Decimal("2E+2")``.
+    """
+    if not nanos:
+        return Decimal(0)
+    amount = (Decimal(nanos) * _NANO).normalize()
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:
+        return amount.quantize(Decimal(1))
+    return amount
 
 
 def as_decimal(value: object, *, field: str) -> Decimal:

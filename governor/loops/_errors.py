@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from governor._errors import GovernorHalt
+from governor._errors import GovernorHalt, decimal_text
 
 __all__ = ["LoopDetected"]
 
@@ -50,7 +50,8 @@ class LoopDetected(GovernorHalt, RecursionError):
         self.limit = limit
         message = (
             f"loop detected by rule {rule!r}: {detail}. The task was stopped "
-            f"after spending ${spent_usd} ({spent_tokens} tokens). {_advice(rule)} "
+            f"after spending ${decimal_text(spent_usd)} ({spent_tokens} tokens). "
+            f"{_advice(rule)} "
             f"raise Loops.{setting} (now {limit}), or set Loops(action='record') "
             "to only flag loops."
         )
