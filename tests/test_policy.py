@@ -106,3 +106,23 @@ def test_merge_ignores_fields_the_override_left_at_default() -> None:
         60,
         "agent",
     )
+
+
+def test_a_scope_may_have_a_budget_per_period() -> None:
+    """A daily and a monthly team budget are two lines, both enforced."""
+    from datetime import UTC, datetime
+
+    from governor.budgets import lines_for
+
+    policy = Policy(
+        budgets=[
+            Budget(scope="team", max_usd=5, period="day"),
+            Budget(scope="team", max_usd=100, period="month"),
+        ]
+    )
+    when = datetime(2026, 12, 4, tzinfo=UTC)
+    lines = lines_for(policy.budgets, {"team": "search"}, "t", when)
+    assert sorted((s.key, s.limit_nanos) for s in lines) == [
+        ("team:search#day:2026-12-04@UTC", 5 * 10**9),
+        ("team:search#month:2026-12@UTC", 100 * 10**9),
+    ]

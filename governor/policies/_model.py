@@ -287,7 +287,8 @@ class Policy(PolicyModel):
 
     name: str = Field(default="default", description="a label for reports and spans")
     budgets: tuple[Budget, ...] = Field(
-        default=(), description="a list of Budget, at most one per (scope, key)"
+        default=(),
+        description="a list of Budget, at most one per (scope, key, period)",
     )
     pricing: Pricing = Field(default_factory=Pricing, description="a Pricing")
     attribution: Attribution = Field(
@@ -331,13 +332,15 @@ class Policy(PolicyModel):
 
     @model_validator(mode="after")
     def _one_budget_per_scope(self) -> Self:
-        seen: set[tuple[str, str | None]] = set()
+        seen: set[tuple[Any, ...]] = set()
         for budget in self.budgets:
-            ident = (budget.scope, budget.key)
+            ident = _budget_ident(budget)
             if ident in seen:
                 raise ValueError(
-                    f"two budgets for scope {budget.scope!r} key {budget.key!r}; "
-                    "put max_usd and max_tokens on one Budget"
+                    f"two budgets for scope {budget.scope!r} key {budget.key!r} "
+                    f"period {budget.period!r}; put max_usd and max_tokens on "
+                    "one Budget (budgets of other periods, e.g. a day and a "
+                    "month, may sit side by side)"
                 )
             seen.add(ident)
         return self
@@ -345,8 +348,9 @@ class Policy(PolicyModel):
     def merged(self, override: Policy) -> Policy:
         """Lay ``override`` over this policy and return the result.
 
-        Budgets merge by ``(scope, key)``: an override's budget replaces the
-        base's budget for the same scope and key, others are kept. Every other
+        Budgets merge by ``(scope, key, period)``: an override's budget
+        replaces the base's budget for the same scope, key and period, others
+        are kept. Every other
         part merges field by field, and only fields the override set count.
         """
         if not isinstance(override, Policy):
@@ -354,6 +358,11 @@ class Policy(PolicyModel):
         result = super().merged(override)
         if "budgets" not in override.model_fields_set:
             return result
-        by_ident = {(b.scope, b.key): b for b in self.budgets}
-        by_ident.update({(b.scope, b.key): b for b in override.budgets})
+        by_ident = {_budget_ident(b): b for b in self.budgets}
+        by_ident.update({_budget_ident(b): b for b in override.budgets})
         return result.model_copy(update={"budgets": tuple(by_ident.values())})
+
+
+def _budget_ident(budget: Budget) -> tuple[Any, ...]:
+    """What makes two budgets the same: they would share one ledger line."""
+    return (budget.scope, budget.key, budget.period, budget.window_s)
