@@ -9,9 +9,10 @@ import pytest
 from _redis_fixtures import OwnRedis
 
 from governor.budgets import lines_for
-from governor.cli import main
+from governor.cli import _budget, main
 from governor.policies import Budget
-from governor.stores._redis import RedisLedger
+from governor.stores import Line
+from governor.stores._redis import DEFAULT_REDIS_URL, RedisLedger
 
 pytest_plugins = ["_redis_fixtures"]
 
@@ -122,14 +123,75 @@ def test_reset_of_an_unknown_scope_fails(
     assert "no line matches 'team:none'" in capsys.readouterr().err
 
 
-def test_status_without_a_store_says_how_to_configure_one(
+def test_the_cli_default_store_is_the_library_default() -> None:
+    """The URL the README documents is the one RedisConfig uses too."""
+    assert _budget.DEFAULT_REDIS_URL == DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+
+
+def test_status_without_a_url_reads_the_default_store(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Neither --redis-url nor GOVERNOR_REDIS_URL: the default URL is read."""
+    if redis_url != DEFAULT_REDIS_URL:
+        pytest.skip(f"the test Redis ({redis_url}) is not at the default URL")
+    monkeypatch.delenv("GOVERNOR_REDIS_URL", raising=False)
+    _spend(redis_ledger)
+    code = main(["budget", "status", "--json", "--prefix", redis_prefix])
+    lines = json.loads(capsys.readouterr().out)["lines"]
+    assert code == 0
+    assert sorted(row["scope"] for row in lines) == ["task:t1", "team:search"]
+
+
+def test_an_unreachable_store_gets_command_line_advice(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With no URL configured, status exits 2 naming the flag and variable."""
-    monkeypatch.delenv("GOVERNOR_REDIS_URL", raising=False)
-    code = main(["budget", "status"])
-    assert code == 2
-    assert "GOVERNOR_REDIS_URL" in capsys.readouterr().err
+    """The error names the URL and where it came from, and says what to do.
+
+    The library's advice, Policy(failure_mode='open'), means nothing to
+    someone typing a command.
+    """
+    url = OwnRedis().url  # a free port, no server
+    monkeypatch.setenv("GOVERNOR_REDIS_URL", url)
+    assert main(["budget", "status"]) == 1
+    err = capsys.readouterr().err
+    assert main(["budget", "reset", "team:search", "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "store_unavailable"
+    for message in (err, error["message"]):
+        assert f"{url} (from $GOVERNOR_REDIS_URL)" in message
+        assert "start Redis" in message
+        assert "--redis-url" in message
+        assert "failure_mode" not in message
+        assert "Policy(" not in message
+
+
+def test_status_table_escapes_control_characters_in_names(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tab, newline or escape in a task name cannot break the table.
+
+    The table shows them as repr does; JSON keeps the name as it is.
+    """
+    key = "task:evil\tname\nNEXT \x1b[31mred\u202e"
+    redis_ledger.reserve("h1", [Line(key, limit_nanos=10**9)], 1000, 10, 600)
+    assert main(["budget", "status", *_store(redis_url, redis_prefix)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2
+    assert rows[1].split()[:2] == ["task:evil\\tname\\nNEXT", "\\x1b[31mred\\u202e"]
+    assert main(["budget", "status", "--json", *_store(redis_url, redis_prefix)]) == 0
+    (line,) = json.loads(capsys.readouterr().out)["lines"]
+    assert line["scope"] == line["key"] == key
+    assert main(["budget", "reset", key, *_store(redis_url, redis_prefix)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "reset task:evil\\tname\\nNEXT \\x1b[31mred\\u202e"
+    ]
 
 
 def test_status_of_an_unreachable_store_fails_cleanly(

@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from governor.cli import main
+from governor.spend import open_store
 from governor.telemetry import attributes as attr
 from governor.telemetry import read_spans
+
+
+@pytest.fixture(autouse=True)
+def _cwd_stays_clean(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Each test runs in an empty folder and must leave no ./.governor there.
+
+    The demo writes spans and spend records to ./.governor/ by default: a test
+    that forgot --traces or --spend-db would write into the user's own files.
+    """
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    yield
+    assert not (cwd / ".governor").exists(), "a test wrote the default ./.governor"
+
+
+def _demo(tmp_path: Path, *extra: str) -> int:
+    """Run the demo instantly with its spans and spend records under tmp_path."""
+    return main(
+        [
+            "demo",
+            "--speed",
+            "0",
+            "--traces",
+            str(tmp_path / "traces.jsonl"),
+            "--spend-db",
+            str(tmp_path / "spend.sqlite3"),
+            *extra,
+        ]
+    )
 
 
 def test_demo_runs_every_agent_and_stops_the_underfunded_task(
@@ -18,11 +51,17 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
 ) -> None:
     """Each agent completes its task; the $0.001 task is stopped within budget."""
     traces = tmp_path / "traces.jsonl"
-    code = main(
-        ["demo", "--count", "1", "--speed", "0", "--json", "--traces", str(traces)]
-    )
+    code = _demo(tmp_path, "--count", "1", "--json")
     assert code == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["spend"] == str(tmp_path / "spend.sqlite3")
+    store = open_store(result["spend"], existing=True)
+    try:
+        recorded = {record.task_id for record in store.query()}
+    finally:
+        store.close()
+    assert recorded <= {row["task_id"] for row in result["tasks"]}
+    assert recorded
     rows = {row["agent"]: row for row in result["tasks"]}
     assert sorted(rows) == [
         "faq (cache)",
@@ -62,3 +101,17 @@ def test_demo_runs_every_agent_and_stops_the_underfunded_task(
         summed = sum(Decimal(str(c["attributes"][attr.LLM_COST_TOTAL])) for c in calls)
         assert summed == Decimal(row["cost_usd"])
         assert task_span["attributes"][attr.TASK_COST_USD] == float(row["cost_usd"])
+
+
+@pytest.mark.parametrize("speed", ["inf", "-inf", "nan", "-1", "fast"])
+def test_demo_refuses_a_speed_it_cannot_sleep(
+    speed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--speed must be a finite number >= 0; anything else is a usage error."""
+    with pytest.raises(SystemExit) as exit_info:
+        _demo(tmp_path, "--count", "1", "--json", f"--speed={speed}")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --speed" in err
+    assert repr(speed) in err
+    assert not (tmp_path / "spend.sqlite3").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -113,3 +114,49 @@ def test_missing_store_exits_with_a_hint(
     code = main(["replay", "--db", str(tmp_path / "nope.sqlite3")])
     assert code == 2
     assert "governor demo" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_swap_that_matches_no_recorded_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt OLD is an error naming it and the models that were called.
+
+    Ignoring it would report the same cost under both runs, +0.0%.
+    """
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(2, 2))
+    code = main(["compare", "--db", str(trace), "--model", "gpt4o=gpt-4o-mini"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert "no recorded call uses the model 'gpt4o'" in err
+    assert "the records use 'gpt-4o' (4 calls)" in err
+
+
+def test_replay_refuses_a_swap_that_matches_no_recorded_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`governor replay --model` checks its swaps the same way."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    code = main(["replay", "--db", str(trace), "--model", "claude=gpt-4o-mini"])
+    assert code == 2
+    assert "'claude'" in capsys.readouterr().err
+
+
+def test_an_unmatched_swap_lists_at_most_ten_recorded_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Many recorded models: the ten most called are listed, then a count."""
+    trace = tmp_path / "trace.jsonl"
+    calls = records(12, 2)
+    for index, record in enumerate(calls):
+        calls[index] = dataclasses.replace(record, model=f"model-{index // 2:02d}")
+    calls.append(dataclasses.replace(calls[-1], call_id="extra"))
+    JsonlSpendStore(trace).record_many(calls)
+    code = main(["compare", "--db", str(trace), "--model", "nope=gpt-4o"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the records use 'model-11' (3 calls), 'model-00' (2 calls)" in err
+    assert err.count("'model-") == 10
+    assert err.rstrip().endswith("and 2 more")

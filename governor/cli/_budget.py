@@ -1,8 +1,8 @@
 """``governor budget status|reset``: read or reset budgets in the Redis store.
 
-The store is the Redis named by ``--redis-url`` or ``GOVERNOR_REDIS_URL``.
-The in-memory ledger lives inside one process, so there is nothing for a
-command line to read there.
+The store is the Redis named by ``--redis-url``, else ``GOVERNOR_REDIS_URL``,
+else the library's default ``redis://127.0.0.1:6379/0``. The in-memory ledger
+lives inside one process, so there is nothing for a command line to read there.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from governor._errors import GovernorError
     from governor.stores import Balance
     from governor.stores._redis import RedisLedger
 
 ENV_REDIS_URL = "GOVERNOR_REDIS_URL"
 """The Redis URL of the budget store when ``--redis-url`` is not given."""
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""The store when neither is set: ``RedisConfig``'s default, written out here
+so that ``governor budget --help`` need not import the Redis client."""
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -51,8 +56,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get(ENV_REDIS_URL),
-        help=f"redis:// or rediss:// URL of the store (default: ${ENV_REDIS_URL})",
+        default=None,
+        help=f"redis:// or rediss:// URL of the store (default: ${ENV_REDIS_URL}, "
+        f"else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
         "--prefix", default="governor:", help="key prefix (default: governor:)"
@@ -65,18 +71,20 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _ledger(args: argparse.Namespace) -> RedisLedger | None:
+def _store_url(args: argparse.Namespace) -> tuple[str, str]:
+    """Return the store's URL and where it came from, for error messages."""
+    if args.redis_url:
+        return args.redis_url, "from --redis-url"
+    from_env = os.environ.get(ENV_REDIS_URL)
+    if from_env:
+        return from_env, f"from ${ENV_REDIS_URL}"
+    return DEFAULT_REDIS_URL, f"the default: no --redis-url, no {ENV_REDIS_URL}"
+
+
+def _ledger(args: argparse.Namespace) -> RedisLedger:
     from governor.stores._redis import RedisConfig, RedisLedger
 
-    if not args.redis_url:
-        print(
-            "governor budget: no budget store configured. Pass --redis-url "
-            f"redis://host:6379/0 or set {ENV_REDIS_URL}; the in-memory store "
-            "lives inside one process and cannot be read from here.",
-            file=sys.stderr,
-        )
-        return None
-    config = RedisConfig(url=args.redis_url, attempts=2)
+    config = RedisConfig(url=_store_url(args)[0], attempts=2)
     return RedisLedger(config, prefix=args.prefix, hash_tag=args.hash_tag)
 
 
@@ -84,8 +92,6 @@ def _status(args: argparse.Namespace) -> int:
     from governor._errors import GovernorError
 
     ledger = _ledger(args)
-    if ledger is None:
-        return 2
     try:
         keys = ledger.keys()
         rows = [describe(key, ledger.balance(key)) for key in keys]
@@ -104,8 +110,6 @@ def _reset(args: argparse.Namespace) -> int:
     from governor._errors import GovernorError
 
     ledger = _ledger(args)
-    if ledger is None:
-        return 2
     try:
         listed = ledger.keys()
         keys = [key for key in listed if _matches(key, args.scope)]
@@ -118,7 +122,7 @@ def _reset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"reset": keys}))
     elif keys:
-        print("\n".join(f"reset {key}" for key in keys))
+        print("\n".join(f"reset {_printable(key)}" for key in keys))
     else:
         print(f"governor budget: no line matches {args.scope!r}", file=sys.stderr)
     return 0 if keys else 1
@@ -128,14 +132,32 @@ def _matches(key: str, scope: str) -> bool:
     return key == scope or key.startswith(scope + "#")
 
 
-def _fail(args: argparse.Namespace, exc: Exception) -> int:
-    from governor._errors import GovernorError
+def _fail(args: argparse.Namespace, exc: GovernorError) -> int:
+    from governor._errors import StoreUnavailable
 
-    if args.json and isinstance(exc, GovernorError):
-        print(json.dumps({"error": exc.to_dict()}))
+    message = str(exc)
+    if isinstance(exc, StoreUnavailable):
+        message = _unreachable(args, exc)
+    if args.json:
+        print(json.dumps({"error": {**exc.to_dict(), "message": message}}))
     else:
-        print(f"governor budget: {exc}", file=sys.stderr)
+        print(f"governor budget: {message}", file=sys.stderr)
     return 1
+
+
+def _unreachable(args: argparse.Namespace, exc: Exception) -> str:
+    """Advice for a command line, not the library's (which names a Policy)."""
+    from governor.stores._redis import redact_url
+
+    url, source = _store_url(args)
+    cause = str(exc.__cause__ or exc).rstrip(".")
+    return (
+        f"cannot reach the Redis budget store at {redact_url(url)} ({source}): "
+        f"{cause}. Check the URL (host, port, database, password, TLS), start "
+        f"Redis there, or pass --redis-url (or set {ENV_REDIS_URL}) to the store "
+        "your services use. The in-memory store lives inside one process and "
+        "cannot be read from here."
+    )
 
 
 def describe(key: str, balance: Balance | None) -> dict[str, Any]:
@@ -181,13 +203,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
         return "no budget lines in the store"
     header = ("SCOPE", "PERIOD", "LIMIT", "SPENT", "RESERVED", "NEXT RESET")
     body = [
-        (
-            row["scope"],
-            _period(row),
-            _amounts(row, "limit"),
-            _amounts(row, "spent"),
-            _amounts(row, "reserved"),
-            row["next_reset"] or "-",
+        tuple(
+            _printable(cell)
+            for cell in (
+                row["scope"],
+                _period(row),
+                _amounts(row, "limit"),
+                _amounts(row, "spent"),
+                _amounts(row, "reserved"),
+                row["next_reset"] or "-",
+            )
         )
         for row in rows
     ]
@@ -198,6 +223,19 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ).rstrip()
         for r in (header, *body)
     )
+
+
+def _printable(text: str) -> str:
+    """Escape what a terminal would not show as one plain character.
+
+    Scopes carry callers' task, team and user names: a tab, a newline or an
+    escape sequence in one would break the table or drive the terminal. Such
+    characters are written as Python's ``repr`` writes them (``\\t``,
+    ``\\n``, ``\\x1b``, ``\\u202e``); JSON output keeps the raw names.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _period(row: dict[str, Any]) -> str:

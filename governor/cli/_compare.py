@@ -8,7 +8,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from governor.cli._replay import add_source_arguments, load_records
+from governor.cli._replay import add_source_arguments, check_swaps, load_records
 
 __all__ = ["register"]
 
@@ -50,13 +50,13 @@ def _run(args: argparse.Namespace) -> int:
         print("governor compare: give --b POLICY or --model OLD=NEW", file=sys.stderr)
         return 2
     try:
+        swaps = swaps_from(args.model)
+        check_swaps(records, swaps)
         policy_a = load_policy(args.a)
         policy_b = load_policy(args.b) if args.b else policy_a
         run_a = replay(records, policy_a, label=f"A: {args.a}")
         label_b = f"B: {args.b or args.a}" + "".join(f" {m}" for m in args.model)
-        run_b = replay(
-            records, policy_b, label=label_b, model_map=swaps_from(args.model)
-        )
+        run_b = replay(records, policy_b, label=label_b, model_map=swaps)
     except ConfigError as exc:
         print(f"governor compare: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -35,9 +36,10 @@ def register(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=None,
-        help="offline latency multiplier: 1 realistic (default), 0 instant",
+        help="offline latency multiplier, a finite number >= 0: 1 realistic "
+        "(default), 0 instant",
     )
     parser.add_argument(
         "--traces",
@@ -52,6 +54,19 @@ def register(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     parser.set_defaults(handler=_run)
+
+
+def _speed(text: str) -> float:
+    """Read ``--speed``: the offline latencies are multiplied by it and slept."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number >= 0 (1 realistic, 0 instant), got {text!r}"
+        )
+    return value
 
 
 @dataclass

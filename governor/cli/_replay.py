@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["add_source_arguments", "load_records", "register"]
+__all__ = ["add_source_arguments", "check_swaps", "load_records", "register"]
+
+_MODELS_SHOWN = 10
+"""How many recorded models an unmatched ``--model OLD=NEW`` error lists."""
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -70,6 +75,40 @@ def load_records(args: argparse.Namespace) -> list[Any] | None:
     return records
 
 
+def check_swaps(records: Sequence[Any], swaps: Mapping[str, str]) -> None:
+    """Refuse ``--model OLD=NEW`` swaps whose OLD no recorded call uses.
+
+    A misspelt OLD would otherwise change nothing and report the same cost
+    under both names. The error lists the models the records do use, the
+    most called first, so that the right name can be copied.
+
+    Raises:
+        ConfigError: a swap matches no recorded call.
+    """
+    from governor._errors import ConfigError
+
+    counts = Counter(str(record.model) for record in records)
+    missing = [f"{old}={new}" for old, new in swaps.items() if old not in counts]
+    if not missing:
+        return
+    if not counts:
+        used = "the records hold no calls"
+    else:
+        shown = ", ".join(
+            f"{model!r} ({calls} call{'s' if calls != 1 else ''})"
+            for model, calls in counts.most_common(_MODELS_SHOWN)
+        )
+        more = len(counts) - _MODELS_SHOWN
+        used = f"the records use {shown}" + (f" and {more} more" if more > 0 else "")
+    olds = [old for old in swaps if old not in counts]
+    named = ", ".join(repr(old) for old in olds)
+    plural = "s" if len(olds) > 1 else ""
+    raise ConfigError(
+        f"--model {' '.join(missing)}: no recorded call uses the model{plural} "
+        f"{named}, so swapping it would change nothing; {used}"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor._replay import load_policy, replay, swaps_from
@@ -78,8 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     if records is None:
         return 2
     try:
+        swaps = swaps_from(args.model)
+        check_swaps(records, swaps)
         policy = load_policy(args.policy)
-        run = replay(records, policy, model_map=swaps_from(args.model))
+        run = replay(records, policy, model_map=swaps)
     except ConfigError as exc:
         print(f"governor replay: {exc}", file=sys.stderr)
         return 2
