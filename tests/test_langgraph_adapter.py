@@ -341,8 +341,9 @@ def test_branch_cap_refuses_when_asked() -> None:
 
     policy = Policy(fanout=Fanout(max_branches=1, on_cap="refuse"))
     graph = govern(fan_out_graph(Slow()), Governor(policy))
-    with pytest.raises(SlotUnavailable):
+    with pytest.raises(SlotUnavailable) as refused:
         graph.invoke({"items": list("abcd"), "answers": []})
     report = graph.last_report
     assert report is not None
     assert report.stop_reason == "slot_unavailable"
+    assert "Raise the cap (Fanout.max_branches)" in str(refused.value)

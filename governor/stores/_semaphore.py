@@ -61,7 +61,7 @@ class SlotUnavailable(GovernorError, TimeoutError):
         self.timeout_s = timeout_s
         super().__init__(
             f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. Raise "
-            "the cap (Fanout.max_inflight_calls), wait longer "
+            f"the cap ({_setting(key)}), wait longer "
             "(Fanout.wait_timeout_s), or run fewer calls at once."
         )
 
@@ -72,6 +72,15 @@ class SlotUnavailable(GovernorError, TimeoutError):
             "limit": self.limit,
             "timeout_s": self.timeout_s,
         }
+
+
+def _setting(key: str) -> str:
+    """The Fanout setting that sized the semaphore named ``key``."""
+    if key.startswith("branches:"):
+        return "Fanout.max_branches"
+    if key.startswith("task:"):
+        return "Fanout.max_inflight_calls"
+    return "Fanout.scope_caps"
 
 
 @runtime_checkable
