@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from governor._errors import GovernorError
+from governor._errors import ConfigError, GovernorError
 from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
@@ -49,6 +49,27 @@ def stop_reason_for(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return f"error:{type(exc).__name__}"
+
+
+def _checked_id(task_id: object) -> str:
+    """A caller's task id: a non-empty string without '#' or control characters.
+
+    A task id names the task's budget line ("task:<id>"), where '#' would
+    start a period window; an empty id would silently get a random one, so
+    a retry under the same id would not share the budget.
+    """
+    if not isinstance(task_id, str):
+        raise ConfigError(
+            f"task_id must be a string, got {type(task_id).__name__} "
+            f"{task_id!r}; pass str(...) or leave it None for a random id"
+        )
+    bad = not task_id.strip() or "#" in task_id
+    if bad or any(ord(ch) < 32 for ch in task_id):
+        raise ConfigError(
+            f"task_id {task_id!r} is not usable: give a non-empty id without "
+            "'#' or control characters, or None for a random id"
+        )
+    return task_id
 
 
 def current_task() -> Task | None:
@@ -95,7 +116,7 @@ class Task:
         *,
         task_id: str | None = None,
     ) -> None:
-        self.id = task_id or new_id()
+        self.id = new_id() if task_id is None else _checked_id(task_id)
         self.parent: Task | None = None
         self.policy = policy
         self.attribution = attribution

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,19 @@ def test_a_scope_may_have_a_budget_per_period() -> None:
         ("team:search#day:2026-12-04@UTC", 5 * 10**9),
         ("team:search#month:2026-12@UTC", 100 * 10**9),
     ]
+
+
+@pytest.mark.parametrize("key", ["", "   ", "a#b"])
+def test_a_budget_key_that_can_never_match_is_refused(key: str) -> None:
+    """Attribution values are non-empty and hold no '#': such a key limits nothing."""
+    with pytest.raises(PolicyError, match="can never match"):
+        Budget(scope="team", key=key, max_usd=1)
+
+
+@pytest.mark.parametrize("task_id", ["", "job#day:2020-01-01@UTC", "a\nb", 42])
+def test_an_unusable_task_id_is_refused(task_id: Any) -> None:
+    """Empty, '#', control characters or a non-string: a clear ConfigError."""
+    from governor import ConfigError, Governor
+
+    with pytest.raises(ConfigError, match="task_id"), Governor().task(task_id):
+        pass

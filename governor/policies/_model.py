@@ -173,6 +173,18 @@ class Budget(PolicyModel):
         description="fractions of the limit (0 < f < 1) that log a warning once",
     )
 
+    @field_validator("key")
+    @classmethod
+    def _matchable_key(cls, value: str | None) -> str | None:
+        # Attribution values are non-empty and hold no '#' (it separates a
+        # line's key from its period), so such a key would limit nothing.
+        if value is not None and ("#" in value or not value.strip()):
+            raise ValueError(
+                f"key {value!r} can never match an attribution value: use a "
+                "non-empty name without '#', or None for every value"
+            )
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
