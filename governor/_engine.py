@@ -118,6 +118,7 @@ class Governor:
         self._rate_cards: dict[str, RateCard] = {}
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
+        self._warned_streams = False
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -378,6 +379,17 @@ class Governor:
     def close_task(self, task: Task) -> TaskReport:
         """End a task's span with its roll-ups and return its report."""
         self._open_tasks.discard(task)
+        if task.open_streams:
+            log = logger.debug if self._warned_streams else logger.warning
+            self._warned_streams = True
+            log(
+                "task %s closed with %d stream(s) not read to the end: they "
+                "are charged when read out, closed or dropped, after this "
+                "report; use 'with llm.completion(..., stream=True) as s:' "
+                "(warned once)",
+                task.id,
+                len(task.open_streams),
+            )
         task.budget_left_usd = self._budget_left(task)
         report = task.report()
         self.telemetry.end_task(task.span, report)

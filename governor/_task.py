@@ -117,6 +117,8 @@ class Task:
         task_id: str | None = None,
     ) -> None:
         self.id = new_id() if task_id is None else _checked_id(task_id)
+        # Ids of streamed calls whose stream is not read to the end yet.
+        self.open_streams: set[str] = set()
         self.parent: Task | None = None
         self.policy = policy
         self.attribution = attribution

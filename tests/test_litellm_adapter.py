@@ -118,6 +118,30 @@ def test_stream_dropped_early_is_charged_for_what_arrived(
     assert balance.reserved_nanos == 0
 
 
+def test_a_stream_used_as_a_context_manager_is_settled_on_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """'with ... as stream:' settles a stream left after one chunk, in the task."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    llm = GovernedLiteLLM(gov)
+    request = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 100}
+    with gov.task() as task:
+        with llm.completion(**request, mock_response=ANSWER, stream=True) as stream:
+            next(iter(stream))
+        assert "not read to the end" not in caplog.text
+        left_open = llm.completion(**request, mock_response=ANSWER, stream=True)
+        next(iter(left_open))
+    at_close = task.report().cost_usd
+    balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert (at_close > 0, balance.reserved_nanos > 0) == (True, True)
+    assert caplog.text.count("not read to the end") == 1
+    left_open.close()
+    balance = gov.ledger.balance(f"task:{task.id}")
+    assert balance is not None
+    assert (task.report().cost_usd > at_close, balance.reserved_nanos) == (True, 0)
+
+
 def test_async_stream_is_settled(capture: SpanCapture) -> None:
     """An async stream is settled from its final usage chunk."""
     gov = Governor(tracer_provider=capture.provider)

@@ -602,9 +602,11 @@ class _StreamSettler:
         self.saver = saver
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
+        admission.task.open_streams.add(admission.call_id)
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache."""
+        self.admission.task.open_streams.discard(self.admission.call_id)
         text = result.output_text
         if result.error is None and text:
             self.saver.save(result, cost, {"role": "assistant", "content": text})
@@ -683,6 +685,12 @@ class _SyncStream(_StreamSettler):
         """Stop reading; settle what arrived."""
         self._finish()
 
+    def __enter__(self) -> _SyncStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._finish()
+
     def __del__(self) -> None:
         if not self.admission.settled:
             try:
@@ -732,6 +740,12 @@ class _AsyncStream(_StreamSettler):
 
     async def aclose(self) -> None:
         """Stop reading; settle what arrived."""
+        await self._afinish()
+
+    async def __aenter__(self) -> _AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         await self._afinish()
 
     def __del__(self) -> None:
