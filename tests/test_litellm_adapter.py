@@ -229,3 +229,34 @@ def test_positional_arguments_are_understood() -> None:
             "gpt-4o-mini", MESSAGES, mock_response="x", max_tokens=20
         )
     assert task.report().calls == 1
+
+
+def test_a_cancelled_call_is_charged_its_prompt_and_a_refused_one_nothing() -> None:
+    """The request went out before the cancel; a provider error billed nothing."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+
+    async def slow(**kwargs: Any) -> Any:
+        await asyncio.sleep(10)
+
+    async def refused(**kwargs: Any) -> Any:
+        raise litellm.RateLimitError("slow down", "openai", "gpt-4o-mini")
+
+    async def run(completion: Any) -> Any:
+        llm = GovernedLiteLLM(gov, acompletion=completion)
+        async with gov.atask() as task:
+            call = asyncio.ensure_future(
+                llm.acompletion(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
+            )
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises((asyncio.CancelledError, litellm.RateLimitError)):
+                await call
+        return task.report()
+
+    cancelled = asyncio.run(run(slow))
+    failed = asyncio.run(run(refused))
+    assert (cancelled.input_tokens, cancelled.cost_usd) == (
+        count_prompt(),
+        price(count_prompt(), 0),
+    )
+    assert (failed.input_tokens, failed.cost_usd) == (0, Decimal(0))

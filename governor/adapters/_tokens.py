@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["count_message_tokens", "count_text_tokens"]
+__all__ = ["count_message_tokens", "count_text_tokens", "interrupted_after_sending"]
 
 
 def _litellm() -> Any:
@@ -54,3 +55,18 @@ def _text(content: object) -> str:
         ]
         return "".join(parts)
     return "" if content is None else str(content)
+
+
+def interrupted_after_sending(error: BaseException) -> bool:
+    """True when a call ended without an answer after its request went out.
+
+    A cancelled or timed-out request has reached the provider, which may
+    bill its prompt; an error answer (a refusal, a rate limit, a bad
+    request) bills nothing.
+    """
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | TimeoutError):
+        return True
+    return (
+        "timeout" in type(error).__name__.lower()
+        or getattr(error, "interrupted_after_sending", False) is True
+    )

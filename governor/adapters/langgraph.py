@@ -34,6 +34,11 @@ from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
+from governor.adapters._tokens import (
+    count_message_tokens,
+    count_text_tokens,
+    interrupted_after_sending,
+)
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
 from governor.telemetry import attributes as attr
@@ -427,7 +432,8 @@ class _HandlerCore:
         admission = self._pop(run_id)
         if admission is None:
             return None
-        usage = _estimate(admission, text) if text else None
+        sent = text or interrupted_after_sending(error)
+        usage = _estimate(admission, text) if sent else None
         return admission, CallResult(usage=usage, error=error)
 
     def abandon_open_calls(self) -> None:
@@ -803,6 +809,8 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
 class _Abandoned(Exception):
     """The invocation ended while this model call was still open."""
 
+    interrupted_after_sending = True
+
 
 def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
     """Iterate with the task current, without leaking it between steps."""
@@ -931,8 +939,6 @@ def _generated_text(response: LLMResult) -> str:
 
 def _estimate(admission: Admission, text: str) -> Usage:
     """No usage reported: count locally and mark the cost as estimated."""
-    from governor.adapters._tokens import count_message_tokens, count_text_tokens
-
     model = admission.request.model
     return Usage(
         prompt_tokens=count_message_tokens(model, admission.request.messages),

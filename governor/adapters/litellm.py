@@ -28,7 +28,11 @@ from governor._calls import Admission, CallRequest, CallResult, plain_text_promp
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
-from governor.adapters._tokens import count_message_tokens, count_text_tokens
+from governor.adapters._tokens import (
+    count_message_tokens,
+    count_text_tokens,
+    interrupted_after_sending,
+)
 from governor.policies import Attribution
 from governor.pricing import (
     RateCard,
@@ -218,7 +222,7 @@ class GovernedLiteLLM:
         try:
             response = self._completion(**kwargs)
         except BaseException as exc:
-            self.governor.end_call(admission, CallResult(error=exc))
+            self.governor.end_call(admission, _failed(request, exc))
             raise
         finally:
             _INSIDE.reset(token)
@@ -244,7 +248,7 @@ class GovernedLiteLLM:
         try:
             response = await self._acompletion(**kwargs)
         except BaseException as exc:
-            await self.governor.aend_call(admission, CallResult(error=exc))
+            await self.governor.aend_call(admission, _failed(request, exc))
             raise
         finally:
             _INSIDE.reset(token)
@@ -634,6 +638,17 @@ class _StreamSettler:
             completion_tokens=count_text_tokens(request.model, text),
             estimated=True,
         )
+
+
+def _failed(request: CallRequest, error: BaseException) -> CallResult:
+    """A call that raised: a cancelled or timed-out one is charged its prompt."""
+    if not interrupted_after_sending(error):
+        return CallResult(error=error)
+    usage = Usage(
+        prompt_tokens=count_message_tokens(request.model, request.messages),
+        estimated=True,
+    )
+    return CallResult(usage=usage, error=error)
 
 
 def _delta_text(chunk: Any) -> str:
