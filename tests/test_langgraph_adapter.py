@@ -347,3 +347,14 @@ def test_branch_cap_refuses_when_asked() -> None:
     assert report is not None
     assert report.stop_reason == "slot_unavailable"
     assert "Raise the cap (Fanout.max_branches)" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["with_types", "assign", "pick", "with_retry", "pipe", "transform"]
+)
+def test_methods_that_would_run_the_graph_ungoverned_are_refused(name: str) -> None:
+    """A Runnable built on the inner graph would bypass the governor."""
+    graph = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    with pytest.raises(AttributeError, match=f"GovernedGraph.{name} is not supported"):
+        getattr(graph, name)
+    assert callable(graph.get_graph)

@@ -69,6 +69,11 @@ _UNGOVERNED_RUNS = frozenset(
         "bind",
         "with_listeners",
         "with_alisteners",
+        "with_types",
+        "assign",
+        "pick",
+        "batch_as_completed",
+        "as_tool",
         "map",
     }
 )
