@@ -262,7 +262,9 @@ class Governor:
         """Put a networked store behind the policy's failure mode."""
         if ledger is None:
             return MemoryLedger()
-        if isinstance(ledger, MemoryLedger | FailoverLedger):
+        if isinstance(ledger, FailoverLedger):
+            return self._adopt(ledger)
+        if isinstance(ledger, MemoryLedger):
             return ledger
         if not isinstance(ledger, AsyncLedger):
             return ledger
@@ -272,11 +274,25 @@ class Governor:
             on_degraded=self._degraded,
         )
 
+    def _adopt(self, ledger: FailoverLedger) -> FailoverLedger:
+        """A caller's FailoverLedger: its mode must agree with the policy's."""
+        explicit = "failure_mode" in self.policy.model_fields_set
+        if explicit and ledger.mode != self.policy.failure_mode:
+            raise ConfigError(
+                f"Policy(failure_mode={self.policy.failure_mode!r}) disagrees "
+                f"with FailoverLedger(mode={ledger.mode!r}); set one of them, "
+                "or pass the bare RedisLedger and let the policy choose"
+            )
+        if ledger._on_degraded is None:
+            ledger._on_degraded = self._degraded
+        return ledger
+
     def _degraded(self, event: str) -> None:
         """The store is down: say so on the current task's span and in metrics."""
         task = _CURRENT.get()
         span = task.span if task else None
-        self.telemetry.event(span, event, {"failure_mode": self.policy.failure_mode})
+        mode = getattr(self.ledger, "mode", self.policy.failure_mode)
+        self.telemetry.event(span, event, {"failure_mode": mode})
         self.telemetry.set_attributes(span, {attr.DEGRADED: event})
         self.telemetry.record_degraded(event)
 

@@ -403,3 +403,20 @@ def test_a_refused_call_is_a_spend_record(tmp_path: Any) -> None:
     refused = [(r.outcome, r.stop_reason, r.cost_usd, r.team) for r in records]
     assert refused.count(("refused", "budget_exceeded", Decimal(0), "search")) == 1
     assert [r.outcome for r in records].count("ok") == len(records) - 1
+
+
+def test_a_failover_ledger_must_agree_with_an_explicit_failure_mode() -> None:
+    """A caller's FailoverLedger(mode=...) never silently overrides the policy."""
+    from governor import ConfigError
+    from governor.stores import FailoverLedger, MemoryLedger
+
+    with pytest.raises(ConfigError, match="disagrees"):
+        Governor(
+            Policy(failure_mode="open"),
+            ledger=FailoverLedger(MemoryLedger(), mode="closed"),
+        )
+    adopted = Governor(Policy(), ledger=FailoverLedger(MemoryLedger(), mode="open"))
+    assert (adopted.ledger.mode, adopted.ledger._on_degraded is not None) == (  # type: ignore[attr-defined]
+        "open",
+        True,
+    )
