@@ -296,16 +296,24 @@ class Governor:
         self.telemetry.set_attributes(span, {attr.DEGRADED: event})
         self.telemetry.record_degraded(event)
 
-    def flush(self) -> None:
-        """Block until queued spend records are written."""
-        if self.recorder is not None:
-            self.recorder.flush()
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Write queued spend records; return how many are still unwritten.
 
-    def close(self) -> None:
-        """Write queued spend records and stop the writer thread."""
-        if self.recorder is not None:
-            self.recorder.close()
-            self.recorder = None
+        Every record submitted so far gets a write attempt. While the spend
+        store is down they stay in memory and are retried; ``timeout_s``
+        keeps retrying up to that many seconds.
+        """
+        if self.recorder is None:
+            return 0
+        return int(self.recorder.flush(timeout_s))
+
+    def close(self, timeout_s: float | None = None) -> int:
+        """Write queued spend records, stop the writer; return how many were lost."""
+        if self.recorder is None:
+            return 0
+        lost = int(self.recorder.close(timeout_s))
+        self.recorder = None
+        return lost
 
     def __enter__(self) -> Governor:
         return self

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from _redis_fixtures import OwnRedis
 
 from governor._errors import ConfigError
 from governor.spend import (
@@ -272,6 +273,96 @@ def test_record_rejects_float_money() -> None:
     """cost_usd must be a Decimal, never a float."""
     with pytest.raises(TypeError, match="cost_usd must be a Decimal"):
         make(0, cost_usd=0.1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cost_usd", Decimal("NaN"), "must be a finite amount, got NaN"),
+        ("cost_usd", Decimal("sNaN"), "must be a finite amount, got sNaN"),
+        ("cost_usd", Decimal("-Infinity"), "must be a finite amount, got -Infinity"),
+        ("cost_usd", Decimal("-5"), "must not be negative, got -5"),
+        ("saved_usd", Decimal("-0.01"), "must not be negative, got -0.01"),
+        ("saved_usd", Decimal("Infinity"), "must be a finite amount, got Infinity"),
+    ],
+)
+def test_record_rejects_money_that_is_not_a_finite_non_negative_amount(
+    field: str, value: Decimal, message: str
+) -> None:
+    """NaN, infinities and negative amounts are refused, naming the field."""
+    with pytest.raises(ValueError, match=rf"^SpendRecord\.{field} {message}$"):
+        make(0, **{field: value})
+
+
+def test_record_rejects_float_saved_and_keeps_zero_unsigned() -> None:
+    """saved_usd is checked like cost_usd; a negative zero is stored as 0."""
+    with pytest.raises(TypeError, match=r"saved_usd must be a Decimal, got the float"):
+        make(0, saved_usd=0.5)
+    rec = make(0, cost_usd=Decimal("-0.000"))
+    assert str(rec.cost_usd) == "0.000"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cost_usd", 0.1, 'cost_usd must be a decimal string such as "0.00036", '
+         "got the float 0.1"),
+        ("saved_usd", 1e-06, "saved_usd must be a decimal string .* float 1e-06"),
+        ("cost_usd", True, "cost_usd must be a decimal string .* JSON boolean True"),
+        ("cost_usd", "ten cents", "cost_usd must be a decimal string .* 'ten cents'"),
+        ("cost_usd", "NaN", "SpendRecord.cost_usd must be a finite amount, got NaN"),
+        ("cost_usd", "-5", "SpendRecord.cost_usd must not be negative, got -5"),
+        ("saved_usd", "-Infinity", "SpendRecord.saved_usd must be a finite amount"),
+    ],
+)  # fmt: skip
+def test_jsonl_reader_refuses_bad_money_naming_field_and_line(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A float, NaN or negative amount in a trace stops the read at its line."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record(make(0))
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
+    with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
+        list(JsonlSpendStore(path).query())
+
+
+def test_jsonl_reader_accepts_whole_numbers_exactly(tmp_path: Path) -> None:
+    """A JSON integer is exact, so it is read as that many dollars."""
+    data = {**make(1).to_json_dict(), "cost_usd": 2, "saved_usd": 0}
+    rec = SpendRecord.from_json_dict(data)
+    assert (rec.cost_usd, rec.saved_usd) == (Decimal(2), Decimal(0))
+
+
+def test_sqlite_reader_names_the_row_of_a_bad_amount(tmp_path: Path) -> None:
+    """A NaN written into the file by hand is refused with its row and call."""
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as sqlite_store:
+        sqlite_store.record_many([make(0), make(1)])
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE spend SET cost_usd='NaN' WHERE call_id='call-1'")
+    connection.close()
+    with (
+        SQLiteSpendStore(path) as sqlite_store,
+        pytest.raises(
+            SpendDataError,
+            match=r"spend\.sqlite3: spend row 2 \(call 'call-1'\): .*finite",
+        ),
+    ):
+        list(sqlite_store.query())
+
+
+def test_redis_reader_names_the_field_of_a_bad_amount(own_redis: OwnRedis) -> None:
+    """A float cost written into Redis by hand is refused, naming the call."""
+    redis_store = RedisSpendStore.from_url(own_redis.url, prefix="bad:")
+    redis_store.record(make(0))
+    body = {**make(0).to_json_dict(), "cost_usd": 0.5}
+    redis_store._client.hset(redis_store.hash_key, "call-0", json.dumps(body))
+    with pytest.raises(
+        SpendDataError, match=r"bad:\{spend\}:h field 'call-0': .*float 0\.5"
+    ):
+        list(redis_store.query())
+    redis_store.close()
 
 
 def test_default_target_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -19,14 +20,18 @@ from governor.spend._store import (
 
 __all__ = ["JsonlSpendStore"]
 
+# Binary on Windows too: lines end in "\n" whatever the platform.
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+
 
 class JsonlSpendStore:
     """Spend records appended to a JSONL file (the trace format of ``docs/reports.md``).
 
     Writes append whole lines under a lock, so one process's threads never
-    interleave; other processes should write their own files. Unlike the
-    SQLite and Redis stores, a repeated ``call_id`` is appended again. A query
-    reads the whole file and yields the records sorted by time.
+    interleave; other processes should write their own files. A batch is
+    appended whole or not at all. Unlike the SQLite and Redis stores, a
+    repeated ``call_id`` is appended again. A query reads the whole file and
+    yields the records sorted by time.
 
     Args:
         path: the file; missing parent folders are created on first write.
@@ -41,7 +46,12 @@ class JsonlSpendStore:
         self.record_many((rec,))
 
     def record_many(self, recs: Iterable[SpendRecord]) -> None:
-        """Append several records with one write."""
+        """Append several records with one write, all of them or none.
+
+        A write that fails part way (a full disk) is cut back off the file
+        before the error is raised, so retrying the batch appends no record
+        twice and leaves no torn line.
+        """
         text = "".join(
             json.dumps(rec.to_json_dict(), separators=(",", ":")) + "\n" for rec in recs
         )
@@ -49,8 +59,16 @@ class JsonlSpendStore:
             return
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(text)
+            fd = os.open(self.path, _APPEND_FLAGS, 0o666)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    _write_all(fd, text.encode("utf-8"))
+                except BaseException:
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
 
     def query(
         self,
@@ -93,3 +111,10 @@ class JsonlSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

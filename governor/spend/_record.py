@@ -15,6 +15,8 @@ __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord"]
 Outcome = Literal["ok", "error", "refused", "cache_hit"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
+MONEY_FIELDS = ("cost_usd", "saved_usd")
+
 # Version of the JSON form written by SpendRecord.to_json_dict; readers accept
 # any record whose "v" they know and ignore keys they do not.
 JSON_VERSION = 1
@@ -33,8 +35,10 @@ class SpendRecord:
     ``ts`` is when the call finished, a timezone-aware datetime normalised to
     UTC. ``cost_usd`` is the settled cost (zero for refusals and cache hits);
     ``saved_usd`` is what a cache hit or a downgrade saved against the price of
-    the call as asked. ``input_tokens`` counts every prompt token, cached ones
-    included; ``cache_read_tokens`` is the cached part of it.
+    the call as asked. Both are finite, non-negative Decimals (a float, NaN,
+    an infinity or a negative amount is refused). ``input_tokens`` counts
+    every prompt token, cached ones included; ``cache_read_tokens`` is the
+    cached part of it.
     """
 
     ts: datetime
@@ -64,9 +68,11 @@ class SpendRecord:
             raise ValueError("SpendRecord.ts must be timezone-aware (UTC)")
         if self.ts.tzinfo is not UTC:
             object.__setattr__(self, "ts", self.ts.astimezone(UTC))
-        for name in ("cost_usd", "saved_usd"):
-            if not isinstance(getattr(self, name), Decimal):
-                raise TypeError(f"SpendRecord.{name} must be a Decimal")
+        for name in MONEY_FIELDS:
+            amount = getattr(self, name)
+            _check_money(name, amount)
+            if amount.is_zero() and amount.is_signed():
+                object.__setattr__(self, name, amount.copy_abs())
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
         tokens = (self.input_tokens, self.output_tokens, self.cache_read_tokens)
@@ -103,9 +109,56 @@ class SpendRecord:
         values = {k: v for k, v in data.items() if k in known}
         try:
             values["ts"] = datetime.fromisoformat(str(values["ts"]))
-            for name in ("cost_usd", "saved_usd"):
-                values[name] = Decimal(str(values.get(name, "0")))
+            for name in MONEY_FIELDS:
+                values[name] = _json_money(name, values.get(name, "0"))
             values["tags"] = {str(k): str(v) for k, v in values.get("tags", {}).items()}
             return cls(**values)
         except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
             raise SpendDataError(f"malformed spend record: {exc}") from exc
+
+
+_JSON_KINDS: dict[type, str] = {
+    float: "float",
+    bool: "JSON boolean",
+    type(None): "JSON null",
+    list: "JSON array",
+    dict: "JSON object",
+}
+
+
+def _check_money(name: str, value: object) -> None:
+    """Refuse a money field that is not a finite, non-negative Decimal."""
+    if not isinstance(value, Decimal):
+        hint = ""
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            hint = f"; pass Decimal({str(value)!r}) for an exact amount"
+        raise TypeError(
+            f"SpendRecord.{name} must be a Decimal, got the "
+            f"{type(value).__name__} {value!r}{hint}"
+        )
+    if not value.is_finite():
+        raise ValueError(f"SpendRecord.{name} must be a finite amount, got {value}")
+    if value < 0:
+        raise ValueError(f"SpendRecord.{name} must not be negative, got {value}")
+
+
+def _json_money(name: str, value: object) -> Decimal:
+    """Read a JSON money value: a decimal string, or a whole number (exact).
+
+    A JSON number with a fraction or an exponent arrives as a float, already
+    rounded; it is refused rather than guessed at.
+    """
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            raise SpendDataError(
+                f'{name} must be a decimal string such as "0.00036", got {value!r}'
+            ) from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    raise SpendDataError(
+        f'{name} must be a decimal string such as "0.00036", got the {kind} '
+        f"{value!r}; write money as a string so that it stays exact"
+    )

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from governor.spend._record import SpendRecord
+from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
     Filters,
     check_bounds,
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisSpendStore"]
 
 _PAGE = 500
+_CONNECT_TIMEOUT_S = 5.0
+_COMMAND_TIMEOUT_S = 10.0
 
 
 class RedisSpendStore:
@@ -34,24 +36,44 @@ class RedisSpendStore:
     keeps the first. A query pages through the time index, so records written
     while it runs may or may not appear.
 
-    Thread-safe as redis-py's client is.
+    Thread-safe as redis-py's client is. A write of records already stored
+    changes nothing, so a batch whose reply was lost may be sent again.
 
     Args:
         client: a ``redis.Redis`` client (``decode_responses`` either way).
         prefix: prepended to both keys, e.g. ``"governor:"``.
+
+    Attributes:
+        url: where the client connects, its password shown as ``***``.
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "governor:") -> None:
         self._client = client
         self.hash_key = f"{prefix}{{spend}}:h"
         self.index_key = f"{prefix}{{spend}}:z"
+        self.url = _client_url(client)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "governor:") -> RedisSpendStore:
-        """Connect to the Redis server at ``url`` (``redis://host:port/db``)."""
+        """Connect to the Redis server at ``url`` (``redis://host:port/db``).
+
+        Opening a connection may take 5 s and one command 10 s before it
+        counts as failed, unless the URL sets ``socket_connect_timeout`` or
+        ``socket_timeout``: a Redis that hangs never blocks the spend writer
+        (or a report) for good.
+        """
         import redis as redis_lib
 
-        return cls(redis_lib.Redis.from_url(url), prefix=prefix)
+        from governor.stores._redis import redact_url
+
+        client = redis_lib.Redis.from_url(
+            url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_COMMAND_TIMEOUT_S,
+        )
+        store = cls(client, prefix=prefix)
+        store.url = redact_url(url)
+        return store
 
     def record(self, rec: SpendRecord) -> None:
         """Store one record."""
@@ -75,7 +97,11 @@ class RedisSpendStore:
         until: datetime | None = None,
         filters: Filters | None = None,
     ) -> Iterator[SpendRecord]:
-        """Yield matching records in time order; see :class:`SpendStore`."""
+        """Yield matching records in time order; see :class:`SpendStore`.
+
+        Raises:
+            SpendDataError: a stored record is not valid (the message names it).
+        """
         check_bounds(since, until)
         wanted = check_filters(filters)
         low: Any = "-inf" if since is None else to_us(since)
@@ -96,12 +122,22 @@ class RedisSpendStore:
             if not ids:
                 return
             offset += len(ids)
-            for body in self._client.hmget(self.hash_key, ids):
+            bodies = self._client.hmget(self.hash_key, ids)
+            for call_id, body in zip(ids, bodies, strict=True):
                 if body is None:
                     continue
-                rec = SpendRecord.from_json_dict(json.loads(body))
+                rec = self._parse(call_id, body)
                 if matches(rec, wanted):
                     yield rec
+
+    def _parse(self, call_id: bytes | str, body: bytes | str) -> SpendRecord:
+        try:
+            return SpendRecord.from_json_dict(json.loads(body))
+        except ValueError as exc:
+            name = call_id.decode() if isinstance(call_id, bytes) else call_id
+            raise SpendDataError(
+                f"{self.url} {self.hash_key} field {name!r}: {exc}"
+            ) from exc
 
     def clear(self) -> None:
         """Delete both keys (every record under this prefix)."""
@@ -116,3 +152,20 @@ class RedisSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _client_url(client: Any) -> str:
+    """Describe where a redis-py client connects, never showing its password."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return f"Redis ({type(client).__name__})"
+    user = kwargs.get("username") or ""
+    auth = f"{user}:***@" if kwargs.get("password") else f"{user}@" if user else ""
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{auth}{kwargs['path']}?db={db}"
+    ssl = "SSL" in getattr(getattr(pool, "connection_class", None), "__name__", "")
+    host = kwargs.get("host", "localhost")
+    port = kwargs.get("port", 6379)
+    return f"{'rediss' if ssl else 'redis'}://{auth}{host}:{port}/{db}"

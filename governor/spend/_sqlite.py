@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from governor.spend._record import SpendRecord
+from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
     TAG_PREFIX,
     Filters,
@@ -188,7 +188,11 @@ class SQLiteSpendStore:
         until: datetime | None = None,
         filters: Filters | None = None,
     ) -> Iterator[SpendRecord]:
-        """Yield matching records in time order; see :class:`SpendStore`."""
+        """Yield matching records in time order; see :class:`SpendStore`.
+
+        Raises:
+            SpendDataError: a stored record is not valid (the message names it).
+        """
         check_bounds(since, until)
         wanted = check_filters(filters)
         sql, params = self._select(since, until, wanted)
@@ -229,11 +233,19 @@ class SQLiteSpendStore:
             cursor = conn.execute(sql, params)
             while batch := cursor.fetchmany(_BATCH_ROWS):
                 for row in batch:
-                    rec = _record(row)
+                    rec = self._parse(row)
                     if matches(rec, tag_filters):
                         yield rec
         finally:
             conn.close()
+
+    def _parse(self, row: sqlite3.Row) -> SpendRecord:
+        try:
+            return _record(row)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise SpendDataError(
+                f"{self.path}: spend row {row['id']} (call {row['call_id']!r}): {exc}"
+            ) from exc
 
     def close(self) -> None:
         """Close the write connection."""
