@@ -176,6 +176,114 @@ def test_distinct_outputs_are_not_near_duplicates() -> None:
     assert verdicts == [None] * 5
 
 
+def _outputs(guard: LoopGuard, texts: list[str]) -> list[str | None]:
+    """Feed model outputs at steps 1, 2 ...; return each verdict's rule or None."""
+    verdicts = [guard.on_model_output(t, step=s) for s, t in enumerate(texts, 1)]
+    return [v.rule if v else None for v in verdicts]
+
+
+def _page_summaries() -> list[str]:
+    """Templated summaries of pages 1-6 that differ in content, not only in page."""
+    counts = [12, 9, 11, 10, 7, 13]
+    return [
+        f"Summary of page {page}: {count} orders found. All of them shipped on "
+        "time, no refunds were requested and no customer complaints were logged."
+        for page, count in enumerate(counts, 1)
+    ]
+
+
+def test_templated_page_summaries_with_different_content_pass() -> None:
+    """Summaries of six pages in one template, each with its own count, pass."""
+    assert _outputs(LoopGuard(Loops()), _page_summaries()) == [None] * 6
+
+
+def test_same_edit_applied_to_one_class_after_another_passes() -> None:
+    """A real templated step (django-13449): one edit, a new class name each time."""
+    names = ["LagLeadFunction", "LastValue", "NthValue", "FirstValue", "Ntile"]
+    texts = [
+        f"THOUGHT: Now `{name}`.\n\n```bash\nsed -i '/class {name}(Func):/,"
+        "/window_compatible = True/ {\n    /window_compatible = True/ a\\n\\n"
+        "    def as_sqlite(self, compiler, connection, **extra_context):\\n"
+        "        return self.as_sql(compiler, connection, **extra_context)\n}' "
+        "django/db/models/functions/window.py\n```"
+        for name in names
+    ]
+    assert _outputs(LoopGuard(Loops()), texts) == [None] * 5
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        pytest.param(
+            ["I will retry the request to the upstream service once more now."] * 4,
+            id="same-text",
+        ),
+        pytest.param(
+            [
+                "Attempt 1: the upstream service returned 503, so I will retry.",
+                "Attempt 2:  the upstream service returned 503; so I will retry!",
+                "Attempt 3: the upstream service returned 503, so I will\nretry.",
+                "Attempt 4 - the upstream service returned 503, so I will retry...",
+            ],
+            id="whitespace-punctuation-counter",
+        ),
+        pytest.param(
+            [
+                f"Summary of page {page}: 10 orders found, all of them shipped on time."
+                for page in range(1, 5)
+            ],
+            id="only-the-page-number-changes",
+        ),
+    ],
+)
+def test_model_repeating_itself_is_stopped_on_the_third_near_copy(
+    texts: list[str],
+) -> None:
+    """Same text, or only whitespace, punctuation or one counter changed, fires."""
+    guard = LoopGuard(Loops())
+    assert _outputs(guard, texts) == [None, None, None, "near_duplicate"]
+    assert guard.verdicts[0].steps == (1, 2, 3, 4)
+
+
+def test_long_output_may_change_one_word_in_fifty_and_stay_a_near_copy() -> None:
+    """A 150-word output with 3 words swapped per step is still a near-copy."""
+    base = [f"w{i}" for i in range(150)]
+    texts = []
+    for step in range(4):
+        words = list(base)
+        for slot in (10, 70, 130):
+            words[slot] = f"swap{step}x{slot}"
+        texts.append(" ".join(words))
+    assert _outputs(LoopGuard(Loops()), texts) == [None, None, None, "near_duplicate"]
+
+
+def test_long_output_changing_more_than_one_word_in_fifty_is_new() -> None:
+    """Four changed words in a 150-word output are new content, not a near-copy."""
+    base = [f"w{i}" for i in range(150)]
+    texts = []
+    for step in range(4):
+        words = list(base)
+        for slot in (10, 50, 90, 130):
+            words[slot] = f"swap{step}x{slot}"
+        texts.append(" ".join(words))
+    assert _outputs(LoopGuard(Loops()), texts) == [None] * 4
+
+
+def test_words_per_change_none_leaves_it_to_the_similarity() -> None:
+    """near_duplicate_words_per_change=None judges by similarity alone."""
+    guard = LoopGuard(Loops(near_duplicate_words_per_change=None))
+    rules = _outputs(guard, _page_summaries())
+    assert rules == [None, None, None, "near_duplicate", None, None]
+
+
+def test_words_per_change_must_be_positive() -> None:
+    """near_duplicate_words_per_change=0 is refused with the accepted forms."""
+    with pytest.raises(
+        PolicyError, match=r"near_duplicate_words_per_change.*one word in this many"
+    ):
+        Loops(near_duplicate_words_per_change=0)
+
+
 def test_outputs_without_words_are_skipped() -> None:
     """Empty outputs (tool calls only) are left to the tool rules."""
     guard = LoopGuard(Loops())

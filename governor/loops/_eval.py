@@ -49,6 +49,7 @@ _SWEEP: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("window_steps", (16, 64, 256)),
     ("max_near_duplicate_outputs", (1, 2, 3, None)),
     ("near_duplicate_similarity", (0.6, 0.7, 0.75, 0.8, 0.9)),
+    ("near_duplicate_words_per_change", (25, 50, 100, None)),
     ("shingle_tokens", (1, 2, 3)),
     ("mask_volatile", (True, False)),
     ("max_model_calls", (50, 100, None)),

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "changed_words",
     "digest",
     "normalize_args",
     "normalize_result",
     "normalize_text",
     "shingles",
+    "words",
 ]
 
 _DIGEST_BYTES = 16
@@ -101,14 +105,37 @@ def digest(*parts: str) -> bytes:
     return h.digest()
 
 
-def shingles(text: str, size: int) -> frozenset[int]:
-    """Return the set of hashed word ``size``-grams of lower-cased ``text``.
+def words(text: str) -> list[str]:
+    """Return the lower-cased words (runs of letters, digits and ``_``) of ``text``.
+
+    Whitespace and punctuation are not words, so they never make two outputs
+    differ.
+    """
+    return _WORD.findall(text.lower())
+
+
+def shingles(tokens: Sequence[str], size: int) -> frozenset[int]:
+    """Return the set of hashed word ``size``-grams of a list of words.
 
     Python's own tuple hash is used because the values never leave the
     process and it is several times faster than a cryptographic hash.
     """
-    words = _WORD.findall(text.lower())
-    if len(words) <= size:
-        return frozenset((hash(tuple(words)),)) if words else frozenset()
+    if len(tokens) <= size:
+        return frozenset((hash(tuple(tokens)),)) if tokens else frozenset()
     # zip of shifted views builds the n-grams in C, without a Python loop.
-    return frozenset(map(hash, zip(*(words[i:] for i in range(size)), strict=False)))
+    return frozenset(map(hash, zip(*(tokens[i:] for i in range(size)), strict=False)))
+
+
+def changed_words(before: Sequence[str], after: Sequence[str]) -> int:
+    """Count the words that differ between two word lists, in linear time.
+
+    Lists of one length are compared position by position, so a template
+    filled in with other values counts every slot that changed, even when the
+    new value occurs elsewhere in the other list. Lists of different lengths
+    count the words that one list holds more often than the other, taking the
+    side with more.
+    """
+    if len(before) == len(after):
+        return sum(map(operator.ne, before, after))
+    old, new = Counter(before), Counter(after)
+    return max((old - new).total(), (new - old).total())

@@ -10,8 +10,13 @@ kind and runs three rules over them:
 - stale: more than ``max_stale_steps`` digests in a row each already occur in
   the window, so nothing new has been learnt.
 
-Model outputs are judged apart, by word-shingle similarity to the output
-before.
+Model outputs are judged apart: an output is a near-duplicate of the one
+before when their word shingles are similar enough *and* few of its words
+changed, at most one in ``near_duplicate_words_per_change`` (at least one).
+The second test keeps templated outputs that carry new content (a page
+summary with its own counts, one edit applied to a new name each time) apart
+from a model that repeats itself, whose outputs differ in whitespace,
+punctuation or a counter only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from governor.loops._normalize import shingles
+from governor.loops._normalize import changed_words, shingles, words
 from governor.policies._loops import Loops
 
 __all__ = ["Channel", "Hit", "OutputRun", "Rule"]
@@ -177,18 +182,25 @@ class OutputRun:
     def __init__(self, loops: Loops) -> None:
         self._loops = loops
         self._previous: frozenset[int] | None = None
+        self._previous_words: list[str] = []
         self._steps: deque[int] = deque(maxlen=64)
         self._similarities: list[float] = []
 
     def observe(self, text: str, excerpt: str, step: int) -> Hit | None:
         """Add one output and return a hit when the near-duplicate run is long."""
         limit = self._loops.max_near_duplicate_outputs
-        current = shingles(text, self._loops.shingle_tokens)
-        if limit is None or not current:
+        current_words = words(text)
+        if limit is None or not current_words:
             return None
+        current = shingles(current_words, self._loops.shingle_tokens)
         similarity = self._similarity(current)
+        near = (
+            similarity >= self._loops.near_duplicate_similarity
+            and self._few_changed(current_words)
+        )
         self._previous = current
-        if similarity < self._loops.near_duplicate_similarity:
+        self._previous_words = current_words
+        if not near:
             self._steps.clear()
             self._similarities.clear()
             self._steps.append(step)
@@ -205,6 +217,15 @@ class OutputRun:
             return 0.0
         union = len(previous | current)
         return len(previous & current) / union
+
+    def _few_changed(self, current: list[str]) -> bool:
+        # New content, not noise: more changed words than one in words_per.
+        words_per = self._loops.near_duplicate_words_per_change
+        if words_per is None:
+            return True
+        previous = self._previous_words
+        allowed = max(1, max(len(previous), len(current)) // words_per)
+        return changed_words(previous, current) <= allowed
 
     def _hit(self, excerpt: str, limit: int) -> Hit:
         run = len(self._similarities)

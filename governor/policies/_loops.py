@@ -106,6 +106,17 @@ class Loops(PolicyModel):
             "above which two consecutive outputs are near-duplicates"
         ),
     )
+    near_duplicate_words_per_change: int | None = Field(
+        default=50,
+        ge=1,
+        description=(
+            "a positive number: two consecutive outputs are near-duplicates only "
+            "if at most one word in this many (and at least one word) differs, "
+            "position by position; more changed words are new content, such as "
+            "a template filled in with other numbers or names. None leaves it "
+            "to near_duplicate_similarity alone"
+        ),
+    )
     shingle_tokens: int = Field(
         default=1,
         ge=1,
