@@ -210,3 +210,21 @@ def test_a_keyed_budget_replaces_the_scope_wide_one_for_its_value(order: int) ->
         ("team:ads", 10**9),
         ("team:ads#month:2026-06@UTC", 50 * 10**9),
     ]
+
+
+def test_an_hour_across_a_half_hour_clock_change_contains_now() -> None:
+    """Lord Howe falls back 30 minutes: the hour window still holds 'now'."""
+    from governor.budgets import parse_line_key
+
+    budget = Budget(
+        scope="team", max_usd=1, period="hour", timezone="Australia/Lord_Howe"
+    )
+    before = window_for(budget, datetime(2026, 4, 4, 14, 50, tzinfo=UTC))
+    now = datetime(2026, 4, 4, 15, 10, tzinfo=UTC)
+    window = window_for(budget, now)
+    assert window.starts_at is not None
+    assert window.resets_at is not None
+    assert window.starts_at <= now < window.resets_at
+    assert window.key_suffix != before.key_suffix
+    parsed = parse_line_key("team:a" + window.key_suffix)
+    assert parsed.starts_at == window.starts_at

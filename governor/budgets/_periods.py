@@ -157,10 +157,17 @@ def _bounds(
     period: _Calendar, zone: ZoneInfo, local: datetime
 ) -> tuple[datetime, datetime]:
     if period == "hour":
-        start = local.replace(minute=0, second=0, microsecond=0)
+        # Step back to the local hour in real time, not on the wall clock:
+        # after a half-hour clock change (Lord Howe) the wall clock's
+        # "01:00" may be an hour that has already ended.
+        into = timedelta(
+            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+        )
+        start_utc = local.astimezone(UTC) - into
         # An hour is 3600 s of real time even across a clock change.
-        end = (start.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
-        return start, end
+        return start_utc.astimezone(zone), (start_utc + timedelta(hours=1)).astimezone(
+            zone
+        )
     day = local.date()
     if period == "day":
         first, after = day, day + timedelta(days=1)
@@ -185,8 +192,9 @@ def _next_month(first: date) -> date:
 
 def _window_id(period: _Calendar, start: datetime) -> str:
     if period == "hour":
-        # The UTC offset tells apart the two 01:00 hours of a fall-back night.
-        return start.strftime("%Y-%m-%dT%H%z")
+        # The UTC offset tells apart the two 01:00 hours of a fall-back night;
+        # minutes appear only for hours that start at a half hour (Lord Howe).
+        return start.strftime("%Y-%m-%dT%H%M%z" if start.minute else "%Y-%m-%dT%H%z")
     if period == "day":
         return start.strftime("%Y-%m-%d")
     if period == "week":
@@ -206,13 +214,19 @@ def _parse_calendar(
         start = _start_from_id(period, window_id, zone)
     except (ValueError, KeyError):
         return None
+    if period == "hour":  # the id is the start itself, half-hour starts too
+        after = (start.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+        return period, zone.key, start.astimezone(zone), after
     first, after = _bounds(period, zone, start.astimezone(zone))
     return period, zone.key, first, after
 
 
 def _start_from_id(period: _Calendar, window_id: str, zone: ZoneInfo) -> datetime:
     if period == "hour":
-        return datetime.strptime(window_id, "%Y-%m-%dT%H%z")
+        with_minutes = len(window_id.partition("T")[2]) > len("HH+hhmm")
+        return datetime.strptime(
+            window_id, "%Y-%m-%dT%H%M%z" if with_minutes else "%Y-%m-%dT%H%z"
+        )
     if period == "week":
         return datetime.strptime(window_id + "-1", "%G-W%V-%u").replace(tzinfo=zone)
     fmt = "%Y-%m-%d" if period == "day" else "%Y-%m"
