@@ -174,6 +174,39 @@ def test_batch_runs_one_task_per_input() -> None:
     assert [r.calls for r in graph.reports] == [1, 1, 1]
 
 
+def test_batch_runs_its_inputs_at_once_in_order_with_the_callers_attribution() -> None:
+    """batch overlaps its invocations, keeps input order, carries attribution."""
+    import threading
+    import time
+
+    from governor import attribute
+
+    running = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    class Slow(ScriptedChatModel):
+        def _generate(
+            self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            with lock:
+                running["now"] += 1
+                running["peak"] = max(running["peak"], running["now"])
+            time.sleep(0.1)
+            with lock:
+                running["now"] -= 1
+            result = super()._generate(messages, stop, **kwargs)
+            result.generations[0].message.content = str(messages[-1].content)
+            return result
+
+    graph = govern(fan_out_graph(Slow()), Governor())
+    inputs = [{"items": [str(i)], "answers": []} for i in range(4)]
+    with attribute(team="search"):
+        out = graph.batch(inputs, {"max_concurrency": 3})
+    assert [o["answers"] for o in out] == [["0"], ["1"], ["2"], ["3"]]
+    assert running["peak"] == 3
+    assert {r.attribution.get("team") for r in graph.reports} == {"search"}
+
+
 def test_caller_config_passes_through() -> None:
     """The caller's callbacks still fire and metadata sets task id and team."""
     seen: list[str] = []

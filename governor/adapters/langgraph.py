@@ -10,11 +10,13 @@ stops the graph before the refused call is sent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -72,7 +74,6 @@ _UNGOVERNED_RUNS = frozenset(
         "with_types",
         "assign",
         "pick",
-        "batch_as_completed",
         "as_tool",
         "map",
     }
@@ -188,22 +189,34 @@ class GovernedGraph:
         config: RunnableConfig | Sequence[RunnableConfig] | None = None,
         **kwargs: Any,
     ) -> list[Any]:
-        """Invoke once per input, each a task of its own, in order.
+        """Invoke once per input, each a task of its own, in worker threads.
 
-        With ``return_exceptions=True`` an input that fails gives its
-        exception in its place instead of stopping the batch.
+        Results come back in input order. ``max_concurrency`` in the config
+        bounds the threads, as in LangChain. With ``return_exceptions=True``
+        an input that fails gives its exception in its place instead of
+        stopping the batch.
         """
         configs = _configs(config, len(inputs))
         keep_errors = bool(kwargs.pop("return_exceptions", False))
-        results: list[Any] = []
-        for item, item_config in zip(inputs, configs, strict=True):
+
+        def run(item: Any, item_config: RunnableConfig | None) -> Any:
             try:
-                results.append(self.invoke(item, item_config, **kwargs))
+                return self.invoke(item, item_config, **kwargs)
             except Exception as exc:
                 if not keep_errors:
                     raise
-                results.append(exc)
-        return results
+                return exc
+
+        if len(inputs) <= 1:
+            return [run(i, c) for i, c in zip(inputs, configs, strict=True)]
+        limits = [c.get("max_concurrency") for c in configs if c]
+        workers = next((int(n) for n in limits if n), None)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(_run_in, contextvars.copy_context(), run, item, item_config)
+                for item, item_config in zip(inputs, configs, strict=True)
+            ]
+            return [future.result() for future in futures]
 
     def batch_as_completed(
         self,
@@ -861,6 +874,16 @@ def _with_handler(callbacks: Any, handler: Any) -> Any:
         f"config['callbacks'] must be a list or a callback manager, got "
         f"{type(callbacks).__name__}"
     )
+
+
+def _run_in(
+    context: contextvars.Context,
+    function: Callable[[Any, RunnableConfig | None], Any],
+    item: Any,
+    config: RunnableConfig | None,
+) -> Any:
+    """Run in the submitting thread's context (its attribution, say)."""
+    return context.run(function, item, config)
 
 
 def _configs(
