@@ -395,6 +395,7 @@ class Governor:
         if scopes:
             base = base.merged(Attribution(**scopes))
         task = Task(effective, base, task_id=task_id)
+        task.owner = self
         self._open_tasks.add(task)
         task.parent = _CURRENT.get()
         task.span = self.telemetry.start_task(task)
@@ -403,6 +404,7 @@ class Governor:
     def close_task(self, task: Task) -> TaskReport:
         """End a task's span with its roll-ups and return its report."""
         self._open_tasks.discard(task)
+        task.closed = True
         if task.open_streams:
             log = logger.debug if self._warned_streams else logger.warning
             self._warned_streams = True
@@ -579,8 +581,11 @@ class Governor:
         return card
 
     def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
-        task = request.task or _CURRENT.get()
+        task = request.task
         if task is not None:
+            return task, False
+        task = _CURRENT.get()
+        if task is not None and task.owner in (None, self):
             return task, False
         if self._open_tasks:
             self._warn_orphan_call()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import os
 import random
 import threading
@@ -19,6 +20,8 @@ from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
     from governor.policies import Attribution, Policy
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,6 +123,10 @@ class Task:
         # Ids of streamed calls whose stream is not read to the end yet.
         self.open_streams: set[str] = set()
         self.parent: Task | None = None
+        # The governor that opened the task (None for a task made by hand);
+        # another governor's calls do not join it.
+        self.owner: object | None = None
+        self.closed = False
         self.policy = policy
         self.attribution = attribution
         self.started_at = time.monotonic()
@@ -205,6 +212,13 @@ class Task:
 
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self.closed:
+                logger.warning(
+                    "a function bound to task %s ran after the task ended; "
+                    "its calls are charged to tasks of their own",
+                    self.id,
+                )
+                return function(*args, **kwargs)
             token = _CURRENT.set(self)
             try:
                 return function(*args, **kwargs)

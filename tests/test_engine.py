@@ -420,3 +420,24 @@ def test_a_failover_ledger_must_agree_with_an_explicit_failure_mode() -> None:
         "open",
         True,
     )
+
+
+def test_another_governors_calls_do_not_join_this_governors_task() -> None:
+    """A task belongs to the governor that opened it; B's budget still holds."""
+    gov_a = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    gov_b = Governor(Policy(budgets=[Budget(max_usd="0.0000001")]))
+    with gov_a.task() as task, pytest.raises(BudgetExceeded):
+        call(GovernedLiteLLM(gov_b), max_tokens=20)
+    assert task.report().calls == 0
+
+
+def test_a_function_bound_to_an_ended_task_runs_outside_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A late bound call is charged to a task of its own, with a warning."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        late = task.bind(lambda: call(llm, max_tokens=5))
+    late()
+    assert (task.report().calls, "ran after the task ended" in caplog.text) == (0, True)

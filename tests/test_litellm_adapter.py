@@ -260,3 +260,39 @@ def test_a_cancelled_call_is_charged_its_prompt_and_a_refused_one_nothing() -> N
         price(count_prompt(), 0),
     )
     assert (failed.input_tokens, failed.cost_usd) == (0, Decimal(0))
+
+
+def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_prompt() -> None:
+    """The request went out; cancelling while waiting for chunks still bills it."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+
+    async def slow_stream(**kwargs: Any) -> Any:
+        async def chunks() -> Any:
+            await asyncio.sleep(10)
+            yield None
+
+        return chunks()
+
+    async def run() -> Any:
+        llm = GovernedLiteLLM(gov, acompletion=slow_stream)
+        async with gov.atask() as task:
+
+            async def read() -> None:
+                stream = await llm.acompletion(
+                    model="gpt-4o-mini", messages=MESSAGES, max_tokens=50, stream=True
+                )
+                async for _ in stream:
+                    pass
+
+            job = asyncio.ensure_future(read())
+            await asyncio.sleep(0.05)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+        return task.report()
+
+    report = asyncio.run(run())
+    assert (report.input_tokens, report.cost_usd) == (
+        count_prompt(),
+        price(count_prompt(), 0),
+    )

@@ -630,7 +630,14 @@ class _StreamSettler:
     def _counted(self) -> Usage | None:
         """No usage arrived: count both sides locally and say it is estimated."""
         if not self.chunks and self.error is not None:
-            return None
+            if not interrupted_after_sending(self.error):
+                return None
+            return Usage(
+                prompt_tokens=count_message_tokens(
+                    self.admission.request.model, self.admission.request.messages
+                ),
+                estimated=True,
+            )
         text = "".join(_delta_text(c) for c in self.chunks)
         request = self.admission.request
         return Usage(
