@@ -153,10 +153,10 @@ CONTEXT = (
 @pytest.mark.parametrize(
     ("cached", "query"),
     [
-        ("grant read access to the bucket?", "grant write access to the bucket?"),
-        ("sort it in ascending order?", "sort it in descending order?"),
-        ("keep only the odd rows?", "keep only the even rows?"),
-        ("meet on monday morning?", "meet on tuesday morning?"),
+        ("grant access to the bucket?", "grant access to the queue?"),
+        ("sort it by name?", "sort it by date?"),
+        ("keep only the red rows?", "keep only the blue rows?"),
+        ("meet at the office?", "meet at the cafe?"),
     ],
 )
 def test_one_changed_word_after_a_shared_context_is_refused(
@@ -189,4 +189,41 @@ def test_signs_and_code_names_are_compared_exactly(
     cached: str, query: str, check: str | None
 ) -> None:
     """A minus sign belongs to its number; code names are not stemmed."""
+    assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (
+            "Set the temperature to minus 5 degrees",
+            "Set the temperature to 5 degrees",
+            "numbers",
+        ),
+        (
+            "Set the thermostat to negative five",
+            "Set the thermostat to five",
+            "numbers",
+        ),
+        (
+            "Who was the sixteenth president?",
+            "Who was the fifteenth president?",
+            "numbers",
+        ),
+        (
+            "Is ibuprofen safe during pregnancy?",
+            "Is ibuprofen safe after pregnancy?",
+            "polarity",
+        ),
+        ("How do I allow this IP?", "How do I block this IP?", "polarity"),
+        ("Return true if x is even", "Return true if x is odd", "polarity"),
+        ("Is the shop open on monday?", "Is the shop open on friday?", "polarity"),
+        ("What happens in january?", "What happens in july?", "polarity"),
+        ("May I book a table in june?", "Can I book a table in june?", None),
+    ],
+)
+def test_opposites_signs_ordinals_and_calendar_words(
+    cached: str, query: str, check: str | None
+) -> None:
+    """Words an embedding scores as near-synonyms but that ask another thing."""
     assert gate_refusal(cached, query) == check

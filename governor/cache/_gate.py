@@ -74,6 +74,7 @@ _FUNCTION_WORDS = _words(
 # Shared words beyond which the shared text outweighs a short edit in the
 # embedding; questions are shorter than this and are left to the threshold.
 _SHARED_WORDS = 20
+_SIGN_WORDS = _words("minus negative")
 # Words that open a question; a sentence opened by one asks even without "?".
 _ASKING = _QUESTION_WORDS | _words("how what which")
 # A sentence ends at . ? or ! before white space, or at a line break ("3.5"
@@ -90,7 +91,11 @@ _NUMBER_WORDS = _pairs(
     sixteen:16 seventeen:17 eighteen:18 nineteen:19 twenty:20 thirty:30
     forty:40 fifty:50 sixty:60 seventy:70 eighty:80 ninety:90 hundred:100
     thousand:1000 million:1e6 billion:1e9 trillion:1e12 dozen:12 half:0.5
-    twice:2x first:1st second:2nd third:3rd fourth:4th fifth:5th"""
+    twice:2x first:1st second:2nd third:3rd fourth:4th fifth:5th sixth:6th
+    seventh:7th eighth:8th ninth:9th tenth:10th eleventh:11th twelfth:12th
+    thirteenth:13th fourteenth:14th fifteenth:15th sixteenth:16th
+    seventeenth:17th eighteenth:18th nineteenth:19th twentieth:20th
+    thirtieth:30th fortieth:40th fiftieth:50th hundredth:100th"""
 )
 # Opposites an embedding scores as near-synonyms: a word on one side and its
 # opposite on the other refuses the match.
@@ -114,14 +119,32 @@ longest:shortest heavy:light wet:dry safe:dangerous legal:illegal
 success:failure succeed:fail accept:reject allow:forbid allow:prevent
 include:exclude maximize:minimize encrypt:decrypt encode:decode
 compress:decompress sync:async client:server frontend:backend debit:credit
-birth:death asleep:awake bull:bear
+birth:death asleep:awake bull:bear allow:block allow:deny even:odd
+ascending:descending asc:desc synonym:antonym yesterday:tomorrow
+beginner:expert beginner:advanced during:after during:before plus:minus
+inner:outer read:write upper:lower uppercase:lowercase horizontal:vertical
+row:column rows:columns previous:next public:private internal:external
+inbound:outbound ingress:egress save:load serialize:deserialize
+attach:detach morning:evening weekday:weekend on:off start:stop
+import:export winner:loser
 """
+# Words of one group name different things: one on each side refuses a match.
+_EXCLUSIVE_GROUPS = (
+    "monday tuesday wednesday thursday friday saturday sunday",
+    "january february april june july august september october "
+    "november december",
+    "spring summer autumn winter",
+)
 _OPPOSITE: dict[str, set[str]] = {}
 for _pair in _OPPOSITE_PAIRS.split():
     _a, _b = _pair.split(":")
     _OPPOSITE.setdefault(_a, set()).add(_b)
     _OPPOSITE.setdefault(_b, set()).add(_a)
-del _pair, _a, _b
+for _group in _EXCLUSIVE_GROUPS:
+    _members = _group.split()
+    for _a in _members:
+        _OPPOSITE.setdefault(_a, set()).update(m for m in _members if m != _a)
+del _pair, _a, _b, _group, _members
 _NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "anti")
 # Prepositions that give a name its role: "from Paris to London" is not
 # "from London to Paris", although every word is shared.
@@ -207,7 +230,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
 def _facts(text: str) -> _Facts:
     tokens = _TOKEN.findall(text)
     lowered = [_fold(t) for t in tokens]
-    numbers = [_number(t) for t in lowered]
+    numbers = _signed([_number(t) for t in lowered], lowered)
     entities = list(_entities(text, tokens))
     return _Facts(
         tokens=tuple(lowered),
@@ -310,6 +333,16 @@ def _number(word: str) -> str | None:
         # "1,000" and "1000" are one number; "3.5" keeps its point.
         return word.replace(",", "")
     return None
+
+
+def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
+    """Apply a sign written as a word: "minus 5" and "negative five" are -5."""
+    signed = list(numbers)
+    for index in range(1, len(words)):
+        number = signed[index]
+        if number is not None and words[index - 1] in _SIGN_WORDS:
+            signed[index] = "-" + number.lstrip("-−")
+    return signed
 
 
 def _quantities(sentence: str) -> Iterable[tuple[str, str]]:
