@@ -90,6 +90,23 @@ def test_streaming_request_gets_the_cached_answer_as_a_stream() -> None:
     assert counter.sent == 1
 
 
+def test_a_streamed_answer_read_to_its_end_is_cached_and_a_cut_one_is_not() -> None:
+    """A whole streamed answer serves the next request; a partial one never does."""
+    counter = Counting()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task():
+        cut = ask(llm, stream=True)
+        next(iter(cut))
+        cut.close()
+        with ask(llm, stream=True) as whole:
+            list(whole)
+        with ask(llm, stream=True) as replay:
+            chunks = list(replay)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (text, counter.sent) == ("100 degrees Celsius.", 2)
+
+
 def test_opted_out_request_is_sent() -> None:
     """cache={'no-cache': True} skips the lookup."""
     counter = Counting()

@@ -516,8 +516,10 @@ def _cached_response(
 
     if kwargs.get("stream"):
         if is_async:
-            return _aiter_chunks(areplay_chunks(hit))
-        return (litellm.ModelResponseStream(**chunk) for chunk in replay_chunks(hit))
+            return _Replay(_aiter_chunks(areplay_chunks(hit)))
+        return _Replay(
+            litellm.ModelResponseStream(**chunk) for chunk in replay_chunks(hit)
+        )
     response = litellm.ModelResponse(
         choices=[{"index": 0, "message": hit.message, "finish_reason": "stop"}],
         model=hit.model,
@@ -525,6 +527,53 @@ def _cached_response(
     )
     response._hidden_params["cache_hit"] = True
     return response
+
+
+class _Replay:
+    """A cached answer replayed as a stream; usable like a live one.
+
+    Iterates (sync or async, as made) and works as a context manager, like
+    the streams a model call returns.
+    """
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._chunks)
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return aiter(self._chunks)
+
+    async def __anext__(self) -> Any:
+        return await anext(self._chunks)
+
+    def __enter__(self) -> _Replay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> _Replay:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Stop replaying."""
+        closer = getattr(self._chunks, "close", None)
+        if closer is not None:
+            closer()
+
+    async def aclose(self) -> None:
+        """Stop replaying (async)."""
+        closer = getattr(self._chunks, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
 async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Any]:
@@ -606,13 +655,14 @@ class _StreamSettler:
         self.saver = saver
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
+        self.complete = False  # read to its end: only then is the answer whole
         admission.task.open_streams.add(admission.call_id)
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache."""
         self.admission.task.open_streams.discard(self.admission.call_id)
         text = result.output_text
-        if result.error is None and text:
+        if self.complete and result.error is None and text:
             self.saver.save(result, cost, {"role": "assistant", "content": text})
 
     def result(self) -> CallResult:
@@ -625,7 +675,13 @@ class _StreamSettler:
             ),
             None,
         )
-        return CallResult(usage=usage, response_model=model, error=self.error)
+        text = "".join(_delta_text(c) for c in self.chunks)
+        return CallResult(
+            usage=usage,
+            response_model=model,
+            error=self.error,
+            output_text=text or None,
+        )
 
     def _counted(self) -> Usage | None:
         """No usage arrived: count both sides locally and say it is estimated."""
@@ -694,6 +750,7 @@ class _SyncStream(_StreamSettler):
         try:
             chunk = next(self._source)
         except StopIteration:
+            self.complete = True
             self._finish()
             raise
         except BaseException as exc:
@@ -751,6 +808,7 @@ class _AsyncStream(_StreamSettler):
         try:
             chunk = await anext(self._source)
         except StopAsyncIteration:
+            self.complete = True
             await self._afinish()
             raise
         except BaseException as exc:
