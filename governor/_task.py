@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -208,16 +209,17 @@ class Task:
 
             with gov.task() as task:
                 pool.map(task.bind(summarize), pages)
+
+        An ``async def`` function is bound while its coroutine runs. Called
+        after the task has ended, the function runs outside it, with a
+        warning.
         """
+        if inspect.iscoroutinefunction(function):
+            return self._bind_async(function)  # type: ignore[return-value]
 
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            if self.closed:
-                logger.warning(
-                    "a function bound to task %s ran after the task ended; "
-                    "its calls are charged to tasks of their own",
-                    self.id,
-                )
+            if self._ended_for(function):
                 return function(*args, **kwargs)
             token = _CURRENT.set(self)
             try:
@@ -226,6 +228,31 @@ class Task:
                 _CURRENT.reset(token)
 
         return run
+
+    def _bind_async(
+        self, function: Callable[P, Awaitable[R]]
+    ) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(function)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._ended_for(function):
+                return await function(*args, **kwargs)
+            token = _CURRENT.set(self)
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                _CURRENT.reset(token)
+
+        return run
+
+    def _ended_for(self, function: object) -> bool:
+        if self.closed:
+            logger.warning(
+                "%s, bound to task %s, ran after the task ended; its calls are "
+                "charged to tasks of their own",
+                getattr(function, "__name__", "a function"),
+                self.id,
+            )
+        return self.closed
 
     def report(self) -> TaskReport:
         """Return the task's totals so far."""

@@ -441,3 +441,24 @@ def test_a_function_bound_to_an_ended_task_runs_outside_it(
         late = task.bind(lambda: call(llm, max_tokens=5))
     late()
     assert (task.report().calls, "ran after the task ended" in caplog.text) == (0, True)
+
+
+def test_an_async_function_bound_to_a_task_runs_in_it() -> None:
+    """task.bind(async_fn): the awaited calls count against the bound task."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    llm = GovernedLiteLLM(gov)
+
+    async def ask() -> Any:
+        return await llm.acompletion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="ok", max_tokens=5
+        )
+
+    async def run() -> tuple[int, int]:
+        bound = gov.open_task()
+        bound_ask = bound.bind(ask)
+        async with gov.atask() as other:
+            await bound_ask()
+        gov.close_task(bound)
+        return bound.report().calls, other.report().calls
+
+    assert asyncio.run(run()) == (1, 0)
