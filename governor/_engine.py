@@ -119,6 +119,8 @@ class Governor:
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
         self._warned_streams = False
+        self._spend_closed = False
+        self._warned_closed = False
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -188,7 +190,7 @@ class Governor:
         self.telemetry.record_cache_hit(
             {attr.GEN_AI_REQUEST_MODEL: request.model}, saved / NANOS_PER_USD
         )
-        if self.recorder is not None:
+        if self._recording():
             self._record_hit(task, request, hit)
         if owns:
             self._close_owned(task)
@@ -313,7 +315,21 @@ class Governor:
             return 0
         lost = int(self.recorder.close(timeout_s))
         self.recorder = None
+        self._spend_closed = True
         return lost
+
+    def _recording(self) -> bool:
+        """True while spend records are written; after close() say once why not."""
+        if self.recorder is not None:
+            return True
+        if self._spend_closed and not self._warned_closed:
+            self._warned_closed = True
+            logger.warning(
+                "a call was settled after Governor.close(): its spend record "
+                "is not written (the ledger is still charged). Close the "
+                "governor after its last call and stream. Logged once."
+            )
+        return False
 
     def __enter__(self) -> Governor:
         return self
@@ -704,10 +720,10 @@ class Governor:
         self.telemetry.record_refusal(
             {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
         )
-        if self.recorder is not None:
+        if self._recording():
             from governor.spend import SpendRecord
 
-            self.recorder.submit(
+            self.recorder.submit(  # type: ignore[union-attr]
                 SpendRecord(
                     ts=datetime.now(UTC),
                     task_id=task.id,
@@ -761,7 +777,7 @@ class Governor:
             duration_s=duration,
         )
         self._check_warnings(admission)
-        if self.recorder is not None:
+        if self._recording():
             self._record(admission, usage, cost, duration, result.error)
         if admission.owns_task:
             self._close_owned(task)

@@ -456,3 +456,14 @@ def test_a_litellm_embedding_is_charged_through_the_cache() -> None:
     miss = cache.lookup(model=MODEL, messages=ask("What is the capital of France?"))
     assert isinstance(miss, CacheMiss)
     assert miss.embedding_cost_usd == Decimal("2E-7")
+
+
+def test_a_float_cost_is_stored_as_its_decimal() -> None:
+    """store(cost_usd=0.001) works like every other money input (via str)."""
+    cache = make()
+    miss = cache.lookup(model=MODEL, messages=ask("What is the capital of Peru?"))
+    assert isinstance(miss, CacheMiss)
+    stored = cache.store(miss, message=ANSWER, model=MODEL, cost_usd=0.001)  # type: ignore[arg-type]
+    hit = cache.lookup(model=MODEL, messages=ask("What is the capital of Peru?"))
+    assert isinstance(hit, CacheHit)
+    assert (stored.stored, hit.saved_usd) == (True, Decimal("0.001"))

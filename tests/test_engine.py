@@ -462,3 +462,15 @@ def test_an_async_function_bound_to_a_task_runs_in_it() -> None:
         return bound.report().calls, other.report().calls
 
     assert asyncio.run(run()) == (1, 0)
+
+
+def test_a_call_after_close_warns_that_its_record_is_not_written(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After Governor.close() the ledger is charged and the lost record is said."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]), spend=str(tmp_path / "s.db"))
+    llm = GovernedLiteLLM(gov)
+    assert gov.close() == 0
+    for _ in range(2):
+        call(llm, max_tokens=5)
+    assert caplog.text.count("settled after Governor.close()") == 1

@@ -230,7 +230,16 @@ def test_self_hosted_model_priced_per_second() -> None:
     assert (cost.usd, cost.source) == (D("0.00375"), "override")
 
 
-@pytest.mark.parametrize("given", ["input_usd_per_mtok", "output_usd_per_mtok"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "cache_read_usd_per_mtok",
+        "cache_write_usd_per_mtok",
+        "reasoning_usd_per_mtok",
+    ],
+)
 def test_a_price_with_one_token_price_is_refused(given: str) -> None:
     """Forgetting the other token price would make those tokens free silently."""
     with pytest.raises(PolicyError) as caught:

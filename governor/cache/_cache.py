@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from governor._errors import ConfigError
-from governor._money import usd_to_nanos
+from governor._money import as_decimal, usd_to_nanos
 from governor.cache._embed import Embedder, PricedEmbedder, Vectors, make_embedder
 from governor.cache._gate import gate_refusal
 from governor.cache._request import (
@@ -202,6 +202,7 @@ class ResponseCache:
             input_tokens: prompt tokens of the call.
             output_tokens: completion tokens of the call.
         """
+        cost_usd = as_decimal(cost_usd, field="cost_usd")
         keys = miss.keys
         if not miss.storable or not keys.write:
             return Stored(False, "not_storable")

@@ -131,8 +131,7 @@ import:export winner:loser
 # Words of one group name different things: one on each side refuses a match.
 _EXCLUSIVE_GROUPS = (
     "monday tuesday wednesday thursday friday saturday sunday",
-    "january february april june july august september october "
-    "november december",
+    "january february april june july august september october november december",
     "spring summer autumn winter",
 )
 _OPPOSITE: dict[str, set[str]] = {}

@@ -106,15 +106,18 @@ class Price(PolicyModel):
     def _both_token_prices(cls, data: Any) -> Any:
         if not isinstance(data, Mapping) or data.get("usd_per_second") is not None:
             return data
-        given = [k for k in ("input_usd_per_mtok", "output_usd_per_mtok") if k in data]
-        if len(given) == 1:
-            missing = (
-                "output_usd_per_mtok"
-                if given[0] == "input_usd_per_mtok"
-                else "input_usd_per_mtok"
-            )
+        base = ("input_usd_per_mtok", "output_usd_per_mtok")
+        others = (
+            "cache_read_usd_per_mtok",
+            "cache_write_usd_per_mtok",
+            "reasoning_usd_per_mtok",
+        )
+        given = [k for k in (*base, *others) if data.get(k) is not None]
+        missing = [k for k in base if k not in data]
+        if given and missing:
             raise ValueError(
-                f"Price sets {given[0]} but not {missing}; set both (0 makes "
+                f"Price sets {', '.join(given)} but not {' or '.join(missing)}; "
+                "set both input_usd_per_mtok and output_usd_per_mtok (0 makes "
                 "those tokens free on purpose), or Price() for a free model"
             )
         return data
