@@ -110,6 +110,17 @@ def test_csv_keeps_a_formula_in_a_key_as_text(
     assert sorted(r["key"] for r in rows) == ["'-1", '\'=HYPERLINK("x")']
 
 
+def test_table_escapes_control_characters_in_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A team name with a newline or an escape cannot break or drive the table."""
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as store:
+        store.record_many([replace(record(0), team="a\nb\x1b[31m")])
+    _, out, _ = run(capsys, "--db", str(path), "--by", "team")
+    assert ("a\\nb\\x1b[31m" in out, "\x1b" in out) == (True, False)
+
+
 def test_since_and_filter_narrow_the_calls(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,6 +15,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from governor.cli._text import printable
+
 if TYPE_CHECKING:
     from governor._errors import GovernorError
     from governor.stores import Balance
@@ -122,7 +124,7 @@ def _reset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"reset": keys}))
     elif keys:
-        print("\n".join(f"reset {_printable(key)}" for key in keys))
+        print("\n".join(f"reset {printable(key)}" for key in keys))
     else:
         print(f"governor budget: no line matches {args.scope!r}", file=sys.stderr)
     return 0 if keys else 1
@@ -204,7 +206,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("SCOPE", "PERIOD", "LIMIT", "SPENT", "RESERVED", "NEXT RESET")
     body = [
         tuple(
-            _printable(cell)
+            printable(cell)
             for cell in (
                 row["scope"],
                 _period(row),
@@ -223,19 +225,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ).rstrip()
         for r in (header, *body)
     )
-
-
-def _printable(text: str) -> str:
-    """Escape what a terminal would not show as one plain character.
-
-    Scopes carry callers' task, team and user names: a tab, a newline or an
-    escape sequence in one would break the table or drive the terminal. Such
-    characters are written as Python's ``repr`` writes them (``\\t``,
-    ``\\n``, ``\\x1b``, ``\\u202e``); JSON output keeps the raw names.
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _period(row: dict[str, Any]) -> str:

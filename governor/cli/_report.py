@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from governor.cli._text import printable
+
 if TYPE_CHECKING:
     from governor.spend import Group, SpendSummary
 
@@ -177,7 +179,9 @@ def render_table(summary: SpendSummary, label: str, top: int) -> str:
         if by == "hour":
             continue
         title = f"Top {top} tasks" if by == "task" else f"By {by}"
-        rows = [[g.key, *_cells(g, summary)] for g in _rows(summary, by, top)]
+        rows = [
+            [printable(g.key), *_cells(g, summary)] for g in _rows(summary, by, top)
+        ]
         blocks.append(title + "\n" + _align([by, *_COLUMNS], rows))
     return "\n\n".join(blocks)
 
