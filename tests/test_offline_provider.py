@@ -456,12 +456,13 @@ def test_speed_read_from_environment(
     assert install_offline_provider().speed == 0.25
 
 
+@pytest.mark.parametrize("raw", ["fast", "inf", "nan", "-1"])
 def test_invalid_speed_in_environment_is_refused(
-    provider: OfflineProvider, monkeypatch: pytest.MonkeyPatch
+    provider: OfflineProvider, monkeypatch: pytest.MonkeyPatch, raw: str
 ) -> None:
-    """A GOVERNOR_OFFLINE_SPEED that is not a number >= 0 fails and names it."""
-    monkeypatch.setenv(ENV_OFFLINE_SPEED, "fast")
-    with pytest.raises(ConfigError, match="GOVERNOR_OFFLINE_SPEED='fast'"):
+    """A GOVERNOR_OFFLINE_SPEED that is not a finite number >= 0 fails, named."""
+    monkeypatch.setenv(ENV_OFFLINE_SPEED, raw)
+    with pytest.raises(ConfigError, match=f"GOVERNOR_OFFLINE_SPEED='{raw}'"):
         install_offline_provider()
 
 

@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -638,9 +639,9 @@ def _speed_from_env() -> float:
 
 
 def _check_speed(value: float, label: str) -> float:
-    if not value >= 0:
+    if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(
-            f"{label} is not a valid offline speed; accepted: a number >= 0 "
+            f"{label} is not a valid offline speed; accepted: a finite number >= 0 "
             "(1.0 realistic latency, 0 instant)"
         )
     return float(value)
