@@ -196,19 +196,13 @@ class Governor:
             self._close_owned(task)
 
     def _record_hit(self, task: Task, request: CallRequest, hit: Any) -> None:
-        from governor.spend import SpendRecord
-
-        self.recorder.submit(  # type: ignore[union-attr]
-            SpendRecord(
-                ts=datetime.now(UTC),
-                task_id=task.id,
-                call_id=new_id(),
-                model=request.model,
-                cache_hit=True,
-                saved_usd=hit.saved_usd,
-                outcome="cache_hit",
-                **_record_scopes(task),
-            )
+        self._submit_record(
+            task,
+            new_id(),
+            request.model,
+            cache_hit=True,
+            saved_usd=hit.saved_usd,
+            outcome="cache_hit",
         )
 
     # -- anomalies -------------------------------------------------------
@@ -393,6 +387,18 @@ class Governor:
         **scopes: str,
     ) -> Task:
         """Create a task and start its span; pair with :meth:`close_task`."""
+        task = self._new_task(task_id, policy, attribution, scopes)
+        self._open_tasks.add(task)
+        return task
+
+    def _new_task(
+        self,
+        task_id: str | None,
+        policy: Policy | None,
+        attribution: Attribution | None,
+        scopes: Mapping[str, str],
+    ) -> Task:
+        """A started task, not counted as open (one-call tasks are not)."""
         effective = self.policy.merged(policy) if policy else self.policy
         if effective.failure_mode != self.policy.failure_mode:
             logger.warning(
@@ -412,7 +418,6 @@ class Governor:
             base = base.merged(Attribution(**scopes))
         task = Task(effective, base, task_id=task_id)
         task.owner = self
-        self._open_tasks.add(task)
         task.parent = _CURRENT.get()
         task.span = self.telemetry.start_task(task)
         return task
@@ -590,10 +595,10 @@ class Governor:
         pricing = policy.pricing
         if pricing is self.policy.pricing or pricing == self.policy.pricing:
             return self.rate_card
-        key = policy.pricing.model_dump_json()
+        key = pricing.model_dump_json()
         card = self._rate_cards.get(key)
         if card is None:
-            card = self._rate_cards.setdefault(key, RateCard(policy.pricing))
+            card = self._rate_cards.setdefault(key, RateCard(pricing))
         return card
 
     def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
@@ -605,12 +610,9 @@ class Governor:
             return task, False
         if self._open_tasks:
             self._warn_orphan_call()
-        attribution = request.attribution
-        task = self.open_task(
-            attribution=Attribution(**attribution) if attribution else None
-        )
-        self._open_tasks.discard(task)
-        return task, True
+        given = request.attribution
+        attribution = Attribution(**given) if given else None
+        return self._new_task(None, None, attribution, {}), True
 
     def _warn_orphan_call(self) -> None:
         """A call outside any task while tasks are open: likely a worker thread."""
@@ -721,18 +723,8 @@ class Governor:
             {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
         )
         if self._recording():
-            from governor.spend import SpendRecord
-
-            self.recorder.submit(  # type: ignore[union-attr]
-                SpendRecord(
-                    ts=datetime.now(UTC),
-                    task_id=task.id,
-                    call_id=new_id(),
-                    model=model,
-                    outcome="refused",
-                    stop_reason=reason,
-                    **_record_scopes(task),
-                )
+            self._submit_record(
+                task, new_id(), model, outcome="refused", stop_reason=reason
             )
 
     def _price(
@@ -791,25 +783,41 @@ class Governor:
         duration_s: float,
         error: BaseException | None,
     ) -> None:
+        self._submit_record(
+            admission.task,
+            admission.call_id,
+            admission.request.model,
+            provider=admission.rate.provider,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cost_usd=cost,
+            cost_estimated=usage.estimated,
+            outcome="error" if error is not None else "ok",
+            stop_reason=admission.task.stop_reason,
+            latency_s=duration_s,
+        )
+
+    def _submit_record(
+        self, task: Task, call_id: str, model: str, **fields: Any
+    ) -> None:
+        """Queue one spend record with the task's attribution for the writer."""
         from governor.spend import SpendRecord
 
-        task = admission.task
+        attribution = task.attribution
         try:
             record = SpendRecord(
                 ts=datetime.now(UTC),
                 task_id=task.id,
-                call_id=admission.call_id,
-                model=admission.request.model,
-                provider=admission.rate.provider,
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cost_usd=cost,
-                cost_estimated=usage.estimated,
-                outcome="error" if error is not None else "ok",
-                stop_reason=task.stop_reason,
-                latency_s=duration_s,
-                **_record_scopes(task),
+                call_id=call_id,
+                model=model,
+                team=attribution.team,
+                feature=attribution.feature,
+                environment=attribution.environment,
+                user=attribution.user,
+                session=attribution.session,
+                tags=dict(attribution.tags),
+                **fields,
             )
         except (TypeError, ValueError):
             logger.warning("could not build a spend record", exc_info=True)
@@ -1041,16 +1049,3 @@ def _current(span: Any) -> Iterator[None]:
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     ):
         yield
-
-
-def _record_scopes(task: Task) -> dict[str, Any]:
-    """The attribution fields of a task's spend records."""
-    attribution = task.attribution
-    return {
-        "team": attribution.team,
-        "feature": attribution.feature,
-        "environment": attribution.environment,
-        "user": attribution.user,
-        "session": attribution.session,
-        "tags": dict(attribution.tags),
-    }

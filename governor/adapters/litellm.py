@@ -666,7 +666,8 @@ class _StreamSettler:
             self.saver.save(result, cost, {"role": "assistant", "content": text})
 
     def result(self) -> CallResult:
-        usage = usage_from_stream_chunks(self.chunks) or self._counted()
+        text = "".join(_delta_text(c) for c in self.chunks)
+        usage = usage_from_stream_chunks(self.chunks) or self._counted(text)
         model = next(
             (
                 getattr(c, "model", None)
@@ -675,7 +676,6 @@ class _StreamSettler:
             ),
             None,
         )
-        text = "".join(_delta_text(c) for c in self.chunks)
         return CallResult(
             usage=usage,
             response_model=model,
@@ -683,19 +683,11 @@ class _StreamSettler:
             output_text=text or None,
         )
 
-    def _counted(self) -> Usage | None:
+    def _counted(self, text: str) -> Usage | None:
         """No usage arrived: count both sides locally and say it is estimated."""
-        if not self.chunks and self.error is not None:
-            if not interrupted_after_sending(self.error):
-                return None
-            return Usage(
-                prompt_tokens=count_message_tokens(
-                    self.admission.request.model, self.admission.request.messages
-                ),
-                estimated=True,
-            )
-        text = "".join(_delta_text(c) for c in self.chunks)
         request = self.admission.request
+        if not self.chunks and self.error is not None:
+            return _failed(request, self.error).usage
         return Usage(
             prompt_tokens=count_message_tokens(request.model, request.messages),
             completion_tokens=count_text_tokens(request.model, text),

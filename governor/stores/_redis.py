@@ -195,11 +195,7 @@ class RedisConnections:
         if self._raw is None:
             with self._lock:
                 if self._raw is None:
-                    pool = redis.BlockingConnectionPool.from_url(
-                        self.config.url,
-                        retry=Retry(NoBackoff(), 0),
-                        **{**self._pool_args(), "decode_responses": False},
-                    )
+                    pool = self._sync_pool(decode_responses=False)
                     self._raw = redis.Redis(connection_pool=pool)
         return self._raw
 
@@ -325,9 +321,11 @@ class RedisConnections:
             **cfg.connection_kwargs,
         }
 
-    def _sync_pool(self) -> redis.BlockingConnectionPool:
+    def _sync_pool(self, **overrides: Any) -> redis.BlockingConnectionPool:
         return redis.BlockingConnectionPool.from_url(
-            self.config.url, retry=Retry(NoBackoff(), 0), **self._pool_args()
+            self.config.url,
+            retry=Retry(NoBackoff(), 0),
+            **{**self._pool_args(), **overrides},
         )
 
     def _async_pool(self) -> aredis.BlockingConnectionPool:
