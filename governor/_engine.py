@@ -134,8 +134,13 @@ class Governor:
 
     # -- cache -----------------------------------------------------------
 
-    def cache_for(self, policy: Policy) -> Any:
-        """The response cache of a policy, or None when it sets no cache."""
+    def cache_for(self, policy: Policy, *, verifier: Any = None) -> Any:
+        """The response cache of a policy, or None when it sets no cache.
+
+        ``verifier`` confirms semantic hits when the policy names a verifier
+        model (the LiteLLM adapter passes one that asks that model, governed
+        and charged like any call); it is used when the cache is first made.
+        """
         if policy.cache is None:
             return None
         key = id(policy.cache)
@@ -155,7 +160,7 @@ class Governor:
                     )
                 client = connections.bytes_client()
             cache = self._caches.setdefault(
-                key, ResponseCache(policy.cache, redis_client=client)
+                key, ResponseCache(policy.cache, redis_client=client, verifier=verifier)
             )
         return cache
 

@@ -148,3 +148,46 @@ def test_async_repeat_is_served() -> None:
 
     asyncio.run(run())
     assert counter.sent == 1
+
+
+def test_a_verifier_model_confirms_hits_and_is_charged() -> None:
+    """Cache(verifier=model): the model is asked, governed; a 'no' refuses."""
+    from governor.testing import install_offline_provider
+
+    verdict = {"say": "no"}
+    asked: list[str] = []
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        text = str(messages[-1]["content"])
+        if text.startswith("A cache holds an answer"):
+            asked.append(model)
+            return verdict["say"]
+        return "100 degrees Celsius."
+
+    install_offline_provider(responder, speed=0)
+    policy = Policy(
+        cache=Cache(embedder="hashing", verifier="offline/gpt-4o-mini"),
+        budgets=[Budget(max_usd=1)],
+    )
+
+    def second_ask(say: str) -> Any:
+        verdict["say"] = say
+        gov = Governor(policy)
+        llm = GovernedLiteLLM(gov)
+        for text in (
+            "What is the boiling point of water at sea level?",
+            "what is the boiling point of water at sea level",
+        ):
+            with gov.task() as task:
+                llm.completion(
+                    model="offline/gpt-4o",
+                    messages=[{"role": "user", "content": text}],
+                    max_tokens=30,
+                )
+        return task.report()
+
+    refused = second_ask("no")
+    served = second_ask("yes")
+    assert asked == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert (refused.calls, refused.cache_hits) == (2, 0)
+    assert (served.calls, served.cache_hits, served.cost_usd > 0) == (1, 1, True)

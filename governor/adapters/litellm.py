@@ -266,7 +266,9 @@ class GovernedLiteLLM:
         """The policy's cache and its answer for this request, if it has one."""
         task = current_task()
         policy = task.policy if task else self.governor.policy
-        cache = self.governor.cache_for(policy)
+        named = policy.cache.verifier if policy.cache else None
+        verifier = self._model_verifier(named) if isinstance(named, str) else None
+        cache = self.governor.cache_for(policy, verifier=verifier)
         if cache is None:
             return None, None
         params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
@@ -278,6 +280,38 @@ class GovernedLiteLLM:
             partition=scopes,
         )
         return cache, lookup
+
+    def _model_verifier(self, model: str) -> Callable[[str, str, str], bool]:
+        """Ask ``model`` whether a cached answer fits a new question.
+
+        The question goes through this governed client, so it is charged to
+        the current task's budgets and shows on its spans; it is never
+        served from or stored in the cache. Anything but a "yes" refuses.
+        """
+
+        def verify(question: str, cached_question: str, cached_answer: str) -> bool:
+            prompt = _VERIFY_PROMPT.format(
+                question=question, cached=cached_question, answer=cached_answer
+            )
+            response = self.completion(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=3,
+                temperature=0,
+                cache={"no-cache": True, "no-store": True},
+            )
+            text = str(response.choices[0].message.content or "")
+            return text.strip().lower().startswith("yes")
+
+        return verify
+
+
+_VERIFY_PROMPT = (
+    "A cache holds an answer to an earlier question. Does that answer fully "
+    "and correctly answer the new question? Reply with one word, yes or no.\n"
+    "Earlier question: {cached}\nCached answer: {answer}\n"
+    "New question: {question}"
+)
 
 
 class _Saver:
