@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from governor.pricing import Rate
 
 __all__ = [
+    "EMBEDDINGS",
     "IMAGE_PART_TOKENS",
     "Admission",
     "CallRequest",
@@ -37,6 +38,9 @@ _REQUEST_OVERHEAD_TOKENS = 16
 IMAGE_PART_TOKENS = 1_600
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
+EMBEDDINGS = "embeddings"
+"""The ``operation`` of an embedding call: no output tokens, no loop guard."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallRequest:
@@ -50,6 +54,9 @@ class CallRequest:
             ceiling if the request had none; otherwise the model's own maximum
             output is reserved.
         stream: whether the answer streams.
+        operation: ``"chat"``, or ``"embeddings"`` for an embedding call (each
+            input text is one message; nothing is reserved for output and the
+            loop guard does not look at it).
         count_prompt_tokens: an exact counter, used only when the cheap upper
             bound does not fit the budget left.
         parent_span: the span to nest the call span under (a graph step).

@@ -27,7 +27,13 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 
 from governor._attribution import current_attribution
-from governor._calls import Admission, CallRequest, CallResult, prompt_byte_bound
+from governor._calls import (
+    EMBEDDINGS,
+    Admission,
+    CallRequest,
+    CallResult,
+    prompt_byte_bound,
+)
 from governor._errors import (
     BudgetExceeded,
     ConfigError,
@@ -134,12 +140,16 @@ class Governor:
 
     # -- cache -----------------------------------------------------------
 
-    def cache_for(self, policy: Policy, *, verifier: Any = None) -> Any:
+    def cache_for(
+        self, policy: Policy, *, verifier: Any = None, embedding: Any = None
+    ) -> Any:
         """The response cache of a policy, or None when it sets no cache.
 
         ``verifier`` confirms semantic hits when the policy names a verifier
-        model (the LiteLLM adapter passes one that asks that model, governed
-        and charged like any call); it is used when the cache is first made.
+        model, and ``embedding`` replaces ``litellm.embedding`` for a
+        ``"litellm:<model>"`` embedder (the LiteLLM adapter passes governed
+        ones, so both are charged like any call); both are used when the
+        cache is first made.
         """
         if policy.cache is None:
             return None
@@ -159,9 +169,13 @@ class Governor:
                         "Governor(ledger=RedisLedger(url))"
                     )
                 client = connections.bytes_client()
-            cache = self._caches.setdefault(
-                key, ResponseCache(policy.cache, redis_client=client, verifier=verifier)
+            made = ResponseCache(
+                policy.cache,
+                redis_client=client,
+                verifier=verifier,
+                embedding_call=embedding,
             )
+            cache = self._caches.setdefault(key, made)
         return cache
 
     def record_cache_hit(self, request: CallRequest, hit: Any) -> None:
@@ -563,7 +577,8 @@ class Governor:
         try:
             self._check_blocked(task)
             step = request.step if request.step is not None else task.calls + 1
-            loop_watch(task, self.telemetry).before_call(request.messages, step)
+            if request.operation != EMBEDDINGS:
+                loop_watch(task, self.telemetry).before_call(request.messages, step)
             rate = self._task_rates(task).rate(request.model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
@@ -754,9 +769,10 @@ class Governor:
         task = admission.task
         request = admission.request
         step = request.step if request.step is not None else task.calls
-        loop_watch(task, self.telemetry).after_call(
-            result.output_text, step, request.node
-        )
+        if request.operation != EMBEDDINGS:
+            loop_watch(task, self.telemetry).after_call(
+                result.output_text, step, request.node
+            )
         task.settle(
             nanos=nanos,
             input_tokens=usage.prompt_tokens,
@@ -1035,6 +1051,8 @@ def _check_request(request: CallRequest) -> None:
 
 
 def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
+    if request.operation == EMBEDDINGS:
+        return 0
     if request.max_output_tokens is not None:
         return request.max_output_tokens
     model_max = rate.max_output_tokens

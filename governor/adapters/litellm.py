@@ -1,11 +1,12 @@
-"""Govern LiteLLM calls: ``completion`` and ``acompletion``, streams included.
+"""Govern LiteLLM calls: ``completion``, ``acompletion`` (streams included) and
+``embedding``, ``aembedding``.
 
 Two ways in:
 
 * :class:`GovernedLiteLLM` wraps calls explicitly:
   ``GovernedLiteLLM(gov).completion(model=..., messages=...)``.
-* :func:`instrument` replaces ``litellm.completion`` and ``litellm.acompletion``
-  for the whole process, which governs code that already calls them, LiteLLM's
+* :func:`instrument` replaces those four LiteLLM functions for the whole
+  process, which governs code that already calls them, LiteLLM's
   ``Router`` and LangChain's ``ChatLiteLLM`` without editing call sites. It
   cannot reach code that bound the functions before instrumenting
   (``from litellm import completion`` at import time); see docs/adapters.md.
@@ -28,6 +29,11 @@ from governor._calls import Admission, CallRequest, CallResult, plain_text_promp
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
+from governor.adapters._embeddings import (
+    embedding_request,
+    embedding_result,
+    named_embedding_args,
+)
 from governor.adapters._tokens import (
     count_message_tokens,
     count_text_tokens,
@@ -60,12 +66,14 @@ _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class GovernedLiteLLM:
-    """LiteLLM's ``completion`` and ``acompletion`` under a governor.
+    """LiteLLM's ``completion``, ``acompletion``, ``embedding`` and
+    ``aembedding`` under a governor.
 
     Each call is reserved before it is sent and settled after it returns.
     Outside a task, each call is a task of its own. Requests without
     ``max_tokens`` are sent with the policy's ``default_max_output_tokens``;
-    streams always ask the provider for usage.
+    streams always ask the provider for usage. Embedding calls reserve their
+    input and nothing for output.
     """
 
     def __init__(
@@ -74,10 +82,14 @@ class GovernedLiteLLM:
         *,
         completion: Callable[..., Any] | None = None,
         acompletion: Callable[..., Any] | None = None,
+        embedding: Callable[..., Any] | None = None,
+        aembedding: Callable[..., Any] | None = None,
     ) -> None:
         self.governor = governor
         self._completion = completion or litellm.completion
         self._acompletion = acompletion or litellm.acompletion
+        self._embedding = embedding or litellm.embedding
+        self._aembedding = aembedding or litellm.aembedding
         self._runners: dict[int, Any] = {}
         self._cooldowns: Any = None
 
@@ -92,6 +104,49 @@ class GovernedLiteLLM:
         if _INSIDE.get():
             return await self._acompletion(*args, **kwargs)
         return (await self._acomplete(_named(args, kwargs)))[0]
+
+    def embedding(self, *args: Any, **kwargs: Any) -> Any:
+        """Governed ``litellm.embedding``; same arguments, same return value."""
+        if _INSIDE.get():
+            return self._embedding(*args, **kwargs)
+        kwargs = named_embedding_args(args, kwargs)
+        request = self._embedding_request(kwargs)
+        admission = self.governor.begin_call(request)
+        token = _INSIDE.set(True)
+        try:
+            response = self._embedding(**kwargs)
+        except BaseException as exc:
+            self.governor.end_call(admission, _failed(request, exc))
+            raise
+        finally:
+            _INSIDE.reset(token)
+        self.governor.end_call(admission, embedding_result(request, response))
+        return response
+
+    async def aembedding(self, *args: Any, **kwargs: Any) -> Any:
+        """Governed ``litellm.aembedding``; same arguments, same return value."""
+        if _INSIDE.get():
+            return await self._aembedding(*args, **kwargs)
+        kwargs = named_embedding_args(args, kwargs)
+        request = self._embedding_request(kwargs)
+        admission = await self.governor.abegin_call(request)
+        token = _INSIDE.set(True)
+        try:
+            response = await self._aembedding(**kwargs)
+        except BaseException as exc:
+            await self.governor.aend_call(admission, _failed(request, exc))
+            raise
+        finally:
+            _INSIDE.reset(token)
+        await self.governor.aend_call(admission, embedding_result(request, response))
+        return response
+
+    def _embedding_request(self, kwargs: Mapping[str, Any]) -> CallRequest:
+        return embedding_request(
+            kwargs,
+            parent_span=_parent_span(),
+            attribution=_metadata_attribution(kwargs.get("metadata")),
+        )
 
     def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Answer with the policy's cascade: cheapest tier whose answer passes.
@@ -268,7 +323,9 @@ class GovernedLiteLLM:
         policy = task.policy if task else self.governor.policy
         named = policy.cache.verifier if policy.cache else None
         verifier = self._model_verifier(named) if isinstance(named, str) else None
-        cache = self.governor.cache_for(policy, verifier=verifier)
+        cache = self.governor.cache_for(
+            policy, verifier=verifier, embedding=self.embedding
+        )
         if cache is None:
             return None, None
         params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
@@ -352,9 +409,19 @@ class Instrumentation:
 
     def __init__(self, governor: Governor) -> None:
         self.governor = governor
-        self._original = (litellm.completion, litellm.acompletion)
+        self._original = (
+            litellm.completion,
+            litellm.acompletion,
+            litellm.embedding,
+            litellm.aembedding,
+        )
+        completion, acompletion, embedding, aembedding = self._original
         self._governed = GovernedLiteLLM(
-            governor, completion=self._original[0], acompletion=self._original[1]
+            governor,
+            completion=completion,
+            acompletion=acompletion,
+            embedding=embedding,
+            aembedding=aembedding,
         )
 
     def _install(self) -> None:
@@ -366,6 +433,8 @@ class Instrumentation:
                 )
             litellm.completion = self._governed.completion
             litellm.acompletion = self._governed.acompletion
+            litellm.embedding = self._governed.embedding
+            litellm.aembedding = self._governed.aembedding
             Instrumentation._active = self
 
     def uninstrument(self) -> None:
@@ -373,7 +442,12 @@ class Instrumentation:
         with Instrumentation._lock:
             if Instrumentation._active is not self:
                 return
-            litellm.completion, litellm.acompletion = self._original
+            (
+                litellm.completion,
+                litellm.acompletion,
+                litellm.embedding,
+                litellm.aembedding,
+            ) = self._original
             Instrumentation._active = None
 
     def __enter__(self) -> Instrumentation:
@@ -384,7 +458,8 @@ class Instrumentation:
 
 
 def instrument(governor: Governor) -> Instrumentation:
-    """Govern every ``litellm.completion`` / ``acompletion`` in this process.
+    """Govern every ``litellm.completion``, ``acompletion``, ``embedding`` and
+    ``aembedding`` call in this process.
 
     Returns:
         The :class:`Instrumentation`; call ``uninstrument()`` (or use it as a

