@@ -27,6 +27,7 @@ from governor._errors import (
     PolicyError,
     PriceUnknown,
     ScopeBlocked,
+    SlotUnavailable,
     StoreUnavailable,
 )
 from governor._task import Task, TaskReport, current_task
@@ -71,6 +72,7 @@ __all__ = [
     "PriceUnknown",
     "Pricing",
     "ScopeBlocked",
+    "SlotUnavailable",
     "StoreUnavailable",
     "Task",
     "TaskReport",

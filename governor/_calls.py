@@ -89,7 +89,7 @@ class CallRequest:
     choices: int = 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class Admission:
     """A call the governor admitted: what it holds and where to report back."""
 

@@ -40,6 +40,7 @@ from governor._errors import (
     GovernorError,
     ScopeBlocked,
 )
+from governor._leases import LeaseKeeper
 from governor._loopwatch import loop_watch
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
@@ -136,6 +137,7 @@ class Governor:
         self._warned: set[tuple[str, float]] = set()
         self._warn_checked: dict[str, float] = {}
         self.slots = SlotKeeper(self.ledger)
+        self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[int, Any] = {}
 
     # -- cache -----------------------------------------------------------
@@ -476,10 +478,12 @@ class Governor:
             refusal = self.ledger.reserve(*admission.hold())
             if refusal is not None and self._recount(admission):
                 refusal = self.ledger.reserve(*admission.hold())
-            return self._admit_or_refuse(admission, refusal)
+            admitted = self._admit_or_refuse(admission, refusal)
         except BaseException:
             release_slots(admission.held)
             raise
+        self._leases.add(admitted)
+        return admitted
 
     async def abegin_call(self, request: CallRequest) -> Admission:
         """Async form of :meth:`begin_call`."""
@@ -496,7 +500,9 @@ class Governor:
             refusal = await ledger.areserve(*admission.hold())
             if refusal is not None and self._recount(admission):
                 refusal = await ledger.areserve(*admission.hold())
-            return self._admit_or_refuse(admission, refusal)
+            admitted = self._admit_or_refuse(admission, refusal)
+            self._leases.add(admitted)
+            return admitted
         except asyncio.CancelledError:
             # The reserve script may have run before the cancellation arrived.
             await asyncio.shield(ledger.arelease(admission.call_id))
@@ -523,6 +529,7 @@ class Governor:
         """Settle a call at its actual cost; return that cost in dollars."""
         if admission.settled:
             return Decimal(0)
+        self._leases.discard(admission)
         try:
             nanos, usage, cost_source = self._price(admission, result)
         except BaseException:
@@ -556,6 +563,7 @@ class Governor:
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
             return self.end_call(admission, result)
+        self._leases.discard(admission)
         try:
             nanos, usage, cost_source = self._price(admission, result)
         except BaseException:
@@ -837,6 +845,7 @@ class Governor:
                 environment=attribution.environment,
                 user=attribution.user,
                 session=attribution.session,
+
                 tags=dict(attribution.tags),
                 **fields,
             )

@@ -23,6 +23,7 @@ __all__ = [
     "PolicyError",
     "PriceUnknown",
     "ScopeBlocked",
+    "SlotUnavailable",
     "StoreUnavailable",
 ]
 
@@ -221,6 +222,45 @@ class ScopeBlocked(GovernorHalt):
             f"governor.unblock({scope!r}) to let calls through again.",
             task_id=task_id,
         )
+
+
+class SlotUnavailable(GovernorError, TimeoutError):
+    """No concurrency slot came free within the wait allowed.
+
+    Attributes:
+        key: the semaphore's key.
+        limit: its number of slots.
+        timeout_s: how long the caller waited.
+    """
+
+    code = "slot_unavailable"
+
+    def __init__(self, key: str, limit: int, timeout_s: float | None) -> None:
+        self.key = key
+        self.limit = limit
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. Raise "
+            f"the cap ({_setting(key)}), wait longer "
+            "(Fanout.wait_timeout_s), or run fewer calls at once."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "key": self.key,
+            "limit": self.limit,
+            "timeout_s": self.timeout_s,
+        }
+
+
+def _setting(key: str) -> str:
+    """The Fanout setting that sized the semaphore named ``key``."""
+    if key.startswith("branches:"):
+        return "Fanout.max_branches"
+    if key.startswith("task:"):
+        return "Fanout.max_inflight_calls"
+    return "Fanout.scope_caps"
 
 
 class StoreUnavailable(GovernorError, ConnectionError):

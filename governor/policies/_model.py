@@ -335,7 +335,8 @@ class Policy(PolicyModel):
     hold_ttl_s: float = Field(
         default=900.0,
         gt=0,
-        description="seconds a reservation lives; must outlast the longest call",
+        description="seconds a reservation or fan-out slot lives without "
+        "renewal; open calls renew theirs every third of it",
     )
 
     @field_validator("budgets", mode="before")

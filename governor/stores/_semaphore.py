@@ -32,9 +32,9 @@ from contextlib import (
     contextmanager,
 )
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
-from governor._errors import ConfigError, GovernorError
+from governor._errors import ConfigError, SlotUnavailable
 from governor._task import new_id
 from governor.stores._redis import DEFAULT_REDIS_URL, RedisConfig, RedisConnections
 
@@ -42,45 +42,6 @@ __all__ = ["LocalSemaphore", "RedisSemaphore", "Semaphore", "SlotUnavailable"]
 
 _POLL_FIRST_S: Final = 0.002
 _POLL_MAX_S: Final = 0.05
-
-
-class SlotUnavailable(GovernorError, TimeoutError):
-    """No concurrency slot came free within the wait allowed.
-
-    Attributes:
-        key: the semaphore's key.
-        limit: its number of slots.
-        timeout_s: how long the caller waited.
-    """
-
-    code = "slot_unavailable"
-
-    def __init__(self, key: str, limit: int, timeout_s: float | None) -> None:
-        self.key = key
-        self.limit = limit
-        self.timeout_s = timeout_s
-        super().__init__(
-            f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. Raise "
-            f"the cap ({_setting(key)}), wait longer "
-            "(Fanout.wait_timeout_s), or run fewer calls at once."
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **super().to_dict(),
-            "key": self.key,
-            "limit": self.limit,
-            "timeout_s": self.timeout_s,
-        }
-
-
-def _setting(key: str) -> str:
-    """The Fanout setting that sized the semaphore named ``key``."""
-    if key.startswith("branches:"):
-        return "Fanout.max_branches"
-    if key.startswith("task:"):
-        return "Fanout.max_inflight_calls"
-    return "Fanout.scope_caps"
 
 
 @runtime_checkable

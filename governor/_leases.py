@@ -1,0 +1,99 @@
+"""Keep the leases of long calls alive while they run.
+
+A call's budget hold and its fan-out slots are leases of ``hold_ttl_s``, so
+that a dead worker's reservation comes back on its own. A live call that
+runs longer than that (a long stream, a slow reasoning model) would lose its
+hold mid-call and let other calls spend the same room. One daemon thread per
+governor renews, every third of a lease, the holds and slots of the calls
+still open. It holds the calls weakly: a call nobody references any more is
+not kept alive by renewing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from governor._calls import Admission
+
+__all__ = ["LeaseKeeper"]
+
+logger = logging.getLogger(__name__)
+
+# Renew once a third of the lease has passed: two renewals can fail (a Redis
+# blip) before the lease runs out.
+_RENEW_FRACTION = 1 / 3
+_MIN_WAKE_S = 0.05
+
+
+class LeaseKeeper:
+    """Renews the holds and slot leases of one governor's open calls."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+        self._open: weakref.WeakSet[Admission] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def add(self, admission: Admission) -> None:
+        """Watch an admitted call until :meth:`discard`."""
+        with self._lock:
+            self._open.add(admission)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="governor-leases", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, admission: Admission) -> None:
+        """Stop watching a settled call."""
+        with self._lock:
+            self._open.discard(admission)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._open:
+                    self._thread = None
+                    return
+                calls = list(self._open)
+            wake_s = self._renew_due(calls, time.monotonic())
+            del calls
+            self._wake.wait(wake_s)
+
+    def _renew_due(self, calls: list[Admission], now: float) -> float:
+        """Renew what is due; return seconds until the next one is."""
+        next_s = float("inf")
+        for admission in calls:
+            ttl_s = admission.task.policy.hold_ttl_s
+            every_s = ttl_s * _RENEW_FRACTION
+            last = admission.extras.get("renewed_at", admission.started_at)
+            if now - last >= every_s and not admission.settled:
+                self._renew(admission, ttl_s)
+                admission.extras["renewed_at"] = last = now
+            next_s = min(next_s, last + every_s - now)
+        return max(next_s, _MIN_WAKE_S)
+
+    def _renew(self, admission: Admission, ttl_s: float) -> None:
+        try:
+            renew = getattr(self._ledger, "renew", None)
+            if renew is not None:
+                renew(admission.call_id, ttl_s)
+            for semaphore, token in admission.held.slots:
+                renew_slot = getattr(semaphore, "renew", None)
+                if renew_slot is not None:
+                    renew_slot(token)
+        except Exception:  # a store blip: the next round tries again
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "could not renew the lease of a long call; its hold "
+                    "expires after hold_ttl_s unless a later renewal works",
+                    exc_info=True,
+                )
