@@ -39,10 +39,12 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_at = float("inf")
         self._warned = False
 
     def add(self, admission: Admission) -> None:
         """Watch an admitted call until :meth:`discard`."""
+        every_s = admission.task.policy.hold_ttl_s * _RENEW_FRACTION
         with self._lock:
             self._open.add(admission)
             if self._thread is None:
@@ -50,6 +52,8 @@ class LeaseKeeper:
                     target=self._run, name="governor-leases", daemon=True
                 )
                 self._thread.start()
+            elif admission.started_at + every_s < self._next_at:
+                self._wake.set()  # a shorter lease than the thread waits for
 
     def discard(self, admission: Admission) -> None:
         """Stop watching a settled call."""
@@ -63,9 +67,12 @@ class LeaseKeeper:
                     self._thread = None
                     return
                 calls = list(self._open)
-            wake_s = self._renew_due(calls, time.monotonic())
+            now = time.monotonic()
+            wake_s = self._renew_due(calls, now)
             del calls
+            self._next_at = now + wake_s
             self._wake.wait(wake_s)
+            self._wake.clear()
 
     def _renew_due(self, calls: list[Admission], now: float) -> float:
         """Renew what is due; return seconds until the next one is."""

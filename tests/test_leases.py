@@ -87,3 +87,18 @@ def test_a_long_call_keeps_its_redis_hold_and_fanout_slot(
     gov.end_call(long_call, CallResult())
     with gov.task(team="search"):
         gov.end_call(gov.begin_call(request()), CallResult())
+
+
+def test_a_short_lease_added_while_the_keeper_sleeps_is_renewed_in_time() -> None:
+    """The keeper wakes early for a call whose lease is shorter than its wait."""
+    gov = Governor(Policy(hold_ttl_s=600))
+    with gov.task():
+        slow = gov.begin_call(request())  # the keeper now sleeps ~200 s
+    policy = one_hold_budget(gov)
+    with gov.task(policy=policy, team="search"):
+        long_call = gov.begin_call(request())
+        time.sleep(CALL_S)
+    with gov.task(policy=policy, team="search"), pytest.raises(BudgetExceeded):
+        gov.begin_call(request())
+    gov.end_call(long_call, CallResult())
+    gov.end_call(slow, CallResult())
