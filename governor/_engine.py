@@ -845,7 +845,7 @@ class Governor:
                 environment=attribution.environment,
                 user=attribution.user,
                 session=attribution.session,
-
+                org=attribution.org,
                 tags=dict(attribution.tags),
                 **fields,
             )

@@ -152,6 +152,7 @@ def _attribution(record: SpendRecord) -> Attribution:
         "environment": record.environment,
         "user": record.user,
         "session": record.session,
+        "org": record.org,
     }
     given = {k: v for k, v in values.items() if v}
     return Attribution(**given, tags=dict(record.tags))

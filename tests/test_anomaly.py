@@ -7,9 +7,19 @@ from decimal import Decimal
 
 import pytest
 
+from governor import Governor, ScopeBlocked
 from governor._errors import PolicyError
-from governor.anomaly import Alert, Anomalies, AnomalyDetector, scopes_of
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.anomaly import (
+    ALERT_SCOPES,
+    Alert,
+    Anomalies,
+    AnomalyDetector,
+    AnomalyMonitor,
+    scopes_of,
+)
 from governor.spend import SpendRecord
+from governor.testing import install_offline_provider
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -194,6 +204,51 @@ def test_scopes_of_skips_unset_attributes() -> None:
     """A record counts towards 'all' and each attribute it sets."""
     scopes = scopes_of(record(), ["all", "team", "feature", "model"])
     assert scopes == ["all", "team:search", "model:gpt-4o-mini"]
+
+
+def test_org_is_a_scope() -> None:
+    """Anomalies may watch org; a record counts towards its org's scope."""
+    watched = Anomalies(scopes=("all", "org")).scopes
+    scopes = scopes_of(record(org="acme"), watched)
+    assert ("org" in ALERT_SCOPES, scopes) == (True, ["all", "org:acme"])
+    assert scopes_of(record(), ["org"]) == []
+
+
+def org_spike(monitor: AnomalyMonitor, org: str) -> None:
+    """A quiet 20 minutes of spend for ``org``, then a burst."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    calls = [(start + timedelta(minutes=m), 150, "0.001") for m in range(20)]
+    calls += [
+        (start + timedelta(minutes=20, seconds=i), 7000, "0.05") for i in range(40)
+    ]
+    for i, (ts, amount, usd) in enumerate(calls):
+        monitor.observe(
+            record(
+                ts=ts,
+                call_id=f"c{i}",
+                input_tokens=amount,
+                output_tokens=0,
+                cost_usd=Decimal(usd),
+                org=org,
+            )
+        )
+
+
+def test_org_spike_blocks_that_org_only() -> None:
+    """With scopes=("org",) and auto_tighten='block', a spiking org is refused."""
+    install_offline_provider(speed=0)
+    settings = Anomalies(auto_tighten="block", scopes=("org",), cooldown_s=0)
+    gov = Governor(anomalies=settings)
+    assert gov.monitor is not None
+    org_spike(gov.monitor, "acme")
+    llm = GovernedLiteLLM(gov)
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ScopeBlocked) as info, gov.task(org="acme", team="search"):
+        llm.completion(model="offline/gpt-4o-mini", messages=messages)
+    with gov.task(org="globex", team="search") as other:
+        llm.completion(model="offline/gpt-4o-mini", messages=messages)
+    gov.close()
+    assert (info.value.scope, other.report().calls) == ("org:acme", 1)
 
 
 def test_cache_hits_count_no_tokens() -> None:

@@ -160,3 +160,12 @@ def test_an_unmatched_swap_lists_at_most_ten_recorded_models(
     assert "the records use 'model-11' (3 calls), 'model-00' (2 calls)" in err
     assert err.count("'model-") == 10
     assert err.rstrip().endswith("and 2 more")
+
+
+def test_replay_charges_org_budgets_of_recorded_orgs() -> None:
+    """An org budget applies to replayed calls recorded under that org."""
+    recorded = [dataclasses.replace(r, org="acme") for r in records(2, 2)]
+    budget = Budget(scope="org", key="acme", max_usd=CALL_4O * Decimal("2.5"))
+    run = replay(recorded, Policy(budgets=[budget]))
+    assert [t.calls for t in run.tasks.values()] == [2, 0]
+    assert run.cost_usd == CALL_4O * 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import struct
 import zlib
 from dataclasses import replace
@@ -22,10 +23,14 @@ from governor.spend._png import encode_png
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 TEAMS = ("search", "ads")
+ORGS = ("acme", "globex", None)
 
 
 def record(i: int) -> SpendRecord:
-    """Call i: team search for even i, ads for odd; cost 0.001 x (i + 1)."""
+    """Call i: team search for even i, ads for odd; cost 0.001 x (i + 1).
+
+    org cycles acme, globex, unset: acme 0.022, globex 0.015, unset 0.018.
+    """
     return SpendRecord(
         ts=T0 + timedelta(hours=3 * i),
         task_id=f"task-{i % 4}",
@@ -38,6 +43,7 @@ def record(i: int) -> SpendRecord:
         team=TEAMS[i % 2],
         feature="qa",
         environment="prod",
+        org=ORGS[i % 3],
         tags={"customer": "acme" if i < 4 else "globex"},
     )
 
@@ -227,3 +233,70 @@ def test_png_report_draws_bars(
     bar = np.all(pixels == (0x3B, 0x6E, 0xA5), axis=2)
     assert pixels.shape[1] == 760
     assert bar.sum() > 1000
+
+
+def org_groups(out: str) -> list[tuple[str, int, str]]:
+    """The (key, calls, cost_usd) rows of the org grouping in a JSON report."""
+    rows = json.loads(out)["groups"]["org"]
+    return [(g["key"], g["calls"], g["cost_usd"]) for g in rows]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_by_org_sums_each_org(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--by org groups calls by organisation, highest cost first, unset as (none)."""
+    path = tmp_path / ("spend.sqlite3" if kind == "sqlite" else "trace.jsonl")
+    with SQLiteSpendStore(path) if kind == "sqlite" else JsonlSpendStore(path) as s:
+        s.record_many(record(i) for i in range(10))
+    code, out, _ = run(capsys, "--db", str(path), "--format", "json", "--by", "org")
+    assert code == 0
+    assert org_groups(out) == [
+        ("acme", 4, "0.022"),
+        ("(none)", 3, "0.018"),
+        ("globex", 3, "0.015"),
+    ]
+
+
+def test_table_by_org(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table report has a "By org" block with each org's exact cost."""
+    _, out, _ = run(capsys, "--db", db, "--by", "org")
+    lines = out.splitlines()
+    block = lines[lines.index("By org") + 2 : lines.index("By org") + 5]
+    assert [(line.split()[0], line.split()[4]) for line in block] == [
+        ("acme", "0.022000"),
+        ("(none)", "0.018000"),
+        ("globex", "0.015000"),
+    ]
+
+
+def test_filter_by_org(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--filter org=globex keeps only that organisation's calls."""
+    args = ["--db", db, "--format", "json", "--by", "team"]
+    _, out, _ = run(capsys, *args, "--filter", "org=globex")
+    total = json.loads(out)["total"]
+    assert (total["calls"], total["cost_usd"]) == (3, "0.015")
+
+
+def test_report_on_a_file_from_before_org(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spend file without the org column reports, its calls under (none)."""
+    path = tmp_path / "old.sqlite3"
+    with SQLiteSpendStore(path) as store:
+        store.record_many(record(i) for i in range(3))
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE spend DROP COLUMN org")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    code, out, _ = run(capsys, "--db", str(path), "--format", "json", "--by", "org")
+    assert (code, org_groups(out)) == (0, [("(none)", 3, "0.006")])
+
+
+def test_help_names_org(capsys: pytest.CaptureFixture[str]) -> None:
+    """report --help lists org among the groupings and the filters."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "user, session, org, task or tag.NAME" in help_text
+    assert "session, org or tag.NAME" in help_text

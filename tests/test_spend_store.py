@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from _redis_fixtures import OwnRedis
 
+from governor import Governor, attribute
 from governor._errors import ConfigError
+from governor.adapters.litellm import GovernedLiteLLM
 from governor.spend import (
     ENV_SPEND_DB,
     JsonlSpendStore,
@@ -27,6 +30,7 @@ from governor.spend import (
     open_store,
     summarize,
 )
+from governor.testing import install_offline_provider
 
 pytest_plugins = ["_redis_fixtures"]
 
@@ -56,6 +60,7 @@ def make(i: int, **changes: object) -> SpendRecord:
         "environment": "prod",
         "user": f"u{i % 4}",
         "session": f"s{i % 2}",
+        "org": None if i % 2 else "acme",
         "tags": {"customer": f"c{i % 2}", "tier": "gold"},
     }
     fields.update(changes)
@@ -394,3 +399,165 @@ def test_summarize_sums_exactly_and_orders_by_cost() -> None:
     features = [(g.key, g.totals.cost_usd) for g in summary.groups["feature"]]
     assert features == [("qa", Decimal("1.2")), ("(none)", Decimal("0.3"))]
     assert summary.total.cost_usd == Decimal("1.5")
+
+
+def test_org_round_trips_and_filters_in_every_store(store: SpendStore) -> None:
+    """org is stored, read back, and filtered on, set or unset."""
+    store.record_many(make(i) for i in range(5))
+    assert [r.org for r in store.query()] == ["acme", None, "acme", None, "acme"]
+    acme = [r.call_id for r in store.query(filters={"org": "acme"})]
+    unset = [r.call_id for r in store.query(filters={"org": None})]
+    assert (acme, unset) == (["call-0", "call-2", "call-4"], ["call-1", "call-3"])
+
+
+def test_json_without_org_reads_as_unset() -> None:
+    """A record written before org existed reads with org None."""
+    data = make(0).to_json_dict()
+    del data["org"]
+    assert SpendRecord.from_json_dict(data) == make(0, org=None)
+
+
+# The spend table as schema version 1 made it, before the org column.
+_V1_DDL = """
+CREATE TABLE spend (
+    id INTEGER PRIMARY KEY,
+    ts_us INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    call_id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    provider TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cost_usd TEXT NOT NULL,
+    cost_estimated INTEGER NOT NULL,
+    cache_hit INTEGER NOT NULL,
+    saved_usd TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    stop_reason TEXT,
+    latency_s REAL NOT NULL,
+    team TEXT,
+    feature TEXT,
+    environment TEXT,
+    user TEXT,
+    session TEXT,
+    tags TEXT NOT NULL
+);
+CREATE INDEX spend_ts ON spend (ts_us);
+PRAGMA user_version=1;
+"""
+_V1_INSERT = (
+    "INSERT INTO spend (ts_us, task_id, call_id, model, provider, input_tokens, "
+    "output_tokens, cache_read_tokens, cost_usd, cost_estimated, cache_hit, "
+    "saved_usd, outcome, stop_reason, latency_s, team, feature, environment, "
+    "user, session, tags) VALUES (?, ?, ?, 'gpt-4o', 'openai', 10, 2, 0, ?, 0, 0, "
+    "'0', 'ok', NULL, 0.5, 'search', NULL, 'prod', NULL, NULL, '{}')"
+)
+
+
+def _v1_database(path: Path, rows: int) -> None:
+    """Write a spend file with the version 1 schema holding ``rows`` calls."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_DDL)
+        conn.executemany(
+            _V1_INSERT,
+            [
+                (1_796_117_415_000_000 + i, f"old-{i}", f"old-call-{i}", f"0.00{i + 1}")
+                for i in range(rows)
+            ],
+        )
+    conn.close()
+
+
+def test_old_sqlite_file_gains_org_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A file made before org existed is upgraded in place, no row lost."""
+    path = tmp_path / "old.sqlite3"
+    _v1_database(path, 3)
+    with SQLiteSpendStore(path) as upgraded:
+        old = list(upgraded.query())
+        upgraded.record(make(0))
+        mine = list(upgraded.query(filters={"org": "acme"}))
+        unset = [r.call_id for r in upgraded.query(filters={"org": None})]
+    assert [(r.call_id, r.team, r.cost_usd, r.org) for r in old] == [
+        ("old-call-0", "search", Decimal("0.001"), None),
+        ("old-call-1", "search", Decimal("0.002"), None),
+        ("old-call-2", "search", Decimal("0.003"), None),
+    ]
+    assert (mine, unset) == ([make(0)], ["old-call-0", "old-call-1", "old-call-2"])
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(spend)")]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.close()
+    assert (columns[-1], "org" in columns, version) == ("org", True, 2)
+
+
+def test_upgraded_sqlite_file_opens_again_for_a_report(tmp_path: Path) -> None:
+    """Opening an upgraded file again (as a reader) adds nothing and loses nothing."""
+    path = tmp_path / "old.sqlite3"
+    _v1_database(path, 2)
+    SQLiteSpendStore(path).close()
+    store = open_store(path, existing=True)
+    assert [r.call_id for r in store.query()] == ["old-call-0", "old-call-1"]
+    store.close()
+
+
+def test_summarize_groups_by_org() -> None:
+    """Grouping by org sums each org exactly; unset org is (none)."""
+    records = [make(i, cost_usd=Decimal("0.1") * i) for i in range(5)]
+    orgs = summarize(records, ["org"]).groups["org"]
+    assert [(g.key, g.totals.calls, g.totals.cost_usd) for g in orgs] == [
+        ("acme", 3, Decimal("0.6")),
+        ("(none)", 2, Decimal("0.4")),
+    ]
+
+
+def test_governed_call_records_the_task_org(tmp_path: Path) -> None:
+    """A call inside gov.task(org=...) or attribute(org=...) is charged to the org."""
+    install_offline_provider(speed=0)
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    messages = [{"role": "user", "content": "hi"}]
+    with Governor(spend=store) as gov:
+        llm = GovernedLiteLLM(gov)
+        with gov.task("t-acme", org="acme", team="search") as task:
+            llm.completion(model="offline/gpt-4o-mini", messages=messages)
+        with attribute(org="globex"), gov.task("t-globex"):
+            llm.completion(model="offline/gpt-4o-mini", messages=messages)
+    records = list(store.query())
+    store.close()
+    assert [(r.task_id, r.org, r.team) for r in records] == [
+        ("t-acme", "acme", "search"),
+        ("t-globex", "globex", None),
+    ]
+    assert records[0].cost_usd == task.report().cost_usd > 0
+
+
+def _open_new_store(path: Path, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        SQLiteSpendStore(path).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts
+        results.put(repr(exc))
+
+
+def test_processes_creating_one_new_sqlite_file_together_all_open_it(
+    tmp_path: Path,
+) -> None:
+    """Switching a new file to WAL collided ('database is locked') 1 in 4 times."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes: list[str] = []
+    for round_ in range(10):
+        path = tmp_path / f"spend-{round_}.db"
+        barrier, results = context.Barrier(8), context.Queue()
+        workers = [
+            context.Process(target=_open_new_store, args=(path, barrier, results))
+            for _ in range(8)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        outcomes += [results.get(timeout=5) for _ in workers]
+    assert outcomes == ["ok"] * 80

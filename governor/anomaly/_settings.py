@@ -13,7 +13,15 @@ __all__ = ["ALERT_SCOPES", "AlertScope", "Anomalies", "Metric"]
 
 Metric = Literal["usd", "tokens"]
 AlertScope = Literal[
-    "all", "team", "feature", "environment", "model", "provider", "user", "session"
+    "all",
+    "team",
+    "feature",
+    "environment",
+    "model",
+    "provider",
+    "user",
+    "session",
+    "org",
 ]
 ALERT_SCOPES: tuple[str, ...] = (
     "all",
@@ -24,6 +32,7 @@ ALERT_SCOPES: tuple[str, ...] = (
     "provider",
     "user",
     "session",
+    "org",
 )
 
 

@@ -1,4 +1,4 @@
-"""``governor report``: recorded spend by team, feature, model and day."""
+"""``governor report``: recorded spend by team, org, feature, model and day."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
         action="append",
         metavar="KEY",
         help="group by team, feature, model, day, hour, environment, provider, "
-        "user, session, task or tag.NAME; repeat for several "
+        "user, session, org, task or tag.NAME; repeat for several "
         f"(default: {', '.join(DEFAULT_BY)})",
     )
     parser.add_argument(
@@ -63,7 +63,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="keep only calls with this team, feature, model, ... or tag.NAME",
+        help="keep only calls with this task_id, call_id, model, provider, "
+        "outcome, team, feature, environment, user, session, org or tag.NAME",
     )
     parser.add_argument("--top", type=int, default=10, help="tasks to list (10)")
     parser.add_argument(

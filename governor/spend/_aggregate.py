@@ -22,6 +22,7 @@ GROUPINGS: tuple[str, ...] = (
     "provider",
     "user",
     "session",
+    "org",
     "task",
 )
 """Keys spend can be grouped by; ``"tag.<name>"`` groups by a free-form tag."""

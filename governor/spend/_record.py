@@ -38,7 +38,8 @@ class SpendRecord:
     the call as asked. Both are finite, non-negative Decimals (a float, NaN,
     an infinity or a negative amount is refused). ``input_tokens`` counts
     every prompt token, cached ones included; ``cache_read_tokens`` is the
-    cached part of it.
+    cached part of it. ``team`` to ``org`` and ``tags`` are the task's
+    attribution; JSON written before ``org`` existed reads with it unset.
     """
 
     ts: datetime
@@ -61,6 +62,7 @@ class SpendRecord:
     environment: str | None = None
     user: str | None = None
     session: str | None = None
+    org: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:

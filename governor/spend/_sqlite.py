@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +24,8 @@ from governor.spend._time import from_us, to_us
 
 __all__ = ["SQLiteSpendStore"]
 
-_SCHEMA_VERSION = 1
+# Version 2 added the org column; version 1 files gain it when opened.
+_SCHEMA_VERSION = 2
 _COLUMNS = (
     "ts_us",
     "task_id",
@@ -45,6 +47,7 @@ _COLUMNS = (
     "environment",
     "user",
     "session",
+    "org",
     "tags",
 )
 # Money is TEXT holding the exact Decimal: SQL never sums it, Python does.
@@ -71,15 +74,19 @@ CREATE TABLE IF NOT EXISTS spend (
     environment TEXT,
     user TEXT,
     session TEXT,
+    org TEXT,
     tags TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spend_ts ON spend (ts_us);
 """
+# Columns added after version 1, in order; all nullable TEXT.
+_ADDED_COLUMNS = ("org",)
 _INSERT = (
     f"INSERT OR IGNORE INTO spend ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _BATCH_ROWS = 500
+_SETUP_RETRY_S = 0.02
 
 
 def _row(rec: SpendRecord) -> tuple[Any, ...]:
@@ -104,6 +111,7 @@ def _row(rec: SpendRecord) -> tuple[Any, ...]:
         rec.environment,
         rec.user,
         rec.session,
+        rec.org,
         json.dumps(dict(rec.tags), sort_keys=True),
     )
 
@@ -130,8 +138,31 @@ def _record(row: sqlite3.Row) -> SpendRecord:
         environment=row["environment"],
         user=row["user"],
         session=row["session"],
+        org=row["org"],
         tags=json.loads(row["tags"]),
     )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a spend table made by an older schema up to date, keeping its rows.
+
+    Each column added since version 1 is nullable, so ``ALTER TABLE ... ADD
+    COLUMN`` fills it with NULL for the rows already there.
+    """
+    for name in _ADDED_COLUMNS:
+        if name in _columns(conn):
+            continue
+        try:
+            conn.execute(f'ALTER TABLE spend ADD COLUMN "{name}" TEXT')
+        except sqlite3.OperationalError:
+            # Another process opening the same old file may have added it first.
+            if name not in _columns(conn):
+                raise
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    """The names of the spend table's columns."""
+    return {row["name"] for row in conn.execute("PRAGMA table_info(spend)")}
 
 
 class SQLiteSpendStore:
@@ -156,9 +187,23 @@ class SQLiteSpendStore:
         self._timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn = self._connect()
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self._set_up()
+                return
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL does not wait on SQLite's busy
+                # handler: several processes creating one file can collide.
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_SETUP_RETRY_S)
+
+    def _set_up(self) -> None:
         with self._lock, self._conn:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_DDL)
+            _add_missing_columns(self._conn)
             self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:

@@ -30,6 +30,7 @@ FILTER_FIELDS: tuple[str, ...] = (
     "environment",
     "user",
     "session",
+    "org",
 )
 TAG_PREFIX = "tag."
 
