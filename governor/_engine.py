@@ -642,6 +642,28 @@ class Governor:
         attribution = Attribution(**given) if given else None
         return self._new_task(None, None, attribution, {}), True
 
+    def scope_values_for(self, request: CallRequest) -> tuple[Policy, dict[str, str]]:
+        """The policy and scope values a call would be charged under.
+
+        The same resolution as the call's task: the current task of this
+        governor, else a one-call task whose attribution is the policy's,
+        the ambient ``attribute()`` context and the request's own (LiteLLM
+        ``metadata``). The cache partitions by these, so a tenant named
+        only in ``metadata`` never reads another tenant's answers.
+        """
+        task = request.task or _CURRENT.get()
+        if task is not None and (
+            request.task is not None or task.owner in (None, self)
+        ):
+            return task.policy, dict(task.scope_values)
+        attribution = self.policy.attribution
+        ambient = current_attribution()
+        if ambient is not None:
+            attribution = attribution.merged(ambient)
+        if request.attribution:
+            attribution = attribution.merged(Attribution(**request.attribution))
+        return self.policy, dict(attribution.scope_values())
+
     def _warn_orphan_call(self) -> None:
         """A call outside any task while tasks are open: likely a worker thread."""
         if self._warned_orphan:

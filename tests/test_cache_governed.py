@@ -221,3 +221,25 @@ def test_async_lookup_and_store_run_off_the_event_loop() -> None:
     loop_thread = asyncio.run(run())
     assert len(threads) == 1
     assert threads[0] != loop_thread
+
+
+def test_tenants_named_in_litellm_metadata_do_not_share_answers() -> None:
+    """Outside a task, metadata={'team': ...} partitions the cache, as it bills."""
+    counter = Counting()
+    policy = Policy(cache=Cache(embedder="hashing", partition_by=("team", "user")))
+    llm = GovernedLiteLLM(Governor(policy), completion=counter.completion)
+    for team, user in (("acme", "alice"), ("globex", "mallory"), ("acme", "alice")):
+        ask(llm, metadata={"team": team, "user": user})
+    assert counter.sent == 2
+
+
+def test_an_ambient_attribution_partitions_the_cache() -> None:
+    """attribute(team=...) around a call outside a task keeps teams apart."""
+    from governor import attribute
+
+    counter = Counting()
+    llm = GovernedLiteLLM(Governor(POLICY), completion=counter.completion)
+    for team in ("acme", "globex", "acme"):
+        with attribute(team=team):
+            ask(llm)
+    assert counter.sent == 2

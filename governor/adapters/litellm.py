@@ -268,7 +268,7 @@ class GovernedLiteLLM:
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         kwargs = _escalated(kwargs)
         request = _request(kwargs)
-        cache, lookup = self._lookup(kwargs)
+        cache, lookup = self._lookup(kwargs, request)
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
@@ -294,7 +294,7 @@ class GovernedLiteLLM:
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
         kwargs = _escalated(kwargs)
         request = _request(kwargs)
-        cache, lookup = await self._alookup(kwargs)
+        cache, lookup = await self._alookup(kwargs, request)
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
@@ -318,18 +318,24 @@ class GovernedLiteLLM:
             await asyncio.to_thread(saver.save, result, cost, _message(response))
         return response, cost
 
-    async def _alookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    async def _alookup(
+        self, kwargs: Mapping[str, Any], request: CallRequest
+    ) -> tuple[Any, Any]:
         """:meth:`_lookup` off the event loop: embedding and Redis block."""
-        task = current_task()
-        policy = task.policy if task else self.governor.policy
+        policy, _ = self.governor.scope_values_for(request)
         if policy.cache is None:
             return None, None
-        return await asyncio.to_thread(self._lookup, kwargs)
+        return await asyncio.to_thread(self._lookup, kwargs, request)
 
-    def _lookup(self, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
-        """The policy's cache and its answer for this request, if it has one."""
-        task = current_task()
-        policy = task.policy if task else self.governor.policy
+    def _lookup(
+        self, kwargs: Mapping[str, Any], request: CallRequest
+    ) -> tuple[Any, Any]:
+        """The policy's cache and its answer for this request, if it has one.
+
+        The partition is the attribution the call is charged to, so a tenant
+        given only in ``metadata=`` is kept apart like one given by a task.
+        """
+        policy, scopes = self.governor.scope_values_for(request)
         named = policy.cache.verifier if policy.cache else None
         verifier = self._model_verifier(named) if isinstance(named, str) else None
         cache = self.governor.cache_for(
@@ -338,7 +344,6 @@ class GovernedLiteLLM:
         if cache is None:
             return None, None
         params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
-        scopes = task.scope_values if task else policy.attribution.scope_values()
         lookup = cache.lookup(
             model=str(kwargs["model"]),
             messages=kwargs["messages"],
