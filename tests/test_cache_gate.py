@@ -227,3 +227,86 @@ def test_opposites_signs_ordinals_and_calendar_words(
 ) -> None:
     """Words an embedding scores as near-synonyms but that ask another thing."""
     assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        (
+            "Ist es sicher, Ibuprofen mit Alkohol zu nehmen?",
+            "Ist es nicht sicher, Ibuprofen mit Alkohol zu nehmen?",
+        ),
+        (
+            "Darf ich Ibuprofen in der Schwangerschaft nehmen?",
+            "Darf ich kein Ibuprofen in der Schwangerschaft nehmen?",
+        ),
+        (
+            "È sicuro prendere l'ibuprofene con l'alcol?",
+            "Non è sicuro prendere l'ibuprofene con l'alcol?",
+        ),
+        (
+            "É seguro tomar ibuprofeno com álcool?",
+            "Não é seguro tomar ibuprofeno com álcool?",
+        ),
+        (
+            "Is het veilig om ibuprofen met alcohol te nemen?",
+            "Is het niet veilig om ibuprofen met alcohol te nemen?",
+        ),
+        (
+            "Er det trygt å ta ibuprofen med alkohol?",
+            "Er det ikke trygt å ta ibuprofen med alkohol?",
+        ),
+        (
+            "Czy bezpiecznie jest brać ibuprofen z alkoholem?",
+            "Czy nie jest bezpiecznie brać ibuprofen z alkoholem?",
+        ),
+        ("Est-il sûr de boire ce café ?", "N'est-il pas sûr de boire ce café ?"),
+        (
+            "Можно ли принимать ибупрофен с алкоголем?",
+            "Нельзя ли принимать ибупрофен с алкоголем?",
+        ),
+        ("喝咖啡安全吗？", "喝咖啡不安全吗？"),
+        (
+            "イブプロフェンとアルコールを一緒に飲んでも安全ですか？",
+            "イブプロフェンとアルコールを一緒に飲んではいけませんか？",
+        ),
+    ],
+)
+def test_negation_is_refused_in_other_languages(cached: str, query: str) -> None:
+    """The multilingual embedder matches these pairs; the gate must not."""
+    assert gate_refusal(cached, query) == "negation"
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (
+            "Безопасно ли принимать ибупрофен с алкоголем?",
+            "Небезопасно ли принимать ибупрофен с алкоголем?",
+            "polarity",
+        ),
+        ("Who is the CEO of OpenAI?", "Who was the CEO of OpenAI?", "polarity"),
+        ("Where are the keys?", "Where were the keys?", "polarity"),
+    ],
+)
+def test_fused_negation_and_tense_are_refused(
+    cached: str, query: str, check: str
+) -> None:
+    assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        (
+            "Wie lange dauert die Zugfahrt von Berlin nach Hamburg?",
+            "Wie lange dauert eigentlich die Zugfahrt von Berlin nach Hamburg?",
+        ),
+        (
+            "Quanto tempo ci vuole per cuocere la pasta?",
+            "Quanto tempo serve per cuocere la pasta?",
+        ),
+    ],
+)
+def test_rewordings_in_other_languages_still_pass(cached: str, query: str) -> None:
+    assert gate_refusal(cached, query) is None

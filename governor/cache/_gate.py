@@ -80,9 +80,43 @@ _ASKING = _QUESTION_WORDS | _words("how what which")
 # A sentence ends at . ? or ! before white space, or at a line break ("3.5"
 # and "e.g." stay whole).
 _SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+|\n+")
+# Negation words of English and of other languages the default (multilingual)
+# embedder matches across: it scores a question and its negation as near
+# duplicates in every one of them. Words that are common non-negations in
+# another language ("en", "et", "nu", "personne") are left out.
 _NEGATIONS = _words(
-    "not no never none nobody nothing neither nor nowhere without cannot "
-    "lack lacks lacking"
+    """not no never none nobody nothing neither nor nowhere without cannot
+    lack lacks lacking
+    nicht kein keine keinen keinem keiner keines nie niemals nichts niemand
+    ohne weder
+    non mai nessuno nessuna niente nulla senza né
+    não nao nunca nenhum nenhuma nada ninguém ninguem sem nem
+    ningún ninguno ninguna nadie sin ni tampoco jamás
+    pas jamais rien aucun aucune sans
+    niet geen nooit niets zonder
+    ikke ikkje inte ej aldri aldrig ingen inget intet ingenting uten uden utan
+    nie nigdy nic nikt żaden żadna żadne bez nikdy nikdo
+    не нет нельзя никогда ничего никто ни ні ніколи нічого ніхто
+    değil hiç yok asla tidak bukan tak belum tanpa jangan
+    niciodată nimic nimeni fără nem soha semmi senki nincs nélkül
+    koskaan ilman δεν μην όχι ποτέ τίποτα χωρίς
+    لا ليس لم لن بدون לא אין בלי नहीं मत बिना"""
+)
+# Scripts written without spaces: a negation is a part of a longer token.
+_NEGATION_MARKS = (
+    "不",
+    "没",
+    "沒",
+    "無",
+    "无",
+    "别",
+    "別",
+    "未",
+    "ない",
+    "ません",
+    "않",
+    "없",
+    "못",
 )
 # "one" is left out: far more often a pronoun ("which one") than a count.
 _NUMBER_WORDS = _pairs(
@@ -128,6 +162,11 @@ inbound:outbound ingress:egress save:load serialize:deserialize
 attach:detach morning:evening weekday:weekend on:off start:stop
 import:export winner:loser
 """
+# Present and past forms: "who is the CEO" and "who was the CEO" ask for
+# different people. Refused only when the tense is all that changed; in a
+# longer rewording a clause's tense says little.
+_TENSES = _pairs("is:was are:were does:did do:did has:had have:had")
+_TENSE_WORDS = frozenset(_TENSES) | frozenset(_TENSES.values())
 # Words of one group name different things: one on each side refuses a match.
 _EXCLUSIVE_GROUPS = (
     "monday tuesday wednesday thursday friday saturday sunday",
@@ -144,7 +183,20 @@ for _group in _EXCLUSIVE_GROUPS:
     for _a in _members:
         _OPPOSITE.setdefault(_a, set()).update(m for m in _members if m != _a)
 del _pair, _a, _b, _group, _members
-_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "anti")
+_NEGATING_PREFIXES = (
+    "un",
+    "in",
+    "im",
+    "il",
+    "ir",
+    "dis",
+    "non",
+    "non-",
+    "anti",
+    "не",
+    "nie",
+    "ne",
+)
 # Prepositions that give a name its role: "from Paris to London" is not
 # "from London to Paris", although every word is shared.
 _ROLE_WORDS = _words("from to into than vs versus against before after over")
@@ -206,7 +258,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
     a, b = _facts(cached), _facts(query)
     if a.negations != b.negations:
         return "negation"
-    if _opposed(a.words - b.words, b.words - a.words):
+    if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
         return "polarity"
     if a.asks != b.asks:
         return "question"
@@ -238,7 +290,7 @@ def _facts(text: str) -> _Facts:
         stems=frozenset(_stem(w) for w in lowered),
         parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
         content=tuple(w for w in lowered if w not in _COMMON),
-        negations=sum(1 for w in lowered if _negation(w)),
+        negations=sum(_negations(w) for w in lowered),
         numbers=Counter(n for n in numbers if n is not None),
         quantities=Counter(
             q for sentence in _SENTENCE_BREAK.split(text) for q in _quantities(sentence)
@@ -321,8 +373,22 @@ def _stem(word: str) -> str:
     return word
 
 
-def _negation(word: str) -> bool:
-    return word in _NEGATIONS or word.endswith("n't")
+def _retensed(a: _Facts, b: _Facts) -> bool:
+    """True when the only words changed are a present and a past form."""
+    only_a, only_b = a.words - b.words, b.words - a.words
+    if not only_a or not only_b or not (only_a | only_b) <= _TENSE_WORDS:
+        return False
+    return any(
+        _TENSES.get(w) in only_b or _TENSES.get(w) in only_a for w in only_a | only_b
+    )
+
+
+def _negations(word: str) -> int:
+    if word in _NEGATIONS or word.endswith("n't"):
+        return 1
+    if word.isascii():
+        return 0
+    return sum(word.count(mark) for mark in _NEGATION_MARKS)
 
 
 def _number(word: str) -> str | None:
