@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from governor.pricing import Rate
 
 __all__ = [
+    "CHARGED_ATTRIBUTE",
     "EMBEDDINGS",
     "IMAGE_PART_TOKENS",
     "Admission",
@@ -37,6 +38,9 @@ _REQUEST_OVERHEAD_TOKENS = 16
 # largest it takes. A data URL's base64 would overcount by orders of magnitude.
 IMAGE_PART_TOKENS = 1_600
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+CHARGED_ATTRIBUTE = "governor_charged_usd"
+"""Set on the exception of a governed call that raised: what it was charged."""
 
 EMBEDDINGS = "embeddings"
 """The ``operation`` of an embedding call: no output tokens, no loop guard."""
@@ -132,6 +136,9 @@ class CallResult:
     With ``usage`` None the call is settled at zero: the provider billed
     nothing that the adapter could see (a refused or failed request).
     ``output_text`` (the answer's text) feeds the loop guard.
+    ``charge_hold`` settles the call at its whole hold, the worst case
+    reserved: a request cut off after it was sent (cancelled, timed out)
+    may be answered and billed in full with no usage ever seen.
     """
 
     usage: Usage | None = None
@@ -139,6 +146,7 @@ class CallResult:
     finish_reasons: tuple[str, ...] = ()
     error: BaseException | None = None
     output_text: str | None = None
+    charge_hold: bool = False
 
 
 def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> int:

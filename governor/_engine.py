@@ -780,6 +780,8 @@ class Governor:
     def _price(
         self, admission: Admission, result: CallResult
     ) -> tuple[int, Usage, str]:
+        if result.charge_hold:
+            return admission.hold_nanos, _hold_usage(admission), "hold"
         usage = result.usage or Usage()
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
@@ -1079,6 +1081,16 @@ def _check_request(request: CallRequest) -> None:
         )
     if not isinstance(request.choices, int) or request.choices < 1:
         raise ConfigError(f"n must be a positive whole number, got {request.choices!r}")
+
+
+def _hold_usage(admission: Admission) -> Usage:
+    """The tokens of a call's hold, as estimated usage (the worst case)."""
+    output = admission.max_output_tokens * admission.request.choices
+    return Usage(
+        prompt_tokens=admission.hold_tokens - output,
+        completion_tokens=output,
+        estimated=True,
+    )
 
 
 def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:

@@ -450,9 +450,12 @@ class _HandlerCore:
         admission = self._pop(run_id)
         if admission is None:
             return None
-        sent = text or interrupted_after_sending(error)
-        usage = _estimate(admission, text) if sent else None
-        return admission, CallResult(usage=usage, error=error)
+        if text:  # a stream cut off: the provider stops with the connection
+            usage = _estimate(admission, text)
+            return admission, CallResult(usage=usage, error=error)
+        # Cut off after sending with nothing seen: it may be billed in full.
+        cut_off = interrupted_after_sending(error)
+        return admission, CallResult(error=error, charge_hold=cut_off)
 
     def abandon_open_calls(self) -> None:
         """Settle calls that never reported back (a cancelled invocation).

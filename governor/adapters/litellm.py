@@ -18,6 +18,7 @@ governor wraps the functions instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -26,7 +27,13 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from governor._calls import Admission, CallRequest, CallResult, plain_text_prompt
+from governor._calls import (
+    CHARGED_ATTRIBUTE,
+    Admission,
+    CallRequest,
+    CallResult,
+    plain_text_prompt,
+)
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._task import current_task
@@ -278,7 +285,7 @@ class GovernedLiteLLM:
         try:
             response = self._completion(**kwargs)
         except BaseException as exc:
-            self.governor.end_call(admission, _failed(request, exc))
+            _charged(exc, self.governor.end_call(admission, _failed(request, exc)))
             raise
         finally:
             _INSIDE.reset(token)
@@ -304,7 +311,8 @@ class GovernedLiteLLM:
         try:
             response = await self._acompletion(**kwargs)
         except BaseException as exc:
-            await self.governor.aend_call(admission, _failed(request, exc))
+            cost = await self.governor.aend_call(admission, _failed(request, exc))
+            _charged(exc, cost)
             raise
         finally:
             _INSIDE.reset(token)
@@ -789,6 +797,8 @@ class _StreamSettler:
             self.saver.save(result, cost, {"role": "assistant", "content": text})
 
     def result(self) -> CallResult:
+        if not self.chunks and self.error is not None:
+            return _failed(self.admission.request, self.error)
         text = "".join(_delta_text(c) for c in self.chunks)
         usage = usage_from_stream_chunks(self.chunks) or self._counted(text)
         model = next(
@@ -806,11 +816,9 @@ class _StreamSettler:
             output_text=text or None,
         )
 
-    def _counted(self, text: str) -> Usage | None:
+    def _counted(self, text: str) -> Usage:
         """No usage arrived: count both sides locally and say it is estimated."""
         request = self.admission.request
-        if not self.chunks and self.error is not None:
-            return _failed(request, self.error).usage
         return Usage(
             prompt_tokens=count_message_tokens(request.model, request.messages),
             completion_tokens=count_text_tokens(request.model, text),
@@ -818,15 +826,21 @@ class _StreamSettler:
         )
 
 
+def _charged(error: BaseException, cost: Decimal) -> None:
+    """Note a failed call's charge on its exception (for cascade accounting)."""
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(error, CHARGED_ATTRIBUTE, cost)
+
+
 def _failed(request: CallRequest, error: BaseException) -> CallResult:
-    """A call that raised: a cancelled or timed-out one is charged its prompt."""
+    """A call that raised: a cancelled or timed-out one is charged its hold.
+
+    The request reached the provider, which may answer it in full and bill
+    it although nobody reads the answer; only the hold bounds that bill.
+    """
     if not interrupted_after_sending(error):
         return CallResult(error=error)
-    usage = Usage(
-        prompt_tokens=count_message_tokens(request.model, request.messages),
-        estimated=True,
-    )
-    return CallResult(usage=usage, error=error)
+    return CallResult(error=error, charge_hold=True)
 
 
 def _delta_text(chunk: Any) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
 
+from governor._calls import CHARGED_ATTRIBUTE
 from governor._errors import BudgetExceeded
 from governor.cascade._checks import AllOf, Check, build_check, resolve_callable
 from governor.cascade._classify import RETRYABLE, classify_error, retry_after_s
@@ -456,6 +457,7 @@ class CascadeRunner:
             outcome="error",
             reason=reason,
             sent=True,
+            cost_usd=_charged_usd(exc),
             error_kind=kind,
             wait_s=wait or 0.0,
             started_ns=started,
@@ -508,6 +510,12 @@ def _sent(tier: Tier, answer: Answer, started: int, ended: int) -> Attempt:
         started_ns=started,
         ended_ns=ended,
     )
+
+
+def _charged_usd(exc: BaseException) -> Decimal | None:
+    """What a governed call that raised was charged (a timed-out one may be)."""
+    charged = getattr(exc, CHARGED_ATTRIBUTE, None)
+    return charged if isinstance(charged, Decimal) and charged > 0 else None
 
 
 def _first_line(exc: BaseException) -> str:
