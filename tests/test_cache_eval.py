@@ -192,3 +192,118 @@ def test_the_policy_accepts_a_litellm_embedder() -> None:
     assert Cache(embedder="litellm:text-embedding-3-small").embedder == (
         "litellm:text-embedding-3-small"
     )
+
+
+def eval_cache(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run ``governor eval cache`` with the hashing embedder: exit code, stderr."""
+    code = main(["eval", "cache", *args, "--embedder", "hashing", "--json"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "[]"])
+def test_a_file_without_pairs_is_an_error(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No pairs exits 2 saying so, rather than reporting precision 1.0."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    code, err = eval_cache(capsys, str(path))
+    assert (code, f"{path} holds no pairs" in err) == (2, True)
+
+
+GOOD = b'{"text_a": "a", "text_b": "b", "label": 1}'
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b"not json", "2: not JSON (Expecting value at column 1); each line"),
+        (b'{"text_a": "\xff"}', "2: not UTF-8 text (byte 0xff)"),
+        (b"[1]", "2: not a JSON object; each line must be"),
+        (b'{"text_a": "a", "label": 1}', "2: missing 'text_b'; each line"),
+        (b'{"text_a": "a", "text_b": "b", "label": 2}', "2: label must be 0 or 1"),
+        (b'{"text_a": "a", "text_b": [1], "label": 1}', "2: a text must be"),
+    ],
+)
+def test_a_bad_line_is_named_by_file_and_line(
+    line: bytes, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad JSON, bytes, rows or labels exit 2 naming file:line and the fix."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(GOOD + b"\n" + line + b"\n")
+    code, err = eval_cache(capsys, str(path))
+    assert (code, f"{path}:{says}" in err) == (2, True)
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        ("[1]", "a JSON list whose items are not all objects"),
+        ('[{"origin": "a"}]', "an item lacks the key 'similar'"),
+        ('[{"origin": "a",\n "similar": }]', "2: not JSON (Expecting value"),
+    ],
+)
+def test_a_bad_json_list_names_the_file(
+    rows: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON list that is not paraphrases or conversations names the file."""
+    path = tmp_path / "pairs.json"
+    path.write_text(rows)
+    code, err = eval_cache(capsys, str(path))
+    assert (code, f"{path}:" in err, says in err) == (2, True, True)
+
+
+def test_a_folder_or_a_non_gzip_file_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both exit 2 with "cannot read pairs file PATH" and the accepted forms."""
+    packed = tmp_path / "pairs.jsonl.gz"
+    packed.write_bytes(GOOD)
+    codes = []
+    for path in (tmp_path, packed):
+        code, err = eval_cache(capsys, str(path))
+        codes.append((code, f"cannot read pairs file {path}: " in err))
+        assert "origin/similar paraphrases" in err
+    assert codes == [(2, True), (2, True)]
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--skip", "-1"], "--skip: must be a whole number, 0 or more, got '-1'"),
+        (["--limit", "0"], "--limit: must be a positive whole number (1 or more)"),
+        (["--limit", "-3"], "--limit: must be a positive whole number (1 or more)"),
+    ],
+)
+def test_skip_and_limit_must_be_whole_numbers(
+    option: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative --skip or a --limit below 1 is refused by the parser (exit 2)."""
+    with pytest.raises(SystemExit) as exited:
+        eval_cache(capsys, str(DATA / "qqp_sample.jsonl"), *option)
+    assert (exited.value.code, says in capsys.readouterr().err) == (2, True)
+
+
+def test_a_skip_past_the_end_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--skip 40 of 40 pairs exits 2 naming the number of pairs."""
+    code, err = eval_cache(capsys, str(DATA / "qqp_sample.jsonl"), "--skip", "40")
+    assert (code, "--skip 40 leaves no pairs" in err, "holds 40" in err) == (
+        2,
+        True,
+        True,
+    )
+
+
+def test_a_bad_sweep_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--sweep with a word exits 2 with the form it takes."""
+    code, err = eval_cache(capsys, str(DATA / "qqp_sample.jsonl"), "--sweep", "a,b")
+    assert (code, "--sweep takes comma-separated numbers" in err) == (2, True)
+
+
+def test_a_folder_as_the_embedding_cache_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--embedding-cache FOLDER exits 2 before embedding anything."""
+    args = [str(DATA / "qqp_sample.jsonl"), "--embedding-cache", str(tmp_path)]
+    code, err = eval_cache(capsys, *args)
+    assert (code, f"--embedding-cache {tmp_path} is a folder" in err) == (2, True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
 from governor.cli import main
+from governor.cli._text import count, positive_count
 
 
 class _ClosedPipe(io.TextIOBase):
@@ -49,3 +52,26 @@ def test_a_reader_that_stops_early_gets_no_error_at_exit() -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 1
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "value"),
+    [(count, "0", 0), (count, "7", 7), (positive_count, "1", 1)],
+)
+def test_whole_number_arguments_read_their_value(
+    kind: Callable[[str], int], text: str, value: int
+) -> None:
+    """count takes 0 or more, positive_count 1 or more."""
+    assert kind(text) == value
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [(count, "-1"), (count, "1.5"), (positive_count, "0"), (positive_count, "x")],
+)
+def test_whole_number_arguments_refuse_others(
+    kind: Callable[[str], int], text: str
+) -> None:
+    """Below the least value, or not a whole number: argparse's type error."""
+    with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
+        kind(text)

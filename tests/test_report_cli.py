@@ -177,9 +177,9 @@ def test_missing_store_is_an_error(
 
 
 def test_bad_grouping_is_an_error(db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown --by key exits 1 and lists the accepted keys."""
+    """An unknown --by key exits 2, as a bad option does, listing the keys."""
     code, _, err = run(capsys, "--db", db, "--by", "colour")
-    assert code == 1
+    assert code == 2
     assert "cannot group spend by 'colour'" in err
 
 
@@ -235,7 +235,7 @@ def test_png_report_draws_bars(
     assert bar.sum() > 1000
 
 
-def org_groups(out: str) -> list[tuple[str, int, str]]:
+def org_groups(out: str) -> list[tuple[str | None, int, str]]:
     """The (key, calls, cost_usd) rows of the org grouping in a JSON report."""
     rows = json.loads(out)["groups"]["org"]
     return [(g["key"], g["calls"], g["cost_usd"]) for g in rows]
@@ -245,7 +245,7 @@ def org_groups(out: str) -> list[tuple[str, int, str]]:
 def test_by_org_sums_each_org(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--by org groups calls by organisation, highest cost first, unset as (none)."""
+    """--by org groups calls by organisation, highest cost first, unset as null."""
     path = tmp_path / ("spend.sqlite3" if kind == "sqlite" else "trace.jsonl")
     with SQLiteSpendStore(path) if kind == "sqlite" else JsonlSpendStore(path) as s:
         s.record_many(record(i) for i in range(10))
@@ -253,7 +253,7 @@ def test_by_org_sums_each_org(
     assert code == 0
     assert org_groups(out) == [
         ("acme", 4, "0.022"),
-        ("(none)", 3, "0.018"),
+        (None, 3, "0.018"),
         ("globex", 3, "0.015"),
     ]
 
@@ -281,7 +281,7 @@ def test_filter_by_org(db: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_report_on_a_file_from_before_org(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A spend file without the org column reports, its calls under (none)."""
+    """A spend file without the org column reports, its calls with org unset."""
     path = tmp_path / "old.sqlite3"
     with SQLiteSpendStore(path) as store:
         store.record_many(record(i) for i in range(3))
@@ -290,7 +290,7 @@ def test_report_on_a_file_from_before_org(
         conn.execute("PRAGMA user_version=1")
     conn.close()
     code, out, _ = run(capsys, "--db", str(path), "--format", "json", "--by", "org")
-    assert (code, org_groups(out)) == (0, [("(none)", 3, "0.006")])
+    assert (code, org_groups(out)) == (0, [(None, 3, "0.006")])
 
 
 def test_help_names_org(capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,3 +300,155 @@ def test_help_names_org(capsys: pytest.CaptureFixture[str]) -> None:
     help_text = " ".join(capsys.readouterr().out.split())
     assert "user, session, org, task or tag.NAME" in help_text
     assert "session, org or tag.NAME" in help_text
+
+
+def test_an_inverted_time_range_is_refused(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--since after --until exits 2 saying so, rather than an empty report."""
+    args = ["--since", "2026-12-02", "--until", "2026-12-01"]
+    code, out, err = run(capsys, "--db", db, *args)
+    assert (code, out) == (2, "")
+    assert "--since 2026-12-02 (2026-12-02 00:00:00 UTC) is not before" in err
+
+
+def test_an_empty_time_range_is_refused(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--since equal to --until holds no instant (until is exclusive): exit 2."""
+    args = ["--since", "2026-12-01", "--until", "2026-12-01T00:00:00Z"]
+    code, _, err = run(capsys, "--db", db, *args)
+    assert (code, "is not before --until" in err) == (2, True)
+
+
+@pytest.mark.parametrize("top", ["-1", "0", "ten"])
+def test_top_must_be_a_positive_whole_number(
+    top: str, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--top -1 (or 0, or a word) is refused by the parser with exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--db", db, "--top", top])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"--top: must be a positive whole number (1 or more), got '{top}'" in err
+
+
+def write_trace(path: Path, *lines: bytes) -> str:
+    """A JSONL trace: one good record, then ``lines`` as they are."""
+    good = json.dumps(record(0).to_json_dict()).encode()
+    path.write_bytes(b"\n".join([good, *lines]) + b"\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b'{"team": "\xff"}', "2: not UTF-8 text (byte 0xff at position 11)"),
+        (b"not json", "2: not JSON (Expecting value at column 1)"),
+        (b"[1, 2]", "2: a JSON array, not a spend record"),
+    ],
+)
+def test_a_bad_trace_line_is_named_by_file_and_line(
+    line: bytes, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad bytes, bad JSON or a non-object: exit 1 naming file:line, and a fix."""
+    path = write_trace(tmp_path / "trace.jsonl", line)
+    code, _, err = run(capsys, "--db", path)
+    assert (code, f"{path}:{says}" in err) == (1, True)
+    assert "fix or delete this line" in err
+
+
+def test_a_byte_order_mark_is_not_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace an editor saved with a UTF-8 BOM still reads."""
+    path = tmp_path / "trace.jsonl"
+    write_trace(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    code, out, _ = run(capsys, "--db", str(path), "--format", "json", "--by", "team")
+    assert (code, json.loads(out)["total"]["calls"]) == (0, 1)
+
+
+def headline(out: str) -> str:
+    """The report's first line, with the store's path cut off."""
+    return out.splitlines()[0].split(": ", 1)[1]
+
+
+def test_an_empty_report_says_no_calls_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No calls reads "no calls", not "no calls, 0 calls, $0.000000"."""
+    path = tmp_path / "trace.jsonl"
+    path.write_text("")
+    code, out, _ = run(capsys, "--db", str(path), "--by", "team")
+    assert (code, headline(out)) == (0, "no calls")
+
+
+def test_one_call_is_one_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The headline counts "1 call", not "1 calls"."""
+    path = write_trace(tmp_path / "trace.jsonl")
+    _, out, _ = run(capsys, "--db", path, "--by", "team")
+    assert headline(out) == (
+        "2026-12-01 08:00 .. 2026-12-01 08:00 UTC, 1 call, $0.001000 (saved $0.000000)"
+    )
+
+
+@pytest.fixture
+def unset_teams(tmp_path: Path) -> str:
+    """Teams None, "", "  " (all unset: 0.006) and one named "(none)" (0.004)."""
+    path = tmp_path / "spend.sqlite3"
+    teams = (None, "", "  ", "(none)")
+    with SQLiteSpendStore(path) as store:
+        store.record_many(replace(record(i), team=t) for i, t in enumerate(teams))
+    return str(path)
+
+
+def test_blank_teams_are_unset_and_apart_from_a_team_named_none(
+    unset_teams: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table has one (none) row for unset teams; "(none)" the name is quoted."""
+    _, out, _ = run(capsys, "--db", unset_teams, "--by", "team")
+    rows = [line.split()[:2] for line in out.splitlines()[4:]]
+    assert rows == [["(none)", "3"], ['"(none)"', "1"]]
+
+
+def test_json_and_csv_give_unset_no_name(
+    unset_teams: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON keys the unset row null and CSV leaves its key empty."""
+    args = ["--db", unset_teams, "--by", "team", "--format"]
+    _, out, _ = run(capsys, *args, "json")
+    json_keys = [g["key"] for g in json.loads(out)["groups"]["team"]]
+    _, out, _ = run(capsys, *args, "csv")
+    csv_keys = [r["key"] for r in csv.DictReader(io.StringIO(out))]
+    assert (json_keys, csv_keys) == ([None, "(none)"], ["", "(none)"])
+
+
+def test_a_folder_as_the_store_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--db pointing at a folder exits 1 saying it is a folder."""
+    folder = tmp_path / "trace.jsonl"
+    folder.mkdir()
+    code, _, err = run(capsys, "--db", str(folder))
+    assert (code, f"{folder} is a folder, not a spend store" in err) == (1, True)
+
+
+def test_a_folder_as_the_html_file_is_refused_before_reading(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--html FOLDER exits 2 and prints no report."""
+    code, out, err = run(capsys, "--db", db, "--html", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert f"--html {tmp_path} is a folder" in err
+
+
+def test_an_unwritable_png_path_is_named(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--png in a missing folder exits 1 naming the path and the fix."""
+    path = tmp_path / "missing" / "r.png"
+    code, _, err = run(capsys, "--db", db, "--png", str(path))
+    assert (code, f"cannot write --png {path}: No such file" in err) == (1, True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,27 +72,109 @@ def load_pairs(path: Path) -> tuple[list[EvalPair], Mode]:
     and a JSON list of MeanCache conversations (``u0``, ``u0_duplicate``,
     ``system_q0``, ``u1``, ``u1_duplicate``), expanded by
     :func:`expand_conversations`.
+
+    Raises:
+        ConfigError: the file cannot be read, is not UTF-8 JSON of one of
+            these forms, or holds no pair; the message names the file and,
+            where it can, the line.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        raw = handle.read()
-    stripped = raw.lstrip()
-    if stripped.startswith("["):
-        rows = json.loads(stripped)
-        if rows and "origin" in rows[0]:
+    raw = _read_text(path)
+    if raw.lstrip().startswith("["):
+        pairs, mode = _json_list(path, raw)
+    else:
+        pairs, mode = _jsonl_pairs(path, raw), "pairwise"
+    if not pairs:
+        raise ConfigError(
+            f"{path} holds no pairs; give a file with at least one labelled "
+            "pair (text_a, text_b, label), paraphrase or conversation"
+        )
+    return pairs, mode
+
+
+_FORMS = (
+    "pass JSONL(.gz) of text_a/text_b/label, a JSON list of origin/similar "
+    "paraphrases or a JSON list of MeanCache conversations"
+)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, gunzipped for ``.gz``; ConfigError names what failed."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as packed:
+                data = packed.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"cannot read pairs file {path}: {reason}; {_FORMS}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+            "save the pairs file as UTF-8"
+        ) from exc
+
+
+def _json_list(path: Path, raw: str) -> tuple[list[EvalPair], Mode]:
+    """Paraphrases (retrieval) or MeanCache conversations (pairwise)."""
+    try:
+        rows = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}:{exc.lineno}: not JSON ({exc.msg} at column {exc.colno}); {_FORMS}"
+        ) from exc
+    if not all(isinstance(row, dict) for row in rows):
+        raise ConfigError(
+            f"{path}: a JSON list whose items are not all objects; {_FORMS}"
+        )
+    if not rows:
+        return [], "pairwise"
+    try:
+        if "origin" in rows[0]:
             return [_pair(r["origin"], r["similar"], 1) for r in rows], "retrieval"
-        if rows and "u0" in rows[0]:
+        if "u0" in rows[0]:
             return expand_conversations(rows), "pairwise"
-        raise ConfigError(f"{path}: a JSON list of unknown rows")
+    except KeyError as exc:
+        raise ConfigError(f"{path}: an item lacks the key {exc}; {_FORMS}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    raise ConfigError(f"{path}: a JSON list of unknown rows; {_FORMS}")
+
+
+def _jsonl_pairs(path: Path, raw: str) -> list[EvalPair]:
+    """One labelled pair per non-blank line; errors name the line."""
     pairs = []
-    for number, line in enumerate(raw.splitlines(), start=1):
+    # Split on newlines only: a JSON string may hold U+2028 and the like.
+    for number, line in enumerate(raw.split("\n"), start=1):
         if line.strip():
-            row = json.loads(line)
             try:
-                pairs.append(_pair(row["text_a"], row["text_b"], int(row["label"])))
-            except KeyError as exc:
-                raise ConfigError(f"{path}:{number}: missing {exc}") from exc
-    return pairs, "pairwise"
+                pairs.append(_labelled_pair(line))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}:{number}: {exc}") from exc
+    return pairs
+
+
+def _labelled_pair(line: str) -> EvalPair:
+    """Read ``{"text_a": ..., "text_b": ..., "label": 0 or 1}``."""
+    wanted = "each line must be one JSON object with text_a, text_b and label"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"not JSON ({exc.msg} at column {exc.colno}); {wanted}"
+        ) from exc
+    if not isinstance(row, dict):
+        raise ConfigError(f"not a JSON object; {wanted}")
+    missing = [key for key in ("text_a", "text_b", "label") if key not in row]
+    if missing:
+        raise ConfigError(f"missing {', '.join(map(repr, missing))}; {wanted}")
+    label = row["label"]
+    if label not in (0, 1, "0", "1"):
+        raise ConfigError(f"label must be 0 or 1, got {label!r}")
+    return _pair(row["text_a"], row["text_b"], int(label))
 
 
 def expand_conversations(rows: Sequence[Mapping[str, str]]) -> list[EvalPair]:
@@ -134,7 +217,7 @@ def _pair(a: Any, b: Any, label: int) -> EvalPair:
 def _messages(text: Any) -> tuple[Message, ...]:
     if isinstance(text, str):
         return (_user(text),)
-    if isinstance(text, list) and text:
+    if isinstance(text, list) and text and all(isinstance(m, dict) for m in text):
         return tuple(dict(m) for m in text)
     raise ConfigError(f"a text must be a string or a list of messages, got {text!r}")
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from governor.cli._text import count, positive_count
+
+if TYPE_CHECKING:
+    from governor.cache._evaluate import EvalPair
 
 _SWEEP_HELP = (
     "comma-separated thresholds to report as well, each with and without the "
@@ -51,10 +56,18 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument("--sweep", default=None, help=_SWEEP_HELP)
     parser.add_argument(
-        "--skip", type=int, default=0, help="ignore the first N pairs (a split)"
+        "--skip",
+        type=count,
+        default=0,
+        metavar="N",
+        help="ignore the first N pairs (a split); 0 or more",
     )
     parser.add_argument(
-        "--limit", type=int, default=None, help="use at most N pairs after --skip"
+        "--limit",
+        type=positive_count,
+        default=None,
+        metavar="N",
+        help="use at most N pairs after --skip; 1 or more",
     )
     parser.add_argument(
         "--embedding-cache",
@@ -87,9 +100,10 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from governor.cache import make_embedder
     from governor.policies import Cache
 
+    thresholds = _thresholds(args.sweep)
+    _check_embedding_cache(args.embedding_cache)
     pairs, default_mode = ev.load_pairs(args.pairs)
-    end = None if args.limit is None else args.skip + args.limit
-    pairs = pairs[args.skip : end]
+    pairs = _split(pairs, args)
     mode = args.mode or default_mode
     policy = Cache(
         similarity_threshold=args.threshold,
@@ -106,8 +120,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )
     report = ev.evaluate(pairs, mode=mode, policy=policy, embedder=embedder)
     report = {**report, "embedder": embedder.name, "gate": policy.safety_gate}
-    if args.sweep:
-        thresholds = [float(t) for t in args.sweep.split(",") if t.strip()]
+    if thresholds:
         report["sweep"] = [
             {**row, "gate": gate}
             for gate in (True, False)
@@ -120,6 +133,45 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
     return report
+
+
+def _split(pairs: list[EvalPair], args: argparse.Namespace) -> list[EvalPair]:
+    """The pairs that --skip and --limit select; ConfigError if none is left."""
+    from governor._errors import ConfigError
+
+    end = None if args.limit is None else args.skip + args.limit
+    chosen = pairs[args.skip : end]
+    if not chosen:
+        raise ConfigError(
+            f"--skip {args.skip} leaves no pairs: {args.pairs} holds "
+            f"{len(pairs)}; give a --skip below {len(pairs)}"
+        )
+    return chosen
+
+
+def _check_embedding_cache(path: Path | None) -> None:
+    """Refuse an --embedding-cache that is a folder before any work is done."""
+    from governor._errors import ConfigError
+
+    if path is not None and path.is_dir():
+        raise ConfigError(
+            f"--embedding-cache {path} is a folder; give a file name such as "
+            f"{path / 'embeddings.npz'}"
+        )
+
+
+def _thresholds(sweep: str | None) -> list[float]:
+    """The --sweep thresholds; ConfigError names one that is not a number."""
+    from governor._errors import ConfigError
+
+    texts = [t.strip() for t in (sweep or "").split(",") if t.strip()]
+    try:
+        return [float(t) for t in texts]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--sweep takes comma-separated numbers such as 0.9,0.92,0.94, "
+            f"got {sweep!r}"
+        ) from exc
 
 
 def _progress(done: int, total: int) -> None:

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from governor.cli._text import printable
+from governor.cli._text import positive_count, printable
 
 if TYPE_CHECKING:
     from governor.spend import Group, SpendSummary
@@ -66,7 +66,13 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help="keep only calls with this task_id, call_id, model, provider, "
         "outcome, team, feature, environment, user, session, org or tag.NAME",
     )
-    parser.add_argument("--top", type=int, default=10, help="tasks to list (10)")
+    parser.add_argument(
+        "--top",
+        type=positive_count,
+        default=10,
+        metavar="N",
+        help="tasks to list, 1 or more (10)",
+    )
     parser.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", dest="fmt"
     )
@@ -93,43 +99,111 @@ def parse_when(text: str, *, now: datetime) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class _Query(NamedTuple):
+    """What the command line asks for, checked before any store is opened."""
+
+    since: datetime | None
+    until: datetime | None
+    filters: dict[str, str | None]
+    shown: tuple[str, ...]
+    by: tuple[str, ...]
+
+
 def _run(args: argparse.Namespace) -> int:
+    """Exit 2 for a bad option, 1 for a store or file that cannot be used."""
     from governor._errors import ConfigError
     from governor.spend import SpendDataError
 
     try:
-        summary, label = _summarize(args)
+        query = _read_options(args)
+    except ConfigError as exc:
+        print(f"governor report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary, label = _summarize(args, query)
+        _print(summary, args.fmt, label, args.top)
+        _write_charts(summary, args, label)
     except (ConfigError, SpendDataError) as exc:
         print(f"governor report: {exc}", file=sys.stderr)
         return 1
-    _print(summary, args.fmt, label, args.top)
-    _write_charts(summary, args, label)
     return 0
 
 
-def _summarize(args: argparse.Namespace) -> tuple[SpendSummary, str]:
-    from governor._errors import ConfigError
-    from governor.spend import default_spend_target, open_store, summarize
+def _read_options(args: argparse.Namespace) -> _Query:
+    """Check the options that need no store: times, groupings, filters, files."""
+    from governor.spend._aggregate import check_grouping
 
-    target = args.db or default_spend_target()
-    if "://" not in target and not Path(target).exists():
-        raise ConfigError(
-            f"no spend store at {target}; pass --db or set GOVERNOR_SPEND_DB"
-        )
     now = datetime.now(UTC)
     since = parse_when(args.since, now=now) if args.since else None
     until = parse_when(args.until, now=now) if args.until else None
-    shown = tuple(args.by or DEFAULT_BY)
+    _check_range(args, since, until)
+    shown = tuple(check_grouping(b) for b in args.by or DEFAULT_BY)
     by = shown
     if args.html or args.png:
         # Charts need the time buckets and the top tasks whatever was asked.
         by += tuple(b for b in ("hour", "day", "task") if b not in by)
+    for option, path in (("--html", args.html), ("--png", args.png)):
+        _check_output(option, path)
+    return _Query(since, until, _filters(args.filter), shown, by)
+
+
+def _check_range(
+    args: argparse.Namespace, since: datetime | None, until: datetime | None
+) -> None:
+    """Refuse a time range that holds no instant (since is inclusive, until not)."""
+    from governor._errors import ConfigError
+
+    if since is None or until is None or since < until:
+        return
+    raise ConfigError(
+        f"--since {args.since} ({since:%Y-%m-%d %H:%M:%S %Z}) is not before "
+        f"--until {args.until} ({until:%Y-%m-%d %H:%M:%S %Z}), so no call can "
+        "match; the report covers since <= time < until: give the earlier "
+        "time to --since"
+    )
+
+
+def _check_output(option: str, path: str | None) -> None:
+    """Refuse an --html or --png path that is a folder."""
+    from governor._errors import ConfigError
+
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(
+            f"{option} {path} is a folder; give a file name such as "
+            f"{Path(path) / ('report' + option.replace('--', '.'))}"
+        )
+
+
+def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, str]:
+    from governor.spend import default_spend_target, open_store, summarize
+
+    target = args.db or default_spend_target()
+    _check_store_path(target)
     store = open_store(target, existing=True)
     try:
-        summary = summarize(store.query(since, until, _filters(args.filter)), by)
+        records = store.query(query.since, query.until, query.filters)
+        summary = summarize(records, query.by)
     finally:
         store.close()
-    return dataclasses.replace(summary, by=shown), target
+    return dataclasses.replace(summary, by=query.shown), target
+
+
+def _check_store_path(target: str) -> None:
+    """Refuse a store path that is missing or a folder; URLs pass unchecked."""
+    from governor._errors import ConfigError
+
+    if "://" in target:
+        return
+    if not Path(target).exists():
+        raise ConfigError(
+            f"no spend store at {target}; pass --db or set GOVERNOR_SPEND_DB"
+        )
+    if Path(target).is_dir():
+        raise ConfigError(
+            f"{target} is a folder, not a spend store; point --db (or "
+            "GOVERNOR_SPEND_DB) at the SQLite file the governor records to or "
+            "at a spend .jsonl trace"
+        )
 
 
 def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
@@ -166,25 +240,42 @@ def _cells(group: Group, summary: SpendSummary) -> list[str]:
 
 def render_table(summary: SpendSummary, label: str, top: int) -> str:
     """Plain-text tables, one per grouping, under a one-line summary."""
-    total = summary.total
-    span = (
-        f"{summary.first_ts:%Y-%m-%d %H:%M} .. {summary.last_ts:%Y-%m-%d %H:%M} UTC"
-        if summary.first_ts and summary.last_ts
-        else "no calls"
-    )
-    blocks = [
-        f"Spend in {label}: {span}, {total.calls} calls, "
-        f"${total.cost_usd:.6f} (saved ${total.saved_usd:.6f})"
-    ]
+    blocks = [_headline(summary, label)]
     for by in summary.by:
         if by == "hour":
             continue
         title = f"Top {top} tasks" if by == "task" else f"By {by}"
-        rows = [
-            [printable(g.key), *_cells(g, summary)] for g in _rows(summary, by, top)
-        ]
+        rows = [[_table_key(g), *_cells(g, summary)] for g in _rows(summary, by, top)]
         blocks.append(title + "\n" + _align([by, *_COLUMNS], rows))
     return "\n\n".join(blocks)
+
+
+def _headline(summary: SpendSummary, label: str) -> str:
+    """``Spend in STORE: FIRST .. LAST UTC, N calls, $COST (saved $SAVED)``."""
+    total = summary.total
+    if not (total.calls and summary.first_ts and summary.last_ts):
+        return f"Spend in {label}: no calls"
+    calls = "1 call" if total.calls == 1 else f"{total.calls} calls"
+    return (
+        f"Spend in {label}: {summary.first_ts:%Y-%m-%d %H:%M} .. "
+        f"{summary.last_ts:%Y-%m-%d %H:%M} UTC, {calls}, "
+        f"${total.cost_usd:.6f} (saved ${total.saved_usd:.6f})"
+    )
+
+
+def _table_key(group: Group) -> str:
+    """A row's key as the table shows it; no value can read as the unset row.
+
+    The unset row reads ``(none)``. A value that would read the same, or that
+    starts with a double quote, is shown quoted as JSON writes it: ``"(none)"``.
+    """
+    from governor.spend._aggregate import NONE_KEY
+
+    if group.unset:
+        return NONE_KEY
+    if group.key == NONE_KEY or group.key.startswith('"'):
+        return printable(json.dumps(group.key, ensure_ascii=False))
+    return printable(group.key)
 
 
 def _align(header: list[str], rows: list[list[str]]) -> str:
@@ -198,7 +289,10 @@ def _align(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_json(summary: SpendSummary, label: str, top: int) -> str:
-    """One JSON document: totals, then each grouping's rows; money as strings."""
+    """One JSON document: totals, then each grouping's rows; money as strings.
+
+    The row of calls with the grouped field unset has the key null.
+    """
     document = {
         "store": label,
         "first_ts": summary.first_ts.isoformat() if summary.first_ts else None,
@@ -206,7 +300,7 @@ def render_json(summary: SpendSummary, label: str, top: int) -> str:
         "total": summary.total.to_json_dict(),
         "groups": {
             by: [
-                {"key": g.key, **g.totals.to_json_dict()}
+                {"key": None if g.unset else g.key, **g.totals.to_json_dict()}
                 for g in _rows(summary, by, top)
             ]
             for by in summary.by
@@ -219,13 +313,18 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def render_csv(summary: SpendSummary, top: int) -> str:
-    """One CSV table with a ``by`` column naming each row's grouping."""
+    """One CSV table with a ``by`` column naming each row's grouping.
+
+    The row of calls with the grouped field unset has an empty key (no set
+    value is empty: :func:`governor.spend.summarize` counts a blank one as unset).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["by", "key", *_COLUMNS])
     for by in summary.by:
         for group in _rows(summary, by, top):
-            writer.writerow([by, _inert(group.key), *_cells(group, summary)])
+            key = "" if group.unset else _inert(group.key)
+            writer.writerow([by, key, *_cells(group, summary)])
     return buffer.getvalue()
 
 
@@ -256,8 +355,24 @@ def _write_charts(summary: SpendSummary, args: argparse.Namespace, label: str) -
     if args.html:
         table = render_table(summary, label, args.top)
         page = render_html(f"llm-governor spend report ({label})", [table], charts)
-        Path(args.html).write_text(page, encoding="utf-8")
+        _write("--html", Path(args.html), page)
     if args.png:
         from governor.spend._png import render_png
 
-        Path(args.png).write_bytes(render_png(charts))
+        _write("--png", Path(args.png), render_png(charts))
+
+
+def _write(option: str, path: Path, data: str | bytes) -> None:
+    """Write an output file, or raise ConfigError saying why it could not be."""
+    from governor._errors import ConfigError
+
+    try:
+        if isinstance(data, str):
+            path.write_text(data, encoding="utf-8")
+        else:
+            path.write_bytes(data)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {option} {path}: {exc.strerror or exc}; give a path "
+            "in a folder that exists and that you can write to"
+        ) from exc

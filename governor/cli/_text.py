@@ -1,8 +1,10 @@
-"""Text helpers shared by the command-line tables."""
+"""Helpers shared by the command lines: table text and number arguments."""
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+import argparse
+
+__all__ = ["count", "positive_count", "printable"]
 
 
 def printable(text: str) -> str:
@@ -16,3 +18,23 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (``--skip``)."""
+    return _whole_number(text, least=0, wanted="a whole number, 0 or more")
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number, 1 or more (``--top``, ``--limit``)."""
+    return _whole_number(text, least=1, wanted="a positive whole number (1 or more)")
+
+
+def _whole_number(text: str, *, least: int, wanted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+    return value

@@ -28,6 +28,7 @@ GROUPINGS: tuple[str, ...] = (
 """Keys spend can be grouped by; ``"tag.<name>"`` groups by a free-form tag."""
 
 NONE_KEY = "(none)"
+"""The key of the row of calls with the grouped field unset (see ``Group.unset``)."""
 _TIME_ORDERED = ("day", "hour")
 
 
@@ -71,10 +72,16 @@ class Totals:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """One row of a grouping: the key's value and its totals."""
+    """One row of a grouping: the key's value and its totals.
+
+    ``unset`` marks the row of calls whose grouped field is unset (None, an
+    empty or a blank string); its ``key`` is ``"(none)"``, which a value
+    named "(none)" shares, so tell the two apart by ``unset``.
+    """
 
     key: str
     totals: Totals
+    unset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +105,13 @@ def check_grouping(by: str) -> str:
     )
 
 
-def key_of(rec: SpendRecord, by: str) -> str:
-    """The value of grouping ``by`` for one record (``"(none)"`` when unset)."""
+def key_of(rec: SpendRecord, by: str) -> str | None:
+    """The value of grouping ``by`` for one record, None when unset.
+
+    An empty or blank attribution value counts as unset: the governor never
+    records one (``Attribution`` refuses it), so only hand-made records carry
+    it, and a row of its own would read as a blank name.
+    """
     if by == "day":
         return rec.ts.strftime("%Y-%m-%d")
     if by == "hour":
@@ -110,17 +122,18 @@ def key_of(rec: SpendRecord, by: str) -> str:
         value = rec.tags.get(by[len("tag.") :])
     else:
         value = getattr(rec, by)
-    return NONE_KEY if value is None else str(value)
+    return None if value is None or not str(value).strip() else str(value)
 
 
 def summarize(records: Iterable[SpendRecord], by: Sequence[str]) -> SpendSummary:
     """Sum ``records`` once per grouping in ``by``, in one pass.
 
     Groups are sorted by cost, highest first; ``day`` and ``hour`` by time.
+    Calls with the grouped field unset share one row (``Group.unset``).
     """
     wanted = tuple(check_grouping(b) for b in by)
     total = Totals()
-    tables: dict[str, dict[str, Totals]] = {b: {} for b in wanted}
+    tables: dict[str, dict[str | None, Totals]] = {b: {} for b in wanted}
     first: datetime | None = None
     last: datetime | None = None
     for rec in records:
@@ -133,8 +146,11 @@ def summarize(records: Iterable[SpendRecord], by: Sequence[str]) -> SpendSummary
     return SpendSummary(total, groups, first, last, wanted)
 
 
-def _ordered(by: str, table: dict[str, Totals]) -> list[Group]:
-    rows = [Group(key, totals) for key, totals in table.items()]
+def _ordered(by: str, table: dict[str | None, Totals]) -> list[Group]:
+    rows = [
+        Group(NONE_KEY if key is None else key, totals, unset=key is None)
+        for key, totals in table.items()
+    ]
     if by in _TIME_ORDERED:
         return sorted(rows, key=lambda g: g.key)
-    return sorted(rows, key=lambda g: (-g.totals.cost_usd, g.key))
+    return sorted(rows, key=lambda g: (-g.totals.cost_usd, g.key, g.unset))

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
@@ -22,6 +23,16 @@ __all__ = ["JsonlSpendStore"]
 
 # Binary on Windows too: lines end in "\n" whatever the platform.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+
+_JSON_KINDS = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+_FIX = "fix or delete this line"
 
 
 class JsonlSpendStore:
@@ -94,13 +105,14 @@ class JsonlSpendStore:
     def _read(self) -> Iterator[SpendRecord]:
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
+        # Lines are decoded one at a time so that bad bytes name their line.
+        with self.path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    yield SpendRecord.from_json_dict(json.loads(line))
-                except (ValueError, SpendDataError) as exc:
+                    yield SpendRecord.from_json_dict(_json_object(raw, number))
+                except ValueError as exc:
                     raise SpendDataError(f"{self.path}:{number}: {exc}") from exc
 
     def close(self) -> None:
@@ -111,6 +123,32 @@ class JsonlSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _json_object(raw: bytes, number: int) -> dict[str, Any]:
+    """Decode one trace line; SpendDataError says what is wrong with it."""
+    try:
+        # A byte-order mark that an editor put at the start is not data.
+        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpendDataError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+            f"{exc.start + 1}); a spend trace is UTF-8 JSON: {_FIX}"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpendDataError(
+            f"not JSON ({exc.msg} at column {exc.colno}); each line must be "
+            f"one spend record as a JSON object: {_FIX}"
+        ) from exc
+    if not isinstance(data, dict):
+        kind = _JSON_KINDS.get(type(data), type(data).__name__)
+        raise SpendDataError(
+            f"a JSON {kind}, not a spend record; each line must be one "
+            f"spend record as a JSON object: {_FIX}"
+        )
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:
