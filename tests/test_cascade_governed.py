@@ -81,3 +81,17 @@ def test_no_tier_fits_the_budget(capture: SpanCapture) -> None:
     with pytest.raises(CascadeBudgetExceeded):
         run(policy, capture)
     assert provider.calls == []
+
+
+def test_a_streamed_cascade_is_refused_before_any_call() -> None:
+    """Checks need whole answers: stream=True is a clear error, nothing is sent."""
+    from governor import ConfigError
+
+    provider = install_offline_provider(speed=0)
+    provider.clear_calls()
+    gov = Governor(Policy(cascade=CASCADE))
+    llm = GovernedLiteLLM(gov)
+    messages = [{"role": "user", "content": "Give me a JSON object."}]
+    with gov.task() as task, pytest.raises(ConfigError, match="cannot stream"):
+        llm.cascade(messages, stream=True)
+    assert (provider.calls, task.report().cost_usd) == ([], Decimal(0))

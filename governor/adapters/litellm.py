@@ -203,6 +203,13 @@ class GovernedLiteLLM:
                 "cascade() needs a policy with a Cascade: "
                 "Policy(cascade=Cascade(tiers=[...]))"
             )
+        if kwargs.get("stream"):
+            raise ConfigError(
+                "cascade() cannot stream: each tier's whole answer must be "
+                "checked before it is accepted. Call cascade() without "
+                "stream=True, then stream result.answer.text to your client, or "
+                "use completion(stream=True) on one model."
+            )
         runner = self._runners.get(id(policy))
         if runner is None:
             from governor.cascade import CascadeRunner
