@@ -239,11 +239,7 @@ class SlotUnavailable(GovernorError, TimeoutError):
         self.key = key
         self.limit = limit
         self.timeout_s = timeout_s
-        super().__init__(
-            f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. Raise "
-            f"the cap ({_setting(key)}), wait longer "
-            "(Fanout.wait_timeout_s), or run fewer calls at once."
-        )
+        super().__init__(_slot_message(key, limit, timeout_s))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +248,20 @@ class SlotUnavailable(GovernorError, TimeoutError):
             "limit": self.limit,
             "timeout_s": self.timeout_s,
         }
+
+
+def _slot_message(key: str, limit: int, timeout_s: float | None) -> str:
+    cap = f"Raise the cap ({_setting(key)})"
+    if timeout_s == 0:
+        return (
+            f"all {limit} slots of {key!r} are busy and Fanout(on_cap='refuse') "
+            f"does not wait. {cap}, set Fanout(on_cap='wait') to queue for a "
+            "slot, or run fewer calls at once."
+        )
+    return (
+        f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. {cap}, "
+        "wait longer (Fanout.wait_timeout_s), or run fewer calls at once."
+    )
 
 
 def _setting(key: str) -> str:

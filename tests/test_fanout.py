@@ -148,3 +148,14 @@ def test_slots_come_back_after_errors() -> None:
         llm.completion(
             model="gpt-4o-mini", messages=MESSAGES, mock_response="ok", max_tokens=20
         )
+
+
+def test_refusal_advice_fits_the_mode() -> None:
+    """Refuse mode never waits, so its advice is to queue, not to wait longer."""
+    refused = SlotUnavailable("task:t1", 2, 0.0)
+    waited = SlotUnavailable("team:search", 2, 5.0)
+    assert "on_cap='wait'" in str(refused)
+    assert "wait_timeout_s" not in str(refused)
+    assert "Fanout.max_inflight_calls" in str(refused)
+    assert "stayed busy for 5.0 s" in str(waited)
+    assert "Fanout.wait_timeout_s" in str(waited)
