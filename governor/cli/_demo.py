@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -131,6 +132,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
             speed=args.speed,
         )
     _quiet_langchain_refusal_logs()
+    _log_on_own_lines()
     traces = Path(args.traces)
     provider = configure_tracing(service_name="governor-demo", jsonl_path=traces)
     ledger = MemoryLedger()
@@ -218,7 +220,8 @@ def _run_task(
     report = agent.last_report
     seconds = time.monotonic() - start
     hits = f", {report.cache_hits} cache hits" if report.cache_hits else ""
-    _say(args, f"  {outcome}, {report.calls} calls{hits}, ${report.cost_usd}")
+    calls = f"{report.calls} call{'' if report.calls == 1 else 's'}"
+    _say(args, f"  {outcome}, {calls}{hits}, ${report.cost_usd}")
     left = report.budget_left_usd
     return _Row(
         agent=label,
@@ -373,6 +376,32 @@ def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+# True while a progress line printed with end="" waits for its outcome.
+_open_line = False
+
+
 def _say(args: argparse.Namespace, text: str, end: str = "\n") -> None:
+    global _open_line
     if not args.json:
         print(text, end=end, flush=True)
+        _open_line = end == ""
+
+
+class _OwnLineHandler(logging.Handler):
+    """Log records on stderr, each on its own line even mid-progress-line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        global _open_line
+        if _open_line:
+            print(flush=True)
+            _open_line = False
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _log_on_own_lines() -> None:
+    """The demo is an app: it shows library warnings, never inside its lines."""
+    handler = _OwnLineHandler(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
