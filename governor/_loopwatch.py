@@ -54,7 +54,7 @@ class LoopWatch:
         self.hint: str | None = None
         self._lock = threading.Lock()
         self._steps = 0
-        self._seen: set[tuple[int, str]] = set()
+        self._seen: dict[tuple[str, bytes], int] = {}
         self._seen_step_nodes: set[tuple[int, str]] = set()
         self._seen_visits: set[tuple[int, str, str | None]] = set()
 
@@ -151,11 +151,20 @@ class LoopWatch:
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]
     ) -> list[tuple[str, Any, str]]:
+        """The tool results of a prompt that no earlier prompt carried.
+
+        A result is known by its call id and a digest of its content, not by
+        its place in the prompt, so a prompt trimmed to its last messages does
+        not make old results look new. Providers and fakes may reuse call ids,
+        so a result that comes back with the same id and content is new when
+        the prompt holds more copies of it than any prompt before.
+        """
         if not any(m.get("role") == "tool" for m in messages):
             return []
         calls: dict[str, tuple[str, Any]] = {}
+        copies: dict[tuple[str, bytes], int] = {}
         found = []
-        for position, message in enumerate(messages):
+        for message in messages:
             for call in message.get("tool_calls") or ():
                 ident, name, args = _tool_call(call)
                 if ident:
@@ -163,16 +172,23 @@ class LoopWatch:
             ident = message.get("tool_call_id")
             if message.get("role") != "tool" or not ident:
                 continue
-            # Providers and fakes may reuse call ids, so a result is known by
-            # its place in the conversation as well as by its id.
-            seen_key = (position, str(ident))
-            if seen_key in self._seen:
-                continue
-            self._seen.add(seen_key)
-            if ident in calls:
+            content = _text(message.get("content"))
+            # Count every copy, including those whose call was trimmed away.
+            key = (str(ident), _content_digest(content))
+            if self._is_new(key, copies) and ident in calls:
                 name, args = calls[ident]
-                found.append((name, args, _text(message.get("content"))))
+                found.append((name, args, content))
         return found
+
+    def _is_new(
+        self, key: tuple[str, bytes], copies: dict[tuple[str, bytes], int]
+    ) -> bool:
+        """Count one copy of a result in a prompt; True if no prompt had as many."""
+        copies[key] = copies.get(key, 0) + 1
+        if copies[key] <= self._seen.get(key, 0):
+            return False
+        self._seen[key] = copies[key]
+        return True
 
 
 def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:
@@ -201,6 +217,11 @@ def _tool_call(call: Any) -> tuple[str | None, str, Any]:
     if isinstance(function, Mapping):  # OpenAI shape
         return call.get("id"), str(function.get("name", "")), function.get("arguments")
     return call.get("id"), str(call.get("name", "")), call.get("args")  # LangChain
+
+
+def _content_digest(content: str) -> bytes:
+    data = content.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _text(content: Any) -> str:

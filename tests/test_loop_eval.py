@@ -195,6 +195,19 @@ def test_injected_repeat_is_caught_after_max_repeats_plus_one() -> None:
     assert where.repeats_at(flag.index) == 3
 
 
+def test_injected_cycle_is_caught_by_the_output_rule_alone() -> None:
+    """Two outputs taking turns are a cycle to the output rule too, on lap two."""
+    outputs_only = Loops(max_repeats=None, max_cycle_repeats=None, max_stale_steps=None)
+    for run in _sample():
+        spliced = inject(run, "cycle", seed=0)
+        assert spliced is not None
+        copy, where = spliced
+        flag = replay(copy, outputs_only, start=where.start, end=where.end)
+        assert flag is not None
+        assert flag.verdict.rule == "near_duplicate"
+        assert where.repeats_at(flag.index) == 2
+
+
 def test_split_is_fixed_by_run_id() -> None:
     """The train/test half of a run depends only on its id."""
     assert [split_of("django__django-11163"), split_of("sympy__sympy-15976")] == [

@@ -284,6 +284,76 @@ def test_words_per_change_must_be_positive() -> None:
         Loops(near_duplicate_words_per_change=0)
 
 
+DRAFT = "Draft: the quick brown fox jumps over the lazy dog near the river bank."
+CRITIQUE = "Critique: the draft is too vague, add concrete detail about fox and dog."
+
+
+def test_two_agents_taking_turns_without_progress_are_stopped() -> None:
+    """Writer, critic, writer ...: each output repeats the one two back."""
+    guard = LoopGuard(Loops())
+    texts = [DRAFT, CRITIQUE] * 3
+    assert _outputs(guard, texts) == [None, None, None, None, "near_duplicate", None]
+    (verdict,) = guard.verdicts
+    assert verdict.steps == (1, 2, 3, 4, 5)
+    assert verdict.evidence == (CRITIQUE, DRAFT)
+    assert "output 2 before" in verdict.message
+
+
+def test_cycle_of_three_outputs_is_stopped() -> None:
+    """Plan, act, review, plan ... with the same three texts is a loop."""
+    plan = "Plan: read the config file, then change the timeout, then run tests."
+    act = "Acting now: opening the configuration file to change the timeout value."
+    review = "Review: the timeout value is still wrong and the tests keep failing."
+    rules = _outputs(LoopGuard(Loops()), [plan, act, review] * 2)
+    assert rules == [None] * 5 + ["near_duplicate"]
+
+
+def test_a_cycle_of_outputs_must_come_back_in_full() -> None:
+    """Run, edit, verify, run, edit: part of a lap again is not yet a cycle."""
+    run = "THOUGHT: Now I will run the reproduction script again to check it."
+    verify = "THOUGHT: Now I will verify the change in the axes module by reading it."
+    edits = [
+        f"THOUGHT: `cla()` is called during `__init__` in {where}, so the fix "
+        f"belongs there; editing {where} at line {line} now."
+        for where, line in (("Subplot", 33), ("Axes", 1250), ("Figure", 870))
+    ]
+    loops = Loops(max_near_duplicate_outputs=1)
+    texts = [run, edits[0], verify, run, edits[0], edits[1], run, edits[2]]
+    assert _outputs(LoopGuard(loops), texts) == [None] * 8
+    texts = [run, edits[0], verify, run, edits[0], verify]
+    assert _outputs(LoopGuard(loops), texts) == [None] * 5 + ["near_duplicate"]
+
+
+def test_turn_taking_with_new_content_each_turn_passes() -> None:
+    """A planner and an executor whose outputs carry new content are no loop."""
+    texts = []
+    for page, count in enumerate([12, 9, 11, 10, 7, 13], 1):
+        texts.append(
+            f"Plan: fetch page {page} of the orders report and count the late "
+            f"orders, expecting about {count * 3} rows in total on that page."
+        )
+        texts.append(
+            f"Result: page {page} has {count} late orders out of {count * 3 + page}"
+            f" rows; the oldest is from week {page + 20} of this year."
+        )
+    assert _outputs(LoopGuard(Loops()), texts) == [None] * len(texts)
+
+
+def test_cycles_longer_than_max_cycle_period_are_left_to_other_rules() -> None:
+    """Outputs are compared with at most max_cycle_period outputs back."""
+    editor = "Editor: please keep both versions until the author answers my note."
+    texts = [DRAFT, CRITIQUE, editor] * 3
+    assert _outputs(LoopGuard(Loops(max_cycle_period=2)), texts) == [None] * 9
+    assert "near_duplicate" in _outputs(LoopGuard(Loops()), texts)
+
+
+def test_turn_taking_in_record_mode_needs_a_fresh_run() -> None:
+    """After a verdict every lag starts over, so one loop is not flagged twice."""
+    guard = LoopGuard(Loops(action="record"))
+    rules = _outputs(guard, [DRAFT, CRITIQUE] * 4)
+    assert rules == [None] * 4 + ["near_duplicate", None, None, "near_duplicate"]
+
+
 def test_outputs_without_words_are_skipped() -> None:
     """Empty outputs (tool calls only) are left to the tool rules."""
     guard = LoopGuard(Loops())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import sys
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 
@@ -205,3 +206,305 @@ def test_offline_answer_import_is_used() -> None:
     """OfflineAnswer carries tool calls for scripted agents."""
     answer = OfflineAnswer(tool_calls=[{"name": "t", "arguments": {}}])
     assert answer.tool_calls[0]["function"]["name"] == "t"
+
+
+DRAFT = "Draft: the quick brown fox jumps over the lazy dog near the river bank today."
+CRITIQUE = (
+    "Critique: the draft is too vague; add concrete detail about the fox and dog."
+)
+
+
+def _writer_critic_responder(model: str, messages: Any, tools: Any) -> str:
+    """The critic always asks for the same change; the writer ignores it."""
+    return CRITIQUE if messages[0]["content"].startswith("You critique") else DRAFT
+
+
+def _chat_model() -> Any:
+    from langchain_litellm import ChatLiteLLM
+
+    from governor.testing import offline_model
+
+    return ChatLiteLLM(model=offline_model("gpt-4o-mini"), max_tokens=60)
+
+
+def _ping_pong_with_counter() -> Any:
+    """Writer and critic; the state carries a revision counter."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph import START, StateGraph
+
+    model = _chat_model()
+
+    def writer(state: RevisionState) -> dict[str, Any]:
+        prompt = "You write. " + state.get("critique", "")
+        draft = str(model.invoke([HumanMessage(prompt)]).content)
+        return {"draft": draft, "revision": state["revision"] + 1}
+
+    def critic(state: RevisionState) -> dict[str, Any]:
+        prompt = "You critique. " + state["draft"]
+        return {"critique": str(model.invoke([HumanMessage(prompt)]).content)}
+
+    graph = StateGraph(RevisionState)
+    graph.add_node("writer", writer)
+    graph.add_node("critic", critic)
+    graph.add_edge(START, "writer")
+    graph.add_edge("writer", "critic")
+    graph.add_edge("critic", "writer")
+    return graph.compile()
+
+
+def _ping_pong_on_messages() -> Any:
+    """Writer and critic; the state is the message list only."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph import START, StateGraph
+
+    model = _chat_model()
+
+    def turn(instruction: str) -> Any:
+        def node(state: MessagesState) -> dict[str, Any]:
+            prompt = [HumanMessage(instruction), *state["messages"][-1:]]
+            return {"messages": [model.invoke(prompt)]}
+
+        return node
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("writer", turn("You write."))
+    graph.add_node("critic", turn("You critique."))
+    graph.add_edge(START, "writer")
+    graph.add_edge("writer", "critic")
+    graph.add_edge("critic", "writer")
+    return graph.compile()
+
+
+class RevisionState(TypedDict, total=False):
+    draft: str
+    critique: str
+    revision: int
+
+
+class MessagesState(TypedDict):
+    messages: Annotated[list[Any], operator.add]
+
+
+@pytest.mark.parametrize(
+    ("build", "start"),
+    [
+        pytest.param(_ping_pong_with_counter, {"revision": 0}, id="counter-in-state"),
+        pytest.param(_ping_pong_on_messages, {"messages": ["go"]}, id="messages-only"),
+    ],
+)
+def test_agents_ping_ponging_are_stopped_before_the_recursion_limit(
+    build: Any, start: dict[str, Any]
+) -> None:
+    """Writer and critic repeating themselves in turn: stopped within three laps."""
+    install_offline_provider(_writer_critic_responder, speed=0)
+    graph = govern(build(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke(start, {"recursion_limit": 200})
+    assert info.value.rule == "near_duplicate"
+    report = graph.last_report
+    assert report is not None
+    assert (report.calls, report.stop_reason) == (5, "loop_detected")
+
+
+def test_planner_and_executor_with_new_outputs_are_not_stopped() -> None:
+    """Turn-taking whose outputs carry new content each lap runs to its end."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph import END, START, StateGraph
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        text = messages[0]["content"]
+        lap = text.count("|")
+        if text.startswith("Plan"):
+            return (
+                f"Plan {lap}: fetch page {lap} of the orders report and count "
+                f"the late orders, about {lap * 7 + 3} rows expected there."
+            )
+        return (
+            f"Result {lap}: page {lap} holds {lap * 5 + 1} late orders out of "
+            f"{lap * 7 + 3} rows; the oldest dates from week {lap + 20}."
+        )
+
+    install_offline_provider(responder, speed=0)
+    model = _chat_model()
+
+    def plan(state: MessagesState) -> dict[str, Any]:
+        history = "|".join(str(m) for m in state["messages"])
+        return {"messages": [model.invoke([HumanMessage("Plan " + history)]).content]}
+
+    def execute(state: MessagesState) -> dict[str, Any]:
+        history = "|".join(str(m) for m in state["messages"])
+        return {"messages": [model.invoke([HumanMessage("Act " + history)]).content]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("plan", plan)
+    graph.add_node("execute", execute)
+    graph.add_edge(START, "plan")
+    graph.add_edge("plan", "execute")
+    graph.add_conditional_edges(
+        "execute", lambda s: END if len(s["messages"]) > 16 else "plan"
+    )
+    governed = govern(graph.compile(), Governor())
+    out = governed.invoke({"messages": ["orders"]}, {"recursion_limit": 100})
+    assert len(out["messages"]) == 17
+    assert governed.last_report is not None
+    assert governed.last_report.stop_reason is None
+
+
+def _react_graph(tools: list[Any], keep_last: int | None = None) -> Any:
+    """A ReAct agent; with keep_last its prompt is the question plus that tail."""
+    from langchain_core.messages import ToolMessage
+    from langgraph.graph import START, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    model = _chat_model().bind_tools(tools)
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        messages = state["messages"]
+        if keep_last is not None:
+            tail = messages[1:][-keep_last:]
+            while tail and isinstance(tail[0], ToolMessage):
+                tail = tail[1:]
+            messages = [messages[0], *tail]
+        return {"messages": [model.invoke(messages)]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_node("tools", ToolNode(tools))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+def _scripted_tool_calls(plan: list[tuple[str, dict[str, Any]]], done: list[str]):
+    """A responder asking for plan[i] once i tool calls have returned."""
+
+    def responder(model: str, messages: Any, tools: Any) -> Any:
+        if len(done) >= len(plan):
+            return "All lookups are done."
+        name, args = plan[len(done)]
+        return OfflineAnswer(tool_calls=[{"name": name, "arguments": args}])
+
+    return responder
+
+
+def test_react_agent_with_trimmed_history_is_not_stopped() -> None:
+    """Keeping the question and the last 20 messages does not look like a loop."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+
+    done: list[str] = []
+
+    @tool
+    def lookup(city: str) -> str:
+        """Look up a city's population."""
+        done.append(city)
+        return f"{city}: population {len(done) * 1000003}"
+
+    cities = [{"city": f"City{i:02d}"} for i in range(14)]
+    install_offline_provider(
+        _scripted_tool_calls([("lookup", c) for c in cities], done), speed=0
+    )
+    graph = govern(_react_graph([lookup], keep_last=20), Governor())
+    graph.invoke({"messages": [HumanMessage("populations")]}, {"recursion_limit": 100})
+    assert len(done) == 14
+    assert graph.last_report is not None
+    assert graph.last_report.stop_reason is None
+
+
+def test_alternating_tools_with_new_results_are_not_stopped() -> None:
+    """weather, news, weather, news ... with results that change is work."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+
+    done: list[str] = []
+
+    @tool
+    def weather(city: str) -> str:
+        """Today's weather in a city."""
+        done.append("weather")
+        return f"{city}: {len(done) + 10} degrees"
+
+    @tool
+    def news(city: str) -> str:
+        """Today's headline in a city."""
+        done.append("news")
+        return f"{city}: headline number {len(done)}"
+
+    plan = [(name, {"city": "Oslo"}) for name in ("weather", "news") * 6]
+    install_offline_provider(_scripted_tool_calls(plan, done), speed=0)
+    graph = govern(_react_graph([weather, news]), Governor())
+    graph.invoke({"messages": [HumanMessage("brief me")]}, {"recursion_limit": 100})
+    assert len(done) == 12
+    assert graph.last_report is not None
+    assert graph.last_report.stop_reason is None
+
+
+def test_polling_with_changing_results_is_not_stopped() -> None:
+    """The same status call whose answer moves on each time runs to its end."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+
+    done: list[str] = []
+
+    @tool
+    def job_status(job: str) -> str:
+        """The status of a job."""
+        done.append(job)
+        return f"job {job}: {len(done) * 10}% done"
+
+    plan = [("job_status", {"job": "build-7"})] * 10
+    install_offline_provider(_scripted_tool_calls(plan, done), speed=0)
+    graph = govern(_react_graph([job_status], keep_last=6), Governor())
+    graph.invoke({"messages": [HumanMessage("wait")]}, {"recursion_limit": 100})
+    assert len(done) == 10
+    assert graph.last_report is not None
+    assert graph.last_report.stop_reason is None
+
+
+def _tool_turn(call_id: str, result: str) -> list[dict[str, Any]]:
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "run_tests", "arguments": "{}"},
+    }
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]
+
+
+def test_trimmed_prompts_do_not_recount_old_results() -> None:
+    """A prompt cut to its last turns carries old results at new places."""
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    question = {"role": "user", "content": "fix it"}
+    history: list[dict[str, Any]] = []
+    with gov.task() as task:
+        for i in range(12):
+            history += _tool_turn(f"c{i}", f"{12 - i} tests failed")
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=[question, *history[-16:]],
+                mock_response="ok",
+                max_tokens=20,
+            )
+    assert (task.report().calls, task.report().stop_reason) == (12, None)
+
+
+def test_reused_call_ids_with_the_same_result_are_still_repeats() -> None:
+    """A fake that reuses one call id: each new copy of the result counts."""
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "fix it"}]
+    with gov.task() as task, pytest.raises(LoopDetected) as info:
+        for _ in range(10):
+            messages += _tool_turn("call_1", "1 failed")
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=messages,
+                mock_response="ok",
+                max_tokens=20,
+            )
+    assert info.value.rule == "repeat"
+    assert task.report().calls == 3

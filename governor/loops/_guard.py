@@ -93,8 +93,11 @@ class LoopGuard:
     model call or step. Each method returns ``None`` or a :class:`LoopVerdict`;
     acting on the verdict (raising, interrupting, logging) is the caller's job.
 
-    Each observation costs time linear in its own size plus
-    ``Loops.max_cycle_period``; memory is bounded by ``Loops.window_steps``.
+    Each tool call or node visit costs time linear in its own size plus
+    ``Loops.max_cycle_period``, and each output its size times
+    ``Loops.max_cycle_period`` (it is compared with that many earlier ones);
+    memory is bounded by ``Loops.window_steps`` digests and
+    ``Loops.max_cycle_period`` outputs.
     One guard serves one task and is not thread-safe: callers that feed it
     from parallel branches must serialize the calls.
     """
@@ -124,7 +127,10 @@ class LoopGuard:
 
         Pass the message text only; report the tool calls it asks for through
         :meth:`on_tool_call` once they return. Outputs with no words (a
-        message carrying only tool calls) are skipped.
+        message carrying only tool calls) are skipped. An output is compared
+        with each of the last ``Loops.max_cycle_period`` outputs, so agents
+        that repeat themselves in turn are caught as well as one that
+        repeats the output just before.
         """
         hit = self._outputs.observe(text, _excerpt(text), step)
         return self._verdict(hit, "output")

@@ -10,13 +10,17 @@ kind and runs three rules over them:
 - stale: more than ``max_stale_steps`` digests in a row each already occur in
   the window, so nothing new has been learnt.
 
-Model outputs are judged apart: an output is a near-duplicate of the one
-before when their word shingles are similar enough *and* few of its words
-changed, at most one in ``near_duplicate_words_per_change`` (at least one).
-The second test keeps templated outputs that carry new content (a page
-summary with its own counts, one edit applied to a new name each time) apart
-from a model that repeats itself, whose outputs differ in whitespace,
-punctuation or a counter only.
+Model outputs are judged apart: an output is a near-copy of an earlier one
+when their word shingles are similar enough *and* few of its words changed,
+at most one in ``near_duplicate_words_per_change`` (at least one). The rule
+fires when more than ``max_near_duplicate_outputs`` outputs in a row, and at
+least k, are each a near-copy of the output k before, for a lag k in
+1..max_cycle_period: lag 1 is a model repeating itself, a longer lag agents
+taking turns in a cycle (writer, critic, writer, critic ...). The second
+test keeps templated outputs that carry new content (a page summary with its
+own counts, one edit applied to a new name each time) apart from a model that
+repeats itself, whose outputs differ in whitespace, punctuation or a counter
+only.
 """
 
 from __future__ import annotations
@@ -176,73 +180,104 @@ class Channel:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """One judged model output: its words, their shingles and its excerpt."""
+
+    words: list[str]
+    shingles: frozenset[int]
+    excerpt: str
+
+
 class OutputRun:
-    """Consecutive model outputs that are near-duplicates of the one before."""
+    """Model outputs that are near-duplicates of one a few outputs back.
+
+    For each lag k of 1 to ``max_cycle_period`` it counts how many outputs in
+    a row were each a near-copy of the output k before. Lag 1 is a model that
+    repeats itself; a longer lag is agents or steps taking turns without
+    progress (writer, critic, writer, critic ...), which comparing each
+    output with the one just before cannot see.
+    """
 
     def __init__(self, loops: Loops) -> None:
         self._loops = loops
-        self._previous: frozenset[int] | None = None
-        self._previous_words: list[str] = []
+        self._lags = loops.max_cycle_period
+        self._recent: deque[_Output] = deque(maxlen=self._lags)
         self._steps: deque[int] = deque(maxlen=64)
-        self._similarities: list[float] = []
+        # _runs[k]: outputs in a row that were near-copies of the one k back;
+        # _lowest[k]: the lowest similarity in that run.
+        self._runs = [0] * (self._lags + 1)
+        self._lowest = [1.0] * (self._lags + 1)
 
     def observe(self, text: str, excerpt: str, step: int) -> Hit | None:
-        """Add one output and return a hit when the near-duplicate run is long."""
+        """Add one output and return a hit when a near-duplicate run is long."""
         limit = self._loops.max_near_duplicate_outputs
         current_words = words(text)
         if limit is None or not current_words:
             return None
-        current = shingles(current_words, self._loops.shingle_tokens)
-        similarity = self._similarity(current)
-        near = (
-            similarity >= self._loops.near_duplicate_similarity
-            and self._few_changed(current_words)
+        current = _Output(
+            words=current_words,
+            shingles=shingles(current_words, self._loops.shingle_tokens),
+            excerpt=excerpt,
         )
-        self._previous = current
-        self._previous_words = current_words
-        if not near:
-            self._steps.clear()
-            self._similarities.clear()
-            self._steps.append(step)
-            return None
+        self._update_runs(current)
+        self._recent.append(current)
         self._steps.append(step)
-        self._similarities.append(similarity)
-        if len(self._similarities) <= limit:
+        for lag in range(1, self._lags + 1):
+            # A cycle of k outputs must come back in full at least once.
+            if self._runs[lag] > max(limit, lag - 1):
+                return self._hit(lag, limit)
+        return None
+
+    def _update_runs(self, current: _Output) -> None:
+        n = len(self._recent)
+        for lag in range(1, self._lags + 1):
+            similarity = None
+            if lag <= n:
+                similarity = self._near(self._recent[n - lag], current)
+            if similarity is None:
+                self._runs[lag] = 0
+                self._lowest[lag] = 1.0
+            else:
+                self._runs[lag] += 1
+                self._lowest[lag] = min(self._lowest[lag], similarity)
+
+    def _near(self, before: _Output, after: _Output) -> float | None:
+        """The similarity of two outputs if the later is a near-copy, else None."""
+        union = len(before.shingles | after.shingles)
+        similarity = len(before.shingles & after.shingles) / union
+        if similarity < self._loops.near_duplicate_similarity:
             return None
-        return self._hit(excerpt, limit)
+        return similarity if self._few_changed(before.words, after.words) else None
 
-    def _similarity(self, current: frozenset[int]) -> float:
-        previous = self._previous
-        if previous is None:
-            return 0.0
-        union = len(previous | current)
-        return len(previous & current) / union
-
-    def _few_changed(self, current: list[str]) -> bool:
+    def _few_changed(self, before: list[str], after: list[str]) -> bool:
         # New content, not noise: more changed words than one in words_per.
         words_per = self._loops.near_duplicate_words_per_change
         if words_per is None:
             return True
-        previous = self._previous_words
-        allowed = max(1, max(len(previous), len(current)) // words_per)
-        return changed_words(previous, current) <= allowed
+        allowed = max(1, max(len(before), len(after)) // words_per)
+        return changed_words(before, after) <= allowed
 
-    def _hit(self, excerpt: str, limit: int) -> Hit:
-        run = len(self._similarities)
-        lowest = min(self._similarities)
+    def _hit(self, lag: int, limit: int) -> Hit:
+        run = self._runs[lag]
+        steps = tuple(self._steps)[-(run + lag) :]
+        if lag == 1:
+            what = "the one before"
+        else:
+            what = f"the output {lag} before, a cycle of {lag} outputs"
         hit = Hit(
             rule="near_duplicate",
             setting="max_near_duplicate_outputs",
             limit=limit,
             repeats=run,
-            labels=(excerpt,),
-            steps=tuple(self._steps),
+            labels=tuple(o.excerpt for o in tuple(self._recent)[-lag:]),
+            steps=steps,
             detail=(
-                f"{run} model outputs in a row were near-duplicates of the one "
-                f"before (similarity {lowest:.2f} or more)"
+                f"{run} model outputs in a row were near-duplicates of {what} "
+                f"(similarity {self._lowest[lag]:.2f} or more)"
             ),
         )
-        self._steps.clear()
-        self._similarities.clear()
-        self._steps.append(hit.steps[-1])
+        # The next hit needs a fresh run, whatever its lag.
+        self._runs = [0] * (self._lags + 1)
+        self._lowest = [1.0] * (self._lags + 1)
         return hit

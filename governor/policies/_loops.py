@@ -61,7 +61,8 @@ class Loops(PolicyModel):
         default=4,
         ge=2,
         le=16,
-        description="the longest cycle, in calls, the cycle rule looks for (2-16)",
+        description="the longest cycle, in calls or outputs, the cycle and "
+        "near-duplicate rules look for (2-16)",
     )
     max_stale_steps: int | None = Field(
         default=5,
@@ -85,7 +86,8 @@ class Loops(PolicyModel):
         ge=1,
         description=(
             "a positive number: how many model outputs in a row may each be a "
-            "near-duplicate of the one before before the guard acts" + _OFF
+            "near-duplicate of the output 1 to max_cycle_period before (agents "
+            "taking turns repeat every 2nd) before the guard acts" + _OFF
         ),
     )
     min_output_words: int = Field(
