@@ -429,14 +429,8 @@ class Governor:
                 effective.failure_mode,
                 self.policy.failure_mode,
             )
-        base = effective.attribution
-        ambient = current_attribution()
-        if ambient is not None:
-            base = base.merged(ambient)
-        if attribution is not None:
-            base = base.merged(attribution)
-        if scopes:
-            base = base.merged(Attribution(**scopes))
+        named = Attribution(**scopes) if scopes else None
+        base = _attribution(effective.attribution, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.owner = self
         task.parent = _CURRENT.get()
@@ -630,11 +624,8 @@ class Governor:
         return card
 
     def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
-        task = request.task
+        task = self._joined_task(request)
         if task is not None:
-            return task, False
-        task = _CURRENT.get()
-        if task is not None and task.owner in (None, self):
             return task, False
         if self._open_tasks:
             self._warn_orphan_call()
@@ -642,27 +633,32 @@ class Governor:
         attribution = Attribution(**given) if given else None
         return self._new_task(None, None, attribution, {}), True
 
-    def scope_values_for(self, request: CallRequest) -> tuple[Policy, dict[str, str]]:
-        """The policy and scope values a call would be charged under.
+    def _joined_task(self, request: CallRequest) -> Task | None:
+        """The task a call joins: its own, else this governor's current one."""
+        if request.task is not None:
+            return request.task
+        task = _CURRENT.get()
+        return task if task is not None and task.owner in (None, self) else None
 
-        The same resolution as the call's task: the current task of this
-        governor, else a one-call task whose attribution is the policy's,
-        the ambient ``attribute()`` context and the request's own (LiteLLM
-        ``metadata``). The cache partitions by these, so a tenant named
-        only in ``metadata`` never reads another tenant's answers.
+    def policy_for(self, request: CallRequest) -> Policy:
+        """The policy a call runs under (its task's, else the governor's)."""
+        task = self._joined_task(request)
+        return task.policy if task is not None else self.policy
+
+    def scope_values_for(self, request: CallRequest) -> dict[str, str]:
+        """The scope values a call is charged to, as its task would have them.
+
+        For a call outside a task: the policy's attribution, the ambient
+        ``attribute()`` context and the request's own (LiteLLM ``metadata``).
+        The cache partitions by these, so a tenant named only in
+        ``metadata`` never reads another tenant's answers.
         """
-        task = request.task or _CURRENT.get()
-        if task is not None and (
-            request.task is not None or task.owner in (None, self)
-        ):
-            return task.policy, dict(task.scope_values)
-        attribution = self.policy.attribution
-        ambient = current_attribution()
-        if ambient is not None:
-            attribution = attribution.merged(ambient)
-        if request.attribution:
-            attribution = attribution.merged(Attribution(**request.attribution))
-        return self.policy, dict(attribution.scope_values())
+        task = self._joined_task(request)
+        if task is not None:
+            return dict(task.scope_values)
+        given = request.attribution
+        own = Attribution(**given) if given else None
+        return _attribution(self.policy.attribution, own).scope_values()
 
     def _warn_orphan_call(self) -> None:
         """A call outside any task while tasks are open: likely a worker thread."""
@@ -1081,6 +1077,14 @@ def _check_request(request: CallRequest) -> None:
         )
     if not isinstance(request.choices, int) or request.choices < 1:
         raise ConfigError(f"n must be a positive whole number, got {request.choices!r}")
+
+
+def _attribution(base: Attribution, *given: Attribution | None) -> Attribution:
+    """A task's attribution: the policy's, the ambient context's, then ``given``."""
+    for part in (current_attribution(), *given):
+        if part is not None:
+            base = base.merged(part)
+    return base
 
 
 def _hold_usage(admission: Admission) -> Usage:

@@ -15,7 +15,7 @@ from governor import (
     Policy,
     SlotUnavailable,
 )
-from governor._calls import CallRequest, CallResult
+from governor._calls import Admission, CallRequest, CallResult
 from governor.pricing import Usage
 from governor.stores._redis import RedisLedger
 
@@ -49,14 +49,19 @@ def gov() -> Iterator[Governor]:
     governor.close()
 
 
-def test_a_long_call_keeps_its_hold_past_the_lease(gov: Governor) -> None:
-    """Without renewal the first hold expires and a second call gets its room."""
-    policy = one_hold_budget(gov)
+def assert_long_call_keeps_its_room(gov: Governor, policy: Policy) -> Admission:
+    """Run one call past its lease; a second call must still find no room."""
     with gov.task(policy=policy, team="search"):
         long_call = gov.begin_call(request())
         time.sleep(CALL_S)
     with gov.task(policy=policy, team="search"), pytest.raises(BudgetExceeded):
         gov.begin_call(request())
+    return long_call
+
+
+def test_a_long_call_keeps_its_hold_past_the_lease(gov: Governor) -> None:
+    """Without renewal the first hold expires and a second call gets its room."""
+    long_call = assert_long_call_keeps_its_room(gov, one_hold_budget(gov))
     gov.end_call(long_call, CallResult(usage=Usage(prompt_tokens=10)))
 
 
@@ -94,11 +99,6 @@ def test_a_short_lease_added_while_the_keeper_sleeps_is_renewed_in_time() -> Non
     gov = Governor(Policy(hold_ttl_s=600))
     with gov.task():
         slow = gov.begin_call(request())  # the keeper now sleeps ~200 s
-    policy = one_hold_budget(gov)
-    with gov.task(policy=policy, team="search"):
-        long_call = gov.begin_call(request())
-        time.sleep(CALL_S)
-    with gov.task(policy=policy, team="search"), pytest.raises(BudgetExceeded):
-        gov.begin_call(request())
+    long_call = assert_long_call_keeps_its_room(gov, one_hold_budget(gov))
     gov.end_call(long_call, CallResult())
     gov.end_call(slow, CallResult())

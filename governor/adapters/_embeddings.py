@@ -7,7 +7,7 @@ prompt tokens. Inputs given as token ids are counted exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from governor._calls import EMBEDDINGS, CallRequest, CallResult
@@ -15,17 +15,7 @@ from governor._errors import ConfigError
 from governor.adapters._tokens import count_text_tokens
 from governor.pricing import Usage
 
-__all__ = ["embedding_request", "embedding_result", "named_embedding_args"]
-
-
-def named_embedding_args(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``embedding(model, input, ...)`` arguments as keywords."""
-    named = dict(kwargs)
-    for name, value in zip(("model", "input"), args, strict=False):
-        named[name] = value
-    if "model" not in named or "input" not in named:
-        raise TypeError("embedding() needs model= and input=")
-    return named
+__all__ = ["embedding_request", "embedding_result"]
 
 
 def embedding_request(
@@ -52,22 +42,15 @@ def embedding_request(
     )
 
 
-def embedding_result(
-    request: CallRequest, response: Any, count: Callable[[], int] | None = None
-) -> CallResult:
+def embedding_result(request: CallRequest, response: Any) -> CallResult:
     """What an embedding call used: the provider's prompt tokens, else counted."""
-    usage = getattr(response, "usage", None)
-    tokens = _reported_tokens(usage)
-    if tokens is not None:
-        reported = Usage(prompt_tokens=tokens)
-        return CallResult(usage=reported, response_model=_model(response))
-    if request.prompt_tokens is not None:
-        counted = request.prompt_tokens
-    else:
-        counter = count or request.count_prompt_tokens
-        counted = counter() if counter is not None else 0
-    estimate = Usage(prompt_tokens=counted, estimated=True)
-    return CallResult(usage=estimate, response_model=_model(response))
+    tokens = _reported_tokens(getattr(response, "usage", None))
+    estimated = tokens is None
+    if tokens is None:
+        counter = request.count_prompt_tokens
+        tokens = request.prompt_tokens or (counter() if counter else 0)
+    usage = Usage(prompt_tokens=tokens, estimated=estimated)
+    return CallResult(usage=usage, response_model=_model(response))
 
 
 def _inputs(value: Any) -> tuple[list[str], int]:

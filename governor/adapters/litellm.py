@@ -40,7 +40,6 @@ from governor._task import current_task
 from governor.adapters._embeddings import (
     embedding_request,
     embedding_result,
-    named_embedding_args,
 )
 from governor.adapters._tokens import (
     count_message_tokens,
@@ -105,19 +104,19 @@ class GovernedLiteLLM:
         """Governed ``litellm.completion``; same arguments, same return value."""
         if _INSIDE.get():
             return self._completion(*args, **kwargs)
-        return self._complete(_named(args, kwargs))[0]
+        return self._complete(_named(args, kwargs, "messages"))[0]
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _INSIDE.get():
             return await self._acompletion(*args, **kwargs)
-        return (await self._acomplete(_named(args, kwargs)))[0]
+        return (await self._acomplete(_named(args, kwargs, "messages")))[0]
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
         if _INSIDE.get():
             return self._embedding(*args, **kwargs)
-        kwargs = named_embedding_args(args, kwargs)
+        kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
         token = _INSIDE.set(True)
@@ -135,7 +134,7 @@ class GovernedLiteLLM:
         """Governed ``litellm.aembedding``; same arguments, same return value."""
         if _INSIDE.get():
             return await self._aembedding(*args, **kwargs)
-        kwargs = named_embedding_args(args, kwargs)
+        kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
         token = _INSIDE.set(True)
@@ -337,8 +336,7 @@ class GovernedLiteLLM:
         self, kwargs: Mapping[str, Any], request: CallRequest
     ) -> tuple[Any, Any]:
         """:meth:`_lookup` off the event loop: embedding and Redis block."""
-        policy, _ = self.governor.scope_values_for(request)
-        if policy.cache is None:
+        if self.governor.policy_for(request).cache is None:
             return None, None
         return await asyncio.to_thread(self._lookup, kwargs, request)
 
@@ -350,7 +348,7 @@ class GovernedLiteLLM:
         The partition is the attribution the call is charged to, so a tenant
         given only in ``metadata=`` is kept apart like one given by a task.
         """
-        policy, scopes = self.governor.scope_values_for(request)
+        policy = self.governor.policy_for(request)
         named = policy.cache.verifier if policy.cache else None
         verifier = self._model_verifier(named) if isinstance(named, str) else None
         cache = self.governor.cache_for(
@@ -363,7 +361,7 @@ class GovernedLiteLLM:
             model=str(kwargs["model"]),
             messages=kwargs["messages"],
             params=params,
-            partition=scopes,
+            partition=self.governor.scope_values_for(request),
         )
         return cache, lookup
 
@@ -510,12 +508,14 @@ def active_instrumentation() -> Instrumentation | None:
 _PROMPT_PARTS = ("tools", "functions", "response_format")
 
 
-def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _named(args: Sequence[Any], kwargs: dict[str, Any], second: str) -> dict[str, Any]:
+    """LiteLLM's ``(model, <second>, ...)`` positional arguments as keywords."""
     named = dict(kwargs)
-    for name, value in zip(("model", "messages"), args, strict=False):
+    for name, value in zip(("model", second), args, strict=False):
         named[name] = value
-    if "model" not in named or "messages" not in named:
-        raise TypeError("completion() needs model= and messages=")
+    if "model" not in named or second not in named:
+        call = "completion" if second == "messages" else "embedding"
+        raise TypeError(f"{call}() needs model= and {second}=")
     return named
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal, Self
+from typing import Literal, Self, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -23,17 +23,7 @@ AlertScope = Literal[
     "session",
     "org",
 ]
-ALERT_SCOPES: tuple[str, ...] = (
-    "all",
-    "team",
-    "feature",
-    "environment",
-    "model",
-    "provider",
-    "user",
-    "session",
-    "org",
-)
+ALERT_SCOPES: tuple[str, ...] = get_args(AlertScope)
 
 
 class Anomalies(PolicyModel):

@@ -374,12 +374,12 @@ def _stem(word: str) -> str:
 
 
 def _retensed(a: _Facts, b: _Facts) -> bool:
-    """True when the only words changed are a present and a past form."""
+    """True when the only words changed are a present and its past form."""
     only_a, only_b = a.words - b.words, b.words - a.words
-    if not only_a or not only_b or not (only_a | only_b) <= _TENSE_WORDS:
+    if not (only_a | only_b) <= _TENSE_WORDS:
         return False
     return any(
-        _TENSES.get(w) in only_b or _TENSES.get(w) in only_a for w in only_a | only_b
+        _TENSES.get(x) == y or _TENSES.get(y) == x for x in only_a for y in only_b
     )
 
 
