@@ -523,12 +523,7 @@ class Governor:
         """Settle a call at its actual cost; return that cost in dollars."""
         if admission.settled:
             return Decimal(0)
-        self._leases.discard(admission)
-        try:
-            nanos, usage, cost_source = self._price(admission, result)
-        except BaseException:
-            self._settle_at_hold(admission, result)
-            raise
+        nanos, usage, cost_source = self._price_or_hold(admission, result)
         try:
             self.ledger.settle(
                 admission.call_id, admission.keys, nanos, usage.total_tokens
@@ -536,6 +531,17 @@ class Governor:
         finally:
             release_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
+
+    def _price_or_hold(
+        self, admission: Admission, result: CallResult
+    ) -> tuple[int, Usage, str]:
+        """Price a finished call; one that cannot be priced is charged its hold."""
+        self._leases.discard(admission)
+        try:
+            return self._price(admission, result)
+        except BaseException:
+            self._settle_at_hold(admission, result)
+            raise
 
     def _settle_at_hold(self, admission: Admission, result: CallResult) -> None:
         """A call that cannot be priced is charged its hold, the worst case.
@@ -557,12 +563,7 @@ class Governor:
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
             return self.end_call(admission, result)
-        self._leases.discard(admission)
-        try:
-            nanos, usage, cost_source = self._price(admission, result)
-        except BaseException:
-            self._settle_at_hold(admission, result)
-            raise
+        nanos, usage, cost_source = self._price_or_hold(admission, result)
         try:
             await ledger.asettle(
                 admission.call_id, admission.keys, nanos, usage.total_tokens

@@ -9,6 +9,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("GOVERNOR_OFFLINE_SPEED", "0")
 
 from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -49,3 +51,27 @@ def capture() -> Iterator[SpanCapture]:
     capture = SpanCapture()
     yield capture
     capture.provider.shutdown()
+
+
+# litellm's non-stream mock always reports 10 prompt and 20 completion tokens;
+# this is their cost at gpt-4o-mini's prices.
+MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
+
+
+class CountingLiteLLM:
+    """Real litellm.completion, counting how many requests were sent."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def completion(self, **kwargs: Any) -> Any:
+        import litellm
+
+        self.sent += 1
+        return litellm.completion(**kwargs)
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        import litellm
+
+        self.sent += 1
+        return await litellm.acompletion(**kwargs)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 from typing import Any
 
-import litellm
-
-from conftest import SpanCapture
+from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import Budget, Cache, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.telemetry import attributes as attr
@@ -17,22 +14,6 @@ QUESTION = [
     {"role": "user", "content": "What is the boiling point of water at sea level?"}
 ]
 POLICY = Policy(cache=Cache(embedder="hashing"), budgets=[Budget(max_usd=1)])
-MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
-
-
-class Counting:
-    """Real litellm calls, counted."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def completion(self, **kwargs: Any) -> Any:
-        self.sent += 1
-        return litellm.completion(**kwargs)
-
-    async def acompletion(self, **kwargs: Any) -> Any:
-        self.sent += 1
-        return await litellm.acompletion(**kwargs)
 
 
 def ask(llm: GovernedLiteLLM, **extra: Any) -> Any:
@@ -47,7 +28,7 @@ def ask(llm: GovernedLiteLLM, **extra: Any) -> Any:
 
 def test_repeat_is_served_from_cache_at_zero_cost(capture: SpanCapture) -> None:
     """The second identical request is not sent and costs nothing."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY, tracer_provider=capture.provider)
     llm = GovernedLiteLLM(gov, completion=counter.completion)
     with gov.task() as task:
@@ -79,7 +60,7 @@ def test_hits_do_not_charge_the_budget() -> None:
 
 def test_streaming_request_gets_the_cached_answer_as_a_stream() -> None:
     """A streamed repeat is replayed as chunks that rebuild the answer."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY)
     llm = GovernedLiteLLM(gov, completion=counter.completion)
     with gov.task():
@@ -92,7 +73,7 @@ def test_streaming_request_gets_the_cached_answer_as_a_stream() -> None:
 
 def test_a_streamed_answer_read_to_its_end_is_cached_and_a_cut_one_is_not() -> None:
     """A whole streamed answer serves the next request; a partial one never does."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY)
     llm = GovernedLiteLLM(gov, completion=counter.completion)
     with gov.task():
@@ -109,7 +90,7 @@ def test_a_streamed_answer_read_to_its_end_is_cached_and_a_cut_one_is_not() -> N
 
 def test_opted_out_request_is_sent() -> None:
     """cache={'no-cache': True} skips the lookup."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY)
     llm = GovernedLiteLLM(gov, completion=counter.completion)
     with gov.task():
@@ -120,7 +101,7 @@ def test_opted_out_request_is_sent() -> None:
 
 def test_other_team_does_not_hit() -> None:
     """An answer cached for one team is not served to another."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY)
     llm = GovernedLiteLLM(gov, completion=counter.completion)
     with gov.task(team="a"):
@@ -132,7 +113,7 @@ def test_other_team_does_not_hit() -> None:
 
 def test_async_repeat_is_served() -> None:
     """acompletion serves repeats from cache too."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     gov = Governor(POLICY)
     llm = GovernedLiteLLM(gov, acompletion=counter.acompletion)
 
@@ -225,7 +206,7 @@ def test_async_lookup_and_store_run_off_the_event_loop() -> None:
 
 def test_tenants_named_in_litellm_metadata_do_not_share_answers() -> None:
     """Outside a task, metadata={'team': ...} partitions the cache, as it bills."""
-    counter = Counting()
+    counter = CountingLiteLLM()
     policy = Policy(cache=Cache(embedder="hashing", partition_by=("team", "user")))
     llm = GovernedLiteLLM(Governor(policy), completion=counter.completion)
     for team, user in (("acme", "alice"), ("globex", "mallory"), ("acme", "alice")):
@@ -237,7 +218,7 @@ def test_an_ambient_attribution_partitions_the_cache() -> None:
     """attribute(team=...) around a call outside a task keeps teams apart."""
     from governor import attribute
 
-    counter = Counting()
+    counter = CountingLiteLLM()
     llm = GovernedLiteLLM(Governor(POLICY), completion=counter.completion)
     for team in ("acme", "globex", "acme"):
         with attribute(team=team):

@@ -9,7 +9,7 @@ from typing import Any
 import litellm
 import pytest
 
-from conftest import SpanCapture
+from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import (
     Budget,
     BudgetExceeded,
@@ -23,23 +23,6 @@ from governor.adapters.litellm import GovernedLiteLLM
 from governor.telemetry import attributes as attr
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-# litellm's non-stream mock always reports 10 prompt and 20 completion tokens.
-MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
-
-
-class CountingLiteLLM:
-    """Real litellm.completion, counting how many requests were sent."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def completion(self, **kwargs: Any) -> Any:
-        self.sent += 1
-        return litellm.completion(**kwargs)
-
-    async def acompletion(self, **kwargs: Any) -> Any:
-        self.sent += 1
-        return await litellm.acompletion(**kwargs)
 
 
 def governed(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
-from conftest import SpanCapture
+from conftest import MOCK_COST, SpanCapture
 from governor import Budget, BudgetExceeded, Governor, Policy, StoreUnavailable
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.stores import FailoverLedger, RedisConfig, RedisLedger
 
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
-MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
 
 
 def call(gov: Governor) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from conftest import MOCK_COST
 from governor import Budget, BudgetExceeded, Governor, Policy, ScopeBlocked
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.anomaly import Anomalies, AnomalyMonitor
@@ -16,7 +17,6 @@ from governor.spend import SpendRecord
 from governor.telemetry import configure_metrics
 
 MESSAGES = [{"role": "user", "content": "Summarise the meeting notes."}]
-MOCK_COST = Decimal(10) * Decimal("0.15e-6") + Decimal(20) * Decimal("0.6e-6")
 
 
 def call(gov: Governor) -> None:
