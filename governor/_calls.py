@@ -74,6 +74,9 @@ class CallRequest:
         choices: how many answers the request asks for (``n``); each may use
             the whole output ceiling.
         node: the graph node making the call.
+        provider: the provider the caller named apart from the model (LiteLLM's
+            ``custom_llm_provider``); the call is priced as ``provider/model``,
+            so an override keyed that way applies.
     """
 
     model: str
@@ -91,6 +94,15 @@ class CallRequest:
     step: int | None = None
     node: str | None = None
     choices: int = 1
+    provider: str | None = None
+
+    @property
+    def priced_model(self) -> str:
+        """The name the call is priced under: the model, with its provider."""
+        provider = self.provider
+        if not provider or self.model.startswith(provider + "/"):
+            return self.model
+        return f"{provider}/{self.model}"
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)

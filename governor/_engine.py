@@ -582,7 +582,7 @@ class Governor:
             step = request.step if request.step is not None else task.calls + 1
             if request.operation != EMBEDDINGS:
                 loop_watch(task, self.telemetry).before_call(request.messages, step)
-            rate = self._task_rates(task).rate(request.model)
+            rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
             if owns:

@@ -297,3 +297,33 @@ def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_hold() -> None
     assert report.input_tokens >= count_prompt()
     assert report.output_tokens == 50
     assert report.cost_usd == price(report.input_tokens, 50)
+
+
+@pytest.mark.parametrize(
+    ("key", "provider"),
+    [
+        ("openai/gpt-4o-mini", "openai"),
+        ("gpt-4o-mini", "openai"),
+        ("x/gpt-4o-mini", "x"),
+    ],
+)
+def test_custom_llm_provider_is_part_of_the_priced_name(
+    key: str, provider: str
+) -> None:
+    """An override keyed provider/model prices a call naming the provider apart."""
+    from governor.policies import Price, Pricing
+
+    pricing = Pricing(
+        overrides={key: Price(input_usd_per_mtok="1", output_usd_per_mtok="2")}
+    )
+    gov = Governor(Policy(pricing=pricing))
+    with gov.task() as task:
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mini",
+            custom_llm_provider=provider,
+            messages=MESSAGES,
+            mock_response="x",
+            max_tokens=20,
+        )
+    # litellm's mock reports 10 prompt and 20 completion tokens.
+    assert task.report().cost_usd == Decimal("10e-6") + Decimal("40e-6")

@@ -39,7 +39,14 @@ def embedding_request(
         prompt_tokens=token_ids if not texts else None,
         parent_span=parent_span,
         attribution=attribution,
+        provider=named_provider(kwargs),
     )
+
+
+def named_provider(kwargs: Mapping[str, Any]) -> str | None:
+    """LiteLLM's ``custom_llm_provider``, when the call names one."""
+    provider = kwargs.get("custom_llm_provider")
+    return str(provider) if provider else None
 
 
 def embedding_result(request: CallRequest, response: Any) -> CallResult:

@@ -40,6 +40,7 @@ from governor._task import current_task
 from governor.adapters._embeddings import (
     embedding_request,
     embedding_result,
+    named_provider,
 )
 from governor.adapters._tokens import (
     count_message_tokens,
@@ -540,6 +541,7 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
         choices=kwargs.get("n") or 1,
+        provider=named_provider(kwargs),
     )
 
 
