@@ -83,7 +83,13 @@ def current_task() -> Task | None:
 
 @dataclass(frozen=True, slots=True)
 class TaskReport:
-    """What one task did and spent, as reported at its end (or so far)."""
+    """What one task did and spent, as reported at its end (or so far).
+
+    ``stop_reason`` is None for a task that is running or completed; a task
+    the governor stopped holds the code of the error that stopped it
+    (``"budget_exceeded"``, ``"loop_detected"``, ...). Spans and the demo show
+    None as ``"completed"``.
+    """
 
     task_id: str
     policy: str

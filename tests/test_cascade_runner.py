@@ -456,3 +456,16 @@ def test_retry_after_http_date_is_read_against_now() -> None:
     """An HTTP-date Retry-After gives the seconds from now until then."""
     error = ProviderError(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
     assert retry_after_s(error, now=lambda: 1445412480.0) == 10.0
+
+
+def test_an_error_on_the_last_tier_does_not_claim_a_fallback() -> None:
+    """Only an error with a tier after it says 'falling back'."""
+    errors = {
+        model: [ContentPolicyViolationError("flagged")]
+        for model in ("m-cheap", "m-mid", "m-top")
+    }
+    call, _ = scripted(errors)
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy()).run("q", call=call)
+    reasons = [a.reason.rsplit("; ", 1)[-1] for a in caught.value.attempts]
+    assert reasons == ["falling back", "falling back", "no tier left"]

@@ -446,7 +446,12 @@ class CascadeRunner:
         wait: float | None,
         started: int,
     ) -> None:
-        then = "retrying" if wait is not None else "falling back"
+        if wait is not None:
+            then = "retrying"
+        elif tier is run.tiers[-1]:
+            then = "no tier left"
+        else:
+            then = "falling back"
         reason = f"{kind}: {type(exc).__name__}: {_first_line(exc)}; {then}"
         asked = retry_after_s(exc) if kind == "rate_limit" else None
         if asked is not None:
