@@ -452,3 +452,12 @@ def test_an_unwritable_png_path_is_named(
     path = tmp_path / "missing" / "r.png"
     code, _, err = run(capsys, "--db", db, "--png", str(path))
     assert (code, f"cannot write --png {path}: No such file" in err) == (1, True)
+
+
+def test_an_empty_filter_value_keeps_the_unset_calls(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--filter org= keeps the calls with no org (calls 2, 5 and 8)."""
+    args = ["--db", db, "--format", "json", "--by", "org", "--filter", "org="]
+    code, out, _ = run(capsys, *args)
+    assert (code, org_groups(out)) == (0, [(None, 3, "0.018")])

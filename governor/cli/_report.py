@@ -64,7 +64,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="keep only calls with this task_id, call_id, model, provider, "
-        "outcome, team, feature, environment, user, session, org or tag.NAME",
+        "outcome, team, feature, environment, user, session, org or tag.NAME; "
+        "an empty VALUE (team=) keeps the calls where KEY is unset",
     )
     parser.add_argument(
         "--top",
@@ -214,7 +215,8 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--filter takes KEY=VALUE, got {pair!r}")
-        out[key] = value
+        # Attribution values are never empty, so "team=" can only mean unset.
+        out[key] = value or None
     return out
 
 
