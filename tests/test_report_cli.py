@@ -461,3 +461,23 @@ def test_an_empty_filter_value_keeps_the_unset_calls(
     args = ["--db", db, "--format", "json", "--by", "org", "--filter", "org="]
     code, out, _ = run(capsys, *args)
     assert (code, org_groups(out)) == (0, [(None, 3, "0.018")])
+
+
+def test_an_empty_filter_value_keeps_blank_values_too(
+    unset_teams: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--filter team= keeps None, "" and blank teams, the report's unset row."""
+    args = ["--db", unset_teams, "--format", "json", "--by", "team"]
+    _, out, _ = run(capsys, *args, "--filter", "team=")
+    total = json.loads(out)["total"]
+    assert (total["calls"], total["cost_usd"]) == (3, "0.006")
+
+
+def test_html_tells_the_unset_row_from_a_team_named_none(
+    unset_teams: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chart labels read (none) for unset and "(none)" for the name."""
+    page = tmp_path / "report.html"
+    run(capsys, "--db", unset_teams, "--by", "team", "--html", str(page))
+    html = page.read_text()
+    assert (html.count(">(none)<"), html.count(">&quot;(none)&quot;<")) == (1, 1)

@@ -247,7 +247,9 @@ def render_table(summary: SpendSummary, label: str, top: int) -> str:
         if by == "hour":
             continue
         title = f"Top {top} tasks" if by == "task" else f"By {by}"
-        rows = [[_table_key(g), *_cells(g, summary)] for g in _rows(summary, by, top)]
+        rows = [
+            [printable(g.label), *_cells(g, summary)] for g in _rows(summary, by, top)
+        ]
         blocks.append(title + "\n" + _align([by, *_COLUMNS], rows))
     return "\n\n".join(blocks)
 
@@ -263,21 +265,6 @@ def _headline(summary: SpendSummary, label: str) -> str:
         f"{summary.last_ts:%Y-%m-%d %H:%M} UTC, {calls}, "
         f"${total.cost_usd:.6f} (saved ${total.saved_usd:.6f})"
     )
-
-
-def _table_key(group: Group) -> str:
-    """A row's key as the table shows it; no value can read as the unset row.
-
-    The unset row reads ``(none)``. A value that would read the same, or that
-    starts with a double quote, is shown quoted as JSON writes it: ``"(none)"``.
-    """
-    from governor.spend._aggregate import NONE_KEY
-
-    if group.unset:
-        return NONE_KEY
-    if group.key == NONE_KEY or group.key.startswith('"'):
-        return printable(json.dumps(group.key, ensure_ascii=False))
-    return printable(group.key)
 
 
 def _align(header: list[str], rows: list[list[str]]) -> str:

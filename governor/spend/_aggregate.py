@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +83,19 @@ class Group:
     key: str
     totals: Totals
     unset: bool = False
+
+    @property
+    def label(self) -> str:
+        """The key as tables and charts show it: never read as the unset row.
+
+        The unset row reads ``(none)``; a value that would read the same, or
+        that starts with a double quote, is quoted as JSON writes it.
+        """
+        if self.unset:
+            return NONE_KEY
+        if self.key == NONE_KEY or self.key.startswith('"'):
+            return json.dumps(self.key, ensure_ascii=False)
+        return self.key
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,7 @@ def bars_horizontal(title: str, rows: Sequence[Group]) -> Chart:
         y = top + i * row_h
         cost = group.totals.cost_usd
         length = float(cost / peak) * span if peak > 0 else 0.0
-        items.append(Text(left - 8, y + 14, _short(group.key), anchor="end"))
+        items.append(Text(left - 8, y + 14, _short(group.label), anchor="end"))
         items.append(Box(left, y + 3, max(length, 1.0), row_h - 6))
         items.append(Text(left + length + 6, y + 14, format_usd(cost)))
     return Chart(title, WIDTH, top + len(rows) * row_h + 12, tuple(items))

@@ -262,8 +262,8 @@ class SQLiteSpendStore:
             if key.startswith(TAG_PREFIX):
                 continue
             # Column names come from FILTER_FIELDS (checked), never from input.
-            if value is None:
-                clauses.append(f'"{key}" IS NULL')
+            if value is None:  # unset, as a report groups it: null or blank
+                clauses.append(f'("{key}" IS NULL OR trim("{key}") = \'\')')
             else:
                 clauses.append(f'"{key}" = ?')
                 params.append(value)

@@ -77,13 +77,20 @@ def check_filters(filters: Filters | None) -> dict[str, str | None]:
 
 
 def matches(rec: SpendRecord, filters: Mapping[str, str | None]) -> bool:
-    """Whether a record passes every filter (keys already checked)."""
+    """Whether a record passes every filter (keys already checked).
+
+    A None filter keeps the records where the field is unset the way a report
+    groups it: None, empty or blank.
+    """
     for key, wanted in filters.items():
         if key.startswith(TAG_PREFIX):
             actual = rec.tags.get(key[len(TAG_PREFIX) :])
         else:
             actual = getattr(rec, key)
-        if actual != wanted:
+        if wanted is None:
+            if actual is not None and actual.strip():
+                return False
+        elif actual != wanted:
             return False
     return True
 
