@@ -224,3 +224,27 @@ def test_an_ambient_attribution_partitions_the_cache() -> None:
         with attribute(team=team):
             ask(llm)
     assert counter.sent == 2
+
+
+def test_a_hit_names_the_model_that_answered_not_the_alias(
+    capture: SpanCapture,
+) -> None:
+    """The hit's span and response carry the provider's model, as the miss did."""
+    import litellm
+
+    def dated(**kwargs: Any) -> Any:
+        response = litellm.completion(**kwargs)
+        response.model = "gpt-4o-mini-2024-07-18"
+        return response
+
+    gov = Governor(POLICY, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov, completion=dated)
+    with gov.task():
+        ask(llm)
+        served = ask(llm)
+    hit_span = capture.calls()[1]
+    assert hit_span.attributes[attr.CACHE_HIT] is True
+    assert (served.model, hit_span.attributes[attr.GEN_AI_RESPONSE_MODEL]) == (
+        "gpt-4o-mini-2024-07-18",
+        "gpt-4o-mini-2024-07-18",
+    )

@@ -418,7 +418,7 @@ class _Saver:
         self.cache.store(
             self.lookup,
             message=message,
-            model=self.model,
+            model=result.response_model or self.model,
             cost_usd=cost,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
