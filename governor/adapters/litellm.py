@@ -44,8 +44,9 @@ from governor.adapters._embeddings import (
 )
 from governor.adapters._tokens import (
     count_message_tokens,
-    count_text_tokens,
     interrupted_after_sending,
+    read_usage,
+    settled_usage,
 )
 from governor.policies import Attribution
 from governor.pricing import (
@@ -299,7 +300,11 @@ class GovernedLiteLLM:
         saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
             return _SyncStream(self.governor, admission, response, saver), Decimal(0)
-        result = _result(response)
+        try:
+            result = _result(response, request)
+        except Exception as exc:  # answered, but unreadable: charge the hold
+            _charged(exc, self.governor.end_call(admission, _unread(exc)))
+            raise
         cost = self.governor.end_call(admission, result)
         if cache is not None:
             saver.save(result, cost, _message(response))
@@ -327,7 +332,11 @@ class GovernedLiteLLM:
         if kwargs.get("stream"):
             stream = _AsyncStream(self.governor, admission, response, saver)
             return stream, Decimal(0)
-        result = _result(response)
+        try:
+            result = _result(response, request)
+        except Exception as exc:  # answered, but unreadable: charge the hold
+            _charged(exc, await self.governor.aend_call(admission, _unread(exc)))
+            raise
         cost = await self.governor.aend_call(admission, result)
         if cache is not None:
             await asyncio.to_thread(saver.save, result, cost, _message(response))
@@ -610,9 +619,16 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
         kwargs["stream_options"] = options
 
 
-def _result(response: Any) -> CallResult:
+def _result(response: Any, request: CallRequest) -> CallResult:
     usage_obj = getattr(response, "usage", None)
-    usage = usage_from_response(usage_obj) if usage_obj is not None else None
+    reported = read_usage(
+        lambda: usage_from_response(usage_obj) if usage_obj is not None else None,
+        request.model,
+    )
+    text = _first_text(response)
+    usage = settled_usage(
+        reported, model=request.model, messages=request.messages, text=text
+    )
     reasons = tuple(
         str(reason)
         for choice in getattr(response, "choices", None) or ()
@@ -622,7 +638,7 @@ def _result(response: Any) -> CallResult:
         usage=usage,
         response_model=getattr(response, "model", None),
         finish_reasons=reasons,
-        output_text=_first_text(response),
+        output_text=text,
     )
 
 
@@ -809,7 +825,13 @@ class _StreamSettler:
         if not self.chunks and self.error is not None:
             return _failed(self.admission.request, self.error)
         text = "".join(_delta_text(c) for c in self.chunks)
-        usage = usage_from_stream_chunks(self.chunks) or self._counted(text)
+        request = self.admission.request
+        reported = read_usage(
+            lambda: usage_from_stream_chunks(self.chunks), request.model
+        )
+        usage = settled_usage(
+            reported, model=request.model, messages=request.messages, text=text
+        )
         model = next(
             (
                 getattr(c, "model", None)
@@ -825,20 +847,16 @@ class _StreamSettler:
             output_text=text or None,
         )
 
-    def _counted(self, text: str) -> Usage:
-        """No usage arrived: count both sides locally and say it is estimated."""
-        request = self.admission.request
-        return Usage(
-            prompt_tokens=count_message_tokens(request.model, request.messages),
-            completion_tokens=count_text_tokens(request.model, text),
-            estimated=True,
-        )
-
 
 def _charged(error: BaseException, cost: Decimal) -> None:
     """Note a failed call's charge on its exception (for cascade accounting)."""
     with contextlib.suppress(AttributeError):  # a type that takes no attributes
         setattr(error, CHARGED_ATTRIBUTE, cost)
+
+
+def _unread(error: BaseException) -> CallResult:
+    """An answer that came back but could not be read: it may be billed in full."""
+    return CallResult(error=error, charge_hold=True)
 
 
 def _failed(request: CallRequest, error: BaseException) -> CallResult:

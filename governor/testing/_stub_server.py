@@ -65,6 +65,10 @@ class StubBehaviour:
             requests for this model fail and later ones succeed; ``None``
             fails every request.
         delay_s: seconds to wait before answering.
+        usage: the ``usage`` object to report instead of the counts above,
+            sent as given (to test providers that report partial, zero or
+            malformed usage); an empty mapping leaves ``usage`` out, as some
+            OpenAI-compatible servers do.
     """
 
     answer: str = "stub answer"
@@ -74,6 +78,7 @@ class StubBehaviour:
     retry_after_s: float | None = None
     fail_times: int | None = None
     delay_s: float = 0.0
+    usage: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in {s.value for s in HTTPStatus}:
@@ -295,7 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
 
-def _usage(body: Mapping[str, Any], behaviour: StubBehaviour) -> dict[str, int]:
+def _usage(body: Mapping[str, Any], behaviour: StubBehaviour) -> dict[str, Any]:
+    if behaviour.usage is not None:
+        return dict(behaviour.usage)
     prompt = behaviour.prompt_tokens
     if prompt is None:
         messages = body.get("messages") or []
@@ -321,11 +328,14 @@ def _envelope(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 def _completion(body: Mapping[str, Any], behaviour: StubBehaviour) -> dict[str, Any]:
     message = {"role": "assistant", "content": behaviour.answer}
-    return {
+    answer = {
         **_envelope(body, "chat.completion"),
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": _usage(body, behaviour),
     }
+    usage = _usage(body, behaviour)
+    if usage:
+        answer["usage"] = usage
+    return answer
 
 
 def _stream_events(body: Mapping[str, Any], behaviour: StubBehaviour) -> Iterator[str]:
@@ -336,7 +346,7 @@ def _stream_events(body: Mapping[str, Any], behaviour: StubBehaviour) -> Iterato
     """
     base = _envelope(body, "chat.completion.chunk")
     options = body.get("stream_options") or {}
-    with_usage = bool(options.get("include_usage"))
+    with_usage = bool(options.get("include_usage")) and behaviour.usage != {}
     pieces = re.findall(r"\s*\S+\s*", behaviour.answer) or [behaviour.answer]
     deltas: list[tuple[dict[str, Any], str | None]] = [
         ({"role": "assistant", "content": p} if i == 0 else {"content": p}, None)
