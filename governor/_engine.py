@@ -126,6 +126,7 @@ class Governor:
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
         self._warned_streams = False
+        self._warned_clash = False
         self._spend_closed = False
         self._warned_closed = False
         self.telemetry = Telemetry(tracer_provider, meter_provider)
@@ -212,15 +213,23 @@ class Governor:
             {attr.GEN_AI_REQUEST_MODEL: request.model}, saved / NANOS_PER_USD
         )
         if self._recording():
-            self._record_hit(task, request, hit)
+            named = None if owns else self._named_by_call(task, request)
+            self._record_hit(task, request, hit, named)
         if owns:
             self._close_owned(task)
 
-    def _record_hit(self, task: Task, request: CallRequest, hit: Any) -> None:
+    def _record_hit(
+        self,
+        task: Task,
+        request: CallRequest,
+        hit: Any,
+        attribution: Attribution | None,
+    ) -> None:
         self._submit_record(
             task,
             new_id(),
             request.model,
+            attribution=attribution,
             cache_hit=True,
             saved_usd=hit.saved_usd,
             outcome="cache_hit",
@@ -594,7 +603,10 @@ class Governor:
         if bound is None:
             bound = prompt_byte_bound(request.messages, request.extra_prompt)
         pairs = self._budget_lines(task)
-        return Admission(
+        named = None if owns else self._named_by_call(task, request)
+        if named is not None:
+            pairs = pairs + self._named_lines(task, named, pairs)
+        admission = Admission(
             call_id=new_id(),
             task=task,
             owns_task=owns,
@@ -607,6 +619,51 @@ class Governor:
             budgets=tuple(budget for budget, _ in pairs),
             started_at=time.monotonic(),
         )
+        if named is not None:
+            admission.extras["attribution"] = named
+        return admission
+
+    def _named_by_call(self, task: Task, request: CallRequest) -> Attribution | None:
+        """The task's attribution plus what the call names that the task lacks.
+
+        A call inside a task may name a tenant of its own (LiteLLM
+        ``metadata={"team": ...}``) when the task names none: the call is then
+        charged to that tenant's budgets and records as well as the task's,
+        and its cache partition is the tenant's. Where the two disagree the
+        task wins (it is the explicit context), with a warning logged once.
+        """
+        given = request.attribution
+        if not given:
+            return None
+        values = task.scope_values
+        added = {k: v for k, v in given.items() if k not in values}
+        clashes = sorted(k for k, v in given.items() if values.get(k, v) != v)
+        if clashes and not self._warned_clash:
+            self._warned_clash = True
+            logger.warning(
+                "a call inside task %s names %s in its metadata, which the task "
+                "sets otherwise; the task's values are charged. Open one task per "
+                "tenant, or leave them out of the task to name them per call. "
+                "Logged once.",
+                task.id,
+                ", ".join(f"{k}={given[k]!r}" for k in clashes),
+            )
+        if not added:
+            return None
+        return task.attribution.merged(Attribution(**added))
+
+    def _named_lines(
+        self,
+        task: Task,
+        named: Attribution,
+        pairs: list[tuple[Budget, Line]],
+    ) -> list[tuple[Budget, Line]]:
+        """Budget lines of the scopes a call names beyond its task's."""
+        taken = {line.key for _, line in pairs}
+        moment = datetime.now(UTC)
+        specs = lines_for(task.policy.budgets, named.scope_values(), task.id, moment)
+        extra = [(spec.budget, self._tightened(spec.line())) for spec in specs]
+        return [(budget, line) for budget, line in extra if line.key not in taken]
 
     def rate_card_for(self, policy: Policy) -> RateCard:
         """The prices a task under ``policy`` pays (its pricing override, if any).
@@ -656,7 +713,8 @@ class Governor:
         """
         task = self._joined_task(request)
         if task is not None:
-            return dict(task.scope_values)
+            named = self._named_by_call(task, request)
+            return named.scope_values() if named else dict(task.scope_values)
         given = request.attribution
         own = Attribution(**given) if given else None
         return _attribution(self.policy.attribution, own).scope_values()
@@ -837,6 +895,7 @@ class Governor:
             admission.task,
             admission.call_id,
             admission.request.model,
+            attribution=admission.extras.get("attribution"),
             provider=admission.rate.provider,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
@@ -849,12 +908,17 @@ class Governor:
         )
 
     def _submit_record(
-        self, task: Task, call_id: str, model: str, **fields: Any
+        self,
+        task: Task,
+        call_id: str,
+        model: str,
+        attribution: Attribution | None = None,
+        **fields: Any,
     ) -> None:
         """Queue one spend record with the task's attribution for the writer."""
         from governor.spend import SpendRecord
 
-        attribution = task.attribution
+        attribution = attribution or task.attribution
         try:
             record = SpendRecord(
                 ts=datetime.now(UTC),

@@ -1,0 +1,81 @@
+"""A call inside a task that names a tenant the task does not.
+
+Web middleware often opens one task per request before the tenant is known,
+and the code then names the tenant per call (LiteLLM ``metadata``). Such a
+call is charged to that tenant's budgets and records and reads only that
+tenant's cached answers, as the same call outside a task would be.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import MOCK_COST, CountingLiteLLM
+from governor import Budget, BudgetExceeded, Cache, Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.spend import SQLiteSpendStore
+
+QUESTION = [{"role": "user", "content": "What is the capital of Australia?"}]
+
+
+def ask(llm: GovernedLiteLLM, team: str) -> Any:
+    return llm.completion(
+        model="gpt-4o-mini",
+        messages=QUESTION,
+        mock_response="Canberra.",
+        max_tokens=30,
+        metadata={"team": team},
+    )
+
+
+def test_tenants_named_per_call_inside_tasks_do_not_share_answers() -> None:
+    """acme's answer serves acme again, never globex or initech."""
+    counter = CountingLiteLLM()
+    gov = Governor(Policy(cache=Cache(embedder="hashing")))
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    hits = []
+    for team in ("acme", "globex", "initech", "acme"):
+        with gov.task() as task:
+            ask(llm, team)
+        hits.append(task.report().cache_hits)
+    assert (counter.sent, hits) == (3, [0, 0, 0, 1])
+
+
+def test_a_tenant_named_per_call_is_held_to_its_team_budget() -> None:
+    """A per-team budget refuses the named team's call inside an open task."""
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.000001")])
+    gov = Governor(policy)
+    with gov.task(), pytest.raises(BudgetExceeded) as refused:
+        ask(GovernedLiteLLM(gov), "acme")
+    assert refused.value.scope == "team:acme"
+
+
+def test_the_spend_record_carries_the_tenant_named_per_call(tmp_path: Path) -> None:
+    """The record has the call's team and the task's other values."""
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    with Governor(spend=store) as gov, gov.task("t-1", feature="faq") as task:
+        ask(GovernedLiteLLM(gov), "acme")
+    records = [(r.task_id, r.team, r.feature, r.cost_usd) for r in store.query()]
+    assert records == [("t-1", "acme", "faq", MOCK_COST)]
+    assert task.report().cost_usd == MOCK_COST
+
+
+def test_the_task_wins_a_clash_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task for team search keeps charging search; the clash is logged once."""
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        Governor(spend=store) as gov,
+        gov.task(team="search"),
+    ):
+        ask(GovernedLiteLLM(gov), "acme")
+        ask(GovernedLiteLLM(gov), "acme")
+    warned = [r for r in caplog.records if "team='acme'" in r.getMessage()]
+    assert [r.team for r in store.query()] == ["search", "search"]
+    assert len(warned) == 1
