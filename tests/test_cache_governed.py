@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import Budget, Cache, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
@@ -248,3 +250,16 @@ def test_a_hit_names_the_model_that_answered_not_the_alias(
         "gpt-4o-mini-2024-07-18",
         "gpt-4o-mini-2024-07-18",
     )
+
+
+@pytest.mark.parametrize("policy", [POLICY, Policy()], ids=["cache", "no cache"])
+def test_cache_false_opts_out_and_reaches_litellm_in_its_form(policy: Policy) -> None:
+    """cache=False skips lookup and store; LiteLLM (which takes only a mapping
+    there) gets its own opt-out instead of crashing."""
+    counter = CountingLiteLLM()
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task() as task:
+        for _ in range(2):
+            ask(llm, cache=False)
+    assert (counter.sent, task.report().cache_hits) == (2, 0)

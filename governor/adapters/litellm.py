@@ -610,7 +610,16 @@ def _next_tier(task: Any, model: str) -> str | None:
 
 
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
-    """Send the ceiling the governor reserved for, and ask streams for usage."""
+    """Send the ceiling the governor reserved for, and ask streams for usage.
+
+    ``cache=False`` (the governor's opt-out) is sent in LiteLLM's form, which
+    takes only a mapping there.
+    """
+    flag = kwargs.get("cache")
+    if flag is True:
+        del kwargs["cache"]
+    elif flag is False:
+        kwargs["cache"] = {"no-cache": True, "no-store": True}
     if admission.request.max_output_tokens is None:
         kwargs["max_tokens"] = admission.max_output_tokens
     if kwargs.get("stream"):
