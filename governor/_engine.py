@@ -121,6 +121,8 @@ class Governor:
             )
         self.policy = policy or Policy()
         self.ledger: Ledger = self._wrap(ledger)
+        if self.policy.cache is not None and self.policy.cache.store == "redis":
+            self._redis_bytes_client()  # refuse now, not at the first call
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self._rate_cards: dict[str, RateCard] = {}
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
@@ -143,6 +145,18 @@ class Governor:
 
     # -- cache -----------------------------------------------------------
 
+    def _redis_bytes_client(self) -> Any:
+        """The Redis ledger's server, for a cache with ``store="redis"``."""
+        connections = getattr(getattr(self.ledger, "primary", None), "_conn", None)
+        if connections is None:
+            raise ConfigError(
+                "Cache(store='redis') keeps its entries on the Redis ledger's "
+                "server, and this governor has none: build it with "
+                "Governor(policy, ledger=RedisLedger(url)), or use "
+                "Cache(store='memory')"
+            )
+        return connections.bytes_client()
+
     def cache_for(
         self, policy: Policy, *, verifier: Any = None, embedding: Any = None
     ) -> Any:
@@ -163,15 +177,7 @@ class Governor:
 
             client = None
             if policy.cache.store == "redis":
-                connections = getattr(
-                    getattr(self.ledger, "primary", None), "_conn", None
-                )
-                if connections is None:
-                    raise ConfigError(
-                        "Cache(store='redis') needs a Redis ledger: "
-                        "Governor(ledger=RedisLedger(url))"
-                    )
-                client = connections.bytes_client()
+                client = self._redis_bytes_client()
             made = ResponseCache(
                 policy.cache,
                 redis_client=client,

@@ -263,3 +263,11 @@ def test_cache_false_opts_out_and_reaches_litellm_in_its_form(policy: Policy) ->
         for _ in range(2):
             ask(llm, cache=False)
     assert (counter.sent, task.report().cache_hits) == (2, 0)
+
+
+def test_a_redis_cache_without_a_redis_ledger_is_refused_when_built() -> None:
+    """The governor refuses at construction, saying what to pass instead."""
+    from governor import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ledger=RedisLedger\(url\)"):
+        Governor(Policy(cache=Cache(store="redis")))
