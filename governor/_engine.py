@@ -812,6 +812,7 @@ class Governor:
             task_id=task.id,
             task_spent_usd=task.cost_usd,
             task_spent_tokens=task.tokens,
+            advice=_refusal_advice(admission, refusal.unit),
         )
         self.telemetry.event(
             task.span,
@@ -1023,17 +1024,22 @@ class Governor:
             if balance is None or line.limit_nanos is None:
                 continue
             used = balance.spent_nanos / line.limit_nanos
-            for fraction in budget.warn_at:
-                if used >= fraction and (line.key, fraction) not in self._warned:
-                    self._warned.add((line.key, fraction))
-                    logger.warning(
-                        "budget %s has used %.0f%% of its limit", line.key, used * 100
-                    )
-                    self.telemetry.event(
-                        admission.task.span,
-                        attr.EVENT_WARNING,
-                        {"scope": line.key, "fraction": fraction},
-                    )
+            crossed = [
+                fraction
+                for fraction in budget.warn_at
+                if used >= fraction and (line.key, fraction) not in self._warned
+            ]
+            for fraction in crossed:
+                self._warned.add((line.key, fraction))
+                self.telemetry.event(
+                    admission.task.span,
+                    attr.EVENT_WARNING,
+                    {"scope": line.key, "fraction": fraction},
+                )
+            if crossed:  # one line however many thresholds one call crossed
+                logger.warning(
+                    "budget %s has used %.0f%% of its limit", line.key, used * 100
+                )
 
     # -- spans -----------------------------------------------------------
 
@@ -1156,6 +1162,22 @@ def _attribution(base: Attribution, *given: Attribution | None) -> Attribution:
         if part is not None:
             base = base.merged(part)
     return base
+
+
+def _refusal_advice(admission: Admission, unit: str) -> str | None:
+    """Advice for calls the generic budget advice does not fit, else None."""
+    if admission.request.operation == EMBEDDINGS:
+        return (
+            "Raise the budget's limit, embed fewer or shorter inputs per call, "
+            "or pick a cheaper embedding model."
+        )
+    if unit == "usd" and admission.rate.usd_per_second is not None:
+        return (
+            f"{admission.rate.model!r} is priced per second, so each call holds "
+            f"Policy.max_call_s ({admission.task.policy.max_call_s:g} s) of "
+            "time: raise the budget's limit or lower max_call_s."
+        )
+    return None
 
 
 def _hold_usage(admission: Admission) -> Usage:

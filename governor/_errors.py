@@ -162,6 +162,7 @@ class BudgetExceeded(GovernorHalt):
         task_id: str | None = None,
         task_spent_usd: Decimal = Decimal(0),
         task_spent_tokens: int = 0,
+        advice: str | None = None,
     ) -> None:
         self.scope = scope
         self.unit = unit
@@ -177,7 +178,7 @@ class BudgetExceeded(GovernorHalt):
             f"{decimal_text(left)} left of {decimal_text(self.limit)} "
             f"(spent {decimal_text(self.spent)}, reserved by calls in flight "
             f"{decimal_text(self.reserved)}). The call was not sent. "
-            f"{_budget_advice(unit)}"
+            f"{advice or _budget_advice(unit)}"
         )
         super().__init__(
             message,

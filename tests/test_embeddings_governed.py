@@ -62,9 +62,11 @@ def test_an_embedding_the_budget_cannot_hold_is_refused_before_it_is_sent(
     """The input's worst case is reserved; a token budget below it refuses."""
     gov = Governor(Policy(budgets=[Budget(max_tokens=5)]))
     llm = GovernedLiteLLM(gov)
-    with gov.task() as task, pytest.raises(BudgetExceeded):
+    with gov.task() as task, pytest.raises(BudgetExceeded) as refused:
         llm.embedding(model=MODEL, input="a text long enough to need more than five")
     assert offline.calls == []
+    assert "embed fewer or shorter inputs" in str(refused.value)
+    assert "max_tokens" not in str(refused.value)
     assert task.report().refused == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from decimal import Decimal
 from typing import Any
 
@@ -457,3 +458,16 @@ def test_a_call_after_close_warns_that_its_record_is_not_written(
     for _ in range(2):
         call(llm, max_tokens=5)
     assert caplog.text.count("settled after Governor.close()") == 1
+
+
+def test_crossing_two_warning_thresholds_at_once_logs_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call that takes a team past 50% and 80% at once warns once, at its use."""
+    budget = Budget(scope="team", max_usd="0.0000155", warn_at=(0.5, 0.8))
+    gov = Governor(Policy(budgets=[budget]))
+    with caplog.at_level(logging.WARNING, logger="governor"), gov.task(team="a"):
+        call(GovernedLiteLLM(gov), max_tokens=20)
+    lines = [r.getMessage() for r in caplog.records if "has used" in r.getMessage()]
+    # MOCK_COST is 0.0000135: 87% of the limit.
+    assert lines == ["budget team:a has used 87% of its limit"]

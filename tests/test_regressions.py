@@ -108,6 +108,8 @@ def test_per_second_prices_reserve_the_call_time() -> None:
             max_tokens=10,
         )
     assert info.value.requested >= Decimal("0.6")
+    assert "priced per second" in str(info.value)
+    assert "Policy.max_call_s (60 s)" in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [-(10**8), 0, 2.5])
