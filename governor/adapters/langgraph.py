@@ -84,15 +84,42 @@ def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGra
     """Wrap a compiled graph so that every invocation is a governed task.
 
     Args:
-        graph: a compiled LangGraph graph (anything with invoke/stream).
+        graph: a compiled LangGraph graph (anything with invoke/stream), or
+            one bound with ``with_config``: its bound metadata and thread id
+            count as if passed at each call.
         governor: a :class:`Governor`, or a :class:`Policy` to build one.
 
     Returns:
-        A :class:`GovernedGraph`, usable wherever the graph was.
+        A :class:`GovernedGraph`, with the graph's ways to run it (it is not a
+        LangChain Runnable: to use it as a node of another graph, add the
+        compiled graph there instead).
+
+    Raises:
+        ConfigError: ``graph`` is not runnable, such as a ``StateGraph`` not
+            yet compiled.
     """
+    _check_runnable(graph)
     if governor is None or isinstance(governor, Policy):
         governor = Governor(governor)
     return GovernedGraph(graph, governor)
+
+
+def _check_runnable(graph: Any) -> None:
+    """Refuse what cannot be invoked now, rather than at the first invoke."""
+    if callable(getattr(graph, "invoke", None)) and callable(
+        getattr(graph, "stream", None)
+    ):
+        return
+    kind = type(graph).__name__
+    if callable(getattr(graph, "compile", None)):
+        raise ConfigError(
+            f"govern() got a {kind} that is not compiled; call .compile() "
+            "first: govern(builder.compile(), governor)"
+        )
+    raise ConfigError(
+        f"govern() needs a compiled LangGraph graph (an object with invoke and "
+        f"stream), got {kind}"
+    )
 
 
 class GovernedGraph:
@@ -103,7 +130,10 @@ class GovernedGraph:
     the governor's callback added. The task id is ``config["metadata"]
     ["task_id"]`` when given, else a fresh one; attribution keys (``team``,
     ``feature``, ``environment``, ``user``, ``session``) in the metadata are
-    charged. Other attributes are the graph's.
+    charged, and ``configurable["thread_id"]`` is the session when none is
+    named. A config bound to the graph (``with_config``) counts too, under
+    the one given at the call, as LangChain merges them. Other attributes
+    are the graph's.
     """
 
     def __init__(self, graph: Any, governor: Governor) -> None:
@@ -210,6 +240,7 @@ class GovernedGraph:
         if len(inputs) <= 1:
             return [run(i, c) for i, c in zip(inputs, configs, strict=True)]
         limits = [c.get("max_concurrency") for c in configs if c]
+        limits.append(_bound_config(self.graph).get("max_concurrency"))
         workers = next((int(n) for n in limits if n), None)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [
@@ -265,7 +296,12 @@ class GovernedGraph:
     def with_config(
         self, config: RunnableConfig | None = None, **kwargs: Any
     ) -> GovernedGraph:
-        """The graph with a bound config, still governed by this governor."""
+        """The graph with a bound config, still governed by this governor.
+
+        The bound metadata (task id, attribution) and thread id apply to
+        every invocation, under the config given at the call. The result
+        keeps reports of its own.
+        """
         return GovernedGraph(self.graph.with_config(config, **kwargs), self.governor)
 
     def __getattr__(self, name: str) -> Any:
@@ -282,9 +318,14 @@ class GovernedGraph:
         self, config: RunnableConfig | None, *, is_async: bool = False
     ) -> tuple[Task, RunnableConfig]:
         merged: RunnableConfig = {**(config or {})}
-        metadata = dict(merged.get("metadata") or {})
+        # The graph merges its bound config under this one when it runs; read
+        # the same merge here so bound metadata and thread id are governed.
+        # Only the metadata is passed on merged: bound callbacks and tags are
+        # added again by the graph itself.
+        effective = _under(_bound_config(self.graph), merged)
+        metadata = dict(effective.get("metadata") or {})
         task_id = str(metadata.get("task_id") or new_id())
-        task = self.governor.open_task(task_id, attribution=_attribution(merged))
+        task = self.governor.open_task(task_id, attribution=_attribution(effective))
         metadata["task_id"] = task.id
         merged["metadata"] = metadata
         handler = GovernorCallbackHandler(self.governor, task)
@@ -862,6 +903,45 @@ def _attribution(config: Mapping[str, Any]) -> Attribution | None:
     if thread is not None and "session" not in values:
         values["session"] = str(thread)
     return Attribution(**values) if values else None
+
+
+def _bound_config(graph: Any) -> RunnableConfig:
+    """What the governor reads of the configs bound to a graph, merged.
+
+    A compiled graph keeps ``with_config`` values in ``.config``; a
+    RunnableBinding keeps its own in ``.config`` and the graph in ``.bound``.
+    Outer configs win, as at run time. Not LangChain's ``merge_configs``:
+    that also pulls in the config of the run we are inside, whose task id is
+    a parent's.
+    """
+    layers: list[Mapping[str, Any]] = []
+    node = graph
+    for _ in range(32):  # bindings nest a few deep; never loop forever
+        config = getattr(node, "config", None)
+        if isinstance(config, Mapping):
+            layers.append(config)
+        node = getattr(node, "bound", None)
+        if node is None:
+            break
+    merged: RunnableConfig = {}
+    for config in reversed(layers):
+        merged = _under(merged, config)
+    return merged
+
+
+def _under(bound: Mapping[str, Any], config: Mapping[str, Any]) -> RunnableConfig:
+    """Metadata, configurable and max_concurrency of ``config`` over ``bound``."""
+    merged: RunnableConfig = {
+        "metadata": {**(bound.get("metadata") or {}), **(config.get("metadata") or {})},
+        "configurable": {
+            **(bound.get("configurable") or {}),
+            **(config.get("configurable") or {}),
+        },
+    }
+    limit = config.get("max_concurrency") or bound.get("max_concurrency")
+    if limit:
+        merged["max_concurrency"] = limit
+    return merged
 
 
 def _with_handler(callbacks: Any, handler: Any) -> Any:
