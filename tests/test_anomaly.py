@@ -292,3 +292,99 @@ def test_defaults_match_the_documentation() -> None:
     s = Anomalies()
     assert (s.k, s.window_intervals, s.interval_s) == (2.0, 30, 60.0)
     assert (s.burst_factor, s.burst_window_s, s.cooldown_s) == (5.0, 10.0, 300.0)
+
+
+# A conv-like ramp over a 30-interval window: +100 tokens per interval with a
+# little jitter. Its window std (~870) is almost all drift; the changes from
+# one interval to the next barely vary.
+RAMP = [1000 + 100 * i + (7 if i % 2 else -7) for i in range(30)]
+
+
+def ramp_detector(baseline: str = "trend") -> AnomalyDetector:
+    """A detector that has seen RAMP, with a 30-interval window."""
+    detector = AnomalyDetector(
+        settings(
+            window_intervals=30, min_history_intervals=30, deviation_baseline=baseline
+        )
+    )
+    history(detector, RAMP)
+    return detector
+
+
+def test_trend_baseline_sees_a_spike_on_a_drifting_baseline() -> None:
+    """One step plus 100 over the last interval alerts; mean + 2 std would not."""
+    (alert,) = tokens(ramp_detector(), at(30), RAMP[-1] + 200)
+    assert alert.rule == "deviation"
+    assert alert.threshold < RAMP[-1] + 200 < 4200
+    assert tokens(ramp_detector("mean"), at(30), RAMP[-1] + 200) == []
+
+
+def test_trend_baseline_is_quiet_on_the_ramp_itself() -> None:
+    """The ramp's next step does not alert: the level follows the drift."""
+    assert tokens(ramp_detector(), at(30), RAMP[-1] + 100) == []
+
+
+def test_trend_level_never_drops_below_the_window_mean() -> None:
+    """After a lull, usual spend is judged against the window, not the lull."""
+    detector = AnomalyDetector(settings(window_intervals=10, min_history_intervals=10))
+    history(detector, [1000, 1100, 900, 1000, 1050, 0, 0, 0, 0, 0])
+    assert tokens(detector, at(10), 1000) == []
+
+
+def test_trend_baseline_falls_back_to_mean_and_std_on_short_history() -> None:
+    """With two closed intervals there are no changes to measure: mean and std."""
+    detector = AnomalyDetector(settings(window_intervals=2, min_history_intervals=2))
+    history(detector, [90, 110])
+    (alert,) = tokens(detector, at(2), 200)
+    assert (alert.baseline_mean, alert.baseline_std) == (Decimal(100), Decimal(14))
+
+
+def bursty(peak_factor: float | None) -> AnomalyDetector:
+    """A scope spending its whole 600 tokens per interval within one second.
+
+    Its 10 s windows routinely hold 600 tokens, six times the mean rate.
+    """
+    detector = AnomalyDetector(
+        settings(k=100, burst_factor=5, burst_peak_factor=peak_factor)
+    )
+    for i in range(5):
+        for second in (1.0, 1.5):
+            detector.observe("all", at(i, second), usd=Decimal(0), tokens=300)
+    return detector
+
+
+def bursts(detector: AnomalyDetector, amount: int) -> list[Alert]:
+    """Feed ``amount`` tokens at second 1 of interval 5; the burst alerts only."""
+    return [a for a in tokens(detector, at(5, 1), amount) if a.rule == "burst"]
+
+
+def test_peak_factor_keeps_a_bursty_scope_quiet_on_its_usual_peaks() -> None:
+    """900 tokens in 1 s is 1.5x this scope's usual peak: no burst at 2.5x."""
+    assert bursts(bursty(2.5), 900) == []
+    assert len(bursts(bursty(None), 900)) == 1
+
+
+def test_peak_factor_still_catches_a_real_burst_on_a_bursty_scope() -> None:
+    """3x the usual peak within the window alerts, with the peak threshold."""
+    (alert,) = bursts(bursty(2.5), 1800)
+    assert (alert.observed, alert.threshold) == (Decimal(1800), Decimal(1500))
+
+
+def test_peak_factor_does_not_raise_a_smooth_scopes_threshold() -> None:
+    """Spread-out spend has small peaks, so burst_factor x the mean rate rules."""
+    detector = AnomalyDetector(settings(k=100, burst_factor=5, burst_peak_factor=2.5))
+    for i in range(5):
+        for second in range(0, 60, 10):
+            detector.observe("all", at(i, second + 0.5), usd=Decimal(0), tokens=100)
+    (alert,) = tokens(detector, at(5, 1), 600)
+    assert alert.threshold == Decimal(500)
+
+
+def test_new_settings_default_to_the_trend_baseline_and_no_peak_rule() -> None:
+    """New fields have defaults, so existing Anomalies(...) calls keep working."""
+    s = Anomalies()
+    assert (s.deviation_baseline, s.level_intervals, s.burst_peak_factor) == (
+        "trend",
+        5,
+        None,
+    )

@@ -55,6 +55,11 @@ def test_cli_json_has_defaults_and_both_sweeps(
     document = json.loads(capsys.readouterr().out)
     assert code == 0
     assert (len(document["sweep"]), len(document["burst_sweep"])) == (9, 3)
+    assert [v["label"] for v in document["variants"]] == [
+        "deviation_baseline=mean",
+        "burst_peak_factor=2.5",
+    ]
+    assert document["variants"][1]["burst_peak_factor"] == 2.5
     assert document["defaults"]["k"] == 2.0
     assert document["trace"]["scopes"] == {"team:sample": 599}
 
@@ -65,8 +70,9 @@ def test_cli_table_is_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Trace: team:sample (599 calls); priced as gpt-4o-mini")
     assert lines[5].startswith("| **defaults** | 2 | 30 | 5 |")
-    # 12 sweep rows, less the two that repeat the defaults.
-    assert len(lines) == 6 + 10
+    # 12 sweep rows, less the two that repeat the defaults, then 2 variants.
+    assert len(lines) == 6 + 10 + 2
+    assert lines[-1].startswith("| burst_peak_factor=2.5 | 2 | 30 | 5 |")
 
 
 def test_cli_reports_a_missing_path(capsys: pytest.CaptureFixture[str]) -> None:

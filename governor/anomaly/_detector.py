@@ -8,11 +8,13 @@ thread-safe; :class:`governor.anomaly.AnomalyMonitor` adds the lock.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import islice, pairwise
 from typing import Any, Literal
 
 from governor._money import nanos_to_usd, usd_to_nanos
@@ -32,8 +34,11 @@ class Alert:
     Amounts are in the metric's unit (US dollars or tokens). ``observed`` is
     the interval's spend so far for the deviation rule and the burst window's
     spend for the burst rule; ``threshold`` is what it exceeded.
-    ``baseline_mean`` and ``baseline_std`` describe the closed intervals the
-    threshold came from.
+    ``baseline_mean`` and ``baseline_std`` are the per-interval baseline the
+    threshold came from: for the deviation rule the level and spread it used
+    (with ``deviation_baseline="trend"``, the recent level and the spread of
+    interval-to-interval changes), for the burst rule the window's mean and
+    standard deviation.
     """
 
     scope: str
@@ -95,22 +100,40 @@ class _Series:
         "history",
         "index",
         "last_alert_us",
+        "level",
+        "level_intervals",
         "mean",
+        "peak",
+        "peak_median",
+        "peaks",
         "recent",
         "recent_sum",
+        "spread",
         "std",
+        "trend",
         "window",
     )
 
-    def __init__(self, window: int, index: int) -> None:
-        self.window = window
+    def __init__(self, settings: Anomalies, index: int) -> None:
+        self.window = settings.window_intervals
+        self.trend = settings.deviation_baseline == "trend"
+        self.level_intervals = settings.level_intervals
         self.index = index
         self.current = 0
-        self.history: deque[int] = deque(maxlen=window)
+        self.history: deque[int] = deque(maxlen=self.window)
         self.recent: deque[tuple[int, int]] = deque()
         self.recent_sum = 0
         self.mean = 0.0
         self.std = 0.0
+        self.level = 0.0
+        self.spread = 0.0
+        # Peak burst-window spend per closed interval, kept only when the
+        # burst rule compares against the scope's usual peaks.
+        self.peaks: deque[int] | None = None
+        if settings.burst_peak_factor is not None:
+            self.peaks = deque(maxlen=self.window)
+        self.peak = 0
+        self.peak_median = 0.0
         self.alerted_index = -1
         self.last_alert_us: dict[Rule, int] = {}
 
@@ -121,8 +144,17 @@ class _Series:
         gap = min(index - self.index - 1, self.window)
         self.history.append(self.current)
         self.history.extend([0] * gap)
-        self.index, self.current = index, 0
+        if self.peaks is not None:
+            self.peaks.append(self.peak)
+            self.peaks.extend([0] * gap)
+            self.peak_median = statistics.median(self.peaks)
+        self.index, self.current, self.peak = index, 0, 0
         self.mean, self.std = _mean_std(self.history)
+        self.level, self.spread = self.mean, self.std
+        if self.trend:
+            self.level, self.spread = _trend_baseline(
+                self.history, self.mean, self.std, self.level_intervals
+            )
 
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Count ``amount`` in the open interval and the burst window."""
@@ -131,6 +163,7 @@ class _Series:
         self.recent_sum += amount
         while self.recent and self.recent[0][0] <= ts_us - burst_us:
             self.recent_sum -= self.recent.popleft()[1]
+        self.peak = max(self.peak, self.recent_sum)
 
 
 def _mean_std(values: deque[int]) -> tuple[float, float]:
@@ -142,8 +175,33 @@ def _mean_std(values: deque[int]) -> tuple[float, float]:
     return mean, math.sqrt(variance)
 
 
+def _trend_baseline(
+    values: Sequence[int], mean: float, std: float, level_intervals: int
+) -> tuple[float, float]:
+    """The level expected for the open interval and the spread around it.
+
+    The level is the mean of the last ``level_intervals`` values carried
+    forward by the window's average interval-to-interval change, never below
+    the window's mean (a lull must not make usual spend look high). The
+    spread is the standard deviation of those changes over the square root
+    of two, which a steady drift does not inflate, never above the window's
+    standard deviation. Below three values: the window's mean and std.
+    """
+    count = len(values)
+    if count < 3:
+        return mean, std
+    recent = list(islice(reversed(values), level_intervals))
+    diffs = [b - a for a, b in pairwise(values)]
+    diff_mean = sum(diffs) / len(diffs)
+    diff_var = sum((d - diff_mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    # The recent mean sits (len + 1) / 2 intervals behind the open one: carry
+    # it forward along the window's average change, so a ramp is not a spike.
+    level = sum(recent) / len(recent) + diff_mean * (len(recent) + 1) / 2
+    return max(level, mean), min(math.sqrt(diff_var / 2), std)
+
+
 class AnomalyDetector:
-    """Rolling mean + k standard deviations and a burst rule, per scope and metric.
+    """A deviation rule (level + k spreads) and a burst rule, per scope and metric.
 
     Args:
         settings: the rules' parameters.
@@ -200,7 +258,7 @@ class AnomalyDetector:
         key = (scope, metric)
         series = self._series.get(key)
         if series is None:
-            series = _Series(self.settings.window_intervals, index)
+            series = _Series(self.settings, index)
             self._series[key] = series
             if len(self._series) > self._max_series:
                 self._series.popitem(last=False)
@@ -228,7 +286,7 @@ class AnomalyDetector:
     def _deviation(
         self, scope: str, metric: Metric, series: _Series, ts_us: int
     ) -> Alert | None:
-        threshold = series.mean + self.settings.k * series.std
+        threshold = series.level + self.settings.k * series.spread
         if series.current <= threshold or series.current < self._floors[metric]:
             return None
         if series.alerted_index == series.index:
@@ -243,6 +301,8 @@ class AnomalyDetector:
     ) -> Alert | None:
         share = self._burst_us / self._interval_us
         threshold = self.settings.burst_factor * series.mean * share
+        if (peak_factor := self.settings.burst_peak_factor) is not None:
+            threshold = max(threshold, peak_factor * series.peak_median)
         if series.recent_sum <= threshold or series.recent_sum < self._floors[metric]:
             return None
         if not self._cooled(series, "burst", ts_us):
@@ -265,7 +325,10 @@ class AnomalyDetector:
         ts_us: int,
         threshold: float,
     ) -> Alert:
-        observed = series.current if rule == "deviation" else series.recent_sum
+        if rule == "deviation":
+            observed, mean, std = series.current, series.level, series.spread
+        else:
+            observed, mean, std = series.recent_sum, series.mean, series.std
         return Alert(
             scope=scope,
             metric=metric,
@@ -274,8 +337,8 @@ class AnomalyDetector:
             interval_start=from_us(series.index * self._interval_us),
             observed=_amount(metric, observed),
             threshold=_amount(metric, threshold),
-            baseline_mean=_amount(metric, series.mean),
-            baseline_std=_amount(metric, series.std),
+            baseline_mean=_amount(metric, mean),
+            baseline_std=_amount(metric, std),
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -195,11 +195,14 @@ class EvalResult:
         """JSON-safe summary of the configuration and its results."""
         return {
             "k": self.settings.k,
+            "deviation_baseline": self.settings.deviation_baseline,
+            "level_intervals": self.settings.level_intervals,
             "window_intervals": self.settings.window_intervals,
             "interval_s": self.settings.interval_s,
             "min_history_intervals": self.settings.min_history_intervals,
             "burst_window_s": self.settings.burst_window_s,
             "burst_factor": self.settings.burst_factor,
+            "burst_peak_factor": self.settings.burst_peak_factor,
             "cooldown_s": self.settings.cooldown_s,
             "spikes": [k.to_json_dict() for k in self.kinds],
             "false_alerts": self.false_alerts,
@@ -342,6 +345,13 @@ def _clean_alerts(trace: Trace, settings: Anomalies) -> tuple[list[Alert], float
     return found, hours
 
 
+#: Settings other than the defaults worth comparing in every run.
+_VARIANTS: tuple[tuple[str, Mapping[str, Any]], ...] = (
+    ("deviation_baseline=mean", {"deviation_baseline": "mean"}),
+    ("burst_peak_factor=2.5", {"burst_peak_factor": 2.5}),
+)
+
+
 def run_eval(
     path: Path,
     *,
@@ -351,8 +361,11 @@ def run_eval(
     windows: Sequence[int] = (10, 20, 30),
     burst_factors: Sequence[float] = (5.0, 10.0, 20.0),
     model: str = "gpt-4o-mini",
+    variants: Sequence[tuple[str, Mapping[str, Any]]] = _VARIANTS,
 ) -> dict[str, Any]:
-    """The defaults, a k by window sweep and a burst-factor sweep, as one document."""
+    """The defaults, a k by window sweep, a burst-factor sweep and named
+    variants of the defaults (the previous deviation rule, the peak-based
+    burst baseline), as one document."""
     trace = load_trace(path, model=model)
     defaults = Anomalies()
     sweep = [
@@ -388,6 +401,15 @@ def run_eval(
                 trace, Anomalies(burst_factor=factor), trials=trials, seed=seed
             ).to_json_dict()
             for factor in burst_factors
+        ],
+        "variants": [
+            {
+                "label": label,
+                **evaluate(
+                    trace, Anomalies(**changes), trials=trials, seed=seed
+                ).to_json_dict(),
+            }
+            for label, changes in variants
         ],
     }
 

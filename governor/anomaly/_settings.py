@@ -30,11 +30,19 @@ class Anomalies(PolicyModel):
     """When spend per interval is unusual for a scope, and what to do about it.
 
     Two rules run on every scope and metric. The *deviation* rule alerts when
-    an interval's spend so far exceeds the mean of the last
-    ``window_intervals`` closed intervals plus ``k`` standard deviations. The
-    *burst* rule alerts when the last ``burst_window_s`` seconds spent at
-    least ``burst_factor`` times the baseline rate. Neither fires before
-    ``min_history_intervals`` intervals have closed.
+    an interval's spend so far exceeds a baseline level plus ``k`` times a
+    spread, both from the last ``window_intervals`` closed intervals: with
+    ``deviation_baseline="trend"`` (the default) the level is the mean of the
+    last ``level_intervals`` intervals carried forward by the window's average
+    change (never below the window mean) and the spread is that of
+    interval-to-interval changes (never above the window's standard
+    deviation), so a drifting baseline neither widens the threshold nor
+    alerts as it drifts; with ``"mean"`` they are the window's mean and standard
+    deviation. The *burst* rule alerts when the last ``burst_window_s``
+    seconds spent at least ``burst_factor`` times the baseline rate and, when
+    ``burst_peak_factor`` is set, that multiple of the scope's usual peak
+    burst-window spend. Neither fires before ``min_history_intervals``
+    intervals have closed.
     """
 
     interval_s: float = Field(
@@ -49,7 +57,24 @@ class Anomalies(PolicyModel):
         description="closed intervals needed before any rule fires (<= window)",
     )
     k: float = Field(
-        default=2.0, gt=0, description="standard deviations above the rolling mean"
+        default=2.0,
+        gt=0,
+        description="multiples of the baseline spread above the baseline level",
+    )
+    deviation_baseline: Literal["trend", "mean"] = Field(
+        default="trend",
+        description=(
+            "'trend': recent level and spread of interval-to-interval changes; "
+            "'mean': the window's mean and standard deviation"
+        ),
+    )
+    level_intervals: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "latest closed intervals whose mean is the 'trend' baseline's level "
+            "(capped at the window)"
+        ),
     )
     burst_window_s: float = Field(
         default=10.0, gt=0, description="seconds the burst rule looks back"
@@ -58,6 +83,15 @@ class Anomalies(PolicyModel):
         default=5.0,
         gt=1,
         description="multiple of the baseline rate that counts as a burst",
+    )
+    burst_peak_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "when set, a burst must also exceed this multiple of the median, over "
+            "the window, of each interval's peak burst-window spend (for bursty "
+            "scopes); None: off"
+        ),
     )
     metrics: tuple[Metric, ...] = Field(
         default=("usd", "tokens"), description="'usd', 'tokens' or both"

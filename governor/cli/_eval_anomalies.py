@@ -97,6 +97,7 @@ def render(document: dict[str, Any]) -> str:
         for result in document["sweep"] + document["burst_sweep"]
         if _key(result) != key
     ]
+    rows += [_row(result, result["label"]) for result in document["variants"]]
     return "\n".join(head + rows)
 
 
