@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,38 @@ def test_whole_number_arguments_refuse_others(
     """Below the least value, or not a whole number: argparse's type error."""
     with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
         kind(text)
+
+
+class _Stop(Exception):
+    """Ends the demo as soon as its tracer provider is asked for."""
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), [(None, "governor-demo"), ("my-agent", "my-agent")]
+)
+def test_demo_spans_follow_otel_service_name(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: str | None,
+    expected: str,
+) -> None:
+    """`OTEL_SERVICE_NAME=my-agent governor demo`: the spans come from my-agent."""
+    import governor.telemetry
+
+    asked: list[str | None] = []
+
+    def configure_tracing(*, service_name: str | None = None, **_: object) -> None:
+        asked.append(service_name)
+        raise _Stop
+
+    monkeypatch.setattr(governor.telemetry, "configure_tracing", configure_tracing)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GOVERNOR_DEBUG", "1")
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    if env is None:
+        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_SERVICE_NAME", env)
+    with pytest.raises(_Stop):
+        main(["demo", "--speed", "0", "--traces", str(tmp_path / "t.jsonl")])
+    assert asked == [expected]

@@ -100,3 +100,61 @@ def test_exporter_failure_never_breaks_a_call() -> None:
         )
     provider.force_flush(timeout_millis=2000)
     assert task.report().cost_usd == CALL_COST
+
+
+@pytest.fixture
+def no_service_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES is set."""
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    return monkeypatch
+
+
+def test_service_name_defaults_to_llm_governor(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """With nothing set, spans come from the service "llm-governor"."""
+    provider = configure_tracing()
+    assert provider.resource.attributes["service.name"] == "llm-governor"
+
+
+def test_otel_service_name_names_the_service(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """`export OTEL_SERVICE_NAME=my-agent`, as docs/tracing/ says, is obeyed."""
+    no_service_env.setenv("OTEL_SERVICE_NAME", "my-agent")
+    provider = configure_tracing()
+    assert provider.resource.attributes["service.name"] == "my-agent"
+
+
+def test_resource_attributes_name_the_service(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """service.name in OTEL_RESOURCE_ATTRIBUTES is used, with the other pairs."""
+    no_service_env.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,deployment=prod"
+    )
+    attributes = configure_tracing().resource.attributes
+    assert (attributes["service.name"], attributes["deployment"]) == (
+        "from-attrs",
+        "prod",
+    )
+
+
+def test_otel_service_name_wins_over_resource_attributes(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES (spec)."""
+    no_service_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs")
+    no_service_env.setenv("OTEL_SERVICE_NAME", "my-agent")
+    provider = configure_tracing()
+    assert provider.resource.attributes["service.name"] == "my-agent"
+
+
+def test_explicit_service_name_wins_over_the_environment(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """configure_tracing(service_name=...) beats OTEL_SERVICE_NAME."""
+    no_service_env.setenv("OTEL_SERVICE_NAME", "my-agent")
+    provider = configure_tracing(service_name="explicit")
+    assert provider.resource.attributes["service.name"] == "explicit"

@@ -55,6 +55,42 @@ def test_cost_metric_carries_model_and_attribution() -> None:
     assert tokens == {"input": 20, "output": 40}
 
 
+def service_name(reader: InMemoryMetricReader) -> object:
+    data = reader.get_metrics_data()
+    assert data is not None
+    (resource,) = data.resource_metrics
+    return resource.resource.attributes["service.name"]
+
+
+@pytest.mark.parametrize(
+    ("explicit", "env", "expected"),
+    [
+        (None, {}, "llm-governor"),
+        (None, {"OTEL_SERVICE_NAME": "my-agent"}, "my-agent"),
+        (None, {"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs"}, "from-attrs"),
+        ("explicit", {"OTEL_SERVICE_NAME": "my-agent"}, "explicit"),
+    ],
+)
+def test_metrics_service_name_follows_argument_then_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    explicit: str | None,
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    """Argument, then OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, then default."""
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reader = InMemoryMetricReader()
+    gov = Governor(
+        meter_provider=configure_metrics(service_name=explicit, readers=[reader])
+    )
+    with gov.task():
+        call(gov)
+    assert service_name(reader) == expected
+
+
 def test_refusals_are_counted() -> None:
     """A refused call adds to governor.refusals with its reason."""
     reader = InMemoryMetricReader()

@@ -112,6 +112,7 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     from governor.spend import default_spend_target, open_store
     from governor.stores import MemoryLedger
     from governor.telemetry import configure_tracing
+    from governor.telemetry._setup import service_name_from_env
     from governor.testing import ENV_PROVIDER, install_offline_provider
 
     research = _load(examples / "research.py", "governor_demo_research")
@@ -134,7 +135,8 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     _quiet_langchain_refusal_logs()
     _log_on_own_lines()
     traces = Path(args.traces)
-    provider = configure_tracing(service_name="governor-demo", jsonl_path=traces)
+    service = service_name_from_env() or "governor-demo"
+    provider = configure_tracing(service_name=service, jsonl_path=traces)
     ledger = MemoryLedger()
     spend_target = args.spend_db or default_spend_target()
     spend = open_store(spend_target)

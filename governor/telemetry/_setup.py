@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -25,10 +25,12 @@ from opentelemetry.sdk.trace.export import (
 )
 
 __all__ = [
+    "DEFAULT_SERVICE_NAME",
     "JsonlSpanExporter",
     "configure_metrics",
     "configure_tracing",
     "read_spans",
+    "service_name_from_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,11 +43,29 @@ ENV_OTLP_METRICS_ENDPOINT = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 """Full URL of an OTLP/HTTP metrics receiver; wins over the base URL."""
 ENV_TRACES_FILE = "GOVERNOR_TRACES_FILE"
 """Path of a JSONL file that receives every span, one JSON object per line."""
+DEFAULT_SERVICE_NAME = "llm-governor"
+"""``service.name`` when neither the caller nor the environment names one."""
+
+
+def service_name_from_env() -> str | None:
+    """The service name the standard OTel variables set, or None.
+
+    ``OTEL_SERVICE_NAME`` wins over ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``, as the OpenTelemetry specification says.
+    """
+    name = OTELResourceDetector().detect().attributes.get(SERVICE_NAME)
+    return str(name) if name else None
+
+
+def _resource(service_name: str | None) -> Resource:
+    """A resource named by the argument, else the environment, else the default."""
+    name = service_name or service_name_from_env() or DEFAULT_SERVICE_NAME
+    return Resource.create({SERVICE_NAME: name})
 
 
 def configure_tracing(
     *,
-    service_name: str = "llm-governor",
+    service_name: str | None = None,
     otlp_endpoint: str | None = None,
     jsonl_path: str | Path | None = None,
     exporters: Sequence[SpanExporter] = (),
@@ -53,7 +73,10 @@ def configure_tracing(
     """Build a tracer provider that exports the governor's spans.
 
     Args:
-        service_name: the ``service.name`` resource attribute.
+        service_name: the ``service.name`` resource attribute; when None,
+            ``OTEL_SERVICE_NAME`` (or ``service.name`` in
+            ``OTEL_RESOURCE_ATTRIBUTES``) names the service, else
+            ``"llm-governor"``.
         otlp_endpoint: full OTLP/HTTP traces URL; when None, the standard
             ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
             variables decide, and with neither set nothing goes over OTLP.
@@ -65,8 +88,7 @@ def configure_tracing(
         A provider to pass as ``Governor(tracer_provider=...)``. Call its
         ``shutdown()`` (or ``force_flush()``) before the process exits.
     """
-    resource = Resource.create({"service.name": service_name})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=_resource(service_name))
     for exporter in _exporters(otlp_endpoint, jsonl_path, exporters):
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
@@ -93,7 +115,7 @@ def _exporters(
 
 def configure_metrics(
     *,
-    service_name: str = "llm-governor",
+    service_name: str | None = None,
     otlp_endpoint: str | None = None,
     export_interval_s: float = 60.0,
     readers: Sequence[MetricReader] = (),
@@ -101,7 +123,10 @@ def configure_metrics(
     """Build a meter provider that exports the governor's cost metrics.
 
     Args:
-        service_name: the ``service.name`` resource attribute.
+        service_name: the ``service.name`` resource attribute; when None,
+            ``OTEL_SERVICE_NAME`` (or ``service.name`` in
+            ``OTEL_RESOURCE_ATTRIBUTES``) names the service, else
+            ``"llm-governor"``.
         otlp_endpoint: full OTLP/HTTP metrics URL; when None, the standard
             ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
             variables decide, and with neither set nothing goes over OTLP.
@@ -124,8 +149,7 @@ def configure_metrics(
         chosen.append(
             PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
         )
-    resource = Resource.create({"service.name": service_name})
-    return MeterProvider(resource=resource, metric_readers=chosen)
+    return MeterProvider(resource=_resource(service_name), metric_readers=chosen)
 
 
 class JsonlSpanExporter(SpanExporter):
