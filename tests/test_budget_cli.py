@@ -12,7 +12,7 @@ from governor.budgets import lines_for
 from governor.cli import _budget, main
 from governor.policies import Budget
 from governor.stores import Line
-from governor.stores._redis import DEFAULT_REDIS_URL, RedisLedger
+from governor.stores._redis import DEFAULT_REDIS_URL, RedisLedger, redact_url
 
 pytest_plugins = ["_redis_fixtures"]
 
@@ -90,6 +90,28 @@ def test_status_text_shows_a_table(
     ]
     assert rows[1].split()[:3] == ["task:t1", "total", "$1"]
     assert rows[2].split()[:3] == ["team:search", "day", "(Europe/Paris)"]
+
+
+def test_status_with_a_wrong_prefix_names_it_and_hints_at_the_fix(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No line under --prefix: say which prefix was searched, and where, and why.
+
+    The lines exist under the test's own prefix; the command is pointed at
+    another one, as a user who forgot their services' prefix would be.
+    """
+    _spend(redis_ledger)
+    wrong = f"wrong-{redis_prefix}"
+    code = main(["budget", "status", *_store(redis_url, wrong)])
+    assert (code, capsys.readouterr().out) == (
+        0,
+        f"no budget lines under prefix {wrong!r} (hash tag 'budgets') in "
+        f"{redact_url(redis_url)}; if your services give RedisLedger another prefix or "
+        "hash_tag, pass the same with --prefix and --hash-tag\n",
+    )
 
 
 def test_reset_zeroes_every_window_of_a_scope(

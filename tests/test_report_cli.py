@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import sqlite3
 import struct
 import zlib
@@ -481,3 +482,64 @@ def test_html_tells_the_unset_row_from_a_team_named_none(
     run(capsys, "--db", unset_teams, "--by", "team", "--html", str(page))
     html = page.read_text()
     assert (html.count(">(none)<"), html.count(">&quot;(none)&quot;<")) == (1, 1)
+
+
+def test_an_unknown_filter_key_exits_2_before_the_store_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--filter foo=bar is a bad option: exit 2, as a bad --by is, not 1.
+
+    The key is checked before the store is opened, so even a missing store
+    reports the filter.
+    """
+    code, out, err = run(
+        capsys, "--db", str(tmp_path / "none.sqlite3"), "--filter", "foo=bar"
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        "governor report: unknown spend filter 'foo'; use one of task_id, "
+        "call_id, model, provider, outcome, team, feature, environment, user, "
+        "session, org or 'tag.<name>'\n"
+    )
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_redis_store_says_what_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--db redis://... with nothing listening: exit 1, the URL and the fixes.
+
+    Not a bare "ConnectionError: Error 111 ..." as before.
+    """
+    port = closed_port()
+    url = f"redis://user:secret@127.0.0.1:{port}/0"
+    code, out, err = run(capsys, "--db", url)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"governor report: cannot reach the Redis spend store at "
+        f"redis://user:***@127.0.0.1:{port}/0 (from --db): Error 111 connecting "
+        f"to 127.0.0.1:{port}. Connection refused. Check the URL (host, port, "
+        "database, password, TLS), start Redis there, or pass --db (or set "
+        "GOVERNOR_SPEND_DB) to the store your services record spend to.\n"
+    )
+
+
+def test_an_unreachable_redis_store_from_the_environment_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --db, the message says the URL came from GOVERNOR_SPEND_DB."""
+    port = closed_port()
+    monkeypatch.setenv("GOVERNOR_SPEND_DB", f"redis://127.0.0.1:{port}/0")
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err.startswith(
+        f"governor report: cannot reach the Redis spend store at "
+        f"redis://127.0.0.1:{port}/0 (from GOVERNOR_SPEND_DB): Error 111"
+    )

@@ -104,8 +104,20 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"prefix": args.prefix, "lines": rows}, indent=2))
     else:
-        print(_table(rows))
+        print(_table(rows) if rows else _no_lines(args))
     return 0
+
+
+def _no_lines(args: argparse.Namespace) -> str:
+    """Say where nothing was found: a wrong --prefix is the usual cause."""
+    from governor.stores._redis import redact_url
+
+    return (
+        f"no budget lines under prefix {args.prefix!r} (hash tag "
+        f"{args.hash_tag!r}) in {redact_url(_store_url(args)[0])}; "
+        "if your services give RedisLedger another prefix or hash_tag, pass "
+        "the same with --prefix and --hash-tag"
+    )
 
 
 def _reset(args: argparse.Namespace) -> int:
@@ -201,8 +213,6 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no budget lines in the store"
     header = ("SCOPE", "PERIOD", "LIMIT", "SPENT", "RESERVED", "NEXT RESET")
     body = [
         tuple(

@@ -124,15 +124,20 @@ def _run(args: argparse.Namespace) -> int:
         summary, label = _summarize(args, query)
         _print(summary, args.fmt, label, args.top)
         _write_charts(summary, args, label)
-    except (ConfigError, SpendDataError) as exc:
+    except (ConfigError, SpendDataError, _Unreachable) as exc:
         print(f"governor report: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+class _Unreachable(Exception):
+    """The Redis named as the spend store did not answer."""
+
+
 def _read_options(args: argparse.Namespace) -> _Query:
     """Check the options that need no store: times, groupings, filters, files."""
     from governor.spend._aggregate import check_grouping
+    from governor.spend._store import check_filters
 
     now = datetime.now(UTC)
     since = parse_when(args.since, now=now) if args.since else None
@@ -145,7 +150,7 @@ def _read_options(args: argparse.Namespace) -> _Query:
         by += tuple(b for b in ("hour", "day", "task") if b not in by)
     for option, path in (("--html", args.html), ("--png", args.png)):
         _check_output(option, path)
-    return _Query(since, until, _filters(args.filter), shown, by)
+    return _Query(since, until, check_filters(_filters(args.filter)), shown, by)
 
 
 def _check_range(
@@ -184,9 +189,38 @@ def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, s
     try:
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
+    except Exception as exc:
+        if _redis_down(target, exc):
+            raise _Unreachable(_unreachable(args, target, exc)) from exc
+        raise
     finally:
         store.close()
     return dataclasses.replace(summary, by=query.shown), target
+
+
+def _redis_down(target: str, exc: Exception) -> bool:
+    """Whether ``exc`` says the Redis at ``target`` could not be reached."""
+    if not target.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
+
+
+def _unreachable(args: argparse.Namespace, target: str, exc: Exception) -> str:
+    """What was wrong and what to do, with any password in the URL hidden."""
+    from governor.spend import ENV_SPEND_DB
+    from governor.stores._redis import redact_url
+
+    source = "from --db" if args.db else f"from {ENV_SPEND_DB}"
+    cause = str(exc).rstrip(".")
+    return (
+        f"cannot reach the Redis spend store at {redact_url(target)} ({source}): "
+        f"{cause}. Check the URL (host, port, database, password, TLS), start "
+        f"Redis there, or pass --db (or set {ENV_SPEND_DB}) to the store your "
+        "services record spend to."
+    )
 
 
 def _check_store_path(target: str) -> None:
