@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
+import pytest
+from langgraph.graph import END, START, StateGraph
 from opentelemetry import baggage
 
 from conftest import SpanCapture
-from governor import Attribution, Governor, Policy, attribute, current_attribution
+from governor import (
+    Attribution,
+    Budget,
+    Governor,
+    Policy,
+    PolicyError,
+    attribute,
+    current_attribution,
+    govern,
+)
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.telemetry import attributes as attr
 
@@ -114,4 +125,63 @@ def test_litellm_metadata_attributes_a_bare_call(capture: SpanCapture) -> None:
     assert (task.attributes[attr.TEAM], task.attributes[attr.FEATURE]) == (
         "billing",
         "invoices",
+    )
+
+
+class _State(TypedDict):
+    n: int
+
+
+def _one_step_graph(gov: Governor) -> Any:
+    """A governed graph of one node that makes no model call."""
+    graph = StateGraph(_State)
+    graph.add_node("step", lambda state: {"n": state["n"] + 1})
+    graph.add_edge(START, "step")
+    graph.add_edge("step", END)
+    return govern(graph.compile(), gov)
+
+
+EMPTY_TEAM = (
+    "metadata['team'] is {!r}: set it to a non-empty team name, or leave the "
+    "key out (or None) for no team"
+)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_litellm_metadata_refuses_an_empty_team(value: str) -> None:
+    """metadata={"team": ""} and {"team": "  "} alike: an error naming the key.
+
+    Read as unset, an empty team would skip the team's budgets silently.
+    """
+    gov = Governor(Policy(budgets=[Budget(max_usd="1", scope="team", key="search")]))
+    with pytest.raises(PolicyError) as caught:
+        call(gov, metadata={"team": value})
+    assert str(caught.value) == EMPTY_TEAM.format(value)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_langgraph_metadata_refuses_an_empty_team(value: str) -> None:
+    """config["metadata"] is read as LiteLLM's metadata is: the same error."""
+    graph = _one_step_graph(Governor())
+    with pytest.raises(PolicyError) as caught:
+        graph.invoke({"n": 0}, {"metadata": {"team": value}})
+    assert str(caught.value) == EMPTY_TEAM.format(value)
+
+
+def test_metadata_none_sets_nothing_and_numbers_read_as_text() -> None:
+    """{"team": None} leaves the team unset; {"org": 42} charges org "42"."""
+    graph = _one_step_graph(Governor())
+    graph.invoke({"n": 0}, {"metadata": {"team": None, "org": 42, "user": 0}})
+    report = graph.last_report
+    assert report is not None
+    assert report.attribution == {"org": "42", "user": "0"}
+
+
+def test_values_in_names_each_empty_key() -> None:
+    """The error names the key that was empty, whichever scope it is."""
+    with pytest.raises(PolicyError) as caught:
+        Attribution.values_in({"team": "search", "environment": ""})
+    assert str(caught.value) == (
+        "metadata['environment'] is '': set it to a non-empty environment name, "
+        "or leave the key out (or None) for no environment"
     )

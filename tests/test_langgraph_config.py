@@ -121,3 +121,11 @@ def test_compiled_graph_as_a_node_is_governed_by_the_parent_task() -> None:
         agent.invoke(INPUT, {"metadata": {"team": "ads"}})
     with pytest.raises(TypeError, match="Expected a Runnable"):
         StateGraph(FanState).add_node("inner", govern(inner, Governor()))
+
+
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_task_id_is_refused_not_replaced(given: str) -> None:
+    """metadata task_id "" would lose a retry's shared budget: it is refused."""
+    agent = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    with pytest.raises(ConfigError, match="task_id"):
+        agent.invoke(INPUT, {"metadata": {"task_id": given}})

@@ -35,7 +35,7 @@ from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError
 from governor._loopwatch import loop_watch, state_digest
-from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
+from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._tokens import (
     count_message_tokens,
     count_text_tokens,
@@ -324,7 +324,8 @@ class GovernedGraph:
         # added again by the graph itself.
         effective = _under(_bound_config(self.graph), merged)
         metadata = dict(effective.get("metadata") or {})
-        task_id = str(metadata.get("task_id") or new_id())
+        given = metadata.get("task_id")
+        task_id = None if given is None else str(given)  # "" is refused, not random
         task = self.governor.open_task(task_id, attribution=_attribution(effective))
         metadata["task_id"] = task.id
         merged["metadata"] = metadata

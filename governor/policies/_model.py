@@ -246,8 +246,29 @@ class Attribution(PolicyModel):
 
     @staticmethod
     def values_in(metadata: Mapping[str, Any]) -> dict[str, str]:
-        """The attribution fields a metadata mapping sets (LangGraph, LiteLLM)."""
-        return {f: str(metadata[f]) for f in ATTRIBUTION_FIELDS if metadata.get(f)}
+        """The attribution fields a metadata mapping sets (LangGraph, LiteLLM).
+
+        A key that is absent or None sets nothing; any other value is read as
+        text, so ``42`` charges ``"42"``.
+
+        Raises:
+            PolicyError: a key holds an empty or blank value. Read as unset, a
+                ``{"team": ""}`` would charge no team and skip the team's
+                budgets without a word; ``Attribution(team="")`` refuses it too.
+        """
+        found: dict[str, str] = {}
+        for field in ATTRIBUTION_FIELDS:
+            value = metadata.get(field)
+            if value is None:
+                continue
+            text = str(value)
+            if not text.strip():
+                raise PolicyError(
+                    f"metadata[{field!r}] is {text!r}: set it to a non-empty "
+                    f"{field} name, or leave the key out (or None) for no {field}"
+                )
+            found[field] = text
+        return found
 
 
 class Fanout(PolicyModel):
