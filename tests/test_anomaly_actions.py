@@ -244,3 +244,27 @@ def test_monitor_counts_calls_from_many_threads() -> None:
     # Each minute held exactly 100 tokens, so 100 is normal and 101 is not.
     assert monitor.observe(call(5, 100)) == []
     assert len(monitor.observe(call(5, 1))) == 1
+
+
+def test_one_spike_tripping_two_metrics_lowers_the_budget_once() -> None:
+    """Tokens and dollars both alert on one spike; the scope is tightened once."""
+    requests: list[Tighten] = []
+    settings = quiet_settings(metrics=("tokens", "usd"), auto_tighten="lower")
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    for minute in range(5):
+        monitor.observe(replace(call(minute, 100), cost_usd=Decimal("0.001")))
+    alerts = monitor.observe(replace(call(5, 1000), cost_usd=Decimal("0.01")))
+    assert sorted(a.metric for a in alerts) == ["tokens", "usd"]
+    assert [(r.scope, r.mode) for r in requests] == [("all", "lower")]
+
+
+def test_a_later_spike_after_the_cooldown_tightens_again() -> None:
+    """Past cooldown_s the same scope can be lowered again."""
+    requests: list[Tighten] = []
+    settings = quiet_settings(auto_tighten="lower", cooldown_s=60)
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    spike(monitor)
+    for minute in range(6, 12):
+        monitor.observe(call(minute, 100))
+    monitor.observe(call(12, 10_000))
+    assert len(requests) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
@@ -55,6 +56,7 @@ class AnomalyMonitor:
             self._hooks.append(self._webhook)
         self._hooks.extend(hooks)
         self._on_tighten = on_tighten
+        self._tightened_at: dict[str, datetime] = {}
         if self.settings.auto_tighten != "off" and on_tighten is None:
             logger.warning(
                 "Anomalies(auto_tighten=%r) has no on_tighten callback; "
@@ -74,9 +76,23 @@ class AnomalyMonitor:
         for hook in self._hooks:
             _call_safely(hook, alert)
         mode = self.settings.auto_tighten
-        if mode != "off" and self._on_tighten is not None:
+        if mode != "off" and self._on_tighten is not None and self._first(alert):
             request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
             _call_safely(self._on_tighten, request)
+
+    def _first(self, alert: Alert) -> bool:
+        """Whether an alert may tighten its scope: once per scope per cooldown.
+
+        One spike often trips both rules and both metrics at once; with
+        ``"lower"`` each would cut the limit again (a half, then a quarter).
+        """
+        with self._lock:
+            last = self._tightened_at.get(alert.scope)
+            since_s = None if last is None else (alert.ts - last).total_seconds()
+            if since_s is not None and 0 <= since_s < self.settings.cooldown_s:
+                return False
+            self._tightened_at[alert.scope] = alert.ts
+            return True
 
     def close(self) -> None:
         """Let queued webhook POSTs finish."""
