@@ -129,6 +129,7 @@ class Governor:
         self._warned_orphan = False
         self._warned_streams = False
         self._warned_clash = False
+        self._warned_over: set[str] = set()
         self._spend_closed = False
         self._warned_closed = False
         self.telemetry = Telemetry(tracer_provider, meter_provider)
@@ -845,11 +846,35 @@ class Governor:
         if result.charge_hold:
             return admission.hold_nanos, _hold_usage(admission), "hold"
         usage = result.usage or Usage()
+        self._check_over_ceiling(admission, usage)
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
         duration = time.monotonic() - admission.started_at
         cost = admission.rate.cost(usage, duration_s=duration)
         return usd_to_nanos(cost.usd), usage, cost.source
+
+    def _check_over_ceiling(self, admission: Admission, usage: Usage) -> None:
+        """Say so when a provider reports more output than the ceiling sent.
+
+        The call is charged what the provider reports (that is the bill), so
+        it can overrun the budget it was admitted under; logged once a model.
+        """
+        ceiling = admission.max_output_tokens * admission.request.choices
+        model = admission.request.model
+        if usage.completion_tokens <= ceiling or model in self._warned_over:
+            return
+        if admission.request.operation == EMBEDDINGS:
+            return
+        self._warned_over.add(model)
+        logger.warning(
+            "the provider reported %d output tokens for a call to %s that was "
+            "sent max_tokens=%d; it is charged as reported, which can overrun "
+            "its budgets. Check that the provider honours max_tokens (a proxy "
+            "may drop it). Logged once per model.",
+            usage.completion_tokens,
+            model,
+            ceiling,
+        )
 
     def _finish(
         self,

@@ -9,6 +9,7 @@ estimated) instead of settling the call at zero.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
@@ -181,3 +182,18 @@ def test_async_missing_usage_is_counted(stub: StubServer) -> None:
         prompt_count(),
         answer_count(),
     )
+
+
+def test_output_over_the_sent_ceiling_is_charged_and_logged_once(
+    stub: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider billing past max_tokens is charged as billed, with a warning."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5000, "total_tokens": 5010}
+    stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, usage=usage))
+    gov = Governor()
+    with caplog.at_level(logging.WARNING, logger="governor"), gov.task() as task:
+        ask(GovernedLiteLLM(gov), stub)
+        ask(GovernedLiteLLM(gov), stub)
+    warned = [r for r in caplog.records if "reported 5000 output tokens" in r.message]
+    assert task.report().cost_usd == 2 * (10 * IN_PRICE + 5000 * OUT_PRICE)
+    assert len(warned) == 1
