@@ -469,3 +469,18 @@ def test_an_error_on_the_last_tier_does_not_claim_a_fallback() -> None:
         CascadeRunner(policy()).run("q", call=call)
     reasons = [a.reason.rsplit("; ", 1)[-1] for a in caught.value.attempts]
     assert reasons == ["falling back", "falling back", "no tier left"]
+
+
+def test_every_attempt_names_the_tier_model_whatever_the_answer_says() -> None:
+    """An accepted attempt reads m-mid like its failed sibling, not the dated id."""
+
+    def call(tier: Tier, request: str) -> Answer:
+        if tier.model == "m-cheap":
+            raise ContentPolicyViolationError("flagged")
+        return Answer("ok", "m-mid-2026-01-01", Decimal("0.001"))
+
+    result = CascadeRunner(policy()).run("q", call=call)
+    assert [(a.tier, a.model) for a in result.attempts] == [
+        ("cheap", "m-cheap"),
+        ("mid", "m-mid"),
+    ]

@@ -507,7 +507,7 @@ def _skip(tier: Tier, reason: str, kind: ErrorKind | None = None) -> Attempt:
 def _sent(tier: Tier, answer: Answer, started: int, ended: int) -> Attempt:
     return Attempt(
         tier=tier.name,
-        model=answer.model or tier.model,
+        model=tier.model,
         outcome="accepted",
         reason="",
         sent=True,
