@@ -145,3 +145,54 @@ def test_renew_extends_a_lease() -> None:
     clock.now = 8.0
     assert ledger.reserve("other", line, 1, 0, 5) is not None
     assert ledger.renew("missing", 5) is False
+
+
+def test_a_line_expires_its_ttl_after_its_last_change() -> None:
+    """As a Redis key would: gone ttl_s after the last settle, not before."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    line = Line("task:a", 1000, None, ttl_s=100)
+    ledger.reserve("h1", [line], 10, 0, 30)
+    ledger.settle("h1", ["task:a"], 7, 0)
+    clock.now = 99.0
+    alive = ledger.balance("task:a")
+    clock.now = 100.0
+    assert (alive is not None, alive.spent_nanos if alive else None) == (True, 7)
+    assert (ledger.balance("task:a"), ledger.keys()) == (None, [])
+
+
+def test_a_held_line_outlives_its_ttl_until_settled() -> None:
+    """A call running past the line's lifetime keeps the line and its spend."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    ledger.reserve("h1", [Line("day:x", 1000, None, ttl_s=10)], 50, 0, 600)
+    clock.now = 300.0
+    held = ledger.balance("day:x")
+    ledger.settle("h1", ["day:x"], 40, 0)
+    clock.now = 309.0
+    settled = ledger.balance("day:x")
+    assert (held.reserved_nanos if held else None) == 50
+    assert (settled.spent_nanos if settled else None) == 40
+
+
+def test_an_expired_line_starts_again_from_zero() -> None:
+    """A reserve after the lifetime meets an empty line, not the old spend."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    line = Line("team:x", 100, None, ttl_s=10)
+    ledger.reserve("h1", [line], 90, 0, 5)
+    ledger.settle("h1", ["team:x"], 90, 0)
+    refused = ledger.reserve("h2", [line], 20, 0, 5)
+    clock.now = 11.0
+    admitted = ledger.reserve("h3", [line], 20, 0, 5)
+    assert (refused is not None, admitted) == (True, None)
+
+
+def test_lines_without_a_ttl_never_expire() -> None:
+    """A line built without ttl_s stays (the sweep leaves it alone)."""
+    clock = FakeClock()
+    ledger = MemoryLedger(clock=clock)
+    ledger.reserve("h1", [Line("team:x", None, None)], 1, 0, 5)
+    ledger.settle("h1", ["team:x"], 1, 0)
+    clock.now = 10**9
+    assert ledger.keys() == ["team:x"]

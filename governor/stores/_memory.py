@@ -2,6 +2,10 @@
 
 It holds within one process, across threads and asyncio tasks. Budgets that
 must hold across processes or hosts need the Redis store.
+
+Lines expire as Redis keys do: ``Line.ttl_s`` after their last change, once
+no hold is on them. A long-running process therefore keeps only the lines
+still in use (the current periods, recent tasks), not one per task ever run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from governor.stores._base import Balance, Line, Refusal
 __all__ = ["MemoryLedger"]
 
 _SETTLED_MEMORY = 100_000
+# Expired lines are swept at most this often (seconds of the ledger's clock);
+# a line read after its expiry reads as gone at once.
+_SWEEP_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -26,6 +33,21 @@ class _Counters:
     spent_tokens: int = 0
     reserved_nanos: int = 0
     reserved_tokens: int = 0
+    ttl_s: float | None = None
+    expires_at: float | None = None
+
+    def touch(self, now: float) -> None:
+        """Start the line's lifetime again after a change."""
+        self.expires_at = None if self.ttl_s is None else now + self.ttl_s
+
+    def expired(self, now: float) -> bool:
+        """Past its lifetime and held by no call."""
+        return (
+            self.expires_at is not None
+            and self.expires_at <= now
+            and not self.reserved_nanos
+            and not self.reserved_tokens
+        )
 
     def snapshot(self, key: str) -> Balance:
         return Balance(
@@ -65,6 +87,7 @@ class MemoryLedger:
         self._lock = threading.Lock()
         self._state = _State()
         self._clock = clock
+        self._next_sweep = clock() + _SWEEP_EVERY_S
 
     def reserve(
         self,
@@ -80,7 +103,7 @@ class MemoryLedger:
             self._reap(now)
             if hold_id in self._state.holds or hold_id in self._state.settled:
                 return None  # a retried reserve holds once, as in Redis
-            counters = [self._counters(line) for line in lines]
+            counters = [self._counters(line, now) for line in lines]
             for line, entry in zip(lines, counters, strict=True):
                 refusal = _check(line.key, entry, nanos, tokens)
                 if refusal is not None:
@@ -89,6 +112,7 @@ class MemoryLedger:
             for entry in counters:
                 entry.reserved_nanos += nanos
                 entry.reserved_tokens += tokens
+                entry.touch(now)
             keys = tuple(line.key for line in lines)
             self._state.holds[hold_id] = _Hold(keys, nanos, tokens, now + ttl_s)
             return None
@@ -101,10 +125,12 @@ class MemoryLedger:
             if hold_id in self._state.settled:
                 return
             self._drop_hold(hold_id)
+            now = self._clock()
             for key in keys:
                 entry = self._state.lines.setdefault(key, _Counters())
                 entry.spent_nanos += nanos
                 entry.spent_tokens += tokens
+                entry.touch(now)
             self._remember_settled(hold_id)
 
     def renew(self, hold_id: str, ttl_s: float) -> bool:
@@ -126,15 +152,22 @@ class MemoryLedger:
             self._drop_hold(hold_id)
 
     def balance(self, key: str) -> Balance | None:
-        """Return the line's balance, or None if never seen."""
+        """Return the line's balance, or None if never seen (or expired)."""
         with self._lock:
-            self._reap(self._clock())
+            now = self._clock()
+            self._reap(now)
             entry = self._state.lines.get(key)
+            if entry is not None and entry.expired(now):
+                del self._state.lines[key]
+                return None
             return None if entry is None else entry.snapshot(key)
 
     def keys(self) -> list[str]:
-        """Return every line key the ledger holds, sorted."""
+        """Return every live line key the ledger holds, sorted."""
         with self._lock:
+            now = self._clock()
+            self._reap(now)
+            self._sweep(now)
             return sorted(self._state.lines)
 
     def reset(self, key: str) -> None:
@@ -170,12 +203,15 @@ class MemoryLedger:
         """Async form of :meth:`balance`."""
         return self.balance(key)
 
-    def _counters(self, line: Line) -> _Counters:
+    def _counters(self, line: Line, now: float) -> _Counters:
         entry = self._state.lines.get(line.key)
+        if entry is not None and entry.expired(now):
+            entry = None  # its period is over: start it again from zero
         if entry is None:
             entry = self._state.lines[line.key] = _Counters()
         entry.limit_nanos = line.limit_nanos
         entry.limit_tokens = line.limit_tokens
+        entry.ttl_s = line.ttl_s
         return entry
 
     def _drop_hold(self, hold_id: str) -> None:
@@ -191,6 +227,15 @@ class MemoryLedger:
         expired = [h for h, hold in self._state.holds.items() if hold.deadline <= now]
         for hold_id in expired:
             self._drop_hold(hold_id)
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the lines past their lifetime that no call holds."""
+        lines = self._state.lines
+        for key in [k for k, entry in lines.items() if entry.expired(now)]:
+            del lines[key]
+        self._next_sweep = now + _SWEEP_EVERY_S
 
     def _remember_settled(self, hold_id: str) -> None:
         settled = self._state.settled
