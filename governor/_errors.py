@@ -275,6 +275,11 @@ def _setting(key: str) -> str:
 
 
 class StoreUnavailable(GovernorError, ConnectionError):
-    """The budget store could not be reached and the policy fails closed."""
+    """The budget store could not be reached and the policy fails closed.
+
+    Attributes:
+        cause: what failed, without the advice (None when not known).
+    """
 
     code = "store_unavailable"
+    cause: str | None = None

@@ -241,3 +241,25 @@ def test_paused_redis_counts_as_unavailable(own_redis: OwnRedis) -> None:
             ledger.reserve("h2", [LINE], 10, 0, 60)
     finally:
         own_redis.resume()
+
+
+def test_failing_open_does_not_advise_failing_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real Redis outage in open mode logs what failed, not 'set ...open'."""
+    import socket
+
+    from governor.stores import RedisConfig, RedisLedger
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", attempts=1)
+    ledger = FailoverLedger(RedisLedger(config), mode="open", probe_interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="governor.stores._failover"):
+        admitted = ledger.reserve("h1", [LINE], 10, 0, 60)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert admitted is None
+    assert "failing open until it answers: reserve failed:" in message
+    assert "failure_mode='open'" not in message

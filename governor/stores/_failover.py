@@ -344,10 +344,12 @@ class FailoverLedger:
             self._degraded = True
             self._next_probe = self._clock() + self._probe_interval_s
         if entering:
+            # Failing open, the error's advice to fail open would mislead.
+            said = exc.cause if self.mode == "open" and exc.cause else exc
             logger.warning(
                 "budget store unavailable, failing %s until it answers: %s",
                 self.mode,
-                exc,
+                said,
             )
 
     def _ok(self) -> None:

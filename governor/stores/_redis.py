@@ -272,7 +272,7 @@ class RedisConnections:
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         """Build the error raised when Redis cannot be reached."""
-        return StoreUnavailable(
+        error = StoreUnavailable(
             f"the Redis store at {redact_url(self.config.url)} did not answer "
             f"{what} after {self.config.attempts} attempt(s): "
             f"{str(exc).rstrip('.')}. Check that "
@@ -280,6 +280,9 @@ class RedisConnections:
             "Policy(failure_mode='open') to admit calls under a local shadow "
             "budget while it is down."
         )
+        # What went wrong without the advice, for logs where it does not fit.
+        error.cause = f"{what} failed: {str(exc).rstrip('.')}"
+        return error
 
     def close(self) -> None:
         """Close the sync pool's connections (async pools close with aclose)."""
