@@ -13,7 +13,8 @@ are gathered and its verdicts applied:
 
 Parallel calls of one graph step are one observation (the first), and so are
 parallel visits of one node with one state, so Send branches that ask or
-answer alike are not mistaken for a loop.
+answer alike are not mistaken for a loop. Each call's prompt is judged on its
+own (its new tool results, then its last turns), before the call is made.
 """
 
 from __future__ import annotations
@@ -66,11 +67,20 @@ class LoopWatch:
         return self._guard
 
     def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> None:
-        """Judge the tool results the prompt carries and the ceilings; maybe raise."""
+        """Judge the prompt's tool results and last turns, and the ceilings.
+
+        Raises if the task is stopped, so the call is not made.
+        """
         self.raise_if_stopped()
         with self._lock:
+            flagged = False
             for name, args, result in self._new_tool_results(messages):
-                self._act(self.guard.on_tool_call(name, args, result, step=step))
+                verdict = self.guard.on_tool_call(name, args, result, step=step)
+                flagged = flagged or verdict is not None
+                self._act(verdict)
+            # A loop the tool results showed is not reported twice.
+            if not flagged:
+                self._act(self.guard.on_prompt(messages, step=step))
             if self._has_ceilings:
                 self._act(
                     self.guard.check_ceilings(

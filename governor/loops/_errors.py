@@ -19,8 +19,8 @@ class LoopDetected(GovernorHalt, RecursionError):
 
     Attributes:
         rule: the rule that fired: ``"repeat"``, ``"cycle"``, ``"stale"``,
-            ``"near_duplicate"``, ``"max_model_calls"``, ``"max_steps"`` or
-            ``"max_wall_s"``.
+            ``"same_result"``, ``"near_duplicate"``, ``"repeated_turns"``,
+            ``"max_model_calls"``, ``"max_steps"`` or ``"max_wall_s"``.
         evidence: short descriptions of the repeated items, oldest first.
         steps: the step numbers at which the repeated items were seen.
         setting: the :class:`governor.Loops` field that changes this rule.
@@ -76,6 +76,13 @@ def _advice(rule: str) -> str:
             "If the repetition is legitimate (a tool that polls on purpose), list "
             "the tool in Loops.exempt_tools or"
         )
+    if rule == "same_result":
+        return (
+            "If the tool answers every call alike on purpose (an acknowledgement "
+            "such as 'saved'), list it in Loops.exempt_tools or"
+        )
+    if rule == "repeated_turns":
+        return "If the conversation is meant to repeat itself,"
     if rule == "near_duplicate":
         return "If such outputs are legitimate, raise near_duplicate_similarity or"
     return "If the task needs more,"

@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from governor.loops._guard import LoopGuard, LoopVerdict
 from governor.loops._inject import KINDS, Injection, inject
-from governor.loops._trajectory import Trajectory
+from governor.loops._trajectory import Call, Trajectory
 from governor.policies._loops import Loops
 
 __all__ = ["SPLITS", "Flag", "evaluate", "replay", "split_of", "sweep"]
@@ -36,7 +36,9 @@ _RULE_SETTINGS = {
     "repeat": "max_repeats",
     "cycle": "max_cycle_repeats",
     "stale": "max_stale_steps",
+    "same_result": "max_same_result_repeats",
     "near_duplicate": "max_near_duplicate_outputs",
+    "repeated_turns": "max_repeated_turns",
 }
 # One row per changed setting, every other setting at its default; the
 # pseudo-setting "only" keeps one repetition rule and turns the others off.
@@ -46,6 +48,8 @@ _SWEEP: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("max_cycle_repeats", (1, 2, 3, None)),
     ("max_cycle_period", (2, 4, 8)),
     ("max_stale_steps", (3, 5, 8, None)),
+    ("max_same_result_repeats", (5, 8, 10, 15, None)),
+    ("max_repeated_turns", (1, 2, 3, None)),
     ("window_steps", (16, 64, 256)),
     ("max_near_duplicate_outputs", (1, 2, 3, None)),
     ("near_duplicate_similarity", (0.6, 0.7, 0.75, 0.8, 0.9)),
@@ -81,16 +85,23 @@ def replay(
     """Feed a run to a fresh guard and return its first flag at or after ``start``.
 
     The step of call ``i`` is ``i + 1``; model calls and steps are counted
-    alike, and wall time comes from the calls' ``created_s``.
+    alike, and wall time comes from the calls' ``created_s``. Each call's
+    prompt is rebuilt as the run's messages so far: every call's new
+    ``messages``, its output (an assistant message with its tool calls) and
+    its tool results (tool messages).
     """
     guard = LoopGuard(loops)
     calls = run.calls if end is None else run.calls[:end]
     t0 = run.calls[0].created_s if run.calls else None
+    prompt: list[Mapping[str, Any]] = []
     for index, call in enumerate(calls):
         step = index + 1
         elapsed = (call.created_s or 0) - t0 if t0 is not None else 0.0
+        prompt.extend(call.messages)
         verdicts = [(guard.check_ceilings(step, step, elapsed), True)]
+        verdicts.append((guard.on_prompt(prompt, step=step), True))
         verdicts.append((guard.on_model_output(call.output, step=step), False))
+        _answer(prompt, call)
         for tool_call in call.tool_calls:
             result = call.results_for(tool_call)
             verdict = guard.on_tool_call(
@@ -101,6 +112,22 @@ def replay(
             if verdict is not None and index >= start:
                 return Flag(index=index, verdict=verdict, before_call=before)
     return None
+
+
+def _answer(prompt: list[Mapping[str, Any]], call: Call) -> None:
+    """Add a call's output and tool results to the prompt of the next call."""
+    tool_calls = [{"name": t.name, "args": t.args, "id": t.id} for t in call.tool_calls]
+    prompt.append(
+        {"role": "assistant", "content": call.output, "tool_calls": tool_calls}
+    )
+    for result in call.tool_results:
+        prompt.append(
+            {
+                "role": "tool",
+                "tool_call_id": result.call_id,
+                "content": result.comparable,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -15,14 +15,21 @@ from governor.loops._normalize import (
     normalize_result,
     normalize_text,
 )
-from governor.loops._rules import Channel, Hit, OutputRun, Rule
+from governor.loops._rules import (
+    Channel,
+    Hit,
+    OutputRun,
+    PromptTurns,
+    ResultRun,
+    Rule,
+)
 from governor.policies._loops import LoopAction, Loops
 
 __all__ = ["LoopGuard", "LoopVerdict", "Rule"]
 
 logger = logging.getLogger(__name__)
 
-Source = Literal["tool", "node", "output", "task"]
+Source = Literal["tool", "node", "output", "prompt", "task"]
 
 _EXCERPT_CHARS = 120
 
@@ -36,7 +43,7 @@ class LoopVerdict:
         action: ``"stop"``, ``"escalate"`` or ``"record"``; after one
             escalation in a task, later verdicts say ``"stop"``.
         source: what was being watched: ``"tool"``, ``"node"``,
-            ``"output"`` or ``"task"`` (ceilings).
+            ``"output"``, ``"prompt"`` or ``"task"`` (ceilings).
         evidence: short descriptions of the repeated items, oldest first.
         steps: the caller's step numbers of the items in the loop.
         repeats: how many repeats (laps, for a cycle) were seen.
@@ -88,10 +95,11 @@ class LoopVerdict:
 class LoopGuard:
     """Watches one task and says when it loops; does no I/O and never raises.
 
-    Feed it every model output, tool call (with its result) and node visit,
-    each with the caller's step number, and ask it about ceilings before each
-    model call or step. Each method returns ``None`` or a :class:`LoopVerdict`;
-    acting on the verdict (raising, interrupting, logging) is the caller's job.
+    Feed it every prompt (before its call), model output, tool call (with its
+    result) and node visit, each with the caller's step number, and ask it
+    about ceilings before each model call or step. Each method returns
+    ``None`` or a :class:`LoopVerdict`; acting on the verdict (raising,
+    interrupting, logging) is the caller's job.
 
     Each tool call or node visit costs time linear in its own size plus
     ``Loops.max_cycle_period``, and each output its size times
@@ -108,6 +116,8 @@ class LoopGuard:
         self._nodes = Channel(loops)
         self._outputs = OutputRun(loops)
         self._exempt = frozenset(loops.exempt_tools)
+        self._results = ResultRun(loops)
+        self._turns = PromptTurns(loops, self._exempt)
         self._escalated = False
         self._ceilings_hit: set[str] = set()
         self._verdicts: list[LoopVerdict] = []
@@ -147,7 +157,9 @@ class LoopGuard:
 
         A call whose result is ``None`` (unknown) or whose tool is listed in
         ``Loops.exempt_tools`` is not judged: repeating a call is no loop
-        unless it also gets the same result.
+        unless it also gets the same result. The same result coming back
+        from one tool for other arguments is a loop too, but only after
+        ``Loops.max_same_result_repeats`` calls in a row.
         """
         if result is None or name in self._exempt:
             return None
@@ -155,7 +167,30 @@ class LoopGuard:
         norm_result = normalize_result(result, mask_volatile=self._loops.mask_volatile)
         key = digest("tool", name, norm_args, norm_result)
         label = f"{name}({_excerpt(norm_args)}) -> {_excerpt(norm_result)}"
-        return self._verdict(self._tools.observe(key, label, step), "tool")
+        hit = self._tools.observe(key, label, step)
+        same = self._results.observe(
+            digest("result", name, norm_result),
+            norm_args,
+            f"{name}(...) -> {_excerpt(norm_result)}",
+            step,
+        )
+        return self._verdict(hit or same, "tool")
+
+    def on_prompt(
+        self, messages: Sequence[Mapping[str, Any]], *, step: int
+    ) -> LoopVerdict | None:
+        """Observe the messages of a model call about to start.
+
+        Messages are dicts with ``role`` (``"assistant"`` marks a model
+        answer), ``content`` and optionally ``tool_calls`` (OpenAI or
+        LangChain shape). Only the prompt's last turns are read, a turn being
+        a model answer with the messages after it: when more than
+        ``Loops.max_repeated_turns`` of them in a row each equal the turn 1
+        to ``Loops.max_cycle_period`` before, the model is being fed its own
+        answers and nothing new, and the call should not be made. Answers of
+        any length count; turns with a call to an exempt tool never match.
+        """
+        return self._verdict(self._turns.observe(messages, step), "prompt")
 
     def on_node(
         self, name: str, state_digest: str | None, *, step: int

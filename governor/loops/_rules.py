@@ -10,6 +10,17 @@ kind and runs three rules over them:
 - stale: more than ``max_stale_steps`` digests in a row each already occur in
   the window, so nothing new has been learnt.
 
+Two more rules judge what is left when the arguments or the outputs change
+in form but nothing comes of it:
+
+- same result: a tool returns the result of the call before more than
+  ``max_same_result_repeats`` times in a row, whatever the arguments (a search
+  answering "no results" to query after query);
+- repeated turns: a prompt ends in turns (a model answer with the messages
+  after it) that each equal the turn k before, more than
+  ``max_repeated_turns`` of them, for a k in 1..max_cycle_period: the model is
+  being fed its own identical answers, however short.
+
 Model outputs are judged apart: an output is a near-copy of an earlier one
 when their word shingles are similar enough *and* few of its words changed,
 at most one in ``near_duplicate_words_per_change`` (at least one). The rule
@@ -25,20 +36,32 @@ only.
 
 from __future__ import annotations
 
+import json
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from governor.loops._normalize import changed_words, shingles, words
+from governor.loops._normalize import (
+    changed_words,
+    digest,
+    normalize_args,
+    normalize_result,
+    normalize_text,
+    shingles,
+    words,
+)
 from governor.policies._loops import Loops
 
-__all__ = ["Channel", "Hit", "OutputRun", "Rule"]
+__all__ = ["Channel", "Hit", "OutputRun", "PromptTurns", "ResultRun", "Rule"]
 
 Rule = Literal[
     "repeat",
     "cycle",
     "stale",
+    "same_result",
     "near_duplicate",
+    "repeated_turns",
     "max_model_calls",
     "max_steps",
     "max_wall_s",
@@ -281,3 +304,267 @@ class OutputRun:
         self._runs = [0] * (self._lags + 1)
         self._lowest = [1.0] * (self._lags + 1)
         return hit
+
+
+class ResultRun:
+    """Tool calls in a row that each got the same result as the call before.
+
+    The arguments do not matter: a search that answers "no results" to one
+    query after another learns nothing, however the query changes. Any call
+    of another tool, or a different result, ends the run.
+    """
+
+    def __init__(self, loops: Loops) -> None:
+        self._limit = loops.max_same_result_repeats
+        self._last: bytes | None = None
+        self._run = 0
+        self._args: set[str] = set()
+        self._steps: list[int] = []
+
+    def observe(self, key: bytes, args: str, label: str, step: int) -> Hit | None:
+        """Add one call, keyed by tool and result; return a hit on a long run."""
+        if self._limit is None:
+            return None
+        if key == self._last:
+            self._run += 1
+        else:
+            self._last, self._run = key, 0
+            self._args.clear()
+            self._steps.clear()
+        self._args.add(args)
+        self._steps.append(step)
+        if self._run <= self._limit:
+            return None
+        hit = Hit(
+            rule="same_result",
+            setting="max_same_result_repeats",
+            limit=self._limit,
+            repeats=self._run,
+            labels=(label,),
+            steps=tuple(self._steps),
+            detail=(
+                f"{label} came back {self._run + 1} times in a row, for "
+                f"{len(self._args)} different arguments, so nothing new came in"
+            ),
+        )
+        # The next hit needs a fresh run.
+        self._last, self._run = None, 0
+        self._args.clear()
+        self._steps.clear()
+        return hit
+
+
+# Message contents already normalized and hashed, kept for the next prompts.
+_MEMO_ENTRIES = 512
+_ASSISTANT = frozenset(("assistant", "ai"))
+
+
+class PromptTurns:
+    """Prompts that end in the same turn, or cycle of turns, again and again.
+
+    A turn is one model answer (an assistant message) with the messages that
+    follow it up to the next answer: tool results, user feedback. When each of
+    the last turns of a prompt equals the turn k before (k of 1 to
+    ``max_cycle_period``), the model is being fed its own answers and nothing
+    else: a node that loops to itself, or agents taking turns, with nothing
+    new coming in. Short answers count, unlike for the near-duplicate rule:
+    independent calls that answer alike (map branches, a classifier) never see
+    each other's answers in their prompts.
+    """
+
+    def __init__(self, loops: Loops, exempt: frozenset[str]) -> None:
+        self._loops = loops
+        self._exempt = exempt
+        self._memo: dict[tuple[str, bool], bytes] = {}
+        # The cycle of the last hit, and the prompts since that showed it.
+        self._fired: bytes | None = None
+        self._quiet = 0
+
+    def observe(self, messages: Sequence[Mapping[str, Any]], step: int) -> Hit | None:
+        """Judge one prompt's last turns; return a hit when they repeat."""
+        limit = self._loops.max_repeated_turns
+        if limit is None:
+            return None
+        turns = _TurnsFromEnd(messages)
+        # Keys are made as the comparisons need them, the answer's first and
+        # the whole turn's only when the answers match: a prompt whose last
+        # answer is new costs max_cycle_period + 1 answer keys.
+        heads: dict[int, bytes | None] = {}
+        fulls: dict[int, bytes | None] = {}
+
+        def head(j: int) -> bytes | None:
+            if j not in heads:
+                bounds = turns.get(j)
+                heads[j] = (
+                    None if bounds is None else self._answer_key(messages[bounds[0]])
+                )
+            return heads[j]
+
+        def full(j: int) -> bytes | None:
+            if j not in fulls:
+                bounds = turns.get(j)
+                fulls[j] = None if bounds is None else self._turn_key(messages, *bounds)
+            return fulls[j]
+
+        def same(j: int, k: int) -> bool:
+            answer = head(j)
+            return (
+                answer is not None and answer == head(j + k) and full(j) == full(j + k)
+            )
+
+        for k in range(1, self._loops.max_cycle_period + 1):
+            # A cycle of k turns must come back in full at least once.
+            needed = max(limit, k - 1) + 1
+            run = 0
+            while run < needed and same(run, k):
+                run += 1
+            if run == needed:
+                lap = range(k - 1, -1, -1)  # oldest first
+                return self._hit(
+                    messages,
+                    [turns.start(j) for j in lap],
+                    [full(j) for j in lap],
+                    run,
+                    limit,
+                    step,
+                )
+        return None
+
+    def _hit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        starts: list[int],
+        keys: list[bytes | None],
+        run: int,
+        limit: int,
+        step: int,
+    ) -> Hit | None:
+        cycle = digest(*(key.hex() for key in keys if key is not None))
+        # The same cycle still going on: flagged again after limit + 1 more
+        # prompts that show it, as a fresh run would be.
+        if cycle == self._fired and self._quiet < limit:
+            self._quiet += 1
+            return None
+        self._fired, self._quiet = cycle, 0
+        labels = tuple(_turn_label(messages[start]) for start in starts)
+        k = len(starts)
+        if k == 1:
+            what = f"the same turn ({labels[0]})"
+        else:
+            what = f"a cycle of {k} turns ({' -> '.join(labels)})"
+        return Hit(
+            rule="repeated_turns",
+            setting="max_repeated_turns",
+            limit=limit,
+            repeats=run,
+            labels=labels,
+            steps=(step,),
+            detail=(
+                f"the prompt ends with {what} repeated {run} times in a row, so the "
+                "model is being fed its own answers and nothing new"
+            ),
+        )
+
+    def _turn_key(
+        self, messages: Sequence[Mapping[str, Any]], start: int, end: int
+    ) -> bytes | None:
+        """A digest of one turn, or None for a turn with an exempt tool call.
+
+        Answers are compared with their whitespace collapsed; the messages
+        after them (tool results, feedback) also with volatile tokens masked,
+        as tool results are.
+        """
+        parts: list[str] = []
+        for message in messages[start:end]:
+            calls = _tool_calls(message)
+            if any(name in self._exempt for name, _ in calls):
+                return None
+            role = str(message.get("role", ""))
+            mask = self._loops.mask_volatile and role not in _ASSISTANT
+            parts.append(role)
+            parts.append(self._content_key(message.get("content"), mask))
+            parts.extend(f"{name}({args})" for name, args in calls)
+        return digest(*parts)
+
+    def _answer_key(self, message: Mapping[str, Any]) -> bytes | None:
+        """A quick digest of a turn's answer text; the turn's key says the rest."""
+        if self._exempt and any(n in self._exempt for n, _ in _tool_calls(message)):
+            return None
+        return digest(self._content_key(message.get("content"), False))
+
+    def _content_key(self, content: Any, mask: bool) -> str:
+        if not isinstance(content, str):
+            return normalize_result(_content_text(content), mask_volatile=mask)
+        key = self._memo.get((content, mask))
+        if key is None:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            normalized = normalize_result(content, mask_volatile=mask)
+            key = self._memo[(content, mask)] = digest(normalized)
+        return key.hex()
+
+
+class _TurnsFromEnd:
+    """A prompt's turns counted from its end (0 is the last), found lazily."""
+
+    def __init__(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        self._messages = messages
+        self._bounds: list[tuple[int, int]] = []
+        self._next = len(messages) - 1
+        self._end = len(messages)
+
+    def get(self, j: int) -> tuple[int, int] | None:
+        """The (start, end) indexes of turn j from the end, if there is one."""
+        while len(self._bounds) <= j and self._next >= 0:
+            index = self._next
+            self._next -= 1
+            if self._messages[index].get("role") in _ASSISTANT:
+                self._bounds.append((index, self._end))
+                self._end = index
+        return self._bounds[j] if j < len(self._bounds) else None
+
+    def start(self, j: int) -> int:
+        """The index of turn j's answer; the turn must have been found."""
+        return self._bounds[j][0]
+
+
+def _tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (name, normalized arguments) of the tool calls a message asks for."""
+    found = []
+    for call in message.get("tool_calls") or ():
+        if not isinstance(call, Mapping):
+            continue
+        function = call.get("function")
+        if isinstance(function, Mapping):  # OpenAI shape
+            name, args = function.get("name"), function.get("arguments")
+        else:  # LangChain shape
+            name, args = call.get("name"), call.get("args")
+        if not isinstance(args, Mapping | str):
+            args = str(args)
+        found.append((str(name or ""), normalize_args(args)))
+    return found
+
+
+def _content_text(content: Any) -> str:
+    """The text of a message content: a string, or a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            str(part["text"])
+            if isinstance(part, Mapping) and "text" in part
+            else json.dumps(part, sort_keys=True, default=str)
+            for part in content
+        ]
+        return "\n".join(texts)
+    return str(content)
+
+
+def _turn_label(message: Mapping[str, Any]) -> str:
+    text = normalize_text(_content_text(message.get("content"))[:400])
+    if not text:
+        calls = _tool_calls(message)
+        text = ", ".join(f"{name}({args})" for name, args in calls) or "(empty)"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -72,6 +72,17 @@ class Loops(PolicyModel):
             "one already seen within window_steps before the guard acts" + _OFF
         ),
     )
+    max_same_result_repeats: int | None = Field(
+        default=10,
+        ge=1,
+        description=(
+            "a positive number: how many times in a row a tool may return the "
+            "same result as the call before, whatever the arguments (a search "
+            "that finds nothing for query after query), before the guard acts; "
+            "higher than max_repeats, since trying a few arguments that all "
+            "come back empty is normal" + _OFF
+        ),
+    )
     window_steps: int = Field(
         default=64,
         ge=2,
@@ -90,13 +101,25 @@ class Loops(PolicyModel):
             "taking turns repeat every 2nd) before the guard acts" + _OFF
         ),
     )
+    max_repeated_turns: int | None = Field(
+        default=2,
+        ge=1,
+        description=(
+            "a positive number: how many turns in a row at the end of a prompt "
+            "(a turn is a model answer with the messages that follow it) may each "
+            "repeat the turn 1 to max_cycle_period before, before the guard "
+            "refuses the call: the model is being fed its own identical answers, "
+            "however short" + _OFF
+        ),
+    )
     min_output_words: int = Field(
         default=8,
         ge=0,
         description=(
             "a whole number: outputs shorter than this many words are not "
-            "compared, since short answers ('yes', 'B', a label) repeat "
-            "legitimately"
+            "compared by the near-duplicate rule, since short answers ('yes', "
+            "'B', a label) repeat legitimately; a short answer fed back to the "
+            "model again and again is max_repeated_turns' business"
         ),
     )
     near_duplicate_similarity: float = Field(
