@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from conftest import MOCK_COST, SpanCapture
@@ -72,3 +76,55 @@ def test_unreachable_store_fails_open_when_asked() -> None:
     with gov.task() as task:
         call(gov)
     assert task.report().cost_usd == MOCK_COST
+
+
+# LiteLLM leaves its inner provider coroutine unawaited when wait_for cuts it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_timed_out_async_call_on_redis_is_recorded_as_charged(
+    redis_url: str, redis_prefix: str, tmp_path: Path, capture: SpanCapture
+) -> None:
+    """wait_for cuts the call: Redis, the report, the record and the span agree.
+
+    The settle runs while the task's cancellation is being handled; it used
+    to raise CancelledError after Redis had settled, so nothing else saw it.
+    """
+    import asyncio
+
+    import litellm
+
+    from governor.spend import JsonlSpendStore
+    from governor.testing import StubBehaviour, StubServer
+
+    litellm.suppress_debug_info = True
+    spend = tmp_path / "spend.jsonl"
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    policy = Policy(budgets=[Budget(scope="team", max_usd="1")])
+    gov = Governor(
+        policy, ledger=ledger, spend=str(spend), tracer_provider=capture.provider
+    )
+
+    async def cut_off() -> None:
+        async with gov.atask(team="t") as task:
+            call = GovernedLiteLLM(gov).acompletion(
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                api_base=stub.base_url + "/v1",
+                api_key="sk-test",
+                max_retries=0,
+                max_tokens=100,
+            )
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(call, 0.3)
+        reports.append(task.report())
+
+    reports: list[Any] = []
+    with StubServer(default=StubBehaviour(delay_s=2.0)) as stub:
+        asyncio.run(cut_off())
+    gov.close()
+    balance = ledger.balance("team:t")
+    records = list(JsonlSpendStore(spend).query())
+    assert balance is not None
+    charged = Decimal(balance.spent_nanos) / 10**9
+    assert charged > 0
+    assert (reports[0].cost_usd, [r.cost_usd for r in records]) == (charged, [charged])
+    assert [s.name for s in capture.calls()] == ["chat openai/gpt-4o-mini"]

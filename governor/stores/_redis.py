@@ -256,8 +256,9 @@ class RedisConnections:
         :class:`asyncio.CancelledError` even if redis-py swallowed it (on
         Python 3.11 its ``asyncio.wait_for`` can); the command may have run.
         """
+        before = _cancel_requests()
         try:
-            return _unless_cancelled(await op())
+            return _unless_cancelled(await op(), before)
         except _TRANSIENT as exc:
             if self.config.attempts == 1:
                 raise self.unavailable(what, exc) from exc
@@ -265,7 +266,7 @@ class RedisConnections:
         try:
             async for attempt in AsyncRetrying(**self._retry_args()):
                 with attempt:
-                    return _unless_cancelled(await op())
+                    return _unless_cancelled(await op(), before)
         except _TRANSIENT as exc:
             raise self.unavailable(what, exc) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -571,9 +572,19 @@ class RedisLedger:
         return rkeys, [*args, *keys]
 
 
-def _unless_cancelled(result: T) -> T:
+def _cancel_requests() -> int:
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    return task.cancelling() if task is not None else 0
+
+
+def _unless_cancelled(result: T, before: int) -> T:
+    """Raise a cancellation requested while the command ran.
+
+    Only a new one: cleanup that runs after a cancellation was delivered (a
+    cut-off call settling its hold) still has ``cancelling()`` above zero,
+    and must finish its work instead of raising again.
+    """
+    if _cancel_requests() > before:
         raise asyncio.CancelledError
     return result
 
