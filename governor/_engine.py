@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -41,7 +41,7 @@ from governor._errors import (
     ScopeBlocked,
 )
 from governor._leases import LeaseKeeper
-from governor._loopwatch import loop_watch
+from governor._loopwatch import loop_watch, nothing_to_judge
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
 from governor._slots import Held, SlotKeeper
@@ -49,6 +49,7 @@ from governor._slots import arelease as arelease_slots
 from governor._slots import release as release_slots
 from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
 from governor.budgets import lines_for
+from governor.budgets._periods import calendar_ttl
 from governor.policies import Attribution, Budget, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import (
@@ -77,6 +78,14 @@ _WARN_MEMORY = 10_000
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
 _WARN_EVERY_S = 1.0
+# Budget lines shared between tasks, per policy budgets and scope values; a
+# process with many distinct scope values (users, sessions) forgets them all
+# past this many, which only means building them again.
+_TEMPLATE_MEMORY = 1_024
+# The task id shared task-budget lines are made for, then renamed per task;
+# never a real task id (those hold no control characters).
+_PLACEHOLDER_TASK_ID = "\x00"
+_PLACEHOLDER_TASK_KEY = f"task:{_PLACEHOLDER_TASK_ID}"
 
 
 class Governor:
@@ -143,6 +152,10 @@ class Governor:
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[int, Any] = {}
+        self._line_templates: dict[
+            tuple[int, tuple[tuple[str, str], ...]],
+            tuple[float, Any, list[tuple[Budget, Line, datetime | None]]],
+        ] = {}
 
     # -- cache -----------------------------------------------------------
 
@@ -283,6 +296,8 @@ class Governor:
             raise ScopeBlocked(scope, task_id=task.id)
 
     def _tightened(self, line: Line) -> Line:
+        if not self._factors:
+            return line  # nothing tightened: every factor is 1.0
         scope = line.key.split("#", 1)[0]
         factor = self._factors.get(scope, 1.0) * self._factors.get("all", 1.0)
         if factor == 1.0:
@@ -596,7 +611,9 @@ class Governor:
         try:
             self._check_blocked(task)
             step = request.step if request.step is not None else task.calls + 1
-            if request.operation != EMBEDDINGS:
+            if request.operation != EMBEDDINGS and not (
+                owns and nothing_to_judge(task.policy.loops, request.messages)
+            ):
                 loop_watch(task, self.telemetry).before_call(request.messages, step)
             rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
@@ -622,8 +639,8 @@ class Governor:
             max_output_tokens=max_out,
             hold_nanos=self._worst_nanos(rate, bound, out_total, task),
             hold_tokens=bound + out_total,
-            lines=tuple(line for _, line in pairs),
-            budgets=tuple(budget for budget, _ in pairs),
+            lines=tuple([line for _, line in pairs]),
+            budgets=tuple([budget for budget, _ in pairs]),
             started_at=time.monotonic(),
         )
         if named is not None:
@@ -696,7 +713,9 @@ class Governor:
             self._warn_orphan_call()
         given = request.attribution
         attribution = Attribution(**given) if given else None
-        return self._new_task(None, None, attribution, {}), True
+        task = self._new_task(None, None, attribution, {})
+        task.extras["one_call"] = True
+        return task, True
 
     def _joined_task(self, request: CallRequest) -> Task | None:
         """The task a call joins: its own, else this governor's current one."""
@@ -887,8 +906,12 @@ class Governor:
         admission.settled = True
         task = admission.task
         request = admission.request
-        step = request.step if request.step is not None else task.calls
-        if request.operation != EMBEDDINGS:
+        # A one-call task's output is its guard's first, which no rule can
+        # judge a loop (each compares an output with earlier ones), and the
+        # task ends with this call: observing it would only cost time (words
+        # and shingles of the whole answer).
+        if request.operation != EMBEDDINGS and not admission.owns_task:
+            step = request.step if request.step is not None else task.calls
             loop_watch(task, self.telemetry).after_call(
                 result.output_text, step, request.node
             )
@@ -989,15 +1012,61 @@ class Governor:
             and cached[2] == self._tighten_version
         ):
             return cached[1]  # type: ignore[no-any-return]
-        moment = datetime.fromtimestamp(now, UTC)
-        specs = lines_for(task.policy.budgets, task.scope_values, task.id, moment)
-        pairs = [(spec.budget, self._tightened(spec.line())) for spec in specs]
+        valid_until, shared = self._shared_lines(
+            task.policy.budgets, task.scope_values, now
+        )
+        moment: datetime | None = None
+        pairs = []
+        for budget, line, resets_at in shared:
+            if budget.scope == "task":
+                key = f"task:{task.id}{line.key[len(_PLACEHOLDER_TASK_KEY) :]}"
+                line = _line_as(line, key, self._task_line_ttl(task, line))
+            elif resets_at is not None:
+                # A calendar window's line lives the rest of the window plus
+                # one period, counted from now.
+                if moment is None:
+                    moment = datetime.fromtimestamp(now, UTC)
+                ttl_s = calendar_ttl(budget.period, resets_at, moment)
+                line = _line_as(line, line.key, ttl_s)
+            pairs.append((budget, self._tightened(line)))
         pairs.extend(self._parent_task_lines(task, {line.key for _, line in pairs}))
+        task.extras["lines"] = (valid_until, pairs, self._tighten_version)
+        return pairs
+
+    @staticmethod
+    def _task_line_ttl(task: Task, line: Line) -> float | None:
+        """A one-call task's line lives as long as a hold, not a day.
+
+        Its id is random and never used again, so keeping the line for a day
+        (for a task id a retry may reuse) would only fill the store: one
+        line per call made outside a task.
+        """
+        if task.extras.get("one_call") and line.ttl_s is not None:
+            return min(line.ttl_s, task.policy.hold_ttl_s)
+        return line.ttl_s
+
+    def _shared_lines(
+        self, budgets: Sequence[Budget], scope_values: Mapping[str, str], now: float
+    ) -> tuple[float, list[tuple[Budget, Line, datetime | None]]]:
+        """The lines of these budgets for these scope values, with each
+        calendar window's reset, worked out once per window and shared by the
+        tasks that have them (one-call tasks would otherwise work them out on
+        every call). Task lines are made for a placeholder task id."""
+        key = (id(budgets), tuple(scope_values.items()))
+        entry = self._line_templates.get(key)
+        if entry is not None and entry[1] is budgets and now < entry[0]:
+            return entry[0], entry[2]
+        moment = datetime.fromtimestamp(now, UTC)
+        specs = lines_for(budgets, scope_values, _PLACEHOLDER_TASK_ID, moment)
+        shared = [(s.budget, s.line(), s.window.resets_at) for s in specs]
         resets = [s.window.resets_at.timestamp() for s in specs if s.window.resets_at]
         rolling = any(s.window.window_s is not None for s in specs)
         valid_until = now if rolling else min(resets, default=float("inf"))
-        task.extras["lines"] = (valid_until, pairs, self._tighten_version)
-        return pairs
+        if not rolling:
+            if len(self._line_templates) >= _TEMPLATE_MEMORY:
+                self._line_templates.clear()
+            self._line_templates[key] = (valid_until, budgets, shared)
+        return valid_until, shared
 
     def _parent_task_lines(
         self, task: Task, taken: set[str]
@@ -1167,6 +1236,13 @@ def _recorder(
 
         return SpendRecorder(open_store(spend), observers=observers)
     return SpendRecorder(spend, observers=observers)
+
+
+def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:
+    """``line`` under another key or lifetime."""
+    if type(line) is Line:
+        return Line(key, line.limit_nanos, line.limit_tokens, ttl_s)
+    return dataclasses.replace(line, key=key, ttl_s=ttl_s)
 
 
 def _check_request(request: CallRequest) -> None:

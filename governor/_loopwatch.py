@@ -30,6 +30,7 @@ from governor.loops import LoopDetected, LoopGuard, LoopVerdict
 
 if TYPE_CHECKING:
     from governor._task import Task
+    from governor.policies import Loops
     from governor.telemetry import Telemetry
 
 __all__ = ["LoopWatch", "loop_watch", "state_digest"]
@@ -47,9 +48,10 @@ class LoopWatch:
         self.telemetry = telemetry
         self._guard: LoopGuard | None = None
         loops = task.policy.loops
-        self._has_ceilings = any(
-            limit is not None
-            for limit in (loops.max_model_calls, loops.max_steps, loops.max_wall_s)
+        self._has_ceilings = (
+            loops.max_model_calls is not None
+            or loops.max_steps is not None
+            or loops.max_wall_s is not None
         )
         self.stopped: LoopDetected | None = None
         self.hint: str | None = None
@@ -199,6 +201,31 @@ class LoopWatch:
             return False
         self._seen[key] = copies[key]
         return True
+
+
+def nothing_to_judge(loops: Loops, messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a new task's first call gives its guard nothing to judge.
+
+    A fresh watch's ``before_call`` judges the prompt's tool results, its
+    repeated assistant turns (two answers at least) and the ceilings; with
+    none of them it does nothing, so a one-call task need not make a watch.
+    """
+    if (
+        loops.max_model_calls is not None
+        or loops.max_steps is not None
+        or loops.max_wall_s is not None
+    ):
+        return False
+    answers = 0
+    for message in messages:
+        role = message.get("role")
+        if role == "tool":
+            return False
+        if role == "assistant" and loops.max_repeated_turns is not None:
+            answers += 1
+            if answers >= 2:
+                return False
+    return True
 
 
 def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:

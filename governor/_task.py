@@ -151,7 +151,7 @@ class Task:
         self._saved_nanos = 0
         self._inflight = 0
         self.peak_inflight = 0
-        self.scope_values = attribution.scope_values()
+        self.scope_values = _scope_values(attribution)
         self.span_attributes: dict[str, Any] = {}
 
     @property
@@ -279,6 +279,27 @@ class Task:
                 attribution=_flat_attribution(self.attribution),
                 peak_inflight=self.peak_inflight,
             )
+
+
+# Scope values of the attributions tasks were made with, by identity: most
+# tasks share a few attributions (the policy's), and reading one's fields
+# costs more than copying a dict. Attributions are frozen; each entry keeps its
+# attribution alive, so an id is never reused while its entry stands.
+_SCOPE_VALUES: dict[int, tuple[Attribution, dict[str, str]]] = {}
+_SCOPE_VALUES_MEMORY = 256
+
+
+def _scope_values(attribution: Attribution) -> dict[str, str]:
+    """``attribution.scope_values()``, as a fresh dict, read once per attribution."""
+    entry = _SCOPE_VALUES.get(id(attribution))
+    if entry is None or entry[0] is not attribution:
+        if len(_SCOPE_VALUES) >= _SCOPE_VALUES_MEMORY:
+            _SCOPE_VALUES.clear()
+        entry = _SCOPE_VALUES[id(attribution)] = (
+            attribution,
+            attribution.scope_values(),
+        )
+    return dict(entry[1])
 
 
 def _flat_attribution(attribution: Attribution) -> dict[str, str]:

@@ -471,3 +471,25 @@ def test_crossing_two_warning_thresholds_at_once_logs_one_line(
     lines = [r.getMessage() for r in caplog.records if "has used" in r.getMessage()]
     # MOCK_COST is 0.0000135: 87% of the limit.
     assert lines == ["budget team:a has used 87% of its limit"]
+
+
+def test_one_call_task_lines_are_forgotten_after_a_hold_lifetime() -> None:
+    """Calls outside a task leave no lasting line; a named task's line stays."""
+    from governor.stores import MemoryLedger
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    ledger = MemoryLedger(clock=clock)
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]), ledger=ledger)
+    for _ in range(3):
+        call(GovernedLiteLLM(gov), max_tokens=20)
+    with gov.task("job-1"):
+        call(GovernedLiteLLM(gov), max_tokens=20)
+    before = len(ledger.keys())
+    clock.now = 901.0
+    assert (before, ledger.keys()) == (4, ["task:job-1"])

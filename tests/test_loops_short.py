@@ -348,3 +348,27 @@ def test_same_result_rule_can_be_turned_off() -> None:
         guard.on_tool_call("search", {"q": str(n)}, "none", step=n) for n in range(30)
     ]
     assert verdicts == [None] * 30
+
+
+def test_a_conversation_looping_outside_any_task_is_stopped() -> None:
+    """Plain LiteLLM calls, one task each, are judged on the prompt they send."""
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Fetch the page."}]
+    sent = 0
+    with pytest.raises(LoopDetected) as stopped:
+        for _ in range(20):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=messages,
+                mock_response=RETRY,
+                max_tokens=10,
+            )
+            sent += 1
+            messages += [
+                {"role": "assistant", "content": RETRY},
+                {"role": "user", "content": "Try again."},
+            ]
+    assert (stopped.value.rule, sent) == ("repeated_turns", 4)

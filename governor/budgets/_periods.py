@@ -149,8 +149,13 @@ def _calendar(period: _Calendar, zone: ZoneInfo, now: datetime) -> Window:
     local = now.astimezone(zone)
     start, end = _bounds(period, zone, local)
     suffix = f"{_SEP}{period}:{_window_id(period, start)}@{zone.key}"
-    ttl_s = (end - now).total_seconds() + _NOMINAL_S[period]
-    return Window(period, suffix, start, end, float(math.ceil(ttl_s)))
+    return Window(period, suffix, start, end, calendar_ttl(period, end, now))
+
+
+def calendar_ttl(period: str, resets_at: datetime, now: datetime) -> float:
+    """How long a calendar window's line lives after a change at ``now``:
+    the rest of the window plus one period, in whole seconds rounded up."""
+    return float(math.ceil((resets_at - now).total_seconds() + _NOMINAL_S[period]))
 
 
 def _bounds(
