@@ -150,6 +150,7 @@ class Task:
         self._cost_nanos = 0
         self._saved_nanos = 0
         self._inflight = 0
+        self._overlaps = 0  # calls admitted while another was in flight
         self.peak_inflight = 0
         self.scope_values = _scope_values(attribution)
         self.span_attributes: dict[str, Any] = {}
@@ -179,12 +180,22 @@ class Task:
         return time.monotonic() - self.started_at
 
     def admit(self) -> int:
-        """Count an admitted call; return the task's in-flight count."""
+        """Count an admitted call; return the overlap count (see ``overlaps``)."""
         with self._lock:
             self._calls += 1
+            if self._inflight:
+                self._overlaps += 1
             self._inflight += 1
             self.peak_inflight = max(self.peak_inflight, self._inflight)
-            return self._inflight
+            return self._overlaps if self._inflight == 1 else -1
+
+    def overlapped(self, mark: int) -> bool:
+        """Whether a call whose ``admit()`` gave ``mark`` ran beside another.
+
+        A call admitted while another was in flight gets -1; any call admitted
+        while it ran moves the count past its mark.
+        """
+        return mark < 0 or self._overlaps != mark
 
     def settle(self, *, nanos: int, input_tokens: int, output_tokens: int) -> None:
         """Add a finished call's settled spend."""

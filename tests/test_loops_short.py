@@ -372,3 +372,50 @@ def test_a_conversation_looping_outside_any_task_is_stopped() -> None:
                 {"role": "user", "content": "Try again."},
             ]
     assert (stopped.value.rule, sent) == ("repeated_turns", 4)
+
+
+def test_calls_gathered_side_by_side_are_fan_out_not_a_loop() -> None:
+    """Six like answers from asyncio.gather in one task: no loop is reported."""
+    import asyncio
+
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    answer = "The capital of France is Paris, a city on the river Seine."
+    gov = Governor()
+
+    async def main() -> Any:
+        llm = GovernedLiteLLM(gov)
+        async with gov.atask() as task:
+            await asyncio.gather(
+                *(
+                    llm.acompletion(
+                        model="gpt-4o-mini",
+                        messages=[{"role": "user", "content": f"Question {i}?"}],
+                        mock_response=answer,
+                        mock_delay=0.05,
+                        max_tokens=30,
+                    )
+                    for i in range(6)
+                )
+            )
+        return task.report()
+
+    report = asyncio.run(main())
+    assert (report.calls, report.peak_inflight, report.stop_reason) == (6, 6, None)
+
+
+def test_the_same_answers_one_after_another_are_still_a_loop() -> None:
+    """The same six answers in sequence are stopped as before."""
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    answer = "The capital of France is Paris, a city on the river Seine."
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    with pytest.raises(LoopDetected), gov.task():
+        for i in range(6):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Question {i}?"}],
+                mock_response=answer,
+                max_tokens=30,
+            )
