@@ -197,3 +197,24 @@ def test_output_over_the_sent_ceiling_is_charged_and_logged_once(
     warned = [r for r in caplog.records if "reported 5000 output tokens" in r.message]
     assert task.report().cost_usd == 2 * (10 * IN_PRICE + 5000 * OUT_PRICE)
     assert len(warned) == 1
+
+
+@pytest.mark.parametrize(("given", "sent"), [(None, 1), (1, 2)])
+def test_sdk_retries_are_off_unless_asked_for(
+    stub: StubServer, given: int | None, sent: int
+) -> None:
+    """A timed-out call is sent once, not three times behind the governor."""
+    stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, delay_s=1.5))
+    extra: dict[str, Any] = {} if given is None else {"max_retries": given}
+    gov = Governor()
+    with gov.task(), pytest.raises(litellm.Timeout):
+        GovernedLiteLLM(gov).completion(
+            model=MODEL,
+            messages=MESSAGES,
+            api_base=stub.base_url + "/v1",
+            api_key="sk-test",
+            max_tokens=50,
+            timeout=0.3,
+            **extra,
+        )
+    assert len(stub.requests) == sent

@@ -613,8 +613,13 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     """Send the ceiling the governor reserved for, and ask streams for usage.
 
     ``cache=False`` (the governor's opt-out) is sent in LiteLLM's form, which
-    takes only a mapping there.
+    takes only a mapping there; the SDK's retries are off unless the caller
+    set ``max_retries``.
     """
+    # The provider SDK's own retries (the OpenAI client retries a timeout
+    # twice) would send requests the governor never reserved: retry around
+    # the governed call instead, where each attempt is held and charged.
+    kwargs.setdefault("max_retries", 0)
     flag = kwargs.get("cache")
     if flag is True:
         del kwargs["cache"]
