@@ -20,6 +20,7 @@ from governor._errors import ConfigError, GovernorError
 from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
+    from governor._engine import Governor
     from governor.policies import Attribution, Policy
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class Task:
         self.parent: Task | None = None
         # The governor that opened the task (None for a task made by hand);
         # another governor's calls do not join it.
-        self.owner: object | None = None
+        self.owner: Governor | None = None
         self.closed = False
         self.policy = policy
         self.attribution = attribution
@@ -272,7 +273,15 @@ class Task:
         return self.closed
 
     def report(self) -> TaskReport:
-        """Return the task's totals so far."""
+        """Return the task's totals so far.
+
+        While the task is open, ``budget_left_usd`` is read from the ledger
+        (one read per budget line); at its end it is the figure taken then.
+        """
+        left = self.budget_left_usd
+        owner = self.owner
+        if not self.closed and owner is not None:
+            left = owner._budget_left(self)
         with self._lock:
             return TaskReport(
                 task_id=self.id,
@@ -284,7 +293,7 @@ class Task:
                 output_tokens=self._output_tokens,
                 cost_usd=nanos_to_usd(self._cost_nanos),
                 saved_usd=nanos_to_usd(self._saved_nanos),
-                budget_left_usd=self.budget_left_usd,
+                budget_left_usd=left,
                 stop_reason=self.stop_reason,
                 elapsed_s=time.monotonic() - self.started_at,
                 attribution=_flat_attribution(self.attribution),

@@ -493,3 +493,13 @@ def test_one_call_task_lines_are_forgotten_after_a_hold_lifetime() -> None:
     before = len(ledger.keys())
     clock.now = 901.0
     assert (before, ledger.keys()) == (4, ["task:job-1"])
+
+
+def test_an_open_task_reports_the_budget_left_so_far() -> None:
+    """report() inside the task reads the room left, not None."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.001")]))
+    with gov.task() as task:
+        call(GovernedLiteLLM(gov), max_tokens=20)
+        inside = task.report().budget_left_usd
+    assert inside == Decimal("0.001") - MOCK_COST
+    assert task.report().budget_left_usd == inside
