@@ -343,13 +343,22 @@ class FailoverLedger:
             entering = not self._degraded
             self._degraded = True
             self._next_probe = self._clock() + self._probe_interval_s
-        if entering:
-            # Failing open, the error's advice to fail open would mislead.
-            said = exc.cause if self.mode == "open" and exc.cause else exc
+        if not entering:
+            return
+        if self.mode == "open":
+            # The error's advice is to fail open, which this already does.
             logger.warning(
-                "budget store unavailable, failing %s until it answers: %s",
-                self.mode,
-                said,
+                "budget store unavailable, failing open until it answers: %s. "
+                "Calls are admitted against a local copy of each budget in this "
+                "process, and their spend is written to the store once it "
+                "answers. Check that the store is running and reachable (URL, "
+                "password, TLS).",
+                exc.cause or exc,
+            )
+        else:
+            logger.warning(
+                "budget store unavailable, failing closed until it answers: %s",
+                exc,
             )
 
     def _ok(self) -> None:
