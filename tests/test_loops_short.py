@@ -419,3 +419,21 @@ def test_the_same_answers_one_after_another_are_still_a_loop() -> None:
                 mock_response=answer,
                 max_tokens=30,
             )
+
+
+def test_a_chat_whose_asks_differ_only_by_an_id_is_not_a_loop() -> None:
+    """ "Cancel order <uuid>" answered "Done." each time: new asks, not a loop."""
+    import uuid
+
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    history: list[dict[str, str]] = [{"role": "system", "content": "Order bot."}]
+    for _ in range(8):
+        history.append({"role": "user", "content": f"Cancel order {uuid.uuid4()}"})
+        llm.completion(
+            model="gpt-4o-mini", messages=history, mock_response="Done.", max_tokens=5
+        )
+        history.append({"role": "assistant", "content": "Done."})
+    assert len(history) == 17

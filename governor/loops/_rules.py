@@ -357,6 +357,7 @@ class ResultRun:
 # Message contents already normalized and hashed, kept for the next prompts.
 _MEMO_ENTRIES = 512
 _ASSISTANT = frozenset(("assistant", "ai"))
+_TOOL_ROLES = frozenset(("tool", "function"))
 
 
 class PromptTurns:
@@ -470,9 +471,10 @@ class PromptTurns:
     ) -> bytes | None:
         """A digest of one turn, or None for a turn with an exempt tool call.
 
-        Answers are compared with their whitespace collapsed; the messages
-        after them (tool results, feedback) also with volatile tokens masked,
-        as tool results are.
+        Every message is compared with its whitespace collapsed; tool results
+        also with volatile tokens masked, as the tool rules mask them. A user
+        message is never masked: "Cancel order <id>" with a new id is a new
+        ask, not the same turn again.
         """
         parts: list[str] = []
         for message in messages[start:end]:
@@ -480,7 +482,7 @@ class PromptTurns:
             if any(name in self._exempt for name, _ in calls):
                 return None
             role = str(message.get("role", ""))
-            mask = self._loops.mask_volatile and role not in _ASSISTANT
+            mask = self._loops.mask_volatile and role in _TOOL_ROLES
             parts.append(role)
             parts.append(self._content_key(message.get("content"), mask))
             parts.extend(f"{name}({args})" for name, args in calls)
