@@ -797,7 +797,7 @@ class Governor:
         task = admission.task
         if refusal is not None:
             self._refuse(admission, refusal)
-        admission.extras["overlap_mark"] = task.admit()
+        admission.extras["finished_mark"] = task.admit()
         admission.span = self._start_call_span(admission)
         logger.debug(
             "task %s: reserved %s nano-USD for %s",
@@ -909,13 +909,13 @@ class Governor:
         # A one-call task's output is its guard's first, which no rule can
         # judge a loop (each compares an output with earlier ones), and the
         # task ends with this call: observing it would only cost time (words
-        # and shingles of the whole answer). Calls of one task that ran side
-        # by side (asyncio.gather, threads) are not one after another: like
+        # and shingles of the whole answer). A call that another call of the
+        # task overtook (asyncio.gather, threads) did not follow it: like
         # answers among them are fan-out, not a loop.
         if (
             request.operation != EMBEDDINGS
             and not admission.owns_task
-            and not task.overlapped(admission.extras.get("overlap_mark", -1))
+            and not task.overtaken(admission.extras.get("finished_mark", -1))
         ):
             step = request.step if request.step is not None else task.calls
             loop_watch(task, self.telemetry).after_call(

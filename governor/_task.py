@@ -151,7 +151,7 @@ class Task:
         self._cost_nanos = 0
         self._saved_nanos = 0
         self._inflight = 0
-        self._overlaps = 0  # calls admitted while another was in flight
+        self._finished = 0  # calls settled so far
         self.peak_inflight = 0
         self.scope_values = _scope_values(attribution)
         self.span_attributes: dict[str, Any] = {}
@@ -181,27 +181,27 @@ class Task:
         return time.monotonic() - self.started_at
 
     def admit(self) -> int:
-        """Count an admitted call; return the overlap count (see ``overlaps``)."""
+        """Count an admitted call; return a mark for :meth:`overtaken`."""
         with self._lock:
             self._calls += 1
-            if self._inflight:
-                self._overlaps += 1
             self._inflight += 1
             self.peak_inflight = max(self.peak_inflight, self._inflight)
-            return self._overlaps if self._inflight == 1 else -1
+            return self._finished
 
-    def overlapped(self, mark: int) -> bool:
-        """Whether a call whose ``admit()`` gave ``mark`` ran beside another.
+    def overtaken(self, mark: int) -> bool:
+        """Whether another call finished while the one marked ``mark`` ran.
 
-        A call admitted while another was in flight gets -1; any call admitted
-        while it ran moves the count past its mark.
+        Its output then does not follow that call's: they ran side by side
+        (``asyncio.gather``, threads), and like answers among them are fan-out.
+        A call that merely overlaps a long open stream is not overtaken.
         """
-        return mark < 0 or self._overlaps != mark
+        return self._finished != mark
 
     def settle(self, *, nanos: int, input_tokens: int, output_tokens: int) -> None:
         """Add a finished call's settled spend."""
         with self._lock:
             self._inflight -= 1
+            self._finished += 1
             self._cost_nanos += nanos
             self._input_tokens += input_tokens
             self._output_tokens += output_tokens

@@ -437,3 +437,32 @@ def test_a_chat_whose_asks_differ_only_by_an_id_is_not_a_loop() -> None:
         )
         history.append({"role": "assistant", "content": "Done."})
     assert len(history) == 17
+
+
+def test_a_loop_beside_an_open_stream_is_still_stopped() -> None:
+    """A stream left open does not hide the calls that follow one another."""
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    answer = "The capital of France is Paris, a city on the river Seine."
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    sent = 0
+    with pytest.raises(LoopDetected), gov.task():
+        stream = llm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Tell a long story."}],
+            mock_response="Once upon a time there was a governor.",
+            max_tokens=50,
+            stream=True,
+        )
+        next(iter(stream))
+        for i in range(10):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Continue {i}."}],
+                mock_response=answer,
+                max_tokens=30,
+            )
+            sent += 1
+    stream.close()
+    assert sent == 4
