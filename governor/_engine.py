@@ -555,10 +555,9 @@ class Governor:
         if admission.settled:
             return Decimal(0)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
+        nanos, tokens = _storable(nanos, usage)
         try:
-            self.ledger.settle(
-                admission.call_id, admission.keys, nanos, usage.total_tokens
-            )
+            self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
         finally:
             release_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
@@ -595,10 +594,9 @@ class Governor:
         if not isinstance(ledger, AsyncLedger):
             return self.end_call(admission, result)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
+        nanos, tokens = _storable(nanos, usage)
         try:
-            await ledger.asettle(
-                admission.call_id, admission.keys, nanos, usage.total_tokens
-            )
+            await ledger.asettle(admission.call_id, admission.keys, nanos, tokens)
         finally:
             await arelease_slots(admission.held)
         return self._finish(admission, result, nanos, usage, cost_source)
@@ -1269,6 +1267,30 @@ def _attribution(base: Attribution, *given: Attribution | None) -> Attribution:
         if part is not None:
             base = base.merged(part)
     return base
+
+
+# The largest amount a ledger keeps exactly (Redis counts in doubles).
+_MAX_AMOUNT = 2**53 - 1
+
+
+def _storable(nanos: int, usage: Usage) -> tuple[int, int]:
+    """A settle's amounts, held to what a ledger stores exactly.
+
+    Only a provider reporting absurd usage (10^15 tokens, some $9 million)
+    gets here; refusing the settle would lose the answer and leak the hold,
+    so the amount is capped, which still exhausts any real budget.
+    """
+    tokens = usage.total_tokens
+    if nanos <= _MAX_AMOUNT and tokens <= _MAX_AMOUNT:
+        return nanos, tokens
+    logger.warning(
+        "a call reported usage worth %d nano-USD and %d tokens, beyond what "
+        "a ledger stores exactly; it is charged %d of each",
+        nanos,
+        tokens,
+        _MAX_AMOUNT,
+    )
+    return min(nanos, _MAX_AMOUNT), min(tokens, _MAX_AMOUNT)
 
 
 def _refusal_advice(admission: Admission, unit: str) -> str | None:

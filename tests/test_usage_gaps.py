@@ -218,3 +218,22 @@ def test_sdk_retries_are_off_unless_asked_for(
             **extra,
         )
     assert len(stub.requests) == sent
+
+
+def test_absurd_usage_on_redis_is_capped_not_lost(
+    stub: StubServer, redis_url: str, redis_prefix: str
+) -> None:
+    """10^15 prompt tokens: the answer comes back and the hold is settled."""
+    from governor.stores import RedisLedger
+
+    usage = {"prompt_tokens": 10**15, "completion_tokens": 5, "total_tokens": 10**15}
+    stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, usage=usage))
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="1")]), ledger=ledger)
+    with gov.task(team="t") as task:
+        response = ask(GovernedLiteLLM(gov), stub)
+    balance = ledger.balance("team:t")
+    assert response.choices[0].message.content == ANSWER
+    assert balance is not None
+    assert (balance.reserved_nanos, balance.spent_nanos) == (0, 2**53 - 1)
+    assert task.report().cost_usd == Decimal(2**53 - 1) / 10**9
