@@ -461,10 +461,16 @@ class Governor:
                 self.policy.failure_mode,
             )
         named = Attribution(**scopes) if scopes else None
-        base = _attribution(effective.attribution, attribution, named)
+        parent = _CURRENT.get()
+        # A sub-task is charged where its parent is (team, user, ...) unless
+        # it names its own values: its spend counts against both.
+        base = effective.attribution
+        if parent is not None:
+            base = base.merged(parent.attribution)
+        base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.owner = self
-        task.parent = _CURRENT.get()
+        task.parent = parent
         task.span = self.telemetry.start_task(task)
         return task
 

@@ -79,3 +79,27 @@ def test_the_task_wins_a_clash_and_says_so(
     warned = [r for r in caplog.records if "team='acme'" in r.getMessage()]
     assert [r.team for r in store.query()] == ["search", "search"]
     assert len(warned) == 1
+
+
+def test_a_task_inside_a_task_is_charged_to_the_outer_team() -> None:
+    """The inner task inherits team N: its call meets team N's budget."""
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.000001")])
+    gov = Governor(policy)
+    with (
+        gov.task(team="N"),
+        gov.task() as inner,
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        ask(GovernedLiteLLM(gov), "Q")
+    assert (refused.value.scope, inner.report().attribution) == (
+        "team:N",
+        {"team": "N"},
+    )
+
+
+def test_an_inner_task_naming_its_own_team_keeps_it() -> None:
+    """Values the inner task names win over the outer task's."""
+    gov = Governor()
+    with gov.task(team="N", feature="chat"), gov.task(team="M") as inner:
+        pass
+    assert inner.report().attribution == {"team": "M", "feature": "chat"}
