@@ -76,8 +76,10 @@ class LoopWatch:
         self.raise_if_stopped()
         with self._lock:
             flagged = False
-            for name, args, result in self._new_tool_results(messages):
-                verdict = self.guard.on_tool_call(name, args, result, step=step)
+            for name, args, result, turn in self._new_tool_results(messages):
+                verdict = self.guard.on_tool_call(
+                    name, args, result, step=step, turn=turn
+                )
                 flagged = flagged or verdict is not None
                 self._act(verdict)
             # A loop the tool results showed is not reported twice.
@@ -162,8 +164,11 @@ class LoopWatch:
 
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Any, str]]:
+    ) -> list[tuple[str, Any, str, int]]:
         """The tool results of a prompt that no earlier prompt carried.
+
+        Each comes with the place of the model answer that called the tool,
+        so calls made side by side in one answer can be told apart.
 
         A result is known by its call id and a digest of its content, not by
         its place in the prompt, so a prompt trimmed to its last messages does
@@ -173,14 +178,14 @@ class LoopWatch:
         """
         if not any(m.get("role") == "tool" for m in messages):
             return []
-        calls: dict[str, tuple[str, Any]] = {}
+        calls: dict[str, tuple[str, Any, int]] = {}
         copies: dict[tuple[str, bytes], int] = {}
         found = []
-        for message in messages:
+        for place, message in enumerate(messages):
             for call in message.get("tool_calls") or ():
                 ident, name, args = _tool_call(call)
                 if ident:
-                    calls[ident] = (name, args)
+                    calls[ident] = (name, args, place)
             ident = message.get("tool_call_id")
             if message.get("role") != "tool" or not ident:
                 continue
@@ -188,8 +193,8 @@ class LoopWatch:
             # Count every copy, including those whose call was trimmed away.
             key = (str(ident), _content_digest(content))
             if self._is_new(key, copies) and ident in calls:
-                name, args = calls[ident]
-                found.append((name, args, content))
+                name, args, place = calls[ident]
+                found.append((name, args, content, place))
         return found
 
     def _is_new(

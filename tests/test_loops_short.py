@@ -466,3 +466,31 @@ def test_a_loop_beside_an_open_stream_is_still_stopped() -> None:
             sent += 1
     stream.close()
     assert sent == 4
+
+
+def test_many_tool_calls_in_one_answer_with_one_result_are_fan_out() -> None:
+    """Fourteen e-mails sent in one answer, each "sent": not a same_result loop."""
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    calls = [
+        {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": "send_email", "arguments": f'{{"to": "u{i}@x.io"}}'},
+        }
+        for i in range(14)
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Tell the whole team."},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *(
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": "sent"}
+            for i in range(14)
+        ),
+    ]
+    gov = Governor()
+    with gov.task() as task:
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mini", messages=messages, mock_response="Done.", max_tokens=5
+        )
+    assert (task.report().calls, task.report().stop_reason) == (1, None)

@@ -152,6 +152,7 @@ class LoopGuard:
         result: str | None,
         *,
         step: int,
+        turn: int | None = None,
     ) -> LoopVerdict | None:
         """Observe one tool call with its result, once the result is known.
 
@@ -159,7 +160,9 @@ class LoopGuard:
         ``Loops.exempt_tools`` is not judged: repeating a call is no loop
         unless it also gets the same result. The same result coming back
         from one tool for other arguments is a loop too, but only after
-        ``Loops.max_same_result_repeats`` calls in a row.
+        ``Loops.max_same_result_repeats`` calls in a row; calls that one
+        model answer made side by side (the same ``turn``, any label of the
+        answer) count once there, being one fan-out.
         """
         if result is None or name in self._exempt:
             return None
@@ -173,6 +176,7 @@ class LoopGuard:
             norm_args,
             f"{name}(...) -> {_excerpt(norm_result)}",
             step,
+            turn,
         )
         return self._verdict(hit or same, "tool")
 

@@ -311,22 +311,29 @@ class ResultRun:
 
     The arguments do not matter: a search that answers "no results" to one
     query after another learns nothing, however the query changes. Any call
-    of another tool, or a different result, ends the run.
+    of another tool, or a different result, ends the run. Calls one model
+    answer made side by side (one ``turn``) add one to the run, not one each:
+    sending fourteen e-mails at once that each come back "sent" is fan-out.
     """
 
     def __init__(self, loops: Loops) -> None:
         self._limit = loops.max_same_result_repeats
         self._last: bytes | None = None
+        self._turn: int | None = None
         self._run = 0
         self._args: set[str] = set()
         self._steps: list[int] = []
 
-    def observe(self, key: bytes, args: str, label: str, step: int) -> Hit | None:
+    def observe(
+        self, key: bytes, args: str, label: str, step: int, turn: int | None = None
+    ) -> Hit | None:
         """Add one call, keyed by tool and result; return a hit on a long run."""
         if self._limit is None:
             return None
+        same_turn = turn is not None and turn == self._turn
+        self._turn = turn
         if key == self._last:
-            self._run += 1
+            self._run += 0 if same_turn else 1
         else:
             self._last, self._run = key, 0
             self._args.clear()
