@@ -171,3 +171,21 @@ def test_a_cache_embedding_refused_by_the_budget_raises_the_refusal(
     with gov.task(), pytest.raises(BudgetExceeded):
         llm.completion(model=CHAT, messages=question, max_tokens=20)
     assert offline.calls == []
+
+
+@pytest.mark.parametrize("given", [{}, {"max_retries": None}])
+def test_embeddings_are_sent_without_sdk_retries(
+    offline: OfflineProvider, given: dict[str, Any]
+) -> None:
+    """Like completions, an embedding call goes out with max_retries=0."""
+    import litellm
+
+    seen: list[Any] = []
+
+    def embed(**kwargs: Any) -> Any:
+        seen.append(kwargs.get("max_retries"))
+        return litellm.embedding(**kwargs)
+
+    gov = Governor()
+    GovernedLiteLLM(gov, embedding=embed).embedding(model=MODEL, input="hi", **given)
+    assert seen == [0]

@@ -121,6 +121,7 @@ class GovernedLiteLLM:
         kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
+        _no_sdk_retries(kwargs)
         token = _INSIDE.set(True)
         try:
             response = self._embedding(**kwargs)
@@ -139,6 +140,7 @@ class GovernedLiteLLM:
         kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
+        _no_sdk_retries(kwargs)
         token = _INSIDE.set(True)
         try:
             response = await self._aembedding(**kwargs)
@@ -609,6 +611,17 @@ def _next_tier(task: Any, model: str) -> str | None:
     return None
 
 
+def _no_sdk_retries(kwargs: dict[str, Any]) -> None:
+    """Turn the provider SDK's own retries off unless the call asks for them.
+
+    The OpenAI client retries a timeout twice: requests the governor never
+    reserved. Retry around the governed call instead, where each attempt is
+    held and charged.
+    """
+    if kwargs.get("max_retries") is None:
+        kwargs["max_retries"] = 0
+
+
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     """Send the ceiling the governor reserved for, and ask streams for usage.
 
@@ -616,10 +629,7 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     takes only a mapping there; the SDK's retries are off unless the caller
     set ``max_retries``.
     """
-    # The provider SDK's own retries (the OpenAI client retries a timeout
-    # twice) would send requests the governor never reserved: retry around
-    # the governed call instead, where each attempt is held and charged.
-    kwargs.setdefault("max_retries", 0)
+    _no_sdk_retries(kwargs)
     flag = kwargs.get("cache")
     if flag is True:
         del kwargs["cache"]
