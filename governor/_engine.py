@@ -61,7 +61,12 @@ from governor.stores import (
     Refusal,
 )
 from governor.telemetry import attributes as attr
-from governor.telemetry._tracing import AttrValue, Telemetry, attribution_attributes
+from governor.telemetry._tracing import (
+    AttrValue,
+    Telemetry,
+    attributes_of,
+    attribution_attributes,
+)
 
 if TYPE_CHECKING:
     from governor.anomaly import Anomalies, AnomalyMonitor
@@ -206,6 +211,7 @@ class Governor:
         task, owns = self._task_for(request)
         saved = usd_to_nanos(hit.saved_usd)
         task.cache_hit(saved)
+        named = None if owns else self._named_by_call(task, request)
         parent = request.parent_span or task.span
         span = self.telemetry.start_span(
             f"{request.operation} {request.model}", parent, {}, kind=SpanKind.CLIENT
@@ -226,14 +232,13 @@ class Governor:
             attr.CACHE_SIMILARITY: float(hit.similarity),
             attr.CACHE_SAVED_USD: saved / NANOS_PER_USD,
             attr.TASK_ID: task.id,
-            **attribution_attributes(task),
+            **(attributes_of(named) if named else attribution_attributes(task)),
         }
         self.telemetry.end_span(span, attributes)
         self.telemetry.record_cache_hit(
             {attr.GEN_AI_REQUEST_MODEL: request.model}, saved / NANOS_PER_USD
         )
         if self._recording():
-            named = None if owns else self._named_by_call(task, request)
             self._record_hit(task, request, hit, named)
         if owns:
             self._close_owned(task)
@@ -552,7 +557,8 @@ class Governor:
         return held
 
     def _slot_refused(self, admission: Admission, error: GovernorError) -> None:
-        self._refused(admission.task, error.code, admission.request.model)
+        named = admission.extras.get("attribution")
+        self._refused(admission.task, error.code, admission.request.model, named)
         if admission.owns_task:
             self.close_task(admission.task)
 
@@ -814,7 +820,8 @@ class Governor:
     def _refuse(self, admission: Admission, refusal: Refusal) -> None:
         task = admission.task
         balance = refusal.balance
-        self._refused(task, BudgetExceeded.code, admission.request.model)
+        named = admission.extras.get("attribution")
+        self._refused(task, BudgetExceeded.code, admission.request.model, named)
         if refusal.unit == "usd":
             limit = nanos_to_usd(balance.limit_nanos or 0)
             spent = nanos_to_usd(balance.spent_nanos)
@@ -853,14 +860,25 @@ class Governor:
             self.close_task(task)
         raise error
 
-    def _refused(self, task: Task, reason: str, model: str) -> None:
+    def _refused(
+        self,
+        task: Task,
+        reason: str,
+        model: str,
+        attribution: Attribution | None = None,
+    ) -> None:
         task.refuse(reason)
         self.telemetry.record_refusal(
             {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
         )
         if self._recording():
             self._submit_record(
-                task, new_id(), model, outcome="refused", stop_reason=reason
+                task,
+                new_id(),
+                model,
+                attribution=attribution,
+                outcome="refused",
+                stop_reason=reason,
             )
 
     def _price(
@@ -1162,7 +1180,7 @@ class Governor:
             attr.CALL_ID: admission.call_id,
             attr.CALL_RESERVED_USD: admission.hold_nanos / NANOS_PER_USD,
             attr.FANOUT_WAIT_S: admission.held.wait_s,
-            **attribution_attributes(admission.task),
+            **_call_attribution_attributes(admission),
         }
         if admission.rate.provider:
             attributes[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
@@ -1277,6 +1295,12 @@ def _attribution(base: Attribution, *given: Attribution | None) -> Attribution:
 
 # The largest amount a ledger keeps exactly (Redis counts in doubles).
 _MAX_AMOUNT = 2**53 - 1
+
+
+def _call_attribution_attributes(admission: Admission) -> dict[str, AttrValue]:
+    """The span attributes of whom a call is charged to (its own tenant, if named)."""
+    named = admission.extras.get("attribution")
+    return attributes_of(named) if named else attribution_attributes(admission.task)
 
 
 def _storable(nanos: int, usage: Usage) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import MOCK_COST, CountingLiteLLM
+from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import Budget, BudgetExceeded, Cache, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.spend import SQLiteSpendStore
@@ -103,3 +103,22 @@ def test_an_inner_task_naming_its_own_team_keeps_it() -> None:
     with gov.task(team="N", feature="chat"), gov.task(team="M") as inner:
         pass
     assert inner.report().attribution == {"team": "M", "feature": "chat"}
+
+
+def test_spans_and_refusal_records_name_the_tenant_named_per_call(
+    tmp_path: Path, capture: SpanCapture
+) -> None:
+    """The call span carries team=acme; a refused call's record does too."""
+    from governor.telemetry import attributes as attr
+
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    policy = Policy(budgets=[Budget(scope="team", key="globex", max_usd="0")])
+    gov = Governor(policy, spend=store, tracer_provider=capture.provider)
+    with gov, gov.task():
+        ask(GovernedLiteLLM(gov), "acme")
+        with pytest.raises(BudgetExceeded):
+            ask(GovernedLiteLLM(gov), "globex")
+    (span,) = capture.calls()
+    records = sorted((r.outcome, r.team) for r in store.query())
+    assert span.attributes[attr.TEAM] == "acme"
+    assert records == [("ok", "acme"), ("refused", "globex")]

@@ -21,6 +21,7 @@ from governor.telemetry import attributes as attr
 
 if TYPE_CHECKING:
     from governor._task import Task, TaskReport
+    from governor.policies import Attribution
 
 __all__ = ["Telemetry"]
 
@@ -253,18 +254,30 @@ def attribution_attributes(task: Task) -> dict[str, AttrValue]:
     return task.span_attributes
 
 
+_SCOPE_ATTRIBUTES = {
+    "team": attr.TEAM,
+    "feature": attr.FEATURE,
+    "environment": attr.ENVIRONMENT,
+    "user": attr.USER,
+    "session": attr.SESSION,
+    "org": attr.ORG,
+}
+
+
 def _attribution_attributes(task: Task) -> dict[str, AttrValue]:
-    names = {
-        "team": attr.TEAM,
-        "feature": attr.FEATURE,
-        "environment": attr.ENVIRONMENT,
-        "user": attr.USER,
-        "session": attr.SESSION,
-        "org": attr.ORG,
-    }
-    values = task.scope_values
-    out: dict[str, AttrValue] = {names[k]: v for k, v in values.items()}
-    out.update({attr.TAG_PREFIX + k: v for k, v in task.attribution.tags.items()})
+    return _attributes(task.scope_values, task.attribution)
+
+
+def attributes_of(attribution: Attribution) -> dict[str, AttrValue]:
+    """An attribution as span attributes (a call's own, when it names one)."""
+    return _attributes(attribution.scope_values(), attribution)
+
+
+def _attributes(
+    values: Mapping[str, str], attribution: Attribution
+) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {_SCOPE_ATTRIBUTES[k]: v for k, v in values.items()}
+    out.update({attr.TAG_PREFIX + k: v for k, v in attribution.tags.items()})
     return out
 
 
