@@ -33,8 +33,8 @@ class RollingLine(Line):
     """A :class:`Line` whose spend counts only for the last ``window_s`` seconds.
 
     Stores that know rolling windows (the Redis store) read ``window_s``;
-    others treat the line as a plain one that never rolls off, which errs on
-    the safe side.
+    others treat the line as a plain one that lives ``ttl_s`` after its last
+    change, which errs on the safe side (spend is never forgotten early).
     """
 
     window_s: float | None = None
