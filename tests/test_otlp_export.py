@@ -127,6 +127,15 @@ def test_otel_service_name_names_the_service(
     assert provider.resource.attributes["service.name"] == "my-agent"
 
 
+def test_a_blank_otel_service_name_is_no_name(
+    no_service_env: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SERVICE_NAME="  " falls back to the default, not a blank service."""
+    no_service_env.setenv("OTEL_SERVICE_NAME", "  ")
+    provider = configure_tracing()
+    assert provider.resource.attributes["service.name"] == "llm-governor"
+
+
 def test_resource_attributes_name_the_service(
     no_service_env: pytest.MonkeyPatch,
 ) -> None:

@@ -53,8 +53,8 @@ def service_name_from_env() -> str | None:
     ``OTEL_SERVICE_NAME`` wins over ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``, as the OpenTelemetry specification says.
     """
-    name = OTELResourceDetector().detect().attributes.get(SERVICE_NAME)
-    return str(name) if name else None
+    name = str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME) or "")
+    return name.strip() or None  # a blank name is no name
 
 
 def _resource(service_name: str | None) -> Resource:
