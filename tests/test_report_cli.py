@@ -543,3 +543,16 @@ def test_an_unreachable_redis_store_from_the_environment_is_named(
         f"governor report: cannot reach the Redis spend store at "
         f"redis://127.0.0.1:{port}/0 (from GOVERNOR_SPEND_DB): Error 111"
     )
+
+
+def test_a_spans_file_given_as_the_store_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--db at a traces JSONL says it holds spans and how to record spend."""
+    spans = tmp_path / "spans.jsonl"
+    line = {"name": "chat gpt-4o-mini", "trace_id": "ab" * 16, "span_id": "cd" * 8}
+    spans.write_text(json.dumps(line) + "\n")
+    code, _, err = run(capsys, "--db", str(spans))
+    assert code == 1
+    assert "looks like a span" in err
+    assert "Governor(policy, spend=PATH)" in err

@@ -115,7 +115,18 @@ class SpendRecord:
                 values[name] = _json_money(name, values.get(name, "0"))
             values["tags"] = {str(k): str(v) for k, v in values.get("tags", {}).items()}
             return cls(**values)
-        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+        except KeyError as exc:
+            hint = ""
+            if "ts" not in data and ("span_id" in data or "trace_id" in data):
+                hint = (
+                    " (this looks like a span, from a traces file such as "
+                    "GOVERNOR_TRACES_FILE; reports read spend stores: give the "
+                    "governor one with Governor(policy, spend=PATH))"
+                )
+            raise SpendDataError(
+                f"malformed spend record: missing {exc}{hint}"
+            ) from exc
+        except (TypeError, ValueError, InvalidOperation) as exc:
             raise SpendDataError(f"malformed spend record: {exc}") from exc
 
 
