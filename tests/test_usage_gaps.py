@@ -237,3 +237,16 @@ def test_absurd_usage_on_redis_is_capped_not_lost(
     assert balance is not None
     assert (balance.reserved_nanos, balance.spent_nanos) == (0, 2**53 - 1)
     assert task.report().cost_usd == Decimal(2**53 - 1) / 10**9
+
+
+# pydantic warns about the string LiteLLM was handed; in use it is a warning.
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_usage_litellm_cannot_read_charges_the_hold(stub: StubServer) -> None:
+    """usage {"prompt_tokens": "ten"} makes LiteLLM raise on an HTTP 200: the
+    provider answered, so the call is charged its hold, not nothing."""
+    bad = {"prompt_tokens": "ten", "completion_tokens": 5, "total_tokens": 15}
+    stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, usage=bad))
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    with gov.task() as task, pytest.raises(litellm.InternalServerError):
+        ask(GovernedLiteLLM(gov), stub)
+    assert task.report().cost_usd > 50 * OUT_PRICE

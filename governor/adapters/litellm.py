@@ -889,9 +889,18 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     The request reached the provider, which may answer it in full and bill
     it although nobody reads the answer; only the hold bounds that bill.
     """
-    if not interrupted_after_sending(error):
+    if not interrupted_after_sending(error) and not _unparsed_answer(error):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
+
+
+def _unparsed_answer(error: BaseException) -> bool:
+    """LiteLLM got an answer it could not read (malformed usage, say).
+
+    It raises that as a server error, yet the provider answered and may bill
+    it: such a call is charged its hold, like an answer read but unusable.
+    """
+    return "Invalid response object" in str(error)
 
 
 def _delta_text(chunk: Any) -> str:
