@@ -1237,6 +1237,8 @@ class Governor:
         self.telemetry.end_span(admission.span, attributes, result.error)
 
     def _labels(self, admission: Admission) -> Mapping[str, AttrValue]:
+        if "attribution" in admission.extras:  # a tenant named by the call
+            return self._new_labels(admission)
         cache = admission.task.extras.setdefault("labels", {})
         labels: dict[str, AttrValue] | None = cache.get(admission.request.model)
         if labels is None:
@@ -1249,7 +1251,7 @@ class Governor:
         }
         if admission.rate.provider:
             labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
-        labels.update(attribution_attributes(admission.task))
+        labels.update(_call_attribution_attributes(admission))
         return labels
 
 

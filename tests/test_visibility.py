@@ -55,6 +55,23 @@ def test_cost_metric_carries_model_and_attribution() -> None:
     assert tokens == {"input": 20, "output": 40}
 
 
+def test_cost_metric_carries_the_tenant_named_per_call() -> None:
+    """A call naming team=acme in metadata inside a task is counted for acme."""
+    reader = InMemoryMetricReader()
+    provider = configure_metrics(readers=[reader])
+    gov = Governor(meter_provider=provider)
+    with gov.task():
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            mock_response="ok",
+            max_tokens=20,
+            metadata={"team": "acme"},
+        )
+    (point,) = points(reader, "governor.cost")
+    assert point.attributes["governor.team"] == "acme"
+
+
 def service_name(reader: InMemoryMetricReader) -> object:
     data = reader.get_metrics_data()
     assert data is not None
