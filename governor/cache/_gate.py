@@ -23,6 +23,7 @@ __all__ = ["GATE_CHECKS", "gate_refusal"]
 GATE_CHECKS = (
     "negation",
     "polarity",
+    "swap",
     "question",
     "numbers",
     "quantities",
@@ -56,7 +57,7 @@ _PUNCTUATION = ".,?!;:'\"’“”‘…"
 _LONE_MARKS = _words("( ) - / – —")
 _DOTTED = re.compile(r"[._\-]")
 _SENTENCE_END = frozenset(".?!:;\n")
-_SUFFIXES = ("ing", "ed", "ly", "es", "s", "'s")
+_SUFFIXES = ("'s", "ing", "ed", "ly", "es", "s")
 
 # Asking for a reason, a place, a time or a person wants another answer; "how",
 # "what" and "which" are left out because paraphrases swap them freely.
@@ -197,6 +198,24 @@ _NEGATING_PREFIXES = (
     "nie",
     "ne",
 )
+# Small words of one kind that change the question when one is traded for
+# another, however often each occurs elsewhere ("copy data to the server" and
+# "from the server"; "can I give my dog ibuprofen" and "must I"; "ibuprofen
+# and acetaminophen" and "or"). Counted: one gained while another is lost.
+_SWAP_GROUPS = tuple(
+    tuple(frozenset(member.split("/")) for member in group.split())
+    for group in (
+        "to from into/onto",
+        "for against",
+        "in out",
+        "and or",
+        "can/could/may/might must/shall should will/would",
+        "i/me/my/mine/myself you/your/yours/yourself he/him/his she/her/hers "
+        "we/us/our/ours they/them/their/theirs",
+        "every/each/all any some",
+        "this last next",
+    )
+)
 # Prepositions that give a name its role: "from Paris to London" is not
 # "from London to Paris", although every word is shared.
 _ROLE_WORDS = _words("from to into than vs versus against before after over")
@@ -260,6 +279,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
         return "polarity"
+    if _swapped(a.tokens, b.tokens):
+        return "swap"
     if a.asks != b.asks:
         return "question"
     if a.numbers != b.numbers:
@@ -358,6 +379,8 @@ def _asked(text: str) -> Iterable[str]:
 def _symbols(text: str) -> Iterable[str]:
     for run in _SYMBOL_RUN.findall(text):
         kept = run.strip(_PUNCTUATION)
+        if "!=" in run and "!=" not in kept:
+            kept = "!" + kept  # "!=" is an operator, not a "!" before "="
         if kept and kept not in _LONE_MARKS:
             yield kept
 
@@ -371,6 +394,20 @@ def _stem(word: str) -> str:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
+
+
+def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when one word of a swap group was traded for another of it."""
+    count_a, count_b = Counter(a), Counter(b)
+    for group in _SWAP_GROUPS:
+        gained = lost = False
+        for member in group:
+            delta = sum(count_b[w] - count_a[w] for w in member)
+            gained = gained or delta > 0
+            lost = lost or delta < 0
+        if gained and lost:
+            return True
+    return False
 
 
 def _retensed(a: _Facts, b: _Facts) -> bool:

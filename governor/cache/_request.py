@@ -151,6 +151,9 @@ def build_keys(
             _tools_part(kept) if options.scope_by_tools else "",
             _context_part(canon, last_user) if options.scope_by_context else "",
             {k: v for k, v in kept.items() if k not in _SAMPLING_PARAMS | _TOOL_PARAMS},
+            # Who asks ("name" on the message): "what is my balance?" from
+            # alice is not bob's question, as the exact key already says.
+            canon[last_user].get("name") if last_user is not None else None,
         ]
     )
     if reason is None and not read and not write:
