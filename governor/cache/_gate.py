@@ -573,8 +573,10 @@ def _permuted(a: _Facts, b: _Facts) -> bool:
     """
     if ("by" in a.words) != ("by" in b.words):
         return False  # active and passive voice order the same words differently
-    stems_a = [_stem(w) for w in a.content]
-    stems_b = [_stem(w) for w in b.content]
+    # Function words only are left out: "list" or "set" opening a sentence
+    # may be a command, but "a list to a dict" is not "a dict to a list".
+    stems_a = [_stem(w) for w in a.tokens if w not in _FUNCTION_WORDS]
+    stems_b = [_stem(w) for w in b.tokens if w not in _FUNCTION_WORDS]
     return (
         stems_a != stems_b and len(stems_a) > 1 and Counter(stems_a) == Counter(stems_b)
     )
