@@ -44,16 +44,21 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubServer]:
         yield server
 
 
+def request(stub: StubServer, **extra: Any) -> dict[str, Any]:
+    """The test's request to the stub: 50 tokens at most, no SDK retries."""
+    args: dict[str, Any] = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "api_base": stub.base_url + "/v1",
+        "api_key": "sk-test",
+        "max_retries": 0,
+        "max_tokens": 50,
+    }
+    return {**args, **extra}
+
+
 def ask(llm: GovernedLiteLLM, stub: StubServer, **extra: Any) -> Any:
-    return llm.completion(
-        model=MODEL,
-        messages=MESSAGES,
-        api_base=stub.base_url + "/v1",
-        api_key="sk-test",
-        max_retries=0,
-        max_tokens=50,
-        **extra,
-    )
+    return llm.completion(**request(stub, **extra))
 
 
 def text_of(response: Any, stream: bool) -> str:
@@ -167,14 +172,7 @@ def test_async_missing_usage_is_counted(stub: StubServer) -> None:
 
     async def main() -> Any:
         with gov.task() as task:
-            await GovernedLiteLLM(gov).acompletion(
-                model=MODEL,
-                messages=MESSAGES,
-                api_base=stub.base_url + "/v1",
-                api_key="sk-test",
-                max_retries=0,
-                max_tokens=50,
-            )
+            await GovernedLiteLLM(gov).acompletion(**request(stub))
         return task.report()
 
     report = asyncio.run(main())
@@ -205,18 +203,14 @@ def test_sdk_retries_are_off_unless_asked_for(
 ) -> None:
     """A timed-out call is sent once, not three times behind the governor."""
     stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, delay_s=1.5))
-    extra: dict[str, Any] = {} if given is None else {"max_retries": given}
+    args = request(stub, timeout=0.3)
+    if given is None:
+        del args["max_retries"]
+    else:
+        args["max_retries"] = given
     gov = Governor()
     with gov.task(), pytest.raises(litellm.Timeout):
-        GovernedLiteLLM(gov).completion(
-            model=MODEL,
-            messages=MESSAGES,
-            api_base=stub.base_url + "/v1",
-            api_key="sk-test",
-            max_tokens=50,
-            timeout=0.3,
-            **extra,
-        )
+        GovernedLiteLLM(gov).completion(**args)
     assert len(stub.requests) == sent
 
 
