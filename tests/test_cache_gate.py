@@ -352,6 +352,11 @@ def test_rewordings_in_other_languages_still_pass(cached: str, query: str) -> No
             "how to convert a dict to a list in python",
             "entities",
         ),
+        (
+            "is this safe: rm -rf /tmp/build",
+            "is this safe: rm -rf / tmp/build",
+            "symbols",
+        ),
         # rewordings that trade nothing keep passing
         ("how do I cancel my subscription", "how can I cancel my subscription", None),
         ("May I book a table?", "Can I book a table?", None),

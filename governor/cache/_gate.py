@@ -377,12 +377,22 @@ def _asked(text: str) -> Iterable[str]:
 
 
 def _symbols(text: str) -> Iterable[str]:
-    for run in _SYMBOL_RUN.findall(text):
+    for match in _SYMBOL_RUN.finditer(text):
+        run = match.group()
         kept = run.strip(_PUNCTUATION)
         if "!=" in run and "!=" not in kept:
             kept = "!" + kept  # "!=" is an operator, not a "!" before "="
-        if kept and kept not in _LONE_MARKS:
+        if kept == "/" and _stands_alone(text, match.start(), match.end()):
+            yield " / "  # "rm -rf / tmp/x" is not "rm -rf /tmp/x"
+        elif kept and kept not in _LONE_MARKS:
             yield kept
+
+
+def _stands_alone(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] has white space (or an end) on both sides."""
+    before = start == 0 or text[start - 1].isspace()
+    after = end == len(text) or text[end].isspace()
+    return before and after
 
 
 def _fold(token: str) -> str:
