@@ -357,6 +357,8 @@ def test_rewordings_in_other_languages_still_pass(cached: str, query: str) -> No
             "is this safe: rm -rf / tmp/build",
             "symbols",
         ),
+        ("从北京到上海的火车票多少钱", "从上海到北京的火车票多少钱", "entities"),
+        ("東京から大阪までの新幹線", "大阪から東京までの新幹線", "entities"),
         # rewordings that trade nothing keep passing
         ("how do I cancel my subscription", "how can I cancel my subscription", None),
         ("May I book a table?", "Can I book a table?", None),

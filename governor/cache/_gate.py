@@ -289,6 +289,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "quantities"
     if _names_differ(a, b) or _roles_differ(a, b) or _permuted(a, b):
         return "entities"
+    if _ideographs_reordered(cached, query):
+        return "entities"
     if a.quotes != b.quotes:
         return "quotes"
     if a.symbols != b.symbols:
@@ -571,6 +573,19 @@ def _roles_differ(a: _Facts, b: _Facts) -> bool:
         for name, ra in a.roles
         for other, rb in b.roles
         if other == name
+    )
+
+
+_IDEOGRAPH = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def _ideographs_reordered(a: str, b: str) -> bool:
+    """True when the same Chinese, Japanese or Korean characters come in
+    another order: "从北京到上海" is not "从上海到北京". Their sentences have
+    no spaces, so the word-order check sees each as one word."""
+    chars_a, chars_b = _IDEOGRAPH.findall(a), _IDEOGRAPH.findall(b)
+    return (
+        len(chars_a) > 1 and chars_a != chars_b and Counter(chars_a) == Counter(chars_b)
     )
 
 
