@@ -111,3 +111,16 @@ def test_each_attempt_has_a_span_and_the_task_its_final_tier(
     task = capture.task()
     assert task.attributes[attr.CASCADE_FINAL_TIER] == "strong"
     assert task.attributes[attr.CASCADE_SAVED_USD] == 0.0
+
+
+def test_a_resting_model_rests_for_tasks_that_override_the_policy() -> None:
+    """Each task's override makes a new Cascade; the cooldown still holds."""
+    with StubServer({"gpt-4o-mini": StubBehaviour(status=503)}) as stub:
+        gov = Governor(Policy(cascade=cascade(stub.base_url)))
+        override = Policy(cascade=cascade(stub.base_url))
+        llm = GovernedLiteLLM(gov)
+        for _ in range(3):
+            with gov.task(policy=override):
+                llm.cascade(MESSAGES, max_tokens=20)
+        asked = models_asked(stub)
+    assert asked == ["gpt-4o-mini", "gpt-4o", "gpt-4o", "gpt-4o"]

@@ -59,6 +59,9 @@ from governor.telemetry import attributes as attr
 
 __all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
 
+# Cascade runners kept per client (one per distinct cascade policy object).
+_RUNNER_MEMORY = 64
+
 logger = logging.getLogger(__name__)
 
 # LiteLLM fetches its price map over the network at import unless told not to
@@ -99,7 +102,7 @@ class GovernedLiteLLM:
         self._acompletion = acompletion or litellm.acompletion
         self._embedding = embedding or litellm.embedding
         self._aembedding = aembedding or litellm.aembedding
-        self._runners: dict[int, Any] = {}
+        self._runners: dict[int, tuple[Any, Any]] = {}
         self._cooldowns: Any = None
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
@@ -213,15 +216,29 @@ class GovernedLiteLLM:
                 "stream=True, then stream result.answer.text to your client, or "
                 "use completion(stream=True) on one model."
             )
-        runner = self._runners.get(id(policy))
-        if runner is None:
-            from governor.cascade import CascadeRunner
+        return self._runner(policy), {**kwargs, "messages": messages}
 
-            runner = CascadeRunner(
-                policy, cooldowns=self._cooldowns, on_attempt=self._on_attempt
-            )
-            self._runners[id(policy)] = runner
-        return runner, {**kwargs, "messages": messages}
+    def _runner(self, policy: Any) -> Any:
+        """The runner of a cascade policy; all share this client's cooldowns.
+
+        A task's policy override makes a new Cascade object per task, so the
+        runners are kept by identity, a few at a time, and a model resting
+        after failures rests for every task.
+        """
+        from governor.cascade import CascadeRunner, CooldownRegistry
+
+        entry = self._runners.get(id(policy))
+        if entry is not None and entry[0] is policy:
+            return entry[1]
+        if self._cooldowns is None:
+            self._cooldowns = CooldownRegistry()
+        runner = CascadeRunner(
+            policy, cooldowns=self._cooldowns, on_attempt=self._on_attempt
+        )
+        if len(self._runners) >= _RUNNER_MEMORY:
+            self._runners.clear()
+        self._runners[id(policy)] = (policy, runner)
+        return runner
 
     def _tier_call(self, tier: Any, request: dict[str, Any]) -> Any:
         response, cost = self._complete(_tier_kwargs(tier, request))
