@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,45 @@ def test_label_classifier_becomes_an_estimator() -> None:
     assert estimate("prove it") == 0.9
     with pytest.raises(ConfigError, match="returned label 'medium'"):
         from_labels(lambda text: "medium", {"easy": 0.1})("x")
+
+
+@pytest.mark.parametrize(
+    ("schema", "text"),
+    [
+        ({"enum": [1]}, "true"),
+        ({"const": 0}, "false"),
+        ({"enum": [[1]]}, "[true]"),
+        ({"const": {"ok": 1}}, '{"ok": true}'),
+    ],
+)
+def test_json_true_is_not_one(schema: dict[str, object], text: str) -> None:
+    """JSON equality: true and 1 differ, though Python says True == 1."""
+    assert ValidJson(schema)(Answer(text), []).passed is False
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ({"enum": "abc"}, "$.enum"),
+        ({"required": "answer"}, "$.required"),
+        ({"type": "array", "items": [{"type": "string"}]}, "$.items"),
+        ({"minimum": "3"}, "$.minimum"),
+        ({"pattern": "("}, "$.pattern"),
+        ({"properties": {"a": True}}, "$.properties.a"),
+    ],
+)
+def test_a_schema_the_check_cannot_apply_is_refused_when_built(
+    schema: dict[str, object], where: str
+) -> None:
+    """Bad keyword values fail at policy build, not after a paid call."""
+    with pytest.raises(ConfigError, match=f"JSON schema {re.escape(where)} must be"):
+        ValidJson(schema)
+
+
+def test_a_match_check_with_a_broken_pattern_is_refused_when_built() -> None:
+    """MatchCheck(pattern="(") fails at policy build with the regex error."""
+    from governor import PolicyError
+    from governor.policies._cascade import MatchCheck
+
+    with pytest.raises(PolicyError, match="not a valid regular expression"):
+        MatchCheck(pattern="(")

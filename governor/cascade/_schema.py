@@ -53,15 +53,64 @@ def check_supported(schema: Mapping[str, Any], path: str = "$") -> None:
         raise ConfigError(
             f"JSON schema type {wanted!r} at {path} is not one of {sorted(_TYPES)}"
         )
+    _check_values(schema, path)
     for key in ("items", "additionalProperties"):
         sub = schema.get(key)
         if isinstance(sub, Mapping):
             check_supported(sub, f"{path}.{key}")
     for name, sub in dict(schema.get("properties", {})).items():
+        if not isinstance(sub, Mapping):
+            _bad(f"{path}.properties.{name}", "a schema object", sub)
         check_supported(sub, f"{path}.properties.{name}")
     for key in _SUBSCHEMA_LISTS:
         for i, sub in enumerate(schema.get(key, ())):
             check_supported(sub, f"{path}.{key}[{i}]")
+
+
+_NUMBER_KEYS = (
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+)
+
+
+def _check_values(schema: Mapping[str, Any], path: str) -> None:
+    """Refuse keyword values the check could not apply as JSON Schema means."""
+    if "enum" in schema and not isinstance(schema["enum"], list):
+        _bad(f"{path}.enum", "a list", schema["enum"])
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        _bad(f"{path}.required", "a list of property names", required)
+    if "items" in schema and not isinstance(schema["items"], Mapping):
+        _bad(
+            f"{path}.items",
+            "one schema object (the list form is not supported)",
+            schema["items"],
+        )
+    for key in _NUMBER_KEYS:
+        bound = schema.get(key)
+        if key in schema and (
+            isinstance(bound, bool) or not isinstance(bound, int | float)
+        ):
+            _bad(f"{path}.{key}", "a number", bound)
+    if "pattern" in schema:
+        try:
+            re.compile(schema["pattern"])
+        except (re.error, TypeError) as exc:
+            _bad(
+                f"{path}.pattern",
+                f"a valid regular expression ({exc})",
+                schema["pattern"],
+            )
+
+
+def _bad(where: str, wanted: str, got: Any) -> None:
+    raise ConfigError(f"JSON schema {where} must be {wanted}, got {got!r}")
 
 
 def schema_errors(value: Any, schema: Mapping[str, Any], path: str = "$") -> list[str]:
@@ -82,13 +131,26 @@ def _type(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
 
 
 def _enum(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
-    if value in schema["enum"]:
+    if any(_same(value, option) for option in schema["enum"]):
         return []
     return [f"{path}: {value!r} is not one of {list(schema['enum'])!r}"]
 
 
 def _const(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
-    return [] if value == schema["const"] else [f"{path}: must be {schema['const']!r}"]
+    if _same(value, schema["const"]):
+        return []
+    return [f"{path}: must be {schema['const']!r}"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1`` and ``false`` is not ``0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _properties(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:

@@ -6,6 +6,7 @@ see ``docs/cascade.md`` for how a request moves through the tiers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
@@ -142,6 +143,15 @@ class MatchCheck(PolicyModel):
     must_match: bool = Field(
         default=True, description="True to require a match, False to forbid one"
     )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression: {exc}") from exc
+        return value
 
 
 class PythonCodeCheck(PolicyModel):
