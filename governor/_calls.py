@@ -77,6 +77,8 @@ class CallRequest:
         provider: the provider the caller named apart from the model (LiteLLM's
             ``custom_llm_provider``); the call is priced as ``provider/model``,
             so an override keyed that way applies.
+        skippable: a cascade attempt: a budget refusal skips the tier and the
+            task goes on, so it is counted but does not mark the task stopped.
     """
 
     model: str
@@ -95,6 +97,7 @@ class CallRequest:
     node: str | None = None
     choices: int = 1
     provider: str | None = None
+    skippable: bool = False
 
     @property
     def priced_model(self) -> str:

@@ -821,7 +821,13 @@ class Governor:
         task = admission.task
         balance = refusal.balance
         named = admission.extras.get("attribution")
-        self._refused(task, BudgetExceeded.code, admission.request.model, named)
+        self._refused(
+            task,
+            BudgetExceeded.code,
+            admission.request.model,
+            named,
+            stops=not admission.request.skippable,
+        )
         if refusal.unit == "usd":
             limit = nanos_to_usd(balance.limit_nanos or 0)
             spent = nanos_to_usd(balance.spent_nanos)
@@ -866,8 +872,10 @@ class Governor:
         reason: str,
         model: str,
         attribution: Attribution | None = None,
+        *,
+        stops: bool = True,
     ) -> None:
-        task.refuse(reason)
+        task.refuse(reason, stops=stops)
         self.telemetry.record_refusal(
             {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
         )

@@ -206,11 +206,12 @@ class Task:
             self._input_tokens += input_tokens
             self._output_tokens += output_tokens
 
-    def refuse(self, reason: str) -> None:
-        """Count a refused call and remember why the task stopped."""
+    def refuse(self, reason: str, *, stops: bool = True) -> None:
+        """Count a refused call and, unless it does not stop the task, why."""
         with self._lock:
             self._refused += 1
-            self.stop_reason = self.stop_reason or reason
+            if stops:
+                self.stop_reason = self.stop_reason or reason
 
     def cache_hit(self, saved_nanos: int) -> None:
         """Count a call answered from cache and the money it saved."""

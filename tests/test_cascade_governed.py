@@ -95,3 +95,34 @@ def test_a_streamed_cascade_is_refused_before_any_call() -> None:
     with gov.task() as task, pytest.raises(ConfigError, match="cannot stream"):
         llm.cascade(messages, stream=True)
     assert (provider.calls, task.report().cost_usd) == ([], Decimal(0))
+
+
+def test_a_tier_skipped_for_budget_does_not_mark_an_answered_task_stopped(
+    capture: SpanCapture,
+) -> None:
+    """cheap rejected, huge over budget and skipped, last accepted: not stopped."""
+    install_offline_provider(respond("Probably B, carbon dioxide."), speed=0)
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="offline/gpt-4o-mini"),
+            Tier(name="huge", model="offline/gpt-4o", params={"max_tokens": 100_000}),
+            Tier(name="last", model="offline/gpt-4.1-mini"),
+        ],
+        checks=[MatchCheck(pattern=r"^[AB]$")],
+        retry=Retry(max_retries_per_tier=0, backoff_initial_s=0, jitter_s=0),
+    )
+    policy = Policy(cascade=cascade, budgets=[Budget(max_usd="0.01")])
+    result, report = run(policy, capture)
+    assert [a.outcome for a in result.attempts] == ["rejected", "skipped", "accepted"]
+    assert (report.refused, report.stop_reason) == (1, None)
+
+
+def test_a_cascade_no_tier_fits_stops_its_task() -> None:
+    """When the budget fits no tier, the task ends stopped by the cascade."""
+    install_offline_provider(respond("A"), speed=0)
+    gov = Governor(Policy(cascade=CASCADE, budgets=[Budget(max_usd="0.000001")]))
+    with pytest.raises(CascadeBudgetExceeded), gov.task() as task:
+        GovernedLiteLLM(gov).cascade(
+            [{"role": "user", "content": QUESTION}], max_tokens=20
+        )
+    assert task.report().stop_reason == "cascade_budget_exceeded"

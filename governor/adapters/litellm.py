@@ -75,6 +75,11 @@ import litellm  # noqa: E402  (must follow the environment default above)
 _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "governor_inside_litellm", default=False
 )
+# Set while a cascade runs: a tier refused by a budget is skipped, and the
+# task goes on, so the refusal must not mark the task stopped.
+_IN_CASCADE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "governor_in_cascade", default=False
+)
 
 
 class GovernedLiteLLM:
@@ -178,25 +183,33 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs)
-        result = runner.run(
-            request,
-            call=self._tier_call,
-            context_window=self._context_window,
-            count_tokens=_tier_tokens,
-            prompt_text=_last_user_text(messages),
-        )
+        token = _IN_CASCADE.set(True)
+        try:
+            result = runner.run(
+                request,
+                call=self._tier_call,
+                context_window=self._context_window,
+                count_tokens=_tier_tokens,
+                prompt_text=_last_user_text(messages),
+            )
+        finally:
+            _IN_CASCADE.reset(token)
         return self._on_result(result)
 
     async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
-        result = await runner.arun(
-            request,
-            call=self._atier_call,
-            context_window=self._context_window,
-            count_tokens=_tier_tokens,
-            prompt_text=_last_user_text(messages),
-        )
+        token = _IN_CASCADE.set(True)
+        try:
+            result = await runner.arun(
+                request,
+                call=self._atier_call,
+                context_window=self._context_window,
+                count_tokens=_tier_tokens,
+                prompt_text=_last_user_text(messages),
+            )
+        finally:
+            _IN_CASCADE.reset(token)
         return self._on_result(result)
 
     def _cascade_setup(
@@ -570,6 +583,7 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         attribution=_metadata_attribution(kwargs.get("metadata")),
         choices=kwargs.get("n") or 1,
         provider=named_provider(kwargs),
+        skippable=_IN_CASCADE.get(),
     )
 
 
