@@ -292,13 +292,24 @@ def test_context_window_probe_is_used_when_the_tier_sets_none() -> None:
 
 
 def test_total_attempts_are_bounded() -> None:
-    """Sends stop at max_attempts and the error lists every attempt."""
+    """Sends stop at max_attempts; retries leave one attempt per later tier."""
     retry = Retry(max_attempts=4, max_retries_per_tier=2, jitter_s=0)
-    call, sent = scripted({m: [ProviderError(500)] * 3 for m in ("m-cheap", "m-mid")})
-    with pytest.raises(CascadeExhausted, match=r"max_attempts \(4\) reached") as caught:
+    models = ("m-cheap", "m-mid", "m-top")
+    call, sent = scripted({m: [ProviderError(500)] * 3 for m in models})
+    with pytest.raises(CascadeExhausted) as caught:
         CascadeRunner(policy(retry=retry)).run("q", call=call, sleep=lambda s: None)
-    assert len(sent) == 4
+    assert sent == ["m-cheap", "m-cheap", "m-mid", "m-top"]
     assert len(caught.value.attempts) == 4
+
+
+def test_with_the_default_retry_a_healthy_last_tier_is_reached() -> None:
+    """Two failing tiers do not spend every attempt before the last one."""
+    failing = [ProviderError(503)] * 3
+    call, sent = scripted({"m-cheap": failing, "m-mid": list(failing), "m-top": ["ok"]})
+    result = CascadeRunner(policy(retry=Retry(jitter_s=0))).run(
+        "q", call=call, sleep=lambda s: None
+    )
+    assert (result.tier.name, len(sent)) == ("top", 6)
 
 
 def test_a_failed_model_is_not_tried_again_in_the_run() -> None:

@@ -346,7 +346,7 @@ class CascadeRunner:
                     run.sent -= 1  # refused by the reservation: never sent
                     self._skip_budget(run, tier, exc)
                     return None
-                wait = self._retry_wait(kind, exc, retries, run)
+                wait = self._retry_wait(kind, exc, retries, run, tier)
                 self._record_error(run, tier, kind, exc, wait, started)
                 if wait is None:
                     self._after_failure(run, tier, kind, exc)
@@ -359,12 +359,17 @@ class CascadeRunner:
             return answer
 
     def _retry_wait(
-        self, kind: ErrorKind, exc: Exception, retries: int, run: _Run
+        self, kind: ErrorKind, exc: Exception, retries: int, run: _Run, tier: Tier
     ) -> float | None:
         retry = self.policy.retry
         if kind not in RETRYABLE or retries >= retry.max_retries_per_tier:
             return None
-        if run.sent >= retry.max_attempts:
+        # A retry never takes the attempts the later tiers need to be tried
+        # once: a healthy last tier must stay reachable.
+        later = (
+            len(run.tiers) - 1 - next(i for i, t in enumerate(run.tiers) if t is tier)
+        )
+        if run.sent + later >= retry.max_attempts:
             return None
         backoff = self._wait(retries + 1)
         asked = retry_after_s(exc) if kind == "rate_limit" else None
