@@ -121,8 +121,9 @@ def test_a_cascade_no_tier_fits_stops_its_task() -> None:
     """When the budget fits no tier, the task ends stopped by the cascade."""
     install_offline_provider(respond("A"), speed=0)
     gov = Governor(Policy(cascade=CASCADE, budgets=[Budget(max_usd="0.000001")]))
-    with pytest.raises(CascadeBudgetExceeded), gov.task() as task:
+    with pytest.raises(CascadeBudgetExceeded) as stop, gov.task() as task:
         GovernedLiteLLM(gov).cascade(
             [{"role": "user", "content": QUESTION}], max_tokens=20
         )
     assert task.report().stop_reason == "cascade_budget_exceeded"
+    assert stop.value.task_id == task.id

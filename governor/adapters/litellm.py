@@ -35,7 +35,7 @@ from governor._calls import (
     plain_text_prompt,
 )
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorError
+from governor._errors import ConfigError, GovernorError, GovernorHalt
 from governor._task import current_task
 from governor.adapters._embeddings import (
     embedding_request,
@@ -192,6 +192,9 @@ class GovernedLiteLLM:
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
             )
+        except GovernorHalt as exc:
+            _name_task(exc)
+            raise
         finally:
             _IN_CASCADE.reset(token)
         return self._on_result(result)
@@ -208,6 +211,9 @@ class GovernedLiteLLM:
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
             )
+        except GovernorHalt as exc:
+            _name_task(exc)
+            raise
         finally:
             _IN_CASCADE.reset(token)
         return self._on_result(result)
@@ -901,6 +907,13 @@ class _StreamSettler:
             error=self.error,
             output_text=text or None,
         )
+
+
+def _name_task(error: GovernorHalt) -> None:
+    """Put the current task's id on a cascade's stop, as call refusals carry it."""
+    task = current_task()
+    if error.task_id is None and task is not None:
+        error.task_id = task.id
 
 
 def _charged(error: BaseException, cost: Decimal) -> None:
