@@ -127,3 +127,29 @@ def test_a_cascade_no_tier_fits_stops_its_task() -> None:
         )
     assert task.report().stop_reason == "cascade_budget_exceeded"
     assert stop.value.task_id == task.id
+
+
+def test_the_window_check_counts_the_tiers_own_max_tokens() -> None:
+    """A tier whose params send max_tokens=100 does not fit a 50-token window."""
+    provider = install_offline_provider(respond("B"), speed=0)
+    provider.clear_calls()
+    cascade = Cascade(
+        tiers=[
+            Tier(
+                name="small",
+                model="offline/gpt-4o-mini",
+                context_window_tokens=50,
+                params={"max_tokens": 100},
+            ),
+            Tier(name="premium", model="offline/gpt-4o"),
+        ],
+        checks=[MatchCheck(pattern=r"^[AB]$")],
+        retry=Retry(max_retries_per_tier=0, backoff_initial_s=0, jitter_s=0),
+    )
+    gov = Governor(Policy(cascade=cascade))
+    with gov.task():
+        result = GovernedLiteLLM(gov).cascade([{"role": "user", "content": QUESTION}])
+    assert [(a.tier, a.outcome) for a in result.attempts] == [
+        ("small", "skipped"),
+        ("premium", "accepted"),
+    ]

@@ -835,8 +835,10 @@ def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tier_tokens(tier: Any, request: Mapping[str, Any]) -> int:
+    """The prompt and the output ceiling this tier is sent (its own params win)."""
     prompt = count_message_tokens(tier.model, request["messages"])
-    return prompt + int(request.get("max_tokens") or 0)
+    ceiling = dict(tier.params).get("max_tokens") or request.get("max_tokens")
+    return prompt + int(ceiling or 0)
 
 
 def _answer(response: Any, cost: Decimal) -> Any:
