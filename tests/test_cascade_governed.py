@@ -153,3 +153,10 @@ def test_the_window_check_counts_the_tiers_own_max_tokens() -> None:
         ("small", "skipped"),
         ("premium", "accepted"),
     ]
+
+
+def test_a_string_instead_of_messages_is_refused_with_the_expected_shape() -> None:
+    """cascade("hi") says it takes a list of message dicts."""
+    gov = Governor(Policy(cascade=CASCADE))
+    with pytest.raises(TypeError, match="takes chat messages, a list of dicts"):
+        GovernedLiteLLM(gov).cascade("hi")  # type: ignore[arg-type]

@@ -221,6 +221,14 @@ class GovernedLiteLLM:
     def _cascade_setup(
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
+        if isinstance(messages, str) or not all(
+            isinstance(m, Mapping) for m in messages
+        ):
+            raise TypeError(
+                "cascade() takes chat messages, a list of dicts such as "
+                '[{"role": "user", "content": "..."}], not '
+                f"{type(messages).__name__}"
+            )
         task = current_task()
         policy = (task.policy if task else self.governor.policy).cascade
         if policy is None:
