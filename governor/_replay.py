@@ -5,7 +5,9 @@ real :class:`Governor` with no provider: the call is reserved and settled with
 its recorded token usage, priced by the policy's rate card, under the policy's
 budgets. A task stopped by the policy stops there, as it would have live, and
 its later calls are not replayed. Cache hits are replayed as calls, since a new
-policy may not serve them.
+policy may not serve them; their records carry no tokens, so they replay at no
+cost: a replay of cached traffic under a policy without a cache understates
+what that policy would pay by what the hits saved (``saved_usd``).
 """
 
 from __future__ import annotations
