@@ -28,7 +28,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
         description=(
             "Run the example LangGraph agents with no network and no API keys: "
             "a map-reduce research agent over HotpotQA, a calculator agent over "
-            "GSM8K, and one research task whose budget is too small for it. "
+            "GSM8K, a triage agent on a model cascade, a help-desk agent on the "
+            "response cache, a runaway agent the loop guard stops, and one "
+            "research task whose budget is too small for it. "
             "GOVERNOR_PROVIDER=live sends the same calls to the real models."
         ),
     )
