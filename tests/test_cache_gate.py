@@ -353,8 +353,8 @@ def test_rewordings_in_other_languages_still_pass(cached: str, query: str) -> No
             "entities",
         ),
         (
-            "is this safe: rm -rf /tmp/build",
-            "is this safe: rm -rf / tmp/build",
+            "is this safe: rm -rf /srv/build",
+            "is this safe: rm -rf / srv/build",
             "symbols",
         ),
         ("从北京到上海的火车票多少钱", "从上海到北京的火车票多少钱", "entities"),

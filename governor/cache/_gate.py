@@ -385,7 +385,7 @@ def _symbols(text: str) -> Iterable[str]:
         if "!=" in run and "!=" not in kept:
             kept = "!" + kept  # "!=" is an operator, not a "!" before "="
         if kept == "/" and _stands_alone(text, match.start(), match.end()):
-            yield " / "  # "rm -rf / tmp/x" is not "rm -rf /tmp/x"
+            yield " / "  # "rm -rf / srv/x" is not "rm -rf /srv/x"
         elif kept and kept not in _LONE_MARKS:
             yield kept
 
