@@ -391,3 +391,22 @@ def test_methods_that_would_run_the_graph_ungoverned_are_refused(name: str) -> N
     with pytest.raises(AttributeError, match=f"GovernedGraph.{name} is not supported"):
         getattr(graph, name)
     assert callable(graph.get_graph)
+
+
+def test_a_model_reporting_zero_usage_is_charged_a_local_count() -> None:
+    """usage_metadata with zeros is counted like no usage, as in the LiteLLM path."""
+    import litellm
+
+    model = ScriptedChatModel(
+        answer="Paris is the capital.", prompt_tokens=0, completion_tokens=0
+    )
+    graph = govern(fan_out_graph(model), Governor())
+    graph.invoke({"items": ["Capital of France?"], "answers": []})
+    report = graph.last_report
+    assert report is not None
+    prompt = litellm.token_counter(
+        model="gpt-4o", messages=[{"role": "user", "content": "Capital of France?"}]
+    )
+    answer = litellm.token_counter(model="gpt-4o", text="Paris is the capital.")
+    assert (report.input_tokens, report.output_tokens) == (prompt, answer)
+    assert report.cost_usd == prompt * GPT4O_IN + answer * GPT4O_OUT

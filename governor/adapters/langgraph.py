@@ -37,9 +37,9 @@ from governor._errors import ConfigError, GovernorError
 from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._tokens import (
-    count_message_tokens,
-    count_text_tokens,
     interrupted_after_sending,
+    read_usage,
+    settled_usage,
 )
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
@@ -476,10 +476,13 @@ class _HandlerCore:
         admission = self._pop(run_id)
         if admission is None:
             return None
-        usage, model = _usage_of(response)
+        request = admission.request
+        model = _response_model(response)
         text = _generated_text(response)
-        if usage is None:
-            usage = _estimate(admission, text)
+        reported = read_usage(lambda: _usage_of(response), request.model)
+        usage = settled_usage(
+            reported, model=request.model, messages=request.messages, text=text
+        )
         return admission, CallResult(
             usage=usage, response_model=model, output_text=text
         )
@@ -493,7 +496,10 @@ class _HandlerCore:
         if admission is None:
             return None
         if text:  # a stream cut off: the provider stops with the connection
-            usage = _estimate(admission, text)
+            request = admission.request
+            usage = settled_usage(
+                None, model=request.model, messages=request.messages, text=text
+            )
             return admission, CallResult(usage=usage, error=error)
         # Cut off after sending with nothing seen: it may be billed in full.
         cut_off = interrupted_after_sending(error)
@@ -1029,31 +1035,33 @@ def _max_tokens(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> int |
     return int(value) if value else None
 
 
-def _usage_of(response: LLMResult) -> tuple[Usage | None, str | None]:
-    model = None
+def _messages_of(response: LLMResult) -> Iterator[Any]:
     for generations in response.generations:
         for generation in generations:
-            message = getattr(generation, "message", None)
-            meta = getattr(message, "response_metadata", None) or {}
-            model = model or meta.get("model_name") or meta.get("model")
-            usage = getattr(message, "usage_metadata", None)
-            if usage:
-                return usage_from_response(usage), model
+            yield getattr(generation, "message", None)
+
+
+def _response_model(response: LLMResult) -> str | None:
+    """The model the provider names in the first message that names one."""
+    for message in _messages_of(response):
+        meta = getattr(message, "response_metadata", None) or {}
+        model = meta.get("model_name") or meta.get("model")
+        if model:
+            return str(model)
+    return None
+
+
+def _usage_of(response: LLMResult) -> Usage | None:
+    """The usage the model reported, or None when it reported none."""
+    for message in _messages_of(response):
+        usage = getattr(message, "usage_metadata", None)
+        if usage:
+            return usage_from_response(usage)
     token_usage = (response.llm_output or {}).get("token_usage")
     if token_usage:
-        return usage_from_response(token_usage), model
-    return None, model
+        return usage_from_response(token_usage)
+    return None
 
 
 def _generated_text(response: LLMResult) -> str:
     return "".join(g.text for gens in response.generations for g in gens)
-
-
-def _estimate(admission: Admission, text: str) -> Usage:
-    """No usage reported: count locally and mark the cost as estimated."""
-    model = admission.request.model
-    return Usage(
-        prompt_tokens=count_message_tokens(model, admission.request.messages),
-        completion_tokens=count_text_tokens(model, text),
-        estimated=True,
-    )
