@@ -183,8 +183,7 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs)
-        token = _IN_CASCADE.set(True)
-        try:
+        with _cascading():
             result = runner.run(
                 request,
                 call=self._tier_call,
@@ -192,18 +191,12 @@ class GovernedLiteLLM:
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
             )
-        except GovernorHalt as exc:
-            _name_task(exc)
-            raise
-        finally:
-            _IN_CASCADE.reset(token)
         return self._on_result(result)
 
     async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
-        token = _IN_CASCADE.set(True)
-        try:
+        with _cascading():
             result = await runner.arun(
                 request,
                 call=self._atier_call,
@@ -211,11 +204,6 @@ class GovernedLiteLLM:
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
             )
-        except GovernorHalt as exc:
-            _name_task(exc)
-            raise
-        finally:
-            _IN_CASCADE.reset(token)
         return self._on_result(result)
 
     def _cascade_setup(
@@ -919,11 +907,24 @@ class _StreamSettler:
         )
 
 
-def _name_task(error: GovernorHalt) -> None:
-    """Put the current task's id on a cascade's stop, as call refusals carry it."""
-    task = current_task()
-    if error.task_id is None and task is not None:
-        error.task_id = task.id
+@contextlib.contextmanager
+def _cascading() -> Iterator[None]:
+    """Run a cascade: budget refusals skip tiers, and a stop names its task.
+
+    A tier refused by a budget must not mark the task stopped (the cascade
+    goes on), and a cascade's own stop carries the task id as call refusals
+    do.
+    """
+    token = _IN_CASCADE.set(True)
+    try:
+        yield
+    except GovernorHalt as exc:
+        task = current_task()
+        if exc.task_id is None and task is not None:
+            exc.task_id = task.id
+        raise
+    finally:
+        _IN_CASCADE.reset(token)
 
 
 def _charged(error: BaseException, cost: Decimal) -> None:
