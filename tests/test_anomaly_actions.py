@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conftest import free_port
 from governor.anomaly import (
     Alert,
     Anomalies,
@@ -121,14 +121,6 @@ def test_webhook_posts_the_alert_as_json(receiver: Receiver) -> None:
     (body,) = receiver.bodies
     assert body["alert"]["scope"] == "team:search"
     assert (body["alert"]["rule"], body["alert"]["observed"]) == ("burst", "0.5")
-
-
-def free_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_webhook_to_a_closed_port_logs_and_returns(

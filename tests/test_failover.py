@@ -247,14 +247,10 @@ def test_failing_open_does_not_advise_failing_open(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A real Redis outage in open mode logs what failed, not 'set ...open'."""
-    import socket
-
+    from conftest import free_port
     from governor.stores import RedisConfig, RedisLedger
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", attempts=1)
+    config = RedisConfig(url=f"redis://127.0.0.1:{free_port()}/0", attempts=1)
     ledger = FailoverLedger(RedisLedger(config), mode="open", probe_interval_s=60)
     with caplog.at_level(logging.WARNING, logger="governor.stores._failover"):
         admitted = ledger.reserve("h1", [LINE], 10, 0, 60)

@@ -6,7 +6,6 @@ import http.server
 import json
 import logging
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conftest import free_port
 from governor._errors import ConfigError, PolicyError, PriceUnknown
 from governor.cli import main as cli_main
 from governor.policies import Price, PriceTier, Pricing
@@ -459,18 +459,11 @@ def test_bundled_map_keeps_prices_exact() -> None:
     assert RateCard().rate("gpt-4o-mini").input_per_token == D("0.00000015")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_remote_map_failure_falls_back_to_bundled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An unreachable remote map logs a WARNING and prices from the bundled map."""
-    url = f"http://127.0.0.1:{_free_port()}/prices.json"
+    url = f"http://127.0.0.1:{free_port()}/prices.json"
     card = RateCard(Pricing(remote_price_map=True), price_map_url=url)
     with caplog.at_level(logging.WARNING, logger="governor.pricing._pricemap"):
         rate = card.rate("gpt-4o-mini")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 import sqlite3
 import struct
 import zlib
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port
 from governor.cli import main
 from governor.cli._report import parse_when
 from governor.spend import JsonlSpendStore, SpendRecord, SQLiteSpendStore
@@ -503,14 +503,6 @@ def test_an_unknown_filter_key_exits_2_before_the_store_is_read(
     )
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_an_unreachable_redis_store_says_what_to_do(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -518,7 +510,7 @@ def test_an_unreachable_redis_store_says_what_to_do(
 
     Not a bare "ConnectionError: Error 111 ..." as before.
     """
-    port = closed_port()
+    port = free_port()
     url = f"redis://user:secret@127.0.0.1:{port}/0"
     code, out, err = run(capsys, "--db", url)
     assert (code, out) == (1, "")
@@ -535,7 +527,7 @@ def test_an_unreachable_redis_store_from_the_environment_is_named(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no --db, the message says the URL came from GOVERNOR_SPEND_DB."""
-    port = closed_port()
+    port = free_port()
     monkeypatch.setenv("GOVERNOR_SPEND_DB", f"redis://127.0.0.1:{port}/0")
     code, _, err = run(capsys)
     assert code == 1
