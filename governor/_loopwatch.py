@@ -47,12 +47,7 @@ class LoopWatch:
         self.task = task
         self.telemetry = telemetry
         self._guard: LoopGuard | None = None
-        loops = task.policy.loops
-        self._has_ceilings = (
-            loops.max_model_calls is not None
-            or loops.max_steps is not None
-            or loops.max_wall_s is not None
-        )
+        self._has_ceilings = _has_ceilings(task.policy.loops)
         self.stopped: LoopDetected | None = None
         self.hint: str | None = None
         self._lock = threading.Lock()
@@ -208,6 +203,14 @@ class LoopWatch:
         return True
 
 
+def _has_ceilings(loops: Loops) -> bool:
+    return (
+        loops.max_model_calls is not None
+        or loops.max_steps is not None
+        or loops.max_wall_s is not None
+    )
+
+
 def nothing_to_judge(loops: Loops, messages: Sequence[Mapping[str, Any]]) -> bool:
     """True when a new task's first call gives its guard nothing to judge.
 
@@ -215,11 +218,7 @@ def nothing_to_judge(loops: Loops, messages: Sequence[Mapping[str, Any]]) -> boo
     repeated assistant turns (two answers at least) and the ceilings; with
     none of them it does nothing, so a one-call task need not make a watch.
     """
-    if (
-        loops.max_model_calls is not None
-        or loops.max_steps is not None
-        or loops.max_wall_s is not None
-    ):
+    if _has_ceilings(loops):
         return False
     answers = 0
     for message in messages:
