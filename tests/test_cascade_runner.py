@@ -159,6 +159,22 @@ def test_tier_over_budget_is_skipped() -> None:
     assert (sent, result.attempts[0].error_kind) == (["m-mid"], "budget")
 
 
+def test_exhausted_after_a_budget_skip_says_the_tier_was_skipped() -> None:
+    """A rejected answer then a tier the budget cannot cover is not all checks."""
+    call, sent = scripted({"m-cheap": [""]})
+
+    def fits(tier: Tier, request: str) -> bool:
+        return tier.name == "cheap"
+
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy()).run("q", call=call, fits=fits)
+    assert (caught.value.reason, sent) == (
+        "every answer failed its checks; 2 tier(s) skipped because the budget "
+        "could not cover them",
+        ["m-cheap"],
+    )
+
+
 def test_no_tier_fits_raises_budget_exceeded_naming_tiers() -> None:
     """When no tier fits, a BudgetExceeded names every tier and nothing is sent."""
     call, sent = scripted({})

@@ -27,6 +27,7 @@ class CascadeExhausted(GovernorHalt):
     Attributes:
         attempts: every attempt in order, each with its outcome and reason.
         tiers: the names of the tiers considered.
+        reason: why no answer was returned, in words.
     """
 
     code = "cascade_exhausted"
@@ -43,6 +44,7 @@ class CascadeExhausted(GovernorHalt):
     ) -> None:
         self.attempts = tuple(attempts)
         self.tiers = tuple(tiers)
+        self.reason = reason
         # Named, not super(): in CascadeBudgetExceeded the next class in the
         # MRO is BudgetExceeded, whose constructor takes the budget fields.
         GovernorHalt.__init__(

@@ -430,6 +430,11 @@ class CascadeRunner:
             reason = "every answer failed its checks"
         else:
             reason = "every tier failed or was skipped"
+        if run.budget_skips:
+            reason += (
+                f"; {run.budget_skips} tier(s) skipped because the budget could "
+                "not cover them"
+            )
         raise CascadeExhausted(
             run.attempts, reason=reason, tiers=names, spent_usd=spent
         )
