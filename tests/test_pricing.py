@@ -556,3 +556,29 @@ def test_rate_is_a_frozen_value() -> None:
     assert isinstance(rate, Rate)
     with pytest.raises(AttributeError):
         rate.input_per_token = D(0)  # type: ignore[misc]
+
+
+def test_cli_prices_as_a_policy_file_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--policy applies the policy's overrides: an in-house model gets its price."""
+    policy = tmp_path / "policy.py"
+    policy.write_text(
+        "from governor import Policy\n"
+        "from governor.policies import Price, Pricing\n"
+        "POLICY = Policy(pricing=Pricing(overrides={'acme/llm': Price(\n"
+        "    input_usd_per_mtok='0.5', output_usd_per_mtok='2')}))\n",
+        encoding="utf-8",
+    )
+    assert cli_main(["pricing", "acme/llm", "--json", "--policy", str(policy)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["source"], document["usd_per_mtok"]["output"]) == (
+        "override",
+        "2",
+    )
+
+
+def test_cli_names_a_missing_policy_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """A --policy that is no file exits 2 and says what it takes."""
+    assert cli_main(["pricing", "gpt-4o", "--policy", "nope.py"]) == 2
+    assert "is not 'default' or an existing .json / .py file" in capsys.readouterr().err

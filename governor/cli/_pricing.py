@@ -34,15 +34,28 @@ def register(sub: Any, name: str, help_text: str) -> None:
         action="store_true",
         help="fetch LiteLLM's current price map first (network)",
     )
+    parser.add_argument(
+        "--policy",
+        default="default",
+        help="price as this policy does: 'default', a .json policy, or a .py "
+        "file defining POLICY (its price overrides and price map)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from governor._errors import PriceUnknown
-    from governor.policies import Pricing
+    from governor._errors import ConfigError, PriceUnknown
+    from governor._replay import load_policy
     from governor.pricing import RateCard
 
-    card = RateCard(Pricing(remote_price_map=args.remote_price_map))
+    try:
+        pricing = load_policy(args.policy).pricing
+    except ConfigError as exc:
+        print(f"governor pricing: {exc}", file=sys.stderr)
+        return 2
+    if args.remote_price_map:
+        pricing = pricing.model_copy(update={"remote_price_map": True})
+    card = RateCard(pricing)
     try:
         rate = card.rate(args.model)
     except PriceUnknown as exc:
