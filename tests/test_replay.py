@@ -99,6 +99,18 @@ def test_replay_cli_reads_a_python_policy(
     assert (out["label"], out["stopped"]) == ("tight", 2)
 
 
+def test_replay_labels_an_unnamed_policy_by_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy file without a name is reported by its path, not as 'default'."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    policy_file = tmp_path / "plain.py"
+    policy_file.write_text("from governor import Policy\nPOLICY = Policy()\n")
+    assert main(["replay", "--db", str(trace), "--policy", str(policy_file)]) == 0
+    assert f"1 tasks replayed under '{policy_file}'" in capsys.readouterr().out
+
+
 def test_bad_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     """A policy path that does not exist says what is accepted."""
     from governor import ConfigError

@@ -120,7 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         swaps = swaps_from(args.model)
         check_swaps(records, swaps)
         policy = load_policy(args.policy)
-        run = replay(records, policy, model_map=swaps)
+        named = policy.name != "default" or args.policy == "default"
+        label = policy.name if named else args.policy
+        run = replay(records, policy, label=label, model_map=swaps)
     except ConfigError as exc:
         print(f"governor replay: {exc}", file=sys.stderr)
         return 2
