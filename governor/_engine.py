@@ -38,6 +38,7 @@ from governor._errors import (
     BudgetExceeded,
     ConfigError,
     GovernorError,
+    PriceUnknown,
     ScopeBlocked,
 )
 from governor._leases import LeaseKeeper
@@ -139,6 +140,7 @@ class Governor:
             self._redis_bytes_client()  # refuse now, not at the first call
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self._rate_cards: dict[str, RateCard] = {}
+        self.check_tier_prices(self.policy)
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
         self._warned_streams = False
@@ -698,6 +700,26 @@ class Governor:
         specs = lines_for(task.policy.budgets, named.scope_values(), task.id, moment)
         extra = [(spec.budget, self._tightened(spec.line())) for spec in specs]
         return [(budget, line) for budget, line in extra if line.key not in taken]
+
+    def check_tier_prices(self, policy: Policy) -> None:
+        """Refuse a cascade tier that nothing prices, before any call is made.
+
+        Raises:
+            ConfigError: a tier's model is not in the price map and the
+                policy's pricing has no override or default for it.
+        """
+        if policy.cascade is None:
+            return
+        card = self.rate_card_for(policy)
+        for tier in policy.cascade.tiers:
+            provider = tier.params.get("custom_llm_provider")
+            name = tier.model
+            if provider and not name.startswith(f"{provider}/"):
+                name = f"{provider}/{name}"
+            try:
+                card.rate(name)
+            except PriceUnknown as exc:
+                raise ConfigError(f"cascade tier {tier.name!r}: {exc}") from exc
 
     def rate_card_for(self, policy: Policy) -> RateCard:
         """The prices a task under ``policy`` pays (its pricing override, if any).

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import SpanCapture
-from governor import Budget, Cascade, Governor, Policy
+from governor import Budget, Cascade, ConfigError, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.cascade import CascadeBudgetExceeded
 from governor.policies._cascade import MatchCheck, Retry, Tier
@@ -160,3 +160,33 @@ def test_a_string_instead_of_messages_is_refused_with_the_expected_shape() -> No
     gov = Governor(Policy(cascade=CASCADE))
     with pytest.raises(TypeError, match="takes chat messages, a list of dicts"):
         GovernedLiteLLM(gov).cascade("hi")  # type: ignore[arg-type]
+
+
+def test_an_unpriced_tier_is_refused_when_the_governor_is_built() -> None:
+    """A tier nothing prices fails at setup, naming the tier, not mid-cascade."""
+    tiers = [Tier(name="cheap", model="acme/in-house-7b"), *CASCADE.tiers[1:]]
+    with pytest.raises(ConfigError, match="cascade tier 'cheap': .*acme/in-house-7b"):
+        Governor(Policy(cascade=CASCADE.model_copy(update={"tiers": tiers})))
+
+
+def test_an_unpriced_tier_in_a_task_override_is_refused_before_any_call() -> None:
+    """A task's own cascade is checked when it is first run, before a paid call."""
+    install_offline_provider(speed=0, responder=respond("A"))
+    tiers = [*CASCADE.tiers[:1], Tier(name="premium", model="acme/in-house-70b")]
+    override = Policy(cascade=CASCADE.model_copy(update={"tiers": tiers}))
+    gov = Governor(Policy())
+    with gov.task(policy=override) as task, pytest.raises(ConfigError):
+        GovernedLiteLLM(gov).cascade([{"role": "user", "content": QUESTION}])
+    assert task.report().calls == 0
+
+
+def test_a_priced_override_lets_an_in_house_tier_through() -> None:
+    """An override price makes the same tier acceptable."""
+    from governor.policies import Price, Pricing
+
+    tiers = [Tier(name="cheap", model="acme/in-house-7b"), *CASCADE.tiers[1:]]
+    policy = Policy(
+        cascade=CASCADE.model_copy(update={"tiers": tiers}),
+        pricing=Pricing(overrides={"acme/in-house-7b": Price()}),
+    )
+    assert Governor(policy).policy.cascade is policy.cascade

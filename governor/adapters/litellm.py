@@ -245,6 +245,8 @@ class GovernedLiteLLM:
         entry = self._runners.get(id(policy))
         if entry is not None and entry[0] is policy:
             return entry[1]
+        task = current_task()
+        self.governor.check_tier_prices(task.policy if task else self.governor.policy)
         if self._cooldowns is None:
             self._cooldowns = CooldownRegistry()
         runner = CascadeRunner(
