@@ -143,3 +143,78 @@ def test_an_unusable_task_id_is_refused(task_id: Any) -> None:
 
     with pytest.raises(ConfigError, match="task_id"), Governor().task(task_id):
         pass
+
+
+def test_mappings_inside_a_policy_cannot_be_changed() -> None:
+    """A price override added after the governor is built would move money."""
+    policy = Policy(pricing=Pricing(overrides={"m": Price()}))
+    with pytest.raises(PolicyError, match="frozen"):
+        policy.pricing.overrides["gpt-4o"] = Price()  # type: ignore[index]
+    with pytest.raises(PolicyError, match="frozen"):
+        policy.attribution.tags.update(tier="gold")  # type: ignore[attr-defined]
+    assert dict(policy.pricing.overrides) == {"m": Price()}
+
+
+def test_a_frozen_policy_still_pickles_copies_and_hashes() -> None:
+    """Frozen mappings round-trip through pickle and deepcopy and hash."""
+    import copy
+    import pickle
+
+    policy = Policy(attribution=Attribution(tags={"tier": "gold"}))
+    again = pickle.loads(pickle.dumps(policy))
+    assert (again, copy.deepcopy(policy), hash(again)) == (
+        policy,
+        policy,
+        hash(policy),
+    )
+
+
+def test_model_copy_validates_the_fields_it_changes() -> None:
+    """model_copy(update=...) refuses what the constructor refuses."""
+    policy = Policy(budgets=[Budget(max_usd="1")])
+    with pytest.raises(PolicyError, match="budgets"):
+        policy.model_copy(update={"budgets": "garbage"})
+    assert policy.model_copy(update={"name": "b"}).budgets == policy.budgets
+
+
+def test_model_validate_raises_policy_error() -> None:
+    """Building from a mapping or JSON stays inside the governor's errors."""
+    with pytest.raises(PolicyError, match="max_usd"):
+        Budget.model_validate({"max_usd": "-1"})
+    with pytest.raises(PolicyError, match="max_usd"):
+        Budget.model_validate_json('{"max_usd": "x"}')
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Budget(max_usd=Decimal("1e30")),
+        lambda: Budget(max_tokens=2**60),
+        lambda: Budget(max_tokens=True),
+        lambda: Budget(max_usd=1, period="rolling", window_s=float("inf")),
+        lambda: Budget(max_usd=1, period="rolling", window_s=1e300),
+        lambda: Policy(hold_ttl_s=float("inf")),
+        lambda: Policy(hold_ttl_s=1e12),
+        lambda: Policy(max_call_s=float("inf")),
+    ],
+)
+def test_limits_and_durations_beyond_what_can_be_kept_are_refused(
+    build: Any,
+) -> None:
+    """Huge or infinite values fail when built, not after a paid call."""
+    with pytest.raises(PolicyError, match=r"less than or equal|finite|not True"):
+        build()
+
+
+def test_a_price_keyword_typo_is_named() -> None:
+    """The unknown keyword is reported, not a missing input price."""
+    with pytest.raises(PolicyError, match="input_usd_per_mtoken") as caught:
+        Price(input_usd_per_mtoken=1, output_usd_per_mtok=1)  # type: ignore[call-arg]
+    assert "but not" not in str(caught.value)
+
+
+def test_a_per_second_price_with_one_token_price_is_refused() -> None:
+    """usd_per_second does not make a lone input price leave output free."""
+    with pytest.raises(PolicyError, match="output_usd_per_mtok"):
+        Price(usd_per_second=1, input_usd_per_mtok=5)
+    assert Price(usd_per_second=1).output_usd_per_mtok == 0

@@ -482,3 +482,14 @@ def _eventually(reserve: Callable[[], object], limit_s: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_token_limit_too_large_to_store_says_tokens() -> None:
+    """The Redis bound on a token limit is given in tokens, not dollars."""
+    from governor.stores._redis import _check_limits
+
+    with pytest.raises(
+        ConfigError, match=r"9007199254740991 tokens, got 1152921504606846976"
+    ) as e:
+        _check_limits(Line("team:x", limit_tokens=2**60))
+    assert "dollars" not in str(e.value)

@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from governor._errors import PolicyError
 
-__all__ = ["PolicyModel"]
+__all__ = ["FrozenMap", "PolicyModel"]
+
+_FROZEN_ADVICE = (
+    "policies are frozen so that a running governor cannot be changed under "
+    "it: build a new one, e.g. policy.model_copy(update={...}), and a new "
+    "Governor"
+)
+
+
+class FrozenMap(dict[Any, Any]):
+    """A dict that refuses changes: the mappings inside a policy.
+
+    It reads, compares, pickles and serializes as a plain dict; every method
+    that would change it raises :class:`governor.PolicyError`.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise PolicyError(f"this mapping belongs to a policy and {_FROZEN_ADVICE}")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (dict(self),))
+
+    def copy(self) -> dict[Any, Any]:
+        """A plain, changeable dict with the same items."""
+        return dict(self)
 
 
 def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    inner = (error.get("ctx") or {}).get("error")
+    if isinstance(inner, PolicyError):  # a nested part already said it all
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {inner}" if where else str(inner)
     loc = ".".join(str(part) for part in error["loc"]) or "(model)"
     field = model.model_fields.get(str(error["loc"][0])) if error["loc"] else None
     accepted = f" Accepted: {field.description}" if field and field.description else ""
@@ -26,16 +60,58 @@ class PolicyModel(BaseModel):
     message names each bad field, the value given and the accepted forms.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            lines = [_describe(err, type(self)) for err in exc.errors()]
-            raise PolicyError(
-                f"invalid {type(self).__name__}: " + "; ".join(lines)
-            ) from exc
+            raise _policy_error(type(self), exc) from exc
+
+    @model_validator(mode="after")
+    def _freeze_mappings(self) -> Self:
+        for name, value in self.__dict__.items():
+            if isinstance(value, dict) and not isinstance(value, FrozenMap):
+                object.__setattr__(self, name, FrozenMap(value))
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise PolicyError(f"cannot set {type(self).__name__}.{name}: {_FROZEN_ADVICE}")
+
+    def __delattr__(self, name: str) -> None:
+        raise PolicyError(
+            f"cannot delete {type(self).__name__}.{name}: {_FROZEN_ADVICE}"
+        )
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> Self:
+        """Return a copy; the fields in ``update`` are validated like new ones.
+
+        Raises:
+            PolicyError: an updated field is not valid.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self)(**{**self._explicit(), **update})
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Build from a mapping (or a model); errors raise PolicyError."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _policy_error(cls, exc) from exc
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Self:
+        """Build from a JSON document; errors raise PolicyError."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _policy_error(cls, exc) from exc
 
     def merged(self, override: Self) -> Self:
         """Return a copy with the fields the override set explicitly laid over.
@@ -55,6 +131,11 @@ class PolicyModel(BaseModel):
 
     def _explicit(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+def _policy_error(model: type[BaseModel], exc: ValidationError) -> PolicyError:
+    lines = [_describe(err, model) for err in exc.errors()]
+    return PolicyError(f"invalid {model.__name__}: " + "; ".join(lines))
 
 
 def _merge_value(base: Any, override: Any) -> Any:

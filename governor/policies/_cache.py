@@ -94,6 +94,7 @@ class Cache(PolicyModel):
     ttl_s: float | None = Field(
         default=86_400.0,
         gt=0,
+        le=366 * 86_400.0,
         description="seconds an entry lives after it is stored; None keeps it "
         "until evicted",
     )

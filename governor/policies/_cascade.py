@@ -39,6 +39,10 @@ _CALLABLE_REF = (
 Normaliser = Literal["text", "choice", "number", "json"]
 
 
+_DAY_S = 86_400.0
+"""The longest wait a retry setting may ask for."""
+
+
 class NonEmptyCheck(PolicyModel):
     """Reject an answer whose stripped text is shorter than ``min_chars``."""
 
@@ -277,24 +281,33 @@ class Retry(PolicyModel):
         description="retries of one tier after a retryable error before falling back",
     )
     backoff_initial_s: float = Field(
-        default=0.5, ge=0, description="seconds before the first retry, e.g. 0.5"
+        default=0.5,
+        ge=0,
+        le=_DAY_S,
+        description="seconds before the first retry, e.g. 0.5",
     )
     backoff_max_s: float = Field(
-        default=8.0, ge=0, description="seconds; the exponential backoff's ceiling"
+        default=8.0,
+        ge=0,
+        le=_DAY_S,
+        description="seconds; the exponential backoff's ceiling",
     )
     jitter_s: float = Field(
         default=0.5,
         ge=0,
+        le=_DAY_S,
         description="seconds; a uniform random wait in [0, jitter_s] is added",
     )
     max_retry_after_s: float = Field(
         default=20.0,
         ge=0,
+        le=_DAY_S,
         description="seconds; a longer Retry-After falls back instead of waiting",
     )
     cooldown_s: float = Field(
         default=30.0,
         ge=0,
+        le=_DAY_S,
         description="seconds a model that kept failing is skipped by later runs",
     )
 

@@ -32,7 +32,10 @@ class Loops(PolicyModel):
         default=None, gt=0, description="a positive number of model calls per task"
     )
     max_wall_s: float | None = Field(
-        default=None, gt=0, description="seconds from the task's start"
+        default=None,
+        gt=0,
+        le=30 * 86_400.0,
+        description="seconds, up to 30 days, from the task's start",
     )
     max_steps: int | None = Field(
         default=None,

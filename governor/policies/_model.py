@@ -50,6 +50,11 @@ ATTRIBUTION_FIELDS = ("team", "feature", "environment", "user", "session", "org"
 """The scopes an Attribution names (every scope but ``task``)."""
 
 _USD = "a non-negative number of US dollars as Decimal, int or str, e.g. '0.50'"
+_MAX_EXACT = 2**53 - 1
+"""The largest whole number a shared ledger stores exactly (a double in Lua)."""
+MAX_BUDGET_USD = Decimal(_MAX_EXACT) / 10**9
+"""The largest ``max_usd``: about 9 million dollars, counted in nano-dollars."""
+_DAY_S = 86_400.0
 _PER_MTOK = "US dollars per million tokens, non-negative, e.g. Decimal('2.50')"
 
 
@@ -104,8 +109,8 @@ class Price(PolicyModel):
     @model_validator(mode="before")
     @classmethod
     def _both_token_prices(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping) or data.get("usd_per_second") is not None:
-            return data
+        if not isinstance(data, Mapping) or set(data) - set(cls.model_fields):
+            return data  # unknown keywords: the forbid rule names them
         base = ("input_usd_per_mtok", "output_usd_per_mtok")
         others = (
             "cache_read_usd_per_mtok",
@@ -154,9 +159,14 @@ class Budget(PolicyModel):
         default=None,
         description="the scope value this budget is for; None means every value",
     )
-    max_usd: Decimal | None = Field(default=None, ge=0, description=_USD)
+    max_usd: Decimal | None = Field(
+        default=None, ge=0, le=MAX_BUDGET_USD, description=_USD
+    )
     max_tokens: int | None = Field(
-        default=None, ge=0, description="a non-negative whole number of tokens"
+        default=None,
+        ge=0,
+        le=_MAX_EXACT,
+        description="a non-negative whole number of tokens",
     )
     period: Period = Field(
         default="total",
@@ -166,7 +176,10 @@ class Budget(PolicyModel):
         ),
     )
     window_s: float | None = Field(
-        default=None, gt=0, description="seconds, for period='rolling' only"
+        default=None,
+        gt=0,
+        le=366 * _DAY_S,
+        description="seconds, up to a year, for period='rolling' only",
     )
     timezone: str = Field(
         default="UTC", description="an IANA time zone name, e.g. 'Europe/Paris'"
@@ -175,6 +188,13 @@ class Budget(PolicyModel):
         default=(0.8, 0.95),
         description="fractions of the limit (0 < f < 1) that log a warning once",
     )
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("max_tokens takes a number of tokens, not True/False")
+        return value
 
     @field_validator("key")
     @classmethod
@@ -299,7 +319,10 @@ class Fanout(PolicyModel):
         default="wait", description="'wait' (queue, with wait_timeout_s) or 'refuse'"
     )
     wait_timeout_s: float = Field(
-        default=60.0, gt=0, description="seconds a call may wait for a free slot"
+        default=60.0,
+        gt=0,
+        le=_DAY_S,
+        description="seconds, up to a day, a call may wait for a free slot",
     )
 
     @field_validator("scope_caps")
@@ -350,13 +373,17 @@ class Policy(PolicyModel):
     max_call_s: float = Field(
         default=120.0,
         gt=0,
-        description="seconds a call is assumed to run at most; models priced "
+        le=_DAY_S,
+        description="seconds, up to a day, a call is assumed to run at most; "
+        "models priced "
         "per second (Price.usd_per_second) reserve this much time",
     )
     hold_ttl_s: float = Field(
         default=900.0,
         gt=0,
-        description="seconds a reservation or fan-out slot lives without "
+        le=7 * _DAY_S,
+        description="seconds, up to a week, a reservation or fan-out slot lives "
+        "without "
         "renewal; open calls renew theirs every third of it",
     )
 

@@ -606,11 +606,15 @@ def _check_amounts(nanos: int, tokens: int) -> None:
 
 
 def _check_limits(line: Line) -> None:
-    for limit in (line.limit_nanos, line.limit_tokens):
+    units = (
+        (line.limit_nanos, "nano-dollars, about 9 million dollars"),
+        (line.limit_tokens, "tokens"),
+    )
+    for limit, unit in units:
         if limit is not None and not 0 <= limit <= MAX_EXACT:
             raise ConfigError(
                 f"line {line.key!r}: limits must lie from 0 to {MAX_EXACT} "
-                f"(about 9 million dollars in nano-dollars), got {limit}"
+                f"{unit}, got {limit}"
             )
 
 
