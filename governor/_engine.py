@@ -135,6 +135,7 @@ class Governor:
                 "Governor(Policy(budgets=[Budget(...)]))"
             )
         self.policy = policy or Policy()
+        _check_arguments(ledger, anomalies)
         self.ledger: Ledger = self._wrap(ledger)
         if self.policy.cache is not None and self.policy.cache.store == "redis":
             self._redis_bytes_client()  # refuse now, not at the first call
@@ -1283,6 +1284,29 @@ class Governor:
             labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
         labels.update(_call_attribution_attributes(admission))
         return labels
+
+
+def _check_arguments(ledger: Any, anomalies: Any) -> None:
+    """Refuse a ledger or anomaly setting of the wrong kind, before any call."""
+    if ledger is not None and not callable(getattr(ledger, "reserve", None)):
+        hint = (
+            f"build one: ledger=RedisLedger({ledger!r})"
+            if isinstance(ledger, str)
+            else "pass RedisLedger(url) or MemoryLedger()"
+        )
+        raise ConfigError(
+            f"Governor(ledger=...) takes a ledger, got {type(ledger).__name__}; "
+            f"{hint} (from governor.stores)"
+        )
+    if anomalies is not None:
+        from governor.anomaly import Anomalies, AnomalyMonitor
+
+        if not isinstance(anomalies, Anomalies | AnomalyMonitor):
+            raise ConfigError(
+                "Governor(anomalies=...) takes Anomalies(...) or an "
+                f"AnomalyMonitor, got {type(anomalies).__name__}; e.g. "
+                "anomalies=Anomalies(webhook_url=...)"
+            )
 
 
 def _recorder(

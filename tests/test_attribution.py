@@ -185,3 +185,13 @@ def test_values_in_names_each_empty_key() -> None:
         "metadata['environment'] is '': set it to a non-empty environment name, "
         "or leave the key out (or None) for no environment"
     )
+
+
+@pytest.mark.parametrize("name", ["search ", " search", "sea\nrch", "search\x00"])
+def test_a_name_that_only_looks_like_another_is_refused(name: str) -> None:
+    """Padding or control characters would make a second tenant that a budget
+    keyed on the plain name skips."""
+    with pytest.raises(PolicyError, match=r"spaces|control characters"):
+        Attribution(team=name)
+    with pytest.raises(PolicyError, match=r"metadata\['team'\]"):
+        Attribution.values_in({"team": name})

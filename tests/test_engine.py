@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import (
     Budget,
     BudgetExceeded,
+    ConfigError,
     Governor,
     Policy,
     Price,
@@ -503,3 +505,23 @@ def test_an_open_task_reports_the_budget_left_so_far() -> None:
         inside = task.report().budget_left_usd
     assert inside == Decimal("0.001") - MOCK_COST
     assert task.report().budget_left_usd == inside
+
+
+def test_a_ledger_url_is_refused_with_the_constructor_to_use() -> None:
+    """A URL string where a ledger object belongs fails at once, with a fix."""
+    with pytest.raises(ConfigError, match=r"RedisLedger\('redis://127.0.0.1:1/0'\)"):
+        Governor(Policy(), ledger="redis://127.0.0.1:1/0")  # type: ignore[arg-type]
+
+
+def test_anomaly_settings_of_the_wrong_kind_are_refused() -> None:
+    """A plain dict is not Anomalies(...): say so before the first call."""
+    with pytest.raises(ConfigError, match=r"Anomalies\(\.\.\.\)"):
+        Governor(Policy(), anomalies={"min_calls": 2})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", ["ftp://host/spend", "{tmp}"])
+def test_a_spend_target_it_cannot_open_is_named(target: str, tmp_path: Any) -> None:
+    """A URL scheme it does not speak or a folder is refused with the path."""
+    target = target.format(tmp=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(repr(target))):
+        Governor(Policy(), spend=target)

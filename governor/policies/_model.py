@@ -254,10 +254,10 @@ class Attribution(PolicyModel):
 
     @field_validator(*ATTRIBUTION_FIELDS)
     @classmethod
-    def _no_separator(cls, value: str | None) -> str | None:
-        # '#' separates a budget line's key from its period window.
-        if value is not None and ("#" in value or not value.strip()):
-            raise ValueError("must be a non-empty name without '#'")
+    def _usable_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     def scope_values(self) -> dict[str, str]:
@@ -282,13 +282,38 @@ class Attribution(PolicyModel):
             if value is None:
                 continue
             text = str(value)
-            if not text.strip():
+            problem = name_problem(text)
+            if problem is not None:
+                fix = (
+                    f"set it to a non-empty {field} name"
+                    if not text.strip()
+                    else f"a {field} name {problem}"
+                )
                 raise PolicyError(
-                    f"metadata[{field!r}] is {text!r}: set it to a non-empty "
-                    f"{field} name, or leave the key out (or None) for no {field}"
+                    f"metadata[{field!r}] is {text!r}: {fix}, or leave the key "
+                    f"out (or None) for no {field}"
                 )
             found[field] = text
         return found
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a team, user, ...; None when it can.
+
+    A blank name would charge nobody; one with spaces around it or a control
+    character would be a different tenant from the name it looks like, so a
+    budget keyed on that name would skip it; ``#`` separates a budget line's
+    key from its period window.
+    """
+    if not value.strip():
+        return "must be a non-empty name"
+    if value != value.strip():
+        return "must not start or end with spaces (strip it first)"
+    if "#" in value:
+        return "must be a name without '#'"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return "must not hold control characters such as newlines"
+    return None
 
 
 class Fanout(PolicyModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from governor._errors import ConfigError
 from governor.spend._jsonl import JsonlSpendStore
 from governor.spend._record import SpendDataError
 from governor.spend._redis import RedisSpendStore
@@ -48,6 +49,18 @@ def open_store(
     text = str(target) if target is not None else default_spend_target()
     if text.startswith(("redis://", "rediss://", "unix://")):
         return RedisSpendStore.from_url(text)
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.isalnum():
+        raise ConfigError(
+            f"spend store {text!r}: the governor opens redis://, rediss:// and "
+            "unix:// URLs, a .jsonl path or a SQLite path, not "
+            f"{scheme}:// (write records elsewhere with your own SpendStore)"
+        )
+    if Path(text).is_dir():
+        raise ConfigError(
+            f"spend store {text!r} is a folder: name a file in it, e.g. "
+            f"{Path(text) / 'spend.sqlite3'}"
+        )
     if text.endswith(".jsonl"):
         return JsonlSpendStore(text)
     if existing:
