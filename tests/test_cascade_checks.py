@@ -322,3 +322,13 @@ def test_a_match_check_with_a_broken_pattern_is_refused_when_built() -> None:
 
     with pytest.raises(PolicyError, match="not a valid regular expression"):
         MatchCheck(pattern="(")
+
+
+def test_a_policy_json_check_with_an_unsupported_keyword_fails_when_built() -> None:
+    """Declared in a policy, the same schema is refused before any call."""
+    from governor import Cascade, PolicyError
+
+    with pytest.raises(PolicyError, match=r"\['\$ref'\].*not supported"):
+        Cascade(
+            tiers=["gpt-4o"], checks=[{"kind": "json", "json_schema": {"$ref": "x"}}]
+        )

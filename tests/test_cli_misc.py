@@ -111,3 +111,16 @@ def test_demo_spans_follow_otel_service_name(
     with pytest.raises(_Stop):
         main(["demo", "--speed", "0", "--traces", str(tmp_path / "t.jsonl")])
     assert asked == [expected]
+
+
+@pytest.mark.parametrize(
+    "argv", [["eval", "anomalies", ".", "--trials", "-5"], ["demo", "--count", "0"]]
+)
+def test_counts_below_one_are_refused_by_the_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative or zero count is a usage error, not a numpy traceback."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "a positive whole number" in capsys.readouterr().err

@@ -15,6 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from governor.cli._text import positive_count
+
 __all__ = ["register"]
 
 _EXAMPLES = Path("examples") / "agents"
@@ -35,7 +37,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
         ),
     )
     parser.add_argument(
-        "--count", type=int, default=3, help="tasks per agent (default 3)"
+        "--count", type=positive_count, default=3, help="tasks per agent (default 3)"
     )
     parser.add_argument(
         "--speed",

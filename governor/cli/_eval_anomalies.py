@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from governor.cli._text import positive_count
+
 
 def register_eval(sub: Any, name: str, help_text: str) -> None:
     """Add ``eval anomalies`` to the command line."""
@@ -25,7 +27,10 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="injection seed (0)")
     parser.add_argument(
-        "--trials", type=int, default=20, help="spikes per scope and kind (20)"
+        "--trials",
+        type=positive_count,
+        default=20,
+        help="spikes per scope and kind (20)",
     )
     parser.add_argument(
         "--model",

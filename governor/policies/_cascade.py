@@ -69,7 +69,7 @@ class JsonCheck(PolicyModel):
     """Accept only an answer that parses as JSON and, if given, fits a schema.
 
     The schema support is a documented subset of JSON Schema (see
-    ``docs/cascade.md``); an unsupported keyword is refused when the runner is
+    ``docs/cascade.md``); an unsupported keyword is refused when the check is
     built rather than silently ignored.
     """
 
@@ -83,6 +83,15 @@ class JsonCheck(PolicyModel):
         default=True,
         description="True to accept JSON wrapped in a ```json fenced block",
     )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _supported(cls, value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if value is not None:
+            from governor.cascade._schema import check_supported
+
+            check_supported(value)
+        return value
 
 
 class AgreementCheck(PolicyModel):
