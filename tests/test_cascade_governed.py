@@ -56,6 +56,17 @@ def test_rejected_cheap_answer_escalates_and_both_are_charged(
         Decimal(str(s.attributes["gen_ai.usage.cost.amount"])) for s in capture.calls()
     )
     assert charged == report.cost_usd
+    # A dashboard summing the cost name over every span counts each call once.
+    summed = [
+        Decimal(str(s.attributes["gen_ai.usage.cost.amount"]))
+        for s in capture.spans
+        if s.attributes and "gen_ai.usage.cost.amount" in s.attributes
+    ]
+    assert sum(summed) == report.cost_usd
+    attempts = capture.named("governor.cascade.attempt")
+    assert [a.attributes[attr.CASCADE_ATTEMPT_COST_USD] for a in attempts] == [
+        float(a.cost_usd) for a in result.attempts
+    ]
     assert sum(a.cost_usd for a in result.attempts) == report.cost_usd
     events = [e.attributes[attr.CASCADE_OUTCOME] for e in capture.task().events]
     assert events == ["rejected", "accepted"]

@@ -287,7 +287,9 @@ class GovernedLiteLLM:
             ),
         }
         if attempt.cost_usd is not None:
-            attributes[attr.GEN_AI_USAGE_COST_AMOUNT] = float(attempt.cost_usd)
+            # Not the call's cost name: the call span under it already has
+            # that, and dashboards summing it over spans would count twice.
+            attributes[attr.CASCADE_ATTEMPT_COST_USD] = float(attempt.cost_usd)
         if attempt.error_kind:
             attributes[attr.CASCADE_ERROR_KIND] = attempt.error_kind
         self.governor.telemetry.event(parent, "governor.cascade.attempt", attributes)
