@@ -83,6 +83,19 @@ def test_default_tables_are_team_feature_model_day_and_tasks(
     assert titles == ["By team", "By feature", "By model", "By day", "Top 10 tasks"]
 
 
+def test_table_by_hour_prints_the_hours(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--by hour in the table format prints a table, as JSON and CSV do."""
+    _, out, _ = run(capsys, "--db", db, "--by", "hour")
+    _, document, _ = run(capsys, "--db", db, "--format", "json", "--by", "hour")
+    hours = [g["key"] for g in json.loads(document)["groups"]["hour"]]
+    block = out.split("By hour\n", 1)[1].splitlines()[1:]
+    assert sorted(line.split()[0] for line in block) == sorted(
+        key.split()[0] if " " in key else key for key in hours
+    )
+
+
 def test_json_totals_are_exact_strings(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

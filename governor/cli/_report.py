@@ -278,8 +278,6 @@ def render_table(summary: SpendSummary, label: str, top: int) -> str:
     """Plain-text tables, one per grouping, under a one-line summary."""
     blocks = [_headline(summary, label)]
     for by in summary.by:
-        if by == "hour":
-            continue
         title = f"Top {top} tasks" if by == "task" else f"By {by}"
         rows = [
             [printable(g.label), *_cells(g, summary)] for g in _rows(summary, by, top)
