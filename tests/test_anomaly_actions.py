@@ -202,6 +202,19 @@ def test_auto_tighten_sends_a_tighten_request() -> None:
     assert requests == [Tighten("all", "block", 0.25, alert)]
 
 
+def test_the_tighten_comes_before_the_hooks() -> None:
+    """A slow user hook cannot hold back the block that stops a runaway."""
+    order: list[str] = []
+    settings = quiet_settings(auto_tighten="block")
+    monitor = AnomalyMonitor(
+        settings,
+        hooks=[lambda alert: order.append("hook")],
+        on_tighten=lambda request: order.append("tighten"),
+    )
+    spike(monitor)
+    assert order == ["tighten", "hook"]
+
+
 def test_auto_tighten_off_never_calls_back() -> None:
     """With auto_tighten='off' on_tighten is not called."""
     requests: list[Tighten] = []

@@ -24,8 +24,12 @@ class AnomalyMonitor:
     Built from :class:`Anomalies` settings: every alert is logged at
     ``log_level``, POSTed to ``webhook_url`` when set, passed to each hook in
     ``hooks``, and, when ``auto_tighten`` is not ``"off"``, turned into a
-    :class:`Tighten` request for ``on_tighten``. A hook that raises is logged
-    and skipped: monitoring never breaks the call it watches.
+    :class:`Tighten` request for ``on_tighten``, which runs before the hooks.
+    A hook that raises is logged and skipped: monitoring never breaks the call
+    it watches. Hooks run on the thread that feeds the records (in a
+    governor, its spend-writer thread), so a hook that does slow work, such
+    as paging someone, should hand it to a queue or thread of its own; the
+    webhook already posts from its own thread.
 
     Thread-safe: the detector runs under a lock, hooks run outside it.
 
@@ -73,12 +77,14 @@ class AnomalyMonitor:
         return alerts
 
     def _dispatch(self, alert: Alert) -> None:
-        for hook in self._hooks:
-            _call_safely(hook, alert)
+        # Tighten first: a slow hook (a pager with a timeout) must not let a
+        # runaway keep spending until it returns.
         mode = self.settings.auto_tighten
         if mode != "off" and self._on_tighten is not None and self._first(alert):
             request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
             _call_safely(self._on_tighten, request)
+        for hook in self._hooks:
+            _call_safely(hook, alert)
 
     def _first(self, alert: Alert) -> bool:
         """Whether an alert may tighten its scope: once per scope per cooldown.
