@@ -410,3 +410,53 @@ def test_a_model_reporting_zero_usage_is_charged_a_local_count() -> None:
     answer = litellm.token_counter(model="gpt-4o", text="Paris is the capital.")
     assert (report.input_tokens, report.output_tokens) == (prompt, answer)
     assert report.cost_usd == prompt * GPT4O_IN + answer * GPT4O_OUT
+
+
+class TraceState(TypedDict):
+    answers: Annotated[list[str], operator.add]
+
+
+def _traced_graphs(gov: Governor, capture: SpanCapture, *, use_async: bool) -> Any:
+    """An outer graph whose node opens a user span and runs a governed sub-agent."""
+    tracer = capture.provider.get_tracer("user-code")
+    inner = StateGraph(TraceState)
+    inner.add_node("work", lambda s: {"answers": ["inner"]})
+    inner.add_edge(START, "work")
+    inner.add_edge("work", END)
+    sub_agent = govern(inner.compile(), gov)
+
+    def outer_node(state: TraceState) -> dict[str, list[str]]:
+        with tracer.start_as_current_span("tool.http"):
+            out = sub_agent.invoke({"answers": []})
+        return {"answers": out["answers"]}
+
+    async def outer_anode(state: TraceState) -> dict[str, list[str]]:
+        with tracer.start_as_current_span("tool.http"):
+            out = await sub_agent.ainvoke({"answers": []})
+        return {"answers": out["answers"]}
+
+    outer = StateGraph(TraceState)
+    outer.add_node("outer", outer_anode if use_async else outer_node)
+    outer.add_edge(START, "outer")
+    outer.add_edge("outer", END)
+    return govern(outer.compile(), gov)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_spans_opened_inside_a_node_join_the_task_trace(
+    capture: SpanCapture, use_async: bool
+) -> None:
+    """A user span and a sub-agent's task inside a node are in the task's trace."""
+    gov = Governor(tracer_provider=capture.provider)
+    graph = _traced_graphs(gov, capture, use_async=use_async)
+    if use_async:
+        asyncio.run(graph.ainvoke({"answers": []}))
+    else:
+        graph.invoke({"answers": []})
+    tasks = capture.named("governor.task")
+    (user_span,) = capture.named("tool.http")
+    outer_task = next(t for t in tasks if t.parent is None)
+    inner_task = next(t for t in tasks if t.parent is not None)
+    trace_id = outer_task.context.trace_id
+    assert {user_span.context.trace_id, inner_task.context.trace_id} == {trace_id}
+    assert inner_task.parent.span_id == user_span.context.span_id

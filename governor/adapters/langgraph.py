@@ -29,6 +29,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from governor._calls import Admission, CallRequest, CallResult
@@ -159,14 +161,14 @@ class GovernedGraph:
     ) -> Any:
         """Run the graph as one governed task and return its output."""
         task, config = self._start(config)
-        token = _CURRENT.set(task)
+        tokens = _enter(task)
         try:
             return self.graph.invoke(input, config, **kwargs)
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _CURRENT.reset(token)
+            _leave(tokens)
             self._finish(task)
 
     async def ainvoke(
@@ -174,14 +176,14 @@ class GovernedGraph:
     ) -> Any:
         """Async form of :meth:`invoke`."""
         task, config = self._start(config, is_async=True)
-        token = _CURRENT.set(task)
+        tokens = _enter(task)
         try:
             return await self.graph.ainvoke(input, config, **kwargs)
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _CURRENT.reset(token)
+            _leave(tokens)
             self._finish(task)
 
     def stream(
@@ -202,7 +204,7 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """Async form of :meth:`stream`."""
         task, config = self._start(config, is_async=True)
-        token = _CURRENT.set(task)
+        tokens = _enter(task)
         try:
             async for item in self.graph.astream(input, config, **kwargs):
                 yield item
@@ -210,7 +212,7 @@ class GovernedGraph:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _reset(token)
+            _leave(tokens)
             self._finish(task)
 
     def batch(
@@ -282,7 +284,7 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """The graph's event stream, run as one governed task."""
         task, config = self._start(config, is_async=True)
-        token = _CURRENT.set(task)
+        tokens = _enter(task)
         try:
             async for event in self.graph.astream_events(input, config, **kwargs):
                 yield event
@@ -290,7 +292,7 @@ class GovernedGraph:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _reset(token)
+            _leave(tokens)
             self._finish(task)
 
     def with_config(
@@ -885,19 +887,36 @@ def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
     """Iterate with the task current, without leaking it between steps."""
     iterator = iter(items)
     while True:
-        token = _CURRENT.set(task)
+        tokens = _enter(task)
         try:
             item = next(iterator)
         except StopIteration:
             return
         finally:
-            _reset(token)
+            _leave(tokens)
         yield item
 
 
-def _reset(token: Any) -> None:
+def _enter(task: Task) -> tuple[Any, Any]:
+    """Make the task current, and its span the current OpenTelemetry span.
+
+    Spans the user opens inside a node (a tool's HTTP call, a database
+    query), and the task of a graph invoked from a node, then join the
+    task's trace instead of starting traces of their own.
+    """
+    span = task.span
+    otel_token = None
+    if isinstance(span, Span):
+        otel_token = otel_context.attach(trace.set_span_in_context(span))
+    return _CURRENT.set(task), otel_token
+
+
+def _leave(tokens: tuple[Any, Any]) -> None:
+    task_token, otel_token = tokens
     try:
-        _CURRENT.reset(token)
+        if otel_token is not None:
+            otel_context.detach(otel_token)
+        _CURRENT.reset(task_token)
     except ValueError:
         # A generator resumed in another context; the var is not ours to reset.
         logger.debug("task context was reset in a different context")
