@@ -167,3 +167,26 @@ def test_explicit_service_name_wins_over_the_environment(
     no_service_env.setenv("OTEL_SERVICE_NAME", "my-agent")
     provider = configure_tracing(service_name="explicit")
     assert provider.resource.attributes["service.name"] == "explicit"
+
+
+def test_the_protocol_setting_is_obeyed_or_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grpc without its exporter and http/json are refused, not sent as HTTP."""
+    import importlib.util
+
+    from governor import ConfigError
+    from governor.telemetry import configure_metrics
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ConfigError, match=r"'http/json'.*not supported"):
+        configure_tracing()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
+    configure_metrics().shutdown()  # the per-signal setting wins
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:
+        with pytest.raises(ConfigError, match="pip install opentelemetry-exporter"):
+            configure_tracing()
+    else:
+        configure_tracing().shutdown()

@@ -1,4 +1,4 @@
-"""Exporter setup: OTLP/HTTP by the standard OTEL_* variables, and a JSONL file.
+"""Exporter setup: OTLP by the standard OTEL_* variables, and a JSONL file.
 
 The application owns its tracer provider; these helpers build one for users
 who have none, and a JSONL exporter the CLI can read back.
@@ -6,6 +6,7 @@ who have none, and a JSONL exporter the CLI can read back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 """Full URL of an OTLP/HTTP traces receiver; wins over the base URL."""
 ENV_OTLP_METRICS_ENDPOINT = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 """Full URL of an OTLP/HTTP metrics receiver; wins over the base URL."""
+ENV_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+"""``http/protobuf`` (the default) or ``grpc``; ``..._TRACES_PROTOCOL`` and
+``..._METRICS_PROTOCOL`` win over it for their signal."""
 ENV_TRACES_FILE = "GOVERNOR_TRACES_FILE"
 """Path of a JSONL file that receives every span, one JSON object per line."""
 DEFAULT_SERVICE_NAME = "llm-governor"
@@ -102,11 +106,8 @@ def _exporters(
     chosen = list(extra)
     wants_otlp = otlp_endpoint or os.environ.get(ENV_OTLP_TRACES_ENDPOINT)
     if wants_otlp or os.environ.get(ENV_OTLP_ENDPOINT):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter,
-        )
-
-        chosen.append(OTLPSpanExporter(endpoint=otlp_endpoint))
+        exporter_class = _otlp_class("traces", "trace_exporter", "OTLPSpanExporter")
+        chosen.append(exporter_class(endpoint=otlp_endpoint))
     path = jsonl_path or os.environ.get(ENV_TRACES_FILE)
     if path:
         chosen.append(JsonlSpanExporter(path))
@@ -140,16 +141,48 @@ def configure_metrics(
     chosen = list(readers)
     wants = otlp_endpoint or os.environ.get(ENV_OTLP_METRICS_ENDPOINT)
     if wants or os.environ.get(ENV_OTLP_ENDPOINT):
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter,
-        )
-
-        exporter = OTLPMetricExporter(endpoint=otlp_endpoint)
+        exporter_class = _otlp_class("metrics", "metric_exporter", "OTLPMetricExporter")
+        exporter = exporter_class(endpoint=otlp_endpoint)
         interval_ms = export_interval_s * 1000
         chosen.append(
             PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
         )
     return MeterProvider(resource=_resource(service_name), metric_readers=chosen)
+
+
+def _otlp_class(signal: str, module: str, name: str) -> Any:
+    """The OTLP exporter class the ``OTEL_EXPORTER_OTLP_*PROTOCOL`` setting picks.
+
+    ``http/protobuf`` (the default) ships with the governor; ``grpc`` needs
+    the ``opentelemetry-exporter-otlp-proto-grpc`` package.
+
+    Raises:
+        ConfigError: the protocol is unknown, or gRPC is asked for and its
+            exporter is not installed.
+    """
+    from governor._errors import ConfigError
+
+    key = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+    protocol = (
+        os.environ.get(key) or os.environ.get(ENV_OTLP_PROTOCOL) or "http/protobuf"
+    ).strip()
+    transports = {"http/protobuf": "http", "grpc": "grpc"}
+    transport = transports.get(protocol)
+    if transport is None:
+        raise ConfigError(
+            f"OTLP protocol {protocol!r} (from {key} or {ENV_OTLP_PROTOCOL}) is "
+            "not supported: use 'http/protobuf' (the default) or 'grpc'"
+        )
+    path = f"opentelemetry.exporter.otlp.proto.{transport}.{module}"
+    try:
+        found = importlib.import_module(path)
+    except ImportError as exc:
+        raise ConfigError(
+            f"OTLP protocol {protocol!r} needs its exporter: pip install "
+            "opentelemetry-exporter-otlp-proto-grpc (or unset the protocol to "
+            "send OTLP/HTTP, port 4318)"
+        ) from exc
+    return getattr(found, name)
 
 
 class JsonlSpanExporter(SpanExporter):
