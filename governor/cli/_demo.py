@@ -319,10 +319,16 @@ def _print_table(
         if row.detail:
             print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
     print(f"\nTraces: {traces} (one JSON span per line).")
-    print(
-        "Send them to Jaeger or Tempo instead: set "
-        "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
+    if endpoint:
+        print(f"Also sent over OTLP to {endpoint}.")
+    else:
+        print(
+            "Send them to Jaeger or Tempo instead: set "
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
+        )
     print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
 
 
