@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -561,3 +562,31 @@ def test_processes_creating_one_new_sqlite_file_together_all_open_it(
             worker.join(30)
         outcomes += [results.get(timeout=5) for _ in workers]
     assert outcomes == ["ok"] * 80
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input_tokens": "100"}, "input_tokens must be a whole number, got the str"),
+        ({"output_tokens": 1.5}, "output_tokens must be a whole number"),
+        ({"input_tokens": True}, "input_tokens must be a whole number"),
+        ({"cost_usd": "1e400"}, "cost_usd of 1.000e+400 dollars for one call"),
+    ],
+)
+def test_a_corrupt_json_record_names_the_field(
+    change: dict[str, Any], message: str
+) -> None:
+    """Hand-edited or truncated values are refused, naming the field."""
+    data = {**make(0).to_json_dict(), **change}
+    with pytest.raises(SpendDataError, match=re.escape(message)):
+        SpendRecord.from_json_dict(data)
+
+
+def test_a_corrupt_sqlite_amount_names_the_column(tmp_path: Path) -> None:
+    """A cost that is not a number names the column and the value."""
+    path = tmp_path / "spend.sqlite3"
+    SQLiteSpendStore(path).record(make(0))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE spend SET cost_usd = 'abc'")
+    with pytest.raises(SpendDataError, match="cost_usd must be a decimal amount"):
+        list(SQLiteSpendStore(path).query())

@@ -77,9 +77,15 @@ class SpendRecord:
                 object.__setattr__(self, name, amount.copy_abs())
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
-        tokens = (self.input_tokens, self.output_tokens, self.cache_read_tokens)
-        if min(tokens) < 0:
-            raise ValueError("SpendRecord token counts must be non-negative")
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens"):
+            count = getattr(self, name)
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(
+                    f"SpendRecord.{name} must be a whole number, got the "
+                    f"{type(count).__name__} {count!r}"
+                )
+            if count < 0:
+                raise ValueError("SpendRecord token counts must be non-negative")
 
     @property
     def total_tokens(self) -> int:
@@ -130,6 +136,9 @@ class SpendRecord:
             raise SpendDataError(f"malformed spend record: {exc}") from exc
 
 
+_MOST_USD = Decimal(10) ** 12
+"""No single call costs a trillion dollars: more means a corrupt record."""
+
 _JSON_KINDS: dict[type, str] = {
     float: "float",
     bool: "JSON boolean",
@@ -153,6 +162,11 @@ def _check_money(name: str, value: object) -> None:
         raise ValueError(f"SpendRecord.{name} must be a finite amount, got {value}")
     if value < 0:
         raise ValueError(f"SpendRecord.{name} must not be negative, got {value}")
+    if value > _MOST_USD:
+        raise ValueError(
+            f"SpendRecord.{name} of {value:.3e} dollars for one call cannot be "
+            "right; the record is corrupt"
+        )
 
 
 def _json_money(name: str, value: object) -> Decimal:

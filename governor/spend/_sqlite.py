@@ -116,6 +116,15 @@ def _row(rec: SpendRecord) -> tuple[Any, ...]:
     )
 
 
+def _money(row: sqlite3.Row, column: str) -> Decimal:
+    try:
+        return Decimal(row[column])
+    except (TypeError, ArithmeticError):
+        raise ValueError(
+            f"{column} must be a decimal amount such as '0.00036', got {row[column]!r}"
+        ) from None
+
+
 def _record(row: sqlite3.Row) -> SpendRecord:
     return SpendRecord(
         ts=from_us(row["ts_us"]),
@@ -126,10 +135,10 @@ def _record(row: sqlite3.Row) -> SpendRecord:
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
         cache_read_tokens=row["cache_read_tokens"],
-        cost_usd=Decimal(row["cost_usd"]),
+        cost_usd=_money(row, "cost_usd"),
         cost_estimated=bool(row["cost_estimated"]),
         cache_hit=bool(row["cache_hit"]),
-        saved_usd=Decimal(row["saved_usd"]),
+        saved_usd=_money(row, "saved_usd"),
         outcome=row["outcome"],
         stop_reason=row["stop_reason"],
         latency_s=row["latency_s"],
