@@ -273,3 +273,12 @@ def test_a_later_spike_after_the_cooldown_tightens_again() -> None:
         monitor.observe(call(minute, 100))
     monitor.observe(call(12, 10_000))
     assert len(requests) == 2
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///path", "ftp://host/x", "host"])
+def test_a_webhook_url_without_a_host_is_refused(url: str) -> None:
+    """A URL no POST can reach fails when the settings are built."""
+    from governor import PolicyError
+
+    with pytest.raises(PolicyError, match="with a host"):
+        Anomalies(webhook_url=url)

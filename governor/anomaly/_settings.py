@@ -138,8 +138,16 @@ class Anomalies(PolicyModel):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook_url must start with http:// or https://")
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "webhook_url must be an http:// or https:// URL with a host, "
+                "e.g. 'https://hooks.example.com/governor'"
+            )
         return value
 
     @model_validator(mode="after")
