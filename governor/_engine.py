@@ -261,7 +261,15 @@ class Governor:
             cache_hit=True,
             saved_usd=hit.saved_usd,
             outcome="cache_hit",
+            provider=self._provider_of(task, hit.model),
         )
+
+    def _provider_of(self, task: Task, model: str) -> str | None:
+        """The provider the rate card names for ``model``; None if unpriced."""
+        try:
+            return self._task_rates(task).rate(model).provider
+        except GovernorError:
+            return None
 
     # -- anomalies -------------------------------------------------------
 
@@ -910,6 +918,7 @@ class Governor:
                 attribution=attribution,
                 outcome="refused",
                 stop_reason=reason,
+                provider=self._provider_of(task, model),
             )
 
     def _price(

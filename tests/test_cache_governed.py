@@ -271,3 +271,22 @@ def test_a_redis_cache_without_a_redis_ledger_is_refused_when_built() -> None:
 
     with pytest.raises(ConfigError, match=r"ledger=RedisLedger\(url\)"):
         Governor(Policy(cache=Cache(store="redis")))
+
+
+def test_hit_and_refusal_records_name_the_provider(tmp_path: Any) -> None:
+    """Reports by provider put cache savings and refusals under the provider."""
+    from governor import BudgetExceeded
+    from governor.spend import JsonlSpendStore
+
+    path = tmp_path / "spend.jsonl"
+    policy = Policy(cache=Cache(embedder="hashing"), budgets=[Budget(max_usd="0.0001")])
+    gov = Governor(policy, spend=path)
+    llm = GovernedLiteLLM(gov, completion=CountingLiteLLM().completion)
+    with gov.task():
+        ask(llm)
+        ask(llm)
+        with pytest.raises(BudgetExceeded):
+            llm.completion(model="gpt-4o", messages=QUESTION, max_tokens=4000)
+    gov.close()
+    records = {r.outcome: r.provider for r in JsonlSpendStore(path).query()}
+    assert records == {"ok": "openai", "cache_hit": "openai", "refused": "openai"}
