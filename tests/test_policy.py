@@ -218,3 +218,26 @@ def test_a_per_second_price_with_one_token_price_is_refused() -> None:
     with pytest.raises(PolicyError, match="output_usd_per_mtok"):
         Price(usd_per_second=1, input_usd_per_mtok=5)
     assert Price(usd_per_second=1).output_usd_per_mtok == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_usd": Decimal("1e-30")}, "less than a nano-dollar"),
+        ({"period": "day", "timezone": "localtime"}, "depends on each host"),
+        ({"period": "rolling", "window_s": 1e-9}, "greater than or equal to 1"),
+    ],
+)
+def test_budgets_no_ledger_could_keep_as_written_are_refused(
+    changes: dict[str, Any], message: str
+) -> None:
+    """A sub-nano limit, a host-local zone and a sub-second window fail."""
+    settings: dict[str, Any] = {"scope": "team", "max_usd": "1", **changes}
+    with pytest.raises(PolicyError, match=message):
+        Budget(**settings)
+
+
+def test_negative_zero_and_repeated_warnings_are_normalised() -> None:
+    """'-0' is a zero budget and a repeated warn_at fraction warns once."""
+    budget = Budget(scope="team", max_usd="-0", warn_at=(0.5, 0.5))
+    assert (str(budget.max_usd), budget.warn_at) == ("0", (0.5,))

@@ -55,6 +55,7 @@ _MAX_EXACT = 2**53 - 1
 MAX_BUDGET_USD = Decimal(_MAX_EXACT) / 10**9
 """The largest ``max_usd``: about 9 million dollars, counted in nano-dollars."""
 _DAY_S = 86_400.0
+_NANO_USD = Decimal("1e-9")
 _PER_MTOK = "US dollars per million tokens, non-negative, e.g. Decimal('2.50')"
 
 
@@ -177,7 +178,7 @@ class Budget(PolicyModel):
     )
     window_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=366 * _DAY_S,
         description="seconds, up to a year, for period='rolling' only",
     )
@@ -188,6 +189,18 @@ class Budget(PolicyModel):
         default=(0.8, 0.95),
         description="fractions of the limit (0 < f < 1) that log a warning once",
     )
+
+    @field_validator("max_usd")
+    @classmethod
+    def _whole_nanos(cls, value: Decimal | None) -> Decimal | None:
+        if value is None:
+            return None
+        if value and value < _NANO_USD:
+            raise ValueError(
+                f"max_usd {value} is less than a nano-dollar, the smallest amount "
+                "a ledger counts; use 0 to refuse every call"
+            )
+        return value.copy_abs() if value.is_zero() else value
 
     @field_validator("max_tokens", mode="before")
     @classmethod
@@ -211,6 +224,12 @@ class Budget(PolicyModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
+        if value.lower() in ("localtime", "local"):
+            raise ValueError(
+                f"time zone {value!r} depends on each host's clock settings, so "
+                "workers could count one budget in different windows: name the "
+                "zone, e.g. 'Europe/Paris'"
+            )
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -222,7 +241,7 @@ class Budget(PolicyModel):
     def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(not 0 < f < 1 for f in value):
             raise ValueError("warn_at fractions must lie strictly between 0 and 1")
-        return tuple(sorted(value))
+        return tuple(sorted(set(value)))
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> Self:
