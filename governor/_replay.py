@@ -193,7 +193,7 @@ def load_policy(spec: str) -> Policy:
         raise ConfigError(
             f"policy {spec!r} is not 'default' or an existing .json / .py file"
         )
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             return Policy(**json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
@@ -208,8 +208,8 @@ def _python_policy(path: Path, name: str) -> Policy:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ConfigError(f"{path}: importing it failed: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{path}: importing it failed: {exc!r}") from exc
     policy = getattr(module, name, None)
     if not isinstance(policy, Policy):
         raise ConfigError(f"{path} defines no Policy named {name}")

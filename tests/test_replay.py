@@ -181,3 +181,30 @@ def test_replay_charges_org_budgets_of_recorded_orgs() -> None:
     run = replay(recorded, Policy(budgets=[budget]))
     assert [t.calls for t in run.tasks.values()] == [2, 0]
     assert run.cost_usd == CALL_4O * 2
+
+
+def test_an_unknown_task_is_refused_with_where_to_look(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --task exits 2 instead of replaying nothing successfully."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    assert main(["replay", "--db", str(trace), "--task", "task-9"]) == 2
+    assert "no recorded call of task(s) task-9" in capsys.readouterr().err
+
+
+def test_a_policy_file_that_exits_is_an_error(tmp_path: Path) -> None:
+    """sys.exit() in a policy file is reported, not taken as the CLI's exit."""
+    from governor import ConfigError
+
+    policy_file = tmp_path / "exits.py"
+    policy_file.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ConfigError, match="importing it failed: SystemExit"):
+        load_policy(str(policy_file))
+
+
+def test_an_upper_case_json_suffix_is_read_as_json(tmp_path: Path) -> None:
+    """POLICY.JSON is a JSON policy, not Python."""
+    policy_file = tmp_path / "POLICY.JSON"
+    policy_file.write_text('{"name": "upper"}')
+    assert load_policy(str(policy_file)).name == "upper"

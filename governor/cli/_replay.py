@@ -71,7 +71,16 @@ def load_records(args: argparse.Namespace) -> list[Any] | None:
         return None
     records = list(open_store(target, existing=True).query())
     if args.task:
-        records = [r for r in records if r.task_id in set(args.task)]
+        wanted = set(args.task)
+        missing = sorted(wanted - {r.task_id for r in records})
+        if missing:
+            print(
+                f"governor: no recorded call of task(s) {', '.join(missing)} in "
+                f"{target}; `governor report --db {target} --by task` lists them",
+                file=sys.stderr,
+            )
+            return None
+        records = [r for r in records if r.task_id in wanted]
     return records
 
 
