@@ -178,20 +178,27 @@ def _nano(value: Decimal) -> Decimal:
 
 
 def load_policy(spec: str) -> Policy:
-    """Load a policy from ``default``, a ``.json`` file or a ``.py`` file.
+    """Load a policy from ``default``, ``pack:NAME``, a ``.json`` or ``.py`` file.
 
     A Python file must define ``POLICY``; ``path.py:NAME`` picks another name.
+    ``pack:NAME`` is a ready-made pack of :mod:`governor.policies.packs`.
 
     Raises:
-        ConfigError: the file is missing or does not hold a Policy.
+        ConfigError: the file is missing or does not hold a Policy, or no
+            pack has that name.
     """
     if spec == "default":
         return Policy()
+    if spec.startswith("pack:"):
+        from governor.policies.packs import by_name
+
+        return by_name(spec.removeprefix("pack:"))
     path_text, _, name = spec.partition(":") if ".py:" in spec else (spec, "", "")
     path = Path(path_text)
     if not path.is_file():
         raise ConfigError(
-            f"policy {spec!r} is not 'default' or an existing .json / .py file"
+            f"policy {spec!r} is not 'default', 'pack:NAME' or an existing "
+            ".json / .py file"
         )
     if path.suffix.lower() == ".json":
         try:

@@ -582,4 +582,4 @@ def test_cli_prices_as_a_policy_file_does(
 def test_cli_names_a_missing_policy_file(capsys: pytest.CaptureFixture[str]) -> None:
     """A --policy that is no file exits 2 and says what it takes."""
     assert cli_main(["pricing", "gpt-4o", "--policy", "nope.py"]) == 2
-    assert "is not 'default' or an existing .json / .py file" in capsys.readouterr().err
+    assert "is not 'default', 'pack:NAME' or an existing" in capsys.readouterr().err

@@ -26,6 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("_eval", "evaluate a policy part on recorded data"),
     "report": ("_report", "report recorded spend by team, feature, model, day"),
     "replay": ("_replay", "replay recorded traffic through a policy"),
+    "policy": ("_policy", "list the ready-made policy packs or print a policy"),
     "compare": ("_compare", "compare two policies or models on recorded traffic"),
 }
 

@@ -8,6 +8,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
+from governor.cli._policy import POLICY_HELP
 from governor.cli._replay import add_source_arguments, check_swaps, load_records
 
 __all__ = ["register"]
@@ -26,7 +27,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
         ),
     )
     add_source_arguments(parser)
-    parser.add_argument("--a", default="default", help="policy A (baseline)")
+    parser.add_argument(
+        "--a", default="default", help=f"policy A, the baseline: {POLICY_HELP}"
+    )
     parser.add_argument("--b", default=None, help="policy B (default: same as A)")
     parser.add_argument(
         "--model",

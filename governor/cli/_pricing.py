@@ -8,6 +8,8 @@ import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from governor.cli._policy import POLICY_HELP
+
 if TYPE_CHECKING:
     from governor.pricing import Rate, RateTier
 
@@ -37,8 +39,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--policy",
         default="default",
-        help="price as this policy does: 'default', a .json policy, or a .py "
-        "file defining POLICY (its price overrides and price map)",
+        help=f"price as this policy does: {POLICY_HELP}",
     )
     parser.set_defaults(handler=_run)
 

@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from governor.cli._policy import POLICY_HELP
+
 __all__ = ["add_source_arguments", "check_swaps", "load_records", "register"]
 
 _MODELS_SHOWN = 10
@@ -30,7 +32,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--policy",
         default="default",
-        help="'default', a .json policy, or a .py file defining POLICY",
+        help=POLICY_HELP,
     )
     parser.add_argument(
         "--model",

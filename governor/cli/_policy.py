@@ -1,0 +1,48 @@
+"""``governor policy``: list the ready-made packs, print a policy as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+POLICY_HELP = "'default', 'pack:NAME', a .json policy, or a .py file defining POLICY"
+"""How every command that takes a policy describes what it takes."""
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    """Add ``policy packs`` and ``policy show`` to the command line."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    packs = actions.add_parser("packs", help="list the ready-made policy packs")
+    packs.set_defaults(handler=_packs)
+    show = actions.add_parser(
+        "show", help="print a policy, every field, as JSON (after validation)"
+    )
+    show.add_argument("spec", metavar="POLICY", help=POLICY_HELP)
+    show.set_defaults(handler=_show)
+
+
+def _packs(args: argparse.Namespace) -> int:
+    from governor.policies.packs import PACKS
+
+    for name, pack in PACKS.items():
+        summary = (pack.__doc__ or "").strip().splitlines()[0]
+        print(f"pack:{name:<16} {summary}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from governor._errors import ConfigError
+    from governor._replay import load_policy
+
+    try:
+        policy = load_policy(args.spec)
+    except ConfigError as exc:
+        print(f"governor policy: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(policy.model_dump(mode="json"), indent=2))
+    return 0
