@@ -327,3 +327,57 @@ def test_custom_llm_provider_is_part_of_the_priced_name(
         )
     # litellm's mock reports 10 prompt and 20 completion tokens.
     assert task.report().cost_usd == Decimal("10e-6") + Decimal("40e-6")
+
+
+LONG_ANSWER = " ".join(f"w{i}" for i in range(200))
+
+
+def _stub_stream(stub: Any, llm: GovernedLiteLLM, *, use_async: bool) -> Any:
+    kwargs: dict[str, Any] = {
+        "model": "openai/gpt-4o-mini",
+        "api_base": stub.base_url + "/v1",
+        "api_key": "sk-stub",
+        "messages": [{"role": "user", "content": "Write a long essay."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    return llm.acompletion(**kwargs) if use_async else llm.completion(**kwargs)
+
+
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_closing_a_stream_early_stops_the_provider(how: str) -> None:
+    """close() (or leaving a with block) hangs up, so generation stops."""
+    import time
+
+    from governor.testing import StubBehaviour, StubServer
+
+    slow = StubBehaviour(answer=LONG_ANSWER, chunk_delay_s=0.005)
+    with StubServer(default=slow) as stub:
+        gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+        stream = _stub_stream(stub, GovernedLiteLLM(gov), use_async=False)
+        if how == "with":
+            with stream:
+                next(stream)
+        else:
+            next(stream)
+            stream.close()
+        time.sleep(1.5)  # the whole answer takes 1 s to stream
+        assert stub.streams_finished == 0
+
+
+def test_aclose_stops_the_provider() -> None:
+    """aclose() on an async stream hangs up too."""
+    from governor.testing import StubBehaviour, StubServer
+
+    slow = StubBehaviour(answer=LONG_ANSWER, chunk_delay_s=0.005)
+
+    async def main(stub: StubServer) -> None:
+        gov = Governor()
+        stream = await _stub_stream(stub, GovernedLiteLLM(gov), use_async=True)
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(1.5)
+
+    with StubServer(default=slow) as stub:
+        asyncio.run(main(stub))
+        assert stub.streams_finished == 0

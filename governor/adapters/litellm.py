@@ -1009,14 +1009,29 @@ class _SyncStream(_StreamSettler):
         return chunk
 
     def close(self) -> None:
-        """Stop reading; settle what arrived."""
+        """Stop reading: close the provider's stream, settle what arrived."""
+        self._close_inner()
         self._finish()
 
     def __enter__(self) -> _SyncStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._finish()
+        self.close()
+
+    def _close_inner(self) -> None:
+        """Close LiteLLM's stream, so the provider stops generating and billing.
+
+        Left open, the connection streams the whole answer, and the garbage
+        collector closing it later can deadlock on the HTTP pool's lock.
+        """
+        close = getattr(self._inner, "close", None)
+        if self.admission.settled or not callable(close):
+            return
+        try:
+            close()
+        except Exception:
+            logger.debug("could not close the provider's stream", exc_info=True)
 
     def __del__(self) -> None:
         if not self.admission.settled:
@@ -1067,14 +1082,25 @@ class _AsyncStream(_StreamSettler):
         return chunk
 
     async def aclose(self) -> None:
-        """Stop reading; settle what arrived."""
+        """Stop reading: close the provider's stream, settle what arrived."""
+        await self._aclose_inner()
         await self._afinish()
 
     async def __aenter__(self) -> _AsyncStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._afinish()
+        await self.aclose()
+
+    async def _aclose_inner(self) -> None:
+        """Close LiteLLM's stream, so the provider stops generating and billing."""
+        close = getattr(self._inner, "aclose", None)
+        if self.admission.settled or not callable(close):
+            return
+        try:
+            await close()
+        except Exception:
+            logger.debug("could not close the provider's stream", exc_info=True)
 
     def __del__(self) -> None:
         if not self.admission.settled:

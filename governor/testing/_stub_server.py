@@ -69,6 +69,8 @@ class StubBehaviour:
             sent as given (to test providers that report partial, zero or
             malformed usage); an empty mapping leaves ``usage`` out, as some
             OpenAI-compatible servers do.
+        chunk_delay_s: seconds to wait before each streamed chunk, as a model
+            generating; a client that closes its stream early stops it.
     """
 
     answer: str = "stub answer"
@@ -79,6 +81,7 @@ class StubBehaviour:
     fail_times: int | None = None
     delay_s: float = 0.0
     usage: Mapping[str, Any] | None = None
+    chunk_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.status not in {s.value for s in HTTPStatus}:
@@ -89,8 +92,11 @@ class StubBehaviour:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"StubBehaviour.{name}={value!r} must be >= 0")
-        if self.delay_s < 0:
-            raise ConfigError(f"StubBehaviour.delay_s={self.delay_s!r} must be >= 0")
+        for name in ("delay_s", "chunk_delay_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"StubBehaviour.{name}={getattr(self, name)!r} must be >= 0"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +135,7 @@ class StubServer:
         self._default = default or StubBehaviour()
         self._failures: dict[str, int] = {}
         self._requests: list[StubRequest] = []
+        self._streamed_whole = 0
         self._lock = threading.Lock()
         self._server = _Server((_HOST, port), _Handler)
         self._server.stub = self
@@ -145,6 +152,20 @@ class StubServer:
         """A snapshot of the requests received so far, oldest first."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def streams_finished(self) -> int:
+        """How many streamed answers were written to their end.
+
+        A stream whose client closed it early stops at the next chunk and
+        is not counted.
+        """
+        with self._lock:
+            return self._streamed_whole
+
+    def _stream_finished(self) -> None:
+        with self._lock:
+            self._streamed_whole += 1
 
     def set_behaviour(self, model: str, behaviour: StubBehaviour) -> None:
         """Change how ``model`` is answered from the next request on."""
@@ -296,8 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         for event in _stream_events(body, behaviour):
+            if behaviour.chunk_delay_s:
+                time.sleep(behaviour.chunk_delay_s)
             self.wfile.write(f"data: {event}\n\n".encode())
             self.wfile.flush()
+        self.server.stub._stream_finished()
 
 
 def _usage(body: Mapping[str, Any], behaviour: StubBehaviour) -> dict[str, Any]:
