@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -128,8 +129,11 @@ class Task:
         task_id: str | None = None,
     ) -> None:
         self.id = new_id() if task_id is None else _checked_id(task_id)
-        # Ids of streamed calls whose stream is not read to the end yet.
-        self.open_streams: set[str] = set()
+        # Streams of the task not read to the end yet, by call id; weak, so
+        # a dropped stream still settles when it is collected.
+        self.open_streams: weakref.WeakValueDictionary[str, Any] = (
+            weakref.WeakValueDictionary()
+        )
         self.parent: Task | None = None
         # The governor that opened the task (None for a task made by hand);
         # another governor's calls do not join it.

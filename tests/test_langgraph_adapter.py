@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_litellm import ChatLiteLLM
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.types import Send
 
 from conftest import SpanCapture
@@ -460,3 +461,52 @@ def test_spans_opened_inside_a_node_join_the_task_trace(
     trace_id = outer_task.context.trace_id
     assert {user_span.context.trace_id, inner_task.context.trace_id} == {trace_id}
     assert inner_task.parent.span_id == user_span.context.span_id
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[Any], add_messages]
+
+
+def test_a_graph_stream_stopped_early_reports_its_model_call() -> None:
+    """Stop reading astream mid-answer: the run hangs up on the model's stream
+    and its report charges what arrived, as the ledger does."""
+    from governor.testing import StubBehaviour, StubServer
+
+    slow = StubBehaviour(answer=" ".join(["word"] * 200), chunk_delay_s=0.005)
+    with StubServer(default=slow) as stub:
+        model = ChatLiteLLM(
+            model="openai/gpt-4o-mini",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
+            streaming=True,
+            max_retries=0,
+        )
+
+        async def llm(state: Chat) -> dict[str, Any]:
+            return {"messages": [await model.ainvoke(state["messages"])]}
+
+        builder = StateGraph(Chat)
+        builder.add_node("llm", llm)
+        builder.add_edge(START, "llm")
+        builder.add_edge("llm", END)
+        gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+        agent = govern(builder.compile(), gov)
+
+        async def main() -> None:
+            stream = agent.astream(
+                {"messages": [("user", "Write an essay.")]}, stream_mode="messages"
+            )
+            async for _ in stream:
+                break
+            await stream.aclose()
+
+        with instrument(gov):
+            asyncio.run(main())
+        report = agent.last_report
+        assert report is not None
+        assert report.output_tokens > 0
+        line = gov.ledger.balance(f"task:{report.task_id}")
+        assert line is not None
+        assert Decimal(line.spent_nanos) / 10**9 == report.cost_usd
+        assert line.reserved_nanos == 0
+        assert stub.streams_finished == 0

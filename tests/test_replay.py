@@ -115,7 +115,7 @@ def test_bad_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     """A policy path that does not exist says what is accepted."""
     from governor import ConfigError
 
-    with pytest.raises(ConfigError, match=r"'default' or an existing \.json"):
+    with pytest.raises(ConfigError, match=r"'pack:NAME' or an existing \.json"):
         load_policy(str(tmp_path / "missing.json"))
 
 

@@ -184,6 +184,7 @@ class GovernedGraph:
             raise
         finally:
             _leave(tokens)
+            await _ahang_up(task)
             self._finish(task)
 
     def stream(
@@ -213,6 +214,7 @@ class GovernedGraph:
             raise
         finally:
             _leave(tokens)
+            await _ahang_up(task)
             self._finish(task)
 
     def batch(
@@ -293,6 +295,7 @@ class GovernedGraph:
             raise
         finally:
             _leave(tokens)
+            await _ahang_up(task)
             self._finish(task)
 
     def with_config(
@@ -340,6 +343,7 @@ class GovernedGraph:
         return task, merged
 
     def _finish(self, task: Task) -> None:
+        _hang_up(task)
         handler = task.extras.get("handler")
         if handler is not None:
             handler.abandon_open_calls()
@@ -895,6 +899,29 @@ def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
         finally:
             _leave(tokens)
         yield item
+
+
+def _hang_up(task: Task) -> None:
+    """Close the streams the run's nodes left open: nobody can read them now.
+
+    A node that stops reading a model's stream (or a reader that stops
+    reading the graph's) leaves the provider's stream open; closed here, the
+    provider stops generating and the task's report includes the charge.
+    """
+    for stream in list(task.open_streams.values()):
+        try:
+            stream.hang_up()
+        except Exception:
+            logger.warning("could not close a stream left open", exc_info=True)
+
+
+async def _ahang_up(task: Task) -> None:
+    """Async form of :func:`_hang_up`, which closes async streams too."""
+    for stream in list(task.open_streams.values()):
+        try:
+            await stream.ahang_up()
+        except Exception:
+            logger.warning("could not close a stream left open", exc_info=True)
 
 
 def _enter(task: Task) -> tuple[Any, Any]:

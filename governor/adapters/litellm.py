@@ -875,11 +875,11 @@ class _StreamSettler:
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
         self.complete = False  # read to its end: only then is the answer whole
-        admission.task.open_streams.add(admission.call_id)
+        admission.task.open_streams[admission.call_id] = self
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache."""
-        self.admission.task.open_streams.discard(self.admission.call_id)
+        self.admission.task.open_streams.pop(self.admission.call_id, None)
         text = result.output_text
         if self.complete and result.error is None and text:
             self.saver.save(result, cost, {"role": "assistant", "content": text})
@@ -1013,6 +1013,14 @@ class _SyncStream(_StreamSettler):
         self._close_inner()
         self._finish()
 
+    def hang_up(self) -> None:
+        """Close the stream for a run that ended without reading it out."""
+        self.close()
+
+    async def ahang_up(self) -> None:
+        """Async form of :meth:`hang_up`."""
+        self.close()
+
     def __enter__(self) -> _SyncStream:
         return self
 
@@ -1085,6 +1093,20 @@ class _AsyncStream(_StreamSettler):
         """Stop reading: close the provider's stream, settle what arrived."""
         await self._aclose_inner()
         await self._afinish()
+
+    def hang_up(self) -> None:
+        """Settle what arrived for a run that ended without reading it out.
+
+        The provider's async stream can only be closed from the event loop
+        (:meth:`ahang_up`); here it is left to the garbage collector.
+        """
+        if not self.admission.settled:
+            result = self.result()
+            self.settle(self.governor.end_call(self.admission, result), result)
+
+    async def ahang_up(self) -> None:
+        """Close the stream for a run that ended without reading it out."""
+        await self.aclose()
 
     async def __aenter__(self) -> _AsyncStream:
         return self
