@@ -55,6 +55,7 @@ class LoopWatch:
         self._seen: dict[tuple[str, bytes], int] = {}
         self._seen_step_nodes: set[tuple[int, str]] = set()
         self._seen_visits: set[tuple[int, str, str | None]] = set()
+        self._step_results: set[tuple[int, str, str, bytes]] = set()
 
     @property
     def guard(self) -> LoopGuard:
@@ -72,6 +73,8 @@ class LoopWatch:
         with self._lock:
             flagged = False
             for name, args, result, turn in self._new_tool_results(messages):
+                if not self._first_in_step(step, name, args, result):
+                    continue
                 verdict = self.guard.on_tool_call(
                     name, args, result, step=step, turn=turn
                 )
@@ -157,6 +160,23 @@ class LoopWatch:
         elif verdict.action == "escalate":
             self.hint = verdict.hint
 
+    def _first_in_step(self, step: int, name: str, args: Any, result: str) -> bool:
+        """Whether no parallel branch of this step brought the same result.
+
+        Send branches that sample one question each call the same tool and
+        get the same answer side by side; that is one result, not a repeat.
+        """
+        key = (
+            step,
+            name,
+            json.dumps(args, sort_keys=True, default=str),
+            _content_digest(result),
+        )
+        if key in self._step_results:
+            return False
+        self._step_results.add(key)
+        return True
+
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]
     ) -> list[tuple[str, Any, str, int]]:
@@ -241,14 +261,36 @@ def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:
 
 
 def state_digest(inputs: Any) -> str | None:
-    """A digest of a node's input state, leaving out the growing message list."""
+    """A digest of a node's input state, leaving out the growing message list.
+
+    A state with other fields also counts its newest message: a ReAct graph
+    with a fixed ``question`` beside ``messages`` brings new tool results
+    each lap, and its state is new each lap although the fields are not.
+    """
     if not isinstance(inputs, Mapping):
         return None
     relevant = {k: v for k, v in inputs.items() if k != "messages"}
     if not relevant:
         return None
+    messages = inputs.get("messages")
+    if isinstance(messages, Sequence) and not isinstance(messages, str | bytes):
+        if messages:
+            relevant["messages"] = _gist(messages[-1])
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _gist(message: Any) -> Any:
+    """What a message says, without the ids that differ on every run."""
+    if isinstance(message, Mapping):
+        role, content = message.get("role"), message.get("content")
+        calls = message.get("tool_calls") or []
+    else:
+        role = getattr(message, "type", type(message).__name__)
+        content = getattr(message, "content", str(message))
+        calls = getattr(message, "tool_calls", None) or []
+    named = [_tool_call(call)[1:] for call in calls]
+    return [role, _text(content), json.dumps(named, sort_keys=True, default=str)]
 
 
 def _tool_call(call: Any) -> tuple[str | None, str, Any]:

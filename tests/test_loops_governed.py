@@ -350,7 +350,9 @@ def test_planner_and_executor_with_new_outputs_are_not_stopped() -> None:
     assert governed.last_report.stop_reason is None
 
 
-def _react_graph(tools: list[Any], keep_last: int | None = None) -> Any:
+def _react_graph(
+    tools: list[Any], keep_last: int | None = None, state: Any = None
+) -> Any:
     """A ReAct agent; with keep_last its prompt is the question plus that tail."""
     from langchain_core.messages import ToolMessage
     from langgraph.graph import START, StateGraph
@@ -367,7 +369,7 @@ def _react_graph(tools: list[Any], keep_last: int | None = None) -> Any:
             messages = [messages[0], *tail]
         return {"messages": [model.invoke(messages)]}
 
-    graph = StateGraph(MessagesState)
+    graph = StateGraph(state or MessagesState)
     graph.add_node("agent", agent)
     graph.add_node("tools", ToolNode(tools))
     graph.add_edge(START, "agent")
@@ -508,3 +510,59 @@ def test_reused_call_ids_with_the_same_result_are_still_repeats() -> None:
             )
     assert info.value.rule == "repeat"
     assert task.report().calls == 3
+
+
+class AskState(MessagesState):
+    question: str
+
+
+def test_react_agent_with_a_fixed_state_field_is_not_stopped() -> None:
+    """A fixed `question` beside the messages: new tool results, no loop."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+
+    done: list[str] = []
+
+    @tool
+    def lookup(city: str) -> str:
+        """Look up a city's population."""
+        done.append(city)
+        return f"{city}: population {len(done) * 1000003}"
+
+    cities = [{"city": f"City{i:02d}"} for i in range(12)]
+    install_offline_provider(
+        _scripted_tool_calls([("lookup", c) for c in cities], done), speed=0
+    )
+    graph = govern(_react_graph([lookup], state=AskState), Governor())
+    graph.invoke(
+        {"messages": [HumanMessage("populations")], "question": "populations"},
+        {"recursion_limit": 100},
+    )
+    assert len(done) == 12
+    assert graph.last_report is not None
+    assert graph.last_report.stop_reason is None
+
+
+def test_send_branches_calling_one_tool_alike_are_not_a_loop() -> None:
+    """Best-of-N: ten branches each get the same date from the same tool."""
+    import uuid
+
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from test_langgraph_adapter import ScriptedChatModel, fan_out_graph
+
+    class DatedModel(ScriptedChatModel):
+        def invoke(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+            call_id = f"call-{uuid.uuid4().hex[:8]}"
+            prompt = [
+                HumanMessage(str(input)),
+                AIMessage(
+                    "", tool_calls=[{"id": call_id, "name": "get_date", "args": {}}]
+                ),
+                ToolMessage("2025-03-14", tool_call_id=call_id),
+            ]
+            return super().invoke(prompt, *args, **kwargs)
+
+    graph = govern(fan_out_graph(DatedModel(answer=LONG)), Governor())
+    out = graph.invoke({"items": ["what day is it?"] * 10, "answers": []})
+    assert graph.last_report is not None
+    assert (len(out["answers"]), graph.last_report.stop_reason) == (10, None)
