@@ -273,9 +273,9 @@ def state_digest(inputs: Any) -> str | None:
     if not relevant:
         return None
     messages = inputs.get("messages")
-    if isinstance(messages, Sequence) and not isinstance(messages, str | bytes):
-        if messages:
-            relevant["messages"] = _gist(messages[-1])
+    is_list = isinstance(messages, Sequence) and not isinstance(messages, str | bytes)
+    if is_list and messages:
+        relevant["messages"] = _gist(messages[-1])
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
