@@ -488,3 +488,18 @@ def test_real_resolved_run_is_not_flagged() -> None:
                 guard.on_tool_call(tool_call.name, tool_call.args, result, step=step)
             )
     assert [v for v in verdicts if v is not None] == []
+
+
+def test_a_node_cycle_is_not_told_to_exempt_a_tool() -> None:
+    """The advice for a state cycle names the node case, not exempt_tools."""
+    from governor.loops import LoopDetected
+
+    error = LoopDetected(
+        rule="cycle",
+        detail="a cycle of 2 came back",
+        evidence=["agent [state 50fc35d4]", "tools [state 50fc35d4]"],
+        setting="max_cycle_repeats",
+        limit=1,
+    )
+    assert "exempt_tools" not in str(error)
+    assert "If a node is meant to come back to the same state" in str(error)

@@ -51,7 +51,7 @@ class LoopDetected(GovernorHalt, RecursionError):
         message = (
             f"loop detected by rule {rule!r}: {detail}. The task was stopped "
             f"after spending ${decimal_text(spent_usd)} ({spent_tokens} tokens). "
-            f"{_advice(rule)} "
+            f"{_advice(rule, self.evidence)} "
             f"raise Loops.{setting} (now {limit}), or set Loops(action='record') "
             "to only flag loops."
         )
@@ -70,7 +70,13 @@ class LoopDetected(GovernorHalt, RecursionError):
         }
 
 
-def _advice(rule: str) -> str:
+def _advice(rule: str, evidence: Sequence[str]) -> str:
+    by_state = any("[state " in item for item in evidence)
+    if rule in {"repeat", "cycle"} and by_state:
+        return (
+            "If a node is meant to come back to the same state (it waits for "
+            "something outside the graph),"
+        )
     if rule in {"repeat", "cycle", "stale"}:
         return (
             "If the repetition is legitimate (a tool that polls on purpose), list "
