@@ -510,3 +510,30 @@ def test_a_graph_stream_stopped_early_reports_its_model_call() -> None:
         assert Decimal(line.spent_nanos) / 10**9 == report.cost_usd
         assert line.reserved_nanos == 0
         assert stub.streams_finished == 0
+
+
+def test_breaking_out_of_astream_leaves_no_task_current(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After `break`, the next request is its own task, not a child of the
+    finished one (it would be charged to the old task's user and budget)."""
+    from governor import current_task
+
+    graph = govern(fan_out_graph(ScriptedChatModel()), Governor())
+
+    async def main() -> tuple[Any, Any]:
+        async for _ in graph.astream(
+            {"items": ["a", "b"], "answers": []}, {"metadata": {"user": "alice"}}
+        ):
+            break
+        await asyncio.sleep(0.05)  # the loop finalizes the generator
+        leftover = current_task()
+        await graph.ainvoke({"items": ["c"], "answers": []})
+        return leftover, graph.last_report
+
+    with caplog.at_level("ERROR"):
+        leftover, report = asyncio.run(main())
+    assert leftover is None
+    assert report is not None
+    assert report.attribution == {}
+    assert "Failed to detach context" not in caplog.text

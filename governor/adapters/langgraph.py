@@ -15,7 +15,14 @@ import inspect
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
@@ -205,15 +212,15 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """Async form of :meth:`stream`."""
         task, config = self._start(config, is_async=True)
-        tokens = _enter(task)
+        items = _awith_task(task, self.graph.astream(input, config, **kwargs))
         try:
-            async for item in self.graph.astream(input, config, **kwargs):
+            async for item in items:
                 yield item
         except Exception as exc:  # not GeneratorExit: a reader may stop early
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _leave(tokens)
+            await items.aclose()
             await _ahang_up(task)
             self._finish(task)
 
@@ -286,15 +293,15 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """The graph's event stream, run as one governed task."""
         task, config = self._start(config, is_async=True)
-        tokens = _enter(task)
+        items = _awith_task(task, self.graph.astream_events(input, config, **kwargs))
         try:
-            async for event in self.graph.astream_events(input, config, **kwargs):
+            async for event in items:
                 yield event
         except Exception as exc:  # not GeneratorExit: a reader may stop early
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _leave(tokens)
+            await items.aclose()
             await _ahang_up(task)
             self._finish(task)
 
@@ -899,6 +906,33 @@ def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
         finally:
             _leave(tokens)
         yield item
+
+
+async def _awith_task(
+    task: Task, items: AsyncIterator[Any]
+) -> AsyncGenerator[Any, None]:
+    """Async form of :func:`_with_task`.
+
+    The task is current only while the graph computes the next item, in the
+    reader's context: a reader that breaks out of the loop gets its own
+    context back at once, not when the event loop finalizes the generator
+    (in another context, where the task could not be reset).
+    """
+    iterator = aiter(items)
+    try:
+        while True:
+            tokens = _enter(task)
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                _leave(tokens)
+            yield item
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _hang_up(task: Task) -> None:
