@@ -537,3 +537,22 @@ def test_breaking_out_of_astream_leaves_no_task_current(
     assert report is not None
     assert report.attribution == {}
     assert "Failed to detach context" not in caplog.text
+
+
+def test_branches_refused_a_slot_still_end_their_spans(capture: SpanCapture) -> None:
+    """Every opened node span ends, refused branches with an error status."""
+    from opentelemetry.trace import StatusCode
+
+    from governor import Fanout
+    from governor.stores import SlotUnavailable
+
+    policy = Policy(fanout=Fanout(max_branches=2, on_cap="refuse"))
+    gov = Governor(policy, tracer_provider=capture.provider)
+    graph = govern(fan_out_graph(ScriptedChatModel()), gov)
+    with pytest.raises(SlotUnavailable):
+        graph.invoke({"items": [str(i) for i in range(10)], "answers": []})
+    workers = capture.named("governor.node worker")
+    refused = [s for s in workers if s.status.status_code == StatusCode.ERROR]
+    report = graph.last_report
+    assert report is not None
+    assert (len(workers), len(refused)) == (10, 10 - report.calls)

@@ -434,8 +434,12 @@ class _HandlerCore:
             self.governor.telemetry.end_span(span, {}, error)
         return slot
 
-    def _branch_refused(self, error: GovernorError) -> None:
-        self.task.refuse(error.code)
+    def _branch_refused(self, run_id: UUID, error: BaseException) -> None:
+        """End the step's span: LangChain reports no error for a run whose
+        start callback raised."""
+        self._chain_ended(run_id, error)
+        if isinstance(error, GovernorError):
+            self.task.refuse(error.code)
 
     # -- model calls -----------------------------------------------------
 
@@ -614,8 +618,8 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
             return
         try:
             token = slots.acquire(_timeout(self.task))
-        except GovernorError as exc:
-            self._branch_refused(exc)
+        except BaseException as exc:
+            self._branch_refused(run_id, exc)
             raise
         with self._lock:
             self._branches[run_id] = (slots, token)
@@ -759,8 +763,8 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
             return
         try:
             token = await slots.aacquire(_timeout(self.task))
-        except GovernorError as exc:
-            self._branch_refused(exc)
+        except BaseException as exc:  # refused, or cancelled while waiting
+            self._branch_refused(run_id, exc)
             raise
         with self._lock:
             self._branches[run_id] = (slots, token)
