@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Annotated, Any, TypedDict
@@ -546,9 +547,14 @@ def test_branches_refused_a_slot_still_end_their_spans(capture: SpanCapture) -> 
     from governor import Fanout
     from governor.stores import SlotUnavailable
 
+    class SlowModel(ScriptedChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+            time.sleep(0.2)  # hold the slot while the other branches start
+            return super()._generate(*args, **kwargs)
+
     policy = Policy(fanout=Fanout(max_branches=2, on_cap="refuse"))
     gov = Governor(policy, tracer_provider=capture.provider)
-    graph = govern(fan_out_graph(ScriptedChatModel()), gov)
+    graph = govern(fan_out_graph(SlowModel()), gov)
     with pytest.raises(SlotUnavailable):
         graph.invoke({"items": [str(i) for i in range(10)], "answers": []})
     workers = capture.named("governor.node worker")
