@@ -40,6 +40,7 @@ from governor._errors import (
     GovernorError,
     PriceUnknown,
     ScopeBlocked,
+    decimal_text,
 )
 from governor._leases import LeaseKeeper
 from governor._loopwatch import loop_watch, nothing_to_judge
@@ -61,6 +62,7 @@ from governor.stores import (
     MemoryLedger,
     Refusal,
 )
+from governor.stores._retry import Retrier
 from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import (
     AttrValue,
@@ -79,6 +81,8 @@ logger = logging.getLogger(__name__)
 
 _UNBOUNDED_OUTPUT_TOKENS = 32_768
 _COUNT_MARGIN = 1.05
+# How long close() waits for budget steps queued during a store outage.
+_DRAIN_S = 5.0
 _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 # Budget warnings read the store at most this often per line, so they cost no
@@ -372,13 +376,46 @@ class Governor:
         return int(self.recorder.flush(timeout_s))
 
     def close(self, timeout_s: float | None = None) -> int:
-        """Write queued spend records, stop the writer; return how many were lost."""
+        """Write queued spend records, stop the writer; return how many were lost.
+
+        Budget steps queued while the budget store was down (settles, slot
+        releases) get up to ``timeout_s`` (5 s when None) to reach it; what
+        is still unwritten then is logged as a WARNING.
+        """
+        self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
         if self.recorder is None:
             return 0
         lost = int(self.recorder.close(timeout_s))
         self.recorder = None
         self._spend_closed = True
         return lost
+
+    def _drain_store(self, timeout_s: float) -> None:
+        """Give queued budget steps a bounded time to reach the store."""
+        ledger = self.ledger
+        if not isinstance(ledger, FailoverLedger):
+            return
+        deadline = time.monotonic() + timeout_s
+        left = ledger.drain(timeout_s)
+        retries = getattr(getattr(ledger.primary, "connections", None), "retries", None)
+        slots = 0
+        if isinstance(retries, Retrier):
+            slots = retries.drain(max(0.0, deadline - time.monotonic()))
+        if left or slots:
+            logger.warning(
+                "closing the governor while the budget store does not answer: "
+                "%d settle(s) totalling $%s, %d hold release(s) and %d slot "
+                "release(s) are not written to it. The settled spend is "
+                "missing from the budgets (it is in the spend records, if a "
+                "spend store is set) unless this process lives until the "
+                "store answers; holds and slots expire after "
+                "Policy.hold_ttl_s. Bring the store back before closing, or "
+                "add the missing spend to the budgets by hand.",
+                ledger.pending_settles,
+                decimal_text(nanos_to_usd(ledger.pending_nanos)),
+                ledger.pending_releases,
+                slots,
+            )
 
     def _recording(self) -> bool:
         """True while spend records are written; after close() say once why not."""
@@ -579,11 +616,13 @@ class Governor:
             return Decimal(0)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
+        # Settle and record before the slots go back: a slot release that
+        # cannot reach its store must not cost the call its record.
         try:
             self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
+            return self._finish(admission, result, nanos, usage, cost_source)
         finally:
             release_slots(admission.held)
-        return self._finish(admission, result, nanos, usage, cost_source)
 
     def _price_or_hold(
         self, admission: Admission, result: CallResult
@@ -606,8 +645,10 @@ class Governor:
         try:
             self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
         finally:
-            release_slots(admission.held)
-            self._finish(admission, result, nanos, Usage(), "hold")
+            try:
+                self._finish(admission, result, nanos, Usage(), "hold")
+            finally:
+                release_slots(admission.held)
 
     async def aend_call(self, admission: Admission, result: CallResult) -> Decimal:
         """Async form of :meth:`end_call`."""
@@ -619,10 +660,16 @@ class Governor:
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
         try:
-            await ledger.asettle(admission.call_id, admission.keys, nanos, tokens)
+            try:
+                await ledger.asettle(admission.call_id, admission.keys, nanos, tokens)
+            except asyncio.CancelledError:
+                # Cut off while settling: the settle may have run (and the
+                # failover queues it to make sure), so the call is recorded.
+                self._finish(admission, result, nanos, usage, cost_source)
+                raise
+            return self._finish(admission, result, nanos, usage, cost_source)
         finally:
             await arelease_slots(admission.held)
-        return self._finish(admission, result, nanos, usage, cost_source)
 
     # -- steps -----------------------------------------------------------
 

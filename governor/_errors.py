@@ -279,7 +279,10 @@ class StoreUnavailable(GovernorError, ConnectionError):
 
     Attributes:
         cause: what failed, without the advice (None when not known).
+        advice: what to change to bring the store back, without the
+            failure-mode advice (None when not known).
     """
 
     code = "store_unavailable"
     cause: str | None = None
+    advice: str | None = None

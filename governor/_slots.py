@@ -5,20 +5,31 @@ one slot per capped scope (``scope_caps``), and gives all of them back when it
 is settled. Scope slots live in Redis when the ledger does, so the cap holds
 across processes; otherwise they are per process. The semaphore module loads
 redis-py, so it is imported only when a cap is set.
+
+A Redis slot follows the ledger's failure mode: when Redis cannot be reached
+(or refuses), ``"closed"`` refuses the call with StoreUnavailable and
+``"open"`` admits it without that cap. Giving slots back never raises: a
+release that cannot reach Redis is retried in the background and the slot's
+lease ends in any case.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from governor._errors import StoreUnavailable
+
 if TYPE_CHECKING:
     from governor._task import Task
-    from governor.stores import Ledger, Semaphore
+    from governor.stores import FailoverLedger, Ledger, Semaphore
 
 __all__ = ["Held", "SlotKeeper"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -50,7 +61,9 @@ class SlotKeeper:
         held: list[tuple[Semaphore, str]] = []
         try:
             for semaphore in semaphores:
-                held.append((semaphore, semaphore.acquire(timeout)))
+                token = self._take(semaphore, timeout)
+                if token is not None:
+                    held.append((semaphore, token))
         except BaseException:
             release(Held(held, 0.0))
             raise
@@ -66,11 +79,55 @@ class SlotKeeper:
         held: list[tuple[Semaphore, str]] = []
         try:
             for semaphore in semaphores:
-                held.append((semaphore, await semaphore.aacquire(timeout)))
+                token = await self._atake(semaphore, timeout)
+                if token is not None:
+                    held.append((semaphore, token))
         except BaseException:
             await arelease(Held(held, 0.0))
             raise
         return Held(held, time.monotonic() - start)
+
+    def _take(self, semaphore: Semaphore, timeout: float) -> str | None:
+        """A slot's token, or None when the failure mode skips its cap."""
+        failover = self._failover(semaphore)
+        if failover is None:
+            return semaphore.acquire(timeout)
+        if not failover.try_store():
+            _skipped(failover, semaphore, None)
+            return None
+        try:
+            token = semaphore.acquire(timeout)
+        except StoreUnavailable as exc:
+            _skipped(failover, semaphore, exc)
+            return None
+        failover.store_answered()
+        return token
+
+    async def _atake(self, semaphore: Semaphore, timeout: float) -> str | None:
+        """Async form of :meth:`_take`."""
+        failover = self._failover(semaphore)
+        if failover is None:
+            return await semaphore.aacquire(timeout)
+        if not failover.try_store():
+            _skipped(failover, semaphore, None)
+            return None
+        try:
+            token = await semaphore.aacquire(timeout)
+        except StoreUnavailable as exc:
+            _skipped(failover, semaphore, exc)
+            return None
+        failover.store_answered()
+        return token
+
+    def _failover(self, semaphore: Semaphore) -> FailoverLedger | None:
+        """The failure mode a slot kept in the store follows, if any."""
+        from governor.stores import FailoverLedger
+        from governor.stores._semaphore import LocalSemaphore
+
+        if isinstance(semaphore, LocalSemaphore):
+            return None
+        ledger = self._ledger
+        return ledger if isinstance(ledger, FailoverLedger) else None
 
     def _semaphores(self, task: Task) -> list[Semaphore]:
         fanout = task.policy.fanout
@@ -111,16 +168,40 @@ class SlotKeeper:
         return LocalSemaphore(limit, key=key)
 
 
+def _skipped(
+    failover: FailoverLedger, semaphore: Semaphore, exc: StoreUnavailable | None
+) -> None:
+    """Admit without the cap (open mode) or raise the refusal (closed mode)."""
+    error = failover.store_down(semaphore.key.removeprefix("slots:"), exc)
+    if error is not None:
+        raise error from exc
+
+
 def release(held: Held) -> None:
-    """Give back every slot, last taken first."""
+    """Give back every slot, last taken first; never raises."""
     for semaphore, token in reversed(held.slots):
-        semaphore.release(token)
+        try:
+            semaphore.release(token)
+        except Exception as exc:
+            _release_failed(semaphore, exc)
 
 
 async def arelease(held: Held) -> None:
     """Async form of :func:`release`."""
     for semaphore, token in reversed(held.slots):
-        await semaphore.arelease(token)
+        try:
+            await semaphore.arelease(token)
+        except Exception as exc:
+            _release_failed(semaphore, exc)
+
+
+def _release_failed(semaphore: Semaphore, exc: Exception) -> None:
+    logger.warning(
+        "could not give back a slot of the cap on %r; it stays taken until "
+        "its lease (Policy.hold_ttl_s) ends",
+        semaphore.key,
+        exc_info=exc,
+    )
 
 
 def _timeout(task: Task) -> float:

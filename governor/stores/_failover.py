@@ -13,13 +13,22 @@
   may spend up to each line's full limit again: open trades exactness for
   availability, on purpose.
 
-In both modes a settle that cannot reach the store is queued, never lost and
-never raised to the caller (the call already happened): when the store
-answers again, queued settles, including every settle made under the shadow,
-are written to it before anything else. Settles are idempotent per hold id,
-so replaying them is safe. While degraded the store is probed at most once
-per ``probe_interval_s``; other calls take the degraded path at once instead
-of waiting on timeouts.
+The store counts as down when it does not answer and when it refuses a step
+(out of memory, read-only, no permission): both raise StoreUnavailable.
+
+In both modes a settle that cannot reach the store is queued, never raised to
+the caller (the call already happened), and so is the release of a hold that
+may be in the store: that of a reserve that timed out on the client (the
+server may still run it), of a cancelled settle, of a release that failed.
+Queued steps are written before anything else once the store answers: by the
+next call, or by a daemon thread that tries every ``probe_interval_s`` while
+any wait, so they reach the store even if the process makes no further call.
+:meth:`FailoverLedger.drain` (called by ``Governor.close``) waits a bounded
+time for them. Settles and releases are idempotent per hold id, so replaying
+them is safe. While degraded the store is probed at most once per
+``probe_interval_s``; other calls take the degraded path at once instead of
+waiting on timeouts. Queued steps live in the process: if it exits before the
+store answers, they are lost (``drain`` logs how many and how much).
 
 Each degraded decision calls ``on_degraded(event)`` with one of the ``EVENT_*``
 names (for a span event and a metric), and each change of state logs a
@@ -28,6 +37,7 @@ WARNING.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -40,6 +50,7 @@ from governor.stores._base import AsyncLedger, Balance, Ledger, Line, Refusal
 from governor.stores._memory import MemoryLedger
 
 __all__ = [
+    "EVENT_CAP_OPEN",
     "EVENT_FAIL_CLOSED",
     "EVENT_FAIL_OPEN",
     "EVENT_RECONCILED",
@@ -58,6 +69,10 @@ EVENT_SETTLE_QUEUED: Final = "store.settle_queued"
 """A settle could not reach the store and waits for it."""
 EVENT_RECONCILED: Final = "store.reconciled"
 """The store answers again and every queued settle was written to it."""
+EVENT_CAP_OPEN: Final = "store.cap_fail_open"
+"""A fan-out cap kept in the store was skipped because it is down (open mode)."""
+
+_MIN_DRAIN_S: Final = 0.05
 
 
 class DualLedger(Ledger, AsyncLedger, Protocol):
@@ -65,11 +80,13 @@ class DualLedger(Ledger, AsyncLedger, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Settle:
+class _Step:
+    """A step queued for the store: a settle, or a release when ``keys`` is None."""
+
     hold_id: str
-    keys: tuple[str, ...]
-    nanos: int
-    tokens: int
+    keys: tuple[str, ...] | None
+    nanos: int = 0
+    tokens: int = 0
 
 
 class FailoverLedger:
@@ -106,12 +123,16 @@ class FailoverLedger:
         self._on_degraded = on_degraded
         self._probe_interval_s = probe_interval_s
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._flush_lock = threading.Lock()
         self._degraded = False
         self._next_probe = 0.0
         self._shadow_holds: set[str] = set()
-        self._pending: dict[str, _Settle] = {}
+        self._pending: dict[str, _Step] = {}
+        self._written = 0
+        self._last_error: StoreUnavailable | None = None
+        self._wake = threading.Event()
+        self._drainer: threading.Thread | None = None
 
     @property
     def degraded(self) -> bool:
@@ -122,6 +143,34 @@ class FailoverLedger:
     def pending_settles(self) -> int:
         """How many settles wait for the store."""
         with self._lock:
+            return sum(e.keys is not None for e in self._pending.values())
+
+    @property
+    def pending_releases(self) -> int:
+        """How many releases of holds that may be in the store wait for it."""
+        with self._lock:
+            return sum(e.keys is None for e in self._pending.values())
+
+    @property
+    def pending_nanos(self) -> int:
+        """The spend, in nano-dollars, of the settles that wait for the store."""
+        with self._lock:
+            return sum(e.nanos for e in self._pending.values() if e.keys)
+
+    def drain(self, timeout_s: float) -> int:
+        """Write the queued steps now; wait up to ``timeout_s`` seconds.
+
+        The writing is done by the background thread, so a store that hangs
+        cannot hold the caller past ``timeout_s``. Returns how many steps
+        still wait (0 when all reached the store).
+        """
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._lock.wait(left):
+                    break
             return len(self._pending)
 
     # -- sync ------------------------------------------------------------
@@ -139,7 +188,7 @@ class FailoverLedger:
             try:
                 refusal = self.primary.reserve(hold_id, lines, nanos, tokens, ttl_s)
             except StoreUnavailable as exc:
-                self._fail(exc)
+                self._reserve_failed(hold_id, exc)
             else:
                 self._ok()
                 return refusal
@@ -162,13 +211,17 @@ class FailoverLedger:
             self._ok()
 
     def release(self, hold_id: str) -> None:
-        """Drop the hold; when the store is down its lease expires instead."""
-        if self._shadow_release(hold_id) or not self._try_primary():
+        """Drop the hold; when the store is down, queue the release for it."""
+        if self._shadow_release(hold_id):
+            return
+        if not self._try_primary():
+            self._queue(_Step(hold_id, None))
             return
         try:
             self.primary.release(hold_id)
         except StoreUnavailable as exc:
             self._fail(exc)
+            self._queue(_Step(hold_id, None))
         else:
             self._ok()
 
@@ -218,7 +271,7 @@ class FailoverLedger:
                     hold_id, lines, nanos, tokens, ttl_s
                 )
             except StoreUnavailable as exc:
-                self._fail(exc)
+                self._reserve_failed(hold_id, exc)
             else:
                 self._ok()
                 return refusal
@@ -237,17 +290,29 @@ class FailoverLedger:
         except StoreUnavailable as exc:
             self._fail(exc)
             self._queue(entry)
+        except asyncio.CancelledError:
+            # The settle may or may not have run: queue it (it is idempotent)
+            # so the call is charged exactly once either way.
+            self._queue(entry, event=False)
+            raise
         else:
             self._ok()
 
     async def arelease(self, hold_id: str) -> None:
         """Async form of :meth:`release`."""
-        if self._shadow_release(hold_id) or not await self._atry_primary():
+        if self._shadow_release(hold_id):
+            return
+        if not await self._atry_primary():
+            self._queue(_Step(hold_id, None))
             return
         try:
             await self.primary.arelease(hold_id)
         except StoreUnavailable as exc:
             self._fail(exc)
+            self._queue(_Step(hold_id, None))
+        except asyncio.CancelledError:
+            self._queue(_Step(hold_id, None))
+            raise
         else:
             self._ok()
 
@@ -283,20 +348,26 @@ class FailoverLedger:
     # -- state -----------------------------------------------------------
 
     def _try_primary(self) -> bool:
-        """Say whether to use the store now, writing queued settles first."""
-        if not self._claim_probe():
-            return False
+        """Say whether to use the store now, writing queued steps first."""
+        return self._claim_probe() and self._flush()
+
+    def _flush(self) -> bool:
+        """Write the queued steps in order; False when the store failed."""
         with self._flush_lock:
             while (entry := self._next_pending()) is not None:
                 try:
-                    self.primary.settle(
-                        entry.hold_id, entry.keys, entry.nanos, entry.tokens
-                    )
+                    self._write(entry)
                 except StoreUnavailable as exc:
                     self._fail(exc)
                     return False
                 self._done_pending(entry)
         return True
+
+    def _write(self, entry: _Step) -> None:
+        if entry.keys is None:
+            self.primary.release(entry.hold_id)
+        else:
+            self.primary.settle(entry.hold_id, entry.keys, entry.nanos, entry.tokens)
 
     async def _atry_primary(self) -> bool:
         if not self._claim_probe():
@@ -307,9 +378,7 @@ class FailoverLedger:
         try:
             while (entry := self._next_pending()) is not None:
                 try:
-                    await self.primary.asettle(
-                        entry.hold_id, entry.keys, entry.nanos, entry.tokens
-                    )
+                    await self._awrite(entry)
                 except StoreUnavailable as exc:
                     self._fail(exc)
                     return False
@@ -317,6 +386,29 @@ class FailoverLedger:
         finally:
             self._flush_lock.release()
         return True
+
+    async def _awrite(self, entry: _Step) -> None:
+        if entry.keys is None:
+            await self.primary.arelease(entry.hold_id)
+        else:
+            await self.primary.asettle(
+                entry.hold_id, entry.keys, entry.nanos, entry.tokens
+            )
+
+    def _drain_loop(self) -> None:
+        """Write queued steps every probe interval until none is left."""
+        while True:
+            self._wake.wait(max(self._probe_interval_s, _MIN_DRAIN_S))
+            self._wake.clear()
+            with self._lock:
+                if not self._pending:
+                    self._drainer = None
+                    return
+            try:
+                if self._flush():
+                    self._ok()
+            except Exception:  # a broken store must not kill the thread
+                logger.exception("writing queued budget steps failed")
 
     def _claim_probe(self) -> bool:
         if not self._degraded and not self._pending:
@@ -330,19 +422,31 @@ class FailoverLedger:
             self._next_probe = now + self._probe_interval_s
             return True
 
-    def _next_pending(self) -> _Settle | None:
+    def _next_pending(self) -> _Step | None:
         with self._lock:
             return next(iter(self._pending.values()), None)
 
-    def _done_pending(self, entry: _Settle) -> None:
+    def _done_pending(self, entry: _Step) -> None:
         with self._lock:
-            self._pending.pop(entry.hold_id, None)
+            # A settle queued meanwhile under the same id replaced a release:
+            # it is written next.
+            if self._pending.get(entry.hold_id) is entry:
+                del self._pending[entry.hold_id]
+            if entry.keys is not None and self._degraded:
+                self._written += 1
+            self._lock.notify_all()
+
+    def _reserve_failed(self, hold_id: str, exc: StoreUnavailable) -> None:
+        """The reserve may still run on the server: undo it once it answers."""
+        self._fail(exc)
+        self._queue(_Step(hold_id, None), event=False)
 
     def _fail(self, exc: StoreUnavailable) -> None:
         with self._lock:
             entering = not self._degraded
             self._degraded = True
             self._next_probe = self._clock() + self._probe_interval_s
+            self._last_error = exc
         if not entering:
             return
         if self.mode == "open":
@@ -350,9 +454,9 @@ class FailoverLedger:
             logger.warning(
                 "budget store unavailable, failing open until it answers: %s. "
                 "Calls are admitted against a local copy of each budget in this "
-                "process, and their spend is written to the store once it "
-                "answers. Check that the store is running and reachable (URL, "
-                "password, TLS).",
+                "process, fan-out caps kept in the store are not applied, and "
+                "their spend is written to the store once it answers. Check "
+                "that the store is running and reachable (URL, password, TLS).",
                 exc.cause or exc,
             )
         else:
@@ -368,11 +472,18 @@ class FailoverLedger:
             recovered = self._degraded and not self._pending
             if recovered:
                 self._degraded = False
+                written, self._written = self._written, 0
         if recovered:
             # Everything the shadow settled is in the store now; the next
             # outage starts from a fresh shadow.
             self.shadow = MemoryLedger()
-            logger.warning("budget store answers again; queued settles written")
+            if written:
+                logger.warning(
+                    "budget store answers again; %d queued settle(s) written",
+                    written,
+                )
+            else:
+                logger.warning("budget store answers again")
             self._emit(EVENT_RECONCILED)
 
     def _degraded_reserve(
@@ -395,13 +506,13 @@ class FailoverLedger:
 
     def _settle_locally(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
-    ) -> _Settle:
+    ) -> _Step:
         """Charge the shadow when it held the call or the store is down (open)."""
         with self._lock:
             in_shadow = _pop(self._shadow_holds, hold_id)
         if in_shadow or (self.mode == "open" and self._degraded):
             self.shadow.settle(hold_id, keys, nanos, tokens)
-        return _Settle(hold_id, tuple(keys), nanos, tokens)
+        return _Step(hold_id, tuple(keys), nanos, tokens)
 
     def _shadow_release(self, hold_id: str) -> bool:
         with self._lock:
@@ -410,19 +521,70 @@ class FailoverLedger:
             self.shadow.release(hold_id)
         return in_shadow
 
-    def _queue(self, entry: _Settle) -> None:
+    def _queue(self, entry: _Step, *, event: bool = True) -> None:
+        """Keep a step for the store and make sure the drain thread runs."""
         with self._lock:
+            if entry.keys is None and entry.hold_id in self._pending:
+                return  # a settle of the hold is queued: it drops the hold
             self._pending[entry.hold_id] = entry
-        self._emit(EVENT_SETTLE_QUEUED)
+            if self._drainer is None:
+                self._drainer = threading.Thread(
+                    target=self._drain_loop, name="governor-settles", daemon=True
+                )
+                self._drainer.start()
+        if event and entry.keys is not None:
+            self._emit(EVENT_SETTLE_QUEUED)
 
-    def _closed_error(self) -> StoreUnavailable:
-        return StoreUnavailable(
-            "the budget store is unreachable and the policy fails closed, so "
-            "the call was refused before it was sent. Bring the store back "
-            "(check the Redis URL, password and network), or set "
-            "Policy(failure_mode='open') to admit calls under a local shadow "
-            "budget while it is down."
+    def _closed_error(
+        self, what: str = "budget store", open_does: str = ""
+    ) -> StoreUnavailable:
+        """The refusal of fail-closed, naming the last failure and its remedy."""
+        last = self._last_error
+        cause = f" ({last.cause or last})" if last is not None else ""
+        advice = (last.advice if last is not None else None) or (
+            "Bring the store back (check the Redis URL, password and network)"
         )
+        open_does = open_does or "admit calls under a local shadow budget"
+        error = StoreUnavailable(
+            f"the {what} is unavailable{cause} and the policy fails closed, so "
+            f"the call was refused before it was sent. {advice}, or set "
+            f"Policy(failure_mode='open') to {open_does} while it is down."
+        )
+        error.cause = last.cause if last is not None else None
+        error.advice = advice
+        return error
+
+    # -- fan-out caps kept in the store ----------------------------------
+
+    def try_store(self) -> bool:
+        """Whether a step outside the ledger (a cap's slot) should use the store.
+
+        False while degraded between probes: decide by :meth:`store_down`.
+        """
+        return self._claim_probe()
+
+    def store_answered(self) -> None:
+        """A step outside the ledger reached the store."""
+        self._ok()
+
+    def store_down(
+        self, cap: str, exc: StoreUnavailable | None
+    ) -> StoreUnavailable | None:
+        """Decide a cap's slot that cannot use the store.
+
+        Returns the error to raise (closed mode), or None to admit the call
+        without that cap (open mode); both emit an event.
+        """
+        if exc is not None:
+            self._fail(exc)
+        if self.mode == "closed":
+            self._emit(EVENT_FAIL_CLOSED)
+            return self._closed_error(
+                f"Redis store holding the fan-out cap on {cap!r}",
+                "admit calls without the cap",
+            )
+        self._emit(EVENT_CAP_OPEN)
+        return None
 
     def _emit(self, event: str) -> None:
         if self._on_degraded is None:

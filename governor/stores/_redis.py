@@ -33,7 +33,9 @@ dollars (checked on the way in).
 
 Failures: transient errors (connection refused or reset, timeouts, a replica
 being promoted) are retried with tenacity a bounded number of times; then the
-call raises :class:`governor.StoreUnavailable`. Wrap the ledger in
+call raises :class:`governor.StoreUnavailable`. A server that refuses a step
+(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``) raises it at once,
+naming the refusal and what to change. Wrap the ledger in
 :class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
 Retries are safe: a retried reserve finds its hold id and admits once, a
 retried settle finds the id settled and charges once.
@@ -50,7 +52,8 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -72,6 +75,7 @@ from tenacity import (
 
 from governor._errors import ConfigError, StoreUnavailable
 from governor.stores._base import Balance, Line, Refusal
+from governor.stores._retry import Retrier
 
 if TYPE_CHECKING:
     from governor.stores._semaphore import RedisSemaphore
@@ -178,6 +182,8 @@ class RedisConnections:
         self._raw: redis.Redis | None = None
         self._sync_scripts: dict[str, Script] = {}
         self._async: dict[asyncio.AbstractEventLoop, _AsyncSide] = {}
+        self.retries = Retrier("redis-retries")
+        """Writes to retry once Redis answers (slot releases), in a thread."""
 
     def client(self) -> redis.Redis:
         """Return the process's sync client (made on first use)."""
@@ -234,7 +240,36 @@ class RedisConnections:
         return side
 
     def call(self, op: Callable[[], T], what: str) -> T:
-        """Run ``op``, retrying transient errors; raise StoreUnavailable at last."""
+        """Run ``op``, retrying transient errors; raise StoreUnavailable at last.
+
+        A server that refuses the step (out of memory, read-only, cannot
+        persist, no permission) raises StoreUnavailable at once, naming the
+        refusal and what to change.
+        """
+        with self._refusals(what):
+            return self._call(op, what)
+
+    async def acall(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Async form of :meth:`call`.
+
+        A cancellation that arrives while the command runs is raised as
+        :class:`asyncio.CancelledError` even if redis-py swallowed it (on
+        Python 3.11 its ``asyncio.wait_for`` can); the command may have run.
+        """
+        with self._refusals(what):
+            return await self._acall(op, what)
+
+    @contextmanager
+    def _refusals(self, what: str) -> Iterator[None]:
+        """Turn a server's refusal of a step into StoreUnavailable."""
+        try:
+            yield
+        except redis.exceptions.ResponseError as exc:
+            if refusal_advice(exc) is None:
+                raise
+            raise self.unavailable(what, exc) from exc
+
+    def _call(self, op: Callable[[], T], what: str) -> T:
         try:
             return op()
         except _TRANSIENT as exc:
@@ -249,13 +284,7 @@ class RedisConnections:
             raise self.unavailable(what, exc) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def acall(self, op: Callable[[], Awaitable[T]], what: str) -> T:
-        """Async form of :meth:`call`.
-
-        A cancellation that arrives while the command runs is raised as
-        :class:`asyncio.CancelledError` even if redis-py swallowed it (on
-        Python 3.11 its ``asyncio.wait_for`` can); the command may have run.
-        """
+    async def _acall(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         before = _cancel_requests()
         try:
             return _unless_cancelled(await op(), before)
@@ -272,17 +301,25 @@ class RedisConnections:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
-        """Build the error raised when Redis cannot be reached."""
+        """Build the error raised when Redis cannot be reached or refuses."""
+        url = redact_url(self.config.url)
+        reason = _reason(exc)
+        advice = refusal_advice(exc)
+        if advice is None or isinstance(exc, redis.exceptions.ReadOnlyError):
+            what_happened = (
+                f"did not answer {what} after {self.config.attempts} attempt(s)"
+            )
+        else:
+            what_happened = f"refused {what}"
+        advice = advice or _REACH_ADVICE
         error = StoreUnavailable(
-            f"the Redis store at {redact_url(self.config.url)} did not answer "
-            f"{what} after {self.config.attempts} attempt(s): "
-            f"{str(exc).rstrip('.')}. Check that "
-            "Redis is running and reachable (URL, password, TLS), or set "
-            "Policy(failure_mode='open') to admit calls under a local shadow "
-            "budget while it is down."
+            f"the Redis store at {url} {what_happened}: {reason}. {advice}, or "
+            "set Policy(failure_mode='open') to admit calls under a local "
+            "shadow budget while it is down."
         )
         # What went wrong without the advice, for logs where it does not fit.
-        error.cause = f"{what} failed: {str(exc).rstrip('.')}"
+        error.cause = f"{what} failed: {reason}"
+        error.advice = advice
         return error
 
     def close(self) -> None:
@@ -371,8 +408,9 @@ class RedisLedger:
                 server; must not contain braces.
             hash_tag: the Redis Cluster hash tag shared by all keys of this
                 ledger (see the module docs for the trade-off).
-            settled_memory_s: how long a settled hold id is remembered, so a
-                retried settle within this time counts once.
+            settled_memory_s: how long a settled (or released unknown) hold
+                id is remembered, so a retried settle within this time counts
+                once and a late reserve of a released id holds nothing.
             connections: pools to share with other stores (semaphores).
         """
         if isinstance(config, str):
@@ -418,9 +456,10 @@ class RedisLedger:
         self._conn.call(lambda: script(rkeys, args), "settle")
 
     def release(self, hold_id: str) -> None:
-        """Drop the hold without spend."""
+        """Drop the hold without spend; a late reserve of the id holds nothing."""
         script = self._conn.script(_RELEASE_LUA)
         keys, args = self._hold_args(hold_id)
+        args.append(self._settled_ms)
         self._conn.call(lambda: script(keys, args), "release")
 
     def renew(self, hold_id: str, ttl_s: float) -> bool:
@@ -493,6 +532,7 @@ class RedisLedger:
         """Async form of :meth:`release`."""
         script = self._conn.ascript(_RELEASE_LUA)
         keys, args = self._hold_args(hold_id)
+        args.append(self._settled_ms)
         await self._conn.acall(lambda: script(keys, args), "release")
 
     async def arenew(self, hold_id: str, ttl_s: float) -> bool:
@@ -570,6 +610,61 @@ class RedisLedger:
         rkeys += [self._line(key) for key in keys]
         args: list[Any] = [self.ns, hold_id, nanos, tokens, self._settled_ms]
         return rkeys, [*args, *keys]
+
+
+_REACH_ADVICE: Final = "Check that Redis is running and reachable (URL, password, TLS)"
+# Server replies that refuse a step for as long as the server stays as it is:
+# retrying at once does not help, the server must be changed.
+_REFUSALS: Final = {
+    "OOM": (
+        "Redis is at its maxmemory limit and refuses writes: raise maxmemory "
+        "or free memory on the server that holds the budgets (keep "
+        "maxmemory-policy noeviction, so that no budget line is evicted)"
+    ),
+    "MISCONF": (
+        "Redis refuses writes because it cannot save its snapshot: fix the "
+        "disk or permissions of its data directory (see the Redis log)"
+    ),
+    "NOPERM": (
+        "the Redis user may not run what the budget scripts need: grant the "
+        "ACL rules listed in docs/budgets-redis.md (Managed Redis)"
+    ),
+    "READONLY": (
+        "the URL points at a read-only replica: point it at the primary (a "
+        "replica being promoted answers again within seconds)"
+    ),
+    "BUSY": (
+        "Redis is busy running another client's slow script: find it with "
+        "SLOWLOG GET and stop it with SCRIPT KILL"
+    ),
+}
+_SCRIPT_NOPERM: Final = "can't run this command"
+
+
+def refusal_advice(exc: BaseException) -> str | None:
+    """What to change when the server refused a step, or None if it did not."""
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return None
+    text = str(exc)
+    code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        code = "OOM"
+    elif isinstance(exc, redis.exceptions.NoPermissionError):
+        code = "NOPERM"
+    elif isinstance(exc, redis.exceptions.ReadOnlyError):
+        code = "READONLY"
+    elif _SCRIPT_NOPERM in text:
+        code = "NOPERM"
+    return _REFUSALS.get(str(code).upper())
+
+
+def _reason(exc: BaseException) -> str:
+    """The server's or socket's words, with the reply code redis-py strips."""
+    text = str(exc).rstrip(". ")
+    code = getattr(exc, "status_code", None)
+    if code and code != "ERR" and not text.startswith(str(code)):
+        text = f"{code} {text}"
+    return text
 
 
 def _cancel_requests() -> int:
@@ -811,6 +906,7 @@ return {1}
 _SETTLE_LUA: Final = (
     _LUA_LIB
     + """
+local ORPHAN_TTL_MS = 86400000
 local ns, id = ARGV[1], ARGV[2]
 local state = redis.call('HGET', KEYS[3], 's')
 if state == 'settled' then return 0 end
@@ -826,8 +922,12 @@ for i = 1, #KEYS - 3 do
   local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm')
   local rk = ns .. 'r:' .. key
   if not cur[1] then
-    redis.call('HSET', lk, 'sn', nanos, 'st', tokens, 'rn', 0, 'rt', 0)
+    -- The line is gone (expired, evicted, a restart): recreate it with a
+    -- lease, so that no key lives for ever; a reserve restores its settings.
+    redis.call('HSET', lk, 'sn', nanos, 'st', tokens, 'rn', 0, 'rt', 0,
+      'ttl', ORPHAN_TTL_MS)
     redis.call('SADD', KEYS[2], key)
+    cur[2] = ORPHAN_TTL_MS
   else
     incr(lk, 'sn', nanos)
     incr(lk, 'st', tokens)
@@ -849,11 +949,20 @@ return 1
 """
 )
 
-# KEYS: holds, hold.  ARGV: ns, hold_id.  Returns 1 when a live hold was dropped.
+# KEYS: holds, hold.  ARGV: ns, hold_id, memory_ms.
+# Returns 1 when a live hold was dropped. An unknown id is remembered as
+# released for memory_ms: a reserve still on its way (one that timed out or
+# was cancelled on the client) then finds it and holds nothing.
 _RELEASE_LUA: Final = (
     _LUA_LIB
     + """
-if not drop_hold(ARGV[1], KEYS[2]) then return 0 end
+if not drop_hold(ARGV[1], KEYS[2]) then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', KEYS[2], 's', 'released')
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  end
+  return 0
+end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[2])
 return 1

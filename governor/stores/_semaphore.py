@@ -20,6 +20,7 @@ crash.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 import time
@@ -34,11 +35,13 @@ from contextlib import (
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
-from governor._errors import ConfigError, SlotUnavailable
+from governor._errors import ConfigError, SlotUnavailable, StoreUnavailable
 from governor._task import new_id
 from governor.stores._redis import DEFAULT_REDIS_URL, RedisConfig, RedisConnections
 
 __all__ = ["LocalSemaphore", "RedisSemaphore", "Semaphore", "SlotUnavailable"]
+
+logger = logging.getLogger(__name__)
 
 _POLL_FIRST_S: Final = 0.002
 _POLL_MAX_S: Final = 0.05
@@ -268,8 +271,10 @@ def _wake(future: asyncio.Future[None]) -> None:
 class RedisSemaphore(_SlotMixin):
     """A semaphore whose slots are leases in Redis, shared by every process.
 
-    Thread-safe and usable from any event loop. Errors reaching Redis raise
-    :class:`~governor.StoreUnavailable` after bounded retries.
+    Thread-safe and usable from any event loop. An acquire that cannot reach
+    Redis raises :class:`~governor.StoreUnavailable` after bounded retries; a
+    release that cannot (and the undo of a failed acquire, which may still
+    run on the server) is retried in the background until Redis answers.
     """
 
     def __init__(
@@ -311,6 +316,7 @@ class RedisSemaphore(_SlotMixin):
         self.redis_key = f"{prefix}{{sem:{key}}}"
         self._conn = connections or RedisConnections(config)
         self._lease_ms = max(1, round(lease_s * 1000))
+        self._warned = False
 
     @property
     def connections(self) -> RedisConnections:
@@ -359,14 +365,48 @@ class RedisSemaphore(_SlotMixin):
         return token
 
     def release(self, token: str) -> None:
-        """Give the slot back (idempotent)."""
-        script = self._conn.script(_RELEASE_LUA)
-        self._conn.call(lambda: script([self.redis_key], [token]), "release")
+        """Give the slot back (idempotent); never raises StoreUnavailable.
+
+        When Redis cannot take the release, it is retried in the background
+        until Redis answers (``connections.retries``); the slot's lease
+        frees it in the end in any case.
+        """
+        try:
+            self._release(token)
+        except StoreUnavailable as exc:
+            self._release_later(token, exc)
 
     async def arelease(self, token: str) -> None:
         """Async form of :meth:`release`."""
         script = self._conn.ascript(_RELEASE_LUA)
-        await self._conn.acall(lambda: script([self.redis_key], [token]), "release")
+        try:
+            await self._conn.acall(lambda: script([self.redis_key], [token]), "release")
+        except StoreUnavailable as exc:
+            self._release_later(token, exc)
+
+    def _release(self, token: str) -> None:
+        script = self._conn.script(_RELEASE_LUA)
+        self._conn.call(lambda: script([self.redis_key], [token]), "release")
+
+    def _release_later(
+        self, token: str, exc: StoreUnavailable, *, warn: bool = True
+    ) -> None:
+        """Queue a release that could not reach Redis; warn once an outage."""
+        self._conn.retries.add(
+            f"slot:{self.redis_key}:{token}", lambda: self._release(token)
+        )
+        if not warn:
+            return
+        log = logger.debug if self._warned else logger.warning
+        self._warned = True
+        log(
+            "could not give back a slot of the cap on %r (%s); it is given "
+            "back once Redis answers, at the latest when its lease ends in "
+            "%s s",
+            self.key,
+            exc.cause or exc,
+            self.lease_s,
+        )
 
     def renew(self, token: str) -> bool:
         """Make the slot's lease end ``lease_s`` from now; False if it is gone."""
@@ -382,16 +422,29 @@ class RedisSemaphore(_SlotMixin):
         return bool(reply)
 
     def _take(self, token: str) -> bool:
+        """Try for a slot once; a failed try is undone once Redis answers."""
         script = self._conn.script(_ACQUIRE_LUA)
         args: list[str | int] = [token, self.limit, self._lease_ms]
-        return bool(self._conn.call(lambda: script([self.redis_key], args), "acquire"))
+        try:
+            reply = self._conn.call(lambda: script([self.redis_key], args), "acquire")
+        except StoreUnavailable as exc:
+            # A timed-out try may still run on the server: give its slot back.
+            self._release_later(token, exc, warn=False)
+            raise
+        self._warned = False
+        return bool(reply)
 
     async def _atake(self, token: str) -> bool:
         script = self._conn.ascript(_ACQUIRE_LUA)
         args: list[str | int] = [token, self.limit, self._lease_ms]
-        reply = await self._conn.acall(
-            lambda: script([self.redis_key], args), "acquire"
-        )
+        try:
+            reply = await self._conn.acall(
+                lambda: script([self.redis_key], args), "acquire"
+            )
+        except StoreUnavailable as exc:
+            self._release_later(token, exc, warn=False)
+            raise
+        self._warned = False
         return bool(reply)
 
 
