@@ -381,3 +381,64 @@ def test_aclose_stops_the_provider() -> None:
     with StubServer(default=slow) as stub:
         asyncio.run(main(stub))
         assert stub.streams_finished == 0
+
+
+def test_the_largest_output_ceiling_is_reserved() -> None:
+    """max_tokens=10 beside max_completion_tokens=20000 reserves 20000."""
+    from governor.testing import StubServer
+
+    with StubServer() as stub:
+        gov = Governor(Policy(budgets=[Budget(max_usd="0.001")]))
+        with pytest.raises(BudgetExceeded):
+            GovernedLiteLLM(gov).completion(
+                model="openai/gpt-4o-mini",
+                api_base=stub.base_url + "/v1",
+                api_key="sk-stub",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=10,
+                max_completion_tokens=20_000,
+            )
+        assert stub.requests == []
+
+
+def test_choices_asked_in_extra_body_are_reserved() -> None:
+    """extra_body={'n': 8} is reserved as eight answers."""
+    from governor.adapters.litellm import _request
+
+    request = _request(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 50,
+            "extra_body": {"n": 8, "max_tokens": 400},
+        }
+    )
+    assert (request.choices, request.max_output_tokens) == (8, 400)
+
+
+def test_an_answer_without_usage_counts_every_choice_and_tool_call() -> None:
+    """Tool-call arguments and every choice are output when usage is missing."""
+    import json
+
+    from governor.adapters.litellm import _request, _result
+
+    arguments = json.dumps({"query": " ".join(["population"] * 120)})
+    tool_call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "search", "arguments": arguments},
+    }
+    response = litellm.ModelResponse(
+        choices=[
+            {"index": 0, "message": {"role": "assistant", "tool_calls": [tool_call]}},
+            {"index": 1, "message": {"role": "assistant", "content": "word " * 50}},
+        ],
+    )
+    response.usage = None
+    request = _request(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    usage = _result(response, request).usage
+    assert usage is not None
+    assert usage.estimated is True
+    assert usage.completion_tokens >= 170

@@ -570,7 +570,7 @@ def _named(args: Sequence[Any], kwargs: dict[str, Any], second: str) -> dict[str
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
     model = str(kwargs["model"])
     messages = list(kwargs["messages"])
-    max_tokens = _first_set(kwargs, "max_tokens", "max_completion_tokens")
+    max_tokens = _largest(kwargs, "max_tokens", "max_completion_tokens")
     extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs}
     tools = kwargs.get("tools")
 
@@ -587,18 +587,26 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         extra_prompt=extra or None,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
-        choices=kwargs.get("n") or 1,
+        choices=_largest(kwargs, "n") or 1,
         provider=named_provider(kwargs),
         skippable=_IN_CASCADE.get(),
     )
 
 
-def _first_set(kwargs: Mapping[str, Any], *names: str) -> Any:
-    """The first of ``names`` given a value (0 is a value, None is not)."""
-    for name in names:
-        if kwargs.get(name) is not None:
-            return kwargs[name]
-    return None
+def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:
+    """The largest value given for ``names``, here or in ``extra_body``.
+
+    The provider obeys one of them (which depends on the model and the SDK),
+    so the ceiling reserved is the largest; a value that is not a whole
+    number is returned as it is, for the request check to refuse.
+    """
+    body = kwargs.get("extra_body")
+    places = [kwargs, body] if isinstance(body, Mapping) else [kwargs]
+    given = [p[n] for p in places for n in names if p.get(n) is not None]
+    if not given:
+        return None
+    numbers = [v for v in given if isinstance(v, int) and not isinstance(v, bool)]
+    return max(numbers) if len(numbers) == len(given) else given[0]
 
 
 def _parent_span() -> Any:
@@ -688,7 +696,10 @@ def _result(response: Any, request: CallRequest) -> CallResult:
     )
     text = _first_text(response)
     usage = settled_usage(
-        reported, model=request.model, messages=request.messages, text=text
+        reported,
+        model=request.model,
+        messages=request.messages,
+        text=_all_output(response),
     )
     reasons = tuple(
         str(reason)
@@ -701,6 +712,24 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         finish_reasons=reasons,
         output_text=text,
     )
+
+
+def _all_output(response: Any) -> str | None:
+    """Everything the answer generated: each choice's text and tool calls.
+
+    Only used to count the output of an answer that reports no usage.
+    """
+    parts: list[str] = []
+    for choice in getattr(response, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        if isinstance(content, str):
+            parts.append(content)
+        for call in getattr(message, "tool_calls", None) or ():
+            function = getattr(call, "function", None)
+            parts.append(str(getattr(function, "name", "") or ""))
+            parts.append(str(getattr(function, "arguments", "") or ""))
+    return "\n".join(p for p in parts if p) or None
 
 
 def _first_text(response: Any) -> str | None:
