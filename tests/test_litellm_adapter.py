@@ -442,3 +442,45 @@ def test_an_answer_without_usage_counts_every_choice_and_tool_call() -> None:
     assert usage is not None
     assert usage.estimated is True
     assert usage.completion_tokens >= 170
+
+
+def test_a_model_call_made_by_a_litellm_callback_is_governed() -> None:
+    """An LLM judge in a success callback is a call of its own, charged."""
+    import time
+
+    from litellm.integrations.custom_logger import CustomLogger
+
+    judged: list[str] = []
+
+    class Judge(CustomLogger):  # type: ignore[misc]
+        def log_success_event(
+            self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+        ) -> None:
+            if "judge" in str(kwargs.get("messages")):
+                return
+            litellm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "judge this"}],
+                mock_response="fine",
+                max_tokens=5,
+            )
+            judged.append("sync")
+
+    saved = list(litellm.callbacks)
+    litellm.callbacks = [Judge()]
+    try:
+        gov = Governor()
+        with instrument(gov), gov.task() as task:
+            litellm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                mock_response="hello",
+                max_tokens=5,
+            )
+            deadline = time.monotonic() + 10
+            while not judged and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        litellm.callbacks = saved
+    assert judged == ["sync"]
+    assert task.report().calls == 2

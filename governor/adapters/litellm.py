@@ -70,11 +70,30 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402  (must follow the environment default above)
 
-# Set while a governed wrapper runs, so an instrumented inner call (a Router
-# calling litellm.completion) is not governed twice.
-_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "governor_inside_litellm", default=False
+# The thread and asyncio task of a governed wrapper while it runs, so an
+# instrumented inner call on the same thread or task (LiteLLM calling itself)
+# is not governed twice. Other threads and tasks inherit the value with the
+# context (LiteLLM's success callbacks run there) but are not inside: a model
+# call a callback makes (an LLM judge) is governed.
+_INSIDE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "governor_inside_litellm", default=None
 )
+
+
+def _here() -> tuple[int, int]:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    return threading.get_ident(), id(task) if task is not None else 0
+
+
+def _inside() -> bool:
+    """True inside a governed call, on its own thread and task."""
+    where = _INSIDE.get()
+    return where is not None and where == _here()
+
+
 # Set while a cascade runs: a tier refused by a budget is skipped, and the
 # task goes on, so the refusal must not mark the task stopped.
 _IN_CASCADE: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -112,25 +131,25 @@ class GovernedLiteLLM:
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.completion``; same arguments, same return value."""
-        if _INSIDE.get():
+        if _inside():
             return self._completion(*args, **kwargs)
         return self._complete(_named(args, kwargs, "messages"))[0]
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
-        if _INSIDE.get():
+        if _inside():
             return await self._acompletion(*args, **kwargs)
         return (await self._acomplete(_named(args, kwargs, "messages")))[0]
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
-        if _INSIDE.get():
+        if _inside():
             return self._embedding(*args, **kwargs)
         kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
         _no_sdk_retries(kwargs)
-        token = _INSIDE.set(True)
+        token = _INSIDE.set(_here())
         try:
             response = self._embedding(**kwargs)
         except BaseException as exc:
@@ -143,13 +162,13 @@ class GovernedLiteLLM:
 
     async def aembedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.aembedding``; same arguments, same return value."""
-        if _INSIDE.get():
+        if _inside():
             return await self._aembedding(*args, **kwargs)
         kwargs = _named(args, kwargs, "input")
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
         _no_sdk_retries(kwargs)
-        token = _INSIDE.set(True)
+        token = _INSIDE.set(_here())
         try:
             response = await self._aembedding(**kwargs)
         except BaseException as exc:
@@ -327,7 +346,7 @@ class GovernedLiteLLM:
             return _cached_response(lookup, kwargs), Decimal(0)
         admission = self.governor.begin_call(request)
         _apply(admission, kwargs)
-        token = _INSIDE.set(True)
+        token = _INSIDE.set(_here())
         try:
             response = self._completion(**kwargs)
         except BaseException as exc:
@@ -357,7 +376,7 @@ class GovernedLiteLLM:
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
         admission = await self.governor.abegin_call(request)
         _apply(admission, kwargs)
-        token = _INSIDE.set(True)
+        token = _INSIDE.set(_here())
         try:
             response = await self._acompletion(**kwargs)
         except BaseException as exc:
