@@ -484,3 +484,33 @@ def test_a_model_call_made_by_a_litellm_callback_is_governed() -> None:
         litellm.callbacks = saved
     assert judged == ["sync"]
     assert task.report().calls == 2
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_each_fallback_model_is_charged_at_its_own_price(use_async: bool) -> None:
+    """completion(fallbacks=[...]): the model that answers sets the price."""
+    from governor.testing import StubBehaviour, StubServer
+
+    behaviours = {
+        "gpt-4o-mini": StubBehaviour(status=500),
+        "gpt-4o": StubBehaviour(answer="ok", prompt_tokens=100, completion_tokens=50),
+    }
+    with StubServer(behaviours) as stub:
+        gov = Governor()
+        kwargs: dict[str, Any] = {
+            "model": "openai/gpt-4o-mini",
+            "fallbacks": ["openai/gpt-4o"],
+            "api_base": stub.base_url + "/v1",
+            "api_key": "sk-stub",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 60,
+        }
+        llm = GovernedLiteLLM(gov)
+        with gov.task() as task:
+            if use_async:
+                asyncio.run(llm.acompletion(**kwargs))
+            else:
+                llm.completion(**kwargs)
+        models = [r.model for r in stub.requests]
+    assert models == ["gpt-4o-mini", "gpt-4o"]
+    assert task.report().cost_usd == 100 * Decimal("2.5e-6") + 50 * Decimal("10e-6")

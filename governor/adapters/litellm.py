@@ -130,16 +130,38 @@ class GovernedLiteLLM:
         self._cooldowns: Any = None
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
-        """Governed ``litellm.completion``; same arguments, same return value."""
+        """Governed ``litellm.completion``; same arguments, same return value.
+
+        With ``fallbacks=[...]`` each model tried is a governed call of its
+        own, reserved and charged at its own price.
+        """
         if _inside():
             return self._completion(*args, **kwargs)
-        return self._complete(_named(args, kwargs, "messages"))[0]
+        error: Exception | None = None
+        for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
+            try:
+                return self._complete(attempt)[0]
+            except GovernorError:
+                raise
+            except Exception as exc:  # a provider error: try the next model
+                error = exc
+        assert error is not None, "a call always has one attempt"
+        raise error
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _inside():
             return await self._acompletion(*args, **kwargs)
-        return (await self._acomplete(_named(args, kwargs, "messages")))[0]
+        error: Exception | None = None
+        for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
+            try:
+                return (await self._acomplete(attempt))[0]
+            except GovernorError:
+                raise
+            except Exception as exc:  # a provider error: try the next model
+                error = exc
+        assert error is not None, "a call always has one attempt"
+        raise error
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
@@ -584,6 +606,20 @@ def _named(args: Sequence[Any], kwargs: dict[str, Any], second: str) -> dict[str
         call = "completion" if second == "messages" else "embedding"
         raise TypeError(f"{call}() needs model= and {second}=")
     return named
+
+
+def _fallback_attempts(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The request, then one per entry of its ``fallbacks`` (LiteLLM's form).
+
+    LiteLLM would run the fallbacks inside the first call, all charged at
+    the first model's price; here each is a call of its own. An entry is a
+    model name or a mapping of ``model`` and parameters to change.
+    """
+    fallbacks = kwargs.pop("fallbacks", None) or ()
+    yield kwargs
+    for entry in fallbacks:
+        changes = dict(entry) if isinstance(entry, Mapping) else {"model": entry}
+        yield {**kwargs, **changes}
 
 
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
