@@ -38,6 +38,17 @@ _REQUEST_OVERHEAD_TOKENS = 16
 # largest it takes. A data URL's base64 would overcount by orders of magnitude.
 IMAGE_PART_TOKENS = 1_600
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+_FILE_PARTS = frozenset({"file", "input_file", "document"})
+# Models that bill one image as more tokens than IMAGE_PART_TOKENS: the most
+# a high-detail image of 8 tiles (or 1,536 patches) costs, by name fragment.
+_IMAGE_TOKENS_BY_FAMILY = (
+    ("gpt-4o-mini", 2_833 + 8 * 5_667),
+    ("gpt-4.1-nano", 3_780),
+    ("gpt-4.1-mini", 2_490),
+)
+UNSIZED_PART_TOKENS = 128_000
+"""A file passed by id or URL, whose size is unknown: the model's context
+window bounds it, or this when the window is unknown."""
 
 CHARGED_ATTRIBUTE = "governor_charged_usd"
 """Set on the exception of a governed call that raised: what it was charged."""
@@ -164,16 +175,29 @@ class CallResult:
     charge_hold: bool = False
 
 
-def prompt_byte_bound(messages: Sequence[Mapping[str, Any]], extra: object) -> int:
+def prompt_byte_bound(
+    messages: Sequence[Mapping[str, Any]],
+    extra: object,
+    *,
+    model: str = "",
+    window_tokens: int | None = None,
+) -> int:
     """Return an upper bound on a prompt's tokens without a tokenizer.
 
     Byte-level BPE tokenizers (the tiktoken families, Claude's, Gemini's)
     emit at least one UTF-8 byte per token, so the byte length of the text
-    bounds the token count; a fixed overhead covers the chat template.
+    bounds the token count; a fixed overhead covers the chat template. An
+    image counts what ``model`` bills for the largest one; a file passed by
+    id or URL counts the model's context window (``window_tokens``).
     """
+    sizes = _PartSizes(
+        image=image_part_tokens(model),
+        unsized=window_tokens or UNSIZED_PART_TOKENS,
+    )
     total = _REQUEST_OVERHEAD_TOKENS
     for message in messages:
-        total += _MESSAGE_OVERHEAD_TOKENS + _content_tokens(message.get("content"))
+        content = message.get("content")
+        total += _MESSAGE_OVERHEAD_TOKENS + _content_tokens(content, sizes)
         for key in ("tool_calls", "name", "function_call"):
             if message.get(key):
                 total += _content_bytes(message[key])
@@ -192,7 +216,22 @@ def plain_text_prompt(messages: Sequence[Mapping[str, Any]]) -> bool:
     )
 
 
-def _content_tokens(content: object) -> int:
+@dataclass(frozen=True, slots=True)
+class _PartSizes:
+    image: int
+    unsized: int
+
+
+def image_part_tokens(model: str) -> int:
+    """The most tokens ``model`` bills for one image part."""
+    name = model.lower()
+    for family, tokens in _IMAGE_TOKENS_BY_FAMILY:
+        if family in name:
+            return tokens
+    return IMAGE_PART_TOKENS
+
+
+def _content_tokens(content: object, sizes: _PartSizes) -> int:
     """Upper bound for one message's content: text by bytes, images by size."""
     if not isinstance(content, list):
         return _content_bytes(content)
@@ -200,12 +239,20 @@ def _content_tokens(content: object) -> int:
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind in _IMAGE_PARTS:
-            total += IMAGE_PART_TOKENS
+            total += sizes.image
+        elif kind in _FILE_PARTS and not _inline_data(part):
+            total += sizes.unsized
         elif kind == "text" and isinstance(part, Mapping):
             total += _content_bytes(part.get("text"))
         else:
             total += _content_bytes(part)
     return total
+
+
+def _inline_data(part: Any) -> bool:
+    """Whether a file part carries its bytes (base64), which bound it."""
+    text = json.dumps(part, default=str)
+    return "base64," in text or '"file_data"' in text or '"data"' in text
 
 
 def _content_bytes(content: object) -> int:

@@ -693,7 +693,12 @@ class Governor:
         out_total = max_out * request.choices
         bound = request.prompt_tokens
         if bound is None:
-            bound = prompt_byte_bound(request.messages, request.extra_prompt)
+            bound = prompt_byte_bound(
+                request.messages,
+                request.extra_prompt,
+                model=request.priced_model,
+                window_tokens=rate.max_input_tokens,
+            )
         pairs = self._budget_lines(task)
         named = None if owns else self._named_by_call(task, request)
         if named is not None:

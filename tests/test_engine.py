@@ -525,3 +525,37 @@ def test_a_spend_target_it_cannot_open_is_named(target: str, tmp_path: Any) -> N
     target = target.format(tmp=tmp_path)
     with pytest.raises(ConfigError, match=re.escape(repr(target))):
         Governor(Policy(), spend=target)
+
+
+IMAGE_PROMPT = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        ],
+    }
+]
+
+
+def test_an_image_is_reserved_at_what_the_model_bills_for_one() -> None:
+    """gpt-4o-mini bills an image as ~17x gpt-4o's tokens; the bound follows."""
+    from governor._calls import IMAGE_PART_TOKENS, prompt_byte_bound
+
+    mini = prompt_byte_bound(IMAGE_PROMPT, None, model="openai/gpt-4o-mini")
+    full = prompt_byte_bound(IMAGE_PROMPT, None, model="openai/gpt-4o")
+    assert mini - full == 2_833 + 8 * 5_667 - IMAGE_PART_TOKENS
+
+
+def test_a_file_passed_by_id_is_reserved_at_the_context_window() -> None:
+    """A file whose size is unknown is bounded by what the model can read."""
+    from governor._calls import prompt_byte_bound
+
+    by_id = [
+        {
+            "role": "user",
+            "content": [{"type": "file", "file": {"file_id": "file-abc123"}}],
+        }
+    ]
+    bound = prompt_byte_bound(by_id, None, model="gpt-4o", window_tokens=128_000)
+    assert 128_000 <= bound < 128_100
