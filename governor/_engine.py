@@ -1026,20 +1026,22 @@ class Governor:
         # and shingles of the whole answer). A call that another call of the
         # task overtook (asyncio.gather, threads) did not follow it: like
         # answers among them are fan-out, not a loop.
-        if (
+        judged = (
             request.operation != EMBEDDINGS
             and not admission.owns_task
             and not task.overtaken(admission.extras.get("finished_mark", -1))
-        ):
-            step = request.step if request.step is not None else task.calls
-            loop_watch(task, self.telemetry).after_call(
-                result.output_text, step, request.node
-            )
+        )
+        # Settled first: a loop this output reveals is reported with its cost.
         task.settle(
             nanos=nanos,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
         )
+        if judged:
+            step = request.step if request.step is not None else task.calls
+            loop_watch(task, self.telemetry).after_call(
+                result.output_text, step, request.node
+            )
         cost = nanos_to_usd(nanos)
         cost_f = nanos / NANOS_PER_USD  # the same double as float(cost)
         duration = time.monotonic() - admission.started_at

@@ -566,3 +566,26 @@ def test_send_branches_calling_one_tool_alike_are_not_a_loop() -> None:
     out = graph.invoke({"items": ["what day is it?"] * 10, "answers": []})
     assert graph.last_report is not None
     assert (len(out["answers"]), graph.last_report.stop_reason) == (10, None)
+
+
+def test_a_loop_found_in_an_output_reports_that_output_in_its_spend() -> None:
+    """LoopDetected.spent_usd includes the paid call whose output showed it."""
+    from langgraph.graph import START, StateGraph
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer=LONG)
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke("Try again.")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("n", node)
+    builder.add_edge(START, "n")
+    builder.add_edge("n", "n")
+    graph = govern(builder.compile(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"messages": []}, {"recursion_limit": 100})
+    report = graph.last_report
+    assert report is not None
+    assert info.value.rule == "near_duplicate"
+    assert info.value.spent_usd == report.cost_usd
