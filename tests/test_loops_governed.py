@@ -589,3 +589,32 @@ def test_a_loop_found_in_an_output_reports_that_output_in_its_spend() -> None:
     assert report is not None
     assert info.value.rule == "near_duplicate"
     assert info.value.spent_usd == report.cost_usd
+
+
+def test_a_constant_preamble_before_new_tool_calls_is_not_a_loop() -> None:
+    """'Let me look up the next record ...' before each new lookup is work."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+
+    done: list[int] = []
+    preamble = "Let me look up the next record in the database to gather more facts."
+
+    @tool
+    def lookup(i: int) -> str:
+        """Look up a record."""
+        done.append(i)
+        return f"record {i}: value {i * i}"
+
+    def responder(model: str, messages: Any, tools: Any) -> Any:
+        if len(done) >= 12:
+            return "All records were checked."
+        args = {"i": len(done)}
+        return OfflineAnswer(
+            text=preamble, tool_calls=[{"name": "lookup", "arguments": args}]
+        )
+
+    install_offline_provider(responder, speed=0)
+    graph = govern(_react_graph([lookup]), Governor())
+    graph.invoke({"messages": [HumanMessage("check them")]}, {"recursion_limit": 100})
+    assert graph.last_report is not None
+    assert (len(done), graph.last_report.stop_reason) == (12, None)

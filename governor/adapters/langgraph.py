@@ -501,7 +501,7 @@ class _HandlerCore:
             reported, model=request.model, messages=request.messages, text=text
         )
         return admission, CallResult(
-            usage=usage, response_model=model, output_text=text
+            usage=usage, response_model=model, output_text=_judged(response, text)
         )
 
     def _failed(
@@ -1149,3 +1149,18 @@ def _usage_of(response: LLMResult) -> Usage | None:
 
 def _generated_text(response: LLMResult) -> str:
     return "".join(g.text for gens in response.generations for g in gens)
+
+
+def _judged(response: LLMResult, text: str) -> str | None:
+    """The output the loop guard compares as text; None for tool calls.
+
+    An agent that writes the same preamble before each new tool call is
+    making progress: an answer that calls tools is judged by its calls and
+    their results (the repetition rules), not by its words.
+    """
+    calls = any(
+        getattr(getattr(g, "message", None), "tool_calls", None)
+        for gens in response.generations
+        for g in gens
+    )
+    return None if calls else text

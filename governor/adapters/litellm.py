@@ -765,8 +765,20 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         usage=usage,
         response_model=getattr(response, "model", None),
         finish_reasons=reasons,
-        output_text=text,
+        output_text=_judged(response, text),
     )
+
+
+def _judged(response: Any, text: str | None) -> str | None:
+    """The output the loop guard compares as text; None for tool calls.
+
+    An agent that writes the same preamble before each new tool call is
+    making progress: an answer that calls tools is judged by its calls and
+    their results (the repetition rules), not by its words.
+    """
+    choices = getattr(response, "choices", None) or ()
+    message = getattr(choices[0], "message", None) if choices else None
+    return None if getattr(message, "tool_calls", None) else text
 
 
 def _all_output(response: Any) -> str | None:
