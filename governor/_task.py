@@ -89,7 +89,8 @@ class TaskReport:
 
     ``stop_reason`` is None for a task that is running or completed; a task
     the governor stopped holds the code of the error that stopped it
-    (``"budget_exceeded"``, ``"loop_detected"``, ...). Spans and the demo show
+    (``"budget_exceeded"``, ``"loop_detected"``, ...), and a LangGraph run
+    paused by ``interrupt()`` holds ``"interrupted"``. Spans and the demo show
     None as ``"completed"``.
     """
 

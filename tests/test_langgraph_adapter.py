@@ -562,3 +562,36 @@ def test_branches_refused_a_slot_still_end_their_spans(capture: SpanCapture) -> 
     report = graph.last_report
     assert report is not None
     assert (len(workers), len(refused)) == (10, 10 - report.calls)
+
+
+def test_an_interrupt_is_a_pause_not_an_error(capture: SpanCapture) -> None:
+    """interrupt() reports the run as interrupted; its node span is no error."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command, interrupt
+    from opentelemetry.trace import StatusCode
+
+    def ask(state: TraceState) -> dict[str, list[str]]:
+        answer = interrupt("approve?")
+        return {"answers": [str(answer)]}
+
+    builder = StateGraph(TraceState)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    gov = Governor(tracer_provider=capture.provider)
+    graph = govern(builder.compile(checkpointer=InMemorySaver()), gov)
+    config: Any = {"configurable": {"thread_id": "t-1"}}
+    graph.invoke({"answers": []}, config)
+    paused = graph.last_report
+    out = graph.invoke(Command(resume="yes"), config)
+    resumed = graph.last_report
+    assert paused is not None
+    assert resumed is not None
+    assert (paused.stop_reason, resumed.stop_reason, out["answers"]) == (
+        "interrupted",
+        None,
+        ["yes"],
+    )
+    first = capture.named("governor.node ask")[0]
+    assert first.status.status_code != StatusCode.ERROR
+    assert first.attributes[attr.NODE_PAUSED] is True

@@ -36,6 +36,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.errors import GraphBubbleUp, GraphInterrupt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -430,8 +431,15 @@ class _HandlerCore:
             span = self._spans.pop(run_id, None)
             self._parents.pop(run_id, None)
             slot = self._branches.pop(run_id, None)
+        if isinstance(error, GraphBubbleUp):  # interrupt(), Command(graph=PARENT)
+            if isinstance(error, GraphInterrupt):
+                self.task.stop_reason = self.task.stop_reason or "interrupted"
+            attributes: dict[str, AttrValue] = {attr.NODE_PAUSED: True}
+            error = None  # control flow, not a failure
+        else:
+            attributes = {}
         if span is not None:
-            self.governor.telemetry.end_span(span, {}, error)
+            self.governor.telemetry.end_span(span, attributes, error)
         return slot
 
     def _branch_refused(self, run_id: UUID, error: BaseException) -> None:
