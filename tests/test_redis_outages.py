@@ -224,6 +224,9 @@ def test_a_slot_release_that_cannot_reach_redis_keeps_the_answer(
         "slots:team:search", 1, 900, config=server.url, prefix="t:"
     )
     assert _eventually(lambda: semaphore.in_use() == 0)
+    # The queued settle is written and the store counts as up again.
+    assert _eventually(lambda: gov.ledger.pending_settles == 0)  # type: ignore[attr-defined]
+    assert _eventually(lambda: not gov.ledger.degraded)  # type: ignore[attr-defined]
     with gov.task(team="search"):  # the cap of 1 is free again
         gov.end_call(gov.begin_call(_request()), CallResult(usage=USAGE))
     gov.close(timeout_s=2)
