@@ -679,10 +679,12 @@ class Governor:
         try:
             self._check_blocked(task)
             step = request.step if request.step is not None else task.calls + 1
+            prompt_key = None
             if request.operation != EMBEDDINGS and not (
                 owns and nothing_to_judge(task.policy.loops, request.messages)
             ):
-                loop_watch(task, self.telemetry).before_call(request.messages, step)
+                watch = loop_watch(task, self.telemetry)
+                prompt_key = watch.before_call(request.messages, step)
             rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
@@ -718,6 +720,8 @@ class Governor:
         )
         if named is not None:
             admission.extras["attribution"] = named
+        if prompt_key is not None:
+            admission.extras["prompt_key"] = prompt_key
         return admission
 
     def _named_by_call(self, task: Task, request: CallRequest) -> Attribution | None:
@@ -1040,7 +1044,10 @@ class Governor:
         if judged:
             step = request.step if request.step is not None else task.calls
             loop_watch(task, self.telemetry).after_call(
-                result.output_text, step, request.node
+                result.output_text,
+                step,
+                request.node,
+                admission.extras.get("prompt_key"),
             )
         cost = nanos_to_usd(nanos)
         cost_f = nanos / NANOS_PER_USD  # the same double as float(cost)

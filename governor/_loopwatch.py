@@ -64,10 +64,11 @@ class LoopWatch:
             self._guard = LoopGuard(self.task.policy.loops)
         return self._guard
 
-    def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> None:
+    def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> str:
         """Judge the prompt's tool results and last turns, and the ceilings.
 
-        Raises if the task is stopped, so the call is not made.
+        Raises if the task is stopped, so the call is not made. Returns a
+        digest of the prompt, for :meth:`after_call`.
         """
         self.raise_if_stopped()
         with self._lock:
@@ -92,17 +93,28 @@ class LoopWatch:
                     )
                 )
         self.raise_if_stopped()
+        return prompt_digest(messages)
 
-    def after_call(self, text: str | None, step: int, node: str | None) -> None:
+    def after_call(
+        self,
+        text: str | None,
+        step: int,
+        node: str | None,
+        prompt_key: str | None = None,
+    ) -> None:
         """Judge one model output (the first of its step when in a graph)."""
-        if not text or len(text.split()) < self.task.policy.loops.min_output_words:
+        if not text:
             return
+        long_enough = len(text.split()) >= self.task.policy.loops.min_output_words
         with self._lock:
             if node is not None:
                 if (step, node) in self._seen_step_nodes:
                     return
                 self._seen_step_nodes.add((step, node))
-            self._act(self.guard.on_model_output(text, step=step))
+            if prompt_key is not None:
+                self._act(self.guard.on_call(prompt_key, text, step=step))
+            if long_enough:
+                self._act(self.guard.on_model_output(text, step=step))
 
     def on_step(self, node: str, digest: str | None, step: int) -> None:
         """Judge a graph step: the node with its relevant state, and max_steps."""
@@ -258,6 +270,14 @@ def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:
     if watch is None:
         watch = task.extras.setdefault("loop_watch", LoopWatch(task, telemetry))
     return watch  # type: ignore[no-any-return]
+
+
+def prompt_digest(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A digest of what a prompt says: roles, texts and tool calls, no ids."""
+    text = json.dumps([_gist(m) for m in messages], default=str)
+    return hashlib.blake2b(
+        text.encode("utf-8", "surrogatepass"), digest_size=16
+    ).hexdigest()
 
 
 def state_digest(inputs: Any) -> str | None:

@@ -618,3 +618,38 @@ def test_a_constant_preamble_before_new_tool_calls_is_not_a_loop() -> None:
     graph.invoke({"messages": [HumanMessage("check them")]}, {"recursion_limit": 100})
     assert graph.last_report is not None
     assert (len(done), graph.last_report.stop_reason) == (12, None)
+
+
+def test_the_same_prompt_answered_the_same_way_is_stopped() -> None:
+    """A node sending a fixed prompt that gets 'Retrying now.' each time."""
+    from langgraph.graph import START, StateGraph
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer="Retrying now.")
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke("do it")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("n", node)
+    builder.add_edge(START, "n")
+    builder.add_edge("n", "n")
+    graph = govern(builder.compile(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"messages": []}, {"recursion_limit": 1000})
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, info.value.setting, report.calls) == (
+        "same_call",
+        "max_identical_calls",
+        12,  # the first answer, 10 allowed repeats of it, and the one that stops
+    )
+
+
+def test_identical_calls_may_be_allowed() -> None:
+    """max_identical_calls=None lets a task ask the same thing again."""
+    gov = Governor(Policy(loops=Loops(max_identical_calls=None)))
+    with gov.task() as task:
+        for _ in range(15):
+            chat(gov, "yes")
+    assert task.report().calls == 15

@@ -72,6 +72,8 @@ class LoopDetected(GovernorHalt, RecursionError):
 
 def _advice(rule: str, evidence: Sequence[str]) -> str:
     by_state = any("[state " in item for item in evidence)
+    if rule == "same_call":
+        return "If the same request is meant to be sent again and again,"
     if rule in {"repeat", "cycle"} and by_state:
         return (
             "If a node is meant to come back to the same state (it waits for "

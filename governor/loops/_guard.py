@@ -16,6 +16,7 @@ from governor.loops._normalize import (
     normalize_text,
 )
 from governor.loops._rules import (
+    CallRun,
     Channel,
     Hit,
     OutputRun,
@@ -114,6 +115,7 @@ class LoopGuard:
         self._loops = loops
         self._tools = Channel(loops)
         self._nodes = Channel(loops)
+        self._calls = CallRun(loops)
         self._outputs = OutputRun(loops)
         self._exempt = frozenset(loops.exempt_tools)
         self._results = ResultRun(loops)
@@ -144,6 +146,19 @@ class LoopGuard:
         """
         hit = self._outputs.observe(text, _excerpt(text), step)
         return self._verdict(hit, "output")
+
+    def on_call(self, prompt_key: str, text: str, *, step: int) -> LoopVerdict | None:
+        """Observe one model call: a digest of its prompt and its answer.
+
+        The same prompt answered the same way more than
+        ``Loops.max_identical_calls`` times in a row is a loop whatever the
+        answer's length: the model is asked the same thing and says the same
+        thing, so nothing new can come of the next call. ``prompt_key`` is
+        any stable digest of the prompt.
+        """
+        answer = normalize_result(text, mask_volatile=self._loops.mask_volatile)
+        key = digest("call", prompt_key, answer)
+        return self._verdict(self._calls.observe(key, _excerpt(answer), step), "output")
 
     def on_tool_call(
         self,

@@ -62,6 +62,7 @@ Rule = Literal[
     "same_result",
     "near_duplicate",
     "repeated_turns",
+    "same_call",
     "max_model_calls",
     "max_steps",
     "max_wall_s",
@@ -357,6 +358,48 @@ class ResultRun:
         # The next hit needs a fresh run.
         self._last, self._run = None, 0
         self._args.clear()
+        self._steps.clear()
+        return hit
+
+
+class CallRun:
+    """Model calls in a row that each sent the same prompt and got the same answer.
+
+    However short the answer, the next identical call cannot learn anything
+    new. Any other prompt or answer ends the run.
+    """
+
+    def __init__(self, loops: Loops) -> None:
+        self._limit = loops.max_identical_calls
+        self._last: bytes | None = None
+        self._run = 0
+        self._steps: list[int] = []
+
+    def observe(self, key: bytes, label: str, step: int) -> Hit | None:
+        """Add one call, keyed by prompt and answer; return a hit on a long run."""
+        if self._limit is None:
+            return None
+        if key == self._last:
+            self._run += 1
+        else:
+            self._last, self._run = key, 0
+            self._steps.clear()
+        self._steps.append(step)
+        if self._run <= self._limit:
+            return None
+        hit = Hit(
+            rule="same_call",
+            setting="max_identical_calls",
+            limit=self._limit,
+            repeats=self._run,
+            labels=(label,),
+            steps=tuple(self._steps),
+            detail=(
+                f"the same prompt got the same answer ({label}) {self._run + 1} "
+                "times in a row, so the next call cannot learn anything new"
+            ),
+        )
+        self._last, self._run = None, 0
         self._steps.clear()
         return hit
 

@@ -86,6 +86,17 @@ class Loops(PolicyModel):
             "come back empty is normal" + _OFF
         ),
     )
+    max_identical_calls: int | None = Field(
+        default=10,
+        ge=1,
+        description=(
+            "a positive number: how many times in a row a model call may send "
+            "the same prompt and get the same answer as the call before (any "
+            "length, even 'Retrying now.') before the guard acts; higher than "
+            "max_repeats, since a short answer to a repeated question is "
+            "sometimes wanted" + _OFF
+        ),
+    )
     window_steps: int = Field(
         default=64,
         ge=2,
