@@ -106,6 +106,9 @@ class CallRequest:
     prompt_tokens: int | None = None
     step: int | None = None
     node: str | None = None
+    branch: str | None = None
+    """The graph branch (LangGraph task) the call runs in; Send branches of
+    one step have different ones, calls one node makes in turn the same."""
     choices: int = 1
     provider: str | None = None
     skippable: bool = False

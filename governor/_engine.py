@@ -684,7 +684,7 @@ class Governor:
                 owns and nothing_to_judge(task.policy.loops, request.messages)
             ):
                 watch = loop_watch(task, self.telemetry)
-                prompt_key = watch.before_call(request.messages, step)
+                prompt_key = watch.before_call(request.messages, step, request.branch)
             rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)

@@ -55,7 +55,7 @@ class LoopWatch:
         self._seen: dict[tuple[str, bytes], int] = {}
         self._seen_step_nodes: set[tuple[int, str]] = set()
         self._seen_visits: set[tuple[int, str, str | None]] = set()
-        self._step_results: set[tuple[int, str, str, bytes]] = set()
+        self._step_results: dict[tuple[int, str, str, bytes], str] = {}
 
     @property
     def guard(self) -> LoopGuard:
@@ -64,7 +64,12 @@ class LoopWatch:
             self._guard = LoopGuard(self.task.policy.loops)
         return self._guard
 
-    def before_call(self, messages: Sequence[Mapping[str, Any]], step: int) -> str:
+    def before_call(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        step: int,
+        branch: str | None = None,
+    ) -> str:
         """Judge the prompt's tool results and last turns, and the ceilings.
 
         Raises if the task is stopped, so the call is not made. Returns a
@@ -74,7 +79,7 @@ class LoopWatch:
         with self._lock:
             flagged = False
             for name, args, result, turn in self._new_tool_results(messages):
-                if not self._first_in_step(step, name, args, result):
+                if not self._first_in_step(step, branch, name, args, result):
                     continue
                 verdict = self.guard.on_tool_call(
                     name, args, result, step=step, turn=turn
@@ -172,22 +177,25 @@ class LoopWatch:
         elif verdict.action == "escalate":
             self.hint = verdict.hint
 
-    def _first_in_step(self, step: int, name: str, args: Any, result: str) -> bool:
-        """Whether no parallel branch of this step brought the same result.
+    def _first_in_step(
+        self, step: int, branch: str | None, name: str, args: Any, result: str
+    ) -> bool:
+        """Whether no other branch of this step brought the same result.
 
         Send branches that sample one question each call the same tool and
         get the same answer side by side; that is one result, not a repeat.
+        One branch bringing it again (an agent loop inside one node) is.
         """
+        if branch is None:
+            return True
         key = (
             step,
             name,
             json.dumps(args, sort_keys=True, default=str),
             _content_digest(result),
         )
-        if key in self._step_results:
-            return False
-        self._step_results.add(key)
-        return True
+        first = self._step_results.setdefault(key, branch)
+        return first == branch
 
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]

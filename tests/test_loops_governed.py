@@ -653,3 +653,36 @@ def test_identical_calls_may_be_allowed() -> None:
         for _ in range(15):
             chat(gov, "yes")
     assert task.report().calls == 15
+
+
+def test_an_agent_loop_inside_one_node_is_still_stopped() -> None:
+    """Calls one node makes in turn are no fan-out: the same failing tool
+    result coming back is a repeat even within one graph step."""
+    import uuid
+
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langgraph.graph import START, StateGraph
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer="I will look it up again.")
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        prompt: list[Any] = [HumanMessage("find record 7")]
+        for turn in range(8):
+            model.invoke(prompt)
+            call_id = f"call-{uuid.uuid4().hex[:8]}"
+            call = {"id": call_id, "name": "lookup", "args": {"id": 7}}
+            prompt += [
+                AIMessage(f"Attempt {turn}.", tool_calls=[call]),
+                ToolMessage("Error: record service unavailable", tool_call_id=call_id),
+            ]
+        return {"messages": []}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("agent", agent)
+    builder.add_edge(START, "agent")
+    graph = govern(builder.compile(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"messages": []})
+    assert info.value.rule == "repeat"
+    assert "lookup" in info.value.evidence[0]

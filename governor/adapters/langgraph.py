@@ -480,6 +480,7 @@ class _HandlerCore:
             task=self.task,
             step=int(step) if step is not None else None,
             node=meta.get("langgraph_node"),
+            branch=meta.get("langgraph_checkpoint_ns"),
             choices=int(params.get("n") or 1),
         )
 
