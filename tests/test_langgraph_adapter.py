@@ -595,3 +595,33 @@ def test_an_interrupt_is_a_pause_not_an_error(capture: SpanCapture) -> None:
     first = capture.named("governor.node ask")[0]
     assert first.status.status_code != StatusCode.ERROR
     assert first.attributes[attr.NODE_PAUSED] is True
+
+
+class StreamState(TypedDict):
+    stream: Any
+
+
+def test_a_stream_returned_in_the_graph_output_is_left_open() -> None:
+    """A run that completes keeps the streams it hands out readable."""
+    from governor.testing import install_offline_provider, offline_model
+
+    install_offline_provider(speed=0)
+
+    def node(state: StreamState) -> dict[str, Any]:
+        stream = litellm.completion(
+            model=offline_model("gpt-4o-mini"),
+            messages=[{"role": "user", "content": "Write a story."}],
+            stream=True,
+        )
+        return {"stream": stream}
+
+    builder = StateGraph(StreamState)
+    builder.add_node("node", node)
+    builder.add_edge(START, "node")
+    builder.add_edge("node", END)
+    gov = Governor()
+    with instrument(gov):
+        out = govern(builder.compile(), gov).invoke({"stream": None})
+        chunks = [c for c in out["stream"] if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.startswith("[offline gpt-4o-mini")

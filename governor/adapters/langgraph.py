@@ -171,13 +171,15 @@ class GovernedGraph:
         task, config = self._start(config)
         tokens = _enter(task)
         try:
-            return self.graph.invoke(input, config, **kwargs)
+            output = self.graph.invoke(input, config, **kwargs)
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
+            _hang_up(task)
             raise
         finally:
             _leave(tokens)
             self._finish(task)
+        return output
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -186,26 +188,31 @@ class GovernedGraph:
         task, config = self._start(config, is_async=True)
         tokens = _enter(task)
         try:
-            return await self.graph.ainvoke(input, config, **kwargs)
+            output = await self.graph.ainvoke(input, config, **kwargs)
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
+            await _ahang_up(task)
             raise
         finally:
             _leave(tokens)
-            await _ahang_up(task)
             self._finish(task)
+        return output
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
         """Stream the graph's output as one governed task."""
         task, config = self._start(config)
+        completed = False
         try:
             yield from _with_task(task, self.graph.stream(input, config, **kwargs))
+            completed = True
         except Exception as exc:  # not GeneratorExit: a reader may stop early
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
+            if not completed:
+                _hang_up(task)
             self._finish(task)
 
     async def astream(
@@ -214,15 +221,18 @@ class GovernedGraph:
         """Async form of :meth:`stream`."""
         task, config = self._start(config, is_async=True)
         items = _awith_task(task, self.graph.astream(input, config, **kwargs))
+        completed = False
         try:
             async for item in items:
                 yield item
+            completed = True
         except Exception as exc:  # not GeneratorExit: a reader may stop early
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             await items.aclose()
-            await _ahang_up(task)
+            if not completed:
+                await _ahang_up(task)
             self._finish(task)
 
     def batch(
@@ -295,15 +305,18 @@ class GovernedGraph:
         """The graph's event stream, run as one governed task."""
         task, config = self._start(config, is_async=True)
         items = _awith_task(task, self.graph.astream_events(input, config, **kwargs))
+        completed = False
         try:
             async for event in items:
                 yield event
+            completed = True
         except Exception as exc:  # not GeneratorExit: a reader may stop early
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
             await items.aclose()
-            await _ahang_up(task)
+            if not completed:
+                await _ahang_up(task)
             self._finish(task)
 
     def with_config(
@@ -351,7 +364,6 @@ class GovernedGraph:
         return task, merged
 
     def _finish(self, task: Task) -> None:
-        _hang_up(task)
         handler = task.extras.get("handler")
         if handler is not None:
             handler.abandon_open_calls()
@@ -949,11 +961,13 @@ async def _awith_task(
 
 
 def _hang_up(task: Task) -> None:
-    """Close the streams the run's nodes left open: nobody can read them now.
+    """Close the streams of a run that failed or was stopped early.
 
-    A node that stops reading a model's stream (or a reader that stops
-    reading the graph's) leaves the provider's stream open; closed here, the
-    provider stops generating and the task's report includes the charge.
+    A reader that stops reading the graph's stream (or an error) leaves the
+    model streams its nodes had open; nobody reads them now, so they are
+    closed: the provider stops generating and the task's report includes
+    the charge. A run that completes keeps its streams open: a node may
+    have returned one in the graph's output for the caller to read.
     """
     for stream in list(task.open_streams.values()):
         try:
