@@ -201,3 +201,14 @@ def test_a_priced_override_lets_an_in_house_tier_through() -> None:
         pricing=Pricing(overrides={"acme/in-house-7b": Price()}),
     )
     assert Governor(policy).policy.cascade is policy.cascade
+
+
+def test_litellm_fallbacks_inside_a_cascade_are_refused() -> None:
+    """fallbacks would answer inside one tier at its price: use tiers."""
+    with pytest.raises(ConfigError, match="add each fallback model as a Tier"):
+        Tier(name="cheap", model="gpt-4o-mini", params={"fallbacks": ["gpt-4o"]})
+    gov = Governor(Policy(cascade=CASCADE))
+    with pytest.raises(ConfigError, match="add each fallback model as a Tier"):
+        GovernedLiteLLM(gov).cascade(
+            [{"role": "user", "content": QUESTION}], fallbacks=["offline/gpt-4o"]
+        )

@@ -265,6 +265,10 @@ class GovernedLiteLLM:
                 "cascade() needs a policy with a Cascade: "
                 "Policy(cascade=Cascade(tiers=[...]))"
             )
+        if "fallbacks" in kwargs:
+            from governor.policies._cascade import FALLBACKS_IN_CASCADE
+
+            raise ConfigError(f"cascade(fallbacks=...): {FALLBACKS_IN_CASCADE}")
         if kwargs.get("stream"):
             raise ConfigError(
                 "cascade() cannot stream: each tier's whole answer must be "

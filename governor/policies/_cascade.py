@@ -39,6 +39,11 @@ _CALLABLE_REF = (
 Normaliser = Literal["text", "choice", "number", "json"]
 
 
+FALLBACKS_IN_CASCADE = (
+    "LiteLLM's fallbacks would answer inside one tier, charged at that "
+    "tier's price; a cascade's later tiers are its fallbacks: add each "
+    "fallback model as a Tier"
+)
 _DAY_S = 86_400.0
 """The longest wait a retry setting may ask for."""
 
@@ -247,6 +252,13 @@ class Tier(PolicyModel):
     def _from_name(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"name": value, "model": value}
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _no_fallbacks(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        if "fallbacks" in value:
+            raise ValueError(FALLBACKS_IN_CASCADE)
         return value
 
 
