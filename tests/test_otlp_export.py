@@ -190,3 +190,12 @@ def test_the_protocol_setting_is_obeyed_or_refused(
             configure_tracing()
     else:
         configure_tracing().shutdown()
+
+
+def test_an_endpoint_given_in_code_is_sent_over_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """otlp_endpoint= takes an OTLP/HTTP URL whatever the environment asks."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    provider = configure_tracing(otlp_endpoint="http://127.0.0.1:9/v1/traces")
+    provider.shutdown()

@@ -106,7 +106,9 @@ def _exporters(
     chosen = list(extra)
     wants_otlp = otlp_endpoint or os.environ.get(ENV_OTLP_TRACES_ENDPOINT)
     if wants_otlp or os.environ.get(ENV_OTLP_ENDPOINT):
-        exporter_class = _otlp_class("traces", "trace_exporter", "OTLPSpanExporter")
+        exporter_class = _otlp_class(
+            "traces", "trace_exporter", "OTLPSpanExporter", http=bool(otlp_endpoint)
+        )
         chosen.append(exporter_class(endpoint=otlp_endpoint))
     path = jsonl_path or os.environ.get(ENV_TRACES_FILE)
     if path:
@@ -141,7 +143,9 @@ def configure_metrics(
     chosen = list(readers)
     wants = otlp_endpoint or os.environ.get(ENV_OTLP_METRICS_ENDPOINT)
     if wants or os.environ.get(ENV_OTLP_ENDPOINT):
-        exporter_class = _otlp_class("metrics", "metric_exporter", "OTLPMetricExporter")
+        exporter_class = _otlp_class(
+            "metrics", "metric_exporter", "OTLPMetricExporter", http=bool(otlp_endpoint)
+        )
         exporter = exporter_class(endpoint=otlp_endpoint)
         interval_ms = export_interval_s * 1000
         chosen.append(
@@ -150,11 +154,12 @@ def configure_metrics(
     return MeterProvider(resource=_resource(service_name), metric_readers=chosen)
 
 
-def _otlp_class(signal: str, module: str, name: str) -> Any:
+def _otlp_class(signal: str, module: str, name: str, *, http: bool = False) -> Any:
     """The OTLP exporter class the ``OTEL_EXPORTER_OTLP_*PROTOCOL`` setting picks.
 
     ``http/protobuf`` (the default) ships with the governor; ``grpc`` needs
-    the ``opentelemetry-exporter-otlp-proto-grpc`` package.
+    the ``opentelemetry-exporter-otlp-proto-grpc`` package. ``http`` (an
+    OTLP/HTTP URL passed in code) wins over the environment.
 
     Raises:
         ConfigError: the protocol is unknown, or gRPC is asked for and its
@@ -166,6 +171,8 @@ def _otlp_class(signal: str, module: str, name: str) -> Any:
     protocol = (
         os.environ.get(key) or os.environ.get(ENV_OTLP_PROTOCOL) or "http/protobuf"
     ).strip()
+    if http:
+        protocol = "http/protobuf"
     transports = {"http/protobuf": "http", "grpc": "grpc"}
     transport = transports.get(protocol)
     if transport is None:
