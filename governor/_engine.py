@@ -701,6 +701,8 @@ class Governor:
                 model=request.priced_model,
                 window_tokens=rate.max_input_tokens,
             )
+            if rate.max_input_tokens:  # no provider bills past its window
+                bound = min(bound, rate.max_input_tokens)
         pairs = self._budget_lines(task)
         named = None if owns else self._named_by_call(task, request)
         if named is not None:

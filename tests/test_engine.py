@@ -559,3 +559,19 @@ def test_a_file_passed_by_id_is_reserved_at_the_context_window() -> None:
     ]
     bound = prompt_byte_bound(by_id, None, model="gpt-4o", window_tokens=128_000)
     assert 128_000 <= bound < 128_100
+
+
+def test_the_prompt_bound_never_passes_the_context_window(
+    capture: SpanCapture,
+) -> None:
+    """Three files by id on gpt-4o reserve at most its 128k-token window."""
+    from governor import CallRequest, CallResult
+
+    files = [{"type": "file", "file": {"file_id": f"file-{i}"}} for i in range(3)]
+    gov = Governor(Policy(), tracer_provider=capture.provider)
+    with gov.task():
+        admission = gov.begin_call(
+            CallRequest(model="gpt-4o", messages=[{"role": "user", "content": files}])
+        )
+        assert admission.hold_tokens - admission.max_output_tokens <= 128_000
+        gov.end_call(admission, CallResult())
