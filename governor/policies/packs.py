@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 Money = Decimal | int | str
-"""Dollars as Decimal, int or a decimal string; floats are refused by Budget."""
+"""Dollars as Decimal, int or a decimal string (a float is read by its
+shortest decimal form, as Budget reads it)."""
 
 
 def starter(*, task_usd: Money = "0.50") -> Policy:
@@ -106,7 +107,8 @@ def customer_facing(
     ``thread_id``) may spend ``session_usd`` in all and a user
     ``user_daily_usd`` per calendar day. Calls past a fan-out cap are refused
     at once rather than queued (a user is waiting), and tasks are short:
-    20 model calls, 2 minutes. Exact repeats are served from cache.
+    20 model calls, 2 minutes. A user's exact repeats are served from cache;
+    users never share cached answers.
     """
     return Policy(
         name="customer_facing",
@@ -119,7 +121,7 @@ def customer_facing(
         ],
         loops=Loops(max_model_calls=20, max_wall_s=120),
         fanout=Fanout(max_inflight_calls=4, on_cap="refuse"),
-        cache=Cache(semantic=False),
+        cache=Cache(semantic=False, partition_by=("org", "team", "user")),
     )
 
 
