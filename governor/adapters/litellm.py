@@ -137,6 +137,8 @@ class GovernedLiteLLM:
         """
         if _inside():
             return self._completion(*args, **kwargs)
+        if not kwargs.get("fallbacks"):
+            return self._complete(_named(args, kwargs, "messages"))[0]
         error: Exception | None = None
         for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
             try:
@@ -152,6 +154,8 @@ class GovernedLiteLLM:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _inside():
             return await self._acompletion(*args, **kwargs)
+        if not kwargs.get("fallbacks"):
+            return (await self._acomplete(_named(args, kwargs, "messages")))[0]
         error: Exception | None = None
         for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
             try:
@@ -660,6 +664,8 @@ def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:
     number is returned as it is, for the request check to refuse.
     """
     body = kwargs.get("extra_body")
+    if body is None and len(names) == 1:  # the usual case, cheaply
+        return kwargs.get(names[0])
     places = [kwargs, body] if isinstance(body, Mapping) else [kwargs]
     given = [p[n] for p in places for n in names if p.get(n) is not None]
     if not given:
