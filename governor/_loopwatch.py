@@ -282,10 +282,15 @@ def loop_watch(task: Task, telemetry: Telemetry) -> LoopWatch:
 
 def prompt_digest(messages: Sequence[Mapping[str, Any]]) -> str:
     """A digest of what a prompt says: roles, texts and tool calls, no ids."""
-    text = json.dumps([_gist(m) for m in messages], default=str)
-    return hashlib.blake2b(
-        text.encode("utf-8", "surrogatepass"), digest_size=16
-    ).hexdigest()
+    h = hashlib.blake2b(digest_size=16)
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and not message.get("tool_calls"):
+            part = f"{message.get('role')}\x1f{content}\x1e"  # the usual case
+        else:
+            part = json.dumps(_gist(message), default=str) + "\x1e"
+        h.update(part.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def state_digest(inputs: Any) -> str | None:
