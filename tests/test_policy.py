@@ -224,6 +224,7 @@ def test_a_per_second_price_with_one_token_price_is_refused() -> None:
     ("changes", "message"),
     [
         ({"max_usd": Decimal("1e-30")}, "less than a nano-dollar"),
+        ({"max_usd": "1.0000000001"}, "past the ninth decimal place"),
         ({"period": "day", "timezone": "localtime"}, "depends on each host"),
         ({"period": "rolling", "window_s": 1e-9}, "greater than or equal to 1"),
     ],

@@ -8,7 +8,7 @@ override); see ``docs/policy.md`` for the merge rule.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -199,6 +199,11 @@ class Budget(PolicyModel):
             raise ValueError(
                 f"max_usd {value} is less than a nano-dollar, the smallest amount "
                 "a ledger counts; use 0 to refuse every call"
+            )
+        if value != value.quantize(_NANO_USD, rounding=ROUND_DOWN):
+            raise ValueError(
+                f"max_usd {value} has digits past the ninth decimal place; a "
+                "ledger counts whole nano-dollars, so round it to 9 places"
             )
         return value.copy_abs() if value.is_zero() else value
 
