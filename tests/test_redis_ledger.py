@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -493,3 +494,29 @@ def test_a_token_limit_too_large_to_store_says_tokens() -> None:
     ) as e:
         _check_limits(Line("team:x", limit_tokens=2**60))
     assert "dollars" not in str(e.value)
+
+
+def test_listing_a_large_index_reads_it_in_batches_and_prunes_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """1,200 task lines, half expired: the live ones are listed, the others
+    leave the index, and no single server call reads the whole set."""
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for i in range(1200):
+        ledger.settle(f"h{i}", [f"task:t{i:04d}"], 0, 1)
+    index = redis_prefix + "{budgets}:lines"
+    dead = [f"task:t{i:04d}" for i in range(0, 1200, 2)]
+    client.delete(*[f"{redis_prefix}{{budgets}}:l:{key}" for key in dead])
+    calls: list[str] = []
+    real_call = ledger._conn.call
+
+    def counted(fn: Any, what: str) -> Any:
+        calls.append(what)
+        return real_call(fn, what)
+
+    ledger._conn.call = counted  # type: ignore[method-assign]
+    listed = ledger.keys()
+    assert listed == [f"task:t{i:04d}" for i in range(1, 1200, 2)]
+    assert client.scard(index) == 600
+    assert calls.count("keys") >= 2 * 3  # a scan and a check per batch of 500

@@ -49,6 +49,7 @@ release the hold id (shielded) to give its room back at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -477,10 +478,29 @@ class RedisLedger:
         return _balance(key, reply)
 
     def keys(self) -> list[str]:
-        """Return every line key whose counters still live, sorted."""
+        """Return every line key whose counters still live, sorted.
+
+        The index is read a batch at a time, so a large one (a line per
+        task) never blocks the server for long; keys of expired lines leave
+        it on the way.
+        """
+        client = self._conn.client()
         script = self._conn.script(_LIST_LUA)
-        reply = self._conn.call(lambda: script([self.ns + "lines"], [self.ns]), "keys")
-        return [str(k) for k in reply]
+        index = self.ns + "lines"
+        live: set[str] = set()
+        cursor: Any = 0
+        while True:
+            cursor, batch = self._conn.call(
+                functools.partial(client.sscan, index, cursor, count=_LIST_BATCH),
+                "keys",
+            )
+            if batch:
+                found = self._conn.call(
+                    functools.partial(script, [index], [self.ns, *batch]), "keys"
+                )
+                live.update(str(k) for k in found)
+            if int(cursor) == 0:
+                return sorted(live)
 
     def reset(self, key: str) -> None:
         """Forget a line's spend (holds on it stay until settled or expired)."""
@@ -553,11 +573,23 @@ class RedisLedger:
 
     async def akeys(self) -> list[str]:
         """Async form of :meth:`keys`."""
+        client = self._conn.aclient()
         script = self._conn.ascript(_LIST_LUA)
-        reply = await self._conn.acall(
-            lambda: script([self.ns + "lines"], [self.ns]), "keys"
-        )
-        return [str(k) for k in reply]
+        index = self.ns + "lines"
+        live: set[str] = set()
+        cursor: Any = 0
+        while True:
+            cursor, batch = await self._conn.acall(
+                functools.partial(client.sscan, index, cursor, count=_LIST_BATCH),
+                "keys",
+            )
+            if batch:
+                found = await self._conn.acall(
+                    functools.partial(script, [index], [self.ns, *batch]), "keys"
+                )
+                live.update(str(k) for k in found)
+            if int(cursor) == 0:
+                return sorted(live)
 
     async def areset(self, key: str) -> None:
         """Async form of :meth:`reset`."""
@@ -999,20 +1031,23 @@ return {c[1] or '', c[2] or '', c[3] or '0', c[4] or '0', c[5] or '0', c[6] or '
 """
 )
 
-# KEYS: index.  ARGV: ns.  Returns every line key whose counters still
-# live, sorted; keys of expired lines leave the index.
+_LIST_BATCH: Final = 500
+"""Index entries read per round trip when listing lines."""
+
+# KEYS: index.  ARGV: ns, key...  Returns the given line keys whose counters
+# still live; keys of expired lines leave the index.
 _LIST_LUA: Final = (
     _LUA_LIB
     + """
 local live = {}
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for i = 2, #ARGV do
+  local key = ARGV[i]
   if redis.call('EXISTS', ARGV[1] .. 'l:' .. key) == 1 then
     live[#live + 1] = key
   else
     redis.call('SREM', KEYS[1], key)
   end
 end
-table.sort(live)
 return live
 """
 )
