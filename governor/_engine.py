@@ -40,6 +40,7 @@ from governor._errors import (
     GovernorError,
     PriceUnknown,
     ScopeBlocked,
+    StoreUnavailable,
     decimal_text,
 )
 from governor._leases import LeaseKeeper
@@ -563,6 +564,10 @@ class Governor:
             if refusal is not None and self._recount(admission):
                 refusal = self.ledger.reserve(*admission.hold())
             admitted = self._admit_or_refuse(admission, refusal)
+        except StoreUnavailable as exc:
+            release_slots(admission.held)
+            self._slot_refused(admission, exc)
+            raise
         except BaseException:
             release_slots(admission.held)
             raise
@@ -592,6 +597,10 @@ class Governor:
             await asyncio.shield(ledger.arelease(admission.call_id))
             await arelease_slots(admission.held)
             raise
+        except StoreUnavailable as exc:
+            await arelease_slots(admission.held)
+            self._slot_refused(admission, exc)
+            raise
         except BaseException:
             await arelease_slots(admission.held)
             raise
@@ -605,6 +614,7 @@ class Governor:
         return held
 
     def _slot_refused(self, admission: Admission, error: GovernorError) -> None:
+        """Record a call refused before it was sent (no slot, no store)."""
         named = admission.extras.get("attribution")
         self._refused(admission.task, error.code, admission.request.model, named)
         if admission.owns_task:

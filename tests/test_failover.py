@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from _redis_fixtures import OwnRedis
@@ -259,3 +259,25 @@ def test_failing_open_does_not_advise_failing_open(
     assert admitted is None
     assert "failing open until it answers: reserve failed:" in message
     assert "failure_mode='open'" not in message
+
+
+def test_a_call_refused_for_an_unreachable_store_is_recorded(tmp_path: Any) -> None:
+    """Reports count outage refusals, and the one-call task is closed."""
+    from governor import Budget, Governor, Policy
+    from governor._calls import CallRequest
+    from governor.spend import JsonlSpendStore
+
+    store = SwitchedStore()
+    store.down = True
+    ledger = FailoverLedger(store, mode="closed")
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]), ledger=ledger, spend=path)
+    request = CallRequest(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    with pytest.raises(StoreUnavailable):
+        gov.begin_call(request)
+    gov.close(timeout_s=0.1)  # the hold's queued release cannot be written
+    (record,) = JsonlSpendStore(path).query()
+    assert (record.outcome, record.stop_reason) == ("refused", "store_unavailable")
+    assert len(gov._open_tasks) == 0
