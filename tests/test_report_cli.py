@@ -561,3 +561,19 @@ def test_a_spans_file_given_as_the_store_is_named_as_such(
     assert code == 1
     assert "looks like a span" in err
     assert "Governor(policy, spend=PATH)" in err
+
+
+def test_wide_characters_keep_the_table_columns_aligned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A team named in Chinese takes two columns a character: cells still line up."""
+    from governor.cli._text import width
+
+    path = tmp_path / "spend.sqlite3"
+    with SQLiteSpendStore(path) as store:
+        store.record_many(
+            replace(record(i), team=("搜索团队", "ads")[i % 2]) for i in range(4)
+        )
+    _, out, _ = run(capsys, "--db", str(path), "--by", "team")
+    block = out.split("By team\n", 1)[1].splitlines()[:3]
+    assert len({width(line) for line in block}) == 1

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._text import printable
+from governor.cli._text import ljust, printable, width
 
 if TYPE_CHECKING:
     from governor._errors import GovernorError
@@ -228,10 +228,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
+    widths = [max(width(r[i]) for r in (header, *body)) for i in range(len(header))]
     return "\n".join(
         "  ".join(
-            cell.ljust(width) for cell, width in zip(r, widths, strict=True)
+            ljust(cell, columns) for cell, columns in zip(r, widths, strict=True)
         ).rstrip()
         for r in (header, *body)
     )

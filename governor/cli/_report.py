@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from governor.cli._text import positive_count, printable
+from governor.cli._text import ljust, positive_count, printable, rjust, width
 
 if TYPE_CHECKING:
     from governor.spend import Group, SpendSummary
@@ -300,11 +300,11 @@ def _headline(summary: SpendSummary, label: str) -> str:
 
 
 def _align(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(width(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [ljust(row[0], widths[0])]
+        cells += [rjust(cell, w) for cell, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

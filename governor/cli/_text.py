@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import unicodedata
 
 __all__ = ["count", "positive_count", "printable"]
 
@@ -38,3 +39,25 @@ def _whole_number(text: str, *, least: int, wanted: str) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
     return value
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK) characters take two,
+    combining marks none."""
+    return sum(_char_width(ch) for ch in text)
+
+
+def _char_width(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def ljust(text: str, columns: int) -> str:
+    """``text`` padded on the right to ``columns`` terminal columns."""
+    return text + " " * max(0, columns - width(text))
+
+
+def rjust(text: str, columns: int) -> str:
+    """``text`` padded on the left to ``columns`` terminal columns."""
+    return " " * max(0, columns - width(text)) + text
