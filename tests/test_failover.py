@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytest
 from _redis_fixtures import OwnRedis
+from _switched_store import SwitchedStore
 
 from governor._errors import StoreUnavailable
-from governor.stores import Balance, Line, MemoryLedger, Refusal
+from governor.stores import Line, MemoryLedger
 from governor.stores._failover import (
     EVENT_FAIL_CLOSED,
     EVENT_FAIL_OPEN,
@@ -23,45 +23,6 @@ from governor.stores._redis import RedisConfig, RedisLedger
 pytest_plugins = ["_redis_fixtures"]
 
 LINE = Line("team:x", 100, None)
-
-
-class SwitchedStore(MemoryLedger):
-    """A memory ledger standing in for a store that can be switched off."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.calls = 0
-
-    def _gate(self) -> None:
-        self.calls += 1
-        if self.down:
-            raise StoreUnavailable("store switched off by the test")
-
-    def reserve(
-        self,
-        hold_id: str,
-        lines: Sequence[Line],
-        nanos: int,
-        tokens: int,
-        ttl_s: float,
-    ) -> Refusal | None:
-        self._gate()
-        return super().reserve(hold_id, lines, nanos, tokens, ttl_s)
-
-    def settle(
-        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
-    ) -> None:
-        self._gate()
-        super().settle(hold_id, keys, nanos, tokens)
-
-    def release(self, hold_id: str) -> None:
-        self._gate()
-        super().release(hold_id)
-
-    def balance(self, key: str) -> Balance | None:
-        self._gate()
-        return super().balance(key)
 
 
 class Clock:

@@ -11,13 +11,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import redis
 from _redis_fixtures import OwnRedis
+from _switched_store import SwitchedStore
 
 from governor import Budget, Fanout, Governor, Policy, StoreUnavailable
 from governor._calls import CallRequest, CallResult
@@ -32,46 +33,6 @@ pytest_plugins = ["_redis_fixtures"]
 LINE = Line("team:x", 10**9, None)
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
 USAGE = Usage(prompt_tokens=10, completion_tokens=5)
-
-
-class SwitchedStore(MemoryLedger):
-    """A memory ledger standing in for a store that can be switched off."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.stall_s = 0.0
-
-    def _gate(self) -> None:
-        if self.down:
-            raise StoreUnavailable("store switched off by the test")
-
-    def reserve(
-        self,
-        hold_id: str,
-        lines: Sequence[Line],
-        nanos: int,
-        tokens: int,
-        ttl_s: float,
-    ) -> None:
-        self._gate()
-        return super().reserve(hold_id, lines, nanos, tokens, ttl_s)
-
-    def settle(
-        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
-    ) -> None:
-        self._gate()
-        super().settle(hold_id, keys, nanos, tokens)
-
-    async def asettle(
-        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
-    ) -> None:
-        await asyncio.sleep(self.stall_s)
-        self.settle(hold_id, keys, nanos, tokens)
-
-    def release(self, hold_id: str) -> None:
-        self._gate()
-        super().release(hold_id)
 
 
 def _spent(store: MemoryLedger, key: str = "team:x") -> int:
