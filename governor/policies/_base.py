@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -65,10 +66,8 @@ class PolicyModel(BaseModel):
     )
 
     def __init__(self, **data: Any) -> None:
-        try:
+        with _policy_errors(type(self)):
             super().__init__(**data)
-        except ValidationError as exc:
-            raise _policy_error(type(self), exc) from exc
 
     @model_validator(mode="after")
     def _freeze_mappings(self) -> Self:
@@ -100,18 +99,14 @@ class PolicyModel(BaseModel):
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
         """Build from a mapping (or a model); errors raise PolicyError."""
-        try:
+        with _policy_errors(cls):
             return super().model_validate(obj, **kwargs)
-        except ValidationError as exc:
-            raise _policy_error(cls, exc) from exc
 
     @classmethod
     def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Self:
         """Build from a JSON document; errors raise PolicyError."""
-        try:
+        with _policy_errors(cls):
             return super().model_validate_json(json_data, **kwargs)
-        except ValidationError as exc:
-            raise _policy_error(cls, exc) from exc
 
     def merged(self, override: Self) -> Self:
         """Return a copy with the fields the override set explicitly laid over.
@@ -133,9 +128,14 @@ class PolicyModel(BaseModel):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-def _policy_error(model: type[BaseModel], exc: ValidationError) -> PolicyError:
-    lines = [_describe(err, model) for err in exc.errors()]
-    return PolicyError(f"invalid {model.__name__}: " + "; ".join(lines))
+@contextlib.contextmanager
+def _policy_errors(model: type[BaseModel]) -> Iterator[None]:
+    """Raise pydantic's validation errors as one PolicyError naming each field."""
+    try:
+        yield
+    except ValidationError as exc:
+        lines = [_describe(err, model) for err in exc.errors()]
+        raise PolicyError(f"invalid {model.__name__}: " + "; ".join(lines)) from exc
 
 
 def _merge_value(base: Any, override: Any) -> Any:
