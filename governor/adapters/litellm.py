@@ -137,35 +137,29 @@ class GovernedLiteLLM:
         """
         if _inside():
             return self._completion(*args, **kwargs)
-        if not kwargs.get("fallbacks"):
-            return self._complete(_named(args, kwargs, "messages"))[0]
-        error: Exception | None = None
-        for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
+        *earlier, last = _fallback_attempts(_named(args, kwargs, "messages"))
+        for attempt in earlier:
             try:
                 return self._complete(attempt)[0]
             except GovernorError:
                 raise
             except Exception as exc:  # a provider error: try the next model
-                error = exc
-        assert error is not None, "a call always has one attempt"
-        raise error
+                _falling_back(attempt, exc)
+        return self._complete(last)[0]
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _inside():
             return await self._acompletion(*args, **kwargs)
-        if not kwargs.get("fallbacks"):
-            return (await self._acomplete(_named(args, kwargs, "messages")))[0]
-        error: Exception | None = None
-        for attempt in _fallback_attempts(_named(args, kwargs, "messages")):
+        *earlier, last = _fallback_attempts(_named(args, kwargs, "messages"))
+        for attempt in earlier:
             try:
                 return (await self._acomplete(attempt))[0]
             except GovernorError:
                 raise
             except Exception as exc:  # a provider error: try the next model
-                error = exc
-        assert error is not None, "a call always has one attempt"
-        raise error
+                _falling_back(attempt, exc)
+        return (await self._acomplete(last))[0]
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
@@ -616,7 +610,7 @@ def _named(args: Sequence[Any], kwargs: dict[str, Any], second: str) -> dict[str
     return named
 
 
-def _fallback_attempts(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _fallback_attempts(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """The request, then one per entry of its ``fallbacks`` (LiteLLM's form).
 
     LiteLLM would run the fallbacks inside the first call, all charged at
@@ -624,10 +618,16 @@ def _fallback_attempts(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
     model name or a mapping of ``model`` and parameters to change.
     """
     fallbacks = kwargs.pop("fallbacks", None) or ()
-    yield kwargs
-    for entry in fallbacks:
-        changes = dict(entry) if isinstance(entry, Mapping) else {"model": entry}
-        yield {**kwargs, **changes}
+    changes = [dict(e) if isinstance(e, Mapping) else {"model": e} for e in fallbacks]
+    return [kwargs, *({**kwargs, **change} for change in changes)]
+
+
+def _falling_back(attempt: Mapping[str, Any], error: Exception) -> None:
+    logger.info(
+        "%s failed (%s); trying the next of its fallbacks",
+        attempt.get("model"),
+        type(error).__name__,
+    )
 
 
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
