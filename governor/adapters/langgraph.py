@@ -215,12 +215,25 @@ class GovernedGraph:
                 _hang_up(task)
             self._finish(task)
 
-    async def astream(
+    def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         """Async form of :meth:`stream`."""
-        task, config = self._start(config, is_async=True)
-        items = _awith_task(task, self.graph.astream(input, config, **kwargs))
+        return self._astream_task(
+            config, lambda bound: self.graph.astream(input, bound, **kwargs)
+        )
+
+    async def _astream_task(
+        self,
+        config: RunnableConfig | None,
+        source: Callable[[RunnableConfig], AsyncIterator[Any]],
+    ) -> AsyncIterator[Any]:
+        """Run an async stream of the graph as one governed task.
+
+        The task starts when the reader asks for the first item.
+        """
+        task, bound = self._start(config, is_async=True)
+        items = _awith_task(task, source(bound))
         completed = False
         try:
             async for item in items:
@@ -299,25 +312,13 @@ class GovernedGraph:
             )
         )
 
-    async def astream_events(
+    def astream_events(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         """The graph's event stream, run as one governed task."""
-        task, config = self._start(config, is_async=True)
-        items = _awith_task(task, self.graph.astream_events(input, config, **kwargs))
-        completed = False
-        try:
-            async for event in items:
-                yield event
-            completed = True
-        except Exception as exc:  # not GeneratorExit: a reader may stop early
-            task.stop_reason = task.stop_reason or stop_reason_for(exc)
-            raise
-        finally:
-            await items.aclose()
-            if not completed:
-                await _ahang_up(task)
-            self._finish(task)
+        return self._astream_task(
+            config, lambda bound: self.graph.astream_events(input, bound, **kwargs)
+        )
 
     def with_config(
         self, config: RunnableConfig | None = None, **kwargs: Any
