@@ -116,10 +116,7 @@ class CallRequest:
     @property
     def priced_model(self) -> str:
         """The name the call is priced under: the model, with its provider."""
-        provider = self.provider
-        if not provider or self.model.startswith(provider + "/"):
-            return self.model
-        return f"{provider}/{self.model}"
+        return priced_name(self.model, self.provider)
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
@@ -207,6 +204,13 @@ def prompt_byte_bound(
     if extra is not None:
         total += _content_bytes(extra)
     return total
+
+
+def priced_name(model: str, provider: str | None) -> str:
+    """The name a model is priced under: with its provider, named once."""
+    if not provider or model.startswith(provider + "/"):
+        return model
+    return f"{provider}/{model}"
 
 
 def plain_text_prompt(messages: Sequence[Mapping[str, Any]]) -> bool:

@@ -32,6 +32,7 @@ from governor._calls import (
     Admission,
     CallRequest,
     CallResult,
+    priced_name,
     prompt_byte_bound,
 )
 from governor._errors import (
@@ -790,11 +791,8 @@ class Governor:
         card = self.rate_card_for(policy)
         for tier in policy.cascade.tiers:
             provider = tier.params.get("custom_llm_provider")
-            name = tier.model
-            if provider and not name.startswith(f"{provider}/"):
-                name = f"{provider}/{name}"
             try:
-                card.rate(name)
+                card.rate(priced_name(tier.model, str(provider) if provider else None))
             except PriceUnknown as exc:
                 raise ConfigError(f"cascade tier {tier.name!r}: {exc}") from exc
 
