@@ -740,31 +740,45 @@ class Governor:
     def _named_by_call(self, task: Task, request: CallRequest) -> Attribution | None:
         """The task's attribution plus what the call names that the task lacks.
 
-        A call inside a task may name a tenant of its own (LiteLLM
-        ``metadata={"team": ...}``) when the task names none: the call is then
+        A call inside a task may name a tenant of its own, in LiteLLM
+        ``metadata={"team": ...}`` or in an ``attribute()`` block entered
+        after the task opened, when the task names none: the call is then
         charged to that tenant's budgets and records as well as the task's,
         and its cache partition is the tenant's. Where the two disagree the
         task wins (it is the explicit context), with a warning logged once.
         """
+        ambient = current_attribution()
         given = request.attribution
-        if not given:
+        if ambient is not None:
+            given = {**ambient.scope_values(), **(given or {})}
+        if not given and ambient is None:
             return None
         values = task.scope_values
-        added = {k: v for k, v in given.items() if k not in values}
-        clashes = sorted(k for k, v in given.items() if values.get(k, v) != v)
-        if clashes and not self._warned_clash:
-            self._warned_clash = True
-            logger.warning(
-                "a call inside task %s names %s in its metadata, which the task "
-                "sets otherwise; the task's values are charged. Open one task per "
-                "tenant, or leave them out of the task to name them per call. "
-                "Logged once.",
-                task.id,
-                ", ".join(f"{k}={given[k]!r}" for k in clashes),
-            )
-        if not added:
+        added = {k: v for k, v in (given or {}).items() if k not in values}
+        clashes = sorted(k for k, v in (given or {}).items() if values.get(k, v) != v)
+        if clashes:
+            self._warn_clash(task, given or {}, clashes)
+        held = task.attribution.tags
+        ambient_tags = ambient.tags if ambient is not None else {}
+        tags = {k: v for k, v in ambient_tags.items() if k not in held}
+        if not added and not tags:
             return None
-        return task.attribution.merged(Attribution(**added))
+        return task.attribution.merged(Attribution(**added, tags=tags))
+
+    def _warn_clash(
+        self, task: Task, given: Mapping[str, str], clashes: list[str]
+    ) -> None:
+        if self._warned_clash:
+            return
+        self._warned_clash = True
+        logger.warning(
+            "a call inside task %s names %s (in its metadata or an attribute() "
+            "block), which the task sets otherwise; the task's values are "
+            "charged. Open one task per tenant, or leave them out of the task "
+            "to name them per call. Logged once.",
+            task.id,
+            ", ".join(f"{k}={given[k]!r}" for k in clashes),
+        )
 
     def _named_lines(
         self,

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
-from governor import Budget, BudgetExceeded, Cache, Governor, Policy
+from governor import (
+    Budget,
+    BudgetExceeded,
+    Cache,
+    Governor,
+    Policy,
+    attribute,
+)
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.spend import SQLiteSpendStore
 
@@ -79,6 +86,41 @@ def test_the_task_wins_a_clash_and_says_so(
     warned = [r for r in caplog.records if "team='acme'" in r.getMessage()]
     assert [r.team for r in store.query()] == ["search", "search"]
     assert len(warned) == 1
+
+
+def test_attribute_entered_inside_a_task_meets_that_feature_budget() -> None:
+    """``@attribute(feature=...)`` on a helper called inside a task is charged."""
+    policy = Policy(budgets=[Budget(scope="feature", key="f", max_usd="0.000001")])
+    gov = Governor(policy)
+    with (
+        gov.task(team="search"),
+        attribute(feature="f"),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        ask(GovernedLiteLLM(gov), "search")
+    assert refused.value.scope == "feature:f"
+
+
+def test_attribute_inside_a_task_names_the_record_and_the_task_wins_clashes(
+    tmp_path: Path,
+) -> None:
+    """The record gets the block's feature and tags; its team loses to the task's."""
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    with Governor(spend=store) as gov, gov.task(team="search", tags={"a": "1"}):
+        with attribute(team="other", feature="f", tags={"a": "2", "x": "1"}):
+            ask_plain(GovernedLiteLLM(gov))
+        ask_plain(GovernedLiteLLM(gov))
+    records = [(r.team, r.feature, dict(r.tags)) for r in store.query()]
+    assert records == [
+        ("search", "f", {"a": "1", "x": "1"}),
+        ("search", None, {"a": "1"}),
+    ]
+
+
+def ask_plain(llm: GovernedLiteLLM) -> Any:
+    return llm.completion(
+        model="gpt-4o-mini", messages=QUESTION, mock_response="Canberra.", max_tokens=30
+    )
 
 
 def test_a_task_inside_a_task_is_charged_to_the_outer_team() -> None:
