@@ -550,8 +550,8 @@ class Governor:
         return report
 
     def _close_owned(self, task: Task) -> None:
-        """Close a one-call task; its report is only needed for its span."""
-        if task.span is not None:
+        """Close a one-call task; its report is only needed for telemetry."""
+        if task.span is not None or task.stop_reason is not None:
             self.close_task(task)
 
     # -- calls -----------------------------------------------------------

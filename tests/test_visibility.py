@@ -72,6 +72,23 @@ def test_cost_metric_carries_the_tenant_named_per_call() -> None:
     assert point.attributes["governor.team"] == "acme"
 
 
+def test_task_stops_are_counted_without_a_tracer() -> None:
+    """governor.task.stops counts stopped tasks when only metrics are set up."""
+    reader = InMemoryMetricReader()
+    provider = configure_metrics(readers=[reader])
+    gov = Governor(
+        Policy(budgets=[Budget(max_usd="0.000001")]), meter_provider=provider
+    )
+    with pytest.raises(BudgetExceeded), gov.task():
+        call(gov)
+    with pytest.raises(BudgetExceeded):
+        call(gov)  # a call of its own: a one-call task
+    stops = {
+        p.attributes["reason"]: p.value for p in points(reader, "governor.task.stops")
+    }
+    assert stops == {"budget_exceeded": 2}
+
+
 def service_name(reader: InMemoryMetricReader) -> object:
     data = reader.get_metrics_data()
     assert data is not None

@@ -113,17 +113,24 @@ class Telemetry:
             return None
 
     def end_task(self, span: Span | None, report: TaskReport) -> None:
-        """Put the task's roll-ups on its span and end it."""
+        """Count a stopped task; put the roll-ups on its span and end it."""
+        if report.stop_reason is not None:
+            self._count_stop(report.stop_reason)
         if span is None:
             return
         try:
             span.set_attributes(_task_rollups(report))
             if report.stop_reason is not None:
                 span.set_status(Status(StatusCode.ERROR, report.stop_reason))
-                self._stops.add(1, {"reason": report.stop_reason})
             span.end()
         except Exception:
             logger.warning("could not end the task span", exc_info=True)
+
+    def _count_stop(self, reason: str) -> None:
+        try:
+            self._stops.add(1, {"reason": reason})
+        except Exception:
+            logger.warning("could not count a task stop", exc_info=True)
 
     def start_span(
         self,
