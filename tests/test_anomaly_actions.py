@@ -68,12 +68,13 @@ def receiver() -> Iterator[Receiver]:
 
 
 def quiet_settings(**changes: object) -> Anomalies:
-    """Tokens on scope 'all', five one-minute intervals of history."""
+    """Tokens on scope 'all' (tightened when on), five minutes of history."""
     values: dict[str, object] = {
         "window_intervals": 5,
         "min_history_intervals": 5,
         "metrics": ("tokens",),
         "scopes": ("all",),
+        "tighten_scopes": ("all",),
         "burst_factor": 1000,
     }
     values.update(changes)
@@ -200,6 +201,16 @@ def test_auto_tighten_sends_a_tighten_request() -> None:
     settings = quiet_settings(auto_tighten="block", tighten_factor=0.25)
     (alert,) = spike(AnomalyMonitor(settings, on_tighten=requests.append))
     assert requests == [Tighten("all", "block", 0.25, alert)]
+
+
+def test_auto_tighten_leaves_scope_all_alone_unless_listed() -> None:
+    """By default one team's spike never blocks every call in the process."""
+    requests: list[Tighten] = []
+    settings = quiet_settings(auto_tighten="block", tighten_scopes=("team",))
+    alerts = spike(AnomalyMonitor(settings, on_tighten=requests.append))
+    assert ([a.scope for a in alerts], requests) == (["all"], [])
+    assert "all" not in Anomalies().tighten_scopes
+    assert "team" in Anomalies().tighten_scopes
 
 
 def test_the_tighten_comes_before_the_hooks() -> None:

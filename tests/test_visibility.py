@@ -170,8 +170,12 @@ def spike(monitor: AnomalyMonitor) -> None:
 
 
 def test_anomaly_blocks_the_scope_until_unblocked() -> None:
-    """With auto_tighten='block', a spike on a team refuses its next calls."""
-    settings = Anomalies(auto_tighten="block", scopes=("team",), cooldown_s=0)
+    """With auto_tighten='block', a spike on a team refuses its next calls.
+
+    The spike also alerts on scope 'all' (watched by default), which is not
+    blocked: other teams keep working.
+    """
+    settings = Anomalies(auto_tighten="block", cooldown_s=0)
     gov = Governor(anomalies=settings)
     spike(gov.monitor)
     with pytest.raises(ScopeBlocked) as info, gov.task(team="search"):

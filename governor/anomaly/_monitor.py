@@ -80,11 +80,18 @@ class AnomalyMonitor:
         # Tighten first: a slow hook (a pager with a timeout) must not let a
         # runaway keep spending until it returns.
         mode = self.settings.auto_tighten
-        if mode != "off" and self._on_tighten is not None and self._first(alert):
+        if self._may_tighten(alert) and self._first(alert):
             request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
             _call_safely(self._on_tighten, request)
         for hook in self._hooks:
             _call_safely(hook, alert)
+
+    def _may_tighten(self, alert: Alert) -> bool:
+        """Whether auto-tightening is on and covers the alert's kind of scope."""
+        if self.settings.auto_tighten == "off" or self._on_tighten is None:
+            return False
+        kind = alert.scope.partition(":")[0]
+        return kind in self.settings.tighten_scopes
 
     def _first(self, alert: Alert) -> bool:
         """Whether an alert may tighten its scope: once per scope per cooldown.

@@ -128,6 +128,13 @@ class Anomalies(PolicyModel):
         default="off",
         description="'lower' the alerting scope's budget, 'block' it, or 'off'",
     )
+    tighten_scopes: tuple[AlertScope, ...] = Field(
+        default=ALERT_SCOPES[1:],
+        description=(
+            "scopes auto_tighten may lower or block; 'all' (every call in the "
+            "process) only when listed here"
+        ),
+    )
     tighten_factor: float = Field(
         default=0.5,
         gt=0,
