@@ -80,18 +80,17 @@ class AnomalyMonitor:
         # Tighten first: a slow hook (a pager with a timeout) must not let a
         # runaway keep spending until it returns.
         mode = self.settings.auto_tighten
-        if self._may_tighten(alert) and self._first(alert):
+        on_tighten = self._on_tighten
+        if mode != "off" and on_tighten is not None and self._covers(alert):
             request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
-            _call_safely(self._on_tighten, request)
+            _call_safely(on_tighten, request)
         for hook in self._hooks:
             _call_safely(hook, alert)
 
-    def _may_tighten(self, alert: Alert) -> bool:
-        """Whether auto-tightening is on and covers the alert's kind of scope."""
-        if self.settings.auto_tighten == "off" or self._on_tighten is None:
-            return False
+    def _covers(self, alert: Alert) -> bool:
+        """Whether the alert's kind of scope may be tightened, and not yet was."""
         kind = alert.scope.partition(":")[0]
-        return kind in self.settings.tighten_scopes
+        return kind in self.settings.tighten_scopes and self._first(alert)
 
     def _first(self, alert: Alert) -> bool:
         """Whether an alert may tighten its scope: once per scope per cooldown.

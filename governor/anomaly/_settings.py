@@ -129,7 +129,7 @@ class Anomalies(PolicyModel):
         description="'lower' the alerting scope's budget, 'block' it, or 'off'",
     )
     tighten_scopes: tuple[AlertScope, ...] = Field(
-        default=ALERT_SCOPES[1:],
+        default=get_args(AlertScope)[1:],
         description=(
             "scopes auto_tighten may lower or block; 'all' (every call in the "
             "process) only when listed here"
