@@ -142,7 +142,8 @@ def test_reset_of_an_unknown_scope_fails(
     """reset of a scope with no line exits 1 and says so."""
     code = main(["budget", "reset", "team:none", *_store(redis_url, redis_prefix)])
     assert code == 1
-    assert "no line matches 'team:none'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no line matches 'team:none'; give a line's key" in err
 
 
 def test_the_cli_default_store_is_the_library_default() -> None:

@@ -160,6 +160,8 @@ def test_near_duplicate_outputs_fire_after_max_run() -> None:
         None,
         "near_duplicate",
     ]
+    message = verdicts[-1].message if verdicts[-1] else ""
+    assert "(lowest similarity 0.87; near_duplicate_similarity is 0.75)" in message
 
 
 def test_distinct_outputs_are_not_near_duplicates() -> None:

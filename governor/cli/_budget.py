@@ -138,7 +138,11 @@ def _reset(args: argparse.Namespace) -> int:
     elif keys:
         print("\n".join(f"reset {printable(key)}" for key in keys))
     else:
-        print(f"governor budget: no line matches {args.scope!r}", file=sys.stderr)
+        print(
+            f"governor budget: no line matches {args.scope!r}; give a line's key "
+            "as 'governor budget status' lists it, e.g. 'team:search'",
+            file=sys.stderr,
+        )
     return 0 if keys else 1
 
 

@@ -298,7 +298,9 @@ class OutputRun:
             steps=steps,
             detail=(
                 f"{run} model outputs in a row were near-duplicates of {what} "
-                f"(similarity {self._lowest[lag]:.2f} or more)"
+                f"(lowest similarity {self._lowest[lag]:.2f}; "
+                f"near_duplicate_similarity is "
+                f"{self._loops.near_duplicate_similarity:.2f})"
             ),
         )
         # The next hit needs a fresh run, whatever its lag.
