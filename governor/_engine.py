@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -54,7 +55,7 @@ from governor._slots import release as release_slots
 from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
 from governor.budgets import lines_for
 from governor.budgets._periods import calendar_ttl
-from governor.policies import Attribution, Budget, Policy
+from governor.policies import Attribution, Budget, Cache, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import (
     AsyncLedger,
@@ -76,6 +77,7 @@ from governor.telemetry._tracing import (
 if TYPE_CHECKING:
     from governor.anomaly import Anomalies, AnomalyMonitor
     from governor.spend import SpendStore
+    from governor.stores._redis import RedisLedger
 
 __all__ = ["Governor"]
 
@@ -160,7 +162,7 @@ class Governor:
         self._factors: dict[str, float] = {}
         self._tighten_version = 0
         self.monitor = self._monitor(anomalies)
-        self.recorder = _recorder(spend, self.monitor)
+        self.recorder = _recorder(spend, self.monitor, _redis_prefix(self.ledger))
         self._warned: set[tuple[str, float]] = set()
         self._warn_checked: dict[str, float] = {}
         self.slots = SlotKeeper(self.ledger)
@@ -175,15 +177,15 @@ class Governor:
 
     def _redis_bytes_client(self) -> Any:
         """The Redis ledger's server, for a cache with ``store="redis"``."""
-        connections = getattr(getattr(self.ledger, "primary", None), "_conn", None)
-        if connections is None:
+        redis_ledger = _redis_ledger(self.ledger)
+        if redis_ledger is None:
             raise ConfigError(
                 "Cache(store='redis') keeps its entries on the Redis ledger's "
                 "server, and this governor has none: build it with "
                 "Governor(policy, ledger=RedisLedger(url)), or use "
                 "Cache(store='memory')"
             )
-        return connections.bytes_client()
+        return redis_ledger.connections.bytes_client()
 
     def cache_for(
         self, policy: Policy, *, verifier: Any = None, embedding: Any = None
@@ -204,10 +206,12 @@ class Governor:
             from governor.cache import ResponseCache
 
             client = None
-            if policy.cache.store == "redis":
+            settings = policy.cache
+            if settings.store == "redis":
                 client = self._redis_bytes_client()
+                settings = _cache_under_ledger(settings, _redis_prefix(self.ledger))
             made = ResponseCache(
-                policy.cache,
+                settings,
                 redis_client=client,
                 verifier=verifier,
                 embedding_call=embedding,
@@ -1404,16 +1408,48 @@ def _check_arguments(ledger: Any, anomalies: Any) -> None:
 
 
 def _recorder(
-    spend: SpendStore | str | Path | None, monitor: Any
+    spend: SpendStore | str | Path | None, monitor: Any, ledger_prefix: str | None
 ) -> SpendRecorder | None:
+    """The spend writer; a Redis URL opens a store under the ledger's prefix."""
     observers = [monitor.observe] if monitor is not None else []
     if spend is None:
         return SpendRecorder(None, observers=observers) if observers else None
     if isinstance(spend, str | Path):
         from governor.spend import open_store
+        from governor.spend._open import is_redis_target
 
-        return SpendRecorder(open_store(spend), observers=observers)
+        prefix = ledger_prefix if is_redis_target(str(spend)) else None
+        return SpendRecorder(open_store(spend, prefix=prefix), observers=observers)
     return SpendRecorder(spend, observers=observers)
+
+
+def _redis_ledger(ledger: Ledger) -> RedisLedger | None:
+    """The Redis ledger behind ``ledger`` (a failover's primary), or None."""
+    module = sys.modules.get("governor.stores._redis")  # unloaded: no Redis ledger
+    store = getattr(ledger, "primary", ledger)
+    redis_ledger_type: type[RedisLedger] | None = getattr(module, "RedisLedger", None)
+    if redis_ledger_type is None or not isinstance(store, redis_ledger_type):
+        return None
+    return store
+
+
+def _redis_prefix(ledger: Ledger) -> str | None:
+    """The key prefix of the Redis ledger behind ``ledger``, or None."""
+    redis_ledger = _redis_ledger(ledger)
+    return redis_ledger.prefix if redis_ledger is not None else None
+
+
+def _cache_under_ledger(settings: Cache, ledger_prefix: str | None) -> Cache:
+    """A Redis cache's settings with its keys under the ledger's prefix.
+
+    Deployments that share one Redis keep apart by their ledger prefix; a
+    cache whose ``key_prefix`` is not set follows it (``<prefix>cache``, so
+    the default ledger prefix keeps the default ``governor:cache``). A
+    ``key_prefix`` set explicitly is kept.
+    """
+    if ledger_prefix is None or "key_prefix" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"key_prefix": f"{ledger_prefix}cache"})
 
 
 def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:

@@ -263,3 +263,55 @@ def test_a_governor_with_a_redis_ledger_shares_its_cache_in_redis(
         ledger.close()
     stored = redis.Redis.from_url(redis_url).keys(f"{redis_prefix}cache:e:*")
     assert (hits, len(stored)) == ([0, 1], 1)
+
+
+def test_governors_with_distinct_ledger_prefixes_never_share_a_cache_entry(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A Redis cache without key_prefix lives under its ledger's prefix.
+
+    Two deployments that share one Redis with distinct ledger prefixes (as
+    docs/budgets-redis.md advises) must not serve each other's answers; a
+    second governor on the same ledger prefix still shares the entry.
+    """
+    from governor import Governor, Policy
+    from governor.adapters.litellm import GovernedLiteLLM
+    from governor.stores import RedisLedger
+    from governor.testing import install_offline_provider
+
+    install_offline_provider(speed=0)
+    policy = Policy(cache=Cache(store="redis", embedder="hashing"))
+    messages = [{"role": "user", "content": "What is our refund policy?"}]
+    prefixes = [f"{redis_prefix}a:", f"{redis_prefix}b:", f"{redis_prefix}a:"]
+    hits = []
+    for prefix in prefixes:
+        ledger = RedisLedger(redis_url, prefix=prefix)
+        governor = Governor(policy, ledger=ledger)
+        with governor.task() as task:
+            GovernedLiteLLM(governor).completion(
+                model="offline/gpt-4o-mini", messages=messages, max_tokens=20
+            )
+        hits.append(task.report().cache_hits)
+        ledger.close()
+    client = redis.Redis.from_url(redis_url)
+    stored = [len(client.keys(f"{redis_prefix}{d}:cache:e:*")) for d in "ab"]
+    client.close()
+    assert (hits, stored) == ([0, 0, 1], [1, 1])
+
+
+def test_a_default_ledger_prefix_keeps_the_default_cache_prefix(
+    redis_url: str,
+) -> None:
+    """RedisLedger's default prefix keeps the cache at governor:cache.
+
+    Entries stored before the cache followed the ledger stay readable. Making
+    the cache writes nothing to Redis.
+    """
+    from governor import Governor, Policy
+    from governor.stores import RedisLedger
+
+    policy = Policy(cache=Cache(store="redis", embedder="hashing"))
+    ledger = RedisLedger(redis_url)
+    cache = Governor(policy, ledger=ledger).cache_for(policy)
+    ledger.close()
+    assert cache.store_backend._p == "governor:cache"

@@ -11,6 +11,7 @@ import pytest
 from conftest import MOCK_COST, SpanCapture
 from governor import Budget, BudgetExceeded, Governor, Policy, StoreUnavailable
 from governor.adapters.litellm import GovernedLiteLLM
+from governor.spend import RedisSpendStore
 from governor.stores import FailoverLedger, RedisConfig, RedisLedger
 
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
@@ -128,3 +129,41 @@ def test_a_timed_out_async_call_on_redis_is_recorded_as_charged(
     assert charged > 0
     assert (reports[0].cost_usd, [r.cost_usd for r in records]) == (charged, [charged])
     assert [s.name for s in capture.calls()] == ["chat openai/gpt-4o-mini"]
+
+
+def test_spend_records_land_under_the_ledger_prefix(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """spend='redis://...' writes under the RedisLedger's prefix.
+
+    Two deployments sharing one Redis with distinct ledger prefixes keep
+    their records apart, so a report of one never counts the other's calls.
+    """
+    for name in ("a", "b"):
+        ledger = RedisLedger(redis_url, prefix=f"{redis_prefix}{name}:")
+        gov = Governor(Policy(), ledger=ledger, spend=redis_url)
+        with gov.task(team=f"team-{name}"):
+            call(gov)
+        gov.close()
+        ledger.close()
+    teams = {}
+    for name in ("a", "b"):
+        with RedisSpendStore.from_url(redis_url, prefix=f"{redis_prefix}{name}:") as s:
+            teams[name] = [record.team for record in s.query()]
+            assert s.hash_key == f"{redis_prefix}{name}:{{spend}}:h"
+    assert teams == {"a": ["team-a"], "b": ["team-b"]}
+
+
+def test_a_default_ledger_prefix_keeps_spend_under_governor(redis_url: str) -> None:
+    """With RedisLedger's default prefix, spend stays at governor:{spend}.
+
+    So records written before the store followed the ledger stay readable;
+    nothing is written here.
+    """
+    ledger = RedisLedger(redis_url)
+    gov = Governor(Policy(), ledger=ledger, spend=redis_url)
+    assert gov.recorder is not None
+    assert isinstance(gov.recorder.store, RedisSpendStore)
+    assert gov.recorder.store.hash_key == "governor:{spend}:h"
+    gov.close()
+    ledger.close()

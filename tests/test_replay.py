@@ -13,7 +13,7 @@ import pytest
 from governor import Budget, Policy
 from governor._replay import load_policy, replay
 from governor.cli import main
-from governor.spend import JsonlSpendStore, SpendRecord
+from governor.spend import JsonlSpendStore, RedisSpendStore, SpendRecord
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 # gpt-4o: $2.50 / $10 per million; gpt-4o-mini: $0.15 / $0.60.
@@ -208,3 +208,33 @@ def test_an_upper_case_json_suffix_is_read_as_json(tmp_path: Path) -> None:
     policy_file = tmp_path / "POLICY.JSON"
     policy_file.write_text('{"name": "upper"}')
     assert load_policy(str(policy_file)).name == "upper"
+
+
+def test_replay_and_compare_read_the_redis_store_under_prefix(
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prefix picks one deployment's records out of a shared Redis."""
+    for name, tasks in (("a", 2), ("b", 3)):
+        prefix = f"{redis_prefix}{name}:"
+        with RedisSpendStore.from_url(redis_url, prefix=prefix) as store:
+            store.record_many(records(tasks, 1))
+    source = ["--db", redis_url, "--prefix", f"{redis_prefix}a:"]
+    assert main(["replay", *source, "--json"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    swap = ["--model", "gpt-4o=gpt-4o-mini", "--json"]
+    assert main(["compare", *source, *swap]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert (replayed["tasks"], compared["a"]["tasks"]) == (2, 2)
+
+
+def test_replay_refuses_a_prefix_for_a_store_that_is_not_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prefix with a JSONL trace exits 2 and says what to do."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    for command in (["replay"], ["compare", "--model", "gpt-4o=gpt-4o-mini"]):
+        code = main([*command, "--db", str(trace), "--prefix", "deployA:"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "a key prefix applies only to a Redis spend store" in err

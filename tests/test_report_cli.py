@@ -19,7 +19,12 @@ import pytest
 from conftest import free_port
 from governor.cli import main
 from governor.cli._report import parse_when
-from governor.spend import JsonlSpendStore, SpendRecord, SQLiteSpendStore
+from governor.spend import (
+    JsonlSpendStore,
+    RedisSpendStore,
+    SpendRecord,
+    SQLiteSpendStore,
+)
 from governor.spend._png import encode_png
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -577,3 +582,46 @@ def test_wide_characters_keep_the_table_columns_aligned(
     _, out, _ = run(capsys, "--db", str(path), "--by", "team")
     block = out.split("By team\n", 1)[1].splitlines()[:3]
     assert len({width(line) for line in block}) == 1
+
+
+def test_prefix_reads_only_that_deployments_redis_records(
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prefix X reads the Redis store under X only, and says so."""
+    for name, team in (("a", "search"), ("b", "ads")):
+        prefix = f"{redis_prefix}{name}:"
+        with RedisSpendStore.from_url(redis_url, prefix=prefix) as store:
+            rows = [replace(record(i), team=team) for i in range(3)]
+            store.record_many(rows)
+    prefix = f"{redis_prefix}a:"
+    code, out, err = run(
+        capsys, "--db", redis_url, "--prefix", prefix, "--by", "team", "--format",
+        "json",
+    )  # fmt: skip
+    groups = json.loads(out)["groups"]["team"]
+    assert (code, err) == (0, "")
+    assert [(g["key"], g["calls"]) for g in groups] == [("search", 3)]
+    _, table, _ = run(capsys, "--db", redis_url, "--prefix", prefix, "--by", "team")
+    assert table.startswith(f"Spend in {redis_url} (prefix {prefix}): ")
+
+
+def test_prefix_with_a_store_that_is_not_redis_exits_2(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prefix names Redis keys: with a SQLite store it is a bad option."""
+    code, out, err = run(capsys, "--db", db, "--prefix", "deployA:")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"governor report: a key prefix applies only to a Redis spend store, and "
+        f"{db!r} is not one: drop the prefix, or name the redis:// URL that "
+        "holds the records\n"
+    )
+
+
+def test_a_prefix_with_a_brace_exits_2(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A brace in --prefix would move the {spend} hash tag: refused."""
+    code, _, err = run(capsys, "--db", redis_url, "--prefix", "deployA:{spend}:")
+    assert code == 2
+    assert "must be free of '{' and '}'" in err

@@ -53,6 +53,13 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         help="spend store to read (default: GOVERNOR_SPEND_DB or "
         ".governor/spend.sqlite3); a .jsonl path reads a JSONL trace",
     )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        metavar="PREFIX",
+        help="key prefix of a redis:// store: the RedisLedger prefix of the "
+        "deployment that recorded it (default: governor:)",
+    )
     parser.add_argument("--task", action="append", default=[], help="only these tasks")
 
 
@@ -60,25 +67,34 @@ def load_records(args: argparse.Namespace) -> list[Any] | None:
     """Read the records the arguments name, or print why not and return None."""
     from pathlib import Path
 
+    from governor._errors import ConfigError
     from governor.spend import default_spend_target, open_store
+    from governor.spend._open import check_prefix, is_redis_target
 
     target = args.db or default_spend_target()
-    is_url = target.startswith(("redis://", "rediss://", "unix://"))
-    if not is_url and not Path(target).exists():
+    try:
+        check_prefix(target, args.prefix)
+    except ConfigError as exc:
+        print(f"governor: --prefix: {exc}", file=sys.stderr)
+        return None
+    if not is_redis_target(target) and not Path(target).exists():
         print(
             f"governor: no spend store at {target}; run `governor demo` or "
             "point --db at a store or JSONL trace",
             file=sys.stderr,
         )
         return None
-    records = list(open_store(target, existing=True).query())
+    store = open_store(target, existing=True, prefix=args.prefix)
+    records = list(store.query())
     if args.task:
         wanted = set(args.task)
         missing = sorted(wanted - {r.task_id for r in records})
         if missing:
+            prefix = "" if args.prefix is None else f" --prefix {args.prefix}"
             print(
                 f"governor: no recorded call of task(s) {', '.join(missing)} in "
-                f"{target}; `governor report --db {target} --by task` lists them",
+                f"{target}; `governor report --db {target}{prefix} --by task` "
+                "lists them",
                 file=sys.stderr,
             )
             return None

@@ -45,6 +45,12 @@ def register(sub: Any, name: str, help_text: str) -> None:
         "(default: $GOVERNOR_SPEND_DB, else ./.governor/spend.sqlite3)",
     )
     parser.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        help="key prefix of a redis:// store: the RedisLedger prefix of the "
+        "deployment that recorded it (default: governor:)",
+    )
+    parser.add_argument(
         "--since",
         metavar="WHEN",
         help="ISO date/time (UTC if no zone) or 30m/12h/7d/2w before now",
@@ -136,9 +142,12 @@ class _Unreachable(Exception):
 
 def _read_options(args: argparse.Namespace) -> _Query:
     """Check the options that need no store: times, groupings, filters, files."""
+    from governor.spend import default_spend_target
     from governor.spend._aggregate import check_grouping
+    from governor.spend._open import check_prefix
     from governor.spend._store import check_filters
 
+    check_prefix(args.db or default_spend_target(), args.prefix)
     now = datetime.now(UTC)
     since = parse_when(args.since, now=now) if args.since else None
     until = parse_when(args.until, now=now) if args.until else None
@@ -185,7 +194,7 @@ def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, s
 
     target = args.db or default_spend_target()
     _check_store_path(target)
-    store = open_store(target, existing=True)
+    store = open_store(target, existing=True, prefix=args.prefix)
     try:
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
@@ -195,7 +204,8 @@ def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, s
         raise
     finally:
         store.close()
-    return dataclasses.replace(summary, by=query.shown), target
+    label = target if args.prefix is None else f"{target} (prefix {args.prefix})"
+    return dataclasses.replace(summary, by=query.shown), label
 
 
 def _redis_down(target: str, exc: Exception) -> bool:

@@ -11,7 +11,14 @@ from governor.spend._record import SpendDataError
 from governor.spend._redis import RedisSpendStore
 from governor.spend._sqlite import SQLiteSpendStore
 
-__all__ = ["DEFAULT_SPEND_PATH", "ENV_SPEND_DB", "default_spend_target", "open_store"]
+__all__ = [
+    "DEFAULT_SPEND_PATH",
+    "ENV_SPEND_DB",
+    "check_prefix",
+    "default_spend_target",
+    "is_redis_target",
+    "open_store",
+]
 
 ENV_SPEND_DB = "GOVERNOR_SPEND_DB"
 """Environment variable naming the spend store: a SQLite file, a ``.jsonl``
@@ -22,33 +29,51 @@ DEFAULT_SPEND_PATH = Path(".governor") / "spend.sqlite3"
 
 AnySpendStore = SQLiteSpendStore | JsonlSpendStore | RedisSpendStore
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_DEFAULT_REDIS_PREFIX = "governor:"
+
 
 def default_spend_target() -> str:
     """Return ``$GOVERNOR_SPEND_DB``, else ``./.governor/spend.sqlite3``."""
     return os.environ.get(ENV_SPEND_DB) or str(DEFAULT_SPEND_PATH)
 
 
+def is_redis_target(target: str) -> bool:
+    """Whether ``target`` names a Redis spend store (a Redis URL)."""
+    return target.startswith(_REDIS_SCHEMES)
+
+
 def open_store(
-    target: str | Path | None = None, *, existing: bool = False
+    target: str | Path | None = None,
+    *,
+    existing: bool = False,
+    prefix: str | None = None,
 ) -> AnySpendStore:
     """Open the spend store named by ``target`` (default: :func:`default_spend_target`).
 
-    ``redis://`` and ``rediss://`` URLs open a :class:`RedisSpendStore`, a path
-    ending in ``.jsonl`` a :class:`JsonlSpendStore`, any other path a
-    :class:`SQLiteSpendStore` (created with its folders when missing).
+    ``redis://``, ``rediss://`` and ``unix://`` URLs open a
+    :class:`RedisSpendStore`, a path ending in ``.jsonl`` a
+    :class:`JsonlSpendStore`, any other path a :class:`SQLiteSpendStore`
+    (created with its folders when missing).
 
     Args:
         target: the store's path or URL.
         existing: for readers: refuse a SQLite file that is not already a
             spend store, rather than adding a table to someone's database.
+        prefix: the key prefix of a Redis store (default ``governor:``); only
+            for Redis URLs.
 
     Raises:
+        ConfigError: ``prefix`` is given for a store that is not Redis, or
+            holds a brace.
         SpendDataError: ``existing`` is set and the SQLite file holds no
             spend table.
     """
     text = str(target) if target is not None else default_spend_target()
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        return RedisSpendStore.from_url(text)
+    check_prefix(text, prefix)
+    if is_redis_target(text):
+        chosen = _DEFAULT_REDIS_PREFIX if prefix is None else prefix
+        return RedisSpendStore.from_url(text, prefix=chosen)
     scheme, sep, _ = text.partition("://")
     if sep and scheme.isalnum():
         raise ConfigError(
@@ -66,6 +91,31 @@ def open_store(
     if existing:
         _check_spend_database(Path(text))
     return SQLiteSpendStore(text)
+
+
+def check_prefix(target: str, prefix: str | None) -> None:
+    """Refuse a key prefix for a store that is not Redis, or one with braces.
+
+    Braces would move the ``{spend}`` Redis Cluster hash tag that keeps both
+    keys of a store in one slot.
+
+    Raises:
+        ConfigError: what was wrong and what to give instead.
+    """
+    if prefix is None:
+        return
+    if not is_redis_target(target):
+        raise ConfigError(
+            f"a key prefix applies only to a Redis spend store, and {target!r} "
+            "is not one: drop the prefix, or name the redis:// URL that holds "
+            "the records"
+        )
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError(
+            f"Redis spend prefix {prefix!r} must be free of '{{' and '}}': the "
+            "store adds the {spend} hash tag itself; give the prefix alone, "
+            "e.g. 'deployA:' for keys deployA:{spend}:h and deployA:{spend}:z"
+        )
 
 
 def _check_spend_database(path: Path) -> None:
