@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,9 @@ __all__ = [
     "Admission",
     "CallRequest",
     "CallResult",
+    "SpendMeter",
+    "current_meter",
+    "metering",
     "plain_text_prompt",
     "prompt_byte_bound",
 ]
@@ -117,6 +123,44 @@ class CallRequest:
     def priced_model(self) -> str:
         """The name the call is priced under: the model, with its provider."""
         return priced_name(self.model, self.provider)
+
+
+class SpendMeter:
+    """What the governed calls made while it was active cost, in nanodollars.
+
+    A call is metered when it is admitted in the meter's context and counted
+    when it settles, wherever that happens (a stream read later, say).
+    """
+
+    def __init__(self) -> None:
+        self.nanos = 0
+        self._lock = threading.Lock()
+
+    def add(self, nanos: int) -> None:
+        """Count one settled call's charge."""
+        with self._lock:
+            self.nanos += nanos
+
+
+_METER: contextvars.ContextVar[SpendMeter | None] = contextvars.ContextVar(
+    "governor_spend_meter", default=None
+)
+
+
+def current_meter() -> SpendMeter | None:
+    """The meter calls admitted here are counted on, if one is active."""
+    return _METER.get()
+
+
+@contextlib.contextmanager
+def metering() -> Iterator[SpendMeter]:
+    """Count the cost of every governed call admitted inside the block."""
+    meter = SpendMeter()
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)

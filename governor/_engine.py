@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import sys
@@ -33,6 +34,7 @@ from governor._calls import (
     Admission,
     CallRequest,
     CallResult,
+    current_meter,
     priced_name,
     prompt_byte_bound,
 )
@@ -149,6 +151,7 @@ class Governor:
             self._redis_bytes_client()  # refuse now, not at the first call
         self.rate_card = rate_card or RateCard(self.policy.pricing)
         self._rate_cards: dict[str, RateCard] = {}
+        self._warned_tier_order = False
         self.check_tier_prices(self.policy)
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
@@ -465,10 +468,34 @@ class Governor:
             The :class:`Task`, whose ``report()`` gives its totals.
         """
         task = self.open_task(task_id, policy=policy, attribution=attribution, **scopes)
+        with self._running(task):
+            yield task
+
+    @contextlib.contextmanager
+    def request_task(self, attribution: Attribution | None = None) -> Iterator[Task]:
+        """Run several calls that answer one request, made outside any task,
+        as one task: their budget checks see each other's spend.
+
+        Like a one-call task it is not counted among the open tasks, and its
+        budget lines live as long as a hold after their last change. Adapters
+        use it (a cascade's tiers); code of your own opens :meth:`task`.
+
+        Args:
+            attribution: the scope values the calls name (LiteLLM
+                ``metadata``), charged as a one-call task would be.
+        """
+        task = self._new_task(None, None, attribution, {})
+        task.extras["one_call"] = True
+        with self._running(task):
+            yield task
+
+    @contextlib.contextmanager
+    def _running(self, task: Task) -> Iterator[None]:
+        """Make ``task`` current for the block; record why it stopped; close it."""
         token = _CURRENT.set(task)
         try:
             with _current(task.span):
-                yield task
+                yield
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
@@ -739,6 +766,9 @@ class Governor:
             admission.extras["attribution"] = named
         if prompt_key is not None:
             admission.extras["prompt_key"] = prompt_key
+        meter = current_meter()
+        if meter is not None:
+            admission.extras["meter"] = meter
         return admission
 
     def _named_by_call(self, task: Task, request: CallRequest) -> Attribution | None:
@@ -807,12 +837,35 @@ class Governor:
         if policy.cascade is None:
             return
         card = self.rate_card_for(policy)
+        rates = []
         for tier in policy.cascade.tiers:
             provider = tier.params.get("custom_llm_provider")
             try:
-                card.rate(priced_name(tier.model, str(provider) if provider else None))
+                name = priced_name(tier.model, str(provider) if provider else None)
+                rates.append((tier.name, card.rate(name)))
             except PriceUnknown as exc:
                 raise ConfigError(f"cascade tier {tier.name!r}: {exc}") from exc
+        self._check_tier_order(rates)
+
+    def _check_tier_order(self, rates: Sequence[tuple[str, Rate]]) -> None:
+        """Warn once when a tier costs more per token than the one after it."""
+        if self._warned_tier_order:
+            return
+        for (name, rate), (later, next_rate) in itertools.pairwise(rates):
+            if rate.usd_per_second is not None or next_rate.usd_per_second is not None:
+                continue  # priced by time: no per-token order to compare
+            price = rate.input_per_token + rate.output_per_token
+            next_price = next_rate.input_per_token + next_rate.output_per_token
+            if price > next_price:
+                self._warned_tier_order = True
+                logger.warning(
+                    "cascade tier %r costs more per token than the tier after "
+                    "it, %r: a cascade tries tiers in order, so it pays for the "
+                    "dearer one first. List the tiers cheapest first. Logged once.",
+                    name,
+                    later,
+                )
+                return
 
     def rate_card_for(self, policy: Policy) -> RateCard:
         """The prices a task under ``policy`` pays (its pricing override, if any).
@@ -1077,6 +1130,9 @@ class Governor:
                 request.node,
                 admission.extras.get("prompt_key"),
             )
+        meter = admission.extras.get("meter")
+        if meter is not None:
+            meter.add(nanos)
         cost = nanos_to_usd(nanos)
         cost_f = nanos / NANOS_PER_USD  # the same double as float(cost)
         duration = time.monotonic() - admission.started_at

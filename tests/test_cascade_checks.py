@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from governor.cascade import (
     NonEmpty,
     NotRefusal,
     PythonParses,
+    ToolCall,
     UserCheck,
     ValidJson,
     build_check,
@@ -332,3 +334,62 @@ def test_a_policy_json_check_with_an_unsupported_keyword_fails_when_built() -> N
         Cascade(
             tiers=["gpt-4o"], checks=[{"kind": "json", "json_schema": {"$ref": "x"}}]
         )
+
+
+TOOL_CALL = ToolCall("get_weather", '{"city": "Paris"}')
+
+
+def test_an_answer_that_calls_tools_is_not_empty_nor_a_refusal() -> None:
+    """A tool call with no text passes non_empty and not_refusal."""
+    answer = Answer("", tool_calls=(TOOL_CALL,))
+    results = [NonEmpty()(answer, []), NotRefusal()(answer, [])]
+    assert [(r.passed, r.reason) for r in results] == [
+        (True, "calls 1 tool(s): get_weather"),
+        (True, "calls 1 tool(s): get_weather"),
+    ]
+
+
+def test_the_json_check_validates_tool_call_arguments() -> None:
+    """With tool calls, the json check parses each call's arguments (and schema)."""
+    schema = {"type": "object", "required": ["city"]}
+    good = Answer("Let me look.", tool_calls=(TOOL_CALL,))
+    broken = Answer("", tool_calls=(TOOL_CALL, ToolCall("search", "{'q': 1}")))
+    missing = Answer("", tool_calls=(ToolCall("get_weather", "{}"),))
+    assert ValidJson(schema)(good, []).passed is True
+    assert ValidJson()(broken, []).reason.startswith(
+        "tool call 'search' arguments: not valid JSON"
+    )
+    assert ValidJson(schema)(missing, []).reason.startswith(
+        "tool call 'get_weather' arguments: schema:"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["False", (False, "wrong"), {"passed": False}, None, float("nan"), 0],
+    ids=["str", "tuple", "dict", "none", "nan", "int"],
+)
+def test_a_user_check_returning_neither_bool_nor_result_is_refused(
+    value: object,
+) -> None:
+    """Only True, False or a CheckResult count; anything else names the check."""
+    check = UserCheck(lambda answer, history: value, name="callable:mine")
+    kind = type(value).__name__
+    with pytest.raises(ConfigError, match=rf"'callable:mine' returned {kind} .*True"):
+        check(Answer("x"), [])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), None, "8", True],
+    ids=["nan", "inf", "none", "str", "bool"],
+)
+def test_a_judge_returning_no_finite_number_is_refused(value: object) -> None:
+    """A judge's score must be a finite number; nothing is guessed."""
+
+    def judge(answer: Answer, history: object) -> Any:
+        return value
+
+    check = Judge(judge, min_score=7.0, name="judge:j")
+    with pytest.raises(ConfigError, match=r"'judge:j' returned .*finite number"):
+        check(Answer("x"), [])

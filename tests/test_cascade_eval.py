@@ -275,3 +275,59 @@ def test_tier_missing_from_the_data_is_a_config_error() -> None:
     cascade = Cascade(tiers=[Tier(name="x", model="not-in-data")])
     with pytest.raises(ConfigError, match="no row records every model"):
         report("x", cascade, load_routerbench(SAMPLE))
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        ({"score": 7}, r"score 7.0; a score is a number in \[0, 1\]"),
+        ({"score": "nan"}, r"score nan"),
+        ({"cost_usd": "-5"}, r"cost_usd -5; a cost is a finite number"),
+        ({"cost_usd": "NaN"}, r"cost_usd NaN"),
+        ({"cost_usd": "Infinity"}, r"cost_usd Infinity"),
+        ({"judge_cost_usd": "-1"}, r"judge_cost_usd -1"),
+    ],
+    ids=["score-7", "score-nan", "cost-negative", "cost-nan", "cost-inf", "judge"],
+)
+def test_an_unusable_score_or_cost_names_its_file_and_line(
+    tmp_path: Path, outcome: dict[str, object], message: str
+) -> None:
+    """Scores outside [0, 1] and negative or non-finite costs are refused."""
+    second = json.loads(json.dumps(TWO_ROWS[1]))
+    second["outcomes"]["small"].update(outcome)
+    path = _jsonl(tmp_path / "rows.jsonl", [TWO_ROWS[0], second])
+    with pytest.raises(
+        ConfigError, match="^rows.jsonl:2: model 'small' has " + message
+    ):
+        load_jsonl(path)
+
+
+def test_a_line_that_is_not_json_names_its_file_and_line(tmp_path: Path) -> None:
+    """A broken second line is reported as rows.jsonl:2, not 'line 1'."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(TWO_ROWS[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^rows.jsonl:2: not a JSON line"):
+        load_jsonl(path)
+
+
+def test_cli_refuses_a_file_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 file exits 2 saying it is not UTF-8."""
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        json.dumps(TWO_ROWS[0]).replace("prime", "premi\u00e8re").encode("latin-1")
+    )
+    code = main(["eval", "cascade", str(path), "--policy", "routerbench-3tier"])
+    assert code == 2
+    assert "latin1.jsonl: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_candidate_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    """A policy file's candidate given as a string names the candidate."""
+    path = tmp_path / "pol.json"
+    path.write_text(json.dumps({"candidates": {"x": {"tiers": ["a"]}, "y": "oops"}}))
+    with pytest.raises(
+        ConfigError, match=r"candidate 'y' is a str; expected a Cascade"
+    ):
+        load_policy(str(path))

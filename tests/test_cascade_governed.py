@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import litellm
 import pytest
 
 from conftest import SpanCapture
 from governor import Budget, Cascade, ConfigError, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
-from governor.cascade import CascadeBudgetExceeded
-from governor.policies._cascade import MatchCheck, Retry, Tier
+from governor.cascade import CascadeBudgetExceeded, ToolCall
+from governor.policies._cascade import JudgeCheck, MatchCheck, Retry, Tier
+from governor.pricing import Usage
 from governor.telemetry import attributes as attr
 from governor.testing import OfflineAnswer, install_offline_provider
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+            },
+        },
+    }
+]
 QUESTION = "Which gas do plants absorb? A) oxygen B) carbon dioxide. Reply A or B."
 CASCADE = Cascade(
     tiers=[
@@ -212,3 +230,144 @@ def test_litellm_fallbacks_inside_a_cascade_are_refused() -> None:
         GovernedLiteLLM(gov).cascade(
             [{"role": "user", "content": QUESTION}], fallbacks=["offline/gpt-4o"]
         )
+
+
+FOUR_TIERS = Cascade(
+    tiers=[
+        Tier(name="t1", model="offline/gpt-4o-mini"),
+        Tier(name="t2", model="offline/gpt-4.1-mini"),
+        Tier(name="t3", model="offline/gpt-4.1"),
+        Tier(name="t4", model="offline/gpt-4o"),
+    ],
+    checks=[MatchCheck(pattern=r"^[AB]$")],
+    check_last_tier=True,
+    on_all_rejected="return",
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_outside_a_task_the_task_budget_bounds_the_whole_cascade(
+    mode: str, tmp_path: Path, capture: SpanCapture
+) -> None:
+    """cascade() with no task open is one task: the budget sees every tier."""
+    install_offline_provider(lambda model, messages, tools: "x " * 90, speed=0)
+    spend = tmp_path / "spend.jsonl"
+    limit = Decimal("0.0012")
+    policy = Policy(cascade=FOUR_TIERS, budgets=[Budget(max_usd=limit)])
+    gov = Governor(policy, spend=spend, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+    messages = [{"role": "user", "content": QUESTION}]
+    metadata = {"team": "search"}
+    if mode == "sync":
+        result = llm.cascade(messages, max_tokens=100, metadata=metadata)
+    else:
+        result = asyncio.run(llm.acascade(messages, max_tokens=100, metadata=metadata))
+    gov.close()
+    records = [json.loads(line) for line in spend.read_text().splitlines()]
+    assert [a.outcome for a in result.attempts][-1] == "skipped"
+    assert len({r["task_id"] for r in records}) == 1
+    assert sum(Decimal(r["cost_usd"]) for r in records) == result.cost_usd <= limit
+    assert {r["team"] for r in records} == {"search"}
+    assert attr.CASCADE_SAVED_USD in capture.task().attributes
+
+
+def test_a_revoked_key_rests_the_cheap_tier_for_that_key_only() -> None:
+    """One tenant's auth error does not send other tenants to the premium tier."""
+
+    def completion(**kwargs: Any) -> Any:
+        if kwargs["model"] == "gpt-4o-mini" and kwargs["api_key"] == "sk-revoked":
+            raise litellm.AuthenticationError("bad key", "openai", kwargs["model"])
+        return litellm.completion(**{**kwargs, "mock_response": "B"})
+
+    cascade = Cascade(tiers=["gpt-4o-mini", "gpt-4o"])
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov, completion=completion)
+    answered = []
+    for key in ("sk-revoked", "sk-good", "sk-revoked"):
+        with gov.task():
+            result = llm.cascade([{"role": "user", "content": QUESTION}], api_key=key)
+        answered.append([a.outcome for a in result.attempts])
+    assert answered == [["error", "accepted"], ["accepted"], ["skipped", "accepted"]]
+
+
+def test_a_tool_call_answer_passes_the_default_checks() -> None:
+    """Both tiers call a tool: the cheap tier's call is accepted by default checks."""
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    install_offline_provider(
+        lambda model, messages, tools: OfflineAnswer(tool_calls=[call]), speed=0
+    )
+    cascade = Cascade(tiers=CASCADE.tiers, check_last_tier=True)
+    gov = Governor(Policy(cascade=cascade))
+    with gov.task():
+        result = GovernedLiteLLM(gov).cascade(
+            [{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS
+        )
+    assert (result.tier.name, result.accepted) == ("cheap", True)
+    assert result.answer.tool_calls == (ToolCall("get_weather", '{"city": "Paris"}'),)
+
+
+def test_a_judges_own_calls_are_in_the_cascade_cost_and_the_saving(
+    capture: SpanCapture,
+) -> None:
+    """A judge calling a model through the governor: its cost is the run's too."""
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        return "9" if "Rate this" in messages[-1]["content"] else "B"
+
+    install_offline_provider(responder, speed=0)
+    cascade = CASCADE.model_copy(
+        update={"checks": (JudgeCheck(judge=f"{__name__}:judge", min_score=7),)}
+    )
+    gov = Governor(Policy(cascade=cascade), tracer_provider=capture.provider)
+    JUDGE_CLIENT[:] = [GovernedLiteLLM(gov)]
+    with gov.task() as task:
+        result = JUDGE_CLIENT[0].cascade([{"role": "user", "content": QUESTION}])
+    report = task.report()
+    assert (report.calls, result.tier.name) == (2, "cheap")
+    assert result.cost_usd == report.cost_usd > result.attempts_cost_usd
+    assert result.other_cost_usd == report.cost_usd - result.attempts[0].cost_usd
+    saved = capture.task().attributes[attr.CASCADE_SAVED_USD]
+    usage = result.answer.raw.usage
+    premium = Governor(Policy()).rate_card.rate("offline/gpt-4o")
+    would_cost = premium.cost(Usage(usage.prompt_tokens, usage.completion_tokens))
+    assert saved == pytest.approx(float(would_cost.usd - report.cost_usd))
+
+
+JUDGE_CLIENT: list[GovernedLiteLLM] = []
+
+
+def judge(answer: Any, history: Any) -> float:
+    """A judge model called through the governed client."""
+    response = JUDGE_CLIENT[0].completion(
+        model="offline/gpt-4o",
+        max_tokens=5,
+        messages=[{"role": "user", "content": "Rate this answer: " + answer.text}],
+    )
+    return float(response.choices[0].message.content)
+
+
+def test_tiers_listed_dearest_first_are_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tier costing more per token than the next one logs one warning."""
+    caplog.set_level(logging.WARNING, logger="governor")
+    reversed_tiers = Cascade(tiers=["gpt-4o", "gpt-4o-mini"])
+    gov = Governor(Policy(cascade=reversed_tiers))
+    gov.check_tier_prices(Policy(cascade=reversed_tiers))
+    Governor(Policy(cascade=Cascade(tiers=["gpt-4o-mini", "gpt-4o"])))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "'gpt-4o' costs more per token than the tier after it" in warnings[0]
+
+
+def test_a_judge_registered_by_name_reaches_the_cascade() -> None:
+    """GovernedLiteLLM(callables=...) resolves the names a policy uses."""
+    install_offline_provider(respond("B"), speed=0)
+    cascade = CASCADE.model_copy(
+        update={"checks": (JudgeCheck(judge="strict", min_score=7),)}
+    )
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov, callables={"strict": lambda answer, history: 9})
+    with gov.task():
+        result = llm.cascade([{"role": "user", "content": QUESTION}])
+    assert result.attempts[0].checks[0].reason == "judge scored 9, at least 7"

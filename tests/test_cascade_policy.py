@@ -80,3 +80,37 @@ def test_negative_backoff_is_refused_with_accepted_forms() -> None:
     """A negative backoff names the field and what it accepts."""
     with pytest.raises(PolicyError, match=r"backoff_initial_s.*seconds before"):
         Retry(backoff_initial_s=-1)
+
+
+def test_a_cooldown_longer_than_its_cap_is_refused() -> None:
+    """cooldown_s above max_cooldown_s names both and what to change."""
+    with pytest.raises(PolicyError, match=r"cooldown_s \(600\) exceeds max_cooldown_s"):
+        Retry(cooldown_s=600)
+    with pytest.raises(PolicyError, match="max_cooldown_s"):
+        Retry(max_cooldown_s=-1)
+    assert Retry().max_cooldown_s == 300.0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"stream": True}, {"stream_options": {"include_usage": True}}],
+    ids=["stream", "stream_options"],
+)
+def test_streaming_params_in_a_tier_are_refused(params: dict[str, object]) -> None:
+    """A tier cannot stream: its whole answer must be checked first."""
+    with pytest.raises(PolicyError, match="a cascade cannot stream"):
+        Tier(name="cheap", model="gpt-4o-mini", params=params)
+
+
+def test_the_same_model_and_params_twice_are_refused() -> None:
+    """A second tier repeating the first's model and params is refused."""
+    with pytest.raises(PolicyError, match=r"tiers 'a' and 'b' send the same model"):
+        Cascade(tiers=["m", Tier(name="a", model="x"), Tier(name="b", model="x")])
+    other = Tier(name="b", model="x", params={"temperature": 1})
+    assert len(Cascade(tiers=[Tier(name="a", model="x"), other]).tiers) == 2
+
+
+def test_a_blank_tier_name_is_refused() -> None:
+    """A name of spaces is refused like an empty one."""
+    with pytest.raises(PolicyError, match="must not be blank"):
+        Tier(name="  ", model="gpt-4o-mini")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,7 @@ from governor.cascade import (
     Retry,
     Tier,
     classify_error,
+    cooldown_key,
     retry_after_s,
     tenacity_wait,
 )
@@ -511,3 +513,130 @@ def test_every_attempt_names_the_tier_model_whatever_the_answer_says() -> None:
         ("cheap", "m-cheap"),
         ("mid", "m-mid"),
     ]
+
+
+class AuthenticationError(Exception):
+    """Named like LiteLLM's revoked-key error."""
+
+
+def test_a_rest_is_capped_at_max_cooldown_s() -> None:
+    """A 429 asking for an hour rests the model max_cooldown_s, not an hour."""
+    cooldowns = CooldownRegistry(Clock())
+    call, _sent = scripted(
+        {"m-cheap": [ProviderError(429, {"retry-after": "3600"})], "m-mid": ["ok"]}
+    )
+    retry = Retry(jitter_s=0, max_cooldown_s=300)
+    CascadeRunner(policy(retry=retry), cooldowns=cooldowns).run("q", call=call)
+    assert cooldowns.remaining_s("m-cheap") == 300.0
+
+
+def test_a_failing_key_rests_the_model_for_that_key_only() -> None:
+    """Runs keyed by API key: key A's auth error leaves key B on the cheap tier."""
+    cooldowns = CooldownRegistry(Clock())
+    runner = CascadeRunner(policy(), cooldowns=cooldowns)
+    call, sent = scripted(
+        {"m-cheap": [AuthenticationError("bad key"), "ok"], "m-mid": ["ok"]}
+    )
+
+    def by_key(tier: Tier, request: str) -> str:
+        return cooldown_key(tier.model, {"api_key": request})
+
+    runner.run("sk-A", call=call, rest_key=by_key)
+    other = runner.run("sk-B", call=call, rest_key=by_key)
+    assert (other.tier.name, sent) == ("cheap", ["m-cheap", "m-mid", "m-cheap"])
+    assert cooldowns.remaining_s(by_key(TIERS[0], "sk-A")) == 30.0
+
+
+def test_a_cooldown_key_hashes_the_api_key_and_names_the_endpoint() -> None:
+    """The key names the model and endpoint; the API key itself never appears."""
+    key = cooldown_key("m", {"api_key": "sk-secret", "api_base": "http://h:1"})
+    assert key.startswith("m at http://h:1 key sha256:")
+    assert "sk-secret" not in key
+    assert cooldown_key("m", {}) == "m"
+    assert cooldown_key("m", {"api_key": "sk-other"}) != cooldown_key(
+        "m", {"api_key": "sk-secret"}
+    )
+
+
+def test_an_auth_fallback_is_a_warning_once_per_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoked key is logged at WARNING with what to fix, not again while resting."""
+    caplog.set_level(logging.WARNING, logger="governor.cascade")
+    clock = Clock()
+    runner = CascadeRunner(policy(), cooldowns=CooldownRegistry(clock))
+    call, _sent = scripted(
+        {"m-cheap": [AuthenticationError("bad key")] * 2, "m-mid": ["ok"] * 3}
+    )
+    runner.run("q1", call=call)
+    runner.run("q2", call=call)
+    clock.now += 30
+    runner.run("q3", call=call)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "check the API key" in warnings[0]
+    assert "cascade tier 'cheap': model m-cheap failed with auth" in warnings[0]
+
+
+def test_exhausted_by_provider_errors_chains_the_last_and_advises_keys() -> None:
+    """Every tier failing auth: the last error is the cause, the advice fits."""
+    errors = {m: [AuthenticationError(f"{m} key")] for m in ("m-cheap", "m-mid")}
+    errors["m-top"] = [ProviderError(503)] * 3
+    call, _ = scripted(errors)
+    retry = Retry(max_retries_per_tier=0)
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy(retry=retry)).run("q", call=call)
+    error = caught.value
+    assert isinstance(error.__cause__, ProviderError)
+    assert "Check the API keys and model names" in str(error)
+    assert "Relax the checks" not in str(error)
+
+
+def test_exhausted_by_rejections_advises_relaxing_the_checks() -> None:
+    """Every answer rejected: the advice is about checks, not keys."""
+    call, _ = scripted({m: [""] for m in ("m-cheap", "m-mid", "m-top")})
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy(check_last_tier=True)).run("q", call=call)
+    assert caught.value.__cause__ is None
+    assert "Relax the checks, or add a more capable tier." in str(caught.value)
+    assert "API keys" not in str(caught.value)
+
+
+def test_a_check_that_raises_carries_the_attempts_note() -> None:
+    """A bug in a check propagates with a note of what was sent and paid."""
+
+    def broken(answer: Answer, history: object) -> bool:
+        raise ValueError("bug in my check")
+
+    cascade = policy(checks=[{"kind": "callable", "ref": "broken"}])
+    call, _ = scripted({"m-cheap": ["fine"]})
+    with pytest.raises(ValueError, match="bug in my check") as caught:
+        CascadeRunner(cascade, callables={"broken": broken}).run("q", call=call)
+    assert caught.value.__notes__ == [
+        "raised by a check of cascade tier 'cheap' (its answer was sent and "
+        "paid, cost 0.001 USD); earlier attempts: none"
+    ]
+
+
+def test_precall_falls_back_below_the_start_tier_when_the_budget_is_tight() -> None:
+    """A hard prompt whose start tier and above do not fit tries cheaper tiers."""
+    cascade = policy(precall=PreCall(thresholds=(0.4,)))
+    call, sent = scripted({"m-cheap": [""]})
+    prompt = "Write a python function to count inversions in an array."
+
+    def fits(tier: Tier, request: str) -> bool:
+        return tier.name == "cheap"
+
+    runner = CascadeRunner(cascade)
+    with pytest.raises(CascadeExhausted) as caught:
+        runner.run("q", call=call, fits=fits, prompt_text=prompt)
+    assert sent == ["m-cheap"]
+    # The cheaper tier's answer is checked: the estimate said the prompt is hard.
+    assert outcomes(caught.value.attempts) == [
+        ("mid", "skipped"),
+        ("top", "skipped"),
+        ("cheap", "rejected"),
+    ]
+    call, sent = scripted({"m-cheap": ["fine"]})
+    result = runner.run("q", call=call, fits=fits, prompt_text=prompt)
+    assert (result.tier.name, result.accepted, result.start_tier) == ("cheap", True, 1)

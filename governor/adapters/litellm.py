@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
 import threading
@@ -32,10 +33,13 @@ from governor._calls import (
     Admission,
     CallRequest,
     CallResult,
+    SpendMeter,
+    metering,
     plain_text_prompt,
 )
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
+from governor._money import nanos_to_usd
 from governor._task import current_task
 from governor.adapters._embeddings import (
     embedding_request,
@@ -109,7 +113,8 @@ class GovernedLiteLLM:
     Outside a task, each call is a task of its own. Requests without
     ``max_tokens`` are sent with the policy's ``default_max_output_tokens``;
     streams always ask the provider for usage. Embedding calls reserve their
-    input and nothing for output.
+    input and nothing for output. ``callables`` names the judges, checks and
+    estimators a cascade policy refers to by name.
     """
 
     def __init__(
@@ -120,8 +125,10 @@ class GovernedLiteLLM:
         acompletion: Callable[..., Any] | None = None,
         embedding: Callable[..., Any] | None = None,
         aembedding: Callable[..., Any] | None = None,
+        callables: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.governor = governor
+        self._callables = dict(callables or {})
         self._completion = completion or litellm.completion
         self._acompletion = acompletion or litellm.acompletion
         self._embedding = embedding or litellm.embedding
@@ -211,39 +218,57 @@ class GovernedLiteLLM:
 
         ``kwargs`` are LiteLLM arguments shared by every tier (a tier's own
         ``params`` win). Each attempt is a governed call, reserved and settled
-        on the task's budgets; a tier that does not fit is skipped.
+        on the task's budgets; a tier that does not fit is skipped. Outside a
+        task, the whole run is one task of its own, so the task budget bounds
+        the cascade, not each tier.
 
         Returns:
             The :class:`governor.cascade.CascadeResult`; ``result.answer.raw``
-            is LiteLLM's response of the accepted tier.
+            is LiteLLM's response of the accepted tier, and ``cost_usd``
+            counts every governed call made during the run on its behalf (an
+            LLM judge's too).
 
         Raises:
             CascadeExhausted: no tier gave an acceptable answer.
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs)
-        with _cascading():
+        with self._request_task(kwargs), _cascading() as meter:
             result = runner.run(
                 request,
                 call=self._tier_call,
                 context_window=self._context_window,
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
+                rest_key=_tier_rest_key,
             )
-        return self._on_result(result)
+            return self._on_result(result, meter)
 
     async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
-        with _cascading():
+        with self._request_task(kwargs), _cascading() as meter:
             result = await runner.arun(
                 request,
                 call=self._atier_call,
                 context_window=self._context_window,
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
+                rest_key=_tier_rest_key,
             )
-        return self._on_result(result)
+            return self._on_result(result, meter)
+
+    def _request_task(self, kwargs: Mapping[str, Any]) -> Any:
+        """The current task, else one task for this whole cascade run.
+
+        Its attribution is what a one-call task would get: the scope values
+        in the call's ``metadata``.
+        """
+        if current_task() is not None:
+            return contextlib.nullcontext()
+        named = _metadata_attribution(kwargs.get("metadata"))
+        attribution = Attribution(**named) if named else None
+        return self.governor.request_task(attribution)
 
     def _cascade_setup(
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
@@ -293,7 +318,10 @@ class GovernedLiteLLM:
         if self._cooldowns is None:
             self._cooldowns = CooldownRegistry()
         runner = CascadeRunner(
-            policy, cooldowns=self._cooldowns, on_attempt=self._on_attempt
+            policy,
+            callables=self._callables,
+            cooldowns=self._cooldowns,
+            on_attempt=self._on_attempt,
         )
         if len(self._runners) >= _RUNNER_MEMORY:
             self._runners.clear()
@@ -344,8 +372,11 @@ class GovernedLiteLLM:
             end_ns=attempt.ended_ns,
         )
 
-    def _on_result(self, result: Any) -> Any:
-        """Put the final tier and the saving against the premium tier on the task."""
+    def _on_result(self, result: Any, meter: SpendMeter) -> Any:
+        """Count the calls made on the run's behalf in its cost, and put the
+        final tier and the saving against the premium tier on the task."""
+        others = nanos_to_usd(meter.nanos) - result.attempts_cost_usd
+        result = dataclasses.replace(result, other_cost_usd=max(others, Decimal(0)))
         task = current_task()
         if task is None:
             return result
@@ -925,7 +956,7 @@ def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
         would_cost = premium.cost(usage_from_response(usage_obj)).usd
     except GovernorError:
         return Decimal(0)
-    spent = sum((a.cost_usd or Decimal(0) for a in result.attempts), Decimal(0))
+    spent: Decimal = result.cost_usd
     return would_cost - spent
 
 
@@ -938,6 +969,13 @@ def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:
         "num_retries": 0,
         "max_retries": 0,
     }
+
+
+def _tier_rest_key(tier: Any, request: Mapping[str, Any]) -> str:
+    """Where and with what key the tier is called: a key's failure rests only it."""
+    from governor.cascade import cooldown_key
+
+    return cooldown_key(tier.model, _tier_kwargs(tier, request))
 
 
 def _tier_tokens(tier: Any, request: Mapping[str, Any]) -> int:
@@ -957,7 +995,23 @@ def _answer(response: Any, cost: Decimal) -> Any:
         model=str(getattr(response, "model", "") or ""),
         cost_usd=cost,
         samples=tuple(texts[1:]),
+        tool_calls=_tool_calls(choices[0] if choices else None),
         raw=response,
+    )
+
+
+def _tool_calls(choice: Any) -> tuple[Any, ...]:
+    """The first choice's tool calls, for the checks to judge."""
+    from governor.cascade import ToolCall
+
+    message = getattr(choice, "message", None)
+    return tuple(
+        ToolCall(
+            name=str(getattr(function, "name", "") or ""),
+            arguments=str(getattr(function, "arguments", "") or ""),
+        )
+        for call in getattr(message, "tool_calls", None) or ()
+        if (function := getattr(call, "function", None)) is not None
     )
 
 
@@ -1018,20 +1072,25 @@ class _StreamSettler:
 
 
 @contextlib.contextmanager
-def _cascading() -> Iterator[None]:
+def _cascading() -> Iterator[SpendMeter]:
     """Run a cascade: budget refusals skip tiers, and a stop names its task.
 
     A tier refused by a budget must not mark the task stopped (the cascade
     goes on), and a cascade's own stop carries the task id as call refusals
-    do.
+    do, and what every governed call of the run cost (a judge's included).
     """
     token = _IN_CASCADE.set(True)
     try:
-        yield
+        with metering() as meter:
+            yield meter
     except GovernorHalt as exc:
         task = current_task()
         if exc.task_id is None and task is not None:
             exc.task_id = task.id
+        from governor.cascade import CascadeExhausted
+
+        if isinstance(exc, CascadeExhausted):
+            exc.spent_usd = max(exc.spent_usd, nanos_to_usd(meter.nanos))
         raise
     finally:
         _IN_CASCADE.reset(token)

@@ -30,7 +30,7 @@ from governor.cascade._complexity import (
     heuristic_complexity,
     start_tier,
 )
-from governor.cascade._cooldown import CooldownRegistry
+from governor.cascade._cooldown import CooldownRegistry, cooldown_key
 from governor.cascade._errors import CascadeBudgetExceeded, CascadeExhausted
 from governor.cascade._runner import CascadeRunner, WaitStrategy, tenacity_wait
 from governor.cascade._types import (
@@ -40,6 +40,7 @@ from governor.cascade._types import (
     CheckResult,
     ErrorKind,
     Outcome,
+    ToolCall,
 )
 from governor.policies._cascade import (
     AgreementCheck,
@@ -97,11 +98,13 @@ __all__ = [
     "PythonParses",
     "Retry",
     "Tier",
+    "ToolCall",
     "UserCheck",
     "ValidJson",
     "WaitStrategy",
     "build_check",
     "classify_error",
+    "cooldown_key",
     "from_labels",
     "heuristic_complexity",
     "normalise",

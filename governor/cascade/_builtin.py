@@ -327,7 +327,7 @@ def _from_json(path: Path) -> NamedPolicy:
         raise ConfigError(f"{path}: expected a JSON object")
     name = str(data.get("name", path.stem))
     if "candidates" in data:
-        found = {k: Cascade(**v) for k, v in dict(data["candidates"]).items()}
+        found = {k: Cascade(**v) for k, v in _candidates(path, data).items()}
         return NamedPolicy(name, f"from {path.name}", tuple(found.items()))
     body = data.get("cascade")
     if body is None and "tiers" in data:
@@ -335,6 +335,24 @@ def _from_json(path: Path) -> NamedPolicy:
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: needs 'tiers', 'cascade' or 'candidates'")
     return NamedPolicy(name, f"from {path.name}", ((name, Cascade(**body)),))
+
+
+def _candidates(path: Path, data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The policy file's candidates: a JSON object of label to Cascade object."""
+    candidates = data["candidates"]
+    if not isinstance(candidates, dict):
+        raise ConfigError(
+            f"{path}: 'candidates' is a {type(candidates).__name__}; expected an "
+            'object of label to Cascade object, e.g. {"cheap-first": {"tiers": '
+            "[...]}}"
+        )
+    for label, body in candidates.items():
+        if not isinstance(body, dict):
+            raise ConfigError(
+                f"{path}: candidate {label!r} is a {type(body).__name__}; expected "
+                'a Cascade object such as {"tiers": ["model-a", "model-b"]}'
+            )
+    return candidates
 
 
 def _from_object(spec: str, value: object) -> NamedPolicy:

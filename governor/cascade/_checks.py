@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import math
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +77,8 @@ class NonEmpty:
     name: str = "non_empty"
 
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        if answer.tool_calls:
+            return CheckResult(self.name, True, _calls_tools(answer))
         size = len(answer.text.strip())
         if size >= self.min_chars:
             return CheckResult(self.name, True, f"{size} characters", float(size))
@@ -109,6 +113,8 @@ class NotRefusal:
         object.__setattr__(self, "_compiled", compiled)
 
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        if answer.tool_calls:  # a model that calls a tool is acting on the request
+            return CheckResult(self.name, True, _calls_tools(answer))
         head = answer.text.strip()[:200]
         for pattern in self._compiled:
             found = pattern.search(head)
@@ -117,6 +123,11 @@ class NotRefusal:
                     self.name, False, f"reads as a refusal: {found.group(0)!r}"
                 )
         return CheckResult(self.name, True, "no refusal phrase")
+
+
+def _calls_tools(answer: Answer) -> str:
+    names = ", ".join(call.name for call in answer.tool_calls)
+    return f"calls {len(answer.tool_calls)} tool(s): {names}"
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -129,7 +140,11 @@ def _unfenced(text: str, languages: tuple[str, ...]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ValidJson:
-    """Fail an answer that is not JSON, or not JSON fitting ``schema``."""
+    """Fail an answer that is not JSON, or not JSON fitting ``schema``.
+
+    An answer that calls tools is judged by its calls: each call's arguments
+    must be JSON (fitting ``schema``, when given), whatever its text says.
+    """
 
     schema: Mapping[str, Any] | None = None
     strip_code_fence: bool = True
@@ -140,18 +155,36 @@ class ValidJson:
             check_supported(self.schema)
 
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
+        if answer.tool_calls:
+            return self._tool_calls(answer)
         text = answer.text.strip()
         if self.strip_code_fence:
             text = _unfenced(text, ("json", "")) or text
+        failure = self._failure(text)
+        if failure:
+            return CheckResult(self.name, False, failure)
+        return CheckResult(self.name, True, "valid JSON")
+
+    def _tool_calls(self, answer: Answer) -> CheckResult:
+        for call in answer.tool_calls:
+            failure = self._failure(call.arguments)
+            if failure:
+                reason = f"tool call {call.name!r} arguments: {failure}"
+                return CheckResult(self.name, False, reason)
+        count = len(answer.tool_calls)
+        return CheckResult(self.name, True, f"{count} tool call(s) with valid JSON")
+
+    def _failure(self, text: str) -> str | None:
+        """Why ``text`` is not acceptable JSON, or None when it is."""
         try:
             value = json.loads(text)
         except ValueError as exc:
-            return CheckResult(self.name, False, f"not valid JSON: {exc}")
+            return f"not valid JSON: {exc}"
         errors = schema_errors(value, self.schema) if self.schema else []
         if errors:
             more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-            return CheckResult(self.name, False, f"schema: {errors[0]}{more}")
-        return CheckResult(self.name, True, "valid JSON")
+            return f"schema: {errors[0]}{more}"
+        return None
 
 
 _CHOICE_PATTERNS = (
@@ -260,7 +293,7 @@ class Judge:
     name: str = "judge"
 
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
-        score = float(self.judge(answer, history))
+        score = _score(self.name, self.judge(answer, history))
         passed = score >= self.min_score
         word = "at least" if passed else "below"
         return CheckResult(
@@ -343,12 +376,33 @@ class PythonParses:
         return CheckResult(self.name, True, "code parses")
 
 
+def _score(check: str, value: object) -> float:
+    """A judge's score: a finite real number, never guessed from another type."""
+    number = isinstance(value, numbers.Real | Decimal) and not isinstance(value, bool)
+    if number and math.isfinite(score := float(value)):  # type: ignore[arg-type]
+        return score
+    raise ConfigError(
+        f"judge check {check!r} returned {_shown(value)}; a judge must return a "
+        "finite number on the scale of its min_score, e.g. 8.0"
+    )
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
 UserFn = Callable[[Answer, Sequence[Answer]], "CheckResult | bool"]
 
 
 @dataclass(frozen=True, slots=True)
 class UserCheck:
-    """Wrap any callable returning a CheckResult or a bool."""
+    """Wrap any callable returning a CheckResult or a bool.
+
+    Anything else (a string, a tuple, None, a number) is refused with a
+    ConfigError rather than read as true or false.
+    """
 
     fn: UserFn
     name: str = "callable"
@@ -357,8 +411,11 @@ class UserCheck:
         result = self.fn(answer, history)
         if isinstance(result, CheckResult):
             return result
-        return CheckResult(
-            self.name, bool(result), "user check returned " + str(result)
+        if isinstance(result, bool):
+            return CheckResult(self.name, result, f"user check returned {result}")
+        raise ConfigError(
+            f"check {self.name!r} returned {_shown(result)}; a check must return "
+            "True, False or a CheckResult(check, passed, reason)"
         )
 
 

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["CooldownRegistry"]
+__all__ = ["CooldownRegistry", "cooldown_key"]
+
+
+def cooldown_key(model: str, params: Mapping[str, Any] | None = None) -> str:
+    """The key a model rests under: the model, where and with what it is called.
+
+    A revoked key or one account's rate limit says nothing about the same
+    model called with another key or at another endpoint, so ``api_base``
+    (or ``base_url``) and a hash of ``api_key`` are part of the key; the key
+    itself never is. With neither, the key is the model's name.
+
+    Args:
+        model: the tier's model.
+        params: the call's parameters (the tier's laid over the request's).
+    """
+    given = params or {}
+    parts = [model]
+    base = given.get("api_base") or given.get("base_url")
+    if base:
+        parts.append(f"at {base}")
+    secret = given.get("api_key")
+    if secret:
+        digest = hashlib.sha256(str(secret).encode("utf-8")).hexdigest()[:12]
+        parts.append(f"key sha256:{digest}")
+    return " ".join(parts)
 
 
 class CooldownRegistry:
     """Which models are cooling down, and until when.
 
     One registry is meant to be shared by every cascade run of a process, so
-    a model that keeps failing is skipped by the next runs too. It is
-    thread-safe; the clock is injectable so tests never wait.
+    a model that keeps failing is skipped by the next runs too. Models are
+    registered by :func:`cooldown_key`: a model called with one API key rests
+    apart from the same model called with another. It is thread-safe; the
+    clock is injectable so tests never wait.
 
     Args:
         clock: a monotonic clock in seconds.
@@ -26,7 +54,7 @@ class CooldownRegistry:
         self._lock = threading.Lock()
 
     def cool(self, model: str, seconds: float) -> None:
-        """Rest ``model`` for ``seconds``; a longer rest already set is kept."""
+        """Rest ``model`` (a cooldown key) for ``seconds``; a longer rest is kept."""
         if seconds <= 0:
             return
         until = self._clock() + seconds

@@ -128,14 +128,15 @@ def load_routerbench(path: Path) -> list[ReplayRow]:
 def _routerbench_row(file: Path, record: Mapping[str, str]) -> ReplayRow:
     models = [c[: -len(_COST)] for c in record if c.endswith(_COST)]
     outcomes: dict[str, Recorded] = {}
+    index = record.get("") or record.get("sample_id", "")
     for model in models:
         score = record.get(model)
         text = record.get(model + _RESPONSE)
         cost = record[model + _COST]
         if not score or text is None or not cost:
             continue  # a model without an outcome on this row
-        outcomes[model] = Recorded(float(score), _listed_text(text), Decimal(cost))
-    index = record.get("") or record.get("sample_id", "")
+        recorded = Recorded(float(score), _listed_text(text), Decimal(cost))
+        outcomes[model] = _checked(recorded, model, f"{file.name} row {index}")
     stem = file.name.split(".")[0]
     return ReplayRow(
         key=f"{stem}:{index}",
@@ -151,18 +152,51 @@ def load_jsonl(path: Path) -> list[ReplayRow]:
     with _open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
-                rows.append(_jsonl_row(json.loads(line), f"{path.name}:{number}"))
+                where = f"{path.name}:{number}"
+                rows.append(_jsonl_row(_parsed(line, where), where))
     return rows
+
+
+def _parsed(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{where}: not a JSON line ({exc.msg} at column {exc.colno}); each "
+            "line must hold one JSON object"
+        ) from exc
+
+
+def _checked(recorded: Recorded, model: str, where: str) -> Recorded:
+    """Refuse a recorded outcome no replay can use: a score outside [0, 1],
+    or a cost that is negative, NaN or infinite."""
+    if not 0 <= recorded.score <= 1:  # NaN fails this too
+        raise ConfigError(
+            f"{where}: model {model!r} has score {recorded.score}; a score is a "
+            "number in [0, 1] (scale a grade g of 1-10 as g / 10)"
+        )
+    costs = {"cost_usd": recorded.cost_usd, "judge_cost_usd": recorded.judge_cost_usd}
+    for name, value in costs.items():
+        if not value.is_finite() or value < 0:
+            raise ConfigError(
+                f"{where}: model {model!r} has {name} {value}; a cost is a "
+                "finite number of US dollars, 0 or more"
+            )
+    return recorded
 
 
 def _jsonl_row(data: Mapping[str, Any], where: str) -> ReplayRow:
     try:
         outcomes = {
-            model: Recorded(
-                float(o["score"]),
-                str(o.get("response", "")),
-                Decimal(str(o["cost_usd"])),
-                Decimal(str(o.get("judge_cost_usd", "0"))),
+            model: _checked(
+                Recorded(
+                    float(o["score"]),
+                    str(o.get("response", "")),
+                    Decimal(str(o["cost_usd"])),
+                    Decimal(str(o.get("judge_cost_usd", "0"))),
+                ),
+                str(model),
+                where,
             )
             for model, o in data["outcomes"].items()
         }
@@ -172,6 +206,8 @@ def _jsonl_row(data: Mapping[str, Any], where: str) -> ReplayRow:
             outcomes,
             str(data.get("group", "")),
         )
+    except ConfigError:
+        raise
     except (KeyError, TypeError, ArithmeticError, ValueError) as exc:
         raise ConfigError(
             f"{where}: not a replay row ({exc!r}); expected "
@@ -267,6 +303,16 @@ def load_rows(path: Path, prices_for: Callable[[str], Prices]) -> list[ReplayRow
         if any(path.glob("*.csv*")):
             return load_routerbench(path)
         raise ConfigError(f"{path}: no RouterBench, RouteLLM or Arena files found")
+    try:
+        return _load_file(path, prices_for)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from exc
+
+
+def _load_file(path: Path, prices_for: Callable[[str], Prices]) -> list[ReplayRow]:
     name = path.name
     if ".jsonl" in name:
         return load_jsonl(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
@@ -22,7 +22,7 @@ from governor._errors import BudgetExceeded
 from governor.cascade._checks import AllOf, Check, build_check, resolve_callable
 from governor.cascade._classify import RETRYABLE, classify_error, retry_after_s
 from governor.cascade._complexity import Estimator, heuristic_complexity, start_tier
-from governor.cascade._cooldown import CooldownRegistry
+from governor.cascade._cooldown import CooldownRegistry, cooldown_key
 from governor.cascade._errors import CascadeBudgetExceeded, CascadeExhausted
 from governor.cascade._types import Answer, Attempt, CascadeResult, ErrorKind
 from governor.policies._cascade import Cascade, Retry, Tier
@@ -38,9 +38,15 @@ WaitStrategy = Callable[[int], float]
 """Seconds to wait before retry number ``n`` (1-based) of one tier."""
 ContextWindow = Callable[[Tier], "int | None"]
 CountTokens = Callable[[Tier, Any], int]
+RestKey = Callable[[Tier, Any], str]
 
 # Kinds after which the model itself is suspect and rests for cooldown_s.
 _COOL_ON: frozenset[ErrorKind] = frozenset(RETRYABLE | {"auth", "not_found"})
+# Kinds a person must fix (a key, a model name): a fallback on them is logged.
+_WHAT_TO_FIX: dict[ErrorKind, str] = {
+    "auth": "check the API key and its permissions for this model",
+    "not_found": "check the model's name and that the account can use it",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +85,16 @@ def tenacity_wait(retry: Retry) -> WaitStrategy:
     return wait
 
 
+def _tier_rest_key(tier: Tier, request: Any) -> str:
+    return cooldown_key(tier.model, tier.params)
+
+
 @dataclass
 class _Run:
     """Mutable bookkeeping of one run; private to the core."""
 
     tiers: tuple[Tier, ...]
+    rest_key: Callable[[Tier], str]
     attempts: list[Attempt] = field(default_factory=list)
     history: list[tuple[Tier, Answer]] = field(default_factory=list)
     sent: int = 0
@@ -92,6 +103,7 @@ class _Run:
     pending: Attempt | None = None
     budget_skips: int = 0
     out_of_attempts: bool = False
+    last_error: Exception | None = None
 
 
 class CascadeRunner:
@@ -168,6 +180,7 @@ class CascadeRunner:
         count_tokens: Callable[[Tier, R], int] | None = None,
         prompt_text: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rest_key: Callable[[Tier, R], str] | None = None,
     ) -> CascadeResult:
         """Run one request through the cascade, blocking.
 
@@ -183,6 +196,10 @@ class CascadeRunner:
             count_tokens: the tokens ``request`` needs in ``tier``'s window.
             prompt_text: the prompt, for pre-call complexity estimation.
             sleep: waits between retries; tests pass a recorder.
+            rest_key: the key a failing tier's model rests under in the
+                cooldown registry; by default :func:`cooldown_key` of the
+                tier's model and params. Give the call's own endpoint and
+                API key too when the request carries them.
 
         Returns:
             The accepted answer, its tier and every attempt.
@@ -191,7 +208,9 @@ class CascadeRunner:
             CascadeBudgetExceeded: no tier fitted the budget; nothing was sent.
             CascadeExhausted: no tier gave an answer the policy accepts.
         """
-        steps = self._steps(request, context_window, count_tokens, prompt_text)
+        steps = self._steps(
+            request, context_window, count_tokens, prompt_text, rest_key
+        )
         to_send: Any = None
         error: Exception | None = None
         while True:
@@ -221,6 +240,7 @@ class CascadeRunner:
         count_tokens: Callable[[Tier, R], int] | None = None,
         prompt_text: str | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        rest_key: Callable[[Tier, R], str] | None = None,
     ) -> CascadeResult:
         """Run one request through the cascade without blocking the loop.
 
@@ -230,7 +250,9 @@ class CascadeRunner:
         import asyncio
 
         do_sleep = sleep or asyncio.sleep
-        steps = self._steps(request, context_window, count_tokens, prompt_text)
+        steps = self._steps(
+            request, context_window, count_tokens, prompt_text, rest_key
+        )
         to_send: Any = None
         error: Exception | None = None
         while True:
@@ -259,14 +281,45 @@ class CascadeRunner:
         context_window: ContextWindow | None,
         count_tokens: CountTokens | None,
         prompt_text: str | None,
+        rest_key: RestKey | None,
     ) -> _Steps:
         complexity, start = self._plan(prompt_text)
-        run = _Run(tiers=self.policy.tiers[start:])
-        for position, tier in enumerate(run.tiers):
-            is_last = position == len(run.tiers) - 1
+        key = rest_key or _tier_rest_key
+        run = _Run(
+            tiers=self.policy.tiers[start:], rest_key=lambda tier: key(tier, request)
+        )
+        probes = (request, context_window, count_tokens)
+        found = yield from self._walk(run, run.tiers, probes, last_unchecked=True)
+        if found is None and self._below_start_wanted(run, start):
+            # Pre-call tiering saves money; it must not stop a request that a
+            # cheaper tier could answer within the budget.
+            lower = self.policy.tiers[:start]
+            logger.debug(
+                "cascade tiers from %s up do not fit the budget; trying the "
+                "tiers below it",
+                run.tiers[0].name,
+            )
+            run.tiers = (*run.tiers, *lower)
+            found = yield from self._walk(run, lower, probes, last_unchecked=False)
+        if found is not None:
+            return self._result(run, *found, True, start, complexity)
+        return self._give_up(run, start, complexity)
+
+    def _walk(
+        self,
+        run: _Run,
+        tiers: tuple[Tier, ...],
+        probes: tuple[Any, ContextWindow | None, CountTokens | None],
+        *,
+        last_unchecked: bool,
+    ) -> Generator[_Effect, Any, tuple[Tier, Answer] | None]:
+        """Try ``tiers`` in order; return the first accepted tier and answer."""
+        request, context_window, count_tokens = probes
+        for position, tier in enumerate(tiers):
+            is_last = last_unchecked and position == len(tiers) - 1
             if run.sent >= self.policy.retry.max_attempts:
                 run.out_of_attempts = True
-                break
+                return None
             skip = self._precheck(tier, request, run, context_window, count_tokens)
             if skip is not None:
                 self._record(run, skip)
@@ -278,10 +331,20 @@ class CascadeRunner:
             answer = yield from self._try_tier(tier, run)
             if answer is None:
                 continue
-            accepted = self._judge(tier, answer, run, is_last)
-            if accepted:
-                return self._result(run, tier, answer, True, start, complexity)
-        return self._give_up(run, start, complexity)
+            if self._judge(tier, answer, run, is_last):
+                return tier, answer
+        return None
+
+    @staticmethod
+    def _below_start_wanted(run: _Run, start: int) -> bool:
+        """Pre-call tiering skipped cheaper tiers, and those tried gave nothing
+        because the budget could not cover them: the cheaper ones may fit."""
+        return (
+            start > 0
+            and run.budget_skips > 0
+            and not run.history
+            and not run.out_of_attempts
+        )
 
     def _plan(self, prompt_text: str | None) -> tuple[float | None, int]:
         precall = self.policy.precall
@@ -304,10 +367,10 @@ class CascadeRunner:
         context_window: ContextWindow | None,
         count_tokens: CountTokens | None,
     ) -> Attempt | None:
-        resting = self.cooldowns.remaining_s(tier.model)
+        resting = self.cooldowns.remaining_s(run.rest_key(tier))
         if resting > 0:
             return _skip(tier, f"cooldown: model rests {resting:.1f} s more")
-        if tier.model in run.failed_models:
+        if run.rest_key(tier) in run.failed_models:
             return _skip(tier, "fallback cycle: this model already failed in this run")
         window = tier.context_window_tokens
         if window is None and context_window is not None:
@@ -346,6 +409,7 @@ class CascadeRunner:
                     run.sent -= 1  # refused by the reservation: never sent
                     self._skip_budget(run, tier, exc)
                     return None
+                run.last_error = exc
                 wait = self._retry_wait(kind, exc, retries, run, tier)
                 self._record_error(run, tier, kind, exc, wait, started)
                 if wait is None:
@@ -384,13 +448,36 @@ class CascadeRunner:
     ) -> None:
         if kind not in _COOL_ON:
             return  # the request, not the model, was at fault
-        run.failed_models.add(tier.model)
-        rest = self.policy.retry.cooldown_s
+        key = run.rest_key(tier)
+        run.failed_models.add(key)
+        retry = self.policy.retry
+        rest = retry.cooldown_s
         if kind == "rate_limit":
             rest = max(rest, retry_after_s(exc) or 0.0)
-        self.cooldowns.cool(tier.model, rest)
-        logger.debug(
-            "cascade cools model %s for %.1f s after %s", tier.model, rest, kind
+        rest = min(rest, retry.max_cooldown_s)
+        resting = self.cooldowns.remaining_s(key) > 0
+        self.cooldowns.cool(key, rest)
+        logger.debug("cascade cools %s for %.1f s after %s", key, rest, kind)
+        if kind in _WHAT_TO_FIX and not resting:
+            self._warn_fallback(run, tier, kind, exc, rest)
+
+    def _warn_fallback(
+        self, run: _Run, tier: Tier, kind: ErrorKind, exc: Exception, rest: float
+    ) -> None:
+        """A key or a model name is wrong: say so once per rest, not at debug."""
+        then = "no tier left" if tier is run.tiers[-1] else "falling back"
+        logger.warning(
+            "cascade tier %r: model %s failed with %s (%s: %s); %s, and the "
+            "model rests %.0f s for calls with the same key and endpoint. To "
+            "fix: %s.",
+            tier.name,
+            tier.model,
+            kind,
+            type(exc).__name__,
+            _first_line(exc),
+            then,
+            rest,
+            _WHAT_TO_FIX[kind],
         )
 
     def _judge(self, tier: Tier, answer: Answer, run: _Run, is_last: bool) -> bool:
@@ -400,7 +487,11 @@ class CascadeRunner:
             self._record(run, replace(pending, reason="last tier: accepted unchecked"))
             return True
         earlier = [a for t, a in run.history[:-1]]
-        results = tuple(self._checks[tier.name].results(answer, earlier))
+        try:
+            results = tuple(self._checks[tier.name].results(answer, earlier))
+        except Exception as exc:  # a bug in a check: say what was paid
+            exc.add_note(self._attempts_note(run, tier, pending))
+            raise
         failed = [r for r in results if not r.passed]
         if failed:
             reason = f"{failed[0].check}: {failed[0].reason}"
@@ -435,9 +526,16 @@ class CascadeRunner:
                 f"; {run.budget_skips} tier(s) skipped because the budget could "
                 "not cover them"
             )
-        raise CascadeExhausted(
-            run.attempts, reason=reason, tiers=names, spent_usd=spent
+        exhausted = CascadeExhausted(
+            run.attempts,
+            reason=reason,
+            tiers=names,
+            spent_usd=spent,
+            advice=_advice(run.attempts, run.out_of_attempts),
         )
+        if run.last_error is not None:
+            raise exhausted from run.last_error
+        raise exhausted
 
     # -- records ---------------------------------------------------------
 
@@ -480,9 +578,17 @@ class CascadeRunner:
         )
         self._record(run, attempt)
 
-    def _attempts_note(self, run: _Run, tier: Tier) -> str:
+    def _attempts_note(
+        self, run: _Run, tier: Tier, checked: Attempt | None = None
+    ) -> str:
         done = "; ".join(a.describe() for a in run.attempts) or "none"
-        return f"raised by cascade tier {tier.name!r}; earlier attempts: {done}"
+        if checked is None:
+            return f"raised by cascade tier {tier.name!r}; earlier attempts: {done}"
+        cost = "" if checked.cost_usd is None else f", cost {checked.cost_usd} USD"
+        return (
+            f"raised by a check of cascade tier {tier.name!r} (its answer was "
+            f"sent and paid{cost}); earlier attempts: {done}"
+        )
 
     def _result(
         self,
@@ -501,6 +607,34 @@ class CascadeRunner:
             start_tier=start,
             complexity=complexity,
         )
+
+
+def _advice(attempts: Sequence[Attempt], out_of_attempts: bool) -> str:
+    """What to do, for the failures this run actually saw."""
+    kinds = {a.error_kind for a in attempts if a.outcome == "error"}
+    steps = []
+    if kinds & set(_WHAT_TO_FIX):
+        steps.append(
+            "Check the API keys and model names of the tiers that failed "
+            "(each attempt names its error)."
+        )
+    elif kinds:
+        steps.append(
+            "Tiers failed with provider errors (each attempt names its "
+            "error): check the providers' status, or add a tier on another "
+            "provider."
+        )
+    if any(a.outcome == "rejected" for a in attempts):
+        steps.append("Relax the checks, or add a more capable tier.")
+    if out_of_attempts:
+        steps.append("Raise Cascade.retry.max_attempts.")
+    return " ".join(steps) or _DEFAULT_ADVICE
+
+
+_DEFAULT_ADVICE = (
+    "Every tier was skipped: wait for resting models, or add a tier "
+    "(each attempt says why it was skipped)."
+)
 
 
 def _skip(tier: Tier, reason: str, kind: ErrorKind | None = None) -> Attempt:

@@ -15,6 +15,7 @@ __all__ = [
     "CheckResult",
     "ErrorKind",
     "Outcome",
+    "ToolCall",
 ]
 
 ErrorKind = Literal[
@@ -35,6 +36,19 @@ Outcome = Literal["accepted", "rejected", "error", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call an answer makes.
+
+    Attributes:
+        name: the function's name.
+        arguments: its arguments as the model wrote them (JSON text).
+    """
+
+    name: str
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """One model answer, as the caller's ``call`` function reports it.
 
@@ -46,6 +60,9 @@ class Answer:
             the agreement check counts.
         token_logprobs: per-token log-probabilities, when the provider
             returned them.
+        tool_calls: the tool calls of the first choice, when it calls tools;
+            the checks judge such an answer by its calls (see
+            ``docs/cascade.md``).
         raw: the provider's response object, untouched, for the caller.
     """
 
@@ -54,6 +71,7 @@ class Answer:
     cost_usd: Decimal | None = None
     samples: tuple[str, ...] = ()
     token_logprobs: tuple[float, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
     raw: object = field(default=None, compare=False, repr=False)
 
 
@@ -122,6 +140,10 @@ class CascadeResult:
         attempts: every attempt in order, skipped ones included.
         start_tier: the index of the first tier tried (pre-call tiering).
         complexity: the pre-call estimate, when pre-call tiering ran.
+        other_cost_usd: what governed calls made on the run's behalf that
+            are not attempts cost: an LLM judge's calls, a model used as the
+            pre-call classifier. ``GovernedLiteLLM.cascade`` measures it;
+            a caller driving the runner itself may set it.
     """
 
     answer: Answer
@@ -130,13 +152,19 @@ class CascadeResult:
     attempts: tuple[Attempt, ...]
     start_tier: int = 0
     complexity: float | None = None
+    other_cost_usd: Decimal = Decimal(0)
 
     @property
-    def cost_usd(self) -> Decimal:
+    def attempts_cost_usd(self) -> Decimal:
         """The known cost of every attempt, rejected ones included."""
         return sum(
             (a.cost_usd for a in self.attempts if a.cost_usd is not None), Decimal(0)
         )
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """What the run cost: every attempt, and the calls made on its behalf."""
+        return self.attempts_cost_usd + self.other_cost_usd
 
     @property
     def sent_attempts(self) -> int:

@@ -44,6 +44,11 @@ FALLBACKS_IN_CASCADE = (
     "tier's price; a cascade's later tiers are its fallbacks: add each "
     "fallback model as a Tier"
 )
+STREAM_IN_CASCADE = (
+    "a cascade cannot stream: each tier's whole answer must be checked before "
+    "it is accepted. Remove stream and stream_options from the tier's params, "
+    "then stream result.answer.text to your client"
+)
 _DAY_S = 86_400.0
 """The longest wait a retry setting may ask for."""
 
@@ -227,7 +232,9 @@ _DEFAULT_CHECKS: tuple[CheckSpec, ...] = (NonEmptyCheck(), NotRefusalCheck())
 class Tier(PolicyModel):
     """One model step of a cascade."""
 
-    name: str = Field(min_length=1, description="a unique label, e.g. 'cheap'")
+    name: str = Field(
+        min_length=1, description="a unique, non-blank label, e.g. 'cheap'"
+    )
     model: str = Field(
         min_length=1,
         description="a model name or a LiteLLM model group, e.g. 'gpt-4o-mini'",
@@ -254,11 +261,20 @@ class Tier(PolicyModel):
             return {"name": value, "model": value}
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a tier name must not be blank; name it, e.g. 'cheap'")
+        return value
+
     @field_validator("params")
     @classmethod
     def _no_fallbacks(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
         if "fallbacks" in value:
             raise ValueError(FALLBACKS_IN_CASCADE)
+        if value.get("stream") or "stream_options" in value:
+            raise ValueError(STREAM_IN_CASCADE)
         return value
 
 
@@ -331,6 +347,21 @@ class Retry(PolicyModel):
         le=_DAY_S,
         description="seconds a model that kept failing is skipped by later runs",
     )
+    max_cooldown_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=_DAY_S,
+        description="seconds; the longest rest, however long a Retry-After asks",
+    )
+
+    @model_validator(mode="after")
+    def _rest_fits_its_cap(self) -> Self:
+        if self.cooldown_s > self.max_cooldown_s:
+            raise ValueError(
+                f"cooldown_s ({self.cooldown_s:g}) exceeds max_cooldown_s "
+                f"({self.max_cooldown_s:g}); lower cooldown_s or raise max_cooldown_s"
+            )
+        return self
 
 
 class Cascade(PolicyModel):
@@ -381,6 +412,15 @@ class Cascade(PolicyModel):
         names = [tier.name for tier in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique, got {names}")
+        for position, tier in enumerate(self.tiers):
+            for earlier in self.tiers[:position]:
+                if (earlier.model, earlier.params) == (tier.model, tier.params):
+                    raise ValueError(
+                        f"tiers {earlier.name!r} and {tier.name!r} send the same "
+                        f"model {tier.model!r} with the same params: the second "
+                        "would repeat the first's answer at the same price. "
+                        "Remove one, or give it other params or another model"
+                    )
         if self.precall and len(self.precall.thresholds) >= len(self.tiers):
             raise ValueError("precall needs fewer thresholds than there are tiers")
         return self
