@@ -4,7 +4,9 @@ Each recorded call (a :class:`governor.spend.SpendRecord`) is sent through a
 real :class:`Governor` with no provider: the call is reserved and settled with
 its recorded token usage, priced by the policy's rate card, under the policy's
 budgets. A task stopped by the policy stops there, as it would have live, and
-its later calls are not replayed. Cache hits are replayed as calls, since a new
+its later calls are not replayed, and its recorded quality does not count:
+it scores 0, since the answer that earned it was never reached. Cache hits
+are replayed as calls, since a new
 policy may not serve them; their records carry no tokens, so they replay at no
 cost: a replay of cached traffic under a policy without a cache understates
 what that policy would pay by what the hits saved (``saved_usd``).
@@ -41,6 +43,7 @@ class TaskReplay:
     cost_usd: Decimal = Decimal(0)
     stop_reason: str | None = None
     quality: float | None = None
+    recorded_quality: float | None = None
 
 
 @dataclass
@@ -62,9 +65,18 @@ class ReplayRun:
 
     @property
     def quality(self) -> float | None:
-        """Mean recorded quality over tasks that have one, else None."""
+        """Mean quality over tasks that have one, else None; stopped tasks score 0."""
         known = [t.quality for t in self.tasks.values() if t.quality is not None]
         return sum(known) / len(known) if known else None
+
+    @property
+    def stopped_recorded_good(self) -> int:
+        """Stopped tasks whose recorded quality was above 0: credit the policy cut."""
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.stop_reason and (t.recorded_quality or 0) > 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The run as plain JSON-ready data."""
@@ -75,6 +87,7 @@ class ReplayRun:
             "cost_usd": str(self.cost_usd),
             "cost_per_task_usd": str(_nano(self.cost_usd / count)),
             "stopped": self.stopped,
+            "stopped_recorded_good": self.stopped_recorded_good,
             "quality": self.quality,
         }
 
@@ -116,7 +129,7 @@ def _replay_task(
     gov: Governor, task_id: str, calls: list[SpendRecord], swaps: Mapping[str, str]
 ) -> TaskReplay:
     first = calls[0]
-    outcome = TaskReplay(task_id, quality=_quality(calls))
+    outcome = TaskReplay(task_id, recorded_quality=_quality(calls))
     with gov.task(task_id, attribution=_attribution(first)) as task:
         for record in calls:
             try:
@@ -127,7 +140,15 @@ def _replay_task(
     report = task.report()
     outcome.calls = report.calls
     outcome.cost_usd = report.cost_usd
+    outcome.quality = _replayed_quality(outcome)
     return outcome
+
+
+def _replayed_quality(outcome: TaskReplay) -> float | None:
+    """The recorded quality, or 0 for a task the policy stopped before its end."""
+    if outcome.recorded_quality is None or not outcome.stop_reason:
+        return outcome.recorded_quality
+    return 0.0
 
 
 def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -238,3 +239,83 @@ def test_replay_refuses_a_prefix_for_a_store_that_is_not_redis(
         err = capsys.readouterr().err
         assert code == 2
         assert "a key prefix applies only to a Redis spend store" in err
+
+
+def test_a_stopped_task_does_not_keep_its_recorded_quality() -> None:
+    """A task the policy stopped never reached the answer that earned its
+    recorded quality: it scores 0, and the good ones cut off are counted."""
+    policy = Policy(budgets=[Budget(max_usd=CALL_4O * Decimal("1.5"))])
+    run = replay(records(2, 3), policy)
+    assert [t.recorded_quality for t in run.tasks.values()] == [0.0, 1.0]
+    assert (run.stopped, run.stopped_recorded_good, run.quality) == (2, 1, 0.0)
+    assert replay(records(2, 3), Policy()).quality == 0.5
+
+
+def test_replay_and_compare_say_how_many_good_tasks_were_cut_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text and JSON give the quality with stopped tasks at 0, and their count."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(2, 3))
+    policy_file = tmp_path / "tight.json"
+    policy_file.write_text(json.dumps({"budgets": [{"max_usd": "0.006"}]}))
+    source = ["--db", str(trace)]
+    assert main(["replay", *source, "--policy", str(policy_file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["stopped_recorded_good"], out["quality"]) == (1, 0.0)
+    assert main(["replay", *source, "--policy", str(policy_file)]) == 0
+    assert (
+        "2 stopped by the policy (1 of them recorded as good, counted at "
+        "quality 0); quality 0.000"
+    ) in capsys.readouterr().out
+    assert main(["compare", *source, "--b", str(policy_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines[1:3]] == ["0.500", "0.000"]
+    assert (
+        "B stopped 1 task(s) recorded as good; a stopped task counts at " in (lines[3])
+    )
+
+
+def test_replay_text_shows_whole_task_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ids that share a long start stay apart; a very long one keeps both ends."""
+    ids = ["django__django-11099", "django__django-11133", "x" * 60 + "-end-7"]
+    calls = [
+        dataclasses.replace(r, task_id=task_id)
+        for r, task_id in zip(records(3, 1), ids, strict=True)
+    ]
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(calls)
+    assert main(["replay", "--db", str(trace)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows[:2]] == ids[:2]
+    shown = rows[2].split()[0]
+    assert (len(shown), shown[:3], shown[-6:]) == (48, "xxx", "-end-7")
+    assert "\u2026" in shown
+    assert len({row.index(" calls") for row in rows}) == 1
+
+
+def test_replay_names_the_line_of_a_null_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with "model": null stops the replay at its file and line."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    with trace.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({**records(2, 1)[1].to_json_dict(), "model": None}))
+    assert main(["replay", "--db", str(trace)]) == 1
+    err = capsys.readouterr().err
+    assert f"{trace}:2: malformed spend record: SpendRecord.model must be" in err
+
+
+def test_replay_reads_a_gzip_compressed_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--db trace.jsonl.gz replays, rather than failing as a bad SQLite file."""
+    plain = tmp_path / "trace.jsonl"
+    JsonlSpendStore(plain).record_many(records(3, 2))
+    packed = tmp_path / "trace.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert main(["replay", "--db", str(packed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import sqlite3
@@ -625,3 +626,46 @@ def test_a_prefix_with_a_brace_exits_2(
     code, _, err = run(capsys, "--db", redis_url, "--prefix", "deployA:{spend}:")
     assert code == 2
     assert "must be free of '{' and '}'" in err
+
+
+def test_repeated_call_ids_in_a_trace_are_counted_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line repeating a call_id is skipped, as SQLite and Redis skip it, and
+    the table says how many were."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record_many(record(i) for i in range(3))
+    JsonlSpendStore(path).record_many(record(i) for i in range(2))
+    code, out, _ = run(capsys, "--db", str(path), "--by", "team")
+    assert code == 0
+    assert "3 calls, $0.006000" in out.splitlines()[0]
+    assert out.rstrip().endswith(
+        "Note: skipped 2 line(s) repeating the call_id of an earlier line; the "
+        "first record of each call is counted"
+    )
+    code, out, _ = run(capsys, "--db", str(path), "--format", "json")
+    assert json.loads(out)["total"]["calls"] == 3
+
+
+def test_reads_a_gzip_compressed_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .jsonl.gz trace is read, not taken for a SQLite file."""
+    plain = tmp_path / "trace.jsonl"
+    JsonlSpendStore(plain).record_many(record(i) for i in range(3))
+    path = tmp_path / "trace.jsonl.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    code, out, err = run(capsys, "--db", str(path), "--format", "json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["total"]["cost_usd"] == "0.006"
+
+
+def test_a_null_model_is_named_by_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record whose model is null exits 1 naming its line, not as "(none)"."""
+    line = json.dumps({**record(1).to_json_dict(), "model": None}).encode()
+    path = write_trace(tmp_path / "trace.jsonl", line)
+    code, out, err = run(capsys, "--db", path, "--by", "model")
+    assert (code, out) == (1, "")
+    assert f"{path}:2: malformed spend record: SpendRecord.model must be" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import sqlite3
@@ -161,12 +162,21 @@ def test_repeated_call_id_keeps_the_first_in_redis(
     redis_store.close()
 
 
-def test_repeated_call_id_is_appended_again_in_jsonl(tmp_path: Path) -> None:
-    """The JSONL trace is append-only, so a repeated call_id appears twice."""
+def test_repeated_call_id_in_jsonl_is_read_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The JSONL file is append-only, but a query keeps the first line of a
+    call_id, as SQLite and Redis keep the first record, and says so."""
     jsonl = JsonlSpendStore(tmp_path / "t.jsonl")
     jsonl.record(make(1))
-    jsonl.record(make(1))
-    assert len(list(jsonl.query())) == 2
+    jsonl.record(make(1, cost_usd=Decimal(5)))
+    jsonl.record(make(2))
+    with caplog.at_level("WARNING", logger="governor.spend._jsonl"):
+        costs = [r.cost_usd for r in jsonl.query()]
+    assert len(jsonl.path.read_text().splitlines()) == 3
+    assert costs == [make(1).cost_usd, make(2).cost_usd]
+    assert jsonl.skipped_duplicates == 1
+    assert "t.jsonl: skipped 1 line(s) repeating the call_id" in caplog.text
 
 
 def test_redis_store_writes_only_under_its_prefix(
@@ -331,6 +341,56 @@ def test_jsonl_reader_refuses_bad_money_naming_field_and_line(
         fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
     with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
         list(JsonlSpendStore(path).query())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", None, "SpendRecord.model must be a non-empty string, got None"),
+        ("model", "", "SpendRecord.model must be a non-empty string, got ''"),
+        ("task_id", 7, "task_id must be a non-empty string, got the int 7"),
+        ("provider", ["a"], "provider must be a string or None .* list \\['a'\\]"),
+        ("team", 5, "SpendRecord.team must be a string or None .* the int 5"),
+    ],
+)
+def test_jsonl_reader_refuses_names_that_are_not_strings(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A null model or a numeric team stops the read at its line, naming it."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record(make(0))
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
+    with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
+        list(JsonlSpendStore(path).query())
+
+
+def test_gzip_jsonl_is_read_by_suffix_or_magic_bytes(tmp_path: Path) -> None:
+    """A compressed spend JSONL reads as the plain one, whatever its name."""
+    plain = tmp_path / "t.jsonl"
+    JsonlSpendStore(plain).record_many([make(0), make(1)])
+    packed = gzip.compress(plain.read_bytes())
+    for name in ("t.jsonl.gz", "t.gz"):
+        (tmp_path / name).write_bytes(packed)
+        store = open_store(tmp_path / name, existing=True)
+        assert list(store.query()) == [make(0), make(1)], name
+
+
+def test_gzip_jsonl_is_refused_for_writing(tmp_path: Path) -> None:
+    """Appending plain lines would corrupt it: opening it to record is refused."""
+    with pytest.raises(ConfigError, match="gzip-compressed JSONL, which the gov"):
+        open_store(tmp_path / "t.jsonl.gz")
+    with pytest.raises(ConfigError, match=r"record to a \.jsonl path"):
+        JsonlSpendStore(tmp_path / "t.jsonl.gz").record(make(0))
+
+
+def test_cut_short_gzip_jsonl_names_the_file(tmp_path: Path) -> None:
+    """A truncated compressed file stops the read with SpendDataError."""
+    path = tmp_path / "t.jsonl.gz"
+    lines = "".join(json.dumps(make(i).to_json_dict()) + "\n" for i in range(50))
+    path.write_bytes(gzip.compress(lines.encode())[:-30])
+    with pytest.raises(SpendDataError, match=r"t\.jsonl\.gz:\d+: the gzip data"):
+        list(open_store(path, existing=True).query())
 
 
 def test_jsonl_reader_accepts_whole_numbers_exactly(tmp_path: Path) -> None:

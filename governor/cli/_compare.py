@@ -83,5 +83,11 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
             f"{name:<4}{run['tasks']:>6}  {run['cost_usd']:>14}  "
             f"{run['cost_per_task_usd']:>14}  {run['stopped']:>7}  {quality}"
         )
+    for name, run in (("A", a), ("B", b)):
+        if run["stopped_recorded_good"]:
+            print(
+                f"{name} stopped {run['stopped_recorded_good']} task(s) recorded "
+                "as good; a stopped task counts at quality 0"
+            )
     print(f"\nA = {run_a.label}\nB = {run_b.label}")
     print(f"Cost per task: ${per_a} -> ${per_b} ({change:+.1f}%)")

@@ -10,11 +10,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from governor.cli._policy import POLICY_HELP
+from governor.cli._text import ljust, printable, width
 
 __all__ = ["add_source_arguments", "check_swaps", "load_records", "register"]
 
 _MODELS_SHOWN = 10
 """How many recorded models an unmatched ``--model OLD=NEW`` error lists."""
+
+_ID_COLUMNS_MOST = 48
+"""Widest task id column; a longer id keeps its start and end around an ellipsis."""
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -51,7 +55,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--db",
         default=None,
         help="spend store to read (default: GOVERNOR_SPEND_DB or "
-        ".governor/spend.sqlite3); a .jsonl path reads a JSONL trace",
+        ".governor/spend.sqlite3); a .jsonl (or .jsonl.gz) path reads a JSONL trace",
     )
     parser.add_argument(
         "--prefix",
@@ -165,15 +169,43 @@ def _run(args: argparse.Namespace) -> int:
         ]
         print(json.dumps({**run.as_dict(), "per_task": tasks}))
         return 0
+    _print_text(run)
+    return 0
+
+
+def _print_text(run: Any) -> None:
+    """The summary line, then one line per task with its whole id."""
     summary = run.as_dict()
     print(
         f"{summary['tasks']} tasks replayed under {run.label!r}: "
         f"${summary['cost_usd']} (${summary['cost_per_task_usd']} per task), "
-        f"{summary['stopped']} stopped by the policy"
+        f"{summary['stopped']} stopped by the policy{_cut_off(summary)}"
+        f"{_quality(summary)}"
     )
+    ids = {t.task_id: printable(t.task_id) for t in run.tasks.values()}
+    columns = min(max((width(i) for i in ids.values()), default=0), _ID_COLUMNS_MOST)
     for task in run.tasks.values():
         stop = f"  stopped: {task.stop_reason}" if task.stop_reason else ""
-        print(
-            f"  {task.task_id[:12]:<12}  {task.calls:>4} calls  ${task.cost_usd}{stop}"
-        )
-    return 0
+        shown = ljust(_shorten(ids[task.task_id], columns), columns)
+        print(f"  {shown}  {task.calls:>4} calls  ${task.cost_usd}{stop}")
+
+
+def _cut_off(summary: Mapping[str, Any]) -> str:
+    """How many stopped tasks had been recorded as good, if any."""
+    good = summary["stopped_recorded_good"]
+    if not good:
+        return ""
+    return f" ({good} of them recorded as good, counted at quality 0)"
+
+
+def _quality(summary: Mapping[str, Any]) -> str:
+    quality = summary["quality"]
+    return "" if quality is None else f"; quality {quality:.3f}"
+
+
+def _shorten(text: str, columns: int) -> str:
+    """``text`` cut in the middle to ``columns``, so that its start and end show."""
+    if width(text) <= columns:
+        return text
+    tail = (columns - 1) // 2
+    return text[: columns - 1 - tail] + "\u2026" + (text[-tail:] if tail else "")

@@ -41,7 +41,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--db",
         metavar="PATH",
-        help="SQLite file, .jsonl trace or redis:// URL "
+        help="SQLite file, .jsonl (or .jsonl.gz) trace or redis:// URL "
         "(default: $GOVERNOR_SPEND_DB, else ./.governor/spend.sqlite3)",
     )
     parser.add_argument(
@@ -127,8 +127,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"governor report: {exc}", file=sys.stderr)
         return 2
     try:
-        summary, label = _summarize(args, query)
+        summary, label, skipped = _summarize(args, query)
         _print(summary, args.fmt, label, args.top)
+        if skipped and args.fmt == "table":
+            print(
+                f"\nNote: skipped {skipped} line(s) repeating the call_id of an "
+                "earlier line; the first record of each call is counted"
+            )
         _write_charts(summary, args, label)
     except (ConfigError, SpendDataError, _Unreachable) as exc:
         print(f"governor report: {exc}", file=sys.stderr)
@@ -189,7 +194,10 @@ def _check_output(option: str, path: str | None) -> None:
         )
 
 
-def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, str]:
+def _summarize(
+    args: argparse.Namespace, query: _Query
+) -> tuple[SpendSummary, str, int]:
+    """The summary, the store's label, and how many duplicate lines were skipped."""
     from governor.spend import default_spend_target, open_store, summarize
 
     target = args.db or default_spend_target()
@@ -198,6 +206,7 @@ def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, s
     try:
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
+        skipped: int = getattr(store, "skipped_duplicates", 0)
     except Exception as exc:
         if _redis_down(target, exc):
             raise _Unreachable(_unreachable(args, target, exc)) from exc
@@ -205,7 +214,7 @@ def _summarize(args: argparse.Namespace, query: _Query) -> tuple[SpendSummary, s
     finally:
         store.close()
     label = target if args.prefix is None else f"{target} (prefix {args.prefix})"
-    return dataclasses.replace(summary, by=query.shown), label
+    return dataclasses.replace(summary, by=query.shown), label, skipped
 
 
 def _redis_down(target: str, exc: Exception) -> bool:

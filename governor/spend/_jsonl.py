@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import logging
 import os
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from governor._errors import ConfigError
 from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
     Filters,
@@ -19,7 +24,9 @@ from governor.spend._store import (
     matches,
 )
 
-__all__ = ["JsonlSpendStore"]
+__all__ = ["JsonlSpendStore", "is_gzip"]
+
+logger = logging.getLogger(__name__)
 
 # Binary on Windows too: lines end in "\n" whatever the platform.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
@@ -33,6 +40,7 @@ _JSON_KINDS = {
     type(None): "null",
 }
 _FIX = "fix or delete this line"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class JsonlSpendStore:
@@ -40,9 +48,12 @@ class JsonlSpendStore:
 
     Writes append whole lines under a lock, so one process's threads never
     interleave; other processes should write their own files. A batch is
-    appended whole or not at all. Unlike the SQLite and Redis stores, a
-    repeated ``call_id`` is appended again. A query reads the whole file and
-    yields the records sorted by time.
+    appended whole or not at all. A repeated ``call_id`` is appended again,
+    but a query keeps only the first line of each ``call_id``, as the SQLite
+    and Redis stores keep the first record, and logs a warning with the number
+    skipped (also left in :attr:`skipped_duplicates`). A query reads the whole
+    file, gzip-compressed or not, and yields the records sorted by time; a
+    compressed file is read only.
 
     Args:
         path: the file; missing parent folders are created on first write.
@@ -51,6 +62,8 @@ class JsonlSpendStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        # Lines the last query skipped for repeating an earlier call_id.
+        self.skipped_duplicates = 0
 
     def record(self, rec: SpendRecord) -> None:
         """Append one record."""
@@ -68,6 +81,11 @@ class JsonlSpendStore:
         )
         if not text:
             return
+        if self.path.suffix.lower() == ".gz":
+            raise ConfigError(
+                f"{self.path} is gzip-compressed: the governor reads such a "
+                "spend JSONL but cannot append to it; record to a .jsonl path"
+            )
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, _APPEND_FLAGS, 0o666)
@@ -96,24 +114,55 @@ class JsonlSpendStore:
         wanted = check_filters(filters)
         found = [
             rec
-            for rec in self._read()
+            for rec in self._first_of_each_call(self._read())
             if in_range(rec, since, until) and matches(rec, wanted)
         ]
         found.sort(key=lambda rec: rec.ts)
         return iter(found)
 
+    def _first_of_each_call(self, records: Iterable[SpendRecord]) -> list[SpendRecord]:
+        """Keep the first record of each ``call_id``, counting those skipped."""
+        seen: set[str] = set()
+        kept = []
+        skipped = 0
+        for rec in records:
+            if rec.call_id in seen:
+                skipped += 1
+                continue
+            seen.add(rec.call_id)
+            kept.append(rec)
+        self.skipped_duplicates = skipped
+        if skipped:
+            logger.warning(
+                "%s: skipped %d line(s) repeating the call_id of an earlier "
+                "line; the first record of each call was kept",
+                self.path,
+                skipped,
+            )
+        return kept
+
     def _read(self) -> Iterator[SpendRecord]:
         if not self.path.exists():
             return
+        number = 0
         # Lines are decoded one at a time so that bad bytes name their line.
-        with self.path.open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield SpendRecord.from_json_dict(_json_object(raw, number))
-                except ValueError as exc:
-                    raise SpendDataError(f"{self.path}:{number}: {exc}") from exc
+        with _open_binary(self.path) as fh:
+            try:
+                for number, raw in enumerate(fh, start=1):
+                    if not raw.strip():
+                        continue
+                    yield self._parse(raw, number)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                raise SpendDataError(
+                    f"{self.path}:{number + 1}: the gzip data is cut short or "
+                    f"corrupt ({exc}); compress the spend JSONL again"
+                ) from exc
+
+    def _parse(self, raw: bytes, number: int) -> SpendRecord:
+        try:
+            return SpendRecord.from_json_dict(_json_object(raw, number))
+        except ValueError as exc:
+            raise SpendDataError(f"{self.path}:{number}: {exc}") from exc
 
     def close(self) -> None:
         """Nothing to release; present for symmetry with the other stores."""
@@ -123,6 +172,22 @@ class JsonlSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether the file at ``path`` starts with the gzip magic bytes."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(2) == _GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    """The file for reading bytes, decompressed on the fly when it is gzip."""
+    if is_gzip(path):
+        return gzip.open(path, "rb")
+    return path.open("rb")
 
 
 def _json_object(raw: bytes, number: int) -> dict[str, Any]:

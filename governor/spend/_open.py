@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from governor._errors import ConfigError
-from governor.spend._jsonl import JsonlSpendStore
+from governor.spend._jsonl import JsonlSpendStore, is_gzip
 from governor.spend._record import SpendDataError
 from governor.spend._redis import RedisSpendStore
 from governor.spend._sqlite import SQLiteSpendStore
@@ -54,7 +54,9 @@ def open_store(
     ``redis://``, ``rediss://`` and ``unix://`` URLs open a
     :class:`RedisSpendStore`, a path ending in ``.jsonl`` a
     :class:`JsonlSpendStore`, any other path a :class:`SQLiteSpendStore`
-    (created with its folders when missing).
+    (created with its folders when missing). With ``existing``, a path ending
+    in ``.jsonl.gz`` or a file that starts with the gzip magic bytes opens
+    as gzip-compressed spend JSONL, for reading.
 
     Args:
         target: the store's path or URL.
@@ -65,7 +67,7 @@ def open_store(
 
     Raises:
         ConfigError: ``prefix`` is given for a store that is not Redis, or
-            holds a brace.
+            holds a brace; or a ``.jsonl.gz`` path is opened for writing.
         SpendDataError: ``existing`` is set and the SQLite file holds no
             spend table.
     """
@@ -88,9 +90,22 @@ def open_store(
         )
     if text.endswith(".jsonl"):
         return JsonlSpendStore(text)
+    if text.endswith(".jsonl.gz") or (existing and is_gzip(Path(text))):
+        return _compressed(text, existing)
     if existing:
         _check_spend_database(Path(text))
     return SQLiteSpendStore(text)
+
+
+def _compressed(text: str, existing: bool) -> JsonlSpendStore:
+    """A gzip-compressed spend JSONL, which only readers may open."""
+    if not existing:
+        raise ConfigError(
+            f"spend store {text!r} is gzip-compressed JSONL, which the governor "
+            "reads but cannot append to; record to a .jsonl path and compress "
+            "it afterwards"
+        )
+    return JsonlSpendStore(text)
 
 
 def check_prefix(target: str, prefix: str | None) -> None:

@@ -16,6 +16,17 @@ Outcome = Literal["ok", "error", "refused", "cache_hit"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
+REQUIRED_TEXT = ("task_id", "call_id", "model")
+OPTIONAL_TEXT = (
+    "provider",
+    "stop_reason",
+    "team",
+    "feature",
+    "environment",
+    "user",
+    "session",
+    "org",
+)
 
 # Version of the JSON form written by SpendRecord.to_json_dict; readers accept
 # any record whose "v" they know and ignore keys they do not.
@@ -75,6 +86,7 @@ class SpendRecord:
             _check_money(name, amount)
             if amount.is_zero() and amount.is_signed():
                 object.__setattr__(self, name, amount.copy_abs())
+        _check_text(self)
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
         for name in ("input_tokens", "output_tokens", "cache_read_tokens"):
@@ -134,6 +146,32 @@ class SpendRecord:
             ) from exc
         except (TypeError, ValueError, InvalidOperation) as exc:
             raise SpendDataError(f"malformed spend record: {exc}") from exc
+
+
+def _check_text(record: SpendRecord) -> None:
+    """Refuse a required name that is not a non-empty string, or an optional
+    one that is neither a string nor None (a JSON number or array, say)."""
+    for name in REQUIRED_TEXT:
+        value = getattr(record, name)
+        if not isinstance(value, str) or not value:
+            raise TypeError(
+                f"SpendRecord.{name} must be a non-empty string, got "
+                f"{_kind(value)}{value!r}"
+            )
+    for name in OPTIONAL_TEXT:
+        value = getattr(record, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"SpendRecord.{name} must be a string or None (unset), got "
+                f"{_kind(value)}{value!r}"
+            )
+
+
+def _kind(value: object) -> str:
+    """``the int `` before a value's repr, or nothing for None and strings."""
+    if value is None or isinstance(value, str):
+        return ""
+    return f"the {type(value).__name__} "
 
 
 _MOST_USD = Decimal(10) ** 12
