@@ -19,6 +19,7 @@ from langchain_litellm import ChatLiteLLM
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Send
+from opentelemetry.sdk.trace import SpanProcessor
 
 from conftest import SpanCapture
 from governor import Budget, BudgetExceeded, Governor, Policy, govern
@@ -552,6 +553,17 @@ def test_branches_refused_a_slot_still_end_their_spans(capture: SpanCapture) -> 
             time.sleep(0.2)  # hold the slot while the other branches start
             return super()._generate(*args, **kwargs)
 
+    class Started(SpanProcessor):
+        """Counts node spans as they start (the capture sees them end)."""
+
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.names.append(span.name)
+
+    started = Started()
+    capture.provider.add_span_processor(started)
     policy = Policy(fanout=Fanout(max_branches=2, on_cap="refuse"))
     gov = Governor(policy, tracer_provider=capture.provider)
     graph = govern(fan_out_graph(SlowModel()), gov)
@@ -561,7 +573,11 @@ def test_branches_refused_a_slot_still_end_their_spans(capture: SpanCapture) -> 
     refused = [s for s in workers if s.status.status_code == StatusCode.ERROR]
     report = graph.last_report
     assert report is not None
-    assert (len(workers), len(refused)) == (10, 10 - report.calls)
+    # On a loaded machine LangGraph may cancel branches that had not started
+    # when the first refusal came; every branch that started must have ended.
+    opened = started.names.count("governor.node worker")
+    assert (len(workers), len(refused)) == (opened, opened - report.calls)
+    assert opened > report.calls
 
 
 def test_an_interrupt_is_a_pause_not_an_error(capture: SpanCapture) -> None:
