@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from governor._errors import ConfigError
 from governor.cli import main
 from governor.loops import (
     Call,
@@ -19,8 +22,9 @@ from governor.loops import (
     read_trajectories,
     write_trajectories,
 )
-from governor.loops._eval import evaluate, replay, split_of
+from governor.loops._eval import evaluate, replay, split_of, sweep
 from governor.loops._inject import inject
+from governor.loops._trajectory import trajectory_to_dict
 from governor.policies._loops import Loops
 
 SAMPLE = Path(__file__).parent / "data" / "trajectories_sample.jsonl"
@@ -263,3 +267,221 @@ def test_cli_reports_an_unreadable_path(
     missing = tmp_path / "nope.jsonl"
     assert main(["eval", "loops", str(missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def _write_lines(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _tiny_run(run_id: str, outcome: object = "resolved") -> dict[str, object]:
+    """A governor-format run of two different calls."""
+    run = Trajectory(
+        id=run_id,
+        outcome="resolved",
+        calls=(
+            Call(output="look", cost_usd=Decimal("0.25"), created_s=100),
+            Call(output="fix", cost_usd=Decimal("0.5"), created_s=130),
+        ),
+    )
+    return {**trajectory_to_dict(run), "outcome": outcome}
+
+
+@pytest.mark.parametrize(
+    ("resolved", "outcome"),
+    [
+        (True, "resolved"),
+        ("true", "resolved"),
+        ("TRUE", "resolved"),
+        ("Resolved", "resolved"),
+        ("yes", "resolved"),
+        (1, "resolved"),
+        ("1", "resolved"),
+        (False, "unresolved"),
+        ("false", "unresolved"),
+        ("False", "unresolved"),
+        ("unresolved", "unresolved"),
+        ("No", "unresolved"),
+        (0, "unresolved"),
+        ("0", "unresolved"),
+    ],
+)
+def test_raw_resolved_flag_is_read_in_its_common_forms(
+    tmp_path: Path, resolved: object, outcome: str
+) -> None:
+    """A string "false" is not resolved, and "Resolved" is not a failure."""
+    path = _write_lines(tmp_path / "raw.jsonl", [{**_raw_row(), "resolved": resolved}])
+    (run,) = read_trajectories(path)
+    assert run.outcome == outcome
+
+
+@pytest.mark.parametrize(
+    ("word", "resolved"),
+    [("Resolved", True), ("RESOLVED", True), ("unresolved", False)],
+)
+def test_outcome_word_is_read_in_any_case(
+    tmp_path: Path, word: str, resolved: bool
+) -> None:
+    """``"outcome": "Resolved"`` is a resolved run, not a failed one."""
+    path = _write_lines(tmp_path / "runs.jsonl", [_tiny_run("a", word)])
+    (run,) = read_trajectories(path)
+    assert (run.resolved, run.labelled) == (resolved, True)
+
+
+def test_an_unknown_outcome_word_names_file_and_line(tmp_path: Path) -> None:
+    """A word that is not an outcome is an error, not a silent failure."""
+    rows = [_tiny_run("a"), _tiny_run("b", "success")]
+    path = _write_lines(tmp_path / "runs.jsonl", rows)
+    with pytest.raises(ConfigError, match=r"runs\.jsonl:2: outcome is 'success'"):
+        list(read_trajectories(path))
+
+
+def test_a_run_without_a_label_is_neither_resolved_nor_failed(tmp_path: Path) -> None:
+    """A missing ``resolved`` leaves the run out of both false stops and failures."""
+    row = {k: v for k, v in _raw_row().items() if k != "resolved"}
+    path = _write_lines(tmp_path / "raw.jsonl", [row, _tiny_run("b")])
+    report = evaluate(list(read_trajectories(path)), Loops(), injecting=False, seed=0)
+    summary = report["all"]
+    assert (summary["unlabelled_runs"], summary["failed_runs"]) == (1, 0)
+    assert (summary["resolved_runs"], summary["failed_spend_usd"]) == (1, "0.000000")
+
+
+def test_cli_says_how_many_runs_have_no_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The note goes to stderr, so --json stays one JSON document."""
+    rows = [_tiny_run("a"), _tiny_run("b", None), _tiny_run("c", "unknown")]
+    path = _write_lines(tmp_path / "runs.jsonl", rows)
+    assert main(["eval", "loops", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert (doc["unlabelled_runs"], doc["defaults"]["all"]["failed_runs"]) == (2, 0)
+    assert "2 of 3 runs have no outcome label" in captured.err
+
+
+def _raw_with(change: dict[str, object]) -> dict[str, object]:
+    """The raw row with keys of its first reply (messages[2]) changed."""
+    row = _raw_row()
+    messages = [dict(m) for m in row["messages"]]
+    messages[2].update(change)
+    return {**row, "messages": messages}
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        (_raw_with({"role": None}), "messages[2] has no 'role'"),
+        (_raw_with({"cost_usd": "abc"}), "messages[2].cost_usd is 'abc'"),
+        (_raw_with({"cost_usd": float("nan")}), "messages[2].cost_usd is nan"),
+        (_raw_with({"cost_usd": -1.5}), "messages[2].cost_usd is -1.5"),
+        (_raw_with({"prompt_tokens": "many"}), "messages[2].prompt_tokens is 'many'"),
+        (_raw_with({"completion_tokens": -3}), "messages[2].completion_tokens is -3"),
+        (_raw_with({"created": "yesterday"}), "messages[2].created is 'yesterday'"),
+        ({**_tiny_run("x"), "id": None}, "the run has no 'id'"),
+        ({**_tiny_run("x"), "calls": "none"}, "calls is a JSON string, not a list"),
+        (
+            {**_tiny_run("x"), "calls": [{"tool_calls": [{"args": {}}]}]},
+            "calls[0].tool_calls[0] has no 'name'",
+        ),
+        (7, "a JSON number, not a run object"),
+    ],
+)
+def test_a_bad_value_names_file_line_and_field(
+    tmp_path: Path, row: object, says: str
+) -> None:
+    """Each unreadable value is a ConfigError with ``path:line`` and the field."""
+    path = _write_lines(tmp_path / "runs.jsonl", [_tiny_run("ok"), row])
+    with pytest.raises(ConfigError, match=re.escape(f"runs.jsonl:2: {says}")):
+        list(read_trajectories(path))
+
+
+def test_iso_call_times_are_read_as_unix_seconds(tmp_path: Path) -> None:
+    """An ISO 8601 ``created`` gives the same seconds as the number."""
+    iso = _raw_with({"created": "1970-01-01T00:00:10Z"})
+    naive = _raw_with({"created": "1970-01-01 00:00:10"})
+    for row in (iso, naive):
+        path = _write_lines(tmp_path / "raw.jsonl", [row])
+        (run,) = read_trajectories(path)
+        assert run.calls[0].created_s == 10
+
+
+def test_gzip_is_recognised_by_its_bytes_and_a_bom_is_skipped(tmp_path: Path) -> None:
+    """A gzipped file without .gz and a file with a byte-order mark both read."""
+    line = json.dumps(_raw_row()) + "\n"
+    packed = tmp_path / "packed.jsonl"
+    packed.write_bytes(gzip.compress(line.encode()))
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + line.encode())
+    assert [r.id for r in read_trajectories(packed)] == ["demo__demo-1"]
+    assert [r.id for r in read_trajectories(marked)] == ["demo__demo-1"]
+
+
+def test_a_truncated_gzip_file_is_a_config_error(tmp_path: Path) -> None:
+    """A cut-short gzip stream names the file instead of raising EOFError."""
+    data = gzip.compress(
+        ("".join(json.dumps(_tiny_run(f"r{n}")) + "\n" for n in range(50))).encode()
+    )
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"cut\.jsonl\.gz:\d+: the gzip data is cut"):
+        list(read_trajectories(path))
+
+
+def test_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 give the line, not a bare codec error."""
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(json.dumps(_tiny_run("a")).encode() + b"\n\xff\n")
+    with pytest.raises(ConfigError, match=r"runs\.jsonl:2: not UTF-8 text"):
+        list(read_trajectories(path))
+
+
+def test_a_repeated_run_id_is_refused(tmp_path: Path) -> None:
+    """The same id twice would count the run twice: both lines are named."""
+    rows = [_tiny_run("a"), _tiny_run("b"), _tiny_run("a")]
+    path = _write_lines(tmp_path / "runs.jsonl", rows)
+    with pytest.raises(
+        ConfigError, match=r"runs\.jsonl:3: run id 'a' is also on line 1"
+    ):
+        list(read_trajectories(path))
+
+
+def test_cli_reports_a_bad_line_with_exit_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI prints the reader's ``path:line`` message once."""
+    path = _write_lines(tmp_path / "runs.jsonl", [_raw_with({"cost_usd": "abc"})])
+    assert main(["eval", "loops", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"governor eval loops: {path}:1: messages[2].cost_usd")
+
+
+def test_cli_prints_progress_on_stderr_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every 100 runs a progress line goes to stderr; stdout stays JSON."""
+    rows = [_tiny_run(f"run-{n}") for n in range(200)]
+    path = _write_lines(tmp_path / "runs.jsonl", rows)
+    assert main(["eval", "loops", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["runs"] == 200
+    assert captured.err.splitlines() == [
+        "governor eval loops: replayed 100/200 runs",
+        "governor eval loops: replayed 200/200 runs",
+    ]
+
+
+def test_sweep_progress_counts_runs_over_the_whole_grid() -> None:
+    """The sweep reports runs done across all its settings."""
+    seen: list[tuple[int, int]] = []
+    grid = [("max_repeats", (1, 2)), ("max_stale_steps", (3,))]
+    sweep(
+        _sample(), Loops(), injecting=False, seed=0, grid=grid, progress=_record(seen)
+    )
+    assert seen == [(n, 9) for n in range(1, 10)]
+
+
+def _record(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    def note(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    return note

@@ -10,11 +10,9 @@ count as false alerts. See ``docs/anomalies.md`` for the method and results.
 from __future__ import annotations
 
 import copy
-import csv
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ from governor._errors import ConfigError
 from governor._money import usd_to_nanos
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
+from governor.anomaly._trace_csv import read_rows, trace_files
 from governor.spend._time import to_us
 
 __all__ = [
@@ -71,54 +70,40 @@ SPIKES: tuple[Spike, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """Events per scope, priced, in time order."""
+    """Events per scope, priced, in time order, and the file of each scope."""
 
     events: dict[str, list[Event]]
     model: str
     input_nanos_per_token: int
     output_nanos_per_token: int
     median_output: dict[str, int]
+    sources: dict[str, Path] = field(default_factory=dict)
 
 
 def load_trace(path: Path, *, model: str = "gpt-4o-mini") -> Trace:
     """Read Azure-trace CSV files (one file, or a folder of them) and price them.
 
-    Each file ``*_<service>.csv`` with columns ``TIMESTAMP, ContextTokens,
-    GeneratedTokens`` becomes scope ``team:<service>``; timestamps are read as
-    UTC. Tokens are priced at ``model``'s list price from LiteLLM's bundled
-    price map.
+    Each file ``<name>.csv`` or ``<name>.csv.gz`` with columns ``TIMESTAMP,
+    ContextTokens, GeneratedTokens`` becomes scope ``team:<name>``, less a
+    leading ``AzureLLMInferenceTrace_``: ``AzureLLMInferenceTrace_code.csv`` is
+    ``team:code`` and ``AzureLLMInferenceTrace_code_1week.csv`` is
+    ``team:code_1week``. Two files with the same scope are refused. Timestamps
+    are ISO 8601 (UTC unless they carry an offset) or Unix seconds. Tokens are
+    priced at ``model``'s list price from LiteLLM's bundled price map.
     """
     from governor.pricing import RateCard
 
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise ConfigError(f"no CSV trace files in {path}")
+    sources = trace_files(path)
     rate = RateCard().rate(model)
     price_in = usd_to_nanos(rate.input_per_token)
     price_out = usd_to_nanos(rate.output_per_token)
     events: dict[str, list[Event]] = {}
     outputs: dict[str, int] = {}
-    for file in files:
-        scope = "team:" + file.stem.rsplit("_", 1)[-1]
-        rows = _read_rows(file)
+    for scope, file in sources.items():
+        rows = read_rows(file)
         events[scope] = [(ts, i + o, i * price_in + o * price_out) for ts, i, o in rows]
         outputs[scope] = round(statistics.median(o for _, _, o in rows))
-    return Trace(events, model, price_in, price_out, outputs)
-
-
-def _read_rows(file: Path) -> list[tuple[int, int, int]]:
-    rows: list[tuple[int, int, int]] = []
-    with file.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            # 100-ns timestamps: the seventh fractional digit is dropped.
-            ts = datetime.fromisoformat(row["TIMESTAMP"][:26]).replace(tzinfo=UTC)
-            rows.append(
-                (to_us(ts), int(row["ContextTokens"]), int(row["GeneratedTokens"]))
-            )
-    if not rows:
-        raise ConfigError(f"trace file {file} has no rows")
-    rows.sort()
-    return rows
+    return Trace(events, model, price_in, price_out, outputs, sources)
 
 
 def _inject(
@@ -239,17 +224,37 @@ def _eval_start(settings: Anomalies, events: Sequence[Event]) -> int:
 
 def _starts(
     settings: Anomalies,
-    events: Sequence[Event],
+    trace: Trace,
+    scope: str,
     spike: Spike,
     trials: int,
     rng: np.random.Generator,
 ) -> list[int]:
+    events = trace.events[scope]
     low = _eval_start(settings, events)
     grace_us = round(settings.interval_s * _S)
     high = events[-1][0] - round(spike.duration_s * _S) - grace_us
     if high <= low:
-        raise ConfigError("trace too short for the history and spike asked for")
+        raise _too_short(settings, trace, scope, spike)
     return sorted(int(v) for v in rng.integers(low, high, trials))
+
+
+def _too_short(
+    settings: Anomalies, trace: Trace, scope: str, spike: Spike
+) -> ConfigError:
+    """Say how long a scope's trace is and how long it must be."""
+    events = trace.events[scope]
+    span_s = (events[-1][0] - events[0][0]) / _S
+    history_s = (_eval_start(settings, events) - events[0][0]) / _S
+    need_s = history_s + spike.duration_s + settings.interval_s
+    source = trace.sources.get(scope, scope)
+    return ConfigError(
+        f"{source}: scope {scope} spans {span_s:.0f} s of calls; the evaluation "
+        f"needs more than {need_s:.0f} s: {settings.min_history_intervals} "
+        f"intervals of {settings.interval_s:g} s of history, a {spike.kind} "
+        f"spike of {spike.duration_s:g} s and one interval after it; give a "
+        "longer trace"
+    )
 
 
 def _scope_trials(
@@ -326,7 +331,7 @@ def _detection(
     by_scope: dict[str, int] = {}
     for scope_index, scope in enumerate(sorted(trace.events)):
         rng = np.random.default_rng([*seed, scope_index])
-        starts = _starts(settings, trace.events[scope], spike, trials, rng)
+        starts = _starts(settings, trace, scope, spike, trials, rng)
         found = _scope_trials(settings, trace, scope, spike, starts, rng)
         by_scope[scope] = len(found)
         delays += found

@@ -20,7 +20,10 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         "path",
         type=Path,
         metavar="PATH",
-        help="a folder of Azure LLM inference trace CSV files, or one such file",
+        help=(
+            "a folder of Azure LLM inference trace CSV files (.csv or .csv.gz), "
+            "or one such file; each file is one scope"
+        ),
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document to stdout"

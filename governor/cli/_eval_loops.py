@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["register_eval"]
@@ -17,6 +18,8 @@ _HEADLINE = (
     "failed_runs_flagged",
     "failed_spend_after_flag_usd",
 )
+# Progress lines come at least this many runs apart.
+_PROGRESS_RUNS = 100
 
 
 def register_eval(sub: Any, name: str, help_text: str) -> None:
@@ -33,7 +36,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "path",
         metavar="PATH",
-        help="trajectory JSONL (.gz too), or the raw mini-swe-agent data set",
+        help="trajectory JSONL (gzipped too), or the raw mini-swe-agent data set",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON doc")
     parser.add_argument(
@@ -54,15 +57,23 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         runs = list(read_trajectories(args.path))
-    except (OSError, ConfigError) as exc:
+    except OSError as exc:
         print(f"governor eval loops: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        print(f"governor eval loops: {exc}", file=sys.stderr)
+        return 2
     loops = Loops()
-    report = evaluate(runs, loops, injecting=args.inject, seed=args.seed)
+    progress = _progress("replayed")
+    report = evaluate(
+        runs, loops, injecting=args.inject, seed=args.seed, progress=progress
+    )
+    _note_unlabelled(report["all"])
     doc: dict[str, Any] = {key: report["all"][key] for key in _HEADLINE}
     doc.update(
         {
             "runs": len(runs),
+            "unlabelled_runs": report["all"]["unlabelled_runs"],
             "seed": args.seed,
             "inject": args.inject,
             "settings": loops.model_dump(mode="json"),
@@ -70,13 +81,44 @@ def _run(args: argparse.Namespace) -> int:
         }
     )
     if args.sweep:
-        doc["sweep"] = sweep(runs, loops, injecting=args.inject, seed=args.seed)
+        doc["sweep"] = sweep(
+            runs,
+            loops,
+            injecting=args.inject,
+            seed=args.seed,
+            progress=_progress("sweep: replayed"),
+        )
     if args.json:
         json.dump(doc, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(_table(doc))
     return 0
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """Print ``label done/total runs`` on stderr about 20 times, 100 runs apart
+    at least; nothing for fewer than 100 runs."""
+
+    def show(done: int, total: int) -> None:
+        step = max(_PROGRESS_RUNS, total // 20)
+        if total >= _PROGRESS_RUNS and (done % step == 0 or done == total):
+            print(f"governor eval loops: {label} {done}/{total} runs", file=sys.stderr)
+
+    return show
+
+
+def _note_unlabelled(summary: dict[str, Any]) -> None:
+    """Say on stderr how many runs had no outcome label."""
+    unlabelled = summary["unlabelled_runs"]
+    if unlabelled:
+        print(
+            f"governor eval loops: {unlabelled} of {summary['runs']} runs have no "
+            "outcome label ('resolved' or 'outcome' missing, null or 'unknown'): "
+            "they count as neither resolved nor failed runs; label them to "
+            "measure false stops",
+            file=sys.stderr,
+        )
 
 
 def _cells(report: dict[str, Any]) -> list[str]:

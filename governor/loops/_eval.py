@@ -8,6 +8,9 @@ Three figures, as issue #4 asks:
 - ``failed_runs_flagged`` and ``failed_spend_after_flag_usd``: among the
   runs that failed, how many were flagged, and what they spent after it.
 
+A run without an outcome label counts as neither resolved nor failed
+(``unlabelled_runs``); spliced loops are still injected into it.
+
 Runs are split in two halves by a hash of their id (``train`` and ``test``),
 so that settings chosen on one half can be checked on the other.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,7 +30,10 @@ from governor.loops._inject import KINDS, Injection, inject
 from governor.loops._trajectory import Call, Trajectory
 from governor.policies._loops import Loops
 
-__all__ = ["SPLITS", "Flag", "evaluate", "replay", "split_of", "sweep"]
+__all__ = ["SPLITS", "Flag", "Progress", "evaluate", "replay", "split_of", "sweep"]
+
+#: Called with (runs replayed so far, runs to replay) after each run.
+Progress = Callable[[int, int], None]
 
 SPLITS = ("train", "test")
 _MICRO_USD = Decimal("0.000001")
@@ -175,7 +181,7 @@ def _detection(pairs: Sequence[tuple[Injection, Flag | None]]) -> dict[str, Any]
 
 def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]:
     good = [o for o in outcomes if o.run.resolved]
-    bad = [o for o in outcomes if not o.run.resolved]
+    bad = [o for o in outcomes if o.run.labelled and not o.run.resolved]
     stops = [o.flag for o in good if o.flag is not None]
     flagged = [o for o in bad if o.flag is not None]
     after = sum(
@@ -184,6 +190,7 @@ def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]
     )
     summary: dict[str, Any] = {
         "runs": len(outcomes),
+        "unlabelled_runs": len(outcomes) - len(good) - len(bad),
         "resolved_runs": len(good),
         "false_stops": len(stops),
         "false_stop_rate": _rate(len(stops), len(good)),
@@ -221,10 +228,19 @@ def _no_detection() -> dict[str, Any]:
 
 
 def evaluate(
-    runs: Sequence[Trajectory], loops: Loops, *, injecting: bool, seed: int
+    runs: Sequence[Trajectory],
+    loops: Loops,
+    *,
+    injecting: bool,
+    seed: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Measure one setting on all runs and on each half of the split."""
-    outcomes = [_outcome(r, loops, injecting=injecting, seed=seed) for r in runs]
+    outcomes = []
+    for run in runs:
+        outcomes.append(_outcome(run, loops, injecting=injecting, seed=seed))
+        if progress is not None:
+            progress(len(outcomes), len(runs))
     report = {"all": _summary(outcomes, injecting=injecting)}
     for split in SPLITS:
         part = [o for o in outcomes if o.split == split]
@@ -239,15 +255,38 @@ def sweep(
     injecting: bool,
     seed: int,
     grid: Sequence[tuple[str, Sequence[Any]]] = _SWEEP,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure each setting of the grid in turn, the others at ``base``."""
-    rows = []
-    for name, values in grid:
-        for value in values:
-            loops = _with(base, name, value)
-            report = evaluate(runs, loops, injecting=injecting, seed=seed)
-            rows.append({"setting": name, "value": value, **report})
+    """Measure each setting of the grid in turn, the others at ``base``.
+
+    ``progress`` counts runs over the whole grid, not per setting.
+    """
+    points = [(name, value) for name, values in grid for value in values]
+    total = len(points) * len(runs)
+    rows: list[dict[str, Any]] = []
+    for name, value in points:
+        loops = _with(base, name, value)
+        report = evaluate(
+            runs,
+            loops,
+            injecting=injecting,
+            seed=seed,
+            progress=_offset(progress, len(rows) * len(runs), total),
+        )
+        rows.append({"setting": name, "value": value, **report})
     return rows
+
+
+def _offset(progress: Progress | None, done: int, total: int) -> Progress | None:
+    """Report one setting's runs as part of the whole sweep."""
+    if progress is None:
+        return None
+    report = progress
+
+    def shifted(runs_done: int, _runs: int) -> None:
+        report(done + runs_done, total)
+
+    return shifted
 
 
 def _with(base: Loops, name: str, value: Any) -> Loops:

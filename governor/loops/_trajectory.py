@@ -17,15 +17,19 @@ One run per line, as a JSON object::
         "prompt_tokens": 1662, "completion_tokens": 106, "cached_tokens": 0,
         "cost_usd": "0.004596", "created_s": 1763510516}]}
 
-``outcome`` is ``"resolved"`` for a run that did its job and any other word
-(``"unresolved"``, ``"error"``, ``"unknown"``) otherwise. ``calls`` are the
+``outcome`` is ``"resolved"`` for a run that did its job, ``"unresolved"`` or
+``"error"`` for one that failed, and ``"unknown"`` (or no ``outcome``) for a
+run without a label; true / false, yes / no and 1 / 0 are read too, in any
+case, and any other value is an error. ``calls`` are the
 model calls in order. A call's ``messages`` are the prompt messages added since
 the call before that are not tool results (the first call's system prompt and
 task, or the agent's feedback on a malformed reply); its ``tool_results``
 answer its ``tool_calls`` and are part of the next call's prompt. A result cut
 short keeps ``truncated: true`` and the SHA-1 of the whole text, so that exact
 repeats stay detectable. ``cost_usd`` is a decimal string (numbers are read
-too); ``created_s`` is the call's Unix time in seconds, or null.
+too) of at least 0; ``created_s`` is the call's Unix time in seconds (an ISO
+8601 time is converted, as UTC when it has no offset), or null. Run ids are
+unique within a file.
 """
 
 from __future__ import annotations
@@ -37,10 +41,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from governor._errors import ConfigError
-from governor._money import as_decimal
+from governor._textlines import numbered_lines
+from governor.loops._fields import (
+    RESOLVED,
+    UNLABELLED,
+    cost_of,
+    count_of,
+    items_of,
+    kind_of,
+    mapping_of,
+    outcome_of,
+    required,
+    time_of,
+)
 
 __all__ = [
     "FORMAT",
@@ -119,7 +135,12 @@ class Trajectory:
     @property
     def resolved(self) -> bool:
         """True when the run did its job."""
-        return self.outcome == "resolved"
+        return self.outcome == RESOLVED
+
+    @property
+    def labelled(self) -> bool:
+        """False for a run whose outcome is ``"unknown"``: neither good nor bad."""
+        return self.outcome != UNLABELLED
 
     @property
     def cost_usd(self) -> Decimal:
@@ -133,9 +154,14 @@ def from_mini_swe_agent(row: Mapping[str, Any]) -> Trajectory:
     A tool call is the bash block parsed from the model's reply; its result
     is the observation message that follows. A reply without exactly one
     block gets no tool call, and the format error it drew becomes a message
-    of the next call.
+    of the next call. ``resolved`` gives the outcome (see the module
+    docstring); a row without it is a run without a label. A value that
+    cannot be read raises :class:`ConfigError` naming it.
     """
-    messages = row["messages"]
+    messages = [
+        _message(m, where=f"messages[{i}]")
+        for i, m in enumerate(items_of(row.get("messages"), where="messages"))
+    ]
     calls: list[Call] = []
     pending: list[Mapping[str, str]] = []
     answered = False
@@ -146,13 +172,14 @@ def from_mini_swe_agent(row: Mapping[str, Any]) -> Trajectory:
             answered = False
             continue
         reply = messages[position + 1] if position + 1 < len(messages) else None
-        call = _mini_call(message, reply, len(calls), tuple(pending))
+        where = f"messages[{position}]"
+        call = _mini_call(message, reply, len(calls), tuple(pending), where)
         answered = bool(call.tool_calls)
         pending = []
         calls.append(call)
     return Trajectory(
-        id=str(row["instance_id"]),
-        outcome="resolved" if row.get("resolved") else "unresolved",
+        id=str(required(row, "instance_id", where="the row")),
+        outcome=outcome_of(row.get("resolved"), where="resolved"),
         calls=tuple(calls),
         meta={
             "agent": f"mini-swe-agent {row.get('mini_version', '')}".strip(),
@@ -163,8 +190,16 @@ def from_mini_swe_agent(row: Mapping[str, Any]) -> Trajectory:
     )
 
 
+def _message(value: object, *, where: str) -> Mapping[str, Any]:
+    """A prompt message: an object with a ``role``."""
+    message = mapping_of(value, where=where)
+    required(message, "role", where=where)
+    return message
+
+
 def _plain(message: Mapping[str, Any]) -> Mapping[str, str]:
-    return {"role": str(message["role"]), "content": str(message["content"])}
+    content = message.get("content")
+    return {"role": str(message["role"]), "content": str(content or "")}
 
 
 def _mini_call(
@@ -172,8 +207,9 @@ def _mini_call(
     reply: Mapping[str, Any] | None,
     index: int,
     pending: tuple[Mapping[str, str], ...],
+    where: str,
 ) -> Call:
-    output = str(message["content"])
+    output = str(message.get("content") or "")
     blocks = _BASH_BLOCK.findall(output)
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
@@ -182,7 +218,7 @@ def _mini_call(
         tool_calls = (ToolCall(name="bash", args={"command": blocks[0]}, id=call_id),)
         tool_results = (
             ToolResult(
-                content=str(reply["content"]),
+                content=str(reply.get("content") or ""),
                 call_id=call_id,
                 content_sha1=reply.get("content_sha1"),
                 truncated=bool(reply.get("content_truncated")),
@@ -193,16 +229,33 @@ def _mini_call(
         messages=pending,
         tool_calls=tool_calls,
         tool_results=tool_results,
-        prompt_tokens=int(message.get("prompt_tokens") or 0),
-        completion_tokens=int(message.get("completion_tokens") or 0),
-        cached_tokens=int(message.get("cached_tokens") or 0),
-        cost_usd=as_decimal(message.get("cost_usd") or 0, field="cost_usd"),
-        created_s=message.get("created"),
+        **_usage(message, where, created="created"),
     )
 
 
+def _usage(row: Mapping[str, Any], where: str, *, created: str) -> dict[str, Any]:
+    """A call's tokens, cost and time, each checked."""
+    return {
+        "prompt_tokens": count_of(
+            row.get("prompt_tokens"), where=f"{where}.prompt_tokens"
+        ),
+        "completion_tokens": count_of(
+            row.get("completion_tokens"), where=f"{where}.completion_tokens"
+        ),
+        "cached_tokens": count_of(
+            row.get("cached_tokens"), where=f"{where}.cached_tokens"
+        ),
+        "cost_usd": cost_of(row.get("cost_usd"), where=f"{where}.cost_usd"),
+        "created_s": time_of(row.get(created), where=f"{where}.{created}"),
+    }
+
+
 def trajectory_from_dict(row: Mapping[str, Any]) -> Trajectory:
-    """Read one line of the trajectory format (or a raw mini-swe-agent row)."""
+    """Read one line of the trajectory format (or a raw mini-swe-agent row).
+
+    A value that cannot be read raises :class:`ConfigError` naming it.
+    """
+    mapping_of(row, where="the line")
     if "calls" not in row:
         if "instance_id" in row and "messages" in row:
             return from_mini_swe_agent(row)
@@ -211,36 +264,49 @@ def trajectory_from_dict(row: Mapping[str, Any]) -> Trajectory:
             "in docs/loops.md), or must be a mini-swe-agent row with "
             "'instance_id' and 'messages'"
         )
+    calls = items_of(row["calls"], where="calls")
     return Trajectory(
-        id=str(row["id"]),
-        outcome=str(row.get("outcome", "unknown")),
-        calls=tuple(_call_from_dict(c) for c in row["calls"]),
-        meta=dict(row.get("meta") or {}),
+        id=str(required(row, "id", where="the run")),
+        outcome=outcome_of(row.get("outcome"), where="outcome"),
+        calls=tuple(_call_from_dict(c, f"calls[{i}]") for i, c in enumerate(calls)),
+        meta=dict(mapping_of(row.get("meta") or {}, where="meta")),
     )
 
 
-def _call_from_dict(row: Mapping[str, Any]) -> Call:
+def _call_from_dict(value: object, where: str) -> Call:
+    row = mapping_of(value, where=where)
+    messages = items_of(row.get("messages"), where=f"{where}.messages")
+    tool_calls = items_of(row.get("tool_calls"), where=f"{where}.tool_calls")
+    results = items_of(row.get("tool_results"), where=f"{where}.tool_results")
     return Call(
         output=str(row.get("output") or ""),
-        messages=tuple(_plain(m) for m in row.get("messages") or ()),
+        messages=tuple(
+            _plain(_message(m, where=f"{where}.messages[{i}]"))
+            for i, m in enumerate(messages)
+        ),
         tool_calls=tuple(
-            ToolCall(name=str(t["name"]), args=t.get("args") or {}, id=t.get("id"))
-            for t in row.get("tool_calls") or ()
+            _tool_call(t, f"{where}.tool_calls[{i}]") for i, t in enumerate(tool_calls)
         ),
         tool_results=tuple(
-            ToolResult(
-                content=str(r.get("content") or ""),
-                call_id=r.get("call_id"),
-                content_sha1=r.get("content_sha1"),
-                truncated=bool(r.get("truncated")),
-            )
-            for r in row.get("tool_results") or ()
+            _tool_result(r, f"{where}.tool_results[{i}]") for i, r in enumerate(results)
         ),
-        prompt_tokens=int(row.get("prompt_tokens") or 0),
-        completion_tokens=int(row.get("completion_tokens") or 0),
-        cached_tokens=int(row.get("cached_tokens") or 0),
-        cost_usd=as_decimal(row.get("cost_usd") or 0, field="cost_usd"),
-        created_s=row.get("created_s"),
+        **_usage(row, where, created="created_s"),
+    )
+
+
+def _tool_call(value: object, where: str) -> ToolCall:
+    row = mapping_of(value, where=where)
+    name = required(row, "name", where=where)
+    return ToolCall(name=str(name), args=row.get("args") or {}, id=row.get("id"))
+
+
+def _tool_result(value: object, where: str) -> ToolResult:
+    row = mapping_of(value, where=where)
+    return ToolResult(
+        content=str(row.get("content") or ""),
+        call_id=row.get("call_id"),
+        content_sha1=row.get("content_sha1"),
+        truncated=bool(row.get("truncated")),
     )
 
 
@@ -279,31 +345,56 @@ def _call_to_dict(call: Call) -> dict[str, Any]:
     }
 
 
-def _open_text(path: Path, mode: Literal["r", "w"]) -> IO[str]:
+def _open_text(path: Path) -> IO[str]:
     if path.suffix != ".gz":
-        return path.open(mode, encoding="utf-8")
-    if mode == "r":
-        return gzip.open(path, "rt", encoding="utf-8")
+        return path.open("w", encoding="utf-8")
     return gzip.open(path, "wt", encoding="utf-8")
 
 
+_FIX = "fix or drop that line (the format is in docs/loops.md)"
+
+
 def read_trajectories(path: str | Path) -> Iterator[Trajectory]:
-    """Yield the runs of a JSONL file (``.gz`` too), in either accepted shape."""
-    with _open_text(Path(path), "r") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise ConfigError(f"{path}:{number}: not JSON ({exc})") from exc
-            yield trajectory_from_dict(row)
+    """Yield the runs of a JSONL file, in either accepted shape.
+
+    A gzip file is read whatever its name, and a leading byte-order mark is
+    skipped. A line that cannot be read, or a run id seen on an earlier line,
+    raises :class:`ConfigError` naming the file and line.
+    """
+    seen: dict[str, int] = {}
+    for number, line in numbered_lines(Path(path)):
+        if not line.strip():
+            continue
+        run = _run_of_line(path, number, line)
+        if run.id in seen:
+            raise ConfigError(
+                f"{path}:{number}: run id {run.id!r} is also on line "
+                f"{seen[run.id]}; give each run its own id (the train/test "
+                "split and the injected loops follow it) or drop the repeat"
+            )
+        seen[run.id] = number
+        yield run
+
+
+def _run_of_line(path: str | Path, number: int, line: str) -> Trajectory:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise ConfigError(f"{path}:{number}: not JSON ({exc}); {_FIX}") from exc
+    if not isinstance(row, dict):
+        raise ConfigError(
+            f"{path}:{number}: a JSON {kind_of(row)}, not a run object; {_FIX}"
+        )
+    try:
+        return trajectory_from_dict(row)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}:{number}: {exc}; {_FIX}") from exc
 
 
 def write_trajectories(runs: Iterable[Trajectory], path: str | Path) -> int:
     """Write runs as trajectory-format JSONL (``.gz`` if so named); return the count."""
     count = 0
-    with _open_text(Path(path), "w") as out:
+    with _open_text(Path(path)) as out:
         for run in runs:
             out.write(json.dumps(trajectory_to_dict(run), ensure_ascii=False))
             out.write("\n")

@@ -1,0 +1,174 @@
+"""Read request-trace CSV files such as the Azure LLM inference trace.
+
+A folder holds one file per service; each file's scope comes from its name.
+Rows are ``TIMESTAMP, ContextTokens, GeneratedTokens`` in any order and case.
+A value that cannot be read raises :class:`ConfigError` naming the file, the
+line and what is accepted.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from governor._errors import ConfigError
+from governor._textlines import numbered_lines
+from governor.spend._time import to_us
+
+__all__ = ["read_rows", "scope_name", "trace_files"]
+
+_S = 1_000_000
+# The Azure trace's file names start with this; it is not part of the scope.
+_PREFIX = "azurellminferencetrace_"
+_SUFFIXES = (".csv.gz", ".csv")
+_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+_FORM = (
+    "a trace file is comma-separated UTF-8 text (gzipped too) with the columns "
+    "TIMESTAMP, ContextTokens and GeneratedTokens, in any order and case"
+)
+_TIME_FORM = (
+    "is not a time; give an ISO 8601 time such as 2023-11-16 18:15:46.68 "
+    "(UTC unless it has an offset) or Unix seconds such as 1700158546.68"
+)
+# Unix seconds from this on are taken for milliseconds or finer: refused.
+_MAX_EPOCH_S = Decimal("1e11")
+# More than six fractional digits (the trace's 100-ns times): the rest is dropped.
+_EXTRA_DIGITS = re.compile(r"(\.\d{6})\d+")
+
+
+def trace_files(path: Path) -> dict[str, Path]:
+    """The trace files of a folder (``*.csv``, ``*.csv.gz``) or one file, by scope.
+
+    A scope is ``team:`` and the file name less a leading
+    ``AzureLLMInferenceTrace_`` and ``.csv`` / ``.csv.gz``; two files with the
+    same scope raise :class:`ConfigError` naming both.
+    """
+    return _scopes(_files(path))
+
+
+def _files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    files = sorted(
+        f for f in path.iterdir() if f.name.lower().endswith(_SUFFIXES) and f.is_file()
+    )
+    if not files:
+        raise ConfigError(
+            f"no CSV trace files (*.csv or *.csv.gz) in {path}; point at a "
+            "folder of them or at one file"
+        )
+    return files
+
+
+def _scopes(files: Sequence[Path]) -> dict[str, Path]:
+    """Each file's scope; ConfigError when two files give the same one."""
+    sources: dict[str, Path] = {}
+    for file in files:
+        scope = "team:" + scope_name(file.name)
+        if scope in sources:
+            raise ConfigError(
+                f"{sources[scope]} and {file} both give scope {scope} (a file's "
+                "scope is its name less 'AzureLLMInferenceTrace_' and '.csv' or "
+                "'.csv.gz'); rename or remove one of them"
+            )
+        sources[scope] = file
+    return sources
+
+
+def scope_name(name: str) -> str:
+    """A trace file's name less ``AzureLLMInferenceTrace_`` and ``.csv(.gz)``."""
+    lower = name.lower()
+    suffix = next((s for s in _SUFFIXES if lower.endswith(s)), None)
+    stem = name[: -len(suffix)] if suffix else Path(name).stem
+    if stem.lower().startswith(_PREFIX) and len(stem) > len(_PREFIX):
+        return stem[len(_PREFIX) :]
+    return stem
+
+
+def read_rows(file: Path) -> list[tuple[int, int, int]]:
+    """(epoch microseconds, context tokens, generated tokens), in time order."""
+    reader = csv.reader(text for _, text in numbered_lines(file))
+    columns: list[int] | None = None
+    rows: list[tuple[int, int, int]] = []
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        where = f"{file}:{reader.line_num}"
+        if columns is None:
+            columns = _header(fields, where)
+            continue
+        rows.append(_row(fields, columns, where))
+    if not rows:
+        raise ConfigError(f"trace file {file} has no rows; {_FORM}")
+    rows.sort()
+    return rows
+
+
+def _header(fields: Sequence[str], where: str) -> list[int]:
+    """The position of each of ``_COLUMNS`` in a header row, any case."""
+    names = [f.strip().lower() for f in fields]
+    missing = [c for c in _COLUMNS if c.lower() not in names]
+    if missing:
+        noun = "column" if len(missing) == 1 else "columns"
+        raise ConfigError(
+            f"{where}: no {', '.join(missing)} {noun} in the header "
+            f"{', '.join(fields)!r}; {_FORM}"
+        )
+    return [names.index(c.lower()) for c in _COLUMNS]
+
+
+def _row(
+    fields: Sequence[str], columns: Sequence[int], where: str
+) -> tuple[int, int, int]:
+    if len(fields) <= max(columns):
+        last = max(columns)
+        name = _COLUMNS[columns.index(last)]
+        raise ConfigError(
+            f"{where}: the row has {len(fields)} field(s) but {name} is column "
+            f"{last + 1}; fix or drop the row"
+        )
+    stamp, context, generated = (fields[i].strip() for i in columns)
+    return (
+        _epoch_us(stamp, where),
+        _tokens(context, "ContextTokens", where),
+        _tokens(generated, "GeneratedTokens", where),
+    )
+
+
+def _epoch_us(text: str, where: str) -> int:
+    """An ISO 8601 time (UTC without an offset) or Unix seconds, in microseconds."""
+    try:
+        seconds = Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation: not a number
+        return to_us(_iso_time(text, where))
+    if not seconds.is_finite() or not 0 <= seconds < _MAX_EPOCH_S:
+        raise ConfigError(f"{where}: TIMESTAMP {text!r} {_TIME_FORM}")
+    return int((seconds * _S).to_integral_value())
+
+
+def _iso_time(text: str, where: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(_EXTRA_DIGITS.sub(r"\1", text))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: TIMESTAMP {text!r} {_TIME_FORM}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _tokens(text: str, column: str, where: str) -> int:
+    """A whole number of tokens, at least 0 (``1200.0`` is read as 1200)."""
+    try:
+        count = Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation: not a number
+        count = Decimal("NaN")
+    if not count.is_finite() or count < 0 or count != count.to_integral_value():
+        raise ConfigError(
+            f"{where}: {column} {text!r} is not a token count; give a whole "
+            "number of at least 0, or fix or drop the row"
+        )
+    return int(count)
