@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import sys
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -102,6 +103,11 @@ _TEMPLATE_MEMORY = 1_024
 # never a real task id (those hold no control characters).
 _PLACEHOLDER_TASK_ID = "\x00"
 _PLACEHOLDER_TASK_KEY = f"task:{_PLACEHOLDER_TASK_ID}"
+# Response caches kept per distinct Cache settings (task overrides may bring
+# their own); past this many the oldest other than the governor's goes.
+_CACHE_MEMORY = 32
+# Where a task keeps the BudgetExceeded that stopped it.
+_BUDGET_STOP = "budget_stop"
 
 
 class Governor:
@@ -170,7 +176,9 @@ class Governor:
         self._warn_checked: dict[str, float] = {}
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
-        self._caches: dict[int, Any] = {}
+        self._caches: dict[Any, Any] = {}
+        self._embedders: dict[Any, Any] = {}
+        self._cache_lock = threading.Lock()
         self._line_templates: dict[
             tuple[int, tuple[tuple[str, str], ...]],
             tuple[float, Any, list[tuple[Budget, Line, datetime | None]]],
@@ -195,6 +203,9 @@ class Governor:
     ) -> Any:
         """The response cache of a policy, or None when it sets no cache.
 
+        Policies whose Cache settings are equal share one cache (a task
+        override that sets its own Cache gets one per distinct setting, kept
+        32 at a time), and caches that name the same embedder share it.
         ``verifier`` confirms semantic hits when the policy names a verifier
         model, and ``embedding`` replaces ``litellm.embedding`` for a
         ``"litellm:<model>"`` embedder (the LiteLLM adapter passes governed
@@ -203,30 +214,92 @@ class Governor:
         """
         if policy.cache is None:
             return None
-        key = id(policy.cache)
+        settings = self._cache_settings(policy.cache)
+        key = _cache_key(settings)
         cache = self._caches.get(key)
-        if cache is None:
-            from governor.cache import ResponseCache
-
-            client = None
-            settings = policy.cache
-            if settings.store == "redis":
-                client = self._redis_bytes_client()
-                settings = _cache_under_ledger(settings, _redis_prefix(self.ledger))
-            made = ResponseCache(
-                settings,
-                redis_client=client,
-                verifier=verifier,
-                embedding_call=embedding,
-            )
-            cache = self._caches.setdefault(key, made)
+        if cache is not None:
+            return cache
+        with self._cache_lock:
+            cache = self._caches.get(key)
+            if cache is None:
+                cache = self._new_cache(settings, verifier, embedding)
+                self._keep_cache(key, cache)
         return cache
 
+    def _cache_settings(self, settings: Cache) -> Cache:
+        """A cache's settings as used: a Redis one under the ledger's prefix."""
+        if settings.store != "redis":
+            return settings
+        return _cache_under_ledger(settings, _redis_prefix(self.ledger))
+
+    def _new_cache(self, settings: Cache, verifier: Any, embedding: Any) -> Any:
+        from governor.cache import ResponseCache
+
+        client = None
+        if settings.store == "redis":
+            client = self._redis_bytes_client()
+        return ResponseCache(
+            settings,
+            redis_client=client,
+            embedder=self._shared_embedder(settings, embedding),
+            verifier=verifier,
+            embedding_call=embedding,
+        )
+
+    def _keep_cache(self, key: Any, cache: Any) -> None:
+        """Keep a new cache, forgetting the oldest but the governor's own."""
+        if len(self._caches) >= _CACHE_MEMORY:
+            own = None
+            if self.policy.cache is not None:
+                own = _cache_key(self._cache_settings(self.policy.cache))
+            oldest = next((k for k in self._caches if k != own), None)
+            self._caches.pop(oldest, None)
+            logger.debug("more than %d distinct cache settings", _CACHE_MEMORY)
+        self._caches[key] = cache
+
+    def _shared_embedder(self, settings: Cache, embedding: Any) -> Any:
+        """One embedder per ``Cache.embedder`` setting, for the caches naming it.
+
+        None when the cache has no semantic layer (it never loads a model),
+        or when the embedder cannot be made: the cache then tries on its
+        first lookup, which fails open.
+        """
+        if not settings.semantic:
+            return None
+        from governor.cache._embed import make_embedder
+
+        key = _cache_key(settings.embedder)
+        embedder = self._embedders.get(key)
+        if embedder is None:
+            try:
+                embedder = make_embedder(settings.embedder, embedding_call=embedding)
+            except Exception:
+                logger.debug("could not make the cache's embedder", exc_info=True)
+                return None
+            if len(self._embedders) >= _CACHE_MEMORY:
+                self._embedders.clear()  # the caches keep theirs
+            self._embedders[key] = embedder
+        return embedder
+
     def record_cache_hit(self, request: CallRequest, hit: Any) -> None:
-        """Account for a call answered from cache: cost 0, the saving recorded."""
+        """Account for a call answered from cache: cost 0, the saving recorded.
+
+        A hit reserves nothing, but it is a call of its task: it is refused
+        as a sent call would be when the task is stopped (by its loop guard,
+        or by a budget that refused one of its calls), its scope is blocked
+        or a ceiling of ``Loops`` is passed, and the loop guard judges its
+        prompt and the answer served.
+
+        Raises:
+            GovernorHalt: the task may make no more calls; serve nothing.
+        """
         task, owns = self._task_for(request)
+        step, prompt_key = self._admit_hit(task, owns, request)
         saved = usd_to_nanos(hit.saved_usd)
         task.cache_hit(saved)
+        if request.operation != EMBEDDINGS and not owns:
+            watch = loop_watch(task, self.telemetry)
+            watch.after_call(hit.text, step, request.node, prompt_key)
         named = None if owns else self._named_by_call(task, request)
         parent = request.parent_span or task.span
         span = self.telemetry.start_span(
@@ -258,6 +331,26 @@ class Governor:
             self._record_hit(task, request, hit, named)
         if owns:
             self._close_owned(task)
+
+    def _admit_hit(
+        self, task: Task, owns: bool, request: CallRequest
+    ) -> tuple[int, str | None]:
+        """The checks a cache hit passes: those of a call that need no hold.
+
+        A budget that refused a call of the task stopped it, so a hit is
+        refused with that refusal again; a task whose budget is merely low
+        is served (the hit costs nothing).
+        """
+        try:
+            stopped = task.extras.get(_BUDGET_STOP)
+            if stopped is not None:
+                raise stopped
+            return self._call_checks(task, owns, request)
+        except GovernorError as exc:
+            self._refused(task, exc.code, request.model)
+            if owns:
+                self.close_task(task)
+            raise
 
     def _record_hit(
         self,
@@ -719,14 +812,7 @@ class Governor:
         _check_request(request)
         task, owns = self._task_for(request)
         try:
-            self._check_blocked(task)
-            step = request.step if request.step is not None else task.calls + 1
-            prompt_key = None
-            if request.operation != EMBEDDINGS and not (
-                owns and nothing_to_judge(task.policy.loops, request.messages)
-            ):
-                watch = loop_watch(task, self.telemetry)
-                prompt_key = watch.before_call(request.messages, step, request.branch)
+            prompt_key = self._call_checks(task, owns, request)[1]
             rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
@@ -770,6 +856,21 @@ class Governor:
         if meter is not None:
             admission.extras["meter"] = meter
         return admission
+
+    def _call_checks(
+        self, task: Task, owns: bool, request: CallRequest
+    ) -> tuple[int, str | None]:
+        """A blocked scope, then the loop guard (a stopped task, the prompt,
+        the ceilings); the call's step and prompt digest for the guard."""
+        self._check_blocked(task)
+        step = request.step if request.step is not None else task.model_calls + 1
+        prompt_key = None
+        if request.operation != EMBEDDINGS and not (
+            owns and nothing_to_judge(task.policy.loops, request.messages)
+        ):
+            watch = loop_watch(task, self.telemetry)
+            prompt_key = watch.before_call(request.messages, step, request.branch)
+        return step, prompt_key
 
     def _named_by_call(self, task: Task, request: CallRequest) -> Attribution | None:
         """The task's attribution plus what the call names that the task lacks.
@@ -923,6 +1024,24 @@ class Governor:
         own = Attribution(**given) if given else None
         return _attribution(self.policy.attribution, own).scope_values()
 
+    def cache_partition_for(
+        self, request: CallRequest, settings: Cache
+    ) -> dict[str, str] | None:
+        """The cache partition of a call, or None when it must skip the cache.
+
+        A call outside any task while tasks are open (a worker thread that
+        did not inherit its task) that names none of the scopes the cache
+        partitions by would share one empty partition with every such call,
+        whatever tenant it serves: it is neither served nor stored.
+        """
+        values = self.scope_values_for(request)
+        if not settings.partition_by or any(s in values for s in settings.partition_by):
+            return values
+        if self._open_tasks and self._joined_task(request) is None:
+            self._warn_orphan_call()
+            return None
+        return values
+
     def _warn_orphan_call(self) -> None:
         """A call outside any task while tasks are open: likely a worker thread."""
         if self._warned_orphan:
@@ -930,9 +1049,11 @@ class Governor:
         self._warned_orphan = True
         logger.warning(
             "a model call ran outside any governed task while %d task(s) are "
-            "open; it is charged to a task of its own, not to theirs. Threads "
-            "do not inherit the current task: submit task.bind(fn) to the "
-            "executor (or contextvars.copy_context().run). Logged once.",
+            "open; it is charged to a task of its own, not to theirs, and "
+            "when it names no tenant the response cache partitions by, it is "
+            "neither served from nor stored in the cache. Threads do not "
+            "inherit the current task: submit task.bind(fn) to the executor "
+            "(or contextvars.copy_context().run). Logged once.",
             len(self._open_tasks),
         )
 
@@ -1019,6 +1140,8 @@ class Governor:
             task_spent_tokens=task.tokens,
             advice=_refusal_advice(admission, refusal.unit),
         )
+        if not admission.request.skippable:
+            task.extras.setdefault(_BUDGET_STOP, error)
         self.telemetry.event(
             task.span,
             attr.EVENT_REFUSED,
@@ -1123,7 +1246,7 @@ class Governor:
             output_tokens=usage.completion_tokens,
         )
         if judged:
-            step = request.step if request.step is not None else task.calls
+            step = request.step if request.step is not None else task.model_calls
             loop_watch(task, self.telemetry).after_call(
                 result.output_text,
                 step,
@@ -1506,6 +1629,16 @@ def _cache_under_ledger(settings: Cache, ledger_prefix: str | None) -> Cache:
     if ledger_prefix is None or "key_prefix" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"key_prefix": f"{ledger_prefix}cache"})
+
+
+def _cache_key(value: Any) -> Any:
+    """``value`` itself as a map key (equal settings, one key), or its identity
+    when it cannot be hashed (a callable that is not hashable)."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
 
 
 def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:

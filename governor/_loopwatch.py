@@ -92,7 +92,7 @@ class LoopWatch:
             if self._has_ceilings:
                 self._act(
                     self.guard.check_ceilings(
-                        model_calls=self.task.calls + 1,
+                        model_calls=self.task.model_calls + 1,
                         steps=self._steps,
                         elapsed_s=self.task.elapsed_s(),
                     )
@@ -133,7 +133,7 @@ class LoopWatch:
                 self._act(self.guard.on_node(node, digest, step=step))
             self._act(
                 self.guard.check_ceilings(
-                    model_calls=self.task.calls,
+                    model_calls=self.task.model_calls,
                     steps=self._steps,
                     elapsed_s=self.task.elapsed_s(),
                 )

@@ -167,6 +167,16 @@ class Task:
         return self._calls
 
     @property
+    def cache_hits(self) -> int:
+        """Calls answered from the response cache so far."""
+        return self._cache_hits
+
+    @property
+    def model_calls(self) -> int:
+        """Model calls so far: those admitted and those answered from cache."""
+        return self._calls + self._cache_hits
+
+    @property
     def cost_nanos(self) -> int:
         """Settled cost so far, in nano-dollars."""
         return self._cost_nanos

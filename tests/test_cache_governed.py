@@ -290,3 +290,58 @@ def test_hit_and_refusal_records_name_the_provider(tmp_path: Any) -> None:
     gov.close()
     records = {r.outcome: r.provider for r in JsonlSpendStore(path).query()}
     assert records == {"ok": "openai", "cache_hit": "openai", "refused": "openai"}
+
+
+def answered(finish_reason: str) -> Any:
+    """A provider stand-in whose answer ends with ``finish_reason``."""
+    import litellm
+
+    def complete(**kwargs: Any) -> Any:
+        kwargs.pop("mock_response", None)
+        message = {"role": "assistant", "content": "100 degr"}
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason}
+        return litellm.ModelResponse(
+            model="gpt-4o-mini",
+            choices=[choice],
+            usage={"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+        )
+
+    return complete
+
+
+@pytest.mark.parametrize("finish_reason", ["length", "content_filter"])
+def test_an_answer_cut_short_is_not_cached(finish_reason: str) -> None:
+    """Only an answer that finished with 'stop' is served again as one."""
+    counter = CountingLiteLLM()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=answered(finish_reason))
+    with gov.task() as task:
+        ask(llm)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task() as task:
+        served = ask(llm)
+    assert (counter.sent, task.report().cache_hits) == (1, 0)
+    assert served.choices[0].message.content == "100 degrees Celsius."
+
+
+def test_several_choices_are_neither_served_nor_stored() -> None:
+    """n=2 asks for two answers; a cache keeps one, so it stays out."""
+    counter = CountingLiteLLM()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task():
+        ask(llm, n=2)
+        second = ask(llm, n=2)
+        ask(llm)
+    assert (counter.sent, len(second.choices)) == (3, 2)
+
+
+def test_litellm_caching_false_opts_out() -> None:
+    """caching=False, LiteLLM's own switch for its cache, skips this one too."""
+    counter = CountingLiteLLM()
+    gov = Governor(POLICY)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with gov.task() as task:
+        ask(llm)
+        ask(llm, caching=False)
+    assert (counter.sent, task.report().cache_hits) == (2, 0)

@@ -256,7 +256,7 @@ def test_a_governor_with_a_redis_ledger_shares_its_cache_in_redis(
             governor = Governor(policy, ledger=ledger)
             with governor.task() as task:
                 GovernedLiteLLM(governor).completion(
-                    model="offline/gpt-4o-mini", messages=messages, max_tokens=20
+                    model="offline/gpt-4o-mini", messages=messages, max_tokens=200
                 )
             hits.append(task.report().cache_hits)
     finally:
@@ -289,7 +289,7 @@ def test_governors_with_distinct_ledger_prefixes_never_share_a_cache_entry(
         governor = Governor(policy, ledger=ledger)
         with governor.task() as task:
             GovernedLiteLLM(governor).completion(
-                model="offline/gpt-4o-mini", messages=messages, max_tokens=20
+                model="offline/gpt-4o-mini", messages=messages, max_tokens=200
             )
         hits.append(task.report().cache_hits)
         ledger.close()

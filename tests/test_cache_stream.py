@@ -6,8 +6,13 @@ import os
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from conftest import CountingLiteLLM
+from governor import Governor, Policy
+from governor.adapters.litellm import GovernedLiteLLM
 from governor.cache import (
     CacheHit,
     CacheMiss,
@@ -102,3 +107,71 @@ async def test_a_streamed_request_is_served_from_cache() -> None:
         c["choices"][0]["delta"].get("content") async for c in areplay_chunks(found)
     ]
     assert "".join(p or "" for p in pieces) == TEXT
+
+
+def _stream_of(*chunks: dict[str, Any]) -> Any:
+    """A provider stand-in that streams ``chunks`` as its answer (any request)."""
+    import litellm
+
+    def complete(**kwargs: Any) -> Any:
+        return iter(
+            [
+                litellm.ModelResponseStream(
+                    model="gpt-4o-mini", choices=[{"index": 0, **chunk}]
+                )
+                for chunk in chunks
+            ]
+        )
+
+    return complete
+
+
+_TEXT = {"delta": {"content": "Paris is the capital"}, "finish_reason": None}
+_CALL = {
+    "delta": {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": "{}"},
+            }
+        ]
+    },
+    "finish_reason": None,
+}
+
+
+def _finish(reason: str) -> dict[str, Any]:
+    return {"delta": {}, "finish_reason": reason}
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        (_TEXT, _finish("length")),
+        (_TEXT, _finish("content_filter")),
+        (_TEXT,),
+        (_TEXT, _CALL, _finish("tool_calls")),
+    ],
+    ids=["length", "filtered", "no finish", "tool call"],
+)
+def test_a_streamed_answer_that_did_not_stop_plainly_is_not_cached(
+    chunks: tuple[dict[str, Any], ...],
+) -> None:
+    """A stream read to its end is stored only when it finished with 'stop'
+    and called no tool; a plain one is (the control case)."""
+
+    def hits_after(*streamed: dict[str, Any]) -> int:
+        gov = Governor(Policy(cache=Cache(embedder="hashing")))
+        messages = [{"role": "user", "content": "Where is Paris?"}]
+        llm = GovernedLiteLLM(gov, completion=_stream_of(*streamed))
+        request = {"messages": messages, "mock_response": "In France."}
+        with gov.task():
+            list(llm.completion(model="gpt-4o-mini", stream=True, **request))
+        llm = GovernedLiteLLM(gov, completion=CountingLiteLLM().completion)
+        with gov.task() as task:
+            llm.completion(model="gpt-4o-mini", **request)
+        return task.report().cache_hits
+
+    assert (hits_after(*chunks), hits_after(_TEXT, _finish("stop"))) == (0, 1)

@@ -142,8 +142,8 @@ def test_a_paid_cache_embedding_is_charged_to_the_task(
     llm = GovernedLiteLLM(gov)
     question = [{"role": "user", "content": "How far is the Moon from the Earth?"}]
     with gov.task() as task:
-        llm.completion(model=CHAT, messages=question, max_tokens=20)
-        llm.completion(model=CHAT, messages=question, max_tokens=20)
+        llm.completion(model=CHAT, messages=question, max_tokens=200)
+        llm.completion(model=CHAT, messages=question, max_tokens=200)
     [chat] = [c for c in offline.calls if c.source != "embedding"]
     prices = litellm.model_cost["gpt-4o-mini"]
     chat_cost = chat.usage.prompt_tokens * Decimal(

@@ -458,7 +458,9 @@ class GovernedLiteLLM:
         self, kwargs: Mapping[str, Any], request: CallRequest
     ) -> tuple[Any, Any]:
         """:meth:`_lookup` off the event loop: embedding and Redis block."""
-        if self.governor.policy_for(request).cache is None:
+        if self.governor.policy_for(request).cache is None or _skips_cache(
+            kwargs, request
+        ):
             return None, None
         return await asyncio.to_thread(self._lookup, kwargs, request)
 
@@ -468,22 +470,28 @@ class GovernedLiteLLM:
         """The policy's cache and its answer for this request, if it has one.
 
         The partition is the attribution the call is charged to, so a tenant
-        given only in ``metadata=`` is kept apart like one given by a task.
+        given only in ``metadata=`` is kept apart like one given by a task. A
+        request the cache must neither serve nor store (see
+        :func:`_skips_cache`, and a call outside its task that names no
+        tenant) gets no cache.
         """
         policy = self.governor.policy_for(request)
-        named = policy.cache.verifier if policy.cache else None
+        if policy.cache is None or _skips_cache(kwargs, request):
+            return None, None
+        partition = self.governor.cache_partition_for(request, policy.cache)
+        if partition is None:
+            return None, None
+        named = policy.cache.verifier
         verifier = self._model_verifier(named) if isinstance(named, str) else None
         cache = self.governor.cache_for(
             policy, verifier=verifier, embedding=self.embedding
         )
-        if cache is None:
-            return None, None
         params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
         lookup = cache.lookup(
             model=str(kwargs["model"]),
             messages=kwargs["messages"],
             params=params,
-            partition=self.governor.scope_values_for(request),
+            partition=partition,
         )
         return cache, lookup
 
@@ -850,9 +858,24 @@ def _first_text(response: Any) -> str | None:
 # -- cache ---------------------------------------------------------------
 
 
+def _skips_cache(kwargs: Mapping[str, Any], request: CallRequest) -> bool:
+    """Requests the cache neither serves nor stores, before any key is made.
+
+    ``n`` above 1 asks for several answers, and a cache keeps one; LiteLLM's
+    ``caching=False`` turns its own cache off for the call, and so this one.
+    """
+    return request.choices != 1 or kwargs.get("caching") is False
+
+
 def _message(response: Any) -> dict[str, Any] | None:
-    """The first choice's message as a plain dict, or None if it has none."""
+    """The first choice's message as a plain dict, or None if it has none.
+
+    None too unless every choice finished with "stop": an answer cut by
+    ``max_tokens`` ("length") or by a filter is not one to serve again.
+    """
     choices = getattr(response, "choices", None) or ()
+    if any(getattr(c, "finish_reason", None) != "stop" for c in choices):
+        return None
     message = getattr(choices[0], "message", None) if choices else None
     if message is None or getattr(message, "tool_calls", None):
         return None  # answers that call tools depend on the tools' results
@@ -1038,10 +1061,16 @@ class _StreamSettler:
         admission.task.open_streams[admission.call_id] = self
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
-        """After settling, keep a complete answer in the cache."""
+        """After settling, keep a complete answer in the cache.
+
+        Complete: read to its end, with a "stop" finish (not "length", not
+        a stream that ended without one) and no tool calls, which the text
+        kept here would leave out.
+        """
         self.admission.task.open_streams.pop(self.admission.call_id, None)
         text = result.output_text
-        if self.complete and result.error is None and text:
+        whole = self.complete and result.error is None and text
+        if whole and self.saver.cache is not None and _stopped_plainly(self.chunks):
             self.saver.save(result, cost, {"role": "assistant", "content": text})
 
     def result(self) -> CallResult:
@@ -1125,6 +1154,21 @@ def _unparsed_answer(error: BaseException) -> bool:
     it: such a call is charged its hold, like an answer read but unusable.
     """
     return "Invalid response object" in str(error)
+
+
+def _stopped_plainly(chunks: Sequence[Any]) -> bool:
+    """True when a stream's last finish reason is "stop" and no chunk called
+    a tool."""
+    finish = None
+    for chunk in chunks:
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            if getattr(delta, "tool_calls", None) or getattr(
+                delta, "function_call", None
+            ):
+                return False
+            finish = getattr(choice, "finish_reason", None) or finish
+    return finish == "stop"
 
 
 def _delta_text(chunk: Any) -> str:
