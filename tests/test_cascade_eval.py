@@ -22,9 +22,14 @@ from governor.cascade._builtin import (
     price_table,
 )
 from governor.cascade._chart import Series, encode_png, write_chart
-from governor.cascade._datasets import estimate_tokens, load_jsonl, load_routerbench
-from governor.cascade._fit import fit_and_report, split_rows
-from governor.cascade._replay import RECORDED_JUDGE, report
+from governor.cascade._datasets import (
+    estimate_tokens,
+    load_jsonl,
+    load_routerbench,
+    read_rows,
+)
+from governor.cascade._fit import ALWAYS_BEST, fit_and_report, split_rows
+from governor.cascade._replay import RECORDED_JUDGE, Recorded, ReplayRow, report
 from governor.cli import main
 
 SAMPLE = Path(__file__).parent / "data" / "routerbench_sample.csv.gz"
@@ -208,9 +213,13 @@ def test_cli_prints_exactly_the_report_keys(capsys: pytest.CaptureFixture[str]) 
         "baselines",
         "cost_ratio",
         "quality_ratio",
+        "rows_read",
+        "left_out",
+        "note",
     ]
     assert list(doc["baselines"]) == ["always-cheapest", "always-best", "oracle"]
     assert (doc["rows"], doc["quality_ratio"]) == (22, 0.952381)
+    assert (doc["rows_read"], doc["left_out"], doc["note"]) == (22, {}, None)
 
 
 def test_cli_reads_a_json_policy_file(
@@ -331,3 +340,278 @@ def test_a_candidate_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
         ConfigError, match=r"candidate 'y' is a str; expected a Cascade"
     ):
         load_policy(str(path))
+
+
+# -- rows left out, cells read, layouts told by content ---------------------------
+
+GSM_MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+SOLVED = "5 + 7 = <<5+7=12>>12\n#### 12"
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def _gsm8k_rows(cells: list[tuple[str, str]]) -> list[list[str]]:
+    """A RouteLLM GSM8K table: one row per (Mixtral, GPT-4) correctness pair."""
+    header = [
+        "prompt",
+        GSM_MIXTRAL,
+        GPT4,
+        GSM_MIXTRAL + "_response",
+        GPT4 + "_response",
+    ]
+    return [header] + [
+        [f"What is 5 + {i}?", mixtral, gpt4, SOLVED, SOLVED]
+        for i, (mixtral, gpt4) in enumerate(cells)
+    ]
+
+
+def _routerbench_table() -> list[list[str]]:
+    source = _source_rows()
+    header = list(source[0])
+    return [header] + [[row[c] for c in header] for row in source]
+
+
+def _run_cli(
+    capsys: pytest.CaptureFixture[str], data: Path, *extra: str
+) -> tuple[int, str, str]:
+    code = main(["eval", "cascade", str(data), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_rows_left_out_are_counted_by_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A short row and a row without GPT-4's outcome are read, left out and
+    counted by reason in the text and the JSON output."""
+    table = _routerbench_table()
+    header = table[0]
+    table[3] = table[3][:5]
+    for column in (GPT4, GPT4 + "|total_cost"):
+        table[5][header.index(column)] = ""
+    path = _write_csv(tmp_path / "rb.csv", table)
+    args = ["--policy", "routerbench-3tier", "--fit-fraction", "0"]
+    code, out, _ = _run_cli(capsys, path, *args)
+    expected = (
+        "data     22 rows read, 2 left out (fewer cells than the header: 1; "
+        f"no outcome for {GPT4}: 1)"
+    )
+    assert (code, out.splitlines()[1]) == (0, expected)
+    code, out, _ = _run_cli(capsys, path, *args, "--json")
+    doc = json.loads(out)
+    assert (doc["rows"], doc["rows_read"], doc["left_out"]) == (
+        20,
+        22,
+        {"fewer cells than the header": 1, f"no outcome for {GPT4}": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("right", "wrong"),
+    [
+        ("True", "False"),
+        ("true", "false"),
+        ("YES", "no"),
+        ("1", "0"),
+        ("Correct", "incorrect"),
+        ("1.0", "0.0"),
+    ],
+)
+def test_correctness_reads_common_boolean_spellings(
+    tmp_path: Path, right: str, wrong: str
+) -> None:
+    """Every spelling of a 0/1 correctness is read; no row is left out."""
+    table = _gsm8k_rows([(right, right), (wrong, right), (right, wrong)])
+    path = _write_csv(tmp_path / "gsm8k_responses.csv", table)
+    loaded = read_rows(path, price_table)
+    scores = [
+        (row.outcomes[GSM_MIXTRAL].score, row.outcomes[GPT4].score)
+        for row in loaded.rows
+    ]
+    assert (loaded.read, loaded.left_out) == (3, {})
+    assert scores == [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
+
+
+def test_an_unreadable_correctness_names_its_file_and_row(tmp_path: Path) -> None:
+    """`maybe` is neither a number nor a boolean word: refused, not dropped."""
+    table = _gsm8k_rows([("True", "True"), ("True", "maybe")])
+    path = _write_csv(tmp_path / "g.csv", table)
+    with pytest.raises(
+        ConfigError, match=rf"^g.csv row 2: model '{GPT4}' has correctness 'maybe'"
+    ):
+        read_rows(path, price_table)
+
+
+def test_an_unreadable_cost_names_its_file_and_row(tmp_path: Path) -> None:
+    """A RouterBench cost of `$0.01` is refused naming file, row and model."""
+    table = _routerbench_table()
+    table[2][table[0].index(GPT4 + "|total_cost")] = "$0.01"
+    path = _write_csv(tmp_path / "rb.csv", table)
+    with pytest.raises(
+        ConfigError, match=rf"^rb.csv row 2 \(index \d+\): model '{GPT4}' has cost"
+    ):
+        read_rows(path, price_table)
+
+
+def test_layout_is_told_by_content_not_name(tmp_path: Path) -> None:
+    """GSM8K rows read alike under any name, gzipped or not, in a folder."""
+    table = _gsm8k_rows([("True", "True"), ("False", "True")])
+    plain = _write_csv(tmp_path / "test_split.csv", table)
+    packed = tmp_path / "renamed.data"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write_csv(folder / "gsm8k_responses.csv", table)
+    for path in (plain, packed, folder):
+        loaded = read_rows(path, price_table)
+        assert [sorted(r.outcomes) for r in loaded.rows] == [[GPT4, GSM_MIXTRAL]] * 2
+
+
+def _arena_folder(folder: Path, gz: bool) -> Path:
+    models = [GSM_MIXTRAL, "gpt-3.5-turbo-1106", GPT4]
+    parts: dict[str, list[dict[str, object]]] = {
+        "question": [{"question_id": "q1", "turns": ["Say hi"]}],
+        "model_answers": [
+            {"question_id": "q1", "model_id": m, "choices": [{"turns": ["hi"]}]}
+            for m in models
+        ],
+        "reference_answer_gpt-4": [
+            {"question_id": "q1", "model_id": "gpt-4", "choices": [{"turns": ["hi"]}]}
+        ],
+        "judgments": [
+            {"question_id": "q1", "model": m, "judgment": "[[8]]", "score": 8}
+            for m in models
+        ],
+    }
+    folder.mkdir()
+    for name, lines in parts.items():
+        text = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        target = folder / (name + (".jsonl.gz" if gz else ".jsonl"))
+        target.write_bytes(gzip.compress(text) if gz else text)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "plain"])
+def test_an_arena_folder_reads_plain_or_gzip_files(tmp_path: Path, gz: bool) -> None:
+    """Arena-Bench files read whether or not they are compressed."""
+    loaded = read_rows(_arena_folder(tmp_path / "arena", gz), price_table)
+    ((row,),) = (loaded.rows,)
+    assert (loaded.read, len(row.outcomes), row.outcomes[GPT4].score) == (1, 3, 0.8)
+
+
+def test_a_file_without_answer_texts_says_so(tmp_path: Path) -> None:
+    """An MMLU-like file (correctness, no responses) is named as such."""
+    path = _write_csv(
+        tmp_path / "mmlu_responses.csv",
+        [["subject", "prompt", GSM_MIXTRAL, GPT4], ["math", "2+2?", "True", "True"]],
+    )
+    with pytest.raises(ConfigError, match="correctness without answer texts"):
+        read_rows(path, price_table)
+
+
+def test_missing_models_are_named_with_those_the_data_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error lists the policy's models and the data's, not just 'no row'."""
+    path = _jsonl(tmp_path / "rows.jsonl", TWO_ROWS)
+    code, _, err = _run_cli(capsys, path, "--policy", "gsm8k-2tier")
+    assert code == 2
+    assert f"it needs ['{GSM_MIXTRAL}', '{GPT4}'], the data records ['large'" in err
+
+
+def test_missing_paths_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing data path or policy file is named as missing."""
+    code, _, err = _run_cli(capsys, tmp_path / "nope", "--policy", "gsm8k-2tier")
+    assert (code, err.strip()) == (
+        2,
+        f"governor eval cascade: {tmp_path / 'nope'}: no such file or directory",
+    )
+    policy = str(tmp_path / "nope.json")
+    code, _, err = _run_cli(capsys, SAMPLE, "--policy", policy)
+    assert code == 2
+    assert f"{policy}: no such policy file" in err
+
+
+def _dominated_rows() -> list[ReplayRow]:
+    """Rows where the small tier never passes the JSON check."""
+    outcomes = {
+        "small": Recorded(0.0, "sure!", Decimal("0.001")),
+        "large": Recorded(1.0, '{"ok": 1}', Decimal("0.010")),
+    }
+    return [ReplayRow(f"q{i}", "p", outcomes) for i in range(8)]
+
+
+def test_always_best_replaces_a_candidate_it_dominates() -> None:
+    """small>large costs more than large alone for the same quality: the
+    always-best model is selected instead, and the candidate is named."""
+    cascade = Cascade(tiers=["small", "large"], checks=[{"kind": "json"}])
+    policy = NamedPolicy("toy", "", (("small>large", cascade),))
+    result = fit_and_report(policy, _dominated_rows(), seed=0)
+    summary = result.report.summary
+    assert (result.selected, result.dominated, result.report.policy) == (
+        ALWAYS_BEST,
+        "small>large",
+        "toy/always-best",
+    )
+    assert (summary.cost_usd, summary.accuracy) == (Decimal("0.040"), 1.0)
+
+
+def test_cli_says_when_always_best_was_selected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The text and JSON outputs say why the always-best model was chosen."""
+    policy = tmp_path / "toy.json"
+    policy.write_text(
+        json.dumps(
+            {"name": "toy", "tiers": ["small", "large"], "checks": [{"kind": "json"}]}
+        )
+    )
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": "p",
+            "outcomes": {
+                "small": {"score": 0, "response": "sure!", "cost_usd": "0.001"},
+                "large": {"score": 1, "response": '{"a": 1}', "cost_usd": "0.01"},
+            },
+        }
+        for i in range(8)
+    ]
+    path = _jsonl(tmp_path / "rows.jsonl", rows)
+    code, out, _ = _run_cli(capsys, path, "--policy", str(policy), "--json")
+    doc = json.loads(out)
+    assert (code, doc["policy"], doc["cost_ratio"]) == (0, "toy/always-best", 1.0)
+    assert "costs at least as much (cost ratio 1.100)" in doc["note"]
+    code, out, _ = _run_cli(capsys, path, "--policy", str(policy))
+    assert "note     selected the always-best model alone" in out
+
+
+def test_an_unwritable_png_path_fails_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chart path in a missing folder exits 2 at once, with a clear error."""
+    png = tmp_path / "missing" / "curve.png"
+    args = ["--policy", "routerbench-3tier", "--png", str(png)]
+    code, out, err = _run_cli(capsys, SAMPLE, *args)
+    assert (code, out) == (2, "")
+    assert f"--png {png}: no such folder" in err
+
+
+def test_an_unexpected_error_names_the_subcommand(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug surfacing in `eval cascade` is reported under its full name."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("governor.cascade._fit.fit_and_report", broken)
+    code, _, err = _run_cli(capsys, SAMPLE, "--policy", "routerbench-3tier")
+    assert code == 1
+    assert err.startswith("governor eval cascade: RuntimeError: boom")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -304,12 +305,18 @@ def load_policy(spec: str) -> NamedPolicy:
     ``{"name": ..., "cascade": {...}}``,
     or ``{"name": ..., "candidates": {label: {...}, ...}}``. A Python
     attribute is a Cascade, a NamedPolicy, or a mapping of label to Cascade.
+    An existing file is read as JSON whatever its suffix; a spec that names
+    a file (a ``.json`` suffix or a path separator) that does not exist is
+    refused as "no such policy file".
     """
     if spec in BUILTIN_POLICIES:
         return BUILTIN_POLICIES[spec]()
     path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
+    if path.is_file():
         return _from_json(path)
+    if path.suffix == ".json" or os.sep in spec or path.exists():
+        what = "a folder, not a policy file" if path.is_dir() else "no such policy file"
+        raise ConfigError(f"{spec}: {what}; give a JSON policy file or a built-in name")
     if ":" in spec:
         return _from_object(spec, resolve_callable(spec, {}))
     raise ConfigError(

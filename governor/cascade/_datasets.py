@@ -1,10 +1,12 @@
 """Readers of recorded per-model outcomes into replay rows.
 
-Layouts (gzip accepted for every file, by the ``.gz`` suffix):
+The layout of a file is told by its content (CSV header columns, the keys of
+the first JSON line; see :mod:`governor.cascade._sniff`), gzip by its magic
+bytes, so the file name does not matter. Layouts:
 
 * RouterBench CSV: per model ``M`` the columns ``M`` (correctness in [0, 1]),
   ``M|model_response`` and ``M|total_cost`` (USD); ``prompt``, ``eval_name``
-  and an unnamed first index column. A directory reads every such file.
+  and an unnamed first index column. A folder reads every such file.
 * JSONL (the documented equivalent), one row per line::
 
     {"id": "q1", "prompt": "...", "group": "arc",
@@ -13,31 +15,53 @@ Layouts (gzip accepted for every file, by the ``.gz`` suffix):
 
   ``score`` in [0, 1]; ``cost_usd`` a number or a decimal string;
   ``group`` and ``judge_cost_usd`` optional.
-* RouteLLM GSM8K CSV (``prompt``, ``M``: True/False, ``M_response``) and
-  Arena-Bench-v1 (``question.jsonl``, ``model_answers.jsonl.gz``,
-  ``judgments.jsonl.gz`` with 1-10 grades): these carry no costs, so a
+* RouteLLM CSV (``prompt``, ``M``: True/False, ``M_response``) and
+  Arena-Bench-v1 (a folder of question, model-answer, reference-answer and
+  judgment JSONL files with 1-10 grades): these carry no costs, so a
   :class:`Prices` table prices them from estimated token counts.
+
+A correctness cell reads a number in [0, 1] or a boolean word (true/false,
+yes/no, correct/incorrect, any case). A cell that reads as neither, or a cost
+that is not a number, is refused naming the file and row; an empty cell
+means the model has no outcome on that row. A CSV row with fewer cells than
+the header is left out and counted (:class:`LoadedRows`).
 """
 
 from __future__ import annotations
 
 import ast
 import csv
-import gzip
-import io
 import json
+import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from governor._errors import ConfigError
 from governor.cascade._replay import Recorded, ReplayRow
+from governor.cascade._sniff import (
+    ARENA_ANSWERS,
+    ARENA_JUDGMENTS,
+    ARENA_QUESTIONS,
+    COST_SUFFIX,
+    REPLAY_JSONL,
+    RESPONSE_SUFFIX,
+    ROUTELLM,
+    ROUTELLM_RESPONSE,
+    ROUTERBENCH,
+    Sniffed,
+    open_text,
+    reading,
+    sniff,
+)
 
 __all__ = [
     "BYTES_PER_TOKEN",
+    "LoadedRows",
     "Prices",
     "estimate_tokens",
     "load_arena",
@@ -45,14 +69,26 @@ __all__ = [
     "load_routellm_gsm8k",
     "load_routerbench",
     "load_rows",
+    "read_rows",
 ]
+
+logger = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN = 4
 """Token estimate for data sets without counts: one token per 4 UTF-8 bytes,
 the usual rule of thumb for English text under byte-pair encodings."""
 
-_COST = "|total_cost"
-_RESPONSE = "|model_response"
+SHORT_ROW = "fewer cells than the header"
+"""The reason a CSV row with missing trailing cells is left out."""
+
+_TRUTH: Mapping[str, float] = {
+    "true": 1.0,
+    "yes": 1.0,
+    "correct": 1.0,
+    "false": 0.0,
+    "no": 0.0,
+    "incorrect": 0.0,
+}
 
 
 def estimate_tokens(text: str) -> int:
@@ -90,10 +126,38 @@ def _priced(price: tuple[Decimal, Decimal], prompt: str, response: str) -> Decim
     return price[0] * estimate_tokens(prompt) + price[1] * estimate_tokens(response)
 
 
-def _open_text(path: Path) -> TextIO:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+@dataclass(frozen=True, slots=True)
+class LoadedRows:
+    """Replay rows read from a file or folder, and what was left out.
+
+    Attributes:
+        rows: the rows read.
+        read: data rows read, the left-out ones included.
+        left_out: reason -> number of rows left out for it.
+        unpriced: models the data records that the price table lacks
+            (cost-less layouts only); their outcomes are left out.
+    """
+
+    rows: tuple[ReplayRow, ...]
+    read: int
+    left_out: Mapping[str, int]
+    unpriced: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counts kept while reading: rows read, rows left out by reason."""
+
+    read: int = 0
+    left_out: Counter[str] = field(default_factory=Counter)
+    unpriced: set[str] = field(default_factory=set)
+
+    def leave_out(self, reason: str, where: str) -> None:
+        self.left_out[reason] += 1
+        logger.warning("%s: %s; row left out", where, reason)
+
+
+# -- cells ---------------------------------------------------------------------
 
 
 def _listed_text(cell: str) -> str:
@@ -109,62 +173,28 @@ def _listed_text(cell: str) -> str:
     return cell
 
 
-def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
-    csv.field_size_limit(1 << 30)  # responses exceed the 128 KiB default
-    with _open_text(path) as handle:
-        yield from csv.DictReader(handle)
-
-
-def load_routerbench(path: Path) -> list[ReplayRow]:
-    """Read RouterBench CSV files (a file, or every ``*.csv[.gz]`` in a folder)."""
-    files = sorted(path.glob("*.csv*")) if path.is_dir() else [path]
-    rows: list[ReplayRow] = []
-    for file in files:
-        for record in _csv_rows(file):
-            rows.append(_routerbench_row(file, record))
-    return rows
-
-
-def _routerbench_row(file: Path, record: Mapping[str, str]) -> ReplayRow:
-    models = [c[: -len(_COST)] for c in record if c.endswith(_COST)]
-    outcomes: dict[str, Recorded] = {}
-    index = record.get("") or record.get("sample_id", "")
-    for model in models:
-        score = record.get(model)
-        text = record.get(model + _RESPONSE)
-        cost = record[model + _COST]
-        if not score or text is None or not cost:
-            continue  # a model without an outcome on this row
-        recorded = Recorded(float(score), _listed_text(text), Decimal(cost))
-        outcomes[model] = _checked(recorded, model, f"{file.name} row {index}")
-    stem = file.name.split(".")[0]
-    return ReplayRow(
-        key=f"{stem}:{index}",
-        prompt=_listed_text(record.get("prompt", "")),
-        outcomes=outcomes,
-        group=record.get("eval_name", ""),
-    )
-
-
-def load_jsonl(path: Path) -> list[ReplayRow]:
-    """Read the JSONL layout described in this module's docstring."""
-    rows: list[ReplayRow] = []
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                where = f"{path.name}:{number}"
-                rows.append(_jsonl_row(_parsed(line, where), where))
-    return rows
-
-
-def _parsed(line: str, where: str) -> Any:
+def _correctness(cell: str, model: str, where: str) -> float:
+    """Read a correctness cell: a boolean word in any case, or a number."""
+    text = cell.strip()
+    if text.lower() in _TRUTH:
+        return _TRUTH[text.lower()]
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
+        return float(text)
+    except ValueError:
         raise ConfigError(
-            f"{where}: not a JSON line ({exc.msg} at column {exc.colno}); each "
-            "line must hold one JSON object"
-        ) from exc
+            f"{where}: model {model!r} has correctness {cell!r}; write a number "
+            "in [0, 1] or true/false (also yes/no, correct/incorrect, 1/0)"
+        ) from None
+
+
+def _usd(cell: str, model: str, where: str) -> Decimal:
+    try:
+        return Decimal(cell.strip())
+    except InvalidOperation:
+        raise ConfigError(
+            f"{where}: model {model!r} has cost {cell!r}; a cost is a plain "
+            "number of US dollars, e.g. 0.00123"
+        ) from None
 
 
 def _checked(recorded: Recorded, model: str, where: str) -> Recorded:
@@ -185,12 +215,153 @@ def _checked(recorded: Recorded, model: str, where: str) -> Recorded:
     return recorded
 
 
+# -- CSV layouts -----------------------------------------------------------------
+
+
+def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[Any, Any]]]:
+    """Yield (data row number from 1, record) of a CSV file."""
+    csv.field_size_limit(1 << 30)  # responses exceed the 128 KiB default
+    with reading(path), open_text(path) as handle:
+        yield from enumerate(csv.DictReader(handle, delimiter=delimiter), 1)
+
+
+def _cells_fit(record: Mapping[Any, Any], where: str, tally: _Tally) -> bool:
+    """False (and counted) for a short row; a long row is refused."""
+    if None in record:
+        extra = len(record[None])
+        raise ConfigError(
+            f"{where}: {extra} more cell(s) than the header; quote cells that "
+            "hold the delimiter"
+        )
+    if None in record.values():
+        tally.leave_out(SHORT_ROW, where)
+        return False
+    return True
+
+
+def _where(path: Path, number: int, index: str | None = None) -> str:
+    place = f"{path.name} row {number}"
+    return f"{place} (index {index})" if index else place
+
+
+def _routerbench_models(path: Path, columns: tuple[str, ...]) -> list[str]:
+    """Models of a RouterBench header; each needs its three columns."""
+    models = [c[: -len(COST_SUFFIX)] for c in columns if c.endswith(COST_SUFFIX)]
+    for model in models:
+        for column in (model, model + RESPONSE_SUFFIX):
+            if column not in columns:
+                raise ConfigError(
+                    f"{path}: model {model!r} has a cost column but no "
+                    f"{column!r} column; a RouterBench file gives each model "
+                    "'M', 'M|model_response' and 'M|total_cost'"
+                )
+    return models
+
+
+def _read_routerbench(path: Path, found: Sniffed, tally: _Tally) -> Iterator[ReplayRow]:
+    models = _routerbench_models(path, found.columns)
+    stem = path.name.split(".")[0]
+    for number, record in _csv_records(path, found.delimiter):
+        tally.read += 1
+        index = record.get("") or record.get("sample_id") or ""
+        where = _where(path, number, index)
+        if _cells_fit(record, where, tally):
+            yield ReplayRow(
+                key=f"{stem}:{index}",
+                prompt=_listed_text(record.get("prompt") or ""),
+                outcomes=_routerbench_outcomes(record, models, where),
+                group=record.get("eval_name") or "",
+            )
+
+
+def _routerbench_outcomes(
+    record: Mapping[str, str], models: list[str], where: str
+) -> dict[str, Recorded]:
+    outcomes: dict[str, Recorded] = {}
+    for model in models:
+        score, cost = record[model], record[model + COST_SUFFIX]
+        if not score.strip() or not cost.strip():
+            continue  # a model without an outcome on this row
+        recorded = Recorded(
+            _correctness(score, model, where),
+            _listed_text(record[model + RESPONSE_SUFFIX]),
+            _usd(cost, model, where),
+        )
+        outcomes[model] = _checked(recorded, model, where)
+    return outcomes
+
+
+def _read_routellm(
+    path: Path, found: Sniffed, prices: Prices, tally: _Tally
+) -> Iterator[ReplayRow]:
+    cut = len(ROUTELLM_RESPONSE)
+    models = [
+        c[:-cut]
+        for c in found.columns
+        if c.endswith(ROUTELLM_RESPONSE) and c[:-cut] in found.columns
+    ]
+    # gsm8k_responses.csv keys its rows gsm8k:0, gsm8k:1, ...
+    prefix = path.name.split(".")[0].removesuffix("_responses")
+    for number, record in _csv_records(path, found.delimiter):
+        tally.read += 1
+        where = _where(path, number)
+        if not _cells_fit(record, where, tally):
+            continue
+        prompt = record["prompt"]
+        outcomes: dict[str, Recorded] = {}
+        for model in models:
+            if not record[model].strip():
+                continue  # no outcome for this model on this row
+            score = _correctness(record[model], model, where)
+            text = record[model + ROUTELLM_RESPONSE]
+            cost = prices.call_usd(model, prompt, text)
+            if cost is None:
+                tally.unpriced.add(model)
+                continue
+            outcomes[model] = _checked(Recorded(score, text, cost), model, where)
+        yield ReplayRow(f"{prefix}:{number - 1}", prompt, outcomes, prefix)
+
+
+# -- JSON layouts ----------------------------------------------------------------
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (``file:line``, parsed object) for each non-blank line."""
+    with reading(path), open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                where = f"{path.name}:{number}"
+                yield where, _parsed(line, where)
+
+
+def _parsed(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{where}: not a JSON line ({exc.msg}, column {exc.colno}); each "
+            "line must hold one JSON object"
+        ) from exc
+
+
+def _read_jsonl(path: Path, tally: _Tally) -> Iterator[ReplayRow]:
+    for where, data in _json_lines(path):
+        tally.read += 1
+        yield _jsonl_row(data, where)
+
+
+def _score(value: Any, model: str, where: str) -> float:
+    if isinstance(value, str):
+        return _correctness(value, model, where)
+    return float(value)
+
+
 def _jsonl_row(data: Mapping[str, Any], where: str) -> ReplayRow:
     try:
         outcomes = {
             model: _checked(
                 Recorded(
-                    float(o["score"]),
+                    _score(o["score"], str(model), where),
                     str(o.get("response", "")),
                     Decimal(str(o["cost_usd"])),
                     Decimal(str(o.get("judge_cost_usd", "0"))),
@@ -215,29 +386,243 @@ def _jsonl_row(data: Mapping[str, Any], where: str) -> ReplayRow:
         ) from exc
 
 
-def load_routellm_gsm8k(path: Path, prices: Prices) -> list[ReplayRow]:
-    """Read RouteLLM's ``gsm8k_responses.csv[.gz]``, priced by ``prices``."""
-    rows: list[ReplayRow] = []
-    for number, record in enumerate(_csv_rows(path)):
-        prompt = record["prompt"]
-        outcomes: dict[str, Recorded] = {}
-        for column, text in record.items():
-            if not column.endswith("_response"):
+# -- Arena-Bench-v1 ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ArenaFiles:
+    """An Arena-Bench folder's files, each part possibly split over files."""
+
+    questions: tuple[Path, ...]
+    answers: tuple[Path, ...]
+    references: tuple[Path, ...]
+    judgments: tuple[Path, ...]
+
+
+def _arena_files(folder: Path, found: Mapping[Path, Sniffed]) -> _ArenaFiles | None:
+    """The Arena-Bench parts of a folder, or None when it is not one."""
+
+    def of(layout: str) -> tuple[Path, ...]:
+        return tuple(p for p, s in found.items() if s.layout == layout)
+
+    questions, judgments = of(ARENA_QUESTIONS), of(ARENA_JUDGMENTS)
+    if not questions or not judgments:
+        return None
+    answering = of(ARENA_ANSWERS)
+    references = tuple(p for p in answering if "reference" in p.name.lower())
+    answers = tuple(p for p in answering if p not in references)
+    for part, files in (("model answer", answers), ("reference answer", references)):
+        if not files:
+            raise ConfigError(
+                f"{folder}: an Arena-Bench folder without a {part} file "
+                "(JSON lines with question_id and choices; a reference file has "
+                "'reference' in its name)"
+            )
+    return _ArenaFiles(questions, answers, references, judgments)
+
+
+def _arena_field(path: Path, kind: str, read: Callable[[Any], Any]) -> Iterator[Any]:
+    for where, line in _json_lines(path):
+        try:
+            yield read(line)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ConfigError(
+                f"{where}: not an Arena-Bench {kind} line (missing {exc})"
+            ) from exc
+
+
+def _first_turns(files: tuple[Path, ...]) -> dict[Any, str]:
+    def read(a: Any) -> tuple[Any, str]:
+        return a["question_id"], a["choices"][0]["turns"][0]
+
+    return dict(pair for path in files for pair in _arena_field(path, "answer", read))
+
+
+def _answers(files: tuple[Path, ...]) -> dict[tuple[Any, str], str]:
+    def read(a: Any) -> tuple[tuple[Any, str], str]:
+        return (a["question_id"], a["model_id"]), a["choices"][0]["turns"][0]
+
+    return dict(pair for path in files for pair in _arena_field(path, "answer", read))
+
+
+def _questions(files: tuple[Path, ...]) -> dict[Any, str]:
+    def read(q: Any) -> tuple[Any, str]:
+        return q["question_id"], q["turns"][0]
+
+    return dict(pair for path in files for pair in _arena_field(path, "question", read))
+
+
+def _grade(value: Any, model: str, where: str) -> float:
+    """An Arena-Bench grade (1-10, number or numeric string) as a score."""
+    try:
+        grade = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: model {model!r} has grade {value!r}; a grade is a number "
+            "from 1 to 10"
+        ) from None
+    if not 0 <= grade <= 10:  # NaN fails this too
+        raise ConfigError(
+            f"{where}: model {model!r} has grade {grade:g}; a grade is a number "
+            "from 1 to 10"
+        )
+    return grade / 10
+
+
+def _read_arena(files: _ArenaFiles, prices: Prices, tally: _Tally) -> list[ReplayRow]:
+    questions = _questions(files.questions)
+    references = _first_turns(files.references)
+    answers = _answers(files.answers)
+    tally.read += len(questions)
+    rows: dict[Any, dict[str, Recorded]] = {qid: {} for qid in questions}
+    for path in files.judgments:
+        for where, grade in _json_lines(path):
+            qid, model = _graded(grade, where)
+            if grade.get("turn", 1) != 1 or grade.get("score") is None:
                 continue
-            model = column[: -len("_response")]
-            cost = prices.call_usd(model, prompt, text)
-            if cost is not None and record.get(model) in ("True", "False"):
-                score = 1.0 if record[model] == "True" else 0.0
-                outcomes[model] = Recorded(score, text, cost)
-        rows.append(ReplayRow(f"gsm8k:{number}", prompt, outcomes, "gsm8k"))
+            text = answers.get((qid, model))
+            if qid not in rows or model in rows[qid] or text is None:
+                continue  # unknown question, a repeated grade, or no answer text
+            cost = prices.call_usd(model, questions[qid], text)
+            if cost is None:
+                tally.unpriced.add(model)
+                continue
+            judge_prompt = questions[qid] + references.get(qid, "") + text
+            judge = prices.judge_usd(judge_prompt, str(grade.get("judgment", "")))
+            score = _grade(grade["score"], model, where)
+            recorded = Recorded(score, text, cost, judge)
+            rows[qid][model] = _checked(recorded, model, where)
+    return [
+        ReplayRow(f"arena:{qid}", questions[qid], outcomes, "arena")
+        for qid, outcomes in rows.items()
+    ]
+
+
+def _graded(grade: Any, where: str) -> tuple[Any, str]:
+    """A judgment line's (question id, graded model)."""
+    if not isinstance(grade, dict) or not isinstance(grade.get("model"), str):
+        raise ConfigError(
+            f"{where}: not an Arena-Bench judgment (a JSON object with "
+            "question_id, model, score and judgment)"
+        )
+    return grade.get("question_id"), grade["model"]
+
+
+# -- entry points ------------------------------------------------------------------
+
+PricesFor = Callable[[str], Prices]
+_LAYOUTS_HELP = (
+    "expected a RouterBench CSV (columns M, M|model_response, M|total_cost), a "
+    "RouteLLM CSV (prompt, M, M_response), replay JSONL (a JSON object with "
+    "'prompt' and 'outcomes' per line) or an Arena-Bench-v1 folder"
+)
+
+
+def _read_file(
+    path: Path, found: Sniffed, prices_for: PricesFor, tally: _Tally
+) -> list[ReplayRow]:
+    if found.layout == ROUTERBENCH:
+        return list(_read_routerbench(path, found, tally))
+    if found.layout == ROUTELLM:
+        prices = prices_for("routellm-gsm8k")
+        return list(_read_routellm(path, found, prices, tally))
+    if found.layout == REPLAY_JSONL:
+        return list(_read_jsonl(path, tally))
+    if found.layout in (ARENA_QUESTIONS, ARENA_ANSWERS, ARENA_JUDGMENTS):
+        raise ConfigError(
+            f"{path}: one file of Arena-Bench-v1 ({found.why}); give the folder "
+            "that holds its question, answer, reference and judgment files"
+        )
+    raise ConfigError(f"{path}: unknown layout: {found.why}; {_LAYOUTS_HELP}")
+
+
+def _quiet_sniff(path: Path) -> Sniffed:
+    """A folder's file that cannot be read is skipped, not fatal."""
+    try:
+        return sniff(path)
+    except (ConfigError, OSError) as exc:
+        return Sniffed(None, str(exc))
+
+
+def _read_folder(folder: Path, prices_for: PricesFor, tally: _Tally) -> list[ReplayRow]:
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+    )
+    found = {path: _quiet_sniff(path) for path in files}
+    arena = _arena_files(folder, found)
+    if arena is not None:
+        return _read_arena(arena, prices_for("arena"), tally)
+    wanted = (ROUTERBENCH, ROUTELLM, REPLAY_JSONL)
+    loadable = [p for p in files if found[p].layout in wanted]
+    if not loadable:
+        seen = "; ".join(f"{p.name}: {found[p].why}" for p in files[:6])
+        raise ConfigError(
+            f"{folder}: no RouterBench, RouteLLM, replay JSONL or Arena-Bench "
+            f"files found ({seen or 'the folder is empty'}); {_LAYOUTS_HELP}"
+        )
+    rows: list[ReplayRow] = []
+    for path in loadable:
+        rows.extend(_read_file(path, found[path], prices_for, tally))
     return rows
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with _open_text(path) as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+def read_rows(path: Path, prices_for: PricesFor) -> LoadedRows:
+    """Read ``path`` in whichever supported layout its content shows.
+
+    Args:
+        path: a file or a folder.
+        prices_for: returns the price table for a cost-less layout, by name
+            (``"routellm-gsm8k"`` or ``"arena"``).
+
+    Returns:
+        The rows, how many data rows were read, and the rows left out by
+        reason (a CSV row shorter than its header).
+
+    Raises:
+        ConfigError: the path does not exist, holds no known layout or no
+            data rows, or a value cannot be read (naming file and row).
+    """
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory")
+    tally = _Tally()
+    if path.is_dir():
+        rows = _read_folder(path, prices_for, tally)
+    else:
+        rows = _read_file(path, sniff(path), prices_for, tally)
+    if not tally.read:
+        raise ConfigError(f"{path}: holds no data rows, only a header or nothing")
+    return LoadedRows(
+        tuple(rows), tally.read, dict(tally.left_out), frozenset(tally.unpriced)
+    )
+
+
+def load_rows(path: Path, prices_for: PricesFor) -> list[ReplayRow]:
+    """Read ``path`` like :func:`read_rows` and return the rows only."""
+    return list(read_rows(path, prices_for).rows)
+
+
+def load_routerbench(path: Path) -> list[ReplayRow]:
+    """Read RouterBench CSV files (a file, or every such file in a folder)."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    rows: list[ReplayRow] = []
+    for file in files:
+        found = _quiet_sniff(file) if path.is_dir() else sniff(file)
+        if found.layout == ROUTERBENCH:
+            rows.extend(_read_routerbench(file, found, _Tally()))
+    return rows
+
+
+def load_jsonl(path: Path) -> list[ReplayRow]:
+    """Read the JSONL layout described in this module's docstring."""
+    return list(_read_jsonl(path, _Tally()))
+
+
+def load_routellm_gsm8k(path: Path, prices: Prices) -> list[ReplayRow]:
+    """Read a RouteLLM CSV such as ``gsm8k_responses.csv``, priced by ``prices``."""
+    found = sniff(path)
+    if found.layout != ROUTELLM:
+        raise ConfigError(f"{path}: not a RouteLLM CSV ({found.why})")
+    return list(_read_routellm(path, found, prices, _Tally()))
 
 
 def load_arena(folder: Path, prices: Prices) -> list[ReplayRow]:
@@ -247,77 +632,8 @@ def load_arena(folder: Path, prices: Prices) -> list[ReplayRow]:
     out of the row. The judge's cost is its prompt (question, reference
     answer, model answer) and its written judgment at ``prices.judge``.
     """
-    questions = {
-        q["question_id"]: q["turns"][0] for q in _jsonl(folder / "question.jsonl")
-    }
-    references = _first_turns(folder / "reference_answer_gpt-4.jsonl.gz")
-    answers = _answers(folder / "model_answers.jsonl.gz")
-    rows: dict[str, dict[str, Recorded]] = {qid: {} for qid in questions}
-    for grade in _jsonl(folder / "judgments.jsonl.gz"):
-        qid, model = grade["question_id"], grade["model"]
-        if grade.get("turn", 1) != 1 or grade.get("score") is None:
-            continue
-        text = answers.get((qid, model))
-        if qid not in rows or model in rows[qid] or text is None:
-            continue  # unknown question, a repeated grade, or no answer text
-        cost = prices.call_usd(model, questions[qid], text)
-        if cost is None:
-            continue
-        judge_prompt = questions[qid] + references.get(qid, "") + text
-        judge_cost = prices.judge_usd(judge_prompt, str(grade.get("judgment", "")))
-        rows[qid][model] = Recorded(float(grade["score"]) / 10, text, cost, judge_cost)
-    return [
-        ReplayRow(f"arena:{qid}", questions[qid], outcomes, "arena")
-        for qid, outcomes in rows.items()
-    ]
-
-
-def _first_turns(path: Path) -> dict[str, str]:
-    return {a["question_id"]: a["choices"][0]["turns"][0] for a in _jsonl(path)}
-
-
-def _answers(path: Path) -> dict[tuple[str, str], str]:
-    return {
-        (a["question_id"], a["model_id"]): a["choices"][0]["turns"][0]
-        for a in _jsonl(path)
-    }
-
-
-Loader = Callable[[Path], list[ReplayRow]]
-
-
-def load_rows(path: Path, prices_for: Callable[[str], Prices]) -> list[ReplayRow]:
-    """Read ``path`` in whichever supported layout it holds.
-
-    Args:
-        path: a file or a folder.
-        prices_for: returns the price table for a cost-less layout, by name
-            (``"routellm-gsm8k"`` or ``"arena"``).
-    """
-    if path.is_dir():
-        if (path / "judgments.jsonl.gz").exists():
-            return load_arena(path, prices_for("arena"))
-        gsm8k = path / "gsm8k_responses.csv.gz"
-        if gsm8k.exists():
-            return load_routellm_gsm8k(gsm8k, prices_for("routellm-gsm8k"))
-        if any(path.glob("*.csv*")):
-            return load_routerbench(path)
-        raise ConfigError(f"{path}: no RouterBench, RouteLLM or Arena files found")
-    try:
-        return _load_file(path, prices_for)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8, "
-            "e.g. iconv -f latin1 -t utf-8"
-        ) from exc
-
-
-def _load_file(path: Path, prices_for: Callable[[str], Prices]) -> list[ReplayRow]:
-    name = path.name
-    if ".jsonl" in name:
-        return load_jsonl(path)
-    if name.startswith("gsm8k_responses"):
-        return load_routellm_gsm8k(path, prices_for("routellm-gsm8k"))
-    if ".csv" in name:
-        return load_routerbench(path)
-    raise ConfigError(f"{path}: unknown layout; give a .csv[.gz] or .jsonl[.gz] file")
+    found = {p: _quiet_sniff(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    files = _arena_files(folder, found)
+    if files is None:
+        raise ConfigError(f"{folder}: no Arena-Bench question and judgment files")
+    return _read_arena(files, prices, _Tally())

@@ -3,22 +3,39 @@
 The split is a seeded shuffle of the row keys. Selection looks at the fit
 rows only: the cheapest candidate whose quality ratio reaches the target;
 failing that, the best quality within the cost target; failing that, the
-best quality. The held-out rows are replayed once per candidate for the
-cost-quality curve, never to choose.
+best quality. A selected candidate that the always-best model dominates on
+the fit rows (it costs at least as much, with no better quality) gives way
+to the always-best model alone. The held-out rows are replayed once per
+candidate for the cost-quality curve, never to choose.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from governor._errors import ConfigError
 from governor.cascade._builtin import NamedPolicy
 from governor.cascade._complexity import Estimator, heuristic_complexity
-from governor.cascade._replay import ReplayReport, ReplayRow, replay, usable_rows
+from governor.cascade._replay import ReplayReport, ReplayRow, replay
+from governor.policies._cascade import Cascade
 
-__all__ = ["CurvePoint", "FitResult", "fit_and_report", "split_rows"]
+__all__ = [
+    "ALWAYS_BEST",
+    "CurvePoint",
+    "FitResult",
+    "fit_and_report",
+    "narrow_rows",
+    "split_rows",
+]
+
+ALWAYS_BEST = "always-best"
+"""The label selected when the always-best model dominates the pick."""
+
+_SAME_ACCURACY = 1e-9  # float sums in another order may differ by this much
+_LISTED_MODELS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +52,18 @@ class CurvePoint:
 
 @dataclass(frozen=True, slots=True)
 class FitResult:
-    """The selected candidate's held-out report, and every candidate's figures."""
+    """The selected candidate's held-out report, and every candidate's figures.
+
+    ``selected`` is :data:`ALWAYS_BEST` when the candidate the rule picked is
+    dominated by the always-best model on the fit rows; ``dominated`` then
+    names that candidate.
+    """
 
     selected: str
     report: ReplayReport
     fit_rows: int
     curve: tuple[CurvePoint, ...]
+    dominated: str | None = None
 
 
 def _memoised(estimate: Estimator) -> Estimator:
@@ -80,6 +103,88 @@ def _select(
     return max(pool, key=lambda r: (r[1].quality_ratio, -r[1].cost_ratio))[0]
 
 
+def _dominated(report: ReplayReport) -> bool:
+    """True when the always-best model costs no more and scores no less."""
+    best = report.baselines.always_best
+    return (
+        report.summary.cost_usd >= best.cost_usd
+        and report.summary.accuracy <= best.accuracy + _SAME_ACCURACY
+    )
+
+
+def _always_best(name: str, cascade: Cascade, report: ReplayReport) -> ReplayReport:
+    """``report``'s always-best baseline reported as the policy itself."""
+    best = report.baselines.always_best
+    tiers = {cascade.tiers[-1].name: best.rows}
+    return ReplayReport(f"{name}/{ALWAYS_BEST}", best, report.baselines, tiers)
+
+
+def _needed_models(policy: NamedPolicy) -> list[str]:
+    """Every model any candidate uses, in order of first use."""
+    needed: dict[str, None] = {}
+    for _, cascade in policy.candidates:
+        needed.update((tier.model, None) for tier in cascade.tiers)
+    return list(needed)
+
+
+def _missing_reason(row: ReplayRow, needed: Sequence[str]) -> str:
+    if not row.outcomes:
+        return "no outcome for any model"
+    missing = [m for m in needed if m not in row.outcomes]
+    listed = ", ".join(missing[:_LISTED_MODELS])
+    more = len(missing) - _LISTED_MODELS
+    return f"no outcome for {listed}{f' and {more} more' if more > 0 else ''}"
+
+
+def narrow_rows(
+    policy: NamedPolicy, rows: Sequence[ReplayRow], unpriced: Collection[str] = ()
+) -> tuple[list[ReplayRow], dict[str, int]]:
+    """Keep the rows recording every model any candidate uses.
+
+    Args:
+        policy: the named policy whose candidates will replay the rows.
+        rows: the rows read.
+        unpriced: models the data holds but no price table prices, named
+            in the error when no row is left.
+
+    Returns:
+        The rows kept, and the number of rows left out per reason.
+
+    Raises:
+        ConfigError: no row is left; the message names the models the
+            policy needs and those the data records.
+    """
+    needed = _needed_models(policy)
+    kept: list[ReplayRow] = []
+    left_out: Counter[str] = Counter()
+    for row in rows:
+        if all(model in row.outcomes for model in needed):
+            kept.append(row)
+        else:
+            left_out[_missing_reason(row, needed)] += 1
+    if not kept:
+        raise ConfigError(_no_rows_message(policy.name, needed, rows, unpriced))
+    return kept, dict(left_out)
+
+
+def _no_rows_message(
+    name: str,
+    needed: Sequence[str],
+    rows: Sequence[ReplayRow],
+    unpriced: Collection[str],
+) -> str:
+    has = sorted({model for row in rows for model in row.outcomes})
+    message = (
+        f"no row records every model that {name} uses; it needs {needed}, the "
+        f"data records {has}"
+    )
+    if unpriced:
+        message += (
+            f" (and {sorted(unpriced)}, left out: no list price in the rate card)"
+        )
+    return message + "; name the data's models in the policy's tiers"
+
+
 def _frontier(reports: Sequence[tuple[str, ReplayReport]]) -> set[str]:
     """Labels no other candidate beats on both cost and quality."""
     keep: set[str] = set()
@@ -110,13 +215,11 @@ def fit_and_report(
     """Select a candidate on the fit rows and replay it on the held-out rows.
 
     Rows are first narrowed to those recording every model any candidate
-    uses, so every candidate and baseline sees the same rows. A family of
-    one candidate may use ``fit_fraction=0`` to report on every row.
+    uses (:func:`narrow_rows`), so every candidate and baseline sees the
+    same rows. A family of one candidate may use ``fit_fraction=0`` to
+    report on every row; then nothing is selected and nothing replaced.
     """
-    for _, cascade in policy.candidates:
-        rows = usable_rows(rows, cascade)
-    if not rows:
-        raise ConfigError(f"no row records every model that {policy.name} uses")
+    rows, _ = narrow_rows(policy, rows)
     fit_part, held_out = split_rows(rows, fit_fraction, seed)
     if len(policy.candidates) > 1 and not fit_part:
         raise ConfigError(f"{policy.name} has candidates to choose from; fit on rows")
@@ -138,9 +241,28 @@ def fit_and_report(
         (label, replay(label, c, held_out, callables=known))
         for label, c in policy.candidates
     ]
+    curve = _curve(on_fit, on_held)
+    chosen = dict(on_held)[selected]
+    if on_fit and _dominated(dict(on_fit)[selected]):
+        cascade = dict(policy.candidates)[selected]
+        best = _always_best(policy.name, cascade, chosen)
+        return FitResult(ALWAYS_BEST, best, len(fit_part), curve, selected)
+    named = ReplayReport(
+        f"{policy.name}/{selected}",
+        chosen.summary,
+        chosen.baselines,
+        chosen.final_tiers,
+    )
+    return FitResult(selected, named, len(fit_part), curve)
+
+
+def _curve(
+    on_fit: Sequence[tuple[str, ReplayReport]],
+    on_held: Sequence[tuple[str, ReplayReport]],
+) -> tuple[CurvePoint, ...]:
     frontier = _frontier(on_fit) if on_fit else {label for label, _ in on_held}
     fit_by_label = dict(on_fit)
-    curve = tuple(
+    return tuple(
         CurvePoint(
             label,
             fit_by_label[label].cost_ratio if on_fit else report.cost_ratio,
@@ -151,11 +273,3 @@ def fit_and_report(
         )
         for label, report in on_held
     )
-    chosen = dict(on_held)[selected]
-    named = ReplayReport(
-        f"{policy.name}/{selected}",
-        chosen.summary,
-        chosen.baselines,
-        chosen.final_tiers,
-    )
-    return FitResult(selected, named, len(fit_part), curve)

@@ -93,12 +93,18 @@ def _main(argv: Sequence[str] | None) -> int:
         if os.environ.get(ENV_DEBUG):
             raise
         print(
-            f"governor {args.command}: {_describe(exc)} "
+            f"{_command_name(args)}: {_describe(exc)} "
             f"(set {ENV_DEBUG}=1 for the traceback)",
             file=sys.stderr,
         )
         return 1
     return code
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """The command as typed, with its subcommand: ``governor eval cascade``."""
+    words = ["governor", args.command, getattr(args, "target", None)]
+    return " ".join(word for word in words if word)
 
 
 def _describe(exc: Exception) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +58,14 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor.cascade._builtin import load_policy, price_table
-    from governor.cascade._datasets import load_rows
-    from governor.cascade._fit import fit_and_report
+    from governor.cascade._datasets import read_rows
+    from governor.cascade._fit import fit_and_report, narrow_rows
 
     try:
+        png = _writable(args.png)
         policy = load_policy(args.policy)
-        rows = load_rows(Path(args.data), price_table)
+        loaded = read_rows(Path(args.data), price_table)
+        rows, dropped = narrow_rows(policy, loaded.rows, loaded.unpriced)
         result = fit_and_report(
             policy,
             rows,
@@ -71,39 +75,101 @@ def _run(args: argparse.Namespace) -> int:
             target_cost=args.target_cost,
         )
     except (OSError, ConfigError) as exc:
-        print(f"governor eval cascade: {exc}", file=sys.stderr)
-        return 2
-    if args.png:
-        _chart(Path(args.png), result, args)
+        return _fail(str(exc))
+    left_out = Counter(loaded.left_out) + Counter(dropped)
+    doc = {
+        **result.report.to_json(),
+        "rows_read": loaded.read,
+        "left_out": dict(left_out.most_common()),
+        "note": _note(result),
+    }
     if args.json:
-        json.dump(result.report.to_json(), sys.stdout, indent=2)
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(_text(result, args))
+        sys.stdout.write(_text(result, doc, args))
+    if png is not None:
+        try:
+            _chart(png, result, args)
+        except OSError as exc:
+            return _fail(f"cannot write the chart to {png}: {exc}")
     return 0
 
 
-def _text(result: Any, args: argparse.Namespace) -> str:
-    doc = result.report.to_json()
+def _fail(message: str) -> int:
+    print(f"governor eval cascade: {message}", file=sys.stderr)
+    return 2
+
+
+def _writable(path_text: str | None) -> Path | None:
+    """Check that the chart can be written before the run, not after it."""
+    from governor._errors import ConfigError
+
+    if path_text is None:
+        return None
+    path = Path(path_text)
+    if path.is_dir():
+        raise ConfigError(f"--png {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--png {path}: no such folder {path.parent}")
+    if not os.access(path.parent, os.W_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise ConfigError(f"--png {path}: not writable")
+    return path
+
+
+def _note(result: Any) -> str | None:
+    """Why the always-best model was selected in place of a candidate."""
+    if result.dominated is None:
+        return None
+    point = next(p for p in result.curve if p.label == result.dominated)
+    return (
+        f"selected the always-best model alone: the pick on the fit rows, "
+        f"{result.dominated!r}, costs at least as much (cost ratio "
+        f"{point.fit_cost_ratio:.3f}) with no better quality (quality ratio "
+        f"{point.fit_quality_ratio:.3f})"
+    )
+
+
+def _read_line(doc: dict[str, Any]) -> str:
+    line = f"data     {doc['rows_read']} rows read, "
+    left_out = doc["left_out"]
+    line += f"{sum(left_out.values())} left out"
+    if left_out:
+        reasons = "; ".join(f"{why}: {count}" for why, count in left_out.items())
+        line += f" ({reasons})"
+    return line
+
+
+def _text(result: Any, doc: dict[str, Any], args: argparse.Namespace) -> str:
     held = doc["rows"]
     lines = [
         f"policy   {doc['policy']}",
+        _read_line(doc),
         f"rows     {held} held out, {result.fit_rows} used to choose (seed "
         f"{args.seed})",
         f"cascade  cost ${doc['cost_usd']:.4f}  accuracy {doc['accuracy']:.4f}  "
         f"cost_ratio {doc['cost_ratio']:.3f}  quality_ratio "
         f"{doc['quality_ratio']:.3f}",
     ]
+    if doc["note"]:
+        lines.append(f"note     {doc['note']}")
     for name, base in doc["baselines"].items():
         lines.append(
             f"{name:<16} cost ${base['cost_usd']:.4f}  accuracy {base['accuracy']:.4f}"
         )
     lines.append(f"final tier counts: {dict(result.report.final_tiers)}")
     lines.append("")
-    lines.append(
-        "| candidate | fit cost | fit quality | held-out cost | held-out quality |"
-    )
-    lines.append("|---|---|---|---|---|")
+    lines.extend(_curve_table(result))
+    return "\n".join(lines) + "\n"
+
+
+def _curve_table(result: Any) -> list[str]:
+    lines = [
+        "| candidate | fit cost | fit quality | held-out cost | held-out quality |",
+        "|---|---|---|---|---|",
+    ]
     for point in sorted(result.curve, key=lambda p: p.cost_ratio):
         mark = " (selected)" if point.label == result.selected else ""
         star = "*" if point.on_fit_frontier else ""
@@ -112,8 +178,10 @@ def _text(result: Any, args: argparse.Namespace) -> str:
             f"{point.fit_quality_ratio:.3f} | {point.cost_ratio:.3f} | "
             f"{point.quality_ratio:.3f} |"
         )
+    if result.dominated is not None:
+        lines.append("| always-best (selected) | 1.000 | 1.000 | 1.000 | 1.000 |")
     lines.append("(* on the fit rows' cost-quality frontier)")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
@@ -128,7 +196,7 @@ def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
         (p.cost_ratio, p.quality_ratio)
         for p in result.curve
         if p.label == result.selected
-    ]
+    ] or [(1.0, 1.0)]  # the always-best model was selected
     base = result.report.baselines
     best = base.always_best
     cheap = base.always_cheapest
