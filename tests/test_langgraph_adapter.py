@@ -361,6 +361,30 @@ def test_branch_cap_limits_parallel_steps() -> None:
     assert running["peak"] == 2
 
 
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_branch_cap_with_a_subgraph_node_does_not_deadlock(mode: str) -> None:
+    """A subgraph node holds its graph's slot; its inner nodes have their own.
+
+    With one cap for both levels, the inner worker waited for the slot its
+    own parent node held until wait_timeout_s, and the graph failed.
+    """
+    from governor import Fanout
+
+    inner = fan_out_graph(ScriptedChatModel())
+    outer = StateGraph(FanState)
+    outer.add_node("sub", inner)
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    policy = Policy(fanout=Fanout(max_branches=1, wait_timeout_s=2))
+    graph = govern(outer.compile(), Governor(policy))
+    state = {"items": list("abc"), "answers": []}
+    run = graph.invoke if mode == "invoke" else lambda s: asyncio.run(graph.ainvoke(s))
+    out = run(state)
+    report = graph.last_report
+    assert report is not None
+    assert (out["answers"], report.calls) == (["ok", "ok", "ok"], 3)
+
+
 def test_branch_cap_refuses_when_asked() -> None:
     """With on_cap='refuse', a step wider than max_branches stops the graph."""
     from governor import Fanout

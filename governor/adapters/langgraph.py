@@ -424,14 +424,19 @@ class _HandlerCore:
         return owner is not None and owner != self.task.id
 
     def _branch_slots(self, metadata: Mapping[str, Any] | None) -> Any:
-        """The semaphore capping parallel node runs of this graph level."""
+        """The semaphore capping parallel node runs of this graph level.
+
+        A node's ``checkpoint_ns`` names the graph it runs in: empty for the
+        top graph, the subgraph node's namespace for a node of a subgraph.
+        Each graph run has its own cap, so a subgraph node holding a slot of
+        its graph never waits for one its own inner nodes need.
+        """
         limit = self.task.policy.fanout.max_branches
         if limit is None:
             return None
         from governor.stores._semaphore import LocalSemaphore
 
-        namespace = str((metadata or {}).get("checkpoint_ns", ""))
-        level = namespace.rsplit("|", 1)[0] if "|" in namespace else ""
+        level = str((metadata or {}).get("checkpoint_ns") or "")
         with self._lock:
             slots = self.task.extras.setdefault("branch_slots", {})
             if level not in slots:
