@@ -383,6 +383,64 @@ def test_aclose_stops_the_provider() -> None:
         assert stub.streams_finished == 0
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_stream_past_its_reserved_output_is_cut_off(use_async: bool) -> None:
+    """A provider ignoring max_tokens is hung up on soon after the ceiling.
+
+    The stub streams its whole 200-word answer whatever max_tokens says; the
+    call reserved 5 output tokens, so the governor closes the stream and the
+    charge stays near the reservation instead of the whole answer's.
+    """
+    from governor.testing import StubBehaviour, StubServer
+
+    slow = StubBehaviour(answer=LONG_ANSWER, chunk_delay_s=0.002)
+
+    async def read(stream: Any) -> int:
+        return len([chunk async for chunk in await stream])
+
+    with StubServer(default=slow) as stub:
+        gov = Governor()
+        llm = GovernedLiteLLM(gov)
+        with gov.task() as task:
+            kwargs: dict[str, Any] = {
+                "model": "openai/gpt-4o-mini",
+                "api_base": stub.base_url + "/v1",
+                "api_key": "sk-stub",
+                "messages": [{"role": "user", "content": "Write a long essay."}],
+                "max_tokens": 5,
+                "stream": True,
+            }
+            if use_async:
+                chunks = asyncio.run(read(llm.acompletion(**kwargs)))
+            else:
+                chunks = len(list(llm.completion(**kwargs)))
+        finished = stub.streams_finished
+    report = task.report()
+    assert finished == 0
+    assert chunks < 60
+    assert 5 < report.output_tokens < 60
+
+
+def test_a_stream_that_ends_at_its_ceiling_is_read_whole() -> None:
+    """An answer exactly as long as max_tokens is never cut."""
+    from governor.testing import StubBehaviour, StubServer
+
+    size = int(litellm.token_counter(model="gpt-4o-mini", text=LONG_ANSWER))
+    with StubServer(default=StubBehaviour(answer=LONG_ANSWER)) as stub:
+        gov = Governor()
+        stream = GovernedLiteLLM(gov).completion(
+            model="openai/gpt-4o-mini",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
+            messages=[{"role": "user", "content": "Write a long essay."}],
+            max_tokens=size,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        finished = stub.streams_finished
+    assert (text, finished) == (LONG_ANSWER, 1)
+
+
 def test_the_largest_output_ceiling_is_reserved() -> None:
     """max_tokens=10 beside max_completion_tokens=20000 reserves 20000."""
     from governor.testing import StubServer

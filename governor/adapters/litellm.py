@@ -48,6 +48,7 @@ from governor.adapters._embeddings import (
 )
 from governor.adapters._tokens import (
     count_message_tokens,
+    count_text_tokens,
     interrupted_after_sending,
     read_usage,
     settled_usage,
@@ -1058,6 +1059,7 @@ class _StreamSettler:
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
         self.complete = False  # read to its end: only then is the answer whole
+        self._ceiling = _StreamCeiling(admission)
         admission.task.open_streams[admission.call_id] = self
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
@@ -1180,6 +1182,79 @@ def _delta_text(chunk: Any) -> str:
     return ""
 
 
+class _StreamCeiling:
+    """Tells when a stream has gone well past the output its call reserved.
+
+    A provider (or a proxy) that ignores ``max_tokens`` streams on and bills
+    every token: the budget the call was admitted under would overrun by the
+    whole answer. The governor sees every chunk, so it hangs up once the
+    output clearly passes the ceiling. Counting is by characters until they
+    alone could pass it (a token is at least one character), then by the
+    model's tokenizer, again each time the text grows by half; the margin
+    (a quarter, at least 16 tokens) keeps an answer that stops at its
+    ceiling, counted by another tokenizer, from being cut.
+    """
+
+    def __init__(self, admission: Admission) -> None:
+        request = admission.request
+        reserved = admission.max_output_tokens * max(1, request.choices)
+        self._model = request.model
+        self._limit = reserved + max(16, reserved // 4)
+        self._reserved = reserved
+        self._parts: list[str] = []
+        self._chars = 0
+        self._next_count = self._limit
+
+    def passed(self, chunk: Any) -> bool:
+        """Add a chunk's output; True once the output passes the ceiling."""
+        for part in _delta_parts(chunk):
+            self._parts.append(part)
+            self._chars += len(part)
+        if self._chars <= self._next_count:
+            return False
+        self._next_count = self._chars + self._chars // 2
+        tokens = count_text_tokens(self._model, "".join(self._parts))
+        if tokens <= self._limit:
+            return False
+        _warn_cut_off(self._model, self._reserved, tokens)
+        return True
+
+
+_CUT_OFF_WARNED: set[str] = set()
+
+
+def _warn_cut_off(model: str, reserved: int, streamed: int) -> None:
+    if model in _CUT_OFF_WARNED:
+        return
+    _CUT_OFF_WARNED.add(model)
+    logger.warning(
+        "a stream from %s passed the %d output tokens reserved for it (about "
+        "%d so far): the provider ignores max_tokens, so the governor closed "
+        "the stream to keep the call within its budget. Check that the "
+        "provider (or a proxy) passes max_tokens on. Logged once per model.",
+        model,
+        reserved,
+        streamed,
+    )
+
+
+def _delta_parts(chunk: Any) -> Iterator[str]:
+    """The output a chunk carries: each choice's text and tool-call pieces."""
+    for choice in getattr(chunk, "choices", None) or ():
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if content:
+            yield str(content)
+        for call in getattr(delta, "tool_calls", None) or ():
+            function = getattr(call, "function", None)
+            for piece in (
+                getattr(function, "name", None),
+                getattr(function, "arguments", None),
+            ):
+                if piece:
+                    yield str(piece)
+
+
 class _SyncStream(_StreamSettler):
     """Passes a LiteLLM stream through and settles when it ends or is dropped.
 
@@ -1215,6 +1290,8 @@ class _SyncStream(_StreamSettler):
             self._finish()
             raise
         self.chunks.append(chunk)
+        if self._ceiling.passed(chunk):
+            self.close()  # the chunk is served; the next read ends the stream
         return chunk
 
     def close(self) -> None:
@@ -1296,6 +1373,8 @@ class _AsyncStream(_StreamSettler):
             await self._afinish()
             raise
         self.chunks.append(chunk)
+        if self._ceiling.passed(chunk):
+            await self.aclose()  # the chunk is served; the next read ends it
         return chunk
 
     async def aclose(self) -> None:
