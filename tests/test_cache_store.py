@@ -133,3 +133,13 @@ def test_a_removed_row_never_matches_in_a_large_index() -> None:
     index.remove("k3")
     found, _ = index.search(rows[3], 0.99, 3)
     assert found == []
+
+
+def test_a_score_above_one_is_never_a_match() -> None:
+    """Unit rows score at most 1: a higher score or NaN means a corrupt row."""
+    index = VectorIndex(3)
+    index.add("scaled", unit(1, 1, 0) * 2)
+    index.add("nan", np.array([np.nan, 0, 0], dtype=np.float32))
+    index.add("good", unit(1, 0, 0))
+    found, best = index.search(unit(1, 1, 0), min_score=0.5, limit=5)
+    assert (found, best) == ([("good", np.float32(unit(1, 1, 0)[0]))], found[0][1])

@@ -13,8 +13,12 @@ safety gate); only the embeddings are computed up front, in batches.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import logging
+import os
 import re
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +50,21 @@ __all__ = [
     "sweep",
     "without_gate",
 ]
+
+logger = logging.getLogger(__name__)
+
+# What reading an embeddings file that is not one can raise.
+_UNREADABLE = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    UnicodeError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 Mode = Literal["pairwise", "retrieval"]
 Message = dict[str, Any]
@@ -236,11 +255,28 @@ def questions(pairs: Iterable[EvalPair]) -> list[str]:
 class PrecomputedEmbedder:
     """Serves vectors computed up front; unknown texts are an error."""
 
-    def __init__(self, name: str, threshold: float, table: Mapping[str, Vectors]):
-        """Look texts up in ``table`` under another embedder's name."""
+    def __init__(
+        self,
+        name: str,
+        threshold: float,
+        table: Mapping[str, Vectors],
+        fits: Callable[[str], bool] | None = None,
+    ):
+        """Look texts up in ``table`` under another embedder's name.
+
+        ``fits`` is that embedder's test of whether it reads a text whole,
+        so that the cache skips the same long texts as with the embedder.
+        """
         self.name = name
         self.default_threshold = threshold
         self._table = table
+        self._fits = fits
+
+    def fits(self, text: str) -> bool:
+        """Whether the original embedder reads ``text`` whole."""
+        if text in self._table or self._fits is None:
+            return True
+        return bool(self._fits(text))
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return the stored vectors of ``texts``."""
@@ -254,28 +290,112 @@ def precompute(
     cache_file: Path | None = None,
     batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    max_chars: int | None = None,
 ) -> PrecomputedEmbedder:
-    """Embed ``texts`` in batches, reusing and extending ``cache_file`` if given."""
+    """Embed ``texts`` in batches, reusing and extending ``cache_file`` if given.
+
+    Texts the cache would not embed are skipped, as the cache skips them
+    (``too_long``): those longer than ``max_chars`` (pass the policy's
+    ``max_semantic_chars``) or than the embedder reads whole.
+
+    The file keeps each vector under the SHA-256 of its text, so its size
+    does not grow with the length of the texts. A file written for another
+    embedder is replaced, with a warning.
+
+    Raises:
+        ConfigError: ``cache_file`` exists but is not an embeddings file that
+            this function wrote; the message names it.
+    """
+    fits = getattr(embedder, "fits", None)
+    wanted = [
+        t
+        for t in dict.fromkeys(texts)
+        if (max_chars is None or len(t) <= max_chars) and (fits is None or fits(t))
+    ]
     table: dict[str, Vectors] = {}
+    stale = False
     if cache_file is not None and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as data:
-            if str(data["name"]) == embedder.name:
-                table = dict(zip(data["texts"].tolist(), data["vectors"], strict=True))
-    missing = [t for t in texts if t not in table]
+        table, stale = _read_vectors(cache_file, embedder.name)
+    digests = {t: _digest(t) for t in wanted}
+    missing = [t for t in wanted if digests[t] not in table]
     for start in range(0, len(missing), batch):
         chunk = missing[start : start + batch]
-        table.update(zip(chunk, embedder.embed(chunk), strict=True))
+        vectors = embedder.embed(chunk)
+        table.update(zip((digests[t] for t in chunk), vectors, strict=True))
         if progress is not None:
             progress(start + len(chunk), len(missing))
-    if cache_file is not None and missing:
-        names = list(table)
-        np.savez(
-            cache_file,
-            name=np.array(embedder.name),
-            texts=np.array(names, dtype=str),
-            vectors=np.stack([table[n] for n in names]).astype(np.float32),
+    if cache_file is not None and (missing or stale):
+        _write_vectors(cache_file, embedder.name, table)
+    found = {t: table[digests[t]] for t in wanted}
+    return PrecomputedEmbedder(embedder.name, embedder.default_threshold, found, fits)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_vectors(path: Path, name: str) -> tuple[dict[str, Vectors], bool]:
+    """The vectors in ``path`` by text digest, and whether to rewrite the file.
+
+    A file of the first format (texts stored whole) is read and rewritten.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _unreadable(path, "one array, not an .npz archive")
+    with data:
+        try:
+            return _vectors_in(data, name, path)
+        except _UNREADABLE as exc:
+            raise _unreadable(path, exc) from exc
+
+
+def _vectors_in(data: Any, name: str, path: Path) -> tuple[dict[str, Vectors], bool]:
+    stored = str(data["name"][()])
+    if stored != name:
+        logger.warning(
+            "%s holds embeddings of %r, not %r; they are replaced",
+            path,
+            stored,
+            name,
         )
-    return PrecomputedEmbedder(embedder.name, embedder.default_threshold, table)
+        return {}, True
+    vectors = np.asarray(data["vectors"], dtype=np.float32)
+    legacy = "hashes" not in data.files
+    if legacy:
+        digests = [_digest(t) for t in data["texts"].tolist()]
+    else:
+        digests = [h.decode("ascii") for h in data["hashes"].tolist()]
+    if vectors.ndim != 2 or len(digests) != len(vectors):
+        raise ValueError(f"{len(digests)} keys for vectors of shape {vectors.shape}")
+    return dict(zip(digests, vectors, strict=True)), legacy
+
+
+def _unreadable(path: Path, reason: object) -> ConfigError:
+    return ConfigError(
+        f"embedding cache {path} is not an .npz of embeddings that governor eval "
+        f"cache wrote ({reason}); delete it or give another file"
+    )
+
+
+def _write_vectors(path: Path, name: str, table: Mapping[str, Vectors]) -> None:
+    """Write ``table`` to ``path`` at once: an interrupted run leaves the old."""
+    digests = list(table)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as out:
+            np.savez(
+                out,
+                name=np.array(name),
+                hashes=np.array([d.encode("ascii") for d in digests], dtype="S64"),
+                vectors=np.array([table[d] for d in digests], dtype=np.float32),
+            )
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def evaluate(
@@ -329,6 +449,8 @@ class _Outcome:
         self, n: int, mode: Mode, threshold: float, pairs: Sequence[EvalPair]
     ) -> dict[str, Any]:
         positives = sum(1 for p in pairs if p.label == 1)
+        # With no hit, nothing was served wrongly (false_hit_rate 0) but
+        # precision, right hits over hits, is undefined: None, not 1.0.
         false_rate = self.wrong / self.hits if self.hits else 0.0
         return {
             "pairs": n,
@@ -336,7 +458,7 @@ class _Outcome:
             "threshold": round(threshold, 4),
             "hit_rate": _round(self.hits / n if n else 0.0),
             "false_hit_rate": _round(false_rate),
-            "precision": _round(1.0 - false_rate if self.hits else 1.0),
+            "precision": _round(1.0 - false_rate) if self.hits else None,
             "recall": _round(self.right / positives if positives else 0.0),
             "hits": self.hits,
             "wrong_hits": self.wrong,

@@ -4,8 +4,9 @@ Sentence embeddings place a question and its negation, or the same question
 about another city or number, almost on top of each other (issue #6, and the
 measurements in ``docs/cache.md``). The gate compares what an embedding blurs:
 negation, opposite words, the kind of question (why, where, when, who),
-numbers and quantities, names and the roles they play, quoted text and
-symbols such as ``==`` or ``c++``. Each
+numbers (in digits, words or numerals) and quantities, weekdays, names and
+the roles they play, quoted text, symbols such as ``==`` or ``c++``, and the
+indentation of code lines. Each
 check errs on the side of a miss: a refused paraphrase costs one model call,
 a wrong hit serves a wrong answer.
 """
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 __all__ = ["GATE_CHECKS", "gate_refusal"]
 
@@ -30,6 +32,7 @@ GATE_CHECKS = (
     "entities",
     "quotes",
     "symbols",
+    "layout",
     "edited",
 )
 
@@ -132,6 +135,101 @@ _NUMBER_WORDS = _pairs(
     seventeenth:17th eighteenth:18th nineteenth:19th twentieth:20th
     thirtieth:30th fortieth:40th fiftieth:50th hundredth:100th"""
 )
+# German, French and Spanish counts up to twenty, the tens, hundred and
+# thousand; the multilingual embedder scores "drei Jahre" and "acht Jahre"
+# alike. Left out, like "one", are the articles (ein, un, uno...) and words
+# that are also common English: null, seize, cent, once, quince.
+_FOREIGN_NUMBER_WORDS = _pairs(
+    """eins:1 zwei:2 drei:3 vier:4 fünf:5 fuenf:5 sechs:6 sieben:7 acht:8
+    neun:9 zehn:10 elf:11 zwölf:12 zwoelf:12 dreizehn:13 vierzehn:14
+    fünfzehn:15 fuenfzehn:15 sechzehn:16 siebzehn:17 achtzehn:18
+    neunzehn:19 zwanzig:20 dreißig:30 dreissig:30 vierzig:40 fünfzig:50
+    fuenfzig:50 sechzig:60 siebzig:70 achtzig:80 neunzig:90 hundert:100
+    tausend:1000
+    zéro:0 deux:2 trois:3 quatre:4 cinq:5 sept:7 huit:8 neuf:9 dix:10 onze:11
+    douze:12 treize:13 quatorze:14 quinze:15 vingt:20 vingts:20 trente:30
+    quarante:40 cinquante:50 soixante:60 mille:1000
+    cero:0 dos:2 tres:3 cuatro:4 cinco:5 seis:6 siete:7 ocho:8 nueve:9
+    diez:10 doce:12 trece:13 catorce:14 dieciséis:16 dieciseis:16
+    diecisiete:17 dieciocho:18 diecinueve:19 veinte:20 veintiuno:21
+    veintidós:22 veintidos:22 veintitrés:23 veintitres:23 veinticuatro:24
+    veinticinco:25 veintiséis:26 veintiseis:26 veintisiete:27
+    veintiocho:28 veintinueve:29 treinta:30 cuarenta:40 cincuenta:50
+    sesenta:60 setenta:70 ochenta:80 noventa:90 cien:100 ciento:100
+    mil:1000"""
+)
+_NUMBER_WORDS.update(_FOREIGN_NUMBER_WORDS)
+# Counts that may join others in one token: "twenty-one", "dix-sept",
+# "quatre-vingt-dix", "two-hundred". There "one" and the articles count.
+_CARDINALS = {w: int(v) for w, v in _NUMBER_WORDS.items() if v.isdigit()}
+_CARDINALS |= dict.fromkeys(("one", "un", "une", "uno", "una", "ein", "eine"), 1)
+_ORDINALS = {w: int(v[:-2]) for w, v in _NUMBER_WORDS.items() if v.endswith("th")}
+_ORDINALS |= {"first": 1, "second": 2, "third": 3}
+_MULTIPLIERS = _words(
+    "hundred thousand hundert tausend vingt vingts mille cien ciento mil"
+)
+# Words that join the parts of a written number: "vingt-et-un", "treinta y uno".
+_NUMBER_JOINERS = _words("and et y und")
+_UNITS = frozenset(range(1, 10))
+# German writes the unit before the tens in one word: "einundzwanzig".
+_GERMAN_COMPOUND = re.compile(
+    r"^(ein|zwei|drei|vier|fünf|fuenf|sechs|sieben|acht|neun)und"
+    r"(zwanzig|dreißig|dreissig|vierzig|fünfzig|fuenfzig|sechzig|siebzig|"
+    r"achtzig|neunzig)$"
+)
+# A token of digits and hyphens or slashes, without letters: a date
+# (2020-03-03), a range (10-15) or a phone number (555-123-4567).
+_DIGIT_RUN = re.compile(r"^[-−]?\d+(?:[-–/.,:]\d+)+$")
+# Chinese and Japanese numerals. A lone 一 is left out, like "one": it is
+# mostly an article or part of a word (一起, 一下, 第一).
+_CJK_NUMERAL = re.compile(r"[零〇一二两兩三四五六七八九十百千万萬亿億]+")
+_CJK_DIGITS = {ch: i for i, ch in enumerate("零一二三四五六七八九")} | {
+    "〇": 0,
+    "两": 2,
+    "兩": 2,
+}
+_CJK_UNITS = {"十": 10, "百": 100, "千": 1000}
+_CJK_MYRIADS = {"万": 10**4, "萬": 10**4, "亿": 10**8, "億": 10**8}
+# Words built from numerals that are not counts: 十分 (very), 万一 (in case),
+# 千万 (by all means), 一一 (one by one).
+_CJK_NOT_COUNTS = re.compile(r"十分|万一|千万|一一")
+# Weekdays and halves of the day: the same question on another day or at
+# another time wants another answer. Each maps to a label shared across
+# languages ("monday", "montag", "周一" and "月曜" are one day).
+_WEEKDAYS = {
+    word: f"day{number}"
+    for number, names in enumerate(
+        (
+            "monday montag lundi lunes",
+            "tuesday dienstag mardi martes",
+            "wednesday mittwoch mercredi miércoles miercoles",
+            "thursday donnerstag jeudi jueves",
+            "friday freitag vendredi viernes",
+            "saturday samstag sonnabend samedi sábado sabado",
+            "sunday sonntag dimanche domingo",
+        ),
+        start=1,
+    )
+    for word in names.split()
+}
+_CJK_WEEKDAY = re.compile(
+    r"(?:周|週|星期|礼拜|禮拜)([一二三四五六日天])|([月火水木金土日])曜|"
+    r"([월화수목금토일])요일"
+)
+_CJK_WEEKDAY_NUMBER = (
+    {ch: i for i, ch in enumerate("一二三四五六日", start=1)}
+    | {"天": 7}
+    | {ch: i for i, ch in enumerate("月火水木金土日", start=1)}
+    | {ch: i for i, ch in enumerate("월화수목금토일", start=1)}
+)
+_DAY_PARTS = {
+    **dict.fromkeys(("上午", "早上", "早晨", "午前", "오전"), "morning"),
+    **dict.fromkeys(("下午", "午後", "오후"), "afternoon"),
+    **dict.fromkeys(("晚上", "傍晚", "夜里", "夜間", "夜间"), "evening"),
+    **dict.fromkeys(("中午", "正午"), "noon"),
+    **dict.fromkeys(("凌晨", "深夜"), "night"),
+}
+_DAY_PART = re.compile("|".join(sorted(_DAY_PARTS, key=len, reverse=True)))
 # Opposites an embedding scores as near-synonyms: a word on one side and its
 # opposite on the other refuses the match.
 _OPPOSITE_PAIRS = """
@@ -216,6 +314,19 @@ _SWAP_GROUPS = tuple(
         "this last next",
     )
 )
+# Prepositions that mark a role: where to, where from, by whom or how much,
+# for whom, against what, with what. Between texts otherwise the same, one
+# traded for another changes the question ("an email for our customer" /
+# "from our customer", "reduce the dose by 2 mg" / "to 2 mg"). Prepositions
+# of topic and place (of, about, on, in, at) are left out: questions trade
+# them freely ("the syllabus for IAS" / "of IAS", "books on" / "about").
+_ROLE_PREPOSITIONS = _words(
+    "to from into onto by for toward towards against with without"
+)
+# Prepositions that give a number its role: "reduce the dose by 2 mg" is a
+# change, "to 2 mg" a target, "from 2 mg" a start. Elsewhere "by" and "to"
+# trade freely ("it is loaded by calling f" / "to load it, call f").
+_NUMBER_ROLE_WORDS = _words("by to from into")
 # Prepositions that give a name its role: "from Paris to London" is not
 # "from London to Paris", although every word is shared.
 _ROLE_WORDS = _words("from to into than vs versus against before after over")
@@ -252,6 +363,8 @@ class _Facts:
     content: tuple[str, ...]
     negations: int
     numbers: Counter[str]
+    calendar: Counter[str]
+    number_roles: frozenset[tuple[str, str]]
     quantities: Counter[tuple[str, str]]
     entities: tuple[str, ...]
     certain: frozenset[str]
@@ -279,11 +392,13 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
         return "polarity"
-    if _swapped(a.tokens, b.tokens):
+    if _swapped(a.tokens, b.tokens) or _preposition_traded(a.tokens, b.tokens):
+        return "swap"
+    if _number_roles_differ(a.number_roles, b.number_roles):
         return "swap"
     if a.asks != b.asks:
         return "question"
-    if a.numbers != b.numbers:
+    if a.numbers != b.numbers or a.calendar != b.calendar:
         return "numbers"
     if a.quantities != b.quantities:
         return "quantities"
@@ -295,6 +410,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "quotes"
     if a.symbols != b.symbols:
         return "symbols"
+    if _layout_differs(cached, query):
+        return "layout"
     if _edited(a, b):
         return "edited"
     return None
@@ -304,7 +421,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
 def _facts(text: str) -> _Facts:
     tokens = _TOKEN.findall(text)
     lowered = [_fold(t) for t in tokens]
-    numbers = _signed([_number(t) for t in lowered], lowered)
+    numbers = _signed(_joined_tens([_number(t) for t in lowered], lowered), lowered)
+    numbers.extend(_cjk_numbers(text))
     entities = list(_entities(text, tokens))
     return _Facts(
         tokens=tuple(lowered),
@@ -314,7 +432,13 @@ def _facts(text: str) -> _Facts:
         parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
         content=tuple(w for w in lowered if w not in _COMMON),
         negations=sum(_negations(w) for w in lowered),
-        numbers=Counter(n for n in numbers if n is not None),
+        numbers=Counter(n for n in numbers if n),
+        calendar=Counter(_calendar(text, lowered)),
+        number_roles=frozenset(
+            (number, lowered[at - 1])
+            for at, number in enumerate(numbers[: len(lowered)])
+            if number and at and lowered[at - 1] in _NUMBER_ROLE_WORDS
+        ),
         quantities=Counter(
             q for sentence in _SENTENCE_BREAK.split(text) for q in _quantities(sentence)
         ),
@@ -422,6 +546,47 @@ def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return False
 
 
+def _preposition_traded(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when the texts differ only by role prepositions traded for others."""
+    if len(a) != len(b):
+        return False
+    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return bool(changed) and all(
+        x in _ROLE_PREPOSITIONS and y in _ROLE_PREPOSITIONS for x, y in changed
+    )
+
+
+def _number_roles_differ(
+    a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]
+) -> bool:
+    """True when a number both sides lead with a role word has another one."""
+    return any(na == nb and ra != rb for na, ra in a for nb, rb in b)
+
+
+def _layout_differs(a: str, b: str) -> bool:
+    """True when a line both texts hold is indented otherwise, or repeated.
+
+    Line structure can change what code means: ``print("done")`` under a
+    loop runs three times, after it once. The gate's word checks cannot see
+    it, so a line written on both sides must sit at the same indentation, as
+    often, on both.
+    """
+    if "\n" not in a and "\n" not in b:
+        return False
+    lines_a, lines_b = _indented_lines(a), _indented_lines(b)
+    return any(lines_a[line] != lines_b[line] for line in lines_a.keys() & lines_b)
+
+
+def _indented_lines(text: str) -> dict[str, list[int]]:
+    """Each non-blank line's text and the indentations it appears at."""
+    found: dict[str, list[int]] = {}
+    for line in text.expandtabs(8).split("\n"):
+        body = line.strip()
+        if body:
+            found.setdefault(body, []).append(len(line) - len(line.lstrip()))
+    return found
+
+
 def _retensed(a: _Facts, b: _Facts) -> bool:
     """True when the only words changed are a present and its past form."""
     only_a, only_b = a.words - b.words, b.words - a.words
@@ -446,7 +611,127 @@ def _number(word: str) -> str | None:
     if _NUMBER.match(word):
         # "1,000" and "1000" are one number; "3.5" keeps its point.
         return word.replace(",", "")
+    if _DIGIT_RUN.match(word) or _numeric_only(word):
+        return word  # a date, a range, a phone number, "2³", "①": exactly
+    if "-" in word:
+        return _hyphenated(word)
+    german = _GERMAN_COMPOUND.match(word)
+    if german:
+        unit = 1 if german[1] == "ein" else _CARDINALS[german[1]]
+        return str(unit + _CARDINALS[german[2]])
     return None
+
+
+def _numeric_only(word: str) -> bool:
+    """True for a token of number characters and no letter: "2³", "①", "½"."""
+    return any(ch.isnumeric() for ch in word) and not any(ch.isalpha() for ch in word)
+
+
+def _hyphenated(word: str) -> str | None:
+    """The numbers written in words in a hyphenated token, or None.
+
+    "twenty-one" is 21, "thirty-first" 31st, "quatre-vingt-dix" 90,
+    "three-year-old" 3 and "ten-fifteen" the range 10-15.
+    """
+    groups: list[str] = []
+    run: list[tuple[int, bool, bool]] = []
+    for part in word.split("-"):
+        if part in _CARDINALS or part in _ORDINALS:
+            ordinal = part in _ORDINALS
+            value = _ORDINALS[part] if ordinal else _CARDINALS[part]
+            run.append((value, ordinal, part in _MULTIPLIERS))
+        elif not (run and part in _NUMBER_JOINERS):
+            groups.extend(_compounded(run))
+            run = []
+            if part in _NUMBER_WORDS:
+                groups.append(_NUMBER_WORDS[part])
+    groups.extend(_compounded(run))
+    return "-".join(groups) or None
+
+
+def _compounded(run: list[tuple[int, bool, bool]]) -> list[str]:
+    """Join number words into the numbers they write: [20, 1] is 21.
+
+    Each word comes as (value, ordinal, multiplier). A unit after tens adds
+    ("twenty-one", "dix-sept"); a hundred, a thousand or a French "vingt"
+    after a smaller number multiplies ("two-hundred", "quatre-vingt"); any
+    other sequence is a list or a range ("five-six", "ten-fifteen"). A lone
+    "one" is dropped, as it is on its own ("one-off", "no-one").
+    """
+    numbers: list[tuple[int, bool]] = []
+    for value, ordinal, multiplier in run:
+        last = numbers[-1][0] if numbers and not numbers[-1][1] else None
+        if last is not None and multiplier and 0 < last < value:
+            numbers[-1] = (last * value, ordinal)
+        elif last is not None and last % 10 == 0 and value < (last % 100 or 100):
+            numbers[-1] = (last + value, ordinal)
+        else:
+            numbers.append((value, ordinal))
+    if len(run) == 1 and numbers[0] == (1, False):
+        return []
+    return [_ordinal(n) if ordinal else str(n) for n, ordinal in numbers]
+
+
+def _ordinal(number: int) -> str:
+    if number % 100 in (11, 12, 13):
+        return f"{number}th"
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def _joined_tens(numbers: list[str | None], words: list[str]) -> list[str | None]:
+    """Join tens and a unit written apart: "twenty one", "treinta y uno".
+
+    The words joined into the tens are marked "" (part of the number before).
+    """
+    joined = list(numbers)
+    for index, word in enumerate(words):
+        tens = _CARDINALS.get(word)
+        if tens is None or tens % 10 or not 20 <= tens <= 90:
+            continue
+        after = index + 1
+        if after < len(words) - 1 and words[after] in _NUMBER_JOINERS:
+            after += 1
+        unit = _CARDINALS.get(words[after]) if after < len(words) else None
+        if unit in _UNITS and joined[index] is not None:
+            joined[index] = str(tens + (unit or 0))
+            joined[index + 1 : after + 1] = [""] * (after - index)
+    return joined
+
+
+def _cjk_numbers(text: str) -> Iterable[str]:
+    """Yield the Chinese or Japanese numerals of ``text`` as numbers."""
+    for match in _CJK_NUMERAL.finditer(_CJK_NOT_COUNTS.sub(" ", text)):
+        if match.group() != "一":
+            yield str(_cjk_value(match.group()))
+
+
+def _cjk_value(numeral: str) -> int:
+    """三 is 3, 十五 15, 二十五 25, 一百零五 105, 两千 2000, 二〇二四 2024."""
+    total = section = digit = 0
+    for ch in numeral:
+        if ch in _CJK_DIGITS:
+            digit = digit * 10 + _CJK_DIGITS[ch]  # 二〇二四: digits in a row
+        elif ch in _CJK_UNITS:
+            section += (digit or 1) * _CJK_UNITS[ch]
+            digit = 0
+        else:
+            total += (section + digit or 1) * _CJK_MYRIADS[ch]
+            section = digit = 0
+    return total + section + digit
+
+
+def _calendar(text: str, words: list[str]) -> Iterable[str]:
+    """Yield the weekdays and halves of the day ``text`` names."""
+    for word in words:
+        day = _WEEKDAYS.get(word) or _WEEKDAYS.get(word.removesuffix("s"))
+        if day is not None:
+            yield day
+    for match in _CJK_WEEKDAY.finditer(text):
+        mark = next(group for group in match.groups() if group)
+        yield f"day{_CJK_WEEKDAY_NUMBER[mark]}"
+    for match in _DAY_PART.finditer(text):
+        yield _DAY_PARTS[match.group()]
 
 
 def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
@@ -454,7 +739,7 @@ def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
     signed = list(numbers)
     for index in range(1, len(words)):
         number = signed[index]
-        if number is not None and words[index - 1] in _SIGN_WORDS:
+        if number and words[index - 1] in _SIGN_WORDS:
             signed[index] = "-" + number.lstrip("-−")
     return signed
 
@@ -462,10 +747,10 @@ def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
 def _quantities(sentence: str) -> Iterable[tuple[str, str]]:
     """Yield (number, unit) for each number followed by a word in a sentence."""
     words = [_fold(t) for t in _TOKEN.findall(sentence)]
-    numbers = [_number(w) for w in words]
-    for index, number in enumerate(numbers[:-1]):
-        unit = words[index + 1]
-        if number is not None and numbers[index + 1] is None and unit.isalpha():
+    numbers = _joined_tens([_number(w) for w in words], words)
+    read = [(n, w) for n, w in zip(numbers, words, strict=True) if n != ""]
+    for (number, _), (next_number, unit) in pairwise(read):
+        if number is not None and next_number is None and unit.isalpha():
             yield number, unit.rstrip("s")
 
 
@@ -577,16 +862,35 @@ def _roles_differ(a: _Facts, b: _Facts) -> bool:
 
 
 _IDEOGRAPH = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+# The share of both texts' characters that must be shared for their order to
+# be compared.
+_SHARED_IDEOGRAPHS = 0.8
 
 
 def _ideographs_reordered(a: str, b: str) -> bool:
-    """True when the same Chinese, Japanese or Korean characters come in
-    another order: "从北京到上海" is not "从上海到北京". Their sentences have
-    no spaces, so the word-order check sees each as one word."""
+    """True when the Chinese, Japanese or Korean characters both texts share
+    come in another order: "从北京到上海" is not "从上海到北京", and
+    "请帮我给张经理写信" (I write to Zhang) is not "请张经理帮我写信" (Zhang
+    writes for me). Their sentences have no spaces, so the word-order check
+    sees each as one word. The shared characters must be most of both
+    texts: a rewording that adds or drops a few is still compared."""
     chars_a, chars_b = _IDEOGRAPH.findall(a), _IDEOGRAPH.findall(b)
-    return (
-        len(chars_a) > 1 and chars_a != chars_b and Counter(chars_a) == Counter(chars_b)
-    )
+    shared = Counter(chars_a) & Counter(chars_b)
+    size = sum(shared.values())
+    if size < 2 or size < _SHARED_IDEOGRAPHS * max(len(chars_a), len(chars_b)):
+        return False
+    return _kept(chars_a, shared) != _kept(chars_b, shared)
+
+
+def _kept(chars: list[str], shared: Counter[str]) -> list[str]:
+    """``chars`` in order, each kept as often as ``shared`` counts it."""
+    left = Counter(shared)
+    kept = []
+    for ch in chars:
+        if left[ch] > 0:
+            left[ch] -= 1
+            kept.append(ch)
+    return kept
 
 
 def _permuted(a: _Facts, b: _Facts) -> bool:

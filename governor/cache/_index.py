@@ -13,6 +13,7 @@ dimensions hold most of each vector and the bound prunes almost every row.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,12 @@ import numpy.typing as npt
 
 __all__ = ["PROJECT_AT", "PROJECT_DIMS", "VectorIndex", "top_matches"]
 
+logger = logging.getLogger(__name__)
+
 Vector = npt.NDArray[np.float32]
+# Two unit vectors score at most 1; float32 rounding stays far below this.
+# A higher score (or NaN) means a corrupt row or query, never a match.
+MAX_SCORE = 1.0 + 1e-3
 PROJECT_AT = 4096
 PROJECT_DIMS = 48
 _REFIT_GROWTH = 8
@@ -108,7 +114,10 @@ class VectorIndex:
         else:
             scores = self.matrix[rows] @ vector
             positions = rows
+        scores = _sane(scores)
         best = float(scores.max()) if scores.size and self.rows else None
+        if best is not None and not np.isfinite(best):
+            best = None
         found = []
         for at in top_matches(scores, min_score, limit):
             key = self.keys[int(positions[at])]
@@ -162,6 +171,19 @@ class VectorIndex:
         for row in self.free:
             self.rest[row] = 0.0
         self.fitted_at = len(self.rows)
+
+
+def _sane(scores: Vector) -> Vector:
+    """``scores`` with each impossible one (above ``MAX_SCORE``, NaN) at -inf."""
+    sane = scores <= MAX_SCORE
+    if sane.all():
+        return scores
+    logger.warning(
+        "cache vector index: %d rows scored above 1 or NaN against the query "
+        "(a corrupt or non-unit vector); they are never matched",
+        int((~sane).sum()),
+    )
+    return np.where(sane, scores, np.float32(-np.inf))
 
 
 def _resized(array: npt.NDArray[np.float32], rows: int) -> npt.NDArray[np.float32]:

@@ -17,6 +17,7 @@ entry.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -35,7 +36,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisCacheStore"]
 
+logger = logging.getLogger(__name__)
+
 _MIRRORED_INDEXES = 4096
+# Stored vectors are unit rows; float32 rounding keeps their norm far closer
+# to 1 than this, so a row off by more was not written by a cache.
+_NORM_TOLERANCE = 1e-3
 
 # Drop one entry and its traces; the index's set and stream go with its last key.
 _DROP = """
@@ -197,7 +203,7 @@ class RedisCacheStore:
         self, index: str, vector: Vector, *, min_score: float, limit: int, now: float
     ) -> tuple[list[tuple[CacheEntry, float]], float | None]:
         """Return up to ``limit`` live entries at or above ``min_score``."""
-        mirror = self._synced(index)
+        mirror = self._synced(index, vector.shape[0])
         with self._lock:
             near, best = mirror.search(vector, min_score, limit)
         if not near:
@@ -260,18 +266,18 @@ class RedisCacheStore:
             pipe.hget(f"{self._p}:e:{key}", "j")
         return list(pipe.execute())
 
-    def _synced(self, index: str) -> _Mirror:
+    def _synced(self, index: str, dim: int) -> _Mirror:
         with self._lock:
             mirror = self._mirrors.get(index)
             if mirror is not None:
                 self._mirrors.move_to_end(index)
         if mirror is None:
-            mirror = self._full_sync(index)
+            mirror = self._full_sync(index, dim)
         else:
-            self._catch_up(index, mirror)
+            self._catch_up(index, mirror, dim)
         return mirror
 
-    def _full_sync(self, index: str) -> _Mirror:
+    def _full_sync(self, index: str, dim: int) -> _Mirror:
         log = f"{self._p}:log:{index}"
         # Read the stream position first: an addition racing with the set read
         # then shows up in both, and adding a key twice replaces its row.
@@ -279,32 +285,67 @@ class RedisCacheStore:
         mirror = _Mirror(last_id=_text(last[0][0]) if last else "0-0")
         members: Any = self._redis.smembers(f"{self._p}:ix:{index}")
         members = [_text(m) for m in members]
-        self._load(mirror, members)
+        self._load(mirror, members, dim)
         with self._lock:
             self._mirrors[index] = mirror
             while len(self._mirrors) > _MIRRORED_INDEXES:
                 self._mirrors.popitem(last=False)
         return mirror
 
-    def _catch_up(self, index: str, mirror: _Mirror) -> None:
+    def _catch_up(self, index: str, mirror: _Mirror, dim: int) -> None:
         log = f"{self._p}:log:{index}"
         added: Any = self._redis.xrange(log, min=f"({mirror.last_id}")
         if not added:
             return
         mirror.last_id = _text(added[-1][0])
-        self._load(mirror, [_text(fields[b"k"]) for _, fields in added])
+        self._load(mirror, [_text(fields[b"k"]) for _, fields in added], dim)
 
-    def _load(self, mirror: _Mirror, keys: list[str]) -> None:
+    def _load(self, mirror: _Mirror, keys: list[str], dim: int) -> None:
+        """Mirror the vectors of ``keys``; skip (and warn of) corrupt ones.
+
+        A vector that is not ``dim`` finite float32 of unit length was not
+        written by a cache: searched, a scaled one would outscore every
+        honest row and serve its answer to any question.
+        """
         if not keys:
             return
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hget(f"{self._p}:e:{key}", "v")
         blobs = pipe.execute()
+        corrupt: list[str] = []
         with self._lock:
             for key, blob in zip(keys, blobs, strict=True):
-                if blob:
-                    mirror.add(key, np.frombuffer(blob, dtype="<f4"))
+                if not blob:
+                    continue
+                vector = _unit_row(blob, dim)
+                if vector is None:
+                    corrupt.append(key)
+                    mirror.remove(key)
+                else:
+                    mirror.add(key, vector)
+        if corrupt:
+            logger.warning(
+                "cache store %s: %d stored vectors are not %d finite float32 "
+                "of unit length (entry %s, ...); they are never matched. Delete "
+                "those entries or clear the cache",
+                self._p,
+                len(corrupt),
+                dim,
+                corrupt[0],
+            )
+
+
+def _unit_row(blob: bytes, dim: int) -> Vector | None:
+    """The stored vector, or None when it is not ``dim`` finite unit floats."""
+    if len(blob) != dim * 4:
+        return None
+    vector: Vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        return None
+    if abs(float(np.linalg.norm(vector)) - 1.0) > _NORM_TOLERANCE:
+        return None
+    return vector
 
 
 def _text(value: bytes | str) -> str:

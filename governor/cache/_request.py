@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -56,8 +56,9 @@ _SAMPLING_PARAMS = frozenset({"temperature", "top_p", "top_k", "seed"})
 _TOOL_PARAMS = frozenset({"tools", "tool_choice", "functions", "function_call"})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TOOL_ROLES = frozenset({"tool", "function"})
-_SPACE = re.compile(r"\s+")
-_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+# Compatibility forms that NFKC would fold into plain digits or letters while
+# they mean something else: "2³" is not "23", "①" is not "1", "1½" is not "11/2".
+_KEPT_FORMS = ("<super>", "<sub>", "<circle>", "<fraction>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,18 @@ class CacheKeys:
 
 
 def normalize_query(text: str) -> str:
-    """Return ``text`` in NFKC form with runs of white space made one space."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """Return the question text that the semantic layer embeds and compares.
+
+    Compatibility forms are folded (NFKC: full-width letters, ligatures,
+    no-break spaces), except superscripts, subscripts, circled characters and
+    vulgar fractions, whose folded form is another number. Line breaks and
+    indentation stay, because they can change what code means; within a line,
+    runs of white space become one space. Trailing spaces, blank lines at both
+    edges, repeated blank lines and indentation shared by every line go.
+    """
+    lines = [_collapse_inner(line) for line in _lines(_fold_compatibility(text))]
+    kept = [line for at, line in enumerate(lines) if line or (at and lines[at - 1])]
+    return _dedented(kept)
 
 
 def parse_opt_out(params: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -267,9 +278,54 @@ def _part(part: Any) -> Any:
 
 def _normalize_text(text: str) -> str:
     # White space inside a message can carry meaning (code indentation), so
-    # the exact layer only drops line-end and edge spaces.
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n")
-    return _TRAILING_SPACE.sub("\n", text).strip()
+    # the exact layer only drops line-end spaces, blank lines at both edges and
+    # the indentation every line shares (an edge strip would unindent the
+    # first line alone).
+    return _dedented(_lines(unicodedata.normalize("NFC", text)))
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` (any line break), without their trailing spaces."""
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def _dedented(lines: list[str]) -> str:
+    """Join ``lines`` without edge blank lines or the indentation all share."""
+    filled = [at for at, line in enumerate(lines) if line]
+    lines = lines[filled[0] : filled[-1] + 1] if filled else []
+    indents = [line[: len(line) - len(line.lstrip())] for line in lines if line]
+    shared = _shared_start(min(indents), max(indents)) if indents else 0
+    return "\n".join(line[shared:] for line in lines)
+
+
+def _shared_start(low: str, high: str) -> int:
+    """How many characters the lowest and highest strings (so all) share."""
+    count = 0
+    while count < len(low) and low[count] == high[count]:
+        count += 1
+    return count
+
+
+def _collapse_inner(line: str) -> str:
+    """Keep a line's indentation; make each run of white space after it one."""
+    body = line.lstrip()
+    return line[: len(line) - len(body)] + " ".join(body.split())
+
+
+def _fold_compatibility(text: str) -> str:
+    """NFKC, except for the forms in ``_KEPT_FORMS``."""
+    text = unicodedata.normalize("NFC", text)
+    if text.isascii():
+        return text
+    folded = "".join(ch if ch.isascii() else _fold_char(ch) for ch in text)
+    return unicodedata.normalize("NFC", folded)
+
+
+@lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    if unicodedata.decomposition(ch).startswith(_KEPT_FORMS):
+        return ch
+    return unicodedata.normalize("NFKC", ch)
 
 
 def _canon(value: Any) -> Any:

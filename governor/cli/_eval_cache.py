@@ -117,6 +117,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         cache_file=args.embedding_cache,
         batch=64,
         progress=_progress,
+        max_chars=policy.max_semantic_chars,
     )
     report = ev.evaluate(pairs, mode=mode, policy=policy, embedder=embedder)
     report = {**report, "embedder": embedder.name, "gate": policy.safety_gate}
@@ -182,7 +183,8 @@ def _progress(done: int, total: int) -> None:
 def _print_table(report: dict[str, Any]) -> None:
     keys = "pairs mode threshold hit_rate false_hit_rate precision recall embedder gate"
     for key in keys.split():
-        print(f"{key:>15}  {report[key]}")
+        value = "none (no hits)" if report[key] is None else report[key]
+        print(f"{key:>15}  {value}")
     for row in report.get("sweep", []):
         print(
             f"threshold {row['threshold']:.3f} gate {'on ' if row['gate'] else 'off'}"
