@@ -719,8 +719,12 @@ class Governor:
             return admitted
         except asyncio.CancelledError:
             # The reserve script may have run before the cancellation arrived.
-            await asyncio.shield(ledger.arelease(admission.call_id))
-            await arelease_slots(admission.held)
+            # A caller cancelled again (anyio, Starlette) is cut off at the
+            # shield while the hold's release goes on: the slots still go back.
+            try:
+                await asyncio.shield(ledger.arelease(admission.call_id))
+            finally:
+                await arelease_slots(admission.held)
             raise
         except StoreUnavailable as exc:
             await arelease_slots(admission.held)
@@ -804,6 +808,7 @@ class Governor:
                 raise
             return self._finish(admission, result, nanos, usage, cost_source)
         finally:
+            # Runs to the end even when the caller is cancelled again here.
             await arelease_slots(admission.held)
 
     # -- steps -----------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,18 @@ from typing import Any
 import pytest
 
 from conftest import MOCK_COST, SpanCapture
-from governor import Budget, BudgetExceeded, Governor, Policy, StoreUnavailable
+from governor import (
+    Budget,
+    BudgetExceeded,
+    Fanout,
+    Governor,
+    Policy,
+    StoreUnavailable,
+)
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.spend import RedisSpendStore
 from governor.stores import FailoverLedger, RedisConfig, RedisLedger
+from governor.stores._semaphore import RedisSemaphore
 
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
 
@@ -167,3 +177,102 @@ def test_a_default_ledger_prefix_keeps_spend_under_governor(redis_url: str) -> N
     assert gov.recorder.store.hash_key == "governor:{spend}:h"
     gov.close()
     ledger.close()
+
+
+async def _slow_provider(**kwargs: Any) -> Any:
+    """A LiteLLM mock call that takes a while."""
+    import litellm
+
+    await asyncio.sleep(0.3)
+    return await litellm.acompletion(**kwargs)
+
+
+async def _ask(llm: GovernedLiteLLM, text: str) -> None:
+    await llm.acompletion(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": text}],
+        mock_response="ok",
+        max_tokens=20,
+    )
+
+
+async def _cancel_until_done(call: asyncio.Task[Any]) -> None:
+    """Cancel ``call`` at every turn of the loop until it ends, as anyio does."""
+    while not call.done():
+        call.cancel()
+        await asyncio.sleep(0)
+
+
+async def _all_back(semaphore: RedisSemaphore) -> bool:
+    """Whether the semaphore's slots come back within two seconds."""
+    deadline = time.monotonic() + 2.0
+    while semaphore.in_use() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return semaphore.in_use() == 0
+
+
+def _capped(redis_url: str, prefix: str) -> tuple[Governor, RedisSemaphore]:
+    """A governor capping calls per task and per team, and the team's cap."""
+    fanout = Fanout(max_inflight_calls=1, scope_caps={"team": 2}, on_cap="refuse")
+    ledger = RedisLedger(redis_url, prefix=prefix)
+    gov = Governor(Policy(fanout=fanout), ledger=ledger)
+    return gov, ledger.semaphore("slots:team:search", 2, 60.0)
+
+
+def test_calls_cut_off_by_a_cancel_scope_give_their_slots_back(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A deadline that cancels at every await (anyio, Starlette) leaves no slot.
+
+    The release in aend_call was itself cancelled and never retried: the
+    team's slots stayed taken for hold_ttl_s (15 minutes), the task's own
+    slot for the task's life.
+    """
+    anyio = pytest.importorskip("anyio")
+    gov, team = _capped(redis_url, redis_prefix)
+    llm = GovernedLiteLLM(gov, acompletion=_slow_provider)
+
+    async def request(text: str) -> int:
+        async with gov.atask(team="search") as task:
+            with anyio.move_on_after(0.05):  # a web request's deadline
+                await _ask(llm, text)
+            return int(task.extras["slots"].in_use())
+
+    async def run() -> tuple[list[int], bool]:
+        busy = list(await asyncio.gather(request("a"), request("b")))
+        back = await _all_back(team)
+        async with gov.atask(team="search"):
+            await _ask(llm, "next")
+        return busy, back
+
+    assert asyncio.run(run()) == ([0, 0], True)
+    gov.close()
+
+
+def test_a_call_cancelled_while_reserving_gives_its_slots_back(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call cancelled while reserving, and again while undoing it, frees its slots.
+
+    The undo of the reserve was shielded; the slot releases after it were
+    skipped.
+    """
+    gov, team = _capped(redis_url, redis_prefix)
+    llm = GovernedLiteLLM(gov, acompletion=_slow_provider)
+    reserve = gov.ledger.areserve
+
+    async def slow_reserve(*args: Any) -> Any:  # a store slow to answer
+        await asyncio.sleep(0.2)
+        return await reserve(*args)
+
+    monkeypatch.setattr(gov.ledger, "areserve", slow_reserve)
+
+    async def run() -> tuple[int, bool]:
+        async with gov.atask(team="search") as task:
+            call = asyncio.create_task(_ask(llm, "hi"))
+            await asyncio.sleep(0.05)
+            await _cancel_until_done(call)
+            return int(task.extras["slots"].in_use()), await _all_back(team)
+
+    assert asyncio.run(run()) == (0, True)
+    gov.close()

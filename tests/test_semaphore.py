@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from _redis_fixtures import slot_worker
@@ -233,6 +234,54 @@ def test_redis_slot_expires_after_its_lease(redis_url: str, redis_prefix: str) -
     semaphore = RedisSemaphore("k", 1, 0.2, config=redis_url, prefix=redis_prefix)
     semaphore.acquire()
     time.sleep(0.3)
+    assert semaphore.in_use() == 0
+
+
+async def test_a_cancelled_redis_release_is_given_back_in_the_background(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release cancelled on its way to Redis is queued, not lost.
+
+    It used to raise CancelledError past the retry queue, so the slot stayed
+    taken until its lease ended.
+    """
+    semaphore = RedisSemaphore("k", 1, 60.0, config=redis_url, prefix=redis_prefix)
+    token = await semaphore.aacquire()
+    started = asyncio.Event()
+
+    async def stalled(op: Any, what: str) -> None:  # Redis slow to answer
+        started.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(semaphore.connections, "acall", stalled)
+    release = asyncio.create_task(semaphore.arelease(token))
+    await started.wait()
+    release.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await release
+    assert semaphore.connections.retries.drain(5.0) == 0
+    assert semaphore.in_use() == 0
+
+
+def test_an_interrupted_redis_release_is_given_back_in_the_background(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync release interrupted (KeyboardInterrupt) is queued, then re-raised."""
+    semaphore = RedisSemaphore("k", 1, 60.0, config=redis_url, prefix=redis_prefix)
+    token = semaphore.acquire()
+    calls = {"n": 0}
+    real = semaphore.connections.call
+
+    def interrupted_once(op: Any, what: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(op, what)
+
+    monkeypatch.setattr(semaphore.connections, "call", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        semaphore.release(token)
+    assert semaphore.connections.retries.drain(5.0) == 0
     assert semaphore.in_use() == 0
 
 

@@ -356,7 +356,10 @@ class Fanout(PolicyModel):
         "(the width of a Send fan-out)",
     )
     max_inflight_calls: int | None = Field(
-        default=None, gt=0, description="a positive number of concurrent model calls"
+        default=None,
+        gt=0,
+        description="a positive number of model calls in flight per task, its "
+        "sub-tasks' calls included",
     )
     scope_caps: Mapping[Scope, int] = Field(
         default_factory=dict,

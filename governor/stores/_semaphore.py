@@ -218,6 +218,11 @@ class LocalSemaphore(_SlotMixin):
         """Async form of :meth:`release` (it never waits)."""
         self.release(token)
 
+    def idle(self) -> bool:
+        """Return True when no slot is taken and nobody waits for one."""
+        with self._lock:
+            return not self._holders and not self._waiters
+
     def renew(self, token: str) -> bool:
         """Return whether the slot is held: in-process slots need no lease."""
         with self._lock:
@@ -369,32 +374,61 @@ class RedisSemaphore(_SlotMixin):
 
         When Redis cannot take the release, it is retried in the background
         until Redis answers (``connections.retries``); the slot's lease
-        frees it in the end in any case.
+        frees it in the end in any case. A release interrupted on its way
+        (KeyboardInterrupt, a green-thread timeout) is queued the same way
+        before the interruption goes on.
         """
         try:
             self._release(token)
         except StoreUnavailable as exc:
             self._release_later(token, exc)
+        except BaseException as exc:
+            self._cut_off(token, exc)
+            raise
 
     async def arelease(self, token: str) -> None:
-        """Async form of :meth:`release`."""
+        """Async form of :meth:`release`.
+
+        A release cancelled on its way may not have reached Redis: it is
+        queued for the background retries, then the cancellation goes on.
+        Shield the call (``asyncio.shield``) to have it finish at once.
+        """
         script = self._conn.ascript(_RELEASE_LUA)
         try:
             await self._conn.acall(lambda: script([self.redis_key], [token]), "release")
         except StoreUnavailable as exc:
             self._release_later(token, exc)
+        except BaseException as exc:
+            self._cut_off(token, exc)
+            raise
 
     def _release(self, token: str) -> None:
         script = self._conn.script(_RELEASE_LUA)
         self._conn.call(lambda: script([self.redis_key], [token]), "release")
 
+    def _queue_release(self, token: str) -> None:
+        """Have the background retries give the slot back (idempotent)."""
+        self._conn.retries.add(
+            f"slot:{self.redis_key}:{token}", lambda: self._release(token)
+        )
+
+    def _cut_off(self, token: str, exc: BaseException) -> None:
+        """Queue a release that a cancellation or interruption cut off."""
+        if isinstance(exc, Exception):
+            return  # a plain error: the caller logs it
+        self._queue_release(token)
+        logger.debug(
+            "giving back a slot of the cap on %r was cut off (%s); it is "
+            "given back in the background",
+            self.key,
+            type(exc).__name__,
+        )
+
     def _release_later(
         self, token: str, exc: StoreUnavailable, *, warn: bool = True
     ) -> None:
         """Queue a release that could not reach Redis; warn once an outage."""
-        self._conn.retries.add(
-            f"slot:{self.redis_key}:{token}", lambda: self._release(token)
-        )
+        self._queue_release(token)
         if not warn:
             return
         log = logger.debug if self._warned else logger.warning
