@@ -1144,6 +1144,9 @@ class Governor:
             task_spent_usd=task.cost_usd,
             task_spent_tokens=task.tokens,
             advice=_refusal_advice(admission, refusal.unit),
+            holds_note=_holds_note(
+                refusal, spent + requested <= limit, task.policy.hold_ttl_s
+            ),
         )
         if not admission.request.skippable:
             task.extras.setdefault(_BUDGET_STOP, error)
@@ -1717,6 +1720,31 @@ def _refusal_advice(admission: Admission, unit: str) -> str | None:
             "time: raise the budget's limit or lower max_call_s."
         )
     return None
+
+
+def _holds_note(refusal: Refusal, holds_block: bool, hold_ttl_s: float) -> str | None:
+    """When the room held by calls in flight comes back, if holds blocked the
+    call (it would fit without them), else None.
+
+    A worker that stopped mid-call (killed, frozen) keeps its holds until
+    their leases lapse: say when, so a refusal that lasts is explained.
+    """
+    balance = refusal.balance
+    if refusal.unit == "usd":
+        reserved = balance.reserved_nanos
+    else:
+        reserved = balance.reserved_tokens
+    if not holds_block or reserved <= 0:
+        return None
+    lapse_s = refusal.holds_lapse_s
+    if lapse_s is not None:
+        when = f"at the latest in {math.ceil(lapse_s)} s unless renewed"
+    else:
+        when = f"Policy.hold_ttl_s ({hold_ttl_s:g} s) after its last renewal"
+    return (
+        "Those holds end with their calls; a worker that stopped mid-call "
+        f"keeps its hold until it lapses, {when}."
+    )
 
 
 def _hold_usage(admission: Admission) -> Usage:

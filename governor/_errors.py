@@ -145,6 +145,9 @@ class BudgetExceeded(GovernorHalt):
         reserved: what other in-flight calls hold.
         requested: the worst case this call needed.
         model: the model of the refused call.
+
+    ``holds_note``, when given, says when the room held by calls in flight
+    comes back; it goes in the message before the advice.
     """
 
     code = "budget_exceeded"
@@ -163,6 +166,7 @@ class BudgetExceeded(GovernorHalt):
         task_spent_usd: Decimal = Decimal(0),
         task_spent_tokens: int = 0,
         advice: str | None = None,
+        holds_note: str | None = None,
     ) -> None:
         self.scope = scope
         self.unit = unit
@@ -172,13 +176,14 @@ class BudgetExceeded(GovernorHalt):
         self.requested = plain_decimal(requested)
         self.model = model
         left = self.limit - self.spent - self.reserved
+        note = f"{holds_note} " if holds_note else ""
         message = (
             f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
             f"needs up to {decimal_text(self.requested)} {unit}, "
             f"{decimal_text(left)} left of {decimal_text(self.limit)} "
             f"(spent {decimal_text(self.spent)}, reserved by calls in flight "
             f"{decimal_text(self.reserved)}). The call was not sent. "
-            f"{advice or _budget_advice(unit)}"
+            f"{note}{advice or _budget_advice(unit)}"
         )
         super().__init__(
             message,

@@ -7,6 +7,7 @@ rest need a real Redis (see ``_redis_fixtures``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import shutil
@@ -30,6 +31,8 @@ from _redis_fixtures import (
 )
 from redis.crc import key_slot
 
+from governor import BudgetExceeded, Governor, Policy
+from governor._calls import CallRequest
 from governor._errors import ConfigError, StoreUnavailable
 from governor.budgets import RollingLine, lines_for
 from governor.policies import Budget
@@ -415,6 +418,195 @@ def test_ledger_serves_successive_event_loops(redis_ledger: RedisLedger) -> None
     balance = redis_ledger.balance("task:a")
     assert balance is not None
     assert balance.reserved_nanos == 10
+
+
+# -- leases and lines: a line lives as long as the holds on it ---------------
+
+
+def _rolling(limit_nanos: int = 100) -> RollingLine:
+    """A rolling line of one second, which lives 61/60 s after a change."""
+    return RollingLine("user:u#rolling:1s", limit_nanos, None, 61 / 60, 1.0)
+
+
+def test_a_line_outlives_every_hold_on_it(redis_ledger: RedisLedger) -> None:
+    """A call held longer than its rolling line's window keeps the line, so a
+    second call that does not fit beside it is refused, as in memory."""
+    line = _rolling()
+    assert redis_ledger.reserve("long", [line], 80, 0, 30) is None
+    time.sleep(1.3)  # past the line's own lifetime, the hold still live
+    assert redis_ledger.reserve("second", [line], 60, 0, 30) is not None
+    redis_ledger.settle("long", [line.key], 70, 0)
+    balance = redis_ledger.balance(line.key)
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (70, 0)
+
+
+def test_renew_keeps_the_holds_lines_alive(redis_ledger: RedisLedger) -> None:
+    """A renewed hold keeps its lines as long as itself."""
+    line = _rolling()
+    assert redis_ledger.reserve("long", [line], 80, 0, 1.0) is None
+    assert redis_ledger.renew("long", 30) is True
+    time.sleep(1.5)  # past the first lease and the line's own lifetime
+    balance = redis_ledger.balance(line.key)
+    assert balance is not None
+    assert balance.reserved_nanos == 80
+    assert redis_ledger.reserve("second", [line], 60, 0, 30) is not None
+
+
+def test_a_hold_reaped_after_its_line_was_made_again_leaves_it_alone(
+    redis_ledger: RedisLedger,
+) -> None:
+    """Two holds outlive their line; a late settle of one makes the line
+    again; reaping the other later takes nothing off the new line."""
+    line = Line("team:x", 1000, None, ttl_s=0.1)
+    assert redis_ledger.reserve("dead", [line], 300, 0, 0.2) is None
+    assert redis_ledger.reserve("late", [line], 300, 0, 0.2) is None
+    time.sleep(0.4)  # both holds and the line have lapsed, none reaped yet
+    redis_ledger.settle("late", [line.key], 100, 0)
+    balance = redis_ledger.balance(line.key)  # reaps "dead"
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (100, 0)
+    assert redis_ledger.reserve("next", [line], 901, 0, 30) is not None
+
+
+def test_a_hold_on_an_evicted_line_takes_nothing_off_the_new_one(
+    redis_url: str, redis_ledger: RedisLedger
+) -> None:
+    """A line evicted under a hold is made again by the next call; when the
+    old hold lapses, the new line keeps exactly the new call's hold."""
+    line = Line("team:x", 1000)
+    assert redis_ledger.reserve("old", [line], 300, 0, 0.2) is None
+    client = redis.Redis.from_url(redis_url)
+    client.delete(redis_ledger.ns + "l:" + line.key)
+    client.close()
+    time.sleep(0.01)  # the new line is made a millisecond or more later
+    assert redis_ledger.reserve("new", [line], 500, 0, 30) is None
+    time.sleep(0.3)
+    balance = redis_ledger.balance(line.key)  # reaps "old"
+    assert balance is not None
+    assert balance.reserved_nanos == 500
+
+
+def test_a_rolling_line_made_again_by_a_settle_keeps_its_window(
+    redis_url: str, redis_ledger: RedisLedger
+) -> None:
+    """A rolling line lost under a live hold (evicted) is made again by the
+    settle with its window and lease, so the spend rolls off."""
+    line = _rolling()
+    assert redis_ledger.reserve("h1", [line], 100, 0, 30) is None
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.delete(redis_ledger.ns + "l:" + line.key, redis_ledger.ns + "r:" + line.key)
+    redis_ledger.settle("h1", [line.key], 100, 0)
+    made = client.hgetall(redis_ledger.ns + "l:" + line.key)
+    client.close()
+    assert (made.get("wm"), made.get("ttl")) == ("1000", "1017")
+    time.sleep(1.2)
+    assert redis_ledger.reserve("h2", [line], 100, 0, 30) is None
+
+
+def test_spend_on_a_line_made_without_its_window_rolls_off(
+    redis_ledger: RedisLedger,
+) -> None:
+    """A settle with no hold left makes a lost rolling line without its
+    window; the next reserve buckets that spend, which then rolls off while
+    calls keep the line alive."""
+    line = _rolling()
+    redis_ledger.settle("orphan", [line.key], 100, 0)
+    assert redis_ledger.reserve("h1", [line], 1, 0, 0.2) is not None
+    for i in range(7):  # light traffic: the line never lapses
+        time.sleep(0.2)
+        redis_ledger.reserve(f"touch{i}", [line], 0, 0, 30)
+        redis_ledger.release(f"touch{i}")
+    assert redis_ledger.reserve("h2", [line], 100, 0, 30) is None
+
+
+def test_reserves_prune_expired_lines_from_the_index(
+    redis_url: str, redis_ledger: RedisLedger
+) -> None:
+    """Keys of lines that expired leave the index as new lines come (a line
+    per task), without anyone listing the lines."""
+    for i in range(30):
+        line = Line(f"task:old{i}", 1000, None, ttl_s=0.1)
+        redis_ledger.reserve(f"h{i}", [line], 1, 0, 0.1)
+        redis_ledger.settle(f"h{i}", [line.key], 1, 0)
+    time.sleep(0.3)
+    for i in range(200):
+        line = Line(f"task:new{i}", 1000, None, ttl_s=30)
+        redis_ledger.reserve(f"new{i}", [line], 1, 0, 30)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    index = client.smembers(redis_ledger.ns + "lines")
+    client.close()
+    assert len([key for key in index if key.startswith("task:old")]) <= 5
+    assert len(index) <= 205
+
+
+def test_a_refusal_by_held_room_says_when_the_holds_lapse(
+    redis_ledger: RedisLedger,
+) -> None:
+    """A call refused for room held by calls in flight (a stopped worker's)
+    is told when that room comes back at the latest."""
+    line = Line("team:search", 10**9)
+    assert redis_ledger.reserve("stopped", [line], 10**9 - 100, 0, 30) is None
+    refusal = redis_ledger.reserve("next", [line], 101, 0, 30)
+    assert refusal is not None
+    assert refusal.holds_lapse_s is not None
+    assert 25 < refusal.holds_lapse_s <= 30
+    gov = Governor(
+        Policy(budgets=[Budget(scope="team", max_usd="1")]), ledger=redis_ledger
+    )
+    request = CallRequest(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        max_output_tokens=20,
+    )
+    with pytest.raises(BudgetExceeded) as refused, gov.task(team="search"):
+        gov.begin_call(request)
+    assert "keeps its hold until it lapses, at the latest in 30 s" in str(refused.value)
+
+
+def test_a_settle_that_found_its_hold_expired_warns_once_a_minute(
+    redis_ledger: RedisLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A settle whose hold lapsed first is charged and logs one WARNING a
+    minute saying the line may end above its limit."""
+    line = Line("team:x", 1000)
+    for hold_id in ("h1", "h2"):
+        assert redis_ledger.reserve(hold_id, [line], 60, 0, 0.1) is None
+        time.sleep(0.2)
+        assert redis_ledger.reserve(f"{hold_id}-next", [line], 60, 0, 30) is None
+    with caplog.at_level(logging.WARNING, logger="governor.stores._redis"):
+        redis_ledger.settle("h1", [line.key], 60, 0)
+        redis_ledger.settle("h2", [line.key], 60, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "call h1 found no live hold on team:x" in warnings[0]
+    assert "above their limits" in warnings[0]
+    balance = redis_ledger.balance(line.key)
+    assert balance is not None
+    assert balance.spent_nanos == 120
+
+
+def test_lines_and_holds_written_before_marks_keep_working(
+    redis_url: str, redis_ledger: RedisLedger
+) -> None:
+    """A line and a hold in the layout of earlier versions (no marks, no
+    hold deadline on the line) are settled and held as before."""
+    ns = redis_ledger.ns
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.hset(ns + "l:team:x", mapping={"ln": 100, "sn": 10, "st": 0, "rn": 50})
+    client.hset(ns + "l:team:x", mapping={"rt": 0})
+    client.hset(
+        ns + "h:old",
+        mapping={"k": '["team:x"]', "n": 50, "t": 0, "dl": 2**52, "s": "held"},
+    )
+    client.zadd(ns + "holds", {"old": 2**52})
+    client.close()
+    assert redis_ledger.reserve("new", [Line("team:x", 100)], 41, 0, 30) is not None
+    redis_ledger.settle("old", ["team:x"], 20, 0)
+    assert redis_ledger.reserve("new", [Line("team:x", 100)], 70, 0, 30) is None
+    balance = redis_ledger.balance("team:x")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (30, 70)
 
 
 # -- several processes -------------------------------------------------------

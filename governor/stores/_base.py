@@ -70,6 +70,10 @@ class Refusal:
 
     unit: Literal["usd", "tokens"]
     balance: Balance
+    holds_lapse_s: float | None = None
+    """Seconds until the latest hold on the line lapses unless renewed (what
+    a stopped worker holds comes back by then); None when the store does
+    not know."""
 
 
 @runtime_checkable

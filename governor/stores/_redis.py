@@ -15,7 +15,7 @@ Key layout (``ns`` is ``prefix + "{" + hash_tag + "}:"``, e.g.
     ns + "r:" + line key   hash: a rolling line's spend per sub-bucket
     ns + "h:" + hold id    hash: the hold's lines, amounts, deadline, state
     ns + "holds"           sorted set: live hold ids by deadline
-    ns + "lines"           set: line keys, for listing
+    ns + "lines"           set: line keys, for listing (reserves prune it)
 
 Hash slots and Redis Cluster: every key carries the same hash tag, so every
 script touches one slot and runs unchanged on Redis Cluster and on managed
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import threading
 import time
@@ -92,9 +93,16 @@ __all__ = [
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 MAX_EXACT: Final = 2**53 - 1
 """The largest amount the ledger keeps exact (Lua numbers are doubles)."""
+
+_SETTLED_WITHOUT_HOLD: Final = 2
+"""The settle script's reply when it charged spend but found no live hold."""
+_LATE_SETTLE_WARN_EVERY_S: Final = 60.0
+"""At most one warning this often about settles that found their hold gone."""
 
 _TRANSIENT: Final = (
     redis.exceptions.ConnectionError,
@@ -426,6 +434,9 @@ class RedisLedger:
         self.ns = f"{prefix}{{{hash_tag}}}:"
         self._conn = connections or RedisConnections(config)
         self._settled_ms = _ms(settled_memory_s)
+        self._late_lock = threading.Lock()
+        self._late_count = 0
+        self._late_warned_at = -math.inf
 
     @property
     def connections(self) -> RedisConnections:
@@ -454,7 +465,8 @@ class RedisLedger:
         """Charge the actual spend and drop the hold; a repeat is a no-op."""
         rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
         script = self._conn.script(_SETTLE_LUA)
-        self._conn.call(lambda: script(rkeys, args), "settle")
+        reply = self._conn.call(lambda: script(rkeys, args), "settle")
+        self._check_settle(reply, hold_id, keys)
 
     def release(self, hold_id: str) -> None:
         """Drop the hold without spend; a late reserve of the id holds nothing."""
@@ -546,7 +558,8 @@ class RedisLedger:
         """Async form of :meth:`settle`."""
         rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
         script = self._conn.ascript(_SETTLE_LUA)
-        await self._conn.acall(lambda: script(rkeys, args), "settle")
+        reply = await self._conn.acall(lambda: script(rkeys, args), "settle")
+        self._check_settle(reply, hold_id, keys)
 
     async def arelease(self, hold_id: str) -> None:
         """Async form of :meth:`release`."""
@@ -601,6 +614,37 @@ class RedisLedger:
     async def aclose(self) -> None:
         """Close the running event loop's connection pool."""
         await self._conn.aclose()
+
+    # -- replies (no I/O) ------------------------------------------------
+
+    def _check_settle(self, reply: Any, hold_id: str, keys: Sequence[str]) -> None:
+        """Warn, at most once a minute, of settles that found no live hold.
+
+        Their spend is charged (the money was spent), but the room their
+        hold kept may have gone to other calls meanwhile, so the lines can
+        end above their limits.
+        """
+        if int(reply) != _SETTLED_WITHOUT_HOLD:
+            return
+        now = time.monotonic()
+        with self._late_lock:
+            self._late_count += 1
+            if now - self._late_warned_at < _LATE_SETTLE_WARN_EVERY_S:
+                return
+            count, self._late_count = self._late_count, 0
+            self._late_warned_at = now
+        logger.warning(
+            "budget store: the settle of call %s found no live hold on %s: "
+            "its spend was charged, but the room its hold kept may have gone "
+            "to other calls meanwhile, so these lines may end above their "
+            "limits (%d such settle(s) since the last warning). The hold "
+            "lapsed before the call ended (its worker did not renew it for "
+            "hold_ttl_s: frozen, or cut off from Redis), or its reserve never "
+            "reached Redis (a fail-open outage).",
+            hold_id,
+            ", ".join(keys),
+            count,
+        )
 
     # -- arguments (no I/O) ----------------------------------------------
 
@@ -752,12 +796,17 @@ def _int_or_none(value: Any) -> int | None:
 def _refusal(reply: Sequence[Any], lines: Sequence[Line]) -> Refusal | None:
     if int(reply[0]) == 1:
         return None
-    _, index, unit, ln, lt, sn, st, rn, rt = reply
+    _, index, unit, ln, lt, sn, st, rn, rt, lapse_ms = reply
     key = lines[int(index) - 1].key
     balance = Balance(
         key, _int_or_none(ln), _int_or_none(lt), int(sn), int(st), int(rn), int(rt)
     )
-    return Refusal("usd" if unit == "usd" else "tokens", balance)
+    lapse = _int_or_none(lapse_ms)
+    return Refusal(
+        "usd" if unit == "usd" else "tokens",
+        balance,
+        holds_lapse_s=None if lapse is None else lapse / 1000,
+    )
 
 
 def _balance(key: str, reply: Sequence[Any] | None) -> Balance | None:
@@ -773,14 +822,22 @@ def _balance(key: str, reply: Sequence[Any] | None) -> Balance | None:
 #   ln, lt   limits (absent = unlimited)   sn, st   spent
 #   rn, rt   reserved by live holds        ttl      ms the line lives after a change
 #   wm       rolling window in ms (absent = not rolling)
+#   g        when the line was made (server ms; absent on lines of old versions)
+#   hd       the latest deadline of any hold taken on it (ms; absent likewise)
+# A line lives at least until hd: it never expires under a live hold.
 # A rolling line keeps its spend per sub-bucket in the hash ns..'r:'..key,
 # fields 'n<idx>' and 't<idx>'. A hold hash holds k (JSON list of line keys),
-# n, t, dl (deadline ms) and s ('held' or 'settled'). The set ns..'lines'
-# indexes line keys for listing. Every redis.call costs server time on the
-# hot path, so each line is read once (HMGET) and written only where needed.
+# n, t, at (when it was taken, ms), dl (deadline ms), s ('held' or
+# 'settled') and, when it has rolling lines, w (JSON object: line key ->
+# {ttl, wm}), so that a settle can make such a line again as it was. Holds
+# of old versions lack at and w. The set ns..'lines' indexes line keys for
+# listing; a reserve that adds a key drops a few keys of expired lines. Every
+# redis.call costs server time on the hot path, so each line is read once
+# (HMGET) and written only where needed.
 _LUA_LIB: Final = """
 local BUCKETS = 60
 local REAP_MAX = 1000
+local PRUNE = 2
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -793,16 +850,25 @@ local function incr(key, field, by)
   if by ~= 0 then redis.call('HINCRBY', key, field, by) end
 end
 
-local function drop_hold(ns, hkey)
-  local h = redis.call('HMGET', hkey, 'k', 'n', 't', 's')
+-- A hold's fields, read once: k, n, t, s, at, w.
+local function hold_of(hkey)
+  return redis.call('HMGET', hkey, 'k', 'n', 't', 's', 'at', 'w')
+end
+
+-- Take a live hold's amounts (h, from hold_of) off its lines. A line made
+-- after the hold was taken (the old one expired or was evicted) never held
+-- them, and no line goes below zero.
+local function drop_hold(ns, h)
   if h[4] ~= 'held' then return false end
-  local n, t = tonumber(h[2]), tonumber(h[3])
+  local n, t, at = tonumber(h[2]), tonumber(h[3]), tonumber(h[5])
   for _, key in ipairs(cjson.decode(h[1])) do
     local lk = ns .. 'l:' .. key
-    -- A line that expired meanwhile stays gone rather than going negative.
-    if redis.call('EXISTS', lk) == 1 then
-      incr(lk, 'rn', -n)
-      incr(lk, 'rt', -t)
+    local cur = redis.call('HMGET', lk, 'rn', 'rt', 'g')
+    local made = tonumber(cur[3])
+    if cur[1] and not (at and made and made > at) then
+      local rn = math.max(0, tonumber(cur[1]) - n)
+      local rt = math.max(0, tonumber(cur[2] or 0) - t)
+      redis.call('HSET', lk, 'rn', rn, 'rt', rt)
     end
   end
   return true
@@ -812,9 +878,19 @@ local function reap(ns, holds, now)
   local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, REAP_MAX)
   for _, id in ipairs(expired) do
     local hkey = ns .. 'h:' .. id
-    drop_hold(ns, hkey)
+    drop_hold(ns, hold_of(hkey))
     redis.call('DEL', hkey)
     redis.call('ZREM', holds, id)
+  end
+end
+
+-- Drop from the line index a few keys whose lines have expired, so that it
+-- does not grow for ever with lines used once (a line per task).
+local function prune(ns, index)
+  for _, key in ipairs(redis.call('SRANDMEMBER', index, PRUNE)) do
+    if redis.call('EXISTS', ns .. 'l:' .. key) == 0 then
+      redis.call('SREM', index, key)
+    end
   end
 end
 
@@ -845,6 +921,22 @@ local function roll(rk, lk, wm, now)
   return dn, dt
 end
 
+-- Put all of a line's spend in the current sub-bucket: a line made without
+-- its window (by a settle that did not know it) then rolls like any other.
+-- Its spend counts from now, so none is forgotten early.
+local function adopt(rk, wm, now, sn, st)
+  redis.call('DEL', rk)
+  local idx = math.floor(now / width_ms(wm))
+  incr(rk, 'n' .. idx, sn)
+  incr(rk, 't' .. idx, st)
+end
+
+-- How long a line must live from now: its own ttl, and until the latest
+-- hold taken on it (hd) has lapsed.
+local function life(ttl, hd, now)
+  return math.max(tonumber(ttl), (tonumber(hd) or 0) - now)
+end
+
 local function expire(lk, rk, ttl, wm)
   redis.call('PEXPIRE', lk, ttl)
   if wm then redis.call('PEXPIRE', rk, ttl) end
@@ -854,7 +946,8 @@ end
 # KEYS: holds, index, hold, line hashes...
 # ARGV: ns, hold_id, nanos, tokens, ttl_ms, then per line: key, ln, lt, ttl, wm
 # ('' for absent). Returns {1} when held (or already held under this id), else
-# {0, line_index, unit, ln, lt, sn, st, rn, rt} for the first line lacking room.
+# {0, line_index, unit, ln, lt, sn, st, rn, rt, lapse_ms} for the first line
+# lacking room, lapse_ms being when its latest hold lapses ('' if unknown).
 _RESERVE_LUA: Final = (
     _LUA_LIB
     + """
@@ -866,11 +959,14 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
 
 local SETTINGS = {'ln', 'lt', 'ttl', 'wm'}
 local count = #KEYS - 3
-local names, state = {}, {}
+local names, state, windows, added = {}, {}, nil, false
 for i = 1, count do
   local a = 5 + (i - 1) * 5
   local key, lk = ARGV[a + 1], KEYS[3 + i]
-  local cur = redis.call('HMGET', lk, 'ln', 'lt', 'ttl', 'wm', 'sn', 'st', 'rn', 'rt')
+  local cur = redis.call('HMGET', lk, 'ln', 'lt', 'ttl', 'wm', 'sn', 'st', 'rn', 'rt',
+    'g', 'hd')
+  local wm, ttl = ARGV[a + 5], ARGV[a + 4]
+  local rk = ns .. 'r:' .. key
   local set, del = {}, {}
   for j = 1, 4 do
     local want = ARGV[a + 1 + j]
@@ -882,51 +978,83 @@ for i = 1, count do
     end
   end
   if not cur[5] then
-    for _, f in ipairs({'sn', 'st', 'rn', 'rt'}) do
+    for _, f in ipairs({'sn', 'st', 'rn', 'rt', 'g'}) do
       set[#set + 1] = f
-      set[#set + 1] = 0
+      set[#set + 1] = f == 'g' and now or 0
     end
-    redis.call('SADD', KEYS[2], key)
+    added = redis.call('SADD', KEYS[2], key) == 1 or added
+    -- Sub-buckets that outlived an earlier line of this key are not its spend.
+    if wm ~= '' then redis.call('DEL', rk) end
   end
   if #set > 0 then redis.call('HSET', lk, unpack(set)) end
   if #del > 0 then redis.call('HDEL', lk, unpack(del)) end
 
   local sn, st = tonumber(cur[5] or 0), tonumber(cur[6] or 0)
-  local wm, ttl = ARGV[a + 5], ARGV[a + 4]
-  local rk = ns .. 'r:' .. key
   if wm ~= '' then
+    if cur[5] and not cur[4] then adopt(rk, tonumber(wm), now, sn, st) end
     local dn, dt = roll(rk, lk, tonumber(wm), now)
     sn, st = sn - dn, st - dt
   end
-  if ttl ~= '' then
-    expire(lk, rk, ttl, wm ~= '')
-  elseif cur[3] then
+  if ttl == '' and cur[3] then
     redis.call('PERSIST', lk)
     redis.call('PERSIST', rk)
   end
   names[i] = key
-  state[i] = {sn, st, tonumber(cur[7] or 0), tonumber(cur[8] or 0)}
+  if wm ~= '' then
+    windows = windows or {}
+    windows[key] = {ttl, wm}
+  end
+  local rn, rt = math.max(0, tonumber(cur[7] or 0)), math.max(0, tonumber(cur[8] or 0))
+  state[i] = {sn, st, rn, rt, tonumber(cur[10] or 0)}
 end
 
+local refused
 for i = 1, count do
   local a = 5 + (i - 1) * 5
   local ln, lt = ARGV[a + 2], ARGV[a + 3]
-  local sn, st, rn, rt = unpack(state[i])
+  local sn, st, rn, rt, hd = unpack(state[i])
+  local unit
   if ln ~= '' and sn + rn + nanos > tonumber(ln) then
-    return {0, i, 'usd', ln, lt, sn, st, rn, rt}
+    unit = 'usd'
+  elseif lt ~= '' and st + rt + tokens > tonumber(lt) then
+    unit = 'tokens'
   end
-  if lt ~= '' and st + rt + tokens > tonumber(lt) then
-    return {0, i, 'tokens', ln, lt, sn, st, rn, rt}
+  if unit then
+    local lapse = ''
+    if hd > now then lapse = hd - now end
+    refused = {0, i, unit, ln, lt, sn, st, rn, rt, lapse}
+    break
   end
 end
 
-for i = 1, count do
-  incr(KEYS[3 + i], 'rn', nanos)
-  incr(KEYS[3 + i], 'rt', tokens)
-end
 local deadline = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[3], 'k', cjson.encode(names), 'n', ARGV[3], 't', ARGV[4],
-  'dl', deadline, 's', 'held')
+local held = {}
+for i = 1, count do
+  local a = 5 + (i - 1) * 5
+  local lk, ttl = KEYS[3 + i], ARGV[a + 4]
+  local hd = state[i][5]
+  if not refused then
+    -- Running sums, so that a key named twice holds twice.
+    local r = held[lk] or {state[i][3], state[i][4]}
+    r[1], r[2] = r[1] + nanos, r[2] + tokens
+    held[lk] = r
+    hd = math.max(hd, deadline)
+    redis.call('HSET', lk, 'rn', r[1], 'rt', r[2], 'hd', hd)
+  end
+  if ttl ~= '' then
+    expire(lk, ns .. 'r:' .. ARGV[a + 1], life(ttl, hd, now), ARGV[a + 5] ~= '')
+  end
+end
+if added then prune(ns, KEYS[2]) end
+if refused then return refused end
+
+local hold = {'k', cjson.encode(names), 'n', ARGV[3], 't', ARGV[4], 'at', now,
+  'dl', deadline, 's', 'held'}
+if windows then
+  hold[#hold + 1] = 'w'
+  hold[#hold + 1] = cjson.encode(windows)
+end
+redis.call('HSET', KEYS[3], unpack(hold))
 redis.call('ZADD', KEYS[1], deadline, id)
 return {1}
 """
@@ -934,32 +1062,42 @@ return {1}
 
 # KEYS: holds, index, hold, line hashes...
 # ARGV: ns, hold_id, nanos, tokens, settled_memory_ms, line keys...
-# Returns 1 when charged, 0 when this hold id was settled before.
+# Returns 1 when charged, 0 when this hold id was settled before, 2 when
+# charged with no hold to drop (it had expired, or was never taken here).
 _SETTLE_LUA: Final = (
     _LUA_LIB
     + """
 local ORPHAN_TTL_MS = 86400000
 local ns, id = ARGV[1], ARGV[2]
-local state = redis.call('HGET', KEYS[3], 's')
+local h = hold_of(KEYS[3])
+local state = h[4]
 if state == 'settled' then return 0 end
-if state == 'held' then
-  drop_hold(ns, KEYS[3])
-  redis.call('ZREM', KEYS[1], id)
-end
+if drop_hold(ns, h) then redis.call('ZREM', KEYS[1], id) end
 
 local now = now_ms()
 local nanos, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local made  -- the rolling windows the hold carried, read once when needed
 for i = 1, #KEYS - 3 do
   local key, lk = ARGV[5 + i], KEYS[3 + i]
-  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm')
+  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm', 'hd')
   local rk = ns .. 'r:' .. key
   if not cur[1] then
-    -- The line is gone (expired, evicted, a restart): recreate it with a
-    -- lease, so that no key lives for ever; a reserve restores its settings.
+    -- The line is gone (evicted, a restart, or lapsed with its hold): make
+    -- it again with a lease, so that no key lives for ever. A rolling line
+    -- gets the window its hold carried, so its spend rolls off; without one
+    -- (the hold is gone too) the next reserve restores the window and
+    -- buckets the spend. The next reserve restores the limits and lease.
+    made = made or (h[6] and cjson.decode(h[6]) or {})
+    local c = made[key]
+    local ttl = c and tonumber(c[1]) or ORPHAN_TTL_MS
     redis.call('HSET', lk, 'sn', nanos, 'st', tokens, 'rn', 0, 'rt', 0,
-      'ttl', ORPHAN_TTL_MS)
+      'ttl', ttl, 'g', now)
+    if c then
+      redis.call('HSET', lk, 'wm', c[2])
+      redis.call('DEL', rk)
+    end
     redis.call('SADD', KEYS[2], key)
-    cur[2] = ORPHAN_TTL_MS
+    cur[2], cur[3] = ttl, c and c[2]
   else
     incr(lk, 'sn', nanos)
     incr(lk, 'st', tokens)
@@ -971,12 +1109,13 @@ for i = 1, #KEYS - 3 do
     incr(rk, 'n' .. idx, nanos)
     incr(rk, 't' .. idx, tokens)
   end
-  if cur[2] then expire(lk, rk, cur[2], cur[3]) end
+  if cur[2] then expire(lk, rk, life(cur[2], cur[4], now), cur[3]) end
 end
 
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 's', 'settled')
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
+if not state then return 2 end
 return 1
 """
 )
@@ -988,7 +1127,7 @@ return 1
 _RELEASE_LUA: Final = (
     _LUA_LIB
     + """
-if not drop_hold(ARGV[1], KEYS[2]) then
+if not drop_hold(ARGV[1], hold_of(KEYS[2])) then
   if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('HSET', KEYS[2], 's', 'released')
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -1003,15 +1142,28 @@ return 1
 
 # KEYS: holds, hold.  ARGV: ns, hold_id, ttl_ms.
 # Returns 1 when the hold was live and now lives ttl_ms from now, else 0.
+# The hold's lines then live at least as long as the hold.
 _RENEW_LUA: Final = (
     _LUA_LIB
     + """
+local ns = ARGV[1]
 local now = now_ms()
-reap(ARGV[1], KEYS[1], now)
-if redis.call('HGET', KEYS[2], 's') ~= 'held' then return 0 end
+reap(ns, KEYS[1], now)
+local h = redis.call('HMGET', KEYS[2], 's', 'k')
+if h[1] ~= 'held' then return 0 end
 local deadline = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[2], 'dl', deadline)
 redis.call('ZADD', KEYS[1], deadline, ARGV[2])
+for _, key in ipairs(cjson.decode(h[2])) do
+  local lk = ns .. 'l:' .. key
+  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm', 'hd')
+  if cur[1] and (tonumber(cur[4]) or 0) < deadline then
+    redis.call('HSET', lk, 'hd', deadline)
+    if cur[2] then
+      expire(lk, ns .. 'r:' .. key, life(cur[2], deadline, now), cur[3])
+    end
+  end
+end
 return 1
 """
 )
