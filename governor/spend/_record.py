@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 from governor._errors import GovernorError
+from governor.policies._model import ATTRIBUTION_FIELDS
 
 __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord"]
 
@@ -17,16 +18,7 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
 REQUIRED_TEXT = ("task_id", "call_id", "model")
-OPTIONAL_TEXT = (
-    "provider",
-    "stop_reason",
-    "team",
-    "feature",
-    "environment",
-    "user",
-    "session",
-    "org",
-)
+OPTIONAL_TEXT = ("provider", "stop_reason", *ATTRIBUTION_FIELDS)
 
 # Version of the JSON form written by SpendRecord.to_json_dict; readers accept
 # any record whose "v" they know and ignore keys they do not.
