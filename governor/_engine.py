@@ -106,8 +106,6 @@ _PLACEHOLDER_TASK_KEY = f"task:{_PLACEHOLDER_TASK_ID}"
 # Response caches kept per distinct Cache settings (task overrides may bring
 # their own); past this many the oldest other than the governor's goes.
 _CACHE_MEMORY = 32
-# Where a task keeps the BudgetExceeded that stopped it.
-_BUDGET_STOP = "budget_stop"
 
 
 class Governor:
@@ -288,7 +286,10 @@ class Governor:
         as a sent call would be when the task is stopped (by its loop guard,
         or by a budget that refused one of its calls), its scope is blocked
         or a ceiling of ``Loops`` is passed, and the loop guard judges its
-        prompt and the answer served.
+        prompt and, with the ``same_call`` rule, the prompt and answer pair.
+        The answer is not judged against earlier outputs: answers served
+        again are alike by nature (a help desk cycling through its common
+        questions, a fan-out of one question), not a sign of a loop.
 
         Raises:
             GovernorHalt: the task may make no more calls; serve nothing.
@@ -298,8 +299,7 @@ class Governor:
         saved = usd_to_nanos(hit.saved_usd)
         task.cache_hit(saved)
         if request.operation != EMBEDDINGS and not owns:
-            watch = loop_watch(task, self.telemetry)
-            watch.after_call(hit.text, step, request.node, prompt_key)
+            loop_watch(task, self.telemetry).after_hit(hit.text, step, prompt_key)
         named = None if owns else self._named_by_call(task, request)
         parent = request.parent_span or task.span
         span = self.telemetry.start_span(
@@ -337,14 +337,11 @@ class Governor:
     ) -> tuple[int, str | None]:
         """The checks a cache hit passes: those of a call that need no hold.
 
-        A budget that refused a call of the task stopped it, so a hit is
-        refused with that refusal again; a task whose budget is merely low
-        is served (the hit costs nothing).
+        Budgets are not among them: a hit costs nothing, so a task whose
+        budget refused a dearer call (and which falls back to a cheaper
+        model, as the refusal advises) is still served.
         """
         try:
-            stopped = task.extras.get(_BUDGET_STOP)
-            if stopped is not None:
-                raise stopped
             return self._call_checks(task, owns, request)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
@@ -1148,8 +1145,6 @@ class Governor:
                 refusal, spent + requested <= limit, task.policy.hold_ttl_s
             ),
         )
-        if not admission.request.skippable:
-            task.extras.setdefault(_BUDGET_STOP, error)
         self.telemetry.event(
             task.span,
             attr.EVENT_REFUSED,

@@ -121,6 +121,17 @@ class LoopWatch:
             if long_enough:
                 self._act(self.guard.on_model_output(text, step=step))
 
+    def after_hit(self, text: str | None, step: int, prompt_key: str | None) -> None:
+        """Judge a call answered from the cache: the same call made again.
+
+        Only the ``same_call`` rule sees it; the output rules compare a new
+        answer with earlier ones, and a served answer is an earlier one.
+        """
+        if not text or prompt_key is None:
+            return
+        with self._lock:
+            self._act(self.guard.on_call(prompt_key, text, step=step))
+
     def on_step(self, node: str, digest: str | None, step: int) -> None:
         """Judge a graph step: the node with its relevant state, and max_steps."""
         self.raise_if_stopped()

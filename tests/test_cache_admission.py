@@ -106,9 +106,9 @@ def test_a_blocked_scope_is_served_nothing_from_the_cache() -> None:
     assert counter.sent == 1
 
 
-def test_a_task_its_budget_stopped_stays_stopped_but_a_low_budget_is_served() -> None:
-    """A fresh task too poor for any call gets a free hit; once a budget has
-    refused one of its calls, it gets nothing more, hits included."""
+def test_budgets_never_refuse_a_hit() -> None:
+    """A task too poor for any call, or whose budget refused a dearer call
+    (it falls back to a cheaper model, as the refusal advises), is served."""
     gov, llm, counter = governed(Policy(cache=CACHE))
     with gov.task():
         ask(llm)
@@ -117,11 +117,40 @@ def test_a_task_its_budget_stopped_stays_stopped_but_a_low_budget_is_served() ->
         ask(llm)
         with pytest.raises(BudgetExceeded):
             ask(llm, "Another question, not cached yet.")
-        with pytest.raises(BudgetExceeded):
-            ask(llm)
+        ask(llm)
     report = task.report()
-    assert (counter.sent, report.cache_hits, report.refused) == (1, 1, 2)
-    assert report.stop_reason == BudgetExceeded.code
+    assert (counter.sent, report.cache_hits, report.refused) == (1, 2, 1)
+
+
+def test_hits_of_a_few_recurring_questions_are_not_a_loop() -> None:
+    """A help desk cycling through three questions with sentence-long
+    answers, and a fan-out of one question, are served, not stopped."""
+    gov, llm, counter = governed(Policy(cache=CACHE))
+    questions = [f"What is the refund policy for plan {n}?" for n in "ABC"]
+    answer = "Refunds are granted within thirty days of purchase for every plan."
+
+    def faq(question: str) -> Any:
+        return llm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": question}],
+            mock_response=answer,
+            max_tokens=40,
+        )
+
+    with gov.task() as task:
+        for question in questions * 3:
+            faq(question)
+
+    async def fan_out() -> Any:
+        async with gov.atask() as fanned:
+            calls = [asyncio.to_thread(faq, questions[0]) for _ in range(5)]
+            await asyncio.gather(*calls)
+        return fanned.report()
+
+    fanned = asyncio.run(fan_out())
+    report = task.report()
+    assert (counter.sent, report.cache_hits, fanned.cache_hits) == (3, 6, 5)
+    assert (report.stop_reason, fanned.stop_reason) == (None, None)
 
 
 def test_async_hits_are_refused_for_a_stopped_task() -> None:
