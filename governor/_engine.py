@@ -1210,6 +1210,17 @@ class Governor:
         if admission.request.operation == EMBEDDINGS:
             return
         self._warned_over.add(model)
+        if usage.estimated:  # no usage came back: the count is the governor's
+            logger.warning(
+                "a call to %s that was sent max_tokens=%d returned about %d "
+                "output tokens by a local count (the provider reported none); "
+                "it is charged that count. The count may run high for a "
+                "model whose tokenizer is not known. Logged once per model.",
+                model,
+                ceiling,
+                usage.completion_tokens,
+            )
+            return
         logger.warning(
             "the provider reported %d output tokens for a call to %s that was "
             "sent max_tokens=%d; it is charged as reported, which can overrun "

@@ -387,13 +387,14 @@ def test_aclose_stops_the_provider() -> None:
 def test_a_stream_past_its_reserved_output_is_cut_off(use_async: bool) -> None:
     """A provider ignoring max_tokens is hung up on soon after the ceiling.
 
-    The stub streams its whole 200-word answer whatever max_tokens says; the
-    call reserved 5 output tokens, so the governor closes the stream and the
-    charge stays near the reservation instead of the whole answer's.
+    The stub streams its whole 1,000-word answer whatever max_tokens says;
+    the call reserved 5 output tokens, so the governor closes the stream and
+    the charge stays near the reservation instead of the whole answer's.
     """
     from governor.testing import StubBehaviour, StubServer
 
-    slow = StubBehaviour(answer=LONG_ANSWER, chunk_delay_s=0.002)
+    runaway = " ".join(f"w{i}" for i in range(1000))
+    slow = StubBehaviour(answer=runaway, chunk_delay_s=0.001)
 
     async def read(stream: Any) -> int:
         return len([chunk async for chunk in await stream])
@@ -417,8 +418,8 @@ def test_a_stream_past_its_reserved_output_is_cut_off(use_async: bool) -> None:
         finished = stub.streams_finished
     report = task.report()
     assert finished == 0
-    assert chunks < 60
-    assert 5 < report.output_tokens < 60
+    assert chunks < 150
+    assert 5 < report.output_tokens < 300
 
 
 def test_a_stream_that_ends_at_its_ceiling_is_read_whole() -> None:
@@ -439,6 +440,40 @@ def test_a_stream_that_ends_at_its_ceiling_is_read_whole() -> None:
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         finished = stub.streams_finished
     assert (text, finished) == (LONG_ANSWER, 1)
+
+
+HINDI = (
+    "नमस्ते! आपका ऑर्डर कल सुबह दस बजे तक आपके पते पर पहुँच जाएगा। कृपया "
+    "दरवाज़े पर किसी को रहने दें ताकि डिलीवरी के समय हस्ताक्षर लिया जा सके। "
+    "अगर आप घर पर नहीं होंगे तो हमारा प्रतिनिधि आपको फ़ोन करेगा और एक नया "
+    "समय तय करेगा। धन्यवाद!"
+)
+
+
+def test_a_stream_counted_by_a_stand_in_tokenizer_is_not_cut() -> None:
+    """A deployment name's text is counted with a stand-in tokenizer that
+    counts Hindi several times over; an answer within max_tokens by the
+    model's own count must still arrive whole."""
+    import tiktoken
+
+    from governor.policies import Price, Pricing
+    from governor.testing import StubBehaviour, StubServer
+
+    own = len(tiktoken.get_encoding("o200k_base").encode(HINDI))
+    price = Price(input_usd_per_mtok=2.5, output_usd_per_mtok=10)
+    policy = Policy(pricing=Pricing(overrides={"gpt4o-prod": price}))
+    answer = StubBehaviour(answer=HINDI, completion_tokens=own)
+    with StubServer(default=answer) as stub:
+        stream = GovernedLiteLLM(Governor(policy)).completion(
+            model="openai/gpt4o-prod",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
+            messages=[{"role": "user", "content": "मेरा ऑर्डर कब आएगा?"}],
+            max_tokens=own,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == HINDI
 
 
 def test_the_largest_output_ceiling_is_reserved() -> None:

@@ -48,7 +48,6 @@ from governor.adapters._embeddings import (
 )
 from governor.adapters._tokens import (
     count_message_tokens,
-    count_text_tokens,
     interrupted_after_sending,
     read_usage,
     settled_usage,
@@ -1183,40 +1182,32 @@ def _delta_text(chunk: Any) -> str:
 
 
 class _StreamCeiling:
-    """Tells when a stream has gone well past the output its call reserved.
+    """Tells when a stream has gone far past the output its call reserved.
 
     A provider (or a proxy) that ignores ``max_tokens`` streams on and bills
     every token: the budget the call was admitted under would overrun by the
     whole answer. The governor sees every chunk, so it hangs up once the
-    output clearly passes the ceiling. Counting is by characters until they
-    alone could pass it (a token is at least one character), then by the
-    model's tokenizer, again each time the text grows by half; the margin
-    (a quarter, at least 16 tokens) keeps an answer that stops at its
-    ceiling, counted by another tokenizer, from being cut.
+    output is surely past the ceiling. No tokenizer can say that for every
+    model and language (a deployment name or a non-OpenAI model is counted
+    with a stand-in, which may count Hindi text three times over), so the
+    test is by characters: 16 per reserved token plus 256, which no answer
+    within its ceiling reaches (tokens average 2 to 5 characters), while a
+    runaway is cut at a few times its reservation.
     """
 
     def __init__(self, admission: Admission) -> None:
         request = admission.request
-        reserved = admission.max_output_tokens * max(1, request.choices)
+        self._reserved = admission.max_output_tokens * max(1, request.choices)
         self._model = request.model
-        self._limit = reserved + max(16, reserved // 4)
-        self._reserved = reserved
-        self._parts: list[str] = []
+        self._limit_chars = 16 * self._reserved + 256
         self._chars = 0
-        self._next_count = self._limit
 
     def passed(self, chunk: Any) -> bool:
-        """Add a chunk's output; True once the output passes the ceiling."""
-        for part in _delta_parts(chunk):
-            self._parts.append(part)
-            self._chars += len(part)
-        if self._chars <= self._next_count:
+        """Add a chunk's output; True once the output passes the limit."""
+        self._chars += sum(len(part) for part in _delta_parts(chunk))
+        if self._chars <= self._limit_chars:
             return False
-        self._next_count = self._chars + self._chars // 2
-        tokens = count_text_tokens(self._model, "".join(self._parts))
-        if tokens <= self._limit:
-            return False
-        _warn_cut_off(self._model, self._reserved, tokens)
+        _warn_cut_off(self._model, self._reserved, self._chars)
         return True
 
 
@@ -1228,13 +1219,13 @@ def _warn_cut_off(model: str, reserved: int, streamed: int) -> None:
         return
     _CUT_OFF_WARNED.add(model)
     logger.warning(
-        "a stream from %s passed the %d output tokens reserved for it (about "
-        "%d so far): the provider ignores max_tokens, so the governor closed "
-        "the stream to keep the call within its budget. Check that the "
+        "a stream from %s sent %d characters for the %d output tokens "
+        "reserved for it: the provider ignores max_tokens, so the governor "
+        "closed the stream to keep the call near its budget. Check that the "
         "provider (or a proxy) passes max_tokens on. Logged once per model.",
         model,
-        reserved,
         streamed,
+        reserved,
     )
 
 
