@@ -574,8 +574,11 @@ class Governor:
             attribution: the scope values the calls name (LiteLLM
                 ``metadata``), charged as a one-call task would be.
         """
+        if self._open_tasks:  # a worker thread that did not inherit its task
+            self._warn_orphan_call()
         task = self._new_task(None, None, attribution, {})
         task.extras["one_call"] = True
+        task.extras["orphan"] = bool(self._open_tasks)
         with self._running(task):
             yield task
 
@@ -1039,7 +1042,9 @@ class Governor:
         values = self.scope_values_for(request)
         if not settings.partition_by or any(s in values for s in settings.partition_by):
             return values
-        if self._open_tasks and self._joined_task(request) is None:
+        joined = self._joined_task(request)
+        orphan = joined.extras.get("orphan") if joined is not None else True
+        if self._open_tasks and orphan:
             self._warn_orphan_call()
             return None
         return values

@@ -196,6 +196,23 @@ def test_caches_are_kept_a_bounded_number_at_a_time() -> None:
     assert gov.cache_for(first) is not made
 
 
+def test_a_cascade_outside_its_task_skips_a_partitioned_cache() -> None:
+    """cascade() in a worker thread runs in a task of its own, which must not
+    count as the tenant's task: its answers stay out of the shared cache."""
+    from governor.cascade import Cascade
+
+    policy = Policy(cache=CACHE, cascade=Cascade(tiers=["gpt-4o-mini", "gpt-4o"]))
+    gov, llm, counter = governed(policy)
+    question = [{"role": "user", "content": "How do I reset my password?"}]
+    for team in ("a", "b"):
+        with gov.task(team=team), concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = "Open Settings, then Security, and choose Reset password."
+            pool.submit(
+                llm.cascade, question, max_tokens=30, mock_response=answer
+            ).result()
+    assert counter.sent == 2
+
+
 def test_a_call_outside_its_task_skips_a_partitioned_cache(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
