@@ -379,6 +379,15 @@ def test_a_user_check_returning_neither_bool_nor_result_is_refused(
         check(Answer("x"), [])
 
 
+def test_numpy_bools_are_read_as_bools() -> None:
+    """A check built on NumPy returns numpy.bool_: read as True or False."""
+    import numpy as np
+
+    for value, passed in ((np.float32(2.0) > 1.0, True), (np.bool_(False), False)):
+        check = UserCheck(lambda answer, history, v=value: v, name="callable:np")
+        assert check(Answer("x"), []).passed is passed
+
+
 @pytest.mark.parametrize(
     "value",
     [float("nan"), float("inf"), None, "8", True],

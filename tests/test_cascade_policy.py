@@ -10,6 +10,7 @@ from governor.policies._cascade import (
     AnyOfCheck,
     Cascade,
     JsonCheck,
+    NonEmptyCheck,
     PreCall,
     PythonCodeCheck,
     Retry,
@@ -83,12 +84,17 @@ def test_negative_backoff_is_refused_with_accepted_forms() -> None:
 
 
 def test_a_cooldown_longer_than_its_cap_is_refused() -> None:
-    """cooldown_s above max_cooldown_s names both and what to change."""
+    """cooldown_s above a max_cooldown_s given with it names both and what to
+    change; without one, a long cooldown_s (valid before the cap existed) is
+    its own cap."""
     with pytest.raises(PolicyError, match=r"cooldown_s \(600\) exceeds max_cooldown_s"):
-        Retry(cooldown_s=600)
+        Retry(cooldown_s=600, max_cooldown_s=300)
     with pytest.raises(PolicyError, match="max_cooldown_s"):
         Retry(max_cooldown_s=-1)
     assert Retry().max_cooldown_s == 300.0
+    assert Retry(cooldown_s=600).max_cooldown_s == 600.0
+    loaded = Retry.model_validate_json('{"cooldown_s": 900}')
+    assert (loaded.cooldown_s, loaded.max_cooldown_s) == (900.0, 900.0)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +114,8 @@ def test_the_same_model_and_params_twice_are_refused() -> None:
         Cascade(tiers=["m", Tier(name="a", model="x"), Tier(name="b", model="x")])
     other = Tier(name="b", model="x", params={"temperature": 1})
     assert len(Cascade(tiers=[Tier(name="a", model="x"), other]).tiers) == 2
+    checked = Tier(name="b", model="x", checks=[NonEmptyCheck()])
+    assert len(Cascade(tiers=[Tier(name="a", model="x"), checked]).tiers) == 2
 
 
 def test_a_blank_tier_name_is_refused() -> None:

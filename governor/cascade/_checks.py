@@ -378,7 +378,7 @@ class PythonParses:
 
 def _score(check: str, value: object) -> float:
     """A judge's score: a finite real number, never guessed from another type."""
-    number = isinstance(value, numbers.Real | Decimal) and not isinstance(value, bool)
+    number = isinstance(value, numbers.Real | Decimal) and _truth(value) is None
     if number and math.isfinite(score := float(value)):  # type: ignore[arg-type]
         return score
     raise ConfigError(
@@ -390,7 +390,19 @@ def _score(check: str, value: object) -> float:
 def _shown(value: object) -> str:
     text = repr(value)
     text = text if len(text) <= 60 else text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    kind = type(value)
+    module = "" if kind.__module__ == "builtins" else kind.__module__ + "."
+    return f"{module}{kind.__qualname__} {text}"
+
+
+def _truth(value: object) -> bool | None:
+    """``value`` as a bool when it is one: Python's, or NumPy's ``bool_``."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
+        return bool(value)  # NumPy 2 names its scalar type "bool", 1 "bool_"
+    return None
 
 
 UserFn = Callable[[Answer, Sequence[Answer]], "CheckResult | bool"]
@@ -411,8 +423,9 @@ class UserCheck:
         result = self.fn(answer, history)
         if isinstance(result, CheckResult):
             return result
-        if isinstance(result, bool):
-            return CheckResult(self.name, result, f"user check returned {result}")
+        passed = _truth(result)
+        if passed is not None:
+            return CheckResult(self.name, passed, f"user check returned {passed}")
         raise ConfigError(
             f"check {self.name!r} returned {_shown(result)}; a check must return "
             "True, False or a CheckResult(check, passed, reason)"

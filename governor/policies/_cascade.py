@@ -351,8 +351,23 @@ class Retry(PolicyModel):
         default=300.0,
         ge=0,
         le=_DAY_S,
-        description="seconds; the longest rest, however long a Retry-After asks",
+        description=(
+            "seconds; the longest rest, however long a Retry-After asks "
+            "(300 by default, or cooldown_s when that is longer)"
+        ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_follows_a_long_cooldown(cls, data: Any) -> Any:
+        """Without max_cooldown_s, a cooldown_s above 300 s is its own cap."""
+        if not isinstance(data, Mapping) or "max_cooldown_s" in data:
+            return data
+        cooldown = data.get("cooldown_s")
+        number = isinstance(cooldown, int | float) and not isinstance(cooldown, bool)
+        if number and cooldown > 300:
+            return {**data, "max_cooldown_s": cooldown}
+        return data
 
     @model_validator(mode="after")
     def _rest_fits_its_cap(self) -> Self:
@@ -414,12 +429,14 @@ class Cascade(PolicyModel):
             raise ValueError(f"tier names must be unique, got {names}")
         for position, tier in enumerate(self.tiers):
             for earlier in self.tiers[:position]:
-                if (earlier.model, earlier.params) == (tier.model, tier.params):
+                same = (earlier.model, earlier.params, earlier.checks)
+                if same == (tier.model, tier.params, tier.checks):
                     raise ValueError(
                         f"tiers {earlier.name!r} and {tier.name!r} send the same "
-                        f"model {tier.model!r} with the same params: the second "
-                        "would repeat the first's answer at the same price. "
-                        "Remove one, or give it other params or another model"
+                        f"model {tier.model!r} with the same params and checks: "
+                        "the second would repeat the first's answer at the same "
+                        "price and fail the same way. Remove one, or give it "
+                        "other params, checks or another model"
                     )
         if self.precall and len(self.precall.thresholds) >= len(self.tiers):
             raise ValueError("precall needs fewer thresholds than there are tiers")
