@@ -648,6 +648,7 @@ class Governor:
             base = base.merged(parent.attribution)
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
+        task.extras["ambient"] = current_attribution()  # already in its values
         task.owner = self
         task.parent = parent
         task.span = self.telemetry.start_task(task)
@@ -888,6 +889,8 @@ class Governor:
         task wins (it is the explicit context), with a warning logged once.
         """
         ambient = current_attribution()
+        if ambient is task.extras.get("ambient"):
+            ambient = None  # the block the task opened in: the task has it
         given = request.attribution
         if ambient is not None:
             given = {**ambient.scope_values(), **(given or {})}

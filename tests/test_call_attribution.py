@@ -101,6 +101,24 @@ def test_attribute_entered_inside_a_task_meets_that_feature_budget() -> None:
     assert refused.value.scope == "feature:f"
 
 
+def test_a_task_opened_inside_attribute_naming_its_own_team_warns_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An explicit task team over an ambient default is the documented order,
+    not a clash: its calls log no warning and charge the task's team."""
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.000001")])
+    gov = Governor(policy)
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        attribute(team="platform-default"),
+        gov.task(team="search"),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        ask_plain(GovernedLiteLLM(gov))
+    assert refused.value.scope == "team:search"
+    assert "sets otherwise" not in caplog.text
+
+
 def test_attribute_inside_a_task_names_the_record_and_the_task_wins_clashes(
     tmp_path: Path,
 ) -> None:
