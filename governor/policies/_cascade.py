@@ -364,10 +364,9 @@ class Retry(PolicyModel):
         if not isinstance(data, Mapping) or "max_cooldown_s" in data:
             return data
         cooldown = data.get("cooldown_s")
-        number = isinstance(cooldown, int | float) and not isinstance(cooldown, bool)
-        if number and cooldown > 300:
-            return {**data, "max_cooldown_s": cooldown}
-        return data
+        if isinstance(cooldown, bool) or not isinstance(cooldown, int | float):
+            return data
+        return {**data, "max_cooldown_s": cooldown} if cooldown > 300 else data
 
     @model_validator(mode="after")
     def _rest_fits_its_cap(self) -> Self:
