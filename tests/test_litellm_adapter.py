@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -474,6 +475,72 @@ def test_a_stream_counted_by_a_stand_in_tokenizer_is_not_cut() -> None:
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == HINDI
+
+
+def _runaway_chunks(kind: str, count: int = 2000) -> Iterator[Any]:
+    """A provider ignoring max_tokens: ``count`` deltas of one kind, no usage."""
+    from types import SimpleNamespace as NS
+
+    piece = "word " * 4
+    for i in range(count):
+        name = "lookup" if i == 0 else None
+        function = NS(name=name, arguments=piece)
+        delta = {
+            "reasoning": NS(content=None, reasoning_content=piece),
+            "function_call": NS(content=None, function_call=function),
+            "tool_calls": NS(content=None, tool_calls=[NS(function=function)]),
+        }[kind]
+        yield NS(choices=[NS(delta=delta, finish_reason=None)], model="gpt-4o-mini")
+
+
+@pytest.mark.parametrize("kind", ["reasoning", "function_call", "tool_calls"])
+def test_a_runaway_stream_of_any_output_kind_is_cut_and_charged(kind: str) -> None:
+    """Reasoning, legacy function-call and tool-call deltas are output too:
+    they count toward the cut-off and toward the charge of a cut stream."""
+    sent: list[int] = []
+
+    def provider(**_: Any) -> Iterator[Any]:
+        for number, chunk in enumerate(_runaway_chunks(kind), 1):
+            sent.append(number)
+            yield chunk
+
+    gov = Governor()
+    with gov.task() as task:
+        stream = GovernedLiteLLM(gov, completion=provider).completion(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=50, stream=True
+        )
+        read = len(list(stream))
+    assert read < 100
+    assert len(sent) < 100
+    assert 100 < task.report().output_tokens < 400
+
+
+def test_rule_lines_within_max_tokens_are_not_cut() -> None:
+    """A report drawn with 100-character rules of = and - is a few tokens a
+    line: an answer within max_tokens must arrive whole."""
+    import tiktoken
+
+    from governor.testing import StubBehaviour, StubServer
+
+    rule = "=" * 100
+    sections = (
+        f"{rule}\nSection {i}: all checks passed\n{'-' * 100}" for i in range(12)
+    )
+    report = "\n".join(sections) + "\n" + rule
+    size = len(tiktoken.get_encoding("o200k_base").encode(report))
+    with StubServer(
+        default=StubBehaviour(answer=report, completion_tokens=size)
+    ) as stub:
+        stream = GovernedLiteLLM(Governor()).completion(
+            model="openai/gpt-4o",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
+            messages=[{"role": "user", "content": "Print the report."}],
+            max_tokens=size,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == report
 
 
 def test_the_largest_output_ceiling_is_reserved() -> None:

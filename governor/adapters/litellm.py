@@ -23,6 +23,7 @@ import contextvars
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -1082,8 +1083,9 @@ class _StreamSettler:
         reported = read_usage(
             lambda: usage_from_stream_chunks(self.chunks), request.model
         )
+        output = "".join(part for c in self.chunks for part in _delta_parts(c))
         usage = settled_usage(
-            reported, model=request.model, messages=request.messages, text=text
+            reported, model=request.model, messages=request.messages, text=output
         )
         model = next(
             (
@@ -1190,9 +1192,11 @@ class _StreamCeiling:
     output is surely past the ceiling. No tokenizer can say that for every
     model and language (a deployment name or a non-OpenAI model is counted
     with a stand-in, which may count Hindi text three times over), so the
-    test is by characters: 16 per reserved token plus 256, which no answer
-    within its ceiling reaches (tokens average 2 to 5 characters), while a
-    runaway is cut at a few times its reservation.
+    test is by characters: 16 per reserved token plus 256. A run of one
+    character repeated (a rule of dashes, padding spaces) is a few tokens
+    for any length, so a run counts as two characters. Tokens of other text
+    average 2 to 5 characters in any language: no answer within its ceiling
+    gets there, while a runaway is cut at a few times its reservation.
     """
 
     def __init__(self, admission: Admission) -> None:
@@ -1204,11 +1208,15 @@ class _StreamCeiling:
 
     def passed(self, chunk: Any) -> bool:
         """Add a chunk's output; True once the output passes the limit."""
-        self._chars += sum(len(part) for part in _delta_parts(chunk))
+        for part in _delta_parts(chunk):
+            self._chars += len(_RUNS.sub(r"\1\1", part))
         if self._chars <= self._limit_chars:
             return False
         _warn_cut_off(self._model, self._reserved, self._chars)
         return True
+
+
+_RUNS = re.compile(r"(.)\1{2,}", re.DOTALL)
 
 
 _CUT_OFF_WARNED: set[str] = set()
@@ -1230,20 +1238,26 @@ def _warn_cut_off(model: str, reserved: int, streamed: int) -> None:
 
 
 def _delta_parts(chunk: Any) -> Iterator[str]:
-    """The output a chunk carries: each choice's text and tool-call pieces."""
+    """The output a chunk carries: each choice's text, reasoning, tool calls
+    and legacy function call, as the provider bills them all."""
     for choice in getattr(chunk, "choices", None) or ():
         delta = getattr(choice, "delta", None)
-        content = getattr(delta, "content", None)
-        if content:
-            yield str(content)
-        for call in getattr(delta, "tool_calls", None) or ():
-            function = getattr(call, "function", None)
+        for text in (
+            getattr(delta, "content", None),
+            getattr(delta, "reasoning_content", None),
+        ):
+            if isinstance(text, str) and text:
+                yield text
+        calls = list(getattr(delta, "tool_calls", None) or ())
+        legacy = getattr(delta, "function_call", None)
+        functions = [getattr(c, "function", None) for c in calls] + [legacy]
+        for function in functions:
             for piece in (
                 getattr(function, "name", None),
                 getattr(function, "arguments", None),
             ):
-                if piece:
-                    yield str(piece)
+                if isinstance(piece, str) and piece:
+                    yield piece
 
 
 class _SyncStream(_StreamSettler):
