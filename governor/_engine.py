@@ -888,9 +888,7 @@ class Governor:
         and its cache partition is the tenant's. Where the two disagree the
         task wins (it is the explicit context), with a warning logged once.
         """
-        ambient = current_attribution()
-        if ambient is task.extras.get("ambient"):
-            ambient = None  # the block the task opened in: the task has it
+        ambient = _since_opened(current_attribution(), task.extras.get("ambient"))
         given = request.attribution
         if ambient is not None:
             given = {**ambient.scope_values(), **(given or {})}
@@ -1651,6 +1649,26 @@ def _cache_under_ledger(settings: Cache, ledger_prefix: str | None) -> Cache:
     if ledger_prefix is None or "key_prefix" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"key_prefix": f"{ledger_prefix}cache"})
+
+
+def _since_opened(
+    ambient: Attribution | None, opened: Attribution | None
+) -> Attribution | None:
+    """The ambient values set since the task opened (inner blocks' own).
+
+    Values the task was opened with are already its own, or were overridden
+    by it on purpose; only what a block entered later names counts.
+    """
+    if ambient is None or ambient is opened:
+        return None
+    if opened is None:
+        return ambient
+    before, tags_before = opened.scope_values(), opened.tags
+    values = {k: v for k, v in ambient.scope_values().items() if before.get(k) != v}
+    tags = {k: v for k, v in ambient.tags.items() if tags_before.get(k) != v}
+    if not values and not tags:
+        return None
+    return Attribution(**values, tags=tags)
 
 
 def _cache_key(value: Any) -> Any:

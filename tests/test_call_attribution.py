@@ -116,6 +116,14 @@ def test_a_task_opened_inside_attribute_naming_its_own_team_warns_nothing(
     ):
         ask_plain(GovernedLiteLLM(gov))
     assert refused.value.scope == "team:search"
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        attribute(team="platform-default"),
+        gov.task(team="search"),
+        attribute(feature="summarize"),  # a node's own block, nested inside
+        pytest.raises(BudgetExceeded),
+    ):
+        ask_plain(GovernedLiteLLM(gov))
     assert "sets otherwise" not in caplog.text
 
 

@@ -95,6 +95,8 @@ def test_a_cooldown_longer_than_its_cap_is_refused() -> None:
     assert Retry(cooldown_s=600).max_cooldown_s == 600.0
     loaded = Retry.model_validate_json('{"cooldown_s": 900}')
     assert (loaded.cooldown_s, loaded.max_cooldown_s) == (900.0, 900.0)
+    from_text = Retry.model_validate({"cooldown_s": "600"})  # YAML, environment
+    assert from_text.max_cooldown_s == 600.0
 
 
 @pytest.mark.parametrize(

@@ -363,9 +363,10 @@ class Retry(PolicyModel):
         """Without max_cooldown_s, a cooldown_s above 300 s is its own cap."""
         if not isinstance(data, Mapping) or "max_cooldown_s" in data:
             return data
-        cooldown = data.get("cooldown_s")
-        if isinstance(cooldown, bool) or not isinstance(cooldown, int | float):
-            return data
+        try:  # as validation will read it: a number, or text such as "600"
+            cooldown = float(data.get("cooldown_s", 0))
+        except (TypeError, ValueError):
+            return data  # the field's own validation says what is wrong
         return {**data, "max_cooldown_s": cooldown} if cooldown > 300 else data
 
     @model_validator(mode="after")
