@@ -320,6 +320,25 @@ def test_password_in_url_authenticates() -> None:
         server.kill()
 
 
+def test_url_options_redis_py_takes_are_used_and_others_refused(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A known option in the URL works; an unknown one (a prefix put in the
+    URL) is refused when the ledger is built, not at its first command."""
+    from governor import ConfigError
+    from governor.cli import main
+
+    options = "socket_timeout=3&health_check_interval=10&client_name=governor-test"
+    ledger = RedisLedger(f"{redis_url}?{options}")
+    assert ledger.reserve("h-url", [Line("task:url-test", 100)], 10, 0, 60) is None
+    ledger.release("h-url")
+    ledger.close()
+    with pytest.raises(ConfigError, match=r"sets prefix, .* pass prefix="):
+        RedisLedger(f"{redis_url}?prefix=deployA:")
+    assert main(["report", "--db", f"{redis_url}?prefx=1"]) == 1
+    assert "sets prefx, which redis-py does not take" in capsys.readouterr().err
+
+
 def test_rediss_url_with_password_reaches_a_tls_server(tmp_path: Path) -> None:
     """A rediss:// URL with a password and a CA file talks TLS to the server."""
     openssl = shutil.which("openssl")

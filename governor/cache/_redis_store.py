@@ -189,6 +189,9 @@ class RedisCacheStore:
         """Connect to the Redis at ``url`` (``redis://host:port/db``)."""
         import redis
 
+        from governor.stores._redis import check_url_options
+
+        check_url_options(url)
         return cls(redis.Redis.from_url(url), **kwargs)
 
     def get(self, key: str, now: float) -> CacheEntry | None:

@@ -64,8 +64,9 @@ class RedisSpendStore:
         """
         import redis as redis_lib
 
-        from governor.stores._redis import redact_url
+        from governor.stores._redis import check_url_options, redact_url
 
+        check_url_options(url)
         client = redis_lib.Redis.from_url(
             url,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,

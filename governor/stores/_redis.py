@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -58,7 +59,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aredis
@@ -153,6 +154,53 @@ class RedisConfig:
                 "max_connections and attempts must be at least 1, got "
                 f"{self.max_connections} and {self.attempts}"
             )
+        check_url_options(self.url)
+
+
+def check_url_options(url: str) -> None:
+    """Refuse a Redis URL whose query names no option redis-py knows.
+
+    redis-py hands unknown query options to each new connection, so a typo
+    (or ``?prefix=...``) would surface only at the first command, as a
+    ``TypeError`` from deep inside the client.
+
+    Raises:
+        ConfigError: an option that no redis-py connection or pool takes.
+    """
+    given = {name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    unknown = sorted(given - _url_options())
+    if not unknown:
+        return
+    hint = ""
+    if "prefix" in unknown:
+        hint = "; a key prefix is not part of the URL: pass prefix= (or --prefix)"
+    raise ConfigError(
+        f"url {redact_url(url)!r} sets {', '.join(unknown)}, which redis-py does "
+        f"not take as a connection option{hint}"
+    )
+
+
+@functools.cache
+def _url_options() -> frozenset[str]:
+    """Every option a Redis URL may set: redis-py's connection and pool ones."""
+    from redis import connection
+
+    names = set(connection.URL_QUERY_ARGUMENT_PARSERS)
+    for kind in (
+        connection.AbstractConnection,
+        connection.Connection,
+        connection.SSLConnection,
+        connection.UnixDomainSocketConnection,
+        connection.ConnectionPool,
+        connection.BlockingConnectionPool,
+    ):
+        parameters = inspect.signature(kind.__init__).parameters.values()
+        names.update(
+            p.name
+            for p in parameters
+            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        )
+    return frozenset(names - {"self"})
 
 
 def redact_url(url: str) -> str:
