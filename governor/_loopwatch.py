@@ -158,9 +158,14 @@ class LoopWatch:
             return hint
 
     def raise_if_stopped(self) -> None:
-        """Raise the task's LoopDetected again if the guard stopped it."""
+        """Raise the task's LoopDetected again if the guard stopped it.
+
+        The same error each time, with a fresh traceback: re-raising one
+        object would lengthen its traceback (and keep those frames alive)
+        for every call a caller makes after catching it.
+        """
         if self.stopped is not None:
-            raise self.stopped
+            raise self.stopped.with_traceback(None)
 
     def _act(self, verdict: LoopVerdict | None) -> None:
         if verdict is None:

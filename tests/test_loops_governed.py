@@ -105,6 +105,26 @@ def test_ceiling_on_model_calls() -> None:
     assert task.report().calls == 2
 
 
+def test_a_stopped_task_raises_the_same_error_with_a_fresh_traceback() -> None:
+    """Calls after a caught LoopDetected get it again, its traceback as long
+    each time: re-raising one object would grow it (and hold frames) per call."""
+    import traceback
+
+    gov = Governor(Policy(loops=Loops(max_model_calls=1)))
+    errors: list[LoopDetected] = []
+    lengths: list[int] = []
+    with gov.task():
+        chat(gov, "one")
+        for _ in range(4):
+            try:
+                chat(gov, "again")
+            except LoopDetected as exc:
+                errors.append(exc)
+                lengths.append(len(traceback.extract_tb(exc.__traceback__)))
+    assert all(error is errors[0] for error in errors)
+    assert len(set(lengths[1:])) == 1
+
+
 def test_escalation_adds_a_hint_to_the_next_call() -> None:
     """With action='escalate', the next LiteLLM call carries the loop hint."""
     seen: list[list[dict[str, Any]]] = []
