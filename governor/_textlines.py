@@ -16,15 +16,25 @@ from typing import BinaryIO
 
 from governor._errors import ConfigError
 
-__all__ = ["is_gzip", "numbered_lines"]
+__all__ = ["is_gzip", "numbered_lines", "open_bytes"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def is_gzip(path: Path) -> bool:
-    """True when the file starts with the gzip magic bytes."""
-    with path.open("rb") as raw:
-        return raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    """True when the file starts with the gzip magic bytes (False if unreadable)."""
+    try:
+        with path.open("rb") as raw:
+            return raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def open_bytes(path: Path) -> gzip.GzipFile | BinaryIO:
+    """The file for reading bytes, gunzipped on the fly when it is gzip."""
+    if is_gzip(path):
+        return gzip.open(path, "rb")
+    return path.open("rb")
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -36,7 +46,7 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     file and line; ``OSError`` (a missing file, a folder) passes through.
     """
     number = 0
-    with _open_bytes(path) as raw:
+    with open_bytes(path) as raw:
         try:
             for number, data in enumerate(raw, start=1):
                 yield number, _decode(path, number, data)
@@ -45,12 +55,6 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
                 f"{path}:{number + 1}: the gzip data is cut short or damaged "
                 f"({exc}); compress the whole file again or give it uncompressed"
             ) from exc
-
-
-def _open_bytes(path: Path) -> gzip.GzipFile | BinaryIO:
-    if is_gzip(path):
-        return gzip.open(path, "rb")
-    return path.open("rb")
 
 
 def _decode(path: Path, number: int, data: bytes) -> str:

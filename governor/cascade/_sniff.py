@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from governor._errors import ConfigError
+from governor._textlines import is_gzip
 
 __all__ = [
     "ARENA_ANSWERS",
@@ -44,7 +45,6 @@ COST_SUFFIX = "|total_cost"
 RESPONSE_SUFFIX = "|model_response"
 ROUTELLM_RESPONSE = "_response"
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _FIRST_LINE_MAX_CHARS = 1 << 26
 _SHOWN_COLUMNS = 8
 
@@ -68,9 +68,7 @@ class Sniffed:
 
 def open_text(path: Path) -> TextIO:
     """Open a file as UTF-8 text, through gzip when it starts like gzip."""
-    with path.open("rb") as raw:
-        magic = raw.read(len(_GZIP_MAGIC))
-    if magic == _GZIP_MAGIC:
+    if is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return path.open(encoding="utf-8-sig", newline="")
 

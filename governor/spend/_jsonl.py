@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from governor._errors import ConfigError
+from governor._textlines import open_bytes
 from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
     Filters,
@@ -24,7 +24,7 @@ from governor.spend._store import (
     matches,
 )
 
-__all__ = ["JsonlSpendStore", "is_gzip"]
+__all__ = ["JsonlSpendStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ _JSON_KINDS = {
     type(None): "null",
 }
 _FIX = "fix or delete this line"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class JsonlSpendStore:
@@ -146,7 +145,7 @@ class JsonlSpendStore:
             return
         number = 0
         # Lines are decoded one at a time so that bad bytes name their line.
-        with _open_binary(self.path) as fh:
+        with open_bytes(self.path) as fh:
             try:
                 for number, raw in enumerate(fh, start=1):
                     if not raw.strip():
@@ -172,22 +171,6 @@ class JsonlSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def is_gzip(path: Path) -> bool:
-    """Whether the file at ``path`` starts with the gzip magic bytes."""
-    try:
-        with path.open("rb") as fh:
-            return fh.read(2) == _GZIP_MAGIC
-    except OSError:
-        return False
-
-
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    """The file for reading bytes, decompressed on the fly when it is gzip."""
-    if is_gzip(path):
-        return gzip.open(path, "rb")
-    return path.open("rb")
 
 
 def _json_object(raw: bytes, number: int) -> dict[str, Any]:

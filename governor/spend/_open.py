@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from governor._errors import ConfigError
-from governor.spend._jsonl import JsonlSpendStore, is_gzip
+from governor._textlines import is_gzip
+from governor.spend._jsonl import JsonlSpendStore
 from governor.spend._record import SpendDataError
 from governor.spend._redis import RedisSpendStore
 from governor.spend._sqlite import SQLiteSpendStore
