@@ -175,6 +175,9 @@ class Governor:
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[Any, Any] = {}
+        # Each Cache object seen, with its cache; the object is held, so its
+        # id cannot be reused by another while it is here.
+        self._cache_of: dict[int, tuple[Cache, Any]] = {}
         self._embedders: dict[Any, Any] = {}
         self._cache_lock = threading.Lock()
         self._line_templates: dict[
@@ -210,18 +213,22 @@ class Governor:
         ones, so both are charged like any call); both are used when the
         cache is first made.
         """
-        if policy.cache is None:
+        given = policy.cache
+        if given is None:
             return None
-        settings = self._cache_settings(policy.cache)
+        known = self._cache_of.get(id(given))  # the per-call path: no hashing
+        if known is not None and known[0] is given:
+            return known[1]
+        settings = self._cache_settings(given)
         key = _cache_key(settings)
-        cache = self._caches.get(key)
-        if cache is not None:
-            return cache
         with self._cache_lock:
             cache = self._caches.get(key)
             if cache is None:
                 cache = self._new_cache(settings, verifier, embedding)
                 self._keep_cache(key, cache)
+            if len(self._cache_of) >= _CACHE_MEMORY:
+                self._cache_of.clear()
+            self._cache_of[id(given)] = (given, cache)
         return cache
 
     def _cache_settings(self, settings: Cache) -> Cache:
@@ -252,6 +259,7 @@ class Governor:
                 own = _cache_key(self._cache_settings(self.policy.cache))
             oldest = next((k for k in self._caches if k != own), None)
             self._caches.pop(oldest, None)
+            self._cache_of.clear()  # it may name the cache just dropped
             logger.debug("more than %d distinct cache settings", _CACHE_MEMORY)
         self._caches[key] = cache
 
