@@ -584,8 +584,7 @@ class Governor:
         """
         if self._open_tasks:  # a worker thread that did not inherit its task
             self._warn_orphan_call()
-        task = self._new_task(None, None, attribution, {})
-        task.extras["one_call"] = True
+        task = self._one_call_task(attribution)
         task.extras["orphan"] = bool(self._open_tasks)
         with self._running(task):
             yield task
@@ -1005,10 +1004,13 @@ class Governor:
         if self._open_tasks:
             self._warn_orphan_call()
         given = request.attribution
-        attribution = Attribution(**given) if given else None
+        return self._one_call_task(Attribution(**given) if given else None), True
+
+    def _one_call_task(self, attribution: Attribution | None) -> Task:
+        """A task of its own for calls made outside any task (not kept open)."""
         task = self._new_task(None, None, attribution, {})
         task.extras["one_call"] = True
-        return task, True
+        return task
 
     def _joined_task(self, request: CallRequest) -> Task | None:
         """The task a call joins: its own, else this governor's current one."""
