@@ -410,12 +410,10 @@ def _scripted_tool_calls(plan: list[tuple[str, dict[str, Any]]], done: list[str]
     return responder
 
 
-def test_react_agent_with_trimmed_history_is_not_stopped() -> None:
-    """Keeping the question and the last 20 messages does not look like a loop."""
-    from langchain_core.messages import HumanMessage
+def _population_lookup(done: list[str], cities: int) -> Any:
+    """A lookup tool that answers each city anew, scripted to be called for
+    ``cities`` cities in turn by the offline model."""
     from langchain_core.tools import tool
-
-    done: list[str] = []
 
     @tool
     def lookup(city: str) -> str:
@@ -423,10 +421,17 @@ def test_react_agent_with_trimmed_history_is_not_stopped() -> None:
         done.append(city)
         return f"{city}: population {len(done) * 1000003}"
 
-    cities = [{"city": f"City{i:02d}"} for i in range(14)]
-    install_offline_provider(
-        _scripted_tool_calls([("lookup", c) for c in cities], done), speed=0
-    )
+    plan = [("lookup", {"city": f"City{i:02d}"}) for i in range(cities)]
+    install_offline_provider(_scripted_tool_calls(plan, done), speed=0)
+    return lookup
+
+
+def test_react_agent_with_trimmed_history_is_not_stopped() -> None:
+    """Keeping the question and the last 20 messages does not look like a loop."""
+    from langchain_core.messages import HumanMessage
+
+    done: list[str] = []
+    lookup = _population_lookup(done, cities=14)
     graph = govern(_react_graph([lookup], keep_last=20), Governor())
     graph.invoke({"messages": [HumanMessage("populations")]}, {"recursion_limit": 100})
     assert len(done) == 14
@@ -539,20 +544,9 @@ class AskState(MessagesState):
 def test_react_agent_with_a_fixed_state_field_is_not_stopped() -> None:
     """A fixed `question` beside the messages: new tool results, no loop."""
     from langchain_core.messages import HumanMessage
-    from langchain_core.tools import tool
 
     done: list[str] = []
-
-    @tool
-    def lookup(city: str) -> str:
-        """Look up a city's population."""
-        done.append(city)
-        return f"{city}: population {len(done) * 1000003}"
-
-    cities = [{"city": f"City{i:02d}"} for i in range(12)]
-    install_offline_provider(
-        _scripted_tool_calls([("lookup", c) for c in cities], done), speed=0
-    )
+    lookup = _population_lookup(done, cities=12)
     graph = govern(_react_graph([lookup], state=AskState), Governor())
     graph.invoke(
         {"messages": [HumanMessage("populations")], "question": "populations"},
