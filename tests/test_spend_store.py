@@ -318,6 +318,19 @@ def test_record_rejects_float_saved_and_keeps_zero_unsigned() -> None:
     assert str(rec.cost_usd) == "0.000"
 
 
+def assert_second_line_refused(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A trace whose second record has ``field`` set to ``value`` stops the
+    read there, with ``message`` after the file and line."""
+    path = tmp_path / "trace.jsonl"
+    JsonlSpendStore(path).record(make(0))
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
+    with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
+        list(JsonlSpendStore(path).query())
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -335,12 +348,7 @@ def test_jsonl_reader_refuses_bad_money_naming_field_and_line(
     tmp_path: Path, field: str, value: object, message: str
 ) -> None:
     """A float, NaN or negative amount in a trace stops the read at its line."""
-    path = tmp_path / "trace.jsonl"
-    JsonlSpendStore(path).record(make(0))
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
-    with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
-        list(JsonlSpendStore(path).query())
+    assert_second_line_refused(tmp_path, field, value, message)
 
 
 @pytest.mark.parametrize(
@@ -357,12 +365,7 @@ def test_jsonl_reader_refuses_names_that_are_not_strings(
     tmp_path: Path, field: str, value: object, message: str
 ) -> None:
     """A null model or a numeric team stops the read at its line, naming it."""
-    path = tmp_path / "trace.jsonl"
-    JsonlSpendStore(path).record(make(0))
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({**make(1).to_json_dict(), field: value}) + "\n")
-    with pytest.raises(SpendDataError, match=rf"trace\.jsonl:2: .*{message}"):
-        list(JsonlSpendStore(path).query())
+    assert_second_line_refused(tmp_path, field, value, message)
 
 
 def test_gzip_jsonl_is_read_by_suffix_or_magic_bytes(tmp_path: Path) -> None:
