@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "GovernorError",
     "GovernorHalt",
+    "OutputLimitExceeded",
     "PolicyError",
     "PriceUnknown",
     "ScopeBlocked",
@@ -213,6 +214,50 @@ def _budget_advice(unit: str) -> str:
             "call's max_tokens, or shorten the prompt."
         )
     return "Raise the budget's limit, lower max_tokens, or pick a cheaper model."
+
+
+class OutputLimitExceeded(GovernorHalt):
+    """A streamed answer ran far past the output tokens its call reserved.
+
+    The model (or a proxy in front of it) ignored ``max_tokens``, so the
+    governor stopped reading the stream: generation stops with the
+    connection, and the call is charged for what arrived.
+
+    Attributes:
+        model: the model that ignored its limit.
+        reserved_tokens: the output tokens the call was admitted with.
+        streamed_chars: the output characters received when it was stopped.
+    """
+
+    code = "output_limit_exceeded"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        reserved_tokens: int,
+        streamed_chars: int,
+        task_id: str | None = None,
+    ) -> None:
+        self.model = model
+        self.reserved_tokens = reserved_tokens
+        self.streamed_chars = streamed_chars
+        super().__init__(
+            f"a stream from {model!r} sent {streamed_chars} characters for the "
+            f"{reserved_tokens} output tokens reserved for it, so the governor "
+            "stopped it: the model ignores max_tokens. The call was charged for "
+            "what arrived. Check that max_tokens reaches the provider (set it on "
+            "the chat model, and on any proxy in between).",
+            task_id=task_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "model": self.model,
+            "reserved_tokens": self.reserved_tokens,
+            "streamed_chars": self.streamed_chars,
+        }
 
 
 class ScopeBlocked(GovernorHalt):

@@ -21,6 +21,7 @@ from governor import (
     GovernorError,
     GovernorHalt,
     LoopDetected,
+    OutputLimitExceeded,
     Policy,
     PolicyError,
     Price,
@@ -120,6 +121,9 @@ ERRORS: dict[str, GovernorError] = {
     "BudgetExceeded-usd": _budget_refusal(),
     "BudgetExceeded-tokens": _token_refusal(),
     "ScopeBlocked": ScopeBlocked("team:search", task_id="t-4"),
+    "OutputLimitExceeded": OutputLimitExceeded(
+        model="gpt-4o", reserved_tokens=64, streamed_chars=1290, task_id="t-6"
+    ),
     "StoreUnavailable": StoreUnavailable(
         "the Redis store at redis://127.0.0.1:6379/0 did not answer reserve "
         "after 3 attempt(s): Connection refused."

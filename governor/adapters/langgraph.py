@@ -43,9 +43,10 @@ from opentelemetry.trace import Span
 
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorError
+from governor._errors import ConfigError, GovernorError, OutputLimitExceeded
 from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
+from governor.adapters._ceiling import OutputCeiling
 from governor.adapters._tokens import (
     interrupted_after_sending,
     read_usage,
@@ -385,6 +386,7 @@ class _HandlerCore:
         self._branches: dict[UUID, tuple[Any, str]] = {}
         self._calls: dict[UUID, Admission] = {}
         self._streamed: dict[UUID, list[str]] = {}
+        self._ceilings: dict[UUID, OutputCeiling] = {}
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
@@ -506,13 +508,30 @@ class _HandlerCore:
         with self._lock:
             self._calls[run_id] = admission
             self._streamed[run_id] = []
+            self._ceilings[run_id] = OutputCeiling(admission)
 
-    def _streamed_text(self, run_id: UUID, token: Any) -> None:
-        text = token if isinstance(token, str) else ""
+    def _streamed_text(self, run_id: UUID, token: Any, chunk: Any) -> None:
+        """Keep a streamed chunk's output; stop a stream far past its ceiling.
+
+        Raising from the callback ends the model's stream (the handler is
+        ``raise_error``): the provider stops with the connection, and
+        ``on_llm_error`` charges what arrived.
+        """
+        parts = list(_chunk_output(token, chunk))
         with self._lock:
             pieces = self._streamed.get(run_id)
-            if pieces is not None:
-                pieces.append(text)
+            ceiling = self._ceilings.get(run_id)
+            if pieces is None or ceiling is None:
+                return
+            pieces.extend(parts)
+            if not ceiling.passed(parts):
+                return
+        raise OutputLimitExceeded(
+            model=ceiling.model,
+            reserved_tokens=ceiling.reserved_tokens,
+            streamed_chars=ceiling.chars,
+            task_id=self.task.id,
+        )
 
     def _ended(
         self, run_id: UUID, response: LLMResult
@@ -565,6 +584,7 @@ class _HandlerCore:
     def _pop(self, run_id: UUID) -> Admission | None:
         with self._lock:
             self._streamed.pop(run_id, None)
+            self._ceilings.pop(run_id, None)
             return self._calls.pop(run_id, None)
 
     def _span_for(self, run_id: UUID | None) -> Span | None:
@@ -714,10 +734,10 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         run_id: UUID,
         **kwargs: Any,
     ) -> None:
-        """Keep streamed text so a stream that ends early can be charged."""
+        """Keep streamed output so a stream that ends early can be charged."""
         if self._deferred():
             return
-        self._streamed_text(run_id, token)
+        self._streamed_text(run_id, token, kwargs.get("chunk"))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Settle the call at the usage the model reported (or a local count)."""
@@ -878,10 +898,10 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Keep streamed text so a stream that ends early can be charged."""
+        """Keep streamed output so a stream that ends early can be charged."""
         if not self._mine():
             return
-        self._streamed_text(run_id, token)
+        self._streamed_text(run_id, token, chunk)
 
     async def on_llm_end(
         self,
@@ -1174,6 +1194,38 @@ def _usage_of(response: LLMResult) -> Usage | None:
     if token_usage:
         return usage_from_response(token_usage)
     return None
+
+
+def _chunk_output(token: Any, chunk: Any) -> Iterator[str]:
+    """The billed output of one streamed chunk: its text (or the text and
+    reasoning of content blocks), tool-call chunks and reasoning kept aside."""
+    if isinstance(token, str):
+        yield from (token,) if token else ()
+    elif isinstance(token, list):
+        for block in token:
+            yield from _block_text(block)
+    message = getattr(chunk, "message", None)
+    for call in getattr(message, "tool_call_chunks", None) or ():
+        for key in ("name", "args"):
+            piece = call.get(key) if isinstance(call, Mapping) else None
+            if isinstance(piece, str) and piece:
+                yield piece
+    extra = getattr(message, "additional_kwargs", None)
+    reasoning = extra.get("reasoning_content") if isinstance(extra, dict) else None
+    if isinstance(reasoning, str) and reasoning:
+        yield reasoning
+
+
+def _block_text(block: Any) -> Iterator[str]:
+    if isinstance(block, str):
+        yield from (block,) if block else ()
+        return
+    if not isinstance(block, Mapping):
+        return
+    for key in ("text", "thinking", "reasoning"):
+        piece = block.get(key)
+        if isinstance(piece, str) and piece:
+            yield piece
 
 
 def _generated_text(response: LLMResult) -> str:

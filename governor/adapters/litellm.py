@@ -23,7 +23,6 @@ import contextvars
 import dataclasses
 import logging
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -42,6 +41,7 @@ from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
 from governor._money import nanos_to_usd
 from governor._task import current_task
+from governor.adapters._ceiling import OutputCeiling
 from governor.adapters._embeddings import (
     embedding_request,
     embedding_result,
@@ -1184,39 +1184,22 @@ def _delta_text(chunk: Any) -> str:
 
 
 class _StreamCeiling:
-    """Tells when a stream has gone far past the output its call reserved.
+    """Cuts a LiteLLM stream that runs far past its reserved output.
 
-    A provider (or a proxy) that ignores ``max_tokens`` streams on and bills
-    every token: the budget the call was admitted under would overrun by the
-    whole answer. The governor sees every chunk, so it hangs up once the
-    output is surely past the ceiling. No tokenizer can say that for every
-    model and language (a deployment name or a non-OpenAI model is counted
-    with a stand-in, which may count Hindi text three times over), so the
-    test is by characters: 16 per reserved token plus 256. A run of one
-    character repeated (a rule of dashes, padding spaces) is a few tokens
-    for any length, so a run counts as two characters. Tokens of other text
-    average 2 to 5 characters in any language: no answer within its ceiling
-    gets there, while a runaway is cut at a few times its reservation.
+    The ceiling is the shared one (see ``governor.adapters._ceiling``): the
+    chunk that passes it is served, and the next read ends the stream.
     """
 
     def __init__(self, admission: Admission) -> None:
-        request = admission.request
-        self._reserved = admission.max_output_tokens * max(1, request.choices)
-        self._model = request.model
-        self._limit_chars = 16 * self._reserved + 256
-        self._chars = 0
+        self._ceiling = OutputCeiling(admission)
 
     def passed(self, chunk: Any) -> bool:
         """Add a chunk's output; True once the output passes the limit."""
-        for part in _delta_parts(chunk):
-            self._chars += len(_RUNS.sub(r"\1\1", part))
-        if self._chars <= self._limit_chars:
+        ceiling = self._ceiling
+        if not ceiling.passed(_delta_parts(chunk)):
             return False
-        _warn_cut_off(self._model, self._reserved, self._chars)
+        _warn_cut_off(ceiling.model, ceiling.reserved_tokens, ceiling.chars)
         return True
-
-
-_RUNS = re.compile(r"(.)\1{2,}", re.DOTALL)
 
 
 _CUT_OFF_WARNED: set[str] = set()
