@@ -31,8 +31,8 @@ __all__ = [
     "SpendMeter",
     "current_meter",
     "metering",
-    "plain_text_prompt",
     "prompt_byte_bound",
+    "prompt_part_text",
 ]
 
 # Per-message overhead a chat template adds (role markers, separators); a
@@ -257,16 +257,6 @@ def priced_name(model: str, provider: str | None) -> str:
     return f"{provider}/{model}"
 
 
-def plain_text_prompt(messages: Sequence[Mapping[str, Any]]) -> bool:
-    """True when every message is plain text: a tokenizer count is then exact."""
-    return all(
-        isinstance(m.get("content"), str | None)
-        and not m.get("tool_calls")
-        and not m.get("function_call")
-        for m in messages
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class _PartSizes:
     image: int
@@ -311,7 +301,26 @@ def _content_bytes(content: object) -> int:
         return 0
     if isinstance(content, str):
         return len(content.encode("utf-8", "surrogatepass"))
+    return len(prompt_part_text(content).encode("utf-8", "surrogatepass"))
+
+
+def prompt_part_text(part: object) -> str:
+    """A request part (tools, a response format) as the text the provider
+    reads: JSON, with a Pydantic model class given as its JSON schema."""
+    if isinstance(part, str):
+        return part
+    schema = getattr(part, "model_json_schema", None)
+    if isinstance(part, type) and callable(schema):
+        part = schema()
     try:
-        return len(json.dumps(content, default=str).encode())
+        return json.dumps(part, default=_schema_or_text)
     except (TypeError, ValueError):
-        return len(str(content).encode())
+        return str(part)
+
+
+def _schema_or_text(value: object) -> object:
+    schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(schema):
+        return schema()
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else str(value)

@@ -194,6 +194,7 @@ def test_missing_store_is_an_error(
     code, _, err = run(capsys, "--db", str(path))
     assert (code, path.exists()) == (1, False)
     assert "no spend store at" in err
+    assert 'Governor(policy, spend="spend.sqlite3")' in err
 
 
 def test_bad_grouping_is_an_error(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,12 +8,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from governor._calls import prompt_part_text
 from governor._errors import ConfigError
 from governor.pricing import Usage
 
 __all__ = [
     "count_message_tokens",
+    "count_prompt_tokens",
     "count_text_tokens",
+    "countable_prompt",
     "interrupted_after_sending",
     "read_usage",
     "settled_usage",
@@ -38,17 +41,89 @@ def count_message_tokens(
 ) -> int:
     """Count a chat prompt's tokens with the model's tokenizer (LiteLLM's).
 
-    Only the text is counted: use it for plain-text prompts, or as an
+    The text of each message and its tool calls (OpenAI's or LangChain's
+    shape) are counted; other content parts (images, files) are not: use
+    it for prompts that :func:`countable_prompt` accepts, or as an
     estimate after the fact.
     """
-    plain = [
-        {"role": str(m.get("role", "user")), "content": _text(m.get("content"))}
-        for m in messages
-    ]
+    plain = [_countable(m) for m in messages]
     counted = _litellm().token_counter(
         model=_tokenizer_model(model), messages=plain, tools=tools or None
     )
     return int(counted)
+
+
+def count_prompt_tokens(
+    model: str, messages: Sequence[Mapping[str, Any]], extra_prompt: object = None
+) -> int:
+    """Count a prompt with the other parts a provider bills as prompt.
+
+    ``extra_prompt`` is a request's :attr:`CallRequest.extra_prompt`: a
+    mapping that may hold ``tools``, ``functions`` and ``response_format``.
+    """
+    parts = extra_prompt if isinstance(extra_prompt, Mapping) else {}
+    tools = list(parts.get("tools") or ())
+    tools += [{"type": "function", "function": f} for f in parts.get("functions") or ()]
+    counted = count_message_tokens(model, messages, tools=tools)
+    schema = parts.get("response_format")
+    if schema is not None:
+        counted += count_text_tokens(model, prompt_part_text(schema))
+    return counted
+
+
+def countable_prompt(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True when every message is text (or text parts) with tool calls at
+    most: :func:`count_message_tokens` then counts all of it."""
+    return all(_text_only(m.get("content")) for m in messages)
+
+
+def _text_only(content: object) -> bool:
+    if content is None or isinstance(content, str):
+        return True
+    if not isinstance(content, list):
+        return False
+    return all(
+        isinstance(p, str)
+        or (isinstance(p, Mapping) and p.get("type", "text") == "text")
+        for p in content
+    )
+
+
+def _countable(message: Mapping[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "role": str(message.get("role", "user")),
+        "content": _text(message.get("content")),
+    }
+    calls = [_openai_call(c) for c in message.get("tool_calls") or ()]
+    if calls:
+        entry["tool_calls"] = calls
+    legacy = message.get("function_call")
+    if legacy:
+        entry["function_call"] = _openai_call({"function": legacy})["function"]
+    return entry
+
+
+def _openai_call(call: Any) -> dict[str, Any]:
+    """A tool call in OpenAI's shape, from OpenAI's, LangChain's or an object."""
+    function = _field(call, "function")
+    if function is not None:
+        name, arguments = _field(function, "name"), _field(function, "arguments")
+    else:  # LangChain: {"name", "args", "id"}
+        name, arguments = _field(call, "name"), _field(call, "args")
+    return {
+        "id": str(_field(call, "id") or ""),
+        "type": "function",
+        "function": {
+            "name": str(name or ""),
+            "arguments": prompt_part_text(arguments if arguments is not None else ""),
+        },
+    }
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
 
 
 def count_text_tokens(model: str, text: str) -> int:
@@ -108,6 +183,7 @@ def settled_usage(
     model: str,
     messages: Sequence[Mapping[str, Any]],
     text: str | None,
+    extra_prompt: object = None,
 ) -> Usage:
     """The usage to settle a finished call at.
 
@@ -115,7 +191,8 @@ def settled_usage(
     zero for it although there was a prompt (always) or an answer: OpenAI-
     compatible servers and proxies often send no usage, or zeros, and a call
     settled at zero would never touch its budget. A side counted locally
-    makes the usage ``estimated``.
+    makes the usage ``estimated``. The prompt is counted with its tools and
+    response format (``extra_prompt``), which the provider bills too.
     """
     prompt = reported.prompt_tokens if reported is not None else 0
     completion = reported.completion_tokens if reported is not None else 0
@@ -124,7 +201,7 @@ def settled_usage(
     if reported is not None and not needs_prompt and not needs_completion:
         return reported
     if needs_prompt:
-        prompt = count_message_tokens(model, messages)
+        prompt = count_prompt_tokens(model, messages, extra_prompt)
     if needs_completion:
         completion = count_text_tokens(model, text or "")
     parts = reported or Usage()

@@ -48,6 +48,8 @@ from governor._loopwatch import loop_watch, state_digest
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import OutputCeiling
 from governor.adapters._tokens import (
+    count_prompt_tokens,
+    countable_prompt,
     interrupted_after_sending,
     read_usage,
     settled_usage,
@@ -89,6 +91,10 @@ _UNGOVERNED_RUNS = frozenset(
         "map",
     }
 )
+
+
+_CLOSED = "closed"
+"""The stop reason of a streamed run whose reader stopped reading early."""
 
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
@@ -208,7 +214,10 @@ class GovernedGraph:
         try:
             yield from _with_task(task, self.graph.stream(input, config, **kwargs))
             completed = True
-        except Exception as exc:  # not GeneratorExit: a reader may stop early
+        except GeneratorExit:  # the reader stopped before the run ended
+            task.stop_reason = task.stop_reason or _CLOSED
+            raise
+        except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
@@ -240,7 +249,10 @@ class GovernedGraph:
             async for item in items:
                 yield item
             completed = True
-        except Exception as exc:  # not GeneratorExit: a reader may stop early
+        except GeneratorExit:  # the reader stopped before the run ended
+            task.stop_reason = task.stop_reason or _CLOSED
+            raise
+        except BaseException as exc:  # an error, or the reader was cancelled
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
@@ -489,14 +501,21 @@ class _HandlerCore:
             if self.task.policy.pricing.default is None:
                 raise _unnamed_model()
             model = "unnamed"
+        tools = params.get("tools")
+        extra = {"tools": tools} if tools else None
+
+        def count() -> int:
+            return count_prompt_tokens(model, messages, extra)
+
         return CallRequest(
             model=model,
             messages=messages,
             max_output_tokens=_max_tokens(params, metadata or {}),
             can_set_max_tokens=False,
             stream=bool(params.get("stream")),
+            count_prompt_tokens=count if countable_prompt(messages) else None,
             parent_span=self._span_for(parent_run_id),
-            extra_prompt=params.get("tools"),
+            extra_prompt=extra,
             task=self.task,
             step=int(step) if step is not None else None,
             node=meta.get("langgraph_node"),
@@ -544,7 +563,11 @@ class _HandlerCore:
         text = _generated_text(response)
         reported = read_usage(lambda: _usage_of(response), request.model)
         usage = settled_usage(
-            reported, model=request.model, messages=request.messages, text=text
+            reported,
+            model=request.model,
+            messages=request.messages,
+            text=text,
+            extra_prompt=request.extra_prompt,
         )
         return admission, CallResult(
             usage=usage, response_model=model, output_text=_judged(response, text)
@@ -561,7 +584,11 @@ class _HandlerCore:
         if text:  # a stream cut off: the provider stops with the connection
             request = admission.request
             usage = settled_usage(
-                None, model=request.model, messages=request.messages, text=text
+                None,
+                model=request.model,
+                messages=request.messages,
+                text=text,
+                extra_prompt=request.extra_prompt,
             )
             return admission, CallResult(usage=usage, error=error)
         # Cut off after sending with nothing seen: it may be billed in full.
@@ -1040,6 +1067,8 @@ def _attribution(config: Mapping[str, Any]) -> Attribution | None:
     metadata = config.get("metadata") or {}
     values = Attribution.values_in(metadata)
     thread = (config.get("configurable") or {}).get("thread_id")
+    if thread is None:
+        thread = metadata.get("thread_id")
     if thread is not None and "session" not in values:
         values["session"] = str(thread)
     return Attribution(**values) if values else None

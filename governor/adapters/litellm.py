@@ -35,7 +35,6 @@ from governor._calls import (
     CallResult,
     SpendMeter,
     metering,
-    plain_text_prompt,
 )
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
@@ -48,7 +47,8 @@ from governor.adapters._embeddings import (
     named_provider,
 )
 from governor.adapters._tokens import (
-    count_message_tokens,
+    count_prompt_tokens,
+    countable_prompt,
     interrupted_after_sending,
     read_usage,
     settled_usage,
@@ -674,20 +674,18 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
     model = str(kwargs["model"])
     messages = list(kwargs["messages"])
     max_tokens = _largest(kwargs, "max_tokens", "max_completion_tokens")
-    extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs}
-    tools = kwargs.get("tools")
+    extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs} or None
 
     def count() -> int:
-        return count_message_tokens(model, messages, tools=tools)
+        return count_prompt_tokens(model, messages, extra)
 
-    exact_ok = plain_text_prompt(messages) and "functions" not in kwargs
     return CallRequest(
         model=model,
         messages=messages,
         max_output_tokens=max_tokens,
         stream=bool(kwargs.get("stream")),
-        count_prompt_tokens=count if exact_ok else None,
-        extra_prompt=extra or None,
+        count_prompt_tokens=count if countable_prompt(messages) else None,
+        extra_prompt=extra,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
         choices=_largest(kwargs, "n") or 1,
@@ -805,6 +803,7 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         model=request.model,
         messages=request.messages,
         text=_all_output(response),
+        extra_prompt=request.extra_prompt,
     )
     reasons = tuple(
         str(reason)
@@ -1004,7 +1003,8 @@ def _tier_rest_key(tier: Any, request: Mapping[str, Any]) -> str:
 
 def _tier_tokens(tier: Any, request: Mapping[str, Any]) -> int:
     """The prompt and the output ceiling this tier is sent (its own params win)."""
-    prompt = count_message_tokens(tier.model, request["messages"])
+    extra = {k: request[k] for k in _PROMPT_PARTS if k in request}
+    prompt = count_prompt_tokens(tier.model, request["messages"], extra)
     ceiling = dict(tier.params).get("max_tokens") or request.get("max_tokens")
     return prompt + int(ceiling or 0)
 
@@ -1085,7 +1085,11 @@ class _StreamSettler:
         )
         output = "".join(part for c in self.chunks for part in _delta_parts(c))
         usage = settled_usage(
-            reported, model=request.model, messages=request.messages, text=output
+            reported,
+            model=request.model,
+            messages=request.messages,
+            text=output,
+            extra_prompt=request.extra_prompt,
         )
         model = next(
             (

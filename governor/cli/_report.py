@@ -250,7 +250,9 @@ def _check_store_path(target: str) -> None:
         return
     if not Path(target).exists():
         raise ConfigError(
-            f"no spend store at {target}; pass --db or set GOVERNOR_SPEND_DB"
+            f"no spend store at {target}; pass --db or set GOVERNOR_SPEND_DB "
+            "to the store your governor records to. A governor records only "
+            'when given one: Governor(policy, spend="spend.sqlite3")'
         )
     if Path(target).is_dir():
         raise ConfigError(
