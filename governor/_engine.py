@@ -332,9 +332,8 @@ class Governor:
             **(attributes_of(named) if named else attribution_attributes(task)),
         }
         self.telemetry.end_span(span, attributes)
-        self.telemetry.record_cache_hit(
-            {attr.GEN_AI_REQUEST_MODEL: request.model}, saved / NANOS_PER_USD
-        )
+        # The metric keeps the bounded ones: model, operation, team, ...
+        self.telemetry.record_cache_hit(attributes, saved / NANOS_PER_USD)
         if self._recording():
             self._record_hit(task, request, hit, named)
         if owns:
@@ -1186,8 +1185,11 @@ class Governor:
         stops: bool = True,
     ) -> None:
         task.refuse(reason, stops=stops)
+        charged_to = (
+            attributes_of(attribution) if attribution else attribution_attributes(task)
+        )
         self.telemetry.record_refusal(
-            {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason}
+            {attr.GEN_AI_REQUEST_MODEL: model, "reason": reason, **charged_to}
         )
         if self._recording():
             self._submit_record(
@@ -1296,6 +1298,7 @@ class Governor:
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
             duration_s=duration,
+            error=result.error,
         )
         self._check_warnings(admission)
         if self._recording():
@@ -1563,8 +1566,8 @@ class Governor:
         }
         if result.response_model:
             attributes[attr.GEN_AI_RESPONSE_MODEL] = result.response_model
-        if result.finish_reasons:
-            attributes[attr.GEN_AI_RESPONSE_FINISH_REASONS] = ",".join(
+        if result.finish_reasons:  # a string array, as the conventions say
+            attributes[attr.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(
                 result.finish_reasons
             )
         self.telemetry.event(
@@ -1578,13 +1581,15 @@ class Governor:
         if "attribution" in admission.extras:  # a tenant named by the call
             return self._new_labels(admission)
         cache = admission.task.extras.setdefault("labels", {})
-        labels: dict[str, AttrValue] | None = cache.get(admission.request.model)
+        key = (admission.request.operation, admission.request.model)
+        labels: dict[str, AttrValue] | None = cache.get(key)
         if labels is None:
-            labels = cache[admission.request.model] = self._new_labels(admission)
+            labels = cache[key] = self._new_labels(admission)
         return labels
 
     def _new_labels(self, admission: Admission) -> dict[str, AttrValue]:
         labels: dict[str, AttrValue] = {
+            attr.GEN_AI_OPERATION_NAME: admission.request.operation,
             attr.GEN_AI_REQUEST_MODEL: admission.request.model,
         }
         if admission.rate.provider:

@@ -11,6 +11,10 @@ are gathered and its verdicts applied:
   there it is recorded only); after that the guard answers ``stop``.
 * ``record``: a span event and a warning, nothing else.
 
+The span event names the rule, the action and the steps; the evidence (the
+repeated outputs or tool calls) goes into it as digests only, unless content
+capture is turned on (see :mod:`governor.telemetry._content`).
+
 Parallel calls of one graph step are one observation (the first), and so are
 parallel visits of one node with one state, so Send branches that ask or
 answer alike are not mistaken for a loop. Each call's prompt is judged on its
@@ -27,11 +31,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from governor.loops import LoopDetected, LoopGuard, LoopVerdict
+from governor.telemetry._content import capture_content, content_digest
 
 if TYPE_CHECKING:
     from governor._task import Task
     from governor.policies import Loops
     from governor.telemetry import Telemetry
+    from governor.telemetry._tracing import AttrValue
 
 __all__ = ["LoopWatch", "loop_watch", "state_digest"]
 
@@ -170,16 +176,7 @@ class LoopWatch:
     def _act(self, verdict: LoopVerdict | None) -> None:
         if verdict is None:
             return
-        self.telemetry.event(
-            self.task.span,
-            EVENT_LOOP,
-            {
-                "rule": verdict.rule,
-                "action": verdict.action,
-                "evidence": "; ".join(verdict.evidence),
-                "steps": ",".join(str(step) for step in verdict.steps),
-            },
-        )
+        self.telemetry.event(self.task.span, EVENT_LOOP, _event_attributes(verdict))
         logger.warning(
             "task %s: %s (%s)", self.task.id, verdict.message, verdict.action
         )
@@ -257,6 +254,27 @@ class LoopWatch:
             return False
         self._seen[key] = copies[key]
         return True
+
+
+def _event_attributes(verdict: LoopVerdict) -> dict[str, AttrValue]:
+    """The loop event's attributes: no output or tool text unless opted in.
+
+    The evidence quotes model outputs and tool calls, which the GenAI
+    semantic conventions keep out of telemetry by default: each item is
+    shown by a short digest, so two events can be compared. With
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` the text
+    comes too, as ``evidence``.
+    """
+    attributes: dict[str, AttrValue] = {
+        "rule": verdict.rule,
+        "action": verdict.action,
+        "steps": ",".join(str(step) for step in verdict.steps),
+        "evidence_count": len(verdict.evidence),
+        "evidence_digests": tuple(content_digest(e) for e in verdict.evidence),
+    }
+    if capture_content():
+        attributes["evidence"] = "; ".join(verdict.evidence)
+    return attributes
 
 
 def _has_ceilings(loops: Loops) -> bool:

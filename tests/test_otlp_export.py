@@ -199,3 +199,20 @@ def test_an_endpoint_given_in_code_is_sent_over_http(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     provider = configure_tracing(otlp_endpoint="http://127.0.0.1:9/v1/traces")
     provider.shutdown()
+
+
+def test_the_protocol_setting_is_read_in_any_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP/PROTOBUF is http/protobuf; an unknown value in capitals is refused."""
+    from governor import ConfigError
+    from governor.telemetry import configure_metrics
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/PROTOBUF")
+    configure_tracing().shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", " Http/Protobuf ")
+    configure_metrics().shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON")
+    with pytest.raises(ConfigError, match=r"'HTTP/JSON'.*not supported"):
+        configure_tracing()

@@ -157,6 +157,7 @@ def configure_metrics(
 def _otlp_class(signal: str, module: str, name: str, *, http: bool = False) -> Any:
     """The OTLP exporter class the ``OTEL_EXPORTER_OTLP_*PROTOCOL`` setting picks.
 
+    The setting is read in any case (``HTTP/PROTOBUF`` is ``http/protobuf``).
     ``http/protobuf`` (the default) ships with the governor; ``grpc`` needs
     the ``opentelemetry-exporter-otlp-proto-grpc`` package. ``http`` (an
     OTLP/HTTP URL passed in code) wins over the environment.
@@ -174,7 +175,7 @@ def _otlp_class(signal: str, module: str, name: str, *, http: bool = False) -> A
     if http:
         protocol = "http/protobuf"
     transports = {"http/protobuf": "http", "grpc": "grpc"}
-    transport = transports.get(protocol)
+    transport = transports.get(protocol.lower())  # the spec's values, any case
     if transport is None:
         raise ConfigError(
             f"OTLP protocol {protocol!r} (from {key} or {ENV_OTLP_PROTOCOL}) is "

@@ -18,17 +18,42 @@ from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from governor.telemetry import attributes as attr
+from governor.telemetry._content import content_free_exception
 
 if TYPE_CHECKING:
     from governor._task import Task, TaskReport
     from governor.policies import Attribution
 
-__all__ = ["Telemetry"]
+__all__ = ["DURATION_BUCKETS_S", "METRIC_ATTRIBUTES", "Telemetry", "metric_attributes"]
 
 logger = logging.getLogger(__name__)
 
 _SCOPE = "llm-governor"
-AttrValue = str | bool | int | float
+AttrValue = str | bool | int | float | tuple[str, ...]
+
+DURATION_BUCKETS_S = tuple(round(0.01 * 2**i, 2) for i in range(14))
+"""The GenAI semantic conventions' advisory buckets, 0.01 s to 81.92 s."""
+
+METRIC_ATTRIBUTES = frozenset(
+    {
+        attr.GEN_AI_OPERATION_NAME,
+        attr.GEN_AI_PROVIDER_NAME,
+        attr.GEN_AI_REQUEST_MODEL,
+        attr.TEAM,
+        attr.FEATURE,
+        attr.ENVIRONMENT,
+        attr.ORG,
+        attr.ERROR_TYPE,
+        "reason",
+    }
+)
+"""The attributes a metric point may carry: each takes few values.
+
+Users, sessions and free-form tags take a value per request or person; as
+metric attributes they would make a time series each and soon pass the
+SDK's cardinality limit (2,000 series a metric), after which every new
+series, whatever its team, lands in one overflow series. Spans carry them.
+"""
 
 
 class Telemetry:
@@ -61,6 +86,7 @@ class Telemetry:
             "gen_ai.client.operation.duration",
             unit="s",
             description="Duration of governed model calls",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._refusals = meter.create_counter(
             "governor.refusals", unit="{call}", description="Calls refused by policy"
@@ -77,7 +103,12 @@ class Telemetry:
             description="Decisions taken while the budget store was unreachable",
         )
         self._stops = meter.create_counter(
-            "governor.task.stops", unit="{task}", description="Tasks stopped by policy"
+            "governor.task.stops",
+            unit="{task}",
+            description=(
+                "Tasks that did not complete: stopped by policy, by an error "
+                "(error:<ExceptionClass>), closed or cancelled early, or interrupted"
+            ),
         )
 
     def tracing(self) -> bool:
@@ -208,7 +239,7 @@ class Telemetry:
             span.set_attributes(attributes)
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                span.record_exception(error)
+                span.record_exception(error, content_free_exception(error))
             span.end()
         except Exception:
             logger.warning("could not end a span", exc_info=True)
@@ -221,20 +252,37 @@ class Telemetry:
         input_tokens: int,
         output_tokens: int,
         duration_s: float,
+        error: BaseException | None = None,
     ) -> None:
-        """Record one settled call's metrics."""
+        """Record one settled call's metrics.
+
+        Only the attributes in :data:`METRIC_ATTRIBUTES` are kept. Cost and
+        tokens add no zero points: a failed call that was charged nothing
+        adds to the duration only (with ``error.type``); one charged its hold
+        counts that cost as any other call.
+        """
         try:
-            self._cost.add(cost_usd, labels)
-            self._tokens.add(input_tokens, {**labels, "gen_ai.token.type": "input"})
-            self._tokens.add(output_tokens, {**labels, "gen_ai.token.type": "output"})
-            self._duration.record(duration_s, labels)
+            bounded = metric_attributes(labels)
+            if cost_usd:
+                self._cost.add(cost_usd, bounded)
+            self._add_tokens(input_tokens, bounded, "input")
+            self._add_tokens(output_tokens, bounded, "output")
+            if error is not None:
+                bounded[attr.ERROR_TYPE] = type(error).__qualname__
+            self._duration.record(duration_s, bounded)
         except Exception:
             logger.warning("could not record call metrics", exc_info=True)
 
+    def _add_tokens(
+        self, tokens: int, bounded: Mapping[str, AttrValue], kind: str
+    ) -> None:
+        if tokens:
+            self._tokens.add(tokens, {**bounded, "gen_ai.token.type": kind})
+
     def record_refusal(self, labels: Mapping[str, AttrValue]) -> None:
-        """Count a call refused by policy."""
+        """Count a call refused by policy (bounded attributes only)."""
         try:
-            self._refusals.add(1, labels)
+            self._refusals.add(1, metric_attributes(labels))
         except Exception:
             logger.warning("could not record a refusal metric", exc_info=True)
 
@@ -246,12 +294,19 @@ class Telemetry:
             logger.warning("could not record a degraded-store metric", exc_info=True)
 
     def record_cache_hit(self, labels: Mapping[str, AttrValue], saved: float) -> None:
-        """Count a cache hit and the money it saved."""
+        """Count a cache hit and the money it saved (bounded attributes only)."""
         try:
-            self._cache_hits.add(1, labels)
-            self._saved.add(saved, labels)
+            bounded = metric_attributes(labels)
+            self._cache_hits.add(1, bounded)
+            if saved:
+                self._saved.add(saved, bounded)
         except Exception:
             logger.warning("could not record a cache metric", exc_info=True)
+
+
+def metric_attributes(labels: Mapping[str, AttrValue]) -> dict[str, AttrValue]:
+    """The labels a metric point may carry: those in :data:`METRIC_ATTRIBUTES`."""
+    return {k: v for k, v in labels.items() if k in METRIC_ATTRIBUTES}
 
 
 def attribution_attributes(task: Task) -> dict[str, AttrValue]:
