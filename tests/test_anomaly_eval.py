@@ -81,9 +81,9 @@ def test_cli_table_is_markdown(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_reports_a_missing_path(capsys: pytest.CaptureFixture[str]) -> None:
-    """A path with no CSV files exits 1 with a message."""
+    """A path with no CSV files exits 2 with a message, as the other evals do."""
     code = main(["eval", "anomalies", str(SAMPLE.parent / "nothing-here")])
-    assert code == 1
+    assert code == 2
     assert "governor eval anomalies:" in capsys.readouterr().err
 
 

@@ -12,8 +12,12 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
+
+DISTRIBUTION = "llm-governor"
+"""The package name whose version ``governor --version`` prints."""
 
 ENV_DEBUG = "GOVERNOR_DEBUG"
 """Set to show Python tracebacks instead of one-line errors."""
@@ -35,6 +39,9 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="governor", description="Govern what AI agents spend."
     )
+    parser.add_argument(
+        "--version", action=_Version, help="print the version of llm-governor"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in _COMMANDS.items():
@@ -44,6 +51,32 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         module = importlib.import_module(f"governor.cli.{module_name}")
         module.register(sub, name, help_text)
     return parser
+
+
+class _Version(argparse.Action):
+    """``governor --version``: the installed distribution's version, then exit.
+
+    Read only when asked, so that other commands never look it up.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            found = f"unknown ({DISTRIBUTION} is not installed)"
+        print(f"{parser.prog} {found}")
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

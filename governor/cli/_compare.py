@@ -9,7 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from governor.cli._policy import POLICY_HELP
-from governor.cli._replay import add_source_arguments, check_swaps, load_records
+from governor.cli._replay import (
+    SourceError,
+    add_source_arguments,
+    check_swaps,
+    load_records,
+)
 
 __all__ = ["register"]
 
@@ -46,9 +51,11 @@ def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor._replay import load_policy, replay, swaps_from
 
-    records = load_records(args)
-    if records is None:
-        return 2
+    try:
+        records = load_records(args)
+    except SourceError as exc:
+        print(f"governor compare: {exc}", file=sys.stderr)
+        return exc.status
     if args.b is None and not args.model:
         print("governor compare: give --b POLICY or --model OLD=NEW", file=sys.stderr)
         return 2

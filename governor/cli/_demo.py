@@ -11,11 +11,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from governor.cli._text import positive_count
+
+if TYPE_CHECKING:
+    from governor.spend._open import AnySpendStore
 
 __all__ = ["register"]
 
@@ -33,7 +37,10 @@ def register(sub: Any, name: str, help_text: str) -> None:
             "GSM8K, a triage agent on a model cascade, a help-desk agent on the "
             "response cache, a runaway agent the loop guard stops, and one "
             "research task whose budget is too small for it. "
-            "GOVERNOR_PROVIDER=live sends the same calls to the real models."
+            "GOVERNOR_PROVIDER=live sends the same calls to the real models. "
+            "Exits 2 for a bad option (a --traces or --spend-db that is a "
+            "folder), 1 when the spend store does not answer or the traces "
+            "file cannot be written."
         ),
     )
     parser.add_argument(
@@ -90,9 +97,15 @@ class _Row:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Exit 2 for a bad option, 1 when the spend store or traces file fails."""
     if args.count < 1:
         print("governor demo: --count must be at least 1", file=sys.stderr)
         return 2
+    problem = _check_traces(Path(args.traces))
+    if problem is not None:
+        message, status = problem
+        print(f"governor demo: {message}", file=sys.stderr)
+        return status
     examples = _examples_dir()
     if examples is None:
         print(
@@ -111,14 +124,71 @@ def _run(args: argparse.Namespace) -> int:
     return _demo(args, examples)
 
 
+def _check_traces(path: Path) -> tuple[str, int] | None:
+    """Why spans could not be written to ``path``, and the exit status, if so."""
+    if path.is_dir():
+        return (
+            f"--traces {path} is a folder; give a file name such as "
+            f"{path / 'traces.jsonl'}",
+            2,
+        )
+    # The file, or the nearest folder above it that exists (it makes the rest).
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if existing == path:
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if writable:
+        return None
+    return (
+        f"cannot write --traces {path}; give a file in a folder that you can write to",
+        1,
+    )
+
+
+def _open_spend(args: argparse.Namespace, target: str) -> AnySpendStore | int:
+    """The spend store, or the exit status after saying why it cannot be used.
+
+    A Redis store is asked for one empty range first: a Redis that does not
+    answer would otherwise lose every record of the run, a warning each.
+    """
+    from governor._errors import ConfigError
+    from governor.cli._spend_source import redis_down, unreachable
+    from governor.spend import open_store
+
+    try:
+        store = open_store(target)
+    except ConfigError as exc:
+        print(f"governor demo: --spend-db: {exc}", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    try:
+        next(iter(store.query(now, now + timedelta(microseconds=1))), None)
+    except Exception as exc:
+        store.close()
+        if not redis_down(target, exc):
+            raise
+        given = bool(args.spend_db)
+        message = unreachable(target, exc, option="--spend-db", given=given)
+        print(f"governor demo: {message}", file=sys.stderr)
+        return 1
+    return store
+
+
 def _demo(args: argparse.Namespace, examples: Path) -> int:
     from governor import Governor, govern
-    from governor.spend import default_spend_target, open_store
+    from governor.spend import default_spend_target
     from governor.stores import MemoryLedger
     from governor.telemetry import configure_tracing
     from governor.telemetry._setup import service_name_from_env
     from governor.testing import ENV_PROVIDER, install_offline_provider
 
+    spend_target = args.spend_db or default_spend_target()
+    spend = _open_spend(args, spend_target)
+    if isinstance(spend, int):
+        return spend
     research = _load(examples / "research.py", "governor_demo_research")
     math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
     triage = _load(examples / "triage.py", "governor_demo_triage")
@@ -142,8 +212,6 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     service = service_name_from_env() or "governor-demo"
     provider = configure_tracing(service_name=service, jsonl_path=traces)
     ledger = MemoryLedger()
-    spend_target = args.spend_db or default_spend_target()
-    spend = open_store(spend_target)
     governors: list[Governor] = []
 
     def governor(policy: Any) -> Governor:

@@ -15,9 +15,18 @@ _TARGETS: dict[str, tuple[str, str]] = {
 }
 
 
+# Every target's --help ends with it, and so does `governor eval --help`.
+EXIT_STATUS = (
+    "Exit status: 0 with the report; 2 when the input cannot be used "
+    "(missing, unreadable, malformed or empty) or an option is wrong."
+)
+
+
 def register(sub: Any, name: str, help_text: str) -> None:
     """Add ``eval`` and its targets to the command line."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, epilog=EXIT_STATUS
+    )
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for target, (module_name, target_help) in _TARGETS.items():
         try:
@@ -25,3 +34,5 @@ def register(sub: Any, name: str, help_text: str) -> None:
         except ModuleNotFoundError:
             continue
         module.register_eval(targets, target, target_help)
+    for target_parser in targets.choices.values():
+        target_parser.epilog = EXIT_STATUS

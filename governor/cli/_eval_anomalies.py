@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (GovernorError, OSError) as exc:
         print(f"governor eval anomalies: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps(document, indent=2) if args.json else render(document))
     return 0
 

@@ -63,6 +63,13 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"governor eval loops: {exc}", file=sys.stderr)
         return 2
+    if not runs:
+        print(
+            f"governor eval loops: {args.path} holds no runs; give a trajectory "
+            "JSONL with at least one run, or the mini-swe-agent data set",
+            file=sys.stderr,
+        )
+        return 2
     loops = Loops()
     progress = _progress("replayed")
     report = evaluate(

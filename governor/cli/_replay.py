@@ -10,9 +10,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from governor.cli._policy import POLICY_HELP
+from governor.cli._spend_source import redis_down, unreachable
 from governor.cli._text import ljust, printable, width
 
-__all__ = ["add_source_arguments", "check_swaps", "load_records", "register"]
+__all__ = [
+    "SourceError",
+    "add_source_arguments",
+    "check_swaps",
+    "load_records",
+    "register",
+]
 
 _MODELS_SHOWN = 10
 """How many recorded models an unmatched ``--model OLD=NEW`` error lists."""
@@ -67,43 +74,73 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=[], help="only these tasks")
 
 
-def load_records(args: argparse.Namespace) -> list[Any] | None:
-    """Read the records the arguments name, or print why not and return None."""
+class SourceError(Exception):
+    """The recorded traffic cannot be read; the message says what to do.
+
+    ``status`` is the exit status: 2 for a bad option or a missing store,
+    1 for a store that does not answer, as ``governor report`` exits.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def load_records(args: argparse.Namespace) -> list[Any]:
+    """Read the records the arguments name.
+
+    Raises:
+        SourceError: the store is missing, or does not answer, or no recorded
+            call belongs to a ``--task``.
+    """
     from pathlib import Path
 
     from governor._errors import ConfigError
-    from governor.spend import default_spend_target, open_store
+    from governor.spend import default_spend_target
     from governor.spend._open import check_prefix, is_redis_target
 
     target = args.db or default_spend_target()
     try:
         check_prefix(target, args.prefix)
     except ConfigError as exc:
-        print(f"governor: --prefix: {exc}", file=sys.stderr)
-        return None
+        raise SourceError(f"--prefix: {exc}", 2) from exc
     if not is_redis_target(target) and not Path(target).exists():
-        print(
-            f"governor: no spend store at {target}; run `governor demo` or "
-            "point --db at a store or JSONL trace",
-            file=sys.stderr,
+        raise SourceError(
+            f"no spend store at {target}; run `governor demo` or point --db at "
+            "a store or JSONL trace",
+            2,
         )
-        return None
-    store = open_store(target, existing=True, prefix=args.prefix)
-    records = list(store.query())
+    records = _query(args, target)
     if args.task:
         wanted = set(args.task)
         missing = sorted(wanted - {r.task_id for r in records})
         if missing:
             prefix = "" if args.prefix is None else f" --prefix {args.prefix}"
-            print(
-                f"governor: no recorded call of task(s) {', '.join(missing)} in "
+            raise SourceError(
+                f"no recorded call of task(s) {', '.join(missing)} in "
                 f"{target}; `governor report --db {target}{prefix} --by task` "
                 "lists them",
-                file=sys.stderr,
+                2,
             )
-            return None
         records = [r for r in records if r.task_id in wanted]
     return records
+
+
+def _query(args: argparse.Namespace, target: str) -> list[Any]:
+    """Every record of the store; a Redis that does not answer is a SourceError."""
+    from governor.spend import open_store
+
+    store = open_store(target, existing=True, prefix=args.prefix)
+    try:
+        return list(store.query())
+    except Exception as exc:
+        if redis_down(target, exc):
+            given = bool(args.db)
+            message = unreachable(target, exc, option="--db", given=given)
+            raise SourceError(message, 1) from exc
+        raise
+    finally:
+        store.close()
 
 
 def check_swaps(records: Sequence[Any], swaps: Mapping[str, str]) -> None:
@@ -144,9 +181,11 @@ def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor._replay import load_policy, replay, swaps_from
 
-    records = load_records(args)
-    if records is None:
-        return 2
+    try:
+        records = load_records(args)
+    except SourceError as exc:
+        print(f"governor replay: {exc}", file=sys.stderr)
+        return exc.status
     try:
         swaps = swaps_from(args.model)
         check_swaps(records, swaps)

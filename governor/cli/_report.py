@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from governor.cli._spend_source import redis_down, unreachable
 from governor.cli._text import ljust, positive_count, printable, rjust, width
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ _COLUMNS = (
     "saved_usd",
     "cache_hits",
 )
+_CSV_ONLY = ("refused", "errors")
+"""Columns of the CSV (and JSON) but not of the table, which stays narrow."""
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -93,17 +96,25 @@ def parse_when(text: str, *, now: datetime) -> datetime:
     relative = _RELATIVE.match(text)
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return now - timedelta(seconds=amount * _UNIT_S[unit])
+        try:
+            return now - timedelta(seconds=amount * _UNIT_S[unit])
+        except OverflowError as exc:
+            why = f"; {text} before now is before the year 1"
+            raise _unreadable(text, why) from exc
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:
-        from governor._errors import ConfigError
-
-        raise ConfigError(
-            f"cannot read time {text!r}; use an ISO date such as 2026-12-01, "
-            "an ISO date-time, or 30m, 12h, 7d, 2w"
-        ) from exc
+        raise _unreadable(text) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _unreadable(text: str, why: str = "") -> Exception:
+    from governor._errors import ConfigError
+
+    return ConfigError(
+        f"cannot read time {text!r}{why}; use an ISO date such as 2026-12-01, "
+        "an ISO date-time, or 30m, 12h, 7d, 2w"
+    )
 
 
 class _Query(NamedTuple):
@@ -208,38 +219,15 @@ def _summarize(
         summary = summarize(records, query.by)
         skipped: int = getattr(store, "skipped_duplicates", 0)
     except Exception as exc:
-        if _redis_down(target, exc):
-            raise _Unreachable(_unreachable(args, target, exc)) from exc
+        if redis_down(target, exc):
+            given = bool(args.db)
+            message = unreachable(target, exc, option="--db", given=given)
+            raise _Unreachable(message) from exc
         raise
     finally:
         store.close()
     label = target if args.prefix is None else f"{target} (prefix {args.prefix})"
     return dataclasses.replace(summary, by=query.shown), label, skipped
-
-
-def _redis_down(target: str, exc: Exception) -> bool:
-    """Whether ``exc`` says the Redis at ``target`` could not be reached."""
-    if not target.startswith(("redis://", "rediss://", "unix://")):
-        return False
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
-
-
-def _unreachable(args: argparse.Namespace, target: str, exc: Exception) -> str:
-    """What was wrong and what to do, with any password in the URL hidden."""
-    from governor.spend import ENV_SPEND_DB
-    from governor.stores._redis import redact_url
-
-    source = "from --db" if args.db else f"from {ENV_SPEND_DB}"
-    cause = str(exc).rstrip(".")
-    return (
-        f"cannot reach the Redis spend store at {redact_url(target)} ({source}): "
-        f"{cause}. Check the URL (host, port, database, password, TLS), start "
-        f"Redis there, or pass --db (or set {ENV_SPEND_DB}) to the store your "
-        "services record spend to."
-    )
 
 
 def _check_store_path(target: str) -> None:
@@ -270,6 +258,11 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--filter takes KEY=VALUE, got {pair!r}")
+        if key == "tag.":
+            raise ConfigError(
+                f"cannot filter spend by {key!r}: name the tag, as in "
+                "--filter tag.customer=acme"
+            )
         # Attribution values are never empty, so "team=" can only mean unset.
         out[key] = value or None
     return out
@@ -362,11 +355,12 @@ def render_csv(summary: SpendSummary, top: int) -> str:
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["by", "key", *_COLUMNS])
+    writer.writerow(["by", "key", *_COLUMNS, *_CSV_ONLY])
     for by in summary.by:
         for group in _rows(summary, by, top):
             key = "" if group.unset else _inert(group.key)
-            writer.writerow([by, key, *_cells(group, summary)])
+            counts = [group.totals.refused, group.totals.errors]
+            writer.writerow([by, key, *_cells(group, summary), *counts])
     return buffer.getvalue()
 
 

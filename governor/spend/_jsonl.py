@@ -15,7 +15,7 @@ from typing import Any
 
 from governor._errors import ConfigError
 from governor._textlines import open_bytes
-from governor.spend._record import SpendDataError, SpendRecord
+from governor.spend._record import SpendDataError, SpendRecord, load_json
 from governor.spend._store import (
     Filters,
     check_bounds,
@@ -184,7 +184,7 @@ def _json_object(raw: bytes, number: int) -> dict[str, Any]:
             f"{exc.start + 1}); a spend trace is UTF-8 JSON: {_FIX}"
         ) from exc
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as exc:
         raise SpendDataError(
             f"not JSON ({exc.msg} at column {exc.colno}); each line must be "

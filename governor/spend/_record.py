@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -11,7 +13,7 @@ from typing import Any, Literal, get_args
 from governor._errors import GovernorError
 from governor.policies._model import ATTRIBUTION_FIELDS
 
-__all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord"]
+__all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord", "load_json"]
 
 Outcome = Literal["ok", "error", "refused", "cache_hit"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -79,6 +81,7 @@ class SpendRecord:
             if amount.is_zero() and amount.is_signed():
                 object.__setattr__(self, name, amount.copy_abs())
         _check_text(self)
+        _check_tags(self.tags)
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
         for name in ("input_tokens", "output_tokens", "cache_read_tokens"):
@@ -123,7 +126,8 @@ class SpendRecord:
             values["ts"] = datetime.fromisoformat(str(values["ts"]))
             for name in MONEY_FIELDS:
                 values[name] = _json_money(name, values.get(name, "0"))
-            values["tags"] = {str(k): str(v) for k, v in values.get("tags", {}).items()}
+            if isinstance(values.get("tags"), Mapping):
+                values["tags"] = dict(values["tags"])
             return cls(**values)
         except KeyError as exc:
             hint = ""
@@ -156,6 +160,26 @@ def _check_text(record: SpendRecord) -> None:
             raise TypeError(
                 f"SpendRecord.{name} must be a string or None (unset), got "
                 f"{_kind(value)}{value!r}"
+            )
+
+
+def _check_tags(tags: object) -> None:
+    """Refuse tags that are not a mapping of names to strings (JSON null, an
+    array, a number, or a nested object or number as a value)."""
+    if not isinstance(tags, Mapping):
+        raise TypeError(
+            "SpendRecord.tags must map tag names to strings, such as "
+            f"{{'customer': 'acme'}}, or be empty {{}}; got {_kind(tags)}{tags!r}"
+        )
+    for name, value in tags.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"SpendRecord.tags names must be strings, got {_kind(name)}{name!r}"
+            )
+        if not isinstance(value, str):
+            raise TypeError(
+                f"SpendRecord.tags[{name!r}] must be a string (tag values are "
+                f"text), got {_kind(value)}{value!r}"
             )
 
 
@@ -219,3 +243,65 @@ def _json_money(name: str, value: object) -> Decimal:
         f'{name} must be a decimal string such as "0.00036", got the {kind} '
         f"{value!r}; write money as a string so that it stays exact"
     )
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` for one stored record, naming a number too long to read.
+
+    Python refuses to read a whole number of more than
+    ``sys.get_int_max_str_digits()`` digits; its message names no field and
+    suggests raising the limit. Such a record is corrupt, so it is refused
+    with the field it was in.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON.
+        SpendDataError: a number is too long to read (the message names it).
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        found = _overlong_number(text)
+        if found is None:
+            raise
+        where, digits = found
+        raise SpendDataError(
+            f"malformed spend record: {where} is a number {digits} digits "
+            "long; no count or amount is that large, so the record is corrupt"
+        ) from exc
+
+
+class _Overlong(str):
+    """The digits of a number too long for ``int``, kept to find its field."""
+
+
+def _overlong_number(text: str | bytes) -> tuple[str, int] | None:
+    """The field holding the first number too long to read, and its digits."""
+    most = sys.get_int_max_str_digits()
+
+    def read_int(digits: str) -> int | _Overlong:
+        if most and len(digits.lstrip("-")) > most:
+            return _Overlong(digits)
+        return int(digits)
+
+    try:
+        data = json.loads(text, parse_int=read_int)
+    except ValueError:
+        return None
+    return _find_overlong(data, "")
+
+
+def _find_overlong(value: object, where: str) -> tuple[str, int] | None:
+    if isinstance(value, _Overlong):
+        return where or "the record", len(value.lstrip("-"))
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    for path, item in items:
+        found = _find_overlong(item, path)
+        if found is not None:
+            return found
+    return None

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from governor.spend._record import SpendDataError, SpendRecord
+from governor.spend._record import SpendDataError, SpendRecord, load_json
 from governor.spend._store import (
     Filters,
     check_bounds,
@@ -133,7 +133,7 @@ class RedisSpendStore:
 
     def _parse(self, call_id: bytes | str, body: bytes | str) -> SpendRecord:
         try:
-            return SpendRecord.from_json_dict(json.loads(body))
+            return SpendRecord.from_json_dict(load_json(body))
         except ValueError as exc:
             name = call_id.decode() if isinstance(call_id, bytes) else call_id
             raise SpendDataError(
