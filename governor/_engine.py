@@ -792,7 +792,7 @@ class Governor:
             self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
         finally:
             try:
-                self._finish(admission, result, nanos, Usage(), "hold")
+                self._finish(admission, result, nanos, _hold_usage(admission), "hold")
             finally:
                 release_slots(admission.held)
 

@@ -372,6 +372,9 @@ def test_a_call_that_cannot_be_priced_is_charged_its_hold_and_frees_its_slot() -
     assert balance is not None
     assert (balance.reserved_nanos, task.report().calls) == (0, 2)
     assert balance.spent_nanos == admission.hold_nanos + 750
+    # The tokens charged are the hold's, in the report as on the ledger.
+    assert balance.spent_tokens == admission.hold_tokens + 2
+    assert task.report().tokens == admission.hold_tokens + 2
 
 
 def test_a_refused_call_is_a_spend_record(tmp_path: Any) -> None:

@@ -212,6 +212,35 @@ def test_a_keyed_budget_replaces_the_scope_wide_one_for_its_value(order: int) ->
     ]
 
 
+@pytest.mark.parametrize(
+    ("wide", "keyed", "expected"),
+    [
+        (
+            {"period": "day"},
+            {"period": "day", "timezone": "Europe/Paris"},
+            "team:search#day:2026-06-01@Europe/Paris",
+        ),
+        (
+            {"period": "rolling", "window_s": 3600},
+            {"period": "rolling", "window_s": 600},
+            "team:search#rolling:600s",
+        ),
+    ],
+)
+def test_a_keyed_budget_replaces_one_of_another_zone_or_window(
+    wide: dict[str, object], keyed: dict[str, object], expected: str
+) -> None:
+    """The same period in another time zone or window is the same slot: the
+    team's own budget replaces the default, it does not sit under it."""
+    budgets = [
+        Budget(scope="team", max_usd="0.001", **wide),  # type: ignore[arg-type]
+        Budget(scope="team", key="search", max_usd="100", **keyed),  # type: ignore[arg-type]
+    ]
+    when = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    search = lines_for(budgets, {"team": "search"}, "t1", when)
+    assert [(s.key, s.limit_nanos) for s in search] == [(expected, 100 * 10**9)]
+
+
 def test_an_hour_across_a_half_hour_clock_change_contains_now() -> None:
     """Lord Howe falls back 30 minutes: the hour window still holds 'now'."""
     from governor.budgets import parse_line_key

@@ -91,8 +91,9 @@ def lines_for(
     """Return a line for every budget that applies to a call, narrowest first.
 
     A budget with a ``key`` replaces the scope-wide budget (no key) of the
-    same scope and period for that value: "every team $1, team search
-    $0.0001" gives team search one line, at $0.0001.
+    same scope and period for that value, whatever the time zone or rolling
+    window of either: "every team $1, team search $0.0001" gives team search
+    one line, at $0.0001.
 
     Args:
         policy_budgets: the policy's budgets.
@@ -101,17 +102,20 @@ def lines_for(
         task_id: the id of the task the call belongs to.
         now: an aware datetime, the moment of the call.
     """
-    by_key: dict[str, LineSpec] = {}
+    # A policy holds one budget per scope, key and period (time zones and
+    # rolling windows aside), so a keyed budget replaces the one in its slot
+    # whatever its own time zone or window.
+    by_slot: dict[tuple[str, str], LineSpec] = {}
     for budget in policy_budgets:
         value = (
             task_id if budget.scope == "task" else attribution_values.get(budget.scope)
         )
         if value is None or (budget.key is not None and budget.key != value):
             continue
-        spec = _spec(budget, value, now)
-        if spec.key not in by_key or budget.key is not None:
-            by_key[spec.key] = spec
-    return sorted(by_key.values(), key=lambda spec: _ORDER[spec.scope])
+        slot = (budget.scope, budget.period)
+        if slot not in by_slot or budget.key is not None:
+            by_slot[slot] = _spec(budget, value, now)
+    return sorted(by_slot.values(), key=lambda spec: _ORDER[spec.scope])
 
 
 def _spec(budget: Budget, value: str, now: datetime) -> LineSpec:
