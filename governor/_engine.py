@@ -62,6 +62,7 @@ from governor.policies import Attribution, Budget, Cache, Policy
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import (
     AsyncLedger,
+    Balance,
     FailoverLedger,
     Ledger,
     Line,
@@ -591,6 +592,15 @@ class Governor:
     @contextlib.contextmanager
     def _running(self, task: Task) -> Iterator[None]:
         """Make ``task`` current for the block; record why it stopped; close it."""
+        try:
+            with self._made_current(task):
+                yield
+        finally:
+            self.close_task(task)
+
+    @contextlib.contextmanager
+    def _made_current(self, task: Task) -> Iterator[None]:
+        """Make ``task`` current for the block and record why it stopped."""
         token = _CURRENT.set(task)
         try:
             with _current(task.span):
@@ -600,7 +610,6 @@ class Governor:
             raise
         finally:
             _CURRENT.reset(token)
-            self.close_task(task)
 
     @contextlib.asynccontextmanager
     async def atask(
@@ -611,9 +620,17 @@ class Governor:
         attribution: Attribution | None = None,
         **scopes: str,
     ) -> AsyncIterator[Task]:
-        """Async form of :meth:`task`; the task follows the asyncio task."""
-        with self.task(task_id, policy=policy, attribution=attribution, **scopes) as t:
-            yield t
+        """Async form of :meth:`task`; the task follows the asyncio task.
+
+        Leaving the block closes the task with :meth:`aclose_task`, so the
+        event loop never waits on the budget store there.
+        """
+        task = self.open_task(task_id, policy=policy, attribution=attribution, **scopes)
+        try:
+            with self._made_current(task):
+                yield task
+        finally:
+            await self.aclose_task(task)
 
     def open_task(
         self,
@@ -662,6 +679,27 @@ class Governor:
 
     def close_task(self, task: Task) -> TaskReport:
         """End a task's span with its roll-ups and return its report."""
+        self._closing(task)
+        task.budget_left_usd = self._budget_left(task)
+        return self._end_task(task)
+
+    async def aclose_task(self, task: Task) -> TaskReport:
+        """Async form of :meth:`close_task`: reads the budget left by the
+        ledger's async steps, without blocking the event loop.
+
+        A cancellation during that read still ends the task's span (without
+        the figure) and is raised.
+        """
+        self._closing(task)
+        try:
+            task.budget_left_usd = await self._abudget_left(task)
+        except BaseException:
+            self._end_task(task)
+            raise
+        return self._end_task(task)
+
+    def _closing(self, task: Task) -> None:
+        """Mark a task closed; warn of streams it leaves unread."""
         self._open_tasks.discard(task)
         task.closed = True
         if task.open_streams:
@@ -675,15 +713,30 @@ class Governor:
                 task.id,
                 len(task.open_streams),
             )
-        task.budget_left_usd = self._budget_left(task)
+
+    def _end_task(self, task: Task) -> TaskReport:
+        """End a closed task's span with its report and return the report."""
         report = task.report()
         self.telemetry.end_task(task.span, report)
         return report
 
-    def _close_owned(self, task: Task) -> None:
-        """Close a one-call task; its report is only needed for telemetry."""
-        if task.span is not None or task.stop_reason is not None:
+    def _close_owned(self, task: Task, *, read: bool = True) -> None:
+        """Close a one-call task; its report is only needed for telemetry.
+
+        With ``read=False`` its budget left is not read from the ledger.
+        """
+        if task.span is None and task.stop_reason is None:
+            return
+        if read:
             self.close_task(task)
+        else:
+            self._closing(task)
+            self._end_task(task)
+
+    async def _aclose_owned(self, task: Task) -> None:
+        """Async form of :meth:`_close_owned`."""
+        if task.span is not None or task.stop_reason is not None:
+            await self.aclose_task(task)
 
     # -- calls -----------------------------------------------------------
 
@@ -811,9 +864,12 @@ class Governor:
             except asyncio.CancelledError:
                 # Cut off while settling: the settle may have run (and the
                 # failover queues it to make sure), so the call is recorded.
-                self._finish(admission, result, nanos, usage, cost_source)
+                # The store, too slow for the caller, is not read again.
+                self._account(admission, result, nanos, usage, cost_source)
+                if admission.owns_task:
+                    self._close_owned(admission.task, read=False)
                 raise
-            return self._finish(admission, result, nanos, usage, cost_source)
+            return await self._afinish(admission, result, nanos, usage, cost_source)
         finally:
             # Runs to the end even when the caller is cancelled again here.
             await arelease_slots(admission.held)
@@ -1257,6 +1313,42 @@ class Governor:
         usage: Usage,
         cost_source: str,
     ) -> Decimal:
+        cost = self._account(admission, result, nanos, usage, cost_source)
+        self._check_warnings(admission)
+        if admission.owns_task:
+            self._close_owned(admission.task)
+        return cost
+
+    async def _afinish(
+        self,
+        admission: Admission,
+        result: CallResult,
+        nanos: int,
+        usage: Usage,
+        cost_source: str,
+    ) -> Decimal:
+        """Async form of :meth:`_finish`: balances are read by async steps.
+
+        The call is accounted for first: a cancellation during those reads
+        skips only the warnings, and a one-call task is still closed.
+        """
+        cost = self._account(admission, result, nanos, usage, cost_source)
+        try:
+            await self._acheck_warnings(admission)
+        finally:
+            if admission.owns_task:
+                await self._aclose_owned(admission.task)
+        return cost
+
+    def _account(
+        self,
+        admission: Admission,
+        result: CallResult,
+        nanos: int,
+        usage: Usage,
+        cost_source: str,
+    ) -> Decimal:
+        """Charge a settled call to its task, span, metrics and spend record."""
         admission.settled = True
         task = admission.task
         request = admission.request
@@ -1300,11 +1392,8 @@ class Governor:
             duration_s=duration,
             error=result.error,
         )
-        self._check_warnings(admission)
         if self._recording():
             self._record(admission, usage, cost, duration, result.error)
-        if admission.owns_task:
-            self._close_owned(task)
         return cost
 
     def _record(
@@ -1451,58 +1540,95 @@ class Governor:
 
     def _budget_left(self, task: Task) -> Decimal | None:
         try:
-            return self._tightest_room(task)
+            left: Decimal | None = None
+            for line in self._lines(task):
+                left = _tighter(left, self.ledger.balance(line.key))
         except GovernorError:
             logger.debug("no budget balance for task %s", task.id, exc_info=True)
             return None
-
-    def _tightest_room(self, task: Task) -> Decimal | None:
-        left: Decimal | None = None
-        for line in self._lines(task):
-            balance = self.ledger.balance(line.key)
-            if balance is None or balance.left_nanos is None:
-                continue
-            room = nanos_to_usd(max(balance.left_nanos, 0))
-            left = room if left is None else min(left, room)
         return left
+
+    async def _abudget_left(self, task: Task) -> Decimal | None:
+        """Async form of :meth:`_budget_left`."""
+        try:
+            left: Decimal | None = None
+            for line in self._lines(task):
+                left = _tighter(left, await self._abalance(line.key))
+        except GovernorError:
+            logger.debug("no budget balance for task %s", task.id, exc_info=True)
+            return None
+        return left
+
+    async def _abalance(self, key: str) -> Balance | None:
+        """A line's balance, by the ledger's async step when it has one."""
+        ledger = self.ledger
+        if isinstance(ledger, AsyncLedger):
+            return await ledger.abalance(key)
+        return ledger.balance(key)
 
     def _check_warnings(self, admission: Admission) -> None:
         """Warn once per line and threshold crossed, reading each line rarely."""
+        for budget, line in self._warn_due(admission):
+            try:
+                balance = self.ledger.balance(line.key)
+            except GovernorError:
+                continue
+            self._warn_crossed(admission, budget, line, balance)
+
+    async def _acheck_warnings(self, admission: Admission) -> None:
+        """Async form of :meth:`_check_warnings`."""
+        for budget, line in self._warn_due(admission):
+            try:
+                balance = await self._abalance(line.key)
+            except GovernorError:
+                continue
+            self._warn_crossed(admission, budget, line, balance)
+
+    def _warn_due(self, admission: Admission) -> list[tuple[Budget, Line]]:
+        """The call's shared lines with warnings that are due a read now."""
         now = time.monotonic()
         if len(self._warn_checked) > _WARN_MEMORY:
             # Task lines pile up in a long-lived process; forgetting them only
             # means a threshold may be announced twice.
             self._warn_checked.clear()
             self._warned.clear()
+        due: list[tuple[Budget, Line]] = []
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if budget.scope == "task" or not budget.warn_at or not line.limit_nanos:
                 continue
             if now - self._warn_checked.get(line.key, -1.0) < _WARN_EVERY_S:
                 continue
             self._warn_checked[line.key] = now
-            try:
-                balance = self.ledger.balance(line.key)
-            except GovernorError:
-                continue
-            if balance is None or line.limit_nanos is None:
-                continue
-            used = balance.spent_nanos / line.limit_nanos
-            crossed = [
-                fraction
-                for fraction in budget.warn_at
-                if used >= fraction and (line.key, fraction) not in self._warned
-            ]
-            for fraction in crossed:
-                self._warned.add((line.key, fraction))
-                self.telemetry.event(
-                    admission.task.span,
-                    attr.EVENT_WARNING,
-                    {"scope": line.key, "fraction": fraction},
-                )
-            if crossed:  # one line however many thresholds one call crossed
-                logger.warning(
-                    "budget %s has used %.0f%% of its limit", line.key, used * 100
-                )
+            due.append((budget, line))
+        return due
+
+    def _warn_crossed(
+        self,
+        admission: Admission,
+        budget: Budget,
+        line: Line,
+        balance: Balance | None,
+    ) -> None:
+        """Announce the thresholds of ``budget`` a line's spend has crossed."""
+        if balance is None or line.limit_nanos is None:
+            return
+        used = balance.spent_nanos / line.limit_nanos
+        crossed = [
+            fraction
+            for fraction in budget.warn_at
+            if used >= fraction and (line.key, fraction) not in self._warned
+        ]
+        for fraction in crossed:
+            self._warned.add((line.key, fraction))
+            self.telemetry.event(
+                admission.task.span,
+                attr.EVENT_WARNING,
+                {"scope": line.key, "fraction": fraction},
+            )
+        if crossed:  # one line however many thresholds one call crossed
+            logger.warning(
+                "budget %s has used %.0f%% of its limit", line.key, used * 100
+            )
 
     # -- spans -----------------------------------------------------------
 
@@ -1826,3 +1952,11 @@ def _current(span: Any) -> Iterator[None]:
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     ):
         yield
+
+
+def _tighter(left: Decimal | None, balance: Balance | None) -> Decimal | None:
+    """The smaller of ``left`` and a line's room; None while neither limits."""
+    if balance is None or balance.left_nanos is None:
+        return left
+    room = nanos_to_usd(max(balance.left_nanos, 0))
+    return room if left is None else min(left, room)

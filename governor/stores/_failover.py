@@ -23,6 +23,9 @@ server may still run it), of a cancelled settle, of a release that failed.
 Queued steps are written before anything else once the store answers: by the
 next call, or by a daemon thread that tries every ``probe_interval_s`` while
 any wait, so they reach the store even if the process makes no further call.
+Each step stays queued until the store took it and is sent by one writer at
+a time; a step that a coroutine is sending is not waited for, so a sync step
+on the coroutine's event loop never blocks on it.
 :meth:`FailoverLedger.drain` (called by ``Governor.close``) waits a bounded
 time for them. Settles and releases are idempotent per hold id, so replaying
 them is safe. While degraded the store is probed at most once per
@@ -124,7 +127,11 @@ class FailoverLedger:
         self._probe_interval_s = probe_interval_s
         self._clock = clock
         self._lock = threading.Condition()
+        # Held only across sync writes of queued steps, never across an
+        # await: a coroutine holding it would block the loop thread's next
+        # sync step for good (the coroutine could never resume to free it).
         self._flush_lock = threading.Lock()
+        self._writing: set[str] = set()  # hold ids whose queued step is on the wire
         self._degraded = False
         self._next_probe = 0.0
         self._shadow_holds: set[str] = set()
@@ -282,17 +289,18 @@ class FailoverLedger:
     ) -> None:
         """Async form of :meth:`settle`."""
         entry = self._settle_locally(hold_id, keys, nanos, tokens)
-        if not await self._atry_primary():
-            self._queue(entry)
-            return
         try:
+            if not await self._atry_primary():
+                self._queue(entry)
+                return
             await self.primary.asettle(hold_id, keys, nanos, tokens)
         except StoreUnavailable as exc:
             self._fail(exc)
             self._queue(entry)
         except asyncio.CancelledError:
-            # The settle may or may not have run: queue it (it is idempotent)
-            # so the call is charged exactly once either way.
+            # Cut off while writing the queue (this settle never ran) or this
+            # settle (it may have run): queue it (it is idempotent) so the
+            # call is charged exactly once either way.
             self._queue(entry, event=False)
             raise
         else:
@@ -302,10 +310,10 @@ class FailoverLedger:
         """Async form of :meth:`release`."""
         if self._shadow_release(hold_id):
             return
-        if not await self._atry_primary():
-            self._queue(_Step(hold_id, None))
-            return
         try:
+            if not await self._atry_primary():
+                self._queue(_Step(hold_id, None))
+                return
             await self.primary.arelease(hold_id)
         except StoreUnavailable as exc:
             self._fail(exc)
@@ -352,14 +360,22 @@ class FailoverLedger:
         return self._claim_probe() and self._flush()
 
     def _flush(self) -> bool:
-        """Write the queued steps in order; False when the store failed."""
+        """Write the queued steps in order; False when the store failed.
+
+        Sync flushers take turns; a step a coroutine is writing is skipped
+        (it stays queued until written), so this never waits on the loop.
+        """
         with self._flush_lock:
-            while (entry := self._next_pending()) is not None:
+            while (entry := self._claim_pending()) is not None:
                 try:
                     self._write(entry)
                 except StoreUnavailable as exc:
+                    self._unclaim(entry)
                     self._fail(exc)
                     return False
+                except BaseException:
+                    self._unclaim(entry)
+                    raise
                 self._done_pending(entry)
         return True
 
@@ -370,21 +386,25 @@ class FailoverLedger:
             self.primary.settle(entry.hold_id, entry.keys, entry.nanos, entry.tokens)
 
     async def _atry_primary(self) -> bool:
+        """Async form of :meth:`_try_primary`; holds no thread lock across await.
+
+        Each queued step is claimed while it is written and stays queued
+        until the store took it: a cancellation or a failure leaves it for
+        the next flusher, and no two flushers write the same step at once.
+        """
         if not self._claim_probe():
             return False
-        # The flush lock is a thread lock: take it without blocking the loop.
-        if not self._flush_lock.acquire(blocking=False):
-            return not self._degraded
-        try:
-            while (entry := self._next_pending()) is not None:
-                try:
-                    await self._awrite(entry)
-                except StoreUnavailable as exc:
-                    self._fail(exc)
-                    return False
-                self._done_pending(entry)
-        finally:
-            self._flush_lock.release()
+        while (entry := self._claim_pending()) is not None:
+            try:
+                await self._awrite(entry)
+            except StoreUnavailable as exc:
+                self._unclaim(entry)
+                self._fail(exc)
+                return False
+            except BaseException:
+                self._unclaim(entry)
+                raise
+            self._done_pending(entry)
         return True
 
     async def _awrite(self, entry: _Step) -> None:
@@ -422,12 +442,27 @@ class FailoverLedger:
             self._next_probe = now + self._probe_interval_s
             return True
 
-    def _next_pending(self) -> _Step | None:
+    def _claim_pending(self) -> _Step | None:
+        """Take the first queued step that no flusher is writing, and mark it.
+
+        One step per hold id is on the wire at a time, so a settle queued
+        over a release being written follows it, in order.
+        """
         with self._lock:
-            return next(iter(self._pending.values()), None)
+            for entry in self._pending.values():
+                if entry.hold_id not in self._writing:
+                    self._writing.add(entry.hold_id)
+                    return entry
+            return None
+
+    def _unclaim(self, entry: _Step) -> None:
+        """A write that failed or was cut off: the step stays queued."""
+        with self._lock:
+            self._writing.discard(entry.hold_id)
 
     def _done_pending(self, entry: _Step) -> None:
         with self._lock:
+            self._writing.discard(entry.hold_id)
             # A settle queued meanwhile under the same id replaced a release:
             # it is written next.
             if self._pending.get(entry.hold_id) is entry:
