@@ -35,25 +35,27 @@ def count_answer() -> int:
 
 def test_stream_is_settled_from_usage_in_its_last_chunk(capture: SpanCapture) -> None:
     """A stream asks for usage and is charged what its final chunk reports."""
+    from governor.testing import StubBehaviour, StubServer
+
     gov = Governor(tracer_provider=capture.provider)
     llm = GovernedLiteLLM(gov)
-    with gov.task() as task:
+    reported = StubBehaviour(answer=ANSWER, prompt_tokens=30, completion_tokens=12)
+    with StubServer(default=reported) as stub, gov.task() as task:
         stream = llm.completion(
-            model="gpt-4o-mini",
+            model="openai/gpt-4o-mini",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
             messages=MESSAGES,
-            mock_response=ANSWER,
             stream=True,
+            stream_options={"include_usage": True},
             max_tokens=100,
         )
         chunks = list(stream)
     usage = chunks[-1].usage
-    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (30, 12)
     report = task.report()
-    assert (report.input_tokens, report.output_tokens) == (
-        usage.prompt_tokens,
-        usage.completion_tokens,
-    )
-    assert report.cost_usd == price(usage.prompt_tokens, usage.completion_tokens)
+    assert (report.input_tokens, report.output_tokens) == (30, 12)
+    assert report.cost_usd == price(30, 12)
     (span,) = capture.calls()
     assert span.attributes[attr.CALL_COST_ESTIMATED] is False
 
@@ -145,23 +147,29 @@ def test_a_stream_used_as_a_context_manager_is_settled_on_exit(
 
 def test_async_stream_is_settled(capture: SpanCapture) -> None:
     """An async stream is settled from its final usage chunk."""
+    from governor.testing import StubBehaviour, StubServer
+
     gov = Governor(tracer_provider=capture.provider)
     llm = GovernedLiteLLM(gov)
+    reported = StubBehaviour(answer=ANSWER, prompt_tokens=30, completion_tokens=12)
 
-    async def run() -> Any:
+    async def run(stub: StubServer) -> Any:
         async with gov.atask() as task:
             stream = await llm.acompletion(
-                model="gpt-4o-mini",
+                model="openai/gpt-4o-mini",
+                api_base=stub.base_url + "/v1",
+                api_key="sk-stub",
                 messages=MESSAGES,
-                mock_response=ANSWER,
                 stream=True,
                 max_tokens=100,
             )
             chunks = [c async for c in stream]
-        return task, chunks[-1].usage
+        return task, chunks
 
-    task, usage = asyncio.run(run())
-    assert task.report().cost_usd == price(usage.prompt_tokens, usage.completion_tokens)
+    with StubServer(default=reported) as stub:
+        task, chunks = asyncio.run(run(stub))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ANSWER
+    assert task.report().cost_usd == price(30, 12)
 
 
 def test_instrument_governs_existing_litellm_calls() -> None:

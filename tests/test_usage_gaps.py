@@ -110,9 +110,8 @@ def test_missing_usage_is_counted_and_marked_estimated(
     assert (report.input_tokens, report.output_tokens) == (want_in, want_out)
     assert report.cost_usd == want_in * IN_PRICE + want_out * OUT_PRICE
     # With no usage chunk at all, LiteLLM's stream wrapper counts the tokens
-    # itself and reports them as usage: the same numbers, not marked.
-    litellm_counted = stream and case == "absent"
-    assert span.attributes[attr.CALL_COST_ESTIMATED] is not litellm_counted
+    # itself and reports them as usage; the governor tells and marks it.
+    assert span.attributes[attr.CALL_COST_ESTIMATED] is True
 
 
 def test_full_usage_is_taken_as_reported(stub: StubServer) -> None:

@@ -21,12 +21,16 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import inspect
+import json
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+
+import httpx
 
 from governor._calls import (
     CHARGED_ATTRIBUTE,
@@ -113,7 +117,8 @@ class GovernedLiteLLM:
     Each call is reserved before it is sent and settled after it returns.
     Outside a task, each call is a task of its own. Requests without
     ``max_tokens`` are sent with the policy's ``default_max_output_tokens``;
-    streams always ask the provider for usage. Embedding calls reserve their
+    streams always ask the provider for usage (its usage chunk reaches only
+    a caller that asked for it too). Embedding calls reserve their
     input and nothing for output. ``callables`` names the judges, checks and
     estimators a cascade policy refers to by name.
     """
@@ -136,6 +141,7 @@ class GovernedLiteLLM:
         self._aembedding = aembedding or litellm.aembedding
         self._runners: dict[int, tuple[Any, Any]] = {}
         self._cooldowns: Any = None
+        self._positional: dict[str, tuple[str, ...]] = {}
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.completion``; same arguments, same return value.
@@ -145,7 +151,7 @@ class GovernedLiteLLM:
         """
         if _inside():
             return self._completion(*args, **kwargs)
-        *earlier, last = _fallback_attempts(_named(args, kwargs, "messages"))
+        *earlier, last = _fallback_attempts(self._named("completion", args, kwargs))
         for attempt in earlier:
             try:
                 return self._complete(attempt)[0]
@@ -159,7 +165,7 @@ class GovernedLiteLLM:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _inside():
             return await self._acompletion(*args, **kwargs)
-        *earlier, last = _fallback_attempts(_named(args, kwargs, "messages"))
+        *earlier, last = _fallback_attempts(self._named("acompletion", args, kwargs))
         for attempt in earlier:
             try:
                 return (await self._acomplete(attempt))[0]
@@ -173,7 +179,7 @@ class GovernedLiteLLM:
         """Governed ``litellm.embedding``; same arguments, same return value."""
         if _inside():
             return self._embedding(*args, **kwargs)
-        kwargs = _named(args, kwargs, "input")
+        kwargs = self._named("embedding", args, kwargs)
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
         _no_sdk_retries(kwargs)
@@ -192,7 +198,7 @@ class GovernedLiteLLM:
         """Governed ``litellm.aembedding``; same arguments, same return value."""
         if _inside():
             return await self._aembedding(*args, **kwargs)
-        kwargs = _named(args, kwargs, "input")
+        kwargs = self._named("aembedding", args, kwargs)
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
         _no_sdk_retries(kwargs)
@@ -206,6 +212,31 @@ class GovernedLiteLLM:
             _INSIDE.reset(token)
         await self.governor.aend_call(admission, embedding_result(request, response))
         return response
+
+    def _named(
+        self, call: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The arguments of ``call`` as keywords, named as its function names
+        them (read once per function)."""
+        names = self._positional.get(call)
+        if names is None:
+            names = self._positional[call] = self._positional_names(call)
+        return _named(call, args, kwargs, names)
+
+    def _positional_names(self, call: str) -> tuple[str, ...]:
+        """What the function wrapped for ``call`` takes by position.
+
+        LiteLLM's ``aembedding(*args, **kwargs)`` hands them to ``embedding``,
+        whose names it takes. A function whose first two are not the model
+        and the messages (or input) is taken to accept only those two.
+        """
+        names = _positionals(getattr(self, f"_{call}"))
+        if names is None and call == "aembedding":
+            names = _positionals(self._embedding)
+        second = "input" if call.endswith("embedding") else "messages"
+        if not names or names[:2] != ("model", second):
+            return ("model", second)
+        return names
 
     def _embedding_request(self, kwargs: Mapping[str, Any]) -> CallRequest:
         return embedding_request(
@@ -401,6 +432,7 @@ class GovernedLiteLLM:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
         admission = self.governor.begin_call(request)
+        wants_usage = _asks_for_usage(kwargs)
         _apply(admission, kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -412,7 +444,8 @@ class GovernedLiteLLM:
             _INSIDE.reset(token)
         saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
-            return _SyncStream(self.governor, admission, response, saver), Decimal(0)
+            stream = _SyncStream(self.governor, admission, response, saver, wants_usage)
+            return stream, Decimal(0)
         try:
             result = _result(response, request)
         except Exception as exc:  # answered, but unreadable: charge the hold
@@ -431,6 +464,7 @@ class GovernedLiteLLM:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
         admission = await self.governor.abegin_call(request)
+        wants_usage = _asks_for_usage(kwargs)
         _apply(admission, kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -443,7 +477,9 @@ class GovernedLiteLLM:
             _INSIDE.reset(token)
         saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
-            stream = _AsyncStream(self.governor, admission, response, saver)
+            stream = _AsyncStream(
+                self.governor, admission, response, saver, wants_usage
+            )
             return stream, Decimal(0)
         try:
             result = _result(response, request)
@@ -639,15 +675,47 @@ def active_instrumentation() -> Instrumentation | None:
 _PROMPT_PARTS = ("tools", "functions", "response_format")
 
 
-def _named(args: Sequence[Any], kwargs: dict[str, Any], second: str) -> dict[str, Any]:
-    """LiteLLM's ``(model, <second>, ...)`` positional arguments as keywords."""
+def _named(
+    call: str, args: Sequence[Any], kwargs: dict[str, Any], names: Sequence[str]
+) -> dict[str, Any]:
+    """LiteLLM's positional arguments of ``call`` as keywords.
+
+    ``names`` are the parameters the wrapped function takes by position,
+    ``(model, messages, ...)`` or ``(model, input, ...)``.
+    """
+    if len(args) > len(names):
+        raise TypeError(
+            f"{call}() got {len(args)} positional arguments, but the function "
+            f"it wraps takes {len(names)} by position ({', '.join(names)}): "
+            "pass the others by name, such as timeout=..."
+        )
     named = dict(kwargs)
-    for name, value in zip(("model", second), args, strict=False):
+    for name, value in zip(names, args, strict=False):
+        if name in named:
+            raise TypeError(f"{call}() got multiple values for argument {name!r}")
         named[name] = value
-    if "model" not in named or second not in named:
-        call = "completion" if second == "messages" else "embedding"
-        raise TypeError(f"{call}() needs model= and {second}=")
+    if "model" not in named or names[1] not in named:
+        raise TypeError(f"{call}() needs model= and {names[1]}=")
     return named
+
+
+def _positionals(function: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The parameters ``function`` takes by position, in order; None when it
+    takes ``*args`` alone."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read
+        return ()
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    names = tuple(p.name for p in parameters if p.kind in positional)
+    if not names and any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    ):
+        return None
+    return names
 
 
 def _fallback_attempts(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -770,8 +838,17 @@ def _no_sdk_retries(kwargs: dict[str, Any]) -> None:
         kwargs["max_retries"] = 0
 
 
+def _asks_for_usage(kwargs: Mapping[str, Any]) -> bool:
+    """True when the caller's own ``stream_options`` ask for the usage chunk."""
+    options = kwargs.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
 def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
     """Send the ceiling the governor reserved for, and ask streams for usage.
+
+    The usage chunk that a stream then ends with is passed on only to a
+    caller that asked for it (see :meth:`_StreamSettler._held_back`).
 
     ``cache=False`` (the governor's opt-out) is sent in LiteLLM's form, which
     takes only a mapping there; the SDK's retries are off unless the caller
@@ -1050,17 +1127,37 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 class _StreamSettler:
-    """Collects chunks and turns them into usage at the end of a stream."""
+    """Collects chunks and turns them into usage at the end of a stream.
 
-    def __init__(self, governor: Governor, admission: Admission, saver: _Saver) -> None:
+    Every chunk is kept for settlement. A chunk with no choices (the usage
+    chunk the governor asked for) is held back from a caller whose own
+    ``stream_options`` did not ask for usage: code reading
+    ``chunk.choices[0]`` would fail on it.
+    """
+
+    def __init__(
+        self,
+        governor: Governor,
+        admission: Admission,
+        inner: Any,
+        saver: _Saver,
+        wants_usage: bool,
+    ) -> None:
         self.governor = governor
         self.admission = admission
         self.saver = saver
         self.chunks: list[Any] = []
         self.error: BaseException | None = None
         self.complete = False  # read to its end: only then is the answer whole
+        self._inner = inner
+        self._wants_usage = wants_usage
         self._ceiling = _StreamCeiling(admission)
         admission.task.open_streams[admission.call_id] = self
+
+    def _held_back(self, chunk: Any) -> bool:
+        """Keep ``chunk`` for settlement; True if the caller must not get it."""
+        self.chunks.append(chunk)
+        return not self._wants_usage and not getattr(chunk, "choices", None)
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache.
@@ -1080,9 +1177,11 @@ class _StreamSettler:
             return _failed(self.admission.request, self.error)
         text = "".join(_delta_text(c) for c in self.chunks)
         request = self.admission.request
-        reported = read_usage(
-            lambda: usage_from_stream_chunks(self.chunks), request.model
-        )
+        reported = None
+        if not self._counted_by_litellm():
+            reported = read_usage(
+                lambda: usage_from_stream_chunks(self.chunks), request.model
+            )
         output = "".join(part for c in self.chunks for part in _delta_parts(c))
         usage = settled_usage(
             reported,
@@ -1102,9 +1201,46 @@ class _StreamSettler:
         return CallResult(
             usage=usage,
             response_model=model,
+            finish_reasons=_stream_finish_reasons(self.chunks),
             error=self.error,
             output_text=text or None,
         )
+
+    def _counted_by_litellm(self) -> bool:
+        """True when LiteLLM made the stream's usage up from its own count.
+
+        Asked for usage, LiteLLM's stream wrapper ends every stream read to
+        its end with a usage chunk: the provider's numbers or, when none of
+        the chunks it received (its ``chunks`` list, which it computes that
+        usage from) carried any, its own token count. Such usage is settled
+        as missing: counted here and marked estimated.
+        """
+        received = getattr(self._inner, "chunks", None)
+        if not self.complete or not isinstance(received, list):
+            return False
+        return not any(_carries_usage(chunk) for chunk in received)
+
+
+def _carries_usage(chunk: Any) -> bool:
+    """True when a chunk LiteLLM received carried the provider's usage."""
+    usage = getattr(chunk, "usage", None)
+    if usage is None:
+        hidden = getattr(chunk, "_hidden_params", None)
+        usage = hidden.get("usage") if isinstance(hidden, Mapping) else None
+    # LiteLLM marks a stream it had no usage for with UnreportedUsage.
+    return usage is not None and type(usage).__name__ != "UnreportedUsage"
+
+
+def _stream_finish_reasons(chunks: Sequence[Any]) -> tuple[str, ...]:
+    """Each choice's last finish reason, in choice order (as for an answer)."""
+    reasons: dict[int, str] = {}
+    for chunk in chunks:
+        for position, choice in enumerate(getattr(chunk, "choices", None) or ()):
+            reason = getattr(choice, "finish_reason", None)
+            index = getattr(choice, "index", None)
+            if reason:
+                reasons[index if isinstance(index, int) else position] = str(reason)
+    return tuple(reasons[index] for index in sorted(reasons))
 
 
 @contextlib.contextmanager
@@ -1149,18 +1285,70 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     The request reached the provider, which may answer it in full and bill
     it although nobody reads the answer; only the hold bounds that bill.
     """
-    if not interrupted_after_sending(error) and not _unparsed_answer(error):
+    if not interrupted_after_sending(error) and not _unparsed_answer(error, request):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
 
 
-def _unparsed_answer(error: BaseException) -> bool:
-    """LiteLLM got an answer it could not read (malformed usage, say).
+# What LiteLLM says of a 200 answer it could not read: malformed usage, and
+# a body that is not JSON at all (an HTML page sent as text/html).
+_UNREADABLE = ("Invalid response object", "Empty or invalid response from LLM")
 
-    It raises that as a server error, yet the provider answered and may bill
-    it: such a call is charged its hold, like an answer read but unusable.
+
+def _unparsed_answer(error: BaseException, request: CallRequest) -> bool:
+    """LiteLLM got an answer it could not read (malformed usage, a body or a
+    first stream event that is not JSON).
+
+    It raises that as a server error (status 500), yet the provider answered
+    and may bill it: such a call is charged its hold, like an answer read but
+    unusable. A provider's error answer (a 429, a 5xx, whatever its body)
+    has httpx's status error in the exception's chain and stays free, as
+    does JSON that LiteLLM failed to decode before sending (a tool call's
+    arguments in the messages), told by its text.
     """
-    return "Invalid response object" in str(error)
+    if any(words in str(error) for words in _UNREADABLE):
+        return True
+    causes = _causes(error)
+    if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
+        return False
+    return any(
+        isinstance(cause, json.JSONDecodeError) and not _sent(cause.doc, request)
+        for cause in causes
+    )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and every exception it was raised from or while handling."""
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+    return found
+
+
+def _sent(text: str, request: CallRequest) -> bool:
+    """True when ``text`` is part of the request: JSON the caller sent."""
+    return bool(text.strip()) and any(
+        text in part for part in _texts((request.messages, request.extra_prompt))
+    )
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string in a request part: messages, tools, response format."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+    elif callable(getattr(value, "model_dump", None)):
+        yield from _texts(value.model_dump())
 
 
 def _stopped_plainly(chunks: Sequence[Any]) -> bool:
@@ -1257,22 +1445,35 @@ class _SyncStream(_StreamSettler):
     """
 
     def __init__(
-        self, governor: Governor, admission: Admission, inner: Any, saver: _Saver
+        self,
+        governor: Governor,
+        admission: Admission,
+        inner: Any,
+        saver: _Saver,
+        wants_usage: bool,
     ) -> None:
-        super().__init__(governor, admission, saver)
-        self._inner = inner
+        super().__init__(governor, admission, inner, saver, wants_usage)
         self._source: Iterator[Any] | None = None
 
     def __iter__(self) -> _SyncStream:
         return self
 
     def __next__(self) -> Any:
+        chunk = self._read()
+        while self._held_back(chunk):
+            chunk = self._read()
+        if self._ceiling.passed(chunk):
+            self.close()  # the chunk is served; the next read ends the stream
+        return chunk
+
+    def _read(self) -> Any:
+        """The provider's next chunk; settles the call when the stream ends."""
         if self.admission.settled:
             raise StopIteration
         if self._source is None:
             self._source = iter(self._inner)
         try:
-            chunk = next(self._source)
+            return next(self._source)
         except StopIteration:
             self.complete = True
             self._finish()
@@ -1281,10 +1482,6 @@ class _SyncStream(_StreamSettler):
             self.error = exc
             self._finish()
             raise
-        self.chunks.append(chunk)
-        if self._ceiling.passed(chunk):
-            self.close()  # the chunk is served; the next read ends the stream
-        return chunk
 
     def close(self) -> None:
         """Stop reading: close the provider's stream, settle what arrived."""
@@ -1340,22 +1537,35 @@ class _AsyncStream(_StreamSettler):
     """Async form of :class:`_SyncStream`."""
 
     def __init__(
-        self, governor: Governor, admission: Admission, inner: Any, saver: _Saver
+        self,
+        governor: Governor,
+        admission: Admission,
+        inner: Any,
+        saver: _Saver,
+        wants_usage: bool,
     ) -> None:
-        super().__init__(governor, admission, saver)
-        self._inner = inner
+        super().__init__(governor, admission, inner, saver, wants_usage)
         self._source: AsyncIterator[Any] | None = None
 
     def __aiter__(self) -> _AsyncStream:
         return self
 
     async def __anext__(self) -> Any:
+        chunk = await self._aread()
+        while self._held_back(chunk):
+            chunk = await self._aread()
+        if self._ceiling.passed(chunk):
+            await self.aclose()  # the chunk is served; the next read ends it
+        return chunk
+
+    async def _aread(self) -> Any:
+        """The provider's next chunk; settles the call when the stream ends."""
         if self.admission.settled:
             raise StopAsyncIteration
         if self._source is None:
             self._source = aiter(self._inner)
         try:
-            chunk = await anext(self._source)
+            return await anext(self._source)
         except StopAsyncIteration:
             self.complete = True
             await self._afinish()
@@ -1364,10 +1574,6 @@ class _AsyncStream(_StreamSettler):
             self.error = exc
             await self._afinish()
             raise
-        self.chunks.append(chunk)
-        if self._ceiling.passed(chunk):
-            await self.aclose()  # the chunk is served; the next read ends it
-        return chunk
 
     async def aclose(self) -> None:
         """Stop reading: close the provider's stream, settle what arrived."""
