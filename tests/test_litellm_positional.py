@@ -106,3 +106,35 @@ def test_positionals_a_wrapped_function_cannot_take_are_refused() -> None:
     with gov.task(), pytest.raises(TypeError, match="multiple values"):
         llm.completion("gpt-4o-mini", MESSAGES, model="gpt-4o")
     assert sent == []
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_stream_options_that_are_not_a_mapping_are_refused_before_admission(
+    use_async: bool,
+) -> None:
+    """Nothing is held or sent: the next call in the task still gets its slot."""
+    from governor import ConfigError, Fanout, Policy
+
+    gov = Governor(Policy(fanout=Fanout(max_inflight_calls=1, on_cap="refuse")))
+    llm = GovernedLiteLLM(gov)
+    kwargs: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "mock_response": "ok",
+        "max_tokens": 5,
+    }
+
+    async def both() -> Any:
+        with pytest.raises(ConfigError, match="stream_options must be a mapping"):
+            await llm.acompletion(**kwargs, stream=True, stream_options=True)
+        return await llm.acompletion(**kwargs)
+
+    with gov.task() as task:
+        if use_async:
+            answer = asyncio.run(both())
+        else:
+            with pytest.raises(ConfigError, match="stream_options must be a mapping"):
+                llm.completion(**kwargs, stream=True, stream_options=True)
+            answer = llm.completion(**kwargs)
+    assert answer.choices[0].message.content == "ok"
+    assert (task.report().calls, task.report().refused) == (1, 0)

@@ -741,6 +741,7 @@ def _falling_back(attempt: Mapping[str, Any], error: Exception) -> None:
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
     model = str(kwargs["model"])
     messages = list(kwargs["messages"])
+    _check_stream_options(kwargs.get("stream_options"))
     max_tokens = _largest(kwargs, "max_tokens", "max_completion_tokens")
     extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs} or None
 
@@ -759,6 +760,17 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         choices=_largest(kwargs, "n") or 1,
         provider=named_provider(kwargs),
         skippable=_IN_CASCADE.get(),
+    )
+
+
+def _check_stream_options(options: object) -> None:
+    """Refuse stream options the governor could not add usage to, before
+    the call is admitted (a hold taken then would be left behind)."""
+    if options is None or isinstance(options, Mapping):
+        return
+    raise ConfigError(
+        f"stream_options must be a mapping such as {{'include_usage': True}}, "
+        f"got {type(options).__name__} {options!r}"
     )
 
 
