@@ -257,3 +257,39 @@ def test_an_hour_across_a_half_hour_clock_change_contains_now() -> None:
     assert window.key_suffix != before.key_suffix
     parsed = parse_line_key("team:a" + window.key_suffix)
     assert parsed.starts_at == window.starts_at
+
+
+def test_a_whole_session_line_ends_30_days_after_its_last_call() -> None:
+    """Sessions come and go: their total lines expire; a user's total does not."""
+    from governor.budgets import SESSION_TTL_S
+
+    budgets = [Budget(scope="session", max_usd="1"), Budget(scope="user", max_usd="9")]
+    when = datetime(2026, 6, 1, tzinfo=UTC)
+    specs = lines_for(budgets, {"session": "s", "user": "u"}, "t", when)
+    ttls = {spec.key: spec.line().ttl_s for spec in specs}
+    assert ttls == {"session:s": SESSION_TTL_S, "user:u": None}
+    assert SESSION_TTL_S == 30 * 86400
+
+
+def test_an_idle_session_line_expires_in_the_memory_ledger() -> None:
+    """The memory ledger forgets a session line once its lease is over."""
+    from governor import CallRequest, CallResult, Governor, Policy
+    from governor.budgets import SESSION_TTL_S
+    from governor.pricing import Usage
+    from governor.stores import MemoryLedger
+
+    now = [1000.0]
+    ledger = MemoryLedger(clock=lambda: now[0])
+    gov = Governor(
+        Policy(budgets=[Budget(scope="session", max_usd="1")]), ledger=ledger
+    )
+    request = CallRequest(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        max_output_tokens=5,
+    )
+    with gov.task(session="s1"):
+        gov.end_call(gov.begin_call(request), CallResult(usage=Usage(3, 2)))
+    assert ledger.balance("session:s1") is not None
+    now[0] += SESSION_TTL_S + 1
+    assert ledger.balance("session:s1") is None

@@ -10,6 +10,7 @@ from governor.budgets._periods import (
 )
 from governor.budgets._scopes import (
     DEFAULT_TASK_TTL_S,
+    SESSION_TTL_S,
     LineSpec,
     RollingLine,
     lines_for,
@@ -18,6 +19,7 @@ from governor.budgets._scopes import (
 __all__ = [
     "DEFAULT_TASK_TTL_S",
     "ROLLING_BUCKETS",
+    "SESSION_TTL_S",
     "KeyWindow",
     "LineSpec",
     "RollingLine",

@@ -20,10 +20,21 @@ from governor.budgets._periods import Window, window_for
 from governor.policies import SCOPES, Budget, Scope
 from governor.stores import Line
 
-__all__ = ["DEFAULT_TASK_TTL_S", "LineSpec", "RollingLine", "lines_for"]
+__all__ = [
+    "DEFAULT_TASK_TTL_S",
+    "SESSION_TTL_S",
+    "LineSpec",
+    "RollingLine",
+    "lines_for",
+]
 
 DEFAULT_TASK_TTL_S: Final = 86400.0
 """How long a task's line outlives its last change: a day, for reports."""
+
+SESSION_TTL_S: Final = 30 * 86400.0
+"""How long a session's whole-session line (period ``total``) outlives its
+last change: a conversation idle for 30 days starts afresh. Sessions come
+and go like tasks, so without an end their lines would pile up for ever."""
 
 _ORDER: Final = {scope: index for index, scope in enumerate(SCOPES)}
 
@@ -71,6 +82,8 @@ class LineSpec:
         ttl_s = self.window.ttl_s
         if self.scope == "task":
             ttl_s = task_ttl_s
+        elif self.scope == "session" and ttl_s is None:
+            ttl_s = SESSION_TTL_S
         if self.window.window_s is not None:
             return RollingLine(
                 self.key,
