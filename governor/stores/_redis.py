@@ -37,6 +37,10 @@ call raises :class:`governor.StoreUnavailable`. A server that refuses a step
 (``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``) raises it at once,
 naming the refusal and what to change. Wrap the ledger in
 :class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
+A full connection pool is no outage: a step that finds every connection busy
+for ``pool_timeout_s`` raises :class:`PoolExhausted` (not StoreUnavailable,
+so the failover does not mark the store down), and a settle or release that
+keeps finding it full is written by the background retries instead.
 Retries are safe: a retried reserve finds its hold id and admits once, a
 retried settle finds the id settled and charges once.
 
@@ -53,13 +57,14 @@ import functools
 import inspect
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aredis
@@ -70,13 +75,18 @@ from redis.retry import Retry
 from tenacity import (
     AsyncRetrying,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
-from governor._errors import ConfigError, StoreUnavailable
+from governor._errors import (
+    ConfigError,
+    GovernorError,
+    SlotUnavailable,
+    StoreUnavailable,
+)
 from governor.stores._base import Balance, Line, Refusal
 from governor.stores._retry import Retrier
 
@@ -86,6 +96,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_REDIS_URL",
     "MAX_EXACT",
+    "PoolExhausted",
     "RedisConfig",
     "RedisConnections",
     "RedisLedger",
@@ -113,6 +124,83 @@ _TRANSIENT: Final = (
     redis.exceptions.ClusterDownError,
 )
 
+_POOL_EMPTY: Final = "No connection available"
+"""How redis-py's blocking pools (sync and asyncio) say none came free in time."""
+_MUST_LAND: Final = frozenset({"settle", "release"})
+"""Steps that must reach Redis in the end: their callers queue them on
+StoreUnavailable, so a full pool raises that for them (see PoolBusy)."""
+_POOL_WARN_EVERY_S: Final = 60.0
+"""At most one warning this often about steps a full pool sent to the background."""
+
+
+class PoolExhausted(SlotUnavailable):
+    """No connection of the Redis pool came free within ``pool_timeout_s``.
+
+    Redis itself answers: the process runs more Redis steps at once than
+    ``RedisConfig.max_connections``. This is not an outage, so the failover
+    does not mark the store down; the step was not sent, and a governed call
+    that needed it is refused before it is sent. A
+    :class:`~governor.SlotUnavailable` (and so a ``TimeoutError``): the slot
+    that stayed busy is a pooled connection.
+
+    Attributes:
+        key: the pool's Redis URL, password hidden.
+        limit: the pool's size (``max_connections``).
+        timeout_s: how long the step waited (``pool_timeout_s``).
+        step: the step that could not run, e.g. ``"reserve"``.
+    """
+
+    code = "store_pool_exhausted"
+
+    def __init__(self, url: str, step: str, limit: int, timeout_s: float) -> None:
+        self.key = url
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.step = step
+        GovernorError.__init__(self, _pool_message(url, step, limit, timeout_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "step": self.step}
+
+
+class PoolBusy(StoreUnavailable):
+    """A settle or release that a full pool kept from Redis, for a while.
+
+    Raised instead of :class:`PoolExhausted` for steps that must reach Redis
+    in the end, so that callers which queue a step on StoreUnavailable (slot
+    releases) queue it. :class:`RedisLedger` writes its own settles and
+    releases in the background instead, so the failover never sees one.
+    """
+
+
+def _pool_message(url: str, step: str, limit: int, timeout_s: float) -> str:
+    return (
+        f"the Redis connection pool for {url} is exhausted: all {limit} "
+        f"connection(s) stayed busy for {timeout_s} s, so {step} was not sent. "
+        "Redis itself is not known to be down: this process runs more Redis "
+        "steps at once than its pool holds. Raise RedisConfig.max_connections "
+        "(one per call in flight, per process and per event loop) or "
+        "RedisConfig.pool_timeout_s, or run fewer calls at once."
+    )
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """Whether redis-py gave up waiting for a free connection of its pool."""
+    return isinstance(exc, redis.exceptions.ConnectionError) and str(exc).startswith(
+        _POOL_EMPTY
+    )
+
+
+def _retryable(exc: BaseException, what: str) -> bool:
+    """A transient error worth another try of the step ``what``.
+
+    A full pool was waited for already (``pool_timeout_s``): only a step
+    that must land waits for it again.
+    """
+    if _pool_exhausted(exc):
+        return what in _MUST_LAND
+    return isinstance(exc, _TRANSIENT)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
@@ -123,14 +211,19 @@ class RedisConfig:
             TLS, or ``unix://``.
         max_connections: size of the blocking connection pool (per process,
             and per event loop for asyncio callers); callers beyond it wait.
-        pool_timeout_s: how long a caller waits for a free connection.
+        pool_timeout_s: how long a caller waits for a free connection (0:
+            not at all); then its step raises :class:`PoolExhausted`.
         socket_timeout_s: how long one command may take before it counts as
-            failed (a slow Redis is treated like an unreachable one).
-        connect_timeout_s: how long opening a connection may take.
+            failed (a slow Redis is treated like an unreachable one); above 0.
+        connect_timeout_s: how long opening a connection may take; above 0.
         attempts: tries per step for transient errors (1 = no retry).
         retry_wait_s: wait before the first retry; doubles, with jitter.
         connection_kwargs: passed to redis-py's connections, e.g.
             ``{"ssl_ca_certs": "ca.pem"}`` for ``rediss://``.
+
+    Every value is checked when the config is made (and the URL's port,
+    database and option values with it), so a bad one raises
+    :class:`~governor.ConfigError` at once rather than at the first call.
     """
 
     url: str = DEFAULT_REDIS_URL
@@ -143,30 +236,83 @@ class RedisConfig:
     connection_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.url, str):
+            raise ConfigError(
+                f"RedisConfig.url must be a string such as {DEFAULT_REDIS_URL!r}, "
+                f"got {type(self.url).__name__}"
+            )
         scheme = urlsplit(self.url).scheme.lower()
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
                 f"url {redact_url(self.url)!r} is not a Redis URL; use "
                 "redis://[:password@]host:port/db, rediss://... or unix://..."
             )
-        if self.max_connections < 1 or self.attempts < 1:
-            raise ConfigError(
-                "max_connections and attempts must be at least 1, got "
-                f"{self.max_connections} and {self.attempts}"
-            )
+        _check_count("max_connections", self.max_connections, "50")
+        _check_count("attempts", self.attempts, "3")
+        for name, zero_ok, example in _SECONDS:
+            _check_seconds(name, getattr(self, name), zero_ok, example)
         check_url_options(self.url)
 
 
-def check_url_options(url: str) -> None:
-    """Refuse a Redis URL whose query names no option redis-py knows.
+# RedisConfig's durations: name, whether 0 is allowed, and an example. A
+# socket timeout of 0 would make each socket non-blocking: a read would fail
+# whenever the reply is not there yet.
+_SECONDS: Final = (
+    ("pool_timeout_s", True, "5.0 (0: refuse at once when every connection is busy)"),
+    ("socket_timeout_s", False, "2.0"),
+    ("connect_timeout_s", False, "2.0"),
+    ("retry_wait_s", True, "0.05 (0: retry at once)"),
+)
 
-    redis-py hands unknown query options to each new connection, so a typo
-    (or ``?prefix=...``) would surface only at the first command, as a
-    ``TypeError`` from deep inside the client.
+
+def _check_count(name: str, value: object, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"RedisConfig.{name} must be a whole number of at least 1, such as "
+            f"{example}; got {value!r}"
+        )
+
+
+def _check_seconds(name: str, value: object, zero_ok: bool, example: str) -> None:
+    if _usable(value, zero_ok):
+        return
+    least = "0 or more" if zero_ok else "above 0"
+    raise ConfigError(
+        f"RedisConfig.{name} must be a finite number of seconds {least}, such "
+        f"as {example}; got {value!r}"
+    )
+
+
+def _usable(value: object, zero_ok: bool) -> bool:
+    """A finite number above zero (or zero when ``zero_ok``); no bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and (value > 0 or (zero_ok and value == 0))
+
+
+def check_url_options(url: str) -> None:
+    """Refuse a Redis URL that redis-py would reject, or misread, only later.
+
+    redis-py reads the URL when a pool is made and hands unknown query
+    options to each new connection, so a typo (or ``?prefix=...``) would
+    surface only at the first command, as a ``TypeError`` from deep inside
+    the client; a port or an option value that does not parse, as a
+    ``ValueError``; and a database that is not a number (``/abc``) would
+    select database 0 without a word.
 
     Raises:
-        ConfigError: an option that no redis-py connection or pool takes.
+        ConfigError: an option that no redis-py connection or pool takes, a
+            value it cannot use, a port that is not a number, or a database
+            that is not a whole number.
     """
+    _check_option_names(url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() in ("redis", "rediss"):
+        _check_port_and_db(url)
+    _check_option_values(url)
+
+
+def _check_option_names(url: str) -> None:
     given = {name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
     unknown = sorted(given - _url_options())
     if not unknown:
@@ -178,6 +324,72 @@ def check_url_options(url: str) -> None:
         f"url {redact_url(url)!r} sets {', '.join(unknown)}, which redis-py does "
         f"not take as a connection option{hint}"
     )
+
+
+def _check_port_and_db(url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(
+            f"url {redact_url(url)!r} has a port that is not a number from 1 "
+            "to 65535; write it as redis://host:6379/0"
+        ) from None
+    db = unquote(parts.path).replace("/", "")
+    if db and not _DB_INDEX.fullmatch(db):
+        raise ConfigError(
+            f"url {redact_url(url)!r} names database {db!r}; the path must be a "
+            "database index, a whole number from 0 (redis://host:6379/0), or "
+            "left out for database 0"
+        )
+
+
+_DB_INDEX: Final = re.compile(r"[0-9]+")
+
+# Query options whose values redis-py would accept but cannot use: the least
+# value allowed (above zero when the flag is False, zero or more when True).
+_URL_RANGES: Final = {
+    "socket_timeout": False,
+    "socket_connect_timeout": False,
+    "timeout": True,
+    "max_connections": False,
+    "db": True,
+}
+
+
+def _check_option_values(url: str) -> None:
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    for name, values in parse_qs(urlsplit(url).query).items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if not callable(parser):
+            continue
+        try:
+            if _in_range(name, parser(values[0])):
+                continue
+        except (TypeError, ValueError):
+            pass  # refused below, as a value out of range is
+        raise ConfigError(
+            f"url {redact_url(url)!r} sets {name}={values[0]!r}, which redis-py "
+            f"cannot use: give {_URL_WANTS.get(name, 'a value of the right kind')}"
+        )
+
+
+_URL_WANTS: Final = {
+    "socket_timeout": "a number of seconds above 0, such as 2",
+    "socket_connect_timeout": "a number of seconds above 0, such as 2",
+    "timeout": "a number of seconds, 0 or more, such as 5",
+    "max_connections": "a whole number of at least 1, such as 50",
+    "db": "a database index, a whole number from 0",
+    "health_check_interval": "a whole number of seconds, such as 10",
+    "socket_read_size": "a whole number of bytes",
+    "protocol": "2 or 3",
+}
+
+
+def _in_range(name: str, value: object) -> bool:
+    zero_ok = _URL_RANGES.get(name)
+    return zero_ok is None or _usable(value, zero_ok)
 
 
 @functools.cache
@@ -209,9 +421,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
+    host = parts.netloc.rpartition("@")[2]  # host and port as written
+    netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
@@ -330,15 +541,15 @@ class RedisConnections:
         try:
             return op()
         except _TRANSIENT as exc:
-            if self.config.attempts == 1:
-                raise self.unavailable(what, exc) from exc
+            if not self._retry_after(exc, what):
+                raise self._failed(what, exc) from exc
         time.sleep(self.config.retry_wait_s)
         try:
-            for attempt in Retrying(**self._retry_args()):
+            for attempt in Retrying(**self._retry_args(what)):
                 with attempt:
                     return op()
         except _TRANSIENT as exc:
-            raise self.unavailable(what, exc) from exc
+            raise self._failed(what, exc) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acall(self, op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -346,22 +557,61 @@ class RedisConnections:
         try:
             return _unless_cancelled(await op(), before)
         except _TRANSIENT as exc:
-            if self.config.attempts == 1:
-                raise self.unavailable(what, exc) from exc
+            if not self._retry_after(exc, what):
+                raise self._failed(what, exc) from exc
         await asyncio.sleep(self.config.retry_wait_s)
         try:
-            async for attempt in AsyncRetrying(**self._retry_args()):
+            async for attempt in AsyncRetrying(**self._retry_args(what)):
                 with attempt:
                     return _unless_cancelled(await op(), before)
         except _TRANSIENT as exc:
-            raise self.unavailable(what, exc) from exc
+            raise self._failed(what, exc) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _retry_after(self, exc: BaseException, what: str) -> bool:
+        return self.config.attempts > 1 and _retryable(exc, what)
+
+    def _failed(self, what: str, exc: BaseException) -> GovernorError:
+        """The error for a step that failed for good: a full pool, or an outage."""
+        if _pool_exhausted(exc):
+            return self.pool_exhausted(what)
+        return self.unavailable(what, exc)
+
+    def pool_exhausted(self, what: str) -> GovernorError:
+        """The error for a step that found every pooled connection busy.
+
+        :class:`PoolExhausted` (not a StoreUnavailable, so the failover does
+        not count Redis as down), or :class:`PoolBusy` for settles and
+        releases, which their callers must queue rather than drop.
+        """
+        cfg = self.config
+        url = redact_url(cfg.url)
+        if what not in _MUST_LAND:
+            return PoolExhausted(url, what, cfg.max_connections, cfg.pool_timeout_s)
+        error = PoolBusy(
+            _pool_message(url, what, cfg.max_connections, cfg.pool_timeout_s)
+        )
+        error.cause = (
+            f"{what} failed: connection pool exhausted (all {cfg.max_connections} "
+            f"connection(s) busy for {cfg.pool_timeout_s} s)"
+        )
+        error.advice = (
+            "Raise RedisConfig.max_connections or pool_timeout_s, or run fewer "
+            "calls at once"
+        )
+        return error
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         """Build the error raised when Redis cannot be reached or refuses."""
         url = redact_url(self.config.url)
         reason = _reason(exc)
         advice = refusal_advice(exc)
+        if str(exc).startswith(_DB_OUT_OF_RANGE):
+            advice = (
+                f"The URL selects database {_url_db(self.config.url)}, which this "
+                "server does not have: use an index below its 'databases' "
+                "setting (0 to 15 by default)"
+            )
         if advice is None or isinstance(exc, redis.exceptions.ReadOnlyError):
             what_happened = (
                 f"did not answer {what} after {self.config.attempts} attempt(s)"
@@ -397,14 +647,14 @@ class RedisConnections:
             await side.client.aclose()
             await side.client.connection_pool.disconnect()
 
-    def _retry_args(self) -> dict[str, Any]:
+    def _retry_args(self, what: str) -> dict[str, Any]:
         return {
             "stop": stop_after_attempt(self.config.attempts - 1),
             # Exponential from retry_wait_s, plus jitter so workers do not
             # retry in lockstep.
             "wait": wait_exponential(multiplier=self.config.retry_wait_s, max=1.0)
             + wait_random(0, self.config.retry_wait_s),
-            "retry": retry_if_exception_type(_TRANSIENT),
+            "retry": retry_if_exception(functools.partial(_retryable, what=what)),
             "reraise": True,
         }
 
@@ -485,6 +735,7 @@ class RedisLedger:
         self._late_lock = threading.Lock()
         self._late_count = 0
         self._late_warned_at = -math.inf
+        self._pool_warned_at = -math.inf
 
     @property
     def connections(self) -> RedisConnections:
@@ -513,7 +764,12 @@ class RedisLedger:
         """Charge the actual spend and drop the hold; a repeat is a no-op."""
         rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
         script = self._conn.script(_SETTLE_LUA)
-        reply = self._conn.call(lambda: script(rkeys, args), "settle")
+        try:
+            reply = self._conn.call(lambda: script(rkeys, args), "settle")
+        except PoolBusy as exc:
+            again = functools.partial(self.settle, hold_id, keys, nanos, tokens)
+            self._write_later(f"settle:{hold_id}", again, exc)
+            return
         self._check_settle(reply, hold_id, keys)
 
     def release(self, hold_id: str) -> None:
@@ -521,7 +777,11 @@ class RedisLedger:
         script = self._conn.script(_RELEASE_LUA)
         keys, args = self._hold_args(hold_id)
         args.append(self._settled_ms)
-        self._conn.call(lambda: script(keys, args), "release")
+        try:
+            self._conn.call(lambda: script(keys, args), "release")
+        except PoolBusy as exc:
+            again = functools.partial(self.release, hold_id)
+            self._write_later(f"release:{hold_id}", again, exc)
 
     def renew(self, hold_id: str, ttl_s: float) -> bool:
         """Make a live hold expire ``ttl_s`` from now; False if it is gone."""
@@ -606,7 +866,12 @@ class RedisLedger:
         """Async form of :meth:`settle`."""
         rkeys, args = self._settle_args(hold_id, keys, nanos, tokens)
         script = self._conn.ascript(_SETTLE_LUA)
-        reply = await self._conn.acall(lambda: script(rkeys, args), "settle")
+        try:
+            reply = await self._conn.acall(lambda: script(rkeys, args), "settle")
+        except PoolBusy as exc:
+            again = functools.partial(self.settle, hold_id, keys, nanos, tokens)
+            self._write_later(f"settle:{hold_id}", again, exc)
+            return
         self._check_settle(reply, hold_id, keys)
 
     async def arelease(self, hold_id: str) -> None:
@@ -614,7 +879,11 @@ class RedisLedger:
         script = self._conn.ascript(_RELEASE_LUA)
         keys, args = self._hold_args(hold_id)
         args.append(self._settled_ms)
-        await self._conn.acall(lambda: script(keys, args), "release")
+        try:
+            await self._conn.acall(lambda: script(keys, args), "release")
+        except PoolBusy as exc:
+            again = functools.partial(self.release, hold_id)
+            self._write_later(f"release:{hold_id}", again, exc)
 
     async def arenew(self, hold_id: str, ttl_s: float) -> bool:
         """Async form of :meth:`renew`."""
@@ -662,6 +931,30 @@ class RedisLedger:
     async def aclose(self) -> None:
         """Close the running event loop's connection pool."""
         await self._conn.aclose()
+
+    # -- a full pool -----------------------------------------------------
+
+    def _write_later(self, key: str, write: Callable[[], None], exc: PoolBusy) -> None:
+        """Write a settle or release that a full pool kept from Redis later.
+
+        Redis answers, so this is no outage for the failover to act on: the
+        background retries (``connections.retries``, which
+        ``Governor.close`` waits for) write it with the sync pool once a
+        connection is free. It is idempotent per hold id, and until it lands
+        the hold keeps its room, so no budget is overspent meanwhile.
+        """
+        self._conn.retries.add(f"{self.ns}{key}", write)
+        now = time.monotonic()
+        with self._late_lock:
+            if now - self._pool_warned_at < _POOL_WARN_EVERY_S:
+                return
+            self._pool_warned_at = now
+        logger.warning(
+            "%s The %s is written in the background once a connection is free "
+            "(at most one such warning a minute).",
+            exc,
+            key.split(":", 1)[0],
+        )
 
     # -- replies (no I/O) ------------------------------------------------
 
@@ -761,8 +1054,14 @@ _REFUSALS: Final = {
         "Redis is busy running another client's slow script: find it with "
         "SLOWLOG GET and stop it with SCRIPT KILL"
     ),
+    "DB": (
+        "The URL selects a database this server does not have: use an index "
+        "below its 'databases' setting (0 to 15 by default)"
+    ),
 }
 _SCRIPT_NOPERM: Final = "can't run this command"
+_DB_OUT_OF_RANGE: Final = "DB index is out of range"
+"""The reply to SELECT of a database the server does not have (at connect)."""
 
 
 def refusal_advice(exc: BaseException) -> str | None:
@@ -779,7 +1078,18 @@ def refusal_advice(exc: BaseException) -> str | None:
         code = "READONLY"
     elif _SCRIPT_NOPERM in text:
         code = "NOPERM"
+    elif text.startswith(_DB_OUT_OF_RANGE):
+        code = "DB"
     return _REFUSALS.get(str(code).upper())
+
+
+def _url_db(url: str) -> str:
+    """The database a Redis URL selects, as written (``?db=`` before the path)."""
+    parts = urlsplit(url)
+    for name, value in parse_qsl(parts.query):
+        if name == "db":
+            return value
+    return unquote(parts.path).replace("/", "") or "0"
 
 
 def _reason(exc: BaseException) -> str:
