@@ -399,12 +399,16 @@ class Governor:
 
     def _tighten(self, request: Any) -> None:
         """Apply an auto-tighten request from the anomaly monitor."""
+        self._tighten_version += 1
+        if request.mode == "restore":  # the episode is over: the limit is back
+            self._factors.pop(request.scope, None)
+            logger.info("spend on %s is back to normal: limit restored", request.scope)
+            return
         if request.mode == "block":
             self._blocked.add(request.scope)
         else:
             factor = self._factors.get(request.scope, 1.0) * request.factor
             self._factors[request.scope] = factor
-        self._tighten_version += 1
         logger.warning(
             "spend anomaly on %s: %s (auto-tighten)", request.scope, request.mode
         )

@@ -223,7 +223,17 @@ def load_policy(spec: str) -> Policy:
         )
     if path.suffix.lower() == ".json":
         try:
-            return Policy(**json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a policy: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: not a policy: a policy file holds one JSON object "
+                f'such as {{"budgets": [{{"max_usd": "1"}}]}}, got a JSON '
+                f"{type(data).__name__}"
+            )
+        try:
+            return Policy(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: not a policy: {exc}") from exc
     return _python_policy(path, name or "POLICY")

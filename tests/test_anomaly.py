@@ -16,6 +16,7 @@ from governor.anomaly import (
     Anomalies,
     AnomalyDetector,
     AnomalyMonitor,
+    Finding,
     scopes_of,
 )
 from governor.spend import SpendRecord
@@ -25,8 +26,13 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def settings(**changes: object) -> Anomalies:
-    """Tokens only, one scope, a five-interval window, no cooldown, no burst."""
+    """Tokens only, one scope, a five-interval window, no cooldown, no burst.
+
+    k = 2 with no count-noise allowance, so thresholds are level + 2 spreads.
+    """
     values: dict[str, object] = {
+        "k": 2.0,
+        "count_noise": False,
         "interval_s": 60,
         "window_intervals": 5,
         "min_history_intervals": 5,
@@ -288,9 +294,10 @@ def test_every_setting_is_described() -> None:
 
 
 def test_defaults_match_the_documentation() -> None:
-    """k = 2 over a 30-interval window of 60 s, burst at 5x over 10 s."""
+    """k = 4 with count noise over a 30-interval window of 60 s, burst at 5x."""
     s = Anomalies()
-    assert (s.k, s.window_intervals, s.interval_s) == (2.0, 30, 60.0)
+    assert (s.k, s.count_noise, s.peers) == (4.0, True, True)
+    assert (s.window_intervals, s.interval_s) == (30, 60.0)
     assert (s.burst_factor, s.burst_window_s, s.cooldown_s) == (5.0, 10.0, 300.0)
 
 
@@ -353,9 +360,10 @@ def bursty(peak_factor: float | None) -> AnomalyDetector:
     return detector
 
 
-def bursts(detector: AnomalyDetector, amount: int) -> list[Alert]:
-    """Feed ``amount`` tokens at second 1 of interval 5; the burst alerts only."""
-    return [a for a in tokens(detector, at(5, 1), amount) if a.rule == "burst"]
+def bursts(detector: AnomalyDetector, amount: int) -> list[Finding]:
+    """Feed ``amount`` tokens at second 1 of interval 5; the burst findings only."""
+    alerts = tokens(detector, at(5, 1), amount)
+    return [f for a in alerts for f in a.findings if f.rule == "burst"]
 
 
 def test_peak_factor_keeps_a_bursty_scope_quiet_on_its_usual_peaks() -> None:

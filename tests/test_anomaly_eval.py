@@ -59,11 +59,16 @@ def test_cli_json_has_defaults_and_both_sweeps(
     assert code == 0
     assert (len(document["sweep"]), len(document["burst_sweep"])) == (9, 3)
     assert [v["label"] for v in document["variants"]] == [
+        "count_noise=False",
         "deviation_baseline=mean",
         "burst_peak_factor=2.5",
     ]
-    assert document["variants"][1]["burst_peak_factor"] == 2.5
-    assert document["defaults"]["k"] == 2.0
+    assert document["variants"][0]["count_noise"] is False
+    assert document["variants"][2]["burst_peak_factor"] == 2.5
+    assert (document["defaults"]["k"], document["defaults"]["count_noise"]) == (
+        4.0,
+        True,
+    )
     assert document["trace"]["scopes"] == {"team:azure_trace_sample": 599}
 
 
@@ -74,10 +79,10 @@ def test_cli_table_is_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].startswith(
         "Trace: team:azure_trace_sample (599 calls); priced as gpt-4o-mini"
     )
-    assert lines[5].startswith("| **defaults** | 2 | 30 | 5 |")
-    # 12 sweep rows, less the two that repeat the defaults, then 2 variants.
-    assert len(lines) == 6 + 10 + 2
-    assert lines[-1].startswith("| burst_peak_factor=2.5 | 2 | 30 | 5 |")
+    assert lines[5].startswith("| **defaults** | 4 | 30 | 5 |")
+    # 12 sweep rows, less the two that repeat the defaults, then 3 variants.
+    assert len(lines) == 6 + 10 + 3
+    assert lines[-1].startswith("| burst_peak_factor=2.5 | 4 | 30 | 5 |")
 
 
 def test_cli_reports_a_missing_path(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,15 @@ def test_bad_scope_names_field_value_and_accepted_forms() -> None:
     assert "task, session, user, team, feature, environment, org" in message
 
 
+def test_bad_failure_mode_says_what_open_does() -> None:
+    """The accepted forms of failure_mode are whole sentences, not cut short."""
+    with pytest.raises(PolicyError) as info:
+        Policy(failure_mode="sideways")  # type: ignore[arg-type]  # a bad value
+    message = str(info.value)
+    assert "'open' admits them under a local shadow budget" in message
+    assert "'closed' refuses calls when the budget store is down" in message
+
+
 def test_negative_limit_is_refused() -> None:
     """A negative dollar limit is a construction error naming max_usd."""
     with pytest.raises(PolicyError, match="max_usd"):

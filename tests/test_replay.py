@@ -211,6 +211,19 @@ def test_an_upper_case_json_suffix_is_read_as_json(tmp_path: Path) -> None:
     assert load_policy(str(policy_file)).name == "upper"
 
 
+@pytest.mark.parametrize(("text", "kind"), [("[1, 2]", "list"), ('"x"', "str")])
+def test_a_json_policy_that_is_not_an_object_says_what_a_policy_is(
+    tmp_path: Path, text: str, kind: str
+) -> None:
+    """A JSON list or string is refused with the form a policy file takes."""
+    from governor import ConfigError
+
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(text)
+    with pytest.raises(ConfigError, match=f"one JSON object .* got a JSON {kind}$"):
+        load_policy(str(policy_file))
+
+
 def test_replay_and_compare_read_the_redis_store_under_prefix(
     redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""Spend anomaly alerts: rolling mean + k standard deviations, and bursts.
+"""Spend anomaly alerts: deviation, burst and peers rules, one alert per episode.
 
 Feed :class:`governor.spend.SpendRecord` values to an :class:`AnomalyMonitor`;
 alerts go to hooks (log, callback, webhook, auto-tighten). The
@@ -7,7 +7,13 @@ alerts go to hooks (log, callback, webhook, auto-tighten). The
 """
 
 from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
-from governor.anomaly._detector import Alert, AnomalyDetector, Rule, scopes_of
+from governor.anomaly._detector import (
+    Alert,
+    AnomalyDetector,
+    Finding,
+    Rule,
+    scopes_of,
+)
 from governor.anomaly._monitor import AnomalyMonitor
 from governor.anomaly._settings import ALERT_SCOPES, AlertScope, Anomalies, Metric
 
@@ -19,6 +25,7 @@ __all__ = [
     "Anomalies",
     "AnomalyDetector",
     "AnomalyMonitor",
+    "Finding",
     "LogHook",
     "Metric",
     "Rule",

@@ -27,15 +27,19 @@ AlertHook = Callable[[Alert], None]
 
 @dataclass(frozen=True, slots=True)
 class Tighten:
-    """A request to lower a scope's budget, or to block the scope.
+    """A request to lower a scope's budget, block the scope, or undo a lowering.
 
     The governor hands it to the ``on_tighten`` callback given to
-    :class:`AnomalyMonitor`; what "lower" means (which budget, by how much
-    of ``factor``) is that callback's job.
+    :class:`AnomalyMonitor`. ``"lower"`` multiplies the scope's limits by
+    ``factor``; ``"block"`` refuses the scope's calls until someone unblocks
+    it. ``"restore"`` comes once the anomaly episode that lowered the scope has
+    ended and undoes that lowering: its ``factor`` is the reciprocal of the
+    lowering's, so a callback that multiplies limits by ``factor`` restores
+    them, and ``alert`` is the alert that lowered the scope.
     """
 
     scope: str
-    mode: Literal["lower", "block"]
+    mode: Literal["lower", "block", "restore"]
     factor: float
     alert: Alert
 

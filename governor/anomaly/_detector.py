@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from itertools import islice, pairwise
@@ -22,23 +22,77 @@ from governor.anomaly._settings import Anomalies, Metric
 from governor.spend._record import SpendRecord
 from governor.spend._time import from_us, to_us
 
-__all__ = ["Alert", "AnomalyDetector", "Rule", "scopes_of"]
+__all__ = ["Alert", "AnomalyDetector", "Finding", "Rule", "scopes_of"]
 
-Rule = Literal["deviation", "burst"]
+Rule = Literal["deviation", "burst", "peers"]
+
+# Which kind of scope is the narrower when two alerting scopes spend the same:
+# a user's spend is part of its team's, a team's part of everything.
+_NARROW_RANK = {
+    "session": 0,
+    "user": 1,
+    "feature": 2,
+    "team": 3,
+    "org": 4,
+    "environment": 5,
+    "model": 6,
+    "provider": 7,
+    "all": 8,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule that fired on one metric: the numbers behind an alert.
+
+    Amounts are in the metric's unit (US dollars or tokens). ``observed`` is
+    the interval's spend so far for the deviation and peers rules and the
+    burst window's spend for the burst rule; ``threshold`` is what it
+    exceeded. ``baseline_mean`` and ``baseline_std`` are the per-interval
+    level and spread the threshold came from (for the peers rule, the typical
+    established peer's level and spread).
+    """
+
+    metric: Metric
+    rule: Rule
+    observed: Decimal
+    threshold: Decimal
+    baseline_mean: Decimal
+    baseline_std: Decimal
+
+    def describe(self) -> str:
+        """``0.41 USD in this interval exceeds 0.28 (...)``."""
+        unit = "USD" if self.metric == "usd" else "tokens"
+        where = "the burst window" if self.rule == "burst" else "this interval"
+        return (
+            f"{self.observed} {unit} in {where} exceeds {self.threshold} "
+            f"(baseline mean {self.baseline_mean}, std {self.baseline_std} "
+            "per interval)"
+        )
+
+    def to_json_dict(self) -> dict[str, str]:
+        """JSON-safe values; amounts as decimal strings."""
+        return {
+            "metric": self.metric,
+            "rule": self.rule,
+            "observed": str(self.observed),
+            "threshold": str(self.threshold),
+            "baseline_mean": str(self.baseline_mean),
+            "baseline_std": str(self.baseline_std),
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One anomaly: which scope and metric, which rule, and the numbers.
+    """One anomaly episode on one scope: when it began and every rule that fired.
 
-    Amounts are in the metric's unit (US dollars or tokens). ``observed`` is
-    the interval's spend so far for the deviation rule and the burst window's
-    spend for the burst rule; ``threshold`` is what it exceeded.
-    ``baseline_mean`` and ``baseline_std`` are the per-interval baseline the
-    threshold came from: for the deviation rule the level and spread it used
-    (with ``deviation_baseline="trend"``, the recent level and the spread of
-    interval-to-interval changes), for the burst rule the window's mean and
-    standard deviation.
+    A scope raises one alert per episode. The top-level ``metric``, ``rule``,
+    ``observed``, ``threshold``, ``baseline_mean`` and ``baseline_std`` are
+    those of the first entry of ``findings``, which lists every metric and
+    rule that fired on the call that opened the episode. ``explained_by``
+    names the narrower scopes of that call (a user within the team, say)
+    whose own excess accounts for this scope's, narrowest first; auto-tighten
+    acts on the first of them it may tighten rather than on ``scope``.
     """
 
     scope: str
@@ -50,16 +104,36 @@ class Alert:
     threshold: Decimal
     baseline_mean: Decimal
     baseline_std: Decimal
+    findings: tuple[Finding, ...] = ()
+    explained_by: tuple[str, ...] = ()
+
+    def all_findings(self) -> tuple[Finding, ...]:
+        """``findings``, or the top-level numbers when built without them."""
+        if self.findings:
+            return self.findings
+        return (
+            Finding(
+                self.metric,
+                self.rule,
+                self.observed,
+                self.threshold,
+                self.baseline_mean,
+                self.baseline_std,
+            ),
+        )
 
     def describe(self) -> str:
         """A one-line account of the alert for logs and messages."""
-        unit = "USD" if self.metric == "usd" else "tokens"
-        where = "this interval" if self.rule == "deviation" else "the burst window"
-        return (
-            f"spend anomaly ({self.rule}) on {self.scope}: {self.observed} {unit} "
-            f"in {where} exceeds {self.threshold} (baseline mean "
-            f"{self.baseline_mean}, std {self.baseline_std} per interval)"
-        )
+        first, *rest = self.all_findings()
+        text = f"spend anomaly ({first.rule}) on {self.scope}: {first.describe()}"
+        if rest:
+            also = ", ".join(
+                f"{f.rule} {f.metric} {f.observed} > {f.threshold}" for f in rest
+            )
+            text += f"; also {also}"
+        if self.explained_by:
+            text += f"; explained by {', '.join(self.explained_by)}"
+        return text
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-safe values; amounts as decimal strings, times as ISO 8601."""
@@ -73,6 +147,8 @@ class Alert:
             "threshold": str(self.threshold),
             "baseline_mean": str(self.baseline_mean),
             "baseline_std": str(self.baseline_std),
+            "findings": [f.to_json_dict() for f in self.all_findings()],
+            "explained_by": list(self.explained_by),
             "message": self.describe(),
         }
 
@@ -91,15 +167,26 @@ def scopes_of(rec: SpendRecord, scopes: Iterable[str]) -> list[str]:
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class _Trip:
+    """A rule over its threshold on one call, in integer units as floats."""
+
+    metric: Metric
+    rule: Rule
+    observed: float
+    threshold: float
+    mean: float
+    std: float
+
+
 class _Series:
     """One scope's and metric's intervals, in integer units (nanos or tokens)."""
 
     __slots__ = (
-        "alerted_index",
         "current",
+        "current_sq",
         "history",
         "index",
-        "last_alert_us",
         "level",
         "level_intervals",
         "mean",
@@ -109,8 +196,10 @@ class _Series:
         "recent",
         "recent_sum",
         "spread",
+        "squares",
         "std",
         "trend",
+        "unit",
         "window",
     )
 
@@ -120,13 +209,18 @@ class _Series:
         self.level_intervals = settings.level_intervals
         self.index = index
         self.current = 0
+        self.current_sq = 0
         self.history: deque[int] = deque(maxlen=self.window)
+        # Per closed interval, the sum of each call's amount squared: with the
+        # sums it gives the size of a typical call, the unit of count noise.
+        self.squares: deque[int] = deque(maxlen=self.window)
         self.recent: deque[tuple[int, int]] = deque()
         self.recent_sum = 0
         self.mean = 0.0
         self.std = 0.0
         self.level = 0.0
         self.spread = 0.0
+        self.unit = 0.0
         # Peak burst-window spend per closed interval, kept only when the
         # burst rule compares against the scope's usual peaks.
         self.peaks: deque[int] | None = None
@@ -134,8 +228,6 @@ class _Series:
             self.peaks = deque(maxlen=self.window)
         self.peak = 0
         self.peak_median = 0.0
-        self.alerted_index = -1
-        self.last_alert_us: dict[Rule, int] = {}
 
     def roll(self, index: int) -> None:
         """Close intervals up to ``index``; silent intervals count as zero."""
@@ -144,26 +236,40 @@ class _Series:
         gap = min(index - self.index - 1, self.window)
         self.history.append(self.current)
         self.history.extend([0] * gap)
+        self.squares.append(self.current_sq)
+        self.squares.extend([0] * gap)
         if self.peaks is not None:
             self.peaks.append(self.peak)
             self.peaks.extend([0] * gap)
             self.peak_median = statistics.median(self.peaks)
-        self.index, self.current, self.peak = index, 0, 0
+        self.index, self.current, self.current_sq, self.peak = index, 0, 0, 0
         self.mean, self.std = _mean_std(self.history)
         self.level, self.spread = self.mean, self.std
         if self.trend:
             self.level, self.spread = _trend_baseline(
                 self.history, self.mean, self.std, self.level_intervals
             )
+        total = sum(self.history)
+        self.unit = sum(self.squares) / total if total else 0.0
 
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Count ``amount`` in the open interval and the burst window."""
         self.current += amount
+        self.current_sq += amount * amount
         self.recent.append((ts_us, amount))
         self.recent_sum += amount
         while self.recent and self.recent[0][0] <= ts_us - burst_us:
             self.recent_sum -= self.recent.popleft()[1]
         self.peak = max(self.peak, self.recent_sum)
+
+    def call_unit(self) -> float:
+        """The typical call's amount: sum of squares over sum, in the window.
+
+        A window without spend falls back to the open interval's calls.
+        """
+        if self.unit:
+            return self.unit
+        return self.current_sq / self.current if self.current else 0.0
 
 
 def _mean_std(values: deque[int]) -> tuple[float, float]:
@@ -180,58 +286,107 @@ def _trend_baseline(
 ) -> tuple[float, float]:
     """The level expected for the open interval and the spread around it.
 
-    The level is the mean of the last ``level_intervals`` values carried
-    forward by the window's average interval-to-interval change, never below
-    the window's mean (a lull must not make usual spend look high). The
-    spread is the standard deviation of those changes over the square root
-    of two, which a steady drift does not inflate, never above the window's
-    standard deviation. Below three values: the window's mean and std.
+    The level is the median of the last ``level_intervals`` values carried
+    forward by the window's slope (the change between the medians of its
+    older and newer halves, per interval), never below the window's mean (a
+    lull must not make usual spend look high). Medians let a spike that
+    lasts fewer than half of ``level_intervals`` leave the level where it
+    was, so the intervals after it are still judged against it. The spread
+    is the standard deviation of interval-to-interval changes over the
+    square root of two, which a steady drift does not inflate, never above
+    the window's standard deviation. Below three values: the window's mean
+    and std.
     """
     count = len(values)
     if count < 3:
         return mean, std
     recent = list(islice(reversed(values), level_intervals))
+    half = count // 2
+    older = statistics.median(islice(values, half))
+    newer = statistics.median(islice(values, count - half, count))
+    slope = (newer - older) / (count - half)
     diffs = [b - a for a, b in pairwise(values)]
     diff_mean = sum(diffs) / len(diffs)
     diff_var = sum((d - diff_mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    # The recent mean sits (len + 1) / 2 intervals behind the open one: carry
-    # it forward along the window's average change, so a ramp is not a spike.
-    level = sum(recent) / len(recent) + diff_mean * (len(recent) + 1) / 2
+    # The recent median sits (len + 1) / 2 intervals behind the open one:
+    # carry it forward along the slope, so a ramp is not a spike.
+    level = statistics.median(recent) + slope * (len(recent) + 1) / 2
     return max(level, mean), min(math.sqrt(diff_var / 2), std)
 
 
+def noisy_threshold(level: float, spread: float, unit: float, k: float) -> float:
+    """``level`` plus ``k`` spreads, allowing for the noise of call counts.
+
+    Spend per interval is a sum over a random number of calls: with calls of
+    ``unit`` each, its count-noise spread is ``sqrt(level * unit)`` (Poisson),
+    which a spread measured over a few intervals often underestimates. The
+    spread used is at least that, and the threshold adds ``(k**2 - 1) / 6``
+    calls, the skew term of the Poisson quantile (Cornish-Fisher), so that
+    few calls per interval are not judged as if they were many: at a level
+    of one call per interval and ``k = 4`` it takes 8 calls.
+    """
+    noise = math.sqrt(max(level, 0.0) * unit)
+    skew = max(k * k - 1, 0.0) / 6
+    return level + k * max(spread, noise) + skew * unit
+
+
 class AnomalyDetector:
-    """A deviation rule (level + k spreads) and a burst rule, per scope and metric.
+    """Deviation, burst and peers rules per scope and metric, grouped in episodes.
 
     Args:
         settings: the rules' parameters.
         max_series: scope-and-metric series kept; the least recently fed
             one is dropped first (bounds memory for user and session scopes).
+        on_episode_end: called with a scope and the time its anomaly episode
+            was seen to end (the first call on the scope that trips no rule
+            once ``cooldown_s``, and at least one interval, has passed since
+            its last trip, or the trip that opens its next episode).
     """
 
-    def __init__(self, settings: Anomalies, *, max_series: int = 10_000) -> None:
+    def __init__(
+        self,
+        settings: Anomalies,
+        *,
+        max_series: int = 10_000,
+        on_episode_end: Callable[[str, datetime], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._interval_us = round(settings.interval_s * 1_000_000)
         self._burst_us = round(settings.burst_window_s * 1_000_000)
-        self._cooldown_us = round(settings.cooldown_s * 1_000_000)
+        self._episode_us = max(
+            round(settings.cooldown_s * 1_000_000), self._interval_us
+        )
         self._floors = {
             "usd": usd_to_nanos(settings.min_usd_per_interval),
             "tokens": settings.min_tokens_per_interval,
         }
         self._series: OrderedDict[tuple[str, Metric], _Series] = OrderedDict()
         self._max_series = max_series
+        # Open episodes: scope -> time of its latest trip.
+        self._episodes: dict[str, int] = {}
+        self._on_episode_end = on_episode_end
+        self._peer_cache: dict[tuple[str, Metric], tuple[int, _Trip | None]] = {}
 
     def observe_record(self, rec: SpendRecord) -> list[Alert]:
         """Feed one spend record into every scope it counts towards.
 
         Tokens are input plus output tokens, except that a cache hit counts
-        none (nothing was sent to a provider); USD is ``cost_usd``.
+        none (nothing was sent to a provider); USD is ``cost_usd``. An alert
+        on a scope whose excess a narrower scope of the same record accounts
+        for names that scope in ``explained_by``.
         """
         tokens = 0 if rec.cache_hit else rec.total_tokens
-        alerts: list[Alert] = []
-        for scope in scopes_of(rec, self.settings.scopes):
-            alerts += self.observe(scope, rec.ts, usd=rec.cost_usd, tokens=tokens)
-        return alerts
+        ts_us, nanos = to_us(rec.ts), usd_to_nanos(rec.cost_usd)
+        keys = scopes_of(rec, self.settings.scopes)
+        opened = [
+            (scope, trips)
+            for scope in keys
+            if (trips := self._observe(scope, ts_us, nanos, tokens))
+        ]
+        return [
+            self._alert(scope, ts_us, trips, self._explain(scope, trips, keys))
+            for scope, trips in opened
+        ]
 
     def observe(
         self, scope: str, ts: datetime, *, usd: Decimal, tokens: int
@@ -248,11 +403,30 @@ class AnomalyDetector:
 
         The fast path for replaying long traces.
         """
+        trips = self._observe(scope, ts_us, usd_nanos, tokens)
+        return [self._alert(scope, ts_us, trips, ())] if trips else []
+
+    def _observe(
+        self, scope: str, ts_us: int, usd_nanos: int, tokens: int
+    ) -> list[_Trip]:
+        """Step every metric; the trips when they open an episode, else []."""
         amounts: dict[Metric, int] = {"usd": usd_nanos, "tokens": tokens}
-        alerts: list[Alert] = []
+        trips: list[_Trip] = []
         for metric in self.settings.metrics:
-            alerts += self._step(scope, metric, ts_us, amounts[metric])
-        return alerts
+            trips += self._step(scope, metric, ts_us, amounts[metric])
+        return trips if self._opens_episode(scope, ts_us, bool(trips)) else []
+
+    def _opens_episode(self, scope: str, ts_us: int, tripped: bool) -> bool:
+        """Track the scope's episode; whether this call opens a new one."""
+        last = self._episodes.get(scope)
+        quiet = last is not None and ts_us - last >= self._episode_us
+        if quiet:
+            del self._episodes[scope]
+            if self._on_episode_end is not None:
+                self._on_episode_end(scope, from_us(ts_us))
+        if tripped:
+            self._episodes[scope] = ts_us
+        return tripped and (last is None or quiet)
 
     def _series_for(self, scope: str, metric: Metric, index: int) -> _Series:
         key = (scope, metric)
@@ -261,85 +435,183 @@ class AnomalyDetector:
             series = _Series(self.settings, index)
             self._series[key] = series
             if len(self._series) > self._max_series:
-                self._series.popitem(last=False)
+                (old_scope, _), _ = self._series.popitem(last=False)
+                self._episodes.pop(old_scope, None)
         else:
             self._series.move_to_end(key)
         return series
 
-    def _step(self, scope: str, metric: Metric, ts_us: int, amount: int) -> list[Alert]:
+    def _step(self, scope: str, metric: Metric, ts_us: int, amount: int) -> list[_Trip]:
         index = ts_us // self._interval_us
         series = self._series_for(scope, metric, index)
         series.roll(index)
         series.add(ts_us, amount, self._burst_us)
         if len(series.history) < self.settings.min_history_intervals:
-            return []
-        found = [
-            alert
-            for alert in (
-                self._deviation(scope, metric, series, ts_us),
-                self._burst(scope, metric, series, ts_us),
-            )
-            if alert is not None
-        ]
-        return found
+            peers = self._peers(scope, metric, series, index)
+            return [] if peers is None else [peers]
+        found = (self._deviation(metric, series), self._burst(metric, series))
+        return [trip for trip in found if trip is not None]
 
-    def _deviation(
-        self, scope: str, metric: Metric, series: _Series, ts_us: int
-    ) -> Alert | None:
-        threshold = series.level + self.settings.k * series.spread
+    def _threshold(self, level: float, spread: float, unit: float) -> float:
+        if not self.settings.count_noise:
+            return level + self.settings.k * spread
+        return noisy_threshold(level, spread, unit, self.settings.k)
+
+    def _deviation(self, metric: Metric, series: _Series) -> _Trip | None:
+        threshold = self._threshold(series.level, series.spread, series.call_unit())
         if series.current <= threshold or series.current < self._floors[metric]:
             return None
-        if series.alerted_index == series.index:
-            return None
-        if not self._cooled(series, "deviation", ts_us):
-            return None
-        series.alerted_index = series.index
-        return self._alert(scope, metric, "deviation", series, ts_us, threshold)
+        return _Trip(
+            metric,
+            "deviation",
+            series.current,
+            threshold,
+            series.level,
+            series.spread,
+        )
 
-    def _burst(
-        self, scope: str, metric: Metric, series: _Series, ts_us: int
-    ) -> Alert | None:
-        share = self._burst_us / self._interval_us
-        threshold = self.settings.burst_factor * series.mean * share
+    def _burst_threshold(self, series: _Series) -> float:
+        """The burst rule's line for the series' burst window."""
+        base = series.level * self._burst_us / self._interval_us
+        threshold = self.settings.burst_factor * base
+        if self.settings.count_noise:
+            # The window slides and is checked at every call, so it is tested
+            # far more often than an interval: one standard deviation more.
+            noise = noisy_threshold(base, 0.0, series.call_unit(), self.settings.k + 1)
+            threshold = max(threshold, noise)
         if (peak_factor := self.settings.burst_peak_factor) is not None:
             threshold = max(threshold, peak_factor * series.peak_median)
+        return threshold
+
+    def _burst(self, metric: Metric, series: _Series) -> _Trip | None:
+        threshold = self._burst_threshold(series)
         if series.recent_sum <= threshold or series.recent_sum < self._floors[metric]:
             return None
-        if not self._cooled(series, "burst", ts_us):
-            return None
-        return self._alert(scope, metric, "burst", series, ts_us, threshold)
+        return _Trip(
+            metric, "burst", series.recent_sum, threshold, series.level, series.spread
+        )
 
-    def _cooled(self, series: _Series, rule: Rule, ts_us: int) -> bool:
-        last = series.last_alert_us.get(rule)
-        if last is not None and ts_us - last < self._cooldown_us:
-            return False
-        series.last_alert_us[rule] = ts_us
-        return True
+    def _peers(
+        self, scope: str, metric: Metric, series: _Series, index: int
+    ) -> _Trip | None:
+        """The peers rule for a scope too new for a baseline of its own."""
+        kind = scope.partition(":")[0]
+        if kind == "all" or not self.settings.peers:
+            return None
+        typical = self._typical_peer(kind, metric, index)
+        if typical is None:
+            return None
+        threshold = max(typical.threshold, self.settings.burst_factor * typical.mean)
+        if series.current <= threshold or series.current < self._floors[metric]:
+            return None
+        return replace(typical, observed=series.current, threshold=threshold)
+
+    def _typical_peer(self, kind: str, metric: Metric, index: int) -> _Trip | None:
+        """Median level, spread and threshold of the kind's established series.
+
+        Computed at most once per interval for each kind and metric.
+        """
+        cached = self._peer_cache.get((kind, metric))
+        if cached is not None and cached[0] == index:
+            return cached[1]
+        prefix, needed = f"{kind}:", self.settings.min_history_intervals
+        peers = [
+            s
+            for (scope, m), s in self._series.items()
+            if m == metric and scope.startswith(prefix) and len(s.history) >= needed
+        ]
+        typical = None
+        if peers:
+            typical = _Trip(
+                metric,
+                "peers",
+                0.0,
+                statistics.median(self._peer_threshold(s) for s in peers),
+                statistics.median(s.level for s in peers),
+                statistics.median(s.spread for s in peers),
+            )
+        self._peer_cache[(kind, metric)] = (index, typical)
+        return typical
+
+    def _peer_threshold(self, series: _Series) -> float:
+        return self._threshold(series.level, series.spread, series.unit)
+
+    def _explain(
+        self, scope: str, trips: Sequence[_Trip], keys: Sequence[str]
+    ) -> tuple[str, ...]:
+        """The record's narrower scopes whose excess accounts for every trip."""
+        metric = trips[0].metric
+        wide = self._narrowness(scope, metric)
+        narrower = sorted(
+            (self._narrowness(other, metric), other)
+            for other in keys
+            if other != scope and self._narrowness(other, metric) < wide
+        )
+        return tuple(
+            other
+            for _, other in narrower
+            if all(self._explains(other, trip) for trip in trips)
+        )
+
+    def _explains(self, narrower: str, trip: _Trip) -> bool:
+        """Whether ``narrower`` accounts for a wider scope's trip.
+
+        Its excess must be at least half of the wider scope's, and without it
+        the wider scope must be back under its threshold.
+        """
+        excess = self._excess(narrower, trip)
+        usual = trip.mean * self._share(trip.rule)
+        wide_excess = trip.observed - usual
+        return 2 * excess >= wide_excess and trip.observed - excess <= trip.threshold
+
+    def _share(self, rule: Rule) -> float:
+        """The part of an interval a rule's observed spend covers."""
+        return self._burst_us / self._interval_us if rule == "burst" else 1.0
+
+    def _narrowness(self, scope: str, metric: Metric) -> tuple[float, int]:
+        """Usual spend first, the kind of scope breaking ties."""
+        series = self._series.get((scope, metric))
+        level = series.level if series is not None else 0.0
+        return level, _NARROW_RANK[scope.partition(":")[0]]
+
+    def _excess(self, scope: str, trip: _Trip) -> float:
+        """How far ``scope`` is above its own usual level, in ``trip``'s terms."""
+        series = self._series.get((scope, trip.metric))
+        if series is None:
+            return 0.0
+        usual = series.level * self._share(trip.rule)
+        observed = series.recent_sum if trip.rule == "burst" else series.current
+        return max(observed - usual, 0.0)
 
     def _alert(
-        self,
-        scope: str,
-        metric: Metric,
-        rule: Rule,
-        series: _Series,
-        ts_us: int,
-        threshold: float,
+        self, scope: str, ts_us: int, trips: Sequence[_Trip], explained: tuple[str, ...]
     ) -> Alert:
-        if rule == "deviation":
-            observed, mean, std = series.current, series.level, series.spread
-        else:
-            observed, mean, std = series.recent_sum, series.mean, series.std
+        findings = tuple(_finding(trip) for trip in trips)
+        first = findings[0]
         return Alert(
             scope=scope,
-            metric=metric,
-            rule=rule,
+            metric=first.metric,
+            rule=first.rule,
             ts=from_us(ts_us),
-            interval_start=from_us(series.index * self._interval_us),
-            observed=_amount(metric, observed),
-            threshold=_amount(metric, threshold),
-            baseline_mean=_amount(metric, mean),
-            baseline_std=_amount(metric, std),
+            interval_start=from_us(ts_us // self._interval_us * self._interval_us),
+            observed=first.observed,
+            threshold=first.threshold,
+            baseline_mean=first.baseline_mean,
+            baseline_std=first.baseline_std,
+            findings=findings,
+            explained_by=explained,
         )
+
+
+def _finding(trip: _Trip) -> Finding:
+    return Finding(
+        metric=trip.metric,
+        rule=trip.rule,
+        observed=_amount(trip.metric, trip.observed),
+        threshold=_amount(trip.metric, trip.threshold),
+        baseline_mean=_amount(trip.metric, trip.mean),
+        baseline_std=_amount(trip.metric, trip.std),
+    )
 
 
 def _amount(metric: Metric, units: float) -> Decimal:

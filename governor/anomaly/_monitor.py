@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
 from governor.anomaly._detector import Alert, AnomalyDetector
@@ -23,21 +23,29 @@ class AnomalyMonitor:
 
     Built from :class:`Anomalies` settings: every alert is logged at
     ``log_level``, POSTed to ``webhook_url`` when set, passed to each hook in
-    ``hooks``, and, when ``auto_tighten`` is not ``"off"``, turned into a
+    ``hooks``, and, when ``auto_tighten`` is not ``"off"``, may become a
     :class:`Tighten` request for ``on_tighten``, which runs before the hooks.
+    A scope raises one alert per anomaly episode (see :class:`Alert`).
     A hook that raises is logged and skipped: monitoring never breaks the call
     it watches. Hooks run on the thread that feeds the records (in a
     governor, its spend-writer thread), so a hook that does slow work, such
     as paging someone, should hand it to a queue or thread of its own; the
     webhook already posts from its own thread.
 
+    Auto-tighten acts on the narrowest scope that explains an alert (the
+    first of ``alert.explained_by`` whose kind is in ``tighten_scopes``, else
+    the alert's own scope when its kind is), once: while that scope is
+    tightened, further alerts it explains add nothing. With ``"lower"``, once
+    every episode that holds it tightened has ended, a ``"restore"`` request
+    undoes the lowering; a block stays until someone unblocks the scope.
+
     Thread-safe: the detector runs under a lock, hooks run outside it.
 
     Args:
         settings: rules and actions; the defaults when None.
         hooks: callables taking an :class:`Alert`, called in order.
-        on_tighten: receives a :class:`Tighten` per alert when auto-tighten
-            is on; typically lowers or blocks the scope's budget.
+        on_tighten: receives :class:`Tighten` requests when auto-tighten is
+            on; typically lowers, blocks or restores the scope's budget.
     """
 
     def __init__(
@@ -48,7 +56,9 @@ class AnomalyMonitor:
         on_tighten: Callable[[Tighten], None] | None = None,
     ) -> None:
         self.settings = settings or Anomalies()
-        self._detector = AnomalyDetector(self.settings)
+        self._detector = AnomalyDetector(
+            self.settings, on_episode_end=self._episode_ended
+        )
         self._lock = threading.Lock()
         self._webhook: WebhookHook | None = None
         level = logging.getLevelNamesMapping()[self.settings.log_level]
@@ -60,7 +70,10 @@ class AnomalyMonitor:
             self._hooks.append(self._webhook)
         self._hooks.extend(hooks)
         self._on_tighten = on_tighten
-        self._tightened_at: dict[str, datetime] = {}
+        self._ended: list[str] = []
+        # Tightened scope -> the alerting scopes whose episodes hold it there,
+        # and the alert that tightened it.
+        self._held: dict[str, tuple[set[str], Alert]] = {}
         if self.settings.auto_tighten != "off" and on_tighten is None:
             logger.warning(
                 "Anomalies(auto_tighten=%r) has no on_tighten callback; "
@@ -72,39 +85,62 @@ class AnomalyMonitor:
         """Feed one spend record; run the hooks for each alert and return them."""
         with self._lock:
             alerts = self._detector.observe_record(rec)
-        for alert in alerts:
-            self._dispatch(alert)
-        return alerts
-
-    def _dispatch(self, alert: Alert) -> None:
+            ended, self._ended = self._ended, []
+            requests = self._requests(alerts, ended)
         # Tighten first: a slow hook (a pager with a timeout) must not let a
         # runaway keep spending until it returns.
-        mode = self.settings.auto_tighten
-        on_tighten = self._on_tighten
-        if mode != "off" and on_tighten is not None and self._covers(alert):
-            request = Tighten(alert.scope, mode, self.settings.tighten_factor, alert)
-            _call_safely(on_tighten, request)
-        for hook in self._hooks:
-            _call_safely(hook, alert)
+        if self._on_tighten is not None:
+            for request in requests:
+                _call_safely(self._on_tighten, request)
+        for alert in alerts:
+            for hook in self._hooks:
+                _call_safely(hook, alert)
+        return alerts
 
-    def _covers(self, alert: Alert) -> bool:
-        """Whether the alert's kind of scope may be tightened, and not yet was."""
-        kind = alert.scope.partition(":")[0]
-        return kind in self.settings.tighten_scopes and self._first(alert)
+    def _episode_ended(self, scope: str, ts: datetime) -> None:
+        # Called by the detector, under the lock.
+        self._ended.append(scope)
 
-    def _first(self, alert: Alert) -> bool:
-        """Whether an alert may tighten its scope: once per scope per cooldown.
+    def _requests(self, alerts: list[Alert], ended: list[str]) -> list[Tighten]:
+        if self.settings.auto_tighten == "off" or self._on_tighten is None:
+            return []
+        requests = [r for scope in ended for r in self._release(scope)]
+        for alert in alerts:
+            requests += self._tighten(alert)
+        return requests
 
-        One spike often trips both rules and both metrics at once; with
-        ``"lower"`` each would cut the limit again (a half, then a quarter).
-        """
-        with self._lock:
-            last = self._tightened_at.get(alert.scope)
-            since_s = None if last is None else (alert.ts - last).total_seconds()
-            if since_s is not None and 0 <= since_s < self.settings.cooldown_s:
-                return False
-            self._tightened_at[alert.scope] = alert.ts
-            return True
+    def _release(self, source: str) -> list[Tighten]:
+        """Forget an ended episode; restore what no open episode still holds."""
+        requests: list[Tighten] = []
+        for target, (sources, alert) in list(self._held.items()):
+            sources.discard(source)
+            if sources:
+                continue
+            del self._held[target]
+            if self.settings.auto_tighten == "lower":
+                factor = 1 / self.settings.tighten_factor
+                requests.append(Tighten(target, "restore", factor, alert))
+        return requests
+
+    def _tighten(self, alert: Alert) -> list[Tighten]:
+        """The request an alert makes, if its target is not tightened yet."""
+        target = self._target(alert)
+        if target is None:
+            return []
+        if target in self._held:
+            self._held[target][0].add(alert.scope)
+            return []
+        self._held[target] = ({alert.scope}, alert)
+        mode: Literal["lower", "block"]
+        mode = "block" if self.settings.auto_tighten == "block" else "lower"
+        return [Tighten(target, mode, self.settings.tighten_factor, alert)]
+
+    def _target(self, alert: Alert) -> str | None:
+        """The narrowest scope explaining the alert that may be tightened."""
+        for scope in (*alert.explained_by, alert.scope):
+            if scope.partition(":")[0] in self.settings.tighten_scopes:
+                return scope
+        return None
 
     def close(self) -> None:
         """Let queued webhook POSTs finish."""

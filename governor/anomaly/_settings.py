@@ -57,9 +57,17 @@ class Anomalies(PolicyModel):
         description="closed intervals needed before any rule fires (<= window)",
     )
     k: float = Field(
-        default=2.0,
+        default=4.0,
         gt=0,
         description="multiples of the baseline spread above the baseline level",
+    )
+    count_noise: bool = Field(
+        default=True,
+        description=(
+            "allow for the noise of call counts: the spread is at least "
+            "sqrt(level x typical call) and the threshold adds k**2 / 4 typical "
+            "calls (also for the burst rule); False: level + k x spread only"
+        ),
     )
     deviation_baseline: Literal["trend", "mean"] = Field(
         default="trend",
@@ -93,6 +101,13 @@ class Anomalies(PolicyModel):
             "scopes); None: off"
         ),
     )
+    peers: bool = Field(
+        default=True,
+        description=(
+            "judge a scope value with less than min_history_intervals of history "
+            "(a new user) against the typical established value of its kind"
+        ),
+    )
     metrics: tuple[Metric, ...] = Field(
         default=("usd", "tokens"), description="'usd', 'tokens' or both"
     )
@@ -113,7 +128,10 @@ class Anomalies(PolicyModel):
     cooldown_s: float = Field(
         default=300.0,
         ge=0,
-        description="seconds before the same scope, metric and rule alert again",
+        description=(
+            "seconds without a rule firing that end a scope's anomaly episode "
+            "(at least one interval); one alert per scope per episode"
+        ),
     )
     log_level: Literal["INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="level of the log line each alert writes"

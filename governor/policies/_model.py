@@ -415,7 +415,10 @@ class Policy(PolicyModel):
     )
     failure_mode: Literal["closed", "open"] = Field(
         default="closed",
-        description="'closed' refuses calls when the store is down; 'open' admits",
+        description=(
+            "'closed' refuses calls when the budget store is down; 'open' admits "
+            "them under a local shadow budget"
+        ),
     )
     default_max_output_tokens: int = Field(
         default=4096,
