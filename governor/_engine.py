@@ -165,6 +165,7 @@ class Governor:
         self._warned_over: set[str] = set()
         self._spend_closed = False
         self._warned_closed = False
+        self._close_once = threading.Lock()
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -491,42 +492,64 @@ class Governor:
 
         Budget steps queued while the budget store was down (settles, slot
         releases) get up to ``timeout_s`` (5 s when None) to reach it; what
-        is still unwritten then is logged as a WARNING.
+        is still unwritten then is logged as a WARNING. Only the first close
+        does this: closing again (or while another thread closes) returns 0
+        at once. A governor closed before ``os.fork()`` is closed in the
+        child too.
         """
-        self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
-        if self.recorder is None:
+        # Taken by the first close and never released: an atomic "once".
+        if not self._close_once.acquire(blocking=False):
             return 0
-        lost = int(self.recorder.close(timeout_s))
+        unsent = self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
+        recorder = self.recorder
+        lost = 0 if recorder is None else int(recorder.close(timeout_s))
         self.recorder = None
-        self._spend_closed = True
+        self._spend_closed = recorder is not None
+        if unsent is not None:
+            self._warn_unsent(unsent, recorder, lost)
         return lost
 
-    def _drain_store(self, timeout_s: float) -> None:
-        """Give queued budget steps a bounded time to reach the store."""
+    def _drain_store(self, timeout_s: float) -> _Unsent | None:
+        """Give queued budget steps a bounded time to reach the store.
+
+        Returns what is still unwritten then, or None when all was written.
+        """
         ledger = self.ledger
         if not isinstance(ledger, FailoverLedger):
-            return
+            return None
         deadline = time.monotonic() + timeout_s
         left = ledger.drain(timeout_s)
         retries = getattr(getattr(ledger.primary, "connections", None), "retries", None)
         slots = 0
         if isinstance(retries, Retrier):
             slots = retries.drain(max(0.0, deadline - time.monotonic()))
-        if left or slots:
-            logger.warning(
-                "closing the governor while the budget store does not answer: "
-                "%d settle(s) totalling $%s, %d hold release(s) and %d slot "
-                "release(s) are not written to it. The settled spend is "
-                "missing from the budgets (it is in the spend records, if a "
-                "spend store is set) unless this process lives until the "
-                "store answers; holds and slots expire after "
-                "Policy.hold_ttl_s. Bring the store back before closing, or "
-                "add the missing spend to the budgets by hand.",
-                ledger.pending_settles,
-                decimal_text(nanos_to_usd(ledger.pending_nanos)),
-                ledger.pending_releases,
-                slots,
-            )
+        if not (left or slots):
+            return None
+        return _Unsent(
+            ledger.pending_settles,
+            ledger.pending_nanos,
+            ledger.pending_releases,
+            slots,
+        )
+
+    def _warn_unsent(
+        self, unsent: _Unsent, recorder: SpendRecorder | None, lost: int
+    ) -> None:
+        """Say what the budget store misses, and where else the spend is."""
+        logger.warning(
+            "closing the governor while the budget store does not answer: "
+            "%d settle(s) totalling $%s, %d hold release(s) and %d slot "
+            "release(s) are not written to it. The settled spend is missing "
+            "from the budgets unless this process lives until the store "
+            "answers%s; holds and slots expire after Policy.hold_ttl_s. Bring "
+            "the store back before closing, or add the missing spend to the "
+            "budgets by hand.",
+            unsent.settles,
+            decimal_text(nanos_to_usd(unsent.nanos)),
+            unsent.releases,
+            unsent.slots,
+            _spend_kept(recorder, lost) if unsent.settles else "",
+        )
 
     def _recording(self) -> bool:
         """True while spend records are written; after close() say once why not."""
@@ -1749,6 +1772,28 @@ def _check_arguments(ledger: Any, anomalies: Any) -> None:
                 f"AnomalyMonitor, got {type(anomalies).__name__}; e.g. "
                 "anomalies=Anomalies(webhook_url=...)"
             )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Unsent:
+    """Budget steps that close() could not write to the store."""
+
+    settles: int
+    nanos: int
+    releases: int
+    slots: int
+
+
+def _spend_kept(recorder: SpendRecorder | None, lost: int) -> str:
+    """Where the spend of unwritten settles is still recorded, for the warning."""
+    if recorder is None or recorder.store is None:
+        return " (no spend store is set: this warning is its only record)"
+    if lost:
+        return (
+            f" (the spend store {recorder.where} did not take {lost} spend "
+            "record(s) either: this warning may be its only record)"
+        )
+    return f" (its calls are in the spend records, in {recorder.where})"
 
 
 def _recorder(

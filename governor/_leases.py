@@ -7,11 +7,16 @@ hold mid-call and let other calls spend the same room. One daemon thread per
 governor renews, every third of a lease, the holds and slots of the calls
 still open. It holds the calls weakly: a call nobody references any more is
 not kept alive by renewing it.
+
+A forked child starts with no calls to renew and starts its own thread at its
+first call: the calls open at the fork are the parent's, and the parent keeps
+renewing them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -29,6 +34,15 @@ logger = logging.getLogger(__name__)
 _RENEW_FRACTION = 1 / 3
 _MIN_WAKE_S = 0.05
 
+# Every live keeper, so that a forked child can reset them (held weakly).
+_KEEPERS: weakref.WeakSet[LeaseKeeper] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    """After a fork, in the child: each keeper starts over, with no calls."""
+    for keeper in list(_KEEPERS):
+        keeper._forget_parent()
+
 
 class LeaseKeeper:
     """Renews the holds and slot leases of one governor's open calls."""
@@ -41,6 +55,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._next_at = float("inf")
         self._warned = False
+        _KEEPERS.add(self)
 
     def add(self, admission: Admission) -> None:
         """Watch an admitted call until :meth:`discard`."""
@@ -59,6 +74,19 @@ class LeaseKeeper:
         """Stop watching a settled call."""
         with self._lock:
             self._open.discard(admission)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's calls, thread and locks.
+
+        The parent's thread does not exist here, and a lock it held at the
+        fork would stay held for good.
+        """
+        self._open = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._next_at = float("inf")
+        self._warned = False
 
     def _run(self) -> None:
         while True:
@@ -104,3 +132,7 @@ class LeaseKeeper:
                     "expires after hold_ttl_s unless a later renewal works",
                     exc_info=True,
                 )
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_reset_in_child)

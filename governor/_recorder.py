@@ -10,16 +10,25 @@ Retrying relies on the store writing a batch idempotently by ``call_id``: the
 SQLite and Redis stores keep the first record of a call id, and the JSONL store
 appends a batch whole or not at all. A batch whose write failed part way, or
 whose reply was lost, is therefore sent again without doubling any record.
+
+A recorder made before ``os.fork()`` (a preloaded web server, a prefork task
+queue, ``multiprocessing`` with ``fork``) starts a writer of its own in the
+child, with an empty queue: the records queued at the fork are the parent's,
+and the parent writes them. The child opens its own handle on a SQLite or
+JSONL store on its first write, since a SQLite connection must not be used
+across a fork; a Redis store's client makes new connections by itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -36,6 +45,15 @@ _BATCH = 256
 # timeout has passed; the writer only needs it to finish a write in flight.
 _STOP_GRACE_S = 1.0
 _REASON_CHARS = 300
+
+# Every live recorder, so that a forked child can restart them (held weakly).
+_RECORDERS: weakref.WeakSet[SpendRecorder] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    """After a fork, in the child: each open recorder gets its own writer."""
+    for recorder in list(_RECORDERS):
+        recorder._restart_after_fork()
 
 
 class _Marker:
@@ -97,21 +115,30 @@ class SpendRecorder:
         self.store = store
         self.observers = list(observers)
         self.max_buffered = max_buffered
-        self.written = 0
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._where = _describe(store)
+        self._half_queue = max_queue // 2
+        self._closed = False
+        # The stores as the parent processes opened them, kept after a fork
+        # so that their connections are never closed (nor used) in the child.
+        self._parent_stores: list[SpendStore] = []
+        self._reopen = False
+        self._start(max_queue)
+        _RECORDERS.add(self)
+
+    def _start(self, max_queue: int) -> None:
+        """Start from an empty queue and buffer, with a new writer thread."""
+        self.written = 0
         self._queue: queue.Queue[SpendRecord | _Marker] = queue.Queue(max_queue)
         self._pending: deque[SpendRecord] = deque()
         self._lock = threading.Lock()
         self._queue_dropped = 0
         self._queue_full_warned = False
-        self._half_queue = max_queue // 2
         self._buffer_dropped = 0
-        self._closed = False
         # The outage, kept by the writer thread alone.
         self._down_since: float | None = None
-        self._backoff_s = retry_initial_s
+        self._backoff_s = self._retry_initial_s
         self._retry_at = 0.0
         self._outage_written = 0
         self._outage_dropped = 0
@@ -119,6 +146,25 @@ class SpendRecorder:
             target=self._run, name="governor-spend-writer", daemon=True
         )
         self._thread.start()
+
+    def _restart_after_fork(self) -> None:
+        """In a forked child: a writer of its own, with nothing of the parent's.
+
+        The parent's writer does not exist here and a lock it held at the
+        fork would stay held for good; the records queued at the fork are the
+        parent's to write. A closed recorder stays closed.
+        """
+        if self._closed:
+            return
+        if self.store is not None:
+            self._parent_stores.append(self.store)
+            self._reopen = True
+        self._start(self._queue.maxsize)
+
+    @property
+    def where(self) -> str:
+        """The store as logs name it: its URL (password hidden) or its path."""
+        return self._where
 
     @property
     def dropped(self) -> int:
@@ -305,6 +351,9 @@ class SpendRecorder:
             with self._lock:
                 batch = list(itertools.islice(self._pending, _BATCH))
             try:
+                if self._reopen:
+                    store = self.store = _reopened(store)
+                    self._reopen = False
                 store.record_many(batch)
             except Exception as exc:
                 self._failed(exc)
@@ -389,6 +438,23 @@ class SpendRecorder:
             waiting.done.set()
 
 
+def _reopened(store: SpendStore) -> SpendStore:
+    """A forked child's own handle on a file store; other stores as they are.
+
+    SQLite forbids using a connection across a fork, and a lock the parent's
+    writer held at the fork would stay held; a Redis client resets its pool
+    when it sees a new process id. A store of another kind is used as given.
+    """
+    from governor.spend._jsonl import JsonlSpendStore
+    from governor.spend._sqlite import SQLiteSpendStore
+
+    if type(store) is SQLiteSpendStore:
+        return SQLiteSpendStore(store.path, busy_timeout_s=store._timeout_s)
+    if type(store) is JsonlSpendStore:
+        return JsonlSpendStore(store.path)
+    return store
+
+
 def _left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (never negative), or None for no deadline."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -415,3 +481,7 @@ def _describe(store: object) -> str:
     if path is not None:
         return str(path)
     return type(store).__name__
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_restart_in_child)

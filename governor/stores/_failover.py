@@ -33,6 +33,11 @@ them is safe. While degraded the store is probed at most once per
 waiting on timeouts. Queued steps live in the process: if it exits before the
 store answers, they are lost (``drain`` logs how many and how much).
 
+A forked child starts with no queued step and an empty shadow, and starts
+its own drain thread when it queues a step: the steps queued at the fork are
+the parent's, and the parent writes them. Whether the store was down carries
+over, so a child does not wait on timeouts to find out again.
+
 Each degraded decision calls ``on_degraded(event)`` with one of the ``EVENT_*``
 names (for a span event and a metric), and each change of state logs a
 WARNING.
@@ -42,8 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
@@ -76,6 +83,15 @@ EVENT_CAP_OPEN: Final = "store.cap_fail_open"
 """A fan-out cap kept in the store was skipped because it is down (open mode)."""
 
 _MIN_DRAIN_S: Final = 0.05
+
+# Every live failover ledger, so that a forked child can reset them (weakly).
+_LEDGERS: weakref.WeakSet[FailoverLedger] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    """After a fork, in the child: each ledger forgets the parent's steps."""
+    for ledger in list(_LEDGERS):
+        ledger._forget_parent()
 
 
 class DualLedger(Ledger, AsyncLedger, Protocol):
@@ -140,6 +156,7 @@ class FailoverLedger:
         self._last_error: StoreUnavailable | None = None
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
+        _LEDGERS.add(self)
 
     @property
     def degraded(self) -> bool:
@@ -179,6 +196,23 @@ class FailoverLedger:
                 if left <= 0 or not self._lock.wait(left):
                     break
             return len(self._pending)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's queued steps, thread and locks.
+
+        The parent's drain thread does not exist here, a lock one of its
+        threads held at the fork would stay held for good, and the shadow's
+        holds and spend are the parent's calls.
+        """
+        self._lock = threading.Condition()
+        self._flush_lock = threading.Lock()
+        self._writing = set()
+        self._pending = {}
+        self._written = 0
+        self._shadow_holds = set()
+        self.shadow = MemoryLedger()
+        self._wake = threading.Event()
+        self._drainer = None
 
     # -- sync ------------------------------------------------------------
 
@@ -636,3 +670,7 @@ def _pop(holds: set[str], hold_id: str) -> bool:
         holds.discard(hold_id)
         return True
     return False
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_reset_in_child)

@@ -5,13 +5,19 @@ concurrency slot, undoing a hold whose reserve timed out on the client. A
 :class:`Retrier` keeps them, each under a key, and one daemon thread tries
 them again every ``interval_s`` until each succeeds; the thread stops when
 nothing is left. Every write it keeps must be idempotent.
+
+A forked child starts with an empty retrier and starts its own thread when it
+keeps a write: the writes kept at the fork are the parent's, and the parent
+retries them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -22,6 +28,15 @@ __all__ = ["Retrier"]
 logger = logging.getLogger(__name__)
 
 _MIN_INTERVAL_S: Final = 0.05
+
+# Every live retrier, so that a forked child can reset them (held weakly).
+_RETRIERS: weakref.WeakSet[Retrier] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    """After a fork, in the child: each retrier starts over, empty."""
+    for retrier in list(_RETRIERS):
+        retrier._forget_parent()
 
 
 class Retrier:
@@ -35,6 +50,7 @@ class Retrier:
         self._wake = threading.Event()
         self._writes: dict[str, Callable[[], object]] = {}
         self._thread: threading.Thread | None = None
+        _RETRIERS.add(self)
 
     @property
     def pending(self) -> int:
@@ -63,6 +79,17 @@ class Retrier:
                     break
             return len(self._writes)
 
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's writes, thread and locks.
+
+        The parent's thread does not exist here, and a lock it held at the
+        fork would stay held for good.
+        """
+        self._lock = threading.Condition()
+        self._wake = threading.Event()
+        self._writes = {}
+        self._thread = None
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self.interval_s)
@@ -90,3 +117,7 @@ class Retrier:
                 if self._writes.get(key) is write:
                     del self._writes[key]
                 self._lock.notify_all()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_reset_in_child)

@@ -199,23 +199,57 @@ class JsonlSpanExporter(SpanExporter):
     Each line holds ``name``, ``trace_id``, ``span_id``, ``parent_id`` (hex),
     ``start_ns``, ``end_ns``, ``status``, ``attributes`` and ``events``.
     Safe to share between threads.
+
+    A file that cannot be written (a full disk, a folder in its place, no
+    permission) loses the spans of each batch that fails; that is logged
+    once per outage as a WARNING with the error, and its end once as INFO
+    with the number of spans lost meanwhile.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._lost = 0  # spans lost in the current outage; 0 while writes work
+        self._failing = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the spans; a failure is logged and reported, never raised."""
         lines = "".join(json.dumps(_span_dict(s)) + "\n" for s in spans)
-        try:
-            with self._lock, self.path.open("a", encoding="utf-8") as handle:
-                handle.write(lines)
-        except OSError:
-            logger.warning("could not write spans to %s", self.path, exc_info=True)
-            return SpanExportResult.FAILURE
+        with self._lock:
+            try:
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(lines)
+            except OSError as exc:
+                self._failed(exc, len(spans))
+                return SpanExportResult.FAILURE
+            self._written()
         return SpanExportResult.SUCCESS
+
+    def _failed(self, exc: OSError, spans: int) -> None:
+        self._lost += spans
+        if self._failing:
+            return
+        self._failing = True
+        logger.warning(
+            "could not write spans to %s (%s: %s); the spans of every batch "
+            "that fails are lost until it can be written again, which is "
+            "logged once",
+            self.path,
+            type(exc).__name__,
+            exc,
+        )
+
+    def _written(self) -> None:
+        if not self._failing:
+            return
+        logger.info(
+            "spans are written to %s again; %d span(s) were lost meanwhile",
+            self.path,
+            self._lost,
+        )
+        self._failing = False
+        self._lost = 0
 
     def shutdown(self) -> None:
         """Nothing to release: the file is opened per batch."""

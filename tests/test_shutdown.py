@@ -1,0 +1,97 @@
+"""Governor.close(): once only, and a warning that says where unwritten spend is."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from _switched_store import SwitchedStore
+
+from governor import Budget, Governor, Policy
+from governor._calls import CallRequest, CallResult
+from governor.pricing import Usage
+from governor.spend import JsonlSpendStore
+from governor.stores import FailoverLedger
+
+MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
+USAGE = Usage(prompt_tokens=10, completion_tokens=5)
+UNSENT = "closing the governor while the budget store does not answer"
+
+
+class CountingLedger(FailoverLedger):
+    """Counts how often close() waits for queued steps."""
+
+    drains = 0
+
+    def drain(self, timeout_s: float) -> int:
+        self.drains += 1
+        return super().drain(timeout_s)
+
+
+def governor_with_unsent_settle(spend: object = None) -> Governor:
+    """A governor whose budget store went down before a call settled."""
+    store = SwitchedStore()
+    ledger = CountingLedger(store, mode="open", probe_interval_s=60)
+    gov = Governor(
+        Policy(budgets=[Budget(scope="team", max_usd="1")], failure_mode="open"),
+        ledger=ledger,
+        spend=spend,  # type: ignore[arg-type]
+    )
+    store.down = True
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=20)
+    with gov.task(team="search"):
+        gov.end_call(gov.begin_call(request), CallResult(usage=USAGE))
+    return gov
+
+
+def close_warnings(
+    gov: Governor, caplog: pytest.LogCaptureFixture, *, times: int = 1
+) -> list[str]:
+    with caplog.at_level(logging.WARNING, logger="governor._engine"):
+        for _ in range(times):
+            gov.close(timeout_s=0.1)
+    return [r.getMessage() for r in caplog.records if r.name == "governor._engine"]
+
+
+def test_a_second_close_returns_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second close waits for nothing and warns of nothing again."""
+    gov = governor_with_unsent_settle(str(tmp_path / "spend.jsonl"))
+    (message,) = close_warnings(gov, caplog, times=2)
+    assert UNSENT in message
+    assert isinstance(gov.ledger, CountingLedger)
+    assert gov.ledger.drains == 1
+    assert gov.close() == 0
+
+
+def test_the_warning_names_the_spend_records_when_they_were_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spend.jsonl"
+    gov = governor_with_unsent_settle(str(path))
+    (message,) = close_warnings(gov, caplog)
+    assert f"its calls are in the spend records, in {path}" in message
+    assert path.read_text().count("\n") == 1
+
+
+def test_the_warning_says_so_when_the_spend_records_were_lost_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spend store that fails too (a folder where the file should be)."""
+    folder = tmp_path / "spend.jsonl"
+    folder.mkdir()
+    gov = governor_with_unsent_settle(JsonlSpendStore(folder))
+    (message,) = close_warnings(gov, caplog)
+    assert "did not take 1 spend record(s) either" in message
+    assert "this warning may be its only record" in message
+    assert "in the spend records" not in message
+
+
+def test_the_warning_says_so_when_no_spend_store_is_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gov = governor_with_unsent_settle()
+    (message,) = close_warnings(gov, caplog)
+    assert "no spend store is set: this warning is its only record" in message
