@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -297,3 +298,28 @@ def test_a_webhook_url_without_a_host_is_refused(url: str) -> None:
 
     with pytest.raises(PolicyError, match="with a host"):
         Anomalies(webhook_url=url)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_posts_its_own_alerts(receiver: Receiver) -> None:
+    """The parent's webhook thread is not in a forked child: the child
+    starts its own, so its alert is posted (not queued for ever)."""
+    hook = WebhookHook(receiver.url)
+    hook(an_alert())  # the parent's background thread starts
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's report is its exit status
+        code = 1
+        try:
+            hook(an_alert())
+            hook.close()  # waits for the POST
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    hook.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 20
+    while len(receiver.bodies) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(receiver.bodies) == 2
