@@ -221,17 +221,17 @@ def test_a_keyed_budget_replaces_the_scope_wide_one_for_its_value(order: int) ->
             "team:search#day:2026-06-01@Europe/Paris",
         ),
         (
-            {"period": "rolling", "window_s": 3600},
+            {"period": "rolling", "window_s": 600},
             {"period": "rolling", "window_s": 600},
             "team:search#rolling:600s",
         ),
     ],
 )
-def test_a_keyed_budget_replaces_one_of_another_zone_or_window(
+def test_a_keyed_budget_replaces_one_of_another_zone(
     wide: dict[str, object], keyed: dict[str, object], expected: str
 ) -> None:
-    """The same period in another time zone or window is the same slot: the
-    team's own budget replaces the default, it does not sit under it."""
+    """The same period in another time zone is the same slot: the team's own
+    budget replaces the default, it does not sit under it."""
     budgets = [
         Budget(scope="team", max_usd="0.001", **wide),  # type: ignore[arg-type]
         Budget(scope="team", key="search", max_usd="100", **keyed),  # type: ignore[arg-type]
@@ -293,3 +293,20 @@ def test_an_idle_session_line_expires_in_the_memory_ledger() -> None:
     assert ledger.balance("session:s1") is not None
     now[0] += SESSION_TTL_S + 1
     assert ledger.balance("session:s1") is None
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+@pytest.mark.parametrize("order", [1, -1])
+def test_rolling_budgets_of_other_windows_all_apply(keyed: bool, order: int) -> None:
+    """$X an hour and $Y a day, rolling: both caps hold, in either order."""
+    key = "search" if keyed else None
+    budgets = [
+        Budget(scope="team", key=key, max_usd="1", period="rolling", window_s=3600),
+        Budget(scope="team", key=key, max_usd="9", period="rolling", window_s=86400),
+    ][::order]
+    when = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    search = lines_for(budgets, {"team": "search"}, "t1", when)
+    assert sorted(s.key for s in search) == [
+        "team:search#rolling:3600s",
+        "team:search#rolling:86400s",
+    ]

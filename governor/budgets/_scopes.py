@@ -104,8 +104,8 @@ def lines_for(
     """Return a line for every budget that applies to a call, narrowest first.
 
     A budget with a ``key`` replaces the scope-wide budget (no key) of the
-    same scope and period for that value, whatever the time zone or rolling
-    window of either: "every team $1, team search $0.0001" gives team search
+    same scope, period and rolling window for that value, whatever the time
+    zone of either: "every team $1, team search $0.0001" gives team search
     one line, at $0.0001.
 
     Args:
@@ -115,17 +115,18 @@ def lines_for(
         task_id: the id of the task the call belongs to.
         now: an aware datetime, the moment of the call.
     """
-    # A policy holds one budget per scope, key and period (time zones and
-    # rolling windows aside), so a keyed budget replaces the one in its slot
-    # whatever its own time zone or window.
-    by_slot: dict[tuple[str, str], LineSpec] = {}
+    # A policy holds one budget per scope, key, period and rolling window
+    # (time zones aside), so a keyed budget replaces the one in its slot
+    # whatever its own time zone; rolling budgets of other windows (an hour
+    # and a day) all apply.
+    by_slot: dict[tuple[str, str, float | None], LineSpec] = {}
     for budget in policy_budgets:
         value = (
             task_id if budget.scope == "task" else attribution_values.get(budget.scope)
         )
         if value is None or (budget.key is not None and budget.key != value):
             continue
-        slot = (budget.scope, budget.period)
+        slot = (budget.scope, budget.period, budget.window_s)
         if slot not in by_slot or budget.key is not None:
             by_slot[slot] = _spec(budget, value, now)
     return sorted(by_slot.values(), key=lambda spec: _ORDER[spec.scope])
