@@ -392,7 +392,7 @@ class Governor:
 
         if isinstance(anomalies, AnomalyMonitor):
             return anomalies
-        return AnomalyMonitor(anomalies, on_tighten=self._tighten)
+        return AnomalyMonitor(anomalies, on_tighten=self._tighten, restores=True)
 
     def apply_tighten(self, request: Any) -> None:
         """Apply an auto-tighten request (a ``governor.anomaly.Tighten``)."""

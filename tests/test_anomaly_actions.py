@@ -279,7 +279,7 @@ def test_a_later_spike_after_the_episode_ends_tightens_again() -> None:
     """An episode over, the limit is restored; a later spike lowers it again."""
     requests: list[Tighten] = []
     settings = quiet_settings(auto_tighten="lower", cooldown_s=60)
-    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append, restores=True)
     spike(monitor)
     for minute in range(6, 12):
         monitor.observe(call(minute, 100))

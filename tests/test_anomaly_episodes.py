@@ -143,7 +143,7 @@ def test_lower_once_per_episode_then_restore() -> None:
     """A spike lowers the team once; back to normal, the lowering is undone."""
     requests: list[Tighten] = []
     settings = watching(scopes=("team",), auto_tighten="lower")
-    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append, restores=True)
     steady(monitor, range(15))
     for minute in range(15, 18):
         runaway(monitor, minute, "u1", 200)
@@ -157,7 +157,7 @@ def test_the_governors_limit_is_back_after_two_episodes() -> None:
     """Lowered and restored twice, the team's budget is at its full limit again."""
     gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="100")]))
     settings = watching(scopes=("team",), auto_tighten="lower")
-    monitor = AnomalyMonitor(settings, on_tighten=gov.apply_tighten)
+    monitor = AnomalyMonitor(settings, on_tighten=gov.apply_tighten, restores=True)
     steady(monitor, range(15))
     runaway(monitor, 15, "u1", 200)
     lowered = gov._factors.get("team:search")
@@ -230,7 +230,7 @@ def test_a_restore_after_an_unblock_does_not_raise_the_limit() -> None:
     gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="100")]))
     requests: list[Tighten] = []
     settings = watching(scopes=("team",), auto_tighten="lower")
-    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append, restores=True)
     steady(monitor, range(15))
     runaway(monitor, 15, "u1", 200)
     steady(monitor, range(16, 45))
@@ -240,3 +240,24 @@ def test_a_restore_after_an_unblock_does_not_raise_the_limit() -> None:
     gov.apply_tighten(requests[1])
     gov.close()
     assert gov._factors.get("team:search", 1.0) == 1.0
+
+
+def test_a_callback_gets_no_restore_unless_it_asks() -> None:
+    """A callback written for "lower" and "block" alone never sees "restore"."""
+    requests: list[Tighten] = []
+    settings = watching(scopes=("team",), auto_tighten="lower")
+    monitor = AnomalyMonitor(settings, on_tighten=requests.append)
+    steady(monitor, range(15))
+    runaway(monitor, 15, "u1", 200)
+    steady(monitor, range(16, 45))
+    assert [r.mode for r in requests] == ["lower"]
+
+
+def test_a_governors_own_monitor_restores_the_limit() -> None:
+    """Governor(anomalies=...) makes its monitor with restores on."""
+    from governor.anomaly import Anomalies
+
+    gov = Governor(Policy(), anomalies=Anomalies(auto_tighten="lower"))
+    assert gov.monitor is not None
+    assert gov.monitor._restores is True
+    gov.close()

@@ -35,9 +35,10 @@ class AnomalyMonitor:
     Auto-tighten acts on the narrowest scope that explains an alert (the
     first of ``alert.explained_by`` whose kind is in ``tighten_scopes``, else
     the alert's own scope when its kind is), once: while that scope is
-    tightened, further alerts it explains add nothing. With ``"lower"``, once
-    every episode that holds it tightened has ended, a ``"restore"`` request
-    undoes the lowering; a block stays until someone unblocks the scope.
+    tightened, further alerts it explains add nothing. With ``"lower"`` and
+    ``restores=True`` (as a governor makes its monitor), once every episode
+    that holds it tightened has ended, a ``"restore"`` request undoes the
+    lowering; a block stays until someone unblocks the scope.
 
     Thread-safe: the detector runs under a lock, hooks run outside it.
 
@@ -46,6 +47,10 @@ class AnomalyMonitor:
         hooks: callables taking an :class:`Alert`, called in order.
         on_tighten: receives :class:`Tighten` requests when auto-tighten is
             on; typically lowers, blocks or restores the scope's budget.
+        restores: also send ``"restore"`` requests when an episode ends. Off
+            by default, so that a callback written for ``"lower"`` and
+            ``"block"`` alone never receives one; ``Governor.apply_tighten``
+            handles them.
     """
 
     def __init__(
@@ -54,8 +59,10 @@ class AnomalyMonitor:
         *,
         hooks: Sequence[AlertHook] = (),
         on_tighten: Callable[[Tighten], None] | None = None,
+        restores: bool = False,
     ) -> None:
         self.settings = settings or Anomalies()
+        self._restores = restores
         self._detector = AnomalyDetector(
             self.settings, on_episode_end=self._episode_ended
         )
@@ -117,7 +124,7 @@ class AnomalyMonitor:
             if sources:
                 continue
             del self._held[target]
-            if self.settings.auto_tighten == "lower":
+            if self.settings.auto_tighten == "lower" and self._restores:
                 factor = 1 / self.settings.tighten_factor
                 requests.append(Tighten(target, "restore", factor, alert))
         return requests
