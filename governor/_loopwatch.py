@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from governor.loops import LoopDetected, LoopGuard, LoopVerdict
+from governor.loops._normalize import normalize_args
 from governor.telemetry._content import capture_content, content_digest
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from governor.telemetry import Telemetry
     from governor.telemetry._tracing import AttrValue
 
-__all__ = ["LoopWatch", "loop_watch", "state_digest"]
+__all__ = ["LoopWatch", "loop_watch", "state_digest", "tool_call_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,12 @@ class LoopWatch:
         self.hint: str | None = None
         self._lock = threading.Lock()
         self._steps = 0
-        self._seen: dict[tuple[str, bytes], int] = {}
+        self._seen: dict[tuple[str, bytes, bytes], int] = {}
+        # The last judged result's (step, branch, answer) and its turn label.
+        self._last_turn: tuple[int, str | None, bytes, int] | None = None
+        self._turns = 0
+        # task.model_calls when each node was last visited.
+        self._node_calls: dict[str, int] = {}
         self._seen_step_nodes: set[tuple[int, str]] = set()
         self._seen_visits: set[tuple[int, str, str | None]] = set()
         self._step_results: dict[tuple[int, str, str, bytes], str] = {}
@@ -84,11 +90,11 @@ class LoopWatch:
         self.raise_if_stopped()
         with self._lock:
             flagged = False
-            for name, args, result, turn in self._new_tool_results(messages):
+            for name, args, result, answer in self._new_tool_results(messages):
                 if not self._first_in_step(step, branch, name, args, result):
                     continue
                 verdict = self.guard.on_tool_call(
-                    name, args, result, step=step, turn=turn
+                    name, args, result, step=step, turn=self._turn(step, branch, answer)
                 )
                 flagged = flagged or verdict is not None
                 self._act(verdict)
@@ -113,15 +119,27 @@ class LoopWatch:
         node: str | None,
         prompt_key: str | None = None,
     ) -> None:
-        """Judge one model output (the first of its step when in a graph)."""
+        """Judge one model output (the first of its step when in a graph).
+
+        An answer that calls tools comes as :func:`tool_call_output` made it:
+        only the same-call rule compares it, by its text and its calls.
+        """
         if not text:
             return
-        long_enough = len(text.split()) >= self.task.policy.loops.min_output_words
+        called = _called_tools(text)
+        loops = self.task.policy.loops
+        long_enough = len(text.split()) >= loops.min_output_words
         with self._lock:
             if node is not None:
                 if (step, node) in self._seen_step_nodes:
                     return
                 self._seen_step_nodes.add((step, node))
+            if called is not None:
+                tools, answer = called
+                # A call to an exempt tool (a poll) may be asked for again.
+                if prompt_key is not None and tools.isdisjoint(loops.exempt_tools):
+                    self._act(self.guard.on_call(prompt_key, answer, step=step))
+                return
             if prompt_key is not None:
                 self._act(self.guard.on_call(prompt_key, text, step=step))
             if long_enough:
@@ -139,13 +157,22 @@ class LoopWatch:
             self._act(self.guard.on_call(prompt_key, text, step=step))
 
     def on_step(self, node: str, digest: str | None, step: int) -> None:
-        """Judge a graph step: the node with its relevant state, and max_steps."""
+        """Judge a graph step: the node with its relevant state, and max_steps.
+
+        A node visited again with no model call made since its last visit
+        (a node that polls a job and loops back to itself) has cost nothing
+        in between and is not judged; ``max_steps`` and ``max_wall_s`` still
+        bound it, and so does LangGraph's recursion limit.
+        """
         self.raise_if_stopped()
         with self._lock:
             self._steps += 1
+            calls = self.task.model_calls
+            free = self._node_calls.get(node) == calls
+            self._node_calls[node] = calls
             # Parallel runs of one node on one state in one step (Send
             # branches sampling the same question) are one visit, not a loop.
-            if (step, node, digest) not in self._seen_visits:
+            if not free and (step, node, digest) not in self._seen_visits:
                 self._seen_visits.add((step, node, digest))
                 self._act(self.guard.on_node(node, digest, step=step))
             self._act(
@@ -210,43 +237,95 @@ class LoopWatch:
         first = self._step_results.setdefault(key, branch)
         return first == branch
 
+    def _turn(self, step: int, branch: str | None, answer: bytes) -> int:
+        """A label for the model answer that asked for a tool result.
+
+        Results of one answer share a label wherever the answer sits in the
+        prompt, so a trimmed history, whose answers keep the same places,
+        does not make calls one after another look side by side. Results
+        that parallel branches of one graph step bring in turn share one
+        too: those calls were made side by side.
+        """
+        last = self._last_turn
+        if last is not None:
+            last_step, last_branch, last_answer, label = last
+            side_by_side = (
+                branch is not None
+                and last_branch is not None
+                and branch != last_branch
+                and step == last_step
+            )
+            if answer == last_answer or side_by_side:
+                self._last_turn = (step, branch, answer, label)
+                return label
+        self._turns += 1
+        self._last_turn = (step, branch, answer, self._turns)
+        return self._turns
+
     def _new_tool_results(
         self, messages: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Any, str, int]]:
+    ) -> list[tuple[str, Any, str, bytes]]:
         """The tool results of a prompt that no earlier prompt carried.
 
-        Each comes with the place of the model answer that called the tool,
-        so calls made side by side in one answer can be told apart.
+        Each comes with a digest of the model answer that called the tool
+        (its text and calls, ids included), so calls made side by side in
+        one answer can be told apart from calls made one after another.
 
-        A result is known by its call id and a digest of its content, not by
-        its place in the prompt, so a prompt trimmed to its last messages does
-        not make old results look new. Providers and fakes may reuse call ids,
-        so a result that comes back with the same id and content is new when
-        the prompt holds more copies of it than any prompt before.
+        A result is known by its call id, its call (tool and arguments) and
+        a digest of its content, not by its place in the prompt, so a prompt
+        trimmed to its last messages does not make old results look new. A
+        tool message without a call id answers the call of the same rank in
+        the answer before it. Providers and fakes may reuse call ids, so a
+        result that comes back with the same id, call and content is new
+        when the prompt holds more copies of it than any prompt before.
         """
         if not any(m.get("role") == "tool" for m in messages):
             return []
-        calls: dict[str, tuple[str, Any, int]] = {}
-        copies: dict[tuple[str, bytes], int] = {}
+        calls: dict[str, _Called] = {}
+        pending: list[_Called] = []  # the calls of the last answer, in order
+        copies: dict[tuple[str, bytes, bytes], int] = {}
+        answers: dict[int, bytes] = {}
         found = []
-        for place, message in enumerate(messages):
-            for call in message.get("tool_calls") or ():
-                ident, name, args = _tool_call(call)
-                if ident:
-                    calls[ident] = (name, args, place)
-            ident = message.get("tool_call_id")
-            if message.get("role") != "tool" or not ident:
+        for message in messages:
+            if message.get("role") != "tool":
+                pending = self._answer_calls(message, calls)
                 continue
+            ident = message.get("tool_call_id")
+            if ident:
+                called = calls.get(str(ident))
+            else:
+                called = pending.pop(0) if pending else None
             content = _text(message.get("content"))
             # Count every copy, including those whose call was trimmed away.
-            key = (str(ident), _content_digest(content))
-            if self._is_new(key, copies) and ident in calls:
-                name, args, place = calls[ident]
-                found.append((name, args, content, place))
+            key = (str(ident or ""), _call_digest(called), _content_digest(content))
+            if self._is_new(key, copies) and called is not None:
+                name, args, answer = called
+                if id(answer) not in answers:  # hashed only when needed
+                    answers[id(answer)] = _answer_digest(answer)
+                found.append((name, args, content, answers[id(answer)]))
+        return found
+
+    @staticmethod
+    def _answer_calls(
+        message: Mapping[str, Any], calls: dict[str, _Called]
+    ) -> list[_Called]:
+        """The tool calls a message asks for, in order; each known by its id."""
+        asked = message.get("tool_calls") or ()
+        if not asked:
+            return []
+        found = []
+        for call in asked:
+            ident, name, args = _tool_call(call)
+            called = (name, args, message)
+            found.append(called)
+            if ident:
+                calls[str(ident)] = called
         return found
 
     def _is_new(
-        self, key: tuple[str, bytes], copies: dict[tuple[str, bytes], int]
+        self,
+        key: tuple[str, bytes, bytes],
+        copies: dict[tuple[str, bytes, bytes], int],
     ) -> bool:
         """Count one copy of a result in a prompt; True if no prompt had as many."""
         copies[key] = copies.get(key, 0) + 1
@@ -254,6 +333,37 @@ class LoopWatch:
             return False
         self._seen[key] = copies[key]
         return True
+
+
+_CALLS_MARK = "\x00tool calls\x00"
+
+
+def tool_call_output(text: str | None, calls: Sequence[Any]) -> str:
+    """The output to give the loop guard for an answer that calls tools.
+
+    Only the same-call rule reads it: the same prompt answered with the same
+    text and the same calls (names and normalized arguments, not ids) again
+    and again is a loop. The output rules judge text answers alone, since
+    the same preamble before new calls is work. ``calls`` are tool calls in
+    the OpenAI or LangChain shape, as mappings or SDK objects.
+    """
+    named = []
+    for call in calls:
+        _, name, args = _tool_call(call)
+        if not isinstance(args, Mapping | str):
+            args = str(args)
+        named.append([name, normalize_args(args)])
+    return _CALLS_MARK + json.dumps([text or "", named])
+
+
+def _called_tools(text: str) -> tuple[frozenset[str], str] | None:
+    """The tools a :func:`tool_call_output` names, and the answer as it reads
+    (``text name(args) ...``); None for a text answer."""
+    if not text.startswith(_CALLS_MARK):
+        return None
+    said, named = json.loads(text[len(_CALLS_MARK) :])
+    calls = [f"{name}({args})" for name, args in named]
+    return frozenset(str(name) for name, _ in named), " ".join([said, *calls]).strip()
 
 
 def _event_attributes(verdict: LoopVerdict) -> dict[str, AttrValue]:
@@ -360,9 +470,30 @@ def _gist(message: Any) -> Any:
     return [role, _text(content), json.dumps(named, sort_keys=True, default=str)]
 
 
+# A tool call with the answer that made it: name, arguments, answer message.
+_Called = tuple[str, Any, Mapping[str, Any]]
+
+
+def _answer_digest(message: Mapping[str, Any]) -> bytes:
+    """A digest of a model answer: its text and its calls, ids included."""
+    calls = [_tool_call(call) for call in message.get("tool_calls") or ()]
+    text = json.dumps([_text(message.get("content")), calls], default=str)
+    return _content_digest(text)
+
+
+def _call_digest(called: _Called | None) -> bytes:
+    if called is None:
+        return b""
+    return _content_digest(json.dumps(called[:2], sort_keys=True, default=str))
+
+
 def _tool_call(call: Any) -> tuple[str | None, str, Any]:
-    if not isinstance(call, Mapping):
-        return None, "", None
+    if not isinstance(call, Mapping):  # a provider SDK's tool call object
+        function = getattr(call, "function", None)
+        if function is None:
+            return None, "", None
+        name = str(getattr(function, "name", "") or "")
+        return getattr(call, "id", None), name, getattr(function, "arguments", None)
     function = call.get("function")
     if isinstance(function, Mapping):  # OpenAI shape
         return call.get("id"), str(function.get("name", "")), function.get("arguments")

@@ -493,7 +493,7 @@ def test_real_resolved_run_is_not_flagged() -> None:
 
 
 def test_a_node_cycle_is_not_told_to_exempt_a_tool() -> None:
-    """The advice for a state cycle names the node case, not exempt_tools."""
+    """The advice for a state cycle names the nodes to exempt, not a tool."""
     from governor.loops import LoopDetected
 
     error = LoopDetected(
@@ -503,5 +503,6 @@ def test_a_node_cycle_is_not_told_to_exempt_a_tool() -> None:
         setting="max_cycle_repeats",
         limit=1,
     )
-    assert "exempt_tools" not in str(error)
+    assert "list the tool" not in str(error)
     assert "If a node is meant to come back to the same state" in str(error)
+    assert "exempt_tools=('agent', 'tools')" in str(error)

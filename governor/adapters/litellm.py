@@ -42,6 +42,7 @@ from governor._calls import (
 )
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
+from governor._loopwatch import tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import current_task
 from governor.adapters._ceiling import OutputCeiling
@@ -908,15 +909,17 @@ def _result(response: Any, request: CallRequest) -> CallResult:
 
 
 def _judged(response: Any, text: str | None) -> str | None:
-    """The output the loop guard compares as text; None for tool calls.
+    """The output the loop guard compares: the text, or the text and calls.
 
     An agent that writes the same preamble before each new tool call is
     making progress: an answer that calls tools is judged by its calls and
-    their results (the repetition rules), not by its words.
+    their results (the repetition rules), not by its words, and only the
+    same-call rule compares the answer itself, calls included.
     """
     choices = getattr(response, "choices", None) or ()
     message = getattr(choices[0], "message", None) if choices else None
-    return None if getattr(message, "tool_calls", None) else text
+    calls = getattr(message, "tool_calls", None)
+    return tool_call_output(text, calls) if calls else text
 
 
 def _all_output(response: Any) -> str | None:

@@ -10,6 +10,8 @@ from governor._errors import GovernorHalt, decimal_text
 
 __all__ = ["LoopDetected"]
 
+_STATE = " [state "
+
 
 class LoopDetected(GovernorHalt, RecursionError):
     """A task was stopped because it repeated itself without making progress.
@@ -71,13 +73,16 @@ class LoopDetected(GovernorHalt, RecursionError):
 
 
 def _advice(rule: str, evidence: Sequence[str]) -> str:
-    by_state = any("[state " in item for item in evidence)
+    nodes = tuple(
+        dict.fromkeys(item.split(_STATE)[0] for item in evidence if _STATE in item)
+    )
     if rule == "same_call":
         return "If the same request is meant to be sent again and again,"
-    if rule in {"repeat", "cycle"} and by_state:
+    if rule in {"repeat", "cycle", "stale"} and nodes:
         return (
             "If a node is meant to come back to the same state (it waits for "
-            "something outside the graph),"
+            "something outside the graph), list it in Loops.exempt_tools, which "
+            f"takes node names too (exempt_tools={nodes!r}), or"
         )
     if rule in {"repeat", "cycle", "stale"}:
         return (

@@ -13,7 +13,9 @@ from governor.loops._normalize import (
     digest,
     normalize_args,
     normalize_result,
+    normalize_result_ids,
     normalize_text,
+    tokens,
 )
 from governor.loops._rules import (
     CallRun,
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 Source = Literal["tool", "node", "output", "prompt", "task"]
 
 _EXCERPT_CHARS = 120
+# Item ids remembered per task (UUIDs from tool results) and tools whose last
+# result's ids are kept; past these the oldest are forgotten.
+_SEEN_IDS = 4096
+_TOOLS_KEPT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,8 @@ class LoopGuard:
         self._outputs = OutputRun(loops)
         self._exempt = frozenset(loops.exempt_tools)
         self._results = ResultRun(loops)
+        self._seen_ids: dict[str, None] = {}
+        self._last_ids: dict[str, frozenset[str]] = {}
         self._turns = PromptTurns(loops, self._exempt)
         self._escalated = False
         self._ceilings_hit: set[str] = set()
@@ -175,14 +183,21 @@ class LoopGuard:
         ``Loops.exempt_tools`` is not judged: repeating a call is no loop
         unless it also gets the same result. The same result coming back
         from one tool for other arguments is a loop too, but only after
-        ``Loops.max_same_result_repeats`` calls in a row; calls that one
-        model answer made side by side (the same ``turn``, any label of the
-        answer) count once there, being one fan-out.
+        ``Loops.max_same_result_repeats`` calls in a row (and so is a cycle
+        of tools that each keep answering the same); calls that one model
+        answer made side by side (the same ``turn``, any label of the
+        answer) count once there, being one fan-out. A result that differs
+        from the tool's last one only in masked item ids is still new when
+        an id is one the call's arguments name, or a UUID no earlier result
+        of the task showed: work on another item, not the same result.
         """
         if result is None or name in self._exempt:
             return None
         norm_args = normalize_args(args)
-        norm_result = normalize_result(result, mask_volatile=self._loops.mask_volatile)
+        if self._loops.mask_volatile:
+            norm_result, ids = normalize_result_ids(result)
+        else:
+            norm_result, ids = normalize_result(result, mask_volatile=False), None
         key = digest("tool", name, norm_args, norm_result)
         label = f"{name}({_excerpt(norm_args)}) -> {_excerpt(norm_result)}"
         hit = self._tools.observe(key, label, step)
@@ -192,8 +207,27 @@ class LoopGuard:
             f"{name}(...) -> {_excerpt(norm_result)}",
             step,
             turn,
+            new=ids is not None and self._new_item(name, norm_args, ids),
         )
         return self._verdict(hit or same, "tool")
+
+    def _new_item(self, name: str, norm_args: str, ids: frozenset[str]) -> bool:
+        """Whether a result names an item its tool's last result did not, and
+        that item is new: named by the call's arguments, or a UUID unseen."""
+        before = self._last_ids.pop(name, frozenset())
+        if len(self._last_ids) >= _TOOLS_KEPT:
+            del self._last_ids[next(iter(self._last_ids))]
+        self._last_ids[name] = ids
+        changed = ids - before
+        if not changed:
+            return False
+        unseen = any("-" in i and i not in self._seen_ids for i in changed)
+        for item in ids:
+            self._seen_ids.pop(item, None)
+            self._seen_ids[item] = None
+        while len(self._seen_ids) > _SEEN_IDS:
+            del self._seen_ids[next(iter(self._seen_ids))]
+        return unseen or not changed.isdisjoint(tokens(norm_args))
 
     def on_prompt(
         self, messages: Sequence[Mapping[str, Any]], *, step: int
@@ -217,9 +251,11 @@ class LoopGuard:
         """Observe one node visit with a digest of the state it acts on.
 
         Without a state digest a visit is not judged: a node reached again
-        is a loop only if it is reached with the same relevant state.
+        is a loop only if it is reached with the same relevant state. Nor is
+        a node listed in ``Loops.exempt_tools``, which holds node names too
+        (a node that polls on purpose).
         """
-        if state_digest is None:
+        if state_digest is None or name in self._exempt:
             return None
         key = digest("node", name, state_digest)
         label = f"{name} [state {state_digest[:16]}]"

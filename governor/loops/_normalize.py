@@ -23,14 +23,17 @@ __all__ = [
     "digest",
     "normalize_args",
     "normalize_result",
+    "normalize_result_ids",
     "normalize_text",
     "shingles",
+    "tokens",
     "words",
 ]
 
 _DIGEST_BYTES = 16
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # One alternation, so a result is scanned once. Timestamps come before
 # durations, so "12:00:01.5s" is masked as one token.
 _VOLATILE = re.compile(
@@ -44,6 +47,18 @@ _VOLATILE = re.compile(
     r"|(?P<counter>#\d+\b)"
     r"|(?P<id>\b\d{6,}\b)"
 )
+
+
+# Masked tokens that can name an item (a ticket, an order, a user), not only a
+# moment: a tool that acts on another item each call prints another one.
+_ITEM_KINDS = frozenset(("uuid", "counter", "id"))
+# ... unless a label says the token numbers the request or the attempt.
+_NOISE_LABEL = re.compile(
+    r"\b(?:request|req|trace|span|correlation|session|attempt|retry|try|run)"
+    r"(?:[\s_-]?id)?\W{0,3}$",
+    re.IGNORECASE,
+)
+_LABEL_CHARS = 24
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -93,6 +108,37 @@ def normalize_result(result: str, *, mask_volatile: bool) -> str:
     if mask_volatile:
         result = _VOLATILE.sub(_mask, result)
     return normalize_text(result)
+
+
+def normalize_result_ids(result: str) -> tuple[str, frozenset[str]]:
+    """Return a masked, normalized tool result and the item ids masking hid.
+
+    The ids are the masked UUIDs (lower-cased), counters (``#4512`` as
+    ``4512``) and long numbers that no label before them calls a request,
+    trace, session, attempt or retry number: the tokens that may name the
+    item a call acted on. One scan of the result does both.
+    """
+    ids: set[str] = set()
+
+    def mask(match: re.Match[str]) -> str:
+        kind = match.lastgroup
+        if kind in _ITEM_KINDS and not _noise(result, match.start()):
+            ids.add(match.group().lstrip("#").lower())
+        return f"<{kind}>"
+
+    return normalize_text(_VOLATILE.sub(mask, result)), frozenset(ids)
+
+
+def _noise(text: str, start: int) -> bool:
+    """Whether the words just before ``start`` label a request or attempt id."""
+    return _NOISE_LABEL.search(text, max(0, start - _LABEL_CHARS), start) is not None
+
+
+def tokens(text: str) -> set[str]:
+    """The lower-cased words of ``text`` and the UUIDs it holds whole, the
+    forms :func:`normalize_result_ids` gives item ids in."""
+    lowered = text.lower()
+    return set(_WORD.findall(lowered)) | set(_UUID.findall(lowered))
 
 
 def digest(*parts: str) -> bytes:

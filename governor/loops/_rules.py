@@ -15,7 +15,9 @@ in form but nothing comes of it:
 
 - same result: a tool returns the result of the call before more than
   ``max_same_result_repeats`` times in a row, whatever the arguments (a search
-  answering "no results" to query after query);
+  answering "no results" to query after query), or tools taking turns each
+  keep returning their same result that often; a result that names a new
+  item (see :class:`governor.loops.LoopGuard`) is not the same result;
 - repeated turns: a prompt ends in turns (a model answer with the messages
   after it) that each equal the turn k before, more than
   ``max_repeated_turns`` of them, for a k in 1..max_cycle_period: the model is
@@ -309,59 +311,137 @@ class OutputRun:
         return hit
 
 
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """One judged tool call for the same-result rule: no arguments, no text."""
+
+    key: bytes  # the tool and its masked result
+    label: str
+    args: int  # a hash of the normalized arguments
+    step: int
+    turn: int | None
+
+
 class ResultRun:
-    """Tool calls in a row that each got the same result as the call before.
+    """Tool calls that each got the same result as a call 1 to k before.
 
     The arguments do not matter: a search that answers "no results" to one
-    query after another learns nothing, however the query changes. Any call
-    of another tool, or a different result, ends the run. Calls one model
-    answer made side by side (one ``turn``) add one to the run, not one each:
-    sending fourteen e-mails at once that each come back "sent" is fan-out.
+    query after another learns nothing, however the query changes. For a lag
+    of 1 it counts the calls in a row that got the result of the call before
+    from the same tool; any other result, or another tool's call, ends that
+    run. For a lag k of 2 to ``max_cycle_period`` it counts the calls in a row
+    that each got the result of the call k before: tools taking turns (a
+    search answering "no results", a page read answering "404", again and
+    again) with nothing new coming in. Such a cycle fires only once every
+    tool call in it has come back the same more than
+    ``max_same_result_repeats`` times, as one tool alone would have to.
+
+    A call counts once with the call it repeats when one model answer made
+    both side by side (one ``turn``): fourteen e-mails sent at once that each
+    come back "sent" are fan-out. A result marked new (an item id the task
+    has not seen, or one its arguments name) is progress and ends every run.
     """
 
     def __init__(self, loops: Loops) -> None:
         self._limit = loops.max_same_result_repeats
-        self._last: bytes | None = None
-        self._turn: int | None = None
-        self._run = 0
-        self._args: set[str] = set()
-        self._steps: list[int] = []
+        self._period = loops.max_cycle_period
+        self._recent: deque[_Result] = deque(
+            maxlen=max(loops.window_steps, self._period + 1)
+        )
+        lags = range(self._period + 1)
+        # For each lag k: calls in a row equal to the one k back, how often
+        # each result in the run was repeated (fan-out counted once), and
+        # the arguments the run saw.
+        self._runs = [0] * (self._period + 1)
+        self._counts: list[dict[bytes, int]] = [{} for _ in lags]
+        self._args: list[set[int]] = [set() for _ in lags]
 
     def observe(
-        self, key: bytes, args: str, label: str, step: int, turn: int | None = None
+        self,
+        key: bytes,
+        args: str,
+        label: str,
+        step: int,
+        turn: int | None = None,
+        *,
+        new: bool = False,
     ) -> Hit | None:
         """Add one call, keyed by tool and result; return a hit on a long run."""
         if self._limit is None:
             return None
-        same_turn = turn is not None and turn == self._turn
-        self._turn = turn
-        if key == self._last:
-            self._run += 0 if same_turn else 1
-        else:
-            self._last, self._run = key, 0
-            self._args.clear()
-            self._steps.clear()
-        self._args.add(args)
-        self._steps.append(step)
-        if self._run <= self._limit:
+        current = _Result(key, label, hash(args), step, turn)
+        self._update_runs(current, new)
+        self._recent.append(current)
+        for lag in range(1, self._period + 1):
+            hit = self._hit(lag, self._limit)
+            if hit is not None:
+                self._reset()
+                return hit
+        return None
+
+    def _update_runs(self, current: _Result, new: bool) -> None:
+        n = len(self._recent)
+        for lag in range(1, self._period + 1):
+            before = self._recent[n - lag] if lag <= n else None
+            if new or before is None or before.key != current.key:
+                self._runs[lag] = 0
+                self._counts[lag].clear()
+                self._args[lag].clear()
+                continue
+            if not self._runs[lag]:
+                self._args[lag].add(before.args)
+            self._runs[lag] += 1
+            self._args[lag].add(current.args)
+            if current.turn is None or current.turn != before.turn:
+                counts = self._counts[lag]
+                counts[current.key] = counts.get(current.key, 0) + 1
+
+    def _hit(self, lag: int, limit: int) -> Hit | None:
+        if self._runs[lag] < lag:  # the cycle must come back in full once
             return None
-        hit = Hit(
+        lap = [self._recent[-i] for i in range(lag, 0, -1)]
+        keys = {item.key for item in lap}
+        if lag > 1 and len(keys) == 1:  # one result again: the lag-1 run's
+            return None
+        counts = self._counts[lag]
+        repeats = min(counts.get(key, 0) for key in keys)
+        if repeats <= limit:
+            return None
+        seen = min(self._runs[lag] + lag, len(self._recent))
+        steps = tuple(self._recent[-i].step for i in range(seen, 0, -1))
+        return Hit(
             rule="same_result",
             setting="max_same_result_repeats",
-            limit=self._limit,
-            repeats=self._run,
-            labels=(label,),
-            steps=tuple(self._steps),
-            detail=(
-                f"{label} came back {self._run + 1} times in a row, for "
-                f"{len(self._args)} different arguments, so nothing new came in"
-            ),
+            limit=limit,
+            repeats=repeats,
+            labels=tuple(item.label for item in lap),
+            steps=steps,
+            detail=self._detail(lap, repeats, len(self._args[lag])),
         )
-        # The next hit needs a fresh run.
-        self._last, self._run = None, 0
-        self._args.clear()
-        self._steps.clear()
-        return hit
+
+    @staticmethod
+    def _detail(lap: list[_Result], repeats: int, arguments: int) -> str:
+        if arguments == 1:
+            args = "with the same arguments"
+        else:
+            args = f"for {arguments} different arguments"
+        if len(lap) == 1:
+            what = f"{lap[0].label} came back {repeats + 1} times in a row"
+        else:
+            cycle = " -> ".join(item.label for item in lap)
+            what = (
+                f"a cycle of {len(lap)} tool calls ({cycle}) came back the same "
+                f"{repeats + 1} times in a row"
+            )
+        return f"{what}, {args}, so nothing new came in"
+
+    def _reset(self) -> None:
+        """Forget the runs so the next hit needs a fresh one."""
+        self._recent.clear()
+        self._runs = [0] * (self._period + 1)
+        for lag in range(self._period + 1):
+            self._counts[lag].clear()
+            self._args[lag].clear()
 
 
 class CallRun:
