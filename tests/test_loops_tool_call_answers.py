@@ -7,11 +7,15 @@ sent the same prompt, got the same call and ran until the budget was spent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.graph import END, START, StateGraph
 
-from governor import Governor, LoopDetected
+from governor import Governor, LoopDetected, govern
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.testing import OfflineAnswer, install_offline_provider, offline_model
 
@@ -45,3 +49,50 @@ def test_the_same_tool_call_to_a_trimmed_prompt_is_stopped(keep: int) -> None:
     # The prompt stops changing once it is full; then 12 alike calls.
     assert sent["n"] < 20
     assert task.report().stop_reason == "loop_detected"
+
+
+class _Caller(BaseChatModel):
+    """A chat model that answers every prompt with one tool call."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "caller"
+
+    def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
+        return {"ls_model_name": "gpt-4o-mini", "ls_max_tokens": 20}
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        call = {"name": "lookup", "args": {"q": "x"}, "id": "c1"}
+        message = AIMessage(content="", tool_calls=[call])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class _Steps(TypedDict):
+    n: int
+
+
+def test_a_chat_model_repeating_one_tool_call_to_one_prompt_is_stopped() -> None:
+    """LangGraph adapter: the same prompt answered with the same tool call
+    again and again is a same_call loop, as for LiteLLM."""
+    model = _Caller()
+
+    def ask(state: _Steps) -> _Steps:
+        model.invoke("Find x.")  # one call a step, the state moves on
+        return {"n": state["n"] + 1}
+
+    def again(state: _Steps) -> str:
+        return "ask" if state["n"] < 60 else END
+
+    builder = StateGraph(_Steps)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_conditional_edges("ask", again, ["ask", END])
+    agent = govern(builder.compile(), Governor())
+    with pytest.raises(LoopDetected) as stopped:
+        agent.invoke({"n": 0}, {"recursion_limit": 500})
+    report = agent.last_report
+    assert report is not None
+    assert stopped.value.rule == "same_call"
+    assert report.calls < 20

@@ -44,7 +44,7 @@ from opentelemetry.trace import Span
 from governor._calls import Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, OutputLimitExceeded
-from governor._loopwatch import loop_watch, state_digest
+from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import OutputCeiling
 from governor.adapters._tokens import (
@@ -1262,15 +1262,20 @@ def _generated_text(response: LLMResult) -> str:
 
 
 def _judged(response: LLMResult, text: str) -> str | None:
-    """The output the loop guard compares as text; None for tool calls.
+    """The output the loop guard compares: the text, or the text and calls.
 
     An agent that writes the same preamble before each new tool call is
     making progress: an answer that calls tools is judged by its calls and
-    their results (the repetition rules), not by its words.
+    their results (the repetition rules), not by its words, and only the
+    same-call rule compares the answer itself, calls included.
     """
-    calls = any(
-        getattr(getattr(g, "message", None), "tool_calls", None)
-        for gens in response.generations
-        for g in gens
+    calls = next(
+        (
+            found
+            for gens in response.generations
+            for g in gens
+            if (found := getattr(getattr(g, "message", None), "tool_calls", None))
+        ),
+        None,
     )
-    return None if calls else text
+    return tool_call_output(text, calls) if calls else text
