@@ -634,7 +634,11 @@ def test_a_model_call_made_by_a_litellm_callback_is_governed() -> None:
             )
             judged.append("sync")
 
-    saved = list(litellm.callbacks)
+    # LiteLLM copies callbacks into its per-event lists on the first call:
+    # all of them are put back, or the judge would run in later tests.
+    lists = [name for name in dir(litellm) if name.endswith("callback")]
+    lists += ["callbacks"]
+    saved = {name: list(getattr(litellm, name)) for name in lists}
     litellm.callbacks = [Judge()]
     try:
         gov = Governor()
@@ -649,7 +653,8 @@ def test_a_model_call_made_by_a_litellm_callback_is_governed() -> None:
             while not judged and time.monotonic() < deadline:
                 time.sleep(0.05)
     finally:
-        litellm.callbacks = saved
+        for name, callbacks in saved.items():
+            setattr(litellm, name, callbacks)
     assert judged == ["sync"]
     assert task.report().calls == 2
 
