@@ -340,3 +340,11 @@ def test_a_password_is_hidden_even_beside_a_bad_port() -> None:
     """redact_url never raises and keeps the host as written."""
     assert redact_url("redis://:pw@h:notaport/0") == "redis://:***@h:notaport/0"
     assert redact_url("redis://u:pw@[::1]:6379/0") == "redis://u:***@[::1]:6379/0"
+
+
+def test_pool_exhausted_is_public_in_governor_stores() -> None:
+    """Callers catch it as governor.stores.PoolExhausted, the class raised."""
+    import governor.stores
+
+    assert governor.stores.PoolExhausted is PoolExhausted
+    assert "PoolExhausted" in governor.stores.__all__

@@ -21,7 +21,12 @@ from governor.stores._failover import (
 from governor.stores._memory import MemoryLedger
 
 if TYPE_CHECKING:
-    from governor.stores._redis import RedisConfig, RedisConnections, RedisLedger
+    from governor.stores._redis import (
+        PoolExhausted,
+        RedisConfig,
+        RedisConnections,
+        RedisLedger,
+    )
     from governor.stores._semaphore import (
         LocalSemaphore,
         RedisSemaphore,
@@ -42,6 +47,7 @@ __all__ = [
     "Line",
     "LocalSemaphore",
     "MemoryLedger",
+    "PoolExhausted",
     "RedisConfig",
     "RedisConnections",
     "RedisLedger",
@@ -52,6 +58,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "PoolExhausted": "_redis",
     "RedisConfig": "_redis",
     "RedisConnections": "_redis",
     "RedisLedger": "_redis",
