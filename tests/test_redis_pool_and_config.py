@@ -310,7 +310,7 @@ def test_a_url_that_is_not_a_string_is_refused() -> None:
         ("redis://127.0.0.1:6379/0?socket_connect_timeout=-1", "'-1'"),
         ("redis://127.0.0.1:6379/0?max_connections=0", "max_connections='0'"),
         ("redis://127.0.0.1:6379/0?db=x", "db='x'"),
-        ("unix:///tmp/redis.sock?db=abc", "db='abc'"),
+        ("unix:///var/run/redis/redis.sock?db=abc", "db='abc'"),
     ],
 )
 def test_a_bad_url_is_refused_when_the_config_is_made(url: str, says: str) -> None:
@@ -328,7 +328,7 @@ def test_a_bad_url_is_refused_when_the_config_is_made(url: str, says: str) -> No
         "redis://127.0.0.1/3",
         "redis://[::1]:6379/2",
         "rediss://:pw@host:6380/0?socket_timeout=1.5&db=2",
-        "unix:///tmp/redis.sock?db=2",
+        "unix:///var/run/redis/redis.sock?db=2",
     ],
 )
 def test_good_urls_are_taken(url: str) -> None:
