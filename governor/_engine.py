@@ -76,6 +76,7 @@ from governor.telemetry._tracing import (
     Telemetry,
     attributes_of,
     attribution_attributes,
+    metric_attributes,
 )
 
 if TYPE_CHECKING:
@@ -1741,6 +1742,7 @@ class Governor:
         return labels
 
     def _new_labels(self, admission: Admission) -> dict[str, AttrValue]:
+        """A call's metric labels: model, operation, provider, bounded attribution."""
         labels: dict[str, AttrValue] = {
             attr.GEN_AI_OPERATION_NAME: admission.request.operation,
             attr.GEN_AI_REQUEST_MODEL: admission.request.model,
@@ -1748,7 +1750,7 @@ class Governor:
         if admission.rate.provider:
             labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
         labels.update(_call_attribution_attributes(admission))
-        return labels
+        return metric_attributes(labels)
 
 
 def _check_arguments(ledger: Any, anomalies: Any) -> None:

@@ -262,13 +262,18 @@ class Telemetry:
         counts that cost as any other call.
         """
         try:
-            bounded = metric_attributes(labels)
+            # The governor passes labels it bounded once per task: no copy.
+            bounded = (
+                labels
+                if labels.keys() <= METRIC_ATTRIBUTES
+                else metric_attributes(labels)
+            )
             if cost_usd:
                 self._cost.add(cost_usd, bounded)
             self._add_tokens(input_tokens, bounded, "input")
             self._add_tokens(output_tokens, bounded, "output")
             if error is not None:
-                bounded[attr.ERROR_TYPE] = type(error).__qualname__
+                bounded = {**bounded, attr.ERROR_TYPE: type(error).__qualname__}
             self._duration.record(duration_s, bounded)
         except Exception:
             logger.warning("could not record call metrics", exc_info=True)
