@@ -16,11 +16,12 @@ renewing them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
+
+from governor._forks import start_over_in_children
 
 if TYPE_CHECKING:
     from governor._calls import Admission
@@ -34,15 +35,6 @@ logger = logging.getLogger(__name__)
 _RENEW_FRACTION = 1 / 3
 _MIN_WAKE_S = 0.05
 
-# Every live keeper, so that a forked child can reset them (held weakly).
-_KEEPERS: weakref.WeakSet[LeaseKeeper] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    """After a fork, in the child: each keeper starts over, with no calls."""
-    for keeper in list(_KEEPERS):
-        keeper._forget_parent()
-
 
 class LeaseKeeper:
     """Renews the holds and slot leases of one governor's open calls."""
@@ -55,7 +47,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._next_at = float("inf")
         self._warned = False
-        _KEEPERS.add(self)
+        start_over_in_children(self)
 
     def add(self, admission: Admission) -> None:
         """Watch an admitted call until :meth:`discard`."""
@@ -132,7 +124,3 @@ class LeaseKeeper:
                     "expires after hold_ttl_s unless a later renewal works",
                     exc_info=True,
                 )
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_reset_in_child)

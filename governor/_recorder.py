@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+from governor._forks import start_over_in_children
 
 if TYPE_CHECKING:
     from governor.spend import SpendRecord, SpendStore
@@ -45,15 +45,6 @@ _BATCH = 256
 # timeout has passed; the writer only needs it to finish a write in flight.
 _STOP_GRACE_S = 1.0
 _REASON_CHARS = 300
-
-# Every live recorder, so that a forked child can restart them (held weakly).
-_RECORDERS: weakref.WeakSet[SpendRecorder] = weakref.WeakSet()
-
-
-def _restart_in_child() -> None:
-    """After a fork, in the child: each open recorder gets its own writer."""
-    for recorder in list(_RECORDERS):
-        recorder._restart_after_fork()
 
 
 class _Marker:
@@ -125,7 +116,7 @@ class SpendRecorder:
         self._parent_stores: list[SpendStore] = []
         self._reopen = False
         self._start(max_queue)
-        _RECORDERS.add(self)
+        start_over_in_children(self)
 
     def _start(self, max_queue: int) -> None:
         """Start from an empty queue and buffer, with a new writer thread."""
@@ -147,7 +138,7 @@ class SpendRecorder:
         )
         self._thread.start()
 
-    def _restart_after_fork(self) -> None:
+    def _forget_parent(self) -> None:
         """In a forked child: a writer of its own, with nothing of the parent's.
 
         The parent's writer does not exist here and a lock it held at the
@@ -481,7 +472,3 @@ def _describe(store: object) -> str:
     if path is not None:
         return str(path)
     return type(store).__name__
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_restart_in_child)

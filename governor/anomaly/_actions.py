@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import urllib.request
-import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
+from governor._forks import start_over_in_children
 from governor.anomaly._detector import Alert
 
 __all__ = ["AlertHook", "LogHook", "Tighten", "WebhookHook"]
@@ -85,7 +84,7 @@ class WebhookHook:
         self._blocking = blocking
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        _HOOKS.add(self)
+        start_over_in_children(self)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's thread is not here, so start over
@@ -123,16 +122,3 @@ class WebhookHook:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
-
-
-# Every webhook with a background thread, so a forked child can reset them.
-_HOOKS: weakref.WeakSet[WebhookHook] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    for hook in list(_HOOKS):
-        hook._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_reset_in_child)

@@ -47,15 +47,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 from governor._errors import StoreUnavailable
+from governor._forks import start_over_in_children
 from governor.stores._base import AsyncLedger, Balance, Ledger, Line, Refusal
 from governor.stores._memory import MemoryLedger
 
@@ -83,15 +82,6 @@ EVENT_CAP_OPEN: Final = "store.cap_fail_open"
 """A fan-out cap kept in the store was skipped because it is down (open mode)."""
 
 _MIN_DRAIN_S: Final = 0.05
-
-# Every live failover ledger, so that a forked child can reset them (weakly).
-_LEDGERS: weakref.WeakSet[FailoverLedger] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    """After a fork, in the child: each ledger forgets the parent's steps."""
-    for ledger in list(_LEDGERS):
-        ledger._forget_parent()
 
 
 class DualLedger(Ledger, AsyncLedger, Protocol):
@@ -156,7 +146,7 @@ class FailoverLedger:
         self._last_error: StoreUnavailable | None = None
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
-        _LEDGERS.add(self)
+        start_over_in_children(self)
 
     @property
     def degraded(self) -> bool:
@@ -670,7 +660,3 @@ def _pop(holds: set[str], hold_id: str) -> bool:
         holds.discard(hold_id)
         return True
     return False
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_reset_in_child)

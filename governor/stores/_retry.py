@@ -14,29 +14,19 @@ retries them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Final
 
 from governor._errors import StoreUnavailable
+from governor._forks import start_over_in_children
 
 __all__ = ["Retrier"]
 
 logger = logging.getLogger(__name__)
 
 _MIN_INTERVAL_S: Final = 0.05
-
-# Every live retrier, so that a forked child can reset them (held weakly).
-_RETRIERS: weakref.WeakSet[Retrier] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    """After a fork, in the child: each retrier starts over, empty."""
-    for retrier in list(_RETRIERS):
-        retrier._forget_parent()
 
 
 class Retrier:
@@ -50,7 +40,7 @@ class Retrier:
         self._wake = threading.Event()
         self._writes: dict[str, Callable[[], object]] = {}
         self._thread: threading.Thread | None = None
-        _RETRIERS.add(self)
+        start_over_in_children(self)
 
     @property
     def pending(self) -> int:
@@ -117,7 +107,3 @@ class Retrier:
                 if self._writes.get(key) is write:
                     del self._writes[key]
                 self._lock.notify_all()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_reset_in_child)
