@@ -434,9 +434,9 @@ class GovernedLiteLLM:
             return _cached_response(lookup, kwargs), Decimal(0)
         admission = self.governor.begin_call(request)
         wants_usage = _asks_for_usage(kwargs)
-        _apply(admission, kwargs)
         token = _INSIDE.set(_here())
-        try:
+        try:  # anything failing from here on settles the admitted call
+            _apply(admission, kwargs)
             response = self._completion(**kwargs)
         except BaseException as exc:
             _charged(exc, self.governor.end_call(admission, _failed(request, exc)))
@@ -466,9 +466,9 @@ class GovernedLiteLLM:
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
         admission = await self.governor.abegin_call(request)
         wants_usage = _asks_for_usage(kwargs)
-        _apply(admission, kwargs)
         token = _INSIDE.set(_here())
-        try:
+        try:  # anything failing from here on settles the admitted call
+            _apply(admission, kwargs)
             response = await self._acompletion(**kwargs)
         except BaseException as exc:
             cost = await self.governor.aend_call(admission, _failed(request, exc))
