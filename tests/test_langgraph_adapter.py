@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
 import time
 from collections.abc import Iterator
@@ -665,3 +666,51 @@ def test_a_stream_returned_in_the_graph_output_is_left_open() -> None:
         chunks = [c for c in out["stream"] if c.choices]
         text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text.startswith("[offline gpt-4o-mini")
+
+
+def _callback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "langchain_core.callbacks.manager"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_refusal_is_raised_without_langchain_logging_it_as_a_callback_error(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal reaches the caller once, not also as a warning per call."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.0000001")]))
+    graph = govern(fan_out_graph(ScriptedChatModel()), gov)
+    state: Any = {"items": ["a"], "answers": []}
+
+    with caplog.at_level(logging.WARNING), pytest.raises(BudgetExceeded):
+        if mode == "sync":
+            graph.invoke(state)
+        else:
+            asyncio.run(graph.ainvoke(state))
+
+    assert _callback_warnings(caplog) == []
+
+
+def test_other_errors_in_the_governor_handlers_are_still_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only governor refusals are dropped from LangChain's callback log."""
+    manager = logging.getLogger("langchain_core.callbacks.manager")
+    message = "Error in %s.%s callback: %s"
+
+    with caplog.at_level(logging.WARNING):
+        manager.warning(
+            message, "GovernorCallbackHandler", "on_llm_end", "KeyError('x')"
+        )
+        manager.warning(message, "OtherHandler", "on_llm_end", "BudgetExceeded('x')")
+        manager.warning(
+            message, "GovernorCallbackHandler", "on_llm_end", "BudgetExceeded('x')"
+        )
+
+    assert _callback_warnings(caplog) == [
+        "Error in GovernorCallbackHandler.on_llm_end callback: KeyError('x')",
+        "Error in OtherHandler.on_llm_end callback: BudgetExceeded('x')",
+    ]

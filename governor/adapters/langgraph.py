@@ -68,6 +68,40 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_HANDLER_NAMES = frozenset({"GovernorCallbackHandler", "AsyncGovernorCallbackHandler"})
+
+
+class _QuietRefusals(logging.Filter):
+    """Drops LangChain's warning about a refusal a governor handler raised.
+
+    LangChain logs every exception a callback raises, even one it then
+    re-raises (``raise_error``). A refusal reaches the caller as the
+    exception itself, so the warning only repeats it, once per refused call.
+    Any other error in the handlers is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 3:
+            return True
+        handler, _event, error = args
+        if handler not in _HANDLER_NAMES or not isinstance(error, str):
+            return True
+        return error.split("(", 1)[0] not in _governor_error_names()
+
+
+def _governor_error_names() -> set[str]:
+    names: set[str] = set()
+    pending: list[type[BaseException]] = [GovernorError]
+    while pending:
+        error = pending.pop()
+        names.add(error.__name__)
+        pending.extend(error.__subclasses__())
+    return names
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietRefusals())
+
 
 # Runnable methods that would run the graph around the governor if they were
 # passed through to it; each is either wrapped above or refused.
