@@ -1443,7 +1443,7 @@ class Governor:
             cache_read_tokens=usage.cache_read_tokens,
             cost_usd=cost,
             cost_estimated=usage.estimated,
-            outcome="error" if error is not None else "ok",
+            outcome=_outcome(error),
             stop_reason=admission.task.stop_reason,
             latency_s=duration_s,
         )
@@ -2011,3 +2011,12 @@ def _tighter(left: Decimal | None, balance: Balance | None) -> Decimal | None:
         return left
     room = nanos_to_usd(max(balance.left_nanos, 0))
     return room if left is None else min(left, room)
+
+
+def _outcome(error: BaseException | None) -> str:
+    """A finished call's spend outcome: the caller stopping it is not an error."""
+    if error is None:
+        return "ok"
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+        return "cancelled"
+    return "error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import litellm
@@ -13,6 +14,7 @@ import pytest
 from conftest import SpanCapture
 from governor import Budget, BudgetExceeded, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM, instrument
+from governor.spend import SQLiteSpendStore
 from governor.telemetry import attributes as attr
 
 MESSAGES = [{"role": "user", "content": "Name three primary colours."}]
@@ -270,6 +272,38 @@ def test_a_cancelled_call_is_charged_its_hold_and_a_refused_one_nothing() -> Non
     assert cancelled.output_tokens == 50
     assert cancelled.cost_usd == price(cancelled.input_tokens, 50)
     assert (failed.input_tokens, failed.cost_usd) == (0, Decimal(0))
+
+
+def test_spend_records_tell_a_cancelled_call_from_a_failed_one(
+    tmp_path: Path,
+) -> None:
+    """Cancelling is the caller's choice, not a provider error: its own outcome."""
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    gov = Governor(spend=store)
+
+    async def slow(**kwargs: Any) -> Any:
+        await asyncio.sleep(10)
+
+    async def refused(**kwargs: Any) -> Any:
+        raise litellm.RateLimitError("slow down", "openai", "gpt-4o-mini")
+
+    async def run(completion: Any) -> None:
+        llm = GovernedLiteLLM(gov, acompletion=completion)
+        async with gov.atask(feature=completion.__name__):
+            call = asyncio.ensure_future(
+                llm.acompletion(model="gpt-4o-mini", messages=MESSAGES, max_tokens=9)
+            )
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises((asyncio.CancelledError, litellm.RateLimitError)):
+                await call
+
+    with gov:
+        asyncio.run(run(slow))
+        asyncio.run(run(refused))
+
+    outcomes = sorted((r.feature, r.outcome) for r in store.query())
+    assert outcomes == [("refused", "error"), ("slow", "cancelled")]
 
 
 def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_hold() -> None:

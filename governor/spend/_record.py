@@ -15,7 +15,7 @@ from governor.policies._model import ATTRIBUTION_FIELDS
 
 __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord", "load_json"]
 
-Outcome = Literal["ok", "error", "refused", "cache_hit"]
+Outcome = Literal["ok", "error", "refused", "cache_hit", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
