@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+from governor._forks import start_over_in_children
 from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
@@ -40,7 +41,9 @@ class AnomalyMonitor:
     that holds it tightened has ended, a ``"restore"`` request undoes the
     lowering; a block stays until someone unblocks the scope.
 
-    Thread-safe: the detector runs under a lock, hooks run outside it.
+    Thread-safe: the detector runs under a lock, hooks run outside it. A
+    monitor made before ``os.fork()`` keeps working in the child, with a copy
+    of what the parent had learned at the fork.
 
     Args:
         settings: rules and actions; the defaults when None.
@@ -87,6 +90,16 @@ class AnomalyMonitor:
                 "alerts will not tighten any budget",
                 self.settings.auto_tighten,
             )
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own.
+
+        A lock the parent's spend writer held at the fork would stay held for
+        good. The baselines learned and the scopes tightened so far stay: the
+        child watches the same traffic on from where the parent was.
+        """
+        self._lock = threading.Lock()
 
     def observe(self, rec: SpendRecord) -> list[Alert]:
         """Feed one spend record; run the hooks for each alert and return them."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from decimal import Decimal
@@ -46,6 +47,17 @@ _SCHEMA_KEY = "sample_spec"
 _lock = threading.Lock()
 _bundled: PriceMap | None = None
 _remote: dict[str, PriceMap] = {}
+
+
+def _new_lock_in_child() -> None:
+    # A fetch in flight in another thread at os.fork() holds the lock for
+    # good in the child, which would hang at its first priced call.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def parse_price_map(raw: bytes | str) -> PriceMap:

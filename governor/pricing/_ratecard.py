@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from governor._errors import ConfigError, PriceUnknown
+from governor._forks import start_over_in_children
 from governor._money import as_decimal
 from governor.pricing._pricemap import (
     REMOTE_PRICE_MAP_URL,
@@ -236,6 +237,11 @@ class RateCard:
         self._map = price_map
         self._folded: dict[str, str] | None = None
         self._rates: dict[str, Rate | str] = {}
+        self._lock = threading.Lock()
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own (a fetch may hold the parent's)."""
         self._lock = threading.Lock()
 
     def rate(self, model: str) -> Rate:

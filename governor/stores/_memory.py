@@ -1,7 +1,10 @@
 """An in-process ledger: one lock, plain integers, exact and fast.
 
 It holds within one process, across threads and asyncio tasks. Budgets that
-must hold across processes or hosts need the Redis store.
+must hold across processes or hosts need the Redis store. In-memory budgets
+are per process: a child forked from the process (a preloaded web server's
+workers, a prefork task queue) starts from a copy of the spend at the fork and
+counts its own spend from then on, unseen by the parent and its siblings.
 
 Lines expire as Redis keys do: ``Line.ttl_s`` after their last change, once
 no hold is on them. A long-running process therefore keeps only the lines
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from governor._forks import start_over_in_children
 from governor.stores._base import Balance, Line, Refusal
 
 __all__ = ["MemoryLedger"]
@@ -81,6 +85,10 @@ class MemoryLedger:
 
     The async methods run the same code inline: each step is a few dictionary
     operations under a lock and never waits on I/O.
+
+    Budgets are per process. In a child forked from the process the ledger
+    keeps the limits and the spend as they were at the fork, but not the
+    parent's holds: those calls are in flight in the parent and settle there.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -88,6 +96,21 @@ class MemoryLedger:
         self._state = _State()
         self._clock = clock
         self._next_sweep = clock() + _SWEEP_EVERY_S
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own, and none of the parent's holds.
+
+        A lock a parent thread held at the fork would stay held for good. The
+        holds are the parent's calls in flight, which settle in the parent:
+        the child drops them and the room they reserved (which also undoes a
+        reserve the fork cut short). The spend so far stays.
+        """
+        self._lock = threading.Lock()
+        self._state.holds.clear()
+        for entry in self._state.lines.values():
+            entry.reserved_nanos = 0
+            entry.reserved_tokens = 0
 
     def reserve(
         self,

@@ -87,6 +87,7 @@ from governor._errors import (
     SlotUnavailable,
     StoreUnavailable,
 )
+from governor._forks import start_over_in_children
 from governor.stores._base import Balance, Line, Refusal
 from governor.stores._retry import Retrier
 
@@ -440,7 +441,8 @@ class RedisConnections:
     redis-py's own retries are off; :meth:`call` and :meth:`acall` retry
     transient errors with tenacity and then raise
     :class:`~governor.StoreUnavailable`. Thread-safe; asyncio clients are
-    bound to the loop that made them, so each loop gets its own pool.
+    bound to the loop that made them, so each loop gets its own pool. A
+    child forked from the process makes pools of its own on first use.
     """
 
     def __init__(self, config: RedisConfig) -> None:
@@ -452,6 +454,25 @@ class RedisConnections:
         self._async: dict[asyncio.AbstractEventLoop, _AsyncSide] = {}
         self.retries = Retrier("redis-retries")
         """Writes to retry once Redis answers (slot releases), in a thread."""
+        # The clients as the parent process made them, kept after a fork so
+        # that their connections are never closed (nor used) in the child.
+        self._parent_clients: list[redis.Redis | aredis.Redis] = []
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock and pools of its own.
+
+        A lock a parent thread held at the fork would stay held for good, and
+        the parent's connections must not carry the child's commands: redis-py
+        notices the fork in its sync pools, but not in its asyncio ones.
+        """
+        old = [self._sync, self._raw, *(s.client for s in self._async.values())]
+        self._parent_clients.extend(client for client in old if client is not None)
+        self._lock = threading.Lock()
+        self._sync = None
+        self._raw = None
+        self._sync_scripts = {}
+        self._async = {}
 
     def client(self) -> redis.Redis:
         """Return the process's sync client (made on first use)."""

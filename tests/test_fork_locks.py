@@ -1,0 +1,227 @@
+"""A lock another thread holds at os.fork() does not deadlock the child.
+
+A fork copies a held lock as held, and the thread that held it is not in the
+child: without a fresh lock, the child's first use of the part hangs for
+good. Each test holds the part's lock in a second thread, forks, and uses the
+part in the child, which reports through its exit status. The parent never
+waits on the child for more than ``CHILD_LIMIT_S``: then it kills the child
+and fails (the child's stack is dumped to stderr first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pytest
+
+from governor.anomaly import AnomalyMonitor
+from governor.spend import SpendRecord
+from governor.stores import Line, MemoryLedger
+from governor.stores._redis import RedisLedger
+
+pytest_plugins = ["_redis_fixtures"]
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
+    # Python 3.12+ warns that forking a threaded process may deadlock:
+    # that risk is what these tests check the governor handles.
+    pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning"),
+]
+
+CHILD_LIMIT_S = 10.0
+LINE = Line("team:x", 10**9, None)
+
+
+def in_child(body: Callable[[], None]) -> None:
+    """Fork; run ``body`` in the child; fail here if it raised or hung."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's report is its exit status
+        code = 1
+        try:
+            faulthandler.dump_traceback_later(CHILD_LIMIT_S - 2, exit=True)
+            body()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    status = wait_or_kill(pid)
+    assert status is not None, f"the child hung for {CHILD_LIMIT_S} s: killed"
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed: see stderr"
+
+
+def wait_or_kill(pid: int) -> int | None:
+    """The child's wait status, or None if it had to be killed."""
+    deadline = time.monotonic() + CHILD_LIMIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@contextmanager
+def held_by_another_thread(lock: threading.Lock) -> Iterator[None]:
+    """Hold ``lock`` in a second thread for the duration of the block."""
+    taken = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            done.wait()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(CHILD_LIMIT_S)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+# -- the in-memory ledger --------------------------------------------------
+
+
+def test_a_memory_ledger_locked_at_the_fork_works_in_the_child() -> None:
+    ledger = MemoryLedger()
+
+    def child() -> None:
+        assert ledger.reserve("c1", [LINE], 100, 0, 60) is None
+        ledger.settle("c1", ["team:x"], 40, 0)
+        balance = ledger.balance("team:x")
+        assert balance is not None
+        assert balance.spent_nanos == 40
+
+    with held_by_another_thread(ledger._lock):
+        in_child(child)
+    assert ledger.balance("team:x") is None  # the child's spend stayed there
+
+
+def test_a_child_keeps_the_spend_but_not_the_parents_holds() -> None:
+    """In-memory budgets are per process: the child starts from a copy."""
+    ledger = MemoryLedger()
+    assert ledger.reserve("p1", [LINE], 300, 0, 60) is None
+    ledger.settle("p1", ["team:x"], 200, 0)
+    assert ledger.reserve("p2", [LINE], 500, 0, 60) is None  # in flight
+
+    def child() -> None:
+        balance = ledger.balance("team:x")
+        assert balance is not None
+        assert (balance.spent_nanos, balance.reserved_nanos) == (200, 0)
+        assert ledger.renew("p2", 60) is False  # the parent's call
+        assert ledger.reserve("c1", [LINE], 10**9 - 200, 0, 60) is None
+
+    in_child(child)
+    balance = ledger.balance("team:x")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (200, 500)
+    ledger.settle("p2", ["team:x"], 500, 0)
+
+
+# -- the anomaly monitor ---------------------------------------------------
+
+
+def test_an_anomaly_monitor_locked_at_the_fork_works_in_the_child() -> None:
+    monitor = AnomalyMonitor()
+    rec = SpendRecord(
+        ts=datetime(2026, 1, 5, 9, 0, tzinfo=UTC),
+        task_id="t",
+        call_id="c1",
+        model="gpt-4o-mini",
+        input_tokens=10,
+    )
+
+    def child() -> None:
+        assert monitor.observe(rec) == []
+
+    with held_by_another_thread(monitor._lock):
+        in_child(child)
+
+
+# -- the Redis connections -------------------------------------------------
+
+
+@pytest.mark.redis
+def test_redis_connections_locked_at_the_fork_work_in_the_child(
+    redis_url: str, redis_prefix: str
+) -> None:
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+
+    def child() -> None:
+        assert ledger.reserve("c1", [LINE], 100, 0, 60) is None
+        ledger.settle("c1", ["team:x"], 40, 0)
+        ledger.close()
+
+    with held_by_another_thread(ledger.connections._lock):
+        in_child(child)
+    balance = ledger.balance("team:x")
+    assert balance is not None
+    assert balance.spent_nanos == 40
+    ledger.close()
+
+
+@pytest.mark.redis
+def test_a_child_makes_redis_pools_of_its_own(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Neither the sync pool nor the asyncio one of the parent is used."""
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    conn = ledger.connections
+    sync_pool = conn.client().connection_pool
+    loop = asyncio.new_event_loop()
+
+    async def client_id() -> int:
+        return int(await conn.aclient().client_id())
+
+    parent_id = loop.run_until_complete(client_id())
+
+    def child() -> None:
+        assert conn.client().connection_pool is not sync_pool
+        # The parent's asyncio pool does not check the pid: reused, its
+        # connection would carry the child's commands.
+        assert loop.run_until_complete(client_id()) != parent_id
+        ledger.close()
+
+    try:
+        in_child(child)
+        assert loop.run_until_complete(client_id()) == parent_id
+        loop.run_until_complete(ledger.aclose())
+    finally:
+        loop.close()
+        ledger.close()
+
+
+# -- prices ------------------------------------------------------------------
+
+
+def test_a_price_map_fetch_in_flight_at_the_fork_does_not_hang_the_child() -> None:
+    """The parent's fetch holds the map's lock; the child prices on its own."""
+    from governor.pricing import RateCard, _pricemap
+
+    card = RateCard(price_map=None)
+
+    def child() -> None:
+        assert card.rate("gpt-4o-mini").model == "gpt-4o-mini"
+        assert _pricemap.remote_price_map("http://127.0.0.1:9/", timeout_s=0.5)
+
+    with (
+        held_by_another_thread(_pricemap._lock),
+        held_by_another_thread(card._lock),
+    ):
+        in_child(child)
