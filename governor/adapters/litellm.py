@@ -1140,6 +1140,92 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 # -- streams -------------------------------------------------------------
 
+# A stream closed after its answer's finish reason is read on this far, for
+# the usage chunk the provider sends last (right after the finish reason):
+# a few chunks (LiteLLM's usage chunk and its end), for at most this long.
+_TAIL_CHUNKS = 4
+_TAIL_SECONDS = 1.0
+
+# What reading past a stream's last chunk gives, instead of StopIteration.
+_END = object()
+
+
+def _no_stream_events(inner: Any, model: str) -> Exception:
+    """LiteLLM's error for a 200 stream answer that held no stream event."""
+    headers = getattr(inner, "_response_headers", None)
+    kind = headers.get("content-type") if isinstance(headers, Mapping) else None
+    sent = f" (Content-Type: {kind})" if kind else ""
+    error: Exception = litellm.InternalServerError(
+        message=(
+            f"Empty or invalid response from LLM endpoint: the stream's answer"
+            f"{sent} held no server-sent event the client could read, so no "
+            "answer arrived. Check that api_base points at the model server "
+            "and that no proxy in between answers with its own page."
+        ),
+        llm_provider=str(getattr(inner, "custom_llm_provider", None) or ""),
+        model=model,
+    )
+    return error
+
+
+class _TailReader:
+    """Reads a sync stream's last chunks on a helper thread, within a time.
+
+    A read blocks until the provider sends, so the reads run on a thread the
+    closing caller waits for at most ``_TAIL_SECONDS``. A thread still
+    reading then owns the stream: it closes it when its read returns.
+    """
+
+    def __init__(self, source: Iterator[Any], close: Callable[[], None]) -> None:
+        self.chunks: list[Any] = []
+        self.ended = False
+        self._source = source
+        self._close = close
+        self._lock = threading.Lock()
+        self._done = False
+        self._late = False
+
+    def read(self) -> bool:
+        """Read the tail; True when it is the caller's to use (and to close)."""
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run,
+            args=(self._run,),
+            name="governor-stream-tail",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            thread.join(_TAIL_SECONDS)
+        finally:
+            with self._lock:
+                self._late = not self._done
+        return not self._late
+
+    def _run(self) -> None:
+        try:
+            for _ in range(_TAIL_CHUNKS):
+                chunk = next(self._source, _END)
+                if chunk is _END:
+                    self.ended = True
+                    break
+                self.chunks.append(chunk)
+        except Exception:
+            logger.debug("could not read a stream's last chunks", exc_info=True)
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        """Done reading; close the stream if the caller no longer waits."""
+        with self._lock:
+            self._done = True
+            late = self._late
+        if late:
+            logger.debug(
+                "a stream's last chunks came after %.1f s; closed late", _TAIL_SECONDS
+            )
+            self._close()
+
 
 class _StreamSettler:
     """Collects chunks and turns them into usage at the end of a stream.
@@ -1173,6 +1259,46 @@ class _StreamSettler:
         """Keep ``chunk`` for settlement; True if the caller must not get it."""
         self.chunks.append(chunk)
         return not self._wants_usage and not getattr(chunk, "choices", None)
+
+    def _check_answered(self) -> None:
+        """Raise when LiteLLM's stream got nothing from the provider.
+
+        LiteLLM keeps every chunk it receives (its ``chunks`` list) before
+        handing one on. A 200 whose body holds no stream event at all (an
+        HTML page from a proxy, an empty body) leaves that list empty, yet
+        LiteLLM ends such a stream quietly with a made-up "stop" chunk. The
+        error raised instead is LiteLLM's own for an unreadable answer, so
+        the call is charged its hold (see :func:`_unparsed_answer`), as the
+        same body is when not streamed.
+        """
+        received = getattr(self._inner, "chunks", None)
+        if isinstance(received, list) and not received:
+            raise _no_stream_events(self._inner, self.admission.request.model)
+
+    def _answer_finished(self) -> bool:
+        """True when the caller stopped reading after every choice's finish
+        reason: only the provider's closing chunks (its usage) are left."""
+        if self.admission.settled or self.complete or self.error is not None:
+            return False
+        finished = _stream_finish_reasons(self.chunks)
+        return len(finished) >= self.admission.request.choices
+
+    def _keep_tail(self, tail: Sequence[Any], ended: bool) -> None:
+        """Settle as read out when the stream's tail was read to its end.
+
+        A tail that did not end (a bound reached, a read failed or timed
+        out) or brought nothing leaves the call as the caller read it.
+        """
+        if ended and tail:
+            self.chunks.extend(tail)
+            self.complete = True
+        else:
+            logger.debug(
+                "a stream closed after its finish reason did not end within "
+                "%d chunks or %.1f s; it is settled from what was read",
+                _TAIL_CHUNKS,
+                _TAIL_SECONDS,
+            )
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache.
@@ -1306,7 +1432,8 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
 
 
 # What LiteLLM says of a 200 answer it could not read: malformed usage, and
-# a body that is not JSON at all (an HTML page sent as text/html).
+# a body that is not JSON at all (an HTML page sent as text/html). The error
+# raised for a stream with no event in it (_no_stream_events) says so too.
 _UNREADABLE = ("Invalid response object", "Empty or invalid response from LLM")
 
 
@@ -1488,20 +1615,45 @@ class _SyncStream(_StreamSettler):
         if self._source is None:
             self._source = iter(self._inner)
         try:
-            return next(self._source)
-        except StopIteration:
-            self.complete = True
-            self._finish()
-            raise
+            chunk = next(self._source, _END)
+            self._check_answered()
         except BaseException as exc:
             self.error = exc
             self._finish()
             raise
+        if chunk is _END:
+            self.complete = True
+            self._finish()
+            raise StopIteration
+        return chunk
 
     def close(self) -> None:
-        """Stop reading: close the provider's stream, settle what arrived."""
+        """Stop reading: close the provider's stream, settle what arrived.
+
+        A stream whose answer has finished (every choice's finish reason
+        read) is first read on, a few chunks and at most a second, for the
+        usage the provider sends after it; those chunks are kept for
+        settlement, never handed to the caller.
+        """
+        if self._answer_finished() and self._source is not None:
+            tail = _TailReader(self._source, self._inner_closer())
+            if not tail.read():
+                self._finish()  # the tail's thread closes the stream
+                return
+            self._keep_tail(tail.chunks, tail.ended)
         self._close_inner()
         self._finish()
+
+    def _inner_closer(self) -> Callable[[], None]:
+        """Close LiteLLM's stream without holding on to this wrapper."""
+        close = getattr(self._inner, "close", None)
+
+        def closer() -> None:
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+        return closer
 
     def hang_up(self) -> None:
         """Close the stream for a run that ended without reading it out."""
@@ -1580,20 +1732,46 @@ class _AsyncStream(_StreamSettler):
         if self._source is None:
             self._source = aiter(self._inner)
         try:
-            return await anext(self._source)
-        except StopAsyncIteration:
-            self.complete = True
-            await self._afinish()
-            raise
+            chunk = await anext(self._source, _END)
+            self._check_answered()
         except BaseException as exc:
             self.error = exc
             await self._afinish()
             raise
+        if chunk is _END:
+            self.complete = True
+            await self._afinish()
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
-        """Stop reading: close the provider's stream, settle what arrived."""
-        await self._aclose_inner()
-        await self._afinish()
+        """Stop reading: close the provider's stream, settle what arrived.
+
+        A stream whose answer has finished is first read on, as
+        :meth:`_SyncStream.close` does.
+        """
+        try:
+            if self._answer_finished() and self._source is not None:
+                await self._aread_tail(self._source)
+        finally:
+            await self._aclose_inner()
+            await self._afinish()
+
+    async def _aread_tail(self, source: AsyncIterator[Any]) -> None:
+        """Read the chunks after the finish reason, a few within a second."""
+        tail: list[Any] = []
+        ended = False
+        try:
+            async with asyncio.timeout(_TAIL_SECONDS):
+                for _ in range(_TAIL_CHUNKS):
+                    chunk = await anext(source, _END)
+                    if chunk is _END:
+                        ended = True
+                        break
+                    tail.append(chunk)
+        except Exception:  # a failed read, or TimeoutError: settle as read
+            logger.debug("could not read a stream's last chunks", exc_info=True)
+        self._keep_tail(tail, ended)
 
     def hang_up(self) -> None:
         """Settle what arrived for a run that ended without reading it out.
