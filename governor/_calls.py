@@ -181,6 +181,8 @@ class Admission:
     span: Span | None = None
     held: Held = field(default_factory=lambda: Held([], 0.0))
     settled: bool = False
+    served: Any = None
+    """The cache hit that answered the call instead of the model, if one did."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -85,6 +85,9 @@ if TYPE_CHECKING:
     from governor.stores._redis import RedisLedger
 
 __all__ = ["Governor"]
+
+# Asked for a cached answer once a call has waited for its slots; None if none.
+Recheck = Callable[[], Any]
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +310,18 @@ class Governor:
         """
         task, owns = self._task_for(request)
         step, prompt_key = self._admit_hit(task, owns, request)
+        self._serve_hit(task, owns, request, hit, step, prompt_key)
+
+    def _serve_hit(
+        self,
+        task: Task,
+        owns: bool,
+        request: CallRequest,
+        hit: Any,
+        step: int,
+        prompt_key: str | None,
+    ) -> None:
+        """Account for a hit that passed the checks of :meth:`_admit_hit`."""
         saved = usd_to_nanos(hit.saved_usd)
         task.cache_hit(saved)
         if request.operation != EMBEDDINGS and not owns:
@@ -768,10 +783,28 @@ class Governor:
 
     # -- calls -----------------------------------------------------------
 
-    def begin_call(self, request: CallRequest) -> Admission:
-        """Reserve a call's worst case or raise; see the module docstring."""
+    def begin_call(
+        self, request: CallRequest, *, recheck: Recheck | None = None
+    ) -> Admission:
+        """Reserve a call's worst case or raise; see the module docstring.
+
+        ``recheck`` is asked for a cached answer when the call had to wait
+        for a fan-out slot: another call may have stored it meanwhile. When
+        it returns one, the call is served from it (recorded as a cache hit,
+        nothing reserved, its slots given back) and the admission comes back
+        settled, with the hit in ``served``.
+        """
         admission = self._plan(request)
         admission.held = self._take_slots(admission, self.slots.acquire)
+        if recheck is not None and admission.held.wait_s > 0:
+            try:
+                hit = recheck()
+            except BaseException:
+                release_slots(admission.held)
+                raise
+            if hit is not None:
+                release_slots(admission.held)
+                return self._served(admission, hit)
         try:
             refusal = self.ledger.reserve(*admission.hold())
             if refusal is not None and self._recount(admission):
@@ -787,17 +820,28 @@ class Governor:
         self._leases.add(admitted)
         return admitted
 
-    async def abegin_call(self, request: CallRequest) -> Admission:
-        """Async form of :meth:`begin_call`."""
+    async def abegin_call(
+        self, request: CallRequest, *, recheck: Recheck | None = None
+    ) -> Admission:
+        """Async form of :meth:`begin_call` (``recheck`` runs in a thread)."""
         ledger = self.ledger
         if not isinstance(ledger, AsyncLedger):
-            return self.begin_call(request)
+            return self.begin_call(request, recheck=recheck)
         admission = self._plan(request)
         try:
             admission.held = await self.slots.aacquire(admission.task)
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
+        if recheck is not None and admission.held.wait_s > 0:
+            try:
+                hit = await asyncio.to_thread(recheck)
+            except BaseException:
+                await arelease_slots(admission.held)
+                raise
+            if hit is not None:
+                await arelease_slots(admission.held)
+                return self._served(admission, hit)
         try:
             refusal = await ledger.areserve(*admission.hold())
             if refusal is not None and self._recount(admission):
@@ -821,6 +865,17 @@ class Governor:
         except BaseException:
             await arelease_slots(admission.held)
             raise
+
+    def _served(self, admission: Admission, hit: Any) -> Admission:
+        """Serve an admitted call from cache instead of reserving for it."""
+        step, prompt_key = admission.extras.get("checks", (0, None))
+        admission.settled = True
+        admission.served = hit
+        request = admission.request
+        self._serve_hit(
+            admission.task, admission.owns_task, request, hit, step, prompt_key
+        )
+        return admission
 
     def _take_slots(self, admission: Admission, acquire: Any) -> Held:
         try:
@@ -908,7 +963,7 @@ class Governor:
         _check_request(request)
         task, owns = self._task_for(request)
         try:
-            prompt_key = self._call_checks(task, owns, request)[1]
+            step, prompt_key = self._call_checks(task, owns, request)
             rate = self._task_rates(task).rate(request.priced_model)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
@@ -948,6 +1003,7 @@ class Governor:
             admission.extras["attribution"] = named
         if prompt_key is not None:
             admission.extras["prompt_key"] = prompt_key
+        admission.extras["checks"] = (step, prompt_key)
         meter = current_meter()
         if meter is not None:
             admission.extras["meter"] = meter

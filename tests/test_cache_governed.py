@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
-from governor import Budget, Cache, Governor, Policy
+from governor import Budget, Cache, Fanout, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.telemetry import attributes as attr
 
@@ -345,3 +345,56 @@ def test_litellm_caching_false_opts_out() -> None:
         ask(llm)
         ask(llm, caching=False)
     assert (counter.sent, task.report().cache_hits) == (2, 0)
+
+
+def test_calls_queued_for_a_slot_are_served_what_the_first_wave_stored() -> None:
+    """A repeat that waited for an in-flight slot looks again before paying."""
+    counter = CountingLiteLLM()
+    policy = POLICY.merged(Policy(fanout=Fanout(max_inflight_calls=2)))
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov, acompletion=counter.acompletion)
+
+    async def run() -> Any:
+        async with gov.atask() as task:
+            answers = await asyncio.gather(
+                *(
+                    llm.acompletion(
+                        model="gpt-4o-mini",
+                        messages=QUESTION,
+                        mock_response="100 degrees Celsius.",
+                        mock_delay=0.2,
+                        max_tokens=30,
+                    )
+                    for _ in range(8)
+                )
+            )
+        return task.report(), answers
+
+    report, answers = asyncio.run(run())
+    assert counter.sent == 2
+    assert (report.calls, report.cache_hits) == (2, 6)
+    assert report.cost_usd == 2 * MOCK_COST
+    assert report.saved_usd == 6 * MOCK_COST
+    assert {a.choices[0].message.content for a in answers} == {"100 degrees Celsius."}
+    balance = gov.ledger.balance(f"task:{report.task_id}")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (27_000, 0)
+
+
+def test_sync_calls_queued_for_a_slot_are_served_from_cache() -> None:
+    """The same in threads sharing one task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = CountingLiteLLM()
+    policy = POLICY.merged(Policy(fanout=Fanout(max_inflight_calls=1)))
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+
+    def one(_: int) -> Any:
+        return ask(llm, mock_delay=0.2)
+
+    with gov.task() as task, ThreadPoolExecutor(4) as pool:
+        list(pool.map(task.bind(one), range(4)))
+    report = task.report()
+    assert counter.sent == 1
+    assert (report.calls, report.cache_hits) == (1, 3)

@@ -432,7 +432,9 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
-        admission = self.governor.begin_call(request)
+        admission = self.governor.begin_call(request, recheck=_recheck(cache, lookup))
+        if admission.served is not None:  # stored while this call waited
+            return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
         token = _INSIDE.set(_here())
         try:  # anything failing from here on settles the admitted call
@@ -464,7 +466,12 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
-        admission = await self.governor.abegin_call(request)
+        admission = await self.governor.abegin_call(
+            request, recheck=_recheck(cache, lookup)
+        )
+        if admission.served is not None:  # stored while this call waited
+            hit = admission.served
+            return _cached_response(hit, kwargs, is_async=True), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
         token = _INSIDE.set(_here())
         try:  # anything failing from here on settles the admitted call
@@ -1129,6 +1136,19 @@ def _tool_calls(choice: Any) -> tuple[Any, ...]:
         for call in getattr(message, "tool_calls", None) or ()
         if (function := getattr(call, "function", None)) is not None
     )
+
+
+def _recheck(cache: Any, lookup: Any) -> Callable[[], Any] | None:
+    """Look again, once the call waited for a slot, for an answer another
+    call stored meanwhile (see :meth:`Governor.begin_call`)."""
+    if cache is None or lookup is None:
+        return None
+
+    def again() -> Any:
+        found = cache.recheck(lookup)
+        return found if found.hit else None
+
+    return again
 
 
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:

@@ -171,6 +171,30 @@ class ResponseCache:
             logger.warning("cache lookup failed; calling the model", exc_info=True)
             return CacheMiss("store_error", keys)
 
+    def recheck(self, miss: CacheMiss) -> CacheHit | CacheMiss:
+        """Look again for a request that missed a moment ago.
+
+        For a call that then waited (for a fan-out slot, say) while another
+        call stored the same answer. The miss's keys and embedding are
+        reused, so nothing is embedded or charged again; a miss that could
+        not be read (opt-out, uncacheable, a failed store) stays as it was.
+
+        Returns:
+            A :class:`CacheHit` to serve instead of calling the model, or
+            ``miss`` itself.
+        """
+        keys = miss.keys
+        if keys.uncacheable is not None or not keys.read or not miss.storable:
+            return miss
+        if miss.reason in ("store_error", "embed_error"):
+            return miss
+        try:
+            found = self._relookup(miss)
+        except Exception:  # fails open, as lookup does
+            logger.warning("cache lookup failed; calling the model", exc_info=True)
+            return miss
+        return found if found.hit else miss
+
     def keys(
         self,
         *,
@@ -239,13 +263,9 @@ class ResponseCache:
 
     def _lookup(self, keys: CacheKeys) -> CacheHit | CacheMiss:
         now = self._clock()
-        if self.policy.exact:
-            entry = self._store.get(keys.exact, now)
-            if entry is not None:
-                self._store.touch(entry.key, now)
-                return CacheHit.from_entry(
-                    entry, layer="exact", similarity=1.0, now=now
-                )
+        hit = self._exact(keys, now)
+        if hit is not None:
+            return hit
         if not self.policy.semantic or keys.query is None:
             return CacheMiss(keys.semantic_skip or "not_found", keys)
         if not self._embeddable(keys.query):
@@ -258,6 +278,25 @@ class ResponseCache:
             logger.warning("cache embedding failed; calling the model", exc_info=True)
             return CacheMiss("embed_error", keys)
         return self._semantic(keys, vector, cost, now)
+
+    def _relookup(self, miss: CacheMiss) -> CacheHit | CacheMiss:
+        """:meth:`_lookup` on a miss's keys and vector, embedding nothing."""
+        now = self._clock()
+        hit = self._exact(miss.keys, now)
+        if hit is not None:
+            return hit
+        if not self.policy.semantic or miss.vector is None:
+            return miss
+        return self._semantic(miss.keys, miss.vector, Decimal(0), now)
+
+    def _exact(self, keys: CacheKeys, now: float) -> CacheHit | None:
+        if not self.policy.exact:
+            return None
+        entry = self._store.get(keys.exact, now)
+        if entry is None:
+            return None
+        self._store.touch(entry.key, now)
+        return CacheHit.from_entry(entry, layer="exact", similarity=1.0, now=now)
 
     def _embeddable(self, query: str) -> bool:
         """Short enough to embed whole (see ``Cache.max_semantic_chars``)."""
