@@ -348,3 +348,23 @@ def test_pool_exhausted_is_public_in_governor_stores() -> None:
 
     assert governor.stores.PoolExhausted is PoolExhausted
     assert "PoolExhausted" in governor.stores.__all__
+
+
+def test_a_config_never_shows_its_password() -> None:
+    """repr() of a config (logged, or in a traceback's locals) masks secrets."""
+    config = RedisConfig(
+        url="rediss://app:s3cret@127.0.0.1:6499/0",
+        connection_kwargs={"ssl_ca_certs": "ca.pem", "password": "s3cret"},
+    )
+    shown = repr(config)
+    assert "s3cret" not in shown
+    assert "url='rediss://app:***@127.0.0.1:6499/0'" in shown
+    assert "connection_kwargs={'ssl_ca_certs': 'ca.pem', 'password': '***'}" in shown
+
+
+def test_a_password_given_as_a_url_option_is_hidden() -> None:
+    assert (
+        redact_url("unix:///run/redis.sock?db=1&password=pw")
+        == "unix:///run/redis.sock?db=1&password=***"
+    )
+    assert redact_url("redis://h:6379/0?db=2") == "redis://h:6379/0?db=2"

@@ -62,9 +62,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio as aredis
@@ -235,6 +235,17 @@ class RedisConfig:
     attempts: int = 3
     retry_wait_s: float = 0.05
     connection_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """The config with the URL's password and secret options masked."""
+        shown: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["url"] = redact_url(self.url) if isinstance(self.url, str) else self.url
+        shown["connection_kwargs"] = {
+            key: "***" if _secret(key) else value
+            for key, value in dict(self.connection_kwargs).items()
+        }
+        body = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        return f"RedisConfig({body})"
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str):
@@ -417,14 +428,31 @@ def _url_options() -> frozenset[str]:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` with any password (in the address or its query, as
+    ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]  # host and port as written
+        netloc = f"{user}:***@{host}"
+    if query:
+        query = "&".join(_redact_option(option) for option in query.split("&"))
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]  # host and port as written
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    tail = f"?{query}" if query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+
+
+def _redact_option(option: str) -> str:
+    name, sep, _ = option.partition("=")
+    return f"{name}=***" if sep and _secret(name) else option
+
+
+def _secret(name: str) -> bool:
+    """Whether a URL option or connection argument holds a secret."""
+    lowered = name.lower()
+    return any(word in lowered for word in ("password", "secret", "token"))
 
 
 @dataclass(slots=True)
