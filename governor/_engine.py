@@ -128,8 +128,9 @@ class Governor:
             URL for ``governor.spend.open_store`` (``.sqlite3``, ``.jsonl``,
             ``redis://``). Records are written by a background thread; call
             :meth:`close` (or use the governor as a context manager) to flush.
-        anomalies: spend-anomaly alerts on the recorded calls (rolling mean +
-            k standard deviations, bursts), as settings or a ready monitor
+        anomalies: spend-anomaly alerts on the recorded calls (spend above
+            a trend baseline by k spreads, bursts; see
+            :class:`~governor.Anomalies`), as settings or a ready monitor
             (pass it ``on_tighten=governor.apply_tighten`` yourself); with
             ``auto_tighten`` set, an alert lowers the scope's budgets or blocks
             its calls (see :meth:`unblock`).

@@ -89,8 +89,11 @@ class TaskReport:
 
     ``stop_reason`` is None for a task that is running or completed; a task
     the governor stopped holds the code of the error that stopped it
-    (``"budget_exceeded"``, ``"loop_detected"``, ...), and a LangGraph run
-    paused by ``interrupt()`` holds ``"interrupted"``. Spans and the demo show
+    (``"budget_exceeded"``, ``"loop_detected"``, ...), kept even when the
+    code caught that error and went on. A LangGraph run paused by
+    ``interrupt()`` holds ``"interrupted"``, one whose stream reader stopped
+    early ``"closed"``, a cancelled one ``"cancelled"``, and one a node's
+    exception ended ``"error:<ExceptionClass>"``. Spans and the demo show
     None as ``"completed"``.
     """
 
@@ -292,7 +295,8 @@ class Task:
         """Return the task's totals so far.
 
         While the task is open, ``budget_left_usd`` is read from the ledger
-        (one read per budget line); at its end it is the figure taken then.
+        (one read per budget line; None before the task's first call, when
+        its lines do not exist yet); at its end it is the figure taken then.
         """
         left = self.budget_left_usd
         owner = self.owner

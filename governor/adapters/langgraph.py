@@ -179,8 +179,8 @@ class GovernedGraph:
     ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch``
     take the graph's own arguments; the caller's config passes through with
     the governor's callback added. The task id is ``config["metadata"]
-    ["task_id"]`` when given, else a fresh one; attribution keys (``team``,
-    ``feature``, ``environment``, ``user``, ``session``) in the metadata are
+    ["task_id"]`` when given, else a fresh one; attribution keys (``org``,
+    ``team``, ``feature``, ``environment``, ``user``, ``session``) in the metadata are
     charged, and ``configurable["thread_id"]`` is the session when none is
     named. A config bound to the graph (``with_config``) counts too, under
     the one given at the call, as LangChain merges them. Other attributes

@@ -159,8 +159,11 @@ class CacheMiss:
         reason: why nothing was served: ``"disabled"``, ``"opt_out"``,
             ``"temperature"``, ``"pending_tool"``, ``"no_messages"``,
             ``"not_found"`` (no entry at or above the threshold),
+            ``"ambiguous"`` (two cached questions matched about as well),
             ``"gate:<check>"`` (the nearest entries were refused by the safety
-            gate), ``"verifier"`` or ``"store_error"`` (the cache failed open).
+            gate), ``"verifier"``, ``"too_long"`` (too long to embed: only
+            the exact layer was asked), or ``"store_error"`` /
+            ``"embed_error"`` (the cache failed open).
         best_similarity: the highest similarity seen, or None.
         storable: True when the answer to this request may be stored.
         keys: the request's keys (reused by ``store``).

@@ -22,7 +22,7 @@ class LoopDetected(GovernorHalt, RecursionError):
     Attributes:
         rule: the rule that fired: ``"repeat"``, ``"cycle"``, ``"stale"``,
             ``"same_result"``, ``"near_duplicate"``, ``"repeated_turns"``,
-            ``"max_model_calls"``, ``"max_steps"`` or ``"max_wall_s"``.
+            ``"same_call"``, ``"max_model_calls"``, ``"max_steps"`` or ``"max_wall_s"``.
         evidence: short descriptions of the repeated items, oldest first.
         steps: the step numbers at which the repeated items were seen.
         setting: the :class:`governor.Loops` field that changes this rule.
