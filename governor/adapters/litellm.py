@@ -1002,6 +1002,10 @@ def _cached_response(
         usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     )
     response._hidden_params["cache_hit"] = True
+    response._hidden_params[_CACHED_USAGE] = {
+        "prompt_tokens": hit.saved_input_tokens,
+        "completion_tokens": hit.saved_output_tokens,
+    }
     return response
 
 
@@ -1059,6 +1063,10 @@ async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[
 
 # -- cascades ------------------------------------------------------------
 
+# Where a response served from the cache keeps the tokens of the call that
+# first bought it (its own usage is zero: nothing was spent again).
+_CACHED_USAGE = "governor_cached_usage"
+
 
 def _rates(governor: Governor) -> RateCard:
     """The prices of the current task (its pricing override), else the governor's."""
@@ -1067,19 +1075,35 @@ def _rates(governor: Governor) -> RateCard:
 
 
 def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
-    """What the accepted answer's usage would have cost on the last tier, less
-    what the cascade spent on every attempt."""
-    raw = result.answer.raw
-    usage_obj = getattr(raw, "usage", None)
-    if cascade is None or usage_obj is None:
+    """What the accepted answer's tokens would have cost on the last tier, less
+    what the cascade spent on every attempt.
+
+    An answer served from the cache is priced by the tokens of the call that
+    first bought it: the premium call it stands in for was avoided all the same.
+    """
+    if cascade is None:
         return Decimal(0)
     try:
+        usage = _answer_usage(result.answer.raw)
+        if usage is None:
+            return Decimal(0)
         premium = _rates(governor).rate(cascade.tiers[-1].model)
-        would_cost = premium.cost(usage_from_response(usage_obj)).usd
+        would_cost = premium.cost(usage).usd
     except GovernorError:
         return Decimal(0)
     spent: Decimal = result.cost_usd
     return would_cost - spent
+
+
+def _answer_usage(response: Any) -> Usage | None:
+    """The tokens an answer took to make: a cache hit's are the original call's.
+
+    A response served from the cache reports zero usage (nothing was spent
+    again); the tokens it was first bought with ride in its hidden params.
+    """
+    hidden = getattr(response, "_hidden_params", None) or {}
+    usage_obj = hidden.get(_CACHED_USAGE) or getattr(response, "usage", None)
+    return None if usage_obj is None else usage_from_response(usage_obj)
 
 
 def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:

@@ -310,7 +310,8 @@ class Retry(PolicyModel):
     max_attempts: int = Field(
         default=6,
         ge=1,
-        description="requests sent across all tiers, retries included, at most",
+        description="requests sent across all tiers, retries included, at most; "
+        "at least the number of tiers, so that each can be tried once",
     )
     max_retries_per_tier: int = Field(
         default=2,
@@ -441,3 +442,20 @@ class Cascade(PolicyModel):
         if self.precall and len(self.precall.thresholds) >= len(self.tiers):
             raise ValueError("precall needs fewer thresholds than there are tiers")
         return self
+
+    @model_validator(mode="after")
+    def _every_tier_reachable(self) -> Self:
+        """Refuse tiers that ``retry.max_attempts`` leaves no request for."""
+        attempts = self.retry.max_attempts
+        if len(self.tiers) <= attempts:
+            return self
+        unreachable = [tier.name for tier in self.tiers[attempts:]]
+        explicit = "max_attempts" in self.retry.model_fields_set
+        given = "" if explicit else " (the default)"
+        raise ValueError(
+            f"{len(self.tiers)} tiers but retry.max_attempts is {attempts}{given}: "
+            "max_attempts counts every request sent, so tiers "
+            f"{unreachable} could never be tried. Raise Retry.max_attempts to at "
+            f"least {len(self.tiers)} (one request per tier, plus the retries to "
+            "allow), or remove tiers"
+        )

@@ -1,0 +1,190 @@
+"""A cascade's limits: every tier reachable, the saving of an answer from cache.
+
+Real LiteLLM calls to a stub OpenAI-compatible server on 127.0.0.1, with the
+stub's models priced by ``Pricing(overrides=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import SpanCapture
+from governor import Cache, Governor, Policy, PolicyError
+from governor.adapters.litellm import GovernedLiteLLM
+from governor.policies import Price, Pricing
+from governor.policies._cascade import Cascade, JsonCheck, Retry, Tier
+from governor.telemetry import attributes as attr
+from governor.testing import StubBehaviour, StubServer
+
+MESSAGES = [{"role": "user", "content": "Reply with the answer as JSON."}]
+NOT_JSON = StubBehaviour(answer="maybe later", prompt_tokens=100, completion_tokens=10)
+JSON = StubBehaviour(answer='{"answer": 42}', prompt_tokens=100, completion_tokens=50)
+CHEAP = Price(input_usd_per_mtok=1, output_usd_per_mtok=2)
+PREMIUM = Price(input_usd_per_mtok=10, output_usd_per_mtok=30)
+NO_WAIT = {"backoff_initial_s": 0, "jitter_s": 0}
+
+
+def cost(price: Price, behaviour: StubBehaviour) -> Decimal:
+    """What one answer of ``behaviour`` costs at ``price``."""
+    assert behaviour.prompt_tokens is not None
+    assert behaviour.completion_tokens is not None
+    return (
+        price.input_usd_per_mtok * behaviour.prompt_tokens
+        + price.output_usd_per_mtok * behaviour.completion_tokens
+    ) / 1_000_000
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    """The stub server; each test sets its models' behaviours."""
+    with StubServer() as server:
+        yield server
+
+
+def tier(stub: StubServer, name: str, **params: Any) -> Tier:
+    """A tier calling the stub's model ``name`` through LiteLLM's OpenAI route."""
+    return Tier(
+        name=name,
+        model=f"openai/{name}",
+        params={"api_base": stub.base_url + "/v1", "api_key": "sk-stub", **params},
+    )
+
+
+def priced(*names: str, premium: str) -> Pricing:
+    """Every named model at the cheap price, ``premium`` at the premium one."""
+    overrides = {f"openai/{name}": CHEAP for name in names}
+    return Pricing(overrides={**overrides, f"openai/{premium}": PREMIUM})
+
+
+# -- every tier reachable ----------------------------------------------------
+
+
+def test_more_tiers_than_the_default_max_attempts_is_refused() -> None:
+    """Seven tiers and the default six attempts: the seventh could never be
+    tried, so the policy is refused, naming the tier and the fix."""
+    tiers = [f"model-{i}" for i in range(7)]
+    with pytest.raises(PolicyError) as caught:
+        Cascade(tiers=tiers, checks=[JsonCheck()])
+    message = str(caught.value)
+    assert "7 tiers but retry.max_attempts is 6 (the default)" in message
+    assert "['model-6'] could never be tried" in message
+    assert "Raise Retry.max_attempts to at least 7" in message
+
+
+def test_more_tiers_than_an_explicit_max_attempts_is_refused() -> None:
+    """Three tiers and Retry(max_attempts=2) is refused as it is declared."""
+    with pytest.raises(PolicyError, match=r"3 tiers but retry\.max_attempts is 2:"):
+        Cascade(tiers=["a", "b", "c"], retry=Retry(max_attempts=2))
+
+
+def test_a_task_override_that_leaves_a_tier_unreachable_is_refused(
+    stub: StubServer,
+) -> None:
+    """A task's cascade with a third tier merged over a policy allowing two
+    requests is refused when the task opens, before anything is sent."""
+    names = ("t-cheap", "t-mid", "t-premium")
+    base = Cascade(
+        tiers=[tier(stub, n) for n in names[:2]],
+        retry=Retry(max_attempts=2, **NO_WAIT),
+    )
+    gov = Governor(Policy(cascade=base, pricing=priced(*names, premium=names[2])))
+    override = Policy(cascade=Cascade(tiers=[tier(stub, n) for n in names]))
+    with (
+        pytest.raises(PolicyError, match=r"Raise Retry\.max_attempts to at least 3"),
+        gov.task(policy=override),
+    ):
+        GovernedLiteLLM(gov).cascade(MESSAGES, max_tokens=60)
+    assert stub.requests == []
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_with_one_attempt_per_tier_the_seventh_tier_answers(
+    stub: StubServer, use_async: bool
+) -> None:
+    """Six tiers failing the JSON check, then a premium tier that passes it:
+    with max_attempts at the number of tiers, the premium tier is reached."""
+    names = [f"m{i}" for i in range(6)]
+    for name in names:
+        stub.set_behaviour(name, NOT_JSON)
+    stub.set_behaviour("premium", JSON)
+    cascade = Cascade(
+        tiers=[tier(stub, n) for n in (*names, "premium")],
+        checks=[JsonCheck()],
+        retry=Retry(max_attempts=7, **NO_WAIT),
+    )
+    gov = Governor(Policy(cascade=cascade, pricing=priced(*names, premium="premium")))
+    llm = GovernedLiteLLM(gov)
+    with gov.task():
+        if use_async:
+            result = asyncio.run(llm.acascade(MESSAGES, max_tokens=60))
+        else:
+            result = llm.cascade(MESSAGES, max_tokens=60)
+    assert (result.tier.name, result.accepted) == ("premium", True)
+    assert [a.outcome for a in result.attempts] == ["rejected"] * 6 + ["accepted"]
+
+
+def test_two_failing_tiers_leave_the_third_its_request(stub: StubServer) -> None:
+    """Three tiers and three attempts, the first two answering 500: the
+    third is called once and answers; the failing ones are not retried."""
+    failing = StubBehaviour(status=500)
+    stub.set_behaviour("s-cheap", failing)
+    stub.set_behaviour("s-mid", failing)
+    stub.set_behaviour("s-premium", JSON)
+    names = ("s-cheap", "s-mid", "s-premium")
+    cascade = Cascade(
+        tiers=[tier(stub, n) for n in names],
+        retry=Retry(max_attempts=3, **NO_WAIT),
+    )
+    gov = Governor(Policy(cascade=cascade, pricing=priced(*names, premium=names[2])))
+    with gov.task():
+        result = GovernedLiteLLM(gov).cascade(MESSAGES, max_tokens=60)
+    assert result.tier.name == "s-premium"
+    assert [r.body["model"] for r in stub.requests] == list(names)
+
+
+# -- the saving of an answer served from the cache ---------------------------
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_premium_answer_from_cache_saves_the_premium_call(
+    stub: StubServer, capture: SpanCapture, use_async: bool
+) -> None:
+    """The cheap tier is paid each run; the second run's premium answer comes
+    from the cache, so it saves the premium call less the cheap one."""
+    stub.set_behaviour("c-cheap", NOT_JSON)
+    stub.set_behaviour("c-premium", JSON)
+    cascade = Cascade(
+        tiers=[tier(stub, "c-cheap", caching=False), tier(stub, "c-premium")],
+        checks=[JsonCheck()],
+        retry=Retry(**NO_WAIT),
+    )
+    policy = Policy(
+        cascade=cascade,
+        cache=Cache(semantic=False),
+        pricing=priced("c-cheap", premium="c-premium"),
+    )
+    gov = Governor(policy, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+    results = []
+    for _ in range(2):
+        with gov.task():
+            if use_async:
+                results.append(asyncio.run(llm.acascade(MESSAGES, max_tokens=60)))
+            else:
+                results.append(llm.cascade(MESSAGES, max_tokens=60))
+    models = [r.body["model"] for r in stub.requests]
+    assert models == ["c-cheap", "c-premium", "c-cheap"]
+    cheap, premium = cost(CHEAP, NOT_JSON), cost(PREMIUM, JSON)
+    assert [r.cost_usd for r in results] == [cheap + premium, cheap]
+    tasks = capture.named("governor.task")
+    saved = [span.attributes[attr.CASCADE_SAVED_USD] for span in tasks]
+    assert saved == [
+        pytest.approx(float(premium - (cheap + premium))),
+        pytest.approx(float(premium - cheap)),
+    ]
+    assert saved[1] > 0
