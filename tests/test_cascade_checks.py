@@ -402,3 +402,31 @@ def test_a_judge_returning_no_finite_number_is_refused(value: object) -> None:
     check = Judge(judge, min_score=7.0, name="judge:j")
     with pytest.raises(ConfigError, match=r"'judge:j' returned .*finite number"):
         check(Answer("x"), [])
+
+
+def test_build_check_takes_the_dict_form_a_policy_takes() -> None:
+    """{"kind": ...} builds the same check as the declaration object."""
+    from governor.cascade import NonEmptyCheck, build_check
+
+    built = build_check({"kind": "non_empty", "min_chars": 3})
+    assert built == build_check(NonEmptyCheck(min_chars=3))
+    assert built(Answer("ab", "m"), []).passed is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ({"kind": "nope"}, "'nope'"),
+        ({"min_chars": 3}, "'kind'"),
+        ({"kind": "non_empty", "min_chars": "x"}, "min_chars"),
+    ],
+)
+def test_a_bad_check_dict_is_refused_naming_what_is_wrong(
+    spec: dict[str, Any], names: str
+) -> None:
+    from governor.cascade import build_check
+
+    with pytest.raises(ConfigError, match="invalid check declaration") as info:
+        build_check(spec)
+    assert names in str(info.value)
+    assert "non_empty" in str(info.value)

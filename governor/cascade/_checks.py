@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter, ValidationError
+
 from governor._errors import ConfigError
 from governor.cascade._schema import check_supported, schema_errors
 from governor.cascade._types import Answer, CheckResult
@@ -497,8 +499,14 @@ def resolve_callable(ref: str, callables: Mapping[str, Callable[..., Any]]) -> A
 def build_check(
     spec: CheckSpec, callables: Mapping[str, Callable[..., Any]] | None = None
 ) -> Check:
-    """Turn one check declaration from a policy into a runnable check."""
+    """Turn one check declaration from a policy into a runnable check.
+
+    ``spec`` is a declaration object (``NonEmptyCheck()``, ...) or its dict
+    form, as a policy takes it: ``{"kind": "non_empty", "min_chars": 20}``.
+    """
     known = callables or {}
+    if isinstance(spec, Mapping):
+        spec = _declared(spec)
     match spec:
         case NonEmptyCheck():
             return NonEmpty(spec.min_chars)
@@ -522,4 +530,42 @@ def build_check(
             return UserCheck(fn, name=f"callable:{spec.ref}")
         case AnyOfCheck():
             return AnyOf(tuple(build_check(s, known) for s in spec.checks))
-    raise ConfigError(f"unknown check declaration {spec!r}")
+    raise ConfigError(
+        f"unknown check declaration {spec!r}: give a check declaration such as "
+        'NonEmptyCheck() or its dict form, {"kind": "non_empty"}'
+    )
+
+
+def _declared(spec: Mapping[str, Any]) -> CheckSpec:
+    """A check's dict form read as its declaration; a clear error if it is not one."""
+    try:
+        declared: CheckSpec = _CHECK_SPEC.validate_python(dict(spec))
+    except ValidationError as exc:
+        kinds = sorted(_CHECK_KINDS)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'kind'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid check declaration {dict(spec)!r}: {problems}. The 'kind' is "
+            f"one of {kinds}; see docs/cascade.md for each kind's settings"
+        ) from None
+    return declared
+
+
+_CHECK_SPEC: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
+_CHECK_KINDS = frozenset(
+    model.model_fields["kind"].default
+    for model in (
+        NonEmptyCheck,
+        NotRefusalCheck,
+        JsonCheck,
+        AgreementCheck,
+        JudgeCheck,
+        LogprobCheck,
+        MatchCheck,
+        PythonCodeCheck,
+        CallableCheck,
+        AnyOfCheck,
+    )
+)
