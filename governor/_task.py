@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -247,24 +247,47 @@ class Task:
             with gov.task() as task:
                 pool.map(task.bind(summarize), pages)
 
-        An ``async def`` function is bound while its coroutine runs. Called
-        after the task has ended, the function runs outside it, with a
-        warning.
+        An ``async def`` function is bound while its coroutine runs, and a
+        generator (sync or async) while it runs between its yields,
+        wherever it is consumed; so is what a callable object returns.
+        Called after the task has ended, the function runs outside it, with
+        a warning.
         """
-        if inspect.iscoroutinefunction(function):
-            return self._bind_async(function)  # type: ignore[return-value]
+        bound: Callable[..., Any]
+        if inspect.isasyncgenfunction(function):
+            bound = self._bind_async_generator(function)
+        elif inspect.iscoroutinefunction(function):
+            bound = self._bind_async(function)
+        elif inspect.isgeneratorfunction(function):
+            bound = self._bind_generator(function)
+        else:
+            bound = self._bind_sync(function)
+        return bound  # type: ignore[return-value]
 
+    def _bind_sync(self, function: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             if self._ended_for(function):
                 return function(*args, **kwargs)
             token = _CURRENT.set(self)
             try:
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
             finally:
                 _CURRENT.reset(token)
+            bound: R = self._bind_result(result)
+            return bound
 
         return run
+
+    def _bind_result(self, result: Any) -> Any:
+        """What a callable object returned, bound if its work runs later."""
+        if inspect.iscoroutine(result):
+            return self._awaited(result)
+        if inspect.isgenerator(result):
+            return self._driven(result)
+        if inspect.isasyncgen(result):
+            return self._adriven(result)
+        return result
 
     def _bind_async(
         self, function: Callable[P, Awaitable[R]]
@@ -273,13 +296,89 @@ class Task:
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
             if self._ended_for(function):
                 return await function(*args, **kwargs)
-            token = _CURRENT.set(self)
-            try:
-                return await function(*args, **kwargs)
-            finally:
-                _CURRENT.reset(token)
+            return await self._awaited(function(*args, **kwargs))
 
         return run
+
+    async def _awaited(self, awaitable: Awaitable[R]) -> R:
+        token = _CURRENT.set(self)
+        try:
+            return await awaitable
+        finally:
+            _CURRENT.reset(token)
+
+    def _bind_generator(
+        self, function: Callable[P, Generator[Any, Any, Any]]
+    ) -> Callable[P, Generator[Any, Any, Any]]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, Any]:
+            if self._ended_for(function):
+                return (yield from function(*args, **kwargs))
+            return (yield from self._driven(function(*args, **kwargs)))
+
+        return run
+
+    def _driven(self, inner: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        """Run ``inner`` inside this task at each step; the caller's context
+        is left as it was between steps."""
+        step: Callable[[Any], Any] = inner.send
+        value: Any = None
+        while True:
+            token = _CURRENT.set(self)
+            try:
+                item = step(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                _CURRENT.reset(token)
+            try:
+                value, step = (yield item), inner.send
+            except GeneratorExit:
+                token = _CURRENT.set(self)
+                try:
+                    inner.close()
+                finally:
+                    _CURRENT.reset(token)
+                raise
+            except BaseException as exc:
+                value, step = exc, inner.throw
+
+    def _bind_async_generator(
+        self, function: Callable[P, AsyncGenerator[Any, Any]]
+    ) -> Callable[P, AsyncGenerator[Any, Any]]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
+            if self._ended_for(function):
+                return function(*args, **kwargs)
+            return self._adriven(function(*args, **kwargs))
+
+        return run
+
+    async def _adriven(
+        self, inner: AsyncGenerator[Any, Any]
+    ) -> AsyncGenerator[Any, Any]:
+        """:meth:`_driven` for an async generator."""
+        step: Callable[[Any], Awaitable[Any]] = inner.asend
+        value: Any = None
+        while True:
+            token = _CURRENT.set(self)
+            try:
+                item = await step(value)
+            except StopAsyncIteration:
+                return
+            finally:
+                _CURRENT.reset(token)
+            try:
+                value, step = (yield item), inner.asend
+            except GeneratorExit:
+                token = _CURRENT.set(self)
+                try:
+                    await inner.aclose()
+                finally:
+                    _CURRENT.reset(token)
+                raise
+            except BaseException as exc:
+                value, step = exc, inner.athrow
 
     def _ended_for(self, function: object) -> bool:
         if self.closed:
