@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
+from governor import ConfigError
 from governor.stores import Line, MemoryLedger
 
 
@@ -196,3 +199,18 @@ def test_lines_without_a_ttl_never_expire() -> None:
     ledger.settle("h1", ["team:x"], 1, 0)
     clock.now = 10**9
     assert ledger.keys() == ["team:x"]
+
+
+@pytest.mark.parametrize(("nanos", "tokens"), [(-1, 0), (0, -5)])
+def test_negative_amounts_are_refused_as_in_redis(nanos: int, tokens: int) -> None:
+    """A negative hold would hand room back: refused, and nothing changes."""
+    ledger = MemoryLedger()
+    line = Line("team:a", limit_nanos=100, limit_tokens=None)
+    with pytest.raises(ConfigError, match="at least 0"):
+        ledger.reserve("h1", [line], nanos, tokens, 60)
+    assert ledger.reserve("h2", [line], 10, 0, 60) is None
+    with pytest.raises(ConfigError, match="at least 0"):
+        ledger.settle("h2", ["team:a"], nanos, tokens)
+    balance = ledger.balance("team:a")
+    assert balance is not None
+    assert (balance.spent_nanos, balance.reserved_nanos) == (0, 10)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from governor._errors import ConfigError
 from governor._forks import start_over_in_children
 from governor.stores._base import Balance, Line, Refusal
 
@@ -121,6 +122,7 @@ class MemoryLedger:
         ttl_s: float,
     ) -> Refusal | None:
         """Hold the amounts on every line, or refuse on all of them."""
+        _check_amounts(nanos, tokens)
         with self._lock:
             now = self._clock()
             self._reap(now)
@@ -144,6 +146,7 @@ class MemoryLedger:
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
     ) -> None:
         """Charge the actual spend and drop the hold; a repeat is a no-op."""
+        _check_amounts(nanos, tokens)
         with self._lock:
             if hold_id in self._state.settled:
                 return
@@ -275,3 +278,12 @@ def _check(key: str, entry: _Counters, nanos: int, tokens: int) -> Refusal | Non
     if entry.limit_tokens is not None and used_tokens + tokens > entry.limit_tokens:
         return Refusal("tokens", entry.snapshot(key))
     return None
+
+
+def _check_amounts(nanos: int, tokens: int) -> None:
+    """Amounts are never negative (as the Redis store also refuses)."""
+    if nanos < 0 or tokens < 0:
+        raise ConfigError(
+            f"amounts must be whole numbers of at least 0, got nanos={nanos} "
+            f"tokens={tokens}"
+        )
