@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -127,7 +128,9 @@ class Governor:
         spend: where each call's spend record goes: a SpendStore, or a path or
             URL for ``governor.spend.open_store`` (``.sqlite3``, ``.jsonl``,
             ``redis://``). Records are written by a background thread; call
-            :meth:`close` (or use the governor as a context manager) to flush.
+            :meth:`close` (or use the governor as a context manager) to flush;
+            in async code, ``await gov.aclose()`` or ``async with Governor(...)``
+            does it without blocking the event loop.
         anomalies: spend-anomaly alerts on the recorded calls (spend above
             a trend baseline by k spreads, bursts; see
             :class:`~governor.Anomalies`), as settings or a ready monitor
@@ -135,7 +138,10 @@ class Governor:
             ``auto_tighten`` set, an alert lowers the scope's budgets or blocks
             its calls (see :meth:`unblock`).
 
-    A governor is safe to share between threads and asyncio tasks.
+    A governor is safe to share between threads and asyncio tasks. Close it
+    when done: :meth:`close` (or ``with Governor(...) as gov:``), or in
+    async code :meth:`aclose` (or ``async with Governor(...) as gov:``),
+    which does not block the event loop.
     """
 
     def __init__(
@@ -526,6 +532,21 @@ class Governor:
             self._warn_unsent(unsent, recorder, lost)
         return lost
 
+    async def aclose(self, timeout_s: float | None = None) -> int:
+        """Async form of :meth:`close`, which never blocks the event loop.
+
+        The same work as :meth:`close` (queued budget steps get up to
+        ``timeout_s``, 5 s when None, to reach the store; the spend writer
+        flushes and stops) runs in a worker thread while the loop goes on,
+        so calls still settling on the loop can finish meanwhile. Idempotent
+        like :meth:`close`. ``async with Governor(...) as gov:`` calls it on
+        leaving the block. Cancelled, it stops waiting while the close goes
+        on in its thread.
+        """
+        if self._close_once.locked():
+            return 0  # closed, or closing in another thread
+        return await asyncio.to_thread(self.close, timeout_s)
+
     def _drain_store(self, timeout_s: float) -> _Unsent | None:
         """Give queued budget steps a bounded time to reach the store.
 
@@ -587,6 +608,12 @@ class Governor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Governor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     # -- tasks -----------------------------------------------------------
 
     @contextlib.contextmanager
@@ -626,12 +653,30 @@ class Governor:
             attribution: the scope values the calls name (LiteLLM
                 ``metadata``), charged as a one-call task would be.
         """
+        task = self._request_task(attribution)
+        with self._running(task):
+            yield task
+
+    @contextlib.asynccontextmanager
+    async def arequest_task(
+        self, attribution: Attribution | None = None
+    ) -> AsyncIterator[Task]:
+        """Async form of :meth:`request_task`.
+
+        Leaving the block closes the task with :meth:`aclose_task`, so the
+        event loop never waits on the budget store there.
+        """
+        task = self._request_task(attribution)
+        async with self._arunning(task):
+            yield task
+
+    def _request_task(self, attribution: Attribution | None) -> Task:
+        """The task of :meth:`request_task`, made outside any task."""
         if self._open_tasks:  # a worker thread that did not inherit its task
             self._warn_orphan_call()
         task = self._one_call_task(attribution)
         task.extras["orphan"] = bool(self._open_tasks)
-        with self._running(task):
-            yield task
+        return task
 
     @contextlib.contextmanager
     def _running(self, task: Task) -> Iterator[None]:
@@ -641,6 +686,15 @@ class Governor:
                 yield
         finally:
             self.close_task(task)
+
+    @contextlib.asynccontextmanager
+    async def _arunning(self, task: Task) -> AsyncIterator[None]:
+        """Async form of :meth:`_running`: closes ``task`` by :meth:`aclose_task`."""
+        try:
+            with self._made_current(task):
+                yield
+        finally:
+            await self.aclose_task(task)
 
     @contextlib.contextmanager
     def _made_current(self, task: Task) -> Iterator[None]:
@@ -670,11 +724,8 @@ class Governor:
         event loop never waits on the budget store there.
         """
         task = self.open_task(task_id, policy=policy, attribution=attribution, **scopes)
-        try:
-            with self._made_current(task):
-                yield task
-        finally:
-            await self.aclose_task(task)
+        async with self._arunning(task):
+            yield task
 
     def open_task(
         self,
@@ -722,9 +773,17 @@ class Governor:
         return task
 
     def close_task(self, task: Task) -> TaskReport:
-        """End a task's span with its roll-ups and return its report."""
+        """End a task's span with its roll-ups and return its report.
+
+        An interrupt (Ctrl-C) while the budget left is read still ends the
+        task's span (without the figure) and is raised.
+        """
         self._closing(task)
-        task.budget_left_usd = self._budget_left(task)
+        try:
+            task.budget_left_usd = self._budget_left(task)
+        except BaseException:
+            self._end_task(task)
+            raise
         return self._end_task(task)
 
     async def aclose_task(self, task: Task) -> TaskReport:
@@ -811,15 +870,34 @@ class Governor:
             if refusal is not None and self._recount(admission):
                 refusal = self.ledger.reserve(*admission.hold())
             admitted = self._admit_or_refuse(admission, refusal)
+            self._leases.add(admitted)
+            return admitted
         except StoreUnavailable as exc:
             release_slots(admission.held)
             self._slot_refused(admission, exc)
             raise
-        except BaseException:
+        except Exception:
             release_slots(admission.held)
             raise
-        self._leases.add(admitted)
-        return admitted
+        except BaseException:
+            self._reserve_cut(admission)
+            raise
+
+    def _reserve_cut(self, admission: Admission) -> None:
+        """Undo a reserve that an interrupt (Ctrl-C, ``SystemExit``) cut short.
+
+        The reserve may have run before the interrupt arrived, so the hold is
+        released (a release of a hold never made is a no-op, and keeps a late
+        reserve of the id from holding anything); then the slots go back. A
+        one-call task is closed without reading the store.
+        """
+        self._leases.discard(admission)
+        self._close_cut(admission)
+        try:
+            release = functools.partial(self.ledger.release, admission.call_id)
+            self._step_again("release", admission.call_id, release)
+        finally:
+            release_slots(admission.held)
 
     async def abegin_call(
         self, request: CallRequest, *, recheck: Recheck | None = None
@@ -854,6 +932,8 @@ class Governor:
             # The reserve script may have run before the cancellation arrived.
             # A caller cancelled again (anyio, Starlette) is cut off at the
             # shield while the hold's release goes on: the slots still go back.
+            self._leases.discard(admission)
+            self._close_cut(admission)
             try:
                 await asyncio.shield(ledger.arelease(admission.call_id))
             finally:
@@ -866,6 +946,11 @@ class Governor:
         except BaseException:
             await arelease_slots(admission.held)
             raise
+
+    def _close_cut(self, admission: Admission) -> None:
+        """Close the one-call task of a call cut off before it was sent."""
+        if admission.owns_task and not admission.task.closed:
+            self._close_owned(admission.task, read=False)
 
     def _served(self, admission: Admission, hit: Any) -> Admission:
         """Serve an admitted call from cache instead of reserving for it."""
@@ -902,10 +987,61 @@ class Governor:
         # Settle and record before the slots go back: a slot release that
         # cannot reach its store must not cost the call its record.
         try:
-            self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
+            try:
+                self.ledger.settle(admission.call_id, admission.keys, nanos, tokens)
+            except Exception:
+                raise
+            except BaseException:  # an interrupt (Ctrl-C): the call was made
+                self._settle_cut(admission, result, (nanos, tokens), usage, cost_source)
+                raise
             return self._finish(admission, result, nanos, usage, cost_source)
         finally:
             release_slots(admission.held)
+
+    def _settle_cut(
+        self,
+        admission: Admission,
+        result: CallResult,
+        charge: tuple[int, int],
+        usage: Usage,
+        cost_source: str,
+    ) -> None:
+        """Account a call whose settle an interrupt (Ctrl-C) cut short.
+
+        As :meth:`aend_call` does for a cancellation: the call was made, so it
+        is charged to its task, span, metrics and spend record, and a
+        one-call task is closed without reading the store. The settle may or
+        may not have reached the store, so it is sent again (a settle is
+        idempotent per hold id): the hold is replaced by the spend, once.
+        """
+        nanos, tokens = charge
+        try:
+            self._account(admission, result, nanos, usage, cost_source)
+            if admission.owns_task:
+                self._close_owned(admission.task, read=False)
+        finally:
+            settle = functools.partial(
+                self.ledger.settle, admission.call_id, admission.keys, nanos, tokens
+            )
+            self._step_again("settle", admission.call_id, settle)
+
+    def _step_again(self, what: str, call_id: str, step: Callable[[], None]) -> None:
+        """Send again a budget step that an interrupt cut short.
+
+        A failure is logged, not raised: the interrupt is what the caller
+        must see.
+        """
+        try:
+            step()
+        except Exception:
+            logger.warning(
+                "the %s of call %s, cut short by an interrupt, could not be "
+                "sent again; its hold stays on the budgets until it expires "
+                "(Policy.hold_ttl_s)",
+                what,
+                call_id,
+                exc_info=True,
+            )
 
     def _price_or_hold(
         self, admission: Admission, result: CallResult
@@ -1399,9 +1535,12 @@ class Governor:
         cost_source: str,
     ) -> Decimal:
         cost = self._account(admission, result, nanos, usage, cost_source)
-        self._check_warnings(admission)
-        if admission.owns_task:
-            self._close_owned(admission.task)
+        # An interrupt during the warnings' reads still closes a one-call task.
+        try:
+            self._check_warnings(admission)
+        finally:
+            if admission.owns_task:
+                self._close_owned(admission.task)
         return cost
 
     async def _afinish(

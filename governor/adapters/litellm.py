@@ -280,16 +280,17 @@ class GovernedLiteLLM:
     async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
-        with self._request_task(kwargs), _cascading() as meter:
-            result = await runner.arun(
-                request,
-                call=self._atier_call,
-                context_window=self._context_window,
-                count_tokens=_tier_tokens,
-                prompt_text=_last_user_text(messages),
-                rest_key=_tier_rest_key,
-            )
-            return self._on_result(result, meter)
+        async with self._arequest_task(kwargs):
+            with _cascading() as meter:
+                result = await runner.arun(
+                    request,
+                    call=self._atier_call,
+                    context_window=self._context_window,
+                    count_tokens=_tier_tokens,
+                    prompt_text=_last_user_text(messages),
+                    rest_key=_tier_rest_key,
+                )
+                return self._on_result(result, meter)
 
     def _request_task(self, kwargs: Mapping[str, Any]) -> Any:
         """The current task, else one task for this whole cascade run.
@@ -299,9 +300,15 @@ class GovernedLiteLLM:
         """
         if current_task() is not None:
             return contextlib.nullcontext()
-        named = _metadata_attribution(kwargs.get("metadata"))
-        attribution = Attribution(**named) if named else None
-        return self.governor.request_task(attribution)
+        return self.governor.request_task(_cascade_attribution(kwargs))
+
+    def _arequest_task(self, kwargs: Mapping[str, Any]) -> Any:
+        """Async form of :meth:`_request_task`: the task it opens is closed
+        without blocking the event loop on the budget store.
+        """
+        if current_task() is not None:
+            return contextlib.nullcontext()
+        return self.governor.arequest_task(_cascade_attribution(kwargs))
 
     def _cascade_setup(
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
@@ -813,6 +820,12 @@ def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
         return None
     found = Attribution.values_in(metadata)
     return found or None
+
+
+def _cascade_attribution(kwargs: Mapping[str, Any]) -> Attribution | None:
+    """What a cascade's task is charged to: its ``metadata``'s scope values."""
+    named = _metadata_attribution(kwargs.get("metadata"))
+    return Attribution(**named) if named else None
 
 
 def _escalated(kwargs: dict[str, Any]) -> dict[str, Any]:
