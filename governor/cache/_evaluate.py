@@ -12,12 +12,15 @@ safety gate); only the embeddings are computed up front, in batches.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import tarfile
 import zipfile
 import zlib
 from collections import Counter
@@ -25,11 +28,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from governor._errors import ConfigError
+from governor._textlines import is_gzip
 from governor.cache._cache import ResponseCache
 from governor.cache._embed import Embedder, Vectors
 from governor.cache._request import normalize_query
@@ -40,12 +44,14 @@ from governor.policies import Cache
 __all__ = [
     "EvalPair",
     "Mode",
+    "PairSet",
     "PrecomputedEmbedder",
     "evaluate",
     "expand_conversations",
     "load_pairs",
     "precompute",
     "questions",
+    "read_pairs",
     "replace_policy",
     "sweep",
     "without_gate",
@@ -81,50 +87,113 @@ class EvalPair:
     label: int
 
 
+@dataclass(frozen=True, slots=True)
+class PairSet:
+    """Pairs read from a file and the protocol that suits them by default.
+
+    ``without_negatives`` counts, for a file of MeanCache conversations, the
+    conversations that gave no label-0 pair because no other conversation
+    starts with another question; it is None for other files.
+    """
+
+    pairs: list[EvalPair]
+    mode: Mode
+    without_negatives: int | None = None
+
+
 def load_pairs(path: Path) -> tuple[list[EvalPair], Mode]:
     """Read labelled pairs and the protocol that suits them by default.
 
-    Accepts JSONL (optionally gzipped) of ``{"text_a", "text_b", "label"}``
-    where a text is a string or a list of chat messages (the last is the
-    question, the ones before it its conversation); a JSON list of
-    ``{"origin", "similar"}`` paraphrases (label 1, retrieval by default);
-    and a JSON list of MeanCache conversations (``u0``, ``u0_duplicate``,
-    ``system_q0``, ``u1``, ``u1_duplicate``), expanded by
-    :func:`expand_conversations`.
+    The forms are those of :func:`read_pairs`; conversations left without a
+    label-0 pair are logged as a warning.
 
     Raises:
-        ConfigError: the file cannot be read, is not UTF-8 JSON of one of
+        ConfigError: as :func:`read_pairs`.
+    """
+    found = read_pairs(path)
+    if found.without_negatives:
+        logger.warning(
+            "%s: %d conversation(s) gave no label-0 pair: no other "
+            "conversation in the file starts with a different first question",
+            path,
+            found.without_negatives,
+        )
+    return found.pairs, found.mode
+
+
+def read_pairs(path: Path) -> PairSet:
+    """Read labelled pairs, the protocol that suits them, and what was skipped.
+
+    The file may be gzip-compressed (recognised by its bytes, whatever its
+    name), and may be a tar archive of one file, as GPTCache ships its QQP
+    pairs. Accepted, as JSONL (one object a line) or as one JSON list:
+
+    * ``{"text_a", "text_b", "label"}``, or QQP's ``question1``,
+      ``question2`` and ``is_duplicate``. A text is a string or a list of
+      chat messages (the last is the question, the ones before it its
+      conversation). CSV or tab-separated text with a header naming these
+      columns is read too;
+    * ``{"origin", "similar"}`` paraphrases (label 1, retrieval by default);
+    * MeanCache conversations (``u0``, ``u0_duplicate``, ``system_q0``,
+      ``u1``, ``u1_duplicate``), expanded by :func:`expand_conversations`.
+
+    Raises:
+        ConfigError: the file cannot be read, is not UTF-8 text of one of
             these forms, or holds no pair; the message names the file and,
-            where it can, the line.
+            where it can, the line or item, and lists the accepted forms.
     """
     raw = _read_text(path)
-    if raw.lstrip().startswith("["):
-        pairs, mode = _json_list(path, raw)
+    head = raw.lstrip()
+    if head.startswith("["):
+        rows = _json_list(path, raw)
+    elif _is_table(head):
+        rows = _table_rows(path, head)
     else:
-        pairs, mode = _jsonl_pairs(path, raw), "pairwise"
-    if not pairs:
+        rows = _jsonl_rows(path, raw)
+    found = _from_rows(rows)
+    if not found.pairs:
         raise ConfigError(
             f"{path} holds no pairs; give a file with at least one labelled "
             "pair (text_a, text_b, label), paraphrase or conversation"
         )
-    return pairs, mode
+    return found
 
 
 _FORMS = (
-    "pass JSONL(.gz) of text_a/text_b/label, a JSON list of origin/similar "
-    "paraphrases or a JSON list of MeanCache conversations"
+    "accepted: JSONL or a JSON list (gzipped too) of text_a/text_b/label "
+    "objects (or QQP's question1/question2/is_duplicate), of origin/similar "
+    "paraphrases, or of MeanCache conversations (u0, u0_duplicate, system_q0, "
+    "u1, u1_duplicate); or CSV/TSV with a question1/question2/is_duplicate "
+    "or text_a/text_b/label header"
 )
+_WANTED = (
+    "one JSON object with text_a, text_b and label (or QQP's question1, "
+    "question2 and is_duplicate)"
+)
+_TEXT_KEYS = ("text_a", "text_b", "question1", "question2")
+_ALIASES = {
+    "text_a": ("text_a", "question1"),
+    "text_b": ("text_b", "question2"),
+    "label": ("label", "is_duplicate"),
+}
+_CONVERSATION_KEYS = ("u0", "u0_duplicate", "system_q0", "u1", "u1_duplicate")
+_GZIP_MAGIC = b"\x1f\x8b"
+# Rows as read, each with where it was: "FILE:LINE" or "FILE: item N".
+Rows = list[tuple[str, dict[str, Any]]]
 
 
 def _read_text(path: Path) -> str:
-    """The file's text, gunzipped for ``.gz``; ConfigError names what failed."""
+    """The file's text, gunzipped and untarred; ConfigError names what failed."""
     try:
-        if path.suffix == ".gz":
+        if path.suffix == ".gz" or is_gzip(path):
             with gzip.open(path, "rb") as packed:
                 data = packed.read()
         else:
             data = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
+        data = _untar(path, data)
+        if data.startswith(_GZIP_MAGIC):  # a .gz file inside the archive
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"cannot read pairs file {path}: {reason}; {_FORMS}") from exc
     try:
@@ -137,100 +206,246 @@ def _read_text(path: Path) -> str:
         ) from exc
 
 
-def _json_list(path: Path, raw: str) -> tuple[list[EvalPair], Mode]:
-    """Paraphrases (retrieval) or MeanCache conversations (pairwise)."""
+def _untar(path: Path, data: bytes) -> bytes:
+    """The one file inside a tar archive; other data as it is."""
+    if data[257:262] != b"ustar":
+        return data
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        files = [m for m in archive.getmembers() if m.isfile()]
+        if len(files) != 1:
+            raise ConfigError(
+                f"{path} is a tar archive of {len(files)} files; give the one "
+                f"pairs file itself, or an archive holding only it; {_FORMS}"
+            )
+        unpacked = archive.extractfile(files[0])
+        assert unpacked is not None  # a regular file always has its data
+        return unpacked.read()
+
+
+def _json_list(path: Path, raw: str) -> Rows:
+    """The objects of a JSON list, each with its item number."""
     try:
-        rows = json.loads(raw)
+        items = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path}:{exc.lineno}: not JSON ({exc.msg} at column {exc.colno}); {_FORMS}"
         ) from exc
-    if not all(isinstance(row, dict) for row in rows):
+    if items and all(isinstance(item, str) for item in items):
+        raise ConfigError(
+            f"{path}: a JSON list of strings (such as MeanCache's unique_u0.json "
+            f"or unique_u1.json) holds questions without labels, not pairs; {_FORMS}"
+        )
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ConfigError(
             f"{path}: a JSON list whose items are not all objects; {_FORMS}"
         )
-    if not rows:
-        return [], "pairwise"
-    try:
-        if "origin" in rows[0]:
-            return [_pair(r["origin"], r["similar"], 1) for r in rows], "retrieval"
-        if "u0" in rows[0]:
-            return expand_conversations(rows), "pairwise"
-    except KeyError as exc:
-        raise ConfigError(f"{path}: an item lacks the key {exc}; {_FORMS}") from exc
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    raise ConfigError(f"{path}: a JSON list of unknown rows; {_FORMS}")
+    return [(f"{path}: item {n}", item) for n, item in enumerate(items, start=1)]
 
 
-def _jsonl_pairs(path: Path, raw: str) -> list[EvalPair]:
-    """One labelled pair per non-blank line; errors name the line."""
-    pairs = []
+def _jsonl_rows(path: Path, raw: str) -> Rows:
+    """One JSON object per non-blank line; errors name the line."""
+    rows: Rows = []
     # Split on newlines only: a JSON string may hold U+2028 and the like.
     for number, line in enumerate(raw.split("\n"), start=1):
-        if line.strip():
-            try:
-                pairs.append(_labelled_pair(line))
-            except ConfigError as exc:
-                raise ConfigError(f"{path}:{number}: {exc}") from exc
-    return pairs
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno}); "
+                f"each line must be {_WANTED}"
+            ) from exc
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path}:{number}: not a JSON object; each line must be {_WANTED}"
+            )
+        rows.append((f"{path}:{number}", row))
+    return rows
 
 
-def _labelled_pair(line: str) -> EvalPair:
-    """Read ``{"text_a": ..., "text_b": ..., "label": 0 or 1}``."""
-    wanted = "each line must be one JSON object with text_a, text_b and label"
+def _is_table(head: str) -> bool:
+    """Whether the first line is a CSV/TSV header naming the pair columns."""
+    first = head.split("\n", 1)[0]
+    if first.startswith("{"):
+        return False
+    cells = {cell.strip().strip('"').strip() for cell in re.split("[,\t]", first)}
+    return bool(cells & set(_TEXT_KEYS))
+
+
+def _table_rows(path: Path, text: str) -> Rows:
+    """The rows of CSV or tab-separated text under its header line."""
+    first = text.split("\n", 1)[0]
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if "\t" in first else ",")
+    reader.fieldnames = [name.strip() for name in reader.fieldnames or ()]
+    rows: Rows = []
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
+        for row in reader:
+            if any(value for key, value in row.items() if key is not None):
+                rows.append((f"{path}:{reader.line_num}", dict(row)))
+    except csv.Error as exc:
+        raise ConfigError(f"{path}:{reader.line_num}: {exc}; {_FORMS}") from exc
+    return rows
+
+
+def _from_rows(rows: Rows) -> PairSet:
+    """Pairs of the kind the first row shows; errors name the row."""
+    if not rows:
+        return PairSet([], "pairwise")
+    where, first = rows[0]
+    if "origin" in first:
+        return PairSet([_paraphrase(w, row) for w, row in rows], "retrieval")
+    if "u0" in first:
+        conversations = [_conversation(w, row) for w, row in rows]
+        pairs, alone = _expand(conversations)
+        return PairSet(pairs, "pairwise", alone)
+    if any(key in first for key in _TEXT_KEYS):
+        return PairSet([_labelled_pair(w, row) for w, row in rows], "pairwise")
+    if "Main Query" in first:
         raise ConfigError(
-            f"not JSON ({exc.msg} at column {exc.colno}); {wanted}"
-        ) from exc
-    if not isinstance(row, dict):
-        raise ConfigError(f"not a JSON object; {wanted}")
-    missing = [key for key in ("text_a", "text_b", "label") if key not in row]
+            f"{where}: MeanCache's Main Query/Follow-Up Query files hold no "
+            f"paraphrase and so no pair this command can score; {_FORMS}"
+        )
+    keys = ", ".join(map(repr, list(first)[:6])) or "none"
+    raise ConfigError(f"{where}: rows of unknown keys ({keys}); {_FORMS}")
+
+
+def _paraphrase(where: str, row: Mapping[str, Any]) -> EvalPair:
+    try:
+        return _pair(row["origin"], row["similar"], 1, where)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: an item lacks the key {exc}; {_FORMS}") from exc
+
+
+def _labelled_pair(where: str, row: Mapping[str, Any]) -> EvalPair:
+    """Read text_a, text_b and label, or QQP's names for them."""
+    found = {
+        key: next((row[name] for name in names if name in row), None)
+        for key, names in _ALIASES.items()
+    }
+    missing = [key for key, value in found.items() if value is None]
     if missing:
-        raise ConfigError(f"missing {', '.join(map(repr, missing))}; {wanted}")
-    label = row["label"]
+        names = ", ".join(map(repr, missing))
+        raise ConfigError(
+            f"{where}: missing {names}; each line or item must be {_WANTED}"
+        )
+    label = found["label"]
+    if isinstance(label, str):
+        label = label.strip()
     if label not in (0, 1, "0", "1"):
-        raise ConfigError(f"label must be 0 or 1, got {label!r}")
-    return _pair(row["text_a"], row["text_b"], int(label))
+        raise ConfigError(f"{where}: label must be 0 or 1, got {label!r}")
+    return _pair(found["text_a"], found["text_b"], int(label), where)
+
+
+class _Conversation(NamedTuple):
+    """The fields of a MeanCache conversation that the pairs use."""
+
+    u0: str
+    u0_duplicate: str
+    system_q0: str
+    u1: str
+    u1_duplicate: str
+
+
+def _conversation(where: str, row: Mapping[str, Any]) -> _Conversation:
+    for key in _CONVERSATION_KEYS:
+        if key not in row:
+            raise ConfigError(f"{where}: an item lacks the key {key!r}; {_FORMS}")
+        if not isinstance(row[key], str):
+            raise ConfigError(
+                f"{where}: {key} must be a string, got {row[key]!r}; {_FORMS}"
+            )
+    return _Conversation(*(row[key] for key in _CONVERSATION_KEYS))
 
 
 def expand_conversations(rows: Sequence[Mapping[str, str]]) -> list[EvalPair]:
     """Turn MeanCache two-turn conversations into labelled pairs.
 
-    For conversation ``i`` (and ``j = i + 1``, wrapping): ``u0`` against its
-    paraphrase (label 1); the follow-up against its paraphrase after the same
-    first turn (label 1); and the follow-up, then its paraphrase, asked after
-    conversation ``j``'s first turn (label 0: the answer depends on it).
-    Conversations repeated word for word are counted once.
+    For each conversation: ``u0`` against its paraphrase (label 1); the
+    follow-up against its paraphrase after the same first turn (label 1);
+    and the follow-up, then its paraphrase, asked after the first turn of
+    another conversation (label 0: the answer depends on it). That other is
+    the next one, wrapping, whose first question is neither this one's nor
+    its paraphrase (compared with case, spacing and punctuation folded); a
+    conversation with none gives no label-0 pair, and a warning counts them.
+    Each pair is counted once: conversations that differ only in fields the
+    pairs do not use (``system_q1``) are one, and a first question with
+    several follow-ups gives its own pair once.
+
+    Raises:
+        ConfigError: a conversation lacks one of those fields or holds a
+            value that is not a string.
     """
-    # The published file repeats some conversations word for word; a repeat
-    # would turn a "different conversation" negative into the same request.
-    rows = list({json.dumps(row, sort_keys=True): row for row in rows}.values())
-    pairs: list[EvalPair] = []
-    for i, row in enumerate(rows):
-        other = rows[(i + 1) % len(rows)]
-        context = _turn(row)
-        elsewhere = _turn(other)
-        pairs.append(_pair(row["u0"], row["u0_duplicate"], 1))
-        follow = (*context, _user(row["u1"]))
-        pairs.append(EvalPair(follow, (*context, _user(row["u1_duplicate"])), 1))
-        pairs.append(EvalPair(follow, (*elsewhere, _user(row["u1"])), 0))
-        pairs.append(EvalPair(follow, (*elsewhere, _user(row["u1_duplicate"])), 0))
+    conversations = [
+        _conversation(f"conversation {n}", row) for n, row in enumerate(rows, start=1)
+    ]
+    pairs, alone = _expand(conversations)
+    if alone:
+        logger.warning(
+            "%d conversation(s) gave no label-0 pair: no other conversation "
+            "starts with a different first question",
+            alone,
+        )
     return pairs
 
 
-def _turn(row: Mapping[str, str]) -> tuple[Message, Message]:
-    return _user(row["u0"]), {"role": "assistant", "content": row["system_q0"]}
+def _expand(rows: Sequence[_Conversation]) -> tuple[list[EvalPair], int]:
+    """The distinct pairs of the conversations, and how many had no negative."""
+    conversations = list(dict.fromkeys(rows))
+    firsts = [_fold(c.u0) for c in conversations]
+    pairs: list[EvalPair] = []
+    alone = 0
+    for i, row in enumerate(conversations):
+        context = _turn(row)
+        follow = (*context, _user(row.u1))
+        pairs.append(_pair(row.u0, row.u0_duplicate, 1))
+        pairs.append(EvalPair(follow, (*context, _user(row.u1_duplicate)), 1))
+        own = {firsts[i], _fold(row.u0_duplicate)}
+        other = _other(conversations, firsts, own, i)
+        if other is None:
+            alone += 1
+            continue
+        elsewhere = _turn(other)
+        pairs.append(EvalPair(follow, (*elsewhere, _user(row.u1)), 0))
+        pairs.append(EvalPair(follow, (*elsewhere, _user(row.u1_duplicate)), 0))
+    distinct = {json.dumps([p.a, p.b, p.label]): p for p in pairs}
+    return list(distinct.values()), alone
+
+
+def _other(
+    conversations: Sequence[_Conversation],
+    firsts: Sequence[str],
+    own: set[str],
+    index: int,
+) -> _Conversation | None:
+    """The next conversation, wrapping, whose first question is not in ``own``.
+
+    ``firsts`` are the folded first questions; ``own`` holds this one's and
+    its paraphrase, folded.
+    """
+    count = len(conversations)
+    for step in range(1, count):
+        j = (index + step) % count
+        if firsts[j] not in own:
+            return conversations[j]
+    return None
+
+
+def _turn(row: _Conversation) -> tuple[Message, Message]:
+    return _user(row.u0), {"role": "assistant", "content": row.system_q0}
 
 
 def _user(text: str) -> Message:
     return {"role": "user", "content": text}
 
 
-def _pair(a: Any, b: Any, label: int) -> EvalPair:
-    return EvalPair(_messages(a), _messages(b), label)
+def _pair(a: Any, b: Any, label: int, where: str | None = None) -> EvalPair:
+    try:
+        return EvalPair(_messages(a), _messages(b), label)
+    except ConfigError as exc:
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _messages(text: Any) -> tuple[Message, ...]:
@@ -302,6 +517,9 @@ def precompute(
     does not grow with the length of the texts. A file written for another
     embedder is replaced, with a warning.
 
+    A file that cannot be written (a missing folder, a full disk) is
+    reported as a warning: the vectors are still returned.
+
     Raises:
         ConfigError: ``cache_file`` exists but is not an embeddings file that
             this function wrote; the message names it.
@@ -325,7 +543,7 @@ def precompute(
         if progress is not None:
             progress(start + len(chunk), len(missing))
     if cache_file is not None and (missing or stale):
-        _write_vectors(cache_file, embedder.name, table)
+        _keep_vectors(cache_file, embedder.name, table)
     found = {t: table[digests[t]] for t in wanted}
     return PrecomputedEmbedder(embedder.name, embedder.default_threshold, found, fits)
 
@@ -378,6 +596,19 @@ def _unreadable(path: Path, reason: object) -> ConfigError:
         f"embedding cache {path} is not an .npz of embeddings that governor eval "
         f"cache wrote ({reason}); delete it or give another file"
     )
+
+
+def _keep_vectors(path: Path, name: str, table: Mapping[str, Vectors]) -> None:
+    """Write the vectors; a failure loses them for later runs, not this one."""
+    try:
+        _write_vectors(path, name, table)
+    except OSError as exc:
+        logger.warning(
+            "cannot write the embedding cache %s (%s); this run goes on, but "
+            "its embeddings are not kept for the next",
+            path,
+            exc.strerror or exc,
+        )
 
 
 def _write_vectors(path: Path, name: str, table: Mapping[str, Vectors]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,9 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         "pairs",
         metavar="PAIRS",
         type=Path,
-        help="JSONL(.gz) of text_a/text_b/label, a JSON list of origin/similar "
-        "paraphrases, or a JSON list of MeanCache conversations",
+        help="JSONL or a JSON list (gzipped too) of text_a/text_b/label (or "
+        "question1/question2/is_duplicate) pairs, of origin/similar "
+        "paraphrases or of MeanCache conversations; or CSV/TSV with such a header",
     )
     parser.add_argument(
         "--mode",
@@ -102,9 +104,10 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     thresholds = _thresholds(args.sweep)
     _check_embedding_cache(args.embedding_cache)
-    pairs, default_mode = ev.load_pairs(args.pairs)
-    pairs = _split(pairs, args)
-    mode = args.mode or default_mode
+    found = ev.read_pairs(args.pairs)
+    _note_without_negatives(args.pairs, found.without_negatives)
+    pairs = _split(found.pairs, args)
+    mode = args.mode or found.mode
     policy = Cache(
         similarity_threshold=args.threshold,
         safety_gate=not args.no_gate,
@@ -121,6 +124,8 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )
     report = ev.evaluate(pairs, mode=mode, policy=policy, embedder=embedder)
     report = {**report, "embedder": embedder.name, "gate": policy.safety_gate}
+    if found.without_negatives is not None:
+        report["conversations_without_negatives"] = found.without_negatives
     if thresholds:
         report["sweep"] = [
             {**row, "gate": gate}
@@ -150,14 +155,40 @@ def _split(pairs: list[EvalPair], args: argparse.Namespace) -> list[EvalPair]:
     return chosen
 
 
+def _note_without_negatives(path: Path, count: int | None) -> None:
+    """Say on stderr how many conversations gave no label-0 pair."""
+    if count:
+        print(
+            f"governor eval cache: {path}: {count} conversation(s) gave no "
+            "label-0 pair: no other conversation in the file starts with a "
+            "different first question",
+            file=sys.stderr,
+        )
+
+
 def _check_embedding_cache(path: Path | None) -> None:
-    """Refuse an --embedding-cache that is a folder before any work is done."""
+    """Refuse an --embedding-cache that cannot be written before any work."""
     from governor._errors import ConfigError
 
-    if path is not None and path.is_dir():
+    if path is None:
+        return
+    if path.is_dir():
         raise ConfigError(
             f"--embedding-cache {path} is a folder; give a file name such as "
             f"{path / 'embeddings.npz'}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--embedding-cache {path}: no such folder {folder}; create it or "
+            "give a file in a folder that exists"
+        )
+    # The file is replaced through a new file beside it: the folder must
+    # take one, unless the file is there already (it may need no update).
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--embedding-cache {path}: the folder {folder} is not writable; "
+            "give a file in a folder you can write to"
         )
 
 
@@ -180,14 +211,20 @@ def _progress(done: int, total: int) -> None:
         print(f"embedded {done}/{total}", file=sys.stderr)
 
 
+_TABLE_KEYS = (
+    "pairs mode threshold hits wrong_hits positives hit_rate false_hit_rate "
+    "precision recall embedder gate"
+)
+
+
 def _print_table(report: dict[str, Any]) -> None:
-    keys = "pairs mode threshold hit_rate false_hit_rate precision recall embedder gate"
-    for key in keys.split():
+    for key in _TABLE_KEYS.split():
         value = "none (no hits)" if report[key] is None else report[key]
         print(f"{key:>15}  {value}")
     for row in report.get("sweep", []):
         print(
             f"threshold {row['threshold']:.3f} gate {'on ' if row['gate'] else 'off'}"
+            f"  hits {row['hits']}  wrong_hits {row['wrong_hits']}"
             f"  hit_rate {row['hit_rate']:.4f}"
             f"  false_hit_rate {row['false_hit_rate']:.4f}"
             f"  recall {row['recall']:.4f}"
