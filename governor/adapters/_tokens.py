@@ -13,6 +13,7 @@ from governor._errors import ConfigError
 from governor.pricing import Usage
 
 __all__ = [
+    "NOT_SENT_ATTRIBUTE",
     "count_message_tokens",
     "count_prompt_tokens",
     "count_text_tokens",
@@ -23,6 +24,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Set to True on an exception by an adapter that saw the call fail before its
+# request was handed to the network: nothing went out, nothing is billed.
+NOT_SENT_ATTRIBUTE = "governor_request_not_sent"
 
 
 def _litellm() -> Any:
@@ -149,8 +154,12 @@ def interrupted_after_sending(error: BaseException) -> bool:
 
     A cancelled or timed-out request has reached the provider, which may
     bill its prompt; an error answer (a refusal, a rate limit, a bad
-    request) bills nothing.
+    request) bills nothing. Without a sign of where it stopped, a cancelled
+    call is taken to have sent its request; one that an adapter marked with
+    :data:`NOT_SENT_ATTRIBUTE` (it stopped before sending) did not.
     """
+    if getattr(error, NOT_SENT_ATTRIBUTE, False) is True:
+        return False
     if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | TimeoutError):
         return True
     return (

@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import inspect
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -52,6 +54,7 @@ from governor.adapters._embeddings import (
     named_provider,
 )
 from governor.adapters._tokens import (
+    NOT_SENT_ATTRIBUTE,
     count_prompt_tokens,
     countable_prompt,
     interrupted_after_sending,
@@ -79,6 +82,7 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402  (must follow the environment default above)
+from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 # The thread and asyncio task of a governed wrapper while it runs, so an
 # instrumented inner call on the same thread or task (LiteLLM calling itself)
@@ -136,8 +140,8 @@ class GovernedLiteLLM:
     ) -> None:
         self.governor = governor
         self._callables = dict(callables or {})
-        self._completion = completion or litellm.completion
-        self._acompletion = acompletion or litellm.acompletion
+        self._completion = _watching(completion or litellm.completion, "completion")
+        self._acompletion = _watching(acompletion or litellm.acompletion, "acompletion")
         self._embedding = embedding or litellm.embedding
         self._aembedding = aembedding or litellm.aembedding
         self._runners: dict[int, tuple[Any, Any]] = {}
@@ -1481,11 +1485,214 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     """A call that raised: a cancelled or timed-out one is charged its hold.
 
     The request reached the provider, which may answer it in full and bill
-    it although nobody reads the answer; only the hold bounds that bill.
+    it although nobody reads the answer; only the hold bounds that bill. A
+    call that LiteLLM was seen to stop before sending (see :func:`_watching`)
+    is charged nothing.
     """
+    if _not_sent(error):
+        return CallResult(error=error)
     if not interrupted_after_sending(error) and not _unparsed_answer(error, request):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
+
+
+def _not_sent(error: BaseException) -> bool:
+    """True when the call's own watch saw it stop before sending.
+
+    The mark is taken off, so a governed call further out (a stand-in that
+    called this client) does not read it as its own.
+    """
+    unsent = getattr(error, NOT_SENT_ATTRIBUTE, False) is True
+    with contextlib.suppress(AttributeError):
+        delattr(error, NOT_SENT_ATTRIBUTE)
+    return unsent
+
+
+# -- did the request go out? ---------------------------------------------
+
+# Providers whose LiteLLM route (its OpenAI one) calls the input callbacks
+# from its pre-call logging before it sends, and, for ``acompletion``, sends
+# only from the coroutine the caller awaits: the part LiteLLM runs in a
+# worker thread (which a cancelled caller does not stop) only builds the
+# request. Routes outside it (a provider whose async call runs in that
+# thread, a custom handler) keep the conservative hold.
+_HOOKED_PROVIDERS = frozenset({"openai", "custom_openai"})
+
+# LiteLLM's own chat functions live here (the public one and the Python one
+# behind it); a function from elsewhere is a stand-in or another wrapper.
+_LITELLM_MODULES = ("litellm.main", "litellm.chat_completions.dispatch")
+
+
+class _Sending:
+    """Whether LiteLLM reached its pre-call hook in one governed call.
+
+    A mark also marks the call this one runs inside (LiteLLM calling itself
+    while a governed call is under way), which sends through it.
+    """
+
+    __slots__ = ("_outer", "seen")
+
+    def __init__(self, outer: _Sending | None) -> None:
+        self._outer = outer
+        self.seen = False
+
+    def mark(self) -> None:
+        self.seen = True
+        if self._outer is not None:
+            self._outer.mark()
+
+
+# The watch of the LiteLLM call running in this context. LiteLLM runs part
+# of ``acompletion`` in a worker thread with a copy of the caller's context,
+# which holds the same watch.
+_SENDING: contextvars.ContextVar[_Sending | None] = contextvars.ContextVar(
+    "governor_litellm_sending", default=None
+)
+
+
+class _PreCallHook(CustomLogger):  # type: ignore[misc]  # litellm is untyped (mypy skips it)
+    """LiteLLM input callback: the watched call is about to send its request.
+
+    LiteLLM calls input callbacks from its handlers' pre-call logging, right
+    before the HTTP request; outside a watched call it does nothing.
+    """
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        sending = _SENDING.get()
+        if sending is not None:
+            sending.mark()
+
+
+_PRE_CALL_HOOK = _PreCallHook()
+
+
+def _watching(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """LiteLLM's own ``completion`` or ``acompletion``, watched for sending.
+
+    A call that fails before LiteLLM's pre-call hook has its exception
+    marked as not sent (:data:`NOT_SENT_ATTRIBUTE`), on a route where that
+    hook is known to come first (:func:`_hooked_route`). Any other function
+    (a stand-in) is returned as it is: nothing says whether it sent.
+    """
+    if not any(
+        getattr(sys.modules.get(m), name, None) is function for m in _LITELLM_MODULES
+    ):
+        return function
+    if name == "acompletion":
+
+        @functools.wraps(function)  # its signature tells positionals apart
+        async def awatched(*args: Any, **kwargs: Any) -> Any:
+            sending, token = _start_watch()
+            try:
+                return await function(*args, **kwargs)
+            except BaseException as exc:
+                _note_sending(exc, sending, args, kwargs)
+                raise
+            finally:
+                _SENDING.reset(token)
+
+        return awatched
+
+    @functools.wraps(function)
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        sending, token = _start_watch()
+        try:
+            return function(*args, **kwargs)
+        except BaseException as exc:
+            _note_sending(exc, sending, args, kwargs)
+            raise
+        finally:
+            _SENDING.reset(token)
+
+    return watched
+
+
+def _start_watch() -> tuple[_Sending, contextvars.Token[_Sending | None]]:
+    """A new watch, current in this context; the hook put back if removed.
+
+    Two threads may both put it back at once; called twice, it marks twice.
+    """
+    callbacks = getattr(litellm, "input_callback", None)
+    if isinstance(callbacks, list) and not _hook_installed():
+        callbacks.append(_PRE_CALL_HOOK)
+    sending = _Sending(_SENDING.get())
+    return sending, _SENDING.set(sending)
+
+
+def _hook_installed() -> bool:
+    callbacks = getattr(litellm, "input_callback", None)
+    return isinstance(callbacks, list) and any(
+        callback is _PRE_CALL_HOOK for callback in callbacks
+    )
+
+
+def _note_sending(
+    error: BaseException,
+    sending: _Sending,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Mark ``error`` as raised before sending when that is known for sure.
+
+    The mark is set either way, which overrides one that a call LiteLLM
+    made inside this one left.
+    """
+    try:
+        unsent = (
+            not sending.seen
+            and not args
+            and _hook_installed()
+            and _hooked_route(kwargs)
+        )
+    except Exception:  # never in place of the call's own error: not known
+        logger.debug("could not tell whether a LiteLLM call was sent", exc_info=True)
+        unsent = False
+    if unsent:
+        logger.debug(
+            "LiteLLM call to %s stopped before sending its request (%s); "
+            "its hold is released",
+            kwargs.get("model"),
+            type(error).__name__,
+        )
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(error, NOT_SENT_ATTRIBUTE, unsent)
+
+
+def _hooked_route(kwargs: Mapping[str, Any]) -> bool:
+    """True when LiteLLM sends this request on a route that calls the pre-call
+    hook first and sends only from the caller's task (:data:`_HOOKED_PROVIDERS`).
+
+    LiteLLM's own fallbacks may take the call elsewhere, and a LiteLLM that
+    may serve the call natively (its Rust bridge) is not relied on.
+    """
+    model = kwargs.get("model")
+    if not isinstance(model, str) or kwargs.get("fallbacks"):
+        return False
+    if getattr(litellm, "model_fallbacks", None):
+        return False
+    try:
+        provider = litellm.get_llm_provider(
+            model=model,
+            custom_llm_provider=kwargs.get("custom_llm_provider"),
+            api_base=kwargs.get("api_base") or kwargs.get("base_url"),
+        )[1]
+    except Exception:  # a model LiteLLM cannot place: not known
+        return False
+    return provider in _HOOKED_PROVIDERS and _python_route()
+
+
+def _python_route() -> bool:
+    """False when this LiteLLM may serve chat calls (or the Responses calls
+    its chat route bridges to) natively, out of sight of its Python hooks."""
+    try:
+        from litellm.rust_bridge import catalog
+    except ImportError:  # a LiteLLM without native routes
+        return True
+    try:
+        routes = (catalog.Route.CHAT_COMPLETIONS, catalog.Route.RESPONSES)
+        return not any(catalog.rust_might_handle(r, catalog.RULES) for r in routes)
+    except Exception:  # a catalog of another shape: not known
+        return False
 
 
 # What LiteLLM says of a 200 answer it could not read: malformed usage, and
