@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import pickle
 import struct
 import zlib
 from decimal import Decimal
@@ -28,9 +29,23 @@ from governor.cascade._datasets import (
     load_routerbench,
     read_rows,
 )
-from governor.cascade._fit import ALWAYS_BEST, fit_and_report, split_rows
-from governor.cascade._replay import RECORDED_JUDGE, Recorded, ReplayRow, report
+from governor.cascade._fit import (
+    ALWAYS_BEST,
+    _frontier,
+    _select,
+    fit_and_report,
+    split_rows,
+)
+from governor.cascade._replay import (
+    RECORDED_JUDGE,
+    Recorded,
+    ReplayReport,
+    ReplayRow,
+    replay,
+    report,
+)
 from governor.cli import main
+from governor.policies import Pricing
 
 SAMPLE = Path(__file__).parent / "data" / "routerbench_sample.csv.gz"
 MIXTRAL = "mistralai/mixtral-8x7b-chat"
@@ -173,17 +188,14 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
 
 def test_fit_selects_on_fit_rows_only(tmp_path: Path) -> None:
     """The cheapest candidate meeting the quality target on fit rows is chosen."""
-    rows = load_jsonl(_jsonl(tmp_path / "rows.jsonl", TWO_ROWS * 4))
+    # A JSONL row's key is its id, so give each copy its own id.
+    copies = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(TWO_ROWS * 4)]
+    rows = load_jsonl(_jsonl(tmp_path / "rows.jsonl", copies))
     candidates = (
         ("strict", Cascade(tiers=["small", "large"], checks=[{"kind": "json"}])),
         ("lenient", Cascade(tiers=["small", "large"])),
         ("premium", Cascade(tiers=["large"])),
     )
-    # A JSONL row's key is its id, so give each copy its own id.
-    rows = [
-        type(r)(f"{r.key}-{i}", r.prompt, r.outcomes, r.group)
-        for i, r in enumerate(rows)
-    ]
     result = fit_and_report(NamedPolicy("toy", "", candidates), rows, seed=0)
     assert result.selected == "strict"
     assert result.report.policy == "toy/strict"
@@ -270,7 +282,7 @@ def test_arithmetic_check_accepts_correct_steps() -> None:
 def test_gsm8k_prices_come_from_the_rate_card() -> None:
     """Mixtral is priced at Together AI's $0.60 per million tokens, both ways."""
     prices = price_table("routellm-gsm8k")
-    mixtral = prices.per_model["mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    mixtral = prices.price("mistralai/Mixtral-8x7B-Instruct-v0.1")
     assert mixtral == (Decimal("6E-7"), Decimal("6E-7"))
 
 
@@ -615,3 +627,349 @@ def test_an_unexpected_error_names_the_subcommand(
     code, _, err = _run_cli(capsys, SAMPLE, "--policy", "routerbench-3tier")
     assert code == 1
     assert err.startswith("governor eval cascade: RuntimeError: boom")
+
+
+# -- held-back data: any model priced, undefined ratios, upstream layouts ----------
+
+FREE = "my-local-model"
+REPEATED_ROW = "repeats an earlier row"  # the left-out reason for a repeated row
+
+
+def _routellm(path: Path, models: list[str], rows: int = 4) -> Path:
+    """A RouteLLM-style CSV: every model right, answering ``#### 12``."""
+    header = ["prompt", *models, *(m + "_response" for m in models)]
+    body = [
+        [f"What is 5 + {i}?", *("True" for _ in models), *(SOLVED for _ in models)]
+        for i in range(rows)
+    ]
+    return _write_csv(path, [header, *body])
+
+
+def _policy_file(path: Path, body: dict[str, object]) -> Path:
+    path.write_text(json.dumps(body), encoding="utf-8")
+    return path
+
+
+def test_routellm_models_outside_the_alias_tables_are_priced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gpt-4o-mini and gpt-4o are priced from the rate card by their own names."""
+    data = _routellm(tmp_path / "r.csv", ["gpt-4o-mini", "gpt-4o"])
+    loaded = read_rows(data, price_table)
+    assert loaded.unpriced == {}
+    policy = _policy_file(tmp_path / "p.json", {"tiers": ["gpt-4o-mini", "gpt-4o"]})
+    code, out, err = _run_cli(
+        capsys, data, "--policy", str(policy), "--fit-fraction", "0", "--json"
+    )
+    doc = json.loads(out)
+    # gpt-4o-mini costs 1/16.7 of gpt-4o per token in and out.
+    assert (code, err, doc["rows"], doc["accuracy"]) == (0, "", 4, 1.0)
+    assert 0 < doc["cost_ratio"] < 0.1
+
+
+def test_the_policy_pricing_prices_models_the_map_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON policy's overrides price a model, a data name an alias covers
+    included; Price() makes a free tier, not an unpriced one."""
+    data = _routellm(tmp_path / "r.csv", [FREE, GSM_MIXTRAL], rows=1)
+    overrides = {
+        FREE: {},
+        GSM_MIXTRAL: {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
+    }
+    pricing = Pricing(overrides=overrides)
+    (row,) = read_rows(data, lambda layout: price_table(layout, pricing)).rows
+    prompt_tokens, answer_tokens = estimate_tokens(row.prompt), estimate_tokens(SOLVED)
+    expected = (prompt_tokens * 1 + answer_tokens * 2) * Decimal("1e-6")
+    assert row.outcomes[FREE].cost_usd == 0
+    assert row.outcomes[GSM_MIXTRAL].cost_usd == expected
+    body = {"tiers": [FREE, GSM_MIXTRAL], "pricing": {"overrides": overrides}}
+    policy = _policy_file(tmp_path / "p.json", body)
+    args = ["--policy", str(policy), "--fit-fraction", "0", "--json"]
+    code, out, _ = _run_cli(capsys, data, *args)
+    assert (code, json.loads(out)["cost_usd"]) == (0, 0.0)
+
+
+def test_a_python_policy_carries_its_pricing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Policy with a cascade, named as module:attribute, brings its pricing."""
+    (tmp_path / "evalpolicy.py").write_text(
+        "from governor.policies import Cascade, Policy, Price, Pricing\n"
+        "POLICY = Policy(\n"
+        f"    cascade=Cascade(tiers=[{FREE!r}, 'gpt-4o']),\n"
+        f"    pricing=Pricing(overrides={{{FREE!r}: Price()}}),\n"
+        ")\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    policy = load_policy("evalpolicy:POLICY")
+    assert policy.pricing is not None
+    prices = price_table("routellm-gsm8k", policy.pricing)
+    assert prices.price(FREE) == (Decimal(0), Decimal(0))
+
+
+def test_an_unpriced_tier_is_named_with_how_to_price_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tier the rate card cannot price is refused by name, with the policy
+    pricing to add; a price-map entry of zero (ollama) is not a price."""
+    data = _routellm(tmp_path / "r.csv", [FREE, "ollama/llama2", GPT4])
+    loaded = read_rows(data, price_table)
+    assert sorted(loaded.unpriced) == [FREE, "ollama/llama2"]
+    assert "no token prices" in loaded.unpriced["ollama/llama2"]
+    policy = _policy_file(tmp_path / "p.json", {"name": "p", "tiers": [FREE, GPT4]})
+    code, _, err = _run_cli(capsys, data, "--policy", str(policy))
+    assert code == 2
+    assert "p uses models that the data records without costs" in err
+    assert f"'{FREE}' (not in LiteLLM's price map" in err
+    assert f'"pricing": {{"overrides": {{"{FREE}": {{' in err
+    assert "name the data's models in the policy's tiers" not in err
+
+
+def _free_best_reports() -> list[tuple[str, ReplayReport]]:
+    """Two candidates as good as a free premium tier; "cheap" costs less."""
+    outcomes = {
+        "pricey": Recorded(1.0, "A", Decimal("0.010")),
+        "cheap": Recorded(1.0, "A", Decimal("0.001")),
+        "large": Recorded(1.0, "A", Decimal(0)),
+    }
+    rows = [ReplayRow(f"q{i}", "p", outcomes) for i in range(4)]
+    return [
+        (name, replay(name, Cascade(tiers=[name, "large"]), rows))
+        for name in ("pricey", "cheap")
+    ]
+
+
+def test_a_free_premium_tier_has_no_cost_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Always-best costs nothing: cost_ratio is null in JSON and n/a in text."""
+    reports = _free_best_reports()
+    assert reports[0][1].cost_ratio is None
+    assert reports[0][1].to_json()["cost_ratio"] is None
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": "p",
+            "outcomes": {
+                "small": {"score": 1, "response": "A", "cost_usd": "0.001"},
+                "large": {"score": 1, "response": "A", "cost_usd": "0"},
+            },
+        }
+        for i in range(4)
+    ]
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    policy = _policy_file(tmp_path / "p.json", {"tiers": ["small", "large"]})
+    args = ["--policy", str(policy), "--fit-fraction", "0"]
+    code, out, _ = _run_cli(capsys, data, *args, "--json")
+    assert (code, json.loads(out)["cost_ratio"]) == (0, None)
+    code, out, _ = _run_cli(capsys, data, *args)
+    assert "cost_ratio n/a  quality_ratio 1.000" in out
+
+
+def test_a_premium_tier_scoring_zero_has_no_quality_ratio() -> None:
+    """Always-best scores 0: quality_ratio is None, not 0 beside accuracy 1."""
+    outcomes = {
+        "small": Recorded(1.0, "A", Decimal("0.001")),
+        "large": Recorded(0.0, "B", Decimal("0.010")),
+    }
+    rows = [ReplayRow(f"q{i}", "p", outcomes) for i in range(4)]
+    result = replay("x", Cascade(tiers=["small", "large"]), rows)
+    doc = result.to_json()
+    assert (doc["accuracy"], doc["quality_ratio"]) == (1.0, None)
+
+
+def test_selection_and_frontier_order_by_cost_when_premium_is_free() -> None:
+    """With no cost ratio, the cheaper of two equal candidates is picked and
+    alone on the frontier (not a tie at a cost ratio of 0)."""
+    reports = _free_best_reports()
+    assert _select(reports, 0.98, 0.30) == "cheap"
+    assert _select(reports[::-1], 0.98, 0.30) == "cheap"
+    assert _frontier(reports) == {"cheap"}
+
+
+def test_frontier_orders_by_accuracy_when_premium_scores_zero() -> None:
+    """With no quality ratio, the more accurate of two equal-cost candidates
+    beats the other and is picked (not a tie at a quality ratio of 0)."""
+    rows = [
+        ReplayRow(
+            f"q{i}",
+            "p",
+            {
+                "good": Recorded(float(i % 2), "A", Decimal("0.001")),
+                "bad": Recorded(0.0, "A", Decimal("0.001")),
+                "large": Recorded(0.0, "B", Decimal("0.010")),
+            },
+        )
+        for i in range(4)
+    ]
+    reports = [
+        (name, replay(name, Cascade(tiers=[name, "large"]), rows))
+        for name in ("bad", "good")
+    ]
+    assert _frontier(reports) == {"good"}
+    assert _select(reports, 0.98, 0.30) == "good"
+
+
+def _upstream_arena(folder: Path) -> Path:
+    """Arena-Bench as its repository keeps it: question.jsonl at the top,
+    model_answer/, model_judgment/ and reference_answer/ below it."""
+    flat = _arena_folder(folder.parent / "flat", gz=False)
+    for sub in ("model_answer", "model_judgment", "reference_answer"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "question.jsonl").write_bytes((flat / "question.jsonl").read_bytes())
+    answers = (flat / "model_answers.jsonl").read_text().splitlines()
+    judgments = (flat / "judgments.jsonl").read_text().splitlines()
+    for answer, judgment in zip(answers, judgments, strict=True):
+        model = json.loads(answer)["model_id"].rsplit("/", 1)[-1]
+        (folder / "model_answer" / f"{model}.jsonl").write_text(answer + "\n")
+        (folder / "model_judgment" / f"{model}.jsonl").write_text(judgment + "\n")
+    reference = (flat / "reference_answer_gpt-4.jsonl").read_bytes()
+    (folder / "reference_answer" / "gpt-4.jsonl").write_bytes(reference)
+    return folder
+
+
+def test_the_upstream_arena_layout_reads_like_the_flat_one(tmp_path: Path) -> None:
+    """Answers, judgments and the reference in their subfolders are found."""
+    upstream = read_rows(_upstream_arena(tmp_path / "arena-bench-v1"), price_table)
+    flat = read_rows(tmp_path / "flat", price_table)
+    assert upstream.rows == flat.rows
+    assert (upstream.read, len(upstream.rows[0].outcomes)) == (1, 3)
+
+
+def test_a_folder_without_data_names_the_subfolders_looked_into(
+    tmp_path: Path,
+) -> None:
+    """A parent of data folders is refused, saying what each subfolder holds."""
+    (tmp_path / "parent").mkdir()
+    _arena_folder(tmp_path / "parent" / "arena", gz=False)
+    (tmp_path / "parent" / "README.md").write_text("# data\n")
+    with pytest.raises(ConfigError) as caught:
+        read_rows(tmp_path / "parent", price_table)
+    message = str(caught.value)
+    assert "subfolders looked into: arena/ (" in message
+    assert "1 Arena-Bench questions" in message
+    assert "give the folder that holds a data set itself" in message
+
+
+def test_repeated_csv_rows_are_left_out_and_counted(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A RouterBench file holding its rows twice keeps each once; the repeats
+    are counted, so fit and held-out rows never share a prompt."""
+    table = _routerbench_table()
+    path = _write_csv(tmp_path / "rb.csv", table + table[1:])
+    loaded = read_rows(path, price_table)
+    assert (loaded.read, len(loaded.rows)) == (44, 22)
+    assert loaded.left_out == {REPEATED_ROW: 22}
+    args = ["--policy", "routerbench-3tier", "--fit-fraction", "0", "--json"]
+    code, out, err = _run_cli(capsys, path, *args)
+    doc = json.loads(out)
+    assert (code, doc["rows"], doc["left_out"]) == (0, 22, {REPEATED_ROW: 22})
+    assert err == ""
+    assert "rb.csv: 22 row(s) repeat earlier rows; left out" in caplog.text
+    code, out, _ = _run_cli(capsys, path, *args[:-1])
+    assert "44 rows read, 22 left out (repeats an earlier row: 22)" in out
+
+
+def test_a_repeated_routellm_prompt_is_left_out(tmp_path: Path) -> None:
+    """A RouteLLM row with an earlier row's prompt is counted, not kept."""
+    table = _gsm8k_rows([("True", "True"), ("False", "True")])
+    path = _write_csv(tmp_path / "g.csv", [*table, table[1]])
+    loaded = read_rows(path, price_table)
+    assert (loaded.read, len(loaded.rows), loaded.left_out) == (3, 2, {REPEATED_ROW: 1})
+
+
+def test_a_repeated_jsonl_id_is_refused(tmp_path: Path) -> None:
+    """An id on two lines is refused naming both, as `eval loops` does."""
+    path = _jsonl(tmp_path / "rows.jsonl", [*TWO_ROWS, TWO_ROWS[0]])
+    with pytest.raises(
+        ConfigError, match=r"^rows.jsonl:3: id 'q1' is also on rows.jsonl:1"
+    ):
+        read_rows(path, price_table)
+
+
+def test_a_repeated_jsonl_line_without_id_is_left_out(tmp_path: Path) -> None:
+    """Without ids, a line equal to an earlier one is counted, not kept."""
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in TWO_ROWS]
+    loaded = read_rows(_jsonl(tmp_path / "rows.jsonl", [*rows, rows[1]]), price_table)
+    assert (loaded.read, len(loaded.rows), loaded.left_out) == (3, 2, {REPEATED_ROW: 1})
+
+
+def test_a_repeated_arena_question_is_counted_or_refused(tmp_path: Path) -> None:
+    """The same question line twice is counted; one id with two prompts is refused."""
+    folder = _arena_folder(tmp_path / "arena", gz=False)
+    question = folder / "question.jsonl"
+    line = question.read_text()
+    question.write_text(line * 2)
+    loaded = read_rows(folder, price_table)
+    assert (loaded.read, len(loaded.rows), loaded.left_out) == (2, 1, {REPEATED_ROW: 1})
+    question.write_text(line + line.replace("Say hi", "Say bye"))
+    with pytest.raises(ConfigError, match=r"question.jsonl:2: question_id 'q1'"):
+        read_rows(folder, price_table)
+
+
+def test_a_routerbench_model_without_its_cost_column_is_named(tmp_path: Path) -> None:
+    """A model with answers but no `|total_cost` column is refused by name."""
+    table = _routerbench_table()
+    gone = table[0].index(YI + "|total_cost")
+    path = _write_csv(tmp_path / "rb.csv", [r[:gone] + r[gone + 1 :] for r in table])
+    with pytest.raises(ConfigError, match=rf"model '{YI}' has no '{YI}\|total_cost'"):
+        read_rows(path, price_table)
+    costs = [i for i, c in enumerate(table[0]) if c.endswith("|total_cost")]
+    path = _write_csv(
+        tmp_path / "rb2.csv",
+        [[c for i, c in enumerate(r) if i not in costs] for r in table],
+    )
+    with pytest.raises(ConfigError, match="without cost columns"):
+        read_rows(path, price_table)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_pickle_is_refused_saying_how_to_convert_it(tmp_path: Path, gz: bool) -> None:
+    """RouterBench's .pkl gets a conversion hint, not an encoding one."""
+    data = pickle.dumps({"prompt": ["x"]}, protocol=4)
+    path = tmp_path / "routerbench_0shot.pkl"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(ConfigError) as caught:
+        read_rows(path, price_table)
+    message = str(caught.value)
+    assert "a Python pickle" in message
+    assert "pd.read_pickle('routerbench_0shot.pkl').to_csv(" in message
+    assert "iconv" not in message
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("response", r"model 'small' is missing field 'response'"),
+        ("cost_usd", r"model 'small' is missing field 'cost_usd'"),
+        ("score", r"model 'small' is missing field 'score'"),
+    ],
+)
+def test_a_jsonl_outcome_missing_a_field_is_named(
+    tmp_path: Path, drop: str, message: str
+) -> None:
+    """Every outcome field is required; the error names it, not a KeyError."""
+    second = json.loads(json.dumps(TWO_ROWS[1]))
+    del second["outcomes"]["small"][drop]
+    path = _jsonl(tmp_path / "rows.jsonl", [TWO_ROWS[0], second])
+    with pytest.raises(
+        ConfigError, match="^rows.jsonl:2: not a replay row: " + message
+    ):
+        read_rows(path, price_table)
+    with pytest.raises(ConfigError) as caught:
+        read_rows(path, price_table)
+    assert "KeyError" not in str(caught.value)
+
+
+def test_a_jsonl_row_without_outcomes_names_the_field(tmp_path: Path) -> None:
+    """A missing top-level field is named plainly."""
+    path = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
+    with pytest.raises(
+        ConfigError, match=r"not a replay row: missing field 'outcomes'"
+    ):
+        load_jsonl(path)

@@ -14,15 +14,15 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from governor._errors import ConfigError, PriceUnknown
 from governor.cascade._checks import resolve_callable
-from governor.cascade._datasets import Prices
+from governor.cascade._datasets import PerToken, Prices
 from governor.cascade._replay import RECORDED_JUDGE
 from governor.cascade._types import Answer, CheckResult
+from governor.policies import Policy, Pricing
 from governor.policies._cascade import (
     AgreementCheck,
     AnyOfCheck,
@@ -38,6 +38,9 @@ from governor.policies._cascade import (
     Tier,
 )
 
+if TYPE_CHECKING:
+    from governor.pricing import Rate
+
 __all__ = [
     "ARENA_PRICE_KEYS",
     "BUILTIN_POLICIES",
@@ -52,12 +55,18 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class NamedPolicy:
-    """A family of candidate cascades under one name."""
+    """A family of candidate cascades under one name.
+
+    ``pricing`` prices the models of data sets that record no cost
+    (RouteLLM, Arena-Bench): its overrides and default come before the list
+    prices of LiteLLM's map, as in a live :class:`~governor.policies.Policy`.
+    """
 
     name: str
     description: str
     candidates: tuple[tuple[str, Cascade], ...]
     callables: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    pricing: Pricing | None = None
 
 
 # -- a user check: recompute the arithmetic a GSM8K-style answer shows --------
@@ -112,7 +121,9 @@ GSM8K_PRICE_KEYS: Mapping[str, str] = {
         "together_ai/mistralai/Mixtral-8x7B-Instruct-v0.1"
     ),
 }
-"""Data-set model name -> LiteLLM price-map key, for RouteLLM's GSM8K file."""
+"""RouteLLM data names -> LiteLLM price-map key, where the two differ.
+
+Any other name is looked up in the price map as it is written."""
 
 ARENA_PRICE_KEYS: Mapping[str, str] = {
     "gpt-4-1106-preview": "gpt-4-1106-preview",
@@ -131,35 +142,75 @@ ARENA_PRICE_KEYS: Mapping[str, str] = {
     "Llama-2-70b-chat": "replicate/meta/llama-2-70b-chat",
     "openchat_3.5": "fireworks_ai/accounts/fireworks/models/openchat-3p5-0106-7b",
 }
-"""Data-set model name -> LiteLLM price-map key, for Arena-Bench-v1.
+"""Arena-Bench-v1 data names -> LiteLLM price-map key, where the two differ.
 
+Any other name is looked up in the price map as it is written.
 Starling-LM-7B-alpha, vicuna-33b-v1.3, llama-13b and palm-2-chat-bison-001
-have no entry in the price map and are left out."""
+have no price-map entry: a policy using them must price them itself."""
 
 JUDGE_PRICE_KEY = "gpt-4"
 """Arena-Bench-v1 was graded by GPT-4; its judge calls are priced as gpt-4."""
 
+_RATE_CARD_SOURCE = "governor.pricing.RateCard (LiteLLM's bundled price map)"
 
-def price_table(layout: str) -> Prices:
-    """Return list prices for a cost-less layout, from governor's rate card."""
+
+def price_table(layout: str, pricing: Pricing | None = None) -> Prices:
+    """Return list prices for a cost-less layout, from governor's rate card.
+
+    A model is priced, first match wins, by an override in ``pricing``
+    under its data name, then by the price-map key its data name stands for
+    (:data:`GSM8K_PRICE_KEYS`, :data:`ARENA_PRICE_KEYS`), then as a live
+    :class:`~governor.pricing.RateCard` prices its name (overrides, the
+    price map, ``pricing.default``). A price of zero from an override or
+    the default is a free tier; a price-map entry of zero prices nothing,
+    as in live use (LiteLLM keeps such entries for self-hosted and retired
+    ids): price such a model in the policy, ``Price()`` for a free one.
+
+    Args:
+        layout: ``"arena"``, or ``"routellm-gsm8k"`` for RouteLLM files.
+        pricing: the policy's pricing; None for the price map alone.
+    """
+    keys = ARENA_PRICE_KEYS if layout == "arena" else GSM8K_PRICE_KEYS
+    lookup = _rate_lookup(keys, pricing)
+    judge = lookup(JUDGE_PRICE_KEY) if layout == "arena" else None
+    if isinstance(judge, str):
+        raise ConfigError(
+            f"Arena-Bench's judge {JUDGE_PRICE_KEY!r} has no price ({judge}); "
+            f"price it in the policy's pricing overrides"
+        )
+    return Prices({}, judge, _RATE_CARD_SOURCE, lookup)
+
+
+def _rate_lookup(
+    keys: Mapping[str, str], pricing: Pricing | None
+) -> Callable[[str], PerToken | str]:
+    """Price a data set's model name; see :func:`price_table` for the order."""
     from governor.pricing import RateCard
 
-    card = RateCard()
-    keys = ARENA_PRICE_KEYS if layout == "arena" else GSM8K_PRICE_KEYS
-    per_model: dict[str, tuple[Decimal, Decimal]] = {}
-    for model, key in keys.items():
-        try:
-            rate = card.rate(key)
-        except PriceUnknown:
-            continue
-        per_model[model] = (rate.input_per_token, rate.output_per_token)
-    judge_rate = card.rate(JUDGE_PRICE_KEY)
-    judge = (judge_rate.input_per_token, judge_rate.output_per_token)
-    return Prices(
-        per_model,
-        judge if layout == "arena" else None,
-        "governor.pricing.RateCard (LiteLLM's bundled price map)",
+    card = RateCard(pricing)
+    own = (
+        RateCard(Pricing(overrides=pricing.overrides), price_map={})
+        if pricing
+        else None
     )
+
+    def rate(model: str) -> Rate:
+        key = keys.get(model, model)
+        if own is not None and key != model:
+            try:
+                return own.rate(model)  # the policy's price for the data name
+            except PriceUnknown:
+                pass
+        return card.rate(key)
+
+    def lookup(model: str) -> PerToken | str:
+        try:
+            found = rate(model)
+        except PriceUnknown as exc:
+            return exc.reason or "no price is known"
+        return found.input_per_token, found.output_per_token
+
+    return lookup
 
 
 # -- the named families -------------------------------------------------------
@@ -275,7 +326,7 @@ BUILTIN_POLICIES: Mapping[str, Callable[[], NamedPolicy]] = {
     "routerbench-cascade": lambda: NamedPolicy(
         "routerbench-cascade",
         "cheap tiers that must agree on a letter, GPT-3.5 for coding prompts "
-        "picked by the pre-call estimate, then GPT-4; 20 candidates to fit",
+        "picked by the pre-call estimate, then GPT-4; 25 candidates to fit",
         _routerbench_family(),
     ),
     "gsm8k-2tier": lambda: NamedPolicy(
@@ -303,8 +354,10 @@ def load_policy(spec: str) -> NamedPolicy:
 
     A JSON file holds a Cascade object (plus an optional ``"name"``), or
     ``{"name": ..., "cascade": {...}}``,
-    or ``{"name": ..., "candidates": {label: {...}, ...}}``. A Python
-    attribute is a Cascade, a NamedPolicy, or a mapping of label to Cascade.
+    or ``{"name": ..., "candidates": {label: {...}, ...}}``; each may add a
+    ``"pricing"`` object (a Pricing) for data sets without costs. A Python
+    attribute is a Cascade, a NamedPolicy, a Policy with a cascade (its
+    pricing applies), or a mapping of label to Cascade.
     An existing file is read as JSON whatever its suffix; a spec that names
     a file (a ``.json`` suffix or a path separator) that does not exist is
     refused as "no such policy file".
@@ -333,15 +386,30 @@ def _from_json(path: Path) -> NamedPolicy:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     name = str(data.get("name", path.stem))
+    pricing = _pricing(path, data.get("pricing"))
+    about = f"from {path.name}"
     if "candidates" in data:
         found = {k: Cascade(**v) for k, v in _candidates(path, data).items()}
-        return NamedPolicy(name, f"from {path.name}", tuple(found.items()))
+        return NamedPolicy(name, about, tuple(found.items()), pricing=pricing)
     body = data.get("cascade")
     if body is None and "tiers" in data:
-        body = {k: v for k, v in data.items() if k != "name"}
+        body = {k: v for k, v in data.items() if k not in ("name", "pricing")}
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: needs 'tiers', 'cascade' or 'candidates'")
-    return NamedPolicy(name, f"from {path.name}", ((name, Cascade(**body)),))
+    return NamedPolicy(name, about, ((name, Cascade(**body)),), pricing=pricing)
+
+
+def _pricing(path: Path, value: Any) -> Pricing | None:
+    """A policy file's ``"pricing"``, read as a Pricing (overrides, default)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}: 'pricing' is a {type(value).__name__}; expected a Pricing "
+            'object, e.g. {"overrides": {"my-model": {"input_usd_per_mtok": 0.5, '
+            '"output_usd_per_mtok": 1.5}}}'
+        )
+    return Pricing(**value)
 
 
 def _candidates(path: Path, data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -367,11 +435,14 @@ def _from_object(spec: str, value: object) -> NamedPolicy:
         return value
     if isinstance(value, Cascade):
         return NamedPolicy(spec, f"from {spec}", ((spec, value),))
+    if isinstance(value, Policy) and value.cascade is not None:
+        cascade = ((value.name, value.cascade),)
+        return NamedPolicy(spec, f"from {spec}", cascade, pricing=value.pricing)
     if isinstance(value, Mapping) and all(
         isinstance(v, Cascade) for v in value.values()
     ):
         return NamedPolicy(spec, f"from {spec}", tuple(value.items()))
     raise ConfigError(
-        f"{spec} is a {type(value).__name__}; expected a Cascade, a NamedPolicy "
-        "or a mapping of label to Cascade"
+        f"{spec} is a {type(value).__name__}; expected a Cascade, a NamedPolicy, "
+        "a Policy with a cascade or a mapping of label to Cascade"
     )

@@ -13,35 +13,47 @@ bytes, so the file name does not matter. Layouts:
      "outcomes": {"model-a": {"score": 1.0, "response": "B",
                               "cost_usd": "0.00012", "judge_cost_usd": "0"}}}
 
-  ``score`` in [0, 1]; ``cost_usd`` a number or a decimal string;
-  ``group`` and ``judge_cost_usd`` optional.
+  ``score`` in [0, 1]; ``response`` a string; ``cost_usd`` a number or a
+  decimal string; ``id``, ``group`` and ``judge_cost_usd`` optional.
 * RouteLLM CSV (``prompt``, ``M``: True/False, ``M_response``) and
   Arena-Bench-v1 (a folder of question, model-answer, reference-answer and
-  judgment JSONL files with 1-10 grades): these carry no costs, so a
-  :class:`Prices` table prices them from estimated token counts.
+  judgment JSONL files with 1-10 grades, flat or in the upstream
+  ``model_answer/``, ``model_judgment/`` and ``reference_answer/``
+  subfolders): these carry no costs, so a :class:`Prices` table prices them
+  from estimated token counts.
 
 A correctness cell reads a number in [0, 1] or a boolean word (true/false,
 yes/no, correct/incorrect, any case). A cell that reads as neither, or a cost
 that is not a number, is refused naming the file and row; an empty cell
 means the model has no outcome on that row. A CSV row with fewer cells than
 the header is left out and counted (:class:`LoadedRows`).
+
+A row that repeats an earlier one would sit on both sides of the fit /
+held-out split. A RouterBench row with the ``sample_id`` and prompt of an
+earlier row, a RouteLLM row with an earlier row's prompt, an Arena-Bench
+question line repeating an earlier one and a JSONL line without ``id`` equal
+to an earlier one are left out and counted; a JSONL ``id`` given twice, or
+an Arena-Bench ``question_id`` given twice with two prompts, is refused.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
+import gzip
 import json
 import logging
 import math
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from governor._errors import ConfigError
+from governor._textlines import open_bytes
 from governor.cascade._replay import Recorded, ReplayRow
 from governor.cascade._sniff import (
     ARENA_ANSWERS,
@@ -70,6 +82,7 @@ __all__ = [
     "load_routerbench",
     "load_rows",
     "read_rows",
+    "refuse_unpriced",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +93,10 @@ the usual rule of thumb for English text under byte-pair encodings."""
 
 SHORT_ROW = "fewer cells than the header"
 """The reason a CSV row with missing trailing cells is left out."""
+
+REPEATED_ROW = "repeats an earlier row"
+"""The reason a row that repeats an earlier one is left out (see the module
+docstring for what makes two rows the same in each layout)."""
 
 _TRUTH: Mapping[str, float] = {
     "true": 1.0,
@@ -96,6 +113,13 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)
 
 
+PerToken = tuple[Decimal, Decimal]
+"""(input, output) USD per token."""
+
+PriceLookup = Callable[[str], PerToken | str]
+"""Prices a model by name: its per-token prices, or why it has none."""
+
+
 @dataclass(frozen=True, slots=True)
 class Prices:
     """Per-token list prices for data sets that record no cost.
@@ -104,16 +128,33 @@ class Prices:
         per_model: model name in the data -> (input, output) USD per token.
         judge: the judge model's (input, output) USD per token, if graded.
         source: where the prices come from, for the report.
+        lookup: prices a model ``per_model`` lacks, or says why it has no
+            price; None leaves every other model unpriced.
     """
 
-    per_model: Mapping[str, tuple[Decimal, Decimal]]
-    judge: tuple[Decimal, Decimal] | None = None
+    per_model: Mapping[str, PerToken]
+    judge: PerToken | None = None
     source: str = ""
+    lookup: PriceLookup | None = None
+    _looked_up: dict[str, PerToken | str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def price(self, model: str) -> PerToken | str:
+        """Return ``model``'s (input, output) USD per token, or why it has none."""
+        known = self.per_model.get(model)
+        if known is not None:
+            return known
+        if self.lookup is None:
+            return "not in the price table"
+        if model not in self._looked_up:
+            self._looked_up[model] = self.lookup(model)
+        return self._looked_up[model]
 
     def call_usd(self, model: str, prompt: str, response: str) -> Decimal | None:
         """Price one call from estimated tokens; None if the model is unpriced."""
-        price = self.per_model.get(model)
-        if price is None:
+        price = self.price(model)
+        if isinstance(price, str):
             return None
         return _priced(price, prompt, response)
 
@@ -122,7 +163,7 @@ class Prices:
         return _priced(self.judge, judge_prompt, judgment) if self.judge else Decimal(0)
 
 
-def _priced(price: tuple[Decimal, Decimal], prompt: str, response: str) -> Decimal:
+def _priced(price: PerToken, prompt: str, response: str) -> Decimal:
     return price[0] * estimate_tokens(prompt) + price[1] * estimate_tokens(response)
 
 
@@ -134,27 +175,60 @@ class LoadedRows:
         rows: the rows read.
         read: data rows read, the left-out ones included.
         left_out: reason -> number of rows left out for it.
-        unpriced: models the data records that the price table lacks
-            (cost-less layouts only); their outcomes are left out.
+        unpriced: model the data records that nothing prices (cost-less
+            layouts only) -> why; its outcomes are left out.
     """
 
     rows: tuple[ReplayRow, ...]
     read: int
     left_out: Mapping[str, int]
-    unpriced: frozenset[str] = frozenset()
+    unpriced: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Tally:
-    """Counts kept while reading: rows read, rows left out by reason."""
+    """Counts kept while reading: rows read, rows left out by reason, the
+    identities of the rows kept (to find repeats) and unpriced models."""
 
     read: int = 0
     left_out: Counter[str] = field(default_factory=Counter)
-    unpriced: set[str] = field(default_factory=set)
+    unpriced: dict[str, str] = field(default_factory=dict)
+    seen: dict[Hashable, str] = field(default_factory=dict)
 
     def leave_out(self, reason: str, where: str) -> None:
         self.left_out[reason] += 1
         logger.warning("%s: %s; row left out", where, reason)
+
+    def repeated(self, identity: Hashable, where: str) -> bool:
+        """True (and counted) when a row with this identity was kept before."""
+        if identity in self.seen:
+            self.left_out[REPEATED_ROW] += 1
+            logger.debug("%s: repeats %s; row left out", where, self.seen[identity])
+            return True
+        self.seen[identity] = where
+        return False
+
+    def call_usd(
+        self, prices: Prices, model: str, prompt: str, text: str
+    ) -> Decimal | None:
+        """The call's estimated cost, or None for an unpriced model (noted)."""
+        price = prices.price(model)
+        if isinstance(price, str):
+            self.unpriced.setdefault(model, price)
+            return None
+        return _priced(price, prompt, text)
+
+
+def _log_repeats(path: Path, tally: _Tally, before: int) -> None:
+    """One warning per file for its rows that repeat earlier ones."""
+    repeats = tally.left_out[REPEATED_ROW] - before
+    if repeats:
+        logger.warning(
+            "%s: %d row(s) repeat earlier rows; left out, counted as %r",
+            path.name,
+            repeats,
+            REPEATED_ROW,
+        )
 
 
 # -- cells ---------------------------------------------------------------------
@@ -187,12 +261,12 @@ def _correctness(cell: str, model: str, where: str) -> float:
         ) from None
 
 
-def _usd(cell: str, model: str, where: str) -> Decimal:
+def _usd(cell: str, model: str, where: str, name: str = "cost") -> Decimal:
     try:
         return Decimal(cell.strip())
     except InvalidOperation:
         raise ConfigError(
-            f"{where}: model {model!r} has cost {cell!r}; a cost is a plain "
+            f"{where}: model {model!r} has {name} {cell!r}; a cost is a plain "
             "number of US dollars, e.g. 0.00123"
         ) from None
 
@@ -247,13 +321,16 @@ def _where(path: Path, number: int, index: str | None = None) -> str:
 def _routerbench_models(path: Path, columns: tuple[str, ...]) -> list[str]:
     """Models of a RouterBench header; each needs its three columns."""
     models = [c[: -len(COST_SUFFIX)] for c in columns if c.endswith(COST_SUFFIX)]
-    for model in models:
-        for column in (model, model + RESPONSE_SUFFIX):
+    answered = [
+        c[: -len(RESPONSE_SUFFIX)] for c in columns if c.endswith(RESPONSE_SUFFIX)
+    ]
+    for model in models + [m for m in answered if m not in models]:
+        for column in (model, model + RESPONSE_SUFFIX, model + COST_SUFFIX):
             if column not in columns:
                 raise ConfigError(
-                    f"{path}: model {model!r} has a cost column but no "
-                    f"{column!r} column; a RouterBench file gives each model "
-                    "'M', 'M|model_response' and 'M|total_cost'"
+                    f"{path}: model {model!r} has no {column!r} column; a "
+                    "RouterBench file gives each model 'M' (correctness), "
+                    "'M|model_response' and 'M|total_cost' (USD per call)"
                 )
     return models
 
@@ -265,13 +342,18 @@ def _read_routerbench(path: Path, found: Sniffed, tally: _Tally) -> Iterator[Rep
         tally.read += 1
         index = record.get("") or record.get("sample_id") or ""
         where = _where(path, number, index)
-        if _cells_fit(record, where, tally):
-            yield ReplayRow(
-                key=f"{stem}:{index}",
-                prompt=_listed_text(record.get("prompt") or ""),
-                outcomes=_routerbench_outcomes(record, models, where),
-                group=record.get("eval_name") or "",
-            )
+        if not _cells_fit(record, where, tally):
+            continue
+        prompt = _listed_text(record.get("prompt") or "")
+        identity = (ROUTERBENCH, record.get("sample_id") or index, prompt)
+        if tally.repeated(identity, where):
+            continue
+        yield ReplayRow(
+            key=f"{stem}:{index}",
+            prompt=prompt,
+            outcomes=_routerbench_outcomes(record, models, where),
+            group=record.get("eval_name") or "",
+        )
 
 
 def _routerbench_outcomes(
@@ -308,17 +390,18 @@ def _read_routellm(
         if not _cells_fit(record, where, tally):
             continue
         prompt = record["prompt"]
+        if tally.repeated((ROUTELLM, prompt), where):
+            continue
         outcomes: dict[str, Recorded] = {}
         for model in models:
             if not record[model].strip():
                 continue  # no outcome for this model on this row
             score = _correctness(record[model], model, where)
             text = record[model + ROUTELLM_RESPONSE]
-            cost = prices.call_usd(model, prompt, text)
-            if cost is None:
-                tally.unpriced.add(model)
-                continue
-            outcomes[model] = _checked(Recorded(score, text, cost), model, where)
+            cost = tally.call_usd(prices, model, prompt, text)
+            if cost is not None:
+                recorded = Recorded(score, text, cost)
+                outcomes[model] = _checked(recorded, model, where)
         yield ReplayRow(f"{prefix}:{number - 1}", prompt, outcomes, prefix)
 
 
@@ -344,46 +427,104 @@ def _parsed(line: str, where: str) -> Any:
         ) from exc
 
 
+_ROW_SHAPE = (
+    '{"prompt": str, "outcomes": {model: {"score": number, "response": str, '
+    '"cost_usd": number}}}'
+)
+_OUTCOME_FIELDS = ("score", "response", "cost_usd")
+
+
 def _read_jsonl(path: Path, tally: _Tally) -> Iterator[ReplayRow]:
     for where, data in _json_lines(path):
         tally.read += 1
-        yield _jsonl_row(data, where)
+        row = _jsonl_row(data, where)
+        if "id" in data:
+            _unique_id(row.key, where, tally)
+        elif tally.repeated(
+            (REPLAY_JSONL, "row", json.dumps(data, sort_keys=True)), where
+        ):
+            continue
+        yield row
+
+
+def _unique_id(key: str, where: str, tally: _Tally) -> None:
+    """Refuse a JSONL id given on an earlier line: the split follows ids."""
+    identity = (REPLAY_JSONL, "id", key)
+    earlier = tally.seen.get(identity)
+    if earlier is not None:
+        raise ConfigError(
+            f"{where}: id {key!r} is also on {earlier}; give each row its own "
+            "id (the fit/held-out split follows it) or drop the repeat"
+        )
+    tally.seen[identity] = where
 
 
 def _score(value: Any, model: str, where: str) -> float:
     if isinstance(value, str):
         return _correctness(value, model, where)
-    return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    raise ConfigError(
+        f"{where}: model {model!r} has score {json.dumps(value)}; a score is a "
+        "number in [0, 1] or true/false"
+    )
 
 
-def _jsonl_row(data: Mapping[str, Any], where: str) -> ReplayRow:
-    try:
-        outcomes = {
-            model: _checked(
-                Recorded(
-                    _score(o["score"], str(model), where),
-                    str(o.get("response", "")),
-                    Decimal(str(o["cost_usd"])),
-                    Decimal(str(o.get("judge_cost_usd", "0"))),
-                ),
-                str(model),
-                where,
-            )
-            for model, o in data["outcomes"].items()
-        }
-        return ReplayRow(
-            str(data.get("id", where)),
-            str(data["prompt"]),
-            outcomes,
-            str(data.get("group", "")),
+def _json_usd(value: Any, name: str, model: str, where: str) -> Decimal:
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        return _usd(str(value), model, where, name)
+    raise ConfigError(
+        f"{where}: model {model!r} has {name} {json.dumps(value)}; a cost is a "
+        'number of US dollars or a decimal string, e.g. "0.00123"'
+    )
+
+
+def _missing(data: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    return [repr(name) for name in names if name not in data]
+
+
+def _not_a_row(where: str, what: str) -> ConfigError:
+    return ConfigError(f"{where}: not a replay row: {what}; expected {_ROW_SHAPE}")
+
+
+def _jsonl_row(data: Any, where: str) -> ReplayRow:
+    if not isinstance(data, dict):
+        raise _not_a_row(where, f"a JSON {type(data).__name__}")
+    missing = _missing(data, ("prompt", "outcomes"))
+    if missing:
+        fields = f"field{'s' if len(missing) > 1 else ''} {' and '.join(missing)}"
+        raise _not_a_row(where, f"missing {fields}")
+    outcomes = data["outcomes"]
+    if not isinstance(outcomes, dict):
+        raise _not_a_row(where, f"'outcomes' is a JSON {type(outcomes).__name__}")
+    return ReplayRow(
+        str(data.get("id", where)),
+        str(data["prompt"]),
+        {str(m): _jsonl_outcome(o, str(m), where) for m, o in outcomes.items()},
+        str(data.get("group", "")),
+    )
+
+
+def _jsonl_outcome(outcome: Any, model: str, where: str) -> Recorded:
+    if not isinstance(outcome, dict):
+        raise _not_a_row(where, f"model {model!r} has a JSON {type(outcome).__name__}")
+    missing = _missing(outcome, _OUTCOME_FIELDS)
+    if missing:
+        what = f"field{'s' if len(missing) > 1 else ''} {' and '.join(missing)}"
+        raise _not_a_row(where, f"model {model!r} is missing {what}")
+    response = outcome["response"]
+    if not isinstance(response, str):
+        raise _not_a_row(
+            where,
+            f"model {model!r} has response {json.dumps(response)}, not a string",
         )
-    except ConfigError:
-        raise
-    except (KeyError, TypeError, ArithmeticError, ValueError) as exc:
-        raise ConfigError(
-            f"{where}: not a replay row ({exc!r}); expected "
-            '{"prompt": str, "outcomes": {model: {"score", "response", "cost_usd"}}}'
-        ) from exc
+    recorded = Recorded(
+        _score(outcome["score"], model, where),
+        response,
+        _json_usd(outcome["cost_usd"], "cost_usd", model, where),
+        _json_usd(outcome.get("judge_cost_usd", "0"), "judge_cost_usd", model, where),
+    )
+    return _checked(recorded, model, where)
 
 
 # -- Arena-Bench-v1 ----------------------------------------------------------------
@@ -399,32 +540,46 @@ class _ArenaFiles:
     judgments: tuple[Path, ...]
 
 
-def _arena_files(folder: Path, found: Mapping[Path, Sniffed]) -> _ArenaFiles | None:
-    """The Arena-Bench parts of a folder, or None when it is not one."""
+def _arena_files(
+    folder: Path, top: Mapping[Path, Sniffed], nested: Mapping[Path, Sniffed]
+) -> _ArenaFiles | None:
+    """The Arena-Bench parts of a folder, or None when it is not one.
 
-    def of(layout: str) -> tuple[Path, ...]:
+    The question file lies in the folder itself; answers, references and
+    judgments lie beside it or one subfolder down, as upstream keeps them
+    (``model_answer/``, ``reference_answer/``, ``model_judgment/``).
+    """
+    every = {**top, **nested}
+
+    def of(found: Mapping[Path, Sniffed], layout: str) -> tuple[Path, ...]:
         return tuple(p for p, s in found.items() if s.layout == layout)
 
-    questions, judgments = of(ARENA_QUESTIONS), of(ARENA_JUDGMENTS)
+    questions, judgments = of(top, ARENA_QUESTIONS), of(every, ARENA_JUDGMENTS)
     if not questions or not judgments:
         return None
-    answering = of(ARENA_ANSWERS)
-    references = tuple(p for p in answering if "reference" in p.name.lower())
+    answering = of(every, ARENA_ANSWERS)
+    references = tuple(
+        p for p in answering if "reference" in p.relative_to(folder).as_posix().lower()
+    )
     answers = tuple(p for p in answering if p not in references)
     for part, files in (("model answer", answers), ("reference answer", references)):
         if not files:
             raise ConfigError(
                 f"{folder}: an Arena-Bench folder without a {part} file "
-                "(JSON lines with question_id and choices; a reference file has "
-                "'reference' in its name)"
+                "(JSON lines with question_id and choices, beside question.jsonl "
+                "or in a subfolder; a reference file has 'reference' in its "
+                "name or its subfolder's, as reference_answer/gpt-4.jsonl)"
             )
     return _ArenaFiles(questions, answers, references, judgments)
 
 
-def _arena_field(path: Path, kind: str, read: Callable[[Any], Any]) -> Iterator[Any]:
+def _arena_field(
+    path: Path, kind: str, read: Callable[[Any], Any]
+) -> Iterator[tuple[str, Any]]:
+    """Yield (``file:line``, what ``read`` takes from the line)."""
     for where, line in _json_lines(path):
         try:
-            yield read(line)
+            yield where, read(line)
         except (KeyError, IndexError, TypeError) as exc:
             raise ConfigError(
                 f"{where}: not an Arena-Bench {kind} line (missing {exc})"
@@ -435,21 +590,42 @@ def _first_turns(files: tuple[Path, ...]) -> dict[Any, str]:
     def read(a: Any) -> tuple[Any, str]:
         return a["question_id"], a["choices"][0]["turns"][0]
 
-    return dict(pair for path in files for pair in _arena_field(path, "answer", read))
+    return dict(
+        pair for path in files for _, pair in _arena_field(path, "answer", read)
+    )
 
 
 def _answers(files: tuple[Path, ...]) -> dict[tuple[Any, str], str]:
     def read(a: Any) -> tuple[tuple[Any, str], str]:
         return (a["question_id"], a["model_id"]), a["choices"][0]["turns"][0]
 
-    return dict(pair for path in files for pair in _arena_field(path, "answer", read))
+    return dict(
+        pair for path in files for _, pair in _arena_field(path, "answer", read)
+    )
 
 
-def _questions(files: tuple[Path, ...]) -> dict[Any, str]:
+def _questions(files: tuple[Path, ...], tally: _Tally) -> dict[Any, str]:
+    """Question id -> prompt; a repeated line is counted, a conflicting one
+    refused."""
+
     def read(q: Any) -> tuple[Any, str]:
         return q["question_id"], q["turns"][0]
 
-    return dict(pair for path in files for pair in _arena_field(path, "question", read))
+    questions: dict[Any, str] = {}
+    for path in files:
+        before = tally.left_out[REPEATED_ROW]
+        for where, (qid, prompt) in _arena_field(path, "question", read):
+            tally.read += 1
+            if qid in questions and questions[qid] != prompt:
+                raise ConfigError(
+                    f"{where}: question_id {qid!r} is also on "
+                    f"{tally.seen[(ARENA_QUESTIONS, qid)]} with another prompt; "
+                    "give each question its own id"
+                )
+            if not tally.repeated((ARENA_QUESTIONS, qid), where):
+                questions[qid] = prompt
+        _log_repeats(path, tally, before)
+    return questions
 
 
 def _grade(value: Any, model: str, where: str) -> float:
@@ -470,10 +646,9 @@ def _grade(value: Any, model: str, where: str) -> float:
 
 
 def _read_arena(files: _ArenaFiles, prices: Prices, tally: _Tally) -> list[ReplayRow]:
-    questions = _questions(files.questions)
+    questions = _questions(files.questions, tally)
     references = _first_turns(files.references)
     answers = _answers(files.answers)
-    tally.read += len(questions)
     rows: dict[Any, dict[str, Recorded]] = {qid: {} for qid in questions}
     for path in files.judgments:
         for where, grade in _json_lines(path):
@@ -483,9 +658,8 @@ def _read_arena(files: _ArenaFiles, prices: Prices, tally: _Tally) -> list[Repla
             text = answers.get((qid, model))
             if qid not in rows or model in rows[qid] or text is None:
                 continue  # unknown question, a repeated grade, or no answer text
-            cost = prices.call_usd(model, questions[qid], text)
+            cost = tally.call_usd(prices, model, questions[qid], text)
             if cost is None:
-                tally.unpriced.add(model)
                 continue
             judge_prompt = questions[qid] + references.get(qid, "") + text
             judge = prices.judge_usd(judge_prompt, str(grade.get("judgment", "")))
@@ -518,52 +692,144 @@ _LAYOUTS_HELP = (
 )
 
 
+_LABELS: Mapping[str | None, str] = {
+    ROUTERBENCH: "RouterBench CSV",
+    ROUTELLM: "RouteLLM CSV",
+    REPLAY_JSONL: "replay JSONL",
+    ARENA_QUESTIONS: "Arena-Bench questions",
+    ARENA_ANSWERS: "Arena-Bench answers",
+    ARENA_JUDGMENTS: "Arena-Bench judgments",
+    None: "other",
+}
+_SHOWN_FILES = 6
+
+
 def _read_file(
     path: Path, found: Sniffed, prices_for: PricesFor, tally: _Tally
 ) -> list[ReplayRow]:
+    before = tally.left_out[REPEATED_ROW]
     if found.layout == ROUTERBENCH:
-        return list(_read_routerbench(path, found, tally))
-    if found.layout == ROUTELLM:
+        rows = list(_read_routerbench(path, found, tally))
+    elif found.layout == ROUTELLM:
         prices = prices_for("routellm-gsm8k")
-        return list(_read_routellm(path, found, prices, tally))
-    if found.layout == REPLAY_JSONL:
-        return list(_read_jsonl(path, tally))
-    if found.layout in (ARENA_QUESTIONS, ARENA_ANSWERS, ARENA_JUDGMENTS):
+        rows = list(_read_routellm(path, found, prices, tally))
+    elif found.layout == REPLAY_JSONL:
+        rows = list(_read_jsonl(path, tally))
+    elif found.layout in (ARENA_QUESTIONS, ARENA_ANSWERS, ARENA_JUDGMENTS):
         raise ConfigError(
             f"{path}: one file of Arena-Bench-v1 ({found.why}); give the folder "
             "that holds its question, answer, reference and judgment files"
         )
-    raise ConfigError(f"{path}: unknown layout: {found.why}; {_LAYOUTS_HELP}")
+    else:
+        raise ConfigError(f"{path}: unknown layout: {found.why}; {_LAYOUTS_HELP}")
+    _log_repeats(path, tally, before)
+    return rows
+
+
+def _is_pickle(path: Path) -> bool:
+    """True for a Python pickle (protocol 2 or later), gzip or not."""
+    try:
+        with open_bytes(path) as handle:
+            head = handle.read(2)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+        return False  # the sniffer reports what is wrong with the file
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _sniffed(path: Path) -> Sniffed:
+    """The file's layout; a pickle is refused saying how to convert it."""
+    if _is_pickle(path):
+        raise ConfigError(
+            f"{path}: a Python pickle (as RouterBench's routerbench_0shot.pkl); "
+            "pickles are not read, since loading one runs code. Convert it to "
+            'CSV once where pandas is installed, e.g. python -c "import pandas '
+            f"as pd; pd.read_pickle('{path.name}').to_csv('{path.stem}.csv')\", "
+            "and give the CSV"
+        )
+    found = sniff(path)
+    answered = [c for c in found.columns if c.endswith(RESPONSE_SUFFIX)]
+    if found.layout is None and answered:
+        model = answered[0][: -len(RESPONSE_SUFFIX)]
+        why = (
+            f"{found.why}: RouterBench answer columns without cost columns "
+            f"(no {model + COST_SUFFIX!r}); each model needs 'M|total_cost'"
+        )
+        return Sniffed(None, why, found.columns, found.delimiter)
+    return found
 
 
 def _quiet_sniff(path: Path) -> Sniffed:
     """A folder's file that cannot be read is skipped, not fatal."""
     try:
-        return sniff(path)
+        return _sniffed(path)
     except (ConfigError, OSError) as exc:
         return Sniffed(None, str(exc))
 
 
+def _listing(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A folder's files and subfolders, hidden ones left out, sorted."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    return [p for p in entries if p.is_file()], [p for p in entries if p.is_dir()]
+
+
+def _sniff_folder(
+    folder: Path,
+) -> tuple[dict[Path, Sniffed], dict[Path, dict[Path, Sniffed]]]:
+    """The layouts of a folder's files, and of each subfolder's files."""
+    files, subfolders = _listing(folder)
+    nested = {sub: {p: _quiet_sniff(p) for p in _listing(sub)[0]} for sub in subfolders}
+    return {p: _quiet_sniff(p) for p in files}, nested
+
+
 def _read_folder(folder: Path, prices_for: PricesFor, tally: _Tally) -> list[ReplayRow]:
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-    )
-    found = {path: _quiet_sniff(path) for path in files}
-    arena = _arena_files(folder, found)
+    top, nested = _sniff_folder(folder)
+    below = {p: s for found in nested.values() for p, s in found.items()}
+    arena = _arena_files(folder, top, below)
     if arena is not None:
         return _read_arena(arena, prices_for("arena"), tally)
     wanted = (ROUTERBENCH, ROUTELLM, REPLAY_JSONL)
-    loadable = [p for p in files if found[p].layout in wanted]
+    loadable = [p for p, found in top.items() if found.layout in wanted]
     if not loadable:
-        seen = "; ".join(f"{p.name}: {found[p].why}" for p in files[:6])
-        raise ConfigError(
-            f"{folder}: no RouterBench, RouteLLM, replay JSONL or Arena-Bench "
-            f"files found ({seen or 'the folder is empty'}); {_LAYOUTS_HELP}"
-        )
+        raise ConfigError(_nothing_found(folder, top, nested))
     rows: list[ReplayRow] = []
     for path in loadable:
-        rows.extend(_read_file(path, found[path], prices_for, tally))
+        rows.extend(_read_file(path, top[path], prices_for, tally))
     return rows
+
+
+def _nothing_found(
+    folder: Path,
+    top: Mapping[Path, Sniffed],
+    nested: Mapping[Path, Mapping[Path, Sniffed]],
+) -> str:
+    """Say what a folder without data holds, its subfolders included."""
+    shown = list(top.items())[:_SHOWN_FILES]
+    seen = "; ".join(f"{p.name}: {found.why}" for p, found in shown)
+    message = (
+        f"{folder}: no RouterBench, RouteLLM, replay JSONL or Arena-Bench "
+        f"files found ({seen or 'no files in the folder itself'})"
+    )
+    if nested:
+        held = ", ".join(
+            f"{sub.name}/ ({_held(found)})"
+            for sub, found in list(nested.items())[:_SHOWN_FILES]
+        )
+        more = len(nested) - _SHOWN_FILES
+        message += (
+            f"; subfolders looked into: {held}{f' and {more} more' if more > 0 else ''}"
+            ". Subfolders are read only for Arena-Bench's answer, reference and "
+            "judgment files beside a question file; give the folder that holds "
+            "a data set itself"
+        )
+    return f"{message}; {_LAYOUTS_HELP}"
+
+
+def _held(found: Mapping[Path, Sniffed]) -> str:
+    """What a subfolder holds, e.g. ``2 RouterBench CSV, 1 other``."""
+    if not found:
+        return "no files"
+    counts = Counter(_LABELS[s.layout] for s in found.values())
+    return ", ".join(f"{n} {label}" for label, n in counts.most_common())
 
 
 def read_rows(path: Path, prices_for: PricesFor) -> LoadedRows:
@@ -575,12 +841,14 @@ def read_rows(path: Path, prices_for: PricesFor) -> LoadedRows:
             (``"routellm-gsm8k"`` or ``"arena"``).
 
     Returns:
-        The rows, how many data rows were read, and the rows left out by
-        reason (a CSV row shorter than its header).
+        The rows, how many data rows were read, the rows left out by
+        reason (a CSV row shorter than its header, a row repeating an
+        earlier one) and the models left out for want of a price.
 
     Raises:
         ConfigError: the path does not exist, holds no known layout or no
-            data rows, or a value cannot be read (naming file and row).
+            data rows, is a pickle, a JSONL id is given twice, or a value
+            cannot be read (naming file and row).
     """
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory")
@@ -588,12 +856,37 @@ def read_rows(path: Path, prices_for: PricesFor) -> LoadedRows:
     if path.is_dir():
         rows = _read_folder(path, prices_for, tally)
     else:
-        rows = _read_file(path, sniff(path), prices_for, tally)
+        rows = _read_file(path, _sniffed(path), prices_for, tally)
     if not tally.read:
         raise ConfigError(f"{path}: holds no data rows, only a header or nothing")
-    return LoadedRows(
-        tuple(rows), tally.read, dict(tally.left_out), frozenset(tally.unpriced)
+    return LoadedRows(tuple(rows), tally.read, dict(tally.left_out), tally.unpriced)
+
+
+def refuse_unpriced(loaded: LoadedRows, models: Iterable[str], policy: str) -> None:
+    """Refuse a policy that uses a model the data records but nothing prices.
+
+    Raises:
+        ConfigError: naming each such model, why it has no price and how to
+            give one in the policy.
+    """
+    missing = {m: loaded.unpriced[m] for m in models if m in loaded.unpriced}
+    if not missing:
+        return
+    named = "; ".join(f"{m!r} ({why})" for m, why in missing.items())
+    example = json.dumps(
+        {"pricing": {"overrides": {next(iter(missing)): _EXAMPLE_PRICE}}}
     )
+    raise ConfigError(
+        f"{policy} uses models that the data records without costs and that "
+        f"have no list price to estimate them from: {named}. Price them in the "
+        f"policy: in a JSON policy file {example[1:-1]} (USD per million "
+        "tokens; {} prices a free self-hosted model at zero), in Python "
+        "NamedPolicy(..., pricing=Pricing(overrides={...})) or a Policy with "
+        "a cascade and pricing"
+    )
+
+
+_EXAMPLE_PRICE = {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.5}
 
 
 def load_rows(path: Path, prices_for: PricesFor) -> list[ReplayRow]:
@@ -605,10 +898,11 @@ def load_routerbench(path: Path) -> list[ReplayRow]:
     """Read RouterBench CSV files (a file, or every such file in a folder)."""
     files = sorted(path.iterdir()) if path.is_dir() else [path]
     rows: list[ReplayRow] = []
+    tally = _Tally()
     for file in files:
-        found = _quiet_sniff(file) if path.is_dir() else sniff(file)
+        found = _quiet_sniff(file) if path.is_dir() else _sniffed(file)
         if found.layout == ROUTERBENCH:
-            rows.extend(_read_routerbench(file, found, _Tally()))
+            rows.extend(_read_routerbench(file, found, tally))
     return rows
 
 
@@ -619,7 +913,7 @@ def load_jsonl(path: Path) -> list[ReplayRow]:
 
 def load_routellm_gsm8k(path: Path, prices: Prices) -> list[ReplayRow]:
     """Read a RouteLLM CSV such as ``gsm8k_responses.csv``, priced by ``prices``."""
-    found = sniff(path)
+    found = _sniffed(path)
     if found.layout != ROUTELLM:
         raise ConfigError(f"{path}: not a RouteLLM CSV ({found.why})")
     return list(_read_routellm(path, found, prices, _Tally()))
@@ -628,12 +922,15 @@ def load_routellm_gsm8k(path: Path, prices: Prices) -> list[ReplayRow]:
 def load_arena(folder: Path, prices: Prices) -> list[ReplayRow]:
     """Read Arena-Bench-v1; a grade g in 1-10 becomes the score g / 10.
 
-    Models without a price, and answers without a parsed grade, are left
-    out of the row. The judge's cost is its prompt (question, reference
-    answer, model answer) and its written judgment at ``prices.judge``.
+    The folder holds the question file and, beside it or one subfolder
+    down, the answer, reference and judgment files. Models without a price,
+    and answers without a parsed grade, are left out of the row. The judge's
+    cost is its prompt (question, reference answer, model answer) and its
+    written judgment at ``prices.judge``.
     """
-    found = {p: _quiet_sniff(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    files = _arena_files(folder, found)
+    top, nested = _sniff_folder(folder)
+    below = {p: s for found in nested.values() for p, s in found.items()}
+    files = _arena_files(folder, top, below)
     if files is None:
         raise ConfigError(f"{folder}: no Arena-Bench question and judgment files")
     return _read_arena(files, prices, _Tally())

@@ -1,16 +1,25 @@
 """Pick a candidate cascade on one part of the rows, report it on the rest.
 
 The split is a seeded shuffle of the row keys. Selection looks at the fit
-rows only: the cheapest candidate whose quality ratio reaches the target;
-failing that, the best quality within the cost target; failing that, the
-best quality. A selected candidate that the always-best model dominates on
-the fit rows (it costs at least as much, with no better quality) gives way
-to the always-best model alone. The held-out rows are replayed once per
-candidate for the cost-quality curve, never to choose.
+rows only: the cheapest candidate whose quality ratio reaches the target
+(the better of equally cheap ones); failing that, the best quality within
+the cost target; failing that, the best quality. A selected candidate
+that the always-best model dominates on the fit rows (it costs at least as
+much, with no better quality) gives way to the always-best model alone.
+The held-out rows are replayed once per candidate for the cost-quality
+curve, never to choose.
+
+A ratio has no value when the always-best model costs nothing (a free
+premium tier) or scores 0. Then the target is met as it would be on the
+figures themselves (any accuracy is at least the target times 0; only a
+cost of 0 is within the target times 0), and candidates are ordered as if
+a cost or accuracy above the always-best model's 0 were infinitely above
+it, ties broken by the dollars and accuracy themselves.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -43,10 +52,10 @@ class CurvePoint:
     """One candidate's ratios on the fit rows and on the held-out rows."""
 
     label: str
-    fit_cost_ratio: float
-    fit_quality_ratio: float
-    cost_ratio: float
-    quality_ratio: float
+    fit_cost_ratio: float | None
+    fit_quality_ratio: float | None
+    cost_ratio: float | None
+    quality_ratio: float | None
     on_fit_frontier: bool
 
 
@@ -90,17 +99,51 @@ def split_rows(
     return ordered[:cut], ordered[cut:]
 
 
+def _ordered(ratio: float | None, figure: float) -> float:
+    """A ratio to order by; with no ratio, 1 for a figure of 0, else infinity."""
+    if ratio is not None:
+        return ratio
+    return math.inf if figure else 1.0
+
+
+def _cost_key(report: ReplayReport) -> tuple[float, float]:
+    cost = float(report.summary.cost_usd)
+    return _ordered(report.cost_ratio, cost), cost
+
+
+def _quality_key(report: ReplayReport) -> tuple[float, float]:
+    accuracy = report.summary.accuracy
+    return _ordered(report.quality_ratio, accuracy), accuracy
+
+
+def _reaches(report: ReplayReport, target_quality: float) -> bool:
+    ratio = report.quality_ratio
+    return True if ratio is None else ratio >= target_quality
+
+
+def _within(report: ReplayReport, target_cost: float) -> bool:
+    ratio = report.cost_ratio
+    return not report.summary.cost_usd if ratio is None else ratio <= target_cost
+
+
 def _select(
     reports: Sequence[tuple[str, ReplayReport]],
     target_quality: float,
     target_cost: float,
 ) -> str:
-    good = [r for r in reports if r[1].quality_ratio >= target_quality]
+    def cheapest(r: tuple[str, ReplayReport]) -> tuple[tuple[float, float], ...]:
+        quality, accuracy = _quality_key(r[1])
+        return _cost_key(r[1]), (-quality, -accuracy)
+
+    def best(r: tuple[str, ReplayReport]) -> tuple[tuple[float, float], ...]:
+        cost, dollars = _cost_key(r[1])
+        return _quality_key(r[1]), (-cost, -dollars)
+
+    good = [r for r in reports if _reaches(r[1], target_quality)]
     if good:
-        return min(good, key=lambda r: r[1].cost_ratio)[0]
-    cheap = [r for r in reports if r[1].cost_ratio <= target_cost]
-    pool = cheap or list(reports)
-    return max(pool, key=lambda r: (r[1].quality_ratio, -r[1].cost_ratio))[0]
+        return min(good, key=cheapest)[0]
+    cheap = [r for r in reports if _within(r[1], target_cost)]
+    return max(cheap or list(reports), key=best)[0]
 
 
 def _dominated(report: ReplayReport) -> bool:
@@ -187,16 +230,14 @@ def _no_rows_message(
 
 def _frontier(reports: Sequence[tuple[str, ReplayReport]]) -> set[str]:
     """Labels no other candidate beats on both cost and quality."""
+    keys = [(label, _cost_key(r), _quality_key(r)) for label, r in reports]
     keep: set[str] = set()
-    for label, mine in reports:
+    for label, cost, quality in keys:
         beaten = any(
-            other.cost_ratio <= mine.cost_ratio
-            and other.quality_ratio >= mine.quality_ratio
-            and (
-                other.cost_ratio < mine.cost_ratio
-                or other.quality_ratio > mine.quality_ratio
-            )
-            for _, other in reports
+            other_cost <= cost
+            and other_quality >= quality
+            and (other_cost < cost or other_quality > quality)
+            for _, other_cost, other_quality in keys
         )
         if not beaten:
             keep.add(label)

@@ -29,6 +29,8 @@ __all__ = [
     "ReplayRow",
     "Summary",
     "baselines",
+    "cost_ratio",
+    "quality_ratio",
     "replay",
     "report",
     "usable_rows",
@@ -91,16 +93,16 @@ class ReplayReport:
     final_tiers: Mapping[str, int] = field(default_factory=dict)
 
     @property
-    def cost_ratio(self) -> float:
-        """Cost over the always-best cost."""
-        best = self.baselines.always_best.cost_usd
-        return float(self.summary.cost_usd / best) if best else 0.0
+    def cost_ratio(self) -> float | None:
+        """Cost over the always-best cost; None when always-best costs nothing
+        (a free premium tier), where no ratio exists."""
+        return cost_ratio(self.summary, self.baselines.always_best)
 
     @property
-    def quality_ratio(self) -> float:
-        """Accuracy over the always-best accuracy."""
-        best = self.baselines.always_best.accuracy
-        return self.summary.accuracy / best if best else 0.0
+    def quality_ratio(self) -> float | None:
+        """Accuracy over the always-best accuracy; None when always-best
+        scores 0 on these rows, where no ratio exists."""
+        return quality_ratio(self.summary, self.baselines.always_best)
 
     def to_json(self) -> dict[str, Any]:
         """Return the report with exactly the keys ``governor eval`` prints."""
@@ -114,9 +116,23 @@ class ReplayReport:
                 "always-best": _summary_json(self.baselines.always_best),
                 "oracle": _summary_json(self.baselines.oracle),
             },
-            "cost_ratio": round(self.cost_ratio, 6),
-            "quality_ratio": round(self.quality_ratio, 6),
+            "cost_ratio": _rounded(self.cost_ratio),
+            "quality_ratio": _rounded(self.quality_ratio),
         }
+
+
+def cost_ratio(summary: Summary, best: Summary) -> float | None:
+    """``summary``'s cost over ``best``'s; None when ``best`` costs nothing."""
+    return float(summary.cost_usd / best.cost_usd) if best.cost_usd else None
+
+
+def quality_ratio(summary: Summary, best: Summary) -> float | None:
+    """``summary``'s accuracy over ``best``'s; None when ``best`` scores 0."""
+    return summary.accuracy / best.accuracy if best.accuracy else None
+
+
+def _rounded(ratio: float | None) -> float | None:
+    return None if ratio is None else round(ratio, 6)
 
 
 def _usd(value: Decimal) -> float:

@@ -58,13 +58,17 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor.cascade._builtin import load_policy, price_table
-    from governor.cascade._datasets import read_rows
+    from governor.cascade._datasets import read_rows, refuse_unpriced
     from governor.cascade._fit import fit_and_report, narrow_rows
 
     try:
         png = _writable(args.png)
         policy = load_policy(args.policy)
-        loaded = read_rows(Path(args.data), price_table)
+        loaded = read_rows(
+            Path(args.data), lambda layout: price_table(layout, policy.pricing)
+        )
+        models = (tier.model for _, c in policy.candidates for tier in c.tiers)
+        refuse_unpriced(loaded, models, policy.name)
         rows, dropped = narrow_rows(policy, loaded.rows, loaded.unpriced)
         result = fit_and_report(
             policy,
@@ -127,9 +131,14 @@ def _note(result: Any) -> str | None:
     return (
         f"selected the always-best model alone: the pick on the fit rows, "
         f"{result.dominated!r}, costs at least as much (cost ratio "
-        f"{point.fit_cost_ratio:.3f}) with no better quality (quality ratio "
-        f"{point.fit_quality_ratio:.3f})"
+        f"{_shown(point.fit_cost_ratio)}) with no better quality (quality ratio "
+        f"{_shown(point.fit_quality_ratio)})"
     )
+
+
+def _shown(ratio: float | None) -> str:
+    """A ratio to three places, or n/a where the always-best figure is 0."""
+    return "n/a" if ratio is None else f"{ratio:.3f}"
 
 
 def _read_line(doc: dict[str, Any]) -> str:
@@ -150,8 +159,8 @@ def _text(result: Any, doc: dict[str, Any], args: argparse.Namespace) -> str:
         f"rows     {held} held out, {result.fit_rows} used to choose (seed "
         f"{args.seed})",
         f"cascade  cost ${doc['cost_usd']:.4f}  accuracy {doc['accuracy']:.4f}  "
-        f"cost_ratio {doc['cost_ratio']:.3f}  quality_ratio "
-        f"{doc['quality_ratio']:.3f}",
+        f"cost_ratio {_shown(doc['cost_ratio'])}  quality_ratio "
+        f"{_shown(doc['quality_ratio'])}",
     ]
     if doc["note"]:
         lines.append(f"note     {doc['note']}")
@@ -170,33 +179,53 @@ def _curve_table(result: Any) -> list[str]:
         "| candidate | fit cost | fit quality | held-out cost | held-out quality |",
         "|---|---|---|---|---|",
     ]
-    for point in sorted(result.curve, key=lambda p: p.cost_ratio):
+    for point in sorted(result.curve, key=_by_cost):
         mark = " (selected)" if point.label == result.selected else ""
         star = "*" if point.on_fit_frontier else ""
         lines.append(
-            f"| {point.label}{star}{mark} | {point.fit_cost_ratio:.3f} | "
-            f"{point.fit_quality_ratio:.3f} | {point.cost_ratio:.3f} | "
-            f"{point.quality_ratio:.3f} |"
+            f"| {point.label}{star}{mark} | {_shown(point.fit_cost_ratio)} | "
+            f"{_shown(point.fit_quality_ratio)} | {_shown(point.cost_ratio)} | "
+            f"{_shown(point.quality_ratio)} |"
         )
     if result.dominated is not None:
-        lines.append("| always-best (selected) | 1.000 | 1.000 | 1.000 | 1.000 |")
+        lines.append(_always_best_line(result))
     lines.append("(* on the fit rows' cost-quality frontier)")
     return lines
+
+
+def _always_best_line(result: Any) -> str:
+    """The always-best model against itself: 1, or n/a where its figure is 0."""
+    point = next(p for p in result.curve if p.label == result.dominated)
+    report = result.report
+    ratios = (point.fit_cost_ratio, point.fit_quality_ratio)
+    cells = [*("n/a" if r is None else "1.000" for r in ratios)]
+    cells += [_shown(report.cost_ratio), _shown(report.quality_ratio)]
+    return f"| always-best (selected) | {' | '.join(cells)} |"
+
+
+def _by_cost(point: Any) -> tuple[bool, float]:
+    """Held-out cost ratio, the points without one last."""
+    return point.cost_ratio is None, point.cost_ratio or 0.0
+
+
+def _plotted(points: Any) -> list[tuple[float, float]]:
+    """(cost, quality) ratios of the points that have both."""
+    return [
+        (p.cost_ratio, p.quality_ratio)
+        for p in points
+        if p.cost_ratio is not None and p.quality_ratio is not None
+    ]
 
 
 def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
     from governor.cascade._chart import Series, write_chart
     from governor.cascade._published import FRUGALGPT_POINTS, ROUTELLM_POINTS
 
-    frontier = sorted(
-        (p.cost_ratio, p.quality_ratio) for p in result.curve if p.on_fit_frontier
-    )
-    others = [(p.cost_ratio, p.quality_ratio) for p in result.curve]
-    chosen = [
-        (p.cost_ratio, p.quality_ratio)
-        for p in result.curve
-        if p.label == result.selected
-    ] or [(1.0, 1.0)]  # the always-best model was selected
+    frontier = sorted(_plotted(p for p in result.curve if p.on_fit_frontier))
+    others = _plotted(result.curve)
+    picked = [p for p in result.curve if p.label == result.selected]
+    # No candidate selected: the always-best model was.
+    chosen = _plotted(picked) if picked else [(1.0, 1.0)]
     base = result.report.baselines
     best = base.always_best
     cheap = base.always_cheapest
@@ -211,8 +240,8 @@ def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
         Series("candidates", others, (170, 170, 170), marker_px=2),
         Series("cascade frontier", frontier, (30, 90, 200), line=True),
         Series("selected", chosen, (20, 40, 140), marker_px=6),
-        Series("always-cheapest", [_ratios(cheap, best)], (230, 140, 20), marker_px=5),
-        Series("oracle", [_ratios(oracle, best)], (30, 150, 60), marker_px=5),
+        Series("always-cheapest", _ratios(cheap, best), (230, 140, 20), marker_px=5),
+        Series("oracle", _ratios(oracle, best), (30, 150, 60), marker_px=5),
         Series("always-best", [(1.0, 1.0)], (0, 0, 0), marker_px=5),
     ]
     title = f"{result.report.policy.split('/')[0]} held-out rows"
@@ -221,7 +250,9 @@ def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
     )
 
 
-def _ratios(summary: Any, best: Any) -> tuple[float, float]:
-    cost = float(summary.cost_usd / best.cost_usd) if best.cost_usd else 0.0
-    quality = summary.accuracy / best.accuracy if best.accuracy else 0.0
-    return cost, quality
+def _ratios(summary: Any, best: Any) -> list[tuple[float, float]]:
+    """The baseline's point, or none where a ratio has no value."""
+    from governor.cascade._replay import cost_ratio, quality_ratio
+
+    cost, quality = cost_ratio(summary, best), quality_ratio(summary, best)
+    return [] if cost is None or quality is None else [(cost, quality)]
