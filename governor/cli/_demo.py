@@ -206,7 +206,6 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
             ),
             speed=args.speed,
         )
-    _quiet_langchain_refusal_logs()
     _log_on_own_lines()
     traces = Path(args.traces)
     service = service_name_from_env() or "governor-demo"
@@ -398,21 +397,6 @@ def _print_table(
             "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
         )
     print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
-
-
-def _quiet_langchain_refusal_logs() -> None:
-    """LangChain logs every exception a callback raises, refusals included.
-
-    The demo reports refusals itself, so it drops those duplicate records; a
-    library would leave other libraries' loggers alone, but this is the app.
-    """
-    import logging
-
-    class _DropRefusals(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "GovernorCallbackHandler" not in record.getMessage()
-
-    logging.getLogger("langchain_core.callbacks.manager").addFilter(_DropRefusals())
 
 
 def _decimal(value: str) -> Any:
