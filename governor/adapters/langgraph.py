@@ -10,6 +10,7 @@ stops the graph before the refused call is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -23,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from uuid import UUID
 
@@ -87,7 +88,8 @@ class _QuietRefusals(logging.Filter):
         handler, _event, error = args
         if handler not in _HANDLER_NAMES or not isinstance(error, str):
             return True
-        return error.split("(", 1)[0] not in _governor_error_names()
+        name = error.split("(", 1)[0]
+        return name != _RunEnded.__name__ and name not in _governor_error_names()
 
 
 def _governor_error_names() -> set[str]:
@@ -107,7 +109,6 @@ logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietRefusals()
 # passed through to it; each is either wrapped above or refused.
 _UNGOVERNED_RUNS = frozenset(
     {
-        "abatch_as_completed",
         "astream_log",
         "atransform",
         "transform",
@@ -129,6 +130,18 @@ _UNGOVERNED_RUNS = frozenset(
 
 _CLOSED = "closed"
 """The stop reason of a streamed run whose reader stopped reading early."""
+
+_ENDING_NODES = "ending_nodes"
+"""Task extra of a sync run: the top-level nodes whose error ends it."""
+
+_FAILURE = "failure"
+"""Task extra: the node error that ended a sync run."""
+
+_ENDING = "ending"
+"""Task extra: the sync run is ending; its nodes' new model calls are refused."""
+
+_NS_SEP = "|"
+"""Separates the graph levels of a LangGraph checkpoint namespace."""
 
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
@@ -176,7 +189,8 @@ def _check_runnable(graph: Any) -> None:
 class GovernedGraph:
     """A compiled graph whose invocations are governed tasks.
 
-    ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch``
+    ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``,
+    ``batch``, ``abatch``, ``batch_as_completed`` and ``abatch_as_completed``
     take the graph's own arguments; the caller's config passes through with
     the governor's callback added. The task id is ``config["metadata"]
     ["task_id"]`` when given, else a fresh one; attribution keys (``org``,
@@ -214,8 +228,11 @@ class GovernedGraph:
         try:
             output = self.graph.invoke(input, config, **kwargs)
         except BaseException as exc:
-            task.stop_reason = task.stop_reason or stop_reason_for(exc)
+            error = _run_error(task, exc)
+            task.stop_reason = task.stop_reason or stop_reason_for(error)
             _hang_up(task)
+            if error is not exc:
+                raise error from None
             raise
         finally:
             _leave(tokens)
@@ -236,28 +253,42 @@ class GovernedGraph:
             raise
         finally:
             _leave(tokens)
-            self._finish(task)
+            await self._afinish(task)
         return output
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        """Stream the graph's output as one governed task."""
+        """Stream the graph's output as one governed task.
+
+        A reader that stops early (``close()``, or ``break`` and the
+        generator's end) hangs up on the model streams still open first:
+        closing the graph's stream waits for its running nodes, which are
+        then cut off instead of reading their answers out.
+        """
         task, config = self._start(config)
+        inner: Iterator[Any] | None = None
         completed = False
         try:
-            yield from _with_task(task, self.graph.stream(input, config, **kwargs))
+            inner = self.graph.stream(input, config, **kwargs)
+            yield from _with_task(task, inner)
             completed = True
         except GeneratorExit:  # the reader stopped before the run ended
             task.stop_reason = task.stop_reason or _CLOSED
             raise
         except BaseException as exc:
-            task.stop_reason = task.stop_reason or stop_reason_for(exc)
+            error = _run_error(task, exc)
+            task.stop_reason = task.stop_reason or stop_reason_for(error)
+            if error is not exc:
+                raise error from None
             raise
         finally:
-            if not completed:
-                _hang_up(task)
-            self._finish(task)
+            try:
+                if not completed:
+                    _end_sync_run(task)
+                _close(inner)
+            finally:
+                self._finish(task)
 
     def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -293,7 +324,7 @@ class GovernedGraph:
             await items.aclose()
             if not completed:
                 await _ahang_up(task)
-            self._finish(task)
+            await self._afinish(task)
 
     def batch(
         self,
@@ -310,20 +341,10 @@ class GovernedGraph:
         """
         configs = _configs(config, len(inputs))
         keep_errors = bool(kwargs.pop("return_exceptions", False))
-
-        def run(item: Any, item_config: RunnableConfig | None) -> Any:
-            try:
-                return self.invoke(item, item_config, **kwargs)
-            except Exception as exc:
-                if not keep_errors:
-                    raise
-                return exc
-
+        run = self._batch_run(keep_errors, kwargs)
         if len(inputs) <= 1:
             return [run(i, c) for i, c in zip(inputs, configs, strict=True)]
-        limits = [c.get("max_concurrency") for c in configs if c]
-        limits.append(_bound_config(self.graph).get("max_concurrency"))
-        workers = next((int(n) for n in limits if n), None)
+        workers = _max_concurrency(configs, self.graph)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [
                 pool.submit(_run_in, contextvars.copy_context(), run, item, item_config)
@@ -337,8 +358,48 @@ class GovernedGraph:
         config: RunnableConfig | Sequence[RunnableConfig] | None = None,
         **kwargs: Any,
     ) -> Iterator[tuple[int, Any]]:
-        """Like :meth:`batch`, yielding ``(index, output)`` pairs."""
-        yield from enumerate(self.batch(inputs, config, **kwargs))
+        """Like :meth:`batch`, yielding ``(index, output)`` as each input's
+        run completes, fastest first.
+
+        Each input is a task of its own, run in worker threads bounded by
+        ``max_concurrency``. Without ``return_exceptions=True`` the first
+        failure is raised. A reader that stops early starts no more inputs;
+        those already running finish first.
+        """
+        configs = _configs(config, len(inputs))
+        keep_errors = bool(kwargs.pop("return_exceptions", False))
+        run = self._batch_run(keep_errors, kwargs)
+        workers = _max_concurrency(configs, self.graph)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {
+                pool.submit(
+                    _run_in, contextvars.copy_context(), run, item, item_config
+                ): index
+                for index, (item, item_config) in enumerate(
+                    zip(inputs, configs, strict=True)
+                )
+            }
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:
+                for future in futures:
+                    future.cancel()  # not started yet: never started
+
+    def _batch_run(
+        self, keep_errors: bool, kwargs: Mapping[str, Any]
+    ) -> Callable[[Any, RunnableConfig | None], Any]:
+        """One input's invocation; its error is its result if ``keep_errors``."""
+
+        def run(item: Any, item_config: RunnableConfig | None) -> Any:
+            try:
+                return self.invoke(item, item_config, **kwargs)
+            except Exception as exc:
+                if not keep_errors:
+                    raise
+                return exc
+
+        return run
 
     async def abatch(
         self,
@@ -346,18 +407,61 @@ class GovernedGraph:
         config: RunnableConfig | Sequence[RunnableConfig] | None = None,
         **kwargs: Any,
     ) -> list[Any]:
-        """Async form of :meth:`batch`; inputs run concurrently."""
+        """Async form of :meth:`batch`: inputs run concurrently, at most
+        ``max_concurrency`` at once when the config sets it."""
         configs = _configs(config, len(inputs))
         keep_errors = bool(kwargs.pop("return_exceptions", False))
+        slots = _slots(_max_concurrency(configs, self.graph))
+
+        async def run(item: Any, item_config: RunnableConfig | None) -> Any:
+            async with slots:
+                return await self.ainvoke(item, item_config, **kwargs)
+
         return list(
             await asyncio.gather(
-                *(
-                    self.ainvoke(i, c, **kwargs)
-                    for i, c in zip(inputs, configs, strict=True)
-                ),
+                *(run(i, c) for i, c in zip(inputs, configs, strict=True)),
                 return_exceptions=keep_errors,
             )
         )
+
+    async def abatch_as_completed(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """Async form of :meth:`batch_as_completed`.
+
+        Inputs run concurrently, at most ``max_concurrency`` at once. A
+        reader that stops early cancels the inputs still running: each
+        cancelled run ends as :meth:`ainvoke` does when cancelled.
+        """
+        configs = _configs(config, len(inputs))
+        keep_errors = bool(kwargs.pop("return_exceptions", False))
+        slots = _slots(_max_concurrency(configs, self.graph))
+
+        async def run(
+            index: int, item: Any, item_config: RunnableConfig | None
+        ) -> tuple[int, Any]:
+            async with slots:
+                try:
+                    return index, await self.ainvoke(item, item_config, **kwargs)
+                except Exception as exc:
+                    if not keep_errors:
+                        raise
+                    return index, exc
+
+        runs = [
+            asyncio.ensure_future(run(index, item, item_config))
+            for index, (item, item_config) in enumerate(
+                zip(inputs, configs, strict=True)
+            )
+        ]
+        try:
+            for next_done in asyncio.as_completed(runs):
+                yield await next_done
+        finally:
+            await _cancel(runs)
 
     def astream_events(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -383,8 +487,9 @@ class GovernedGraph:
             raise AttributeError(
                 f"GovernedGraph.{name} is not supported: it would run the graph "
                 "without the governor. Use invoke, ainvoke, stream, astream, "
-                "astream_events, batch or abatch, or call it on .graph to run "
-                "ungoverned on purpose."
+                "astream_events, batch, abatch, batch_as_completed or "
+                "abatch_as_completed, or call it on .graph to run ungoverned "
+                "on purpose."
             )
         return getattr(self.graph, name)
 
@@ -409,13 +514,34 @@ class GovernedGraph:
         if is_async:
             partner = AsyncGovernorCallbackHandler(handler)
             merged["callbacks"] = _with_handler(merged["callbacks"], partner)
+        else:
+            # LangGraph cannot cancel a sync node: a run whose node fails
+            # waits for its other branches, so their streams are hung up then.
+            task.extras[_ENDING_NODES] = _nodes_ending_run(self.graph)
         return task, merged
 
     def _finish(self, task: Task) -> None:
         handler = task.extras.get("handler")
         if handler is not None:
             handler.abandon_open_calls()
-        report = self.governor.close_task(task)
+        self._keep(self.governor.close_task(task))
+
+    async def _afinish(self, task: Task) -> None:
+        """Async form of :meth:`_finish`: the store is read and written by
+        its async steps."""
+        handler = task.extras.get("handler")
+        try:
+            if handler is not None:
+                await handler.aabandon_open_calls()
+        finally:
+            try:
+                report = await self.governor.aclose_task(task)
+            except BaseException:
+                self._keep(task.report())  # closed already: reads no store
+                raise
+            self._keep(report)
+
+    def _keep(self, report: TaskReport) -> None:
         with self._lock:
             self._reports.append(report)
 
@@ -433,6 +559,7 @@ class _HandlerCore:
         self._calls: dict[UUID, Admission] = {}
         self._streamed: dict[UUID, list[str]] = {}
         self._ceilings: dict[UUID, OutputCeiling] = {}
+        self._steps: dict[UUID, tuple[str, str | None]] = {}
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
@@ -445,10 +572,21 @@ class _HandlerCore:
         name: str | None,
         inputs: Any = None,
     ) -> bool:
-        """Record the run; open a span if it is a node step. True for a step."""
+        """Record the run; open a span if it is a node step. True for a step.
+
+        A step is the run named after its node. A runnable inside it may
+        carry the node's name too (``add_node("talk", RunnableLambda(talk))``):
+        a run within a step of the same node and namespace is part of it.
+        """
         span = None
         node = (metadata or {}).get("langgraph_node")
-        is_step = node is not None and name == node and not self._foreign(metadata)
+        step_key = None
+        if node is not None and name == node and not self._foreign(metadata):
+            namespace = (metadata or {}).get("langgraph_checkpoint_ns")
+            step_key = (str(node), None if namespace is None else str(namespace))
+            if self._within_step(parent_run_id, step_key):
+                step_key = None
+        is_step = step_key is not None
         if is_step:
             step = int((metadata or {}).get("langgraph_step", 0))
             watch = loop_watch(self.task, self.governor.telemetry)
@@ -464,7 +602,20 @@ class _HandlerCore:
         with self._lock:
             self._parents[run_id] = parent_run_id
             self._spans[run_id] = span
+            if step_key is not None:
+                self._steps[run_id] = step_key
         return is_step
+
+    def _within_step(
+        self, run_id: UUID | None, step_key: tuple[str, str | None]
+    ) -> bool:
+        """True when the run or one above it is the step ``step_key`` names."""
+        with self._lock:
+            while run_id is not None:
+                if self._steps.get(run_id) == step_key:
+                    return True
+                run_id = self._parents.get(run_id)
+        return False
 
     def _foreign(self, metadata: Mapping[str, Any] | None) -> bool:
         """True for runs of a nested governed graph: its own handler governs."""
@@ -497,6 +648,7 @@ class _HandlerCore:
             span = self._spans.pop(run_id, None)
             self._parents.pop(run_id, None)
             slot = self._branches.pop(run_id, None)
+            step_key = self._steps.pop(run_id, None)
         if isinstance(error, GraphBubbleUp):  # interrupt(), Command(graph=PARENT)
             if isinstance(error, GraphInterrupt):
                 self.task.stop_reason = self.task.stop_reason or "interrupted"
@@ -506,7 +658,29 @@ class _HandlerCore:
             attributes = {}
         if span is not None:
             self.governor.telemetry.end_span(span, attributes, error)
+        if error is not None and step_key is not None and self._ends_run(step_key):
+            self._run_failed(error)
         return slot
+
+    def _ends_run(self, step_key: tuple[str, str | None]) -> bool:
+        """True when this step's error ends a sync run: a node of the top
+        graph that no retry policy or error handler takes the error over for."""
+        ending = self.task.extras.get(_ENDING_NODES)
+        node, namespace = step_key
+        if not ending or namespace is None or _NS_SEP in namespace:
+            return False
+        return node in ending
+
+    def _run_failed(self, error: BaseException) -> None:
+        """A node failed the run: hang up the model streams of its other
+        branches now, or the graph waits for them to read their answers out.
+
+        The first such error is the run's: a branch cut off here may fail
+        before it, and the run raises it instead (see :func:`_run_error`).
+        """
+        with self._lock:
+            self.task.extras.setdefault(_FAILURE, error)
+        _end_sync_run(self.task)
 
     def _branch_refused(self, run_id: UUID, error: BaseException) -> None:
         """End the step's span: LangChain reports no error for a run whose
@@ -525,7 +699,11 @@ class _HandlerCore:
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
     ) -> CallRequest | None:
-        if _governed_by_litellm(serialized) or self._foreign(metadata):
+        if self._foreign(metadata):
+            return None
+        if self.task.extras.get(_ENDING):
+            raise _RunEnded(self.task.id)
+        if _governed_by_litellm(serialized):
             return None
         params = dict(kwargs.get("invocation_params") or {})
         meta = metadata or {}
@@ -568,8 +746,14 @@ class _HandlerCore:
 
         Raising from the callback ends the model's stream (the handler is
         ``raise_error``): the provider stops with the connection, and
-        ``on_llm_error`` charges what arrived.
+        ``on_llm_error`` charges what arrived. A token reaching a sync run
+        that is ending stops its stream the same way: any chat model's, and
+        a LiteLLM stream that opened after the run hung up on the others
+        (its call was sent before) is hung up on first.
         """
+        if self.task.extras.get(_ENDING):
+            _hang_up(self.task)
+            raise _RunEnded(self.task.id)
         parts = list(_chunk_output(token, chunk))
         with self._lock:
             pieces = self._streamed.get(run_id)
@@ -635,12 +819,20 @@ class _HandlerCore:
         What they streamed is charged (as an estimate) and the rest released,
         so a cancelled task does not pin its budget until the holds expire.
         """
+        for admission, result in self._abandoned():
+            self.governor.end_call(admission, result)
+
+    async def aabandon_open_calls(self) -> None:
+        """Async form of :meth:`abandon_open_calls`, for an event loop."""
+        for admission, result in self._abandoned():
+            await self.governor.aend_call(admission, result)
+
+    def _abandoned(self) -> list[tuple[Admission, CallResult]]:
+        """The open calls, each with its result as an abandoned call."""
         with self._lock:
             open_runs = list(self._calls)
-        for run_id in open_runs:
-            failed = self._failed(run_id, _Abandoned())
-            if failed is not None:
-                self.governor.end_call(*failed)
+        found = (self._failed(run_id, _Abandoned()) for run_id in open_runs)
+        return [failed for failed in found if failed is not None]
 
     def _pop(self, run_id: UUID) -> Admission | None:
         with self._lock:
@@ -1006,6 +1198,21 @@ class _Abandoned(Exception):
     interrupted_after_sending = True
 
 
+class _RunEnded(RuntimeError):
+    """A model call or stream of a node still running as its sync run ends.
+
+    A RuntimeError, so that LangGraph's default retry policy does not run
+    the node again.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"task {task_id}: the graph run ended (its stream was closed early, "
+            "or a node failed) while this node was still running, so its model "
+            "call was stopped (or not sent); run the graph again"
+        )
+
+
 def _with_task(task: Task, items: Iterator[Any]) -> Iterator[Any]:
     """Iterate with the task current, without leaking it between steps."""
     iterator = iter(items)
@@ -1070,6 +1277,83 @@ async def _ahang_up(task: Task) -> None:
             await stream.ahang_up()
         except Exception:
             logger.warning("could not close a stream left open", exc_info=True)
+
+
+def _end_sync_run(task: Task) -> None:
+    """A sync run is ending while nodes may still run: LangGraph waits for
+    them. Hang up their model streams, and refuse the model calls they start
+    from now on (see :class:`_RunEnded`)."""
+    task.extras[_ENDING] = True
+    _hang_up(task)
+
+
+def _run_error(task: Task, error: BaseException) -> BaseException:
+    """The error a sync run raises: the node error that ended it.
+
+    When a node fails, the streams of the run's other branches are hung up
+    (:meth:`_HandlerCore._run_failed`); a branch cut off that way may finish
+    failing before the node does, and LangGraph may raise its error. The
+    node's error is the one the caller must see.
+    """
+    failure = task.extras.get(_FAILURE)
+    if isinstance(failure, BaseException) and isinstance(error, Exception):
+        return failure
+    return error
+
+
+def _close(items: Iterator[Any] | None) -> None:
+    """Close the graph's stream; it returns once its running nodes have."""
+    close = getattr(items, "close", None)
+    if callable(close):
+        close()
+
+
+def _nodes_ending_run(graph: Any) -> frozenset[str]:
+    """The top-level nodes whose error ends a run of ``graph``.
+
+    A node with a retry policy (its own or the graph's) may run again, and
+    one with an error handler hands its error on: neither ends the run. An
+    object that is not a compiled graph (nor one bound with a config) names
+    none.
+    """
+    pregel = graph
+    for _ in range(32):  # bindings nest a few deep; never loop forever
+        if pregel is None or isinstance(getattr(pregel, "nodes", None), Mapping):
+            break
+        pregel = getattr(pregel, "bound", None)
+    nodes = getattr(pregel, "nodes", None)
+    if not isinstance(nodes, Mapping) or getattr(pregel, "retry_policy", None):
+        return frozenset()
+    handled = getattr(pregel, "node_error_handler_map", None) or {}
+    return frozenset(
+        str(name)
+        for name, node in nodes.items()
+        if not getattr(node, "retry_policy", None) and name not in handled
+    )
+
+
+def _max_concurrency(
+    configs: Sequence[RunnableConfig | None], graph: Any
+) -> int | None:
+    """The batch's ``max_concurrency``: the first config's that sets one,
+    else the graph's bound config's; None for no bound."""
+    limits = [c.get("max_concurrency") for c in configs if c]
+    limits.append(_bound_config(graph).get("max_concurrency"))
+    return next((int(n) for n in limits if n), None)
+
+
+def _slots(limit: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """At most ``limit`` holders at once; no bound for None."""
+    if limit is None:
+        return contextlib.nullcontext()
+    return asyncio.Semaphore(limit)
+
+
+async def _cancel(runs: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel the runs still going and wait for them to end."""
+    for run in runs:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
 
 
 def _enter(task: Task) -> tuple[Any, Any]:

@@ -1841,13 +1841,26 @@ def _delta_parts(chunk: Any) -> Iterator[str]:
                     yield piece
 
 
+class _HungUp(RuntimeError):
+    """Read from a stream that the governed run owning it hung up on."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"the {model} stream was closed because the governed run reading "
+            "it ended (its stream was closed early, or another branch failed); "
+            "nothing more can be read from it: run the graph again for a new "
+            "answer"
+        )
+
+
 class _SyncStream(_StreamSettler):
     """Passes a LiteLLM stream through and settles when it ends or is dropped.
 
     It is an iterator like LiteLLM's own stream. A stream closed early is
     charged for what arrived; one dropped without being read is charged its
     prompt (estimated), since the request was sent. It holds no reference
-    cycle, so dropping it settles at once.
+    cycle, so dropping it settles at once. It is settled exactly once, even
+    when hung up from another thread while a reader waits on the provider.
     """
 
     def __init__(
@@ -1860,6 +1873,9 @@ class _SyncStream(_StreamSettler):
     ) -> None:
         super().__init__(governor, admission, inner, saver, wants_usage)
         self._source: Iterator[Any] | None = None
+        self._settling = threading.Lock()  # one settlement, whichever thread
+        self._reading = threading.Lock()  # held while a reader waits on a chunk
+        self._hung_up = False
 
     def __iter__(self) -> _SyncStream:
         return self
@@ -1875,21 +1891,37 @@ class _SyncStream(_StreamSettler):
     def _read(self) -> Any:
         """The provider's next chunk; settles the call when the stream ends."""
         if self.admission.settled:
+            self._check_hung_up()
             raise StopIteration
         if self._source is None:
             self._source = iter(self._inner)
         try:
-            chunk = next(self._source, _END)
+            chunk = self._next_chunk(self._source)
             self._check_answered()
         except BaseException as exc:
             self.error = exc
             self._finish()
+            self._check_hung_up(exc)
             raise
         if chunk is _END:
             self.complete = True
             self._finish()
             raise StopIteration
         return chunk
+
+    def _next_chunk(self, source: Iterator[Any]) -> Any:
+        """Wait for the provider's next chunk, unless the run hung up."""
+        with self._reading:
+            self._check_hung_up()
+            return next(source, _END)
+
+    def _check_hung_up(self, cause: BaseException | None = None) -> None:
+        """Raise for a reader of a stream its run hung up on: the answer is
+        cut off, and must not pass for a whole one."""
+        if not self._hung_up or isinstance(cause, _HungUp):
+            return
+        if cause is None or isinstance(cause, Exception):
+            raise _HungUp(self.admission.request.model) from cause
 
     def close(self) -> None:
         """Stop reading: close the provider's stream, settle what arrived.
@@ -1920,12 +1952,34 @@ class _SyncStream(_StreamSettler):
         return closer
 
     def hang_up(self) -> None:
-        """Close the stream for a run that ended without reading it out."""
-        self.close()
+        """Close the stream for a run that ended without reading it out.
+
+        Safe from any thread. A reader waiting on the provider in another
+        thread (a graph's node) is cut off at once: the provider's stream is
+        closed under it, what arrived is settled, and its next read raises.
+        """
+        self._hung_up = True
+        if not self._reading.acquire(blocking=False):
+            self._cut_off()
+            return
+        try:
+            self.close()
+        finally:
+            self._reading.release()
 
     async def ahang_up(self) -> None:
         """Async form of :meth:`hang_up`."""
-        self.close()
+        self.hang_up()
+
+    def _cut_off(self) -> None:
+        """Settle what arrived and close the provider's stream under a reader
+        waiting in another thread; its tail is not read (the reader holds it)."""
+        with self._settling:
+            if self.admission.settled:
+                return
+            result = self.result()
+            self._close_inner()
+            self.settle(self.governor.end_call(self.admission, result), result)
 
     def __enter__(self) -> _SyncStream:
         return self
@@ -1955,10 +2009,11 @@ class _SyncStream(_StreamSettler):
                 logger.debug("could not settle an abandoned stream", exc_info=True)
 
     def _finish(self) -> None:
-        if self.admission.settled:
-            return
-        result = self.result()
-        self.settle(self.governor.end_call(self.admission, result), result)
+        with self._settling:
+            if self.admission.settled:
+                return
+            result = self.result()
+            self.settle(self.governor.end_call(self.admission, result), result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
