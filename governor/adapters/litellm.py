@@ -1968,8 +1968,9 @@ class _SyncStream(_StreamSettler):
             self._reading.release()
 
     async def ahang_up(self) -> None:
-        """Async form of :meth:`hang_up`."""
-        self.hang_up()
+        """Async form of :meth:`hang_up`, in a worker thread: settling may
+        read the stream's tail and reach the budget store."""
+        await asyncio.to_thread(self.hang_up)
 
     def _cut_off(self) -> None:
         """Settle what arrived and close the provider's stream under a reader
