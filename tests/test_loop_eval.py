@@ -274,14 +274,17 @@ def _write_lines(path: Path, rows: list[object]) -> Path:
     return path
 
 
+_TOKENS = {"prompt_tokens": 900, "completion_tokens": 40}
+
+
 def _tiny_run(run_id: str, outcome: object = "resolved") -> dict[str, object]:
     """A governor-format run of two different calls."""
     run = Trajectory(
         id=run_id,
         outcome="resolved",
         calls=(
-            Call(output="look", cost_usd=Decimal("0.25"), created_s=100),
-            Call(output="fix", cost_usd=Decimal("0.5"), created_s=130),
+            Call(output="look", cost_usd=Decimal("0.25"), created_s=100, **_TOKENS),
+            Call(output="fix", cost_usd=Decimal("0.5"), created_s=130, **_TOKENS),
         ),
     )
     return {**trajectory_to_dict(run), "outcome": outcome}

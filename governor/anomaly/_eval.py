@@ -9,9 +9,10 @@ count as false alerts. See ``docs/anomalies.md`` for the method and results.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -101,17 +102,23 @@ def load_trace(path: Path, *, model: str = "gpt-4o-mini") -> Trace:
     outputs: dict[str, int] = {}
     for scope, file in sources.items():
         rows = read_rows(file)
-        events[scope] = [(ts, i + o, i * price_in + o * price_out) for ts, i, o in rows]
         outputs[scope] = round(statistics.median(o for _, _, o in rows))
+        # In place: a week-long trace is millions of rows, not held twice.
+        for n, (ts, i, o) in enumerate(rows):
+            rows[n] = (ts, i + o, i * price_in + o * price_out)
+        events[scope] = rows
     return Trace(events, model, price_in, price_out, outputs, sources)
 
 
 def _inject(
-    trace: Trace, scope: str, spike: Spike, start_us: int, rng: np.random.Generator
+    trace: Trace,
+    scope: str,
+    spike: Spike,
+    start_us: int,
+    rng: np.random.Generator,
+    rate: float,
 ) -> list[Event]:
-    events = trace.events[scope]
-    span_s = (events[-1][0] - events[0][0]) / _S
-    rate = sum(e[1] for e in events) / span_s  # mean tokens per second
+    """The spike's calls; ``rate`` is the scope's mean tokens per second."""
     total = spike.share * rate * spike.share_of_s
     if spike.kind == "loop":
         count = max(int(spike.duration_s // spike.period_s), 2)
@@ -258,37 +265,145 @@ def _too_short(
     )
 
 
-def _scope_trials(
+#: Called with the number of trace calls replayed since the last call.
+Replayed = Callable[[int], None]
+#: Called with (trace calls replayed so far, calls to replay in all).
+Progress = Callable[[int, int], None]
+# Calls replayed between two reports to a Replayed callback.
+_REPORT_EVERY = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """One injected spike: its kind, start and random generator."""
+
+    kind: int
+    start: int
+    rng: np.random.Generator
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A trial's alerts, to compare with the clean pass over the same calls."""
+
+    trial: _Trial
+    first: int  # index of the first trace call in the trial's stretch
+    stop: int  # index just past its last one
+    alerts: list[Alert]
+
+
+def _plans(
+    trace: Trace,
+    settings: Anomalies,
+    spikes: Sequence[Spike],
+    trials: int,
+    seed: int,
+) -> dict[str, list[_Trial]]:
+    """Every scope's trials, in time order; each kind and scope has its own
+    generator, seeded from (seed, kind, scope), for the start times and then,
+    trial after trial in time order, the spike's shape."""
+    plans: dict[str, list[_Trial]] = {scope: [] for scope in trace.events}
+    for kind, spike in enumerate(spikes):
+        for scope_index, scope in enumerate(sorted(trace.events)):
+            rng = np.random.default_rng([seed, kind, scope_index])
+            starts = _starts(settings, trace, scope, spike, trials, rng)
+            plans[scope] += (_Trial(kind, start, rng) for start in starts)
+    for planned in plans.values():
+        planned.sort(key=lambda trial: trial.start)  # stable: each kind in order
+    return plans
+
+
+class _CleanPass:
+    """One detector fed a scope's calls in order, keeping each alert with the
+    index of the call that raised it, and reporting its progress."""
+
+    def __init__(
+        self,
+        settings: Anomalies,
+        scope: str,
+        events: Sequence[Event],
+        replayed: Replayed | None,
+    ) -> None:
+        self.detector = AnomalyDetector(settings)
+        self.scope = scope
+        self.events = events
+        self.position = 0
+        self.alerts: list[tuple[int, Alert]] = []
+        self._replayed = replayed
+        self._reported = 0
+
+    def advance(self, before: int | None = None) -> None:
+        """Feed the calls up to time ``before`` (None: all the rest)."""
+        events, scope, observe = self.events, self.scope, self.detector.observe_units
+        position = self.position
+        while position < len(events) and (
+            before is None or events[position][0] < before
+        ):
+            ts, tokens, nanos = events[position]
+            for alert in observe(scope, ts, usd_nanos=nanos, tokens=tokens):
+                self.alerts.append((position, alert))
+            position += 1
+            if position - self._reported >= _REPORT_EVERY:
+                self._report(position)
+        self.position = position
+        if position == len(events):
+            self._report(position)
+
+    def _report(self, position: int) -> None:
+        if self._replayed is not None and position > self._reported:
+            self._replayed(position - self._reported)
+        self._reported = position
+
+
+def _replay_scope(
     settings: Anomalies,
     trace: Trace,
     scope: str,
-    spike: Spike,
-    starts: Sequence[int],
-    rng: np.random.Generator,
-) -> list[float]:
-    """Run one scope's trials; return the delays of the spikes detected."""
+    spikes: Sequence[Spike],
+    trials: Sequence[_Trial],
+    replayed: Replayed | None,
+) -> tuple[list[tuple[int, Alert]], list[list[float]]]:
+    """Feed the scope's calls to one detector, branching a copy at each trial.
+
+    The clean pass's detector at a trial's start is in the state of a
+    detector fed only the calls before it; a copy of it gets the trial's
+    stretch with the spike, and the clean pass's own alerts over that
+    stretch are the baseline the spike's alerts must differ from. Returns
+    the clean pass's alerts (with their calls' indexes) and, per spike
+    kind, the delays of the spikes detected.
+    """
     events = trace.events[scope]
+    clean = _CleanPass(settings, scope, events, replayed)
+    rate = sum(e[1] for e in events) / ((events[-1][0] - events[0][0]) / _S)
     grace_us = round(settings.interval_s * _S)
-    detector = AnomalyDetector(settings)
-    delays: list[float] = []
-    position = 0
-    for start in starts:
-        while position < len(events) and events[position][0] < start:
-            ts, tokens, nanos = events[position]
-            detector.observe_units(scope, ts, usd_nanos=nanos, tokens=tokens)
-            position += 1
-        end = start + round(spike.duration_s * _S) + grace_us
-        tail = [e for e in events[position:] if e[0] < end]
-        merged = sorted(tail + _inject(trace, scope, spike, start, rng))
-        trial_alerts = _feed(copy.deepcopy(detector), scope, merged)
-        clean_tail = _feed(copy.deepcopy(detector), scope, tail)
-        baseline = {(to_us(a.ts), a.metric, a.rule) for a in clean_tail}
-        fresh = [
-            a for a in trial_alerts if (to_us(a.ts), a.metric, a.rule) not in baseline
-        ]
-        if fresh:
-            delays.append((to_us(fresh[0].ts) - start) / _S)
-    return delays
+    pending: list[_Pending] = []
+    for trial in trials:
+        spike = spikes[trial.kind]
+        clean.advance(trial.start)
+        end = trial.start + round(spike.duration_s * _S) + grace_us
+        stop = bisect.bisect_left(events, (end,), lo=clean.position)
+        tail = list(events[clean.position : stop])
+        injected = _inject(trace, scope, spike, trial.start, trial.rng, rate)
+        alerts = _feed(copy.deepcopy(clean.detector), scope, sorted(tail + injected))
+        pending.append(_Pending(trial, clean.position, stop, alerts))
+    clean.advance()
+    delays: list[list[float]] = [[] for _ in spikes]
+    for done in pending:
+        delay = _delay(done, clean.alerts)
+        if delay is not None:
+            delays[done.trial.kind].append(delay)
+    return clean.alerts, delays
+
+
+def _delay(done: _Pending, clean: Sequence[tuple[int, Alert]]) -> float | None:
+    """Seconds from a spike's start to its first alert not also on the clean pass."""
+    low = bisect.bisect_left(clean, done.first, key=lambda pair: pair[0])
+    high = bisect.bisect_left(clean, done.stop, key=lambda pair: pair[0])
+    baseline = {(to_us(a.ts), a.metric, a.rule) for _, a in clean[low:high]}
+    for alert in done.alerts:
+        if (to_us(alert.ts), alert.metric, alert.rule) not in baseline:
+            return (to_us(alert.ts) - done.trial.start) / _S
+    return None
 
 
 def evaluate(
@@ -298,17 +413,46 @@ def evaluate(
     trials: int = 10,
     seed: int = 0,
     spikes: Sequence[Spike] = SPIKES,
+    replayed: Replayed | None = None,
 ) -> EvalResult:
     """Run ``trials`` injections per scope and spike kind, and the clean trace.
 
     The same ``seed`` gives the same spike times and shapes for every
     ``settings``, so configurations are compared on identical injections.
+    Each scope's calls are replayed once: the clean pass, with a copy of its
+    detector branched off at each spike. ``replayed`` hears how many trace
+    calls were replayed, every 50,000 or so.
     """
+    plans = _plans(trace, settings, spikes, trials, seed)
+    delays: list[list[float]] = [[] for _ in spikes]
+    found: list[dict[str, int]] = [{} for _ in spikes]
+    clean: list[Alert] = []
+    hours = 0.0
+    for scope, events in sorted(trace.events.items()):
+        alerts, scope_delays = _replay_scope(
+            settings, trace, scope, spikes, plans[scope], replayed
+        )
+        for kind, kind_delays in enumerate(scope_delays):
+            found[kind][scope] = len(kind_delays)
+            delays[kind] += kind_delays
+        clean += (alert for _, alert in alerts)
+        hours += (events[-1][0] - _eval_start(settings, events)) / (3600 * _S)
+    total = trials * len(trace.events)
     kinds = tuple(
-        _detection(trace, settings, spike, trials, [seed, index])
-        for index, spike in enumerate(spikes)
+        KindResult(spike.kind, total, len(delays[i]), tuple(delays[i]), found[i])
+        for i, spike in enumerate(spikes)
     )
-    clean, hours = _clean_alerts(trace, settings)
+    return _result(trace, settings, kinds, clean, hours)
+
+
+def _result(
+    trace: Trace,
+    settings: Anomalies,
+    kinds: tuple[KindResult, ...],
+    clean: Sequence[Alert],
+    hours: float,
+) -> EvalResult:
+    """Count the clean trace's alerting intervals, by scope and by rule."""
     interval_us = round(settings.interval_s * _S)
 
     def intervals(alerts: Iterable[Alert]) -> set[tuple[str, int]]:
@@ -325,32 +469,6 @@ def evaluate(
     return EvalResult(
         settings, kinds, len(clean), len(alerting), hours, by_scope, by_rule
     )
-
-
-def _detection(
-    trace: Trace, settings: Anomalies, spike: Spike, trials: int, seed: list[int]
-) -> KindResult:
-    delays: list[float] = []
-    by_scope: dict[str, int] = {}
-    for scope_index, scope in enumerate(sorted(trace.events)):
-        rng = np.random.default_rng([*seed, scope_index])
-        starts = _starts(settings, trace, scope, spike, trials, rng)
-        found = _scope_trials(settings, trace, scope, spike, starts, rng)
-        by_scope[scope] = len(found)
-        delays += found
-    total = trials * len(trace.events)
-    return KindResult(spike.kind, total, len(delays), tuple(delays), by_scope)
-
-
-def _clean_alerts(trace: Trace, settings: Anomalies) -> tuple[list[Alert], float]:
-    """Alerts on the uninjected trace, and the scope-hours evaluated."""
-    found: list[Alert] = []
-    hours = 0.0
-    for scope, events in sorted(trace.events.items()):
-        start = _eval_start(settings, events)
-        found += _feed(AnomalyDetector(settings), scope, events)
-        hours += (events[-1][0] - start) / (3600 * _S)
-    return found, hours
 
 
 #: Settings other than the defaults worth comparing in every run.
@@ -371,55 +489,94 @@ def run_eval(
     burst_factors: Sequence[float] = (5.0, 10.0, 20.0),
     model: str = "gpt-4o-mini",
     variants: Sequence[tuple[str, Mapping[str, Any]]] = _VARIANTS,
+    defaults_only: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The defaults, a k by window sweep, a burst-factor sweep and named
     variants of the defaults (no count-noise allowance, the mean-and-std
-    deviation rule, the peak-based burst baseline), as one document."""
+    deviation rule, the peak-based burst baseline), as one document.
+
+    With ``defaults_only`` only the defaults are run, and the document has
+    no ``sweep``, ``burst_sweep`` or ``variants``. A configuration that
+    appears twice (the defaults are also a point of each sweep) is run
+    once. ``progress`` hears the trace calls replayed so far and the number
+    to replay over every configuration.
+    """
     trace = load_trace(path, model=model)
     defaults = Anomalies()
-    sweep = [
-        evaluate(
-            trace,
+    plan: dict[str, list[Anomalies]] = {"defaults": [defaults]}
+    if not defaults_only:
+        plan["sweep"] = [
             Anomalies(
                 k=k,
                 window_intervals=window,
                 min_history_intervals=min(window, defaults.min_history_intervals),
-            ),
-            trials=trials,
-            seed=seed,
-        ).to_json_dict()
-        for k in ks
-        for window in windows
-    ]
-    return {
-        "trace": {
-            "scopes": {s: len(e) for s, e in sorted(trace.events.items())},
-            "model": trace.model,
-            "usd_per_mtok": {
-                "input": str(Decimal(trace.input_nanos_per_token) / 1000),
-                "output": str(Decimal(trace.output_nanos_per_token) / 1000),
-            },
-        },
+            )
+            for k in ks
+            for window in windows
+        ]
+        plan["burst_sweep"] = [Anomalies(burst_factor=f) for f in burst_factors]
+        plan["variants"] = [Anomalies(**changes) for _, changes in variants]
+    results = _run_all(
+        trace, [s for group in plan.values() for s in group], seed, trials, progress
+    )
+    document: dict[str, Any] = {
+        "trace": _trace_doc(trace),
         "seed": seed,
         "trials_per_scope_and_kind": trials,
         "spikes": [_spike_doc(s) for s in SPIKES],
-        "defaults": evaluate(trace, defaults, trials=trials, seed=seed).to_json_dict(),
-        "sweep": sweep,
-        "burst_sweep": [
-            evaluate(
-                trace, Anomalies(burst_factor=factor), trials=trials, seed=seed
-            ).to_json_dict()
-            for factor in burst_factors
-        ],
-        "variants": [
-            {
-                "label": label,
-                **evaluate(
-                    trace, Anomalies(**changes), trials=trials, seed=seed
-                ).to_json_dict(),
-            }
-            for label, changes in variants
-        ],
+        "defaults": results[_key(defaults)],
+    }
+    if not defaults_only:
+        document["sweep"] = [results[_key(s)] for s in plan["sweep"]]
+        document["burst_sweep"] = [results[_key(s)] for s in plan["burst_sweep"]]
+        document["variants"] = [
+            {"label": label, **results[_key(s)]}
+            for (label, _), s in zip(variants, plan["variants"], strict=True)
+        ]
+    return document
+
+
+def _key(settings: Anomalies) -> str:
+    return settings.model_dump_json()
+
+
+def _run_all(
+    trace: Trace,
+    configurations: Sequence[Anomalies],
+    seed: int,
+    trials: int,
+    progress: Progress | None,
+) -> dict[str, dict[str, Any]]:
+    """Each distinct configuration's JSON result, by :func:`_key`."""
+    distinct = {_key(s): s for s in configurations}
+    total = len(distinct) * sum(len(e) for e in trace.events.values())
+    done = 0
+    if progress is not None:
+        progress(done, total)
+
+    def replayed(calls: int) -> None:
+        nonlocal done
+        done += calls
+        if progress is not None:
+            progress(done, total)
+
+    return {
+        key: evaluate(
+            trace, settings, trials=trials, seed=seed, replayed=replayed
+        ).to_json_dict()
+        for key, settings in distinct.items()
+    }
+
+
+def _trace_doc(trace: Trace) -> dict[str, Any]:
+    return {
+        "scopes": {s: len(e) for s, e in sorted(trace.events.items())},
+        "model": trace.model,
+        "usd_per_mtok": {
+            "input": str(Decimal(trace.input_nanos_per_token) / 1000),
+            "output": str(Decimal(trace.output_nanos_per_token) / 1000),
+        },
     }
 
 

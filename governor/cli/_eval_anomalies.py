@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from governor.cli._text import positive_count
+
+# Progress lines come at least this many replayed calls apart.
+_PROGRESS_CALLS = 100_000
 
 
 def register_eval(sub: Any, name: str, help_text: str) -> None:
@@ -40,6 +44,14 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         default="gpt-4o-mini",
         help="model whose list price prices the trace tokens (gpt-4o-mini)",
     )
+    parser.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help=(
+            "run the default settings only, not the sweeps and variants "
+            "(11 configurations fewer; for long traces)"
+        ),
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -49,13 +61,40 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         document = run_eval(
-            args.path, seed=args.seed, trials=args.trials, model=args.model
+            args.path,
+            seed=args.seed,
+            trials=args.trials,
+            model=args.model,
+            defaults_only=args.defaults_only,
+            progress=_progress(),
         )
     except (GovernorError, OSError) as exc:
         print(f"governor eval anomalies: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(document, indent=2) if args.json else render(document))
     return 0
+
+
+def _progress() -> Callable[[int, int], None]:
+    """Print ``replayed done/total calls`` on stderr when the replay starts and
+    then about 20 times, 100,000 calls apart at least; nothing for fewer than
+    100,000 calls in all."""
+    shown = -1
+
+    def show(done: int, total: int) -> None:
+        nonlocal shown
+        step = max(_PROGRESS_CALLS, total // 20)
+        if total < _PROGRESS_CALLS or done == shown:
+            return
+        if done == 0 or done == total or done // step > shown // step:
+            shown = done
+            print(
+                f"governor eval anomalies: replayed {done:,}/{total:,} calls "
+                f"({100 * done // total}%)",
+                file=sys.stderr,
+            )
+
+    return show
 
 
 def _delay(spike: dict[str, Any]) -> str:
@@ -102,10 +141,10 @@ def render(document: dict[str, Any]) -> str:
     key = _key(document["defaults"])
     rows = [
         _row(result, "sweep")
-        for result in document["sweep"] + document["burst_sweep"]
+        for result in document.get("sweep", []) + document.get("burst_sweep", [])
         if _key(result) != key
     ]
-    rows += [_row(result, result["label"]) for result in document["variants"]]
+    rows += [_row(result, result["label"]) for result in document.get("variants", [])]
     return "\n".join(head + rows)
 
 

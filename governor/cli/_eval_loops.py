@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register_eval"]
@@ -18,6 +19,7 @@ _HEADLINE = (
     "failed_runs_flagged",
     "failed_spend_after_flag_usd",
 )
+_USAGE = ("calls", "calls_without_cost", "calls_without_tokens")
 # Progress lines come at least this many runs apart.
 _PROGRESS_RUNS = 100
 
@@ -36,7 +38,13 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "path",
         metavar="PATH",
-        help="trajectory JSONL (gzipped too), or the raw mini-swe-agent data set",
+        help=(
+            "a file of runs, gzipped or not: trajectory-format JSONL (docs/loops.md), "
+            "a mini-swe-agent .traj.json file (one run), or JSONL of mini-swe-agent "
+            "runs such as the compacted SWE-bench data set "
+            "(trajectories.jsonl.gz); or a folder, read with its sub-folders, of "
+            "such files (*.traj.json, *.json, *.jsonl, *.traj; .gz too)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON doc")
     parser.add_argument(
@@ -52,11 +60,11 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor.loops._eval import evaluate, sweep
-    from governor.loops._trajectory import read_trajectories
+    from governor.loops._files import read_trajectories
     from governor.policies._loops import Loops
 
     try:
-        runs = list(read_trajectories(args.path))
+        runs = list(read_trajectories(args.path, on_skip=_note_skipped))
     except OSError as exc:
         print(f"governor eval loops: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
@@ -65,8 +73,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if not runs:
         print(
-            f"governor eval loops: {args.path} holds no runs; give a trajectory "
-            "JSONL with at least one run, or the mini-swe-agent data set",
+            f"governor eval loops: {args.path} holds no runs; give a file or a "
+            "folder with at least one run (trajectory-format JSONL, mini-swe-agent "
+            ".traj.json files or the mini-swe-agent data set)",
             file=sys.stderr,
         )
         return 2
@@ -76,11 +85,13 @@ def _run(args: argparse.Namespace) -> int:
         runs, loops, injecting=args.inject, seed=args.seed, progress=progress
     )
     _note_unlabelled(report["all"])
+    _note_usage(report["all"])
     doc: dict[str, Any] = {key: report["all"][key] for key in _HEADLINE}
     doc.update(
         {
             "runs": len(runs),
             "unlabelled_runs": report["all"]["unlabelled_runs"],
+            **{key: report["all"][key] for key in _USAGE},
             "seed": args.seed,
             "inject": args.inject,
             "settings": loops.model_dump(mode="json"),
@@ -128,6 +139,40 @@ def _note_unlabelled(summary: dict[str, Any]) -> None:
         )
 
 
+def _note_skipped(path: Path, reason: str) -> None:
+    print(f"governor eval loops: skipped {path}: {reason}", file=sys.stderr)
+
+
+def _note_usage(summary: dict[str, Any]) -> None:
+    """Say on stderr how many calls have no cost or no token counts."""
+    calls, no_cost = summary["calls"], summary["calls_without_cost"]
+    where = (
+        "'cost_usd', or in mini-swe-agent files extra.cost or extra.response.usage.cost"
+    )
+    if no_cost and summary["failed_spend_usd"] is None:
+        print(
+            f"governor eval loops: {no_cost} of {calls} calls have no cost "
+            f"({where}): the spend figures are null, not zero; record each "
+            "call's cost to measure them",
+            file=sys.stderr,
+        )
+    elif no_cost:
+        print(
+            f"governor eval loops: {no_cost} of {calls} calls have no cost "
+            f"({where}): the spend figures sum the other {calls - no_cost} "
+            "calls only, so they are lower bounds",
+            file=sys.stderr,
+        )
+    no_tokens = summary["calls_without_tokens"]
+    if no_tokens:
+        print(
+            f"governor eval loops: {no_tokens} of {calls} calls have no token "
+            "counts ('prompt_tokens' / 'completion_tokens', or in mini-swe-agent "
+            "files extra.response.usage); no figure here uses them",
+            file=sys.stderr,
+        )
+
+
 def _cells(report: dict[str, Any]) -> list[str]:
     detection = report["detection_rate"]
     return [
@@ -137,8 +182,12 @@ def _cells(report: dict[str, Any]) -> list[str]:
         _num(report["median_delay_repeats"]),
         _num(report["max_delay_repeats"]),
         f"{report['failed_runs_flagged']}/{report['failed_runs']}",
-        f"${float(report['failed_spend_after_flag_usd']):.2f}",
+        _dollars(report["failed_spend_after_flag_usd"]),
     ]
+
+
+def _dollars(amount: str | None) -> str:
+    return "-" if amount is None else f"${float(amount):.2f}"
 
 
 def _pct(rate: float | None) -> str:

@@ -6,14 +6,14 @@ The trajectory format and its converter support ``governor eval loops``.
 """
 
 from governor.loops._errors import LoopDetected
+from governor.loops._files import read_trajectories
 from governor.loops._guard import LoopGuard, LoopVerdict, Rule
+from governor.loops._mini import from_mini_swe_agent
 from governor.loops._trajectory import (
     Call,
     ToolCall,
     ToolResult,
     Trajectory,
-    from_mini_swe_agent,
-    read_trajectories,
     write_trajectories,
 )
 

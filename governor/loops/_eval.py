@@ -8,6 +8,11 @@ Three figures, as issue #4 asks:
 - ``failed_runs_flagged`` and ``failed_spend_after_flag_usd``: among the
   runs that failed, how many were flagged, and what they spent after it.
 
+Spend sums the calls whose cost is known; ``calls_without_cost`` says how
+many were left out, and the spend figures are None when the calls they
+would sum carry no cost at all (a record without costs is not one whose
+calls were free).
+
 A run without an outcome label counts as neither resolved nor failed
 (``unlabelled_runs``); spliced loops are still injected into it.
 
@@ -77,7 +82,7 @@ class Flag:
     def spend_after(self, run: Trajectory) -> Decimal:
         """What the run spent on calls a stop at this flag would have saved."""
         first_saved = self.index if self.before_call else self.index + 1
-        return sum((c.cost_usd for c in run.calls[first_saved:]), Decimal(0))
+        return _known_cost(run.calls[first_saved:])
 
 
 def split_of(run_id: str) -> str:
@@ -188,6 +193,7 @@ def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]
         (o.flag.spend_after(o.run) for o in flagged if o.flag is not None),
         Decimal(0),
     )
+    priced = _priced(outcomes, bad)
     summary: dict[str, Any] = {
         "runs": len(outcomes),
         "unlabelled_runs": len(outcomes) - len(good) - len(bad),
@@ -197,8 +203,11 @@ def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]
         "false_stops_by_rule": dict(Counter(f.verdict.rule for f in stops)),
         "failed_runs": len(bad),
         "failed_runs_flagged": len(flagged),
-        "failed_spend_usd": _usd(sum((o.run.cost_usd for o in bad), Decimal(0))),
-        "failed_spend_after_flag_usd": _usd(after),
+        "failed_spend_usd": _usd(sum((o.run.cost_usd for o in bad), Decimal(0)))
+        if priced
+        else None,
+        "failed_spend_after_flag_usd": _usd(after) if priced else None,
+        **_usage_counts(outcomes),
     }
     pairs = [pair for o in outcomes for pair in o.injected]
     summary.update(_detection(pairs) if injecting else _no_detection())
@@ -210,6 +219,30 @@ def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]
             kind: _detection([p for p in pairs if p[0].kind == kind]) for kind in KINDS
         }
     return summary
+
+
+def _known_cost(calls: Iterable[Call]) -> Decimal:
+    return sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
+
+
+def _priced(outcomes: Sequence[_Outcome], bad: Sequence[_Outcome]) -> bool:
+    """Whether the failed runs' spend can be given: some of their calls (or,
+    when they have none, some call of the runs) carry a cost."""
+    failed_calls = [c for o in bad for c in o.run.calls]
+    calls = failed_calls or [c for o in outcomes for c in o.run.calls]
+    return not calls or any(c.cost_usd is not None for c in calls)
+
+
+def _usage_counts(outcomes: Sequence[_Outcome]) -> dict[str, int]:
+    """How many calls the runs have, and how many lack a cost or token counts."""
+    calls = [c for o in outcomes for c in o.run.calls]
+    return {
+        "calls": len(calls),
+        "calls_without_cost": sum(1 for c in calls if c.cost_usd is None),
+        "calls_without_tokens": sum(
+            1 for c in calls if c.prompt_tokens is None and c.completion_tokens is None
+        ),
+    }
 
 
 def _usd(amount: Decimal) -> str:

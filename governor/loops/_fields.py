@@ -89,10 +89,10 @@ def outcome_of(value: object, *, where: str) -> str:
     )
 
 
-def count_of(value: object, *, where: str) -> int:
-    """Read a token count: a whole number of at least 0; null is 0."""
+def count_of(value: object, *, where: str) -> int | None:
+    """Read a token count: a whole number of at least 0; null stays null (unknown)."""
     if value is None:
-        return 0
+        return None
     count = _whole(value)
     if count is None or count < 0:
         raise ConfigError(
@@ -114,10 +114,14 @@ def _whole(value: object) -> int | None:
     return None
 
 
-def cost_of(value: object, *, where: str) -> Decimal:
-    """Read a cost in dollars: a finite number of at least 0; null or "" is 0."""
+def cost_of(value: object, *, where: str) -> Decimal | None:
+    """Read a cost in dollars: a finite number of at least 0.
+
+    Null or ``""`` is None: the record does not say what the call cost, which
+    is not the same as a call that cost nothing.
+    """
     if value is None or value == "":
-        return Decimal(0)
+        return None
     try:
         amount = as_decimal(value, field=where)
     except (TypeError, ArithmeticError):  # decimal.InvalidOperation: not a number

@@ -1,4 +1,4 @@
-"""A plain JSONL format for recorded agent runs, and a converter into it.
+"""A plain JSONL format for recorded agent runs.
 
 One run per line, as a JSON object::
 
@@ -27,31 +27,32 @@ task, or the agent's feedback on a malformed reply); its ``tool_results``
 answer its ``tool_calls`` and are part of the next call's prompt. A result cut
 short keeps ``truncated: true`` and the SHA-1 of the whole text, so that exact
 repeats stay detectable. ``cost_usd`` is a decimal string (numbers are read
-too) of at least 0; ``created_s`` is the call's Unix time in seconds (an ISO
-8601 time is converted, as UTC when it has no offset), or null. Run ids are
-unique within a file.
+too) of at least 0; token counts are whole numbers of at least 0; a missing
+or null cost or count is unknown (None), not zero. ``created_s`` is the
+call's Unix time in seconds (an ISO 8601 time is converted, as UTC when it
+has no offset), or null. Run ids are unique within a file.
+
+Reading files (JSONL, whole JSON documents, folders, mini-swe-agent's own
+files) is :mod:`governor.loops._files`; converting mini-swe-agent runs is
+:mod:`governor.loops._mini`.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from governor._errors import ConfigError
-from governor._textlines import numbered_lines
 from governor.loops._fields import (
     RESOLVED,
     UNLABELLED,
     cost_of,
     count_of,
     items_of,
-    kind_of,
     mapping_of,
     outcome_of,
     required,
@@ -61,18 +62,20 @@ from governor.loops._fields import (
 __all__ = [
     "FORMAT",
     "Call",
+    "Found",
     "ToolCall",
     "ToolResult",
     "Trajectory",
-    "from_mini_swe_agent",
-    "read_trajectories",
+    "message_of",
+    "plain",
+    "text_of",
+    "trajectory_from_dict",
+    "trajectory_to_dict",
+    "usage_of",
     "write_trajectories",
 ]
 
 FORMAT = "governor-trajectory-1"
-# mini-swe-agent runs the one fenced bash block of a reply; any other count
-# is answered with a format error instead of an observation.
-_BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +106,20 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One model call of a run, with what it asked for and got back."""
+    """One model call of a run, with what it asked for and got back.
+
+    Token counts and ``cost_usd`` are None when the record does not give
+    them: unknown, which the evaluation reports instead of counting as zero.
+    """
 
     output: str
     messages: tuple[Mapping[str, str], ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    cost_usd: Decimal | None = None
     created_s: float | None = None
 
     def results_for(self, call: ToolCall) -> str | None:
@@ -144,133 +151,88 @@ class Trajectory:
 
     @property
     def cost_usd(self) -> Decimal:
-        """The summed cost of every call."""
-        return sum((c.cost_usd for c in self.calls), Decimal(0))
+        """The summed cost of the calls whose cost is known."""
+        return sum(
+            (c.cost_usd for c in self.calls if c.cost_usd is not None), Decimal(0)
+        )
+
+    @property
+    def calls_without_cost(self) -> int:
+        """How many calls have no known cost."""
+        return sum(1 for c in self.calls if c.cost_usd is None)
 
 
-def from_mini_swe_agent(row: Mapping[str, Any]) -> Trajectory:
-    """Convert one run of the mini-swe-agent SWE-bench data set.
+def trajectory_from_dict(
+    row: Mapping[str, Any], *, default_id: str | None = None
+) -> Trajectory:
+    """Read one run of the trajectory format (``id``, ``outcome``, ``calls``).
 
-    A tool call is the bash block parsed from the model's reply; its result
-    is the observation message that follows. A reply without exactly one
-    block gets no tool call, and the format error it drew becomes a message
-    of the next call. ``resolved`` gives the outcome (see the module
-    docstring); a row without it is a run without a label. A value that
-    cannot be read raises :class:`ConfigError` naming it.
+    ``default_id`` is the run's id when it has none (a file holding one run
+    passes its name). A value that cannot be read raises
+    :class:`ConfigError` naming it.
     """
-    messages = [
-        _message(m, where=f"messages[{i}]")
-        for i, m in enumerate(items_of(row.get("messages"), where="messages"))
-    ]
-    calls: list[Call] = []
-    pending: list[Mapping[str, str]] = []
-    answered = False
-    for position, message in enumerate(messages):
-        if message["role"] != "assistant":
-            if not answered:
-                pending.append(_plain(message))
-            answered = False
-            continue
-        reply = messages[position + 1] if position + 1 < len(messages) else None
-        where = f"messages[{position}]"
-        call = _mini_call(message, reply, len(calls), tuple(pending), where)
-        answered = bool(call.tool_calls)
-        pending = []
-        calls.append(call)
+    mapping_of(row, where="the run")
+    calls = items_of(row.get("calls"), where="calls")
+    run_id = row.get("id")
+    if run_id is None:
+        run_id = required(row, "id", where="the run") if default_id is None else None
     return Trajectory(
-        id=str(required(row, "instance_id", where="the row")),
-        outcome=outcome_of(row.get("resolved"), where="resolved"),
-        calls=tuple(calls),
-        meta={
-            "agent": f"mini-swe-agent {row.get('mini_version', '')}".strip(),
-            "exit_status": row.get("exit_status"),
-            "step_limit": row.get("step_limit"),
-            "cost_limit_usd": row.get("cost_limit_usd"),
-        },
+        id=str(default_id if run_id is None else run_id),
+        outcome=outcome_of(row.get("outcome"), where="outcome"),
+        calls=tuple(_call_from_dict(c, f"calls[{i}]") for i, c in enumerate(calls)),
+        meta=dict(mapping_of(row.get("meta") or {}, where="meta")),
     )
 
 
-def _message(value: object, *, where: str) -> Mapping[str, Any]:
+def message_of(value: object, *, where: str) -> Mapping[str, Any]:
     """A prompt message: an object with a ``role``."""
     message = mapping_of(value, where=where)
     required(message, "role", where=where)
     return message
 
 
-def _plain(message: Mapping[str, Any]) -> Mapping[str, str]:
-    content = message.get("content")
-    return {"role": str(message["role"]), "content": str(content or "")}
-
-
-def _mini_call(
-    message: Mapping[str, Any],
-    reply: Mapping[str, Any] | None,
-    index: int,
-    pending: tuple[Mapping[str, str], ...],
-    where: str,
-) -> Call:
-    output = str(message.get("content") or "")
-    blocks = _BASH_BLOCK.findall(output)
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_results: tuple[ToolResult, ...] = ()
-    if len(blocks) == 1 and reply is not None and reply["role"] == "user":
-        call_id = f"call-{index}"
-        tool_calls = (ToolCall(name="bash", args={"command": blocks[0]}, id=call_id),)
-        tool_results = (
-            ToolResult(
-                content=str(reply.get("content") or ""),
-                call_id=call_id,
-                content_sha1=reply.get("content_sha1"),
-                truncated=bool(reply.get("content_truncated")),
-            ),
+def text_of(content: object) -> str:
+    """A message's text: a string, or the ``text`` of each part of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text") or "") if isinstance(part, Mapping) else str(part)
+            for part in content
         )
-    return Call(
-        output=output,
-        messages=pending,
-        tool_calls=tool_calls,
-        tool_results=tool_results,
-        **_usage(message, where, created="created"),
-    )
+    return "" if content is None else str(content)
 
 
-def _usage(row: Mapping[str, Any], where: str, *, created: str) -> dict[str, Any]:
-    """A call's tokens, cost and time, each checked."""
-    return {
-        "prompt_tokens": count_of(
-            row.get("prompt_tokens"), where=f"{where}.prompt_tokens"
-        ),
-        "completion_tokens": count_of(
-            row.get("completion_tokens"), where=f"{where}.completion_tokens"
-        ),
-        "cached_tokens": count_of(
-            row.get("cached_tokens"), where=f"{where}.cached_tokens"
-        ),
-        "cost_usd": cost_of(row.get("cost_usd"), where=f"{where}.cost_usd"),
-        "created_s": time_of(row.get(created), where=f"{where}.{created}"),
-    }
+def plain(message: Mapping[str, Any]) -> Mapping[str, str]:
+    """A message as its role and text only."""
+    return {"role": str(message["role"]), "content": text_of(message.get("content"))}
 
 
-def trajectory_from_dict(row: Mapping[str, Any]) -> Trajectory:
-    """Read one line of the trajectory format (or a raw mini-swe-agent row).
+Found = tuple[object, str]  # (a raw value, where in the run it was read)
+_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
-    A value that cannot be read raises :class:`ConfigError` naming it.
+
+def usage_of(found: Mapping[str, Found]) -> dict[str, Any]:
+    """A call's tokens, cost and time, each checked; a missing one is None.
+
+    ``found`` maps ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``,
+    ``cost_usd`` and ``created_s`` to the raw value and where it was read.
     """
-    mapping_of(row, where="the line")
-    if "calls" not in row:
-        if "instance_id" in row and "messages" in row:
-            return from_mini_swe_agent(row)
-        raise ConfigError(
-            "a trajectory line needs 'id', 'outcome' and 'calls' (see the format "
-            "in docs/loops.md), or must be a mini-swe-agent row with "
-            "'instance_id' and 'messages'"
-        )
-    calls = items_of(row["calls"], where="calls")
-    return Trajectory(
-        id=str(required(row, "id", where="the run")),
-        outcome=outcome_of(row.get("outcome"), where="outcome"),
-        calls=tuple(_call_from_dict(c, f"calls[{i}]") for i, c in enumerate(calls)),
-        meta=dict(mapping_of(row.get("meta") or {}, where="meta")),
-    )
+    usage: dict[str, Any] = {}
+    for key in _COUNTS:
+        value, where = found[key]
+        usage[key] = count_of(value, where=where)
+    value, where = found["cost_usd"]
+    usage["cost_usd"] = cost_of(value, where=where)
+    value, where = found["created_s"]
+    usage["created_s"] = time_of(value, where=where)
+    return usage
+
+
+def _own_usage(row: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The usage fields of a call in the trajectory format."""
+    keys = (*_COUNTS, "cost_usd", "created_s")
+    return usage_of({key: (row.get(key), f"{where}.{key}") for key in keys})
 
 
 def _call_from_dict(value: object, where: str) -> Call:
@@ -281,7 +243,7 @@ def _call_from_dict(value: object, where: str) -> Call:
     return Call(
         output=str(row.get("output") or ""),
         messages=tuple(
-            _plain(_message(m, where=f"{where}.messages[{i}]"))
+            plain(message_of(m, where=f"{where}.messages[{i}]"))
             for i, m in enumerate(messages)
         ),
         tool_calls=tuple(
@@ -290,7 +252,7 @@ def _call_from_dict(value: object, where: str) -> Call:
         tool_results=tuple(
             _tool_result(r, f"{where}.tool_results[{i}]") for i, r in enumerate(results)
         ),
-        **_usage(row, where, created="created_s"),
+        **_own_usage(row, where),
     )
 
 
@@ -340,7 +302,7 @@ def _call_to_dict(call: Call) -> dict[str, Any]:
         "prompt_tokens": call.prompt_tokens,
         "completion_tokens": call.completion_tokens,
         "cached_tokens": call.cached_tokens,
-        "cost_usd": str(call.cost_usd),
+        "cost_usd": None if call.cost_usd is None else str(call.cost_usd),
         "created_s": call.created_s,
     }
 
@@ -349,46 +311,6 @@ def _open_text(path: Path) -> IO[str]:
     if path.suffix != ".gz":
         return path.open("w", encoding="utf-8")
     return gzip.open(path, "wt", encoding="utf-8")
-
-
-_FIX = "fix or drop that line (the format is in docs/loops.md)"
-
-
-def read_trajectories(path: str | Path) -> Iterator[Trajectory]:
-    """Yield the runs of a JSONL file, in either accepted shape.
-
-    A gzip file is read whatever its name, and a leading byte-order mark is
-    skipped. A line that cannot be read, or a run id seen on an earlier line,
-    raises :class:`ConfigError` naming the file and line.
-    """
-    seen: dict[str, int] = {}
-    for number, line in numbered_lines(Path(path)):
-        if not line.strip():
-            continue
-        run = _run_of_line(path, number, line)
-        if run.id in seen:
-            raise ConfigError(
-                f"{path}:{number}: run id {run.id!r} is also on line "
-                f"{seen[run.id]}; give each run its own id (the train/test "
-                "split and the injected loops follow it) or drop the repeat"
-            )
-        seen[run.id] = number
-        yield run
-
-
-def _run_of_line(path: str | Path, number: int, line: str) -> Trajectory:
-    try:
-        row = json.loads(line)
-    except ValueError as exc:
-        raise ConfigError(f"{path}:{number}: not JSON ({exc}); {_FIX}") from exc
-    if not isinstance(row, dict):
-        raise ConfigError(
-            f"{path}:{number}: a JSON {kind_of(row)}, not a run object; {_FIX}"
-        )
-    try:
-        return trajectory_from_dict(row)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}:{number}: {exc}; {_FIX}") from exc
 
 
 def write_trajectories(runs: Iterable[Trajectory], path: str | Path) -> int:
