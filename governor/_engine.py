@@ -504,8 +504,23 @@ class Governor:
 
         Every record submitted so far gets a write attempt. While the spend
         store is down they stay in memory and are retried; ``timeout_s``
-        keeps retrying up to that many seconds.
+        keeps retrying up to that many seconds. Budget steps queued while
+        the budget store was down (settles, releases) get up to
+        ``timeout_s`` (5 s when None) to reach it first; what still waits
+        then is logged as a WARNING. A worker that leaves without closing
+        the governor (``multiprocessing.Pool``) calls this at the end of
+        each job.
         """
+        unsent = self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
+        if unsent is not None:
+            logger.warning(
+                "the budget store does not answer: %d settle(s) totalling $%s "
+                "and %d hold release(s) still wait to be written to it; they "
+                "are retried in the background while this process lives",
+                unsent.settles,
+                nanos_to_usd(unsent.nanos),
+                unsent.releases,
+            )
         if self.recorder is None:
             return 0
         return int(self.recorder.flush(timeout_s))

@@ -15,10 +15,14 @@ after the fork.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Protocol
 
-__all__ = ["start_over_in_children"]
+__all__ = ["finish_before_forks", "start_over_in_children"]
+
+# How long os.fork() waits for a write in flight to finish; then it goes on.
+_FORK_WAIT_S = 10.0
 
 
 class _StartsOver(Protocol):
@@ -41,5 +45,39 @@ def _in_child() -> None:
         part._forget_parent()
 
 
+class _Guarded(Protocol):
+    _fork_lock: threading.Lock
+
+
+_GUARDED: weakref.WeakSet[_Guarded] = weakref.WeakSet()
+_HELD: list[threading.Lock] = []
+
+
+def finish_before_forks(part: _Guarded) -> None:
+    """Make ``os.fork()`` wait for ``part._fork_lock``, held across the fork.
+
+    For work that a child must not inherit half done: a SQLite write in a
+    transaction at the fork leaves the child's own connection to the file
+    locked out for good. The part holds the lock around such work; a fork
+    waits for it (up to ``_FORK_WAIT_S``), then both sides release it.
+    """
+    _GUARDED.add(part)
+
+
+def _before_fork() -> None:
+    for part in list(_GUARDED):
+        lock = part._fork_lock
+        if lock.acquire(timeout=_FORK_WAIT_S):
+            _HELD.append(lock)
+
+
+def _after_fork() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
     os.register_at_fork(after_in_child=_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from governor._forks import start_over_in_children
+from governor._forks import finish_before_forks, start_over_in_children
 
 if TYPE_CHECKING:
     from governor.spend import SpendRecord, SpendStore
@@ -115,8 +115,11 @@ class SpendRecorder:
         # so that their connections are never closed (nor used) in the child.
         self._parent_stores: list[SpendStore] = []
         self._reopen = False
+        # Held around each write: a fork waits for it (finish_before_forks).
+        self._fork_lock = threading.Lock()
         self._start(max_queue)
         start_over_in_children(self)
+        finish_before_forks(self)
 
     def _start(self, max_queue: int) -> None:
         """Start from an empty queue and buffer, with a new writer thread."""
@@ -342,10 +345,11 @@ class SpendRecorder:
             with self._lock:
                 batch = list(itertools.islice(self._pending, _BATCH))
             try:
-                if self._reopen:
-                    store = self.store = _reopened(store)
-                    self._reopen = False
-                store.record_many(batch)
+                with self._fork_lock:
+                    if self._reopen:
+                        store = self.store = _reopened(store)
+                        self._reopen = False
+                    store.record_many(batch)
             except Exception as exc:
                 self._failed(exc)
                 return

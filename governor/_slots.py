@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from governor._errors import StoreUnavailable
+from governor._forks import start_over_in_children
 
 if TYPE_CHECKING:
     from governor._task import Task
@@ -78,6 +79,12 @@ class SlotKeeper:
         self._lock = threading.Lock()
         self._scopes: OrderedDict[str, Semaphore] = OrderedDict()
         self._forget_at = 2 * _SCOPES_KEPT
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own (its semaphores start over
+        themselves, or are shared through Redis)."""
+        self._lock = threading.Lock()
 
     def acquire(self, task: Task) -> Held:
         """Take every slot the call needs, or raise SlotUnavailable."""

@@ -14,6 +14,7 @@ import asyncio
 import faulthandler
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -21,9 +22,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from governor._recorder import SpendRecorder
+from governor._slots import release
 from governor.anomaly import AnomalyMonitor
 from governor.spend import SpendRecord
 from governor.stores import Line, MemoryLedger
@@ -225,3 +230,70 @@ def test_a_price_map_fetch_in_flight_at_the_fork_does_not_hang_the_child() -> No
         held_by_another_thread(card._lock),
     ):
         in_child(child)
+
+
+# -- fan-out slots -----------------------------------------------------------
+
+
+def test_a_child_starts_with_every_in_process_slot_free() -> None:
+    """Slots the parent's calls held at the fork are theirs, not the child's."""
+    from governor import Fanout, Governor, Policy
+
+    gov = Governor(Policy(fanout=Fanout(scope_caps={"team": 1}, wait_timeout_s=1)))
+    with gov.task(team="t1") as task:
+        parents = gov.slots.acquire(task)  # the parent's call in flight
+
+        def child() -> None:
+            with gov.task(team="t1") as own:
+                held = gov.slots.acquire(own)  # SlotUnavailable if still taken
+                release(held)
+            release(parents)  # the parent's slot, released here: a no-op
+
+        in_child(child)
+        release(parents)
+
+
+# -- spend records -------------------------------------------------------------
+
+
+def test_a_fork_waits_for_a_sqlite_spend_write_in_flight(tmp_path: Path) -> None:
+    """A child forked in the middle of the parent's write transaction would
+    find the file locked for good; the fork waits for the write instead."""
+    from governor.spend import SQLiteSpendStore
+
+    writing, go_on = threading.Event(), threading.Event()
+
+    class SlowStore(SQLiteSpendStore):
+        def record_many(self, records: Any) -> None:
+            if not go_on.is_set():  # the first write: hold its transaction
+                self._conn.execute("BEGIN IMMEDIATE")
+                writing.set()
+                go_on.wait(CHILD_LIMIT_S)
+                self._conn.rollback()
+            super().record_many(records)
+
+    path = tmp_path / "spend.sqlite3"
+    recorder = SpendRecorder(SlowStore(path))
+    recorder.submit(spend_record("p1"))
+    assert writing.wait(CHILD_LIMIT_S)
+    threading.Timer(0.3, go_on.set).start()  # the write ends while fork() waits
+
+    def child() -> None:
+        for n in range(3):
+            recorder.submit(spend_record(f"c{n}"))
+        assert recorder.close(5.0) == 0  # nothing lost to a locked file
+
+    in_child(child)
+    recorder.close(5.0)
+    rows = sqlite3.connect(path).execute("select call_id from spend").fetchall()
+    assert sorted(r[0] for r in rows) == ["c0", "c1", "c2", "p1"]
+
+
+def spend_record(call_id: str) -> SpendRecord:
+    return SpendRecord(
+        ts=datetime(2026, 1, 5, 9, 0, tzinfo=UTC),
+        task_id="t",
+        call_id=call_id,
+        model="gpt-4o-mini",
+        input_tokens=10,
+    )

@@ -95,3 +95,25 @@ def test_the_warning_says_so_when_no_spend_store_is_set(
     gov = governor_with_unsent_settle()
     (message,) = close_warnings(gov, caplog)
     assert "no spend store is set: this warning is its only record" in message
+
+
+def test_flush_writes_the_settles_queued_while_the_store_was_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Pool worker that only flushes must not lose its queued settles."""
+    gov = governor_with_unsent_settle()
+    ledger = gov.ledger
+    assert isinstance(ledger, CountingLedger)
+    store = ledger.primary
+    assert isinstance(store, SwitchedStore)
+    with caplog.at_level(logging.WARNING, logger="governor._engine"):
+        gov.flush(timeout_s=0.1)  # still down: said, and kept
+    assert "still wait to be written" in caplog.text
+    assert ledger.pending_settles == 1
+
+    store.down = False
+    gov.flush(timeout_s=5)
+    balance = store.balance("team:search")
+    assert balance is not None
+    assert (ledger.pending_settles, balance.spent_nanos) == (0, 4_500)
+    gov.close()

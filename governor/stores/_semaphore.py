@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from governor._errors import ConfigError, SlotUnavailable, StoreUnavailable
+from governor._forks import start_over_in_children
 from governor._task import new_id
 from governor.stores._redis import DEFAULT_REDIS_URL, RedisConfig, RedisConnections
 
@@ -143,7 +144,8 @@ class LocalSemaphore(_SlotMixin):
     """An in-process semaphore shared safely by threads and asyncio tasks.
 
     A sync :meth:`acquire` blocks its thread: do not call it on an event
-    loop's thread, use :meth:`aacquire` there.
+    loop's thread, use :meth:`aacquire` there. Its slots are per process: a
+    child forked from the process starts with every slot free.
     """
 
     def __init__(self, limit: int, *, key: str = "local") -> None:
@@ -155,6 +157,18 @@ class LocalSemaphore(_SlotMixin):
         self._lock = threading.Lock()
         self._holders: set[str] = set()
         self._waiters: deque[_Waiter] = deque()
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: every slot free, a lock of its own.
+
+        The slots held and waited for at the fork are the parent's calls,
+        which end in the parent; kept, they would stay taken in the child
+        for good. A slot the forking thread held is released as a no-op.
+        """
+        self._lock = threading.Lock()
+        self._holders = set()
+        self._waiters = deque()
 
     def in_use(self) -> int:
         """Return how many slots are taken now."""
