@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 
 from governor.cache import CacheEntry, MemoryCacheStore
 from governor.cache._embed import normalize_rows
@@ -143,3 +146,19 @@ def test_a_score_above_one_is_never_a_match() -> None:
     index.add("good", unit(1, 0, 0))
     found, best = index.search(unit(1, 1, 0), min_score=0.5, limit=5)
     assert (found, best) == ([("good", np.float32(unit(1, 1, 0)[0]))], found[0][1])
+
+
+def test_a_redis_client_beside_a_memory_policy_is_named_as_unused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The docs' one-liner with the default policy keeps entries in memory."""
+    import redis
+
+    from governor import Cache
+    from governor.cache import ResponseCache
+
+    client = redis.Redis()  # never connected: nothing is sent
+    with caplog.at_level(logging.WARNING, logger="governor.cache._cache"):
+        cache = ResponseCache(Cache(embedder="hashing"), redis_client=client)
+    assert isinstance(cache._store, MemoryCacheStore)
+    assert "store='redis'" in caplog.text

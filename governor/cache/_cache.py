@@ -102,6 +102,13 @@ class ResponseCache:
                 verifier model named without a verifier callable.
         """
         self.policy = policy
+        if redis_client is not None and store is None and policy.store != "redis":
+            logger.warning(
+                "ResponseCache got a Redis client but its policy keeps entries "
+                "in memory (Cache(store=%r)); the client is not used. Set "
+                "Cache(store='redis') to share the cache through Redis",
+                policy.store,
+            )
         self._store = store or _default_store(policy, redis_client)
         self._embedder = embedder
         self._embedding_call = embedding_call
