@@ -589,6 +589,16 @@ class Governor:
         self, unsent: _Unsent, recorder: SpendRecorder | None, lost: int
     ) -> None:
         """Say what the budget store misses, and where else the spend is."""
+        if not unsent.settles:
+            logger.warning(
+                "closing the governor while the budget store does not answer: "
+                "%d hold release(s) and %d slot release(s) are not written to "
+                "it. No spend is missing; the holds and slots expire after "
+                "Policy.hold_ttl_s.",
+                unsent.releases,
+                unsent.slots,
+            )
+            return
         logger.warning(
             "closing the governor while the budget store does not answer: "
             "%d settle(s) totalling $%s, %d hold release(s) and %d slot "
@@ -601,7 +611,7 @@ class Governor:
             decimal_text(nanos_to_usd(unsent.nanos)),
             unsent.releases,
             unsent.slots,
-            _spend_kept(recorder, lost) if unsent.settles else "",
+            _spend_kept(recorder, lost),
         )
 
     def _recording(self) -> bool:

@@ -117,3 +117,21 @@ def test_flush_writes_the_settles_queued_while_the_store_was_down(
     assert balance is not None
     assert (ledger.pending_settles, balance.spent_nanos) == (0, 4_500)
     gov.close()
+
+
+def test_a_close_with_only_releases_unsent_says_no_spend_is_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused or cancelled call's release is all that waits: no spend lost."""
+    store = SwitchedStore()
+    ledger = FailoverLedger(store, mode="closed", probe_interval_s=60)
+    gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="1")]), ledger=ledger)
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=20)
+    with gov.task(team="search"):
+        admission = gov.begin_call(request)
+        store.down = True
+        ledger.release(admission.call_id)  # queued: the store is down
+    (message,) = close_warnings(gov, caplog)
+    assert "1 hold release(s)" in message
+    assert "No spend is missing" in message
+    assert "settled spend is missing" not in message
