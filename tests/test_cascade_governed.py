@@ -70,6 +70,7 @@ def test_rejected_cheap_answer_escalates_and_both_are_charged(
     assert (result.tier.name, result.answer.text) == ("premium", "B")
     assert [a.outcome for a in result.attempts] == ["rejected", "accepted"]
     assert report.calls == 2
+    assert str(result.other_cost_usd) == "0"  # nothing else called; not "0E-7"
     charged = sum(
         Decimal(str(s.attributes["gen_ai.usage.cost.amount"])) for s in capture.calls()
     )

@@ -420,7 +420,8 @@ class GovernedLiteLLM:
         """Count the calls made on the run's behalf in its cost, and put the
         final tier and the saving against the premium tier on the task."""
         others = nanos_to_usd(meter.nanos) - result.attempts_cost_usd
-        result = dataclasses.replace(result, other_cost_usd=max(others, Decimal(0)))
+        other = others if others > 0 else Decimal(0)  # not -0 or 0E-7
+        result = dataclasses.replace(result, other_cost_usd=other)
         task = current_task()
         if task is None:
             return result
