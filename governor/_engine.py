@@ -1174,8 +1174,11 @@ class Governor:
     def _call_checks(
         self, task: Task, owns: bool, request: CallRequest
     ) -> tuple[int, str | None]:
-        """A blocked scope, then the loop guard (a stopped task, the prompt,
-        the ceilings); the call's step and prompt digest for the guard."""
+        """A run that is ending, a blocked scope, then the loop guard (a
+        stopped task, the prompt, the ceilings); the call's step and prompt
+        digest for the guard."""
+        if task.ending is not None:
+            raise task.ending()
         self._check_blocked(task)
         step = request.step if request.step is not None else task.model_calls + 1
         prompt_key = None

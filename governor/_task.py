@@ -149,6 +149,11 @@ class Task:
         self.stop_reason: str | None = None
         self.span: Any = None
         self.budget_left_usd: Decimal | None = None
+        # Set by an adapter whose run is ending while parts of it still run
+        # (a sync graph waiting for its nodes): the task's new model calls
+        # are refused with the error it makes, before they are sent, and a
+        # stream that opens from then on is hung up at its first read.
+        self.ending: Callable[[], BaseException] | None = None
         self.extras: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._calls = 0
@@ -323,14 +328,17 @@ class Task:
         is left as it was between steps."""
         step: Callable[[Any], Any] = inner.send
         value: Any = None
+        ended = False  # the task ended between steps: warned once
         while True:
-            token = _CURRENT.set(self)
+            token = self._enter_step(warned=ended)
+            ended = token is None
             try:
                 item = step(value)
             except StopIteration as stop:
                 return stop.value
             finally:
-                _CURRENT.reset(token)
+                if token is not None:
+                    _CURRENT.reset(token)
             try:
                 value, step = (yield item), inner.send
             except GeneratorExit:
@@ -360,14 +368,17 @@ class Task:
         """:meth:`_driven` for an async generator."""
         step: Callable[[Any], Awaitable[Any]] = inner.asend
         value: Any = None
+        ended = False  # the task ended between steps: warned once
         while True:
-            token = _CURRENT.set(self)
+            token = self._enter_step(warned=ended)
+            ended = token is None
             try:
                 item = await step(value)
             except StopAsyncIteration:
                 return
             finally:
-                _CURRENT.reset(token)
+                if token is not None:
+                    _CURRENT.reset(token)
             try:
                 value, step = (yield item), inner.asend
             except GeneratorExit:
@@ -379,6 +390,16 @@ class Task:
                 raise
             except BaseException as exc:
                 value, step = exc, inner.athrow
+
+    def _enter_step(self, warned: bool) -> contextvars.Token[Task | None] | None:
+        """Make this task current for a bound generator's next step; after
+        the task has ended, the step runs outside it (with a warning, unless
+        ``warned`` says it was given)."""
+        if not self.closed:
+            return _CURRENT.set(self)
+        if not warned:
+            self._ended_for("a bound generator")
+        return None
 
     def _ended_for(self, function: object) -> bool:
         if self.closed:

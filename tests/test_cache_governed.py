@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -398,3 +399,40 @@ def test_sync_calls_queued_for_a_slot_are_served_from_cache() -> None:
     report = task.report()
     assert counter.sent == 1
     assert (report.calls, report.cache_hits) == (1, 3)
+
+
+def test_a_recheck_never_asks_the_verifier_for_the_slot_its_call_holds() -> None:
+    """The verifier's call would wait for the slot: a recheck serves exact
+    matches only, and a paraphrase queued behind the cap goes to the model."""
+    asked: list[str] = []
+
+    def verifier(question: str, cached_question: str, cached_answer: str) -> bool:
+        asked.append(question)
+        return True
+
+    counter = CountingLiteLLM()
+    policy = Policy(
+        cache=Cache(embedder="hashing", verifier=verifier, similarity_threshold=0.5),
+        fanout=Fanout(max_inflight_calls=1, wait_timeout_s=5),
+    )
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+
+    def one(question: str) -> Any:
+        return llm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": question}],
+            mock_response="Paris.",
+            mock_delay=0.3,
+            max_tokens=10,
+        )
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with gov.task() as task, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(task.bind(one), "What is the capital of France?")
+        time.sleep(0.1)
+        second = pool.submit(task.bind(one), "what is the capital of france")
+        first.result(), second.result()
+    assert asked == []
+    assert counter.sent == 2

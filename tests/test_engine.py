@@ -578,3 +578,21 @@ def test_the_prompt_bound_never_passes_the_context_window(
         )
         assert admission.hold_tokens - admission.max_output_tokens <= 128_000
         gov.end_call(admission, CallResult())
+
+
+def test_a_task_that_is_ending_refuses_new_calls_before_sending() -> None:
+    """Task.ending: set by an adapter whose run is ending (a sync graph
+    waiting for its nodes); a direct LiteLLM call from a node is refused."""
+    counter = CountingLiteLLM()
+    gov = Governor()
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+
+    class RunOver(RuntimeError):
+        pass
+
+    with gov.task() as task:
+        call(llm, max_tokens=5)
+        task.ending = RunOver
+        with pytest.raises(RunOver):
+            call(llm, max_tokens=5)
+    assert (counter.sent, task.report().calls) == (1, 1)

@@ -730,3 +730,80 @@ def test_stopping_abatch_as_completed_early_cancels_the_runs_left() -> None:
         "cancelled",
         "cancelled",
     ]
+
+
+# -- a run that is ending refuses late calls, whatever sends them ------------------
+
+
+def _direct_stream_graph(stub: StubServer, retry: RetryPolicy | None) -> Any:
+    """Node "talk" streams straight from LiteLLM (instrumented); node "fail"
+    raises 0.5 s in."""
+    chunks: list[int] = []
+
+    def talk(state: Chat) -> dict[str, Any]:
+        stream = litellm.completion(
+            model="openai/gpt-4o-mini",
+            api_base=stub.base_url + "/v1",
+            api_key="sk-stub",
+            messages=[{"role": "user", "content": "Write an essay."}],
+            max_tokens=WORDS,
+            stream=True,
+        )
+        chunks.append(sum(1 for _ in stream))
+        return {"messages": [("assistant", "done")]}
+
+    def fail(state: Chat) -> dict[str, Any]:
+        time.sleep(0.5)
+        raise ValueError("the other branch failed")
+
+    builder = StateGraph(Chat)
+    builder.add_node("talk", talk, retry_policy=retry)
+    builder.add_node("fail", fail)
+    for name in ("talk", "fail"):
+        builder.add_edge(START, name)
+        builder.add_edge(name, END)
+    return builder.compile()
+
+
+def test_a_retried_node_sends_nothing_once_its_sync_run_is_ending() -> None:
+    """The hang-up makes LangGraph retry the node; its new call is refused."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    retry = RetryPolicy(retry_on=Exception, max_attempts=3, initial_interval=0.1)
+    spaced = StubBehaviour(answer=" ".join(["word"] * 10), chunk_delay_s=0.3)
+    with StubServer(default=spaced) as stub:
+        graph = govern(_direct_stream_graph(stub, retry), gov)
+        with instrument(gov):
+            _warm(stub)  # the stream opens before the other branch fails
+            with pytest.raises(ValueError, match="other branch"):
+                graph.invoke(QUESTION)
+        time.sleep(0.5)  # a retry sent late would reach the stub by now
+        sent = len(stub.requests) - 1
+    report = graph.last_report
+    assert report is not None
+    assert (sent, report.calls) == (1, 1)
+
+
+def test_a_stream_that_opens_after_the_hang_up_is_stopped_at_its_first_read() -> None:
+    """Its answer started after the other branch failed: not read out."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    late = dataclasses.replace(SLOW, delay_s=1.0)  # headers after the failure
+    with StubServer(default=late) as stub:
+        graph = govern(_direct_stream_graph(stub, None), gov)
+        started = time.monotonic()
+        with instrument(gov), pytest.raises(ValueError, match="other branch"):
+            graph.invoke(QUESTION)
+        took = time.monotonic() - started
+    report = graph.last_report
+    assert report is not None
+    assert took < 1.0 + READ_OUT_S / 2
+    assert report.output_tokens < WORDS / 4
+
+
+def _warm(stub: StubServer) -> None:
+    """One call first, so that LiteLLM's first-call setup is not timed."""
+    litellm.completion(
+        model="openai/gpt-4o-mini",
+        api_base=stub.base_url + "/v1",
+        api_key="sk-stub",
+        messages=[{"role": "user", "content": "warm up"}],
+    )

@@ -368,3 +368,4 @@ def test_a_password_given_as_a_url_option_is_hidden() -> None:
         == "unix:///run/redis.sock?db=1&password=***"
     )
     assert redact_url("redis://h:6379/0?db=2") == "redis://h:6379/0?db=2"
+    assert redact_url("redis://h/0?pass%77ord=pw") == "redis://h/0?pass%77ord=***"

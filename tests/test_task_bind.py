@@ -108,3 +108,16 @@ def test_a_callable_object_returning_a_generator_is_bound_too() -> None:
         bound = task.bind(GeneratorCallable())
         got = pool.submit(lambda: list(bound(2))).result()
     assert got == [task, task]
+
+
+def test_a_bound_generator_resumed_after_its_task_ended_runs_outside_it(
+    caplog: Any,
+) -> None:
+    """As a bound function called late does: outside the task, warned once."""
+    gov = Governor()
+    with gov.task() as task:
+        steps = task.bind(seen)(3)
+        first = next(steps)
+    rest = list(steps)
+    assert (first, rest) == (task, [None, None])
+    assert caplog.text.count("ran after the task ended") == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import logging
 import sys
@@ -136,9 +137,6 @@ _ENDING_NODES = "ending_nodes"
 
 _FAILURE = "failure"
 """Task extra: the node error that ended a sync run."""
-
-_ENDING = "ending"
-"""Task extra: the sync run is ending; its nodes' new model calls are refused."""
 
 _NS_SEP = "|"
 """Separates the graph levels of a LangGraph checkpoint namespace."""
@@ -701,8 +699,8 @@ class _HandlerCore:
     ) -> CallRequest | None:
         if self._foreign(metadata):
             return None
-        if self.task.extras.get(_ENDING):
-            raise _RunEnded(self.task.id)
+        if self.task.ending is not None:
+            raise self.task.ending()
         if _governed_by_litellm(serialized):
             return None
         params = dict(kwargs.get("invocation_params") or {})
@@ -751,9 +749,9 @@ class _HandlerCore:
         a LiteLLM stream that opened after the run hung up on the others
         (its call was sent before) is hung up on first.
         """
-        if self.task.extras.get(_ENDING):
+        if self.task.ending is not None:
             _hang_up(self.task)
-            raise _RunEnded(self.task.id)
+            raise self.task.ending()
         parts = list(_chunk_output(token, chunk))
         with self._lock:
             pieces = self._streamed.get(run_id)
@@ -1283,7 +1281,7 @@ def _end_sync_run(task: Task) -> None:
     """A sync run is ending while nodes may still run: LangGraph waits for
     them. Hang up their model streams, and refuse the model calls they start
     from now on (see :class:`_RunEnded`)."""
-    task.extras[_ENDING] = True
+    task.ending = functools.partial(_RunEnded, task.id)
     _hang_up(task)
 
 

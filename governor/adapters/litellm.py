@@ -1890,7 +1890,13 @@ class _SyncStream(_StreamSettler):
         return chunk
 
     def _read(self) -> Any:
-        """The provider's next chunk; settles the call when the stream ends."""
+        """The provider's next chunk; settles the call when the stream ends.
+
+        A stream of a run that is ending (see ``Task.ending``) is hung up on
+        at its read: it may have opened after the run hung up on the others.
+        """
+        if self.admission.task.ending is not None and not self._hung_up:
+            self.hang_up()
         if self.admission.settled:
             self._check_hung_up()
             raise StopIteration

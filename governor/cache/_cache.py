@@ -185,6 +185,7 @@ class ResponseCache:
         call stored the same answer. The miss's keys and embedding are
         reused, so nothing is embedded or charged again; a miss that could
         not be read (opt-out, uncacheable, a failed store) stays as it was.
+        With a verifier set, only exact matches are served here.
 
         Returns:
             A :class:`CacheHit` to serve instead of calling the model, or
@@ -287,12 +288,17 @@ class ResponseCache:
         return self._semantic(keys, vector, cost, now)
 
     def _relookup(self, miss: CacheMiss) -> CacheHit | CacheMiss:
-        """:meth:`_lookup` on a miss's keys and vector, embedding nothing."""
+        """:meth:`_lookup` on a miss's keys and vector, embedding nothing.
+
+        With a verifier, only the exact layer is asked: a recheck runs while
+        the call holds its fan-out slots, and the verifier's own model call
+        would wait for one of them.
+        """
         now = self._clock()
         hit = self._exact(miss.keys, now)
         if hit is not None:
             return hit
-        if not self.policy.semantic or miss.vector is None:
+        if not self.policy.semantic or miss.vector is None or self._verifier:
             return miss
         return self._semantic(miss.keys, miss.vector, Decimal(0), now)
 

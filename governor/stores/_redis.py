@@ -446,7 +446,8 @@ def redact_url(url: str) -> str:
 
 def _redact_option(option: str) -> str:
     name, sep, _ = option.partition("=")
-    return f"{name}=***" if sep and _secret(name) else option
+    secret = _secret(unquote(name.replace("+", " ")))  # as redis-py reads it
+    return f"{name}=***" if sep and secret else option
 
 
 def _secret(name: str) -> bool:
