@@ -7,6 +7,7 @@ stub's models priced by ``Pricing(overrides=...)``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import SpanCapture
-from governor import Cache, Governor, Policy, PolicyError
+from governor import Cache, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.policies import Price, Pricing
 from governor.policies._cascade import Cascade, JsonCheck, Retry, Tier
@@ -64,42 +65,47 @@ def priced(*names: str, premium: str) -> Pricing:
 # -- every tier reachable ----------------------------------------------------
 
 
-def test_more_tiers_than_the_default_max_attempts_is_refused() -> None:
-    """Seven tiers and the default six attempts: the seventh could never be
-    tried, so the policy is refused, naming the tier and the fix."""
+def test_more_tiers_than_the_default_max_attempts_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seven tiers and the default six attempts: the seventh is never tried
+    when the six before it are all sent, which the warning says with the fix."""
     tiers = [f"model-{i}" for i in range(7)]
-    with pytest.raises(PolicyError) as caught:
+    with caplog.at_level(logging.WARNING, logger="governor.policies._cascade"):
         Cascade(tiers=tiers, checks=[JsonCheck()])
-    message = str(caught.value)
-    assert "7 tiers but retry.max_attempts is 6 (the default)" in message
-    assert "['model-6'] could never be tried" in message
-    assert "Raise Retry.max_attempts to at least 7" in message
+    assert "7 tiers but retry.max_attempts is 6 (default)" in caplog.text
+    assert "['model-6'] are never tried" in caplog.text
+    assert "Raise Retry.max_attempts to at least 7" in caplog.text
 
 
-def test_more_tiers_than_an_explicit_max_attempts_is_refused() -> None:
-    """Three tiers and Retry(max_attempts=2) is refused as it is declared."""
-    with pytest.raises(PolicyError, match=r"3 tiers but retry\.max_attempts is 2:"):
-        Cascade(tiers=["a", "b", "c"], retry=Retry(max_attempts=2))
+def test_enough_attempts_give_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="governor.policies._cascade"):
+        Cascade(tiers=["a", "b", "c"], retry=Retry(max_attempts=3))
+    assert caplog.text == ""
 
 
-def test_a_task_override_that_leaves_a_tier_unreachable_is_refused(
+def test_a_tier_past_max_attempts_answers_when_tiers_before_it_are_skipped(
     stub: StubServer,
 ) -> None:
-    """A task's cascade with a third tier merged over a policy allowing two
-    requests is refused when the task opens, before anything is sent."""
-    names = ("t-cheap", "t-mid", "t-premium")
-    base = Cascade(
-        tiers=[tier(stub, n) for n in names[:2]],
-        retry=Retry(max_attempts=2, **NO_WAIT),
+    """Skipped tiers use no attempt: with three tiers, two attempts and the
+    first tier skipped by its context window, the third is reached."""
+    names = ("s-small", "s-mid", "s-premium")
+    stub.set_behaviour("s-mid", NOT_JSON)
+    stub.set_behaviour("s-premium", JSON)
+    tiers = [tier(stub, n) for n in names]
+    tiers[0] = tiers[0].model_copy(update={"context_window_tokens": 1})
+    cascade = Cascade(
+        tiers=tiers, checks=[JsonCheck()], retry=Retry(max_attempts=2, **NO_WAIT)
     )
-    gov = Governor(Policy(cascade=base, pricing=priced(*names, premium=names[2])))
-    override = Policy(cascade=Cascade(tiers=[tier(stub, n) for n in names]))
-    with (
-        pytest.raises(PolicyError, match=r"Raise Retry\.max_attempts to at least 3"),
-        gov.task(policy=override),
-    ):
-        GovernedLiteLLM(gov).cascade(MESSAGES, max_tokens=60)
-    assert stub.requests == []
+    gov = Governor(Policy(cascade=cascade, pricing=priced(*names, premium=names[2])))
+    with gov.task():
+        result = GovernedLiteLLM(gov).cascade(MESSAGES, max_tokens=60)
+    outcomes = [(a.tier, a.outcome) for a in result.attempts]
+    assert outcomes == [
+        ("s-small", "skipped"),
+        ("s-mid", "rejected"),
+        ("s-premium", "accepted"),
+    ]
 
 
 @pytest.mark.parametrize("use_async", [False, True])

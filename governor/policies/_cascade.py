@@ -6,6 +6,7 @@ see ``docs/cascade.md`` for how a request moves through the tiers.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
@@ -37,6 +38,8 @@ _CALLABLE_REF = (
     "path 'package.module:attribute'"
 )
 Normaliser = Literal["text", "choice", "number", "json"]
+
+logger = logging.getLogger(__name__)
 
 
 FALLBACKS_IN_CASCADE = (
@@ -445,17 +448,26 @@ class Cascade(PolicyModel):
 
     @model_validator(mode="after")
     def _every_tier_reachable(self) -> Self:
-        """Refuse tiers that ``retry.max_attempts`` leaves no request for."""
+        """Warn of tiers that ``retry.max_attempts`` may leave no request for.
+
+        Only a warning: tiers skipped before sending (pre-call estimate,
+        budget, context window) use no attempt, so such a cascade can still
+        reach its last tier.
+        """
         attempts = self.retry.max_attempts
         if len(self.tiers) <= attempts:
             return self
         unreachable = [tier.name for tier in self.tiers[attempts:]]
-        explicit = "max_attempts" in self.retry.model_fields_set
-        given = "" if explicit else " (the default)"
-        raise ValueError(
-            f"{len(self.tiers)} tiers but retry.max_attempts is {attempts}{given}: "
-            "max_attempts counts every request sent, so tiers "
-            f"{unreachable} could never be tried. Raise Retry.max_attempts to at "
-            f"least {len(self.tiers)} (one request per tier, plus the retries to "
-            "allow), or remove tiers"
+        given = "" if "max_attempts" in self.retry.model_fields_set else " (default)"
+        logger.warning(
+            "a cascade has %d tiers but retry.max_attempts is %d%s: when every "
+            "tier before them is sent, tiers %s are never tried (max_attempts "
+            "counts the requests sent). Raise Retry.max_attempts to at least %d, "
+            "plus the retries to allow, unless tiers are meant to be skipped",
+            len(self.tiers),
+            attempts,
+            given,
+            unreachable,
+            len(self.tiers),
         )
+        return self
