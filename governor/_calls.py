@@ -44,6 +44,8 @@ _REQUEST_OVERHEAD_TOKENS = 16
 # largest it takes. A data URL's base64 would overcount by orders of magnitude.
 IMAGE_PART_TOKENS = 1_600
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+# Message fields besides the content that the provider reads as prompt.
+_BILLED_MESSAGE_KEYS = ("tool_calls", "name", "function_call")
 _FILE_PARTS = frozenset({"file", "input_file", "document"})
 # Models that bill one image as more tokens than IMAGE_PART_TOKENS: the most
 # a high-detail image of 8 tiles (or 1,536 patches) costs, by name fragment.
@@ -188,7 +190,7 @@ class Admission:
     @property
     def keys(self) -> tuple[str, ...]:
         """The keys of the budget lines the call is held on."""
-        return tuple(line.key for line in self.lines)
+        return tuple([line.key for line in self.lines])
 
     def hold(self) -> tuple[str, tuple[Line, ...], int, int, float]:
         """The arguments of ``Ledger.reserve`` for this call's current hold."""
@@ -236,15 +238,19 @@ def prompt_byte_bound(
     image counts what ``model`` bills for the largest one; a file passed by
     id or URL counts the model's context window (``window_tokens``).
     """
-    sizes = _PartSizes(
-        image=image_part_tokens(model),
-        unsized=window_tokens or UNSIZED_PART_TOKENS,
-    )
     total = _REQUEST_OVERHEAD_TOKENS
     for message in messages:
         content = message.get("content")
-        total += _MESSAGE_OVERHEAD_TOKENS + _content_tokens(content, sizes)
-        for key in ("tool_calls", "name", "function_call"):
+        total += _MESSAGE_OVERHEAD_TOKENS
+        if isinstance(content, list):
+            sizes = _PartSizes(
+                image=image_part_tokens(model),
+                unsized=window_tokens or UNSIZED_PART_TOKENS,
+            )
+            total += _parts_tokens(content, sizes)
+        else:
+            total += _content_bytes(content)
+        for key in _BILLED_MESSAGE_KEYS:
             if message.get(key):
                 total += _content_bytes(message[key])
     if extra is not None:
@@ -274,10 +280,8 @@ def image_part_tokens(model: str) -> int:
     return IMAGE_PART_TOKENS
 
 
-def _content_tokens(content: object, sizes: _PartSizes) -> int:
-    """Upper bound for one message's content: text by bytes, images by size."""
-    if not isinstance(content, list):
-        return _content_bytes(content)
+def _parts_tokens(content: list[Any], sizes: _PartSizes) -> int:
+    """Upper bound for a content of parts: text by bytes, images by size."""
     total = 0
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
@@ -302,6 +306,8 @@ def _content_bytes(content: object) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
+        if content.isascii():  # one byte a character
+            return len(content)
         return len(content.encode("utf-8", "surrogatepass"))
     return len(prompt_part_text(content).encode("utf-8", "surrogatepass"))
 

@@ -197,6 +197,12 @@ class Governor:
             tuple[int, tuple[tuple[str, str], ...]],
             tuple[float, Any, list[tuple[Budget, Line, datetime | None]]],
         ] = {}
+        # Metric labels by operation, model, provider and attribution (held,
+        # so its id is not reused while its entry stands).
+        self._label_sets: dict[
+            tuple[str, str, str | None, int],
+            tuple[Attribution, dict[str, AttrValue]],
+        ] = {}
 
     # -- cache -----------------------------------------------------------
 
@@ -830,7 +836,8 @@ class Governor:
         """Mark a task closed; warn of streams it leaves unread."""
         self._open_tasks.discard(task)
         task.closed = True
-        if task.open_streams:
+        unread = task.unread_streams()
+        if unread:
             log = logger.debug if self._warned_streams else logger.warning
             self._warned_streams = True
             log(
@@ -839,7 +846,7 @@ class Governor:
                 "report; use 'with llm.completion(..., stream=True) as s:' "
                 "(warned once)",
                 task.id,
-                len(task.open_streams),
+                unread,
             )
 
     def _end_task(self, task: Task) -> TaskReport:
@@ -1388,13 +1395,12 @@ class Governor:
     def _worst_nanos(
         self, rate: Rate, prompt_tokens: int, max_out: int, task: Task
     ) -> int:
-        worst = self._task_rates(task).worst_case_usd(
-            rate.model,
+        card_rate = self._task_rates(task).rate(rate.model)
+        return card_rate.worst_case_nanos(
             prompt_tokens=prompt_tokens,
             max_output_tokens=max_out,
             max_duration_s=task.policy.max_call_s if rate.usd_per_second else 0.0,
         )
-        return usd_to_nanos(worst)
 
     def _recount(self, admission: Admission) -> bool:
         """Replace the byte bound by an exact count; True if it shrank the hold."""
@@ -1420,12 +1426,13 @@ class Governor:
             self._refuse(admission, refusal)
         admission.extras["finished_mark"] = task.admit()
         admission.span = self._start_call_span(admission)
-        logger.debug(
-            "task %s: reserved %s nano-USD for %s",
-            task.id,
-            admission.hold_nanos,
-            admission.request.model,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task %s: reserved %s nano-USD for %s",
+                task.id,
+                admission.hold_nanos,
+                admission.request.model,
+            )
         return admission
 
     def _refuse(self, admission: Admission, refusal: Refusal) -> None:
@@ -1516,9 +1523,12 @@ class Governor:
         self._check_over_ceiling(admission, usage)
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
-        duration = time.monotonic() - admission.started_at
-        cost = admission.rate.cost(usage, duration_s=duration)
-        return usd_to_nanos(cost.usd), usage, cost.source
+        rate = admission.rate
+        # Only a rate priced per second reads the call's duration.
+        duration = None
+        if rate.usd_per_second is not None:
+            duration = time.monotonic() - admission.started_at
+        return rate.cost_nanos(usage, duration_s=duration), usage, rate.source
 
     def _check_over_ceiling(self, admission: Admission, usage: Usage) -> None:
         """Say so when a provider reports more output than the ceiling sent.
@@ -1739,7 +1749,9 @@ class Governor:
                 ttl_s = calendar_ttl(budget.period, resets_at, moment)
                 line = _line_as(line, line.key, ttl_s)
             pairs.append((budget, self._tightened(line)))
-        pairs.extend(self._parent_task_lines(task, {line.key for _, line in pairs}))
+        if task.parent is not None:
+            taken = {line.key for _, line in pairs}
+            pairs.extend(self._parent_task_lines(task, taken))
         task.extras["lines"] = (valid_until, pairs, self._tighten_version)
         return pairs
 
@@ -1782,11 +1794,12 @@ class Governor:
         self, task: Task, taken: set[str]
     ) -> list[tuple[Budget, Line]]:
         """A sub-agent's calls also count against its parent task's budgets."""
-        if task.parent is None:
+        parent = task.parent
+        if parent is None:
             return []
         return [
             (budget, line)
-            for budget, line in self._budget_lines(task.parent)
+            for budget, line in self._budget_lines(parent)
             if line.key.startswith("task:") and line.key not in taken
         ]
 
@@ -1885,6 +1898,8 @@ class Governor:
     # -- spans -----------------------------------------------------------
 
     def _start_call_span(self, admission: Admission) -> Any:
+        if not self.telemetry.tracing():
+            return None  # no tracer provider: no span, nothing to build
         request = admission.request
         parent = request.parent_span or admission.task.span
         name = f"{request.operation} {request.model}"
@@ -1956,14 +1971,24 @@ class Governor:
         self.telemetry.end_span(admission.span, attributes, result.error)
 
     def _labels(self, admission: Admission) -> Mapping[str, AttrValue]:
+        """A call's metric labels, made once per operation, model, provider
+        and (frozen) attribution, and shared by the tasks that have them:
+        every call outside a task is a task of its own."""
         if "attribution" in admission.extras:  # a tenant named by the call
             return self._new_labels(admission)
-        cache = admission.task.extras.setdefault("labels", {})
-        key = (admission.request.operation, admission.request.model)
-        labels: dict[str, AttrValue] | None = cache.get(key)
-        if labels is None:
-            labels = cache[key] = self._new_labels(admission)
-        return labels
+        request, attribution = admission.request, admission.task.attribution
+        key = (
+            request.operation,
+            request.model,
+            admission.rate.provider,
+            id(attribution),
+        )
+        entry = self._label_sets.get(key)
+        if entry is None or entry[0] is not attribution:
+            if len(self._label_sets) >= _TEMPLATE_MEMORY:
+                self._label_sets.clear()
+            entry = self._label_sets[key] = (attribution, self._new_labels(admission))
+        return entry[1]
 
     def _new_labels(self, admission: Admission) -> dict[str, AttrValue]:
         """A call's metric labels: model, operation, provider, bounded attribution."""

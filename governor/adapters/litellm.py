@@ -95,10 +95,10 @@ _INSIDE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar
 
 
 def _here() -> tuple[int, int]:
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no running event loop
-        task = None
+    # asyncio.current_task() raises outside a running loop: asking for the
+    # loop first spares a sync call that exception (about a microsecond).
+    loop = asyncio._get_running_loop()
+    task = asyncio.current_task(loop) if loop is not None else None
     return threading.get_ident(), id(task) if task is not None else 0
 
 
@@ -457,8 +457,8 @@ class GovernedLiteLLM:
             raise
         finally:
             _INSIDE.reset(token)
-        saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
+            saver = _Saver(cache, lookup, kwargs)
             stream = _SyncStream(self.governor, admission, response, saver, wants_usage)
             return stream, Decimal(0)
         try:
@@ -468,7 +468,7 @@ class GovernedLiteLLM:
             raise
         cost = self.governor.end_call(admission, result)
         if cache is not None:
-            saver.save(result, cost, _message(response))
+            _Saver(cache, lookup, kwargs).save(result, cost, _message(response))
         return response, cost
 
     async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
@@ -495,8 +495,8 @@ class GovernedLiteLLM:
             raise
         finally:
             _INSIDE.reset(token)
-        saver = _Saver(cache, lookup, kwargs)
         if kwargs.get("stream"):
+            saver = _Saver(cache, lookup, kwargs)
             stream = _AsyncStream(
                 self.governor, admission, response, saver, wants_usage
             )
@@ -508,6 +508,7 @@ class GovernedLiteLLM:
             raise
         cost = await self.governor.aend_call(admission, result)
         if cache is not None:
+            saver = _Saver(cache, lookup, kwargs)
             await asyncio.to_thread(saver.save, result, cost, _message(response))
         return response, cost
 
@@ -710,10 +711,11 @@ def _named(
             "pass the others by name, such as timeout=..."
         )
     named = dict(kwargs)
-    for name, value in zip(names, args, strict=False):
-        if name in named:
-            raise TypeError(f"{call}() got multiple values for argument {name!r}")
-        named[name] = value
+    if args:  # most calls pass keywords alone
+        for name, value in zip(names, args, strict=False):
+            if name in named:
+                raise TypeError(f"{call}() got multiple values for argument {name!r}")
+            named[name] = value
     if "model" not in named or names[1] not in named:
         raise TypeError(f"{call}() needs model= and {names[1]}=")
     return named
@@ -745,7 +747,9 @@ def _fallback_attempts(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     the first model's price; here each is a call of its own. An entry is a
     model name or a mapping of ``model`` and parameters to change.
     """
-    fallbacks = kwargs.pop("fallbacks", None) or ()
+    fallbacks = kwargs.pop("fallbacks", None)
+    if not fallbacks:
+        return [kwargs]
     changes = [dict(e) if isinstance(e, Mapping) else {"model": e} for e in fallbacks]
     return [kwargs, *({**kwargs, **change} for change in changes)]
 
@@ -804,10 +808,10 @@ def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:
     body = kwargs.get("extra_body")
     if body is None and len(names) == 1:  # the usual case, cheaply
         return kwargs.get(names[0])
-    places = [kwargs, body] if isinstance(body, Mapping) else [kwargs]
+    places = (kwargs, body) if isinstance(body, Mapping) else (kwargs,)
     given = [p[n] for p in places for n in names if p.get(n) is not None]
-    if not given:
-        return None
+    if len(given) < 2:
+        return given[0] if given else None
     numbers = [v for v in given if isinstance(v, int) and not isinstance(v, bool)]
     return max(numbers) if len(numbers) == len(given) else given[0]
 
@@ -907,42 +911,76 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
 
 
 def _result(response: Any, request: CallRequest) -> CallResult:
-    usage_obj = getattr(response, "usage", None)
+    usage_obj = _usage_of(response)
     reported = read_usage(
         lambda: usage_from_response(usage_obj) if usage_obj is not None else None,
         request.model,
     )
-    text = _first_text(response)
+    # The answer's text is counted only when the provider reported no output.
+    counts_output = reported is None or reported.completion_tokens <= 0
     usage = settled_usage(
         reported,
         model=request.model,
         messages=request.messages,
-        text=_all_output(response),
+        text=_all_output(response) if counts_output else None,
         extra_prompt=request.extra_prompt,
     )
+    choices = getattr(response, "choices", None) or ()
     reasons = tuple(
-        str(reason)
-        for choice in getattr(response, "choices", None) or ()
-        if (reason := choice.get("finish_reason"))
+        str(reason) for choice in choices if (reason := choice.get("finish_reason"))
     )
+    message = getattr(choices[0], "message", None) if choices else None
     return CallResult(
         usage=usage,
         response_model=getattr(response, "model", None),
         finish_reasons=reasons,
-        output_text=_judged(response, text),
+        output_text=_judged(message),
     )
 
 
-def _judged(response: Any, text: str | None) -> str | None:
-    """The output the loop guard compares: the text, or the text and calls.
+def _usage_of(response: Any) -> Any:
+    """``response.usage``, or None.
+
+    LiteLLM's ModelResponse keeps ``usage`` among its Pydantic extra fields,
+    which ``getattr`` reaches only after a failed lookup (over a
+    microsecond); it is read from there when nothing else would answer first.
+    """
+    extra = getattr(response, "__pydantic_extra__", None)
+    if (
+        isinstance(extra, dict)
+        and "usage" in extra
+        and _usage_is_extra(type(response))
+        and "usage" not in getattr(response, "__dict__", ())
+    ):
+        return extra["usage"]
+    return getattr(response, "usage", None)
+
+
+def _usage_is_extra(cls: type) -> bool:
+    """True when no class of ``cls`` defines ``usage`` (so only an instance's
+    own fields, or its extras, can hold it); looked up once per class."""
+    known = _USAGE_IS_EXTRA.get(cls)
+    if known is None:
+        known = not any("usage" in vars(klass) for klass in cls.__mro__)
+        _USAGE_IS_EXTRA[cls] = known
+    return known
+
+
+# Response classes seen, and whether ``usage`` can only be an extra field.
+_USAGE_IS_EXTRA: dict[type, bool] = {}
+
+
+def _judged(message: Any) -> str | None:
+    """The output the loop guard compares: the first answer's text, or its
+    text and tool calls.
 
     An agent that writes the same preamble before each new tool call is
     making progress: an answer that calls tools is judged by its calls and
     their results (the repetition rules), not by its words, and only the
     same-call rule compares the answer itself, calls included.
     """
-    choices = getattr(response, "choices", None) or ()
-    message = getattr(choices[0], "message", None) if choices else None
+    content = getattr(message, "content", None)
+    text = content if isinstance(content, str) else None
     calls = getattr(message, "tool_calls", None)
     return tool_call_output(text, calls) if calls else text
 
@@ -963,13 +1001,6 @@ def _all_output(response: Any) -> str | None:
             parts.append(str(getattr(function, "name", "") or ""))
             parts.append(str(getattr(function, "arguments", "") or ""))
     return "\n".join(p for p in parts if p) or None
-
-
-def _first_text(response: Any) -> str | None:
-    choices = getattr(response, "choices", None) or ()
-    message = getattr(choices[0], "message", None) if choices else None
-    content = getattr(message, "content", None)
-    return content if isinstance(content, str) else None
 
 
 # -- cache ---------------------------------------------------------------

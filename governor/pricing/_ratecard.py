@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from governor._errors import ConfigError, PriceUnknown
 from governor._forks import start_over_in_children
-from governor._money import as_decimal
+from governor._money import NANOS_PER_USD, as_decimal, usd_to_nanos
 from governor.pricing._pricemap import (
     REMOTE_PRICE_MAP_URL,
     PriceMap,
@@ -83,6 +83,11 @@ class Rate:
     max_input_tokens: int | None = None
     source: str = "price_map"
     provider: str | None = None
+    _units: _Units | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once per rate: pricing a call is then integer arithmetic.
+        object.__setattr__(self, "_units", _units_of(self))
 
     def tier_for(self, prompt_tokens: int) -> Rate | RateTier:
         """Return the prices that bill a call with this many prompt tokens."""
@@ -118,6 +123,22 @@ class Rate:
         if self.usd_per_second is not None and max_duration_s:
             usd += _seconds(max_duration_s) * self.usd_per_second
         return usd
+
+    def worst_case_nanos(
+        self, *, prompt_tokens: int, max_output_tokens: int, max_duration_s: float = 0.0
+    ) -> int:
+        """:meth:`worst_case_usd` in nano-dollars, rounded up (never under)."""
+        units = self._units
+        if units is None or (self.usd_per_second is not None and max_duration_s):
+            return usd_to_nanos(
+                self.worst_case_usd(
+                    prompt_tokens=prompt_tokens,
+                    max_output_tokens=max_output_tokens,
+                    max_duration_s=max_duration_s,
+                )
+            )
+        per_prompt, per_output = units.worst_prices(prompt_tokens)
+        return units.nanos(prompt_tokens * per_prompt + max_output_tokens * per_output)
 
     def _tiers_up_to(self, prompt_tokens: int) -> Iterator[_Prices]:
         yield self
@@ -177,6 +198,157 @@ class Rate:
             estimated=usage.estimated,
             breakdown=breakdown,
         )
+
+    def cost_nanos(self, usage: Usage, *, duration_s: float | None = None) -> int:
+        """:meth:`cost` in nano-dollars, rounded up, without building a Cost.
+
+        The same figure as ``usd_to_nanos(rate.cost(usage).usd)``, worked
+        out on whole numbers; the same errors.
+        """
+        units = self._units
+        if units is None or (self.usd_per_second is not None and duration_s):
+            return usd_to_nanos(self.cost(usage, duration_s=duration_s).usd)
+        read, write = usage.cache_read_tokens, usage.cache_write_tokens
+        reasoning = usage.reasoning_tokens
+        uncached = usage.prompt_tokens - read - write
+        visible = usage.completion_tokens - reasoning
+        if min(uncached, visible, read, write, reasoning) < 0:
+            _refuse(usage)
+        prices = units.tier_for(usage.prompt_tokens) if units.tiers else units.base
+        total = (
+            uncached * prices.input
+            + read * prices.cache_read
+            + write * prices.cache_write
+            + visible * prices.output
+            + reasoning * prices.reasoning
+        )
+        if total == 0 and usage.total_tokens and self.source == "price_map":
+            self._zero_priced(usage)
+        return units.nanos(total)
+
+    def _zero_priced(self, usage: Usage) -> NoReturn:
+        raise PriceUnknown(
+            self.model,
+            "its price-map prices come to zero for a call that used "
+            f"{usage.total_tokens} tokens",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _TierUnits:
+    """One tier's per-token prices in whole units of its rate's price unit."""
+
+    above_input_tokens: int
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    reasoning: int
+    prompt_max: int
+    output_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Units:
+    """A rate's prices as whole numbers of one unit (10**-scale dollars, the
+    finest any of its prices needs), so a call is priced exactly without
+    Decimal arithmetic."""
+
+    base: _TierUnits
+    tiers: tuple[_TierUnits, ...]
+    # Units to nano-dollars: times ``multiplier``, or divided (rounding up)
+    # by ``divisor``, whichever is not 1.
+    multiplier: int
+    divisor: int
+
+    def tier_for(self, prompt_tokens: int) -> _TierUnits:
+        """The prices billing a prompt this long (see :meth:`Rate.tier_for`)."""
+        chosen = self.base
+        for tier in self.tiers:
+            if prompt_tokens <= tier.above_input_tokens:
+                break
+            chosen = tier
+        return chosen
+
+    def worst_prices(self, prompt_tokens: int) -> tuple[int, int]:
+        """The dearest prompt and output prices over every tier a prompt this
+        long could land in (see :meth:`Rate.worst_case_usd`)."""
+        per_prompt, per_output = self.base.prompt_max, self.base.output_max
+        for tier in self.tiers:
+            if prompt_tokens <= tier.above_input_tokens:
+                break
+            per_prompt = max(per_prompt, tier.prompt_max)
+            per_output = max(per_output, tier.output_max)
+        return per_prompt, per_output
+
+    def nanos(self, units: int) -> int:
+        """``units`` of these prices' unit in nano-dollars, rounded up."""
+        if self.divisor == 1:
+            return units * self.multiplier
+        return -(-units // self.divisor)
+
+
+_NANO_DIGITS = len(str(NANOS_PER_USD)) - 1
+_PRICE_NAMES = (
+    "input_per_token",
+    "output_per_token",
+    "cache_read_per_token",
+    "cache_write_per_token",
+    "reasoning_per_token",
+)
+
+
+def _units_of(rate: Rate) -> _Units | None:
+    """A rate's prices as whole units; None when one is not a finite number."""
+    prices: list[Rate | RateTier] = [rate, *rate.tiers]
+    values = [getattr(p, name) for p in prices for name in _PRICE_NAMES]
+    if not all(isinstance(v, Decimal) and v.is_finite() for v in values):
+        return None
+    scale = max(0, *(-_exponent(v) for v in values))
+    base, *tiers = [_tier_units(p, scale) for p in prices]
+    shift = scale - _NANO_DIGITS
+    return _Units(
+        base,
+        tuple(tiers),
+        multiplier=_power_of_ten(-shift),
+        divisor=_power_of_ten(shift),
+    )
+
+
+def _power_of_ten(exponent: int) -> int:
+    """10**exponent for a positive exponent, else 1."""
+    return int(10 ** max(exponent, 0))
+
+
+def _exponent(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return exponent if isinstance(exponent, int) else 0
+
+
+def _tier_units(prices: Rate | RateTier, scale: int) -> _TierUnits:
+    input_, output, read, write, reasoning = (
+        _whole(getattr(prices, name), scale) for name in _PRICE_NAMES
+    )
+    above = prices.above_input_tokens if isinstance(prices, RateTier) else -1
+    return _TierUnits(
+        above_input_tokens=above,
+        input=input_,
+        output=output,
+        cache_read=read,
+        cache_write=write,
+        reasoning=reasoning,
+        # The worst case never prices a token below zero (see worst_case_usd).
+        prompt_max=max(0, input_, read, write),
+        output_max=max(0, output, reasoning),
+    )
+
+
+def _whole(value: Decimal, scale: int) -> int:
+    """``value`` in units of 10**-scale, exactly (``scale`` covers its digits)."""
+    sign, digits, _ = value.as_tuple()
+    coefficient = int("".join(map(str, digits)))
+    units = coefficient * _power_of_ten(_exponent(value) + scale)
+    return -units if sign else units
 
 
 class _Prices(Protocol):

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from governor._errors import ConfigError
 from governor._forks import start_over_in_children
@@ -97,6 +98,9 @@ class MemoryLedger:
         self._state = _State()
         self._clock = clock
         self._next_sweep = clock() + _SWEEP_EVERY_S
+        # No hold lapses before this (the earliest deadline set since the
+        # last look), so holds are looked through only from then on.
+        self._next_lapse = float("inf")
         start_over_in_children(self)
 
     def _forget_parent(self) -> None:
@@ -122,38 +126,45 @@ class MemoryLedger:
         ttl_s: float,
     ) -> Refusal | None:
         """Hold the amounts on every line, or refuse on all of them."""
-        _check_amounts(nanos, tokens)
+        if nanos < 0 or tokens < 0:
+            _refuse_amounts(nanos, tokens)
         with self._lock:
             now = self._clock()
             self._reap(now)
-            if hold_id in self._state.holds or hold_id in self._state.settled:
+            state = self._state
+            if hold_id in state.holds or hold_id in state.settled:
                 return None  # a retried reserve holds once, as in Redis
             counters = [self._counters(line, now) for line in lines]
             for line, entry in zip(lines, counters, strict=True):
                 refusal = _check(line.key, entry, nanos, tokens)
                 if refusal is not None:
                     return refusal
-
             for entry in counters:
                 entry.reserved_nanos += nanos
                 entry.reserved_tokens += tokens
                 entry.touch(now)
-            keys = tuple(line.key for line in lines)
-            self._state.holds[hold_id] = _Hold(keys, nanos, tokens, now + ttl_s)
+            keys = tuple([line.key for line in lines])
+            deadline = now + ttl_s
+            state.holds[hold_id] = _Hold(keys, nanos, tokens, deadline)
+            self._next_lapse = min(self._next_lapse, deadline)
             return None
 
     def settle(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
     ) -> None:
         """Charge the actual spend and drop the hold; a repeat is a no-op."""
-        _check_amounts(nanos, tokens)
+        if nanos < 0 or tokens < 0:
+            _refuse_amounts(nanos, tokens)
         with self._lock:
             if hold_id in self._state.settled:
                 return
             self._drop_hold(hold_id)
             now = self._clock()
+            lines = self._state.lines
             for key in keys:
-                entry = self._state.lines.setdefault(key, _Counters())
+                entry = lines.get(key)
+                if entry is None:
+                    entry = lines[key] = _Counters()
                 entry.spent_nanos += nanos
                 entry.spent_tokens += tokens
                 entry.touch(now)
@@ -166,6 +177,7 @@ class MemoryLedger:
             if hold is None:
                 return False
             hold.deadline = self._clock() + ttl_s
+            self._next_lapse = min(self._next_lapse, hold.deadline)
             return True
 
     async def arenew(self, hold_id: str, ttl_s: float) -> bool:
@@ -250,11 +262,19 @@ class MemoryLedger:
             entry.reserved_tokens -= hold.tokens
 
     def _reap(self, now: float) -> None:
-        expired = [h for h, hold in self._state.holds.items() if hold.deadline <= now]
-        for hold_id in expired:
-            self._drop_hold(hold_id)
+        if now >= self._next_lapse:
+            self._drop_lapsed(now)
         if now >= self._next_sweep:
             self._sweep(now)
+
+    def _drop_lapsed(self, now: float) -> None:
+        """Drop the holds whose lease has run out; note when the next one may."""
+        holds = self._state.holds
+        for hold_id in [h for h, hold in holds.items() if hold.deadline <= now]:
+            self._drop_hold(hold_id)
+        self._next_lapse = min(
+            (hold.deadline for hold in holds.values()), default=float("inf")
+        )
 
     def _sweep(self, now: float) -> None:
         """Forget the lines past their lifetime that no call holds."""
@@ -280,10 +300,9 @@ def _check(key: str, entry: _Counters, nanos: int, tokens: int) -> Refusal | Non
     return None
 
 
-def _check_amounts(nanos: int, tokens: int) -> None:
+def _refuse_amounts(nanos: int, tokens: int) -> NoReturn:
     """Amounts are never negative (as the Redis store also refuses)."""
-    if nanos < 0 or tokens < 0:
-        raise ConfigError(
-            f"amounts must be whole numbers of at least 0, got nanos={nanos} "
-            f"tokens={tokens}"
-        )
+    raise ConfigError(
+        f"amounts must be whole numbers of at least 0, got nanos={nanos} "
+        f"tokens={tokens}"
+    )
