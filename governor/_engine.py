@@ -1395,8 +1395,7 @@ class Governor:
     def _worst_nanos(
         self, rate: Rate, prompt_tokens: int, max_out: int, task: Task
     ) -> int:
-        card_rate = self._task_rates(task).rate(rate.model)
-        return card_rate.worst_case_nanos(
+        return rate.worst_case_nanos(
             prompt_tokens=prompt_tokens,
             max_output_tokens=max_out,
             max_duration_s=task.policy.max_call_s if rate.usd_per_second else 0.0,

@@ -596,3 +596,27 @@ def test_a_task_that_is_ending_refuses_new_calls_before_sending() -> None:
         with pytest.raises(RunOver):
             call(llm, max_tokens=5)
     assert (counter.sent, task.report().calls) == (1, 1)
+
+
+def test_the_hold_and_the_cost_use_the_same_rate() -> None:
+    """A name the price map resolves by folding its case is held at the map's
+    price, not at an override keyed by the folded name."""
+    from governor import CallRequest, CallResult
+    from governor.policies import Price, Pricing
+    from governor.pricing import Usage
+
+    dear = Price(input_usd_per_mtok=1000, output_usd_per_mtok=1000)
+    gov = Governor(Policy(pricing=Pricing(overrides={"gpt-4o-mini": dear})))
+    request = CallRequest(model="GPT-4O-MINI", messages=MESSAGES, max_output_tokens=10)
+    with gov.task():
+        admission = gov.begin_call(request)
+        rate = admission.rate
+        worst = rate.worst_case_nanos(
+            prompt_tokens=admission.hold_tokens - 10,
+            max_output_tokens=10,
+            max_duration_s=0.0,
+        )
+        cost = gov.end_call(admission, CallResult(usage=Usage(5, 10)))
+    assert rate.source == "price_map"
+    assert admission.hold_nanos == worst
+    assert cost <= Decimal(admission.hold_nanos) / 10**9
