@@ -807,3 +807,43 @@ def _warm(stub: StubServer) -> None:
         api_key="sk-stub",
         messages=[{"role": "user", "content": "warm up"}],
     )
+
+
+def test_a_sync_node_still_running_after_a_failed_ainvoke_sends_nothing() -> None:
+    """An async run ends at a node's error while a sync node's thread goes on:
+    that thread's later model call is refused before it is sent."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    late: list[BaseException] = []
+
+    def slow(state: Chat) -> dict[str, Any]:
+        time.sleep(0.5)  # still running when the run has failed
+        try:
+            litellm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                mock_response="late",
+                max_tokens=5,
+            )
+        except RuntimeError as exc:
+            late.append(exc)
+        return {"messages": [("assistant", "late")]}
+
+    async def fail(state: Chat) -> dict[str, Any]:
+        raise ValueError("the other branch failed")
+
+    builder = StateGraph(Chat)
+    builder.add_node("slow", slow)
+    builder.add_node("fail", fail)
+    for name in ("slow", "fail"):
+        builder.add_edge(START, name)
+        builder.add_edge(name, END)
+    graph = govern(builder.compile(), gov)
+
+    with instrument(gov):
+        with pytest.raises(ValueError, match="other branch"):
+            asyncio.run(graph.ainvoke(QUESTION))
+        time.sleep(1.0)  # the sync node's thread makes its call meanwhile
+    report = graph.last_report
+    assert report is not None
+    assert [type(e).__name__ for e in late] == ["_RunEnded"]
+    assert report.calls == 0

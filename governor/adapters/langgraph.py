@@ -1269,7 +1269,12 @@ def _hang_up(task: Task) -> None:
 
 
 async def _ahang_up(task: Task) -> None:
-    """Async form of :func:`_hang_up`, which closes async streams too."""
+    """Async form of :func:`_hang_up`, which closes async streams too.
+
+    The run has ended, but a sync node's thread may still run: its model
+    calls from now on are refused (see :class:`_RunEnded`).
+    """
+    task.ending = functools.partial(_RunEnded, task.id)
     for stream in list(task.open_streams.values()):
         try:
             await stream.ahang_up()
