@@ -1170,8 +1170,6 @@ class Governor:
         )
         if named is not None:
             admission.extras["attribution"] = named
-        if prompt_key is not None:
-            admission.extras["prompt_key"] = prompt_key
         admission.extras["checks"] = (step, prompt_key)
         meter = current_meter()
         if meter is not None:
@@ -1636,7 +1634,7 @@ class Governor:
                 result.output_text,
                 step,
                 request.node,
-                admission.extras.get("prompt_key"),
+                admission.extras.get("checks", (0, None))[1],
             )
         meter = admission.extras.get("meter")
         if meter is not None:

@@ -1645,7 +1645,7 @@ def _start_watch() -> tuple[_Sending, contextvars.Token[_Sending | None]]:
     Two threads may both put it back at once; called twice, it marks twice.
     """
     callbacks = getattr(litellm, "input_callback", None)
-    if isinstance(callbacks, list) and not _hook_installed():
+    if isinstance(callbacks, list) and _PRE_CALL_HOOK not in callbacks:
         callbacks.append(_PRE_CALL_HOOK)
     sending = _Sending(_SENDING.get())
     return sending, _SENDING.set(sending)
@@ -1653,9 +1653,7 @@ def _start_watch() -> tuple[_Sending, contextvars.Token[_Sending | None]]:
 
 def _hook_installed() -> bool:
     callbacks = getattr(litellm, "input_callback", None)
-    return isinstance(callbacks, list) and any(
-        callback is _PRE_CALL_HOOK for callback in callbacks
-    )
+    return isinstance(callbacks, list) and _PRE_CALL_HOOK in callbacks
 
 
 def _note_sending(

@@ -166,12 +166,7 @@ class Rate:
                 zero on purpose (a free self-hosted model), and are trusted.
             ConfigError: the usage's parts exceed its wholes.
         """
-        read, write = usage.cache_read_tokens, usage.cache_write_tokens
-        reasoning = usage.reasoning_tokens
-        uncached = usage.prompt_tokens - read - write
-        visible = usage.completion_tokens - reasoning
-        if min(uncached, visible, read, write, reasoning) < 0:
-            _refuse(usage)
+        uncached, read, write, visible, reasoning = _parts(usage)
         prices = self.tier_for(usage.prompt_tokens) if self.tiers else self
         seconds = _ZERO
         if self.usd_per_second is not None and duration_s:
@@ -186,11 +181,7 @@ class Rate:
         }
         usd = sum(breakdown.values(), _ZERO)
         if usd == 0 and usage.total_tokens and self.source == "price_map":
-            raise PriceUnknown(
-                self.model,
-                "its price-map prices come to zero for a call that used "
-                f"{usage.total_tokens} tokens",
-            )
+            self._zero_priced(usage)
         return Cost(
             usd=usd,
             model=self.model,
@@ -208,12 +199,7 @@ class Rate:
         units = self._units
         if units is None or (self.usd_per_second is not None and duration_s):
             return usd_to_nanos(self.cost(usage, duration_s=duration_s).usd)
-        read, write = usage.cache_read_tokens, usage.cache_write_tokens
-        reasoning = usage.reasoning_tokens
-        uncached = usage.prompt_tokens - read - write
-        visible = usage.completion_tokens - reasoning
-        if min(uncached, visible, read, write, reasoning) < 0:
-            _refuse(usage)
+        uncached, read, write, visible, reasoning = _parts(usage)
         prices = units.tier_for(usage.prompt_tokens) if units.tiers else units.base
         total = (
             uncached * prices.input
@@ -232,6 +218,21 @@ class Rate:
             "its price-map prices come to zero for a call that used "
             f"{usage.total_tokens} tokens",
         )
+
+
+def _parts(usage: Usage) -> tuple[int, int, int, int, int]:
+    """Uncached input, cache reads, cache writes, visible output, reasoning.
+
+    Raises:
+        ConfigError: the usage's parts exceed its wholes.
+    """
+    read, write = usage.cache_read_tokens, usage.cache_write_tokens
+    reasoning = usage.reasoning_tokens
+    uncached = usage.prompt_tokens - read - write
+    visible = usage.completion_tokens - reasoning
+    if min(uncached, visible, read, write, reasoning) < 0:
+        _refuse(usage)
+    return uncached, read, write, visible, reasoning
 
 
 @dataclass(frozen=True, slots=True)
