@@ -531,3 +531,152 @@ def test_the_cache_never_folds_these_into_one_question(
     cache.store(miss, message=answer, model="m", cost_usd=Decimal(0))
     found = cache.lookup(model="m", messages=[{"role": "user", "content": query}])
     assert (found.hit, getattr(found, "reason", None)) == (False, reason)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (
+            "draft a reply to support@stripe.com about the refund",
+            "draft a reply to support@stripe.org about the refund",
+            "entities",
+        ),
+        (
+            "what is hosted at files.acme.com",
+            "what is hosted at files.acme.org",
+            "entities",
+        ),
+        (
+            "delete the folder /home/alice/projects",
+            "delete the folder /home/alice/project",
+            "entities",
+        ),
+        ("rm -rf ./build/output", "rm -rf ./build/outputs", "entities"),
+        ("open src/app/views.py", "open src/app/view.py", "entities"),
+        (
+            "def total(values): return sum(values)\nWhat is the bug?",
+            "def total(values): return sum(value)\nWhat is the bug?",
+            "entities",
+        ),
+        (
+            "def f(xs):\n    t = 0\n    return total",
+            "def f(xs):\n    t = 0\n    return totals",
+            "entities",
+        ),
+        (
+            "what does this do: x = items[0]",
+            "what does this do: x = item[0]",
+            "entities",
+        ),
+        (
+            "what does SELECT name FROM users WHERE id = 5 return",
+            "what does SELECT name FROM user WHERE id = 5 return",
+            "entities",
+        ),
+    ],
+)
+def test_sites_paths_and_code_names_are_compared_exactly(
+    cached: str, query: str, check: str
+) -> None:
+    """A letter apart in an address, a path or code is another thing."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        (
+            "Why does python say invalid character in: x\u00a0= 1",
+            "Why does python say invalid character in: x = 1",
+            "characters",
+        ),
+        (
+            "Why does my password 'Passw\uff10rd' fail?",
+            "Why does my password 'Passw0rd' fail?",
+            "quotes",
+        ),
+        (
+            "Is \ufb00 one character or two?",
+            "Is ff one character or two?",
+            "characters",
+        ),
+        (
+            "What's the difference between \u00b5 and \u03bc?",
+            "What's the difference between \u03bc and \u03bc?",
+            "characters",
+        ),
+        (
+            "How many spaces are between the letters in 'a    b'?",
+            "How many spaces are between the letters in 'a b'?",
+            "quotes",
+        ),
+    ],
+)
+def test_what_folding_would_erase_is_read_as_written(
+    cached: str, query: str, check: str
+) -> None:
+    """Compatibility forms and spacing in quotes are what such questions ask."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("北京天气怎么样？", "北京天气怎么样?"),
+        ("How do I learn python quickly?", "how can I learn Python fast?"),
+        (
+            "What is the best laptop (under $500)?",
+            "Which is the best laptop under $500?",
+        ),
+        ("Why   is the sky blue?", "Why is the sky blue ?"),
+    ],
+)
+def test_punctuation_forms_and_prose_spacing_still_pass(
+    cached: str, query: str
+) -> None:
+    """Full-width punctuation, spacing in prose and asides are no difference."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("is hyperthyroidism dangerous", "is hypothyroidism dangerous"),
+        ("how do I unban a user", "how do I ban a user"),
+        ("what are the inputs of this model", "what are the outputs of this model"),
+        ("was the stock overvalued", "was the stock undervalued"),
+        ("how to encrypt a file", "how to decrypt a file"),
+        ("how do I grant access to the bucket", "how do I revoke access to the bucket"),
+        ("what is the weather today", "what is the weather tomorrow"),
+    ],
+)
+def test_opposite_prefixes_and_words_are_refused(cached: str, query: str) -> None:
+    """The same stem after opposite prefixes, and more opposite words."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (
+        "polarity",
+        "polarity",
+    )
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "reason"),
+    [
+        (
+            "Why is x\u00a0= 1 a syntax error?",
+            "Why is x = 1 a syntax error?",
+            "gate:characters",
+        ),
+        ("Count the letters in 'a    b'", "Count the letters in 'a b'", "gate:quotes"),
+    ],
+)
+def test_the_cache_gates_the_question_as_written(
+    stored: str, asked: str, reason: str
+) -> None:
+    """Both folded to one text for the embedding, told apart by the gate."""
+    cache = ResponseCache(Cache(embedder="hashing"), embedder=_SameVector())
+    answer = {"role": "assistant", "content": "an answer"}
+    miss = cache.lookup(model="m", messages=[{"role": "user", "content": stored}])
+    assert isinstance(miss, CacheMiss)
+    cache.store(miss, message=answer, model="m", cost_usd=Decimal(0))
+    found = cache.lookup(model="m", messages=[{"role": "user", "content": asked}])
+    assert (found.hit, getattr(found, "reason", None)) == (False, reason)

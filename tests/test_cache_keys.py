@@ -256,3 +256,20 @@ def test_the_exact_key_keeps_relative_indentation() -> None:
     """Indentation all lines share goes; one line's own indentation stays."""
     assert keys(ask("  if x:\n      f()")).exact == keys(ask("if x:\n    f()")).exact
     assert keys(ask("    f()\ng()")).exact != keys(ask("f()\ng()")).exact
+
+
+@pytest.mark.parametrize("temperature", ["hot", float("nan"), [0.2]])
+def test_an_unreadable_temperature_is_left_uncached_not_raised(
+    temperature: Any,
+) -> None:
+    """The provider, not the cache, says what is wrong with the parameter."""
+    assert keys(temperature=temperature).uncacheable == "temperature"
+
+
+def test_the_gate_text_is_the_question_as_written() -> None:
+    """Folding is for the embedding; the gate reads the question unfolded."""
+    found = keys([{"role": "user", "content": "  Why is x\u00a0= 1  an  error? "}])
+    assert (found.query, found.text) == (
+        "Why is x = 1 an error?",
+        "Why is x\u00a0= 1  an  error?",
+    )

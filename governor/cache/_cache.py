@@ -338,7 +338,7 @@ class ResponseCache:
         entry, score = matches[0]
         if self.policy.ambiguity_margin is not None and _rivalled(matches, margin):
             return replace(miss, reason="ambiguous")
-        refusal = self._refusal(keys.query, entry)
+        refusal = self._refusal(keys.text or keys.query, entry)
         if refusal is not None:
             logger.debug("semantic match %.3f refused: %s", score, refusal)
             return replace(miss, reason=refusal)
@@ -389,7 +389,7 @@ class ResponseCache:
         entry = CacheEntry(
             key=keys.exact,
             index=self._index(keys) if indexed else None,
-            query=keys.query,
+            query=(keys.text or keys.query) if indexed else keys.query,
             message=message,
             model=model,
             cost_nanos=usd_to_nanos(cost_usd),

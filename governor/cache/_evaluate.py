@@ -742,7 +742,8 @@ def _retrieval(
         own = cache.keys(model=_MODEL, messages=pair.a)
         asked = cache.keys(model=_MODEL, messages=pair.b)
         same_question = result.key == own.exact or (
-            own.scope == asked.scope and _fold(result.cached_query) == _fold(own.query)
+            own.scope == asked.scope
+            and _fold(result.cached_query) == _fold(own.text or own.query)
         )
         outcome.count(result.layer, same_question and pair.label == 1, None)
     return outcome

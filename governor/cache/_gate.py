@@ -14,11 +14,14 @@ a wrong hit serves a wrong answer.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
+
+from governor.cache._request import normalize_query
 
 __all__ = ["GATE_CHECKS", "gate_refusal"]
 
@@ -32,6 +35,7 @@ GATE_CHECKS = (
     "entities",
     "quotes",
     "symbols",
+    "characters",
     "layout",
     "edited",
 )
@@ -54,11 +58,38 @@ _TOKEN = re.compile(r"(?:(?<![\w.])[-−](?=[$€£¥]?\d))?[$€£¥]?\w+(?:[�
 _NUMBER = re.compile(r"^[-−]?[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)')
 _SYMBOL_RUN = re.compile(r"[^\w\s]+")
+# A path, written from the root, home or here ("/etc/passwd", "./build/out",
+# "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
+# compared whole. "city/village/town" is prose.
+_PATH = re.compile(
+    r"(?<![\w/])(?:~|\.{1,2})?/[\w.\-~/]*\w"
+    r"|(?<![\w/])\w[\w.\-]*(?:/[\w.\-]+)+\.[A-Za-z0-9]{1,6}\b"
+)
+# Code: what a call or an index holds, and the name before it ("sum(values)",
+# "items[0]"), written without a space as code is and prose is not.
+_CALL = re.compile(r"([A-Za-z_][\w.]*)[(\[]([^()\[\]\n]{0,120})[)\]]")
+# In a line of code, the name after one of these keywords is code too
+# ("return totals"; in SQL, "SELECT name FROM users").
+_CODE_LINE = re.compile(r"^\s*(?:def|class|return|import)\s")
+# What prose puts in brackets after a word: a plural ("song(s)") or an aside
+# with spaces and no comma, quote, digit or operator ("learn(in your view)").
+_PROSE_BRACKET = re.compile(r"^(?:e?s|[^\d,=\"'+*/<>]*\s[^\d,=\"'+*/<>]*)$")
+_SQL_LINE = re.compile(r"\b(?:SELECT|INSERT|UPDATE|DELETE)\b")
+_CODE_KEYWORD = re.compile(
+    r"\b(?:return|yield|import|raise|await|lambda|def|class)\s+([A-Za-z_][\w.]*)"
+)
+_SQL_KEYWORD = re.compile(
+    r"\b(?:select|from|join|into|update|table|where|by)\s+([A-Za-z_][\w.]*)",
+    re.IGNORECASE,
+)
 # Sentence punctuation, and lone brackets or dashes around asides, say nothing
 # about what is asked; "==" versus "=", or "c++" versus "c", do.
 _PUNCTUATION = ".,?!;:'\"’“”‘…"
 _LONE_MARKS = _words("( ) - / – —")
 _DOTTED = re.compile(r"[._\-]")
+# Words joined by dots, one of them two letters or longer: a site or a dotted
+# name ("stripe.com", "os.path"), not an abbreviation ("e.g", "a.m").
+_DOTTED_NAME = re.compile(r"^(?=.*[^\W\d_]{2})[^\W\d_]+(?:\.[^\W\d_]+)+$")
 _SENTENCE_END = frozenset(".?!:;\n")
 _SUFFIXES = ("'s", "ing", "ed", "ly", "es", "s")
 
@@ -259,7 +290,10 @@ inner:outer read:write upper:lower uppercase:lowercase horizontal:vertical
 row:column rows:columns previous:next public:private internal:external
 inbound:outbound ingress:egress save:load serialize:deserialize
 attach:detach morning:evening weekday:weekend on:off start:stop
-import:export winner:loser
+import:export winner:loser grant:revoke merge:split create:drop
+create:delete add:delete push:pop healthy:harmful love:dislike benefit:risk
+benefits:risks raise:lower raise:reduce increase:lower today:tomorrow
+today:yesterday soft:hard ban:allow
 """
 # Present and past forms: "who is the CEO" and "who was the CEO" ask for
 # different people. Refused only when the tense is all that changed; in a
@@ -295,6 +329,23 @@ _NEGATING_PREFIXES = (
     "не",
     "nie",
     "ne",
+)
+# Prefixes of opposite sense: the same stem after each names opposite things
+# ("input" / "output", "overpaid" / "underpaid", "hyperthyroidism" /
+# "hypothyroidism", "encrypt" / "decrypt", "subclass" / "superclass").
+_OPPOSED_PREFIXES = (
+    ("in", "out"),
+    ("in", "ex"),
+    ("im", "ex"),
+    ("in", "de"),
+    ("en", "de"),
+    ("up", "down"),
+    ("over", "under"),
+    ("hyper", "hypo"),
+    ("pre", "post"),
+    ("inter", "intra"),
+    ("micro", "macro"),
+    ("sub", "super"),
 )
 # Small words of one kind that change the question when one is traded for
 # another, however often each occurs elsewhere ("copy data to the server" and
@@ -372,10 +423,17 @@ class _Facts:
     roles: frozenset[tuple[str, str]]
     quotes: frozenset[str]
     symbols: Counter[str]
+    paths: frozenset[str]
 
 
 def gate_refusal(cached: str, query: str) -> str | None:
     """Return why a cached question's answer must not serve ``query``, or None.
+
+    Both questions are best passed as written: the gate normalizes them as
+    the cache does (see :func:`normalize_query`) for its word checks, and
+    reads quoted text and compatibility characters (full-width forms,
+    ligatures, no-break spaces) in the form given, where that folding would
+    erase the very thing asked about.
 
     Args:
         cached: the question whose answer is cached.
@@ -387,7 +445,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
     """
     if cached == query:
         return None
-    a, b = _facts(cached), _facts(query)
+    a, b = _facts(normalize_query(cached)), _facts(normalize_query(query))
     if a.negations != b.negations:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
@@ -406,10 +464,14 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "entities"
     if _ideographs_reordered(cached, query):
         return "entities"
-    if a.quotes != b.quotes:
+    if a.quotes != b.quotes or _quotes(cached) != _quotes(query):
         return "quotes"
     if a.symbols != b.symbols:
         return "symbols"
+    if a.paths != b.paths:
+        return "entities"
+    if _marks(cached) != _marks(query):
+        return "characters"
     if _layout_differs(cached, query):
         return "layout"
     if _edited(a, b):
@@ -424,9 +486,11 @@ def _facts(text: str) -> _Facts:
     numbers = _signed(_joined_tens([_number(t) for t in lowered], lowered), lowered)
     numbers.extend(_cjk_numbers(text))
     entities = list(_entities(text, tokens))
+    code_names = frozenset(_code_names(text))
+    entities.extend((name, -1, True) for name in code_names)
     return _Facts(
         tokens=tuple(lowered),
-        code=frozenset(_fold(t) for t in tokens if _is_identifier(t)),
+        code=code_names | {_fold(t) for t in tokens if _is_identifier(t)},
         words=frozenset(lowered),
         stems=frozenset(_stem(w) for w in lowered),
         parts=frozenset(p for w in lowered for p in _DOTTED.split(w) if p),
@@ -446,9 +510,62 @@ def _facts(text: str) -> _Facts:
         certain=frozenset(e for e, _, sure in entities if sure),
         asks=frozenset(_asked(text)),
         roles=frozenset(_roles(lowered, entities)),
-        quotes=frozenset(_fold(" ".join(g.split())) for g in _quoted(text)),
+        quotes=frozenset(_fold(g) for g in _quoted(text)),
         symbols=Counter(_symbols(text)),
+        paths=frozenset(_PATH.findall(text)),
     )
+
+
+@lru_cache(maxsize=4096)
+def _quotes(text: str) -> frozenset[str]:
+    """The quoted strings as written (but for case): their spacing counts."""
+    return frozenset(_fold(quoted) for quoted in _quoted(text))
+
+
+@lru_cache(maxsize=4096)
+def _marks(text: str) -> Counter[str]:
+    return Counter(_compatibility_marks(text))
+
+
+def _code_names(text: str) -> Iterable[str]:
+    """Yield the words that stand in code: a letter apart is another name.
+
+    Code names are compared exactly, never stemmed: ``sum(values)`` against
+    ``sum(value)`` asks about another variable, and ``FROM users`` against
+    ``FROM user`` about another table.
+    """
+    for line in text.split("\n"):
+        calls = [m for m in _CALL.finditer(line) if not _PROSE_BRACKET.match(m[2])]
+        for match in calls:
+            yield _fold(match.group(1))
+            yield from (_fold(t) for t in _TOKEN.findall(match.group(2)))
+        if calls or _CODE_LINE.search(line):
+            yield from (_fold(m) for m in _CODE_KEYWORD.findall(line))
+        if _SQL_LINE.search(line):
+            yield from (_fold(m) for m in _SQL_KEYWORD.findall(line))
+
+
+def _compatibility_marks(text: str) -> Iterable[str]:
+    """Yield the characters that compatibility folding would rewrite.
+
+    Full-width letters and digits, ligatures, no-break spaces, the micro
+    sign: a question may be about one of them ("why is x\u00a0= 1 a syntax
+    error?"), so one side's must be the other's. Punctuation is left out:
+    full-width question marks and commas are how Chinese and Japanese are
+    typed.
+    """
+    if text.isascii():
+        return
+    for ch in text:
+        if not ch.isascii() and _rewritten(ch):
+            yield ch
+
+
+@lru_cache(maxsize=1024)
+def _rewritten(ch: str) -> bool:
+    if unicodedata.category(ch).startswith("P"):
+        return False
+    return unicodedata.normalize("NFKC", ch) != ch
 
 
 def _edited(a: _Facts, b: _Facts) -> bool:
@@ -766,13 +883,25 @@ def _opposed(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
         for other in only_b:
             if _prefix_negated(word, other) or _prefix_negated(other, word):
                 return True
+            if _prefix_opposed(word, other) or _prefix_opposed(other, word):
+                return True
     return False
 
 
 def _prefix_negated(word: str, other: str) -> bool:
-    if len(other) < 4 or not word.endswith(other):
+    if len(other) < 3 or not word.endswith(other):
         return False
     return word[: len(word) - len(other)] in _NEGATING_PREFIXES
+
+
+def _prefix_opposed(word: str, other: str) -> bool:
+    """True for the same stem after opposite prefixes (input / output)."""
+    for first, second in _OPPOSED_PREFIXES:
+        if word.startswith(first) and other.startswith(second):
+            stem = word[len(first) :]
+            if len(stem) >= 3 and stem == other[len(second) :]:
+                return True
+    return False
 
 
 def _entities(text: str, tokens: list[str]) -> Iterable[tuple[str, int, bool]]:
@@ -804,6 +933,8 @@ def _name_kind(token: str, sentence_start: bool) -> bool | None:
         return True  # product and site names: GPT-4, farm2stores.com, b2b
     if "_" in token.strip("_"):
         return True  # code names: max_len, load_dataset
+    if _DOTTED_NAME.match(token):
+        return True  # sites and dotted names: acme.com, os.path, node.js
     upper = sum(1 for ch in letters if ch.isupper())
     if upper == 0:
         return None

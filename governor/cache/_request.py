@@ -81,11 +81,15 @@ class CacheKeys:
         exact: hex digest of the normalized whole request and its partition.
         scope: hex digest of what the semantic layer must hold equal.
         query: the normalized last user message, or None when the semantic
-            layer cannot serve this request.
+            layer cannot serve this request. This is the text embedded.
         uncacheable: why nothing may be served or stored, or None.
         semantic_skip: why the semantic layer is skipped, or None.
         read: False when the request opted out of lookups.
         write: False when the request opted out of storing its answer.
+        text: the last user message as written (NFC, line ends trimmed),
+            which the safety gate compares: folding compatibility forms
+            and white space may erase what a question is about ("x\u00a0= 1"
+            against "x = 1"). None whenever ``query`` is None.
     """
 
     exact: str
@@ -95,6 +99,7 @@ class CacheKeys:
     semantic_skip: str | None = None
     read: bool = True
     write: bool = True
+    text: str | None = None
 
 
 def normalize_query(text: str) -> str:
@@ -153,6 +158,7 @@ def build_keys(
     reason = _uncacheable(canon, params, options)
     last_user = _last_user_index(canon)
     query, skip = _query(canon, last_user)
+    text = None if query is None else canon[last_user or 0]["content"]
     scope = _digest(
         [
             "scope",
@@ -169,15 +175,14 @@ def build_keys(
     )
     if reason is None and not read and not write:
         reason = "opt_out"
-    return CacheKeys(exact, scope, query, reason, skip, read, write)
+    return CacheKeys(exact, scope, query, reason, skip, read, write, text)
 
 
 def _uncacheable(
     canon: list[dict[str, Any]], params: Mapping[str, Any], options: KeyOptions
 ) -> str | None:
-    temperature = params.get("temperature")
     bound = options.max_temperature
-    if bound is not None and temperature is not None and float(temperature) > bound:
+    if bound is not None and _too_hot(params.get("temperature"), bound):
         return "temperature"
     if not canon:
         return "no_messages"
@@ -187,6 +192,20 @@ def _uncacheable(
     ):
         return "pending_tool"
     return None
+
+
+def _too_hot(temperature: Any, bound: float) -> bool:
+    """Whether ``temperature`` is above ``bound``; unreadable counts as above.
+
+    A value the cache cannot read is not its to reject: the request is left
+    uncached and goes on, and the provider says what is wrong with it.
+    """
+    if temperature is None:
+        return False
+    try:
+        return not float(temperature) <= bound
+    except (TypeError, ValueError):
+        return True
 
 
 def _query(

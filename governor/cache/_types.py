@@ -36,7 +36,9 @@ class CacheEntry:
         key: the exact key of the request that was answered.
         index: the semantic index the entry lives in (scope and embedder), or
             None when it can only be found by its exact key.
-        query: the normalized question, compared by the safety gate.
+        query: the question as written (NFC, line ends trimmed), which the
+            safety gate compares; entries stored by earlier releases hold
+            its normalized form.
         message: the assistant message, JSON-able, e.g.
             ``{"role": "assistant", "content": "..."}``.
         model: the model that produced the answer.
