@@ -1801,10 +1801,16 @@ class Governor:
         ]
 
     def _budget_left(self, task: Task) -> Decimal | None:
+        """The USD room the task's tightest line has left, or None when no
+        USD budget applies to it (or the ledger could not be read).
+
+        A line the ledger has not seen yet (the task's own line before its
+        first admitted call) has its whole limit left.
+        """
         try:
             left: Decimal | None = None
             for line in self._lines(task):
-                left = _tighter(left, self.ledger.balance(line.key))
+                left = _tighter(left, line, self.ledger.balance(line.key))
         except GovernorError:
             logger.debug("no budget balance for task %s", task.id, exc_info=True)
             return None
@@ -1815,7 +1821,7 @@ class Governor:
         try:
             left: Decimal | None = None
             for line in self._lines(task):
-                left = _tighter(left, await self._abalance(line.key))
+                left = _tighter(left, line, await self._abalance(line.key))
         except GovernorError:
             logger.debug("no budget balance for task %s", task.id, exc_info=True)
             return None
@@ -2129,13 +2135,19 @@ def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:
 def _check_request(request: CallRequest) -> None:
     """Refuse requests whose numbers cannot be reserved for."""
     ceiling = request.max_output_tokens
-    if ceiling is not None and (not isinstance(ceiling, int) or ceiling < 1):
+    if ceiling is not None and not _positive_int(ceiling):
         raise ConfigError(
             f"max_tokens must be a positive whole number, got {ceiling!r}; leave "
             "it out to use Policy.default_max_output_tokens"
         )
-    if not isinstance(request.choices, int) or request.choices < 1:
+    if not _positive_int(request.choices):
         raise ConfigError(f"n must be a positive whole number, got {request.choices!r}")
+
+
+def _positive_int(value: object) -> bool:
+    """A whole number of 1 or more; True and False are not numbers here (the
+    provider would be sent ``true``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _attribution(base: Attribution, *given: Attribution | None) -> Attribution:
@@ -2251,11 +2263,19 @@ def _current(span: Any) -> Iterator[None]:
         yield
 
 
-def _tighter(left: Decimal | None, balance: Balance | None) -> Decimal | None:
-    """The smaller of ``left`` and a line's room; None while neither limits."""
-    if balance is None or balance.left_nanos is None:
+def _tighter(
+    left: Decimal | None, line: Line, balance: Balance | None
+) -> Decimal | None:
+    """The smaller of ``left`` and a line's USD room; None while neither limits.
+
+    The room is the line's limit (what the next reservation is checked
+    against) less its spend and holds; a line without a balance yet has
+    spent nothing, so its whole limit is left.
+    """
+    if line.limit_nanos is None:
         return left
-    room = nanos_to_usd(max(balance.left_nanos, 0))
+    used = 0 if balance is None else balance.spent_nanos + balance.reserved_nanos
+    room = nanos_to_usd(max(line.limit_nanos - used, 0))
     return room if left is None else min(left, room)
 
 

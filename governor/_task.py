@@ -96,6 +96,13 @@ class TaskReport:
     early ``"closed"``, a cancelled one ``"cancelled"``, and one a node's
     exception ended ``"error:<ExceptionClass>"``. Spans and the demo show
     None as ``"completed"``.
+
+    ``budget_left_usd`` is the room left on the tightest USD budget that
+    applies to the task (its own, and each shared one it is charged to, such
+    as its team's) when it was read: what its next calls could still spend
+    then, less whatever other tasks sharing those budgets spend. It is None when
+    no budget with ``max_usd`` applies (token limits are not counted in it),
+    or when the ledger could not be read.
     """
 
     task_id: str
@@ -430,8 +437,8 @@ class Task:
         """Return the task's totals so far.
 
         While the task is open, ``budget_left_usd`` is read from the ledger
-        (one read per budget line; None before the task's first call, when
-        its lines do not exist yet); at its end it is the figure taken then.
+        (one read per budget line; a line with no spend yet has its whole
+        limit left); at its end it is the figure taken then.
         """
         left = self.budget_left_usd
         owner = self.owner

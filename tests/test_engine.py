@@ -510,6 +510,42 @@ def test_an_open_task_reports_the_budget_left_so_far() -> None:
     assert task.report().budget_left_usd == inside
 
 
+def test_a_task_without_spend_reports_its_own_limit_not_its_teams() -> None:
+    """A task line the ledger has not seen yet has its whole limit left: the
+    team's larger room, partly spent by an earlier task, does not show."""
+    policy = Policy(budgets=[Budget(max_usd="1"), Budget(scope="team", max_usd="5")])
+    gov = Governor(policy)
+    llm = GovernedLiteLLM(gov)
+    with gov.task(team="a"):
+        call(llm, max_tokens=20)
+    with gov.task(team="a") as idle:
+        inside = idle.report().budget_left_usd
+    with gov.task(team="a") as refused, pytest.raises(PriceUnknown):
+        llm.completion(model="no-such-model-xyz", messages=MESSAGES)
+    assert (inside, idle.report().budget_left_usd) == (Decimal(1), Decimal(1))
+    assert refused.report().refused == 1
+    assert refused.report().budget_left_usd == Decimal(1)
+
+
+def test_an_unseen_task_line_does_not_hide_a_tighter_team_line() -> None:
+    """The tightest line wins, seen or not; None only when no USD budget applies."""
+    policy = Policy(budgets=[Budget(max_usd="1"), Budget(scope="team", max_usd="0.5")])
+    gov = Governor(policy)
+    with gov.task(team="a"):
+        call(GovernedLiteLLM(gov), max_tokens=20)
+
+    async def left_at_async_close() -> Decimal | None:
+        async with gov.atask(team="a") as task:
+            pass
+        return task.report().budget_left_usd
+
+    assert asyncio.run(left_at_async_close()) == Decimal("0.5") - MOCK_COST
+    tokens_only = Governor(Policy(budgets=[Budget(max_tokens=1000)]))
+    with tokens_only.task() as task:
+        call(GovernedLiteLLM(tokens_only), max_tokens=20)
+    assert task.report().budget_left_usd is None
+
+
 def test_a_ledger_url_is_refused_with_the_constructor_to_use() -> None:
     """A URL string where a ledger object belongs fails at once, with a fix."""
     with pytest.raises(ConfigError, match=r"RedisLedger\('redis://127.0.0.1:1/0'\)"):

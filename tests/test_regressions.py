@@ -112,7 +112,7 @@ def test_per_second_prices_reserve_the_call_time() -> None:
     assert "Policy.max_call_s (60 s)" in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [-(10**8), 0, 2.5])
+@pytest.mark.parametrize("bad", [-(10**8), 0, 2.5, True, False])
 def test_bad_max_tokens_is_refused(bad: Any) -> None:
     """max_tokens must be a positive whole number; nothing is reserved."""
     gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="0.001")]))
@@ -125,6 +125,35 @@ def test_bad_max_tokens_is_refused(bad: Any) -> None:
             max_tokens=bad,
         )
     assert gov.ledger.balance("team:x") is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"max_completion_tokens": True}, "max_tokens must be a positive"),
+        ({"n": True, "max_tokens": 10}, "n must be a positive"),
+    ],
+)
+def test_a_bool_for_a_token_count_or_n_is_refused_unsent(
+    setting: dict[str, Any], message: str
+) -> None:
+    """True is not a count: refused before anything is reserved or sent."""
+    sent: list[dict[str, Any]] = []
+
+    def provider(**kwargs: Any) -> Any:
+        sent.append(kwargs)
+        return litellm.completion(**kwargs)
+
+    gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="1")]))
+    llm = GovernedLiteLLM(gov, completion=provider)
+    with pytest.raises(ConfigError, match=message), gov.task(team="x"):
+        llm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            mock_response="x",
+            **setting,
+        )
+    assert (sent, gov.ledger.balance("team:x")) == ([], None)
 
 
 class State(TypedDict):
