@@ -330,6 +330,137 @@ def test_other_meancache_files_are_refused_with_the_accepted_forms(
     assert "MeanCache conversations (u0, u0_duplicate" in err
 
 
+# Input that was misread or taken silently: each exits 2 naming file:line.
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("foo,bar,baz\n1,2,3\n", "its columns: 'foo', 'bar', 'baz'"),
+        ("foo\tbar\n1\t2\n", "its columns: 'foo', 'bar'"),
+        ("\nQ1;Q2;dup\na;b;1\n", "its columns: 'Q1', 'Q2', 'dup', separated by ';'"),
+        (
+            "question1;question2;is_duplicate\na;b;1\n",
+            "are separated by ';': only commas or tabs separate the columns; "
+            "save the file comma- or tab-separated",
+        ),
+        ("question1,question2\na,b\n", "the CSV/TSV header lacks label or is_dup"),
+    ],
+    ids=["comma", "tab", "semicolon", "semicolon qqp", "no label column"],
+)
+def test_a_csv_whose_header_lacks_the_pair_columns_says_so(
+    text: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not 'not JSON': the header read, what it lacks, the columns wanted."""
+    path = tmp_path / "pairs.csv"
+    path.write_text(text, encoding="utf-8")
+    code, _, err = eval_cache(capsys, str(path))
+    line = 2 if text.startswith("\n") else 1
+    assert (code, f"{path}:{line}: " in err, says in err) == (2, True, True)
+    assert "question1, question2 and is_duplicate (QQP's names) or text_a" in err
+    assert "not JSON (" not in err
+
+
+USER = {"role": "user", "content": "What is a CPU?"}
+ANSWER = {"role": "assistant", "content": "A chip."}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ([{"content": "What is a CPU?"}], "text_a's message 1 of 1 has no 'role'"),
+        ([ANSWER, {"role": "user"}], "text_a's message 2 of 2 ('user') has no 'con"),
+        ([{"role": 3, "content": "x"}], "text_a's message 1 of 1 has a bad role 3"),
+        (
+            [{"role": "user", "content": 7}],
+            "text_a's message 1 of 1 ('user') has content 7; a message's content",
+        ),
+        (
+            [USER, ANSWER],
+            "text_a's last message is from 'assistant', but the last message "
+            "must be the user's question",
+        ),
+    ],
+    ids=["no role", "no content", "bad role", "bad content", "assistant last"],
+)
+def test_a_text_of_bad_chat_messages_is_refused(
+    text: list[dict[str, Any]],
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not a positive pair that misses: the message and what is wrong."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [QQP_ROWS[0], {"text_a": text, "text_b": "What is a CPU?", "label": 1}]
+    path.write_bytes(jsonl(rows))
+    code, _, err = eval_cache(capsys, str(path))
+    assert (code, f"{path}:2: {says}" in err) == (2, True)
+
+
+def test_a_conversation_with_a_tool_call_is_still_read(tmp_path: Path) -> None:
+    """An assistant tool call may carry no content; parts are content too."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    calling = {"role": "assistant", "content": None, "tool_calls": [call]}
+    parts = {"role": "user", "content": [{"type": "text", "text": "And RAM?"}]}
+    text = [USER, calling, {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(jsonl([{"text_a": [*text, USER], "text_b": [parts], "label": 0}]))
+    assert [len(pair.a) for pair in read(path)] == [4]
+
+
+BOTH = {
+    "text_a": "What is a CPU?",
+    "text_b": "Define a CPU.",
+    "label": 1,
+    "question1": "What is a CPU?",
+    "question2": "Define a CPU.",
+    "is_duplicate": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"question1": "What is a GPU?"}, "text_a and question1 differ ('What is a "
+         "CPU?' against 'What is a GPU?')"),
+        ({"question2": [USER]}, "text_b and question2 differ ('Define a CPU.' against"
+         " 'What is a CPU?')"),
+        ({"is_duplicate": 0}, "label and is_duplicate differ (1 against 0)"),
+    ],
+)  # fmt: skip
+def test_a_row_with_both_names_that_disagree_is_refused(
+    changes: dict[str, Any],
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(jsonl([BOTH, {**BOTH, **changes}]))
+    code, _, err = eval_cache(capsys, str(path))
+    assert (code, f"{path}:2: {says}" in err, "keep one set of names" in err) == (
+        2,
+        True,
+        True,
+    )
+
+
+def test_a_row_with_both_names_that_agree_is_read(tmp_path: Path) -> None:
+    """The same values (a label as 1 and "1", a text as a string and as one
+    user message) or a blank cell under one name are read as one column."""
+    same = {**BOTH, "question1": [{"role": "user", "content": "What is a CPU?"}]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(jsonl([BOTH, same]))
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "text_a,text_b,label,question1,question2,is_duplicate\n"
+        "What is a CPU?,Define a CPU.,1,,,\n"
+        ",,,Who wrote Hamlet?,How tall is Everest?,0\n",
+        encoding="utf-8",
+    )
+    assert (labels(path), labels(table)) == (([1, 1], "pairwise"), ([1, 0], "pairwise"))
+    assert read(table)[1].a[-1]["content"] == "Who wrote Hamlet?"
+
+
 # Issue 4: the text output counts hits and wrong hits.
 
 

@@ -48,28 +48,79 @@ def test_split_text_rejoins_exactly() -> None:
 
 
 def test_chunks_carry_the_text_then_a_stop() -> None:
-    """Deltas join into the answer and the last chunk stops with zero usage."""
+    """Deltas join into the answer and the last chunk stops, with no usage."""
     chunks = list(replay_chunks(hit(), chunk_chars=10, created=7))
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     last = chunks[-1]
-    assert (
-        text,
-        last["choices"][0]["finish_reason"],
-        last["usage"]["total_tokens"],
-    ) == (
-        TEXT,
-        "stop",
-        0,
-    )
+    assert (text, last["choices"][0]["finish_reason"]) == (TEXT, "stop")
+    assert [c for c in chunks if "usage" in c] == []
 
 
 def test_litellm_rebuilds_the_streamed_answer() -> None:
     """LiteLLM's own chunk builder turns the replay into the cached message."""
     import litellm
 
-    chunks = [litellm.ModelResponseStream(**c) for c in replay_chunks(hit())]
+    chunks = [
+        litellm.ModelResponseStream(**c)
+        for c in replay_chunks(hit(), include_usage=True)
+    ]
     rebuilt = litellm.stream_chunk_builder(chunks)
     assert (rebuilt.choices[0].message.content, rebuilt.usage.total_tokens) == (TEXT, 0)
+
+
+def shape(chunks: list[Any]) -> list[tuple[int, str | None, bool]]:
+    """Each chunk's number of choices, finish reason and whether it has a
+    usage, with runs of the same shape (the text chunks) kept once."""
+    shapes: list[tuple[int, str | None, bool]] = []
+    for c in chunks:
+        reason = c.choices[0].finish_reason if c.choices else None
+        one = (len(c.choices), reason, getattr(c, "usage", None) is not None)
+        if not shapes or shapes[-1] != one:
+            shapes.append(one)
+    return shapes
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "usage"])
+def test_the_replay_has_the_shape_of_litellm_s_own_stream(include_usage: bool) -> None:
+    """As LiteLLM streams an answer: no usage unless asked for, and then in
+    a last chunk of its own, without choices (as the OpenAI API sends it)."""
+    import litellm
+
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    live = litellm.completion(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "capital of France?"}],
+        stream=True,
+        mock_response=TEXT,
+        **options,
+    )
+    replay = [
+        litellm.ModelResponseStream(**c)
+        for c in replay_chunks(hit(), include_usage=include_usage)
+    ]
+    assert shape(replay) == shape(list(live))
+    assert shape(replay)[-1] == (
+        (0, None, True) if include_usage else (1, "stop", False)
+    )
+
+
+async def test_openai_sdk_code_reads_a_zero_usage_from_the_last_chunk() -> None:
+    """``if not chunk.choices: usage = chunk.usage`` gets a usage of zero
+    tokens and zero cost, sync and async."""
+    import litellm
+
+    def usage_of(chunks: list[dict[str, Any]]) -> Any:
+        usage = None
+        for chunk in (litellm.ModelResponseStream(**c) for c in chunks):
+            if not chunk.choices:
+                usage = chunk.usage
+        return usage
+
+    sync = usage_of(list(replay_chunks(hit(), include_usage=True)))
+    chunks = [c async for c in areplay_chunks(hit(), include_usage=True)]
+    for usage in (sync, usage_of(chunks)):
+        assert (usage.total_tokens, usage.prompt_tokens, usage.cost) == (0, 0, 0.0)
+    assert usage_of(list(replay_chunks(hit()))) is None
 
 
 def test_tool_calls_replay_with_their_finish_reason() -> None:
@@ -107,6 +158,42 @@ async def test_a_streamed_request_is_served_from_cache() -> None:
         c["choices"][0]["delta"].get("content") async for c in areplay_chunks(found)
     ]
     assert "".join(p or "" for p in pieces) == TEXT
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "usage"])
+def test_a_hit_streams_as_the_same_request_sent_to_litellm(
+    include_usage: bool, use_async: bool
+) -> None:
+    """Through the adapter, a streamed hit has the shape of the stream the
+    same request got from LiteLLM; its usage chunk, when asked for, is zero."""
+    import asyncio
+
+    gov = Governor(Policy(cache=Cache(embedder="hashing")))
+    llm = GovernedLiteLLM(gov, completion=CountingLiteLLM().completion)
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Where is Paris?"}],
+        "mock_response": TEXT,
+        "stream": True,
+        **options,
+    }
+
+    async def read_async() -> list[Any]:
+        return [c async for c in await llm.acompletion(**request)]
+
+    with gov.task() as task:
+        live = list(llm.completion(**request))
+        replay = (
+            asyncio.run(read_async()) if use_async else list(llm.completion(**request))
+        )
+    assert task.report().cache_hits == 1
+    assert shape(replay) == shape(live)
+    usage = [c.usage for c in replay if not c.choices]
+    assert [(u.total_tokens, u.cost) for u in usage] == (
+        [(0, 0.0)] if include_usage else []
+    )
 
 
 def _stream_of(*chunks: dict[str, Any]) -> Any:

@@ -1040,10 +1040,12 @@ def _cached_response(
     from governor.cache import areplay_chunks, replay_chunks
 
     if kwargs.get("stream"):
+        usage = _asks_for_usage(kwargs)  # a last chunk of zero usage, if asked
         if is_async:
-            return _Replay(_aiter_chunks(areplay_chunks(hit)))
+            return _Replay(_aiter_chunks(areplay_chunks(hit, include_usage=usage)))
         return _Replay(
-            litellm.ModelResponseStream(**chunk) for chunk in replay_chunks(hit)
+            litellm.ModelResponseStream(**chunk)
+            for chunk in replay_chunks(hit, include_usage=usage)
         )
     response = litellm.ModelResponse(
         choices=[{"index": 0, "message": hit.message, "finish_reason": "stop"}],

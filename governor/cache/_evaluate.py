@@ -129,10 +129,11 @@ def read_pairs(path: Path) -> PairSet:
     pairs. Accepted, as JSONL (one object a line) or as one JSON list:
 
     * ``{"text_a", "text_b", "label"}``, or QQP's ``question1``,
-      ``question2`` and ``is_duplicate``. A text is a string or a list of
-      chat messages (the last is the question, the ones before it its
-      conversation). CSV or tab-separated text with a header naming these
-      columns is read too;
+      ``question2`` and ``is_duplicate`` (a row giving both names of a
+      column must give the same value under both). A text is a string or a
+      list of chat messages, each with a role and its content; the last is
+      the user's question, the ones before it its conversation. CSV or
+      tab-separated text with a header naming these columns is read too;
     * ``{"origin", "similar"}`` paraphrases (label 1, retrieval by default);
     * MeanCache conversations (``u0``, ``u0_duplicate``, ``system_q0``,
       ``u1``, ``u1_duplicate``), expanded by :func:`expand_conversations`.
@@ -144,10 +145,13 @@ def read_pairs(path: Path) -> PairSet:
     """
     raw = _read_text(path)
     head = raw.lstrip()
+    first_line = raw[: len(raw) - len(head)].count("\n") + 1  # the first not blank
     if head.startswith("["):
         rows = _json_list(path, raw)
     elif _is_table(head):
-        rows = _table_rows(path, head)
+        rows = _table_rows(path, head, first_line)
+    elif _is_other_table(head):
+        raise _unknown_header(f"{path}:{first_line}", head)
     else:
         rows = _jsonl_rows(path, raw)
     found = _from_rows(rows)
@@ -176,6 +180,10 @@ _ALIASES = {
     "text_b": ("text_b", "question2"),
     "label": ("label", "is_duplicate"),
 }
+_COLUMNS = (
+    "a CSV/TSV header names question1, question2 and is_duplicate (QQP's "
+    "names) or text_a, text_b and label"
+)
 _CONVERSATION_KEYS = ("u0", "u0_duplicate", "system_q0", "u1", "u1_duplicate")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Rows as read, each with where it was: "FILE:LINE" or "FILE: item N".
@@ -273,18 +281,78 @@ def _is_table(head: str) -> bool:
     return bool(cells & set(_TEXT_KEYS))
 
 
-def _table_rows(path: Path, text: str) -> Rows:
-    """The rows of CSV or tab-separated text under its header line."""
+def _is_other_table(head: str) -> bool:
+    """Whether the first line, not JSON, has columns as a CSV/TSV header has."""
+    first = head.split("\n", 1)[0].strip()
+    if first.startswith("{") or not any(sep in first for sep in ",;\t"):
+        return False
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return True
+    return False
+
+
+def _header_cells(first: str, delimiter: str) -> list[str]:
+    cells = next(csv.reader([first], delimiter=delimiter), [])
+    return [cell.strip() for cell in cells]
+
+
+def _columns(cells: Sequence[str]) -> str:
+    shown = ", ".join(repr(cell) for cell in cells[:8])
+    return shown + (f" and {len(cells) - 8} more" if len(cells) > 8 else "")
+
+
+def _unknown_header(where: str, head: str) -> ConfigError:
+    """The error for a first line read as a CSV/TSV header of no pair column."""
+    first = head.split("\n", 1)[0].strip()
+    delimiter = "\t" if "\t" in first else "," if "," in first else ";"
+    cells = _header_cells(first, delimiter)
+    known = {name for names in _ALIASES.values() for name in names}
+    if delimiter == ";" and known & set(cells):
+        return ConfigError(
+            f"{where}: read as CSV (the first line is not JSON), but its header's "
+            f"columns ({_columns(cells)}) are separated by ';': only commas or "
+            f"tabs separate the columns; save the file comma- or tab-separated; "
+            f"{_COLUMNS}"
+        )
+    separated = ", separated by ';'" if delimiter == ";" else ""
+    return ConfigError(
+        f"{where}: read as CSV/TSV (the first line is not JSON), but its header "
+        f"names none of the pair columns (its columns: {_columns(cells)}{separated}); "
+        f"{_COLUMNS}, separated by commas or tabs; rename the header's columns "
+        f"to these, or give the pairs as JSONL; {_FORMS}"
+    )
+
+
+def _table_rows(path: Path, text: str, first_line: int) -> Rows:
+    """The rows of CSV or tab-separated text under its header line.
+
+    ``text`` starts with the header, on line ``first_line`` of the file.
+    """
     first = text.split("\n", 1)[0]
     reader = csv.DictReader(io.StringIO(text), delimiter="\t" if "\t" in first else ",")
     reader.fieldnames = [name.strip() for name in reader.fieldnames or ()]
+    lacking = [
+        " or ".join(names)
+        for names in _ALIASES.values()
+        if not any(name in reader.fieldnames for name in names)
+    ]
+    if lacking:
+        raise ConfigError(
+            f"{path}:{first_line}: the CSV/TSV header lacks {', '.join(lacking)} (its "
+            f"columns: {_columns(reader.fieldnames)}); {_COLUMNS}; add or "
+            "rename the missing columns"
+        )
+    offset = first_line - 1
     rows: Rows = []
     try:
         for row in reader:
             if any(value for key, value in row.items() if key is not None):
-                rows.append((f"{path}:{reader.line_num}", dict(row)))
+                rows.append((f"{path}:{offset + reader.line_num}", dict(row)))
     except csv.Error as exc:
-        raise ConfigError(f"{path}:{reader.line_num}: {exc}; {_FORMS}") from exc
+        line = offset + reader.line_num
+        raise ConfigError(f"{path}:{line}: {exc}; {_FORMS}") from exc
     return rows
 
 
@@ -312,29 +380,75 @@ def _from_rows(rows: Rows) -> PairSet:
 
 def _paraphrase(where: str, row: Mapping[str, Any]) -> EvalPair:
     try:
-        return _pair(row["origin"], row["similar"], 1, where)
+        return _pair(row["origin"], row["similar"], 1, where, ("origin", "similar"))
     except KeyError as exc:
         raise ConfigError(f"{where}: an item lacks the key {exc}; {_FORMS}") from exc
 
 
 def _labelled_pair(where: str, row: Mapping[str, Any]) -> EvalPair:
-    """Read text_a, text_b and label, or QQP's names for them."""
-    found = {
-        key: next((row[name] for name in names if name in row), None)
-        for key, names in _ALIASES.items()
-    }
-    missing = [key for key, value in found.items() if value is None]
+    """Read text_a, text_b and label, or QQP's names for them.
+
+    A row may give a column under both names only with the same value.
+    """
+    given = {key: _given(row, names) for key, names in _ALIASES.items()}
+    missing = [key for key, values in given.items() if not values]
     if missing:
         names = ", ".join(map(repr, missing))
         raise ConfigError(
             f"{where}: missing {names}; each line or item must be {_WANTED}"
         )
-    label = found["label"]
+    a, b = (
+        [(name, _text(where, name, value)) for name, value in given[key]]
+        for key in ("text_a", "text_b")
+    )
+    labels = [(name, _label(where, value)) for name, value in given["label"]]
+    _agree(where, a)
+    _agree(where, b)
+    _agree(where, labels)
+    return EvalPair(a[0][1], b[0][1], labels[0][1])
+
+
+def _given(row: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, Any]]:
+    """The row's values under ``names``; nulls left out, and blanks too
+    where another name holds a value (a CSV cell left empty)."""
+    given = [(name, row[name]) for name in names if row.get(name) is not None]
+    filled = [(name, value) for name, value in given if value != ""]
+    return filled or given[:1]
+
+
+def _label(where: str, label: Any) -> int:
     if isinstance(label, str):
         label = label.strip()
     if label not in (0, 1, "0", "1"):
         raise ConfigError(f"{where}: label must be 0 or 1, got {label!r}")
-    return _pair(found["text_a"], found["text_b"], int(label), where)
+    return int(label)
+
+
+def _text(where: str, name: str, text: Any) -> tuple[Message, ...]:
+    try:
+        return _messages(text, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _agree(where: str, read: Sequence[tuple[str, Any]]) -> None:
+    """Refuse a column given under both its names with different values."""
+    (name, value), *others = read
+    for other, different in others:
+        if different != value:
+            raise ConfigError(
+                f"{where}: {name} and {other} differ ({_short(value)} against "
+                f"{_short(different)}); a row that gives both text_a/text_b/"
+                "label and QQP's question1/question2/is_duplicate must give "
+                "the same values under both; keep one set of names"
+            )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 1 and value[0].get("role") == "user":
+        value = value[0]["content"]  # a text given as a plain string
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 class _Conversation(NamedTuple):
@@ -439,21 +553,60 @@ def _user(text: str) -> Message:
     return {"role": "user", "content": text}
 
 
-def _pair(a: Any, b: Any, label: int, where: str | None = None) -> EvalPair:
-    try:
+def _pair(
+    a: Any,
+    b: Any,
+    label: int,
+    where: str | None = None,
+    names: tuple[str, str] = ("text_a", "text_b"),
+) -> EvalPair:
+    if where is None:
         return EvalPair(_messages(a), _messages(b), label)
-    except ConfigError as exc:
-        if where is None:
-            raise
-        raise ConfigError(f"{where}: {exc}") from exc
+    return EvalPair(_text(where, names[0], a), _text(where, names[1], b), label)
 
 
-def _messages(text: Any) -> tuple[Message, ...]:
+def _messages(text: Any, name: str = "the text") -> tuple[Message, ...]:
+    """A text as chat messages; ConfigError says what is wrong with ``name``."""
     if isinstance(text, str):
         return (_user(text),)
-    if isinstance(text, list) and text and all(isinstance(m, dict) for m in text):
-        return tuple(dict(m) for m in text)
-    raise ConfigError(f"a text must be a string or a list of messages, got {text!r}")
+    if not (isinstance(text, list) and text and all(isinstance(m, dict) for m in text)):
+        raise ConfigError(
+            f"a text must be a string or a list of messages, got {name} {_short(text)}"
+        )
+    for number, message in enumerate(text, start=1):
+        _check_message(f"{name}'s message {number} of {len(text)}", message)
+    role = text[-1]["role"]
+    if role != "user":
+        raise ConfigError(
+            f"{name}'s last message is from {role!r}, but the last message must "
+            "be the user's question (the ones before it are its conversation); end "
+            "the text with the user message to ask"
+        )
+    return tuple(dict(m) for m in text)
+
+
+def _check_message(which: str, message: Mapping[str, Any]) -> None:
+    """Refuse a chat message without a role or without its content."""
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        got = "has no 'role'" if role is None else f"has a bad role {role!r}"
+        raise ConfigError(
+            f"{which} {got}; each message needs a role such as 'user', "
+            f"'assistant' or 'system', and its content: {_short(message)}"
+        )
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and message.get("tool_calls"):
+            return  # a tool call's message may carry no text
+        raise ConfigError(
+            f"{which} ({role!r}) has no 'content'; give each message its "
+            f"text as content: {_short(message)}"
+        )
+    if not isinstance(content, str | list):
+        raise ConfigError(
+            f"{which} ({role!r}) has content {_short(content)}; a message's "
+            "content is a string or a list of content parts"
+        )
 
 
 def questions(pairs: Iterable[EvalPair]) -> list[str]:

@@ -32,14 +32,22 @@ def split_text(text: str, chunk_chars: int = 48) -> list[str]:
 
 
 def replay_chunks(
-    hit: CacheHit, *, chunk_chars: int = 48, created: int | None = None
+    hit: CacheHit,
+    *,
+    chunk_chars: int = 48,
+    created: int | None = None,
+    include_usage: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield the hit's message as OpenAI-style ``chat.completion.chunk`` dicts.
 
-    The first chunk carries the role, the following ones the text, and the
-    last one the finish reason and a usage of zero tokens: a cached answer
-    spends nothing. Tool calls, if the cached message has any, come whole in
-    one chunk. ``litellm.ModelResponseStream(**chunk)`` accepts each dict.
+    The chunks have the shape of the stream LiteLLM yields for the same
+    request. The first chunk carries the role, the following ones the text,
+    and the last of them the finish reason; no chunk has a usage. With
+    ``include_usage`` (pass it when the request's ``stream_options`` asked
+    for usage) one more chunk ends the stream, with no choices and a usage
+    of zero tokens and zero cost: a cached answer spends nothing. Tool
+    calls, if the cached message has any, come whole in one chunk.
+    ``litellm.ModelResponseStream(**chunk)`` accepts each dict.
     """
     base = {
         "id": f"chatcmpl-cache-{hit.key[:16]}",
@@ -59,14 +67,22 @@ def replay_chunks(
     if calls:
         indexed = [{"index": i, **call} for i, call in enumerate(calls)]
         yield chunk({"tool_calls": indexed})
-    last = chunk({}, "tool_calls" if calls else "stop")
-    last["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    yield last
+    yield chunk({}, "tool_calls" if calls else "stop")
+    if include_usage:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        yield {**base, "choices": [], "usage": {**usage, "cost": 0.0}}
 
 
 async def areplay_chunks(
-    hit: CacheHit, *, chunk_chars: int = 48, created: int | None = None
+    hit: CacheHit,
+    *,
+    chunk_chars: int = 48,
+    created: int | None = None,
+    include_usage: bool = False,
 ) -> AsyncIterator[dict[str, Any]]:
     """:func:`replay_chunks` as an async iterator."""
-    for item in replay_chunks(hit, chunk_chars=chunk_chars, created=created):
+    chunks = replay_chunks(
+        hit, chunk_chars=chunk_chars, created=created, include_usage=include_usage
+    )
+    for item in chunks:
         yield item
