@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytest
@@ -10,7 +11,7 @@ from _redis_fixtures import OwnRedis
 from _switched_store import SwitchedStore
 
 from governor._errors import StoreUnavailable
-from governor.stores import Line, MemoryLedger
+from governor.stores import Balance, Line, MemoryLedger, Refusal
 from governor.stores._failover import (
     EVENT_FAIL_CLOSED,
     EVENT_FAIL_OPEN,
@@ -150,6 +151,115 @@ async def test_async_open_mode_reconciles() -> None:
     store.down = False
     assert await ledger.areserve("h2", [LINE], 10, 0, 60) is None
     assert _spent(store, "team:x") == 30
+
+
+class StepStore(SwitchedStore):
+    """A switched store whose failures name their step, as RedisLedger's do."""
+
+    def _gate(self) -> None:
+        self.calls += 1
+
+    def _down(self, step: str) -> None:
+        if self.down:
+            error = StoreUnavailable(f"did not answer {step}")
+            error.cause = f"{step} failed: Timeout reading from 127.0.0.1:1"
+            raise error
+
+    def reserve(
+        self,
+        hold_id: str,
+        lines: Sequence[Line],
+        nanos: int,
+        tokens: int,
+        ttl_s: float,
+    ) -> Refusal | None:
+        self._down("reserve")
+        return super().reserve(hold_id, lines, nanos, tokens, ttl_s)
+
+    def settle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        self._down("settle")
+        super().settle(hold_id, keys, nanos, tokens)
+
+    def balance(self, key: str) -> Balance | None:
+        self._down("balance")
+        return super().balance(key)
+
+
+def _refusal(ledger: FailoverLedger, hold_id: str) -> str:
+    with pytest.raises(StoreUnavailable) as caught:
+        ledger.reserve(hold_id, [LINE], 10, 0, 60)
+    return str(caught.value)
+
+
+def test_a_refused_reserve_says_it_was_refused_and_what_failed_when() -> None:
+    """The refusal names the reserve, not the settle that marked the store down.
+
+    Skipped between probes it says since when and after which step the
+    store is down; refused after writing a queued step failed, it says that.
+    """
+    store = StepStore()
+    clock = Clock()
+    ledger = FailoverLedger(store, mode="closed", probe_interval_s=1, clock=clock)
+    assert ledger.reserve("h1", [LINE], 10, 0, 60) is None
+    store.down = True
+    ledger.settle("h1", ["team:x"], 5, 0)
+    clock.now = 0.4
+    assert _refusal(ledger, "h2").startswith(
+        "reserve refused: the budget store has been unavailable since a settle "
+        "failed 0.4 s ago (Timeout reading from 127.0.0.1:1); it is tried again "
+        "at most once every 1 s, so this reserve did not try it. The policy fails "
+        "closed, so the call was refused before it was sent."
+    )
+    clock.now = 1.5  # a probe is due: the queued settle is written first
+    assert _refusal(ledger, "h3").startswith(
+        "reserve refused: the budget store is unavailable (writing the settle "
+        "queued while it was down failed just now: Timeout reading from "
+        "127.0.0.1:1). "
+    )
+    clock.now = 2.0
+    assert _refusal(ledger, "h4").startswith(
+        "reserve refused: the budget store has been unavailable for 2.0 s; the "
+        "last try, a settle 0.5 s ago, failed (Timeout reading from "
+        "127.0.0.1:1); "
+    )
+
+
+def test_a_reserve_that_fails_itself_is_named_with_its_own_error() -> None:
+    """A reserve that reached for the store and failed names its own failure."""
+    store = StepStore()
+    store.down = True
+    ledger = FailoverLedger(store, mode="closed", probe_interval_s=1, clock=Clock())
+    message = _refusal(ledger, "h1")
+    assert message.startswith(
+        "reserve refused: the budget store is unavailable (reserve failed: "
+        "Timeout reading from 127.0.0.1:1). The policy fails closed"
+    )
+    assert "failure_mode='open'" in message
+
+
+async def test_async_refusals_and_balance_reads_say_what_was_refused() -> None:
+    """areserve words its refusal as reserve does; a balance read says its own."""
+    store = StepStore()
+    clock = Clock()
+    ledger = FailoverLedger(store, mode="closed", probe_interval_s=1, clock=clock)
+    store.down = True
+    ledger.settle("h0", ["team:x"], 5, 0)
+    clock.now = 0.3
+    with pytest.raises(StoreUnavailable) as caught:
+        await ledger.areserve("h1", [LINE], 10, 0, 60)
+    assert str(caught.value).startswith(
+        "reserve refused: the budget store has been unavailable since a settle "
+        "failed 0.3 s ago"
+    )
+    with pytest.raises(StoreUnavailable) as caught:
+        await ledger.abalance("team:x")
+    message = str(caught.value)
+    assert message.startswith("balance read refused: ")
+    assert "so this balance read did not try it" in message
+    assert "the budget left cannot be read" in message
+    assert "the call was refused" not in message
 
 
 def _redis_failover(

@@ -251,3 +251,97 @@ def test_negative_zero_and_repeated_warnings_are_normalised() -> None:
     """'-0' is a zero budget and a repeated warn_at fraction warns once."""
     budget = Budget(scope="team", max_usd="-0", warn_at=(0.5, 0.5))
     assert (str(budget.max_usd), budget.warn_at) == ("0", (0.5,))
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (
+            lambda: Budget(max_usd=1, period="day"),
+            "invalid Budget: period: a task budget lasts the task; use "
+            "period='total', or another scope (e.g. scope='team') for a budget "
+            "that resets (got scope='task', period='day').",
+        ),
+        (
+            lambda: Budget(max_usd=1, key="x"),
+            "invalid Budget: key: a task budget applies to every task; drop key "
+            "(got scope='task', key='x').",
+        ),
+        (
+            lambda: Budget(scope="team"),
+            "invalid Budget: max_usd, max_tokens: a Budget needs max_usd, "
+            "max_tokens or both.",
+        ),
+        (
+            lambda: Budget(scope="team", max_usd=1, period="rolling"),
+            "invalid Budget: period, window_s: period='rolling' needs window_s, "
+            "and only it takes one (got period='rolling', window_s=None).",
+        ),
+        (
+            lambda: Price(input_usd_per_mtok=1),
+            "invalid Price: output_usd_per_mtok: Price sets input_usd_per_mtok but "
+            "not output_usd_per_mtok; set both input_usd_per_mtok and "
+            "output_usd_per_mtok (0 makes those tokens free on purpose), or "
+            "Price() for a free model (got input_usd_per_mtok=1).",
+        ),
+        (
+            lambda: Policy(budgets=[Budget(max_usd=1), Budget(max_tokens=5)]),
+            "invalid Policy: budgets: two budgets for scope 'task' key None period "
+            "'total'; put max_usd and max_tokens on one Budget (budgets of other "
+            "periods, e.g. a day and a month, may sit side by side).",
+        ),
+        (
+            lambda: Policy(budgets=[{"max_usd": 1, "period": "day"}]),
+            "invalid Policy: budgets.0: invalid Budget: period: a task budget",
+        ),
+        (
+            lambda: Budget(scope="team", max_usd=1, warn_at=(1.5,)),
+            "invalid Budget: warn_at: warn_at fractions must lie strictly between "
+            "0 and 1 (got (1.5,)).",
+        ),
+    ],
+)
+def test_rules_across_fields_name_the_fields_not_the_model(
+    build: Any, expected: str
+) -> None:
+    """A model-level rule names the fields to change and only their values."""
+    with pytest.raises(PolicyError) as caught:
+        build()
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert "(model)" not in message
+    assert "Value error" not in message
+
+
+def test_cascade_rules_across_fields_name_the_fields() -> None:
+    """Cascade and Retry rules name their fields too."""
+    from governor.policies import Cascade
+    from governor.policies._cascade import PreCall, Retry, Tier
+
+    cases: list[tuple[Any, str]] = [
+        (
+            lambda: Retry(cooldown_s=500, max_cooldown_s=400),
+            "invalid Retry: cooldown_s, max_cooldown_s: cooldown_s (500) exceeds "
+            "max_cooldown_s (400); lower cooldown_s or raise max_cooldown_s.",
+        ),
+        (
+            lambda: Cascade(tiers=["a", "a"]),
+            "invalid Cascade: tiers: tier names must be unique, got ['a', 'a'].",
+        ),
+        (
+            lambda: Cascade(
+                tiers=[Tier(name="a", model="m"), Tier(name="b", model="m")]
+            ),
+            "invalid Cascade: tiers: tiers 'a' and 'b' send the same model 'm'",
+        ),
+        (
+            lambda: Cascade(tiers=["a", "b"], precall=PreCall(thresholds=[0.2, 0.5])),
+            "invalid Cascade: precall.thresholds, tiers: precall has 2 threshold(s) "
+            "for 2 tier(s); it needs fewer thresholds than there are tiers.",
+        ),
+    ]
+    for build, expected in cases:
+        with pytest.raises(PolicyError) as caught:
+            build()
+        assert str(caught.value).startswith(expected)
+        assert "(model)" not in str(caught.value)

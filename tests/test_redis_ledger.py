@@ -295,8 +295,29 @@ def test_rolling_line_forgets_spend_older_than_its_window(
 
 def test_amounts_beyond_exact_range_are_refused(redis_ledger: RedisLedger) -> None:
     """Amounts past 2**53 would lose precision in Lua and raise ConfigError."""
-    with pytest.raises(ConfigError, match="whole numbers"):
+    with pytest.raises(ConfigError, match="more than a Redis ledger can hold"):
         redis_ledger.reserve("h", [Line("task:a")], 2**53, 0, 60)
+    with pytest.raises(ConfigError, match="whole numbers of 0 or more"):
+        redis_ledger.reserve("h", [Line("task:a")], -1, 0, 60)
+
+
+def test_a_hold_too_large_says_in_dollars_what_to_lower(
+    redis_ledger: RedisLedger,
+) -> None:
+    """$1M per Mtok and max_tokens=10**7: the refusal speaks dollars, not nanos."""
+    with pytest.raises(ConfigError) as caught:
+        redis_ledger.reserve("h", [Line("team:a")], 10_000_026 * 10**9, 10_000_026, 60)
+    message = str(caught.value)
+    assert message.startswith(
+        "this call would need to hold up to $10,000,026.00 and 10,000,026 tokens "
+        "(its max_tokens at the model's prices, plus its prompt), more than a "
+        "Redis ledger can hold in one amount: at most $9,007,199.25 "
+        "(9,007,199,254,740,991 nano-dollars) and 9,007,199,254,740,991 tokens. "
+        "Lower the call's max_tokens, or the model's prices"
+    )
+    assert "nanos=" not in message
+    with pytest.raises(ConfigError, match=r"spend to settle is \$9,007,199\.25"):
+        redis_ledger.settle("h", ["team:a"], 2**53, 0)
 
 
 def test_script_cache_flush_is_survived(own_redis: OwnRedis) -> None:
@@ -403,6 +424,66 @@ def test_retries_are_bounded() -> None:
     with pytest.raises(StoreUnavailable, match="after 3 attempt"):
         connections.call(dead, "test")
     assert len(tries) == 3
+
+
+@pytest.mark.parametrize(
+    ("reply", "advice"),
+    [
+        ("WRONGPASS invalid username-password pair or user is disabled.", "Check"),
+        ("NOAUTH Authentication required.", "Redis requires a password"),
+    ],
+)
+def test_refused_credentials_are_not_retried(reply: str, advice: str) -> None:
+    """WRONGPASS and NOAUTH stay refused: tried once, worded as a refusal."""
+    from redis._parsers.base import BaseParser
+
+    url = "redis://app:hunter2@127.0.0.1:6399/0"
+    connections = RedisConnections(RedisConfig(url=url, attempts=3))
+    tries: list[int] = []
+
+    def refused() -> None:
+        tries.append(1)
+        raise BaseParser.parse_error(reply)
+
+    with pytest.raises(StoreUnavailable) as caught:
+        connections.call(refused, "reserve")
+    message = str(caught.value)
+    assert len(tries) == 1
+    assert message.startswith(
+        "the Redis store at redis://app:***@127.0.0.1:6399/0 refused the "
+        f"credentials given for reserve (not retried): {reply.rstrip('.')}. {advice}"
+    )
+    assert "attempt" not in message
+    assert "hunter2" not in message
+    assert "RedisConfig.url" in message
+    assert caught.value.cause == f"reserve failed: credentials refused: {reply[:-1]}"
+
+
+def test_a_wrong_password_is_refused_at_once_by_a_real_server() -> None:
+    """A server with requirepass refuses a wrong password once, without waiting."""
+    server = OwnRedis()
+    server.start("--requirepass", "s3cret")
+    try:
+        config = RedisConfig(
+            url=f"redis://:WRONGpw@127.0.0.1:{server.port}/0",
+            attempts=3,
+            retry_wait_s=1.0,
+        )
+        ledger = RedisLedger(config)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            ledger.reserve("h", [Line("task:a", 100)], 10, 0, 60)
+        elapsed = time.monotonic() - started
+        ledger.close()
+    finally:
+        server.kill()
+    message = str(caught.value)
+    assert elapsed < 0.9  # retries would wait retry_wait_s, 1 s, at least
+    assert "refused the credentials given for reserve (not retried): WRONGPASS" in (
+        message
+    )
+    assert "Check the user name and password" in message
+    assert "WRONGpw" not in message
 
 
 async def test_async_pool_queues_beyond_max_connections(

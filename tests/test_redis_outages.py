@@ -224,6 +224,10 @@ def test_closed_mode_refuses_a_capped_call_with_accurate_advice(
     with pytest.raises(StoreUnavailable) as info, gov.task(team="search"):
         gov.begin_call(_request())
     message = str(info.value)
+    assert message.startswith(
+        "fan-out slot refused: the Redis store holding the fan-out cap on "
+        "'team:search' is unavailable (acquire failed: "
+    )
     assert "fan-out cap on 'team:search'" in message
     assert "admit calls without the cap" in message
     assert "shadow budget" not in message

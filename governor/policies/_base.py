@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from governor._errors import PolicyError
 
-__all__ = ["FrozenMap", "PolicyModel"]
+__all__ = ["FieldsError", "FrozenMap", "PolicyModel"]
 
 _FROZEN_ADVICE = (
     "policies are frozen so that a running governor cannot be changed under "
@@ -43,15 +43,45 @@ class FrozenMap(dict[Any, Any]):
         return dict(self)
 
 
+class FieldsError(ValueError):
+    """A rule across fields was broken: raised by a model validator.
+
+    The PolicyError names ``fields`` where a field error names its field, and
+    shows the values in ``got`` (those that break the rule) instead of the
+    whole input.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        fields: tuple[str, ...],
+        got: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Say what is wrong, which fields to change and what they held."""
+        super().__init__(message)
+        self.fields = fields
+        self.got = dict(got or {})
+
+
+_VALUE_ERROR = "Value error, "
+"""How pydantic starts the message of a ValueError raised by a validator."""
+
+
 def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     inner = (error.get("ctx") or {}).get("error")
+    where = ".".join(str(part) for part in error["loc"])
     if isinstance(inner, PolicyError):  # a nested part already said it all
-        where = ".".join(str(part) for part in error["loc"])
         return f"{where}: {inner}" if where else str(inner)
-    loc = ".".join(str(part) for part in error["loc"]) or "(model)"
-    field = model.model_fields.get(str(error["loc"][0])) if error["loc"] else None
+    if isinstance(inner, FieldsError):
+        names = ", ".join(f"{where}.{name}" if where else name for name in inner.fields)
+        got = ", ".join(f"{name}={value!r}" for name, value in inner.got.items())
+        return f"{names}: {inner}" + (f" (got {got})." if got else ".")
+    message = str(error["msg"]).removeprefix(_VALUE_ERROR)
+    if not where:  # a rule of the whole part: the input would only repeat it
+        return f"{message}."
+    field = model.model_fields.get(str(error["loc"][0]))
     accepted = f" Accepted: {field.description}" if field and field.description else ""
-    return f"{loc}: {error['msg']} (got {error.get('input')!r}).{accepted}"
+    return f"{where}: {message} (got {error.get('input')!r}).{accepted}"
 
 
 class PolicyModel(BaseModel):

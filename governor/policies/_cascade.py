@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from governor.policies._base import PolicyModel
+from governor.policies._base import FieldsError, PolicyModel
 
 __all__ = [
     "AgreementCheck",
@@ -376,9 +376,11 @@ class Retry(PolicyModel):
     @model_validator(mode="after")
     def _rest_fits_its_cap(self) -> Self:
         if self.cooldown_s > self.max_cooldown_s:
-            raise ValueError(
+            raise FieldsError(
                 f"cooldown_s ({self.cooldown_s:g}) exceeds max_cooldown_s "
-                f"({self.max_cooldown_s:g}); lower cooldown_s or raise max_cooldown_s"
+                f"({self.max_cooldown_s:g}); lower cooldown_s or raise "
+                "max_cooldown_s",
+                ("cooldown_s", "max_cooldown_s"),
             )
         return self
 
@@ -430,20 +432,26 @@ class Cascade(PolicyModel):
     def _consistent(self) -> Self:
         names = [tier.name for tier in self.tiers]
         if len(set(names)) != len(names):
-            raise ValueError(f"tier names must be unique, got {names}")
+            raise FieldsError(f"tier names must be unique, got {names}", ("tiers",))
         for position, tier in enumerate(self.tiers):
             for earlier in self.tiers[:position]:
                 same = (earlier.model, earlier.params, earlier.checks)
                 if same == (tier.model, tier.params, tier.checks):
-                    raise ValueError(
+                    raise FieldsError(
                         f"tiers {earlier.name!r} and {tier.name!r} send the same "
                         f"model {tier.model!r} with the same params and checks: "
                         "the second would repeat the first's answer at the same "
                         "price and fail the same way. Remove one, or give it "
-                        "other params, checks or another model"
+                        "other params, checks or another model",
+                        ("tiers",),
                     )
         if self.precall and len(self.precall.thresholds) >= len(self.tiers):
-            raise ValueError("precall needs fewer thresholds than there are tiers")
+            raise FieldsError(
+                f"precall has {len(self.precall.thresholds)} threshold(s) for "
+                f"{len(self.tiers)} tier(s); it needs fewer thresholds than there "
+                "are tiers",
+                ("precall.thresholds", "tiers"),
+            )
         return self
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from governor._errors import PolicyError
-from governor.policies._base import PolicyModel
+from governor.policies._base import FieldsError, PolicyModel
 from governor.policies._cache import Cache
 from governor.policies._cascade import Cascade
 from governor.policies._loops import Loops
@@ -121,10 +121,12 @@ class Price(PolicyModel):
         given = [k for k in (*base, *others) if data.get(k) is not None]
         missing = [k for k in base if k not in data]
         if given and missing:
-            raise ValueError(
+            raise FieldsError(
                 f"Price sets {', '.join(given)} but not {' or '.join(missing)}; "
                 "set both input_usd_per_mtok and output_usd_per_mtok (0 makes "
-                "those tokens free on purpose), or Price() for a free model"
+                "those tokens free on purpose), or Price() for a free model",
+                tuple(missing),
+                {name: data[name] for name in given},
             )
         return data
 
@@ -251,13 +253,30 @@ class Budget(PolicyModel):
     @model_validator(mode="after")
     def _has_a_limit(self) -> Self:
         if self.max_usd is None and self.max_tokens is None:
-            raise ValueError("a Budget needs max_usd, max_tokens or both")
+            raise FieldsError(
+                "a Budget needs max_usd, max_tokens or both",
+                ("max_usd", "max_tokens"),
+            )
         if (self.period == "rolling") != (self.window_s is not None):
-            raise ValueError("period='rolling' needs window_s, and only it takes one")
+            raise FieldsError(
+                "period='rolling' needs window_s, and only it takes one",
+                ("period", "window_s"),
+                {"period": self.period, "window_s": self.window_s},
+            )
+        scope = {"scope": self.scope}
         if self.scope == "task" and self.period != "total":
-            raise ValueError("a task budget lasts the task; use period='total'")
+            raise FieldsError(
+                "a task budget lasts the task; use period='total', or another "
+                "scope (e.g. scope='team') for a budget that resets",
+                ("period",),
+                {**scope, "period": self.period},
+            )
         if self.scope == "task" and self.key is not None:
-            raise ValueError("a task budget applies to every task; drop key")
+            raise FieldsError(
+                "a task budget applies to every task; drop key",
+                ("key",),
+                {**scope, "key": self.key},
+            )
         return self
 
 
@@ -455,11 +474,12 @@ class Policy(PolicyModel):
         for budget in self.budgets:
             ident = _budget_ident(budget)
             if ident in seen:
-                raise ValueError(
+                raise FieldsError(
                     f"two budgets for scope {budget.scope!r} key {budget.key!r} "
                     f"period {budget.period!r}; put max_usd and max_tokens on "
                     "one Budget (budgets of other periods, e.g. a day and a "
-                    "month, may sit side by side)"
+                    "month, may sit side by side)",
+                    ("budgets",),
                 )
             seen.add(ident)
         return self

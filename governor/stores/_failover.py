@@ -82,6 +82,8 @@ EVENT_CAP_OPEN: Final = "store.cap_fail_open"
 """A fan-out cap kept in the store was skipped because it is down (open mode)."""
 
 _MIN_DRAIN_S: Final = 0.05
+_SAME_FAILURE_S: Final = 0.05
+"""A store marked down less than this before its last failure: one failure."""
 
 
 class DualLedger(Ledger, AsyncLedger, Protocol):
@@ -144,6 +146,8 @@ class FailoverLedger:
         self._pending: dict[str, _Step] = {}
         self._written = 0
         self._last_error: StoreUnavailable | None = None
+        self._last_failed_at = 0.0  # clock time of the last failure
+        self._down_since = 0.0  # clock time the store was marked down
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
         start_over_in_children(self)
@@ -215,15 +219,17 @@ class FailoverLedger:
         ttl_s: float,
     ) -> Refusal | None:
         """Reserve in the store, or decide by the failure mode when it is down."""
-        if self._try_primary():
+        failure: StoreUnavailable | None = None
+        if self._claim_probe() and (failure := self._flush()) is None:
             try:
                 refusal = self.primary.reserve(hold_id, lines, nanos, tokens, ttl_s)
             except StoreUnavailable as exc:
                 self._reserve_failed(hold_id, exc)
+                failure = exc
             else:
                 self._ok()
                 return refusal
-        return self._degraded_reserve(hold_id, lines, nanos, tokens, ttl_s)
+        return self._degraded_reserve(hold_id, lines, nanos, tokens, ttl_s, failure)
 
     def settle(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
@@ -273,16 +279,18 @@ class FailoverLedger:
 
     def balance(self, key: str) -> Balance | None:
         """Return the store's balance, or the shadow's in open mode when down."""
-        if self._try_primary():
+        failure: StoreUnavailable | None = None
+        if self._claim_probe() and (failure := self._flush()) is None:
             try:
                 found = self.primary.balance(key)
             except StoreUnavailable as exc:
                 self._fail(exc)
+                failure = exc
             else:
                 self._ok()
                 return found
         if self.mode == "closed":
-            raise self._closed_error()
+            raise self._balance_refused(failure)
         return self.shadow.balance(key)
 
     # -- async -----------------------------------------------------------
@@ -296,17 +304,19 @@ class FailoverLedger:
         ttl_s: float,
     ) -> Refusal | None:
         """Async form of :meth:`reserve`."""
-        if await self._atry_primary():
+        failure: StoreUnavailable | None = None
+        if self._claim_probe() and (failure := await self._aflush()) is None:
             try:
                 refusal = await self.primary.areserve(
                     hold_id, lines, nanos, tokens, ttl_s
                 )
             except StoreUnavailable as exc:
                 self._reserve_failed(hold_id, exc)
+                failure = exc
             else:
                 self._ok()
                 return refusal
-        return self._degraded_reserve(hold_id, lines, nanos, tokens, ttl_s)
+        return self._degraded_reserve(hold_id, lines, nanos, tokens, ttl_s, failure)
 
     async def asettle(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
@@ -365,26 +375,28 @@ class FailoverLedger:
 
     async def abalance(self, key: str) -> Balance | None:
         """Async form of :meth:`balance`."""
-        if await self._atry_primary():
+        failure: StoreUnavailable | None = None
+        if self._claim_probe() and (failure := await self._aflush()) is None:
             try:
                 found = await self.primary.abalance(key)
             except StoreUnavailable as exc:
                 self._fail(exc)
+                failure = exc
             else:
                 self._ok()
                 return found
         if self.mode == "closed":
-            raise self._closed_error()
+            raise self._balance_refused(failure)
         return self.shadow.balance(key)
 
     # -- state -----------------------------------------------------------
 
     def _try_primary(self) -> bool:
         """Say whether to use the store now, writing queued steps first."""
-        return self._claim_probe() and self._flush()
+        return self._claim_probe() and self._flush() is None
 
-    def _flush(self) -> bool:
-        """Write the queued steps in order; False when the store failed.
+    def _flush(self) -> StoreUnavailable | None:
+        """Write the queued steps in order; the store's error when it failed.
 
         Sync flushers take turns; a step a coroutine is writing is skipped
         (it stays queued until written), so this never waits on the loop.
@@ -396,12 +408,12 @@ class FailoverLedger:
                 except StoreUnavailable as exc:
                     self._unclaim(entry)
                     self._fail(exc)
-                    return False
+                    return exc
                 except BaseException:
                     self._unclaim(entry)
                     raise
                 self._done_pending(entry)
-        return True
+        return None
 
     def _write(self, entry: _Step) -> None:
         if entry.keys is None:
@@ -410,26 +422,28 @@ class FailoverLedger:
             self.primary.settle(entry.hold_id, entry.keys, entry.nanos, entry.tokens)
 
     async def _atry_primary(self) -> bool:
-        """Async form of :meth:`_try_primary`; holds no thread lock across await.
+        """Async form of :meth:`_try_primary`; holds no thread lock across await."""
+        return self._claim_probe() and await self._aflush() is None
+
+    async def _aflush(self) -> StoreUnavailable | None:
+        """Async form of :meth:`_flush`.
 
         Each queued step is claimed while it is written and stays queued
         until the store took it: a cancellation or a failure leaves it for
         the next flusher, and no two flushers write the same step at once.
         """
-        if not self._claim_probe():
-            return False
         while (entry := self._claim_pending()) is not None:
             try:
                 await self._awrite(entry)
             except StoreUnavailable as exc:
                 self._unclaim(entry)
                 self._fail(exc)
-                return False
+                return exc
             except BaseException:
                 self._unclaim(entry)
                 raise
             self._done_pending(entry)
-        return True
+        return None
 
     async def _awrite(self, entry: _Step) -> None:
         if entry.keys is None:
@@ -449,7 +463,7 @@ class FailoverLedger:
                     self._drainer = None
                     return
             try:
-                if self._flush():
+                if self._flush() is None:
                     self._ok()
             except Exception:  # a broken store must not kill the thread
                 logger.exception("writing queued budget steps failed")
@@ -503,9 +517,13 @@ class FailoverLedger:
     def _fail(self, exc: StoreUnavailable) -> None:
         with self._lock:
             entering = not self._degraded
+            now = self._clock()
             self._degraded = True
-            self._next_probe = self._clock() + self._probe_interval_s
+            self._next_probe = now + self._probe_interval_s
             self._last_error = exc
+            self._last_failed_at = now
+            if entering:
+                self._down_since = now
         if not entering:
             return
         if self.mode == "open":
@@ -552,10 +570,13 @@ class FailoverLedger:
         nanos: int,
         tokens: int,
         ttl_s: float,
+        failure: StoreUnavailable | None,
     ) -> Refusal | None:
         if self.mode == "closed":
             self._emit(EVENT_FAIL_CLOSED)
-            raise self._closed_error()
+            raise self._closed_error(
+                "reserve", "reserve", failure, "the call was refused before it was sent"
+            )
         self._emit(EVENT_FAIL_OPEN)
         refusal = self.shadow.reserve(hold_id, lines, nanos, tokens, ttl_s)
         if refusal is None:
@@ -594,20 +615,72 @@ class FailoverLedger:
         if event and entry.keys is not None:
             self._emit(EVENT_SETTLE_QUEUED)
 
+    def _balance_refused(self, failure: StoreUnavailable | None) -> StoreUnavailable:
+        return self._closed_error(
+            "balance read", "balance", failure, "the budget left cannot be read"
+        )
+
     def _closed_error(
-        self, what: str = "budget store", open_does: str = ""
+        self,
+        refused: str,
+        step: str,
+        failure: StoreUnavailable | None,
+        outcome: str,
+        what: str = "budget store",
+        open_does: str = "admit calls under a local shadow budget",
     ) -> StoreUnavailable:
-        """The refusal of fail-closed, naming the last failure and its remedy."""
-        last = self._last_error
-        cause = f" ({last.cause or last})" if last is not None else ""
+        """The refusal of fail-closed: what was refused, why, and the remedy.
+
+        Args:
+            refused: what was refused, e.g. ``"reserve"``.
+            step: the store's step it needed (``"reserve"``, ``"acquire"``),
+                to tell its own failure from that of a queued step written
+                before it.
+            failure: the store's error met by this step (its own, or that of
+                a queued step it wrote first); None when it did not try the
+                store because it is down and the next probe is not due.
+            outcome: what the refusal means for the caller.
+            what: the store, as the message names it.
+            open_does: what ``failure_mode='open'`` would do instead.
+        """
+        with self._lock:
+            last = failure or self._last_error
+            now = self._clock()
+            down_for = now - self._down_since
+            ago = now - self._last_failed_at
+        if last is None:
+            why = f"the {what} is unavailable"
+        else:
+            cause = last.cause or str(last).rstrip(".")
+            failed, reason = _split_cause(cause)
+            if failure is not None and failed in (None, step):
+                why = f"the {what} is unavailable ({cause})"
+            elif failure is not None:
+                why = (
+                    f"the {what} is unavailable (writing the {failed} queued "
+                    f"while it was down failed just now: {reason})"
+                )
+            else:
+                a_step = f"a {failed}" if failed else "a step"
+                if down_for - ago < _SAME_FAILURE_S:
+                    since = f"since {a_step} failed {ago:.1f} s ago ({reason})"
+                else:
+                    since = (
+                        f"for {down_for:.1f} s; the last try, {a_step} {ago:.1f} s "
+                        f"ago, failed ({reason})"
+                    )
+                why = (
+                    f"the {what} has been unavailable {since}; it is tried again "
+                    f"at most once every {self._probe_interval_s:g} s, so this "
+                    f"{refused} did not try it"
+                )
         advice = (last.advice if last is not None else None) or (
             "Bring the store back (check the Redis URL, password and network)"
         )
-        open_does = open_does or "admit calls under a local shadow budget"
         error = StoreUnavailable(
-            f"the {what} is unavailable{cause} and the policy fails closed, so "
-            f"the call was refused before it was sent. {advice}, or set "
-            f"Policy(failure_mode='open') to {open_does} while it is down."
+            f"{refused} refused: {why}. The policy fails closed, so {outcome}. "
+            f"{advice}, or set Policy(failure_mode='open') to {open_does} while "
+            "it is down."
         )
         error.cause = last.cause if last is not None else None
         error.advice = advice
@@ -639,6 +712,10 @@ class FailoverLedger:
         if self.mode == "closed":
             self._emit(EVENT_FAIL_CLOSED)
             return self._closed_error(
+                "fan-out slot",
+                "acquire",
+                exc,
+                "the call was refused before it was sent",
                 f"Redis store holding the fan-out cap on {cap!r}",
                 "admit calls without the cap",
             )
@@ -660,3 +737,11 @@ def _pop(holds: set[str], hold_id: str) -> bool:
         holds.discard(hold_id)
         return True
     return False
+
+
+def _split_cause(cause: str) -> tuple[str | None, str]:
+    """``"settle failed: Timeout..."`` as the step and the reason, when so worded."""
+    failed, sep, reason = cause.partition(" failed: ")
+    if sep and failed and " " not in failed:
+        return failed, reason
+    return None, cause

@@ -34,8 +34,9 @@ dollars (checked on the way in).
 Failures: transient errors (connection refused or reset, timeouts, a replica
 being promoted) are retried with tenacity a bounded number of times; then the
 call raises :class:`governor.StoreUnavailable`. A server that refuses a step
-(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``) raises it at once,
-naming the refusal and what to change. Wrap the ledger in
+(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``) or its credentials
+(``WRONGPASS``, ``NOAUTH``) raises it at once, naming the refusal and what to
+change. Wrap the ledger in
 :class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
 A full connection pool is no outage: a step that finds every connection busy
 for ``pool_timeout_s`` raises :class:`PoolExhausted` (not StoreUnavailable,
@@ -63,6 +64,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
@@ -196,10 +198,13 @@ def _retryable(exc: BaseException, what: str) -> bool:
     """A transient error worth another try of the step ``what``.
 
     A full pool was waited for already (``pool_timeout_s``): only a step
-    that must land waits for it again.
+    that must land waits for it again. Credentials the server refused
+    (``WRONGPASS``, ``NOAUTH``) stay refused, so they are not tried again.
     """
     if _pool_exhausted(exc):
         return what in _MUST_LAND
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return False
     return isinstance(exc, _TRANSIENT)
 
 
@@ -662,7 +667,11 @@ class RedisConnections:
                 "server does not have: use an index below its 'databases' "
                 "setting (0 to 15 by default)"
             )
-        if advice is None or isinstance(exc, redis.exceptions.ReadOnlyError):
+        credentials = credentials_advice(exc)
+        if credentials is not None:
+            what_happened = f"refused the credentials given for {what} (not retried)"
+            advice = credentials
+        elif advice is None or isinstance(exc, redis.exceptions.ReadOnlyError):
             what_happened = (
                 f"did not answer {what} after {self.config.attempts} attempt(s)"
             )
@@ -675,7 +684,8 @@ class RedisConnections:
             "shadow budget while it is down."
         )
         # What went wrong without the advice, for logs where it does not fit.
-        error.cause = f"{what} failed: {reason}"
+        refused = "credentials refused: " if credentials is not None else ""
+        error.cause = f"{what} failed: {refused}{reason}"
         error.advice = advice
         return error
 
@@ -1053,7 +1063,7 @@ class RedisLedger:
         tokens: int,
         ttl_s: float,
     ) -> tuple[list[str], list[Any]]:
-        _check_amounts(nanos, tokens)
+        _check_amounts(nanos, tokens, "reserve")
         keys = [self.ns + "holds", self.ns + "lines", f"{self.ns}h:{hold_id}"]
         args: list[Any] = [self.ns, hold_id, nanos, tokens, _ms(ttl_s)]
         for line in lines:
@@ -1072,7 +1082,7 @@ class RedisLedger:
     def _settle_args(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
     ) -> tuple[list[str], list[Any]]:
-        _check_amounts(nanos, tokens)
+        _check_amounts(nanos, tokens, "settle")
         rkeys = [self.ns + "holds", self.ns + "lines", f"{self.ns}h:{hold_id}"]
         rkeys += [self._line(key) for key in keys]
         args: list[Any] = [self.ns, hold_id, nanos, tokens, self._settled_ms]
@@ -1133,6 +1143,42 @@ def refusal_advice(exc: BaseException) -> str | None:
     return _REFUSALS.get(str(code).upper())
 
 
+_CHECK_CREDENTIALS: Final = (
+    "the URL (RedisConfig.url, or the URL given to RedisLedger) or "
+    "RedisConfig.connection_kwargs"
+)
+
+
+def credentials_advice(exc: BaseException) -> str | None:
+    """What to change when the server refused the credentials, or None.
+
+    ``NOAUTH`` (no password given to a server that needs one), ``WRONGPASS``
+    (a wrong user name or password, or a disabled user) and a password given
+    to a server that has none stay refused however often they are sent.
+    """
+    if not isinstance(exc, redis.exceptions.AuthenticationError):
+        return None
+    code = str(getattr(exc, "status_code", None) or "").upper()
+    text = str(exc)
+    if code == "NOAUTH" or text.startswith("NOAUTH"):
+        return (
+            "Redis requires a password and none was given: put it in "
+            f"{_CHECK_CREDENTIALS}, as redis://:PASSWORD@host:port/db (or "
+            "redis://USER:PASSWORD@host:port/db for an ACL user)"
+        )
+    if "without any password configured" in text or "no password is set" in text:
+        return (
+            "A password was given but this Redis has none set for its default "
+            f"user: remove it from {_CHECK_CREDENTIALS}, or check that the URL "
+            "points at the intended server"
+        )
+    return (
+        "Check the user name and password in "
+        f"{_CHECK_CREDENTIALS} against the server's requirepass or ACL user "
+        "(and that the user is enabled)"
+    )
+
+
 def _url_db(url: str) -> str:
     """The database a Redis URL selects, as written (``?db=`` before the path)."""
     parts = urlsplit(url)
@@ -1176,12 +1222,32 @@ def _opt(value: int | None) -> int | str:
     return "" if value is None else value
 
 
-def _check_amounts(nanos: int, tokens: int) -> None:
-    if not (0 <= nanos <= MAX_EXACT and 0 <= tokens <= MAX_EXACT):
+def _check_amounts(nanos: int, tokens: int, step: str) -> None:
+    """Refuse amounts a Lua number cannot hold exactly, saying what to lower."""
+    if 0 <= nanos <= MAX_EXACT and 0 <= tokens <= MAX_EXACT:
+        return
+    if nanos < 0 or tokens < 0:
         raise ConfigError(
-            f"amounts must be whole numbers from 0 to {MAX_EXACT}, got "
+            f"{step} amounts must be whole numbers of 0 or more, got "
             f"nanos={nanos} tokens={tokens}"
         )
+    amount = f"${_usd(nanos)} and {tokens:,} tokens"
+    if step == "reserve":
+        needs = f"this call would need to hold up to {amount} (its max_tokens "
+        needs += "at the model's prices, plus its prompt)"
+    else:
+        needs = f"this call's spend to {step} is {amount}"
+    raise ConfigError(
+        f"{needs}, more than a Redis ledger can hold in one amount: at most "
+        f"${_usd(MAX_EXACT)} ({MAX_EXACT:,} nano-dollars) and {MAX_EXACT:,} "
+        "tokens. Lower the call's max_tokens, or the model's prices (a Price "
+        "is in US dollars per million tokens) if they are set too high."
+    )
+
+
+def _usd(nanos: int) -> str:
+    """Nano-dollars as dollars to the cent, with thousands separators."""
+    return f"{Decimal(nanos) / 10**9:,.2f}"
 
 
 def _check_limits(line: Line) -> None:
