@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,7 @@ def test_cli_json_has_defaults_and_both_sweeps(
         True,
     )
     assert document["trace"]["scopes"] == {"team:azure_trace_sample": 599}
+    assert document["warnings"] == []
 
 
 def test_cli_table_is_markdown(capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,3 +201,146 @@ def test_a_short_trace_names_file_and_the_length_needed(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"{path}: scope team:short spans ")
     assert "the evaluation needs more than" in message
+
+
+def _shifted(line: str, **delta: float) -> str:
+    """A sample row with its time moved by ``timedelta(**delta)``."""
+    stamp, rest = line.split(",", 1)
+    moved = datetime.fromisoformat(stamp[:26]) + timedelta(**delta)
+    return f"{moved:%Y-%m-%d %H:%M:%S.%f},{rest}"
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "says"),
+    [
+        ("", "+05:00", "has a UTC offset, but line 2's '2023-11-16 18:15:46.6805900' "
+         "has no UTC offset"),
+        ("+00:00", "", "has no UTC offset, but line 2's "
+         "'2023-11-16 18:15:46.6805900+00:00' has a UTC offset"),
+    ],
+    ids=["offset-among-naive", "naive-among-offsets"],
+)  # fmt: skip
+def test_times_with_and_without_an_offset_in_one_file_are_refused(
+    tmp_path: Path, first: str, later: str, says: str
+) -> None:
+    """One row with a +05:00 offset in a file of UTC times (or the reverse)
+    would sit hours from the rest: refused naming the file, line and both."""
+    lines = _sample_lines()
+    for n in range(1, len(lines)):
+        stamp, rest = lines[n].split(",", 1)
+        lines[n] = f"{stamp}{later if n == 11 else first},{rest}"
+    path = _trace_file(tmp_path / "mixed.csv", lines)
+    with pytest.raises(
+        ConfigError, match=re.escape("mixed.csv:12: TIMESTAMP ")
+    ) as caught:
+        load_trace(path)
+    assert says in str(caught.value)
+
+
+def test_unix_seconds_among_iso_times_without_offset_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Unix seconds fix their zone; a naive ISO time beside them is refused."""
+    head, first, second = _sample_lines()[:3]
+    _, ctx, out = first.rstrip("\n").split(",")
+    path = _trace_file(
+        tmp_path / "u.csv", [head, f"1700158546.68,{ctx},{out}\n", second]
+    )
+    with pytest.raises(ConfigError, match=r"u\.csv:3: TIMESTAMP .* has no UTC offset, "
+                       r"but line 2's '1700158546.68' is in Unix seconds"):  # fmt: skip
+        load_trace(path)
+
+
+@pytest.mark.parametrize("case", ["a-day-early", "offset-in-an-offset-file"])
+def test_a_stray_row_far_from_the_rest_is_left_out_with_a_warning(
+    tmp_path: Path, case: str
+) -> None:
+    """A row a day early (or with a wrong offset in a file of offsets) would
+    stretch the span the spikes are placed over: it is left out, and the
+    warning names its line and the span evaluated."""
+    lines = _sample_lines()
+    if case == "a-day-early":
+        lines[1] = _shifted(lines[1], days=-1)
+    else:  # every time +00:00 but the first, +05:00: five hours early
+        offset = [ln.split(",", 1) for ln in lines[1:]]
+        zones = ["+05:00"] + ["+00:00"] * (len(offset) - 1)
+        lines[1:] = [
+            f"{t}{z},{rest}" for (t, rest), z in zip(offset, zones, strict=True)
+        ]
+    path = _trace_file(tmp_path / "stray.csv", lines)
+    trace = load_trace(path)
+    expected = load_trace(SAMPLE).events["team:azure_trace_sample"][1:]
+    assert trace.events == {"team:stray": expected}
+    (warning,) = trace.warnings
+    assert warning.startswith(
+        f"{path}: left out a row far from the other 598: line 2 ("
+    )
+    assert "The evaluation covers 2023-11-16 18:15:55 UTC to" in warning
+
+
+def test_the_stray_row_warning_reaches_stderr_and_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command prints the warning on stderr and lists it in the JSON."""
+    lines = _sample_lines()
+    lines[1] = _shifted(lines[1], days=-1)
+    path = _trace_file(tmp_path / "stray.csv", lines)
+    code = main(["eval", "anomalies", str(path), "--json", "--trials", "2",
+                 "--defaults-only"])  # fmt: skip
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert code == 0
+    assert document["trace"]["scopes"] == {"team:stray": 598}
+    (warning,) = document["warnings"]
+    assert f"governor eval anomalies: warning: {warning}" in captured.err
+
+
+def test_a_trace_idle_for_most_of_its_span_is_warned_of(tmp_path: Path) -> None:
+    """Two bursts of calls two hours apart: most spikes would land in the
+    pause, so the trace is evaluated with a warning saying so."""
+    lines = _sample_lines()
+    later = [_shifted(line, hours=2) for line in lines[1:]]
+    path = _trace_file(tmp_path / "idle.csv", lines + later)
+    trace = load_trace(path)
+    assert len(trace.events["team:idle"]) == 2 * 599  # nothing left out
+    (warning,) = trace.warnings
+    assert "scope team:idle has no calls for 71% of its 2.3 h" in warning
+    assert "the longest 100 min, from 2023-11-16 18:35:45 UTC to" in warning
+
+
+def test_a_trace_without_tokens_is_refused(tmp_path: Path) -> None:
+    """Spikes sized from a zero token rate mean nothing: refused, not 5/5 found."""
+    lines = [_sample_lines()[0]] + [
+        line.split(",", 1)[0] + ",0,0\n" for line in _sample_lines()[1:]
+    ]
+    path = _trace_file(tmp_path / "zeros.csv", lines)
+    with pytest.raises(ConfigError, match="every row of scope team:zeros has 0"):
+        load_trace(path)
+
+
+def test_a_negative_seed_is_accepted_as_the_other_evals_accept_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--seed -3 runs (numpy takes no negative seed) with its own injections."""
+    args = ["eval", "anomalies", str(SAMPLE), "--json", "--trials", "3"]
+    assert main([*args, "--defaults-only", "--seed", "-3"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == -3
+    trace = load_trace(SAMPLE)
+    huge = [Spike("burst", duration_s=10, share=20, share_of_s=10, calls=20)]
+    negative = evaluate(trace, FAST, trials=3, seed=-3, spikes=huge)
+    positive = evaluate(trace, FAST, trials=3, seed=3, spikes=huge)
+    assert negative.kinds[0].detected == 3
+    assert negative.kinds[0].delays_s != positive.kinds[0].delays_s
+
+
+def test_a_model_without_a_price_gets_command_line_advice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unpriced --model exits 2 saying to give one the price map knows,
+    not how to build a Policy in Python."""
+    code = main(["eval", "anomalies", str(SAMPLE), "--model", "acme/no-such-llm"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--model acme/no-such-llm: no price is known for it" in err
+    assert "such as gpt-4o-mini" in err
+    assert "Pricing(" not in err

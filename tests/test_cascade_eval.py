@@ -973,3 +973,218 @@ def test_a_jsonl_row_without_outcomes_names_the_field(tmp_path: Path) -> None:
         ConfigError, match=r"not a replay row: missing field 'outcomes'"
     ):
         load_jsonl(path)
+
+
+# -- input checks from a user trial ----------------------------------------------
+
+
+@pytest.mark.parametrize("cost", ["1e20", "1e300", 10**40])
+def test_a_cost_no_call_can_have_is_refused_naming_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cost: object
+) -> None:
+    """A JSONL cost of 1e20 dollars or more is a corrupt record, refused at load
+    (exit 2), not a decimal overflow in the report (exit 1, no file named)."""
+    second = json.loads(json.dumps(TWO_ROWS[1]))
+    second["outcomes"]["large"]["cost_usd"] = cost
+    data = _jsonl(tmp_path / "rows.jsonl", [TWO_ROWS[0], second])
+    policy = _policy_file(tmp_path / "p.json", {"tiers": ["small", "large"]})
+    code, _, err = _run_cli(capsys, data, "--policy", str(policy))
+    assert code == 2
+    assert "rows.jsonl:2: model 'large' has cost_usd " in err
+    assert "dollars for one call cannot be right" in err
+
+
+def test_a_routerbench_cost_no_call_can_have_names_its_column(
+    tmp_path: Path,
+) -> None:
+    """A RouterBench |total_cost of 1e300 is refused naming the row and field."""
+    table = _routerbench_table()
+    column = table[0].index(GPT4 + "|total_cost")
+    table[3][column] = "1e300"
+    path = _write_csv(tmp_path / "rb.csv", table)
+    with pytest.raises(
+        ConfigError,
+        match=r"^rb.csv row 3 \(index \d+\): model 'gpt-4-1106-preview' "
+        r"has total_cost 1.000e\+300; that many dollars for one call cannot be right",
+    ):
+        read_rows(path, price_table)
+
+
+def _letters(path: Path, answers: list[tuple[str, str]]) -> Path:
+    """JSONL rows where ``small`` and ``large`` give these answers, both right."""
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": f"Question {i}? A) yes B) no",
+            "outcomes": {
+                "small": {"score": 1, "response": small, "cost_usd": "0.001"},
+                "large": {"score": 1, "response": large, "cost_usd": "0.010"},
+            },
+        }
+        for i, (small, large) in enumerate(answers)
+    ]
+    return _jsonl(path, rows)
+
+
+def test_routerbench_printed_lists_in_jsonl_are_read_as_their_text(
+    tmp_path: Path,
+) -> None:
+    """RouterBench's printed answers (``['D\\n']``) in JSONL are unwrapped as the
+    CSV reader unwraps them; a JSON array of strings is an answer and stays."""
+    printed = [(repr(["D\n"]), repr(["It's D"])), (repr(["B\n"]), repr(["B"]))]
+    rows = load_jsonl(_letters(tmp_path / "printed.jsonl", printed))
+    assert [r.outcomes["small"].response for r in rows] == ["D\n", "B\n"]
+    assert [r.outcomes["large"].response for r in rows] == ["It's D", "B"]
+    arrays = [('["a", "b"]', '["c"]'), ('["d"]', '["e"]')]
+    rows = load_jsonl(_letters(tmp_path / "arrays.jsonl", arrays))
+    assert rows[0].outcomes["small"].response == '["a", "b"]'
+
+
+def test_printed_lists_keep_a_choice_cascade_from_escalating_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With RouterBench's printed answers the cheap tiers' letters are read, so
+    the second tier agreeing with the first is accepted instead of every row
+    going on to the last tier (a cost ratio above 1)."""
+    rows = [
+        {
+            "id": f"q{i}",
+            "prompt": f"Question {i}? A) B) C) D)",
+            "outcomes": {
+                name: {"score": 1, "response": repr([f"{c}\n"]), "cost_usd": cost}
+                for name, cost in (("small", "1"), ("mid", "1"), ("large", "10"))
+            },
+        }
+        for i, c in enumerate("ABCD")
+    ]
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    body = {
+        "tiers": ["small", "mid", "large"],
+        "checks": [{"kind": "agreement", "normalise": "choice"}],
+    }
+    policy = _policy_file(tmp_path / "p.json", body)
+    args = ("--policy", str(policy), "--fit-fraction", "0", "--json")
+    code, out, err = _run_cli(capsys, data, *args)
+    assert code == 0, err
+    assert json.loads(out)["cost_ratio"] == 0.2  # small and mid, never large
+    assert "warning" not in err
+
+
+def test_answers_without_the_agreement_form_are_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When no answer of a checked tier has a letter, the choice agreement can
+    never pass: stderr says so instead of a silent always-best result."""
+    answers = [("I think so", "A"), ("maybe", "B")]
+    data = _letters(tmp_path / "rows.jsonl", answers)
+    body = {
+        "tiers": ["small", "large"],
+        "checks": [{"kind": "agreement", "normalise": "choice"}],
+    }
+    policy = _policy_file(tmp_path / "p.json", body)
+    code, _, err = _run_cli(
+        capsys, data, "--policy", str(policy), "--fit-fraction", "0"
+    )
+    assert code == 0
+    assert "warning: no recorded answer of 'small' has a 'choice' form" in err
+    assert "'large'" not in err  # the last tier's answers are not checked
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--target-cost", "-1", "must be a number of 0 or more"),
+        ("--target-cost", "nan", "must be a number of 0 or more"),
+        ("--target-quality", "2", "must be a number from 0 to 1"),
+        ("--target-quality", "-0.5", "must be a number from 0 to 1"),
+        ("--fit-fraction", "1", "must be a number from 0 up to, not including, 1"),
+        ("--fit-fraction", "-0.1", "must be a number from 0 up to"),
+    ],
+)
+def test_option_values_out_of_range_are_refused(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, says: str
+) -> None:
+    """Targets and the fit fraction outside their ranges exit 2 at once."""
+    with pytest.raises(SystemExit) as caught:
+        main(
+            [
+                "eval",
+                "cascade",
+                str(SAMPLE),
+                "--policy",
+                "routerbench-3tier",
+                option,
+                value,
+            ]
+        )
+    assert caught.value.code == 2
+    assert f"argument {option}: {says}" in capsys.readouterr().err
+
+
+def test_a_zero_fit_fraction_with_candidates_says_to_raise_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--fit-fraction 0 leaves nothing to choose routerbench-cascade's
+    candidates on: the message says to give it above 0."""
+    code, _, err = _run_cli(
+        capsys, SAMPLE, "--policy", "routerbench-cascade", "--fit-fraction", "0"
+    )
+    assert code == 2
+    assert "routerbench-cascade has 25 candidates to choose from" in err
+    assert "give a fit fraction above 0 (--fit-fraction" in err
+
+
+def test_a_tier_without_a_name_is_named_without_a_list_length_echo(
+    tmp_path: Path,
+) -> None:
+    """A policy file's tier missing 'name' is named by its place; pydantic's
+    "Tuple should have at least 1 item" echo of it is not shown."""
+    path = _policy_file(
+        tmp_path / "p.json",
+        {"cascade": {"tiers": [{"model": "mixtral-8x7b"}, {"model": "gpt-4o"}]}},
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_policy(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: tiers[0]: invalid Tier: name: Field required")
+    assert "Tuple should have" not in message
+
+
+def test_a_routellm_model_without_its_response_column_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPT-4's correctness without 'gpt-4-1106-preview_response' names that
+    column, as the RouterBench reader names a missing column."""
+    header = ["prompt", GSM_MIXTRAL, GPT4, GSM_MIXTRAL + "_response"]
+    rows = [[f"What is 5 + {i}?", "True", "True", SOLVED] for i in range(4)]
+    data = _write_csv(tmp_path / "gsm8k.csv", [header, *rows])
+    code, _, err = _run_cli(capsys, data, "--policy", "gsm8k-2tier")
+    assert code == 2
+    assert f"model {GPT4!r} has no '{GPT4}_response' column" in err
+
+
+def test_judge_grades_alone_are_described_as_such(tmp_path: Path) -> None:
+    """RouteLLM's MT-Bench judgements (judge grades in FastChat's format) given
+    alone are named as judge grades, not as a part of Arena-Bench-v1."""
+    line = {
+        "question_id": 81,
+        "model": GPT4,
+        "judge": ["gpt-4", "single-v1"],
+        "judgment": "[[9]]",
+        "score": 9,
+        "turn": 1,
+    }
+    path = _jsonl(tmp_path / "judgements.jsonl", [line])
+    with pytest.raises(ConfigError) as caught:
+        read_rows(path, price_table)
+    message = str(caught.value)
+    assert "judgements.jsonl: judge grades only" in message
+    assert "one file of Arena-Bench-v1" not in message
+
+
+def test_a_huge_cost_ratio_is_shown_in_scientific_notation() -> None:
+    """A ratio of 1e300 is a short number in the note and table, not 300 digits."""
+    from governor.cli._eval_cascade import _shown
+
+    assert _shown(3.85e299) == "3.850e+299"
+    assert (_shown(1.14), _shown(None)) == ("1.140", "n/a")

@@ -488,3 +488,30 @@ def _record(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
         seen.append((done, total))
 
     return note
+
+
+@pytest.mark.parametrize("cost", ["1e300", 1e300, 10**40], ids=["text", "float", "int"])
+def test_a_cost_no_call_can_have_is_refused_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cost: object
+) -> None:
+    """A call cost of 1e300 or 10**40 dollars is a corrupt record: exit 2 naming
+    file, line and field, as a negative cost is, not a decimal overflow."""
+    row = _tiny_run("big")
+    row["calls"][1]["cost_usd"] = cost  # type: ignore[index]
+    path = _write_lines(tmp_path / "runs.jsonl", [_tiny_run("ok"), row])
+    assert main(["eval", "loops", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "runs.jsonl:2: calls[1].cost_usd of 1.000e+" in err
+    assert "dollars for one call cannot be right" in err
+
+
+def test_the_median_delay_is_a_float_for_one_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One run's odd number of detections gives a float median, as more runs do."""
+    run = _sample()[0]
+    report = evaluate([run], Loops(), injecting=True, seed=0)
+    assert report["all"]["detected"] == 3
+    medians = [report["all"]["median_delay_repeats"]]
+    medians += [k["median_delay_repeats"] for k in report["all"]["by_kind"].values()]
+    assert all(type(m) is float for m in medians), medians

@@ -383,3 +383,29 @@ def test_a_line_that_is_not_json_is_named(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"runs\.jsonl:{number}: not JSON"):
         list(read_trajectories(path))
+
+
+def test_a_swe_agent_traj_file_is_named_as_a_format_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SWE-agent's own .traj (a 'trajectory' of steps) is said to be unsupported,
+    in a folder and given alone, not just 'not a run'."""
+    step = {"action": "ls", "observation": "a b", "response": "ls", "thought": ""}
+    doc = {"environment": "swe_main", "trajectory": [step], "info": {}}
+    path = _write_doc(tmp_path / "runs" / "django__django-1.traj", doc)
+    assert main(["eval", "loops", str(path.parent)]) == 2
+    assert "holds a SWE-agent trajectory" in capsys.readouterr().err
+    assert main(["eval", "loops", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "django__django-1.traj: this is a SWE-agent trajectory" in err
+    assert "a format that is not read" in err
+
+
+def test_cli_help_says_swe_agent_traj_files_are_not_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The help lists *.traj only as JSON in the accepted formats."""
+    with pytest.raises(SystemExit):
+        main(["eval", "loops", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "own .traj format is not read" in help_text

@@ -546,9 +546,13 @@ def test_cli_prints_the_entry_as_text(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_cli_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unpriced model exits 1 and says how to price it."""
+    """An unpriced model exits 1 and says how to price it on the command line:
+    the "pricing" of a JSON policy file given with --policy, not Python."""
     assert cli_main(["pricing", "no-such-model-xyz"]) == 1
-    assert "Pricing(overrides=" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "given with --policy" in err
+    assert '{"pricing": {"overrides": {"no-such-model-xyz": {' in err
+    assert "Pricing(overrides=" not in err
 
 
 def test_rate_is_a_frozen_value() -> None:

@@ -332,3 +332,46 @@ def test_replay_reads_a_gzip_compressed_trace(
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert main(["replay", "--db", str(packed), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tasks"] == 3
+
+
+def test_replay_names_the_line_of_a_record_without_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with no "model" key is named as a null one is (docs/reports.md),
+    not as a missing keyword argument of SpendRecord.__init__."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(1, 1))
+    row = records(2, 1)[1].to_json_dict()
+    del row["model"]
+    with trace.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row))
+    assert main(["replay", "--db", str(trace)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{trace}:2: malformed spend record: SpendRecord.model must be a non-empty "
+        "string, got None"
+    ) in err
+    assert "__init__" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [("replay", "--policy"), ("compare", "--a and --b")]
+)
+def test_an_unpriced_recorded_model_exits_2_with_the_policy_file_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, option: str
+) -> None:
+    """A model no price prices is unusable input (exit 2), and the advice is the
+    policy file's "pricing", not Python; following it makes the replay run."""
+    trace = tmp_path / "trace.jsonl"
+    unpriced = [dataclasses.replace(r, model="acme/in-house") for r in records(2, 1)]
+    JsonlSpendStore(trace).record_many(unpriced)
+    extra = ["--b", "default"] if command == "compare" else []
+    assert main([command, "--db", str(trace), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"governor {command}: no price is known for model 'acme/in-house'" in err
+    assert f"given with {option}" in err
+    assert "Policy(pricing=" not in err
+    snippet = err[err.index('{"pricing"') : err.index(" (US dollars")]
+    policy = tmp_path / "priced.json"
+    policy.write_text(snippet, encoding="utf-8")
+    assert main(["replay", "--db", str(trace), "--policy", str(policy)]) == 0

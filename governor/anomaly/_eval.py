@@ -24,7 +24,17 @@ from governor._errors import ConfigError
 from governor._money import usd_to_nanos
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
-from governor.anomaly._trace_csv import read_rows, trace_files
+from governor.anomaly._trace_csv import read_rows, rows_at, trace_files
+from governor.anomaly._trace_span import (
+    IDLE_GAP_S,
+    IDLE_SHARE,
+    Idle,
+    Stamps,
+    idle_stretches,
+    kept_span,
+    shown_duration,
+    shown_time,
+)
 from governor.spend._time import to_us
 
 __all__ = [
@@ -71,7 +81,11 @@ SPIKES: tuple[Spike, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """Events per scope, priced, in time order, and the file of each scope."""
+    """Events per scope, priced, in time order, and the file of each scope.
+
+    ``warnings`` says what the reader left out or found doubtful: rows far
+    from the rest of their file, a scope idle for most of its span.
+    """
 
     events: dict[str, list[Event]]
     model: str
@@ -79,6 +93,7 @@ class Trace:
     output_nanos_per_token: int
     median_output: dict[str, int]
     sources: dict[str, Path] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def load_trace(path: Path, *, model: str = "gpt-4o-mini") -> Trace:
@@ -89,8 +104,15 @@ def load_trace(path: Path, *, model: str = "gpt-4o-mini") -> Trace:
     leading ``AzureLLMInferenceTrace_``: ``AzureLLMInferenceTrace_code.csv`` is
     ``team:code`` and ``AzureLLMInferenceTrace_code_1week.csv`` is
     ``team:code_1week``. Two files with the same scope are refused. Timestamps
-    are ISO 8601 (UTC unless they carry an offset) or Unix seconds. Tokens are
+    are ISO 8601 (UTC unless they carry an offset) or Unix seconds; a file
+    that mixes times with and without an offset is refused. Tokens are
     priced at ``model``'s list price from LiteLLM's bundled price map.
+
+    A few rows at either end of a file set apart from the rest by a long
+    pause (a wrong date or offset) are left out with a warning naming them
+    (:func:`governor.anomaly._trace_span.kept_span`), and a scope without
+    calls for most of its span is warned of; a scope whose rows all have 0
+    tokens is refused, since the spikes are sized from its token rate.
     """
     from governor.pricing import RateCard
 
@@ -100,14 +122,74 @@ def load_trace(path: Path, *, model: str = "gpt-4o-mini") -> Trace:
     price_out = usd_to_nanos(rate.output_per_token)
     events: dict[str, list[Event]] = {}
     outputs: dict[str, int] = {}
+    warnings: list[str] = []
     for scope, file in sources.items():
         rows = read_rows(file)
+        stamps = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+        low, high = kept_span(stamps)
+        if (low, high) != (0, len(rows)):
+            warnings.append(_strays(file, stamps, low, high))
+            del rows[high:], rows[:low]
+            stamps = stamps[low:high]
+        if not any(i or o for _, i, o in rows):
+            raise ConfigError(
+                f"{file}: every row of scope {scope} has 0 ContextTokens and 0 "
+                "GeneratedTokens; the spikes are sized from the scope's mean "
+                "token rate, so a trace without token counts cannot be "
+                "evaluated: give one that records them"
+            )
+        idle = idle_stretches(stamps)
+        if idle is not None and idle.share > IDLE_SHARE:
+            warnings.append(_idle(file, scope, idle))
         outputs[scope] = round(statistics.median(o for _, _, o in rows))
         # In place: a week-long trace is millions of rows, not held twice.
         for n, (ts, i, o) in enumerate(rows):
             rows[n] = (ts, i + o, i * price_in + o * price_out)
         events[scope] = rows
-    return Trace(events, model, price_in, price_out, outputs, sources)
+    return Trace(events, model, price_in, price_out, outputs, sources, tuple(warnings))
+
+
+# Stray rows named in a warning; the rest are counted.
+_NAMED_ROWS = 5
+
+
+def _strays(file: Path, stamps: Stamps, low: int, high: int) -> str:
+    """Name the rows left out at either end of a file, and the span kept."""
+    left_out = {int(s) for s in stamps[:low]} | {int(s) for s in stamps[high:]}
+    found = sorted(rows_at(file, left_out))
+    named = ", ".join(f"{line} ({text})" for line, text in found[:_NAMED_ROWS])
+    more = len(found) - _NAMED_ROWS
+    count = len(stamps) - (high - low)
+    rows, lines = ("a row", "line") if count == 1 else (f"{count} rows", "lines")
+    pauses = []
+    if low:
+        gap = (stamps[low] - stamps[low - 1]) / _S
+        pauses.append(f"{shown_duration(gap)} before the first of the others")
+    if high < len(stamps):
+        gap = (stamps[high] - stamps[high - 1]) / _S
+        pauses.append(f"{shown_duration(gap)} after the last of the others")
+    return (
+        f"{file}: left out {rows} far from the other {high - low}: {lines} "
+        f"{named}{f' and {more} more' if more > 0 else ''}, "
+        f"{' and '.join(pauses)}. The evaluation covers "
+        f"{shown_time(int(stamps[low]))} to {shown_time(int(stamps[high - 1]))}, "
+        "where the calls are; a wrong date or UTC offset on those rows? Fix or "
+        "drop them"
+    )
+
+
+def _idle(file: Path, scope: str, idle: Idle) -> str:
+    """Say that a scope has no calls for most of its span."""
+    start, end = idle.longest
+    return (
+        f"{file}: scope {scope} has no calls for {idle.share:.0%} of its "
+        f"{shown_duration(idle.span_us / _S)} (pauses over "
+        f"{shown_duration(IDLE_GAP_S)}; the longest "
+        f"{shown_duration((end - start) / _S)}, from {shown_time(start)} to "
+        f"{shown_time(end)}). Spikes are placed at uniform times over the span, "
+        "so most land where the trace is idle: the figures describe an idle "
+        "service. Give the busy part of the trace if that is not what you meant"
+    )
 
 
 def _inject(
@@ -305,12 +387,20 @@ def _plans(
     plans: dict[str, list[_Trial]] = {scope: [] for scope in trace.events}
     for kind, spike in enumerate(spikes):
         for scope_index, scope in enumerate(sorted(trace.events)):
-            rng = np.random.default_rng([seed, kind, scope_index])
+            rng = np.random.default_rng(_entropy(seed, kind, scope_index))
             starts = _starts(settings, trace, scope, spike, trials, rng)
             plans[scope] += (_Trial(kind, start, rng) for start in starts)
     for planned in plans.values():
         planned.sort(key=lambda trial: trial.start)  # stable: each kind in order
     return plans
+
+
+def _entropy(seed: int, kind: int, scope_index: int) -> list[int]:
+    """The generator's seed words; a negative seed (numpy takes none) gets
+    its own stream, apart from every non-negative one's."""
+    if seed >= 0:
+        return [seed, kind, scope_index]
+    return [-seed, kind, scope_index, 1]
 
 
 class _CleanPass:
@@ -491,6 +581,7 @@ def run_eval(
     variants: Sequence[tuple[str, Mapping[str, Any]]] = _VARIANTS,
     defaults_only: bool = False,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The defaults, a k by window sweep, a burst-factor sweep and named
     variants of the defaults (no count-noise allowance, the mean-and-std
@@ -500,9 +591,14 @@ def run_eval(
     no ``sweep``, ``burst_sweep`` or ``variants``. A configuration that
     appears twice (the defaults are also a point of each sweep) is run
     once. ``progress`` hears the trace calls replayed so far and the number
-    to replay over every configuration.
+    to replay over every configuration. ``warn`` hears each of the trace's
+    warnings (:attr:`Trace.warnings`) once it is read, before the replay;
+    the document lists them under ``warnings``.
     """
     trace = load_trace(path, model=model)
+    if warn is not None:
+        for warning in trace.warnings:
+            warn(warning)
     defaults = Anomalies()
     plan: dict[str, list[Anomalies]] = {"defaults": [defaults]}
     if not defaults_only:
@@ -522,6 +618,7 @@ def run_eval(
     )
     document: dict[str, Any] = {
         "trace": _trace_doc(trace),
+        "warnings": list(trace.warnings),
         "seed": seed,
         "trials_per_scope_and_kind": trials,
         "spikes": [_spike_doc(s) for s in SPIKES],

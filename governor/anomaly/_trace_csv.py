@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from governor._errors import ConfigError
 from governor._textlines import numbered_lines
 from governor.spend._time import to_us
 
-__all__ = ["read_rows", "scope_name", "trace_files"]
+__all__ = ["read_rows", "rows_at", "scope_name", "trace_files"]
 
 _S = 1_000_000
 # The Azure trace's file names start with this; it is not part of the scope.
@@ -90,10 +91,38 @@ def scope_name(name: str) -> str:
 
 
 def read_rows(file: Path) -> list[tuple[int, int, int]]:
-    """(epoch microseconds, context tokens, generated tokens), in time order."""
+    """(epoch microseconds, context tokens, generated tokens), in time order.
+
+    A file whose ISO times mix ones with a UTC offset (or Unix seconds) and
+    ones without is refused naming the first row that differs: a time
+    without an offset is read as UTC, so a row written in local time beside
+    UTC ones would sit hours away from its neighbours.
+    """
+    rows = [row for _, row in _numbered_rows(file)]
+    if not rows:
+        raise ConfigError(f"trace file {file} has no rows; {_FORM}")
+    rows.sort()
+    return rows
+
+
+def rows_at(file: Path, stamps: Collection[int]) -> list[tuple[int, str]]:
+    """(line number, TIMESTAMP as written) of the rows at the times ``stamps``.
+
+    The file is read again: used only to name the few rows an evaluation
+    leaves out.
+    """
+    return [
+        (line, text)
+        for line, row, text in _numbered_rows(file, with_text=True)
+        if row[0] in stamps
+    ]
+
+
+def _numbered_rows(file: Path, *, with_text: bool = False) -> Iterator[Any]:
+    """Yield (line, row), or (line, row, TIMESTAMP text) ``with_text``."""
     reader = csv.reader(text for _, text in numbered_lines(file))
     columns: list[int] | None = None
-    rows: list[tuple[int, int, int]] = []
+    zone = _Zone()
     for fields in reader:
         if not any(f.strip() for f in fields):
             continue
@@ -101,11 +130,41 @@ def read_rows(file: Path) -> list[tuple[int, int, int]]:
         if columns is None:
             columns = _header(fields, where)
             continue
-        rows.append(_row(fields, columns, where))
-    if not rows:
-        raise ConfigError(f"trace file {file} has no rows; {_FORM}")
-    rows.sort()
-    return rows
+        row = _row(fields, columns, where, zone)
+        if with_text:
+            yield reader.line_num, row, fields[columns[0]].strip()
+        else:
+            yield reader.line_num, row
+
+
+class _Zone:
+    """The first row's kind of time, to refuse rows of the other kind."""
+
+    def __init__(self) -> None:
+        self.first: tuple[str, str, str] | None = None  # (kind, where, text)
+
+    def check(self, kind: str, text: str, where: str) -> None:
+        """Refuse a time read as UTC in a file of zoned times, or the reverse."""
+        if self.first is None:
+            self.first = (kind, where, text)
+            return
+        first_kind, first_where, first_text = self.first
+        if (kind == _NAIVE) == (first_kind == _NAIVE):
+            return
+        line = first_where.rsplit(":", 1)[-1]
+        raise ConfigError(
+            f"{where}: TIMESTAMP {text!r} {kind}, but line {line}'s "
+            f"{first_text!r} {first_kind}; a time without an offset is read as "
+            "UTC, so mixing the two puts rows hours apart. Write every time of "
+            "a file the same way: all with an offset (or in Unix seconds), or "
+            "all in UTC without one"
+        )
+
+
+# The kinds of time, as the message about mixing them says them.
+_NAIVE = "has no UTC offset"
+_OFFSET = "has a UTC offset"
+_UNIX = "is in Unix seconds"
 
 
 def _header(fields: Sequence[str], where: str) -> list[int]:
@@ -122,7 +181,7 @@ def _header(fields: Sequence[str], where: str) -> list[int]:
 
 
 def _row(
-    fields: Sequence[str], columns: Sequence[int], where: str
+    fields: Sequence[str], columns: Sequence[int], where: str, zone: _Zone
 ) -> tuple[int, int, int]:
     if len(fields) <= max(columns):
         last = max(columns)
@@ -132,32 +191,35 @@ def _row(
             f"{last + 1}; fix or drop the row"
         )
     stamp, context, generated = (fields[i].strip() for i in columns)
+    epoch_us, kind = _epoch_us(stamp, where)
+    zone.check(kind, stamp, where)
     return (
-        _epoch_us(stamp, where),
+        epoch_us,
         _tokens(context, "ContextTokens", where),
         _tokens(generated, "GeneratedTokens", where),
     )
 
 
-def _epoch_us(text: str, where: str) -> int:
-    """An ISO 8601 time (UTC without an offset) or Unix seconds, in microseconds."""
+def _epoch_us(text: str, where: str) -> tuple[int, str]:
+    """An ISO 8601 time (UTC without an offset) or Unix seconds, in
+    microseconds, and its kind (:data:`_NAIVE`, :data:`_OFFSET`, :data:`_UNIX`)."""
     try:
         seconds = Decimal(text)
     except ArithmeticError:  # decimal.InvalidOperation: not a number
-        return to_us(_iso_time(text, where))
+        moment = _iso_time(text, where)
+        if moment.tzinfo is None:
+            return to_us(moment.replace(tzinfo=UTC)), _NAIVE
+        return to_us(moment), _OFFSET
     if not seconds.is_finite() or not 0 <= seconds < _MAX_EPOCH_S:
         raise ConfigError(f"{where}: TIMESTAMP {text!r} {_TIME_FORM}")
-    return int((seconds * _S).to_integral_value())
+    return int((seconds * _S).to_integral_value()), _UNIX
 
 
 def _iso_time(text: str, where: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(_EXTRA_DIGITS.sub(r"\1", text))
+        return datetime.fromisoformat(_EXTRA_DIGITS.sub(r"\1", text))
     except ValueError as exc:
         raise ConfigError(f"{where}: TIMESTAMP {text!r} {_TIME_FORM}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
 
 
 def _tokens(text: str, column: str, where: str) -> int:

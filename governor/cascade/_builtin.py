@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governor._errors import ConfigError, PriceUnknown
+from governor._errors import ConfigError, PolicyError, PriceUnknown
 from governor.cascade._checks import resolve_callable
 from governor.cascade._datasets import PerToken, Prices
 from governor.cascade._replay import RECORDED_JUDGE
@@ -389,14 +389,36 @@ def _from_json(path: Path) -> NamedPolicy:
     pricing = _pricing(path, data.get("pricing"))
     about = f"from {path.name}"
     if "candidates" in data:
-        found = {k: Cascade(**v) for k, v in _candidates(path, data).items()}
+        found = {
+            k: _cascade(path, v, f"candidate {k!r}: ")
+            for k, v in _candidates(path, data).items()
+        }
         return NamedPolicy(name, about, tuple(found.items()), pricing=pricing)
     body = data.get("cascade")
     if body is None and "tiers" in data:
         body = {k: v for k, v in data.items() if k not in ("name", "pricing")}
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: needs 'tiers', 'cascade' or 'candidates'")
-    return NamedPolicy(name, about, ((name, Cascade(**body)),), pricing=pricing)
+    return NamedPolicy(name, about, ((name, _cascade(path, body)),), pricing=pricing)
+
+
+def _cascade(path: Path, body: Mapping[str, Any], where: str = "") -> Cascade:
+    """A policy file's Cascade; an error names the file.
+
+    Each tier is checked first, alone: a bad tier inside the Cascade is also
+    reported as a list too short (pydantic counts the tiers that passed),
+    which says nothing about the tier itself.
+    """
+    tiers = body.get("tiers")
+    for index, tier in enumerate(tiers if isinstance(tiers, list) else []):
+        try:
+            Tier(**tier) if isinstance(tier, dict) else Tier.model_validate(tier)
+        except PolicyError as exc:
+            raise ConfigError(f"{path}: {where}tiers[{index}]: {exc}") from exc
+    try:
+        return Cascade(**body)
+    except PolicyError as exc:
+        raise ConfigError(f"{path}: {where}{exc}") from exc
 
 
 def _pricing(path: Path, value: Any) -> Pricing | None:

@@ -46,8 +46,15 @@ import logging
 import math
 import zlib
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -82,6 +89,7 @@ __all__ = [
     "load_routerbench",
     "load_rows",
     "read_rows",
+    "refuse_unanswered",
     "refuse_unpriced",
 ]
 
@@ -177,12 +185,16 @@ class LoadedRows:
         left_out: reason -> number of rows left out for it.
         unpriced: model the data records that nothing prices (cost-less
             layouts only) -> why; its outcomes are left out.
+        unanswered: a RouteLLM column without its ``_response`` column (a
+            model's correctness without its answers, or a column that is no
+            model) -> the file; not read.
     """
 
     rows: tuple[ReplayRow, ...]
     read: int
     left_out: Mapping[str, int]
     unpriced: Mapping[str, str] = field(default_factory=dict)
+    unanswered: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -194,6 +206,7 @@ class _Tally:
     left_out: Counter[str] = field(default_factory=Counter)
     unpriced: dict[str, str] = field(default_factory=dict)
     seen: dict[Hashable, str] = field(default_factory=dict)
+    unanswered: dict[str, str] = field(default_factory=dict)
 
     def leave_out(self, reason: str, where: str) -> None:
         self.left_out[reason] += 1
@@ -271,20 +284,34 @@ def _usd(cell: str, model: str, where: str, name: str = "cost") -> Decimal:
         ) from None
 
 
-def _checked(recorded: Recorded, model: str, where: str) -> Recorded:
+# No single call costs a trillion dollars: more means a corrupt record (as
+# ``governor report`` refuses a spend record's cost).
+_MOST_USD = Decimal(10) ** 12
+
+
+def _checked(
+    recorded: Recorded, model: str, where: str, cost: str = "cost_usd"
+) -> Recorded:
     """Refuse a recorded outcome no replay can use: a score outside [0, 1],
-    or a cost that is negative, NaN or infinite."""
+    or a cost that is negative, NaN, infinite or over a trillion dollars.
+    ``cost`` names the cost's field in the file."""
     if not 0 <= recorded.score <= 1:  # NaN fails this too
         raise ConfigError(
             f"{where}: model {model!r} has score {recorded.score}; a score is a "
             "number in [0, 1] (scale a grade g of 1-10 as g / 10)"
         )
-    costs = {"cost_usd": recorded.cost_usd, "judge_cost_usd": recorded.judge_cost_usd}
+    costs = {cost: recorded.cost_usd, "judge_cost_usd": recorded.judge_cost_usd}
     for name, value in costs.items():
         if not value.is_finite() or value < 0:
             raise ConfigError(
                 f"{where}: model {model!r} has {name} {value}; a cost is a "
                 "finite number of US dollars, 0 or more"
+            )
+        if value > _MOST_USD:
+            raise ConfigError(
+                f"{where}: model {model!r} has {name} {value:.3e}; that many "
+                "dollars for one call cannot be right, the record is corrupt: "
+                "a cost is US dollars per call, e.g. 0.00123"
             )
     return recorded
 
@@ -369,7 +396,7 @@ def _routerbench_outcomes(
             _listed_text(record[model + RESPONSE_SUFFIX]),
             _usd(cost, model, where),
         )
-        outcomes[model] = _checked(recorded, model, where)
+        outcomes[model] = _checked(recorded, model, where, COST_SUFFIX[1:])
     return outcomes
 
 
@@ -382,6 +409,9 @@ def _read_routellm(
         for c in found.columns
         if c.endswith(ROUTELLM_RESPONSE) and c[:-cut] in found.columns
     ]
+    for column in found.columns:
+        if column not in (*models, "prompt") and not column.endswith(ROUTELLM_RESPONSE):
+            tally.unanswered.setdefault(column, str(path))
     # gsm8k_responses.csv keys its rows gsm8k:0, gsm8k:1, ...
     prefix = path.name.split(".")[0].removesuffix("_responses")
     for number, record in _csv_records(path, found.delimiter):
@@ -434,7 +464,72 @@ _ROW_SHAPE = (
 _OUTCOME_FIELDS = ("score", "response", "cost_usd")
 
 
-def _read_jsonl(path: Path, tally: _Tally) -> Iterator[ReplayRow]:
+def _read_jsonl(path: Path, tally: _Tally) -> list[ReplayRow]:
+    """The rows of a JSONL file, RouterBench's printed lists read as text."""
+    rows = list(_jsonl_rows(path, tally))
+    listed = _listing_models(rows)
+    if not listed:
+        return rows
+    logger.info(
+        "%s: the responses of %s are printed Python lists, as RouterBench "
+        "writes them; read as the text they hold",
+        path.name,
+        ", ".join(sorted(listed)),
+    )
+    return [_unlisted(row, listed) for row in rows]
+
+
+def _listing_models(rows: Iterable[ReplayRow]) -> set[str]:
+    """Models whose every response is a printed Python list of strings
+    (RouterBench's ``['B\\n']``), one at least in Python's quotes: a JSON
+    array of strings is an answer in its own right, not a printed list."""
+    listed: dict[str, bool] = {}  # model -> some response is not JSON
+    plain: set[str] = set()
+    for row in rows:
+        for model, recorded in row.outcomes.items():
+            text = recorded.response
+            if model in plain or not text:
+                continue
+            if _printed_strings(text) is None:
+                plain.add(model)
+                listed.pop(model, None)
+            elif not listed.get(model):
+                listed[model] = not _is_json(text)
+    return {model for model, python in listed.items() if python}
+
+
+def _printed_strings(text: str) -> str | None:
+    """The text of a printed Python list of strings, or None for other text."""
+    if not text.startswith("["):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, list) and all(isinstance(part, str) for part in value):
+        return "".join(value)
+    return None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unlisted(row: ReplayRow, listed: Collection[str]) -> ReplayRow:
+    outcomes = {
+        model: replace(recorded, response=_printed_strings(recorded.response) or "")
+        if model in listed and recorded.response
+        else recorded
+        for model, recorded in row.outcomes.items()
+    }
+    return replace(row, outcomes=outcomes)
+
+
+def _jsonl_rows(path: Path, tally: _Tally) -> Iterator[ReplayRow]:
     for where, data in _json_lines(path):
         tally.read += 1
         row = _jsonl_row(data, where)
@@ -698,10 +793,15 @@ _LABELS: Mapping[str | None, str] = {
     REPLAY_JSONL: "replay JSONL",
     ARENA_QUESTIONS: "Arena-Bench questions",
     ARENA_ANSWERS: "Arena-Bench answers",
-    ARENA_JUDGMENTS: "Arena-Bench judgments",
+    ARENA_JUDGMENTS: "judge grades (Arena-Bench, MT-Bench)",
     None: "other",
 }
 _SHOWN_FILES = 6
+_ARENA_PARTS: Mapping[str, str] = {
+    ARENA_QUESTIONS: "questions",
+    ARENA_ANSWERS: "model answers",
+    ARENA_JUDGMENTS: "judge grades",
+}
 
 
 def _read_file(
@@ -714,11 +814,15 @@ def _read_file(
         prices = prices_for("routellm-gsm8k")
         rows = list(_read_routellm(path, found, prices, tally))
     elif found.layout == REPLAY_JSONL:
-        rows = list(_read_jsonl(path, tally))
-    elif found.layout in (ARENA_QUESTIONS, ARENA_ANSWERS, ARENA_JUDGMENTS):
+        rows = _read_jsonl(path, tally)
+    elif found.layout is not None and found.layout in _ARENA_PARTS:
         raise ConfigError(
-            f"{path}: one file of Arena-Bench-v1 ({found.why}); give the folder "
-            "that holds its question, answer, reference and judgment files"
+            f"{path}: {_ARENA_PARTS[found.layout]} only ({found.why}, as "
+            "FastChat's llm_judge writes for MT-Bench and Arena-Bench-v1); a "
+            "replay needs a prompt, each model's answer text "
+            "(which the checks read) and a score per row. Give an Arena-Bench-v1 "
+            "folder: question.jsonl, with the model-answer, reference-answer and "
+            "judgment files beside it or one subfolder down"
         )
     else:
         raise ConfigError(f"{path}: unknown layout: {found.why}; {_LAYOUTS_HELP}")
@@ -859,7 +963,31 @@ def read_rows(path: Path, prices_for: PricesFor) -> LoadedRows:
         rows = _read_file(path, _sniffed(path), prices_for, tally)
     if not tally.read:
         raise ConfigError(f"{path}: holds no data rows, only a header or nothing")
-    return LoadedRows(tuple(rows), tally.read, dict(tally.left_out), tally.unpriced)
+    return LoadedRows(
+        tuple(rows),
+        tally.read,
+        dict(tally.left_out),
+        tally.unpriced,
+        tally.unanswered,
+    )
+
+
+def refuse_unanswered(loaded: LoadedRows, models: Iterable[str]) -> None:
+    """Refuse a policy model that a RouteLLM file records without answers:
+    its correctness column has no ``M_response`` column beside it.
+
+    Raises:
+        ConfigError: naming the file and the missing column.
+    """
+    recorded = {model for row in loaded.rows for model in row.outcomes}
+    for model in models:
+        if model in loaded.unanswered and model not in recorded:
+            raise ConfigError(
+                f"{loaded.unanswered[model]}: model {model!r} has no "
+                f"{model + ROUTELLM_RESPONSE!r} column; a RouteLLM file gives each "
+                f"model 'M' (correct or not) and 'M{ROUTELLM_RESPONSE}' (its answer "
+                "text, which the checks read)"
+            )
 
 
 def refuse_unpriced(loaded: LoadedRows, models: Iterable[str], policy: str) -> None:
@@ -908,7 +1036,7 @@ def load_routerbench(path: Path) -> list[ReplayRow]:
 
 def load_jsonl(path: Path) -> list[ReplayRow]:
     """Read the JSONL layout described in this module's docstring."""
-    return list(_read_jsonl(path, _Tally()))
+    return _read_jsonl(path, _Tally())
 
 
 def load_routellm_gsm8k(path: Path, prices: Prices) -> list[ReplayRow]:

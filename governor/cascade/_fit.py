@@ -27,15 +27,17 @@ from dataclasses import dataclass
 
 from governor._errors import ConfigError
 from governor.cascade._builtin import NamedPolicy
+from governor.cascade._checks import normalise
 from governor.cascade._complexity import Estimator, heuristic_complexity
 from governor.cascade._replay import ReplayReport, ReplayRow, replay
-from governor.policies._cascade import Cascade
+from governor.policies._cascade import AgreementCheck, Cascade, Normaliser
 
 __all__ = [
     "ALWAYS_BEST",
     "CurvePoint",
     "FitResult",
     "fit_and_report",
+    "formless_answers",
     "narrow_rows",
     "split_rows",
 ]
@@ -170,6 +172,36 @@ def _needed_models(policy: NamedPolicy) -> list[str]:
     return list(needed)
 
 
+def formless_answers(
+    policy: NamedPolicy, rows: Sequence[ReplayRow]
+) -> list[tuple[str, Normaliser]]:
+    """(model, form) where a checked tier's agreement check compares a form
+    that none of the model's recorded answers has.
+
+    Such a check never passes on that tier (an agreement inside ``any_of``
+    may be passed by the other checks, and is not looked at), so every row
+    goes on to the next one: the answers are probably not in the form the
+    check reads (e.g. RouterBench's printed lists, ``['B\\n']``, where a
+    letter is expected).
+    """
+    wanted: dict[tuple[str, Normaliser], None] = {}
+    for _, cascade in policy.candidates:
+        checked = cascade.tiers if cascade.check_last_tier else cascade.tiers[:-1]
+        for tier in checked:
+            checks = cascade.checks if tier.checks is None else tier.checks
+            forms = {c.normalise for c in checks if isinstance(c, AgreementCheck)}
+            wanted.update(((tier.model, form), None) for form in sorted(forms))
+    return [
+        (model, form)
+        for model, form in wanted
+        if not any(
+            model in row.outcomes
+            and normalise(row.outcomes[model].response, form) is not None
+            for row in rows
+        )
+    ]
+
+
 def _missing_reason(row: ReplayRow, needed: Sequence[str]) -> str:
     if not row.outcomes:
         return "no outcome for any model"
@@ -263,7 +295,12 @@ def fit_and_report(
     rows, _ = narrow_rows(policy, rows)
     fit_part, held_out = split_rows(rows, fit_fraction, seed)
     if len(policy.candidates) > 1 and not fit_part:
-        raise ConfigError(f"{policy.name} has candidates to choose from; fit on rows")
+        raise ConfigError(
+            f"{policy.name} has {len(policy.candidates)} candidates to choose "
+            f"from, but a fit fraction of {fit_fraction:g} of {len(rows)} rows "
+            "leaves no row to choose on; give a fit fraction above 0 "
+            "(--fit-fraction, 0.5 by default), or a policy with one candidate"
+        )
     known = {"heuristic": _memoised(heuristic_complexity), **policy.callables}
     on_fit = (
         [

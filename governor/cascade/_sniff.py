@@ -137,11 +137,13 @@ def _json_layout(first: str) -> Sniffed:
         return Sniffed(REPLAY_JSONL, "JSON lines with 'outcomes'")
     if "question_id" in keys:
         if {"model", "score", "judgment"} <= keys:
-            return Sniffed(ARENA_JUDGMENTS, "Arena-Bench judgments")
+            return Sniffed(
+                ARENA_JUDGMENTS, "JSON lines with question_id, model, score, judgment"
+            )
         if "choices" in keys:
-            return Sniffed(ARENA_ANSWERS, "Arena-Bench answers")
+            return Sniffed(ARENA_ANSWERS, "JSON lines with question_id and choices")
         if "turns" in keys:
-            return Sniffed(ARENA_QUESTIONS, "Arena-Bench questions")
+            return Sniffed(ARENA_QUESTIONS, "JSON lines with question_id and turns")
     return Sniffed(None, f"JSON lines with keys {_shown(sorted(keys))}")
 
 

@@ -8,7 +8,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from governor.cli._policy import POLICY_HELP
+from governor.cli._policy import POLICY_HELP, unpriced_advice
 from governor.cli._replay import (
     SourceError,
     add_source_arguments,
@@ -48,7 +48,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from governor._errors import ConfigError
+    from governor._errors import ConfigError, PriceUnknown
     from governor._replay import load_policy, replay, swaps_from
 
     try:
@@ -69,6 +69,10 @@ def _run(args: argparse.Namespace) -> int:
         run_b = replay(records, policy_b, label=label_b, model_map=swaps)
     except ConfigError as exc:
         print(f"governor compare: {exc}", file=sys.stderr)
+        return 2
+    except PriceUnknown as exc:
+        advice = unpriced_advice(exc.model, exc.reason, "--a and --b")
+        print(f"governor compare: {advice}", file=sys.stderr)
         return 2
     _print(args, run_a, run_b)
     return 0

@@ -32,7 +32,9 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document to stdout"
     )
-    parser.add_argument("--seed", type=int, default=0, help="injection seed (0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="injection seed, any whole number (0)"
+    )
     parser.add_argument(
         "--trials",
         type=positive_count,
@@ -56,7 +58,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from governor._errors import GovernorError
+    from governor._errors import GovernorError, PriceUnknown
     from governor.anomaly._eval import run_eval
 
     try:
@@ -67,12 +69,31 @@ def _run(args: argparse.Namespace) -> int:
             model=args.model,
             defaults_only=args.defaults_only,
             progress=_progress(),
+            warn=_warn,
         )
+    except PriceUnknown as exc:
+        print(f"governor eval anomalies: {_unpriced(exc)}", file=sys.stderr)
+        return 2
     except (GovernorError, OSError) as exc:
         print(f"governor eval anomalies: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(document, indent=2) if args.json else render(document))
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"governor eval anomalies: warning: {message}", file=sys.stderr)
+
+
+def _unpriced(exc: Any) -> str:
+    """The price error in command-line terms: choose a model that has one."""
+    detail = f" ({exc.reason})" if exc.reason else ""
+    return (
+        f"--model {exc.model}: no price is known for it{detail}. The trace's "
+        "tokens are priced at a model's list price from LiteLLM's bundled price "
+        "map: give --model a model it prices, such as gpt-4o-mini (the "
+        "default); `governor pricing MODEL` shows whether a model has a price"
+    )
 
 
 def _progress() -> Callable[[int, int], None]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +37,29 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         "package.module:attribute",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON doc")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="split seed, any whole number (0)"
+    )
     parser.add_argument(
         "--fit-fraction",
-        type=float,
+        type=_fit_fraction,
         default=0.5,
-        help="share of rows used to choose a candidate (0.5); 0 reports a "
-        "one-candidate policy on every row",
+        help="share of rows used to choose a candidate, at least 0 and below 1 "
+        "(0.5); 0 reports a one-candidate policy on every row",
     )
     parser.add_argument(
-        "--target-quality", type=float, default=0.98, help="quality ratio (0.98)"
+        "--target-quality",
+        type=_quality_target,
+        default=0.98,
+        help="quality ratio to reach, from 0 to 1: a share of the always-best "
+        "model's accuracy (0.98)",
     )
     parser.add_argument(
-        "--target-cost", type=float, default=0.30, help="cost ratio (0.30)"
+        "--target-cost",
+        type=_cost_target,
+        default=0.30,
+        help="cost ratio to stay within, 0 or more: a share of the always-best "
+        "model's cost (0.30)",
     )
     parser.add_argument(
         "--png", metavar="PATH", help="also write the cost-quality chart here"
@@ -55,11 +67,55 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.set_defaults(handler=_run)
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    return value
+
+
+def _fit_fraction(text: str) -> float:
+    """An argparse type: a share of the rows, 0 up to (not including) 1."""
+    value = _number(text)
+    if not 0 <= value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 up to, not including, 1, got {text!r}"
+        )
+    return value
+
+
+def _quality_target(text: str) -> float:
+    """An argparse type: a quality ratio, 0 to 1."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            "must be a number from 0 to 1 (a share of the always-best model's "
+            f"accuracy, e.g. 0.98), got {text!r}"
+        )
+    return value
+
+
+def _cost_target(text: str) -> float:
+    """An argparse type: a cost ratio, 0 or more."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            "must be a number of 0 or more (a share of the always-best model's "
+            f"cost, e.g. 0.3), got {text!r}"
+        )
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
     from governor.cascade._builtin import load_policy, price_table
-    from governor.cascade._datasets import read_rows, refuse_unpriced
-    from governor.cascade._fit import fit_and_report, narrow_rows
+    from governor.cascade._datasets import (
+        read_rows,
+        refuse_unanswered,
+        refuse_unpriced,
+    )
+    from governor.cascade._fit import fit_and_report, formless_answers, narrow_rows
 
     try:
         png = _writable(args.png)
@@ -67,9 +123,11 @@ def _run(args: argparse.Namespace) -> int:
         loaded = read_rows(
             Path(args.data), lambda layout: price_table(layout, policy.pricing)
         )
-        models = (tier.model for _, c in policy.candidates for tier in c.tiers)
+        models = [tier.model for _, c in policy.candidates for tier in c.tiers]
+        refuse_unanswered(loaded, models)
         refuse_unpriced(loaded, models, policy.name)
         rows, dropped = narrow_rows(policy, loaded.rows, loaded.unpriced)
+        _warn_formless(formless_answers(policy, rows))
         result = fit_and_report(
             policy,
             rows,
@@ -98,6 +156,28 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"cannot write the chart to {png}: {exc}")
     return 0
+
+
+# What each agreement form reads, for the warning when no answer has it.
+_FORMS = {
+    "choice": "a multiple-choice letter A-J, e.g. 'B' or 'the answer is B'",
+    "number": "a number",
+    "json": "JSON",
+    "text": "any text",
+}
+
+
+def _warn_formless(formless: Sequence[tuple[str, str]]) -> None:
+    """Say which models' answers never have the form an agreement check reads."""
+    for model, form in formless:
+        print(
+            f"governor eval cascade: warning: no recorded answer of {model!r} has "
+            f"a {form!r} form ({_FORMS[form]}), so the agreement check on its tier "
+            "never passes and every row goes on to the next tier; check the "
+            "answers' form in the data (a printed list such as \"['B\\n']\" "
+            "is read as its text only when every answer of the model is one)",
+            file=sys.stderr,
+        )
 
 
 def _fail(message: str) -> int:
@@ -136,9 +216,16 @@ def _note(result: Any) -> str | None:
     )
 
 
+# From here on a ratio is shown in scientific notation, not as a row of digits.
+_LARGE_RATIO = 1e6
+
+
 def _shown(ratio: float | None) -> str:
-    """A ratio to three places, or n/a where the always-best figure is 0."""
-    return "n/a" if ratio is None else f"{ratio:.3f}"
+    """A ratio to three places (in scientific notation from a million on), or
+    n/a where the always-best figure is 0."""
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.3e}" if abs(ratio) >= _LARGE_RATIO else f"{ratio:.3f}"
 
 
 def _read_line(doc: dict[str, Any]) -> str:

@@ -43,14 +43,18 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
             "a mini-swe-agent .traj.json file (one run), or JSONL of mini-swe-agent "
             "runs such as the compacted SWE-bench data set "
             "(trajectories.jsonl.gz); or a folder, read with its sub-folders, of "
-            "such files (*.traj.json, *.json, *.jsonl, *.traj; .gz too)"
+            "such files (*.traj.json, *.json, *.jsonl; .gz too; a *.traj file "
+            "is read as JSON in these formats: SWE-agent's own .traj format is "
+            "not read)"
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON doc")
     parser.add_argument(
         "--inject", action="store_true", help="splice seeded loops into copies"
     )
-    parser.add_argument("--seed", type=int, default=0, help="injection seed (0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="injection seed, any whole number (0)"
+    )
     parser.add_argument(
         "--sweep", action="store_true", help="also vary one setting at a time"
     )

@@ -10,6 +10,22 @@ from typing import Any
 POLICY_HELP = "'default', 'pack:NAME', a .json policy, or a .py file defining POLICY"
 """How every command that takes a policy describes what it takes."""
 
+_EXAMPLE_PRICE = {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.5}
+
+
+def unpriced_advice(model: str, reason: str, option: str = "--policy") -> str:
+    """Say that ``model`` has no price and how to give one on the command line:
+    the ``"pricing"`` of a JSON policy file passed with ``option``."""
+    detail = f" ({reason})" if reason else ""
+    example = json.dumps({"pricing": {"overrides": {model: _EXAMPLE_PRICE}}})
+    return (
+        f"no price is known for model {model!r}{detail}. Price it in a JSON "
+        f"policy file given with {option}, e.g. {example} (US dollars per "
+        'million tokens; {} prices a free model at zero), or give "pricing" a '
+        '"default" price such as {"default": '
+        f"{json.dumps(_EXAMPLE_PRICE)}}} for every model without one"
+    )
+
 
 def register(sub: Any, name: str, help_text: str) -> None:
     """Add ``policy packs`` and ``policy show`` to the command line."""

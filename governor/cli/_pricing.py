@@ -8,7 +8,7 @@ import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._policy import POLICY_HELP
+from governor.cli._policy import POLICY_HELP, unpriced_advice
 
 if TYPE_CHECKING:
     from governor.pricing import Rate, RateTier
@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"requested": args.model, "error": exc.to_dict()}))
         else:
-            print(f"governor pricing: {exc}", file=sys.stderr)
+            advice = unpriced_advice(exc.model, exc.reason)
+            print(f"governor pricing: {advice}", file=sys.stderr)
         return 1
     document = describe(args.model, rate)
     print(json.dumps(document, indent=2) if args.json else _as_text(document))

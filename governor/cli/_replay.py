@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from governor.cli._policy import POLICY_HELP
+from governor.cli._policy import POLICY_HELP, unpriced_advice
 from governor.cli._spend_source import redis_down, unreachable
 from governor.cli._text import ljust, printable, width
 
@@ -178,7 +178,7 @@ def check_swaps(records: Sequence[Any], swaps: Mapping[str, str]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from governor._errors import ConfigError
+    from governor._errors import ConfigError, PriceUnknown
     from governor._replay import load_policy, replay, swaps_from
 
     try:
@@ -195,6 +195,10 @@ def _run(args: argparse.Namespace) -> int:
         run = replay(records, policy, label=label, model_map=swaps)
     except ConfigError as exc:
         print(f"governor replay: {exc}", file=sys.stderr)
+        return 2
+    except PriceUnknown as exc:
+        advice = unpriced_advice(exc.model, exc.reason)
+        print(f"governor replay: {advice}", file=sys.stderr)
         return 2
     if args.json:
         tasks = [

@@ -179,7 +179,8 @@ def _detection(pairs: Sequence[tuple[Injection, Flag | None]]) -> dict[str, Any]
         "injected": len(pairs),
         "detected": len(delays),
         "detection_rate": _rate(len(delays), len(pairs)),
-        "median_delay_repeats": statistics.median(delays) if delays else None,
+        # A float however many delays: the median of an odd count is an int.
+        "median_delay_repeats": float(statistics.median(delays)) if delays else None,
         "max_delay_repeats": max(delays) if delays else None,
     }
 

@@ -114,11 +114,17 @@ def _whole(value: object) -> int | None:
     return None
 
 
+# No single call costs a trillion dollars: more means a corrupt record (as
+# ``governor report`` refuses a spend record's cost).
+_MOST_USD = Decimal(10) ** 12
+
+
 def cost_of(value: object, *, where: str) -> Decimal | None:
-    """Read a cost in dollars: a finite number of at least 0.
+    """Read a cost in dollars: a finite number of at least 0, at most 10**12.
 
     Null or ``""`` is None: the record does not say what the call cost, which
-    is not the same as a call that cost nothing.
+    is not the same as a call that cost nothing. More than a trillion
+    dollars for one call is refused as a corrupt record.
     """
     if value is None or value == "":
         return None
@@ -130,6 +136,11 @@ def cost_of(value: object, *, where: str) -> Decimal | None:
         raise ConfigError(
             f"{where} is {value!r}; a cost is a finite number of dollars of at "
             'least 0, such as "0.004596"'
+        )
+    if amount > _MOST_USD:
+        raise ConfigError(
+            f"{where} of {amount:.3e} dollars for one call cannot be right; the "
+            'record is corrupt: a cost is dollars per call, such as "0.004596"'
         )
     return amount
 

@@ -10,9 +10,12 @@ and may start with a byte-order mark.
 A folder is read with its sub-folders (mini-swe-agent's SWE-bench runner
 writes ``<instance_id>/<instance_id>.traj.json``): every ``*.json``,
 ``*.jsonl`` and ``*.traj`` file, gzipped too (``*.json.gz``), in order of
-their paths; names starting with a dot are left out. A JSON document in a
-folder whose one JSON object is not a run (it has neither ``calls`` nor
-``messages``, as mini-swe-agent's ``preds.json``) is skipped and reported.
+their paths; names starting with a dot are left out. A ``.traj`` file is
+read as JSON in these formats: SWE-agent's own ``.traj`` format (a
+``trajectory`` of action and observation steps) is not read, and is named
+as such. A JSON document in a folder whose one JSON object is not a run (it
+has neither ``calls`` nor ``messages``, as mini-swe-agent's ``preds.json``)
+is skipped and reported.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def _runs(
                 f"{place}: a JSON {kind_of(value)}, not a run object; {place.fix}"
             )
         if in_folder and single and not _is_run(value):
-            on_skip(file, f"it holds {_NOT_A_RUN}")
+            on_skip(file, f"it holds {_not_a_run(value)}")
             continue
         try:
             run = run_from_dict(value, default_id=default_id)
@@ -169,6 +172,20 @@ def _runs(
 
 def _is_run(value: Mapping[str, Any]) -> bool:
     return "calls" in value or "messages" in value
+
+
+def _not_a_run(value: Mapping[str, Any]) -> str:
+    """What a JSON object that is not a run is, for a skip or an error."""
+    if isinstance(value.get("trajectory"), list):
+        return _SWE_AGENT
+    return _NOT_A_RUN
+
+
+_SWE_AGENT = (
+    "a SWE-agent trajectory ('trajectory' of action and observation steps, as "
+    "SWE-agent's own .traj files hold), a format that is not read; give the "
+    "trajectory format (docs/loops.md) or mini-swe-agent runs"
+)
 
 
 def run_from_dict(
@@ -183,6 +200,8 @@ def run_from_dict(
         return trajectory_from_dict(row, default_id=default_id)
     if "messages" in row:
         return from_mini_swe_agent(row, default_id=default_id)
+    if isinstance(row.get("trajectory"), list):
+        raise ConfigError(f"this is {_SWE_AGENT}")
     raise ConfigError(
         "a run needs 'id', 'outcome' and 'calls' (the trajectory format in "
         "docs/loops.md), or must be a mini-swe-agent run with 'messages'"

@@ -128,6 +128,9 @@ class SpendRecord:
                 values[name] = _json_money(name, values.get(name, "0"))
             if isinstance(values.get("tags"), Mapping):
                 values["tags"] = dict(values["tags"])
+            for name in REQUIRED_TEXT:
+                # Missing is refused as null is, naming the field.
+                values.setdefault(name, None)
             return cls(**values)
         except KeyError as exc:
             hint = ""
