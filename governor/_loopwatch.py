@@ -128,7 +128,7 @@ class LoopWatch:
             return
         called = _called_tools(text)
         loops = self.task.policy.loops
-        long_enough = len(text.split()) >= loops.min_output_words
+        short = len(text.split()) < loops.min_output_words
         with self._lock:
             if node is not None:
                 if (step, node) in self._seen_step_nodes:
@@ -142,8 +142,8 @@ class LoopWatch:
                 return
             if prompt_key is not None:
                 self._act(self.guard.on_call(prompt_key, text, step=step))
-            if long_enough:
-                self._act(self.guard.on_model_output(text, step=step))
+            # A short answer is no near-copy, but it may end a run of them.
+            self._act(self.guard.on_model_output(text, step=step, short=short))
 
     def after_hit(self, text: str | None, step: int, prompt_key: str | None) -> None:
         """Judge a call answered from the cache: the same call made again.

@@ -356,6 +356,37 @@ def test_turn_taking_in_record_mode_needs_a_fresh_run() -> None:
     assert rules == [None] * 4 + ["near_duplicate", None, None, "near_duplicate"]
 
 
+REFUSAL = "I'm sorry, but I can't assist with that request, I am afraid."
+
+
+def test_a_short_output_between_near_copies_ends_their_run() -> None:
+    """A run of near-copies is made of outputs in a row: a short answer
+    between them (each a new label) is an output and ends it."""
+    guard = LoopGuard(Loops())
+    verdicts = []
+    for step, label in enumerate(["billing", "shipping", "refund", "login"] * 2):
+        verdicts.append(guard.on_model_output(REFUSAL, step=step))
+        verdicts.append(guard.on_model_output(label, step=step, short=True))
+    assert verdicts == [None] * 16
+
+
+def test_a_short_output_the_cycle_repeats_keeps_its_run() -> None:
+    """A writer repeating himself and a critic answering the same short
+    'Needs more detail.' each time is stopped on the writer's 4th draft."""
+    guard = LoopGuard(Loops())
+    rules = []
+    for step in range(1, 8):
+        if step % 2:
+            verdict = guard.on_model_output(REFUSAL, step=step)
+        else:
+            verdict = guard.on_model_output("Needs more detail.", step=step, short=True)
+        rules.append(verdict and verdict.rule)
+    assert rules == [None] * 6 + ["near_duplicate"]
+    assert verdict is not None
+    assert verdict.steps == (1, 2, 3, 4, 5, 6, 7)
+    assert "the short outputs between them came back the same" in verdict.message
+
+
 def test_outputs_without_words_are_skipped() -> None:
     """Empty outputs (tool calls only) are left to the tool rules."""
     guard = LoopGuard(Loops())
@@ -452,6 +483,7 @@ def test_error_carries_evidence_steps_and_spend() -> None:
         "steps": [1, 2, 3, 4],
         "setting": "max_repeats",
         "limit": 2,
+        "tools": ["bash"],
     }
 
 
@@ -462,6 +494,21 @@ def test_error_message_names_the_setting_to_change() -> None:
     message = str(verdict.to_error(spent_usd=Decimal("1.5")))
     assert "Loops.max_repeats (now 2)" in message
     assert "$1.5" in message
+
+
+def test_a_repeated_tool_call_is_offered_for_exempt_tools_first() -> None:
+    """Raising the setting that fired alone lets the next rule stop the same
+    calls, so the message names the tool for exempt_tools and the others."""
+    guard = LoopGuard(Loops())
+    (verdict,) = _feed_tool(guard, [("ls", "a")] * 4)
+    message = str(verdict.to_error())
+    assert verdict.tools == ("bash",)
+    assert (
+        "list the tool in Loops.exempt_tools (exempt_tools=('bash',)). Raising "
+        "Loops.max_repeats (now 2) alone is not enough: max_stale_steps, "
+        "max_repeated_turns and max_same_result_repeats also bound a repeated "
+        "tool call. Or set Loops(action='record') to only flag loops."
+    ) in message
 
 
 def test_bad_setting_names_accepted_forms() -> None:

@@ -326,6 +326,67 @@ def test_agents_ping_ponging_are_stopped_before_the_recursion_limit(
     assert (report.calls, report.stop_reason) == (5, "loop_detected")
 
 
+def test_a_writer_answered_with_one_short_critique_is_still_stopped() -> None:
+    """A short critique between the drafts keeps their run when it comes back
+    the same: stopped on the 4th draft, the 7th output."""
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        critic = messages[0]["content"].startswith("You critique")
+        return "Needs more detail." if critic else DRAFT
+
+    install_offline_provider(responder, speed=0)
+    graph = govern(_ping_pong_with_counter(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"revision": 0}, {"recursion_limit": 200})
+    assert info.value.rule == "near_duplicate"
+    assert graph.last_report is not None
+    assert graph.last_report.calls == 7
+
+
+REFUSAL = "I'm sorry, but I can't assist with that request."
+TICKETS = {
+    "charged twice": "billing",
+    "parcel lost": "shipping",
+    "want my money back": "refund",
+    "cannot log in": "login",
+    "invoice wrong": "billing",
+    "feature idea": "other",
+    "return item": "refund",
+    "late delivery": "shipping",
+}
+
+
+def test_a_batch_of_cascades_whose_cheap_tier_refuses_is_not_a_loop() -> None:
+    """One task labels eight tickets through a cascade: the cheap tier gives
+    the same refusal each time (rejected), the next a one-word label. The
+    labels come between the refusals, so these are no near-copies in a row."""
+    from governor import Cascade
+    from governor.cascade import NonEmptyCheck, NotRefusalCheck, Tier
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        if model == "gpt-4o-mini":
+            return REFUSAL
+        return TICKETS[messages[-1]["content"].removeprefix("Classify: ")]
+
+    install_offline_provider(responder, speed=0)
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="offline/gpt-4o-mini"),
+            Tier(name="premium", model="offline/gpt-4o"),
+        ],
+        checks=[NonEmptyCheck(), NotRefusalCheck()],
+    )
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        labels = [
+            llm.cascade([{"role": "user", "content": f"Classify: {t}"}]).answer.text
+            for t in TICKETS
+        ]
+    assert labels == list(TICKETS.values())
+    assert (task.report().calls, task.report().stop_reason) == (16, None)
+
+
 def test_planner_and_executor_with_new_outputs_are_not_stopped() -> None:
     """Turn-taking whose outputs carry new content each lap runs to its end."""
     from langchain_core.messages import HumanMessage

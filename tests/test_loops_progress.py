@@ -307,6 +307,19 @@ def test_a_node_that_pays_a_model_call_each_visit_is_still_stopped() -> None:
     assert "exempt_tools=('poll',)" in str(info.value)
 
 
+def test_raising_max_repeats_alone_leaves_a_paid_poll_to_the_stale_rule() -> None:
+    """The repeat message says so, and the stale rule then stops the poll."""
+    with pytest.raises(LoopDetected) as info:
+        _paid_polls(Loops(max_identical_calls=None))
+    assert (
+        "(exempt_tools=('poll',)). Raising Loops.max_repeats (now 2) alone is "
+        "not enough: max_stale_steps also bounds a repeated visit."
+    ) in str(info.value)
+    with pytest.raises(LoopDetected) as info:
+        _paid_polls(Loops(max_identical_calls=None, max_repeats=10))
+    assert info.value.rule == "stale"
+
+
 def test_a_node_listed_in_exempt_tools_is_not_judged() -> None:
     """exempt_tools takes node names: a paid poll may come back to its state."""
     polls, out = _paid_polls(Loops(exempt_tools=("poll",), max_identical_calls=None))
@@ -352,3 +365,75 @@ def test_tool_call_answers_calling_an_exempt_tool_go_on() -> None:
             calls = [{"id": "p", "name": "job_status", "args": {"job": "7"}}]
             watch.after_call(tool_call_output(None, calls), n + 1, None, "prompt-1")
         assert watch.stopped is None
+
+
+# -- what a repeated tool call's message offers ------------------------------
+
+
+def _status_polls(loops: Loops, pending: int = 8) -> tuple[int, LoopDetected | None]:
+    """An agent polling job_status, "pending" ``pending`` times, then done;
+    returns the polls made and the loop that stopped it, if any."""
+    polls = {"n": 0}
+
+    def responder(model: str, messages: Any, tools: Any) -> Any:
+        if polls["n"] > pending:
+            return "The job is done and its result is 42."
+        polls["n"] += 1
+        call = {"name": "job_status", "arguments": {"job_id": "j-1"}}
+        return OfflineAnswer(tool_calls=[call])
+
+    install_offline_provider(responder, speed=0)
+    gov = Governor(Policy(loops=loops))
+    llm = GovernedLiteLLM(gov)
+    model = offline_model("gpt-4o-mini")
+    prompt: list[dict[str, Any]] = [{"role": "user", "content": "Wait for job j-1."}]
+    try:
+        with gov.task():
+            for _ in range(pending + 3):
+                message = (
+                    llm.completion(model=model, messages=prompt).choices[0].message
+                )
+                if not message.tool_calls:
+                    return polls["n"], None
+                made = [c.model_dump() for c in message.tool_calls]
+                status = "done" if polls["n"] > pending else "pending"
+                prompt += [
+                    {"role": "assistant", "content": None, "tool_calls": made},
+                    *(
+                        {"role": "tool", "tool_call_id": c["id"], "content": status}
+                        for c in made
+                    ),
+                ]
+    except LoopDetected as error:
+        return polls["n"], error
+    raise AssertionError("the agent never answered")
+
+
+@pytest.mark.parametrize(
+    ("raised", "rule"),
+    [
+        ({}, "repeat"),
+        ({"max_repeats": 10}, "repeated_turns"),
+        ({"max_repeats": 10, "max_repeated_turns": 10}, "stale"),
+    ],
+)
+def test_each_rule_a_repeated_poll_meets_offers_exempt_tools(
+    raised: dict[str, int], rule: str
+) -> None:
+    """Raising the setting that fired only lets the next rule stop the same
+    poll: every message offers the tool for exempt_tools and says so."""
+    _, error = _status_polls(Loops(**raised))
+    assert error is not None
+    assert error.rule == rule
+    assert error.tools == ("job_status",)
+    message = str(error)
+    offer = "list the tool in Loops.exempt_tools (exempt_tools=('job_status',))"
+    assert offer in message
+    assert f"Raising Loops.{error.setting} (now {error.limit}) alone is not" in message
+    assert "max_same_result_repeats also bound a repeated tool call" in message
+
+
+def test_a_poll_listed_in_exempt_tools_runs_to_its_end() -> None:
+    """The one setting the messages offer first lets the poll through."""
+    polls, error = _status_polls(Loops(exempt_tools=("job_status",)))
+    assert (polls, error) == (9, None)

@@ -27,6 +27,8 @@ class LoopDetected(GovernorHalt, RecursionError):
         steps: the step numbers at which the repeated items were seen.
         setting: the :class:`governor.Loops` field that changes this rule.
         limit: that field's value when the rule fired.
+        tools: the tools whose calls the loop repeats (empty when it repeats
+            no tool call); the message offers them for ``Loops.exempt_tools``.
         spent_usd: what the task had spent when it was stopped.
     """
 
@@ -41,6 +43,7 @@ class LoopDetected(GovernorHalt, RecursionError):
         steps: Sequence[int] = (),
         setting: str,
         limit: float | None = None,
+        tools: Sequence[str] = (),
         task_id: str | None = None,
         spent_usd: Decimal = Decimal(0),
         spent_tokens: int = 0,
@@ -50,12 +53,11 @@ class LoopDetected(GovernorHalt, RecursionError):
         self.steps = tuple(steps)
         self.setting = setting
         self.limit = limit
+        self.tools = tuple(tools)
         message = (
             f"loop detected by rule {rule!r}: {detail}. The task was stopped "
             f"after spending ${decimal_text(spent_usd)} ({spent_tokens} tokens). "
-            f"{_advice(rule, self.evidence)} "
-            f"raise Loops.{setting} (now {limit}), or set Loops(action='record') "
-            "to only flag loops."
+            f"{_advice(self)} Or set Loops(action='record') to only flag loops."
         )
         super().__init__(
             message, task_id=task_id, spent_usd=spent_usd, spent_tokens=spent_tokens
@@ -69,33 +71,80 @@ class LoopDetected(GovernorHalt, RecursionError):
             "steps": list(self.steps),
             "setting": self.setting,
             "limit": self.limit,
+            "tools": list(self.tools),
         }
 
 
-def _advice(rule: str, evidence: Sequence[str]) -> str:
+# Besides its own setting, what else bounds the same repetition: raising one
+# alone lets the next stop it at the same call or a few calls later.
+_TOOL_BOUNDS = {
+    "repeat": ("max_stale_steps", "max_repeated_turns", "max_same_result_repeats"),
+    "cycle": ("max_stale_steps", "max_repeated_turns", "max_same_result_repeats"),
+    "stale": (
+        "max_repeats",
+        "max_cycle_repeats",
+        "max_repeated_turns",
+        "max_same_result_repeats",
+    ),
+    "repeated_turns": ("max_repeats", "max_stale_steps", "max_same_result_repeats"),
+}
+_NODE_BOUNDS = {
+    "repeat": ("max_stale_steps",),
+    "cycle": ("max_stale_steps",),
+    "stale": ("max_repeats", "max_cycle_repeats"),
+}
+
+
+def _advice(error: LoopDetected) -> str:
+    """What to change: the setting, and first what lets a wanted repeat be."""
+    rule, evidence = error.rule, error.evidence
+    raise_it = f"raise Loops.{error.setting} (now {error.limit})"
+    raising = f"Raising Loops.{error.setting} (now {error.limit})"
     nodes = tuple(
         dict.fromkeys(item.split(_STATE)[0] for item in evidence if _STATE in item)
     )
-    if rule == "same_call":
-        return "If the same request is meant to be sent again and again,"
-    if rule in {"repeat", "cycle", "stale"} and nodes:
+    if rule in _NODE_BOUNDS and nodes:
         return (
             "If a node is meant to come back to the same state (it waits for "
             "something outside the graph), list it in Loops.exempt_tools, which "
-            f"takes node names too (exempt_tools={nodes!r}), or"
+            f"takes node names too (exempt_tools={nodes!r}). {raising} alone "
+            f"is not enough: {_joined(_NODE_BOUNDS[rule])} also "
+            f"{_bound(_NODE_BOUNDS[rule])} a repeated visit."
         )
-    if rule in {"repeat", "cycle", "stale"}:
+    if rule in _TOOL_BOUNDS and (error.tools or rule != "repeated_turns"):
+        named = f" (exempt_tools={error.tools!r})" if error.tools else ""
+        bounds = _TOOL_BOUNDS[rule]
+        if rule == "repeated_turns" and len(evidence) > 1:  # a cycle of turns
+            bounds = ("max_cycle_repeats", *bounds[1:])
         return (
-            "If the repetition is legitimate (a tool that polls on purpose), list "
-            "the tool in Loops.exempt_tools or"
+            "If the repetition is legitimate (a tool that polls on purpose), "
+            f"list the tool in Loops.exempt_tools{named}. {raising} alone is "
+            f"not enough: {_joined(bounds)} also {_bound(bounds)} a repeated "
+            "tool call."
         )
+    if rule == "same_call":
+        return f"If the same request is meant to be sent again and again, {raise_it}."
     if rule == "same_result":
+        named = f" (exempt_tools={error.tools!r})" if error.tools else ""
         return (
             "If the tool answers every call alike on purpose (an acknowledgement "
-            "such as 'saved'), list it in Loops.exempt_tools or"
+            f"such as 'saved'), list it in Loops.exempt_tools{named} or {raise_it}."
         )
     if rule == "repeated_turns":
-        return "If the conversation is meant to repeat itself,"
+        return f"If the conversation is meant to repeat itself, {raise_it}."
     if rule == "near_duplicate":
-        return "If such outputs are legitimate, raise near_duplicate_similarity or"
-    return "If the task needs more,"
+        return (
+            "If such outputs are legitimate, raise near_duplicate_similarity or "
+            f"{raise_it}."
+        )
+    return f"If the task needs more, {raise_it}."
+
+
+def _joined(names: tuple[str, ...]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _bound(names: tuple[str, ...]) -> str:
+    return "bounds" if len(names) == 1 else "bound"

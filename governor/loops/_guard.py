@@ -57,6 +57,8 @@ class LoopVerdict:
         setting: the :class:`governor.Loops` field that governs this rule.
         limit: that field's value.
         message: one sentence saying what happened.
+        tools: the tools whose calls the loop repeats, each once; empty
+            when it repeats no tool call.
     """
 
     rule: Rule
@@ -68,6 +70,7 @@ class LoopVerdict:
     setting: str
     limit: float
     message: str
+    tools: tuple[str, ...] = ()
 
     @property
     def hint(self) -> str:
@@ -93,6 +96,7 @@ class LoopVerdict:
             steps=self.steps,
             setting=self.setting,
             limit=self.limit,
+            tools=self.tools,
             task_id=task_id,
             spent_usd=spent_usd,
             spent_tokens=spent_tokens,
@@ -142,7 +146,9 @@ class LoopGuard:
         """Every verdict given so far in this task, oldest first."""
         return tuple(self._verdicts)
 
-    def on_model_output(self, text: str, *, step: int) -> LoopVerdict | None:
+    def on_model_output(
+        self, text: str, *, step: int, short: bool = False
+    ) -> LoopVerdict | None:
         """Observe the text of one model output.
 
         Pass the message text only; report the tool calls it asks for through
@@ -151,8 +157,15 @@ class LoopGuard:
         with each of the last ``Loops.max_cycle_period`` outputs, so agents
         that repeat themselves in turn are caught as well as one that
         repeats the output just before.
+
+        Pass ``short=True`` for an answer under ``Loops.min_output_words``,
+        which repeats legitimately (a label): it is never a near-copy, and it
+        ends the runs of near-copies, which are made of outputs that follow
+        one another, unless it is the same as the output k before in a cycle
+        of k (a critic answering a writer who repeats himself with the same
+        "Needs more detail.").
         """
-        hit = self._outputs.observe(text, _excerpt(text), step)
+        hit = self._outputs.observe(text, _excerpt(text), step, short=short)
         return self._verdict(hit, "output")
 
     def on_call(self, prompt_key: str, text: str, *, step: int) -> LoopVerdict | None:
@@ -200,7 +213,7 @@ class LoopGuard:
             norm_result, ids = normalize_result(result, mask_volatile=False), None
         key = digest("tool", name, norm_args, norm_result)
         label = f"{name}({_excerpt(norm_args)}) -> {_excerpt(norm_result)}"
-        hit = self._tools.observe(key, label, step)
+        hit = self._tools.observe(key, label, step, tool=name)
         same = self._results.observe(
             digest("result", name, norm_result),
             norm_args,
@@ -208,6 +221,7 @@ class LoopGuard:
             step,
             turn,
             new=ids is not None and self._new_item(name, norm_args, ids),
+            tool=name,
         )
         return self._verdict(hit or same, "tool")
 
@@ -312,6 +326,7 @@ class LoopGuard:
             setting=hit.setting,
             limit=hit.limit,
             message=hit.detail,
+            tools=hit.tools,
         )
         self._verdicts.append(verdict)
         logger.debug("loop verdict %s (%s): %s", hit.rule, action, hit.detail)

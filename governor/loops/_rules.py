@@ -29,9 +29,11 @@ at most one in ``near_duplicate_words_per_change`` (at least one). The rule
 fires when more than ``max_near_duplicate_outputs`` outputs in a row, and at
 least k, are each a near-copy of the output k before, for a lag k in
 1..max_cycle_period: lag 1 is a model repeating itself, a longer lag agents
-taking turns in a cycle (writer, critic, writer, critic ...). The second
-test keeps templated outputs that carry new content (a page summary with its
-own counts, one edit applied to a new name each time) apart from a model that
+taking turns in a cycle (writer, critic, writer, critic ...). A run is made
+of outputs that follow one another: an output too short to judge ends it,
+unless the cycle repeats that short output too. The second test keeps
+templated outputs that carry new content (a page summary with its own
+counts, one edit applied to a new name each time) apart from a model that
 repeats itself, whose outputs differ in whitespace, punctuation or a counter
 only.
 """
@@ -82,6 +84,7 @@ class Hit:
     labels: tuple[str, ...]
     steps: tuple[int, ...]
     detail: str
+    tools: tuple[str, ...] = ()  # the tools whose calls the loop repeats
 
 
 class Channel:
@@ -94,16 +97,23 @@ class Channel:
         self._digests: deque[bytes] = deque(maxlen=size)
         self._labels: deque[str] = deque(maxlen=size)
         self._steps: deque[int] = deque(maxlen=size)
+        self._names: deque[str] = deque(maxlen=size)
         self._counts: dict[bytes, int] = {}
         # _runs[k] = how many observations in a row equalled the one k back.
         self._runs = [0] * (self._max_period + 1)
         self._stale = 0
 
-    def observe(self, key: bytes, label: str, step: int) -> Hit | None:
-        """Add one observation and return the first rule it makes fire."""
+    def observe(
+        self, key: bytes, label: str, step: int, *, tool: str = ""
+    ) -> Hit | None:
+        """Add one observation and return the first rule it makes fire.
+
+        ``tool``: the tool called, for a tool call; a hit names the tools.
+        """
         self._update_runs(key)
         self._stale = self._stale + 1 if self._counts.get(key) else 0
         self._append(key, label, step)
+        self._names.append(tool)
         hit = self._repeat() or self._cycle() or self._stale_hit()
         if hit is not None:
             self.reset_streaks()
@@ -139,6 +149,11 @@ class Channel:
         steps = tuple(self._steps)[-n:]
         return labels, steps
 
+    def _tools(self, n: int) -> tuple[str, ...]:
+        """The tools of the last ``n`` observations, each once, oldest first."""
+        names = tuple(self._names)[-min(n, len(self._names)) :]
+        return tuple(dict.fromkeys(name for name in names if name))
+
     def _repeat(self) -> Hit | None:
         limit = self._loops.max_repeats
         run = self._runs[1]
@@ -153,6 +168,7 @@ class Channel:
             labels=labels[-1:],
             steps=steps,
             detail=f"{labels[-1]} came back the same {run} times in a row",
+            tools=self._tools(1),
         )
 
     def _cycle(self) -> Hit | None:
@@ -183,6 +199,7 @@ class Channel:
             detail=(
                 f"a cycle of {k} ({' -> '.join(lap)}) came back the same {laps} times"
             ),
+            tools=self._tools(k),
         )
 
     def _stale_hit(self) -> Hit | None:
@@ -203,16 +220,22 @@ class Channel:
                 f"{run} observations in a row each repeated one of the last "
                 f"{self._digests.maxlen}, so nothing new came in"
             ),
+            tools=self._tools(run),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class _Output:
-    """One judged model output: its words, their shingles and its excerpt."""
+    """One judged model output: its words, their shingles and its excerpt.
+
+    A short output (under ``min_output_words``) has no shingles: it is never
+    a near-copy, only the same as another short output or not.
+    """
 
     words: list[str]
     shingles: frozenset[int]
     excerpt: str
+    short: bool = False
 
 
 class OutputRun:
@@ -223,6 +246,12 @@ class OutputRun:
     repeats itself; a longer lag is agents or steps taking turns without
     progress (writer, critic, writer, critic ...), which comparing each
     output with the one just before cannot see.
+
+    A short output is never a near-copy, and it ends the run at every lag
+    (a run is made of outputs that follow one another) except where it is
+    the same as the output k before: a critic that answers a writer who
+    repeats himself with the same "Needs more detail." keeps the writer's
+    run at lag 2 going, without adding to it.
     """
 
     def __init__(self, loops: Loops) -> None:
@@ -230,42 +259,59 @@ class OutputRun:
         self._lags = loops.max_cycle_period
         self._recent: deque[_Output] = deque(maxlen=self._lags)
         self._steps: deque[int] = deque(maxlen=64)
-        # _runs[k]: outputs in a row that were near-copies of the one k back;
+        # _runs[k]: near-copies of the output k back in the current run;
+        # _spans[k]: outputs the run covers (its same short outputs too);
         # _lowest[k]: the lowest similarity in that run.
         self._runs = [0] * (self._lags + 1)
+        self._spans = [0] * (self._lags + 1)
         self._lowest = [1.0] * (self._lags + 1)
 
-    def observe(self, text: str, excerpt: str, step: int) -> Hit | None:
-        """Add one output and return a hit when a near-duplicate run is long."""
+    def observe(
+        self, text: str, excerpt: str, step: int, *, short: bool = False
+    ) -> Hit | None:
+        """Add one output and return a hit when a near-duplicate run is long.
+
+        ``short``: an output too short to judge as a near-copy; see the
+        class's description.
+        """
         limit = self._loops.max_near_duplicate_outputs
         current_words = words(text)
         if limit is None or not current_words:
             return None
-        current = _Output(
-            words=current_words,
-            shingles=shingles(current_words, self._loops.shingle_tokens),
-            excerpt=excerpt,
-        )
+        if short:
+            current = _Output(current_words, frozenset(), excerpt, short=True)
+        else:
+            found = shingles(current_words, self._loops.shingle_tokens)
+            current = _Output(current_words, found, excerpt)
         self._update_runs(current)
         self._recent.append(current)
         self._steps.append(step)
         for lag in range(1, self._lags + 1):
             # A cycle of k outputs must come back in full at least once.
-            if self._runs[lag] > max(limit, lag - 1):
+            if self._runs[lag] > limit and self._spans[lag] >= lag:
                 return self._hit(lag, limit)
         return None
 
     def _update_runs(self, current: _Output) -> None:
         n = len(self._recent)
         for lag in range(1, self._lags + 1):
-            similarity = None
-            if lag <= n:
-                similarity = self._near(self._recent[n - lag], current)
+            before = self._recent[n - lag] if lag <= n else None
+            if before is None:
+                similarity = None
+            elif current.short or before.short:
+                same = current.short and before.short and current.words == before.words
+                if same and self._runs[lag]:
+                    self._spans[lag] += 1  # the cycle's short output again
+                    continue
+                similarity = None
+            else:
+                similarity = self._near(before, current)
             if similarity is None:
-                self._runs[lag] = 0
+                self._runs[lag] = self._spans[lag] = 0
                 self._lowest[lag] = 1.0
             else:
                 self._runs[lag] += 1
+                self._spans[lag] += 1
                 self._lowest[lag] = min(self._lowest[lag], similarity)
 
     def _near(self, before: _Output, after: _Output) -> float | None:
@@ -285,12 +331,19 @@ class OutputRun:
         return changed_words(before, after) <= allowed
 
     def _hit(self, lag: int, limit: int) -> Hit:
-        run = self._runs[lag]
-        steps = tuple(self._steps)[-(run + lag) :]
+        run, span = self._runs[lag], self._spans[lag]
+        steps = tuple(self._steps)[-(span + lag) :]
         if lag == 1:
             what = "the one before"
         else:
             what = f"the output {lag} before, a cycle of {lag} outputs"
+        if span == run:
+            found = f"{run} model outputs in a row were near-duplicates of {what}"
+        else:
+            found = (
+                f"{run} model outputs were near-duplicates of {what}, and the "
+                "short outputs between them came back the same"
+            )
         hit = Hit(
             rule="near_duplicate",
             setting="max_near_duplicate_outputs",
@@ -299,14 +352,14 @@ class OutputRun:
             labels=tuple(o.excerpt for o in tuple(self._recent)[-lag:]),
             steps=steps,
             detail=(
-                f"{run} model outputs in a row were near-duplicates of {what} "
-                f"(lowest similarity {self._lowest[lag]:.2f}; "
+                f"{found} (lowest similarity {self._lowest[lag]:.2f}; "
                 f"near_duplicate_similarity is "
                 f"{self._loops.near_duplicate_similarity:.2f})"
             ),
         )
         # The next hit needs a fresh run, whatever its lag.
         self._runs = [0] * (self._lags + 1)
+        self._spans = [0] * (self._lags + 1)
         self._lowest = [1.0] * (self._lags + 1)
         return hit
 
@@ -317,6 +370,7 @@ class _Result:
 
     key: bytes  # the tool and its masked result
     label: str
+    tool: str
     args: int  # a hash of the normalized arguments
     step: int
     turn: int | None
@@ -365,11 +419,12 @@ class ResultRun:
         turn: int | None = None,
         *,
         new: bool = False,
+        tool: str = "",
     ) -> Hit | None:
         """Add one call, keyed by tool and result; return a hit on a long run."""
         if self._limit is None:
             return None
-        current = _Result(key, label, hash(args), step, turn)
+        current = _Result(key, label, tool, hash(args), step, turn)
         self._update_runs(current, new)
         self._recent.append(current)
         for lag in range(1, self._period + 1):
@@ -417,6 +472,7 @@ class ResultRun:
             labels=tuple(item.label for item in lap),
             steps=steps,
             detail=self._detail(lap, repeats, len(self._args[lag])),
+            tools=tuple(dict.fromkeys(item.tool for item in lap if item.tool)),
         )
 
     @staticmethod
@@ -580,6 +636,8 @@ class PromptTurns:
             return None
         self._fired, self._quiet = cycle, 0
         labels = tuple(_turn_label(messages[start]) for start in starts)
+        calls = (call for start in starts for call in _tool_calls(messages[start]))
+        tools = tuple(dict.fromkeys(name for name, _ in calls if name))
         k = len(starts)
         if k == 1:
             what = f"the same turn ({labels[0]})"
@@ -596,6 +654,7 @@ class PromptTurns:
                 f"the prompt ends with {what} repeated {run} times in a row, so the "
                 "model is being fed its own answers and nothing new"
             ),
+            tools=tools,
         )
 
     def _turn_key(
