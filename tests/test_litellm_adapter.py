@@ -721,3 +721,173 @@ def test_each_fallback_model_is_charged_at_its_own_price(use_async: bool) -> Non
         models = [r.model for r in stub.requests]
     assert models == ["gpt-4o-mini", "gpt-4o"]
     assert task.report().cost_usd == 100 * Decimal("2.5e-6") + 50 * Decimal("10e-6")
+
+
+AUDIO_MODEL = "openai/gpt-4o-audio-preview-2024-12-17"
+
+
+def test_audio_tokens_are_charged_at_audio_prices() -> None:
+    """Audio prompt and output tokens cost what LiteLLM says they cost."""
+    from governor.testing import StubBehaviour, StubServer
+
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "total_tokens": 1500,
+        "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200},
+        "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100},
+    }
+    with StubServer(default=StubBehaviour(usage=usage)) as stub:
+        gov = Governor()
+        with gov.task() as task:
+            response = GovernedLiteLLM(gov).completion(
+                model=AUDIO_MODEL,
+                api_base=stub.base_url + "/v1",
+                api_key="sk-stub",
+                messages=MESSAGES,
+                max_tokens=600,
+            )
+    # 200 * 2.5e-6 + 800 * 4e-5 + 100 * 1e-5 + 400 * 8e-5
+    assert task.report().cost_usd == Decimal("0.0655")
+    assert litellm.completion_cost(response) == pytest.approx(0.0655)
+
+
+def test_the_hold_covers_output_at_the_audio_price() -> None:
+    """Output is reserved at the dearer audio price, so a call whose answer
+    could cost more than the budget left is refused before it is sent."""
+    # 100 output tokens: 0.001 at the text price, 0.008 at the audio price.
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.005")]))
+    with gov.task() as task, pytest.raises(BudgetExceeded):
+        GovernedLiteLLM(gov).completion(
+            model=AUDIO_MODEL, messages=MESSAGES, mock_response="x", max_tokens=100
+        )
+    assert task.report().refused == 1
+
+
+def test_prices_set_on_the_call_price_it() -> None:
+    """input_cost_per_token= / output_cost_per_token= win over the map, as in
+    LiteLLM; the next call without them pays the map's price again."""
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        response = llm.completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            mock_response="x",
+            max_tokens=20,
+            input_cost_per_token=0.001,
+            output_cost_per_token=0.002,
+        )
+    # litellm's mock reports 10 prompt and 20 completion tokens.
+    assert task.report().cost_usd == Decimal("0.05")
+    assert response._hidden_params["response_cost"] == pytest.approx(0.05)
+    with gov.task() as task:
+        llm.completion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+        )
+    assert task.report().cost_usd == price(10, 20)
+
+
+@pytest.mark.parametrize("where", ["litellm_params", "model_info"])
+def test_router_deployment_prices_price_its_calls(where: str) -> None:
+    """A Router deployment priced in its litellm_params or model_info is
+    charged at those prices, a model no map knows included."""
+    prices = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+    params: dict[str, Any] = {
+        "model": "openai/governor-unmapped",
+        "mock_response": "hi",
+    }
+    deployment: dict[str, Any] = {"model_name": "priced", "litellm_params": params}
+    if where == "litellm_params":
+        params.update(prices)
+    else:
+        deployment["model_info"] = dict(prices)
+    router = litellm.Router(model_list=[deployment], num_retries=0)
+    gov = Governor()
+    with instrument(gov), gov.task() as task:
+        response = router.completion(model="priced", messages=MESSAGES, max_tokens=20)
+    assert task.report().cost_usd == Decimal("0.05")
+    assert response._hidden_params["response_cost"] == pytest.approx(0.05)
+
+
+def test_a_model_registered_with_litellm_is_priced() -> None:
+    """litellm.register_model prices a model the bundled map lacks."""
+    name = "openai/governor-test-registered-model"
+    litellm.register_model(
+        {
+            name: {
+                "input_cost_per_token": 1e-6,
+                "output_cost_per_token": 2e-6,
+                "litellm_provider": "openai",
+                "mode": "chat",
+            }
+        }
+    )
+    try:
+        gov = Governor()
+        with gov.task() as task:
+            response = GovernedLiteLLM(gov).completion(
+                model=name, messages=MESSAGES, mock_response="x", max_tokens=20
+            )
+    finally:
+        litellm.model_cost.pop(name, None)
+    assert task.report().cost_usd == Decimal("10e-6") + Decimal("40e-6")
+    assert response._hidden_params["response_cost"] == pytest.approx(50e-6)
+
+
+@pytest.mark.parametrize("key", ["openai/gpt-4o-mini", "gpt-4o-mini"])
+def test_an_override_keyed_with_the_provider_prices_the_bare_name(key: str) -> None:
+    """LiteLLM sends gpt-4o-mini to openai: openai/gpt-4o-mini's override applies."""
+    from governor.policies import Price, Pricing
+
+    pricing = Pricing(
+        overrides={key: Price(input_usd_per_mtok="1", output_usd_per_mtok="2")}
+    )
+    gov = Governor(Policy(pricing=pricing))
+    with gov.task() as task:
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+        )
+    assert task.report().cost_usd == Decimal("10e-6") + Decimal("40e-6")
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_the_router_does_not_retry_a_refusal(use_async: bool) -> None:
+    """A budget refusal is raised at once, not retried after backoff; the
+    Router's fallback is a governed call of its own, which may fit."""
+    import time
+
+    deployments = [
+        {
+            "model_name": "primary",
+            "litellm_params": {"model": "gpt-4o", "mock_response": "hi"},
+        },
+        {
+            "model_name": "backup",
+            "litellm_params": {"model": "gpt-4o-mini", "mock_response": "hi"},
+        },
+    ]
+    # gpt-4o at max_tokens=100 needs about 0.001; gpt-4o-mini fits.
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.0005")]))
+    retrying = litellm.Router(model_list=deployments, num_retries=3)
+    falling_back = litellm.Router(
+        model_list=deployments, num_retries=3, fallbacks=[{"primary": ["backup"]}]
+    )
+
+    def call(router: Any) -> Any:
+        kwargs = {"model": "primary", "messages": MESSAGES, "max_tokens": 100}
+        if use_async:
+            return asyncio.run(router.acompletion(**kwargs))
+        return router.completion(**kwargs)
+
+    started = time.monotonic()
+    with instrument(gov):
+        with gov.task() as task, pytest.raises(BudgetExceeded) as caught:
+            call(retrying)
+        assert caught.value.num_retries == 0  # type: ignore[attr-defined]
+        assert task.report().refused == 1
+        with gov.task() as task:
+            answer = call(falling_back)
+        assert answer.model == "gpt-4o-mini"
+        assert (task.report().refused, task.report().calls) == (1, 1)
+    assert time.monotonic() - started < 3  # three retries back off for ~9 s

@@ -154,7 +154,17 @@ def test_first_map_entry_found_decides() -> None:
 def test_real_placeholder_entry_is_unknown() -> None:
     """The bundled map's unpriced placeholder ids are refused."""
     with pytest.raises(PriceUnknown):
-        RateCard().rate("bedrock/claude-opus-latest")
+        RateCard().rate("bedrock/ap-northeast-1/1-month-commitment/anthropic.claude-v1")
+
+
+def test_an_alias_row_is_priced_as_the_row_it_names() -> None:
+    """A map row with ``alias_of`` is served as that row, as LiteLLM serves it."""
+    alias = {"alias_of": "gpt-4o"}
+    card = RateCard(price_map={**_MAP, "gpt-4o-latest": alias})
+    rate = card.rate("gpt-4o-latest")
+    assert (rate.input_per_token, rate.output_per_token) == (D("2.5e-6"), D("1e-5"))
+    bundled = RateCard().rate("bedrock/claude-opus-latest")
+    assert bundled.input_per_token > 0
 
 
 def test_retired_claude_id_is_unknown() -> None:
@@ -410,12 +420,17 @@ def _random_usage(rng: random.Random, prompt: int, max_output: int) -> Usage:
     cache_read = rng.randint(0, prompt)
     cache_write = rng.randint(0, prompt - cache_read)
     completion = rng.randint(0, max_output)
+    reasoning = rng.randint(0, completion)
+    # Uncached audio input is bounded by the prompt's size, not its price
+    # (see Rate.worst_case_usd); audio output and audio cache reads by price.
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
-        reasoning_tokens=rng.randint(0, completion),
+        reasoning_tokens=reasoning,
+        audio_output_tokens=rng.randint(0, completion - reasoning),
+        audio_cache_read_tokens=rng.randint(0, cache_read),
     )
 
 
@@ -427,6 +442,8 @@ def _random_usage(rng: random.Random, prompt: int, max_output: int) -> Usage:
         "gemini/gemini-2.5-pro",
         "gemini/gemini-2.5-flash",
         "dashscope/qwen-plus-latest",
+        "gpt-4o-audio-preview-2024-12-17",
+        "gpt-audio-mini",
     ],
 )
 def test_worst_case_bounds_every_cost(model: str) -> None:
@@ -587,3 +604,178 @@ def test_cli_names_a_missing_policy_file(capsys: pytest.CaptureFixture[str]) -> 
     """A --policy that is no file exits 2 and says what it takes."""
     assert cli_main(["pricing", "gpt-4o", "--policy", "nope.py"]) == 2
     assert "is not 'default', 'pack:NAME' or an existing" in capsys.readouterr().err
+
+
+def test_worst_case_holds_output_at_the_dearer_audio_price() -> None:
+    """A model that prices audio output dearer than text holds output at it."""
+    rate = RateCard().rate("gpt-4o-audio-preview-2024-12-17")
+    worst = rate.worst_case_usd(prompt_tokens=10, max_output_tokens=100)
+    assert worst == 10 * D("2.5e-6") + 100 * D("8e-5")
+    nanos = rate.worst_case_nanos(prompt_tokens=10, max_output_tokens=100)
+    audio = Usage(prompt_tokens=10, completion_tokens=100, audio_output_tokens=100)
+    assert nanos >= rate.cost_nanos(audio) == 8_025_000
+
+
+def test_map_audio_prices_and_their_long_context_tier() -> None:
+    """Audio prices come from the entry; a tier's own audio input price wins,
+    audio output keeps the base's."""
+    entry = {
+        "input_cost_per_token": D("1e-6"),
+        "output_cost_per_token": D("4e-6"),
+        "input_cost_per_audio_token": D("3e-6"),
+        "output_cost_per_audio_token": D("9e-6"),
+        "input_cost_per_token_above_200k_tokens": D("2e-6"),
+        "output_cost_per_token_above_200k_tokens": D("8e-6"),
+        "input_cost_per_audio_token_above_200k_tokens": D("5e-6"),
+    }
+    rate = RateCard(price_map={"talker": entry}).rate("talker")
+    (tier,) = rate.tiers
+    assert (rate.audio_input_per_token, rate.audio_output_per_token) == (
+        D("3e-6"),
+        D("9e-6"),
+    )
+    assert (tier.audio_input_per_token, tier.audio_output_per_token) == (
+        D("5e-6"),
+        D("9e-6"),
+    )
+    long_call = Usage(prompt_tokens=200_001, audio_input_tokens=1, completion_tokens=2)
+    expected = 200_000 * D("2e-6") + D("5e-6") + 2 * D("8e-6")
+    assert rate.cost(long_call).usd == expected
+
+
+def _fake_litellm(monkeypatch: pytest.MonkeyPatch, model_cost: dict[str, Any]) -> None:
+    """Stand in for an imported litellm whose run-time map is ``model_cost``."""
+    import types
+
+    fake = types.ModuleType("litellm")
+    fake.model_cost = model_cost  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "litellm", fake)
+
+
+def test_call_prices_win_over_the_map_and_lie_over_its_entry() -> None:
+    """A call's own prices replace the entry's; the rest of the entry stays."""
+    from governor.pricing._ratecard import call_prices
+
+    card = _card()
+    with call_prices("gpt-4o", {"input_cost_per_token": 0.001}):
+        rate = card.rate("gpt-4o")
+        other = card.rate("long-context")
+    assert (rate.input_per_token, rate.output_per_token) == (D("0.001"), D("1e-5"))
+    assert (rate.cache_read_per_token, rate.max_output_tokens) == (D("1.25e-6"), 16384)
+    assert rate.source == "override"
+    assert other.input_per_token == D("1.25e-06")  # another model: the map's
+    assert card.rate("gpt-4o").input_per_token == D("2.5e-6")  # outside: the map's
+
+
+def test_a_policy_override_wins_over_call_prices() -> None:
+    """Pricing.overrides win over everything, a call's own prices included."""
+    from governor.pricing._ratecard import call_prices
+
+    price = Price(input_usd_per_mtok="1", output_usd_per_mtok="2")
+    card = _card(Pricing(overrides={"gpt-4o": price}))
+    with call_prices("openai/gpt-4o", {"input_cost_per_token": 0.5}):
+        assert card.rate("openai/gpt-4o").input_per_token == D("1e-6")
+
+
+def test_call_prices_price_an_unmapped_model_even_at_zero() -> None:
+    """A model no map knows is priced by the call's prices; zeros mean free."""
+    from governor.pricing._ratecard import call_prices
+
+    card = _card()
+    prices = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    with call_prices("openai/my-vllm", prices):
+        rate = card.rate("openai/my-vllm")
+    assert (rate.input_per_token, rate.output_per_token) == (D("1e-6"), D("2e-6"))
+    free = {"input_cost_per_token": 0, "output_cost_per_token": 0}
+    with call_prices("openai/my-vllm", free):
+        assert card.cost("openai/my-vllm", Usage(prompt_tokens=5)).usd == 0
+    cache_only = {"cache_read_input_token_cost": 1e-6}
+    with (
+        pytest.raises(PriceUnknown, match="call sets prices"),
+        call_prices("openai/my-vllm", cache_only),
+    ):
+        card.rate("openai/my-vllm")
+
+
+def test_call_per_second_price_replaces_token_prices() -> None:
+    """A per-second price set alone bills wall time, as LiteLLM does."""
+    from governor.pricing._ratecard import call_prices
+
+    with call_prices("gpt-4o", {"input_cost_per_second": 0.002}):
+        rate = _card().rate("gpt-4o")
+    assert (rate.usd_per_second, rate.input_per_token) == (D("0.002"), 0)
+    assert rate.cost(Usage(prompt_tokens=100), duration_s=1.5).usd == D("0.003")
+
+
+def test_a_flat_call_price_is_written_into_a_tiered_table() -> None:
+    """A tiered_pricing row set's ranges all take a flat price the call sets."""
+    from governor.pricing._ratecard import call_prices
+
+    table = [
+        {
+            "range": [0, 1000],
+            "input_cost_per_token": 1e-6,
+            "output_cost_per_token": 2e-6,
+        },
+        {
+            "range": [1000, 9000],
+            "input_cost_per_token": 3e-6,
+            "output_cost_per_token": 4e-6,
+        },
+    ]
+    card = RateCard(price_map={"t": {"tiered_pricing": table}})
+    with call_prices("t", {"output_cost_per_token": 7e-6}):
+        rate = card.rate("t")
+    assert [t.output_per_token for t in (rate, *rate.tiers)] == [D("7e-6")] * 2
+    assert [t.input_per_token for t in (rate, *rate.tiers)] == [D("1e-6"), D("3e-6")]
+
+
+def test_litellm_run_time_map_prices_a_model_the_map_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """litellm.model_cost (register_model) prices what the bundled map lacks,
+    before the default, and a changed registration reprices."""
+    runtime = {
+        "openai/my-vllm": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    }
+    _fake_litellm(monkeypatch, runtime)
+    default = Price(input_usd_per_mtok="50", output_usd_per_mtok="50")
+    card = RateCard(Pricing(default=default))
+    rate = card.rate("openai/my-vllm")
+    assert (rate.input_per_token, rate.source) == (D("0.000001"), "price_map")
+    runtime["openai/my-vllm"] = {
+        "input_cost_per_token": 3e-6,
+        "output_cost_per_token": 0,
+    }
+    assert card.rate("openai/my-vllm").input_per_token == D("0.000003")
+    # The bundled map's own models keep its prices.
+    runtime["gpt-4o-mini"] = {"input_cost_per_token": 1, "output_cost_per_token": 1}
+    assert card.rate("gpt-4o-mini").input_per_token == D("1.5e-7")
+    assert card.rate("never-heard-of").source == "default"
+
+
+def test_a_model_registered_after_a_refusal_is_priced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal is not kept: a later registration prices the model."""
+    runtime: dict[str, Any] = {}
+    _fake_litellm(monkeypatch, runtime)
+    card = RateCard()
+    with pytest.raises(PriceUnknown) as caught:
+        card.rate("late/model")
+    assert (
+        "not in LiteLLM's price map (bundled or at run time in litellm.model_cost)"
+        in str(caught.value)
+    )
+    runtime["late/model"] = {"input_cost_per_token": 1e-6, "output_cost_per_token": 0}
+    assert card.rate("late/model").input_per_token == D("0.000001")
+
+
+def test_a_pinned_map_ignores_litellms_run_time_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A card given its own map prices from it alone, and says so."""
+    _fake_litellm(monkeypatch, {"x": {"input_cost_per_token": 1.0}})
+    with pytest.raises(PriceUnknown) as caught:
+        _card().rate("x")
+    assert "not in the rate card's price map, and no override" in str(caught.value)

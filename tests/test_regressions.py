@@ -132,6 +132,12 @@ def test_bad_max_tokens_is_refused(bad: Any) -> None:
     [
         ({"max_completion_tokens": True}, "max_tokens must be a positive"),
         ({"n": True, "max_tokens": 10}, "n must be a positive"),
+        ({"n": 0, "max_tokens": 10}, "n must be a positive"),
+        ({"n": False, "max_tokens": 10}, "n must be a positive"),
+        (
+            {"max_tokens": 100, "max_completion_tokens": True},
+            "max_tokens must be a positive",
+        ),
     ],
 )
 def test_a_bool_for_a_token_count_or_n_is_refused_unsent(

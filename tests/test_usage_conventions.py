@@ -413,3 +413,86 @@ def test_a_usage_passes_through_unchanged() -> None:
     """A governor Usage, estimated or not, is returned as it is."""
     counted = Usage(prompt_tokens=9, completion_tokens=4, estimated=True)
     assert usage_from_response(counted) is counted
+
+
+# gpt-4o-audio-preview-2024-12-17: text 2.50 in / 10 out, audio 40 in / 80 out.
+_AUDIO_USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 500,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200},
+    "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100},
+}
+
+
+def test_openai_audio_tokens_are_billed_at_audio_prices(card: RateCard) -> None:
+    """200 text in, 800 audio in, 100 text out, 400 audio out."""
+    usage = usage_from_response(_AUDIO_USAGE)
+    assert (usage.audio_input_tokens, usage.audio_output_tokens) == (800, 400)
+    cost = card.cost("openai/gpt-4o-audio-preview-2024-12-17", usage)
+    # 200*2.5e-6 + 800*4e-5 + 100*1e-5 + 400*8e-5
+    assert cost.usd == D("0.0655")
+    assert cost.breakdown["audio_input"] == D("0.032")
+    assert cost.breakdown["audio_output"] == D("0.032")
+
+
+def test_audio_costs_match_litellms_own_arithmetic(
+    card: RateCard, litellm: Any
+) -> None:
+    """The exact figure equals LiteLLM's cost for the same audio usage, cached
+    audio and all, and the integer path gives it too."""
+    from governor._money import usd_to_nanos
+
+    raw = {
+        **_AUDIO_USAGE,
+        "prompt_tokens_details": {
+            "audio_tokens": 800,
+            "text_tokens": 200,
+            "cached_tokens": 300,
+            "cached_tokens_details": {"audio_tokens": 100, "text_tokens": 200},
+        },
+    }
+    usage = usage_from_response(raw)
+    assert (usage.cache_read_tokens, usage.audio_cache_read_tokens) == (300, 100)
+    assert usage.audio_input_tokens == 700
+    # gemini-2.5-flash prices cached audio apart (0.10 against 0.03 for text).
+    for model in ("gpt-audio-mini", "gemini-2.5-flash"):
+        prompt_usd, completion_usd = litellm.cost_per_token(
+            model=model, usage_object=litellm.Usage(**raw)
+        )
+        ours = card.cost(model, usage).usd
+        assert abs(ours - D(repr(prompt_usd + completion_usd))) < D("1e-12"), model
+        assert card.rate(model).cost_nanos(usage) == usd_to_nanos(ours)
+
+
+def test_langchain_audio_details_are_read() -> None:
+    """LangChain's input and output token details name audio ``audio``."""
+    usage = usage_from_response(
+        {
+            "input_tokens": 50,
+            "output_tokens": 30,
+            "input_token_details": {"audio": 40},
+            "output_token_details": {"audio": 25},
+        }
+    )
+    assert (usage.audio_input_tokens, usage.audio_output_tokens) == (40, 25)
+
+
+def test_audio_parts_larger_than_their_wholes_bill_as_litellm_does() -> None:
+    """Prompt audio bills only what the cache left; output parts bill in full."""
+    usage = usage_from_response(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 90},
+            "completion_tokens_details": {"audio_tokens": 12, "reasoning_tokens": 3},
+        }
+    )
+    assert usage == Usage(
+        prompt_tokens=100,
+        completion_tokens=15,
+        cache_read_tokens=60,
+        reasoning_tokens=3,
+        audio_input_tokens=40,
+        audio_output_tokens=12,
+    )

@@ -215,11 +215,18 @@ def settled_usage(
         completion = count_text_tokens(model, text or "")
     parts = reported or Usage()
     cached = parts.cache_read_tokens + parts.cache_write_tokens <= prompt
+    read = parts.cache_read_tokens if cached else 0
+    write = parts.cache_write_tokens if cached else 0
+    reasoning = min(parts.reasoning_tokens, completion)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cache_read_tokens=parts.cache_read_tokens if cached else 0,
-        cache_write_tokens=parts.cache_write_tokens if cached else 0,
-        reasoning_tokens=min(parts.reasoning_tokens, completion),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        reasoning_tokens=reasoning,
         estimated=True,
+        # Reported audio stays audio (billed at its price) within the counts.
+        audio_input_tokens=min(parts.audio_input_tokens, prompt - read - write),
+        audio_output_tokens=min(parts.audio_output_tokens, completion - reasoning),
+        audio_cache_read_tokens=min(parts.audio_cache_read_tokens, read),
     )

@@ -48,11 +48,7 @@ from governor._loopwatch import tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import current_task
 from governor.adapters._ceiling import OutputCeiling
-from governor.adapters._embeddings import (
-    embedding_request,
-    embedding_result,
-    named_provider,
-)
+from governor.adapters._embeddings import embedding_request, embedding_result
 from governor.adapters._tokens import (
     NOT_SENT_ATTRIBUTE,
     count_prompt_tokens,
@@ -67,6 +63,12 @@ from governor.pricing import (
     Usage,
     usage_from_response,
     usage_from_stream_chunks,
+)
+from governor.pricing._ratecard import (
+    CALL_PRICE_NAMES,
+    call_price_fields,
+    call_prices,
+    is_call_price,
 )
 from governor.telemetry import attributes as attr
 
@@ -156,37 +158,54 @@ class GovernedLiteLLM:
         """
         if _inside():
             return self._completion(*args, **kwargs)
-        *earlier, last = _fallback_attempts(self._named("completion", args, kwargs))
-        for attempt in earlier:
-            try:
-                return self._complete(attempt)[0]
-            except GovernorError:
-                raise
-            except Exception as exc:  # a provider error: try the next model
-                _falling_back(attempt, exc)
-        return self._complete(last)[0]
+        try:
+            *earlier, last = _fallback_attempts(self._named("completion", args, kwargs))
+            for attempt in earlier:
+                try:
+                    return self._complete(attempt)[0]
+                except GovernorError:
+                    raise
+                except Exception as exc:  # a provider error: try the next model
+                    _falling_back(attempt, exc)
+            return self._complete(last)[0]
+        except GovernorError as exc:
+            _not_retried(exc)
+            raise
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
         if _inside():
             return await self._acompletion(*args, **kwargs)
-        *earlier, last = _fallback_attempts(self._named("acompletion", args, kwargs))
-        for attempt in earlier:
-            try:
-                return (await self._acomplete(attempt))[0]
-            except GovernorError:
-                raise
-            except Exception as exc:  # a provider error: try the next model
-                _falling_back(attempt, exc)
-        return (await self._acomplete(last))[0]
+        try:
+            *earlier, last = _fallback_attempts(
+                self._named("acompletion", args, kwargs)
+            )
+            for attempt in earlier:
+                try:
+                    return (await self._acomplete(attempt))[0]
+                except GovernorError:
+                    raise
+                except Exception as exc:  # a provider error: try the next model
+                    _falling_back(attempt, exc)
+            return (await self._acomplete(last))[0]
+        except GovernorError as exc:
+            _not_retried(exc)
+            raise
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
         if _inside():
             return self._embedding(*args, **kwargs)
-        kwargs = self._named("embedding", args, kwargs)
+        try:
+            return self._embed(self._named("embedding", args, kwargs))
+        except GovernorError as exc:
+            _not_retried(exc)
+            raise
+
+    def _embed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
-        admission = self.governor.begin_call(request)
+        with call_prices(request.priced_model, _call_prices(kwargs)):
+            admission = self.governor.begin_call(request)
         _no_sdk_retries(kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -203,9 +222,16 @@ class GovernedLiteLLM:
         """Governed ``litellm.aembedding``; same arguments, same return value."""
         if _inside():
             return await self._aembedding(*args, **kwargs)
-        kwargs = self._named("aembedding", args, kwargs)
+        try:
+            return await self._aembed(self._named("aembedding", args, kwargs))
+        except GovernorError as exc:
+            _not_retried(exc)
+            raise
+
+    async def _aembed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
-        admission = await self.governor.abegin_call(request)
+        with call_prices(request.priced_model, _call_prices(kwargs)):
+            admission = await self.governor.abegin_call(request)
         _no_sdk_retries(kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -244,6 +270,11 @@ class GovernedLiteLLM:
         return names
 
     def _embedding_request(self, kwargs: Mapping[str, Any]) -> CallRequest:
+        # The request names the provider LiteLLM will call (see _provider); the
+        # keywords sent to LiteLLM are left as they are.
+        provider = _provider(kwargs)
+        if provider is not None and not kwargs.get("custom_llm_provider"):
+            kwargs = {**kwargs, "custom_llm_provider": provider}
         return embedding_request(
             kwargs,
             parent_span=_parent_span(),
@@ -444,7 +475,10 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
-        admission = self.governor.begin_call(request, recheck=_recheck(cache, lookup))
+        with call_prices(request.priced_model, _call_prices(kwargs)):
+            admission = self.governor.begin_call(
+                request, recheck=_recheck(cache, lookup)
+            )
         if admission.served is not None:  # stored while this call waited
             return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
@@ -478,9 +512,10 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
-        admission = await self.governor.abegin_call(
-            request, recheck=_recheck(cache, lookup)
-        )
+        with call_prices(request.priced_model, _call_prices(kwargs)):
+            admission = await self.governor.abegin_call(
+                request, recheck=_recheck(cache, lookup)
+            )
         if admission.served is not None:  # stored while this call waited
             hit = admission.served
             return _cached_response(hit, kwargs, is_async=True), Decimal(0)
@@ -781,10 +816,91 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         extra_prompt=extra,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
-        choices=_largest(kwargs, "n") or 1,
-        provider=named_provider(kwargs),
+        choices=_choices(_largest(kwargs, "n")),
+        provider=_provider(kwargs),
         skippable=_IN_CASCADE.get(),
     )
+
+
+# Providers LiteLLM places models at, by model and API base (bounded).
+_PROVIDERS: dict[tuple[str, object], str] = {}
+_PROVIDER_MEMORY = 1024
+
+
+def _provider(kwargs: Mapping[str, Any]) -> str | None:
+    """The provider LiteLLM sends the call to, so that it is priced as
+    ``provider/model`` (an override keyed that way prices a bare name too).
+
+    The provider the call names (``custom_llm_provider``), else the one
+    ``litellm.get_llm_provider`` places the model at, looked up once per
+    model and API base. A model LiteLLM cannot place (its call fails the
+    same way) is priced as written, and asked about again next time: a model
+    registered later may be placed then.
+    """
+    named = kwargs.get("custom_llm_provider")
+    if named:
+        return str(named)
+    model = kwargs.get("model")
+    if not isinstance(model, str):
+        return None
+    base = kwargs.get("api_base") or kwargs.get("base_url")
+    key = (model, base)
+    found = _PROVIDERS.get(key)
+    if found is None:
+        try:
+            found = str(litellm.get_llm_provider(model=model, api_base=base)[1])
+        except Exception:  # LiteLLM raises its own errors (and others) here
+            return None
+        if len(_PROVIDERS) >= _PROVIDER_MEMORY:
+            _PROVIDERS.clear()
+        _PROVIDERS[key] = found
+    return found
+
+
+def _price_kwargs() -> frozenset[str]:
+    """The price keywords LiteLLM honours on a call that the governor reads."""
+    try:
+        from litellm.types.utils import CustomPricingLiteLLMParams
+    except ImportError:  # a LiteLLM without per-call pricing types
+        return CALL_PRICE_NAMES
+    fields = getattr(CustomPricingLiteLLMParams, "model_fields", None)
+    if not isinstance(fields, Mapping):
+        return CALL_PRICE_NAMES
+    return frozenset(name for name in fields if is_call_price(name))
+
+
+_PRICE_KWARGS = _price_kwargs()
+
+
+def _call_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The prices a call sets for itself, as LiteLLM reads them; None if none.
+
+    A Router deployment's prices (its ``litellm_params`` or ``model_info``)
+    are registered in ``litellm.model_cost`` under the deployment's id,
+    which the Router puts in the call's metadata; prices given on the call
+    itself (the Router passes ``litellm_params`` on) win over them.
+    """
+    own = None
+    if not _PRICE_KWARGS.isdisjoint(kwargs):
+        own = {k: v for k, v in kwargs.items() if k in _PRICE_KWARGS and v is not None}
+    deployment = _deployment_prices(kwargs)
+    if deployment:
+        own = {**deployment, **(own or {})}
+    return own or None
+
+
+def _deployment_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The prices LiteLLM registered for the Router deployment making a call."""
+    for name in ("litellm_metadata", "metadata"):
+        metadata = kwargs.get(name)
+        if not metadata or not isinstance(metadata, Mapping):  # most calls: none
+            continue
+        info = metadata.get("model_info")
+        ident = info.get("id") if isinstance(info, Mapping) else None
+        if isinstance(ident, str):
+            entry = litellm.model_cost.get(ident)
+            return call_price_fields(entry) if isinstance(entry, Mapping) else None
+    return None
 
 
 def _check_stream_options(options: object) -> None:
@@ -796,6 +912,12 @@ def _check_stream_options(options: object) -> None:
         f"stream_options must be a mapping such as {{'include_usage': True}}, "
         f"got {type(options).__name__} {options!r}"
     )
+
+
+def _choices(n: Any) -> Any:
+    """The answers a call asks for: 1 when ``n`` is unset; anything else as it
+    is, for the request check to refuse (``n=0`` is not one answer)."""
+    return 1 if n is None else n
 
 
 def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:
@@ -812,8 +934,8 @@ def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:
     given = [p[n] for p in places for n in names if p.get(n) is not None]
     if len(given) < 2:
         return given[0] if given else None
-    numbers = [v for v in given if isinstance(v, int) and not isinstance(v, bool)]
-    return max(numbers) if len(numbers) == len(given) else given[0]
+    wrong = [v for v in given if not isinstance(v, int) or isinstance(v, bool)]
+    return wrong[0] if wrong else max(given)
 
 
 def _parent_span() -> Any:
@@ -867,6 +989,23 @@ def _next_tier(task: Any, model: str) -> str | None:
     if model in models and models.index(model) + 1 < len(models):
         return str(models[models.index(model) + 1])
     return None
+
+
+# What LiteLLM's Router reads on a failed attempt's error as the retries it
+# may make (see _not_retried).
+_RETRIES_ATTRIBUTE = "num_retries"
+
+
+def _not_retried(error: GovernorError) -> None:
+    """Mark a governor refusal as one LiteLLM's Router must not retry.
+
+    The Router reads an error's ``num_retries`` as the retries it allows
+    (it stamps a deployment's own setting there): 0 raises the refusal at
+    once, with no backoff, instead of asking again for the same budget. Its
+    fallbacks still run, each a governed call of its own.
+    """
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(error, _RETRIES_ATTRIBUTE, 0)
 
 
 def _no_sdk_retries(kwargs: dict[str, Any]) -> None:

@@ -1,17 +1,22 @@
 """Rate cards: the price of each model, and the exact cost of a call.
 
-Prices come from the policy's ``Pricing.overrides`` first, then LiteLLM's
-price map, then ``Pricing.default``. A model none of them prices is refused
-with :class:`~governor._errors.PriceUnknown`; so is a map entry with neither
-an input nor an output price (LiteLLM keeps such entries for retired or
+Prices come from the policy's ``Pricing.overrides`` first, then prices a
+LiteLLM call sets for itself, then LiteLLM's price map (its bundled file,
+then ``litellm.model_cost`` at run time for models that file lacks), then
+``Pricing.default``. A model none of them prices is refused with
+:class:`~governor._errors.PriceUnknown`; so is a map entry with neither an
+input nor an output price (LiteLLM keeps such entries for retired or
 placeholder ids, and its own cost functions then report 0.0).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -30,7 +35,16 @@ from governor.pricing._types import Cost, Usage
 if TYPE_CHECKING:
     from governor.policies import Price, Pricing
 
-__all__ = ["Rate", "RateCard", "RateTier"]
+__all__ = [
+    "CALL_PRICE_NAMES",
+    "CallPrices",
+    "Rate",
+    "RateCard",
+    "RateTier",
+    "call_price_fields",
+    "call_prices",
+    "is_call_price",
+]
 
 _ZERO = Decimal(0)
 # Map keys such as ``input_cost_per_token_above_200k_tokens``; suffixed
@@ -43,7 +57,9 @@ class RateTier:
     """Per-token prices that replace the base ones above a prompt size.
 
     A call whose prompt has more than ``above_input_tokens`` tokens is billed
-    entirely at this tier, the way providers bill long-context calls.
+    entirely at this tier, the way providers bill long-context calls. Audio
+    prices of None bill audio tokens at the tier's input, output and cache
+    read prices.
     """
 
     above_input_tokens: int
@@ -52,6 +68,9 @@ class RateTier:
     cache_read_per_token: Decimal
     cache_write_per_token: Decimal
     reasoning_per_token: Decimal
+    audio_input_per_token: Decimal | None = None
+    audio_output_per_token: Decimal | None = None
+    audio_cache_read_per_token: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +86,16 @@ class Rate:
         usd_per_second: a price per second of call wall time, for self-hosted
             models; None when the model is priced by tokens only.
         tiers: long-context tiers in ascending ``above_input_tokens``.
-        source: ``"price_map"``, ``"override"`` or ``"default"``.
+        source: ``"price_map"``, ``"override"`` (a policy override, or prices
+            set on the call) or ``"default"``.
         provider: LiteLLM's provider name from the map, e.g. ``"openai"``.
+        audio_input_per_token: the price of an audio prompt token (the
+            ``audio_input_tokens`` of a usage); None bills it at the input
+            price.
+        audio_output_per_token: the price of an audio output token; None bills
+            it at the output price.
+        audio_cache_read_per_token: the price of an audio token read from the
+            prompt cache; None bills it at the cache read price.
     """
 
     model: str
@@ -83,6 +110,9 @@ class Rate:
     max_input_tokens: int | None = None
     source: str = "price_map"
     provider: str | None = None
+    audio_input_per_token: Decimal | None = None
+    audio_output_per_token: Decimal | None = None
+    audio_cache_read_per_token: Decimal | None = None
     _units: _Units | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,8 +135,14 @@ class Rate:
 
         Prompt tokens are priced at the dearest of the input and cache prices
         (a cache write can cost more than plain input) and output tokens at
-        the dearer of the output and reasoning prices, over every tier the
-        prompt could land in.
+        the dearest of the output, reasoning and audio output prices, over
+        every tier the prompt could land in.
+
+        Uncached audio prompt tokens are bounded by the prompt's size rather
+        than their price: the engine counts an audio part by its base64
+        bytes, some forty times or more the tokens a provider bills for it
+        (25 to 32 a second), which covers the dearer audio price; text
+        prompts to a model with audio prices then hold no more than before.
         """
         per_prompt, per_output = _ZERO, _ZERO
         for prices in self._tiers_up_to(prompt_tokens):
@@ -115,9 +151,13 @@ class Rate:
                 prices.input_per_token,
                 prices.cache_read_per_token,
                 prices.cache_write_per_token,
+                _audio_cache_read(prices),
             )
             per_output = max(
-                per_output, prices.output_per_token, prices.reasoning_per_token
+                per_output,
+                prices.output_per_token,
+                prices.reasoning_per_token,
+                _audio_output(prices),
             )
         usd = prompt_tokens * per_prompt + max_output_tokens * per_output
         if self.usd_per_second is not None and max_duration_s:
@@ -154,7 +194,9 @@ class Rate:
         whether the usage was counted locally; the two are kept apart so that
         an estimated call priced from the map still reads ``"price_map"``.
         ``Cost.breakdown`` holds the parts: input (uncached prompt), cache_read,
-        cache_write, output (completion less reasoning), reasoning, duration.
+        cache_write, output (completion less reasoning), reasoning, duration,
+        and for a call that used audio tokens audio_input, audio_output and
+        audio_cache_read (then left out of input, output and cache_read).
 
         Args:
             usage: the call's usage, as :func:`usage_from_response` reads it.
@@ -166,7 +208,7 @@ class Rate:
                 zero on purpose (a free self-hosted model), and are trusted.
             ConfigError: the usage's parts exceed its wholes.
         """
-        uncached, read, write, visible, reasoning = _parts(usage)
+        uncached, read, write, visible, reasoning, audio = _parts(usage)
         prices = self.tier_for(usage.prompt_tokens) if self.tiers else self
         seconds = _ZERO
         if self.usd_per_second is not None and duration_s:
@@ -179,6 +221,11 @@ class Rate:
             "reasoning": reasoning * prices.reasoning_per_token,
             "duration": seconds,
         }
+        if audio is not None:
+            audio_in, audio_out, audio_read = audio
+            breakdown["audio_input"] = audio_in * _audio_input(prices)
+            breakdown["audio_output"] = audio_out * _audio_output(prices)
+            breakdown["audio_cache_read"] = audio_read * _audio_cache_read(prices)
         usd = sum(breakdown.values(), _ZERO)
         if usd == 0 and usage.total_tokens and self.source == "price_map":
             self._zero_priced(usage)
@@ -199,7 +246,7 @@ class Rate:
         units = self._units
         if units is None or (self.usd_per_second is not None and duration_s):
             return usd_to_nanos(self.cost(usage, duration_s=duration_s).usd)
-        uncached, read, write, visible, reasoning = _parts(usage)
+        uncached, read, write, visible, reasoning, audio = _parts(usage)
         prices = units.tier_for(usage.prompt_tokens) if units.tiers else units.base
         total = (
             uncached * prices.input
@@ -208,6 +255,13 @@ class Rate:
             + visible * prices.output
             + reasoning * prices.reasoning
         )
+        if audio is not None:
+            audio_in, audio_out, audio_read = audio
+            total += (
+                audio_in * prices.audio_input
+                + audio_out * prices.audio_output
+                + audio_read * prices.audio_cache_read
+            )
         if total == 0 and usage.total_tokens and self.source == "price_map":
             self._zero_priced(usage)
         return units.nanos(total)
@@ -220,8 +274,12 @@ class Rate:
         )
 
 
-def _parts(usage: Usage) -> tuple[int, int, int, int, int]:
-    """Uncached input, cache reads, cache writes, visible output, reasoning.
+def _parts(
+    usage: Usage,
+) -> tuple[int, int, int, int, int, tuple[int, int, int] | None]:
+    """Uncached text input, text cache reads, cache writes, visible text
+    output, reasoning, and the audio parts (input, output, cache reads), None
+    for a call without audio.
 
     Raises:
         ConfigError: the usage's parts exceed its wholes.
@@ -230,9 +288,38 @@ def _parts(usage: Usage) -> tuple[int, int, int, int, int]:
     reasoning = usage.reasoning_tokens
     uncached = usage.prompt_tokens - read - write
     visible = usage.completion_tokens - reasoning
+    audio = None
+    audio_in, audio_out = usage.audio_input_tokens, usage.audio_output_tokens
+    audio_read = usage.audio_cache_read_tokens
+    if audio_in or audio_out or audio_read:
+        uncached -= audio_in
+        visible -= audio_out
+        read -= audio_read
+        audio = (audio_in, audio_out, audio_read)
+        if min(audio) < 0:
+            _refuse(usage)
     if min(uncached, visible, read, write, reasoning) < 0:
         _refuse(usage)
-    return uncached, read, write, visible, reasoning
+    return uncached, read, write, visible, reasoning, audio
+
+
+def _audio_input(prices: _Prices) -> Decimal:
+    """The price of an audio prompt token: its own, else the input price."""
+    price = prices.audio_input_per_token
+    return prices.input_per_token if price is None else price
+
+
+def _audio_output(prices: _Prices) -> Decimal:
+    """The price of an audio output token: its own, else the output price."""
+    price = prices.audio_output_per_token
+    return prices.output_per_token if price is None else price
+
+
+def _audio_cache_read(prices: _Prices) -> Decimal:
+    """The price of an audio token read from the cache: its own, else the
+    cache read price."""
+    price = prices.audio_cache_read_per_token
+    return prices.cache_read_per_token if price is None else price
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +332,9 @@ class _TierUnits:
     cache_read: int
     cache_write: int
     reasoning: int
+    audio_input: int
+    audio_output: int
+    audio_cache_read: int
     prompt_max: int
     output_max: int
 
@@ -302,7 +392,7 @@ _PRICE_NAMES = (
 def _units_of(rate: Rate) -> _Units | None:
     """A rate's prices as whole units; None when one is not a finite number."""
     prices: list[Rate | RateTier] = [rate, *rate.tiers]
-    values = [getattr(p, name) for p in prices for name in _PRICE_NAMES]
+    values = [v for p in prices for v in _price_values(p)]
     if not all(isinstance(v, Decimal) and v.is_finite() for v in values):
         return None
     scale = max(0, *(-_exponent(v) for v in values))
@@ -326,9 +416,16 @@ def _exponent(value: Decimal) -> int:
     return exponent if isinstance(exponent, int) else 0
 
 
+def _price_values(prices: Rate | RateTier) -> list[Any]:
+    """Every per-token price of a rate or tier, audio ones resolved."""
+    values = [getattr(prices, name) for name in _PRICE_NAMES]
+    audio = [_audio_input(prices), _audio_output(prices), _audio_cache_read(prices)]
+    return [*values, *audio]
+
+
 def _tier_units(prices: Rate | RateTier, scale: int) -> _TierUnits:
-    input_, output, read, write, reasoning = (
-        _whole(getattr(prices, name), scale) for name in _PRICE_NAMES
+    input_, output, read, write, reasoning, audio_in, audio_out, audio_read = (
+        _whole(value, scale) for value in _price_values(prices)
     )
     above = prices.above_input_tokens if isinstance(prices, RateTier) else -1
     return _TierUnits(
@@ -338,9 +435,12 @@ def _tier_units(prices: Rate | RateTier, scale: int) -> _TierUnits:
         cache_read=read,
         cache_write=write,
         reasoning=reasoning,
+        audio_input=audio_in,
+        audio_output=audio_out,
+        audio_cache_read=audio_read,
         # The worst case never prices a token below zero (see worst_case_usd).
-        prompt_max=max(0, input_, read, write),
-        output_max=max(0, output, reasoning),
+        prompt_max=max(0, input_, read, write, audio_read),
+        output_max=max(0, output, reasoning, audio_out),
     )
 
 
@@ -363,13 +463,20 @@ class _Prices(Protocol):
     def cache_write_per_token(self) -> Decimal: ...
     @property
     def reasoning_per_token(self) -> Decimal: ...
+    @property
+    def audio_input_per_token(self) -> Decimal | None: ...
+    @property
+    def audio_output_per_token(self) -> Decimal | None: ...
+    @property
+    def audio_cache_read_per_token(self) -> Decimal | None: ...
 
 
 def _refuse(usage: Usage) -> NoReturn:
     raise ConfigError(
-        f"inconsistent usage {usage}: token counts must be >= 0, cache tokens "
-        "part of prompt_tokens and reasoning tokens part of completion_tokens; "
-        "build it with usage_from_response()"
+        f"inconsistent usage {usage}: token counts must be >= 0, cache and "
+        "audio input tokens part of prompt_tokens (audio cache reads part of "
+        "cache_read_tokens), reasoning and audio output tokens part of "
+        "completion_tokens; build it with usage_from_response()"
     )
 
 
@@ -381,11 +488,20 @@ class RateCard:
     """Prices models for one policy, and costs their calls exactly.
 
     Resolution, first match wins: ``Pricing.overrides`` under the exact name
-    or with provider prefixes stripped (``offline/gpt-4o`` -> ``gpt-4o``); then
-    the price map under the exact name, the name in any letter case, then with
-    prefixes stripped one at a time; then ``Pricing.default``. The first map
-    entry found decides: an entry without token prices makes the model
-    unknown rather than letting a shorter name price it.
+    or with provider prefixes stripped (``offline/gpt-4o`` -> ``gpt-4o``);
+    then prices a LiteLLM call sets for itself (see :func:`call_prices`),
+    laid over the model's map entry; then the price map under the exact
+    name, the name in any letter case, then with prefixes stripped one at a
+    time; then, for a model that map does not price, LiteLLM's map as it
+    stands at run time (``litellm.model_cost``, where
+    ``litellm.register_model`` adds models), by exact name or with prefixes
+    stripped; then ``Pricing.default``. The first map entry found decides:
+    an entry without token prices makes the model unknown rather than
+    letting a shorter name price it.
+
+    ``litellm.model_cost`` is read only when litellm is imported already and
+    the card prices from LiteLLM's map (no ``price_map`` given); a
+    registration changed later reprices the model from then on.
 
     Rates are resolved once per model name and kept, so :meth:`rate` is a
     dictionary lookup after the first call. Safe to share between threads.
@@ -408,8 +524,14 @@ class RateCard:
         self._remote = bool(pricing and pricing.remote_price_map)
         self._url = price_map_url
         self._map = price_map
+        # Pinned prices stay pinned: LiteLLM's run-time map adds to its own only.
+        self._reads_litellm = price_map is None
         self._folded: dict[str, str] | None = None
-        self._rates: dict[str, Rate | str] = {}
+        self._rates: dict[str, Rate | _Unpriced] = {}
+        # Rates from litellm.model_cost, with the entry that built each.
+        self._runtime: dict[str, tuple[Mapping[str, Any], Rate | str]] = {}
+        # Rates of calls that set their own prices, by model and prices.
+        self._per_call: dict[Hashable, _CallRate] = {}
         self._lock = threading.Lock()
         start_over_in_children(self)
 
@@ -420,17 +542,26 @@ class RateCard:
     def rate(self, model: str) -> Rate:
         """Return the rate for ``model``.
 
+        Inside :func:`call_prices` for ``model``, the rate also carries the
+        prices the call sets for itself (a policy override still wins).
+
         Raises:
             PriceUnknown: nothing prices the model and the policy sets no
                 default; the message says how to price it.
         """
+        given = _CALL_PRICES.get()
+        if given is not None and given.model == model:
+            return self._call_rate(given)
+        return self._rate(model)
+
+    def _rate(self, model: str) -> Rate:
         found = self._rates.get(model)
         if found is None:
             found = self._resolve(model)
             self._rates[model] = found
-        if isinstance(found, str):
-            raise PriceUnknown(model, found)
-        return found
+        if isinstance(found, Rate):
+            return found
+        return self._unmapped(model, found)
 
     def worst_case_usd(
         self,
@@ -456,23 +587,99 @@ class RateCard:
         """Return the exact cost of a call to ``model``; see :meth:`Rate.cost`."""
         return self.rate(model).cost(usage, duration_s=duration_s)
 
-    def _resolve(self, model: str) -> Rate | str:
+    def _resolve(self, model: str) -> Rate | _Unpriced:
+        """The rate an override or the card's map gives, else what is known of
+        the model for :meth:`_unmapped` (which LiteLLM may price later)."""
         for name in _names(model):
             price = self._overrides.get(name)
             if price is not None:
                 info = self._lookup(model)
                 return _rate_from_price(name, price, "override", info)
         info = self._lookup(model)
+        reason = None
         if info is not None:
             built = _rate_from_entry(*info)
             if isinstance(built, Rate):
                 return built
             reason = built
-        else:
-            reason = "not in LiteLLM's price map, and no override prices it"
+        default = None
         if self._default is not None:
-            return _rate_from_price(model, self._default, "default", info)
-        return reason
+            default = _rate_from_price(model, self._default, "default", info)
+        return _Unpriced(reason, default)
+
+    def _unmapped(self, model: str, unpriced: _Unpriced) -> Rate:
+        """A model the card's map does not price: LiteLLM's run-time map, then
+        the default, else refused."""
+        runtime = self._runtime_rate(model)
+        if isinstance(runtime, Rate):
+            return runtime
+        if unpriced.default is not None:
+            return unpriced.default
+        raise PriceUnknown(model, runtime or unpriced.reason or self._not_found())
+
+    def _not_found(self) -> str:
+        """Why a model found in no map is refused, naming the maps searched."""
+        if not self._reads_litellm:
+            return "not in the rate card's price map, and no override prices it"
+        searched = [f"as fetched from {self._url}"] if self._remote else []
+        if _litellm_model_cost() is not None:
+            searched.append("bundled or at run time in litellm.model_cost")
+        where = f" ({', or '.join(searched)})" if searched else ""
+        return f"not in LiteLLM's price map{where}, and no override prices it"
+
+    def _runtime_entry(self, model: str) -> tuple[str, Mapping[str, Any]] | None:
+        """The entry ``litellm.model_cost`` holds for ``model`` now, if any."""
+        models = _litellm_model_cost() if self._reads_litellm else None
+        if models is None:
+            return None
+        for name in _names(model):
+            entry = models.get(name)
+            if isinstance(entry, Mapping):
+                return name, entry
+        return None
+
+    def _runtime_rate(self, model: str) -> Rate | str | None:
+        """The rate ``litellm.model_cost`` gives ``model`` (a reason when its
+        entry prices no tokens), or None when it has no entry."""
+        found = self._runtime_entry(model)
+        if found is None:
+            return None
+        key, entry = found
+        kept = self._runtime.get(model)
+        if kept is not None and kept[0] is entry:
+            return kept[1]
+        built = _rate_from_entry(key, entry, where="litellm.model_cost")
+        self._runtime[model] = (entry, built)
+        return built
+
+    def _call_rate(self, given: CallPrices) -> Rate:
+        """The rate of a call that sets prices of its own (see :func:`call_prices`)."""
+        model = given.model
+        kept = self._per_call.get(given.key)
+        if kept is not None and (
+            not kept.unmapped or self._runtime_found(model) is kept.runtime
+        ):
+            return kept.rate
+        if any(name in self._overrides for name in _names(model)):
+            return self._rate(model)  # the policy's override wins
+        info = self._lookup(model)
+        unmapped = info is None or not _prices_tokens(info[1])
+        runtime = None
+        if unmapped:
+            found = self._runtime_entry(model)
+            if found is not None:
+                info, runtime = found, found[1]
+        built = _rate_with_call_prices(model, info, given.fields)
+        if isinstance(built, str):
+            raise PriceUnknown(model, built)
+        if len(self._per_call) >= _PER_CALL_MEMORY:
+            self._per_call.clear()
+        self._per_call[given.key] = _CallRate(built, unmapped, runtime)
+        return built
+
+    def _runtime_found(self, model: str) -> Mapping[str, Any] | None:
+        found = self._runtime_entry(model)
+        return None if found is None else found[1]
 
     def _lookup(self, model: str) -> tuple[str, Mapping[str, Any]] | None:
         entries = self._entries()
@@ -480,7 +687,7 @@ class RateCard:
         for name in _names(model):
             key = name if name in entries else folded.get(name.lower())
             if key is not None:
-                return key, entries[key]
+                return key, _served(entries, entries[key])
         return None
 
     def _entries(self) -> PriceMap:
@@ -503,6 +710,210 @@ class RateCard:
         return self._folded
 
 
+@dataclass(frozen=True, slots=True)
+class _CallRate:
+    """A call-priced rate, and whether it lies over a ``litellm.model_cost``
+    entry (``runtime``, None for none) because the card's map lacks the model:
+    such a rate is rebuilt when that entry changes."""
+
+    rate: Rate
+    unmapped: bool
+    runtime: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unpriced:
+    """A model neither an override nor the card's map prices: why (None when
+    no map entry names it), and the default's rate, if the policy sets one."""
+
+    reason: str | None
+    default: Rate | None
+
+
+def _served(entries: PriceMap, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An entry as LiteLLM serves it: a row whose ``alias_of`` names another
+    row is that row."""
+    owner = entry.get("alias_of")
+    if isinstance(owner, str) and not _prices_tokens(entry):
+        return entries.get(owner, entry)
+    return entry
+
+
+def _litellm_model_cost() -> Mapping[str, Any] | None:
+    """``litellm.model_cost`` when litellm is imported, without importing it."""
+    models = getattr(sys.modules.get("litellm"), "model_cost", None)
+    return models if isinstance(models, Mapping) else None
+
+
+# -- prices a call sets for itself ---------------------------------------
+
+# Call-priced rates kept per card (distinct models and prices).
+_PER_CALL_MEMORY = 256
+
+#: The price fields a call may set that the governor reads, as LiteLLM names
+#: them (its ``CustomPricingLiteLLMParams``); long-context variants aside.
+CALL_PRICE_NAMES = frozenset(
+    {
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "cache_read_input_token_cost",
+        "cache_creation_input_token_cost",
+        "output_cost_per_reasoning_token",
+        "input_cost_per_audio_token",
+        "output_cost_per_audio_token",
+        "cache_read_input_audio_token_cost",
+        "tiered_pricing",
+        "cost_per_second",
+        "input_cost_per_second",
+        "output_cost_per_second",
+    }
+)
+_CALL_TIER_PREFIXES = tuple(
+    f"{name}_above_"
+    for name in (
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "cache_read_input_token_cost",
+        "cache_creation_input_token_cost",
+        "input_cost_per_audio_token",
+    )
+)
+_FLAT_TOKEN_PRICES = ("input_cost_per_token", "output_cost_per_token")
+# LiteLLM's per-second prices, in the order it takes the first one set.
+_PER_SECOND_PRICES = (
+    "cost_per_second",
+    "input_cost_per_second",
+    "output_cost_per_second",
+)
+
+
+def is_call_price(name: str) -> bool:
+    """True for a LiteLLM price field the governor reads from a call's own
+    prices: token, cache, reasoning, audio, long-context and per-second."""
+    return name in CALL_PRICE_NAMES or (
+        name.startswith(_CALL_TIER_PREFIXES) and name.endswith("_tokens")
+    )
+
+
+def call_price_fields(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The price fields ``source`` sets (see :func:`is_call_price`), None
+    values left out."""
+    return {k: v for k, v in source.items() if v is not None and is_call_price(k)}
+
+
+@dataclass(frozen=True, slots=True)
+class CallPrices:
+    """Prices one call sets for itself, as LiteLLM's fields
+    (``input_cost_per_token`` and kin), for the model it is priced under."""
+
+    model: str
+    fields: Mapping[str, Any]
+    key: Hashable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        items = tuple(sorted(self.fields.items()))
+        try:
+            key: Hashable = (self.model, items)
+            hash(key)
+        except TypeError:  # a value such as a tiered_pricing list
+            key = (self.model, repr(items))
+        object.__setattr__(self, "key", key)
+
+
+_CALL_PRICES: contextvars.ContextVar[CallPrices | None] = contextvars.ContextVar(
+    "governor_call_prices", default=None
+)
+_NOTHING_TO_PRICE = contextlib.nullcontext()
+
+
+def call_prices(
+    model: str, fields: Mapping[str, Any] | None
+) -> contextlib.AbstractContextManager[None]:
+    """Within the block, :meth:`RateCard.rate` prices ``model`` with
+    ``fields`` laid over its map entry, the way LiteLLM prices a call given
+    ``input_cost_per_token=`` and kin (a policy override still wins).
+
+    An adapter wraps the admission of such a call in it. Without fields, a
+    block inside another call's block undoes that one for its own call; with
+    neither, it costs next to nothing.
+    """
+    if not fields:
+        if _CALL_PRICES.get() is None:
+            return _NOTHING_TO_PRICE
+        return _PricedCall(None)
+    return _PricedCall(CallPrices(model, dict(fields)))
+
+
+class _PricedCall(contextlib.AbstractContextManager[None]):
+    __slots__ = ("_prices", "_token")
+
+    def __init__(self, prices: CallPrices | None) -> None:
+        self._prices = prices
+        self._token: contextvars.Token[CallPrices | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _CALL_PRICES.set(self._prices)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _CALL_PRICES.reset(self._token)
+
+
+def _prices_tokens(entry: Mapping[str, Any]) -> bool:
+    base = _base_prices(entry)
+    return bool(base.get("input_cost_per_token") or base.get("output_cost_per_token"))
+
+
+def _rate_with_call_prices(
+    model: str,
+    found: tuple[str, Mapping[str, Any]] | None,
+    fields: Mapping[str, Any],
+) -> Rate | str:
+    """The call's prices laid over the entry found for it, as LiteLLM lays a
+    call's custom pricing over its cost-map row; a reason if none prices.
+
+    A per-second price set without token prices replaces the row's token
+    prices; a flat token price set on a row priced by a ``tiered_pricing``
+    table is written into every range. Token prices the call sets count
+    even at zero (a free model).
+    """
+    key, entry = found if found is not None else (model, {})
+    merged = {**entry, **fields}
+    flat = {k: fields[k] for k in _FLAT_TOKEN_PRICES if k in fields}
+    if not flat and any(k in fields for k in _PER_SECOND_PRICES):
+        for name in (*_FLAT_TOKEN_PRICES, "tiered_pricing"):
+            merged.pop(name, None)
+    table = merged.get("tiered_pricing")
+    if flat and isinstance(table, list) and table:
+        merged["tiered_pricing"] = [
+            {**row, **flat} if isinstance(row, Mapping) else row for row in table
+        ]
+    built = _rate_from_entry(
+        key, merged, source="override", where="the call's prices", free=bool(flat)
+    )
+    if isinstance(built, Rate):
+        return built
+    seconds = next(
+        (p for k in _PER_SECOND_PRICES if (p := _opt_dec(merged.get(k))) is not None),
+        None,
+    )
+    if seconds is None:
+        return f"the call sets prices ({', '.join(sorted(fields))}) but none per token"
+    return Rate(
+        model=key,
+        input_per_token=_ZERO,
+        output_per_token=_ZERO,
+        cache_read_per_token=_ZERO,
+        cache_write_per_token=_ZERO,
+        reasoning_per_token=_ZERO,
+        usd_per_second=seconds,
+        max_output_tokens=_opt_int(merged.get("max_output_tokens")),
+        max_input_tokens=_opt_int(merged.get("max_input_tokens")),
+        source="override",
+        provider=_opt_str(merged.get("litellm_provider")),
+    )
+
+
 def _names(model: str) -> Iterator[str]:
     """Yield ``model``, then it with one more ``provider/`` prefix removed."""
     name = model
@@ -514,18 +925,34 @@ def _names(model: str) -> Iterator[str]:
         name = rest
 
 
-def _rate_from_entry(key: str, entry: Mapping[str, Any]) -> Rate | str:
-    """Build a Rate from a price-map entry, or say why the entry prices nothing."""
+def _rate_from_entry(
+    key: str,
+    entry: Mapping[str, Any],
+    *,
+    source: str = "price_map",
+    where: str = "the price map",
+    free: bool = False,
+) -> Rate | str:
+    """Build a Rate from a price-map entry, or say why the entry prices nothing.
+
+    ``where`` names the map in that reason; ``free`` takes token prices of
+    zero as given (a call's own prices) rather than as none.
+    """
     base = _base_prices(entry)
-    if not base.get("input_cost_per_token") and not base.get("output_cost_per_token"):
-        return f"the price map lists it as {key!r} with no token prices"
+    if not free and not _prices_tokens(entry):
+        return f"{where} lists it as {key!r} with no token prices"
     input_price = _dec(base.get("input_cost_per_token"))
     output_price = _dec(base.get("output_cost_per_token"))
     cache_read = _opt_dec(base.get("cache_read_input_token_cost"))
     cache_write = _opt_dec(base.get("cache_creation_input_token_cost"))
     reasoning = _opt_dec(base.get("output_cost_per_reasoning_token"))
+    audio = _Audio(
+        _opt_dec(base.get("input_cost_per_audio_token")),
+        _opt_dec(base.get("output_cost_per_audio_token")),
+        _opt_dec(base.get("cache_read_input_audio_token_cost")),
+    )
     tiers = tuple(
-        _tier(above, prices, cache_read, cache_write, reasoning)
+        _tier(above, prices, cache_read, cache_write, reasoning, audio)
         for above, prices in _map_tiers(entry)
     )
     return Rate(
@@ -538,9 +965,21 @@ def _rate_from_entry(key: str, entry: Mapping[str, Any]) -> Rate | str:
         tiers=tiers,
         max_output_tokens=_opt_int(entry.get("max_output_tokens")),
         max_input_tokens=_opt_int(entry.get("max_input_tokens")),
-        source="price_map",
+        source=source,
         provider=_opt_str(entry.get("litellm_provider")),
+        audio_input_per_token=audio.input_per_token,
+        audio_output_per_token=audio.output_per_token,
+        audio_cache_read_per_token=audio.cache_read_per_token,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    """A map entry's own audio token prices (None where it sets none)."""
+
+    input_per_token: Decimal | None = None
+    output_per_token: Decimal | None = None
+    cache_read_per_token: Decimal | None = None
 
 
 def _base_prices(entry: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -573,6 +1012,7 @@ def _suffixed(entry: Mapping[str, Any], suffix: str) -> dict[str, Any]:
         "output_cost_per_token",
         "cache_read_input_token_cost",
         "cache_creation_input_token_cost",
+        "input_cost_per_audio_token",
     )
     return {name: entry[name + suffix] for name in names if name + suffix in entry}
 
@@ -596,13 +1036,21 @@ def _tier(
     cache_read: Decimal | None,
     cache_write: Decimal | None,
     reasoning: Decimal | None,
+    audio: _Audio | None = None,
 ) -> RateTier:
-    """Build a tier; prices it lacks come from the base's explicit ones, then input."""
+    """Build a tier; prices it lacks come from the base's explicit ones, then input.
+
+    Audio output and audio cache reads have no long-context prices in
+    LiteLLM's map: a tier keeps the base's, or bills them at its own output
+    and cache read prices.
+    """
     input_price = _dec(prices.get("input_cost_per_token"))
     output_price = _dec(prices.get("output_cost_per_token"))
     tier_read = _opt_dec(prices.get("cache_read_input_token_cost"))
     tier_write = _opt_dec(prices.get("cache_creation_input_token_cost"))
     tier_reasoning = _opt_dec(prices.get("output_cost_per_reasoning_token"))
+    tier_audio = _opt_dec(prices.get("input_cost_per_audio_token"))
+    audio = audio or _Audio()
     return RateTier(
         above_input_tokens=above,
         input_per_token=input_price,
@@ -610,6 +1058,9 @@ def _tier(
         cache_read_per_token=_first(tier_read, cache_read, input_price),
         cache_write_per_token=_first(tier_write, cache_write, input_price),
         reasoning_per_token=_first(tier_reasoning, reasoning, output_price),
+        audio_input_per_token=_either(tier_audio, audio.input_per_token),
+        audio_output_per_token=audio.output_per_token,
+        audio_cache_read_per_token=audio.cache_read_per_token,
     )
 
 
@@ -661,6 +1112,10 @@ def _rate_from_price(
         source=source,
         provider=_opt_str(entry.get("litellm_provider")),
     )
+
+
+def _either(price: Decimal | None, fallback: Decimal | None) -> Decimal | None:
+    return fallback if price is None else price
 
 
 def _first(*prices: Decimal | None) -> Decimal:

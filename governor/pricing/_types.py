@@ -17,7 +17,11 @@ class Usage:
     ``cache_read_tokens`` and ``cache_write_tokens`` are the parts of it read
     from or written to the provider's prompt cache. ``completion_tokens``
     counts every output token; ``reasoning_tokens`` is the part of it spent on
-    hidden reasoning. ``estimated`` is True when the numbers were counted
+    hidden reasoning. ``audio_input_tokens`` is the part of ``prompt_tokens``
+    that is audio, not read from the cache; ``audio_cache_read_tokens`` the
+    part of ``cache_read_tokens`` that is audio; ``audio_output_tokens`` the
+    part of ``completion_tokens`` that is audio. Models with audio prices
+    bill them at those. ``estimated`` is True when the numbers were counted
     locally because the provider reported none.
     """
 
@@ -27,6 +31,9 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    audio_cache_read_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -39,8 +46,9 @@ class Cost:
     """The priced cost of one call, exact, with where the price came from.
 
     ``source`` is where the price came from: ``"price_map"``, ``"override"``
-    or ``"default"``. ``estimated`` is True when the usage was counted locally
-    (the provider reported none).
+    (a policy override, or prices set on the call itself) or ``"default"``.
+    ``estimated`` is True when the usage was counted locally (the provider
+    reported none).
     """
 
     usd: Decimal

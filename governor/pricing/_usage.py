@@ -7,18 +7,20 @@ include reasoning ones); each reader below converts one provider's shape:
 ===============  ==========================================================
 shape            how it is read
 ===============  ==========================================================
-OpenAI / LiteLLM ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``;
-                 LiteLLM's Usage also brings Anthropic's cache tokens into
-                 ``prompt_tokens`` and repeats them as
+OpenAI / LiteLLM ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
+                 and ``.audio_tokens``; ``completion_tokens`` includes
+                 ``completion_tokens_details.reasoning_tokens`` and
+                 ``.audio_tokens``; LiteLLM's Usage also brings Anthropic's
+                 cache tokens into ``prompt_tokens`` and repeats them as
                  ``cache_read_input_tokens`` / ``cache_creation_input_tokens``
 OpenAI Responses ``input_tokens`` includes ``input_tokens_details.cached_tokens``
 Anthropic        ``input_tokens`` excludes ``cache_read_input_tokens`` and
                  ``cache_creation_input_tokens``; thinking is in ``output_tokens``
 Gemini           ``promptTokenCount`` includes ``cachedContentTokenCount``;
                  ``candidatesTokenCount`` excludes ``thoughtsTokenCount``
-LangChain        ``input_tokens`` includes ``input_token_details.cache_read``
-                 and ``.cache_creation``; ``output_tokens`` includes
-                 ``output_token_details.reasoning``
+LangChain        ``input_tokens`` includes ``input_token_details.cache_read``,
+                 ``.cache_creation`` and ``.audio``; ``output_tokens`` includes
+                 ``output_token_details.reasoning`` and ``.audio``
 ===============  ==========================================================
 """
 
@@ -149,6 +151,11 @@ def _add(total: Usage | None, part: Usage) -> Usage:
         cache_read_tokens=total.cache_read_tokens + part.cache_read_tokens,
         cache_write_tokens=total.cache_write_tokens + part.cache_write_tokens,
         reasoning_tokens=total.reasoning_tokens + part.reasoning_tokens,
+        audio_input_tokens=total.audio_input_tokens + part.audio_input_tokens,
+        audio_output_tokens=total.audio_output_tokens + part.audio_output_tokens,
+        audio_cache_read_tokens=(
+            total.audio_cache_read_tokens + part.audio_cache_read_tokens
+        ),
     )
 
 
@@ -168,17 +175,34 @@ def _from_openai(usage: _Fields) -> Usage:
     reasoning = _first_count(
         (completion_details, "reasoning_tokens"), (usage, "reasoning_tokens")
     )
+    audio = None
+    audio_in = prompt_details.get("audio_tokens")
+    audio_out = completion_details.get("audio_tokens")
+    if audio_in or audio_out:  # most answers have no audio
+        # Audio read from the cache is a cache read, counted in
+        # cached_tokens_details as well as in audio_tokens.
+        cached = _fields(prompt_details.get("cached_tokens_details"))
+        audio_read = min(_count(cached, "audio_tokens"), cache_read)
+        audio_input = max(_as_count(audio_in, "audio_tokens") - audio_read, 0)
+        audio = (audio_input, _as_count(audio_out, "audio_tokens"), audio_read)
     return _consistent(
         prompt=_count(usage, "prompt_tokens"),
         completion=_count(usage, "completion_tokens"),
         cache_read=cache_read,
         cache_write=cache_write,
         reasoning=reasoning,
+        audio=audio,
     )
 
 
 def _consistent(
-    *, prompt: int, completion: int, cache_read: int, cache_write: int, reasoning: int
+    *,
+    prompt: int,
+    completion: int,
+    cache_read: int,
+    cache_write: int,
+    reasoning: int,
+    audio: tuple[int, int, int] | None = None,
 ) -> Usage:
     # Some pass-through providers report prompt tokens net of cache tokens or
     # completion tokens net of reasoning; a part larger than its whole can only
@@ -189,12 +213,34 @@ def _consistent(
     if reasoning > completion:
         logger.debug("completion_tokens %d excludes reasoning; adding it", completion)
         completion += reasoning
+    if audio is None:
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=reasoning,
+        )
+    # Audio is billed as LiteLLM bills it: prompt audio only where the cache
+    # left prompt tokens uncovered, and every reported output part in full.
+    audio_input, audio_output, audio_read = audio
+    audio_input = min(audio_input, prompt - cache_read - cache_write)
+    if reasoning + audio_output > completion:
+        logger.debug(
+            "completion_tokens %d is less than its reasoning and audio parts; "
+            "billing the parts",
+            completion,
+        )
+        completion = reasoning + audio_output
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         reasoning_tokens=reasoning,
+        audio_input_tokens=audio_input,
+        audio_output_tokens=audio_output,
+        audio_cache_read_tokens=audio_read,
     )
 
 
@@ -219,7 +265,15 @@ def _from_langchain(usage: _Fields) -> Usage:
         cache_read=_count(input_details, "cache_read"),
         cache_write=_count(input_details, "cache_creation"),
         reasoning=_count(output_details, "reasoning"),
+        audio=_langchain_audio(input_details, output_details),
     )
+
+
+def _langchain_audio(inputs: _Fields, outputs: _Fields) -> tuple[int, int, int] | None:
+    audio_in, audio_out = inputs.get("audio"), outputs.get("audio")
+    if not audio_in and not audio_out:
+        return None
+    return _as_count(audio_in, "audio"), _as_count(audio_out, "audio"), 0
 
 
 def _from_anthropic(usage: _Fields) -> Usage:
