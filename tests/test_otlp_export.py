@@ -5,7 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.util._once import Once
 
+from conftest import SpanCapture
 from governor import Budget, BudgetExceeded, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.telemetry import attributes as attr
@@ -100,6 +103,35 @@ def test_exporter_failure_never_breaks_a_call() -> None:
         )
     provider.force_flush(timeout_millis=2000)
     assert task.report().cost_usd == CALL_COST
+
+
+@pytest.fixture
+def no_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenTelemetry's global tracer provider is unset, and is restored after
+    the test (the API lets a process set it only once)."""
+    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+
+
+def test_a_global_provider_set_later_traces_the_next_call(
+    no_global_provider: None, capture: SpanCapture
+) -> None:
+    """A Governor built without a tracer provider uses a global one set after
+    it from the next call on, not a second later."""
+    gov = Governor()
+    llm = GovernedLiteLLM(gov)
+    for task_id in ("before", "after"):
+        if task_id == "after":
+            trace.set_tracer_provider(capture.provider)
+        with gov.task(task_id):
+            llm.completion(
+                model="gpt-4o-mini", messages=MESSAGES, mock_response="x", max_tokens=20
+            )
+    tasks = [s.attributes[attr.TASK_ID] for s in capture.named("governor.task")]
+    assert tasks == ["after"]
+    (call,) = capture.calls()
+    assert call.attributes[attr.TASK_ID] == "after"
 
 
 @pytest.fixture

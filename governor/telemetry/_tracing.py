@@ -114,16 +114,22 @@ class Telemetry:
     def tracing(self) -> bool:
         """False while no tracer provider is set anywhere: spans are skipped.
 
-        The global provider is looked up at most once a second, because the
-        lookup reads the environment each time until a provider is set.
+        A global provider, once set, stays (OpenTelemetry sets it only once),
+        so after it is found nothing is looked up again. Until then the
+        public lookup, which reads the environment each time (over a
+        microsecond), runs at most once a second; in between, OpenTelemetry's
+        own slot for the global provider is read (tens of nanoseconds), so a
+        provider set in code is used from the next call on. The slot is not
+        public API: without it, a provider is found within a second.
         """
-        if self._explicit:
+        if self._explicit or self._global_set:
             return True
         now = time.monotonic()
-        if now >= self._recheck_at:
-            provider = trace.get_tracer_provider()
-            self._global_set = not isinstance(provider, trace.ProxyTracerProvider)
-            self._recheck_at = now + 1.0
+        if now < self._recheck_at and getattr(trace, "_TRACER_PROVIDER", None) is None:
+            return False
+        provider = trace.get_tracer_provider()
+        self._global_set = not isinstance(provider, trace.ProxyTracerProvider)
+        self._recheck_at = now + 1.0
         return self._global_set
 
     def start_task(self, task: Task) -> Span | None:
