@@ -60,7 +60,6 @@ __all__ = [
     "Cascade",
     "ConfigError",
     "Fanout",
-    "GovernedGraph",
     "Governor",
     "GovernorError",
     "GovernorHalt",
@@ -95,10 +94,17 @@ def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGra
     """
     from governor.adapters.langgraph import govern as _govern
 
+    if governor is not None and not isinstance(governor, Governor | Policy):
+        raise TypeError(
+            f"govern() takes a Governor or a Policy, got {type(governor).__name__}; "
+            "pass Governor(Policy(...)) (or a Policy, for a governor of its own)"
+        )
     return _govern(graph, governor)
 
 
 def __getattr__(name: str) -> Any:
+    # Loaded on first use, and left out of __all__, so that neither
+    # "import governor" nor "from governor import *" imports LangGraph.
     if name == "GovernedGraph":
         from governor.adapters.langgraph import GovernedGraph
 

@@ -531,6 +531,13 @@ class Governor:
             return 0
         return int(self.recorder.flush(timeout_s))
 
+    async def aflush(self, timeout_s: float | None = None) -> int:
+        """Async form of :meth:`flush`, which never blocks the event loop.
+
+        The same work runs in a worker thread while the loop goes on.
+        """
+        return await asyncio.to_thread(self.flush, timeout_s)
+
     def close(self, timeout_s: float | None = None) -> int:
         """Write queued spend records, stop the writer; return how many were lost.
 

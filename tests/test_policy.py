@@ -178,6 +178,81 @@ def test_a_frozen_policy_still_pickles_copies_and_hashes() -> None:
     )
 
 
+def _nested_policy() -> Policy:
+    from governor.cascade import Cascade, JsonCheck, Tier
+
+    cheap = Tier(
+        name="cheap",
+        model="gpt-4o-mini",
+        params={"stop": ["END"], "extra_body": {"top_k": 5, "ids": [1, {"a": [2]}]}},
+    )
+    return Policy(
+        cascade=Cascade(
+            tiers=[cheap, Tier(name="strong", model="gpt-4o")],
+            checks=[JsonCheck(json_schema={"type": "object", "required": ["a"]})],
+        )
+    )
+
+
+def test_lists_and_mappings_nested_in_a_policy_cannot_be_changed() -> None:
+    """A stop list or a schema changed after the governor is built would change
+    what every later call sends or accepts."""
+    policy = _nested_policy()
+    params = policy.cascade.tiers[0].params  # type: ignore[union-attr]
+    schema = policy.cascade.checks[0].json_schema  # type: ignore[union-attr]
+    changes = [
+        lambda: params["stop"].append("INJECTED"),
+        lambda: params["extra_body"].update(top_k=999),
+        lambda: params["extra_body"]["ids"][1]["a"].append(3),
+        lambda: schema["required"].append("b"),
+    ]
+    for change in changes:
+        with pytest.raises(PolicyError, match="frozen"):
+            change()
+    assert (params["stop"], schema["required"]) == (["END"], ["a"])
+
+
+def test_a_policy_with_nested_lists_hashes_and_round_trips() -> None:
+    """Frozen lists hash, pickle and serialize as plain lists."""
+    import copy
+    import pickle
+
+    policy = _nested_policy()
+    again = Policy.model_validate_json(policy.model_dump_json())
+    assert (again, pickle.loads(pickle.dumps(policy)), copy.deepcopy(policy)) == (
+        policy,
+        policy,
+        policy,
+    )
+    assert hash(again) == hash(policy)
+
+
+def test_a_tier_is_sent_changeable_copies_of_its_params() -> None:
+    """The provider's client may change what it is given; the policy keeps its own."""
+    from governor import Governor
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    sent: list[dict[str, Any]] = []
+
+    def provider(**kwargs: Any) -> Any:
+        import litellm
+
+        kwargs["stop"].append("CLIENT")  # a client that edits in place
+        kwargs["extra_body"]["top_k"] = 0
+        sent.append(kwargs)
+        return litellm.completion(
+            model="gpt-4o-mini", messages=kwargs["messages"], mock_response='{"a": 1}'
+        )
+
+    policy = _nested_policy()
+    llm = GovernedLiteLLM(Governor(policy), completion=provider)
+    for _ in range(2):
+        llm.cascade([{"role": "user", "content": "hi"}], max_tokens=50)
+    params = policy.cascade.tiers[0].params  # type: ignore[union-attr]
+    assert [s["stop"] for s in sent] == [["END", "CLIENT"], ["END", "CLIENT"]]
+    assert (params["stop"], params["extra_body"]["top_k"]) == (["END"], 5)
+
+
 def test_model_copy_validates_the_fields_it_changes() -> None:
     """model_copy(update=...) refuses what the constructor refuses."""
     policy = Policy(budgets=[Budget(max_usd="1")])

@@ -48,3 +48,35 @@ def test_errors_share_one_root_and_stable_codes() -> None:
     assert all(issubclass(e, governor.GovernorError) for e in errors)
     codes = [e.code for e in errors]
     assert len(set(codes)) == len(codes)
+
+
+def test_import_star_loads_neither_litellm_nor_langgraph() -> None:
+    """`from governor import *` is as light as `import governor`."""
+    code = (
+        "import sys; from governor import *; "
+        "print(sorted(m for m in ('litellm', 'langgraph', 'langchain_core') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_adapters_refuse_anything_but_a_governor_at_once() -> None:
+    """A Policy or a dict where a Governor belongs: a TypeError that says what
+    to pass, before any call (it failed at the first call, as an AttributeError)."""
+    import pytest
+
+    from governor.adapters.litellm import GovernedLiteLLM, instrument
+
+    policy = governor.Policy()
+    cases = [
+        (lambda: GovernedLiteLLM(policy), "pass Governor\\(policy\\)"),  # type: ignore[arg-type]
+        (lambda: GovernedLiteLLM(None), "GovernedLiteLLM\\(\\) takes a Governor"),  # type: ignore[arg-type]
+        (lambda: instrument(policy), "instrument\\(\\) takes a Governor"),  # type: ignore[arg-type]
+        (lambda: governor.govern(object(), {"budgets": []}), "govern\\(\\) takes"),  # type: ignore[arg-type]
+    ]
+    for build, message in cases:
+        with pytest.raises(TypeError, match=message):
+            build()

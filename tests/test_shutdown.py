@@ -135,3 +135,36 @@ def test_a_close_with_only_releases_unsent_says_no_spend_is_missing(
     assert "1 hold release(s)" in message
     assert "No spend is missing" in message
     assert "settled spend is missing" not in message
+
+
+def test_aflush_writes_the_queued_settles_without_blocking_the_loop() -> None:
+    """An async worker flushes with aflush: the loop keeps running meanwhile."""
+    import asyncio
+
+    gov = governor_with_unsent_settle()
+    ledger = gov.ledger
+    assert isinstance(ledger, CountingLedger)
+    store = ledger.primary
+    assert isinstance(store, SwitchedStore)
+    store.down = False
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        unwritten = await gov.aflush(timeout_s=5)
+        ticker.cancel()
+        return unwritten, ticks
+
+    unwritten, ticks = asyncio.run(main())
+    balance = store.balance("team:search")
+    assert balance is not None
+    assert (unwritten, ledger.pending_settles, balance.spent_nanos) == (0, 0, 4_500)
+    assert ticks > 0
+    gov.close()

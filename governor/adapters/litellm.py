@@ -57,7 +57,8 @@ from governor.adapters._tokens import (
     read_usage,
     settled_usage,
 )
-from governor.policies import Attribution
+from governor.policies import Attribution, Policy
+from governor.policies._base import thawed
 from governor.pricing import (
     RateCard,
     Usage,
@@ -140,7 +141,7 @@ class GovernedLiteLLM:
         aembedding: Callable[..., Any] | None = None,
         callables: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
-        self.governor = governor
+        self.governor = _governor(governor, "GovernedLiteLLM")
         self._callables = dict(callables or {})
         self._completion = _watching(completion or litellm.completion, "completion")
         self._acompletion = _watching(acompletion or litellm.acompletion, "acompletion")
@@ -658,7 +659,7 @@ class Instrumentation:
     _active: Instrumentation | None = None
 
     def __init__(self, governor: Governor) -> None:
-        self.governor = governor
+        self.governor = _governor(governor, "instrument")
         self._original = (
             litellm.completion,
             litellm.acompletion,
@@ -705,6 +706,17 @@ class Instrumentation:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstrument()
+
+
+def _governor(given: object, where: str) -> Governor:
+    """``given`` if it is a Governor; else a TypeError saying what to pass."""
+    if isinstance(given, Governor):
+        return given
+    hint = "Governor(policy)" if isinstance(given, Policy) else "Governor(Policy(...))"
+    raise TypeError(
+        f"{where}() takes a Governor, got {type(given).__name__}; pass {hint}, "
+        "and close it (gov.close()) when the process is done with it"
+    )
 
 
 def instrument(governor: Governor) -> Instrumentation:
@@ -1300,7 +1312,7 @@ def _tier_kwargs(tier: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     """One tier's request: shared arguments, the tier's own, no SDK retries."""
     return {
         **request,
-        **dict(tier.params),
+        **thawed(tier.params),
         "model": tier.model,
         "num_retries": 0,
         "max_retries": 0,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from governor._errors import PolicyError
 
-__all__ = ["FieldsError", "FrozenMap", "PolicyModel"]
+__all__ = ["FieldsError", "FrozenList", "FrozenMap", "PolicyModel", "thawed"]
 
 _FROZEN_ADVICE = (
     "policies are frozen so that a running governor cannot be changed under "
@@ -41,6 +41,56 @@ class FrozenMap(dict[Any, Any]):
     def copy(self) -> dict[Any, Any]:
         """A plain, changeable dict with the same items."""
         return dict(self)
+
+
+class FrozenList(list[Any]):
+    """A list that refuses changes: the lists inside a policy's mappings.
+
+    It reads, compares, pickles and serializes as a plain list (so it passes
+    where a list is expected); every method that would change it raises
+    :class:`governor.PolicyError`.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise PolicyError(f"this list belongs to a policy and {_FROZEN_ADVICE}")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def copy(self) -> list[Any]:
+        """A plain, changeable list with the same items."""
+        return list(self)
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` with every dict and list in it, at any depth, made frozen."""
+    if isinstance(value, FrozenMap | FrozenList):
+        return value
+    if isinstance(value, dict):
+        return FrozenMap({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return FrozenList([_frozen(item) for item in value])
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """A changeable deep copy of a policy's mapping or list, to send on.
+
+    What a policy holds stays frozen; a request built from it gets plain
+    dicts and lists that the provider's client may change freely.
+    """
+    if isinstance(value, dict):
+        return {key: thawed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple) and not isinstance(value, str):
+        kind = list if isinstance(value, list) else tuple
+        return kind(thawed(item) for item in value)
+    return value
 
 
 class FieldsError(ValueError):
@@ -102,8 +152,10 @@ class PolicyModel(BaseModel):
     @model_validator(mode="after")
     def _freeze_mappings(self) -> Self:
         for name, value in self.__dict__.items():
-            if isinstance(value, dict) and not isinstance(value, FrozenMap):
-                object.__setattr__(self, name, FrozenMap(value))
+            if isinstance(value, dict | list):
+                frozen = _frozen(value)
+                if frozen is not value:
+                    object.__setattr__(self, name, frozen)
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:
