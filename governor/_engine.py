@@ -340,6 +340,8 @@ class Governor:
         if request.operation != EMBEDDINGS and not owns:
             loop_watch(task, self.telemetry).after_hit(hit.text, step, prompt_key)
         named = None if owns else self._named_by_call(task, request)
+        call_id = new_id()  # the span's and the spend record's
+        provider = self._provider_of(task, hit.model)
         parent = request.parent_span or task.span
         span = self.telemetry.start_span(
             f"{request.operation} {request.model}", parent, {}, kind=SpanKind.CLIENT
@@ -362,11 +364,18 @@ class Governor:
             attr.TASK_ID: task.id,
             **(attributes_of(named) if named else attribution_attributes(task)),
         }
+        if span is not None:  # as on a sent call's span; not metric labels
+            call: dict[str, AttrValue] = {attr.CALL_ID: call_id}
+            if provider:
+                call[attr.GEN_AI_PROVIDER_NAME] = provider
+            if request.max_output_tokens is not None:
+                call[attr.GEN_AI_REQUEST_MAX_TOKENS] = request.max_output_tokens
+            self.telemetry.set_attributes(span, call)
         self.telemetry.end_span(span, attributes)
         # The metric keeps the bounded ones: model, operation, team, ...
         self.telemetry.record_cache_hit(attributes, saved / NANOS_PER_USD)
         if self._recording():
-            self._record_hit(task, request, hit, named)
+            self._record_hit(task, request, hit, named, call_id, provider)
         if owns:
             self._close_owned(task)
 
@@ -393,16 +402,18 @@ class Governor:
         request: CallRequest,
         hit: Any,
         attribution: Attribution | None,
+        call_id: str,
+        provider: str | None,
     ) -> None:
         self._submit_record(
             task,
-            new_id(),
+            call_id,
             request.model,
             attribution=attribution,
             cache_hit=True,
             saved_usd=hit.saved_usd,
             outcome="cache_hit",
-            provider=self._provider_of(task, hit.model),
+            provider=provider,
         )
 
     def _provider_of(self, task: Task, model: str) -> str | None:

@@ -436,3 +436,26 @@ def test_a_recheck_never_asks_the_verifier_for_the_slot_its_call_holds() -> None
         first.result(), second.result()
     assert asked == []
     assert counter.sent == 2
+
+
+def test_hit_span_names_provider_call_id_and_max_tokens(
+    capture: SpanCapture, tmp_path: Any
+) -> None:
+    """A hit's span carries what a sent call's span does: the provider, the
+    output ceiling asked for and a call id, the one its spend record has."""
+    from governor.spend import JsonlSpendStore
+
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(POLICY, tracer_provider=capture.provider, spend=path)
+    llm = GovernedLiteLLM(gov, completion=CountingLiteLLM().completion)
+    with gov.task():
+        ask(llm)
+        ask(llm)
+    gov.close()
+    sent, hit = capture.calls()
+    assert hit.attributes[attr.CACHE_HIT] is True
+    assert hit.attributes[attr.GEN_AI_PROVIDER_NAME] == "openai"
+    assert hit.attributes[attr.GEN_AI_REQUEST_MAX_TOKENS] == 30
+    (record,) = [r for r in JsonlSpendStore(path).query() if r.cache_hit]
+    assert hit.attributes[attr.CALL_ID] == record.call_id
+    assert hit.attributes[attr.CALL_ID] != sent.attributes[attr.CALL_ID]
