@@ -70,6 +70,7 @@ from governor.pricing._ratecard import (
     call_price_fields,
     call_prices,
     is_call_price,
+    pricing_a_call,
 )
 from governor.telemetry import attributes as attr
 
@@ -476,10 +477,16 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
-        with call_prices(request.priced_model, _call_prices(kwargs)):
+        prices = _call_prices(kwargs)
+        if prices is None and not pricing_a_call():  # the usual case: no block
             admission = self.governor.begin_call(
                 request, recheck=_recheck(cache, lookup)
             )
+        else:
+            with call_prices(request.priced_model, prices):
+                admission = self.governor.begin_call(
+                    request, recheck=_recheck(cache, lookup)
+                )
         if admission.served is not None:  # stored while this call waited
             return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
@@ -513,10 +520,16 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
-        with call_prices(request.priced_model, _call_prices(kwargs)):
+        prices = _call_prices(kwargs)
+        if prices is None and not pricing_a_call():  # the usual case: no block
             admission = await self.governor.abegin_call(
                 request, recheck=_recheck(cache, lookup)
             )
+        else:
+            with call_prices(request.priced_model, prices):
+                admission = await self.governor.abegin_call(
+                    request, recheck=_recheck(cache, lookup)
+                )
         if admission.served is not None:  # stored while this call waited
             hit = admission.served
             return _cached_response(hit, kwargs, is_async=True), Decimal(0)
@@ -828,7 +841,7 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         extra_prompt=extra,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
-        choices=_choices(_largest(kwargs, "n")),
+        choices=1 if (n := _largest(kwargs, "n")) is None else n,
         provider=_provider(kwargs),
         skippable=_IN_CASCADE.get(),
     )
@@ -895,6 +908,8 @@ def _call_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
     own = None
     if not _PRICE_KWARGS.isdisjoint(kwargs):
         own = {k: v for k, v in kwargs.items() if k in _PRICE_KWARGS and v is not None}
+    if "metadata" not in kwargs and "litellm_metadata" not in kwargs:
+        return own or None  # no Router deployment to look up
     deployment = _deployment_prices(kwargs)
     if deployment:
         own = {**deployment, **(own or {})}
@@ -924,12 +939,6 @@ def _check_stream_options(options: object) -> None:
         f"stream_options must be a mapping such as {{'include_usage': True}}, "
         f"got {type(options).__name__} {options!r}"
     )
-
-
-def _choices(n: Any) -> Any:
-    """The answers a call asks for: 1 when ``n`` is unset; anything else as it
-    is, for the request check to refuse (``n=0`` is not one answer)."""
-    return 1 if n is None else n
 
 
 def _largest(kwargs: Mapping[str, Any], *names: str) -> Any:

@@ -552,6 +552,9 @@ class RateCard:
         given = _CALL_PRICES.get()
         if given is not None and given.model == model:
             return self._call_rate(given)
+        found = self._rates.get(model)  # the usual case, inline
+        if isinstance(found, Rate):
+            return found
         return self._rate(model)
 
     def _rate(self, model: str) -> Rate:
@@ -824,6 +827,15 @@ _CALL_PRICES: contextvars.ContextVar[CallPrices | None] = contextvars.ContextVar
     "governor_call_prices", default=None
 )
 _NOTHING_TO_PRICE = contextlib.nullcontext()
+
+
+def pricing_a_call() -> bool:
+    """Whether a :func:`call_prices` block with prices is open here.
+
+    An adapter whose call sets no prices of its own needs no block unless
+    it runs inside another call's (whose prices must not reach it).
+    """
+    return _CALL_PRICES.get() is not None
 
 
 def call_prices(
