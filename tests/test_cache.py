@@ -445,6 +445,21 @@ async def test_the_async_methods_serve_a_hit() -> None:
     assert hit.saved_usd == Decimal("0.001")
 
 
+async def test_the_async_methods_check_their_arguments_and_recheck_and_clear() -> None:
+    """A misspelt keyword fails at the call, as in the blocking form; arecheck
+    finds what another call stored, and aclear empties the cache."""
+    cache = make()
+    with pytest.raises(TypeError, match="bogus"):
+        await cache.alookup(model=MODEL, messages=ask("hi"), bogus=1)  # type: ignore[call-arg]
+    miss = await cache.alookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    assert isinstance(miss, CacheMiss)
+    await cache.astore(miss, message=ANSWER, model=MODEL, cost_usd=Decimal("0.001"))
+    assert isinstance(await cache.arecheck(miss), CacheHit)
+    await cache.aclear()
+    again = await cache.alookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    assert isinstance(again, CacheMiss)
+
+
 def test_a_litellm_embedder_reports_the_call_cost() -> None:
     """A LiteLLM embedding model is called offline and its price comes back."""
     embedder = LiteLLMEmbedder("text-embedding-3-small", mock_response=[0.0, 3.0, 4.0])

@@ -257,13 +257,51 @@ class ResponseCache:
             )
             return Stored(False, "store_error")
 
-    async def alookup(self, **request: Any) -> CacheHit | CacheMiss:
-        """:meth:`lookup` in a worker thread (embedding and I/O block)."""
-        return await asyncio.to_thread(lambda: self.lookup(**request))
+    async def alookup(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any] | None = None,
+        partition: Mapping[str, str] | None = None,
+    ) -> CacheHit | CacheMiss:
+        """Async form of :meth:`lookup` (the embedding runs in a thread)."""
+        return await asyncio.to_thread(
+            self.lookup,
+            model=model,
+            messages=messages,
+            params=params,
+            partition=partition,
+        )
 
-    async def astore(self, miss: CacheMiss, **answer: Any) -> Stored:
-        """:meth:`store` in a worker thread."""
-        return await asyncio.to_thread(lambda: self.store(miss, **answer))
+    async def arecheck(self, miss: CacheMiss) -> CacheHit | CacheMiss:
+        """Async form of :meth:`recheck` (the store is read in a thread)."""
+        return await asyncio.to_thread(self.recheck, miss)
+
+    async def astore(
+        self,
+        miss: CacheMiss,
+        *,
+        message: Mapping[str, Any],
+        model: str,
+        cost_usd: Decimal,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> Stored:
+        """Async form of :meth:`store` (the embedding runs in a thread)."""
+        return await asyncio.to_thread(
+            self.store,
+            miss,
+            message=message,
+            model=model,
+            cost_usd=cost_usd,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    async def aclear(self) -> None:
+        """Async form of :meth:`clear`."""
+        await asyncio.to_thread(self.clear)
 
     def clear(self) -> None:
         """Drop every entry of this cache's store."""
