@@ -303,14 +303,15 @@ class SlotUnavailable(GovernorError, TimeoutError):
 
 def _slot_message(key: str, limit: int, timeout_s: float | None) -> str:
     cap = f"Raise the cap ({_setting(key)})"
+    busy = f"the one slot of {key!r}" if limit == 1 else f"all {limit} slots of {key!r}"
     if timeout_s == 0:
         return (
-            f"all {limit} slots of {key!r} are busy and Fanout(on_cap='refuse') "
+            f"{busy} {'is' if limit == 1 else 'are'} busy and Fanout(on_cap='refuse') "
             f"does not wait. {cap}, set Fanout(on_cap='wait') to queue for a "
             "slot, or run fewer calls at once."
         )
     return (
-        f"all {limit} slots of {key!r} stayed busy for {timeout_s} s. {cap}, "
+        f"{busy} stayed busy for {timeout_s} s. {cap}, "
         "wait longer (Fanout.wait_timeout_s), or run fewer calls at once."
     )
 

@@ -420,3 +420,13 @@ def test_cascade_rules_across_fields_name_the_fields() -> None:
             build()
         assert str(caught.value).startswith(expected)
         assert "(model)" not in str(caught.value)
+
+
+def test_an_unknown_keyword_names_the_fields_the_part_takes() -> None:
+    """A misspelt keyword lists what would have been accepted."""
+    with pytest.raises(PolicyError) as info:
+        Attribution(bogus="x")  # type: ignore[call-arg]
+    assert str(info.value) == (
+        "invalid Attribution: bogus: not a field of Attribution, which takes "
+        "team, feature, environment, user, session, org, tags."
+    )

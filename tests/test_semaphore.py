@@ -298,3 +298,15 @@ def test_redis_cap_holds_across_processes(redis_url: str, redis_prefix: str) -> 
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
     assert (counter[0], counter[1]) == (0, 2)
+
+
+def test_a_cap_of_one_says_its_one_slot_is_busy() -> None:
+    """'all 1 slots' read oddly: a single slot is named as such."""
+    from governor._errors import _slot_message
+
+    assert _slot_message("team:x", 1, 0).startswith(
+        "the one slot of 'team:x' is busy and Fanout(on_cap='refuse')"
+    )
+    assert _slot_message("team:x", 3, 2.0).startswith(
+        "all 3 slots of 'team:x' stayed busy for 2.0 s."
+    )

@@ -129,6 +129,9 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     message = str(error["msg"]).removeprefix(_VALUE_ERROR)
     if not where:  # a rule of the whole part: the input would only repeat it
         return f"{message}."
+    if error.get("type") == "extra_forbidden" and len(error["loc"]) == 1:
+        names = ", ".join(model.model_fields)
+        return f"{where}: not a field of {model.__name__}, which takes {names}."
     field = model.model_fields.get(str(error["loc"][0]))
     accepted = f" Accepted: {field.description}" if field and field.description else ""
     return f"{where}: {message} (got {error.get('input')!r}).{accepted}"

@@ -401,7 +401,9 @@ class Fanout(PolicyModel):
     def _positive_caps(cls, value: Mapping[Scope, int]) -> Mapping[Scope, int]:
         bad = {k: v for k, v in value.items() if v < 1}
         if bad:
-            raise ValueError(f"scope caps must be at least 1, got {bad}")
+            raise ValueError(
+                "each scope cap must be at least 1 (leave a scope out for no cap)"
+            )
         return value
 
 
