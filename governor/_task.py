@@ -168,6 +168,7 @@ class Task:
         self._output_tokens = 0
         self._cost_nanos = 0
         self._saved_nanos = 0
+        self._cascade_saved_usd = Decimal(0)
         self._inflight = 0
         self._finished = 0  # calls settled so far
         self.peak_inflight = 0
@@ -263,6 +264,34 @@ class Task:
         with self._lock:
             self._cache_hits += 1
             self._saved_nanos += saved_nanos
+
+    @property
+    def cascade_saved_usd(self) -> Decimal:
+        """What the task's cascades saved against their premium tiers so far.
+
+        The sum over every cascade run of the task, as
+        :meth:`add_cascade_saving` adds them; negative when they cost more
+        than the premium tier would have. The task span's
+        ``governor.cascade.saved_vs_premium_usd`` shows it.
+        """
+        return self._cascade_saved_usd
+
+    def add_cascade_saving(self, usd: Decimal) -> Decimal:
+        """Add one cascade run's saving against its premium tier; return the sum.
+
+        A run that returned an answer adds that answer's tokens priced at the
+        cascade's last tier, less what the run cost; a run that found no
+        answer (``CascadeExhausted``) adds minus what it spent.
+
+        Args:
+            usd: the run's saving, negative for a loss.
+
+        Returns:
+            The task's saving over all its cascade runs so far.
+        """
+        with self._lock:
+            self._cascade_saved_usd += usd
+            return self._cascade_saved_usd
 
     def bind(self, function: Callable[P, R]) -> Callable[P, R]:
         """Return ``function`` made to run inside this task, in any thread.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,93 @@ def test_a_bad_check_dict_is_refused_naming_what_is_wrong(
         build_check(spec)
     assert names in str(info.value)
     assert "non_empty" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["NaN", '{"score": NaN}', "Infinity", "[1, -Infinity]", '{"a": {"b": [NaN]}}'],
+)
+def test_json_with_nan_or_infinity_is_not_json(text: str) -> None:
+    """RFC 8259 has no NaN or Infinity, though Python's json.loads reads them."""
+    result = ValidJson()(Answer(text), [])
+    assert result.passed is False
+    assert "RFC 8259 has no NaN or Infinity" in result.reason
+
+
+def test_tool_call_arguments_with_nan_are_not_json() -> None:
+    """A tool call whose arguments hold NaN fails the json check too."""
+    answer = Answer("", tool_calls=(ToolCall("f", '{"x": NaN}'),))
+    result = ValidJson()(answer, [])
+    assert (result.passed, result.reason.startswith("tool call 'f' arguments")) == (
+        False,
+        True,
+    )
+
+
+def test_the_json_normaliser_gives_nan_no_json_form() -> None:
+    """Agreement on JSON compares only real JSON: NaN has no json form."""
+    assert normalise('{"a": NaN}', "json") is None
+    assert normalise('{"a": 1}', "json") == '{"a":1}'
+
+
+async def _async_check(answer: Answer, history: object) -> bool:
+    return True
+
+
+async def _async_judge(answer: Answer, history: object) -> float:
+    return 9.0
+
+
+class _AsyncCallable:
+    async def __call__(self, answer: Answer, history: object) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_async_check, _AsyncCallable(), functools.partial(_async_check)],
+    ids=["async def", "async __call__", "partial"],
+)
+def test_an_async_callable_check_is_refused_when_built(fn: Any) -> None:
+    """Checks run synchronously, in acascade too: an async one is refused early."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError) as caught:
+            build_check(CallableCheck(ref="mine"), {"mine": fn})
+    message = str(caught.value)
+    assert "check 'callable:mine' refers to" in message
+    assert "an async function" in message
+    assert "called synchronously, in acascade() and CascadeRunner.arun too" in message
+    assert "Give a plain def that returns True, False or a CheckResult" in message
+
+
+def test_an_async_judge_is_refused_when_built() -> None:
+    """A judge must return its score; an async one is refused with the reason."""
+    with pytest.raises(ConfigError, match="judge check 'judge:mine' refers to"):
+        build_check(JudgeCheck(judge="mine", min_score=7), {"mine": _async_judge})
+
+
+def test_an_async_label_classifier_is_refused() -> None:
+    """from_labels needs the label now, not a coroutine."""
+
+    async def classify(text: str) -> str:
+        return "easy"
+
+    with pytest.raises(ConfigError, match="from_labels' classifier"):
+        from_labels(classify, {"easy": 0.1})
+
+
+def test_a_check_returning_a_coroutine_is_refused_without_a_warning() -> None:
+    """A plain def returning a coroutine: refused, and the coroutine is closed."""
+    import gc
+    import warnings
+
+    check = UserCheck(lambda answer, history: _async_check(answer, history), "wrap")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match="which would have to be awaited"):
+            check(Answer("x"), [])
+        gc.collect()
+    assert [str(w.message) for w in seen] == []

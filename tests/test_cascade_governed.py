@@ -372,3 +372,76 @@ def test_a_judge_registered_by_name_reaches_the_cascade() -> None:
     with gov.task():
         result = llm.cascade([{"role": "user", "content": QUESTION}])
     assert result.attempts[0].checks[0].reason == "judge scored 9, at least 7"
+
+
+def _refusing(model: str) -> Any:
+    """litellm.completion, except that ``model`` answers HTTP 400."""
+
+    def completion(**kwargs: Any) -> Any:
+        if kwargs["model"] == model:
+            raise litellm.BadRequestError(
+                "Unsupported parameter: 'temperature' is not supported with "
+                "this model.",
+                model=model,
+                llm_provider="openai",
+            )
+        return litellm.completion(**kwargs)
+
+    return completion
+
+
+def test_a_bad_request_falls_back_uncharged_and_unrested(
+    capture: SpanCapture,
+) -> None:
+    """A 400 on the cheap tier: the next tier answers, the 400 costs nothing,
+    and the cheap model is not rested for the next request."""
+    provider = install_offline_provider(respond("A"), speed=0)
+    provider.clear_calls()
+    gov = Governor(Policy(cascade=CASCADE), tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov, completion=_refusing("offline/gpt-4o-mini"))
+    messages = [{"role": "user", "content": QUESTION}]
+    with gov.task() as task:
+        first = llm.cascade(messages, max_tokens=20)
+        second = llm.cascade(messages, max_tokens=20)
+    report = task.report()
+    refused = first.attempts[0]
+    assert (refused.outcome, refused.error_kind, refused.cost_usd) == (
+        "error",
+        "bad_request",
+        None,
+    )
+    assert (first.tier.name, first.answer.text) == ("premium", "B")
+    # Not rested: the second request is sent to the cheap tier again.
+    assert [a.tier for a in second.attempts] == ["cheap", "premium"]
+    assert report.cost_usd == first.cost_usd + second.cost_usd
+    assert first.cost_usd == first.attempts[1].cost_usd > 0
+    assert [c.model for c in provider.calls] == ["gpt-4o", "gpt-4o"]
+
+
+async def test_an_async_check_under_acascade_is_refused_before_any_call() -> None:
+    """An async def check is refused when the run is set up: nothing is paid."""
+
+    async def my_async(answer: Any, history: Any) -> bool:
+        return True
+
+    provider = install_offline_provider(respond("A"), speed=0)
+    provider.clear_calls()
+    cascade = CASCADE.model_copy(
+        update={"checks": ({"kind": "callable", "ref": "my_async"},)}
+    )
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov, callables={"my_async": my_async})
+    async with gov.atask() as task:
+        with pytest.raises(ConfigError, match="'my_async', an async function"):
+            await llm.acascade([{"role": "user", "content": QUESTION}])
+    assert (provider.calls, task.report().cost_usd) == ([], Decimal(0))
+
+
+def test_a_task_sums_the_savings_of_its_cascades() -> None:
+    """Task.add_cascade_saving keeps the sum over the task's cascade runs."""
+    gov = Governor(Policy(cascade=CASCADE))
+    with gov.task() as task:
+        assert task.cascade_saved_usd == Decimal(0)
+        assert task.add_cascade_saving(Decimal("0.25")) == Decimal("0.25")
+        assert task.add_cascade_saving(Decimal("-0.05")) == Decimal("0.20")
+    assert task.cascade_saved_usd == Decimal("0.20")

@@ -194,3 +194,50 @@ def test_a_premium_answer_from_cache_saves_the_premium_call(
         pytest.approx(float(premium - cheap)),
     ]
     assert saved[1] > 0
+
+
+# -- the saving of a task with several cascades ------------------------------
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_tasks_saving_sums_its_cascades_an_exhausted_one_counting_its_spend(
+    stub: StubServer, capture: SpanCapture, use_async: bool
+) -> None:
+    """Two answered cascades and one exhausted, in one task: the task span's
+    saving is the sum of the answered ones' savings, less what the exhausted
+    one spent; the task's cost counts all three."""
+    from governor.cascade import CascadeExhausted
+
+    stub.set_behaviour("t-cheap", JSON)
+    stub.set_behaviour("t-premium", JSON)
+    cascade = Cascade(
+        tiers=[tier(stub, "t-cheap"), tier(stub, "t-premium")],
+        checks=[JsonCheck()],
+        check_last_tier=True,
+        retry=Retry(**NO_WAIT),
+    )
+    policy = Policy(cascade=cascade, pricing=priced("t-cheap", premium="t-premium"))
+    gov = Governor(policy, tracer_provider=capture.provider)
+    llm = GovernedLiteLLM(gov)
+
+    def run() -> Any:
+        if use_async:
+            return asyncio.run(llm.acascade(MESSAGES, max_tokens=60))
+        return llm.cascade(MESSAGES, max_tokens=60)
+
+    with gov.task() as task:
+        first = run()  # the cheap tier answers
+        stub.set_behaviour("t-cheap", NOT_JSON)
+        second = run()  # the cheap answer is rejected, the premium one passes
+        stub.set_behaviour("t-premium", NOT_JSON)
+        with pytest.raises(CascadeExhausted) as caught:
+            run()  # both answers rejected: paid, nothing saved
+    cheap, premium = cost(CHEAP, JSON), cost(PREMIUM, JSON)
+    assert (first.cost_usd, second.cost_usd) == (cheap, cost(CHEAP, NOT_JSON) + premium)
+    lost = caught.value.spent_usd
+    assert lost == cost(CHEAP, NOT_JSON) + cost(PREMIUM, NOT_JSON)
+    expected = (premium - first.cost_usd) + (premium - second.cost_usd) - lost
+    assert task.report().cost_usd == first.cost_usd + second.cost_usd + lost
+    saved = capture.task().attributes[attr.CASCADE_SAVED_USD]
+    assert saved == pytest.approx(float(expected))
+    assert task.cascade_saved_usd == expected

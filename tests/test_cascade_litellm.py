@@ -162,3 +162,64 @@ def test_real_content_policy_and_timeout_errors_are_classified() -> None:
         "content_policy",
         "timeout",
     )
+
+
+def test_a_bad_request_and_its_subclasses_are_classified() -> None:
+    """litellm's 400s fall back; its named subclasses keep their own kinds."""
+    bad = litellm.BadRequestError(
+        "Unsupported parameter: 'temperature'", model="o1", llm_provider="openai"
+    )
+    unsupported = litellm.UnsupportedParamsError("no 'seed' here", model="m")
+    window = litellm.ContextWindowExceededError(
+        "too long", model="gpt-4o-mini", llm_provider="openai"
+    )
+    assert [classify_error(e) for e in (bad, unsupported, window)] == [
+        "bad_request",
+        "bad_request",
+        "context_window",
+    ]
+
+
+def test_a_bad_request_on_the_cheap_tier_falls_back_to_the_next() -> None:
+    """A 400 from litellm on the cheap tier: the next tier answers, no retry."""
+    refused = litellm.BadRequestError(
+        "Unsupported value: 'temperature' does not support 0.2",
+        model="gpt-4o-mini",
+        llm_provider="openai",
+    )
+    cheap = Tier(name="cheap", model="gpt-4o-mini", params={"mock_response": refused})
+    premium = Tier(name="premium", model="gpt-4o", params={"mock_response": "Seven"})
+    failing = cascade("unused", retries=2).model_copy(
+        update={"tiers": (cheap, premium)}
+    )
+    slept: list[float] = []
+    result = CascadeRunner(failing).run(MESSAGES, call=complete, sleep=slept.append)
+    assert [(a.tier, a.error_kind) for a in result.attempts] == [
+        ("cheap", "bad_request"),
+        ("premium", None),
+    ]
+    assert (result.answer.text, slept) == ("Seven", [])
+
+
+async def test_a_nan_retry_after_of_a_real_rate_limit_error_does_not_hang() -> None:
+    """litellm's RateLimitError with Retry-After: nan waits the backoff in arun."""
+    import asyncio
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    limited = litellm.RateLimitError(
+        "rate limited",
+        llm_provider="openai",
+        model="gpt-4o-mini",
+        response=httpx.Response(429, headers={"retry-after": "nan"}, request=request),
+    )
+    calls: list[str] = []
+
+    async def call(tier: Tier, messages: list[dict[str, str]]) -> Answer:
+        calls.append(tier.name)
+        if len(calls) == 1:
+            raise limited
+        return await acomplete(tier, messages)
+
+    runner = CascadeRunner(cascade("Three", retries=1))
+    result = await asyncio.wait_for(runner.arun(MESSAGES, call=call), timeout=5)
+    assert (calls, result.answer.text) == (["cheap", "cheap"], "Three")

@@ -124,3 +124,24 @@ def test_a_blank_tier_name_is_refused() -> None:
     """A name of spaces is refused like an empty one."""
     with pytest.raises(PolicyError, match="must not be blank"):
         Tier(name="  ", model="gpt-4o-mini")
+
+
+def test_more_tiers_than_max_attempts_is_warned_of_once_per_policy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One Policy(...) logs the unreachable-tier warning once, not twice."""
+    import logging
+
+    from governor.policies import Policy
+
+    tiers = [f"model-{i}" for i in range(7)]
+    made = [
+        lambda: Policy(cascade=Cascade(tiers=tiers)),
+        lambda: Policy(cascade={"tiers": tiers}),
+        lambda: Policy.model_validate({"cascade": {"tiers": tiers}}),
+    ]
+    for make in made:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="governor.policies._cascade"):
+            make()
+        assert sum("7 tiers but" in r.getMessage() for r in caplog.records) == 1

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from governor._errors import BudgetExceeded
+from governor._errors import BudgetExceeded, ConfigError
 from governor.cascade import (
     AgreementCheck,
     Answer,
@@ -640,3 +640,200 @@ def test_precall_falls_back_below_the_start_tier_when_the_budget_is_tight() -> N
     call, sent = scripted({"m-cheap": ["fine"]})
     result = runner.run("q", call=call, fits=fits, prompt_text=prompt)
     assert (result.tier.name, result.accepted, result.start_tier) == ("cheap", True, 1)
+
+
+# -- Retry-After values that are no number of seconds -------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "nan"},
+        {"retry-after": "NaN"},
+        {"retry-after": "inf"},
+        {"retry-after": "-inf"},
+        {"retry-after": "1e999"},
+        {"retry-after": "-5"},
+        {"retry-after": "soon"},
+        {"retry-after": "Wed, 21 Oct 99999 07:28:10 GMT"},
+        {"retry-after-ms": "nan"},
+        {"retry-after-ms": "-250"},
+        {"retry-after-ms": "Infinity"},
+    ],
+)
+def test_an_unusable_retry_after_counts_as_not_given(headers: dict[str, str]) -> None:
+    """NaN, infinite, negative and unreadable values ask for no wait at all."""
+    assert retry_after_s(ProviderError(429, headers)) is None
+
+
+def test_an_unusable_retry_after_ms_leaves_retry_after_to_be_read() -> None:
+    """A NaN retry-after-ms does not hide a usable Retry-After beside it."""
+    headers = {"retry-after-ms": "nan", "retry-after": "3"}
+    assert retry_after_s(ProviderError(429, headers)) == 3.0
+
+
+def test_an_http_date_without_a_zone_is_read_as_gmt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """'-0000' dates are GMT, as every HTTP date is, whatever the local zone."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        error = ProviderError(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:10 -0000"})
+        assert retry_after_s(error, now=lambda: 1445412480.0) == 10.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_nan_retry_after_waits_the_backoff_and_retries() -> None:
+    """A 429 with Retry-After: nan is retried after the plain backoff."""
+    call, sent = scripted(
+        {"m-cheap": [ProviderError(429, {"retry-after": "nan"}), "ok"]}
+    )
+    slept: list[float] = []
+    result = CascadeRunner(policy()).run("q", call=call, sleep=slept.append)
+    assert (slept, sent, result.tier.name) == ([0.5], ["m-cheap", "m-cheap"], "cheap")
+    assert "Retry-After" not in result.attempts[0].reason
+
+
+async def test_a_nan_retry_after_does_not_hang_the_async_runner() -> None:
+    """asyncio.sleep(nan) never returns: arun must not be asked to wait NaN."""
+    import asyncio
+
+    script = {"m-cheap": [ProviderError(429, {"retry-after-ms": "nan"}), "ok"]}
+    call, sent = scripted(script)
+
+    async def acall(tier: Tier, request: str) -> Answer:
+        return call(tier, request)
+
+    retry = Retry(jitter_s=0, backoff_initial_s=0.01)
+    runner = CascadeRunner(policy(retry=retry))
+    result = await asyncio.wait_for(runner.arun("q", call=acall), timeout=5)
+    assert (result.tier.name, sent) == ("cheap", ["m-cheap", "m-cheap"])
+
+
+# -- a 400: the request does not suit this model ------------------------------
+
+
+class BadRequestError(Exception):
+    """Named like LiteLLM's (and the OpenAI SDK's) HTTP 400 error."""
+
+
+class UnsupportedParamsError(BadRequestError):
+    """Named like LiteLLM's own subclass, raised for a parameter a model lacks."""
+
+
+def test_a_bad_request_falls_back_without_retry_or_rest() -> None:
+    """A 400 goes to the next tier at once; the model does not rest."""
+    cooldowns = CooldownRegistry(Clock())
+    runner = CascadeRunner(policy(), cooldowns=cooldowns)
+    call, sent = scripted(
+        {
+            "m-cheap": [UnsupportedParamsError("temperature is not supported"), "ok"],
+            "m-mid": ["ok"],
+        }
+    )
+    slept: list[float] = []
+    result = runner.run("q1", call=call, sleep=slept.append)
+    first = result.attempts[0]
+    assert (first.outcome, first.error_kind, first.cost_usd) == (
+        "error",
+        "bad_request",
+        None,
+    )
+    assert first.reason.startswith("bad_request: UnsupportedParamsError: temperature")
+    assert (result.tier.name, slept, sent) == ("mid", [], ["m-cheap", "m-mid"])
+    assert cooldowns.remaining_s("m-cheap") == 0.0
+    # Another request is not kept from the cheap tier.
+    assert runner.run("q2", call=call).tier.name == "cheap"
+
+
+def test_bad_requests_on_every_tier_exhaust_with_the_last_as_cause() -> None:
+    """Every tier refusing the request: CascadeExhausted, chained, with advice."""
+    last = BadRequestError("top: messages[0] is malformed")
+    call, _ = scripted(
+        {
+            "m-cheap": [BadRequestError("cheap: bad")],
+            "m-mid": [BadRequestError("mid: bad")],
+            "m-top": [last],
+        }
+    )
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy()).run("q", call=call)
+    error = caught.value
+    assert error.__cause__ is last
+    assert [a.error_kind for a in error.attempts] == ["bad_request"] * 3
+    assert error.reason == "every tier failed or was skipped"
+    assert "refused the request as invalid (HTTP 400)" in str(error)
+    assert "providers' status" not in str(error)
+
+
+# -- the summary of a run that found no answer --------------------------------
+
+
+def test_the_summary_counts_each_kind_of_skip() -> None:
+    """A cooldown skip and a budget skip are each counted under their own cause."""
+    cooldowns = CooldownRegistry(Clock())
+    cooldowns.cool("m-mid", 60)
+    call, sent = scripted({"m-cheap": [""]})
+
+    def fits(tier: Tier, request: str) -> bool:
+        return tier.name != "top"
+
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(policy(), cooldowns=cooldowns).run("q", call=call, fits=fits)
+    assert (caught.value.reason, sent) == (
+        "every answer failed its checks; 1 tier(s) skipped because the budget "
+        "could not cover them; 1 tier(s) skipped because their model was "
+        "resting after recent failures (cooldown)",
+        ["m-cheap"],
+    )
+
+
+def test_the_summary_counts_failed_tiers_and_window_skips() -> None:
+    """A rejection, a provider error and a prompt too long: each is said."""
+    cascade = policy(
+        tiers=[
+            Tier(name="cheap", model="m-cheap"),
+            Tier(name="mid", model="m-mid"),
+            Tier(name="top", model="m-top", context_window_tokens=10),
+        ]
+    )
+    call, _ = scripted({"m-cheap": [""], "m-mid": [ProviderError(503)] * 3})
+    with pytest.raises(CascadeExhausted) as caught:
+        CascadeRunner(cascade).run(
+            "q", call=call, sleep=lambda s: None, count_tokens=lambda t, r: 50
+        )
+    assert caught.value.reason == (
+        "every answer failed its checks; 1 tier(s) failed with a provider "
+        "error; 1 tier(s) skipped because the request does not fit their "
+        "context window"
+    )
+
+
+# -- checks and estimators are synchronous ------------------------------------
+
+
+async def _async_check(answer: Answer, history: object) -> bool:
+    return True
+
+
+def test_an_async_check_is_refused_before_anything_is_sent() -> None:
+    """An async def check is refused when the runner is built, not after a call."""
+    cascade = policy(checks=[{"kind": "callable", "ref": "mine"}])
+    with pytest.raises(ConfigError, match="check 'callable:mine' refers to"):
+        CascadeRunner(cascade, callables={"mine": _async_check})
+
+
+def test_an_async_estimator_is_refused_when_the_runner_is_built() -> None:
+    """A pre-call estimator must return its score, not a coroutine."""
+
+    async def estimate(text: str) -> float:
+        return 0.5
+
+    cascade = policy(precall=PreCall(thresholds=(0.4,), estimator="mine"))
+    with pytest.raises(ConfigError, match="pre-call estimator 'mine' refers to"):
+        CascadeRunner(cascade, callables={"mine": estimate})

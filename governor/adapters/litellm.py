@@ -46,7 +46,7 @@ from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
 from governor._loopwatch import tool_call_output
 from governor._money import nanos_to_usd
-from governor._task import current_task
+from governor._task import Task, current_task
 from governor.adapters._ceiling import OutputCeiling
 from governor.adapters._embeddings import embedding_request, embedding_result
 from governor.adapters._tokens import (
@@ -303,7 +303,7 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs)
-        with self._request_task(kwargs), _cascading() as meter:
+        with self._request_task(kwargs), _cascading(self.governor) as meter:
             result = runner.run(
                 request,
                 call=self._tier_call,
@@ -318,7 +318,7 @@ class GovernedLiteLLM:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
         async with self._arequest_task(kwargs):
-            with _cascading() as meter:
+            with _cascading(self.governor) as meter:
                 result = await runner.arun(
                     request,
                     call=self._atier_call,
@@ -465,9 +465,9 @@ class GovernedLiteLLM:
             {
                 attr.CASCADE_FINAL_TIER: result.tier.name,
                 attr.CASCADE_ACCEPTED: result.accepted,
-                attr.CASCADE_SAVED_USD: float(saved),
             },
         )
+        _add_saving(self.governor, task, saved)
         return result
 
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
@@ -1639,13 +1639,21 @@ def _stream_finish_reasons(chunks: Sequence[Any]) -> tuple[str, ...]:
     return tuple(reasons[index] for index in sorted(reasons))
 
 
+def _add_saving(governor: Governor, task: Task, usd: Decimal) -> None:
+    """Add a cascade run's saving to its task's, and show the task's sum."""
+    total = task.add_cascade_saving(usd)
+    governor.telemetry.set_attributes(task.span, {attr.CASCADE_SAVED_USD: float(total)})
+
+
 @contextlib.contextmanager
-def _cascading() -> Iterator[SpendMeter]:
+def _cascading(governor: Governor) -> Iterator[SpendMeter]:
     """Run a cascade: budget refusals skip tiers, and a stop names its task.
 
     A tier refused by a budget must not mark the task stopped (the cascade
     goes on), and a cascade's own stop carries the task id as call refusals
     do, and what every governed call of the run cost (a judge's included).
+    A run that found no answer saved nothing against the premium tier and
+    spent what it spent: the task's saving goes down by that much.
     """
     token = _IN_CASCADE.set(True)
     try:
@@ -1659,6 +1667,8 @@ def _cascading() -> Iterator[SpendMeter]:
 
         if isinstance(exc, CascadeExhausted):
             exc.spent_usd = max(exc.spent_usd, nanos_to_usd(meter.nanos))
+            if task is not None and exc.spent_usd > 0:
+                _add_saving(governor, task, -exc.spent_usd)
         raise
     finally:
         _IN_CASCADE.reset(token)

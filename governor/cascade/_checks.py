@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import math
 import numbers
@@ -54,6 +55,7 @@ __all__ = [
     "ValidJson",
     "build_check",
     "normalise",
+    "refuse_async",
     "resolve_callable",
 ]
 
@@ -179,7 +181,7 @@ class ValidJson:
     def _failure(self, text: str) -> str | None:
         """Why ``text`` is not acceptable JSON, or None when it is."""
         try:
-            value = json.loads(text)
+            value = _json_loads(text)
         except ValueError as exc:
             return f"not valid JSON: {exc}"
         errors = schema_errors(value, self.schema) if self.schema else []
@@ -221,9 +223,19 @@ def _number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
+def _json_loads(text: str) -> Any:
+    """Parse JSON as RFC 8259 defines it: Python's ``json.loads`` also takes
+    ``NaN``, ``Infinity`` and ``-Infinity``, which no other parser does."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (RFC 8259 has no NaN or Infinity)")
+
+
 def _json(text: str) -> str | None:
     try:
-        value = json.loads(_unfenced(text, ("json", "")) or text)
+        value = _json_loads(_unfenced(text, ("json", "")) or text)
     except ValueError:
         return None
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -294,8 +306,13 @@ class Judge:
     min_score: float
     name: str = "judge"
 
+    def __post_init__(self) -> None:
+        refuse_async(self.judge, f"judge check {self.name!r}", _SYNC_JUDGE)
+
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
-        score = _score(self.name, self.judge(answer, history))
+        score = _score(
+            self.name, _not_awaitable(self.name, self.judge(answer, history))
+        )
         passed = score >= self.min_score
         word = "at least" if passed else "below"
         return CheckResult(
@@ -421,8 +438,11 @@ class UserCheck:
     fn: UserFn
     name: str = "callable"
 
+    def __post_init__(self) -> None:
+        refuse_async(self.fn, f"check {self.name!r}", _SYNC_CHECK)
+
     def __call__(self, answer: Answer, history: Sequence[Answer]) -> CheckResult:
-        result = self.fn(answer, history)
+        result = _not_awaitable(self.name, self.fn(answer, history))
         if isinstance(result, CheckResult):
             return result
         passed = _truth(result)
@@ -432,6 +452,64 @@ class UserCheck:
             f"check {self.name!r} returned {_shown(result)}; a check must return "
             "True, False or a CheckResult(check, passed, reason)"
         )
+
+
+_SYNC_CHECK = "returns True, False or a CheckResult"
+_SYNC_JUDGE = "returns its score"
+_SYNC_WHY = (
+    "checks, judges and estimators are called synchronously, in acascade() "
+    "and CascadeRunner.arun too"
+)
+
+
+def _is_async(fn: object) -> bool:
+    """Whether calling ``fn`` makes a coroutine or an async generator."""
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return True  # functools.partial of one too
+    if inspect.isroutine(fn) or inspect.isclass(fn):
+        return False
+    call = type(fn).__call__ if callable(fn) else None  # an async __call__
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+def refuse_async(fn: object, what: str, instead: str) -> None:
+    """Refuse an async callable where the cascade calls a function synchronously.
+
+    Args:
+        fn: the callable a policy refers to.
+        what: how the error names it, e.g. ``"check 'callable:mine'"``.
+        instead: what the synchronous function should do, e.g.
+            ``"returns its score"``.
+
+    Raises:
+        ConfigError: ``fn`` is an ``async def`` function (or an async
+            generator function), or an object whose ``__call__`` is one.
+    """
+    if _is_async(fn):
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        raise ConfigError(
+            f"{what} refers to {name!r}, an async function: {_SYNC_WHY}, so "
+            f"its coroutine would never be awaited. Give a plain def that "
+            f"{instead}; to call a model from it, use a blocking client such "
+            "as GovernedLiteLLM.completion"
+        )
+
+
+def _not_awaitable(name: str, value: object) -> object:
+    """A check's or judge's result, unless it is something to await.
+
+    A plain def may still return a coroutine (a wrapper around an async
+    function): it is closed, so Python does not warn that it was never
+    awaited, and refused with what to do.
+    """
+    if not inspect.isawaitable(value) and not inspect.isasyncgen(value):
+        return value
+    if inspect.iscoroutine(value):
+        value.close()
+    raise ConfigError(
+        f"{name!r} returned {_shown(value)}, which would have to be awaited: "
+        f"{_SYNC_WHY}. Make it a synchronous function"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,10 @@ recognised without importing any of them on the governor's import path.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from governor._errors import BudgetExceeded, GovernorError
@@ -41,6 +43,9 @@ _BY_NAME: tuple[tuple[str, ErrorKind], ...] = (
     ("AuthenticationError", "auth"),
     ("PermissionDeniedError", "auth"),
     ("NotFoundError", "not_found"),
+    # Last: any other 400 (an unsupported parameter, a malformed message),
+    # including LiteLLM's subclasses not named above.
+    ("BadRequestError", "bad_request"),
 )
 
 
@@ -80,15 +85,18 @@ def retry_after_s(
     """Return the wait a provider asked for, in seconds, if it asked for one.
 
     Reads ``retry-after-ms`` and ``retry-after`` (seconds or an HTTP date)
-    from the exception's response headers or LiteLLM's copy of them.
+    from the exception's response headers or LiteLLM's copy of them. A value
+    that is not a finite number of seconds at least zero, nor a valid HTTP
+    date (``nan``, ``inf``, ``-5``, text), counts as not given: the runner
+    then waits its own backoff. A date already past asks for no wait (0.0).
     """
     for headers in _header_sources(exc):
         millis = _lookup(headers, "retry-after-ms")
-        if millis is not None and (value := _number(millis)) is not None:
-            return max(value / 1000, 0.0)
+        if millis is not None and (value := _seconds(millis)) is not None:
+            return value / 1000
         raw = _lookup(headers, "retry-after")
-        if raw is not None:
-            return _seconds_or_date(raw, now)
+        if raw is not None and (value := _seconds_or_date(raw, now)) is not None:
+            return value
     return None
 
 
@@ -115,19 +123,31 @@ def _lookup(headers: Mapping[str, str], name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _number(text: str) -> float | None:
+def _seconds(text: str) -> float | None:
+    """A delay in the header's units: a finite number, zero or more; else None.
+
+    ``float`` reads ``nan``, ``inf`` and ``1e999`` (infinite) too: a wait of
+    NaN would make ``time.sleep`` raise and ``asyncio.sleep`` never return.
+    """
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _seconds_or_date(raw: str, now: Callable[[], float]) -> float | None:
-    seconds = _number(raw)
+    seconds = _seconds(raw)
     if seconds is not None:
-        return max(seconds, 0.0)
+        return seconds
     try:
         when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(when.timestamp() - now(), 0.0)
+    if when.tzinfo is None:  # "-0000": HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    try:
+        left = when.timestamp() - now()
+    except (OverflowError, OSError, ValueError):
+        return None
+    return max(left, 0.0) if math.isfinite(left) else None

@@ -71,6 +71,9 @@ def from_labels(
     """
     if any(not 0 <= s <= 1 for s in scores.values()):
         raise ConfigError("label scores must lie in [0, 1]")
+    from governor.cascade._checks import refuse_async
+
+    refuse_async(classify, "from_labels' classifier", "returns the label")
 
     def estimate(text: str) -> float:
         label = classify(text).strip().lower()

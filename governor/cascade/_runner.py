@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -19,7 +20,14 @@ from typing import Any, TypeAlias, TypeVar
 
 from governor._calls import CHARGED_ATTRIBUTE
 from governor._errors import BudgetExceeded
-from governor.cascade._checks import AllOf, Check, build_check, resolve_callable
+from governor.cascade._checks import (
+    AllOf,
+    Check,
+    _not_awaitable,
+    build_check,
+    refuse_async,
+    resolve_callable,
+)
 from governor.cascade._classify import RETRYABLE, classify_error, retry_after_s
 from governor.cascade._complexity import Estimator, heuristic_complexity, start_tier
 from governor.cascade._cooldown import CooldownRegistry, cooldown_key
@@ -46,6 +54,14 @@ _COOL_ON: frozenset[ErrorKind] = frozenset(RETRYABLE | {"auth", "not_found"})
 _WHAT_TO_FIX: dict[ErrorKind, str] = {
     "auth": "check the API key and its permissions for this model",
     "not_found": "check the model's name and that the account can use it",
+}
+# Why a tier was skipped without being sent, for the summary of a run that
+# found no answer: each kind counted apart.
+_SKIPPED_BECAUSE = {
+    "budget": "the budget could not cover them",
+    "cooldown": "their model was resting after recent failures (cooldown)",
+    "fallback_cycle": "their model had already failed in this run",
+    "context_window": "the request does not fit their context window",
 }
 
 
@@ -101,7 +117,7 @@ class _Run:
     failed_models: set[str] = field(default_factory=set)
     refusal: BudgetExceeded | None = None
     pending: Attempt | None = None
-    budget_skips: int = 0
+    skips: Counter[str] = field(default_factory=Counter)
     out_of_attempts: bool = False
     last_error: Exception | None = None
 
@@ -162,6 +178,11 @@ class CascadeRunner:
         if precall.estimator == "heuristic" and "heuristic" not in known:
             return heuristic_complexity
         estimator: Estimator = resolve_callable(precall.estimator, known)
+        refuse_async(
+            estimator,
+            f"pre-call estimator {precall.estimator!r}",
+            "return its complexity score from a plain def",
+        )
         return estimator
 
     def checks_for(self, tier: Tier) -> tuple[Check, ...]:
@@ -341,7 +362,7 @@ class CascadeRunner:
         because the budget could not cover them: the cheaper ones may fit."""
         return (
             start > 0
-            and run.budget_skips > 0
+            and run.skips["budget"] > 0
             and not run.history
             and not run.out_of_attempts
         )
@@ -350,7 +371,8 @@ class CascadeRunner:
         precall = self.policy.precall
         if self._estimator is None or precall is None or prompt_text is None:
             return None, 0
-        complexity = float(self._estimator(prompt_text))
+        estimate = _not_awaitable("estimator", self._estimator(prompt_text))
+        complexity = float(estimate)  # type: ignore[arg-type]
         start = min(
             start_tier(complexity, precall.thresholds), len(self.policy.tiers) - 1
         )
@@ -369,8 +391,10 @@ class CascadeRunner:
     ) -> Attempt | None:
         resting = self.cooldowns.remaining_s(run.rest_key(tier))
         if resting > 0:
+            run.skips["cooldown"] += 1
             return _skip(tier, f"cooldown: model rests {resting:.1f} s more")
         if run.rest_key(tier) in run.failed_models:
+            run.skips["fallback_cycle"] += 1
             return _skip(tier, "fallback cycle: this model already failed in this run")
         window = tier.context_window_tokens
         if window is None and context_window is not None:
@@ -378,12 +402,13 @@ class CascadeRunner:
         if window is not None and count_tokens is not None:
             needed = count_tokens(tier, request)
             if needed > window:
+                run.skips["context_window"] += 1
                 reason = f"context_window: needs {needed} tokens, window {window}"
                 return _skip(tier, reason, "context_window")
         return None
 
     def _skip_budget(self, run: _Run, tier: Tier, fit: Any) -> None:
-        run.budget_skips += 1
+        run.skips["budget"] += 1
         if isinstance(fit, BudgetExceeded):
             run.refusal = run.refusal or fit
             reason = f"budget: {fit}"
@@ -511,24 +536,13 @@ class CascadeRunner:
         if run.history and self.policy.on_all_rejected == "return":
             tier, answer = run.history[-1]
             return self._result(run, tier, answer, False, start, complexity)
-        if run.budget_skips and run.sent == 0:
+        if run.skips["budget"] and run.sent == 0:
             raise CascadeBudgetExceeded(
                 run.attempts, tiers=names, refusal=run.refusal, spent_usd=spent
             )
-        if run.out_of_attempts:
-            reason = f"Retry.max_attempts ({self.policy.retry.max_attempts}) reached"
-        elif run.history:
-            reason = "every answer failed its checks"
-        else:
-            reason = "every tier failed or was skipped"
-        if run.budget_skips:
-            reason += (
-                f"; {run.budget_skips} tier(s) skipped because the budget could "
-                "not cover them"
-            )
         exhausted = CascadeExhausted(
             run.attempts,
-            reason=reason,
+            reason=self._summary(run),
             tiers=names,
             spent_usd=spent,
             advice=_advice(run.attempts, run.out_of_attempts),
@@ -536,6 +550,24 @@ class CascadeRunner:
         if run.last_error is not None:
             raise exhausted from run.last_error
         raise exhausted
+
+    def _summary(self, run: _Run) -> str:
+        """Why a run found no answer: its end, then each kind of failure counted."""
+        if run.out_of_attempts:
+            parts = [f"Retry.max_attempts ({self.policy.retry.max_attempts}) reached"]
+        elif run.history:
+            parts = ["every answer failed its checks"]
+        else:
+            parts = ["every tier failed or was skipped"]
+        failed = _tiers_failed(run.attempts)
+        if run.history and failed:
+            parts.append(f"{failed} tier(s) failed with a provider error")
+        parts.extend(
+            f"{run.skips[kind]} tier(s) skipped because {why}"
+            for kind, why in _SKIPPED_BECAUSE.items()
+            if run.skips[kind]
+        )
+        return "; ".join(parts)
 
     # -- records ---------------------------------------------------------
 
@@ -609,10 +641,26 @@ class CascadeRunner:
         )
 
 
+def _tiers_failed(attempts: Sequence[Attempt]) -> int:
+    """How many tiers ended on a provider error (retries of one tier count once)."""
+    last: dict[str, Attempt] = {}
+    for attempt in attempts:
+        if attempt.sent:
+            last[attempt.tier] = attempt
+    return sum(1 for attempt in last.values() if attempt.outcome == "error")
+
+
 def _advice(attempts: Sequence[Attempt], out_of_attempts: bool) -> str:
     """What to do, for the failures this run actually saw."""
     kinds = {a.error_kind for a in attempts if a.outcome == "error"}
     steps = []
+    if "bad_request" in kinds:
+        steps.append(
+            "A tier refused the request as invalid (HTTP 400): check the "
+            "request's arguments and each tier's params against what its model "
+            "accepts (each attempt names the provider's message)."
+        )
+        kinds.discard("bad_request")
     if kinds & set(_WHAT_TO_FIX):
         steps.append(
             "Check the API keys and model names of the tiers that failed "

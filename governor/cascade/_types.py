@@ -27,6 +27,7 @@ ErrorKind = Literal[
     "context_window",
     "auth",
     "not_found",
+    "bad_request",
     "budget",
 ]
 """Provider failures the cascade recognises; anything else propagates."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
@@ -385,6 +386,12 @@ class Retry(PolicyModel):
         return self
 
 
+# Cascades already warned of, by identity. Pydantic runs a model's validators
+# again on a validated Cascade handed to a Policy (and on one it built from a
+# dict), so one Policy(...) would log the same warning twice.
+_WARNED: weakref.WeakValueDictionary[int, Cascade] = weakref.WeakValueDictionary()
+
+
 class Cascade(PolicyModel):
     """Ordered model tiers, cheapest first, and when to escalate or fall back.
 
@@ -463,8 +470,9 @@ class Cascade(PolicyModel):
         reach its last tier.
         """
         attempts = self.retry.max_attempts
-        if len(self.tiers) <= attempts:
+        if len(self.tiers) <= attempts or _WARNED.get(id(self)) is self:
             return self
+        _WARNED[id(self)] = self
         unreachable = [tier.name for tier in self.tiers[attempts:]]
         given = "" if "max_attempts" in self.retry.model_fields_set else " (default)"
         logger.warning(
