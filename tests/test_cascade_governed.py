@@ -445,3 +445,65 @@ def test_a_task_sums_the_savings_of_its_cascades() -> None:
         assert task.add_cascade_saving(Decimal("0.25")) == Decimal("0.25")
         assert task.add_cascade_saving(Decimal("-0.05")) == Decimal("0.20")
     assert task.cascade_saved_usd == Decimal("0.20")
+
+
+def _span_text(capture: SpanCapture) -> str:
+    parts: list[str] = []
+    for span in capture.spans:
+        parts.append(span.name)
+        parts.extend(str(v) for v in (span.attributes or {}).values())
+        for event in span.events:
+            parts.extend(str(v) for v in (event.attributes or {}).values())
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("captured", [False, True])
+def test_attempt_reasons_quote_no_answer_or_error_text_unless_captured(
+    capture: SpanCapture, monkeypatch: pytest.MonkeyPatch, captured: bool
+) -> None:
+    """A rejected answer's check reason and a provider error's message may
+    quote the conversation: off the spans unless content capture is on."""
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", str(captured).lower()
+    )
+    answers = iter(["SECRET-ANSWER-41", "B"])
+
+    def provider(**kwargs: Any) -> Any:
+        if kwargs["model"] == "gpt-4o":
+            raise litellm.RateLimitError(
+                "limit hit for prompt SECRET-PROMPT-17",
+                llm_provider="openai",
+                model="gpt-4o",
+            )
+        return litellm.completion(**{**kwargs, "mock_response": next(answers)})
+
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="gpt-4o-mini"),
+            Tier(name="mid", model="gpt-4o"),
+            Tier(name="last", model="gpt-4o-mini", params={"temperature": 0.1}),
+        ],
+        checks=[MatchCheck(pattern=r"^[AB]$")],
+        retry=Retry(max_retries_per_tier=0, backoff_initial_s=0, jitter_s=0),
+    )
+    gov = Governor(Policy(cascade=cascade), tracer_provider=capture.provider)
+    with gov.task():
+        result = GovernedLiteLLM(gov, completion=provider).cascade(
+            [{"role": "user", "content": "A or B?"}], max_tokens=20
+        )
+    assert [a.outcome for a in result.attempts] == ["rejected", "error", "accepted"]
+    text = _span_text(capture)
+    reasons = [
+        a.attributes[attr.CASCADE_REASON]
+        for a in capture.named("governor.cascade.attempt")
+    ]
+    if captured:
+        assert reasons == [a.reason for a in result.attempts]
+        assert "SECRET-PROMPT-17" in text
+    else:
+        secrets = ("SECRET-ANSWER-41" in text, "SECRET-PROMPT-17" in text)
+        assert secrets == (False, False)
+        assert reasons[:2] == [
+            "match: failed",
+            "rate_limit: RateLimitError; falling back",
+        ]

@@ -73,6 +73,7 @@ from governor.pricing._ratecard import (
     pricing_a_call,
 )
 from governor.telemetry import attributes as attr
+from governor.telemetry._content import capture_content
 
 __all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
 
@@ -428,7 +429,7 @@ class GovernedLiteLLM:
             attr.CASCADE_TIER: attempt.tier,
             attr.GEN_AI_REQUEST_MODEL: attempt.model,
             attr.CASCADE_OUTCOME: attempt.outcome,
-            attr.CASCADE_REASON: attempt.reason or "",
+            attr.CASCADE_REASON: _span_reason(attempt),
             attr.CASCADE_SENT: attempt.sent,
             attr.CASCADE_CHECKS: ", ".join(
                 f"{c.check}:{'pass' if c.passed else 'fail'}" for c in attempt.checks
@@ -719,6 +720,27 @@ class Instrumentation:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstrument()
+
+
+def _span_reason(attempt: Any) -> str:
+    """An attempt's reason as its span may show it.
+
+    A provider error's first line can quote the request, and a check's
+    reason the answer (``agree on '...'``); unless message content is
+    captured, the span gets the error kind, its class and what came next,
+    or the failed check's name.
+    """
+    reason = str(attempt.reason or "")
+    if capture_content():
+        return reason
+    if attempt.outcome == "error":
+        kind, _, rest = reason.partition(": ")
+        error_class = rest.partition(": ")[0]
+        then = reason.rpartition("; ")[2] if "; " in reason else ""
+        return f"{kind}: {error_class}" + (f"; {then}" if then else "")
+    if attempt.outcome == "rejected":
+        return f"{reason.partition(': ')[0]}: failed"
+    return reason
 
 
 def _governor(given: object, where: str) -> Governor:
