@@ -596,8 +596,13 @@ def test_sites_paths_and_code_names_are_compared_exactly(
             "quotes",
         ),
         (
-            "Is \ufb00 one character or two?",
-            "Is ff one character or two?",
+            "Is '\ufb00' one character or two?",
+            "Is 'ff' one character or two?",
+            "quotes",
+        ),
+        (
+            "In Python, what does x\u00a0= 1 do?",
+            "In Python, what does x = 1 do?",
             "characters",
         ),
         (
@@ -680,3 +685,72 @@ def test_the_cache_gates_the_question_as_written(
     cache.store(miss, message=answer, model="m", cost_usd=Decimal(0))
     found = cache.lookup(model="m", messages=[{"role": "user", "content": asked}])
     assert (found.hit, getattr(found, "reason", None)) == (False, reason)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("What does git branch -d do?", "What does git branch -D do?", "case"),
+        ("What does %m mean in strftime?", "What does %M mean in strftime?", "case"),
+        ("What does \\s match in regex?", "What does \\S match in regex?", "case"),
+        ("In Go, is getUser exported?", "In Go, is GetUser exported?", "case"),
+        (
+            "The link is 300 Mbps; how many megabytes a second?",
+            "The link is 300 MBps; how many megabytes a second?",
+            "quantities",
+        ),
+        (
+            "Is the pharmacy open at 7 a.m. on weekdays?",
+            "Is the pharmacy open at 7 p.m. on weekdays?",
+            "numbers",
+        ),
+        (
+            "What does user?.name return when user is null?",
+            "What does user.name return when user is null?",
+            "symbols",
+        ),
+        ("In Go, what does x := 5 do?", "In Go, what does x = 5 do?", "symbols"),
+        (
+            "How many tables can a database have?",
+            "How many databases can a table have?",
+            "entities",
+        ),
+        (
+            "Is the warranty void if I open the case?",
+            "Is the warranty void unless I open the case?",
+            "swap",
+        ),
+        (
+            "Tom is 12 and Ann is 9. Who is older?",
+            "Tom is 12 and Ann is 9. Who is younger?",
+            "polarity",
+        ),
+    ],
+)
+def test_case_operators_clock_halves_and_conditions_are_refused(
+    cached: str, query: str, check: str
+) -> None:
+    """Families a second adversarial trial got served at the defaults."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("How do I use WhatsApp web?", "how do i use whatsapp web?"),
+        ("Is SQL hard to learn?", "Is sql hard to learn?"),
+        ("３月の予定は？", "3月の予定は？"),
+        ("Is 5\u00a0kg heavy for a cat?", "Is 5 kg heavy for a cat?"),
+        ("How does the \ufb01le system work?", "How does the file system work?"),
+        ("Is stripe.com safe to use?", "Is Stripe safe to use?"),
+        (
+            "How do I put a value into the form?",
+            "How do I input a value into the form?",
+        ),
+        ("Why do people ask questions??", "Why do people ask questions?"),
+    ],
+)
+def test_typing_habits_are_no_difference(cached: str, query: str) -> None:
+    """Case in prose, an input method's full-width digits, a copied no-break
+    space or ligature, a site named bare: how people type, not what they ask."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)

@@ -36,6 +36,7 @@ GATE_CHECKS = (
     "quotes",
     "symbols",
     "characters",
+    "case",
     "layout",
     "edited",
 )
@@ -58,6 +59,12 @@ _TOKEN = re.compile(r"(?:(?<![\w.])[-−](?=[$€£¥]?\d))?[$€£¥]?\w+(?:[�
 _NUMBER = re.compile(r"^[-−]?[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)')
 _SYMBOL_RUN = re.compile(r"[^\w\s]+")
+# A flag, a format code or a regex class: "-d", "--D", "%m", "\\S".
+_FLAG = re.compile(r"(?<![\w-])(?:--?|%|\\)([A-Za-z]{1,2})\b")
+# Operators made of sentence punctuation, which a symbol run would otherwise
+# lose when its ends are stripped: optional chaining, walrus, elvis, lazy
+# quantifiers, scope resolution ("??" is left out: prose doubles its "?").
+_OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
 # "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
 # compared whole. "city/village/town" is prose.
@@ -261,6 +268,8 @@ _DAY_PARTS = {
     **dict.fromkeys(("凌晨", "深夜"), "night"),
 }
 _DAY_PART = re.compile("|".join(sorted(_DAY_PARTS, key=len, reverse=True)))
+# "7 a.m." and "7 p.m." (the tokens keep their inner dot: "a.m", "p.m").
+_CLOCK_HALVES = {"a.m": "am", "p.m": "pm"}
 # Opposites an embedding scores as near-synonyms: a word on one side and its
 # opposite on the other refuses the match.
 _OPPOSITE_PAIRS = """
@@ -293,7 +302,11 @@ attach:detach morning:evening weekday:weekend on:off start:stop
 import:export winner:loser grant:revoke merge:split create:drop
 create:delete add:delete push:pop healthy:harmful love:dislike benefit:risk
 benefits:risks raise:lower raise:reduce increase:lower today:tomorrow
-today:yesterday soft:hard ban:allow
+today:yesterday soft:hard ban:allow ban:unban zip:unzip older:younger
+elder:younger earlier:later longer:shorter heavier:lighter stronger:weaker
+deep:shallow deeper:shallower wide:narrow wider:narrower thick:thin
+thicker:thinner hotter:colder warmer:colder near:far nearer:farther
+closer:farther cheaper:pricier above:beneath least:most
 """
 # Present and past forms: "who is the CEO" and "who was the CEO" ask for
 # different people. Refused only when the tense is all that changed; in a
@@ -363,6 +376,7 @@ _SWAP_GROUPS = tuple(
         "we/us/our/ours they/them/their/theirs",
         "every/each/all any some",
         "this last next",
+        "if unless until",
     )
 )
 # Prepositions that mark a role: where to, where from, by whom or how much,
@@ -472,6 +486,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "entities"
     if _marks(cached) != _marks(query):
         return "characters"
+    if _cased_apart(cached, query):
+        return "case"
     if _layout_differs(cached, query):
         return "layout"
     if _edited(a, b):
@@ -522,6 +538,35 @@ def _quotes(text: str) -> frozenset[str]:
     return frozenset(_fold(quoted) for quoted in _quoted(text))
 
 
+def _cased_apart(a: str, b: str) -> bool:
+    """True when a flag or a code name both texts hold is written in another
+    case: ``-d`` and ``-D``, ``%m`` and ``%M``, ``\\s`` and ``\\S``,
+    ``getUser`` and ``GetUser``.
+
+    Elsewhere case is how people type ("WhatsApp" / "whatsapp", "SQL" /
+    "sql"), so it is left alone.
+    """
+    forms_a, forms_b = _case_forms(a), _case_forms(b)
+    return any(forms_a[key] != forms_b[key] for key in forms_a.keys() & forms_b.keys())
+
+
+@lru_cache(maxsize=4096)
+def _case_forms(text: str) -> dict[str, frozenset[str]]:
+    """Flags and format codes, and mixed-case code names, by their folded form.
+
+    A code name counts only in its mixed-case forms (``getUser``,
+    ``GetUser``): a side that writes it in lower case says nothing of case.
+    """
+    forms: dict[str, set[str]] = {}
+    for flag in _FLAG.findall(text):
+        forms.setdefault("flag:" + flag.lower(), set()).add(flag)
+    for token in _TOKEN.findall(text):
+        rest = token[1:]
+        if any(ch.isupper() for ch in rest) and any(ch.islower() for ch in rest):
+            forms.setdefault(token.lower(), set()).add(token)
+    return {key: frozenset(found) for key, found in forms.items()}
+
+
 @lru_cache(maxsize=4096)
 def _marks(text: str) -> Counter[str]:
     return Counter(_compatibility_marks(text))
@@ -548,17 +593,36 @@ def _code_names(text: str) -> Iterable[str]:
 def _compatibility_marks(text: str) -> Iterable[str]:
     """Yield the characters that compatibility folding would rewrite.
 
-    Full-width letters and digits, ligatures, no-break spaces, the micro
-    sign: a question may be about one of them ("why is x\u00a0= 1 a syntax
-    error?"), so one side's must be the other's. Punctuation is left out:
-    full-width question marks and commas are how Chinese and Japanese are
-    typed.
+    Full-width letters and digits, no-break spaces, the micro sign: a
+    question may be about one of them ("why is x\u00a0= 1 a syntax
+    error?"), so one side's must be the other's. Left out are what plain
+    typing and copying produce: punctuation (full-width question marks and
+    commas are how Chinese and Japanese are typed), full-width letters and
+    digits among Chinese or Japanese text (an input method's), a no-break
+    space between two letters or digits ("5\u00a0kg", from a web page) and
+    the Latin ligatures of text copied from a PDF.
     """
     if text.isascii():
         return
-    for ch in text:
-        if not ch.isascii() and _rewritten(ch):
-            yield ch
+    east_asian = _IDEOGRAPH.search(text) is not None
+    for at, ch in enumerate(text):
+        if ch.isascii() or not _rewritten(ch) or _LIGATURES[0] <= ch <= _LIGATURES[1]:
+            continue
+        if east_asian and ch.isalnum() and ch in _FULL_WIDTH:
+            continue
+        if ch in _NO_BREAK_SPACES and _between_words(text, at):
+            continue
+        yield ch
+
+
+_LIGATURES = ("\ufb00", "\ufb06")
+_FULL_WIDTH = frozenset(chr(c) for c in range(0xFF01, 0xFF5F))
+_NO_BREAK_SPACES = frozenset("\u00a0\u2007\u202f")
+
+
+def _between_words(text: str, at: int) -> bool:
+    """Whether ``text[at]`` has a letter or digit on both sides."""
+    return 0 < at < len(text) - 1 and text[at - 1].isalnum() and text[at + 1].isalnum()
 
 
 @lru_cache(maxsize=1024)
@@ -622,6 +686,10 @@ def _asked(text: str) -> Iterable[str]:
 def _symbols(text: str) -> Iterable[str]:
     for match in _SYMBOL_RUN.finditer(text):
         run = match.group()
+        operators = _OPERATOR.findall(run)
+        if operators:
+            yield from operators  # "?." and ":=" are not sentence punctuation
+            run = _OPERATOR.sub(" ", run)
         kept = run.strip(_PUNCTUATION)
         if "!=" in run and "!=" not in kept:
             kept = "!" + kept  # "!=" is an operator, not a "!" before "="
@@ -645,8 +713,10 @@ def _fold(token: str) -> str:
 def _stem(word: str) -> str:
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
+            word = word[: -len(suffix)]
+            break
+    # "tables" loses "es" and "table" its "e": both are "tabl".
+    return word[:-1] if len(word) > 3 and word.endswith("e") else word
 
 
 def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -849,6 +919,10 @@ def _calendar(text: str, words: list[str]) -> Iterable[str]:
         yield f"day{_CJK_WEEKDAY_NUMBER[mark]}"
     for match in _DAY_PART.finditer(text):
         yield _DAY_PARTS[match.group()]
+    for word in words:
+        half = _CLOCK_HALVES.get(word)
+        if half is not None:
+            yield half
 
 
 def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
@@ -863,12 +937,23 @@ def _signed(numbers: list[str | None], words: list[str]) -> list[str | None]:
 
 def _quantities(sentence: str) -> Iterable[tuple[str, str]]:
     """Yield (number, unit) for each number followed by a word in a sentence."""
-    words = [_fold(t) for t in _TOKEN.findall(sentence)]
+    tokens = _TOKEN.findall(sentence)
+    words = [_fold(t) for t in tokens]
     numbers = _joined_tens([_number(w) for w in words], words)
-    read = [(n, w) for n, w in zip(numbers, words, strict=True) if n != ""]
-    for (number, _), (next_number, unit) in pairwise(read):
+    read = [
+        (n, w, t) for n, w, t in zip(numbers, words, tokens, strict=True) if n != ""
+    ]
+    for (number, _, _), (next_number, unit, written) in pairwise(read):
         if number is not None and next_number is None and unit.isalpha():
-            yield number, unit.rstrip("s")
+            yield number, _unit(unit, written)
+
+
+def _unit(folded: str, written: str) -> str:
+    """A unit as compared: folded, but for a short symbol whose case is its
+    meaning ("MW" / "mW", "MBps" / "Mbps"); plurals count as one."""
+    if len(written) <= 4 and written not in (folded, written.capitalize()):
+        return written
+    return folded.rstrip("s")
 
 
 def _quoted(text: str) -> Iterable[str]:
@@ -889,7 +974,7 @@ def _opposed(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
 
 
 def _prefix_negated(word: str, other: str) -> bool:
-    if len(other) < 3 or not word.endswith(other):
+    if len(other) < 4 or not word.endswith(other):
         return False
     return word[: len(word) - len(other)] in _NEGATING_PREFIXES
 
@@ -963,7 +1048,15 @@ def _found(name: str, other: _Facts, code: frozenset[str]) -> bool:
         return True  # "Americans" and "American"; never "getUsers" and "getUser"
     # "datasets.Metric" is written "the Metric of datasets" elsewhere.
     parts = [p for p in _DOTTED.split(name) if p]
-    return len(parts) > 1 and all(p in other.words for p in parts)
+    if len(parts) > 1 and all(p in other.words or p in other.parts for p in parts):
+        return True
+    # A site named bare where the other side names none: "Is stripe.com
+    # safe?" and "Is Stripe safe?" ("stripe.com" and "stripe.org" differ).
+    return (
+        "." in name
+        and parts[0] in other.words
+        and not any(_DOTTED_NAME.match(word) for word in other.words)
+    )
 
 
 def _names_differ(a: _Facts, b: _Facts) -> bool:
