@@ -15,10 +15,17 @@ The span event names the rule, the action and the steps; the evidence (the
 repeated outputs or tool calls) goes into it as digests only, unless content
 capture is turned on (see :mod:`governor.telemetry._content`).
 
-Parallel calls of one graph step are one observation (the first), and so are
-parallel visits of one node with one state, so Send branches that ask or
-answer alike are not mistaken for a loop. Each call's prompt is judged on its
-own (its new tool results, then its last turns), before the call is made.
+In a graph, the outputs of one node's parallel branches in one step (Send
+branches) are one observation: those of the branch that answers first, every
+one of its calls in turn, so an agent loop inside one node is judged as it
+would be outside a graph. Parallel visits of one node with one state are one
+visit too, so Send branches that ask or answer alike are not mistaken for a
+loop. A step is one step of one graph run: a subgraph's steps count from 1 on
+each of its runs, so its runs are told apart by their checkpoint namespace.
+The same-call rule counts each prompt's repeats apart, so a fan-out polling
+loop, whose branches finish in any order, is stopped like one node asking the
+same questions in turn. Each call's prompt is judged on its own (its new tool
+results, then its last turns), before the call is made.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from governor.loops import LoopDetected, LoopGuard, LoopVerdict
-from governor.loops._normalize import normalize_args
+from governor.loops._guard import _excerpt
+from governor.loops._normalize import digest, normalize_args, normalize_result
+from governor.loops._rules import Hit
 from governor.telemetry._content import capture_content, content_digest
 
 if TYPE_CHECKING:
@@ -45,6 +54,16 @@ __all__ = ["LoopWatch", "loop_watch", "state_digest", "tool_call_output"]
 logger = logging.getLogger(__name__)
 
 EVENT_LOOP = "governor.loop_detected"
+
+_NS_SEP = "|"
+"""Separates the graph levels of a branch (a LangGraph checkpoint namespace)."""
+
+_KEY_SEP = "\x00"
+"""Separates the parts of a call key (see :func:`_call_key`)."""
+
+# Graph steps, branches and prompts remembered per task; past these the
+# oldest are forgotten (a long task's early steps are no longer compared).
+_KEPT = 1024
 
 
 class LoopWatch:
@@ -61,19 +80,24 @@ class LoopWatch:
         self._steps = 0
         self._seen: dict[tuple[str, bytes, bytes], int] = {}
         # The last judged result's (step, branch, answer) and its turn label.
-        self._last_turn: tuple[int, str | None, bytes, int] | None = None
+        self._last_turn: tuple[_Step, str | None, bytes, int] | None = None
         self._turns = 0
         # task.model_calls when each node was last visited.
         self._node_calls: dict[str, int] = {}
-        self._seen_step_nodes: set[tuple[int, str]] = set()
-        self._seen_visits: set[tuple[int, str, str | None]] = set()
-        self._step_results: dict[tuple[int, str, str, bytes], str] = {}
+        # The branch whose outputs are judged, per node and step of a graph run.
+        self._leads: dict[tuple[_Step, str], str | None] = {}
+        self._seen_visits: dict[tuple[_Step, str, str | None], None] = {}
+        self._step_results: dict[tuple[_Step, str, str, bytes], str] = {}
+        # Calls of each branch answered so far, and the calls side by side
+        # (the prompt and answer a branch's n-th call brought in one step).
+        self._branch_calls: dict[str, int] = {}
+        self._side_by_side: dict[tuple[_Step, int, str, bytes], None] = {}
 
     @property
     def guard(self) -> LoopGuard:
         """The task's guard, made when first needed (most calls need none)."""
         if self._guard is None:
-            self._guard = LoopGuard(self.task.policy.loops)
+            self._guard = _TaskGuard(self.task.policy.loops)
         return self._guard
 
     def before_call(
@@ -84,17 +108,22 @@ class LoopWatch:
     ) -> str:
         """Judge the prompt's tool results and last turns, and the ceilings.
 
-        Raises if the task is stopped, so the call is not made. Returns a
-        digest of the prompt, for :meth:`after_call`.
+        ``branch`` names the graph branch making the call: a LangGraph
+        checkpoint namespace, one per node run, whose levels ``|`` separates
+        (the parent graph's runs first). Raises if the task is stopped, so
+        the call is not made. Returns the call's key for :meth:`after_call`
+        and :meth:`after_branch_call`: a digest of the prompt, and in a
+        graph the branch and how many of its calls were answered before.
         """
         self.raise_if_stopped()
         with self._lock:
             flagged = False
+            at = _step_of(step, branch)
             for name, args, result, answer in self._new_tool_results(messages):
-                if not self._first_in_step(step, branch, name, args, result):
+                if not self._first_in_step(at, branch, name, args, result):
                     continue
                 verdict = self.guard.on_tool_call(
-                    name, args, result, step=step, turn=self._turn(step, branch, answer)
+                    name, args, result, step=step, turn=self._turn(at, branch, answer)
                 )
                 flagged = flagged or verdict is not None
                 self._act(verdict)
@@ -110,7 +139,12 @@ class LoopWatch:
                     )
                 )
         self.raise_if_stopped()
-        return prompt_digest(messages)
+        key = prompt_digest(messages)
+        if branch is None:
+            return key
+        with self._lock:
+            answered = self._branch_calls.get(branch, 0)
+        return _call_key(key, branch, answered)
 
     def after_call(
         self,
@@ -119,31 +153,78 @@ class LoopWatch:
         node: str | None,
         prompt_key: str | None = None,
     ) -> None:
-        """Judge one model output (the first of its step when in a graph).
+        """Judge one model output.
 
-        An answer that calls tools comes as :func:`tool_call_output` made it:
-        only the same-call rule compares it, by its text and its calls.
+        In a graph only the outputs of one branch per node and step are
+        compared, every one of them (see the module's description). An
+        answer that calls tools comes as :func:`tool_call_output` made it:
+        only the same-call rule compares it, by its text and its calls. A
+        call of a graph branch (a key from :meth:`before_call` naming one)
+        is judged by that rule in :meth:`after_branch_call`, which the
+        adapter calls for each, as no call of a fan-out may be left out.
         """
         if not text:
             return
+        key, branch, _ = _split_key(prompt_key)
         called = _called_tools(text)
         loops = self.task.policy.loops
         short = len(text.split()) < loops.min_output_words
         with self._lock:
             if node is not None:
-                if (step, node) in self._seen_step_nodes:
-                    return
-                self._seen_step_nodes.add((step, node))
+                lead = (_step_of(step, branch), node)
+                if self._leads.setdefault(lead, branch) != branch:
+                    return  # a parallel branch's: one observation per step
+                _forget_oldest(self._leads)
+            if key is not None and branch is None:  # a branch's: after_branch_call
+                self._judge_call(key, text, step, called)
             if called is not None:
-                tools, answer = called
-                # A call to an exempt tool (a poll) may be asked for again.
-                if prompt_key is not None and tools.isdisjoint(loops.exempt_tools):
-                    self._act(self.guard.on_call(prompt_key, answer, step=step))
                 return
-            if prompt_key is not None:
-                self._act(self.guard.on_call(prompt_key, text, step=step))
             # A short answer is no near-copy, but it may end a run of them.
             self._act(self.guard.on_model_output(text, step=step, short=short))
+
+    def after_branch_call(
+        self, text: str | None, step: int, prompt_key: str | None
+    ) -> None:
+        """Judge a graph branch's answered call by the same-call rule.
+
+        Called for every answered call of a branch, including those that
+        ran beside another call of the task (whose outputs the other rules
+        leave out), after :meth:`after_call`. Parallel calls that asked the
+        same and got the same answer count once: Send branches sampling one
+        question in one step, or a node's ``asyncio.gather``, told apart
+        from the calls a node makes in turn by how many of its branch's
+        calls were answered when each started.
+        """
+        key, branch, answered = _split_key(prompt_key)
+        if key is None or branch is None:
+            return
+        with self._lock:
+            self._branch_calls[branch] = self._branch_calls.pop(branch, 0) + 1
+            _forget_oldest(self._branch_calls)
+            if not text:
+                return
+            moment = (_step_of(step, branch), answered, key, _content_digest(text))
+            if moment in self._side_by_side:
+                return
+            self._side_by_side[moment] = None
+            _forget_oldest(self._side_by_side)
+            self._judge_call(key, text, step, _called_tools(text))
+
+    def _judge_call(
+        self,
+        key: str,
+        text: str,
+        step: int,
+        called: tuple[frozenset[str], str] | None,
+    ) -> None:
+        """The same-call rule on one call; a call to an exempt tool (a poll)
+        may be asked for again. The caller holds the lock."""
+        if called is None:
+            self._act(self.guard.on_call(key, text, step=step))
+            return
+        tools, answer = called
+        if tools.isdisjoint(self.task.policy.loops.exempt_tools):
+            self._act(self.guard.on_call(key, answer, step=step))
 
     def after_hit(self, text: str | None, step: int, prompt_key: str | None) -> None:
         """Judge a call answered from the cache: the same call made again.
@@ -151,18 +232,23 @@ class LoopWatch:
         Only the ``same_call`` rule sees it; the output rules compare a new
         answer with earlier ones, and a served answer is an earlier one.
         """
-        if not text or prompt_key is None:
+        key, _, _ = _split_key(prompt_key)
+        if not text or key is None:
             return
         with self._lock:
-            self._act(self.guard.on_call(prompt_key, text, step=step))
+            self._act(self.guard.on_call(key, text, step=step))
 
-    def on_step(self, node: str, digest: str | None, step: int) -> None:
+    def on_step(
+        self, node: str, digest: str | None, step: int, branch: str | None = None
+    ) -> None:
         """Judge a graph step: the node with its relevant state, and max_steps.
 
-        A node visited again with no model call made since its last visit
-        (a node that polls a job and loops back to itself) has cost nothing
-        in between and is not judged; ``max_steps`` and ``max_wall_s`` still
-        bound it, and so does LangGraph's recursion limit.
+        ``branch`` is the step's own branch (see :meth:`before_call`), which
+        tells the runs of a subgraph apart. A node visited again with no
+        model call made since its last visit (a node that polls a job and
+        loops back to itself) has cost nothing in between and is not judged;
+        ``max_steps`` and ``max_wall_s`` still bound it, and so does
+        LangGraph's recursion limit.
         """
         self.raise_if_stopped()
         with self._lock:
@@ -172,8 +258,10 @@ class LoopWatch:
             self._node_calls[node] = calls
             # Parallel runs of one node on one state in one step (Send
             # branches sampling the same question) are one visit, not a loop.
-            if not free and (step, node, digest) not in self._seen_visits:
-                self._seen_visits.add((step, node, digest))
+            visit = (_step_of(step, branch), node, digest)
+            if not free and visit not in self._seen_visits:
+                self._seen_visits[visit] = None
+                _forget_oldest(self._seen_visits)
                 self._act(self.guard.on_node(node, digest, step=step))
             self._act(
                 self.guard.check_ceilings(
@@ -218,7 +306,7 @@ class LoopWatch:
             self.hint = verdict.hint
 
     def _first_in_step(
-        self, step: int, branch: str | None, name: str, args: Any, result: str
+        self, step: _Step, branch: str | None, name: str, args: Any, result: str
     ) -> bool:
         """Whether no other branch of this step brought the same result.
 
@@ -237,7 +325,7 @@ class LoopWatch:
         first = self._step_results.setdefault(key, branch)
         return first == branch
 
-    def _turn(self, step: int, branch: str | None, answer: bytes) -> int:
+    def _turn(self, step: _Step, branch: str | None, answer: bytes) -> int:
         """A label for the model answer that asked for a tool result.
 
         Results of one answer share a label wherever the answer sits in the
@@ -333,6 +421,95 @@ class LoopWatch:
             return False
         self._seen[key] = copies[key]
         return True
+
+
+class _TaskGuard(LoopGuard):
+    """A governed task's guard, whose same-call rule counts each prompt apart.
+
+    The same prompt answered the same way more than ``max_identical_calls``
+    times is a loop when no call between those brought anything new: calls
+    of other prompts that repeat their own earlier answers (a poll of three
+    jobs, asked in turn or by parallel branches finishing in any order) do
+    not end the run, while a prompt not asked before, or a known prompt
+    answered otherwise, ends every run. One prompt asked again and again is
+    counted as before: the 12th identical call in a row is the last.
+    """
+
+    def __init__(self, loops: Loops) -> None:
+        super().__init__(loops)
+        self._answers: dict[str, bytes] = {}  # each prompt's last answer
+        self._repeats: dict[str, list[int]] = {}  # steps of each prompt's run
+
+    def on_call(self, prompt_key: str, text: str, *, step: int) -> LoopVerdict | None:
+        """Observe one model call: a digest of its prompt and its answer."""
+        limit = self.loops.max_identical_calls
+        if limit is None:
+            return None
+        answer = normalize_result(text, mask_volatile=self.loops.mask_volatile)
+        said = digest("call", answer)
+        if self._answers.pop(prompt_key, None) != said:
+            self._repeats.clear()  # something new: every run starts again
+        self._answers[prompt_key] = said  # the newest last
+        _forget_oldest(self._answers)
+        steps = self._repeats.setdefault(prompt_key, [])
+        steps.append(step)
+        if len(steps) <= limit + 1:
+            return None
+        alone = len(self._repeats) == 1
+        self._repeats.clear()
+        label = _excerpt(answer)
+        if alone:
+            between = "in a row"
+        else:
+            between = (
+                "with only calls between them that repeated an earlier call "
+                "(its prompt and its answer)"
+            )
+        hit = Hit(
+            rule="same_call",
+            setting="max_identical_calls",
+            limit=limit,
+            repeats=len(steps) - 1,
+            labels=(label,),
+            steps=tuple(steps),
+            detail=(
+                f"the same prompt got the same answer ({label}) {len(steps)} "
+                f"times {between}, so the next call cannot learn anything new"
+            ),
+        )
+        return self._verdict(hit, "output")
+
+
+# A graph run's step: the graph run (its branch's namespace less the branch's
+# own part, "" for the top graph; None outside a graph) and the step number.
+_Step = tuple[str | None, int]
+
+
+def _step_of(step: int, branch: str | None) -> _Step:
+    """The step of the graph run ``branch`` runs in (see :data:`_Step`)."""
+    if branch is None:
+        return None, step
+    return branch.rpartition(_NS_SEP)[0], step
+
+
+def _call_key(prompt: str, branch: str, answered: int) -> str:
+    """A graph call's key: its prompt's digest, and its branch with the
+    number of the branch's calls answered before it started."""
+    return _KEY_SEP.join((prompt, str(answered), branch))
+
+
+def _split_key(key: str | None) -> tuple[str | None, str | None, int]:
+    """The prompt digest, branch and answered count of a call key."""
+    if key is None or _KEY_SEP not in key:
+        return key, None, 0
+    prompt, answered, branch = key.split(_KEY_SEP, 2)
+    return prompt, branch, int(answered)
+
+
+def _forget_oldest(kept: dict[Any, Any]) -> None:
+    """Keep a dict to its newest :data:`_KEPT` entries."""
+    while len(kept) > _KEPT:
+        del kept[next(iter(kept))]
 
 
 _CALLS_MARK = "\x00tool calls\x00"

@@ -308,146 +308,179 @@ class Task:
         wherever it is consumed; so is what a callable object returns.
         Called after the task has ended, the function runs outside it, with
         a warning.
+
+        The function also runs with the context variables as they were where
+        it was bound, as ``asyncio.to_thread`` passes them: bound in a
+        LangGraph node, a LangChain model it calls in the worker gets the
+        node's callbacks, so ``govern()`` governs that call too.
         """
+        carried = contextvars.copy_context()
         bound: Callable[..., Any]
         if inspect.isasyncgenfunction(function):
-            bound = self._bind_async_generator(function)
+            bound = self._bind_async_generator(function, carried)
         elif inspect.iscoroutinefunction(function):
-            bound = self._bind_async(function)
+            bound = self._bind_async(function, carried)
         elif inspect.isgeneratorfunction(function):
-            bound = self._bind_generator(function)
+            bound = self._bind_generator(function, carried)
         else:
-            bound = self._bind_sync(function)
+            bound = self._bind_sync(function, carried)
         return bound  # type: ignore[return-value]
 
-    def _bind_sync(self, function: Callable[P, R]) -> Callable[P, R]:
+    def _bind_sync(
+        self, function: Callable[P, R], carried: contextvars.Context
+    ) -> Callable[P, R]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             if self._ended_for(function):
                 return function(*args, **kwargs)
-            token = _CURRENT.set(self)
+            tokens = self._enter(carried)
             try:
                 result = function(*args, **kwargs)
             finally:
-                _CURRENT.reset(token)
-            bound: R = self._bind_result(result)
+                self._leave(tokens)
+            bound: R = self._bind_result(result, carried)
             return bound
 
         return run
 
-    def _bind_result(self, result: Any) -> Any:
+    def _bind_result(self, result: Any, carried: contextvars.Context) -> Any:
         """What a callable object returned, bound if its work runs later."""
         if inspect.iscoroutine(result):
-            return self._awaited(result)
+            return self._awaited(result, carried)
         if inspect.isgenerator(result):
-            return self._driven(result)
+            return self._driven(result, carried)
         if inspect.isasyncgen(result):
-            return self._adriven(result)
+            return self._adriven(result, carried)
         return result
 
     def _bind_async(
-        self, function: Callable[P, Awaitable[R]]
+        self, function: Callable[P, Awaitable[R]], carried: contextvars.Context
     ) -> Callable[P, Awaitable[R]]:
         @functools.wraps(function)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
             if self._ended_for(function):
                 return await function(*args, **kwargs)
-            return await self._awaited(function(*args, **kwargs))
+            return await self._awaited(function(*args, **kwargs), carried)
 
         return run
 
-    async def _awaited(self, awaitable: Awaitable[R]) -> R:
-        token = _CURRENT.set(self)
+    async def _awaited(
+        self, awaitable: Awaitable[R], carried: contextvars.Context
+    ) -> R:
+        tokens = self._enter(carried)
         try:
             return await awaitable
         finally:
-            _CURRENT.reset(token)
+            self._leave(tokens)
 
     def _bind_generator(
-        self, function: Callable[P, Generator[Any, Any, Any]]
+        self,
+        function: Callable[P, Generator[Any, Any, Any]],
+        carried: contextvars.Context,
     ) -> Callable[P, Generator[Any, Any, Any]]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, Any]:
             if self._ended_for(function):
                 return (yield from function(*args, **kwargs))
-            return (yield from self._driven(function(*args, **kwargs)))
+            return (yield from self._driven(function(*args, **kwargs), carried))
 
         return run
 
-    def _driven(self, inner: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    def _driven(
+        self, inner: Generator[Any, Any, Any], carried: contextvars.Context
+    ) -> Generator[Any, Any, Any]:
         """Run ``inner`` inside this task at each step; the caller's context
         is left as it was between steps."""
         step: Callable[[Any], Any] = inner.send
         value: Any = None
         ended = False  # the task ended between steps: warned once
         while True:
-            token = self._enter_step(warned=ended)
-            ended = token is None
+            tokens = self._enter_step(carried, warned=ended)
+            ended = tokens is None
             try:
                 item = step(value)
             except StopIteration as stop:
                 return stop.value
             finally:
-                if token is not None:
-                    _CURRENT.reset(token)
+                if tokens is not None:
+                    self._leave(tokens)
             try:
                 value, step = (yield item), inner.send
             except GeneratorExit:
-                token = _CURRENT.set(self)
+                tokens = self._enter(carried)
                 try:
                     inner.close()
                 finally:
-                    _CURRENT.reset(token)
+                    self._leave(tokens)
                 raise
             except BaseException as exc:
                 value, step = exc, inner.throw
 
     def _bind_async_generator(
-        self, function: Callable[P, AsyncGenerator[Any, Any]]
+        self,
+        function: Callable[P, AsyncGenerator[Any, Any]],
+        carried: contextvars.Context,
     ) -> Callable[P, AsyncGenerator[Any, Any]]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
             if self._ended_for(function):
                 return function(*args, **kwargs)
-            return self._adriven(function(*args, **kwargs))
+            return self._adriven(function(*args, **kwargs), carried)
 
         return run
 
     async def _adriven(
-        self, inner: AsyncGenerator[Any, Any]
+        self, inner: AsyncGenerator[Any, Any], carried: contextvars.Context
     ) -> AsyncGenerator[Any, Any]:
         """:meth:`_driven` for an async generator."""
         step: Callable[[Any], Awaitable[Any]] = inner.asend
         value: Any = None
         ended = False  # the task ended between steps: warned once
         while True:
-            token = self._enter_step(warned=ended)
-            ended = token is None
+            tokens = self._enter_step(carried, warned=ended)
+            ended = tokens is None
             try:
                 item = await step(value)
             except StopAsyncIteration:
                 return
             finally:
-                if token is not None:
-                    _CURRENT.reset(token)
+                if tokens is not None:
+                    self._leave(tokens)
             try:
                 value, step = (yield item), inner.asend
             except GeneratorExit:
-                token = _CURRENT.set(self)
+                tokens = self._enter(carried)
                 try:
                     await inner.aclose()
                 finally:
-                    _CURRENT.reset(token)
+                    self._leave(tokens)
                 raise
             except BaseException as exc:
                 value, step = exc, inner.athrow
 
-    def _enter_step(self, warned: bool) -> contextvars.Token[Task | None] | None:
-        """Make this task current for a bound generator's next step; after
-        the task has ended, the step runs outside it (with a warning, unless
+    def _enter(self, carried: contextvars.Context) -> list[contextvars.Token[Any]]:
+        """Set the context variables as they were where the function was
+        bound, and make this task current; :meth:`_leave` undoes it."""
+        tokens: list[contextvars.Token[Any]] = [
+            var.set(value) for var, value in carried.items() if var is not _CURRENT
+        ]
+        tokens.append(_CURRENT.set(self))
+        return tokens
+
+    @staticmethod
+    def _leave(tokens: list[contextvars.Token[Any]]) -> None:
+        """Put back the context variables :meth:`_enter` set, newest first."""
+        for token in reversed(tokens):
+            token.var.reset(token)
+
+    def _enter_step(
+        self, carried: contextvars.Context, warned: bool
+    ) -> list[contextvars.Token[Any]] | None:
+        """Enter this task for a bound generator's next step; after the task
+        has ended, the step runs outside it (with a warning, unless
         ``warned`` says it was given)."""
         if not self.closed:
-            return _CURRENT.set(self)
+            return self._enter(carried)
         if not warned:
             self._ended_for("a bound generator")
         return None

@@ -208,3 +208,32 @@ def test_a_thread_id_in_the_metadata_is_the_session() -> None:
     assert second is not None
     assert first.attribution == {"session": "t-9"}
     assert second.attribution == {"session": "t-8"}
+
+
+@pytest.mark.parametrize("how", ["timeout", "aclose"])
+def test_a_call_cut_off_by_the_runs_end_is_recorded_cancelled(
+    tmp_path: Any, how: str
+) -> None:
+    """Cancelled with its run, or left open by an event stream closed early:
+    the call's spend record says so, as under instrument()."""
+    from governor.spend import JsonlSpendStore
+
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(spend=path)
+    agent = govern(_graph(QuietChatModel(delay_s=5.0)), gov)
+
+    async def main() -> None:
+        if how == "timeout":
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(agent.ainvoke({"text": "hi"}), 0.2)
+            return
+        events = agent.astream_events({"text": "hi"}, version="v2")
+        async for event in events:
+            if event["event"] == "on_chat_model_start":
+                break
+        await events.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    gov.close()
+    records = [(r.outcome, r.cost_estimated) for r in JsonlSpendStore(path).query()]
+    assert records == [("cancelled", True)]

@@ -16,6 +16,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableLambda
 from langchain_litellm import ChatLiteLLM
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -714,3 +715,75 @@ def test_other_errors_in_the_governor_handlers_are_still_logged(
         "Error in GovernorCallbackHandler.on_llm_end callback: KeyError('x')",
         "Error in OtherHandler.on_llm_end callback: BudgetExceeded('x')",
     ]
+
+
+class PoolState(TypedDict):
+    out: list[str]
+
+
+class AsyncScriptedChatModel(ScriptedChatModel):
+    """The scripted model, answering ``ainvoke`` on its caller's event loop."""
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        return self._generate(messages, stop)
+
+
+def _pooling_graph(form: str) -> Any:
+    """One node that asks five questions from its own thread pool, each
+    submitted as ``current_task().bind(...)`` of a sync or async function."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from governor import current_task
+
+    model = AsyncScriptedChatModel()
+    prompts = [f"question {i}" for i in range(5)]
+
+    async def ask_async(prompt: str) -> Any:
+        return await model.ainvoke(prompt)
+
+    def ask(state: PoolState) -> PoolState:
+        task = current_task()
+        assert task is not None
+        if form == "sync":
+            work = task.bind(model.invoke)
+        else:  # each worker runs the bound coroutine on an event loop of its own
+            bound = task.bind(ask_async)
+
+            def work(prompt: str) -> Any:
+                return asyncio.run(bound(prompt))
+
+        with ThreadPoolExecutor(3) as pool:
+            return {"out": [str(m.content) for m in pool.map(work, prompts)]}
+
+    async def aask(state: PoolState) -> PoolState:
+        return await asyncio.to_thread(ask, state)
+
+    builder = StateGraph(PoolState)
+    builder.add_node("ask", RunnableLambda(ask, afunc=aask))
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    return builder.compile()
+
+
+@pytest.mark.parametrize("form", ["sync", "async"])
+@pytest.mark.parametrize("run", ["invoke", "ainvoke"])
+def test_calls_a_node_makes_in_its_own_threads_are_governed_through_bind(
+    capture: SpanCapture, form: str, run: str
+) -> None:
+    """task.bind carries the node's LangChain config into the worker, so the
+    graph's handler sees the calls there: charged, with spans under the node."""
+    gov = Governor(tracer_provider=capture.provider)
+    graph = govern(_pooling_graph(form), gov)
+    if run == "invoke":
+        out = graph.invoke({"out": []})
+    else:
+        out = asyncio.run(graph.ainvoke({"out": []}))
+    report = graph.last_report
+    assert report is not None
+    assert (out["out"], report.calls) == (["ok"] * 5, 5)
+    assert report.cost_usd == CALL_COST * 5
+    (node,) = capture.named("governor.node ask")
+    calls = capture.named("chat gpt-4o")
+    assert {c.parent.span_id for c in calls if c.parent} == {node.context.span_id}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import sys
 from typing import Annotated, Any, TypedDict
@@ -761,3 +762,284 @@ def test_an_agent_loop_inside_one_node_is_still_stopped() -> None:
         graph.invoke({"messages": []})
     assert info.value.rule == "repeat"
     assert "lookup" in info.value.evidence[0]
+
+
+class Asked(TypedDict):
+    question: str
+    laps: Annotated[int, operator.add]
+
+
+def _asking_node(model: Any, times: int) -> Any:
+    """A node that asks its model the same question up to ``times`` times in
+    turn, a hand-written agent loop inside one graph step."""
+
+    def ask(state: Asked) -> dict[str, Any]:
+        for _ in range(times):
+            model.invoke(state["question"])
+        return {}
+
+    return ask
+
+
+@pytest.mark.parametrize(
+    ("answer", "rule", "calls"),
+    [
+        pytest.param(LONG, "near_duplicate", 4, id="long answer"),
+        pytest.param("Retrying now.", "same_call", 12, id="short answer"),
+    ],
+)
+def test_a_loop_of_calls_inside_one_node_run_is_stopped(
+    answer: str, rule: str, calls: int
+) -> None:
+    """Every call a node makes in turn is judged, not only its first: the
+    same loop as in a plain task, stopped after as many calls."""
+    from langgraph.graph import START, StateGraph
+    from test_langgraph_adapter import ScriptedChatModel
+
+    builder = StateGraph(Asked)
+    builder.add_node("watch", _asking_node(ScriptedChatModel(answer=answer), 30))
+    builder.add_edge(START, "watch")
+    graph = govern(builder.compile(), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"question": "What is the deployment status?", "laps": 0})
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, report.calls) == (rule, calls)
+
+
+def _subgraph_loop(model: Any, node: Any = None) -> Any:
+    """research -> count -> research ..., research a compiled subgraph whose
+    one node (``node``, else one asking the model the state's fixed question
+    once) is named ask."""
+    from langgraph.graph import END, START, StateGraph
+
+    class Question(TypedDict):
+        question: str
+
+    inner = StateGraph(Question)
+    inner.add_node("ask", node or _asking_node(model, 1))
+    inner.add_edge(START, "ask")
+    inner.add_edge("ask", END)
+    outer = StateGraph(Asked)
+    outer.add_node("research", inner.compile())
+    outer.add_node("count", lambda state: {"laps": 1})
+    outer.add_edge(START, "research")
+    outer.add_edge("research", "count")
+    outer.add_edge("count", "research")
+    return outer.compile()
+
+
+def test_a_loop_through_a_subgraph_is_stopped() -> None:
+    """A subgraph's steps count from 1 on each of its runs; its runs are
+    still told apart, so the same answer each lap is a loop."""
+    from test_langgraph_adapter import ScriptedChatModel
+
+    graph = govern(_subgraph_loop(ScriptedChatModel(answer=LONG)), Governor())
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"question": "status?", "laps": 0}, {"recursion_limit": 200})
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, report.calls) == ("near_duplicate", 4)
+
+
+def test_a_subgraph_node_visited_with_the_same_state_is_stopped() -> None:
+    """The node rule tells a subgraph's runs apart too: its node comes back
+    with the same state, answered anew each time (no output rule sees it),
+    and is stopped on its 4th visit."""
+    from test_langgraph_adapter import ScriptedChatModel
+
+    class CountingModel(ScriptedChatModel):
+        def invoke(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+            self.completion_tokens += 1
+            return super().invoke(input, *args, **kwargs)
+
+        def _generate(self, messages: Any, stop: Any = None, **kwargs: Any) -> Any:
+            self.answer = f"Answer {self.completion_tokens}."
+            return super()._generate(messages, stop, **kwargs)
+
+    # The outer nodes' states change each lap; left out, they break no run.
+    policy = Policy(loops=Loops(exempt_tools=("research", "count")))
+    graph = govern(_subgraph_loop(CountingModel()), Governor(policy))
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"question": "status?", "laps": 0}, {"recursion_limit": 200})
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, report.calls) == ("repeat", 3)
+    assert "ask" in info.value.evidence[0]
+
+
+def test_a_tool_result_repeated_through_a_subgraph_is_stopped() -> None:
+    """The same failing lookup in each run of a subgraph: the tool rules
+    tell its runs apart, though each run is step 1 of its graph."""
+    import uuid
+
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer="I will look it up again.")
+
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        call_id = f"call-{uuid.uuid4().hex[:8]}"
+        call = {"id": call_id, "name": "lookup", "args": {"id": 7}}
+        model.invoke(
+            [
+                HumanMessage(state["question"]),
+                AIMessage("", tool_calls=[call]),
+                ToolMessage("Error: record service unavailable", tool_call_id=call_id),
+            ]
+        )
+        return {}
+
+    # Left out, the nodes break no run: only the tool rules can stop it.
+    policy = Policy(loops=Loops(exempt_tools=("research", "count", "ask")))
+    graph = govern(_subgraph_loop(model, ask), Governor(policy))
+    with pytest.raises(LoopDetected) as info:
+        graph.invoke({"question": "find record 7", "laps": 0}, {"recursion_limit": 200})
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, report.calls) == ("repeat", 3)
+    assert "lookup" in info.value.evidence[0]
+
+
+class Polled(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def _async_scripted_model() -> Any:
+    from test_langgraph_adapter import ScriptedChatModel
+
+    class AsyncScriptedModel(ScriptedChatModel):
+        """The scripted model, answering ``ainvoke`` on the event loop."""
+
+        async def _agenerate(
+            self, messages: list[Any], stop: Any = None, **kwargs: Any
+        ) -> Any:
+            kwargs.pop("run_manager", None)
+            return self._generate(messages, stop, **kwargs)
+
+    return AsyncScriptedModel
+
+
+def _polling_fan_out(model: Any, jobs: int) -> Any:
+    """plan -> Send(check, job j) for each job -> plan ...: a polling loop
+    whose branches each ask whether their job is finished."""
+    from langgraph.graph import START, StateGraph
+    from langgraph.types import Send
+
+    async def check(state: dict[str, Any]) -> dict[str, Any]:
+        reply = await model.ainvoke(f"Is job {state['job']} finished?")
+        return {"log": [str(reply.content)]}
+
+    builder = StateGraph(Polled)
+    builder.add_node("plan", lambda state: {})
+    builder.add_node("check", check)
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges(
+        "plan", lambda state: [Send("check", {"job": j}) for j in range(jobs)]
+    )
+    builder.add_edge("check", "plan")
+    return builder.compile()
+
+
+def test_a_fan_out_polling_loop_is_stopped_whichever_branch_ends_first() -> None:
+    """Three branches per lap, their calls side by side, a different one
+    ending first each lap: each job's question and answer are counted on
+    their own, so the loop is stopped on lap 12, as one node asking the
+    three questions in turn is."""
+    asked: dict[str, int] = {}
+
+    class RotatingModel(_async_scripted_model()):  # type: ignore[misc]
+        """Answers "Not ready yet."; job j's n-th answer takes (n + j) % 3
+        ticks, so each lap another job's answer comes first."""
+
+        async def _agenerate(
+            self, messages: list[Any], stop: Any = None, **kwargs: Any
+        ) -> Any:
+            question = str(messages[-1].content)
+            job = int(question.split()[2])
+            lap = asked[question] = asked.get(question, 0) + 1
+            await asyncio.sleep(0.02 * ((lap + job) % 3))
+            return self._generate(messages, stop, **kwargs)
+
+    model = RotatingModel(answer="Not ready yet.")
+    graph = govern(_polling_fan_out(model, jobs=3), Governor())
+    with pytest.raises(LoopDetected) as info:
+        asyncio.run(graph.ainvoke({"log": []}, {"recursion_limit": 200}))
+    report = graph.last_report
+    assert report is not None
+    assert (info.value.rule, report.calls) == ("same_call", 36)
+    assert report.peak_inflight == 3  # the branches' calls ran side by side
+
+
+def test_a_wide_fan_out_asking_one_question_is_not_a_loop() -> None:
+    """Fifteen Send branches asking the same thing in one step, and a node
+    gathering fifteen such calls: side by side, they count once."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Send
+
+    model = _async_scripted_model()(answer="yes")
+
+    async def ask(state: dict[str, Any]) -> dict[str, Any]:
+        replies = await asyncio.gather(*(model.ainvoke("ok?") for _ in range(15)))
+        return {"log": [str(r.content) for r in replies]}
+
+    builder = StateGraph(Polled)
+    builder.add_node("ask", ask)
+    builder.add_node("gather", ask)
+    builder.add_conditional_edges(
+        START, lambda state: [Send("ask", {}) for _ in range(15)]
+    )
+    builder.add_edge("ask", "gather")
+    builder.add_edge("gather", END)
+    graph = govern(builder.compile(), Governor())
+    out = asyncio.run(graph.ainvoke({"log": []}))
+    report = graph.last_report
+    assert report is not None
+    assert (len(out["log"]), report.calls, report.stop_reason) == (240, 240, None)
+
+
+def test_a_fan_out_over_new_items_each_lap_is_not_a_loop() -> None:
+    """Branches asking about new items each lap, answered alike, go on."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Send
+    from test_langgraph_adapter import ScriptedChatModel
+
+    model = ScriptedChatModel(answer="Done.")
+
+    def check(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": [str(model.invoke(f"Process item {state['item']}").content)]}
+
+    def more(state: Polled) -> Any:
+        start = len(state["log"])
+        if start >= 60:
+            return END
+        return [Send("check", {"item": start + j}) for j in range(3)]
+
+    builder = StateGraph(Polled)
+    builder.add_node("plan", lambda state: {})
+    builder.add_node("check", check)
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", more)
+    builder.add_edge("check", "plan")
+    graph = govern(builder.compile(), Governor())
+    out = graph.invoke({"log": []}, {"recursion_limit": 200})
+    report = graph.last_report
+    assert report is not None
+    assert (len(out["log"]), report.stop_reason) == (60, None)
+
+
+def test_a_task_polling_three_jobs_in_turn_is_stopped() -> None:
+    """Outside a graph too: three questions asked in turn, each answered the
+    same each time, is a loop once one of them came back 12 times."""
+    gov = Governor()
+    with gov.task() as task, pytest.raises(LoopDetected) as info:
+        for _ in range(20):
+            for job in range(3):
+                GovernedLiteLLM(gov).completion(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"Is job {job} done?"}],
+                    mock_response="Not ready yet.",
+                    max_tokens=20,
+                )
+    assert (info.value.rule, task.report().calls) == ("same_call", 36)
+    assert "times with only calls between them" in str(info.value)

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any
 
 from governor import Governor, Task, current_task
@@ -121,3 +122,45 @@ def test_a_bound_generator_resumed_after_its_task_ended_runs_outside_it(
     rest = list(steps)
     assert (first, rest) == (task, [None, None])
     assert caplog.text.count("ran after the task ended") == 1
+
+
+BOUND_HERE: ContextVar[str] = ContextVar("bound_here", default="unset")
+
+
+def test_a_bound_function_runs_with_the_context_it_was_bound_in() -> None:
+    """Each form sees the context variables as they were at bind time, as
+    asyncio.to_thread passes them, and leaves the worker's as they were."""
+    gov = Governor()
+
+    def read() -> tuple[str, Task | None]:
+        return BOUND_HERE.get(), current_task()
+
+    async def aread() -> tuple[str, Task | None]:
+        await asyncio.sleep(0)
+        return read()
+
+    def gen() -> Iterator[tuple[str, Task | None]]:
+        yield read()
+
+    async def agen() -> AsyncIterator[tuple[str, Task | None]]:
+        yield await aread()
+
+    async def drive(agen_fn: Any, call: Any) -> list[Any]:
+        return [item async for item in agen_fn()] + [await call()]
+
+    with gov.task() as task, ThreadPoolExecutor(1) as pool:
+        token = BOUND_HERE.set("bound here")
+        try:
+            bound = [task.bind(f) for f in (read, aread, gen, agen)]
+        finally:
+            BOUND_HERE.reset(token)
+        got = pool.submit(
+            lambda: [
+                bound[0](),
+                *bound[2](),
+                *asyncio.run(drive(bound[3], bound[1])),
+                read(),
+            ]
+        ).result()
+    inside = ("bound here", task)
+    assert got == [inside, inside, inside, inside, ("unset", None)]

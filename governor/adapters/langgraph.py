@@ -585,10 +585,10 @@ class _HandlerCore:
             if self._within_step(parent_run_id, step_key):
                 step_key = None
         is_step = step_key is not None
-        if is_step:
+        if step_key is not None:
             step = int((metadata or {}).get("langgraph_step", 0))
             watch = loop_watch(self.task, self.governor.telemetry)
-            watch.on_step(str(node), state_digest(inputs), step)
+            watch.on_step(str(node), state_digest(inputs), step, step_key[1])
             attributes: dict[str, AttrValue] = {
                 attr.NODE_NAME: str(node),
                 attr.NODE_STEP: int((metadata or {}).get("langgraph_step", 0)),
@@ -789,6 +789,22 @@ class _HandlerCore:
             usage=usage, response_model=model, output_text=_judged(response, text)
         )
 
+    def _judge_repeat(self, admission: Admission, result: CallResult) -> None:
+        """Give the same-call rule a graph branch's answered call.
+
+        Every call of a branch goes there, also one that ran beside another
+        call of the task (which the other output rules leave out): the
+        branches of a fan-out finish in any order, and a polling loop made
+        of them is stopped only if none of its calls is left out.
+        """
+        request = admission.request
+        checks = admission.extras.get("checks")
+        if request.branch is None or not checks:
+            return
+        step = request.step if request.step is not None else 0
+        watch = loop_watch(self.task, self.governor.telemetry)
+        watch.after_branch_call(result.output_text, step, checks[1])
+
     def _failed(
         self, run_id: UUID, error: BaseException
     ) -> tuple[Admission, CallResult] | None:
@@ -888,12 +904,16 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
 
         The async manager calls a sync handler from a coroutine; the sync
         manager from a plain function. Without a partner this handler acts on
-        every event.
+        every event, and so it does for the async manager on another event
+        loop than the invocation's (a node's worker thread running a bound
+        coroutine with ``asyncio.run``), where the partner does not act.
         """
         if self.partner is None:
             return False
         caller = sys._getframe(2)
-        return bool(caller.f_code.co_flags & inspect.CO_COROUTINE)
+        if not caller.f_code.co_flags & inspect.CO_COROUTINE:
+            return False
+        return self.partner._mine()
 
     def on_chain_start(
         self,
@@ -997,6 +1017,7 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         ended = self._ended(run_id, response)
         if ended is not None:
             self.governor.end_call(*ended)
+            self._judge_repeat(*ended)
 
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
@@ -1169,6 +1190,7 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         ended = self._ended(run_id, response)
         if ended is not None:
             await self.governor.aend_call(*ended)
+            self._judge_repeat(*ended)
 
     async def on_llm_error(
         self,
@@ -1190,8 +1212,13 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
 # -- helpers -------------------------------------------------------------
 
 
-class _Abandoned(Exception):
-    """The invocation ended while this model call was still open."""
+class _Abandoned(asyncio.CancelledError):
+    """The invocation ended while this model call was still open.
+
+    The run was cancelled, its stream closed, or it failed elsewhere: the
+    call was cut off, not failed, and its spend record says ``cancelled``,
+    as it does for a LiteLLM call cut off the same way.
+    """
 
     interrupted_after_sending = True
 
