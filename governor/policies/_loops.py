@@ -90,10 +90,11 @@ class Loops(PolicyModel):
         default=10,
         ge=1,
         description=(
-            "a positive number: how many times in a row a model call may send "
-            "the same prompt and get the same answer as the call before (any "
-            "length, even 'Retrying now.') before the guard acts; higher than "
-            "max_repeats, since a short answer to a repeated question is "
+            "a positive number: how many times a model call may send the same "
+            "prompt and get the same answer as that prompt's call before (any "
+            "length, even 'Retrying now.'), counted for each prompt, while no "
+            "new prompt or answer comes between, before the guard acts; higher "
+            "than max_repeats, since a short answer to a repeated question is "
             "sometimes wanted" + _OFF
         ),
     )
