@@ -1653,6 +1653,7 @@ class Governor:
                 step,
                 request.node,
                 admission.extras.get("checks", (0, None))[1],
+                outputs=not request.skippable,  # a cascade's: after_answer
             )
         meter = admission.extras.get("meter")
         if meter is not None:

@@ -152,8 +152,13 @@ class LoopWatch:
         step: int,
         node: str | None,
         prompt_key: str | None = None,
+        outputs: bool = True,
     ) -> None:
         """Judge one model output.
+
+        With ``outputs`` False only the same-call rule sees it: a cascade
+        attempt's answer, which its checks may yet reject (the run's final
+        answer comes through :meth:`after_answer`).
 
         In a graph only the outputs of one branch per node and step are
         compared, every one of them (see the module's description). An
@@ -177,9 +182,22 @@ class LoopWatch:
                 _forget_oldest(self._leads)
             if key is not None and branch is None:  # a branch's: after_branch_call
                 self._judge_call(key, text, step, called)
-            if called is not None:
+            if called is not None or not outputs:
                 return
             # A short answer is no near-copy, but it may end a run of them.
+            self._act(self.guard.on_model_output(text, step=step, short=short))
+
+    def after_answer(self, text: str | None, step: int) -> None:
+        """Judge the answer a cascade run returned by the output rules.
+
+        Its attempts' answers were left to the same-call rule: a rejected
+        one is never returned or fed back, and a run of them (the same
+        refusal from the cheap tier, request after request) is no loop.
+        """
+        if not text:
+            return
+        short = len(text.split()) < self.task.policy.loops.min_output_words
+        with self._lock:
             self._act(self.guard.on_model_output(text, step=step, short=short))
 
     def after_branch_call(

@@ -388,6 +388,61 @@ def test_a_batch_of_cascades_whose_cheap_tier_refuses_is_not_a_loop() -> None:
     assert (task.report().calls, task.report().stop_reason) == (16, None)
 
 
+def test_a_batch_of_cascades_with_one_label_each_time_is_not_a_loop() -> None:
+    """The cheap tier refuses every ticket (rejected), the next tier gives the
+    same label to each: only the returned labels are judged as outputs, and
+    a run of one short label is not a loop."""
+    from governor import Cascade
+    from governor.cascade import NonEmptyCheck, NotRefusalCheck, Tier
+
+    def responder(model: str, messages: Any, tools: Any) -> str:
+        return REFUSAL if model == "gpt-4o-mini" else "billing"
+
+    install_offline_provider(responder, speed=0)
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="offline/gpt-4o-mini"),
+            Tier(name="premium", model="offline/gpt-4o"),
+        ],
+        checks=[NonEmptyCheck(), NotRefusalCheck()],
+    )
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov)
+    with gov.task() as task:
+        labels = [
+            llm.cascade([{"role": "user", "content": f"Classify: {t}"}]).answer.text
+            for t in TICKETS
+        ]
+    assert labels == ["billing"] * len(TICKETS)
+    assert (task.report().calls, task.report().stop_reason) == (16, None)
+
+
+def test_a_loop_of_cascades_returning_one_long_answer_is_still_stopped() -> None:
+    """An agent that asks a cascade the same and gets the same long answer
+    back, again and again, is stopped by the answers the runs return."""
+    from governor import Cascade, LoopDetected
+    from governor.cascade import NonEmptyCheck, Tier
+
+    answer = (
+        "The deployment is still rolling out across all regions and nothing "
+        "has changed since the last time you checked on it."
+    )
+    install_offline_provider(lambda model, messages, tools: answer, speed=0)
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="offline/gpt-4o-mini"),
+            Tier(name="premium", model="offline/gpt-4o"),
+        ],
+        checks=[NonEmptyCheck()],
+    )
+    gov = Governor(Policy(cascade=cascade))
+    llm = GovernedLiteLLM(gov)
+    with pytest.raises(LoopDetected), gov.task() as task:
+        for lap in range(30):
+            llm.cascade([{"role": "user", "content": f"Status now? ({lap})"}])
+    assert task.report().calls < 30
+
+
 def test_planner_and_executor_with_new_outputs_are_not_stopped() -> None:
     """Turn-taking whose outputs carry new content each lap runs to its end."""
     from langchain_core.messages import HumanMessage

@@ -44,7 +44,7 @@ from governor._calls import (
 )
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
-from governor._loopwatch import tool_call_output
+from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import Task, current_task
 from governor.adapters._ceiling import OutputCeiling
@@ -469,6 +469,10 @@ class GovernedLiteLLM:
             },
         )
         _add_saving(self.governor, task, saved)
+        answer = result.answer
+        if not answer.tool_calls:  # a tool call is judged by its result
+            watch = loop_watch(task, self.governor.telemetry)
+            watch.after_answer(answer.text, task.model_calls)
         return result
 
     def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
