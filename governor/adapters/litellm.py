@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -74,6 +74,9 @@ from governor.pricing._ratecard import (
 )
 from governor.telemetry import attributes as attr
 from governor.telemetry._content import capture_content
+
+if TYPE_CHECKING:
+    from governor.cascade import CascadeResult
 
 __all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
 
@@ -284,7 +287,7 @@ class GovernedLiteLLM:
             attribution=_metadata_attribution(kwargs.get("metadata")),
         )
 
-    def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> CascadeResult:
         """Answer with the policy's cascade: cheapest tier whose answer passes.
 
         ``kwargs`` are LiteLLM arguments shared by every tier (a tier's own
@@ -313,9 +316,12 @@ class GovernedLiteLLM:
                 prompt_text=_last_user_text(messages),
                 rest_key=_tier_rest_key,
             )
-            return self._on_result(result, meter)
+            done: CascadeResult = self._on_result(result, meter)
+            return done
 
-    async def acascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    async def acascade(
+        self, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> CascadeResult:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs)
         async with self._arequest_task(kwargs):
@@ -328,7 +334,8 @@ class GovernedLiteLLM:
                     prompt_text=_last_user_text(messages),
                     rest_key=_tier_rest_key,
                 )
-                return self._on_result(result, meter)
+                done: CascadeResult = self._on_result(result, meter)
+                return done
 
     def _request_task(self, kwargs: Mapping[str, Any]) -> Any:
         """The current task, else one task for this whole cascade run.
