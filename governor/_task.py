@@ -53,8 +53,8 @@ def stop_reason_for(exc: BaseException) -> str:
     """The stop reason a task records when ``exc`` ends it."""
     if isinstance(exc, GovernorError):
         return exc.code
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return "cancelled"  # Ctrl-C in a sync task, like cancelling an async one
     return f"error:{type(exc).__name__}"
 
 

@@ -406,3 +406,12 @@ def test_async_with_closes_the_governor_once(tmp_path: Path) -> None:
     assert gov.close() == 0
     assert gov.recorder is None
     assert len(_records(spend)) == 1
+
+
+def test_ctrl_c_in_a_sync_task_records_it_cancelled() -> None:
+    """Ctrl-C is the caller stopping the task, as a cancelled atask is; it is
+    not a node's error."""
+    gov = Governor()
+    with pytest.raises(KeyboardInterrupt), gov.task() as task:
+        raise KeyboardInterrupt
+    assert task.report().stop_reason == "cancelled"
