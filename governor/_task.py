@@ -506,6 +506,19 @@ class Task:
         owner = self.owner
         if not self.closed and owner is not None:
             left = owner._budget_left(self)
+        return self._report(left)
+
+    async def areport(self) -> TaskReport:
+        """Async form of :meth:`report`: an open task's budget lines are read
+        with the ledger's async steps (no Redis round trip blocks the loop).
+        """
+        left = self.budget_left_usd
+        owner = self.owner
+        if not self.closed and owner is not None:
+            left = await owner._abudget_left(self)
+        return self._report(left)
+
+    def _report(self, left: Decimal | None) -> TaskReport:
         with self._lock:
             return TaskReport(
                 task_id=self.id,

@@ -459,3 +459,39 @@ def test_hit_span_names_provider_call_id_and_max_tokens(
     (record,) = [r for r in JsonlSpendStore(path).query() if r.cache_hit]
     assert hit.attributes[attr.CALL_ID] == record.call_id
     assert hit.attributes[attr.CALL_ID] != sent.attributes[attr.CALL_ID]
+
+
+def test_an_async_stream_stores_its_answer_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store write (a Redis round trip, an embedding) at a stream's end must
+    not block every other request on the loop: it runs in a worker thread,
+    as a plain call's does."""
+    import asyncio
+    import threading
+
+    from governor.cache import MemoryCacheStore
+
+    where: list[bool] = []
+    put = MemoryCacheStore.put
+
+    def watched_put(self: Any, *args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        return put(self, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryCacheStore, "put", watched_put)
+    llm = GovernedLiteLLM(Governor(POLICY))
+
+    async def main() -> str:
+        stream = await llm.acompletion(
+            model="gpt-4o-mini",
+            messages=QUESTION,
+            mock_response="100 degrees Celsius.",
+            max_tokens=30,
+            stream=True,
+        )
+        parts = [c.choices[0].delta.content or "" async for c in stream]
+        return "".join(parts)
+
+    assert asyncio.run(main()) == "100 degrees Celsius."
+    assert where == [False]

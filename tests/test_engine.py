@@ -656,3 +656,37 @@ def test_the_hold_and_the_cost_use_the_same_rate() -> None:
     assert rate.source == "price_map"
     assert admission.hold_nanos == worst
     assert cost <= Decimal(admission.hold_nanos) / 10**9
+
+
+def test_areport_reads_an_open_tasks_budget_with_the_async_steps() -> None:
+    """Inside an async task, areport gives report's figures without a
+    blocking ledger read on the loop."""
+    policy = Policy(budgets=[Budget(max_usd="1"), Budget(scope="team", max_usd="0.5")])
+    gov = Governor(policy)
+    blocking: list[str] = []
+    budget_left = gov._budget_left
+
+    def watched(task: Any) -> Any:  # the blocking read
+        blocking.append(task.id)
+        return budget_left(task)
+
+    gov._budget_left = watched  # type: ignore[method-assign]
+
+    async def main() -> tuple[Any, Any]:
+        async with gov.atask(team="a") as task:
+            await GovernedLiteLLM(gov).acompletion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="hi",
+                max_tokens=20,
+            )
+            inside = await task.areport()
+        return inside, await task.areport()
+
+    inside, after = asyncio.run(main())
+    assert inside.budget_left_usd == Decimal("0.5") - inside.cost_usd
+    assert (after.budget_left_usd, after.calls, blocking) == (
+        inside.budget_left_usd,
+        1,
+        [],
+    )

@@ -1595,11 +1595,18 @@ class _StreamSettler:
         a stream that ended without one) and no tool calls, which the text
         kept here would leave out.
         """
+        message = self._to_cache(result)
+        if message is not None:
+            self.saver.save(result, cost, message)
+
+    def _to_cache(self, result: CallResult) -> dict[str, Any] | None:
+        """The settled stream's answer to keep in the cache, or None."""
         self.admission.task.open_streams.pop(self.admission.call_id, None)
         text = result.output_text
         whole = self.complete and result.error is None and text
         if whole and self.saver.cache is not None and _stopped_plainly(self.chunks):
-            self.saver.save(result, cost, {"role": "assistant", "content": text})
+            return {"role": "assistant", "content": text}
+        return None
 
     def result(self) -> CallResult:
         if not self.chunks and self.error is not None:
@@ -2376,7 +2383,10 @@ class _AsyncStream(_StreamSettler):
         if self.admission.settled:
             return
         result = self.result()
-        self.settle(await self.governor.aend_call(self.admission, result), result)
+        cost = await self.governor.aend_call(self.admission, result)
+        message = self._to_cache(result)
+        if message is not None:  # a store (Redis) and an embedding block: a thread
+            await asyncio.to_thread(self.saver.save, result, cost, message)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
