@@ -503,3 +503,34 @@ def test_the_same_words_from_another_named_speaker_miss() -> None:
     assert isinstance(miss, CacheMiss)
     assert miss.reason == "not_found"
     assert isinstance(again, CacheHit)
+
+
+def test_a_store_that_keeps_failing_warns_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store down under load fails every lookup: one WARNING with its
+    traceback, the rest at DEBUG and counted in the next warning."""
+    import logging
+
+    from governor.cache import _cache
+
+    clock = [1000.0]
+    monkeypatch.setattr(_cache, "_QUIET", _cache._Quiet())
+    monkeypatch.setattr(_cache.time, "monotonic", lambda: clock[0])
+    cache = make()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(cache, "_lookup", broken)
+    with caplog.at_level(logging.DEBUG, logger="governor.cache._cache"):
+        for _ in range(50):
+            cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
+        clock[0] += 61
+        cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(" (")[1].split(" more")[0] for r in warnings] == [
+        "0",
+        "49",
+    ]
+    assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 49

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,45 @@ if TYPE_CHECKING:
 __all__ = ["ResponseCache", "Stored", "Verifier"]
 
 logger = logging.getLogger(__name__)
+
+# A store that is down fails every lookup: one WARNING with its traceback a
+# minute per kind of failure, the rest at DEBUG and counted.
+_WARN_EVERY_S = 60.0
+
+
+class _Quiet:
+    """Log a failure as a WARNING at most once per ``every_s`` for each kind."""
+
+    def __init__(self, every_s: float = _WARN_EVERY_S) -> None:
+        self._every_s = every_s
+        self._next: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, kind: str, message: str, error: BaseException) -> None:
+        """Log ``error``: a WARNING, or DEBUG if one was just given for ``kind``."""
+        now = time.monotonic()
+        with self._lock:
+            quiet = now < self._next.get(kind, 0.0)
+            if quiet:
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            else:
+                self._next[kind] = now + self._every_s
+                skipped = self._skipped.pop(kind, 0)
+        if quiet:
+            logger.debug(message, exc_info=error)
+            return
+        logger.warning(
+            "%s (%d more like it since the last warning; for %.0f s more they "
+            "are logged at DEBUG)",
+            message,
+            skipped,
+            self._every_s,
+            exc_info=error,
+        )
+
+
+_QUIET = _Quiet()
 
 # Nearest entries fetched per semantic lookup: the best, and rivals to it.
 _CANDIDATES = 4
@@ -174,8 +214,8 @@ class ResponseCache:
             return CacheMiss("opt_out", keys, storable=keys.write)
         try:
             return self._lookup(keys)
-        except Exception:  # the cache fails open (DESIGN: cache never blocks a call)
-            logger.warning("cache lookup failed; calling the model", exc_info=True)
+        except Exception as exc:  # the cache fails open: it never blocks a call
+            _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
             return CacheMiss("store_error", keys)
 
     def recheck(self, miss: CacheMiss) -> CacheHit | CacheMiss:
@@ -198,8 +238,8 @@ class ResponseCache:
             return miss
         try:
             found = self._relookup(miss)
-        except Exception:  # fails open, as lookup does
-            logger.warning("cache lookup failed; calling the model", exc_info=True)
+        except Exception as exc:  # fails open, as lookup does
+            _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
             return miss
         return found if found.hit else miss
 
@@ -251,10 +291,8 @@ class ResponseCache:
             return self._store_entry(
                 miss, dict(message), model, cost_usd, input_tokens, output_tokens
             )
-        except Exception:  # fail open: a lost entry only costs a later call
-            logger.warning(
-                "cache store failed; the answer is not cached", exc_info=True
-            )
+        except Exception as exc:  # fail open: a lost entry only costs a later call
+            _QUIET.failed("store", "cache store failed; the answer is not cached", exc)
             return Stored(False, "store_error")
 
     async def alookup(
@@ -320,8 +358,8 @@ class ResponseCache:
             vector, cost = self._embed(keys.query)
         except GovernorError:
             raise  # a governed embedding refused by a budget: not a cache fault
-        except Exception:
-            logger.warning("cache embedding failed; calling the model", exc_info=True)
+        except Exception as exc:
+            _QUIET.failed("embed", "cache embedding failed; calling the model", exc)
             return CacheMiss("embed_error", keys)
         return self._semantic(keys, vector, cost, now)
 
