@@ -525,6 +525,7 @@ def test_a_store_that_keeps_failing_warns_once_a_minute(
     monkeypatch.setattr(cache, "_lookup", broken)
     with caplog.at_level(logging.DEBUG, logger="governor.cache._cache"):
         for _ in range(50):
+            clock[0] += 1.1  # past the store's rest after each failure
             cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
         clock[0] += 61
         cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
@@ -534,3 +535,34 @@ def test_a_store_that_keeps_failing_warns_once_a_minute(
         "49",
     ]
     assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 49
+
+
+def test_a_failed_store_is_left_alone_for_a_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that hangs would hold every call for its timeout: after a
+    failure, lookups and stores skip it for a second, then try again."""
+    from governor.cache import _cache
+
+    clock = [1000.0]
+    monkeypatch.setattr(_cache.time, "monotonic", lambda: clock[0])
+    cache = make()
+    tried: list[float] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        tried.append(clock[0])
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(cache, "_lookup", broken)
+    first = cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    clock[0] += 0.5
+    second = cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    stored = cache.store(second, message=ANSWER, model=MODEL, cost_usd=Decimal(0))
+    clock[0] += 0.6
+    cache.lookup(model=MODEL, messages=ask("What is 2 + 2?"))
+    assert (first.reason, second.reason, first.storable) == (
+        "store_error",
+        "store_error",
+        False,
+    )
+    assert (stored.stored, tried) == (False, [1000.0, 1001.1])

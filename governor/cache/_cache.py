@@ -78,6 +78,8 @@ class _Quiet:
 
 
 _QUIET = _Quiet()
+# How long the cache leaves its store alone after a failure, in seconds.
+_STORE_REST_S = 1.0
 
 # Nearest entries fetched per semantic lookup: the best, and rivals to it.
 _CANDIDATES = 4
@@ -142,6 +144,9 @@ class ResponseCache:
                 verifier model named without a verifier callable.
         """
         self.policy = policy
+        # After the store failed, it is left alone for a moment: a store that
+        # hangs (not one that refuses) would hold every call for its timeout.
+        self._down_until = 0.0
         if redis_client is not None and store is None and policy.store != "redis":
             logger.warning(
                 "ResponseCache got a Redis client but its policy keeps entries "
@@ -212,11 +217,14 @@ class ResponseCache:
             return CacheMiss(keys.uncacheable, keys, storable=False)
         if not keys.read:
             return CacheMiss("opt_out", keys, storable=keys.write)
+        if time.monotonic() < self._down_until:
+            return CacheMiss("store_error", keys, storable=False)
         try:
             return self._lookup(keys)
         except Exception as exc:  # the cache fails open: it never blocks a call
+            self._store_failed()
             _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
-            return CacheMiss("store_error", keys)
+            return CacheMiss("store_error", keys, storable=False)
 
     def recheck(self, miss: CacheMiss) -> CacheHit | CacheMiss:
         """Look again for a request that missed a moment ago.
@@ -236,9 +244,12 @@ class ResponseCache:
             return miss
         if miss.reason in ("store_error", "embed_error"):
             return miss
+        if time.monotonic() < self._down_until:
+            return miss
         try:
             found = self._relookup(miss)
         except Exception as exc:  # fails open, as lookup does
+            self._store_failed()
             _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
             return miss
         return found if found.hit else miss
@@ -287,13 +298,20 @@ class ResponseCache:
             return Stored(False, "not_storable")
         if len(message_text(dict(message))) > self.policy.max_answer_chars:
             return Stored(False, "too_long")
+        if time.monotonic() < self._down_until:
+            return Stored(False, "store_error")
         try:
             return self._store_entry(
                 miss, dict(message), model, cost_usd, input_tokens, output_tokens
             )
         except Exception as exc:  # fail open: a lost entry only costs a later call
+            self._store_failed()
             _QUIET.failed("store", "cache store failed; the answer is not cached", exc)
             return Stored(False, "store_error")
+
+    def _store_failed(self) -> None:
+        """Leave the store alone for a moment: calls go on uncached meanwhile."""
+        self._down_until = time.monotonic() + _STORE_REST_S
 
     async def alookup(
         self,
