@@ -651,6 +651,13 @@ class Governor:
             )
         return False
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Governor cannot be pickled: it holds locks, store connections and "
+            "threads of its process. Send its Policy (which pickles) and build a "
+            "Governor in the worker: Governor(policy, ...)"
+        )
+
     def __enter__(self) -> Governor:
         return self
 

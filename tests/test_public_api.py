@@ -80,3 +80,16 @@ def test_adapters_refuse_anything_but_a_governor_at_once() -> None:
     for build, message in cases:
         with pytest.raises(TypeError, match=message):
             build()
+
+
+def test_pickling_a_governor_says_to_send_its_policy() -> None:
+    """multiprocessing pickles what it sends: a Governor cannot go, its
+    Policy can."""
+    import pickle
+
+    import pytest
+
+    gov = governor.Governor(governor.Policy())
+    with pytest.raises(TypeError, match="Send its Policy"):
+        pickle.dumps(gov)
+    assert pickle.loads(pickle.dumps(gov.policy)) == gov.policy
