@@ -595,36 +595,39 @@ def test_governed_call_records_the_task_org(tmp_path: Path) -> None:
     assert records[0].cost_usd == task.report().cost_usd > 0
 
 
-def _open_new_store(path: Path, barrier: Any, results: Any) -> None:
-    barrier.wait()
-    try:
-        SQLiteSpendStore(path).close()
-        results.put("ok")
-    except Exception as exc:  # reported to the parent, which asserts
-        results.put(repr(exc))
-
-
 def test_processes_creating_one_new_sqlite_file_together_all_open_it(
     tmp_path: Path,
 ) -> None:
-    """Switching a new file to WAL collided ('database is locked') 1 in 4 times."""
+    """Switching a new file to WAL collided ('database is locked') 1 in 4 times.
+
+    The workers come from a fork server: forked from this test process, whose
+    other threads (earlier tests' writers) may hold SQLite's locks at the
+    fork, a child could wait on them for ever. A worker still alive after
+    its time is killed, so a failure cannot hang the test run's exit.
+    """
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")
+    from _sqlite_opener import open_new_store
+
+    context = multiprocessing.get_context("forkserver")
     outcomes: list[str] = []
-    for round_ in range(10):
+    for round_ in range(6):
         path = tmp_path / f"spend-{round_}.db"
         barrier, results = context.Barrier(8), context.Queue()
         workers = [
-            context.Process(target=_open_new_store, args=(path, barrier, results))
+            context.Process(
+                target=open_new_store, args=(path, barrier, results), daemon=True
+            )
             for _ in range(8)
         ]
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(30)
+            worker.join(60)
+            if worker.is_alive():
+                worker.kill()
         outcomes += [results.get(timeout=5) for _ in workers]
-    assert outcomes == ["ok"] * 80
+    assert outcomes == ["ok"] * 48
 
 
 @pytest.mark.parametrize(
