@@ -437,3 +437,26 @@ def test_a_poll_listed_in_exempt_tools_runs_to_its_end() -> None:
     """The one setting the messages offer first lets the poll through."""
     polls, error = _status_polls(Loops(exempt_tools=("job_status",)))
     assert (polls, error) == (9, None)
+
+
+def test_a_near_duplicate_stop_says_what_helps_identical_answers() -> None:
+    """Different requests that each get the same answer read as a loop; the
+    message offers the setting that helps (the similarity threshold cannot
+    tell identical answers apart)."""
+    from governor import Governor, LoopDetected, Policy
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    answer = "I do not have enough information in the context to answer that."
+    gov = Governor(Policy())
+    llm = GovernedLiteLLM(gov)
+    with pytest.raises(LoopDetected) as info, gov.task():
+        for n in range(6):
+            llm.completion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Question {n}?"}],
+                mock_response=answer,
+                max_tokens=30,
+            )
+    message = str(info.value)
+    assert "raise Loops.max_near_duplicate_outputs (now 2) or set it to None" in message
+    assert "only helps outputs that are alike but not the same" in message

@@ -134,8 +134,10 @@ def _advice(error: LoopDetected) -> str:
         return f"If the conversation is meant to repeat itself, {raise_it}."
     if rule == "near_duplicate":
         return (
-            "If such outputs are legitimate, raise near_duplicate_similarity or "
-            f"{raise_it}."
+            "If such outputs are legitimate (different requests that each get "
+            f"the same answer, one item after another), {raise_it} or set it to "
+            "None; raising near_duplicate_similarity only helps outputs that "
+            "are alike but not the same."
         )
     return f"If the task needs more, {raise_it}."
 
