@@ -754,3 +754,20 @@ def test_typing_habits_are_no_difference(cached: str, query: str) -> None:
     """Case in prose, an input method's full-width digits, a copied no-break
     space or ligature, a site named bare: how people type, not what they ask."""
     assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("What does ‘git stash’ do?", "What does 'git stash' do?", None),
+        ("What does ‘git stash’ do?", 'What does "git stash" do?', None),
+        ("Что значит «привет»?", 'Что значит "привет"?', None),
+        ("What does ‘git stash’ do?", "What does 'git pop' do?", "quotes"),
+        ("Что значит «привет»?", "Что значит «пока»?", "quotes"),
+    ],
+)
+def test_curly_and_guillemet_quotes_are_quotes(
+    cached: str, query: str, check: str | None
+) -> None:
+    """A phone's smart quotes and guillemets quote as straight quotes do."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)

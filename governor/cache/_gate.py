@@ -57,7 +57,12 @@ def _pairs(text: str) -> dict[str, str]:
 # A minus sign that opens a number is part of it: "-5" is not "5".
 _TOKEN = re.compile(r"(?:(?<![\w.])[-−](?=[$€£¥]?\d))?[$€£¥]?\w+(?:[’'.,\-]\w+)*%?")
 _NUMBER = re.compile(r"^[-−]?[$€£¥]?\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?$")
-_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)')
+# Quoted text in straight, curly (a phone's smart quotes), backtick or
+# guillemet quotes: the same text in any of them is the same quote.
+_QUOTED = re.compile(
+    r'"([^"]+)"|“([^”]+)”|`([^`]+)`|(?<!\w)\'([^\']+)\'(?!\w)'
+    r"|(?<!\w)‘([^‘’]+)’(?!\w)|«\s?([^«»]+?)\s?»|„([^“”]+)[“”]"
+)
 _SYMBOL_RUN = re.compile(r"[^\w\s]+")
 # A flag, a format code or a regex class: "-d", "--D", "%m", "\\S".
 _FLAG = re.compile(r"(?<![\w-])(?:--?|%|\\)([A-Za-z]{1,2})\b")
@@ -91,7 +96,7 @@ _SQL_KEYWORD = re.compile(
 )
 # Sentence punctuation, and lone brackets or dashes around asides, say nothing
 # about what is asked; "==" versus "=", or "c++" versus "c", do.
-_PUNCTUATION = ".,?!;:'\"’“”‘…"
+_PUNCTUATION = ".,?!;:'\"’“”‘„«»…"
 _LONE_MARKS = _words("( ) - / – —")
 _DOTTED = re.compile(r"[._\-]")
 # Words joined by dots, one of them two letters or longer: a site or a dotted
