@@ -515,7 +515,7 @@ def test_a_store_that_keeps_failing_warns_once_a_minute(
     from governor.cache import _cache
 
     clock = [1000.0]
-    monkeypatch.setattr(_cache, "_QUIET", _cache._Quiet())
+    monkeypatch.setattr(_cache, "_QUIET", _cache.Quiet())
     monkeypatch.setattr(_cache.time, "monotonic", lambda: clock[0])
     cache = make()
 

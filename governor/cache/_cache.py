@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ import numpy as np
 
 from governor._errors import ConfigError, GovernorError
 from governor._money import as_decimal, usd_to_nanos
+from governor._quiet import Quiet
 from governor.cache._embed import Embedder, PricedEmbedder, Vectors, make_embedder
 from governor.cache._gate import gate_refusal
 from governor.cache._request import (
@@ -42,42 +42,25 @@ logger = logging.getLogger(__name__)
 
 # A store that is down fails every lookup: one WARNING with its traceback a
 # minute per kind of failure, the rest at DEBUG and counted.
-_WARN_EVERY_S = 60.0
+_QUIET = Quiet()
 
 
-class _Quiet:
-    """Log a failure as a WARNING at most once per ``every_s`` for each kind."""
-
-    def __init__(self, every_s: float = _WARN_EVERY_S) -> None:
-        self._every_s = every_s
-        self._next: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def failed(self, kind: str, message: str, error: BaseException) -> None:
-        """Log ``error``: a WARNING, or DEBUG if one was just given for ``kind``."""
-        now = time.monotonic()
-        with self._lock:
-            quiet = now < self._next.get(kind, 0.0)
-            if quiet:
-                self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            else:
-                self._next[kind] = now + self._every_s
-                skipped = self._skipped.pop(kind, 0)
-        if quiet:
-            logger.debug(message, exc_info=error)
-            return
-        logger.warning(
-            "%s (%d more like it since the last warning; for %.0f s more they "
-            "are logged at DEBUG)",
-            message,
-            skipped,
-            self._every_s,
-            exc_info=error,
-        )
+def _failed(kind: str, message: str, error: BaseException) -> None:
+    """Log ``error``: a WARNING, or DEBUG if one was just given for ``kind``."""
+    skipped = _QUIET.due(kind)
+    if skipped is None:
+        logger.debug(message, exc_info=error)
+        return
+    logger.warning(
+        "%s (%d more like it since the last warning; for %.0f s more they "
+        "are logged at DEBUG)",
+        message,
+        skipped,
+        _QUIET.every_s,
+        exc_info=error,
+    )
 
 
-_QUIET = _Quiet()
 # How long the cache leaves its store alone after a failure, in seconds.
 _STORE_REST_S = 1.0
 
@@ -223,7 +206,7 @@ class ResponseCache:
             return self._lookup(keys)
         except Exception as exc:  # the cache fails open: it never blocks a call
             self._store_failed()
-            _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
+            _failed("lookup", "cache lookup failed; calling the model", exc)
             return CacheMiss("store_error", keys, storable=False)
 
     def recheck(self, miss: CacheMiss) -> CacheHit | CacheMiss:
@@ -250,7 +233,7 @@ class ResponseCache:
             found = self._relookup(miss)
         except Exception as exc:  # fails open, as lookup does
             self._store_failed()
-            _QUIET.failed("lookup", "cache lookup failed; calling the model", exc)
+            _failed("lookup", "cache lookup failed; calling the model", exc)
             return miss
         return found if found.hit else miss
 
@@ -306,7 +289,7 @@ class ResponseCache:
             )
         except Exception as exc:  # fail open: a lost entry only costs a later call
             self._store_failed()
-            _QUIET.failed("store", "cache store failed; the answer is not cached", exc)
+            _failed("store", "cache store failed; the answer is not cached", exc)
             return Stored(False, "store_error")
 
     def _store_failed(self) -> None:
@@ -377,7 +360,7 @@ class ResponseCache:
         except GovernorError:
             raise  # a governed embedding refused by a budget: not a cache fault
         except Exception as exc:
-            _QUIET.failed("embed", "cache embedding failed; calling the model", exc)
+            _failed("embed", "cache embedding failed; calling the model", exc)
             return CacheMiss("embed_error", keys)
         return self._semantic(keys, vector, cost, now)
 

@@ -90,6 +90,7 @@ from governor._errors import (
     StoreUnavailable,
 )
 from governor._forks import start_over_in_children
+from governor._quiet import Quiet
 from governor.stores._base import Balance, Line, Refusal
 from governor.stores._retry import Retrier
 
@@ -792,10 +793,8 @@ class RedisLedger:
         self.ns = f"{prefix}{{{hash_tag}}}:"
         self._conn = connections or RedisConnections(config)
         self._settled_ms = _ms(settled_memory_s)
-        self._late_lock = threading.Lock()
-        self._late_count = 0
-        self._late_warned_at = -math.inf
-        self._pool_warned_at = -math.inf
+        self._late_settles = Quiet(_LATE_SETTLE_WARN_EVERY_S)
+        self._pool_waits = Quiet(_POOL_WARN_EVERY_S)
 
     @property
     def connections(self) -> RedisConnections:
@@ -1004,11 +1003,8 @@ class RedisLedger:
         the hold keeps its room, so no budget is overspent meanwhile.
         """
         self._conn.retries.add(f"{self.ns}{key}", write)
-        now = time.monotonic()
-        with self._late_lock:
-            if now - self._pool_warned_at < _POOL_WARN_EVERY_S:
-                return
-            self._pool_warned_at = now
+        if self._pool_waits.due("pool") is None:
+            return
         logger.warning(
             "%s The %s is written in the background once a connection is free "
             "(at most one such warning a minute).",
@@ -1027,13 +1023,9 @@ class RedisLedger:
         """
         if int(reply) != _SETTLED_WITHOUT_HOLD:
             return
-        now = time.monotonic()
-        with self._late_lock:
-            self._late_count += 1
-            if now - self._late_warned_at < _LATE_SETTLE_WARN_EVERY_S:
-                return
-            count, self._late_count = self._late_count, 0
-            self._late_warned_at = now
+        skipped = self._late_settles.due("settle")
+        if skipped is None:
+            return
         logger.warning(
             "budget store: the settle of call %s found no live hold on %s: "
             "its spend was charged, but the room its hold kept may have gone "
@@ -1044,7 +1036,7 @@ class RedisLedger:
             "reached Redis (a fail-open outage).",
             hold_id,
             ", ".join(keys),
-            count,
+            skipped + 1,
         )
 
     # -- arguments (no I/O) ----------------------------------------------
