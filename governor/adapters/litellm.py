@@ -734,24 +734,11 @@ class Instrumentation:
 
 
 def _span_reason(attempt: Any) -> str:
-    """An attempt's reason as its span may show it.
-
-    A provider error's first line can quote the request, and a check's
-    reason the answer (``agree on '...'``); unless message content is
-    captured, the span gets the error kind, its class and what came next,
-    or the failed check's name.
-    """
-    reason = str(attempt.reason or "")
+    """An attempt's reason as its span may show it: unless message content
+    is captured, its brief form, which quotes no request or answer."""
     if capture_content():
-        return reason
-    if attempt.outcome == "error":
-        kind, _, rest = reason.partition(": ")
-        error_class = rest.partition(": ")[0]
-        then = reason.rpartition("; ")[2] if "; " in reason else ""
-        return f"{kind}: {error_class}" + (f"; {then}" if then else "")
-    if attempt.outcome == "rejected":
-        return f"{reason.partition(': ')[0]}: failed"
-    return reason
+        return str(attempt.reason or "")
+    return str(attempt.brief or attempt.reason or "")
 
 
 def _governor(given: object, where: str) -> Governor:

@@ -521,7 +521,14 @@ class CascadeRunner:
         if failed:
             reason = f"{failed[0].check}: {failed[0].reason}"
             self._record(
-                run, replace(pending, outcome="rejected", reason=reason, checks=results)
+                run,
+                replace(
+                    pending,
+                    outcome="rejected",
+                    reason=reason,
+                    brief=f"{failed[0].check}: failed",
+                    checks=results,
+                ),
             )
             return False
         reason = f"{len(results)} checks passed"
@@ -593,14 +600,17 @@ class CascadeRunner:
         else:
             then = "falling back"
         reason = f"{kind}: {type(exc).__name__}: {_first_line(exc)}; {then}"
+        brief = f"{kind}: {type(exc).__name__}; {then}"
         asked = retry_after_s(exc) if kind == "rate_limit" else None
         if asked is not None:
             reason += f" (Retry-After {asked:g} s)"
+            brief += f" (Retry-After {asked:g} s)"
         attempt = Attempt(
             tier=tier.name,
             model=tier.model,
             outcome="error",
             reason=reason,
+            brief=brief,
             sent=True,
             cost_usd=_charged_usd(exc),
             error_kind=kind,

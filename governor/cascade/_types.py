@@ -110,6 +110,10 @@ class Attempt:
         started_ns: wall-clock start of a sent attempt, in epoch nanoseconds
             (for a span's start time); None for skips.
         ended_ns: its end, likewise.
+        brief: the reason without text of the conversation (a provider
+            error's kind and class, the failed check's name), for telemetry
+            that captures no message content; empty when ``reason`` holds
+            none.
     """
 
     tier: str
@@ -123,6 +127,7 @@ class Attempt:
     wait_s: float = 0.0
     started_ns: int | None = None
     ended_ns: int | None = None
+    brief: str = ""
 
     def describe(self) -> str:
         """Return a one-line account, e.g. ``"cheap (gpt-4o-mini): error ..."``."""
