@@ -87,9 +87,10 @@ def thawed(value: Any) -> Any:
     """
     if isinstance(value, dict):
         return {key: thawed(item) for key, item in value.items()}
-    if isinstance(value, list | tuple) and not isinstance(value, str):
-        kind = list if isinstance(value, list) else tuple
-        return kind(thawed(item) for item in value)
+    if isinstance(value, list):
+        return [thawed(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(thawed(item) for item in value)
     return value
 
 
