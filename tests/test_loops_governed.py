@@ -357,12 +357,30 @@ TICKETS = {
 }
 
 
+def _cascading_governor(*, refusals: bool) -> tuple[Governor, GovernedLiteLLM]:
+    """A governor whose policy cascades from the offline cheap model to the
+    premium one; with ``refusals``, a refusal fails the check too."""
+    from governor import Cascade
+    from governor.cascade import NonEmptyCheck, NotRefusalCheck, Tier
+
+    checks: list[Any] = [NonEmptyCheck()]
+    if refusals:
+        checks.append(NotRefusalCheck())
+    cascade = Cascade(
+        tiers=[
+            Tier(name="cheap", model="offline/gpt-4o-mini"),
+            Tier(name="premium", model="offline/gpt-4o"),
+        ],
+        checks=checks,
+    )
+    gov = Governor(Policy(cascade=cascade))
+    return gov, GovernedLiteLLM(gov)
+
+
 def test_a_batch_of_cascades_whose_cheap_tier_refuses_is_not_a_loop() -> None:
     """One task labels eight tickets through a cascade: the cheap tier gives
     the same refusal each time (rejected), the next a one-word label. The
     labels come between the refusals, so these are no near-copies in a row."""
-    from governor import Cascade
-    from governor.cascade import NonEmptyCheck, NotRefusalCheck, Tier
 
     def responder(model: str, messages: Any, tools: Any) -> str:
         if model == "gpt-4o-mini":
@@ -370,15 +388,7 @@ def test_a_batch_of_cascades_whose_cheap_tier_refuses_is_not_a_loop() -> None:
         return TICKETS[messages[-1]["content"].removeprefix("Classify: ")]
 
     install_offline_provider(responder, speed=0)
-    cascade = Cascade(
-        tiers=[
-            Tier(name="cheap", model="offline/gpt-4o-mini"),
-            Tier(name="premium", model="offline/gpt-4o"),
-        ],
-        checks=[NonEmptyCheck(), NotRefusalCheck()],
-    )
-    gov = Governor(Policy(cascade=cascade))
-    llm = GovernedLiteLLM(gov)
+    gov, llm = _cascading_governor(refusals=True)
     with gov.task() as task:
         labels = [
             llm.cascade([{"role": "user", "content": f"Classify: {t}"}]).answer.text
@@ -392,22 +402,12 @@ def test_a_batch_of_cascades_with_one_label_each_time_is_not_a_loop() -> None:
     """The cheap tier refuses every ticket (rejected), the next tier gives the
     same label to each: only the returned labels are judged as outputs, and
     a run of one short label is not a loop."""
-    from governor import Cascade
-    from governor.cascade import NonEmptyCheck, NotRefusalCheck, Tier
 
     def responder(model: str, messages: Any, tools: Any) -> str:
         return REFUSAL if model == "gpt-4o-mini" else "billing"
 
     install_offline_provider(responder, speed=0)
-    cascade = Cascade(
-        tiers=[
-            Tier(name="cheap", model="offline/gpt-4o-mini"),
-            Tier(name="premium", model="offline/gpt-4o"),
-        ],
-        checks=[NonEmptyCheck(), NotRefusalCheck()],
-    )
-    gov = Governor(Policy(cascade=cascade))
-    llm = GovernedLiteLLM(gov)
+    gov, llm = _cascading_governor(refusals=True)
     with gov.task() as task:
         labels = [
             llm.cascade([{"role": "user", "content": f"Classify: {t}"}]).answer.text
@@ -420,23 +420,14 @@ def test_a_batch_of_cascades_with_one_label_each_time_is_not_a_loop() -> None:
 def test_a_loop_of_cascades_returning_one_long_answer_is_still_stopped() -> None:
     """An agent that asks a cascade the same and gets the same long answer
     back, again and again, is stopped by the answers the runs return."""
-    from governor import Cascade, LoopDetected
-    from governor.cascade import NonEmptyCheck, Tier
+    from governor import LoopDetected
 
     answer = (
         "The deployment is still rolling out across all regions and nothing "
         "has changed since the last time you checked on it."
     )
     install_offline_provider(lambda model, messages, tools: answer, speed=0)
-    cascade = Cascade(
-        tiers=[
-            Tier(name="cheap", model="offline/gpt-4o-mini"),
-            Tier(name="premium", model="offline/gpt-4o"),
-        ],
-        checks=[NonEmptyCheck()],
-    )
-    gov = Governor(Policy(cascade=cascade))
-    llm = GovernedLiteLLM(gov)
+    gov, llm = _cascading_governor(refusals=False)
     with pytest.raises(LoopDetected), gov.task() as task:
         for lap in range(30):
             llm.cascade([{"role": "user", "content": f"Status now? ({lap})"}])
