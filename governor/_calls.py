@@ -98,6 +98,10 @@ class CallRequest:
             so an override keyed that way applies.
         skippable: a cascade attempt: a budget refusal skips the tier and the
             task goes on, so it is counted but does not mark the task stopped.
+        prices: prices the call sets for itself, as LiteLLM's fields
+            (``input_cost_per_token`` and kin, or a Router deployment's);
+            they lie over the rate card's entry for the model, and a policy
+            override still wins (see :meth:`governor.pricing.RateCard.rate`).
     """
 
     model: str
@@ -120,6 +124,7 @@ class CallRequest:
     choices: int = 1
     provider: str | None = None
     skippable: bool = False
+    prices: Mapping[str, Any] | None = None
 
     @property
     def priced_model(self) -> str:

@@ -1158,7 +1158,7 @@ class Governor:
         task, owns = self._task_for(request)
         try:
             step, prompt_key = self._call_checks(task, owns, request)
-            rate = self._task_rates(task).rate(request.priced_model)
+            rate = self._task_rates(task).rate(request.priced_model, request.prices)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
             if owns:

@@ -690,3 +690,25 @@ def test_areport_reads_an_open_tasks_budget_with_the_async_steps() -> None:
         1,
         [],
     )
+
+
+def test_a_request_that_sets_prices_is_held_and_charged_at_them() -> None:
+    """CallRequest.prices lie over the map's entry for that call only; the next
+    call without them is priced from the map again."""
+    from governor import CallRequest, CallResult
+    from governor.pricing import Usage
+
+    own = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+    priced = CallRequest(
+        model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=10, prices=own
+    )
+    plain = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=10)
+    gov = Governor()
+    with gov.task():
+        admission = gov.begin_call(priced)
+        cost = gov.end_call(admission, CallResult(usage=Usage(5, 10)))
+        other = gov.begin_call(plain)
+        gov.end_call(other, CallResult(usage=Usage(5, 10)))
+    assert admission.rate.input_per_token == Decimal("0.001")
+    assert cost == 5 * Decimal("0.001") + 10 * Decimal("0.002")
+    assert other.rate.input_per_token == Decimal("1.5e-7")

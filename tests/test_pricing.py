@@ -654,12 +654,9 @@ def _fake_litellm(monkeypatch: pytest.MonkeyPatch, model_cost: dict[str, Any]) -
 
 def test_call_prices_win_over_the_map_and_lie_over_its_entry() -> None:
     """A call's own prices replace the entry's; the rest of the entry stays."""
-    from governor.pricing._ratecard import call_prices
-
     card = _card()
-    with call_prices("gpt-4o", {"input_cost_per_token": 0.001}):
-        rate = card.rate("gpt-4o")
-        other = card.rate("long-context")
+    rate = card.rate("gpt-4o", {"input_cost_per_token": 0.001})
+    other = card.rate("long-context")
     assert (rate.input_per_token, rate.output_per_token) == (D("0.001"), D("1e-5"))
     assert (rate.cache_read_per_token, rate.max_output_tokens) == (D("1.25e-6"), 16384)
     assert rate.source == "override"
@@ -669,48 +666,34 @@ def test_call_prices_win_over_the_map_and_lie_over_its_entry() -> None:
 
 def test_a_policy_override_wins_over_call_prices() -> None:
     """Pricing.overrides win over everything, a call's own prices included."""
-    from governor.pricing._ratecard import call_prices
-
     price = Price(input_usd_per_mtok="1", output_usd_per_mtok="2")
     card = _card(Pricing(overrides={"gpt-4o": price}))
-    with call_prices("openai/gpt-4o", {"input_cost_per_token": 0.5}):
-        assert card.rate("openai/gpt-4o").input_per_token == D("1e-6")
+    rate = card.rate("openai/gpt-4o", {"input_cost_per_token": 0.5})
+    assert rate.input_per_token == D("1e-6")
 
 
 def test_call_prices_price_an_unmapped_model_even_at_zero() -> None:
     """A model no map knows is priced by the call's prices; zeros mean free."""
-    from governor.pricing._ratecard import call_prices
-
     card = _card()
     prices = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
-    with call_prices("openai/my-vllm", prices):
-        rate = card.rate("openai/my-vllm")
+    rate = card.rate("openai/my-vllm", prices)
     assert (rate.input_per_token, rate.output_per_token) == (D("1e-6"), D("2e-6"))
     free = {"input_cost_per_token": 0, "output_cost_per_token": 0}
-    with call_prices("openai/my-vllm", free):
-        assert card.cost("openai/my-vllm", Usage(prompt_tokens=5)).usd == 0
+    assert card.rate("openai/my-vllm", free).cost(Usage(prompt_tokens=5)).usd == 0
     cache_only = {"cache_read_input_token_cost": 1e-6}
-    with (
-        pytest.raises(PriceUnknown, match="call sets prices"),
-        call_prices("openai/my-vllm", cache_only),
-    ):
-        card.rate("openai/my-vllm")
+    with pytest.raises(PriceUnknown, match="call sets prices"):
+        card.rate("openai/my-vllm", cache_only)
 
 
 def test_call_per_second_price_replaces_token_prices() -> None:
     """A per-second price set alone bills wall time, as LiteLLM does."""
-    from governor.pricing._ratecard import call_prices
-
-    with call_prices("gpt-4o", {"input_cost_per_second": 0.002}):
-        rate = _card().rate("gpt-4o")
+    rate = _card().rate("gpt-4o", {"input_cost_per_second": 0.002})
     assert (rate.usd_per_second, rate.input_per_token) == (D("0.002"), 0)
     assert rate.cost(Usage(prompt_tokens=100), duration_s=1.5).usd == D("0.003")
 
 
 def test_a_flat_call_price_is_written_into_a_tiered_table() -> None:
     """A tiered_pricing row set's ranges all take a flat price the call sets."""
-    from governor.pricing._ratecard import call_prices
-
     table = [
         {
             "range": [0, 1000],
@@ -724,8 +707,7 @@ def test_a_flat_call_price_is_written_into_a_tiered_table() -> None:
         },
     ]
     card = RateCard(price_map={"t": {"tiered_pricing": table}})
-    with call_prices("t", {"output_cost_per_token": 7e-6}):
-        rate = card.rate("t")
+    rate = card.rate("t", {"output_cost_per_token": 7e-6})
     assert [t.output_per_token for t in (rate, *rate.tiers)] == [D("7e-6")] * 2
     assert [t.input_per_token for t in (rate, *rate.tiers)] == [D("1e-6"), D("3e-6")]
 

@@ -23,6 +23,7 @@ def embedding_request(
     *,
     parent_span: Any = None,
     attribution: Mapping[str, str] | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> CallRequest:
     """The engine's view of one ``litellm.embedding`` call."""
     model = str(kwargs["model"])
@@ -40,6 +41,7 @@ def embedding_request(
         parent_span=parent_span,
         attribution=attribution,
         provider=named_provider(kwargs),
+        prices=prices,
     )
 
 

@@ -68,9 +68,7 @@ from governor.pricing import (
 from governor.pricing._ratecard import (
     CALL_PRICE_NAMES,
     call_price_fields,
-    call_prices,
     is_call_price,
-    pricing_a_call,
 )
 from governor.telemetry import attributes as attr
 from governor.telemetry._content import capture_content
@@ -210,8 +208,7 @@ class GovernedLiteLLM:
 
     def _embed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
-        with call_prices(request.priced_model, _call_prices(kwargs)):
-            admission = self.governor.begin_call(request)
+        admission = self.governor.begin_call(request)
         _no_sdk_retries(kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -236,8 +233,7 @@ class GovernedLiteLLM:
 
     async def _aembed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
-        with call_prices(request.priced_model, _call_prices(kwargs)):
-            admission = await self.governor.abegin_call(request)
+        admission = await self.governor.abegin_call(request)
         _no_sdk_retries(kwargs)
         token = _INSIDE.set(_here())
         try:
@@ -285,6 +281,7 @@ class GovernedLiteLLM:
             kwargs,
             parent_span=_parent_span(),
             attribution=_metadata_attribution(kwargs.get("metadata")),
+            prices=_call_prices(kwargs),
         )
 
     def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> CascadeResult:
@@ -489,16 +486,7 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs), Decimal(0)
-        prices = _call_prices(kwargs)
-        if prices is None and not pricing_a_call():  # the usual case: no block
-            admission = self.governor.begin_call(
-                request, recheck=_recheck(cache, lookup)
-            )
-        else:
-            with call_prices(request.priced_model, prices):
-                admission = self.governor.begin_call(
-                    request, recheck=_recheck(cache, lookup)
-                )
+        admission = self.governor.begin_call(request, recheck=_recheck(cache, lookup))
         if admission.served is not None:  # stored while this call waited
             return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
@@ -532,16 +520,9 @@ class GovernedLiteLLM:
         if lookup is not None and lookup.hit:
             self.governor.record_cache_hit(request, lookup)
             return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
-        prices = _call_prices(kwargs)
-        if prices is None and not pricing_a_call():  # the usual case: no block
-            admission = await self.governor.abegin_call(
-                request, recheck=_recheck(cache, lookup)
-            )
-        else:
-            with call_prices(request.priced_model, prices):
-                admission = await self.governor.abegin_call(
-                    request, recheck=_recheck(cache, lookup)
-                )
+        admission = await self.governor.abegin_call(
+            request, recheck=_recheck(cache, lookup)
+        )
         if admission.served is not None:  # stored while this call waited
             hit = admission.served
             return _cached_response(hit, kwargs, is_async=True), Decimal(0)
@@ -864,6 +845,7 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         choices=1 if (n := _largest(kwargs, "n")) is None else n,
         provider=_provider(kwargs),
         skippable=_IN_CASCADE.get(),
+        prices=_call_prices(kwargs),
     )
 
 

@@ -11,8 +11,6 @@ placeholder ids, and its own cost functions then report 0.0).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import re
 import sys
 import threading
@@ -42,7 +40,6 @@ __all__ = [
     "RateCard",
     "RateTier",
     "call_price_fields",
-    "call_prices",
     "is_call_price",
 ]
 
@@ -539,19 +536,22 @@ class RateCard:
         """In a forked child: a lock of its own (a fetch may hold the parent's)."""
         self._lock = threading.Lock()
 
-    def rate(self, model: str) -> Rate:
+    def rate(self, model: str, prices: Mapping[str, Any] | None = None) -> Rate:
         """Return the rate for ``model``.
 
-        Inside :func:`call_prices` for ``model``, the rate also carries the
-        prices the call sets for itself (a policy override still wins).
+        Args:
+            model: the name the call is priced under.
+            prices: prices one call sets for itself, as LiteLLM's fields
+                (``input_cost_per_token`` and kin). They lie over the map's
+                entry for ``model`` the way LiteLLM lays them over its cost
+                map; a policy override still wins.
 
         Raises:
             PriceUnknown: nothing prices the model and the policy sets no
                 default; the message says how to price it.
         """
-        given = _CALL_PRICES.get()
-        if given is not None and given.model == model:
-            return self._call_rate(given)
+        if prices:
+            return self._call_rate(CallPrices(model, dict(prices)))
         found = self._rates.get(model)  # the usual case, inline
         if isinstance(found, Rate):
             return found
@@ -821,54 +821,6 @@ class CallPrices:
         except TypeError:  # a value such as a tiered_pricing list
             key = (self.model, repr(items))
         object.__setattr__(self, "key", key)
-
-
-_CALL_PRICES: contextvars.ContextVar[CallPrices | None] = contextvars.ContextVar(
-    "governor_call_prices", default=None
-)
-_NOTHING_TO_PRICE = contextlib.nullcontext()
-
-
-def pricing_a_call() -> bool:
-    """Whether a :func:`call_prices` block with prices is open here.
-
-    An adapter whose call sets no prices of its own needs no block unless
-    it runs inside another call's (whose prices must not reach it).
-    """
-    return _CALL_PRICES.get() is not None
-
-
-def call_prices(
-    model: str, fields: Mapping[str, Any] | None
-) -> contextlib.AbstractContextManager[None]:
-    """Within the block, :meth:`RateCard.rate` prices ``model`` with
-    ``fields`` laid over its map entry, the way LiteLLM prices a call given
-    ``input_cost_per_token=`` and kin (a policy override still wins).
-
-    An adapter wraps the admission of such a call in it. Without fields, a
-    block inside another call's block undoes that one for its own call; with
-    neither, it costs next to nothing.
-    """
-    if not fields:
-        if _CALL_PRICES.get() is None:
-            return _NOTHING_TO_PRICE
-        return _PricedCall(None)
-    return _PricedCall(CallPrices(model, dict(fields)))
-
-
-class _PricedCall(contextlib.AbstractContextManager[None]):
-    __slots__ = ("_prices", "_token")
-
-    def __init__(self, prices: CallPrices | None) -> None:
-        self._prices = prices
-        self._token: contextvars.Token[CallPrices | None] | None = None
-
-    def __enter__(self) -> None:
-        self._token = _CALL_PRICES.set(self._prices)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _CALL_PRICES.reset(self._token)
 
 
 def _prices_tokens(entry: Mapping[str, Any]) -> bool:
