@@ -23,9 +23,11 @@ def embedding_request(
     *,
     parent_span: Any = None,
     attribution: Mapping[str, str] | None = None,
+    provider: str | None = None,
     prices: Mapping[str, Any] | None = None,
 ) -> CallRequest:
-    """The engine's view of one ``litellm.embedding`` call."""
+    """The engine's view of one ``litellm.embedding`` call, priced as
+    ``provider/model`` when ``provider`` is given."""
     model = str(kwargs["model"])
     texts, token_ids = _inputs(kwargs["input"])
 
@@ -40,15 +42,9 @@ def embedding_request(
         prompt_tokens=token_ids if not texts else None,
         parent_span=parent_span,
         attribution=attribution,
-        provider=named_provider(kwargs),
+        provider=provider,
         prices=prices,
     )
-
-
-def named_provider(kwargs: Mapping[str, Any]) -> str | None:
-    """LiteLLM's ``custom_llm_provider``, when the call names one."""
-    provider = kwargs.get("custom_llm_provider")
-    return str(provider) if provider else None
 
 
 def embedding_result(request: CallRequest, response: Any) -> CallResult:

@@ -272,15 +272,11 @@ class GovernedLiteLLM:
         return names
 
     def _embedding_request(self, kwargs: Mapping[str, Any]) -> CallRequest:
-        # The request names the provider LiteLLM will call (see _provider); the
-        # keywords sent to LiteLLM are left as they are.
-        provider = _provider(kwargs)
-        if provider is not None and not kwargs.get("custom_llm_provider"):
-            kwargs = {**kwargs, "custom_llm_provider": provider}
         return embedding_request(
             kwargs,
             parent_span=_parent_span(),
             attribution=_metadata_attribution(kwargs.get("metadata")),
+            provider=_provider(kwargs),
             prices=_call_prices(kwargs),
         )
 
