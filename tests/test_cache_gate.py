@@ -771,3 +771,48 @@ def test_curly_and_guillemet_quotes_are_quotes(
 ) -> None:
     """A phone's smart quotes and guillemets quote as straight quotes do."""
     assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("Is it true when a and b or c?", "Is it true when a or b and c?", "swap"),
+        ("Copy from disk A to disk B", "Copy to disk A from disk B", "swap"),
+        ("Plans with up to 5 users", "Plans with at least 5 users", "polarity"),
+        ("Tickets for 3 or more people", "Tickets for 3 or fewer people", "polarity"),
+        ("Is (a + b) * c equal to 10?", "Is a + (b * c) equal to 10?", "symbols"),
+        (
+            "What does String? mean in Kotlin",
+            "What does String mean in Kotlin",
+            "symbols",
+        ),
+        ("Why does https?://x match?", "Why does https://x match?", "symbols"),
+    ],
+)
+def test_moved_operands_bounds_and_grouping_are_refused(
+    cached: str, query: str, check: str
+) -> None:
+    """Families a trial got served at the defaults: and/or around other
+    operands, opposite bounds, brackets moved, a question mark on a type."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (check, check)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("Can art change the world?", "Could art change the world?"),
+        ("What will you do next?", "What would you do next?"),
+        (
+            "What uncomfortable things (such as cold showers) improve your life?",
+            "What uncomfortable things such as cold showers improve your life?",
+        ),
+        ("Why is the sky blue", "Why is the sky blue??"),
+        ("What is AI? How do I learn it?", "What is AI? how do I learn it?"),
+    ],
+)
+def test_one_kind_of_modal_asides_and_closing_marks_pass(
+    cached: str, query: str
+) -> None:
+    """A modal traded for its own kind, brackets round an aside, a question
+    mark at the end: rewordings, not other questions."""
+    assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)

@@ -73,6 +73,12 @@ _OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
 # "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
 # compared whole. "city/village/town" is prose.
+# Marks that group or qualify a word in code and formulas; moved or dropped,
+# they change what is asked ("(a + b) * c" / "a + (b * c)", "String?" /
+# "String" in Kotlin, "https?://" / "https://" in a pattern).
+_GROUPING_MARKS = re.compile(r"[()\[\]{}?]")
+_BRACKETS = re.compile(r"[()\[\]{}]")
+_SPACES = re.compile(r"\s+")
 _PATH = re.compile(
     r"(?<![\w/])(?:~|\.{1,2})?/[\w.\-~/]*\w"
     r"|(?<![\w/])\w[\w.\-]*(?:/[\w.\-]+)+\.[A-Za-z0-9]{1,6}\b"
@@ -384,6 +390,18 @@ _SWAP_GROUPS = tuple(
         "if unless until",
     )
 )
+# Each swap-group word's group and member: "can" and "could" are one member.
+_SWAP_PLACE = {
+    word: (at, kind)
+    for at, group in enumerate(_SWAP_GROUPS)
+    for kind, member in enumerate(group)
+    for word in member
+}
+# Phrases that bound a number from below and from above: "up to 5 users"
+# and "at least 5 users" ask for opposite limits.
+_LOWER_BOUNDS = (("at", "least"), ("or", "more"), ("no", "less"), ("no", "fewer"))
+_UPPER_BOUNDS = (("up", "to"), ("at", "most"), ("or", "less"), ("or", "fewer"))
+_UPPER_BOUNDS += (("no", "more"),)
 # Prepositions that mark a role: where to, where from, by whom or how much,
 # for whom, against what, with what. Between texts otherwise the same, one
 # traded for another changes the question ("an email for our customer" /
@@ -469,6 +487,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
         return "polarity"
+    if _bounds_crossed(a.tokens, b.tokens):
+        return "polarity"
     if _swapped(a.tokens, b.tokens) or _preposition_traded(a.tokens, b.tokens):
         return "swap"
     if _number_roles_differ(a.number_roles, b.number_roles):
@@ -485,7 +505,7 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "entities"
     if a.quotes != b.quotes or _quotes(cached) != _quotes(query):
         return "quotes"
-    if a.symbols != b.symbols:
+    if a.symbols != b.symbols or _marks_moved(cached, query):
         return "symbols"
     if a.paths != b.paths:
         return "entities"
@@ -704,6 +724,26 @@ def _symbols(text: str) -> Iterable[str]:
             yield kept
 
 
+def _marks_moved(a: str, b: str) -> bool:
+    """True when the same characters are grouped by brackets otherwise, or
+    qualified by a question mark on one side only (see ``_GROUPING_MARKS``).
+
+    White space, case and the closing punctuation are not compared, and
+    brackets only when both sides hold the same ones: prose adds and drops
+    brackets around an aside ("things (such as cold showers)").
+    """
+    bare_a, bare_b = _bare(a), _bare(b)
+    if bare_a == bare_b:
+        return False
+    if _GROUPING_MARKS.sub("", bare_a) != _GROUPING_MARKS.sub("", bare_b):
+        return False
+    return Counter(_BRACKETS.findall(bare_a)) == Counter(_BRACKETS.findall(bare_b))
+
+
+def _bare(text: str) -> str:
+    return _SPACES.sub("", text).lower().rstrip(_PUNCTUATION)
+
+
 def _stands_alone(text: str, start: int, end: int) -> bool:
     """Whether text[start:end] has white space (or an end) on both sides."""
     before = start == 0 or text[start - 1].isspace()
@@ -739,13 +779,39 @@ def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 
 
 def _preposition_traded(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """True when the texts differ only by role prepositions traded for others."""
+    """True when the texts differ only by small words of one kind put in
+    each other's places: role prepositions ("for our customer" / "from our
+    customer"), or members of a swap group moved while their counts stay
+    ("a and b or c" / "a or b and c", "from x to y" / "to x from y")."""
     if len(a) != len(b):
         return False
     changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    return bool(changed) and all(
-        x in _ROLE_PREPOSITIONS and y in _ROLE_PREPOSITIONS for x, y in changed
+    return bool(changed) and all(_one_kind(x, y) for x, y in changed)
+
+
+def _one_kind(x: str, y: str) -> bool:
+    if x in _ROLE_PREPOSITIONS and y in _ROLE_PREPOSITIONS:
+        return True
+    place_x, place_y = _SWAP_PLACE.get(x), _SWAP_PLACE.get(y)
+    if place_x is None or place_y is None:
+        return False
+    return place_x[0] == place_y[0] and place_x[1] != place_y[1]
+
+
+def _bounds_crossed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when one side bounds from below where the other bounds from
+    above ("up to 5" / "at least 5", "or more" / "or fewer")."""
+    lower_a, upper_a = _bounds(a)
+    lower_b, upper_b = _bounds(b)
+    return (lower_a > lower_b and upper_b > upper_a) or (
+        lower_b > lower_a and upper_a > upper_b
     )
+
+
+def _bounds(tokens: tuple[str, ...]) -> tuple[int, int]:
+    pairs = list(pairwise(tokens))
+    lower = sum(pair in _LOWER_BOUNDS for pair in pairs)
+    return lower, sum(pair in _UPPER_BOUNDS for pair in pairs)
 
 
 def _number_roles_differ(
