@@ -246,7 +246,7 @@ def _check_store_path(target: str) -> None:
         raise ConfigError(
             f"{target} is a folder, not a spend store; point --db (or "
             "GOVERNOR_SPEND_DB) at the SQLite file the governor records to or "
-            "at a spend .jsonl trace"
+            "at a spend .jsonl file (spend records, not a span trace)"
         )
 
 
