@@ -788,6 +788,61 @@ def test_prices_set_on_the_call_price_it() -> None:
     assert task.report().cost_usd == price(10, 20)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"output_cost_per_token": -1e-7},
+        {"input_cost_per_token": float("nan")},
+        {"output_cost_per_token": float("inf")},
+        {"input_cost_per_token": float("-inf")},
+    ],
+)
+def test_a_call_price_that_is_no_price_is_refused_before_sending(
+    bad: dict[str, float],
+) -> None:
+    """A negative, infinite or NaN price set on the call is refused with a
+    ConfigError naming it, before the call is sent, leaving nothing held."""
+    from conftest import CountingLiteLLM
+
+    from governor import ConfigError
+
+    counter = CountingLiteLLM()
+    gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="1")]))
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    name = next(iter(bad))
+    with gov.task(team="t"), pytest.raises(ConfigError, match=f"sets {name}="):
+        llm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="x", **bad)
+    balance = gov.ledger.balance("team:t")
+    reserved = None if balance is None else balance.reserved_nanos
+    assert (counter.sent, reserved) == (0, None)
+
+
+def test_a_model_registered_with_a_negative_price_is_refused() -> None:
+    """litellm.register_model with a negative price does not lower the charge:
+    the model is refused as unpriced, naming the field."""
+    from governor import PriceUnknown
+
+    name = "openai/governor-test-negative-price"
+    litellm.register_model(
+        {
+            name: {
+                "input_cost_per_token": -1e-6,
+                "output_cost_per_token": 2e-6,
+                "litellm_provider": "openai",
+                "mode": "chat",
+            }
+        }
+    )
+    try:
+        gov = Governor()
+        with gov.task(), pytest.raises(PriceUnknown, match="input_cost_per_token="):
+            GovernedLiteLLM(gov).completion(
+                model=name, messages=MESSAGES, mock_response="x", max_tokens=20
+            )
+    finally:
+        litellm.model_cost.pop(name, None)
+
+
 @pytest.mark.parametrize("where", ["litellm_params", "model_info"])
 def test_router_deployment_prices_price_its_calls(where: str) -> None:
     """A Router deployment priced in its litellm_params or model_info is

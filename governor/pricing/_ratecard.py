@@ -656,8 +656,15 @@ class RateCard:
         return built
 
     def _call_rate(self, given: CallPrices) -> Rate:
-        """The rate of a call that sets prices of its own (see :func:`call_prices`)."""
+        """The rate of a call that sets prices of its own (see :meth:`rate`)."""
         model = given.model
+        problem = _bad_price(given.fields)
+        if problem is not None:
+            raise ConfigError(
+                f"the call to {model!r} sets {problem}, which is not a price: "
+                "give a finite number of dollars of 0 or more, or leave it out "
+                "to use the price map"
+            )
         kept = self._per_call.get(given.key)
         if kept is not None and (
             not kept.unmapped or self._runtime_found(model) is kept.runtime
@@ -902,6 +909,9 @@ def _rate_from_entry(
     ``where`` names the map in that reason; ``free`` takes token prices of
     zero as given (a call's own prices) rather than as none.
     """
+    problem = _bad_price(entry)
+    if problem is not None:
+        return f"{where} gives {key!r} {problem}, which is not a price"
     base = _base_prices(entry)
     if not free and not _prices_tokens(entry):
         return f"{where} lists it as {key!r} with no token prices"
@@ -935,6 +945,21 @@ def _rate_from_entry(
         audio_output_per_token=audio.output_per_token,
         audio_cache_read_per_token=audio.cache_read_per_token,
     )
+
+
+def _bad_price(entry: Mapping[str, Any]) -> str | None:
+    """The first price field of ``entry`` (or of its ``tiered_pricing``
+    rows) that is negative, infinite or NaN, as ``name=value``; else None."""
+    rows = entry.get("tiered_pricing")
+    tables = rows if isinstance(rows, list) else ()
+    for source in (entry, *(r for r in tables if isinstance(r, Mapping))):
+        for name, value in source.items():
+            if not is_call_price(name):
+                continue
+            price = _opt_dec(value)
+            if price is not None and (not price.is_finite() or price < 0):
+                return f"{name}={value!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
