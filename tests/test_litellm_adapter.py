@@ -803,7 +803,6 @@ def test_a_call_price_that_is_no_price_is_refused_before_sending(
     """A negative, infinite or NaN price set on the call is refused with a
     ConfigError naming it, before the call is sent, leaving nothing held."""
     from conftest import CountingLiteLLM
-
     from governor import ConfigError
 
     counter = CountingLiteLLM()
