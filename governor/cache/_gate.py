@@ -399,9 +399,13 @@ _SWAP_PLACE = {
 }
 # Phrases that bound a number from below and from above: "up to 5 users"
 # and "at least 5 users" ask for opposite limits.
-_LOWER_BOUNDS = (("at", "least"), ("or", "more"), ("no", "less"), ("no", "fewer"))
-_UPPER_BOUNDS = (("up", "to"), ("at", "most"), ("or", "less"), ("or", "fewer"))
-_UPPER_BOUNDS += (("no", "more"),)
+_LOWER_BOUNDS = frozenset(
+    tuple(phrase.split()) for phrase in ("at least", "or more", "no less", "no fewer")
+)
+_UPPER_BOUNDS = frozenset(
+    tuple(phrase.split())
+    for phrase in ("up to", "at most", "or less", "or fewer", "no more")
+)
 # Prepositions that mark a role: where to, where from, by whom or how much,
 # for whom, against what, with what. Between texts otherwise the same, one
 # traded for another changes the question ("an email for our customer" /
