@@ -200,7 +200,7 @@ class Budget(PolicyModel):
         if value and value < _NANO_USD:
             raise ValueError(
                 f"max_usd {value} is less than a nano-dollar, the smallest amount "
-                "a ledger counts; use 0 to refuse every call"
+                "a ledger counts; use 0 to refuse every paid call"
             )
         if value != value.quantize(_NANO_USD, rounding=ROUND_DOWN):
             raise ValueError(
