@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -310,3 +311,43 @@ def test_rolling_budgets_of_other_windows_all_apply(keyed: bool, order: int) -> 
         "team:search#rolling:3600s",
         "team:search#rolling:86400s",
     ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "first"),
+    [
+        ("Australia/Lord_Howe", datetime(2025, 10, 4, 13, tzinfo=UTC)),
+        ("Australia/Lord_Howe", datetime(2026, 4, 4, 13, tzinfo=UTC)),
+        ("America/New_York", datetime(2026, 3, 8, 5, tzinfo=UTC)),
+        ("America/New_York", datetime(2026, 11, 1, 4, tzinfo=UTC)),
+    ],
+)
+def test_hour_windows_tile_time_across_clock_changes(
+    zone: str, first: datetime
+) -> None:
+    """Each hour window starts where the last one reset, never inside it: after
+    Lord Howe's half-hour changes the hour the change cuts is 30 minutes."""
+    budget = Budget(scope="team", max_usd=1, period="hour", timezone=zone)
+    windows: list[tuple[str, datetime, datetime]] = []
+    for quarter in range(20):
+        now = first + timedelta(minutes=15 * quarter)
+        window = window_for(budget, now)
+        assert window.starts_at is not None
+        assert window.resets_at is not None
+        # Compared in UTC: datetimes of one zone compare by their wall clocks.
+        bounds = (window.starts_at.astimezone(UTC), window.resets_at.astimezone(UTC))
+        assert bounds[0] <= now < bounds[1]
+        parsed = parse_line_key("team:a" + window.key_suffix)
+        assert parsed.starts_at is not None
+        assert parsed.resets_at is not None
+        assert (
+            parsed.starts_at.astimezone(UTC),
+            parsed.resets_at.astimezone(UTC),
+        ) == bounds
+        if not windows or windows[-1][0] != window.key_suffix:
+            windows.append((window.key_suffix, *bounds))
+    for before, after in pairwise(windows):
+        assert before[2] == after[1]
+    lengths = {(end - start).total_seconds() for _, start, end in windows[1:-1]}
+    half_hour_zone = zone == "Australia/Lord_Howe"
+    assert lengths == ({1800.0, 3600.0} if half_hour_zone else {3600.0})

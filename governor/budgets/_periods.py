@@ -162,17 +162,7 @@ def _bounds(
     period: _Calendar, zone: ZoneInfo, local: datetime
 ) -> tuple[datetime, datetime]:
     if period == "hour":
-        # Step back to the local hour in real time, not on the wall clock:
-        # after a half-hour clock change (Lord Howe) the wall clock's
-        # "01:00" may be an hour that has already ended.
-        into = timedelta(
-            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
-        )
-        start_utc = local.astimezone(UTC) - into
-        # An hour is 3600 s of real time even across a clock change.
-        return start_utc.astimezone(zone), (start_utc + timedelta(hours=1)).astimezone(
-            zone
-        )
+        return _hour_bounds(zone, local)
     day = local.date()
     if period == "day":
         first, after = day, day + timedelta(days=1)
@@ -183,6 +173,47 @@ def _bounds(
         first = day.replace(day=1)
         after = _next_month(first)
     return _midnight(first, zone), _midnight(after, zone)
+
+
+def _hour_bounds(zone: ZoneInfo, local: datetime) -> tuple[datetime, datetime]:
+    """The wall-clock hour holding ``local``, in real time.
+
+    Stepped back and forward in real time at the current UTC offset, so a
+    fall-back night's two 01:00 hours are two windows. A clock change inside
+    that span cuts the hour there: after Lord Howe's half-hour change at
+    02:00, local "02:30" to "03:00" is an hour window of 30 minutes, as a
+    spring-forward day is a day of 23 hours; windows never overlap.
+    """
+    now = local.astimezone(UTC)
+    into = timedelta(
+        minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+    )
+    start, end = now - into, now - into + timedelta(hours=1)
+    offset = local.utcoffset()
+    if start.astimezone(zone).utcoffset() != offset:
+        start = _clock_change(zone, start, now)
+    if (end - _SECOND).astimezone(zone).utcoffset() != offset:
+        end = _clock_change(zone, now, end - _SECOND)
+    return start.astimezone(zone), end.astimezone(zone)
+
+
+_SECOND = timedelta(seconds=1)
+
+
+def _clock_change(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
+    """The first whole second after ``before`` at which ``zone`` has the UTC
+    offset it has at ``after`` (one change lies between them)."""
+    wanted = after.astimezone(zone).utcoffset()
+    low = before.replace(microsecond=0)
+    high = after.replace(microsecond=0) + _SECOND
+    while high - low > _SECOND:
+        middle = low + (high - low) / 2
+        middle = middle.replace(microsecond=0)
+        if middle.astimezone(zone).utcoffset() == wanted:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _midnight(day: date, zone: ZoneInfo) -> datetime:
@@ -219,9 +250,6 @@ def _parse_calendar(
         start = _start_from_id(period, window_id, zone)
     except (ValueError, KeyError):
         return None
-    if period == "hour":  # the id is the start itself, half-hour starts too
-        after = (start.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
-        return period, zone.key, start.astimezone(zone), after
     first, after = _bounds(period, zone, start.astimezone(zone))
     return period, zone.key, first, after
 
