@@ -286,11 +286,26 @@ class SlotUnavailable(GovernorError, TimeoutError):
 
     code = "slot_unavailable"
 
-    def __init__(self, key: str, limit: int, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        limit: int,
+        timeout_s: float | None,
+        *,
+        blocking_loop: bool = False,
+    ) -> None:
         self.key = key
         self.limit = limit
         self.timeout_s = timeout_s
-        super().__init__(_slot_message(key, limit, timeout_s))
+        message = _slot_message(key, limit, timeout_s)
+        if blocking_loop and timeout_s != 0:
+            message += (
+                " The wait blocked the thread of a running event loop, so no "
+                "call on that loop could finish and free its slot meanwhile: "
+                "in async code use the async API (acompletion, ainvoke), or "
+                "run the blocking call in a thread (asyncio.to_thread)."
+            )
+        super().__init__(message)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -310,3 +310,23 @@ def test_a_cap_of_one_says_its_one_slot_is_busy() -> None:
     assert _slot_message("team:x", 3, 2.0).startswith(
         "all 3 slots of 'team:x' stayed busy for 2.0 s."
     )
+
+
+def test_a_blocking_wait_on_an_event_loop_says_so(semaphore: Semaphore) -> None:
+    """A sync wait for a slot made on a loop's thread cannot see the loop's own
+    calls end; the timeout says so and names the async API. A wait from a
+    plain thread does not get that advice."""
+    held = [semaphore.acquire(), semaphore.acquire()]
+
+    async def blocking_wait_on_the_loop() -> str:
+        with pytest.raises(SlotUnavailable) as caught:
+            semaphore.acquire(timeout_s=0.05)
+        return str(caught.value)
+
+    on_loop = asyncio.run(blocking_wait_on_the_loop())
+    with pytest.raises(SlotUnavailable) as plain:
+        semaphore.acquire(timeout_s=0.05)
+    for token in held:
+        semaphore.release(token)
+    assert "blocked the thread of a running event loop" in on_loop
+    assert "event loop" not in str(plain.value)

@@ -192,7 +192,9 @@ class LocalSemaphore(_SlotMixin):
             raise
         token = self._settle_waiter(waiter, keep=True)
         if token is None:
-            raise SlotUnavailable(self.key, self.limit, timeout_s)
+            raise SlotUnavailable(
+                self.key, self.limit, timeout_s, blocking_loop=_on_a_loop()
+            )
         return token
 
     async def aacquire(self, timeout_s: float | None = None) -> str:
@@ -360,7 +362,9 @@ class RedisSemaphore(_SlotMixin):
         while not self._take(token):
             left = _left(deadline)
             if left is not None and left <= 0:
-                raise SlotUnavailable(self.key, self.limit, timeout_s)
+                raise SlotUnavailable(
+                    self.key, self.limit, timeout_s, blocking_loop=_on_a_loop()
+                )
             time.sleep(_pause(pause, left))
             pause = min(pause * 2, _POLL_MAX_S)
         return token
@@ -547,3 +551,12 @@ _RELEASE_LUA: Final = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
 # KEYS: slots.  Returns the number of live slots.
 _COUNT_LUA: Final = _NOW_LUA + "return redis.call('ZCARD', KEYS[1])"
+
+
+def _on_a_loop() -> bool:
+    """Whether this thread runs an event loop (a blocking wait here stalls it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
