@@ -174,6 +174,7 @@ class Governor:
         self._warned_streams = False
         self._warned_clash = False
         self._warned_over: set[str] = set()
+        self._warned_slow: set[str] = set()  # per-second models past max_call_s
         self._spend_closed = False
         self._warned_closed = False
         self._close_once = threading.Lock()
@@ -1550,7 +1551,37 @@ class Governor:
         duration = None
         if rate.usd_per_second is not None:
             duration = time.monotonic() - admission.started_at
+            self._check_over_time(admission, duration)
         return rate.cost_nanos(usage, duration_s=duration), usage, rate.source
+
+    def _check_over_time(self, admission: Admission, duration_s: float) -> None:
+        """Say so when a call priced per second ran past ``Policy.max_call_s``.
+
+        Its hold covered only that much time; it is charged its wall time
+        (that is the bill), so it can overrun the budget it was admitted
+        under. Logged once a model; not for a stream an adapter cut at the
+        limit (the ``time_cut`` extra), whose adapter says so itself.
+        """
+        limit = admission.task.policy.max_call_s
+        model = admission.request.model
+        if duration_s <= limit or model in self._warned_slow:
+            return
+        if not admission.rate.usd_per_second or admission.extras.get("time_cut"):
+            return
+        self._warned_slow.add(model)
+        logger.warning(
+            "a call to %s, priced per second, ran %.1f s, %.1f s past "
+            "Policy.max_call_s (%g s), the time its call held; it is charged "
+            "the time it ran, which can overrun its budgets. Raise max_call_s "
+            "to the longest call the model makes, or give its client a "
+            "timeout of at most max_call_s (the LiteLLM adapter sends "
+            "timeout=max_call_s, which a custom provider may ignore). Logged "
+            "once per model.",
+            model,
+            duration_s,
+            duration_s - limit,
+            limit,
+        )
 
     def _check_over_ceiling(self, admission: Admission, usage: Usage) -> None:
         """Say so when a provider reports more output than the ceiling sent.

@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 
@@ -47,7 +47,7 @@ from governor._errors import ConfigError, GovernorError, GovernorHalt
 from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import Task, current_task
-from governor.adapters._ceiling import OutputCeiling
+from governor.adapters._ceiling import TIME, OutputCeiling
 from governor.adapters._embeddings import embedding_request, embedding_result
 from governor.adapters._tokens import (
     NOT_SENT_ATTRIBUTE,
@@ -1038,6 +1038,27 @@ def _no_sdk_retries(kwargs: dict[str, Any]) -> None:
         kwargs["max_retries"] = 0
 
 
+def _time_limit(admission: Admission, kwargs: dict[str, Any]) -> None:
+    """Send a call priced per second a timeout of ``Policy.max_call_s``.
+
+    Such a call held that much time and is charged the time it runs: left
+    to run longer, it would overrun the budgets it was admitted under. Timed
+    out, it is charged its hold (see :func:`_failed`). A smaller number the
+    caller set is kept; a larger one, or a timeout object, is replaced.
+    """
+    if not admission.rate.usd_per_second:
+        return
+    limit = admission.task.policy.max_call_s
+    given = kwargs.get("timeout")
+    if _is_seconds(given) and 0 < given <= limit:
+        return
+    kwargs["timeout"] = limit
+
+
+def _is_seconds(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _asks_for_usage(kwargs: Mapping[str, Any]) -> bool:
     """True when the caller's own ``stream_options`` ask for the usage chunk."""
     options = kwargs.get("stream_options")
@@ -1052,9 +1073,11 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
 
     ``cache=False`` (the governor's opt-out) is sent in LiteLLM's form, which
     takes only a mapping there; the SDK's retries are off unless the caller
-    set ``max_retries``.
+    set ``max_retries``. A call priced per second is sent a timeout of
+    ``Policy.max_call_s`` (see :func:`_time_limit`).
     """
     _no_sdk_retries(kwargs)
+    _time_limit(admission, kwargs)
     flag = kwargs.get("cache")
     if flag is True:
         del kwargs["cache"]
@@ -1989,25 +2012,54 @@ def _delta_text(chunk: Any) -> str:
 
 
 class _StreamCeiling:
-    """Cuts a LiteLLM stream that runs far past its reserved output.
+    """Cuts a LiteLLM stream that runs far past its reserved output, or (priced
+    per second) past ``Policy.max_call_s``.
 
     The ceiling is the shared one (see ``governor.adapters._ceiling``): the
     chunk that passes it is served, and the next read ends the stream.
     """
 
     def __init__(self, admission: Admission) -> None:
+        self._admission = admission
         self._ceiling = OutputCeiling(admission)
 
     def passed(self, chunk: Any) -> bool:
-        """Add a chunk's output; True once the output passes the limit."""
+        """Add a chunk's output; True once the output or the time passes the
+        limit."""
         ceiling = self._ceiling
         if not ceiling.passed(_delta_parts(chunk)):
             return False
-        _warn_cut_off(ceiling.model, ceiling.reserved_tokens, ceiling.chars)
+        if ceiling.reason == TIME and ceiling.max_call_s is not None:
+            # The engine need not warn of the overrun: it is said here.
+            self._admission.extras[TIME_CUT] = True
+            _warn_out_of_time(ceiling.model, ceiling.elapsed_s, ceiling.max_call_s)
+        else:
+            _warn_cut_off(ceiling.model, ceiling.reserved_tokens, ceiling.chars)
         return True
 
 
+TIME_CUT = "time_cut"
+"""The admission's extras key set when its stream was cut at max_call_s: the
+engine then leaves the overrun's warning to this adapter."""
+
 _CUT_OFF_WARNED: set[str] = set()
+_OUT_OF_TIME_WARNED: set[str] = set()
+
+
+def _warn_out_of_time(model: str, elapsed_s: float, max_call_s: float) -> None:
+    if model in _OUT_OF_TIME_WARNED:
+        return
+    _OUT_OF_TIME_WARNED.add(model)
+    logger.warning(
+        "a stream from %s, priced per second, was still running after %.2f s, "
+        "past Policy.max_call_s (%g s) that its call held: the governor closed "
+        "the stream to keep the call near its budget (it is charged the time "
+        "it ran). Raise max_call_s if calls to this model take longer. Logged "
+        "once per model.",
+        model,
+        elapsed_s,
+        max_call_s,
+    )
 
 
 def _warn_cut_off(model: str, reserved: int, streamed: int) -> None:
