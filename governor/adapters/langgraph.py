@@ -17,6 +17,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -140,6 +141,13 @@ _FAILURE = "failure"
 
 _NS_SEP = "|"
 """Separates the graph levels of a LangGraph checkpoint namespace."""
+
+_SETTLE_WAIT_S = 5.0
+"""How long a run's end waits for model calls that a node's thread is
+opening or settling, so that the task's report counts them."""
+
+_SETTLE_POLL_S = 0.002
+"""How often an async run's end looks whether those calls are done."""
 
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
@@ -558,6 +566,10 @@ class _HandlerCore:
         self._streamed: dict[UUID, list[str]] = {}
         self._ceilings: dict[UUID, OutputCeiling] = {}
         self._steps: dict[UUID, tuple[str, str | None]] = {}
+        # Calls being opened or settled right now, in neither ``_calls`` nor
+        # the task's totals: the run's end waits for them (see abandon_open_calls).
+        self._busy = 0
+        self._quiet = threading.Condition(self._lock)
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
@@ -733,6 +745,41 @@ class _HandlerCore:
             choices=int(params.get("n") or 1),
         )
 
+    def _open(self, run_id: UUID, request: CallRequest) -> None:
+        """Reserve the call and add it to the open calls."""
+        self._opening()
+        try:
+            self._admitted(run_id, self.governor.begin_call(request))
+        finally:
+            self._done()
+
+    async def _aopen(self, run_id: UUID, request: CallRequest) -> None:
+        """Async form of :meth:`_open`."""
+        self._opening()
+        try:
+            self._admitted(run_id, await self.governor.abegin_call(request))
+        finally:
+            self._done()
+
+    def _opening(self) -> None:
+        """Count a call being opened; refuse it if its run is ending.
+
+        Checked under the lock the run's end collects the open calls with:
+        a call the run's end does not wait for is refused here.
+        """
+        with self._lock:
+            ending = self.task.ending
+            if ending is not None:
+                raise ending()
+            self._busy += 1
+
+    def _done(self) -> None:
+        """A call counted by :meth:`_opening` or :meth:`_take` is open, or
+        settled on its task."""
+        with self._lock:
+            self._busy -= 1
+            self._quiet.notify_all()
+
     def _admitted(self, run_id: UUID, admission: Admission) -> None:
         with self._lock:
             self._calls[run_id] = admission
@@ -747,20 +794,27 @@ class _HandlerCore:
         ``on_llm_error`` charges what arrived. A token reaching a sync run
         that is ending stops its stream the same way: any chat model's, and
         a LiteLLM stream that opened after the run hung up on the others
-        (its call was sent before) is hung up on first.
+        (its call was sent before) is hung up on first; the chunk counts as
+        arrived.
         """
-        if self.task.ending is not None:
-            _hang_up(self.task)
-            raise self.task.ending()
         parts = list(_chunk_output(token, chunk))
+        ending = self.task.ending
         with self._lock:
             pieces = self._streamed.get(run_id)
             ceiling = self._ceilings.get(run_id)
-            if pieces is None or ceiling is None:
-                return
-            pieces.extend(parts)
-            if not ceiling.passed(parts):
-                return
+            if pieces is not None:
+                pieces.extend(parts)
+            passed = (
+                ending is None
+                and pieces is not None
+                and ceiling is not None
+                and ceiling.passed(parts)
+            )
+        if ending is not None:
+            _hang_up(self.task)
+            raise ending()
+        if not passed or ceiling is None:
+            return
         raise OutputLimitExceeded(
             model=ceiling.model,
             reserved_tokens=ceiling.reserved_tokens,
@@ -771,9 +825,21 @@ class _HandlerCore:
     def _ended(
         self, run_id: UUID, response: LLMResult
     ) -> tuple[Admission, CallResult] | None:
-        admission = self._pop(run_id)
-        if admission is None:
+        """Take the call off the open calls, with its result; settling it
+        is up to the caller, who then calls :meth:`_done`."""
+        taken = self._take(run_id)
+        if taken is None:
             return None
+        admission = taken[0]
+        try:
+            return admission, self._answered(admission, response)
+        except BaseException:
+            self._done()
+            raise
+
+    def _answered(self, admission: Admission, response: LLMResult) -> CallResult:
+        """An answered call's result, at the usage the model reported (or a
+        local count)."""
         request = admission.request
         model = _response_model(response)
         text = _generated_text(response)
@@ -785,7 +851,7 @@ class _HandlerCore:
             text=text,
             extra_prompt=request.extra_prompt,
         )
-        return admission, CallResult(
+        return CallResult(
             usage=usage, response_model=model, output_text=_judged(response, text)
         )
 
@@ -808,11 +874,28 @@ class _HandlerCore:
     def _failed(
         self, run_id: UUID, error: BaseException
     ) -> tuple[Admission, CallResult] | None:
-        with self._lock:
-            text = "".join(self._streamed.get(run_id, []))
-        admission = self._pop(run_id)
-        if admission is None:
+        """Take the failed call off the open calls, with its result; settling
+        it is up to the caller, who then calls :meth:`_done`."""
+        taken = self._take(run_id)
+        if taken is None:
             return None
+        try:
+            return self._cut_off(*taken, error)
+        except BaseException:
+            self._done()
+            raise
+
+    def _cut_off(
+        self, admission: Admission, text: str, error: BaseException
+    ) -> tuple[Admission, CallResult]:
+        """A failed call's result: what it streamed, or its hold if it was
+        cut off after sending with nothing seen.
+
+        A call hung up on because its run ended (:class:`_RunEnded`) was
+        left open by the run, as the calls the run's end finds open are.
+        """
+        if isinstance(error, _RunEnded):
+            error = _Abandoned()
         if text:  # a stream cut off: the provider stops with the connection
             request = admission.request
             usage = settled_usage(
@@ -832,27 +915,86 @@ class _HandlerCore:
 
         What they streamed is charged (as an estimate) and the rest released,
         so a cancelled task does not pin its budget until the holds expire.
+        A call another thread is opening or settling right now (a sync
+        node's) is waited for, up to :data:`_SETTLE_WAIT_S` seconds, so that
+        the task's report counts it.
         """
-        for admission, result in self._abandoned():
-            self.governor.end_call(admission, result)
+        deadline = time.monotonic() + _SETTLE_WAIT_S
+        while True:
+            waited_out = time.monotonic() >= deadline
+            for admission, result in self._abandoned():
+                self.governor.end_call(admission, result)
+            if not self._wait_again(waited_out):
+                return
+            with self._lock:
+                left = deadline - time.monotonic()
+                self._quiet.wait_for(self._changed, max(left, 0.0))
 
     async def aabandon_open_calls(self) -> None:
         """Async form of :meth:`abandon_open_calls`, for an event loop."""
-        for admission, result in self._abandoned():
-            await self.governor.aend_call(admission, result)
+        deadline = time.monotonic() + _SETTLE_WAIT_S
+        while True:
+            waited_out = time.monotonic() >= deadline
+            for admission, result in self._abandoned():
+                await self.governor.aend_call(admission, result)
+            if not self._wait_again(waited_out):
+                return
+            await asyncio.sleep(_SETTLE_POLL_S)
+
+    def _changed(self) -> bool:
+        """Under the lock: a call was opened, or none is busy any more."""
+        return bool(self._calls) or not self._busy
+
+    def _wait_again(self, waited_out: bool) -> bool:
+        """True while calls are open or busy (being opened or settled
+        elsewhere) and the wait for them is not over; a wait that ran out
+        leaves them out of the report, with a warning."""
+        with self._lock:
+            left = len(self._calls) + self._busy
+        if not left:
+            return False
+        if not waited_out:
+            return True
+        logger.warning(
+            "task %s: %d model call(s) were still being opened or settled "
+            "%.0f s after the run ended; the task's report leaves out what "
+            "they cost, which its budget lines and spend records still get",
+            self.task.id,
+            left,
+            _SETTLE_WAIT_S,
+        )
+        return False
 
     def _abandoned(self) -> list[tuple[Admission, CallResult]]:
-        """The open calls, each with its result as an abandoned call."""
+        """Take the open calls, each with its result as an abandoned call."""
         with self._lock:
-            open_runs = list(self._calls)
-        found = (self._failed(run_id, _Abandoned()) for run_id in open_runs)
-        return [failed for failed in found if failed is not None]
+            taken = [self._remove(run_id) for run_id in list(self._calls)]
+        return [
+            self._cut_off(admission, text, _Abandoned())
+            for admission, text in taken
+            if admission is not None
+        ]
 
-    def _pop(self, run_id: UUID) -> Admission | None:
+    def _take(self, run_id: UUID) -> tuple[Admission, str] | None:
+        """Take an open call off the open calls, with what it streamed, to
+        settle it here; it counts as busy until :meth:`_done`.
+
+        The call moves from open to busy at once, so the run's end always
+        finds it in one of them: it settles the call itself or waits for it.
+        """
         with self._lock:
-            self._streamed.pop(run_id, None)
-            self._ceilings.pop(run_id, None)
-            return self._calls.pop(run_id, None)
+            admission, text = self._remove(run_id)
+            if admission is None:
+                return None
+            self._busy += 1
+            return admission, text
+
+    def _remove(self, run_id: UUID) -> tuple[Admission | None, str]:
+        """Under the lock: drop the call's state; its admission, if it was
+        open, and what it streamed."""
+        self._ceilings.pop(run_id, None)
+        text = "".join(self._streamed.pop(run_id, []))
+        return self._calls.pop(run_id, None), text
 
     def _span_for(self, run_id: UUID | None) -> Span | None:
         """The nearest node span at or above a run, else the task span."""
@@ -977,7 +1119,7 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
         if request is not None:
-            self._admitted(run_id, self.governor.begin_call(request))
+            self._open(run_id, request)
 
     def on_llm_start(
         self,
@@ -996,7 +1138,7 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
         if request is not None:
-            self._admitted(run_id, self.governor.begin_call(request))
+            self._open(run_id, request)
 
     def on_llm_new_token(
         self,
@@ -1016,7 +1158,10 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
             return
         ended = self._ended(run_id, response)
         if ended is not None:
-            self.governor.end_call(*ended)
+            try:
+                self.governor.end_call(*ended)
+            finally:
+                self._done()
             self._judge_repeat(*ended)
 
     def on_llm_error(
@@ -1027,7 +1172,10 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
             return
         failed = self._failed(run_id, error)
         if failed is not None:
-            self.governor.end_call(*failed)
+            try:
+                self.governor.end_call(*failed)
+            finally:
+                self._done()
 
 
 class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
@@ -1138,7 +1286,7 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
         if request is not None:
-            self._admitted(run_id, await self.governor.abegin_call(request))
+            await self._aopen(run_id, request)
 
     async def on_llm_start(
         self,
@@ -1158,7 +1306,7 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
         if request is not None:
-            self._admitted(run_id, await self.governor.abegin_call(request))
+            await self._aopen(run_id, request)
 
     async def on_llm_new_token(
         self,
@@ -1189,7 +1337,10 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
             return
         ended = self._ended(run_id, response)
         if ended is not None:
-            await self.governor.aend_call(*ended)
+            try:
+                await self.governor.aend_call(*ended)
+            finally:
+                self.core._done()
             self._judge_repeat(*ended)
 
     async def on_llm_error(
@@ -1206,7 +1357,10 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
             return
         failed = self._failed(run_id, error)
         if failed is not None:
-            await self.governor.aend_call(*failed)
+            try:
+                await self.governor.aend_call(*failed)
+            finally:
+                self.core._done()
 
 
 # -- helpers -------------------------------------------------------------
