@@ -217,16 +217,19 @@ def _budget_advice(unit: str) -> str:
 
 
 class OutputLimitExceeded(GovernorHalt):
-    """A streamed answer ran far past the output tokens its call reserved.
+    """A streamed answer ran far past what its call reserved.
 
-    The model (or a proxy in front of it) ignored ``max_tokens``, so the
-    governor stopped reading the stream: generation stops with the
-    connection, and the call is charged for what arrived.
+    The model (or a proxy in front of it) ignored ``max_tokens``, or a model
+    priced per second streamed past ``Policy.max_call_s``, so the governor
+    stopped reading the stream: generation stops with the connection, and
+    the call is charged for what arrived (or the time it ran).
 
     Attributes:
-        model: the model that ignored its limit.
+        model: the model that ran past its limit.
         reserved_tokens: the output tokens the call was admitted with.
         streamed_chars: the output characters received when it was stopped.
+        max_call_s: for a model priced per second stopped for time, the
+            seconds its call held; None when it was stopped for its output.
     """
 
     code = "output_limit_exceeded"
@@ -238,18 +241,28 @@ class OutputLimitExceeded(GovernorHalt):
         reserved_tokens: int,
         streamed_chars: int,
         task_id: str | None = None,
+        max_call_s: float | None = None,
     ) -> None:
         self.model = model
         self.reserved_tokens = reserved_tokens
         self.streamed_chars = streamed_chars
-        super().__init__(
-            f"a stream from {model!r} sent {streamed_chars} characters for the "
-            f"{reserved_tokens} output tokens reserved for it, so the governor "
-            "stopped it: the model ignores max_tokens. The call was charged for "
-            "what arrived. Check that max_tokens reaches the provider (set it on "
-            "the chat model, and on any proxy in between).",
-            task_id=task_id,
-        )
+        self.max_call_s = max_call_s
+        if max_call_s is not None:
+            message = (
+                f"a stream from {model!r}, priced per second, was still running "
+                f"past Policy.max_call_s ({max_call_s:g} s), the time its call "
+                "held, so the governor stopped it. The call was charged for the "
+                "time it ran. Raise max_call_s if calls to this model take longer."
+            )
+        else:
+            message = (
+                f"a stream from {model!r} sent {streamed_chars} characters for "
+                f"the {reserved_tokens} output tokens reserved for it, so the "
+                "governor stopped it: the model ignores max_tokens. The call was "
+                "charged for what arrived. Check that max_tokens reaches the "
+                "provider (set it on the chat model, and on any proxy in between)."
+            )
+        super().__init__(message, task_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,6 +270,7 @@ class OutputLimitExceeded(GovernorHalt):
             "model": self.model,
             "reserved_tokens": self.reserved_tokens,
             "streamed_chars": self.streamed_chars,
+            "max_call_s": self.max_call_s,
         }
 
 

@@ -255,9 +255,13 @@ def test_a_langgraph_stream_past_max_call_s_is_stopped() -> None:
     builder.add_edge("write", END)
     pricing = Pricing(overrides={"gpt-4o": Price(usd_per_second="1")})
     graph = govern(builder.compile(), Governor(policy(pricing=pricing)))
-    with pytest.raises(OutputLimitExceeded):
+    with pytest.raises(OutputLimitExceeded) as stopped:
         graph.invoke({"text": ""})
     report = graph.last_report
     assert report is not None
     assert model.chunks_sent < 50  # of 100, 2 s of them
     assert Decimal("0.3") < report.cost_usd < Decimal("0.6")
+    # Stopped for time, and said so: not the max_tokens advice.
+    assert stopped.value.max_call_s == pytest.approx(0.3)
+    assert "max_tokens" not in str(stopped.value)
+    assert "Policy.max_call_s" in str(stopped.value)

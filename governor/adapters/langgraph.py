@@ -49,7 +49,7 @@ from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, OutputLimitExceeded
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
-from governor.adapters._ceiling import OutputCeiling
+from governor.adapters._ceiling import TIME, OutputCeiling
 from governor.adapters._tokens import (
     count_prompt_tokens,
     countable_prompt,
@@ -810,16 +810,21 @@ class _HandlerCore:
                 and ceiling is not None
                 and ceiling.passed(parts)
             )
+            admission = self._calls.get(run_id)
         if ending is not None:
             _hang_up(self.task)
             raise ending()
         if not passed or ceiling is None:
             return
+        out_of_time = ceiling.reason == TIME
+        if out_of_time and admission is not None:
+            admission.extras["time_cut"] = True  # said here, not by the engine
         raise OutputLimitExceeded(
             model=ceiling.model,
             reserved_tokens=ceiling.reserved_tokens,
             streamed_chars=ceiling.chars,
             task_id=self.task.id,
+            max_call_s=ceiling.max_call_s if out_of_time else None,
         )
 
     def _ended(
