@@ -7,7 +7,7 @@ prices are fractions of a micro-dollar, so micro-dollars would round real calls.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, Decimal, localcontext
 
 NANOS_PER_USD = 10**9
 _NANO = Decimal(1).scaleb(-9)
@@ -23,14 +23,21 @@ def nanos_to_usd(nanos: int) -> Decimal:
 
     Trailing zeros are dropped, but never into an exponent: 200 dollars is
     ``Decimal("200")``, not ``Decimal("2E+2")``.
+
+    Exact for any count, however large: the arithmetic runs with as many
+    digits as ``nanos`` has, where the default 28 would round a huge amount
+    (and fail to write it without an exponent).
     """
     if not nanos:
         return Decimal(0)
-    amount = (Decimal(nanos) * _NANO).normalize()
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent > 0:
-        return amount.quantize(Decimal(1))
-    return amount
+    with localcontext() as ctx:
+        # log10(2) < 0.30103: enough digits for every digit of ``nanos``.
+        ctx.prec = max(ctx.prec, abs(nanos).bit_length() * 30103 // 100_000 + 2)
+        amount = (Decimal(nanos) * _NANO).normalize()
+        exponent = amount.as_tuple().exponent
+        if isinstance(exponent, int) and exponent > 0:
+            return amount.quantize(Decimal(1))
+        return amount
 
 
 def as_decimal(value: object, *, field: str) -> Decimal:

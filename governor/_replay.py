@@ -202,11 +202,13 @@ def load_policy(spec: str) -> Policy:
     """Load a policy from ``default``, ``pack:NAME``, a ``.json`` or ``.py`` file.
 
     A Python file must define ``POLICY``; ``path.py:NAME`` picks another name.
-    ``pack:NAME`` is a ready-made pack of :mod:`governor.policies.packs`.
+    ``pack:NAME`` is a ready-made pack of :mod:`governor.policies.packs`. A
+    file is read as UTF-8 (a byte-order mark is allowed); a JSON file may
+    not name one key twice in an object, since the last would silently win.
 
     Raises:
-        ConfigError: the file is missing or does not hold a Policy, or no
-            pack has that name.
+        ConfigError: the file is missing, is neither ``.json`` nor ``.py``,
+            is not UTF-8, or does not hold a Policy; or no pack has that name.
     """
     if spec == "default":
         return Policy()
@@ -221,22 +223,100 @@ def load_policy(spec: str) -> Policy:
             f"policy {spec!r} is not 'default', 'pack:NAME' or an existing "
             ".json / .py file"
         )
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not a policy: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: not a policy: a policy file holds one JSON object "
-                f'such as {{"budgets": [{{"max_usd": "1"}}]}}, got a JSON '
-                f"{type(data).__name__}"
-            )
-        try:
-            return Policy(**data)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a policy: {exc}") from exc
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".py"):
+        raise ConfigError(
+            f"{path}: a policy file must be a .json file (one JSON object) or "
+            "a .py file that defines POLICY, named so; or give 'default' or "
+            "'pack:NAME'"
+        )
+    if suffix == ".json":
+        return _json_policy(path)
     return _python_policy(path, name or "POLICY")
+
+
+def _check_utf8(path: Path) -> str:
+    """The file's text, read as UTF-8 with or without a byte-order mark.
+
+    Raises:
+        ConfigError: it is not UTF-8 (UTF-16, Latin-1, ...).
+    """
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save "
+            "the file as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+
+
+def _check_source_text(path: Path) -> None:
+    """Refuse a .py file that its own encoding (UTF-8 unless it declares
+    another in a coding line) cannot read, e.g. one saved as UTF-16."""
+    import io
+    import tokenize
+
+    data = path.read_bytes()
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError:
+        encoding = "utf-8"
+    if encoding.startswith("utf-8"):
+        _check_utf8(path)
+        return
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not {encoding} text as its coding line says ({exc.reason} "
+            f"at byte {exc.start}); save the file as UTF-8"
+        ) from exc
+
+
+def _json_policy(path: Path) -> Policy:
+    text = _check_utf8(path)
+    try:
+        data = _unique_keys(json.loads(text, object_pairs_hook=_Pairs), "")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a policy: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: not a policy: a policy file holds one JSON object "
+            f'such as {{"budgets": [{{"max_usd": "1"}}]}}, got a JSON '
+            f"{type(data).__name__}"
+        )
+    try:
+        return Policy(**data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a policy: {exc}") from exc
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's members as read, duplicates kept, for _unique_keys."""
+
+
+def _unique_keys(value: Any, where: str) -> Any:
+    """``value`` with its objects made dicts; ValueError on a key given twice.
+
+    ``json.loads`` keeps the last of two equal keys, so a policy that names
+    ``budgets`` twice would silently drop the first list: refused instead.
+    """
+    if isinstance(value, _Pairs):
+        result: dict[str, Any] = {}
+        for key, item in value:
+            if key in result:
+                place = f" in {where}" if where else " at the top level"
+                raise ValueError(
+                    f"key {key!r} appears twice{place}; the last would silently "
+                    "replace the first: keep one"
+                )
+            result[key] = _unique_keys(item, f"{where}.{key}" if where else key)
+        return result
+    if isinstance(value, list):
+        return [_unique_keys(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
 
 
 def _python_policy(path: Path, name: str) -> Policy:
@@ -247,10 +327,25 @@ def _python_policy(path: Path, name: str) -> Policy:
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
+        _check_source_text(path)  # the likelier cause, in plainer words
         raise ConfigError(f"{path}: importing it failed: {exc!r}") from exc
-    policy = getattr(module, name, None)
+    if not hasattr(module, name):
+        raise ConfigError(
+            f"{path} defines no Policy named {name}: define {name} = Policy(...) "
+            f"in it, or name the policy after a colon ({path}:NAME)"
+        )
+    policy = getattr(module, name)
     if not isinstance(policy, Policy):
-        raise ConfigError(f"{path} defines no Policy named {name}")
+        hint = (
+            f"; build it with {name} = Policy(**{{...}}), or save the mapping "
+            "as a .json policy file"
+            if isinstance(policy, dict)
+            else ""
+        )
+        raise ConfigError(
+            f"{path}: {name} is defined but is {_a(type(policy).__name__)}, not "
+            f"a Policy{hint}"
+        )
     return policy
 
 
@@ -263,3 +358,8 @@ def swaps_from(pairs: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"model swap {pair!r} must look like OLD=NEW")
         swaps[old] = new
     return swaps
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: 'a dict', 'an int'."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -82,9 +82,10 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
     a, b = run_a.as_dict(), run_b.as_dict()
     per_a = Decimal(a["cost_per_task_usd"])
     per_b = Decimal(b["cost_per_task_usd"])
-    change = (per_b - per_a) / per_a * 100 if per_a else Decimal(0)
+    change = _change_pct(per_a, per_b)
     if args.json:
-        print(json.dumps({"a": a, "b": b, "cost_per_task_change_pct": float(change)}))
+        pct = None if change is None else float(change)
+        print(json.dumps({"a": a, "b": b, "cost_per_task_change_pct": pct}))
         return
     header = ("", "tasks", "cost USD", "per task", "stopped", "quality")
     print("{:<4}{:>6}  {:>14}  {:>14}  {:>7}  {}".format(*header))
@@ -101,4 +102,13 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
                 "as good; a stopped task counts at quality 0"
             )
     print(f"\nA = {run_a.label}\nB = {run_b.label}")
-    print(f"Cost per task: ${per_a} -> ${per_b} ({change:+.1f}%)")
+    shown = "n/a: A costs nothing" if change is None else f"{change:+.1f}%"
+    print(f"Cost per task: ${per_a} -> ${per_b} ({shown})")
+
+
+def _change_pct(per_a: Decimal, per_b: Decimal) -> Decimal | None:
+    """B's cost per task against A's, in percent; None when A costs nothing
+    and B does (no percentage of zero says how much dearer B is)."""
+    if per_a:
+        return (per_b - per_a) / per_a * 100
+    return Decimal(0) if not per_b else None

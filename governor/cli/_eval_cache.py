@@ -103,6 +103,8 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from governor.policies import Cache
 
     thresholds = _thresholds(args.sweep)
+    if args.threshold is not None:
+        _check_threshold("--threshold", args.threshold)
     _check_embedding_cache(args.embedding_cache)
     found = ev.read_pairs(args.pairs)
     _note_without_negatives(args.pairs, found.without_negatives)
@@ -198,12 +200,26 @@ def _thresholds(sweep: str | None) -> list[float]:
 
     texts = [t.strip() for t in (sweep or "").split(",") if t.strip()]
     try:
-        return [float(t) for t in texts]
+        values = [float(t) for t in texts]
     except ValueError as exc:
         raise ConfigError(
             f"--sweep takes comma-separated numbers such as 0.9,0.92,0.94, "
             f"got {sweep!r}"
         ) from exc
+    for value in values:
+        _check_threshold("--sweep", value)
+    return values
+
+
+def _check_threshold(option: str, value: float) -> None:
+    """Refuse a similarity threshold outside (0, 1], naming the option."""
+    from governor._errors import ConfigError
+
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ConfigError(
+            f"{option} {value}: a similarity threshold is a cosine similarity "
+            "above 0 and at most 1, such as 0.95"
+        )
 
 
 def _progress(done: int, total: int) -> None:

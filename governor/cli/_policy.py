@@ -60,5 +60,26 @@ def _show(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"governor policy: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(policy.model_dump(mode="json"), indent=2))
+    print(json.dumps(as_json(policy), indent=2))
     return 0
+
+
+def as_json(policy: Any) -> Any:
+    """A policy as JSON-ready data, every field, whatever it holds.
+
+    A callable (a cache verifier or embedder) is written as the placeholder
+    ``"<callable module.qualname>"``, and any other value JSON has no form
+    for (an object in a tier's params) as its ``repr()`` text, so that every
+    valid policy prints.
+    """
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(policy, fallback=_placeholder)
+
+
+def _placeholder(value: Any) -> str:
+    if callable(value):
+        module = getattr(value, "__module__", None) or "?"
+        name = getattr(value, "__qualname__", None) or type(value).__qualname__
+        return f"<callable {module}.{name}>"
+    return repr(value)

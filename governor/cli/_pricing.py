@@ -49,6 +49,13 @@ def _run(args: argparse.Namespace) -> int:
     from governor._replay import load_policy
     from governor.pricing import RateCard
 
+    if not args.model.strip():
+        print(
+            f"governor pricing: MODEL is {args.model!r}; give a model name as "
+            "it is called, e.g. gpt-4o-mini",
+            file=sys.stderr,
+        )
+        return 2
     try:
         pricing = load_policy(args.policy).pricing
     except ConfigError as exc:
@@ -60,10 +67,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         rate = card.rate(args.model)
     except PriceUnknown as exc:
+        # The advice a command line can follow (a JSON --policy file), in
+        # either form, rather than the Python the exception speaks of.
+        advice = unpriced_advice(exc.model, exc.reason)
         if args.json:
-            print(json.dumps({"requested": args.model, "error": exc.to_dict()}))
+            error = {**exc.to_dict(), "message": advice}
+            print(json.dumps({"requested": args.model, "error": error}))
         else:
-            advice = unpriced_advice(exc.model, exc.reason)
             print(f"governor pricing: {advice}", file=sys.stderr)
         return 1
     document = describe(args.model, rate)

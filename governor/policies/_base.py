@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn, Self
 
@@ -153,6 +155,21 @@ class PolicyModel(BaseModel):
         with _policy_errors(type(self)):
             super().__init__(**data)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_counts(cls, data: Any) -> Any:
+        # Python's True is the int 1, so a count field would take True as 1
+        # (and False as 0): refused, as a typo or a flag given by mistake.
+        if not isinstance(data, Mapping):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is not None and _bool_for_count(field.annotation, value):
+                raise FieldsError(
+                    "takes a whole number, not True or False", (name,), {name: value}
+                )
+        return data
+
     @model_validator(mode="after")
     def _freeze_mappings(self) -> Self:
         for name, value in self.__dict__.items():
@@ -212,6 +229,25 @@ class PolicyModel(BaseModel):
 
     def _explicit(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+def _bool_for_count(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` puts a bool where ``annotation`` wants an int.
+
+    Looks into ``int | None`` and into the values of a mapping of ints (a
+    Fanout's ``scope_caps``).
+    """
+    if annotation is int:
+        return isinstance(value, bool)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_bool_for_count(arg, value) for arg in args)
+    if isinstance(origin, type) and issubclass(origin, Mapping) and len(args) == 2:
+        return isinstance(value, Mapping) and any(
+            _bool_for_count(args[1], item) for item in value.values()
+        )
+    return False
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import Field, field_validator, model_validator
 
@@ -56,20 +56,32 @@ MAX_BUDGET_USD = Decimal(_MAX_EXACT) / 10**9
 """The largest ``max_usd``: about 9 million dollars, counted in nano-dollars."""
 _DAY_S = 86_400.0
 _NANO_USD = Decimal("1e-9")
-_PER_MTOK = "US dollars per million tokens, non-negative, e.g. Decimal('2.50')"
+MAX_PRICE_USD = MAX_BUDGET_USD
+"""The largest price: per million tokens, or per second of a call.
+
+A dearer price would charge more for a million tokens (or one second) than
+any ledger can count, and the largest budget, which settles nothing: such a
+price is a typo (a price per token given per million, an exponent too many).
+"""
+_PER_MTOK = (
+    "US dollars per million tokens, from 0 to about 9 million "
+    "(9007199.254740991), e.g. Decimal('2.50')"
+)
 
 
 class PriceTier(PolicyModel):
     """Prices that apply once a call's prompt exceeds ``above_input_tokens``."""
 
-    above_input_tokens: int = Field(gt=0, description="a positive token count")
-    input_usd_per_mtok: Decimal = Field(ge=0, description=_PER_MTOK)
-    output_usd_per_mtok: Decimal = Field(ge=0, description=_PER_MTOK)
+    above_input_tokens: int = Field(
+        gt=0, le=_MAX_EXACT, description="a positive token count"
+    )
+    input_usd_per_mtok: Decimal = Field(ge=0, le=MAX_PRICE_USD, description=_PER_MTOK)
+    output_usd_per_mtok: Decimal = Field(ge=0, le=MAX_PRICE_USD, description=_PER_MTOK)
     cache_read_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, description=_PER_MTOK
+        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
     cache_write_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, description=_PER_MTOK
+        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
 
 
@@ -81,30 +93,42 @@ class Price(PolicyModel):
     wall time of the call, alone or on top of the token prices.
     """
 
-    input_usd_per_mtok: Decimal = Field(default=Decimal(0), ge=0, description=_PER_MTOK)
+    input_usd_per_mtok: Decimal = Field(
+        default=Decimal(0), ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
+    )
     output_usd_per_mtok: Decimal = Field(
-        default=Decimal(0), ge=0, description=_PER_MTOK
+        default=Decimal(0), ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
     cache_read_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, description=_PER_MTOK
+        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
     cache_write_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, description=_PER_MTOK
+        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
     reasoning_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, description=_PER_MTOK
+        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
     )
     usd_per_second: Decimal | None = Field(
-        default=None, ge=0, description="US dollars per second of call wall time"
+        default=None,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="US dollars per second of call wall time, from 0 to about "
+        "9 million (9007199.254740991)",
     )
     tiers: tuple[PriceTier, ...] = Field(
         default=(), description="PriceTier entries, one per context-length threshold"
     )
     max_output_tokens: int | None = Field(
-        default=None, gt=0, description="the model's output-token ceiling"
+        default=None,
+        gt=0,
+        le=_MAX_EXACT,
+        description="the model's output-token ceiling",
     )
     max_input_tokens: int | None = Field(
-        default=None, gt=0, description="the model's context window in tokens"
+        default=None,
+        gt=0,
+        le=_MAX_EXACT,
+        description="the model's context window in tokens",
     )
 
     @model_validator(mode="before")
@@ -209,22 +233,19 @@ class Budget(PolicyModel):
             )
         return value.copy_abs() if value.is_zero() else value
 
-    @field_validator("max_tokens", mode="before")
-    @classmethod
-    def _not_a_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("max_tokens takes a number of tokens, not True/False")
-        return value
-
     @field_validator("key")
     @classmethod
     def _matchable_key(cls, value: str | None) -> str | None:
-        # Attribution values are non-empty and hold no '#' (it separates a
-        # line's key from its period), so such a key would limit nothing.
-        if value is not None and ("#" in value or not value.strip()):
+        # Attribution values are names (see name_problem): a key no name
+        # can equal would limit nothing, and the budget never apply.
+        if value is None:
+            return None
+        problem = name_problem(value)
+        if problem is not None:
             raise ValueError(
-                f"key {value!r} can never match an attribution value: use a "
-                "non-empty name without '#', or None for every value"
+                f"key {value!r} can never match an attribution value, which "
+                f"{problem}: give the name exactly as tasks carry it"
+                f"{_suggested_name(value)}, or None for every value"
             )
         return value
 
@@ -240,7 +261,7 @@ class Budget(PolicyModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+            raise ValueError(_unknown_zone(value)) from exc
         return value
 
     @field_validator("warn_at")
@@ -298,7 +319,9 @@ class Attribution(PolicyModel):
     @field_validator(*ATTRIBUTION_FIELDS)
     @classmethod
     def _usable_name(cls, value: str | None) -> str | None:
-        problem = None if value is None else name_problem(value)
+        if value is None:
+            return None
+        problem = name_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -338,6 +361,28 @@ class Attribution(PolicyModel):
                 )
             found[field] = text
         return found
+
+
+def _suggested_name(value: str) -> str:
+    """`` (e.g. 'name')``: ``value`` made a usable name, or "" when none is left."""
+    kept = "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127)
+    name = kept.replace("#", "").strip()
+    return f" (e.g. {name!r})" if name else ""
+
+
+def _unknown_zone(value: str) -> str:
+    """Say a time zone is unknown, naming the zone meant when only case differs."""
+    folded = value.casefold()
+    matches = sorted(z for z in available_timezones() if z.casefold() == folded)
+    if matches:
+        return (
+            f"unknown time zone {value!r}: zone names are case-sensitive; "
+            f"did you mean {matches[0]!r}?"
+        )
+    return (
+        f"unknown time zone {value!r}: give an IANA zone name such as 'UTC' or "
+        "'Europe/Paris'"
+    )
 
 
 def name_problem(value: str) -> str | None:

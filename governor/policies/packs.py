@@ -20,10 +20,13 @@ The command line loads them as ``pack:NAME`` wherever it takes a policy
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
-from governor._errors import ConfigError
+from pydantic import ValidationError
+
+from governor._errors import ConfigError, PolicyError
 from governor.policies._cache import Cache
 from governor.policies._cascade import Cascade, NonEmptyCheck, NotRefusalCheck, Tier
 from governor.policies._loops import Loops
@@ -43,6 +46,40 @@ Money = Decimal | int | str
 """Dollars as Decimal, int or a decimal string (a float is read by its
 shortest decimal form, as Budget reads it)."""
 
+_DOLLARS = (
+    "US dollars as a Decimal, int or decimal string, from 0 to about 9 "
+    "million with at most 9 decimal places, e.g. '0.50'"
+)
+_CALLS = "a positive whole number of calls"
+_ZONE = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
+_NAME = "a non-empty name without '#', control characters or spaces around it"
+_MODEL = "a model name as it is called, e.g. 'gpt-4o-mini'"
+
+
+@contextlib.contextmanager
+def _argument(pack: str, name: str, value: object, accepted: str) -> Iterator[None]:
+    """Say a PolicyError raised inside in terms of the pack's own argument.
+
+    The part built from the argument (a Budget's max_usd, a Fanout's
+    scope_caps) is the pack's business; the caller passed ``name``.
+    """
+    try:
+        yield
+    except PolicyError as exc:
+        raise PolicyError(
+            f"packs.{pack}(): {name}={value!r} is not valid: {_reason(exc)}; "
+            f"{name} takes {accepted}"
+        ) from exc
+
+
+def _reason(exc: PolicyError) -> str:
+    """What was wrong, without the part and field names of the message."""
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return str(exc)
+    reasons = (str(e["msg"]).removeprefix("Value error, ") for e in cause.errors())
+    return "; ".join(dict.fromkeys(reasons))
+
 
 def starter(*, task_usd: Money = "0.50") -> Policy:
     """A first deployment: every task capped in dollars and against runaways.
@@ -51,9 +88,11 @@ def starter(*, task_usd: Money = "0.50") -> Policy:
     make 50 model calls and run 10 minutes; the loop rules run with their
     defaults, and at most 8 model calls of a task are in flight at once.
     """
+    with _argument("starter", "task_usd", task_usd, _DOLLARS):
+        task = Budget(max_usd=task_usd)
     return Policy(
         name="starter",
-        budgets=[Budget(max_usd=task_usd)],
+        budgets=[task],
         loops=Loops(max_model_calls=50, max_wall_s=600),
         fanout=Fanout(max_inflight_calls=8),
     )
@@ -76,20 +115,23 @@ def production(
     run 30 minutes. The store failing closed refuses calls rather than
     spending blind. Set the team per task or in call metadata.
     """
+    pack = "production"
+    with _argument(pack, "task_usd", task_usd, _DOLLARS):
+        task = Budget(max_usd=task_usd)
+    with _argument(pack, "team_monthly_usd", team_monthly_usd, _DOLLARS):
+        team = Budget(scope="team", max_usd=team_monthly_usd, period="month")
+    with _argument(pack, "timezone", timezone, _ZONE):
+        team = team.model_copy(update={"timezone": timezone})
+    with _argument(pack, "environment", environment, _NAME):
+        attribution = Attribution(environment=environment)
+    with _argument(pack, "team_inflight_calls", team_inflight_calls, _CALLS):
+        fanout = Fanout(max_inflight_calls=16, scope_caps={"team": team_inflight_calls})
     return Policy(
-        name="production",
-        budgets=[
-            Budget(max_usd=task_usd),
-            Budget(
-                scope="team",
-                max_usd=team_monthly_usd,
-                period="month",
-                timezone=timezone,
-            ),
-        ],
-        attribution=Attribution(environment=environment),
+        name=pack,
+        budgets=[task, team],
+        attribution=attribution,
         loops=Loops(max_model_calls=100, max_wall_s=1800),
-        fanout=Fanout(max_inflight_calls=16, scope_caps={"team": team_inflight_calls}),
+        fanout=fanout,
         failure_mode="closed",
     )
 
@@ -110,15 +152,18 @@ def customer_facing(
     20 model calls, 2 minutes. A user's exact repeats are served from cache;
     users never share cached answers.
     """
+    pack = "customer_facing"
+    with _argument(pack, "task_usd", task_usd, _DOLLARS):
+        task = Budget(max_usd=task_usd)
+    with _argument(pack, "session_usd", session_usd, _DOLLARS):
+        session = Budget(scope="session", max_usd=session_usd)
+    with _argument(pack, "user_daily_usd", user_daily_usd, _DOLLARS):
+        user = Budget(scope="user", max_usd=user_daily_usd, period="day")
+    with _argument(pack, "timezone", timezone, _ZONE):
+        user = user.model_copy(update={"timezone": timezone})
     return Policy(
-        name="customer_facing",
-        budgets=[
-            Budget(max_usd=task_usd),
-            Budget(scope="session", max_usd=session_usd),
-            Budget(
-                scope="user", max_usd=user_daily_usd, period="day", timezone=timezone
-            ),
-        ],
+        name=pack,
+        budgets=[task, session, user],
         loops=Loops(max_model_calls=20, max_wall_s=120),
         fanout=Fanout(max_inflight_calls=4, on_cap="refuse"),
         cache=Cache(semantic=False, partition_by=("org", "team", "user")),
@@ -139,15 +184,21 @@ def batch(
     ``inflight_calls`` wait for a slot (up to 10 minutes) instead of failing,
     and repeats are served from cache.
     """
+    pack = "batch"
+    with _argument(pack, "job_usd", job_usd, _DOLLARS):
+        job = Budget(max_usd=job_usd)
+    with _argument(pack, "daily_usd", daily_usd, _DOLLARS):
+        daily = Budget(scope="feature", max_usd=daily_usd, period="day")
+    with _argument(pack, "feature", feature, _NAME):
+        attribution = Attribution(feature=feature)
+    with _argument(pack, "inflight_calls", inflight_calls, _CALLS):
+        fanout = Fanout(max_inflight_calls=inflight_calls, wait_timeout_s=600)
     return Policy(
-        name="batch",
-        budgets=[
-            Budget(max_usd=job_usd),
-            Budget(scope="feature", max_usd=daily_usd, period="day"),
-        ],
-        attribution=Attribution(feature=feature),
+        name=pack,
+        budgets=[job, daily],
+        attribution=attribution,
         loops=Loops(max_model_calls=5000, max_wall_s=6 * 3600),
-        fanout=Fanout(max_inflight_calls=inflight_calls, wait_timeout_s=600),
+        fanout=fanout,
         cache=Cache(),
     )
 
@@ -165,14 +216,18 @@ def cost_saver(
     your own with :meth:`Policy.merged`); both layers of the response cache
     are on, with its safety gate. Each task may spend ``task_usd``.
     """
+    pack = "cost_saver"
+    with _argument(pack, "task_usd", task_usd, _DOLLARS):
+        task = Budget(max_usd=task_usd)
+    with _argument(pack, "cheap_model", cheap_model, _MODEL):
+        cheap = Tier(name="cheap", model=cheap_model)
+    with _argument(pack, "premium_model", premium_model, _MODEL):
+        premium = Tier(name="premium", model=premium_model)
     return Policy(
-        name="cost_saver",
-        budgets=[Budget(max_usd=task_usd)],
+        name=pack,
+        budgets=[task],
         cascade=Cascade(
-            tiers=[
-                Tier(name="cheap", model=cheap_model),
-                Tier(name="premium", model=premium_model),
-            ],
+            tiers=[cheap, premium],
             checks=[NonEmptyCheck(), NotRefusalCheck()],
         ),
         cache=Cache(),
