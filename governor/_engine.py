@@ -2235,14 +2235,16 @@ def _storable(nanos: int, usage: Usage) -> tuple[int, int]:
     tokens = usage.total_tokens
     if nanos <= _MAX_AMOUNT and tokens <= _MAX_AMOUNT:
         return nanos, tokens
+    charged = min(nanos, _MAX_AMOUNT), min(tokens, _MAX_AMOUNT)
     logger.warning(
         "a call reported usage worth %d nano-USD and %d tokens, beyond what "
-        "a ledger stores exactly; it is charged %d of each",
+        "a ledger stores exactly (%d); it is charged %d nano-USD and %d tokens",
         nanos,
         tokens,
         _MAX_AMOUNT,
+        *charged,
     )
-    return min(nanos, _MAX_AMOUNT), min(tokens, _MAX_AMOUNT)
+    return charged
 
 
 def _refusal_advice(admission: Admission, unit: str) -> str | None:

@@ -712,3 +712,26 @@ def test_a_request_that_sets_prices_is_held_and_charged_at_them() -> None:
     assert admission.rate.input_per_token == Decimal("0.001")
     assert cost == 5 * Decimal("0.001") + 10 * Decimal("0.002")
     assert other.rate.input_per_token == Decimal("1.5e-7")
+
+
+def test_usage_past_what_a_ledger_stores_is_capped_and_the_warning_says_how(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Absurd reported usage is charged the ledger's largest amount in dollars
+    while its tokens, still storable, are charged as reported; the warning
+    gives both charged amounts."""
+    from governor import CallRequest, CallResult
+    from governor.policies import Price, Pricing
+    from governor.pricing import Usage
+
+    dear = Price(input_usd_per_mtok=1_000_000, output_usd_per_mtok=1_000_000)
+    gov = Governor(Policy(pricing=Pricing(overrides={"gpt-4o-mini": dear})))
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=10)
+    with gov.task() as task:
+        admission = gov.begin_call(request)
+        with caplog.at_level(logging.WARNING, logger="governor"):
+            gov.end_call(admission, CallResult(usage=Usage(5, 10**12)))
+    cap = 2**53 - 1
+    assert task.report().tokens == 10**12 + 5
+    assert task.report().cost_usd == Decimal(cap) / 10**9
+    assert f"charged {cap} nano-USD and {10**12 + 5} tokens" in caplog.text
