@@ -187,6 +187,11 @@ class Task:
                 streams = self._open_streams
         return streams
 
+    @property
+    def inflight(self) -> int:
+        """Admitted calls not settled yet, open streams included."""
+        return self._inflight
+
     def unread_streams(self) -> int:
         """How many of the task's streams are not read to the end yet."""
         streams = self._open_streams

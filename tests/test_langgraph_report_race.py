@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
 
 from governor import Budget, Governor, Policy, govern
 from governor.adapters import langgraph as adapter
@@ -34,6 +36,10 @@ WAIT_S = 10.0
 
 HELD_S = 0.3
 """How long the thread's charge is held when the report waits for it."""
+
+
+class Outputs(TypedDict, total=False):
+    out: Annotated[list[str], operator.add]
 
 
 class GatedChatModel(BaseChatModel):
@@ -219,3 +225,70 @@ def test_a_call_a_sync_node_is_opening_as_the_async_run_ends_is_reported(
     assert Decimal(line.spent_nanos) / 10**9 == report.cost_usd
     records = [(r.outcome, r.cost_usd) for r in JsonlSpendStore(path).query()]
     assert records == [("cancelled", report.cost_usd)]
+
+
+def test_a_litellm_call_a_sync_node_is_making_as_the_async_run_ends_is_reported(
+    tmp_path: Any,
+) -> None:
+    """Under instrument(), a sync node's LiteLLM call goes through the LiteLLM
+    adapter, not the callback handler: one branch fails while another's call
+    is still running in its thread. The run's end waits for that call, so
+    the report's cost is the ledger's and the spend store's."""
+    import time
+
+    import litellm
+
+    from governor.adapters.litellm import instrument
+    from governor.testing import (
+        install_offline_provider,
+        offline_model,
+        uninstall_offline_provider,
+    )
+
+    started = threading.Event()
+
+    def slow(model: str, messages: Any, tools: Any) -> str:
+        started.set()
+        time.sleep(HELD_S)
+        return "a short answer"
+
+    def fan(state: Outputs) -> list[Send]:
+        return [Send("work", {"branch": b}) for b in (0, 1)]
+
+    def work(state: dict[str, Any]) -> dict[str, Any]:
+        if state["branch"] == 0:
+            assert started.wait(WAIT_S)
+            raise ValueError("branch 0 fails while branch 1's call runs")
+        answer = litellm.completion(
+            model=offline_model("gpt-4o-mini"),
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=20,
+        )
+        return {"out": [answer.choices[0].message.content]}
+
+    builder = StateGraph(Outputs)
+    builder.add_node("work", work)
+    builder.add_conditional_edges(START, fan, ["work"])
+    builder.add_edge("work", END)
+    store = JsonlSpendStore(tmp_path / "spend.jsonl")
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]), spend=store)
+    agent = govern(builder.compile(), gov)
+
+    async def run() -> None:
+        with pytest.raises(ValueError, match="branch 0 fails"):
+            await agent.ainvoke({}, {"metadata": {"task_id": "t1"}})
+
+    install_offline_provider(slow, speed=0)
+    try:
+        with instrument(gov):
+            asyncio.run(run())
+    finally:
+        uninstall_offline_provider()
+    report = agent.last_report
+    assert report is not None
+    gov.close()
+    balance = gov.ledger.balance("task:t1")
+    assert balance is not None
+    records = [(r.outcome, r.cost_usd) for r in store.query(None, None, {})]
+    assert records == [("ok", report.cost_usd)]
+    assert report.cost_usd == Decimal(balance.spent_nanos) / 10**9 > 0

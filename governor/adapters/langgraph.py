@@ -920,9 +920,11 @@ class _HandlerCore:
 
         What they streamed is charged (as an estimate) and the rest released,
         so a cancelled task does not pin its budget until the holds expire.
-        A call another thread is opening or settling right now (a sync
-        node's) is waited for, up to :data:`_SETTLE_WAIT_S` seconds, so that
-        the task's report counts it.
+        A call another thread is opening, making or settling right now (a
+        sync node's, through this handler or the LiteLLM adapter) is waited
+        for, up to :data:`_SETTLE_WAIT_S` seconds, so that the task's report
+        counts it. Streams left unread are not waited for: the run hung up
+        on them, or says it charges them after its report.
         """
         deadline = time.monotonic() + _SETTLE_WAIT_S
         while True:
@@ -933,7 +935,8 @@ class _HandlerCore:
                 return
             with self._lock:
                 left = deadline - time.monotonic()
-                self._quiet.wait_for(self._changed, max(left, 0.0))
+                # The task's settles do not notify here: look again soon.
+                self._quiet.wait_for(self._changed, min(max(left, 0.0), 0.01))
 
     async def aabandon_open_calls(self) -> None:
         """Async form of :meth:`abandon_open_calls`, for an event loop."""
@@ -948,14 +951,20 @@ class _HandlerCore:
 
     def _changed(self) -> bool:
         """Under the lock: a call was opened, or none is busy any more."""
-        return bool(self._calls) or not self._busy
+        return bool(self._calls) or not (self._busy or self._running())
+
+    def _running(self) -> int:
+        """The task's admitted calls still unsettled, less its unread
+        streams: calls another thread is making (a sync node's LiteLLM
+        call under ``instrument()``) that settle when they return."""
+        return max(self.task.inflight - self.task.unread_streams(), 0)
 
     def _wait_again(self, waited_out: bool) -> bool:
-        """True while calls are open or busy (being opened or settled
+        """True while calls are open or busy (being opened, made or settled
         elsewhere) and the wait for them is not over; a wait that ran out
         leaves them out of the report, with a warning."""
         with self._lock:
-            left = len(self._calls) + self._busy
+            left = max(len(self._calls) + self._busy, self._running())
         if not left:
             return False
         if not waited_out:
