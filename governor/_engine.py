@@ -185,7 +185,9 @@ class Governor:
         self.monitor = self._monitor(anomalies)
         self.recorder = _recorder(spend, self.monitor, _redis_prefix(self.ledger))
         self._warned: set[tuple[str, float]] = set()
-        self._warn_checked: dict[str, float] = {}
+        # Per shared line: when its balance was last read, and its spend
+        # then plus what this process has settled on it since.
+        self._warn_checked: dict[str, tuple[float, int]] = {}
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[Any, Any] = {}
@@ -1628,7 +1630,7 @@ class Governor:
         cost = self._account(admission, result, nanos, usage, cost_source)
         # An interrupt during the warnings' reads still closes a one-call task.
         try:
-            self._check_warnings(admission)
+            self._check_warnings(admission, nanos)
         finally:
             if admission.owns_task:
                 self._close_owned(admission.task)
@@ -1649,7 +1651,7 @@ class Governor:
         """
         cost = self._account(admission, result, nanos, usage, cost_source)
         try:
-            await self._acheck_warnings(admission)
+            await self._acheck_warnings(admission, nanos)
         finally:
             if admission.owns_task:
                 await self._aclose_owned(admission.task)
@@ -1891,26 +1893,32 @@ class Governor:
             return await ledger.abalance(key)
         return ledger.balance(key)
 
-    def _check_warnings(self, admission: Admission) -> None:
+    def _check_warnings(self, admission: Admission, nanos: int) -> None:
         """Warn once per line and threshold crossed, reading each line rarely."""
-        for budget, line in self._warn_due(admission):
+        for budget, line in self._warn_due(admission, nanos):
             try:
                 balance = self.ledger.balance(line.key)
             except GovernorError:
                 continue
             self._warn_crossed(admission, budget, line, balance)
 
-    async def _acheck_warnings(self, admission: Admission) -> None:
+    async def _acheck_warnings(self, admission: Admission, nanos: int) -> None:
         """Async form of :meth:`_check_warnings`."""
-        for budget, line in self._warn_due(admission):
+        for budget, line in self._warn_due(admission, nanos):
             try:
                 balance = await self._abalance(line.key)
             except GovernorError:
                 continue
             self._warn_crossed(admission, budget, line, balance)
 
-    def _warn_due(self, admission: Admission) -> list[tuple[Budget, Line]]:
-        """The call's shared lines with warnings that are due a read now."""
+    def _warn_due(self, admission: Admission, nanos: int) -> list[tuple[Budget, Line]]:
+        """The call's shared lines with warnings that are due a read now.
+
+        A line is read at most once a second, unless what this process has
+        settled on it since its last read may have crossed a threshold not
+        yet announced: a crossing inside that second is not left for a
+        later call, which may never come (the next ones refused).
+        """
         now = time.monotonic()
         if len(self._warn_checked) > _WARN_MEMORY:
             # Task lines pile up in a long-lived process; forgetting them only
@@ -1921,11 +1929,24 @@ class Governor:
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if budget.scope == "task" or not budget.warn_at or not line.limit_nanos:
                 continue
-            if now - self._warn_checked.get(line.key, -1.0) < _WARN_EVERY_S:
+            read_at, spent = self._warn_checked.get(line.key, (-1.0, 0))
+            spent += nanos
+            recent = now - read_at < _WARN_EVERY_S
+            if recent and not self._may_cross(budget, line, spent):
+                self._warn_checked[line.key] = (read_at, spent)
                 continue
-            self._warn_checked[line.key] = now
+            self._warn_checked[line.key] = (now, spent)
             due.append((budget, line))
         return due
+
+    def _may_cross(self, budget: Budget, line: Line, spent_nanos: int) -> bool:
+        """Whether a line's estimated spend reaches a threshold not yet
+        announced for it."""
+        limit = line.limit_nanos or 0
+        return any(
+            spent_nanos >= fraction * limit and (line.key, fraction) not in self._warned
+            for fraction in budget.warn_at
+        )
 
     def _warn_crossed(
         self,
@@ -1937,6 +1958,8 @@ class Governor:
         """Announce the thresholds of ``budget`` a line's spend has crossed."""
         if balance is None or line.limit_nanos is None:
             return
+        read_at = self._warn_checked.get(line.key, (time.monotonic(), 0))[0]
+        self._warn_checked[line.key] = (read_at, balance.spent_nanos)
         used = balance.spent_nanos / line.limit_nanos
         crossed = [
             fraction

@@ -478,6 +478,29 @@ def test_crossing_two_warning_thresholds_at_once_logs_one_line(
     assert lines == ["budget team:a has used 87% of its limit"]
 
 
+def test_a_threshold_crossed_between_reads_is_announced_at_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line is read at most every so often; a crossing in between is still
+    announced by the call that makes it, not left for a later call that the
+    budget may refuse. (The read interval is stretched so no read is due.)"""
+    from governor import _engine
+
+    monkeypatch.setattr(_engine, "_WARN_EVERY_S", 3600.0)
+    # MOCK_COST is 0.0000135: 34%, 68%, then 101% of the limit.
+    budget = Budget(scope="team", max_usd="0.0000400", warn_at=(0.5,))
+    gov = Governor(Policy(budgets=[budget]))
+    llm = GovernedLiteLLM(gov)
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        for _ in range(2):
+            with gov.task(team="a"):
+                call(llm, max_tokens=20)
+        lines = [r.getMessage() for r in caplog.records if "has used" in r.getMessage()]
+        with gov.task(team="a"), pytest.raises(BudgetExceeded):
+            call(llm, max_tokens=20)
+    assert lines == ["budget team:a has used 68% of its limit"]
+
+
 def test_one_call_task_lines_are_forgotten_after_a_hold_lifetime() -> None:
     """Calls outside a task leave no lasting line; a named task's line stays."""
     from governor.stores import MemoryLedger
