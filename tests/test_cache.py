@@ -566,3 +566,18 @@ def test_a_failed_store_is_left_alone_for_a_moment(
         False,
     )
     assert (stored.stored, tried) == (False, [1000.0, 1001.1])
+
+
+def test_a_semantic_hit_reports_a_similarity_of_at_most_one() -> None:
+    """Two texts that embed to the same float32 row score a hair over 1 by
+    rounding; the hit reports 1.0, never more."""
+    row = np.linspace(0.1, 1.0, 384, dtype=np.float32)
+
+    def same_row(texts: Sequence[str]) -> Any:
+        return np.tile(row, (len(texts), 1))
+
+    cache = make(CallableEmbedder(same_row), similarity_threshold=0.99)
+    fill(cache, ask("What is the capital of France?"))
+    hit = cache.lookup(model=MODEL, messages=ask("Which city is France's capital?"))
+    assert isinstance(hit, CacheHit)
+    assert hit.similarity == 1.0

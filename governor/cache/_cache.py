@@ -407,12 +407,14 @@ class ResponseCache:
             limit=_CANDIDATES,
             now=now,
         )
+        if best is not None:
+            best = min(best, 1.0)  # float32 rounding can pass 1 by an ulp
         miss = CacheMiss(
             "not_found", keys, best, embedding_cost_usd=cost, vector=vector
         )
         if not matches or matches[0][1] < threshold:
             return miss
-        entry, score = matches[0]
+        entry, score = matches[0][0], min(matches[0][1], 1.0)
         if self.policy.ambiguity_margin is not None and _rivalled(matches, margin):
             return replace(miss, reason="ambiguous")
         refusal = self._refusal(keys.text or keys.query, entry)
