@@ -116,7 +116,15 @@ def _end_as_the_run_ends(
         return abandoned(self)
 
     monkeypatch.setattr(adapter._HandlerCore, "_abandoned", abandoned_after_the_thread)
+    _tell_when_reported(agent, reported, monkeypatch)
+    _cancel_once(agent, streaming_now)
+    return agent
 
+
+def _tell_when_reported(
+    agent: Any, reported: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set ``reported`` once the run's report is kept."""
     keep = agent._keep
 
     def keep_and_tell(report: Any) -> None:
@@ -125,15 +133,18 @@ def _end_as_the_run_ends(
 
     monkeypatch.setattr(agent, "_keep", keep_and_tell)
 
+
+def _cancel_once(agent: Any, ready: threading.Event) -> None:
+    """Start an async run and cancel it once ``ready`` is set."""
+
     async def main() -> None:
         run = asyncio.ensure_future(agent.ainvoke({"text": "hi"}))
-        assert await asyncio.to_thread(streaming_now.wait, WAIT_S)
+        assert await asyncio.to_thread(ready.wait, WAIT_S)
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
 
     asyncio.run(main())
-    return agent
 
 
 def test_a_call_a_sync_node_is_ending_as_the_async_run_ends_is_reported(
@@ -197,23 +208,8 @@ def test_a_call_a_sync_node_is_opening_as_the_async_run_ends_is_reported(
         return reserve(*args, **kwargs)
 
     monkeypatch.setattr(gov.ledger, "reserve", held_reserve)
-
-    keep = agent._keep
-
-    def keep_and_tell(report: Any) -> None:
-        keep(report)
-        reported.set()
-
-    monkeypatch.setattr(agent, "_keep", keep_and_tell)
-
-    async def main() -> None:
-        run = asyncio.ensure_future(agent.ainvoke({"text": "hi"}))
-        assert await asyncio.to_thread(opening.wait, WAIT_S)
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
-
-    asyncio.run(main())
+    _tell_when_reported(agent, reported, monkeypatch)
+    _cancel_once(agent, opening)
     gov.close()
     report = agent.last_report
     assert report is not None
