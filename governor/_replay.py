@@ -350,13 +350,22 @@ def _python_policy(path: Path, name: str) -> Policy:
 
 
 def swaps_from(pairs: Iterable[str]) -> dict[str, str]:
-    """Parse ``OLD=NEW`` model swaps from the command line."""
-    swaps = {}
+    """Parse ``OLD=NEW`` model swaps from the command line.
+
+    The same swap given twice is kept once; one OLD swapped for two models
+    is refused, since a call is replayed as one model.
+    """
+    swaps: dict[str, str] = {}
     for pair in pairs:
         old, sep, new = pair.partition("=")
         if not sep or not old or not new:
             raise ConfigError(f"model swap {pair!r} must look like OLD=NEW")
-        swaps[old] = new
+        earlier = swaps.setdefault(old, new)
+        if earlier != new:
+            raise ConfigError(
+                f"--model {old}={earlier} and --model {pair} swap {old!r} for "
+                f"two models; a call is replayed as one model: give {old}= once"
+            )
     return swaps
 
 

@@ -146,6 +146,20 @@ def test_compare_refuses_a_swap_that_matches_no_recorded_model(
     assert "the records use 'gpt-4o' (4 calls)" in err
 
 
+def test_compare_refuses_one_model_swapped_for_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`compare --model A=B --model A=C` exits 2 naming both, as replay does:
+    keeping the last would compare a run the command line did not ask for."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(2, 2))
+    swaps = ["--model", "gpt-4o=gpt-4o-mini", "--model", "gpt-4o=gpt-4.1"]
+    code = main(["compare", "--db", str(trace), *swaps])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert "--model gpt-4o=gpt-4o-mini and --model gpt-4o=gpt-4.1" in err
+
+
 def test_replay_refuses_a_swap_that_matches_no_recorded_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -469,10 +469,11 @@ def test_a_folder_as_the_html_file_is_refused_before_reading(
 def test_an_unwritable_png_path_is_named(
     db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--png in a missing folder exits 1 naming the path and the fix."""
+    """--png in a missing folder exits 2 before the report, naming the path."""
     path = tmp_path / "missing" / "r.png"
-    code, _, err = run(capsys, "--db", db, "--png", str(path))
-    assert (code, f"cannot write --png {path}: No such file" in err) == (1, True)
+    code, out, err = run(capsys, "--db", db, "--png", str(path))
+    assert (code, out) == (2, "")
+    assert f"--png {path}: no such folder {path.parent}" in err
 
 
 def test_an_empty_filter_value_keeps_the_unset_calls(

@@ -123,7 +123,7 @@ def _numbered_rows(file: Path, *, with_text: bool = False) -> Iterator[Any]:
     reader = csv.reader(text for _, text in numbered_lines(file))
     columns: list[int] | None = None
     zone = _Zone()
-    for fields in reader:
+    for fields in _checked_fields(reader, file):
         if not any(f.strip() for f in fields):
             continue
         where = f"{file}:{reader.line_num}"
@@ -135,6 +135,30 @@ def _numbered_rows(file: Path, *, with_text: bool = False) -> Iterator[Any]:
             yield reader.line_num, row, fields[columns[0]].strip()
         else:
             yield reader.line_num, row
+
+
+def _checked_fields(reader: Any, file: Path) -> Iterator[list[str]]:
+    """The reader's rows; a CSV fault (a field past csv's size limit, which
+    a quote left open makes of the rest of the file) is a ConfigError
+    naming the file and line."""
+    rows = iter(reader)
+    while True:
+        try:
+            fields: list[str] = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            advice = "fix or drop the line"
+            if "field limit" in str(exc):
+                advice = (
+                    "a trace field is a time or a token count, so a field that "
+                    'long is a quote (") left open on this line or one before '
+                    "it: close or remove the quote"
+                )
+            raise ConfigError(
+                f"{file}:{reader.line_num}: not readable as CSV ({exc}); {advice}"
+            ) from exc
+        yield fields
 
 
 class _Zone:

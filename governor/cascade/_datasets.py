@@ -319,11 +319,39 @@ def _checked(
 # -- CSV layouts -----------------------------------------------------------------
 
 
+# Responses exceed csv's 128 KiB default; a field past this is no response.
+_FIELD_LIMIT = 1 << 30
+
+
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[Any, Any]]]:
-    """Yield (data row number from 1, record) of a CSV file."""
-    csv.field_size_limit(1 << 30)  # responses exceed the 128 KiB default
+    """Yield (data row number from 1, record) of a CSV file.
+
+    A CSV fault, such as a field of more than 1 GiB (a quote left open
+    makes one of the rest of the file), is a ConfigError naming the line.
+    """
+    csv.field_size_limit(_FIELD_LIMIT)
     with reading(path), open_text(path) as handle:
-        yield from enumerate(csv.DictReader(handle, delimiter=delimiter), 1)
+        records = csv.DictReader(handle, delimiter=delimiter)
+        number = 0
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise ConfigError(
+                    f"{path}:{records.line_num}: not readable as CSV ({exc}); "
+                    f"{_CSV_ADVICE}"
+                ) from exc
+            number += 1
+            yield number, record
+
+
+_CSV_ADVICE = (
+    'a field that long is a quote (") left open on this line or one before it '
+    "that takes in the rest of the file: close the quote, or double each quote "
+    "inside a quoted field"
+)
 
 
 def _cells_fit(record: Mapping[Any, Any], where: str, tally: _Tally) -> bool:
@@ -850,7 +878,14 @@ def _sniffed(path: Path) -> Sniffed:
             f"as pd; pd.read_pickle('{path.name}').to_csv('{path.stem}.csv')\", "
             "and give the CSV"
         )
-    found = sniff(path)
+    try:
+        found = sniff(path)
+    except csv.Error as exc:
+        raise ConfigError(
+            f"{path}: the header line is not readable as CSV ({exc}); a header "
+            'names the columns, so a field that long is a quote (") left open: '
+            "close or remove it"
+        ) from exc
     answered = [c for c in found.columns if c.endswith(RESPONSE_SUFFIX)]
     if found.layout is None and answered:
         model = answered[0][: -len(RESPONSE_SUFFIX)]

@@ -8,6 +8,7 @@ so ``governor --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -94,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _stdout_to_devnull()
         return 1
+    except KeyboardInterrupt:  # before or after the command's own work
+        _interrupted("governor")
+        return 130
 
 
 def _stdout_to_devnull() -> None:
@@ -119,6 +123,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         code: int = handler(args)
     except KeyboardInterrupt:
+        _interrupted(_command_name(args))
         return 130
     except BrokenPipeError:
         raise  # main() ends quietly
@@ -132,6 +137,12 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         return 1
     return code
+
+
+def _interrupted(command: str) -> None:
+    """Say on stderr, in one line, that Ctrl-C ended the command (exit 130)."""
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: 130 says it
+        print(f"{command}: interrupted", file=sys.stderr, flush=True)
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._text import ljust, printable, width
+from governor.cli._text import given, ljust, printable, width
 
 if TYPE_CHECKING:
     from governor._errors import GovernorError
@@ -59,6 +59,7 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         default=None,
+        type=given("a redis:// or rediss:// URL"),
         help=f"redis:// or rediss:// URL of the store (default: ${ENV_REDIS_URL}, "
         f"else {DEFAULT_REDIS_URL})",
     )

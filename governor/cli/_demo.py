@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib.util
 import json
 import logging
@@ -10,15 +11,20 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._text import positive_count
+from governor.cli._text import given, positive_count, same_file
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
     from governor.spend._open import AnySpendStore
 
 __all__ = ["register"]
@@ -39,7 +45,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
             "research task whose budget is too small for it. "
             "GOVERNOR_PROVIDER=live sends the same calls to the real models. "
             "Exits 2 for a bad option (a --traces or --spend-db that is a "
-            "folder), 1 when the spend store does not answer or the traces "
+            "folder, an existing --traces file that is not JSON lines, a "
+            "--spend-db that is not a SQLite database, or both naming one "
+            "file), 1 when the spend store does not answer or the traces "
             "file cannot be written."
         ),
     )
@@ -56,11 +64,13 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--traces",
         default=".governor/traces.jsonl",
+        type=given("a file name"),
         help="JSONL file the spans are written to (default .governor/traces.jsonl)",
     )
     parser.add_argument(
         "--spend-db",
         default=None,
+        type=given("a SQLite path, a .jsonl path or a redis:// URL"),
         help="spend store the calls are recorded to (default: GOVERNOR_SPEND_DB "
         "or .governor/spend.sqlite3); read it with `governor report`",
     )
@@ -101,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.count < 1:
         print("governor demo: --count must be at least 1", file=sys.stderr)
         return 2
-    problem = _check_traces(Path(args.traces))
+    problem = _check_traces(Path(args.traces)) or _check_spend(args)
     if problem is not None:
         message, status = problem
         print(f"governor demo: {message}", file=sys.stderr)
@@ -140,11 +150,81 @@ def _check_traces(path: Path) -> tuple[str, int] | None:
         writable = os.access(path, os.W_OK)
     else:
         writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-    if writable:
+    if not writable:
+        return (
+            f"cannot write --traces {path}; give a file in a folder that you can "
+            "write to",
+            1,
+        )
+    what = _not_span_lines(path) if existing == path else None
+    if what is None:
         return None
     return (
-        f"cannot write --traces {path}; give a file in a folder that you can write to",
-        1,
+        f"--traces {path} is an existing file that is not JSON lines ({what}); "
+        "spans are appended to the file, which would damage it: give a new "
+        "file name or a .jsonl file of spans",
+        2,
+    )
+
+
+# Enough of a file's start to tell JSON lines from anything else.
+_HEAD_BYTES = 4096
+
+
+def _not_span_lines(path: Path) -> str | None:
+    """What an existing file is when it is not JSON lines, or None.
+
+    An empty file, a JSONL file and anything that is not a regular file
+    (``/dev/stdout``, a pipe) are taken as they are.
+    """
+    from governor.cli._spend_source import SQLITE_HEADER
+
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError:
+        return None  # the export reports a file that cannot be written
+    if head.startswith(SQLITE_HEADER):
+        return "a SQLite database"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data"
+    if b"\x00" in head:
+        return "binary data, not text"
+    # A multi-byte character cut at the end of the sample is not an error.
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(head, final=len(head) < _HEAD_BYTES)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), None)
+    if first is not None and not first.startswith("{"):
+        return "its first line does not start with '{'"
+    return None
+
+
+def _check_spend(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Why ``--spend-db`` cannot be recorded to, and the exit status, if so."""
+    from governor.cli._spend_source import not_a_spend_file
+    from governor.spend import default_spend_target
+
+    target = args.spend_db or default_spend_target()
+    option = "--spend-db" if args.spend_db else "the spend store (GOVERNOR_SPEND_DB)"
+    if "://" not in target and same_file(Path(args.traces), Path(target)):
+        return (
+            f"--traces {args.traces} and {option} {target} are the same file; "
+            "spans and spend records need a file each: give --traces another "
+            "file name",
+            2,
+        )
+    problem = not_a_spend_file(target, reading=False)
+    if problem is None:
+        return None
+    return (
+        f"{option}: {problem}; give a new file name, the SQLite file of an "
+        "earlier demo, a .jsonl path or a redis:// URL",
+        2,
     )
 
 
@@ -154,6 +234,8 @@ def _open_spend(args: argparse.Namespace, target: str) -> AnySpendStore | int:
     A Redis store is asked for one empty range first: a Redis that does not
     answer would otherwise lose every record of the run, a warning each.
     """
+    import sqlite3
+
     from governor._errors import ConfigError
     from governor.cli._spend_source import redis_down, unreachable
     from governor.spend import open_store
@@ -163,11 +245,15 @@ def _open_spend(args: argparse.Namespace, target: str) -> AnySpendStore | int:
     except ConfigError as exc:
         print(f"governor demo: --spend-db: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:
+        return _not_sqlite(target, exc)
     now = datetime.now(UTC)
     try:
         next(iter(store.query(now, now + timedelta(microseconds=1))), None)
     except Exception as exc:
         store.close()
+        if isinstance(exc, sqlite3.Error):
+            return _not_sqlite(target, exc)
         if not redis_down(target, exc):
             raise
         given = bool(args.spend_db)
@@ -177,12 +263,23 @@ def _open_spend(args: argparse.Namespace, target: str) -> AnySpendStore | int:
     return store
 
 
+def _not_sqlite(target: str, exc: Exception) -> int:
+    """Say that SQLite cannot use ``target`` (a damaged database, no access)."""
+    print(
+        f"governor demo: --spend-db {target} cannot be used as a SQLite spend "
+        f"store ({exc}); give a new file name or the SQLite file of an earlier "
+        "demo",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _demo(args: argparse.Namespace, examples: Path) -> int:
     from governor import Governor, govern
     from governor.spend import default_spend_target
     from governor.stores import MemoryLedger
     from governor.telemetry import configure_tracing
-    from governor.telemetry._setup import service_name_from_env
+    from governor.telemetry._setup import ENV_TRACES_FILE, service_name_from_env
     from governor.testing import ENV_PROVIDER, install_offline_provider
 
     spend_target = args.spend_db or default_spend_target()
@@ -209,7 +306,9 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     _log_on_own_lines()
     traces = Path(args.traces)
     service = service_name_from_env() or "governor-demo"
-    provider = configure_tracing(service_name=service, jsonl_path=traces)
+    exporter = _counted_exporter(traces)
+    with _env_unset(ENV_TRACES_FILE):  # the spans go to --traces only
+        provider = configure_tracing(service_name=service, exporters=[exporter])
     ledger = MemoryLedger()
     governors: list[Governor] = []
 
@@ -242,8 +341,51 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     provider.shutdown()
     for gov in governors:
         gov.close()
-    _print_table(args, rows, traces, spend_target)
+    lost: int = exporter.lost
+    _print_table(args, rows, None if lost else traces, spend_target)
+    if lost:
+        print(
+            f"governor demo: {lost} of {exporter.exported} spans could not be "
+            f"written to --traces {traces} (the warning above says why); give "
+            "a file on a disk with room that you can write to",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _counted_exporter(path: Path) -> Any:
+    """The JSONL span exporter for ``path``, counting in ``exported`` and
+    ``lost`` the spans it was given and those it could not write."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from governor.telemetry._setup import JsonlSpanExporter
+
+    class CountedExporter(JsonlSpanExporter):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.exported = 0
+            self.lost = 0
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            result = super().export(spans)
+            self.exported += len(spans)
+            if result is not SpanExportResult.SUCCESS:
+                self.lost += len(spans)
+            return result
+
+    return CountedExporter(path)
+
+
+@contextmanager
+def _env_unset(name: str) -> Iterator[None]:
+    """Hide an environment variable for the ``with`` block."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def _run_research(
@@ -343,10 +485,12 @@ def _small_budget(policy: Any) -> Any:
 
 
 def _print_table(
-    args: argparse.Namespace, rows: list[_Row], traces: Path, spend: str
+    args: argparse.Namespace, rows: list[_Row], traces: Path | None, spend: str
 ) -> None:
+    """The tasks' table (or JSON); ``traces`` is None when spans were lost."""
     if args.json:
-        out = {"tasks": [r.__dict__ for r in rows], "traces": str(traces)}
+        written = None if traces is None else str(traces)
+        out = {"tasks": [r.__dict__ for r in rows], "traces": written}
         print(json.dumps({**out, "spend": spend}))
         return
     headers = (
@@ -385,7 +529,8 @@ def _print_table(
     for row in rows:
         if row.detail:
             print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
-    print(f"\nTraces: {traces} (one JSON span per line).")
+    if traces is not None:
+        print(f"\nTraces: {traces} (one JSON span per line).")
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )

@@ -11,6 +11,12 @@ from typing import Any
 
 from governor.cli._text import positive_count
 
+_GIVE = (
+    "give a folder of Azure LLM inference trace CSV files (.csv or .csv.gz, "
+    "columns TIMESTAMP, ContextTokens, GeneratedTokens) or one such file "
+    "that you can read"
+)
+
 # Progress lines come at least this many replayed calls apart.
 _PROGRESS_CALLS = 100_000
 
@@ -61,6 +67,12 @@ def _run(args: argparse.Namespace) -> int:
     from governor._errors import GovernorError, PriceUnknown
     from governor.anomaly._eval import run_eval
 
+    if not args.path.exists():
+        print(
+            f"governor eval anomalies: {args.path}: no such file or folder; {_GIVE}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         document = run_eval(
             args.path,
@@ -74,8 +86,16 @@ def _run(args: argparse.Namespace) -> int:
     except PriceUnknown as exc:
         print(f"governor eval anomalies: {_unpriced(exc)}", file=sys.stderr)
         return 2
-    except (GovernorError, OSError) as exc:
+    except GovernorError as exc:
         print(f"governor eval anomalies: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = exc.filename or args.path
+        why = exc.strerror or str(exc)
+        print(
+            f"governor eval anomalies: cannot read {where}: {why}; {_GIVE}",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(document, indent=2) if args.json else render(document))
     return 0

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from governor.cli._text import (
+    check_output,
+    given,
+    refuse_overwriting,
+    same_file,
+    write_atomically,
+)
 
 __all__ = ["register_eval"]
 
@@ -33,7 +40,8 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         required=True,
         metavar="NAME_OR_FILE",
         help="a built-in name (routerbench-3tier, routerbench-cascade, "
-        "gsm8k-2tier, arena-3tier, arena-3tier-judge), a .json file, or "
+        "gsm8k-2tier, arena-3tier, arena-3tier-judge), pack:NAME of a policy "
+        "pack with a cascade (pack:cost_saver), a .json file, or "
         "package.module:attribute",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON doc")
@@ -62,7 +70,10 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         "model's cost (0.30)",
     )
     parser.add_argument(
-        "--png", metavar="PATH", help="also write the cost-quality chart here"
+        "--png",
+        metavar="PATH",
+        type=given("a file name"),
+        help="also write the cost-quality chart here",
     )
     parser.set_defaults(handler=_run)
 
@@ -109,7 +120,7 @@ def _cost_target(text: str) -> float:
 
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
-    from governor.cascade._builtin import load_policy, price_table
+    from governor.cascade._builtin import price_table
     from governor.cascade._datasets import (
         read_rows,
         refuse_unanswered,
@@ -118,8 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     from governor.cascade._fit import fit_and_report, formless_answers, narrow_rows
 
     try:
-        png = _writable(args.png)
-        policy = load_policy(args.policy)
+        png = _writable(args.png, args.data, args.policy)
+        policy = _policy(args.policy)
         loaded = read_rows(
             Path(args.data), lambda layout: price_table(layout, policy.pricing)
         )
@@ -154,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             _chart(png, result, args)
         except OSError as exc:
-            return _fail(f"cannot write the chart to {png}: {exc}")
+            return _fail(f"cannot write the chart to {png}: {exc.strerror or exc}")
     return 0
 
 
@@ -185,22 +196,54 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _writable(path_text: str | None) -> Path | None:
-    """Check that the chart can be written before the run, not after it."""
+def _writable(path_text: str | None, data: str, policy: str) -> Path | None:
+    """Check that the chart can be written before the run, not after it, and
+    that it would not overwrite the data or the policy file."""
     from governor._errors import ConfigError
 
-    if path_text is None:
+    path = check_output("--png", path_text)
+    if path is None:
         return None
-    path = Path(path_text)
-    if path.is_dir():
-        raise ConfigError(f"--png {path}: is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"--png {path}: no such folder {path.parent}")
-    if not os.access(path.parent, os.W_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise ConfigError(f"--png {path}: not writable")
+    policy_file = policy if Path(policy).is_file() else None
+    refuse_overwriting(
+        [("--png", path_text)], [("DATA", data), ("--policy", policy_file)]
+    )
+    folder = Path(data)
+    if path.is_file() and folder.is_dir() and _inside(path, folder):
+        raise ConfigError(
+            f"--png {path} is a file in the DATA folder {data}, which may be "
+            "read as data; writing the chart would destroy it: give --png a "
+            "new file name or a path outside the folder"
+        )
     return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder`` or a subfolder of it (as read)."""
+    return any(same_file(parent, folder) for parent in path.resolve().parents)
+
+
+def _policy(spec: str) -> Any:
+    """The cascade policy ``spec`` names; ``pack:NAME`` is a policy pack's
+    cascade, with the pack's pricing."""
+    from governor._errors import ConfigError
+    from governor.cascade._builtin import BUILTIN_POLICIES, NamedPolicy, load_policy
+
+    if not spec.startswith("pack:"):
+        return load_policy(spec)
+    from governor.policies.packs import PACKS, by_name
+
+    name = spec.removeprefix("pack:")
+    pack = by_name(name)
+    if pack.cascade is None:
+        with_one = [f"pack:{n}" for n, make in PACKS.items() if make().cascade]
+        raise ConfigError(
+            f"{spec}: the pack has no cascade, so there is nothing to evaluate; "
+            f"give a pack with one ({', '.join(with_one) or 'none has one'}) or "
+            f"a built-in cascade policy ({', '.join(BUILTIN_POLICIES)})"
+        )
+    cascade = ((pack.name, pack.cascade),)
+    return NamedPolicy(spec, f"the {name} pack", cascade, pricing=pack.pricing)
 
 
 def _note(result: Any) -> str | None:
@@ -305,7 +348,7 @@ def _plotted(points: Any) -> list[tuple[float, float]]:
 
 
 def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
-    from governor.cascade._chart import Series, write_chart
+    from governor.cascade._chart import Series, encode_png, render_chart
     from governor.cascade._published import FRUGALGPT_POINTS, ROUTELLM_POINTS
 
     frontier = sorted(_plotted(p for p in result.curve if p.on_fit_frontier))
@@ -332,9 +375,8 @@ def _chart(path: Path, result: Any, args: argparse.Namespace) -> None:
         Series("always-best", [(1.0, 1.0)], (0, 0, 0), marker_px=5),
     ]
     title = f"{result.report.policy.split('/')[0]} held-out rows"
-    write_chart(
-        path, series, title=title, target=(args.target_cost, args.target_quality)
-    )
+    target = (args.target_cost, args.target_quality)
+    write_atomically(path, encode_png(render_chart(series, title=title, target=target)))
 
 
 def _ratios(summary: Any, best: Any) -> list[tuple[float, float]]:

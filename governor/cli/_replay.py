@@ -11,7 +11,7 @@ from typing import Any
 
 from governor.cli._policy import POLICY_HELP, unpriced_advice
 from governor.cli._spend_source import redis_down, unreachable
-from governor.cli._text import ljust, printable, width
+from governor.cli._text import given, ljust, printable, width
 
 __all__ = [
     "SourceError",
@@ -50,7 +50,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
         action="append",
         default=[],
         metavar="OLD=NEW",
-        help="replay calls to OLD as calls to NEW (repeatable)",
+        help="replay calls to OLD as calls to NEW (repeatable, one NEW per OLD)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=_run)
@@ -61,6 +61,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=None,
+        type=given("a spend store's path or URL"),
         help="spend store to read (default: GOVERNOR_SPEND_DB or "
         ".governor/spend.sqlite3); a .jsonl (or .jsonl.gz) path reads a JSONL trace",
     )

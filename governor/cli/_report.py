@@ -14,8 +14,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from governor.cli._spend_source import redis_down, unreachable
-from governor.cli._text import ljust, positive_count, printable, rjust, width
+from governor.cli._spend_source import not_a_spend_file, redis_down, unreachable
+from governor.cli._text import (
+    check_output,
+    given,
+    ljust,
+    positive_count,
+    printable,
+    refuse_overwriting,
+    rjust,
+    width,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     from governor.spend import Group, SpendSummary
@@ -44,6 +54,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--db",
         metavar="PATH",
+        type=given("a spend store's path or URL"),
         help="SQLite file, .jsonl (or .jsonl.gz) trace or redis:// URL "
         "(default: $GOVERNOR_SPEND_DB, else ./.governor/spend.sqlite3)",
     )
@@ -74,7 +85,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
         metavar="KEY=VALUE",
         help="keep only calls with this task_id, call_id, model, provider, "
         "outcome, team, feature, environment, user, session, org or tag.NAME; "
-        "an empty VALUE (team=) keeps the calls where KEY is unset",
+        "an empty VALUE (team=) keeps the calls where KEY is unset; each KEY "
+        "once (group by it with --by to see several values)",
     )
     parser.add_argument(
         "--top",
@@ -86,8 +98,18 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", dest="fmt"
     )
-    parser.add_argument("--html", metavar="FILE", help="also write an HTML report")
-    parser.add_argument("--png", metavar="FILE", help="also write the charts as PNG")
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        type=given("a file name"),
+        help="also write an HTML report",
+    )
+    parser.add_argument(
+        "--png",
+        metavar="FILE",
+        type=given("a file name"),
+        help="also write the charts as PNG",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -160,10 +182,11 @@ def _read_options(args: argparse.Namespace) -> _Query:
     """Check the options that need no store: times, groupings, filters, files."""
     from governor.spend import default_spend_target
     from governor.spend._aggregate import check_grouping
-    from governor.spend._open import check_prefix
+    from governor.spend._open import check_prefix, is_redis_target
     from governor.spend._store import check_filters
 
-    check_prefix(args.db or default_spend_target(), args.prefix)
+    target = args.db or default_spend_target()
+    check_prefix(target, args.prefix)
     now = datetime.now(UTC)
     since = parse_when(args.since, now=now) if args.since else None
     until = parse_when(args.until, now=now) if args.until else None
@@ -173,8 +196,11 @@ def _read_options(args: argparse.Namespace) -> _Query:
     if args.html or args.png:
         # Charts need the time buckets and the top tasks whatever was asked.
         by += tuple(b for b in ("hour", "day", "task") if b not in by)
-    for option, path in (("--html", args.html), ("--png", args.png)):
-        _check_output(option, path)
+    outputs = (("--html", args.html), ("--png", args.png))
+    for option, path in outputs:
+        check_output(option, path)
+    store = None if is_redis_target(target) else target
+    refuse_overwriting(outputs, [("--db" if args.db else "the spend store", store)])
     return _Query(since, until, check_filters(_filters(args.filter)), shown, by)
 
 
@@ -192,17 +218,6 @@ def _check_range(
         "match; the report covers since <= time < until: give the earlier "
         "time to --since"
     )
-
-
-def _check_output(option: str, path: str | None) -> None:
-    """Refuse an --html or --png path that is a folder."""
-    from governor._errors import ConfigError
-
-    if path is not None and Path(path).is_dir():
-        raise ConfigError(
-            f"{option} {path} is a folder; give a file name such as "
-            f"{Path(path) / ('report' + option.replace('--', '.'))}"
-        )
 
 
 def _summarize(
@@ -248,12 +263,25 @@ def _check_store_path(target: str) -> None:
             "GOVERNOR_SPEND_DB) at the SQLite file the governor records to or "
             "at a spend .jsonl file (spend records, not a span trace)"
         )
+    problem = not_a_spend_file(target, reading=True)
+    if problem is not None:
+        raise ConfigError(
+            f"{problem}; point --db (or GOVERNOR_SPEND_DB) at the SQLite file "
+            "the governor records to, or at a spend .jsonl file"
+        )
 
 
 def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
+    """``--filter KEY=VALUE`` pairs by key; one value per key.
+
+    A store keeps a call when it matches every filter, and a call has one
+    value of each key, so two values of one key could match no call: that is
+    refused rather than keeping only the last.
+    """
     from governor._errors import ConfigError
 
     out: dict[str, str | None] = {}
+    first: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
@@ -264,6 +292,13 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
                 "--filter tag.customer=acme"
             )
         # Attribution values are never empty, so "team=" can only mean unset.
+        if key in out and out[key] != (value or None):
+            raise ConfigError(
+                f"--filter {first[key]} and --filter {pair}: one value per key, "
+                f"since a call has one {key}; report one {key} at a time, or "
+                f"group by it (--by {key}) to see each {key}'s spend"
+            )
+        first.setdefault(key, pair)
         out[key] = value or None
     return out
 
@@ -391,22 +426,20 @@ def _write_charts(summary: SpendSummary, args: argparse.Namespace, label: str) -
     if args.html:
         table = render_table(summary, label, args.top)
         page = render_html(f"llm-governor spend report ({label})", [table], charts)
-        _write("--html", Path(args.html), page)
+        _write("--html", Path(args.html), page.encode("utf-8"))
     if args.png:
         from governor.spend._png import render_png
 
         _write("--png", Path(args.png), render_png(charts))
 
 
-def _write(option: str, path: Path, data: str | bytes) -> None:
-    """Write an output file, or raise ConfigError saying why it could not be."""
+def _write(option: str, path: Path, data: bytes) -> None:
+    """Write an output file whole, or raise ConfigError saying why it could not
+    be (an earlier file there is then left as it was)."""
     from governor._errors import ConfigError
 
     try:
-        if isinstance(data, str):
-            path.write_text(data, encoding="utf-8")
-        else:
-            path.write_bytes(data)
+        write_atomically(path, data)
     except OSError as exc:
         raise ConfigError(
             f"cannot write {option} {path}: {exc.strerror or exc}; give a path "

@@ -1,12 +1,67 @@
-"""What the spend commands say when the Redis spend store does not answer.
+"""What the spend commands say about a spend store they cannot use.
 
 ``governor report``, ``replay``, ``compare`` and ``demo`` share it, so that a
-Redis that is down reads the same wherever it is named.
+Redis that is down, or a file that is no spend store, reads the same wherever
+it is named.
 """
 
 from __future__ import annotations
 
-__all__ = ["redis_down", "unreachable"]
+from pathlib import Path
+
+__all__ = ["SQLITE_HEADER", "not_a_spend_file", "redis_down", "unreachable"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def not_a_spend_file(target: str, *, reading: bool) -> str | None:
+    """Why the existing local file ``target`` cannot be a spend store, or None.
+
+    A store path not named ``.jsonl`` is opened as SQLite, so its file must
+    be one: a JSON file, a device (``/dev/null``) or a text file such as
+    ``/proc/version`` is said to be what it is before SQLite reports
+    "file is not a database" or "unable to open database file". An empty
+    file is a new SQLite database to a writer but no spend store to a
+    reader. URLs, missing paths and folders are left to the caller; so is a
+    ``.jsonl`` file (its reader names a bad line) and, for a reader, a gzip
+    file (read as compressed spend JSONL).
+
+    Args:
+        target: the store's path or URL.
+        reading: the command reads the store (``report``) rather than
+            recording to it (``demo``).
+    """
+    if "://" in target:
+        return None
+    path = Path(target)
+    if not path.exists() or path.is_dir():
+        return None
+    if not path.is_file():
+        return f"{target} is not a regular file (a device, a pipe or a socket)"
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot read {target}: {exc.strerror or exc}"
+    if target.endswith(_JSONL_SUFFIXES) or head.startswith(SQLITE_HEADER):
+        return None
+    if head.startswith(_GZIP_MAGIC):
+        if reading:
+            return None
+        return (
+            f"{target} is gzip-compressed, which the governor reads as spend "
+            "JSONL but cannot record to"
+        )
+    if not head:
+        return f"{target} is an empty file, not a spend store" if reading else None
+    return (
+        f"{target} is not a SQLite database (it does not start with the SQLite "
+        "header), so it cannot be a SQLite spend store"
+    )
 
 
 def redis_down(target: str, exc: BaseException) -> bool:
