@@ -43,7 +43,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
     _store_arguments(status)
     status.set_defaults(handler=_status)
     reset = actions.add_parser(
-        "reset", help="zero the spend of a budget line (all its windows)"
+        "reset",
+        help="zero the spend of a budget line (all its windows); what calls "
+        "in flight hold stays until they settle",
     )
     reset.add_argument(
         "scope",
