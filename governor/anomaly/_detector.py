@@ -333,21 +333,32 @@ def noisy_threshold(level: float, spread: float, unit: float, k: float) -> float
 class AnomalyDetector:
     """Deviation, burst and peers rules per scope and metric, grouped in episodes.
 
+    Memory is bounded by ``max_series`` scope-and-metric series. A new series
+    past it drops the least recently fed one whose scope has no open episode,
+    with its baseline, in constant time. A scope whose episode is over (no
+    rule fired for ``cooldown_s``) but not yet seen to end, because no call
+    came since, counts as having none: its episode ends then, with
+    ``on_episode_end``, and its series go first. Only when every series kept
+    has an open episode is the least recently fed of those dropped, its
+    episode ended the same way, so that nothing it tightened stays tightened
+    for good. :attr:`evicted` counts the series dropped.
+
     Args:
         settings: the rules' parameters.
-        max_series: scope-and-metric series kept; the least recently fed
-            one is dropped first (bounds memory for user and session scopes).
+        max_series: scope-and-metric series kept (at least 1); None:
+            ``settings.max_series``.
         on_episode_end: called with a scope and the time its anomaly episode
             was seen to end (the first call on the scope that trips no rule
             once ``cooldown_s``, and at least one interval, has passed since
-            its last trip, or the trip that opens its next episode).
+            its last trip, the trip that opens its next episode, or the call
+            whose new series drops the scope's, as above).
     """
 
     def __init__(
         self,
         settings: Anomalies,
         *,
-        max_series: int = 10_000,
+        max_series: int | None = None,
         on_episode_end: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -360,12 +371,29 @@ class AnomalyDetector:
             "usd": usd_to_nanos(settings.min_usd_per_interval),
             "tokens": settings.min_tokens_per_interval,
         }
-        self._series: OrderedDict[tuple[str, Metric], _Series] = OrderedDict()
+        if max_series is None:
+            max_series = settings.max_series
+        if max_series < 1:
+            raise ValueError(
+                f"max_series must be at least 1, got {max_series}; give the "
+                "number of scope-and-metric series to keep, e.g. 10000"
+            )
+        self._series: dict[tuple[str, Metric], _Series] = {}
+        # The series' keys, least recently fed first: those whose scope has no
+        # open episode, and those whose scope has one (dropped last).
+        self._idle: OrderedDict[tuple[str, Metric], None] = OrderedDict()
+        self._busy: OrderedDict[tuple[str, Metric], None] = OrderedDict()
         self._max_series = max_series
+        self._evicted = 0
         # Open episodes: scope -> time of its latest trip.
         self._episodes: dict[str, int] = {}
         self._on_episode_end = on_episode_end
         self._peer_cache: dict[tuple[str, Metric], tuple[int, _Trip | None]] = {}
+
+    @property
+    def evicted(self) -> int:
+        """Series dropped so far to stay within ``max_series``."""
+        return self._evicted
 
     def observe_record(self, rec: SpendRecord) -> list[Alert]:
         """Feed one spend record into every scope it counts towards.
@@ -421,29 +449,78 @@ class AnomalyDetector:
         last = self._episodes.get(scope)
         quiet = last is not None and ts_us - last >= self._episode_us
         if quiet:
-            del self._episodes[scope]
-            if self._on_episode_end is not None:
-                self._on_episode_end(scope, from_us(ts_us))
+            self._end_episode(scope, ts_us)
         if tripped:
+            if scope not in self._episodes:
+                self._move(scope, self._idle, self._busy)
             self._episodes[scope] = ts_us
         return tripped and (last is None or quiet)
 
-    def _series_for(self, scope: str, metric: Metric, index: int) -> _Series:
+    def _end_episode(self, scope: str, ts_us: int, *, first: bool = False) -> None:
+        """Close the scope's episode; its series join the idle ones.
+
+        ``first``: as the least recently fed of them, to be dropped next.
+        """
+        del self._episodes[scope]
+        self._move(scope, self._busy, self._idle, first=first)
+        if self._on_episode_end is not None:
+            self._on_episode_end(scope, from_us(ts_us))
+
+    def _move(
+        self,
+        scope: str,
+        source: OrderedDict[tuple[str, Metric], None],
+        target: OrderedDict[tuple[str, Metric], None],
+        *,
+        first: bool = False,
+    ) -> None:
+        for metric in self.settings.metrics:
+            key = (scope, metric)
+            if key in source:
+                del source[key]
+                target[key] = None
+                if first:
+                    target.move_to_end(key, last=False)
+
+    def _series_for(
+        self, scope: str, metric: Metric, index: int, ts_us: int
+    ) -> _Series:
         key = (scope, metric)
         series = self._series.get(key)
         if series is None:
+            if len(self._series) >= self._max_series:
+                self._evict(ts_us)
             series = _Series(self.settings, index)
             self._series[key] = series
-            if len(self._series) > self._max_series:
-                (old_scope, _), _ = self._series.popitem(last=False)
-                self._episodes.pop(old_scope, None)
+            order = self._busy if scope in self._episodes else self._idle
+            order[key] = None
+        elif scope in self._episodes:
+            self._busy.move_to_end(key)
         else:
-            self._series.move_to_end(key)
+            self._idle.move_to_end(key)
         return series
+
+    def _evict(self, ts_us: int) -> None:
+        """Drop one series to make room for a new one, in constant time.
+
+        The least recently fed series with an open episode goes first if that
+        episode is over (``cooldown_s`` since its last trip) or if no series
+        without one is left, its episode ended with ``on_episode_end`` (a
+        tightening must not outlive its series); else the least recently fed
+        series without one.
+        """
+        if self._busy:
+            scope = next(iter(self._busy))[0]
+            over = ts_us - self._episodes[scope] >= self._episode_us
+            if over or not self._idle:
+                self._end_episode(scope, ts_us, first=True)
+        key, _ = self._idle.popitem(last=False)
+        del self._series[key]
+        self._evicted += 1
 
     def _step(self, scope: str, metric: Metric, ts_us: int, amount: int) -> list[_Trip]:
         index = ts_us // self._interval_us
-        series = self._series_for(scope, metric, index)
+        series = self._series_for(scope, metric, index, ts_us)
         series.roll(index)
         series.add(ts_us, amount, self._burst_us)
         if len(series.history) < self.settings.min_history_intervals:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from governor._forks import start_over_in_children
+from governor._quiet import Quiet
 from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
@@ -40,6 +41,11 @@ class AnomalyMonitor:
     ``restores=True`` (as a governor makes its monitor), once every episode
     that holds it tightened has ended, a ``"restore"`` request undoes the
     lowering; a block stays until someone unblocks the scope.
+
+    The monitor keeps at most ``settings.max_series`` scope-and-metric
+    series (see :class:`AnomalyDetector` for which one goes past that). When
+    it drops series it logs a WARNING, at most once a minute, with how many:
+    a scope seen again starts without a baseline.
 
     Thread-safe: the detector runs under a lock, hooks run outside it. A
     monitor made before ``os.fork()`` keeps working in the child, with a copy
@@ -84,6 +90,9 @@ class AnomalyMonitor:
         # Tightened scope -> the alerting scopes whose episodes hold it there,
         # and the alert that tightened it.
         self._held: dict[str, tuple[set[str], Alert]] = {}
+        # Series dropped as of the last eviction warning; one a minute at most.
+        self._evicted_warned = 0
+        self._quiet = Quiet()
         if self.settings.auto_tighten != "off" and on_tighten is None:
             logger.warning(
                 "Anomalies(auto_tighten=%r) has no on_tighten callback; "
@@ -107,6 +116,20 @@ class AnomalyMonitor:
             alerts = self._detector.observe_record(rec)
             ended, self._ended = self._ended, []
             requests = self._requests(alerts, ended)
+            dropped, total = self._evictions_to_report(), self._detector.evicted
+        if dropped:
+            logger.warning(
+                "anomaly monitor dropped %d scope series (%d in all so far): it "
+                "keeps at most max_series=%d (one per metric for each value "
+                "of the scopes %s), and a scope seen again starts without a "
+                "baseline. Watch fewer scopes (drop one with many one-off "
+                "values, such as 'session', from Anomalies.scopes) or raise "
+                "Anomalies(max_series=...)",
+                dropped,
+                total,
+                self.settings.max_series,
+                ", ".join(self.settings.scopes),
+            )
         # Tighten first: a slow hook (a pager with a timeout) must not let a
         # runaway keep spending until it returns.
         if self._on_tighten is not None:
@@ -116,6 +139,17 @@ class AnomalyMonitor:
             for hook in self._hooks:
                 _call_safely(hook, alert)
         return alerts
+
+    def _evictions_to_report(self) -> int:
+        """Series dropped since the last warning, when a warning is due; else 0.
+
+        Called under the lock.
+        """
+        dropped = self._detector.evicted - self._evicted_warned
+        if not dropped or self._quiet.due("evicted") is None:
+            return 0
+        self._evicted_warned = self._detector.evicted
+        return dropped
 
     def _episode_ended(self, scope: str, ts: datetime) -> None:
         # Called by the detector, under the lock.

@@ -115,6 +115,15 @@ class Anomalies(PolicyModel):
         default=("all", "team", "feature"),
         description=f"scopes watched separately, from {', '.join(ALERT_SCOPES)}",
     )
+    max_series: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "scope-and-metric series kept in memory; past it the least recently "
+            "seen one whose scope has no open anomaly episode is dropped, with "
+            "its baseline (one series per metric for each scope value)"
+        ),
+    )
     min_usd_per_interval: Decimal = Field(
         default=Decimal(0),
         ge=0,
