@@ -92,6 +92,12 @@ from governor._errors import (
 from governor._forks import start_over_in_children
 from governor._quiet import Quiet
 from governor.stores._base import Balance, Line, Refusal
+from governor.stores._redis_checks import (
+    LimitWatch,
+    aread_memory_settings,
+    eviction_warning,
+    read_memory_settings,
+)
 from governor.stores._retry import Retrier
 
 if TYPE_CHECKING:
@@ -795,6 +801,13 @@ class RedisLedger:
         self._settled_ms = _ms(settled_memory_s)
         self._late_settles = Quiet(_LATE_SETTLE_WARN_EVERY_S)
         self._pool_waits = Quiet(_POOL_WARN_EVERY_S)
+        self._limits = LimitWatch(prefix)
+        self._memory_checked = False
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a writer id of its own on the lines it sets."""
+        self._limits.start_over()
 
     @property
     def connections(self) -> RedisConnections:
@@ -815,7 +828,9 @@ class RedisLedger:
         keys, args = self._reserve_args(hold_id, lines, nanos, tokens, ttl_s)
         script = self._conn.script(_RESERVE_LUA)
         reply = self._conn.call(lambda: script(keys, args), "reserve")
-        return _refusal(reply, lines)
+        if not self._memory_checked:
+            self._check_memory()
+        return self._reserved(reply, lines)
 
     def settle(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
@@ -917,7 +932,9 @@ class RedisLedger:
         keys, args = self._reserve_args(hold_id, lines, nanos, tokens, ttl_s)
         script = self._conn.ascript(_RESERVE_LUA)
         reply = await self._conn.acall(lambda: script(keys, args), "reserve")
-        return _refusal(reply, lines)
+        if not self._memory_checked:
+            await self._acheck_memory()
+        return self._reserved(reply, lines)
 
     async def asettle(
         self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
@@ -1012,7 +1029,47 @@ class RedisLedger:
             key.split(":", 1)[0],
         )
 
+    # -- the server's eviction policy -------------------------------------
+
+    def _check_memory(self) -> None:
+        """Warn, once per process, if the server may evict budget keys.
+
+        Run after the first reserve that reached Redis: one ``INFO memory``
+        round trip. Settings that cannot be read (ACLs) say nothing; a
+        connection error leaves the check to the next reserve.
+        """
+        self._memory_checked = True
+        try:
+            settings = read_memory_settings(self._conn.client())
+        except redis.exceptions.RedisError:
+            self._memory_checked = False
+            return
+        self._warn_eviction(settings)
+
+    async def _acheck_memory(self) -> None:
+        """Async form of :meth:`_check_memory`."""
+        self._memory_checked = True
+        try:
+            settings = await aread_memory_settings(self._conn.aclient())
+        except redis.exceptions.RedisError:
+            self._memory_checked = False
+            return
+        self._warn_eviction(settings)
+
+    def _warn_eviction(self, settings: tuple[int, str] | None) -> None:
+        message = eviction_warning(redact_url(self._conn.config.url), settings)
+        if message is not None:
+            logger.warning("%s", message)
+
     # -- replies (no I/O) ------------------------------------------------
+
+    def _reserved(self, reply: Sequence[Any], lines: Sequence[Line]) -> Refusal | None:
+        """The reserve's refusal, if any; warns of limits other workers set."""
+        held = int(reply[0]) == 1
+        others = reply[1:2] if held else reply[10:11]
+        if others and others[0]:
+            self._limits.check(others[0], lines)
+        return None if held else _refusal(reply, lines)
 
     def _check_settle(self, reply: Any, hold_id: str, keys: Sequence[str]) -> None:
         """Warn, at most once a minute, of settles that found no live hold.
@@ -1032,8 +1089,9 @@ class RedisLedger:
             "to other calls meanwhile, so these lines may end above their "
             "limits (%d such settle(s) since the last warning). The hold "
             "lapsed before the call ended (its worker did not renew it for "
-            "hold_ttl_s: frozen, or cut off from Redis), or its reserve never "
-            "reached Redis (a fail-open outage).",
+            "hold_ttl_s: frozen, or cut off from Redis), its reserve never "
+            "reached Redis (a fail-open outage), or Redis evicted the hold "
+            "(maxmemory with a maxmemory-policy other than noeviction).",
             hold_id,
             ", ".join(keys),
             skipped + 1,
@@ -1057,7 +1115,8 @@ class RedisLedger:
     ) -> tuple[list[str], list[Any]]:
         _check_amounts(nanos, tokens, "reserve")
         keys = [self.ns + "holds", self.ns + "lines", f"{self.ns}h:{hold_id}"]
-        args: list[Any] = [self.ns, hold_id, nanos, tokens, _ms(ttl_s)]
+        writer = self._limits.writer
+        args: list[Any] = [self.ns, hold_id, nanos, tokens, _ms(ttl_s), writer]
         for line in lines:
             _check_limits(line)
             window_s: float | None = getattr(line, "window_s", None)
@@ -1262,7 +1321,7 @@ def _int_or_none(value: Any) -> int | None:
 def _refusal(reply: Sequence[Any], lines: Sequence[Line]) -> Refusal | None:
     if int(reply[0]) == 1:
         return None
-    _, index, unit, ln, lt, sn, st, rn, rt, lapse_ms = reply
+    _, index, unit, ln, lt, sn, st, rn, rt, lapse_ms = reply[:10]
     key = lines[int(index) - 1].key
     balance = Balance(
         key, _int_or_none(ln), _int_or_none(lt), int(sn), int(st), int(rn), int(rt)
@@ -1290,6 +1349,7 @@ def _balance(key: str, reply: Sequence[Any] | None) -> Balance | None:
 #   wm       rolling window in ms (absent = not rolling)
 #   g        when the line was made (server ms; absent on lines of old versions)
 #   hd       the latest deadline of any hold taken on it (ms; absent likewise)
+#   lw       the writer (a ledger in one process) that last changed ln or lt
 # A line lives at least until hd: it never expires under a live hold.
 # A rolling line keeps its spend per sub-bucket in the hash ns..'r:'..key,
 # fields 'n<idx>' and 't<idx>'. A hold hash holds k (JSON list of line keys),
@@ -1410,14 +1470,17 @@ end
 """
 
 # KEYS: holds, index, hold, line hashes...
-# ARGV: ns, hold_id, nanos, tokens, ttl_ms, then per line: key, ln, lt, ttl, wm
-# ('' for absent). Returns {1} when held (or already held under this id), else
-# {0, line_index, unit, ln, lt, sn, st, rn, rt, lapse_ms} for the first line
-# lacking room, lapse_ms being when its latest hold lapses ('' if unknown).
+# ARGV: ns, hold_id, nanos, tokens, ttl_ms, writer, then per line: key, ln, lt,
+# ttl, wm ('' for absent). Returns {1, others} when held ({1} when already held
+# under this id), else {0, line_index, unit, ln, lt, sn, st, rn, rt, lapse_ms,
+# others} for the first line lacking room, lapse_ms being when its latest hold
+# lapses ('' if unknown). others lists, flat, {line_index, ln, lt} of each line
+# whose stored limits differed from the ones sent and had been written by
+# another writer (field lw): workers that disagree on a limit.
 _RESERVE_LUA: Final = (
     _LUA_LIB
     + """
-local ns, id = ARGV[1], ARGV[2]
+local ns, id, writer = ARGV[1], ARGV[2], ARGV[6]
 local nanos, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 reap(ns, KEYS[1], now)
@@ -1425,33 +1488,48 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
 
 local SETTINGS = {'ln', 'lt', 'ttl', 'wm'}
 local count = #KEYS - 3
-local names, state, windows, added = {}, {}, nil, false
+local names, state, windows, added, others = {}, {}, nil, false, {}
 for i = 1, count do
-  local a = 5 + (i - 1) * 5
+  local a = 6 + (i - 1) * 5
   local key, lk = ARGV[a + 1], KEYS[3 + i]
   local cur = redis.call('HMGET', lk, 'ln', 'lt', 'ttl', 'wm', 'sn', 'st', 'rn', 'rt',
-    'g', 'hd')
+    'g', 'hd', 'lw')
   local wm, ttl = ARGV[a + 5], ARGV[a + 4]
   local rk = ns .. 'r:' .. key
-  local set, del = {}, {}
+  local set, del, limits = {}, {}, false
   for j = 1, 4 do
     local want = ARGV[a + 1 + j]
     if want == '' then
-      if cur[j] then del[#del + 1] = SETTINGS[j] end
+      if cur[j] then
+        del[#del + 1] = SETTINGS[j]
+        limits = limits or j <= 2
+      end
     elseif cur[j] ~= want then
       set[#set + 1] = SETTINGS[j]
       set[#set + 1] = want
+      limits = limits or j <= 2
     end
+  end
+  if limits then
+    if cur[11] and cur[11] ~= writer then
+      others[#others + 1] = i
+      others[#others + 1] = cur[1] or ''
+      others[#others + 1] = cur[2] or ''
+    end
+    set[#set + 1] = 'lw'
+    set[#set + 1] = writer
   end
   if not cur[5] then
     for _, f in ipairs({'sn', 'st', 'rn', 'rt', 'g'}) do
       set[#set + 1] = f
       set[#set + 1] = f == 'g' and now or 0
     end
-    added = redis.call('SADD', KEYS[2], key) == 1 or added
     -- Sub-buckets that outlived an earlier line of this key are not its spend.
     if wm ~= '' then redis.call('DEL', rk) end
   end
+  -- Every time, not only for a new line: an index that lost the key (evicted
+  -- under a maxmemory-policy other than noeviction) gets it back.
+  added = redis.call('SADD', KEYS[2], key) == 1 or added
   if #set > 0 then redis.call('HSET', lk, unpack(set)) end
   if #del > 0 then redis.call('HDEL', lk, unpack(del)) end
 
@@ -1476,7 +1554,7 @@ end
 
 local refused
 for i = 1, count do
-  local a = 5 + (i - 1) * 5
+  local a = 6 + (i - 1) * 5
   local ln, lt = ARGV[a + 2], ARGV[a + 3]
   local sn, st, rn, rt, hd = unpack(state[i])
   local unit
@@ -1488,7 +1566,7 @@ for i = 1, count do
   if unit then
     local lapse = ''
     if hd > now then lapse = hd - now end
-    refused = {0, i, unit, ln, lt, sn, st, rn, rt, lapse}
+    refused = {0, i, unit, ln, lt, sn, st, rn, rt, lapse, others}
     break
   end
 end
@@ -1496,7 +1574,7 @@ end
 local deadline = now + tonumber(ARGV[5])
 local held = {}
 for i = 1, count do
-  local a = 5 + (i - 1) * 5
+  local a = 6 + (i - 1) * 5
   local lk, ttl = KEYS[3 + i], ARGV[a + 4]
   local hd = state[i][5]
   if not refused then
@@ -1522,7 +1600,7 @@ if windows then
 end
 redis.call('HSET', KEYS[3], unpack(hold))
 redis.call('ZADD', KEYS[1], deadline, id)
-return {1}
+return {1, others}
 """
 )
 
