@@ -30,14 +30,24 @@ def nanos_to_usd(nanos: int) -> Decimal:
     """
     if not nanos:
         return Decimal(0)
+    if -_EXACT_NANOS < nanos < _EXACT_NANOS:  # every amount a ledger holds
+        return _dollars(nanos)
     with localcontext() as ctx:
         # log10(2) < 0.30103: enough digits for every digit of ``nanos``.
         ctx.prec = max(ctx.prec, abs(nanos).bit_length() * 30103 // 100_000 + 2)
-        amount = (Decimal(nanos) * _NANO).normalize()
-        exponent = amount.as_tuple().exponent
-        if isinstance(exponent, int) and exponent > 0:
-            return amount.quantize(Decimal(1))
-        return amount
+        return _dollars(nanos)
+
+
+# Counts the default context's 28 digits hold exactly, quantized included.
+_EXACT_NANOS = 10**27
+
+
+def _dollars(nanos: int) -> Decimal:
+    amount = (Decimal(nanos) * _NANO).normalize()
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:
+        return amount.quantize(Decimal(1))
+    return amount
 
 
 def as_decimal(value: object, *, field: str) -> Decimal:
