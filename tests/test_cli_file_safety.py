@@ -418,6 +418,13 @@ def test_demo_exits_1_when_its_spans_are_lost(
         ["demo", "--spend-db", ""],
         ["demo", "--traces", " "],
         ["report", "--html", ""],
+        ["report", "--since", ""],
+        ["report", "--until", ""],
+        ["compare", "--b", ""],
+        ["compare", "--a", ""],
+        ["replay", "--policy", ""],
+        ["budget", "status", "--hash-tag", ""],
+        ["budget", "status", "--prefix", ""],
     ],
 )
 def test_an_empty_option_value_is_refused(
@@ -428,6 +435,27 @@ def test_an_empty_option_value_is_refused(
     option = next(a for a in args if a.startswith("--"))
     assert f"argument {option}: is empty" in err
     assert "leave the option out" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["eval", "loops", ""], "PATH"),
+        (["eval", "anomalies", ""], "PATH"),
+        (["eval", "cache", ""], "PAIRS"),
+        (["eval", "cascade", "", "--policy", "routerbench-3tier"], "DATA"),
+        (["policy", "show", ""], "POLICY"),
+        (["budget", "reset", ""], "SCOPE"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_anything_is_read(
+    args: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty path, policy or line key is not read as the current folder or
+    matched against the store: it is a usage error naming the argument."""
+    err = _usage_error(capsys, *args)
+    assert f"argument {name}: is empty" in err
+    assert "leave the option out" not in err
 
 
 # -- 5. repeated options ---------------------------------------------------------------

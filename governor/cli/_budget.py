@@ -44,12 +44,13 @@ def register(sub: Any, name: str, help_text: str) -> None:
     status.set_defaults(handler=_status)
     reset = actions.add_parser(
         "reset",
-        help="zero the spend of a budget line (all its windows); what calls "
-        "in flight hold stays until they settle",
+        help="zero the spend of a budget line (all its windows, or one); what "
+        "calls in flight hold stays until they settle",
     )
     reset.add_argument(
         "scope",
         metavar="SCOPE",
+        type=given("a line key such as team:search", required=True),
         help="a line key from `status`, e.g. 'team:search' (every window) or "
         "'team:search#day:2026-12-04@UTC' (that window only)",
     )
@@ -66,10 +67,16 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
         f"else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
-        "--prefix", default="governor:", help="key prefix (default: governor:)"
+        "--prefix",
+        default="governor:",
+        type=given("a key prefix"),
+        help="key prefix (default: governor:)",
     )
     parser.add_argument(
-        "--hash-tag", default="budgets", help="key hash tag (default: budgets)"
+        "--hash-tag",
+        default="budgets",
+        type=given("a hash tag"),
+        help="key hash tag (default: budgets)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document to stdout"

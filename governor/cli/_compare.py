@@ -15,6 +15,7 @@ from governor.cli._replay import (
     check_swaps,
     load_records,
 )
+from governor.cli._text import given
 
 __all__ = ["register"]
 
@@ -33,9 +34,17 @@ def register(sub: Any, name: str, help_text: str) -> None:
     )
     add_source_arguments(parser)
     parser.add_argument(
-        "--a", default="default", help=f"policy A, the baseline: {POLICY_HELP}"
+        "--a",
+        default="default",
+        type=given("a policy"),
+        help=f"policy A, the baseline: {POLICY_HELP}",
     )
-    parser.add_argument("--b", default=None, help="policy B (default: same as A)")
+    parser.add_argument(
+        "--b",
+        default=None,
+        type=given("a policy"),
+        help="policy B (default: same as A)",
+    )
     parser.add_argument(
         "--model",
         action="append",

@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from governor.cli._text import positive_count
+from governor.cli._text import given_path, positive_count
 
 _GIVE = (
     "give a folder of Azure LLM inference trace CSV files (.csv or .csv.gz, "
@@ -28,7 +27,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "path",
-        type=Path,
+        type=given_path("a folder or file of trace CSVs", required=True),
         metavar="PATH",
         help=(
             "a folder of Azure LLM inference trace CSV files (.csv or .csv.gz), "

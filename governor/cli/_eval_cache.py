@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._text import count, positive_count
+from governor.cli._text import count, given_path, positive_count
 
 if TYPE_CHECKING:
     from governor.cache._evaluate import EvalPair
@@ -27,7 +27,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "pairs",
         metavar="PAIRS",
-        type=Path,
+        type=given_path("a file of pairs", required=True),
         help="JSONL or a JSON list (gzipped too) of text_a/text_b/label (or "
         "question1/question2/is_duplicate) pairs, of origin/similar "
         "paraphrases or of MeanCache conversations; or CSV/TSV with such a header",
@@ -73,7 +73,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "--embedding-cache",
-        type=Path,
+        type=given_path("an .npz file"),
         default=None,
         help="an .npz file that keeps computed embeddings between runs",
     )

@@ -34,7 +34,12 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
             "part of the rows and reported on the rest."
         ),
     )
-    parser.add_argument("data", metavar="DATA", help="a data file or folder")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        type=given("a data file or folder", required=True),
+        help="a data file or folder",
+    )
     parser.add_argument(
         "--policy",
         required=True,

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from governor.cli._text import given
+
 __all__ = ["register_eval"]
 
 _HEADLINE = (
@@ -38,6 +40,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "path",
         metavar="PATH",
+        type=given("a file or folder of runs", required=True),
         help=(
             "a file of runs, gzipped or not: trajectory-format JSONL (docs/loops.md), "
             "a mini-swe-agent .traj.json file (one run), or JSONL of mini-swe-agent "

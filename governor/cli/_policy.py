@@ -7,7 +7,12 @@ import json
 import sys
 from typing import Any
 
-POLICY_HELP = "'default', 'pack:NAME', a .json policy, or a .py file defining POLICY"
+from governor.cli._text import given
+
+POLICY_HELP = (
+    "'default', 'pack:NAME', a .json policy, or a .py file defining POLICY "
+    "(file.py:NAME for another name)"
+)
 """How every command that takes a policy describes what it takes."""
 
 _EXAMPLE_PRICE = {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.5}
@@ -38,7 +43,12 @@ def register(sub: Any, name: str, help_text: str) -> None:
     show = actions.add_parser(
         "show", help="print a policy, every field, as JSON (after validation)"
     )
-    show.add_argument("spec", metavar="POLICY", help=POLICY_HELP)
+    show.add_argument(
+        "spec",
+        metavar="POLICY",
+        type=given("a policy", required=True),
+        help=POLICY_HELP,
+    )
     show.set_defaults(handler=_show)
 
 

@@ -43,6 +43,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--policy",
         default="default",
+        type=given("a policy"),
         help=POLICY_HELP,
     )
     parser.add_argument(

@@ -67,9 +67,15 @@ def register(sub: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--since",
         metavar="WHEN",
+        type=given("an ISO date/time or 30m/12h/7d/2w"),
         help="ISO date/time (UTC if no zone) or 30m/12h/7d/2w before now",
     )
-    parser.add_argument("--until", metavar="WHEN", help="same forms as --since")
+    parser.add_argument(
+        "--until",
+        metavar="WHEN",
+        type=given("an ISO date/time or 30m/12h/7d/2w"),
+        help="same forms as --since",
+    )
     parser.add_argument(
         "--by",
         action="append",

@@ -78,23 +78,35 @@ def rjust(text: str, columns: int) -> str:
     return " " * max(0, columns - width(text)) + text
 
 
-def given(what: str) -> Callable[[str], str]:
+def given(what: str, *, required: bool = False) -> Callable[[str], str]:
     """An argparse type: any text but an empty one (``--redis-url "$URL"``
     with ``URL`` unset), which is refused rather than read as "not given".
 
     Args:
         what: what to give instead, for the message (``a redis:// URL``).
+        required: an argument with no default (the message then does not
+            offer to leave it out).
     """
+    leave_out = "" if required else ", or leave the option out for its default"
 
     def check(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(
-                f"is empty (an unset shell variable?); give {what}, or leave the "
-                "option out for its default"
+                f"is empty (an unset shell variable?); give {what}{leave_out}"
             )
         return text
 
     return check
+
+
+def given_path(what: str, *, required: bool = False) -> Callable[[str], Path]:
+    """Like :func:`given`, for an option or argument that names a path."""
+    check = given(what, required=required)
+
+    def path(text: str) -> Path:
+        return Path(check(text))
+
+    return path
 
 
 def same_file(first: Path, second: Path) -> bool:
