@@ -378,11 +378,15 @@ def test_time_zone_in_the_wrong_case_names_the_zone_meant(
         lambda: Cache(max_entries=True),
         lambda: Price(max_output_tokens=True),
         lambda: Tier(name="a", model="m", context_window_tokens=True),
+        lambda: Policy(max_call_s=True),
+        lambda: Policy(hold_ttl_s=True),
+        lambda: Fanout(wait_timeout_s=False),
+        lambda: Cache(similarity_threshold=True),
     ],
 )
 def test_booleans_are_refused_for_every_count(build: object) -> None:
     """True would be read as 1 (False as 0): refused, as Budget.max_tokens is."""
-    with pytest.raises(PolicyError, match="whole number, not True or False"):
+    with pytest.raises(PolicyError, match="takes a number, not True or False"):
         build()  # type: ignore[operator]
 
 

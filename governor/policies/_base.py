@@ -166,7 +166,7 @@ class PolicyModel(BaseModel):
             field = cls.model_fields.get(name) if isinstance(name, str) else None
             if field is not None and _bool_for_count(field.annotation, value):
                 raise FieldsError(
-                    "takes a whole number, not True or False", (name,), {name: value}
+                    "takes a number, not True or False", (name,), {name: value}
                 )
         return data
 
@@ -232,12 +232,12 @@ class PolicyModel(BaseModel):
 
 
 def _bool_for_count(annotation: Any, value: Any) -> bool:
-    """Whether ``value`` puts a bool where ``annotation`` wants an int.
+    """Whether ``value`` puts a bool where ``annotation`` wants a number.
 
     Looks into ``int | None`` and into the values of a mapping of ints (a
     Fanout's ``scope_caps``).
     """
-    if annotation is int:
+    if annotation is int or annotation is float:  # seconds and fractions too
         return isinstance(value, bool)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
