@@ -37,14 +37,12 @@ from governor._calls import (
     CallRequest,
     CallResult,
     current_meter,
-    priced_name,
     prompt_byte_bound,
 )
 from governor._errors import (
     BudgetExceeded,
     ConfigError,
     GovernorError,
-    PriceUnknown,
     ScopeBlocked,
     StoreUnavailable,
     decimal_text,
@@ -1282,21 +1280,15 @@ class Governor:
         """Refuse a cascade tier that nothing prices, before any call is made.
 
         Raises:
-            ConfigError: a tier's model is not in the price map and the
-                policy's pricing has no override or default for it.
+            ConfigError: a tier's model is not in the price map, the
+                policy's pricing has no override or default for it and the
+                tier's ``params`` set no price of their own.
         """
         if policy.cascade is None:
             return
-        card = self.rate_card_for(policy)
-        rates = []
-        for tier in policy.cascade.tiers:
-            provider = tier.params.get("custom_llm_provider")
-            try:
-                name = priced_name(tier.model, str(provider) if provider else None)
-                rates.append((tier.name, card.rate(name)))
-            except PriceUnknown as exc:
-                raise ConfigError(f"cascade tier {tier.name!r}: {exc}") from exc
-        self._check_tier_order(rates)
+        from governor.cascade._prices import tier_rates
+
+        self._check_tier_order(tier_rates(self.rate_card_for(policy), policy.cascade))
 
     def _check_tier_order(self, rates: Sequence[tuple[str, Rate]]) -> None:
         """Warn once when a tier costs more per token than the one after it."""

@@ -41,6 +41,7 @@ from governor._calls import (
     CallResult,
     SpendMeter,
     metering,
+    priced_name,
 )
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, GovernorHalt
@@ -301,6 +302,7 @@ class GovernedLiteLLM:
         """
         runner, request = self._cascade_setup(messages, kwargs)
         with self._request_task(kwargs), _cascading(self.governor) as meter:
+            request = _cascade_hinted(request)
             result = runner.run(
                 request,
                 call=self._tier_call,
@@ -309,7 +311,7 @@ class GovernedLiteLLM:
                 prompt_text=_last_user_text(messages),
                 rest_key=_tier_rest_key,
             )
-            done: CascadeResult = self._on_result(result, meter)
+            done: CascadeResult = self._on_result(result, meter, request)
             return done
 
     async def acascade(
@@ -319,6 +321,7 @@ class GovernedLiteLLM:
         runner, request = self._cascade_setup(messages, kwargs)
         async with self._arequest_task(kwargs):
             with _cascading(self.governor) as meter:
+                request = _cascade_hinted(request)
                 result = await runner.arun(
                     request,
                     call=self._atier_call,
@@ -327,7 +330,7 @@ class GovernedLiteLLM:
                     prompt_text=_last_user_text(messages),
                     rest_key=_tier_rest_key,
                 )
-                done: CascadeResult = self._on_result(result, meter)
+                done: CascadeResult = self._on_result(result, meter, request)
                 return done
 
     def _request_task(self, kwargs: Mapping[str, Any]) -> Any:
@@ -365,6 +368,13 @@ class GovernedLiteLLM:
             raise ConfigError(
                 "cascade() needs a policy with a Cascade: "
                 "Policy(cascade=Cascade(tiers=[...]))"
+            )
+        if "model" in kwargs:
+            raise ConfigError(
+                f"cascade(model={kwargs['model']!r}): a cascade sends each tier's "
+                "own model, so a model given to cascade() would be ignored. Leave "
+                "model= out, or call completion(model=...) to ask one model; to "
+                "use this model in the cascade, add it as a Tier"
             )
         if "fallbacks" in kwargs:
             from governor.policies._cascade import FALLBACKS_IN_CASCADE
@@ -450,7 +460,9 @@ class GovernedLiteLLM:
             end_ns=attempt.ended_ns,
         )
 
-    def _on_result(self, result: Any, meter: SpendMeter) -> Any:
+    def _on_result(
+        self, result: Any, meter: SpendMeter, request: Mapping[str, Any]
+    ) -> Any:
         """Count the calls made on the run's behalf in its cost, and put the
         final tier and the saving against the premium tier on the task."""
         others = nanos_to_usd(meter.nanos) - result.attempts_cost_usd
@@ -460,7 +472,7 @@ class GovernedLiteLLM:
         if task is None:
             return result
         premium = task.policy.cascade or self.governor.policy.cascade
-        saved = _premium_saving(self.governor, premium, result)
+        saved = _premium_saving(self.governor, premium, result, request)
         self.governor.telemetry.set_attributes(
             task.span,
             {
@@ -982,8 +994,14 @@ def _escalated(kwargs: dict[str, Any]) -> dict[str, Any]:
     """After a loop verdict with action 'escalate': one retry, stronger, hinted.
 
     The hint goes into the messages and the call goes to ``Loops.escalate_to``,
-    or to the tier after the current model in the policy's cascade.
+    or to the tier after the current model in the policy's cascade. A cascade
+    attempt is never rewritten (its tier's model is the one priced, checked
+    and reported): a cascade run takes the hint itself when it starts (see
+    :func:`_cascade_hinted`), and a verdict reached during a run waits for
+    the task's next call.
     """
+    if _IN_CASCADE.get():
+        return kwargs
     task = current_task()
     watch = task.extras.get("loop_watch") if task else None
     hint = watch.take_hint() if watch is not None else None
@@ -994,6 +1012,18 @@ def _escalated(kwargs: dict[str, Any]) -> dict[str, Any]:
     if stronger:
         hinted["model"] = stronger
     return hinted
+
+
+def _cascade_hinted(request: dict[str, Any]) -> dict[str, Any]:
+    """A cascade run consumes a pending loop escalation: the hint goes into
+    the messages every tier is sent, and no tier's model is changed (the
+    cascade's own tiers are the stronger models it escalates to)."""
+    task = current_task()
+    watch = task.extras.get("loop_watch") if task else None
+    hint = watch.take_hint() if watch is not None else None
+    if not hint:
+        return request
+    return {**request, "messages": [*request["messages"], _hint_message(hint)]}
 
 
 def _hint_message(hint: str) -> dict[str, str]:
@@ -1306,25 +1336,54 @@ def _rates(governor: Governor) -> RateCard:
     return governor.rate_card_for(task.policy if task else governor.policy)
 
 
-def _premium_saving(governor: Governor, cascade: Any, result: Any) -> Decimal:
-    """What the accepted answer's tokens would have cost on the last tier, less
-    what the cascade spent on every attempt.
+def _premium_saving(
+    governor: Governor, cascade: Any, result: Any, request: Mapping[str, Any]
+) -> Decimal:
+    """What the accepted answer would have cost on the last tier, less what
+    the cascade spent on every attempt.
 
-    An answer served from the cache is priced by the tokens of the call that
-    first bought it: the premium call it stands in for was avoided all the same.
+    The last tier is priced as its own call would be: under its provider,
+    with the prices its ``params`` (or the request) set; when the last tier
+    gave the answer, what its call cost is the measure. A last tier priced
+    per second is priced for as long as the accepted attempt took. An answer
+    returned although no check passed (``on_all_rejected="return"``) saved
+    nothing: the run adds minus what it spent, as a run that found no answer
+    does. An answer served from the cache is priced by the tokens of the call
+    that first bought it: the premium call it stands in for was avoided all
+    the same.
     """
+    spent: Decimal = result.cost_usd
     if cascade is None:
         return Decimal(0)
+    if not result.accepted:
+        return -spent
+    paid: Decimal | None = result.answer.cost_usd
+    if result.tier.name == cascade.tiers[-1].name and paid:
+        return paid - spent  # the last tier answered: its call is the measure
     try:
         usage = _answer_usage(result.answer.raw)
         if usage is None:
             return Decimal(0)
-        premium = _rates(governor).rate(cascade.tiers[-1].model)
-        would_cost = premium.cost(usage).usd
+        last = _tier_kwargs(cascade.tiers[-1], request)
+        name = priced_name(str(last["model"]), _provider(last))
+        premium = _rates(governor).rate(name, _call_prices(last))
+        duration = _accepted_seconds(result) if premium.usd_per_second else None
+        would_cost = premium.cost(usage, duration_s=duration).usd
     except GovernorError:
         return Decimal(0)
-    spent: Decimal = result.cost_usd
     return would_cost - spent
+
+
+def _accepted_seconds(result: Any) -> float | None:
+    """How long the accepted attempt took, in seconds; None if not timed."""
+    for attempt in reversed(result.attempts):
+        if attempt.sent and attempt.tier == result.tier.name:
+            started: int | None = attempt.started_ns
+            ended: int | None = attempt.ended_ns
+            if started is None or ended is None:
+                return None
+            return max(ended - started, 0) / 1e9
+    return None
 
 
 def _answer_usage(response: Any) -> Usage | None:

@@ -379,10 +379,18 @@ def load_policy(spec: str) -> NamedPolicy:
 
 
 def _from_json(path: Path) -> NamedPolicy:
+    # A key given twice is refused, as in a Policy file: json.loads keeps the
+    # last, so a second "tiers" would silently replace the first.
+    from governor._replay import _Pairs, _unique_keys
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
     except ValueError as exc:
         raise ConfigError(f"{path}: not JSON: {exc}") from exc
+    try:
+        data = _unique_keys(pairs, "")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     name = str(data.get("name", path.stem))

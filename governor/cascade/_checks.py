@@ -25,6 +25,8 @@ from pydantic import TypeAdapter, ValidationError
 from governor._errors import ConfigError
 from governor.cascade._schema import check_supported, schema_errors
 from governor.cascade._types import Answer, CheckResult
+from governor.cascade._types import shown as _shown
+from governor.cascade._types import truth as _truth
 from governor.policies._cascade import (
     AgreementCheck,
     AnyOfCheck,
@@ -397,8 +399,8 @@ class PythonParses:
 
 def _score(check: str, value: object) -> float:
     """A judge's score: a finite real number, never guessed from another type."""
-    number = isinstance(value, numbers.Real | Decimal) and _truth(value) is None
-    if number and math.isfinite(score := float(value)):  # type: ignore[arg-type]
+    score = finite_real(value)
+    if score is not None:
         return score
     raise ConfigError(
         f"judge check {check!r} returned {_shown(value)}; a judge must return a "
@@ -406,22 +408,21 @@ def _score(check: str, value: object) -> float:
     )
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    kind = type(value)
-    module = "" if kind.__module__ == "builtins" else kind.__module__ + "."
-    return f"{module}{kind.__qualname__} {text}"
+def finite_real(value: object) -> float | None:
+    """``value`` as a float when it is a finite real number, else None.
 
-
-def _truth(value: object) -> bool | None:
-    """``value`` as a bool when it is one: Python's, or NumPy's ``bool_``."""
-    if isinstance(value, bool):
-        return value
-    kind = type(value)
-    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
-        return bool(value)  # NumPy 2 names its scalar type "bool", 1 "bool_"
-    return None
+    A bool is not a number here, and neither is a string; a number too large
+    for a float (``10**400``) or a signalling NaN is not finite.
+    """
+    if not isinstance(value, numbers.Real | Decimal) or _truth(value) is not None:
+        return None
+    if isinstance(value, Decimal) and not value.is_finite():
+        return None
+    try:
+        score = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return score if math.isfinite(score) else None
 
 
 UserFn = Callable[[Answer, Sequence[Answer]], "CheckResult | bool"]

@@ -16,9 +16,12 @@ _ADVICE = "Add a tier, relax the checks, or raise Cascade.retry.max_attempts."
 
 
 def _listing(attempts: Sequence[Attempt]) -> str:
+    """The attempts in order, ending without a full stop (one follows)."""
     if not attempts:
         return "no tier was tried"
-    return "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
+    return "; ".join(
+        f"{i}. {a.describe().rstrip('. ')}" for i, a in enumerate(attempts, 1)
+    )
 
 
 class CascadeExhausted(GovernorHalt):

@@ -22,14 +22,15 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from governor._errors import ConfigError
 from governor.cascade._builtin import NamedPolicy
-from governor.cascade._checks import normalise
+from governor.cascade._checks import build_check, normalise, resolve_callable
 from governor.cascade._complexity import Estimator, heuristic_complexity
-from governor.cascade._replay import ReplayReport, ReplayRow, replay
+from governor.cascade._replay import RECORDED_JUDGE, ReplayReport, ReplayRow, replay
 from governor.policies._cascade import AgreementCheck, Cascade, Normaliser
 
 __all__ = [
@@ -51,7 +52,11 @@ _LISTED_MODELS = 3
 
 @dataclass(frozen=True, slots=True)
 class CurvePoint:
-    """One candidate's ratios on the fit rows and on the held-out rows."""
+    """One candidate's ratios on the fit rows and on the held-out rows.
+
+    The fit ratios are None when no row was used to choose (a fit fraction
+    of 0), as a ratio is where the always-best model's figure is 0.
+    """
 
     label: str
     fit_cost_ratio: float | None
@@ -291,6 +296,8 @@ def fit_and_report(
     uses (:func:`narrow_rows`), so every candidate and baseline sees the
     same rows. A family of one candidate may use ``fit_fraction=0`` to
     report on every row; then nothing is selected and nothing replaced.
+    Without fit rows, a candidate's fit figures are None (nothing was
+    measured on them).
     """
     rows, _ = narrow_rows(policy, rows)
     fit_part, held_out = split_rows(rows, fit_fraction, seed)
@@ -302,6 +309,7 @@ def fit_and_report(
             "(--fit-fraction, 0.5 by default), or a policy with one candidate"
         )
     known = {"heuristic": _memoised(heuristic_complexity), **policy.callables}
+    _check_names(policy, known)
     on_fit = (
         [
             (label, replay(label, c, fit_part, callables=known))
@@ -334,6 +342,38 @@ def fit_and_report(
     return FitResult(selected, named, len(fit_part), curve)
 
 
+def _placeholder_judge(answer: Any, history: Any) -> float:
+    """Stands in for the recorded judge, which replay() itself provides."""
+    return 0.0
+
+
+def _check_names(policy: NamedPolicy, known: Mapping[str, Any]) -> None:
+    """Refuse a check, judge or estimator name nothing resolves, naming the
+    policy (its file) and the place in it, before any row is replayed."""
+    names = {**known, RECORDED_JUDGE: _placeholder_judge}
+    for label, cascade in policy.candidates:
+        where = f"{policy.name} ({policy.description})"
+        if len(policy.candidates) > 1:
+            where += f": candidate {label!r}"
+        places: list[tuple[str, Any]] = [
+            (f"checks[{i}]", spec) for i, spec in enumerate(cascade.checks)
+        ]
+        for t, tier in enumerate(cascade.tiers):
+            places += [
+                (f"tiers[{t}].checks[{i}]", spec)
+                for i, spec in enumerate(tier.checks or ())
+            ]
+        try:
+            for place, spec in places:
+                at = place
+                build_check(spec, names)
+            if cascade.precall is not None:
+                at = "precall.estimator"
+                resolve_callable(cascade.precall.estimator, names)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {at}: {exc}") from exc
+
+
 def _curve(
     on_fit: Sequence[tuple[str, ReplayReport]],
     on_held: Sequence[tuple[str, ReplayReport]],
@@ -343,8 +383,8 @@ def _curve(
     return tuple(
         CurvePoint(
             label,
-            fit_by_label[label].cost_ratio if on_fit else report.cost_ratio,
-            fit_by_label[label].quality_ratio if on_fit else report.quality_ratio,
+            fit_by_label[label].cost_ratio if on_fit else None,
+            fit_by_label[label].quality_ratio if on_fit else None,
             report.cost_ratio,
             report.quality_ratio,
             label in frontier,

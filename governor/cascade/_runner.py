@@ -19,12 +19,13 @@ from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
 
 from governor._calls import CHARGED_ATTRIBUTE
-from governor._errors import BudgetExceeded
+from governor._errors import BudgetExceeded, ConfigError
 from governor.cascade._checks import (
     AllOf,
     Check,
     _not_awaitable,
     build_check,
+    finite_real,
     refuse_async,
     resolve_callable,
 )
@@ -32,7 +33,13 @@ from governor.cascade._classify import RETRYABLE, classify_error, retry_after_s
 from governor.cascade._complexity import Estimator, heuristic_complexity, start_tier
 from governor.cascade._cooldown import CooldownRegistry, cooldown_key
 from governor.cascade._errors import CascadeBudgetExceeded, CascadeExhausted
-from governor.cascade._types import Answer, Attempt, CascadeResult, ErrorKind
+from governor.cascade._types import (
+    Answer,
+    Attempt,
+    CascadeResult,
+    ErrorKind,
+    shown,
+)
 from governor.policies._cascade import Cascade, Retry, Tier
 
 __all__ = ["CascadeRunner", "WaitStrategy"]
@@ -371,8 +378,15 @@ class CascadeRunner:
         precall = self.policy.precall
         if self._estimator is None or precall is None or prompt_text is None:
             return None, 0
-        estimate = _not_awaitable("estimator", self._estimator(prompt_text))
-        complexity = float(estimate)  # type: ignore[arg-type]
+        name = precall.estimator
+        estimate = _not_awaitable(f"estimator {name}", self._estimator(prompt_text))
+        complexity = finite_real(estimate)
+        if complexity is None:
+            raise ConfigError(
+                f"pre-call estimator {name!r} returned {shown(estimate)}; an "
+                "estimator must return a finite number, the prompt's complexity "
+                "in [0, 1], e.g. 0.4"
+            )
         start = min(
             start_tier(complexity, precall.thresholds), len(self.policy.tiers) - 1
         )
@@ -664,6 +678,14 @@ def _advice(attempts: Sequence[Attempt], out_of_attempts: bool) -> str:
     """What to do, for the failures this run actually saw."""
     kinds = {a.error_kind for a in attempts if a.outcome == "error"}
     steps = []
+    if "context_window" in kinds or any(
+        a.error_kind == "context_window" for a in attempts
+    ):
+        steps.append(
+            "The request did not fit a tier's context window: shorten the "
+            "prompt or lower max_tokens, or add a tier with a larger window."
+        )
+        kinds.discard("context_window")
     if "bad_request" in kinds:
         steps.append(
             "A tier refused the request as invalid (HTTP 400): check the "
@@ -681,6 +703,11 @@ def _advice(attempts: Sequence[Attempt], out_of_attempts: bool) -> str:
             "Tiers failed with provider errors (each attempt names its "
             "error): check the providers' status, or add a tier on another "
             "provider."
+        )
+    if any(a.error_kind == "budget" for a in attempts):
+        steps.append(
+            "Tiers were skipped because the budget could not cover them: "
+            "raise the budget's limit or lower max_tokens."
         )
     if any(a.outcome == "rejected" for a in attempts):
         steps.append("Relax the checks, or add a more capable tier.")

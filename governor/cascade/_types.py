@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from governor._errors import ConfigError
 from governor.policies._cascade import Tier
 
 __all__ = [
@@ -88,6 +89,16 @@ class CheckResult:
     passed: bool
     reason: str = ""
     score: float | None = None
+
+    def __post_init__(self) -> None:
+        passed = truth(self.passed)
+        if passed is None:
+            raise ConfigError(
+                f"CheckResult of check {self.check!r} has passed="
+                f"{shown(self.passed)}; give True or False (a string such as "
+                "'False' or a number is not read as a verdict)"
+            )
+        object.__setattr__(self, "passed", passed)  # NumPy's bool_ as bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +187,22 @@ class CascadeResult:
     def sent_attempts(self) -> int:
         """How many requests went to a provider."""
         return sum(1 for a in self.attempts if a.sent)
+
+
+def truth(value: object) -> bool | None:
+    """``value`` as a bool when it is one: Python's, or NumPy's ``bool_``."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
+        return bool(value)  # NumPy 2 names its scalar type "bool", 1 "bool_"
+    return None
+
+
+def shown(value: object) -> str:
+    """A value's type and a short repr, for error messages."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kind = type(value)
+    module = "" if kind.__module__ == "builtins" else kind.__module__ + "."
+    return f"{module}{kind.__qualname__} {text}"
