@@ -795,10 +795,11 @@ def test_prices_set_on_the_call_price_it() -> None:
         {"input_cost_per_token": float("nan")},
         {"output_cost_per_token": float("inf")},
         {"input_cost_per_token": float("-inf")},
+        {"output_cost_per_token": "lots"},
     ],
 )
 def test_a_call_price_that_is_no_price_is_refused_before_sending(
-    bad: dict[str, float],
+    bad: dict[str, Any],
 ) -> None:
     """A negative, infinite or NaN price set on the call is refused with a
     ConfigError naming it, before the call is sent, leaving nothing held."""

@@ -949,16 +949,19 @@ def _rate_from_entry(
 
 def _bad_price(entry: Mapping[str, Any]) -> str | None:
     """The first price field of ``entry`` (or of its ``tiered_pricing``
-    rows) that is negative, infinite or NaN, as ``name=value``; else None."""
+    rows) that is not a number, or is negative, infinite or NaN, as
+    ``name=value``; else None."""
     rows = entry.get("tiered_pricing")
     tables = rows if isinstance(rows, list) else ()
     for source in (entry, *(r for r in tables if isinstance(r, Mapping))):
         for name, value in source.items():
             if not is_call_price(name):
                 continue
+            if value is None or isinstance(value, list | Mapping):
+                continue  # a tiered_pricing table: its rows are read here
             price = _opt_dec(value)
-            if price is not None and (not price.is_finite() or price < 0):
-                return f"{name}={value!r}"
+            if price is None or not price.is_finite() or price < 0:
+                return f"{name}={value!r}"  # not a number, or no price
     return None
 
 
