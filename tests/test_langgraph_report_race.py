@@ -147,15 +147,9 @@ def _cancel_once(agent: Any, ready: threading.Event) -> None:
     asyncio.run(main())
 
 
-def test_a_call_a_sync_node_is_ending_as_the_async_run_ends_is_reported(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The node's thread takes the call off the open calls just before the
-    cancelled run collects them: the report still charges it, as the ledger
-    does, and its spend record says cancelled."""
-    path = tmp_path / "spend.jsonl"
-    gov = Governor(Policy(budgets=[Budget(max_usd="1")]), spend=path)
-    agent = _end_as_the_run_ends(gov, monkeypatch, HELD_S)
+def _one_cancelled_call_reported(gov: Governor, agent: Any, path: Any) -> None:
+    """The run's report counts its one call, cancelled, at what the ledger
+    charged, with nothing left held, and the spend record agrees."""
     gov.close()
     report = agent.last_report
     assert report is not None
@@ -167,6 +161,18 @@ def test_a_call_a_sync_node_is_ending_as_the_async_run_ends_is_reported(
     assert Decimal(line.spent_nanos) / 10**9 == report.cost_usd
     records = [(r.outcome, r.cost_usd) for r in JsonlSpendStore(path).query()]
     assert records == [("cancelled", report.cost_usd)]
+
+
+def test_a_call_a_sync_node_is_ending_as_the_async_run_ends_is_reported(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's thread takes the call off the open calls just before the
+    cancelled run collects them: the report still charges it, as the ledger
+    does, and its spend record says cancelled."""
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]), spend=path)
+    agent = _end_as_the_run_ends(gov, monkeypatch, HELD_S)
+    _one_cancelled_call_reported(gov, agent, path)
 
 
 def test_the_runs_end_waits_for_a_stuck_settle_only_so_long(
@@ -210,17 +216,7 @@ def test_a_call_a_sync_node_is_opening_as_the_async_run_ends_is_reported(
     monkeypatch.setattr(gov.ledger, "reserve", held_reserve)
     _tell_when_reported(agent, reported, monkeypatch)
     _cancel_once(agent, opening)
-    gov.close()
-    report = agent.last_report
-    assert report is not None
-    assert (report.calls, report.stop_reason) == (1, "cancelled")
-    line = gov.ledger.balance(f"task:{report.task_id}")
-    assert line is not None
-    assert line.reserved_nanos == 0
-    assert report.cost_usd > 0
-    assert Decimal(line.spent_nanos) / 10**9 == report.cost_usd
-    records = [(r.outcome, r.cost_usd) for r in JsonlSpendStore(path).query()]
-    assert records == [("cancelled", report.cost_usd)]
+    _one_cancelled_call_reported(gov, agent, path)
 
 
 def test_a_litellm_call_a_sync_node_is_making_as_the_async_run_ends_is_reported(
