@@ -169,6 +169,7 @@ class Governor:
         self.check_tier_prices(self.policy)
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
+        self._warned_foreign = False
         self._warned_streams = False
         self._warned_clash = False
         self._warned_over: set[str] = set()
@@ -815,7 +816,7 @@ class Governor:
                 self.policy.failure_mode,
             )
         named = Attribution(**scopes) if scopes else None
-        parent = _CURRENT.get()
+        parent = self._own(_CURRENT.get())
         # A sub-task is charged where its parent is (team, user, ...) unless
         # it names its own values: its spend counts against both.
         base = effective.attribution
@@ -1388,6 +1389,26 @@ class Governor:
             self._warn_orphan_call()
             return None
         return values
+
+    def _own(self, task: Task | None) -> Task | None:
+        """``task`` when this governor may nest a task under it; None for
+        another governor's task (its lines, limits and ledger are that
+        governor's), with a warning logged once."""
+        if task is None or task.owner in (None, self):
+            return task
+        if not self._warned_foreign:
+            self._warned_foreign = True
+            logger.warning(
+                "a task or call of governor %r started inside task %s of another "
+                "governor (%r): it is governed by its own governor alone, not "
+                "counted in that task nor held to its budgets. Make the calls "
+                "through the governor that opened the task (one Governor per "
+                "process is the usual setup). Logged once.",
+                self.policy.name,
+                task.id,
+                task.owner.policy.name if task.owner is not None else None,
+            )
+        return None
 
     def _warn_orphan_call(self) -> None:
         """A call outside any task while tasks are open: likely a worker thread."""

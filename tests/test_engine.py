@@ -758,3 +758,22 @@ def test_usage_past_what_a_ledger_stores_is_capped_and_the_warning_says_how(
     assert task.report().tokens == 10**12 + 5
     assert task.report().cost_usd == Decimal(cap) / 10**9
     assert f"charged {cap} nano-USD and {10**12 + 5} tokens" in caplog.text
+
+
+def test_a_call_through_another_governor_is_not_held_to_this_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call through governor B inside a task of governor A is B's alone:
+    it neither draws on A's task line in B's ledger (A's limit, the wrong
+    ledger) nor counts in A's report; a warning says so once."""
+    gov_a = Governor(Policy(name="A", budgets=[Budget(max_usd="0.0001")]))
+    gov_b = Governor(Policy(name="B", budgets=[Budget(max_usd="1")]))
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        gov_a.task(task_id="t") as task,
+    ):
+        for _ in range(2):
+            call(GovernedLiteLLM(gov_b), max_tokens=20)
+    assert gov_b.ledger.balance("task:t") is None
+    assert task.report().calls == 0
+    assert caplog.text.count("started inside task t of another governor") == 1
