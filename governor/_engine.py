@@ -2039,7 +2039,9 @@ class Governor:
             if span is not None:
                 span.end()
             return
-        source = "estimated" if usage.estimated else cost_source
+        # A hold charge's usage is an estimate too; "hold" says which kind.
+        estimated = usage.estimated and cost_source != "hold"
+        source = "estimated" if estimated else cost_source
         attributes: dict[str, AttrValue] = {
             attr.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
             attr.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,

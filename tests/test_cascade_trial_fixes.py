@@ -468,3 +468,40 @@ def test_cascade_refuses_a_model_argument(offline: Any) -> None:
     with pytest.raises(ConfigError, match=r"cascade\(model='offline/gpt-4o'\)"):
         llm.cascade(MESSAGES, model="offline/gpt-4o")
     assert provider.calls == []
+
+
+def test_a_sent_attempt_that_failed_free_reports_a_cost_of_zero() -> None:
+    """A sent attempt answered by a 429 costs nothing: its span says 0, so that
+    summing attempt costs by tier counts it."""
+    from conftest import SpanCapture
+    from governor.cascade import NonEmptyCheck
+    from governor.telemetry import attributes as attr
+    from governor.testing import (
+        OfflineAnswer,
+        install_offline_provider,
+        offline_model,
+        uninstall_offline_provider,
+    )
+
+    def responder(model: str, messages: Any, tools: Any) -> Any:
+        return OfflineAnswer(error="rate_limit") if model == "gpt-4o-mini" else "ok"
+
+    capture = SpanCapture()
+    tiers = [
+        Tier(name="cheap", model=offline_model("gpt-4o-mini")),
+        Tier(name="premium", model=offline_model("gpt-4o")),
+    ]
+    policy = Policy(cascade=Cascade(tiers=tiers, checks=[NonEmptyCheck()]))
+    install_offline_provider(responder, speed=0)
+    try:
+        gov = Governor(policy, tracer_provider=capture.provider)
+        with gov.task():
+            GovernedLiteLLM(gov).cascade([{"role": "user", "content": "hi"}])
+    finally:
+        uninstall_offline_provider()
+    cheap = capture.named("governor.cascade.attempt cheap")
+    assert len(cheap) >= 1  # a 429 may be retried on its tier: each says 0
+    for span in cheap:
+        assert span.attributes is not None
+        assert span.attributes[attr.CASCADE_SENT] is True
+        assert span.attributes[attr.CASCADE_ATTEMPT_COST_USD] == 0.0

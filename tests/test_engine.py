@@ -777,3 +777,32 @@ def test_a_call_through_another_governor_is_not_held_to_this_task(
     assert gov_b.ledger.balance("task:t") is None
     assert task.report().calls == 0
     assert caplog.text.count("started inside task t of another governor") == 1
+
+
+def test_a_call_charged_its_hold_says_hold_on_its_span(capture: SpanCapture) -> None:
+    """gen_ai.usage.cost.source tells a hold charge (a call cut off after it
+    was sent) from a local token count."""
+    from governor import CallRequest, CallResult
+
+    gov = Governor(Policy(), tracer_provider=capture.provider)
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=10)
+    with gov.task():
+        admission = gov.begin_call(request)
+        gov.end_call(admission, CallResult(error=TimeoutError(), charge_hold=True))
+    (span,) = capture.calls()
+    assert span.attributes is not None
+    assert span.attributes[attr.GEN_AI_USAGE_COST_SOURCE] == "hold"
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"), [(None, "UNSET"), ("closed", "UNSET"), ("error", "ERROR")]
+)
+def test_only_a_failed_task_has_an_error_status(
+    capture: SpanCapture, stop: str | None, status: str
+) -> None:
+    """A run a human paused or a reader stopped early is no error trace; a
+    task that failed is."""
+    gov = Governor(Policy(), tracer_provider=capture.provider)
+    with gov.task() as task:
+        task.stop_reason = stop
+    assert capture.task().status.status_code.name == status

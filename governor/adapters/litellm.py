@@ -445,10 +445,12 @@ class GovernedLiteLLM:
                 f"{c.check}:{'pass' if c.passed else 'fail'}" for c in attempt.checks
             ),
         }
-        if attempt.cost_usd is not None:
+        if attempt.cost_usd is not None or attempt.sent:
             # Not the call's cost name: the call span under it already has
             # that, and dashboards summing it over spans would count twice.
-            attributes[attr.CASCADE_ATTEMPT_COST_USD] = float(attempt.cost_usd)
+            # A sent attempt that failed free (a 429) says 0, not nothing.
+            cost = attempt.cost_usd if attempt.cost_usd is not None else 0
+            attributes[attr.CASCADE_ATTEMPT_COST_USD] = float(cost)
         if attempt.error_kind:
             attributes[attr.CASCADE_ERROR_KIND] = attempt.error_kind
         self.governor.telemetry.event(parent, "governor.cascade.attempt", attributes)

@@ -157,7 +157,7 @@ class Telemetry:
             return
         try:
             span.set_attributes(_task_rollups(report))
-            if report.stop_reason is not None:
+            if report.stop_reason not in _NOT_ERRORS:
                 span.set_status(Status(StatusCode.ERROR, report.stop_reason))
             span.end()
         except Exception:
@@ -365,3 +365,9 @@ def _task_rollups(report: TaskReport) -> dict[str, AttrValue]:
     if report.budget_left_usd is not None:
         rollups[attr.TASK_BUDGET_LEFT_USD] = float(report.budget_left_usd)
     return rollups
+
+
+# Stop reasons that are no error: a run paused for a human (interrupt()), a
+# reader that stopped reading early. Their task spans keep an unset status,
+# so that error-rate alerts count failures only.
+_NOT_ERRORS = frozenset({None, "interrupted", "closed"})
