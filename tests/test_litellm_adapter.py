@@ -946,3 +946,36 @@ def test_the_router_does_not_retry_a_refusal(use_async: bool) -> None:
         assert answer.model == "gpt-4o-mini"
         assert (task.report().refused, task.report().calls) == (1, 1)
     assert time.monotonic() - started < 3  # three retries back off for ~9 s
+
+
+@pytest.mark.parametrize("value", [["a"], {"x": 1}, True, 1.5])
+def test_a_metadata_scope_that_is_not_a_name_is_refused(value: Any) -> None:
+    """metadata={'team': ['a']} opened a budget line named "['a']": refused,
+    before the call is sent; a whole-number id is still taken as text."""
+    from conftest import CountingLiteLLM
+    from governor import PolicyError
+
+    counter = CountingLiteLLM()
+    gov = Governor(Policy(budgets=[Budget(scope="team", max_usd="1")]))
+    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    with pytest.raises(PolicyError, match="metadata\\['team'\\]"):
+        llm.completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            mock_response="x",
+            metadata={"team": value},
+        )
+    llm.completion(
+        model="gpt-4o-mini", messages=MESSAGES, mock_response="x", metadata={"team": 7}
+    )
+    assert (counter.sent, gov.ledger.keys()[-1:]) == (1, ["team:7"])
+
+
+def test_metadata_that_is_not_a_mapping_is_refused() -> None:
+    """metadata='team=a' would name no team (and LiteLLM fails on it)."""
+    from governor import ConfigError
+
+    with pytest.raises(ConfigError, match="metadata must be a dict"):
+        GovernedLiteLLM(Governor()).completion(
+            model="gpt-4o-mini", messages=MESSAGES, mock_response="x", metadata="team=a"
+        )

@@ -979,9 +979,19 @@ def _parent_span() -> Any:
 
 
 def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
-    """Scope values from LiteLLM's ``metadata={"team": ...}``, if any."""
-    if not isinstance(metadata, Mapping):
+    """Scope values from LiteLLM's ``metadata={"team": ...}``, if any.
+
+    Raises:
+        ConfigError: ``metadata`` is given but is not a mapping (a string
+            such as ``"team=a"`` would be dropped, and LiteLLM fails on it).
+    """
+    if metadata is None:
         return None
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(
+            f"metadata must be a dict such as {{'team': 'search'}}, got "
+            f"{type(metadata).__name__} {metadata!r}"
+        )
     found = Attribution.values_in(metadata)
     return found or None
 

@@ -334,19 +334,28 @@ class Attribution(PolicyModel):
     def values_in(metadata: Mapping[str, Any]) -> dict[str, str]:
         """The attribution fields a metadata mapping sets (LangGraph, LiteLLM).
 
-        A key that is absent or None sets nothing; any other value is read as
-        text, so ``42`` charges ``"42"``.
+        A key that is absent or None sets nothing; text is taken as it is and
+        a whole number is read as text, so ``42`` charges ``"42"``.
 
         Raises:
-            PolicyError: a key holds an empty or blank value. Read as unset, a
+            PolicyError: a key holds an empty or blank value (read as unset,
                 ``{"team": ""}`` would charge no team and skip the team's
-                budgets without a word; ``Attribution(team="")`` refuses it too.
+                budgets without a word; ``Attribution(team="")`` refuses it
+                too), or a value that is neither text nor a whole number (a
+                list, a dict, a bool, a float), which would open a budget
+                line of its own under its printed form.
         """
         found: dict[str, str] = {}
         for field in ATTRIBUTION_FIELDS:
             value = metadata.get(field)
             if value is None:
                 continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise PolicyError(
+                    f"metadata[{field!r}] is {value!r}, a {type(value).__name__}: "
+                    f"give the {field} as text (or a whole-number id), or leave "
+                    f"the key out (or None) for no {field}"
+                )
             text = str(value)
             problem = name_problem(text)
             if problem is not None:
