@@ -34,6 +34,17 @@ def test_a_closed_stdout_ends_the_command_quietly(
     assert capsys.readouterr().err == ""
 
 
+def test_python_dash_m_governor_runs_the_command() -> None:
+    """`python -m governor` is the `governor` command, as `-m governor.cli` is."""
+    done = subprocess.run(
+        [sys.executable, "-m", "governor", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout.split()[0]) == (0, "governor")
+
+
 def test_a_reader_that_stops_early_gets_no_error_at_exit() -> None:
     """A real pipe closed before the output is flushed, as `| head -1` does.
 

@@ -101,6 +101,15 @@ def test_uncompiled_state_graph_is_refused() -> None:
         govern(object(), Governor())
 
 
+def test_a_governed_graph_is_not_governed_twice() -> None:
+    """govern(govern(graph)) would charge each call twice: refused, saying
+    what to use instead."""
+    gov = Governor()
+    agent = govern(fan_out_graph(ScriptedChatModel()), gov)
+    with pytest.raises(ConfigError, match="governed already"):
+        govern(agent, gov)
+
+
 def test_compiled_graph_as_a_node_is_governed_by_the_parent_task() -> None:
     """A compiled graph as a node is charged to the governed parent's task.
 

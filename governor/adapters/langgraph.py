@@ -166,7 +166,7 @@ def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGra
 
     Raises:
         ConfigError: ``graph`` is not runnable, such as a ``StateGraph`` not
-            yet compiled.
+            yet compiled, or is a :class:`GovernedGraph` already.
     """
     _check_runnable(graph)
     if governor is None or isinstance(governor, Policy):
@@ -175,7 +175,15 @@ def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGra
 
 
 def _check_runnable(graph: Any) -> None:
-    """Refuse what cannot be invoked now, rather than at the first invoke."""
+    """Refuse what cannot be invoked now, rather than at the first invoke,
+    and a graph governed already (each call would be charged twice)."""
+    if isinstance(graph, GovernedGraph):
+        raise ConfigError(
+            "govern() got a graph that is governed already; each call would be "
+            "charged twice, once per wrapper. Govern the compiled graph once: "
+            "use the GovernedGraph you have, or govern(agent.graph, governor) "
+            "for another governor"
+        )
     if callable(getattr(graph, "invoke", None)) and callable(
         getattr(graph, "stream", None)
     ):
