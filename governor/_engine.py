@@ -170,6 +170,7 @@ class Governor:
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
         self._warned_foreign = False
+        self._warned_unnamed: set[str] = set()  # scopes said to name no line
         self._warned_streams = False
         self._warned_clash = False
         self._warned_over: set[str] = set()
@@ -1822,7 +1823,35 @@ class Governor:
             taken = {line.key for _, line in pairs}
             pairs.extend(self._parent_task_lines(task, taken))
         task.extras["lines"] = (valid_until, pairs, self._tighten_version)
+        if len(pairs) < len(task.policy.budgets):
+            self._warn_unnamed(task)
         return pairs
+
+    def _warn_unnamed(self, task: Task) -> None:
+        """Say once per scope that a budget of it charges nothing for a task
+        that names no value of that scope (the budget is silently skipped)."""
+        values = task.scope_values
+        missing = sorted(
+            {
+                budget.scope
+                for budget in task.policy.budgets
+                if budget.scope != "task" and budget.key is None
+            }
+            - values.keys()
+            - self._warned_unnamed
+        )
+        if not missing:
+            return
+        self._warned_unnamed.update(missing)
+        logger.warning(
+            "task %s names no %s, so the policy's Budget(scope=...) of that "
+            "scope charges nothing for it. Name it per task (gov.task(%s=...)), "
+            "on the policy (Attribution), or per call (metadata). Logged once "
+            "per scope.",
+            task.id,
+            " or ".join(missing),
+            missing[0],
+        )
 
     @staticmethod
     def _task_line_ttl(task: Task, line: Line) -> float | None:

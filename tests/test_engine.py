@@ -806,3 +806,24 @@ def test_only_a_failed_task_has_an_error_status(
     with gov.task() as task:
         task.stop_reason = stop
     assert capture.task().status.status_code.name == status
+
+
+def test_a_scope_budget_a_task_names_no_value_for_is_warned_of_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Budget(scope='team') charges nothing for a task with no team: said
+    once, not for each task, and not for a task that names a team."""
+    budget = Budget(scope="team", max_usd="1", period="month")
+    gov = Governor(Policy(budgets=[budget]))
+    llm = GovernedLiteLLM(gov)
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        for _ in range(2):
+            with gov.task():
+                call(llm, max_tokens=20)
+        with gov.task(team="a"):
+            call(llm, max_tokens=20)
+    lines = [
+        r.getMessage() for r in caplog.records if "names no team" in r.getMessage()
+    ]
+    assert len(lines) == 1
+    assert "gov.task(team=...)" in lines[0]
