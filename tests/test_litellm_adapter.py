@@ -979,3 +979,14 @@ def test_metadata_that_is_not_a_mapping_is_refused() -> None:
         GovernedLiteLLM(Governor()).completion(
             model="gpt-4o-mini", messages=MESSAGES, mock_response="x", metadata="team=a"
         )
+
+
+def test_instrumenting_twice_names_the_governor_and_the_way_out() -> None:
+    """instrument() while this governor's instrumentation is active says
+    'this governor', not 'another', and how to find the active one."""
+    gov = Governor()
+    with instrument(gov), pytest.raises(RuntimeError, match="by this governor"):
+        instrument(gov).__enter__()
+    other = Governor()
+    with instrument(gov), pytest.raises(RuntimeError, match="active_instrumentation"):
+        instrument(other).__enter__()

@@ -395,3 +395,11 @@ def test_counts_given_as_numbers_still_build() -> None:
     fanout = Fanout(max_inflight_calls=3, scope_caps={"team": 2})
     assert (fanout.max_inflight_calls, dict(fanout.scope_caps)) == (3, {"team": 2})
     assert Cascade(tiers=[Tier(name="a", model="m")]).tiers[0].name == "a"
+
+
+def test_a_policy_part_given_positional_values_says_to_name_them() -> None:
+    """Budget("1") named pydantic's internals; it now names the fields."""
+    with pytest.raises(
+        TypeError, match=r"Budget takes keyword arguments only.*max_usd="
+    ):
+        Budget("1")  # type: ignore[misc]

@@ -693,10 +693,16 @@ class Instrumentation:
 
     def _install(self) -> None:
         with Instrumentation._lock:
-            if Instrumentation._active is not None:
+            active = Instrumentation._active
+            if active is not None:
+                same = active._governed.governor is self._governed.governor
+                whose = "this governor" if same else "another governor"
                 raise RuntimeError(
-                    "LiteLLM is already instrumented by another governor; call "
-                    "uninstrument() on it first"
+                    f"LiteLLM is already instrumented by {whose}; instrument "
+                    "once (one `with instrument(gov):` block, or one "
+                    "instrument(gov) at start-up), or call uninstrument() on "
+                    "the active one first (governor.adapters.litellm."
+                    "active_instrumentation() returns it)"
                 )
             litellm.completion = self._governed.completion
             litellm.acompletion = self._governed.acompletion

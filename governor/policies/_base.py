@@ -151,7 +151,16 @@ class PolicyModel(BaseModel):
         frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
     )
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:
+            names = list(type(self).model_fields)
+            fields = ", ".join(f"{name}=..." for name in names[:4])
+            fields += ", ..." if len(names) > 4 else ""
+            raise TypeError(
+                f"{type(self).__name__} takes keyword arguments only, e.g. "
+                f"{type(self).__name__}({fields}); got {len(args)} positional "
+                f"value(s): {', '.join(map(repr, args))}"
+            )
         with _policy_errors(type(self)):
             super().__init__(**data)
 
