@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -138,3 +139,27 @@ def test_an_empty_task_id_is_refused_not_replaced(given: str) -> None:
     agent = govern(fan_out_graph(ScriptedChatModel()), Governor())
     with pytest.raises(ConfigError, match="task_id"):
         agent.invoke(INPUT, {"metadata": {"task_id": given}})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"task_id": "job-17"}, {"configurable": {"task_id": "job-17"}}],
+)
+def test_a_task_id_outside_the_metadata_is_warned_of(
+    config: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only config['metadata']['task_id'] names the task: one given elsewhere
+    is not read (a new task, a new budget), and a warning says where to move
+    it."""
+    from governor.adapters import langgraph as adapter
+
+    monkeypatch.setattr(adapter, "_MISPLACED_WARNED", set())
+    agent = govern(fan_out_graph(ScriptedChatModel()), Governor())
+    with caplog.at_level(logging.WARNING, logger=adapter.__name__):
+        agent.invoke(INPUT, config)
+    report = agent.last_report
+    assert report is not None
+    assert report.task_id != "job-17"
+    assert "Move it into the metadata" in caplog.text

@@ -174,6 +174,35 @@ def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGra
     return GovernedGraph(graph, governor)
 
 
+_MISPLACED_WARNED: set[str] = set()  # the places said once each
+
+
+def _warn_misplaced_task_id(config: Mapping[str, Any]) -> None:
+    """Say once that a ``task_id`` outside ``config["metadata"]`` is not read
+    (each run then gets a task of its own, with a budget of its own)."""
+    configurable = config.get("configurable")
+    places = [
+        place
+        for place, found in (
+            ('config["task_id"]', "task_id" in config),
+            (
+                'config["configurable"]["task_id"]',
+                isinstance(configurable, Mapping) and "task_id" in configurable,
+            ),
+        )
+        if found
+    ]
+    if not places or places[0] in _MISPLACED_WARNED:
+        return
+    _MISPLACED_WARNED.add(places[0])
+    logger.warning(
+        "%s is not read: a governed run takes its task id from "
+        'config["metadata"]["task_id"], so this run is a new task with a '
+        "budget of its own. Move it into the metadata. Logged once per place.",
+        places[0],
+    )
+
+
 def _check_runnable(graph: Any) -> None:
     """Refuse what cannot be invoked now, rather than at the first invoke,
     and a graph governed already (each call would be charged twice)."""
@@ -518,6 +547,8 @@ class GovernedGraph:
         effective = _under(_bound_config(self.graph), merged)
         metadata = dict(effective.get("metadata") or {})
         given = metadata.get("task_id")
+        if given is None:
+            _warn_misplaced_task_id({**effective, **merged})
         task_id = None if given is None else str(given)  # "" is refused, not random
         task = self.governor.open_task(task_id, attribution=_attribution(effective))
         metadata["task_id"] = task.id
