@@ -2327,6 +2327,17 @@ def _refusal_advice(admission: Admission, unit: str) -> str | None:
             f"Policy.max_call_s ({admission.task.policy.max_call_s:g} s) of "
             "time: raise the budget's limit or lower max_call_s."
         )
+    if (
+        admission.request.max_output_tokens is None
+        and admission.request.can_set_max_tokens
+    ):
+        ceiling = admission.task.policy.default_max_output_tokens
+        return (
+            f"The call set no max_tokens, so it held "
+            f"Policy.default_max_output_tokens ({ceiling}) of output: pass a "
+            "smaller max_tokens on the call, lower that default, raise the "
+            "budget's limit, or pick a cheaper model."
+        )
     return None
 
 

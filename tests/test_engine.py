@@ -827,3 +827,17 @@ def test_a_scope_budget_a_task_names_no_value_for_is_warned_of_once(
     ]
     assert len(lines) == 1
     assert "gov.task(team=...)" in lines[0]
+
+
+def test_a_refusal_of_a_call_without_max_tokens_names_the_default_it_held() -> None:
+    """A call that set no max_tokens held Policy.default_max_output_tokens: the
+    refusal says so, rather than telling the user to lower a max_tokens they
+    never gave."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.001")]))
+    with gov.task(), pytest.raises(BudgetExceeded) as refused:
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o", messages=MESSAGES, mock_response="x"
+        )
+    message = str(refused.value)
+    assert "Policy.default_max_output_tokens (4096)" in message
+    assert "pass a smaller max_tokens on the call" in message
