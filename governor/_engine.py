@@ -1823,32 +1823,26 @@ class Governor:
             taken = {line.key for _, line in pairs}
             pairs.extend(self._parent_task_lines(task, taken))
         task.extras["lines"] = (valid_until, pairs, self._tighten_version)
-        if len(pairs) < len(task.policy.budgets):
-            self._warn_unnamed(task)
         return pairs
 
-    def _warn_unnamed(self, task: Task) -> None:
+    def _warn_unnamed(
+        self, budgets: Sequence[Budget], scope_values: Mapping[str, str]
+    ) -> None:
         """Say once per scope that a budget of it charges nothing for a task
         that names no value of that scope (the budget is silently skipped)."""
-        values = task.scope_values
         missing = sorted(
-            {
-                budget.scope
-                for budget in task.policy.budgets
-                if budget.scope != "task" and budget.key is None
-            }
-            - values.keys()
+            {b.scope for b in budgets if b.scope != "task" and b.key is None}
+            - scope_values.keys()
             - self._warned_unnamed
         )
         if not missing:
             return
         self._warned_unnamed.update(missing)
         logger.warning(
-            "task %s names no %s, so the policy's Budget(scope=...) of that "
+            "a task names no %s, so the policy's Budget(scope=...) of that "
             "scope charges nothing for it. Name it per task (gov.task(%s=...)), "
             "on the policy (Attribution), or per call (metadata). Logged once "
             "per scope.",
-            task.id,
             " or ".join(missing),
             missing[0],
         )
@@ -1878,6 +1872,8 @@ class Governor:
             return entry[0], entry[2]
         moment = datetime.fromtimestamp(now, UTC)
         specs = lines_for(budgets, scope_values, _PLACEHOLDER_TASK_ID, moment)
+        if len(specs) < len(budgets):  # worked out once per template, not call
+            self._warn_unnamed(budgets, scope_values)
         shared = [(s.budget, s.line(), s.window.resets_at) for s in specs]
         resets = [s.window.resets_at.timestamp() for s in specs if s.window.resets_at]
         rolling = any(s.window.window_s is not None for s in specs)
