@@ -64,6 +64,11 @@ CHARGED_ATTRIBUTE = "governor_charged_usd"
 EMBEDDINGS = "embeddings"
 """The ``operation`` of an embedding call: no output tokens, no loop guard."""
 
+TIME_CUT = "time_cut"
+"""The admission's extras key an adapter sets when it cut a stream priced per
+second at ``Policy.max_call_s``: it said so itself, so the engine does not
+warn of the overrun again."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallRequest:

@@ -33,6 +33,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from governor._attribution import current_attribution
 from governor._calls import (
     EMBEDDINGS,
+    TIME_CUT,
     Admission,
     CallRequest,
     CallResult,
@@ -1582,7 +1583,7 @@ class Governor:
         model = admission.request.model
         if duration_s <= limit or model in self._warned_slow:
             return
-        if not admission.rate.usd_per_second or admission.extras.get("time_cut"):
+        if not admission.rate.usd_per_second or admission.extras.get(TIME_CUT):
             return
         self._warned_slow.add(model)
         logger.warning(

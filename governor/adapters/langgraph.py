@@ -44,7 +44,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from governor._calls import Admission, CallRequest, CallResult
+from governor._calls import TIME_CUT, Admission, CallRequest, CallResult
 from governor._engine import Governor
 from governor._errors import ConfigError, GovernorError, OutputLimitExceeded
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
@@ -857,7 +857,7 @@ class _HandlerCore:
             return
         out_of_time = ceiling.reason == TIME
         if out_of_time and admission is not None:
-            admission.extras["time_cut"] = True  # said here, not by the engine
+            admission.extras[TIME_CUT] = True  # said here, not by the engine
         raise OutputLimitExceeded(
             model=ceiling.model,
             reserved_tokens=ceiling.reserved_tokens,

@@ -36,6 +36,7 @@ import httpx
 
 from governor._calls import (
     CHARGED_ATTRIBUTE,
+    TIME_CUT,
     Admission,
     CallRequest,
     CallResult,
@@ -2114,10 +2115,6 @@ class _StreamCeiling:
             _warn_cut_off(ceiling.model, ceiling.reserved_tokens, ceiling.chars)
         return True
 
-
-TIME_CUT = "time_cut"
-"""The admission's extras key set when its stream was cut at max_call_s: the
-engine then leaves the overrun's warning to this adapter."""
 
 _CUT_OFF_WARNED: set[str] = set()
 _OUT_OF_TIME_WARNED: set[str] = set()
