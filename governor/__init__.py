@@ -22,6 +22,7 @@ from governor._engine import Governor
 from governor._errors import (
     BudgetExceeded,
     ConfigError,
+    GovernorClosed,
     GovernorError,
     GovernorHalt,
     OutputLimitExceeded,
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigError",
     "Fanout",
     "Governor",
+    "GovernorClosed",
     "GovernorError",
     "GovernorHalt",
     "LoopDetected",

@@ -43,6 +43,7 @@ from governor._calls import (
 from governor._errors import (
     BudgetExceeded,
     ConfigError,
+    GovernorClosed,
     GovernorError,
     ScopeBlocked,
     StoreUnavailable,
@@ -176,6 +177,7 @@ class Governor:
         self._warned_clash = False
         self._warned_over: set[str] = set()
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
+        self._closed = False  # set by close(): nothing new starts
         self._spend_closed = False
         self._warned_closed = False
         self._close_once = threading.Lock()
@@ -562,10 +564,14 @@ class Governor:
         does this: closing again (or while another thread closes) returns 0
         at once. A governor closed before ``os.fork()`` is closed in the
         child too.
+
+        Calls under way finish and are charged; a call or task started
+        afterwards raises :class:`~governor.GovernorClosed`.
         """
         # Taken by the first close and never released: an atomic "once".
         if not self._close_once.acquire(blocking=False):
             return 0
+        self._closed = True
         unsent = self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
         recorder = self.recorder
         lost = 0 if recorder is None else int(recorder.close(timeout_s))
@@ -795,7 +801,13 @@ class Governor:
         attribution: Attribution | None = None,
         **scopes: str,
     ) -> Task:
-        """Create a task and start its span; pair with :meth:`close_task`."""
+        """Create a task and start its span; pair with :meth:`close_task`.
+
+        Raises:
+            GovernorClosed: the governor was closed.
+        """
+        if self._closed:
+            raise GovernorClosed("a task")
         task = self._new_task(task_id, policy, attribution, scopes)
         self._open_tasks.add(task)
         return task
@@ -1330,6 +1342,8 @@ class Governor:
         return card
 
     def _task_for(self, request: CallRequest) -> tuple[Task, bool]:
+        if self._closed:
+            raise GovernorClosed("a call")
         task = self._joined_task(request)
         if task is not None:
             return task, False

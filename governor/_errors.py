@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "BudgetExceeded",
     "ConfigError",
+    "GovernorClosed",
     "GovernorError",
     "GovernorHalt",
     "OutputLimitExceeded",
@@ -70,6 +71,25 @@ class GovernorError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Return the error's machine-readable fields."""
         return {"code": self.code, "message": str(self)}
+
+
+class GovernorClosed(GovernorError, RuntimeError):
+    """A call or task was started on a Governor after its ``close()``.
+
+    Calls already under way when it closed still finish and are charged;
+    nothing new starts on it.
+    """
+
+    code = "governor_closed"
+
+    def __init__(self, what: str = "a call") -> None:
+        self.what = what
+        super().__init__(
+            f"{what} was started on a Governor that is closed (Governor.close() "
+            "ran, or its with block ended): nothing new starts on it, so its "
+            "spend could not be recorded. Close the governor after its last "
+            "call, or build a new Governor(policy, ...) for more work."
+        )
 
 
 class ConfigError(GovernorError, ValueError):

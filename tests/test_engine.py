@@ -17,6 +17,7 @@ from governor import (
     BudgetExceeded,
     ConfigError,
     Governor,
+    GovernorClosed,
     Policy,
     Price,
     PriceUnknown,
@@ -453,16 +454,36 @@ def test_an_async_function_bound_to_a_task_runs_in_it() -> None:
     assert asyncio.run(run()) == (1, 0)
 
 
-def test_a_call_after_close_warns_that_its_record_is_not_written(
+def test_a_stream_read_after_close_warns_that_its_record_is_not_written(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After Governor.close() the ledger is charged and the lost record is said."""
+    """A call under way at close() settles: the ledger is charged and the
+    lost record is said, once."""
     gov = Governor(Policy(budgets=[Budget(max_usd="1")]), spend=str(tmp_path / "s.db"))
     llm = GovernedLiteLLM(gov)
+    streams = [call(llm, max_tokens=5, stream=True) for _ in range(2)]
     assert gov.close() == 0
-    for _ in range(2):
-        call(llm, max_tokens=5)
+    for stream in streams:
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == "Paris"
     assert caplog.text.count("settled after Governor.close()") == 1
+
+
+def test_nothing_new_starts_on_a_closed_governor(capture: SpanCapture) -> None:
+    """A call or a task started after close() is refused before it is sent."""
+    gov, llm, counter = governed(Policy(budgets=[Budget(max_usd="1")]), capture)
+    call(llm, max_tokens=5)
+    gov.close()
+
+    with pytest.raises(GovernorClosed, match="Governor that is closed") as raised:
+        call(llm, max_tokens=5)
+    assert raised.value.what == "a call"
+    with pytest.raises(GovernorClosed, match=r"^a task was started"):
+        gov.open_task("late")
+    with pytest.raises(GovernorClosed):
+        asyncio.run(llm.acompletion(model="gpt-4o-mini", messages=MESSAGES))
+
+    assert counter.sent == 1
+    assert gov.close() == 0  # closing again is still a no-op
 
 
 def test_crossing_two_warning_thresholds_at_once_logs_one_line(

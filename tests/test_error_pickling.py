@@ -18,6 +18,7 @@ from governor import (
     CallRequest,
     ConfigError,
     Governor,
+    GovernorClosed,
     GovernorError,
     GovernorHalt,
     LoopDetected,
@@ -129,6 +130,7 @@ ERRORS: dict[str, GovernorError] = {
         "after 3 attempt(s): Connection refused."
     ),
     "SlotUnavailable": SlotUnavailable("fanout:search", 4, 2.5),
+    "GovernorClosed": GovernorClosed("a task"),
     "SpendDataError": SpendDataError("spend.jsonl:3: not JSON"),
     "LoopDetected": _loop(),
     "CascadeExhausted": CascadeExhausted(
