@@ -175,6 +175,15 @@ class Task:
         self.scope_values = _scope_values(attribution)
         self.span_attributes: dict[str, Any] = {}
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Task cannot be pickled: it is live state of the Governor that "
+            "opened it, in this process. Send task.report() (a TaskReport "
+            "pickles) for its totals; to charge a worker process's calls to the "
+            "same budgets, give its Governor the same Policy and Redis store and "
+            "the same scope values (team=..., session=...)"
+        )
+
     @property
     def open_streams(self) -> weakref.WeakValueDictionary[str, Any]:
         """Streams of the task not read to the end yet, by call id; weak, so

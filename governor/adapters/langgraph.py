@@ -250,6 +250,13 @@ class GovernedGraph:
         self._reports: list[TaskReport] = []
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a GovernedGraph cannot be pickled: it holds a Governor, which "
+            "belongs to its process. Send the Policy (which pickles) and govern "
+            "the graph in the worker: govern(graph, Governor(policy, ...))"
+        )
+
     @property
     def last_report(self) -> TaskReport | None:
         """The report of the most recently finished invocation."""

@@ -156,6 +156,13 @@ class GovernedLiteLLM:
         self._cooldowns: Any = None
         self._positional: dict[str, tuple[str, ...]] = {}
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a GovernedLiteLLM cannot be pickled: it holds a Governor, which "
+            "belongs to its process. Send the Policy (which pickles) and build "
+            "one in the worker: GovernedLiteLLM(Governor(policy, ...))"
+        )
+
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.completion``; same arguments, same return value.
 
