@@ -103,6 +103,14 @@ def service_name(reader: InMemoryMetricReader) -> object:
         (None, {"OTEL_SERVICE_NAME": "my-agent"}, "my-agent"),
         (None, {"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs"}, "from-attrs"),
         ("explicit", {"OTEL_SERVICE_NAME": "my-agent"}, "explicit"),
+        (
+            None,
+            {
+                "OTEL_SERVICE_NAME": " ",
+                "OTEL_RESOURCE_ATTRIBUTES": "team=a,service.name=bill%20ing",
+            },
+            "bill ing",
+        ),
     ],
 )
 def test_metrics_service_name_follows_argument_then_environment(

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -58,7 +59,19 @@ def service_name_from_env() -> str | None:
     ``OTEL_RESOURCE_ATTRIBUTES``, as the OpenTelemetry specification says.
     """
     name = str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME) or "")
-    return name.strip() or None  # a blank name is no name
+    if name.strip():
+        return name.strip()
+    # A blank OTEL_SERVICE_NAME is no name: it must not hide the resource's.
+    return _resource_attribute(os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+
+
+def _resource_attribute(text: str, key: str = SERVICE_NAME) -> str | None:
+    """``key``'s value in an ``OTEL_RESOURCE_ATTRIBUTES`` text, or None."""
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip() == key and unquote(value).strip():
+            return unquote(value).strip()
+    return None
 
 
 def _resource(service_name: str | None) -> Resource:
