@@ -77,7 +77,6 @@ GAPS: list[tuple[str, Mapping[str, Any], int | None, int | None]] = [
         None,
         None,
     ),
-    ("total only", {"total_tokens": 57}, None, None),
     ("prompt only", {"prompt_tokens": 40}, 40, None),
     ("negative", {"prompt_tokens": -5, "completion_tokens": -100}, None, None),
 ]
@@ -112,6 +111,39 @@ def test_missing_usage_is_counted_and_marked_estimated(
     # With no usage chunk at all, LiteLLM's stream wrapper counts the tokens
     # itself and reports them as usage; the governor tells and marks it.
     assert span.attributes[attr.CALL_COST_ESTIMATED] is True
+
+
+TOTALS: list[tuple[str, Mapping[str, Any], int | None, int | None]] = [
+    # A total the local counts fall short of is not settled below: the gap
+    # goes to the side the provider left out (to the output when both).
+    ("total only", {"total_tokens": 157}, None, 157),
+    ("completion and total", {"completion_tokens": 7, "total_tokens": 200}, 193, 7),
+    ("prompt and total", {"prompt_tokens": 30, "total_tokens": 190}, 30, 160),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(("case", "usage", "prompt", "total_out"), TOTALS)
+def test_a_reported_total_is_a_floor_for_the_counted_sides(
+    stub: StubServer,
+    stream: bool,
+    case: str,
+    usage: Mapping[str, Any],
+    prompt: int | None,
+    total_out: int | None,
+) -> None:
+    """Only a total (or a total and one side): the call costs the total."""
+    stub.set_behaviour("gpt-4o-mini", StubBehaviour(answer=ANSWER, usage=usage))
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    with gov.task() as task:
+        text_of(ask(GovernedLiteLLM(gov), stub, stream=stream), stream)
+    want_in = prompt_count() if prompt is None else prompt
+    want_out = total_out - want_in if case == "total only" else total_out
+    # the local counts alone would charge less
+    assert want_in + want_out > prompt_count() + answer_count()
+    report = task.report()
+    assert (report.input_tokens, report.output_tokens) == (want_in, want_out)
+    assert report.cost_usd == want_in * IN_PRICE + want_out * OUT_PRICE
 
 
 def test_full_usage_is_taken_as_reported(stub: StubServer) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "interrupted_after_sending",
     "read_usage",
     "settled_usage",
+    "total_tokens_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,17 @@ def read_usage(read: Callable[[], Usage | None], model: str) -> Usage | None:
         return None
 
 
+def total_tokens_of(usage: object) -> int:
+    """A usage's ``total_tokens`` (a dict's or an object's), or 0 when it
+    has none that is a whole non-negative number."""
+    total = _field(usage, "total_tokens") if usage is not None else None
+    if isinstance(total, float) and total.is_integer():
+        total = int(total)
+    if isinstance(total, bool) or not isinstance(total, int):
+        return 0
+    return max(total, 0)
+
+
 def settled_usage(
     reported: Usage | None,
     *,
@@ -193,6 +205,7 @@ def settled_usage(
     messages: Sequence[Mapping[str, Any]],
     text: str | None,
     extra_prompt: object = None,
+    reported_total: int = 0,
 ) -> Usage:
     """The usage to settle a finished call at.
 
@@ -202,6 +215,11 @@ def settled_usage(
     settled at zero would never touch its budget. A side counted locally
     makes the usage ``estimated``. The prompt is counted with its tools and
     response format (``extra_prompt``), which the provider bills too.
+
+    ``reported_total`` is the provider's ``total_tokens``: a usage that gives
+    only a total is not settled below it. What the local counts leave of the
+    total is charged to the side the provider left out (as output when it
+    left out both: the dearer side).
     """
     prompt = reported.prompt_tokens if reported is not None else 0
     completion = reported.completion_tokens if reported is not None else 0
@@ -211,8 +229,11 @@ def settled_usage(
         return reported
     if needs_prompt:
         prompt = count_prompt_tokens(model, messages, extra_prompt)
+        if completion > 0:  # a reported side keeps its figure
+            prompt = max(prompt, reported_total - completion)
     if needs_completion:
         completion = count_text_tokens(model, text or "")
+    completion = max(completion, reported_total - prompt)
     parts = reported or Usage()
     cached = parts.cache_read_tokens + parts.cache_write_tokens <= prompt
     read = parts.cache_read_tokens if cached else 0

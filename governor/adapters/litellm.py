@@ -58,6 +58,7 @@ from governor.adapters._tokens import (
     interrupted_after_sending,
     read_usage,
     settled_usage,
+    total_tokens_of,
 )
 from governor.policies import Attribution, Policy
 from governor.policies._base import thawed
@@ -1161,6 +1162,7 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         messages=request.messages,
         text=_all_output(response) if counts_output else None,
         extra_prompt=request.extra_prompt,
+        reported_total=total_tokens_of(usage_obj),
     )
     choices = getattr(response, "choices", None) or ()
     reasons = tuple(
@@ -1173,6 +1175,15 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         finish_reasons=reasons,
         output_text=_judged(message),
     )
+
+
+def _streamed_total(chunks: Sequence[Any]) -> int:
+    """The ``total_tokens`` of the last chunk that carries a usage, or 0."""
+    for chunk in reversed(chunks):
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            return total_tokens_of(usage)
+    return 0
 
 
 def _usage_of(response: Any) -> Any:
@@ -1698,6 +1709,7 @@ class _StreamSettler:
             messages=request.messages,
             text=output,
             extra_prompt=request.extra_prompt,
+            reported_total=self._reported_total(),
         )
         model = next(
             (
@@ -1714,6 +1726,19 @@ class _StreamSettler:
             error=self.error,
             output_text=text or None,
         )
+
+    def _reported_total(self) -> int:
+        """The provider's ``total_tokens`` for the stream, or 0.
+
+        LiteLLM's last usage chunk adds the total up again from the two
+        sides, so a provider that sent only a total is read from the chunks
+        LiteLLM received.
+        """
+        received = getattr(self._inner, "chunks", None)
+        own = _streamed_total(self.chunks)
+        if not isinstance(received, list):
+            return own
+        return max(own, _streamed_total(received))
 
     def _counted_by_litellm(self) -> bool:
         """True when LiteLLM made the stream's usage up from its own count.
