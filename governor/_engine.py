@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
@@ -114,6 +114,21 @@ _PLACEHOLDER_TASK_KEY = f"task:{_PLACEHOLDER_TASK_ID}"
 _CACHE_MEMORY = 32
 
 
+class ScopeValues(TypedDict, total=False):
+    """The scope values a task takes as keywords: ``gov.task(team="search")``.
+
+    Each is laid over the task's ``attribution``; None sets nothing.
+    """
+
+    team: str | None
+    feature: str | None
+    environment: str | None
+    user: str | None
+    session: str | None
+    org: str | None
+    tags: Mapping[str, str]
+
+
 class Governor:
     """Enforces one policy over every model call made in its tasks.
 
@@ -133,7 +148,7 @@ class Governor:
             does it without blocking the event loop.
         anomalies: spend-anomaly alerts on the recorded calls (spend above
             a trend baseline by k spreads, bursts; see
-            :class:`~governor.Anomalies`), as settings or a ready monitor
+            :class:`~governor.anomaly.Anomalies`), as settings or a ready monitor
             (pass it ``on_tighten=governor.apply_tighten`` yourself); with
             ``auto_tighten`` set, an alert lowers the scope's budgets or blocks
             its calls (see :meth:`unblock`).
@@ -661,6 +676,16 @@ class Governor:
             )
         return False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "policy" and "policy" in self.__dict__:
+            raise AttributeError(
+                "Governor.policy cannot be replaced: the governor's rate card, "
+                "budget lines, fan-out caps and cache were built from it. Build "
+                "a new Governor(policy, ...), or lay a policy over one task: "
+                "gov.task(policy=Policy(...))"
+            )
+        super().__setattr__(name, value)
+
     def __reduce__(self) -> Any:
         raise TypeError(
             "a Governor cannot be pickled: it holds locks, store connections and "
@@ -689,7 +714,7 @@ class Governor:
         *,
         policy: Policy | None = None,
         attribution: Attribution | None = None,
-        **scopes: str,
+        **scopes: Unpack[ScopeValues],
     ) -> Iterator[Task]:
         """Run a block as one governed task.
 
@@ -782,7 +807,7 @@ class Governor:
         *,
         policy: Policy | None = None,
         attribution: Attribution | None = None,
-        **scopes: str,
+        **scopes: Unpack[ScopeValues],
     ) -> AsyncIterator[Task]:
         """Async form of :meth:`task`; the task follows the asyncio task.
 
@@ -799,9 +824,14 @@ class Governor:
         *,
         policy: Policy | None = None,
         attribution: Attribution | None = None,
-        **scopes: str,
+        **scopes: Unpack[ScopeValues],
     ) -> Task:
         """Create a task and start its span; pair with :meth:`close_task`.
+
+        The task is not made current: calls join it inside functions bound
+        to it (``task.bind(fn)``) or when it is passed to them
+        (``CallRequest.task``). To make a block's calls join a task, use
+        :meth:`task` or :meth:`atask`.
 
         Raises:
             GovernorClosed: the governor was closed.
@@ -817,7 +847,7 @@ class Governor:
         task_id: str | None,
         policy: Policy | None,
         attribution: Attribution | None,
-        scopes: Mapping[str, str],
+        scopes: Mapping[str, Any],
     ) -> Task:
         """A started task, not counted as open (one-call tasks are not)."""
         effective = self.policy.merged(policy) if policy else self.policy
@@ -1363,7 +1393,11 @@ class Governor:
         if request.task is not None:
             return request.task
         task = _CURRENT.get()
-        return task if task is not None and task.owner in (None, self) else None
+        if task is None or task.owner not in (None, self):
+            return None
+        if task.closed:
+            _warn_late_call(task)
+        return task
 
     def policy_for(self, request: CallRequest) -> Policy:
         """The policy a call runs under (its task's, else the governor's)."""
@@ -2265,6 +2299,21 @@ def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:
     if type(line) is Line:
         return Line(key, line.limit_nanos, line.limit_tokens, ttl_s)
     return dataclasses.replace(line, key=key, ttl_s=ttl_s)
+
+
+def _warn_late_call(task: Task) -> None:
+    """Say, once per task, that a call joined it after its block ended."""
+    if task.extras.get("late_call_warned"):
+        return
+    task.extras["late_call_warned"] = True
+    logger.warning(
+        "a call joined task %s after the task ended: something started in its "
+        "block (an asyncio task, a thread, a generator) outlived it. The call "
+        "is charged to the task and its budgets, but the task's report and "
+        "span were already taken. Await what a task starts before leaving "
+        "its block. Logged once per task.",
+        task.id,
+    )
 
 
 def _check_request(request: CallRequest) -> None:

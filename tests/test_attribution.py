@@ -195,3 +195,17 @@ def test_a_name_that_only_looks_like_another_is_refused(name: str) -> None:
         Attribution(team=name)
     with pytest.raises(PolicyError, match=r"metadata\['team'\]"):
         Attribution.values_in({"team": name})
+
+
+def test_task_keywords_are_typed_as_the_attribution_fields() -> None:
+    """gov.task(team=..., tags={...}) type-checks, and a typo does not: the
+    keywords are typed by a TypedDict that must match Attribution's fields."""
+    import typing
+
+    from governor._engine import ScopeValues
+    from governor.policies._model import ATTRIBUTION_FIELDS
+
+    assert set(ScopeValues.__annotations__) == {*ATTRIBUTION_FIELDS, "tags"}
+    for method in (Governor.task, Governor.atask, Governor.open_task):
+        hint = typing.get_type_hints(method)["scopes"]
+        assert typing.get_args(hint) == (ScopeValues,), method.__name__

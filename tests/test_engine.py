@@ -862,3 +862,40 @@ def test_a_refusal_of_a_call_without_max_tokens_names_the_default_it_held() -> N
     message = str(refused.value)
     assert "Policy.default_max_output_tokens (4096)" in message
     assert "pass a smaller max_tokens on the call" in message
+
+
+def test_the_policy_of_a_governor_cannot_be_replaced() -> None:
+    """Its rate card and budget lines were built from it: a new policy would
+    apply half (budgets yes, prices no), so replacing it is refused."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    before = gov.policy
+    with pytest.raises(AttributeError, match=r"Build a new Governor\(policy"):
+        gov.policy = Policy()
+    assert gov.policy is before
+
+
+def test_a_call_that_joins_an_ended_task_is_charged_to_it_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An asyncio task started in a task's block and awaited after it ends
+    still charges the task (its budget holds), and says so once."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    llm = GovernedLiteLLM(gov)
+
+    async def ask() -> None:
+        await asyncio.sleep(0.01)
+        for _ in range(2):
+            await llm.acompletion(
+                model="gpt-4o-mini", messages=MESSAGES, mock_response="Paris"
+            )
+
+    async def main() -> Any:
+        async with gov.atask("late") as task:
+            child = asyncio.create_task(ask())
+        assert task.report().calls == 0
+        await child
+        return task
+
+    task = asyncio.run(main())
+    assert task.report().calls == 2
+    assert caplog.text.count("a call joined task late after the task ended") == 1
