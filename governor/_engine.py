@@ -1889,10 +1889,12 @@ class Governor:
         self._warned_unnamed.update(missing)
         logger.warning(
             "a task names no %s, so the policy's Budget(scope=...) of that "
-            "scope charges nothing for it. Name it per task (gov.task(%s=...)), "
-            "on the policy (Attribution), or per call (metadata). Logged once "
-            "per scope.",
+            "scope charges nothing for it unless its calls name one. Name it per "
+            "task (gov.task(%s=...)), around calls (with governor.attribute(%s="
+            "...)), on the policy (Attribution), or per call (metadata). Logged "
+            "once per scope.",
             " or ".join(missing),
+            missing[0],
             missing[0],
         )
 

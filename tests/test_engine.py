@@ -848,6 +848,7 @@ def test_a_scope_budget_a_task_names_no_value_for_is_warned_of_once(
     ]
     assert len(lines) == 1
     assert "gov.task(team=...)" in lines[0]
+    assert "with governor.attribute(team=...)" in lines[0]
 
 
 def test_a_refusal_of_a_call_without_max_tokens_names_the_default_it_held() -> None:
