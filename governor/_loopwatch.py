@@ -78,6 +78,7 @@ class LoopWatch:
         self.hint: str | None = None
         self._lock = threading.Lock()
         self._steps = 0
+        self._passed = 0  # calls this guard let through (admitted or not yet)
         self._seen: dict[tuple[str, bytes, bytes], int] = {}
         # The last judged result's (step, branch, answer) and its turn label.
         self._last_turn: tuple[_Step, str | None, bytes, int] | None = None
@@ -131,13 +132,18 @@ class LoopWatch:
             if not flagged:
                 self._act(self.guard.on_prompt(messages, step=step))
             if self._has_ceilings:
+                # Calls past this check run side by side before any of them
+                # is admitted (parallel branches): they count from here.
+                calls = max(self.task.model_calls, self._passed) + 1
                 self._act(
                     self.guard.check_ceilings(
-                        model_calls=self.task.model_calls + 1,
+                        model_calls=calls,
                         steps=self._steps,
                         elapsed_s=self.task.elapsed_s(),
                     )
                 )
+            if self.stopped is None:
+                self._passed += 1
         self.raise_if_stopped()
         key = prompt_digest(messages)
         if branch is None:

@@ -106,6 +106,38 @@ def test_ceiling_on_model_calls() -> None:
     assert task.report().calls == 2
 
 
+def test_the_ceiling_on_model_calls_holds_for_calls_side_by_side() -> None:
+    """Ten threads pass the loop checks before any of them is admitted (the
+    budget store is slow): only max_model_calls of them are sent."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from governor.stores import MemoryLedger
+
+    class SlowLedger(MemoryLedger):
+        def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.2)
+            return super().reserve(*args, **kwargs)
+
+    gov = Governor(Policy(loops=Loops(max_model_calls=3)), ledger=SlowLedger())
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def ask(i: int) -> None:
+        try:
+            chat(gov, f"question {i}")
+        except LoopDetected:
+            return
+        with lock:
+            sent.append(str(i))
+
+    with gov.task() as task, ThreadPoolExecutor(10) as pool:
+        list(pool.map(task.bind(ask), range(10)))
+    assert (len(sent), task.report().calls) == (3, 3)
+    assert task.report().stop_reason == "loop_detected"
+
+
 def test_a_stopped_task_raises_the_same_error_with_a_fresh_traceback() -> None:
     """Calls after a caught LoopDetected get it again, its traceback as long
     each time: re-raising one object would grow it (and hold frames) per call."""
