@@ -453,7 +453,12 @@ class Governor:
 
         if isinstance(anomalies, AnomalyMonitor):
             return anomalies
-        return AnomalyMonitor(anomalies, on_tighten=self._tighten, restores=True)
+        return AnomalyMonitor(
+            anomalies,
+            on_tighten=self._tighten,
+            restores=True,
+            budgets=self.policy.budgets,
+        )
 
     def apply_tighten(self, request: Any) -> None:
         """Apply an auto-tighten request (a ``governor.anomaly.Tighten``)."""

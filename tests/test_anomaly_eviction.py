@@ -201,3 +201,35 @@ def test_max_series_must_be_positive() -> None:
         Anomalies(max_series=0)
     with pytest.raises(ValueError, match="max_series must be at least 1"):
         AnomalyDetector(Anomalies(), max_series=0)
+
+
+def test_an_episode_ended_on_its_own_call_keeps_its_series() -> None:
+    """Episodes over when a call comes: the scopes that call feeds keep their
+    baselines; a silent one's series goes first."""
+    ended: list[str] = []
+    detector = AnomalyDetector(
+        settings(scopes=("user", "team")),
+        max_series=2,
+        on_episode_end=lambda scope, ts: ended.append(scope),
+    )
+
+    def call(interval: int, user: str, tokens: int) -> list[str]:
+        rec = SpendRecord(
+            ts=at(interval),
+            task_id="t",
+            call_id=f"{user}-{interval}-{tokens}",
+            model="gpt-4o-mini",
+            input_tokens=tokens,
+            team="a",
+            user=user,
+        )
+        return [alert.scope for alert in detector.observe_record(rec)]
+
+    for i, tokens in enumerate(BASE):
+        assert call(i, "x", tokens) == []
+    assert call(5, "x", 500) == ["user:x", "team:a"]
+    assert call(8, "z", 100) == []  # user:z's new series drops one
+    assert sorted(ended) == ["team:a", "user:x"]
+    assert detector.evicted == 1
+    # team:a kept its baseline: a spike on it alerts at once.
+    assert call(8, "z", 500) == ["team:a"]

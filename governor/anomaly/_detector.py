@@ -26,8 +26,9 @@ __all__ = ["Alert", "AnomalyDetector", "Finding", "Rule", "scopes_of"]
 
 Rule = Literal["deviation", "burst", "peers"]
 
-# Which kind of scope is the narrower when two alerting scopes spend the same:
-# a user's spend is part of its team's, a team's part of everything.
+# Kinds of scope, narrowest first: a scope can explain an alert only on a scope
+# of a wider kind (a session's spend is part of its user's, a user's part of its
+# team's, a team's part of everything).
 _NARROW_RANK = {
     "session": 0,
     "user": 1,
@@ -90,9 +91,11 @@ class Alert:
     ``observed``, ``threshold``, ``baseline_mean`` and ``baseline_std`` are
     those of the first entry of ``findings``, which lists every metric and
     rule that fired on the call that opened the episode. ``explained_by``
-    names the narrower scopes of that call (a user within the team, say)
-    whose own excess accounts for this scope's, narrowest first; auto-tighten
-    acts on the first of them it may tighten rather than on ``scope``.
+    names the scopes of a narrower kind seen under this one in the interval
+    (the users of a team, say), whatever call crossed the line, whose own
+    excess accounts for this scope's: narrowest kind first, then the largest
+    excess. Auto-tighten acts on the first of them it may tighten rather
+    than on ``scope``.
     """
 
     scope: str
@@ -199,6 +202,7 @@ class _Series:
         "squares",
         "std",
         "trend",
+        "under",
         "unit",
         "window",
     )
@@ -228,6 +232,8 @@ class _Series:
             self.peaks = deque(maxlen=self.window)
         self.peak = 0
         self.peak_median = 0.0
+        # The scopes of narrower kinds fed with this one in the open interval.
+        self.under: set[str] = set()
 
     def roll(self, index: int) -> None:
         """Close intervals up to ``index``; silent intervals count as zero."""
@@ -243,6 +249,7 @@ class _Series:
             self.peaks.extend([0] * gap)
             self.peak_median = statistics.median(self.peaks)
         self.index, self.current, self.current_sq, self.peak = index, 0, 0, 0
+        self.under = set()
         self.mean, self.std = _mean_std(self.history)
         self.level, self.spread = self.mean, self.std
         if self.trend:
@@ -261,6 +268,15 @@ class _Series:
         while self.recent and self.recent[0][0] <= ts_us - burst_us:
             self.recent_sum -= self.recent.popleft()[1]
         self.peak = max(self.peak, self.recent_sum)
+
+    def window_sum(self, ts_us: int, burst_us: int) -> int:
+        """Spend in the burst window that ends at ``ts_us``, leaving it as is."""
+        total = self.recent_sum
+        for seen_us, amount in self.recent:
+            if seen_us > ts_us - burst_us:
+                break
+            total -= amount
+        return total
 
     def call_unit(self) -> float:
         """The typical call's amount: sum of squares over sum, in the window.
@@ -333,25 +349,29 @@ def noisy_threshold(level: float, spread: float, unit: float, k: float) -> float
 class AnomalyDetector:
     """Deviation, burst and peers rules per scope and metric, grouped in episodes.
 
+    A scope's episode is over once no rule has fired on it for ``cooldown_s``
+    (and at least one interval); it is seen to end at the next call on any
+    scope, so a scope that falls silent (blocked, or its runaway stopped)
+    does not hold its episode open for good.
+
     Memory is bounded by ``max_series`` scope-and-metric series. A new series
     past it drops the least recently fed one whose scope has no open episode,
-    with its baseline, in constant time. A scope whose episode is over (no
-    rule fired for ``cooldown_s``) but not yet seen to end, because no call
-    came since, counts as having none: its episode ends then, with
-    ``on_episode_end``, and its series go first. Only when every series kept
-    has an open episode is the least recently fed of those dropped, its
-    episode ended the same way, so that nothing it tightened stays tightened
-    for good. :attr:`evicted` counts the series dropped.
+    with its baseline, in constant time; the series of a scope whose episode
+    was seen to end because time passed, not on a call of its own, go first.
+    Only when every series kept has an open episode is the least recently
+    fed of those dropped, its episode ended with ``on_episode_end``, so that
+    nothing it tightened stays tightened for good. :attr:`evicted` counts
+    the series dropped.
 
     Args:
         settings: the rules' parameters.
         max_series: scope-and-metric series kept (at least 1); None:
             ``settings.max_series``.
         on_episode_end: called with a scope and the time its anomaly episode
-            was seen to end (the first call on the scope that trips no rule
-            once ``cooldown_s``, and at least one interval, has passed since
-            its last trip, the trip that opens its next episode, or the call
-            whose new series drops the scope's, as above).
+            was seen to end: that of the first call, on any scope, once
+            ``cooldown_s`` (and at least one interval) has passed since the
+            scope's last trip, or of the call whose new series drops the
+            scope's, as above.
     """
 
     def __init__(
@@ -385,8 +405,8 @@ class AnomalyDetector:
         self._busy: OrderedDict[tuple[str, Metric], None] = OrderedDict()
         self._max_series = max_series
         self._evicted = 0
-        # Open episodes: scope -> time of its latest trip.
-        self._episodes: dict[str, int] = {}
+        # Open episodes: scope -> time of its latest trip, oldest trip first.
+        self._episodes: OrderedDict[str, int] = OrderedDict()
         self._on_episode_end = on_episode_end
         self._peer_cache: dict[tuple[str, Metric], tuple[int, _Trip | None]] = {}
 
@@ -400,19 +420,30 @@ class AnomalyDetector:
 
         Tokens are input plus output tokens, except that a cache hit counts
         none (nothing was sent to a provider); USD is ``cost_usd``. An alert
-        on a scope whose excess a narrower scope of the same record accounts
-        for names that scope in ``explained_by``.
+        on a scope names in ``explained_by`` the scopes of narrower kinds seen
+        under it in the interval (this record's or earlier ones') whose own
+        excess accounts for its excess.
         """
         tokens = 0 if rec.cache_hit else rec.total_tokens
         ts_us, nanos = to_us(rec.ts), usd_to_nanos(rec.cost_usd)
         keys = scopes_of(rec, self.settings.scopes)
+        self._end_quiet_episodes(ts_us, keys)
+        ranks = [_rank(key) for key in keys]
         opened = [
             (scope, trips)
-            for scope in keys
-            if (trips := self._observe(scope, ts_us, nanos, tokens))
+            for scope, rank in zip(keys, ranks, strict=True)
+            if (
+                trips := self._observe(
+                    scope,
+                    ts_us,
+                    nanos,
+                    tokens,
+                    [k for k, r in zip(keys, ranks, strict=True) if r < rank],
+                )
+            )
         ]
         return [
-            self._alert(scope, ts_us, trips, self._explain(scope, trips, keys))
+            self._alert(scope, ts_us, trips, self._explain(scope, trips, ts_us))
             for scope, trips in opened
         ]
 
@@ -431,30 +462,54 @@ class AnomalyDetector:
 
         The fast path for replaying long traces.
         """
-        trips = self._observe(scope, ts_us, usd_nanos, tokens)
+        self._end_quiet_episodes(ts_us, (scope,))
+        trips = self._observe(scope, ts_us, usd_nanos, tokens, ())
         return [self._alert(scope, ts_us, trips, ())] if trips else []
 
     def _observe(
-        self, scope: str, ts_us: int, usd_nanos: int, tokens: int
+        self,
+        scope: str,
+        ts_us: int,
+        usd_nanos: int,
+        tokens: int,
+        narrower: Sequence[str],
     ) -> list[_Trip]:
-        """Step every metric; the trips when they open an episode, else []."""
+        """Step every metric; the trips when they open an episode, else [].
+
+        ``narrower``: the record's scopes of narrower kinds than ``scope``.
+        """
         amounts: dict[Metric, int] = {"usd": usd_nanos, "tokens": tokens}
         trips: list[_Trip] = []
         for metric in self.settings.metrics:
-            trips += self._step(scope, metric, ts_us, amounts[metric])
+            trips += self._step(scope, metric, ts_us, amounts[metric], narrower)
         return trips if self._opens_episode(scope, ts_us, bool(trips)) else []
 
+    def _end_quiet_episodes(self, ts_us: int, fed: Sequence[str]) -> None:
+        """End every episode with no trip for ``cooldown_s`` before ``ts_us``.
+
+        The series of those scopes this call does not feed (``fed``) go first
+        among the idle ones, to be dropped next.
+        """
+        while self._episodes:
+            scope, last = next(iter(self._episodes.items()))
+            if ts_us - last < self._episode_us:
+                return
+            self._end_episode(scope, ts_us, first=scope not in fed)
+
     def _opens_episode(self, scope: str, ts_us: int, tripped: bool) -> bool:
-        """Track the scope's episode; whether this call opens a new one."""
-        last = self._episodes.get(scope)
-        quiet = last is not None and ts_us - last >= self._episode_us
-        if quiet:
-            self._end_episode(scope, ts_us)
-        if tripped:
-            if scope not in self._episodes:
-                self._move(scope, self._idle, self._busy)
-            self._episodes[scope] = ts_us
-        return tripped and (last is None or quiet)
+        """Track the scope's episode; whether this call opens a new one.
+
+        An episode that is over has already been ended by
+        :meth:`_end_quiet_episodes`.
+        """
+        if not tripped:
+            return False
+        opens = scope not in self._episodes
+        if opens:
+            self._move(scope, self._idle, self._busy)
+        self._episodes[scope] = ts_us
+        self._episodes.move_to_end(scope)
+        return opens
 
     def _end_episode(self, scope: str, ts_us: int, *, first: bool = False) -> None:
         """Close the scope's episode; its series join the idle ones.
@@ -518,11 +573,19 @@ class AnomalyDetector:
         del self._series[key]
         self._evicted += 1
 
-    def _step(self, scope: str, metric: Metric, ts_us: int, amount: int) -> list[_Trip]:
+    def _step(
+        self,
+        scope: str,
+        metric: Metric,
+        ts_us: int,
+        amount: int,
+        narrower: Sequence[str],
+    ) -> list[_Trip]:
         index = ts_us // self._interval_us
         series = self._series_for(scope, metric, index, ts_us)
         series.roll(index)
         series.add(ts_us, amount, self._burst_us)
+        series.under.update(narrower)
         if len(series.history) < self.settings.min_history_intervals:
             peers = self._peers(scope, metric, series, index)
             return [] if peers is None else [peers]
@@ -614,50 +677,63 @@ class AnomalyDetector:
         return self._threshold(series.level, series.spread, series.unit)
 
     def _explain(
-        self, scope: str, trips: Sequence[_Trip], keys: Sequence[str]
+        self, scope: str, trips: Sequence[_Trip], ts_us: int
     ) -> tuple[str, ...]:
-        """The record's narrower scopes whose excess accounts for every trip."""
-        metric = trips[0].metric
-        wide = self._narrowness(scope, metric)
-        narrower = sorted(
-            (self._narrowness(other, metric), other)
-            for other in keys
-            if other != scope and self._narrowness(other, metric) < wide
-        )
-        return tuple(
-            other
-            for _, other in narrower
-            if all(self._explains(other, trip) for trip in trips)
-        )
+        """The narrower scopes seen under ``scope`` whose excess explains it.
 
-    def _explains(self, narrower: str, trip: _Trip) -> bool:
-        """Whether ``narrower`` accounts for a wider scope's trip.
-
-        Its excess must be at least half of the wider scope's, and without it
-        the wider scope must be back under its threshold.
+        Every scope of a narrower kind fed with ``scope`` in the open interval
+        is a candidate, not only those of the call that crossed the line; one
+        explains the alert when it accounts for every trip. Narrowest kind
+        first, then the largest excess.
         """
-        excess = self._excess(narrower, trip)
-        usual = trip.mean * self._share(trip.rule)
-        wide_excess = trip.observed - usual
+        seen: set[str] = set()
+        for metric in {trip.metric for trip in trips}:
+            series = self._series.get((scope, metric))
+            if series is not None:
+                seen |= series.under
+        found = []
+        for other in seen:
+            excesses = [self._excess(other, trip, ts_us) for trip in trips]
+            if all(map(self._explains, trips, excesses)):
+                found.append((_rank(other), -excesses[0], other))
+        return tuple(other for *_, other in sorted(found))
+
+    def _explains(self, trip: _Trip, excess: float) -> bool:
+        """Whether a narrower scope's ``excess`` accounts for a wider one's trip.
+
+        It must be at least half of the wider scope's excess over its usual
+        level, and without it the wider scope must be back under its threshold.
+        """
+        wide_excess = trip.observed - trip.mean * self._share(trip.rule)
         return 2 * excess >= wide_excess and trip.observed - excess <= trip.threshold
 
     def _share(self, rule: Rule) -> float:
         """The part of an interval a rule's observed spend covers."""
         return self._burst_us / self._interval_us if rule == "burst" else 1.0
 
-    def _narrowness(self, scope: str, metric: Metric) -> tuple[float, int]:
-        """Usual spend first, the kind of scope breaking ties."""
-        series = self._series.get((scope, metric))
-        level = series.level if series is not None else 0.0
-        return level, _NARROW_RANK[scope.partition(":")[0]]
+    def _excess(self, scope: str, trip: _Trip, ts_us: int) -> float:
+        """How far ``scope`` is above its usual level, in ``trip``'s terms.
 
-    def _excess(self, scope: str, trip: _Trip) -> float:
-        """How far ``scope`` is above its own usual level, in ``trip``'s terms."""
+        A scope with fewer than ``min_history_intervals`` closed intervals
+        has no usual level of its own yet (its first intervals may be the
+        runaway's): it is held to the lower of its own level and the typical
+        established scope's of its kind, as the peers rule judges it.
+        """
         series = self._series.get((scope, trip.metric))
         if series is None:
             return 0.0
-        usual = series.level * self._share(trip.rule)
-        observed = series.recent_sum if trip.rule == "burst" else series.current
+        level = series.level
+        if len(series.history) < self.settings.min_history_intervals:
+            kind = scope.partition(":")[0]
+            index = ts_us // self._interval_us
+            typical = self._typical_peer(kind, trip.metric, index)
+            if typical is not None:
+                level = min(level, typical.mean)
+        usual = level * self._share(trip.rule)
+        if trip.rule == "burst":
+            observed = series.window_sum(ts_us, self._burst_us)
+        else:
+            observed = series.current
         return max(observed - usual, 0.0)
 
     def _alert(
@@ -678,6 +754,11 @@ class AnomalyDetector:
             findings=findings,
             explained_by=explained,
         )
+
+
+def _rank(scope: str) -> int:
+    """How narrow the scope's kind is: 0 for a session, 8 for ``all``."""
+    return _NARROW_RANK[scope.partition(":")[0]]
 
 
 def _finding(trip: _Trip) -> Finding:

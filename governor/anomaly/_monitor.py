@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from governor._forks import start_over_in_children
 from governor._quiet import Quiet
@@ -14,6 +14,9 @@ from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
 from governor.spend._record import SpendRecord
+
+if TYPE_CHECKING:
+    from governor.policies import Budget
 
 __all__ = ["AnomalyMonitor"]
 
@@ -40,7 +43,10 @@ class AnomalyMonitor:
     tightened, further alerts it explains add nothing. With ``"lower"`` and
     ``restores=True`` (as a governor makes its monitor), once every episode
     that holds it tightened has ended, a ``"restore"`` request undoes the
-    lowering; a block stays until someone unblocks the scope.
+    lowering; a block stays until someone unblocks the scope. Given the
+    policy's ``budgets``, ``"lower"`` on a scope that no budget limits sends
+    nothing and logs a WARNING saying which budget to add (or to use
+    ``"block"``); it never lowers a wider scope instead.
 
     The monitor keeps at most ``settings.max_series`` scope-and-metric
     series (see :class:`AnomalyDetector` for which one goes past that). When
@@ -60,6 +66,9 @@ class AnomalyMonitor:
             by default, so that a callback written for ``"lower"`` and
             ``"block"`` alone never receives one; ``Governor.apply_tighten``
             handles them.
+        budgets: the budgets ``on_tighten`` lowers (a policy's ``budgets``),
+            so that ``"lower"`` can tell a scope it cannot lower; None: every
+            scope is taken to have one.
     """
 
     def __init__(
@@ -69,9 +78,14 @@ class AnomalyMonitor:
         hooks: Sequence[AlertHook] = (),
         on_tighten: Callable[[Tighten], None] | None = None,
         restores: bool = False,
+        budgets: Iterable[Budget] | None = None,
     ) -> None:
         self.settings = settings or Anomalies()
         self._restores = restores
+        self._budgets = None if budgets is None else tuple(budgets)
+        # Scopes "lower" had no budget to lower on, with their alerts; logged
+        # outside the lock.
+        self._unlowered: list[tuple[str, Alert]] = []
         self._detector = AnomalyDetector(
             self.settings, on_episode_end=self._episode_ended
         )
@@ -116,7 +130,10 @@ class AnomalyMonitor:
             alerts = self._detector.observe_record(rec)
             ended, self._ended = self._ended, []
             requests = self._requests(alerts, ended)
+            unlowered, self._unlowered = self._unlowered, []
             dropped, total = self._evictions_to_report(), self._detector.evicted
+        for scope, alert in unlowered:
+            _warn_unlowered(scope, alert)
         if dropped:
             logger.warning(
                 "anomaly monitor dropped %d scope series (%d in all so far): it "
@@ -184,10 +201,29 @@ class AnomalyMonitor:
         if target in self._held:
             self._held[target][0].add(alert.scope)
             return []
-        self._held[target] = ({alert.scope}, alert)
         mode: Literal["lower", "block"]
         mode = "block" if self.settings.auto_tighten == "block" else "lower"
+        if mode == "lower" and not self._has_budget(target):
+            self._unlowered.append((target, alert))
+            return []
+        self._held[target] = ({alert.scope}, alert)
         return [Tighten(target, mode, self.settings.tighten_factor, alert)]
+
+    def _has_budget(self, scope: str) -> bool:
+        """Whether a budget given limits ``scope`` (True when none were given).
+
+        Lowering ``all`` scales every budget's limits, so any limit will do.
+        """
+        if self._budgets is None:
+            return True
+        kind, _, value = scope.partition(":")
+        return any(
+            (budget.max_usd is not None or budget.max_tokens is not None)
+            and (
+                kind == "all" or (budget.scope == kind and budget.key in (None, value))
+            )
+            for budget in self._budgets
+        )
 
     def _target(self, alert: Alert) -> str | None:
         """The narrowest scope explaining the alert that may be tightened."""
@@ -200,6 +236,30 @@ class AnomalyMonitor:
         """Let queued webhook POSTs finish."""
         if self._webhook is not None:
             self._webhook.close()
+
+
+def _warn_unlowered(scope: str, alert: Alert) -> None:
+    """Say that ``"lower"`` found no budget on ``scope``, and what to do."""
+    kind, _, value = scope.partition(":")
+    if kind == "all":
+        fix = "the policy has no budget with a limit; add one"
+    elif kind in ("model", "provider"):
+        fix = (
+            f"budgets cannot limit {kind} scopes; drop {kind!r} from "
+            "Anomalies.tighten_scopes"
+        )
+    else:
+        fix = (
+            f"no budget has scope={kind!r} (for every value or key={value!r}); "
+            f"add a Budget(scope={kind!r}, max_usd=...) to the policy"
+        )
+    logger.warning(
+        "spend anomaly on %s: auto_tighten='lower' has no budget to lower on "
+        "%s, so nothing was tightened: %s, or use auto_tighten='block'",
+        alert.scope,
+        scope,
+        fix,
+    )
 
 
 def _call_safely(hook: Callable[[Any], None], value: object) -> None:
