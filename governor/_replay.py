@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from governor._calls import CallRequest, CallResult
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorHalt
+from governor._errors import ConfigError, GovernorHalt, decimal_text
 from governor.policies import Attribution, Policy
+from governor.policies._model import name_problem, tag_problem
 from governor.pricing import Usage
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ class ReplayRun:
         return {
             "label": self.label,
             "tasks": len(self.tasks),
-            "cost_usd": str(self.cost_usd),
-            "cost_per_task_usd": str(_nano(self.cost_usd / count)),
+            "cost_usd": decimal_text(self.cost_usd),
+            "cost_per_task_usd": decimal_text(_nano(self.cost_usd / count)),
             "stopped": self.stopped,
             "stopped_recorded_good": self.stopped_recorded_good,
             "quality": self.quality,
@@ -177,8 +178,19 @@ def _attribution(record: SpendRecord) -> Attribution:
         "session": record.session,
         "org": record.org,
     }
-    given = {k: v for k, v in values.items() if v}
-    return Attribution(**given, tags=dict(record.tags))
+    # Records written by older releases, or by hand, may hold names today's
+    # rules refuse (an empty tag): those count as unset, as reports read them.
+    given = {k: v for k, v in values.items() if v and name_problem(v) is None}
+    tags = {
+        name: value
+        for name, value in record.tags.items()
+        if _usable_tag(name) and _usable_tag(value)
+    }
+    return Attribution(**given, tags=tags)
+
+
+def _usable_tag(text: str) -> bool:
+    return isinstance(text, str) and tag_problem(text) is None
 
 
 def _quality(calls: list[SpendRecord]) -> float | None:

@@ -209,3 +209,37 @@ def test_task_keywords_are_typed_as_the_attribution_fields() -> None:
     for method in (Governor.task, Governor.atask, Governor.open_task):
         hint = typing.get_type_hints(method)["scopes"]
         assert typing.get_args(hint) == (ScopeValues,), method.__name__
+
+
+BAD_TAG_VALUES = ["", "  ", "cr\rx", "nl\nx", " padded", "tab\t"]
+
+
+@pytest.mark.parametrize("value", BAD_TAG_VALUES)
+def test_a_tag_value_is_checked_as_team_names_are(value: str) -> None:
+    """An empty, blank, padded or control-character tag value is refused by
+    Attribution, attribute() and gov.task(), naming the tag."""
+    gov = Governor()
+    tags = {"customer": value}
+    opens = [
+        lambda: Attribution(tags=tags),
+        lambda: attribute(tags=tags),
+        lambda: gov.task(team="t", tags=tags).__enter__(),
+    ]
+    for open_one in opens:
+        with pytest.raises(PolicyError) as caught:
+            open_one()
+        assert f"tag 'customer' is {value!r}: a tag value must " in str(caught.value)
+    assert not gov._open_tasks
+
+
+@pytest.mark.parametrize("name", ["", "  ", "k\r", "k\nx", " k"])
+def test_a_tag_name_is_checked_as_team_names_are(name: str) -> None:
+    """A tag name must be a usable name too; the error quotes it."""
+    with pytest.raises(PolicyError) as caught:
+        Attribution(tags={name: "v"})
+    assert f"tag name {name!r}: a tag name must " in str(caught.value)
+
+
+def test_a_tag_value_may_hold_a_hash() -> None:
+    """'#' splits budget line keys, which tags never name: it is kept."""
+    assert Attribution(tags={"ticket": "#123"}).tags == {"ticket": "#123"}

@@ -389,3 +389,28 @@ def test_an_unpriced_recorded_model_exits_2_with_the_policy_file_fix(
     policy = tmp_path / "priced.json"
     policy.write_text(snippet, encoding="utf-8")
     assert main(["replay", "--db", str(trace), "--policy", str(policy)]) == 0
+
+
+def test_replay_reads_old_records_with_names_todays_rules_refuse() -> None:
+    """Records written before tags were checked (an empty tag, a padded
+    value) replay with those tags unset, as reports count them."""
+    old = [
+        dataclasses.replace(r, tags={"quality": "1", "k": "", " pad": "v", "t": "#1"})
+        for r in records(1, 2)
+    ]
+    run = replay(old, Policy(budgets=[Budget(scope="team", max_usd=1)]))
+    assert [t.cost_usd for t in run.tasks.values()] == [CALL_4O * 2]
+    assert run.quality == 1.0
+
+
+def test_replay_json_writes_money_in_plain_notation() -> None:
+    """A tiny cost is "0.00000015", never "1.5E-7"."""
+    tiny = [
+        dataclasses.replace(r, model="gpt-4o-mini", input_tokens=1, output_tokens=0)
+        for r in records(1, 1)
+    ]
+    summary = replay(tiny, Policy()).as_dict()
+    assert (summary["cost_usd"], summary["cost_per_task_usd"]) == (
+        "0.00000015",
+        "0.00000015",
+    )

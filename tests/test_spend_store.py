@@ -207,13 +207,13 @@ def test_sqlite_uses_write_ahead_logging(tmp_path: Path) -> None:
 
 
 def test_sqlite_stores_money_as_exact_text(tmp_path: Path) -> None:
-    """cost_usd is stored as the Decimal's text, not a float."""
+    """cost_usd is stored as the Decimal's plain text, not a float nor "1E-10"."""
     path = tmp_path / "spend.sqlite3"
     with SQLiteSpendStore(path) as sqlite_store:
         sqlite_store.record(make(0, cost_usd=Decimal("0.000000000123456789")))
     with sqlite3.connect(path) as conn:
         row = conn.execute("SELECT cost_usd, typeof(cost_usd) FROM spend").fetchone()
-    assert row == ("1.23456789E-10", "text")
+    assert row == ("0.000000000123456789", "text")
 
 
 def test_sqlite_creates_missing_folders(tmp_path: Path) -> None:
@@ -251,7 +251,7 @@ def test_jsonl_line_format(tmp_path: Path) -> None:
     assert (line["v"], line["ts"], line["cost_usd"], line["tags"]) == (
         1,
         "2026-12-01T09:30:15.123456Z",
-        "1.23456789E-7",
+        "0.000000123456789",
         {"customer": "c0", "tier": "gold"},
     )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from governor._errors import decimal_text
 from governor.cli._text import given, positive_count, same_file
 
 if TYPE_CHECKING:
@@ -443,12 +444,12 @@ def _run_task(
         task_id=report.task_id,
         calls=report.calls,
         tokens=report.tokens,
-        cost_usd=str(report.cost_usd),
-        budget_left_usd="-" if left is None else str(left),
+        cost_usd=decimal_text(report.cost_usd),
+        budget_left_usd="-" if left is None else decimal_text(left),
         stop_reason=report.stop_reason or "completed",
         seconds=round(seconds, 2),
         cache_hits=report.cache_hits,
-        saved_usd=str(report.saved_usd),
+        saved_usd=decimal_text(report.saved_usd),
         detail=detail,
     )
 

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from governor._errors import decimal_text
 from governor.cli._policy import POLICY_HELP, unpriced_advice
 from governor.cli._spend_source import redis_down, unreachable
 from governor.cli._text import given, ljust, printable, width
@@ -207,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
             {
                 "task_id": t.task_id,
                 "calls": t.calls,
-                "cost_usd": str(t.cost_usd),
+                "cost_usd": decimal_text(t.cost_usd),
                 "stop_reason": t.stop_reason,
             }
             for t in run.tasks.values()

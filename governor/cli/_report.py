@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import re
 import sys
@@ -235,6 +233,9 @@ def _summarize(
     target = args.db or default_spend_target()
     _check_store_path(target)
     store = open_store(target, existing=True, prefix=args.prefix)
+    if args.fmt == "table" and hasattr(store, "warn_duplicates"):
+        # The table ends with a note saying so: one notice, not two.
+        store.warn_duplicates = False
     try:
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
@@ -385,7 +386,9 @@ def render_json(summary: SpendSummary, label: str, top: int) -> str:
     return json.dumps(document, indent=2)
 
 
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+"""First characters that get a leading quote in CSV keys (see :func:`_inert`)."""
+_CSV_SPECIAL = frozenset(',"\r\n')
 
 
 def render_csv(summary: SpendSummary, top: int) -> str:
@@ -393,16 +396,31 @@ def render_csv(summary: SpendSummary, top: int) -> str:
 
     The row of calls with the grouped field unset has an empty key (no set
     value is empty: :func:`governor.spend.summarize` counts a blank one as unset).
+    Lines end in ``\n``; a field holding a comma, a quote, ``\r`` or ``\n`` is
+    quoted, so any CSV reader gets it back whole.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["by", "key", *_COLUMNS, *_CSV_ONLY])
+    lines = [_csv_line(["by", "key", *_COLUMNS, *_CSV_ONLY])]
     for by in summary.by:
         for group in _rows(summary, by, top):
             key = "" if group.unset else _inert(group.key)
-            counts = [group.totals.refused, group.totals.errors]
-            writer.writerow([by, key, *_cells(group, summary), *counts])
-    return buffer.getvalue()
+            counts = [str(group.totals.refused), str(group.totals.errors)]
+            lines.append(_csv_line([by, key, *_cells(group, summary), *counts]))
+    return "".join(lines)
+
+
+def _csv_line(fields: Sequence[str]) -> str:
+    """One RFC 4180 record ending in ``\n``.
+
+    ``csv.writer`` with ``lineterminator="\n"`` leaves a bare ``\r`` unquoted,
+    which breaks the line for readers, so quoting is decided here.
+    """
+    return ",".join(_csv_field(text) for text in fields) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    if _CSV_SPECIAL.isdisjoint(text):
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _inert(text: str) -> str:
@@ -410,6 +428,8 @@ def _inert(text: str) -> str:
 
     Attribution values come from callers; a team named ``=HYPERLINK(...)``
     would be a formula in Excel or Sheets. A leading quote makes it text.
+    A value that already starts with a quote gets one too, so that no two
+    values print alike: ``-7`` is ``'-7`` and ``'-7`` is ``''-7``.
     """
     return "'" + text if text[:1] in _FORMULA_STARTS else text
 

@@ -47,6 +47,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from governor._errors import decimal_text
 from governor.loops._fields import (
     RESOLVED,
     UNLABELLED,
@@ -302,7 +303,7 @@ def _call_to_dict(call: Call) -> dict[str, Any]:
         "prompt_tokens": call.prompt_tokens,
         "completion_tokens": call.completion_tokens,
         "cached_tokens": call.cached_tokens,
-        "cost_usd": None if call.cost_usd is None else str(call.cost_usd),
+        "cost_usd": None if call.cost_usd is None else decimal_text(call.cost_usd),
         "created_s": call.created_s,
     }
 

@@ -313,7 +313,9 @@ class Attribution(PolicyModel):
     session: str | None = Field(default=None, description="a session or thread id")
     org: str | None = Field(default=None, description="an organisation name")
     tags: Mapping[str, str] = Field(
-        default_factory=dict, description="free-form string tags"
+        default_factory=dict,
+        description="free-form string tags: names and values non-empty, "
+        "without control characters or spaces around them",
     )
 
     @field_validator(*ATTRIBUTION_FIELDS)
@@ -325,6 +327,21 @@ class Attribution(PolicyModel):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _usable_tags(cls, tags: Mapping[str, str]) -> Mapping[str, str]:
+        for name, value in tags.items():
+            problem = tag_problem(name)
+            if problem is not None:
+                raise ValueError(f"tag name {name!r}: a tag name {problem}")
+            problem = tag_problem(value)
+            if problem is not None:
+                raise ValueError(
+                    f"tag {name!r} is {value!r}: a tag value {problem}; "
+                    "change the value, or leave the tag out"
+                )
+        return tags
 
     def scope_values(self) -> dict[str, str]:
         """Return the set scopes as ``{scope: value}``."""
@@ -370,6 +387,16 @@ class Attribution(PolicyModel):
                 )
             found[field] = text
         return found
+
+
+def tag_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a tag's name or value; None when it can.
+
+    The rules of :func:`name_problem` except ``#``, which is refused there
+    because it separates a budget line's key from its window: no budget line
+    is keyed on a tag, so ``{"ticket": "#123"}`` is kept.
+    """
+    return name_problem(text.replace("#", "_"))
 
 
 def _suggested_name(value: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from governor._errors import ConfigError
+from governor._errors import ConfigError, decimal_text
 from governor.spend._record import SpendRecord
 
 __all__ = ["GROUPINGS", "Group", "SpendSummary", "Totals", "summarize"]
@@ -58,13 +58,13 @@ class Totals:
         self.errors += rec.outcome == "error"
 
     def to_json_dict(self) -> dict[str, object]:
-        """JSON-safe values; money as decimal strings."""
+        """JSON-safe values; money as plain decimal strings (never "1E-7")."""
         return {
             "calls": self.calls,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
-            "cost_usd": str(self.cost_usd),
-            "saved_usd": str(self.saved_usd),
+            "cost_usd": decimal_text(self.cost_usd),
+            "saved_usd": decimal_text(self.saved_usd),
             "cache_hits": self.cache_hits,
             "refused": self.refused,
             "errors": self.errors,

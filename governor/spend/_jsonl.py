@@ -50,7 +50,9 @@ class JsonlSpendStore:
     appended whole or not at all. A repeated ``call_id`` is appended again,
     but a query keeps only the first line of each ``call_id``, as the SQLite
     and Redis stores keep the first record, and logs a warning with the number
-    skipped (also left in :attr:`skipped_duplicates`). A query reads the whole
+    skipped (also left in :attr:`skipped_duplicates`; set
+    :attr:`warn_duplicates` False to skip the warning when the caller tells
+    its user itself, as ``governor report``'s table does). A query reads the whole
     file, gzip-compressed or not, and yields the records sorted by time; a
     compressed file is read only.
 
@@ -63,6 +65,8 @@ class JsonlSpendStore:
         self._lock = threading.Lock()
         # Lines the last query skipped for repeating an earlier call_id.
         self.skipped_duplicates = 0
+        # Whether a query that skips such lines logs a warning saying so.
+        self.warn_duplicates = True
 
     def record(self, rec: SpendRecord) -> None:
         """Append one record."""
@@ -131,7 +135,7 @@ class JsonlSpendStore:
             seen.add(rec.call_id)
             kept.append(rec)
         self.skipped_duplicates = skipped
-        if skipped:
+        if skipped and self.warn_duplicates:
             logger.warning(
                 "%s: skipped %d line(s) repeating the call_id of an earlier "
                 "line; the first record of each call was kept",

@@ -7,6 +7,7 @@ needs no plotting library. Text is upper-cased onto a 5x7 pixel font.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -94,10 +95,20 @@ def _scale(size: int) -> int:
     return 2 if size >= 14 else 1
 
 
+def _pixel(value: float) -> int:
+    """The pixel edge nearest ``value``, halves rounded up.
+
+    ``round()`` rounds halves to even, so at x = 543.5 a one-pixel glyph
+    column would span round(543.5) .. round(544.5), 544 .. 544: no pixel.
+    Rounding every half the same way keeps each span's width at any x.
+    """
+    return math.floor(value + 0.5)
+
+
 def _fill(canvas: Canvas, x0: float, y0: float, x1: float, y1: float, c: str) -> None:
     height, width = canvas.shape[:2]
-    left, right = max(round(x0), 0), min(round(x1), width)
-    top, bottom = max(round(y0), 0), min(round(y1), height)
+    left, right = max(_pixel(x0), 0), min(_pixel(x1), width)
+    top, bottom = max(_pixel(y0), 0), min(_pixel(y1), height)
     if left < right and top < bottom:
         canvas[top:bottom, left:right] = _rgb(c)
 

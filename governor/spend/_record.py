@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
-from governor._errors import GovernorError
+from governor._errors import GovernorError, decimal_text
 from governor.policies._model import ATTRIBUTION_FIELDS
 
 __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord", "load_json"]
@@ -105,8 +105,9 @@ class SpendRecord:
         for f in fields(self):
             out[f.name] = getattr(self, f.name)
         out["ts"] = self.ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        out["cost_usd"] = str(self.cost_usd)
-        out["saved_usd"] = str(self.saved_usd)
+        # Plain notation, never "1.5E-7": readers expect "0.00000015".
+        out["cost_usd"] = decimal_text(self.cost_usd)
+        out["saved_usd"] = decimal_text(self.saved_usd)
         out["tags"] = dict(self.tags)
         return out
 

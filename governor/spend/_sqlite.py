@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from governor._errors import decimal_text
 from governor.spend._record import SpendDataError, SpendRecord
 from governor.spend._store import (
     TAG_PREFIX,
@@ -99,10 +100,10 @@ def _row(rec: SpendRecord) -> tuple[Any, ...]:
         rec.input_tokens,
         rec.output_tokens,
         rec.cache_read_tokens,
-        str(rec.cost_usd),
+        decimal_text(rec.cost_usd),
         int(rec.cost_estimated),
         int(rec.cache_hit),
-        str(rec.saved_usd),
+        decimal_text(rec.saved_usd),
         rec.outcome,
         rec.stop_reason,
         rec.latency_s,
