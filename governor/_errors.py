@@ -1,13 +1,20 @@
 """The governor's exception tree.
 
-Every error the governor raises derives from :class:`GovernorError`, carries a
+Errors of configuration, policy and running (a refused call, a store that is
+down, a closed governor) derive from :class:`GovernorError`; each carries a
 stable ``code`` and machine-readable fields, and says in its message what the
-user can change to make the error go away.
+user can change to make the error go away. Misuse of a call raises Python's
+own errors instead: a wrong argument type or a positional argument where a
+keyword is needed raises ``TypeError`` (``Governor({...})``,
+``Budget("1")``), as does pickling a Governor or a Task; instrumenting
+LiteLLM twice raises ``RuntimeError``. Provider errors are not wrapped.
 
-Every error survives pickling with its class, message and fields, so that a
-process pool, Celery or Ray can re-raise a worker's error in the parent.
-Amounts are stored and printed in plain notation ("200", "0.000025"), never
-as "2E+2".
+Every error here survives pickling with its class, message and fields, so
+that a process pool, Celery or Ray can re-raise a worker's error in the
+parent. Amounts are stored without a positive exponent (``Decimal("200")``,
+never ``Decimal("2E+2")``) and written in messages and ``to_dict()`` in plain
+notation ("200", "0.000025", "0.0000001"); ``str()`` of an amount under a
+millionth still shows an exponent, as Python's Decimal writes it.
 """
 
 from __future__ import annotations
@@ -304,7 +311,8 @@ class ScopeBlocked(GovernorHalt):
         super().__init__(
             f"calls for {scope} are blocked after a spend anomaly "
             f"(Anomalies(auto_tighten='block')). Look at the alert, then call "
-            f"governor.unblock({scope!r}) to let calls through again.",
+            f"gov.unblock({scope!r}) on the Governor that blocked them to let "
+            "calls through again.",
             task_id=task_id,
         )
 

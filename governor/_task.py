@@ -13,11 +13,11 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from governor._errors import ConfigError, GovernorError
+from governor._errors import ConfigError, GovernorError, decimal_text, plain_decimal
 from governor._money import nanos_to_usd
 
 if TYPE_CHECKING:
@@ -103,6 +103,15 @@ class TaskReport:
     then, less whatever other tasks sharing those budgets spend. It is None when
     no budget with ``max_usd`` applies (token limits are not counted in it),
     or when the ledger could not be read.
+
+    ``elapsed_s`` runs from the task's start to its end: a report read after
+    the task ended gives the same figure as the one taken at its end.
+
+    Amounts never carry a positive exponent (``Decimal("200")``, not
+    ``Decimal("2E+2")``), and the report's repr writes them in plain notation
+    (``cost_usd=Decimal('0.0000002')``). ``str()`` of an amount under a
+    millionth still shows an exponent (``2E-7``), as Python's Decimal writes
+    it: ``format(report.cost_usd, "f")`` writes it plain.
     """
 
     task_id: str
@@ -120,10 +129,27 @@ class TaskReport:
     attribution: dict[str, str]
     peak_inflight: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("cost_usd", "saved_usd", "budget_left_usd"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, plain_decimal(value))
+
+    def __repr__(self) -> str:
+        parts = (f"{f.name}={_field_text(getattr(self, f.name))}" for f in fields(self))
+        return f"TaskReport({', '.join(parts)})"
+
     @property
     def tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+def _field_text(value: object) -> str:
+    """A report field as its repr shows it: an amount in plain notation."""
+    if isinstance(value, Decimal):
+        return f"Decimal('{decimal_text(value)}')"
+    return repr(value)
 
 
 class Task:
@@ -147,7 +173,7 @@ class Task:
         # The governor that opened the task (None for a task made by hand);
         # another governor's calls do not join it.
         self.owner: Governor | None = None
-        self.closed = False
+        self._ended_at: float | None = None  # set when the task is closed
         self.policy = policy
         self.attribution = attribution
         self.started_at = time.monotonic()
@@ -183,6 +209,25 @@ class Task:
             "same budgets, give its Governor the same Policy and Redis store and "
             "the same scope values (team=..., session=...)"
         )
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<Task id={self.id!r} {state} calls={self._calls} "
+            f"cost_usd={decimal_text(self.cost_usd)}>"
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether the task has ended; its elapsed time stops when it does."""
+        return self._ended_at is not None
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        if not value:
+            self._ended_at = None
+        elif self._ended_at is None:
+            self._ended_at = time.monotonic()
 
     @property
     def open_streams(self) -> weakref.WeakValueDictionary[str, Any]:
@@ -237,8 +282,9 @@ class Task:
         return self._input_tokens + self._output_tokens
 
     def elapsed_s(self) -> float:
-        """Seconds since the task started."""
-        return time.monotonic() - self.started_at
+        """Seconds since the task started; once it has ended, its duration."""
+        ended = self._ended_at
+        return (time.monotonic() if ended is None else ended) - self.started_at
 
     def admit(self) -> int:
         """Count an admitted call; return a mark for :meth:`overtaken`."""
@@ -546,7 +592,7 @@ class Task:
                 saved_usd=nanos_to_usd(self._saved_nanos),
                 budget_left_usd=left,
                 stop_reason=self.stop_reason,
-                elapsed_s=time.monotonic() - self.started_at,
+                elapsed_s=self.elapsed_s(),
                 attribution=_flat_attribution(self.attribution),
                 peak_inflight=self.peak_inflight,
             )

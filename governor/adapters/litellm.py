@@ -164,6 +164,12 @@ class GovernedLiteLLM:
             "one in the worker: GovernedLiteLLM(Governor(policy, ...))"
         )
 
+    def __repr__(self) -> str:
+        return (
+            f"<GovernedLiteLLM governor={id(self.governor):#x} "
+            f"policy={self.governor.policy.name!r}>"
+        )
+
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.completion``; same arguments, same return value.
 
@@ -676,8 +682,10 @@ class _Saver:
 class Instrumentation:
     """A process-wide patch of LiteLLM; undo it with :meth:`uninstrument`.
 
-    Usable as a context manager. Only one governor can instrument LiteLLM at
-    a time.
+    Usable as a context manager: ``with instrument(gov):`` or
+    ``with Instrumentation(gov):``, which installs the patch on entry (with
+    the same check as :func:`instrument`); leaving the block puts LiteLLM's
+    own functions back. Only one governor can instrument LiteLLM at a time.
     """
 
     _lock = threading.Lock()
@@ -685,15 +693,30 @@ class Instrumentation:
 
     def __init__(self, governor: Governor) -> None:
         self.governor = _governor(governor, "instrument")
-        self._original = (
+        self._original = self._functions()
+        self._governed = self._govern(self._original)
+
+    def __repr__(self) -> str:
+        state = "installed" if Instrumentation._active is self else "not installed"
+        return (
+            f"<Instrumentation {state} governor={id(self.governor):#x} "
+            f"policy={self.governor.policy.name!r}>"
+        )
+
+    @staticmethod
+    def _functions() -> tuple[Any, Any, Any, Any]:
+        """LiteLLM's functions as they are now."""
+        return (
             litellm.completion,
             litellm.acompletion,
             litellm.embedding,
             litellm.aembedding,
         )
-        completion, acompletion, embedding, aembedding = self._original
-        self._governed = GovernedLiteLLM(
-            governor,
+
+    def _govern(self, functions: tuple[Any, Any, Any, Any]) -> GovernedLiteLLM:
+        completion, acompletion, embedding, aembedding = functions
+        return GovernedLiteLLM(
+            self.governor,
             completion=completion,
             acompletion=acompletion,
             embedding=embedding,
@@ -701,8 +724,11 @@ class Instrumentation:
         )
 
     def _install(self) -> None:
+        """Patch LiteLLM, unless this object has already patched it."""
         with Instrumentation._lock:
             active = Instrumentation._active
+            if active is self:
+                return
             if active is not None:
                 same = active._governed.governor is self._governed.governor
                 whose = "this governor" if same else "another governor"
@@ -713,6 +739,10 @@ class Instrumentation:
                     "the active one first (governor.adapters.litellm."
                     "active_instrumentation() returns it)"
                 )
+            current = self._functions()
+            if current != self._original:  # patched since: govern them as they are
+                self._original = current
+                self._governed = self._govern(current)
             litellm.completion = self._governed.completion
             litellm.acompletion = self._governed.acompletion
             litellm.embedding = self._governed.embedding
@@ -733,6 +763,8 @@ class Instrumentation:
             Instrumentation._active = None
 
     def __enter__(self) -> Instrumentation:
+        """Install the patch, unless :func:`instrument` already did."""
+        self._install()
         return self
 
     def __exit__(self, *exc: object) -> None:
