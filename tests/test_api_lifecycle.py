@@ -4,6 +4,7 @@ error messages and error types that match the docs."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Iterator
@@ -311,3 +312,35 @@ def test_invalid_settings_raise_governor_errors() -> None:
         Budget(max_usd="-1")
     with pytest.raises(GovernorError):
         Attribution(team="a#b")
+
+
+def test_instrument_warns_of_a_module_that_bound_litellm_early(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`from litellm import completion` before instrument() keeps the
+    ungoverned function under the module's own name: instrument() says so,
+    naming the module and the name."""
+    import sys
+    import types
+
+    import litellm
+
+    from governor.adapters.litellm import instrument
+
+    early = types.ModuleType("early_caller")
+    early.ask_model = litellm.completion  # type: ignore[attr-defined]
+    late = types.ModuleType("late_caller")
+    late.litellm = litellm  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "early_caller", early)
+    monkeypatch.setitem(sys.modules, "late_caller", late)
+
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        with instrument(Governor()):
+            pass
+    lines = [r.getMessage() for r in caplog.records if "bound before" in r.getMessage()]
+    assert lines == [
+        "early_caller.ask_model holds LiteLLM's own function, bound before "
+        "instrument(): calls through that name are not governed. Call it through "
+        "the module (import litellm; litellm.completion(...)), or instrument "
+        "before that module is imported."
+    ]

@@ -748,6 +748,7 @@ class Instrumentation:
             litellm.embedding = self._governed.embedding
             litellm.aembedding = self._governed.aembedding
             Instrumentation._active = self
+        _warn_early_bound(self._original)
 
     def uninstrument(self) -> None:
         """Put LiteLLM's own functions back."""
@@ -769,6 +770,33 @@ class Instrumentation:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstrument()
+
+
+def _warn_early_bound(originals: Sequence[Any]) -> None:
+    """Warn of modules that hold LiteLLM's own functions under a name of
+    their own (``from litellm import completion`` before instrumenting):
+    their calls through that name bypass the patch."""
+    by_id = {id(function): function for function in originals}
+    found = []
+    for module_name, module in list(sys.modules.items()):
+        if module_name.partition(".")[0] in ("litellm", "governor"):
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attribute, value in list(namespace.items()):
+            if id(value) in by_id and by_id[id(value)] is value:
+                found.append(f"{module_name}.{attribute}")
+    if found:
+        logger.warning(
+            "%s %s LiteLLM's own function, bound before instrument(): calls "
+            "through %s are not governed. Call it through the module "
+            "(import litellm; litellm.completion(...)), or instrument before "
+            "that module is imported.",
+            ", ".join(sorted(found)),
+            "holds" if len(found) == 1 else "hold",
+            "that name" if len(found) == 1 else "those names",
+        )
 
 
 def _span_reason(attempt: Any) -> str:
