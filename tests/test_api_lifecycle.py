@@ -334,9 +334,8 @@ def test_instrument_warns_of_a_module_that_bound_litellm_early(
     monkeypatch.setitem(sys.modules, "early_caller", early)
     monkeypatch.setitem(sys.modules, "late_caller", late)
 
-    with caplog.at_level(logging.WARNING, logger="governor"):
-        with instrument(Governor()):
-            pass
+    with caplog.at_level(logging.WARNING, logger="governor"), instrument(Governor()):
+        pass
     lines = [r.getMessage() for r in caplog.records if "bound before" in r.getMessage()]
     assert lines == [
         "early_caller.ask_model holds LiteLLM's own function, bound before "
