@@ -145,3 +145,26 @@ def test_more_tiers_than_max_attempts_is_warned_of_once_per_policy(
         with caplog.at_level(logging.WARNING, logger="governor.policies._cascade"):
             make()
         assert sum("7 tiers but" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_provider_key_in_tier_params_is_masked_in_reprs_errors_and_show() -> None:
+    """params={"api_key": ...} is kept for the call but never printed."""
+    import json
+
+    from governor import Cascade, Policy
+    from governor.cli._policy import as_json
+
+    secret = "sk-SECRET-123"
+    params = {"api_key": secret, "temperature": 0, "max_tokens": 64}
+    tier = Tier(name="cheap", model="gpt-4o-mini", params=params)
+    policy = Policy(cascade=Cascade(tiers=[tier, Tier(name="b", model="gpt-4o")]))
+    shown = [repr(tier), repr(policy), str(policy), json.dumps(as_json(policy))]
+    assert [secret in text for text in shown] == [False] * 4
+    assert "'api_key': '***'" in repr(tier)
+    assert "'max_tokens': 64" in repr(tier)
+    assert tier.params["api_key"] == secret
+
+    with pytest.raises(PolicyError) as refused:
+        Tier(name="a", model="m", params={"api_key": secret, "stream": True})
+    assert secret not in str(refused.value)
+    assert "'api_key': '***'" in str(refused.value)

@@ -80,11 +80,14 @@ def as_json(policy: Any) -> Any:
     A callable (a cache verifier or embedder) is written as the placeholder
     ``"<callable module.qualname>"``, and any other value JSON has no form
     for (an object in a tier's params) as its ``repr()`` text, so that every
-    valid policy prints.
+    valid policy prints. Secret-named parameters (``api_key``, ``*_token``,
+    ...) print as ``"***"``.
     """
     from pydantic_core import to_jsonable_python
 
-    return to_jsonable_python(policy, fallback=_placeholder)
+    from governor.policies._base import masked
+
+    return masked(to_jsonable_python(policy, fallback=_placeholder))
 
 
 def _placeholder(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -12,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from governor._errors import PolicyError
 
-__all__ = ["FieldsError", "FrozenList", "FrozenMap", "PolicyModel", "thawed"]
+__all__ = [
+    "FieldsError",
+    "FrozenList",
+    "FrozenMap",
+    "PolicyModel",
+    "masked",
+    "thawed",
+]
 
 _FROZEN_ADVICE = (
     "policies are frozen so that a running governor cannot be changed under "
@@ -116,6 +124,33 @@ class FieldsError(ValueError):
         self.got = dict(got or {})
 
 
+_SECRET_KEY = re.compile(
+    r"api_?key|secret|passw(or)?d|credential|authori[sz]ation|_(token|key)$|^token$",
+    re.IGNORECASE,
+)
+"""Parameter names whose values are secrets (``api_key``, ``aws_secret_access_key``,
+``access_token``; not ``max_tokens``)."""
+
+MASK = "***"
+
+
+def masked(value: Any) -> Any:
+    """``value`` with every secret-named mapping entry replaced by ``"***"``.
+
+    Call parameters may carry provider keys (a tier's ``params={"api_key":
+    ...}``); reprs, error messages and ``governor policy show`` print them
+    masked. Nested mappings and sequences are masked too.
+    """
+    if isinstance(value, Mapping):
+        return {
+            k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) else masked(v)
+            for k, v in value.items()
+        }
+    if type(value) in (list, tuple):
+        return type(value)(masked(v) for v in value)
+    return value
+
+
 _VALUE_ERROR = "Value error, "
 """How pydantic starts the message of a ValueError raised by a validator."""
 
@@ -127,7 +162,9 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return f"{where}: {inner}" if where else str(inner)
     if isinstance(inner, FieldsError):
         names = ", ".join(f"{where}.{name}" if where else name for name in inner.fields)
-        got = ", ".join(f"{name}={value!r}" for name, value in inner.got.items())
+        got = ", ".join(
+            f"{name}={value!r}" for name, value in masked(inner.got).items()
+        )
         return f"{names}: {inner}" + (f" (got {got})." if got else ".")
     message = str(error["msg"]).removeprefix(_VALUE_ERROR)
     if not where:  # a rule of the whole part: the input would only repeat it
@@ -137,7 +174,7 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return f"{where}: not a field of {model.__name__}, which takes {names}."
     field = model.model_fields.get(str(error["loc"][0]))
     accepted = f" Accepted: {field.description}" if field and field.description else ""
-    return f"{where}: {message} (got {error.get('input')!r}).{accepted}"
+    return f"{where}: {message} (got {masked(error.get('input'))!r}).{accepted}"
 
 
 class PolicyModel(BaseModel):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from governor.policies._base import FieldsError, PolicyModel
+from governor.policies._base import FieldsError, PolicyModel, masked
 
 __all__ = [
     "AgreementCheck",
@@ -264,6 +264,11 @@ class Tier(PolicyModel):
         if isinstance(value, str):
             return {"name": value, "model": value}
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Params may hold a provider key: shown masked, never in clear.
+        for name, value in super().__repr_args__():
+            yield name, masked(value) if name == "params" else value
 
     @field_validator("name")
     @classmethod
