@@ -45,7 +45,8 @@ _REQUEST_OVERHEAD_TOKENS = 16
 IMAGE_PART_TOKENS = 1_600
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 # Message fields besides the content that the provider reads as prompt.
-_BILLED_MESSAGE_KEYS = ("tool_calls", "name", "function_call")
+# Message fields the per-message overhead covers; every other one is counted.
+_FRAMED_MESSAGE_KEYS = frozenset({"role", "content"})
 _FILE_PARTS = frozenset({"file", "input_file", "document"})
 # Models that bill one image as more tokens than IMAGE_PART_TOKENS: the most
 # a high-detail image of 8 tiles (or 1,536 patches) costs, by name fragment.
@@ -260,9 +261,11 @@ def prompt_byte_bound(
             total += _parts_tokens(content, sizes)
         else:
             total += _content_bytes(content)
-        for key in _BILLED_MESSAGE_KEYS:
-            if message.get(key):
-                total += _content_bytes(message[key])
+        # Every other field is billed text too: tool_calls, name,
+        # tool_call_id, function_call, ...
+        for key, value in message.items():
+            if value and key not in _FRAMED_MESSAGE_KEYS:
+                total += _content_bytes(value)
     if extra is not None:
         total += _content_bytes(extra)
     return total

@@ -47,10 +47,11 @@ def count_message_tokens(
 ) -> int:
     """Count a chat prompt's tokens with the model's tokenizer (LiteLLM's).
 
-    The text of each message and its tool calls (OpenAI's or LangChain's
-    shape) are counted; other content parts (images, files) are not: use
-    it for prompts that :func:`countable_prompt` accepts, or as an
-    estimate after the fact.
+    Every field is counted as ``litellm.token_counter`` counts the message
+    as sent: the role, the text, ``name``, ``tool_call_id``, tool calls
+    (OpenAI's or LangChain's shape) and any other text field. Content
+    parts other than text (images, files) are not: use it for prompts that
+    :func:`countable_prompt` accepts, or as an estimate after the fact.
     """
     plain = [_countable(m) for m in messages]
     counted = _litellm().token_counter(
@@ -96,10 +97,14 @@ def _text_only(content: object) -> bool:
 
 
 def _countable(message: Mapping[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "role": str(message.get("role", "user")),
-        "content": _text(message.get("content")),
-    }
+    """The message as LiteLLM's counter reads it: every field kept (it
+    counts each text field, ``name`` and ``tool_call_id`` among them), the
+    content's text parts only, tool calls in OpenAI's shape."""
+    entry = {str(k): v for k, v in message.items() if v is not None}
+    entry["role"] = str(message.get("role") or "user")
+    entry["content"] = _text_content(message.get("content"))
+    entry.pop("tool_calls", None)
+    entry.pop("function_call", None)
     calls = [_openai_call(c) for c in message.get("tool_calls") or ()]
     if calls:
         entry["tool_calls"] = calls
@@ -107,6 +112,22 @@ def _countable(message: Mapping[str, Any]) -> dict[str, Any]:
     if legacy:
         entry["function_call"] = _openai_call({"function": legacy})["function"]
     return entry
+
+
+def _text_content(content: object) -> str | list[Any]:
+    """A content's text: a string, or its text parts as LiteLLM reads them
+    (a part without a type is text; image and file parts are left out)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else str(content)
+    parts: list[Any] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, Mapping) and part.get("type", "text") == "text":
+            parts.append({"type": "text", "text": str(part.get("text") or "")})
+    return parts
 
 
 def _openai_call(call: Any) -> dict[str, Any]:
@@ -137,17 +158,6 @@ def count_text_tokens(model: str, text: str) -> int:
     if not text:
         return 0
     return int(_litellm().token_counter(model=_tokenizer_model(model), text=text))
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [
-            p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content
-        ]
-        return "".join(parts)
-    return "" if content is None else str(content)
 
 
 def interrupted_after_sending(error: BaseException) -> bool:

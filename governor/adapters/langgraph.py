@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -149,6 +150,9 @@ opening or settling, so that the task's report counts them."""
 _SETTLE_POLL_S = 0.002
 """How often an async run's end looks whether those calls are done."""
 
+_REPORTS_KEPT = 1000
+"""How many reports a governed graph keeps: its last finished invocations'."""
+
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
     """Wrap a compiled graph so that every invocation is a governed task.
@@ -242,12 +246,17 @@ class GovernedGraph:
     named. A config bound to the graph (``with_config``) counts too, under
     the one given at the call, as LangChain merges them. Other attributes
     are the graph's.
+
+    The reports of the last 1,000 finished invocations are kept; older ones
+    are dropped, so a long-lived graph does not grow. Under concurrency,
+    find an invocation's report in :attr:`reports` by the task id it was
+    given (``config["metadata"]["task_id"]``).
     """
 
     def __init__(self, graph: Any, governor: Governor) -> None:
         self.graph = graph
         self.governor = governor
-        self._reports: list[TaskReport] = []
+        self._reports: deque[TaskReport] = deque(maxlen=_REPORTS_KEPT)
         self._lock = threading.Lock()
 
     def __reduce__(self) -> Any:
@@ -265,7 +274,8 @@ class GovernedGraph:
 
     @property
     def reports(self) -> list[TaskReport]:
-        """Reports of every finished invocation, oldest first."""
+        """Reports of the last 1,000 finished invocations, oldest first;
+        filter by ``task_id`` to find one invocation's report."""
         with self._lock:
             return list(self._reports)
 
@@ -1722,11 +1732,20 @@ def _governed_by_litellm(serialized: Mapping[str, Any] | None) -> bool:
 
 
 def _as_dict(message: BaseMessage) -> dict[str, Any]:
-    role = {"human": "user", "ai": "assistant"}.get(message.type, message.type)
+    """The message in OpenAI's shape, with the fields a provider bills: the
+    name, the tool calls, a legacy function call, the tool call answered."""
+    role = getattr(message, "role", None) or message.type  # a ChatMessage's own
+    role = {"human": "user", "ai": "assistant"}.get(role, role)
     entry: dict[str, Any] = {"role": role, "content": message.content}
+    extra = message.additional_kwargs
+    name = message.name or extra.get("name")
+    if name:
+        entry["name"] = name
     tool_calls = getattr(message, "tool_calls", None)
     if tool_calls:
         entry["tool_calls"] = tool_calls
+    elif extra.get("function_call"):
+        entry["function_call"] = extra["function_call"]
     tool_call_id = getattr(message, "tool_call_id", None)
     if tool_call_id:
         entry["tool_call_id"] = tool_call_id

@@ -40,7 +40,13 @@ class Loops(PolicyModel):
     max_steps: int | None = Field(
         default=None,
         gt=0,
-        description="a positive number of steps (graph supersteps) per task",
+        description=(
+            "a positive number of graph node runs per task (not supersteps): "
+            "each run of a node counts, every Send branch and parallel node "
+            "apart, the nodes inside a subgraph too, and LangGraph's __start__ "
+            "when a conditional edge leaves START; the run past it is stopped "
+            "before its node runs"
+        ),
     )
     max_repeats: int | None = Field(
         default=2,
