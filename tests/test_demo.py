@@ -115,3 +115,29 @@ def test_demo_refuses_a_speed_it_cannot_sleep(
     assert "argument --speed" in err
     assert repr(speed) in err
     assert not (tmp_path / "spend.sqlite3").exists()
+
+
+def test_the_totals_line_names_what_the_spend_report_also_counts() -> None:
+    """The table counts calls sent; the spend report also counts cache hits
+    and refused calls: the totals line says both, so the two agree."""
+    from governor.cli._demo import _Row, _summary
+
+    def row(calls: int, hits: int, refused: int) -> _Row:
+        return _Row(
+            agent="a",
+            task_id="t",
+            calls=calls,
+            tokens=0,
+            cost_usd="0.1",
+            budget_left_usd="-",
+            stop_reason="completed",
+            seconds=0.0,
+            cache_hits=hits,
+            refused=refused,
+        )
+
+    assert _summary([row(3, 0, 0)], "0.1") == "1 tasks, 3 model calls sent, $0.1"
+    assert _summary([row(4, 4, 0), row(3, 0, 1)], "0.2") == (
+        "2 tasks, 7 model calls sent, $0.2; 4 answered from the cache and 1 "
+        "refused before sending (the spend report counts all 12)"
+    )

@@ -105,6 +105,7 @@ class _Row:
     cache_hits: int = 0
     saved_usd: str = "0"
     detail: str = ""
+    refused: int = 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -449,6 +450,7 @@ def _run_task(
         stop_reason=report.stop_reason or "completed",
         seconds=round(seconds, 2),
         cache_hits=report.cache_hits,
+        refused=report.refused,
         saved_usd=decimal_text(report.saved_usd),
         detail=detail,
     )
@@ -526,7 +528,7 @@ def _print_table(
         print("  ".join(c.ljust(w) for c, w in zip(entry, widths, strict=True)))
     total = sum((_decimal(r.cost_usd) for r in rows), start=_decimal("0"))
     print("-" * len(line))
-    print(f"{len(rows)} tasks, {sum(r.calls for r in rows)} model calls, ${total}")
+    print(_summary(rows, total))
     for row in rows:
         if row.detail:
             print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
@@ -543,6 +545,20 @@ def _print_table(
             "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
         )
     print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
+
+
+def _summary(rows: list[_Row], total: object) -> str:
+    """The totals line, naming each kind of call the spend report counts."""
+    sent = sum(r.calls for r in rows)
+    hits = sum(r.cache_hits for r in rows)
+    refused = sum(r.refused for r in rows)
+    line = f"{len(rows)} tasks, {sent} model calls sent, ${total}"
+    if hits or refused:
+        line += (
+            f"; {hits} answered from the cache and {refused} refused before "
+            f"sending (the spend report counts all {sent + hits + refused})"
+        )
+    return line
 
 
 def _decimal(value: str) -> Any:
