@@ -682,3 +682,28 @@ def test_rebuild_converts_source_rows(tmp_path: Path) -> None:
             "routerbench_model": "claude-v1",
         },
     )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_call_timeout_shorter_than_the_model_raises_timeout(
+    provider: OfflineProvider, stream: bool
+) -> None:
+    """timeout= is honoured: a model slower than it raises litellm.Timeout,
+    and a timeout longer than the model takes changes nothing."""
+    import asyncio
+
+    provider.speed = 1.0  # gpt-4o-mini's real time to first token and speed
+    model = offline_model("gpt-4o-mini")
+    with pytest.raises(litellm.Timeout, match="did not answer within"):
+        response = litellm.completion(
+            model=model, messages=MESSAGES, timeout=0.05, stream=stream
+        )
+        if stream:
+            list(response)
+
+    with pytest.raises(litellm.Timeout):
+        asyncio.run(litellm.acompletion(model=model, messages=MESSAGES, timeout=0.05))
+
+    provider.speed = 0
+    answer = litellm.completion(model=model, messages=MESSAGES, timeout=0.05)
+    assert answer.choices[0].message.content

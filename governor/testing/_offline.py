@@ -10,7 +10,9 @@ process, yet looks like a call to ``gpt-4o-mini``:
   model's tokenizer (``litellm.token_counter``), so the rate card prices it
   as that model;
 * it takes about as long as that model would (time to first token plus
-  decoding time), scaled by ``speed``;
+  decoding time), scaled by ``speed``; a call whose ``timeout=`` is shorter
+  than that raises ``litellm.Timeout`` when it runs out, as a provider's
+  client would;
 * it answers with, in order: the responder the caller installed, a recorded
   real answer of that model to that prompt (RouterBench rows shipped in
   ``governor/testing/data``), or a short deterministic stand-in answer.
@@ -531,14 +533,40 @@ def _stream_plan(reply: _Reply) -> list[tuple[float, dict[str, Any]]]:
     return [(reply.ttft_s if i == 0 else gap_s, c) for i, c in enumerate(chunks)]
 
 
-def _fail_before_stream(reply: _Reply) -> None:
+def _fail_before_stream(reply: _Reply, timeout: object = None) -> None:
     # A provider refuses a stream before its first chunk; raised inside the
     # iterator instead, LiteLLM would wrap it in MidStreamFallbackError.
-    if reply.call.answer.error is None:
+    wait_s, late = _within(reply.ttft_s, timeout)
+    if reply.call.answer.error is None and not late:
         return
-    if reply.ttft_s > 0:
-        time.sleep(reply.ttft_s)
+    if wait_s > 0:
+        time.sleep(wait_s)
+    _raise_timeout(reply, late)
     _raise_error(reply)
+
+
+def _within(wait_s: float, timeout: object) -> tuple[float, bool]:
+    """How long to wait for an answer due in ``wait_s`` under the call's
+    ``timeout`` (seconds, or an httpx.Timeout's read timeout), and whether
+    the timeout cuts it off first."""
+    limit = getattr(timeout, "read", timeout)
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
+        return wait_s, False
+    return (float(limit), True) if wait_s > limit else (wait_s, False)
+
+
+def _raise_timeout(reply: _Reply, late: bool) -> None:
+    """Raise ``litellm.Timeout`` as a provider's client would, when ``late``."""
+    if not late:
+        return
+    import litellm
+
+    model = reply.call.model
+    raise litellm.Timeout(
+        f"offline provider: {model} did not answer within the call's timeout",
+        model=model,
+        llm_provider=PROVIDER_NAME,
+    )
 
 
 def _sync_stream(reply: _Reply) -> Iterator[dict[str, Any]]:
@@ -575,8 +603,10 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
             **_: Any,
         ) -> Any:
             reply = provider._reply(model, messages, optional_params, stream=False)
-            if reply.ttft_s + reply.decode_s > 0:
-                time.sleep(reply.ttft_s + reply.decode_s)
+            wait_s, late = _within(reply.ttft_s + reply.decode_s, _.get("timeout"))
+            if wait_s > 0:
+                time.sleep(wait_s)
+            _raise_timeout(reply, late)
             _raise_error(reply)
             return _fill(model_response, reply)
 
@@ -590,8 +620,10 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
             **_: Any,
         ) -> Any:
             reply = provider._reply(model, messages, optional_params, stream=False)
-            if reply.ttft_s + reply.decode_s > 0:
-                await asyncio.sleep(reply.ttft_s + reply.decode_s)
+            wait_s, late = _within(reply.ttft_s + reply.decode_s, _.get("timeout"))
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            _raise_timeout(reply, late)
             _raise_error(reply)
             return _fill(model_response, reply)
 
@@ -604,7 +636,7 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
             **_: Any,
         ) -> Iterator[dict[str, Any]]:
             reply = provider._reply(model, messages, optional_params, stream=True)
-            _fail_before_stream(reply)
+            _fail_before_stream(reply, _.get("timeout"))
             return _sync_stream(reply)
 
         def astreaming(
@@ -618,7 +650,7 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
             reply = provider._reply(model, messages, optional_params, stream=True)
             # LiteLLM runs this on an executor thread (acompletion wraps the
             # sync dispatch), so a blocking wait here does not stall the loop.
-            _fail_before_stream(reply)
+            _fail_before_stream(reply, _.get("timeout"))
             return _async_stream(reply)
 
         def embedding(
