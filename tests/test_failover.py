@@ -352,3 +352,58 @@ def test_a_call_refused_for_an_unreachable_store_is_recorded(tmp_path: Any) -> N
     (record,) = JsonlSpendStore(path).query()
     assert (record.outcome, record.stop_reason) == ("refused", "store_unavailable")
     assert len(gov._open_tasks) == 0
+
+
+class HungSettleStore(SwitchedStore):
+    """A store whose settles hang, while ``hang``, until the test lets go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.hang = False
+        self.entered = threading.Event()
+        self.let_go = threading.Event()
+
+    def settle(
+        self, hold_id: str, keys: Sequence[str], nanos: int, tokens: int
+    ) -> None:
+        if self.hang:
+            self.entered.set()
+            self.let_go.wait(10)
+        super().settle(hold_id, keys, nanos, tokens)
+
+
+def test_a_caller_does_not_wait_on_another_threads_write_to_a_slow_store() -> None:
+    """A queued settle that one thread is writing to a store that hangs does
+    not hold up another thread's reserve: that one goes on with its own
+    attempt (the docs bound its wait by its own attempts)."""
+    import threading
+
+    store = HungSettleStore()
+    ledger = FailoverLedger(store, mode="closed", probe_interval_s=0)
+    ledger.reserve("h1", [LINE], 60, 0, 60)
+    store.down = True
+    ledger.settle("h1", ["team:x"], 40, 0)  # fails at once: queued
+    store.down, store.hang = False, True
+    assert ledger.pending_settles == 1
+
+    writer = threading.Thread(
+        target=ledger.reserve, args=("h2", [LINE], 1, 0, 60), daemon=True
+    )
+    writer.start()
+    assert store.entered.wait(5)  # the writer is stuck writing the queued settle
+
+    outcome: list[object] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(ledger.reserve("h3", [LINE], 1, 0, 60)),
+        daemon=True,
+    )
+    caller.start()
+    caller.join(5)
+    decided_while_hung = not caller.is_alive()
+    store.let_go.set()
+    writer.join(5)
+    caller.join(5)
+    assert (decided_while_hung, outcome) == (True, [None])
+    assert _spent(store, "team:x") == 40

@@ -135,10 +135,6 @@ class FailoverLedger:
         self._probe_interval_s = probe_interval_s
         self._clock = clock
         self._lock = threading.Condition()
-        # Held only across sync writes of queued steps, never across an
-        # await: a coroutine holding it would block the loop thread's next
-        # sync step for good (the coroutine could never resume to free it).
-        self._flush_lock = threading.Lock()
         self._writing: set[str] = set()  # hold ids whose queued step is on the wire
         self._degraded = False
         self._next_probe = 0.0
@@ -199,7 +195,6 @@ class FailoverLedger:
         holds and spend are the parent's calls.
         """
         self._lock = threading.Condition()
-        self._flush_lock = threading.Lock()
         self._writing = set()
         self._pending = {}
         self._written = 0
@@ -398,21 +393,22 @@ class FailoverLedger:
     def _flush(self) -> StoreUnavailable | None:
         """Write the queued steps in order; the store's error when it failed.
 
-        Sync flushers take turns; a step a coroutine is writing is skipped
-        (it stays queued until written), so this never waits on the loop.
+        A step another flusher (the drain thread, another caller, a
+        coroutine) is writing is skipped: it stays queued until written. So
+        a caller never waits on another's write to a slow store; its own
+        attempts bound its wait, as documented.
         """
-        with self._flush_lock:
-            while (entry := self._claim_pending()) is not None:
-                try:
-                    self._write(entry)
-                except StoreUnavailable as exc:
-                    self._unclaim(entry)
-                    self._fail(exc)
-                    return exc
-                except BaseException:
-                    self._unclaim(entry)
-                    raise
-                self._done_pending(entry)
+        while (entry := self._claim_pending()) is not None:
+            try:
+                self._write(entry)
+            except StoreUnavailable as exc:
+                self._unclaim(entry)
+                self._fail(exc)
+                return exc
+            except BaseException:
+                self._unclaim(entry)
+                raise
+            self._done_pending(entry)
         return None
 
     def _write(self, entry: _Step) -> None:
