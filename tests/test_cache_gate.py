@@ -142,9 +142,58 @@ def test_a_long_shared_text_leaves_the_edit_to_decide(
     assert gate_refusal(cached, query) == check
 
 
-def test_a_short_question_is_left_to_the_threshold() -> None:
-    """Under twenty shared words, one changed word is the embedder's to judge."""
-    assert gate_refusal("How do I post comments?", "How do I add comments?") is None
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        (
+            "Write a bash script that deletes all log files older than seven days",
+            "Write a bash script that deletes all log files newer than seven days",
+        ),
+        (
+            "Write a formal email to my landlord about the heater",
+            "Write a casual email to my landlord about the heater",
+        ),
+        (
+            "Write a cover letter for a junior role",
+            "Write a cover letter for a senior role",
+        ),
+        (
+            "Recommend wireless headphones for running",
+            "Recommend wired headphones for running",
+        ),
+        (
+            "Tell a scary bedtime story about a fox",
+            "Tell a funny bedtime story about a fox",
+        ),
+        ("How do I post comments?", "How do I add comments?"),
+    ],
+)
+def test_one_word_traded_in_an_identical_request_is_refused(
+    cached: str, query: str
+) -> None:
+    """An embedder scores one changed word near 1 whatever it means (older,
+    newer; formal, casual): refused, even in a short request."""
+    assert gate_refusal(cached, query) == "edited"
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("What is my favourite colour?", "What is my favorite colour?"),
+        ("Is this website legit?", "Is this website legitimate?"),
+        ("Why did the water pipe brust?", "Why did the water pipe burst?"),
+        ("Give me two examples of recursion", "Give me 2 examples of recursion"),
+        (
+            "How do I put a value into the form?",
+            "How do I input a value into the form?",
+        ),
+        ("Which was the first novel?", "What was the first novel?"),
+    ],
+)
+def test_one_word_spelled_another_way_still_passes(cached: str, query: str) -> None:
+    """A typo, a spelling, a shortened form, a number written out, a small
+    word: the same request, left to the threshold."""
+    assert gate_refusal(cached, query) is None
 
 
 CONTEXT = (
@@ -816,3 +865,32 @@ def test_one_kind_of_modal_asides_and_closing_marks_pass(
     """A modal traded for its own kind, brackets round an aside, a question
     mark at the end: rewordings, not other questions."""
     assert (gate_refusal(cached, query), gate_refusal(query, cached)) == (None, None)
+
+
+DOC = (
+    "The quarterly report shows revenue grew by a modest amount while costs "
+    "stayed flat across every region, and the board approved the hiring plan "
+    "for next year after a long debate about the risks of expanding too "
+    "quickly in a slowing market."
+)
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        (
+            f"Please summarize the following report: {DOC}",
+            f"Please translate the following report: {DOC} Thanks",
+        ),
+        (
+            f"Rewrite this for customers: {DOC} Keep it short.",
+            f"Rewrite this for regulators: {DOC} Keep it brief.",
+        ),
+    ],
+)
+def test_edits_at_both_ends_of_a_long_text_are_still_compared(
+    cached: str, query: str
+) -> None:
+    """A second small edit at the other end does not hide the first: the
+    shared words are counted wherever they are, not only from the ends."""
+    assert gate_refusal(cached, query) == "edited"

@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
 from itertools import pairwise
 
@@ -322,6 +323,40 @@ closer:farther cheaper:pricier above:beneath least:most
 # Present and past forms: "who is the CEO" and "who was the CEO" ask for
 # different people. Refused only when the tense is all that changed; in a
 # longer rewording a clause's tense says little.
+# Everyday synonyms: one traded for another in an otherwise identical
+# request asks the same thing (see _edited). Each line is one group.
+_SYNONYMS = """
+big large huge
+small little tiny
+film movie
+pic picture photo
+get obtain
+make create
+need require
+entire whole
+buy purchase
+start begin
+finish end
+fast quick quickly rapidly
+help assist
+use utilize
+show display
+choose select pick
+correct right
+mistake error
+smart intelligent clever
+rich wealthy
+kid child
+kids children
+someone somebody one
+anyone anybody
+everyone everybody
+"""
+_SYNONYM_GROUP = {
+    word: group.split()[0]
+    for group in _SYNONYMS.strip().splitlines()
+    for word in group.split()
+}
 _TENSES = _pairs("is:was are:were does:did do:did has:had have:had")
 _TENSE_WORDS = frozenset(_TENSES) | frozenset(_TENSES.values())
 # Words of one group name different things: one on each side refuses a match.
@@ -662,29 +697,124 @@ def _rewritten(ch: str) -> bool:
 
 
 def _edited(a: _Facts, b: _Facts) -> bool:
-    """True when a long shared text differs by an edit that changes content.
+    """True when the texts differ by an edit that changes content.
 
-    A document followed by "summarize it" and the same document followed by
-    "translate it" embed almost alike: the shared text outweighs the short
-    instruction, and an embedder that truncates long input may not see the
-    instruction at all. So when most of both texts is the same run of
-    words at the start and end, the words in between decide: their content
-    words (by stem) must be the same on both sides.
+    Two cases. A long shared text: a document followed by "summarize it"
+    and the same document followed by "translate it" embed almost alike
+    (the shared text outweighs the short instruction, and an embedder that
+    truncates long input may not see the instruction at all). So when most
+    of both texts is the same words in the same order, wherever the edits
+    are, the words around them decide: the content words (by stem) of the
+    edited parts must be the same on both sides. And one word traded for
+    another in an otherwise identical request ("a script that deletes files
+    older / newer than a week", "a formal / casual email"): an embedder
+    scores it near 1 whatever the word means, so it is refused unless the
+    two are one word spelled two ways (a typo, British and American
+    spelling, a shortened form).
     """
     ta, tb = a.tokens, b.tokens
-    limit = min(len(ta), len(tb))
-    head = 0
-    while head < limit and ta[head] == tb[head]:
-        head += 1
-    tail = 0
-    while tail < limit - head and ta[-1 - tail] == tb[-1 - tail]:
-        tail += 1
-    shared = head + tail
-    if shared < _SHARED_WORDS or shared < max(len(ta), len(tb)) / 2:
+    blocks = SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes()
+    edits = [block for block in blocks if block[0] != "equal"]
+    if not edits:
         return False
-    middle_a = _content_stems(a.tokens[head : len(a.tokens) - tail], a.code)
-    middle_b = _content_stems(b.tokens[head : len(b.tokens) - tail], b.code)
+    if _one_word_traded(edits, ta, tb, a.code | b.code):
+        return True
+    equal = [i2 - i1 for tag, i1, i2, _, _ in blocks if tag == "equal"]
+    # A shared passage (a document), not words shared here and there by a
+    # rewording: one run of at least _SHARED_WORDS words, and half of both.
+    if max(equal, default=0) < _SHARED_WORDS or sum(equal) < max(len(ta), len(tb)) / 2:
+        return False
+    middle_a = _content_stems(tuple(w for e in edits for w in ta[e[1] : e[2]]), a.code)
+    middle_b = _content_stems(tuple(w for e in edits for w in tb[e[3] : e[4]]), b.code)
     return middle_a != middle_b
+
+
+def _one_word_traded(
+    edits: Sequence[tuple[str, int, int, int, int]],
+    ta: tuple[str, ...],
+    tb: tuple[str, ...],
+    code: frozenset[str],
+) -> bool:
+    """True when the only edit trades one content word for another word."""
+    if len(edits) != 1:
+        return False
+    tag, i1, i2, j1, j2 = edits[0]
+    if tag != "replace" or i2 - i1 != 1 or j2 - j1 != 1:
+        return False
+    x, y = ta[i1], tb[j1]
+    if x in _FUNCTION_WORDS or y in _FUNCTION_WORDS:
+        return False
+    if any(ch.isdigit() for ch in x + y) or x in _NUMBER_WORDS or y in _NUMBER_WORDS:
+        return False  # "two" for "2": the numbers check has compared them
+    if x in code or y in code:
+        return x != y
+    return not _spelled_alike(x, y)
+
+
+def _spelled_alike(x: str, y: str) -> bool:
+    """One word written two ways: same stem, a common synonym (film,
+    movie), one a shortened form of the other (legit, legitimate; put,
+    input), or a small slip of spelling (favourite, favorite; brust,
+    burst)."""
+    if _stem(x) == _stem(y) or _plain(x) == _plain(y):
+        return True
+    group = _synonym_group(x)
+    if group is not None and group == _synonym_group(y):
+        return True
+    short, long = sorted((x, y), key=len)
+    if len(short) >= 4 and long.startswith(short):
+        return True
+    if len(short) >= 3 and len(long) - len(short) <= 2 and long.endswith(short):
+        return True  # "put" and "input"
+    allowed = 1 if len(long) < 8 else 2
+    return _edit_distance(x, y, allowed + 1) <= allowed
+
+
+def _synonym_group(word: str) -> str | None:
+    """The synonym group of ``word`` or of its base form (needed -> need,
+    required -> require, making -> make), or None."""
+    forms = [word, _plain(word)]
+    if word.endswith("ed"):
+        forms += [word[:-2], word[:-1]]
+    if word.endswith("ing"):
+        forms += [word[:-3], word[:-3] + "e"]
+    return next((_SYNONYM_GROUP[f] for f in forms if f in _SYNONYM_GROUP), None)
+
+
+def _plain(word: str) -> str:
+    """A plural or third-person form brought to its base: families ->
+    family, companies -> company, pics -> pic."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def _edit_distance(x: str, y: str, cap: int) -> int:
+    """Damerau-Levenshtein distance (adjacent swaps count one), or ``cap``
+    once it is reached."""
+    if abs(len(x) - len(y)) >= cap:
+        return cap
+    before: list[int] | None = None
+    row = list(range(len(y) + 1))
+    for i, cx in enumerate(x, 1):
+        current = [i] + [0] * len(y)
+        for j, cy in enumerate(y, 1):
+            cost = cx != cy
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
+            if (
+                before is not None
+                and i > 1
+                and j > 1
+                and cx == y[j - 2]
+                and x[i - 2] == cy
+            ):
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+        if min(row) >= cap:
+            return cap
+    return min(row[-1], cap)
 
 
 def _content_stems(words: tuple[str, ...], code: frozenset[str]) -> set[str]:
