@@ -186,6 +186,7 @@ class Governor:
         self.check_tier_prices(self.policy)
         self._open_tasks: weakref.WeakSet[Task] = weakref.WeakSet()
         self._warned_orphan = False
+        self._warned_no_tenant = False
         self._warned_foreign = False
         self._warned_unnamed: set[str] = set()  # scopes said to name no line
         self._warned_streams = False
@@ -1443,7 +1444,23 @@ class Governor:
         if self._open_tasks and orphan:
             self._warn_orphan_call()
             return None
+        self._warn_no_tenant(settings)
         return values
+
+    def _warn_no_tenant(self, settings: Cache) -> None:
+        """A cached call that names no tenant shares the unnamed partition."""
+        if self._warned_no_tenant:
+            return
+        self._warned_no_tenant = True
+        logger.warning(
+            "a model call names none of the scopes the response cache "
+            "partitions by (%s): it reads and fills one partition shared by "
+            "every task and call that names none, whoever they serve. Name the "
+            "tenant (gov.task(org=..., team=...), Policy(attribution=...) or the "
+            "call's metadata), or set Cache(partition_by=()) to share on "
+            "purpose. Logged once.",
+            ", ".join(settings.partition_by),
+        )
 
     def _own(self, task: Task | None) -> Task | None:
         """``task`` when this governor may nest a task under it; None for

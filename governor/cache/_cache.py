@@ -2,7 +2,9 @@
 
 The cache fails open: when its store or embedder fails, the lookup is a miss
 with reason ``store_error`` or ``embed_error``, a warning is logged, and the
-model call goes ahead.
+model call goes ahead. An entry that cannot be served (corrupted, or written
+by another release) is a plain miss, logged once, and the fresh answer
+replaces it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from governor.cache._request import (
     normalize_query,
 )
 from governor.cache._store import CacheStore, MemoryCacheStore
-from governor.cache._types import CacheEntry, CacheHit, CacheMiss, message_text
+from governor.cache._types import (
+    CacheEntry,
+    CacheHit,
+    CacheMiss,
+    entry_problem,
+    message_problem,
+    message_text,
+)
 from governor.policies import Cache
 
 if TYPE_CHECKING:
@@ -67,6 +76,9 @@ _STORE_REST_S = 1.0
 # Nearest entries fetched per semantic lookup: the best, and rivals to it.
 _CANDIDATES = 4
 
+# Keys of unservable entries already warned of, per cache (then forgotten).
+_WARNED_KEYS = 1024
+
 Verifier = Callable[[str, str, str], bool]
 """``(question, cached_question, cached_answer) -> True`` to allow a semantic hit."""
 
@@ -77,7 +89,10 @@ class Stored:
 
     Attributes:
         stored: True when the answer was stored.
-        reason: why it was not, or None.
+        reason: why it was not, or None: ``"not_storable"``, ``"too_long"``,
+            ``"store_error"``, or ``"unsupported_message"`` (not a plain
+            ``{"role": "assistant", "content": "<text>"}`` answer, e.g. one
+            with tool calls).
         embedding_cost_usd: what embedding the question cost here (only when
             the lookup had not embedded it already); charge it.
     """
@@ -142,6 +157,7 @@ class ResponseCache:
         self._embedding_call = embedding_call
         self._verifier = _resolve_verifier(policy, verifier)
         self._clock = clock
+        self._warned_keys: set[str] = set()
         self._options = KeyOptions(
             partition_by=policy.partition_by,
             scope_by_model=policy.scope_by_model,
@@ -268,8 +284,9 @@ class ResponseCache:
 
         Args:
             miss: the :class:`CacheMiss` that :meth:`lookup` returned.
-            message: the assistant message, JSON-able, e.g.
-                ``{"role": "assistant", "content": "..."}``.
+            message: the assistant message, ``{"role": "assistant",
+                "content": "<text>"}``; any other (tool calls, other
+                fields) is not stored.
             model: the model that answered.
             cost_usd: what the answer cost; reported as saved on later hits.
             input_tokens: prompt tokens of the call.
@@ -279,6 +296,8 @@ class ResponseCache:
         keys = miss.keys
         if not miss.storable or not keys.write:
             return Stored(False, "not_storable")
+        if message_problem(dict(message)) is not None:
+            return Stored(False, "unsupported_message")
         if len(message_text(dict(message))) > self.policy.max_answer_chars:
             return Stored(False, "too_long")
         if time.monotonic() < self._down_until:
@@ -383,10 +402,33 @@ class ResponseCache:
         if not self.policy.exact:
             return None
         entry = self._store.get(keys.exact, now)
-        if entry is None:
+        if entry is None or not self._servable(entry):
             return None
         self._store.touch(entry.key, now)
         return CacheHit.from_entry(entry, layer="exact", similarity=1.0, now=now)
+
+    def _servable(self, entry: CacheEntry) -> bool:
+        """False, with a warning once per key, for an entry unfit to serve.
+
+        The Redis store deletes such entries as it reads them; this catches
+        them in any store. The miss is storable, so the fresh answer
+        replaces the entry.
+        """
+        problem = entry_problem(entry)
+        if problem is None:
+            return True
+        key = str(entry.key)
+        if key not in self._warned_keys:
+            if len(self._warned_keys) >= _WARNED_KEYS:
+                self._warned_keys.clear()
+            self._warned_keys.add(key)
+            logger.warning(
+                "cache entry %s cannot be served (%s); the request goes to the "
+                "model and its answer replaces the entry",
+                key,
+                problem,
+            )
+        return False
 
     def _embeddable(self, query: str) -> bool:
         """Short enough to embed whole (see ``Cache.max_semantic_chars``)."""
@@ -409,6 +451,7 @@ class ResponseCache:
         )
         if best is not None:
             best = min(best, 1.0)  # float32 rounding can pass 1 by an ulp
+        matches = [(entry, score) for entry, score in matches if self._servable(entry)]
         miss = CacheMiss(
             "not_found", keys, best, embedding_cost_usd=cost, vector=vector
         )

@@ -114,6 +114,18 @@ end
 return 1
 """
 
+# Drop an unreadable entry, unless it was replaced since it was read.
+# ARGV: prefix, key, the JSON read.
+_DROP_BAD = (
+    _DROP
+    + """
+local p, k = ARGV[1], ARGV[2]
+if redis.call('HGET', p .. ':e:' .. k, 'j') ~= ARGV[3] then return 0 end
+drop(p, k)
+return 1
+"""
+)
+
 _CLEAR = """
 local cursor, n = '0', 0
 repeat
@@ -181,6 +193,7 @@ class RedisCacheStore:
         self._put = client.register_script(_PUT)
         self._touch = client.register_script(_TOUCH)
         self._clear = client.register_script(_CLEAR)
+        self._drop_bad = client.register_script(_DROP_BAD)
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -197,10 +210,8 @@ class RedisCacheStore:
     def get(self, key: str, now: float) -> CacheEntry | None:
         """Return the live entry stored under ``key``, or None."""
         raw = self._redis.hget(f"{self._p}:e:{key}", "j")
-        if raw is None:
-            return None
-        entry = CacheEntry.from_json(raw)
-        return None if entry.expired(now) else entry
+        entry = self._read(key, raw)
+        return None if entry is None or entry.expired(now) else entry
 
     def search(
         self, index: str, vector: Vector, *, min_score: float, limit: int, now: float
@@ -214,7 +225,7 @@ class RedisCacheStore:
         raws = self._fetch([key for key, _ in near])
         matches: list[tuple[CacheEntry, float]] = []
         for (key, score), raw in zip(near, raws, strict=True):
-            entry = CacheEntry.from_json(raw) if raw is not None else None
+            entry = self._read(key, raw)
             if entry is None or entry.expired(now):
                 with self._lock:
                     mirror.remove(key)
@@ -262,6 +273,38 @@ class RedisCacheStore:
         with self._lock:
             self._mirrors.clear()
         self._clear(args=[pattern])
+
+    def _read(self, key: str, raw: bytes | str | None) -> CacheEntry | None:
+        """The entry stored under ``key``; None if none, or if it is unreadable.
+
+        An entry this release cannot read (corrupted, or written by another
+        release) is a plain miss, never an error: it is deleted, unless it
+        was replaced meanwhile, so the fresh answer takes its place.
+        """
+        if raw is None:
+            return None
+        try:
+            entry = CacheEntry.from_json(raw)
+            if entry.key != key:
+                raise ValueError(f"it names another key, {entry.key!r:.80}")
+        except ValueError as exc:
+            self._drop_unreadable(key, raw, str(exc))
+            return None
+        return entry
+
+    def _drop_unreadable(self, key: str, raw: bytes | str, problem: str) -> None:
+        logger.warning(
+            "cache store %s: entry %s cannot be served (%s); it is deleted and "
+            "the request goes to the model. If another release of the governor "
+            "shares this Redis, give each release its own Cache(key_prefix=...)",
+            self._p,
+            key,
+            problem,
+        )
+        try:
+            self._drop_bad(args=[self._p, key, raw])
+        except Exception:  # fails open: the fresh answer overwrites it anyway
+            logger.debug("could not delete cache entry %s", key, exc_info=True)
 
     def _fetch(self, keys: Iterable[str]) -> list[bytes | None]:
         pipe = self._redis.pipeline(transaction=False)

@@ -55,6 +55,10 @@ _TRANSPORT_PARAMS = frozenset(
 _SAMPLING_PARAMS = frozenset({"temperature", "top_p", "top_k", "seed"})
 _TOOL_PARAMS = frozenset({"tools", "tool_choice", "functions", "function_call"})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
+# Message fields keyed in their own way; every other field is keyed as given.
+_KEYED_FIELDS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call"}
+)
 _TOOL_ROLES = frozenset({"tool", "function"})
 # Compatibility forms that NFKC would fold into plain digits or letters while
 # they mean something else: "2³" is not "23", "①" is not "1", "1½" is not "11/2".
@@ -184,6 +188,8 @@ def _uncacheable(
     bound = options.max_temperature
     if bound is not None and _too_hot(params.get("temperature"), bound):
         return "temperature"
+    if params.get("logprobs") or params.get("top_logprobs"):
+        return "logprobs"  # a cached answer has no log probabilities to replay
     if not canon:
         return "no_messages"
     last = canon[-1]
@@ -264,7 +270,25 @@ def _canonical_message(
         out["tool_call_id"] = ids.setdefault(str(call_id), len(ids))
     if message.get("function_call"):
         out["function_call"] = _canon(message["function_call"])
+    # Any other field may change the answer (an assistant "prefix" flag, an
+    # earlier turn's reasoning_content or audio id); an empty one is no field.
+    for field, value in _fields(message):
+        if field not in _KEYED_FIELDS and not _empty(value):
+            out[field] = _canon(value)
     return out
+
+
+def _empty(value: Any) -> bool:
+    """None, or an empty string or container: a field that says nothing."""
+    return value is None or (isinstance(value, str | list | tuple | dict) and not value)
+
+
+def _fields(message: Any) -> list[tuple[str, Any]]:
+    """A message's fields: a dict's items, or a pydantic message's dump."""
+    if not isinstance(message, Mapping):
+        dump = getattr(message, "model_dump", None)
+        message = dump() if callable(dump) else {}
+    return [(str(k), v) for k, v in message.items()]
 
 
 def _tool_call(call: Any, ids: dict[str, int]) -> Any:

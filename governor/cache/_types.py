@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -13,7 +14,15 @@ import numpy.typing as npt
 from governor._money import nanos_to_usd
 from governor.cache._request import CacheKeys
 
-__all__ = ["CacheEntry", "CacheHit", "CacheLayer", "CacheMiss", "message_text"]
+__all__ = [
+    "CacheEntry",
+    "CacheHit",
+    "CacheLayer",
+    "CacheMiss",
+    "entry_problem",
+    "message_problem",
+    "message_text",
+]
 
 CacheLayer = Literal["exact", "semantic"]
 
@@ -85,8 +94,77 @@ class CacheEntry:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> CacheEntry:
-        """Read an entry written by :meth:`to_json`."""
-        return cls(*json.loads(raw))
+        """Read an entry written by :meth:`to_json`.
+
+        Raises:
+            ValueError: ``raw`` is not an entry this release writes (not
+                JSON, another number of fields, or a field of the wrong
+                type; see :func:`entry_problem`).
+        """
+        try:
+            values = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(values, list) or len(values) != _FIELDS:
+            raise ValueError(f"not a list of {_FIELDS} fields")
+        entry = cls(*values)
+        problem = entry_problem(entry)
+        if problem is not None:
+            raise ValueError(problem)
+        return entry
+
+
+_FIELDS = len(fields(CacheEntry))
+
+
+def message_problem(message: Any) -> str | None:
+    """What makes ``message`` an answer the cache does not serve, or None.
+
+    The cache stores plain text answers only: ``{"role": "assistant",
+    "content": "<text>"}``. A tool call is never stored (its answer depends on
+    the tool's result), so a message that carries one, or any other field, was
+    not written by this cache and would be replayed as something else.
+    """
+    if not isinstance(message, dict):
+        return f"its message is a {type(message).__name__}, not an object"
+    if message.get("role") != "assistant":
+        return "its message's role is not 'assistant'"
+    if not isinstance(message.get("content"), str):
+        return "its message's content is not a string"
+    extra = sorted(str(k) for k in message if k not in ("role", "content"))
+    if extra:
+        return f"its message has fields the cache never stores: {extra[:5]}"
+    return None
+
+
+def entry_problem(entry: CacheEntry) -> str | None:
+    """What makes ``entry`` unfit to serve (a field of the wrong type), or None.
+
+    Counts and cost must be non-negative integers, times finite numbers, and
+    the message a plain text answer (see :func:`message_problem`).
+    """
+    if not isinstance(entry.key, str) or not entry.key:
+        return "its key is not a string"
+    if not all(v is None or isinstance(v, str) for v in (entry.index, entry.query)):
+        return "its index or question is not a string"
+    if not isinstance(entry.model, str) or not entry.model:
+        return "its model is not a string"
+    counts = (entry.cost_nanos, entry.input_tokens, entry.output_tokens)
+    if not all(_count(v) for v in counts):
+        return "its cost or token counts are not non-negative integers"
+    expires = entry.expires_at
+    if not _time(entry.created_at) or not (expires is None or _time(expires)):
+        return "its times are not finite numbers"
+    return message_problem(entry.message)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _time(value: Any) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +237,9 @@ class CacheMiss:
 
     Attributes:
         reason: why nothing was served: ``"disabled"``, ``"opt_out"``,
-            ``"temperature"``, ``"pending_tool"``, ``"no_messages"``,
+            ``"temperature"``, ``"logprobs"`` (a request for log
+            probabilities, which a cached answer has none of),
+            ``"pending_tool"``, ``"no_messages"``,
             ``"not_found"`` (no entry at or above the threshold),
             ``"ambiguous"`` (two cached questions matched about as well),
             ``"gate:<check>"`` (the nearest entries were refused by the safety
