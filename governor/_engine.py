@@ -2032,15 +2032,13 @@ class Governor:
         """
         now = time.monotonic()
         if len(self._warn_checked) > _WARN_MEMORY:
-            # Task lines pile up in a long-lived process; forgetting them only
-            # means a threshold may be announced twice.
-            self._warn_checked.clear()
-            self._warned.clear()
+            self._forget_idle_lines()
         due: list[tuple[Budget, Line]] = []
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
             if budget.scope == "task" or not budget.warn_at or not line.limit_nanos:
                 continue
-            read_at, spent = self._warn_checked.get(line.key, (-1.0, 0))
+            # Taken out and put back: the dict's order is the lines' last use.
+            read_at, spent = self._warn_checked.pop(line.key, (-1.0, 0))
             spent += nanos
             recent = now - read_at < _WARN_EVERY_S
             if recent and not self._may_cross(budget, line, spent):
@@ -2049,6 +2047,19 @@ class Governor:
             self._warn_checked[line.key] = (now, spent)
             due.append((budget, line))
         return due
+
+    def _forget_idle_lines(self) -> None:
+        """Forget the least recently used half of the lines read for warnings.
+
+        Session and user lines pile up in a long-lived process. The lines in
+        use keep their announced thresholds, so a team's 80% is not said
+        again because ten thousand sessions came and went; a line forgotten
+        and used again may have a threshold announced twice.
+        """
+        idle = list(self._warn_checked)[: len(self._warn_checked) // 2]
+        for key in idle:
+            del self._warn_checked[key]
+        self._warned = {w for w in self._warned if w[0] in self._warn_checked}
 
     def _may_cross(self, budget: Budget, line: Line, spent_nanos: int) -> bool:
         """Whether a line's estimated spend reaches a threshold not yet

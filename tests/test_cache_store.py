@@ -162,3 +162,14 @@ def test_a_redis_client_beside_a_memory_policy_is_named_as_unused(
         cache = ResponseCache(Cache(embedder="hashing"), redis_client=client)
     assert isinstance(cache._store, MemoryCacheStore)
     assert "store='redis'" in caplog.text
+
+
+def test_an_index_takes_room_for_the_entries_it_holds() -> None:
+    """Most indexes (one per conversation context) hold one entry: one row
+    of room, not a block of sixteen; room doubles as entries come."""
+    index = VectorIndex(384)
+    index.add("k0", np.ones(384, dtype=np.float32) / np.sqrt(384))
+    assert index.matrix.shape == (1, 384)
+    for i in range(1, 3):
+        index.add(f"k{i}", np.ones(384, dtype=np.float32) / np.sqrt(384))
+    assert index.matrix.shape == (4, 384)

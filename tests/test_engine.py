@@ -900,3 +900,29 @@ def test_a_call_that_joins_an_ended_task_is_charged_to_it_with_a_warning(
     task = asyncio.run(main())
     assert task.report().calls == 2
     assert caplog.text.count("a call joined task late after the task ended") == 1
+
+
+def test_a_busy_line_is_warned_of_once_however_many_lines_come_and_go(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its memory of lines the governor forgets the idle ones, not the
+    team line every call uses: its threshold is not announced again."""
+    import governor._engine as engine
+
+    monkeypatch.setattr(engine, "_WARN_MEMORY", 20)
+    gov = Governor(
+        Policy(
+            budgets=[
+                Budget(scope="team", max_usd="100", period="day", warn_at=(1e-6,)),
+                Budget(scope="session", max_usd="1", warn_at=(0.99,)),
+            ]
+        )
+    )
+    llm = GovernedLiteLLM(gov)
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        for i in range(60):
+            with gov.task(team="a", session=f"s{i}"):
+                call(llm, max_tokens=5)
+    lines = [r.getMessage() for r in caplog.records if "team:a" in r.getMessage()]
+    assert len(lines) == 1
+    assert len(gov._warn_checked) <= 21

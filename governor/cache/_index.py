@@ -31,7 +31,8 @@ PROJECT_AT = 4096
 PROJECT_DIMS = 48
 _REFIT_GROWTH = 8
 _FIT_SAMPLE = 8192
-_INITIAL_ROWS = 16
+# One row: most indexes (one per conversation context) hold one entry.
+_INITIAL_ROWS = 1
 # Scoring a gathered row costs about this many rows of a contiguous product.
 _GATHER_COST = 4
 
