@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from governor.spend import SpendRecord
 
 __all__ = ["ReplayRun", "TaskReplay", "load_policy", "replay"]
+
+logger = logging.getLogger(__name__)
+
+# Quality words, in any case, as the eval commands read a correctness cell.
+_QUALITY_WORDS = {"true": 1.0, "yes": 1.0, "false": 0.0, "no": 0.0}
 
 
 @dataclass
@@ -112,9 +118,35 @@ def replay(
     swaps = dict(model_map or {})
     run = ReplayRun(label or policy.name)
     gov = Governor(policy)
+    unread: list[tuple[str, str, str]] = []
     for task_id, calls in _by_task(records).items():
-        run.tasks[task_id] = _replay_task(gov, task_id, calls, swaps)
+        run.tasks[task_id] = _replay_task(gov, task_id, calls, swaps, unread)
+    _warn_unread(unread)
     return run
+
+
+# Warnings already given: ``governor compare`` replays the same records twice.
+_WARNED: set[tuple[object, ...]] = set()
+_MAX_WARNED = 64
+
+
+def _warn_unread(unread: list[tuple[str, str, str]]) -> None:
+    """One warning for the quality tag values that could not be read."""
+    if not unread:
+        return
+    task_id, key, value = unread[0]
+    said = (len(unread), task_id, key, value)
+    if said in _WARNED:
+        return
+    if len(_WARNED) >= _MAX_WARNED:
+        _WARNED.clear()
+    _WARNED.add(said)
+    logger.warning(
+        "%d quality/correct tag value(s) could not be read, e.g. task %r has "
+        "%s=%r; give a number or true/false/yes/no; a task with no readable "
+        "one has no quality (n/a)",
+        *said,
+    )
 
 
 def _by_task(records: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
@@ -127,10 +159,16 @@ def _by_task(records: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
 
 
 def _replay_task(
-    gov: Governor, task_id: str, calls: list[SpendRecord], swaps: Mapping[str, str]
+    gov: Governor,
+    task_id: str,
+    calls: list[SpendRecord],
+    swaps: Mapping[str, str],
+    unread: list[tuple[str, str, str]],
 ) -> TaskReplay:
     first = calls[0]
-    outcome = TaskReplay(task_id, recorded_quality=_quality(calls))
+    quality, bad = _quality(calls)
+    unread.extend((task_id, key, value) for key, value in bad)
+    outcome = TaskReplay(task_id, recorded_quality=quality)
     with gov.task(task_id, attribution=_attribution(first)) as task:
         for record in calls:
             try:
@@ -193,17 +231,37 @@ def _usable_tag(text: str) -> bool:
     return isinstance(text, str) and tag_problem(text) is None
 
 
-def _quality(calls: list[SpendRecord]) -> float | None:
-    """A task's quality, from a ``quality`` or ``correct`` tag on any call."""
+def _quality(
+    calls: list[SpendRecord],
+) -> tuple[float | None, list[tuple[str, str]]]:
+    """A task's quality, from a ``quality`` or ``correct`` tag on any call
+    (the last call with one it can read), and the (tag, value) pairs passed
+    over as unreadable on the way.
+
+    A value is a number, or true/false/yes/no in any case (1 and 0).
+    """
+    unread: list[tuple[str, str]] = []
     for record in reversed(calls):
         for key in ("quality", "correct"):
             value = record.tags.get(key)
-            if value is not None:
-                try:
-                    return float(value)
-                except ValueError:
-                    continue
-    return None
+            if value is None:
+                continue
+            quality = _quality_value(value)
+            if quality is not None:
+                return quality, unread
+            unread.append((key, str(value)))
+    return None, unread
+
+
+def _quality_value(value: Any) -> float | None:
+    """A tag value as a quality: a number, or a yes/no word; None otherwise."""
+    word = _QUALITY_WORDS.get(str(value).strip().lower())
+    if word is not None:
+        return word
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _nano(value: Decimal) -> Decimal:

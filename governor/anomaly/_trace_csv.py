@@ -1,9 +1,13 @@
 """Read request-trace CSV files such as the Azure LLM inference trace.
 
 A folder holds one file per service; each file's scope comes from its name.
-Rows are ``TIMESTAMP, ContextTokens, GeneratedTokens`` in any order and case.
-A value that cannot be read raises :class:`ConfigError` naming the file, the
-line and what is accepted.
+Rows are ``TIMESTAMP, ContextTokens, GeneratedTokens`` in any order and case;
+BurstGPT's names for the token columns, ``Request tokens`` and ``Response
+tokens``, are read too (its ``Timestamp`` is seconds from the trace's start,
+read as Unix seconds: only the times between rows count). Rows that repeat
+another exactly are kept: identical requests at one time are real traffic
+in a trace of whole seconds. A value that cannot be read raises
+:class:`ConfigError` naming the file, the line and what is accepted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from governor._errors import ConfigError
 from governor._textlines import numbered_lines
@@ -27,9 +31,15 @@ _S = 1_000_000
 _PREFIX = "azurellminferencetrace_"
 _SUFFIXES = (".csv.gz", ".csv")
 _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+# Other names of the columns: BurstGPT's.
+_ALIASES = {
+    "ContextTokens": ("Request tokens",),
+    "GeneratedTokens": ("Response tokens",),
+}
 _FORM = (
     "a trace file is comma-separated UTF-8 text (gzipped too) with the columns "
-    "TIMESTAMP, ContextTokens and GeneratedTokens, in any order and case"
+    "TIMESTAMP, ContextTokens and GeneratedTokens (or BurstGPT's Timestamp, "
+    "Request tokens and Response tokens), in any order and case"
 )
 _TIME_FORM = (
     "is not a time; give an ISO 8601 time such as 2023-11-16 18:15:46.68 "
@@ -121,18 +131,18 @@ def rows_at(file: Path, stamps: Collection[int]) -> list[tuple[int, str]]:
 def _numbered_rows(file: Path, *, with_text: bool = False) -> Iterator[Any]:
     """Yield (line, row), or (line, row, TIMESTAMP text) ``with_text``."""
     reader = csv.reader(text for _, text in numbered_lines(file))
-    columns: list[int] | None = None
+    header: _Header | None = None
     zone = _Zone()
     for fields in _checked_fields(reader, file):
         if not any(f.strip() for f in fields):
             continue
         where = f"{file}:{reader.line_num}"
-        if columns is None:
-            columns = _header(fields, where)
+        if header is None:
+            header = _header(fields, where)
             continue
-        row = _row(fields, columns, where, zone)
+        row = _row(fields, header, where, zone)
         if with_text:
-            yield reader.line_num, row, fields[columns[0]].strip()
+            yield reader.line_num, row, fields[header.positions[0]].strip()
         else:
             yield reader.line_num, row
 
@@ -191,25 +201,40 @@ _OFFSET = "has a UTC offset"
 _UNIX = "is in Unix seconds"
 
 
-def _header(fields: Sequence[str], where: str) -> list[int]:
-    """The position of each of ``_COLUMNS`` in a header row, any case."""
+class _Header(NamedTuple):
+    """Where each of ``_COLUMNS`` is in a row, and its name as messages say it."""
+
+    positions: tuple[int, int, int]
+    names: tuple[str, str, str]
+
+
+def _header(fields: Sequence[str], where: str) -> _Header:
+    """The position of each of ``_COLUMNS`` (or an alias) in a header row,
+    any case; a column given under its own name wins over an alias."""
     names = [f.strip().lower() for f in fields]
-    missing = [c for c in _COLUMNS if c.lower() not in names]
+    found = [
+        next((n for n in (c, *_ALIASES.get(c, ())) if n.lower() in names), None)
+        for c in _COLUMNS
+    ]
+    missing = [c for c, name in zip(_COLUMNS, found, strict=True) if name is None]
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
         raise ConfigError(
             f"{where}: no {', '.join(missing)} {noun} in the header "
             f"{', '.join(fields)!r}; {_FORM}"
         )
-    return [names.index(c.lower()) for c in _COLUMNS]
+    stamp, context, generated = (name or "" for name in found)
+    at = (names.index(stamp.lower()), names.index(context.lower()))
+    return _Header((*at, names.index(generated.lower())), (stamp, context, generated))
 
 
 def _row(
-    fields: Sequence[str], columns: Sequence[int], where: str, zone: _Zone
+    fields: Sequence[str], header: _Header, where: str, zone: _Zone
 ) -> tuple[int, int, int]:
+    columns = header.positions
     if len(fields) <= max(columns):
         last = max(columns)
-        name = _COLUMNS[columns.index(last)]
+        name = header.names[columns.index(last)]
         raise ConfigError(
             f"{where}: the row has {len(fields)} field(s) but {name} is column "
             f"{last + 1}; fix or drop the row"
@@ -219,8 +244,8 @@ def _row(
     zone.check(kind, stamp, where)
     return (
         epoch_us,
-        _tokens(context, "ContextTokens", where),
-        _tokens(generated, "GeneratedTokens", where),
+        _tokens(context, header.names[1], where),
+        _tokens(generated, header.names[2], where),
     )
 
 

@@ -36,9 +36,9 @@ from governor._errors import ConfigError
 from governor._textlines import is_gzip
 from governor.cache._cache import ResponseCache
 from governor.cache._embed import Embedder, Vectors
-from governor.cache._request import normalize_query
+from governor.cache._request import KeyOptions, build_keys
 from governor.cache._store import MemoryCacheStore
-from governor.cache._types import CacheMiss
+from governor.cache._types import CacheHit, CacheMiss
 from governor.policies import Cache
 
 __all__ = [
@@ -128,12 +128,15 @@ def read_pairs(path: Path) -> PairSet:
     name), and may be a tar archive of one file, as GPTCache ships its QQP
     pairs. Accepted, as JSONL (one object a line) or as one JSON list:
 
-    * ``{"text_a", "text_b", "label"}``, or QQP's ``question1``,
-      ``question2`` and ``is_duplicate`` (a row giving both names of a
-      column must give the same value under both). A text is a string or a
-      list of chat messages, each with a role and its content; the last is
-      the user's question, the ones before it its conversation. CSV or
-      tab-separated text with a header naming these columns is read too;
+    * ``{"text_a", "text_b", "label"}``, QQP's ``question1``,
+      ``question2`` and ``is_duplicate``, or PAWS's and GLUE's
+      ``sentence1``, ``sentence2`` and ``label`` (a row giving two names of
+      a column must give the same value under both). A label is 0 or 1,
+      true or false, or "True", "False", "1.0" or "0.0" as CSV writers
+      spell them. A text is a string or a list of chat messages, each with
+      a role and its content; the last is the user's question, the ones
+      before it its conversation. CSV or tab-separated text with a header
+      naming these columns, in any case, is read too;
     * ``{"origin", "similar"}`` paraphrases (label 1, retrieval by default);
     * MeanCache conversations (``u0``, ``u0_duplicate``, ``system_q0``,
       ``u1``, ``u1_duplicate``), expanded by :func:`expand_conversations`.
@@ -165,25 +168,31 @@ def read_pairs(path: Path) -> PairSet:
 
 _FORMS = (
     "accepted: JSONL or a JSON list (gzipped too) of text_a/text_b/label "
-    "objects (or QQP's question1/question2/is_duplicate), of origin/similar "
-    "paraphrases, or of MeanCache conversations (u0, u0_duplicate, system_q0, "
-    "u1, u1_duplicate); or CSV/TSV with a question1/question2/is_duplicate "
-    "or text_a/text_b/label header"
+    "objects (or QQP's question1/question2/is_duplicate, or PAWS/GLUE's "
+    "sentence1/sentence2/label), of origin/similar paraphrases, or of "
+    "MeanCache conversations (u0, u0_duplicate, system_q0, u1, "
+    "u1_duplicate); or CSV/TSV with a question1/question2/is_duplicate, "
+    "sentence1/sentence2/label or text_a/text_b/label header"
 )
 _WANTED = (
     "one JSON object with text_a, text_b and label (or QQP's question1, "
-    "question2 and is_duplicate)"
+    "question2 and is_duplicate, or sentence1, sentence2 and label)"
 )
-_TEXT_KEYS = ("text_a", "text_b", "question1", "question2")
+_TEXT_KEYS = ("text_a", "text_b", "question1", "question2", "sentence1", "sentence2")
 _ALIASES = {
-    "text_a": ("text_a", "question1"),
-    "text_b": ("text_b", "question2"),
+    "text_a": ("text_a", "question1", "sentence1"),
+    "text_b": ("text_b", "question2", "sentence2"),
     "label": ("label", "is_duplicate"),
 }
+_KNOWN_COLUMNS = frozenset(name for names in _ALIASES.values() for name in names)
 _COLUMNS = (
     "a CSV/TSV header names question1, question2 and is_duplicate (QQP's "
-    "names) or text_a, text_b and label"
+    "names) or text_a, text_b and label, or sentence1, sentence2 and label "
+    "(PAWS's and GLUE's), in any case"
 )
+# Label cells as CSV writers spell them: pandas writes booleans True/False
+# and a column of integers holding a blank as floats (1.0/0.0).
+_LABEL_WORDS = {"true": 1, "false": 0, "1.0": 1, "0.0": 0}
 _CONVERSATION_KEYS = ("u0", "u0_duplicate", "system_q0", "u1", "u1_duplicate")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Rows as read, each with where it was: "FILE:LINE" or "FILE: item N".
@@ -278,7 +287,7 @@ def _is_table(head: str) -> bool:
     if first.startswith("{"):
         return False
     cells = {cell.strip().strip('"').strip() for cell in re.split("[,\t]", first)}
-    return bool(cells & set(_TEXT_KEYS))
+    return bool({cell.lower() for cell in cells} & set(_TEXT_KEYS))
 
 
 def _is_other_table(head: str) -> bool:
@@ -308,8 +317,7 @@ def _unknown_header(where: str, head: str) -> ConfigError:
     first = head.split("\n", 1)[0].strip()
     delimiter = "\t" if "\t" in first else "," if "," in first else ";"
     cells = _header_cells(first, delimiter)
-    known = {name for names in _ALIASES.values() for name in names}
-    if delimiter == ";" and known & set(cells):
+    if delimiter == ";" and _KNOWN_COLUMNS & {cell.lower() for cell in cells}:
         return ConfigError(
             f"{where}: read as CSV (the first line is not JSON), but its header's "
             f"columns ({_columns(cells)}) are separated by ';': only commas or "
@@ -332,7 +340,7 @@ def _table_rows(path: Path, text: str, first_line: int) -> Rows:
     """
     first = text.split("\n", 1)[0]
     reader = csv.DictReader(io.StringIO(text), delimiter="\t" if "\t" in first else ",")
-    reader.fieldnames = [name.strip() for name in reader.fieldnames or ()]
+    reader.fieldnames = [_column(name) for name in reader.fieldnames or ()]
     lacking = [
         " or ".join(names)
         for names in _ALIASES.values()
@@ -354,6 +362,12 @@ def _table_rows(path: Path, text: str, first_line: int) -> Rows:
         line = offset + reader.line_num
         raise ConfigError(f"{path}:{line}: {exc}; {_FORMS}") from exc
     return rows
+
+
+def _column(name: str) -> str:
+    """A header cell: a pair column's name in lower case, others as written."""
+    name = name.strip()
+    return name.lower() if name.lower() in _KNOWN_COLUMNS else name
 
 
 def _from_rows(rows: Rows) -> PairSet:
@@ -417,10 +431,15 @@ def _given(row: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, Any]
 
 
 def _label(where: str, label: Any) -> int:
+    """A label 0 or 1: a number, a JSON boolean, or a cell as CSV writers
+    spell them ("1", "True", "1.0", any case)."""
     if isinstance(label, str):
         label = label.strip()
+        label = _LABEL_WORDS.get(label.lower(), label)
     if label not in (0, 1, "0", "1"):
-        raise ConfigError(f"{where}: label must be 0 or 1, got {label!r}")
+        raise ConfigError(
+            f"{where}: label must be 0 or 1 (also true/false or 1.0/0.0), got {label!r}"
+        )
     return int(label)
 
 
@@ -438,9 +457,10 @@ def _agree(where: str, read: Sequence[tuple[str, Any]]) -> None:
         if different != value:
             raise ConfigError(
                 f"{where}: {name} and {other} differ ({_short(value)} against "
-                f"{_short(different)}); a row that gives both text_a/text_b/"
-                "label and QQP's question1/question2/is_duplicate must give "
-                "the same values under both; keep one set of names"
+                f"{_short(different)}); a row that gives a column under two "
+                "names (text_a/text_b/label, QQP's question1/question2/"
+                "is_duplicate, sentence1/sentence2) must give the same value "
+                "under both; keep one set of names"
             )
 
 
@@ -610,14 +630,33 @@ def _check_message(which: str, message: Mapping[str, Any]) -> None:
 
 
 def questions(pairs: Iterable[EvalPair]) -> list[str]:
-    """Return the distinct normalized questions the cache would embed."""
+    """Return the distinct normalized questions the cache would embed.
+
+    Each is the query the live cache keys a request on (see
+    :func:`~governor.cache._request.build_keys`): a question given as a
+    list of content parts is embedded as the text the cache reads from
+    them, and a request the semantic layer skips (an empty question, or
+    parts that are not one text) gives none.
+    """
     seen: dict[str, None] = {}
     for pair in pairs:
         for messages in (pair.a, pair.b):
-            content = messages[-1].get("content")
-            if isinstance(content, str) and normalize_query(content):
-                seen.setdefault(normalize_query(content), None)
+            query = _query(messages)
+            if query is not None:
+                seen.setdefault(query, None)
     return list(seen)
+
+
+_QUERY_OPTIONS = KeyOptions()
+
+
+def _query(messages: Sequence[Message]) -> str | None:
+    """The text the cache embeds for ``messages``; the scoping options do
+    not change it."""
+    keys = build_keys(
+        model=_MODEL, messages=messages, params={}, partition={}, options=_QUERY_OPTIONS
+    )
+    return keys.query
 
 
 class PrecomputedEmbedder:
@@ -871,7 +910,7 @@ def _pairwise(pairs: Sequence[EvalPair], policy: Cache, embedder: Embedder) -> _
     for index, pair in enumerate(pairs):
         store.clear()
         _seed(cache, pair.a, index)
-        result = cache.lookup(model=_MODEL, messages=pair.b)
+        result = _ask(cache, pair.b)
         if result.hit:
             outcome.count(result.layer, pair.label == 1, None)
         else:
@@ -888,7 +927,7 @@ def _retrieval(
     for index, pair in enumerate(pairs):
         _seed(cache, pair.a, index)
     for pair in pairs:
-        result = cache.lookup(model=_MODEL, messages=pair.b)
+        result = _ask(cache, pair.b)
         if not result.hit:
             outcome.count(None, False, result.reason)
             continue
@@ -900,6 +939,21 @@ def _retrieval(
         )
         outcome.count(result.layer, same_question and pair.label == 1, None)
     return outcome
+
+
+def _ask(cache: ResponseCache, messages: Sequence[Message]) -> CacheHit | CacheMiss:
+    """Look ``messages`` up; an empty or blank question is an ``empty_query``
+    miss.
+
+    The live cache never embeds such a question, but its exact layer would
+    serve a repeat of the very same request ("" after "", or "   " after
+    ""); a label on two empty questions says nothing about whether answers
+    can be shared, so the evaluation counts every one as a miss.
+    """
+    keys = cache.keys(model=_MODEL, messages=messages)
+    if keys.semantic_skip == "empty_query":
+        return CacheMiss("empty_query", keys, storable=False)
+    return cache.lookup(model=_MODEL, messages=messages)
 
 
 def _seed(cache: ResponseCache, messages: Sequence[Message], index: int) -> None:

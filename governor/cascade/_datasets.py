@@ -696,6 +696,24 @@ def _arena_files(
     return _ArenaFiles(questions, answers, references, judgments)
 
 
+class _BadTurn(Exception):
+    """A turn that is neither text nor an object holding its text."""
+
+
+def _turn_text(turn: Any) -> str:
+    """A turn's text: the string itself (MT-Bench, Arena-Bench-v1), or the
+    ``content`` of an object (Arena-Hard-Auto: ``{"content": "..."}``)."""
+    if isinstance(turn, str):
+        return turn
+    content = turn.get("content") if isinstance(turn, dict) else None
+    if isinstance(content, str):
+        return content
+    raise _BadTurn(
+        f"its first turn is {json.dumps(turn)[:80]}; a turn is a string, or an "
+        'object with its text as "content" (as Arena-Hard-Auto writes it)'
+    )
+
+
 def _arena_field(
     path: Path, kind: str, read: Callable[[Any], Any]
 ) -> Iterator[tuple[str, Any]]:
@@ -703,6 +721,10 @@ def _arena_field(
     for where, line in _json_lines(path):
         try:
             yield where, read(line)
+        except _BadTurn as exc:
+            raise ConfigError(
+                f"{where}: not an Arena-Bench {kind} line: {exc}"
+            ) from exc
         except (KeyError, IndexError, TypeError) as exc:
             raise ConfigError(
                 f"{where}: not an Arena-Bench {kind} line (missing {exc})"
@@ -711,7 +733,7 @@ def _arena_field(
 
 def _first_turns(files: tuple[Path, ...]) -> dict[Any, str]:
     def read(a: Any) -> tuple[Any, str]:
-        return a["question_id"], a["choices"][0]["turns"][0]
+        return a["question_id"], _turn_text(a["choices"][0]["turns"][0])
 
     return dict(
         pair for path in files for _, pair in _arena_field(path, "answer", read)
@@ -720,7 +742,8 @@ def _first_turns(files: tuple[Path, ...]) -> dict[Any, str]:
 
 def _answers(files: tuple[Path, ...]) -> dict[tuple[Any, str], str]:
     def read(a: Any) -> tuple[tuple[Any, str], str]:
-        return (a["question_id"], a["model_id"]), a["choices"][0]["turns"][0]
+        text = _turn_text(a["choices"][0]["turns"][0])
+        return (a["question_id"], a["model_id"]), text
 
     return dict(
         pair for path in files for _, pair in _arena_field(path, "answer", read)
@@ -732,7 +755,7 @@ def _questions(files: tuple[Path, ...], tally: _Tally) -> dict[Any, str]:
     refused."""
 
     def read(q: Any) -> tuple[Any, str]:
-        return q["question_id"], q["turns"][0]
+        return q["question_id"], _turn_text(q["turns"][0])
 
     questions: dict[Any, str] = {}
     for path in files:
@@ -773,10 +796,19 @@ def _read_arena(files: _ArenaFiles, prices: Prices, tally: _Tally) -> list[Repla
     references = _first_turns(files.references)
     answers = _answers(files.answers)
     rows: dict[Any, dict[str, Recorded]] = {qid: {} for qid in questions}
+    judges: dict[str, list[Path]] = {}
+    skipped: Counter[str] = Counter()
     for path in files.judgments:
         for where, grade in _json_lines(path):
             qid, model = _graded(grade, where)
-            if grade.get("turn", 1) != 1 or grade.get("score") is None:
+            _note_judge(judges, grade, path)
+            if grade.get("turn", 1) != 1:
+                skipped[_LATER_TURN] += 1
+                continue
+            if grade.get("score") is None:
+                continue
+            if _unrated(grade["score"]):
+                skipped[_UNRATED] += 1
                 continue
             text = answers.get((qid, model))
             if qid not in rows or model in rows[qid] or text is None:
@@ -789,10 +821,73 @@ def _read_arena(files: _ArenaFiles, prices: Prices, tally: _Tally) -> list[Repla
             score = _grade(grade["score"], model, where)
             recorded = Recorded(score, text, cost, judge)
             rows[qid][model] = _checked(recorded, model, where)
+    _refuse_judges(judges)
+    _log_skipped(files.judgments, skipped)
     return [
         ReplayRow(f"arena:{qid}", questions[qid], outcomes, "arena")
         for qid, outcomes in rows.items()
     ]
+
+
+_LATER_TURN = "later turn"
+_UNRATED = "unrated"
+
+
+def _unrated(score: Any) -> bool:
+    """FastChat's -1: the judge's rating could not be read from its text."""
+    try:
+        return float(score) == -1
+    except (TypeError, ValueError):
+        return False
+
+
+def _note_judge(judges: dict[str, list[Path]], grade: Any, path: Path) -> None:
+    """Note the judge model a grade names (FastChat: ``["gpt-4", "single-v1"]``)."""
+    named = grade.get("judge")
+    if isinstance(named, list) and named:
+        named = named[0]
+    if isinstance(named, str) and named:
+        files = judges.setdefault(named, [])
+        if path not in files:
+            files.append(path)
+
+
+def _refuse_judges(judges: Mapping[str, list[Path]]) -> None:
+    """Refuse grades by more than one judge model: which one scores a row
+    would depend on the order the files are read in."""
+    if len(judges) < 2:
+        return
+    named = "; ".join(
+        f"{judge!r} in {', '.join(str(p) for p in files)}"
+        for judge, files in sorted(judges.items())
+    )
+    raise ConfigError(
+        f"judge grades by {len(judges)} judge models: {named}; a replay scores "
+        "each answer by one judge, so keep one judge's grade files in the "
+        "folder (FastChat names them JUDGE_single.jsonl) and move the others out"
+    )
+
+
+def _log_skipped(judgments: tuple[Path, ...], skipped: Mapping[str, int]) -> None:
+    """Say how many grades were not used, and why."""
+    where = ", ".join(p.name for p in judgments)
+    if skipped.get(_UNRATED):
+        logger.warning(
+            "%s: %d grade(s) of -1 left out: FastChat writes -1 where it could "
+            "not read the judge's rating; those answers have no outcome, as "
+            "without a grade",
+            where,
+            skipped[_UNRATED],
+        )
+    if skipped.get(_LATER_TURN):
+        logger.warning(
+            "%s: %d grade(s) of a second or later turn left out: a row is a "
+            "question's first turn, which every model answers from the same "
+            "prompt; a later turn's grade scores an answer to a conversation "
+            "that holds the model's own earlier answer",
+            where,
+            skipped[_LATER_TURN],
+        )
 
 
 def _graded(grade: Any, where: str) -> tuple[Any, str]:

@@ -29,8 +29,9 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         metavar="PAIRS",
         type=given_path("a file of pairs", required=True),
         help="JSONL or a JSON list (gzipped too) of text_a/text_b/label (or "
-        "question1/question2/is_duplicate) pairs, of origin/similar "
-        "paraphrases or of MeanCache conversations; or CSV/TSV with such a header",
+        "question1/question2/is_duplicate, or sentence1/sentence2/label) pairs, "
+        "of origin/similar paraphrases or of MeanCache conversations; or "
+        "CSV/TSV with such a header, in any case",
     )
     parser.add_argument(
         "--mode",
