@@ -215,7 +215,7 @@ def settled_usage(
     messages: Sequence[Mapping[str, Any]],
     text: str | None,
     extra_prompt: object = None,
-    reported_total: int = 0,
+    reported_total: Callable[[], int] | None = None,
 ) -> Usage:
     """The usage to settle a finished call at.
 
@@ -226,8 +226,9 @@ def settled_usage(
     makes the usage ``estimated``. The prompt is counted with its tools and
     response format (``extra_prompt``), which the provider bills too.
 
-    ``reported_total`` is the provider's ``total_tokens``: a usage that gives
-    only a total is not settled below it. What the local counts leave of the
+    ``reported_total`` gives the provider's ``total_tokens`` (asked only
+    when a side is missing): a usage that gives only a total is not settled
+    below it. What the local counts leave of the
     total is charged to the side the provider left out (as output when it
     left out both: the dearer side).
     """
@@ -237,13 +238,14 @@ def settled_usage(
     needs_completion = completion <= 0 and bool(text)
     if reported is not None and not needs_prompt and not needs_completion:
         return reported
+    total = reported_total() if reported_total is not None else 0
     if needs_prompt:
         prompt = count_prompt_tokens(model, messages, extra_prompt)
         if completion > 0:  # a reported side keeps its figure
-            prompt = max(prompt, reported_total - completion)
+            prompt = max(prompt, total - completion)
     if needs_completion:
         completion = count_text_tokens(model, text or "")
-    completion = max(completion, reported_total - prompt)
+    completion = max(completion, total - prompt)
     parts = reported or Usage()
     cached = parts.cache_read_tokens + parts.cache_write_tokens <= prompt
     read = parts.cache_read_tokens if cached else 0

@@ -1222,7 +1222,7 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         messages=request.messages,
         text=_all_output(response) if counts_output else None,
         extra_prompt=request.extra_prompt,
-        reported_total=total_tokens_of(usage_obj),
+        reported_total=lambda: total_tokens_of(usage_obj),
     )
     choices = getattr(response, "choices", None) or ()
     reasons = tuple(
@@ -1769,7 +1769,7 @@ class _StreamSettler:
             messages=request.messages,
             text=output,
             extra_prompt=request.extra_prompt,
-            reported_total=self._reported_total(),
+            reported_total=self._reported_total,
         )
         model = next(
             (
