@@ -53,7 +53,7 @@ from governor._leases import LeaseKeeper
 from governor._loopwatch import loop_watch, nothing_to_judge
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
-from governor._slots import Held, SlotKeeper
+from governor._slots import Held, SlotKeeper, releasing_on
 from governor._slots import arelease as arelease_slots
 from governor._slots import release as release_slots
 from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
@@ -98,6 +98,7 @@ _COUNT_MARGIN = 1.05
 _DRAIN_S = 5.0
 _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
+_CLOSE_POLL_S = 0.01  # how often close() looks whether calls have settled
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
 _WARN_EVERY_S = 1.0
@@ -194,6 +195,7 @@ class Governor:
         self._warned_over: set[str] = set()
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
         self._closed = False  # set by close(): nothing new starts
+        self._settling: set[str] = set()  # ids of calls settling now
         self._spend_closed = False
         self._warned_closed = False
         self._close_once = threading.Lock()
@@ -587,13 +589,23 @@ class Governor:
         child too.
 
         Calls under way finish and are charged; a call or task started
-        afterwards raises :class:`~governor.GovernorClosed`.
+        afterwards raises :class:`~governor.GovernorClosed`. Called outside
+        an event loop, close first waits, within ``timeout_s``, for calls
+        other threads are settling, so their spend records are written;
+        in async code use :meth:`aclose`, which also waits for the loop's.
         """
+        return self._close(timeout_s, wait=not _in_event_loop())
+
+    def _close(self, timeout_s: float | None, *, wait: bool) -> int:
+        """:meth:`close`, waiting for calls under way first when ``wait``."""
         # Taken by the first close and never released: an atomic "once".
         if not self._close_once.acquire(blocking=False):
             return 0
         self._closed = True
-        unsent = self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
+        limit_s = _DRAIN_S if timeout_s is None else timeout_s
+        if wait:
+            self._wait_for_calls(limit_s)
+        unsent = self._drain_store(limit_s)
         recorder = self.recorder
         lost = 0 if recorder is None else int(recorder.close(timeout_s))
         self.recorder = None
@@ -615,7 +627,44 @@ class Governor:
         """
         if self._close_once.locked():
             return 0  # closed, or closing in another thread
-        return await asyncio.to_thread(self.close, timeout_s)
+        self._closed = True  # nothing new starts while the calls finish
+        await self._await_calls(_DRAIN_S if timeout_s is None else timeout_s)
+        return await asyncio.to_thread(self._close, timeout_s, wait=False)
+
+    def _wait_for_calls(self, limit_s: float) -> None:
+        """Wait up to ``limit_s`` for admitted calls to settle."""
+        deadline = time.monotonic() + limit_s
+        while self._calls_open() and time.monotonic() < deadline:
+            time.sleep(_CLOSE_POLL_S)
+        self._warn_still_open()
+
+    async def _await_calls(self, limit_s: float) -> None:
+        """Async form of :meth:`_wait_for_calls`, which also waits for the
+        loop's slot releases (a cancelled call gives its slots back in a
+        task of its own)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and (
+            self._calls_open() or releasing_on(loop)
+        ):
+            await asyncio.sleep(_CLOSE_POLL_S)
+        self._warn_still_open()
+
+    def _calls_open(self) -> int:
+        """Admitted calls not settled yet, and calls settling now."""
+        return self._leases.open_calls() + len(self._settling)
+
+    def _warn_still_open(self) -> None:
+        left = self._calls_open()
+        if left:
+            logger.warning(
+                "Governor.close(): %d call(s) still under way after the wait "
+                "(a stream kept open and not read, or a call still waiting for "
+                "its answer): their spend records will not be written, and "
+                "their holds and fan-out slots lapse after Policy.hold_ttl_s. "
+                "Close streams and await calls before closing the governor.",
+                left,
+            )
 
     def _drain_store(self, timeout_s: float) -> _Unsent | None:
         """Give queued budget steps a bounded time to reach the store.
@@ -1093,6 +1142,7 @@ class Governor:
             return Decimal(0)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
+        self._settling.add(admission.call_id)  # close() waits for its record
         # Settle and record before the slots go back: a slot release that
         # cannot reach its store must not cost the call its record.
         try:
@@ -1105,7 +1155,10 @@ class Governor:
                 raise
             return self._finish(admission, result, nanos, usage, cost_source)
         finally:
-            release_slots(admission.held)
+            try:
+                release_slots(admission.held)
+            finally:
+                self._settling.discard(admission.call_id)
 
     def _settle_cut(
         self,
@@ -1187,6 +1240,7 @@ class Governor:
             return self.end_call(admission, result)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
+        self._settling.add(admission.call_id)  # aclose() waits for its record
         try:
             try:
                 await ledger.asettle(admission.call_id, admission.keys, nanos, tokens)
@@ -1200,8 +1254,11 @@ class Governor:
                 raise
             return await self._afinish(admission, result, nanos, usage, cost_source)
         finally:
-            # Runs to the end even when the caller is cancelled again here.
-            await arelease_slots(admission.held)
+            try:
+                # Runs to the end even when the caller is cancelled again here.
+                await arelease_slots(admission.held)
+            finally:
+                self._settling.discard(admission.call_id)
 
     # -- steps -----------------------------------------------------------
 
@@ -2334,6 +2391,15 @@ def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:
     if type(line) is Line:
         return Line(key, line.limit_nanos, line.limit_tokens, ttl_s)
     return dataclasses.replace(line, key=key, ttl_s=ttl_s)
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (whose calls a wait would block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _warn_late_call(task: Task) -> None:

@@ -176,6 +176,11 @@ class BudgetExceeded(GovernorHalt):
 
     ``holds_note``, when given, says when the room held by calls in flight
     comes back; it goes in the message before the advice.
+
+    :attr:`in_flight_only` tells a refusal that waiting can cure (the room
+    is held by calls in flight, which give back what they do not spend)
+    from a spent budget: an HTTP service may answer the first with 503 and
+    Retry-After, the second with 429 or 402.
     """
 
     code = "budget_exceeded"
@@ -230,7 +235,15 @@ class BudgetExceeded(GovernorHalt):
             "reserved": decimal_text(self.reserved),
             "requested": decimal_text(self.requested),
             "model": self.model,
+            "in_flight_only": self.in_flight_only,
         }
+
+    @property
+    def in_flight_only(self) -> bool:
+        """True when the call would fit once the calls in flight settle
+        (spent plus requested is within the limit): the refusal is for room
+        they hold, not for spend."""
+        return self.spent + self.requested <= self.limit
 
 
 def _budget_advice(unit: str) -> str:

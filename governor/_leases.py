@@ -67,6 +67,11 @@ class LeaseKeeper:
         with self._lock:
             self._open.discard(admission)
 
+    def open_calls(self) -> int:
+        """How many admitted calls are not settled yet."""
+        with self._lock:
+            return len(self._open)
+
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's calls, thread and locks.
 

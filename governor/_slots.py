@@ -51,6 +51,11 @@ _SCOPES_KEPT: Final = 2048
 _RELEASING: set[asyncio.Future[None]] = set()
 
 
+def releasing_on(loop: asyncio.AbstractEventLoop) -> list[asyncio.Future[None]]:
+    """The slot releases still running on ``loop``."""
+    return [f for f in _RELEASING if not f.done() and f.get_loop() is loop]
+
+
 @dataclass(slots=True)
 class Held:
     """Slots one call holds, and how long it waited for them."""

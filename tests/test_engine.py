@@ -84,6 +84,22 @@ def test_budget_exceeded_carries_scope_limit_and_spend(capture: SpanCapture) -> 
     assert error.spent == MOCK_COST
     assert error.spent_usd == MOCK_COST
     assert error.to_dict()["code"] == "budget_exceeded"
+    assert (error.in_flight_only, error.to_dict()["in_flight_only"]) == (False, False)
+
+
+def test_a_refusal_for_room_held_by_calls_in_flight_says_so() -> None:
+    """Spend 0, room taken by a stream in flight: waiting can cure it, which
+    in_flight_only tells a service (503 and retry, not 429)."""
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.00005")]))
+    llm = GovernedLiteLLM(gov)
+    with gov.task("t-2"):
+        held = call(llm, max_tokens=50, stream=True)  # holds, not read yet
+        with pytest.raises(BudgetExceeded) as info:
+            call(llm, max_tokens=50)
+        held.close()
+    error = info.value
+    assert (error.spent, error.in_flight_only) == (Decimal(0), True)
+    assert error.to_dict()["in_flight_only"] is True
 
 
 def test_token_budget_refuses_in_tokens(capture: SpanCapture) -> None:
@@ -926,3 +942,56 @@ def test_a_busy_line_is_warned_of_once_however_many_lines_come_and_go(
     lines = [r.getMessage() for r in caplog.records if "team:a" in r.getMessage()]
     assert len(lines) == 1
     assert len(gov._warn_checked) <= 21
+
+
+def test_aclose_waits_for_cancelled_calls_to_settle(tmp_path: Any) -> None:
+    """A server's shutdown cancels its requests, then closes the governor:
+    aclose() waits for the cancelled streams to settle and give back their
+    slots, so every spend record is written and no slot is left taken."""
+    from pathlib import Path
+
+    from governor import Fanout
+    from governor.spend import SQLiteSpendStore
+    from governor.stores import MemoryLedger
+
+    class SlowStore(MemoryLedger):
+        """A store that takes a while to settle, as Redis across a network."""
+
+        async def asettle(self, *args: Any) -> None:
+            await asyncio.sleep(0.3)
+            self.settle(*args)
+
+    store = SQLiteSpendStore(Path(str(tmp_path)) / "spend.sqlite3")
+    gov = Governor(
+        Policy(fanout=Fanout(scope_caps={"team": 32})), spend=store, ledger=SlowStore()
+    )
+    llm = GovernedLiteLLM(gov)
+
+    async def relay(i: int) -> None:
+        with gov.task(f"r{i}", team="web"):
+            stream = await llm.acompletion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="word " * 400,
+                stream=True,
+            )
+            async with stream:  # cancelled, it hangs up and settles
+                async for _ in stream:
+                    started.add(i)
+                    await asyncio.sleep(0.01)
+
+    started: set[int] = set()
+
+    async def serve_then_shut_down() -> int:
+        requests = [asyncio.create_task(relay(i)) for i in range(10)]
+        while len(started) < 10:  # every stream is under way
+            await asyncio.sleep(0.01)
+        for request in requests:
+            request.cancel()  # as uvicorn does, then it runs the shutdown
+        lost = await gov.aclose()
+        await asyncio.gather(*requests, return_exceptions=True)
+        return lost
+
+    assert asyncio.run(serve_then_shut_down()) == 0
+    assert len(list(store.query())) == 10
+    assert gov._calls_open() == 0
