@@ -894,3 +894,77 @@ def test_edits_at_both_ends_of_a_long_text_are_still_compared(
     """A second small edit at the other end does not hide the first: the
     shared words are counted wherever they are, not only from the ends."""
     assert gate_refusal(cached, query) == "edited"
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        # real words a letter or two apart are not typos of each other
+        (
+            "What are the obligations of the employer?",
+            "What are the obligations of the employee?",
+            "edited",
+        ),
+        ("Tips for the interviewer", "Tips for the interviewee", "edited"),
+        (
+            "How do I restore the nightly backup",
+            "How do I store the nightly backup",
+            "edited",
+        ),
+        (
+            "Write a formal message to the team",
+            "Write a normal message to the team",
+            "edited",
+        ),
+        (
+            "Give a causal explanation of inflation",
+            "Give a casual explanation of inflation",
+            "edited",
+        ),
+        ("Convert the file to csv", "Convert the file to tsv", "edited"),
+        # negations typed without the apostrophe
+        (
+            "Why doesnt my second monitor get detected",
+            "Why does my second monitor get detected",
+            "negation",
+        ),
+        # a modifier added to an instruction shapes its output
+        ("Write a short poem about autumn", "Write a poem about autumn", "edited"),
+        (
+            "Explain the phases of the moon to a child",
+            "Explain the phases of the moon",
+            "edited",
+        ),
+        # command-line flags name their own options
+        ("What does grep -v do?", "What does grep -i do?", "symbols"),
+        ("git commit -a", "git commit -m", "symbols"),
+    ],
+)
+def test_near_spellings_negations_modifiers_and_flags_are_refused(
+    cached: str, query: str, check: str
+) -> None:
+    """Each of these was served a wrong answer in a trial."""
+    assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("In Python, how do I reverse a list?", "How do I reverse a list in Python?"),
+        ("During pregnancy, is coffee safe?", "Is coffee safe during pregnancy?"),
+        ("Who's the author of Dune?", "Who is the author of Dune?"),
+        ("i dont understand recursion", "i don't understand recursion"),
+        ("Suggest a good book about Rome", "Recommend a good book about Rome"),
+        ("Could you explain recursion please", "Could you explain recursion"),
+        (
+            "What are the most random questions on Quora?",
+            "What are the most random questions asked on Quora?",
+        ),
+    ],
+)
+def test_reordered_clauses_contractions_and_politeness_pass(
+    cached: str, query: str
+) -> None:
+    """A clause moved to the front, a contraction, a synonym, a please, or a
+    word added to a question: the same request."""
+    assert gate_refusal(cached, query) is None

@@ -70,6 +70,7 @@ _FLAG = re.compile(r"(?<![\w-])(?:--?|%|\\)([A-Za-z]{1,2})\b")
 # Operators made of sentence punctuation, which a symbol run would otherwise
 # lose when its ends are stripped: optional chaining, walrus, elvis, lazy
 # quantifiers, scope resolution ("??" is left out: prose doubles its "?").
+_OPTION_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
 _OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
 # "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
@@ -141,6 +142,8 @@ _SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+|\n+")
 _NEGATIONS = _words(
     """not no never none nobody nothing neither nor nowhere without cannot
     lack lacks lacking
+    dont doesnt didnt isnt arent wasnt werent cant couldnt wont wouldnt
+    shouldnt hasnt havent hadnt mustnt neednt aint
     nicht kein keine keinen keinem keiner keines nie niemals nichts niemand
     ohne weder
     non mai nessuno nessuna niente nulla senza né
@@ -323,6 +326,31 @@ closer:farther cheaper:pricier above:beneath least:most
 # Present and past forms: "who is the CEO" and "who was the CEO" ask for
 # different people. Refused only when the tense is all that changed; in a
 # longer rewording a clause's tense says little.
+# Words a request adds or drops without changing what it asks.
+_FILLERS = _words(
+    """please pls plz kindly thanks thank thx ty cheers hi hello hey just
+    really actually exactly basically simply explain tell show me
+    bitte danke eigentlich eigentlich merci svp vraiment gracias favor
+    grazie favore"""
+)
+# Verbs that open a request to make or do something.
+_INSTRUCTION_VERBS = _words(
+    """write explain create generate make give list summarize summarise
+    translate draft compose describe rewrite design build plan suggest
+    outline produce prepare convert format draw name compare find"""
+)
+_POLITE_OPENERS = _words("can could would will you u i")
+# Two letters that make a new word of another, not a spelling of it.
+_WORD_PREFIXES = frozenset({"re", "un", "de", "no", "ex"})
+# Words a letter or two apart that name different things.
+_DISTINCT = frozenset(
+    frozenset(pair.split(":"))
+    for pair in _words(
+        """hire:fire formal:normal causal:casual java:javascript
+        niger:nigeria iran:iraq austria:australia slovenia:slovakia
+        gambia:zambia sweden:swiss"""
+    )
+)
 # Everyday synonyms: one traded for another in an otherwise identical
 # request asks the same thing (see _edited). Each line is one group.
 _SYNONYMS = """
@@ -351,6 +379,20 @@ kids children
 someone somebody one
 anyone anybody
 everyone everybody
+cannot can't cant
+suggest recommend
+fix repair
+benefits advantages
+benefit advantage
+delete remove
+gift present
+weird strange
+cheque check
+doughnut donut
+sulphur sulfur
+draught draft
+plough plow
+holiday vacation
 """
 _SYNONYM_GROUP = {
     word: group.split()[0]
@@ -538,7 +580,9 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "numbers"
     if a.quantities != b.quantities:
         return "quantities"
-    if _names_differ(a, b) or _roles_differ(a, b) or _permuted(a, b):
+    if _names_differ(a, b) or _roles_differ(a, b):
+        return "entities"
+    if _permuted(a, b) and not _clause_fronted(cached, query):
         return "entities"
     if _ideographs_reordered(cached, query):
         return "entities"
@@ -554,6 +598,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
         return "case"
     if _layout_differs(cached, query):
         return "layout"
+    if _flags(cached) != _flags(query):
+        return "symbols"
     if _edited(a, b):
         return "edited"
     return None
@@ -735,11 +781,19 @@ def _one_word_traded(
     tb: tuple[str, ...],
     code: frozenset[str],
 ) -> bool:
-    """True when the only edit trades one content word for another word."""
+    """True when the only edit trades one content word for another word, or
+    adds or drops up to three words holding a content word ("a short poem" /
+    "a poem", "to a child" / nothing)."""
     if len(edits) != 1:
         return False
     tag, i1, i2, j1, j2 = edits[0]
-    if tag != "replace" or i2 - i1 != 1 or j2 - j1 != 1:
+    if tag in ("insert", "delete"):
+        # In an instruction every modifier shapes the output ("a short
+        # poem"); in a question an added word rarely changes the answer.
+        if not (_instruction(ta) and _instruction(tb)):
+            return False
+        return _few_words_changed(ta[i1:i2], tb[j1:j2], code)
+    if i2 - i1 != 1 or j2 - j1 != 1:
         return False
     x, y = ta[i1], tb[j1]
     if x in _FUNCTION_WORDS or y in _FUNCTION_WORDS:
@@ -749,6 +803,44 @@ def _one_word_traded(
     if x in code or y in code:
         return x != y
     return not _spelled_alike(x, y)
+
+
+def _instruction(tokens: tuple[str, ...]) -> bool:
+    """True for a request that asks for something to be made or done
+    ("Write a poem", "Could you please explain ..."), not a question."""
+    for word in tokens[:4]:
+        if word in _INSTRUCTION_VERBS:
+            return True
+        if word not in _FILLERS and word not in _POLITE_OPENERS:
+            return False
+    return False
+
+
+def _few_words_changed(
+    old: tuple[str, ...], new: tuple[str, ...], code: frozenset[str]
+) -> bool:
+    """True when up to three words added or dropped carry content (not
+    politeness, not a filler)."""
+    if max(len(old), len(new)) > 3:
+        return False
+    kept_old = {_stem(w) for w in old if _carries_content(w, code)}
+    kept_new = {_stem(w) for w in new if _carries_content(w, code)}
+    if any(_spelled_alike(x, y) for x in kept_old for y in kept_new):
+        return False
+    return kept_old != kept_new
+
+
+def _carries_content(word: str, code: frozenset[str]) -> bool:
+    if word in code:
+        return True
+    word = re.split("['’]", word, maxsplit=1)[0]  # "what's" is "what"
+    return bool(word) and (
+        word not in _FUNCTION_WORDS
+        and word not in _FILLERS
+        and word not in _NEGATIONS  # the negation check has compared them
+        and not any(ch.isdigit() for ch in word)
+        and word not in _NUMBER_WORDS
+    )
 
 
 def _spelled_alike(x: str, y: str) -> bool:
@@ -761,13 +853,26 @@ def _spelled_alike(x: str, y: str) -> bool:
     group = _synonym_group(x)
     if group is not None and group == _synonym_group(y):
         return True
+    if frozenset((x, y)) in _DISTINCT or _roles_apart(x, y):
+        return False
     short, long = sorted((x, y), key=len)
     if len(short) >= 4 and long.startswith(short):
         return True
-    if len(short) >= 3 and len(long) - len(short) <= 2 and long.endswith(short):
-        return True  # "put" and "input"
+    extra = long[: len(long) - len(short)]
+    if len(short) >= 3 and len(extra) <= 2 and long.endswith(short):
+        return extra not in _WORD_PREFIXES  # "put" and "input", not "restore"
+    if len(short) < 4 or x[0] != y[0]:
+        return False  # a slip of spelling keeps the first letter of a word
     allowed = 1 if len(long) < 8 else 2
     return _edit_distance(x, y, allowed + 1) <= allowed
+
+
+def _roles_apart(x: str, y: str) -> bool:
+    """employer / employee, lessor / lessee: the two sides of a deal."""
+    return any(
+        a.endswith("ee") and b[-2:] in ("er", "or") and a[:-2] == b[:-2]
+        for a, b in ((x, y), (y, x))
+    )
 
 
 def _synonym_group(word: str) -> str | None:
@@ -837,9 +942,17 @@ def _asked(text: str) -> Iterable[str]:
     f()"); only in a question do they say what kind of answer is wanted.
     """
     for sentence in _SENTENCE_BREAK.split(text):
-        words = [_fold(t) for t in _TOKEN.findall(sentence)]
+        words = [_uncontracted(_fold(t)) for t in _TOKEN.findall(sentence)]
         if words and (sentence.rstrip().endswith("?") or words[0] in _ASKING):
             yield from (w for w in words if w in _QUESTION_WORDS)
+
+
+def _uncontracted(word: str) -> str:
+    """ "who's" read as "who"; the typographic apostrophe too."""
+    for ending in ("'s", "’s"):
+        if word.endswith(ending):
+            return word[: -len(ending)]
+    return word
 
 
 def _symbols(text: str) -> Iterable[str]:
@@ -1320,6 +1433,26 @@ def _kept(chars: list[str], shared: Counter[str]) -> list[str]:
             left[ch] -= 1
             kept.append(ch)
     return kept
+
+
+def _clause_fronted(x: str, y: str) -> bool:
+    """True when one text is the other with its opening clause moved to the
+    end: "In Python, how do I reverse a list?" / "How do I reverse a list in
+    Python?" ask the same thing."""
+    for first, other in ((x, y), (y, x)):
+        lead, comma, rest = first.partition(",")
+        if not comma or not rest.strip():
+            continue
+        moved = f"{rest.strip().rstrip('?.!')} {lead.strip()}"
+        tokens = _facts(normalize_query(moved)).tokens
+        if tokens == _facts(normalize_query(other)).tokens:
+            return True
+    return False
+
+
+def _flags(text: str) -> Counter[str]:
+    """Command-line flags (``-v``, ``--all``): each names its own option."""
+    return Counter(m.group() for m in _OPTION_FLAG.finditer(text))
 
 
 def _permuted(a: _Facts, b: _Facts) -> bool:
