@@ -1548,9 +1548,13 @@ class Governor:
             "a model call ran outside any governed task while %d task(s) are "
             "open; it is charged to a task of its own, not to theirs, and "
             "when it names no tenant the response cache partitions by, it is "
-            "neither served from nor stored in the cache. Threads do not "
-            "inherit the current task: submit task.bind(fn) to the executor "
-            "(or contextvars.copy_context().run). Logged once.",
+            "neither served from nor stored in the cache. If it belongs to one "
+            "of those tasks: threads do not inherit the current task, so "
+            "submit task.bind(fn) to the executor (or "
+            "contextvars.copy_context().run). If the open tasks are other "
+            "requests' (a web server), open a task for this one too, or name "
+            "its tenant (governor.attribute(...) or the call's metadata). "
+            "Logged once.",
             len(self._open_tasks),
         )
 

@@ -365,6 +365,9 @@ def test_calls_in_worker_threads_join_the_task_through_bind(
         list(pool.map(ask, range(3)))
     warnings = caplog.text.count("outside any governed task")
     assert (task.report().calls, warnings) == (6, 1)
+    # Both readings: a worker thread of a task, or another request's call.
+    assert "submit task.bind(fn)" in caplog.text
+    assert "open a task for this one too" in caplog.text
 
 
 def test_a_call_that_cannot_be_priced_is_charged_its_hold_and_frees_its_slot() -> None:
