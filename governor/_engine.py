@@ -2158,7 +2158,10 @@ class Governor:
             )
         if crossed:  # one line however many thresholds one call crossed
             logger.warning(
-                "budget %s has used %.0f%% of its limit", line.key, used * 100
+                "budget %s has used %.0f%% of its limit (past its warn_at %s%%)",
+                line.key,
+                used * 100,
+                format(max(crossed) * 100, "g"),
             )
 
     # -- spans -----------------------------------------------------------

@@ -515,7 +515,7 @@ def test_crossing_two_warning_thresholds_at_once_logs_one_line(
         call(GovernedLiteLLM(gov), max_tokens=20)
     lines = [r.getMessage() for r in caplog.records if "has used" in r.getMessage()]
     # MOCK_COST is 0.0000135: 87% of the limit.
-    assert lines == ["budget team:a has used 87% of its limit"]
+    assert lines == ["budget team:a has used 87% of its limit (past its warn_at 80%)"]
 
 
 def test_a_threshold_crossed_between_reads_is_announced_at_once(
@@ -538,7 +538,7 @@ def test_a_threshold_crossed_between_reads_is_announced_at_once(
         lines = [r.getMessage() for r in caplog.records if "has used" in r.getMessage()]
         with gov.task(team="a"), pytest.raises(BudgetExceeded):
             call(llm, max_tokens=20)
-    assert lines == ["budget team:a has used 68% of its limit"]
+    assert lines == ["budget team:a has used 68% of its limit (past its warn_at 50%)"]
 
 
 def test_one_call_task_lines_are_forgotten_after_a_hold_lifetime() -> None:
