@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +234,17 @@ class CallResult:
     charge_hold: bool = False
 
 
+def message_fields(message: Any) -> Iterable[tuple[str, Any]]:
+    """A message's fields: a dict's items, or those of a message object
+    (LiteLLM's ``Message``, appended to a history as the answer came)."""
+    if isinstance(message, Mapping):
+        return message.items()
+    dump = getattr(message, "model_dump", None)
+    if callable(dump):
+        return dict(dump()).items()
+    return vars(message).items() if hasattr(message, "__dict__") else ()
+
+
 def prompt_byte_bound(
     messages: Sequence[Mapping[str, Any]],
     extra: object,
@@ -263,7 +274,7 @@ def prompt_byte_bound(
             total += _content_bytes(content)
         # Every other field is billed text too: tool_calls, name,
         # tool_call_id, function_call, ...
-        for key, value in message.items():
+        for key, value in message_fields(message):
             if value and key not in _FRAMED_MESSAGE_KEYS:
                 total += _content_bytes(value)
     if extra is not None:

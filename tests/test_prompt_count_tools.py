@@ -248,3 +248,26 @@ def test_the_byte_bound_counts_tool_call_ids_of_calls_not_in_the_prompt() -> Non
     ]
     exact = count_message_tokens("gpt-4o-mini", messages)
     assert prompt_byte_bound(messages, None, model="gpt-4o-mini") >= exact
+
+
+def test_a_history_holding_litellms_own_message_objects_is_counted() -> None:
+    """The usual way to continue a chat appends response.choices[0].message,
+    a LiteLLM Message object, not a dict: it is read, not a crash."""
+    from governor import Budget, Governor, Policy
+    from governor._calls import prompt_byte_bound
+    from governor.adapters._tokens import count_message_tokens
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    llm = GovernedLiteLLM(Governor(Policy(budgets=[Budget(max_usd="1")])))
+    history: list[Any] = [{"role": "user", "content": "Name a prime number."}]
+    first = llm.completion(
+        model="gpt-4o-mini", messages=history, max_tokens=5, mock_response="Seven."
+    )
+    history += [first.choices[0].message, {"role": "user", "content": "Another?"}]
+    second = llm.completion(
+        model="gpt-4o-mini", messages=history, max_tokens=5, mock_response="Eleven."
+    )
+    assert second.choices[0].message.content == "Eleven."
+    exact = count_message_tokens("gpt-4o-mini", history)
+    assert exact == litellm.token_counter(model="gpt-4o-mini", messages=history)
+    assert prompt_byte_bound(history, None, model="gpt-4o-mini") >= exact

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from governor._calls import prompt_part_text
+from governor._calls import message_fields, prompt_part_text
 from governor._errors import ConfigError
 from governor.pricing import Usage
 
@@ -100,7 +100,7 @@ def _countable(message: Mapping[str, Any]) -> dict[str, Any]:
     """The message as LiteLLM's counter reads it: every field kept (it
     counts each text field, ``name`` and ``tool_call_id`` among them), the
     content's text parts only, tool calls in OpenAI's shape."""
-    entry = {str(k): v for k, v in message.items() if v is not None}
+    entry = {str(k): v for k, v in message_fields(message) if v is not None}
     entry["role"] = str(message.get("role") or "user")
     entry["content"] = _text_content(message.get("content"))
     entry.pop("tool_calls", None)
