@@ -968,3 +968,30 @@ def test_reordered_clauses_contractions_and_politeness_pass(
     """A clause moved to the front, a contraction, a synonym, a please, or a
     word added to a question: the same request."""
     assert gate_refusal(cached, query) is None
+
+
+def test_the_sequence_match_reads_only_a_short_middle() -> None:
+    """The shared start and end are taken off first; a long middle is one
+    edit, so repetitive text cannot make a lookup quadratic."""
+    from governor.cache._gate import _MATCHED_WORDS, _opcodes
+
+    short = _opcodes(("a", "b", "c", "d"), ("a", "x", "c", "d"))
+    assert short == [
+        ("equal", 0, 1, 0, 1),
+        ("replace", 1, 2, 1, 2),
+        ("equal", 2, 4, 2, 4),
+    ]
+    n = _MATCHED_WORDS
+    left = ("s",) + ("a", "b") * n + ("e",)
+    right = ("s",) + ("b", "a") * n + ("e",)
+    assert _opcodes(left, right) == [
+        ("equal", 0, 1, 0, 1),
+        ("replace", 1, 2 * n + 1, 1, 2 * n + 1),
+        ("equal", 2 * n + 1, 2 * n + 2, 2 * n + 1, 2 * n + 2),
+    ]
+
+
+def test_a_long_joined_token_is_compared_not_measured_for_typos() -> None:
+    """ "x,x,x..." is one token; two such are no typo of each other (an edit
+    distance over thousands of characters would take seconds)."""
+    assert gate_refusal("x," * 1000, "x," * 999 + "y,") == "edited"

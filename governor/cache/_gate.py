@@ -129,6 +129,10 @@ _FUNCTION_WORDS = _words(
 # Shared words beyond which the shared text outweighs a short edit in the
 # embedding; questions are shorter than this and are left to the threshold.
 _SHARED_WORDS = 20
+# Longer "words" (a run joined by commas or dots) are no typos of each other.
+_LONGEST_WORD = 40
+# Words between the shared start and end that a sequence match may read.
+_MATCHED_WORDS = 400
 _SIGN_WORDS = _words("minus negative")
 # Words that open a question; a sentence opened by one asks even without "?".
 _ASKING = _QUESTION_WORDS | _words("how what which")
@@ -759,7 +763,7 @@ def _edited(a: _Facts, b: _Facts) -> bool:
     spelling, a shortened form).
     """
     ta, tb = a.tokens, b.tokens
-    blocks = SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes()
+    blocks = _opcodes(ta, tb)
     edits = [block for block in blocks if block[0] != "equal"]
     if not edits:
         return False
@@ -773,6 +777,39 @@ def _edited(a: _Facts, b: _Facts) -> bool:
     middle_a = _content_stems(tuple(w for e in edits for w in ta[e[1] : e[2]]), a.code)
     middle_b = _content_stems(tuple(w for e in edits for w in tb[e[3] : e[4]]), b.code)
     return middle_a != middle_b
+
+
+_Opcode = tuple[str, int, int, int, int]
+
+
+def _opcodes(ta: tuple[str, ...], tb: tuple[str, ...]) -> list[_Opcode]:
+    """How ``ta`` becomes ``tb``: equal runs and edits, as difflib gives them.
+
+    The shared start and end are taken off first (linear), so the sequence
+    match, quadratic on repetitive text, runs on what is left between them,
+    and only while that is short: past it, the middle is one edit.
+    """
+    limit = min(len(ta), len(tb))
+    head = 0
+    while head < limit and ta[head] == tb[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and ta[-1 - tail] == tb[-1 - tail]:
+        tail += 1
+    end_a, end_b = len(ta) - tail, len(tb) - tail
+    blocks: list[_Opcode] = [("equal", 0, head, 0, head)] if head else []
+    middle_a, middle_b = ta[head:end_a], tb[head:end_b]
+    if len(middle_a) + len(middle_b) <= _MATCHED_WORDS:
+        matcher = SequenceMatcher(None, middle_a, middle_b, autojunk=False)
+        blocks += [
+            (tag, i1 + head, i2 + head, j1 + head, j2 + head)
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        ]
+    elif middle_a or middle_b:
+        blocks.append(("replace", head, end_a, head, end_b))
+    if tail:
+        blocks.append(("equal", end_a, len(ta), end_b, len(tb)))
+    return blocks
 
 
 def _one_word_traded(
@@ -861,7 +898,7 @@ def _spelled_alike(x: str, y: str) -> bool:
     extra = long[: len(long) - len(short)]
     if len(short) >= 3 and len(extra) <= 2 and long.endswith(short):
         return extra not in _WORD_PREFIXES  # "put" and "input", not "restore"
-    if len(short) < 4 or x[0] != y[0]:
+    if len(short) < 4 or x[0] != y[0] or len(long) > _LONGEST_WORD:
         return False  # a slip of spelling keeps the first letter of a word
     allowed = 1 if len(long) < 8 else 2
     return _edit_distance(x, y, allowed + 1) <= allowed
