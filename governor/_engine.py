@@ -99,6 +99,7 @@ _DRAIN_S = 5.0
 _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 _CLOSE_POLL_S = 0.01  # how often close() looks whether calls have settled
+_CLOSE_YIELDS = 3  # turns aclose() gives the loop before it looks
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
 _WARN_EVERY_S = 1.0
@@ -195,7 +196,8 @@ class Governor:
         self._warned_over: set[str] = set()
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
         self._closed = False  # set by close(): nothing new starts
-        self._settling: set[str] = set()  # ids of calls settling now
+        # Calls settling now: their id, and the thread settling them.
+        self._settling: dict[str, int] = {}
         self._spend_closed = False
         self._warned_closed = False
         self._close_once = threading.Lock()
@@ -590,9 +592,11 @@ class Governor:
 
         Calls under way finish and are charged; a call or task started
         afterwards raises :class:`~governor.GovernorClosed`. Called outside
-        an event loop, close first waits, within ``timeout_s``, for calls
-        other threads are settling, so their spend records are written;
-        in async code use :meth:`aclose`, which also waits for the loop's.
+        an event loop, close first waits, within ``timeout_s``, for the
+        calls other threads are making or settling, so their spend records
+        are written (not for this thread's own, which cannot progress
+        meanwhile); in async code use :meth:`aclose`, which also waits for
+        the calls the loop is settling.
         """
         return self._close(timeout_s, wait=not _in_event_loop())
 
@@ -628,13 +632,28 @@ class Governor:
         if self._close_once.locked():
             return 0  # closed, or closing in another thread
         self._closed = True  # nothing new starts while the calls finish
-        await self._await_calls(_DRAIN_S if timeout_s is None else timeout_s)
+        try:
+            await self._await_calls(_DRAIN_S if timeout_s is None else timeout_s)
+        except asyncio.CancelledError:
+            # Cancelled while waiting: the close still happens, in a thread.
+            closer = threading.Thread(
+                target=self._close,
+                args=(timeout_s,),
+                kwargs={"wait": False},
+                name="governor-close",
+                daemon=True,
+            )
+            closer.start()
+            raise
         return await asyncio.to_thread(self._close, timeout_s, wait=False)
 
     def _wait_for_calls(self, limit_s: float) -> None:
-        """Wait up to ``limit_s`` for admitted calls to settle."""
+        """Wait up to ``limit_s`` for calls other threads are making or
+        settling (this thread's, a stream it holds open, cannot progress
+        while it waits)."""
+        here = threading.get_ident()
         deadline = time.monotonic() + limit_s
-        while self._calls_open() and time.monotonic() < deadline:
+        while self._calls_open(other_than=here) and time.monotonic() < deadline:
             time.sleep(_CLOSE_POLL_S)
         self._warn_still_open()
 
@@ -643,25 +662,33 @@ class Governor:
         loop's slot releases (a cancelled call gives its slots back in a
         task of its own)."""
         loop = asyncio.get_running_loop()
+        here = threading.get_ident()
+        for _ in range(_CLOSE_YIELDS):  # cancelled calls start settling
+            await asyncio.sleep(0)
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline and (
-            self._calls_open() or releasing_on(loop)
+            self._settling
+            or self._leases.open_calls(other_than=here)
+            or releasing_on(loop)
         ):
             await asyncio.sleep(_CLOSE_POLL_S)
         self._warn_still_open()
 
-    def _calls_open(self) -> int:
-        """Admitted calls not settled yet, and calls settling now."""
-        return self._leases.open_calls() + len(self._settling)
+    def _calls_open(self, other_than: int | None = None) -> int:
+        """Admitted calls not settled yet, and calls settling now; with
+        ``other_than``, those of other threads than that one."""
+        settling = sum(1 for t in list(self._settling.values()) if t != other_than)
+        return self._leases.open_calls(other_than=other_than) + settling
 
     def _warn_still_open(self) -> None:
         left = self._calls_open()
         if left:
             logger.warning(
-                "Governor.close(): %d call(s) still under way after the wait "
-                "(a stream kept open and not read, or a call still waiting for "
-                "its answer): their spend records will not be written, and "
-                "their holds and fan-out slots lapse after Policy.hold_ttl_s. "
+                "Governor.close(): %d call(s) still under way (a stream kept "
+                "open and not read, or a call still waiting for its answer): "
+                "they are charged to the budgets when they settle, but their "
+                "spend records will not be written; a call that never settles "
+                "keeps its hold and fan-out slots until Policy.hold_ttl_s. "
                 "Close streams and await calls before closing the governor.",
                 left,
             )
@@ -1142,7 +1169,7 @@ class Governor:
             return Decimal(0)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
-        self._settling.add(admission.call_id)  # close() waits for its record
+        self._settling[admission.call_id] = threading.get_ident()  # close waits
         # Settle and record before the slots go back: a slot release that
         # cannot reach its store must not cost the call its record.
         try:
@@ -1158,7 +1185,7 @@ class Governor:
             try:
                 release_slots(admission.held)
             finally:
-                self._settling.discard(admission.call_id)
+                self._settling.pop(admission.call_id, None)
 
     def _settle_cut(
         self,
@@ -1240,7 +1267,7 @@ class Governor:
             return self.end_call(admission, result)
         nanos, usage, cost_source = self._price_or_hold(admission, result)
         nanos, tokens = _storable(nanos, usage)
-        self._settling.add(admission.call_id)  # aclose() waits for its record
+        self._settling[admission.call_id] = threading.get_ident()  # close waits
         try:
             try:
                 await ledger.asettle(admission.call_id, admission.keys, nanos, tokens)
@@ -1258,7 +1285,7 @@ class Governor:
                 # Runs to the end even when the caller is cancelled again here.
                 await arelease_slots(admission.held)
             finally:
-                self._settling.discard(admission.call_id)
+                self._settling.pop(admission.call_id, None)
 
     # -- steps -----------------------------------------------------------
 

@@ -41,7 +41,10 @@ class LeaseKeeper:
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
-        self._open: weakref.WeakSet[Admission] = weakref.WeakSet()
+        # Each open call, with the thread it was admitted on.
+        self._open: weakref.WeakKeyDictionary[Admission, int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -53,7 +56,7 @@ class LeaseKeeper:
         """Watch an admitted call until :meth:`discard`."""
         every_s = admission.task.policy.hold_ttl_s * _RENEW_FRACTION
         with self._lock:
-            self._open.add(admission)
+            self._open[admission] = threading.get_ident()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="governor-leases", daemon=True
@@ -65,12 +68,15 @@ class LeaseKeeper:
     def discard(self, admission: Admission) -> None:
         """Stop watching a settled call."""
         with self._lock:
-            self._open.discard(admission)
+            self._open.pop(admission, None)
 
-    def open_calls(self) -> int:
-        """How many admitted calls are not settled yet."""
+    def open_calls(self, *, other_than: int | None = None) -> int:
+        """How many admitted calls are not settled yet; with ``other_than``,
+        only those admitted on other threads than that one."""
         with self._lock:
-            return len(self._open)
+            if other_than is None:
+                return len(self._open)
+            return sum(1 for thread in self._open.values() if thread != other_than)
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's calls, thread and locks.
@@ -78,7 +84,7 @@ class LeaseKeeper:
         The parent's thread does not exist here, and a lock it held at the
         fork would stay held for good.
         """
-        self._open = weakref.WeakSet()
+        self._open = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None

@@ -998,3 +998,63 @@ def test_aclose_waits_for_cancelled_calls_to_settle(tmp_path: Any) -> None:
     assert asyncio.run(serve_then_shut_down()) == 0
     assert len(list(store.query())) == 10
     assert gov._calls_open() == 0
+
+
+def test_closing_with_this_threads_stream_open_does_not_wait_for_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaving `with Governor()` with a stream still open in this thread: the
+    stream cannot progress while close waits, so close does not wait for it
+    (it says the call was still under way)."""
+    import time
+    import types
+
+    import governor._engine as engine
+
+    def no_wait(_: float) -> None:
+        raise AssertionError("close waited for a call of its own thread")
+
+    clock = {
+        name: getattr(time, name) for name in dir(time) if not name.startswith("_")
+    }
+    monkeypatch.setattr(
+        engine, "time", types.SimpleNamespace(**{**clock, "sleep": no_wait})
+    )
+    gov = Governor(Policy(budgets=[Budget(max_usd="1")]))
+    with caplog.at_level(logging.WARNING, logger="governor"), gov:
+        stream = call(GovernedLiteLLM(gov), max_tokens=20, stream=True)
+        next(iter(stream))
+    assert "1 call(s) still under way" in caplog.text
+    stream.close()
+
+
+def test_an_aclose_cancelled_while_waiting_still_closes(tmp_path: Any) -> None:
+    """Cancelled while it waits for calls, aclose() goes on closing in a
+    thread, as its docstring says: the spend writer is stopped."""
+    import time
+
+    from governor.stores import MemoryLedger
+
+    class SlowStore(MemoryLedger):
+        async def asettle(self, *args: Any) -> None:
+            await asyncio.sleep(0.5)
+            self.settle(*args)
+
+    gov = Governor(spend=str(tmp_path / "s.db"), ledger=SlowStore())
+    llm = GovernedLiteLLM(gov)
+
+    async def main() -> None:
+        call_made = asyncio.create_task(
+            llm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="x")
+        )
+        while not gov._settling:  # the call is settling (slowly)
+            await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gov.aclose(), 0.05)
+        await call_made
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 10
+    while gov.recorder is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gov.recorder is None
