@@ -100,6 +100,12 @@ _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 _CLOSE_POLL_S = 0.01  # how often close() looks whether calls have settled
 _CLOSE_YIELDS = 3  # turns aclose() gives the loop before it looks
+_POLICY_FIXED = (
+    "Governor.policy cannot be replaced: the governor's rate card, budget "
+    "lines, fan-out caps and cache were built from it. Build a new "
+    "Governor(policy, ...), or lay a policy over one task: "
+    "gov.task(policy=Policy(...))"
+)
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
 _WARN_EVERY_S = 1.0
@@ -760,13 +766,13 @@ class Governor:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "policy" and "policy" in self.__dict__:
-            raise AttributeError(
-                "Governor.policy cannot be replaced: the governor's rate card, "
-                "budget lines, fan-out caps and cache were built from it. Build "
-                "a new Governor(policy, ...), or lay a policy over one task: "
-                "gov.task(policy=Policy(...))"
-            )
+            raise AttributeError(_POLICY_FIXED)
         super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name == "policy":
+            raise AttributeError(_POLICY_FIXED)
+        super().__delattr__(name)
 
     def __reduce__(self) -> Any:
         raise TypeError(

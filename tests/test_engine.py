@@ -891,6 +891,8 @@ def test_the_policy_of_a_governor_cannot_be_replaced() -> None:
     before = gov.policy
     with pytest.raises(AttributeError, match=r"Build a new Governor\(policy"):
         gov.policy = Policy()
+    with pytest.raises(AttributeError, match=r"Build a new Governor\(policy"):
+        del gov.policy
     assert gov.policy is before
 
 
