@@ -995,3 +995,20 @@ def test_a_long_joined_token_is_compared_not_measured_for_typos() -> None:
     """ "x,x,x..." is one token; two such are no typo of each other (an edit
     distance over thousands of characters would take seconds)."""
     assert gate_refusal("x," * 1000, "x," * 999 + "y,") == "edited"
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("Could you explain recursion?", "Would you explain recursion?", None),
+        ("Can you lend me the book?", "Will you lend me the book?", None),
+        ("Can I lend you the book?", "Will I lend you the book?", "swap"),
+        ("You could do it today", "You would do it today", "swap"),
+    ],
+)
+def test_a_polite_opening_modal_is_no_difference(
+    cached: str, query: str, check: str | None
+) -> None:
+    """Could / would / will / can you opening a request is politeness; the
+    same modals elsewhere still say different things."""
+    assert gate_refusal(cached, query) == check

@@ -70,6 +70,7 @@ _FLAG = re.compile(r"(?<![\w-])(?:--?|%|\\)([A-Za-z]{1,2})\b")
 # Operators made of sentence punctuation, which a symbol run would otherwise
 # lose when its ends are stripped: optional chaining, walrus, elvis, lazy
 # quantifiers, scope resolution ("??" is left out: prose doubles its "?").
+_POLITE_OPENING = re.compile(r"^\s*(?:could|would|will|can)\s+you\b", re.IGNORECASE)
 _OPTION_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
 _OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
@@ -567,7 +568,8 @@ def gate_refusal(cached: str, query: str) -> str | None:
     """
     if cached == query:
         return None
-    a, b = _facts(normalize_query(cached)), _facts(normalize_query(query))
+    a = _facts(_politely(normalize_query(cached)))
+    b = _facts(_politely(normalize_query(query)))
     if a.negations != b.negations:
         return "negation"
     if _opposed(a.words - b.words, b.words - a.words) or _retensed(a, b):
@@ -1470,6 +1472,12 @@ def _kept(chars: list[str], shared: Counter[str]) -> list[str]:
             left[ch] -= 1
             kept.append(ch)
     return kept
+
+
+def _politely(text: str) -> str:
+    """A request opened with could / would / will you read as "can you":
+    the modal is politeness there, not a question of ability or will."""
+    return _POLITE_OPENING.sub("can you", text, count=1)
 
 
 def _clause_fronted(x: str, y: str) -> bool:
