@@ -604,7 +604,8 @@ class Governor:
         meanwhile); in async code use :meth:`aclose`, which also waits for
         the calls the loop is settling.
         """
-        return self._close(timeout_s, wait=not _in_event_loop())
+        # On an event loop's thread a wait would block the calls it waits for.
+        return self._close(timeout_s, wait=asyncio._get_running_loop() is None)
 
     def _close(self, timeout_s: float | None, *, wait: bool) -> int:
         """:meth:`close`, waiting for calls under way first when ``wait``."""
@@ -2431,15 +2432,6 @@ def _line_as(line: Line, key: str, ttl_s: float | None) -> Line:
     if type(line) is Line:
         return Line(key, line.limit_nanos, line.limit_tokens, ttl_s)
     return dataclasses.replace(line, key=key, ttl_s=ttl_s)
-
-
-def _in_event_loop() -> bool:
-    """Whether this thread runs an event loop (whose calls a wait would block)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _warn_late_call(task: Task) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from governor._calls import message_fields
+
 __all__ = [
     "CacheKeys",
     "KeyOptions",
@@ -272,23 +274,15 @@ def _canonical_message(
         out["function_call"] = _canon(message["function_call"])
     # Any other field may change the answer (an assistant "prefix" flag, an
     # earlier turn's reasoning_content or audio id); an empty one is no field.
-    for field, value in _fields(message):
+    for field, value in message_fields(message):
         if field not in _KEYED_FIELDS and not _empty(value):
-            out[field] = _canon(value)
+            out[str(field)] = _canon(value)
     return out
 
 
 def _empty(value: Any) -> bool:
     """None, or an empty string or container: a field that says nothing."""
     return value is None or (isinstance(value, str | list | tuple | dict) and not value)
-
-
-def _fields(message: Any) -> list[tuple[str, Any]]:
-    """A message's fields: a dict's items, or a pydantic message's dump."""
-    if not isinstance(message, Mapping):
-        dump = getattr(message, "model_dump", None)
-        message = dump() if callable(dump) else {}
-    return [(str(k), v) for k, v in message.items()]
 
 
 def _tool_call(call: Any, ids: dict[str, int]) -> Any:
