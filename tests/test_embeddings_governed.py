@@ -189,3 +189,20 @@ def test_embeddings_are_sent_without_sdk_retries(
     gov = Governor()
     GovernedLiteLLM(gov, embedding=embed).embedding(model=MODEL, input="hi", **given)
     assert seen == [0]
+
+
+@pytest.mark.parametrize(
+    ("given", "tokens"),
+    [([1, 2, 3, 4, 5], 5), ([[1, 2, 3], [7, 8]], 5), ([[9] * 40], 40)],
+)
+def test_the_offline_provider_counts_token_ids_one_token_each(
+    offline: OfflineProvider, given: list[Any], tokens: int
+) -> None:
+    """Inputs given as token ids are billed one token per id, as the real
+    APIs bill them, not by the length of their printed form."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    with gov.task() as task:
+        response = GovernedLiteLLM(gov).embedding(model=MODEL, input=given)
+    assert response.usage.prompt_tokens == tokens
+    assert embedded_tokens(offline) == tokens
+    assert task.report().cost_usd == tokens * PRICE

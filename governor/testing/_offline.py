@@ -272,16 +272,20 @@ class OfflineProvider:
         logger.debug("offline %s answered from %s: %s", model, source, usage)
         return _Reply(call=call, profile=profile, speed=self.speed)
 
-    def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], Usage]:
-        """Embed ``texts`` lexically, count them as ``model`` would, record it."""
-        import litellm
+    def _embed(
+        self, model: str, inputs: list[str | list[int]]
+    ) -> tuple[list[list[float]], Usage]:
+        """Embed ``inputs`` lexically, count them as ``model`` would, record it.
 
+        An input given as token ids counts one token per id, as the real
+        APIs count it.
+        """
         from governor.cache import HashingEmbedder
 
         _alias_price(model)
+        texts = [item if isinstance(item, str) else str(item) for item in inputs]
         vectors = HashingEmbedder(_EMBEDDING_DIM).embed(texts)
-        tokens = sum(int(litellm.token_counter(model=model, text=t)) for t in texts)
-        usage = Usage(prompt_tokens=tokens)
+        usage = Usage(prompt_tokens=sum(_input_tokens(model, i) for i in inputs))
         call = OfflineCall(
             model=model,
             messages=[{"role": "user", "content": text} for text in texts],
@@ -318,10 +322,23 @@ _EMBEDDING_DIM = 256
 _EMBEDDING_S = 0.05
 
 
-def _embedding_texts(value: Any) -> list[str]:
+def _embedding_inputs(value: Any) -> list[str | list[int]]:
+    """The inputs of an embedding call: texts, or lists of token ids (a flat
+    list of ids is one input, as the OpenAI API reads it)."""
     if isinstance(value, str):
         return [value]
-    return [item if isinstance(item, str) else str(item) for item in value]
+    items = list(value)
+    if items and all(isinstance(item, int) for item in items):
+        return [items]
+    return [item if isinstance(item, str | list) else str(item) for item in items]
+
+
+def _input_tokens(model: str, item: str | list[int]) -> int:
+    import litellm
+
+    if isinstance(item, list):
+        return len(item)
+    return int(litellm.token_counter(model=model, text=item))
 
 
 def _fill_embedding(
@@ -656,14 +673,14 @@ def _make_litellm_handler(provider: OfflineProvider) -> Any:
         def embedding(
             self, *, model: str, input: Any, model_response: Any, **_: Any
         ) -> Any:
-            vectors, usage = provider._embed(model, _embedding_texts(input))
+            vectors, usage = provider._embed(model, _embedding_inputs(input))
             time.sleep(_EMBEDDING_S * provider.speed)
             return _fill_embedding(model_response, model, vectors, usage)
 
         async def aembedding(
             self, *, model: str, input: Any, model_response: Any, **_: Any
         ) -> Any:
-            vectors, usage = provider._embed(model, _embedding_texts(input))
+            vectors, usage = provider._embed(model, _embedding_inputs(input))
             await asyncio.sleep(_EMBEDDING_S * provider.speed)
             return _fill_embedding(model_response, model, vectors, usage)
 
