@@ -1012,3 +1012,21 @@ def test_a_polite_opening_modal_is_no_difference(
     """Could / would / will / can you opening a request is politeness; the
     same modals elsewhere still say different things."""
     assert gate_refusal(cached, query) == check
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "check"),
+    [
+        ("Can't sleep, what helps?", "Cannot sleep, what helps?", None),
+        ("Don’t you need a visa for Peru?", "Do not you need a visa for Peru?", None),
+        ("You're right about Java?", "You are right about Java?", None),
+        ("Can I use a list here?", "Can't I use a list here?", "negation"),
+        ("Won't Paris host the games?", "Won't London host the games?", "entities"),
+    ],
+)
+def test_a_contraction_opening_a_sentence_is_not_a_name(
+    cached: str, query: str, check: str | None
+) -> None:
+    """ "Can't" and "Cannot" at a sentence start are one word, not two names;
+    a negation added and a name traded are still refused."""
+    assert gate_refusal(cached, query) == check

@@ -523,7 +523,10 @@ _COMMON = _words(
     check pass set run call read learn note apart although though since
     instead additionally furthermore generally usually typically sometimes
     currently basically actually interested many several both another
-    given following according in-order once whenever"""
+    given following according in-order once whenever can't cannot couldn't
+    don't doesn't didn't isn't aren't wasn't weren't won't wouldn't
+    shouldn't haven't hasn't hadn't mustn't let's you're we're they're
+    you've we've they've he's she's"""
 )
 
 
