@@ -685,6 +685,26 @@ def test_call_prices_price_an_unmapped_model_even_at_zero() -> None:
         card.rate("openai/my-vllm", cache_only)
 
 
+def test_an_input_price_alone_on_an_unmapped_model_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Output tokens counted free by a call that prices input only on a model
+    no map knows is an accident worth a warning; a mapped model, or both
+    prices given, is not."""
+    card = _card()
+    with caplog.at_level(logging.WARNING, logger="governor.pricing._ratecard"):
+        rate = card.rate("openai/my-vllm", {"input_cost_per_token": 3e-6})
+        card.rate("openai/my-vllm", {"input_cost_per_token": 3e-6})
+        card.rate("gpt-4o", {"input_cost_per_token": 3e-6})
+        both = {"input_cost_per_token": 3e-6, "output_cost_per_token": 0}
+        card.rate("openai/other-vllm", both)
+    assert rate.output_per_token == 0
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1
+    assert "'openai/my-vllm'" in warned[0]
+    assert "Set output_cost_per_token too" in warned[0]
+
+
 def test_call_per_second_price_replaces_token_prices() -> None:
     """A per-second price set alone bills wall time, as LiteLLM does."""
     rate = _card().rate("gpt-4o", {"input_cost_per_second": 0.002})

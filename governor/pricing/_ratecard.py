@@ -11,6 +11,7 @@ placeholder ids, and its own cost functions then report 0.0).
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import threading
@@ -42,6 +43,8 @@ __all__ = [
     "call_price_fields",
     "is_call_price",
 ]
+
+logger = logging.getLogger(__name__)
 
 _ZERO = Decimal(0)
 # Map keys such as ``input_cost_per_token_above_200k_tokens``; suffixed
@@ -682,6 +685,15 @@ class RateCard:
         built = _rate_with_call_prices(model, info, given.fields)
         if isinstance(built, str):
             raise PriceUnknown(model, built)
+        if unmapped and _input_price_alone(given.fields):
+            logger.warning(
+                "the call to %r prices its input (input_cost_per_token) but "
+                "not its output, and no price map prices %r: its output "
+                "tokens are counted as free. Set output_cost_per_token too "
+                "(an embedding model needs none)",
+                model,
+                model,
+            )
         if len(self._per_call) >= _PER_CALL_MEMORY:
             self._per_call.clear()
         self._per_call[given.key] = _CallRate(built, unmapped, runtime)
@@ -828,6 +840,15 @@ class CallPrices:
         except TypeError:  # a value such as a tiered_pricing list
             key = (self.model, repr(items))
         object.__setattr__(self, "key", key)
+
+
+def _input_price_alone(fields: Mapping[str, Any]) -> bool:
+    """True when a call prices input tokens and nothing that prices output."""
+    if "input_cost_per_token" not in fields or "tiered_pricing" in fields:
+        return False
+    return not any(
+        name.startswith("output_") or name in _PER_SECOND_PRICES for name in fields
+    )
 
 
 def _prices_tokens(entry: Mapping[str, Any]) -> bool:
