@@ -707,3 +707,31 @@ def test_a_call_timeout_shorter_than_the_model_raises_timeout(
     provider.speed = 0
     answer = litellm.completion(model=model, messages=MESSAGES, timeout=0.05)
     assert answer.choices[0].message.content
+
+
+def test_offline_counts_never_reach_for_a_hub_tokenizer(
+    provider: OfflineProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model LiteLLM counts with a Hugging Face Hub tokenizer is counted
+    without a download while the provider is installed (on a machine with no
+    network the download retried for about 20 s); uninstalling gives LiteLLM
+    its setting back."""
+    from litellm import utils
+
+    asked: list[str] = []
+
+    def hub_tokenizer(model: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(model)
+        raise RuntimeError("no network in this test")
+
+    monkeypatch.setattr(utils, "_return_huggingface_tokenizer", hub_tokenizer)
+    uninstall_offline_provider()
+    monkeypatch.setattr(litellm, "disable_hf_tokenizer_download", False)
+    install_offline_provider(speed=0)
+    response = litellm.completion(
+        model="offline/together_ai/meta-llama/Llama-3-8b-chat-hf", messages=MESSAGES
+    )
+    assert asked == []
+    assert response.usage.prompt_tokens > 0
+    uninstall_offline_provider()
+    assert litellm.disable_hf_tokenizer_download is False

@@ -8,7 +8,10 @@ process, yet looks like a call to ``gpt-4o-mini``:
 
 * ``response.model`` is ``gpt-4o-mini`` and ``usage`` is counted with that
   model's tokenizer (``litellm.token_counter``), so the rate card prices it
-  as that model;
+  as that model; a model LiteLLM counts with a tokenizer downloaded from the
+  Hugging Face Hub is counted with tiktoken instead, since nothing offline
+  may reach the network (LiteLLM's ``disable_hf_tokenizer_download`` is set
+  while the provider is installed);
 * it takes about as long as that model would (time to first token plus
   decoding time), scaled by ``speed``; a call whose ``timeout=`` is shorter
   than that raises ``litellm.Timeout`` when it runs out, as a provider's
@@ -717,17 +720,46 @@ def install_offline_provider(
         _installed.responder = responder
         _installed.speed = value
         _register(_installed.litellm_handler)
+        _stop_tokenizer_downloads()
         return _installed
 
 
 def uninstall_offline_provider() -> None:
-    """Remove the ``offline`` entry from ``litellm.custom_provider_map``."""
+    """Remove the ``offline`` entry from ``litellm.custom_provider_map`` and
+    give LiteLLM back its tokenizer downloads setting."""
     import litellm
 
+    global _downloads_before
     with _install_lock:
         litellm.custom_provider_map = [
             e for e in litellm.custom_provider_map if e["provider"] != PROVIDER_NAME
         ]
+        if _downloads_before is not None:
+            litellm.disable_hf_tokenizer_download = _downloads_before[0]
+            _downloads_before = None
+
+
+# LiteLLM's tokenizer downloads setting as it was before the provider was
+# installed; None while the provider has not changed it.
+_downloads_before: tuple[Any] | None = None
+
+
+def _stop_tokenizer_downloads() -> None:
+    """Keep token counts offline while the provider is installed.
+
+    LiteLLM counts some models (Llama, Cohere and others) with a tokenizer it
+    downloads from the Hugging Face Hub; on a machine without a network it
+    retries for about 20 seconds before it counts with tiktoken. Offline
+    models count with tiktoken at once, as LiteLLM would after that wait.
+    """
+    import litellm
+
+    global _downloads_before
+    if not hasattr(litellm, "disable_hf_tokenizer_download"):
+        return
+    if _downloads_before is None:
+        _downloads_before = (litellm.disable_hf_tokenizer_download,)
+    litellm.disable_hf_tokenizer_download = True
 
 
 def _register(handler: Any) -> None:
