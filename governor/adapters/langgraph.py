@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -913,7 +914,10 @@ class _HandlerCore:
             extra_prompt=request.extra_prompt,
         )
         return CallResult(
-            usage=usage, response_model=model, output_text=_judged(response, text)
+            usage=usage,
+            response_model=model,
+            finish_reasons=_finish_reasons(response),
+            output_text=_judged(response, text),
         )
 
     def _judge_repeat(self, admission: Admission, result: CallResult) -> None:
@@ -1795,14 +1799,119 @@ def _response_model(response: LLMResult) -> str | None:
 
 
 def _usage_of(response: LLMResult) -> Usage | None:
-    """The usage the model reported, or None when it reported none."""
+    """The usage the model reported, or None when it reported none.
+
+    LangChain's ``usage_metadata`` is read together with the provider's own
+    usage (``token_usage`` in the message's response metadata or in the
+    result's ``llm_output``), which may hold parts that LangChain's form
+    leaves out, such as ChatLiteLLM's audio tokens: see :func:`_merged_usage`.
+    """
+    standard = next(
+        (
+            usage
+            for message in _messages_of(response)
+            if (usage := getattr(message, "usage_metadata", None))
+        ),
+        None,
+    )
+    provided = _provider_usage(response)
+    if provided is None:
+        return usage_from_response(standard) if standard else None
+    if not standard:
+        return usage_from_response(provided)
+    try:
+        detailed = usage_from_response(provided)
+    except ConfigError as exc:
+        logger.debug("the provider's token_usage is not readable (%s)", exc)
+        return usage_from_response(standard)
+    return _merged_usage(detailed, usage_from_response(standard))
+
+
+def _provider_usage(response: LLMResult) -> Any:
+    """The provider's usage as the chat model passed it on: the first
+    message's ``response_metadata["token_usage"]``, else the result's
+    ``llm_output["token_usage"]``; None when neither has one."""
     for message in _messages_of(response):
-        usage = getattr(message, "usage_metadata", None)
-        if usage:
-            return usage_from_response(usage)
-    token_usage = (response.llm_output or {}).get("token_usage")
-    if token_usage:
-        return usage_from_response(token_usage)
+        meta = getattr(message, "response_metadata", None)
+        token_usage = meta.get("token_usage") if isinstance(meta, Mapping) else None
+        if token_usage:
+            return token_usage
+    return (response.llm_output or {}).get("token_usage") or None
+
+
+_DETAILS = (
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "audio_cache_read_tokens",
+)
+"""The parts of a :class:`Usage` that one reading may have and another not."""
+
+
+def _merged_usage(detailed: Usage, standard: Usage) -> Usage:
+    """The provider's usage, with the parts it left out taken from LangChain's.
+
+    Where the two disagree on the prompt or completion tokens, the provider's
+    was not one call's usage as sent (a stream's chunks may add up their
+    running totals when merged): LangChain's is used.
+    """
+    if (detailed.prompt_tokens, detailed.completion_tokens) != (
+        standard.prompt_tokens,
+        standard.completion_tokens,
+    ):
+        logger.debug("the provider's token_usage disagrees with usage_metadata")
+        return standard
+    filled = dataclasses.replace(
+        detailed,
+        **{
+            name: getattr(detailed, name) or getattr(standard, name)
+            for name in _DETAILS
+        },
+    )
+    return filled if _coherent(filled) else detailed
+
+
+def _coherent(usage: Usage) -> bool:
+    """True when each part of the usage fits in the whole it is part of."""
+    read, write = usage.cache_read_tokens, usage.cache_write_tokens
+    return (
+        read + write + usage.audio_input_tokens <= usage.prompt_tokens
+        and usage.audio_cache_read_tokens <= read
+        and usage.reasoning_tokens + usage.audio_output_tokens
+        <= usage.completion_tokens
+    )
+
+
+def _finish_reasons(response: LLMResult) -> tuple[str, ...]:
+    """Each answer's finish reason, in answer order, for those that name one.
+
+    Read from the message's response metadata (where a stream's last chunk
+    leaves it), else the generation info: ``finish_reason``, or Anthropic's
+    ``stop_reason``.
+    """
+    reasons = (
+        _finish_reason(generation)
+        for generations in response.generations
+        for generation in generations
+    )
+    return tuple(reason for reason in reasons if reason)
+
+
+def _finish_reason(generation: Any) -> str | None:
+    message = getattr(generation, "message", None)
+    places = (
+        getattr(message, "response_metadata", None),
+        getattr(generation, "generation_info", None),
+    )
+    for place in places:
+        if not isinstance(place, Mapping):
+            continue
+        for key in ("finish_reason", "stop_reason"):
+            reason = place.get(key)
+            if isinstance(reason, str) and reason:
+                return reason
     return None
 
 
