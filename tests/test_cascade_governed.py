@@ -127,6 +127,21 @@ def test_a_streamed_cascade_is_refused_before_any_call() -> None:
     assert (provider.calls, task.report().cost_usd) == ([], Decimal(0))
 
 
+def test_acascade_errors_name_acascade() -> None:
+    """The async method's refusals name the method the caller called."""
+    from governor import ConfigError
+
+    gov = Governor(Policy(cascade=CASCADE))
+    llm = GovernedLiteLLM(gov)
+    messages = [{"role": "user", "content": "Give me a JSON object."}]
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(llm.acascade(messages, stream=True))
+    assert str(refused.value).startswith("acascade() cannot stream")
+    assert "Call acascade() without stream=True" in str(refused.value)
+    with pytest.raises(ConfigError, match=r"^acascade\(model='gpt-4o'\)"):
+        asyncio.run(llm.acascade(messages, model="gpt-4o"))
+
+
 def test_a_tier_skipped_for_budget_does_not_mark_an_answered_task_stopped(
     capture: SpanCapture,
 ) -> None:

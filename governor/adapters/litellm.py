@@ -315,7 +315,7 @@ class GovernedLiteLLM:
             CascadeExhausted: no tier gave an acceptable answer.
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
-        runner, request = self._cascade_setup(messages, kwargs)
+        runner, request = self._cascade_setup(messages, kwargs, "cascade")
         with self._request_task(kwargs), _cascading(self.governor) as meter:
             request = _cascade_hinted(request)
             result = runner.run(
@@ -333,7 +333,7 @@ class GovernedLiteLLM:
         self, messages: list[dict[str, Any]], **kwargs: Any
     ) -> CascadeResult:
         """Async form of :meth:`cascade`."""
-        runner, request = self._cascade_setup(messages, kwargs)
+        runner, request = self._cascade_setup(messages, kwargs, "acascade")
         async with self._arequest_task(kwargs):
             with _cascading(self.governor) as meter:
                 request = _cascade_hinted(request)
@@ -367,13 +367,14 @@ class GovernedLiteLLM:
         return self.governor.arequest_task(_cascade_attribution(kwargs))
 
     def _cascade_setup(
-        self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], name: str
     ) -> tuple[Any, dict[str, Any]]:
+        """Check a cascade call's arguments; ``name`` is the method called."""
         if isinstance(messages, str) or not all(
             isinstance(m, Mapping) for m in messages
         ):
             raise TypeError(
-                "cascade() takes chat messages, a list of dicts such as "
+                f"{name}() takes chat messages, a list of dicts such as "
                 '[{"role": "user", "content": "..."}], not '
                 f"{type(messages).__name__}"
             )
@@ -381,24 +382,24 @@ class GovernedLiteLLM:
         policy = (task.policy if task else self.governor.policy).cascade
         if policy is None:
             raise ConfigError(
-                "cascade() needs a policy with a Cascade: "
+                f"{name}() needs a policy with a Cascade: "
                 "Policy(cascade=Cascade(tiers=[...]))"
             )
         if "model" in kwargs:
             raise ConfigError(
-                f"cascade(model={kwargs['model']!r}): a cascade sends each tier's "
-                "own model, so a model given to cascade() would be ignored. Leave "
+                f"{name}(model={kwargs['model']!r}): a cascade sends each tier's "
+                f"own model, so a model given to {name}() would be ignored. Leave "
                 "model= out, or call completion(model=...) to ask one model; to "
                 "use this model in the cascade, add it as a Tier"
             )
         if "fallbacks" in kwargs:
             from governor.policies._cascade import FALLBACKS_IN_CASCADE
 
-            raise ConfigError(f"cascade(fallbacks=...): {FALLBACKS_IN_CASCADE}")
+            raise ConfigError(f"{name}(fallbacks=...): {FALLBACKS_IN_CASCADE}")
         if kwargs.get("stream"):
             raise ConfigError(
-                "cascade() cannot stream: each tier's whole answer must be "
-                "checked before it is accepted. Call cascade() without "
+                f"{name}() cannot stream: each tier's whole answer must be "
+                f"checked before it is accepted. Call {name}() without "
                 "stream=True, then stream result.answer.text to your client, or "
                 "use completion(stream=True) on one model."
             )
