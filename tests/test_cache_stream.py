@@ -196,6 +196,48 @@ def test_a_hit_streams_as_the_same_request_sent_to_litellm(
     )
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_a_streamed_hit_has_the_attributes_of_litellm_s_stream(
+    use_async: bool,
+) -> None:
+    """model, response_id, custom_llm_provider and chunks read as on LiteLLM's
+    stream object; the chunks rebuild the answer with stream_chunk_builder."""
+    import asyncio
+
+    import litellm
+
+    gov = Governor(Policy(cache=Cache(embedder="hashing")))
+    llm = GovernedLiteLLM(gov, completion=CountingLiteLLM().completion)
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Where is Paris?"}],
+        "mock_response": TEXT,
+        "stream": True,
+    }
+
+    async def read_async() -> Any:
+        stream = await llm.acompletion(**request)
+        assert stream.response_id is None
+        _ = [c async for c in stream]
+        return stream
+
+    def read_sync() -> Any:
+        stream = llm.completion(**request)
+        assert stream.response_id is None
+        _ = list(stream)
+        return stream
+
+    with gov.task() as task:
+        list(llm.completion(**request))
+        stream = asyncio.run(read_async()) if use_async else read_sync()
+    assert task.report().cache_hits == 1
+    assert (stream.model, stream.custom_llm_provider) == ("gpt-4o-mini", None)
+    assert stream.response_id == stream.chunks[0].id
+    assert stream.response_id.startswith("chatcmpl-cache-")
+    rebuilt = litellm.stream_chunk_builder(stream.chunks)
+    assert rebuilt.choices[0].message.content == TEXT
+
+
 def _stream_of(*chunks: dict[str, Any]) -> Any:
     """A provider stand-in that streams ``chunks`` as its answer (any request)."""
     import litellm

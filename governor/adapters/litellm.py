@@ -1351,10 +1351,14 @@ def _cached_response(
     if kwargs.get("stream"):
         usage = _asks_for_usage(kwargs)  # a last chunk of zero usage, if asked
         if is_async:
-            return _Replay(_aiter_chunks(areplay_chunks(hit, include_usage=usage)))
+            chunks = _aiter_chunks(areplay_chunks(hit, include_usage=usage))
+            return _Replay(chunks, hit.model)
         return _Replay(
-            litellm.ModelResponseStream(**chunk)
-            for chunk in replay_chunks(hit, include_usage=usage)
+            (
+                litellm.ModelResponseStream(**chunk)
+                for chunk in replay_chunks(hit, include_usage=usage)
+            ),
+            hit.model,
         )
     response = litellm.ModelResponse(
         choices=[{"index": 0, "message": hit.message, "finish_reason": "stop"}],
@@ -1373,23 +1377,36 @@ class _Replay:
     """A cached answer replayed as a stream; usable like a live one.
 
     Iterates (sync or async, as made) and works as a context manager, like
-    the streams a model call returns.
+    the streams a model call returns. Like LiteLLM's stream it has
+    ``model``, ``response_id`` (known from the first chunk on),
+    ``custom_llm_provider`` (None: no provider answered) and ``chunks``,
+    the chunks yielded so far (for ``litellm.stream_chunk_builder``).
     """
 
-    def __init__(self, chunks: Any) -> None:
+    def __init__(self, chunks: Any, model: str) -> None:
         self._chunks = chunks
+        self.model = model
+        self.response_id: str | None = None
+        self.custom_llm_provider: str | None = None
+        self.chunks: list[Any] = []
+
+    def _seen(self, chunk: Any) -> Any:
+        if self.response_id is None:
+            self.response_id = getattr(chunk, "id", None)
+        self.chunks.append(chunk)
+        return chunk
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._chunks)
+        return self
 
     def __next__(self) -> Any:
-        return next(self._chunks)
+        return self._seen(next(self._chunks))
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return aiter(self._chunks)
+        return self
 
     async def __anext__(self) -> Any:
-        return await anext(self._chunks)
+        return self._seen(await anext(self._chunks))
 
     def __enter__(self) -> _Replay:
         return self
