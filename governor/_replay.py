@@ -192,11 +192,7 @@ def _replayed_quality(outcome: TaskReplay) -> float | None:
 
 def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -> None:
     model = swaps.get(record.model, record.model)
-    usage = Usage(
-        prompt_tokens=record.input_tokens,
-        completion_tokens=record.output_tokens,
-        cache_read_tokens=min(record.cache_read_tokens, record.input_tokens),
-    )
+    usage = _recorded_usage(record)
     request = CallRequest(
         model=model,
         messages=(),
@@ -205,6 +201,29 @@ def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -
     )
     admission = gov.begin_call(request)
     gov.end_call(admission, CallResult(usage=usage, response_model=model))
+
+
+def _recorded_usage(record: SpendRecord) -> Usage:
+    """The usage a record reports, each part clamped to what holds it.
+
+    A record written by hand or by an older release may give parts larger
+    than their wholes (more cache reads than input tokens, say); pricing
+    refuses such a usage, so each part is cut to what is left of its whole.
+    """
+    prompt, completion = record.input_tokens, record.output_tokens
+    read = min(record.cache_read_tokens, prompt)
+    write = min(record.cache_write_tokens, prompt - read)
+    reasoning = min(record.reasoning_tokens, completion)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        reasoning_tokens=reasoning,
+        audio_input_tokens=min(record.audio_input_tokens, prompt - read - write),
+        audio_output_tokens=min(record.audio_output_tokens, completion - reasoning),
+        audio_cache_read_tokens=min(record.audio_cache_read_tokens, read),
+    )
 
 
 def _attribution(record: SpendRecord) -> Attribution:

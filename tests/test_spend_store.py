@@ -552,7 +552,7 @@ def test_old_sqlite_file_gains_org_and_keeps_its_rows(tmp_path: Path) -> None:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(spend)")]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     conn.close()
-    assert (columns[-1], "org" in columns, version) == ("org", True, 2)
+    assert (columns[-1], "org" in columns, version) == ("org", True, 3)
 
 
 def test_upgraded_sqlite_file_opens_again_for_a_report(tmp_path: Path) -> None:

@@ -19,6 +19,22 @@ Outcome = Literal["ok", "error", "refused", "cache_hit", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
+# The parts of a call's usage that a price may bill apart from plain input and
+# output, as in governor.pricing.Usage; records written before they were kept
+# read them as 0.
+USAGE_PART_FIELDS = (
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "audio_cache_read_tokens",
+)
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    *USAGE_PART_FIELDS,
+)
 REQUIRED_TEXT = ("task_id", "call_id", "model")
 OPTIONAL_TEXT = ("provider", "stop_reason", *ATTRIBUTION_FIELDS)
 
@@ -42,9 +58,17 @@ class SpendRecord:
     ``saved_usd`` is what a cache hit or a downgrade saved against the price of
     the call as asked. Both are finite, non-negative Decimals (a float, NaN,
     an infinity or a negative amount is refused). ``input_tokens`` counts
-    every prompt token, cached ones included; ``cache_read_tokens`` is the
-    cached part of it. ``team`` to ``org`` and ``tags`` are the task's
-    attribution; JSON written before ``org`` existed reads with it unset.
+    every prompt token, cached ones included; ``cache_read_tokens`` and
+    ``cache_write_tokens`` are the parts of it read from and written to the
+    provider's prompt cache. ``output_tokens`` counts every output token;
+    ``reasoning_tokens`` is the part of it spent on hidden reasoning.
+    ``audio_input_tokens``, ``audio_output_tokens`` and
+    ``audio_cache_read_tokens`` are the audio parts of the prompt (not read
+    from the cache), of the output and of the cache reads, as in
+    :class:`governor.pricing.Usage`: with them a replay prices the call as it
+    was billed. ``team`` to ``org`` and ``tags`` are the task's attribution;
+    JSON written before ``org`` or the usage parts existed reads with them
+    unset (0 for the token counts).
     """
 
     ts: datetime
@@ -55,6 +79,11 @@ class SpendRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    audio_cache_read_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     cost_estimated: bool = False
     cache_hit: bool = False
@@ -84,7 +113,7 @@ class SpendRecord:
         _check_tags(self.tags)
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens"):
+        for name in TOKEN_FIELDS:
             count = getattr(self, name)
             if isinstance(count, bool) or not isinstance(count, int):
                 raise TypeError(
@@ -100,7 +129,10 @@ class SpendRecord:
         return self.input_tokens + self.output_tokens
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Return the record as JSON-safe values (the JSONL trace format)."""
+        """Return the record as JSON-safe values (the JSONL trace format).
+
+        The usage parts (``USAGE_PART_FIELDS``) are written only when not 0.
+        """
         out: dict[str, Any] = {"v": JSON_VERSION}
         for f in fields(self):
             out[f.name] = getattr(self, f.name)
@@ -109,6 +141,9 @@ class SpendRecord:
         out["cost_usd"] = decimal_text(self.cost_usd)
         out["saved_usd"] = decimal_text(self.saved_usd)
         out["tags"] = dict(self.tags)
+        for name in USAGE_PART_FIELDS:
+            if out[name] == 0:
+                del out[name]  # most calls have none; a reader takes 0
         return out
 
     @classmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from governor._errors import decimal_text
-from governor.spend._record import SpendDataError, SpendRecord
+from governor.spend._record import USAGE_PART_FIELDS, SpendDataError, SpendRecord
 from governor.spend._store import (
     TAG_PREFIX,
     Filters,
@@ -25,8 +25,9 @@ from governor.spend._time import from_us, to_us
 
 __all__ = ["SQLiteSpendStore"]
 
-# Version 2 added the org column; version 1 files gain it when opened.
-_SCHEMA_VERSION = 2
+# Version 2 added the org column, version 3 the usage part columns (cache
+# writes, reasoning, audio); older files gain them when opened.
+_SCHEMA_VERSION = 3
 _COLUMNS = (
     "ts_us",
     "task_id",
@@ -36,6 +37,7 @@ _COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cache_read_tokens",
+    *USAGE_PART_FIELDS,
     "cost_usd",
     "cost_estimated",
     "cache_hit",
@@ -63,6 +65,11 @@ CREATE TABLE IF NOT EXISTS spend (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    audio_input_tokens INTEGER NOT NULL DEFAULT 0,
+    audio_output_tokens INTEGER NOT NULL DEFAULT 0,
+    audio_cache_read_tokens INTEGER NOT NULL DEFAULT 0,
     cost_usd TEXT NOT NULL,
     cost_estimated INTEGER NOT NULL,
     cache_hit INTEGER NOT NULL,
@@ -80,8 +87,13 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE INDEX IF NOT EXISTS spend_ts ON spend (ts_us);
 """
-# Columns added after version 1, in order; all nullable TEXT.
-_ADDED_COLUMNS = ("org",)
+# Columns added after version 1, with their types, in the order they are
+# appended to an older file's table. Each is nullable or has a default, so the
+# rows already there keep their values and read the new column as unset or 0.
+_ADDED_COLUMNS = (
+    *((name, "INTEGER NOT NULL DEFAULT 0") for name in USAGE_PART_FIELDS),
+    ("org", "TEXT"),
+)
 _INSERT = (
     f"INSERT OR IGNORE INTO spend ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -100,6 +112,7 @@ def _row(rec: SpendRecord) -> tuple[Any, ...]:
         rec.input_tokens,
         rec.output_tokens,
         rec.cache_read_tokens,
+        *(getattr(rec, name) for name in USAGE_PART_FIELDS),
         decimal_text(rec.cost_usd),
         int(rec.cost_estimated),
         int(rec.cache_hit),
@@ -136,6 +149,7 @@ def _record(row: sqlite3.Row) -> SpendRecord:
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
         cache_read_tokens=row["cache_read_tokens"],
+        **{name: row[name] for name in USAGE_PART_FIELDS},
         cost_usd=_money(row, "cost_usd"),
         cost_estimated=bool(row["cost_estimated"]),
         cache_hit=bool(row["cache_hit"]),
@@ -156,14 +170,15 @@ def _record(row: sqlite3.Row) -> SpendRecord:
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a spend table made by an older schema up to date, keeping its rows.
 
-    Each column added since version 1 is nullable, so ``ALTER TABLE ... ADD
-    COLUMN`` fills it with NULL for the rows already there.
+    Each column added since version 1 is nullable or has a default, so
+    ``ALTER TABLE ... ADD COLUMN`` fills it with NULL or 0 for the rows
+    already there; no row is rewritten or dropped.
     """
-    for name in _ADDED_COLUMNS:
+    for name, kind in _ADDED_COLUMNS:
         if name in _columns(conn):
             continue
         try:
-            conn.execute(f'ALTER TABLE spend ADD COLUMN "{name}" TEXT')
+            conn.execute(f'ALTER TABLE spend ADD COLUMN "{name}" {kind}')
         except sqlite3.OperationalError:
             # Another process opening the same old file may have added it first.
             if name not in _columns(conn):
