@@ -292,9 +292,9 @@ def test_demo_refuses_traces_that_are_not_json_lines(
 
 def test_demo_takes_an_existing_span_file() -> None:
     """A JSONL file of earlier spans, or an empty one, is appended to."""
-    from governor.cli._demo import _not_span_lines
+    from governor._files import not_json_lines
 
-    assert _not_span_lines(DATA / "trajectories_sample.jsonl") is None
+    assert not_json_lines(DATA / "trajectories_sample.jsonl") is None
 
 
 def test_demo_refuses_traces_and_spend_in_one_file(

@@ -49,3 +49,45 @@ def test_an_unwritable_traces_file_warns_once_per_outage(
     shutil.rmtree(path)
     span("written-again")
     assert [s["name"] for s in read_spans(path)] == ["written-again"]
+
+
+@pytest.mark.parametrize(
+    ("head", "what"),
+    [
+        (b"SQLite format 3\x00" + b"\x00" * 84, "a SQLite database"),
+        (b"\x1f\x8b\x08\x00rest", "gzip-compressed data"),
+        (b"PK\x03\x04\x00\x00", "binary data, not text"),
+        (b"name,cost\nweb,1\n", "its first line does not start with '{'"),
+    ],
+)
+def test_a_traces_file_that_is_not_json_lines_is_refused_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head: bytes, what: str
+) -> None:
+    """Spans appended to a database or a binary file would damage it: the
+    exporter refuses it by path or by GOVERNOR_TRACES_FILE, and the file
+    keeps every byte."""
+    from governor import ConfigError
+    from governor.telemetry import configure_tracing
+
+    path = tmp_path / "kept.db"
+    path.write_bytes(head)
+    with pytest.raises(ConfigError) as refused:
+        JsonlSpanExporter(path)
+    assert f"({what})" in str(refused.value)
+    monkeypatch.setenv("GOVERNOR_TRACES_FILE", str(path))
+    with pytest.raises(ConfigError, match="GOVERNOR_TRACES_FILE"):
+        configure_tracing()
+    assert path.read_bytes() == head
+
+
+def test_a_traces_file_of_spans_or_empty_is_appended_to(tmp_path: Path) -> None:
+    """A JSONL file of spans and an empty file are taken as they are."""
+    for name, text in (("spans.jsonl", '{"name": "old"}\n'), ("empty.jsonl", "")):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(path)))
+        with provider.get_tracer("test").start_as_current_span("new"):
+            pass
+        names = [span["name"] for span in read_spans(path)]
+        assert names == (["old", "new"] if text else ["new"])

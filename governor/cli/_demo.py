@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import importlib.util
 import json
 import logging
@@ -20,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from governor._errors import decimal_text
+from governor._files import not_json_lines
 from governor.cli._text import given, positive_count, same_file
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def _check_traces(path: Path) -> tuple[str, int] | None:
             "write to",
             1,
         )
-    what = _not_span_lines(path) if existing == path else None
+    what = not_json_lines(path) if existing == path else None
     if what is None:
         return None
     return (
@@ -167,43 +167,6 @@ def _check_traces(path: Path) -> tuple[str, int] | None:
         "file name or a .jsonl file of spans",
         2,
     )
-
-
-# Enough of a file's start to tell JSON lines from anything else.
-_HEAD_BYTES = 4096
-
-
-def _not_span_lines(path: Path) -> str | None:
-    """What an existing file is when it is not JSON lines, or None.
-
-    An empty file, a JSONL file and anything that is not a regular file
-    (``/dev/stdout``, a pipe) are taken as they are.
-    """
-    from governor.cli._spend_source import SQLITE_HEADER
-
-    if not path.is_file():
-        return None
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_HEAD_BYTES)
-    except OSError:
-        return None  # the export reports a file that cannot be written
-    if head.startswith(SQLITE_HEADER):
-        return "a SQLite database"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip-compressed data"
-    if b"\x00" in head:
-        return "binary data, not text"
-    # A multi-byte character cut at the end of the sample is not an error.
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        text = decoder.decode(head, final=len(head) < _HEAD_BYTES)
-    except UnicodeDecodeError:
-        return "not UTF-8 text"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), None)
-    if first is not None and not first.startswith("{"):
-        return "its first line does not start with '{'"
-    return None
 
 
 def _check_spend(args: argparse.Namespace) -> tuple[str, int] | None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SQLITE_HEADER", "not_a_spend_file", "redis_down", "unreachable"]
+from governor._files import SQLITE_HEADER
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-"""The first 16 bytes of every SQLite database file."""
+__all__ = ["SQLITE_HEADER", "not_a_spend_file", "redis_down", "unreachable"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")

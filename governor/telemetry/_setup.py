@@ -220,7 +220,25 @@ class JsonlSpanExporter(SpanExporter):
     """
 
     def __init__(self, path: str | Path) -> None:
+        """Append to ``path`` (made, with its folders, if missing).
+
+        Raises:
+            ConfigError: ``path`` is an existing file that is not JSON lines
+                (a database, a compressed or binary file), which appended
+                spans would damage.
+        """
+        from governor._errors import ConfigError
+        from governor._files import not_json_lines
+
         self.path = Path(path)
+        what = not_json_lines(self.path)
+        if what is not None:
+            raise ConfigError(
+                f"the traces file {self.path} is an existing file that is not "
+                f"JSON lines ({what}); spans are appended to it, which would "
+                "damage it: give a new file name or a .jsonl file of spans "
+                f"(jsonl_path= or {ENV_TRACES_FILE})"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._lost = 0  # spans lost in the current outage; 0 while writes work
