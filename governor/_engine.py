@@ -185,6 +185,7 @@ class Governor:
             )
         self.policy = policy or Policy()
         _check_arguments(ledger, anomalies)
+        _check_spend(spend)
         self.ledger: Ledger = self._wrap(ledger)
         if self.policy.cache is not None and self.policy.cache.store == "redis":
             self._redis_bytes_client()  # refuse now, not at the first call
@@ -2335,6 +2336,22 @@ def _check_arguments(ledger: Any, anomalies: Any) -> None:
             )
 
 
+def _check_spend(spend: object) -> None:
+    """Refuse a spend target of the wrong kind at construction: at call time
+    each of its records would be lost, with only a warning."""
+    if spend is None or isinstance(spend, str | Path):
+        return
+    if callable(getattr(spend, "record_many", None)):
+        return
+    raise TypeError(
+        "Governor(spend=...) takes a path (str or pathlib.Path: a .sqlite3 or "
+        ".jsonl file), a Redis URL (redis://...) or a spend store object with "
+        "the governor.spend.SpendStore methods (record, record_many, query); "
+        f"got {type(spend).__name__} {spend!r}. E.g. "
+        "spend='.governor/spend.sqlite3' or spend=SQLiteSpendStore(path)"
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Unsent:
     """Budget steps that close() could not write to the store."""
@@ -2529,14 +2546,30 @@ def _refusal_advice(admission: Admission, unit: str) -> str | None:
         admission.request.max_output_tokens is None
         and admission.request.can_set_max_tokens
     ):
-        ceiling = admission.task.policy.default_max_output_tokens
-        return (
-            f"The call set no max_tokens, so it held "
-            f"Policy.default_max_output_tokens ({ceiling}) of output: pass a "
-            "smaller max_tokens on the call, lower that default, raise the "
-            "budget's limit, or pick a cheaper model."
-        )
+        return _default_output_advice(admission)
     return None
+
+
+def _default_output_advice(admission: Admission) -> str:
+    """Why a call that set no max_tokens held so much output: the policy's
+    default, or the model's maximum output where that is lower."""
+    held = admission.max_output_tokens
+    choices = admission.request.choices
+    each = f" for each of its {choices} choices" if choices > 1 else ""
+    if held < admission.task.policy.default_max_output_tokens:
+        where = (
+            f"{held} tokens of output{each}, the model's maximum output (lower "
+            "than Policy.default_max_output_tokens)"
+        )
+        lower = f"set Policy.default_max_output_tokens below {held}"
+    else:
+        where = f"Policy.default_max_output_tokens ({held}) of output{each}"
+        lower = "lower that default"
+    return (
+        f"The call set no max_tokens, so it held {where}: pass a smaller "
+        f"max_tokens on the call, {lower}, raise the budget's limit, or pick a "
+        "cheaper model."
+    )
 
 
 def _holds_note(refusal: Refusal, holds_block: bool, hold_ttl_s: float) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from governor._attribution import _AMBIENT
 from governor._errors import ConfigError, GovernorError, decimal_text, plain_decimal
 from governor._money import nanos_to_usd
 
@@ -366,8 +367,10 @@ class Task:
         An ``async def`` function is bound while its coroutine runs, and a
         generator (sync or async) while it runs between its yields,
         wherever it is consumed; so is what a callable object returns.
-        Called after the task has ended, the function runs outside it, with
-        a warning.
+        Called (or resumed) after the task has ended, the function runs
+        outside it, with a warning: each of its calls is charged to a task
+        of its own that carries this task's attribution (team, user,
+        session, ...), so budgets on those scopes still hold it.
 
         The function also runs with the context variables as they were where
         it was bound, as ``asyncio.to_thread`` passes them: bound in a
@@ -391,26 +394,27 @@ class Task:
     ) -> Callable[P, R]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            if self._ended_for(function):
-                return function(*args, **kwargs)
-            tokens = self._enter(carried)
+            ended = self._ended_for(function)
+            tokens = self._enter_ended() if ended else self._enter(carried)
             try:
                 result = function(*args, **kwargs)
             finally:
                 self._leave(tokens)
-            bound: R = self._bind_result(result, carried)
+            bound: R = self._bind_result(result, carried, warned=ended)
             return bound
 
         return run
 
-    def _bind_result(self, result: Any, carried: contextvars.Context) -> Any:
+    def _bind_result(
+        self, result: Any, carried: contextvars.Context, *, warned: bool
+    ) -> Any:
         """What a callable object returned, bound if its work runs later."""
         if inspect.iscoroutine(result):
-            return self._awaited(result, carried)
+            return self._awaited(result, carried, warned=warned)
         if inspect.isgenerator(result):
-            return self._driven(result, carried)
+            return self._driven(result, carried, warned=warned)
         if inspect.isasyncgen(result):
-            return self._adriven(result, carried)
+            return self._adriven(result, carried, warned=warned)
         return result
 
     def _bind_async(
@@ -418,16 +422,18 @@ class Task:
     ) -> Callable[P, Awaitable[R]]:
         @functools.wraps(function)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            if self._ended_for(function):
-                return await function(*args, **kwargs)
             return await self._awaited(function(*args, **kwargs), carried)
 
         return run
 
     async def _awaited(
-        self, awaitable: Awaitable[R], carried: contextvars.Context
+        self,
+        awaitable: Awaitable[R],
+        carried: contextvars.Context,
+        *,
+        warned: bool = False,
     ) -> R:
-        tokens = self._enter(carried)
+        tokens, _ = self._enter_step(carried, warned=warned, name=awaitable)
         try:
             return await awaitable
         finally:
@@ -440,34 +446,34 @@ class Task:
     ) -> Callable[P, Generator[Any, Any, Any]]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, Any]:
-            if self._ended_for(function):
-                return (yield from function(*args, **kwargs))
             return (yield from self._driven(function(*args, **kwargs), carried))
 
         return run
 
     def _driven(
-        self, inner: Generator[Any, Any, Any], carried: contextvars.Context
+        self,
+        inner: Generator[Any, Any, Any],
+        carried: contextvars.Context,
+        *,
+        warned: bool = False,
     ) -> Generator[Any, Any, Any]:
         """Run ``inner`` inside this task at each step; the caller's context
         is left as it was between steps."""
         step: Callable[[Any], Any] = inner.send
         value: Any = None
-        ended = False  # the task ended between steps: warned once
+        ended = warned  # the task ended: warned once
         while True:
-            tokens = self._enter_step(carried, warned=ended)
-            ended = tokens is None
+            tokens, ended = self._enter_step(carried, warned=ended, name=inner)
             try:
                 item = step(value)
             except StopIteration as stop:
                 return stop.value
             finally:
-                if tokens is not None:
-                    self._leave(tokens)
+                self._leave(tokens)
             try:
                 value, step = (yield item), inner.send
             except GeneratorExit:
-                tokens = self._enter(carried)
+                tokens, _ = self._enter_step(carried, warned=True, name=inner)
                 try:
                     inner.close()
                 finally:
@@ -483,33 +489,33 @@ class Task:
     ) -> Callable[P, AsyncGenerator[Any, Any]]:
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
-            if self._ended_for(function):
-                return function(*args, **kwargs)
             return self._adriven(function(*args, **kwargs), carried)
 
         return run
 
     async def _adriven(
-        self, inner: AsyncGenerator[Any, Any], carried: contextvars.Context
+        self,
+        inner: AsyncGenerator[Any, Any],
+        carried: contextvars.Context,
+        *,
+        warned: bool = False,
     ) -> AsyncGenerator[Any, Any]:
         """:meth:`_driven` for an async generator."""
         step: Callable[[Any], Awaitable[Any]] = inner.asend
         value: Any = None
-        ended = False  # the task ended between steps: warned once
+        ended = warned  # the task ended: warned once
         while True:
-            tokens = self._enter_step(carried, warned=ended)
-            ended = tokens is None
+            tokens, ended = self._enter_step(carried, warned=ended, name=inner)
             try:
                 item = await step(value)
             except StopAsyncIteration:
                 return
             finally:
-                if tokens is not None:
-                    self._leave(tokens)
+                self._leave(tokens)
             try:
                 value, step = (yield item), inner.asend
             except GeneratorExit:
-                tokens = self._enter(carried)
+                tokens, _ = self._enter_step(carried, warned=True, name=inner)
                 try:
                     await inner.aclose()
                 finally:
@@ -533,25 +539,38 @@ class Task:
         for token in reversed(tokens):
             token.var.reset(token)
 
+    def _enter_ended(self) -> list[contextvars.Token[Any]]:
+        """Leave every task but keep this one's attribution, for work bound
+        to it that runs after it ended: each of its calls is then charged to
+        a task of its own with the same team, user, session, ... values, so
+        budgets on those scopes still hold it. :meth:`_leave` undoes it."""
+        return [_CURRENT.set(None), _AMBIENT.set(self.attribution)]
+
     def _enter_step(
-        self, carried: contextvars.Context, warned: bool
-    ) -> list[contextvars.Token[Any]] | None:
-        """Enter this task for a bound generator's next step; after the task
-        has ended, the step runs outside it (with a warning, unless
-        ``warned`` says it was given)."""
+        self, carried: contextvars.Context, *, warned: bool, name: object
+    ) -> tuple[list[contextvars.Token[Any]], bool]:
+        """Enter this task for a bound step (a generator's next item, a
+        coroutine); after the task has ended, enter :meth:`_enter_ended`
+        instead (with a warning, unless ``warned`` says it was given).
+        Returns the tokens for :meth:`_leave` and whether the task had ended.
+        """
         if not self.closed:
-            return self._enter(carried)
+            return self._enter(carried), False
         if not warned:
-            self._ended_for("a bound generator")
-        return None
+            self._ended_for(name)
+        return self._enter_ended(), True
 
     def _ended_for(self, function: object) -> bool:
         if self.closed:
             logger.warning(
                 "%s, bound to task %s, ran after the task ended; its calls are "
-                "charged to tasks of their own",
-                getattr(function, "__name__", "a function"),
+                "charged to tasks of their own, which still count against the "
+                "task's team, user and other shared budgets (%s) but not its "
+                "own budget or report. Finish bound work before its task's block "
+                "ends to keep its calls in the task",
+                _name_of(function),
                 self.id,
+                _scopes_text(self.scope_values),
             )
         return self.closed
 
@@ -617,6 +636,20 @@ def _scope_values(attribution: Attribution) -> dict[str, str]:
             attribution.scope_values(),
         )
     return dict(entry[1])
+
+
+def _name_of(function: object) -> str:
+    """A bound function's name for a log line (its ``__name__``, ``__qualname__``
+    for a generator or coroutine object)."""
+    name = getattr(function, "__qualname__", None) or getattr(
+        function, "__name__", None
+    )
+    return name if isinstance(name, str) else "a bound function"
+
+
+def _scopes_text(values: dict[str, str]) -> str:
+    """Scope values as ``team=web, user=u1``; ``none named`` when empty."""
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "none named"
 
 
 def _flat_attribution(attribution: Attribution) -> dict[str, str]:

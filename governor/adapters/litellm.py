@@ -865,7 +865,42 @@ def _named(
             named[name] = value
     if "model" not in named or names[1] not in named:
         raise TypeError(f"{call}() needs model= and {names[1]}=")
+    if names[1] == "messages":
+        _check_messages(call, named["messages"])
+    else:
+        _check_input(call, named[names[1]])
     return named
+
+
+def _check_messages(call: str, messages: Any) -> None:
+    """Refuse messages of the wrong kind before they are read (a string
+    would otherwise fail deep inside as an AttributeError)."""
+    example = "[{'role': 'user', 'content': 'hi'}]"
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(
+        messages, Sequence
+    ):
+        raise TypeError(
+            f"{call}() messages= must be a list of message dicts such as "
+            f"{example}, got {type(messages).__name__}"
+        )
+    for index, message in enumerate(messages):
+        if not callable(getattr(message, "get", None)):
+            raise TypeError(
+                f"{call}() messages= must be a list of message dicts such as "
+                f"{example}; messages[{index}] is {type(message).__name__}"
+            )
+
+
+def _check_input(call: str, value: Any) -> None:
+    """Refuse an embedding input that is neither a string nor a list."""
+    if isinstance(value, str) or (
+        isinstance(value, Sequence) and not isinstance(value, bytes)
+    ):
+        return
+    raise TypeError(
+        f"{call}() input= must be a string or a list of strings (or of token "
+        f"ids), got {type(value).__name__}"
+    )
 
 
 def _positionals(function: Callable[..., Any]) -> tuple[str, ...] | None:

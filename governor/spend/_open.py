@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from governor._errors import ConfigError
+from governor._files import SQLITE_HEADER
 from governor._textlines import is_gzip
 from governor.spend._jsonl import JsonlSpendStore
 from governor.spend._record import SpendDataError
@@ -31,6 +33,10 @@ DEFAULT_SPEND_PATH = Path(".governor") / "spend.sqlite3"
 AnySpendStore = SQLiteSpendStore | JsonlSpendStore | RedisSpendStore
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_SQLITE_ADVICE = (
+    "give a new file name, the SQLite file the governor records to, a .jsonl "
+    "path or a redis:// URL"
+)
 _DEFAULT_REDIS_PREFIX = "governor:"
 
 
@@ -69,6 +75,9 @@ def open_store(
     Raises:
         ConfigError: ``prefix`` is given for a store that is not Redis, or
             holds a brace; or a ``.jsonl.gz`` path is opened for writing.
+        ConfigError: the SQLite path cannot be a spend store: an existing
+            file that is not a SQLite database (left untouched), or a file
+            SQLite cannot open or create there.
         SpendDataError: ``existing`` is set and the SQLite file holds no
             spend table.
     """
@@ -95,7 +104,51 @@ def open_store(
         return _compressed(text, existing)
     if existing:
         _check_spend_database(Path(text))
-    return SQLiteSpendStore(text)
+    else:
+        _check_sqlite_file(text)
+    return _sqlite_store(text)
+
+
+def _check_sqlite_file(text: str) -> None:
+    """Refuse an existing file that is not a SQLite database, untouched.
+
+    SQLite would say only "file is not a database" or "unable to open
+    database file", naming no path. A missing or empty file is a new
+    database.
+    """
+    path = Path(text)
+    if not path.exists():
+        return
+    if not path.is_file():
+        problem = "is not a regular file (a device, a pipe or a socket)"
+    else:
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        else:
+            if not head or head.startswith(SQLITE_HEADER):
+                return
+            problem = (
+                "is not a SQLite database (it does not start with the SQLite "
+                "header), so it cannot be a SQLite spend store; it was left as "
+                "it is"
+            )
+    raise ConfigError(f"spend store {text} {problem}: {_SQLITE_ADVICE}")
+
+
+def _sqlite_store(text: str) -> SQLiteSpendStore:
+    """The SQLite store at ``text``; a file SQLite cannot open is named."""
+    try:
+        return SQLiteSpendStore(text)
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(
+            f"spend store {text} cannot be used as a SQLite spend store "
+            f"({reason}): check that its folder exists and is writable, or "
+            f"{_SQLITE_ADVICE}"
+        ) from exc
 
 
 def _compressed(text: str, existing: bool) -> JsonlSpendStore:
@@ -136,8 +189,6 @@ def check_prefix(target: str, prefix: str | None) -> None:
 
 def _check_spend_database(path: Path) -> None:
     """Refuse a file that is not a governor SQLite spend store, untouched."""
-    import sqlite3
-
     uri = f"file:{path.resolve()}?mode=ro"
     try:
         with sqlite3.connect(uri, uri=True) as connection:
