@@ -80,7 +80,8 @@ def test_status_text_shows_a_table(
     main(["budget", "status", *_store(redis_url, redis_prefix)])
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split() == [
-        "SCOPE",
+        "LINE",
+        "KEY",
         "PERIOD",
         "LIMIT",
         "SPENT",
@@ -89,7 +90,11 @@ def test_status_text_shows_a_table(
         "RESET",
     ]
     assert rows[1].split()[:3] == ["task:t1", "total", "$1"]
-    assert rows[2].split()[:3] == ["team:search", "day", "(Europe/Paris)"]
+    assert rows[2].split()[:3] == [
+        "team:search#day:2026-12-04@Europe/Paris",
+        "day",
+        "(Europe/Paris)",
+    ]
 
 
 def test_status_with_a_wrong_prefix_names_it_and_hints_at_the_fix(

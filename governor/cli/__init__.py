@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import itertools
+import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from governor.cli._fail import BAD_INPUT, JSON_ERRORS
 
 __all__ = ["main"]
 
@@ -21,7 +25,10 @@ DISTRIBUTION = "llm-governor"
 """The package name whose version ``governor --version`` prints."""
 
 ENV_DEBUG = "GOVERNOR_DEBUG"
-"""Set to show Python tracebacks instead of one-line errors."""
+"""Set (to 1, true, yes or on) to show Python tracebacks instead of one-line
+errors; 0, false, no, off or empty leave them off."""
+
+_OFF = frozenset({"", "0", "false", "no", "off"})
 
 # command name -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,14 +44,17 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="governor", description="Govern what AI agents spend."
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    parser_class = (
+        _JsonUsageErrors
+        if wanted in JSON_ERRORS and _json_asked(argv)
+        else argparse.ArgumentParser
     )
+    parser = parser_class(prog="governor", description="Govern what AI agents spend.")
     parser.add_argument(
         "--version", action=_Version, help="print the version of llm-governor"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in _COMMANDS.items():
         if name != wanted:
             sub.add_parser(name, help=help_text)
@@ -52,6 +62,28 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         module = importlib.import_module(f"governor.cli.{module_name}")
         module.register(sub, name, help_text)
     return parser
+
+
+def _json_asked(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json``,
+    ``--format json``), as far as can be told before it is parsed."""
+    return (
+        "--json" in argv
+        or "--format=json" in argv
+        or any(pair == ("--format", "json") for pair in itertools.pairwise(argv))
+    )
+
+
+class _JsonUsageErrors(argparse.ArgumentParser):
+    """A parser (and, by argparse's default, its subcommands' parsers) whose
+    usage errors are a JSON error document on stdout, exit 2, as the
+    command's own errors are when it is asked for JSON (see ``_fail``)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``{"error": {"code": "config_error", ...}}`` and exit 2."""
+        text = f"{message}; see {self.prog} --help"
+        print(json.dumps({"error": {"code": BAD_INPUT, "message": text}}))
+        self.exit(2)
 
 
 class _Version(argparse.Action):
@@ -128,15 +160,29 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # main() ends quietly
     except Exception as exc:
-        if os.environ.get(ENV_DEBUG):
+        if _debugging():
             raise
-        print(
-            f"{_command_name(args)}: {_describe(exc)} "
-            f"(set {ENV_DEBUG}=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _failed(args, exc)
     return code
+
+
+def _debugging() -> bool:
+    """Whether ``GOVERNOR_DEBUG`` asks for tracebacks: set, and not to 0,
+    false, no, off or nothing (in any case, spaces around ignored)."""
+    return os.environ.get(ENV_DEBUG, "").strip().lower() not in _OFF
+
+
+def _failed(args: argparse.Namespace, exc: Exception) -> int:
+    """An error the command did not handle: exit 1, in JSON when asked.
+
+    A GovernorError keeps its code; anything else is ``unexpected_error``.
+    """
+    from governor._errors import GovernorError
+    from governor.cli._fail import fail
+
+    message = f"{_describe(exc)} (set {ENV_DEBUG}=1 for the traceback)"
+    code = None if isinstance(exc, GovernorError) else "unexpected_error"
+    return fail(args, _command_name(args), exc, 1, message=message, code=code)
 
 
 def _interrupted(command: str) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from governor.cli._fail import fail
 from governor.cli._text import given, ljust, printable, width
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser(
         "status",
-        help="every budget line: limit, spent, reserved, period, next reset",
+        help="every budget line: its key, period, limit, spent, reserved, next reset",
     )
     _store_arguments(status)
     status.set_defaults(handler=_status)
@@ -51,8 +52,9 @@ def register(sub: Any, name: str, help_text: str) -> None:
         "scope",
         metavar="SCOPE",
         type=given("a line key such as team:search", required=True),
-        help="a line key from `status`, e.g. 'team:search' (every window) or "
-        "'team:search#day:2026-12-04@UTC' (that window only)",
+        help="a line key as the LINE KEY column of `status` shows it, e.g. "
+        "'team:search#day:2026-12-04@UTC' (that window only), or the scope "
+        "before its '#', e.g. 'team:search' (every window)",
     )
     _store_arguments(reset)
     reset.set_defaults(handler=_reset)
@@ -94,16 +96,45 @@ def _store_url(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _ledger(args: argparse.Namespace) -> RedisLedger:
+    """The store the options name.
+
+    Raises:
+        ConfigError: the URL is not a Redis URL, or the prefix or hash tag
+            holds a brace; the message names the option (or the variable
+            the URL came from) and what to give instead.
+    """
+    from governor._errors import ConfigError
     from governor.stores._redis import RedisConfig, RedisLedger
 
-    config = RedisConfig(url=_store_url(args)[0], attempts=2)
-    return RedisLedger(config, prefix=args.prefix, hash_tag=args.hash_tag)
+    try:
+        config = RedisConfig(url=_store_url(args)[0], attempts=2)
+    except ConfigError as exc:
+        if args.redis_url:
+            raise ConfigError(
+                f"--redis-url: {exc}; give the URL of the Redis your services use"
+            ) from exc
+        raise ConfigError(
+            f"${ENV_REDIS_URL}: {exc}; correct or unset {ENV_REDIS_URL}, or pass "
+            "--redis-url"
+        ) from exc
+    try:
+        return RedisLedger(config, prefix=args.prefix, hash_tag=args.hash_tag)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--prefix {args.prefix!r} and --hash-tag {args.hash_tag!r} must be "
+            "free of '{' and '}' (the hash tag is written between braces in "
+            "every key); give the prefix and hash tag your services give "
+            "RedisLedger"
+        ) from exc
 
 
 def _status(args: argparse.Namespace) -> int:
-    from governor._errors import GovernorError
+    from governor._errors import ConfigError, GovernorError
 
-    ledger = _ledger(args)
+    try:
+        ledger = _ledger(args)
+    except ConfigError as exc:
+        return _fail(args, exc, status=2)
     try:
         keys = ledger.keys()
         rows = [describe(key, ledger.balance(key)) for key in keys]
@@ -131,9 +162,12 @@ def _no_lines(args: argparse.Namespace) -> str:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from governor._errors import GovernorError
+    from governor._errors import ConfigError, GovernorError
 
-    ledger = _ledger(args)
+    try:
+        ledger = _ledger(args)
+    except ConfigError as exc:
+        return _fail(args, exc, status=2)
     try:
         listed = ledger.keys()
         keys = [key for key in listed if _matches(key, args.scope)]
@@ -150,7 +184,8 @@ def _reset(args: argparse.Namespace) -> int:
     else:
         print(
             f"governor budget: no line matches {args.scope!r}; give a line's key "
-            "as 'governor budget status' lists it, e.g. 'team:search'",
+            "as the LINE KEY column of 'governor budget status' shows it, or "
+            "the scope before its '#', e.g. 'team:search'",
             file=sys.stderr,
         )
     return 0 if keys else 1
@@ -160,17 +195,15 @@ def _matches(key: str, scope: str) -> bool:
     return key == scope or key.startswith(scope + "#")
 
 
-def _fail(args: argparse.Namespace, exc: GovernorError) -> int:
+def _fail(args: argparse.Namespace, exc: GovernorError, status: int = 1) -> int:
+    """Report ``exc``: exit ``status``, 2 for a bad option, 1 for a store
+    that does not answer."""
     from governor._errors import StoreUnavailable
 
     message = str(exc)
     if isinstance(exc, StoreUnavailable):
         message = _unreachable(args, exc)
-    if args.json:
-        print(json.dumps({"error": {**exc.to_dict(), "message": message}}))
-    else:
-        print(f"governor budget: {message}", file=sys.stderr)
-    return 1
+    return fail(args, "governor budget", exc, status, message=message)
 
 
 def _unreachable(args: argparse.Namespace, exc: Exception) -> str:
@@ -227,12 +260,13 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("SCOPE", "PERIOD", "LIMIT", "SPENT", "RESERVED", "NEXT RESET")
+    """One row per line, led by its key as ``budget reset`` takes it."""
+    header = ("LINE KEY", "PERIOD", "LIMIT", "SPENT", "RESERVED", "NEXT RESET")
     body = [
         tuple(
             printable(cell)
             for cell in (
-                row["scope"],
+                row["key"],
                 _period(row),
                 _amounts(row, "limit"),
                 _amounts(row, "spent"),

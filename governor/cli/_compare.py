@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from decimal import Decimal
 from typing import Any
 
-from governor.cli._policy import POLICY_HELP, unpriced_advice
+from governor.cli._fail import fail
+from governor.cli._policy import POLICY_HELP, load_policy, unpriced_advice
 from governor.cli._replay import (
     SourceError,
     add_source_arguments,
@@ -18,6 +18,8 @@ from governor.cli._replay import (
 from governor.cli._text import given
 
 __all__ = ["register"]
+
+_COMMAND = "governor compare"
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -58,16 +60,14 @@ def register(sub: Any, name: str, help_text: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError, PriceUnknown
-    from governor._replay import load_policy, replay, swaps_from
+    from governor._replay import replay, swaps_from
 
     try:
         records = load_records(args)
     except SourceError as exc:
-        print(f"governor compare: {exc}", file=sys.stderr)
-        return exc.status
+        return fail(args, _COMMAND, exc, exc.status, code=exc.code)
     if args.b is None and not args.model:
-        print("governor compare: give --b POLICY or --model OLD=NEW", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, "give --b POLICY or --model OLD=NEW", 2)
     try:
         swaps = swaps_from(args.model)
         check_swaps(records, swaps)
@@ -77,12 +77,10 @@ def _run(args: argparse.Namespace) -> int:
         label_b = f"B: {args.b or args.a}" + "".join(f" {m}" for m in args.model)
         run_b = replay(records, policy_b, label=label_b, model_map=swaps)
     except ConfigError as exc:
-        print(f"governor compare: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     except PriceUnknown as exc:
         advice = unpriced_advice(exc.model, exc.reason, "--a and --b")
-        print(f"governor compare: {advice}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, message=advice)
     _print(args, run_a, run_b)
     return 0
 

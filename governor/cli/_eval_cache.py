@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from governor.cli._fail import too_deep
 from governor.cli._text import count, given_path, positive_count
 
 if TYPE_CHECKING:
@@ -88,6 +89,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         report = _evaluate(args)
+    except RecursionError:
+        message = too_deep(args.pairs, "a file of pairs")
+        print(f"governor eval cache: {message}", file=sys.stderr)
+        return 2
     except (ConfigError, OSError, ValueError) as exc:
         print(f"governor eval cache: {exc}", file=sys.stderr)
         return 2

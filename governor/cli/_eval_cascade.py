@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from governor.cli._fail import too_deep
 from governor.cli._text import (
     check_output,
     given,
@@ -235,7 +236,10 @@ def _policy(spec: str) -> Any:
     from governor.cascade._builtin import BUILTIN_POLICIES, NamedPolicy, load_policy
 
     if not spec.startswith("pack:"):
-        return load_policy(spec)
+        try:
+            return load_policy(spec)
+        except RecursionError as exc:
+            raise ConfigError(too_deep(spec, "a cascade policy")) from exc
     from governor.policies.packs import PACKS, by_name
 
     name = spec.removeprefix("pack:")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from governor.cli._fail import too_deep
 from governor.cli._text import given
 
 __all__ = ["register_eval"]
@@ -75,6 +76,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"governor eval loops: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
+    except RecursionError:
+        print(f"governor eval loops: {_too_deep(args.path)}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"governor eval loops: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +123,13 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_table(doc))
     return 0
+
+
+def _too_deep(path: str) -> str:
+    """A run that nests too deeply; in a folder, the file is not known."""
+    if Path(path).is_dir():
+        return too_deep(f"a run file in {path}", "a run")
+    return too_deep(path, "a run")
 
 
 def _progress(label: str) -> Callable[[int, int], None]:

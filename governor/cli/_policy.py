@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from governor.cli._fail import too_deep
 from governor.cli._text import given
+
+if TYPE_CHECKING:
+    from governor.policies import Policy
 
 POLICY_HELP = (
     "'default', 'pack:NAME', a .json policy, or a .py file defining POLICY "
@@ -30,6 +37,43 @@ def unpriced_advice(model: str, reason: str, option: str = "--policy") -> str:
         '"default" price such as {"default": '
         f"{json.dumps(_EXAMPLE_PRICE)}}} for every model without one"
     )
+
+
+def load_policy(spec: str) -> Policy:
+    """The policy ``spec`` names, as every command that takes a policy reads it.
+
+    A ``.py`` file is imported with its own folder first on ``sys.path``, as
+    ``python file.py`` runs it, so that it can import a module beside it
+    whether the command runs as ``governor`` or as ``python -m governor``;
+    ``sys.path`` is as it was afterwards.
+
+    Raises:
+        ConfigError: the policy cannot be read, including a JSON file that
+            nests too deeply to be read; the message names the file.
+    """
+    from governor._errors import ConfigError
+    from governor._replay import load_policy as load
+
+    path = Path(spec.partition(":")[0] if ".py:" in spec else spec)
+    try:
+        with _folder_first(path):
+            return load(spec)
+    except RecursionError as exc:
+        raise ConfigError(too_deep(path, "a policy")) from exc
+
+
+@contextlib.contextmanager
+def _folder_first(path: Path) -> Iterator[None]:
+    """``path``'s folder first on ``sys.path`` while a ``.py`` policy loads."""
+    if path.suffix.lower() != ".py" or not path.is_file():
+        yield
+        return
+    saved = list(sys.path)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -63,7 +107,6 @@ def _packs(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError
-    from governor._replay import load_policy
 
     try:
         policy = load_policy(args.spec)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._policy import POLICY_HELP, unpriced_advice
+from governor.cli._fail import fail
+from governor.cli._policy import POLICY_HELP, load_policy, unpriced_advice
 
 if TYPE_CHECKING:
     from governor.pricing import Rate, RateTier
+
+_COMMAND = "governor pricing"
 
 _FIELDS = (
     ("input", "input_per_token"),
@@ -46,21 +48,19 @@ def register(sub: Any, name: str, help_text: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError, PriceUnknown
-    from governor._replay import load_policy
     from governor.pricing import RateCard
 
+    requested = {"requested": args.model}
     if not args.model.strip():
-        print(
-            f"governor pricing: MODEL is {args.model!r}; give a model name as "
-            "it is called, e.g. gpt-4o-mini",
-            file=sys.stderr,
+        message = (
+            f"MODEL is {args.model!r}; give a model name as it is called, e.g. "
+            "gpt-4o-mini"
         )
-        return 2
+        return fail(args, _COMMAND, message, 2, document=requested)
     try:
         pricing = load_policy(args.policy).pricing
     except ConfigError as exc:
-        print(f"governor pricing: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, document=requested)
     if args.remote_price_map:
         pricing = pricing.model_copy(update={"remote_price_map": True})
     card = RateCard(pricing)
@@ -70,12 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         # The advice a command line can follow (a JSON --policy file), in
         # either form, rather than the Python the exception speaks of.
         advice = unpriced_advice(exc.model, exc.reason)
-        if args.json:
-            error = {**exc.to_dict(), "message": advice}
-            print(json.dumps({"requested": args.model, "error": error}))
-        else:
-            print(f"governor pricing: {advice}", file=sys.stderr)
-        return 1
+        return fail(args, _COMMAND, exc, 1, message=advice, document=requested)
     document = describe(args.model, rate)
     print(json.dumps(document, indent=2) if args.json else _as_text(document))
     return 0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from governor._errors import decimal_text
-from governor.cli._policy import POLICY_HELP, unpriced_advice
+from governor.cli._fail import BAD_INPUT, fail, too_deep
+from governor.cli._policy import POLICY_HELP, load_policy, unpriced_advice
 from governor.cli._spend_source import redis_down, unreachable
 from governor.cli._text import given, ljust, printable, width
 
@@ -21,6 +21,8 @@ __all__ = [
     "load_records",
     "register",
 ]
+
+_COMMAND = "governor replay"
 
 _MODELS_SHOWN = 10
 """How many recorded models an unmatched ``--model OLD=NEW`` error lists."""
@@ -81,12 +83,14 @@ class SourceError(Exception):
     """The recorded traffic cannot be read; the message says what to do.
 
     ``status`` is the exit status: 2 for a bad option or a missing store,
-    1 for a store that does not answer, as ``governor report`` exits.
+    1 for a store that does not answer or cannot be read, as ``governor
+    report`` exits. ``code`` is the code of its ``--json`` error document.
     """
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, code: str = BAD_INPUT) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 def load_records(args: argparse.Namespace) -> list[Any]:
@@ -130,17 +134,31 @@ def load_records(args: argparse.Namespace) -> list[Any]:
 
 
 def _query(args: argparse.Namespace, target: str) -> list[Any]:
-    """Every record of the store; a Redis that does not answer is a SourceError."""
-    from governor.spend import open_store
+    """Every record of the store.
 
-    store = open_store(target, existing=True, prefix=args.prefix)
+    Raises:
+        SourceError: the store does not answer (a Redis that is down), or
+            cannot be read (not a spend store, a malformed record).
+    """
+    from governor._errors import GovernorError
+    from governor.spend import SpendDataError, open_store
+
+    try:
+        store = open_store(target, existing=True, prefix=args.prefix)
+    except GovernorError as exc:
+        raise SourceError(str(exc), 1, exc.code) from exc
     try:
         return list(store.query())
+    except RecursionError as exc:
+        message = too_deep(target, "a spend record")
+        raise SourceError(message, 1, SpendDataError.code) from exc
+    except GovernorError as exc:
+        raise SourceError(str(exc), 1, exc.code) from exc
     except Exception as exc:
         if redis_down(target, exc):
             given = bool(args.db)
             message = unreachable(target, exc, option="--db", given=given)
-            raise SourceError(message, 1) from exc
+            raise SourceError(message, 1, "store_unavailable") from exc
         raise
     finally:
         store.close()
@@ -182,13 +200,12 @@ def check_swaps(records: Sequence[Any], swaps: Mapping[str, str]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from governor._errors import ConfigError, PriceUnknown
-    from governor._replay import load_policy, replay, swaps_from
+    from governor._replay import replay, swaps_from
 
     try:
         records = load_records(args)
     except SourceError as exc:
-        print(f"governor replay: {exc}", file=sys.stderr)
-        return exc.status
+        return fail(args, _COMMAND, exc, exc.status, code=exc.code)
     try:
         swaps = swaps_from(args.model)
         check_swaps(records, swaps)
@@ -197,12 +214,10 @@ def _run(args: argparse.Namespace) -> int:
         label = policy.name if named else args.policy
         run = replay(records, policy, label=label, model_map=swaps)
     except ConfigError as exc:
-        print(f"governor replay: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     except PriceUnknown as exc:
         advice = unpriced_advice(exc.model, exc.reason)
-        print(f"governor replay: {advice}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, message=advice)
     if args.json:
         tasks = [
             {

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from governor.cli._fail import fail, too_deep
 from governor.cli._spend_source import not_a_spend_file, redis_down, unreachable
 from governor.cli._text import (
     check_output,
@@ -27,6 +28,8 @@ from governor.cli._text import (
 
 if TYPE_CHECKING:
     from governor.spend import Group, SpendSummary
+
+_COMMAND = "governor report"
 
 DEFAULT_BY = ("team", "feature", "model", "day", "task")
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
@@ -154,27 +157,32 @@ class _Query(NamedTuple):
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Exit 2 for a bad option, 1 for a store or file that cannot be used."""
+    """Exit 2 for a bad option, 1 for a store or file that cannot be used.
+
+    With ``--format json`` an error is a JSON document on stdout too. The
+    charts are written before the report is printed, so that a chart that
+    cannot be written leaves one document on stdout, the error.
+    """
     from governor._errors import ConfigError
     from governor.spend import SpendDataError
 
     try:
         query = _read_options(args)
     except ConfigError as exc:
-        print(f"governor report: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     try:
         summary, label, skipped = _summarize(args, query)
+        _write_charts(summary, args, label)
         _print(summary, args.fmt, label, args.top)
         if skipped and args.fmt == "table":
             print(
                 f"\nNote: skipped {skipped} line(s) repeating the call_id of an "
                 "earlier line; the first record of each call is counted"
             )
-        _write_charts(summary, args, label)
-    except (ConfigError, SpendDataError, _Unreachable) as exc:
-        print(f"governor report: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, SpendDataError) as exc:
+        return fail(args, _COMMAND, exc, 1)
+    except _Unreachable as exc:
+        return fail(args, _COMMAND, exc, 1, code="store_unavailable")
     return 0
 
 
@@ -228,7 +236,12 @@ def _summarize(
     args: argparse.Namespace, query: _Query
 ) -> tuple[SpendSummary, str, int]:
     """The summary, the store's label, and how many duplicate lines were skipped."""
-    from governor.spend import default_spend_target, open_store, summarize
+    from governor.spend import (
+        SpendDataError,
+        default_spend_target,
+        open_store,
+        summarize,
+    )
 
     target = args.db or default_spend_target()
     _check_store_path(target)
@@ -240,6 +253,8 @@ def _summarize(
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
         skipped: int = getattr(store, "skipped_duplicates", 0)
+    except RecursionError as exc:
+        raise SpendDataError(too_deep(target, "a spend record")) from exc
     except Exception as exc:
         if redis_down(target, exc):
             given = bool(args.db)
