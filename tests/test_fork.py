@@ -181,7 +181,7 @@ def test_a_recorder_closed_before_the_fork_stays_closed() -> None:
 def test_a_child_renews_its_own_calls_only(redis_url: str, redis_prefix: str) -> None:
     """A call in flight at the fork stays the parent's; the child renews its own."""
     ledger = RedisLedger(redis_url, prefix=redis_prefix)
-    gov = Governor(Policy(hold_ttl_s=0.3), ledger=ledger)
+    gov = Governor(Policy(hold_ttl_s=1), ledger=ledger)
     renewed: list[tuple[int, str]] = []
     renew = gov.ledger.renew  # type: ignore[attr-defined]
 

@@ -22,7 +22,7 @@ from governor.stores._redis import RedisLedger
 pytest_plugins = ["_redis_fixtures"]
 
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report."}]
-TTL_S = 0.6
+TTL_S = 1.0
 # Long enough for an unrenewed hold to expire twice over.
 CALL_S = 3 * TTL_S
 

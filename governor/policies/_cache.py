@@ -7,11 +7,11 @@ pairs and checked on held-out pairs (see ``docs/cache.md``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from governor.policies._base import PolicyModel
+from governor.policies._base import FieldsError, PolicyModel
 
 __all__ = ["Cache", "CacheEviction", "CacheStoreKind"]
 
@@ -19,6 +19,10 @@ CacheEviction = Literal["lru", "lfu"]
 CacheStoreKind = Literal["memory", "redis"]
 
 _PARTITION_SCOPES = ("org", "team", "user", "session", "feature", "environment")
+MAX_ENTRIES = 100_000_000
+"""The most entries a store may keep: beyond any Redis's memory (an entry with
+its vector takes kilobytes), and well inside the whole numbers its scripts
+take (a count past 2**63 fails every store in Redis, caching nothing)."""
 _SCOPE_FLAG = (
     "True keeps the semantic layer within requests that share {what}; False "
     "lets {what_short} differ between a cached request and a new one"
@@ -101,8 +105,9 @@ class Cache(PolicyModel):
     max_entries: int = Field(
         default=10_000,
         gt=0,
-        description="a positive number of entries kept per store; the eviction "
-        "rule drops the rest",
+        le=MAX_ENTRIES,
+        description="a positive number of entries, up to 100 million, kept per "
+        "store; the eviction rule drops the rest",
     )
     eviction: CacheEviction = Field(
         default="lru",
@@ -115,7 +120,7 @@ class Cache(PolicyModel):
     key_prefix: str = Field(
         default="governor:cache",
         min_length=1,
-        description="a prefix for every Redis key the cache writes",
+        description="a non-blank prefix for every Redis key the cache writes",
     )
     embedder: str | Callable[..., Any] = Field(
         default="auto",
@@ -135,9 +140,9 @@ class Cache(PolicyModel):
     verifier: str | Callable[..., Any] | None = Field(
         default=None,
         description=(
-            "None, a cheap model name that confirms each semantic hit (charged "
-            "to the budget), or a callable (question, cached_question, "
-            "cached_answer) -> bool"
+            "None, a cheap model name (non-blank) that confirms each semantic "
+            "hit (charged to the budget), or a callable (question, "
+            "cached_question, cached_answer) -> bool"
         ),
     )
     ambiguity_margin: float | None = Field(
@@ -176,7 +181,45 @@ class Cache(PolicyModel):
             unknown = [s for s in items if s not in _PARTITION_SCOPES]
             if unknown:
                 raise ValueError(f"unknown partition scopes {unknown}")
+            twice = sorted({s for s in items if items.count(s) > 1})
+            if twice:
+                raise ValueError(
+                    f"partition scopes {twice} are named more than once; name "
+                    "each scope once, e.g. ('org', 'team')"
+                )
         return items
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _visible_prefix(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "a blank key prefix would put the cache's keys among any other "
+                "keys on the server: give a name such as 'governor:cache'"
+            )
+        return value
+
+    @field_validator("verifier")
+    @classmethod
+    def _named_verifier(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "a blank verifier names no model: give a cheap model's name, "
+                "e.g. 'gpt-4o-mini', a callable, or None for no verifier"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _a_layer_on(self) -> Self:
+        if not (self.exact or self.semantic):
+            raise FieldsError(
+                "with both layers off the cache can never serve an answer, yet "
+                "every call would still be keyed and stored: turn one layer on, "
+                "or set Policy(cache=None) for no cache",
+                ("exact", "semantic"),
+                {"exact": self.exact, "semantic": self.semantic},
+            )
+        return self
 
     @field_validator("embedder")
     @classmethod
@@ -185,6 +228,6 @@ class Cache(PolicyModel):
         litellm_model = isinstance(value, str) and value.startswith("litellm:")
         if isinstance(value, str) and value not in named and not litellm_model:
             raise ValueError(f"unknown embedder {value!r}")
-        if value == "litellm:":
+        if litellm_model and not value.removeprefix("litellm:").strip():
             raise ValueError("'litellm:' needs a model name after the colon")
         return value

@@ -7,6 +7,7 @@ see ``docs/cascade.md`` for how a request moves through the tiers.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import weakref
 from collections.abc import Iterator, Mapping
@@ -277,14 +278,74 @@ class Tier(PolicyModel):
             raise ValueError("a tier name must not be blank; name it, e.g. 'cheap'")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _a_model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "a tier's model must not be blank; give the model it calls, "
+                "e.g. 'gpt-4o-mini'"
+            )
+        return value
+
     @field_validator("params")
     @classmethod
-    def _no_fallbacks(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _sendable_params(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
         if "fallbacks" in value:
             raise ValueError(FALLBACKS_IN_CASCADE)
         if value.get("stream") or "stream_options" in value:
             raise ValueError(STREAM_IN_CASCADE)
+        if "model" in value:
+            raise ValueError(
+                f"params sets model {value['model']!r}, which a tier never "
+                "sends: it calls its own model. Set Tier(model=...) instead, "
+                "and remove model from params"
+            )
+        for name, value_problem in _PARAM_CHECKS.items():
+            given = value.get(name)
+            if given is not None and (problem := value_problem(given)):
+                raise ValueError(
+                    f"params[{name!r}] is {given!r}: {name} must be {problem}, "
+                    "or leave it out"
+                )
         return value
+
+
+def _count(value: Any) -> str | None:
+    """Why ``value`` is no count of at least 1 (max_tokens, n); None if it is."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "a whole number of at least 1"
+    return None
+
+
+def _temperature(value: Any) -> str | None:
+    if not _real(value) or value < 0:
+        return "a finite number of 0 or more, e.g. 0.2"
+    return None
+
+
+def _top_p(value: Any) -> str | None:
+    if not _real(value) or not 0 <= value <= 1:
+        return "a number from 0 to 1, e.g. 0.9"
+    return None
+
+
+def _real(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+_PARAM_CHECKS = {
+    "max_tokens": _count,
+    "max_completion_tokens": _count,
+    "n": _count,
+    "temperature": _temperature,
+    "top_p": _top_p,
+}
+"""Well-known call parameters whose obviously wrong values a provider would
+refuse only at call time, after cheaper tiers were paid for."""
 
 
 class PreCall(PolicyModel):
@@ -337,7 +398,9 @@ class Retry(PolicyModel):
         default=8.0,
         ge=0,
         le=_DAY_S,
-        description="seconds; the exponential backoff's ceiling",
+        description="seconds; the exponential backoff's ceiling, at least "
+        "backoff_initial_s (8 by default, or backoff_initial_s when that is "
+        "longer)",
     )
     jitter_s: float = Field(
         default=0.5,
@@ -369,15 +432,20 @@ class Retry(PolicyModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _cap_follows_a_long_cooldown(cls, data: Any) -> Any:
-        """Without max_cooldown_s, a cooldown_s above 300 s is its own cap."""
-        if not isinstance(data, Mapping) or "max_cooldown_s" in data:
+    def _caps_follow_long_waits(cls, data: Any) -> Any:
+        """Without its cap, a cooldown_s above 300 s (a backoff_initial_s
+        above 8 s) is its own cap."""
+        if not isinstance(data, Mapping):
             return data
-        try:  # as validation will read it: a number, or text such as "600"
-            cooldown = float(data.get("cooldown_s", 0))
-        except (TypeError, ValueError):
-            return data  # the field's own validation says what is wrong
-        return {**data, "max_cooldown_s": cooldown} if cooldown > 300 else data
+        caps = (
+            ("cooldown_s", "max_cooldown_s", 300.0),
+            ("backoff_initial_s", "backoff_max_s", 8.0),
+        )
+        for name, cap, default in caps:
+            wait = _seconds(data.get(name, 0)) if cap not in data else None
+            if wait is not None and wait > default:
+                data = {**data, cap: wait}
+        return data
 
     @model_validator(mode="after")
     def _rest_fits_its_cap(self) -> Self:
@@ -388,7 +456,24 @@ class Retry(PolicyModel):
                 "max_cooldown_s",
                 ("cooldown_s", "max_cooldown_s"),
             )
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise FieldsError(
+                f"backoff_initial_s ({self.backoff_initial_s:g}) exceeds "
+                f"backoff_max_s ({self.backoff_max_s:g}), which caps every "
+                "wait, the first too; lower backoff_initial_s or raise "
+                "backoff_max_s",
+                ("backoff_initial_s", "backoff_max_s"),
+            )
         return self
+
+
+def _seconds(value: Any) -> float | None:
+    """``value`` as validation will read it (a number, or text such as "600");
+    None when it is neither, for the field's own validation to report."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # Cascades already warned of, by identity. Pydantic runs a model's validators

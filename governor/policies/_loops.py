@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from governor.policies._base import PolicyModel
 
@@ -183,7 +183,7 @@ class Loops(PolicyModel):
         default=(),
         description=(
             "tool names the repetition rules ignore, e.g. ('wait_for_job',) for "
-            "tools that poll on purpose"
+            "tools that poll on purpose; each non-empty, as the tool is named"
         ),
     )
     action: LoopAction = Field(
@@ -200,3 +200,15 @@ class Loops(PolicyModel):
             "after the current model in the policy's cascade, else the same model"
         ),
     )
+
+    @field_validator("exempt_tools")
+    @classmethod
+    def _tool_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name.strip() or name != name.strip():
+                raise ValueError(
+                    f"exempt tool {name!r} can never match a tool or node name: "
+                    "give each tool's (or graph node's) name exactly as it is "
+                    "called, e.g. 'wait_for_job'"
+                )
+        return value

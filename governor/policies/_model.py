@@ -7,6 +7,7 @@ override); see ``docs/policy.md`` for the merge rule.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, Self
@@ -55,6 +56,7 @@ _MAX_EXACT = 2**53 - 1
 MAX_BUDGET_USD = Decimal(_MAX_EXACT) / 10**9
 """The largest ``max_usd``: about 9 million dollars, counted in nano-dollars."""
 _DAY_S = 86_400.0
+_DEFAULT_WARN_AT = (0.8, 0.95)
 _NANO_USD = Decimal("1e-9")
 MAX_PRICE_USD = MAX_BUDGET_USD
 """The largest price: per million tokens, or per second of a call.
@@ -154,6 +156,22 @@ class Price(PolicyModel):
             )
         return data
 
+    @field_validator("tiers")
+    @classmethod
+    def _one_tier_per_threshold(
+        cls, value: tuple[PriceTier, ...]
+    ) -> tuple[PriceTier, ...]:
+        seen: set[int] = set()
+        for tier in value:
+            if tier.above_input_tokens in seen:
+                raise ValueError(
+                    f"two tiers start above {tier.above_input_tokens} input "
+                    "tokens; which one bills would depend on their order: keep "
+                    "one PriceTier per above_input_tokens"
+                )
+            seen.add(tier.above_input_tokens)
+        return value
+
 
 class Pricing(PolicyModel):
     """Where prices come from: LiteLLM's bundled map, then these overrides."""
@@ -170,6 +188,31 @@ class Pricing(PolicyModel):
         default=False,
         description="True to fetch LiteLLM's current price map once (network)",
     )
+
+    @field_validator("overrides")
+    @classmethod
+    def _model_names(cls, value: Mapping[str, Price]) -> Mapping[str, Price]:
+        for model in value:
+            if not model.strip() or model != model.strip():
+                raise ValueError(
+                    f"override key {model!r} can never match a model a call "
+                    "names: key each Price by the model name as it is called, "
+                    "e.g. {'gpt-4o-mini': Price(...)}, without spaces around it"
+                )
+        return value
+
+    @field_validator("remote_price_map", mode="before")
+    @classmethod
+    def _a_real_flag(cls, value: Any) -> Any:
+        # Text such as "yes" or "false" would be read as a flag; "yes" turns on
+        # network fetching, so only True and False are taken.
+        if not isinstance(value, bool):
+            raise ValueError(
+                "remote_price_map takes True or False only, not text or a "
+                "number read as a flag: True fetches LiteLLM's price map over "
+                "the network, so it must be a real True"
+            )
+        return value
 
 
 class Budget(PolicyModel):
@@ -209,11 +252,14 @@ class Budget(PolicyModel):
         description="seconds, up to a year, for period='rolling' only",
     )
     timezone: str = Field(
-        default="UTC", description="an IANA time zone name, e.g. 'Europe/Paris'"
+        default="UTC",
+        description="an IANA time zone name, e.g. 'Europe/Paris', for the "
+        "calendar periods (hour, day, week, month)",
     )
     warn_at: tuple[float, ...] = Field(
-        default=(0.8, 0.95),
-        description="fractions of the limit (0 < f < 1) that log a warning once",
+        default=_DEFAULT_WARN_AT,
+        description="fractions of the limit (0 < f < 1) that log a warning once; "
+        "shared (non-task) budgets only",
     )
 
     @field_validator("max_usd")
@@ -298,6 +344,26 @@ class Budget(PolicyModel):
                 ("key",),
                 {**scope, "key": self.key},
             )
+        return self._settings_that_apply()
+
+    def _settings_that_apply(self) -> Self:
+        """Refuse a warn_at or timezone that this budget would never use."""
+        if self.scope == "task" and self.warn_at not in ((), _DEFAULT_WARN_AT):
+            raise FieldsError(
+                "warn_at applies to shared budgets (scope 'team', 'user', ...): "
+                "a task budget never warns, whatever its fractions; drop "
+                "warn_at, or set it on a budget of another scope",
+                ("warn_at",),
+                {"scope": self.scope, "warn_at": self.warn_at},
+            )
+        if self.period in ("total", "rolling") and self.timezone != "UTC":
+            raise FieldsError(
+                "timezone applies to the calendar periods (hour, day, week, "
+                f"month) only: a {self.period!r} budget never reads it; drop "
+                "timezone, or use a calendar period such as period='day'",
+                ("timezone",),
+                {"period": self.period, "timezone": self.timezone},
+            )
         return self
 
 
@@ -315,7 +381,7 @@ class Attribution(PolicyModel):
     tags: Mapping[str, str] = Field(
         default_factory=dict,
         description="free-form string tags: names and values non-empty, "
-        "without control characters or spaces around them",
+        "without control or invisible characters or spaces around them",
     )
 
     @field_validator(*ATTRIBUTION_FIELDS)
@@ -401,7 +467,7 @@ def tag_problem(text: str) -> str | None:
 
 def _suggested_name(value: str) -> str:
     """`` (e.g. 'name')``: ``value`` made a usable name, or "" when none is left."""
-    kept = "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127)
+    kept = "".join(ch for ch in value if not invisible(ch))
     name = kept.replace("#", "").strip()
     return f" (e.g. {name!r})" if name else ""
 
@@ -424,10 +490,11 @@ def _unknown_zone(value: str) -> str:
 def name_problem(value: str) -> str | None:
     """Why ``value`` cannot name a team, user, ...; None when it can.
 
-    A blank name would charge nobody; one with spaces around it or a control
-    character would be a different tenant from the name it looks like, so a
-    budget keyed on that name would skip it; ``#`` separates a budget line's
-    key from its period window.
+    A blank name would charge nobody; one with spaces around it, a control
+    character or an invisible one (a byte-order mark, a zero-width space, a
+    soft hyphen) would be a different tenant from the name it looks like, so
+    a budget keyed on that name would skip it; ``#`` separates a budget
+    line's key from its period window.
     """
     if not value.strip():
         return "must be a non-empty name"
@@ -437,7 +504,34 @@ def name_problem(value: str) -> str | None:
         return "must be a name without '#'"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return "must not hold control characters such as newlines"
+    hidden = next((ch for ch in value if invisible(ch)), None)
+    if hidden is not None:
+        return (
+            f"must not hold invisible characters (here {_code_point(hidden)}): "
+            "it would look like the name without it, yet count as a different "
+            "one; remove it"
+        )
     return None
+
+
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Controls, format characters (byte-order mark, zero-width space and joiners,
+soft hyphen, bidi marks), lone surrogates, line and paragraph separators."""
+_BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+"""Characters that print as nothing although Unicode does not class them as
+format characters: the combining grapheme joiner, the Hangul fillers, the
+Khmer inherent vowels and the blank Braille pattern."""
+
+
+def invisible(ch: str) -> bool:
+    """Whether ``ch`` prints as nothing (or as a line break) in a name."""
+    return unicodedata.category(ch) in _INVISIBLE_CATEGORIES or ch in _BLANK_LETTERS
+
+
+def _code_point(ch: str) -> str:
+    """``U+200B ZERO WIDTH SPACE``: a character named so that it can be found."""
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
 
 
 class Fanout(PolicyModel):
@@ -498,7 +592,11 @@ class Policy(PolicyModel):
         ... )
     """
 
-    name: str = Field(default="default", description="a label for reports and spans")
+    name: str = Field(
+        default="default",
+        description="a label for reports and spans: non-empty, without control "
+        "or invisible characters",
+    )
     budgets: tuple[Budget, ...] = Field(
         default=(),
         description="a list of Budget, at most one per (scope, key, period)",
@@ -537,12 +635,31 @@ class Policy(PolicyModel):
     )
     hold_ttl_s: float = Field(
         default=900.0,
-        gt=0,
+        ge=1,
         le=7 * _DAY_S,
-        description="seconds, up to a week, a reservation or fan-out slot lives "
-        "without "
-        "renewal; open calls renew theirs every third of it",
+        description="seconds, from 1 up to a week, a reservation or fan-out slot "
+        "lives without renewal; open calls renew theirs every third of it, so "
+        "a shorter lease would lapse between renewals (one store round trip "
+        "can take longer) and free the room of calls still running",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "a policy name labels its spans and reports: give a non-empty "
+                "name, e.g. 'search-agent'"
+            )
+        hidden = next((ch for ch in value if invisible(ch)), None)
+        if hidden is not None:
+            raise ValueError(
+                "a policy name must not hold control or invisible characters "
+                f"(here {_code_point(hidden)}): it labels spans and report "
+                "lines, which such a character would break or disguise; "
+                "remove it"
+            )
+        return value
 
     @field_validator("budgets", mode="before")
     @classmethod

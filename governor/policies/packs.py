@@ -52,7 +52,9 @@ _DOLLARS = (
 )
 _CALLS = "a positive whole number of calls"
 _ZONE = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
-_NAME = "a non-empty name without '#', control characters or spaces around it"
+_NAME = (
+    "a non-empty name without '#', control or invisible characters or spaces around it"
+)
 _MODEL = "a model name as it is called, e.g. 'gpt-4o-mini'"
 
 
@@ -223,6 +225,14 @@ def cost_saver(
         cheap = Tier(name="cheap", model=cheap_model)
     with _argument(pack, "premium_model", premium_model, _MODEL):
         premium = Tier(name="premium", model=premium_model)
+    if premium_model == cheap_model:
+        raise PolicyError(
+            f"packs.cost_saver(): premium_model={premium_model!r} is not valid: "
+            "it is cheap_model too, so the premium tier would repeat the cheap "
+            "tier's answer at the same price and fail the same way; "
+            "premium_model takes a model dearer than cheap_model (by default "
+            "'gpt-4o' over 'gpt-4o-mini')"
+        )
     return Policy(
         name=pack,
         budgets=[task],
