@@ -55,6 +55,37 @@ def test_hold_ttl_of_one_second_is_kept() -> None:
     assert Policy(hold_ttl_s=1).hold_ttl_s == 1.0
 
 
+def test_default_max_output_tokens_is_bounded_like_every_count() -> None:
+    """10**30 was taken, and a refusal then named it as the output held."""
+    with pytest.raises(PolicyError) as caught:
+        Policy(default_max_output_tokens=10**30)
+    assert "default_max_output_tokens: Input should be less than or equal to " in (
+        str(caught.value)
+    )
+    assert Policy(default_max_output_tokens=2**53 - 1).default_max_output_tokens == (
+        2**53 - 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("attempts", 10**9, "RedisConfig.attempts is at most 100, such as 3"),
+        ("max_connections", 10**9, "RedisConfig.max_connections is at most 100,000"),
+        ("attempts", 0, "RedisConfig.attempts must be a whole number of at least 1"),
+    ],
+)
+def test_redis_counts_are_bounded(name: str, value: int, message: str) -> None:
+    """A billion attempts would retry for years, each wait up to a second."""
+    from governor import ConfigError
+    from governor.stores import RedisConfig
+
+    with pytest.raises(ConfigError) as caught:
+        RedisConfig(**{name: value})
+    assert str(caught.value).startswith(message)
+    assert RedisConfig(attempts=100, max_connections=100_000).attempts == 100
+
+
 # 2. A cache count Redis cannot take.
 
 

@@ -623,6 +623,7 @@ class Policy(PolicyModel):
     default_max_output_tokens: int = Field(
         default=4096,
         gt=0,
+        le=_MAX_EXACT,
         description="max_tokens sent (and reserved for) when a request sets none",
     )
     max_call_s: float = Field(

@@ -271,8 +271,9 @@ class RedisConfig:
                 f"url {redact_url(self.url)!r} is not a Redis URL; use "
                 "redis://[:password@]host:port/db, rediss://... or unix://..."
             )
-        _check_count("max_connections", self.max_connections, "50")
-        _check_count("attempts", self.attempts, "3")
+        _check_count("max_connections", self.max_connections, "50", 100_000)
+        # Each retry waits up to a second: a hundred tries is minutes already.
+        _check_count("attempts", self.attempts, "3", 100)
         for name, zero_ok, example in _SECONDS:
             _check_seconds(name, getattr(self, name), zero_ok, example)
         check_url_options(self.url)
@@ -289,11 +290,16 @@ _SECONDS: Final = (
 )
 
 
-def _check_count(name: str, value: object, example: str) -> None:
+def _check_count(name: str, value: object, example: str, at_most: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             f"RedisConfig.{name} must be a whole number of at least 1, such as "
             f"{example}; got {value!r}"
+        )
+    if value > at_most:
+        raise ConfigError(
+            f"RedisConfig.{name} is at most {at_most:,}, such as {example}; got "
+            f"{value:,}"
         )
 
 
