@@ -1022,6 +1022,12 @@ def test_a_polite_opening_modal_is_no_difference(
         ("You're right about Java?", "You are right about Java?", None),
         ("Can I use a list here?", "Can't I use a list here?", "negation"),
         ("Won't Paris host the games?", "Won't London host the games?", "entities"),
+        (
+            "He's 5 years old, is that tall?",
+            "She's 5 years old, is that tall?",
+            "entities",
+        ),
+        ("You're late again?", "They're late again?", "entities"),
     ],
 )
 def test_a_contraction_opening_a_sentence_is_not_a_name(

@@ -525,8 +525,7 @@ _COMMON = _words(
     currently basically actually interested many several both another
     given following according in-order once whenever can't cannot couldn't
     don't doesn't didn't isn't aren't wasn't weren't won't wouldn't
-    shouldn't haven't hasn't hadn't mustn't let's you're we're they're
-    you've we've they've he's she's"""
+    shouldn't haven't hasn't hadn't mustn't let's"""
 )
 
 
