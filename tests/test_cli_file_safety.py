@@ -269,7 +269,7 @@ def test_a_chart_written_whole_replaces_the_earlier_one(
     ("content", "what"),
     [
         (SQLITE_HEADER + b"\x00" * 100, "a SQLite database"),
-        (b"just some notes\nnot spans\n", "does not start with '{'"),
+        (b"just some notes\nnot spans\n", "no line at its start opens a JSON"),
         (b"\x89PNG\r\n\x1a\n\x00\x00", "binary data"),
     ],
 )

@@ -57,7 +57,7 @@ def test_an_unwritable_traces_file_warns_once_per_outage(
         (b"SQLite format 3\x00" + b"\x00" * 84, "a SQLite database"),
         (b"\x1f\x8b\x08\x00rest", "gzip-compressed data"),
         (b"PK\x03\x04\x00\x00", "binary data, not text"),
-        (b"name,cost\nweb,1\n", "its first line does not start with '{'"),
+        (b"name,cost\nweb,1\n", "no line at its start opens a JSON object"),
     ],
 )
 def test_a_traces_file_that_is_not_json_lines_is_refused_untouched(
@@ -91,3 +91,35 @@ def test_a_traces_file_of_spans_or_empty_is_appended_to(tmp_path: Path) -> None:
             pass
         names = [span["name"] for span in read_spans(path)]
         assert names == (["old", "new"] if text else ["new"])
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'\xef\xbb\xbf{"name": "old"}\n',
+        b'ributes": {}}\n{"name": "old"}\n',
+        b'{"name": "old"}\n\x00\x00\x00\x00',
+    ],
+    ids=["byte-order mark", "first line cut short", "zero bytes after a crash"],
+)
+def test_a_traces_file_of_spans_with_a_rough_start_is_taken(
+    tmp_path: Path, head: bytes
+) -> None:
+    """A JSONL file that a trim, an editor or a crash left rough at its
+    start or end is still a file of spans."""
+    path = tmp_path / "spans.jsonl"
+    path.write_bytes(head)
+    JsonlSpanExporter(path)
+    assert path.read_bytes() == head
+
+
+def test_a_traces_path_given_as_a_link_is_taken(tmp_path: Path) -> None:
+    """GOVERNOR_TRACES_FILE=/dev/stdout may lead to a log file; a link is
+    the user's choice of where spans go, not a file to protect."""
+    log = tmp_path / "app.log"
+    log.write_text("INFO app starting\n", encoding="utf-8")
+    link = tmp_path / "stdout"
+    link.symlink_to(log)
+    JsonlSpanExporter(link)
+    JsonlSpanExporter(Path("/dev/stdout"))
+    assert log.read_text(encoding="utf-8") == "INFO app starting\n"
