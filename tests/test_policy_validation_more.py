@@ -408,9 +408,45 @@ def test_budget_key_with_an_invisible_character_suggests_the_name() -> None:
         Budget(scope="team", key="\ufeffsearch", max_usd=1)
 
 
-@pytest.mark.parametrize("name", ["search team", "recherche-équipe", "検索", "naïve"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "search team",
+        "recherche-équipe",
+        "検索",
+        "naïve",
+        "\U0001f469\u200d\U0001f4bb devs",  # woman technologist: a joined emoji
+        "\U0001f3f3\ufe0f\u200d\U0001f308 pride",
+        "team \U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f sales",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: a non-joiner
+        "\u0915\u094d\u200d\u0937",  # Devanagari with a joiner
+        "\u0600\u0661\u0662",  # the Arabic number sign prints
+    ],
+)
 def test_visible_names_are_kept(name: str) -> None:
+    """Joiners inside an emoji or a word of a script that spells with them,
+    a flag's tag characters and the Arabic number sign are part of what the
+    name shows."""
     assert Attribution(team=name, tags={"t": name}).team == name
+    assert Budget(scope="team", key=name, max_usd=1).key == name
+    assert Policy(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "code_point"),
+    [
+        ("\u200d\U0001f4bb devs", "U+200D ZERO WIDTH JOINER"),  # at the start
+        ("devs \u200c", "U+200C ZERO WIDTH NON-JOINER"),  # after a space
+        ("search\U000e0067", "U+E0067 TAG LATIN SMALL LETTER G"),  # no flag
+    ],
+)
+def test_joiners_and_tags_outside_what_they_join_are_refused(
+    name: str, code_point: str
+) -> None:
+    with pytest.raises(PolicyError) as caught:
+        Attribution(team=name)
+    assert PROBLEM.format(code_point) in str(caught.value)
 
 
 # 5. Budget settings the budget never reads.

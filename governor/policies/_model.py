@@ -467,7 +467,9 @@ def tag_problem(text: str) -> str | None:
 
 def _suggested_name(value: str) -> str:
     """`` (e.g. 'name')``: ``value`` made a usable name, or "" when none is left."""
-    kept = "".join(ch for ch in value if not invisible(ch))
+    kept = value
+    while (hidden := hidden_character(kept)) is not None:
+        kept = kept.replace(hidden, "")
     name = kept.replace("#", "").strip()
     return f" (e.g. {name!r})" if name else ""
 
@@ -504,7 +506,7 @@ def name_problem(value: str) -> str | None:
         return "must be a name without '#'"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return "must not hold control characters such as newlines"
-    hidden = next((ch for ch in value if invisible(ch)), None)
+    hidden = hidden_character(value)
     if hidden is not None:
         return (
             f"must not hold invisible characters (here {_code_point(hidden)}): "
@@ -515,17 +517,59 @@ def name_problem(value: str) -> str | None:
 
 
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-"""Controls, format characters (byte-order mark, zero-width space and joiners,
-soft hyphen, bidi marks), lone surrogates, line and paragraph separators."""
+"""Controls, format characters (byte-order mark, zero-width space, soft
+hyphen, bidi marks), lone surrogates, line and paragraph separators."""
 _BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
 """Characters that print as nothing although Unicode does not class them as
 format characters: the combining grapheme joiner, the Hangul fillers, the
 Khmer inherent vowels and the blank Braille pattern."""
+_JOINERS = frozenset("\u200c\u200d")
+"""Zero-width (non-)joiners: part of emoji sequences (👩‍💻) and of the
+spelling of Persian, Indic and other scripts, between two such characters."""
+_SHOWN_FORMATS = frozenset("\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u08e2")
+"""Format characters that print a sign (the Arabic number signs and kin)."""
+_BLACK_FLAG = "\U0001f3f4"
+_TAGS = range(0xE0020, 0xE0080)
+"""Tag characters: after a black flag, they spell a subdivision's flag."""
 
 
-def invisible(ch: str) -> bool:
-    """Whether ``ch`` prints as nothing (or as a line break) in a name."""
-    return unicodedata.category(ch) in _INVISIBLE_CATEGORIES or ch in _BLANK_LETTERS
+def hidden_character(value: str) -> str | None:
+    """The first character of ``value`` that prints as nothing (or as a line
+    break) on its own, so that the name would look like one without it;
+    None when there is none.
+
+    Joiners inside an emoji sequence or a word of a script that spells with
+    them, tag characters of a flag and the Arabic number signs are part of
+    what the name shows, and are kept.
+    """
+    for index, ch in enumerate(value):
+        if ch in _BLANK_LETTERS:
+            return ch
+        if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES:
+            continue
+        if ch in _SHOWN_FORMATS or _joins(value, index) or _tags_a_flag(value, index):
+            continue
+        return ch
+    return None
+
+
+def _joins(value: str, index: int) -> bool:
+    """A joiner between two characters of an emoji or of a script other than
+    ASCII; next to an ASCII letter, a space or an edge it only hides."""
+    if value[index] not in _JOINERS or index == 0 or index == len(value) - 1:
+        return False
+    before, after = value[index - 1], value[index + 1]
+    return not (before.isascii() or after.isascii() or before.isspace())
+
+
+def _tags_a_flag(value: str, index: int) -> bool:
+    """A tag character in a flag sequence (a black flag, then tags)."""
+    if ord(value[index]) not in _TAGS:
+        return False
+    start = index
+    while start > 0 and ord(value[start - 1]) in _TAGS:
+        start -= 1
+    return start > 0 and value[start - 1] == _BLACK_FLAG
 
 
 def _code_point(ch: str) -> str:
@@ -652,7 +696,7 @@ class Policy(PolicyModel):
                 "a policy name labels its spans and reports: give a non-empty "
                 "name, e.g. 'search-agent'"
             )
-        hidden = next((ch for ch in value if invisible(ch)), None)
+        hidden = hidden_character(value)
         if hidden is not None:
             raise ValueError(
                 "a policy name must not hold control or invisible characters "
