@@ -540,11 +540,26 @@ class Task:
             token.var.reset(token)
 
     def _enter_ended(self) -> list[contextvars.Token[Any]]:
-        """Leave every task but keep this one's attribution, for work bound
-        to it that runs after it ended: each of its calls is then charged to
-        a task of its own with the same team, user, session, ... values, so
-        budgets on those scopes still hold it. :meth:`_leave` undoes it."""
+        """Where work bound to this task runs after it ended: in the task it
+        is run from when that task is one of this one's ancestors, still
+        open (a sub-task ended, its parent's budgets hold the work); else
+        outside every task but with this one's attribution, so that each call
+        is charged to a task of its own with the same team, user, session,
+        ... values and budgets on those scopes still hold it. :meth:`_leave`
+        undoes it."""
+        running = _CURRENT.get()
+        if running is not None and not running.closed and self._descends(running):
+            return []
         return [_CURRENT.set(None), _AMBIENT.set(self.attribution)]
+
+    def _descends(self, task: Task) -> bool:
+        """Whether ``task`` is this task's parent, or its parent's, ..."""
+        parent = self.parent
+        while parent is not None:
+            if parent is task:
+                return True
+            parent = parent.parent
+        return False
 
     def _enter_step(
         self, carried: contextvars.Context, *, warned: bool, name: object
@@ -564,10 +579,11 @@ class Task:
         if self.closed:
             logger.warning(
                 "%s, bound to task %s, ran after the task ended; its calls are "
-                "charged to tasks of their own, which still count against the "
-                "task's team, user and other shared budgets (%s) but not its "
-                "own budget or report. Finish bound work before its task's block "
-                "ends to keep its calls in the task",
+                "charged to the parent task it runs in, if one is open there, "
+                "else to tasks of their own that still count against the task's "
+                "team, user and other shared budgets (%s); never to the ended "
+                "task's own budget or report. Finish bound work before its "
+                "task's block ends to keep its calls in the task",
                 _name_of(function),
                 self.id,
                 _scopes_text(self.scope_values),

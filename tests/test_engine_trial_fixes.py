@@ -154,6 +154,50 @@ def test_a_late_step_does_not_join_the_consumers_own_task() -> None:
     assert refused.value.scope == "team:web"
 
 
+def test_a_sub_task_s_late_body_read_in_its_parent_is_held_by_the_parent() -> None:
+    """A sub-task's bound body read after the sub-task ended, inside the
+    still-open parent, is charged to the parent: its budget and report."""
+    gov = Governor(Policy(budgets=[Budget(max_tokens=100)]))
+    llm = GovernedLiteLLM(gov)
+
+    def calls(n: int) -> Iterator[Any]:
+        for _ in range(n):
+            yield llm.completion(model=MODEL, max_tokens=20, messages=MESSAGES)
+
+    made = 0
+    with gov.task(team="t") as parent:
+        with gov.task() as sub:
+            late = sub.bind(calls)(10)
+        with pytest.raises(BudgetExceeded) as refused:
+            for _ in late:
+                made += 1
+    assert refused.value.scope == f"task:{parent.id}"
+    assert parent.report().calls == made
+    assert 0 < made < 10
+
+
+def test_a_sub_task_s_late_coroutine_awaited_in_its_parent_is_held_too() -> None:
+    gov = Governor(Policy(budgets=[Budget(max_tokens=100)]))
+    llm = GovernedLiteLLM(gov)
+
+    async def ask() -> Any:
+        return await llm.acompletion(model=MODEL, max_tokens=20, messages=MESSAGES)
+
+    async def run() -> int:
+        made = 0
+        async with gov.atask() as parent:
+            with gov.task() as sub:
+                late = sub.bind(ask)
+            with pytest.raises(BudgetExceeded):
+                for _ in range(10):
+                    await late()
+                    made += 1
+            assert parent.report().calls == made
+        return made
+
+    assert 0 < asyncio.run(run()) < 10
+
+
 # -- 2. a spend target it cannot use is refused at construction ----------------
 
 
