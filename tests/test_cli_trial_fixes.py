@@ -365,6 +365,28 @@ def test_a_py_policy_imports_a_module_beside_it(
     assert sys.path == before
 
 
+def test_two_py_policies_import_their_own_same_named_module(tmp_path: Path) -> None:
+    """compare --a pa/policy.py --b pb/policy.py: each imports its own
+    settings module, and neither stays in sys.modules afterwards."""
+    from governor.cli._policy import load_policy
+
+    name = f"settings_{uuid.uuid4().hex[:8]}"
+    for folder, usd in (("pa", "0.01"), ("pb", "5")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(f'TASK_USD = "{usd}"\n')
+        (tmp_path / folder / "policy.py").write_text(
+            f"from {name} import TASK_USD\n"
+            "from governor.policies import Budget, Policy\n"
+            "POLICY = Policy(budgets=[Budget(max_usd=TASK_USD)])\n"
+        )
+    limits = [
+        str(load_policy(str(tmp_path / folder / "policy.py")).budgets[0].max_usd)
+        for folder in ("pa", "pb", "pa")
+    ]
+    assert limits == ["0.01", "5", "0.01"]
+    assert name not in sys.modules
+
+
 def test_a_py_policy_loads_the_same_under_governor_and_python_m(
     policy_with_helper: Path, tmp_path: Path
 ) -> None:

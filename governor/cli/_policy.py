@@ -64,16 +64,30 @@ def load_policy(spec: str) -> Policy:
 
 @contextlib.contextmanager
 def _folder_first(path: Path) -> Iterator[None]:
-    """``path``'s folder first on ``sys.path`` while a ``.py`` policy loads."""
+    """``path``'s folder first on ``sys.path`` while a ``.py`` policy loads.
+
+    Modules the policy imported from its folder are forgotten afterwards, so
+    that a second policy (``compare --a pa/policy.py --b pb/policy.py``)
+    imports its own ``settings.py``, not the first one's.
+    """
     if path.suffix.lower() != ".py" or not path.is_file():
         yield
         return
-    saved = list(sys.path)
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = path.resolve().parent
+    saved, known = list(sys.path), set(sys.modules)
+    sys.path.insert(0, str(folder))
     try:
         yield
     finally:
         sys.path[:] = saved
+        for name in set(sys.modules) - known:
+            if _inside(getattr(sys.modules[name], "__file__", None), folder):
+                del sys.modules[name]
+
+
+def _inside(file: str | None, folder: Path) -> bool:
+    """Whether ``file`` lies in ``folder`` (or a package below it)."""
+    return file is not None and Path(file).resolve().is_relative_to(folder)
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
