@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -185,7 +186,7 @@ class Governor:
             )
         self.policy = policy or Policy()
         _check_arguments(ledger, anomalies)
-        _check_spend(spend)
+        spend = _spend_target(spend)
         self.ledger: Ledger = self._wrap(ledger)
         if self.policy.cache is not None and self.policy.cache.store == "redis":
             self._redis_bytes_client()  # refuse now, not at the first call
@@ -2336,15 +2337,20 @@ def _check_arguments(ledger: Any, anomalies: Any) -> None:
             )
 
 
-def _check_spend(spend: object) -> None:
-    """Refuse a spend target of the wrong kind at construction: at call time
+def _spend_target(spend: Any) -> Any:
+    """The spend target as the recorder takes it (a path-like object as a
+    Path); one of the wrong kind is refused at construction, as at call time
     each of its records would be lost, with only a warning."""
     if spend is None or isinstance(spend, str | Path):
-        return
+        return spend
+    if isinstance(spend, os.PathLike):
+        path = os.fspath(spend)
+        if isinstance(path, str):
+            return Path(path)
     if callable(getattr(spend, "record_many", None)):
-        return
+        return spend
     raise TypeError(
-        "Governor(spend=...) takes a path (str or pathlib.Path: a .sqlite3 or "
+        "Governor(spend=...) takes a path (str or path-like: a .sqlite3 or "
         ".jsonl file), a Redis URL (redis://...) or a spend store object with "
         "the governor.spend.SpendStore methods (record, record_many, query); "
         f"got {type(spend).__name__} {spend!r}. E.g. "

@@ -208,6 +208,24 @@ def test_a_spend_target_of_the_wrong_kind_is_a_type_error(spend: Any) -> None:
     assert f"got {type(spend).__name__} " in str(refused.value)
 
 
+class _PathLike:
+    """A path-like object that is not a pathlib.Path (pytest's tmpdir is one)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __fspath__(self) -> str:
+        return self._path
+
+
+def test_a_path_like_spend_target_is_taken_as_its_path(tmp_path: Path) -> None:
+    target = tmp_path / "spend.jsonl"
+    with Governor(Policy(), spend=_PathLike(str(target))) as gov:
+        with gov.task():
+            GovernedLiteLLM(gov).completion(model=MODEL, max_tokens=5, messages=MESSAGES)
+    assert len(target.read_text(encoding="utf-8").splitlines()) == 1
+
+
 def test_a_spend_store_object_is_still_accepted() -> None:
     store = ListStore()
     with Governor(Policy(), spend=store) as gov:
