@@ -220,9 +220,8 @@ class _PathLike:
 
 def test_a_path_like_spend_target_is_taken_as_its_path(tmp_path: Path) -> None:
     target = tmp_path / "spend.jsonl"
-    with Governor(Policy(), spend=_PathLike(str(target))) as gov:
-        with gov.task():
-            GovernedLiteLLM(gov).completion(model=MODEL, max_tokens=5, messages=MESSAGES)
+    with Governor(Policy(), spend=_PathLike(str(target))) as gov, gov.task():
+        GovernedLiteLLM(gov).completion(model=MODEL, max_tokens=5, messages=MESSAGES)
     assert len(target.read_text(encoding="utf-8").splitlines()) == 1
 
 
