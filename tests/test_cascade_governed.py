@@ -203,8 +203,20 @@ def test_the_window_check_counts_the_tiers_own_max_tokens() -> None:
 def test_a_string_instead_of_messages_is_refused_with_the_expected_shape() -> None:
     """cascade("hi") says it takes a list of message dicts."""
     gov = Governor(Policy(cascade=CASCADE))
-    with pytest.raises(TypeError, match="takes chat messages, a list of dicts"):
+    with pytest.raises(
+        TypeError, match=r"^cascade\(\) messages= must be a list of message dicts"
+    ):
         GovernedLiteLLM(gov).cascade("hi")  # type: ignore[arg-type]
+
+
+def test_a_cascade_takes_the_message_objects_completion_takes() -> None:
+    """LiteLLM's Message objects, which completion() takes, are taken too."""
+    install_offline_provider(respond("Probably B, carbon dioxide."), speed=0)
+    gov = Governor(Policy(cascade=CASCADE))
+    message = litellm.Message(role="user", content=QUESTION)
+    with gov.task():
+        result = GovernedLiteLLM(gov).cascade([message])
+    assert result.attempts[-1].outcome == "accepted"
 
 
 def test_an_unpriced_tier_is_refused_when_the_governor_is_built() -> None:

@@ -323,3 +323,27 @@ def test_litellm_message_objects_are_still_accepted() -> None:
     message = litellm.Message(role="user", content="hi")
     response = llm.completion(model=MODEL, max_tokens=5, messages=[message])
     assert response.choices[0].message.role == "assistant"
+
+
+def test_openai_sdk_messages_are_taken_as_their_dicts() -> None:
+    """A pydantic message with a role (the OpenAI SDK's reply message, sent
+    back in the history) is read as LiteLLM reads it: as its dict."""
+    from openai.types.chat import ChatCompletionMessage
+
+    gov = Governor(Policy())
+    earlier = ChatCompletionMessage(role="assistant", content="Paris.")
+    history = [*MESSAGES, earlier, {"role": "user", "content": "And Spain?"}]
+    with gov.task() as task:
+        response = GovernedLiteLLM(gov).completion(
+            model=MODEL, max_tokens=5, messages=history
+        )
+    assert response.choices[0].message.role == "assistant"
+    assert task.report().calls == 1
+
+
+def test_langchain_messages_are_refused_with_the_conversion_to_use() -> None:
+    from langchain_core.messages import HumanMessage
+
+    llm = GovernedLiteLLM(Governor(Policy()))
+    with pytest.raises(TypeError, match="convert_to_openai_messages"):
+        llm.completion(model=MODEL, messages=[HumanMessage("hi")])

@@ -370,14 +370,7 @@ class GovernedLiteLLM:
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any], name: str
     ) -> tuple[Any, dict[str, Any]]:
         """Check a cascade call's arguments; ``name`` is the method called."""
-        if isinstance(messages, str) or not all(
-            isinstance(m, Mapping) for m in messages
-        ):
-            raise TypeError(
-                f"{name}() takes chat messages, a list of dicts such as "
-                '[{"role": "user", "content": "..."}], not '
-                f"{type(messages).__name__}"
-            )
+        messages = _as_messages(name, messages)
         task = current_task()
         policy = (task.policy if task else self.governor.policy).cascade
         if policy is None:
@@ -866,15 +859,20 @@ def _named(
     if "model" not in named or names[1] not in named:
         raise TypeError(f"{call}() needs model= and {names[1]}=")
     if names[1] == "messages":
-        _check_messages(call, named["messages"])
+        named["messages"] = _as_messages(call, named["messages"])
     else:
         _check_input(call, named[names[1]])
     return named
 
 
-def _check_messages(call: str, messages: Any) -> None:
-    """Refuse messages of the wrong kind before they are read (a string
-    would otherwise fail deep inside as an AttributeError)."""
+def _as_messages(call: str, messages: Any) -> Any:
+    """The messages as the governor reads them, or a TypeError before they are
+    read (a string would otherwise fail deep inside as an AttributeError).
+
+    Dicts and objects with ``.get`` (LiteLLM's ``Message``) are kept; a
+    pydantic message with a role (the OpenAI SDK's ``ChatCompletionMessage``)
+    is taken as its dict, as LiteLLM takes it.
+    """
     example = "[{'role': 'user', 'content': 'hi'}]"
     if isinstance(messages, str | bytes | Mapping) or not isinstance(
         messages, Sequence
@@ -883,12 +881,29 @@ def _check_messages(call: str, messages: Any) -> None:
             f"{call}() messages= must be a list of message dicts such as "
             f"{example}, got {type(messages).__name__}"
         )
-    for index, message in enumerate(messages):
-        if not callable(getattr(message, "get", None)):
-            raise TypeError(
-                f"{call}() messages= must be a list of message dicts such as "
-                f"{example}; messages[{index}] is {type(message).__name__}"
-            )
+    if all(callable(getattr(m, "get", None)) for m in messages):
+        return messages
+    return [_as_message(call, index, m) for index, m in enumerate(messages)]
+
+
+def _as_message(call: str, index: int, message: Any) -> Any:
+    if callable(getattr(message, "get", None)):
+        return message
+    dump = getattr(message, "model_dump", None)
+    fields = dump(exclude_none=True) if callable(dump) else None
+    if isinstance(fields, dict) and "role" in fields:
+        return fields
+    hint = (
+        " (a LangChain message: convert the list with "
+        "langchain_core.messages.convert_to_openai_messages)"
+        if isinstance(fields, dict) and "type" in fields
+        else ""
+    )
+    raise TypeError(
+        f"{call}() messages= must be a list of message dicts such as "
+        f"[{{'role': 'user', 'content': 'hi'}}]; messages[{index}] is "
+        f"{type(message).__name__}{hint}"
+    )
 
 
 def _check_input(call: str, value: Any) -> None:
