@@ -263,3 +263,19 @@ def test_parts_the_provider_left_out_come_from_usage_metadata(
     assert report is not None
     assert report.cost_usd == CACHED_COST
     assert _call_span(capture)[attr.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 400
+
+
+def test_a_provider_usage_with_parts_is_taken_whole() -> None:
+    """A part the provider gives as 0 is 0: its audio was all read from the
+    cache, so LangChain's audio input count must not be added to it."""
+    from governor.adapters.langgraph import _merged_usage
+    from governor.pricing import Usage
+
+    detailed = Usage(
+        prompt_tokens=1000,
+        completion_tokens=500,
+        cache_read_tokens=600,
+        audio_cache_read_tokens=500,
+    )
+    standard = Usage(prompt_tokens=1000, completion_tokens=500, audio_input_tokens=400)
+    assert _merged_usage(detailed, standard) == detailed

@@ -1851,11 +1851,14 @@ _DETAILS = (
 
 
 def _merged_usage(detailed: Usage, standard: Usage) -> Usage:
-    """The provider's usage, with the parts it left out taken from LangChain's.
+    """The provider's usage, or LangChain's parts where the provider gave none.
 
     Where the two disagree on the prompt or completion tokens, the provider's
     was not one call's usage as sent (a stream's chunks may add up their
-    running totals when merged): LangChain's is used.
+    running totals when merged): LangChain's is used. A provider's usage
+    with any part (cache, reasoning, audio) is taken whole: a part it gives
+    as 0 is 0, not a part left out, and parts of two readings mixed could
+    count one token twice (audio read from the cache, and audio input).
     """
     if (detailed.prompt_tokens, detailed.completion_tokens) != (
         standard.prompt_tokens,
@@ -1863,6 +1866,8 @@ def _merged_usage(detailed: Usage, standard: Usage) -> Usage:
     ):
         logger.debug("the provider's token_usage disagrees with usage_metadata")
         return standard
+    if any(getattr(detailed, name) for name in _DETAILS):
+        return detailed
     filled = dataclasses.replace(
         detailed,
         **{
