@@ -4,8 +4,9 @@ The guard itself (:mod:`governor.loops`) only judges. Here its observations
 are gathered and its verdicts applied:
 
 * ``stop``: the task is stopped; the next model call (or graph step) raises
-  :class:`governor.loops.LoopDetected`, and so does every one after it. The
-  output that revealed the loop has been paid for and is returned.
+  :class:`governor.loops.LoopDetected`, and so does every one after it, a
+  call already waiting for a fan-out slot included. The output that
+  revealed the loop has been paid for and is returned.
 * ``escalate``: the first time, a hint is added to the next LiteLLM call's
   messages (a LangChain model's request cannot be changed from a callback, so
   there it is recorded only); after that the guard answers ``stop``.
@@ -325,6 +326,7 @@ class LoopWatch:
                 task_id=self.task.id,
                 spent_usd=self.task.cost_usd,
                 spent_tokens=self.task.tokens,
+                calls_in_flight=self.task.inflight,
             )
         elif verdict.action == "escalate":
             self.hint = verdict.hint

@@ -92,10 +92,15 @@ class SlotKeeper:
         self._lock = threading.Lock()
 
     def acquire(self, task: Task) -> Held:
-        """Take every slot the call needs, or raise SlotUnavailable."""
+        """Take every slot the call needs, or raise SlotUnavailable.
+
+        A call whose task the loop guard stopped while it waited is refused
+        with the task's LoopDetected once its turn comes, its slots given back.
+        """
         needs = self._needs(task)
         if not needs:
             return _NONE
+        task.starting()
         timeout = _timeout(task)
         start = time.monotonic()
         held: list[tuple[Semaphore, str]] = []
@@ -104,6 +109,7 @@ class SlotKeeper:
                 taken = self._take_need(need, task, timeout)
                 if taken is not None:
                     held.append(taken)
+            _refuse_if_stopped(task)
         except BaseException:
             release(Held(held, 0.0))
             raise
@@ -114,6 +120,7 @@ class SlotKeeper:
         needs = self._needs(task)
         if not needs:
             return _NONE
+        task.starting()
         timeout = _timeout(task)
         start = time.monotonic()
         held: list[tuple[Semaphore, str]] = []
@@ -122,6 +129,7 @@ class SlotKeeper:
                 taken = await self._atake_need(need, task, timeout)
                 if taken is not None:
                     held.append(taken)
+            _refuse_if_stopped(task)
         except BaseException:
             await arelease(Held(held, 0.0))
             raise
@@ -257,6 +265,18 @@ class SlotKeeper:
             made: Semaphore = redis_ledger.semaphore(f"slots:{key}", limit, lease)
             return made
         return LocalSemaphore(limit, key=key)
+
+
+def _refuse_if_stopped(task: Task) -> None:
+    """Raise the task's LoopDetected if its loop guard stopped it.
+
+    A call queued for a slot passed the guard's checks before it waited; the
+    task may have been stopped since (a loop found in another call's output
+    or prompt), and a stopped task sends no more calls.
+    """
+    watch = task.extras.get("loop_watch")
+    if watch is not None:
+        watch.raise_if_stopped()
 
 
 def _skipped(

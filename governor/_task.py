@@ -36,6 +36,13 @@ _CURRENT: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
     "governor_current_task", default=None
 )
 
+# The call being started in this thread or asyncio task: its task, and how
+# many of the task's calls had finished when it began waiting for its slots
+# (see Task.starting).
+_STARTED: contextvars.ContextVar[tuple[weakref.ref[Task], int] | None] = (
+    contextvars.ContextVar("governor_call_started", default=None)
+)
+
 
 # Ids need to be unique, not secret: a PRNG seeded from the OS once per process
 # (and again in each forked child) avoids a getrandom() system call per call,
@@ -287,20 +294,39 @@ class Task:
         ended = self._ended_at
         return (time.monotonic() if ended is None else ended) - self.started_at
 
+    def starting(self) -> None:
+        """Mark a call of this task, in this thread or asyncio task, as started.
+
+        Called before the call waits for a fan-out slot: a call that waits
+        while another of the task runs was started side by side with it,
+        whatever the cap lets run at once. :meth:`admit` returns this mark.
+        """
+        _STARTED.set((weakref.ref(self), self._finished))
+
     def admit(self) -> int:
-        """Count an admitted call; return a mark for :meth:`overtaken`."""
+        """Count an admitted call; return a mark for :meth:`overtaken`.
+
+        The mark is taken when the call started (see :meth:`starting`), or
+        now for a call that waited for no slot.
+        """
+        started = _STARTED.get()
         with self._lock:
             self._calls += 1
             self._inflight += 1
             self.peak_inflight = max(self.peak_inflight, self._inflight)
-            return self._finished
+            if started is None or started[0]() is not self:
+                return self._finished
+        _STARTED.set(None)
+        return started[1]
 
     def overtaken(self, mark: int) -> bool:
         """Whether another call finished while the one marked ``mark`` ran.
 
         Its output then does not follow that call's: they ran side by side
         (``asyncio.gather``, threads), and like answers among them are fan-out.
-        A call that merely overlaps a long open stream is not overtaken.
+        A call that waited for a slot while another call of the task ran is
+        overtaken too: it was started side by side with that call. A call that
+        merely overlaps a long open stream is not overtaken.
         """
         return self._finished != mark
 

@@ -29,7 +29,11 @@ class LoopDetected(GovernorHalt, RecursionError):
         limit: that field's value when the rule fired.
         tools: the tools whose calls the loop repeats (empty when it repeats
             no tool call); the message offers them for ``Loops.exempt_tools``.
-        spent_usd: what the task had spent when it was stopped.
+        spent_usd: what the task's settled calls had spent when it was
+            stopped.
+        calls_in_flight: the task's calls still running when it was stopped
+            (parallel calls); their cost is not in ``spent_usd``, and the
+            task's report counts it once they settle.
     """
 
     code = "loop_detected"
@@ -47,6 +51,7 @@ class LoopDetected(GovernorHalt, RecursionError):
         task_id: str | None = None,
         spent_usd: Decimal = Decimal(0),
         spent_tokens: int = 0,
+        calls_in_flight: int = 0,
     ) -> None:
         self.rule = rule
         self.evidence = tuple(evidence)
@@ -54,9 +59,10 @@ class LoopDetected(GovernorHalt, RecursionError):
         self.setting = setting
         self.limit = limit
         self.tools = tuple(tools)
+        self.calls_in_flight = calls_in_flight
         message = (
-            f"loop detected by rule {rule!r}: {detail}. The task was stopped "
-            f"after spending ${decimal_text(spent_usd)} ({spent_tokens} tokens). "
+            f"loop detected by rule {rule!r}: {detail}. "
+            f"{_spent(spent_usd, spent_tokens, calls_in_flight)} "
             f"{_advice(self)} Or set Loops(action='record') to only flag loops."
         )
         super().__init__(
@@ -93,6 +99,19 @@ _NODE_BOUNDS = {
     "cycle": ("max_stale_steps",),
     "stale": ("max_repeats", "max_cycle_repeats"),
 }
+
+
+def _spent(spent_usd: Decimal, spent_tokens: int, calls_in_flight: int) -> str:
+    """What the task had spent when it was stopped, and what was still running."""
+    spent = f"${decimal_text(spent_usd)} ({spent_tokens} tokens)"
+    if not calls_in_flight:
+        return f"The task was stopped after spending {spent}."
+    calls = "call was" if calls_in_flight == 1 else "calls were"
+    return (
+        f"The task was stopped with {spent} settled so far; {calls_in_flight} "
+        f"of its {calls} still in flight, whose cost comes on top (the task's "
+        "report counts it once they settle)."
+    )
 
 
 def _advice(error: LoopDetected) -> str:

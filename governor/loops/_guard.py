@@ -87,8 +87,13 @@ class LoopVerdict:
         task_id: str | None = None,
         spent_usd: Decimal = Decimal(0),
         spent_tokens: int = 0,
+        calls_in_flight: int = 0,
     ) -> LoopDetected:
-        """Build the :class:`LoopDetected` error that stops the task."""
+        """Build the :class:`LoopDetected` error that stops the task.
+
+        ``calls_in_flight`` counts the task's calls still running (parallel
+        calls), whose cost is not settled in ``spent_usd`` yet.
+        """
         return LoopDetected(
             rule=self.rule,
             detail=self.message,
@@ -100,6 +105,7 @@ class LoopVerdict:
             task_id=task_id,
             spent_usd=spent_usd,
             spent_tokens=spent_tokens,
+            calls_in_flight=calls_in_flight,
         )
 
 
@@ -134,6 +140,8 @@ class LoopGuard:
         self._turns = PromptTurns(loops, self._exempt)
         self._escalated = False
         self._ceilings_hit: set[str] = set()
+        # (model calls, steps) at the check where a ceiling escalated.
+        self._escalated_at: tuple[float, float] | None = None
         self._verdicts: list[LoopVerdict] = []
 
     @property
@@ -283,7 +291,10 @@ class LoopGuard:
     ) -> LoopVerdict | None:
         """Check the task's totals, counting the call or step about to start.
 
-        Each ceiling gives one verdict per task, the first time it is passed.
+        Each ceiling gives one verdict per task, the first time it is passed,
+        except after an escalation: the escalated call (the next model call)
+        may still go, but a check after it (a later model call, or a later
+        step) that finds a ceiling still passed says ``"stop"``.
         """
         loops = self._loops
         ceilings: tuple[tuple[Rule, float, float | None], ...] = (
@@ -291,21 +302,24 @@ class LoopGuard:
             ("max_steps", steps, loops.max_steps),
             ("max_wall_s", elapsed_s, loops.max_wall_s),
         )
-        for rule, value, limit in ceilings:
-            if limit is None or value <= limit or rule in self._ceilings_hit:
-                continue
-            self._ceilings_hit.add(rule)
-            what = rule.removeprefix("max_").replace("_", " ")
-            hit = Hit(
-                rule=rule,
-                setting=rule,
-                limit=limit,
-                repeats=0,
-                labels=(),
-                steps=(),
-                detail=f"{what} reached {value:g}, over the ceiling of {limit:g}",
-            )
-            return self._verdict(hit, "task")
+        passed = [
+            (rule, value, limit)
+            for rule, value, limit in ceilings
+            if limit is not None and value > limit
+        ]
+        fresh = [c for c in passed if c[0] not in self._ceilings_hit]
+        if fresh:
+            self._ceilings_hit.add(fresh[0][0])
+            verdict = self._verdict(_ceiling_hit(*fresh[0]), "task")
+            if verdict is not None and verdict.action == "escalate":
+                # Every ceiling passed now waits for the escalated call.
+                self._ceilings_hit.update(rule for rule, _, _ in passed)
+                self._escalated_at = (model_calls, steps)
+            return verdict
+        at = self._escalated_at
+        if passed and at is not None and (model_calls > at[0] + 1 or steps > at[1]):
+            self._escalated_at = None  # stopped: one stop verdict is enough
+            return self._verdict(_ceiling_hit(*passed[0]), "task")
         return None
 
     def _verdict(self, hit: Hit | None, source: Source) -> LoopVerdict | None:
@@ -331,6 +345,24 @@ class LoopGuard:
         self._verdicts.append(verdict)
         logger.debug("loop verdict %s (%s): %s", hit.rule, action, hit.detail)
         return verdict
+
+
+def _ceiling_hit(rule: Rule, value: float, limit: float) -> Hit:
+    """The finding of a ceiling passed: what was counted, and the ceiling."""
+    if rule == "max_wall_s":
+        detail = f"the task ran {value:.2f} s, over max_wall_s of {limit:g} s"
+    else:
+        what = rule.removeprefix("max_").replace("_", " ")
+        detail = f"{what} reached {value:g}, over the ceiling of {limit:g}"
+    return Hit(
+        rule=rule,
+        setting=rule,
+        limit=limit,
+        repeats=0,
+        labels=(),
+        steps=(),
+        detail=detail,
+    )
 
 
 def _excerpt(text: str) -> str:
