@@ -8,11 +8,15 @@ is gone is dropped when a search meets it.
 
 Keys, under the prefix ``P``: ``P:e:<key>`` hash of entry JSON, vector and
 index; ``P:use`` sorted set ordering eviction; ``P:exp`` sorted set of expiry
-times; ``P:ix:<index>`` set of an index's keys; ``P:log:<index>`` stream of an
-index's additions. The scripts name keys they build from the prefix, so the
-store needs a single Redis server, not a cluster. Memory stays bounded: at
-most ``max_entries`` entries, and an index's set and stream go with its last
-entry.
+times; ``P:ixof`` hash naming each indexed key's index; ``P:ix:<index>`` set
+of an index's keys; ``P:log:<index>`` stream of an index's additions. The
+scripts name keys they build from the prefix, so the store needs a single
+Redis server, not a cluster. Memory stays bounded: at most ``max_entries``
+entries, every key in the bookkeeping is one of them (``P:ixof`` lets a drop
+find the index of an entry whose hash Redis already expired), each stream
+is capped at ``max_entries``, and an index's set and stream go with its last
+entry. A worker's mirror is rebuilt from the index's set once it holds more
+than twice the rows it held when last rebuilt (plus ``_MIRROR_SLACK``).
 """
 
 from __future__ import annotations
@@ -42,11 +46,21 @@ _MIRRORED_INDEXES = 4096
 # Stored vectors are unit rows; float32 rounding keeps their norm far closer
 # to 1 than this, so a row off by more was not written by a cache.
 _NORM_TOLERANCE = 1e-3
+# A mirror is rebuilt once its rows exceed twice those of its last rebuild
+# plus this many, so rebuilds cost O(1) reads per addition.
+_MIRROR_SLACK = 32
+# The key families of one store, after ``P:``; clear() deletes these only.
+_FAMILIES = ("e:", "ix:", "log:")
+_SINGLES = ("use", "exp", "ixof")
 
 # Drop one entry and its traces; the index's set and stream go with its last key.
+# The index comes from P:ixof, as Redis may have expired the entry's hash; the
+# hash's own field serves entries written before P:ixof existed.
 _DROP = """
 local function drop(p, k)
-  local idx = redis.call('HGET', p .. ':e:' .. k, 'i')
+  local idx = redis.call('HGET', p .. ':ixof', k)
+  if not idx then idx = redis.call('HGET', p .. ':e:' .. k, 'i') end
+  redis.call('HDEL', p .. ':ixof', k)
   redis.call('DEL', p .. ':e:' .. k)
   redis.call('ZREM', p .. ':use', k)
   redis.call('ZREM', p .. ':exp', k)
@@ -76,6 +90,7 @@ redis.call('HSET', e, 'j', ARGV[3])
 if ARGV[5] ~= '' then
   local ix, log = p .. ':ix:' .. ARGV[5], p .. ':log:' .. ARGV[5]
   redis.call('HSET', e, 'v', ARGV[4], 'i', ARGV[5])
+  redis.call('HSET', p .. ':ixof', k, ARGV[5])
   redis.call('SADD', ix, k)
   redis.call('XADD', log, 'MAXLEN', '~', ARGV[11], '*', 'k', k)
   if ttl > 0 then
@@ -126,13 +141,18 @@ return 1
 """
 )
 
+# Delete the store's own keys: KEYS are its single keys, ARGV the patterns of
+# its key families, so a longer prefix (P:v2) keeps its keys.
 _CLEAR = """
-local cursor, n = '0', 0
-repeat
-  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 500)
-  cursor = page[1]
-  for _, key in ipairs(page[2]) do redis.call('DEL', key); n = n + 1 end
-until cursor == '0'
+local n = redis.call('DEL', unpack(KEYS))
+for _, pattern in ipairs(ARGV) do
+  local cursor = '0'
+  repeat
+    local page = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 500)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do redis.call('DEL', key); n = n + 1 end
+  until cursor == '0'
+end
 return n
 """
 
@@ -143,6 +163,12 @@ class _Mirror:
 
     last_id: str
     index: VectorIndex | None = None
+    synced_rows: int = 0
+
+    def overgrown(self) -> bool:
+        """Whether rows of removed entries may now outnumber the live ones."""
+        rows = 0 if self.index is None else self.index.live()
+        return rows > 2 * self.synced_rows + _MIRROR_SLACK
 
     def add(self, key: str, vector: Vector) -> None:
         if self.index is None:
@@ -268,11 +294,17 @@ class RedisCacheStore:
         return int(self._redis.zcard(f"{self._p}:use"))
 
     def clear(self) -> None:
-        """Delete every key under this store's prefix (and only those)."""
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._p) + ":*"
+        """Delete this store's keys (and only those).
+
+        The keys of a store whose prefix extends this one (``P:v2``) stay.
+        """
+        base = re.sub(r"([*?\[\]\\])", r"\\\1", self._p)
         with self._lock:
             self._mirrors.clear()
-        self._clear(args=[pattern])
+        self._clear(
+            keys=[f"{self._p}:{name}" for name in _SINGLES],
+            args=[f"{base}:{family}*" for family in _FAMILIES],
+        )
 
     def _read(self, key: str, raw: bytes | str | None) -> CacheEntry | None:
         """The entry stored under ``key``; None if none, or if it is unreadable.
@@ -318,9 +350,12 @@ class RedisCacheStore:
             if mirror is not None:
                 self._mirrors.move_to_end(index)
         if mirror is None:
-            mirror = self._full_sync(index, dim)
-        else:
-            self._catch_up(index, mirror, dim)
+            return self._full_sync(index, dim)
+        self._catch_up(index, mirror, dim)
+        if mirror.overgrown():
+            # rows of evicted and expired entries leave only when a search
+            # meets them: rebuild from the index's set to keep memory bounded
+            return self._full_sync(index, dim)
         return mirror
 
     def _full_sync(self, index: str, dim: int) -> _Mirror:
@@ -333,6 +368,7 @@ class RedisCacheStore:
         members = [_text(m) for m in members]
         self._load(mirror, members, dim)
         with self._lock:
+            mirror.synced_rows = 0 if mirror.index is None else mirror.index.live()
             self._mirrors[index] = mirror
             while len(self._mirrors) > _MIRRORED_INDEXES:
                 self._mirrors.popitem(last=False)
