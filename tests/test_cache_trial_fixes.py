@@ -303,3 +303,28 @@ def test_a_verifier_refused_by_the_governor_refuses_the_hit_in_one_line(
             None,
         )
     ]
+
+
+def test_a_verifier_call_the_budget_refuses_does_not_stop_the_task() -> None:
+    """The task's budget holds the call but not the verifier's longer
+    prompt: the hit is refused, the call is answered, and the task is not
+    marked stopped by a refusal of the cache's own check."""
+    provider = install_offline_provider(lambda m, msgs, tools: "At 100 °C.", speed=0)
+    cache = Cache(
+        embedder="hashing",
+        similarity_threshold=0.5,
+        verifier=offline_model("gpt-4o-mini"),
+    )
+    gov = Governor(Policy(cache=cache, budgets=[Budget(max_tokens=60)]))
+    llm = GovernedLiteLLM(gov)
+    for text in (
+        "What is the boiling point of water?",
+        "What is the boiling point of water ?",
+    ):
+        with gov.task() as task:
+            llm.completion(
+                model=offline_model(MODEL), messages=messages(text), max_tokens=20
+            )
+    report = task.report()
+    assert (report.calls, report.refused, report.stop_reason) == (1, 1, None)
+    assert (report.cache_hits, provider.calls[-1].usage.prompt_tokens) == (0, 15)

@@ -646,13 +646,19 @@ class GovernedLiteLLM:
             prompt = _VERIFY_PROMPT.format(
                 question=question, cached=cached_question, answer=cached_answer
             )
-            response = self.completion(
-                model=model,
-                messages=[{"role": "user", "content": prompt}],
-                max_tokens=3,
-                temperature=0,
-                cache={"no-cache": True, "no-store": True},
-            )
+            # Skippable, as a cascade tier is: a budget that cannot pay for
+            # the check refuses the hit, and must not mark the task stopped.
+            token = _IN_CASCADE.set(True)
+            try:
+                response = self.completion(
+                    model=model,
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=3,
+                    temperature=0,
+                    cache={"no-cache": True, "no-store": True},
+                )
+            finally:
+                _IN_CASCADE.reset(token)
             text = str(response.choices[0].message.content or "")
             return text.strip().lower().startswith("yes")
 
