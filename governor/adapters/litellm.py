@@ -899,6 +899,8 @@ def _as_messages(call: str, messages: Any) -> Any:
     pydantic message with a role (the OpenAI SDK's ``ChatCompletionMessage``)
     is taken as its dict, as LiteLLM takes it.
     """
+    if type(messages) is list and all(type(m) is dict for m in messages):
+        return messages  # the usual case, checked cheaply (every call)
     example = "[{'role': 'user', 'content': 'hi'}]"
     if isinstance(messages, str | bytes | Mapping) or not isinstance(
         messages, Sequence
