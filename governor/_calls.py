@@ -108,10 +108,6 @@ class CallRequest:
             (``input_cost_per_token`` and kin, or a Router deployment's);
             they lie over the rate card's entry for the model, and a policy
             override still wins (see :meth:`governor.pricing.RateCard.rate`).
-        nested: made while another governed call runs on the same thread or
-            asyncio task (a LiteLLM callback or custom provider calling a
-            model): it is reserved and charged, but takes no fan-out slot,
-            as the call it runs inside holds them and waits for it.
     """
 
     model: str
@@ -135,7 +131,6 @@ class CallRequest:
     provider: str | None = None
     skippable: bool = False
     prices: Mapping[str, Any] | None = None
-    nested: bool = False
 
     @property
     def priced_model(self) -> str:

@@ -1102,8 +1102,7 @@ class Governor:
             return self.begin_call(request, recheck=recheck)
         admission = self._plan(request)
         try:
-            if not request.nested:  # else the call it runs inside holds them
-                admission.held = await self.slots.aacquire(admission.task)
+            admission.held = await self.slots.aacquire(admission.task)
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
@@ -1159,8 +1158,6 @@ class Governor:
         return admission
 
     def _take_slots(self, admission: Admission, acquire: Any) -> Held:
-        if admission.request.nested:
-            return Held([], 0.0)  # the call it runs inside holds the slots
         try:
             held: Held = acquire(admission.task)
         except GovernorError as exc:

@@ -93,15 +93,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # noqa: E402  (must follow the environment default above)
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
-# The thread and asyncio task of a governed wrapper while it sends its call,
-# and the id of the messages (or embedding input) it sends, so that the call
-# it hands to an instrumented litellm.completion (GovernedLiteLLM under
-# instrument()) is not governed twice. Another call on that thread or task
-# meanwhile (a LiteLLM callback or a custom provider calling a model) is
-# governed as a nested call; other threads and tasks inherit the value with
-# the context (LiteLLM's success callbacks run there) but are not inside: a
-# model call a callback makes there (an LLM judge) is governed as usual.
-_INSIDE: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+# The thread and asyncio task of a governed wrapper while it runs, so an
+# instrumented inner call on the same thread or task (LiteLLM calling itself)
+# is not governed twice. Other threads and tasks inherit the value with the
+# context (LiteLLM's success callbacks run there) but are not inside: a model
+# call a callback makes (an LLM judge) is governed.
+_INSIDE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "governor_inside_litellm", default=None
 )
 
@@ -114,26 +111,10 @@ def _here() -> tuple[int, int]:
     return threading.get_ident(), id(task) if task is not None else 0
 
 
-def _inside(kwargs: Mapping[str, Any]) -> bool:
-    """True for the call a governed wrapper hands on (its own thread and task,
-    the very messages or input it sends)."""
+def _inside() -> bool:
+    """True inside a governed call, on its own thread and task."""
     where = _INSIDE.get()
-    if where is None or where[:2] != _here():
-        return False
-    sent = kwargs.get("messages", kwargs.get("input"))
-    return sent is not None and id(sent) == where[2]
-
-
-def _nested() -> bool:
-    """True for a call made while a governed call on this thread and task is
-    sending (see :data:`_INSIDE`)."""
-    where = _INSIDE.get()
-    return where is not None and where[:2] == _here()
-
-
-def _sending(payload: object) -> contextvars.Token[tuple[int, int, int] | None]:
-    """Mark this thread and task as sending ``payload`` (see :data:`_INSIDE`)."""
-    return _INSIDE.set((*_here(), id(payload)))
+    return where is not None and where == _here()
 
 
 # Set while a cascade runs: a tier refused by a budget is skipped, and the
@@ -195,7 +176,7 @@ class GovernedLiteLLM:
         With ``fallbacks=[...]`` each model tried is a governed call of its
         own, reserved and charged at its own price.
         """
-        if _inside(kwargs):
+        if _inside():
             return self._completion(*args, **kwargs)
         try:
             *earlier, last = _fallback_attempts(self._named("completion", args, kwargs))
@@ -213,7 +194,7 @@ class GovernedLiteLLM:
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.acompletion``; same arguments, same return value."""
-        if _inside(kwargs):
+        if _inside():
             return await self._acompletion(*args, **kwargs)
         try:
             *earlier, last = _fallback_attempts(
@@ -233,7 +214,7 @@ class GovernedLiteLLM:
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.embedding``; same arguments, same return value."""
-        if _inside(kwargs):
+        if _inside():
             return self._embedding(*args, **kwargs)
         try:
             return self._embed(self._named("embedding", args, kwargs))
@@ -245,7 +226,7 @@ class GovernedLiteLLM:
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
         _no_sdk_retries(kwargs)
-        token = _sending(kwargs.get("input"))
+        token = _INSIDE.set(_here())
         try:
             response = self._embedding(**kwargs)
         except BaseException as exc:
@@ -258,7 +239,7 @@ class GovernedLiteLLM:
 
     async def aembedding(self, *args: Any, **kwargs: Any) -> Any:
         """Governed ``litellm.aembedding``; same arguments, same return value."""
-        if _inside(kwargs):
+        if _inside():
             return await self._aembedding(*args, **kwargs)
         try:
             return await self._aembed(self._named("aembedding", args, kwargs))
@@ -270,7 +251,7 @@ class GovernedLiteLLM:
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
         _no_sdk_retries(kwargs)
-        token = _sending(kwargs.get("input"))
+        token = _INSIDE.set(_here())
         try:
             response = await self._aembedding(**kwargs)
         except BaseException as exc:
@@ -307,14 +288,13 @@ class GovernedLiteLLM:
         return names
 
     def _embedding_request(self, kwargs: Mapping[str, Any]) -> CallRequest:
-        request = embedding_request(
+        return embedding_request(
             kwargs,
             parent_span=_parent_span(),
             attribution=_metadata_attribution(kwargs.get("metadata")),
             provider=_provider(kwargs),
             prices=_call_prices(kwargs),
         )
-        return dataclasses.replace(request, nested=True) if _nested() else request
 
     def cascade(self, messages: list[dict[str, Any]], **kwargs: Any) -> CascadeResult:
         """Answer with the policy's cascade: cheapest tier whose answer passes.
@@ -529,7 +509,7 @@ class GovernedLiteLLM:
         if admission.served is not None:  # stored while this call waited
             return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
-        token = _sending(kwargs.get("messages"))
+        token = _INSIDE.set(_here())
         try:  # anything failing from here on settles the admitted call
             _apply(admission, kwargs)
             response = self._completion(**kwargs)
@@ -566,7 +546,7 @@ class GovernedLiteLLM:
             hit = admission.served
             return _cached_response(hit, kwargs, is_async=True), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
-        token = _sending(kwargs.get("messages"))
+        token = _INSIDE.set(_here())
         try:  # anything failing from here on settles the admitted call
             _apply(admission, kwargs)
             response = await self._acompletion(**kwargs)
@@ -1010,7 +990,6 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         provider=_provider(kwargs),
         skippable=_IN_CASCADE.get(),
         prices=_call_prices(kwargs),
-        nested=_nested(),
     )
 
 
