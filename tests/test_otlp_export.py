@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 import pytest
@@ -225,12 +226,17 @@ def test_the_protocol_setting_is_obeyed_or_refused(
 
 
 def test_an_endpoint_given_in_code_is_sent_over_http(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """otlp_endpoint= takes an OTLP/HTTP URL whatever the environment asks."""
+    """otlp_endpoint= takes an OTLP/HTTP URL whatever the environment asks,
+    and says so when the environment asked for another protocol."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    provider = configure_tracing(otlp_endpoint="http://127.0.0.1:9/v1/traces")
+    with caplog.at_level(logging.INFO, logger="governor.telemetry._setup"):
+        provider = configure_tracing(otlp_endpoint="http://127.0.0.1:9/v1/traces")
     provider.shutdown()
+    assert [r.getMessage()[:63] for r in caplog.records] == [
+        "OTEL_EXPORTER_OTLP_PROTOCOL asks for OTLP 'grpc', but the endpo"
+    ]
 
 
 def test_the_protocol_setting_is_read_in_any_case(

@@ -186,6 +186,14 @@ def _otlp_class(signal: str, module: str, name: str, *, http: bool = False) -> A
         os.environ.get(key) or os.environ.get(ENV_OTLP_PROTOCOL) or "http/protobuf"
     ).strip()
     if http:
+        if protocol.lower() != "http/protobuf":
+            logger.info(
+                "%s asks for OTLP %r, but the endpoint given in code is an "
+                "OTLP/HTTP URL: it is sent over HTTP (unset the endpoint "
+                "argument to use the environment's protocol and endpoint)",
+                key if os.environ.get(key) else ENV_OTLP_PROTOCOL,
+                protocol,
+            )
         protocol = "http/protobuf"
     transports = {"http/protobuf": "http", "grpc": "grpc"}
     transport = transports.get(protocol.lower())  # the spec's values, any case
