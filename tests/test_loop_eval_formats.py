@@ -409,3 +409,58 @@ def test_cli_help_says_swe_agent_traj_files_are_not_read(
         main(["eval", "loops", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "own .traj format is not read" in help_text
+
+
+def _one_run(**changes: Any) -> dict[str, Any]:
+    run = {
+        "format": "governor-trajectory-1",
+        "id": "run-1",
+        "outcome": "resolved",
+        "calls": [
+            {
+                "messages": [{"role": "user", "content": "fix it"}],
+                "output": "done",
+                "tool_results": [{"content": "ok", "truncated": False}],
+                "created_s": 1763508908,
+            }
+        ],
+    }
+    call_changes = changes.pop("call", {})
+    result_changes = changes.pop("result", {})
+    run["calls"][0].update(call_changes)  # type: ignore[index]
+    run["calls"][0]["tool_results"][0].update(result_changes)  # type: ignore[index]
+    return {**run, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format": "governor-trajectory-2"}, "format is 'governor-trajectory-2'"),
+        ({"id": " "}, "id is empty"),
+        ({"call": {"output": 5}}, "calls[0].output is 5; give the model's answer"),
+        ({"result": {"truncated": "yes"}}, ".truncated is 'yes'; give true or false"),
+        ({"call": {"created_s": 1e300}}, "calls[0].created_s is 1e+300; give Unix"),
+    ],
+)
+def test_a_run_with_a_value_it_cannot_mean_is_refused(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    """Values that were read as something else (an unknown format as this
+    one, 5 as the text "5", "yes" as true, a time past the year 5138) are
+    refused, naming the field."""
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(_one_run(**changes)) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        list(read_trajectories(path))
+    assert message in str(refused.value)
+
+
+def test_a_plain_run_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(_one_run()) + "\n", encoding="utf-8")
+    (run,) = read_trajectories(path)
+    assert (run.id, run.calls[0].output, run.calls[0].tool_results[0].truncated) == (
+        "run-1",
+        "done",
+        False,
+    )

@@ -145,6 +145,10 @@ def cost_of(value: object, *, where: str) -> Decimal | None:
     return amount
 
 
+# Unix seconds past this (the year 5138) are no call's time: a unit slip.
+_LAST_S = 1e11
+
+
 def time_of(value: object, *, where: str) -> float | None:
     """Read a call's time as Unix seconds; an ISO 8601 time is converted.
 
@@ -153,7 +157,7 @@ def time_of(value: object, *, where: str) -> float | None:
     if value is None:
         return None
     seconds = _seconds(value)
-    if seconds is None or not math.isfinite(seconds):
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds < _LAST_S:
         raise ConfigError(
             f"{where} is {value!r}; give Unix seconds (a number such as "
             '1763510516) or an ISO 8601 time such as "2025-11-19T00:01:56Z"'

@@ -47,7 +47,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from governor._errors import decimal_text
+from governor._errors import ConfigError, decimal_text
 from governor.loops._fields import (
     RESOLVED,
     UNLABELLED,
@@ -173,10 +173,18 @@ def trajectory_from_dict(
     :class:`ConfigError` naming it.
     """
     mapping_of(row, where="the run")
+    fmt = row.get("format")
+    if fmt is not None and fmt != FORMAT:
+        raise ConfigError(
+            f"format is {fmt!r}; this release reads {FORMAT!r} (write the runs "
+            "with this release's write_trajectories, or leave format out)"
+        )
     calls = items_of(row.get("calls"), where="calls")
     run_id = row.get("id")
     if run_id is None:
         run_id = required(row, "id", where="the run") if default_id is None else None
+    elif not str(run_id).strip():
+        raise ConfigError("id is empty; give each run a name, or leave id out")
     return Trajectory(
         id=str(default_id if run_id is None else run_id),
         outcome=outcome_of(row.get("outcome"), where="outcome"),
@@ -241,8 +249,13 @@ def _call_from_dict(value: object, where: str) -> Call:
     messages = items_of(row.get("messages"), where=f"{where}.messages")
     tool_calls = items_of(row.get("tool_calls"), where=f"{where}.tool_calls")
     results = items_of(row.get("tool_results"), where=f"{where}.tool_results")
+    output = row.get("output")
+    if output is not None and not isinstance(output, str):
+        raise ConfigError(
+            f"{where}.output is {output!r}; give the model's answer as text"
+        )
     return Call(
-        output=str(row.get("output") or ""),
+        output=output or "",
         messages=tuple(
             plain(message_of(m, where=f"{where}.messages[{i}]"))
             for i, m in enumerate(messages)
@@ -265,11 +278,14 @@ def _tool_call(value: object, where: str) -> ToolCall:
 
 def _tool_result(value: object, where: str) -> ToolResult:
     row = mapping_of(value, where=where)
+    truncated = row.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise ConfigError(f"{where}.truncated is {truncated!r}; give true or false")
     return ToolResult(
         content=str(row.get("content") or ""),
         call_id=row.get("call_id"),
         content_sha1=row.get("content_sha1"),
-        truncated=bool(row.get("truncated")),
+        truncated=truncated,
     )
 
 
