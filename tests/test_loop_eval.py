@@ -515,3 +515,22 @@ def test_the_median_delay_is_a_float_for_one_run(
     medians = [report["all"]["median_delay_repeats"]]
     medians += [k["median_delay_repeats"] for k in report["all"]["by_kind"].values()]
     assert all(type(m) is float for m in medians), medians
+
+
+def test_the_falsely_stopped_runs_are_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A false stop can be looked at: the JSON lists each stopped resolved run
+    with its rule and call, the text names them under the table."""
+
+    sample = str(Path(__file__).parent / "data" / "trajectories_sample.jsonl")
+    assert main(["eval", "loops", sample, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    runs = doc["defaults"]["all"]["false_stop_runs"]
+    assert runs == [{"id": "sympy__sympy-15976", "rule": "repeat", "call": 23}]
+    assert len(runs) == doc["defaults"]["all"]["false_stops"]
+    assert main(["eval", "loops", sample]) == 0
+    assert (
+        "Resolved runs the defaults stop: sympy__sympy-15976 (repeat, call 24)."
+        in capsys.readouterr().out
+    )

@@ -231,4 +231,21 @@ def _table(doc: dict[str, Any]) -> str:
             cells = _cells(row[split])
             label = f"{row['setting']}={row['value']}"
             lines.append(f"| {label} | {split} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + _false_stops(doc["defaults"]["all"])
+
+
+# How many falsely stopped runs the text output names; the JSON names all.
+_NAMED_STOPS = 10
+
+
+def _false_stops(report: dict[str, Any]) -> str:
+    """The resolved runs the defaults stop, to look at: id, rule and call."""
+    runs = report["false_stop_runs"]
+    if not runs:
+        return ""
+    named = ", ".join(
+        f"{r['id']} ({r['rule']}, call {r['call'] + 1})" for r in runs[:_NAMED_STOPS]
+    )
+    more = len(runs) - _NAMED_STOPS
+    tail = f" and {more} more (--json lists every one)" if more > 0 else ""
+    return f"\nResolved runs the defaults stop: {named}{tail}.\n"

@@ -202,6 +202,11 @@ def _summary(outcomes: Sequence[_Outcome], *, injecting: bool) -> dict[str, Any]
         "false_stops": len(stops),
         "false_stop_rate": _rate(len(stops), len(good)),
         "false_stops_by_rule": dict(Counter(f.verdict.rule for f in stops)),
+        "false_stop_runs": [
+            {"id": o.run.id, "rule": o.flag.verdict.rule, "call": o.flag.index}
+            for o in good
+            if o.flag is not None
+        ],
         "failed_runs": len(bad),
         "failed_runs_flagged": len(flagged),
         "failed_spend_usd": _usd(sum((o.run.cost_usd for o in bad), Decimal(0)))
