@@ -61,6 +61,7 @@ from governor.adapters._tokens import (
 )
 from governor.policies import Attribution, Policy
 from governor.pricing import Usage, usage_from_response
+from governor.pricing._types import USAGE_PARTS
 from governor.telemetry import attributes as attr
 from governor.telemetry._tracing import AttrValue
 
@@ -1839,17 +1840,6 @@ def _provider_usage(response: LLMResult) -> Any:
     return (response.llm_output or {}).get("token_usage") or None
 
 
-_DETAILS = (
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "audio_input_tokens",
-    "audio_output_tokens",
-    "audio_cache_read_tokens",
-)
-"""The parts of a :class:`Usage` that one reading may have and another not."""
-
-
 def _merged_usage(detailed: Usage, standard: Usage) -> Usage:
     """The provider's usage, or LangChain's parts where the provider gave none.
 
@@ -1866,13 +1856,13 @@ def _merged_usage(detailed: Usage, standard: Usage) -> Usage:
     ):
         logger.debug("the provider's token_usage disagrees with usage_metadata")
         return standard
-    if any(getattr(detailed, name) for name in _DETAILS):
+    if any(getattr(detailed, name) for name in USAGE_PARTS):
         return detailed
     filled = dataclasses.replace(
         detailed,
         **{
             name: getattr(detailed, name) or getattr(standard, name)
-            for name in _DETAILS
+            for name in USAGE_PARTS
         },
     )
     return filled if _coherent(filled) else detailed

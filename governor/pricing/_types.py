@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-__all__ = ["Cost", "Usage"]
+__all__ = ["USAGE_PARTS", "Cost", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,18 @@ class Usage:
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+
+USAGE_PARTS = (
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "audio_cache_read_tokens",
+)
+"""The parts of a :class:`Usage`'s prompt and completion that a price may
+bill apart from plain input and output."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from governor._errors import GovernorError, decimal_text
 from governor.policies._model import ATTRIBUTION_FIELDS
+from governor.pricing._types import USAGE_PARTS
 
 __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord", "load_json"]
 
@@ -19,16 +20,9 @@ Outcome = Literal["ok", "error", "refused", "cache_hit", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
-# The parts of a call's usage that a price may bill apart from plain input and
-# output, as in governor.pricing.Usage; records written before they were kept
-# read them as 0.
-USAGE_PART_FIELDS = (
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "audio_input_tokens",
-    "audio_output_tokens",
-    "audio_cache_read_tokens",
-)
+# The usage parts kept since schema 3 (cache reads have their own field since
+# the first): records written before read them as 0.
+USAGE_PART_FIELDS = tuple(p for p in USAGE_PARTS if p != "cache_read_tokens")
 TOKEN_FIELDS = (
     "input_tokens",
     "output_tokens",
