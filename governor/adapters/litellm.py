@@ -117,10 +117,12 @@ def _inside() -> bool:
     return where is not None and where == _here()
 
 
-# Set while a cascade runs: a tier refused by a budget is skipped, and the
-# task goes on, so the refusal must not mark the task stopped.
-_IN_CASCADE: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "governor_in_cascade", default=False
+# Set while a cascade runs, or while the cache's verifier asks its model: a
+# call refused by a budget is skipped (a tier, a check) and the task goes on,
+# so the refusal must not mark the task stopped; nor is such a call rewritten
+# by a loop guard's escalation hint.
+_SKIPPABLE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "governor_skippable", default=False
 )
 
 
@@ -626,9 +628,8 @@ class GovernedLiteLLM:
             prompt = _VERIFY_PROMPT.format(
                 question=question, cached=cached_question, answer=cached_answer
             )
-            # Skippable, as a cascade tier is: a budget that cannot pay for
-            # the check refuses the hit, and must not mark the task stopped.
-            token = _IN_CASCADE.set(True)
+            # A budget that cannot pay for the check refuses the hit only.
+            token = _SKIPPABLE.set(True)
             try:
                 response = self.completion(
                     model=model,
@@ -638,7 +639,7 @@ class GovernedLiteLLM:
                     cache={"no-cache": True, "no-store": True},
                 )
             finally:
-                _IN_CASCADE.reset(token)
+                _SKIPPABLE.reset(token)
             text = str(response.choices[0].message.content or "")
             return text.strip().lower().startswith("yes")
 
@@ -988,7 +989,7 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         attribution=_metadata_attribution(kwargs.get("metadata")),
         choices=1 if (n := _largest(kwargs, "n")) is None else n,
         provider=_provider(kwargs),
-        skippable=_IN_CASCADE.get(),
+        skippable=_SKIPPABLE.get(),
         prices=_call_prices(kwargs),
     )
 
@@ -1146,7 +1147,7 @@ def _escalated(kwargs: dict[str, Any]) -> dict[str, Any]:
     :func:`_cascade_hinted`), and a verdict reached during a run waits for
     the task's next call.
     """
-    if _IN_CASCADE.get():
+    if _SKIPPABLE.get():
         return kwargs
     task = current_task()
     watch = task.extras.get("loop_watch") if task else None
@@ -1929,7 +1930,7 @@ def _cascading(governor: Governor) -> Iterator[SpendMeter]:
     A run that found no answer saved nothing against the premium tier and
     spent what it spent: the task's saving goes down by that much.
     """
-    token = _IN_CASCADE.set(True)
+    token = _SKIPPABLE.set(True)
     try:
         with metering() as meter:
             yield meter
@@ -1945,7 +1946,7 @@ def _cascading(governor: Governor) -> Iterator[SpendMeter]:
                 _add_saving(governor, task, -exc.spent_usd)
         raise
     finally:
-        _IN_CASCADE.reset(token)
+        _SKIPPABLE.reset(token)
 
 
 def _charged(error: BaseException, cost: Decimal) -> None:
