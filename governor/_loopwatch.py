@@ -31,6 +31,7 @@ results, then its last turns), before the call is made.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -306,12 +307,16 @@ class LoopWatch:
     def raise_if_stopped(self) -> None:
         """Raise the task's LoopDetected again if the guard stopped it.
 
-        The same error each time, with a fresh traceback: re-raising one
-        object would lengthen its traceback (and keep those frames alive)
-        for every call a caller makes after catching it.
+        A copy of the same error each time, with no traceback and none of
+        the notes added to an earlier one: re-raising one object would
+        lengthen its traceback (and keep those frames alive), and pile up
+        the notes a cascade adds, for every call a caller makes after
+        catching it.
         """
         if self.stopped is not None:
-            raise self.stopped.with_traceback(None)
+            fresh = copy.copy(self.stopped)
+            fresh.__dict__.pop("__notes__", None)
+            raise fresh.with_traceback(None)
 
     def _act(self, verdict: LoopVerdict | None) -> None:
         if verdict is None:

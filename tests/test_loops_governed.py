@@ -139,8 +139,9 @@ def test_the_ceiling_on_model_calls_holds_for_calls_side_by_side() -> None:
 
 
 def test_a_stopped_task_raises_the_same_error_with_a_fresh_traceback() -> None:
-    """Calls after a caught LoopDetected get it again, its traceback as long
-    each time: re-raising one object would grow it (and hold frames) per call."""
+    """Calls after a caught LoopDetected get it again (a copy), its traceback
+    as long each time: re-raising one object would grow it (and hold frames)
+    per call."""
     import traceback
 
     gov = Governor(Policy(loops=Loops(max_model_calls=1)))
@@ -154,7 +155,7 @@ def test_a_stopped_task_raises_the_same_error_with_a_fresh_traceback() -> None:
             except LoopDetected as exc:
                 errors.append(exc)
                 lengths.append(len(traceback.extract_tb(exc.__traceback__)))
-    assert all(error is errors[0] for error in errors)
+    assert [e.to_dict() for e in errors] == [errors[0].to_dict()] * 4
     assert len(set(lengths[1:])) == 1
 
 
