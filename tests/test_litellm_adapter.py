@@ -973,9 +973,9 @@ def test_a_metadata_scope_that_is_not_a_name_is_refused(value: Any) -> None:
 
 def test_metadata_that_is_not_a_mapping_is_refused() -> None:
     """metadata='team=a' would name no team (and LiteLLM fails on it)."""
-    from governor import ConfigError
+    from governor import PolicyError
 
-    with pytest.raises(ConfigError, match="metadata must be a dict"):
+    with pytest.raises(PolicyError, match="metadata must be a dict"):
         GovernedLiteLLM(Governor()).completion(
             model="gpt-4o-mini", messages=MESSAGES, mock_response="x", metadata="team=a"
         )

@@ -48,7 +48,12 @@ from opentelemetry.trace import Span
 
 from governor._calls import TIME_CUT, Admission, CallRequest, CallResult
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorError, OutputLimitExceeded
+from governor._errors import (
+    ConfigError,
+    GovernorError,
+    OutputLimitExceeded,
+    PolicyError,
+)
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import TIME, OutputCeiling
@@ -558,6 +563,7 @@ class GovernedGraph:
     def _start(
         self, config: RunnableConfig | None, *, is_async: bool = False
     ) -> tuple[Task, RunnableConfig]:
+        _check_config(config)
         merged: RunnableConfig = {**(config or {})}
         # The graph merges its bound config under this one when it runs; read
         # the same merge here so bound metadata and thread id are governed.
@@ -1673,6 +1679,36 @@ def _bound_config(graph: Any) -> RunnableConfig:
     for config in reversed(layers):
         merged = _under(merged, config)
     return merged
+
+
+def _check_config(config: Any) -> None:
+    """Refuse a run config, or its metadata or configurable, that is no dict.
+
+    Raises:
+        ConfigError: ``config`` is not a mapping.
+        PolicyError: its ``metadata`` (where attribution is read) or
+            ``configurable`` is given but is not a mapping.
+    """
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise ConfigError(
+            f"config must be a dict such as {{'metadata': {{'team': 'search'}}}}, "
+            f"got {type(config).__name__} {_short(config)}"
+        )
+    for key in ("metadata", "configurable"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise PolicyError(
+                f"config[{key!r}] must be a dict such as {{'team': 'search'}}, "
+                f"got {type(value).__name__} {_short(value)}"
+            )
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _under(bound: Mapping[str, Any], config: Mapping[str, Any]) -> RunnableConfig:

@@ -45,7 +45,7 @@ from governor._calls import (
     priced_name,
 )
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorError, GovernorHalt
+from governor._errors import ConfigError, GovernorError, GovernorHalt, PolicyError
 from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import Task, current_task
@@ -1117,13 +1117,13 @@ def _metadata_attribution(metadata: Any) -> dict[str, str] | None:
     """Scope values from LiteLLM's ``metadata={"team": ...}``, if any.
 
     Raises:
-        ConfigError: ``metadata`` is given but is not a mapping (a string
+        PolicyError: ``metadata`` is given but is not a mapping (a string
             such as ``"team=a"`` would be dropped, and LiteLLM fails on it).
     """
     if metadata is None:
         return None
     if not isinstance(metadata, Mapping):
-        raise ConfigError(
+        raise PolicyError(
             f"metadata must be a dict such as {{'team': 'search'}}, got "
             f"{type(metadata).__name__} {metadata!r}"
         )
