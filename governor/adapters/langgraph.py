@@ -57,6 +57,7 @@ from governor._errors import (
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import TIME, OutputCeiling
+from governor.adapters._interrupt import InterruptScope, register, unshare
 from governor.adapters._tokens import (
     count_prompt_tokens,
     countable_prompt,
@@ -291,6 +292,9 @@ class GovernedGraph:
     ) -> Any:
         """Run the graph as one governed task and return its output."""
         task, config = self._start(config)
+        scope = InterruptScope(_end_interrupted, (task,))
+        scope.open()
+        shared = scope.shared()
         tokens = _enter(task)
         try:
             output = self.graph.invoke(input, config, **kwargs)
@@ -303,6 +307,8 @@ class GovernedGraph:
             raise
         finally:
             _leave(tokens)
+            unshare(shared)
+            scope.close()
             self._finish(task)
         return output
 
@@ -336,6 +342,9 @@ class GovernedGraph:
         task, config = self._start(config)
         inner: Iterator[Any] | None = None
         completed = False
+        # Open while the reader holds the stream: nodes run between reads.
+        scope = InterruptScope(_end_interrupted, (task,))
+        scope.open()
         try:
             inner = self.graph.stream(input, config, **kwargs)
             yield from _with_task(task, inner)
@@ -350,6 +359,7 @@ class GovernedGraph:
                 raise error from None
             raise
         finally:
+            scope.close()
             try:
                 if not completed:
                     _end_sync_run(task)
@@ -412,12 +422,17 @@ class GovernedGraph:
         if len(inputs) <= 1:
             return [run(i, c) for i, c in zip(inputs, configs, strict=True)]
         workers = _max_concurrency(configs, self.graph)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_run_in, contextvars.copy_context(), run, item, item_config)
-                for item, item_config in zip(inputs, configs, strict=True)
-            ]
-            return [future.result() for future in futures]
+        scope = InterruptScope(_end_interrupted)
+        scope.open()
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [
+                    pool.submit(_run_in, scope.context(), run, item, item_config)
+                    for item, item_config in zip(inputs, configs, strict=True)
+                ]
+                return [future.result() for future in futures]
+        finally:
+            scope.close()
 
     def batch_as_completed(
         self,
@@ -437,21 +452,24 @@ class GovernedGraph:
         keep_errors = bool(kwargs.pop("return_exceptions", False))
         run = self._batch_run(keep_errors, kwargs)
         workers = _max_concurrency(configs, self.graph)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {
-                pool.submit(
-                    _run_in, contextvars.copy_context(), run, item, item_config
-                ): index
-                for index, (item, item_config) in enumerate(
-                    zip(inputs, configs, strict=True)
-                )
-            }
-            try:
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
-            finally:
-                for future in futures:
-                    future.cancel()  # not started yet: never started
+        scope = InterruptScope(_end_interrupted)
+        scope.open()
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {
+                    pool.submit(_run_in, scope.context(), run, item, item_config): i
+                    for i, (item, item_config) in enumerate(
+                        zip(inputs, configs, strict=True)
+                    )
+                }
+                try:
+                    for future in as_completed(futures):
+                        yield futures[future], future.result()
+                finally:
+                    for future in futures:
+                        future.cancel()  # not started yet: never started
+        finally:
+            scope.close()
 
     def _batch_run(
         self, keep_errors: bool, kwargs: Mapping[str, Any]
@@ -576,6 +594,8 @@ class GovernedGraph:
             _warn_misplaced_task_id({**effective, **merged})
         task_id = None if given is None else str(given)  # "" is refused, not random
         task = self.governor.open_task(task_id, attribution=_attribution(effective))
+        if not is_async:
+            register(task)  # Ctrl-C on a batch or an outer run ends it too
         metadata["task_id"] = task.id
         merged["metadata"] = metadata
         handler = GovernorCallbackHandler(self.governor, task)
@@ -1468,8 +1488,9 @@ class _RunEnded(RuntimeError):
     def __init__(self, task_id: str) -> None:
         super().__init__(
             f"task {task_id}: the graph run ended (its stream was closed early, "
-            "or a node failed) while this node was still running, so its model "
-            "call was stopped (or not sent); run the graph again"
+            "a node failed, or Ctrl-C interrupted it) while this node was still "
+            "running, so its model call was stopped (or not sent); run the "
+            "graph again"
         )
 
 
@@ -1542,6 +1563,17 @@ async def _ahang_up(task: Task) -> None:
             await stream.ahang_up()
         except Exception:
             logger.warning("could not close a stream left open", exc_info=True)
+
+
+def _end_interrupted(task: Task) -> None:
+    """Ctrl-C reached the main thread waiting on this sync run: refuse the
+    model calls its nodes start from now on (see :class:`_RunEnded`).
+
+    Runs inside a signal handler, so it only assigns; the streams are hung
+    up at their next read, and when the interrupt reaches the run.
+    """
+    if task.ending is None:
+        task.ending = functools.partial(_RunEnded, task.id)
 
 
 def _end_sync_run(task: Task) -> None:
