@@ -31,6 +31,7 @@ from governor._errors import (
     ScopeBlocked,
     SlotUnavailable,
     StoreUnavailable,
+    UngovernedCall,
 )
 from governor._task import Task, TaskReport, current_task
 from governor.loops import LoopDetected
@@ -79,6 +80,7 @@ __all__ = [
     "StoreUnavailable",
     "Task",
     "TaskReport",
+    "UngovernedCall",
     "__version__",
     "attribute",
     "current_attribution",

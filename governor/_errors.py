@@ -34,6 +34,7 @@ __all__ = [
     "ScopeBlocked",
     "SlotUnavailable",
     "StoreUnavailable",
+    "UngovernedCall",
 ]
 
 
@@ -407,3 +408,27 @@ class StoreUnavailable(GovernorError, ConnectionError):
     code = "store_unavailable"
     cause: str | None = None
     advice: str | None = None
+
+
+class UngovernedCall(GovernorError, RuntimeError):
+    """A LiteLLM function the governor cannot govern was called while
+    ``instrument(gov, ungoverned="refuse")`` was active; nothing was sent.
+
+    Attributes:
+        function: the LiteLLM function's name, such as ``"responses"``.
+    """
+
+    code = "ungoverned_call"
+
+    def __init__(self, function: str, instead: str | None = None) -> None:
+        self.function = function
+        use = f"call {instead} instead, or " if instead else ""
+        super().__init__(
+            f"litellm.{function}() is not governed (no budget reserves or "
+            "charges it), so instrument(gov, ungoverned='refuse') refused it "
+            f"before it was sent: {use}instrument with ungoverned='warn' to let "
+            "such calls through with a warning"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "function": self.function}

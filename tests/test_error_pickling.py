@@ -30,6 +30,7 @@ from governor import (
     Pricing,
     ScopeBlocked,
     StoreUnavailable,
+    UngovernedCall,
 )
 from governor.cascade import Attempt, CascadeBudgetExceeded, CascadeExhausted
 from governor.spend._record import SpendDataError
@@ -131,6 +132,8 @@ ERRORS: dict[str, GovernorError] = {
     ),
     "SlotUnavailable": SlotUnavailable("fanout:search", 4, 2.5),
     "GovernorClosed": GovernorClosed("a task"),
+    "UngovernedCall": UngovernedCall("responses", "litellm.completion()"),
+    "UngovernedCall-no-instead": UngovernedCall("image_generation"),
     "SpendDataError": SpendDataError("spend.jsonl:3: not JSON"),
     "LoopDetected": _loop(),
     "CascadeExhausted": CascadeExhausted(

@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import httpx
 
@@ -45,7 +45,13 @@ from governor._calls import (
     priced_name,
 )
 from governor._engine import Governor
-from governor._errors import ConfigError, GovernorError, GovernorHalt, PolicyError
+from governor._errors import (
+    ConfigError,
+    GovernorError,
+    GovernorHalt,
+    PolicyError,
+    UngovernedCall,
+)
 from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import Task, current_task
@@ -692,10 +698,15 @@ class Instrumentation:
     _lock = threading.Lock()
     _active: Instrumentation | None = None
 
-    def __init__(self, governor: Governor) -> None:
+    def __init__(
+        self, governor: Governor, *, ungoverned: UngovernedMode = "warn"
+    ) -> None:
         self.governor = _governor(governor, "instrument")
+        self.ungoverned = _ungoverned_mode(ungoverned)
         self._original = self._functions()
         self._governed = self._govern(self._original)
+        self._others: dict[str, Any] = {}
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         state = "installed" if Instrumentation._active is self else "not installed"
@@ -748,8 +759,71 @@ class Instrumentation:
             litellm.acompletion = self._governed.acompletion
             litellm.embedding = self._governed.embedding
             litellm.aembedding = self._governed.aembedding
+            self._guard_others()
             Instrumentation._active = self
         _warn_early_bound(self._original)
+
+    def _guard_others(self) -> None:
+        """Put a warning or a refusal in front of LiteLLM's ungoverned
+        functions (see ``ungoverned``)."""
+        if self.ungoverned == "allow":
+            return
+        for name, instead in _UNGOVERNED.items():
+            function = getattr(litellm, name, None)
+            if function is None:
+                continue
+            self._others[name] = function
+            setattr(litellm, name, self._guarded(name, instead, function))
+
+    def _guarded(self, name: str, instead: str | None, function: Any) -> Any:
+        """``function`` behind this instrumentation's ungoverned-call rule."""
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                self._ungoverned_call(name, instead, args, kwargs)
+                return await function(*args, **kwargs)
+
+            return guarded_async
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self._ungoverned_call(name, instead, args, kwargs)
+            return function(*args, **kwargs)
+
+        return guarded
+
+    def _ungoverned_call(
+        self,
+        name: str,
+        instead: str | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Refuse the call, or warn of it once per function.
+
+        LiteLLM calling itself inside a governed call (its ``num_retries``
+        retrying through ``completion_with_retries``) passes, and so does a
+        Responses call LiteLLM sends as a chat completion, which is governed.
+        """
+        if _inside():
+            return
+        if name in _RESPONSES and _bridged_to_chat(args, kwargs):
+            return
+        if self.ungoverned == "refuse":
+            raise UngovernedCall(name, instead)
+        with Instrumentation._lock:
+            if name in self._warned:
+                return
+            self._warned.add(name)
+        logger.warning(
+            "litellm.%s() is not governed: its calls are sent and billed but "
+            "reserved against no budget and charged nothing.%s "
+            "instrument(gov, ungoverned='refuse') refuses them; "
+            "ungoverned='allow' silences this warning (given once per function).",
+            name,
+            f" Use {instead} instead." if instead else "",
+        )
 
     def uninstrument(self) -> None:
         """Put LiteLLM's own functions back."""
@@ -762,6 +836,9 @@ class Instrumentation:
                 litellm.embedding,
                 litellm.aembedding,
             ) = self._original
+            for name, function in self._others.items():
+                setattr(litellm, name, function)
+            self._others = {}
             Instrumentation._active = None
 
     def __enter__(self) -> Instrumentation:
@@ -771,6 +848,73 @@ class Instrumentation:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstrument()
+
+
+UngovernedMode = Literal["warn", "refuse", "allow"]
+
+# LiteLLM's paid functions that the governor does not govern, and what to call
+# instead where a governed function does the same job.
+_UNGOVERNED: dict[str, str | None] = {
+    "text_completion": "litellm.completion() with messages",
+    "atext_completion": "litellm.acompletion() with messages",
+    "responses": "litellm.completion(), or pass use_chat_completions_api=True",
+    "aresponses": "litellm.acompletion(), or pass use_chat_completions_api=True",
+    "completion_with_retries": "litellm.completion() with num_retries=",
+    "acompletion_with_retries": "litellm.acompletion() with num_retries=",
+    "image_generation": None,
+    "aimage_generation": None,
+    "image_edit": None,
+    "aimage_edit": None,
+    "transcription": None,
+    "atranscription": None,
+    "speech": None,
+    "aspeech": None,
+    "rerank": None,
+    "arerank": None,
+    "video_generation": None,
+    "avideo_generation": None,
+}
+
+
+_RESPONSES = ("responses", "aresponses")
+
+
+def _bridged_to_chat(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM sends this Responses call as a chat completion.
+
+    It does for providers without a Responses API of their own, and for any
+    provider with ``use_chat_completions_api=True``; the chat completion goes
+    through the governed ``litellm.completion``. When LiteLLM cannot tell,
+    the call is taken as sent directly (not governed).
+    """
+    if kwargs.get("use_chat_completions_api") is True:
+        return True
+    model = kwargs.get("model", args[1] if len(args) > 1 else None)
+    if not isinstance(model, str):
+        return False
+    try:
+        from litellm.utils import ProviderConfigManager
+
+        _, provider, _, _ = litellm.get_llm_provider(
+            model, custom_llm_provider=kwargs.get("custom_llm_provider")
+        )
+        config = ProviderConfigManager.get_provider_responses_api_config(
+            provider=provider, model=model
+        )
+    except Exception:
+        return False
+    return config is None
+
+
+def _ungoverned_mode(value: object) -> UngovernedMode:
+    """``value`` if it is an ungoverned-call mode; else a ConfigError."""
+    if value == "warn" or value == "refuse" or value == "allow":
+        return value
+    raise ConfigError(
+        f"instrument(ungoverned={value!r}) is not a mode: give 'warn' (log "
+        "ungoverned LiteLLM calls once per function), 'refuse' (raise "
+        "UngovernedCall before sending them) or 'allow'"
+    )
 
 
 def _warn_early_bound(originals: Sequence[Any]) -> None:
@@ -819,15 +963,29 @@ def _governor(given: object, where: str) -> Governor:
     )
 
 
-def instrument(governor: Governor) -> Instrumentation:
+def instrument(
+    governor: Governor, *, ungoverned: UngovernedMode = "warn"
+) -> Instrumentation:
     """Govern every ``litellm.completion``, ``acompletion``, ``embedding`` and
     ``aembedding`` call in this process.
+
+    Args:
+        governor: the governor that reserves and charges the calls.
+        ungoverned: what a call of a LiteLLM function the governor does not
+            govern (``responses``, ``text_completion``, ``image_generation``
+            and the others docs/adapters.md lists) does: ``"warn"`` logs a
+            WARNING once per function and sends it, ``"refuse"`` raises
+            :class:`governor.UngovernedCall` before it is sent, ``"allow"``
+            sends it silently.
 
     Returns:
         The :class:`Instrumentation`; call ``uninstrument()`` (or use it as a
         context manager) to restore LiteLLM.
+
+    Raises:
+        ConfigError: ``ungoverned`` is not one of the three values.
     """
-    instrumentation = Instrumentation(governor)
+    instrumentation = Instrumentation(governor, ungoverned=ungoverned)
     instrumentation._install()
     return instrumentation
 
