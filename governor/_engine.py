@@ -1919,7 +1919,7 @@ class Governor:
             audio_output_tokens=usage.audio_output_tokens,
             audio_cache_read_tokens=usage.audio_cache_read_tokens,
             cost_usd=cost,
-            cost_estimated=usage.estimated,
+            cost_estimated=bool(usage.estimated),
             outcome=_outcome(error),
             stop_reason=admission.task.stop_reason,
             latency_s=duration_s,

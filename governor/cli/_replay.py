@@ -67,7 +67,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=given("a spend store's path or URL"),
         help="spend store to read (default: GOVERNOR_SPEND_DB or "
-        ".governor/spend.sqlite3); a .jsonl (or .jsonl.gz) path reads a JSONL trace",
+        ".governor/spend.sqlite3); a .jsonl or .ndjson path (.gz too) reads a "
+        "JSONL trace",
     )
     parser.add_argument(
         "--prefix",

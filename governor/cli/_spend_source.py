@@ -14,19 +14,19 @@ from governor._files import SQLITE_HEADER
 __all__ = ["SQLITE_HEADER", "not_a_spend_file", "redis_down", "unreachable"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def not_a_spend_file(target: str, *, reading: bool) -> str | None:
     """Why the existing local file ``target`` cannot be a spend store, or None.
 
-    A store path not named ``.jsonl`` is opened as SQLite, so its file must
-    be one: a JSON file, a device (``/dev/null``) or a text file such as
-    ``/proc/version`` is said to be what it is before SQLite reports
+    A store path not named ``.jsonl`` or ``.ndjson`` (``.gz`` after them, any
+    case) is opened as SQLite, so its file must be one: a JSON file, a
+    device (``/dev/null``) or a text file such as ``/proc/version`` is said
+    to be what it is before SQLite reports
     "file is not a database" or "unable to open database file". An empty
     file is a new SQLite database to a writer but no spend store to a
     reader. URLs, missing paths and folders are left to the caller; so is a
-    ``.jsonl`` file (its reader names a bad line) and, for a reader, a gzip
+    JSONL file (its reader names a bad line) and, for a reader, a gzip
     file (read as compressed spend JSONL).
 
     Args:
@@ -34,6 +34,8 @@ def not_a_spend_file(target: str, *, reading: bool) -> str | None:
         reading: the command reads the store (``report``) rather than
             recording to it (``demo``).
     """
+    from governor.spend._jsonl import jsonl_kind
+
     if "://" in target:
         return None
     path = Path(target)
@@ -46,7 +48,7 @@ def not_a_spend_file(target: str, *, reading: bool) -> str | None:
             head = handle.read(len(SQLITE_HEADER))
     except OSError as exc:
         return f"cannot read {target}: {exc.strerror or exc}"
-    if target.endswith(_JSONL_SUFFIXES) or head.startswith(SQLITE_HEADER):
+    if jsonl_kind(target) is not None or head.startswith(SQLITE_HEADER):
         return None
     if head.startswith(_GZIP_MAGIC):
         if reading:

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from governor._errors import ConfigError
 from governor._textlines import open_bytes
@@ -24,7 +24,7 @@ from governor.spend._store import (
     matches,
 )
 
-__all__ = ["JsonlSpendStore"]
+__all__ = ["JSONL_SUFFIXES", "JsonlSpendStore", "jsonl_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,25 @@ _JSON_KINDS = {
     type(None): "null",
 }
 _FIX = "fix or delete this line"
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+"""The name endings of a spend JSONL file, in any case (``.JSONL`` too)."""
+_GZ = ".gz"
+
+
+def jsonl_kind(target: str | Path) -> Literal["plain", "gzip"] | None:
+    """Whether ``target`` is named as a spend JSONL file, and how.
+
+    ``"plain"`` for a name ending in ``.jsonl`` or ``.ndjson``, ``"gzip"``
+    for one ending in ``.jsonl.gz`` or ``.ndjson.gz``, None for any other
+    (a SQLite file or a URL). Case is ignored: ``spend.JSONL`` is JSONL.
+    """
+    name = str(target).lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "plain"
+    if name.endswith(tuple(suffix + _GZ for suffix in JSONL_SUFFIXES)):
+        return "gzip"
+    return None
 
 
 class JsonlSpendStore:
@@ -84,7 +103,7 @@ class JsonlSpendStore:
         )
         if not text:
             return
-        if self.path.suffix.lower() == ".gz":
+        if self.path.suffix.lower() == _GZ:
             raise ConfigError(
                 f"{self.path} is gzip-compressed: the governor reads such a "
                 "spend JSONL but cannot append to it; record to a .jsonl path"

@@ -9,8 +9,7 @@ from pathlib import Path
 from governor._errors import ConfigError
 from governor._files import SQLITE_HEADER
 from governor._textlines import is_gzip
-from governor.spend._jsonl import JsonlSpendStore
-from governor.spend._record import SpendDataError
+from governor.spend._jsonl import JsonlSpendStore, jsonl_kind
 from governor.spend._redis import RedisSpendStore
 from governor.spend._sqlite import SQLiteSpendStore
 
@@ -25,7 +24,8 @@ __all__ = [
 
 ENV_SPEND_DB = "GOVERNOR_SPEND_DB"
 """Environment variable naming the spend store: a SQLite file, a ``.jsonl``
-trace file or a ``redis://`` URL. Read when a store is opened without a target."""
+(or ``.ndjson``) trace file or a ``redis://`` URL. Read when a store is
+opened without a target."""
 
 DEFAULT_SPEND_PATH = Path(".governor") / "spend.sqlite3"
 """Used when ``GOVERNOR_SPEND_DB`` is unset, relative to the working directory."""
@@ -59,16 +59,19 @@ def open_store(
     """Open the spend store named by ``target`` (default: :func:`default_spend_target`).
 
     ``redis://``, ``rediss://`` and ``unix://`` URLs open a
-    :class:`RedisSpendStore`, a path ending in ``.jsonl`` a
-    :class:`JsonlSpendStore`, any other path a :class:`SQLiteSpendStore`
-    (created with its folders when missing). With ``existing``, a path ending
-    in ``.jsonl.gz`` or a file that starts with the gzip magic bytes opens
-    as gzip-compressed spend JSONL, for reading.
+    :class:`RedisSpendStore`, a path ending in ``.jsonl`` or ``.ndjson`` (in
+    any case: ``.JSONL`` too) a :class:`JsonlSpendStore`, any other path a
+    :class:`SQLiteSpendStore` (created with its folders when missing). With
+    ``existing``, a path ending in ``.jsonl.gz`` or ``.ndjson.gz`` or a file
+    that starts with the gzip magic bytes opens as gzip-compressed spend
+    JSONL, for reading.
 
     Args:
         target: the store's path or URL.
-        existing: for readers: refuse a SQLite file that is not already a
-            spend store, rather than adding a table to someone's database.
+        existing: for readers: open a SQLite file read-only, never writing
+            it (nor upgrading an older one), and refuse one that is not
+            already a spend store, rather than adding a table to someone's
+            database.
         prefix: the key prefix of a Redis store (default ``governor:``); only
             for Redis URLs.
 
@@ -76,10 +79,11 @@ def open_store(
         ConfigError: ``prefix`` is given for a store that is not Redis, or
             holds a brace; or a ``.jsonl.gz`` path is opened for writing.
         ConfigError: the SQLite path cannot be a spend store: an existing
-            file that is not a SQLite database (left untouched), or a file
-            SQLite cannot open or create there.
-        SpendDataError: ``existing`` is set and the SQLite file holds no
-            spend table.
+            file that is not a SQLite database (left untouched), a file
+            SQLite cannot open or create there, or one made by a newer
+            llm-governor (a newer schema version).
+        SpendDataError: ``existing`` is set and the SQLite file is missing,
+            not a SQLite database or holds no spend table.
     """
     text = str(target) if target is not None else default_spend_target()
     check_prefix(text, prefix)
@@ -98,14 +102,14 @@ def open_store(
             f"spend store {text!r} is a folder: name a file in it, e.g. "
             f"{Path(text) / 'spend.sqlite3'}"
         )
-    if text.endswith(".jsonl"):
+    kind = jsonl_kind(text)
+    if kind == "plain":
         return JsonlSpendStore(text)
-    if text.endswith(".jsonl.gz") or (existing and is_gzip(Path(text))):
+    if kind == "gzip" or (existing and is_gzip(Path(text))):
         return _compressed(text, existing)
     if existing:
-        _check_spend_database(Path(text))
-    else:
-        _check_sqlite_file(text)
+        return _sqlite_reader(text)
+    _check_sqlite_file(text)
     return _sqlite_store(text)
 
 
@@ -151,6 +155,19 @@ def _sqlite_store(text: str) -> SQLiteSpendStore:
         ) from exc
 
 
+def _sqlite_reader(text: str) -> SQLiteSpendStore:
+    """The SQLite store at ``text``, opened read-only; SQLite's errors named."""
+    try:
+        return SQLiteSpendStore(text, read_only=True)
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(
+            f"cannot read the spend store {text} ({reason}): check that the "
+            "file can be read, or point at the SQLite file the governor "
+            "records to, a .jsonl path or a redis:// URL"
+        ) from exc
+
+
 def _compressed(text: str, existing: bool) -> JsonlSpendStore:
     """A gzip-compressed spend JSONL, which only readers may open."""
     if not existing:
@@ -184,24 +201,4 @@ def check_prefix(target: str, prefix: str | None) -> None:
             f"Redis spend prefix {prefix!r} must be free of '{{' and '}}': the "
             "store adds the {spend} hash tag itself; give the prefix alone, "
             "e.g. 'deployA:' for keys deployA:{spend}:h and deployA:{spend}:z"
-        )
-
-
-def _check_spend_database(path: Path) -> None:
-    """Refuse a file that is not a governor SQLite spend store, untouched."""
-    uri = f"file:{path.resolve()}?mode=ro"
-    try:
-        with sqlite3.connect(uri, uri=True) as connection:
-            found = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='spend'"
-            ).fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise SpendDataError(
-            f"{path} is not a SQLite spend store ({exc}); point --db at the file "
-            "the governor records to (GOVERNOR_SPEND_DB), or at a spend .jsonl"
-        ) from exc
-    if found is None:
-        raise SpendDataError(
-            f"{path} is a SQLite database with no spend table; it was left as "
-            "it is. Point --db at the file the governor records to."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,7 @@ Outcome = Literal["ok", "error", "refused", "cache_hit", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 MONEY_FIELDS = ("cost_usd", "saved_usd")
+FLAG_FIELDS = ("cost_estimated", "cache_hit")
 # The usage parts kept since schema 3 (cache reads have their own field since
 # the first): records written before read them as 0.
 USAGE_PART_FIELDS = tuple(p for p in USAGE_PARTS if p != "cache_read_tokens")
@@ -51,7 +53,10 @@ class SpendRecord:
     UTC. ``cost_usd`` is the settled cost (zero for refusals and cache hits);
     ``saved_usd`` is what a cache hit or a downgrade saved against the price of
     the call as asked. Both are finite, non-negative Decimals (a float, NaN,
-    an infinity or a negative amount is refused). ``input_tokens`` counts
+    an infinity or a negative amount is refused). ``cost_estimated`` and
+    ``cache_hit`` are True or False (a string such as ``"false"`` is
+    refused), ``latency_s`` a finite, non-negative number of seconds, kept
+    as a float. ``input_tokens`` counts
     every prompt token, cached ones included; ``cache_read_tokens`` and
     ``cache_write_tokens`` are the parts of it read from and written to the
     provider's prompt cache. ``output_tokens`` counts every output token;
@@ -105,6 +110,8 @@ class SpendRecord:
                 object.__setattr__(self, name, amount.copy_abs())
         _check_text(self)
         _check_tags(self.tags)
+        _check_flags(self)
+        _check_latency(self)
         if self.outcome not in OUTCOMES:
             raise ValueError(f"SpendRecord.outcome must be one of {OUTCOMES}")
         for name in TOKEN_FIELDS:
@@ -148,8 +155,11 @@ class SpendRecord:
             SpendDataError: a required key is missing or a value is malformed.
         """
         version = data.get("v", JSON_VERSION)
-        if version != JSON_VERSION:
-            raise SpendDataError(f"unknown spend record version {version!r}")
+        if isinstance(version, bool) or version != JSON_VERSION:
+            raise SpendDataError(
+                f"unknown spend record version {version!r}; this release "
+                f'reads version {JSON_VERSION} ("v": {JSON_VERSION}, a number)'
+            )
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         try:
@@ -194,6 +204,42 @@ def _check_text(record: SpendRecord) -> None:
                 f"SpendRecord.{name} must be a string or None (unset), got "
                 f"{_kind(value)}{value!r}"
             )
+
+
+def _check_flags(record: SpendRecord) -> None:
+    """Refuse a flag that is not True or False (a string "false" is true)."""
+    for name in FLAG_FIELDS:
+        value = getattr(record, name)
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"SpendRecord.{name} must be True or False (JSON true or false), "
+                f"got {_type_of(value)}{value!r}"
+            )
+
+
+def _check_latency(record: SpendRecord) -> None:
+    """Refuse a latency that is not a finite, non-negative number of seconds."""
+    value = record.latency_s
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            "SpendRecord.latency_s must be a number of seconds, got "
+            f"{_type_of(value)}{value!r}"
+        )
+    try:
+        seconds = float(value)
+    except OverflowError:  # a whole number too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            "SpendRecord.latency_s must be a finite, non-negative number of "
+            f"seconds, got {value!r}"
+        )
+    object.__setattr__(record, "latency_s", seconds)
+
+
+def _type_of(value: object) -> str:
+    """``the str `` before a value's repr (strings too), nothing for None."""
+    return "" if value is None else f"the {type(value).__name__} "
 
 
 def _check_tags(tags: object) -> None:
