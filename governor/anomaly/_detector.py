@@ -236,7 +236,13 @@ class _Series:
         self.under: set[str] = set()
 
     def roll(self, index: int) -> None:
-        """Close intervals up to ``index``; silent intervals count as zero."""
+        """Close intervals up to ``index``; silent intervals count as zero.
+
+        A window with no spend at all is no baseline: the history is cleared,
+        so the scope starts over as a new one does. A window mostly silent
+        after a pause keeps its level at least the mean of its intervals with
+        spend (see :func:`_active_level`).
+        """
         if index <= self.index:
             return  # a late observation is counted in the open interval
         gap = min(index - self.index - 1, self.window)
@@ -247,9 +253,12 @@ class _Series:
         if self.peaks is not None:
             self.peaks.append(self.peak)
             self.peaks.extend([0] * gap)
-            self.peak_median = statistics.median(self.peaks)
         self.index, self.current, self.current_sq, self.peak = index, 0, 0, 0
         self.under = set()
+        if not any(self.history):
+            self._forget()
+        if self.peaks:
+            self.peak_median = statistics.median(self.peaks)
         self.mean, self.std = _mean_std(self.history)
         self.level, self.spread = self.mean, self.std
         if self.trend:
@@ -258,6 +267,16 @@ class _Series:
             )
         total = sum(self.history)
         self.unit = sum(self.squares) / total if total else 0.0
+        pause = min(self.level_intervals, self.window)
+        self.level = max(self.level, _active_level(self.history, total, pause))
+
+    def _forget(self) -> None:
+        """Drop the closed intervals: a scope silent for the whole window."""
+        self.history.clear()
+        self.squares.clear()
+        if self.peaks is not None:
+            self.peaks.clear()
+        self.peak_median = 0.0
 
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Count ``amount`` in the open interval and the burst window."""
@@ -295,6 +314,26 @@ def _mean_std(values: deque[int]) -> tuple[float, float]:
     mean = sum(values) / count
     variance = sum((v - mean) ** 2 for v in values) / (count - 1)
     return mean, math.sqrt(variance)
+
+
+def _active_level(values: Sequence[int], total: int, pause: int) -> float:
+    """The mean of the intervals with spend, when a pause left them few.
+
+    A window mostly silent (more than half its intervals without spend) that
+    holds a pause of at least ``pause`` silent intervals in a row, as when a
+    scope resumes after a night off, says little about the rate the scope
+    runs at while active: its level is at least the mean of the intervals
+    with spend. Otherwise (quiet intervals scattered through the window are
+    the scope's own rhythm), and for an empty window, 0.
+    """
+    active = longest = run = 0
+    for value in values:
+        run = 0 if value else run + 1
+        longest = max(longest, run)
+        active += bool(value)
+    if not active or 2 * active >= len(values) or longest < pause:
+        return 0.0
+    return total / active
 
 
 def _trend_baseline(

@@ -1,0 +1,122 @@
+"""A scope that falls silent and resumes: steady traffic after a pause is no anomaly."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from governor.anomaly import Alert, Anomalies, AnomalyDetector, AnomalyMonitor, Tighten
+from governor.spend import SpendRecord
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SCOPES = ("all", "team")
+
+
+def record(ts: datetime, team: str = "search") -> SpendRecord:
+    """One $0.001, 110-token call by ``team`` at ``ts``."""
+    return SpendRecord(
+        ts=ts,
+        task_id="t",
+        call_id=f"{team}-{ts.isoformat()}",
+        model="gpt-4o",
+        input_tokens=100,
+        output_tokens=10,
+        cost_usd=Decimal("0.001"),
+        team=team,
+    )
+
+
+def steady(start_min: float, minutes: int, per_minute: int) -> Iterator[datetime]:
+    """``per_minute`` evenly spaced calls a minute for ``minutes`` minutes."""
+    for minute in range(minutes):
+        for call in range(per_minute):
+            second = 60 * (start_min + minute) + call * 60 / per_minute
+            yield T0 + timedelta(seconds=second)
+
+
+def feed(
+    detector: AnomalyDetector, times: Iterator[datetime], team: str
+) -> list[Alert]:
+    """Every call at ``times`` by ``team``; the alerts raised."""
+    alerts: list[Alert] = []
+    for ts in times:
+        alerts += detector.observe_record(record(ts, team))
+    return alerts
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "pause_min"),
+    [(10, 31), (10, 120), (10, 720), (10, 25), (10, 29), (40, 18), (100, 22)],
+)
+def test_steady_traffic_resumed_after_a_pause_raises_no_alert(
+    per_minute: int, pause_min: int
+) -> None:
+    """An hour steady, a pause, the same rate again: nothing alerts.
+
+    A pause of the whole window (30 intervals) leaves no baseline, and a
+    shorter one leaves a window mostly of zeros: neither may make the usual
+    rate look like a spike.
+    """
+    detector = AnomalyDetector(Anomalies(scopes=SCOPES))
+    assert feed(detector, steady(0, 60, per_minute), "search") == []
+    resumed = steady(60 + pause_min, 40, per_minute)
+    assert feed(detector, resumed, "search") == []
+
+
+def test_a_night_off_does_not_block_the_team_in_the_morning() -> None:
+    """With auto_tighten='block', resuming the usual rate sends no request."""
+    requests: list[Tighten] = []
+    monitor = AnomalyMonitor(
+        Anomalies(scopes=SCOPES, auto_tighten="block"), on_tighten=requests.append
+    )
+    for ts in [*steady(0, 60, 10), *steady(60 + 8 * 60, 60, 10)]:
+        assert monitor.observe(record(ts)) == []
+    monitor.close()
+    assert requests == []
+
+
+def test_poisson_traffic_resumed_after_pauses_raises_no_alert() -> None:
+    """Poisson calls at 20 a minute, with pauses of 20 to 120 minutes."""
+    rng = random.Random(7)
+    detector = AnomalyDetector(Anomalies(scopes=SCOPES))
+    start, alerts = 0.0, []
+    for pause_min in (20, 25, 31, 120, 27, 45):
+        t = start
+        while (t := t + rng.expovariate(20 / 60)) < start + 3600:
+            alerts += detector.observe_record(record(T0 + timedelta(seconds=t)))
+        start += 3600 + 60 * pause_min
+    assert alerts == []
+
+
+def test_a_runaway_after_a_long_pause_is_judged_by_its_peers() -> None:
+    """No baseline of its own after the pause: the peers rule still catches it."""
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    for ts in steady(0, 60, 10):
+        assert detector.observe_record(record(ts, "search")) == []
+        assert detector.observe_record(record(ts, "ads")) == []
+    assert feed(detector, steady(60, 31, 10), "ads") == []  # search is silent
+    alerts = feed(detector, steady(91, 1, 100), "search")
+    assert [(a.scope, a.rule) for a in alerts] == [("team:search", "peers")]
+
+
+def test_a_runaway_after_the_history_rebuilds_is_caught() -> None:
+    """After a pause and ten steady intervals, a tenfold jump alerts."""
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    assert feed(detector, steady(0, 60, 10), "search") == []
+    assert feed(detector, steady(91, 10, 10), "search") == []
+    alerts = feed(detector, steady(101, 1, 100), "search")
+    assert [a.scope for a in alerts] == ["team:search"]
+    assert alerts[0].rule in ("deviation", "burst")
+
+
+@pytest.mark.parametrize("pause_min", [20, 25, 29])
+def test_a_runaway_after_a_partial_pause_is_caught(pause_min: int) -> None:
+    """The level while active judges a mostly silent window: 10x still alerts."""
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    assert feed(detector, steady(0, 60, 10), "search") == []
+    alerts = feed(detector, steady(60 + pause_min, 1, 100), "search")
+    assert [a.scope for a in alerts] == ["team:search"]
