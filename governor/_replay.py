@@ -409,7 +409,11 @@ def _unique_keys(value: Any, where: str) -> Any:
 
 
 def _python_policy(path: Path, name: str) -> Policy:
-    spec = importlib.util.spec_from_file_location(f"governor_policy_{path.stem}", path)
+    # Named as `import cpol` names cpol.py, so that its functions are
+    # `cpol.my_embed` here as in the program that imports it: a callable
+    # embedder's cache index (callable:cpol.my_embed) is the same in both.
+    # The module is not added to sys.modules, so it shadows nothing.
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"{path}: cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)

@@ -204,9 +204,13 @@ def test_the_policy_accepts_a_litellm_embedder() -> None:
 
 
 def eval_cache(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """Run ``governor eval cache`` with the hashing embedder: exit code, stderr."""
+    """Run ``governor eval cache`` with the hashing embedder: exit code, and
+    the error's message (a JSON document on stdout, with --json) or stderr."""
     code = main(["eval", "cache", *args, "--embedder", "hashing", "--json"])
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    if code != 0 and out:
+        return code, str(json.loads(out)["error"]["message"])
+    return code, err
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "[]"])
@@ -287,10 +291,12 @@ def test_a_folder_or_a_non_gzip_file_cannot_be_read(
 def test_skip_and_limit_must_be_whole_numbers(
     option: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A negative --skip or a --limit below 1 is refused by the parser (exit 2)."""
+    """A negative --skip or a --limit below 1 is refused by the parser (exit 2),
+    with --json as a JSON document on stdout."""
     with pytest.raises(SystemExit) as exited:
         eval_cache(capsys, str(DATA / "qqp_sample.jsonl"), *option)
-    assert (exited.value.code, says in capsys.readouterr().err) == (2, True)
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (exited.value.code, says in error["message"]) == (2, True)
 
 
 def test_a_skip_past_the_end_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,9 +44,12 @@ def write_json(path: Path, value: Any) -> Path:
 def eval_cache(
     capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, dict[str, Any], str]:
-    """Run ``governor eval cache --json`` with the hashing embedder."""
+    """Run ``governor eval cache --json`` with the hashing embedder: exit code,
+    report, and stderr (or an error's message, a JSON document on stdout)."""
     code = main(["eval", "cache", *args, "--embedder", "hashing", "--json"])
     out, err = capsys.readouterr()
+    if code != 0 and out:
+        return code, {}, str(json.loads(out)["error"]["message"])
     return code, json.loads(out) if code == 0 else {}, err
 
 

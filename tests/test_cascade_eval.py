@@ -250,7 +250,8 @@ def test_cli_refuses_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> No
     """An unknown policy name exits 2 and lists the built-in names."""
     code = main(["eval", "cascade", str(SAMPLE), "--policy", "nope", "--json"])
     assert code == 2
-    assert "routerbench-cascade" in capsys.readouterr().err
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert "routerbench-cascade" in error["message"]
 
 
 def test_png_encoder_writes_a_decodable_image() -> None:

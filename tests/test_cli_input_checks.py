@@ -114,9 +114,12 @@ def test_demo_stops_before_running_when_the_redis_spend_store_is_down(
         capsys, "demo", "--speed", "0", "--json", "--traces", str(traces),
         "--spend-db", url,
     )  # fmt: skip
-    assert (code, out) == (1, "")
+    assert (code, err) == (1, "")
     hidden = f"redis://user:***@127.0.0.1:{port}/0"
-    assert err == _advice("demo", hidden, port, "--spend-db")
+    line = _advice("demo", hidden, port, "--spend-db")
+    message = line.removeprefix("governor demo: ").removesuffix("\n")
+    error = {"code": "store_unavailable", "message": message}
+    assert json.loads(out) == {"error": error}
     assert not traces.exists()
 
 

@@ -300,12 +300,12 @@ def test_pricing_json_with_a_too_deep_policy_exits_2(
 def test_eval_inputs_that_nest_too_deeply_exit_2(
     argv: list[str], what: str, deep: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """eval keeps its errors on stderr, --json or not."""
+    """eval, as the other commands, gives a JSON error document with --json."""
     code = main([arg.format(deep=deep) for arg in argv] + ["--json"])
     captured = capsys.readouterr()
-    command = " ".join(["governor", *argv[:2]])
-    assert (code, captured.out) == (2, "")
-    assert captured.err == f"{command}: {_too_deep(deep, what)}\n"
+    error = {"code": "config_error", "message": _too_deep(deep, what)}
+    assert (code, captured.err) == (2, "")
+    assert json.loads(captured.out) == {"error": error}
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_demo_refuses_a_speed_it_cannot_sleep(
     with pytest.raises(SystemExit) as exit_info:
         _demo(tmp_path, "--count", "1", "--json", f"--speed={speed}")
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    err = json.loads(capsys.readouterr().out)["error"]["message"]  # --json
     assert "argument --speed" in err
     assert repr(speed) in err
     assert not (tmp_path / "spend.sqlite3").exists()

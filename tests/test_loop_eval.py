@@ -500,7 +500,7 @@ def test_a_cost_no_call_can_have_is_refused_naming_file_and_line(
     row["calls"][1]["cost_usd"] = cost  # type: ignore[index]
     path = _write_lines(tmp_path / "runs.jsonl", [_tiny_run("ok"), row])
     assert main(["eval", "loops", str(path), "--json"]) == 2
-    err = capsys.readouterr().err
+    err = json.loads(capsys.readouterr().out)["error"]["message"]
     assert "runs.jsonl:2: calls[1].cost_usd of 1.000e+" in err
     assert "dollars for one call cannot be right" in err
 

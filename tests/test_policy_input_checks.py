@@ -160,7 +160,7 @@ def test_policy_show_prints_callables_and_other_values_as_text(
     )
     assert main(["policy", "show", str(policy)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["cache"]["verifier"] == "<callable governor_policy_verif.check>"
+    assert shown["cache"]["verifier"] == "<callable verif.check>"
     assert shown["cascade"]["tiers"][0]["params"] == {"extra": "Marker()"}
 
 
@@ -177,7 +177,7 @@ def test_policy_show_prints_a_lambda_verifier(
     )
     assert main(["policy", "show", str(policy)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["cache"]["verifier"] == "<callable governor_policy_lam.<lambda>>"
+    assert shown["cache"]["verifier"] == "<callable lam.<lambda>>"
 
 
 # 5. Policy files: encodings, names, what a Python file defines.

@@ -17,18 +17,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from governor.cli._fail import BAD_INPUT, JSON_ERRORS
+from governor.cli._fail import BAD_INPUT, ENV_DEBUG, JSON_ERRORS, debugging
 
 __all__ = ["main"]
 
 DISTRIBUTION = "llm-governor"
 """The package name whose version ``governor --version`` prints."""
-
-ENV_DEBUG = "GOVERNOR_DEBUG"
-"""Set (to 1, true, yes or on) to show Python tracebacks instead of one-line
-errors; 0, false, no, off or empty leave them off."""
-
-_OFF = frozenset({"", "0", "false", "no", "off"})
 
 # command name -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -160,16 +154,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # main() ends quietly
     except Exception as exc:
-        if _debugging():
+        if debugging():
             raise
         return _failed(args, exc)
     return code
-
-
-def _debugging() -> bool:
-    """Whether ``GOVERNOR_DEBUG`` asks for tracebacks: set, and not to 0,
-    false, no, off or nothing (in any case, spaces around ignored)."""
-    return os.environ.get(ENV_DEBUG, "").strip().lower() not in _OFF
 
 
 def _failed(args: argparse.Namespace, exc: Exception) -> int:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from governor._errors import decimal_text
 from governor._files import not_json_lines
+from governor.cli._fail import fail
 from governor.cli._text import given, positive_count, same_file
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from governor.spend._open import AnySpendStore
 
 __all__ = ["register"]
+
+_COMMAND = "governor demo"
 
 _EXAMPLES = Path("examples") / "agents"
 
@@ -111,28 +114,24 @@ class _Row:
 def _run(args: argparse.Namespace) -> int:
     """Exit 2 for a bad option, 1 when the spend store or traces file fails."""
     if args.count < 1:
-        print("governor demo: --count must be at least 1", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, "--count must be at least 1", 2)
     problem = _check_traces(Path(args.traces)) or _check_spend(args)
     if problem is not None:
         message, status = problem
-        print(f"governor demo: {message}", file=sys.stderr)
-        return status
+        return fail(args, _COMMAND, message, status)
     examples = _examples_dir()
     if examples is None:
-        print(
-            "governor demo: the example agents were not found. Run it from a "
-            "checkout of the llm-governor repository (it reads examples/agents/).",
-            file=sys.stderr,
+        message = (
+            "the example agents were not found. Run it from a checkout of the "
+            "llm-governor repository (it reads examples/agents/)."
         )
-        return 2
+        return fail(args, _COMMAND, message, 2)
     if importlib.util.find_spec("langchain_litellm") is None:
-        print(
-            "governor demo: the examples use LangChain's ChatLiteLLM. Install it "
-            "with: pip install 'llm-governor[examples]'",
-            file=sys.stderr,
+        message = (
+            "the examples use LangChain's ChatLiteLLM. Install it with: "
+            "pip install 'llm-governor[examples]'"
         )
-        return 2
+        return fail(args, _COMMAND, message, 2)
     return _demo(args, examples)
 
 
@@ -208,35 +207,31 @@ def _open_spend(args: argparse.Namespace, target: str) -> AnySpendStore | int:
     try:
         store = open_store(target)
     except ConfigError as exc:
-        print(f"governor demo: --spend-db: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, message=f"--spend-db: {exc}")
     except sqlite3.Error as exc:
-        return _not_sqlite(target, exc)
+        return _not_sqlite(args, target, exc)
     now = datetime.now(UTC)
     try:
         next(iter(store.query(now, now + timedelta(microseconds=1))), None)
     except Exception as exc:
         store.close()
         if isinstance(exc, sqlite3.Error):
-            return _not_sqlite(target, exc)
+            return _not_sqlite(args, target, exc)
         if not redis_down(target, exc):
             raise
         given = bool(args.spend_db)
         message = unreachable(target, exc, option="--spend-db", given=given)
-        print(f"governor demo: {message}", file=sys.stderr)
-        return 1
+        return fail(args, _COMMAND, exc, 1, message=message, code="store_unavailable")
     return store
 
 
-def _not_sqlite(target: str, exc: Exception) -> int:
+def _not_sqlite(args: argparse.Namespace, target: str, exc: Exception) -> int:
     """Say that SQLite cannot use ``target`` (a damaged database, no access)."""
-    print(
-        f"governor demo: --spend-db {target} cannot be used as a SQLite spend "
-        f"store ({exc}); give a new file name or the SQLite file of an earlier "
-        "demo",
-        file=sys.stderr,
+    message = (
+        f"--spend-db {target} cannot be used as a SQLite spend store ({exc}); "
+        "give a new file name or the SQLite file of an earlier demo"
     )
-    return 2
+    return fail(args, _COMMAND, exc, 2, message=message)
 
 
 def _demo(args: argparse.Namespace, examples: Path) -> int:

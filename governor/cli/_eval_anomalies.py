@@ -8,7 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from governor.cli._fail import fail
 from governor.cli._text import given_path, positive_count
+
+_COMMAND = "governor eval anomalies"
 
 _GIVE = (
     "give a folder of Azure LLM inference trace CSV files (.csv or .csv.gz, "
@@ -67,11 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     from governor.anomaly._eval import run_eval
 
     if not args.path.exists():
-        print(
-            f"governor eval anomalies: {args.path}: no such file or folder; {_GIVE}",
-            file=sys.stderr,
-        )
-        return 2
+        message = f"{args.path}: no such file or folder; {_GIVE}"
+        return fail(args, _COMMAND, message, 2)
     try:
         document = run_eval(
             args.path,
@@ -83,19 +83,14 @@ def _run(args: argparse.Namespace) -> int:
             warn=_warn,
         )
     except PriceUnknown as exc:
-        print(f"governor eval anomalies: {_unpriced(exc)}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, message=_unpriced(exc))
     except GovernorError as exc:
-        print(f"governor eval anomalies: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     except OSError as exc:
         where = exc.filename or args.path
         why = exc.strerror or str(exc)
-        print(
-            f"governor eval anomalies: cannot read {where}: {why}; {_GIVE}",
-            file=sys.stderr,
-        )
-        return 2
+        message = f"cannot read {where}: {why}; {_GIVE}"
+        return fail(args, _COMMAND, exc, 2, message=message)
     print(json.dumps(document, indent=2) if args.json else render(document))
     return 0
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._fail import too_deep
+from governor.cli._fail import fail, too_deep
 from governor.cli._text import count, given_path, positive_count
+
+_COMMAND = "governor eval cache"
 
 if TYPE_CHECKING:
     from governor.cache._evaluate import EvalPair
@@ -89,13 +91,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         report = _evaluate(args)
-    except RecursionError:
+    except RecursionError as exc:
         message = too_deep(args.pairs, "a file of pairs")
-        print(f"governor eval cache: {message}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2, message=message)
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"governor eval cache: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

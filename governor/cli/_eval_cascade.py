@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from governor.cli._fail import too_deep
+from governor.cli._fail import fail, too_deep
 from governor.cli._text import (
     check_output,
     given,
@@ -21,6 +21,8 @@ from governor.cli._text import (
 )
 
 __all__ = ["register_eval"]
+
+_COMMAND = "governor eval cascade"
 
 
 def register_eval(sub: Any, name: str, help_text: str) -> None:
@@ -154,7 +156,13 @@ def _run(args: argparse.Namespace) -> int:
             target_cost=args.target_cost,
         )
     except (OSError, ConfigError) as exc:
-        return _fail(str(exc))
+        return fail(args, _COMMAND, exc, 2)
+    if png is not None:  # before the report, so that stdout holds one document
+        try:
+            _chart(png, result, args)
+        except OSError as exc:
+            message = f"cannot write the chart to {png}: {exc.strerror or exc}"
+            return fail(args, _COMMAND, exc, 2, message=message)
     left_out = Counter(loaded.left_out) + Counter(dropped)
     doc = {
         **result.report.to_json(),
@@ -167,11 +175,6 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(_text(result, doc, args))
-    if png is not None:
-        try:
-            _chart(png, result, args)
-        except OSError as exc:
-            return _fail(f"cannot write the chart to {png}: {exc.strerror or exc}")
     return 0
 
 
@@ -195,11 +198,6 @@ def _warn_formless(formless: Sequence[tuple[str, str]]) -> None:
             "is read as its text only when every answer of the model is one)",
             file=sys.stderr,
         )
-
-
-def _fail(message: str) -> int:
-    print(f"governor eval cascade: {message}", file=sys.stderr)
-    return 2
 
 
 def _writable(path_text: str | None, data: str, policy: str) -> Path | None:

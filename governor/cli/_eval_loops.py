@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from governor.cli._fail import too_deep
+from governor.cli._fail import fail, too_deep
 from governor.cli._text import given
 
 __all__ = ["register_eval"]
+
+_COMMAND = "governor eval loops"
 
 _HEADLINE = (
     "false_stop_rate",
@@ -74,22 +76,19 @@ def _run(args: argparse.Namespace) -> int:
     try:
         runs = list(read_trajectories(args.path, on_skip=_note_skipped))
     except OSError as exc:
-        print(f"governor eval loops: cannot read {args.path}: {exc}", file=sys.stderr)
-        return 2
-    except RecursionError:
-        print(f"governor eval loops: {_too_deep(args.path)}", file=sys.stderr)
-        return 2
+        message = f"cannot read {args.path}: {exc}"
+        return fail(args, _COMMAND, exc, 2, message=message)
+    except RecursionError as exc:
+        return fail(args, _COMMAND, exc, 2, message=_too_deep(args.path))
     except ConfigError as exc:
-        print(f"governor eval loops: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, _COMMAND, exc, 2)
     if not runs:
-        print(
-            f"governor eval loops: {args.path} holds no runs; give a file or a "
-            "folder with at least one run (trajectory-format JSONL, mini-swe-agent "
-            ".traj.json files or the mini-swe-agent data set)",
-            file=sys.stderr,
+        message = (
+            f"{args.path} holds no runs; give a file or a folder with at least "
+            "one run (trajectory-format JSONL, mini-swe-agent .traj.json files "
+            "or the mini-swe-agent data set)"
         )
-        return 2
+        return fail(args, _COMMAND, message, 2)
     loops = Loops()
     progress = _progress("replayed")
     report = evaluate(

@@ -1,7 +1,8 @@
-"""How the commands report an error: one line on stderr, or, when
-``pricing``, ``budget``, ``replay``, ``compare`` or ``report`` is asked for
-JSON, one JSON document on stdout, so that a program reading their JSON
-output gets JSON whatever happens.
+"""How the commands report an error: one line on stderr, or, when a
+command is asked for JSON (``--json``, ``--format json``), one JSON document
+on stdout, so that a program reading its JSON output gets JSON whatever
+happens. With ``GOVERNOR_DEBUG`` set, the traceback of the error follows on
+stderr.
 
 The document is ``{"error": {"code": ..., "message": ...}}``: ``code`` is a
 :class:`~governor.GovernorError`'s code (``config_error`` for a bad option or
@@ -13,15 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["JSON_ERRORS", "fail", "too_deep", "wants_json"]
+__all__ = ["ENV_DEBUG", "JSON_ERRORS", "debugging", "fail", "too_deep", "wants_json"]
 
-JSON_ERRORS = frozenset({"pricing", "budget", "replay", "compare", "report"})
-"""The commands whose errors are JSON documents when JSON is asked for.
-(``eval`` and ``demo`` keep theirs on stderr, ``--json`` or not.)"""
+JSON_ERRORS = frozenset(
+    {"pricing", "budget", "replay", "compare", "report", "eval", "demo", "policy"}
+)
+"""The commands whose errors are JSON documents when JSON is asked for: every
+command that takes ``--json`` or ``--format json``."""
+
+ENV_DEBUG = "GOVERNOR_DEBUG"
+"""Set (to 1, true, yes or on) to show Python tracebacks as well as one-line
+errors; 0, false, no, off or empty leave them off."""
+
+_OFF = frozenset({"", "0", "false", "no", "off"})
 
 BAD_INPUT = "config_error"
 """The ``code`` of an error that is not a GovernorError: a bad option or file."""
@@ -33,6 +44,12 @@ def wants_json(args: argparse.Namespace) -> bool:
     if getattr(args, "command", None) not in JSON_ERRORS:
         return False
     return bool(getattr(args, "json", False)) or getattr(args, "fmt", None) == "json"
+
+
+def debugging() -> bool:
+    """Whether ``GOVERNOR_DEBUG`` asks for tracebacks: set, and not to 0,
+    false, no, off or nothing (in any case, spaces around ignored)."""
+    return os.environ.get(ENV_DEBUG, "").strip().lower() not in _OFF
 
 
 def fail(
@@ -52,8 +69,9 @@ def fail(
             report is a JSON document on stdout rather than a line on stderr.
         command: the command as typed, ``governor pricing``, which starts
             the line on stderr.
-        error: the exception (a GovernorError gives its code and fields) or
-            the message itself.
+        error: the exception (a GovernorError gives its code and fields; any
+            exception's traceback goes to stderr first when
+            :func:`debugging`) or the message itself.
         status: the exit status, returned.
         message: the text to give in place of ``str(error)``.
         code: the code to give in place of the error's own.
@@ -62,6 +80,8 @@ def fail(
     """
     from governor._errors import GovernorError
 
+    if isinstance(error, BaseException) and debugging():
+        traceback.print_exception(error, file=sys.stderr)
     fields: dict[str, Any] = {"code": BAD_INPUT}
     if isinstance(error, GovernorError):
         fields = error.to_dict()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governor.cli._fail import too_deep
+from governor.cli._fail import fail, too_deep
 from governor.cli._text import given
 
 if TYPE_CHECKING:
@@ -107,6 +107,12 @@ def register(sub: Any, name: str, help_text: str) -> None:
         type=given("a policy", required=True),
         help=POLICY_HELP,
     )
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="report an error as a JSON document on stdout too (the policy "
+        "itself always prints as JSON)",
+    )
     show.set_defaults(handler=_show)
 
 
@@ -125,8 +131,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.spec)
     except ConfigError as exc:
-        print(f"governor policy: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, "governor policy", exc, 2)
     print(json.dumps(as_json(policy), indent=2))
     return 0
 
