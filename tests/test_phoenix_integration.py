@@ -1,4 +1,4 @@
-"""Cost spans exported over OTLP/HTTP to a real Arize Phoenix, read back by REST.
+"""Cost spans exported over OTLP to a real Arize Phoenix, read back by REST.
 
 Phoenix runs from its own virtual environment, because its dependencies clash
 with ours (it pins ``tenacity<9.2``). Point ``GOVERNOR_PHOENIX_VENV`` at one:
@@ -11,12 +11,15 @@ fail. Phoenix listens on 127.0.0.1 (HTTP 6006, gRPC 4327 when free) with its
 data in a temporary folder, telemetry and external resources off.
 
 The task checked is a real governed one: two LiteLLM calls (offline mock
-provider) through ``GovernedLiteLLM``, exported over OTLP/HTTP.
+provider) through ``GovernedLiteLLM``, exported over OTLP/HTTP, and over
+OTLP/gRPC as ``configure_tracing`` sets it up from ``OTEL_EXPORTER_OTLP_*``
+(the ``test`` extra installs opentelemetry-exporter-otlp-proto-grpc).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -93,6 +96,7 @@ class Phoenix:
     """A running Phoenix server and how to send spans to it and read them back."""
 
     url: str
+    grpc_port: int
 
     def export_and_fetch(
         self, spans_factory: SpansFactory, *, project: str | None = None
@@ -125,9 +129,10 @@ class Phoenix:
         exporter.shutdown()
         assert result is SpanExportResult.SUCCESS
         wanted = {format(span.context.span_id, "016x") for span in finished}
-        return self._read_back(project, wanted)
+        return self.read_back(project, wanted)
 
-    def _read_back(self, project: str, wanted: set[str]) -> list[dict[str, Any]]:
+    def read_back(self, project: str, wanted: set[str]) -> list[dict[str, Any]]:
+        """The spans of ``project`` whose span IDs are ``wanted``, once all are in."""
         url = f"{self.url}/v1/projects/{project}/spans?limit=1000"
         deadline = time.monotonic() + READ_TIMEOUT_S
         found: list[dict[str, Any]] = []
@@ -164,7 +169,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     """A Phoenix server on 127.0.0.1 with a throwaway working folder."""
     binary = _phoenix_binary()
     work = tmp_path_factory.mktemp("phoenix")
-    http_port = _port(HTTP_PORT)
+    http_port, grpc_port = _port(HTTP_PORT), _port(GRPC_PORT)
     env = {
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")
     }
@@ -172,7 +177,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         PHOENIX_HOST="127.0.0.1",
         PHOENIX_PORT=str(http_port),
         # Phoenix binds gRPC on every interface whatever PHOENIX_HOST says.
-        PHOENIX_GRPC_PORT=str(_port(GRPC_PORT)),
+        PHOENIX_GRPC_PORT=str(grpc_port),
         PHOENIX_WORKING_DIR=str(work),
         PHOENIX_TELEMETRY_ENABLED="false",
         PHOENIX_ALLOW_EXTERNAL_RESOURCES="false",
@@ -185,7 +190,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         )
         try:
             _wait_until_healthy(process, url, log_path)
-            yield Phoenix(url)
+            yield Phoenix(url, grpc_port)
         finally:
             process.terminate()
             try:
@@ -304,3 +309,71 @@ def test_phoenix_shows_calls_as_llm_spans(
         for c in stored["chat gpt-4o-mini"]
     }
     assert kinds == {("LLM", 30)}
+
+
+class _ErrorRecords(logging.Handler):
+    """Keeps the ERROR records logged to it: an OTLP exporter's failed exports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _grpc_environment(
+    monkeypatch: pytest.MonkeyPatch, grpc_port: int, project: str
+) -> None:
+    """The variables docs/tracing/README.md gives gRPC users, and a project."""
+    for name in (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+        "OTEL_EXPORTER_OTLP_INSECURE",
+        "GOVERNOR_TRACES_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{grpc_port}")
+    # Seconds (exporter 1.45): a broken export fails the test in about 5 s.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", f"openinference.project.name={project}"
+    )
+
+
+def test_grpc_export_from_the_environment_keeps_the_costs(
+    phoenix: Phoenix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc, as Jaeger and Tempo users set it, sends
+    the task's spans over OTLP/gRPC through configure_tracing, costs unchanged."""
+    from governor.telemetry import configure_tracing
+
+    project = f"governor-grpc-{uuid.uuid4().hex[:10]}"
+    _grpc_environment(monkeypatch, phoenix.grpc_port, project)
+    captured = InMemorySpanExporter()
+    errors = _ErrorRecords()
+    otlp_logger = logging.getLogger("opentelemetry.exporter.otlp")
+    otlp_logger.addHandler(errors)
+    try:
+        provider = configure_tracing(exporters=[captured])
+        try:
+            governed_task(provider)
+        finally:
+            provider.shutdown()  # the batch processors export what they hold
+    finally:
+        otlp_logger.removeHandler(errors)
+    assert not errors.records, f"OTLP/gRPC export: {errors.records[0].getMessage()}"
+    finished = captured.get_finished_spans()
+    wanted = {format(span.context.span_id, "016x") for span in finished}
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for span in phoenix.read_back(project, wanted):
+        by_name.setdefault(span["name"], []).append(span)
+    calls, (task,) = by_name["chat gpt-4o-mini"], by_name["governor.task"]
+    assert [{k: c["attributes"].get(k) for k in CALL_ATTRIBUTES} for c in calls] == [
+        CALL_ATTRIBUTES,
+        CALL_ATTRIBUTES,
+    ]
+    assert {k: task["attributes"].get(k) for k in TASK_ATTRIBUTES} == TASK_ATTRIBUTES
