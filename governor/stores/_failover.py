@@ -86,6 +86,11 @@ _SAME_FAILURE_S: Final = 0.05
 """A store marked down less than this before its last failure: one failure."""
 
 
+_STORE_ADVICE: Final = (
+    "Check that the store is running and reachable (URL, password, TLS)"
+)
+
+
 class DualLedger(Ledger, AsyncLedger, Protocol):
     """A ledger with both the sync and the async steps."""
 
@@ -523,14 +528,15 @@ class FailoverLedger:
         if not entering:
             return
         if self.mode == "open":
-            # The error's advice is to fail open, which this already does.
+            # The error's advice ends in failing open, which this already
+            # does: only what to change on the store is repeated.
             logger.warning(
                 "budget store unavailable, failing open until it answers: %s. "
                 "Calls are admitted against a local copy of each budget in this "
                 "process, fan-out caps kept in the store are not applied, and "
-                "their spend is written to the store once it answers. Check "
-                "that the store is running and reachable (URL, password, TLS).",
+                "their spend is written to the store once it answers. %s.",
                 exc.cause or exc,
+                exc.advice or _STORE_ADVICE,
             )
         else:
             logger.warning(

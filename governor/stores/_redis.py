@@ -34,9 +34,10 @@ dollars (checked on the way in).
 Failures: transient errors (connection refused or reset, timeouts, a replica
 being promoted) are retried with tenacity a bounded number of times; then the
 call raises :class:`governor.StoreUnavailable`. A server that refuses a step
-(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``) or its credentials
-(``WRONGPASS``, ``NOAUTH``) raises it at once, naming the refusal and what to
-change. Wrap the ledger in
+(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``, Lua scripts) or
+its credentials (``WRONGPASS``, ``NOAUTH``) raises it at once, naming the
+refusal and what to change; a connection setting redis-py refuses only when
+it connects raises :class:`governor.ConfigError`. Wrap the ledger in
 :class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
 A full connection pool is no outage: a step that finds every connection busy
 for ``pool_timeout_s`` raises :class:`PoolExhausted` (not StoreUnavailable,
@@ -97,6 +98,11 @@ from governor.stores._redis_checks import (
     aread_memory_settings,
     eviction_warning,
     read_memory_settings,
+)
+from governor.stores._redis_options import (
+    FILE_OPTIONS,
+    option_problem,
+    tls_problem,
 )
 from governor.stores._retry import Retrier
 
@@ -235,8 +241,11 @@ class RedisConfig:
             ``{"ssl_ca_certs": "ca.pem"}`` for ``rediss://``.
 
     Every value is checked when the config is made (and the URL's port,
-    database and option values with it), so a bad one raises
-    :class:`~governor.ConfigError` at once rather than at the first call.
+    database and option values with it, and the values of
+    ``connection_kwargs``), so a bad one raises
+    :class:`~governor.ConfigError` at once rather than at the first call. The
+    files ``connection_kwargs`` names are looked at when a connection fails:
+    one that is missing then raises ConfigError, not StoreUnavailable.
     """
 
     url: str = DEFAULT_REDIS_URL
@@ -277,6 +286,7 @@ class RedisConfig:
         for name, zero_ok, example in _SECONDS:
             _check_seconds(name, getattr(self, name), zero_ok, example)
         check_url_options(self.url)
+        check_connection_kwargs(self.url, self.connection_kwargs)
 
 
 # RedisConfig's durations: name, whether 0 is allowed, and an example. A
@@ -388,20 +398,78 @@ _URL_RANGES: Final = {
 
 
 def _check_option_values(url: str) -> None:
+    options = _parsed_options(url)
+    for name, written in parse_qs(urlsplit(url).query).items():
+        wants = _option_wants(name, options[name])
+        if wants is not None:
+            raise ConfigError(
+                f"url {redact_url(url)!r} sets {name}={_shown(name, written[0])}, "
+                f"which redis-py cannot use: give {wants}"
+            )
+    problem = tls_problem(urlsplit(url).scheme.lower(), options)
+    if problem is not None:
+        raise ConfigError(f"url {redact_url(url)!r}: {problem}")
+
+
+def _parsed_options(url: str) -> dict[str, object]:
+    """The URL's options as redis-py reads them (the first of repeated ones).
+
+    Raises:
+        ConfigError: a value redis-py's parser for the option refuses.
+    """
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
+    options: dict[str, object] = {}
     for name, values in parse_qs(urlsplit(url).query).items():
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        options[name] = value = values[0]
         if not callable(parser):
             continue
         try:
-            if _in_range(name, parser(values[0])):
-                continue
+            options[name] = parser(value)
         except (TypeError, ValueError):
-            pass  # refused below, as a value out of range is
+            raise ConfigError(
+                f"url {redact_url(url)!r} sets {name}={_shown(name, value)}, "
+                "which redis-py cannot use: give "
+                f"{_URL_WANTS.get(name, 'a value of the right kind')}"
+            ) from None
+    return options
+
+
+def _option_wants(name: str, value: object) -> str | None:
+    """What to give for a URL option whose value cannot be used, else None."""
+    if not _in_range(name, value):
+        return _URL_WANTS.get(name, "a value of the right kind")
+    return option_problem(name, value)
+
+
+def _shown(name: str, value: object) -> str:
+    """An option's value as a message may show it (a secret one masked)."""
+    return "'***'" if _secret(name) else repr(value)
+
+
+def check_connection_kwargs(url: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``RedisConfig.connection_kwargs`` that no connection could use.
+
+    The files they name are looked at when a connection fails (a config
+    may be made before its certificates are in place), not here.
+
+    Raises:
+        ConfigError: a protocol, TLS setting or mix of TLS options that
+            redis-py would refuse, or misread, at the first command.
+    """
+    for name, value in kwargs.items():
+        wants = option_problem(name, value, files=False)
+        if wants is not None:
+            raise ConfigError(
+                f"RedisConfig.connection_kwargs sets {name}={_shown(name, value)}, "
+                f"which redis-py cannot use: give {wants}"
+            )
+    options = {**_parsed_options(url), **kwargs}
+    problem = tls_problem(urlsplit(url).scheme.lower(), options)
+    if problem is not None:
         raise ConfigError(
-            f"url {redact_url(url)!r} sets {name}={values[0]!r}, which redis-py "
-            f"cannot use: give {_URL_WANTS.get(name, 'a value of the right kind')}"
+            f"url {redact_url(url)!r} with RedisConfig.connection_kwargs: {problem}"
         )
 
 
@@ -604,6 +672,11 @@ class RedisConnections:
             if refusal_advice(exc) is None:
                 raise
             raise self.unavailable(what, exc) from exc
+        except redis.exceptions.RedisError as exc:
+            error = self.misconfigured(what, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def _call(self, op: Callable[[], T], what: str) -> T:
         try:
@@ -637,13 +710,57 @@ class RedisConnections:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def _retry_after(self, exc: BaseException, what: str) -> bool:
-        return self.config.attempts > 1 and _retryable(exc, what)
+        return self.config.attempts > 1 and self._worth_retry(exc, what)
+
+    def _worth_retry(self, exc: BaseException, what: str) -> bool:
+        """A transient error, not a setting no connection can use."""
+        return _retryable(exc, what) and self.misconfigured(what, exc) is None
 
     def _failed(self, what: str, exc: BaseException) -> GovernorError:
-        """The error for a step that failed for good: a full pool, or an outage."""
+        """The error for a step that failed for good: a full pool, a setting
+        no connection can use, or an outage."""
         if _pool_exhausted(exc):
             return self.pool_exhausted(what)
-        return self.unavailable(what, exc)
+        return self.misconfigured(what, exc) or self.unavailable(what, exc)
+
+    def misconfigured(self, what: str, exc: BaseException) -> ConfigError | None:
+        """The error for a connection setting redis-py refused, or None.
+
+        redis-py raises a bare ``RedisError`` for a TLS setting it cannot
+        use and a ``ConnectionError`` for a protocol other than 2 or 3; a
+        TLS file of ``connection_kwargs`` that is missing fails as a
+        connection error too, so the files are looked at when one fails.
+        Trying again cannot help: none of these is an outage.
+        """
+        if not isinstance(exc, redis.exceptions.RedisError) or _pool_exhausted(exc):
+            return None
+        text = str(exc)
+        bare = type(exc) is redis.exceptions.RedisError
+        if not bare and not isinstance(exc, redis.exceptions.ConnectionError):
+            return None
+        advice = self._file_problem()
+        if advice is None and text.startswith(_PROTOCOL_REFUSED):
+            advice = "Give protocol=2 or protocol=3, or leave protocol out"
+        elif advice is None and bare:
+            advice = _OPTIONS_ADVICE
+        if advice is None:
+            return None
+        return ConfigError(
+            f"the Redis store at {redact_url(self.config.url)} cannot be used as "
+            f"configured: {what} failed with {_reason(exc)} (not retried). {advice}"
+        )
+
+    def _file_problem(self) -> str | None:
+        """What is wrong with a TLS file the URL or connection_kwargs name."""
+        cfg = self.config
+        if not cfg.connection_kwargs and "ssl_" not in cfg.url:
+            return None
+        options = {**_parsed_options(cfg.url), **cfg.connection_kwargs}
+        for name in sorted(FILE_OPTIONS & options.keys()):
+            wants = option_problem(name, options[name])
+            if wants is not None:
+                return f"{name}={options[name]!r} cannot be used: give {wants}"
+        return None
 
     def pool_exhausted(self, what: str) -> GovernorError:
         """The error for a step that found every pooled connection busy.
@@ -680,7 +797,7 @@ class RedisConnections:
                 "server does not have: use an index below its 'databases' "
                 "setting (0 to 15 by default)"
             )
-        credentials = credentials_advice(exc)
+        credentials = credentials_advice(exc, self.config.url)
         if credentials is not None:
             what_happened = f"refused the credentials given for {what} (not retried)"
             advice = credentials
@@ -727,7 +844,9 @@ class RedisConnections:
             # retry in lockstep.
             "wait": wait_exponential(multiplier=self.config.retry_wait_s, max=1.0)
             + wait_random(0, self.config.retry_wait_s),
-            "retry": retry_if_exception(functools.partial(_retryable, what=what)),
+            "retry": retry_if_exception(
+                functools.partial(self._worth_retry, what=what)
+            ),
             "reraise": True,
         }
 
@@ -1147,6 +1266,12 @@ class RedisLedger:
 
 
 _REACH_ADVICE: Final = "Check that Redis is running and reachable (URL, password, TLS)"
+_PROTOCOL_REFUSED: Final = "protocol must be"
+"""How redis-py refuses a protocol other than 2 or 3, at connect."""
+_OPTIONS_ADVICE: Final = (
+    "Check the TLS options of the URL and of RedisConfig.connection_kwargs "
+    "(see redis-py's SSLConnection for the values each takes)"
+)
 # Server replies that refuse a step for as long as the server stays as it is:
 # retrying at once does not help, the server must be changed.
 _REFUSALS: Final = {
@@ -1160,11 +1285,19 @@ _REFUSALS: Final = {
         "disk or permissions of its data directory (see the Redis log)"
     ),
     "NOPERM": (
-        "the Redis user may not run what the budget scripts need: grant the "
+        "The Redis user may not run what the budget scripts need: grant the "
         "ACL rules listed in docs/budgets-redis.md (Managed Redis)"
     ),
+    "SCRIPTING": (
+        "This Redis refuses Lua scripts, which every budget step runs: EVAL "
+        "and EVALSHA are renamed or disabled on it (rename-command), or its "
+        "ACL user lacks +@scripting. Allow them (drop those rename-command "
+        "lines; grant +@scripting, or +evalsha +eval +script|load, see "
+        "docs/budgets-redis.md, Managed Redis), or point the URL at a Redis "
+        "that runs scripts"
+    ),
     "READONLY": (
-        "the URL points at a read-only replica: point it at the primary (a "
+        "The URL points at a read-only replica: point it at the primary (a "
         "replica being promoted answers again within seconds)"
     ),
     "BUSY": (
@@ -1177,6 +1310,12 @@ _REFUSALS: Final = {
     ),
 }
 _SCRIPT_NOPERM: Final = "can't run this command"
+_NO_SCRIPTING: Final = re.compile(
+    r"unknown command '(eval|evalsha|script)'"
+    r"|no permissions to run the '(eval|evalsha|script\|load)' command",
+    re.IGNORECASE,
+)
+"""A server that refuses the scripting commands: renamed, disabled, or an ACL."""
 _DB_OUT_OF_RANGE: Final = "DB index is out of range"
 """The reply to SELECT of a database the server does not have (at connect)."""
 
@@ -1189,6 +1328,8 @@ def refusal_advice(exc: BaseException) -> str | None:
     code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         code = "OOM"
+    elif _NO_SCRIPTING.search(text):
+        code = "SCRIPTING"
     elif isinstance(exc, redis.exceptions.NoPermissionError):
         code = "NOPERM"
     elif isinstance(exc, redis.exceptions.ReadOnlyError):
@@ -1206,12 +1347,13 @@ _CHECK_CREDENTIALS: Final = (
 )
 
 
-def credentials_advice(exc: BaseException) -> str | None:
+def credentials_advice(exc: BaseException, url: str = "") -> str | None:
     """What to change when the server refused the credentials, or None.
 
     ``NOAUTH`` (no password given to a server that needs one), ``WRONGPASS``
     (a wrong user name or password, or a disabled user) and a password given
     to a server that has none stay refused however often they are sent.
+    ``url`` (the store's) shapes the example of a URL with a password.
     """
     if not isinstance(exc, redis.exceptions.AuthenticationError):
         return None
@@ -1220,8 +1362,8 @@ def credentials_advice(exc: BaseException) -> str | None:
     if code == "NOAUTH" or text.startswith("NOAUTH"):
         return (
             "Redis requires a password and none was given: put it in "
-            f"{_CHECK_CREDENTIALS}, as redis://:PASSWORD@host:port/db (or "
-            "redis://USER:PASSWORD@host:port/db for an ACL user)"
+            f"{_CHECK_CREDENTIALS}, as {_with_password(url, ':PASSWORD')} (or "
+            f"{_with_password(url, 'USER:PASSWORD')} for an ACL user)"
         )
     if "without any password configured" in text or "no password is set" in text:
         return (
@@ -1236,6 +1378,17 @@ def credentials_advice(exc: BaseException) -> str | None:
     )
 
 
+def _with_password(url: str, credentials: str) -> str:
+    """An example URL of ``url``'s kind that gives ``credentials``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        path = unquote(parts.path) or "/path/to/redis.sock"
+        return f"unix://{credentials}@{path}"
+    scheme = "rediss" if scheme == "rediss" else "redis"
+    return f"{scheme}://{credentials}@host:port/db"
+
+
 def _url_db(url: str) -> str:
     """The database a Redis URL selects, as written (``?db=`` before the path)."""
     parts = urlsplit(url)
@@ -1247,7 +1400,8 @@ def _url_db(url: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """The server's or socket's words, with the reply code redis-py strips."""
-    text = str(exc).rstrip(". ")
+    # An unknown command's reply lists its arguments: keys, not the reason.
+    text = str(exc).split(", with args beginning with", 1)[0].rstrip(". ")
     code = getattr(exc, "status_code", None)
     if code and code != "ERR" and not text.startswith(str(code)):
         text = f"{code} {text}"
