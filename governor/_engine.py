@@ -499,10 +499,20 @@ class Governor:
         self._factors.pop(scope, None)
         self._tighten_version += 1
 
-    def _check_blocked(self, task: Task) -> None:
+    def _check_blocked(
+        self, task: Task, request: CallRequest, provider: str | None = None
+    ) -> None:
+        """Refuse a call charged to a blocked scope: its task's, those its
+        metadata names, its model, or its provider (once priced)."""
         if not self._blocked:
             return
         keys = {"all", *(f"{k}:{v}" for k, v in task.scope_values.items())}
+        keys.add(f"model:{request.model}")
+        if provider is not None:
+            keys.add(f"provider:{provider}")
+        named = self._named_by_call(task, request)
+        if named is not None:
+            keys.update(f"{k}:{v}" for k, v in named.scope_values().items())
         for scope in sorted(keys & self._blocked):
             raise ScopeBlocked(scope, task_id=task.id)
 
@@ -1304,6 +1314,8 @@ class Governor:
         try:
             step, prompt_key = self._call_checks(task, owns, request)
             rate = self._task_rates(task).rate(request.priced_model, request.prices)
+            if self._blocked and rate.provider:
+                self._check_blocked(task, request, rate.provider)
         except GovernorError as exc:
             self._refused(task, exc.code, request.model)
             if owns:
@@ -1354,7 +1366,7 @@ class Governor:
         digest for the guard."""
         if task.ending is not None:
             raise task.ending()
-        self._check_blocked(task)
+        self._check_blocked(task, request)
         step = request.step if request.step is not None else task.model_calls + 1
         prompt_key = None
         if request.operation != EMBEDDINGS and not (
