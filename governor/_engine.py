@@ -110,6 +110,8 @@ _POLICY_FIXED = (
 # Budget warnings read the store at most this often per line, so they cost no
 # store round trip per call; a threshold is announced within this delay.
 _WARN_EVERY_S = 1.0
+# A line never read for warnings: its first read is due whatever the clock.
+_NEVER_READ = (-math.inf, 0, 0)
 # Budget lines shared between tasks, per policy budgets and scope values; a
 # process with many distinct scope values (users, sessions) forgets them all
 # past this many, which only means building them again.
@@ -215,10 +217,11 @@ class Governor:
         self._tighten_version = 0
         self.monitor = self._monitor(anomalies)
         self.recorder = _recorder(spend, self.monitor, _redis_prefix(self.ledger))
-        self._warned: set[tuple[str, float]] = set()
+        # The thresholds announced, per line key and unit ("usd", "tokens").
+        self._warned: set[tuple[str, str, float]] = set()
         # Per shared line: when its balance was last read, and its spend
-        # then plus what this process has settled on it since.
-        self._warn_checked: dict[str, tuple[float, int]] = {}
+        # (nano-USD, tokens) then plus what this process has settled since.
+        self._warn_checked: dict[str, tuple[float, int, int]] = {}
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[Any, Any] = {}
@@ -1699,7 +1702,7 @@ class Governor:
                 "unit": refusal.unit,
                 "model": admission.request.model,
                 "requested": float(requested),
-                "left": float(limit - spent - reserved),
+                "left": float(max(limit - spent - reserved, Decimal(0))),
             },
         )
         if admission.owns_task:
@@ -1824,7 +1827,7 @@ class Governor:
         cost = self._account(admission, result, nanos, usage, cost_source)
         # An interrupt during the warnings' reads still closes a one-call task.
         try:
-            self._check_warnings(admission, nanos)
+            self._check_warnings(admission, (nanos, _settled_tokens(usage)))
         finally:
             if admission.owns_task:
                 self._close_owned(admission.task)
@@ -1845,7 +1848,7 @@ class Governor:
         """
         cost = self._account(admission, result, nanos, usage, cost_source)
         try:
-            await self._acheck_warnings(admission, nanos)
+            await self._acheck_warnings(admission, (nanos, _settled_tokens(usage)))
         finally:
             if admission.owns_task:
                 await self._aclose_owned(admission.task)
@@ -2118,47 +2121,54 @@ class Governor:
             return await ledger.abalance(key)
         return ledger.balance(key)
 
-    def _check_warnings(self, admission: Admission, nanos: int) -> None:
-        """Warn once per line and threshold crossed, reading each line rarely."""
-        for budget, line in self._warn_due(admission, nanos):
+    def _check_warnings(self, admission: Admission, amounts: tuple[int, int]) -> None:
+        """Warn once per line, unit and threshold crossed, reading each line
+        rarely; ``amounts`` is what the call settled (nano-USD, tokens)."""
+        for budget, line in self._warn_due(admission, amounts):
             try:
                 balance = self.ledger.balance(line.key)
             except GovernorError:
                 continue
-            self._warn_crossed(admission, budget, line, balance)
+            self._warn_crossed(admission, budget, line, balance, amounts)
 
-    async def _acheck_warnings(self, admission: Admission, nanos: int) -> None:
+    async def _acheck_warnings(
+        self, admission: Admission, amounts: tuple[int, int]
+    ) -> None:
         """Async form of :meth:`_check_warnings`."""
-        for budget, line in self._warn_due(admission, nanos):
+        for budget, line in self._warn_due(admission, amounts):
             try:
                 balance = await self._abalance(line.key)
             except GovernorError:
                 continue
-            self._warn_crossed(admission, budget, line, balance)
+            self._warn_crossed(admission, budget, line, balance, amounts)
 
-    def _warn_due(self, admission: Admission, nanos: int) -> list[tuple[Budget, Line]]:
+    def _warn_due(
+        self, admission: Admission, amounts: tuple[int, int]
+    ) -> list[tuple[Budget, Line]]:
         """The call's shared lines with warnings that are due a read now.
 
         A line is read at most once a second, unless what this process has
         settled on it since its last read may have crossed a threshold not
-        yet announced: a crossing inside that second is not left for a
-        later call, which may never come (the next ones refused).
+        yet announced (in either unit): a crossing inside that second is not
+        left for a later call, which may never come (the next ones refused).
         """
         now = time.monotonic()
         if len(self._warn_checked) > _WARN_MEMORY:
             self._forget_idle_lines()
         due: list[tuple[Budget, Line]] = []
         for budget, line in zip(admission.budgets, admission.lines, strict=True):
-            if budget.scope == "task" or not budget.warn_at or not line.limit_nanos:
+            if budget.scope == "task" or not budget.warn_at:
+                continue
+            if not line.limit_nanos and not line.limit_tokens:
                 continue
             # Taken out and put back: the dict's order is the lines' last use.
-            read_at, spent = self._warn_checked.pop(line.key, (-1.0, 0))
-            spent += nanos
+            read_at, nanos, tokens = self._warn_checked.pop(line.key, _NEVER_READ)
+            spent = (nanos + amounts[0], tokens + amounts[1])
             recent = now - read_at < _WARN_EVERY_S
             if recent and not self._may_cross(budget, line, spent):
-                self._warn_checked[line.key] = (read_at, spent)
+                self._warn_checked[line.key] = (read_at, *spent)
                 continue
-            self._warn_checked[line.key] = (now, spent)
+            self._warn_checked[line.key] = (now, *spent)
             due.append((budget, line))
         return due
 
@@ -2175,12 +2185,12 @@ class Governor:
             del self._warn_checked[key]
         self._warned = {w for w in self._warned if w[0] in self._warn_checked}
 
-    def _may_cross(self, budget: Budget, line: Line, spent_nanos: int) -> bool:
-        """Whether a line's estimated spend reaches a threshold not yet
-        announced for it."""
-        limit = line.limit_nanos or 0
+    def _may_cross(self, budget: Budget, line: Line, spent: tuple[int, int]) -> bool:
+        """Whether a line's estimated spend (nano-USD, tokens) reaches a
+        threshold not yet announced for it."""
         return any(
-            spent_nanos >= fraction * limit and (line.key, fraction) not in self._warned
+            used >= fraction * limit and (line.key, unit, fraction) not in self._warned
+            for unit, used, limit in _warn_units(line, spent)
             for fraction in budget.warn_at
         )
 
@@ -2190,32 +2200,83 @@ class Governor:
         budget: Budget,
         line: Line,
         balance: Balance | None,
+        amounts: tuple[int, int],
     ) -> None:
-        """Announce the thresholds of ``budget`` a line's spend has crossed."""
-        if balance is None or line.limit_nanos is None:
+        """Announce the thresholds of ``budget`` a line's spend has crossed.
+
+        When a read shows less spend than this process knew of (a rolling
+        window let spend go, or the line was reset), the thresholds the line
+        was below before this call are armed again: the next crossing of
+        each is announced again.
+        """
+        if balance is None:
             return
-        read_at = self._warn_checked.get(line.key, (time.monotonic(), 0))[0]
-        self._warn_checked[line.key] = (read_at, balance.spent_nanos)
-        used = balance.spent_nanos / line.limit_nanos
-        crossed = [
-            fraction
-            for fraction in budget.warn_at
-            if used >= fraction and (line.key, fraction) not in self._warned
-        ]
+        read_at, *known = self._warn_checked.get(line.key, (time.monotonic(), 0, 0))
+        spent = (balance.spent_nanos, balance.spent_tokens)
+        self._warn_checked[line.key] = (read_at, *spent)
+        for unit, used, limit in _warn_units(line, spent):
+            index = 0 if unit == "usd" else 1
+            # This call's spend taken off: where the line stood before it.
+            dropped = used < known[index]
+            before = (used - amounts[index]) / limit if dropped else None
+            crossed = self._crossed(budget, (line.key, unit), used / limit, before)
+            if crossed:  # one line however many thresholds one call crossed
+                self._announce(admission, line.key, unit, (used, limit), crossed)
+
+    def _crossed(
+        self,
+        budget: Budget,
+        line_unit: tuple[str, str],
+        used: float,
+        before: float | None,
+    ) -> list[float]:
+        """The thresholds newly crossed by a line's ``used`` fraction of a unit,
+        marked announced; those above ``before`` (given after a drop in spend)
+        are armed again first."""
+        crossed = []
+        for fraction in budget.warn_at:
+            warned = (*line_unit, fraction)
+            if before is not None and before < fraction:
+                self._warned.discard(warned)
+            if used >= fraction and warned not in self._warned:
+                self._warned.add(warned)
+                crossed.append(fraction)
+        return crossed
+
+    def _announce(
+        self,
+        admission: Admission,
+        key: str,
+        unit: str,
+        figures: tuple[int, int],
+        crossed: list[float],
+    ) -> None:
+        """Log one warning and add a span event per threshold crossed."""
         for fraction in crossed:
-            self._warned.add((line.key, fraction))
             self.telemetry.event(
                 admission.task.span,
                 attr.EVENT_WARNING,
-                {"scope": line.key, "fraction": fraction},
+                {"scope": key, "unit": unit, "fraction": fraction},
             )
-        if crossed:  # one line however many thresholds one call crossed
+        used, limit = figures
+        past = format(max(crossed) * 100, "g")
+        if unit == "usd":
             logger.warning(
                 "budget %s has used %.0f%% of its limit (past its warn_at %s%%)",
-                line.key,
-                used * 100,
-                format(max(crossed) * 100, "g"),
+                key,
+                used / limit * 100,
+                past,
             )
+            return
+        logger.warning(
+            "budget %s has used %.0f%% of its token limit (%d of %d tokens, "
+            "past its warn_at %s%%)",
+            key,
+            used / limit * 100,
+            used,
+            limit,
+            past,
+        )
 
     # -- spans -----------------------------------------------------------
 
@@ -2545,6 +2606,19 @@ def _storable(nanos: int, usage: Usage) -> tuple[int, int]:
         *charged,
     )
     return charged
+
+
+def _settled_tokens(usage: Usage) -> int:
+    """The tokens a settle charges for ``usage`` (as :func:`_storable`)."""
+    return min(usage.total_tokens, _MAX_AMOUNT)
+
+
+def _warn_units(line: Line, spent: tuple[int, int]) -> Iterator[tuple[str, int, int]]:
+    """Each limited unit of a line: its name, the spend given, its limit."""
+    if line.limit_nanos:
+        yield "usd", spent[0], line.limit_nanos
+    if line.limit_tokens:
+        yield "tokens", spent[1], line.limit_tokens
 
 
 def _refusal_advice(admission: Admission, unit: str) -> str | None:

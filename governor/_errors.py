@@ -209,14 +209,11 @@ class BudgetExceeded(GovernorHalt):
         self.reserved = plain_decimal(reserved)
         self.requested = plain_decimal(requested)
         self.model = model
-        left = self.limit - self.spent - self.reserved
         note = f"{holds_note} " if holds_note else ""
         message = (
             f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
             f"needs up to {decimal_text(self.requested)} {unit}, "
-            f"{decimal_text(left)} left of {decimal_text(self.limit)} "
-            f"(spent {decimal_text(self.spent)}, reserved by calls in flight "
-            f"{decimal_text(self.reserved)}). The call was not sent. "
+            f"{self._room_text()}. The call was not sent. "
             f"{note}{advice or _budget_advice(unit)}"
         )
         super().__init__(
@@ -241,10 +238,27 @@ class BudgetExceeded(GovernorHalt):
 
     @property
     def in_flight_only(self) -> bool:
-        """True when the call would fit once the calls in flight settle
-        (spent plus requested is within the limit): the refusal is for room
-        they hold, not for spend."""
+        """True when the call would fit once the calls in flight settle: the
+        refusal is for room they hold, not for spend.
+
+        The stores name a budget of the call that lacks room by its spend
+        alone when one does, so this (spent plus requested is within the
+        limit of the budget named) holds only when every budget of the call
+        would fit once the calls in flight settle.
+        """
         return self.spent + self.requested <= self.limit
+
+    def _room_text(self) -> str:
+        """What is left of the budget, never below zero, and any overrun."""
+        limit, spent, reserved = self.limit, self.spent, self.reserved
+        left = limit - spent - reserved
+        room = f"{decimal_text(left)} left" if left > 0 else "nothing left"
+        figures = [f"spent {decimal_text(spent)}"]
+        if spent > limit:
+            figures.append(f"over its limit by {decimal_text(spent - limit)}")
+        if reserved or spent <= limit:
+            figures.append(f"reserved by calls in flight {decimal_text(reserved)}")
+        return f"{room} of {decimal_text(limit)} ({', '.join(figures)})"
 
 
 def _budget_advice(unit: str) -> str:

@@ -246,13 +246,30 @@ def describe(key: str, balance: Balance | None) -> dict[str, Any]:
         limit_usd=usd(balance.limit_nanos),
         spent_usd=usd(balance.spent_nanos),
         reserved_usd=usd(balance.reserved_nanos),
-        left_usd=usd(balance.left_nanos),
+        left_usd=usd(_at_least_0(balance.left_nanos)),
         limit_tokens=balance.limit_tokens,
         spent_tokens=balance.spent_tokens,
         reserved_tokens=balance.reserved_tokens,
-        left_tokens=balance.left_tokens,
+        left_tokens=_at_least_0(balance.left_tokens),
     )
+    # Only a line spent past its limit (a provider that ignored max_tokens).
+    over_nanos = _over(balance.spent_nanos, balance.limit_nanos)
+    if over_nanos:
+        row["over_usd"] = usd(over_nanos)
+    over_tokens = _over(balance.spent_tokens, balance.limit_tokens)
+    if over_tokens:
+        row["over_tokens"] = over_tokens
     return row
+
+
+def _at_least_0(left: int | None) -> int | None:
+    """Room left, never below 0 (spend past the limit is ``over_*``)."""
+    return None if left is None else max(left, 0)
+
+
+def _over(spent: int, limit: int | None) -> int:
+    """How far spend went past a limit; 0 when within it or unlimited."""
+    return 0 if limit is None else max(spent - limit, 0)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -269,7 +286,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 row["key"],
                 _period(row),
                 _amounts(row, "limit"),
-                _amounts(row, "spent"),
+                _amounts(row, "spent") + _overrun(row),
                 _amounts(row, "reserved"),
                 row["next_reset"] or "-",
             )
@@ -292,6 +309,14 @@ def _period(row: dict[str, Any]) -> str:
     if row["timezone"]:
         return f"{period} ({row['timezone']})"
     return period
+
+
+def _overrun(row: dict[str, Any]) -> str:
+    """How far a line's spend went past its limit, for the SPENT column."""
+    usd, tokens = row.get("over_usd"), row.get("over_tokens")
+    parts = [f"${usd}" if usd else "", f"{tokens} tok" if tokens else ""]
+    over = " / ".join(p for p in parts if p)
+    return f" (over by {over})" if over else ""
 
 
 def _amounts(row: dict[str, Any], what: str) -> str:

@@ -258,8 +258,9 @@ class Budget(PolicyModel):
     )
     warn_at: tuple[float, ...] = Field(
         default=_DEFAULT_WARN_AT,
-        description="fractions of the limit (0 < f < 1) that log a warning once; "
-        "shared (non-task) budgets only",
+        description="fractions of each limit, USD and tokens (0 < f < 1), that "
+        "log a warning once each time the line's use crosses them; shared "
+        "(non-task) budgets only",
     )
 
     @field_validator("max_usd")

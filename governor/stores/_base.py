@@ -5,7 +5,8 @@ by calls in flight, in integer nano-dollars and in tokens. Three steps, each
 atomic over every line it names:
 
 * ``reserve``: hold an amount on every line, or on none when any line lacks
-  room (the refusal names the first line that lacked it);
+  room (the refusal names a line short by its spend alone when there is
+  one, else the first line that lacked room);
 * ``settle``: replace a hold by the actual spend; idempotent per hold id;
 * ``release``: drop a hold without spend.
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 from governor._errors import ConfigError
 from governor._forks import start_over_in_children
@@ -29,6 +29,7 @@ _SETTLED_MEMORY = 100_000
 # Expired lines are swept at most this often (seconds of the ledger's clock);
 # a line read after its expiry reads as gone at once.
 _SWEEP_EVERY_S = 60.0
+_Unit = Literal["usd", "tokens"]
 
 
 @dataclass(slots=True)
@@ -135,10 +136,9 @@ class MemoryLedger:
             if hold_id in state.holds or hold_id in state.settled:
                 return None  # a retried reserve holds once, as in Redis
             counters = [self._counters(line, now) for line in lines]
-            for line, entry in zip(lines, counters, strict=True):
-                refusal = _check(line.key, entry, nanos, tokens)
-                if refusal is not None:
-                    return refusal
+            for entry in counters:
+                if _lacks_room(entry, nanos, tokens):
+                    return _refusal(lines, counters, nanos, tokens)
             for entry in counters:
                 entry.reserved_nanos += nanos
                 entry.reserved_tokens += tokens
@@ -290,14 +290,44 @@ class MemoryLedger:
             del settled[next(iter(settled))]
 
 
-def _check(key: str, entry: _Counters, nanos: int, tokens: int) -> Refusal | None:
+def _lacks_room(entry: _Counters, nanos: int, tokens: int) -> bool:
     used_nanos = entry.spent_nanos + entry.reserved_nanos
     if entry.limit_nanos is not None and used_nanos + nanos > entry.limit_nanos:
-        return Refusal("usd", entry.snapshot(key))
+        return True
     used_tokens = entry.spent_tokens + entry.reserved_tokens
-    if entry.limit_tokens is not None and used_tokens + tokens > entry.limit_tokens:
-        return Refusal("tokens", entry.snapshot(key))
-    return None
+    return entry.limit_tokens is not None and used_tokens + tokens > entry.limit_tokens
+
+
+def _refusal(
+    lines: Sequence[Line], counters: Sequence[_Counters], nanos: int, tokens: int
+) -> Refusal | None:
+    """The refusal of a reserve that some line lacks room for.
+
+    It names a line and unit that lack room by their spend alone when there
+    is one (waiting for the calls in flight cannot cure it), else the first
+    that lacks room; so the refusal's figures tell whether every line would
+    fit once the calls in flight settle.
+    """
+    first: Refusal | None = None
+    for line, entry in zip(lines, counters, strict=True):
+        units: tuple[tuple[_Unit, int | None, int, int, int], ...] = (
+            ("usd", entry.limit_nanos, entry.spent_nanos, entry.reserved_nanos, nanos),
+            (
+                "tokens",
+                entry.limit_tokens,
+                entry.spent_tokens,
+                entry.reserved_tokens,
+                tokens,
+            ),
+        )
+        for unit, limit, spent, reserved, amount in units:
+            if limit is None or spent + reserved + amount <= limit:
+                continue
+            refusal = Refusal(unit, entry.snapshot(line.key))
+            if spent + amount > limit:
+                return refusal
+            first = first or refusal
+    return first
 
 
 def _refuse_amounts(nanos: int, tokens: int) -> NoReturn:

@@ -1633,10 +1633,11 @@ end
 # ARGV: ns, hold_id, nanos, tokens, ttl_ms, writer, then per line: key, ln, lt,
 # ttl, wm ('' for absent). Returns {1, others} when held ({1} when already held
 # under this id), else {0, line_index, unit, ln, lt, sn, st, rn, rt, lapse_ms,
-# others} for the first line lacking room, lapse_ms being when its latest hold
-# lapses ('' if unknown). others lists, flat, {line_index, ln, lt} of each line
-# whose stored limits differed from the ones sent and had been written by
-# another writer (field lw): workers that disagree on a limit.
+# others} for a line lacking room (one short by its spend alone first),
+# lapse_ms being when its latest hold lapses ('' if unknown). others lists,
+# flat, {line_index, ln, lt} of each line whose stored limits differed from
+# the ones sent and had been written by another writer (field lw): workers
+# that disagree on a limit.
 _RESERVE_LUA: Final = (
     _LUA_LIB
     + """
@@ -1712,22 +1713,28 @@ for i = 1, count do
   state[i] = {sn, st, rn, rt, tonumber(cur[10] or 0)}
 end
 
+-- A refusal names a line (and unit) that lacks room by its spend alone when
+-- one does, else the first that lacks room for what calls in flight hold:
+-- only then would every line fit once those calls settle.
 local refused
 for i = 1, count do
   local a = 6 + (i - 1) * 5
   local ln, lt = ARGV[a + 2], ARGV[a + 3]
   local sn, st, rn, rt, hd = unpack(state[i])
-  local unit
+  local unit, lasting
   if ln ~= '' and sn + rn + nanos > tonumber(ln) then
-    unit = 'usd'
-  elseif lt ~= '' and st + rt + tokens > tonumber(lt) then
-    unit = 'tokens'
+    unit, lasting = 'usd', sn + nanos > tonumber(ln)
   end
-  if unit then
+  if not lasting and lt ~= '' and st + rt + tokens > tonumber(lt) then
+    if not unit or st + tokens > tonumber(lt) then
+      unit, lasting = 'tokens', st + tokens > tonumber(lt)
+    end
+  end
+  if unit and (lasting or not refused) then
     local lapse = ''
     if hd > now then lapse = hd - now end
     refused = {0, i, unit, ln, lt, sn, st, rn, rt, lapse, others}
-    break
+    if lasting then break end
   end
 end
 
