@@ -51,7 +51,7 @@ from governor._errors import (
     decimal_text,
 )
 from governor._leases import LeaseKeeper
-from governor._loopwatch import loop_watch, nothing_to_judge
+from governor._loopwatch import attempt_answered, loop_watch, nothing_to_judge
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from governor._recorder import SpendRecorder
 from governor._slots import Held, SlotKeeper, releasing_on
@@ -1155,7 +1155,9 @@ class Governor:
             raise
 
     def _close_cut(self, admission: Admission) -> None:
-        """Close the one-call task of a call cut off before it was sent."""
+        """Give the loop guard back the count of a call cut off before it was
+        sent, and close its one-call task."""
+        _unsent(admission)
         if admission.owns_task and not admission.task.closed:
             self._close_owned(admission.task, read=False)
 
@@ -1180,6 +1182,7 @@ class Governor:
 
     def _slot_refused(self, admission: Admission, error: GovernorError) -> None:
         """Record a call refused before it was sent (no slot, no store)."""
+        _unsent(admission)
         named = admission.extras.get("attribution")
         self._refused(admission.task, error.code, admission.request.model, named)
         if admission.owns_task:
@@ -1314,12 +1317,14 @@ class Governor:
     def _plan(self, request: CallRequest) -> Admission:
         _check_request(request)
         task, owns = self._task_for(request)
+        prompt_key = None
         try:
             step, prompt_key = self._call_checks(task, owns, request)
             rate = self._task_rates(task).rate(request.priced_model, request.prices)
             if self._blocked and rate.provider:
                 self._check_blocked(task, request, rate.provider)
         except GovernorError as exc:
+            _not_sent(task, prompt_key)
             self._refused(task, exc.code, request.model)
             if owns:
                 self.close_task(task)
@@ -1659,6 +1664,7 @@ class Governor:
 
     def _refuse(self, admission: Admission, refusal: Refusal) -> None:
         task = admission.task
+        _unsent(admission)
         balance = refusal.balance
         named = admission.extras.get("attribution")
         self._refused(
@@ -1892,6 +1898,8 @@ class Governor:
                 admission.extras.get("checks", (0, None))[1],
                 outputs=not request.skippable,  # a cascade's: after_answer
             )
+        elif request.skippable:  # a cascade attempt after_answer must not judge
+            attempt_answered(result.output_text, judged=False)
         meter = admission.extras.get("meter")
         if meter is not None:
             meter.add(nanos)
@@ -2548,6 +2556,23 @@ def _warn_late_call(task: Task) -> None:
         "its block. Logged once per task.",
         task.id,
     )
+
+
+def _not_sent(task: Task, prompt_key: str | None) -> None:
+    """Give the loop guard back the count of a call refused before it was sent.
+
+    A call with a prompt key passed the guard's checks, which counted it
+    toward ``Loops.max_model_calls``; the ceiling counts the calls sent and
+    the cache hits only.
+    """
+    watch = task.extras.get("loop_watch")
+    if prompt_key is not None and watch is not None:
+        watch.not_sent()
+
+
+def _unsent(admission: Admission) -> None:
+    """:func:`_not_sent` for an admission's call, once: its checks are taken."""
+    _not_sent(admission.task, admission.extras.pop("checks", (0, None))[1])
 
 
 def _check_request(request: CallRequest) -> None:

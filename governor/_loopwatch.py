@@ -31,6 +31,7 @@ results, then its last turns), before the call is made.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import json
@@ -51,7 +52,13 @@ if TYPE_CHECKING:
     from governor.telemetry import Telemetry
     from governor.telemetry._tracing import AttrValue
 
-__all__ = ["LoopWatch", "loop_watch", "state_digest", "tool_call_output"]
+__all__ = [
+    "LoopWatch",
+    "attempt_answered",
+    "loop_watch",
+    "state_digest",
+    "tool_call_output",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,15 @@ _KEY_SEP = "\x00"
 # Graph steps, branches and prompts remembered per task; past these the
 # oldest are forgotten (a long task's early steps are no longer compared).
 _KEPT = 1024
+
+# The answers of the last cascade attempts (calls made while a cascade runs)
+# in this thread or asyncio task, each with whether the output rules may
+# judge it: not one served from the cache, nor one that ran side by side
+# with another call of its task. A digest of the answer names each.
+_ATTEMPTS: contextvars.ContextVar[tuple[tuple[bytes, bool], ...]] = (
+    contextvars.ContextVar("governor_cascade_attempts", default=())
+)
+_ATTEMPTS_KEPT = 8
 
 
 class LoopWatch:
@@ -154,6 +170,13 @@ class LoopWatch:
             answered = self._branch_calls.get(branch, 0)
         return _call_key(key, branch, answered)
 
+    def not_sent(self) -> None:
+        """Give back the count of a call that passed :meth:`before_call` but
+        was refused before it was sent (no fan-out slot, a budget): the
+        ``max_model_calls`` ceiling counts calls sent and cache hits only."""
+        with self._lock:
+            self._passed = max(self._passed - 1, 0)
+
     def after_call(
         self,
         text: str | None,
@@ -178,6 +201,8 @@ class LoopWatch:
         """
         if not text:
             return
+        if not outputs:
+            attempt_answered(text, judged=True)
         key, branch, _ = _split_key(prompt_key)
         called = _called_tools(text)
         loops = self.task.policy.loops
@@ -201,8 +226,12 @@ class LoopWatch:
         Its attempts' answers were left to the same-call rule: a rejected
         one is never returned or fed back, and a run of them (the same
         refusal from the cheap tier, request after request) is no loop.
+        As for a single call, the answer is not judged when its attempt was
+        served from the cache (see :meth:`after_hit`) or ran side by side
+        with another call of the task (parallel runs are fan-out): the
+        attempt's own call, in this thread or asyncio task, said which.
         """
-        if not text:
+        if not text or not _judged_attempt(text):
             return
         short = len(text.split()) < self.task.policy.loops.min_output_words
         with self._lock:
@@ -261,6 +290,7 @@ class LoopWatch:
         key, _, _ = _split_key(prompt_key)
         if not text or key is None:
             return
+        attempt_answered(text, judged=False)
         with self._lock:
             self._act(self.guard.on_call(key, text, step=step))
 
@@ -535,6 +565,30 @@ def _split_key(key: str | None) -> tuple[str | None, str | None, int]:
         return key, None, 0
     prompt, answered, branch = key.split(_KEY_SEP, 2)
     return prompt, branch, int(answered)
+
+
+def attempt_answered(text: str | None, *, judged: bool) -> None:
+    """Note a cascade attempt's answer for :meth:`LoopWatch.after_answer`.
+
+    ``judged`` is False for an answer served from the cache or made side by
+    side with another call of the task; the newest note of an answer wins.
+    """
+    if not text:
+        return
+    said = _content_digest(text)
+    kept = [note for note in _ATTEMPTS.get() if note[0] != said]
+    kept.append((said, judged))
+    _ATTEMPTS.set(tuple(kept[-_ATTEMPTS_KEPT:]))
+
+
+def _judged_attempt(text: str) -> bool:
+    """Whether the output rules judge this cascade answer; an answer whose
+    attempt left no note (made elsewhere) is judged."""
+    said = _content_digest(text)
+    for note, judged in _ATTEMPTS.get():
+        if note == said:
+            return judged
+    return True
 
 
 def _forget_oldest(kept: dict[Any, Any]) -> None:
