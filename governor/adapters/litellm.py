@@ -198,6 +198,7 @@ class GovernedLiteLLM:
             return self._complete(last)[0]
         except GovernorError as exc:
             _not_retried(exc)
+            _raised_by(exc, self.governor)
             raise
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
@@ -218,6 +219,7 @@ class GovernedLiteLLM:
             return (await self._acomplete(last))[0]
         except GovernorError as exc:
             _not_retried(exc)
+            _raised_by(exc, self.governor)
             raise
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
@@ -228,6 +230,7 @@ class GovernedLiteLLM:
             return self._embed(self._named("embedding", args, kwargs))
         except GovernorError as exc:
             _not_retried(exc)
+            _raised_by(exc, self.governor)
             raise
 
     def _embed(self, kwargs: dict[str, Any]) -> Any:
@@ -253,6 +256,7 @@ class GovernedLiteLLM:
             return await self._aembed(self._named("aembedding", args, kwargs))
         except GovernorError as exc:
             _not_retried(exc)
+            _raised_by(exc, self.governor)
             raise
 
     async def _aembed(self, kwargs: dict[str, Any]) -> Any:
@@ -529,7 +533,7 @@ class GovernedLiteLLM:
         if kwargs.get("stream"):
             saver = _Saver(cache, lookup, kwargs)
             stream = _SyncStream(self.governor, admission, response, saver, wants_usage)
-            return stream, Decimal(0)
+            return _for_bridge(stream, kwargs), Decimal(0)
         try:
             result = _result(response, request)
         except Exception as exc:  # answered, but unreadable: charge the hold
@@ -569,7 +573,7 @@ class GovernedLiteLLM:
             stream = _AsyncStream(
                 self.governor, admission, response, saver, wants_usage
             )
-            return stream, Decimal(0)
+            return _for_bridge(stream, kwargs), Decimal(0)
         try:
             result = _result(response, request)
         except Exception as exc:  # answered, but unreadable: charge the hold
@@ -706,7 +710,6 @@ class Instrumentation:
         self._original = self._functions()
         self._governed = self._govern(self._original)
         self._others: dict[str, Any] = {}
-        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         state = "installed" if Instrumentation._active is self else "not installed"
@@ -762,13 +765,17 @@ class Instrumentation:
             self._guard_others()
             Instrumentation._active = self
         _warn_early_bound(self._original)
+        if self.ungoverned != "allow":
+            _warn_early_bound_ungoverned(self._others, self.ungoverned)
 
     def _guard_others(self) -> None:
         """Put a warning or a refusal in front of LiteLLM's ungoverned
-        functions (see ``ungoverned``)."""
-        if self.ungoverned == "allow":
-            return
+        functions (see ``ungoverned``). The Responses functions are guarded
+        in every mode: a governor refusal of the chat completion LiteLLM
+        makes for them is raised as itself (see :meth:`_guarded`)."""
         for name, instead in _UNGOVERNED.items():
+            if self.ungoverned == "allow" and name not in _RESPONSES:
+                continue
             function = getattr(litellm, name, None)
             if function is None:
                 continue
@@ -776,20 +783,37 @@ class Instrumentation:
             setattr(litellm, name, self._guarded(name, instead, function))
 
     def _guarded(self, name: str, instead: str | None, function: Any) -> Any:
-        """``function`` behind this instrumentation's ungoverned-call rule."""
+        """``function`` behind this instrumentation's ungoverned-call rule.
+
+        A refusal by this governor that LiteLLM wrapped in an error of its
+        own (its Responses bridge raises ``APIConnectionError``) is raised
+        as itself, so ``except BudgetExceeded`` catches it.
+        """
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                 self._ungoverned_call(name, instead, args, kwargs)
-                return await function(*args, **kwargs)
+                try:
+                    return await function(*args, **kwargs)
+                except Exception as exc:
+                    refusal = _refusal_in(exc, self.governor)
+                    if refusal is None:
+                        raise
+                raise refusal
 
             return guarded_async
 
         @functools.wraps(function)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             self._ungoverned_call(name, instead, args, kwargs)
-            return function(*args, **kwargs)
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                refusal = _refusal_in(exc, self.governor)
+                if refusal is None:
+                    raise
+            raise refusal
 
         return guarded
 
@@ -800,22 +824,23 @@ class Instrumentation:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
     ) -> None:
-        """Refuse the call, or warn of it once per function.
+        """Refuse the call, or warn of it once per function per process.
 
         LiteLLM calling itself inside a governed call (its ``num_retries``
         retrying through ``completion_with_retries``) passes, and so does a
         Responses call LiteLLM sends as a chat completion, which is governed.
         """
-        if _inside():
+        if self.ungoverned == "allow" or _inside():
             return
         if name in _RESPONSES and _bridged_to_chat(args, kwargs):
             return
         if self.ungoverned == "refuse":
             raise UngovernedCall(name, instead)
+        function = self._others.get(name)
         with Instrumentation._lock:
-            if name in self._warned:
+            if _WARNED_UNGOVERNED.get(name) is function:
                 return
-            self._warned.add(name)
+            _WARNED_UNGOVERNED[name] = function
         logger.warning(
             "litellm.%s() is not governed: its calls are sent and billed but "
             "reserved against no budget and charged nothing.%s "
@@ -878,6 +903,11 @@ _UNGOVERNED: dict[str, str | None] = {
 
 _RESPONSES = ("responses", "aresponses")
 
+# The ungoverned functions already warned of in this process, by name: the
+# warning is given once per function, whichever instrumentation sees it (a
+# function LiteLLM's was replaced by since is warned of again).
+_WARNED_UNGOVERNED: dict[str, Any] = {}
+
 
 def _bridged_to_chat(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     """Whether LiteLLM sends this Responses call as a chat completion.
@@ -917,11 +947,10 @@ def _ungoverned_mode(value: object) -> UngovernedMode:
     )
 
 
-def _warn_early_bound(originals: Sequence[Any]) -> None:
-    """Warn of modules that hold LiteLLM's own functions under a name of
-    their own (``from litellm import completion`` before instrumenting):
-    their calls through that name bypass the patch."""
-    by_id = {id(function): function for function in originals}
+def _early_bound(functions: Sequence[Any]) -> list[str]:
+    """The ``module.name`` of every module outside LiteLLM and the governor
+    that holds one of ``functions`` under a name of its own."""
+    by_id = {id(function): function for function in functions}
     found = []
     for module_name, module in list(sys.modules.items()):
         if module_name.partition(".")[0] in ("litellm", "governor"):
@@ -932,13 +961,44 @@ def _warn_early_bound(originals: Sequence[Any]) -> None:
         for attribute, value in list(namespace.items()):
             if id(value) in by_id and by_id[id(value)] is value:
                 found.append(f"{module_name}.{attribute}")
+    return sorted(found)
+
+
+def _warn_early_bound_ungoverned(
+    originals: Mapping[str, Any], mode: UngovernedMode
+) -> None:
+    """Warn of modules that hold LiteLLM's ungoverned functions under a name
+    of their own (``from litellm import text_completion`` before
+    instrumenting): their calls through that name bypass ``ungoverned``."""
+    found = _early_bound(list(originals.values()))
+    if found:
+        logger.warning(
+            "%s %s LiteLLM's own ungoverned function, bound before "
+            "instrument(): calls through %s bypass ungoverned=%r (%s). Call "
+            "it through the module (import litellm; litellm.text_completion"
+            "(...)), or instrument before that module is imported.",
+            ", ".join(found),
+            "holds" if len(found) == 1 else "hold",
+            "that name" if len(found) == 1 else "those names",
+            mode,
+            "they are sent without being refused"
+            if mode == "refuse"
+            else "they are sent without a warning",
+        )
+
+
+def _warn_early_bound(originals: Sequence[Any]) -> None:
+    """Warn of modules that hold LiteLLM's own functions under a name of
+    their own (``from litellm import completion`` before instrumenting):
+    their calls through that name bypass the patch."""
+    found = _early_bound(originals)
     if found:
         logger.warning(
             "%s %s LiteLLM's own function, bound before instrument(): calls "
             "through %s are not governed. Call it through the module "
             "(import litellm; litellm.completion(...)), or instrument before "
             "that module is imported.",
-            ", ".join(sorted(found)),
+            ", ".join(found),
             "holds" if len(found) == 1 else "hold",
             "that name" if len(found) == 1 else "those names",
         )
@@ -1362,6 +1422,31 @@ def _not_retried(error: GovernorError) -> None:
         setattr(error, _RETRIES_ATTRIBUTE, 0)
 
 
+# Where a governed call's refusal names the governor that raised it, so an
+# instrumentation finds its own refusal inside an error LiteLLM wrapped it in.
+_RAISED_BY_ATTRIBUTE = "_governor_raised_by"
+
+
+def _raised_by(error: GovernorError, governor: Governor) -> None:
+    """Mark a refusal as raised by ``governor`` (kept by id, not referenced)."""
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(error, _RAISED_BY_ATTRIBUTE, id(governor))
+
+
+def _refusal_in(error: BaseException, governor: Governor) -> GovernorError | None:
+    """The refusal by ``governor`` that ``error`` was raised from, if any.
+
+    LiteLLM's Responses bridge raises whatever its chat completion raised as
+    its own ``APIConnectionError``; the refusal is then in its chain.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, GovernorError) and getattr(
+            cause, _RAISED_BY_ATTRIBUTE, None
+        ) == id(governor):
+            return cause
+    return None
+
+
 def _no_sdk_retries(kwargs: dict[str, Any]) -> None:
     """Turn the provider SDK's own retries off unless the call asks for them.
 
@@ -1537,8 +1622,14 @@ def _skips_cache(kwargs: Mapping[str, Any], request: CallRequest) -> bool:
 
     ``n`` above 1 asks for several answers, and a cache keeps one; LiteLLM's
     ``caching=False`` turns its own cache off for the call, and so this one.
+    A stream LiteLLM's Responses bridge asked for takes only LiteLLM's own
+    stream type, which a replayed answer is not.
     """
-    return request.choices != 1 or kwargs.get("caching") is False
+    return (
+        request.choices != 1
+        or kwargs.get("caching") is False
+        or _bridged_stream(kwargs)
+    )
 
 
 def _message(response: Any) -> dict[str, Any] | None:
@@ -2122,13 +2213,21 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     """A call that raised: a cancelled or timed-out one is charged its hold.
 
     The request reached the provider, which may answer it in full and bill
-    it although nobody reads the answer; only the hold bounds that bill. A
-    call that LiteLLM was seen to stop before sending (see :func:`_watching`)
-    is charged nothing.
+    it although nobody reads the answer; only the hold bounds that bill. So
+    is a call whose answer was cut off (see :func:`_answer_cut`). A call that
+    LiteLLM was seen to stop before sending (see :func:`_watching`), or that
+    never got a connection (see :func:`_not_connected`), is charged nothing.
     """
     if _not_sent(error):
         return CallResult(error=error)
-    if not interrupted_after_sending(error) and not _unparsed_answer(error, request):
+    causes = _causes(error)
+    if _not_connected(causes):
+        return CallResult(error=error)
+    if (
+        not interrupted_after_sending(error)
+        and not _unparsed_answer(error, request)
+        and not _answer_cut(causes)
+    ):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
 
@@ -2354,6 +2453,55 @@ def _unparsed_answer(error: BaseException, request: CallRequest) -> bool:
         return False
     return any(
         isinstance(cause, json.JSONDecodeError) and not _sent(cause.doc, request)
+        for cause in causes
+    )
+
+
+# Errors that end a request before it is sent: no connection was made.
+# (aiohttp's connect failure is named: LiteLLM's aiohttp transport raises it
+# as httpx's ConnectError, with the aiohttp error as its cause.)
+_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_CONNECTED_NAMES = frozenset({"ClientConnectorError"})
+
+# Errors that cut an answer off while it was read: the request went out and
+# the connection dropped or stalled (LiteLLM's aiohttp transport raises
+# aiohttp's as httpx's ReadError; http.client's and requests' are named).
+_CUT_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
+_CUT_ANSWER_NAMES = frozenset(
+    {
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "IncompleteRead",
+        "ChunkedEncodingError",
+    }
+)
+_CUT_ANSWER_TEXTS = ("peer closed connection", "incomplete chunked read")
+
+
+def _not_connected(causes: Sequence[BaseException]) -> bool:
+    """True when the call failed before its request was sent: no connection
+    (refused, DNS, a connect or pool timeout), and no answer was read."""
+    return any(
+        isinstance(cause, _NOT_CONNECTED)
+        or type(cause).__name__ in _NOT_CONNECTED_NAMES
+        for cause in causes
+    ) and not _answer_cut(causes)
+
+
+def _answer_cut(causes: Sequence[BaseException]) -> bool:
+    """True when the request went out and its answer was cut off: the
+    connection closed, failed or stalled while the answer was read.
+
+    The provider may have answered, and billed, in full. An error answer (a
+    4xx or 5xx, its status error in the chain) is not cut off, whatever
+    failed while its body was read.
+    """
+    if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
+        return False
+    return any(
+        isinstance(cause, _CUT_ANSWER)
+        or type(cause).__name__ in _CUT_ANSWER_NAMES
+        or any(text in str(cause).lower() for text in _CUT_ANSWER_TEXTS)
         for cause in causes
     )
 
@@ -2684,6 +2832,145 @@ class _SyncStream(_StreamSettler):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+# LiteLLM's Responses API bridge marks the chat completion it makes for a
+# Responses call with this keyword, and takes back only a ModelResponse or
+# LiteLLM's own stream type (``isinstance(..., litellm.CustomStreamWrapper)``).
+_BRIDGE_MARK = "_skip_responses_api_bridge"
+
+
+def _bridged_stream(kwargs: Mapping[str, Any]) -> bool:
+    """True for a stream LiteLLM's Responses bridge asked for."""
+    return bool(kwargs.get("stream")) and bool(kwargs.get(_BRIDGE_MARK))
+
+
+def _for_bridge(stream: _SyncStream | _AsyncStream, kwargs: Mapping[str, Any]) -> Any:
+    """``stream`` as LiteLLM's Responses bridge takes it: a stream of LiteLLM's
+    own type (see :class:`_BridgeStream`) when the bridge asked for it."""
+    inner = stream._inner
+    if not _bridged_stream(kwargs) or not isinstance(
+        inner, litellm.CustomStreamWrapper
+    ):
+        return stream
+    return _bridge_stream_type(type(inner))(stream)
+
+
+# The bridge stream type made for each LiteLLM stream type met.
+_BRIDGE_TYPES: dict[type, type] = {}
+
+
+def _bridge_stream_type(base: type) -> type:
+    """A subclass of LiteLLM's stream type ``base`` that is a
+    :class:`_BridgeStream`, made when first needed."""
+    made = _BRIDGE_TYPES.get(base)
+    if made is None:
+        made = type("GovernedCustomStreamWrapper", (_BridgeStream, base), {})
+        made = _BRIDGE_TYPES.setdefault(base, made)
+    return made
+
+
+# What a bridged stream answers itself; every other attribute is LiteLLM's.
+_BRIDGE_OWN = frozenset(
+    {
+        "_governed",
+        "__class__",
+        "__iter__",
+        "__next__",
+        "__aiter__",
+        "__anext__",
+        "close",
+        "aclose",
+        "__enter__",
+        "__exit__",
+        "__aenter__",
+        "__aexit__",
+        "__repr__",
+    }
+)
+
+
+class _BridgeStream:
+    """A governed stream in the type LiteLLM's Responses bridge requires.
+
+    Made as a subclass of ``litellm.CustomStreamWrapper`` by
+    :func:`_bridge_stream_type` (LiteLLM's ``__init__`` is not run). Reading
+    and closing go through the governed stream, which settles the call;
+    every other attribute (``logging_obj``, hidden params, the methods the
+    bridge calls to log and bill) reads and writes LiteLLM's own stream.
+    """
+
+    def __init__(self, governed: _SyncStream | _AsyncStream) -> None:
+        object.__setattr__(self, "_governed", governed)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _BRIDGE_OWN:
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_governed")._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._governed._inner, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._governed._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<governed {self._governed._inner!r}>"
+
+    def __iter__(self) -> _BridgeStream:
+        return self
+
+    def __next__(self) -> Any:
+        governed = self._governed
+        if not isinstance(governed, _SyncStream):
+            raise TypeError(
+                "this stream came from acompletion()/aresponses(): read it "
+                "with 'async for', not 'for' or next()"
+            )
+        return next(governed)
+
+    def __aiter__(self) -> _BridgeStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        governed = self._governed
+        if not isinstance(governed, _AsyncStream):
+            raise TypeError(
+                "this stream came from completion()/responses(): read it "
+                "with 'for', not 'async for' or anext()"
+            )
+        return await anext(governed)
+
+    def close(self) -> None:
+        """Stop reading: close the provider's stream, settle what arrived."""
+        governed = self._governed
+        if isinstance(governed, _SyncStream):
+            governed.close()
+        else:
+            governed.hang_up()
+
+    async def aclose(self) -> None:
+        """Stop reading (async): close the provider's stream, settle."""
+        governed = self._governed
+        if isinstance(governed, _AsyncStream):
+            await governed.aclose()
+        else:
+            governed.close()
+
+    def __enter__(self) -> _BridgeStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> _BridgeStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        """Nothing: the governed stream settles when it is dropped."""
 
 
 class _AsyncStream(_StreamSettler):
