@@ -57,9 +57,9 @@ def test_steady_traffic_resumed_after_a_pause_raises_no_alert(
 ) -> None:
     """An hour steady, a pause, the same rate again: nothing alerts.
 
-    A pause of the whole window (30 intervals) leaves no baseline, and a
-    shorter one leaves a window mostly of zeros: neither may make the usual
-    rate look like a spike.
+    A pause of the whole window (30 intervals) leaves a window of zeros, and
+    a shorter one a window mostly of zeros: neither may make the usual rate
+    look like a spike.
     """
     detector = AnomalyDetector(Anomalies(scopes=SCOPES))
     assert feed(detector, steady(0, 60, per_minute), "search") == []
@@ -92,15 +92,28 @@ def test_poisson_traffic_resumed_after_pauses_raises_no_alert() -> None:
     assert alerts == []
 
 
-def test_a_runaway_after_a_long_pause_is_judged_by_its_peers() -> None:
-    """No baseline of its own after the pause: the peers rule still catches it."""
+@pytest.mark.parametrize("pause_min", [31, 120, 720])
+def test_a_runaway_that_starts_as_the_scope_resumes_is_caught(pause_min: int) -> None:
+    """A window gone silent keeps the baseline it had: a tenfold rate on
+    resuming alerts, with no peer to compare with."""
     detector = AnomalyDetector(Anomalies(scopes=("team",)))
-    for ts in steady(0, 60, 10):
-        assert detector.observe_record(record(ts, "search")) == []
-        assert detector.observe_record(record(ts, "ads")) == []
-    assert feed(detector, steady(60, 31, 10), "ads") == []  # search is silent
-    alerts = feed(detector, steady(91, 1, 100), "search")
-    assert [(a.scope, a.rule) for a in alerts] == [("team:search", "peers")]
+    assert feed(detector, steady(0, 60, 10), "search") == []
+
+    alerts = feed(detector, steady(60 + pause_min, 1, 100), "search")
+
+    assert [a.scope for a in alerts] == ["team:search"]
+    assert alerts[0].rule in ("deviation", "burst")
+
+
+def test_a_sparse_scope_silent_for_a_window_still_catches_a_runaway() -> None:
+    """One call every ten minutes, then a hundred a minute after an hour off."""
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    sparse = (T0 + timedelta(minutes=10 * i) for i in range(30))
+    assert feed(detector, sparse, "search") == []
+
+    alerts = feed(detector, steady(300 + 60, 2, 100), "search")
+
+    assert [a.scope for a in alerts] == ["team:search"]
 
 
 def test_a_runaway_after_the_history_rebuilds_is_caught() -> None:
@@ -120,3 +133,28 @@ def test_a_runaway_after_a_partial_pause_is_caught(pause_min: int) -> None:
     assert feed(detector, steady(0, 60, 10), "search") == []
     alerts = feed(detector, steady(60 + pause_min, 1, 100), "search")
     assert [a.scope for a in alerts] == ["team:search"]
+
+
+@pytest.mark.parametrize("seed", [1, 6, 7, 9])
+def test_traffic_resumed_mid_interval_after_a_pause_raises_no_alert(seed: int) -> None:
+    """Poisson calls at 20 a minute, a 31-minute pause starting and ending
+    mid-interval, then the usual rate: the intervals cut short by the pause
+    must not become the baseline the resumed traffic is judged by."""
+    rng = random.Random(seed)
+    detector = AnomalyDetector(Anomalies())
+    paused_at = 7200 + rng.uniform(0, 600)
+    resumed_at = paused_at + 31 * 60
+    alerts: list[Alert] = []
+    t = 0.0
+    while (t := t + rng.expovariate(20 / 60)) < resumed_at + 600:
+        if paused_at <= t < resumed_at:
+            continue
+        size = rng.uniform(0.8, 1.2)
+        ts = T0 + timedelta(seconds=t)
+        alerts += detector.observe(
+            "team:search",
+            ts,
+            usd=Decimal("0.01") * Decimal(size),
+            tokens=int(1000 * size),
+        )
+    assert alerts == []

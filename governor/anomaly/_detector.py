@@ -190,6 +190,7 @@ class _Series:
         "current_sq",
         "history",
         "index",
+        "kept",
         "level",
         "level_intervals",
         "mean",
@@ -232,16 +233,22 @@ class _Series:
             self.peaks = deque(maxlen=self.window)
         self.peak = 0
         self.peak_median = 0.0
+        # Level, spread and call unit of the last window the scope was busy
+        # in (spend in at least half its intervals): a window gone mostly
+        # silent after a pause (a night off) is judged by them.
+        self.kept: tuple[float, float, float] | None = None
         # The scopes of narrower kinds fed with this one in the open interval.
         self.under: set[str] = set()
 
     def roll(self, index: int) -> None:
         """Close intervals up to ``index``; silent intervals count as zero.
 
-        A window with no spend at all is no baseline: the history is cleared,
-        so the scope starts over as a new one does. A window mostly silent
-        after a pause keeps its level at least the mean of its intervals with
-        spend (see :func:`_active_level`).
+        A window mostly silent after a long pause (a night off, see
+        :func:`_paused`) says little of the rate the scope runs at: it is
+        judged by the level (or its own, if higher), spread and call unit of
+        the last window the scope had spend in at least half of its
+        intervals, so traffic that resumes at its usual rate does not alert
+        and a runaway that starts as it resumes does.
         """
         if index <= self.index:
             return  # a late observation is counted in the open interval
@@ -255,9 +262,7 @@ class _Series:
             self.peaks.extend([0] * gap)
         self.index, self.current, self.current_sq, self.peak = index, 0, 0, 0
         self.under = set()
-        if not any(self.history):
-            self._forget()
-        if self.peaks:
+        if self.peaks is not None:
             self.peak_median = statistics.median(self.peaks)
         self.mean, self.std = _mean_std(self.history)
         self.level, self.spread = self.mean, self.std
@@ -267,16 +272,19 @@ class _Series:
             )
         total = sum(self.history)
         self.unit = sum(self.squares) / total if total else 0.0
-        pause = min(self.level_intervals, self.window)
-        self.level = max(self.level, _active_level(self.history, total, pause))
+        active = sum(1 for value in self.history if value)
+        if 2 * active >= len(self.history) > 0:  # busy: a baseline worth keeping
+            self.kept = (self.level, self.spread, self.unit)
+        elif self.kept is not None and _paused(self.history, self._pause):
+            level, spread, unit = self.kept
+            self.level, self.spread = max(self.level, level), spread
+            self.unit = self.unit or unit
 
-    def _forget(self) -> None:
-        """Drop the closed intervals: a scope silent for the whole window."""
-        self.history.clear()
-        self.squares.clear()
-        if self.peaks is not None:
-            self.peaks.clear()
-        self.peak_median = 0.0
+    @property
+    def _pause(self) -> int:
+        """Silent intervals in a row that make a pause: half the window, and
+        at least the intervals of the trend level."""
+        return max(min(self.level_intervals, self.window), self.window // 2)
 
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Count ``amount`` in the open interval and the burst window."""
@@ -316,24 +324,16 @@ def _mean_std(values: deque[int]) -> tuple[float, float]:
     return mean, math.sqrt(variance)
 
 
-def _active_level(values: Sequence[int], total: int, pause: int) -> float:
-    """The mean of the intervals with spend, when a pause left them few.
-
-    A window mostly silent (more than half its intervals without spend) that
-    holds a pause of at least ``pause`` silent intervals in a row, as when a
-    scope resumes after a night off, says little about the rate the scope
-    runs at while active: its level is at least the mean of the intervals
-    with spend. Otherwise (quiet intervals scattered through the window are
-    the scope's own rhythm), and for an empty window, 0.
-    """
+def _paused(values: Sequence[int], pause: int) -> bool:
+    """Whether a window mostly silent holds a pause of ``pause`` silent
+    intervals in a row, as when a scope resumes after a night off (quiet
+    intervals scattered through a window are a sparse scope's own rhythm)."""
     active = longest = run = 0
     for value in values:
         run = 0 if value else run + 1
         longest = max(longest, run)
         active += bool(value)
-    if not active or 2 * active >= len(values) or longest < pause:
-        return 0.0
-    return total / active
+    return 2 * active < len(values) and longest >= pause
 
 
 def _trend_baseline(
