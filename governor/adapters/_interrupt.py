@@ -3,13 +3,20 @@
 A sync LangGraph run executes its nodes on worker threads. When Ctrl-C
 raises ``KeyboardInterrupt`` in the main thread, LangGraph waits for those
 threads before the error reaches the governed graph, and until then the
-nodes' model calls would still be sent and paid for. While the main thread
-runs a governed sync run (or a batch of them), a SIGINT handler placed in
-front of the one already installed marks those runs as ending first, so
-their calls from then on are refused, then hands the signal on unchanged.
+nodes' model calls would still be sent and paid for.
 
-The handler only assigns an attribute per task: a signal handler runs
-between two bytecodes of the main thread, which may hold any lock.
+One module-level SIGINT handler serves every open scope. It is placed in
+front of the program's own handler when the first scope opens on the main
+thread, and put back when the last one closes there. It calls the program's
+handler first: only when that raises (``KeyboardInterrupt``, as Python's
+default does) are the runs of the open scopes marked as ending, so their
+calls from then on are refused. A handler that only asks for a graceful stop
+(sets a flag, or cancels an asyncio task) leaves the runs to finish.
+
+The handler takes no lock and only assigns an attribute per task: a signal
+handler runs between two bytecodes of the main thread, which may hold any
+lock. A scope closed on another thread only leaves the registry; a handler
+left in place with no scope open only hands the signal on.
 """
 
 from __future__ import annotations
@@ -25,9 +32,19 @@ from governor._task import Task
 
 __all__ = ["InterruptScope", "register", "unshare"]
 
+_Handler = Callable[[int, FrameType | None], Any]
+
 _RUNS: contextvars.ContextVar[list[Task] | None] = contextvars.ContextVar(
     "governor_interruptible_runs", default=None
 )
+
+# The open scopes, by id. Changed under _LOCK; the handler only copies it
+# (one C-level step under the GIL), never taking the lock.
+_OPEN: dict[int, InterruptScope] = {}
+_LOCK = threading.Lock()
+# The program's handler found when ours was placed: the one the signal is
+# handed to, and the one put back when the last scope closes.
+_captured: _Handler | None = None
 
 
 def register(task: Task) -> None:
@@ -42,11 +59,12 @@ def register(task: Task) -> None:
 
 
 class InterruptScope:
-    """While open on the main thread, SIGINT ends its runs before it is raised.
+    """While open on the main thread, a SIGINT that raises ends its runs first.
 
     ``end`` marks one task as ending. Opened on another thread, or when the
     SIGINT handler is not a Python function (ignored, or the default of a
-    process that never installed Python's), it does nothing.
+    process that never installed Python's), it does nothing. It may be
+    closed on any thread, in any order with other scopes.
 
     Args:
         end: marks a task's run as ending, so that its calls are refused.
@@ -58,31 +76,30 @@ class InterruptScope:
     ) -> None:
         self.tasks: list[Task] = list(tasks)
         self._end = end
-        self._previous: Callable[[int, FrameType | None], Any] | None = None
+        self._open = False
 
     def open(self) -> bool:
-        """Place the handler; whether it was placed."""
+        """Join the handler's scopes, placing it if needed; whether it did."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):
-            return False
-        try:
-            signal.signal(signal.SIGINT, self._on_interrupt)
-        except ValueError:  # not the main interpreter
-            return False
-        self._previous = previous
+        with _LOCK:
+            if not _place_handler():
+                return False
+            _OPEN[id(self)] = self
+        self._open = True
         return True
 
     def close(self) -> None:
-        """Put the previous handler back, unless another replaced this one."""
-        previous, self._previous = self._previous, None
-        if previous is None:
+        """Leave the scopes; the last one closed on the main thread puts the
+        program's handler back, unless another has replaced the governor's."""
+        if not self._open:
             return
-        if threading.current_thread() is not threading.main_thread():
-            return  # a stream finalized elsewhere: the handler only chains on
-        if signal.getsignal(signal.SIGINT) == self._on_interrupt:
-            signal.signal(signal.SIGINT, previous)
+        self._open = False
+        with _LOCK:
+            _OPEN.pop(id(self), None)
+            if _OPEN or threading.current_thread() is not threading.main_thread():
+                return  # closed elsewhere: the handler left in place only chains
+            _restore_handler()
 
     def context(self) -> contextvars.Context:
         """A copy of the current context in which new runs join this scope.
@@ -91,7 +108,7 @@ class InterruptScope:
         the scope they run under, if any.
         """
         copied = contextvars.copy_context()
-        if self._previous is not None:
+        if self._open:
             copied.run(_RUNS.set, self.tasks)
         return copied
 
@@ -101,17 +118,54 @@ class InterruptScope:
         Returns the token to reset with :func:`unshare`, or None when the
         scope is not open.
         """
-        if self._previous is None:
+        if not self._open:
             return None
         return _RUNS.set(self.tasks)
 
-    def _on_interrupt(self, signum: int, frame: FrameType | None) -> Any:
+    def _end_runs(self) -> None:
         for task in list(self.tasks):
             self._end(task)
-        previous = self._previous
-        if previous is None:  # closed while the signal was on its way
-            previous = signal.default_int_handler
+
+
+def _place_handler() -> bool:
+    """Put the governor's handler in front of the program's; called under
+    _LOCK on the main thread. False when SIGINT is ignored or left to the
+    C default, or signals cannot be set here."""
+    global _captured
+    current = signal.getsignal(signal.SIGINT)
+    if current is _on_interrupt:
+        return True
+    if not callable(current):
+        return False
+    try:
+        signal.signal(signal.SIGINT, _on_interrupt)
+    except ValueError:  # not the main interpreter
+        return False
+    _captured = current
+    return True
+
+
+def _restore_handler() -> None:
+    """Put the program's handler back if the governor's is still the one in
+    place; called under _LOCK on the main thread with no scope open."""
+    global _captured
+    if signal.getsignal(signal.SIGINT) is not _on_interrupt:
+        return  # the program replaced it: leave the program's choice
+    previous = _captured or signal.default_int_handler
+    signal.signal(signal.SIGINT, previous)
+    _captured = None
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> Any:
+    """Hand the signal to the program's handler; if it raises, end the open
+    scopes' runs before the error goes on."""
+    previous = _captured or signal.default_int_handler
+    try:
         return previous(signum, frame)
+    except BaseException:
+        for scope in list(_OPEN.values()):
+            scope._end_runs()
+        raise
 
 
 def unshare(token: contextvars.Token[list[Task] | None] | None) -> None:

@@ -914,14 +914,93 @@ def _bridged_to_chat(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
 
     It does for providers without a Responses API of their own, and for any
     provider with ``use_chat_completions_api=True``; the chat completion goes
-    through the governed ``litellm.completion``. When LiteLLM cannot tell,
-    the call is taken as sent directly (not governed).
+    through the governed ``litellm.completion``. LiteLLM's own decision is
+    asked when it has one; else the provider's Responses config is looked
+    up. When LiteLLM cannot tell, the call is taken as sent directly (not
+    governed).
     """
     if kwargs.get("use_chat_completions_api") is True:
         return True
     model = kwargs.get("model", args[1] if len(args) > 1 else None)
     if not isinstance(model, str):
         return False
+    decided = _litellm_bridge_decision(model, kwargs)
+    if decided is not None:
+        return decided
+    return _bridged_by_config(model, kwargs)
+
+
+_BRIDGE_DECISION_PARAMS = (
+    "model",
+    "custom_llm_provider",
+    "use_chat_completions_api",
+    "model_info",
+    "api_base",
+)
+
+
+def _bridge_decision_function() -> Callable[..., Any] | None:
+    """LiteLLM's ``_will_bridge_to_chat_completions``, if this LiteLLM has
+    one taking the parameters it is called with here."""
+    try:
+        from litellm.responses import main as responses_main
+
+        decide = getattr(responses_main, "_will_bridge_to_chat_completions", None)
+        if decide is None:
+            return None
+        params = tuple(inspect.signature(decide).parameters)
+    except Exception:
+        return None
+    return decide if params == _BRIDGE_DECISION_PARAMS else None
+
+
+def _litellm_bridge_decision(model: str, kwargs: Mapping[str, Any]) -> bool | None:
+    """LiteLLM's own answer to whether it bridges this call, or None when
+    this LiteLLM has no such function or it fails."""
+    decide = _bridge_decision_function()
+    if decide is None:
+        return None
+    api_base = kwargs.get("api_base")
+    api_base = api_base if isinstance(api_base, str) else None
+    try:
+        provider = _responses_provider(model, kwargs, api_base)
+        answer = decide(
+            model,
+            provider,
+            bool(kwargs.get("use_chat_completions_api")),
+            kwargs.get("model_info"),
+            api_base,
+        )
+    except Exception:
+        return None
+    return answer if isinstance(answer, bool) else None
+
+
+def _responses_provider(
+    model: str, kwargs: Mapping[str, Any], api_base: str | None
+) -> str:
+    """The provider LiteLLM's ``responses()`` resolves for ``model``; a
+    provider that logs in to resolve (GitHub Copilot) is taken as named."""
+    given = kwargs.get("custom_llm_provider")
+    if isinstance(given, str) and given:
+        return given
+    try:
+        from litellm.litellm_core_utils.get_llm_provider_logic import (
+            declared_authenticating_provider,
+        )
+    except ImportError:
+        declared = None
+    else:
+        declared = declared_authenticating_provider(model)
+    if isinstance(declared, str):
+        return declared
+    _, provider, _, _ = litellm.get_llm_provider(model, api_base=api_base)
+    return str(provider)
+
+
+def _bridged_by_config(model: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the provider has no Responses config in LiteLLM (then the
+    call is bridged); False when that cannot be looked up."""
     try:
         from litellm.utils import ProviderConfigManager
 

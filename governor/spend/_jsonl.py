@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from governor._errors import ConfigError
+from governor._files import SQLITE_HEADER
 from governor._textlines import open_bytes
 from governor.spend._record import SpendDataError, SpendRecord, load_json
 from governor.spend._store import (
@@ -24,7 +25,7 @@ from governor.spend._store import (
     matches,
 )
 
-__all__ = ["JSONL_SUFFIXES", "JsonlSpendStore", "jsonl_kind"]
+__all__ = ["JSONL_SUFFIXES", "JsonlSpendStore", "is_sqlite_file", "jsonl_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,26 @@ def jsonl_kind(target: str | Path) -> Literal["plain", "gzip"] | None:
     ``"plain"`` for a name ending in ``.jsonl`` or ``.ndjson``, ``"gzip"``
     for one ending in ``.jsonl.gz`` or ``.ndjson.gz``, None for any other
     (a SQLite file or a URL). Case is ignored: ``spend.JSONL`` is JSONL.
+    An existing file that starts with the SQLite header is None whatever its
+    name: earlier releases created SQLite stores at ``.ndjson`` paths.
     """
+    if is_sqlite_file(target):
+        return None
     name = str(target).lower()
     if name.endswith(JSONL_SUFFIXES):
         return "plain"
     if name.endswith(tuple(suffix + _GZ for suffix in JSONL_SUFFIXES)):
         return "gzip"
     return None
+
+
+def is_sqlite_file(target: str | Path) -> bool:
+    """Whether ``target`` is an existing file that starts with the SQLite header."""
+    try:
+        with open(target, "rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except (OSError, ValueError):  # missing, a folder, unreadable, a bad name
+        return False
 
 
 class JsonlSpendStore:
@@ -113,6 +127,13 @@ class JsonlSpendStore:
             fd = os.open(self.path, _APPEND_FLAGS, 0o666)
             try:
                 start = os.lseek(fd, 0, os.SEEK_END)
+                if start and is_sqlite_file(self.path):
+                    raise ConfigError(
+                        f"{self.path} is a SQLite database, not spend JSONL: "
+                        "appending JSON lines would corrupt it; open it as a "
+                        "SQLite spend store (governor.spend.open_store) or "
+                        "record to another .jsonl path"
+                    )
                 try:
                     _write_all(fd, text.encode("utf-8"))
                 except BaseException:

@@ -61,7 +61,9 @@ def open_store(
     ``redis://``, ``rediss://`` and ``unix://`` URLs open a
     :class:`RedisSpendStore`, a path ending in ``.jsonl`` or ``.ndjson`` (in
     any case: ``.JSONL`` too) a :class:`JsonlSpendStore`, any other path a
-    :class:`SQLiteSpendStore` (created with its folders when missing). With
+    :class:`SQLiteSpendStore` (created with its folders when missing). An
+    existing file that starts with the SQLite header is SQLite whatever its
+    name (earlier releases made SQLite stores at ``.ndjson`` paths). With
     ``existing``, a path ending in ``.jsonl.gz`` or ``.ndjson.gz`` or a file
     that starts with the gzip magic bytes opens as gzip-compressed spend
     JSONL, for reading.
