@@ -206,6 +206,7 @@ class _Header(NamedTuple):
 
     positions: tuple[int, int, int]
     names: tuple[str, str, str]
+    width: int  # how many cells the header has
 
 
 def _header(fields: Sequence[str], where: str) -> _Header:
@@ -225,13 +226,22 @@ def _header(fields: Sequence[str], where: str) -> _Header:
         )
     stamp, context, generated = (name or "" for name in found)
     at = (names.index(stamp.lower()), names.index(context.lower()))
-    return _Header((*at, names.index(generated.lower())), (stamp, context, generated))
+    positions = (*at, names.index(generated.lower()))
+    return _Header(positions, (stamp, context, generated), len(fields))
 
 
 def _row(
     fields: Sequence[str], header: _Header, where: str, zone: _Zone
 ) -> tuple[int, int, int]:
     columns = header.positions
+    if len(fields) > header.width:
+        raise ConfigError(
+            f"{where}: {len(fields) - header.width} more cell(s) than the header "
+            f"({header.width} columns), so the row's values cannot be matched to "
+            "its columns; a comma inside a cell, such as a thousands separator "
+            "in 4,808, splits it in two: write token counts without separators "
+            "(4808), and quote any other cell that holds a comma"
+        )
     if len(fields) <= max(columns):
         last = max(columns)
         name = header.names[columns.index(last)]
@@ -271,8 +281,13 @@ def _iso_time(text: str, where: str) -> datetime:
         raise ConfigError(f"{where}: TIMESTAMP {text!r} {_TIME_FORM}") from exc
 
 
+# No single call takes a trillion tokens: more means a corrupt row.
+_MOST_TOKENS = 10**12
+
+
 def _tokens(text: str, column: str, where: str) -> int:
-    """A whole number of tokens, at least 0 (``1200.0`` is read as 1200)."""
+    """A whole number of tokens, at least 0 and at most :data:`_MOST_TOKENS`
+    (``1200.0`` is read as 1200)."""
     try:
         count = Decimal(text)
     except ArithmeticError:  # decimal.InvalidOperation: not a number
@@ -282,4 +297,15 @@ def _tokens(text: str, column: str, where: str) -> int:
             f"{where}: {column} {text!r} is not a token count; give a whole "
             "number of at least 0, or fix or drop the row"
         )
+    if count > _MOST_TOKENS:
+        raise ConfigError(
+            f"{where}: {column} {_shown(text)} is {count:.3e} tokens; more than "
+            "a trillion (10**12) tokens in one call cannot be right, the row is "
+            "corrupt: give the call's own token count, or fix or drop the row"
+        )
     return int(count)
+
+
+def _shown(text: str) -> str:
+    """A cell as messages show it: a long one cut short."""
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")

@@ -24,7 +24,7 @@ import tarfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -337,31 +337,130 @@ def _table_rows(path: Path, text: str, first_line: int) -> Rows:
     """The rows of CSV or tab-separated text under its header line.
 
     ``text`` starts with the header, on line ``first_line`` of the file.
+    Tab-separated text is read as GLUE, PAWS and Quora write it, without
+    quoting (see :func:`_tsv_cell`). A row of more cells than the header,
+    or of too few to reach a pair column, raises :class:`ConfigError`.
     """
-    first = text.split("\n", 1)[0]
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if "\t" in first else ",")
-    reader.fieldnames = [_column(name) for name in reader.fieldnames or ()]
-    lacking = [
-        " or ".join(names)
-        for names in _ALIASES.values()
-        if not any(name in reader.fieldnames for name in names)
-    ]
-    if lacking:
-        raise ConfigError(
-            f"{path}:{first_line}: the CSV/TSV header lacks {', '.join(lacking)} (its "
-            f"columns: {_columns(reader.fieldnames)}); {_COLUMNS}; add or "
-            "rename the missing columns"
-        )
-    offset = first_line - 1
+    tabbed = "\t" in text.split("\n", 1)[0]
+    table = _Table(path, first_line - 1, tabbed)
+    reader = table.reader(text)
+    lines = table.checked(reader)
+    header = table.header(next(lines, []))
     rows: Rows = []
-    try:
-        for row in reader:
-            if any(value for key, value in row.items() if key is not None):
-                rows.append((f"{path}:{offset + reader.line_num}", dict(row)))
-    except csv.Error as exc:
-        line = offset + reader.line_num
-        raise ConfigError(f"{path}:{line}: {exc}; {_FORMS}") from exc
+    for cells in lines:
+        if any(cell.strip() for cell in cells):
+            where = f"{path}:{table.offset + reader.line_num}"
+            rows.append((where, table.row(where, header, cells)))
     return rows
+
+
+class _Table(NamedTuple):
+    """How one CSV or TSV file of pairs is read, and its errors."""
+
+    path: Path
+    offset: int  # the file's line before the header
+    tabbed: bool
+
+    def reader(self, text: str) -> Any:
+        if self.tabbed:
+            return csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+        return csv.reader(io.StringIO(text))
+
+    def cells(self, cells: Sequence[str]) -> list[str]:
+        return [_tsv_cell(cell) for cell in cells] if self.tabbed else list(cells)
+
+    def header(self, cells: Sequence[str]) -> list[str]:
+        """The header's column names; ConfigError if a pair column lacks."""
+        names = [_column(name) for name in self.cells(cells)]
+        lacking = [
+            " or ".join(aliases)
+            for aliases in _ALIASES.values()
+            if not any(name in names for name in aliases)
+        ]
+        if lacking:
+            raise ConfigError(
+                f"{self.path}:{self.offset + 1}: the CSV/TSV header lacks "
+                f"{', '.join(lacking)} (its columns: {_columns(names)}); "
+                f"{_COLUMNS}; add or rename the missing columns"
+            )
+        return names
+
+    def checked(self, reader: Any) -> Iterator[list[str]]:
+        """The reader's rows; a CSV fault is a ConfigError naming the line."""
+        rows = iter(reader)
+        while True:
+            try:
+                cells: list[str] = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                line = self.offset + reader.line_num
+                quote = "field limit" in str(exc) and not self.tabbed
+                advice = _OPEN_QUOTE if quote else _FORMS
+                raise ConfigError(f"{self.path}:{line}: {exc}; {advice}") from exc
+            yield cells
+
+    def row(
+        self, where: str, header: Sequence[str], cells: Sequence[str]
+    ) -> dict[str, Any]:
+        """The row by column name; a row that does not fit is refused."""
+        if len(cells) > len(header):
+            raise ConfigError(
+                f"{where}: {len(cells) - len(header)} more cell(s) than the "
+                f"header ({len(header)} columns: {_columns(header)}); "
+                + (_TAB_INSIDE if self.tabbed else _COMMA_INSIDE)
+            )
+        absent = [name for name in header[len(cells) :] if name in _KNOWN_COLUMNS]
+        if absent:
+            raise ConfigError(
+                f"{where}: {len(cells)} cell(s), too few to reach the "
+                f"{', '.join(map(repr, absent))} column(s) (the header has "
+                f"{len(header)} columns: {_columns(header)}); "
+                + (_BREAK_INSIDE_TSV if self.tabbed else _BREAK_INSIDE_CSV)
+            )
+        values: list[str | None] = [*self.cells(cells)]
+        values += [None] * (len(header) - len(cells))
+        return dict(zip(header, values, strict=True))
+
+
+_COMMA_INSIDE = (
+    "quote cells that hold the delimiter (a comma inside an unquoted cell "
+    "splits it in two), or fix or drop the row"
+)
+_TAB_INSIDE = (
+    "a tab inside a cell splits it in two: tab-separated cells are read as "
+    "written, without quoting, so replace tabs inside cells with spaces, or "
+    "fix or drop the row"
+)
+_BREAK_INSIDE_CSV = (
+    "a line break inside an unquoted cell ends its row early: quote such "
+    "cells, or fix or drop the row"
+)
+_BREAK_INSIDE_TSV = (
+    "a line break inside a cell ends its row early: tab-separated cells are "
+    "read as written, without quoting, so replace line breaks inside cells "
+    "with spaces, or fix or drop the row"
+)
+_OPEN_QUOTE = (
+    'a cell that long is a quote (") left open on this line or one before it '
+    "that takes in the rest of the file: close the quote, or double each "
+    "quote inside a quoted cell"
+)
+
+
+def _tsv_cell(cell: str) -> str:
+    """A tab-separated cell as written, less the quotes of a cell quoted whole.
+
+    A cell that starts and ends with a double quote and holds no other
+    quote but doubled ones (``""``), as a CSV writer quotes a cell, is read
+    without its outer quotes and with each ``""`` as one quote. Any other
+    quote is text: a question may start with one.
+    """
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        inner = cell[1:-1]
+        if '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return cell
 
 
 def _column(name: str) -> str:

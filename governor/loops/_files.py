@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -194,18 +195,44 @@ def run_from_dict(
     """Read one run in either shape: the trajectory format or mini-swe-agent's.
 
     ``default_id`` is the id of a run that has none. A value that cannot be
-    read raises :class:`ConfigError` naming it.
+    read raises :class:`ConfigError` naming it, as does a token count of
+    more than a trillion (10**12) for one call: a corrupt record.
     """
     if "calls" in row:
-        return trajectory_from_dict(row, default_id=default_id)
+        return _counts_checked(trajectory_from_dict(row, default_id=default_id))
     if "messages" in row:
-        return from_mini_swe_agent(row, default_id=default_id)
+        run = from_mini_swe_agent(row, default_id=default_id)
+        return _counts_checked(run, own_format=False)
     if isinstance(row.get("trajectory"), list):
         raise ConfigError(f"this is {_SWE_AGENT}")
     raise ConfigError(
         "a run needs 'id', 'outcome' and 'calls' (the trajectory format in "
         "docs/loops.md), or must be a mini-swe-agent run with 'messages'"
     )
+
+
+# No single call takes a trillion tokens: more means a corrupt record.
+_MOST_TOKENS = 10**12
+_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens")
+
+
+def _counts_checked(run: Trajectory, *, own_format: bool = True) -> Trajectory:
+    """The run, if no call's token count passes :data:`_MOST_TOKENS`."""
+    for number, call in enumerate(run.calls):
+        for key in _COUNTS:
+            count = getattr(call, key)
+            if count is not None and count > _MOST_TOKENS:
+                where = (
+                    f"calls[{number}].{key}"
+                    if own_format
+                    else f"model call {number + 1}'s {key}"
+                )
+                raise ConfigError(
+                    f"{where} is {Decimal(count):.3e}; more than a trillion (10**12) "
+                    "tokens in one call cannot be right, the record is corrupt: "
+                    "a token count is the call's own, such as 1662"
+                )
+    return run
 
 
 def _values(file: Path) -> Iterator[tuple[_Place, object]]:
