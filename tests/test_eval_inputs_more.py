@@ -3,6 +3,7 @@ too few cells, and token counts no call can have."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,23 @@ def test_a_short_row_names_the_files_own_columns(
     assert "JSON" not in message
 
 
+@pytest.mark.parametrize("limit", [None, 1 << 30])
 def test_a_csv_quote_left_open_is_named_as_such(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: int | None
 ) -> None:
-    """A CSV quote that takes in the rest of a large file is named as the cause."""
+    """A CSV quote that takes in the rest of a large file is named as the
+    cause, whatever field limit other code in the process has set."""
+    if limit is not None:
+        saved = csv.field_size_limit(limit)
+        try:
+            _quote_left_open(tmp_path, capsys)
+        finally:
+            csv.field_size_limit(saved)
+    else:
+        _quote_left_open(tmp_path, capsys)
+
+
+def _quote_left_open(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = "".join(f"Question {n}?,Another question {n}?,0\n" for n in range(6000))
     text = 'question1,question2,is_duplicate\n"Why is the sky blue?,a,1\n' + rows
     code, message = _cache(capsys, _write(tmp_path / "quora.csv", text))

@@ -398,6 +398,13 @@ class _Table(NamedTuple):
                 quote = "field limit" in str(exc) and not self.tabbed
                 advice = _OPEN_QUOTE if quote else _FORMS
                 raise ConfigError(f"{self.path}:{line}: {exc}; {advice}") from exc
+            if not self.tabbed and any(len(cell) > _LONGEST_CELL for cell in cells):
+                # Said whatever csv.field_size_limit() this process has set.
+                line = self.offset + reader.line_num
+                raise ConfigError(
+                    f"{self.path}:{line}: field larger than field limit "
+                    f"({_LONGEST_CELL} characters); {_OPEN_QUOTE}"
+                )
             yield cells
 
     def row(
@@ -441,6 +448,9 @@ _BREAK_INSIDE_TSV = (
     "read as written, without quoting, so replace line breaks inside cells "
     "with spaces, or fix or drop the row"
 )
+# The longest cell a pair file holds: the csv module's default field limit,
+# which another part of the process may have raised.
+_LONGEST_CELL = 131_072
 _OPEN_QUOTE = (
     'a cell that long is a quote (") left open on this line or one before it '
     "that takes in the rest of the file: close the quote, or double each "
