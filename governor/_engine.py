@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, Unpack
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
@@ -222,6 +222,8 @@ class Governor:
         # Per shared line: when its balance was last read, and its spend
         # (nano-USD, tokens) then plus what this process has settled since.
         self._warn_checked: dict[str, tuple[float, int, int]] = {}
+        # Each line's balance as last read for warnings, and when the read began.
+        self._warn_read: dict[str, _Read] = {}
         self.slots = SlotKeeper(self.ledger)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[Any, Any] = {}
@@ -1830,10 +1832,12 @@ class Governor:
         usage: Usage,
         cost_source: str,
     ) -> Decimal:
+        settled_at = time.monotonic()  # any read started later counts this call
         cost = self._account(admission, result, nanos, usage, cost_source)
         # An interrupt during the warnings' reads still closes a one-call task.
         try:
-            self._check_warnings(admission, (nanos, _settled_tokens(usage)))
+            amounts = (nanos, _settled_tokens(usage))
+            self._check_warnings(admission, amounts, settled_at)
         finally:
             if admission.owns_task:
                 self._close_owned(admission.task)
@@ -1852,9 +1856,11 @@ class Governor:
         The call is accounted for first: a cancellation during those reads
         skips only the warnings, and a one-call task is still closed.
         """
+        settled_at = time.monotonic()  # any read started later counts this call
         cost = self._account(admission, result, nanos, usage, cost_source)
         try:
-            await self._acheck_warnings(admission, (nanos, _settled_tokens(usage)))
+            amounts = (nanos, _settled_tokens(usage))
+            await self._acheck_warnings(admission, amounts, settled_at)
         finally:
             if admission.owns_task:
                 await self._aclose_owned(admission.task)
@@ -2129,26 +2135,33 @@ class Governor:
             return await ledger.abalance(key)
         return ledger.balance(key)
 
-    def _check_warnings(self, admission: Admission, amounts: tuple[int, int]) -> None:
+    def _check_warnings(
+        self, admission: Admission, amounts: tuple[int, int], settled_at: float
+    ) -> None:
         """Warn once per line, unit and threshold crossed, reading each line
-        rarely; ``amounts`` is what the call settled (nano-USD, tokens)."""
+        rarely; ``amounts`` is what the call settled (nano-USD, tokens), by
+        ``settled_at`` (monotonic seconds)."""
         for budget, line in self._warn_due(admission, amounts):
+            read_at = time.monotonic()
             try:
                 balance = self.ledger.balance(line.key)
             except GovernorError:
                 continue
-            self._warn_crossed(admission, budget, line, balance, amounts)
+            read = _Read(balance, read_at)
+            self._warn_crossed(admission, budget, line, read, (amounts, settled_at))
 
     async def _acheck_warnings(
-        self, admission: Admission, amounts: tuple[int, int]
+        self, admission: Admission, amounts: tuple[int, int], settled_at: float
     ) -> None:
         """Async form of :meth:`_check_warnings`."""
         for budget, line in self._warn_due(admission, amounts):
+            read_at = time.monotonic()
             try:
                 balance = await self._abalance(line.key)
             except GovernorError:
                 continue
-            self._warn_crossed(admission, budget, line, balance, amounts)
+            read = _Read(balance, read_at)
+            self._warn_crossed(admission, budget, line, read, (amounts, settled_at))
 
     def _warn_due(
         self, admission: Admission, amounts: tuple[int, int]
@@ -2191,6 +2204,7 @@ class Governor:
         idle = list(self._warn_checked)[: len(self._warn_checked) // 2]
         for key in idle:
             del self._warn_checked[key]
+            self._warn_read.pop(key, None)
         self._warned = {w for w in self._warned if w[0] in self._warn_checked}
 
     def _may_cross(self, budget: Budget, line: Line, spent: tuple[int, int]) -> bool:
@@ -2207,26 +2221,34 @@ class Governor:
         admission: Admission,
         budget: Budget,
         line: Line,
-        balance: Balance | None,
-        amounts: tuple[int, int],
+        read: _Read,
+        settled: tuple[tuple[int, int], float],
     ) -> None:
         """Announce the thresholds of ``budget`` a line's spend has crossed.
 
-        When a read shows less spend than this process knew of (a rolling
+        ``settled`` is what the call settled (nano-USD, tokens) and when.
+        When a read shows less spend than the line's last read held, plus
+        this call's spend if it settled after that read began (a rolling
         window let spend go, or the line was reset), the thresholds the line
         was below before this call are armed again: the next crossing of
-        each is announced again.
+        each is announced again. (Not against this process's running
+        estimate: another thread's read may hold this call's spend already.)
         """
+        balance = read.balance
         if balance is None:
             return
-        read_at, *known = self._warn_checked.get(line.key, (time.monotonic(), 0, 0))
+        amounts, settled_at = settled
+        read_at = self._warn_checked.get(line.key, (time.monotonic(), 0, 0))[0]
         spent = (balance.spent_nanos, balance.spent_tokens)
+        last = self._warn_read.get(line.key)
         self._warn_checked[line.key] = (read_at, *spent)
+        self._warn_read[line.key] = _Read(balance, read.at)
         for unit, used, limit in _warn_units(line, spent):
             index = 0 if unit == "usd" else 1
-            # This call's spend taken off: where the line stood before it.
-            dropped = used < known[index]
-            before = (used - amounts[index]) / limit if dropped else None
+            before = None
+            if last is not None and used < _expected(last, index, amounts, settled_at):
+                # This call's spend taken off: where the line stood before it.
+                before = (used - amounts[index]) / limit
             crossed = self._crossed(budget, (line.key, unit), used / limit, before)
             if crossed:  # one line however many thresholds one call crossed
                 self._announce(admission, line.key, unit, (used, limit), crossed)
@@ -2636,6 +2658,26 @@ def _storable(nanos: int, usage: Usage) -> tuple[int, int]:
 def _settled_tokens(usage: Usage) -> int:
     """The tokens a settle charges for ``usage`` (as :func:`_storable`)."""
     return min(usage.total_tokens, _MAX_AMOUNT)
+
+
+class _Read(NamedTuple):
+    """A line's balance as read for warnings, and when the read began."""
+
+    balance: Balance | None
+    at: float
+
+
+def _expected(
+    last: _Read, index: int, amounts: tuple[int, int], settled_at: float
+) -> int:
+    """The spend a line holds at least, in one unit (0: nano-USD, 1: tokens):
+    what its last read held, plus this call's spend if it settled after that
+    read began (else the read held it already)."""
+    balance = last.balance
+    if balance is None:
+        return 0
+    held = (balance.spent_nanos, balance.spent_tokens)[index]
+    return held + (amounts[index] if settled_at > last.at else 0)
 
 
 def _warn_units(line: Line, spent: tuple[int, int]) -> Iterator[tuple[str, int, int]]:

@@ -97,6 +97,7 @@ class LoopWatch:
         self._lock = threading.Lock()
         self._steps = 0
         self._passed = 0  # calls this guard let through (admitted or not yet)
+        self._given_back = 0  # of those, refused before sending (see not_sent)
         self._seen: dict[tuple[str, bytes, bytes], int] = {}
         # The last judged result's (step, branch, answer) and its turn label.
         self._last_turn: tuple[_Step, str | None, bytes, int] | None = None
@@ -173,8 +174,17 @@ class LoopWatch:
     def not_sent(self) -> None:
         """Give back the count of a call that passed :meth:`before_call` but
         was refused before it was sent (no fan-out slot, a budget): the
-        ``max_model_calls`` ceiling counts calls sent and cache hits only."""
+        ``max_model_calls`` ceiling counts calls sent and cache hits only.
+
+        Only for as many refusals as the ceiling allows calls: past that, a
+        task that keeps retrying refused calls counts them again, so the
+        ceiling still stops a retry loop that never gets a call through.
+        """
+        limit = self.task.policy.loops.max_model_calls
         with self._lock:
+            if limit is not None and self._given_back >= limit:
+                return
+            self._given_back += 1
             self._passed = max(self._passed - 1, 0)
 
     def after_call(

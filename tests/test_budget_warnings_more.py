@@ -353,3 +353,41 @@ def test_status_gives_left_0_and_the_overrun_of_a_line_past_its_limit() -> None:
     table = _table([row, within])
     assert "$0.019905 / 9995 tok (over by $0.009905 / 4995 tok)" in table
     assert "over by" not in table.splitlines()[2]
+
+
+def test_a_warning_is_not_repeated_when_another_thread_read_the_call_first(
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    no_rare_reads: None,
+) -> None:
+    """Thread A settles past 80%; thread B settles, reads and announces 80%
+    before A's own check runs. A's read holds its spend already: no drop in
+    spend, so 80% is not armed again and said twice."""
+    import threading
+
+    budget = Budget(scope="team", max_usd="0.001", warn_at=(0.8,))
+    gov = Governor(_policy(budget, team="t"))
+    _call(gov, prompt=500, output=0)  # 50%
+    b_done = threading.Event()
+    check = Governor._check_warnings
+
+    def ordered(self: Governor, *args: Any) -> None:
+        if threading.current_thread().name == "A":
+            b_done.wait(5)
+        check(self, *args)
+        if threading.current_thread().name == "B":
+            b_done.set()
+
+    monkeypatch.setattr(Governor, "_check_warnings", ordered)
+    a = threading.Thread(target=_call, args=(gov, 350, 0), name="A")  # to 85%
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        a.start()
+        time.sleep(0.2)  # A has settled and waits before its check
+        b = threading.Thread(target=_call, args=(gov, 10, 0), name="B")  # 86%
+        b.start()
+        b.join()
+        a.join()
+
+    assert _warnings(caplog) == [
+        "budget team:t has used 86% of its limit (past its warn_at 80%)"
+    ]

@@ -14,6 +14,7 @@ import pytest
 
 from governor import (
     Budget,
+    BudgetExceeded,
     Cache,
     Cascade,
     Fanout,
@@ -238,3 +239,26 @@ def test_cascade_answers_served_from_the_cache_are_not_compared(
     assert (report.calls, report.cache_hits) == (4, 8)
     assert report.stop_reason is None
     gov.close()
+
+
+def test_a_task_retrying_a_refused_call_forever_is_still_stopped() -> None:
+    """Refusals give their count back only as many times as the ceiling
+    allows calls: a retry loop that never gets a call through still ends."""
+    gov = Governor(
+        Policy(budgets=[Budget(max_usd="0.0000001")], loops=Loops(max_model_calls=3))
+    )
+    llm = GovernedLiteLLM(gov)
+    refused = 0
+    with gov.task(), pytest.raises(LoopDetected) as stopped:
+        for _ in range(50):
+            try:
+                llm.completion(
+                    model=CHEAP,
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=50,
+                )
+            except BudgetExceeded:
+                refused += 1
+
+    assert stopped.value.rule == "max_model_calls"
+    assert refused == 6
