@@ -68,6 +68,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(500, {"error": {"message": "down"}}, cut=True)
         if "cut" in text:
             return self._send(200, self._chat_answer(), cut=True)
+        if "drop" in text:  # read the request, close before any answer
+            self.close_connection = True
+            return self.connection.shutdown(socket.SHUT_RDWR)
         if self.path.endswith("/messages"):
             return self._messages(bool(body.get("stream")))
         if body.get("stream"):
@@ -380,6 +383,34 @@ def test_an_async_200_cut_off_mid_body_is_charged_its_hold(server: Server) -> No
         asyncio.run(call())
 
     assert task.report().cost_usd >= MAX_TOKENS * OUT_PRICE
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_connection_closed_before_any_answer_stays_free(
+    server: Server, is_async: bool
+) -> None:
+    """Most often a kept-alive connection the server had closed while idle:
+    the request never reached the provider (as before answers cut off were
+    charged)."""
+
+    async def call() -> None:
+        await litellm.acompletion(
+            model=MODEL,
+            api_base=f"{server.url}/v1",
+            api_key="x",
+            messages=[{"role": "user", "content": "drop"}],
+            max_tokens=MAX_TOKENS,
+        )
+
+    gov = governor()
+    with instrument(gov), gov.task() as task, pytest.raises(openai.OpenAIError):
+        if is_async:
+            asyncio.run(call())
+        else:
+            _complete(f"{server.url}/v1", "drop")
+
+    assert task.report().calls == 1
+    assert task.report().cost_usd == 0
 
 
 def test_an_error_answer_cut_off_mid_body_stays_free(server: Server) -> None:

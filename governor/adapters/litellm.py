@@ -2547,14 +2547,14 @@ _NOT_CONNECTED_NAMES = frozenset({"ClientConnectorError"})
 # aiohttp's as httpx's ReadError; http.client's and requests' are named).
 _CUT_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
 _CUT_ANSWER_NAMES = frozenset(
-    {
-        "ServerDisconnectedError",
-        "ClientPayloadError",
-        "IncompleteRead",
-        "ChunkedEncodingError",
-    }
+    {"ClientPayloadError", "IncompleteRead", "ChunkedEncodingError"}
 )
 _CUT_ANSWER_TEXTS = ("peer closed connection", "incomplete chunked read")
+# A connection closed before any answer came (httpx's "Server disconnected
+# without sending a response", aiohttp's ServerDisconnectedError) is most
+# often a kept-alive connection the server had closed while idle: the
+# request never reached the provider, so it stays free as before.
+_NO_ANSWER_TEXTS = ("without sending a response",)
 
 
 def _not_connected(causes: Sequence[BaseException]) -> bool:
@@ -2576,6 +2576,13 @@ def _answer_cut(causes: Sequence[BaseException]) -> bool:
     failed while its body was read.
     """
     if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
+        return False
+    names = {type(cause).__name__ for cause in causes}
+    if names & _CUT_ANSWER_NAMES:
+        return True
+    if "ServerDisconnectedError" in names or any(
+        text in str(cause).lower() for cause in causes for text in _NO_ANSWER_TEXTS
+    ):
         return False
     return any(
         isinstance(cause, _CUT_ANSWER)
