@@ -158,3 +158,32 @@ def test_traffic_resumed_mid_interval_after_a_pause_raises_no_alert(seed: int) -
             tokens=int(1000 * size),
         )
     assert alerts == []
+
+
+def test_an_hourly_job_raises_no_alert() -> None:
+    """Ten calls within 20 s, once an hour: a scope active only in single
+    intervals, and never busy, is judged by its usual active interval."""
+    detector = AnomalyDetector(Anomalies())
+    alerts: list[Alert] = []
+    for hour in range(8):
+        for call in range(10):
+            ts = T0 + timedelta(hours=hour, seconds=2 * call)
+            alerts += detector.observe_record(record(ts, "nightly"))
+    assert alerts == []
+
+
+def test_a_runaway_after_a_busy_hour_and_a_sparse_day_is_caught() -> None:
+    """A busy hour long gone does not set the level a sparse scope is judged by."""
+    rng = random.Random(0)
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    t = 0.0
+    while (t := t + rng.expovariate(100 / 60)) < 3600:
+        assert detector.observe_record(record(T0 + timedelta(seconds=t))) == []
+    for i in range(72):  # one call every 20 minutes for a day
+        ts = T0 + timedelta(seconds=3600 + 1200 * i + rng.uniform(0, 60))
+        assert detector.observe_record(record(ts)) == []
+    start = 3600 + 1200 * 72
+
+    alerts = feed(detector, steady(start / 60, 2, 30), "search")
+
+    assert [a.scope for a in alerts] == ["team:search"]

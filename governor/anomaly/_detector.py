@@ -186,11 +186,12 @@ class _Series:
     """One scope's and metric's intervals, in integer units (nanos or tokens)."""
 
     __slots__ = (
+        "active",
+        "closed",
         "current",
         "current_sq",
         "history",
         "index",
-        "kept",
         "level",
         "level_intervals",
         "mean",
@@ -233,25 +234,28 @@ class _Series:
             self.peaks = deque(maxlen=self.window)
         self.peak = 0
         self.peak_median = 0.0
-        # Level, spread and call unit of the last window the scope was busy
-        # in (spend in at least half its intervals): a window gone mostly
-        # silent after a pause (a night off) is judged by them.
-        self.kept: tuple[float, float, float] | None = None
+        # The usual spend and call size of an interval the scope is active
+        # in, as moving averages (see _Active): a window mostly silent after
+        # a pause (a night off) is judged by them. ``closed`` holds the last
+        # two closed intervals' spend and sum of squares.
+        self.active = _Active(min(self.level_intervals, self.window))
+        self.closed: deque[tuple[int, int]] = deque(maxlen=2)
         # The scopes of narrower kinds fed with this one in the open interval.
         self.under: set[str] = set()
 
     def roll(self, index: int) -> None:
         """Close intervals up to ``index``; silent intervals count as zero.
 
-        A window mostly silent after a long pause (a night off, see
-        :func:`_paused`) says little of the rate the scope runs at: it is
-        judged by the level (or its own, if higher), spread and call unit of
-        the last window the scope had spend in at least half of its
-        intervals, so traffic that resumes at its usual rate does not alert
-        and a runaway that starts as it resumes does.
+        A window mostly silent after a long pause (a night off, an hourly
+        job, see :func:`_paused`) says little of the rate the scope runs at
+        while active: its level is at least the scope's usual spend in an
+        interval with spend (a moving average, which follows a scope that
+        changes its rhythm), so traffic that resumes at its usual rate does
+        not alert and a runaway that starts as it resumes does.
         """
         if index <= self.index:
             return  # a late observation is counted in the open interval
+        self._fold(self.current, self.current_sq, index - self.index - 1)
         gap = min(index - self.index - 1, self.window)
         self.history.append(self.current)
         self.history.extend([0] * gap)
@@ -272,13 +276,22 @@ class _Series:
             )
         total = sum(self.history)
         self.unit = sum(self.squares) / total if total else 0.0
-        active = sum(1 for value in self.history if value)
-        if 2 * active >= len(self.history) > 0:  # busy: a baseline worth keeping
-            self.kept = (self.level, self.spread, self.unit)
-        elif self.kept is not None and _paused(self.history, self._pause):
-            level, spread, unit = self.kept
-            self.level, self.spread = max(self.level, level), spread
+        usual = self.active.usual()
+        if usual is not None and _paused(self.history, self._pause):
+            level, unit = usual
+            self.level = max(self.level, level)
             self.unit = self.unit or unit
+
+    def _fold(self, amount: int, squares: int, silent: int) -> None:
+        """Fold the interval just closed, and the ``silent`` ones after it,
+        into the usual active level."""
+        for closed in [(amount, squares), *[(0, 0)] * min(silent, 2)]:
+            last = self.closed
+            if len(last) == 2 and last[0][0] and last[1][0] and closed[0]:
+                self.active.add(*last[1], whole=True)
+            if closed[0]:
+                self.active.add(*closed, whole=False)
+            last.append(closed)
 
     @property
     def _pause(self) -> int:
@@ -322,6 +335,49 @@ def _mean_std(values: deque[int]) -> tuple[float, float]:
     mean = sum(values) / count
     variance = sum((v - mean) ** 2 for v in values) / (count - 1)
     return mean, math.sqrt(variance)
+
+
+class _Active:
+    """Moving averages of a scope's spend and call size in an interval with
+    spend: over the intervals with spend on both sides (whole ones; the first
+    after a silence and the last before one may be cut short), which the
+    other intervals with spend move a quarter as much; else over every
+    interval with spend (a scope that is only ever active in single
+    intervals, such as an hourly job)."""
+
+    __slots__ = ("any", "weight", "whole")
+
+    def __init__(self, intervals: int) -> None:
+        self.weight = 2 / (intervals + 1)
+        self.whole: tuple[float, float] | None = None
+        self.any: tuple[float, float] | None = None
+
+    def add(self, amount: int, squares: int, *, whole: bool) -> None:
+        """Fold one interval's spend and sum of squared call amounts."""
+        point = (float(amount), squares / amount)
+        if whole:
+            self.whole = self._moved(self.whole, point, self.weight)
+            return
+        self.any = self._moved(self.any, point, self.weight)
+        if self.whole is not None:
+            # A scope whose rhythm turned sparse (single intervals, no
+            # whole ones) must not be judged by a busy day long gone.
+            self.whole = self._moved(self.whole, point, self.weight / 4)
+
+    def usual(self) -> tuple[float, float] | None:
+        """The usual (level, call size) while active, or None before any."""
+        return self.whole or self.any
+
+    @staticmethod
+    def _moved(
+        average: tuple[float, float] | None, point: tuple[float, float], w: float
+    ) -> tuple[float, float]:
+        if average is None:
+            return point
+        return (
+            average[0] + w * (point[0] - average[0]),
+            average[1] + w * (point[1] - average[1]),
+        )
 
 
 def _paused(values: Sequence[int], pause: int) -> bool:
