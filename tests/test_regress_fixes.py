@@ -199,3 +199,70 @@ def test_bridging_is_litellms_own_decision(model: str, bridged: bool) -> None:
 def test_an_offline_responses_call_is_bridged() -> None:
     install_offline_provider(speed=0)
     assert _bridged_to_chat((), {"model": offline_model("gpt-4o-mini")}) is True
+
+
+def test_a_program_handler_that_chains_to_the_governors_is_called_once() -> None:
+    """A graceful-shutdown handler saves the governor's handler and calls it;
+    a later scope then captures it: Ctrl-C must not loop between the two."""
+    from governor.adapters._interrupt import InterruptScope
+
+    before = signal.getsignal(signal.SIGINT)
+    calls: list[int] = []
+    first = InterruptScope(lambda task: None)
+    first.open()
+    saved = signal.getsignal(signal.SIGINT)
+
+    def graceful(signum: int, frame: Any) -> Any:
+        calls.append(signum)
+        assert callable(saved)
+        return saved(signum, frame)
+
+    signal.signal(signal.SIGINT, graceful)
+    second = InterruptScope(lambda task: None)
+    second.open()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        second.close()
+        first.close()
+        signal.signal(signal.SIGINT, before)
+    assert calls == [signal.SIGINT]
+
+
+def test_is_sqlite_file_does_not_open_a_named_pipe(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: it is not a file."""
+    from governor.spend._jsonl import is_sqlite_file
+
+    fifo = tmp_path / "spend.jsonl"
+    os.mkfifo(fifo)
+    answers: list[bool] = []
+    looker = threading.Thread(target=lambda: answers.append(is_sqlite_file(fifo)))
+    looker.daemon = True  # a blocked open must not hold the test run
+    looker.start()
+    looker.join(5)
+    assert answers == [False]
+
+
+def test_trailing_empty_cells_are_read_in_eval_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trailing delimiter on each row adds an empty cell, not data."""
+    from governor.cli import main
+
+    pairs = tmp_path / "pairs.csv"
+    rows = [f"What is {n}?,What is {n} exactly?,1," for n in range(20)]
+    pairs.write_text("question1,question2,is_duplicate\n" + "\n".join(rows) + "\n")
+    trace = tmp_path / "trace.csv"
+    lines = [
+        f"2023-11-16 {18 + n // 3600}:{n // 60 % 60:02d}:{n % 60:02d},1200,80,"
+        for n in range(0, 3600, 3)
+    ]
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(lines))
+
+    code = main(["eval", "cache", str(pairs), "--embedder", "hashing", "--json"])
+    assert code == 0
+    assert '"pairs": 20' in capsys.readouterr().out
+    code = main(["eval", "anomalies", str(trace), "--defaults-only", "--trials", "1"])
+    assert code == 0

@@ -45,6 +45,9 @@ _LOCK = threading.Lock()
 # The program's handler found when ours was placed: the one the signal is
 # handed to, and the one put back when the last scope closes.
 _captured: _Handler | None = None
+# True while the governor's handler hands a signal to the program's (only
+# the main thread runs signal handlers).
+_handing_on = False
 
 
 def register(task: Task) -> None:
@@ -158,14 +161,26 @@ def _restore_handler() -> None:
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> Any:
     """Hand the signal to the program's handler; if it raises, end the open
-    scopes' runs before the error goes on."""
+    scopes' runs before the error goes on.
+
+    A program handler that saved the governor's and calls it (then placed
+    in front of it, and captured by a later scope) would call it back in a
+    loop: called again while handing the signal on, the governor's handler
+    raises KeyboardInterrupt as Python's default does.
+    """
+    global _handing_on
+    if _handing_on:
+        return signal.default_int_handler(signum, frame)
     previous = _captured or signal.default_int_handler
+    _handing_on = True
     try:
         return previous(signum, frame)
     except BaseException:
         for scope in list(_OPEN.values()):
             scope._end_runs()
         raise
+    finally:
+        _handing_on = False
 
 
 def unshare(token: contextvars.Token[list[Task] | None] | None) -> None:

@@ -234,7 +234,7 @@ def _row(
     fields: Sequence[str], header: _Header, where: str, zone: _Zone
 ) -> tuple[int, int, int]:
     columns = header.positions
-    if len(fields) > header.width:
+    if len(fields) > header.width and any(c.strip() for c in fields[header.width :]):
         raise ConfigError(
             f"{where}: {len(fields) - header.width} more cell(s) than the header "
             f"({header.width} columns), so the row's values cannot be matched to "

@@ -410,7 +410,14 @@ class _Table(NamedTuple):
     def row(
         self, where: str, header: Sequence[str], cells: Sequence[str]
     ) -> dict[str, Any]:
-        """The row by column name; a row that does not fit is refused."""
+        """The row by column name; a row that does not fit is refused.
+
+        Empty cells past the header's (a trailing delimiter) are dropped.
+        """
+        if len(cells) > len(header) and not any(
+            c.strip() for c in cells[len(header) :]
+        ):
+            cells = cells[: len(header)]
         if len(cells) > len(header):
             raise ConfigError(
                 f"{where}: {len(cells) - len(header)} more cell(s) than the "

@@ -67,8 +67,13 @@ def jsonl_kind(target: str | Path) -> Literal["plain", "gzip"] | None:
 
 
 def is_sqlite_file(target: str | Path) -> bool:
-    """Whether ``target`` is an existing file that starts with the SQLite header."""
+    """Whether ``target`` is an existing file that starts with the SQLite header.
+
+    Only a regular file is opened: a named pipe would block the open.
+    """
     try:
+        if not Path(target).is_file():
+            return False
         with open(target, "rb") as handle:
             return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except (OSError, ValueError):  # missing, a folder, unreadable, a bad name
