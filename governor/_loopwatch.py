@@ -82,6 +82,8 @@ _ATTEMPTS: contextvars.ContextVar[tuple[tuple[bytes, bool], ...]] = (
     contextvars.ContextVar("governor_cascade_attempts", default=())
 )
 _ATTEMPTS_KEPT = 8
+# Refused calls give their count back up to this many times the ceiling.
+_GIVE_BACK = 10
 
 
 class LoopWatch:
@@ -176,13 +178,14 @@ class LoopWatch:
         was refused before it was sent (no fan-out slot, a budget): the
         ``max_model_calls`` ceiling counts calls sent and cache hits only.
 
-        Only for as many refusals as the ceiling allows calls: past that, a
-        task that keeps retrying refused calls counts them again, so the
-        ceiling still stops a retry loop that never gets a call through.
+        Only for ten times as many refusals as the ceiling allows calls:
+        past that, a task that keeps retrying refused calls counts them
+        again, so the ceiling still stops a retry loop that never gets a
+        call through.
         """
         limit = self.task.policy.loops.max_model_calls
         with self._lock:
-            if limit is not None and self._given_back >= limit:
+            if limit is not None and self._given_back >= _GIVE_BACK * limit:
                 return
             self._given_back += 1
             self._passed = max(self._passed - 1, 0)

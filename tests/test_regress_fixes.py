@@ -266,3 +266,31 @@ def test_trailing_empty_cells_are_read_in_eval_inputs(
     assert '"pairs": 20' in capsys.readouterr().out
     code = main(["eval", "anomalies", str(trace), "--defaults-only", "--trials", "1"])
     assert code == 0
+
+
+def test_a_second_ctrl_c_during_the_programs_handler_reaches_it_again() -> None:
+    """A press-twice-to-quit handler: the second press arrives while the first
+    is handled, and goes to the program's handler as without the governor."""
+    from governor.adapters._interrupt import InterruptScope
+
+    before = signal.getsignal(signal.SIGINT)
+    presses: list[int] = []
+
+    def press_twice(signum: int, frame: Any) -> None:
+        presses.append(len(presses) + 1)
+        if len(presses) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+    signal.signal(signal.SIGINT, press_twice)
+    scope = InterruptScope(lambda task: None)
+    scope.open()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    finally:
+        scope.close()
+        restored = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)
+    assert presses == [1, 2]
+    assert restored is press_twice

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -42,12 +43,16 @@ _RUNS: contextvars.ContextVar[list[Task] | None] = contextvars.ContextVar(
 # (one C-level step under the GIL), never taking the lock.
 _OPEN: dict[int, InterruptScope] = {}
 _LOCK = threading.Lock()
-# The program's handler found when ours was placed: the one the signal is
-# handed to, and the one put back when the last scope closes.
-_captured: _Handler | None = None
-# True while the governor's handler hands a signal to the program's (only
-# the main thread runs signal handlers).
-_handing_on = False
+# The program's handlers found each time ours was placed while scopes were
+# open, oldest first: the signal is handed to the newest, and the newest is
+# put back when the last scope closes. A program handler placed over ours
+# that calls ours back (it saved it, to chain to it) is the newest; called
+# back from it, ours hands the signal to the one before.
+_captured: list[_Handler] = []
+# The captured handler a program handler chaining back to the governor's
+# is handed the signal to: the one before the handler now running (only the
+# main thread runs signal handlers).
+_next = -1
 
 
 def register(task: Task) -> None:
@@ -134,7 +139,6 @@ def _place_handler() -> bool:
     """Put the governor's handler in front of the program's; called under
     _LOCK on the main thread. False when SIGINT is ignored or left to the
     C default, or signals cannot be set here."""
-    global _captured
     current = signal.getsignal(signal.SIGINT)
     if current is _on_interrupt:
         return True
@@ -144,35 +148,39 @@ def _place_handler() -> bool:
         signal.signal(signal.SIGINT, _on_interrupt)
     except ValueError:  # not the main interpreter
         return False
-    _captured = current
+    _captured.append(current)
     return True
 
 
 def _restore_handler() -> None:
     """Put the program's handler back if the governor's is still the one in
     place; called under _LOCK on the main thread with no scope open."""
-    global _captured
     if signal.getsignal(signal.SIGINT) is not _on_interrupt:
+        _captured.clear()
         return  # the program replaced it: leave the program's choice
-    previous = _captured or signal.default_int_handler
+    previous = _captured[-1] if _captured else signal.default_int_handler
     signal.signal(signal.SIGINT, previous)
-    _captured = None
+    _captured.clear()
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> Any:
     """Hand the signal to the program's handler; if it raises, end the open
     scopes' runs before the error goes on.
 
-    A program handler that saved the governor's and calls it (then placed
-    in front of it, and captured by a later scope) would call it back in a
-    loop: called again while handing the signal on, the governor's handler
-    raises KeyboardInterrupt as Python's default does.
+    Called back by a program handler that chains to the governor's (it
+    saved it, and a later scope captured that handler), it hands the signal
+    to the handler captured before that one, or raises KeyboardInterrupt
+    when there is none, rather than to the same one in a loop. A second
+    signal arriving while a handler runs starts again from the newest.
     """
-    global _handing_on
-    if _handing_on:
-        return signal.default_int_handler(signum, frame)
-    previous = _captured or signal.default_int_handler
-    _handing_on = True
+    global _next
+    handlers = _captured or [signal.default_int_handler]
+    # A signal handler's caller is the frame it interrupted; a handler
+    # calling this one as a function is its caller instead.
+    chained = sys._getframe(1) is not frame
+    at = _next if chained else len(handlers) - 1
+    previous = handlers[at] if at >= 0 else signal.default_int_handler
+    outer, _next = _next, at - 1
     try:
         return previous(signum, frame)
     except BaseException:
@@ -180,7 +188,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> Any:
             scope._end_runs()
         raise
     finally:
-        _handing_on = False
+        _next = outer
 
 
 def unshare(token: contextvars.Token[list[Task] | None] | None) -> None:
