@@ -187,3 +187,34 @@ def test_a_runaway_after_a_busy_hour_and_a_sparse_day_is_caught() -> None:
     alerts = feed(detector, steady(start / 60, 2, 30), "search")
 
     assert [a.scope for a in alerts] == ["team:search"]
+
+
+def _job(detector: AnomalyDetector, runs: int, calls: int, start_s: float) -> list:
+    """An hourly job of ``calls`` calls 0.3 s apart from ``start_s`` into
+    the hour (the last run ``calls`` times ten when a runaway is wanted)."""
+    alerts = []
+    for run in range(runs):
+        for call in range(calls):
+            ts = T0 + timedelta(hours=run, seconds=start_s + 0.3 * call)
+            alerts += detector.observe_record(record(ts, "job"))
+    return alerts
+
+
+def test_a_job_firing_within_seconds_across_a_minute_raises_no_alert() -> None:
+    """Ten calls within 3 s that straddle a minute (7 and 3 in two
+    intervals): after a pause, the job's usual burst is its baseline."""
+    detector = AnomalyDetector(Anomalies())
+
+    assert _job(detector, runs=12, calls=10, start_s=58) == []
+
+
+def test_a_job_that_runs_away_still_alerts() -> None:
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    assert _job(detector, runs=12, calls=10, start_s=58) == []
+
+    alerts = []
+    for call in range(100):
+        ts = T0 + timedelta(hours=12, seconds=58 + 0.03 * call)
+        alerts += detector.observe_record(record(ts, "job"))
+
+    assert [a.scope for a in alerts] == ["team:job"]

@@ -187,6 +187,7 @@ class _Series:
 
     __slots__ = (
         "active",
+        "active_peak",
         "closed",
         "current",
         "current_sq",
@@ -195,6 +196,7 @@ class _Series:
         "level",
         "level_intervals",
         "mean",
+        "paused",
         "peak",
         "peak_median",
         "peaks",
@@ -239,6 +241,10 @@ class _Series:
         # a pause (a night off) is judged by them. ``closed`` holds the last
         # two closed intervals' spend and sum of squares.
         self.active = _Active(min(self.level_intervals, self.window))
+        # The usual peak burst-window spend of an interval with spend, and
+        # whether the window is one after a pause (see roll).
+        self.active_peak = 0.0
+        self.paused = False
         self.closed: deque[tuple[int, int]] = deque(maxlen=2)
         # The scopes of narrower kinds fed with this one in the open interval.
         self.under: set[str] = set()
@@ -256,6 +262,9 @@ class _Series:
         if index <= self.index:
             return  # a late observation is counted in the open interval
         self._fold(self.current, self.current_sq, index - self.index - 1)
+        if self.current:
+            w = self.active.weight
+            self.active_peak += w * (self.peak - self.active_peak)
         gap = min(index - self.index - 1, self.window)
         self.history.append(self.current)
         self.history.extend([0] * gap)
@@ -277,7 +286,8 @@ class _Series:
         total = sum(self.history)
         self.unit = sum(self.squares) / total if total else 0.0
         usual = self.active.usual()
-        if usual is not None and _paused(self.history, self._pause):
+        self.paused = usual is not None and _paused(self.history, self._pause)
+        if usual is not None and self.paused:
             level, unit = usual
             self.level = max(self.level, level)
             self.unit = self.unit or unit
@@ -708,6 +718,10 @@ class AnomalyDetector:
     def _burst_threshold(self, series: _Series) -> float:
         """The burst rule's line for the series' burst window."""
         base = series.level * self._burst_us / self._interval_us
+        if series.paused:
+            # After a pause its usual bursts are the baseline: a job that
+            # fires its calls within seconds is not a burst of itself.
+            base = max(base, series.active_peak)
         threshold = self.settings.burst_factor * base
         if self.settings.count_noise:
             # The window slides and is checked at every call, so it is tested
