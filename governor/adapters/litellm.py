@@ -2300,12 +2300,13 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     if _not_sent(error):
         return CallResult(error=error)
     causes = _causes(error)
-    if _not_connected(causes):
+    cut = _answer_cut(causes)
+    if not cut and _not_connected(causes):
         return CallResult(error=error)
     if (
-        not interrupted_after_sending(error)
-        and not _unparsed_answer(error, request)
-        and not _answer_cut(causes)
+        not cut
+        and not interrupted_after_sending(error)
+        and not _unparsed_answer(error, causes, request)
     ):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
@@ -2514,7 +2515,9 @@ def _python_route() -> bool:
 _UNREADABLE = ("Invalid response object", "Empty or invalid response from LLM")
 
 
-def _unparsed_answer(error: BaseException, request: CallRequest) -> bool:
+def _unparsed_answer(
+    error: BaseException, causes: Sequence[BaseException], request: CallRequest
+) -> bool:
     """LiteLLM got an answer it could not read (malformed usage, a body or a
     first stream event that is not JSON).
 
@@ -2523,11 +2526,11 @@ def _unparsed_answer(error: BaseException, request: CallRequest) -> bool:
     unusable. A provider's error answer (a 429, a 5xx, whatever its body)
     has httpx's status error in the exception's chain and stays free, as
     does JSON that LiteLLM failed to decode before sending (a tool call's
-    arguments in the messages), told by its text.
+    arguments in the messages), told by its text. ``causes`` is
+    :func:`_causes` of ``error``.
     """
     if any(words in str(error) for words in _UNREADABLE):
         return True
-    causes = _causes(error)
     if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
         return False
     return any(
@@ -2558,13 +2561,13 @@ _NO_ANSWER_TEXTS = ("without sending a response",)
 
 
 def _not_connected(causes: Sequence[BaseException]) -> bool:
-    """True when the call failed before its request was sent: no connection
-    (refused, DNS, a connect or pool timeout), and no answer was read."""
+    """True when the chain shows no connection was made (refused, DNS, a
+    connect or pool timeout); an answer cut off is told apart first."""
     return any(
         isinstance(cause, _NOT_CONNECTED)
         or type(cause).__name__ in _NOT_CONNECTED_NAMES
         for cause in causes
-    ) and not _answer_cut(causes)
+    )
 
 
 def _answer_cut(causes: Sequence[BaseException]) -> bool:
