@@ -968,10 +968,13 @@ class Governor:
         named = Attribution(**scopes) if scopes else None
         parent = self._own(_CURRENT.get())
         # A sub-task is charged where its parent is (team, user, ...) unless
-        # it names its own values: its spend counts against both.
+        # it names its own values, in its policy or when opened: its spend
+        # counts against both.
         base = effective.attribution
         if parent is not None:
             base = base.merged(parent.attribution)
+            if policy is not None:
+                base = base.merged(policy.attribution)
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values

@@ -15,6 +15,7 @@ from conftest import SpanCapture
 from governor import (
     Attribution,
     Budget,
+    BudgetExceeded,
     Governor,
     Policy,
     PolicyError,
@@ -75,6 +76,28 @@ def test_policy_attribution_is_the_base_and_explicit_values_win() -> None:
         "team": "search",
         "feature": "faq",
     }
+
+
+def test_a_sub_task_s_own_policy_attribution_wins_over_its_parent_s() -> None:
+    """A sub-task opened with a policy naming a team is charged to that team
+    (its budget too) and keeps the parent's other values."""
+    gov = Governor(
+        Policy(
+            attribution=Attribution(environment="prod"),
+            budgets=[Budget(scope="team", key="b", max_usd="0.000001")],
+        )
+    )
+    child = Policy(attribution=Attribution(team="b"))
+    with gov.task(team="a", feature="faq") as parent:
+        call(gov)
+        with gov.task(policy=child) as sub:
+            assert sub.attribution == Attribution(
+                environment="prod", team="b", feature="faq"
+            )
+            with pytest.raises(BudgetExceeded) as refused:
+                call(gov)
+    assert refused.value.scope == "team:b"
+    assert parent.attribution.team == "a"
 
 
 def test_decorator_follows_asyncio_tasks() -> None:
