@@ -58,7 +58,7 @@ from governor._slots import Held, SlotKeeper, releasing_on
 from governor._slots import arelease as arelease_slots
 from governor._slots import release as release_slots
 from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
-from governor.budgets import lines_for
+from governor.budgets import lines_for, parse_line_key
 from governor.budgets._periods import calendar_ttl
 from governor.policies import Attribution, Budget, Cache, Policy
 from governor.pricing import Rate, RateCard, Usage
@@ -1689,6 +1689,7 @@ class Governor:
             spent = Decimal(balance.spent_tokens)
             reserved = Decimal(balance.reserved_tokens)
             requested = Decimal(admission.hold_tokens)
+        holds_block = spent + requested <= limit
         error = BudgetExceeded(
             scope=balance.key,
             unit=refusal.unit,
@@ -1701,9 +1702,9 @@ class Governor:
             task_spent_usd=task.cost_usd,
             task_spent_tokens=task.tokens,
             advice=_refusal_advice(admission, refusal.unit),
-            holds_note=_holds_note(
-                refusal, spent + requested <= limit, task.policy.hold_ttl_s
-            ),
+            holds_note=_holds_note(refusal, holds_block, task.policy.hold_ttl_s),
+            holds_lapse_s=_holds_lapse_s(refusal, holds_block, task.policy),
+            resets_at=parse_line_key(balance.key).resets_at,
         )
         self.telemetry.event(
             task.span,
@@ -1713,7 +1714,7 @@ class Governor:
                 "unit": refusal.unit,
                 "model": admission.request.model,
                 "requested": float(requested),
-                "left": float(max(limit - spent - reserved, Decimal(0))),
+                "left": float(error.left),
             },
         )
         if admission.owns_task:
@@ -2757,6 +2758,16 @@ def _holds_note(refusal: Refusal, holds_block: bool, hold_ttl_s: float) -> str |
         "Those holds end with their calls; a worker that stopped mid-call "
         f"keeps its hold until it lapses, {when}."
     )
+
+
+def _holds_lapse_s(refusal: Refusal, holds_block: bool, policy: Policy) -> float | None:
+    """Seconds until the latest hold keeping the call out lapses at the
+    latest; a store that does not know gives ``hold_ttl_s``, the bound."""
+    if not holds_block:
+        return None
+    if refusal.holds_lapse_s is None:
+        return policy.hold_ttl_s
+    return refusal.holds_lapse_s
 
 
 def _hold_usage(admission: Admission) -> Usage:

@@ -19,6 +19,8 @@ millionth still shows an exponent, as Python's Decimal writes it.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -174,6 +176,15 @@ class BudgetExceeded(GovernorHalt):
         reserved: what other in-flight calls hold.
         requested: the worst case this call needed.
         model: the model of the refused call.
+        left: what is left of the limit after spend and holds, never below
+            zero.
+        holds_lapse_s: when the room held by calls in flight keeps the call
+            out, the whole seconds until the latest of those holds lapses
+            unless renewed (a call that ends gives its room back sooner);
+            None otherwise.
+        resets_at: when the budget's calendar window (day, week, month)
+            ends and a new one starts with nothing spent; None for total,
+            rolling and task budgets.
 
     ``holds_note``, when given, says when the room held by calls in flight
     comes back; it goes in the message before the advice.
@@ -201,6 +212,8 @@ class BudgetExceeded(GovernorHalt):
         task_spent_tokens: int = 0,
         advice: str | None = None,
         holds_note: str | None = None,
+        holds_lapse_s: float | None = None,
+        resets_at: datetime | None = None,
     ) -> None:
         self.scope = scope
         self.unit = unit
@@ -209,6 +222,10 @@ class BudgetExceeded(GovernorHalt):
         self.reserved = plain_decimal(reserved)
         self.requested = plain_decimal(requested)
         self.model = model
+        self.holds_lapse_s = (
+            None if holds_lapse_s is None else max(math.ceil(holds_lapse_s), 0)
+        )
+        self.resets_at = resets_at
         note = f"{holds_note} " if holds_note else ""
         message = (
             f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
@@ -232,9 +249,17 @@ class BudgetExceeded(GovernorHalt):
             "spent": decimal_text(self.spent),
             "reserved": decimal_text(self.reserved),
             "requested": decimal_text(self.requested),
+            "left": decimal_text(self.left),
             "model": self.model,
             "in_flight_only": self.in_flight_only,
+            "holds_lapse_s": self.holds_lapse_s,
+            "resets_at": None if self.resets_at is None else self.resets_at.isoformat(),
         }
+
+    @property
+    def left(self) -> Decimal:
+        """What is left of the limit after spend and holds, never below zero."""
+        return max(self.limit - self.spent - self.reserved, Decimal(0))
 
     @property
     def in_flight_only(self) -> bool:
@@ -250,8 +275,7 @@ class BudgetExceeded(GovernorHalt):
 
     def _room_text(self) -> str:
         """What is left of the budget, never below zero, and any overrun."""
-        limit, spent, reserved = self.limit, self.spent, self.reserved
-        left = limit - spent - reserved
+        limit, spent, reserved, left = self.limit, self.spent, self.reserved, self.left
         room = f"{decimal_text(left)} left" if left > 0 else "nothing left"
         figures = [f"spent {decimal_text(spent)}"]
         if spent > limit:

@@ -94,6 +94,8 @@ class CascadeBudgetExceeded(CascadeExhausted, BudgetExceeded):
         self.reserved = refusal.reserved if refusal else zero
         self.requested = refusal.requested if refusal else zero
         self.model = refusal.model if refusal else ""
+        self.holds_lapse_s = refusal.holds_lapse_s if refusal else None
+        self.resets_at = refusal.resets_at if refusal else None
         detail = f" ({refusal})" if refusal else ""
         CascadeExhausted.__init__(
             self,
