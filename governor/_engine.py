@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import itertools
@@ -27,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, Unpack
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
@@ -896,15 +898,18 @@ class Governor:
     @contextlib.contextmanager
     def _made_current(self, task: Task) -> Iterator[None]:
         """Make ``task`` current for the block and record why it stopped."""
+        outer_context = otel_context.get_current()
         token = _CURRENT.set(task)
+        span_token = None
+        if task.span is not None:
+            span_token = otel_context.attach(trace.set_span_in_context(task.span))
         try:
-            with _current(task.span):
-                yield
+            yield
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             raise
         finally:
-            _CURRENT.reset(token)
+            _restore_current(token, task, span_token, outer_context)
 
     @contextlib.asynccontextmanager
     async def atask(
@@ -2792,16 +2797,29 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
 
 
-@contextlib.contextmanager
-def _current(span: Any) -> Iterator[None]:
-    """Make the task span current, leaving its status to the governor."""
-    if span is None:
-        yield
+def _restore_current(
+    token: contextvars.Token[Task | None],
+    task: Task,
+    span_token: contextvars.Token[otel_context.Context] | None,
+    outer_context: otel_context.Context,
+) -> None:
+    """Put back the task and span that were current before ``task``.
+
+    A block left in another asyncio task than the one that entered it (an
+    exit stack closed at the end of a streamed web response) runs in another
+    context, where the tokens cannot reset: there the outer values are set.
+    """
+    try:
+        _CURRENT.reset(token)
+    except ValueError:
+        if _CURRENT.get() is task:
+            outer = token.old_value
+            _CURRENT.set(None if outer is contextvars.Token.MISSING else outer)
+        if span_token is not None:
+            otel_context.attach(outer_context)
         return
-    with trace.use_span(
-        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-    ):
-        yield
+    if span_token is not None:
+        otel_context.detach(span_token)
 
 
 def _tighter(
