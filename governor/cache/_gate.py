@@ -73,6 +73,9 @@ _FLAG = re.compile(r"(?<![\w-])(?:--?|%|\\)([A-Za-z]{1,2})\b")
 _POLITE_OPENING = re.compile(r"^\s*(?:could|would|will|can)\s+you\b", re.IGNORECASE)
 _OPTION_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
 _OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
+# One or two dots that open a path, a glob or a dotfile ("./", "../", ".*",
+# ".env"): a word or another dot before them makes them punctuation instead.
+_LEADING_DOTS = re.compile(r"(?<![\w.])\.{1,2}(?=[/\\*~]|[^\W\d])")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
 # "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
 # compared whole. "city/village/town" is prose.
@@ -999,17 +1002,30 @@ def _uncontracted(word: str) -> str:
 def _symbols(text: str) -> Iterable[str]:
     for match in _SYMBOL_RUN.finditer(text):
         run = match.group()
+        lead = _leading_dots(text, match.start(), run)
         operators = _OPERATOR.findall(run)
         if operators:
             yield from operators  # "?." and ":=" are not sentence punctuation
             run = _OPERATOR.sub(" ", run)
-        kept = run.strip(_PUNCTUATION)
+        kept = lead + run.strip(_PUNCTUATION)
         if "!=" in run and "!=" not in kept:
             kept = "!" + kept  # "!=" is an operator, not a "!" before "="
         if kept == "/" and _stands_alone(text, match.start(), match.end()):
             yield " / "  # "rm -rf / srv/x" is not "rm -rf /srv/x"
         elif kept and kept not in _LONE_MARKS:
             yield kept
+
+
+def _leading_dots(text: str, start: int, run: str) -> str:
+    """The dots that open a path or a glob in the symbol run at ``start``.
+
+    Stripped as sentence punctuation they would leave ``./`` and ``/``, or
+    ``.*`` and ``*``, the same symbol; a final period is still punctuation.
+    """
+    opening = run[: len(run) - len(run.lstrip(_PUNCTUATION))]
+    dots = len(opening) - len(opening.rstrip("."))
+    found = _LEADING_DOTS.match(text, start + len(opening) - dots) if dots else None
+    return found.group() if found else ""
 
 
 def _marks_moved(a: str, b: str) -> bool:
