@@ -208,6 +208,9 @@ class Governor:
         self._warned_over: set[str] = set()
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
         self._closed = False  # set by close(): nothing new starts
+        # Seconds since the epoch that budget windows are picked by; a
+        # replay sets the recorded calls' time (governor._replay).
+        self._wall_clock: Callable[[], float] = time.time
         # Calls settling now: their id, and the thread settling them.
         self._settling: dict[str, int] = {}
         self._spend_closed = False
@@ -1445,7 +1448,7 @@ class Governor:
     ) -> list[tuple[Budget, Line]]:
         """Budget lines of the scopes a call names beyond its task's."""
         taken = {line.key for _, line in pairs}
-        moment = datetime.now(UTC)
+        moment = datetime.fromtimestamp(self._wall_clock(), UTC)
         specs = lines_for(task.policy.budgets, named.scope_values(), task.id, moment)
         extra = [(spec.budget, self._tightened(spec.line())) for spec in specs]
         return [(budget, line) for budget, line in extra if line.key not in taken]
@@ -2006,7 +2009,7 @@ class Governor:
         if not task.policy.budgets and task.parent is None:
             return []
         cached = task.extras.get("lines")
-        now = time.time()
+        now = self._wall_clock()
         if (
             cached is not None
             and now < cached[0]

@@ -10,13 +10,23 @@ are replayed as calls, since a new
 policy may not serve them; their records carry no tokens, so they replay at no
 cost: a replay of cached traffic under a policy without a cache understates
 what that policy would pay by what the hits saved (``saved_usd``).
+
+The calls are replayed in recorded time order, tasks interleaved as they
+ran (each task open from its first call to its last), on the recorded
+clock: calendar and rolling budget windows and a task's wall time
+(``max_wall_s``) follow the records' times, not the time of the replay.
+Each call is charged to the scope values its own record names. A policy's
+cascade and response cache are not simulated (a warning says so).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,13 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from governor._calls import CallRequest, CallResult
-from governor._engine import Governor
+from governor._engine import _MAX_AMOUNT, Governor
 from governor._errors import ConfigError, GovernorHalt, decimal_text
 from governor.policies import Attribution, Policy
 from governor.policies._model import name_problem, tag_problem
 from governor.pricing import Usage
+from governor.stores import MemoryLedger
 
 if TYPE_CHECKING:
+    from governor._task import Task
     from governor.spend import SpendRecord
 
 __all__ = ["ReplayRun", "TaskReplay", "load_policy", "replay"]
@@ -59,6 +71,8 @@ class ReplayRun:
 
     label: str
     tasks: dict[str, TaskReplay] = field(default_factory=dict)
+    not_simulated: tuple[str, ...] = ()
+    """Parts of the policy the replay does not run (``cascade``, ``cache``)."""
 
     @property
     def cost_usd(self) -> Decimal:
@@ -96,6 +110,7 @@ class ReplayRun:
             "stopped": self.stopped,
             "stopped_recorded_good": self.stopped_recorded_good,
             "quality": self.quality,
+            "not_simulated": list(self.not_simulated),
         }
 
 
@@ -109,25 +124,139 @@ def replay(
     """Run recorded calls through ``policy``; see the module docstring.
 
     Args:
-        records: recorded calls, any order; grouped by task, ordered by time.
+        records: recorded calls, any order; replayed in time order, each
+            task open from its first call to its last.
         policy: the policy to replay under.
         label: a name for the run (default: the policy's name).
         model_map: models to swap, e.g. ``{"gpt-4o": "gpt-4.1"}``; the
             recorded token counts are kept.
     """
-    swaps = dict(model_map or {})
-    run = ReplayRun(label or policy.name)
-    gov = Governor(policy)
+    calls = sorted((r for r in records if r.outcome != "refused"), key=_ts)
+    run = ReplayRun(label or policy.name, not_simulated=_not_simulated(policy))
+    clock = _RecordedClock(_ts(calls[0]) if calls else 0.0)
+    gov = Governor(policy, ledger=MemoryLedger(clock=clock))
+    gov._wall_clock = clock
+    tasks = _by_task(calls)
     unread: list[tuple[str, str, str]] = []
-    for task_id, calls in _by_task(records).items():
-        run.tasks[task_id] = _replay_task(gov, task_id, calls, swaps, unread)
+    for task_id, task_calls in tasks.items():
+        quality, bad = _quality(task_calls)
+        unread.extend((task_id, key, value) for key, value in bad)
+        run.tasks[task_id] = TaskReplay(task_id, recorded_quality=quality)
+    replaying = _Replaying(gov, dict(model_map or {}), tasks)
+    for record in calls:
+        clock.now = _ts(record)
+        replaying.call(record, run.tasks[record.task_id])
     _warn_unread(unread)
+    _warn_capped(replaying.capped)
     return run
+
+
+def _ts(record: SpendRecord) -> float:
+    return record.ts.timestamp()
+
+
+class _RecordedClock:
+    """The recorded time of the call being replayed, in seconds since the
+    epoch: the replay's governor picks budget windows by it, and its ledger
+    ages lines (rolling windows) by it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Replaying:
+    """The tasks of a replay open at the recorded time of the call replayed."""
+
+    def __init__(
+        self,
+        gov: Governor,
+        swaps: Mapping[str, str],
+        tasks: Mapping[str, list[SpendRecord]],
+    ) -> None:
+        self.gov = gov
+        self.swaps = swaps
+        self.tasks = tasks
+        self.left = {task_id: len(calls) for task_id, calls in tasks.items()}
+        # The scope values each call's record names, per task, in call order.
+        self.values = {
+            task_id: [_values(r) for r in calls] for task_id, calls in tasks.items()
+        }
+        # Each open task, and the recorded time of its first call.
+        self.open: dict[str, tuple[Task, float]] = {}
+        self.capped: list[str] = []
+
+    def call(self, record: SpendRecord, outcome: TaskReplay) -> None:
+        """Replay one call; open its task at its first call, close it at its
+        last (or when the policy stops it)."""
+        task_id = record.task_id
+        own = self.values[task_id][-self.left[task_id]]  # this call's, in order
+        self.left[task_id] -= 1
+        if outcome.stop_reason:
+            return  # stopped: its later calls are not replayed
+        task, started = self.open.get(task_id) or self._open(task_id)
+        # The task's wall time (max_wall_s) runs on the recorded clock.
+        task.started_at = time.monotonic() - (_ts(record) - started)
+        before = task.cost_nanos
+        # Values the task names already need not be named again per call.
+        named = own if own.items() - task.scope_values.items() else None
+        try:
+            _replay_call(self.gov, task, record, self.swaps, named)
+        except GovernorHalt as exc:
+            outcome.stop_reason = exc.code
+        if task.cost_nanos - before >= _MAX_AMOUNT:
+            self.capped.append(task_id)
+        if outcome.stop_reason or not self.left[task_id]:
+            del self.open[task_id]
+            report = self.gov.close_task(task)
+            outcome.calls = report.calls
+            outcome.cost_usd = report.cost_usd
+            outcome.quality = _replayed_quality(outcome)
+
+    def _open(self, task_id: str) -> tuple[Task, float]:
+        calls, values = self.tasks[task_id], self.values[task_id]
+        shared = _shared_attribution(calls[0], values)
+        # A scope every call names, each its own value, is named per call:
+        # the warning that the task names none would mislead.
+        per_call = set.intersection(*(set(v) for v in values))
+        self.gov._warned_unnamed.update(per_call - shared.scope_values().keys())
+        opened = self.gov.open_task(task_id, attribution=shared), _ts(calls[0])
+        self.open[task_id] = opened
+        return opened
+
+
+def _not_simulated(policy: Policy) -> tuple[str, ...]:
+    """The parts of ``policy`` a replay does not run, said once per policy."""
+    parts = tuple(
+        name
+        for name, part in (("cascade", policy.cascade), ("cache", policy.cache))
+        if part is not None
+    )
+    said = ("not_simulated", policy.name, parts)
+    if parts and said not in _WARNED:
+        _remember(said)
+        logger.warning(
+            "policy %r has a %s, which replay does not simulate: each call is "
+            "replayed with its recorded model and tokens (a recorded cache hit "
+            "at no cost), so the figures show none of its savings; they show "
+            "the policy's prices and budgets only",
+            policy.name,
+            " and a ".join(parts),
+        )
+    return parts
 
 
 # Warnings already given: ``governor compare`` replays the same records twice.
 _WARNED: set[tuple[object, ...]] = set()
 _MAX_WARNED = 64
+
+
+def _remember(said: tuple[object, ...]) -> None:
+    if len(_WARNED) >= _MAX_WARNED:
+        _WARNED.clear()
+    _WARNED.add(said)
 
 
 def _warn_unread(unread: list[tuple[str, str, str]]) -> None:
@@ -138,49 +267,40 @@ def _warn_unread(unread: list[tuple[str, str, str]]) -> None:
     said = (len(unread), task_id, key, value)
     if said in _WARNED:
         return
-    if len(_WARNED) >= _MAX_WARNED:
-        _WARNED.clear()
-    _WARNED.add(said)
+    _remember(said)
     logger.warning(
         "%d quality/correct tag value(s) could not be read, e.g. task %r has "
-        "%s=%r; give a number or true/false/yes/no; a task with no readable "
-        "one has no quality (n/a)",
+        "%s=%r; give a finite number or true/false/yes/no; a task with no "
+        "readable one has no quality (n/a)",
         *said,
     )
 
 
-def _by_task(records: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
+def _warn_capped(capped: list[str]) -> None:
+    """One warning for tasks whose cost holds a call capped at the ledger's most."""
+    if not capped:
+        return
+    said = ("capped", len(capped), capped[0])
+    if said in _WARNED:
+        return
+    _remember(said)
+    logger.warning(
+        "%d call(s) recorded usage worth more than a ledger holds exactly, e.g. "
+        "in task %r: each is counted at $%s, so the cost shown for its task "
+        "and run is that capped figure, not the recorded one; check the "
+        "record's token counts",
+        len(capped),
+        capped[0],
+        decimal_text(Decimal(_MAX_AMOUNT) / 10**9),
+    )
+
+
+def _by_task(calls: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
+    """Calls by task, in the order each task is first seen."""
     grouped: dict[str, list[SpendRecord]] = {}
-    for record in sorted(records, key=lambda r: r.ts):
-        if record.outcome == "refused":
-            continue
+    for record in calls:
         grouped.setdefault(record.task_id, []).append(record)
     return grouped
-
-
-def _replay_task(
-    gov: Governor,
-    task_id: str,
-    calls: list[SpendRecord],
-    swaps: Mapping[str, str],
-    unread: list[tuple[str, str, str]],
-) -> TaskReplay:
-    first = calls[0]
-    quality, bad = _quality(calls)
-    unread.extend((task_id, key, value) for key, value in bad)
-    outcome = TaskReplay(task_id, recorded_quality=quality)
-    with gov.task(task_id, attribution=_attribution(first)) as task:
-        for record in calls:
-            try:
-                _replay_call(gov, record, swaps)
-            except GovernorHalt as exc:
-                outcome.stop_reason = exc.code
-                break
-    report = task.report()
-    outcome.calls = report.calls
-    outcome.cost_usd = report.cost_usd
-    outcome.quality = _replayed_quality(outcome)
-    return outcome
 
 
 def _replayed_quality(outcome: TaskReplay) -> float | None:
@@ -190,7 +310,15 @@ def _replayed_quality(outcome: TaskReplay) -> float | None:
     return 0.0
 
 
-def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -> None:
+def _replay_call(
+    gov: Governor,
+    task: Task,
+    record: SpendRecord,
+    swaps: Mapping[str, str],
+    named: Mapping[str, str] | None = None,
+) -> None:
+    """One recorded call, in ``task``, also charged to the scope values
+    ``named`` (its record's, as a call's LiteLLM ``metadata`` names them live)."""
     model = swaps.get(record.model, record.model)
     usage = _recorded_usage(record)
     request = CallRequest(
@@ -198,6 +326,8 @@ def _replay_call(gov: Governor, record: SpendRecord, swaps: Mapping[str, str]) -
         messages=(),
         max_output_tokens=max(record.output_tokens, 1),
         prompt_tokens=record.input_tokens,
+        task=task,
+        attribution=named,
     )
     admission = gov.begin_call(request)
     gov.end_call(admission, CallResult(usage=usage, response_model=model))
@@ -226,7 +356,8 @@ def _recorded_usage(record: SpendRecord) -> Usage:
     )
 
 
-def _attribution(record: SpendRecord) -> Attribution:
+def _values(record: SpendRecord) -> dict[str, str]:
+    """The scope values a record names."""
     values = {
         "team": record.team,
         "feature": record.feature,
@@ -237,13 +368,26 @@ def _attribution(record: SpendRecord) -> Attribution:
     }
     # Records written by older releases, or by hand, may hold names today's
     # rules refuse (an empty tag): those count as unset, as reports read them.
-    given = {k: v for k, v in values.items() if v and name_problem(v) is None}
+    return {k: v for k, v in values.items() if v and _usable_name(v)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _usable_name(value: str) -> bool:
+    return name_problem(value) is None
+
+
+def _shared_attribution(
+    first: SpendRecord, values: list[dict[str, str]]
+) -> Attribution:
+    """A task's attribution: the scope values all its calls name alike (each
+    call names its own others, in ``values``), and its first call's tags."""
+    shared = {k: v for k, v in values[0].items() if all(c.get(k) == v for c in values)}
     tags = {
         name: value
-        for name, value in record.tags.items()
+        for name, value in first.tags.items()
         if _usable_tag(name) and _usable_tag(value)
     }
-    return Attribution(**given, tags=tags)
+    return Attribution(**shared, tags=tags)
 
 
 def _usable_tag(text: str) -> bool:
@@ -257,7 +401,8 @@ def _quality(
     (the last call with one it can read), and the (tag, value) pairs passed
     over as unreadable on the way.
 
-    A value is a number, or true/false/yes/no in any case (1 and 0).
+    A value is a finite number, or true/false/yes/no in any case (1 and 0);
+    NaN and infinities are passed over as unreadable.
     """
     unread: list[tuple[str, str]] = []
     for record in reversed(calls):
@@ -278,9 +423,10 @@ def _quality_value(value: Any) -> float | None:
     if word is not None:
         return word
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _nano(value: Decimal) -> Decimal:

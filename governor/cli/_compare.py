@@ -92,7 +92,8 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
     change = _change_pct(per_a, per_b)
     if args.json:
         pct = None if change is None else float(change)
-        print(json.dumps({"a": a, "b": b, "cost_per_task_change_pct": pct}))
+        document = {"a": a, "b": b, "cost_per_task_change_pct": pct}
+        print(json.dumps(document, allow_nan=False))  # JSON has no NaN
         return
     header = ("", "tasks", "cost USD", "per task", "stopped", "quality")
     print("{:<4}{:>6}  {:>14}  {:>14}  {:>7}  {}".format(*header))

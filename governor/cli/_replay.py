@@ -229,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
             }
             for t in run.tasks.values()
         ]
-        print(json.dumps({**run.as_dict(), "per_task": tasks}))
+        document = {**run.as_dict(), "per_task": tasks}
+        print(json.dumps(document, allow_nan=False))  # JSON has no NaN
         return 0
     _print_text(run)
     return 0
