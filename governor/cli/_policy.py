@@ -55,11 +55,35 @@ def load_policy(spec: str) -> Policy:
     from governor._replay import load_policy as load
 
     path = Path(spec.partition(":")[0] if ".py:" in spec else spec)
+    _check_not_empty(path)
     try:
         with _folder_first(path):
             return load(spec)
     except RecursionError as exc:
         raise ConfigError(too_deep(path, "a policy")) from exc
+
+
+def _check_not_empty(path: Path) -> None:
+    """Refuse a ``.json`` policy file that holds no JSON document at all.
+
+    JSON's own complaint, "Expecting value: line 1 column 1", does not say
+    that the file is empty (or blank), which is the likelier slip: a file
+    saved before it was written, or written to the wrong path.
+    """
+    from governor._errors import ConfigError
+
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return  # the loader says what is wrong, naming the file
+    if not text.strip():
+        raise ConfigError(
+            f"{path}: not a policy: the file is empty (no JSON document); a "
+            'policy file holds one JSON object, such as {"budgets": '
+            '[{"max_usd": "1"}]}, or {} for the defaults'
+        )
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -315,6 +316,9 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
                 "--filter tag.customer=acme"
             )
         # Attribution values are never empty, so "team=" can only mean unset.
+        # Names are kept composed (NFC), as a policy keeps them: "café" typed
+        # with a combining accent finds the calls charged to "café".
+        value = unicodedata.normalize("NFC", value)
         if key in out and out[key] != (value or None):
             raise ConfigError(
                 f"--filter {first[key]} and --filter {pair}: one value per key, "

@@ -242,7 +242,8 @@ class Tier(PolicyModel):
     )
     model: str = Field(
         min_length=1,
-        description="a model name or a LiteLLM model group, e.g. 'gpt-4o-mini'",
+        description="a model name or a LiteLLM model group, without spaces "
+        "around it, e.g. 'gpt-4o-mini'",
     )
     params: Mapping[str, Any] = Field(
         default_factory=dict,
@@ -285,6 +286,12 @@ class Tier(PolicyModel):
             raise ValueError(
                 "a tier's model must not be blank; give the model it calls, "
                 "e.g. 'gpt-4o-mini'"
+            )
+        if value != value.strip():
+            raise ValueError(
+                f"a tier's model {value!r} must not start or end with spaces "
+                f"(strip it first: {value.strip()!r}): a call names the model "
+                "exactly, so no price or provider would know it with them"
             )
         return value
 

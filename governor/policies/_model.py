@@ -294,7 +294,7 @@ class Budget(PolicyModel):
                 f"{problem}: give the name exactly as tasks carry it"
                 f"{_suggested_name(value)}, or None for every value"
             )
-        return value
+        return as_name(value)
 
     @field_validator("timezone")
     @classmethod
@@ -393,7 +393,7 @@ class Attribution(PolicyModel):
         problem = name_problem(value)
         if problem is not None:
             raise ValueError(problem)
-        return value
+        return as_name(value)
 
     @field_validator("tags")
     @classmethod
@@ -408,7 +408,16 @@ class Attribution(PolicyModel):
                     f"tag {name!r} is {value!r}: a tag value {problem}; "
                     "change the value, or leave the tag out"
                 )
-        return tags
+        composed: dict[str, str] = {}
+        for name, value in tags.items():
+            if as_name(name) in composed:
+                raise ValueError(
+                    f"tag names {name!a} and {as_name(name)!a} are "
+                    "one name, written in two Unicode forms (a letter and a "
+                    "combining accent, or one accented letter): give the tag once"
+                )
+            composed[as_name(name)] = as_name(value)
+        return composed
 
     def scope_values(self) -> dict[str, str]:
         """Return the set scopes as ``{scope: value}``."""
@@ -418,8 +427,9 @@ class Attribution(PolicyModel):
     def values_in(metadata: Mapping[str, Any]) -> dict[str, str]:
         """The attribution fields a metadata mapping sets (LangGraph, LiteLLM).
 
-        A key that is absent or None sets nothing; text is taken as it is and
-        a whole number is read as text, so ``42`` charges ``"42"``.
+        A key that is absent or None sets nothing; text is taken as it is
+        (composed, see :func:`as_name`) and a whole number is read as text,
+        so ``42`` charges ``"42"``.
 
         Raises:
             PolicyError: a key holds an empty or blank value (read as unset,
@@ -452,8 +462,19 @@ class Attribution(PolicyModel):
                     f"metadata[{field!r}] is {text!r}: {fix}, or leave the key "
                     f"out (or None) for no {field}"
                 )
-            found[field] = text
+            found[field] = as_name(text)
         return found
+
+
+def as_name(value: str) -> str:
+    """``value`` in Unicode's composed form (NFC), as names are kept.
+
+    ``"café"`` typed with a combining accent (NFD, as some keyboards, macOS
+    file names and copied text give it) looks like, and is, the same team as
+    ``"café"`` with a precomposed ``é``: every name is kept composed so that
+    both are charged to one budget line and reported as one.
+    """
+    return unicodedata.normalize("NFC", value)
 
 
 def tag_problem(text: str) -> str | None:

@@ -4,7 +4,10 @@ Each pack is a function that returns a :class:`~governor.policies.Policy`;
 its keyword arguments carry their units in their names and have defaults a
 first deployment can live with. A pack is a starting point: lay your own
 settings over it with :meth:`Policy.merged`, which replaces a pack's budget
-for the same scope, key and period and keeps the others::
+for the same scope, key and period and keeps the others. Each pack sets
+explicitly every setting its description names (``on_cap`` included, even
+where it is the default), so a pack merged over another brings its own
+behaviour rather than keeping the one below::
 
     from governor.policies import Budget, Policy, packs
 
@@ -55,7 +58,7 @@ _ZONE = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
 _NAME = (
     "a non-empty name without '#', control or invisible characters or spaces around it"
 )
-_MODEL = "a model name as it is called, e.g. 'gpt-4o-mini'"
+_MODEL = "a model name as it is called, without spaces around it, e.g. 'gpt-4o-mini'"
 
 
 @contextlib.contextmanager
@@ -96,7 +99,7 @@ def starter(*, task_usd: Money = "0.50") -> Policy:
         name="starter",
         budgets=[task],
         loops=Loops(max_model_calls=50, max_wall_s=600),
-        fanout=Fanout(max_inflight_calls=8),
+        fanout=Fanout(max_inflight_calls=8, on_cap="wait"),
     )
 
 
@@ -127,7 +130,11 @@ def production(
     with _argument(pack, "environment", environment, _NAME):
         attribution = Attribution(environment=environment)
     with _argument(pack, "team_inflight_calls", team_inflight_calls, _CALLS):
-        fanout = Fanout(max_inflight_calls=16, scope_caps={"team": team_inflight_calls})
+        fanout = Fanout(
+            max_inflight_calls=16,
+            scope_caps={"team": team_inflight_calls},
+            on_cap="wait",
+        )
     return Policy(
         name=pack,
         budgets=[task, team],
@@ -168,7 +175,7 @@ def customer_facing(
         budgets=[task, session, user],
         loops=Loops(max_model_calls=20, max_wall_s=120),
         fanout=Fanout(max_inflight_calls=4, on_cap="refuse"),
-        cache=Cache(semantic=False, partition_by=("org", "team", "user")),
+        cache=Cache(exact=True, semantic=False, partition_by=("org", "team", "user")),
     )
 
 
@@ -194,14 +201,16 @@ def batch(
     with _argument(pack, "feature", feature, _NAME):
         attribution = Attribution(feature=feature)
     with _argument(pack, "inflight_calls", inflight_calls, _CALLS):
-        fanout = Fanout(max_inflight_calls=inflight_calls, wait_timeout_s=600)
+        fanout = Fanout(
+            max_inflight_calls=inflight_calls, on_cap="wait", wait_timeout_s=600
+        )
     return Policy(
         name=pack,
         budgets=[job, daily],
         attribution=attribution,
         loops=Loops(max_model_calls=5000, max_wall_s=6 * 3600),
         fanout=fanout,
-        cache=Cache(),
+        cache=Cache(exact=True),
     )
 
 
@@ -240,7 +249,7 @@ def cost_saver(
             tiers=[cheap, premium],
             checks=[NonEmptyCheck(), NotRefusalCheck()],
         ),
-        cache=Cache(),
+        cache=Cache(exact=True, semantic=True, safety_gate=True),
         loops=Loops(max_model_calls=50),
     )
 

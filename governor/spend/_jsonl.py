@@ -235,8 +235,10 @@ def _json_object(raw: bytes, number: int) -> dict[str, Any]:
     try:
         data = load_json(text)
     except json.JSONDecodeError as exc:
+        # "Unterminated string starting at" already ends with its "at".
         raise SpendDataError(
-            f"not JSON ({exc.msg} at column {exc.colno}); each line must be "
+            f"not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); "
+            "each line must be "
             f"one spend record as a JSON object: {_FIX}"
         ) from exc
     if not isinstance(data, dict):

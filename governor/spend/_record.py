@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -110,6 +111,7 @@ class SpendRecord:
                 object.__setattr__(self, name, amount.copy_abs())
         _check_text(self)
         _check_tags(self.tags)
+        _compose_names(self)
         _check_flags(self)
         _check_latency(self)
         if self.outcome not in OUTCOMES:
@@ -163,7 +165,7 @@ class SpendRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         try:
-            values["ts"] = datetime.fromisoformat(str(values["ts"]))
+            values["ts"] = _json_ts(values["ts"])
             for name in MONEY_FIELDS:
                 values[name] = _json_money(name, values.get(name, "0"))
             if isinstance(values.get("tags"), Mapping):
@@ -204,6 +206,57 @@ def _check_text(record: SpendRecord) -> None:
                 f"SpendRecord.{name} must be a string or None (unset), got "
                 f"{_kind(value)}{value!r}"
             )
+
+
+def _compose_names(record: SpendRecord) -> None:
+    """Keep attribution names and tags composed (NFC), as a Policy keeps them.
+
+    A record written before names were composed, or by other code, may spell
+    ``"café"`` with a combining accent; read composed, it is reported and
+    replayed with the ``"café"`` the governor charges now.
+    """
+    for name in ATTRIBUTION_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            object.__setattr__(record, name, unicodedata.normalize("NFC", value))
+    tags = record.tags
+    if any(not unicodedata.is_normalized("NFC", t) for t in (*tags, *tags.values())):
+        object.__setattr__(
+            record,
+            "tags",
+            {
+                unicodedata.normalize("NFC", k): unicodedata.normalize("NFC", v)
+                for k, v in tags.items()
+            },
+        )
+
+
+def _json_ts(value: object) -> datetime:
+    """Read a record's ``ts``: ISO 8601 text with its UTC offset.
+
+    A number (seconds since the epoch, in which unit?) or null is refused,
+    naming the field, rather than read as text; so is text that is not an
+    ISO 8601 time, or one without its offset.
+    """
+    wanted = (
+        "an ISO 8601 time with its UTC offset, such as "
+        '"2025-01-31T09:30:00.000000Z" or "2025-01-31T10:30:00+01:00"'
+    )
+    if value is None:
+        raise SpendDataError(f"ts must be {wanted}, got null")
+    if not isinstance(value, str):
+        kind = _JSON_KINDS.get(type(value), type(value).__name__)
+        raise SpendDataError(f"ts must be {wanted}, got the {kind} {value!r}")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise SpendDataError(f"ts must be {wanted}, got {value!r}") from None
+    if ts.utcoffset() is None:
+        raise SpendDataError(
+            f"ts must be {wanted}, got {value!r}, which has no offset and "
+            "so names no one moment"
+        )
+    return ts
 
 
 def _check_flags(record: SpendRecord) -> None:
@@ -273,6 +326,7 @@ _MOST_USD = Decimal(10) ** 12
 """No single call costs a trillion dollars: more means a corrupt record."""
 
 _JSON_KINDS: dict[type, str] = {
+    int: "JSON number",
     float: "float",
     bool: "JSON boolean",
     type(None): "JSON null",
