@@ -575,17 +575,30 @@ def _python_policy(path: Path, name: str) -> Policy:
         )
     policy = getattr(module, name)
     if not isinstance(policy, Policy):
-        hint = (
-            f"; build it with {name} = Policy(**{{...}}), or save the mapping "
-            "as a .json policy file"
-            if isinstance(policy, dict)
-            else ""
-        )
+        if isinstance(policy, dict):
+            hint = (
+                f"; build it with {name} = Policy(**{{...}}), or save the "
+                "mapping as a .json policy file"
+            )
+        elif callable(policy):
+            hint = f"; call it: {name} = {_called_as(policy, module)}(...)"
+        else:
+            hint = ""
         raise ConfigError(
             f"{path}: {name} is defined but is {_a(type(policy).__name__)}, not "
             f"a Policy{hint}"
         )
     return policy
+
+
+def _called_as(function: Any, module: Any) -> str:
+    """How the policy file would name ``function``: ``packs.production`` for
+    a pack, the bare name for a function of the file itself."""
+    name = getattr(function, "__qualname__", "POLICY")
+    home = getattr(function, "__module__", None)
+    if not isinstance(home, str) or home == module.__name__:
+        return str(name)
+    return f"{home.rpartition('.')[2]}.{name}"
 
 
 def swaps_from(pairs: Iterable[str]) -> dict[str, str]:

@@ -414,3 +414,42 @@ def test_replay_json_writes_money_in_plain_notation() -> None:
         "0.00000015",
         "0.00000015",
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "called_as"),
+    [
+        (
+            "from governor.policies import packs\nPOLICY = packs.production\n",
+            "POLICY = packs.production(...)",
+        ),
+        (
+            "from governor import Policy\ndef make():\n    return Policy()\n"
+            "POLICY = make\n",
+            "POLICY = make(...)",
+        ),
+    ],
+)
+def test_a_policy_file_naming_a_function_is_told_to_call_it(
+    tmp_path: Path, source: str, called_as: str
+) -> None:
+    """POLICY = packs.production (the call forgotten) says how to call it."""
+    from governor import ConfigError
+
+    policy_file = tmp_path / "uncalled.py"
+    policy_file.write_text(source)
+    with pytest.raises(ConfigError, match="is a function") as refused:
+        load_policy(str(policy_file))
+    assert f"call it: {called_as}" in str(refused.value)
+
+
+def test_compare_names_each_run_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The legend reads "A: default", not "A = A: default"."""
+    trace = tmp_path / "trace.jsonl"
+    JsonlSpendStore(trace).record_many(records(2, 2))
+    assert main(["compare", "--db", str(trace), "--b", "pack:starter"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "A: default" in lines
+    assert "B: pack:starter" in lines

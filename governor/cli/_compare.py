@@ -109,7 +109,7 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
                 f"{name} stopped {run['stopped_recorded_good']} task(s) recorded "
                 "as good; a stopped task counts at quality 0"
             )
-    print(f"\nA = {run_a.label}\nB = {run_b.label}")
+    print(f"\n{run_a.label}\n{run_b.label}")
     shown = "n/a: A costs nothing" if change is None else f"{change:+.1f}%"
     print(f"Cost per task: ${per_a} -> ${per_b} ({shown})")
 
