@@ -100,7 +100,8 @@ class TaskReport:
     the governor stopped holds the code of the error that stopped it
     (``"budget_exceeded"``, ``"loop_detected"``, ...), kept even when the
     code caught that error and went on. A LangGraph run paused by
-    ``interrupt()`` holds ``"interrupted"``, one whose stream reader stopped
+    ``interrupt()`` or at a breakpoint (``interrupt_before`` /
+    ``interrupt_after``) holds ``"interrupted"``, one whose stream reader stopped
     early ``"closed"``, a cancelled one ``"cancelled"``, and one a node's
     exception ended ``"error:<ExceptionClass>"``. Spans and the demo show
     None as ``"completed"``.

@@ -66,6 +66,7 @@ from governor.adapters._tokens import (
     settled_usage,
 )
 from governor.policies import Attribution, Policy
+from governor.policies._model import name_problem
 from governor.pricing import Usage, usage_from_response
 from governor.pricing._types import USAGE_PARTS
 from governor.telemetry import attributes as attr
@@ -142,6 +143,9 @@ _UNGOVERNED_RUNS = frozenset(
 _CLOSED = "closed"
 """The stop reason of a streamed run whose reader stopped reading early."""
 
+_INTERRUPTED = "interrupted"
+"""The stop reason of a run paused by ``interrupt()`` or at a breakpoint."""
+
 _ENDING_NODES = "ending_nodes"
 """Task extra of a sync run: the top-level nodes whose error ends it."""
 
@@ -160,6 +164,13 @@ _SETTLE_POLL_S = 0.002
 
 _REPORTS_KEPT = 1000
 """How many reports a governed graph keeps: its last finished invocations'."""
+
+_HASH_ESCAPE = "%23"
+"""What each ``#`` of a thread id becomes in the session it names."""
+
+_UNNAMED_THREADS: list[str] = []
+"""The first thread id that could name no session (warned about once)."""
+_UNNAMED_LOCK = threading.Lock()
 
 
 def govern(graph: Any, governor: Governor | Policy | None = None) -> GovernedGraph:
@@ -251,9 +262,11 @@ class GovernedGraph:
     ["task_id"]`` when given, else a fresh one; attribution keys (``org``,
     ``team``, ``feature``, ``environment``, ``user``, ``session``) in the metadata are
     charged, and ``configurable["thread_id"]`` is the session when none is
-    named. A config bound to the graph (``with_config``) counts too, under
-    the one given at the call, as LangChain merges them. Other attributes
-    are the graph's.
+    named (each ``#`` written ``%23``; an id that cannot name a session, such
+    as ``""``, sets none, with a warning). A run paused at a breakpoint or by
+    ``interrupt()`` reports ``"interrupted"``. A config bound to the graph
+    (``with_config``) counts too, under the one given at the call, as
+    LangChain merges them. Other attributes are the graph's.
 
     The reports of the last 1,000 finished invocations are kept; older ones
     are dropped, so a long-lived graph does not grow. Under concurrency,
@@ -298,6 +311,8 @@ class GovernedGraph:
         tokens = _enter(task)
         try:
             output = self.graph.invoke(input, config, **kwargs)
+            if _breakpoints_set(self.graph, kwargs):
+                _note_pause(task, _paused_at(self.graph, config))
         except BaseException as exc:
             error = _run_error(task, exc)
             task.stop_reason = task.stop_reason or stop_reason_for(error)
@@ -320,6 +335,8 @@ class GovernedGraph:
         tokens = _enter(task)
         try:
             output = await self.graph.ainvoke(input, config, **kwargs)
+            if _breakpoints_set(self.graph, kwargs):
+                _note_pause(task, await _apaused_at(self.graph, config))
         except BaseException as exc:
             task.stop_reason = task.stop_reason or stop_reason_for(exc)
             await _ahang_up(task)
@@ -349,6 +366,8 @@ class GovernedGraph:
             inner = self.graph.stream(input, config, **kwargs)
             yield from _with_task(task, inner)
             completed = True
+            if _breakpoints_set(self.graph, kwargs):
+                _note_pause(task, _paused_at(self.graph, config))
         except GeneratorExit:  # the reader stopped before the run ended
             task.stop_reason = task.stop_reason or _CLOSED
             raise
@@ -372,17 +391,19 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """Async form of :meth:`stream`."""
         return self._astream_task(
-            config, lambda bound: self.graph.astream(input, bound, **kwargs)
+            config, lambda bound: self.graph.astream(input, bound, **kwargs), kwargs
         )
 
     async def _astream_task(
         self,
         config: RunnableConfig | None,
         source: Callable[[RunnableConfig], AsyncIterator[Any]],
+        kwargs: Mapping[str, Any],
     ) -> AsyncIterator[Any]:
         """Run an async stream of the graph as one governed task.
 
-        The task starts when the reader asks for the first item.
+        The task starts when the reader asks for the first item. ``kwargs``
+        are the run's own (breakpoints given at the call are read there).
         """
         task, bound = self._start(config, is_async=True)
         items = _awith_task(task, source(bound))
@@ -391,6 +412,8 @@ class GovernedGraph:
             async for item in items:
                 yield item
             completed = True
+            if _breakpoints_set(self.graph, kwargs):
+                _note_pause(task, await _apaused_at(self.graph, bound))
         except GeneratorExit:  # the reader stopped before the run ended
             task.stop_reason = task.stop_reason or _CLOSED
             raise
@@ -553,7 +576,9 @@ class GovernedGraph:
     ) -> AsyncIterator[Any]:
         """The graph's event stream, run as one governed task."""
         return self._astream_task(
-            config, lambda bound: self.graph.astream_events(input, bound, **kwargs)
+            config,
+            lambda bound: self.graph.astream_events(input, bound, **kwargs),
+            kwargs,
         )
 
     def with_config(
@@ -745,7 +770,7 @@ class _HandlerCore:
             step_key = self._steps.pop(run_id, None)
         if isinstance(error, GraphBubbleUp):  # interrupt(), Command(graph=PARENT)
             if isinstance(error, GraphInterrupt):
-                self.task.stop_reason = self.task.stop_reason or "interrupted"
+                self.task.stop_reason = self.task.stop_reason or _INTERRUPTED
             attributes: dict[str, AttrValue] = {attr.NODE_PAUSED: True}
             error = None  # control flow, not a failure
         else:
@@ -1584,6 +1609,72 @@ def _end_sync_run(task: Task) -> None:
     _hang_up(task)
 
 
+def _breakpoints_set(graph: Any, kwargs: Mapping[str, Any]) -> bool:
+    """True when a run may pause at a static breakpoint of the top graph.
+
+    ``interrupt_before``/``interrupt_after`` given at compile time or at the
+    call. LangGraph ends such a pause without an error or a callback, so the
+    run's state is read to tell; runs without breakpoints read nothing. A
+    breakpoint of a subgraph raises through its parent node, which the
+    handler sees (:meth:`_HandlerCore._chain_ended`).
+    """
+    for key in ("interrupt_before", "interrupt_after"):
+        if kwargs.get(key):
+            return True
+    return any(
+        getattr(graph, name, None)
+        for name in ("interrupt_before_nodes", "interrupt_after_nodes")
+    )
+
+
+def _state_config(config: Mapping[str, Any]) -> RunnableConfig:
+    """The config that reads the thread's latest state: the run's
+    ``configurable`` without the ``checkpoint_id`` it may have started from."""
+    configurable = {
+        key: value
+        for key, value in (config.get("configurable") or {}).items()
+        if key != "checkpoint_id"
+    }
+    return {"configurable": configurable}
+
+
+def _paused_at(graph: Any, config: Mapping[str, Any]) -> bool | None:
+    """True when the run that just returned left nodes to run (it paused at
+    a breakpoint), False when it ran to the end, None when unknown."""
+    try:
+        state = graph.get_state(_state_config(config))
+    except Exception as exc:
+        _state_unread(exc)
+        return None
+    return bool(getattr(state, "next", ()))
+
+
+async def _apaused_at(graph: Any, config: Mapping[str, Any]) -> bool | None:
+    """Async form of :func:`_paused_at`."""
+    try:
+        state = await graph.aget_state(_state_config(config))
+    except Exception as exc:
+        _state_unread(exc)
+        return None
+    return bool(getattr(state, "next", ()))
+
+
+def _state_unread(error: Exception) -> None:
+    logger.warning(
+        "could not read the graph's state to tell whether the run paused at "
+        "a breakpoint (interrupt_before/interrupt_after), so its report says "
+        "it completed: %s: %s",
+        type(error).__name__,
+        error,
+    )
+
+
+def _note_pause(task: Task, paused: bool | None) -> None:
+    """Mark a run that paused at a static breakpoint ``interrupted``."""
+    if paused:
+        task.stop_reason = task.stop_reason or _INTERRUPTED
+
+
 def _run_error(task: Task, error: BaseException) -> BaseException:
     """The error a sync run raises: the node error that ended it.
 
@@ -1679,14 +1770,48 @@ def _leave(tokens: tuple[Any, Any]) -> None:
 
 
 def _attribution(config: Mapping[str, Any]) -> Attribution | None:
+    """The run's attribution: the metadata's, with the thread id as the
+    session when the metadata names none (see :func:`_thread_session`)."""
     metadata = config.get("metadata") or {}
     values = Attribution.values_in(metadata)
     thread = (config.get("configurable") or {}).get("thread_id")
     if thread is None:
         thread = metadata.get("thread_id")
     if thread is not None and "session" not in values:
-        values["session"] = str(thread)
+        session = _thread_session(str(thread))
+        if session is not None:
+            values["session"] = session
     return Attribution(**values) if values else None
+
+
+def _thread_session(thread: str) -> str | None:
+    """The session a thread id names, or None when it cannot name one.
+
+    LangGraph takes any thread id; a session is a name (see
+    :func:`~governor.policies._model.name_problem`). Each ``#`` (which
+    separates a budget line's key from its period) is written ``%23``, so
+    ``slack#C1#17`` stays a session of its own. An id that is still no name
+    (empty, blank, spaces around it, control or invisible characters) sets
+    no session, with a warning once per process: the graph runs as it would
+    ungoverned, without session budgets.
+    """
+    session = thread.replace("#", _HASH_ESCAPE)
+    problem = name_problem(session)
+    if problem is None:
+        return session
+    with _UNNAMED_LOCK:
+        if _UNNAMED_THREADS:
+            return None
+        _UNNAMED_THREADS.append(thread)
+    logger.warning(
+        "thread_id %s cannot name a session (a session %s), so runs with such "
+        "a thread id are charged to no session and session budgets skip them; "
+        "pass metadata={'session': ...} with a valid name if they must apply. "
+        "This warning is given once.",
+        _short(thread),
+        problem,
+    )
+    return None
 
 
 def _bound_config(graph: Any) -> RunnableConfig:
