@@ -43,9 +43,10 @@ _ORDER: Final = {scope: index for index, scope in enumerate(SCOPES)}
 class RollingLine(Line):
     """A :class:`Line` whose spend counts only for the last ``window_s`` seconds.
 
-    Stores that know rolling windows (the Redis store) read ``window_s``;
-    others treat the line as a plain one that lives ``ttl_s`` after its last
-    change, which errs on the safe side (spend is never forgotten early).
+    Both stores read ``window_s`` and keep the spend in sub-buckets that
+    leave the window as they age; a store that did not would treat the line
+    as a plain one living ``ttl_s`` after its last change, which errs on the
+    safe side (spend is never forgotten early).
     """
 
     window_s: float | None = None

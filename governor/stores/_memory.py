@@ -9,12 +9,23 @@ counts its own spend from then on, unseen by the parent and its siblings.
 Lines expire as Redis keys do: ``Line.ttl_s`` after their last change, once
 no hold is on them. A long-running process therefore keeps only the lines
 still in use (the current periods, recent tasks), not one per task ever run.
+
+Rolling windows (a line with a ``window_s`` attribute, see
+:class:`governor.budgets.RollingLine`) roll as in the Redis store: the spend
+is kept in ``ROLLING_BUCKETS`` (60) sub-buckets of the window, and a charge
+leaves the window once its whole sub-bucket is older than the window, so it
+counts for between ``window_s`` and ``window_s * 61/60`` seconds, never less.
+Holds count in full until settled or lapsed. Such a line lives at least
+``window_s * 61/60`` after its last change. Other lines carry no buckets and
+pay nothing for them.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
@@ -29,6 +40,13 @@ _SETTLED_MEMORY = 100_000
 # Expired lines are swept at most this often (seconds of the ledger's clock);
 # a line read after its expiry reads as gone at once.
 _SWEEP_EVERY_S = 60.0
+# Sub-buckets per rolling window, as in the Redis store (and
+# governor.budgets.ROLLING_BUCKETS, which the stores do not import).
+_BUCKETS = 60
+# A line a settle makes again after it vanished (its hold lapsed and the line
+# expired, or it was never reserved) lives this long, as in the Redis store;
+# the next reserve on it restores its own lease, limits and window.
+_ORPHAN_TTL_S = 86400.0
 _Unit = Literal["usd", "tokens"]
 
 
@@ -42,6 +60,59 @@ class _Counters:
     reserved_tokens: int = 0
     ttl_s: float | None = None
     expires_at: float | None = None
+    # Rolling windows only (buckets is None on other lines): the window, a
+    # sub-bucket's width, and the spend per sub-bucket as [index, nanos,
+    # tokens], oldest first; spent_nanos and spent_tokens are their sums.
+    window_s: float = 0.0
+    width_s: float = 0.0
+    buckets: deque[list[int]] | None = None
+
+    def set_window(self, window_s: float | None, now: float) -> None:
+        """Roll the line over ``window_s`` from now on (None: stop rolling).
+
+        Spend the line already has (it was made without its window, or with
+        another) goes in the current sub-bucket: it counts a whole window
+        from now, so none is forgotten early.
+        """
+        if window_s is None:
+            self.window_s = 0.0
+            self.buckets = None
+            return
+        if not window_s > 0 or math.isinf(window_s):
+            raise ConfigError(
+                f"a rolling line needs window_s > 0 seconds (finite), got "
+                f"{window_s!r}; pass a positive window or a plain Line"
+            )
+        self.window_s = window_s
+        self.width_s = window_s / _BUCKETS
+        self.buckets = deque()
+        if self.spent_nanos or self.spent_tokens:
+            index = int(now // self.width_s)
+            self.buckets.append([index, self.spent_nanos, self.spent_tokens])
+
+    def roll(self, buckets: deque[list[int]], now: float) -> None:
+        """Drop the sub-buckets whose whole span is older than the window."""
+        # A bucket spans [index, index + 1) widths; it has left the window
+        # when the window's start lies at or past its end.
+        first_kept = (now - self.window_s) // self.width_s
+        while buckets and buckets[0][0] < first_kept:
+            _, nanos, tokens = buckets.popleft()
+            self.spent_nanos -= nanos
+            self.spent_tokens -= tokens
+
+    def charge(
+        self, buckets: deque[list[int]], now: float, nanos: int, tokens: int
+    ) -> None:
+        """Put spend in the current sub-bucket (spent_* already include it)."""
+        index = int(now // self.width_s)
+        if buckets and buckets[-1][0] >= index:
+            # The current bucket, or a later one if the clock stepped back:
+            # later buckets leave later, so nothing is forgotten early.
+            newest = buckets[-1]
+            newest[1] += nanos
+            newest[2] += tokens
+        else:
+            buckets.append([index, nanos, tokens])
 
     def touch(self, now: float) -> None:
         """Start the line's lifetime again after a change."""
@@ -88,6 +159,9 @@ class MemoryLedger:
 
     The async methods run the same code inline: each step is a few dictionary
     operations under a lock and never waits on I/O.
+
+    Rolling lines (:class:`governor.budgets.RollingLine`) roll by ``clock``,
+    in 60 sub-buckets of their window, as in the Redis store.
 
     Budgets are per process. In a child forked from the process the ledger
     keeps the limits and the spend as they were at the fork, but not the
@@ -164,9 +238,16 @@ class MemoryLedger:
             for key in keys:
                 entry = lines.get(key)
                 if entry is None:
-                    entry = lines[key] = _Counters()
+                    # Gone (its hold lapsed and it expired) or never reserved:
+                    # made again with a lease, so that it does not live for
+                    # ever; the next reserve restores its lease and window.
+                    entry = lines[key] = _Counters(ttl_s=_ORPHAN_TTL_S)
                 entry.spent_nanos += nanos
                 entry.spent_tokens += tokens
+                buckets = entry.buckets
+                if buckets is not None:
+                    entry.roll(buckets, now)
+                    entry.charge(buckets, now, nanos, tokens)
                 entry.touch(now)
             self._remember_settled(hold_id)
 
@@ -195,10 +276,14 @@ class MemoryLedger:
             now = self._clock()
             self._reap(now)
             entry = self._state.lines.get(key)
-            if entry is not None and entry.expired(now):
+            if entry is None:
+                return None
+            if entry.expired(now):
                 del self._state.lines[key]
                 return None
-            return None if entry is None else entry.snapshot(key)
+            if entry.buckets is not None:
+                entry.roll(entry.buckets, now)
+            return entry.snapshot(key)
 
     def keys(self) -> list[str]:
         """Return every live line key the ledger holds, sorted."""
@@ -215,6 +300,8 @@ class MemoryLedger:
             if entry is not None:
                 entry.spent_nanos = 0
                 entry.spent_tokens = 0
+                if entry.buckets is not None:
+                    entry.buckets.clear()
 
     async def areserve(
         self,
@@ -250,7 +337,25 @@ class MemoryLedger:
         entry.limit_nanos = line.limit_nanos
         entry.limit_tokens = line.limit_tokens
         entry.ttl_s = line.ttl_s
+        window_s: float | None = getattr(line, "window_s", None)
+        if window_s is not None or entry.buckets is not None:
+            self._roll_line(entry, window_s, now)
         return entry
+
+    @staticmethod
+    def _roll_line(entry: _Counters, window_s: float | None, now: float) -> None:
+        """Bring a rolling line (or one that was) up to date for a reserve."""
+        if window_s != (None if entry.buckets is None else entry.window_s):
+            entry.set_window(window_s, now)
+        buckets = entry.buckets
+        if buckets is None or window_s is None:
+            return
+        entry.roll(buckets, now)
+        # It lives until its last charge has left the window, whatever ttl
+        # the line brought, so that no spend is forgotten early.
+        least = window_s * (_BUCKETS + 1) / _BUCKETS
+        if entry.ttl_s is not None and entry.ttl_s < least:
+            entry.ttl_s = least
 
     def _drop_hold(self, hold_id: str) -> None:
         hold = self._state.holds.pop(hold_id, None)
