@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
@@ -151,7 +151,9 @@ class _Hold:
 class _State:
     lines: dict[str, _Counters] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
-    settled: dict[str, None] = field(default_factory=dict)
+    # Oldest first; an OrderedDict drops its oldest in constant time, where
+    # a dict's first key is found by scanning the slots of deleted ones.
+    settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
 class MemoryLedger:
@@ -392,7 +394,7 @@ class MemoryLedger:
         settled = self._state.settled
         settled[hold_id] = None
         if len(settled) > _SETTLED_MEMORY:
-            del settled[next(iter(settled))]
+            settled.popitem(last=False)
 
 
 def _lacks_room(entry: _Counters, nanos: int, tokens: int) -> bool:
