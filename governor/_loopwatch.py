@@ -21,11 +21,14 @@ branches) are one observation: those of the branch that answers first, every
 one of its calls in turn, so an agent loop inside one node is judged as it
 would be outside a graph. Parallel visits of one node with one state are one
 visit too, so Send branches that ask or answer alike are not mistaken for a
-loop. A step is one step of one graph run: a subgraph's steps count from 1 on
-each of its runs, so its runs are told apart by their checkpoint namespace.
-The same-call rule counts each prompt's repeats apart, so a fan-out polling
-loop, whose branches finish in any order, is stopped like one node asking the
-same questions in turn. Each call's prompt is judged on its own (its new tool
+loop, and for the stale rule the visits of one node's branches in one step are
+one observation, new if any branch's state is: a lap that sends many branches
+again with their earlier inputs counts one stale step, however wide it is. A
+step is one step of one graph run: a subgraph's steps count from 1 on each of
+its runs, so its runs are told apart by their checkpoint namespace. The
+same-call rule counts each prompt's repeats apart, so a fan-out polling loop,
+whose branches finish in any order, is stopped like one node asking the same
+questions in turn. Each call's prompt is judged on its own (its new tool
 results, then its last turns), before the call is made.
 """
 
@@ -104,8 +107,9 @@ class LoopWatch:
         # The last judged result's (step, branch, answer) and its turn label.
         self._last_turn: tuple[_Step, str | None, bytes, int] | None = None
         self._turns = 0
-        # task.model_calls when each node was last visited.
-        self._node_calls: dict[str, int] = {}
+        # Per node: the step of its last visit, task.model_calls when it was
+        # last visited in an earlier step, and at its last visit.
+        self._node_calls: dict[str, tuple[_Step, int | None, int]] = {}
         # The branch whose outputs are judged, per node and step of a graph run.
         self._leads: dict[tuple[_Step, str], str | None] = {}
         self._seen_visits: dict[tuple[_Step, str, str | None], None] = {}
@@ -317,21 +321,27 @@ class LoopWatch:
         model call made since its last visit (a node that polls a job and
         loops back to itself) has cost nothing in between and is not judged;
         ``max_steps`` and ``max_wall_s`` still bound it, and so does
-        LangGraph's recursion limit.
+        LangGraph's recursion limit. The parallel runs of one node in one
+        step (Send branches) are each judged against the node's visit in an
+        earlier step, not against one another, whichever calls have ended.
         """
         self.raise_if_stopped()
         with self._lock:
             self._steps += 1
             calls = self.task.model_calls
-            free = self._node_calls.get(node) == calls
-            self._node_calls[node] = calls
+            at = _step_of(step, branch)
+            free = self._free_visit(node, at, calls)
             # Parallel runs of one node on one state in one step (Send
             # branches sampling the same question) are one visit, not a loop.
-            visit = (_step_of(step, branch), node, digest)
+            # Its other runs (Send branches on other states) are one
+            # observation for the stale rule: a lap that sends many branches
+            # again is one stale step, however wide.
+            visit = (at, node, digest)
             if not free and visit not in self._seen_visits:
                 self._seen_visits[visit] = None
                 _forget_oldest(self._seen_visits)
-                self._act(self.guard.on_node(node, digest, step=step))
+                verdict = self.guard.on_node(node, digest, step=step, group=(at, node))
+                self._act(verdict)
             self._act(
                 self.guard.check_ceilings(
                     model_calls=self.task.model_calls,
@@ -340,6 +350,19 @@ class LoopWatch:
                 )
             )
         self.raise_if_stopped()
+
+    def _free_visit(self, node: str, at: _Step, calls: int) -> bool:
+        """Whether no model call was made since the node's visit in an
+        earlier step; the caller holds the lock."""
+        last = self._node_calls.get(node)
+        if last is None:
+            before = None
+        elif last[0] == at:  # a parallel branch: as its step's first visit
+            before = last[1]
+        else:
+            before = last[2]
+        self._node_calls[node] = (at, before, calls)
+        return before == calls
 
     def take_hint(self) -> str | None:
         """The escalation hint for the next call, once."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -268,7 +268,12 @@ class LoopGuard:
         return self._verdict(self._turns.observe(messages, step), "prompt")
 
     def on_node(
-        self, name: str, state_digest: str | None, *, step: int
+        self,
+        name: str,
+        state_digest: str | None,
+        *,
+        step: int,
+        group: Hashable | None = None,
     ) -> LoopVerdict | None:
         """Observe one node visit with a digest of the state it acts on.
 
@@ -276,12 +281,20 @@ class LoopGuard:
         is a loop only if it is reached with the same relevant state. Nor is
         a node listed in ``Loops.exempt_tools``, which holds node names too
         (a node that polls on purpose).
+
+        ``group`` marks visits made side by side: give the parallel branches
+        of one node in one graph step (``Send`` branches) one group, any
+        hashable value no other step's visits share. The stale rule counts
+        a group as one observation, new if any of its visits is, so a lap
+        that re-sends many branches counts one stale step, as one branch
+        would. The other rules see each visit.
         """
         if state_digest is None or name in self._exempt:
             return None
         key = digest("node", name, state_digest)
         label = f"{name} [state {state_digest[:16]}]"
-        return self._verdict(self._nodes.observe(key, label, step), "node")
+        hit = self._nodes.observe(key, label, step, group=group)
+        return self._verdict(hit, "node")
 
     def check_ceilings(
         self,

@@ -8,7 +8,9 @@ kind and runs three rules over them:
 - cycle: for a period k in 2..max_cycle_period, each digest equals the one k
   back for more than ``max_cycle_repeats`` full laps;
 - stale: more than ``max_stale_steps`` digests in a row each already occur in
-  the window, so nothing new has been learnt.
+  the window, so nothing new has been learnt. Observations made side by side
+  (one group: the parallel branches of one graph step) count as one, which
+  is new if any of them is.
 
 Two more rules judge what is left when the arguments or the outputs change
 in form but nothing comes of it:
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -101,17 +103,33 @@ class Channel:
         self._counts: dict[bytes, int] = {}
         # _runs[k] = how many observations in a row equalled the one k back.
         self._runs = [0] * (self._max_period + 1)
+        # Stale observations in a row (a group counting once), and how many
+        # observations that run covers.
         self._stale = 0
+        self._stale_span = 0
+        # The groups of the recent observations, oldest first.
+        self._groups: dict[Hashable, None] = {}
+        self._groups_kept = size
 
     def observe(
-        self, key: bytes, label: str, step: int, *, tool: str = ""
+        self,
+        key: bytes,
+        label: str,
+        step: int,
+        *,
+        tool: str = "",
+        group: Hashable | None = None,
     ) -> Hit | None:
         """Add one observation and return the first rule it makes fire.
 
         ``tool``: the tool called, for a tool call; a hit names the tools.
+        ``group``: observations made side by side share one (the parallel
+        branches of one graph step): for the stale rule they are one
+        observation, new if any of them is, so a wider fan-out does not
+        make a lap look staler.
         """
         self._update_runs(key)
-        self._stale = self._stale + 1 if self._counts.get(key) else 0
+        self._update_stale(self._counts.get(key, 0) > 0, group)
         self._append(key, label, step)
         self._names.append(tool)
         hit = self._repeat() or self._cycle() or self._stale_hit()
@@ -123,6 +141,25 @@ class Channel:
         """Forget the current streaks so the next hit needs a fresh one."""
         self._runs = [0] * (self._max_period + 1)
         self._stale = 0
+        self._stale_span = 0
+
+    def _update_stale(self, seen: bool, group: Hashable | None) -> None:
+        """Count one observation for the stale rule (see :meth:`observe`).
+
+        The first observation of a group counts as one observation would; a
+        later one adds nothing to the run when it too was seen before, and
+        ends the run when it is new.
+        """
+        if group is not None and group in self._groups:
+            if not seen:
+                self._stale = 0
+        else:
+            self._stale = self._stale + 1 if seen else 0
+            if group is not None:
+                self._groups[group] = None
+                while len(self._groups) > self._groups_kept:
+                    del self._groups[next(iter(self._groups))]
+        self._stale_span = self._stale_span + 1 if self._stale else 0
 
     def _update_runs(self, key: bytes) -> None:
         n = len(self._digests)
@@ -207,7 +244,7 @@ class Channel:
         run = self._stale
         if limit is None or run <= limit:
             return None
-        labels, steps = self._tail(run)
+        labels, steps = self._tail(self._stale_span)
         unique = tuple(dict.fromkeys(labels))
         return Hit(
             rule="stale",
@@ -220,7 +257,7 @@ class Channel:
                 f"{run} observations in a row each repeated one of the last "
                 f"{self._digests.maxlen}, so nothing new came in"
             ),
-            tools=self._tools(run),
+            tools=self._tools(self._stale_span),
         )
 
 
