@@ -1658,6 +1658,15 @@ class Governor:
         admission.hold_tokens = exact + out_total
         return admission.hold_tokens < old
 
+    def _count_held_prompt(self, admission: Admission) -> None:
+        """Before a call is charged its hold (cut off after it was sent),
+        count its prompt where the hold still has the byte bound: the output
+        ceiling stays, but the prompt is charged as counted (with the margin
+        that keeps the count an upper bound), not as its bytes allow."""
+        held = admission.hold_nanos, admission.hold_tokens
+        if not self._recount(admission):
+            admission.hold_nanos, admission.hold_tokens = held
+
     def _admit_or_refuse(
         self, admission: Admission, refusal: Refusal | None
     ) -> Admission:
@@ -1760,6 +1769,7 @@ class Governor:
         self, admission: Admission, result: CallResult
     ) -> tuple[int, Usage, str]:
         if result.charge_hold:
+            self._count_held_prompt(admission)
             return admission.hold_nanos, _hold_usage(admission), "hold"
         usage = result.usage or Usage()
         self._check_over_ceiling(admission, usage)
