@@ -1347,31 +1347,119 @@ def _call_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
     A Router deployment's prices (its ``litellm_params`` or ``model_info``)
     are registered in ``litellm.model_cost`` under the deployment's id,
     which the Router puts in the call's metadata; prices given on the call
-    itself (the Router passes ``litellm_params`` on) win over them.
+    itself (the Router passes ``litellm_params`` on) win over them. A call
+    that sets no prices and names a ``base_model`` (an Azure deployment's
+    model) is priced as that model, as LiteLLM prices it.
     """
     own = None
     if not _PRICE_KWARGS.isdisjoint(kwargs):
         own = {k: v for k, v in kwargs.items() if k in _PRICE_KWARGS and v is not None}
-    if "metadata" not in kwargs and "litellm_metadata" not in kwargs:
-        return own or None  # no Router deployment to look up
+    if _DEPLOYMENT_KWARGS.isdisjoint(kwargs):
+        return own or None  # no Router deployment or base model to look up
     deployment = _deployment_prices(kwargs)
     if deployment:
         own = {**deployment, **(own or {})}
-    return own or None
+    return own or _base_model_prices(kwargs)
+
+
+# Where a call names its Router deployment or its base model.
+_DEPLOYMENT_KWARGS = frozenset(
+    {"metadata", "litellm_metadata", "base_model", "model_info"}
+)
 
 
 def _deployment_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The prices LiteLLM registered for the Router deployment making a call."""
-    for name in ("litellm_metadata", "metadata"):
-        metadata = kwargs.get(name)
+    """The prices LiteLLM registered for the Router deployment making a call.
+
+    The deployment's ``model_info`` (in the call's metadata) names its id;
+    the entry ``litellm.model_cost`` holds under that id is taken only when
+    it is the Router's registration of that deployment: it carries the id
+    (a price map row does not), names the call's provider if it names one,
+    and has the prices the deployment's ``model_info`` states. Like LiteLLM,
+    a deployment that states no prices is priced as its model: an id that
+    happens to name another model (``gpt-4o-mini``, an embedding model)
+    does not price the call.
+    """
+    info = _model_info(kwargs, "id")
+    if info is None:
+        return None
+    ident = info["id"]
+    stated = call_price_fields(info)
+    entry = litellm.model_cost.get(ident) if isinstance(ident, str) else None
+    if not stated or not isinstance(entry, Mapping) or entry.get("id") != ident:
+        return None
+    registered = call_price_fields(entry)
+    if any(registered.get(k) != v for k, v in stated.items()):
+        return None
+    provider = entry.get("litellm_provider")
+    if provider is not None and provider != _provider(kwargs):
+        return None
+    return registered
+
+
+def _model_info(kwargs: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """The deployment ``model_info`` that gives ``name``, where LiteLLM reads
+    it: the call's ``litellm_metadata``, then its ``metadata``."""
+    for where in ("litellm_metadata", "metadata"):
+        metadata = kwargs.get(where)
         if not metadata or not isinstance(metadata, Mapping):  # most calls: none
             continue
         info = metadata.get("model_info")
-        ident = info.get("id") if isinstance(info, Mapping) else None
-        if isinstance(ident, str):
-            entry = litellm.model_cost.get(ident)
-            return call_price_fields(entry) if isinstance(entry, Mapping) else None
+        if isinstance(info, Mapping) and info.get(name) is not None:
+            return info
     return None
+
+
+def _base_model(kwargs: Mapping[str, Any]) -> str | None:
+    """The ``base_model`` a call is priced as, where LiteLLM reads it: the
+    call's own ``base_model`` (a Router passes a deployment's on), then its
+    metadata's ``model_info`` (a deployment's ``model_info``), then the
+    ``model_info`` given on the call."""
+    given = kwargs.get("base_model")
+    if given is None:
+        for where in ("metadata", "litellm_metadata"):
+            metadata = kwargs.get(where)
+            info = metadata.get("model_info") if isinstance(metadata, Mapping) else None
+            if isinstance(info, Mapping) and info.get("base_model") is not None:
+                given = info["base_model"]
+                break
+    if given is None:
+        info = kwargs.get("model_info")
+        given = info.get("base_model") if isinstance(info, Mapping) else None
+    return given if isinstance(given, str) and given else None
+
+
+def _base_model_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The prices of the call's ``base_model`` in ``litellm.model_cost``
+    (under the call's provider first, as LiteLLM looks it up); None when it
+    names none or LiteLLM's map does not price it."""
+    base = _base_model(kwargs)
+    if base is None:
+        return None
+    provider = _provider(kwargs)
+    names = [base]
+    if provider and not base.startswith(f"{provider}/"):
+        names.insert(0, f"{provider}/{base}")
+    if "/" in base:
+        names.append(base.split("/", 1)[1])
+    for name in names:
+        entry = litellm.model_cost.get(name)
+        if isinstance(entry, Mapping):
+            prices = call_price_fields(entry)
+            if any(k in prices for k in _PRICING_FIELDS):
+                return prices
+    return None
+
+
+# Prices without which an entry prices nothing of a call.
+_PRICING_FIELDS = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "tiered_pricing",
+    "cost_per_second",
+    "input_cost_per_second",
+    "output_cost_per_second",
+)
 
 
 def _check_stream_options(options: object) -> None:
