@@ -982,7 +982,7 @@ class Governor:
         if parent is not None:
             base = base.merged(parent.attribution)
             if policy is not None:
-                base = base.merged(policy.attribution)
+                base = base.merged(_own_values(policy.attribution, self.policy))
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values
@@ -2810,6 +2810,22 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
 
 
+def _own_values(named: Attribution, base: Policy) -> Attribution:
+    """The values a sub-task's policy names beyond the governor's: those it
+    sets, not None and not the governor policy's own (a copy of that policy
+    with other limits names nothing new)."""
+    held = base.attribution
+    values = {
+        field: getattr(named, field)
+        for field in named.model_fields_set
+        if field != "tags"
+        and getattr(named, field) is not None
+        and getattr(named, field) != getattr(held, field)
+    }
+    tags = {k: v for k, v in named.tags.items() if held.tags.get(k) != v}
+    return Attribution(**values, tags=tags) if tags else Attribution(**values)
+
+
 def _restore_current(
     token: contextvars.Token[Task | None],
     task: Task,
@@ -2828,7 +2844,7 @@ def _restore_current(
         if _CURRENT.get() is task:
             outer = token.old_value
             _CURRENT.set(None if outer is contextvars.Token.MISSING else outer)
-        if span_token is not None:
+        if span_token is not None and trace.get_current_span() is task.span:
             otel_context.attach(outer_context)
         return
     if span_token is not None:

@@ -100,6 +100,25 @@ def test_a_sub_task_s_own_policy_attribution_wins_over_its_parent_s() -> None:
     assert parent.attribution.team == "a"
 
 
+def test_a_sub_task_policy_naming_none_or_the_governors_values_names_nothing() -> None:
+    """A value set to None, or one a copy of the governor's policy carries,
+    is not named by the sub-task: the parent's value stays."""
+    gov = Governor(Policy(attribution=Attribution(team="platform", feature="f0")))
+    cleared = Policy.model_validate({"attribution": {"team": None}})
+    copied = gov.policy.model_copy(update={"name": "tighter"})
+    with gov.task(team="search", feature="faq"):
+        with gov.task(policy=cleared) as sub:
+            assert (sub.attribution.team, sub.attribution.feature) == (
+                "search",
+                "faq",
+            )
+        with gov.task(policy=copied) as sub:
+            assert (sub.attribution.team, sub.attribution.feature) == (
+                "search",
+                "faq",
+            )
+
+
 def test_decorator_follows_asyncio_tasks() -> None:
     """A decorated coroutine's attribution reaches tasks it spawns."""
     gov = Governor()

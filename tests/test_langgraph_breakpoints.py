@@ -200,3 +200,39 @@ def test_thread_id_that_names_no_session_runs_with_one_warning(
     assert "thread_id '' cannot name a session" in warnings[0]
     assert "must be a non-empty name" in warnings[0]
     assert "metadata={'session': ...}" in warnings[0]
+
+
+def test_a_sub_agent_with_breakpoints_and_no_saver_runs_without_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A governed graph compiled with a breakpoint but no checkpointer of its
+    own, run from a node of a checkpointed governed parent, has no state to
+    read: it reads none and warns nothing, run after run."""
+    gov = Governor()
+    model = _model()
+
+    def answer(state: _State) -> dict[str, list[str]]:
+        return {"out": [str(model.invoke([HumanMessage("x")]).content)]}
+
+    inner_builder = StateGraph(_State)
+    inner_builder.add_node("answer", answer)
+    inner_builder.add_node("after", lambda state: {"out": ["after"]})
+    inner_builder.add_edge(START, "answer")
+    # The breakpoint's node is never reached: every run completes.
+    inner_builder.add_conditional_edges("answer", lambda state: END, [END, "after"])
+    inner_builder.add_edge("after", END)
+    inner = govern(inner_builder.compile(interrupt_before=["after"]), gov)
+
+    def delegate(state: _State) -> dict[str, list[str]]:
+        return {"out": inner.invoke({"out": []})["out"]}
+
+    outer_builder = StateGraph(_State)
+    outer_builder.add_node("delegate", delegate)
+    outer_builder.add_edge(START, "delegate")
+    outer_builder.add_edge("delegate", END)
+    outer = govern(outer_builder.compile(checkpointer=InMemorySaver()), gov)
+    with caplog.at_level(logging.WARNING, logger="governor"):
+        for run in range(3):
+            outer.invoke({"out": []}, _thread(f"t{run}"))
+    assert [r.getMessage() for r in caplog.records] == []
+    assert [r.stop_reason for r in inner.reports] == [None, None, None]

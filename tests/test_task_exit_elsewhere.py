@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 
 import pytest
@@ -51,3 +52,29 @@ def test_a_task_closed_in_another_asyncio_task_ends_and_is_reported(
     assert task_span.attributes["governor.task.calls"] == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+def test_closing_elsewhere_leaves_the_closers_own_span_current(
+    capture: SpanCapture,
+) -> None:
+    """The asyncio task that closes the block keeps its own current span."""
+    gov = Governor(tracer_provider=capture.provider)
+    tracer = capture.provider.get_tracer("test")
+    seen: dict[str, object] = {}
+
+    async def handler() -> None:
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(gov.atask(team="web"))
+
+        async def closer() -> None:
+            with tracer.start_as_current_span("closer") as own:
+                await stack.aclose()
+                seen["own"] = own
+                seen["current"] = trace.get_current_span()
+
+        await asyncio.get_running_loop().create_task(
+            closer(), context=contextvars.Context()
+        )
+
+    asyncio.run(handler())
+    assert seen["current"] is seen["own"]

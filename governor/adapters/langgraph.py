@@ -41,6 +41,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -1618,6 +1619,8 @@ def _breakpoints_set(graph: Any, kwargs: Mapping[str, Any]) -> bool:
     breakpoint of a subgraph raises through its parent node, which the
     handler sees (:meth:`_HandlerCore._chain_ended`).
     """
+    if not isinstance(getattr(graph, "checkpointer", None), BaseCheckpointSaver):
+        return False  # no state of its own to read (a sub-agent, no saver)
     for key in ("interrupt_before", "interrupt_after"):
         if kwargs.get(key):
             return True
@@ -1625,6 +1628,10 @@ def _breakpoints_set(graph: Any, kwargs: Mapping[str, Any]) -> bool:
         getattr(graph, name, None)
         for name in ("interrupt_before_nodes", "interrupt_after_nodes")
     )
+
+
+_STATE_UNREAD_WARNED: list[bool] = []
+"""Set once the warning that a run's state could not be read was logged."""
 
 
 def _state_config(config: Mapping[str, Any]) -> RunnableConfig:
@@ -1660,6 +1667,11 @@ async def _apaused_at(graph: Any, config: Mapping[str, Any]) -> bool | None:
 
 
 def _state_unread(error: Exception) -> None:
+    """Warn once per process that a run's state could not be read."""
+    if _STATE_UNREAD_WARNED:
+        logger.debug("state unread: %s: %s", type(error).__name__, error)
+        return
+    _STATE_UNREAD_WARNED.append(True)
     logger.warning(
         "could not read the graph's state to tell whether the run paused at "
         "a breakpoint (interrupt_before/interrupt_after), so its report says "
