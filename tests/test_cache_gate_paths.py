@@ -37,6 +37,8 @@ def test_leading_dots_refuse_a_match(cached: str, query: str) -> None:
         ("cat ~/.ssh/config", "cat ~/.ssh/config."),
         ("what does rm -rf ../ do", "what does rm -rf ../ do?"),
         ("Hello world. How are you?", "Hello world . How are you?"),
+        ("Hello ..how are you?", "Hello how are you?"),
+        ("..and then what happened?", "and then what happened?"),
     ],
 )
 def test_sentence_punctuation_and_unchanged_paths_pass(cached: str, query: str) -> None:

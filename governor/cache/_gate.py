@@ -74,8 +74,9 @@ _POLITE_OPENING = re.compile(r"^\s*(?:could|would|will|can)\s+you\b", re.IGNOREC
 _OPTION_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
 _OPERATOR = re.compile(r"\?\.|\?:|:=|\*\?|\+\?|::")
 # One or two dots that open a path, a glob or a dotfile ("./", "../", ".*",
-# ".env"): a word or another dot before them makes them punctuation instead.
-_LEADING_DOTS = re.compile(r"(?<![\w.])\.{1,2}(?=[/\\*~]|[^\W\d])")
+# ".env"): a word or another dot before them makes them punctuation instead,
+# and two dots before a word are an ellipsis ("..and then"), not a path.
+_LEADING_DOTS = re.compile(r"(?<![\w.])(?:\.\.(?=[/\\])|\.(?=[/\\*~]|[^\W\d]))")
 # A path, written from the root, home or here ("/etc/passwd", "./build/out",
 # "~/.ssh"), or a relative one that ends in a file name ("src/app/main.py"):
 # compared whole. "city/village/town" is prose.
