@@ -184,6 +184,9 @@ class GovernedLiteLLM:
         With ``fallbacks=[...]`` each model tried is a governed call of its
         own, reserved and charged at its own price.
         """
+        runner = kwargs.pop(_BATCH_RUNNER, None)
+        if runner is not None:  # sent by litellm.batch_completion on its threads
+            return runner(self.completion, *args, **kwargs)
         if _inside():
             return self._completion(*args, **kwargs)
         try:
@@ -236,7 +239,7 @@ class GovernedLiteLLM:
     def _embed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
         admission = self.governor.begin_call(request)
-        _no_sdk_retries(kwargs)
+        _no_sdk_retries(kwargs, embedding=True)
         token = _INSIDE.set(_here())
         try:
             response = self._embedding(**kwargs)
@@ -262,7 +265,7 @@ class GovernedLiteLLM:
     async def _aembed(self, kwargs: dict[str, Any]) -> Any:
         request = self._embedding_request(kwargs)
         admission = await self.governor.abegin_call(request)
-        _no_sdk_retries(kwargs)
+        _no_sdk_retries(kwargs, embedding=True)
         token = _INSIDE.set(_here())
         try:
             response = await self._aembedding(**kwargs)
@@ -763,10 +766,12 @@ class Instrumentation:
             litellm.embedding = self._governed.embedding
             litellm.aembedding = self._governed.aembedding
             self._guard_others()
+            self._carry_into_batches()
             Instrumentation._active = self
         _warn_early_bound(self._original)
         if self.ungoverned != "allow":
-            _warn_early_bound_ungoverned(self._others, self.ungoverned)
+            unbatched = {n: f for n, f in self._others.items() if n not in _BATCH}
+            _warn_early_bound_ungoverned(unbatched, self.ungoverned)
 
     def _guard_others(self) -> None:
         """Put a warning or a refusal in front of LiteLLM's ungoverned
@@ -781,6 +786,41 @@ class Instrumentation:
                 continue
             self._others[name] = function
             setattr(litellm, name, self._guarded(name, instead, function))
+
+    def _carry_into_batches(self) -> None:
+        """Make LiteLLM's batch functions send each request in the caller's
+        task (see :meth:`_batched`), in every ``ungoverned`` mode."""
+        for name in _BATCH:
+            function = getattr(litellm, name, None)
+            if function is None:
+                continue
+            self._others[name] = function
+            setattr(litellm, name, self._batched(name, function))
+
+    def _batched(self, name: str, function: Any) -> Any:
+        """``function``, a LiteLLM batch function, with each request it sends
+        governed in the caller's task.
+
+        The batch functions call ``litellm.completion`` on threads of their
+        own, which do not inherit the current task: each call would be a
+        task of its own, outside the caller's budgets and attribution. They
+        pass their keyword arguments on to each call, so a runner that enters
+        the caller's task (:meth:`Task.bind`), or outside a task the caller's
+        context (``governor.attribute``), goes with them and the governed
+        ``completion`` runs the call in it. LiteLLM's in-process vLLM batch
+        (a ``vllm/`` model) sends no ``completion`` call: it falls under the
+        ungoverned-call rule.
+        """
+
+        @functools.wraps(function)
+        def batched(*args: Any, **kwargs: Any) -> Any:
+            if _in_process_batch(name, args, kwargs):
+                self._ungoverned_call(name, _BATCH_INSTEAD, args, kwargs)
+            elif not _inside():
+                _carry_runner(kwargs, _runner_here())
+            return function(*args, **kwargs)
+
+        return batched
 
     def _guarded(self, name: str, instead: str | None, function: Any) -> Any:
         """``function`` behind this instrumentation's ungoverned-call rule.
@@ -884,8 +924,16 @@ _UNGOVERNED: dict[str, str | None] = {
     "atext_completion": "litellm.acompletion() with messages",
     "responses": "litellm.completion(), or pass use_chat_completions_api=True",
     "aresponses": "litellm.acompletion(), or pass use_chat_completions_api=True",
-    "completion_with_retries": "litellm.completion() with num_retries=",
-    "acompletion_with_retries": "litellm.acompletion() with num_retries=",
+    "completion_with_retries": (
+        "litellm.completion() in a retry loop of your own (tenacity) or the "
+        "cascade's Retry, where each attempt is governed (not with "
+        "num_retries=, whose retries are not charged)"
+    ),
+    "acompletion_with_retries": (
+        "litellm.acompletion() in a retry loop of your own (tenacity) or the "
+        "cascade's Retry, where each attempt is governed (not with "
+        "num_retries=, whose retries are not charged)"
+    ),
     "image_generation": None,
     "aimage_generation": None,
     "image_edit": None,
@@ -902,6 +950,62 @@ _UNGOVERNED: dict[str, str | None] = {
 
 
 _RESPONSES = ("responses", "aresponses")
+
+# LiteLLM's batch functions: each sends its requests through
+# litellm.completion on threads of its own, which are governed in the
+# caller's task by a runner passed to each call under this keyword.
+_BATCH = (
+    "batch_completion",
+    "batch_completion_models",
+    "batch_completion_models_all_responses",
+)
+_BATCH_RUNNER = "governor_batch_runner"
+_BATCH_INSTEAD = "litellm.completion() in threads started with task.bind"
+
+
+def _in_process_batch(
+    name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> bool:
+    """True for a ``batch_completion`` LiteLLM runs in process (a ``vllm/``
+    model), which sends no ``litellm.completion`` call to govern."""
+    if name != "batch_completion":
+        return False
+    model = args[0] if args else kwargs.get("model")
+    return isinstance(model, str) and model.split("/", 1)[0] == "vllm"
+
+
+def _carry_runner(kwargs: dict[str, Any], runner: Callable[..., Any]) -> None:
+    """Pass ``runner`` to each call a batch function makes.
+
+    ``batch_completion_models(deployments=[...])`` copies the other keyword
+    arguments into the caller's deployment dicts, where one already there
+    wins: a runner left there by an earlier batch would be reused. Its
+    ``kwargs`` mapping overrides the deployment instead, and is not kept.
+    """
+    if "deployments" in kwargs:
+        kwargs["kwargs"] = {**(kwargs.get("kwargs") or {}), _BATCH_RUNNER: runner}
+    else:
+        kwargs[_BATCH_RUNNER] = runner
+
+
+def _runner_here() -> Callable[..., Any]:
+    """A function that runs ``function(*args, **kwargs)`` in the current
+    task (or, outside a task, in a copy of the current context), on any
+    thread."""
+    task = current_task()
+    if task is not None:
+        return task.bind(_call)
+    carried = contextvars.copy_context()
+
+    def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return carried.copy().run(function, *args, **kwargs)
+
+    return run
+
+
+def _call(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    return function(*args, **kwargs)
+
 
 # The ungoverned functions already warned of in this process, by name: the
 # warning is given once per function, whichever instrumentation sees it (a
@@ -1614,14 +1718,35 @@ def _refusal_in(error: BaseException, governor: Governor) -> GovernorError | Non
     return None
 
 
-def _no_sdk_retries(kwargs: dict[str, Any]) -> None:
+class _NoRetries(int):
+    """Zero SDK retries in a form LiteLLM's OpenAI embedding path keeps.
+
+    That path reads ``max_retries or litellm.DEFAULT_MAX_RETRIES``, which
+    turns a plain 0 into 2 (three requests for one reserved call). This
+    zero is truthy, so it passes through, and the OpenAI client is built (or
+    set) with no retries; as a number it is 0 everywhere.
+    """
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_NO_RETRIES = _NoRetries(0)
+
+
+def _no_sdk_retries(kwargs: dict[str, Any], *, embedding: bool = False) -> None:
     """Turn the provider SDK's own retries off unless the call asks for them.
 
     The OpenAI client retries a timeout twice: requests the governor never
     reserved. Retry around the governed call instead, where each attempt is
-    held and charged.
+    held and charged. An embedding is sent :data:`_NO_RETRIES`, also in
+    place of a caller's own ``max_retries=0``, which LiteLLM would turn
+    into 2 (see :class:`_NoRetries`).
     """
-    if kwargs.get("max_retries") is None:
+    given = kwargs.get("max_retries")
+    if embedding and (given is None or (_is_seconds(given) and given == 0)):
+        kwargs["max_retries"] = _NO_RETRIES
+    elif given is None:
         kwargs["max_retries"] = 0
 
 
