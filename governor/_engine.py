@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -211,6 +212,7 @@ class Governor:
         # Seconds since the epoch that budget windows are picked by; a
         # replay sets the recorded calls' time (governor._replay).
         self._wall_clock: Callable[[], float] = time.time
+        self._task_lines_kept = False  # a replay's task lines never lapse
         # Calls settling now: their id, and the thread settling them.
         self._settling: dict[str, int] = {}
         self._spend_closed = False
@@ -505,6 +507,7 @@ class Governor:
 
     def unblock(self, scope: str) -> None:
         """Undo auto-tighten for a scope ("team:search", or "all")."""
+        scope = unicodedata.normalize("NFC", scope)  # names are kept composed
         self._blocked.discard(scope)
         self._factors.pop(scope, None)
         self._tighten_version += 1
@@ -2073,17 +2076,17 @@ class Governor:
             missing[0],
         )
 
-    @staticmethod
-    def _task_line_ttl(task: Task, line: Line) -> float | None:
+    def _task_line_ttl(self, task: Task, line: Line) -> float | None:
         """A one-call task's line lives as long as a hold, not a day.
 
         Its id is random and never used again, so keeping the line for a day
         (for a task id a retry may reuse) would only fill the store: one
-        line per call made outside a task.
+        line per call made outside a task. A replay keeps its task lines
+        while it runs: its recorded tasks may pause for days.
         """
         if task.extras.get("one_call") and line.ttl_s is not None:
             return min(line.ttl_s, task.policy.hold_ttl_s)
-        return line.ttl_s
+        return None if self._task_lines_kept else line.ttl_s
 
     def _shared_lines(
         self, budgets: Sequence[Budget], scope_values: Mapping[str, str], now: float

@@ -196,6 +196,9 @@ class BudgetExceeded(GovernorHalt):
     """
 
     code = "budget_exceeded"
+    # Read by errors pickled before these fields existed.
+    holds_lapse_s: int | None = None
+    resets_at: datetime | None = None
 
     def __init__(
         self,

@@ -86,9 +86,14 @@ class ReplayRun:
 
     @property
     def quality(self) -> float | None:
-        """Mean quality over tasks that have one, else None; stopped tasks score 0."""
+        """Mean quality over tasks that have one, else None; stopped tasks score 0.
+
+        Each value is divided before the sum, so finite tags as large as
+        1e308 give a finite mean."""
         known = [t.quality for t in self.tasks.values() if t.quality is not None]
-        return sum(known) / len(known) if known else None
+        if not known:
+            return None
+        return sum(q / len(known) for q in known)  # no overflow on huge tags
 
     @property
     def stopped_recorded_good(self) -> int:
@@ -131,11 +136,17 @@ def replay(
         model_map: models to swap, e.g. ``{"gpt-4o": "gpt-4.1"}``; the
             recorded token counts are kept.
     """
-    calls = sorted((r for r in records if r.outcome != "refused"), key=_ts)
+    # Calls made at one moment go in call id order, whatever order the store
+    # gave them in, so every store replays alike.
+    calls = sorted(
+        (r for r in records if r.outcome != "refused"),
+        key=lambda r: (_ts(r), r.call_id),
+    )
     run = ReplayRun(label or policy.name, not_simulated=_not_simulated(policy))
     clock = _RecordedClock(_ts(calls[0]) if calls else 0.0)
     gov = Governor(policy, ledger=MemoryLedger(clock=clock))
     gov._wall_clock = clock
+    gov._task_lines_kept = True
     tasks = _by_task(calls)
     unread: list[tuple[str, str, str]] = []
     for task_id, task_calls in tasks.items():

@@ -10,6 +10,7 @@ queues and caches as the top pack does; and a few messages read better.
 from __future__ import annotations
 
 import json
+import sqlite3
 import unicodedata
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from governor.adapters.litellm import GovernedLiteLLM
 from governor.cascade import Tier
 from governor.cli import main
 from governor.policies import Attribution, Budget, Policy, packs
-from governor.spend import JsonlSpendStore, SpendDataError, SpendRecord
+from governor.spend import (
+    JsonlSpendStore,
+    SpendDataError,
+    SpendRecord,
+    SQLiteSpendStore,
+)
 
 NFC = "café"
 NFD = unicodedata.normalize("NFD", NFC)
@@ -138,6 +144,42 @@ def test_a_decomposed_record_is_read_composed(
     assert report["groups"]["team"][0]["calls"] == 2
 
 
+def test_an_older_sqlite_store_filters_both_forms_as_one_team(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows written decomposed before names were kept composed are matched
+    by a filter on either form, as the report's grouping counts them."""
+    db = tmp_path / "old.sqlite3"
+    store = SQLiteSpendStore(db)
+    for call_id in ("c1", "c2", "c3"):
+        store.record(SpendRecord.from_json_dict(_record(call_id=call_id, team=NFC)))
+    store.close()
+    with sqlite3.connect(db) as conn:  # as an older release wrote them
+        conn.execute("UPDATE spend SET team = ? WHERE call_id != 'c1'", (NFD,))
+    for name in (NFC, NFD):
+        args = ["report", "--db", str(db), "--format", "json", "--by", "team"]
+        assert main([*args, "--filter", f"team={name}"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["groups"]["team"][0]["calls"] == 3
+
+
+def test_budget_reset_and_unblock_take_either_form(tmp_path: Path) -> None:
+    """A decomposed name names the composed line a budget charges."""
+    from governor.cli._budget import _matches
+
+    assert _matches(f"team:{NFC}#day:2026-12-05@UTC", f"team:{NFD}")
+    gov = Governor()
+    gov._blocked.add(f"team:{NFC}")
+    gov.unblock(f"team:{NFD}")
+    assert gov._blocked == set()
+
+
+def test_an_error_pickled_before_the_refusal_fields_reads_them_as_none() -> None:
+    """An older release's pickle has no holds_lapse_s or resets_at."""
+    error = BudgetExceeded.__new__(BudgetExceeded)
+    assert (error.holds_lapse_s, error.resets_at) == (None, None)
+
+
 # --- ts ----------------------------------------------------------------------
 
 
@@ -179,6 +221,11 @@ def test_a_pack_merged_over_another_brings_its_own_behaviour() -> None:
     assert saver.cache.semantic
     assert saver.cache.exact
     assert saver.cache.safety_gate
+    assert batch.cache is not None
+    assert (batch.cache.semantic, batch.cache.partition_by) == (
+        True,
+        ("org", "team"),
+    )
     back = packs.batch().merged(packs.customer_facing())
     assert back.fanout.on_cap == "refuse"
 

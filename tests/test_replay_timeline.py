@@ -190,3 +190,32 @@ def test_a_capped_call_is_said_capped(caplog: pytest.LogCaptureFixture) -> None:
     assert run.cost_usd == Decimal("9007199.254740991")
     assert "in task 'huge-call-task'" in caplog.text
     assert "capped figure" in caplog.text
+
+
+def test_a_task_budget_holds_across_days_between_its_calls() -> None:
+    """Four calls two days apart under a $0.05 task budget: the second call
+    crosses it, however long the task paused (its line does not lapse)."""
+    start = datetime(2025, 12, 1, 9, tzinfo=UTC)
+    records = [call(start + timedelta(days=2 * i), "T") for i in range(4)]
+    run = replay(records, Policy(budgets=[Budget(max_usd="0.05")]))
+    assert stops(run) == {"T": (1, "budget_exceeded")}
+
+
+def test_calls_at_one_moment_replay_in_call_id_order() -> None:
+    """Ties in time are broken by call id, not by the store's order."""
+    nine = datetime(2025, 12, 5, 9, tzinfo=UTC)
+    first = dataclasses.replace(call(nine, "B"), call_id="1")
+    second = dataclasses.replace(call(nine, "A"), call_id="2")
+    policy = Policy(budgets=[Budget(scope="team", max_usd="0.05")])
+    for order in ([first, second], [second, first]):
+        assert stops(replay(order, policy)) == {
+            "B": (1, None),
+            "A": (0, "budget_exceeded"),
+        }
+
+
+def test_a_mean_of_huge_finite_qualities_stays_finite() -> None:
+    """Two tasks tagged 1e308: their mean is 1e308, not an overflow."""
+    nine = datetime(2025, 12, 5, 9, tzinfo=UTC)
+    records = [call(nine, task, tags={"quality": "1e308"}) for task in ("T0", "T1")]
+    assert replay(records, Policy()).quality == 1e308

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -192,6 +193,9 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _matches(key: str, scope: str) -> bool:
+    """Whether line ``key`` is ``scope``'s, any of its windows; names are
+    kept composed (NFC), so a decomposed ``scope`` matches them too."""
+    scope = unicodedata.normalize("NFC", scope)
     return key == scope or key.startswith(scope + "#")
 
 

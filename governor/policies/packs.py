@@ -210,7 +210,7 @@ def batch(
         attribution=attribution,
         loops=Loops(max_model_calls=5000, max_wall_s=6 * 3600),
         fanout=fanout,
-        cache=Cache(exact=True),
+        cache=Cache(exact=True, semantic=True, partition_by=("org", "team")),
     )
 
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -476,8 +477,12 @@ class SQLiteSpendStore:
             if value is None:  # unset, as a report groups it: null or blank
                 clauses.append(f'("{key}" IS NULL OR trim("{key}") = \'\')')
             else:
-                clauses.append(f'"{key}" = ?')
-                params.append(value)
+                # Rows written before names were kept composed (NFC) may
+                # hold the decomposed form of the same name.
+                forms = list(dict.fromkeys(_forms(value)))
+                marks = ", ".join("?" * len(forms))
+                clauses.append(f'"{key}" IN ({marks})')
+                params.extend(forms)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return f"SELECT * FROM {self._source}{where} ORDER BY ts_us, id", params
 
@@ -514,3 +519,12 @@ class SQLiteSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _forms(value: str) -> tuple[str, str, str]:
+    """``value`` as given and in both Unicode forms (NFC and NFD)."""
+    return (
+        value,
+        unicodedata.normalize("NFC", value),
+        unicodedata.normalize("NFD", value),
+    )
