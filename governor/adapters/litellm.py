@@ -536,7 +536,7 @@ class GovernedLiteLLM:
         if kwargs.get("stream"):
             saver = _Saver(cache, lookup, kwargs)
             stream = _SyncStream(self.governor, admission, response, saver, wants_usage)
-            return _for_bridge(stream, kwargs), Decimal(0)
+            return _as_litellm_stream(stream), Decimal(0)
         try:
             result = _result(response, request)
         except Exception as exc:  # answered, but unreadable: charge the hold
@@ -576,7 +576,7 @@ class GovernedLiteLLM:
             stream = _AsyncStream(
                 self.governor, admission, response, saver, wants_usage
             )
-            return _for_bridge(stream, kwargs), Decimal(0)
+            return _as_litellm_stream(stream), Decimal(0)
         try:
             result = _result(response, request)
         except Exception as exc:  # answered, but unreadable: charge the hold
@@ -2963,6 +2963,19 @@ class _HungUp(RuntimeError):
         )
 
 
+def _hand_on_usage(served: Any, held: Any) -> None:
+    """Put the usage of a chunk held back from the caller (see
+    :meth:`_StreamSettler._held_back`) in the hidden params of the chunk
+    served before it, as LiteLLM does for a stream whose caller did not ask
+    for usage: the Router counts a stream's tokens from there. Done once the
+    stream ended and the call settled: LiteLLM may keep the served chunk in
+    the list the settlement tells a provider's usage from its own by."""
+    usage = getattr(held, "usage", None)
+    hidden = getattr(served, "_hidden_params", None)
+    if usage is not None and isinstance(hidden, dict):
+        hidden["usage"] = usage
+
+
 class _SyncStream(_StreamSettler):
     """Passes a LiteLLM stream through and settles when it ends or is dropped.
 
@@ -2986,6 +2999,7 @@ class _SyncStream(_StreamSettler):
         self._settling = threading.Lock()  # one settlement, whichever thread
         self._reading = threading.Lock()  # held while a reader waits on a chunk
         self._hung_up = False
+        self._served: Any = None  # the last chunk handed to the caller
 
     def __iter__(self) -> _SyncStream:
         return self
@@ -2993,7 +3007,13 @@ class _SyncStream(_StreamSettler):
     def __next__(self) -> Any:
         chunk = self._read()
         while self._held_back(chunk):
-            chunk = self._read()
+            held = chunk
+            try:  # settled first: the served chunk may be one LiteLLM kept
+                chunk = self._read()
+            finally:
+                if self.admission.settled:
+                    _hand_on_usage(self._served, held)
+        self._served = chunk
         if self._ceiling.passed(chunk):
             self.close()  # the chunk is served; the next read ends the stream
         return chunk
@@ -3137,8 +3157,7 @@ class _SyncStream(_StreamSettler):
 
 
 # LiteLLM's Responses API bridge marks the chat completion it makes for a
-# Responses call with this keyword, and takes back only a ModelResponse or
-# LiteLLM's own stream type (``isinstance(..., litellm.CustomStreamWrapper)``).
+# Responses call with this keyword.
 _BRIDGE_MARK = "_skip_responses_api_bridge"
 
 
@@ -3147,13 +3166,20 @@ def _bridged_stream(kwargs: Mapping[str, Any]) -> bool:
     return bool(kwargs.get("stream")) and bool(kwargs.get(_BRIDGE_MARK))
 
 
-def _for_bridge(stream: _SyncStream | _AsyncStream, kwargs: Mapping[str, Any]) -> Any:
-    """``stream`` as LiteLLM's Responses bridge takes it: a stream of LiteLLM's
-    own type (see :class:`_BridgeStream`) when the bridge asked for it."""
+def _as_litellm_stream(stream: _SyncStream | _AsyncStream) -> Any:
+    """``stream`` in LiteLLM's own stream type (see :class:`_BridgeStream`).
+
+    LiteLLM's callers of ``completion()`` handle a stream only when it is
+    ``isinstance(..., litellm.CustomStreamWrapper)``: the Responses bridge
+    takes nothing else, and the Router wraps nothing else in the wrapper
+    that reads the first chunk inside the attempt (so a stream failing
+    before it is retried or falls back), turns a failure before content
+    into a fallback and after it into the provider's error, and counts the
+    stream's usage for the deployment. Each attempt is its own governed
+    call, settled once by its own stream.
+    """
     inner = stream._inner
-    if not _bridged_stream(kwargs) or not isinstance(
-        inner, litellm.CustomStreamWrapper
-    ):
+    if not isinstance(inner, litellm.CustomStreamWrapper):
         return stream
     return _bridge_stream_type(type(inner))(stream)
 
@@ -3176,6 +3202,8 @@ def _bridge_stream_type(base: type) -> type:
 _BRIDGE_OWN = frozenset(
     {
         "_governed",
+        "hang_up",
+        "ahang_up",
         "__class__",
         "__iter__",
         "__next__",
@@ -3193,13 +3221,15 @@ _BRIDGE_OWN = frozenset(
 
 
 class _BridgeStream:
-    """A governed stream in the type LiteLLM's Responses bridge requires.
+    """A governed stream in the type LiteLLM's callers require (see
+    :func:`_as_litellm_stream`).
 
     Made as a subclass of ``litellm.CustomStreamWrapper`` by
-    :func:`_bridge_stream_type` (LiteLLM's ``__init__`` is not run). Reading
-    and closing go through the governed stream, which settles the call;
-    every other attribute (``logging_obj``, hidden params, the methods the
-    bridge calls to log and bill) reads and writes LiteLLM's own stream.
+    :func:`_bridge_stream_type` (LiteLLM's ``__init__`` is not run). Reading,
+    closing and hanging up go through the governed stream, which settles
+    the call; every other attribute (``logging_obj``, ``chunks``, hidden
+    params, the methods the bridge and the Router call to log and bill)
+    reads and writes LiteLLM's own stream.
     """
 
     def __init__(self, governed: _SyncStream | _AsyncStream) -> None:
@@ -3259,6 +3289,14 @@ class _BridgeStream:
         else:
             governed.close()
 
+    def hang_up(self) -> None:
+        """Close the stream for a run that ended without reading it out."""
+        self._governed.hang_up()
+
+    async def ahang_up(self) -> None:
+        """Async form of :meth:`hang_up`."""
+        await self._governed.ahang_up()
+
     def __enter__(self) -> _BridgeStream:
         return self
 
@@ -3288,6 +3326,7 @@ class _AsyncStream(_StreamSettler):
     ) -> None:
         super().__init__(governor, admission, inner, saver, wants_usage)
         self._source: AsyncIterator[Any] | None = None
+        self._served: Any = None  # the last chunk handed to the caller
 
     def __aiter__(self) -> _AsyncStream:
         return self
@@ -3295,7 +3334,13 @@ class _AsyncStream(_StreamSettler):
     async def __anext__(self) -> Any:
         chunk = await self._aread()
         while self._held_back(chunk):
-            chunk = await self._aread()
+            held = chunk
+            try:  # settled first: the served chunk may be one LiteLLM kept
+                chunk = await self._aread()
+            finally:
+                if self.admission.settled:
+                    _hand_on_usage(self._served, held)
+        self._served = chunk
         if self._ceiling.passed(chunk):
             await self.aclose()  # the chunk is served; the next read ends it
         return chunk
