@@ -283,6 +283,9 @@ def test_batch_completion_models_deployments_follow_each_callers_task(
                 assert task.report().calls == 2
     gov.close()
     assert [r.team for r in records.records] == ["t1"] * 2 + ["t2"] * 2
+    # The caller's dicts are left as given: no runner of an ended task in
+    # them for a later call to reuse.
+    assert [sorted(d) for d in deployments] == [["api_base", "api_key", "model"]] * 2
 
 
 def test_batch_completion_outside_a_task_keeps_the_callers_attribution(

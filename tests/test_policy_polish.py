@@ -26,6 +26,7 @@ from governor.spend import (
     SpendDataError,
     SpendRecord,
     SQLiteSpendStore,
+    open_store,
 )
 
 NFC = "café"
@@ -161,6 +162,21 @@ def test_an_older_sqlite_store_filters_both_forms_as_one_team(
         assert main([*args, "--filter", f"team={name}"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["groups"]["team"][0]["calls"] == 3
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "sqlite3"])
+def test_a_store_query_filter_takes_either_form(tmp_path: Path, suffix: str) -> None:
+    """SpendStore.query(filters=...) from Python matches a decomposed value
+    on a column and on a tag, as records are read composed."""
+    path = tmp_path / f"spend.{suffix}"
+    store = open_store(path)
+    record = _record(call_id="c1", team=NFC, tags={"proj": NFC})
+    store.record(SpendRecord.from_json_dict(record))
+    store.close()
+    reader = open_store(path)
+    for key in ("team", "tag.proj"):
+        for value in (NFC, NFD):
+            assert len(list(reader.query(filters={key: value}))) == 1
 
 
 def test_budget_reset_and_unblock_take_either_form(tmp_path: Path) -> None:

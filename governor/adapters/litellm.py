@@ -978,11 +978,16 @@ def _carry_runner(kwargs: dict[str, Any], runner: Callable[..., Any]) -> None:
     """Pass ``runner`` to each call a batch function makes.
 
     ``batch_completion_models(deployments=[...])`` copies the other keyword
-    arguments into the caller's deployment dicts, where one already there
-    wins: a runner left there by an earlier batch would be reused. Its
-    ``kwargs`` mapping overrides the deployment instead, and is not kept.
+    arguments into the deployment dicts it is given, where one already there
+    wins: a runner left there by an earlier batch would be reused, and the
+    caller's dicts would keep it. It is given copies of the caller's dicts,
+    and the runner goes in its ``kwargs`` mapping, which overrides them.
     """
-    if "deployments" in kwargs:
+    deployments = kwargs.get("deployments")
+    if deployments is not None:
+        kwargs["deployments"] = [
+            dict(d) if isinstance(d, Mapping) else d for d in deployments
+        ]
         kwargs["kwargs"] = {**(kwargs.get("kwargs") or {}), _BATCH_RUNNER: runner}
     else:
         kwargs[_BATCH_RUNNER] = runner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -65,14 +66,20 @@ class SpendStore(Protocol):
 
 
 def check_filters(filters: Filters | None) -> dict[str, str | None]:
-    """Return the filters as a dict, or raise ConfigError naming a bad key."""
-    out = dict(filters or {})
-    for key in out:
+    """Return the filters as a dict, or raise ConfigError naming a bad key.
+
+    Names and values are returned composed (NFC), as records are read, so a
+    value typed decomposed matches.
+    """
+    out: dict[str, str | None] = {}
+    for key, value in (filters or {}).items():
         if key not in FILTER_FIELDS and not key.startswith(TAG_PREFIX):
             raise ConfigError(
                 f"unknown spend filter {key!r}; use one of "
                 f"{', '.join(FILTER_FIELDS)} or 'tag.<name>'"
             )
+        composed = None if value is None else unicodedata.normalize("NFC", value)
+        out[unicodedata.normalize("NFC", key)] = composed
     return out
 
 
