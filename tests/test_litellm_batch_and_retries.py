@@ -343,5 +343,5 @@ def test_completion_with_retries_points_at_governed_retries(
     message = str(refused.value)
     assert "retry loop" in message
     assert "each attempt is governed" in message
-    assert "not with num_retries=" in message
+    assert "with num_retries=" in message
     assert sum(server.counts.values()) == 0

@@ -182,7 +182,9 @@ class GovernedLiteLLM:
         """Governed ``litellm.completion``; same arguments, same return value.
 
         With ``fallbacks=[...]`` each model tried is a governed call of its
-        own, reserved and charged at its own price.
+        own, reserved and charged at its own price. LiteLLM's ``num_retries``
+        (or ``litellm.num_retries``) retries are made here, each attempt a
+        governed call of its own (see :func:`_retried`).
         """
         runner = kwargs.pop(_BATCH_RUNNER, None)
         if runner is not None:  # sent by litellm.batch_completion on its threads
@@ -193,19 +195,22 @@ class GovernedLiteLLM:
             *earlier, last = _fallback_attempts(self._named("completion", args, kwargs))
             for attempt in earlier:
                 try:
-                    return self._complete(attempt)[0]
+                    return _retried(self._complete, attempt)
                 except GovernorError:
                     raise
                 except Exception as exc:  # a provider error: try the next model
                     _falling_back(attempt, exc)
-            return self._complete(last)[0]
+            return _retried(self._complete, last)
         except GovernorError as exc:
             _not_retried(exc)
             _raised_by(exc, self.governor)
             raise
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
-        """Governed ``litellm.acompletion``; same arguments, same return value."""
+        """Governed ``litellm.acompletion``; same arguments, same return value.
+
+        Fallbacks and ``num_retries`` are governed as in :meth:`completion`.
+        """
         if _inside():
             return await self._acompletion(*args, **kwargs)
         try:
@@ -214,12 +219,12 @@ class GovernedLiteLLM:
             )
             for attempt in earlier:
                 try:
-                    return (await self._acomplete(attempt))[0]
+                    return await _aretried(self._acomplete, attempt)
                 except GovernorError:
                     raise
                 except Exception as exc:  # a provider error: try the next model
                     _falling_back(attempt, exc)
-            return (await self._acomplete(last))[0]
+            return await _aretried(self._acomplete, last)
         except GovernorError as exc:
             _not_retried(exc)
             _raised_by(exc, self.governor)
@@ -925,14 +930,12 @@ _UNGOVERNED: dict[str, str | None] = {
     "responses": "litellm.completion(), or pass use_chat_completions_api=True",
     "aresponses": "litellm.acompletion(), or pass use_chat_completions_api=True",
     "completion_with_retries": (
-        "litellm.completion() in a retry loop of your own (tenacity) or the "
-        "cascade's Retry, where each attempt is governed (not with "
-        "num_retries=, whose retries are not charged)"
+        "litellm.completion() with num_retries=, a retry loop of your own "
+        "(tenacity) or the cascade's Retry, where each attempt is governed"
     ),
     "acompletion_with_retries": (
-        "litellm.acompletion() in a retry loop of your own (tenacity) or the "
-        "cascade's Retry, where each attempt is governed (not with "
-        "num_retries=, whose retries are not charged)"
+        "litellm.acompletion() with num_retries=, a retry loop of your own "
+        "(tenacity) or the cascade's Retry, where each attempt is governed"
     ),
     "image_generation": None,
     "aimage_generation": None,
@@ -1372,6 +1375,198 @@ def _falling_back(attempt: Mapping[str, Any], error: Exception) -> None:
         attempt.get("model"),
         type(error).__name__,
     )
+
+
+# Set while the governor makes a call's LiteLLM retries itself (see _retried).
+_RETRYING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "governor_retrying_litellm", default=False
+)
+# Marks LiteLLM's retry functions once they step aside for the governor.
+_STEPS_ASIDE = "_governor_steps_aside"
+
+
+def _own_retries(kwargs: Mapping[str, Any], *, is_async: bool) -> int:
+    """The retries LiteLLM would make around this call, for the governor to
+    make instead; 0 where it leaves them to LiteLLM.
+
+    Read as LiteLLM's ``@client`` wrapper reads them: the call's
+    ``num_retries``, else ``litellm.num_retries`` (a sync call's ``0`` falls
+    back to the global too, an async one's does not). A call LiteLLM's
+    Router makes (its metadata names a ``model_group``) is left alone: the
+    Router retries by calling again, each attempt governed. So is a call
+    with a ``retry_policy``, which LiteLLM applies per error type.
+    """
+    buckets = (kwargs.get("metadata"), kwargs.get("litellm_metadata"))
+    if kwargs.get("retry_policy") or any(
+        isinstance(bucket, Mapping) and "model_group" in bucket for bucket in buckets
+    ):
+        return 0
+    given = kwargs.get("num_retries")
+    if is_async:
+        wanted = litellm.num_retries if given is None else given
+    else:
+        wanted = given or litellm.num_retries
+    if isinstance(wanted, bool) or not isinstance(wanted, int):
+        return 0
+    return max(wanted, 0)
+
+
+def _retryable(error: BaseException) -> bool:
+    """True for an error LiteLLM retries (``openai.APIError``, its timeout
+    and connection errors: LiteLLM's own errors derive from them), never for
+    a governor refusal, in whatever error it was raised, nor for a failure
+    after LiteLLM's agentic follow-up rounds were served (sent again, they
+    would be paid again)."""
+    import openai  # LiteLLM's own dependency
+
+    if any(isinstance(cause, GovernorError) for cause in _causes(error)):
+        return False
+    try:
+        from litellm.litellm_core_utils.agentic_followup_failure import (
+            is_agentic_followup_failure,
+        )
+    except ImportError:  # an older LiteLLM, without follow-up rounds
+        pass
+    else:
+        if is_agentic_followup_failure(error):
+            return False
+    return isinstance(
+        error, (openai.APIError, openai.Timeout, openai.APIConnectionError)
+    )
+
+
+def _retry_plan(kwargs: Mapping[str, Any], retries: int) -> dict[str, Any]:
+    """tenacity's settings for ``retries`` retries, as LiteLLM's
+    ``completion_with_retries`` makes them: at once, except after a rate
+    limit, which waits 1, 2, 4... seconds (10 at most)."""
+    import openai
+    import tenacity
+
+    backoff = tenacity.wait_exponential(multiplier=1, max=10)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        return backoff(state) if isinstance(error, openai.RateLimitError) else 0.0
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.info(
+            "%s failed (%s); retrying it (retry %d of %d, num_retries)",
+            kwargs.get("model"),
+            type(error).__name__,
+            state.attempt_number,
+            retries,
+        )
+
+    return {
+        "stop": tenacity.stop_after_attempt(retries + 1),
+        "retry": tenacity.retry_if_exception(_retryable),
+        "wait": wait,
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
+
+
+def _attempt_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """One attempt's arguments: no ``num_retries``, so LiteLLM neither
+    retries nor sets the SDK's ``max_retries`` from it (the governor's 0,
+    or the caller's own ``max_retries``, is sent)."""
+    return {k: v for k, v in kwargs.items() if k != "num_retries"}
+
+
+def _retried(
+    complete: Callable[[dict[str, Any]], tuple[Any, Decimal]],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``complete(kwargs)``'s answer, with LiteLLM's retries made here.
+
+    LiteLLM's ``num_retries`` retries inside one call (its ``@client``
+    wrapper calls ``completion_with_retries``, and the SDK is sent
+    ``max_retries=num_retries``): requests no budget held and no charge
+    counted. Here each attempt is a governed call, reserved and charged
+    (a failed one as :func:`_failed` says), and retried on the errors
+    LiteLLM retries (:func:`_retryable`), never on a refusal. A stream is
+    retried only for an error raised before it is returned.
+    """
+    retries = _own_retries(kwargs, is_async=False)
+    if not retries:
+        return complete(kwargs)[0]
+    import tenacity
+
+    _retries_step_aside()
+    token = _RETRYING.set(True)
+    try:
+        for attempt in tenacity.Retrying(**_retry_plan(kwargs, retries)):
+            with attempt:
+                return complete(_attempt_kwargs(kwargs))[0]
+    finally:
+        _RETRYING.reset(token)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+async def _aretried(
+    acomplete: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any]
+) -> Any:
+    """:func:`_retried` for ``acompletion``."""
+    retries = _own_retries(kwargs, is_async=True)
+    if not retries:
+        return (await acomplete(kwargs))[0]
+    import tenacity
+
+    _retries_step_aside()
+    token = _RETRYING.set(True)
+    try:
+        async for attempt in tenacity.AsyncRetrying(**_retry_plan(kwargs, retries)):
+            with attempt:
+                return (await acomplete(_attempt_kwargs(kwargs)))[0]
+    finally:
+        _RETRYING.reset(token)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _retries_step_aside() -> None:
+    """Make LiteLLM's ``completion_with_retries`` and its async form step
+    aside inside a governed call whose retries the governor makes.
+
+    LiteLLM's wrapper still retries an attempt sent without ``num_retries``
+    while ``litellm.num_retries`` is set; there, the stand-in raises the
+    attempt's own error instead, for the governor to retry. Everywhere else
+    it calls LiteLLM's function as it is.
+    """
+    if not litellm.num_retries:
+        return
+    with Instrumentation._lock:
+        for name in ("completion_with_retries", "acompletion_with_retries"):
+            function = getattr(litellm, name, None)
+            if function is None or getattr(function, _STEPS_ASIDE, False):
+                continue
+            stand_in = _stepping_aside(function)
+            setattr(stand_in, _STEPS_ASIDE, True)
+            setattr(litellm, name, stand_in)
+
+
+def _stepping_aside(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, raising the error being handled (the failed attempt's)
+    when called inside a governed call whose retries the governor makes."""
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def astep_aside(*args: Any, **kwargs: Any) -> Any:
+            failure = sys.exc_info()[1]
+            if failure is not None and _RETRYING.get() and _inside():
+                raise failure
+            return await function(*args, **kwargs)
+
+        return astep_aside
+
+    @functools.wraps(function)
+    def step_aside(*args: Any, **kwargs: Any) -> Any:
+        failure = sys.exc_info()[1]
+        if failure is not None and _RETRYING.get() and _inside():
+            raise failure
+        return function(*args, **kwargs)
+
+    return step_aside
 
 
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
