@@ -11,7 +11,7 @@ from typing import Any
 import litellm
 import pytest
 
-from governor import Governor
+from governor import Governor, Policy, Pricing
 from governor.adapters.litellm import instrument
 
 MESSAGES = [{"role": "user", "content": "Name three primary colours."}]
@@ -127,8 +127,9 @@ def test_a_router_deployment_id_does_not_price_its_call(ident: str) -> None:
 def test_a_router_deployment_with_prices_is_charged_them(
     where: str, ident: str
 ) -> None:
-    """A deployment that sets its own prices is charged those, with its
-    inherited cache price and whatever its id is."""
+    """A deployment that sets its own prices below list is charged those
+    where the policy honours them, with its inherited cache price and
+    whatever its id is."""
     prices = {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}
     params: dict[str, Any] = {
         "model": "openai/gpt-4o",
@@ -142,7 +143,7 @@ def test_a_router_deployment_with_prices_is_charged_them(
         ],
         num_retries=0,
     )
-    gov = Governor()
+    gov = Governor(Policy(pricing=Pricing(call_prices="honour")))
     with instrument(gov), gov.task() as task:
         response = router.completion(model="cheap", messages=MESSAGES, max_tokens=20)
     report = task.report()

@@ -123,7 +123,8 @@ def test_a_failed_call_charged_nothing_adds_no_cost_or_token_points() -> None:
 
 
 def test_a_call_charged_its_hold_counts_its_cost(capture: SpanCapture) -> None:
-    """A timed-out request may be billed in full: its hold is counted."""
+    """A timed-out request may be billed in full: its hold is counted (the
+    prompt as counted, which the reservation may have bounded higher)."""
     failing("timeout")
     reader = InMemoryMetricReader()
     gov, llm = governed(reader, capture)
@@ -131,7 +132,8 @@ def test_a_call_charged_its_hold_counts_its_cost(capture: SpanCapture) -> None:
         llm.completion(model=MODEL, messages=MESSAGES, max_tokens=20, num_retries=0)
     (call,) = capture.calls()
     charged = call.attributes["gen_ai.usage.cost.amount"]
-    assert charged == call.attributes["governor.call.reserved_usd"]
+    assert 0 < charged <= call.attributes["governor.call.reserved_usd"]
+    assert call.attributes["gen_ai.usage.output_tokens"] == 20
     (cost,) = points(reader, "governor.cost")
     assert cost.value > 0
     assert cost.value == pytest.approx(charged)

@@ -706,8 +706,11 @@ def test_an_input_price_alone_on_an_unmapped_model_is_warned_of(
 
 
 def test_call_per_second_price_replaces_token_prices() -> None:
-    """A per-second price set alone bills wall time, as LiteLLM does."""
-    rate = _card().rate("gpt-4o", {"input_cost_per_second": 0.002})
+    """A per-second price set alone bills wall time, as LiteLLM does (where
+    the policy honours prices set on calls as given)."""
+    rate = _card(Pricing(call_prices="honour")).rate(
+        "gpt-4o", {"input_cost_per_second": 0.002}
+    )
     assert (rate.usd_per_second, rate.input_per_token) == (D("0.002"), 0)
     assert rate.cost(Usage(prompt_tokens=100), duration_s=1.5).usd == D("0.003")
 

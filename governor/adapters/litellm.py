@@ -1716,10 +1716,13 @@ def _model_info(kwargs: Mapping[str, Any], name: str) -> Mapping[str, Any] | Non
 
 def _base_model(kwargs: Mapping[str, Any]) -> str | None:
     """The ``base_model`` a call is priced as, where LiteLLM reads it: the
-    call's own ``base_model`` (a Router passes a deployment's on), then its
-    metadata's ``model_info`` (a deployment's ``model_info``), then the
-    ``model_info`` given on the call."""
+    call's own ``base_model`` (a Router passes a deployment's on), then the
+    ``model_info`` given on the call, then its metadata's ``model_info`` (a
+    deployment's ``model_info``)."""
     given = kwargs.get("base_model")
+    if given is None:
+        info = kwargs.get("model_info")
+        given = info.get("base_model") if isinstance(info, Mapping) else None
     if given is None:
         for where in ("metadata", "litellm_metadata"):
             metadata = kwargs.get(where)
@@ -1727,9 +1730,6 @@ def _base_model(kwargs: Mapping[str, Any]) -> str | None:
             if isinstance(info, Mapping) and info.get("base_model") is not None:
                 given = info["base_model"]
                 break
-    if given is None:
-        info = kwargs.get("model_info")
-        given = info.get("base_model") if isinstance(info, Mapping) else None
     return given if isinstance(given, str) and given else None
 
 

@@ -37,6 +37,7 @@ __all__ = [
 
 Scope = Literal["task", "session", "user", "team", "feature", "environment", "org"]
 Period = Literal["total", "hour", "day", "week", "month", "rolling"]
+CallPricing = Literal["at_least_map", "honour", "ignore"]
 SCOPES: tuple[Scope, ...] = (
     "task",
     "session",
@@ -187,6 +188,16 @@ class Pricing(PolicyModel):
     remote_price_map: bool = Field(
         default=False,
         description="True to fetch LiteLLM's current price map once (network)",
+    )
+    call_prices: CallPricing = Field(
+        default="at_least_map",
+        description=(
+            "how prices a LiteLLM call sets (its price keywords, a Router "
+            "deployment's prices, a base_model) are taken: 'at_least_map' "
+            "charges each at least the price map's price for the model called, "
+            "'honour' charges them as given (negotiated prices below list), "
+            "'ignore' prices from the map alone"
+        ),
     )
 
     @field_validator("overrides")

@@ -1,12 +1,13 @@
 """Rate cards: the price of each model, and the exact cost of a call.
 
 Prices come from the policy's ``Pricing.overrides`` first, then prices a
-LiteLLM call sets for itself, then LiteLLM's price map (its bundled file,
-then ``litellm.model_cost`` at run time for models that file lacks), then
-``Pricing.default``. A model none of them prices is refused with
-:class:`~governor._errors.PriceUnknown`; so is a map entry with neither an
-input nor an output price (LiteLLM keeps such entries for retired or
-placeholder ids, and its own cost functions then report 0.0).
+LiteLLM call sets for itself (by default none below the map's), then
+LiteLLM's price map (its bundled file, then ``litellm.model_cost`` at run
+time for models that file lacks), then ``Pricing.default``. A model none of
+them prices is refused with :class:`~governor._errors.PriceUnknown`; so is
+a map entry with neither an input nor an output price (LiteLLM keeps such
+entries for retired or placeholder ids, and its own cost functions then
+report 0.0).
 """
 
 from __future__ import annotations
@@ -490,10 +491,11 @@ class RateCard:
     Resolution, first match wins: ``Pricing.overrides`` under the exact name
     or with provider prefixes stripped (``offline/gpt-4o`` -> ``gpt-4o``);
     then prices a LiteLLM call sets for itself (see :func:`call_prices`),
-    laid over the model's map entry; then the price map under the exact
-    name, the name in any letter case, then with prefixes stripped one at a
-    time; then, for a model that map does not price, LiteLLM's map as it
-    stands at run time (``litellm.model_cost``, where
+    laid over the model's map entry, none taken below the map's price for
+    the model unless ``Pricing.call_prices`` says so; then the price map
+    under the exact name, the name in any letter case, then with prefixes
+    stripped one at a time; then, for a model that map does not price,
+    LiteLLM's map as it stands at run time (``litellm.model_cost``, where
     ``litellm.register_model`` adds models), by exact name or with prefixes
     stripped; then ``Pricing.default``. The first map entry found decides:
     an entry without token prices makes the model unknown rather than
@@ -522,6 +524,7 @@ class RateCard:
         self._overrides: Mapping[str, Price] = pricing.overrides if pricing else {}
         self._default: Price | None = pricing.default if pricing else None
         self._remote = bool(pricing and pricing.remote_price_map)
+        self._call_prices = pricing.call_prices if pricing else "at_least_map"
         self._url = price_map_url
         self._map = price_map
         # Pinned prices stay pinned: LiteLLM's run-time map adds to its own only.
@@ -532,6 +535,8 @@ class RateCard:
         self._runtime: dict[str, tuple[Mapping[str, Any], Rate | str]] = {}
         # Rates of calls that set their own prices, by model and prices.
         self._per_call: dict[Hashable, _CallRate] = {}
+        # (model, field) pairs a call priced below the map, warned about once.
+        self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         start_over_in_children(self)
 
@@ -547,7 +552,10 @@ class RateCard:
             prices: prices one call sets for itself, as LiteLLM's fields
                 (``input_cost_per_token`` and kin). They lie over the map's
                 entry for ``model`` the way LiteLLM lays them over its cost
-                map; a policy override still wins.
+                map; a policy override still wins. ``Pricing.call_prices``
+                says how far they count: by default no price is taken below
+                the map's for ``model`` (a model no map prices is priced by
+                them as given).
 
         Raises:
             PriceUnknown: nothing prices the model and the policy sets no
@@ -668,6 +676,15 @@ class RateCard:
                 "give a finite number of dollars of 0 or more, or leave it out "
                 "to use the price map"
             )
+        if self._call_prices == "ignore":
+            try:
+                return self._rate(model)
+            except PriceUnknown as exc:
+                raise PriceUnknown(
+                    model,
+                    f"{exc.reason}; the prices the call sets are not read, as "
+                    "Pricing(call_prices='ignore') says",
+                ) from None
         kept = self._per_call.get(given.key)
         if kept is not None and (
             not kept.unmapped or self._runtime_found(model) is kept.runtime
@@ -685,6 +702,8 @@ class RateCard:
         built = _rate_with_call_prices(model, info, given.fields)
         if isinstance(built, str):
             raise PriceUnknown(model, built)
+        if not unmapped and self._call_prices == "at_least_map":
+            built = self._at_least_map(model, built)
         if unmapped and _input_price_alone(given.fields):
             logger.warning(
                 "the call to %r prices its input (input_cost_per_token) but "
@@ -698,6 +717,37 @@ class RateCard:
             self._per_call.clear()
         self._per_call[given.key] = _CallRate(built, unmapped, runtime)
         return built
+
+    def _at_least_map(self, model: str, given: Rate) -> Rate:
+        """``given`` (a call's rate) with no price below the map's rate for
+        ``model``; a warning names the prices raised, once per model and
+        price."""
+        floor = self._rate(model)
+        lower: dict[str, tuple[Decimal, Decimal]] = {}
+        rate = _dearer_rate(given, floor, lower)
+        news = [name for name in lower if (model, name) not in self._warned]
+        if news:
+            if len(self._warned) >= _WARNED_MEMORY:
+                self._warned.clear()
+            self._warned.update((model, name) for name in news)
+            logger.warning(
+                "the call to %r sets prices below the price map's for %r "
+                "(%s), so it is charged the map's price there. Prices set on "
+                "a call (its price keywords, its Router deployment's prices, "
+                "its base_model) are taken only at or above the map's under "
+                "Pricing(call_prices='at_least_map'); set "
+                "Pricing(call_prices='honour') to charge them as given (a "
+                "Router deployment's negotiated prices), or price the model "
+                "with Pricing.overrides",
+                model,
+                floor.model,
+                ", ".join(
+                    f"{name}: the call's {_text(lower[name][0])}, the map's "
+                    f"{_text(lower[name][1])}"
+                    for name in news
+                ),
+            )
+        return rate
 
     def _runtime_found(self, model: str) -> Mapping[str, Any] | None:
         found = self._runtime_entry(model)
@@ -771,6 +821,8 @@ def _litellm_model_cost() -> Mapping[str, Any] | None:
 
 # Call-priced rates kept per card (distinct models and prices).
 _PER_CALL_MEMORY = 256
+# Models and prices warned about as set below the map, per card.
+_WARNED_MEMORY = 1024
 
 #: The price fields a call may set that the governor reads, as LiteLLM names
 #: them (its ``CustomPricingLiteLLMParams``); long-context variants aside.
@@ -904,6 +956,98 @@ def _rate_with_call_prices(
         source="override",
         provider=_opt_str(merged.get("litellm_provider")),
     )
+
+
+# A rate's prices, with the LiteLLM field that sets each.
+_PRICE_PARTS = (
+    ("input_per_token", "input_cost_per_token"),
+    ("output_per_token", "output_cost_per_token"),
+    ("cache_read_per_token", "cache_read_input_token_cost"),
+    ("cache_write_per_token", "cache_creation_input_token_cost"),
+    ("reasoning_per_token", "output_cost_per_reasoning_token"),
+)
+# Audio prices, with the price that bills audio when a rate sets none.
+_AUDIO_PARTS = (
+    ("audio_input_per_token", "input_cost_per_audio_token", "input_per_token"),
+    ("audio_output_per_token", "output_cost_per_audio_token", "output_per_token"),
+    (
+        "audio_cache_read_per_token",
+        "cache_read_input_audio_token_cost",
+        "cache_read_per_token",
+    ),
+)
+
+
+def _dearer_rate(
+    given: Rate, floor: Rate, lower: dict[str, tuple[Decimal, Decimal]]
+) -> Rate:
+    """``given`` with each price raised to ``floor``'s where it is lower, for
+    every prompt size (the tiers of both); ``lower`` gains each price raised,
+    by LiteLLM's name, as (given's, floor's). ``floor`` itself when nothing of
+    ``given`` is dearer."""
+    dearer = [False]
+    base = _dearer_prices(given, floor, lower, dearer, "")
+    per_second = given.usd_per_second
+    if floor.usd_per_second is not None and (
+        per_second is None or per_second < floor.usd_per_second
+    ):
+        if per_second is not None:
+            lower.setdefault("cost_per_second", (per_second, floor.usd_per_second))
+        per_second = floor.usd_per_second
+    elif per_second is not None and per_second > (floor.usd_per_second or _ZERO):
+        dearer[0] = True
+    tiers = []
+    for above in sorted({t.above_input_tokens for t in (*given.tiers, *floor.tiers)}):
+        prices = _dearer_prices(
+            given.tier_for(above + 1),
+            floor.tier_for(above + 1),
+            lower,
+            dearer,
+            f" above {above} prompt tokens",
+        )
+        tiers.append(RateTier(above_input_tokens=above, **prices))
+    if not dearer[0]:
+        return floor
+    return Rate(
+        model=given.model,
+        usd_per_second=per_second,
+        tiers=tuple(tiers),
+        max_output_tokens=given.max_output_tokens,
+        max_input_tokens=given.max_input_tokens,
+        source=given.source,
+        provider=given.provider,
+        **base,
+    )
+
+
+def _dearer_prices(
+    given: _Prices,
+    floor: _Prices,
+    lower: dict[str, tuple[Decimal, Decimal]],
+    dearer: list[bool],
+    where: str,
+) -> dict[str, Any]:
+    """The dearer of two sets of per-token prices, price by price (see
+    :func:`_dearer_rate`); ``dearer[0]`` is set when ``given`` has one dearer."""
+    prices: dict[str, Any] = {}
+    parts = [(attr, name, attr) for attr, name in _PRICE_PARTS]
+    for attr, name, fallback in (*parts, *_AUDIO_PARTS):
+        mine, theirs = getattr(given, attr), getattr(floor, attr)
+        if mine is None and theirs is None:
+            prices[attr] = None  # audio billed at the (dearer) text price
+            continue
+        mine = getattr(given, fallback) if mine is None else mine
+        theirs = getattr(floor, fallback) if theirs is None else theirs
+        if mine < theirs:
+            lower.setdefault(name + where, (mine, theirs))
+        dearer[0] = dearer[0] or mine > theirs
+        prices[attr] = max(mine, theirs)
+    return prices
+
+
+def _text(price: Decimal) -> str:
+    """A price as fixed-point text (``0.0000025``, not ``2.5E-6``)."""
+    return format(price.normalize(), "f")
 
 
 def _names(model: str) -> Iterator[str]:
