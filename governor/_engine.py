@@ -42,6 +42,7 @@ from governor._calls import (
     CallRequest,
     CallResult,
     current_meter,
+    priced_name,
     prompt_byte_bound,
 )
 from governor._errors import (
@@ -208,6 +209,8 @@ class Governor:
         self._warned_clash = False
         self._warned_over: set[str] = set()
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
+        # The rate of a model that answered for another, by card and names.
+        self._answered: dict[tuple[RateCard, str, str], Rate | None] = {}
         self._closed = False  # set by close(): nothing new starts
         # Seconds since the epoch that budget windows are picked by; a
         # replay sets the recorded calls' time (governor._replay).
@@ -1779,12 +1782,52 @@ class Governor:
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
         rate = admission.rate
+        other = self._answered_rate(admission, result.response_model)
+        if other is not None and other.cost_nanos(usage) > rate.cost_nanos(usage):
+            rate = other
         # Only a rate priced per second reads the call's duration.
         duration = None
         if rate.usd_per_second is not None:
             duration = time.monotonic() - admission.started_at
             self._check_over_time(admission, duration)
         return rate.cost_nanos(usage, duration_s=duration), usage, rate.source
+
+    def _answered_rate(self, admission: Admission, answered: str | None) -> Rate | None:
+        """The rate of the model the response names, where the rate card
+        prices it differently from the one requested (a proxy that answers
+        with another model bills that one); else None.
+
+        None for the same name, a name the card cannot price, a call that
+        sets its own prices or is priced per second, and a dated variant of
+        a model the policy overrides. The call is settled at the dearer of
+        the two; a pair is logged once. Each pair is looked up once.
+        """
+        request = admission.request
+        rate = admission.rate
+        if not answered or answered == request.model or request.prices:
+            return None
+        if rate.usd_per_second is not None:
+            return None
+        card = self._task_rates(admission.task)
+        key = (card, request.priced_model, answered)
+        if key in self._answered:
+            return self._answered[key]
+        found = _other_rate(card, request, rate, answered)
+        if len(self._answered) >= 1024:
+            self._answered.clear()
+        self._answered[key] = found
+        if found is not None:
+            logger.warning(
+                "a call to %s was answered by %s, which the rate card prices "
+                "differently (a proxy or router answering with another "
+                "model); it is charged at the dearer of the two. Request the "
+                "model that answers, or override the price of %s in "
+                "Pricing.overrides if it is right. Logged once per pair.",
+                request.model,
+                answered,
+                request.model,
+            )
+        return found
 
     def _check_over_time(self, admission: Admission, duration_s: float) -> None:
         """Say so when a call priced per second ran past ``Policy.max_call_s``.
@@ -2798,6 +2841,45 @@ def _hold_usage(admission: Admission) -> Usage:
         prompt_tokens=admission.hold_tokens - output,
         completion_tokens=output,
         estimated=True,
+    )
+
+
+def _other_rate(
+    card: RateCard, request: CallRequest, rate: Rate, answered: str
+) -> Rate | None:
+    """The card's rate for ``answered`` where it prices that model
+    differently from ``rate`` (see :meth:`Governor._answered_rate`)."""
+    name = request.model.rpartition("/")[2]
+    dated = answered.rpartition("/")[2].removeprefix(name + "-")
+    if rate.source == "override" and dated != answered and _is_date(dated):
+        return None
+    try:
+        other = card.rate(priced_name(answered, request.provider))
+    except Exception:  # a name the card cannot price keeps the requested price
+        return None
+    if other.source == "default" or other.usd_per_second is not None:
+        return None
+    return None if _prices_of(other) == _prices_of(rate) else other
+
+
+def _is_date(text: str) -> bool:
+    """True for a model's date suffix: 2024-07-18, 20241022 or 0613."""
+    digits = text.replace("-", "")
+    return digits.isdigit() and len(digits) in (4, 8) and len(text) in (4, 8, 10)
+
+
+def _prices_of(rate: Rate) -> tuple[Any, ...]:
+    """What a rate charges, without the name that priced it."""
+    return (
+        rate.input_per_token,
+        rate.output_per_token,
+        rate.cache_read_per_token,
+        rate.cache_write_per_token,
+        rate.reasoning_per_token,
+        rate.tiers,
+        rate.audio_input_per_token,
+        rate.audio_output_per_token,
+        rate.audio_cache_read_per_token,
     )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "countable_prompt",
     "interrupted_after_sending",
     "read_usage",
+    "reasons_unseen",
     "settled_usage",
     "total_tokens_of",
 ]
@@ -179,6 +180,29 @@ def interrupted_after_sending(error: BaseException) -> bool:
     )
 
 
+def reasons_unseen(model: str) -> bool:
+    """True when LiteLLM's price map marks ``model`` as a reasoning model
+    (``supports_reasoning``): its bill counts reasoning tokens that its
+    answer does not show, so no local count of the answer finds them.
+
+    The name is looked up as written, then with one more ``provider/``
+    prefix removed at a time; a model the map does not know is taken not
+    to reason.
+    """
+    models = getattr(_litellm(), "model_cost", None)
+    if not isinstance(models, Mapping):
+        return False
+    name = _tokenizer_model(model)
+    while True:
+        entry = models.get(name)
+        if isinstance(entry, Mapping):
+            return entry.get("supports_reasoning") is True
+        head, slash, rest = name.partition("/")
+        if not slash or not rest or not head:
+            return False
+        name = rest
+
+
 def read_usage(read: Callable[[], Usage | None], model: str) -> Usage | None:
     """The provider's usage, or None when it sent none or sent nonsense.
 
@@ -216,6 +240,7 @@ def settled_usage(
     text: str | None,
     extra_prompt: object = None,
     reported_total: Callable[[], int] | None = None,
+    hold: tuple[int, int] | None = None,
 ) -> Usage:
     """The usage to settle a finished call at.
 
@@ -231,6 +256,13 @@ def settled_usage(
     below it. What the local counts leave of the
     total is charged to the side the provider left out (as output when it
     left out both: the dearer side).
+
+    ``hold`` is the call's hold as (prompt tokens, output tokens). With it,
+    what no local count can see is charged at its hold, the worst case
+    reserved: a prompt with parts other than text (images, audio, files)
+    at the prompt's, and the output of a reasoning model (see
+    :func:`reasons_unseen`), whose hidden reasoning is billed as output, at
+    the output's.
     """
     prompt = reported.prompt_tokens if reported is not None else 0
     completion = reported.completion_tokens if reported is not None else 0
@@ -241,10 +273,15 @@ def settled_usage(
     total = reported_total() if reported_total is not None else 0
     if needs_prompt:
         prompt = count_prompt_tokens(model, messages, extra_prompt)
+        if hold is not None and not countable_prompt(messages):
+            prompt = max(prompt, hold[0])  # parts the count leaves out
         if completion > 0:  # a reported side keeps its figure
             prompt = max(prompt, total - completion)
     if needs_completion:
         completion = count_text_tokens(model, text or "")
+    unreported = reported is None or reported.completion_tokens <= 0
+    if hold is not None and unreported and reasons_unseen(model):
+        completion = max(completion, hold[1])  # hidden reasoning, uncounted
     completion = max(completion, total - prompt)
     parts = reported or Usage()
     cached = parts.cache_read_tokens + parts.cache_write_tokens <= prompt

@@ -43,6 +43,7 @@ from governor._calls import (
     SpendMeter,
     metering,
     priced_name,
+    prompt_byte_bound,
 )
 from governor._engine import Governor
 from governor._errors import (
@@ -543,7 +544,7 @@ class GovernedLiteLLM:
             stream = _SyncStream(self.governor, admission, response, saver, wants_usage)
             return _as_litellm_stream(stream), Decimal(0)
         try:
-            result = _result(response, request)
+            result = _result(response, request, admission)
         except Exception as exc:  # answered, but unreadable: charge the hold
             _charged(exc, self.governor.end_call(admission, _unread(exc)))
             raise
@@ -583,7 +584,7 @@ class GovernedLiteLLM:
             )
             return _as_litellm_stream(stream), Decimal(0)
         try:
-            result = _result(response, request)
+            result = _result(response, request, admission)
         except Exception as exc:  # answered, but unreadable: charge the hold
             _charged(exc, await self.governor.aend_call(admission, _unread(exc)))
             raise
@@ -1571,7 +1572,7 @@ def _stepping_aside(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _request(kwargs: Mapping[str, Any]) -> CallRequest:
     model = str(kwargs["model"])
-    messages = list(kwargs["messages"])
+    messages = _sent_messages(kwargs, model)
     _check_stream_options(kwargs.get("stream_options"))
     max_tokens = _largest(kwargs, "max_tokens", "max_completion_tokens")
     extra = {k: kwargs[k] for k in _PROMPT_PARTS if k in kwargs} or None
@@ -1588,11 +1589,30 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         extra_prompt=extra,
         parent_span=_parent_span(),
         attribution=_metadata_attribution(kwargs.get("metadata")),
-        choices=1 if (n := _largest(kwargs, "n")) is None else n,
+        choices=1 if (n := _largest(kwargs, "n", "best_of")) is None else n,
         provider=_provider(kwargs),
         skippable=_SKIPPABLE.get(),
         prices=_call_prices(kwargs),
     )
+
+
+def _sent_messages(kwargs: Mapping[str, Any], model: str) -> list[Any]:
+    """The messages to reserve and count: ``messages``, or those in
+    ``extra_body`` where they are the larger prompt.
+
+    ``extra_body`` is merged into the body LiteLLM sends, so messages there
+    replace the prompt the server reads; which one wins depends on the
+    route, so the larger (by its byte bound) is taken.
+    """
+    messages = list(kwargs["messages"])
+    body = kwargs.get("extra_body")
+    other = body.get("messages") if isinstance(body, Mapping) else None
+    if not isinstance(other, list | tuple) or not other:
+        return messages
+    if not all(isinstance(m, Mapping) for m in other):
+        return messages
+    size = functools.partial(prompt_byte_bound, extra=None, model=model)
+    return list(other) if size(other) > size(messages) else messages
 
 
 # Providers LiteLLM places models at, by model and API base (bounded).
@@ -2003,7 +2023,11 @@ def _apply(admission: Admission, kwargs: dict[str, Any]) -> None:
         kwargs["stream_options"] = options
 
 
-def _result(response: Any, request: CallRequest) -> CallResult:
+def _result(
+    response: Any, request: CallRequest, admission: Admission | None = None
+) -> CallResult:
+    """What an answer settles at; with its ``admission``, what a local
+    count cannot see is charged at the hold (see :func:`settled_usage`)."""
     usage_obj = _usage_of(response)
     reported = read_usage(
         lambda: usage_from_response(usage_obj) if usage_obj is not None else None,
@@ -2018,6 +2042,7 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         text=_all_output(response) if counts_output else None,
         extra_prompt=request.extra_prompt,
         reported_total=lambda: total_tokens_of(usage_obj),
+        hold=_held(admission) if admission is not None else None,
     )
     choices = getattr(response, "choices", None) or ()
     reasons = tuple(
@@ -2030,6 +2055,13 @@ def _result(response: Any, request: CallRequest) -> CallResult:
         finish_reasons=reasons,
         output_text=_judged(message),
     )
+
+
+def _held(admission: Admission) -> tuple[int, int]:
+    """A call's hold as (prompt tokens, output tokens), for what a local
+    count cannot see (see :func:`settled_usage`)."""
+    output = admission.max_output_tokens * admission.request.choices
+    return admission.hold_tokens - output, output
 
 
 def _streamed_total(chunks: Sequence[Any]) -> int:
@@ -2588,6 +2620,7 @@ class _StreamSettler:
             text=output,
             extra_prompt=request.extra_prompt,
             reported_total=self._reported_total,
+            hold=_held(self.admission),
         )
         model = next(
             (
@@ -2706,12 +2739,15 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
 
     The request reached the provider, which may answer it in full and bill
     it although nobody reads the answer; only the hold bounds that bill. So
-    is a call whose answer was cut off (see :func:`_answer_cut`). A call that
-    LiteLLM was seen to stop before sending (see :func:`_watching`), or that
-    never got a connection (see :func:`_not_connected`), is charged nothing.
+    is a call whose answer was cut off (see :func:`_answer_cut`), and one
+    that failed after LiteLLM was seen to send it for a reason other than an
+    error answer (see :func:`_failed_after_sending`). A call that LiteLLM was
+    seen to stop before sending (see :func:`_watching`), or that never got a
+    connection (see :func:`_not_connected`), is charged nothing.
     """
     if _not_sent(error):
         return CallResult(error=error)
+    sent = _seen_sending(error)
     causes = _causes(error)
     cut = _answer_cut(causes)
     if not cut and _not_connected(causes):
@@ -2720,9 +2756,62 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
         not cut
         and not interrupted_after_sending(error)
         and not _unparsed_answer(error, causes, request)
+        and not (sent and _failed_after_sending(causes, request))
     ):
         return CallResult(error=error)
     return CallResult(error=error, charge_hold=True)
+
+
+def _seen_sending(error: BaseException) -> bool:
+    """True when the call's own watch saw LiteLLM's pre-call hook run before
+    ``error`` was raised; the mark is taken off, as :func:`_not_sent` does."""
+    sent = getattr(error, _SENT_ATTRIBUTE, False) is True
+    with contextlib.suppress(AttributeError):
+        delattr(error, _SENT_ATTRIBUTE)
+    return sent
+
+
+def _failed_after_sending(
+    causes: Sequence[BaseException], request: CallRequest
+) -> bool:
+    """True when a call LiteLLM sent failed other than by an error answer.
+
+    The request went out, so the provider may answer and bill it in full
+    (LiteLLM raising from its own logging after the answer came, at
+    interpreter shutdown say). An error answer (an HTTP status error in the
+    chain), a request the HTTP client could not write (a bad URL or
+    header), a connection closed before any answer, and JSON of the
+    request that did not parse stay free. ``causes`` is :func:`_causes` of
+    the error.
+    """
+    if any(_status_error(cause) or isinstance(cause, _UNWRITTEN) for cause in causes):
+        return False
+    if any(
+        type(cause).__name__ == "ServerDisconnectedError"
+        or any(text in str(cause).lower() for text in _NO_ANSWER_TEXTS)
+        for cause in causes
+    ):
+        return False
+    return not any(
+        isinstance(cause, json.JSONDecodeError) and _sent(cause.doc, request)
+        for cause in causes
+    )
+
+
+# httpx's errors for a request it could not put on the wire.
+_UNWRITTEN = (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)
+
+
+def _status_error(error: BaseException) -> bool:
+    """True for an error raised for a provider's error answer: httpx's status
+    error, or an SDK's that carries the HTTP response it was raised for
+    (OpenAI's ``APIStatusError``)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return True
+    response = getattr(error, "response", None)
+    return isinstance(response, httpx.Response) and any(
+        kind.__name__ == "APIStatusError" for kind in type(error).__mro__
+    )
 
 
 def _not_sent(error: BaseException) -> bool:
@@ -2746,6 +2835,10 @@ def _not_sent(error: BaseException) -> bool:
 # request. Routes outside it (a provider whose async call runs in that
 # thread, a custom handler) keep the conservative hold.
 _HOOKED_PROVIDERS = frozenset({"openai", "custom_openai"})
+
+# Set by the watch on an exception raised after LiteLLM's pre-call hook ran:
+# the request was handed to the network (see :func:`_failed_after_sending`).
+_SENT_ATTRIBUTE = "governor_request_sent"
 
 # LiteLLM's own chat functions live here (the public one and the Python one
 # behind it); a function from elsewhere is a stand-in or another wrapper.
@@ -2883,6 +2976,7 @@ def _note_sending(
         )
     with contextlib.suppress(AttributeError):  # a type that takes no attributes
         setattr(error, NOT_SENT_ATTRIBUTE, unsent)
+        setattr(error, _SENT_ATTRIBUTE, sending.seen)
 
 
 def _hooked_route(kwargs: Mapping[str, Any]) -> bool:
