@@ -3,8 +3,11 @@
 Each invocation of the wrapped graph is one governed task. The governor rides
 on LangChain's callback system, which reaches every chat model and LLM call in
 every node, Send branch and subgraph, whether or not the node passes its
-config on. The callback handler is marked ``raise_error`` so that a refusal
-stops the graph before the refused call is sent.
+config on. The run's handler is also set in a configure hook that LangChain
+adds to every callback manager made in the run's context, so a node that
+passes callbacks of its own (which replace the inherited ones) is governed
+too. The callback handler is marked ``raise_error`` so that a refusal stops
+the graph before the refused call is sent.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from langchain_core.callbacks import (
     BaseCallbackHandler,
     BaseCallbackManager,
 )
+from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tracers.context import register_configure_hook
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 from opentelemetry import context as otel_context
@@ -826,6 +831,7 @@ class _HandlerCore:
         if _governed_by_litellm(serialized):
             return None
         params = dict(kwargs.get("invocation_params") or {})
+        settings = _call_settings(params)
         meta = metadata or {}
         step = meta.get("langgraph_step")
         model = _model_name(params, meta)
@@ -842,17 +848,21 @@ class _HandlerCore:
         return CallRequest(
             model=model,
             messages=messages,
-            max_output_tokens=_max_tokens(params, metadata or {}),
+            max_output_tokens=_max_tokens(settings, meta),
             can_set_max_tokens=False,
             stream=bool(params.get("stream")),
             count_prompt_tokens=count if countable_prompt(messages) else None,
-            parent_span=self._span_for(parent_run_id),
+            parent_span=(
+                self.current_span()
+                if parent_run_id is None  # the node's callbacks, not the run's
+                else self._span_for(parent_run_id)
+            ),
             extra_prompt=extra,
             task=self.task,
             step=int(step) if step is not None else None,
             node=meta.get("langgraph_node"),
             branch=meta.get("langgraph_checkpoint_ns"),
-            choices=int(params.get("n") or 1),
+            choices=_largest(settings, "n") or 1,
         )
 
     def _open(self, run_id: UUID, request: CallRequest) -> None:
@@ -1490,6 +1500,25 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
                 self.core._done()
 
 
+_RUN_HANDLER: contextvars.ContextVar[GovernorCallbackHandler | None] = (
+    contextvars.ContextVar("governor_langgraph_handler", default=None)
+)
+"""The handler of the governed run whose context this is."""
+
+_RUN_PARTNER: contextvars.ContextVar[AsyncGovernorCallbackHandler | None] = (
+    contextvars.ContextVar("governor_langgraph_partner", default=None)
+)
+"""The async partner of that handler, in an async run."""
+
+# LangChain adds the handlers set here to every callback manager it makes,
+# also one for callbacks a node passes itself (``config={"callbacks": [...]}``,
+# ``model.with_config(callbacks=...)``), which replace the inherited ones; a
+# handler the manager has already (inherited) is not added again. A governed
+# run nested in another sets its own, so its calls are governed once, by it.
+register_configure_hook(_RUN_HANDLER, inheritable=True)
+register_configure_hook(_RUN_PARTNER, inheritable=True)
+
+
 # -- helpers -------------------------------------------------------------
 
 
@@ -1756,26 +1785,38 @@ async def _cancel(runs: Sequence[asyncio.Future[Any]]) -> None:
     await asyncio.gather(*runs, return_exceptions=True)
 
 
-def _enter(task: Task) -> tuple[Any, Any]:
+def _enter(task: Task) -> tuple[Any, ...]:
     """Make the task current, and its span the current OpenTelemetry span.
 
     Spans the user opens inside a node (a tool's HTTP call, a database
     query), and the task of a graph invoked from a node, then join the
-    task's trace instead of starting traces of their own.
+    task's trace instead of starting traces of their own. The task's
+    handlers are set for LangChain's configure hook (see :data:`_RUN_HANDLER`).
     """
     span = task.span
     otel_token = None
     if isinstance(span, Span):
         otel_token = otel_context.attach(trace.set_span_in_context(span))
-    return _CURRENT.set(task), otel_token
+    handler = task.extras.get("handler")
+    if not isinstance(handler, GovernorCallbackHandler):
+        handler = None
+    partner = None if handler is None else handler.partner
+    return (
+        _CURRENT.set(task),
+        otel_token,
+        _RUN_HANDLER.set(handler),
+        _RUN_PARTNER.set(partner),
+    )
 
 
-def _leave(tokens: tuple[Any, Any]) -> None:
-    task_token, otel_token = tokens
+def _leave(tokens: tuple[Any, ...]) -> None:
+    task_token, otel_token, handler_token, partner_token = tokens
     try:
         if otel_token is not None:
             otel_context.detach(otel_token)
         _CURRENT.reset(task_token)
+        _RUN_HANDLER.reset(handler_token)
+        _RUN_PARTNER.reset(partner_token)
     except ValueError:
         # A generator resumed in another context; the var is not ours to reset.
         logger.debug("task context was reset in a different context")
@@ -1979,13 +2020,75 @@ def _unnamed_model() -> ConfigError:
     )
 
 
-def _max_tokens(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = params.get(key)
-        if value:
-            return int(value)
-    value = metadata.get("ls_max_tokens")
-    return int(value) if value else None
+_MODEL_FRAMES = 16
+"""How many frames above a start event are searched for the model making
+the call (see :func:`_calling_model_kwargs`)."""
+
+
+def _call_settings(params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Where a call's settings are read: its invocation params, the
+    ``model_kwargs`` in them, and the calling model's own ``model_kwargs``."""
+    settings: list[Mapping[str, Any]] = [params]
+    nested = params.get("model_kwargs")
+    if isinstance(nested, Mapping):
+        settings.append(nested)
+    own = _calling_model_kwargs()
+    if own is not None:
+        settings.append(own)
+    return settings
+
+
+def _calling_model_kwargs() -> Mapping[str, Any] | None:
+    """The ``model_kwargs`` of the LangChain model whose start event this is.
+
+    A model may send its ``model_kwargs`` with each request but leave them
+    out of the invocation params its callbacks get (ChatLiteLLM does), so
+    ``n`` or ``max_completion_tokens`` set there would not be reserved. The
+    model is the ``self`` of the frame that started the event (callbacks run
+    inline, in the model's call); None when no model is found.
+    """
+    frame = sys._getframe(1)
+    for _ in range(_MODEL_FRAMES):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, BaseLanguageModel):
+            found = getattr(owner, "model_kwargs", None)
+            return found if isinstance(found, Mapping) else None
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return None
+
+
+def _largest(settings: Sequence[Mapping[str, Any]], *names: str) -> int | None:
+    """The largest whole number set for ``names`` in any of ``settings``.
+
+    A model sends more than one of them (a field and a ``model_kwargs``
+    entry, ``max_tokens`` and ``max_completion_tokens``); the provider obeys
+    one, which depends on the model, so the worst case is the largest.
+    Values that are no positive number are left out.
+    """
+    given: list[int] = []
+    for place in settings:
+        for name in names:
+            value = place.get(name)
+            if value is None or isinstance(value, bool):
+                continue
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                continue
+            if number > 0:
+                given.append(number)
+    return max(given) if given else None
+
+
+def _max_tokens(
+    settings: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any]
+) -> int | None:
+    """The call's output ceiling: the largest set, LangChain's
+    ``ls_max_tokens`` (the model's ``max_tokens``) included."""
+    names = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+    return _largest([*settings, {"max_tokens": metadata.get("ls_max_tokens")}], *names)
 
 
 def _messages_of(response: LLMResult) -> Iterator[Any]:
