@@ -1,7 +1,8 @@
 """LiteLLM's batch functions and the retries hidden inside one call.
 
-Real LiteLLM calls against an OpenAI-compatible server on 127.0.0.1 that
-counts the requests it gets. An embedding is sent once per governed call:
+Real LiteLLM calls against servers on 127.0.0.1 that count the requests they
+get: ``governor.testing.StubServer`` for chat, a small one answering 429 for
+embeddings. An embedding is sent once per governed call:
 LiteLLM's OpenAI embedding path turns a plain ``max_retries=0`` into 2, so
 the SDK's retries (requests the governor never reserved) are kept off in a
 form it keeps. ``litellm.batch_completion`` and its kin send each request on
@@ -26,6 +27,7 @@ import pytest
 from governor import Budget, Governor, Policy, UngovernedCall, attribute
 from governor.adapters.litellm import instrument
 from governor.spend import SpendRecord
+from governor.testing import StubBehaviour, StubServer
 
 CHAT = "openai/gpt-4o"
 EMBED = "openai/text-embedding-3-large"
@@ -33,78 +35,45 @@ MESSAGES = [{"role": "user", "content": "word " * 60}]
 # What one chat answer of the server costs at gpt-4o's list prices:
 # 50 prompt tokens at $2.50/M and 20 completion tokens at $10/M.
 ANSWER_USD = Decimal("0.000325")
+ANSWER = StubBehaviour(answer="Mars.", prompt_tokens=50, completion_tokens=20)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _RateLimitedHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: _RateLimited
 
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        with self.server.lock:
+            self.server.requests += 1
+        data = json.dumps({"error": {"message": "slow down", "type": "rate"}})
+        self.send_response(429)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
-        if code == 429:
-            self.send_header("retry-after", "0")
+        self.send_header("retry-after", "0")
         self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        size = int(self.headers.get("content-length") or 0)
-        request = json.loads(self.rfile.read(size) or b"{}")
-        mode = self.path.strip("/").split("/")[0]
-        endpoint = "embeddings" if self.path.endswith("embeddings") else "chat"
-        with self.server.lock:
-            self.server.counts[f"{mode}:{endpoint}"] += 1
-        if mode == "r429":
-            self._send(429, {"error": {"message": "slow down", "type": "rate"}})
-        elif endpoint == "embeddings":
-            self._send(
-                200,
-                {
-                    "object": "list",
-                    "model": request.get("model"),
-                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
-                    "usage": {"prompt_tokens": 5, "total_tokens": 5},
-                },
-            )
-        else:
-            self._send(
-                200,
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": request.get("model"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "Mars."},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": 50,
-                        "completion_tokens": 20,
-                        "total_tokens": 70,
-                    },
-                },
-            )
+        self.wfile.write(data.encode())
 
 
-class _Server(ThreadingHTTPServer):
+class _RateLimited(ThreadingHTTPServer):
+    """Answers 429 to every request, and counts them.
+
+    For the embedding tests: ``StubServer`` serves chat completions only
+    (``/embeddings`` gets a 404, which the OpenAI SDK never retries).
+    """
+
     daemon_threads = True
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.counts: Counter[str] = Counter()
+        super().__init__(("127.0.0.1", 0), _RateLimitedHandler)
+        self.requests = 0
         self.lock = threading.Lock()
 
-    def base(self, mode: str = "ok") -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{mode}/v1"
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 class _Records:
@@ -127,9 +96,16 @@ class _Records:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubServer]:
     monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    srv = _Server()
+    with StubServer(default=ANSWER) as srv:
+        yield srv
+
+
+@pytest.fixture
+def rate_limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[_RateLimited]:
+    monkeypatch.setattr(litellm, "suppress_debug_info", True)
+    srv = _RateLimited()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -139,11 +115,16 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
         srv.server_close()
 
 
-def _embed(server: _Server, how: str, **extra: Any) -> None:
+def _v1(server: StubServer) -> str:
+    """The ``api_base`` of ``server``."""
+    return server.base_url + "/v1"
+
+
+def _embed(server: _RateLimited, how: str, **extra: Any) -> None:
     args: dict[str, Any] = {
         "model": EMBED,
         "input": ["a"],
-        "api_base": server.base("r429"),
+        "api_base": server.base(),
         "api_key": "sk-test",
         **extra,
     }
@@ -158,7 +139,7 @@ def _embed(server: _Server, how: str, **extra: Any) -> None:
                     "model_name": "emb",
                     "litellm_params": {
                         "model": EMBED,
-                        "api_base": server.base("r429"),
+                        "api_base": server.base(),
                         "api_key": "sk-test",
                     },
                 }
@@ -172,27 +153,31 @@ def _embed(server: _Server, how: str, **extra: Any) -> None:
 
 
 @pytest.mark.parametrize("how", ["sync", "async", "router", "arouter"])
-def test_an_embedding_is_sent_once_per_governed_call(server: _Server, how: str) -> None:
+def test_an_embedding_is_sent_once_per_governed_call(
+    rate_limited: _RateLimited, how: str
+) -> None:
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
     with instrument(gov), gov.task() as task:
         with pytest.raises(litellm.RateLimitError):
-            _embed(server, how)
+            _embed(rate_limited, how)
         assert task.report().calls == 1
     gov.close()
-    assert server.counts["r429:embeddings"] == 1
+    assert rate_limited.requests == 1
 
 
 @pytest.mark.parametrize("how", ["sync", "async"])
-def test_an_embeddings_own_max_retries_is_kept(server: _Server, how: str) -> None:
+def test_an_embeddings_own_max_retries_is_kept(
+    rate_limited: _RateLimited, how: str
+) -> None:
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
     with instrument(gov), gov.task():
         with pytest.raises(litellm.RateLimitError):
-            _embed(server, how, max_retries=0)
-        assert server.counts["r429:embeddings"] == 1
+            _embed(rate_limited, how, max_retries=0)
+        assert rate_limited.requests == 1
         with pytest.raises(litellm.RateLimitError):
-            _embed(server, how, max_retries=1)  # above 0: the caller's own
+            _embed(rate_limited, how, max_retries=1)  # above 0: the caller's own
     gov.close()
-    assert server.counts["r429:embeddings"] == 1 + 2
+    assert rate_limited.requests == 1 + 2
 
 
 def _team_governor(team_usd: str) -> tuple[Governor, _Records]:
@@ -201,14 +186,14 @@ def _team_governor(team_usd: str) -> tuple[Governor, _Records]:
     return Governor(policy, spend=records), records
 
 
-def test_batch_completion_is_charged_to_the_callers_task(server: _Server) -> None:
+def test_batch_completion_is_charged_to_the_callers_task(server: StubServer) -> None:
     gov, records = _team_governor("1")
     with instrument(gov), gov.task(team="t") as task:
         answers = litellm.batch_completion(
             model=CHAT,
             messages=[MESSAGES] * 5,
             max_tokens=20,
-            api_base=server.base(),
+            api_base=_v1(server),
             api_key="sk-test",
         )
         report = task.report()
@@ -217,11 +202,11 @@ def test_batch_completion_is_charged_to_the_callers_task(server: _Server) -> Non
     assert report.calls == 5
     assert report.cost_usd == 5 * ANSWER_USD
     assert [r.team for r in records.records] == ["t"] * 5
-    assert server.counts["ok:chat"] == 5
+    assert len(server.requests) == 5
 
 
 def test_batch_completion_is_held_by_the_callers_team_budget(
-    server: _Server,
+    server: StubServer,
 ) -> None:
     gov, records = _team_governor("0.0005")  # room for one call, not two
     with instrument(gov), gov.task(team="t"):
@@ -229,13 +214,13 @@ def test_batch_completion_is_held_by_the_callers_team_budget(
             model=CHAT,
             messages=[MESSAGES] * 5,
             max_tokens=20,
-            api_base=server.base(),
+            api_base=_v1(server),
             api_key="sk-test",
         )
     gov.close()
     kinds = Counter(type(a).__name__ for a in answers)
     assert kinds == {"ModelResponse": 1, "BudgetExceeded": 4}
-    assert server.counts["ok:chat"] == 1
+    assert len(server.requests) == 1
     charged = [r for r in records.records if r.cost_usd]
     assert [(r.team, r.cost_usd) for r in charged] == [("t", ANSWER_USD)]
 
@@ -244,7 +229,7 @@ def test_batch_completion_is_held_by_the_callers_team_budget(
     "name", ["batch_completion_models", "batch_completion_models_all_responses"]
 )
 def test_batch_completion_models_are_charged_to_the_callers_task(
-    server: _Server, name: str
+    server: StubServer, name: str
 ) -> None:
     gov, records = _team_governor("1")
     with instrument(gov), gov.task(team="t") as task:
@@ -252,7 +237,7 @@ def test_batch_completion_models_are_charged_to_the_callers_task(
             models=[CHAT] * 3,
             messages=MESSAGES,
             max_tokens=20,
-            api_base=server.base(),
+            api_base=_v1(server),
             api_key="sk-test",
         )
         # batch_completion_models returns the first answer; the others
@@ -264,12 +249,11 @@ def test_batch_completion_models_are_charged_to_the_callers_task(
 
 
 def test_batch_completion_models_deployments_follow_each_callers_task(
-    server: _Server,
+    server: StubServer,
 ) -> None:
     gov, records = _team_governor("1")
     deployments = [
-        {"model": CHAT, "api_base": server.base(), "api_key": "sk-test"}
-        for _ in range(2)
+        {"model": CHAT, "api_base": _v1(server), "api_key": "sk-test"} for _ in range(2)
     ]
     with instrument(gov):
         for team in ("t1", "t2"):  # the same deployment dicts, twice
@@ -289,7 +273,7 @@ def test_batch_completion_models_deployments_follow_each_callers_task(
 
 
 def test_batch_completion_outside_a_task_keeps_the_callers_attribution(
-    server: _Server,
+    server: StubServer,
 ) -> None:
     gov, records = _team_governor("1")
     with instrument(gov), attribute(team="t"):
@@ -297,7 +281,7 @@ def test_batch_completion_outside_a_task_keeps_the_callers_attribution(
             model=CHAT,
             messages=[MESSAGES] * 2,
             max_tokens=20,
-            api_base=server.base(),
+            api_base=_v1(server),
             api_key="sk-test",
         )
     gov.close()
@@ -305,7 +289,7 @@ def test_batch_completion_outside_a_task_keeps_the_callers_attribution(
 
 
 def test_refuse_mode_governs_batch_completion_and_refuses_vllm_batches(
-    server: _Server,
+    server: StubServer,
 ) -> None:
     gov, _ = _team_governor("1")
     with instrument(gov, ungoverned="refuse"), gov.task(team="t") as task:
@@ -313,21 +297,21 @@ def test_refuse_mode_governs_batch_completion_and_refuses_vllm_batches(
             model=CHAT,
             messages=[MESSAGES] * 2,
             max_tokens=20,
-            api_base=server.base(),
+            api_base=_v1(server),
             api_key="sk-test",
         )
         assert task.report().calls == 2
         with pytest.raises(UngovernedCall, match="batch_completion"):
             litellm.batch_completion(model="vllm/some-model", messages=[MESSAGES])
     gov.close()
-    assert server.counts["ok:chat"] == 2
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize(
     "name", ["completion_with_retries", "acompletion_with_retries"]
 )
 def test_completion_with_retries_points_at_governed_retries(
-    server: _Server, name: str
+    server: StubServer, name: str
 ) -> None:
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
     with (
@@ -335,7 +319,7 @@ def test_completion_with_retries_points_at_governed_retries(
         pytest.raises(UngovernedCall) as refused,
     ):
         call = getattr(litellm, name)(
-            model=CHAT, messages=MESSAGES, api_base=server.base(), api_key="x"
+            model=CHAT, messages=MESSAGES, api_base=_v1(server), api_key="x"
         )
         if asyncio.iscoroutine(call):
             asyncio.run(call)
@@ -344,4 +328,4 @@ def test_completion_with_retries_points_at_governed_retries(
     assert "retry loop" in message
     assert "each attempt is governed" in message
     assert "with num_retries=" in message
-    assert sum(server.counts.values()) == 0
+    assert server.requests == []
