@@ -236,3 +236,13 @@ def test_a_sub_agent_with_breakpoints_and_no_saver_runs_without_warnings(
             outer.invoke({"out": []}, _thread(f"t{run}"))
     assert [r.getMessage() for r in caplog.records] == []
     assert [r.stop_reason for r in inner.reports] == [None, None, None]
+
+
+def test_a_thread_id_with_hash_passed_as_the_task_id_is_escaped_too() -> None:
+    """The quickstart's advice (thread id as task id) works for any id."""
+    agent = govern(_graph(), Governor())
+    thread = "slack#C123#1700.1"
+    config = {**_thread(thread), "metadata": {"task_id": thread}}
+    agent.invoke({"out": []}, config)
+    assert agent.last_report is not None
+    assert agent.last_report.task_id == "slack%23C123%231700.1"

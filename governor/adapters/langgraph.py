@@ -623,7 +623,9 @@ class GovernedGraph:
         given = metadata.get("task_id")
         if given is None:
             _warn_misplaced_task_id({**effective, **merged})
-        task_id = None if given is None else str(given)  # "" is refused, not random
+        # "" is refused, not random; a thread id given as the task id keeps
+        # working: each "#" is written "%23", as in the session it names.
+        task_id = None if given is None else str(given).replace("#", _HASH_ESCAPE)
         task = self.governor.open_task(task_id, attribution=_attribution(effective))
         if not is_async:
             register(task)  # Ctrl-C on a batch or an outer run ends it too
