@@ -179,6 +179,14 @@ def test_a_store_query_filter_takes_either_form(tmp_path: Path, suffix: str) -> 
             assert len(list(reader.query(filters={key: value}))) == 1
 
 
+def test_grouping_by_a_tag_named_either_way_finds_its_values() -> None:
+    """--by tag.<name> typed decomposed groups by the composed tag."""
+    from governor.spend._aggregate import check_grouping
+
+    assert check_grouping(f"tag.{NFD}") == f"tag.{NFC}"
+    assert check_grouping("team") == "team"
+
+
 def test_budget_reset_and_unblock_take_either_form(tmp_path: Path) -> None:
     """A decomposed name names the composed line a budget charges."""
     from governor.cli._budget import _matches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,9 +111,14 @@ class SpendSummary:
 
 
 def check_grouping(by: str) -> str:
-    """Return ``by`` if spend can be grouped by it, else raise ConfigError."""
-    if by in GROUPINGS or (by.startswith("tag.") and len(by) > len("tag.")):
+    """Return ``by`` if spend can be grouped by it, else raise ConfigError.
+
+    A tag name is returned composed (NFC), as records keep their tags.
+    """
+    if by in GROUPINGS:
         return by
+    if by.startswith("tag.") and len(by) > len("tag."):
+        return unicodedata.normalize("NFC", by)
     raise ConfigError(
         f"cannot group spend by {by!r}; use one of {', '.join(GROUPINGS)} "
         "or 'tag.<name>'"
