@@ -180,7 +180,7 @@ def test_replay_and_compare_json_of_a_missing_store_is_a_json_error(
     document, err = _json_error(capsys)
     message = (
         f"no spend store at {missing}; run `governor demo` or point --db at a "
-        "store or JSONL trace"
+        "store or spend JSONL file"
     )
     assert (code, err) == (2, "")
     assert document == {"error": {"code": "config_error", "message": message}}

@@ -160,3 +160,42 @@ def test_a_retry_the_budget_cannot_hold_is_refused_not_retried(
     assert len(server.requests) == 1
     assert report.calls == 1
     assert Decimal("0.01") < report.cost_usd < Decimal("0.015")
+
+
+def _waited(error: BaseException, attempt: int = 1) -> float:
+    """The wait the governed retries take after ``error`` on ``attempt``."""
+    import tenacity
+
+    from governor.adapters.litellm import _retry_plan
+
+    plan = _retry_plan({"model": "gpt-4o"}, 3)
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = attempt
+    state.set_exception((type(error), error, None))
+    return float(plan["wait"](state))
+
+
+def _status_error(status: int, headers: dict[str, str]) -> BaseException:
+    import httpx
+
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx.Response(status, headers=headers, request=request)
+    error_class = (
+        litellm.RateLimitError if status == 429 else litellm.InternalServerError
+    )
+    return error_class("boom", llm_provider="openai", model="gpt-4o", response=response)
+
+
+def test_a_retry_waits_what_the_provider_asks_for() -> None:
+    """Retry-After is honoured, as the SDK's own retries honour it."""
+    assert _waited(_status_error(429, {"retry-after": "3"})) == 3.0
+    assert _waited(_status_error(503, {"retry-after-ms": "1500"})) == 1.5
+    assert _waited(_status_error(429, {"retry-after": "3600"})) == 60.0
+
+
+def test_a_retry_without_retry_after_backs_off() -> None:
+    """A 5xx or a rate limit without Retry-After waits 0.5 s, then more."""
+    first = _waited(_status_error(500, {}), attempt=1)
+    third = _waited(_status_error(500, {}), attempt=3)
+    assert 0.5 <= first <= 0.75
+    assert 2.0 <= third <= 2.25

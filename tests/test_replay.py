@@ -320,7 +320,7 @@ def test_replay_text_shows_whole_task_ids(
     shown = rows[2].split()[0]
     assert (len(shown), shown[:3], shown[-6:]) == (48, "xxx", "-end-7")
     assert "\u2026" in shown
-    assert len({row.index(" calls") for row in rows}) == 1
+    assert len({row.index(" call") for row in rows}) == 1
 
 
 def test_replay_names_the_line_of_a_null_model(

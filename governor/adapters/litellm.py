@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -1436,18 +1437,31 @@ def _retryable(error: BaseException) -> bool:
     )
 
 
+# The waits between governed num_retries attempts, in seconds (as the
+# OpenAI SDK waits between its own retries).
+_RETRY_FIRST_S = 0.5
+_RETRY_MOST_S = 8.0
+_RETRY_AFTER_MOST_S = 60.0
+
+
 def _retry_plan(kwargs: Mapping[str, Any], retries: int) -> dict[str, Any]:
-    """tenacity's settings for ``retries`` retries, as LiteLLM's
-    ``completion_with_retries`` makes them: at once, except after a rate
-    limit, which waits 1, 2, 4... seconds (10 at most)."""
-    import openai
+    """tenacity's settings for ``retries`` retries, waiting as the OpenAI
+    SDK's own retries (which LiteLLM's sent ``max_retries=num_retries``) do:
+    the provider's ``Retry-After`` when it gives one (60 s at most), else an
+    exponential backoff from 0.5 s to 8 s with some jitter."""
     import tenacity
 
-    backoff = tenacity.wait_exponential(multiplier=1, max=10)
+    from governor.cascade._classify import retry_after_s
 
     def wait(state: tenacity.RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
-        return backoff(state) if isinstance(error, openai.RateLimitError) else 0.0
+        asked = None if error is None else retry_after_s(error)
+        if asked is not None:
+            return min(asked, _RETRY_AFTER_MOST_S)
+        doubled = _RETRY_FIRST_S * 2.0 ** min(state.attempt_number - 1, 16)
+        return float(
+            min(doubled, _RETRY_MOST_S) + random.uniform(0, _RETRY_FIRST_S / 2)
+        )
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

@@ -65,9 +65,9 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         default=None,
-        type=given("a redis:// or rediss:// URL"),
-        help=f"redis:// or rediss:// URL of the store (default: ${ENV_REDIS_URL}, "
-        f"else {DEFAULT_REDIS_URL})",
+        type=given("a redis://, rediss:// or unix:// URL"),
+        help=f"redis://, rediss:// or unix:// URL of the store (default: "
+        f"${ENV_REDIS_URL}, else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
         "--prefix",

@@ -37,7 +37,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
         name,
         help=help_text,
         description=(
-            "Replay the calls in a spend store (SQLite, JSONL trace or Redis) "
+            "Replay the calls in a spend store (SQLite, spend JSONL or Redis) "
             "through a policy: each call is reserved and settled with its "
             "recorded tokens under the policy's prices and budgets."
         ),
@@ -68,7 +68,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         type=given("a spend store's path or URL"),
         help="spend store to read (default: GOVERNOR_SPEND_DB or "
         ".governor/spend.sqlite3); a .jsonl or .ndjson path (.gz too) reads a "
-        "JSONL trace",
+        "spend JSONL file",
     )
     parser.add_argument(
         "--prefix",
@@ -115,7 +115,7 @@ def load_records(args: argparse.Namespace) -> list[Any]:
     if not is_redis_target(target) and not Path(target).exists():
         raise SourceError(
             f"no spend store at {target}; run `governor demo` or point --db at "
-            "a store or JSONL trace",
+            "a store or spend JSONL file",
             2,
         )
     records = _query(args, target)
@@ -250,7 +250,8 @@ def _print_text(run: Any) -> None:
     for task in run.tasks.values():
         stop = f"  stopped: {task.stop_reason}" if task.stop_reason else ""
         shown = ljust(_shorten(ids[task.task_id], columns), columns)
-        print(f"  {shown}  {task.calls:>4} calls  ${task.cost_usd}{stop}")
+        calls = "call " if task.calls == 1 else "calls"
+        print(f"  {shown}  {task.calls:>4} {calls}  ${task.cost_usd}{stop}")
 
 
 def _cut_off(summary: Mapping[str, Any]) -> str:

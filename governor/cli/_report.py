@@ -57,8 +57,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
         "--db",
         metavar="PATH",
         type=given("a spend store's path or URL"),
-        help="SQLite file (read, never written), .jsonl or .ndjson (.gz too) "
-        "trace or redis:// URL "
+        help="SQLite file (read, never written), spend .jsonl or .ndjson "
+        "(.gz too) or redis:// URL "
         "(default: $GOVERNOR_SPEND_DB, else ./.governor/spend.sqlite3)",
     )
     parser.add_argument(
