@@ -131,11 +131,15 @@ class CallRequest:
     provider: str | None = None
     skippable: bool = False
     prices: Mapping[str, Any] | None = None
+    price_as: str | None = None
+    """The model the call is priced as instead of ``model`` (an Azure
+    deployment's ``base_model``); None prices ``model``."""
 
     @property
     def priced_model(self) -> str:
-        """The name the call is priced under: the model, with its provider."""
-        return priced_name(self.model, self.provider)
+        """The name the call is priced under: the model (or the one it is
+        priced as), with its provider."""
+        return priced_name(self.price_as or self.model, self.provider)
 
 
 class SpendMeter:

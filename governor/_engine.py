@@ -1804,8 +1804,12 @@ class Governor:
         """
         request = admission.request
         rate = admission.rate
-        if not answered or answered == request.model or request.prices:
-            return None
+        if (
+            not answered
+            or answered in (request.model, request.model.rpartition("/")[2])
+            or request.prices
+        ):
+            return None  # the name asked for (an Azure deployment's, say)
         if rate.usd_per_second is not None:
             return None
         card = self._task_rates(admission.task)

@@ -175,6 +175,33 @@ def test_an_azure_base_model_dearer_than_the_deployment_name_prices_up() -> None
     )
 
 
+@pytest.mark.parametrize("where", ["call", "model_info", "metadata"])
+def test_an_azure_deployment_named_after_a_dearer_model_is_priced_as_its_base(
+    where: str,
+) -> None:
+    """An Azure deployment's name is its owner's choice: one named gpt-4 (the
+    portal's default is the model's name) whose base_model is gpt-4o is
+    charged gpt-4o's price, as LiteLLM charges it, not gpt-4's."""
+    given = {
+        "call": {"base_model": "azure/gpt-4o"},
+        "model_info": {"model_info": {"base_model": "azure/gpt-4o"}},
+        "metadata": {"metadata": {"model_info": {"base_model": "azure/gpt-4o"}}},
+    }[where]
+    report = charged(
+        lambda: litellm.completion(
+            model="azure/gpt-4",
+            messages=MESSAGES,
+            max_tokens=20,
+            mock_response=ANSWER,
+            **given,
+            **AZURE,
+        )
+    )
+    assert report.cost_usd == row_price(
+        "azure/gpt-4o", report.input_tokens, report.output_tokens
+    )
+
+
 def test_a_model_the_map_does_not_know_keeps_the_call_prices(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -1606,8 +1606,25 @@ def _request(kwargs: Mapping[str, Any]) -> CallRequest:
         choices=1 if (n := _largest(kwargs, "n", "best_of")) is None else n,
         provider=_provider(kwargs),
         skippable=_SKIPPABLE.get(),
-        prices=_call_prices(kwargs),
+        **_pricing(kwargs),
     )
+
+
+def _pricing(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """How a call is priced: the prices it sets (:func:`_call_prices`), or,
+    for an Azure deployment that sets none, the ``base_model`` it is priced
+    as from the price map (a deployment's name is any name its owner chose,
+    so the map's row for it, if any, says nothing of its price)."""
+    if _DEPLOYMENT_KWARGS.isdisjoint(kwargs) or _provider(kwargs) not in _AZURE:
+        return {"prices": _call_prices(kwargs)}
+    if _PRICE_KWARGS.isdisjoint(kwargs) and not _deployment_prices(kwargs):
+        found = _base_model_entry(kwargs)
+        if found is not None:
+            return {"prices": None, "price_as": found[0]}
+    return {"prices": _call_prices(kwargs)}
+
+
+_AZURE = frozenset({"azure", "azure_ai"})
 
 
 def _sent_messages(kwargs: Mapping[str, Any], model: str) -> list[Any]:
@@ -1771,6 +1788,12 @@ def _base_model_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The prices of the call's ``base_model`` in ``litellm.model_cost``
     (under the call's provider first, as LiteLLM looks it up); None when it
     names none or LiteLLM's map does not price it."""
+    found = _base_model_entry(kwargs)
+    return None if found is None else found[1]
+
+
+def _base_model_entry(kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The price map's name and prices for the call's ``base_model``."""
     base = _base_model(kwargs)
     if base is None:
         return None
@@ -1785,7 +1808,7 @@ def _base_model_prices(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         if isinstance(entry, Mapping):
             prices = call_price_fields(entry)
             if any(k in prices for k in _PRICING_FIELDS):
-                return prices
+                return name, prices
     return None
 
 
