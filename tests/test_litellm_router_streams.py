@@ -297,3 +297,23 @@ def test_the_routers_group_usage_counts_governed_streams(server: Server) -> None
 
     assert usage == expected
     assert task.report().calls == 3
+
+
+def test_a_governed_stream_refuses_to_be_pickled_with_a_clear_error() -> None:
+    """It is LiteLLM's stream type now, whose own pickling fails obscurely."""
+    import pickle
+
+    from governor import Governor
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    llm = GovernedLiteLLM(Governor())
+    stream = llm.completion(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "x"}],
+        mock_response="hi there",
+        max_tokens=5,
+        stream=True,
+    )
+    with pytest.raises(TypeError, match="governed stream cannot be pickled"):
+        pickle.dumps(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "hi there"

@@ -3547,6 +3547,7 @@ _BRIDGE_OWN = frozenset(
         "__aenter__",
         "__aexit__",
         "__repr__",
+        "__reduce_ex__",
     }
 )
 
@@ -3627,6 +3628,13 @@ class _BridgeStream:
     async def ahang_up(self) -> None:
         """Async form of :meth:`hang_up`."""
         await self._governed.ahang_up()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "a governed stream cannot be pickled: it holds an open connection "
+            "and its call's reservation. Read it out in this process and send "
+            "the answer (or stream_chunk_builder's result) instead"
+        )
 
     def __enter__(self) -> _BridgeStream:
         return self
