@@ -1398,17 +1398,17 @@ def _own_retries(kwargs: Mapping[str, Any], *, is_async: bool) -> int:
     Router retries by calling again, each attempt governed. So is a call
     with a ``retry_policy``, which LiteLLM applies per error type.
     """
-    buckets = (kwargs.get("metadata"), kwargs.get("litellm_metadata"))
-    if kwargs.get("retry_policy") or any(
-        isinstance(bucket, Mapping) and "model_group" in bucket for bucket in buckets
-    ):
-        return 0
     given = kwargs.get("num_retries")
     if is_async:
         wanted = litellm.num_retries if given is None else given
     else:
         wanted = given or litellm.num_retries
-    if isinstance(wanted, bool) or not isinstance(wanted, int):
+    if not wanted or isinstance(wanted, bool) or not isinstance(wanted, int):
+        return 0  # most calls: no retries asked for
+    buckets = (kwargs.get("metadata"), kwargs.get("litellm_metadata"))
+    if kwargs.get("retry_policy") or any(
+        isinstance(bucket, Mapping) and "model_group" in bucket for bucket in buckets
+    ):
         return 0
     return max(wanted, 0)
 
@@ -1636,6 +1636,8 @@ def _sent_messages(kwargs: Mapping[str, Any], model: str) -> list[Any]:
     route, so the larger (by its byte bound) is taken.
     """
     messages = list(kwargs["messages"])
+    if "extra_body" not in kwargs:
+        return messages  # most calls
     body = kwargs.get("extra_body")
     other = body.get("messages") if isinstance(body, Mapping) else None
     if not isinstance(other, list | tuple) or not other:
