@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import unicodedata
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -65,6 +64,7 @@ from governor._task import _CURRENT, Task, TaskReport, new_id, stop_reason_for
 from governor.budgets import lines_for, parse_line_key
 from governor.budgets._periods import calendar_ttl
 from governor.policies import Attribution, Budget, Cache, Policy
+from governor.policies._model import as_name
 from governor.pricing import Rate, RateCard, Usage
 from governor.stores import (
     AsyncLedger,
@@ -510,7 +510,7 @@ class Governor:
 
     def unblock(self, scope: str) -> None:
         """Undo auto-tighten for a scope ("team:search", or "all")."""
-        scope = unicodedata.normalize("NFC", scope)  # names are kept composed
+        scope = as_name(scope)  # names are kept composed
         self._blocked.discard(scope)
         self._factors.pop(scope, None)
         self._tighten_version += 1

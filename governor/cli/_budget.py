@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -195,7 +194,9 @@ def _reset(args: argparse.Namespace) -> int:
 def _matches(key: str, scope: str) -> bool:
     """Whether line ``key`` is ``scope``'s, any of its windows; names are
     kept composed (NFC), so a decomposed ``scope`` matches them too."""
-    scope = unicodedata.normalize("NFC", scope)
+    from governor.policies._model import as_name
+
+    scope = as_name(scope)
     return key == scope or key.startswith(scope + "#")
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import re
 import sys
-import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -303,6 +302,7 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
     refused rather than keeping only the last.
     """
     from governor._errors import ConfigError
+    from governor.policies._model import as_name
 
     out: dict[str, str | None] = {}
     first: dict[str, str] = {}
@@ -318,7 +318,7 @@ def _filters(pairs: Sequence[str]) -> dict[str, str | None]:
         # Attribution values are never empty, so "team=" can only mean unset.
         # Names are kept composed (NFC), as a policy keeps them: "café" typed
         # with a combining accent finds the calls charged to "café".
-        value = unicodedata.normalize("NFC", value)
+        value = as_name(value)
         if key in out and out[key] != (value or None):
             raise ConfigError(
                 f"--filter {first[key]} and --filter {pair}: one value per key, "

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from governor._errors import ConfigError, decimal_text
+from governor.policies._model import as_name
 from governor.spend._record import SpendRecord
 
 __all__ = ["GROUPINGS", "Group", "SpendSummary", "Totals", "summarize"]
@@ -118,7 +118,7 @@ def check_grouping(by: str) -> str:
     if by in GROUPINGS:
         return by
     if by.startswith("tag.") and len(by) > len("tag."):
-        return unicodedata.normalize("NFC", by)
+        return as_name(by)
     raise ConfigError(
         f"cannot group spend by {by!r}; use one of {', '.join(GROUPINGS)} "
         "or 'tag.<name>'"

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 from governor._errors import GovernorError, decimal_text
-from governor.policies._model import ATTRIBUTION_FIELDS
+from governor.policies._model import ATTRIBUTION_FIELDS, as_name
 from governor.pricing._types import USAGE_PARTS
 
 __all__ = ["OUTCOMES", "Outcome", "SpendDataError", "SpendRecord", "load_json"]
@@ -218,16 +218,13 @@ def _compose_names(record: SpendRecord) -> None:
     for name in ATTRIBUTION_FIELDS:
         value = getattr(record, name)
         if value is not None:
-            object.__setattr__(record, name, unicodedata.normalize("NFC", value))
+            object.__setattr__(record, name, as_name(value))
     tags = record.tags
     if any(not unicodedata.is_normalized("NFC", t) for t in (*tags, *tags.values())):
         object.__setattr__(
             record,
             "tags",
-            {
-                unicodedata.normalize("NFC", k): unicodedata.normalize("NFC", v)
-                for k, v in tags.items()
-            },
+            {as_name(k): as_name(v) for k, v in tags.items()},
         )
 
 

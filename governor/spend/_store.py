@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from governor._errors import ConfigError
+from governor.policies._model import as_name
 from governor.spend._record import SpendRecord
 
 __all__ = [
@@ -78,8 +78,8 @@ def check_filters(filters: Filters | None) -> dict[str, str | None]:
                 f"unknown spend filter {key!r}; use one of "
                 f"{', '.join(FILTER_FIELDS)} or 'tag.<name>'"
             )
-        composed = None if value is None else unicodedata.normalize("NFC", value)
-        out[unicodedata.normalize("NFC", key)] = composed
+        composed = None if value is None else as_name(value)
+        out[as_name(key)] = composed
     return out
 
 
