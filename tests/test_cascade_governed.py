@@ -101,6 +101,12 @@ def test_provider_error_falls_back_to_the_next_tier(capture: SpanCapture) -> Non
     costs = [s.attributes["gen_ai.usage.cost.amount"] for s in capture.calls()]
     assert costs[0] == 0
     assert Decimal(str(costs[1])) == report.cost_usd
+    # The failed attempt's span is marked failed, the accepted one is not.
+    statuses = [
+        (s.status.status_code.name, s.status.description)
+        for s in capture.named("governor.cascade.attempt")
+    ]
+    assert statuses == [("ERROR", "rate_limit"), ("UNSET", None)]
 
 
 def test_no_tier_fits_the_budget(capture: SpanCapture) -> None:

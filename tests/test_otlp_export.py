@@ -254,3 +254,20 @@ def test_the_protocol_setting_is_read_in_any_case(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON")
     with pytest.raises(ConfigError, match=r"'HTTP/JSON'.*not supported"):
         configure_tracing()
+
+
+@pytest.mark.parametrize("interval", [0, -5.0, float("nan"), float("inf"), True, "60"])
+def test_an_unusable_metrics_interval_is_refused_with_the_fix(
+    interval: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """export_interval_s must be seconds above 0, with or without an endpoint."""
+    from governor import ConfigError
+    from governor.telemetry import configure_metrics
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"export_interval_s=.*such as 60\.0"):
+        configure_metrics(export_interval_s=interval)  # type: ignore[arg-type]
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    with pytest.raises(ConfigError, match=r"not a number of seconds above 0"):
+        configure_metrics(export_interval_s=interval)  # type: ignore[arg-type]
+    configure_metrics(export_interval_s=0.5).shutdown()

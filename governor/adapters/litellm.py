@@ -485,12 +485,14 @@ class GovernedLiteLLM:
         if attempt.error_kind:
             attributes[attr.CASCADE_ERROR_KIND] = attempt.error_kind
         self.governor.telemetry.event(parent, "governor.cascade.attempt", attributes)
+        failed = attempt.outcome == "error"
         self.governor.telemetry.timed_span(
             f"governor.cascade.attempt {attempt.tier}",
             parent,
             attributes,
             start_ns=attempt.started_ns,
             end_ns=attempt.ended_ns,
+            error=(attempt.error_kind or "error") if failed else None,
         )
 
     def _on_result(

@@ -152,7 +152,12 @@ def configure_metrics(
     Returns:
         A provider to pass as ``Governor(meter_provider=...)``; call its
         ``shutdown()`` before the process exits.
+
+    Raises:
+        ConfigError: ``export_interval_s`` is not a positive number of
+            seconds, or the OTLP protocol cannot be used (see below).
     """
+    _check_interval(export_interval_s)
     chosen = list(readers)
     wants = otlp_endpoint or os.environ.get(ENV_OTLP_METRICS_ENDPOINT)
     if wants or os.environ.get(ENV_OTLP_ENDPOINT):
@@ -165,6 +170,23 @@ def configure_metrics(
             PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
         )
     return MeterProvider(resource=_resource(service_name), metric_readers=chosen)
+
+
+def _check_interval(export_interval_s: object) -> None:
+    """Refuse an export interval the metric reader cannot run with."""
+    from governor._errors import ConfigError
+
+    if isinstance(export_interval_s, bool) or not isinstance(
+        export_interval_s, (int, float)
+    ):
+        usable = False
+    else:
+        usable = 0 < export_interval_s < float("inf")
+    if not usable:
+        raise ConfigError(
+            f"export_interval_s={export_interval_s!r} is not a number of seconds "
+            "above 0: pass how often metrics are pushed, such as 60.0"
+        )
 
 
 def _otlp_class(signal: str, module: str, name: str, *, http: bool = False) -> Any:

@@ -208,8 +208,10 @@ class Telemetry:
         *,
         start_ns: int | None,
         end_ns: int | None,
+        error: str | None = None,
     ) -> None:
-        """Record a span after the fact, with the times it covered."""
+        """Record a span after the fact, with the times it covered; ``error``
+        (a short description) marks it failed."""
         if not self.tracing():
             return
         try:
@@ -217,6 +219,8 @@ class Telemetry:
             span = self._tracer.start_span(
                 name, context=context, attributes=attributes, start_time=start_ns
             )
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, error))
             span.end(end_time=end_ns)
         except Exception:
             logger.warning("could not record span %s", name, exc_info=True)
