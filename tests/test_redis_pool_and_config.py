@@ -327,7 +327,7 @@ def test_a_bad_url_is_refused_when_the_config_is_made(url: str, says: str) -> No
         "redis://127.0.0.1:6379/",
         "redis://127.0.0.1/3",
         "redis://[::1]:6379/2",
-        "rediss://:pw@host:6380/0?socket_timeout=1.5&db=2",
+        "rediss://:pw@host:6380/2?socket_timeout=1.5&db=2",
         "unix:///var/run/redis/redis.sock?db=2",
     ],
 )

@@ -153,6 +153,42 @@ def test_connection_kwargs_values_are_checked_when_the_config_is_made() -> None:
         RedisConfig(connection_kwargs={"ssl_cert_reqs": "none"})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"socket_timeout": 0}, r"socket_timeout=0, .*above 0, such as 2"),
+        ({"socket_timeout": -1}, r"socket_timeout=-1, .*above 0"),
+        ({"socket_timeout": None}, r"socket_timeout=None, .*above 0"),
+        ({"socket_connect_timeout": "abc"}, r"socket_connect_timeout='abc'"),
+        ({"max_connections": 0}, r"max_connections=0, .*at least 1"),
+        ({"bogus_option": 1}, r"sets bogus_option, which redis-py does not take"),
+        ({1: 2}, r"sets 1, which redis-py does not take"),
+        ({"decode_responses": False}, r"decode_responses=False: leave it out"),
+        ({"db": 99}, r"db=99: name the database in the URL"),
+    ],
+)
+def test_connection_kwargs_redis_py_cannot_use_are_refused_up_front(
+    kwargs: dict[object, object], says: str
+) -> None:
+    """Each of these used to fail every call later, with a bare ValueError or
+    TypeError (whatever the failure mode), or be ignored (db), or charge a
+    call and then lose its answer (decode_responses=False)."""
+    with pytest.raises(ConfigError, match=says):
+        RedisConfig(url="redis://127.0.0.1:6379/0", connection_kwargs=kwargs)  # type: ignore[arg-type]
+
+
+def test_connection_kwargs_redis_py_can_use_are_kept() -> None:
+    kwargs = {"socket_timeout": 3, "client_name": "w1", "decode_responses": True}
+    config = RedisConfig(connection_kwargs=kwargs)
+    assert dict(config.connection_kwargs) == kwargs
+
+
+def test_a_url_naming_two_databases_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"database 4 in its path and '5' in \?db="):
+        RedisConfig(url="redis://127.0.0.1:6379/4?db=5")
+    assert RedisConfig(url="redis://127.0.0.1:6379/4?db=04").url.endswith("db=04")
+
+
 def _free_url(scheme: str = "redis") -> str:
     return f"{scheme}://127.0.0.1:{OwnRedis().port}/0"
 

@@ -382,6 +382,17 @@ def _check_port_and_db(url: str) -> None:
             "database index, a whole number from 0 (redis://host:6379/0), or "
             "left out for database 0"
         )
+    queried = [v.strip() for v in parse_qs(parts.query).get("db", [])]
+    if (
+        db
+        and queried
+        and _DB_INDEX.fullmatch(queried[0])
+        and int(queried[0]) != int(db)
+    ):
+        raise ConfigError(
+            f"url {redact_url(url)!r} names database {db} in its path and "
+            f"{queried[0]!r} in ?db=; redis-py would use the second: give one"
+        )
 
 
 _DB_INDEX: Final = re.compile(r"[0-9]+")
@@ -455,11 +466,14 @@ def check_connection_kwargs(url: str, kwargs: Mapping[str, Any]) -> None:
     may be made before its certificates are in place), not here.
 
     Raises:
-        ConfigError: a protocol, TLS setting or mix of TLS options that
-            redis-py would refuse, or misread, at the first command.
+        ConfigError: an option no redis-py connection or pool takes, one the
+            governor must set itself, or a value (a timeout, a protocol, a
+            TLS setting or mix of TLS options) that redis-py would refuse,
+            or misread, at the first command.
     """
+    _check_kwarg_names(kwargs)
     for name, value in kwargs.items():
-        wants = option_problem(name, value, files=False)
+        wants = _kwarg_wants(name, value)
         if wants is not None:
             raise ConfigError(
                 f"RedisConfig.connection_kwargs sets {name}={_shown(name, value)}, "
@@ -471,6 +485,42 @@ def check_connection_kwargs(url: str, kwargs: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"url {redact_url(url)!r} with RedisConfig.connection_kwargs: {problem}"
         )
+
+
+# Connection arguments the governor cannot leave to the caller: replies are
+# read as text, and the database is the URL's (redis-py lets the URL's win).
+_GOVERNOR_OWNS: Final = {
+    "decode_responses": "leave it out: the governor reads Redis replies as text",
+    "db": "name the database in the URL instead (redis://host:6379/2)",
+}
+
+
+def _check_kwarg_names(kwargs: Mapping[str, Any]) -> None:
+    odd = sorted(repr(name) for name in kwargs if not isinstance(name, str))
+    unknown = sorted(
+        name for name in kwargs if isinstance(name, str) and name not in _url_options()
+    )
+    if odd or unknown:
+        raise ConfigError(
+            f"RedisConfig.connection_kwargs sets {', '.join(odd + unknown)}, which "
+            "redis-py does not take as a connection or pool option: check the "
+            "spelling against redis-py's Connection and ConnectionPool arguments"
+        )
+    for name, fix in _GOVERNOR_OWNS.items():
+        harmless = name == "decode_responses" and kwargs.get(name) is True
+        if name in kwargs and not harmless:
+            raise ConfigError(
+                f"RedisConfig.connection_kwargs sets {name}={kwargs[name]!r}: {fix}"
+            )
+
+
+def _kwarg_wants(name: str, value: object) -> str | None:
+    """What to give for a connection argument that cannot be used, else None.
+    A timeout of None (wait for ever) is refused: a stalled Redis would hang
+    every governed call instead of failing over."""
+    if not _in_range(name, value):
+        return _URL_WANTS.get(name, "a value of the right kind")
+    return option_problem(name, value, files=False)
 
 
 _URL_WANTS: Final = {
