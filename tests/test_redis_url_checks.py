@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from _redis_fixtures import OwnRedis
@@ -335,3 +335,31 @@ def test_every_refusal_advice_starts_a_sentence() -> None:
     assert "user_script:7. The Redis user may not run" in str(error)
     readonly = BaseParser.parse_error("READONLY You can't write against a replica.")
     assert (refusal_advice(readonly) or "")[0].isupper()
+
+
+def _silent_ledger(scheme: str, port: int) -> object:
+    from governor.stores import RedisLedger
+
+    config = RedisConfig(
+        url=f"{scheme}://127.0.0.1:{port}/0",
+        socket_timeout_s=0.3,
+        connect_timeout_s=0.3,
+        attempts=1,
+    )
+    return RedisLedger(config, prefix="never-written:")
+
+
+@pytest.mark.parametrize(("scheme", "hinted"), [("rediss", True), ("redis", False)])
+def test_a_tls_url_timing_out_on_a_plain_port_says_so(
+    scheme: str, hinted: bool
+) -> None:
+    """rediss:// to a server that answers no TLS handshake times out; the
+    error says that a plain port is the likely cause, not only 'reachable'."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, says nothing
+        ledger: Any = _silent_ledger(scheme, silent.getsockname()[1])
+        with pytest.raises(StoreUnavailable) as caught:
+            ledger.reserve("h1", [Line("t", limit_nanos=10)], 1, 1, ttl_s=5)
+        ledger.close()
+    assert ("use redis:// for such a server" in str(caught.value)) is hinted

@@ -857,7 +857,7 @@ class RedisConnections:
             )
         else:
             what_happened = f"refused {what}"
-        advice = advice or _REACH_ADVICE
+        advice = advice or _reach_advice(self.config.url, exc)
         error = StoreUnavailable(
             f"the Redis store at {url} {what_happened}: {reason}. {advice}, or "
             "set Policy(failure_mode='open') to admit calls under a local "
@@ -1316,6 +1316,20 @@ class RedisLedger:
 
 
 _REACH_ADVICE: Final = "Check that Redis is running and reachable (URL, password, TLS)"
+
+
+def _reach_advice(url: str, exc: BaseException) -> str:
+    """The advice for an outage; a TLS URL timing out while it connects is
+    most often TLS spoken to a server that does not speak it."""
+    tls = urlsplit(url).scheme.lower() == "rediss"
+    if tls and isinstance(exc, redis.exceptions.TimeoutError):
+        return (
+            "A rediss:// URL speaks TLS, and a server that does not (a plain "
+            "Redis port) leaves the handshake hanging until this timeout: use "
+            "redis:// for such a server; else check that Redis is running and "
+            "reachable"
+        )
+    return _REACH_ADVICE
 _PROTOCOL_REFUSED: Final = "protocol must be"
 """How redis-py refuses a protocol other than 2 or 3, at connect."""
 _OPTIONS_ADVICE: Final = (
