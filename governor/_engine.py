@@ -508,12 +508,68 @@ class Governor:
             "spend anomaly on %s: %s (auto-tighten)", request.scope, request.mode
         )
 
-    def unblock(self, scope: str) -> None:
-        """Undo auto-tighten for a scope ("team:search", or "all")."""
-        scope = as_name(scope)  # names are kept composed
+    def unblock(self, scope: str) -> bool:
+        """Undo auto-tighten for a scope; return whether anything was lifted.
+
+        ``scope`` is ``"kind:value"`` (``"team:search"``, ``"user:u7"``) or
+        ``"all"``, as :class:`~governor.ScopeBlocked` and :meth:`tightened`
+        name it. Spaces around it and around the kind are ignored and the
+        kind may be in any case (kinds are lower-case); the value is taken
+        as written. Lifts a block and undoes a lowering of that scope alone.
+        A scope neither blocked nor lowered lifts nothing: False, and an INFO
+        log line.
+
+        Raises:
+            ConfigError: ``scope`` names no scope (``"u7"``, ``""``,
+                ``"colour:red"``): the message gives the accepted forms.
+        """
+        scope = self._scope_to_lift(scope)
+        lifted = scope in self._blocked or scope in self._factors
+        if not lifted:
+            logger.info(
+                "gov.unblock(%r): that scope is neither blocked nor lowered, "
+                "so nothing was lifted (gov.tightened() lists those that are)",
+                scope,
+            )
+            return False
         self._blocked.discard(scope)
         self._factors.pop(scope, None)
         self._tighten_version += 1
+        return True
+
+    def _scope_to_lift(self, scope: str) -> str:
+        """``scope`` as :meth:`unblock` keys it; ConfigError if it names none."""
+        if not isinstance(scope, str):
+            raise TypeError(f"unblock() takes a scope as text, got {scope!r}")
+        from governor.anomaly import ALERT_SCOPES
+        from governor.policies._model import name_problem
+
+        kind, colon, value = scope.strip().partition(":")
+        kind, value = kind.strip().lower(), as_name(value.strip())
+        kinds = {*ALERT_SCOPES, *(s.partition(":")[0] for s in self.tightened())}
+        if kind == "all" and not colon:
+            return "all"
+        if colon and kind in kinds - {"all"} and name_problem(value) is None:
+            return f"{kind}:{value}"
+        raise ConfigError(
+            f"gov.unblock({scope!r}) names no scope: give 'kind:value' with "
+            f"a kind of {', '.join(sorted(kinds - {'all'}))} (e.g. "
+            "'user:u7', 'team:search'), or 'all'; gov.tightened() lists the "
+            "scopes blocked or lowered now"
+        )
+
+    def tightened(self) -> dict[str, str | float]:
+        """The scopes auto-tighten holds now: scope -> "blocked" or a factor.
+
+        A lowered scope maps to the fraction of its limits it keeps (0.5:
+        halved); a blocked scope to ``"blocked"`` (also when it is lowered
+        too). Sorted by scope; a copy, so changing it changes nothing.
+        :meth:`unblock` lifts either.
+        """
+        factors = self._factors.copy()
+        blocked = self._blocked.copy()
+        held: dict[str, str | float] = {**factors, **dict.fromkeys(blocked, "blocked")}
+        return dict(sorted(held.items()))
 
     def _check_blocked(
         self, task: Task, request: CallRequest, provider: str | None = None
@@ -630,7 +686,9 @@ class Governor:
         calls other threads are making or settling, so their spend records
         are written (not for this thread's own, which cannot progress
         meanwhile); in async code use :meth:`aclose`, which also waits for
-        the calls the loop is settling.
+        the calls the loop is settling. Alerts the anomaly monitor's webhook
+        still has to POST get up to ``timeout_s`` (``webhook_timeout_s``
+        when None); those left then are dropped with a WARNING.
         """
         # On an event loop's thread a wait would block the calls it waits for.
         return self._close(timeout_s, wait=asyncio._get_running_loop() is None)
@@ -649,6 +707,8 @@ class Governor:
         lost = 0 if recorder is None else int(recorder.close(timeout_s))
         self.recorder = None
         self._spend_closed = recorder is not None
+        if self.monitor is not None:  # after the writer: its last alerts go out
+            self.monitor.close(timeout_s)
         if unsent is not None:
             self._warn_unsent(unsent, recorder, lost)
         return lost

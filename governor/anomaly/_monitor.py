@@ -232,10 +232,17 @@ class AnomalyMonitor:
                 return scope
         return None
 
-    def close(self) -> None:
-        """Let queued webhook POSTs finish."""
-        if self._webhook is not None:
-            self._webhook.close()
+    def close(self, timeout_s: float | None = None) -> int:
+        """Let queued webhook POSTs finish; return how many alerts were dropped.
+
+        Waits up to ``timeout_s`` seconds (``webhook_timeout_s`` when None);
+        alerts still waiting then are dropped with a WARNING (see
+        :meth:`WebhookHook.close`). ``Governor.close`` calls it. The monitor
+        goes on working: a later alert is posted as before.
+        """
+        if self._webhook is None:
+            return 0
+        return self._webhook.close(timeout_s)
 
 
 def _warn_unlowered(scope: str, alert: Alert) -> None:
