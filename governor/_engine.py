@@ -579,7 +579,7 @@ class Governor:
         if not self._blocked:
             return
         keys = {"all", *(f"{k}:{v}" for k, v in task.scope_values.items())}
-        keys.add(f"model:{request.model}")
+        keys.update(_model_scopes(request.model, provider))
         if provider is not None:
             keys.add(f"provider:{provider}")
         named = self._named_by_call(task, request)
@@ -3014,6 +3014,21 @@ def _tighter(
     used = 0 if balance is None else balance.spent_nanos + balance.reserved_nanos
     room = nanos_to_usd(max(line.limit_nanos - used, 0))
     return room if left is None else min(left, room)
+
+
+def _model_scopes(model: str, provider: str | None) -> set[str]:
+    """The model scopes a call counts as: the name asked for and, once the
+    provider is known, the same model with and without its provider prefix
+    (``openai/gpt-4o-mini`` is ``gpt-4o-mini``), so a block on either holds."""
+    scopes = {f"model:{model}"}
+    if provider is None:
+        return scopes
+    head, slash, bare = model.partition("/")
+    if slash and head == provider and bare:
+        scopes.add(f"model:{bare}")
+    else:
+        scopes.add(f"model:{provider}/{model}")
+    return scopes
 
 
 def _outcome(error: BaseException | None) -> str:

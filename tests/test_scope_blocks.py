@@ -73,3 +73,26 @@ def test_a_blocked_provider_refuses_its_calls(tmp_path: Path) -> None:
         _ask(llm, model="offline/gpt-4o-mini")
 
     assert refused.value.scope == f"provider:{provider}"
+
+
+@pytest.mark.parametrize(
+    ("blocked", "asked"),
+    [
+        ("model:gpt-4o-mini", "openai/gpt-4o-mini"),
+        ("model:openai/gpt-4o-mini", "gpt-4o-mini"),
+    ],
+)
+def test_a_blocked_model_holds_with_or_without_its_provider_prefix(
+    blocked: str, asked: str
+) -> None:
+    """The monitor names a model as it was asked for; a block on one spelling
+    holds for the other, which LiteLLM sends to the same model."""
+    gov, llm = _blocked(blocked)
+
+    with gov.task(), pytest.raises(ScopeBlocked) as refused:
+        _ask(llm, model=asked, mock_response="red")
+
+    assert refused.value.scope == blocked
+    with gov.task() as task:
+        _ask(llm, model="openai/gpt-4o", mock_response="red")
+    assert task.report().calls == 1

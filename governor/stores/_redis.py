@@ -1330,6 +1330,8 @@ def _reach_advice(url: str, exc: BaseException) -> str:
             "reachable"
         )
     return _REACH_ADVICE
+
+
 _PROTOCOL_REFUSED: Final = "protocol must be"
 """How redis-py refuses a protocol other than 2 or 3, at connect."""
 _OPTIONS_ADVICE: Final = (
