@@ -833,10 +833,11 @@ class _HandlerCore:
         if _governed_by_litellm(serialized):
             return None
         params = dict(kwargs.get("invocation_params") or {})
-        settings = _call_settings(params)
+        caller = _calling_model()
+        settings = _call_settings(params, caller)
         meta = metadata or {}
         step = meta.get("langgraph_step")
-        model = _model_name(params, meta)
+        model = _model_name(params, meta, caller)
         if model is None:
             if self.task.policy.pricing.default is None:
                 raise _unnamed_model()
@@ -968,7 +969,7 @@ class _HandlerCore:
         """An answered call's result, at the usage the model reported (or a
         local count)."""
         request = admission.request
-        model = _response_model(response)
+        model = _answering_model(response, request.model, _calling_model())
         text = _generated_text(response)
         reported = read_usage(lambda: _usage_of(response), request.model)
         usage = settled_usage(
@@ -2005,13 +2006,60 @@ def _as_dict(message: BaseMessage) -> dict[str, Any]:
     return entry
 
 
-def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+def _model_name(
+    params: Mapping[str, Any], metadata: Mapping[str, Any], caller: _Caller | None
+) -> str | None:
+    """The model the call is sent to: a ChatLiteLLM's ``model_kwargs`` model
+    (see :func:`_model_kwargs_model`), else the invocation params' name, else
+    LangChain's ``ls_model_name``."""
+    sent = _model_kwargs_model(params, caller)
+    if sent is not None:
+        return sent
     for key in ("model", "model_name", "model_id"):
         value = params.get(key)
         if value:
             return str(value)
     value = metadata.get("ls_model_name")
     return str(value) if value else None
+
+
+def _model_kwargs_model(
+    params: Mapping[str, Any], caller: _Caller | None
+) -> str | None:
+    """The ``model`` in a ChatLiteLLM's ``model_kwargs``, where it is sent.
+
+    ChatLiteLLM merges its ``model_kwargs`` over its own fields, so a model
+    named there is the one LiteLLM is asked for, though the invocation params
+    name the field's. A model the call names (``bind(model=...)``,
+    ``invoke(..., model=...)``) is merged over both and sent instead. None
+    for other models, whose ``model_kwargs`` may not be sent that way.
+    """
+    if caller is None or not _is_chat_litellm(caller.model):
+        return None
+    named = (_model_kwargs_of(caller.model) or {}).get("model")
+    if not named or _call_names_model(params, caller):
+        return None
+    return str(named)
+
+
+def _call_names_model(params: Mapping[str, Any], caller: _Caller) -> bool:
+    """True when the call names its own model (a ``None`` one is none).
+
+    Read from the call's keyword arguments where they are found; else a model
+    in the invocation params other than the model's field is the call's.
+    """
+    if caller.kwargs is not None:
+        return caller.kwargs.get("model") is not None
+    model = caller.model
+    field = getattr(model, "model_name", None) or getattr(model, "model", None)
+    asked = params.get("model")
+    return bool(asked) and asked != field
+
+
+def _is_chat_litellm(model: BaseLanguageModel[Any]) -> bool:
+    """True for a ChatLiteLLM (its router included), by class name, so that
+    neither ``langchain_litellm`` nor ``langchain_community`` is imported."""
+    return any(kind.__name__ == "ChatLiteLLM" for kind in type(model).__mro__)
 
 
 def _unnamed_model() -> ConfigError:
@@ -2023,42 +2071,63 @@ def _unnamed_model() -> ConfigError:
 
 
 _MODEL_FRAMES = 16
-"""How many frames above a start event are searched for the model making
-the call (see :func:`_calling_model_kwargs`)."""
+"""How many frames above a callback event are searched for the model making
+the call (see :func:`_calling_model`)."""
 
 
-def _call_settings(params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _call_settings(
+    params: Mapping[str, Any], caller: _Caller | None
+) -> list[Mapping[str, Any]]:
     """Where a call's settings are read: its invocation params, the
-    ``model_kwargs`` in them, and the calling model's own ``model_kwargs``."""
+    ``model_kwargs`` in them, and the calling model's own ``model_kwargs``.
+
+    A model may send its ``model_kwargs`` with each request but leave them
+    out of the invocation params its callbacks get (ChatLiteLLM does), so
+    ``n`` or ``max_completion_tokens`` set there would not be reserved.
+    """
     settings: list[Mapping[str, Any]] = [params]
     nested = params.get("model_kwargs")
     if isinstance(nested, Mapping):
         settings.append(nested)
-    own = _calling_model_kwargs()
+    own = _model_kwargs_of(caller.model) if caller is not None else None
     if own is not None:
         settings.append(own)
     return settings
 
 
-def _calling_model_kwargs() -> Mapping[str, Any] | None:
-    """The ``model_kwargs`` of the LangChain model whose start event this is.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Caller:
+    """The LangChain model sending a callback event."""
 
-    A model may send its ``model_kwargs`` with each request but leave them
-    out of the invocation params its callbacks get (ChatLiteLLM does), so
-    ``n`` or ``max_completion_tokens`` set there would not be reserved. The
-    model is the ``self`` of the frame that started the event (callbacks run
+    model: BaseLanguageModel[Any]
+    kwargs: Mapping[str, Any] | None
+    """The keyword arguments of its call (``bind``'s and ``invoke``'s), as
+    its ``generate`` or ``stream`` got them; None where not found."""
+
+
+def _calling_model() -> _Caller | None:
+    """The LangChain model whose callback event is being handled.
+
+    It is the ``self`` of the frame that sent the event (callbacks run
     inline, in the model's call); None when no model is found.
     """
     frame = sys._getframe(1)
     for _ in range(_MODEL_FRAMES):
-        owner = frame.f_locals.get("self")
+        names = frame.f_locals
+        owner = names.get("self")
         if isinstance(owner, BaseLanguageModel):
-            found = getattr(owner, "model_kwargs", None)
-            return found if isinstance(found, Mapping) else None
+            kwargs = names.get("kwargs")
+            return _Caller(owner, kwargs if isinstance(kwargs, Mapping) else None)
         if frame.f_back is None:
             break
         frame = frame.f_back
     return None
+
+
+def _model_kwargs_of(model: BaseLanguageModel[Any]) -> Mapping[str, Any] | None:
+    """The model's own ``model_kwargs``; None when it has none."""
+    found = getattr(model, "model_kwargs", None)
+    return found if isinstance(found, Mapping) else None
 
 
 def _largest(settings: Sequence[Mapping[str, Any]], *names: str) -> int | None:
@@ -2107,6 +2176,25 @@ def _response_model(response: LLMResult) -> str | None:
         if model:
             return str(model)
     return None
+
+
+def _answering_model(
+    response: LLMResult, requested: str, caller: _Caller | None
+) -> str | None:
+    """The model that answered, as the response names it, or None.
+
+    A chat model that writes its own configured model into the response
+    metadata (ChatLiteLLM does, whatever the provider answered with) names
+    no answering model when the call was sent to another one, by
+    ``bind(model=...)`` or its ``model_kwargs``: that name is left out, so
+    the call is not charged as answered by a model it was not sent to.
+    """
+    named = _response_model(response)
+    if not named or named == requested or caller is None:
+        return named
+    fields = ("model", "model_name", "model_id")
+    own = [getattr(caller.model, field, None) for field in fields]
+    return None if named in own else named
 
 
 def _usage_of(response: LLMResult) -> Usage | None:
