@@ -12,7 +12,9 @@ from governor.cli._policy import POLICY_HELP, load_policy, unpriced_advice
 from governor.cli._replay import (
     SourceError,
     add_source_arguments,
+    add_verbose_argument,
     check_swaps,
+    held_budget_warnings,
     load_records,
 )
 from governor.cli._text import given
@@ -45,7 +47,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
         "--b",
         default=None,
         type=given("a policy"),
-        help="policy B (default: same as A)",
+        help="policy B; give --b, --model OLD=NEW or both (with --model "
+        "alone, B is policy A with the models swapped)",
     )
     parser.add_argument(
         "--model",
@@ -55,6 +58,7 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help="in run B, replay calls to OLD as calls to NEW (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_verbose_argument(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -73,9 +77,10 @@ def _run(args: argparse.Namespace) -> int:
         check_swaps(records, swaps)
         policy_a = load_policy(args.a)
         policy_b = load_policy(args.b) if args.b else policy_a
-        run_a = replay(records, policy_a, label=f"A: {args.a}")
         label_b = f"B: {args.b or args.a}" + "".join(f" {m}" for m in args.model)
-        run_b = replay(records, policy_b, label=label_b, model_map=swaps)
+        with held_budget_warnings(_COMMAND, verbose=args.verbose):
+            run_a = replay(records, policy_a, label=f"A: {args.a}")
+            run_b = replay(records, policy_b, label=label_b, model_map=swaps)
     except ConfigError as exc:
         return fail(args, _COMMAND, exc, 2)
     except PriceUnknown as exc:

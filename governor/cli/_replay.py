@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from governor._errors import decimal_text
@@ -17,7 +20,9 @@ from governor.cli._text import given, ljust, printable, width
 __all__ = [
     "SourceError",
     "add_source_arguments",
+    "add_verbose_argument",
     "check_swaps",
+    "held_budget_warnings",
     "load_records",
     "register",
 ]
@@ -57,7 +62,74 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help="replay calls to OLD as calls to NEW (repeatable, one NEW per OLD)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_verbose_argument(parser)
     parser.set_defaults(handler=_run)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose``: print each budget warning the replay logs."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print each budget warn_at warning the replay logs (by default "
+        "one line on stderr counts them)",
+    )
+
+
+_ENGINE_LOGGER = "governor._engine"
+"""The logger of the governor's budget warn_at warnings."""
+
+
+class _BudgetWarnings(logging.Filter):
+    """Counts the budget warn_at warnings, held back unless ``show``."""
+
+    def __init__(self, show: bool) -> None:
+        super().__init__()
+        self.show = show
+        self.count = 0
+        self.lines: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Let every other record through; count a budget warning."""
+        if record.levelno != logging.WARNING or not str(record.msg).startswith(
+            "budget %s has used "
+        ):
+            return True
+        self.count += 1
+        if isinstance(record.args, tuple) and record.args:
+            self.lines.add(str(record.args[0]))
+        return self.show
+
+
+@contextlib.contextmanager
+def held_budget_warnings(command: str, *, verbose: bool) -> Iterator[None]:
+    """Replay without one warning per budget line and threshold on stderr.
+
+    A replay crosses each budget's ``warn_at`` fractions on every line and
+    window of the recorded traffic: a long record can log hundreds. They are
+    counted and said in one line on stderr when the block ends, or printed
+    each as logged with ``verbose``. Other log records pass as they are.
+    """
+    held = _BudgetWarnings(show=verbose)
+    logger = logging.getLogger(_ENGINE_LOGGER)
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    if held.count and not verbose:
+        warnings = _count(held.count, "budget warning")
+        lines = _count(len(held.lines), "budget line")
+        print(
+            f"{command}: {warnings} (a line past a warn_at fraction) on "
+            f"{lines} held back; pass --verbose to print each",
+            file=sys.stderr,
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +285,8 @@ def _run(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
         named = policy.name != "default" or args.policy == "default"
         label = policy.name if named else args.policy
-        run = replay(records, policy, label=label, model_map=swaps)
+        with held_budget_warnings(_COMMAND, verbose=args.verbose):
+            run = replay(records, policy, label=label, model_map=swaps)
     except ConfigError as exc:
         return fail(args, _COMMAND, exc, 2)
     except PriceUnknown as exc:

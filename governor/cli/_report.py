@@ -33,6 +33,8 @@ _COMMAND = "governor report"
 
 DEFAULT_BY = ("team", "feature", "model", "day", "task")
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
+_SIGNED = re.compile(r"^-\d+[mhdw]$")
+"""A span written with a minus sign (``-5d``): read as a value, refused with advice."""
 _UNIT_S = {"m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _COLUMNS = (
     "calls",
@@ -119,10 +121,27 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help="also write the charts as PNG",
     )
     parser.set_defaults(handler=_run)
+    _values_may_start_with_minus(parser)
+
+
+def _values_may_start_with_minus(parser: argparse.ArgumentParser) -> None:
+    """Let ``--since -5d`` reach :func:`parse_when`, which says to write ``5d``.
+
+    argparse takes an argument that starts with ``-`` and is not a negative
+    number for an option, and would say only "expected one argument". No
+    option of ``report`` looks like ``-5d``, so such a word is read as a value.
+    """
+    matcher = getattr(parser, "_negative_number_matcher", None)
+    if not isinstance(matcher, re.Pattern):  # a Python whose argparse differs
+        return
+    parser._negative_number_matcher = re.compile(f"{matcher.pattern}|{_SIGNED.pattern}")
 
 
 def parse_when(text: str, *, now: datetime) -> datetime:
     """Read ``30m``/``12h``/``7d``/``2w`` before ``now``, or an ISO date/time."""
+    if _SIGNED.match(text):
+        why = f" (a span before now takes no minus sign: write {text[1:]})"
+        raise _unreadable(text, why)
     relative = _RELATIVE.match(text)
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
@@ -254,6 +273,8 @@ def _summarize(
         records = store.query(query.since, query.until, query.filters)
         summary = summarize(records, query.by)
         skipped: int = getattr(store, "skipped_duplicates", 0)
+        if not summary.total.calls:
+            _hint_if_nothing_stored(store, query)
     except RecursionError as exc:
         raise SpendDataError(too_deep(target, "a spend record")) from exc
     except Exception as exc:
@@ -266,6 +287,35 @@ def _summarize(
         store.close()
     label = target if args.prefix is None else f"{target} (prefix {args.prefix})"
     return dataclasses.replace(summary, by=query.shown), label, skipped
+
+
+def _hint_if_nothing_stored(store: Any, query: _Query) -> None:
+    """Say on stderr where nothing was found when a Redis store holds no record
+    at all under its prefix (a wrong ``--prefix`` is the usual cause), not
+    when records are there but the time range or filters matched none."""
+    from governor.spend import RedisSpendStore
+
+    if not isinstance(store, RedisSpendStore):
+        return
+    if (query.since or query.until or query.filters) and _holds_any(store):
+        return
+    print(
+        f"note: {store.url} holds no spend records under this prefix (keys "
+        f"{printable(store.hash_key)} and {printable(store.index_key)}); if "
+        "your services record spend under another RedisLedger prefix, pass "
+        "the same with --prefix",
+        file=sys.stderr,
+    )
+
+
+def _holds_any(store: Any) -> bool:
+    """Whether the store holds a record, whatever its time or attribution."""
+    from governor.spend import SpendDataError
+
+    try:
+        return next(iter(store.query()), None) is not None
+    except SpendDataError:
+        return True  # a record is there, if one that cannot be read
 
 
 def _check_store_path(target: str) -> None:

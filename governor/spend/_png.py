@@ -22,7 +22,8 @@ __all__ = ["render_png"]
 
 Canvas = npt.NDArray[np.uint8]
 
-# Each glyph is seven rows of five pixels, a row's bits read left to right.
+# Each glyph is seven rows of five pixels, a row's bits read left to right;
+# every printable ASCII character has one (lower case is drawn upper-cased).
 _GLYPHS: dict[str, tuple[int, ...]] = {
     " ": (0, 0, 0, 0, 0, 0, 0),
     "0": (14, 17, 19, 21, 25, 17, 14),
@@ -81,6 +82,18 @@ _GLYPHS: dict[str, tuple[int, ...]] = {
     "<": (2, 4, 8, 16, 8, 4, 2),
     ">": (8, 4, 2, 1, 2, 4, 8),
     "*": (0, 4, 21, 14, 21, 4, 0),
+    '"': (10, 10, 10, 0, 0, 0, 0),
+    "&": (12, 18, 20, 8, 21, 18, 13),
+    ";": (0, 12, 12, 0, 12, 4, 8),
+    "@": (14, 17, 1, 13, 21, 21, 14),
+    "[": (14, 8, 8, 8, 8, 8, 14),
+    "\\": (0, 16, 8, 4, 2, 1, 0),
+    "]": (14, 2, 2, 2, 2, 2, 14),
+    "^": (4, 10, 17, 0, 0, 0, 0),
+    "`": (8, 4, 2, 0, 0, 0, 0),
+    "{": (2, 4, 4, 8, 4, 4, 2),
+    "|": (4, 4, 4, 4, 4, 4, 4),
+    "}": (8, 4, 4, 2, 4, 4, 8),
 }
 _CELL_W = 6  # five pixels of glyph and one of spacing
 

@@ -124,7 +124,10 @@ class SpendRecord:
                     f"{type(count).__name__} {count!r}"
                 )
             if count < 0:
-                raise ValueError("SpendRecord token counts must be non-negative")
+                raise ValueError(
+                    f"SpendRecord.{name} must be a non-negative token count, "
+                    f"got {count}"
+                )
 
     @property
     def total_tokens(self) -> int:

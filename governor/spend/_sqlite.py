@@ -273,6 +273,12 @@ def _read_source(path: Path, conn: sqlite3.Connection) -> str:
     return f"(SELECT id, {', '.join(chosen)} FROM spend)"
 
 
+def _is_locked(exc: sqlite3.Error) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _wal_pending(path: Path) -> bool:
     """Whether ``path`` has a write-ahead log holding data (a ``-wal`` file)."""
     try:
@@ -309,7 +315,8 @@ class SQLiteSpendStore:
         ConfigError: the file was made by a newer schema than this release
             knows (a newer llm-governor), or SQLite cannot read it
             read-only (a read-only folder where its write-ahead log needs a
-            ``-shm`` file).
+            ``-shm`` file), or, with ``read_only``, another process held a
+            lock on it for longer than ``busy_timeout_s``.
         SpendDataError: with ``read_only``, the file is not a SQLite
             database or holds no spend table.
         sqlite3.Error: SQLite cannot open or set up the file.
@@ -375,6 +382,8 @@ class SQLiteSpendStore:
         try:
             self._check_readable()
         except sqlite3.OperationalError as exc:
+            if _is_locked(exc):
+                raise self._locked(exc) from exc
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_CANTOPEN:
                 raise
             # A file in WAL mode needs a -shm file, which a read-only folder
@@ -403,6 +412,14 @@ class SQLiteSpendStore:
             "it finds a -shm file there too: close the governor recording to "
             "it (which folds the log into the file), or copy the file with "
             "its -wal to a folder you can write"
+        )
+
+    def _locked(self, exc: sqlite3.Error) -> ConfigError:
+        return ConfigError(
+            f"cannot read the spend store {self.path}: another process holds a "
+            f"lock on it ({exc}, after waiting {self._timeout_s:g} s), such as "
+            "a long write or an open exclusive transaction; retry once that "
+            "process has finished its write, or wait for it to end"
         )
 
     def _connect(self) -> sqlite3.Connection:
