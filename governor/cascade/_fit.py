@@ -9,6 +9,12 @@ much, with no better quality) gives way to the always-best model alone.
 The held-out rows are replayed once per candidate for the cost-quality
 curve, never to choose.
 
+Every candidate's ratios are taken against one always-best model, so that
+they can be compared: the premium model, which is the candidates' last-tier
+model with the best accuracy on the fit rows (the dearer there of equally
+good ones; the first candidate's of equally dear ones). Candidates that
+share their last tier share it as it is.
+
 A ratio has no value when the always-best model costs nothing (a free
 premium tier) or scores 0. Then the target is met as it would be on the
 figures themselves (any accuracy is at least the target times 0; only a
@@ -24,6 +30,7 @@ import random
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from governor._errors import ConfigError
@@ -31,7 +38,7 @@ from governor.cascade._builtin import NamedPolicy
 from governor.cascade._checks import build_check, normalise, resolve_callable
 from governor.cascade._complexity import Estimator, heuristic_complexity
 from governor.cascade._replay import RECORDED_JUDGE, ReplayReport, ReplayRow, replay
-from governor.policies._cascade import AgreementCheck, Cascade, Normaliser
+from governor.policies._cascade import AgreementCheck, Normaliser
 
 __all__ = [
     "ALWAYS_BEST",
@@ -40,6 +47,7 @@ __all__ = [
     "fit_and_report",
     "formless_answers",
     "narrow_rows",
+    "premium_model",
     "split_rows",
 ]
 
@@ -162,11 +170,41 @@ def _dominated(report: ReplayReport) -> bool:
     )
 
 
-def _always_best(name: str, cascade: Cascade, report: ReplayReport) -> ReplayReport:
-    """``report``'s always-best baseline reported as the policy itself."""
+def _always_best(
+    name: str, policy: NamedPolicy, selected: str, report: ReplayReport
+) -> ReplayReport:
+    """``report``'s always-best baseline reported as the policy itself.
+
+    Its final tier is the last tier that calls the premium model: the
+    selected candidate's when it does, else the first such candidate's.
+    """
     best = report.baselines.always_best
-    tiers = {cascade.tiers[-1].name: best.rows}
+    model = report.baselines.best_model
+    lasts = [cascade.tiers[-1] for _, cascade in policy.candidates]
+    own = dict(policy.candidates)[selected].tiers[-1]
+    tier = own if own.model == model else next(t for t in lasts if t.model == model)
+    tiers = {tier.name: best.rows}
     return ReplayReport(f"{name}/{ALWAYS_BEST}", best, report.baselines, tiers)
+
+
+def premium_model(policy: NamedPolicy, rows: Sequence[ReplayRow]) -> str:
+    """The always-best model every candidate of ``policy`` is compared with.
+
+    Among the candidates' last-tier models, the one with the best accuracy
+    on ``rows`` (the fit rows); of equally good ones the dearer on them, of
+    equally dear ones the first candidate's. With one last-tier model (or
+    no rows) it is the first candidate's last tier.
+    """
+    lasts = list(dict.fromkeys(c.tiers[-1].model for _, c in policy.candidates))
+    if len(lasts) == 1 or not rows:
+        return lasts[0]
+
+    def merit(model: str) -> tuple[float, Decimal]:
+        score = sum(row.outcomes[model].score for row in rows)
+        cost = sum((row.outcomes[model].cost_usd for row in rows), Decimal(0))
+        return score, cost
+
+    return max(lasts, key=merit)
 
 
 def _needed_models(policy: NamedPolicy) -> list[str]:
@@ -294,8 +332,10 @@ def fit_and_report(
 
     Rows are first narrowed to those recording every model any candidate
     uses (:func:`narrow_rows`), so every candidate and baseline sees the
-    same rows. A family of one candidate may use ``fit_fraction=0`` to
-    report on every row; then nothing is selected and nothing replaced.
+    same rows, and every candidate's ratios are over one always-best model
+    (:func:`premium_model`, chosen on the fit rows). A family of one
+    candidate may use ``fit_fraction=0`` to report on every row; then
+    nothing is selected and nothing replaced.
     Without fit rows, a candidate's fit figures are None (nothing was
     measured on them).
     """
@@ -310,9 +350,10 @@ def fit_and_report(
         )
     known = {"heuristic": _memoised(heuristic_complexity), **policy.callables}
     _check_names(policy, known)
+    best = premium_model(policy, fit_part)
     on_fit = (
         [
-            (label, replay(label, c, fit_part, callables=known))
+            (label, replay(label, c, fit_part, callables=known, best_model=best))
             for label, c in policy.candidates
         ]
         if fit_part
@@ -324,15 +365,14 @@ def fit_and_report(
         else policy.candidates[0][0]
     )
     on_held = [
-        (label, replay(label, c, held_out, callables=known))
+        (label, replay(label, c, held_out, callables=known, best_model=best))
         for label, c in policy.candidates
     ]
     curve = _curve(on_fit, on_held)
     chosen = dict(on_held)[selected]
     if on_fit and _dominated(dict(on_fit)[selected]):
-        cascade = dict(policy.candidates)[selected]
-        best = _always_best(policy.name, cascade, chosen)
-        return FitResult(ALWAYS_BEST, best, len(fit_part), curve, selected)
+        alone = _always_best(policy.name, policy, selected, chosen)
+        return FitResult(ALWAYS_BEST, alone, len(fit_part), curve, selected)
     named = ReplayReport(
         f"{policy.name}/{selected}",
         chosen.summary,

@@ -76,11 +76,17 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Baselines:
-    """The reference points of a replay, over the same rows and tiers."""
+    """The reference points of a replay, over the same rows and tiers.
+
+    ``best_model`` is the model the always-best figures are for: the
+    policy's last tier, or the premium model shared by every candidate of a
+    fitted run (see :func:`baselines`).
+    """
 
     always_cheapest: Summary
     always_best: Summary
     oracle: Summary
+    best_model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,10 @@ class ReplayReport:
             "accuracy": round(self.summary.accuracy, 6),
             "baselines": {
                 "always-cheapest": _summary_json(self.baselines.always_cheapest),
-                "always-best": _summary_json(self.baselines.always_best),
+                "always-best": {
+                    **_summary_json(self.baselines.always_best),
+                    "model": self.baselines.best_model,
+                },
                 "oracle": _summary_json(self.baselines.oracle),
             },
             "cost_ratio": _rounded(self.cost_ratio),
@@ -163,11 +172,15 @@ def replay(
     rows: Sequence[ReplayRow],
     *,
     callables: Mapping[str, Callable[..., Any]] | None = None,
+    best_model: str | None = None,
 ) -> ReplayReport:
     """Replay ``rows`` through ``policy`` and compare it with its baselines.
 
     Rows missing a tier's model must be dropped first (:func:`usable_rows`).
     The recorded judge (``RECORDED_JUDGE``) scores on a 0-10 scale.
+    ``best_model`` is the always-best model the ratios are taken against
+    (the policy's last tier when None); candidates compared with each other
+    must share it, or their ratios are on different yardsticks.
     """
     judge_spend: list[Decimal] = []
 
@@ -201,20 +214,34 @@ def replay(
             total_score += result.answer.raw.score
     total_cost += sum(judge_spend, Decimal(0))
     summary = Summary(len(rows), total_cost, total_score / len(rows) if rows else 0.0)
-    return ReplayReport(name, summary, baselines(policy, rows), dict(final))
+    references = baselines(policy, rows, best_model)
+    return ReplayReport(name, summary, references, dict(final))
 
 
-def baselines(policy: Cascade, rows: Sequence[ReplayRow]) -> Baselines:
-    """Always the first tier, always the last tier, and the per-row oracle.
+def baselines(
+    policy: Cascade, rows: Sequence[ReplayRow], best_model: str | None = None
+) -> Baselines:
+    """Always the first tier, always the best model, and the per-row oracle.
 
-    The oracle picks, per row, the cheapest tier with the best recorded
-    score, and pays for that one call only.
+    The best model is ``best_model``, else the policy's last tier. The
+    oracle picks, per row, the cheapest tier with the best recorded score,
+    and pays for that one call only.
+
+    Raises:
+        ConfigError: a row records no outcome for ``best_model``.
     """
     models = [tier.model for tier in policy.tiers]
+    best = models[-1] if best_model is None else best_model
+    if any(best not in row.outcomes for row in rows):
+        raise ConfigError(
+            f"the always-best model {best!r} has no outcome on some rows; keep "
+            "only the rows that record it (as narrow_rows does for a fitted run)"
+        )
     return Baselines(
         always_cheapest=_always(models[0], rows),
-        always_best=_always(models[-1], rows),
+        always_best=_always(best, rows),
         oracle=_oracle(models, rows),
+        best_model=best,
     )
 
 

@@ -302,8 +302,10 @@ def _text(result: Any, doc: dict[str, Any], args: argparse.Namespace) -> str:
     if doc["note"]:
         lines.append(f"note     {doc['note']}")
     for name, base in doc["baselines"].items():
+        model = f"  ({base['model']})" if base.get("model") else ""
         lines.append(
-            f"{name:<16} cost ${base['cost_usd']:.4f}  accuracy {base['accuracy']:.4f}"
+            f"{name:<16} cost ${base['cost_usd']:.4f}  accuracy "
+            f"{base['accuracy']:.4f}{model}"
         )
     lines.append(f"final tier counts: {dict(result.report.final_tiers)}")
     lines.append("")

@@ -14,10 +14,14 @@ Two shapes of the same run are read:
 
 The tool calls of a reply are its ``tool_calls`` (mini-swe-agent 2's
 default tool calling; the results are the ``tool`` messages that follow),
-else its one fenced ``bash`` (version 1) or ``mswea_bash_command`` (version
-2) block, whose result is the observation message that follows. A reply
-without exactly one block gets no tool call, and the format error it drew
-becomes a message of the next call.
+else its Anthropic ``tool_use`` content parts (the results are the
+``tool_result`` parts of the user message that follows; its other parts
+are a message of the next call), else its one fenced ``bash`` (version 1)
+or ``mswea_bash_command`` (version 2) block, whose result is the
+observation message that follows. A reply without exactly one block gets
+no tool call, and the format error it drew becomes a message of the next
+call. Message text is read as :func:`text_of` reads it: a ``tool_result``
+part's content is its text.
 """
 
 from __future__ import annotations
@@ -160,7 +164,7 @@ def _calls(messages: Sequence[Mapping[str, Any]]) -> list[Call]:
             later = _until_next_reply(messages, position + 1)
             call, answered = _reply_call(message, later, len(calls), where)
             calls.append(_with_messages(call, pending))
-            pending = []
+            pending = _besides_results(call, later[:answered])
             position += 1 + answered
             continue
         if _rejected_reply(message):
@@ -201,13 +205,23 @@ def _reply_call(
         results = _tool_results(calls, later)
         call = Call(output, (), calls, results, **usage)
         return call, len(results)
+    uses = _parts(message, "tool_use")
+    if uses:
+        calls = tuple(_tool_use(t, index, n) for n, t in enumerate(uses))
+        answer = later[0] if later and later[0]["role"] == "user" else {}
+        results = _result_parts(calls, _parts(answer, "tool_result"))
+        call = Call(output, (), calls, results, **usage)
+        return call, 1 if results else 0
     blocks = _action_blocks(output)
     if len(blocks) != 1 or not later or later[0]["role"] not in _OBSERVATION_ROLES:
         return Call(output, **usage), 0
     call_id = f"call-{index}"
     observation = later[0]
+    # Anthropic's shape: the tool_result parts (the other parts, if any,
+    # are a message of the next call).
+    observed = _parts(observation, "tool_result") or observation.get("content")
     result = ToolResult(
-        content=text_of(observation.get("content")),
+        content=text_of(observed),
         call_id=call_id,
         content_sha1=observation.get("content_sha1"),
         truncated=bool(observation.get("content_truncated")),
@@ -238,6 +252,59 @@ def _tool_call(value: object, index: int, rank: int) -> ToolCall:
         args=args if isinstance(args, Mapping | str) else {},
         id=str(call_id) if call_id is not None else f"call-{index}-{rank}",
     )
+
+
+def _parts(message: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    """The content parts of type ``kind`` of a message (Anthropic's shape)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, Mapping) and p.get("type") == kind]
+
+
+def _tool_use(part: Mapping[str, Any], index: int, rank: int) -> ToolCall:
+    """A ``tool_use`` part, read as the OpenAI tool call it stands for."""
+    function = {"name": part.get("name"), "arguments": part.get("input")}
+    return _tool_call({"id": part.get("id"), "function": function}, index, rank)
+
+
+def _result_parts(
+    calls: Sequence[ToolCall], parts: Sequence[Mapping[str, Any]]
+) -> tuple[ToolResult, ...]:
+    """The ``tool_result`` parts answering ``tool_use`` calls, each matched to
+    its call by ``tool_use_id`` (else the call of its rank)."""
+    results: list[ToolResult] = []
+    for rank, part in enumerate(parts):
+        call_id = part.get("tool_use_id")
+        if call_id is None and rank < len(calls):
+            call_id = calls[rank].id
+        results.append(
+            ToolResult(
+                content=text_of(part.get("content")),
+                call_id=None if call_id is None else str(call_id),
+                content_sha1=part.get("content_sha1"),
+                truncated=bool(part.get("content_truncated")),
+            )
+        )
+    return tuple(results)
+
+
+def _besides_results(
+    call: Call, answered: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, str]]:
+    """What a message of ``tool_result`` parts says besides the results (a
+    text part after them): a message of the next call's prompt."""
+    if not call.tool_results or len(answered) != 1 or answered[0]["role"] != "user":
+        return []
+    content = answered[0].get("content")
+    if not isinstance(content, list) or not _parts(answered[0], "tool_result"):
+        return []
+    rest = [p for p in content if not _is_result(p)]
+    return [plain({"role": "user", "content": rest})] if rest else []
+
+
+def _is_result(part: object) -> bool:
+    return isinstance(part, Mapping) and part.get("type") == "tool_result"
 
 
 def _tool_results(

@@ -40,6 +40,7 @@ files) is :mod:`governor.loops._files`; converting mini-swe-agent runs is
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -201,15 +202,40 @@ def message_of(value: object, *, where: str) -> Mapping[str, Any]:
 
 
 def text_of(content: object) -> str:
-    """A message's text: a string, or the ``text`` of each part of a list."""
+    """A message's text: a string, or the text of each part of a list.
+
+    A part is read by what it holds: its ``text`` (OpenAI and Anthropic text
+    parts), a ``tool_result``'s ``content`` (a string or parts, read the
+    same way), a ``thinking`` part's thinking. A ``tool_use`` part is a tool
+    call, not text (the converter reads it as one). A part of any other
+    kind (an image, a document) has no text this reader understands: it
+    reads as its type and the SHA-1 of its JSON, so that two different
+    ones never read as the same text.
+    """
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text") or "") if isinstance(part, Mapping) else str(part)
-            for part in content
-        )
+        texts = (_part_text(part) for part in content)
+        return "\n".join(text for text in texts if text is not None)
     return "" if content is None else str(content)
+
+
+def _part_text(part: object) -> str | None:
+    """One part's text; None for a tool call, which is not text."""
+    if not isinstance(part, Mapping):
+        return str(part)
+    kind = part.get("type")
+    if "text" in part:
+        return str(part.get("text") or "")
+    if kind == "tool_result":
+        return text_of(part.get("content"))
+    if kind == "thinking":
+        return str(part.get("thinking") or "")
+    if kind == "tool_use":
+        return None
+    whole = json.dumps(part, sort_keys=True, ensure_ascii=False, default=str)
+    digest = hashlib.sha1(whole.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return f"<{kind or 'untyped'} part sha1 {digest}>"
 
 
 def plain(message: Mapping[str, Any]) -> Mapping[str, str]:
