@@ -107,6 +107,19 @@ def test_a_file_of_one_run_without_id_takes_its_name(tmp_path: Path) -> None:
     assert [r.id for r in read_trajectories(path)] == ["fix-login"]
 
 
+def test_a_run_of_messages_may_name_itself_by_id(tmp_path: Path) -> None:
+    """A list of message-form runs with 'id' (the trajectory format's key) is
+    read, not refused for want of 'instance_id'."""
+    runs = _sample()
+    docs = []
+    for run in runs:
+        doc = _traj_doc(run, instance_id=False)
+        doc["id"] = f"by-id-{run.id}"
+        docs.append(doc)
+    path = _write_doc(tmp_path / "runs.json", docs)
+    assert [r.id for r in read_trajectories(path)] == [f"by-id-{r.id}" for r in runs]
+
+
 def test_a_json_list_of_runs_is_read(tmp_path: Path) -> None:
     """One JSON document holding a list of runs gives each of them."""
     runs = _sample()

@@ -97,7 +97,7 @@ def from_mini_swe_agent(
 ) -> Trajectory:
     """Convert one mini-swe-agent run: a ``.traj.json`` document or a data-set row.
 
-    The id is ``instance_id``, else ``default_id`` (a file holding one run
+    The id is ``instance_id``, else ``id``, else ``default_id`` (a file holding one run
     passes its name). ``resolved`` gives the outcome (see the format in
     ``docs/loops.md``); a run without it, as mini-swe-agent's own files
     are, has no label. Token counts and costs are read from the reply or
@@ -120,11 +120,14 @@ def from_mini_swe_agent(
 def _run_id(row: Mapping[str, Any], default_id: str | None) -> str:
     run_id = row.get("instance_id")
     if run_id is None:
+        run_id = row.get("id")  # as the trajectory format names it
+    if run_id is None:
         run_id = default_id
     if run_id is None:
         raise ConfigError(
-            "the run has no 'instance_id'; give each run of a file its id (only "
-            "a file that holds a single run takes its id from the file name)"
+            "the run has no 'instance_id' (or 'id'); give each run of a file its "
+            "id (only a file that holds a single run takes its id from the file "
+            "name)"
         )
     return str(run_id)
 
