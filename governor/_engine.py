@@ -127,6 +127,9 @@ _PLACEHOLDER_TASK_KEY = f"task:{_PLACEHOLDER_TASK_ID}"
 # Response caches kept per distinct Cache settings (task overrides may bring
 # their own); past this many the oldest other than the governor's goes.
 _CACHE_MEMORY = 32
+# Rate cards kept per distinct task-override Pricing; past this many the
+# oldest made goes (it is made again, from the shared price map, when needed).
+_RATE_CARD_MEMORY = 256
 
 
 class ScopeValues(TypedDict, total=False):
@@ -1558,7 +1561,9 @@ class Governor:
 
         The governor's own card serves every policy that prices as the
         governor's does; a task override's pricing gets a card of its own,
-        made once per distinct pricing.
+        made once per distinct pricing and kept among the last
+        ``_RATE_CARD_MEMORY`` made (a service pricing each tenant its own way
+        keeps no card per tenant for good).
         """
         pricing = policy.pricing
         if pricing is self.policy.pricing or pricing == self.policy.pricing:
@@ -1566,6 +1571,8 @@ class Governor:
         key = pricing.model_dump_json()
         card = self._rate_cards.get(key)
         if card is None:
+            if len(self._rate_cards) >= _RATE_CARD_MEMORY:  # the oldest made
+                self._rate_cards.pop(next(iter(self._rate_cards), ""), None)
             card = self._rate_cards.setdefault(key, RateCard(pricing))
         return card
 

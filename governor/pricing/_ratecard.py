@@ -775,11 +775,28 @@ class RateCard:
 
     def _folded_keys(self, entries: PriceMap) -> dict[str, str]:
         if self._folded is None:
-            folded: dict[str, str] = {}
-            for key in entries:
-                folded.setdefault(key.lower(), key)
-            self._folded = folded
+            self._folded = _folded_names(entries)
         return self._folded
+
+
+# The lower-cased names of the price maps in use, shared by every card that
+# reads the same map (a card per tenant would otherwise hold a copy each).
+_FOLDED: dict[int, tuple[PriceMap, dict[str, str]]] = {}
+_FOLDED_MEMORY = 4
+
+
+def _folded_names(entries: PriceMap) -> dict[str, str]:
+    """Each name of ``entries`` under its lower-case form (the first wins)."""
+    kept = _FOLDED.get(id(entries))
+    if kept is not None and kept[0] is entries:
+        return kept[1]
+    folded: dict[str, str] = {}
+    for key in entries:
+        folded.setdefault(key.lower(), key)
+    if len(_FOLDED) >= _FOLDED_MEMORY:
+        _FOLDED.pop(next(iter(_FOLDED), 0), None)
+    _FOLDED[id(entries)] = (entries, folded)  # the map kept: its id stays its
+    return folded
 
 
 @dataclass(frozen=True, slots=True)
