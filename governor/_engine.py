@@ -1572,7 +1572,8 @@ class Governor:
         card = self._rate_cards.get(key)
         if card is None:
             if len(self._rate_cards) >= _RATE_CARD_MEMORY:  # the oldest made
-                self._rate_cards.pop(next(iter(self._rate_cards), ""), None)
+                oldest = next(iter(list(self._rate_cards)), "")  # a copy: threads
+                self._rate_cards.pop(oldest, None)
             card = self._rate_cards.setdefault(key, RateCard(pricing))
         return card
 

@@ -794,7 +794,7 @@ def _folded_names(entries: PriceMap) -> dict[str, str]:
     for key in entries:
         folded.setdefault(key.lower(), key)
     if len(_FOLDED) >= _FOLDED_MEMORY:
-        _FOLDED.pop(next(iter(_FOLDED), 0), None)
+        _FOLDED.pop(next(iter(list(_FOLDED)), 0), None)  # a copy: threads
     _FOLDED[id(entries)] = (entries, folded)  # the map kept: its id stays its
     return folded
 
