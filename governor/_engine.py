@@ -489,6 +489,7 @@ class Governor:
             on_tighten=self._tighten,
             restores=True,
             budgets=self.policy.budgets,
+            clock="live",  # records are stamped by a wall clock that may step
         )
 
     def apply_tighten(self, request: Any) -> None:

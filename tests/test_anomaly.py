@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from governor import Governor, ScopeBlocked
+from governor import Governor, Policy, ScopeBlocked
 from governor._errors import PolicyError
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.anomaly import (
@@ -240,11 +240,27 @@ def org_spike(monitor: AnomalyMonitor, org: str) -> None:
         )
 
 
+def replaying(settings: Anomalies, policy: Policy | None = None) -> Governor:
+    """A governor whose monitor counts records at their own time
+    (``clock="records"``), so that a test can feed it a dated history; the
+    monitor a governor makes counts them on its live clock."""
+    policy = policy or Policy()
+    govs: list[Governor] = []
+    monitor = AnomalyMonitor(
+        settings,
+        on_tighten=lambda request: govs[0].apply_tighten(request),
+        restores=True,
+        budgets=policy.budgets,
+    )
+    govs.append(Governor(policy, anomalies=monitor))
+    return govs[0]
+
+
 def test_org_spike_blocks_that_org_only() -> None:
     """With scopes=("org",) and auto_tighten='block', a spiking org is refused."""
     install_offline_provider(speed=0)
     settings = Anomalies(auto_tighten="block", scopes=("org",), cooldown_s=0)
-    gov = Governor(anomalies=settings)
+    gov = replaying(settings)
     assert gov.monitor is not None
     org_spike(gov.monitor, "acme")
     llm = GovernedLiteLLM(gov)

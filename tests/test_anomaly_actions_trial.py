@@ -26,7 +26,7 @@ import pytest
 
 from conftest import free_port
 from governor import ConfigError, Governor, Policy, ScopeBlocked
-from governor.anomaly import Alert, Anomalies, Tighten, WebhookHook
+from governor.anomaly import Alert, Anomalies, AnomalyMonitor, Tighten, WebhookHook
 from governor.spend import SpendRecord
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -257,7 +257,8 @@ def test_closing_the_governor_sends_the_monitors_queued_alerts(
         burst_factor=1000,
         webhook_url=receiver.url(),
     )
-    gov = Governor(Policy(), anomalies=settings)
+    # A monitor on record time, as the history fed below is dated.
+    gov = Governor(Policy(), anomalies=AnomalyMonitor(settings, clock="records"))
     for minute in range(6):
         gov.monitor.observe(
             SpendRecord(

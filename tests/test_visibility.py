@@ -152,6 +152,22 @@ def test_refusals_are_counted() -> None:
 LONG_EPISODE_S = 10.0**9
 
 
+def replaying(settings: Anomalies, policy: Policy | None = None) -> Governor:
+    """A governor whose monitor counts records at their own time
+    (``clock="records"``), so that a test can feed it a dated history; the
+    monitor a governor makes counts them on its live clock."""
+    policy = policy or Policy()
+    govs: list[Governor] = []
+    monitor = AnomalyMonitor(
+        settings,
+        on_tighten=lambda request: govs[0].apply_tighten(request),
+        restores=True,
+        budgets=policy.budgets,
+    )
+    govs.append(Governor(policy, anomalies=monitor))
+    return govs[0]
+
+
 def spike(monitor: AnomalyMonitor) -> None:
     """Feed a quiet history for team 'search', then a burst of spend."""
     start = datetime(2026, 12, 1, tzinfo=UTC)
@@ -190,7 +206,7 @@ def test_anomaly_blocks_the_scope_until_unblocked() -> None:
     blocked: other teams keep working.
     """
     settings = Anomalies(auto_tighten="block", cooldown_s=LONG_EPISODE_S)
-    gov = Governor(anomalies=settings)
+    gov = replaying(settings)
     spike(gov.monitor)
     with pytest.raises(ScopeBlocked) as info, gov.task(team="search"):
         call(gov)
@@ -213,7 +229,7 @@ def test_anomaly_lowers_the_scope_budget() -> None:
         cooldown_s=LONG_EPISODE_S,
     )
     policy = Policy(budgets=[Budget(scope="team", max_usd="0.00005")])
-    gov = Governor(policy, anomalies=settings)
+    gov = replaying(settings, policy)
     spike(gov.monitor)
     with pytest.raises(BudgetExceeded) as info, gov.task(team="search"):
         for _ in range(5):

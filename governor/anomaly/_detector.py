@@ -310,10 +310,20 @@ class _Series:
         return max(min(self.level_intervals, self.window), self.window // 2)
 
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
-        """Count ``amount`` in the open interval and the burst window."""
+        """Count ``amount`` in the open interval and the burst window.
+
+        A late observation joins the burst window at the latest time the
+        series has seen, added to that time's entry, so the window stays in
+        time order and holds one entry per time: stamps stepped back pile up
+        in its sum (as in the open interval's) but not in memory.
+        """
         self.current += amount
         self.current_sq += amount * amount
-        self.recent.append((ts_us, amount))
+        if self.recent and self.recent[-1][0] >= ts_us:
+            ts_us, earlier = self.recent[-1]
+            self.recent[-1] = (ts_us, earlier + amount)
+        else:
+            self.recent.append((ts_us, amount))
         self.recent_sum += amount
         while self.recent and self.recent[0][0] <= ts_us - burst_us:
             self.recent_sum -= self.recent.popleft()[1]
@@ -457,7 +467,12 @@ class AnomalyDetector:
     A scope's episode is over once no rule has fired on it for ``cooldown_s``
     (and at least one interval); it is seen to end at the next call on any
     scope, so a scope that falls silent (blocked, or its runaway stopped)
-    does not hold its episode open for good.
+    does not hold its episode open for good. Episodes are timed by the
+    latest timestamp seen so far, never by a call's own when it is earlier:
+    calls out of order (hosts whose clocks disagree) neither end an episode
+    nor open another; a call stamped far ahead moves that time on, and so
+    ends the quiet episodes early. Feed calls on one clock that does not
+    step (see ``clock`` of :class:`~governor.anomaly.AnomalyMonitor`).
 
     Memory is bounded by ``max_series`` scope-and-metric series. A new series
     past it drops the least recently fed one whose scope has no open episode,
@@ -511,7 +526,10 @@ class AnomalyDetector:
         self._max_series = max_series
         self._evicted = 0
         # Open episodes: scope -> time of its latest trip, oldest trip first.
+        # Trips are timed by ``_now_us``, the latest timestamp seen, so the
+        # order holds whatever order the calls come in.
         self._episodes: OrderedDict[str, int] = OrderedDict()
+        self._now_us: int | None = None
         self._on_episode_end = on_episode_end
         self._peer_cache: dict[tuple[str, Metric], tuple[int, _Trip | None]] = {}
 
@@ -520,8 +538,13 @@ class AnomalyDetector:
         """Series dropped so far to stay within ``max_series``."""
         return self._evicted
 
-    def observe_record(self, rec: SpendRecord) -> list[Alert]:
+    def observe_record(
+        self, rec: SpendRecord, *, at: datetime | None = None
+    ) -> list[Alert]:
         """Feed one spend record into every scope it counts towards.
+
+        ``at``: the time to count the record at, in place of ``rec.ts``
+        (:class:`~governor.anomaly.AnomalyMonitor` gives its own clock's).
 
         Tokens are input plus output tokens, except that a cache hit counts
         none (nothing was sent to a provider); USD is ``cost_usd``. An alert
@@ -530,9 +553,10 @@ class AnomalyDetector:
         excess accounts for its excess.
         """
         tokens = 0 if rec.cache_hit else rec.total_tokens
-        ts_us, nanos = to_us(rec.ts), usd_to_nanos(rec.cost_usd)
+        ts_us, nanos = to_us(rec.ts if at is None else at), usd_to_nanos(rec.cost_usd)
         keys = scopes_of(rec, self.settings.scopes)
-        self._end_quiet_episodes(ts_us, keys)
+        now_us = self._advance(ts_us)
+        self._end_quiet_episodes(now_us, keys)
         ranks = [_rank(key) for key in keys]
         opened = [
             (scope, trips)
@@ -540,7 +564,7 @@ class AnomalyDetector:
             if (
                 trips := self._observe(
                     scope,
-                    ts_us,
+                    (ts_us, now_us),
                     nanos,
                     tokens,
                     [k for k, r in zip(keys, ranks, strict=True) if r < rank],
@@ -567,52 +591,63 @@ class AnomalyDetector:
 
         The fast path for replaying long traces.
         """
-        self._end_quiet_episodes(ts_us, (scope,))
-        trips = self._observe(scope, ts_us, usd_nanos, tokens, ())
+        now_us = self._advance(ts_us)
+        self._end_quiet_episodes(now_us, (scope,))
+        trips = self._observe(scope, (ts_us, now_us), usd_nanos, tokens, ())
         return [self._alert(scope, ts_us, trips, ())] if trips else []
 
     def _observe(
         self,
         scope: str,
-        ts_us: int,
+        times: tuple[int, int],
         usd_nanos: int,
         tokens: int,
         narrower: Sequence[str],
     ) -> list[_Trip]:
         """Step every metric; the trips when they open an episode, else [].
 
+        ``times``: the call's timestamp and the latest seen, in microseconds.
         ``narrower``: the record's scopes of narrower kinds than ``scope``.
         """
+        ts_us, now_us = times
         amounts: dict[Metric, int] = {"usd": usd_nanos, "tokens": tokens}
         trips: list[_Trip] = []
         for metric in self.settings.metrics:
             trips += self._step(scope, metric, ts_us, amounts[metric], narrower)
-        return trips if self._opens_episode(scope, ts_us, bool(trips)) else []
+        return trips if self._opens_episode(scope, now_us, bool(trips)) else []
 
-    def _end_quiet_episodes(self, ts_us: int, fed: Sequence[str]) -> None:
-        """End every episode with no trip for ``cooldown_s`` before ``ts_us``.
+    def _advance(self, ts_us: int) -> int:
+        """Move the latest time seen on to ``ts_us`` if later; return it."""
+        if self._now_us is None or ts_us > self._now_us:
+            self._now_us = ts_us
+        return self._now_us
+
+    def _end_quiet_episodes(self, now_us: int, fed: Sequence[str]) -> None:
+        """End every episode with no trip for ``cooldown_s`` before ``now_us``,
+        the latest time seen.
 
         The series of those scopes this call does not feed (``fed``) go first
         among the idle ones, to be dropped next.
         """
         while self._episodes:
             scope, last = next(iter(self._episodes.items()))
-            if ts_us - last < self._episode_us:
+            if now_us - last < self._episode_us:
                 return
-            self._end_episode(scope, ts_us, first=scope not in fed)
+            self._end_episode(scope, now_us, first=scope not in fed)
 
-    def _opens_episode(self, scope: str, ts_us: int, tripped: bool) -> bool:
+    def _opens_episode(self, scope: str, now_us: int, tripped: bool) -> bool:
         """Track the scope's episode; whether this call opens a new one.
 
-        An episode that is over has already been ended by
-        :meth:`_end_quiet_episodes`.
+        The trip is timed by ``now_us``, the latest time seen, which keeps
+        ``_episodes`` in order of last trip. An episode that is over has
+        already been ended by :meth:`_end_quiet_episodes`.
         """
         if not tripped:
             return False
         opens = scope not in self._episodes
         if opens:
             self._move(scope, self._idle, self._busy)
-        self._episodes[scope] = ts_us
+        self._episodes[scope] = now_us
         self._episodes.move_to_end(scope)
         return opens
 
@@ -642,14 +677,12 @@ class AnomalyDetector:
                 if first:
                     target.move_to_end(key, last=False)
 
-    def _series_for(
-        self, scope: str, metric: Metric, index: int, ts_us: int
-    ) -> _Series:
+    def _series_for(self, scope: str, metric: Metric, index: int) -> _Series:
         key = (scope, metric)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self._max_series:
-                self._evict(ts_us)
+                self._evict()
             series = _Series(self.settings, index)
             self._series[key] = series
             order = self._busy if scope in self._episodes else self._idle
@@ -660,7 +693,7 @@ class AnomalyDetector:
             self._idle.move_to_end(key)
         return series
 
-    def _evict(self, ts_us: int) -> None:
+    def _evict(self) -> None:
         """Drop one series to make room for a new one, in constant time.
 
         The least recently fed series with an open episode goes first if that
@@ -671,9 +704,10 @@ class AnomalyDetector:
         """
         if self._busy:
             scope = next(iter(self._busy))[0]
-            over = ts_us - self._episodes[scope] >= self._episode_us
+            now_us = self._now_us or 0
+            over = now_us - self._episodes[scope] >= self._episode_us
             if over or not self._idle:
-                self._end_episode(scope, ts_us, first=True)
+                self._end_episode(scope, now_us, first=True)
         key, _ = self._idle.popitem(last=False)
         del self._series[key]
         self._evicted += 1
@@ -687,7 +721,7 @@ class AnomalyDetector:
         narrower: Sequence[str],
     ) -> list[_Trip]:
         index = ts_us // self._interval_us
-        series = self._series_for(scope, metric, index, ts_us)
+        series = self._series_for(scope, metric, index)
         series.roll(index)
         series.add(ts_us, amount, self._burst_us)
         series.under.update(narrower)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,11 +16,14 @@ from governor.anomaly._actions import AlertHook, LogHook, Tighten, WebhookHook
 from governor.anomaly._detector import Alert, AnomalyDetector
 from governor.anomaly._settings import Anomalies
 from governor.spend._record import SpendRecord
+from governor.spend._time import from_us, to_us
 
 if TYPE_CHECKING:
     from governor.policies import Budget
 
 __all__ = ["AnomalyMonitor"]
+
+MonitorClock = Literal["records", "live"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,18 @@ class AnomalyMonitor:
     it drops series it logs a WARNING, at most once a minute, with how many:
     a scope seen again starts without a baseline.
 
+    Time: with ``clock="records"`` (the default) each record counts at its
+    own ``ts``, as when replaying records already written, which must then
+    come in time order (see :class:`AnomalyDetector`). With ``clock="live"``
+    (as a governor makes its monitor) records count on the monitor's own
+    clock, which cannot step: wall time when the monitor was made plus
+    ``time.monotonic()`` since. A record counts at that clock less its age
+    by the wall clock now (so a step of the wall clock, such as NTP setting
+    it back an hour, moves nothing), or at the clock itself when its age is
+    over ``max_record_lag_s`` or it is stamped more than
+    ``max_record_lead_s`` ahead (a host whose clock is off): one bad
+    timestamp can neither hold an anomaly episode open nor end one.
+
     Thread-safe: the detector runs under a lock, hooks run outside it. A
     monitor made before ``os.fork()`` keeps working in the child, with a copy
     of what the parent had learned at the fork.
@@ -69,6 +86,14 @@ class AnomalyMonitor:
         budgets: the budgets ``on_tighten`` lowers (a policy's ``budgets``),
             so that ``"lower"`` can tell a scope it cannot lower; None: every
             scope is taken to have one.
+        clock: ``"records"`` or ``"live"``, as above. Give ``"live"`` to a
+            monitor you make for a governor to feed.
+        max_record_lag_s: with ``clock="live"``, the age past which a
+            record counts as seen now (seconds, at least 0).
+        max_record_lead_s: with ``clock="live"``, how far ahead of the wall
+            clock a record may be stamped before it counts as seen now.
+        monotonic: the monotonic clock, in seconds (for tests).
+        wall_time: the wall clock, in seconds since the epoch (for tests).
     """
 
     def __init__(
@@ -79,8 +104,23 @@ class AnomalyMonitor:
         on_tighten: Callable[[Tighten], None] | None = None,
         restores: bool = False,
         budgets: Iterable[Budget] | None = None,
+        clock: MonitorClock = "records",
+        max_record_lag_s: float = 300.0,
+        max_record_lead_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_time: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or Anomalies()
+        self._clock: _LiveClock | None = None
+        if clock == "live":
+            self._clock = _LiveClock(
+                max_record_lag_s, max_record_lead_s, monotonic, wall_time
+            )
+        elif clock != "records":
+            raise ValueError(
+                f"clock must be 'records' or 'live', got {clock!r}; give 'live' "
+                "for a monitor a governor feeds as calls happen"
+            )
         self._restores = restores
         self._budgets = None if budgets is None else tuple(budgets)
         # Scopes "lower" had no budget to lower on, with their alerts; logged
@@ -127,7 +167,8 @@ class AnomalyMonitor:
     def observe(self, rec: SpendRecord) -> list[Alert]:
         """Feed one spend record; run the hooks for each alert and return them."""
         with self._lock:
-            alerts = self._detector.observe_record(rec)
+            at = None if self._clock is None else self._clock.place(rec.ts)
+            alerts = self._detector.observe_record(rec, at=at)
             ended, self._ended = self._ended, []
             requests = self._requests(alerts, ended)
             unlowered, self._unlowered = self._unlowered, []
@@ -243,6 +284,45 @@ class AnomalyMonitor:
         if self._webhook is None:
             return 0
         return self._webhook.close(timeout_s)
+
+
+class _LiveClock:
+    """Places records on a clock that cannot step (see ``clock="live"``)."""
+
+    __slots__ = ("_anchor_us", "_lag_us", "_lead_us", "_monotonic", "_wall")
+
+    def __init__(
+        self,
+        lag_s: float,
+        lead_s: float,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        for name, value in (
+            ("max_record_lag_s", lag_s),
+            ("max_record_lead_s", lead_s),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{name} must be a finite number of seconds, at least 0, "
+                    f"got {value!r}; e.g. 300"
+                )
+        self._lag_us = round(lag_s * 1_000_000)
+        self._lead_us = round(lead_s * 1_000_000)
+        self._monotonic, self._wall = monotonic, wall
+        self._anchor_us = _us(wall()) - _us(monotonic())
+
+    def place(self, ts: datetime) -> datetime:
+        """The time on this clock at which a record stamped ``ts`` counts."""
+        now_us = self._anchor_us + _us(self._monotonic())
+        age_us = _us(self._wall()) - to_us(ts)
+        if -self._lead_us <= age_us <= self._lag_us:
+            return from_us(now_us - age_us)
+        return from_us(now_us)
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
 
 
 def _warn_unlowered(scope: str, alert: Alert) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal, Self, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from governor.policies._base import PolicyModel
 
@@ -25,6 +25,8 @@ AlertScope = Literal[
 ]
 ALERT_SCOPES: tuple[str, ...] = get_args(AlertScope)
 
+_MICROSECOND = 1e-6
+
 
 class Anomalies(PolicyModel):
     """When spend per interval is unusual for a scope, and what to do about it.
@@ -32,9 +34,9 @@ class Anomalies(PolicyModel):
     Two rules run on every scope and metric. The *deviation* rule alerts when
     an interval's spend so far exceeds a baseline level plus ``k`` times a
     spread, both from the last ``window_intervals`` closed intervals: with
-    ``deviation_baseline="trend"`` (the default) the level is the mean of the
-    last ``level_intervals`` intervals carried forward by the window's average
-    change (never below the window mean) and the spread is that of
+    ``deviation_baseline="trend"`` (the default) the level is the median of
+    the last ``level_intervals`` intervals carried forward by the window's
+    slope (never below the window mean) and the spread is that of
     interval-to-interval changes (never above the window's standard
     deviation), so a drifting baseline neither widens the threshold nor
     alerts as it drifts; with ``"mean"`` they are the window's mean and standard
@@ -65,8 +67,9 @@ class Anomalies(PolicyModel):
         default=True,
         description=(
             "allow for the noise of call counts: the spread is at least "
-            "sqrt(level x typical call) and the threshold adds k**2 / 4 typical "
-            "calls (also for the burst rule); False: level + k x spread only"
+            "sqrt(level x typical call) and the threshold adds (k**2 - 1) / 6 "
+            "typical calls (also for the burst rule); False: level + k x spread "
+            "only"
         ),
     )
     deviation_baseline: Literal["trend", "mean"] = Field(
@@ -80,8 +83,8 @@ class Anomalies(PolicyModel):
         default=5,
         ge=1,
         description=(
-            "latest closed intervals whose mean is the 'trend' baseline's level "
-            "(capped at the window)"
+            "latest closed intervals whose median is the 'trend' baseline's "
+            "level (capped at the window)"
         ),
     )
     burst_window_s: float = Field(
@@ -181,6 +184,31 @@ class Anomalies(PolicyModel):
             raise ValueError(
                 "webhook_url must be an http:// or https:// URL with a host, "
                 "e.g. 'https://hooks.example.com/governor'"
+            )
+        return value
+
+    @field_validator("interval_s", "burst_window_s", "cooldown_s")
+    @classmethod
+    def _whole_microseconds(cls, value: float, info: ValidationInfo) -> float:
+        # Times are counted in whole microseconds, the resolution of spend
+        # timestamps: a duration that rounds to none would divide by zero.
+        if value == 0 and info.field_name == "cooldown_s":
+            return value
+        if value < _MICROSECOND:
+            zero = " (or 0)" if info.field_name == "cooldown_s" else ""
+            raise ValueError(
+                f"must be at least {_MICROSECOND:f} seconds{zero}, the "
+                "resolution of spend timestamps; give seconds, e.g. 60"
+            )
+        return value
+
+    @field_validator("scopes", "metrics")
+    @classmethod
+    def _no_repeats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if repeated := sorted({v for v in value if value.count(v) > 1}):
+            raise ValueError(
+                f"names {', '.join(map(repr, repeated))} more than once, which "
+                "would count every call as many times; list each once"
             )
         return value
 

@@ -59,7 +59,7 @@ def register_eval(sub: Any, name: str, help_text: str) -> None:
         action="store_true",
         help=(
             "run the default settings only, not the sweeps and variants "
-            "(11 configurations fewer; for long traces)"
+            "(1 configuration of 14; for long traces)"
         ),
     )
     parser.set_defaults(handler=_run)

@@ -1,0 +1,256 @@
+"""Anomaly alerts when clocks misbehave: steps, skewed hosts, far-off stamps.
+
+Records are stamped by wall clocks; the monitor a governor makes counts them
+on a clock of its own that cannot step (``AnomalyMonitor(clock="live")``),
+and the detector times episodes by the latest time seen. Also the settings
+that made the detector divide by zero or count calls twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from governor import Governor, PolicyError
+from governor.anomaly import (
+    Alert,
+    Anomalies,
+    AnomalyDetector,
+    AnomalyMonitor,
+    Tighten,
+)
+from governor.spend import SpendRecord
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+_calls = itertools.count()
+
+
+class FakeClocks:
+    """A monotonic and a wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = T0.timestamp()
+
+    def tick(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.wall, UTC)
+
+
+def record(ts: datetime, team: str = "search", usd: str = "0.001") -> SpendRecord:
+    n = next(_calls)
+    return SpendRecord(
+        ts=ts,
+        task_id=f"t{n}",
+        call_id=f"c{n}",
+        model="gpt-4o-mini",
+        cost_usd=Decimal(usd),
+        input_tokens=1000,
+        team=team,
+    )
+
+
+def live_monitor(
+    clocks: FakeClocks, settings: Anomalies, requests: list[Tighten] | None = None
+) -> AnomalyMonitor:
+    return AnomalyMonitor(
+        settings,
+        on_tighten=None if requests is None else requests.append,
+        restores=True,
+        clock="live",
+        monotonic=lambda: clocks.mono,
+        wall_time=lambda: clocks.wall,
+    )
+
+
+def steady(
+    monitor: AnomalyMonitor, clocks: FakeClocks, minutes: int, stamp_shift_s: float = 0
+) -> list[Alert]:
+    """20 calls a minute on team 'search', each stamped when it is fed."""
+    alerts: list[Alert] = []
+    for _ in range(minutes * 20):
+        clocks.tick(3)
+        stamp = clocks.now() + timedelta(seconds=stamp_shift_s)
+        alerts += monitor.observe(record(stamp))
+    return alerts
+
+
+@pytest.mark.parametrize("wall_steps", [True, False], ids=["wall-steps", "stamps"])
+def test_backward_clock_step_raises_no_alert(wall_steps: bool) -> None:
+    """Steady traffic whose stamps go back an hour (NTP stepping this host's
+    wall clock, or records from a host an hour behind) raises no alert."""
+    clocks = FakeClocks()
+    monitor = live_monitor(clocks, Anomalies(scopes=("all", "team")))
+    assert steady(monitor, clocks, 40) == []
+    if wall_steps:
+        clocks.wall -= 3600
+        after = steady(monitor, clocks, 30)
+    else:
+        after = steady(monitor, clocks, 30, stamp_shift_s=-3600)
+    assert after == []
+
+
+def test_backward_step_in_record_time_still_alerts() -> None:
+    """The same stamps counted at their own time (clock="records") pile an
+    hour of calls into one interval: what the live clock is for."""
+    clocks = FakeClocks()
+    monitor = AnomalyMonitor(Anomalies(scopes=("team",)))
+    assert steady(monitor, clocks, 40) == []
+    clocks.wall -= 3600
+    assert steady(monitor, clocks, 30) != []
+
+
+def test_late_records_do_not_grow_the_burst_window() -> None:
+    """Records behind the series' latest time join the burst window's entry
+    for that time: it holds no more entries than the window spans, instead
+    of one per record until the stamps catch up."""
+    detector = AnomalyDetector(Anomalies(scopes=("all",), metrics=("usd",)))
+    for i in range(1200):  # a call every 3 s; stamps step back an hour at 30 min
+        ts = T0 + timedelta(seconds=3 * i - (3600 if i >= 600 else 0))
+        detector.observe("all", ts, usd=Decimal("0.001"), tokens=0)
+    series = detector._series[("all", "usd")]
+    assert len(series.recent) <= 10 // 3 + 1
+
+
+def skewed_runaway(skew: timedelta) -> list[tuple[str, datetime, datetime]]:
+    """(team, true time, stamp) of 40 steady minutes on teams a and b, a's
+    stamps shifted by ``skew``, then two minutes of team b running away
+    while team a goes on."""
+    events = []
+    for i in range(400):
+        ts = T0 + timedelta(seconds=6 * i)
+        events += [("a", ts, ts + skew), ("b", ts, ts)]
+    now = T0 + timedelta(minutes=40)
+    for j in range(480):
+        ts = now + timedelta(seconds=j / 4)
+        events.append(("b", ts, ts))
+        if j % 24 == 0:
+            events.append(("a", ts, ts + skew))
+    return events
+
+
+def test_host_an_hour_ahead_gives_one_alert_per_runaway() -> None:
+    """One runaway is one alert while another host's stamps run an hour
+    ahead: a record stamped ahead does not end the runaway's episode."""
+    detector = AnomalyDetector(Anomalies(scopes=("team",)))
+    alerts: list[Alert] = []
+    for team, _, stamp in skewed_runaway(timedelta(hours=1)):
+        alerts += detector.observe(
+            f"team:{team}", stamp, usd=Decimal("0.001"), tokens=1000
+        )
+    assert [a.scope for a in alerts] == ["team:b"]
+
+
+def test_host_an_hour_ahead_lowers_once_on_the_live_clock() -> None:
+    """Through a live monitor fed as the calls happen, the runaway lowers its
+    team once, and its restore comes once the cooldown has passed."""
+    clocks, requests = FakeClocks(), []
+    settings = Anomalies(scopes=("team",), auto_tighten="lower")
+    monitor = live_monitor(clocks, settings, requests)
+    alerts: list[Alert] = []
+    for team, true_ts, stamp in skewed_runaway(timedelta(hours=1)):
+        clocks.tick((true_ts - clocks.now()).total_seconds())
+        alerts += monitor.observe(record(stamp, team=team))
+    for _ in range(200):  # team b back to normal
+        clocks.tick(6)
+        monitor.observe(record(clocks.now(), team="b"))
+    assert [a.scope for a in alerts] == ["team:b"]
+    assert [(r.scope, r.mode) for r in requests] == [
+        ("team:b", "lower"),
+        ("team:b", "restore"),
+    ]
+
+
+def test_future_stamp_does_not_hold_another_scope_lowered() -> None:
+    """A record stamped a day ahead (a spike of its own on team a) does not
+    keep team b lowered: b's restore comes once the cooldown has passed
+    without a rule firing on it."""
+    clocks, requests = FakeClocks(), []
+    settings = Anomalies(scopes=("team",), auto_tighten="lower", cooldown_s=300)
+    monitor = live_monitor(clocks, settings, requests)
+    for _ in range(400):  # 40 steady minutes on both teams
+        clocks.tick(6)
+        monitor.observe(record(clocks.now(), team="a"))
+        monitor.observe(record(clocks.now(), team="b"))
+    monitor.observe(record(clocks.now() + timedelta(days=1), team="a", usd="0.5"))
+    for _ in range(200):  # team b runs away
+        clocks.tick(0.3)
+        monitor.observe(record(clocks.now(), team="b"))
+    runaway_end, restored_after = clocks.mono, None
+    for _ in range(200):  # team b back to normal
+        clocks.tick(6)
+        monitor.observe(record(clocks.now(), team="b"))
+        if restored_after is None and ("team:b", "restore") in modes(requests):
+            restored_after = clocks.mono - runaway_end
+    assert [m for m in modes(requests) if m[0] == "team:b"] == [
+        ("team:b", "lower"),
+        ("team:b", "restore"),
+    ]
+    assert restored_after is not None
+    assert restored_after <= 300 + 60
+
+
+def modes(requests: list[Tighten]) -> list[tuple[str, str]]:
+    return [(r.scope, r.mode) for r in requests]
+
+
+def test_governor_monitor_counts_on_the_live_clock() -> None:
+    """The monitor Governor(anomalies=Anomalies(...)) makes uses the live
+    clock; one made by hand counts record time unless told otherwise."""
+    gov = Governor(anomalies=Anomalies())
+    assert gov.monitor is not None
+    assert gov.monitor._clock is not None
+    gov.close()
+    assert AnomalyMonitor(Anomalies())._clock is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"clock": "wall"}, "clock must be 'records' or 'live'"),
+        ({"clock": "live", "max_record_lag_s": -1}, "max_record_lag_s must be"),
+        ({"clock": "live", "max_record_lead_s": float("nan")}, "max_record_lead_s"),
+    ],
+)
+def test_bad_clock_options_are_refused(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        AnomalyMonitor(Anomalies(), **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["interval_s", "burst_window_s", "cooldown_s"])
+def test_durations_under_a_microsecond_are_refused(field: str) -> None:
+    """A duration that rounds to no microseconds is refused with what to give
+    (it made every record raise ZeroDivisionError)."""
+    with pytest.raises(PolicyError, match=f"{field}: must be at least 0.000001"):
+        Anomalies(**{field: 1e-7})  # type: ignore[arg-type]
+
+
+def test_a_microsecond_and_no_cooldown_are_accepted() -> None:
+    settings = Anomalies(interval_s=1e-6, burst_window_s=1e-6, cooldown_s=0)
+    detector = AnomalyDetector(settings)
+    for i in range(20):
+        ts = T0 + timedelta(microseconds=i)
+        assert detector.observe("all", ts, usd=Decimal(1), tokens=1) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "repeated"),
+    [
+        ({"scopes": ("team", "all", "team")}, "scopes: names 'team' more than once"),
+        ({"metrics": ("usd", "usd")}, "metrics: names 'usd' more than once"),
+    ],
+)
+def test_repeated_scopes_and_metrics_are_refused(
+    changes: dict[str, object], repeated: str
+) -> None:
+    """A scope or metric listed twice would count every call twice."""
+    with pytest.raises(PolicyError, match=repeated):
+        Anomalies(**changes)  # type: ignore[arg-type]
