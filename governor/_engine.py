@@ -167,7 +167,8 @@ class Governor:
         anomalies: spend-anomaly alerts on the recorded calls (spend above
             a trend baseline by k spreads, bursts; see
             :class:`~governor.anomaly.Anomalies`), as settings or a ready monitor
-            (pass it ``on_tighten=governor.apply_tighten`` yourself); with
+            (pass it ``on_tighten=governor.apply_tighten`` and, to judge
+            calls as they happen, ``clock="live"`` yourself); with
             ``auto_tighten`` set, an alert lowers the scope's budgets or blocks
             its calls (see :meth:`unblock`).
 
