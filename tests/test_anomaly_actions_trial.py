@@ -295,7 +295,7 @@ def test_a_redirect_is_not_followed_and_is_logged(
     (record,) = caplog.records
     message = record.getMessage()
     assert "answered 302" in message
-    assert f"redirect to http://127.0.0.1:{receiver.port}/final/..." in message
+    assert f"redirect to http://127.0.0.1:{receiver.port}/..." in message
     assert "Set webhook_url to the final URL" in message
     assert "SECRET-TOKEN" not in message
 
@@ -319,15 +319,13 @@ def test_credentials_in_the_url_are_sent_as_basic_auth(
 
 
 def test_log_lines_show_the_url_redacted(caplog: pytest.LogCaptureFixture) -> None:
-    """No password, no path beyond its first segment, no query in a log."""
+    """No password, no path, no query in a log: the host and port only."""
     port = free_port()
     url = f"http://alice:s3cret@127.0.0.1:{port}/services/T000/B000/XYZ?token=abc"
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         WebhookHook(url, blocking=True)(an_alert())
-    assert f"POST to http://***@127.0.0.1:{port}/services/...?... failed" in (
-        caplog.text
-    )
-    for secret in ("s3cret", "alice", "T000", "XYZ", "token=abc"):
+    assert f"POST to http://127.0.0.1:{port}/... failed" in caplog.text
+    for secret in ("s3cret", "alice", "services", "T000", "XYZ", "token=abc"):
         assert secret not in caplog.text
 
 

@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from governor._errors import ConfigError
@@ -82,8 +83,8 @@ class WebhookHook:
     ``Location``; set the URL to the final one. A user name and password in
     the URL (``https://user:pass@host/hook``) are sent as HTTP basic auth
     (an ``Authorization`` header in ``headers`` wins). Log lines show the URL
-    redacted: no user name or password (``***@``), the path cut after its
-    first segment (``https://hooks.slack.com/services/...``), no query.
+    redacted: the scheme, host and port only (``https://hooks.slack.com/...``):
+    no user name or password, path, parameters or query.
 
     At most ``max_queued`` alerts wait for the background thread; past that
     the oldest waiting one is dropped, with a WARNING (at most one a minute,
@@ -422,10 +423,12 @@ def _split_credentials(url: str) -> tuple[str, str | None]:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is no number
-    except ValueError as exc:
+    except ValueError:
         raise ConfigError(
-            f"webhook URL {_redact(url)} cannot be read ({exc}); give an http:// "
-            "or https:// URL, e.g. 'https://hooks.example.com/governor'"
+            f"webhook URL {_redact(url)} cannot be read (a port that is not a "
+            "number, or an unclosed '['); give an http:// or https:// URL, e.g. "
+            "'https://hooks.example.com/governor', with a '/', '#', '?' or '@' in "
+            "a user name or password percent-encoded (%2F, %23, %3F, %40)"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
@@ -443,24 +446,29 @@ def _split_credentials(url: str) -> tuple[str, str | None]:
 
 
 def _redact(url: str) -> str:
-    """``url`` as log lines show it: no credentials, path cut, no query.
+    """``url`` as log lines and errors show it: ``scheme://host[:port]/...``.
 
     ``https://alice:s3cret@hooks.slack.com/services/T0/B0/XYZ?x=1`` becomes
-    ``https://***@hooks.slack.com/services/...?...``: a Slack-style token
-    in the path or the query never reaches a log.
+    ``https://hooks.slack.com/...``: no user info, path, ``;params``, query
+    or fragment, where tokens live (Slack's path, Telegram's
+    ``/bot<token>/``). When an ``@`` follows the address as read (a
+    password holding ``/``, ``#`` or ``?``) the host is hidden too
+    (``https://***/...``): part of the password may read as one.
     """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return "<not an http(s) URL>"
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is no number raises ValueError
     except ValueError:
-        return "<unreadable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    first, slash, rest = parts.path.lstrip("/").partition("/")
-    path = "/" + first if parts.path.startswith("/") else first
-    if rest:
-        path += "/..."
-    elif slash:
-        path += "/"
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{netloc}{path}{query}"
+        return f"{scheme}://<unreadable host>/..."
+    if "@" in rest and "@" not in parts.netloc:
+        return f"{scheme}://***/..."
+    host = parts.netloc.rpartition("@")[2]
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        return f"{scheme}://{host}/..."
+    return f"{scheme}://{host}{parts.path}"
+
+
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")

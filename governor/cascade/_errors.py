@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from governor._errors import BudgetExceeded, GovernorHalt
 from governor.cascade._types import Attempt
+from governor.policies._base import mask_credentials
 
 __all__ = ["CascadeBudgetExceeded", "CascadeExhausted"]
 
@@ -45,14 +47,14 @@ class CascadeExhausted(GovernorHalt):
         spent_usd: Decimal = Decimal(0),
         advice: str = _ADVICE,
     ) -> None:
-        self.attempts = tuple(attempts)
+        self.attempts = tuple(_masked(a) for a in attempts)
         self.tiers = tuple(tiers)
-        self.reason = reason
+        self.reason = mask_credentials(reason)
         # Named, not super(): in CascadeBudgetExceeded the next class in the
         # MRO is BudgetExceeded, whose constructor takes the budget fields.
         GovernorHalt.__init__(
             self,
-            f"the cascade found no answer to return: {reason}. Attempts: "
+            f"the cascade found no answer to return: {self.reason}. Attempts: "
             f"{_listing(self.attempts)}. {advice}",
             task_id=task_id,
             spent_usd=spent_usd,
@@ -107,6 +109,16 @@ class CascadeBudgetExceeded(CascadeExhausted, BudgetExceeded):
             spent_usd=spent_usd,
             advice="Raise the budget's limit, lower max_tokens, or add a cheaper tier.",
         )
+
+
+def _masked(attempt: Attempt) -> Attempt:
+    """A failed attempt with credentials its provider's error echoed masked
+    in its reason: the error's message, ``to_dict()`` and pickles never
+    carry them. A check's reason is kept as it is."""
+    if attempt.outcome != "error":
+        return attempt
+    reason = mask_credentials(attempt.reason)
+    return attempt if reason == attempt.reason else replace(attempt, reason=reason)
 
 
 def _attempt_dict(attempt: Attempt) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from governor.cascade._types import (
     ErrorKind,
     shown,
 )
+from governor.policies._base import mask_credentials
 from governor.policies._cascade import Cascade, Retry, Tier
 
 __all__ = ["CascadeRunner", "WaitStrategy"]
@@ -496,7 +497,9 @@ class CascadeRunner:
         rest = min(rest, retry.max_cooldown_s)
         resting = self.cooldowns.remaining_s(key) > 0
         self.cooldowns.cool(key, rest)
-        logger.debug("cascade cools %s for %.1f s after %s", key, rest, kind)
+        logger.debug(
+            "cascade cools %s for %.1f s after %s", mask_credentials(key), rest, kind
+        )
         if kind in _WHAT_TO_FIX and not resting:
             self._warn_fallback(run, tier, kind, exc, rest)
 
@@ -753,5 +756,6 @@ def _charged_usd(exc: BaseException) -> Decimal | None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line, credentials it may echo masked, cut at 200."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+    return mask_credentials(text[0])[:200] if text else ""

@@ -14,7 +14,12 @@ from typing import Any
 from governor._errors import decimal_text
 from governor.cli._fail import BAD_INPUT, fail, too_deep
 from governor.cli._policy import POLICY_HELP, load_policy, unpriced_advice
-from governor.cli._spend_source import redis_down, unreachable
+from governor.cli._spend_source import (
+    check_prefix_shown,
+    redis_down,
+    shown_target,
+    unreachable,
+)
 from governor.cli._text import given, ljust, printable, width
 
 __all__ = [
@@ -177,17 +182,17 @@ def load_records(args: argparse.Namespace) -> list[Any]:
 
     from governor._errors import ConfigError
     from governor.spend import default_spend_target
-    from governor.spend._open import check_prefix, is_redis_target
+    from governor.spend._open import is_redis_target
 
     target = args.db or default_spend_target()
     try:
-        check_prefix(target, args.prefix)
+        check_prefix_shown(target, args.prefix)
     except ConfigError as exc:
         raise SourceError(f"--prefix: {exc}", 2) from exc
     if not is_redis_target(target) and not Path(target).exists():
         raise SourceError(
-            f"no spend store at {target}; run `governor demo` or point --db at "
-            "a store or spend JSONL file",
+            f"no spend store at {shown_target(target)}; run `governor demo` or "
+            "point --db at a store or spend JSONL file",
             2,
         )
     records = _query(args, target)
@@ -196,9 +201,10 @@ def load_records(args: argparse.Namespace) -> list[Any]:
         missing = sorted(wanted - {r.task_id for r in records})
         if missing:
             prefix = "" if args.prefix is None else f" --prefix {args.prefix}"
+            shown = shown_target(target)
             raise SourceError(
-                f"no recorded call of task(s) {', '.join(missing)} in "
-                f"{target}; `governor report --db {target}{prefix} --by task` "
+                f"no recorded call of task(s) {', '.join(missing)} in {shown}; "
+                f"`governor report --db {shown}{prefix} --by task` "
                 "lists them",
                 2,
             )
@@ -223,7 +229,7 @@ def _query(args: argparse.Namespace, target: str) -> list[Any]:
     try:
         return list(store.query())
     except RecursionError as exc:
-        message = too_deep(target, "a spend record")
+        message = too_deep(shown_target(target), "a spend record")
         raise SourceError(message, 1, SpendDataError.code) from exc
     except GovernorError as exc:
         raise SourceError(str(exc), 1, exc.code) from exc

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from governor.cli._fail import fail, too_deep
-from governor.cli._spend_source import not_a_spend_file, redis_down, unreachable
+from governor.cli._spend_source import (
+    check_prefix_shown,
+    not_a_spend_file,
+    redis_down,
+    shown_target,
+    unreachable,
+)
 from governor.cli._text import (
     check_output,
     given,
@@ -214,11 +220,11 @@ def _read_options(args: argparse.Namespace) -> _Query:
     """Check the options that need no store: times, groupings, filters, files."""
     from governor.spend import default_spend_target
     from governor.spend._aggregate import check_grouping
-    from governor.spend._open import check_prefix, is_redis_target
+    from governor.spend._open import is_redis_target
     from governor.spend._store import check_filters
 
     target = args.db or default_spend_target()
-    check_prefix(target, args.prefix)
+    check_prefix_shown(target, args.prefix)
     now = datetime.now(UTC)
     since = parse_when(args.since, now=now) if args.since else None
     until = parse_when(args.until, now=now) if args.until else None
@@ -276,7 +282,8 @@ def _summarize(
         if not summary.total.calls:
             _hint_if_nothing_stored(store, query)
     except RecursionError as exc:
-        raise SpendDataError(too_deep(target, "a spend record")) from exc
+        message = too_deep(shown_target(target), "a spend record")
+        raise SpendDataError(message) from exc
     except Exception as exc:
         if redis_down(target, exc):
             given = bool(args.db)
@@ -285,7 +292,9 @@ def _summarize(
         raise
     finally:
         store.close()
-    label = target if args.prefix is None else f"{target} (prefix {args.prefix})"
+    label = shown_target(target)
+    if args.prefix is not None:
+        label += f" (prefix {args.prefix})"
     return dataclasses.replace(summary, by=query.shown), label, skipped
 
 

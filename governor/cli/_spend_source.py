@@ -11,7 +11,14 @@ from pathlib import Path
 
 from governor._files import SQLITE_HEADER
 
-__all__ = ["SQLITE_HEADER", "not_a_spend_file", "redis_down", "unreachable"]
+__all__ = [
+    "SQLITE_HEADER",
+    "check_prefix_shown",
+    "not_a_spend_file",
+    "redis_down",
+    "shown_target",
+    "unreachable",
+]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -65,6 +72,37 @@ def not_a_spend_file(target: str, *, reading: bool) -> str | None:
     )
 
 
+def shown_target(target: str) -> str:
+    """The store's path or URL as output may show it: a URL's password masked.
+
+    Every line, JSON field or page title naming the store shows this, never
+    the ``--db`` (or ``GOVERNOR_SPEND_DB``) value as given.
+    """
+    if "://" not in target:
+        return target
+    from governor.stores._redis import redact_url
+
+    return redact_url(target)
+
+
+def check_prefix_shown(target: str, prefix: str | None) -> None:
+    """Refuse a ``--prefix`` the store cannot take, its URL's password masked.
+
+    Raises:
+        ConfigError: as :func:`governor.spend._open.check_prefix` does.
+    """
+    from governor._errors import ConfigError
+    from governor.spend._open import check_prefix
+
+    try:
+        check_prefix(target, prefix)
+    except ConfigError as exc:
+        shown = shown_target(target)
+        if shown == target:
+            raise
+        raise ConfigError(str(exc).replace(target, shown)) from None
+
+
 def redis_down(target: str, exc: BaseException) -> bool:
     """Whether ``exc`` says the Redis at ``target`` could not be reached."""
     from governor.spend._open import is_redis_target
@@ -88,12 +126,11 @@ def unreachable(target: str, exc: BaseException, *, option: str, given: bool) ->
             ``GOVERNOR_SPEND_DB``).
     """
     from governor.spend import ENV_SPEND_DB
-    from governor.stores._redis import redact_url
 
     source = f"from {option}" if given else f"from {ENV_SPEND_DB}"
     cause = str(exc).rstrip(".")
     return (
-        f"cannot reach the Redis spend store at {redact_url(target)} ({source}): "
+        f"cannot reach the Redis spend store at {shown_target(target)} ({source}): "
         f"{cause}. Check the URL (host, port, database, password, TLS), start "
         f"Redis there, or pass {option} (or set {ENV_SPEND_DB}) to the store "
         "your services record spend to."

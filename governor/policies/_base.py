@@ -7,7 +7,7 @@ import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from typing import Any, NoReturn, Self
+from typing import Any, Final, NoReturn, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -18,7 +18,10 @@ __all__ = [
     "FrozenList",
     "FrozenMap",
     "PolicyModel",
+    "mask_credentials",
+    "mask_userinfo",
     "masked",
+    "secret_name",
     "thawed",
 ]
 
@@ -125,30 +128,102 @@ class FieldsError(ValueError):
 
 
 _SECRET_KEY = re.compile(
-    r"api_?key|secret|passw(or)?d|credential|authori[sz]ation|_(token|key)$|^token$",
+    r"api[-_]?key|secret|passw(or)?d|passphrase|credential|authori[sz]ation"
+    r"|subscription[-_]?key|cookie|[-_.](token|key|auth|pwd)$|^(token|auth)$",
     re.IGNORECASE,
 )
-"""Parameter names whose values are secrets (``api_key``, ``aws_secret_access_key``,
-``access_token``; not ``max_tokens``)."""
+"""Parameter and header names whose values are secrets (``api_key``,
+``x-api-key``, ``Ocp-Apim-Subscription-Key``, ``aws_secret_access_key``,
+``access_token``, ``Authorization``; not ``max_tokens`` nor ``top_k``)."""
+
+_CAMEL_SECRET = re.compile(r"[a-z0-9](Token|Key|Auth)$")
+"""camelCase names ending in a secret word (``accessToken``, ``apiKey``)."""
 
 MASK = "***"
+
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a parameter, header or option named ``name`` holds a secret."""
+    return bool(_SECRET_KEY.search(name) or _CAMEL_SECRET.search(name))
+
+
+def mask_userinfo(url: str) -> str:
+    """``url`` with its user info masked, read before any URL parsing.
+
+    Everything between ``://`` and the last ``@`` is taken as user info, so
+    a password holding an unencoded ``/``, ``#`` or ``?`` (which would end a
+    parsed address early) is masked too; an ``@`` in a path or query is
+    masked with what comes before it. The user name is kept when a ``:``
+    tells it apart (``redis://app:***@host``), else all of it is masked
+    (``https://***@host``). Text that is not a URL comes back unchanged.
+    """
+    start = _SCHEME.match(url)
+    if start is None:
+        return url
+    info, at, rest = url[start.end() :].rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = info.partition(":")
+    shown = f"{user}:{MASK}" if colon and not set(user) & set("/?#@[]") else MASK
+    return f"{url[: start.end()]}{shown}@{rest}"
+
+
+def _masked_text(value: str) -> str:
+    """A string value with a URL's user info masked."""
+    return mask_userinfo(value) if _SCHEME.match(value) else value
 
 
 def masked(value: Any) -> Any:
     """``value`` with every secret-named mapping entry replaced by ``"***"``.
 
     Call parameters may carry provider keys (a tier's ``params={"api_key":
-    ...}``); reprs, error messages and ``governor policy show`` print them
-    masked. Nested mappings and sequences are masked too.
+    ...}``, a header such as ``{"x-api-key": ...}``) and URLs with a
+    password (``api_base="https://user:pass@host"``); reprs, error messages
+    and ``governor policy show`` print them masked. Nested mappings and
+    sequences are masked too.
     """
     if isinstance(value, Mapping):
         return {
-            k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) else masked(v)
+            k: MASK if isinstance(k, str) and secret_name(k) else masked(v)
             for k, v in value.items()
         }
     if type(value) in (list, tuple):
         return type(value)(masked(v) for v in value)
+    if isinstance(value, str):
+        return _masked_text(value)
     return value
+
+
+_CREDENTIALS: Final = (
+    # name: value, name=value, "name": "value" (a header, a JSON key, a query
+    # option), with an auth scheme word before the value swallowed too
+    re.compile(
+        r"(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[-_])*(?:api[-_ ]?key(?:\s+provided)?"
+        r"|key|token|secret|password|passwd|authori[sz]ation|credentials?)"
+        r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
+        r"""[^\s"',;&)]*[^\s"',;&).]""",
+        re.IGNORECASE,
+    ),
+    re.compile(r"\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE),
+    # provider key shapes: OpenAI and Anthropic sk-..., Google AIza..., Groq
+    # gsk_..., Hugging Face hf_..., xAI xai-...
+    re.compile(r"()\b(?:sk-|AIza|gsk_|hf_|xai-)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s@]*@"),
+)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` (a provider's error message) with credential-like tokens masked.
+
+    ``Bearer ...`` and ``Basic ...`` tokens, provider key shapes (``sk-...``),
+    ``key=...``, ``api-key: ...`` and the like, and a URL's user info become
+    ``***``; the rest of the text is kept.
+    """
+    for pattern in _CREDENTIALS[:3]:
+        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    return _CREDENTIALS[3].sub(lambda m: m.group(1) + MASK + "@", text)
 
 
 _VALUE_ERROR = "Value error, "

@@ -92,6 +92,7 @@ from governor._errors import (
 )
 from governor._forks import start_over_in_children
 from governor._quiet import Quiet
+from governor.policies._base import mask_userinfo
 from governor.stores._base import Balance, Line, Refusal
 from governor.stores._redis_checks import (
     LimitWatch,
@@ -345,11 +346,38 @@ def check_url_options(url: str) -> None:
             value it cannot use, a port that is not a number, or a database
             that is not a whole number.
     """
+    _check_misplaced_at(url)
     _check_option_names(url)
     parts = urlsplit(url)
     if parts.scheme.lower() in ("redis", "rediss"):
         _check_port_and_db(url)
     _check_option_values(url)
+
+
+def _check_misplaced_at(url: str) -> None:
+    """Refuse a URL whose password (or user name) ends its address early.
+
+    An unencoded ``/``, ``#`` or ``?`` in the password moves the rest of it,
+    the ``@`` and the host into the path, fragment or query: redis-py would
+    then read part of the password as a port, a database or an option.
+    """
+    parts = urlsplit(url)
+    if "@" in parts.netloc or "@" not in url.partition("://")[2]:
+        return
+    names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        pass
+    else:
+        if "@" not in parts.path + parts.fragment + "".join(names):
+            return  # an '@' in an option's value only
+    raise ConfigError(
+        f"url {redact_url(url)!r} has a port that is not a number, or an '@' "
+        "after its host: a password or user name holding '/', '#' or '?' must "
+        "be percent-encoded (%2F, %23, %3F), e.g. with "
+        "urllib.parse.quote(password, safe='')"
+    )
 
 
 def _check_option_names(url: str) -> None:
@@ -371,9 +399,12 @@ def _check_port_and_db(url: str) -> None:
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
+        hint = ""
+        if "@" in url:
+            hint = " (a password holding '/', '#' or '?' must be percent-encoded)"
         raise ConfigError(
             f"url {redact_url(url)!r} has a port that is not a number from 1 "
-            "to 65535; write it as redis://host:6379/0"
+            f"to 65535; write it as redis://host:6379/0{hint}"
         ) from None
     db = unquote(parts.path).replace("/", "")
     if db and not _DB_INDEX.fullmatch(db):
@@ -565,19 +596,28 @@ def _url_options() -> frozenset[str]:
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password (in the address or its query, as
-    ``?password=``) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]  # host and port as written
-        netloc = f"{user}:***@{host}"
-    if query:
-        query = "&".join(_redact_option(option) for option in query.split("&"))
-    if (netloc, query) == (parts.netloc, parts.query):
+    ``?password=``) replaced by ``***``.
+
+    Everything between ``://`` and the last ``@`` is masked before the URL
+    is parsed, so a password holding an unencoded ``/``, ``#`` or ``?``
+    never shows (over-masking an ``@`` in a query is the price). It never
+    raises.
+    """
+    url = mask_userinfo(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unclosed brackets: mask the options as written
+        base, mark, query = url.partition("?")
+        return base + mark + _redact_query(query)
+    query = _redact_query(parts.query)
+    if query == parts.query:
         return url
     tail = f"?{query}" if query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{tail}"
+
+
+def _redact_query(query: str) -> str:
+    return "&".join(_redact_option(option) for option in query.split("&"))
 
 
 def _redact_option(option: str) -> str:
