@@ -692,8 +692,9 @@ class Governor:
         are written (not for this thread's own, which cannot progress
         meanwhile); in async code use :meth:`aclose`, which also waits for
         the calls the loop is settling. Alerts the anomaly monitor's webhook
-        still has to POST get up to ``timeout_s`` (``webhook_timeout_s``
-        when None); those left then are dropped with a WARNING.
+        still has to POST get up to ``timeout_s`` in all, or, when None, as
+        long as its receiver keeps answering (see ``WebhookHook.close``);
+        those left then are dropped with a WARNING.
         """
         # On an event loop's thread a wait would block the calls it waits for.
         return self._close(timeout_s, wait=asyncio._get_running_loop() is None)

@@ -194,7 +194,7 @@ def test_a_full_queue_drops_the_oldest_alerts_with_a_warning(
         warning.getMessage()
     )
     receiver.release.set()
-    assert hook.close(timeout_s=10) == 0
+    assert hook.close(timeout_s=10) == 2  # u2 and u3, dropped from the full queue
     assert [seen.scope() for seen in receiver.seen] == ["user:u1", "user:u4", "user:u5"]
 
 
@@ -390,3 +390,35 @@ def test_the_scope_a_refusal_names_is_lifted_by_unblock() -> None:
         llm.completion(messages=messages, **ask)
     assert task.report().calls == 1
     gov.close()
+
+
+def test_close_waits_for_a_slow_receiver_that_keeps_answering(
+    serve: Callable[[Answer], Receiver],
+) -> None:
+    """Thirty alerts to a receiver taking 0.1 s each, with a 0.5 s timeout:
+    close() waits past one timeout while POSTs keep ending, and all arrive."""
+
+    def slow_204(handler: BaseHTTPRequestHandler, receiver: Receiver) -> None:
+        time.sleep(0.1)
+        reply(handler, 204)
+
+    receiver = serve(slow_204)
+    hook = WebhookHook(receiver.url(), timeout_s=0.5)
+    for n in range(30):
+        hook(an_alert(f"user:u{n}"))
+    assert hook.close() == 0
+    assert len(receiver.seen) == 30
+
+
+def test_a_burst_of_alerts_to_a_fast_receiver_is_not_dropped(
+    serve: Callable[[Answer], Receiver],
+) -> None:
+    """A hundred alerts at once (one per scope of a wide episode) all go."""
+    receiver = serve(lambda handler, receiver: reply(handler, 204))
+    hook = WebhookHook(receiver.url(), timeout_s=2.0)
+    for n in range(100):
+        hook(an_alert(f"user:u{n}"))
+    assert hook.close() == 0
+    assert sorted(seen.scope() for seen in receiver.seen) == sorted(
+        f"user:u{n}" for n in range(100)
+    )

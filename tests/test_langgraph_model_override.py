@@ -314,3 +314,70 @@ def test_an_answer_by_another_model_is_still_charged_at_the_dearer(
     assert record.cost_usd == litellm_cost(FULL)
     (warning,) = answered_warnings(caplog)
     assert f"a call to {MINI} was answered by {FULL}" in warning
+
+
+class ProxiedAsConfigured(ProxiedModel):
+    """A chat model set to gpt-4o whose proxy answers with gpt-4o whatever it
+    is asked for, and says so, as ChatOpenAI passes on the server's model."""
+
+    model_name: str = FULL
+
+    def _get_invocation_params(self, stop: Any = None, **kwargs: Any) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            **super()._get_invocation_params(stop=stop),
+            **kwargs,
+        }
+
+
+@pytest.mark.parametrize("how", ["bind", "invoke"])
+def test_a_proxy_answering_with_the_configured_model_is_charged_at_it(
+    store: SQLiteSpendStore, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Only ChatLiteLLM stamps its own model on every answer: another chat
+    model naming its configured model answered a call sent to gpt-4o-mini,
+    which is charged at gpt-4o's price, with the warning."""
+    model = ProxiedAsConfigured()
+    runnable: Any = model.bind(model=MINI) if how == "bind" else model
+    call = {} if how == "bind" else {"model": MINI}
+    with caplog.at_level(logging.WARNING), Governor(spend=store) as gov:
+        run(graph(runnable, **call), gov, "invoke")
+    record = the_record(store)
+    assert (record.model, record.cost_usd) == (MINI, litellm_cost(FULL))
+    (warning,) = answered_warnings(caplog)
+    assert f"a call to {MINI} was answered by {FULL}" in warning
+
+
+def async_graph(runnable: Runnable[Any, Any]) -> Any:
+    """A one-node graph whose node is an ``async def`` (no sync twin)."""
+
+    async def node(state: State) -> State:
+        message = await runnable.ainvoke("hi")
+        return {"answer": str(message.content)}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", node)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    return builder.compile()
+
+
+@pytest.mark.parametrize("how", ["model_kwargs", "bind"])
+@pytest.mark.parametrize(("field", "sent_to"), [(FULL, MINI), (MINI, FULL)])
+def test_an_async_node_charges_the_model_sent_without_a_false_warning(
+    store: SQLiteSpendStore,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    field: str,
+    sent_to: str,
+) -> None:
+    """In an ``async def`` node the call's end is not under the model's frame:
+    what the model stamps on its answers is read when the call starts."""
+    sent = Sent()
+    llm: Any = chat(field, sent, sent_to if how == "model_kwargs" else None)
+    if how == "bind":
+        llm = llm.bind(model=sent_to)
+    with caplog.at_level(logging.WARNING), Governor(spend=store) as gov:
+        run(async_graph(llm), gov, "ainvoke")
+    assert_charged(the_record(store), sent_to, sent)
+    assert answered_warnings(caplog) == []

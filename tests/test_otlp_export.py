@@ -271,3 +271,17 @@ def test_an_unusable_metrics_interval_is_refused_with_the_fix(
     with pytest.raises(ConfigError, match=r"not a number of seconds above 0"):
         configure_metrics(export_interval_s=interval)  # type: ignore[arg-type]
     configure_metrics(export_interval_s=0.5).shutdown()
+
+
+def test_any_real_number_of_seconds_is_a_metrics_interval() -> None:
+    """numpy's integers, fractions and decimals are seconds as well as floats."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from governor.telemetry import configure_metrics
+
+    for interval in (np.int64(30), Fraction(1, 2), Decimal("30"), 30):
+        configure_metrics(
+            otlp_endpoint="http://127.0.0.1:9/v1/metrics", export_interval_s=interval
+        ).shutdown()  # type: ignore[arg-type]

@@ -50,3 +50,19 @@ def test_cards_reading_one_map_share_its_folded_names() -> None:
     assert a.rate("GPT-4o-mini").input_per_token == mapped
     assert b.rate("gpt-4o-MINI").input_per_token == mapped
     assert a._folded is b._folded
+
+
+def test_a_price_map_its_owner_changes_is_read_as_it_is_now() -> None:
+    """A map given as price_map= is its owner's: a card made after the owner
+    changed it finds the names as they are now (none shared, none stale)."""
+    entry = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    prices: dict[str, dict[str, float]] = {"Acme-Large": dict(entry)}
+    assert RateCard(price_map=prices).rate("acme-large").model == "Acme-Large"
+
+    del prices["Acme-Large"]
+    prices["Acme-XL"] = dict(entry)
+    prices["acme-large"] = dict(entry)
+    card = RateCard(price_map=prices)
+
+    assert card.rate("acme-xl").input_per_token == Decimal("0.000001")
+    assert card.rate("ACME-LARGE").output_per_token == Decimal("0.000002")

@@ -870,17 +870,20 @@ class _HandlerCore:
 
     def _open(self, run_id: UUID, request: CallRequest) -> None:
         """Reserve the call and add it to the open calls."""
+        stamped = _stamped_models(_calling_model())
         self._opening()
         try:
-            self._admitted(run_id, self.governor.begin_call(request))
+            self._admitted(run_id, self.governor.begin_call(request), stamped)
         finally:
             self._done()
 
     async def _aopen(self, run_id: UUID, request: CallRequest) -> None:
         """Async form of :meth:`_open`."""
+        stamped = _stamped_models(_calling_model())
         self._opening()
         try:
-            self._admitted(run_id, await self.governor.abegin_call(request))
+            admission = await self.governor.abegin_call(request)
+            self._admitted(run_id, admission, stamped)
         finally:
             self._done()
 
@@ -903,7 +906,11 @@ class _HandlerCore:
             self._busy -= 1
             self._quiet.notify_all()
 
-    def _admitted(self, run_id: UUID, admission: Admission) -> None:
+    def _admitted(
+        self, run_id: UUID, admission: Admission, stamped: tuple[str, ...] = ()
+    ) -> None:
+        if stamped:  # read back when the call ends (see _answering_model)
+            admission.extras[_STAMPED] = stamped
         with self._lock:
             self._calls[run_id] = admission
             self._streamed[run_id] = []
@@ -969,7 +976,8 @@ class _HandlerCore:
         """An answered call's result, at the usage the model reported (or a
         local count)."""
         request = admission.request
-        model = _answering_model(response, request.model, _calling_model())
+        stamped = admission.extras.get(_STAMPED, ())
+        model = _answering_model(response, request.model, stamped)
         text = _generated_text(response)
         reported = read_usage(lambda: _usage_of(response), request.model)
         usage = settled_usage(
@@ -2178,23 +2186,40 @@ def _response_model(response: LLMResult) -> str | None:
     return None
 
 
+_STAMPED = "langgraph_stamped_models"
+"""Where an admission keeps the models its chat model writes into every
+response whatever answered (see :func:`_stamped_models`)."""
+
+
+def _stamped_models(caller: _Caller | None) -> tuple[str, ...]:
+    """The names a chat model writes into every response as the model that
+    answered, whatever it was sent to: a ChatLiteLLM's configured model
+    (``model``, ``model_name``). Other chat models report what the server
+    answered with, so they stamp none."""
+    if caller is None or not _is_chat_litellm(caller.model):
+        return ()
+    fields = ("model", "model_name", "model_id")
+    names = (getattr(caller.model, field, None) for field in fields)
+    return tuple(name for name in names if isinstance(name, str) and name)
+
+
 def _answering_model(
-    response: LLMResult, requested: str, caller: _Caller | None
+    response: LLMResult, requested: str, stamped: tuple[str, ...]
 ) -> str | None:
     """The model that answered, as the response names it, or None.
 
-    A chat model that writes its own configured model into the response
-    metadata (ChatLiteLLM does, whatever the provider answered with) names
-    no answering model when the call was sent to another one, by
-    ``bind(model=...)`` or its ``model_kwargs``: that name is left out, so
-    the call is not charged as answered by a model it was not sent to.
+    A ChatLiteLLM writes its own configured model into the response
+    metadata whatever the provider answered with, so when the call was sent
+    to another model (by ``bind(model=...)`` or its ``model_kwargs``) that
+    name (one of ``stamped``, read when the call started) names no
+    answering model, and the call is not charged as answered by a model it
+    was not sent to. Other chat models report the server's answer, which
+    is taken as it is.
     """
     named = _response_model(response)
-    if not named or named == requested or caller is None:
+    if not named or named == requested:
         return named
-    fields = ("model", "model_name", "model_id")
-    own = [getattr(caller.model, field, None) for field in fields]
-    return None if named in own else named
+    return None if named in stamped else named
 
 
 def _usage_of(response: LLMResult) -> Usage | None:

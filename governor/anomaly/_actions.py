@@ -111,7 +111,7 @@ class WebhookHook:
         timeout_s: float = 5.0,
         headers: Mapping[str, str] | None = None,
         blocking: bool = False,
-        max_queued: int = 50,
+        max_queued: int = 1000,
     ) -> None:
         _check_limits(timeout_s, max_queued)
         self.url = url
@@ -128,6 +128,7 @@ class WebhookHook:
             self._headers[name] = value
         self._blocking = blocking
         self._dropped = 0  # alerts dropped from a full queue, in all
+        self._overflowed = 0  # of those, since the last close
         self._quiet = Quiet()
         self._start_over()
         start_over_in_children(self)
@@ -140,6 +141,7 @@ class WebhookHook:
         self._queue: collections.deque[bytes] = collections.deque()
         self._worker: threading.Thread | None = None
         self._posting = False
+        self._posted = 0  # POSTs ended, sent or not
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's thread is not here, so start over.
@@ -163,6 +165,7 @@ class WebhookHook:
                 dropped += 1
             self._queue.append(body)
             self._dropped += dropped
+            self._overflowed += dropped
             total = self._dropped
             if self._worker is None:
                 self._worker = threading.Thread(
@@ -201,6 +204,7 @@ class WebhookHook:
             finally:
                 with self._lock:
                     self._posting = False
+                    self._posted += 1
                     self._changed.notify_all()
 
     def _post(self, body: bytes) -> None:
@@ -268,15 +272,25 @@ class WebhookHook:
     def close(self, timeout_s: float | None = None) -> int:
         """Wait for queued POSTs; return how many alerts were dropped unsent.
 
-        Waits up to ``timeout_s`` seconds (one POST's timeout when None) for
-        the alerts waiting and the POST under way; what is still waiting
-        then is dropped with a WARNING. A later alert starts a new thread.
-        Run at the interpreter's exit for each hook with alerts waiting.
+        With ``timeout_s`` None, waits while the receiver keeps answering:
+        up to one POST's timeout after the last POST ended, and at most
+        ``_CLOSE_MOST_S`` in all, so a slow but working receiver gets every
+        alert and a hung one holds close for one timeout. With ``timeout_s``
+        given, waits that long in all. What is still waiting then is dropped
+        with a WARNING; the count returned also holds the alerts dropped from
+        a full queue since the last close. A later alert starts a new thread.
+        At the interpreter's exit each hook with alerts waiting gets one
+        POST's timeout in all.
         """
+        renews = timeout_s is None
         wait_s = self.timeout_s if timeout_s is None else max(timeout_s, 0.0)
-        deadline = time.monotonic() + wait_s
+        start = time.monotonic()
         with self._lock:
+            deadline, posted = start + wait_s, self._posted
             while self._queue or self._posting:
+                if renews and self._posted != posted:  # still answering
+                    posted = self._posted
+                    deadline = min(time.monotonic() + wait_s, start + _CLOSE_MOST_S)
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
                     break
@@ -284,17 +298,18 @@ class WebhookHook:
             unsent = len(self._queue)
             self._queue.clear()
             under_way = self._posting
+            overflowed, self._overflowed = self._overflowed, 0
         if unsent or under_way:
             logger.warning(
-                "anomaly webhook %s: %d alert(s) were not POSTed within %g s "
+                "anomaly webhook %s: %d alert(s) were not POSTed within %.3g s "
                 "of close and were dropped%s: the receiver is slow or does "
                 "not answer",
                 self._shown,
                 unsent,
-                wait_s,
+                time.monotonic() - start,
                 " (one POST is still under way)" if under_way else "",
             )
-        return unsent
+        return unsent + overflowed
 
     def _pending(self) -> bool:
         return bool(self._queue or self._posting)
@@ -307,6 +322,8 @@ _MAX_ANSWER = 65536
 _CUT_EVERY_S = 0.05
 
 _LIVE: weakref.WeakSet[WebhookHook] = weakref.WeakSet()
+# The longest close() waits for a receiver that keeps answering.
+_CLOSE_MOST_S = 60.0
 
 
 @atexit.register
@@ -314,7 +331,7 @@ def _close_at_exit() -> None:
     """Give alerts still waiting one POST's timeout, then let the process go."""
     for hook in list(_LIVE):
         if hook._pending():
-            hook.close()
+            hook.close(hook.timeout_s)
 
 
 class _Watch:

@@ -65,10 +65,11 @@ class AnomalyMonitor:
     clock, which cannot step: wall time when the monitor was made plus
     ``time.monotonic()`` since. A record counts at that clock less its age
     by the wall clock now (so a step of the wall clock, such as NTP setting
-    it back an hour, moves nothing), or at the clock itself when its age is
-    over ``max_record_lag_s`` or it is stamped more than
-    ``max_record_lead_s`` ahead (a host whose clock is off): one bad
-    timestamp can neither hold an anomaly episode open nor end one.
+    it back an hour, moves nothing, and a backlog the spend writer catches up
+    on keeps its calls' spacing), or at the clock itself when it is stamped
+    more than ``max_record_lead_s`` ahead (a host whose clock is ahead): one
+    bad timestamp can neither hold an anomaly episode open nor end one. A
+    record stamped behind the latest time seen counts in the open interval.
 
     Thread-safe: the detector runs under a lock, hooks run outside it. A
     monitor made before ``os.fork()`` keeps working in the child, with a copy
@@ -88,8 +89,6 @@ class AnomalyMonitor:
             scope is taken to have one.
         clock: ``"records"`` or ``"live"``, as above. Give ``"live"`` to a
             monitor you make for a governor to feed.
-        max_record_lag_s: with ``clock="live"``, the age past which a
-            record counts as seen now (seconds, at least 0).
         max_record_lead_s: with ``clock="live"``, how far ahead of the wall
             clock a record may be stamped before it counts as seen now.
         monotonic: the monotonic clock, in seconds (for tests).
@@ -105,7 +104,6 @@ class AnomalyMonitor:
         restores: bool = False,
         budgets: Iterable[Budget] | None = None,
         clock: MonitorClock = "records",
-        max_record_lag_s: float = 300.0,
         max_record_lead_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], float] = time.time,
@@ -113,9 +111,7 @@ class AnomalyMonitor:
         self.settings = settings or Anomalies()
         self._clock: _LiveClock | None = None
         if clock == "live":
-            self._clock = _LiveClock(
-                max_record_lag_s, max_record_lead_s, monotonic, wall_time
-            )
+            self._clock = _LiveClock(max_record_lead_s, monotonic, wall_time)
         elif clock != "records":
             raise ValueError(
                 f"clock must be 'records' or 'live', got {clock!r}; give 'live' "
@@ -276,10 +272,11 @@ class AnomalyMonitor:
     def close(self, timeout_s: float | None = None) -> int:
         """Let queued webhook POSTs finish; return how many alerts were dropped.
 
-        Waits up to ``timeout_s`` seconds (``webhook_timeout_s`` when None);
-        alerts still waiting then are dropped with a WARNING (see
-        :meth:`WebhookHook.close`). ``Governor.close`` calls it. The monitor
-        goes on working: a later alert is posted as before.
+        Waits up to ``timeout_s`` seconds in all, or, when None, as long as
+        the receiver keeps answering; alerts still waiting then are dropped
+        with a WARNING (see :meth:`WebhookHook.close`). ``Governor.close``
+        calls it. The monitor goes on working: a later alert is posted as
+        before.
         """
         if self._webhook is None:
             return 0
@@ -289,25 +286,19 @@ class AnomalyMonitor:
 class _LiveClock:
     """Places records on a clock that cannot step (see ``clock="live"``)."""
 
-    __slots__ = ("_anchor_us", "_lag_us", "_lead_us", "_monotonic", "_wall")
+    __slots__ = ("_anchor_us", "_lead_us", "_monotonic", "_wall")
 
     def __init__(
         self,
-        lag_s: float,
         lead_s: float,
         monotonic: Callable[[], float],
         wall: Callable[[], float],
     ) -> None:
-        for name, value in (
-            ("max_record_lag_s", lag_s),
-            ("max_record_lead_s", lead_s),
-        ):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(
-                    f"{name} must be a finite number of seconds, at least 0, "
-                    f"got {value!r}; e.g. 300"
-                )
-        self._lag_us = round(lag_s * 1_000_000)
+        if not (math.isfinite(lead_s) and lead_s >= 0):
+            raise ValueError(
+                "max_record_lead_s must be a finite number of seconds, at least "
+                f"0, got {lead_s!r}; e.g. 5"
+            )
         self._lead_us = round(lead_s * 1_000_000)
         self._monotonic, self._wall = monotonic, wall
         self._anchor_us = _us(wall()) - _us(monotonic())
@@ -316,9 +307,9 @@ class _LiveClock:
         """The time on this clock at which a record stamped ``ts`` counts."""
         now_us = self._anchor_us + _us(self._monotonic())
         age_us = _us(self._wall()) - to_us(ts)
-        if -self._lead_us <= age_us <= self._lag_us:
-            return from_us(now_us - age_us)
-        return from_us(now_us)
+        if age_us < -self._lead_us:  # stamped ahead: a clock that is off
+            return from_us(now_us)
+        return from_us(now_us - age_us)
 
 
 def _us(seconds: float) -> int:

@@ -775,7 +775,10 @@ class RateCard:
 
     def _folded_keys(self, entries: PriceMap) -> dict[str, str]:
         if self._folded is None:
-            self._folded = _folded_names(entries)
+            # A map the card loaded itself is shared and never changed; one
+            # given as price_map= is its owner's, who may change it.
+            shared = self._reads_litellm
+            self._folded = _folded_names(entries) if shared else _fold(entries)
         return self._folded
 
 
@@ -785,14 +788,19 @@ _FOLDED: dict[int, tuple[PriceMap, dict[str, str]]] = {}
 _FOLDED_MEMORY = 4
 
 
+def _fold(entries: PriceMap) -> dict[str, str]:
+    folded: dict[str, str] = {}
+    for key in entries:
+        folded.setdefault(key.lower(), key)
+    return folded
+
+
 def _folded_names(entries: PriceMap) -> dict[str, str]:
     """Each name of ``entries`` under its lower-case form (the first wins)."""
     kept = _FOLDED.get(id(entries))
     if kept is not None and kept[0] is entries:
         return kept[1]
-    folded: dict[str, str] = {}
-    for key in entries:
-        folded.setdefault(key.lower(), key)
+    folded = _fold(entries)
     if len(_FOLDED) >= _FOLDED_MEMORY:
         _FOLDED.pop(next(iter(list(_FOLDED)), 0), None)  # a copy: threads
     _FOLDED[id(entries)] = (entries, folded)  # the map kept: its id stays its

@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -165,7 +167,7 @@ def configure_metrics(
             "metrics", "metric_exporter", "OTLPMetricExporter", http=bool(otlp_endpoint)
         )
         exporter = exporter_class(endpoint=otlp_endpoint)
-        interval_ms = export_interval_s * 1000
+        interval_ms = float(export_interval_s) * 1000
         chosen.append(
             PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
         )
@@ -176,12 +178,11 @@ def _check_interval(export_interval_s: object) -> None:
     """Refuse an export interval the metric reader cannot run with."""
     from governor._errors import ConfigError
 
-    if isinstance(export_interval_s, bool) or not isinstance(
-        export_interval_s, (int, float)
-    ):
+    number = isinstance(export_interval_s, (numbers.Real, Decimal))
+    if isinstance(export_interval_s, bool) or not number:
         usable = False
     else:
-        usable = 0 < export_interval_s < float("inf")
+        usable = 0 < float(export_interval_s) < float("inf")  # type: ignore[arg-type]
     if not usable:
         raise ConfigError(
             f"export_interval_s={export_interval_s!r} is not a number of seconds "
