@@ -584,7 +584,9 @@ class Governor:
         if not self._blocked:
             return
         keys = {"all", *(f"{k}:{v}" for k, v in task.scope_values.items())}
-        keys.update(_model_scopes(request.model, provider))
+        keys.update(
+            _model_scopes(request.model, provider, lambda n: self._provider(task, n))
+        )
         if provider is not None:
             keys.add(f"provider:{provider}")
         named = self._named_by_call(task, request)
@@ -592,6 +594,13 @@ class Governor:
             keys.update(f"{k}:{v}" for k, v in named.scope_values().items())
         for scope in sorted(keys & self._blocked):
             raise ScopeBlocked(scope, task_id=task.id)
+
+    def _provider(self, task: Task, model: str) -> str | None:
+        """The provider a call to ``model`` goes to, as the task prices it."""
+        try:
+            return self._task_rates(task).rate(model).provider
+        except GovernorError:
+            return None
 
     def _tightened(self, line: Line) -> Line:
         if not self._factors:
@@ -3027,16 +3036,22 @@ def _tighter(
     return room if left is None else min(left, room)
 
 
-def _model_scopes(model: str, provider: str | None) -> set[str]:
+def _model_scopes(
+    model: str, provider: str | None, provider_of: Callable[[str], str | None]
+) -> set[str]:
     """The model scopes a call counts as: the name asked for and, once the
     provider is known, the same model with and without its provider prefix
-    (``openai/gpt-4o-mini`` is ``gpt-4o-mini``), so a block on either holds."""
+    (``openai/gpt-4o-mini`` is ``gpt-4o-mini``), so a block on either holds.
+    A prefixed name counts as the bare one only where the bare name goes to
+    the same provider (``provider_of``): ``azure/gpt-4o`` is a deployment of
+    its own, not ``gpt-4o``."""
     scopes = {f"model:{model}"}
     if provider is None:
         return scopes
     head, slash, bare = model.partition("/")
     if slash and head == provider and bare:
-        scopes.add(f"model:{bare}")
+        if provider_of(bare) == provider:
+            scopes.add(f"model:{bare}")
     else:
         scopes.add(f"model:{provider}/{model}")
     return scopes

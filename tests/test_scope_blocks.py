@@ -96,3 +96,22 @@ def test_a_blocked_model_holds_with_or_without_its_provider_prefix(
     with gov.task() as task:
         _ask(llm, model="openai/gpt-4o", mock_response="red")
     assert task.report().calls == 1
+
+
+def test_a_block_on_a_bare_model_leaves_another_providers_deployment() -> None:
+    """``azure/gpt-4o`` is an Azure deployment, not OpenAI's ``gpt-4o``: a
+    block on the one does not refuse calls to the other."""
+    gov, llm = _blocked("model:gpt-4o")
+
+    with gov.task() as task:
+        _ask(
+            llm,
+            model="azure/gpt-4o",
+            mock_response="red",
+            api_key="k",
+            api_base="http://127.0.0.1:9",
+            api_version="2024-06-01",
+        )
+    assert task.report().calls == 1
+    with gov.task(), pytest.raises(ScopeBlocked):
+        _ask(llm, model="openai/gpt-4o", mock_response="red")
