@@ -398,3 +398,14 @@ def test_an_unreadable_webhook_url_is_not_quoted() -> None:
     assert head not in str(caught.value)
     assert tail not in str(caught.value)
     assert "percent-encoded" in str(caught.value)
+
+
+def test_anomaly_settings_show_their_webhook_url_redacted() -> None:
+    from governor.anomaly import Anomalies
+
+    canary = "https://alice:CANARYPW@hooks.slack.com/services/T0/B0/CANARYTOK?k=CANARYQ"
+    settings = Anomalies(webhook_url=canary)
+    for shown in (repr(settings), str(settings)):
+        assert "CANARY" not in shown
+        assert "webhook_url='https://hooks.slack.com/...'" in shown
+    assert settings.webhook_url == canary  # kept whole for the POST

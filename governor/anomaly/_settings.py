@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Literal, Self, get_args
+from typing import Any, Literal, Self, get_args
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -171,6 +172,14 @@ class Anomalies(PolicyModel):
         lt=1,
         description="fraction of its limit a lowered budget keeps (0 < f < 1)",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The URL may carry a token in its path or query, or a password.
+        from governor.anomaly._actions import _redact
+
+        for name, value in super().__repr_args__():
+            shown = name == "webhook_url" and isinstance(value, str)
+            yield name, _redact(value) if shown else value
 
     @field_validator("webhook_url")
     @classmethod
