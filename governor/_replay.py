@@ -39,13 +39,21 @@ from governor._errors import ConfigError, GovernorHalt, decimal_text
 from governor.policies import Attribution, Policy
 from governor.policies._model import name_problem, tag_problem
 from governor.pricing import Usage
+from governor.spend._record import TOKEN_FIELDS
 from governor.stores import MemoryLedger
 
 if TYPE_CHECKING:
     from governor._task import Task
     from governor.spend import SpendRecord
 
-__all__ = ["ReplayRun", "TaskReplay", "load_policy", "replay"]
+__all__ = [
+    "RecordedCall",
+    "ReplayRun",
+    "TaskReplay",
+    "load_policy",
+    "recorded_calls",
+    "replay",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +127,86 @@ class ReplayRun:
         }
 
 
+class RecordedCall:
+    """What a replay reads of one recorded call: a few hundred bytes where
+    a :class:`SpendRecord` takes a few thousand, for replays of many calls.
+
+    ``at`` is the record's time in seconds since the epoch, ``values`` the
+    scope values it names that today's rules accept, and ``tags`` its tags
+    as ``(name, value)`` pairs; the other attributes are the record's own.
+    Build them with :func:`recorded_calls`.
+    """
+
+    __slots__ = (
+        "at",
+        "call_id",
+        "task_id",
+        "model",
+        "outcome",
+        "values",
+        "tags",
+        *TOKEN_FIELDS,
+    )
+
+    at: float
+    call_id: str
+    task_id: str
+    model: str
+    outcome: str
+    values: tuple[tuple[str, str], ...]
+    tags: tuple[tuple[str, str], ...]
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    audio_input_tokens: int
+    audio_output_tokens: int
+    audio_cache_read_tokens: int
+
+
+def recorded_calls(
+    records: Iterable[SpendRecord | RecordedCall],
+) -> list[RecordedCall]:
+    """``records`` as a replay keeps them, read one at a time: names that
+    repeat (tasks, models, scope values, tags) are kept once."""
+    shared: dict[Any, Any] = {}
+    return [_compact(record, shared) for record in records]
+
+
+def _compact(
+    record: SpendRecord | RecordedCall, shared: dict[Any, Any]
+) -> RecordedCall:
+    """One record as a :class:`RecordedCall`, its repeated parts from ``shared``."""
+    if isinstance(record, RecordedCall):
+        return record
+    call = RecordedCall()
+    call.at = record.ts.timestamp()
+    call.call_id = record.call_id
+    call.task_id = shared.setdefault(record.task_id, record.task_id)
+    call.model = shared.setdefault(record.model, record.model)
+    call.outcome = shared.setdefault(record.outcome, record.outcome)
+    for name in TOKEN_FIELDS:
+        setattr(call, name, getattr(record, name))
+    call.values = _pairs(_values(record), shared)
+    call.tags = _pairs(record.tags, shared)
+    return call
+
+
+def _pairs(
+    mapping: Mapping[str, str], shared: dict[Any, Any]
+) -> tuple[tuple[str, str], ...]:
+    """``mapping``'s items as a tuple, each name, pair and tuple kept once."""
+    pairs = []
+    for key, value in mapping.items():
+        pair = (shared.setdefault(key, key), shared.setdefault(value, value))
+        pairs.append(shared.setdefault(pair, pair))
+    items = tuple(pairs)
+    return shared.setdefault(items, items)  # type: ignore[no-any-return]
+
+
 def replay(
-    records: Iterable[SpendRecord],
+    records: Iterable[SpendRecord | RecordedCall],
     policy: Policy,
     *,
     label: str | None = None,
@@ -130,7 +216,8 @@ def replay(
 
     Args:
         records: recorded calls, any order; replayed in time order, each
-            task open from its first call to its last.
+            task open from its first call to its last. Many calls take less
+            memory given as :func:`recorded_calls`.
         policy: the policy to replay under.
         label: a name for the run (default: the policy's name).
         model_map: models to swap, e.g. ``{"gpt-4o": "gpt-4.1"}``; the
@@ -138,12 +225,14 @@ def replay(
     """
     # Calls made at one moment go in call id order, whatever order the store
     # gave them in, so every store replays alike.
+    shared: dict[Any, Any] = {}
     calls = sorted(
-        (r for r in records if r.outcome != "refused"),
-        key=lambda r: (_ts(r), r.call_id),
+        (c for r in records if (c := _compact(r, shared)).outcome != "refused"),
+        key=lambda c: (c.at, c.call_id),
     )
+    del shared
     run = ReplayRun(label or policy.name, not_simulated=_not_simulated(policy))
-    clock = _RecordedClock(_ts(calls[0]) if calls else 0.0)
+    clock = _RecordedClock(calls[0].at if calls else 0.0)
     gov = Governor(policy, ledger=MemoryLedger(clock=clock))
     gov._wall_clock = clock
     gov._task_lines_kept = True
@@ -155,15 +244,11 @@ def replay(
         run.tasks[task_id] = TaskReplay(task_id, recorded_quality=quality)
     replaying = _Replaying(gov, dict(model_map or {}), tasks)
     for record in calls:
-        clock.now = _ts(record)
+        clock.now = record.at
         replaying.call(record, run.tasks[record.task_id])
     _warn_unread(unread)
     _warn_capped(replaying.capped)
     return run
-
-
-def _ts(record: SpendRecord) -> float:
-    return record.ts.timestamp()
 
 
 class _RecordedClock:
@@ -185,31 +270,27 @@ class _Replaying:
         self,
         gov: Governor,
         swaps: Mapping[str, str],
-        tasks: Mapping[str, list[SpendRecord]],
+        tasks: Mapping[str, list[RecordedCall]],
     ) -> None:
         self.gov = gov
         self.swaps = swaps
         self.tasks = tasks
         self.left = {task_id: len(calls) for task_id, calls in tasks.items()}
-        # The scope values each call's record names, per task, in call order.
-        self.values = {
-            task_id: [_values(r) for r in calls] for task_id, calls in tasks.items()
-        }
         # Each open task, and the recorded time of its first call.
         self.open: dict[str, tuple[Task, float]] = {}
         self.capped: list[str] = []
 
-    def call(self, record: SpendRecord, outcome: TaskReplay) -> None:
+    def call(self, record: RecordedCall, outcome: TaskReplay) -> None:
         """Replay one call; open its task at its first call, close it at its
         last (or when the policy stops it)."""
         task_id = record.task_id
-        own = self.values[task_id][-self.left[task_id]]  # this call's, in order
+        own = dict(record.values)
         self.left[task_id] -= 1
         if outcome.stop_reason:
             return  # stopped: its later calls are not replayed
         task, started = self.open.get(task_id) or self._open(task_id)
         # The task's wall time (max_wall_s) runs on the recorded clock.
-        task.started_at = time.monotonic() - (_ts(record) - started)
+        task.started_at = time.monotonic() - (record.at - started)
         before = task.cost_nanos
         # Values the task names already need not be named again per call.
         named = own if own.items() - task.scope_values.items() else None
@@ -227,13 +308,14 @@ class _Replaying:
             outcome.quality = _replayed_quality(outcome)
 
     def _open(self, task_id: str) -> tuple[Task, float]:
-        calls, values = self.tasks[task_id], self.values[task_id]
+        calls = self.tasks[task_id]
+        values = [dict(call.values) for call in calls]
         shared = _shared_attribution(calls[0], values)
         # A scope every call names, each its own value, is named per call:
         # the warning that the task names none would mislead.
         per_call = set.intersection(*(set(v) for v in values))
         self.gov._warned_unnamed.update(per_call - shared.scope_values().keys())
-        opened = self.gov.open_task(task_id, attribution=shared), _ts(calls[0])
+        opened = self.gov.open_task(task_id, attribution=shared), calls[0].at
         self.open[task_id] = opened
         return opened
 
@@ -306,9 +388,9 @@ def _warn_capped(capped: list[str]) -> None:
     )
 
 
-def _by_task(calls: Iterable[SpendRecord]) -> dict[str, list[SpendRecord]]:
+def _by_task(calls: Iterable[RecordedCall]) -> dict[str, list[RecordedCall]]:
     """Calls by task, in the order each task is first seen."""
-    grouped: dict[str, list[SpendRecord]] = {}
+    grouped: dict[str, list[RecordedCall]] = {}
     for record in calls:
         grouped.setdefault(record.task_id, []).append(record)
     return grouped
@@ -324,7 +406,7 @@ def _replayed_quality(outcome: TaskReplay) -> float | None:
 def _replay_call(
     gov: Governor,
     task: Task,
-    record: SpendRecord,
+    record: RecordedCall,
     swaps: Mapping[str, str],
     named: Mapping[str, str] | None = None,
 ) -> None:
@@ -344,7 +426,7 @@ def _replay_call(
     gov.end_call(admission, CallResult(usage=usage, response_model=model))
 
 
-def _recorded_usage(record: SpendRecord) -> Usage:
+def _recorded_usage(record: RecordedCall) -> Usage:
     """The usage a record reports, each part clamped to what holds it.
 
     A record written by hand or by an older release may give parts larger
@@ -388,14 +470,14 @@ def _usable_name(value: str) -> bool:
 
 
 def _shared_attribution(
-    first: SpendRecord, values: list[dict[str, str]]
+    first: RecordedCall, values: list[dict[str, str]]
 ) -> Attribution:
     """A task's attribution: the scope values all its calls name alike (each
     call names its own others, in ``values``), and its first call's tags."""
     shared = {k: v for k, v in values[0].items() if all(c.get(k) == v for c in values)}
     tags = {
         name: value
-        for name, value in first.tags.items()
+        for name, value in first.tags
         if _usable_tag(name) and _usable_tag(value)
     }
     return Attribution(**shared, tags=tags)
@@ -406,7 +488,7 @@ def _usable_tag(text: str) -> bool:
 
 
 def _quality(
-    calls: list[SpendRecord],
+    calls: list[RecordedCall],
 ) -> tuple[float | None, list[tuple[str, str]]]:
     """A task's quality, from a ``quality`` or ``correct`` tag on any call
     (the last call with one it can read), and the (tag, value) pairs passed
@@ -417,8 +499,9 @@ def _quality(
     """
     unread: list[tuple[str, str]] = []
     for record in reversed(calls):
+        tags = dict(record.tags)
         for key in ("quality", "correct"):
-            value = record.tags.get(key)
+            value = tags.get(key)
             if value is None:
                 continue
             quality = _quality_value(value)

@@ -213,13 +213,15 @@ def load_records(args: argparse.Namespace) -> list[Any]:
 
 
 def _query(args: argparse.Namespace, target: str) -> list[Any]:
-    """Every record of the store.
+    """Every record of the store, read one at a time into the compact form a
+    replay keeps (:class:`governor._replay.RecordedCall`).
 
     Raises:
         SourceError: the store does not answer (a Redis that is down), or
             cannot be read (not a spend store, a malformed record).
     """
     from governor._errors import GovernorError
+    from governor._replay import recorded_calls
     from governor.spend import SpendDataError, open_store
 
     try:
@@ -227,7 +229,7 @@ def _query(args: argparse.Namespace, target: str) -> list[Any]:
     except GovernorError as exc:
         raise SourceError(str(exc), 1, exc.code) from exc
     try:
-        return list(store.query())
+        return recorded_calls(store.query())
     except RecursionError as exc:
         message = too_deep(shown_target(target), "a spend record")
         raise SourceError(message, 1, SpendDataError.code) from exc

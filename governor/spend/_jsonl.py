@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from governor._errors import ConfigError
 from governor._files import SQLITE_HEADER
@@ -24,6 +24,7 @@ from governor.spend._store import (
     in_range,
     matches,
 )
+from governor.spend._time import to_us
 
 __all__ = ["JSONL_SUFFIXES", "JsonlSpendStore", "is_sqlite_file", "jsonl_kind"]
 
@@ -45,6 +46,12 @@ _FIX = "fix or delete this line"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 """The name endings of a spend JSONL file, in any case (``.JSONL`` too)."""
 _GZ = ".gz"
+
+# A query's sort key holds a line's byte offset in its low bits (256 TiB).
+_OFFSET_BITS = 48
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+
+_Source = gzip.GzipFile | BinaryIO
 
 
 def jsonl_kind(target: str | Path) -> Literal["plain", "gzip"] | None:
@@ -91,8 +98,9 @@ class JsonlSpendStore:
     skipped (also left in :attr:`skipped_duplicates`; set
     :attr:`warn_duplicates` False to skip the warning when the caller tells
     its user itself, as ``governor report``'s table does). A query reads the whole
-    file, gzip-compressed or not, and yields the records sorted by time; a
-    compressed file is read only.
+    file, gzip-compressed or not, and yields the records sorted by time (read
+    twice, so that memory holds no whole file); a compressed file is read
+    only.
 
     Args:
         path: the file; missing parent folders are created on first write.
@@ -115,7 +123,9 @@ class JsonlSpendStore:
 
         A write that fails part way (a full disk) is cut back off the file
         before the error is raised, so retrying the batch appends no record
-        twice and leaves no torn line.
+        twice and leaves no torn line. Every record ends with a newline, and
+        a file whose last line has none (cut short, or saved by an editor
+        without one) gets one first, so each record is a whole line.
         """
         text = "".join(
             json.dumps(rec.to_json_dict(), separators=(",", ":")) + "\n" for rec in recs
@@ -139,8 +149,13 @@ class JsonlSpendStore:
                         "SQLite spend store (governor.spend.open_store) or "
                         "record to another .jsonl path"
                     )
+                data = text.encode("utf-8")
+                if start and not _ends_line(self.path, start):
+                    # A line cut short (a writer killed mid-write) stays its
+                    # own bad line rather than swallowing this batch's first.
+                    data = b"\n" + data
                 try:
-                    _write_all(fd, text.encode("utf-8"))
+                    _write_all(fd, data)
                 except BaseException:
                     os.ftruncate(fd, start)
                     raise
@@ -155,30 +170,53 @@ class JsonlSpendStore:
     ) -> Iterator[SpendRecord]:
         """Yield matching records in time order; see :class:`SpendStore`.
 
+        The file is read twice: first to check every line and note the time
+        and place of each match, then to read the matches in time order, so
+        that memory holds a few numbers per match rather than every record.
+        A last line with no final newline that is not whole JSON yet is left
+        out with a warning: its writer may still be appending it.
+
         Raises:
-            SpendDataError: a line is not a valid record (the message names it).
+            SpendDataError: a line is not a valid record (the message names
+                it), or the file changed other than by appending while read.
         """
         check_bounds(since, until)
         wanted = check_filters(filters)
-        found = [
-            rec
-            for rec in self._first_of_each_call(self._read())
-            if in_range(rec, since, until) and matches(rec, wanted)
-        ]
-        found.sort(key=lambda rec: rec.ts)
-        return iter(found)
+        self.skipped_duplicates = 0
+        if not self.path.exists():
+            return iter(())
+        fh = open_bytes(self.path)
+        try:
+            keys = self._matching(fh, since, until, wanted)
+        except BaseException:
+            fh.close()
+            raise
+        return self._in_order(fh, keys)
 
-    def _first_of_each_call(self, records: Iterable[SpendRecord]) -> list[SpendRecord]:
-        """Keep the first record of each ``call_id``, counting those skipped."""
+    def _matching(
+        self,
+        fh: _Source,
+        since: datetime | None,
+        until: datetime | None,
+        wanted: Filters,
+    ) -> list[int]:
+        """The sorted keys of the matching first record of each ``call_id``.
+
+        A key is the record's time in epoch microseconds shifted left by
+        ``_OFFSET_BITS``, plus its line's byte offset: sorted, the records
+        come in time order, those of one time in file order.
+        """
         seen: set[str] = set()
-        kept = []
+        keys: list[int] = []
         skipped = 0
-        for rec in records:
+        for offset, number, raw in self._lines(fh):
+            rec = self._parse(raw, number)
             if rec.call_id in seen:
                 skipped += 1
                 continue
             seen.add(rec.call_id)
-            kept.append(rec)
+            if in_range(rec, since, until) and matches(rec, wanted):
+                keys.append((to_us(rec.ts) << _OFFSET_BITS) + offset)
         self.skipped_duplicates = skipped
         if skipped and self.warn_duplicates:
             logger.warning(
@@ -187,30 +225,95 @@ class JsonlSpendStore:
                 self.path,
                 skipped,
             )
-        return kept
+        keys.sort()
+        return keys
 
-    def _read(self) -> Iterator[SpendRecord]:
-        if not self.path.exists():
-            return
+    def _lines(self, fh: _Source) -> Iterator[tuple[int, int, bytes]]:
+        """Yield ``(byte offset, line number, line)`` for each non-blank line.
+
+        A last line with no final newline that is not whole JSON yet is a
+        record still being written: it is left out with a warning.
+        """
         number = 0
+        offset = 0
         # Lines are decoded one at a time so that bad bytes name their line.
-        with open_bytes(self.path) as fh:
-            try:
-                for number, raw in enumerate(fh, start=1):
-                    if not raw.strip():
-                        continue
-                    yield self._parse(raw, number)
-            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-                raise SpendDataError(
-                    f"{self.path}:{number + 1}: the gzip data is cut short or "
-                    f"corrupt ({exc}); compress the spend JSONL again"
-                ) from exc
+        try:
+            for number, raw in enumerate(fh, start=1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                if not raw.endswith(b"\n") and _unfinished(raw, number):
+                    logger.warning(
+                        "%s: the last line (%d) is incomplete (being written?); "
+                        "it was left out",
+                        self.path,
+                        number,
+                    )
+                    return
+                yield start, number, raw
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise SpendDataError(
+                f"{self.path}:{number + 1}: the gzip data is cut short or "
+                f"corrupt ({exc}); compress the spend JSONL again"
+            ) from exc
 
     def _parse(self, raw: bytes, number: int) -> SpendRecord:
         try:
             return SpendRecord.from_json_dict(_json_object(raw, number))
         except ValueError as exc:
             raise SpendDataError(f"{self.path}:{number}: {exc}") from exc
+
+    def _in_order(self, fh: _Source, keys: list[int]) -> Iterator[SpendRecord]:
+        """The records ``keys`` name, in key order; ``fh`` is closed after."""
+        with fh:
+            if isinstance(fh, gzip.GzipFile):
+                yield from self._in_order_gzip(fh, keys)
+                return
+            for key in keys:
+                fh.seek(key & _OFFSET_MASK)
+                yield self._reread(fh.readline(), key)
+
+    def _in_order_gzip(
+        self, fh: gzip.GzipFile, keys: list[int]
+    ) -> Iterator[SpendRecord]:
+        """The records ``keys`` name, read again from the start of the stream
+        (a compressed file cannot be read at an offset cheaply): the lines
+        met before their turn are held, few in a file written in time order."""
+        places = sorted(key & _OFFSET_MASK for key in keys)
+        held: dict[int, bytes] = {}
+        turn = found = 0
+        fh.seek(0)
+        for offset, _, raw in self._lines(fh):
+            if found == len(places):
+                break
+            if offset != places[found]:
+                continue
+            found += 1
+            held[offset] = raw
+            while turn < len(keys) and keys[turn] & _OFFSET_MASK in held:
+                raw = held.pop(keys[turn] & _OFFSET_MASK)
+                yield self._reread(raw, keys[turn])
+                turn += 1
+        if turn < len(keys):
+            raise self._changed(keys[turn])
+
+    def _reread(self, raw: bytes, key: int) -> SpendRecord:
+        """The record of a line read again, checked to be the one first read."""
+        offset = key & _OFFSET_MASK
+        try:
+            rec = SpendRecord.from_json_dict(_json_object(raw, 2 if offset else 1))
+        except ValueError:
+            raise self._changed(key) from None
+        if to_us(rec.ts) != key >> _OFFSET_BITS:
+            raise self._changed(key)
+        return rec
+
+    def _changed(self, key: int) -> SpendDataError:
+        return SpendDataError(
+            f"{self.path} changed while it was read (the line at byte "
+            f"{key & _OFFSET_MASK} is no longer the record first read there); "
+            "a spend JSONL may only be appended to: run the command again"
+        )
 
     def close(self) -> None:
         """Nothing to release; present for symmetry with the other stores."""
@@ -248,6 +351,29 @@ def _json_object(raw: bytes, number: int) -> dict[str, Any]:
             f"spend record as a JSON object: {_FIX}"
         )
     return data
+
+
+def _ends_line(path: Path, size: int) -> bool:
+    """Whether the file's last byte (at ``size - 1``) is a newline; True when
+    it cannot be read (append-only permissions), as earlier releases assumed."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(size - 1)
+            return handle.read(1) in (b"\n", b"")
+    except OSError:
+        return True
+
+
+def _unfinished(raw: bytes, number: int) -> bool:
+    """Whether a last line with no final newline is not yet whole UTF-8 JSON,
+    as a line its writer is still appending is not."""
+    try:
+        json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    except ValueError:  # whole JSON, but a number too long: _parse says so
+        return False
+    return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
