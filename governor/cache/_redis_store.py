@@ -16,7 +16,10 @@ entries, every key in the bookkeeping is one of them (``P:ixof`` lets a drop
 find the index of an entry whose hash Redis already expired), each stream
 is capped at ``max_entries``, and an index's set and stream go with its last
 entry. A worker's mirror is rebuilt from the index's set once it holds more
-than twice the rows it held when last rebuilt (plus ``_MIRROR_SLACK``).
+than twice the rows it held when last rebuilt (plus ``_MIRROR_SLACK``), and a
+worker's mirrors together hold at most ``2 * max_entries + _MIRROR_SLACK``
+rows: beyond that the least recently searched are dropped, to be reloaded
+from their sets when next searched.
 """
 
 from __future__ import annotations
@@ -164,6 +167,12 @@ class _Mirror:
     last_id: str
     index: VectorIndex | None = None
     synced_rows: int = 0
+    # whether the store's row count includes this mirror's rows
+    counted: bool = False
+
+    def rows(self) -> int:
+        """Rows the matrix holds, live or freed for reuse."""
+        return 0 if self.index is None else len(self.index.keys)
 
     def overgrown(self) -> bool:
         """Whether rows of removed entries may now outnumber the live ones."""
@@ -221,6 +230,9 @@ class RedisCacheStore:
         self._clear = client.register_script(_CLEAR)
         self._drop_bad = client.register_script(_DROP_BAD)
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
+        # rows of every mirror in _mirrors; at most _max_rows after a sync
+        self._rows = 0
+        self._max_rows = 2 * max_entries + _MIRROR_SLACK
         self._lock = threading.Lock()
 
     @classmethod
@@ -300,7 +312,10 @@ class RedisCacheStore:
         """
         base = re.sub(r"([*?\[\]\\])", r"\\\1", self._p)
         with self._lock:
+            for mirror in self._mirrors.values():
+                mirror.counted = False
             self._mirrors.clear()
+            self._rows = 0
         self._clear(
             keys=[f"{self._p}:{name}" for name in _SINGLES],
             args=[f"{base}:{family}*" for family in _FAMILIES],
@@ -350,13 +365,40 @@ class RedisCacheStore:
             if mirror is not None:
                 self._mirrors.move_to_end(index)
         if mirror is None:
-            return self._full_sync(index, dim)
-        self._catch_up(index, mirror, dim)
-        if mirror.overgrown():
-            # rows of evicted and expired entries leave only when a search
-            # meets them: rebuild from the index's set to keep memory bounded
-            return self._full_sync(index, dim)
+            mirror = self._full_sync(index, dim)
+        else:
+            self._catch_up(index, mirror, dim)
+            if mirror.overgrown():
+                # rows of evicted and expired entries leave only when a search
+                # meets them: rebuild from the index's set to keep memory bounded
+                mirror = self._full_sync(index, dim)
+        with self._lock:
+            self._shed(keep=index)
         return mirror
+
+    def _shed(self, keep: str) -> None:
+        """Drop least recently searched mirrors, never ``keep``, until they fit.
+
+        Quiet indexes keep the rows of entries Redis evicted since no search
+        meets them; dropping whole mirrors keeps a worker's rows to about
+        twice ``max_entries``. A dropped mirror reloads from its set when
+        next searched. The caller holds the lock.
+        """
+        while len(self._mirrors) > 1 and (
+            self._rows > self._max_rows or len(self._mirrors) > _MIRRORED_INDEXES
+        ):
+            index, mirror = next(iter(self._mirrors.items()))
+            if index == keep:
+                self._mirrors.move_to_end(index)
+                continue
+            del self._mirrors[index]
+            self._uncount(mirror)
+
+    def _uncount(self, mirror: _Mirror) -> None:
+        """Take a mirror leaving ``_mirrors`` out of the row count; lock held."""
+        if mirror.counted:
+            mirror.counted = False
+            self._rows -= mirror.rows()
 
     def _full_sync(self, index: str, dim: int) -> _Mirror:
         log = f"{self._p}:log:{index}"
@@ -369,9 +411,12 @@ class RedisCacheStore:
         self._load(mirror, members, dim)
         with self._lock:
             mirror.synced_rows = 0 if mirror.index is None else mirror.index.live()
+            old = self._mirrors.pop(index, None)
+            if old is not None:
+                self._uncount(old)
             self._mirrors[index] = mirror
-            while len(self._mirrors) > _MIRRORED_INDEXES:
-                self._mirrors.popitem(last=False)
+            mirror.counted = True
+            self._rows += mirror.rows()
         return mirror
 
     def _catch_up(self, index: str, mirror: _Mirror, dim: int) -> None:
@@ -397,6 +442,7 @@ class RedisCacheStore:
         blobs = pipe.execute()
         corrupt: list[str] = []
         with self._lock:
+            rows = mirror.rows()
             for key, blob in zip(keys, blobs, strict=True):
                 if not blob:
                     continue
@@ -406,6 +452,8 @@ class RedisCacheStore:
                     mirror.remove(key)
                 else:
                     mirror.add(key, vector)
+            if mirror.counted:
+                self._rows += mirror.rows() - rows
         if corrupt:
             logger.warning(
                 "cache store %s: %d stored vectors are not %d finite float32 "
