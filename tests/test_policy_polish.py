@@ -261,7 +261,8 @@ def test_an_unterminated_string_is_said_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spend = tmp_path / "cut.jsonl"
-    spend.write_text('{"v": 1, "task_id": "t', encoding="utf-8")
+    # Ended by a newline: a line the writer finished, not one being written.
+    spend.write_text('{"v": 1, "task_id": "t\n', encoding="utf-8")
     assert main(["report", "--db", str(spend)]) != 0
     err = capsys.readouterr().err
     assert "Unterminated string starting at column" in err

@@ -336,7 +336,9 @@ def _json_object(raw: bytes, number: int) -> dict[str, Any]:
             f"{exc.start + 1}); a spend trace is UTF-8 JSON: {_FIX}"
         ) from exc
     try:
-        data = load_json(text)
+        # The line's own end is not part of it (inside a cut-off string it
+        # would read as a control character, not as the string's end).
+        data = load_json(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         # "Unterminated string starting at" already ends with its "at".
         raise SpendDataError(
