@@ -2187,8 +2187,9 @@ def _skips_cache(kwargs: Mapping[str, Any], request: CallRequest) -> bool:
 
     ``n`` above 1 asks for several answers, and a cache keeps one; LiteLLM's
     ``caching=False`` turns its own cache off for the call, and so this one.
-    A stream LiteLLM's Responses bridge asked for takes only LiteLLM's own
-    stream type, which a replayed answer is not.
+    A stream LiteLLM's Responses bridge asked for reads LiteLLM's own stream
+    machinery (its logging object, the provider's raw stream), which a
+    replayed answer has only the shape of.
     """
     return (
         request.choices != 1
@@ -2223,15 +2224,17 @@ def _cached_response(
 
     if kwargs.get("stream"):
         usage = _asks_for_usage(kwargs)  # a last chunk of zero usage, if asked
+        options = kwargs.get("stream_options")
         if is_async:
             chunks = _aiter_chunks(areplay_chunks(hit, include_usage=usage))
-            return _Replay(chunks, hit.model)
+            return _Replay(chunks, hit.model, options)
         return _Replay(
             (
                 litellm.ModelResponseStream(**chunk)
                 for chunk in replay_chunks(hit, include_usage=usage)
             ),
             hit.model,
+            options,
         )
     response = litellm.ModelResponse(
         choices=[{"index": 0, "message": hit.message, "finish_reason": "stop"}],
@@ -2246,22 +2249,34 @@ def _cached_response(
     return response
 
 
-class _Replay:
-    """A cached answer replayed as a stream; usable like a live one.
+class _Replay(litellm.CustomStreamWrapper):  # type: ignore[misc]  # litellm is untyped
+    """A cached answer replayed as a stream, in LiteLLM's own stream type.
 
-    Iterates (sync or async, as made) and works as a context manager, like
-    the streams a model call returns. Like LiteLLM's stream it has
-    ``model``, ``response_id`` (known from the first chunk on),
-    ``custom_llm_provider`` (None: no provider answered) and ``chunks``,
-    the chunks yielded so far (for ``litellm.stream_chunk_builder``).
+    It is a ``litellm.CustomStreamWrapper`` like every governed stream (the
+    only stream type the Router wraps and the Responses bridge takes), made
+    with LiteLLM's constructor, so it has the attributes LiteLLM's callers
+    read: ``model``, ``response_id`` (known from the first chunk on),
+    ``custom_llm_provider`` (None: no provider answered), ``chunks`` (the
+    chunks yielded so far, for ``litellm.stream_chunk_builder``) and hidden
+    params with ``cache_hit``. Reading yields the replayed chunks as they
+    are (sync or async, as made), with no LiteLLM logging: nothing was sent.
     """
 
-    def __init__(self, chunks: Any, model: str) -> None:
-        self._chunks = chunks
-        self.model = model
-        self.response_id: str | None = None
-        self.custom_llm_provider: str | None = None
-        self.chunks: list[Any] = []
+    completion_stream: Any
+    response_id: str | None
+    chunks: list[Any]
+
+    def __init__(
+        self, chunks: Any, model: str, stream_options: Mapping[str, Any] | None
+    ) -> None:
+        super().__init__(
+            completion_stream=chunks,
+            model=model,
+            logging_obj=_ReplayLogging(),
+            custom_llm_provider=None,
+            stream_options=dict(stream_options) if stream_options else None,
+        )
+        self._hidden_params["cache_hit"] = True
 
     def _seen(self, chunk: Any) -> Any:
         if self.response_id is None:
@@ -2273,13 +2288,17 @@ class _Replay:
         return self
 
     def __next__(self) -> Any:
-        return self._seen(next(self._chunks))
+        if self.completion_stream is None:  # closed
+            raise StopIteration
+        return self._seen(next(self.completion_stream))
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
-        return self._seen(await anext(self._chunks))
+        if self.completion_stream is None:  # closed
+            raise StopAsyncIteration
+        return self._seen(await anext(self.completion_stream))
 
     def __enter__(self) -> _Replay:
         return self
@@ -2295,15 +2314,32 @@ class _Replay:
 
     def close(self) -> None:
         """Stop replaying."""
-        closer = getattr(self._chunks, "close", None)
+        chunks, self.completion_stream = self.completion_stream, None
+        closer = getattr(chunks, "close", None)
         if closer is not None:
             closer()
 
     async def aclose(self) -> None:
         """Stop replaying (async)."""
-        closer = getattr(self._chunks, "aclose", None)
+        chunks, self.completion_stream = self.completion_stream, None
+        closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
+        elif (close := getattr(chunks, "close", None)) is not None:
+            close()  # a sync replay closed from async code
+
+    def __del__(self) -> None:
+        """Nothing: a replay holds no connection and no call to settle."""
+
+
+class _ReplayLogging:
+    """What LiteLLM's stream constructor (and the Router, which builds its
+    own stream around this one) reads of a call's logging object: a replay
+    made no call, so there is nothing in it."""
+
+    def __init__(self) -> None:
+        self.model_call_details: dict[str, Any] = {}
+        self.optional_params: dict[str, Any] = {}
 
 
 async def _aiter_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Any]:

@@ -52,6 +52,16 @@ _TRANSPORT_PARAMS = frozenset(
         "tags",
     }
 )
+
+
+def _transport(name: str) -> bool:
+    """Whether a call parameter says how it travels, not what is asked: the
+    names above, LiteLLM's per-call ids (``litellm_trace_id``,
+    ``litellm_call_id``: a Router gives each call its own) and private state
+    (a leading underscore, such as the Router's ``_context_compaction_state``)."""
+    return name in _TRANSPORT_PARAMS or name.startswith(("litellm_", "_"))
+
+
 # Sampling parameters change which answer is drawn, not what kind of answer is
 # wanted, so they stay out of the semantic scope (they are in the exact key).
 _SAMPLING_PARAMS = frozenset({"temperature", "top_p", "top_k", "seed"})
@@ -159,7 +169,7 @@ def build_keys(
     canon = _canonical_messages(messages)
     tenant = {k: partition[k] for k in options.partition_by if k in partition}
     model_part = model if options.scope_by_model else ""
-    kept = {k: _canon(v) for k, v in params.items() if k not in _TRANSPORT_PARAMS}
+    kept = {k: _canon(v) for k, v in params.items() if not _transport(k)}
     exact = _digest(["exact", tenant, model_part, canon, kept])
     reason = _uncacheable(canon, params, options)
     last_user = _last_user_index(canon)
