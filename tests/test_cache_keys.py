@@ -273,3 +273,16 @@ def test_the_gate_text_is_the_question_as_written() -> None:
         "Why is x = 1 an error?",
         "Why is x\u00a0= 1  an  error?",
     )
+
+
+def test_litellm_per_call_ids_are_not_keyed_but_what_changes_the_answer_is() -> None:
+    """A Router's per-call trace id and private state leave the key alone;
+    LiteLLM's system prompt and credential name choose the answer."""
+    base = keys()
+    assert keys(litellm_trace_id="t-1", litellm_call_id="c-1") == base
+    assert keys(_context_compaction_state=object()).exact == base.exact
+    for name, value in (
+        ("litellm_system_prompt", "Answer in French."),
+        ("litellm_credential_name", "eu"),
+    ):
+        assert keys(**{name: value}).exact != base.exact

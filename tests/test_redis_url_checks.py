@@ -363,3 +363,10 @@ def test_a_tls_url_timing_out_on_a_plain_port_says_so(
             ledger.reserve("h1", [Line("t", limit_nanos=10)], 1, 1, ttl_s=5)
         ledger.close()
     assert ("use redis:// for such a server" in str(caught.value)) is hinted
+
+
+def test_a_unix_socket_path_may_hold_an_at_sign() -> None:
+    """unix:///run/redis/redis-server@main.sock names a socket file, whose
+    name may hold '@' (systemd's instance units): it is not user info."""
+    config = RedisConfig(url="unix:///run/redis/redis-server@main.sock?db=1")
+    assert "redis-server@main.sock" in repr(config)

@@ -409,3 +409,31 @@ def test_anomaly_settings_show_their_webhook_url_redacted() -> None:
         assert "CANARY" not in shown
         assert "webhook_url='https://hooks.slack.com/...'" in shown
     assert settings.webhook_url == canary  # kept whole for the POST
+
+
+def test_what_is_not_a_secret_stays_readable() -> None:
+    """Provider errors keep their cause, and tool schemas and plain endpoints
+    show as written; keys, tokens and passwords are still masked."""
+    from governor.policies._base import mask_credentials, masked
+
+    for text in (
+        "Unsupported value for key: temperature",
+        "Missing required key: 'messages'",
+        "Bearer token missing",
+        "secret: missing region",
+        "https://x-aiplatform.googleapis.com/v1/models/claude@20241022:rawPredict",
+        "rate limit exceeded for key_id=abc123",
+    ):
+        assert mask_credentials(text) == text
+    assert mask_credentials("api-key: CANARY0123456789") == "api-key: ***"
+    assert "CANARY" not in mask_credentials("Authorization: Bearer CANARYabc123xyz")
+    params = {
+        "api_base": "https://gw.example.com/models/llama@v2/v1",
+        "tools": [{"parameters": {"properties": {"sortKey": {}, "pageToken": {}}}}],
+        "api_key": "CANARY",
+        "extra_headers": {"x-api-key": "CANARY"},
+    }
+    shown = masked(params)
+    assert shown["api_base"] == params["api_base"]
+    assert shown["tools"] == params["tools"]
+    assert (shown["api_key"], shown["extra_headers"]["x-api-key"]) == ("***", "***")

@@ -341,3 +341,18 @@ def test_compact_calls_replay_as_records_do(many: Path) -> None:
     as_calls = replay(recorded_calls(records), policy)
     assert as_calls.as_dict() == as_records.as_dict()
     assert as_calls.tasks == as_records.tasks
+
+
+def test_a_query_never_iterated_holds_no_file(tmp_path: Path) -> None:
+    """query() reads the file once to check it, then opens it again only when
+    its records are asked for: an unused iterator leaves nothing open."""
+    import warnings
+
+    store = JsonlSpendStore(tmp_path / "q.jsonl")
+    store.record_many([rec(0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        unused = store.query()
+        del unused
+        gc.collect()
+    assert [r.call_id for r in store.query()] == ["call-0"]

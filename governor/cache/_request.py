@@ -54,12 +54,29 @@ _TRANSPORT_PARAMS = frozenset(
 )
 
 
+# LiteLLM's ids and bookkeeping for one call (a Router gives each call its
+# own trace id). Not every litellm_ parameter: litellm_system_prompt and
+# litellm_credential_name change what is asked and who answers.
+_LITELLM_PER_CALL = frozenset(
+    {
+        "litellm_trace_id",
+        "litellm_call_id",
+        "litellm_session_id",
+        "litellm_logging_obj",
+        "litellm_metadata",
+        "litellm_parent_otel_span",
+        "litellm_request_debug",
+    }
+)
+
+
 def _transport(name: str) -> bool:
     """Whether a call parameter says how it travels, not what is asked: the
-    names above, LiteLLM's per-call ids (``litellm_trace_id``,
-    ``litellm_call_id``: a Router gives each call its own) and private state
-    (a leading underscore, such as the Router's ``_context_compaction_state``)."""
-    return name in _TRANSPORT_PARAMS or name.startswith(("litellm_", "_"))
+    names above, LiteLLM's per-call ids, and private state (a leading
+    underscore, such as the Router's ``_context_compaction_state``)."""
+    return (
+        name in _TRANSPORT_PARAMS or name in _LITELLM_PER_CALL or name.startswith("_")
+    )
 
 
 # Sampling parameters change which answer is drawn, not what kind of answer is

@@ -8,6 +8,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, NoReturn, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -129,15 +130,27 @@ class FieldsError(ValueError):
 
 _SECRET_KEY = re.compile(
     r"api[-_]?key|secret|passw(or)?d|passphrase|credential|authori[sz]ation"
-    r"|subscription[-_]?key|cookie|[-_.](token|key|auth|pwd)$|^(token|auth)$",
+    r"|subscription[-_]?key|cookie|^(token|auth|pwd)$"
+    r"|(access|auth|refresh|session|bearer|id|private|signing|master|account)"
+    r"[-_.]?(token|key)$",
     re.IGNORECASE,
 )
 """Parameter and header names whose values are secrets (``api_key``,
 ``x-api-key``, ``Ocp-Apim-Subscription-Key``, ``aws_secret_access_key``,
 ``access_token``, ``Authorization``; not ``max_tokens`` nor ``top_k``)."""
 
-_CAMEL_SECRET = re.compile(r"[a-z0-9](Token|Key|Auth)$")
-"""camelCase names ending in a secret word (``accessToken``, ``apiKey``)."""
+_CAMEL_SECRET = re.compile(
+    r"(api|access|auth|refresh|session|bearer|id|private|signing|master)"
+    r"(Token|Key)$"
+)
+"""camelCase names of secrets (``accessToken``, ``apiKey``); not a schema's
+``pageToken`` or ``sortKey``."""
+
+# Values that describe data, not send it: JSON schemas of tools and answers,
+# whose property names (``pageToken``) are not secrets.
+_SCHEMAS: Final = frozenset(
+    {"tools", "functions", "response_format", "tool_choice", "json_schema"}
+)
 
 MASK = "***"
 
@@ -162,6 +175,8 @@ def mask_userinfo(url: str) -> str:
     start = _SCHEME.match(url)
     if start is None:
         return url
+    if url[start.end() :].lower().startswith(("/", "unix")):  # a socket path
+        return url
     info, at, rest = url[start.end() :].rpartition("@")
     if not at:
         return url
@@ -171,8 +186,15 @@ def mask_userinfo(url: str) -> str:
 
 
 def _masked_text(value: str) -> str:
-    """A string value with a URL's user info masked."""
-    return mask_userinfo(value) if _SCHEME.match(value) else value
+    """A string value with a URL's password masked, where a URL parser finds
+    one (an ``@`` in a path, ``.../llama@v2``, is not user info)."""
+    if not _SCHEME.match(value):
+        return value
+    try:
+        password = urlsplit(value.strip()).password
+    except ValueError:
+        password = None
+    return mask_userinfo(value) if password else value
 
 
 def masked(value: Any) -> Any:
@@ -186,7 +208,9 @@ def masked(value: Any) -> Any:
     """
     if isinstance(value, Mapping):
         return {
-            k: MASK if isinstance(k, str) and secret_name(k) else masked(v)
+            k: MASK
+            if isinstance(k, str) and secret_name(k)
+            else (v if k in _SCHEMAS else masked(v))
             for k, v in value.items()
         }
     if type(value) in (list, tuple):
@@ -201,16 +225,26 @@ _CREDENTIALS: Final = (
     # option), with an auth scheme word before the value swallowed too
     re.compile(
         r"(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[-_])*(?:api[-_ ]?key(?:\s+provided)?"
-        r"|key|token|secret|password|passwd|authori[sz]ation|credentials?)"
+        r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
+        r"|password|passwd|authori[sz]ation)"
         r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
         r"""[^\s"',;&)]*[^\s"',;&).]""",
         re.IGNORECASE,
     ),
-    re.compile(r"\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE),
+    # a bare key=, token= or secret= (a query option, a form field)
+    re.compile(r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)[^\s\"',;&)]+", re.I),
+    # a scheme word and a token-like value: long, or holding a digit
+    re.compile(
+        r"\b((?:bearer|basic)\s+)(?=[A-Za-z._~+/=-]*[0-9]|[A-Za-z0-9._~+/=-]{16})"
+        r"[A-Za-z0-9._~+/=-]{8,}",
+        re.IGNORECASE,
+    ),
     # provider key shapes: OpenAI and Anthropic sk-..., Google AIza..., Groq
     # gsk_..., Hugging Face hf_..., xAI xai-...
     re.compile(r"()\b(?:sk-|AIza|gsk_|hf_|xai-)[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s@]*@"),
+    # user:password@ right after the scheme (no / before the colon, so a
+    # path's @, as in Vertex's model@version, is not taken for one)
+    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:[^\s@]*@"),
 )
 
 
@@ -221,9 +255,9 @@ def mask_credentials(text: str) -> str:
     ``key=...``, ``api-key: ...`` and the like, and a URL's user info become
     ``***``; the rest of the text is kept.
     """
-    for pattern in _CREDENTIALS[:3]:
+    for pattern in _CREDENTIALS[:-1]:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
-    return _CREDENTIALS[3].sub(lambda m: m.group(1) + MASK + "@", text)
+    return _CREDENTIALS[-1].sub(lambda m: m.group(1) + MASK + "@", text)
 
 
 _VALUE_ERROR = "Value error, "

@@ -185,13 +185,15 @@ class JsonlSpendStore:
         self.skipped_duplicates = 0
         if not self.path.exists():
             return iter(())
-        fh = open_bytes(self.path)
-        try:
+        with open_bytes(self.path) as fh:
             keys = self._matching(fh, since, until, wanted)
-        except BaseException:
-            fh.close()
-            raise
-        return self._in_order(fh, keys)
+        return self._reading(keys)
+
+    def _reading(self, keys: list[int]) -> Iterator[SpendRecord]:
+        """The records ``keys`` name, in order, from the file opened again
+        only once they are asked for (an iterator never used holds no file)."""
+        if keys:
+            yield from self._in_order(open_bytes(self.path), keys)
 
     def _matching(
         self,

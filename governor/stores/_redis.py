@@ -362,6 +362,8 @@ def _check_misplaced_at(url: str) -> None:
     then read part of the password as a port, a database or an option.
     """
     parts = urlsplit(url)
+    if parts.scheme.lower() == "unix":  # the path is a socket file's name
+        return
     if "@" in parts.netloc or "@" not in url.partition("://")[2]:
         return
     names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
