@@ -84,3 +84,22 @@ class CountingLiteLLM:
 
         self.sent += 1
         return await litellm.acompletion(**kwargs)
+
+
+def replaying(settings: Any, policy: Any = None) -> Any:
+    """A governor whose anomaly monitor counts records at their own time
+    (``clock="records"``), so that a test can feed it a dated history; the
+    monitor a governor makes counts them on its live clock."""
+    from governor import Governor, Policy
+    from governor.anomaly import AnomalyMonitor
+
+    policy = policy or Policy()
+    govs: list[Governor] = []
+    monitor = AnomalyMonitor(
+        settings,
+        on_tighten=lambda request: govs[0].apply_tighten(request),
+        restores=True,
+        budgets=policy.budgets,
+    )
+    govs.append(Governor(policy, anomalies=monitor))
+    return govs[0]

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from governor import Governor, Policy, ScopeBlocked
+from conftest import replaying
+from governor import ScopeBlocked
 from governor._errors import PolicyError
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.anomaly import (
@@ -238,22 +239,6 @@ def org_spike(monitor: AnomalyMonitor, org: str) -> None:
                 org=org,
             )
         )
-
-
-def replaying(settings: Anomalies, policy: Policy | None = None) -> Governor:
-    """A governor whose monitor counts records at their own time
-    (``clock="records"``), so that a test can feed it a dated history; the
-    monitor a governor makes counts them on its live clock."""
-    policy = policy or Policy()
-    govs: list[Governor] = []
-    monitor = AnomalyMonitor(
-        settings,
-        on_tighten=lambda request: govs[0].apply_tighten(request),
-        restores=True,
-        budgets=policy.budgets,
-    )
-    govs.append(Governor(policy, anomalies=monitor))
-    return govs[0]
 
 
 def test_org_spike_blocks_that_org_only() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from conftest import MOCK_COST
+from conftest import MOCK_COST, replaying
 from governor import Budget, BudgetExceeded, Governor, Policy, ScopeBlocked
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.anomaly import Anomalies, AnomalyMonitor
@@ -150,22 +150,6 @@ def test_refusals_are_counted() -> None:
 # an episode this long stays open through them, so the lowering is not
 # restored while the test's own calls are checked.
 LONG_EPISODE_S = 10.0**9
-
-
-def replaying(settings: Anomalies, policy: Policy | None = None) -> Governor:
-    """A governor whose monitor counts records at their own time
-    (``clock="records"``), so that a test can feed it a dated history; the
-    monitor a governor makes counts them on its live clock."""
-    policy = policy or Policy()
-    govs: list[Governor] = []
-    monitor = AnomalyMonitor(
-        settings,
-        on_tighten=lambda request: govs[0].apply_tighten(request),
-        restores=True,
-        budgets=policy.budgets,
-    )
-    govs.append(Governor(policy, anomalies=monitor))
-    return govs[0]
 
 
 def spike(monitor: AnomalyMonitor) -> None:

@@ -276,20 +276,10 @@ def _result_parts(
 ) -> tuple[ToolResult, ...]:
     """The ``tool_result`` parts answering ``tool_use`` calls, each matched to
     its call by ``tool_use_id`` (else the call of its rank)."""
-    results: list[ToolResult] = []
-    for rank, part in enumerate(parts):
-        call_id = part.get("tool_use_id")
-        if call_id is None and rank < len(calls):
-            call_id = calls[rank].id
-        results.append(
-            ToolResult(
-                content=text_of(part.get("content")),
-                call_id=None if call_id is None else str(call_id),
-                content_sha1=part.get("content_sha1"),
-                truncated=bool(part.get("content_truncated")),
-            )
-        )
-    return tuple(results)
+    return tuple(
+        _result(part, part.get("tool_use_id"), calls, rank)
+        for rank, part in enumerate(parts)
+    )
 
 
 def _besides_results(
@@ -321,18 +311,26 @@ def _tool_results(
     for rank, message in enumerate(later):
         if message["role"] != "tool":
             break
-        call_id = message.get("tool_call_id")
-        if call_id is None and rank < len(calls):
-            call_id = calls[rank].id
-        results.append(
-            ToolResult(
-                content=text_of(message.get("content")),
-                call_id=None if call_id is None else str(call_id),
-                content_sha1=message.get("content_sha1"),
-                truncated=bool(message.get("content_truncated")),
-            )
-        )
+        results.append(_result(message, message.get("tool_call_id"), calls, rank))
     return tuple(results)
+
+
+def _result(
+    entry: Mapping[str, Any],
+    call_id: object,
+    calls: Sequence[ToolCall],
+    rank: int,
+) -> ToolResult:
+    """A tool result (a ``tool`` message or a ``tool_result`` part) answering
+    the call ``call_id`` names, else the call of its rank."""
+    if call_id is None and rank < len(calls):
+        call_id = calls[rank].id
+    return ToolResult(
+        content=text_of(entry.get("content")),
+        call_id=None if call_id is None else str(call_id),
+        content_sha1=entry.get("content_sha1"),
+        truncated=bool(entry.get("content_truncated")),
+    )
 
 
 def _rejected_reply(message: Mapping[str, Any]) -> bool:
