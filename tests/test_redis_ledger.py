@@ -342,7 +342,7 @@ def test_password_in_url_authenticates() -> None:
 
 
 def test_url_options_redis_py_takes_are_used_and_others_refused(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A known option in the URL works; an unknown one (a prefix put in the
     URL) is refused when the ledger is built, not at its first command."""
@@ -350,7 +350,7 @@ def test_url_options_redis_py_takes_are_used_and_others_refused(
     from governor.cli import main
 
     options = "socket_timeout=3&health_check_interval=10&client_name=governor-test"
-    ledger = RedisLedger(f"{redis_url}?{options}")
+    ledger = RedisLedger(f"{redis_url}?{options}", prefix=redis_prefix)
     assert ledger.reserve("h-url", [Line("task:url-test", 100)], 10, 0, 60) is None
     ledger.release("h-url")
     ledger.close()
