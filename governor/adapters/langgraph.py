@@ -825,7 +825,10 @@ class _HandlerCore:
         parent_run_id: UUID | None,
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> CallRequest | None:
+    ) -> tuple[CallRequest, tuple[str, ...]] | None:
+        """The call to reserve, with the model names its chat model stamps on
+        every answer (see :func:`_stamped_models`); None for a call this
+        handler does not govern."""
         if self._foreign(metadata):
             return None
         if self.task.ending is not None:
@@ -848,7 +851,7 @@ class _HandlerCore:
         def count() -> int:
             return count_prompt_tokens(model, messages, extra)
 
-        return CallRequest(
+        request = CallRequest(
             model=model,
             messages=messages,
             max_output_tokens=_max_tokens(settings, meta),
@@ -867,19 +870,22 @@ class _HandlerCore:
             branch=meta.get("langgraph_checkpoint_ns"),
             choices=_largest(settings, "n") or 1,
         )
+        return request, _stamped_models(caller)
 
-    def _open(self, run_id: UUID, request: CallRequest) -> None:
+    def _open(
+        self, run_id: UUID, request: CallRequest, stamped: tuple[str, ...]
+    ) -> None:
         """Reserve the call and add it to the open calls."""
-        stamped = _stamped_models(_calling_model())
         self._opening()
         try:
             self._admitted(run_id, self.governor.begin_call(request), stamped)
         finally:
             self._done()
 
-    async def _aopen(self, run_id: UUID, request: CallRequest) -> None:
+    async def _aopen(
+        self, run_id: UUID, request: CallRequest, stamped: tuple[str, ...]
+    ) -> None:
         """Async form of :meth:`_open`."""
-        stamped = _stamped_models(_calling_model())
         self._opening()
         try:
             admission = await self.governor.abegin_call(request)
@@ -907,7 +913,7 @@ class _HandlerCore:
             self._quiet.notify_all()
 
     def _admitted(
-        self, run_id: UUID, admission: Admission, stamped: tuple[str, ...] = ()
+        self, run_id: UUID, admission: Admission, stamped: tuple[str, ...]
     ) -> None:
         if stamped:  # read back when the call ends (see _answering_model)
             admission.extras[_STAMPED] = stamped
@@ -1263,11 +1269,11 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         """Reserve the call's worst case, or raise to stop it being sent."""
         if self._deferred():
             return
-        request = self._request(
+        started = self._request(
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
-        if request is not None:
-            self._open(run_id, request)
+        if started is not None:
+            self._open(run_id, *started)
 
     def on_llm_start(
         self,
@@ -1282,11 +1288,11 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         """Reserve a completion-style LLM call (prompts, not messages)."""
         if self._deferred():
             return
-        request = self._request(
+        started = self._request(
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
-        if request is not None:
-            self._open(run_id, request)
+        if started is not None:
+            self._open(run_id, *started)
 
     def on_llm_new_token(
         self,
@@ -1430,11 +1436,11 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         """Reserve the call's worst case, or raise to stop it being sent."""
         if not self._mine():
             return
-        request = self._request(
+        started = self._request(
             serialized, _chat(messages), parent_run_id, metadata, kwargs
         )
-        if request is not None:
-            await self._aopen(run_id, request)
+        if started is not None:
+            await self._aopen(run_id, *started)
 
     async def on_llm_start(
         self,
@@ -1450,11 +1456,11 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         """Reserve a completion-style LLM call (prompts, not messages)."""
         if not self._mine():
             return
-        request = self._request(
+        started = self._request(
             serialized, _prompts(prompts), parent_run_id, metadata, kwargs
         )
-        if request is not None:
-            await self._aopen(run_id, request)
+        if started is not None:
+            await self._aopen(run_id, *started)
 
     async def on_llm_new_token(
         self,
