@@ -6,7 +6,7 @@ written a few seconds out of time order, a few repeated call ids), then runs
 each command in a child process and prints its wall time and peak resident
 memory::
 
-    python benchmarks/bench_store_volume.py --records 100000 --dir /tmp/volume
+    python benchmarks/bench_store_volume.py --records 100000 --dir volume-stores
 
 Pass ``--pythonpath DIR`` to run the commands with another checkout's
 ``governor`` (the folder holding it), for a before and after on the same
