@@ -103,15 +103,9 @@ def test_a_closed_hit_stops_replaying() -> None:
     assert (first.choices[0].delta.role, rest) == ("assistant", [])
 
 
-def test_a_router_stream_is_served_from_the_cache() -> None:
-    """Through ``litellm.Router`` (instrumented), a streamed hit is wrapped
-    by the Router like any LiteLLM stream and reads as the miss did (before,
-    the Router took the replay for an async iterator and ``for`` failed).
-
-    The Router gives each call its own ``litellm_trace_id`` (not keyed);
-    ``caching=True`` because the Router passes ``caching=False`` unless told
-    to cache.
-    """
+def _routed() -> tuple[litellm.Router, dict[str, Any]]:
+    """A Router with one offline deployment, and a streamed request to it
+    that may be cached (a Router passes caching=False unless told)."""
     router = litellm.Router(
         model_list=[
             {
@@ -127,6 +121,19 @@ def test_a_router_stream_is_served_from_the_cache() -> None:
         "caching": True,
         **USAGE,
     }
+    return router, request
+
+
+def test_a_router_stream_is_served_from_the_cache() -> None:
+    """Through ``litellm.Router`` (instrumented), a streamed hit is wrapped
+    by the Router like any LiteLLM stream and reads as the miss did (before,
+    the Router took the replay for an async iterator and ``for`` failed).
+
+    The Router gives each call its own ``litellm_trace_id`` (not keyed);
+    ``caching=True`` because the Router passes ``caching=False`` unless told
+    to cache.
+    """
+    router, request = _routed()
     gov = _governor()
     with instrument(gov), gov.task() as task:
         missed = list(router.completion(**request))
@@ -144,21 +151,7 @@ def test_a_router_stream_is_served_from_the_cache() -> None:
 def test_an_async_router_stream_is_served_from_the_cache() -> None:
     """The async Router adds per-call state of its own (a trace id, a
     ``_context_compaction_state`` object): neither keeps a repeat from hitting."""
-    router = litellm.Router(
-        model_list=[
-            {
-                "model_name": "g",
-                "litellm_params": {"model": "gpt-4o-mini", "mock_response": TEXT},
-            }
-        ]
-    )
-    request = {
-        "model": "g",
-        "messages": MESSAGES,
-        "stream": True,
-        "caching": True,
-        **USAGE,
-    }
+    router, request = _routed()
 
     async def both() -> tuple[list[Any], list[Any], Any]:
         async with gov.atask() as task:
