@@ -368,8 +368,9 @@ class Task:
         """Add one cascade run's saving against its premium tier; return the sum.
 
         A run that returned an answer adds that answer's tokens priced at the
-        cascade's last tier, less what the run cost; a run that found no
-        answer (``CascadeExhausted``) adds minus what it spent.
+        cascade's last tier, less what the run cost; a run that ended without
+        an answer (``CascadeExhausted``, or any other error) adds minus what it
+        spent.
 
         Args:
             usd: the run's saving, negative for a loss.

@@ -338,7 +338,7 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs, "cascade")
-        with self._request_task(kwargs), _cascading(self.governor) as meter:
+        with self._request_task(kwargs), _cascading(self.governor) as spend:
             request = _cascade_hinted(request)
             result = runner.run(
                 request,
@@ -348,7 +348,7 @@ class GovernedLiteLLM:
                 prompt_text=_last_user_text(messages),
                 rest_key=_tier_rest_key,
             )
-            done: CascadeResult = self._on_result(result, meter, request)
+            done: CascadeResult = self._on_result(result, spend, request)
             return done
 
     async def acascade(
@@ -357,7 +357,7 @@ class GovernedLiteLLM:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs, "acascade")
         async with self._arequest_task(kwargs):
-            with _cascading(self.governor) as meter:
+            with _cascading(self.governor) as spend:
                 request = _cascade_hinted(request)
                 result = await runner.arun(
                     request,
@@ -367,7 +367,7 @@ class GovernedLiteLLM:
                     prompt_text=_last_user_text(messages),
                     rest_key=_tier_rest_key,
                 )
-                done: CascadeResult = self._on_result(result, meter, request)
+                done: CascadeResult = self._on_result(result, spend, request)
                 return done
 
     def _request_task(self, kwargs: Mapping[str, Any]) -> Any:
@@ -496,11 +496,11 @@ class GovernedLiteLLM:
         )
 
     def _on_result(
-        self, result: Any, meter: SpendMeter, request: Mapping[str, Any]
+        self, result: Any, spend: _RunSpend, request: Mapping[str, Any]
     ) -> Any:
         """Count the calls made on the run's behalf in its cost, and put the
         final tier and the saving against the premium tier on the task."""
-        others = nanos_to_usd(meter.nanos) - result.attempts_cost_usd
+        others = nanos_to_usd(spend.meter.nanos) - result.attempts_cost_usd
         other = others if others > 0 else Decimal(0)  # not -0 or 0E-7
         result = dataclasses.replace(result, other_cost_usd=other)
         task = current_task()
@@ -515,6 +515,7 @@ class GovernedLiteLLM:
                 attr.CASCADE_ACCEPTED: result.accepted,
             },
         )
+        spend.saving_added = True  # an error from here on must not count again
         _add_saving(self.governor, task, saved)
         answer = result.answer
         if not answer.tool_calls:  # a tool call is judged by its result
@@ -2771,33 +2772,55 @@ def _add_saving(governor: Governor, task: Task, usd: Decimal) -> None:
     governor.telemetry.set_attributes(task.span, {attr.CASCADE_SAVED_USD: float(total)})
 
 
+@dataclasses.dataclass(slots=True)
+class _RunSpend:
+    """What one cascade run's governed calls cost, and whether the run's
+    saving is already on its task."""
+
+    meter: SpendMeter
+    saving_added: bool = False
+
+
 @contextlib.contextmanager
-def _cascading(governor: Governor) -> Iterator[SpendMeter]:
+def _cascading(governor: Governor) -> Iterator[_RunSpend]:
     """Run a cascade: budget refusals skip tiers, and a stop names its task.
 
     A tier refused by a budget must not mark the task stopped (the cascade
     goes on), and a cascade's own stop carries the task id as call refusals
     do, and what every governed call of the run cost (a judge's included).
-    A run that found no answer saved nothing against the premium tier and
-    spent what it spent: the task's saving goes down by that much.
+    A run that ended without an answer saved nothing against the premium
+    tier and spent what it spent: the task's saving goes down by that much,
+    whatever ended it (``CascadeExhausted``, a check that raised, a budget or
+    call-limit stop, a provider error the cascade does not handle, a
+    cancellation or timeout). The exception goes on unchanged.
     """
     token = _SKIPPABLE.set(True)
     try:
         with metering() as meter:
-            yield meter
-    except GovernorHalt as exc:
-        task = current_task()
-        if exc.task_id is None and task is not None:
-            exc.task_id = task.id
-        from governor.cascade import CascadeExhausted
-
-        if isinstance(exc, CascadeExhausted):
-            exc.spent_usd = max(exc.spent_usd, nanos_to_usd(meter.nanos))
-            if task is not None and exc.spent_usd > 0:
-                _add_saving(governor, task, -exc.spent_usd)
-        raise
+            spend = _RunSpend(meter)
+            try:
+                yield spend
+            except BaseException as exc:
+                _unanswered(governor, spend, exc)
+                raise
     finally:
         _SKIPPABLE.reset(token)
+
+
+def _unanswered(governor: Governor, spend: _RunSpend, exc: BaseException) -> None:
+    """Account for a cascade run that raised ``exc``: name the task on a
+    stop, and take what the run spent off the task's saving, once."""
+    task = current_task()
+    if isinstance(exc, GovernorHalt) and exc.task_id is None and task is not None:
+        exc.task_id = task.id
+    spent = nanos_to_usd(spend.meter.nanos)
+    from governor.cascade import CascadeExhausted
+
+    if isinstance(exc, CascadeExhausted):
+        exc.spent_usd = spent = max(exc.spent_usd, spent)
+    if task is not None and spent > 0 and not spend.saving_added:
+        spend.saving_added = True
+        _add_saving(governor, task, -spent)
 
 
 def _charged(error: BaseException, cost: Decimal) -> None:

@@ -25,7 +25,9 @@ RETRYABLE: frozenset[ErrorKind] = frozenset(
 
 # Most specific first: LiteLLM's ContextWindowExceededError and
 # ContentPolicyViolationError are BadRequestErrors, its Timeout is an
-# APIConnectionError in the OpenAI SDK's tree.
+# APIConnectionError in the OpenAI SDK's tree. A content-policy refusal is
+# its own kind: the prompt was flagged, and another tier's filter may let it
+# through, but no change to the arguments will.
 _BY_NAME: tuple[tuple[str, ErrorKind], ...] = (
     ("ContextWindowExceededError", "context_window"),
     ("ContentPolicyViolationError", "content_policy"),
@@ -44,8 +46,10 @@ _BY_NAME: tuple[tuple[str, ErrorKind], ...] = (
     ("PermissionDeniedError", "auth"),
     ("NotFoundError", "not_found"),
     # Last: any other 400 (an unsupported parameter, a malformed message),
-    # including LiteLLM's subclasses not named above.
+    # including LiteLLM's subclasses not named above, and a 422: the
+    # provider read the request and rejected it as sent, as with a 400.
     ("BadRequestError", "bad_request"),
+    ("UnprocessableEntityError", "bad_request"),
 )
 
 

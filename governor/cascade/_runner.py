@@ -689,11 +689,20 @@ def _advice(attempts: Sequence[Attempt], out_of_attempts: bool) -> str:
             "prompt or lower max_tokens, or add a tier with a larger window."
         )
         kinds.discard("context_window")
+    if "content_policy" in kinds:
+        steps.append(
+            "A provider's content filter refused the request (the prompt or "
+            "the answer asked for was flagged): change the prompt, or add a "
+            "tier whose provider's content policy allows it. Retrying the same "
+            "request gets the same refusal."
+        )
+        kinds.discard("content_policy")
     if "bad_request" in kinds:
         steps.append(
-            "A tier refused the request as invalid (HTTP 400): check the "
-            "request's arguments and each tier's params against what its model "
-            "accepts (each attempt names the provider's message)."
+            "A tier refused the request as invalid (HTTP 400) or could not "
+            "process it (HTTP 422): check the request's arguments and each "
+            "tier's params against what its model accepts (each attempt names "
+            "the provider's message)."
         )
         kinds.discard("bad_request")
     if kinds & set(_WHAT_TO_FIX):
