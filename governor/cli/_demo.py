@@ -97,6 +97,9 @@ def _speed(text: str) -> float:
 
 @dataclass
 class _Row:
+    """One task's line of the table and row of ``--json``; ``detail`` says why
+    a stopped task stopped, or which tiers a cascade task went through."""
+
     agent: str
     task_id: str
     calls: int
@@ -392,6 +395,7 @@ def _run_task(
     else:
         if isinstance(result, dict) and "path" in result:
             outcome = f"cascade: {result['path']}"
+            detail = outcome  # the --json row says what the text line says
     report = agent.last_report
     seconds = time.monotonic() - start
     hits = f", {report.cache_hits} cache hits" if report.cache_hits else ""
@@ -488,7 +492,7 @@ def _print_table(
     print("-" * len(line))
     print(_summary(rows, total))
     for row in rows:
-        if row.detail:
+        if row.detail and row.stop_reason != "completed":
             print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
     if traces is not None:
         print(f"\nTraces: {traces} (one JSON span per line).")

@@ -214,7 +214,8 @@ def load_records(args: argparse.Namespace) -> list[Any]:
 
 def _query(args: argparse.Namespace, target: str) -> list[Any]:
     """Every record of the store, read one at a time into the compact form a
-    replay keeps (:class:`governor._replay.RecordedCall`).
+    replay keeps (:class:`governor._replay.RecordedCall`). A Redis store
+    with no record under its prefix gets the note ``governor report`` prints.
 
     Raises:
         SourceError: the store does not answer (a Redis that is down), or
@@ -222,6 +223,7 @@ def _query(args: argparse.Namespace, target: str) -> list[Any]:
     """
     from governor._errors import GovernorError
     from governor._replay import recorded_calls
+    from governor.cli._report import note_if_nothing_stored
     from governor.spend import SpendDataError, open_store
 
     try:
@@ -229,7 +231,10 @@ def _query(args: argparse.Namespace, target: str) -> list[Any]:
     except GovernorError as exc:
         raise SourceError(str(exc), 1, exc.code) from exc
     try:
-        return recorded_calls(store.query())
+        records = recorded_calls(store.query())
+        if not records:
+            note_if_nothing_stored(store)
+        return records
     except RecursionError as exc:
         message = too_deep(shown_target(target), "a spend record")
         raise SourceError(message, 1, SpendDataError.code) from exc

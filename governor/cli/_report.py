@@ -280,7 +280,8 @@ def _summarize(
         summary = summarize(records, query.by)
         skipped: int = getattr(store, "skipped_duplicates", 0)
         if not summary.total.calls:
-            _hint_if_nothing_stored(store, query)
+            narrowed = bool(query.since or query.until or query.filters)
+            note_if_nothing_stored(store, narrowed=narrowed)
     except RecursionError as exc:
         message = too_deep(shown_target(target), "a spend record")
         raise SpendDataError(message) from exc
@@ -298,15 +299,24 @@ def _summarize(
     return dataclasses.replace(summary, by=query.shown), label, skipped
 
 
-def _hint_if_nothing_stored(store: Any, query: _Query) -> None:
+def note_if_nothing_stored(store: Any, *, narrowed: bool = False) -> None:
     """Say on stderr where nothing was found when a Redis store holds no record
-    at all under its prefix (a wrong ``--prefix`` is the usual cause), not
-    when records are there but the time range or filters matched none."""
+    at all under its prefix (a wrong ``--prefix`` is the usual cause).
+
+    ``governor report``, ``replay`` and ``compare`` call it when their read
+    found no call. Other stores are left alone: their path is what was named.
+
+    Args:
+        store: the spend store that was read, still open.
+        narrowed: the read had a time range or filters, so that an empty
+            result is no sign of a wrong prefix when the store holds any
+            record at all.
+    """
     from governor.spend import RedisSpendStore
 
     if not isinstance(store, RedisSpendStore):
         return
-    if (query.since or query.until or query.filters) and _holds_any(store):
+    if narrowed and _holds_any(store):
         return
     print(
         f"note: {store.url} holds no spend records under this prefix (keys "

@@ -102,6 +102,7 @@ from governor.stores._redis_checks import (
 )
 from governor.stores._redis_options import (
     FILE_OPTIONS,
+    misspelt_hint,
     option_problem,
     tls_problem,
 )
@@ -387,9 +388,9 @@ def _check_option_names(url: str) -> None:
     unknown = sorted(given - _url_options())
     if not unknown:
         return
-    hint = ""
+    hint = misspelt_hint(unknown, _url_options())
     if "prefix" in unknown:
-        hint = "; a key prefix is not part of the URL: pass prefix= (or --prefix)"
+        hint += "; a key prefix is not part of the URL: pass prefix= (or --prefix)"
     raise ConfigError(
         f"url {redact_url(url)!r} sets {', '.join(unknown)}, which redis-py does "
         f"not take as a connection option{hint}"
@@ -538,6 +539,7 @@ def _check_kwarg_names(kwargs: Mapping[str, Any]) -> None:
             f"RedisConfig.connection_kwargs sets {', '.join(odd + unknown)}, which "
             "redis-py does not take as a connection or pool option: check the "
             "spelling against redis-py's Connection and ConnectionPool arguments"
+            f"{misspelt_hint(unknown, _url_options())}"
         )
     for name, fix in _GOVERNOR_OWNS.items():
         harmless = name == "decode_responses" and kwargs.get(name) is True

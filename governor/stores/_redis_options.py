@@ -13,12 +13,19 @@ for a file named in ``RedisConfig.connection_kwargs``, when it connects.
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Final
 
-__all__ = ["FILE_OPTIONS", "TLS_OPTIONS", "option_problem", "tls_problem"]
+__all__ = [
+    "FILE_OPTIONS",
+    "TLS_OPTIONS",
+    "misspelt_hint",
+    "option_problem",
+    "tls_problem",
+]
 
 _CERT_REQS: Final = ("none", "optional", "required")
 
@@ -48,6 +55,24 @@ TLS_OPTIONS: Final = frozenset(
     }
 )
 """Options only redis-py's TLS connection takes (a ``rediss://`` URL's)."""
+
+
+def misspelt_hint(unknown: Sequence[str], known: Collection[str]) -> str:
+    """``" (did you mean ...?)"`` naming the known option nearest each unknown
+    one, or ``""`` when none is near.
+
+    The match ignores case and reads ``-`` as ``_``, so that ``sockettimeout``,
+    ``SocketTimeout`` and ``socket-timeout`` all point at ``socket_timeout``.
+    """
+    guesses = []
+    for name in unknown:
+        normal = name.lower().replace("-", "_")
+        near = difflib.get_close_matches(normal, sorted(known), n=1)
+        if near and near[0] != name:
+            guesses.append(f"{near[0]} for {name}" if len(unknown) > 1 else near[0])
+    if not guesses:
+        return ""
+    return f" (did you mean {', '.join(guesses)}?)"
 
 
 def option_problem(name: str, value: object, *, files: bool = True) -> str | None:
