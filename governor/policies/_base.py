@@ -8,7 +8,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, NoReturn, Self
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -83,13 +83,28 @@ class FrozenList(list[Any]):
 
 
 def _frozen(value: Any) -> Any:
-    """``value`` with every dict and list in it, at any depth, made frozen."""
-    if isinstance(value, FrozenMap | FrozenList):
+    """``value`` with every container in it, at any depth, made frozen.
+
+    A dict becomes a :class:`FrozenMap`, a list a :class:`FrozenList`, a set
+    a ``frozenset`` and a ``bytearray`` ``bytes``: equal to what was given,
+    hashable, and unchanged by later changes to the caller's objects. The
+    items of a tuple are frozen too (the tuple itself is kept when none
+    changes).
+    """
+    if isinstance(value, FrozenMap | FrozenList | frozenset | bytes):
         return value
     if isinstance(value, dict):
         return FrozenMap({key: _frozen(item) for key, item in value.items()})
     if isinstance(value, list):
         return FrozenList([_frozen(item) for item in value])
+    if isinstance(value, set):
+        return frozenset(value)  # set items are hashable, so already frozen
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if type(value) is tuple:
+        items = tuple(_frozen(item) for item in value)
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return items if changed else value
     return value
 
 
@@ -97,7 +112,7 @@ def thawed(value: Any) -> Any:
     """A changeable deep copy of a policy's mapping or list, to send on.
 
     What a policy holds stays frozen; a request built from it gets plain
-    dicts and lists that the provider's client may change freely.
+    dicts, lists and sets that the provider's client may change freely.
     """
     if isinstance(value, dict):
         return {key: thawed(item) for key, item in value.items()}
@@ -105,6 +120,8 @@ def thawed(value: Any) -> Any:
         return [thawed(item) for item in value]
     if isinstance(value, tuple):
         return tuple(thawed(item) for item in value)
+    if isinstance(value, frozenset):
+        return set(value)
     return value
 
 
@@ -135,16 +152,33 @@ _SECRET_KEY = re.compile(
     r"[-_.]?(token|key)$",
     re.IGNORECASE,
 )
-"""Parameter and header names whose values are secrets (``api_key``,
-``x-api-key``, ``Ocp-Apim-Subscription-Key``, ``aws_secret_access_key``,
-``access_token``, ``Authorization``; not ``max_tokens`` nor ``top_k``)."""
+"""Names that hold a secret wherever these letters appear in them
+(``x-api-key``, ``client_secret``, ``aws_secret_access_key``,
+``vertex_credentials``, ``Authorization``), or that end in a credential
+written without a break (``accesstoken``)."""
 
-_CAMEL_SECRET = re.compile(
-    r"(api|access|auth|refresh|session|bearer|id|private|signing|master)"
-    r"(Token|Key)$"
+_WORD_BREAK = re.compile(
+    r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"
 )
-"""camelCase names of secrets (``accessToken``, ``apiKey``); not a schema's
-``pageToken`` or ``sortKey``."""
+"""Where a name splits into words: at ``-``, ``_``, ``.`` or a space, and at
+a camelCase hump (``azureAdToken``, ``HFToken``)."""
+
+_NOT_CREDENTIAL_TOKEN: Final = frozenset(
+    {"max", "min", "num", "total"}  # counts: max_token
+    | {"bos", "eos", "pad", "unk", "sep", "cls", "mask", "special"}  # tokenizer
+    | {"start", "end", "stop"}
+    | {"page", "next", "continuation"}  # paging through results: pageToken
+)
+"""Words before a last ``token`` that make it text or a page, not a
+credential."""
+
+_NOT_CREDENTIAL_KEY: Final = frozenset(
+    {"cache", "sort", "partition", "range", "row", "hash", "shard", "group"}
+    | {"routing", "idempotency", "dedup", "dedupe", "lookup", "index"}
+    | {"primary", "foreign", "object", "public"}
+)
+"""Words before a last ``key`` that make it a lookup key or a public one
+(``prompt_cache_key``, ``sortKey``), not a credential."""
 
 # Values that describe data, not send it: JSON schemas of tools and answers,
 # whose property names (``pageToken``) are not secrets.
@@ -158,8 +192,44 @@ _SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def secret_name(name: str) -> bool:
-    """Whether a parameter, header or option named ``name`` holds a secret."""
-    return bool(_SECRET_KEY.search(name) or _CAMEL_SECRET.search(name))
+    """Whether a parameter, header or option named ``name`` holds a secret.
+
+    The name is read as words (split at ``-``, ``_``, ``.``, spaces and
+    camelCase humps, case ignored). It holds a secret when:
+
+    * it says so anywhere: ``secret``, ``password``, ``passwd``, ``pwd``,
+      ``passphrase``, ``credential``, ``authorization``, ``cookie``,
+      ``api_key`` (``client_secret``, ``aws_secret_access_key``,
+      ``x-api-key``, ``Proxy-Authorization``);
+    * its last word is ``token``, singular (``token``, ``api_token``,
+      ``hf_token``, ``azure_ad_token``, ``access_token``, ``id_token``,
+      ``X-Amz-Security-Token``, ``accessToken``), ``jwt`` or
+      ``signature``; not when the word before it makes the token text or a
+      page (``eos_token``, ``pad_token``, ``max_token``, ``page_token``).
+      A plural ``tokens`` is a count (``max_tokens``,
+      ``max_completion_tokens``), and a ``token`` before another word
+      describes tokens (``token_budget``, ``token_type``): neither is masked;
+    * its last word is ``key``, after another word (``api_key``,
+      ``subscription_key``, ``Ocp-Apim-Subscription-Key``, ``private_key``,
+      ``apiKey``); not a lookup or public key (``cache_key``,
+      ``prompt_cache_key``, ``sortKey``, ``idempotency_key``,
+      ``public_key``). A ``key`` before another word (``key_prefix``,
+      ``key_id``), a plural ``keys`` and words that merely hold the letters
+      (``keywords``, ``monkey``) are not masked, nor is a bare ``key``: in
+      a policy that is a budget's key, the team or user it limits. A URL's
+      ``?key=`` is masked all the same (see :func:`masked`).
+    """
+    if _SECRET_KEY.search(name):
+        return True
+    words = [word.lower() for word in _WORD_BREAK.split(name) if word]
+    if not words:
+        return False
+    last, before = words[-1], words[-2] if len(words) > 1 else ""
+    if last == "token":
+        return before not in _NOT_CREDENTIAL_TOKEN
+    if last == "key":
+        return bool(before) and before not in _NOT_CREDENTIAL_KEY
+    return last in ("jwt", "signature")
 
 
 def mask_userinfo(url: str) -> str:
@@ -185,26 +255,61 @@ def mask_userinfo(url: str) -> str:
     return f"{url[: start.end()]}{shown}@{rest}"
 
 
+_QUERY_CREDENTIALS: Final = frozenset({"key", "code", "sig"})
+"""Query option names that carry a credential in a URL, besides the secret
+names of :func:`secret_name`: Google's ``?key=``, an Azure Functions
+``?code=`` and an Azure SAS ``?sig=``."""
+
+_QUERY_FIELD = re.compile(r"(?<=[?&#])([^=&#?]+)=([^&#]+)")
+"""One ``name=value`` option of a URL's query or fragment."""
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+
+
+def _masked_query(url: str) -> str:
+    """``url`` with the value of each credential option in its query and
+    fragment masked (``?api-key=***&api-version=2024-06-01``): those named
+    as :func:`secret_name` says (percent-decoded) or in
+    ``_QUERY_CREDENTIALS``. The scheme, host, path and other options are
+    kept."""
+    opened = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=-1)
+    if opened < 0:
+        return url
+
+    def option(match: re.Match[str]) -> str:
+        name = unquote_plus(match.group(1)).strip()
+        if name.lower() in _QUERY_CREDENTIALS or secret_name(name):
+            return f"{match.group(1)}={MASK}"
+        return match.group()
+
+    return url[:opened] + _QUERY_FIELD.sub(option, url[opened:])
+
+
 def _masked_text(value: str) -> str:
-    """A string value with a URL's password masked, where a URL parser finds
-    one (an ``@`` in a path, ``.../llama@v2``, is not user info)."""
+    """A string value with a URL's credentials masked: the password of its
+    user info, where a URL parser finds one (an ``@`` in a path,
+    ``.../llama@v2``, is not user info), and credential options in its query
+    (``?key=``, ``?api-key=``, ``?access_token=``, ``?sig=``, ...)."""
     if not _SCHEME.match(value):
         return value
     try:
         password = urlsplit(value.strip()).password
     except ValueError:
         password = None
-    return mask_userinfo(value) if password else value
+    return _masked_query(mask_userinfo(value) if password else value)
 
 
 def masked(value: Any) -> Any:
     """``value`` with every secret-named mapping entry replaced by ``"***"``.
 
     Call parameters may carry provider keys (a tier's ``params={"api_key":
-    ...}``, a header such as ``{"x-api-key": ...}``) and URLs with a
-    password (``api_base="https://user:pass@host"``); reprs, error messages
-    and ``governor policy show`` print them masked. Nested mappings and
-    sequences are masked too.
+    ...}``, ``{"azure_ad_token": ...}``, a header such as ``{"x-api-key":
+    ...}``) and URLs with credentials (``api_base="https://user:pass@host"``
+    or ``"https://host/v1?key=..."``); reprs, error messages and ``governor
+    policy show`` print them masked. Which names are secret is
+    :func:`secret_name`'s rule (counts such as ``max_tokens`` stay
+    readable); a URL keeps its scheme, host, path and other query options.
+    Nested mappings, lists, tuples and sets are masked too.
     """
     if isinstance(value, Mapping):
         return {
@@ -213,7 +318,9 @@ def masked(value: Any) -> Any:
             else (v if k in _SCHEMAS else masked(v))
             for k, v in value.items()
         }
-    if type(value) in (list, tuple):
+    if isinstance(value, list):  # a FrozenList too
+        return [masked(v) for v in value]
+    if type(value) in (tuple, set, frozenset):
         return type(value)(masked(v) for v in value)
     if isinstance(value, str):
         return _masked_text(value)
@@ -252,9 +359,12 @@ def mask_credentials(text: str) -> str:
     """``text`` (a provider's error message) with credential-like tokens masked.
 
     ``Bearer ...`` and ``Basic ...`` tokens, provider key shapes (``sk-...``),
-    ``key=...``, ``api-key: ...`` and the like, and a URL's user info become
-    ``***``; the rest of the text is kept.
+    ``key=...``, ``api-key: ...`` and the like, a URL's user info and the
+    credential options of a URL's query (named by the rule :func:`masked`
+    applies, ``?sig=...``, ``?hf_token=...``) become ``***``; the rest of the
+    text is kept.
     """
+    text = _URL_IN_TEXT.sub(lambda m: _masked_query(m.group()), text)
     for pattern in _CREDENTIALS[:-1]:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
     return _CREDENTIALS[-1].sub(lambda m: m.group(1) + MASK + "@", text)
@@ -328,7 +438,7 @@ class PolicyModel(BaseModel):
     @model_validator(mode="after")
     def _freeze_mappings(self) -> Self:
         for name, value in self.__dict__.items():
-            if isinstance(value, dict | list):
+            if isinstance(value, dict | list | set | bytearray | tuple):
                 frozen = _frozen(value)
                 if frozen is not value:
                     object.__setattr__(self, name, frozen)
