@@ -2192,16 +2192,17 @@ class Governor:
         if not missing:
             return
         self._warned_unnamed.update(missing)
-        logger.warning(
-            "a task names no %s, so the policy's Budget(scope=...) of that "
-            "scope charges nothing for it unless its calls name one. Name it per "
-            "task (gov.task(%s=...)), around calls (with governor.attribute(%s="
-            "...)), on the policy (Attribution), or per call (metadata). Logged "
-            "once per scope.",
-            " or ".join(missing),
-            missing[0],
-            missing[0],
-        )
+        for scope in missing:
+            logger.warning(
+                "a task names no %(scope)s, so the policy's "
+                "Budget(scope=%(quoted)s) charges nothing for it unless its "
+                "calls name one. Give the %(scope)s per task (gov.task("
+                "%(scope)s=...)), around calls (with governor.attribute("
+                "%(scope)s=...)), on the policy (Attribution(%(scope)s=...)), or "
+                "per call under the metadata key %(quoted)s (metadata={"
+                "%(quoted)s: ...}). Logged once per scope.",
+                {"scope": scope, "quoted": repr(scope)},
+            )
 
     def _task_line_ttl(self, task: Task, line: Line) -> float | None:
         """A one-call task's line lives as long as a hold, not a day.

@@ -50,6 +50,32 @@ def _dollars(nanos: int) -> Decimal:
     return amount
 
 
+_PLAIN_DIGITS = 28
+"""Digits the default context holds: larger amounts are left as they are
+(no policy takes them, and its bounds refuse them)."""
+
+
+def without_exponent(amount: Decimal) -> Decimal:
+    """``amount`` written without a positive exponent, for money a person reads.
+
+    Python keeps ``Decimal("1e3")`` as ``Decimal("1E+3")``, which prints as
+    ``1E+3``; this returns ``Decimal("1000")``. An amount with places
+    (``Decimal("2.50")``) comes back as given. Only the notation changes: the
+    result equals ``amount`` and hashes alike.
+    """
+    exponent = amount.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent <= 0:
+        return amount  # already plain, or not a finite number
+    if amount.adjusted() >= _PLAIN_DIGITS:
+        return amount
+    return amount.quantize(Decimal(1))
+
+
+def plain_text(amount: Decimal) -> str:
+    """``amount`` as text without an exponent: ``5E-7`` is ``0.0000005``."""
+    return format(amount, "f")
+
+
 def as_decimal(value: object, *, field: str) -> Decimal:
     """Read a money value given as Decimal, int or str; floats go through str()."""
     if isinstance(value, Decimal):

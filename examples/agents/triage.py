@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from governor import Attribution, Budget, Cascade, Policy
-from governor.policies._cascade import JsonCheck, Retry, Tier
+from governor.cascade import JsonCheck, Retry, Tier
 from governor.testing import OfflineAnswer, load_prompts, offline_model
 
 CHEAP = "gpt-4o-mini"

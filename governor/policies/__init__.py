@@ -1,7 +1,13 @@
-"""Policy model: frozen, typed declarations of what a governor enforces."""
+"""Policy model: frozen, typed declarations of what a governor enforces.
+
+:class:`Policy` and its parts are here, :class:`Cascade` and its
+:class:`Tier` included; a cascade's checks, ``PreCall`` and ``Retry`` are
+imported from :mod:`governor.cascade`, which holds ``Cascade`` and ``Tier``
+too.
+"""
 
 from governor.policies._cache import Cache
-from governor.policies._cascade import Cascade
+from governor.policies._cascade import Cascade, Tier
 from governor.policies._loops import Loops
 from governor.policies._model import (
     SCOPES,
@@ -30,4 +36,5 @@ __all__ = [
     "PriceTier",
     "Pricing",
     "Scope",
+    "Tier",
 ]

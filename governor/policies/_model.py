@@ -10,12 +10,19 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from governor._errors import PolicyError
+from governor._money import plain_text, without_exponent
 from governor.policies._base import FieldsError, PolicyModel
 from governor.policies._cache import Cache
 from governor.policies._cascade import Cascade
@@ -66,6 +73,17 @@ A dearer price would charge more for a million tokens (or one second) than
 any ledger can count, and the largest budget, which settles nothing: such a
 price is a typo (a price per token given per million, an exponent too many).
 """
+_Dollars = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_BUDGET_USD),
+    AfterValidator(without_exponent),
+    PlainSerializer(plain_text, return_type=str, when_used="json"),
+]
+"""A money field of a policy, a budget's or a price (both bounded by
+``MAX_BUDGET_USD``, which is ``MAX_PRICE_USD``): ``"1e3"`` is kept as
+``Decimal("1000")`` and written to JSON without an exponent, so reprs and
+``governor policy show`` print amounts as they are read. The bounds are
+checked first, so only amounts a ledger counts are written out."""
 _PER_MTOK = (
     "US dollars per million tokens, from 0 to about 9 million "
     "(9007199.254740991), e.g. Decimal('2.50')"
@@ -78,13 +96,13 @@ class PriceTier(PolicyModel):
     above_input_tokens: int = Field(
         gt=0, le=_MAX_EXACT, description="a positive token count"
     )
-    input_usd_per_mtok: Decimal = Field(ge=0, le=MAX_PRICE_USD, description=_PER_MTOK)
-    output_usd_per_mtok: Decimal = Field(ge=0, le=MAX_PRICE_USD, description=_PER_MTOK)
-    cache_read_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
+    input_usd_per_mtok: _Dollars = Field(description=_PER_MTOK)
+    output_usd_per_mtok: _Dollars = Field(description=_PER_MTOK)
+    cache_read_usd_per_mtok: _Dollars | None = Field(
+        default=None, description=_PER_MTOK
     )
-    cache_write_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
+    cache_write_usd_per_mtok: _Dollars | None = Field(
+        default=None, description=_PER_MTOK
     )
 
 
@@ -96,25 +114,17 @@ class Price(PolicyModel):
     wall time of the call, alone or on top of the token prices.
     """
 
-    input_usd_per_mtok: Decimal = Field(
-        default=Decimal(0), ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
+    input_usd_per_mtok: _Dollars = Field(default=Decimal(0), description=_PER_MTOK)
+    output_usd_per_mtok: _Dollars = Field(default=Decimal(0), description=_PER_MTOK)
+    cache_read_usd_per_mtok: _Dollars | None = Field(
+        default=None, description=_PER_MTOK
     )
-    output_usd_per_mtok: Decimal = Field(
-        default=Decimal(0), ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
+    cache_write_usd_per_mtok: _Dollars | None = Field(
+        default=None, description=_PER_MTOK
     )
-    cache_read_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
-    )
-    cache_write_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
-    )
-    reasoning_usd_per_mtok: Decimal | None = Field(
-        default=None, ge=0, le=MAX_PRICE_USD, description=_PER_MTOK
-    )
-    usd_per_second: Decimal | None = Field(
+    reasoning_usd_per_mtok: _Dollars | None = Field(default=None, description=_PER_MTOK)
+    usd_per_second: _Dollars | None = Field(
         default=None,
-        ge=0,
-        le=MAX_PRICE_USD,
         description="US dollars per second of call wall time, from 0 to about "
         "9 million (9007199.254740991)",
     )
@@ -240,9 +250,7 @@ class Budget(PolicyModel):
         default=None,
         description="the scope value this budget is for; None means every value",
     )
-    max_usd: Decimal | None = Field(
-        default=None, ge=0, le=MAX_BUDGET_USD, description=_USD
-    )
+    max_usd: _Dollars | None = Field(default=None, description=_USD)
     max_tokens: int | None = Field(
         default=None,
         ge=0,
@@ -634,9 +642,9 @@ class Fanout(PolicyModel):
     )
     scope_caps: Mapping[Scope, int] = Field(
         default_factory=dict,
-        description="a mapping of scope to the model calls in flight allowed for "
-        "each value of it, e.g. {'team': 20}; held across processes when the "
-        "ledger is Redis",
+        description="a mapping of scope (any but 'task') to the model calls in "
+        "flight allowed for each value of it, e.g. {'team': 20}; held across "
+        "processes when the ledger is Redis",
     )
     on_cap: Literal["wait", "refuse"] = Field(
         default="wait", description="'wait' (queue, with wait_timeout_s) or 'refuse'"
@@ -657,6 +665,23 @@ class Fanout(PolicyModel):
                 "each scope cap must be at least 1 (leave a scope out for no cap)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _no_task_cap(self) -> Self:
+        # A scope cap is keyed on a task's attribution value (its team, its
+        # session); a task has none, so a 'task' cap would never be taken.
+        if "task" in self.scope_caps:
+            raise FieldsError(
+                "a scope cap is shared by the tasks that carry one value of an "
+                "attribution scope (a team, a session, ...); 'task' is not such "
+                "a scope, so a 'task' cap would never apply. To cap the calls "
+                "one task (with its sub-tasks) has in flight in this process, "
+                "set max_inflight_calls instead, e.g. Fanout(max_inflight_calls="
+                f"{self.scope_caps['task']})",
+                ("scope_caps",),
+                {"scope_caps": self.scope_caps},
+            )
+        return self
 
 
 class Policy(PolicyModel):

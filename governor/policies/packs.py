@@ -24,6 +24,7 @@ The command line loads them as ``pack:NAME`` wherever it takes a policy
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
@@ -59,6 +60,7 @@ _NAME = (
     "a non-empty name without '#', control or invisible characters or spaces around it"
 )
 _MODEL = "a model name as it is called, without spaces around it, e.g. 'gpt-4o-mini'"
+_NO_TASK_USD = "sets no dollar limit on the pack's task budget"
 
 
 @contextlib.contextmanager
@@ -77,6 +79,36 @@ def _argument(pack: str, name: str, value: object, accepted: str) -> Iterator[No
         ) from exc
 
 
+def _given(
+    pack: str,
+    name: str,
+    value: object,
+    accepted: str,
+    unset: str,
+    *,
+    text: bool = False,
+) -> None:
+    """Refuse None for a pack's argument, and anything but text for a text one.
+
+    The parts read None as "not set", so None would build a part that limits
+    or names nothing (a budget for no feature, a fan-out with no cap), or be
+    refused in the part's own words; ``unset`` says what None would leave
+    out. A text argument given bytes or a number is refused too, rather than
+    read as text by the part.
+    """
+    if value is None:
+        reason = f"None {unset}"
+    elif text and not isinstance(value, str):
+        reason = f"it is of type {type(value).__name__}, not text"
+    else:
+        return
+    default = inspect.signature(PACKS[pack]).parameters[name].default
+    raise PolicyError(
+        f"packs.{pack}(): {name}={value!r} is not valid: {reason}; {name} "
+        f"takes {accepted}, or leave it out for its default {default!r}"
+    )
+
+
 def _reason(exc: PolicyError) -> str:
     """What was wrong, without the part and field names of the message."""
     cause = exc.__cause__
@@ -93,6 +125,7 @@ def starter(*, task_usd: Money = "0.50") -> Policy:
     make 50 model calls and run 10 minutes; the loop rules run with their
     defaults, and at most 8 model calls of a task are in flight at once.
     """
+    _given("starter", "task_usd", task_usd, _DOLLARS, _NO_TASK_USD)
     with _argument("starter", "task_usd", task_usd, _DOLLARS):
         task = Budget(max_usd=task_usd)
     return Policy(
@@ -121,6 +154,30 @@ def production(
     spending blind. Set the team per task or in call metadata.
     """
     pack = "production"
+    _given(pack, "task_usd", task_usd, _DOLLARS, _NO_TASK_USD)
+    _given(
+        pack,
+        "team_monthly_usd",
+        team_monthly_usd,
+        _DOLLARS,
+        "sets no dollar limit on the pack's monthly team budget",
+    )
+    _given(
+        pack,
+        "team_inflight_calls",
+        team_inflight_calls,
+        _CALLS,
+        "sets no cap on a team's calls in flight",
+    )
+    _given(
+        pack,
+        "environment",
+        environment,
+        _NAME,
+        "names no environment, so the pack's tasks would be charged to none",
+        text=True,
+    )
+    _given(pack, "timezone", timezone, _ZONE, "names no time zone", text=True)
     with _argument(pack, "task_usd", task_usd, _DOLLARS):
         task = Budget(max_usd=task_usd)
     with _argument(pack, "team_monthly_usd", team_monthly_usd, _DOLLARS):
@@ -162,6 +219,22 @@ def customer_facing(
     users never share cached answers.
     """
     pack = "customer_facing"
+    _given(pack, "task_usd", task_usd, _DOLLARS, _NO_TASK_USD)
+    _given(
+        pack,
+        "session_usd",
+        session_usd,
+        _DOLLARS,
+        "sets no dollar limit on the pack's session budget",
+    )
+    _given(
+        pack,
+        "user_daily_usd",
+        user_daily_usd,
+        _DOLLARS,
+        "sets no dollar limit on the pack's daily user budget",
+    )
+    _given(pack, "timezone", timezone, _ZONE, "names no time zone", text=True)
     with _argument(pack, "task_usd", task_usd, _DOLLARS):
         task = Budget(max_usd=task_usd)
     with _argument(pack, "session_usd", session_usd, _DOLLARS):
@@ -194,6 +267,36 @@ def batch(
     and repeats are served from cache.
     """
     pack = "batch"
+    _given(
+        pack,
+        "job_usd",
+        job_usd,
+        _DOLLARS,
+        "sets no dollar limit on the pack's job budget",
+    )
+    _given(
+        pack,
+        "daily_usd",
+        daily_usd,
+        _DOLLARS,
+        "sets no dollar limit on the pack's daily feature budget",
+    )
+    _given(
+        pack,
+        "inflight_calls",
+        inflight_calls,
+        _CALLS,
+        "sets no cap on a job's calls in flight",
+    )
+    _given(
+        pack,
+        "feature",
+        feature,
+        _NAME,
+        "names no feature, so the pack's daily budget (scope 'feature') "
+        "would apply to no job",
+        text=True,
+    )
     with _argument(pack, "job_usd", job_usd, _DOLLARS):
         job = Budget(max_usd=job_usd)
     with _argument(pack, "daily_usd", daily_usd, _DOLLARS):
@@ -228,6 +331,9 @@ def cost_saver(
     are on, with its safety gate. Each task may spend ``task_usd``.
     """
     pack = "cost_saver"
+    _given(pack, "task_usd", task_usd, _DOLLARS, _NO_TASK_USD)
+    for name, model in (("cheap_model", cheap_model), ("premium_model", premium_model)):
+        _given(pack, name, model, _MODEL, "names no model", text=True)
     with _argument(pack, "task_usd", task_usd, _DOLLARS):
         task = Budget(max_usd=task_usd)
     with _argument(pack, "cheap_model", cheap_model, _MODEL):
