@@ -583,13 +583,17 @@ class Governor:
         metadata names, its model, or its provider (once priced)."""
         if not self._blocked:
             return
-        keys = {"all", *(f"{k}:{v}" for k, v in task.scope_values.items())}
+        named = self._named_by_call(task, request)
+        replaced = set() if named is None else _replaced_scopes(task, named)
+        keys = {"all"}
+        keys.update(
+            f"{k}:{v}" for k, v in task.scope_values.items() if k not in replaced
+        )
         keys.update(
             _model_scopes(request.model, provider, lambda n: self._provider(task, n))
         )
         if provider is not None:
             keys.add(f"provider:{provider}")
-        named = self._named_by_call(task, request)
         if named is not None:
             keys.update(f"{k}:{v}" for k, v in named.scope_values().items())
         for scope in sorted(keys & self._blocked):
@@ -1060,13 +1064,17 @@ class Governor:
         # it names its own values, in its policy or when opened: its spend
         # counts against both.
         base = effective.attribution
+        own = None if policy is None else _own_values(policy.attribution, self.policy)
         if parent is not None:
             base = base.merged(parent.attribution)
-            if policy is not None:
-                base = base.merged(_own_values(policy.attribution, self.policy))
+            if own is not None:
+                base = base.merged(own)
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values
+        task.extras["defaulted"] = _defaulted(
+            effective.attribution, parent, own, attribution, named
+        )
         task.owner = self
         task.parent = parent
         task.span = self.telemetry.start_task(task)
@@ -1438,6 +1446,9 @@ class Governor:
         pairs = self._budget_lines(task)
         named = None if owns else self._named_by_call(task, request)
         if named is not None:
+            replaced = _replaced_scopes(task, named)
+            if replaced:  # a call's own value beats the policy's default
+                pairs = [pair for pair in pairs if pair[0].scope not in replaced]
             pairs = pairs + self._named_lines(task, named, pairs)
         admission = Admission(
             call_id=new_id(),
@@ -1486,7 +1497,10 @@ class Governor:
         after the task opened, when the task names none: the call is then
         charged to that tenant's budgets and records as well as the task's,
         and its cache partition is the tenant's. Where the two disagree the
-        task wins (it is the explicit context), with a warning logged once.
+        task wins (it is the explicit context), with a warning logged once,
+        unless the task holds that value only as the policy's default
+        (``Attribution(environment="prod")``): a value the call names beats a
+        default inside a task as it does outside one.
         """
         ambient = _since_opened(current_attribution(), task.extras.get("ambient"))
         given = request.attribution
@@ -1495,8 +1509,17 @@ class Governor:
         if not given and ambient is None:
             return None
         values = task.scope_values
-        added = {k: v for k, v in (given or {}).items() if k not in values}
-        clashes = sorted(k for k, v in (given or {}).items() if values.get(k, v) != v)
+        defaulted: frozenset[str] = task.extras.get("defaulted", frozenset())
+        added = {
+            k: v
+            for k, v in (given or {}).items()
+            if k not in values or (k in defaulted and values[k] != v)
+        }
+        clashes = sorted(
+            k
+            for k, v in (given or {}).items()
+            if k not in defaulted and values.get(k, v) != v
+        )
         if clashes:
             self._warn_clash(task, given or {}, clashes)
         held = task.attribution.tags
@@ -2978,6 +3001,37 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
         default = policy.default_max_output_tokens
         return min(default, model_max) if model_max else default
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
+
+
+def _defaulted(
+    policy_attribution: Attribution,
+    parent: Task | None,
+    own: Attribution | None,
+    *given: Attribution | None,
+) -> frozenset[str]:
+    """The scopes a new task holds only as the policy's defaults.
+
+    Those are the scopes of ``Attribution`` on the policy (and a parent's
+    such defaults) that nothing explicit names: the task's arguments, an
+    ``attribute()`` block around it, a parent's own values, values its own
+    policy adds. A call may name another value of these scopes.
+    """
+    defaulted = set(policy_attribution.scope_values())
+    if parent is not None:
+        inherited: frozenset[str] = parent.extras.get("defaulted", frozenset())
+        defaulted = (defaulted | inherited) - (set(parent.scope_values) - inherited)
+    for part in (own, current_attribution(), *given):
+        if part is not None:
+            defaulted -= set(part.scope_values())
+    return frozenset(defaulted)
+
+
+def _replaced_scopes(task: Task, named: Attribution) -> set[str]:
+    """The scopes whose policy default a call's own value replaces."""
+    defaulted: frozenset[str] = task.extras.get("defaulted", frozenset())
+    values = named.scope_values()
+    held = task.scope_values
+    return {k for k in defaulted if values.get(k, held.get(k)) != held.get(k)}
 
 
 def _own_values(named: Attribution, base: Policy) -> Attribution:

@@ -9,6 +9,8 @@ tenant's cached answers, as the same call outside a task would be.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,17 @@ import pytest
 
 from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import (
+    Attribution,
     Budget,
     BudgetExceeded,
     Cache,
     Governor,
     Policy,
+    ScopeBlocked,
     attribute,
 )
 from governor.adapters.litellm import GovernedLiteLLM
+from governor.anomaly import Alert, Tighten
 from governor.spend import SQLiteSpendStore
 
 QUESTION = [{"role": "user", "content": "What is the capital of Australia?"}]
@@ -190,3 +195,110 @@ def test_spans_and_refusal_records_name_the_tenant_named_per_call(
     records = sorted((r.outcome, r.team) for r in store.query())
     assert span.attributes[attr.TEAM] == "acme"
     assert records == [("ok", "acme"), ("refused", "globex")]
+
+
+# A policy's Attribution is a default: a call that names another value of its
+# scope is charged there, inside a task as outside one.
+
+PROD_ONLY = Policy(
+    attribution=Attribution(environment="prod"),
+    budgets=[Budget(scope="environment", key="prod", max_usd="0.000001")],
+)
+
+
+def ask_env(llm: GovernedLiteLLM, environment: str) -> Any:
+    return llm.completion(
+        model="gpt-4o-mini",
+        messages=QUESTION,
+        mock_response="Canberra.",
+        max_tokens=30,
+        metadata={"environment": environment},
+    )
+
+
+def test_a_call_naming_another_environment_beats_the_policy_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staging calls inside a task are charged to staging, not to the policy's
+    default prod, whose budget would refuse them; no clash is logged."""
+    store = SQLiteSpendStore(tmp_path / "spend.sqlite3")
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        Governor(PROD_ONLY, spend=store) as gov,
+        gov.task(team="search"),
+    ):
+        ask_env(GovernedLiteLLM(gov), "staging")
+        ask_env(GovernedLiteLLM(gov), "staging")
+        with pytest.raises(BudgetExceeded) as refused:
+            ask_plain(GovernedLiteLLM(gov))
+    assert refused.value.scope == "environment:prod"
+    assert [(r.environment, r.cost_usd) for r in store.query()] == [
+        ("staging", MOCK_COST),
+        ("staging", MOCK_COST),
+        ("prod", 0),  # the refused call's record
+    ]
+    assert "sets otherwise" not in caplog.text
+
+
+def test_a_sub_task_keeps_the_default_a_call_may_replace() -> None:
+    """A default inherited through a parent task is still only a default."""
+    gov = Governor(PROD_ONLY)
+    with gov.task(team="search"), gov.task() as inner:
+        ask_env(GovernedLiteLLM(gov), "staging")
+    assert inner.report().cost_usd == MOCK_COST
+
+
+def test_a_task_opened_for_prod_still_wins_over_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task opened for prod charges prod whatever its calls name, and says
+    so once."""
+    gov = Governor(PROD_ONLY)
+    with (
+        caplog.at_level(logging.WARNING, logger="governor"),
+        gov.task(environment="prod"),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        ask_env(GovernedLiteLLM(gov), "staging")
+    assert refused.value.scope == "environment:prod"
+    assert "environment='staging'" in caplog.text
+
+
+def test_a_task_inside_attribute_for_prod_still_wins_over_the_call() -> None:
+    """An ``attribute(environment="prod")`` block around the task is explicit
+    too: not a default a call may replace."""
+    gov = Governor(PROD_ONLY)
+    with (
+        attribute(environment="prod"),
+        gov.task(),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        ask_env(GovernedLiteLLM(gov), "staging")
+    assert refused.value.scope == "environment:prod"
+
+
+def test_a_blocked_default_does_not_block_a_call_naming_another_value() -> None:
+    """Blocking prod refuses the task's own calls, not those it sends to
+    staging."""
+    gov = Governor(Policy(attribution=Attribution(environment="prod")))
+    gov.apply_tighten(Tighten("environment:prod", "block", 0.5, an_alert()))
+    with gov.task(team="search") as task:
+        ask_env(GovernedLiteLLM(gov), "staging")
+        with pytest.raises(ScopeBlocked):
+            ask_plain(GovernedLiteLLM(gov))
+    assert task.report().cost_usd == MOCK_COST
+
+
+def an_alert() -> Alert:
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    return Alert(
+        scope="environment:prod",
+        metric="usd",
+        rule="burst",
+        ts=moment,
+        interval_start=moment,
+        observed=Decimal("0.5"),
+        threshold=Decimal("0.1"),
+        baseline_mean=Decimal("0.12"),
+        baseline_std=Decimal("0.01"),
+    )
