@@ -246,9 +246,10 @@ def test_a_pack_merged_over_another_brings_its_own_behaviour() -> None:
     assert saver.cache.exact
     assert saver.cache.safety_gate
     assert batch.cache is not None
+    # batch's cache settings win, but its partition never widens the base's
     assert (batch.cache.semantic, batch.cache.partition_by) == (
         True,
-        ("org", "team"),
+        ("org", "team", "user"),
     )
     back = packs.batch().merged(packs.customer_facing())
     assert back.fanout.on_cap == "refuse"

@@ -104,10 +104,16 @@ def lines_for(
 ) -> list[LineSpec]:
     """Return a line for every budget that applies to a call, narrowest first.
 
-    A budget with a ``key`` replaces the scope-wide budget (no key) of the
+    A budget with a ``key`` overrides the scope-wide budget (no key) of the
     same scope, period and rolling window for that value, whatever the time
-    zone of either: "every team $1, team search $0.0001" gives team search
-    one line, at $0.0001.
+    zone of either, limit by limit: the limits it sets (``max_usd``,
+    ``max_tokens``) replace the scope-wide one's, and a limit it leaves unset
+    is inherited from it. "Every team $1, team search $0.0001" gives team
+    search one line, at $0.0001; "every team $1 a month, team search 1M
+    tokens a month" gives it one monthly line at $1 and 1M tokens. The line
+    is the keyed budget's in every other respect (its window, time zone and
+    ``warn_at``), and :attr:`LineSpec.budget` is the keyed budget with the
+    inherited limits filled in.
 
     Args:
         policy_budgets: the policy's budgets.
@@ -117,20 +123,53 @@ def lines_for(
         now: an aware datetime, the moment of the call.
     """
     # A policy holds one budget per scope, key, period and rolling window
-    # (time zones aside), so a keyed budget replaces the one in its slot
+    # (time zones aside), so a keyed budget overrides the one in its slot
     # whatever its own time zone; rolling budgets of other windows (an hour
     # and a day) all apply.
-    by_slot: dict[tuple[str, str, float | None], LineSpec] = {}
+    by_slot: dict[tuple[str, str, float | None], _Slot] = {}
     for budget in policy_budgets:
         value = (
             task_id if budget.scope == "task" else attribution_values.get(budget.scope)
         )
         if value is None or (budget.key is not None and budget.key != value):
             continue
-        slot = (budget.scope, budget.period, budget.window_s)
-        if slot not in by_slot or budget.key is not None:
-            by_slot[slot] = _spec(budget, value, now)
-    return sorted(by_slot.values(), key=lambda spec: _ORDER[spec.scope])
+        slot = by_slot.setdefault(
+            (budget.scope, budget.period, budget.window_s), _Slot(value)
+        )
+        if budget.key is not None:
+            slot.keyed = budget
+        elif slot.wide is None:
+            slot.wide = budget
+    specs = [_spec(slot.budget(), slot.value, now) for slot in by_slot.values()]
+    return sorted(specs, key=lambda spec: _ORDER[spec.scope])
+
+
+_LIMITS: Final = ("max_usd", "max_tokens")
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The budgets of one scope, period and rolling window for one value."""
+
+    value: str
+    wide: Budget | None = None
+    keyed: Budget | None = None
+
+    def budget(self) -> Budget:
+        """The budget that applies: the keyed one, with any limit it leaves
+        unset taken from the scope-wide one; else the scope-wide one."""
+        if self.keyed is None:
+            assert self.wide is not None  # a slot is made for a budget
+            return self.wide
+        if self.wide is None:
+            return self.keyed
+        inherited = {
+            name: getattr(self.wide, name)
+            for name in _LIMITS
+            if getattr(self.keyed, name) is None
+            and getattr(self.wide, name) is not None
+        }
+        return self.keyed.model_copy(update=inherited) if inherited else self.keyed
 
 
 def _spec(budget: Budget, value: str, now: datetime) -> LineSpec:

@@ -29,6 +29,15 @@ _SCOPE_FLAG = (
 )
 
 
+_SCOPING = (
+    "scope_by_model",
+    "scope_by_system_prompt",
+    "scope_by_tools",
+    "scope_by_context",
+)
+"""The switches that keep one kind of request from another's answers."""
+
+
 class Cache(PolicyModel):
     """Serve repeated and paraphrased requests from a cache, at no cost.
 
@@ -172,6 +181,37 @@ class Cache(PolicyModel):
             "differ late would look the same"
         ),
     )
+
+    def merged(self, override: Self) -> Self:
+        """Lay ``override`` over this cache's settings, field by field.
+
+        Only the fields the override set explicitly count, as for every
+        policy part, save ``partition_by``: the result keeps the scopes of
+        both, this cache's first, then the override's new ones, and a
+        ``scope_by_*`` switch this cache turns on stays on, so a merge never
+        widens who shares answers (``("org", "team", "user")`` merged with
+        ``("org", "team")`` stays per user). To partition more widely, build
+        the cache anew, e.g.
+        ``cache.model_copy(update={"partition_by": ("org", "team")})``.
+
+        Raises:
+            PolicyError: ``override`` is not a Cache.
+        """
+        result = super().merged(override)
+        kept: dict[str, Any] = {
+            name: True
+            for name in _SCOPING
+            if getattr(self, name) and not getattr(result, name)
+        }
+        if "partition_by" in override.model_fields_set:
+            scopes = self.partition_by + tuple(
+                scope
+                for scope in override.partition_by
+                if scope not in self.partition_by
+            )
+            if scopes != result.partition_by:
+                kept["partition_by"] = scopes
+        return result.model_copy(update=kept) if kept else result
 
     @field_validator("partition_by", mode="before")
     @classmethod

@@ -790,10 +790,20 @@ class Policy(PolicyModel):
     def merged(self, override: Policy) -> Policy:
         """Lay ``override`` over this policy and return the result.
 
-        Budgets merge by ``(scope, key, period)``: an override's budget
-        replaces the base's budget for the same scope, key and period, others
-        are kept. Every other
-        part merges field by field, and only fields the override set count.
+        Budgets merge by ``(scope, key, period)`` (and ``window_s`` for
+        rolling ones): an override's budget is merged field by field into the
+        base's budget of the same scope, key and period. The limits it sets
+        (``max_usd``, ``max_tokens``) replace the base's, and a limit it
+        leaves unset (or sets to None) keeps the base's, so a merge never
+        drops a limit; the other fields it set explicitly (``warn_at``,
+        ``timezone``) replace the base's, and those it left out are the
+        base's. The base's other budgets are kept, the override's new ones
+        added. Every other part merges field by field, and only fields the
+        override set count (a cache's ``partition_by`` keeps the scopes of
+        both, see :meth:`Cache.merged`).
+
+        To lift a limit, build the policy anew rather than merge, e.g.
+        ``policy.model_copy(update={"budgets": [...]})``.
         """
         if not isinstance(override, Policy):
             raise PolicyError(f"cannot merge {type(override).__name__} into Policy")
@@ -801,10 +811,28 @@ class Policy(PolicyModel):
         if "budgets" not in override.model_fields_set:
             return result
         by_ident = {_budget_ident(b): b for b in self.budgets}
-        by_ident.update({_budget_ident(b): b for b in override.budgets})
+        for budget in override.budgets:
+            ident = _budget_ident(budget)
+            base = by_ident.get(ident)
+            by_ident[ident] = budget if base is None else _merged_budget(base, budget)
         return result.model_copy(update={"budgets": tuple(by_ident.values())})
 
 
 def _budget_ident(budget: Budget) -> tuple[Any, ...]:
     """What makes two budgets the same: they would share one ledger line."""
     return (budget.scope, budget.key, budget.period, budget.window_s)
+
+
+_LIMITS = ("max_usd", "max_tokens")
+
+
+def _merged_budget(base: Budget, override: Budget) -> Budget:
+    """``override`` laid over ``base`` (a budget of the same ident) field by
+    field: the fields the override set explicitly win, save a limit it sets
+    to None, which keeps the base's (a merge never drops a limit)."""
+    kept = {
+        name: getattr(override, name)
+        for name in override.model_fields_set
+        if not (name in _LIMITS and getattr(override, name) is None)
+    }
+    return base.model_copy(update=kept) if kept else base
