@@ -1442,7 +1442,7 @@ class Governor:
                 window_tokens=rate.max_input_tokens,
             )
             if rate.max_input_tokens:  # no provider bills past its window
-                bound = min(bound, rate.max_input_tokens)
+                bound = min(bound, _billed_window(request, rate.max_input_tokens))
         pairs = self._budget_lines(task)
         named = None if owns else self._named_by_call(task, request)
         if named is not None:
@@ -3001,6 +3001,15 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
         default = policy.default_max_output_tokens
         return min(default, model_max) if model_max else default
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
+
+
+def _billed_window(request: CallRequest, window_tokens: int) -> int:
+    """The most prompt tokens a provider bills for ``request``: one context
+    window, or one per input of an embedding batch (each input is read on
+    its own, so a batch of ten 3,000-token texts bills 30,000)."""
+    if request.operation == EMBEDDINGS:
+        return window_tokens * max(1, len(request.messages))
+    return window_tokens
 
 
 def _defaulted(

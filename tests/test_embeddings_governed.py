@@ -206,3 +206,22 @@ def test_the_offline_provider_counts_token_ids_one_token_each(
     assert response.usage.prompt_tokens == tokens
     assert embedded_tokens(offline) == tokens
     assert task.report().cost_usd == tokens * PRICE
+
+
+def test_a_batch_is_held_at_one_window_per_input_not_one_in_all(
+    offline: OfflineProvider,
+) -> None:
+    """Ten texts of some 3,000 tokens each bill about 30,000 tokens: a
+    10,000-token budget refuses the batch before it is sent, though each
+    text fits the model's 8,191-token window."""
+    gov = Governor(Policy(budgets=[Budget(max_tokens=10_000)]))
+    llm = GovernedLiteLLM(gov)
+    texts = ["word " * 3000] * 10
+    with gov.task() as task, pytest.raises(BudgetExceeded):
+        llm.embedding(model=MODEL, input=texts)
+    assert offline.calls == []
+    assert task.report().refused == 1
+    with gov.task() as task:
+        llm.embedding(model=MODEL, input=texts[:3])
+    assert task.report().input_tokens == embedded_tokens(offline)
+    assert 9_000 <= embedded_tokens(offline) <= 10_000
