@@ -1072,8 +1072,14 @@ class Governor:
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values
+        # A task policy's own Attribution names its values explicitly, even
+        # those equal to the governor's (a copy of the governor's policy
+        # shares its Attribution, and names nothing).
+        stated = None
+        if policy is not None and policy.attribution is not self.policy.attribution:
+            stated = policy.attribution
         task.extras["defaulted"] = _defaulted(
-            effective.attribution, parent, own, attribution, named
+            effective.attribution, parent, stated, attribution, named
         )
         task.owner = self
         task.parent = parent
@@ -1217,7 +1223,9 @@ class Governor:
             return self.begin_call(request, recheck=recheck)
         admission = self._plan(request)
         try:
-            admission.held = await self.slots.aacquire(admission.task)
+            admission.held = await self.slots.aacquire(
+                admission.task, _charged_values(admission)
+            )
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
@@ -1276,7 +1284,7 @@ class Governor:
 
     def _take_slots(self, admission: Admission, acquire: Any) -> Held:
         try:
-            held: Held = acquire(admission.task)
+            held: Held = acquire(admission.task, _charged_values(admission))
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
@@ -3001,6 +3009,12 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
         default = policy.default_max_output_tokens
         return min(default, model_max) if model_max else default
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
+
+
+def _charged_values(admission: Admission) -> Mapping[str, str] | None:
+    """The scope values a call is charged to when they are not its task's."""
+    named = admission.extras.get("attribution")
+    return None if named is None else named.scope_values()
 
 
 def _billed_window(request: CallRequest, window_tokens: int) -> int:

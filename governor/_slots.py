@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,13 +92,16 @@ class SlotKeeper:
         themselves, or are shared through Redis)."""
         self._lock = threading.Lock()
 
-    def acquire(self, task: Task) -> Held:
+    def acquire(self, task: Task, values: Mapping[str, str] | None = None) -> Held:
         """Take every slot the call needs, or raise SlotUnavailable.
 
-        A call whose task the loop guard stopped while it waited is refused
-        with the task's LoopDetected once its turn comes, its slots given back.
+        ``values`` are the scope values the call is charged to when they are
+        not its task's (a call naming its own team or environment): its
+        scope caps are those values' slots. A call whose task the loop guard
+        stopped while it waited is refused with the task's LoopDetected once
+        its turn comes, its slots given back.
         """
-        needs = self._needs(task)
+        needs = self._needs(task, values)
         if not needs:
             return _NONE
         task.starting()
@@ -115,9 +119,11 @@ class SlotKeeper:
             raise
         return Held(held, time.monotonic() - start)
 
-    async def aacquire(self, task: Task) -> Held:
+    async def aacquire(
+        self, task: Task, values: Mapping[str, str] | None = None
+    ) -> Held:
         """Async form of :meth:`acquire`; waits without blocking the loop."""
-        needs = self._needs(task)
+        needs = self._needs(task, values)
         if not needs:
             return _NONE
         task.starting()
@@ -220,11 +226,14 @@ class SlotKeeper:
         ledger = self._ledger
         return ledger if isinstance(ledger, FailoverLedger) else None
 
-    def _needs(self, task: Task) -> list[_Need]:
+    def _needs(
+        self, task: Task, values: Mapping[str, str] | None = None
+    ) -> list[_Need]:
         """The slots a call of ``task`` takes, in the order it takes them."""
         needs = [_Need(semaphore) for semaphore in _task_slots(task)]
+        charged = task.scope_values if values is None else values
         for scope, limit in sorted(task.policy.fanout.scope_caps.items()):
-            value = task.scope_values.get(scope)
+            value = charged.get(scope)
             if value is not None:
                 needs.append(_Need(None, f"{scope}:{value}", limit))
         return needs

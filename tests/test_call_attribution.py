@@ -8,6 +8,7 @@ tenant's cached answers, as the same call outside a task would be.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,9 +23,11 @@ from governor import (
     Budget,
     BudgetExceeded,
     Cache,
+    Fanout,
     Governor,
     Policy,
     ScopeBlocked,
+    SlotUnavailable,
     attribute,
 )
 from governor.adapters.litellm import GovernedLiteLLM
@@ -302,3 +305,57 @@ def an_alert() -> Alert:
         baseline_mean=Decimal("0.12"),
         baseline_std=Decimal("0.01"),
     )
+
+
+async def test_a_call_naming_its_environment_takes_that_environments_slot() -> None:
+    """With one slot per environment, a prod call and a staging call of one
+    task run at once, and a second staging call finds staging's slot busy."""
+    gov = Governor(
+        Policy(
+            attribution=Attribution(environment="prod"),
+            fanout=Fanout(scope_caps={"environment": 1}, on_cap="refuse"),
+        )
+    )
+    llm = GovernedLiteLLM(gov)
+
+    async def slow(environment: str | None) -> Any:
+        metadata = {} if environment is None else {"environment": environment}
+        return await llm.acompletion(
+            model="gpt-4o-mini",
+            messages=QUESTION,
+            mock_response="Canberra.",
+            mock_delay=0.3,
+            max_tokens=30,
+            metadata=metadata,
+        )
+
+    async with gov.atask(team="search") as task:
+        both = await asyncio.gather(slow(None), slow("staging"))
+        outcomes = await asyncio.gather(
+            slow("staging"), slow("staging"), return_exceptions=True
+        )
+    assert len(both) == 2
+    refused = [o for o in outcomes if isinstance(o, SlotUnavailable)]
+    assert len(refused) == 1
+    assert "environment:staging" in str(refused[0])
+    assert task.report().calls == 3
+
+
+def test_a_task_policy_naming_the_default_value_names_it_explicitly() -> None:
+    """``gov.task(policy=Policy(attribution=Attribution(environment="prod")))``
+    states prod for the task, though the governor's default is prod too."""
+    gov = Governor(PROD_ONLY)
+    stated = Policy(attribution=Attribution(environment="prod"))
+    with gov.task(policy=stated), pytest.raises(BudgetExceeded) as refused:
+        ask_env(GovernedLiteLLM(gov), "staging")
+    assert refused.value.scope == "environment:prod"
+
+
+def test_a_copy_of_the_governors_policy_keeps_its_defaults() -> None:
+    """A task policy copied from the governor's (other limits) states no
+    environment: its calls may still name staging."""
+    gov = Governor(PROD_ONLY)
+    copy = gov.policy.model_copy(update={"budgets": PROD_ONLY.budgets})
+    with gov.task(policy=copy) as task:
+        ask_env(GovernedLiteLLM(gov), "staging")
+    assert task.report().cost_usd == MOCK_COST
