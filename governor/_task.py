@@ -111,7 +111,9 @@ class TaskReport:
     as its team's) when it was read: what its next calls could still spend
     then, less whatever other tasks sharing those budgets spend. It is None when
     no budget with ``max_usd`` applies (token limits are not counted in it),
-    or when the ledger could not be read.
+    or when the ledger could not be read. It reads the budgets of the task's
+    own scope values: a call that names another team or environment in its
+    metadata is charged to that value's budgets, which the figure leaves out.
 
     ``elapsed_s`` runs from the task's start to its end: a report read after
     the task ended gives the same figure as the one taken at its end.
