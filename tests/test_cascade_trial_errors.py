@@ -310,3 +310,36 @@ def test_422s_on_every_tier_exhaust_with_the_advice_for_a_400() -> None:
     assert caught.value.__cause__ is last
     assert "could not process it (HTTP 422)" in str(caught.value)
     assert "providers' status" not in str(caught.value)
+
+
+def test_a_nested_runs_exhaustion_is_taken_off_once(capture: SpanCapture) -> None:
+    """A check that runs a cascade of its own, which finds no answer: the
+    inner run takes its spend off, the outer run only its own, so the loss
+    is what the task spent, not more."""
+    clients: list[GovernedLiteLLM] = []
+    depth: list[int] = []
+
+    def nested(answer: Any, history: Any) -> bool:
+        if depth:  # the inner run pays a judge, then accepts nothing
+            clients[0].completion(model="gpt-4o", messages=MESSAGES, max_tokens=10)
+            return False
+        depth.append(1)
+        clients[0].cascade(MESSAGES, max_tokens=50)  # raises CascadeExhausted
+        return True
+
+    def complete(**kwargs: Any) -> Any:
+        if depth and kwargs["max_tokens"] == 50 and kwargs["model"] == "gpt-4o":
+            raise litellm.ContentPolicyViolationError("flagged", "gpt-4o", "openai")
+        return fake(**kwargs)
+
+    cascade = Cascade(tiers=TIERS, checks=[CallableCheck(ref="nested")])
+    gov, llm = governed(
+        capture, cascade, callables={"nested": nested}, completion=complete
+    )
+    clients.append(llm)
+    with gov.task() as task:
+        with pytest.raises(CascadeExhausted) as ended:
+            llm.cascade(MESSAGES, max_tokens=50)
+        inner_spent = ended.value.spent_usd
+    assert MOCK_COST < inner_spent < task.report().cost_usd
+    assert_lost_its_spend(capture, task)

@@ -2807,6 +2807,10 @@ def _cascading(governor: Governor) -> Iterator[_RunSpend]:
         _SKIPPABLE.reset(token)
 
 
+_COUNTED = "_governor_cascade_counted"
+"""Set on an exception a cascade run has accounted for."""
+
+
 def _unanswered(governor: Governor, spend: _RunSpend, exc: BaseException) -> None:
     """Account for a cascade run that raised ``exc``: name the task on a
     stop, and take what the run spent off the task's saving, once."""
@@ -2816,8 +2820,13 @@ def _unanswered(governor: Governor, spend: _RunSpend, exc: BaseException) -> Non
     spent = nanos_to_usd(spend.meter.nanos)
     from governor.cascade import CascadeExhausted
 
-    if isinstance(exc, CascadeExhausted):
+    # A run nested in this one's check (its own meter) that ended in
+    # CascadeExhausted has taken its spend off already: that exception is
+    # not this run's, and only this run's own calls count here.
+    if isinstance(exc, CascadeExhausted) and not getattr(exc, _COUNTED, False):
         exc.spent_usd = spent = max(exc.spent_usd, spent)
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(exc, _COUNTED, True)
     if task is not None and spent > 0 and not spend.saving_added:
         spend.saving_added = True
         _add_saving(governor, task, -spent)
