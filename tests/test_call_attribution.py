@@ -38,12 +38,17 @@ QUESTION = [{"role": "user", "content": "What is the capital of Australia?"}]
 
 
 def ask(llm: GovernedLiteLLM, team: str) -> Any:
+    return ask_naming(llm, team=team)
+
+
+def ask_naming(llm: GovernedLiteLLM, **metadata: str) -> Any:
+    """Ask the question with ``metadata`` naming the call's own values."""
     return llm.completion(
         model="gpt-4o-mini",
         messages=QUESTION,
         mock_response="Canberra.",
         max_tokens=30,
-        metadata={"team": team},
+        metadata=metadata,
     )
 
 
@@ -210,13 +215,7 @@ PROD_ONLY = Policy(
 
 
 def ask_env(llm: GovernedLiteLLM, environment: str) -> Any:
-    return llm.completion(
-        model="gpt-4o-mini",
-        messages=QUESTION,
-        mock_response="Canberra.",
-        max_tokens=30,
-        metadata={"environment": environment},
-    )
+    return ask_naming(llm, environment=environment)
 
 
 def test_a_call_naming_another_environment_beats_the_policy_default(
