@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from governor import Cascade, Policy, PolicyError
+from governor import Cascade, ConfigError, Policy, PolicyError
 from governor.cascade import Tier
 from governor.cli import main
 from governor.cli._policy import as_json
 from governor.policies._base import mask_credentials, masked, secret_name, thawed
+from governor.stores._redis import RedisConfig, redact_url
 
 
 @pytest.mark.parametrize(
@@ -160,3 +162,177 @@ def test_sets_and_bytearrays_in_params_are_frozen() -> None:
     assert tier.params["stop"] == frozenset({"END"})
     policy = Policy(cascade=Cascade(tiers=[tier, Tier(name="b", model="n")]))
     assert as_json(policy)["cascade"]["tiers"][0]["params"]["stop"] == ["END"]
+
+
+# -- E: a misspelt Redis password option never prints its value --------------
+
+
+@pytest.mark.parametrize("option", ["pasword", "passwd", "pass", "passowrd"])
+def test_an_unknown_redis_url_option_has_its_value_masked(option: str) -> None:
+    """No rule on a misspelt name can tell it holds a password: every option
+    redis-py does not take is shown masked; known ones stay readable."""
+    url = f"redis://127.0.0.1:6379/0?socket_timeout=2&{option}=SEKRIT1"
+    with pytest.raises(ConfigError) as refused:
+        RedisConfig(url=url)
+    message = str(refused.value)
+    assert "SEKRIT" not in message
+    assert f"?socket_timeout=2&{option}=***'" in message
+    assert f"sets {option}, which redis-py does not take" in message
+    assert "did you mean password?" in message
+
+
+def test_the_report_cli_masks_a_misspelt_password_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["report", "--db", "redis://127.0.0.1:6379/0?pasword=SEKRIT1"]) == 1
+    err = capsys.readouterr().err
+    assert "SEKRIT" not in err
+    assert "'redis://127.0.0.1:6379/0?pasword=***' sets pasword" in err
+
+
+def test_an_address_error_masks_unknown_options_too() -> None:
+    """An '@' after the host is refused before the option names are read."""
+    with pytest.raises(ConfigError) as refused:
+        RedisConfig(url="redis://u:p/w@127.0.0.1:6379/0?pasword=SEKRIT1")
+    message = str(refused.value)
+    assert "SEKRIT" not in message
+    assert "'redis://u:***@127.0.0.1:6379/0?pasword=***' has a port" in message
+
+
+def test_redis_url_options_are_secret_by_the_policy_rule_too() -> None:
+    url = "redis://127.0.0.1:6379/0?pwd=SEKRIT1&x-api-key=SEKRIT2&db=0"
+    assert redact_url(url) == "redis://127.0.0.1:6379/0?pwd=***&x-api-key=***&db=0"
+    config = RedisConfig(connection_kwargs={"credential_provider": "SEKRIT3"})
+    assert "SEKRIT" not in repr(config)
+
+
+# -- F: credentials a provider's error text or a PolicyError repeats ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("401: azure_ad_token=SEKRIT is invalid", "401: azure_ad_token=*** is invalid"),
+        ("bad hf_token: SEKRIT, check it", "bad hf_token: ***, check it"),
+        ("got {'token': 'SEKRIT', 'n': 1}", "got {'token': '***', 'n': 1}"),
+        ('{"access_token": "SEKRIT"}', '{"access_token": "***"}'),
+        ('{"key": "SEKRIT", "model": "m"}', '{"key": "***", "model": "m"}'),
+        ('{"token": "ab\\"SEKRIT"}', '{"token": "***"}'),
+        ("access_token SEKRIT rejected", "access_token *** rejected"),
+        ("token: SEKRIT9", "token: ***"),
+        ("cfg.client_secret=SEKRIT; retry", "cfg.client_secret=***; retry"),
+    ],
+)
+def test_a_provider_error_masks_secret_named_fields(text: str, shown: str) -> None:
+    assert mask_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the access_token provided has expired",
+        "Missing required key: 'messages'",
+        "token_budget=500 exceeded; max_tokens: 64",
+        "set image_token='<image>' and input_key=question",
+        "x-api-key header missing",
+    ],
+)
+def test_words_after_a_secret_name_stay_readable(text: str) -> None:
+    assert mask_credentials(text) == text
+
+
+def test_params_given_as_pairs_are_masked_in_the_error() -> None:
+    pairs = [("api_key", "SEKRIT1"), ["hf_token", "SEKRIT2"], ("max_tokens", 64)]
+    with pytest.raises(PolicyError) as refused:
+        Tier(name="a", model="m", params=pairs)
+    message = str(refused.value)
+    assert "SEKRIT" not in message
+    assert "[('api_key', '***'), ['hf_token', '***'], ('max_tokens', 64)]" in message
+
+
+def test_a_model_written_as_a_url_is_masked_in_the_message_body() -> None:
+    with pytest.raises(PolicyError) as refused:
+        Tier(name="a", model=" https://h.example/v1?key=SEKRIT&alt=json")
+    message = str(refused.value)
+    assert "SEKRIT" not in message
+    assert "strip it first: 'https://h.example/v1?key=***&alt=json'" in message
+    with pytest.raises(PolicyError) as refused:
+        Tier(name="a", model="m", params={"model": "https://h.example?key=SEKRIT"})
+    assert "SEKRIT" not in str(refused.value)
+    with pytest.raises(PolicyError) as refused:
+        Cascade(
+            tiers=[
+                Tier(name="a", model="https://h.example/v1?key=SEKRIT"),
+                Tier(name="b", model="https://h.example/v1?key=SEKRIT"),
+            ]
+        )
+    assert "SEKRIT" not in str(refused.value)
+    assert "model 'https://h.example/v1?key=***'" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "got"),
+    [
+        (b"api_key=SEKRIT&x=1", "(got b'api_key=***&x=1')"),
+        ("api_key=SEKRIT&x=1", "(got 'api_key=***&x=1')"),
+    ],
+)
+def test_text_given_for_params_is_masked_in_got(params: object, got: str) -> None:
+    """Bytes are read as Latin-1 text and masked as a provider's error is."""
+    with pytest.raises(PolicyError) as refused:
+        Tier(name="a", model="m", params=params)
+    assert "SEKRIT" not in str(refused.value)
+    assert got in str(refused.value)
+
+
+def test_bytes_without_credentials_are_shown_as_given() -> None:
+    assert masked({"raw": b"\x00\xffkey"}) == {"raw": b"\x00\xffkey"}
+
+
+# -- G: tokenizer tokens and field keys are not credentials; URL punctuation --
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("image_token", "audio_token", "video_token", "input_key", "output_key"),
+        *("text_key", "model_key", "label_key", "content_key", "prompt_key"),
+        "response_key",
+    ],
+)
+def test_special_tokens_and_field_keys_stay_readable(name: str) -> None:
+    assert not secret_name(name)
+    assert masked({name: "<image>"}) == {name: "<image>"}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "(see https://h/x?key=abc). Try again.",
+            "(see https://h/x?key=***). Try again.",
+        ),
+        ("at https://h/x?sig=a.b.c, then", "at https://h/x?sig=***, then"),
+        ("[https://h/x?access_token=a.b.c]!", "[https://h/x?access_token=***]!"),
+    ],
+)
+def test_a_url_in_text_keeps_the_punctuation_after_it(text: str, shown: str) -> None:
+    assert mask_credentials(text) == shown
+
+
+@pytest.mark.parametrize("unit", ["a-", "a_", "a.", "x:", "https://"])
+def test_a_long_error_page_is_masked_and_cut_without_hanging(unit: str) -> None:
+    """Runs of one kind of character once sent a pattern backtracking for
+    minutes (40,000 characters of "a-a-a-..." took 27 s); the text is now cut
+    at 20,000 characters with a note, and masked all the same."""
+    text = "api_key=SEKRIT1234 " + unit * 50_000
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(mask_credentials(text)))
+    worker.start()
+    worker.join(timeout=60)  # a guard against a hang, not a speed target
+    assert outcome, "mask_credentials did not return within a minute"
+    [shown] = outcome
+    assert shown.startswith("api_key=*** ")
+    assert "SEKRIT" not in shown
+    left_out = len(text) - 20_000
+    assert shown.endswith(f" [... {left_out} more characters]")

@@ -166,19 +166,27 @@ a camelCase hump (``azureAdToken``, ``HFToken``)."""
 _NOT_CREDENTIAL_TOKEN: Final = frozenset(
     {"max", "min", "num", "total"}  # counts: max_token
     | {"bos", "eos", "pad", "unk", "sep", "cls", "mask", "special"}  # tokenizer
+    | {"image", "audio", "video", "vision", "boi", "eoi", "placeholder"}
     | {"start", "end", "stop"}
     | {"page", "next", "continuation"}  # paging through results: pageToken
 )
 """Words before a last ``token`` that make it text or a page, not a
-credential."""
+credential: a tokenizer's special tokens (``eos_token``, ``image_token``,
+``video_token``), bounds (``max_token``) and paging (``pageToken``)."""
 
 _NOT_CREDENTIAL_KEY: Final = frozenset(
     {"cache", "sort", "partition", "range", "row", "hash", "shard", "group"}
     | {"routing", "idempotency", "dedup", "dedupe", "lookup", "index"}
     | {"primary", "foreign", "object", "public"}
+    # the field of a record or message a setting reads: input_key, label_key
+    | {"input", "output", "text", "content", "prompt", "response", "message"}
+    | {"question", "answer", "context", "label", "target", "model", "field"}
+    | {"column", "image", "result"}
 )
 """Words before a last ``key`` that make it a lookup key or a public one
-(``prompt_cache_key``, ``sortKey``), not a credential."""
+(``prompt_cache_key``, ``sortKey``), or name the field of a record or
+message that a setting reads (``input_key``, ``label_key``,
+``response_key``), not a credential."""
 
 # Values that describe data, not send it: JSON schemas of tools and answers,
 # whose property names (``pageToken``) are not secrets.
@@ -205,7 +213,8 @@ def secret_name(name: str) -> bool:
       ``hf_token``, ``azure_ad_token``, ``access_token``, ``id_token``,
       ``X-Amz-Security-Token``, ``accessToken``), ``jwt`` or
       ``signature``; not when the word before it makes the token text or a
-      page (``eos_token``, ``pad_token``, ``max_token``, ``page_token``).
+      page (``eos_token``, ``pad_token``, ``image_token``, ``video_token``,
+      ``max_token``, ``page_token``).
       A plural ``tokens`` is a count (``max_tokens``,
       ``max_completion_tokens``), and a ``token`` before another word
       describes tokens (``token_budget``, ``token_type``): neither is masked;
@@ -213,7 +222,9 @@ def secret_name(name: str) -> bool:
       ``subscription_key``, ``Ocp-Apim-Subscription-Key``, ``private_key``,
       ``apiKey``); not a lookup or public key (``cache_key``,
       ``prompt_cache_key``, ``sortKey``, ``idempotency_key``,
-      ``public_key``). A ``key`` before another word (``key_prefix``,
+      ``public_key``), nor the field of a record or message that a setting
+      reads (``input_key``, ``label_key``, ``response_key``,
+      ``model_key``). A ``key`` before another word (``key_prefix``,
       ``key_id``), a plural ``keys`` and words that merely hold the letters
       (``keywords``, ``monkey``) are not masked, nor is a bare ``key``: in
       a policy that is a budget's key, the team or user it limits. A URL's
@@ -263,7 +274,12 @@ names of :func:`secret_name`: Google's ``?key=``, an Azure Functions
 _QUERY_FIELD = re.compile(r"(?<=[?&#])([^=&#?]+)=([^&#]+)")
 """One ``name=value`` option of a URL's query or fragment."""
 
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+_URL_IN_TEXT = re.compile(
+    r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s\"'<>]*[^\s\"'<>.,;:!?)\]}]"
+)
+"""A URL in running text: punctuation after it (``.,;:!?)]}``) ends the
+sentence or closes a bracket and is not part of it (a dot inside a value,
+as in a JWT ``a.b.c``, is)."""
 
 
 def _masked_query(url: str) -> str:
@@ -309,7 +325,11 @@ def masked(value: Any) -> Any:
     policy show`` print them masked. Which names are secret is
     :func:`secret_name`'s rule (counts such as ``max_tokens`` stay
     readable); a URL keeps its scheme, host, path and other query options.
-    Nested mappings, lists, tuples and sets are masked too.
+    Nested mappings, lists, tuples and sets are masked too, and so is a
+    ``(name, value)`` pair in them whose name is secret (params given as a
+    list of pairs, ``[("api_key", ...)]``). Bytes are read as Latin-1 text
+    and masked as :func:`mask_credentials` masks a provider's error text
+    (``b"api_key=***"``).
     """
     if isinstance(value, Mapping):
         return {
@@ -319,27 +339,49 @@ def masked(value: Any) -> Any:
             for k, v in value.items()
         }
     if isinstance(value, list):  # a FrozenList too
-        return [masked(v) for v in value]
+        return [_masked_item(v) for v in value]
     if type(value) in (tuple, set, frozenset):
-        return type(value)(masked(v) for v in value)
+        return type(value)(_masked_item(v) for v in value)
     if isinstance(value, str):
         return _masked_text(value)
+    if isinstance(value, bytes | bytearray):
+        text = value.decode("latin-1")
+        shown = mask_credentials(text)
+        return value if shown == text else type(value)(shown.encode("latin-1"))
     return value
+
+
+def _masked_item(item: Any) -> Any:
+    """An item of a list, tuple or set, masked: a ``(name, value)`` pair
+    (a tuple or a list) whose name is secret keeps its name only."""
+    if (
+        isinstance(item, tuple | list)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and secret_name(item[0])
+    ):
+        return (item[0], MASK) if isinstance(item, tuple) else [item[0], MASK]
+    return masked(item)
 
 
 _CREDENTIALS: Final = (
     # name: value, name=value, "name": "value" (a header, a JSON key, a query
-    # option), with an auth scheme word before the value swallowed too
+    # option), with an auth scheme word before the value swallowed too; a
+    # value never ends in punctuation (.:!?]}), which ends its sentence
     re.compile(
-        r"(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[-_])*(?:api[-_ ]?key(?:\s+provided)?"
+        r"(?<![A-Za-z0-9])((?:api[-_ ]?key(?:\s+provided)?"
         r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
         r"|password|passwd|authori[sz]ation)"
         r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
-        r"""[^\s"',;&)]*[^\s"',;&).]""",
+        r"""[^\s"',;&)]*[^\s"',;&).:!?\]}]""",
         re.IGNORECASE,
     ),
     # a bare key=, token= or secret= (a query option, a form field)
-    re.compile(r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)[^\s\"',;&)]+", re.I),
+    re.compile(
+        r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)"
+        r"[^\s\"',;&)]*[^\s\"',;&).:!?\]}]",
+        re.IGNORECASE,
+    ),
     # a scheme word and a token-like value: long, or holding a digit
     re.compile(
         r"\b((?:bearer|basic)\s+)(?=[A-Za-z._~+/=-]*[0-9]|[A-Za-z0-9._~+/=-]{16})"
@@ -351,22 +393,100 @@ _CREDENTIALS: Final = (
     re.compile(r"()\b(?:sk-|AIza|gsk_|hf_|xai-)[A-Za-z0-9_-]{8,}"),
     # user:password@ right after the scheme (no / before the colon, so a
     # path's @, as in Vertex's model@version, is not taken for one)
-    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:[^\s@]*@"),
+    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^\s/@:]*:[^\s@]*@"),
 )
+
+
+_NAMED_VALUE = re.compile(
+    r"""(?<![A-Za-z0-9_.-])(?P<q>["']?)"""
+    r"(?P<name>[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?)(?P=q)"
+    r"(?P<sep>\s*[:=]\s*|[ \t]+)"
+    r"(?P<scheme>(?:bearer|basic|token)\s+)?"
+    r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
+    r"""|[^\s"',;&)<>]*[^\s"',;&)<>.:!?\]}])""",
+    re.IGNORECASE,
+)
+"""A ``name=value``, ``name: value``, ``'name': 'value'`` (a Python dict),
+``"name": "value"`` (JSON) or ``name value`` in running text, a quoted value
+read up to its closing quote, another one not ending in punctuation."""
+
+_TOKEN_LIKE = re.compile(r"[0-9]|.[A-Z]|^[^\s]{16,}$")
+"""A value that looks like a credential, not a word: it holds a digit or a
+capital after its first letter, or is 16 characters or more."""
+
+
+def _masked_named_value(match: re.Match[str]) -> str | None:
+    """The masked text for one :data:`_NAMED_VALUE` match, or None to keep it.
+
+    Its value is masked when its name is secret (:func:`secret_name`, or a
+    bare ``token`` or ``key``), and
+
+    * it is written ``name=value``, or its name is quoted (a JSON or dict
+      key), or its name has several words (``hf_token: ...``);
+    * or, for a one-word name before a ``:`` (``key: temperature``,
+      ``secret: missing region``) and a name of several words before a space
+      (``access_token expired``), the value looks like a credential
+      (:data:`_TOKEN_LIKE`), not a word of the message.
+    """
+    name, sep = match["name"], match["sep"].strip()
+    if not (secret_name(name) or name.lower() in ("token", "key")):
+        return None
+    several = len([word for word in _WORD_BREAK.split(name) if word]) > 1
+    value = match["value"]
+    quote = value[0] if value[0] in "\"'" else ""
+    always = sep == "=" or (sep == ":" and bool(match["q"] or several))
+    by_shape = sep == ":" or several
+    if not always and not (by_shape and _TOKEN_LIKE.search(value.strip("\"'"))):
+        return None
+    head = match.group()[: match.start("value") - match.start()]
+    return f"{head}{quote}{MASK}{quote}"
+
+
+def _mask_named_values(text: str) -> str:
+    """``text`` with the value of each secret-named field in it masked."""
+    shown: list[str] = []
+    start = 0
+    while (match := _NAMED_VALUE.search(text, start)) is not None:
+        masked_field = _masked_named_value(match)
+        if masked_field is None:  # its value may name the next field
+            shown.append(text[start : match.end("name")])
+            start = match.end("name")
+        else:
+            shown.append(text[start : match.start()] + masked_field)
+            start = match.end()
+    shown.append(text[start:])
+    return "".join(shown)
+
+
+_MASKED_CHARS: Final = 20_000
+"""The most of a provider's error text that is masked and kept: the patterns
+are linear, but some backtrack over a long run of one kind of character."""
 
 
 def mask_credentials(text: str) -> str:
     """``text`` (a provider's error message) with credential-like tokens masked.
 
     ``Bearer ...`` and ``Basic ...`` tokens, provider key shapes (``sk-...``),
-    ``key=...``, ``api-key: ...`` and the like, a URL's user info and the
-    credential options of a URL's query (named by the rule :func:`masked`
-    applies, ``?sig=...``, ``?hf_token=...``) become ``***``; the rest of the
-    text is kept.
+    a URL's user info and the credential options of a URL's query (named by
+    the rule :func:`masked` applies, ``?sig=...``, ``?hf_token=...``) become
+    ``***``, and so does the value of a field whose name is secret by
+    :func:`secret_name`'s rule (or is ``token`` or ``key``) written
+    ``name=value``, ``name: value``, ``'name': 'value'``, ``"name":
+    "value"`` or ``name value`` (``azure_ad_token=***``, ``hf_token: ***``,
+    ``{"access_token": "***"}``, ``access_token ***``). A one-word name
+    before ``:`` and any name before a space mask only a value that looks
+    like a credential, so ``key: temperature`` and ``access_token expired``
+    keep their words. The rest of the text is kept, punctuation after a URL
+    included. A text longer than 20,000 characters is cut there (an error
+    page, not a message), with a note of how much was left out.
     """
+    if len(text) > _MASKED_CHARS:
+        left_out = len(text) - _MASKED_CHARS
+        text = f"{text[:_MASKED_CHARS]} [... {left_out} more characters]"
     text = _URL_IN_TEXT.sub(lambda m: _masked_query(m.group()), text)
     for pattern in _CREDENTIALS[:-1]:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    text = _mask_named_values(text)
     return _CREDENTIALS[-1].sub(lambda m: m.group(1) + MASK + "@", text)
 
 
@@ -393,7 +513,10 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return f"{where}: not a field of {model.__name__}, which takes {names}."
     field = model.model_fields.get(str(error["loc"][0]))
     accepted = f" Accepted: {field.description}" if field and field.description else ""
-    return f"{where}: {message} (got {masked(error.get('input'))!r}).{accepted}"
+    got = masked(error.get("input"))
+    if isinstance(got, str):  # text where a setting was wanted: "api_key=..."
+        got = mask_credentials(got)
+    return f"{where}: {message} (got {got!r}).{accepted}"
 
 
 class PolicyModel(BaseModel):

@@ -289,9 +289,10 @@ class Tier(PolicyModel):
             )
         if value != value.strip():
             raise ValueError(
-                f"a tier's model {value!r} must not start or end with spaces "
-                f"(strip it first: {value.strip()!r}): a call names the model "
-                "exactly, so no price or provider would know it with them"
+                f"a tier's model {masked(value)!r} must not start or end with "
+                f"spaces (strip it first: {masked(value.strip())!r}): a call "
+                "names the model exactly, so no price or provider would know "
+                "it with them"
             )
         return value
 
@@ -304,7 +305,7 @@ class Tier(PolicyModel):
             raise ValueError(STREAM_IN_CASCADE)
         if "model" in value:
             raise ValueError(
-                f"params sets model {value['model']!r}, which a tier never "
+                f"params sets model {masked(value['model'])!r}, which a tier never "
                 "sends: it calls its own model. Set Tier(model=...) instead, "
                 "and remove model from params"
             )
@@ -312,8 +313,8 @@ class Tier(PolicyModel):
             given = value.get(name)
             if given is not None and (problem := value_problem(given)):
                 raise ValueError(
-                    f"params[{name!r}] is {given!r}: {name} must be {problem}, "
-                    "or leave it out"
+                    f"params[{name!r}] is {masked(given)!r}: {name} must be "
+                    f"{problem}, or leave it out"
                 )
         return value
 
@@ -543,10 +544,10 @@ class Cascade(PolicyModel):
                 if same == (tier.model, tier.params, tier.checks):
                     raise FieldsError(
                         f"tiers {earlier.name!r} and {tier.name!r} send the same "
-                        f"model {tier.model!r} with the same params and checks: "
-                        "the second would repeat the first's answer at the same "
-                        "price and fail the same way. Remove one, or give it "
-                        "other params, checks or another model",
+                        f"model {masked(tier.model)!r} with the same params and "
+                        "checks: the second would repeat the first's answer at "
+                        "the same price and fail the same way. Remove one, or "
+                        "give it other params, checks or another model",
                         ("tiers",),
                     )
         if self.precall and len(self.precall.thresholds) >= len(self.tiers):

@@ -92,7 +92,7 @@ from governor._errors import (
 )
 from governor._forks import start_over_in_children
 from governor._quiet import Quiet
-from governor.policies._base import mask_userinfo
+from governor.policies._base import mask_userinfo, secret_name
 from governor.stores._base import Balance, Line, Refusal
 from governor.stores._redis_checks import (
     LimitWatch,
@@ -278,6 +278,7 @@ class RedisConfig:
             )
         scheme = urlsplit(self.url).scheme.lower()
         if scheme not in ("redis", "rediss", "unix"):
+            # Not a Redis URL: its options are no redis-py options misspelt.
             raise ConfigError(
                 f"url {redact_url(self.url)!r} is not a Redis URL; use "
                 "redis://[:password@]host:port/db, rediss://... or unix://..."
@@ -376,7 +377,7 @@ def _check_misplaced_at(url: str) -> None:
         if "@" not in parts.path + parts.fragment + "".join(names):
             return  # an '@' in an option's value only
     raise ConfigError(
-        f"url {redact_url(url)!r} has a port that is not a number, or an '@' "
+        f"url {_shown_url(url)!r} has a port that is not a number, or an '@' "
         "after its host: a password or user name holding '/', '#' or '?' must "
         "be percent-encoded (%2F, %23, %3F), e.g. with "
         "urllib.parse.quote(password, safe='')"
@@ -392,7 +393,7 @@ def _check_option_names(url: str) -> None:
     if "prefix" in unknown:
         hint += "; a key prefix is not part of the URL: pass prefix= (or --prefix)"
     raise ConfigError(
-        f"url {redact_url(url)!r} sets {', '.join(unknown)}, which redis-py does "
+        f"url {_shown_url(url)!r} sets {', '.join(unknown)}, which redis-py does "
         f"not take as a connection option{hint}"
     )
 
@@ -406,13 +407,13 @@ def _check_port_and_db(url: str) -> None:
         if "@" in url:
             hint = " (a password holding '/', '#' or '?' must be percent-encoded)"
         raise ConfigError(
-            f"url {redact_url(url)!r} has a port that is not a number from 1 "
+            f"url {_shown_url(url)!r} has a port that is not a number from 1 "
             f"to 65535; write it as redis://host:6379/0{hint}"
         ) from None
     db = unquote(parts.path).replace("/", "")
     if db and not _DB_INDEX.fullmatch(db):
         raise ConfigError(
-            f"url {redact_url(url)!r} names database {db!r}; the path must be a "
+            f"url {_shown_url(url)!r} names database {db!r}; the path must be a "
             "database index, a whole number from 0 (redis://host:6379/0), or "
             "left out for database 0"
         )
@@ -424,7 +425,7 @@ def _check_port_and_db(url: str) -> None:
         and int(queried[0]) != int(db)
     ):
         raise ConfigError(
-            f"url {redact_url(url)!r} names database {db} in its path and "
+            f"url {_shown_url(url)!r} names database {db} in its path and "
             f"{queried[0]!r} in ?db=; redis-py would use the second: give one"
         )
 
@@ -448,12 +449,12 @@ def _check_option_values(url: str) -> None:
         wants = _option_wants(name, options[name])
         if wants is not None:
             raise ConfigError(
-                f"url {redact_url(url)!r} sets {name}={_shown(name, written[0])}, "
+                f"url {_shown_url(url)!r} sets {name}={_shown(name, written[0])}, "
                 f"which redis-py cannot use: give {wants}"
             )
     problem = tls_problem(urlsplit(url).scheme.lower(), options)
     if problem is not None:
-        raise ConfigError(f"url {redact_url(url)!r}: {problem}")
+        raise ConfigError(f"url {_shown_url(url)!r}: {problem}")
 
 
 def _parsed_options(url: str) -> dict[str, object]:
@@ -474,7 +475,7 @@ def _parsed_options(url: str) -> dict[str, object]:
             options[name] = parser(value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"url {redact_url(url)!r} sets {name}={_shown(name, value)}, "
+                f"url {_shown_url(url)!r} sets {name}={_shown(name, value)}, "
                 "which redis-py cannot use: give "
                 f"{_URL_WANTS.get(name, 'a value of the right kind')}"
             ) from None
@@ -517,7 +518,7 @@ def check_connection_kwargs(url: str, kwargs: Mapping[str, Any]) -> None:
     problem = tls_problem(urlsplit(url).scheme.lower(), options)
     if problem is not None:
         raise ConfigError(
-            f"url {redact_url(url)!r} with RedisConfig.connection_kwargs: {problem}"
+            f"url {_shown_url(url)!r} with RedisConfig.connection_kwargs: {problem}"
         )
 
 
@@ -607,33 +608,53 @@ def redact_url(url: str) -> str:
     never shows (over-masking an ``@`` in a query is the price). It never
     raises.
     """
+    return _redacted(url, known=None)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as an error about it may show it: masked as by
+    :func:`redact_url`, and the value of every query option redis-py does
+    not take masked too. A misspelt option (``?pasword=``, ``?passwd=``)
+    may hold a password, and no rule on its name can tell."""
+    return _redacted(url, known=_url_options())
+
+
+def _redacted(url: str, known: frozenset[str] | None) -> str:
+    """``url`` with its password and secret options masked, and, unless
+    ``known`` is None, the options not in ``known``."""
     url = mask_userinfo(url)
     try:
         parts = urlsplit(url)
     except ValueError:  # unclosed brackets: mask the options as written
         base, mark, query = url.partition("?")
-        return base + mark + _redact_query(query)
-    query = _redact_query(parts.query)
+        return base + mark + _redact_query(query, known)
+    query = _redact_query(parts.query, known)
     if query == parts.query:
         return url
     tail = f"?{query}" if query else ""
     return f"{parts.scheme}://{parts.netloc}{parts.path}{tail}"
 
 
-def _redact_query(query: str) -> str:
-    return "&".join(_redact_option(option) for option in query.split("&"))
+def _redact_query(query: str, known: frozenset[str] | None) -> str:
+    return "&".join(_redact_option(option, known) for option in query.split("&"))
 
 
-def _redact_option(option: str) -> str:
+def _redact_option(option: str, known: frozenset[str] | None) -> str:
     name, sep, _ = option.partition("=")
-    secret = _secret(unquote(name.replace("+", " ")))  # as redis-py reads it
-    return f"{name}=***" if sep and secret else option
+    read = unquote(name.replace("+", " "))  # as redis-py reads it
+    hidden = _secret(read) or (known is not None and read not in known)
+    return f"{name}=***" if sep and hidden else option
 
 
 def _secret(name: str) -> bool:
-    """Whether a URL option or connection argument holds a secret."""
+    """Whether a URL option or connection argument holds a secret: its name
+    holds ``password``, ``secret`` or ``token``, or is secret by the rule of
+    :func:`governor.policies._base.secret_name` (``passwd``, ``pwd``,
+    ``credential_provider``, ``api_key``, ...)."""
     lowered = name.lower()
-    return any(word in lowered for word in ("password", "secret", "token"))
+    if any(word in lowered for word in ("password", "secret", "token")):
+        return True
+    return secret_name(name)
 
 
 @dataclass(slots=True)
