@@ -143,7 +143,8 @@ class CallRequest:
 
 
 class SpendMeter:
-    """What the governed calls made while it was active cost, in nanodollars.
+    """What the governed calls made while it was active cost, in nanodollars,
+    and the tokens they settled (input plus output, as a task counts them).
 
     A call is metered when it is admitted in the meter's context and counted
     when it settles, wherever that happens (a stream read later, say).
@@ -151,12 +152,14 @@ class SpendMeter:
 
     def __init__(self) -> None:
         self.nanos = 0
+        self.tokens = 0
         self._lock = threading.Lock()
 
-    def add(self, nanos: int) -> None:
-        """Count one settled call's charge."""
+    def add(self, nanos: int, tokens: int = 0) -> None:
+        """Count one settled call's charge and tokens."""
         with self._lock:
             self.nanos += nanos
+            self.tokens += tokens
 
 
 _METER: contextvars.ContextVar[SpendMeter | None] = contextvars.ContextVar(

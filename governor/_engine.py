@@ -597,7 +597,12 @@ class Governor:
         if named is not None:
             keys.update(f"{k}:{v}" for k, v in named.scope_values().items())
         for scope in sorted(keys & self._blocked):
-            raise ScopeBlocked(scope, task_id=task.id)
+            raise ScopeBlocked(
+                scope,
+                task_id=task.id,
+                spent_usd=task.cost_usd,
+                spent_tokens=task.tokens,
+            )
 
     def _provider(self, task: Task, model: str) -> str | None:
         """The provider a call to ``model`` goes to, as the task prices it."""
@@ -890,12 +895,23 @@ class Governor:
         )
 
     def __enter__(self) -> Governor:
+        """Return the governor; leaving the block closes it.
+
+        Raises:
+            GovernorClosed: the governor was closed already.
+        """
+        if self._closed:
+            raise GovernorClosed("a `with gov:` block")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     async def __aenter__(self) -> Governor:
+        """Async form of :meth:`__enter__`; leaving the block awaits
+        :meth:`aclose`."""
+        if self._closed:
+            raise GovernorClosed("an `async with gov:` block")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -1090,8 +1106,13 @@ class Governor:
         """End a task's span with its roll-ups and return its report.
 
         An interrupt (Ctrl-C) while the budget left is read still ends the
-        task's span (without the figure) and is raised.
+        task's span (without the figure) and is raised. A task closed
+        already (by its ``with`` block, say) is not closed again: its report
+        comes back as ``task.report()`` gives it, with the budget left read
+        at its end, and its span and the ledger are left alone.
         """
+        if task.closed:
+            return task.report()
         self._closing(task)
         try:
             task.budget_left_usd = self._budget_left(task)
@@ -1105,8 +1126,11 @@ class Governor:
         ledger's async steps, without blocking the event loop.
 
         A cancellation during that read still ends the task's span (without
-        the figure) and is raised.
+        the figure) and is raised. A task closed already is not closed again,
+        as with :meth:`close_task`.
         """
+        if task.closed:
+            return task.report()
         self._closing(task)
         try:
             task.budget_left_usd = await self._abudget_left(task)
@@ -2091,7 +2115,7 @@ class Governor:
             attempt_answered(result.output_text, judged=False)
         meter = admission.extras.get("meter")
         if meter is not None:
-            meter.add(nanos)
+            meter.add(nanos, usage.prompt_tokens + usage.completion_tokens)
         cost = nanos_to_usd(nanos)
         cost_f = nanos / NANOS_PER_USD  # the same double as float(cost)
         duration = time.monotonic() - admission.started_at

@@ -357,11 +357,23 @@ class OutputLimitExceeded(GovernorHalt):
 
 
 class ScopeBlocked(GovernorHalt):
-    """Calls for a scope were blocked after a spend anomaly (auto-tighten)."""
+    """Calls for a scope were blocked after a spend anomaly (auto-tighten).
+
+    Attributes:
+        scope: the blocked scope, e.g. ``"team:search"``, ``"model:gpt-4o"``
+            or ``"all"``; pass it to ``gov.unblock()``.
+    """
 
     code = "scope_blocked"
 
-    def __init__(self, scope: str, *, task_id: str | None = None) -> None:
+    def __init__(
+        self,
+        scope: str,
+        *,
+        task_id: str | None = None,
+        spent_usd: Decimal = Decimal(0),
+        spent_tokens: int = 0,
+    ) -> None:
         self.scope = scope
         super().__init__(
             f"calls for {scope} are blocked after a spend anomaly "
@@ -369,7 +381,12 @@ class ScopeBlocked(GovernorHalt):
             f"gov.unblock({scope!r}) on the Governor that blocked them to let "
             "calls through again.",
             task_id=task_id,
+            spent_usd=spent_usd,
+            spent_tokens=spent_tokens,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "scope": self.scope}
 
 
 class SlotUnavailable(GovernorError, TimeoutError):

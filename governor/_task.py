@@ -349,6 +349,12 @@ class Task:
             if stops:
                 self.stop_reason = self.stop_reason or reason
 
+    def mark_stopped(self, reason: str) -> None:
+        """Record why the task stopped, unless a reason is already recorded;
+        unlike :meth:`refuse`, no refused call is counted."""
+        with self._lock:
+            self.stop_reason = self.stop_reason or reason
+
     def cache_hit(self, saved_nanos: int) -> None:
         """Count a call answered from cache and the money it saved."""
         with self._lock:

@@ -49,6 +49,7 @@ from governor._calls import (
 from governor._engine import Governor
 from governor._errors import (
     ConfigError,
+    GovernorClosed,
     GovernorError,
     GovernorHalt,
     PolicyError,
@@ -87,7 +88,12 @@ from governor.telemetry._content import capture_content
 if TYPE_CHECKING:
     from governor.cascade import CascadeResult
 
-__all__ = ["GovernedLiteLLM", "Instrumentation", "instrument"]
+__all__ = [
+    "GovernedLiteLLM",
+    "Instrumentation",
+    "active_instrumentation",
+    "instrument",
+]
 
 # Cascade runners kept per client (one per distinct cascade policy object).
 _RUNNER_MEMORY = 64
@@ -757,6 +763,8 @@ class Instrumentation:
             active = Instrumentation._active
             if active is self:
                 return
+            if self.governor._closed:
+                raise GovernorClosed("instrument(gov)")
             if active is not None:
                 same = active._governed.governor is self._governed.governor
                 whose = "this governor" if same else "another governor"
@@ -1240,6 +1248,10 @@ def instrument(
 
     Raises:
         ConfigError: ``ungoverned`` is not one of the three values.
+        GovernorClosed: the governor was closed; every call it governed
+            would be refused, so build a new Governor.
+        RuntimeError: LiteLLM is already instrumented; call
+            ``uninstrument()`` on :func:`active_instrumentation` first.
     """
     instrumentation = Instrumentation(governor, ungoverned=ungoverned)
     instrumentation._install()
@@ -1247,7 +1259,13 @@ def instrument(
 
 
 def active_instrumentation() -> Instrumentation | None:
-    """Return the live instrumentation, if LiteLLM is instrumented."""
+    """Return the :class:`Instrumentation` that has patched LiteLLM now, or
+    None when LiteLLM is not instrumented.
+
+    Its ``governor`` is the Governor its calls are charged to; its
+    ``uninstrument()`` puts LiteLLM's own functions back (before
+    instrumenting with another governor, say).
+    """
     return Instrumentation._active
 
 
@@ -2818,13 +2836,20 @@ def _unanswered(governor: Governor, spend: _RunSpend, exc: BaseException) -> Non
     if isinstance(exc, GovernorHalt) and exc.task_id is None and task is not None:
         exc.task_id = task.id
     spent = nanos_to_usd(spend.meter.nanos)
-    from governor.cascade import CascadeExhausted
+    from governor.cascade import CascadeBudgetExceeded, CascadeExhausted
 
     # A run nested in this one's check (its own meter) that ended in
     # CascadeExhausted has taken its spend off already: that exception is
     # not this run's, and only this run's own calls count here.
     if isinstance(exc, CascadeExhausted) and not getattr(exc, _COUNTED, False):
+        # Both fields are the run's spend (docs/errors.md), not the task's.
         exc.spent_usd = spent = max(exc.spent_usd, spent)
+        exc.spent_tokens = max(exc.spent_tokens, spend.meter.tokens)
+        if isinstance(exc, CascadeBudgetExceeded) and task is not None:
+            # Its tiers' refusals were counted without stopping the task
+            # (skippable); the run's own stop is recorded as a plain budget
+            # refusal's would be, caught or not, and not counted again.
+            task.mark_stopped(exc.code)
     with contextlib.suppress(AttributeError):  # a type that takes no attributes
         setattr(exc, _COUNTED, True)
     if task is not None and spent > 0 and not spend.saving_added:

@@ -33,6 +33,9 @@ class CascadeExhausted(GovernorHalt):
         attempts: every attempt in order, each with its outcome and reason.
         tiers: the names of the tiers considered.
         reason: why no answer was returned, in words.
+        spent_usd: what the cascade run spent (every attempt, and the calls
+            made on its behalf, such as an LLM judge's), not the task's.
+        spent_tokens: the tokens of those calls, likewise the run's.
     """
 
     code = "cascade_exhausted"
@@ -45,6 +48,7 @@ class CascadeExhausted(GovernorHalt):
         tiers: Sequence[str] = (),
         task_id: str | None = None,
         spent_usd: Decimal = Decimal(0),
+        spent_tokens: int = 0,
         advice: str = _ADVICE,
     ) -> None:
         self.attempts = tuple(_masked(a) for a in attempts)
@@ -58,6 +62,7 @@ class CascadeExhausted(GovernorHalt):
             f"{_listing(self.attempts)}. {advice}",
             task_id=task_id,
             spent_usd=spent_usd,
+            spent_tokens=spent_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,7 +79,8 @@ class CascadeBudgetExceeded(CascadeExhausted, BudgetExceeded):
     It is a :class:`~governor.BudgetExceeded` too, so handlers of budget stops
     catch it. The budget fields come from the cheapest tier's refusal when
     the budget probe returned one; otherwise they are zero and ``scope`` is
-    ``"unknown"``.
+    ``"unknown"``. As on any :class:`CascadeExhausted`, ``spent_usd`` and
+    ``spent_tokens`` are the cascade run's spend, not the task's.
     """
 
     code = "cascade_budget_exceeded"
@@ -87,6 +93,7 @@ class CascadeBudgetExceeded(CascadeExhausted, BudgetExceeded):
         refusal: BudgetExceeded | None = None,
         task_id: str | None = None,
         spent_usd: Decimal = Decimal(0),
+        spent_tokens: int = 0,
     ) -> None:
         zero = Decimal(0)
         self.scope = refusal.scope if refusal else "unknown"
@@ -107,6 +114,7 @@ class CascadeBudgetExceeded(CascadeExhausted, BudgetExceeded):
             tiers=tiers,
             task_id=task_id,
             spent_usd=spent_usd,
+            spent_tokens=spent_tokens,
             advice="Raise the budget's limit, lower max_tokens, or add a cheaper tier.",
         )
 

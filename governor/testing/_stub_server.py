@@ -122,6 +122,12 @@ class StubServer:
     Use it as a context manager; ``base_url`` is ``http://127.0.0.1:<port>``
     (append ``/v1`` for an OpenAI ``api_base``). Safe to call from several
     threads; each request is served on its own thread.
+
+    :meth:`start` on a server already serving does nothing, so
+    ``with StubServer().start() as stub:`` works too. A closed server has
+    released its port and cannot serve again: :meth:`start` after
+    :meth:`close` raises ``RuntimeError``; build a new ``StubServer``.
+    :meth:`close` again does nothing.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class StubServer:
         self._server = _Server((_HOST, port), _Handler)
         self._server.stub = self
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def base_url(self) -> str:
@@ -174,23 +181,42 @@ class StubServer:
             self._failures.pop(model, None)
 
     def start(self) -> StubServer:
-        """Start serving on a background thread; returns ``self``."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            # A short poll keeps close() fast; the default waits up to 0.5 s.
-            kwargs={"poll_interval": 0.02},
-            name="governor-stub-server",
-            daemon=True,
-        )
-        self._thread.start()
+        """Start serving on a background thread; returns ``self``.
+
+        Does nothing on a server already serving.
+
+        Raises:
+            RuntimeError: the server was closed; its port is released, so
+                build a new ``StubServer`` to serve again.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(
+                    f"this StubServer ({self.base_url}) was closed and has "
+                    "released its port, so it cannot serve again: build a new "
+                    "StubServer(...) instead"
+                )
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._server.serve_forever,
+                    # A short poll keeps close() fast; the default waits 0.5 s.
+                    kwargs={"poll_interval": 0.02},
+                    name="governor-stub-server",
+                    daemon=True,
+                )
+                self._thread.start()
         return self
 
     def close(self) -> None:
-        """Stop serving and release the port."""
-        if self._thread is not None:
+        """Stop serving and release the port; closing again does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread, self._thread = self._thread, None
+        if thread is not None:
             self._server.shutdown()
-            self._thread.join()
-            self._thread = None
+            thread.join()
         self._server.server_close()
 
     def __enter__(self) -> StubServer:
