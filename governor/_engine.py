@@ -1088,14 +1088,11 @@ class Governor:
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values
-        # A task policy's own Attribution names its values explicitly, even
-        # those equal to the governor's (a copy of the governor's policy
-        # shares its Attribution, and names nothing).
-        stated = None
-        if policy is not None and policy.attribution is not self.policy.attribution:
-            stated = policy.attribution
+        # The values a task policy names beyond the governor's are stated;
+        # one equal to the governor's default is not (a copy of the
+        # governor's policy, or the same file loaded again, names nothing).
         task.extras["defaulted"] = _defaulted(
-            effective.attribution, parent, stated, attribution, named
+            effective.attribution, parent, own, attribution, named
         )
         task.owner = self
         task.parent = parent

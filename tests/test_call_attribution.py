@@ -9,6 +9,7 @@ tenant's cached answers, as the same call outside a task would be.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -340,21 +341,33 @@ async def test_a_call_naming_its_environment_takes_that_environments_slot() -> N
     assert task.report().calls == 3
 
 
-def test_a_task_policy_naming_the_default_value_names_it_explicitly() -> None:
-    """``gov.task(policy=Policy(attribution=Attribution(environment="prod")))``
-    states prod for the task, though the governor's default is prod too."""
-    gov = Governor(PROD_ONLY)
-    stated = Policy(attribution=Attribution(environment="prod"))
+def test_a_task_policy_naming_another_value_states_it() -> None:
+    """``gov.task(policy=Policy(attribution=Attribution(environment="dev")))``
+    states dev for the task: a call naming staging is charged to dev."""
+    gov = Governor(
+        Policy(
+            attribution=Attribution(environment="prod"),
+            budgets=[Budget(scope="environment", key="dev", max_usd="0.000001")],
+        )
+    )
+    stated = Policy(attribution=Attribution(environment="dev"))
     with gov.task(policy=stated), pytest.raises(BudgetExceeded) as refused:
         ask_env(GovernedLiteLLM(gov), "staging")
-    assert refused.value.scope == "environment:prod"
+    assert refused.value.scope == "environment:dev"
 
 
 def test_a_copy_of_the_governors_policy_keeps_its_defaults() -> None:
-    """A task policy copied from the governor's (other limits) states no
-    environment: its calls may still name staging."""
+    """A task policy copied from the governor's (other limits, a deep copy,
+    the same policy read again) states no environment, nor does one naming
+    the governor's own default value: its calls may still name staging."""
     gov = Governor(PROD_ONLY)
-    copy = gov.policy.model_copy(update={"budgets": PROD_ONLY.budgets})
-    with gov.task(policy=copy) as task:
-        ask_env(GovernedLiteLLM(gov), "staging")
-    assert task.report().cost_usd == MOCK_COST
+    copies = [
+        gov.policy.model_copy(update={"budgets": PROD_ONLY.budgets}),
+        copy.deepcopy(gov.policy),
+        Policy.model_validate_json(gov.policy.model_dump_json()),
+        Policy(attribution=Attribution(environment="prod")),  # the same value
+    ]
+    for policy in copies:
+        with gov.task(policy=policy) as task:
+            ask_env(GovernedLiteLLM(gov), "staging")
+        assert task.report().cost_usd == MOCK_COST

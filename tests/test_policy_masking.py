@@ -218,8 +218,8 @@ def test_redis_url_options_are_secret_by_the_policy_rule_too() -> None:
         ('{"access_token": "SEKRIT"}', '{"access_token": "***"}'),
         ('{"key": "SEKRIT", "model": "m"}', '{"key": "***", "model": "m"}'),
         ('{"token": "ab\\"SEKRIT"}', '{"token": "***"}'),
-        ("access_token SEKRIT rejected", "access_token *** rejected"),
-        ("token: SEKRIT9", "token: ***"),
+        ("access_token SEKRIT42x rejected", "access_token *** rejected"),
+        ("token: SEKRIT99", "token: ***"),
         ("cfg.client_secret=SEKRIT; retry", "cfg.client_secret=***; retry"),
     ],
 )
@@ -336,3 +336,77 @@ def test_a_long_error_page_is_masked_and_cut_without_hanging(unit: str) -> None:
     assert "SEKRIT" not in shown
     left_out = len(text) - 20_000
     assert shown.endswith(f" [... {left_out} more characters]")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("password=Summer2024!", "password=***"),
+        ("password: Summer2024!", "password: ***"),
+        ("token=!!!!", "token=***"),
+        ("Authorization: Bearer abc123def!", "Authorization: ***"),
+    ],
+)
+def test_a_secret_ending_in_punctuation_is_masked_whole(text: str, shown: str) -> None:
+    assert mask_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Missing x-api-key HTTP header",
+        "access_token JSON invalid",
+        "The access_token JWT was malformed",
+        "refresh_token 404 not found",
+        "api_key DISABLED",
+        "private_key PEM_read_bio failed",
+        "Invalid value for 'token': expected one of 'a', 'b'",
+        '{"access_token": "", "api_key_required": true}',
+    ],
+)
+def test_words_of_a_provider_message_after_a_secret_name_stay(text: str) -> None:
+    assert mask_credentials(text) == text
+
+
+def test_a_credential_the_cut_splits_is_masked_whole() -> None:
+    """A bearer token across the 20,000-character cut shows none of itself."""
+    text = ("x " * 10_000)[: 20_000 - 23] + " Bearer abcdefghijklmnopqrstuvwxyz tail"
+    shown = mask_credentials(text)
+    assert "abcdefghijklmno" not in shown
+    assert shown.endswith(" [... 16 more characters]")
+
+
+def test_a_key_shaped_value_is_masked_under_any_name() -> None:
+    """A provider key or bearer token is masked where its field's name says
+    nothing secret (``input_key``) or it sits in a longer text."""
+    shown = masked(
+        {
+            "input_key": "sk-proj-abcdefghijklmnop1234",
+            "temperature": "api_key=sk-abcdefghijk",
+            "label_key": "Bearer abcdefghijklmnop1234",
+            "model": "gpt-4o",
+        }
+    )
+    assert shown == {
+        "input_key": "***",
+        "temperature": "api_key=***",
+        "label_key": "Bearer ***",
+        "model": "gpt-4o",
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6379/0?pasword=hunter2",
+        "redis://127.0.0.1:6379/0?pass=hunter2",
+        "redis://127.0.0.1:6379/0?passowrd=hunter2",
+    ],
+)
+def test_a_misspelt_password_option_is_masked_in_every_redis_url_error(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        RedisConfig(url=url)
+    assert "hunter2" not in str(refused.value)
+    assert "=***" in str(refused.value)

@@ -301,13 +301,21 @@ def _masked_query(url: str) -> str:
     return url[:opened] + _QUERY_FIELD.sub(option, url[opened:])
 
 
+def _masked_shapes(value: str) -> str:
+    """``value`` with bearer tokens and provider key shapes (``sk-...``,
+    ``AIza...``) masked, whatever field holds it."""
+    for pattern in _CREDENTIALS[2:4]:
+        value = pattern.sub(lambda m: m.group(1) + MASK, value)
+    return value
+
+
 def _masked_text(value: str) -> str:
     """A string value with a URL's credentials masked: the password of its
     user info, where a URL parser finds one (an ``@`` in a path,
     ``.../llama@v2``, is not user info), and credential options in its query
     (``?key=``, ``?api-key=``, ``?access_token=``, ``?sig=``, ...)."""
     if not _SCHEME.match(value):
-        return value
+        return _masked_shapes(value)
     try:
         password = urlsplit(value.strip()).password
     except ValueError:
@@ -367,19 +375,20 @@ def _masked_item(item: Any) -> Any:
 _CREDENTIALS: Final = (
     # name: value, name=value, "name": "value" (a header, a JSON key, a query
     # option), with an auth scheme word before the value swallowed too; a
-    # value never ends in punctuation (.:!?]}), which ends its sentence
+    # value never ends in a dot, which ends its sentence, nor holds a closing
+    # bracket
     re.compile(
         r"(?<![A-Za-z0-9])((?:api[-_ ]?key(?:\s+provided)?"
         r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
         r"|password|passwd|authori[sz]ation)"
         r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
-        r"""[^\s"',;&)]*[^\s"',;&).:!?\]}]""",
+        r"""[^\s"',;&)\]}]*[^\s"',;&)\]}.]""",
         re.IGNORECASE,
     ),
     # a bare key=, token= or secret= (a query option, a form field)
     re.compile(
         r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)"
-        r"[^\s\"',;&)]*[^\s\"',;&).:!?\]}]",
+        r"[^\s\"',;&)\]}]*[^\s\"',;&)\]}.]",
         re.IGNORECASE,
     ),
     # a scheme word and a token-like value: long, or holding a digit
@@ -397,63 +406,76 @@ _CREDENTIALS: Final = (
 )
 
 
-_NAMED_VALUE = re.compile(
+_FIELD_HEAD = re.compile(
     r"""(?<![A-Za-z0-9_.-])(?P<q>["']?)"""
-    r"(?P<name>[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?)(?P=q)"
-    r"(?P<sep>\s*[:=]\s*|[ \t]+)"
-    r"(?P<scheme>(?:bearer|basic|token)\s+)?"
-    r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
-    r"""|[^\s"',;&)<>]*[^\s"',;&)<>.:!?\]}])""",
+    r"(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})(?<![_.-])(?P=q)"
+    r"(?P<sep>[ \t]*[:=][ \t]*|[ \t]+)"
+    r"(?P<scheme>(?:bearer|basic|token)[ \t]+)?",
     re.IGNORECASE,
 )
-"""A ``name=value``, ``name: value``, ``'name': 'value'`` (a Python dict),
-``"name": "value"`` (JSON) or ``name value`` in running text, a quoted value
-read up to its closing quote, another one not ending in punctuation."""
+"""The head of a ``name=value``, ``name: value``, ``'name': 'value'`` (a
+Python dict), ``"name": "value"`` (JSON) or ``name value`` in running text:
+the name (up to 64 characters), the separator and an auth scheme word."""
 
-_TOKEN_LIKE = re.compile(r"[0-9]|.[A-Z]|^[^\s]{16,}$")
-"""A value that looks like a credential, not a word: it holds a digit or a
-capital after its first letter, or is 16 characters or more."""
+_FIELD_VALUE = re.compile(
+    r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
+    r"""|[^\s"',;&)\]}<>]*[^\s"',;&)\]}<>.]"""
+)
+"""A field's value: a quoted one up to its closing quote, another up to a
+space, quote, bracket or separator, not ending in a dot."""
+
+_TOKEN_LIKE = re.compile(r"^(?=[^\s]*[0-9])(?=[^\s]*[A-Za-z])[^\s]{8,}$|^[^\s]{20,}$")
+"""A value that looks like a credential, not a word of the message: eight
+characters or more with a digit and a letter, or twenty or more."""
+
+_NOT_A_SECRET: Final = frozenset({"", "true", "false", "null", "none"})
+"""Values that say nothing secret: JSON's literals and an empty string."""
 
 
-def _masked_named_value(match: re.Match[str]) -> str | None:
-    """The masked text for one :data:`_NAMED_VALUE` match, or None to keep it.
+def _masked_named_value(head: re.Match[str], value: str) -> bool:
+    """Whether the value after one :data:`_FIELD_HEAD` is masked.
 
     Its value is masked when its name is secret (:func:`secret_name`, or a
     bare ``token`` or ``key``), and
 
-    * it is written ``name=value``, or its name is quoted (a JSON or dict
-      key), or its name has several words (``hf_token: ...``);
+    * it is written ``name=value``, or as a JSON or dict entry (the name
+      and the value quoted), or its name has several words (``hf_token:
+      ...``);
     * or, for a one-word name before a ``:`` (``key: temperature``,
       ``secret: missing region``) and a name of several words before a space
       (``access_token expired``), the value looks like a credential
       (:data:`_TOKEN_LIKE`), not a word of the message.
     """
-    name, sep = match["name"], match["sep"].strip()
-    if not (secret_name(name) or name.lower() in ("token", "key")):
-        return None
+    bare = value.strip("\"'")
+    if bare.lower() in _NOT_A_SECRET:
+        return False
+    name, sep = head["name"], head["sep"].strip()
     several = len([word for word in _WORD_BREAK.split(name) if word]) > 1
-    value = match["value"]
-    quote = value[0] if value[0] in "\"'" else ""
-    always = sep == "=" or (sep == ":" and bool(match["q"] or several))
+    quoted = value[:1] in ("'", '"')
+    always = sep == "=" or (sep == ":" and ((bool(head["q"]) and quoted) or several))
     by_shape = sep == ":" or several
-    if not always and not (by_shape and _TOKEN_LIKE.search(value.strip("\"'"))):
-        return None
-    head = match.group()[: match.start("value") - match.start()]
-    return f"{head}{quote}{MASK}{quote}"
+    return always or (by_shape and _TOKEN_LIKE.search(bare) is not None)
 
 
 def _mask_named_values(text: str) -> str:
-    """``text`` with the value of each secret-named field in it masked."""
+    """``text`` with the value of each secret-named field in it masked.
+
+    A value is read only after a secret name, so that the text is read
+    once, whatever runs of separators it holds.
+    """
     shown: list[str] = []
     start = 0
-    while (match := _NAMED_VALUE.search(text, start)) is not None:
-        masked_field = _masked_named_value(match)
-        if masked_field is None:  # its value may name the next field
-            shown.append(text[start : match.end("name")])
-            start = match.end("name")
-        else:
-            shown.append(text[start : match.start()] + masked_field)
-            start = match.end()
+    while (head := _FIELD_HEAD.search(text, start)) is not None:
+        name = head["name"]
+        secret = secret_name(name) or name.lower() in ("token", "key")
+        value = _FIELD_VALUE.match(text, head.end()) if secret else None
+        if value is None or not _masked_named_value(head, value.group()):
+            shown.append(text[start : head.end("name")])
+            start = head.end("name")  # its value may name the next field
+            continue
+        quote = value.group()[0] if value.group()[0] in "\"'" else ""
+        shown.append(f"{text[start : head.end()]}{quote}{MASK}{quote}")
+        start = value.end()
     shown.append(text[start:])
     return "".join(shown)
 
@@ -461,6 +483,10 @@ def _mask_named_values(text: str) -> str:
 _MASKED_CHARS: Final = 20_000
 """The most of a provider's error text that is masked and kept: the patterns
 are linear, but some backtrack over a long run of one kind of character."""
+
+_PAST_CUT: Final = 4_096
+"""How far past the cut the text is masked: a credential longer than this
+that the cut splits shows no more than the cut leaves of it."""
 
 
 def mask_credentials(text: str) -> str:
@@ -481,8 +507,15 @@ def mask_credentials(text: str) -> str:
     page, not a message), with a note of how much was left out.
     """
     if len(text) > _MASKED_CHARS:
+        # Masked a little past the cut, so that a credential the cut splits
+        # is masked whole, then cut.
         left_out = len(text) - _MASKED_CHARS
-        text = f"{text[:_MASKED_CHARS]} [... {left_out} more characters]"
+        shown = _masked_whole(text[: _MASKED_CHARS + _PAST_CUT])[:_MASKED_CHARS]
+        return f"{shown} [... {left_out} more characters]"
+    return _masked_whole(text)
+
+
+def _masked_whole(text: str) -> str:
     text = _URL_IN_TEXT.sub(lambda m: _masked_query(m.group()), text)
     for pattern in _CREDENTIALS[:-1]:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)

@@ -55,6 +55,7 @@ release the hold id (shielded) to give its room back at once.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import inspect
 import logging
@@ -650,11 +651,17 @@ def _secret(name: str) -> bool:
     """Whether a URL option or connection argument holds a secret: its name
     holds ``password``, ``secret`` or ``token``, or is secret by the rule of
     :func:`governor.policies._base.secret_name` (``passwd``, ``pwd``,
-    ``credential_provider``, ``api_key``, ...)."""
+    ``credential_provider``, ``api_key``, ...), or is a misspelling of one
+    of those words (``pasword``, ``pass``, ``passowrd``)."""
     lowered = name.lower()
-    if any(word in lowered for word in ("password", "secret", "token")):
+    if any(word in lowered for word in _SECRET_WORDS):
         return True
-    return secret_name(name)
+    return secret_name(name) or bool(
+        difflib.get_close_matches(lowered, _SECRET_WORDS, n=1, cutoff=0.75)
+    )
+
+
+_SECRET_WORDS: Final = ("password", "passwd", "secret", "token")
 
 
 @dataclass(slots=True)
