@@ -365,3 +365,24 @@ def test_a_default_ledger_prefix_keeps_the_default_cache_prefix(
     cache = Governor(policy, ledger=ledger).cache_for(policy)
     ledger.close()
     assert cache.store_backend._p == "governor:cache"
+
+
+def test_the_index_lives_as_long_as_its_longest_lived_entry(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """An entry with a shorter TTL does not cut the index's life short (its
+    older entries would stop being found by meaning), and one with no TTL
+    makes it last."""
+    store = RedisCacheStore(client, prefix=redis_prefix)
+    index_keys = [f"{redis_prefix.rstrip(':')}:{part}:ix" for part in ("ix", "log")]
+
+    store.put(entry("a", expires_at=1000.0), unit(1, 0), 40.0)  # 960 s
+    first = [client.pttl(key) for key in index_keys]
+    store.put(entry("b", expires_at=42.0), unit(0, 1), 40.0)  # 2 s
+    after_short = [client.pttl(key) for key in index_keys]
+    store.put(entry("c"), unit(1, 1), 40.0)  # no TTL
+    after_none = [client.pttl(key) for key in index_keys]
+
+    assert all(900_000 < ms <= 960_000 for ms in first)
+    assert all(900_000 < ms <= 960_000 for ms in after_short)
+    assert after_none == [-1, -1]

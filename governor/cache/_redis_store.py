@@ -94,10 +94,16 @@ if ARGV[5] ~= '' then
   local ix, log = p .. ':ix:' .. ARGV[5], p .. ':log:' .. ARGV[5]
   redis.call('HSET', e, 'v', ARGV[4], 'i', ARGV[5])
   redis.call('HSET', p .. ':ixof', k, ARGV[5])
+  -- the index lives as long as its longest-lived entry: a new one takes
+  -- this entry's TTL, an entry with none makes it last, and a later
+  -- expiry only ever pushes its end further out
+  local left = redis.call('PTTL', ix)
   redis.call('SADD', ix, k)
   redis.call('XADD', log, 'MAXLEN', '~', ARGV[11], '*', 'k', k)
-  if ttl > 0 then
-    -- the newest entry expires last, so the index lives as long as it does
+  if ttl == 0 then
+    redis.call('PERSIST', ix)
+    redis.call('PERSIST', log)
+  elseif left == -2 or (left >= 0 and left < ttl) then
     redis.call('PEXPIRE', ix, ttl)
     redis.call('PEXPIRE', log, ttl)
   end
