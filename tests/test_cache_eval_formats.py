@@ -364,6 +364,25 @@ def test_a_csv_whose_header_lacks_the_pair_columns_says_so(
     assert "not JSON (" not in err
 
 
+@pytest.mark.parametrize(
+    ("text", "twice"),
+    [
+        ("question1,question2,is_duplicate,is_duplicate\nsame,same,1,0\n", "is_dup"),
+        ("id,Question1,question2,is_duplicate,question1\n1,a,a,1,b\n", "question1"),
+    ],
+)
+def test_a_header_naming_a_pair_column_twice_is_refused(
+    text: str, twice: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two label (or question) columns: which is meant is unclear, so the
+    file is refused rather than read from the last of them."""
+    path = tmp_path / "pairs.csv"
+    path.write_text(text, encoding="utf-8")
+    code, _, err = eval_cache(capsys, str(path))
+    assert (code, f"{path}:1: " in err, "more than once" in err) == (2, True, True)
+    assert f"'{twice}" in err
+
+
 USER = {"role": "user", "content": "What is a CPU?"}
 ANSWER = {"role": "assistant", "content": "A chip."}
 

@@ -383,6 +383,14 @@ class _Table(NamedTuple):
                 f"{', '.join(lacking)} (its columns: {_columns(names)}); "
                 f"{_COLUMNS}; add or rename the missing columns"
             )
+        twice = sorted({n for n in names if n in _KNOWN_COLUMNS and names.count(n) > 1})
+        if twice:
+            raise ConfigError(
+                f"{self.path}:{self.offset + 1}: the CSV/TSV header names "
+                f"{', '.join(map(repr, twice))} more than once (its columns: "
+                f"{_columns(names)}); which one holds the pair is unclear, so "
+                "rename or drop the extra column"
+            )
         return names
 
     def checked(self, reader: Any) -> Iterator[list[str]]:
