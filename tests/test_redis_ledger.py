@@ -686,6 +686,16 @@ def test_a_settle_that_found_its_hold_expired_warns_once_a_minute(
     assert balance.spent_nanos == 120
 
 
+def test_a_settle_of_no_lines_warns_nothing(
+    redis_ledger: RedisLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call no budget line limits (a policy with no budgets) has no hold to
+    find and nothing to end above: its settle logs no warning."""
+    with caplog.at_level(logging.WARNING, logger="governor.stores._redis"):
+        redis_ledger.settle("h-none", [], 60, 0)
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
 def test_lines_and_holds_written_before_marks_keep_working(
     redis_url: str, redis_ledger: RedisLedger
 ) -> None:

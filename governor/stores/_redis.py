@@ -1325,8 +1325,8 @@ class RedisLedger:
         hold kept may have gone to other calls meanwhile, so the lines can
         end above their limits.
         """
-        if int(reply) != _SETTLED_WITHOUT_HOLD:
-            return
+        if int(reply) != _SETTLED_WITHOUT_HOLD or not keys:
+            return  # a call no budget line limits has nothing to end above
         skipped = self._late_settles.due("settle")
         if skipped is None:
             return
