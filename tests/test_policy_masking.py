@@ -334,8 +334,8 @@ def test_a_long_error_page_is_masked_and_cut_without_hanging(unit: str) -> None:
     [shown] = outcome
     assert shown.startswith("api_key=*** ")
     assert "SEKRIT" not in shown
-    left_out = len(text) - 20_000
-    assert shown.endswith(f" [... {left_out} more characters]")
+    assert shown.endswith(f" [... cut: {len(text)} characters in all]")
+    assert len(shown) == 20_000 + len(f" [... cut: {len(text)} characters in all]")
 
 
 @pytest.mark.parametrize(
@@ -373,7 +373,7 @@ def test_a_credential_the_cut_splits_is_masked_whole() -> None:
     text = ("x " * 10_000)[: 20_000 - 23] + " Bearer abcdefghijklmnopqrstuvwxyz tail"
     shown = mask_credentials(text)
     assert "abcdefghijklmno" not in shown
-    assert shown.endswith(" [... 16 more characters]")
+    assert shown.endswith(f" [... cut: {len(text)} characters in all]")
 
 
 def test_a_key_shaped_value_is_masked_under_any_name() -> None:
@@ -410,3 +410,24 @@ def test_a_misspelt_password_option_is_masked_in_every_redis_url_error(
         RedisConfig(url=url)
     assert "hunter2" not in str(refused.value)
     assert "=***" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("password=p]ssw0rd", "password=***"),
+        ("Authorization: Bearer abc]def0123456789", "Authorization: ***"),
+        ("client_secret=Zx9}Qw8]Er7", "client_secret=***"),
+        ("AWS_SECRET_ACCESS_KEY=abc]defGHI/jkl+mno", "AWS_SECRET_ACCESS_KEY=***"),
+        ("[https://h/x?access_token=a.b.c]!", "[https://h/x?access_token=***]!"),
+        ('{"api_key_required": true}', '{"api_key_required": true}'),
+    ],
+)
+def test_a_bracket_inside_a_secret_does_not_end_it(text: str, shown: str) -> None:
+    """A closing bracket ends a value only as its last character."""
+    assert mask_credentials(text) == shown
+
+
+@pytest.mark.parametrize("name", ["hf_hub_model_12345678", "xai-grok-2-latest"])
+def test_a_model_name_that_starts_like_a_key_is_shown(name: str) -> None:
+    assert masked({"model": name}) == {"model": name}

@@ -375,20 +375,20 @@ def _masked_item(item: Any) -> Any:
 _CREDENTIALS: Final = (
     # name: value, name=value, "name": "value" (a header, a JSON key, a query
     # option), with an auth scheme word before the value swallowed too; a
-    # value never ends in a dot, which ends its sentence, nor holds a closing
-    # bracket
+    # value never ends in a dot (its sentence ends) or a closing bracket
+    # (its bracket closes), nor is one masked already
     re.compile(
         r"(?<![A-Za-z0-9])((?:api[-_ ]?key(?:\s+provided)?"
         r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
         r"|password|passwd|authori[sz]ation)"
         r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
-        r"""[^\s"',;&)\]}]*[^\s"',;&)\]}.]""",
+        r"""(?!\*\*\*)[^\s"',;&)]*[^\s"',;&).\]}]""",
         re.IGNORECASE,
     ),
     # a bare key=, token= or secret= (a query option, a form field)
     re.compile(
         r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)"
-        r"[^\s\"',;&)\]}]*[^\s\"',;&)\]}.]",
+        r"(?!\*\*\*)[^\s\"',;&)]*[^\s\"',;&).\]}]",
         re.IGNORECASE,
     ),
     # a scheme word and a token-like value: long, or holding a digit
@@ -399,7 +399,10 @@ _CREDENTIALS: Final = (
     ),
     # provider key shapes: OpenAI and Anthropic sk-..., Google AIza..., Groq
     # gsk_..., Hugging Face hf_..., xAI xai-...
-    re.compile(r"()\b(?:sk-|AIza|gsk_|hf_|xai-)[A-Za-z0-9_-]{8,}"),
+    re.compile(
+        r"()\b(?:sk-[A-Za-z0-9_-]{8,}|AIza[A-Za-z0-9_-]{20,}"
+        r"|(?:gsk_|hf_|xai-)[A-Za-z0-9]{20,})"
+    ),
     # user:password@ right after the scheme (no / before the colon, so a
     # path's @, as in Vertex's model@version, is not taken for one)
     re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^\s/@:]*:[^\s@]*@"),
@@ -419,10 +422,11 @@ the name (up to 64 characters), the separator and an auth scheme word."""
 
 _FIELD_VALUE = re.compile(
     r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
-    r"""|[^\s"',;&)\]}<>]*[^\s"',;&)\]}<>.]"""
+    r"""|(?!\*\*\*)[^\s"',;&)<>]*[^\s"',;&)<>.\]}]"""
 )
 """A field's value: a quoted one up to its closing quote, another up to a
-space, quote, bracket or separator, not ending in a dot."""
+space, quote, parenthesis or separator, not ending in a dot or a closing
+bracket, and not masked already."""
 
 _TOKEN_LIKE = re.compile(r"^(?=[^\s]*[0-9])(?=[^\s]*[A-Za-z])[^\s]{8,}$|^[^\s]{20,}$")
 """A value that looks like a credential, not a word of the message: eight
@@ -504,14 +508,13 @@ def mask_credentials(text: str) -> str:
     like a credential, so ``key: temperature`` and ``access_token expired``
     keep their words. The rest of the text is kept, punctuation after a URL
     included. A text longer than 20,000 characters is cut there (an error
-    page, not a message), with a note of how much was left out.
+    page, not a message), with a note of its whole length.
     """
     if len(text) > _MASKED_CHARS:
         # Masked a little past the cut, so that a credential the cut splits
         # is masked whole, then cut.
-        left_out = len(text) - _MASKED_CHARS
         shown = _masked_whole(text[: _MASKED_CHARS + _PAST_CUT])[:_MASKED_CHARS]
-        return f"{shown} [... {left_out} more characters]"
+        return f"{shown} [... cut: {len(text)} characters in all]"
     return _masked_whole(text)
 
 
