@@ -386,3 +386,27 @@ def test_the_index_lives_as_long_as_its_longest_lived_entry(
     assert all(900_000 < ms <= 960_000 for ms in first)
     assert all(900_000 < ms <= 960_000 for ms in after_short)
     assert after_none == [-1, -1]
+
+
+def test_an_entry_stored_again_under_another_index_leaves_the_old_one(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """A key stored again under another index (another embedder) is not
+    matched in the old index, neither by a worker that mirrored it before
+    nor by one catching up the old index's stream."""
+    writer = RedisCacheStore(client, prefix=redis_prefix)
+    early = RedisCacheStore(client, prefix=redis_prefix)
+    writer.put(entry("k", index="A"), unit(1, 0), 1)
+    writer.put(entry("other", index="A"), unit(0, 1), 1)
+    assert [
+        e.key
+        for e, _ in early.search("A", unit(1, 0), min_score=0.9, limit=3, now=2)[0]
+    ] == ["k"]
+
+    writer.put(entry("k", index="B"), unit(1, 0), 3)
+    late = RedisCacheStore(client, prefix=redis_prefix)
+    for worker in (early, late, writer):
+        matches, _ = worker.search("A", unit(1, 0), min_score=0.9, limit=3, now=4)
+        assert matches == []
+    matches, _ = late.search("B", unit(1, 0), min_score=0.9, limit=3, now=4)
+    assert [e.key for e, _ in matches] == ["k"]

@@ -270,7 +270,9 @@ class RedisCacheStore:
         matches: list[tuple[CacheEntry, float]] = []
         for (key, score), raw in zip(near, raws, strict=True):
             entry = self._read(key, raw)
-            if entry is None or entry.expired(now):
+            # An entry stored again under another index since this mirror
+            # read it (another embedder's vector) is not this index's.
+            if entry is None or entry.expired(now) or entry.index != index:
                 with self._lock:
                     mirror.remove(key)
                 continue
@@ -414,7 +416,7 @@ class RedisCacheStore:
         mirror = _Mirror(last_id=_text(last[0][0]) if last else "0-0")
         members: Any = self._redis.smembers(f"{self._p}:ix:{index}")
         members = [_text(m) for m in members]
-        self._load(mirror, members, dim)
+        self._load(mirror, members, dim, index)
         with self._lock:
             mirror.synced_rows = 0 if mirror.index is None else mirror.index.live()
             old = self._mirrors.pop(index, None)
@@ -431,10 +433,14 @@ class RedisCacheStore:
         if not added:
             return
         mirror.last_id = _text(added[-1][0])
-        self._load(mirror, [_text(fields[b"k"]) for _, fields in added], dim)
+        keys = [_text(fields[b"k"]) for _, fields in added]
+        self._load(mirror, keys, dim, index)
 
-    def _load(self, mirror: _Mirror, keys: list[str], dim: int) -> None:
+    def _load(self, mirror: _Mirror, keys: list[str], dim: int, index: str) -> None:
         """Mirror the vectors of ``keys``; skip (and warn of) corrupt ones.
+
+        A key the stream names that was stored again under another index
+        (another embedder) since is skipped: its vector is not of this one.
 
         A vector that is not ``dim`` finite float32 of unit length was not
         written by a cache: searched, a scaled one would outscore every
@@ -444,13 +450,14 @@ class RedisCacheStore:
             return
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
-            pipe.hget(f"{self._p}:e:{key}", "v")
-        blobs = pipe.execute()
+            pipe.hmget(f"{self._p}:e:{key}", "v", "i")
+        fields = pipe.execute()
         corrupt: list[str] = []
         with self._lock:
             rows = mirror.rows()
-            for key, blob in zip(keys, blobs, strict=True):
-                if not blob:
+            for key, (blob, owner) in zip(keys, fields, strict=True):
+                if not blob or (owner is not None and _text(owner) != index):
+                    mirror.remove(key)
                     continue
                 vector = _unit_row(blob, dim)
                 if vector is None:
