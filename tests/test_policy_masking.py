@@ -431,3 +431,27 @@ def test_a_bracket_inside_a_secret_does_not_end_it(text: str, shown: str) -> Non
 @pytest.mark.parametrize("name", ["hf_hub_model_12345678", "xai-grok-2-latest"])
 def test_a_model_name_that_starts_like_a_key_is_shown(name: str) -> None:
     assert masked({"model": name}) == {"model": name}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Authorization: Bearer ***", "Authorization: Bearer ***"),
+        (
+            "curl -H 'Authorization: Bearer ***REDACTED***'",
+            "curl -H 'Authorization: ***'",
+        ),
+        ("api_key: Bearer ***", "api_key: Bearer ***"),
+        ("password: ***hunter2xyz", "password: ***"),
+        ("api_key=***abc123secret", "api_key=***"),
+        ("token=***.real", "token=***"),
+        ("token=***. Try again", "token=***. Try again"),
+    ],
+)
+def test_a_masked_value_stays_as_it_is_and_a_partly_masked_one_is_masked(
+    text: str, shown: str
+) -> None:
+    """Masking text masked already changes nothing ("*** ***" came of it);
+    a value that only starts with the mask is still a value."""
+    assert mask_credentials(text) == shown
+    assert mask_credentials(shown) == shown

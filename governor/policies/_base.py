@@ -376,19 +376,20 @@ _CREDENTIALS: Final = (
     # name: value, name=value, "name": "value" (a header, a JSON key, a query
     # option), with an auth scheme word before the value swallowed too; a
     # value never ends in a dot (its sentence ends) or a closing bracket
-    # (its bracket closes), nor is one masked already
+    # (its bracket closes), nor is it the mask alone (masked already; the
+    # scheme word before it is then kept, not taken for the value)
     re.compile(
         r"(?<![A-Za-z0-9])((?:api[-_ ]?key(?:\s+provided)?"
         r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
         r"|password|passwd|authori[sz]ation)"
-        r"""["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
-        r"""(?!\*\*\*)[^\s"',;&)]*[^\s"',;&).\]}]""",
+        r"""["']?\s*[:=]\s*["']?)(?>(?:(?:bearer|basic|token)\s+)?)"""
+        r"""(?!\*\*\*(?:[\s"',;&)\]}]|\.(?:\s|$)|$))[^\s"',;&)]*[^\s"',;&).\]}]""",
         re.IGNORECASE,
     ),
     # a bare key=, token= or secret= (a query option, a form field)
     re.compile(
         r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)"
-        r"(?!\*\*\*)[^\s\"',;&)]*[^\s\"',;&).\]}]",
+        r"(?!\*\*\*(?:[\s\"',;&)\]}]|\.(?:\s|$)|$))[^\s\"',;&)]*[^\s\"',;&).\]}]",
         re.IGNORECASE,
     ),
     # a scheme word and a token-like value: long, or holding a digit
@@ -422,7 +423,7 @@ the name (up to 64 characters), the separator and an auth scheme word."""
 
 _FIELD_VALUE = re.compile(
     r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
-    r"""|(?!\*\*\*)[^\s"',;&)<>]*[^\s"',;&)<>.\]}]"""
+    r"""|(?!\*\*\*(?:[\s"',;&)<>\]}]|\.(?:\s|$)|$))[^\s"',;&)<>]*[^\s"',;&)<>.\]}]"""
 )
 """A field's value: a quoted one up to its closing quote, another up to a
 space, quote, parenthesis or separator, not ending in a dot or a closing
