@@ -343,3 +343,22 @@ def test_a_nested_runs_exhaustion_is_taken_off_once(capture: SpanCapture) -> Non
         inner_spent = ended.value.spent_usd
     assert MOCK_COST < inner_spent < task.report().cost_usd
     assert_lost_its_spend(capture, task)
+
+
+def test_a_missing_api_key_is_an_auth_failure_not_a_server_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LiteLLM raises the OpenAI SDK's "Missing credentials" as an
+    InternalServerError; nothing was sent, so it is not retried as a 500."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(litellm.InternalServerError) as raised:
+        litellm.completion(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            base_url="http://127.0.0.1:9/v1",  # never reached: no key
+            num_retries=0,
+        )
+    assert "Missing credentials" in str(raised.value)
+    assert classify_error(raised.value) == "auth"
+    served = litellm.InternalServerError("upstream failed", "openai", "gpt-4o")
+    assert classify_error(served) == "server"

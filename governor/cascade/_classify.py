@@ -8,6 +8,7 @@ recognised without importing any of them on the governor's import path.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
@@ -65,10 +66,25 @@ def classify_error(exc: BaseException) -> ErrorKind | None:
     if isinstance(exc, GovernorError):
         return None
     names = {cls.__name__ for cls in type(exc).__mro__}
+    if _MISSING_KEY.search(str(exc)) and not names & _PROVIDER_SAID:
+        return "auth"  # the client found no key: retrying cannot help
     for name, kind in _BY_NAME:
         if name in names:
             return kind
     return _by_status(getattr(exc, "status_code", None))
+
+
+_MISSING_KEY = re.compile(
+    r"Missing credentials\. Please pass an `api_key`"
+    r"|api_key client option must be set"
+)
+"""The OpenAI SDK's words when it has no API key: LiteLLM raises them as an
+InternalServerError (a 500, retried), though no request was sent."""
+
+_PROVIDER_SAID: frozenset[str] = frozenset(
+    {"RateLimitError", "AuthenticationError", "PermissionDeniedError"}
+)
+"""Errors a provider answered with, whatever their text quotes."""
 
 
 def _by_status(status: object) -> ErrorKind | None:
