@@ -1063,8 +1063,14 @@ class Governor:
         policy: Policy | None,
         attribution: Attribution | None,
         scopes: Mapping[str, Any],
+        *,
+        one_call: bool = False,
     ) -> Task:
-        """A started task, not counted as open (one-call tasks are not)."""
+        """A started task, not counted as open (one-call tasks are not).
+
+        A one-call task's values are its call's own, so none of them is a
+        default its call could replace: that work is skipped for it.
+        """
         effective = self.policy.merged(policy) if policy else self.policy
         if effective.failure_mode != self.policy.failure_mode:
             logger.warning(
@@ -1088,12 +1094,16 @@ class Governor:
         base = _attribution(base, attribution, named)
         task = Task(effective, base, task_id=task_id)
         task.extras["ambient"] = current_attribution()  # already in its values
-        # The values a task policy names beyond the governor's are stated;
-        # one equal to the governor's default is not (a copy of the
-        # governor's policy, or the same file loaded again, names nothing).
-        task.extras["defaulted"] = _defaulted(
-            effective.attribution, parent, own, attribution, named
-        )
+        if one_call:
+            task.extras["one_call"] = True
+        else:
+            # The values a task policy names beyond the governor's are
+            # stated; one equal to the governor's default is not (a copy of
+            # the governor's policy, or the same file loaded again, names
+            # nothing).
+            task.extras["defaulted"] = _defaulted(
+                effective.attribution, parent, own, attribution, named
+            )
         task.owner = self
         task.parent = parent
         task.span = self.telemetry.start_task(task)
@@ -1654,9 +1664,7 @@ class Governor:
 
     def _one_call_task(self, attribution: Attribution | None) -> Task:
         """A task of its own for calls made outside any task (not kept open)."""
-        task = self._new_task(None, None, attribution, {})
-        task.extras["one_call"] = True
-        return task
+        return self._new_task(None, None, attribution, {}, one_call=True)
 
     def _joined_task(self, request: CallRequest) -> Task | None:
         """The task a call joins: its own, else this governor's current one."""
