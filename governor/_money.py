@@ -7,7 +7,7 @@ prices are fractions of a micro-dollar, so micro-dollars would round real calls.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, localcontext
+from decimal import ROUND_CEILING, Decimal, getcontext, localcontext
 
 NANOS_PER_USD = 10**9
 _NANO = Decimal(1).scaleb(-9)
@@ -43,16 +43,7 @@ _EXACT_NANOS = 10**27
 
 
 def _dollars(nanos: int) -> Decimal:
-    amount = (Decimal(nanos) * _NANO).normalize()
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent > 0:
-        return amount.quantize(Decimal(1))
-    return amount
-
-
-_PLAIN_DIGITS = 28
-"""Digits the default context holds: larger amounts are left as they are
-(no policy takes them, and its bounds refuse them)."""
+    return without_exponent((Decimal(nanos) * _NANO).normalize())
 
 
 def without_exponent(amount: Decimal) -> Decimal:
@@ -61,12 +52,13 @@ def without_exponent(amount: Decimal) -> Decimal:
     Python keeps ``Decimal("1e3")`` as ``Decimal("1E+3")``, which prints as
     ``1E+3``; this returns ``Decimal("1000")``. An amount with places
     (``Decimal("2.50")``) comes back as given. Only the notation changes: the
-    result equals ``amount`` and hashes alike.
+    result equals ``amount`` and hashes alike. An amount of more digits than
+    the context holds (no policy takes one) is left as it is.
     """
     exponent = amount.as_tuple().exponent
     if not isinstance(exponent, int) or exponent <= 0:
         return amount  # already plain, or not a finite number
-    if amount.adjusted() >= _PLAIN_DIGITS:
+    if amount.adjusted() >= getcontext().prec:
         return amount
     return amount.quantize(Decimal(1))
 
