@@ -304,7 +304,7 @@ def _masked_query(url: str) -> str:
 def _masked_shapes(value: str) -> str:
     """``value`` with bearer tokens and provider key shapes (``sk-...``,
     ``AIza...``) masked, whatever field holds it."""
-    for pattern in _CREDENTIALS[2:4]:
+    for pattern in _SHAPED_CREDENTIALS:
         value = pattern.sub(lambda m: m.group(1) + MASK, value)
     return value
 
@@ -372,7 +372,10 @@ def _masked_item(item: Any) -> Any:
     return masked(item)
 
 
-_CREDENTIALS: Final = (
+_UNMASKED = r"""(?!\*\*\*(?:[\s"',;&)\]}]|\.(?:\s|$)|$))"""
+"""Before a value: not the mask alone (masked already)."""
+
+_NAMED_CREDENTIALS: Final = (
     # name: value, name=value, "name": "value" (a header, a JSON key, a query
     # option), with an auth scheme word before the value swallowed too; a
     # value never ends in a dot (its sentence ends) or a closing bracket
@@ -383,15 +386,21 @@ _CREDENTIALS: Final = (
         r"|(?:access|auth|refresh|session|secret)[-_]?(?:token|key)"
         r"|password|passwd|authori[sz]ation)"
         r"""["']?\s*[:=]\s*["']?)(?>(?:(?:bearer|basic|token)\s+)?)"""
-        r"""(?!\*\*\*(?:[\s"',;&)\]}]|\.(?:\s|$)|$))[^\s"',;&)]*[^\s"',;&).\]}]""",
+        + _UNMASKED
+        + r"""[^\s"',;&)]*[^\s"',;&).\]}]""",
         re.IGNORECASE,
     ),
     # a bare key=, token= or secret= (a query option, a form field)
     re.compile(
         r"(?<![A-Za-z0-9_.-])((?:key|token|secret)=)"
-        r"(?!\*\*\*(?:[\s\"',;&)\]}]|\.(?:\s|$)|$))[^\s\"',;&)]*[^\s\"',;&).\]}]",
+        + _UNMASKED
+        + r"""[^\s"',;&)]*[^\s"',;&).\]}]""",
         re.IGNORECASE,
     ),
+)
+"""Values after a name that says they are secret."""
+
+_SHAPED_CREDENTIALS: Final = (
     # a scheme word and a token-like value: long, or holding a digit
     re.compile(
         r"\b((?:bearer|basic)\s+)(?=[A-Za-z._~+/=-]*[0-9]|[A-Za-z0-9._~+/=-]{16})"
@@ -404,10 +413,12 @@ _CREDENTIALS: Final = (
         r"()\b(?:sk-[A-Za-z0-9_-]{8,}|AIza[A-Za-z0-9_-]{20,}"
         r"|(?:gsk_|hf_|xai-)[A-Za-z0-9]{20,})"
     ),
-    # user:password@ right after the scheme (no / before the colon, so a
-    # path's @, as in Vertex's model@version, is not taken for one)
-    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^\s/@:]*:[^\s@]*@"),
 )
+"""Credentials known by their shape, whatever names them."""
+
+# user:password@ right after the scheme (no / before the colon, so a path's
+# @, as in Vertex's model@version, is not taken for one)
+_USERINFO: Final = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^\s/@:]*:[^\s@]*@")
 
 
 _FIELD_HEAD = re.compile(
@@ -521,10 +532,10 @@ def mask_credentials(text: str) -> str:
 
 def _masked_whole(text: str) -> str:
     text = _URL_IN_TEXT.sub(lambda m: _masked_query(m.group()), text)
-    for pattern in _CREDENTIALS[:-1]:
+    for pattern in (*_NAMED_CREDENTIALS, *_SHAPED_CREDENTIALS):
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
     text = _mask_named_values(text)
-    return _CREDENTIALS[-1].sub(lambda m: m.group(1) + MASK + "@", text)
+    return _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
 
 
 _VALUE_ERROR = "Value error, "
