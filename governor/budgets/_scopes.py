@@ -18,6 +18,7 @@ from typing import Final
 from governor._money import usd_to_nanos
 from governor.budgets._periods import Window, window_for
 from governor.policies import SCOPES, Budget, Scope
+from governor.policies._model import with_limits_from
 from governor.stores import Line
 
 __all__ = [
@@ -144,9 +145,6 @@ def lines_for(
     return sorted(specs, key=lambda spec: _ORDER[spec.scope])
 
 
-_LIMITS: Final = ("max_usd", "max_tokens")
-
-
 @dataclass(slots=True)
 class _Slot:
     """The budgets of one scope, period and rolling window for one value."""
@@ -163,13 +161,7 @@ class _Slot:
             return self.wide
         if self.wide is None:
             return self.keyed
-        inherited = {
-            name: getattr(self.wide, name)
-            for name in _LIMITS
-            if getattr(self.keyed, name) is None
-            and getattr(self.wide, name) is not None
-        }
-        return self.keyed.model_copy(update=inherited) if inherited else self.keyed
+        return with_limits_from(self.keyed, self.wide)
 
 
 def _spec(budget: Budget, value: str, now: datetime) -> LineSpec:

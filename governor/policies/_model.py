@@ -824,6 +824,18 @@ def _budget_ident(budget: Budget) -> tuple[Any, ...]:
 
 
 _LIMITS = ("max_usd", "max_tokens")
+"""A budget's limits: one left unset (None) limits nothing."""
+
+
+def with_limits_from(budget: Budget, base: Budget) -> Budget:
+    """``budget`` with each limit it leaves unset taken from ``base``: how a
+    keyed budget lays over its scope's budget, limit by limit."""
+    inherited = {
+        name: getattr(base, name)
+        for name in _LIMITS
+        if getattr(budget, name) is None and getattr(base, name) is not None
+    }
+    return budget.model_copy(update=inherited) if inherited else budget
 
 
 def _merged_budget(base: Budget, override: Budget) -> Budget:
