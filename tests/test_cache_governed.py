@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from typing import Any
 
 import pytest
@@ -411,19 +411,25 @@ def test_a_recheck_never_asks_the_verifier_for_the_slot_its_call_holds() -> None
         return True
 
     counter = CountingLiteLLM()
+    sending = threading.Event()
+
+    def send(**kwargs: Any) -> Any:
+        sending.set()  # the first call holds the one slot from here on
+        return counter.completion(**kwargs)
+
     policy = Policy(
         cache=Cache(embedder="hashing", verifier=verifier, similarity_threshold=0.5),
         fanout=Fanout(max_inflight_calls=1, wait_timeout_s=5),
     )
     gov = Governor(policy)
-    llm = GovernedLiteLLM(gov, completion=counter.completion)
+    llm = GovernedLiteLLM(gov, completion=send)
 
     def one(question: str) -> Any:
         return llm.completion(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": question}],
             mock_response="Paris.",
-            mock_delay=0.3,
+            mock_delay=0.5,
             max_tokens=10,
         )
 
@@ -431,7 +437,7 @@ def test_a_recheck_never_asks_the_verifier_for_the_slot_its_call_holds() -> None
 
     with gov.task() as task, ThreadPoolExecutor(2) as pool:
         first = pool.submit(task.bind(one), "What is the capital of France?")
-        time.sleep(0.1)
+        assert sending.wait(timeout=30)  # asked while the first is in flight
         second = pool.submit(task.bind(one), "what is the capital of france")
         first.result(), second.result()
     assert asked == []
