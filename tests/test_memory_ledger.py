@@ -214,3 +214,24 @@ def test_negative_amounts_are_refused_as_in_redis(nanos: int, tokens: int) -> No
     balance = ledger.balance("team:a")
     assert balance is not None
     assert (balance.spent_nanos, balance.reserved_nanos) == (0, 10)
+
+
+async def test_async_keys_reset_and_close_match_the_redis_ledgers() -> None:
+    """The async admin methods exist, as on RedisLedger, and do the same."""
+    ledger = MemoryLedger()
+    lines = [Line("team:x", 1_000, None), Line("task:a", None, 500)]
+    assert await ledger.areserve("h1", lines, 300, 40, 10) is None
+    await ledger.asettle("h1", ["team:x", "task:a"], 250, 30)
+
+    assert await ledger.akeys() == ["task:a", "team:x"]
+    await ledger.areset("team:x")
+    team = await ledger.abalance("team:x")
+    task = await ledger.abalance("task:a")
+    assert team is not None
+    assert task is not None
+    assert (team.spent_nanos, task.spent_tokens) == (0, 30)
+
+    assert ledger.ping() is True
+    ledger.close()
+    await ledger.aclose()
+    assert ledger.balance("task:a") == task

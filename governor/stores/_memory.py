@@ -330,6 +330,24 @@ class MemoryLedger:
         """Async form of :meth:`balance`."""
         return self.balance(key)
 
+    async def akeys(self) -> list[str]:
+        """Async form of :meth:`keys`."""
+        return self.keys()
+
+    async def areset(self, key: str) -> None:
+        """Async form of :meth:`reset`."""
+        self.reset(key)
+
+    def ping(self) -> bool:
+        """Return True: the ledger lives in this process (as the Redis one's)."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to close; here so either ledger can be closed alike."""
+
+    async def aclose(self) -> None:
+        """Async form of :meth:`close`."""
+
     def _counters(self, line: Line, now: float) -> _Counters:
         entry = self._state.lines.get(line.key)
         if entry is not None and entry.expired(now):
