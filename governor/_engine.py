@@ -225,6 +225,7 @@ class Governor:
         self._spend_closed = False
         self._warned_closed = False
         self._close_once = threading.Lock()
+        self._task_close_lock = threading.Lock()  # one closer per task
         self.telemetry = Telemetry(tracer_provider, meter_provider)
         self._blocked: set[str] = set()
         self._factors: dict[str, float] = {}
@@ -1118,9 +1119,8 @@ class Governor:
         comes back as ``task.report()`` gives it, with the budget left read
         at its end, and its span and the ledger are left alone.
         """
-        if task.closed:
+        if not self._closing(task):
             return task.report()
-        self._closing(task)
         try:
             task.budget_left_usd = self._budget_left(task)
         except BaseException:
@@ -1136,9 +1136,8 @@ class Governor:
         the figure) and is raised. A task closed already is not closed again,
         as with :meth:`close_task`.
         """
-        if task.closed:
+        if not self._closing(task):
             return task.report()
-        self._closing(task)
         try:
             task.budget_left_usd = await self._abudget_left(task)
         except BaseException:
@@ -1146,10 +1145,17 @@ class Governor:
             raise
         return self._end_task(task)
 
-    def _closing(self, task: Task) -> None:
-        """Mark a task closed; warn of streams it leaves unread."""
+    def _closing(self, task: Task) -> bool:
+        """Mark a task closed; warn of streams it leaves unread.
+
+        Return False, doing nothing, when the task is closed already (two
+        threads closing one task: only the first ends its span).
+        """
+        with self._task_close_lock:
+            if task.closed:
+                return False
+            task.closed = True
         self._open_tasks.discard(task)
-        task.closed = True
         unread = task.unread_streams()
         if unread:
             log = logger.debug if self._warned_streams else logger.warning
@@ -1162,6 +1168,7 @@ class Governor:
                 task.id,
                 unread,
             )
+        return True
 
     def _end_task(self, task: Task) -> TaskReport:
         """End a closed task's span with its report and return the report."""
@@ -1178,8 +1185,7 @@ class Governor:
             return
         if read:
             self.close_task(task)
-        else:
-            self._closing(task)
+        elif self._closing(task):
             self._end_task(task)
 
     async def _aclose_owned(self, task: Task) -> None:

@@ -5,6 +5,7 @@ task closed twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from types import SimpleNamespace
@@ -233,6 +234,45 @@ def test_closing_a_closed_task_again_returns_its_report_and_leaves_its_span(
             again = gov.close_task(task)
     assert again == first
     assert reads == []
+    assert len(capture.named("governor.task")) == 1
+    assert "ended span" not in caplog.text
+    gov.close()
+
+
+class _MeetingSet(set[Any]):
+    """A set whose discard waits (briefly) for a second thread to discard too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(2)
+
+    def discard(self, item: Any) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.meeting.wait(timeout=1.0)  # a hang guard: one closer waits
+        super().discard(item)
+
+
+def test_two_threads_closing_one_task_end_its_span_once(
+    capture: SpanCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the first of two racing closers ends the task's span."""
+    gov = Governor(Policy(), tracer_provider=capture.provider)
+    task = gov.open_task()
+    gov._open_tasks = _MeetingSet()
+    reports: list[Any] = []
+    closers = [
+        threading.Thread(target=lambda: reports.append(gov.close_task(task)))
+        for _ in range(2)
+    ]
+
+    with caplog.at_level(logging.WARNING):
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(timeout=10)
+
+    assert len(reports) == 2
+    assert reports[0] == reports[1]
     assert len(capture.named("governor.task")) == 1
     assert "ended span" not in caplog.text
     gov.close()
