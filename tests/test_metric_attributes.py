@@ -8,6 +8,7 @@ keep them.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 import pytest
@@ -194,3 +195,40 @@ def test_task_stops_description_covers_errors() -> None:
     assert "error:<ExceptionClass>" in description
     assert "closed" in description
     assert "cancelled" in description
+
+
+class _CutOff(asyncio.CancelledError):
+    """A private error of the kind an adapter ends a call with."""
+
+
+class _Halted(RuntimeError):
+    pass
+
+
+def test_a_private_error_is_shown_by_its_public_class(capture: SpanCapture) -> None:
+    """Spans and metrics name the first public class: one label per kind."""
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(
+        capture.provider, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    for error in (_CutOff(), _Halted("run ended"), KeyError("k")):
+        span = telemetry.start_span("chat m", None, {})
+        telemetry.end_span(span, {}, error)
+        telemetry.record_call(
+            {},
+            cost_usd=0.0,
+            input_tokens=0,
+            output_tokens=0,
+            duration_s=0.1,
+            error=error,
+        )
+
+    statuses = [span.status.description for span in capture.spans]
+    assert statuses == ["CancelledError", "RuntimeError", "KeyError"]
+    types = [span.events[0].attributes["exception.type"] for span in capture.spans]
+    assert types == ["asyncio.exceptions.CancelledError", "RuntimeError", "KeyError"]
+    durations = {
+        p.attributes.get("error.type"): p.count
+        for p in points(reader, "gen_ai.client.operation.duration")
+    }
+    assert durations == {"CancelledError": 1, "RuntimeError": 1, "KeyError": 1}

@@ -248,8 +248,9 @@ class Telemetry:
         try:
             span.set_attributes(attributes)
             if error is not None:
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                span.record_exception(error, content_free_exception(error))
+                shown = public_type(error)
+                span.set_status(Status(StatusCode.ERROR, shown.__name__))
+                span.record_exception(error, _exception_attributes(error, shown))
             span.end()
         except Exception:
             logger.warning("could not end a span", exc_info=True)
@@ -283,7 +284,7 @@ class Telemetry:
             self._add_tokens(input_tokens, bounded, "input")
             self._add_tokens(output_tokens, bounded, "output")
             if error is not None:
-                bounded = {**bounded, attr.ERROR_TYPE: type(error).__qualname__}
+                bounded = {**bounded, attr.ERROR_TYPE: public_type(error).__qualname__}
             self._duration.record(duration_s, bounded)
         except Exception:
             logger.warning("could not record call metrics", exc_info=True)
@@ -375,3 +376,28 @@ def _task_rollups(report: TaskReport) -> dict[str, AttrValue]:
 # reader that stopped reading early. Their task spans keep an unset status,
 # so that error-rate alerts count failures only.
 _NOT_ERRORS = frozenset({None, "interrupted", "closed"})
+
+
+def public_type(error: BaseException) -> type[BaseException]:
+    """The error's class as telemetry shows it: the first public one it is.
+
+    The governor ends calls with private exceptions of its own (a LangGraph
+    call cut off as its run ends is a ``CancelledError``); dashboards group
+    by the public class, the same for every adapter.
+    """
+    for cls in type(error).__mro__:
+        if not cls.__name__.startswith("_"):
+            return cls
+    return type(error)
+
+
+def _exception_attributes(
+    error: BaseException, shown: type[BaseException]
+) -> dict[str, str] | None:
+    """The exception event's attributes, naming ``shown`` as its type."""
+    attributes = content_free_exception(error)
+    if shown is type(error):
+        return attributes
+    module, name = shown.__module__, shown.__qualname__
+    named = name if module == "builtins" else f"{module}.{name}"
+    return {**(attributes or {}), "exception.type": named}
