@@ -96,6 +96,52 @@ def test_replay_leaves_out_a_half_written_last_line(tmp_path: Path) -> None:
     assert "incomplete (being written?)" in done.stderr
 
 
+def _lines(count: int) -> list[bytes]:
+    return [
+        json.dumps(rec(i).to_json_dict(), separators=(",", ":")).encode()
+        for i in range(count)
+    ]
+
+
+def test_records_separated_by_carriage_returns_are_refused_not_left_out(
+    tmp_path: Path,
+) -> None:
+    """A CR-only file is one line with no newline: it is not being written,
+    so it is named as bad, with the fix, instead of read as no calls."""
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes(b"\r".join(_lines(3)) + b"\r")
+    with pytest.raises(SpendDataError, match=r"cr\.jsonl:1: .*CR alone") as info:
+        list(JsonlSpendStore(path).query())
+    assert "tr '\\r' '\\n'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x00\xff\xfe not a record", b"[1, 2", b"garbage"],
+    ids=["binary", "a-list", "text"],
+)
+def test_a_last_line_that_cannot_become_a_record_is_named(
+    tmp_path: Path, tail: bytes
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(_lines(2)) + b"\n" + tail)
+    with pytest.raises(SpendDataError, match=r"bad\.jsonl:3: "):
+        list(JsonlSpendStore(path).query())
+
+
+def test_a_last_line_cut_inside_a_character_is_being_written(
+    tmp_path: Path,
+) -> None:
+    """A writer's partial write can end inside a UTF-8 character."""
+    path = tmp_path / "cut.jsonl"
+    cut = '{"v":1,"team":"\u00e9'.encode()[:-1]
+    path.write_bytes(b"\n".join(_lines(2)) + b"\n" + cut)
+    assert [r.call_id for r in JsonlSpendStore(path).query()] == [
+        "call-0",
+        "call-1",
+    ]
+
+
 def test_query_logs_the_left_out_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

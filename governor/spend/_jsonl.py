@@ -337,11 +337,19 @@ def _json_object(raw: bytes, number: int) -> dict[str, Any]:
             f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
             f"{exc.start + 1}); a spend trace is UTF-8 JSON: {_FIX}"
         ) from exc
+    text = text.rstrip("\r\n")
     try:
         # The line's own end is not part of it (inside a cut-off string it
         # would read as a control character, not as the string's end).
-        data = load_json(text.rstrip("\r\n"))
+        data = load_json(text)
     except json.JSONDecodeError as exc:
+        if "\r" in text:
+            raise SpendDataError(
+                "not JSON, and carriage returns inside the line: records "
+                "separated by CR alone (old Mac line endings) read as one "
+                "line; end each record with a newline, e.g. "
+                "tr '\\r' '\\n' < FILE > FIXED.jsonl"
+            ) from exc
         # "Unterminated string starting at" already ends with its "at".
         raise SpendDataError(
             f"not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); "
@@ -369,12 +377,23 @@ def _ends_line(path: Path, size: int) -> bool:
 
 
 def _unfinished(raw: bytes, number: int) -> bool:
-    """Whether a last line with no final newline is not yet whole UTF-8 JSON,
-    as a line its writer is still appending is not."""
+    """Whether a last line with no final newline is a record its writer is
+    still appending: the start of one JSON object, cut short.
+
+    A line that could never become one (carriage returns between records,
+    bytes that are not UTF-8 before its end, anything but an object) is not
+    waiting for more: it is read, and named as the bad line it is.
+    """
     try:
-        json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return True
+        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.end == len(raw) and exc.reason == "unexpected end of data"
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return "\r" not in text.rstrip("\r")
     except ValueError:  # whole JSON, but a number too long: _parse says so
         return False
     return False
