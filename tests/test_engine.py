@@ -72,6 +72,34 @@ def test_task_is_stopped_before_the_call_that_would_cross(
     assert report.stop_reason == "budget_exceeded"
 
 
+def test_a_raised_budget_on_the_old_ledger_counts_what_the_task_spent(
+    capture: SpanCapture,
+) -> None:
+    """The quickstart's recipe: a bigger budget, the same ledger, one task."""
+    small = Decimal("0.0001")
+    gov, llm, _ = governed(Policy(budgets=[Budget(max_usd=small)]), capture)
+    with pytest.raises(BudgetExceeded), gov.task("job-1") as first:
+        for _ in range(100):
+            call(llm, max_tokens=50)
+
+    big = Policy(budgets=[Budget(max_usd=small * 2)])
+    again = Governor(big, ledger=gov.ledger, tracer_provider=capture.provider)
+    counter = CountingLiteLLM()
+    more = GovernedLiteLLM(
+        again, completion=counter.completion, acompletion=counter.acompletion
+    )
+    with pytest.raises(BudgetExceeded), again.task("job-1") as second:
+        for _ in range(100):
+            call(more, max_tokens=50)
+
+    both = first.report().cost_usd + second.report().cost_usd
+    line = again.ledger.balance("task:job-1")
+    assert line is not None
+    assert Decimal(line.spent_nanos) / 10**9 == both
+    assert both <= small * 2
+    assert counter.sent == second.report().calls > 0
+
+
 def test_budget_exceeded_carries_scope_limit_and_spend(capture: SpanCapture) -> None:
     """The refusal names the scope, unit, limit, spend so far and task id."""
     gov, llm, _ = governed(Policy(budgets=[Budget(max_usd="0.00004")]), capture)
