@@ -177,3 +177,63 @@ def test_skipped_duplicate_lines_are_told_once_per_report(tmp_path: Path) -> Non
         done = cli("report", "--db", db, "--by", "team", "--format", fmt)
         assert (done.returncode, done.stdout.count(said)) == (0, 0)
         assert done.stderr.count(said) == 1
+
+
+# -- timestamps at the ends of the calendar ---------------------------------
+
+
+def test_a_record_whose_time_is_past_year_9999_in_utc_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It overflowed into an unexpected OverflowError, with no line."""
+    line = json.dumps(
+        {**rec(0).to_json_dict(), "ts": "9999-12-31T23:59:59.999999-01:00"}
+    )
+    path = tmp_path / "late.jsonl"
+    path.write_text(line + "\n")
+    assert main(["report", "--db", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "late.jsonl:1: " in err
+    assert "past the years a UTC time can hold" in err
+    assert "OverflowError" not in err
+
+
+def test_days_of_early_years_are_written_with_four_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    early = datetime(1, 1, 1, tzinfo=UTC)
+    db = trace(tmp_path, rec(0, ts=early), rec(1, ts=early + timedelta(days=2)))
+    page = tmp_path / "early.html"
+    out = report(capsys, "--db", db, "--by", "day", "--html", str(page))
+    assert "Spend in" in out
+    assert "0001-01-01 00:00 .. 0001-01-03 00:00 UTC" in out
+    assert "0001-01-03" in out
+    assert "0001-01-01" in page.read_text()
+
+
+def test_records_centuries_apart_chart_only_the_days_with_spend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Filling every day from year 1000 to 9999 took a minute and 223 MB."""
+    db = trace(
+        tmp_path,
+        rec(0, ts=datetime(1000, 1, 1, tzinfo=UTC)),
+        rec(1, ts=datetime(9999, 12, 31, 23, tzinfo=UTC)),
+    )
+    page = tmp_path / "far.html"
+    report(capsys, "--db", db, "--by", "day", "--html", str(page))
+    text = page.read_text()
+    assert "1000-01-01" in text
+    assert "9999-12-31" in text
+    assert "1000-01-02" not in text
+    assert len(text) < 100_000
+
+
+def test_the_last_day_of_year_9999_charts_without_overflow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    db = trace(tmp_path, rec(0, ts=last - timedelta(days=1)), rec(1, ts=last))
+    page = tmp_path / "end.png"
+    report(capsys, "--db", db, "--by", "day", "--png", str(page))
+    assert page.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -438,8 +438,8 @@ def _headline(summary: SpendSummary, label: str) -> str:
         return f"Spend in {label}: no calls"
     calls = "1 call" if total.calls == 1 else f"{total.calls} calls"
     return (
-        f"Spend in {label}: {summary.first_ts:%Y-%m-%d %H:%M} .. "
-        f"{summary.last_ts:%Y-%m-%d %H:%M} UTC, {calls}, "
+        f"Spend in {label}: {_minute(summary.first_ts)} .. "
+        f"{_minute(summary.last_ts)} UTC, {calls}, "
         f"${total.cost_usd:.6f} (saved ${total.saved_usd:.6f})"
     )
 
@@ -560,3 +560,8 @@ def _write(option: str, path: Path, data: bytes) -> None:
             f"cannot write {option} {path}: {exc.strerror or exc}; give a path "
             "in a folder that exists and that you can write to"
         ) from exc
+
+
+def _minute(ts: datetime) -> str:
+    """``YYYY-MM-DD HH:MM``, with four-digit years (strftime drops zeros)."""
+    return ts.isoformat(" ", "minutes")[:16]

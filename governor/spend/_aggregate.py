@@ -133,9 +133,9 @@ def key_of(rec: SpendRecord, by: str) -> str | None:
     it, and a row of its own would read as a blank name.
     """
     if by == "day":
-        return rec.ts.strftime("%Y-%m-%d")
+        return rec.ts.date().isoformat()  # four-digit years, as ISO 8601
     if by == "hour":
-        return rec.ts.strftime("%Y-%m-%dT%H:00Z")
+        return f"{rec.ts.date().isoformat()}T{rec.ts.hour:02d}:00Z"
     if by == "task":
         return rec.task_id
     if by.startswith("tag."):

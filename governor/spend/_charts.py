@@ -135,21 +135,41 @@ def bars_over_time(title: str, rows: Sequence[Group]) -> Chart:
 
 
 def _filled(rows: Sequence[Group], by: str) -> list[Group]:
-    """Time buckets from first to last with empty ones as zero-cost groups."""
+    """Time buckets from first to last with empty ones as zero-cost groups.
+
+    Records far apart (years of days, a stray timestamp) would make more
+    empty buckets than a chart can show: past ``_MOST_BUCKETS`` the chart
+    keeps only the buckets that have spend.
+    """
     if not rows:
         return []
-    fmt, step = ("%Y-%m-%d", timedelta(days=1))
-    if by == "hour":
-        fmt, step = ("%Y-%m-%dT%H:00Z", timedelta(hours=1))
+    step = timedelta(hours=1) if by == "hour" else timedelta(days=1)
     present = {g.key: g for g in rows}
-    current = datetime.strptime(rows[0].key, fmt)
-    last = datetime.strptime(rows[-1].key, fmt)
+    current, last = _bucket_start(rows[0].key), _bucket_start(rows[-1].key)
+    if (last - current) // step >= _MOST_BUCKETS:
+        return list(rows)
     out: list[Group] = []
     while current <= last:
-        key = current.strftime(fmt)
+        key = _bucket_key(current, by)
         out.append(present.get(key, Group(key, Totals())))
+        if current == last:
+            break  # a step past the last bucket may be past year 9999
         current += step
     return out
+
+
+_MOST_BUCKETS = 20_000
+"""The most time buckets a chart fills in (about 55 years of days)."""
+
+
+def _bucket_start(key: str) -> datetime:
+    """The time a day (``YYYY-MM-DD``) or hour (``...THH:00Z``) key starts."""
+    return datetime.fromisoformat(key.removesuffix("Z"))
+
+
+def _bucket_key(start: datetime, by: str) -> str:
+    day = start.date().isoformat()
+    return f"{day}T{start.hour:02d}:00Z" if by == "hour" else day
 
 
 def charts_for(summary: SpendSummary, *, top_n: int = 10) -> list[Chart]:

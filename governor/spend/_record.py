@@ -103,7 +103,13 @@ class SpendRecord:
         if self.ts.tzinfo is None or self.ts.utcoffset() is None:
             raise ValueError("SpendRecord.ts must be timezone-aware (UTC)")
         if self.ts.tzinfo is not UTC:
-            object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+            try:
+                object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+            except OverflowError:
+                raise ValueError(
+                    f"SpendRecord.ts {self.ts.isoformat()} is past the years "
+                    "a UTC time can hold (1 to 9999); fix the record's ts"
+                ) from None
         for name in MONEY_FIELDS:
             amount = getattr(self, name)
             _check_money(name, amount)
