@@ -545,7 +545,8 @@ class GovernedLiteLLM:
             _apply(admission, kwargs)
             response = self._completion(**kwargs)
         except BaseException as exc:
-            _charged(exc, self.governor.end_call(admission, _failed(request, exc)))
+            result = _failed(request, exc, admission)
+            _charged(exc, self.governor.end_call(admission, result))
             raise
         finally:
             _INSIDE.reset(token)
@@ -582,8 +583,8 @@ class GovernedLiteLLM:
             _apply(admission, kwargs)
             response = await self._acompletion(**kwargs)
         except BaseException as exc:
-            cost = await self.governor.aend_call(admission, _failed(request, exc))
-            _charged(exc, cost)
+            result = _failed(request, exc, admission)
+            _charged(exc, await self.governor.aend_call(admission, result))
             raise
         finally:
             _INSIDE.reset(token)
@@ -2868,7 +2869,9 @@ def _unread(error: BaseException) -> CallResult:
     return CallResult(error=error, charge_hold=True)
 
 
-def _failed(request: CallRequest, error: BaseException) -> CallResult:
+def _failed(
+    request: CallRequest, error: BaseException, admission: Admission | None = None
+) -> CallResult:
     """A call that raised: a cancelled or timed-out one is charged its hold.
 
     The request reached the provider, which may answer it in full and bill
@@ -2877,15 +2880,22 @@ def _failed(request: CallRequest, error: BaseException) -> CallResult:
     that failed after LiteLLM was seen to send it for a reason other than an
     error answer (see :func:`_failed_after_sending`). A call that LiteLLM was
     seen to stop before sending (see :func:`_watching`), or that never got a
-    connection (see :func:`_not_connected`), is charged nothing.
+    connection (see :func:`_not_connected`), is charged nothing. A 200
+    answer with no choices that reports its usage is settled at that usage,
+    with the call's ``admission`` (see :func:`_answer_without_choices`).
     """
     if _not_sent(error):
         return CallResult(error=error)
     sent = _seen_sending(error)
+    body = _answer_body(error)
     causes = _causes(error)
     cut = _answer_cut(causes)
     if not cut and _not_connected(causes):
         return CallResult(error=error)
+    if admission is not None and _no_choices(causes):
+        answered = _answer_without_choices(body, request, admission)
+        if answered is not None:
+            return dataclasses.replace(answered, error=error)
     if (
         not cut
         and not interrupted_after_sending(error)
@@ -2980,22 +2990,29 @@ _LITELLM_MODULES = ("litellm.main", "litellm.chat_completions.dispatch")
 
 
 class _Sending:
-    """Whether LiteLLM reached its pre-call hook in one governed call.
+    """Whether LiteLLM reached its pre-call hook in one governed call, and
+    the answer's body its post-call hook was given (``answer``).
 
     A mark also marks the call this one runs inside (LiteLLM calling itself
     while a governed call is under way), which sends through it.
     """
 
-    __slots__ = ("_outer", "seen")
+    __slots__ = ("_outer", "answer", "seen")
 
     def __init__(self, outer: _Sending | None) -> None:
         self._outer = outer
         self.seen = False
+        self.answer: object = None
 
     def mark(self) -> None:
         self.seen = True
         if self._outer is not None:
             self._outer.mark()
+
+    def answered(self, body: object) -> None:
+        self.answer = body
+        if self._outer is not None:
+            self._outer.answered(body)
 
 
 # The watch of the LiteLLM call running in this context. LiteLLM runs part
@@ -3017,6 +3034,22 @@ class _PreCallHook(CustomLogger):  # type: ignore[misc]  # litellm is untyped (m
         sending = _SENDING.get()
         if sending is not None:
             sending.mark()
+
+    def log_post_api_call(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Keep the provider's answer as LiteLLM got it, before it is read,
+        for an answer LiteLLM then rejects (see :func:`_answer_body`).
+
+        Only a JSON object's text is kept: LiteLLM also logs the text of the
+        error it then raises, and a stream, here.
+        """
+        sending = _SENDING.get()
+        if sending is None or not isinstance(kwargs, dict):
+            return
+        body = kwargs.get("original_response")
+        if isinstance(body, str) and body.lstrip().startswith("{"):
+            sending.answered(body)
 
 
 _PRE_CALL_HOOK = _PreCallHook()
@@ -3111,6 +3144,7 @@ def _note_sending(
     with contextlib.suppress(AttributeError):  # a type that takes no attributes
         setattr(error, NOT_SENT_ATTRIBUTE, unsent)
         setattr(error, _SENT_ATTRIBUTE, sending.seen)
+        setattr(error, _ANSWER_ATTRIBUTE, sending.answer)
 
 
 def _hooked_route(kwargs: Mapping[str, Any]) -> bool:
@@ -3155,12 +3189,92 @@ def _python_route() -> bool:
 # raised for a stream with no event in it (_no_stream_events) says so too.
 _UNREADABLE = ("Invalid response object", "Empty or invalid response from LLM")
 
+# What LiteLLM says of a 200 answer with no list of choices (none, or null).
+# It raises its own APIError (status 500), which its exception mapping wraps
+# in an InternalServerError that carries an HTTP response LiteLLM made up:
+# no provider's status error is in the chain.
+_NO_CHOICES = (
+    "provider returned a response with no 'choices'",
+    "provider returned 'choices' that is not a list",
+)
+
+# Set by the watch on an exception: the answer's body LiteLLM's post-call
+# hook was given, if any (see :func:`_answer_without_choices`).
+_ANSWER_ATTRIBUTE = "governor_answer_body"
+
+
+def _no_choices(causes: Sequence[BaseException]) -> bool:
+    """True when LiteLLM rejected a 200 answer for having no choices.
+
+    A provider's error answer whose text says the same has httpx's status
+    error in its chain and is not one. ``causes`` is :func:`_causes` of the
+    error.
+    """
+    if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
+        return False
+    return any(words in str(cause) for cause in causes for words in _NO_CHOICES)
+
+
+def _answer_body(error: BaseException) -> object:
+    """The answer's body the call's own watch noted on ``error``, or None;
+    the note is taken off, as :func:`_seen_sending` does."""
+    body = getattr(error, _ANSWER_ATTRIBUTE, None)
+    with contextlib.suppress(AttributeError):
+        delattr(error, _ANSWER_ATTRIBUTE)
+    return body
+
+
+def _answer_without_choices(
+    body: object, request: CallRequest, admission: Admission
+) -> CallResult | None:
+    """What a 200 answer with no choices settles at, or None for its hold.
+
+    The provider answered and reports what it billed: a body whose usage
+    reads is settled at it as an answer with an empty list of choices is
+    (see :func:`_result`: a side left out or zero is counted locally, and
+    there is no output text to count). A body that is not JSON, has no
+    usage or usage in no known shape gives None: the call is charged its
+    hold, as an unreadable answer is.
+    """
+    if not isinstance(body, str):
+        return None
+    try:
+        body = json.loads(body)
+    except ValueError:  # a body LiteLLM logged cut short or redacted
+        return None
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    if not isinstance(usage, Mapping) or not usage:
+        return None
+    try:
+        reported = usage_from_response(usage)
+    except ConfigError as exc:
+        logger.warning(
+            "the provider's answer for model %s has no choices and its usage is "
+            "not usable (%s); the call is charged its hold",
+            request.model,
+            exc,
+        )
+        return None
+    model = body.get("model") if isinstance(body, Mapping) else None
+    return CallResult(
+        usage=settled_usage(
+            reported,
+            model=request.model,
+            messages=request.messages,
+            text=None,
+            extra_prompt=request.extra_prompt,
+            reported_total=lambda: total_tokens_of(usage),
+            hold=_held(admission),
+        ),
+        response_model=model if isinstance(model, str) else None,
+    )
+
 
 def _unparsed_answer(
     error: BaseException, causes: Sequence[BaseException], request: CallRequest
 ) -> bool:
     """LiteLLM got an answer it could not read (malformed usage, a body or a
-    first stream event that is not JSON).
+    first stream event that is not JSON, no choices: see :func:`_no_choices`).
 
     It raises that as a server error (status 500), yet the provider answered
     and may bill it: such a call is charged its hold, like an answer read but
@@ -3171,6 +3285,8 @@ def _unparsed_answer(
     :func:`_causes` of ``error``.
     """
     if any(words in str(error) for words in _UNREADABLE):
+        return True
+    if _no_choices(causes):
         return True
     if any(isinstance(cause, httpx.HTTPStatusError) for cause in causes):
         return False
