@@ -17,6 +17,13 @@ clock: calendar and rolling budget windows and a task's wall time
 (``max_wall_s``) follow the records' times, not the time of the replay.
 Each call is charged to the scope values its own record names. A policy's
 cascade and response cache are not simulated (a warning says so).
+
+Records written by hand or by older releases may hold names the live
+governor refuses: a scope value such as ``"a#b"`` or ``" ab"`` is charged
+to no value of its scope, as a live call could not be charged to it (a
+warning names each), and a task id with ``#`` or a control character is
+replayed under an id of its own with those characters escaped, its results
+still under the recorded id.
 """
 
 from __future__ import annotations
@@ -36,8 +43,14 @@ from typing import TYPE_CHECKING, Any
 from governor._calls import CallRequest, CallResult
 from governor._engine import _MAX_AMOUNT, Governor
 from governor._errors import ConfigError, GovernorHalt, decimal_text
+from governor._task import _checked_id
 from governor.policies import Attribution, Policy
-from governor.policies._model import name_problem, tag_problem
+from governor.policies._model import (
+    ATTRIBUTION_FIELDS,
+    _suggested_name,
+    name_problem,
+    tag_problem,
+)
 from governor.pricing import Usage
 from governor.spend._record import TOKEN_FIELDS
 from governor.stores import MemoryLedger
@@ -96,12 +109,16 @@ class ReplayRun:
     def quality(self) -> float | None:
         """Mean quality over tasks that have one, else None; stopped tasks score 0.
 
-        Each value is divided before the sum, so finite tags as large as
-        1e308 give a finite mean."""
+        The values are summed exactly (:func:`math.fsum`) and divided once,
+        so tasks that all scored 1 give exactly 1.0; finite tags whose sum
+        is past a float (near 1e308) are each divided first."""
         known = [t.quality for t in self.tasks.values() if t.quality is not None]
         if not known:
             return None
-        return sum(q / len(known) for q in known)  # no overflow on huge tags
+        try:
+            return math.fsum(known) / len(known)
+        except OverflowError:
+            return math.fsum(q / len(known) for q in known)
 
     @property
     def stopped_recorded_good(self) -> int:
@@ -132,7 +149,8 @@ class RecordedCall:
     a :class:`SpendRecord` takes a few thousand, for replays of many calls.
 
     ``at`` is the record's time in seconds since the epoch, ``values`` the
-    scope values it names that today's rules accept, and ``tags`` its tags
+    scope values it names that today's rules accept, ``refused`` those it
+    names that they refuse (``"a#b"``, ``" ab"``), and ``tags`` its tags, each
     as ``(name, value)`` pairs; the other attributes are the record's own.
     Build them with :func:`recorded_calls`.
     """
@@ -144,6 +162,7 @@ class RecordedCall:
         "model",
         "outcome",
         "values",
+        "refused",
         "tags",
         *TOKEN_FIELDS,
     )
@@ -154,6 +173,7 @@ class RecordedCall:
     model: str
     outcome: str
     values: tuple[tuple[str, str], ...]
+    refused: tuple[tuple[str, str], ...]
     tags: tuple[tuple[str, str], ...]
     input_tokens: int
     output_tokens: int
@@ -188,7 +208,9 @@ def _compact(
     call.outcome = shared.setdefault(record.outcome, record.outcome)
     for name in TOKEN_FIELDS:
         setattr(call, name, getattr(record, name))
-    call.values = _pairs(_values(record), shared)
+    usable, refused = _values(record)
+    call.values = _pairs(usable, shared)
+    call.refused = _pairs(refused, shared)
     call.tags = _pairs(record.tags, shared)
     return call
 
@@ -232,6 +254,7 @@ def replay(
     )
     del shared
     run = ReplayRun(label or policy.name, not_simulated=_not_simulated(policy))
+    _warn_refused(calls)
     clock = _RecordedClock(calls[0].at if calls else 0.0)
     gov = Governor(policy, ledger=MemoryLedger(clock=clock))
     gov._wall_clock = clock
@@ -242,7 +265,7 @@ def replay(
         quality, bad = _quality(task_calls)
         unread.extend((task_id, key, value) for key, value in bad)
         run.tasks[task_id] = TaskReplay(task_id, recorded_quality=quality)
-    replaying = _Replaying(gov, dict(model_map or {}), tasks)
+    replaying = _Replaying(gov, dict(model_map or {}), tasks, _live_ids(tasks))
     for record in calls:
         clock.now = record.at
         replaying.call(record, run.tasks[record.task_id])
@@ -271,10 +294,13 @@ class _Replaying:
         gov: Governor,
         swaps: Mapping[str, str],
         tasks: Mapping[str, list[RecordedCall]],
+        live_ids: Mapping[str, str],
     ) -> None:
         self.gov = gov
         self.swaps = swaps
         self.tasks = tasks
+        # Recorded task ids a live task may not take, and the ids they open as.
+        self.live_ids = live_ids
         self.left = {task_id: len(calls) for task_id, calls in tasks.items()}
         # Each open task, and the recorded time of its first call.
         self.open: dict[str, tuple[Task, float]] = {}
@@ -311,11 +337,15 @@ class _Replaying:
         calls = self.tasks[task_id]
         values = [dict(call.values) for call in calls]
         shared = _shared_attribution(calls[0], values)
-        # A scope every call names, each its own value, is named per call:
-        # the warning that the task names none would mislead.
-        per_call = set.intersection(*(set(v) for v in values))
+        # A scope every call names, each its own value (or one refused, which
+        # _warn_refused names), is named per call: the warning that the task
+        # names none would mislead.
+        per_call = set.intersection(
+            *({scope for scope, _ in (*c.values, *c.refused)} for c in calls)
+        )
         self.gov._warned_unnamed.update(per_call - shared.scope_values().keys())
-        opened = self.gov.open_task(task_id, attribution=shared), calls[0].at
+        live_id = self.live_ids.get(task_id, task_id)
+        opened = self.gov.open_task(live_id, attribution=shared), calls[0].at
         self.open[task_id] = opened
         return opened
 
@@ -367,6 +397,101 @@ def _warn_unread(unread: list[tuple[str, str, str]]) -> None:
         "readable one has no quality (n/a)",
         *said,
     )
+
+
+_REFUSED_SHOWN = 5
+"""How many refused scope values are named one warning each; one more says the rest."""
+
+
+def _warn_refused(calls: Iterable[RecordedCall]) -> None:
+    """Name once each scope value the calls name that a live governor refuses.
+
+    Such a value (``"a#b"``, ``" ab"``) cannot name a team, user, ... live:
+    ``Attribution`` and LiteLLM ``metadata`` refuse it, so no budget line is
+    keyed on it, and the replay charges the call to no value of that scope.
+    """
+    refused: dict[tuple[str, str], int] = {}
+    for call in calls:
+        for pair in call.refused:
+            refused[pair] = refused.get(pair, 0) + 1
+    if not refused:
+        return
+    said = ("refused", len(refused), *next(iter(refused)))
+    if said in _WARNED:
+        return
+    _remember(said)
+    for (scope, value), count in list(refused.items())[:_REFUSED_SHOWN]:
+        logger.warning(
+            "%(calls)d recorded call(s) name %(scope)s %(value)r, which the "
+            "live governor refuses: the name %(problem)s. The replay "
+            "charges them to no %(scope)s, so %(scope)s budgets skip them; "
+            "correct the name in the records%(fix)s for those budgets to "
+            "count them",
+            {
+                "calls": count,
+                "scope": scope,
+                "value": value,
+                "problem": name_problem(value),
+                "fix": _suggested_name(value),
+            },
+        )
+    more = len(refused) - _REFUSED_SHOWN
+    if more > 0:
+        logger.warning(
+            "%d more recorded scope value(s) are names the live governor "
+            "refuses; the replay charges their calls to no value of that "
+            "scope alike (`governor report --by SCOPE` lists every value)",
+            more,
+        )
+
+
+def _live_ids(tasks: Mapping[str, object]) -> dict[str, str]:
+    """The id each recorded task id a live task may not take opens as.
+
+    A live task id is non-empty, without ``#`` (which starts a budget line's
+    period window) or control characters; records written by hand or by
+    older releases may hold one with them. Such a task is replayed under the
+    recorded id with ``%``, ``#`` and control characters written ``%XX``
+    (blank: every character), made unlike every other task's id; its results
+    keep the recorded id. One warning names the first.
+    """
+    taken = set(tasks)
+    live: dict[str, str] = {}
+    for task_id in tasks:
+        try:
+            _checked_id(task_id)
+        except ConfigError:
+            live[task_id] = _escaped_id(task_id, taken)
+            taken.add(live[task_id])
+    if live:
+        first, escaped = next(iter(live.items()))
+        said = ("task ids", len(live), first)
+        if said not in _WARNED:
+            _remember(said)
+            logger.warning(
+                "%d recorded task id(s) hold '#' or control characters, or are "
+                "blank, which a live task id may not, e.g. %r: each is replayed "
+                "under an id with those characters escaped (here %r), and "
+                "shown under its recorded id",
+                len(live),
+                first,
+                escaped,
+            )
+    return live
+
+
+def _escaped_id(task_id: str, taken: set[str]) -> str:
+    """``task_id`` as a live task id no other task of the replay has."""
+    blank = not task_id.strip()
+    escaped = "".join(
+        f"%{ord(ch):02X}" if blank or ch in "%#" or ord(ch) < 32 else ch
+        for ch in task_id
+    )
+    candidate, number = escaped, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{escaped}~{number}"
+    return candidate
 
 
 def _warn_capped(capped: list[str]) -> None:
@@ -449,19 +574,23 @@ def _recorded_usage(record: RecordedCall) -> Usage:
     )
 
 
-def _values(record: SpendRecord) -> dict[str, str]:
-    """The scope values a record names."""
-    values = {
-        "team": record.team,
-        "feature": record.feature,
-        "environment": record.environment,
-        "user": record.user,
-        "session": record.session,
-        "org": record.org,
-    }
-    # Records written by older releases, or by hand, may hold names today's
-    # rules refuse (an empty tag): those count as unset, as reports read them.
-    return {k: v for k, v in values.items() if v and _usable_name(v)}
+def _values(record: SpendRecord) -> tuple[dict[str, str], dict[str, str]]:
+    """The scope values a record names: those a live call can be charged to,
+    and those the live governor refuses as names (see :func:`_warn_refused`).
+
+    An empty or blank value is unset, as reports read it. Records written by
+    older releases, or by hand, may hold other names today's rules refuse
+    (``"a#b"``, ``" ab"``): reports list them, but no live call is charged
+    to them, so the replay charges none to them either and says so.
+    """
+    usable: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for scope in ATTRIBUTION_FIELDS:
+        value = getattr(record, scope)
+        if value is None or not value.strip():
+            continue
+        (usable if _usable_name(value) else refused)[scope] = value
+    return usable, refused
 
 
 @functools.lru_cache(maxsize=4096)

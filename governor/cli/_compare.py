@@ -116,7 +116,8 @@ def _print(args: argparse.Namespace, run_a: Any, run_b: Any) -> None:
             )
     print(f"\n{run_a.label}\n{run_b.label}")
     shown = "n/a: A costs nothing" if change is None else f"{change:+.1f}%"
-    print(f"Cost per task: ${per_a} -> ${per_b} ({shown})")
+    cost_a, cost_b = a["cost_per_task_usd"], b["cost_per_task_usd"]
+    print(f"Cost per task: ${cost_a} -> ${cost_b} ({shown})")
 
 
 def _change_pct(per_a: Decimal, per_b: Decimal) -> Decimal | None:

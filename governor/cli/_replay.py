@@ -337,7 +337,8 @@ def _print_text(run: Any) -> None:
         stop = f"  stopped: {task.stop_reason}" if task.stop_reason else ""
         shown = ljust(_shorten(ids[task.task_id], columns), columns)
         calls = "call " if task.calls == 1 else "calls"
-        print(f"  {shown}  {task.calls:>4} {calls}  ${task.cost_usd}{stop}")
+        cost = decimal_text(task.cost_usd)
+        print(f"  {shown}  {task.calls:>4} {calls}  ${cost}{stop}")
 
 
 def _cut_off(summary: Mapping[str, Any]) -> str:
