@@ -405,6 +405,44 @@ def test_demo_exits_1_when_its_spans_are_lost(
     assert "spans could not be written to --traces /dev/full" in err
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("langchain_litellm") is None,
+    reason="the demo's examples need langchain-litellm",
+)
+def test_demo_exits_1_when_spend_records_are_lost(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that stops answering mid-run: records lost at close mean exit
+    1 and no "Spend:" pointer at a store that lacks them (it said exit 0)."""
+    from governor import Governor
+
+    closing = Governor.close
+
+    def close_losing_two(self: Governor, timeout_s: float | None = None) -> int:
+        return closing(self, timeout_s) + 2
+
+    monkeypatch.setattr(Governor, "close", close_losing_two)
+    spend = tmp_path / "spend.sqlite3"
+    code, out, err = _run(
+        capsys,
+        "demo",
+        "--speed",
+        "0",
+        "--count",
+        "1",
+        "--traces",
+        str(tmp_path / "t.jsonl"),
+        "--spend-db",
+        str(spend),
+    )
+    assert code == 1
+    assert "Traces:" in out
+    assert "Spend:" not in out
+    assert f"12 spend record(s) could not be written to {spend}" in err
+
+
 # -- 4. empty options ------------------------------------------------------------------
 
 

@@ -302,10 +302,10 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
         ),
     ]
     provider.shutdown()
-    for gov in governors:
-        gov.close()
+    unwritten = sum(gov.close() for gov in governors)
     lost: int = exporter.lost
-    _print_table(args, rows, None if lost else traces, spend_target)
+    shown = None if unwritten else spend_target
+    _print_table(args, rows, None if lost else traces, shown)
     if lost:
         print(
             f"governor demo: {lost} of {exporter.exported} spans could not be "
@@ -313,8 +313,15 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
             "a file on a disk with room that you can write to",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    if unwritten:
+        print(
+            f"governor demo: {unwritten} spend record(s) could not be written "
+            f"to {spend_target} (the warnings above say why), so a report "
+            "from it would leave them out; check that the store answers, or "
+            "give --spend-db a file",
+            file=sys.stderr,
+        )
+    return 1 if lost or unwritten else 0
 
 
 def _counted_exporter(path: Path) -> Any:
@@ -450,9 +457,13 @@ def _small_budget(policy: Any) -> Any:
 
 
 def _print_table(
-    args: argparse.Namespace, rows: list[_Row], traces: Path | None, spend: str
+    args: argparse.Namespace,
+    rows: list[_Row],
+    traces: Path | None,
+    spend: str | None,
 ) -> None:
-    """The tasks' table (or JSON); ``traces`` is None when spans were lost."""
+    """The tasks' table (or JSON); ``traces`` is None when spans were lost,
+    ``spend`` when spend records were."""
     if args.json:
         written = None if traces is None else str(traces)
         out = {"tasks": [r.__dict__ for r in rows], "traces": written}
@@ -506,7 +517,8 @@ def _print_table(
             "Send them to Jaeger or Tempo instead: set "
             "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
         )
-    print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
+    if spend is not None:
+        print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
 
 
 def _summary(rows: list[_Row], total: object) -> str:
@@ -580,10 +592,20 @@ class _OwnLineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         global _open_line
-        if _open_line:
+        if _open_line and _one_screen():
             print(flush=True)
             _open_line = False
         print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _one_screen() -> bool:
+    """Whether stdout and stderr show on one terminal, where a warning would
+    land inside a progress line (redirected, breaking the line would split
+    the row in the file instead)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def _log_on_own_lines() -> None:
