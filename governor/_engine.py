@@ -1476,8 +1476,6 @@ class Governor:
             if owns:
                 self.close_task(task)
             raise
-        max_out = _output_ceiling(request, rate, task.policy)
-        out_total = max_out * request.choices
         bound = request.prompt_tokens
         if bound is None:
             bound = prompt_byte_bound(
@@ -1488,6 +1486,11 @@ class Governor:
             )
             if rate.max_input_tokens:  # no provider bills past its window
                 bound = min(bound, _billed_window(request, rate.max_input_tokens))
+        max_out = _output_ceiling(request, rate, task.policy)
+        max_out, counted = _room_in_window(request, rate, max_out, bound)
+        if counted is not None:  # the hold takes the count, as _recount would
+            bound = min(bound, _held_count(counted))
+        out_total = max_out * request.choices
         pairs = self._budget_lines(task)
         named = None if owns else self._named_by_call(task, request)
         if named is not None:
@@ -1511,6 +1514,8 @@ class Governor:
         if named is not None:
             admission.extras["attribution"] = named
         admission.extras["checks"] = (step, prompt_key)
+        if counted is not None:
+            admission.extras["counted"] = True
         meter = current_meter()
         if meter is not None:
             admission.extras["meter"] = meter
@@ -1797,11 +1802,9 @@ class Governor:
     def _recount(self, admission: Admission) -> bool:
         """Replace the byte bound by an exact count; True if it shrank the hold."""
         counter = admission.request.count_prompt_tokens
-        if counter is None:
-            return False
-        # Tokenizer counts of other providers' models are approximations:
-        # keep a margin so the count stays an upper bound.
-        exact = math.ceil(counter() * _COUNT_MARGIN) + _MESSAGE_SLACK_TOKENS
+        if counter is None or admission.extras.get("counted"):
+            return False  # nothing to count, or counted when planned
+        exact = _held_count(counter())
         old = admission.hold_tokens
         out_total = admission.max_output_tokens * admission.request.choices
         admission.hold_nanos = self._worst_nanos(
@@ -3044,6 +3047,53 @@ def _output_ceiling(request: CallRequest, rate: Rate, policy: Policy) -> int:
         default = policy.default_max_output_tokens
         return min(default, model_max) if model_max else default
     return model_max or _UNBOUNDED_OUTPUT_TOKENS
+
+
+def _room_in_window(
+    request: CallRequest, rate: Rate, ceiling: int, bound: int
+) -> tuple[int, int | None]:
+    """The output ceiling cut to the room the prompt leaves in the model's
+    context window, where the ceiling is the governor's own default; with
+    the prompt's token count when one was taken (else None).
+
+    A provider refuses a request whose prompt and ``max_tokens`` together
+    pass the window (OpenAI's ``context_length_exceeded``), though it takes
+    the same call without ``max_tokens``. The window is LiteLLM's
+    ``max_input_tokens``, the whole context for OpenAI's and Anthropic's
+    models. A ceiling the caller set is kept as written. Only a prompt
+    whose byte bound (``bound``) may not leave the room is counted; one
+    that cannot be (image or file parts) keeps the default. A prompt that
+    fills the window alone is sent 1 token, and the provider refuses it as
+    too long, as it would the call as written.
+    """
+    window = rate.max_input_tokens
+    if (
+        not window
+        or bound + ceiling <= window
+        or request.max_output_tokens is not None
+        or not request.can_set_max_tokens
+        or request.operation == EMBEDDINGS
+    ):
+        return ceiling, None
+    taken = None
+    prompt = request.prompt_tokens
+    if prompt is None:
+        if request.count_prompt_tokens is None:
+            return ceiling, None
+        try:
+            prompt = taken = request.count_prompt_tokens()
+        except Exception:  # a model LiteLLM cannot count keeps the default
+            logger.debug("no token count for %s", request.model, exc_info=True)
+            return ceiling, None
+    room = window - prompt - _MESSAGE_SLACK_TOKENS
+    return max(1, min(ceiling, room)), taken
+
+
+def _held_count(counted: int) -> int:
+    """The prompt tokens held for a local ``counted``: tokenizer counts of
+    other providers' models are approximations, so a margin keeps the count
+    an upper bound."""
+    return math.ceil(counted * _COUNT_MARGIN) + _MESSAGE_SLACK_TOKENS
 
 
 def _charged_values(admission: Admission) -> Mapping[str, str] | None:
