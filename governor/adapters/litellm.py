@@ -146,7 +146,8 @@ class GovernedLiteLLM:
 
     Each call is reserved before it is sent and settled after it returns.
     Outside a task, each call is a task of its own. Requests without
-    ``max_tokens`` are sent with the policy's ``default_max_output_tokens``;
+    ``max_tokens`` are sent with the policy's ``default_max_output_tokens``
+    (less where the prompt leaves less room in the model's context window);
     streams always ask the provider for usage (its usage chunk reaches only
     a caller that asked for it too). Embedding calls reserve their
     input and nothing for output. ``callables`` names the judges, checks and
