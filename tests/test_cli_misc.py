@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,3 +136,21 @@ def test_counts_below_one_are_refused_by_the_parser(
         main(argv)
     assert caught.value.code == 2
     assert "a positive whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_an_unknown_option_points_at_its_commands_help(
+    capsys: pytest.CaptureFixture[str], json_out: bool
+) -> None:
+    """It pointed at 'governor --help', whose page lists no option of replay."""
+    argv = ["replay", "--bogus", *(["--json"] if json_out else [])]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    if json_out:
+        message = json.loads(out)["error"]["message"]
+        assert message == "unrecognized arguments: --bogus; see governor replay --help"
+    else:
+        assert "usage: governor replay" in err
+        assert "governor replay: error: unrecognized arguments: --bogus" in err

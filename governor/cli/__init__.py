@@ -37,7 +37,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+def _build_parser(
+    argv: Sequence[str],
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser, and each command's own by its name."""
     wanted = next((a for a in argv if not a.startswith("-")), None)
     parser_class = (
         _JsonUsageErrors
@@ -55,7 +58,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"governor.cli.{module_name}")
         module.register(sub, name, help_text)
-    return parser
+    return parser, sub.choices
 
 
 def _json_asked(argv: Sequence[str]) -> bool:
@@ -140,8 +143,11 @@ def _stdout_to_devnull() -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(args_list)
-    args = parser.parse_args(args_list)
+    parser, commands = _build_parser(args_list)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:  # the command's own usage, not the top level's, says so
+        command = commands.get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
