@@ -465,8 +465,8 @@ def _reason(exc: Exception) -> str:
 
 def _describe(store: object) -> str:
     """Name the store for logs: its URL (password hidden), else its path."""
-    if store is None:
-        return "(none)"
+    if store is None:  # records only observed (the anomaly monitor's)
+        return "the anomaly monitor (no spend store)"
     url = getattr(store, "url", None)
     if isinstance(url, str):
         from governor.stores._redis import redact_url

@@ -394,3 +394,10 @@ def test_submit_to_a_full_queue_warns_once(caplog: pytest.LogCaptureFixture) -> 
     full = [m for m in messages(caplog, logging.WARNING) if "queue full" in m]
     assert len(full) == 1
     assert recorder.close() == 0
+
+
+def test_a_recorder_with_no_store_names_whom_its_records_go_to() -> None:
+    """Its warnings said records were 'not written to (none)'."""
+    recorder = SpendRecorder(None, observers=[lambda record: None])
+    assert recorder.where == "the anomaly monitor (no spend store)"
+    assert recorder.close(1.0) == 0
