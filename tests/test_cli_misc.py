@@ -154,3 +154,33 @@ def test_an_unknown_option_points_at_its_commands_help(
     else:
         assert "usage: governor replay" in err
         assert "governor replay: error: unrecognized arguments: --bogus" in err
+
+
+def test_the_demo_finds_the_agents_an_installed_wheel_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed from a wheel (no checkout), it said the agents were missing."""
+    from governor.cli import _demo
+
+    site = tmp_path / "site-packages"
+    carried = site / "governor" / "_demo_agents"
+    carried.mkdir(parents=True)
+    (carried / "research.py").write_text("")
+    monkeypatch.setattr(_demo, "__file__", str(site / "governor/cli/_demo.py"))
+    monkeypatch.chdir(tmp_path)
+    assert _demo._examples_dir() == carried
+
+    (carried / "research.py").unlink()
+    assert _demo._examples_dir() is None
+
+
+def test_the_wheel_carries_the_example_agents() -> None:
+    """pyproject.toml maps examples/agents into the package the demo reads."""
+    import tomllib
+
+    from governor.cli import _demo
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    mapped = config["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert mapped == {"examples/agents": f"governor/{_demo._INSTALLED_EXAMPLES}"}

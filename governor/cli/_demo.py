@@ -34,6 +34,8 @@ __all__ = ["register"]
 _COMMAND = "governor demo"
 
 _EXAMPLES = Path("examples") / "agents"
+# Where a wheel puts examples/agents (pyproject.toml's force-include).
+_INSTALLED_EXAMPLES = "_demo_agents"
 
 
 def register(sub: Any, name: str, help_text: str) -> None:
@@ -125,8 +127,9 @@ def _run(args: argparse.Namespace) -> int:
     examples = _examples_dir()
     if examples is None:
         message = (
-            "the example agents were not found. Run it from a checkout of the "
-            "llm-governor repository (it reads examples/agents/)."
+            "the example agents were not found: not in examples/agents/ here, "
+            "nor in the installed package. Run it from a checkout of the "
+            "llm-governor repository, or reinstall llm-governor."
         )
         return fail(args, _COMMAND, message, 2)
     if importlib.util.find_spec("langchain_litellm") is None:
@@ -553,9 +556,15 @@ def _chain(*responders: Any) -> Any:
 
 
 def _examples_dir() -> Path | None:
-    package_root = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), package_root):
-        candidate = base / _EXAMPLES
+    """The example agents: a checkout's (the working directory's, then the
+    one this package runs from), else the copy an installed wheel carries."""
+    here = Path(__file__).resolve()
+    candidates = (
+        Path.cwd() / _EXAMPLES,
+        here.parents[2] / _EXAMPLES,
+        here.parents[1] / _INSTALLED_EXAMPLES,
+    )
+    for candidate in candidates:
         if (candidate / "research.py").is_file():
             return candidate
     return None
