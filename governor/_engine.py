@@ -2024,25 +2024,32 @@ class Governor:
         if admission.request.operation == EMBEDDINGS:
             return
         self._warned_over.add(model)
-        if usage.estimated:  # no usage came back: the count is the governor's
+        request = admission.request
+        sent = f"max_tokens={admission.max_output_tokens}"
+        if request.choices > 1:  # the ceiling is max_tokens for each choice
+            sent += f" x n={request.choices}"
+        if usage.estimated:  # the figure is the governor's, not the provider's
             logger.warning(
-                "a call to %s that was sent max_tokens=%d returned about %d "
-                "output tokens by a local count (the provider reported none); "
-                "it is charged that count. The count may run high for a "
-                "model whose tokenizer is not known. Logged once per model.",
+                "a call to %s that was sent %s is charged %d output tokens, "
+                "marked estimated: the provider's usage was missing, partial or "
+                "malformed, and the figure is a local count of the answer or "
+                "comes from what of that usage was usable (such as its "
+                "total_tokens less the prompt). It can overrun its budgets; a "
+                "local count may run high for a model whose tokenizer is not "
+                "known. Logged once per model.",
                 model,
-                ceiling,
+                sent,
                 usage.completion_tokens,
             )
             return
         logger.warning(
             "the provider reported %d output tokens for a call to %s that was "
-            "sent max_tokens=%d; it is charged as reported, which can overrun "
-            "its budgets. Check that the provider honours max_tokens (a proxy "
-            "may drop it). Logged once per model.",
+            "sent %s; it is charged as reported, which can overrun its "
+            "budgets. Check that the provider honours max_tokens (a proxy may "
+            "drop it). Logged once per model.",
             usage.completion_tokens,
             model,
-            ceiling,
+            sent,
         )
 
     def _finish(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 from governor._calls import message_fields, prompt_part_text
 from governor._errors import ConfigError
-from governor.pricing import Usage
+from governor.pricing import Usage, usage_from_response
 
 __all__ = [
     "NOT_SENT_ATTRIBUTE",
@@ -23,6 +24,7 @@ __all__ = [
     "reasons_unseen",
     "settled_usage",
     "total_tokens_of",
+    "well_formed_usage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,22 +205,89 @@ def reasons_unseen(model: str) -> bool:
         name = rest
 
 
-def read_usage(read: Callable[[], Usage | None], model: str) -> Usage | None:
+def read_usage(
+    read: Callable[[], Usage | None],
+    model: str,
+    sent: Callable[[], object] | None = None,
+) -> Usage | None:
     """The provider's usage, or None when it sent none or sent nonsense.
 
     A provider that answered with negative or non-numeric token counts still
     answered: the call is settled from a local count instead of failing.
+    Given ``sent``, which gives the usage as the provider sent it (asked only
+    when it is malformed), what is well formed in it is kept instead (see
+    :func:`well_formed_usage`), marked estimated, so that only a side it
+    lacks is counted locally.
     """
     try:
         return read()
     except ConfigError as exc:
+        if sent is None:
+            logger.warning(
+                "the provider's usage for model %s is not usable (%s); the call "
+                "is charged from a local token count, marked estimated",
+                model,
+                exc,
+            )
+            return None
         logger.warning(
-            "the provider's usage for model %s is not usable (%s); the call is "
-            "charged from a local token count, marked estimated",
+            "the provider's usage for model %s is malformed (%s); the call is "
+            "charged its well-formed counts and a local token count of a side "
+            "they lack, not its total_tokens, marked estimated",
             model,
             exc,
         )
-        return None
+        return well_formed_usage(sent())
+
+
+def well_formed_usage(sent: object) -> Usage:
+    """What a malformed usage reports in well-formed fields, marked estimated.
+
+    Every count that is not a whole number >= 0 is left out (nested details
+    too) and the rest read as :func:`usage_from_response` reads a usage: a
+    side left out reads 0, which :func:`settled_usage` counts locally. Being
+    estimated, it gives :func:`settled_usage` no total to settle at.
+    """
+    try:
+        kept = usage_from_response(_counts_only(sent, _DETAIL_DEPTH))
+    except ConfigError:  # no field of a known shape is left
+        kept = Usage()
+    return dataclasses.replace(kept, estimated=True)
+
+
+# How deep a usage's details nest (usage, prompt_tokens_details,
+# cached_tokens_details): no reader looks deeper.
+_DETAIL_DEPTH = 3
+
+
+def _counts_only(fields: object, depth: int) -> dict[str, Any]:
+    """``fields`` as a dict of its well-formed counts and, ``depth`` levels
+    down, of its nested fields' (details) the same way."""
+    kept: dict[str, Any] = {}
+    for key, value in _fields_of(fields).items():
+        if _is_count(value):
+            kept[str(key)] = value
+        elif depth > 1 and _fields_of(value):
+            kept[str(key)] = _counts_only(value, depth - 1)
+    return kept
+
+
+def _fields_of(obj: object) -> Mapping[Any, Any]:
+    """A mapping's items, a Pydantic model's fields and extras, or a plain
+    object's attributes; nothing for a value (a number, a string)."""
+    if isinstance(obj, Mapping):
+        return obj
+    if hasattr(type(obj), "__pydantic_fields__"):
+        extra = getattr(obj, "__pydantic_extra__", None) or {}
+        return {**vars(obj), **extra}
+    return vars(obj) if hasattr(obj, "__dict__") else {}
+
+
+def _is_count(value: object) -> bool:
+    """True for a whole number >= 0 (an int or a whole float), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value >= 0 and (isinstance(value, int) or value.is_integer())
 
 
 def total_tokens_of(usage: object) -> int:
@@ -255,7 +324,10 @@ def settled_usage(
     when a side is missing): a usage that gives only a total is not settled
     below it. What the local counts leave of the
     total is charged to the side the provider left out (as output when it
-    left out both: the dearer side).
+    left out both: the dearer side). A ``reported`` usage marked estimated
+    (what :func:`read_usage` kept of a malformed one) is not asked for its
+    total: a provider that sent nonsense counts is not charged a total it
+    sent with them.
 
     ``hold`` is the call's hold as (prompt tokens, output tokens). With it,
     what no local count can see is charged at its hold, the worst case
@@ -270,7 +342,8 @@ def settled_usage(
     needs_completion = completion <= 0 and bool(text)
     if reported is not None and not needs_prompt and not needs_completion:
         return reported
-    total = reported_total() if reported_total is not None else 0
+    trusted = reported is None or not reported.estimated
+    total = reported_total() if reported_total is not None and trusted else 0
     if needs_prompt:
         prompt = count_prompt_tokens(model, messages, extra_prompt)
         if hold is not None and not countable_prompt(messages):

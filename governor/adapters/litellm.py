@@ -2094,6 +2094,7 @@ def _result(
     reported = read_usage(
         lambda: usage_from_response(usage_obj) if usage_obj is not None else None,
         request.model,
+        lambda: usage_obj,
     )
     # The answer's text is counted only when the provider reported no output.
     counts_output = reported is None or reported.completion_tokens <= 0
@@ -2128,11 +2129,16 @@ def _held(admission: Admission) -> tuple[int, int]:
 
 def _streamed_total(chunks: Sequence[Any]) -> int:
     """The ``total_tokens`` of the last chunk that carries a usage, or 0."""
+    return total_tokens_of(_streamed_usage(chunks))
+
+
+def _streamed_usage(chunks: Sequence[Any]) -> Any:
+    """The usage of the last chunk that carries one, as sent, or None."""
     for chunk in reversed(chunks):
         usage = getattr(chunk, "usage", None)
         if usage is not None:
-            return total_tokens_of(usage)
-    return 0
+            return usage
+    return None
 
 
 def _usage_of(response: Any) -> Any:
@@ -2708,7 +2714,9 @@ class _StreamSettler:
         reported = None
         if not self._counted_by_litellm():
             reported = read_usage(
-                lambda: usage_from_stream_chunks(self.chunks), request.model
+                lambda: usage_from_stream_chunks(self.chunks),
+                request.model,
+                lambda: _streamed_usage(self.chunks),
             )
         output = "".join(part for c in self.chunks for part in _delta_parts(c))
         usage = settled_usage(
