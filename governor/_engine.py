@@ -1208,6 +1208,7 @@ class Governor:
         """
         admission = self._plan(request)
         admission.held = self._take_slots(admission, self.slots.acquire)
+        admission.started_at = time.monotonic()  # a slot's wait is not call time
         if recheck is not None and admission.held.wait_s > 0:
             try:
                 hit = recheck()
@@ -1266,6 +1267,7 @@ class Governor:
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
+        admission.started_at = time.monotonic()  # a slot's wait is not call time
         if recheck is not None and admission.held.wait_s > 0:
             try:
                 hit = await asyncio.to_thread(recheck)

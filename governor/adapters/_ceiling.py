@@ -78,7 +78,8 @@ class OutputCeiling:
 
     @property
     def elapsed_s(self) -> float:
-        """Seconds since the call was admitted (``time.monotonic``)."""
+        """Seconds since the call took its fan-out slots (``time.monotonic``):
+        a wait for a slot, before the call was sent, is not counted."""
         return time.monotonic() - self._started_at
 
     def passed(self, parts: Iterable[str]) -> bool:
