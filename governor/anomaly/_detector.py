@@ -93,9 +93,10 @@ class Alert:
     rule that fired on the call that opened the episode. ``explained_by``
     names the scopes of a narrower kind seen under this one in the interval
     (the users of a team, say), whatever call crossed the line, whose own
-    excess accounts for this scope's: narrowest kind first, then the largest
-    excess. Auto-tighten acts on the first of them it may tighten rather
-    than on ``scope``.
+    excess accounts for this scope's (a regular job within its own rules'
+    line never does): narrowest kind first, then the largest excess.
+    Auto-tighten acts on the first of them it may tighten rather than on
+    ``scope``.
     """
 
     scope: str
@@ -172,7 +173,12 @@ def scopes_of(rec: SpendRecord, scopes: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Trip:
-    """A rule over its threshold on one call, in integer units as floats."""
+    """A rule over its threshold on one call, in integer units as floats.
+
+    ``regular``: the spend of the regular jobs under the scope left to their
+    own rules, which ``threshold`` allows on top of the scope's own line (see
+    :meth:`AnomalyDetector._regular_allowance`).
+    """
 
     metric: Metric
     rule: Rule
@@ -180,6 +186,7 @@ class _Trip:
     threshold: float
     mean: float
     std: float
+    regular: float = 0.0
 
 
 class _Series:
@@ -202,6 +209,8 @@ class _Series:
         "peaks",
         "recent",
         "recent_sum",
+        "regular",
+        "regular_before",
         "spread",
         "squares",
         "std",
@@ -246,8 +255,13 @@ class _Series:
         self.active_peak = 0.0
         self.paused = False
         self.closed: deque[tuple[int, int]] = deque(maxlen=2)
-        # The scopes of narrower kinds fed with this one in the open interval.
+        # The scopes of narrower kinds fed with this one in the open interval;
+        # those of them judged as regular jobs (see _note_regular), and those
+        # of the interval before when it directly precedes the open one (their
+        # calls may still be in the burst window).
         self.under: set[str] = set()
+        self.regular: set[str] = set()
+        self.regular_before: set[str] = set()
 
     def roll(self, index: int) -> None:
         """Close intervals up to ``index``; silent intervals count as zero.
@@ -263,7 +277,10 @@ class _Series:
             return  # a late observation is counted in the open interval
         self._fold(self.current, self.current_sq, index - self.index - 1)
         if self.current:
-            w = self.active.weight
+            # Its first interval with spend sets it, as _Active's averages
+            # start at their first point: from zero, a job seen a few times
+            # would be taken to peak at a fraction of what it does.
+            w = self.active.weight if self.active_peak else 1.0
             self.active_peak += w * (self.peak - self.active_peak)
         gap = min(index - self.index - 1, self.window)
         self.history.append(self.current)
@@ -273,8 +290,9 @@ class _Series:
         if self.peaks is not None:
             self.peaks.append(self.peak)
             self.peaks.extend([0] * gap)
+        self.regular_before = self.regular if index == self.index + 1 else set()
         self.index, self.current, self.current_sq, self.peak = index, 0, 0, 0
-        self.under = set()
+        self.under, self.regular = set(), set()
         if self.peaks is not None:
             self.peak_median = statistics.median(self.peaks)
         self.mean, self.std = _mean_std(self.history)
@@ -571,6 +589,7 @@ class AnomalyDetector:
                 )
             )
         ]
+        self._note_regular(keys, ranks)
         return [
             self._alert(scope, ts_us, trips, self._explain(scope, trips, ts_us))
             for scope, trips in opened
@@ -615,6 +634,24 @@ class AnomalyDetector:
         for metric in self.settings.metrics:
             trips += self._step(scope, metric, ts_us, amounts[metric], narrower)
         return trips if self._opens_episode(scope, now_us, bool(trips)) else []
+
+    def _note_regular(self, keys: Sequence[str], ranks: Sequence[int]) -> None:
+        """Note the record's scopes that are regular jobs in its wider scopes'
+        series: established, and judged by their usual spend while active
+        (paused, see :meth:`_Series.roll`). Their spend is left to their own
+        rules (see :meth:`_regular_allowance`)."""
+        needed = self.settings.min_history_intervals
+        for metric in self.settings.metrics:
+            for key, rank in zip(keys, ranks, strict=True):
+                narrow = self._series.get((key, metric))
+                if narrow is None or not narrow.paused:
+                    continue
+                if len(narrow.history) < needed:
+                    continue
+                for wide_key, wide_rank in zip(keys, ranks, strict=True):
+                    wide = self._series.get((wide_key, metric))
+                    if wide_rank > rank and wide is not None:
+                        wide.regular.add(key)
 
     def _advance(self, ts_us: int) -> int:
         """Move the latest time seen on to ``ts_us`` if later; return it."""
@@ -728,7 +765,10 @@ class AnomalyDetector:
         if len(series.history) < self.settings.min_history_intervals:
             peers = self._peers(scope, metric, series, index)
             return [] if peers is None else [peers]
-        found = (self._deviation(metric, series), self._burst(metric, series))
+        found = (
+            self._deviation(metric, series, ts_us),
+            self._burst(metric, series, ts_us),
+        )
         return [trip for trip in found if trip is not None]
 
     def _threshold(self, level: float, spread: float, unit: float) -> float:
@@ -736,26 +776,35 @@ class AnomalyDetector:
             return level + self.settings.k * spread
         return noisy_threshold(level, spread, unit, self.settings.k)
 
-    def _deviation(self, metric: Metric, series: _Series) -> _Trip | None:
+    def _deviation(self, metric: Metric, series: _Series, ts_us: int) -> _Trip | None:
         threshold = self._threshold(series.level, series.spread, series.call_unit())
         if series.current <= threshold or series.current < self._floors[metric]:
+            return None
+        regular = self._regular_allowance(series, metric, "deviation", ts_us)
+        if series.current <= threshold + regular:
             return None
         return _Trip(
             metric,
             "deviation",
             series.current,
-            threshold,
+            threshold + regular,
             series.level,
             series.spread,
+            regular,
         )
 
-    def _burst_threshold(self, series: _Series) -> float:
-        """The burst rule's line for the series' burst window."""
-        base = series.level * self._burst_us / self._interval_us
+    def _burst_base(self, series: _Series, level: float) -> float:
+        """The usual burst-window spend of a series whose level is ``level``."""
+        base = level * self._burst_us / self._interval_us
         if series.paused:
             # After a pause its usual bursts are the baseline: a job that
             # fires its calls within seconds is not a burst of itself.
             base = max(base, series.active_peak)
+        return base
+
+    def _burst_threshold(self, series: _Series) -> float:
+        """The burst rule's line for the series' burst window."""
+        base = self._burst_base(series, series.level)
         threshold = self.settings.burst_factor * base
         if self.settings.count_noise:
             # The window slides and is checked at every call, so it is tested
@@ -766,13 +815,71 @@ class AnomalyDetector:
             threshold = max(threshold, peak_factor * series.peak_median)
         return threshold
 
-    def _burst(self, metric: Metric, series: _Series) -> _Trip | None:
+    def _burst(self, metric: Metric, series: _Series, ts_us: int) -> _Trip | None:
         threshold = self._burst_threshold(series)
         if series.recent_sum <= threshold or series.recent_sum < self._floors[metric]:
             return None
+        regular = self._regular_allowance(series, metric, "burst", ts_us)
+        if series.recent_sum <= threshold + regular:
+            return None
         return _Trip(
-            metric, "burst", series.recent_sum, threshold, series.level, series.spread
+            metric,
+            "burst",
+            series.recent_sum,
+            threshold + regular,
+            series.level,
+            series.spread,
+            regular,
         )
+
+    def _regular_allowance(
+        self, series: _Series, metric: Metric, rule: Rule, ts_us: int
+    ) -> float:
+        """The spend of the regular jobs under a scope left to their own rules.
+
+        A narrower scope whose rules judge it by its usual spend while active
+        (an hourly job: its window is paused, see :meth:`_Series.roll`)
+        spends that much each time it runs, which this scope's baseline, a
+        median over mostly steady intervals, does not hold. Each such scope
+        seen under this one in the interval (for the burst rule, also in the
+        one before) counts its spend in ``rule``'s terms (for the burst rule,
+        in the burst window), up to its own rule's line: what its
+        rule finds usual is not this scope's anomaly, what it does not is.
+        Scopes of one kind are disjoint, so their parts add up; kinds
+        overlap, so the largest kind's sum counts. A paused scope already
+        judges by its usual spend while active, and gets none.
+        """
+        if series.paused:
+            return 0.0
+        jobs = series.regular
+        if rule == "burst":
+            jobs = jobs | series.regular_before
+        by_kind: dict[str, float] = {}
+        for scope in jobs:
+            narrow = self._series.get((scope, metric))
+            line = None if narrow is None else self._own_line(narrow, rule, ts_us)
+            if line is not None:
+                kind = scope.partition(":")[0]
+                by_kind[kind] = by_kind.get(kind, 0.0) + min(line)
+        return max(by_kind.values(), default=0.0)
+
+    def _own_line(
+        self, series: _Series, rule: Rule, ts_us: int
+    ) -> tuple[float, float] | None:
+        """A regular job's spend in ``rule``'s terms and its own rule's line.
+
+        None unless the series is established (its own rules run) and paused
+        (they judge it by its usual spend while active).
+        """
+        if not series.paused:
+            return None
+        if len(series.history) < self.settings.min_history_intervals:
+            return None
+        if rule == "burst":
+            observed = series.window_sum(ts_us, self._burst_us)
+            return float(observed), self._burst_threshold(series)
+        line = self._threshold(series.level, series.spread, series.call_unit())
+        return float(series.current), line
 
     def _peers(
         self, scope: str, metric: Metric, series: _Series, index: int
@@ -845,10 +952,15 @@ class AnomalyDetector:
         """Whether a narrower scope's ``excess`` accounts for a wider one's trip.
 
         It must be at least half of the wider scope's excess over its usual
-        level, and without it the wider scope must be back under its threshold.
+        level (less the spend of its regular jobs left to their own rules),
+        and without it the wider scope must be back under its threshold.
         """
-        wide_excess = trip.observed - trip.mean * self._share(trip.rule)
-        return 2 * excess >= wide_excess and trip.observed - excess <= trip.threshold
+        wide_excess = trip.observed - trip.mean * self._share(trip.rule) - trip.regular
+        return (
+            excess > 0
+            and 2 * excess >= wide_excess
+            and trip.observed - excess <= trip.threshold
+        )
 
     def _share(self, rule: Rule) -> float:
         """The part of an interval a rule's observed spend covers."""
@@ -860,11 +972,16 @@ class AnomalyDetector:
         A scope with fewer than ``min_history_intervals`` closed intervals
         has no usual level of its own yet (its first intervals may be the
         runaway's): it is held to the lower of its own level and the typical
-        established scope's of its kind, as the peers rule judges it.
+        established scope's of its kind, as the peers rule judges it. For the
+        burst rule, the usual spend is what its own burst rule takes as usual:
+        after a pause (an hourly job), its usual peak burst-window spend.
         """
         series = self._series.get((scope, trip.metric))
         if series is None:
             return 0.0
+        own = self._own_line(series, trip.rule, ts_us)
+        if own is not None and own[0] <= own[1]:
+            return 0.0  # a regular job within what its own rule allows
         level = series.level
         if len(series.history) < self.settings.min_history_intervals:
             kind = scope.partition(":")[0]
@@ -872,10 +989,11 @@ class AnomalyDetector:
             typical = self._typical_peer(kind, trip.metric, index)
             if typical is not None:
                 level = min(level, typical.mean)
-        usual = level * self._share(trip.rule)
         if trip.rule == "burst":
+            usual = self._burst_base(series, level)
             observed = series.window_sum(ts_us, self._burst_us)
         else:
+            usual = level
             observed = series.current
         return max(observed - usual, 0.0)
 
