@@ -3,9 +3,11 @@
 Two observations are "the same" when their normalized forms hash alike, so
 normalization decides what counts as a repeat: whitespace and the key order of
 arguments never matter; with masking on, neither do the hex addresses, UUIDs,
-timestamps, durations, counters ("request #7") and long numeric ids (six
-digits or more, epoch times) that make two identical outcomes print
-differently.
+timestamps, durations, counters ("request #7", "attempt 3"), long numeric ids
+(six digits or more, epoch times, also with a fraction), request and trace
+ids, process ids and pytest's numbered temporary folders that make two
+identical outcomes print differently. Other hex runs (commit SHAs, checksums)
+are not masked: they name the work, not the attempt.
 """
 
 from __future__ import annotations
@@ -35,23 +37,46 @@ _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # One alternation, so a result is scanned once. Timestamps come before
-# durations, so "12:00:01.5s" is masked as one token.
+# durations, so "12:00:01.5s" is masked as one token. Every token but a counter
+# starts at a word boundary, checked once, and the first character picks the
+# branches worth trying: on agents' tool results, twice as fast as trying every
+# branch at every place.
+# A hex run is masked only where a label or a format says it numbers the
+# request or its trace (a W3C traceparent, "request_id=9f3c...", "req_9f3c..."):
+# a bare one may be a commit or a checksum, the item worked on. A number with a
+# fraction is masked only as an epoch: 10 or 13 digits starting with 1 before
+# the point (Unix seconds or milliseconds, 2001 to 2033), not any long amount
+# with cents.
 _VOLATILE = re.compile(
-    r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"(?P<counter>#\d+\b)"
+    r"|\b(?:(?=[0-9a-fA-F])(?:"
+    r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
     r"[0-9a-fA-F]{12}\b)"
-    r"|(?P<addr>\b0x[0-9a-fA-F]{4,}\b)"
-    r"|(?P<time>\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?Z?"
-    r"|\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
-    r"|(?P<duration>\b\d+(?:\.\d+)?\s?"
-    r"(?:ms|us|µs|ns|s|sec|secs|seconds?|minutes?)\b)"
-    r"|(?P<counter>#\d+\b)"
-    r"|(?P<id>\b\d{6,}\b)"
+    r"|(?P<trace>[0-9a-fA-F]{2}-(?P<trace_v>[0-9a-fA-F]{32})-[0-9a-fA-F]{16}-"
+    r"[0-9a-fA-F]{2}\b))"
+    r"|(?=\d)(?:"
+    r"(?P<addr>0x[0-9a-fA-F]{4,}\b)"
+    r"|(?P<time>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?Z?"
+    r"|\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
+    r"|(?P<duration>\d+(?:\.\d+)?\s?(?:ms|us|µs|ns|s|sec|secs|seconds?|minutes?)\b)"
+    r"|(?P<id>1\d{9}(?:\d{3})?\.\d{1,9}\b|\d{6,}\b))"
+    r"|(?=[A-Za-z])(?:"
+    r"(?P<reqid>(?i:(?:request|req|trace|span|correlation)[ _-]?id\b)"
+    r"[\"']?\s?[:=]?\s?[\"']?(?P<reqid_v>(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{16,})\b"
+    r"|(?:req|request|trace|correlation)_(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{12,}\b)"
+    r"|(?P<attempt>(?i:attempts?|retry|retries)[\"']?\s?[:=]?\s?"
+    r"(?P<attempt_v>\d+)\b)"
+    r"|(?P<pid>(?i:pid)[\"']?\s?[:=]?\s?(?P<pid_v>\d+)\b)"
+    r"|(?P<tmp>pytest-of-[^\s/\\]+[/\\]pytest-(?P<tmp_v>\d+)\b)))"
 )
+# Kinds whose match holds a label ("pid 4012"): only the value, the group
+# named ``<kind>_v``, is masked, so "pid <pid>" still reads as a process id.
+_LABELLED = frozenset(("reqid", "attempt", "pid", "tmp"))
 
 
-# Masked tokens that can name an item (a ticket, an order, a user), not only a
-# moment: a tool that acts on another item each call prints another one.
-_ITEM_KINDS = frozenset(("uuid", "counter", "id"))
+# Masked tokens that can name an item (a ticket, an order, a user, a process),
+# not only a moment: a tool that acts on another item each call prints another.
+_ITEM_KINDS = frozenset(("uuid", "counter", "id", "pid"))
 # ... unless a label says the token numbers the request or the attempt.
 _NOISE_LABEL = re.compile(
     r"\b(?:request|req|trace|span|correlation|session|attempt|retry|try|run)"
@@ -59,10 +84,31 @@ _NOISE_LABEL = re.compile(
     re.IGNORECASE,
 )
 _LABEL_CHARS = 24
+# Request and trace ids number the attempt, yet one the call's arguments name
+# is the item (a look-up of one request after another), so they are kept as
+# item ids; having no dash, they never count as a UUID no result showed.
+_REQUEST_KINDS = frozenset(("reqid", "trace"))
+_DECIMAL = re.compile(r"\d+\.\d+")
 
 
 def _mask(match: re.Match[str]) -> str:
-    return f"<{match.lastgroup}>"
+    """The masked form of one volatile token, its label kept."""
+    kind = match.lastgroup or ""
+    if kind in _LABELLED:
+        value = f"{kind}_v"
+        if match.group(value) is not None:
+            text, start = match.group(), match.start()
+            head, tail = match.start(value) - start, match.end(value) - start
+            return f"{text[:head]}<{kind}>{text[tail:]}"
+    return f"<{kind}>"
+
+
+def _value(match: re.Match[str], kind: str) -> str:
+    """The id a masked token holds: its value group's text, or all of it."""
+    group = f"{kind}_v"
+    if group in match.re.groupindex and match.group(group) is not None:
+        return match.group(group)
+    return match.group().lstrip("#")
 
 
 def normalize_text(text: str) -> str:
@@ -114,17 +160,25 @@ def normalize_result_ids(result: str) -> tuple[str, frozenset[str]]:
     """Return a masked, normalized tool result and the item ids masking hid.
 
     The ids are the masked UUIDs (lower-cased), counters (``#4512`` as
-    ``4512``) and long numbers that no label before them calls a request,
-    trace, session, attempt or retry number: the tokens that may name the
-    item a call acted on. One scan of the result does both.
+    ``4512``), process ids and long numbers (one with a fraction also by its
+    whole part) that no label before them calls a request, trace, session,
+    attempt or retry number: the tokens that may name the item a call acted
+    on. Request and trace ids that are not UUIDs are ids too (lower-cased, a
+    traceparent as its trace id): the guard takes them for an item only when
+    the call's arguments name them. One scan of the result does both.
     """
     ids: set[str] = set()
 
     def mask(match: re.Match[str]) -> str:
-        kind = match.lastgroup
-        if kind in _ITEM_KINDS and not _noise(result, match.start()):
-            ids.add(match.group().lstrip("#").lower())
-        return f"<{kind}>"
+        kind = match.lastgroup or ""
+        if kind in _REQUEST_KINDS or (
+            kind in _ITEM_KINDS and not _noise(result, match.start())
+        ):
+            value = _value(match, kind).lower()
+            # An epoch with a fraction also by its seconds, as an argument
+            # may write "1765012345.50" as 1765012345.5.
+            ids.update((value, value.partition(".")[0]))
+        return _mask(match)
 
     return normalize_text(_VOLATILE.sub(mask, result)), frozenset(ids)
 
@@ -135,10 +189,11 @@ def _noise(text: str, start: int) -> bool:
 
 
 def tokens(text: str) -> set[str]:
-    """The lower-cased words of ``text`` and the UUIDs it holds whole, the
-    forms :func:`normalize_result_ids` gives item ids in."""
+    """The lower-cased words of ``text`` and the UUIDs and decimal numbers it
+    holds whole, the forms :func:`normalize_result_ids` gives item ids in."""
     lowered = text.lower()
-    return set(_WORD.findall(lowered)) | set(_UUID.findall(lowered))
+    found = set(_WORD.findall(lowered)) | set(_UUID.findall(lowered))
+    return found | set(_DECIMAL.findall(lowered))
 
 
 def digest(*parts: str) -> bytes:

@@ -175,8 +175,11 @@ class Loops(PolicyModel):
     mask_volatile: bool = Field(
         default=True,
         description=(
-            "True to ignore hex addresses, UUIDs, timestamps and durations when "
-            "comparing tool results; False compares them verbatim"
+            "True to ignore what changes on every attempt when comparing tool "
+            "results (hex addresses, UUIDs, timestamps and epoch times, "
+            "durations, labelled request and trace ids, attempt counters, "
+            "process ids; docs/loops.md lists them); False compares them "
+            "verbatim"
         ),
     )
     exempt_tools: tuple[str, ...] = Field(
