@@ -1267,6 +1267,9 @@ class Governor:
         except GovernorError as exc:
             self._slot_refused(admission, exc)
             raise
+        except BaseException:  # its run ended, or it was cancelled, while it waited
+            self._close_cut(admission)
+            raise
         admission.started_at = time.monotonic()  # a slot's wait is not call time
         if recheck is not None and admission.held.wait_s > 0:
             try:
@@ -1322,10 +1325,15 @@ class Governor:
         return admission
 
     def _take_slots(self, admission: Admission, acquire: Any) -> Held:
+        """The call's fan-out slots; a call refused or cut off while it
+        waited for them is unsent (its run ended, or an interrupt)."""
         try:
             held: Held = acquire(admission.task, _charged_values(admission))
         except GovernorError as exc:
             self._slot_refused(admission, exc)
+            raise
+        except BaseException:
+            self._close_cut(admission)
             raise
         return held
 

@@ -97,9 +97,10 @@ class SlotKeeper:
 
         ``values`` are the scope values the call is charged to when they are
         not its task's (a call naming its own team or environment): its
-        scope caps are those values' slots. A call whose task the loop guard
-        stopped while it waited is refused with the task's LoopDetected once
-        its turn comes, its slots given back.
+        scope caps are those values' slots. A call whose task was stopped
+        while it waited (its run is ending, or its loop guard stopped it) is
+        refused, unsent, as soon as it takes a slot: with the error the
+        ending run makes, or the task's LoopDetected; its slots go back.
         """
         needs = self._needs(task, values)
         if not needs:
@@ -113,7 +114,7 @@ class SlotKeeper:
                 taken = self._take_need(need, task, timeout)
                 if taken is not None:
                     held.append(taken)
-            _refuse_if_stopped(task)
+                _refuse_if_stopped(task)
         except BaseException:
             release(Held(held, 0.0))
             raise
@@ -135,7 +136,7 @@ class SlotKeeper:
                 taken = await self._atake_need(need, task, timeout)
                 if taken is not None:
                     held.append(taken)
-            _refuse_if_stopped(task)
+                _refuse_if_stopped(task)
         except BaseException:
             await arelease(Held(held, 0.0))
             raise
@@ -277,12 +278,16 @@ class SlotKeeper:
 
 
 def _refuse_if_stopped(task: Task) -> None:
-    """Raise the task's LoopDetected if its loop guard stopped it.
+    """Raise if the task's run is ending or its loop guard stopped it.
 
-    A call queued for a slot passed the guard's checks before it waited; the
-    task may have been stopped since (a loop found in another call's output
-    or prompt), and a stopped task sends no more calls.
+    A call queued for a slot passed the task's checks before it waited; the
+    task may have been stopped since (a node failed its sync graph run, or
+    a loop was found in another call's output or prompt), and a stopped
+    task sends no more calls. Checked after each slot taken, so a call
+    refused at its first slot does not go on to wait for the next.
     """
+    if task.ending is not None:
+        raise task.ending()
     watch = task.extras.get("loop_watch")
     if watch is not None:
         watch.raise_if_stopped()
