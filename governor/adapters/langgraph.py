@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -687,6 +688,12 @@ class _HandlerCore:
         # the task's totals: the run's end waits for them (see abandon_open_calls).
         self._busy = 0
         self._quiet = threading.Condition(self._lock)
+        # Model calls LiteLLM governs (ChatLiteLLM under instrument()) that
+        # have not ended, each with the task's streams open when it started,
+        # until its first token; and the LiteLLM streams watched since then
+        # (see _watch_streams).
+        self._passing: dict[UUID, frozenset[str] | None] = {}
+        self._watched: dict[str, weakref.finalize[Any, Any]] = {}
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
@@ -822,6 +829,7 @@ class _HandlerCore:
         self,
         serialized: Mapping[str, Any] | None,
         messages: list[dict[str, Any]],
+        run_id: UUID,
         parent_run_id: UUID | None,
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
@@ -834,6 +842,7 @@ class _HandlerCore:
         if self.task.ending is not None:
             raise self.task.ending()
         if _governed_by_litellm(serialized):
+            self._pass_through(run_id)
             return None
         params = dict(kwargs.get("invocation_params") or {})
         caller = _calling_model()
@@ -933,6 +942,8 @@ class _HandlerCore:
         (its call was sent before) is hung up on first; the chunk counts as
         arrived.
         """
+        if self._passing:
+            self._watch_streams(run_id)
         parts = list(_chunk_output(token, chunk))
         ending = self.task.ending
         with self._lock:
@@ -968,6 +979,7 @@ class _HandlerCore:
     ) -> tuple[Admission, CallResult] | None:
         """Take the call off the open calls, with its result; settling it
         is up to the caller, who then calls :meth:`_done`."""
+        self._passed(run_id, None)
         taken = self._take(run_id)
         if taken is None:
             return None
@@ -1021,6 +1033,7 @@ class _HandlerCore:
     ) -> tuple[Admission, CallResult] | None:
         """Take the failed call off the open calls, with its result; settling
         it is up to the caller, who then calls :meth:`_done`."""
+        self._passed(run_id, error)
         taken = self._take(run_id)
         if taken is None:
             return None
@@ -1031,16 +1044,30 @@ class _HandlerCore:
             raise
 
     def _cut_off(
-        self, admission: Admission, text: str, error: BaseException
+        self,
+        admission: Admission,
+        text: str,
+        error: BaseException,
+        *,
+        unread: bool = False,
     ) -> tuple[Admission, CallResult]:
         """A failed call's result: what it streamed, or its hold if it was
         cut off after sending with nothing seen.
 
         A call hung up on because its run ended (:class:`_RunEnded`) was
-        left open by the run, as the calls the run's end finds open are.
+        left open by the run, as the calls the run's end finds open are. A
+        stream its node stopped reading (``unread``, or ``GeneratorExit``:
+        the node broke out of it, dropped or closed it) is charged its hold,
+        whatever arrived: the provider's connection belongs to the chat
+        model, which may leave it open (ChatLiteLLM's stays open, streaming
+        and billed, until the garbage collector closes it), and the governor
+        cannot close it.
         """
         if isinstance(error, _RunEnded):
             error = _Abandoned()
+        if unread or isinstance(error, GeneratorExit):
+            _warn_unread(self.task, _HELD)
+            return admission, CallResult(error=error, charge_hold=True)
         if text:  # a stream cut off: the provider stops with the connection
             request = admission.request
             usage = settled_usage(
@@ -1064,8 +1091,12 @@ class _HandlerCore:
         sync node's, through this handler or the LiteLLM adapter) is waited
         for, up to :data:`_SETTLE_WAIT_S` seconds, so that the task's report
         counts it. Streams left unread are not waited for: the run hung up
-        on them, or says it charges them after its report.
+        on them, or says it charges them after its report. The LiteLLM
+        streams of ChatLiteLLM calls still open are hung up on first (see
+        :meth:`_watch_streams`), and a call whose stream the node stopped
+        reading is charged its hold (see :meth:`_cut_off`).
         """
+        _close_all(self._watched_open())
         deadline = time.monotonic() + _SETTLE_WAIT_S
         while True:
             waited_out = time.monotonic() >= deadline
@@ -1080,6 +1111,7 @@ class _HandlerCore:
 
     async def aabandon_open_calls(self) -> None:
         """Async form of :meth:`abandon_open_calls`, for an event loop."""
+        await _aclose_all(self._watched_open())
         deadline = time.monotonic() + _SETTLE_WAIT_S
         while True:
             waited_out = time.monotonic() >= deadline
@@ -1120,11 +1152,18 @@ class _HandlerCore:
         return False
 
     def _abandoned(self) -> list[tuple[Admission, CallResult]]:
-        """Take the open calls, each with its result as an abandoned call."""
+        """Take the open calls, each with its result as an abandoned call.
+
+        In a run that completed or that a node's error ended, nothing cut
+        an open call off: its node stopped reading its stream (and holds
+        it, or its traceback does), so it is charged as such.
+        """
+        reason = self.task.stop_reason
+        unread = reason is None or reason.startswith("error:")
         with self._lock:
             taken = [self._remove(run_id) for run_id in list(self._calls)]
         return [
-            self._cut_off(admission, text, _Abandoned())
+            self._cut_off(admission, text, _Abandoned(), unread=unread)
             for admission, text in taken
             if admission is not None
         ]
@@ -1149,6 +1188,70 @@ class _HandlerCore:
         self._ceilings.pop(run_id, None)
         text = "".join(self._streamed.pop(run_id, []))
         return self._calls.pop(run_id, None), text
+
+    # -- LiteLLM streams of ChatLiteLLM calls (under instrument()) ---------
+
+    def _pass_through(self, run_id: UUID) -> None:
+        """A model call that LiteLLM governs starts: note the task's streams
+        open now, to tell the call's own stream at its first token."""
+        before = frozenset(self.task.open_streams.keys())
+        with self._lock:
+            self._passing[run_id] = before
+
+    def _watch_streams(self, run_id: UUID) -> None:
+        """At the first token of a call LiteLLM governs, watch its stream.
+
+        Its stream is one of the task's LiteLLM streams opened since the
+        call started, and read already. A node that stops reading it
+        (``break``) drops it; LiteLLM keeps the provider's connection in a
+        reference cycle, streaming and billed until the garbage collector
+        runs. A watched stream's connection is closed once it is dropped
+        (see :func:`_close_when_dropped`), and the run's end hangs up on the
+        watched streams still open (see :meth:`_watched_open`).
+        """
+        with self._lock:
+            before = self._passing.get(run_id)
+            if before is None:  # not such a call, or watched already
+                return
+            self._passing[run_id] = None
+            for call_id in [k for k, w in self._watched.items() if not w.alive]:
+                del self._watched[call_id]  # dropped or detached: done with
+        for call_id, stream in list(self.task.open_streams.items()):
+            if call_id in before or not getattr(stream, "chunks", None):
+                continue
+            with self._lock:
+                if call_id not in self._watched:
+                    self._watched[call_id] = _close_when_dropped(stream)
+
+    def _passed(self, run_id: UUID, error: BaseException | None) -> None:
+        """A call LiteLLM governs ended: warn if its node stopped reading it
+        (its stream is closed once dropped, see :meth:`_watch_streams`)."""
+        if not self._passing:
+            return
+        with self._lock:
+            passing = self._passing.pop(run_id, _NOT_PASSING) is not _NOT_PASSING
+        if passing and isinstance(error, GeneratorExit):
+            _warn_unread(self.task, _CLOSED_EARLY)
+
+    def _watched_open(self) -> list[Any]:
+        """At the run's end, take the watched streams still open, to be hung
+        up on: the streams of ChatLiteLLM calls whose nodes stopped reading
+        them and still hold them (a completed run leaves other streams open,
+        see :func:`_hang_up`). Their watch ends, and a warning says so."""
+        with self._lock:
+            watched = list(self._watched.items())
+            self._watched.clear()
+            self._passing.clear()
+        streams = self.task.open_streams
+        left = []
+        for call_id, watch in watched:
+            stream = streams.get(call_id)
+            if stream is not None:
+                watch.detach()
+                left.append(stream)
+        if left:
+            _warn_unread(self.task, _CLOSED_EARLY)
+        return left
 
     def _span_for(self, run_id: UUID | None) -> Span | None:
         """The nearest node span at or above a run, else the task span."""
@@ -1270,7 +1373,7 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         if self._deferred():
             return
         started = self._request(
-            serialized, _chat(messages), parent_run_id, metadata, kwargs
+            serialized, _chat(messages), run_id, parent_run_id, metadata, kwargs
         )
         if started is not None:
             self._open(run_id, *started)
@@ -1289,7 +1392,7 @@ class GovernorCallbackHandler(_HandlerCore, BaseCallbackHandler):
         if self._deferred():
             return
         started = self._request(
-            serialized, _prompts(prompts), parent_run_id, metadata, kwargs
+            serialized, _prompts(prompts), run_id, parent_run_id, metadata, kwargs
         )
         if started is not None:
             self._open(run_id, *started)
@@ -1437,7 +1540,7 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         if not self._mine():
             return
         started = self._request(
-            serialized, _chat(messages), parent_run_id, metadata, kwargs
+            serialized, _chat(messages), run_id, parent_run_id, metadata, kwargs
         )
         if started is not None:
             await self._aopen(run_id, *started)
@@ -1457,7 +1560,7 @@ class AsyncGovernorCallbackHandler(AsyncCallbackHandler):
         if not self._mine():
             return
         started = self._request(
-            serialized, _prompts(prompts), parent_run_id, metadata, kwargs
+            serialized, _prompts(prompts), run_id, parent_run_id, metadata, kwargs
         )
         if started is not None:
             await self._aopen(run_id, *started)
@@ -1614,13 +1717,11 @@ def _hang_up(task: Task) -> None:
     model streams its nodes had open; nobody reads them now, so they are
     closed: the provider stops generating and the task's report includes
     the charge. A run that completes keeps its streams open: a node may
-    have returned one in the graph's output for the caller to read.
+    have returned one in the graph's output for the caller to read (those
+    a chat model was reading are closed, see
+    :meth:`_HandlerCore._watched_open`).
     """
-    for stream in list(task.open_streams.values()):
-        try:
-            stream.hang_up()
-        except Exception:
-            logger.warning("could not close a stream left open", exc_info=True)
+    _close_all(list(task.open_streams.values()))
 
 
 async def _ahang_up(task: Task) -> None:
@@ -1630,11 +1731,141 @@ async def _ahang_up(task: Task) -> None:
     calls from now on are refused (see :class:`_RunEnded`).
     """
     task.ending = functools.partial(_RunEnded, task.id)
-    for stream in list(task.open_streams.values()):
+    await _aclose_all(list(task.open_streams.values()))
+
+
+def _close_all(streams: Sequence[Any]) -> None:
+    """Hang up on governed LiteLLM streams: closed, and charged what arrived."""
+    for stream in streams:
+        try:
+            stream.hang_up()
+        except Exception:
+            logger.warning("could not close a stream left open", exc_info=True)
+
+
+async def _aclose_all(streams: Sequence[Any]) -> None:
+    """Async form of :func:`_close_all`, which closes async streams too."""
+    for stream in streams:
         try:
             await stream.ahang_up()
         except Exception:
             logger.warning("could not close a stream left open", exc_info=True)
+
+
+_NOT_PASSING = object()
+"""What a model call that LiteLLM does not govern is noted as (see
+:meth:`_HandlerCore._passed`)."""
+
+_HELD = "held"
+"""A stream its node stopped reading, charged its hold (no way to close it)."""
+
+_CLOSED_EARLY = "closed early"
+"""A LiteLLM stream its node stopped reading, closed by the governor."""
+
+_UNREAD_WARNED: set[str] = set()
+"""Which of the two warnings about streams left unread were logged."""
+
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Closings of dropped async streams under way, kept until they end."""
+
+
+def _warn_unread(task: Task, how: str) -> None:
+    """Warn once per process, for each of :data:`_HELD` and
+    :data:`_CLOSED_EARLY`, that a node stopped reading a model stream."""
+    if how in _UNREAD_WARNED:
+        logger.debug("task %s: a model stream was left unread (%s)", task.id, how)
+        return
+    _UNREAD_WARNED.add(how)
+    if how == _HELD:
+        logger.warning(
+            "task %s: a node stopped reading a model stream before its end "
+            "(break, an error, or the stream dropped, closed or left open). "
+            "The governor cannot close the provider's connection, which may "
+            "go on generating (ChatLiteLLM's does, until the garbage collector "
+            "runs), so the call is charged its hold (up to max_tokens), not "
+            "what was read. Read model streams to the end; for ChatLiteLLM, "
+            "instrument LiteLLM too (instrument(gov)): such a stream is then "
+            "closed and charged what arrived (warned once)",
+            task.id,
+        )
+        return
+    logger.warning(
+        "task %s: a node stopped reading a ChatLiteLLM stream before its end "
+        "(break, or the stream dropped or left open); the governor closed the "
+        "provider's stream and charged what had arrived, which it can do only "
+        "once the stream is dropped or the run ends. Read model streams to the "
+        "end, or close them where you stop: 'with contextlib.closing("
+        "model.stream(...)) as s:', 'async with contextlib.aclosing("
+        "model.astream(...)) as s:' (warned once)",
+        task.id,
+    )
+
+
+def _close_when_dropped(stream: Any) -> weakref.finalize[Any, Any]:
+    """Watch a governed LiteLLM stream: once its reader drops it before its
+    end, close its provider stream (see :func:`_close_dropped`).
+
+    The stream settles itself when dropped, at what arrived; LiteLLM's own
+    stream (its ``_inner``) stays open in a reference cycle of LiteLLM's,
+    which nothing reads. The watch holds the stream's state, not the stream.
+    """
+    loop = None
+    if hasattr(type(stream), "__anext__"):
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+    state = getattr(stream, "__dict__", {})
+    watch = weakref.finalize(stream, _close_dropped, state, loop)
+    watch.atexit = False
+    return watch
+
+
+def _close_dropped(
+    state: Mapping[str, Any], loop: asyncio.AbstractEventLoop | None
+) -> None:
+    """Close a dropped stream's provider stream, unless it was read out.
+
+    Runs where the stream is collected, the garbage collector included,
+    which may hold the HTTP pool's lock that closing takes: the closing is
+    handed to a thread, or to the async stream's event loop.
+    """
+    inner = state.get("_inner")
+    if inner is None or state.get("complete"):
+        return
+    try:
+        if loop is not None:
+            loop.call_soon_threadsafe(_aclose_dropped, inner)
+            return
+        threading.Thread(
+            target=_close_quietly,
+            args=(inner,),
+            name="governor-stream-close",
+            daemon=True,
+        ).start()
+    except RuntimeError:  # the loop closed (its streams with it), or exiting
+        logger.debug("could not close a dropped stream", exc_info=True)
+
+
+def _close_quietly(inner: Any) -> None:
+    """Close LiteLLM's stream (a thread of :func:`_close_dropped`)."""
+    try:
+        inner.close()
+    except Exception:
+        logger.debug("could not close the provider's stream", exc_info=True)
+
+
+def _aclose_dropped(inner: Any) -> None:
+    """On the stream's event loop: start closing LiteLLM's async stream."""
+    closing = asyncio.ensure_future(_aclose_quietly(inner))
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+
+
+async def _aclose_quietly(inner: Any) -> None:
+    """Close LiteLLM's async stream, the provider's connection with it."""
+    try:
+        await inner.aclose()
+    except Exception:
+        logger.debug("could not close the provider's stream", exc_info=True)
 
 
 def _end_interrupted(task: Task) -> None:

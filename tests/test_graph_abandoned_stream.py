@@ -1,0 +1,343 @@
+"""A node that stops reading a model stream leaves no provider stream running.
+
+A node breaks out of ``model.stream()`` / ``model.astream()`` (ChatLiteLLM)
+after three chunks. LiteLLM keeps the provider's connection in a reference
+cycle, so it streams on, billed, until the garbage collector runs; the
+collector is off in these tests, so that only the governor can close it.
+With LiteLLM instrumented the governor closes it and charges what arrived;
+under ``govern()`` alone it cannot, and charges the call's hold.
+
+The provider is a local SSE server that counts the chunks it sent and says
+whether the client hung up before the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypedDict
+
+import pytest
+from langchain_core.messages import HumanMessage
+from langchain_litellm import ChatLiteLLM
+from langgraph.graph import END, START, StateGraph
+
+from governor import Budget, Governor, Policy, govern
+from governor.adapters import langgraph as graph_adapter
+from governor.adapters.litellm import instrument
+
+CHUNKS = 200
+MAX_TOKENS = 1000
+READ = 3  # chunks a node reads before it stops: " w0 w1 w2", six tokens
+READ_TOKENS = 6
+IN_PRICE = Decimal("0.15e-6")  # gpt-4o-mini, per token
+OUT_PRICE = Decimal("0.6e-6")
+HANG_GUARD_S = 60.0
+
+
+class _Stream:
+    """What the server did for one streamed request."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.how = ""  # "hung up" or "finished"
+        self.ended = threading.Event()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _SSEServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(size))
+        record = _Stream()
+        self.server.streams.append(record)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(self.server.chunks):
+                delta = {"content": f" w{i}"}
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                self._event({**_ENVELOPE, "model": body["model"], "choices": [choice]})
+                record.sent = i + 1
+                self.server.stopped.wait(0.02)
+            last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            self._event({**_ENVELOPE, "model": body["model"], "choices": [last]})
+            self._write(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            record.how = "finished"
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            record.how = "hung up"
+        finally:
+            self.close_connection = True
+            record.ended.set()
+
+    def _event(self, data: dict[str, Any]) -> None:
+        self._write(f"data: {json.dumps(data)}\n\n".encode())
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+_ENVELOPE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0}
+
+
+class _SSEServer(ThreadingHTTPServer):
+    """An OpenAI-style server streaming ``chunks`` words, 20 ms apart."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.chunks = CHUNKS
+        self.streams: list[_Stream] = []
+        self.stopped = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def only_stream(self) -> _Stream:
+        """The one stream served, once it ended (a hang guard, no timing)."""
+        (stream,) = self.streams
+        assert stream.ended.wait(HANG_GUARD_S), "the stream never ended"
+        return stream
+
+
+@pytest.fixture
+def server() -> Iterator[_SSEServer]:
+    """The server, with the garbage collector off: only the governor can
+    close a connection that LiteLLM keeps in a reference cycle."""
+    sse = _SSEServer()
+    thread = threading.Thread(target=sse.serve_forever, daemon=True)
+    thread.start()
+    gc.disable()
+    try:
+        yield sse
+    finally:
+        gc.enable()
+        gc.collect()
+        sse.stopped.set()
+        sse.shutdown()
+        sse.server_close()
+
+
+@pytest.fixture(autouse=True)
+def warnings_unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the once-per-process warnings afresh."""
+    monkeypatch.setattr(graph_adapter, "_UNREAD_WARNED", set(), raising=False)
+
+
+class State(TypedDict, total=False):
+    text: str
+
+
+def _graph(
+    sse: _SSEServer,
+    *,
+    use_async: bool,
+    keep: list[Any] | None = None,
+    limit: int | None = READ,
+) -> Any:
+    """A graph whose node reads ``limit`` chunks of a model stream (all for
+    None), then stops: it breaks out, or, with ``keep``, keeps the stream
+    there unread."""
+    model = ChatLiteLLM(
+        model="openai/gpt-4o-mini",
+        api_base=sse.base_url,
+        api_key="sk-local",
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+    )
+
+    def read(state: State) -> State:
+        words = []
+        for chunk in model.stream([HumanMessage("Write an essay.")]):
+            words.append(str(chunk.content))
+            if len(words) == limit:
+                break
+        return {"text": "".join(words)}
+
+    def keep_unread(state: State) -> State:
+        stream = model.stream([HumanMessage("Write an essay.")])
+        words = [str(next(stream).content) for _ in range(READ)]
+        assert keep is not None
+        keep.append(stream)
+        return {"text": "".join(words)}
+
+    async def aread(state: State) -> State:
+        words = []
+        async for chunk in model.astream([HumanMessage("Write an essay.")]):
+            words.append(str(chunk.content))
+            if len(words) == limit:
+                break
+        return {"text": "".join(words)}
+
+    async def akeep(state: State) -> State:
+        stream = model.astream([HumanMessage("Write an essay.")])
+        words = [str((await anext(stream)).content) for _ in range(READ)]
+        assert keep is not None
+        keep.append(stream)
+        return {"text": "".join(words)}
+
+    if keep is None:
+        node = aread if use_async else read
+    else:
+        node = akeep if use_async else keep_unread
+    builder = StateGraph(State)
+    builder.add_node("read", node)
+    builder.add_edge(START, "read")
+    builder.add_edge("read", END)
+    return builder.compile()
+
+
+def _run(graph: Any, sse: _SSEServer, *, use_async: bool) -> tuple[Any, _Stream]:
+    """Run the graph; its output, and the server's stream once it ended.
+
+    An async run waits for the stream on its event loop: a loop that ends
+    closes the async streams left open (``asyncio.run``), which would hide
+    whether the governor closed them.
+    """
+    if not use_async:
+        return graph.invoke({}), sse.only_stream()
+
+    async def run() -> tuple[Any, _Stream]:
+        output = await graph.ainvoke({})
+        return output, await asyncio.to_thread(sse.only_stream)
+
+    return asyncio.run(run())
+
+
+def _assert_charged(gov: Governor, graph: Any, output_tokens: int) -> None:
+    """The report, the task's budget line and the price agree exactly."""
+    report = graph.last_report
+    assert report is not None
+    assert (report.calls, report.stop_reason) == (1, None)
+    assert report.output_tokens == output_tokens
+    assert report.input_tokens > 0
+    cost = report.input_tokens * IN_PRICE + output_tokens * OUT_PRICE
+    assert report.cost_usd == cost
+    balance = gov.ledger.balance(f"task:{report.task_id}")
+    assert balance.reserved_nanos == 0
+    assert balance.spent_nanos == int(cost * 10**9)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "stopped reading" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_instrumented_stream_a_node_breaks_out_of_is_closed(
+    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider's stream is closed, and the call charged what arrived."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(_graph(server, use_async=use_async), gov)
+    with instrument(gov):
+        output, stream = _run(graph, server, use_async=use_async)
+    assert output == {"text": " w0 w1 w2"}
+    assert stream.how == "hung up"
+    assert stream.sent < CHUNKS
+    _assert_charged(gov, graph, READ_TOKENS)
+    (warning,) = _warnings(caplog)
+    assert "the governor closed the provider's stream" in warning
+    assert "contextlib.aclosing" in warning
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_instrumented_stream_a_node_keeps_unread_is_closed_at_the_end(
+    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node holding its stream unread past the run: the run's end hangs
+    up on it, and its report charges what arrived."""
+    kept: list[Any] = []
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(_graph(server, use_async=use_async, keep=kept), gov)
+    with instrument(gov):
+        _, stream = _run(graph, server, use_async=use_async)
+    assert kept  # still held: only the run's end closed it
+    assert stream.how == "hung up"
+    _assert_charged(gov, graph, READ_TOKENS)
+    assert len(_warnings(caplog)) == 1
+
+
+def test_an_instrumented_stream_read_to_the_end_is_left_alone(
+    server: _SSEServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream read out is charged as usual, without a warning."""
+    server.chunks = READ
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(_graph(server, use_async=True, limit=None), gov)
+    with instrument(gov):
+        _, stream = _run(graph, server, use_async=True)
+    assert stream.how == "finished"
+    _assert_charged(gov, graph, READ_TOKENS)
+    assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_stream_a_node_breaks_out_of_under_govern_alone_is_charged_its_hold(
+    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler cannot close ChatLiteLLM's connection, which streams on:
+    the call is charged its hold, each time, with one warning."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(_graph(server, use_async=use_async), gov)
+    for _ in range(2):
+        output = asyncio.run(graph.ainvoke({})) if use_async else graph.invoke({})
+        assert output == {"text": " w0 w1 w2"}
+        _assert_charged(gov, graph, MAX_TOKENS)
+    (warning,) = _warnings(caplog)
+    assert "charged its hold" in warning
+    assert "instrument(gov)" in warning
+
+
+def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
+    server: _SSEServer,
+) -> None:
+    """The traceback keeps the failed node's stream open: its hold is charged."""
+    model = ChatLiteLLM(
+        model="openai/gpt-4o-mini",
+        api_base=server.base_url,
+        api_key="sk-local",
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+    )
+
+    def fail(state: State) -> State:
+        for i, _ in enumerate(model.stream([HumanMessage("Write an essay.")])):
+            if i == READ - 1:
+                raise ValueError("no more")
+        return {}
+
+    builder = StateGraph(State)
+    builder.add_node("fail", fail)
+    builder.add_edge(START, "fail")
+    builder.add_edge("fail", END)
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(builder.compile(), gov)
+    with pytest.raises(ValueError, match="no more"):
+        graph.invoke({})
+    report = graph.last_report
+    assert report is not None
+    assert report.stop_reason == "error:ValueError"
+    assert report.output_tokens == MAX_TOKENS
+    assert gov.ledger.balance(f"task:{report.task_id}").reserved_nanos == 0
