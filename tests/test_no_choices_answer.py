@@ -33,6 +33,10 @@ USAGE = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
 HEAD = {"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini"}
 SAYS_NO_CHOICES = "provider returned a response with no 'choices'"
 
+_SERIALIZER_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:Pydantic serializer warnings:UserWarning"
+)
+
 # path -> (status, body)
 ANSWERS: Mapping[str, tuple[int, object]] = {
     "no-choices": (200, {**HEAD, "usage": USAGE}),
@@ -40,6 +44,22 @@ ANSWERS: Mapping[str, tuple[int, object]] = {
     "no-choices-no-usage": (200, HEAD),
     "no-choices-bad-usage": (200, {**HEAD, "usage": {"tokens": "many"}}),
     "500-says-no-choices": (500, {"error": {"message": SAYS_NO_CHOICES}}),
+    # Raw bodies: JSON numbers past a float (1e400 reads as infinity), NaN,
+    # and a count no call reaches.
+    "no-choices-inf-usage": (
+        200,
+        '{"id":"x","object":"chat.completion","model":"gpt-4o-mini",'
+        '"usage":{"prompt_tokens":1e400,"completion_tokens":5}}',
+    ),
+    "no-choices-nan-usage": (
+        200,
+        '{"id":"x","object":"chat.completion","model":"gpt-4o-mini",'
+        '"usage":{"prompt_tokens":NaN,"completion_tokens":5}}',
+    ),
+    "no-choices-huge-usage": (
+        200,
+        {**HEAD, "usage": {"prompt_tokens": 10**12, "completion_tokens": 5}},
+    ),
 }
 
 
@@ -51,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.paths.append(self.path)
         status, answer = ANSWERS[self.path.split("/")[1]]
-        body = json.dumps(answer).encode()
+        body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -124,7 +144,18 @@ def test_an_answer_without_choices_is_charged_its_usage(
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
-@pytest.mark.parametrize("answer", ["no-choices-no-usage", "no-choices-bad-usage"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "no-choices-no-usage",
+        "no-choices-bad-usage",
+        # LiteLLM warns as it logs such a body (the test run makes warnings
+        # errors, which would change what it raises).
+        pytest.param("no-choices-inf-usage", marks=_SERIALIZER_WARNINGS),
+        pytest.param("no-choices-nan-usage", marks=_SERIALIZER_WARNINGS),
+        "no-choices-huge-usage",
+    ],
+)
 def test_an_answer_without_choices_or_usage_is_charged_its_hold(
     server: _Server, answer: str, use_async: bool
 ) -> None:

@@ -784,3 +784,14 @@ def test_a_pinned_map_ignores_litellms_run_time_map(
     with pytest.raises(PriceUnknown) as caught:
         _card().rate("x")
     assert "not in the rate card's price map, and no override" in str(caught.value)
+
+
+@pytest.mark.parametrize("count", [float("inf"), float("nan"), 1e300, 10**12], ids=str)
+def test_usage_counts_no_call_reaches_are_refused_as_malformed(count: object) -> None:
+    """inf raised OverflowError and NaN ValueError past the adapters' guards;
+    1e300 and 10**12 were charged as tokens."""
+    from governor.pricing import usage_from_response
+
+    with pytest.raises(ConfigError, match="'prompt_tokens'"):
+        usage_from_response({"prompt_tokens": count, "completion_tokens": 5})
+    assert usage_from_response({"prompt_tokens": 10**9}).prompt_tokens == 10**9

@@ -12,6 +12,7 @@ from typing import Any
 from governor._calls import message_fields, prompt_part_text
 from governor._errors import ConfigError
 from governor.pricing import Usage, usage_from_response
+from governor.pricing._usage import MOST_USAGE_TOKENS
 
 __all__ = [
     "NOT_SENT_ATTRIBUTE",
@@ -284,10 +285,12 @@ def _fields_of(obj: object) -> Mapping[Any, Any]:
 
 
 def _is_count(value: object) -> bool:
-    """True for a whole number >= 0 (an int or a whole float), not a bool."""
+    """True for a whole number from 0 to MOST_USAGE_TOKENS (an int or a
+    whole float), not a bool."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return value >= 0 and (isinstance(value, int) or value.is_integer())
+    whole = isinstance(value, int) or value.is_integer()
+    return whole and 0 <= value <= MOST_USAGE_TOKENS
 
 
 def total_tokens_of(usage: object) -> int:

@@ -2902,7 +2902,11 @@ def _failed(
     if not cut and _not_connected(causes):
         return CallResult(error=error)
     if admission is not None and _no_choices(causes):
-        answered = _answer_without_choices(body, request, admission)
+        try:
+            answered = _answer_without_choices(body, request, admission)
+        except Exception:  # never lose the settle over a body: hold it
+            logger.warning("could not read an answer with no choices", exc_info=True)
+            answered = None
         if answered is not None:
             return dataclasses.replace(answered, error=error)
     if (

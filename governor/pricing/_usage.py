@@ -27,6 +27,7 @@ LangChain        ``input_tokens`` includes ``input_token_details.cache_read``,
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -321,16 +322,26 @@ def _count(fields: _Fields, key: str) -> int:
     return _as_count(fields.get(key), key)
 
 
+MOST_USAGE_TOKENS = 10**9
+"""The largest token count a usage field may report: no call reads or
+writes a billion tokens, so a larger figure is nonsense, not usage."""
+
+
 def _as_count(value: Any, key: str) -> int:
     if value is None:
         return 0
-    if type(value) is int and value >= 0:  # the usual case, checked cheaply
+    if type(value) is int and 0 <= value <= MOST_USAGE_TOKENS:  # the usual case
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"usage field {key!r} must be a token count, got {value!r}")
-    if value < 0 or value != int(value):
+    if not math.isfinite(value) or value < 0 or value != int(value):
         raise ConfigError(
             f"usage field {key!r} must be a whole number >= 0, got {value!r}"
+        )
+    if value > MOST_USAGE_TOKENS:
+        raise ConfigError(
+            f"usage field {key!r} reports {value!r} tokens, more than any call "
+            f"reads or writes ({MOST_USAGE_TOKENS:,})"
         )
     return int(value)
 
