@@ -64,6 +64,7 @@ from governor._errors import (
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import TIME, OutputCeiling
+from governor.adapters._closing import close_when_dropped
 from governor.adapters._interrupt import InterruptScope, register, unshare
 from governor.adapters._tokens import (
     count_prompt_tokens,
@@ -1206,8 +1207,8 @@ class _HandlerCore:
         (``break``) drops it; LiteLLM keeps the provider's connection in a
         reference cycle, streaming and billed until the garbage collector
         runs. A watched stream's connection is closed once it is dropped
-        (see :func:`_close_when_dropped`), and the run's end hangs up on the
-        watched streams still open (see :meth:`_watched_open`).
+        (see :func:`_closing.close_when_dropped`), and the run's end hangs up
+        on the watched streams still open (see :meth:`_watched_open`).
         """
         with self._lock:
             before = self._passing.get(run_id)
@@ -1221,7 +1222,7 @@ class _HandlerCore:
                 continue
             with self._lock:
                 if call_id not in self._watched:
-                    self._watched[call_id] = _close_when_dropped(stream)
+                    self._watched[call_id] = close_when_dropped(stream)
 
     def _passed(self, run_id: UUID, error: BaseException | None) -> None:
         """A call LiteLLM governs ended: warn if its node stopped reading it
@@ -1765,9 +1766,6 @@ _CLOSED_EARLY = "closed early"
 _UNREAD_WARNED: set[str] = set()
 """Which of the two warnings about streams left unread were logged."""
 
-_CLOSING: set[asyncio.Task[None]] = set()
-"""Closings of dropped async streams under way, kept until they end."""
-
 
 def _warn_unread(task: Task, how: str) -> None:
     """Warn once per process, for each of :data:`_HELD` and
@@ -1799,73 +1797,6 @@ def _warn_unread(task: Task, how: str) -> None:
         "model.astream(...)) as s:' (warned once)",
         task.id,
     )
-
-
-def _close_when_dropped(stream: Any) -> weakref.finalize[Any, Any]:
-    """Watch a governed LiteLLM stream: once its reader drops it before its
-    end, close its provider stream (see :func:`_close_dropped`).
-
-    The stream settles itself when dropped, at what arrived; LiteLLM's own
-    stream (its ``_inner``) stays open in a reference cycle of LiteLLM's,
-    which nothing reads. The watch holds the stream's state, not the stream.
-    """
-    loop = None
-    if hasattr(type(stream), "__anext__"):
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-    state = getattr(stream, "__dict__", {})
-    watch = weakref.finalize(stream, _close_dropped, state, loop)
-    watch.atexit = False
-    return watch
-
-
-def _close_dropped(
-    state: Mapping[str, Any], loop: asyncio.AbstractEventLoop | None
-) -> None:
-    """Close a dropped stream's provider stream, unless it was read out.
-
-    Runs where the stream is collected, the garbage collector included,
-    which may hold the HTTP pool's lock that closing takes: the closing is
-    handed to a thread, or to the async stream's event loop.
-    """
-    inner = state.get("_inner")
-    if inner is None or state.get("complete"):
-        return
-    try:
-        if loop is not None:
-            loop.call_soon_threadsafe(_aclose_dropped, inner)
-            return
-        threading.Thread(
-            target=_close_quietly,
-            args=(inner,),
-            name="governor-stream-close",
-            daemon=True,
-        ).start()
-    except RuntimeError:  # the loop closed (its streams with it), or exiting
-        logger.debug("could not close a dropped stream", exc_info=True)
-
-
-def _close_quietly(inner: Any) -> None:
-    """Close LiteLLM's stream (a thread of :func:`_close_dropped`)."""
-    try:
-        inner.close()
-    except Exception:
-        logger.debug("could not close the provider's stream", exc_info=True)
-
-
-def _aclose_dropped(inner: Any) -> None:
-    """On the stream's event loop: start closing LiteLLM's async stream."""
-    closing = asyncio.ensure_future(_aclose_quietly(inner))
-    _CLOSING.add(closing)
-    closing.add_done_callback(_CLOSING.discard)
-
-
-async def _aclose_quietly(inner: Any) -> None:
-    """Close LiteLLM's async stream, the provider's connection with it."""
-    try:
-        await inner.aclose()
-    except Exception:
-        logger.debug("could not close the provider's stream", exc_info=True)
 
 
 def _end_interrupted(task: Task) -> None:

@@ -59,6 +59,7 @@ from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._task import Task, current_task
 from governor.adapters._ceiling import TIME, OutputCeiling
+from governor.adapters._closing import close_dropped, running_loop
 from governor.adapters._embeddings import embedding_request, embedding_result
 from governor.adapters._tokens import (
     NOT_SENT_ATTRIBUTE,
@@ -3539,8 +3540,10 @@ class _SyncStream(_StreamSettler):
     It is an iterator like LiteLLM's own stream. A stream closed early is
     charged for what arrived; one dropped without being read is charged its
     prompt (estimated), since the request was sent. It holds no reference
-    cycle, so dropping it settles at once. It is settled exactly once, even
-    when hung up from another thread while a reader waits on the provider.
+    cycle, so dropping it settles at once, and closes LiteLLM's stream (which
+    LiteLLM keeps in a reference cycle) so that the provider stops. It is
+    settled exactly once, even when hung up from another thread while a
+    reader waits on the provider.
     """
 
     def __init__(
@@ -3696,11 +3699,17 @@ class _SyncStream(_StreamSettler):
             logger.debug("could not close the provider's stream", exc_info=True)
 
     def __del__(self) -> None:
-        if not self.admission.settled:
-            try:
-                self._finish()
-            except Exception:
-                logger.debug("could not settle an abandoned stream", exc_info=True)
+        """Dropped before its end: settle what arrived, close the provider's
+        stream (on a thread: this may run inside the garbage collector, which
+        may hold the HTTP pool's lock that closing takes)."""
+        if self.admission.settled:
+            return
+        try:
+            self._finish()
+        except Exception:
+            logger.debug("could not settle an abandoned stream", exc_info=True)
+        finally:
+            close_dropped(self.__dict__, None)
 
     def _finish(self) -> None:
         with self._settling:
@@ -3889,6 +3898,9 @@ class _AsyncStream(_StreamSettler):
         saver: _Saver,
         wants_usage: bool,
     ) -> None:
+        # Where LiteLLM's async stream can be closed from sync code (see
+        # hang_up) or once dropped.
+        self._loop = running_loop()
         super().__init__(governor, admission, inner, saver, wants_usage)
         self._source: AsyncIterator[Any] | None = None
         self._served: Any = None  # the last chunk handed to the caller
@@ -3961,12 +3973,16 @@ class _AsyncStream(_StreamSettler):
     def hang_up(self) -> None:
         """Settle what arrived for a run that ended without reading it out.
 
-        The provider's async stream can only be closed from the event loop
-        (:meth:`ahang_up`); here it is left to the garbage collector.
+        The provider's async stream can only be closed on its event loop:
+        the closing is handed to it (:meth:`ahang_up` waits for it instead).
         """
-        if not self.admission.settled:
+        if self.admission.settled:
+            return
+        try:
             result = self.result()
             self.settle(self.governor.end_call(self.admission, result), result)
+        finally:
+            close_dropped(self.__dict__, self._loop)
 
     async def ahang_up(self) -> None:
         """Close the stream for a run that ended without reading it out."""
@@ -3989,12 +4005,12 @@ class _AsyncStream(_StreamSettler):
             logger.debug("could not close the provider's stream", exc_info=True)
 
     def __del__(self) -> None:
-        if not self.admission.settled:
-            try:
-                result = self.result()
-                self.settle(self.governor.end_call(self.admission, result), result)
-            except Exception:
-                logger.debug("could not settle an abandoned stream", exc_info=True)
+        """Dropped before its end: settle what arrived, and have the stream's
+        event loop close the provider's stream (see :meth:`hang_up`)."""
+        try:
+            self.hang_up()
+        except Exception:
+            logger.debug("could not settle an abandoned stream", exc_info=True)
 
     async def _afinish(self) -> None:
         if self.admission.settled:
