@@ -3080,8 +3080,8 @@ def _room_in_window(
     models. A ceiling the caller set is kept as written. Only a prompt
     whose byte bound (``bound``) may not leave the room is counted; one
     that cannot be (image or file parts) keeps the default. A prompt that
-    fills the window alone is sent 1 token, and the provider refuses it as
-    too long, as it would the call as written.
+    leaves less than ``_LEAST_ROOM_TOKENS`` keeps the default too: the
+    provider refuses it as too long, which context-window fallbacks act on.
     """
     window = rate.max_input_tokens
     if (
@@ -3103,7 +3103,17 @@ def _room_in_window(
             logger.debug("no token count for %s", request.model, exc_info=True)
             return ceiling, None
     room = window - prompt - _MESSAGE_SLACK_TOKENS
-    return max(1, min(ceiling, room)), taken
+    if room < min(ceiling, _LEAST_ROOM_TOKENS):
+        # Too little room for a useful answer: sent as before, the provider
+        # refuses it as too long, and a context-window fallback (a Router's,
+        # a cascade's next tier) moves the call to a bigger window, where a
+        # cut would have bought a few tokens of answer.
+        return ceiling, taken
+    return min(ceiling, room), taken
+
+
+_LEAST_ROOM_TOKENS = 256
+"""The least room for output the governor cuts its default ceiling to."""
 
 
 def _held_count(counted: int) -> int:

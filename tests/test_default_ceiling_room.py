@@ -25,6 +25,7 @@ MODEL = "openai/gpt-4o-mini"
 WINDOW = 128_000  # gpt-4o-mini's max_input_tokens in LiteLLM's map
 DEFAULT = 4096
 NEAR_FULL = [{"role": "user", "content": "word " * 127_000}]
+LITTLE_ROOM = [{"role": "user", "content": "word " * 127_400}]
 OVER_FULL = [{"role": "user", "content": "word " * 130_000}]
 
 
@@ -106,11 +107,19 @@ def test_the_hold_reserves_the_ceiling_sent(
     assert report.input_tokens <= WINDOW
 
 
-def test_a_prompt_that_fills_the_window_alone_is_sent_one_token(
-    stub: StubServer,
+@pytest.mark.parametrize(
+    "messages", [LITTLE_ROOM, OVER_FULL], ids=["little-room", "over"]
+)
+def test_a_prompt_leaving_too_little_room_keeps_the_default(
+    stub: StubServer, messages: Any
 ) -> None:
-    _governed().completion(**_kwargs(stub, OVER_FULL))
-    assert stub.requests[0].body["max_tokens"] == 1
+    """A few tokens of answer would be bought at a whole prompt's price: the
+    call goes as before, the provider refuses it as too long, and a
+    context-window fallback (a Router's, a cascade's) takes it elsewhere."""
+    room = WINDOW - _counted(messages)
+    assert room < 256
+    _governed().completion(**_kwargs(stub, messages))
+    assert stub.requests[0].body["max_tokens"] == DEFAULT
 
 
 @pytest.mark.parametrize("messages", [NEAR_FULL, OVER_FULL], ids=["near", "over"])
