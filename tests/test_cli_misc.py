@@ -167,10 +167,15 @@ def test_the_demo_finds_the_agents_an_installed_wheel_carries(
     carried.mkdir(parents=True)
     (carried / "research.py").write_text("")
     monkeypatch.setattr(_demo, "__file__", str(site / "governor/cli/_demo.py"))
+    own = tmp_path / "examples" / "agents"  # a user's folder of that name
+    own.mkdir(parents=True)
+    (own / "research.py").write_text("raise SystemExit('not the demo')")
     monkeypatch.chdir(tmp_path)
     assert _demo._examples_dir() == carried
 
     (carried / "research.py").unlink()
+    assert _demo._examples_dir() == own
+    (own / "research.py").unlink()
     assert _demo._examples_dir() is None
 
 

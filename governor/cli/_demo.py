@@ -556,13 +556,14 @@ def _chain(*responders: Any) -> Any:
 
 
 def _examples_dir() -> Path | None:
-    """The example agents: a checkout's (the working directory's, then the
-    one this package runs from), else the copy an installed wheel carries."""
+    """The example agents: those of the checkout this package runs from,
+    else the copy an installed wheel carries, else the working directory's
+    (a checkout beside an install that carries none)."""
     here = Path(__file__).resolve()
     candidates = (
-        Path.cwd() / _EXAMPLES,
         here.parents[2] / _EXAMPLES,
         here.parents[1] / _INSTALLED_EXAMPLES,
+        Path.cwd() / _EXAMPLES,
     )
     for candidate in candidates:
         if (candidate / "research.py").is_file():
