@@ -189,3 +189,21 @@ def test_the_wheel_carries_the_example_agents() -> None:
     config = tomllib.loads((root / "pyproject.toml").read_text())
     mapped = config["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert mapped == {"examples/agents": f"governor/{_demo._INSTALLED_EXAMPLES}"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["eval", "loops", "runs.jsonl", "--bogus"], "governor eval loops"),
+        (["policy", "packs", "--bogus"], "governor policy packs"),
+    ],
+)
+def test_an_unknown_option_of_a_subcommand_names_the_subcommand(
+    capsys: pytest.CaptureFixture[str], argv: list[str], command: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usage: {command} " in err
+    assert f"{command}: error: unrecognized arguments: --bogus" in err

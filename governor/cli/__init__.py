@@ -61,6 +61,22 @@ def _build_parser(
     return parser, sub.choices
 
 
+def _innermost(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> argparse.ArgumentParser:
+    """The parser of the deepest subcommand ``argv`` names under ``parser``
+    (``governor eval loops``'s, not ``governor eval``'s)."""
+    while True:
+        choices: dict[str, argparse.ArgumentParser] = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                choices = action.choices
+        named = next((arg for arg in argv if arg in choices), None)
+        if named is None:
+            return parser
+        parser = choices[named]
+
+
 def _json_asked(argv: Sequence[str]) -> bool:
     """Whether the command line asks for JSON output (``--json``,
     ``--format json``), as far as can be told before it is parsed."""
@@ -147,6 +163,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args, unknown = parser.parse_known_args(args_list)
     if unknown:  # the command's own usage, not the top level's, says so
         command = commands.get(getattr(args, "command", None) or "", parser)
+        command = _innermost(command, args_list)
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = getattr(args, "handler", None)
     if handler is None:
