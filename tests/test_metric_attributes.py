@@ -8,7 +8,6 @@ keep them.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 import pytest
@@ -197,21 +196,21 @@ def test_task_stops_description_covers_errors() -> None:
     assert "cancelled" in description
 
 
-class _CutOff(asyncio.CancelledError):
-    """A private error of the kind an adapter ends a call with."""
-
-
-class _Halted(RuntimeError):
-    pass
+class _UsersOwn(RuntimeError):
+    """A user's private error: shown by its own name."""
 
 
 def test_a_private_error_is_shown_by_its_public_class(capture: SpanCapture) -> None:
-    """Spans and metrics name the first public class: one label per kind."""
+    """Spans and metrics name the first public class of the governor's own
+    private errors: one label per kind, whichever adapter ended the call."""
+    from governor.adapters.langgraph import _Abandoned, _RunEnded
+
     reader = InMemoryMetricReader()
     telemetry = Telemetry(
         capture.provider, meter_provider=MeterProvider(metric_readers=[reader])
     )
-    for error in (_CutOff(), _Halted("run ended"), KeyError("k")):
+    errors = (_Abandoned(), _RunEnded("t-1"), KeyError("k"), _UsersOwn("x"))
+    for error in errors:
         span = telemetry.start_span("chat m", None, {})
         telemetry.end_span(span, {}, error)
         telemetry.record_call(
@@ -224,11 +223,21 @@ def test_a_private_error_is_shown_by_its_public_class(capture: SpanCapture) -> N
         )
 
     statuses = [span.status.description for span in capture.spans]
-    assert statuses == ["CancelledError", "RuntimeError", "KeyError"]
+    assert statuses == ["CancelledError", "RuntimeError", "KeyError", "_UsersOwn"]
     types = [span.events[0].attributes["exception.type"] for span in capture.spans]
-    assert types == ["asyncio.exceptions.CancelledError", "RuntimeError", "KeyError"]
+    assert types == [
+        "asyncio.exceptions.CancelledError",
+        "RuntimeError",
+        "KeyError",
+        f"{__name__}._UsersOwn",
+    ]
     durations = {
         p.attributes.get("error.type"): p.count
         for p in points(reader, "gen_ai.client.operation.duration")
     }
-    assert durations == {"CancelledError": 1, "RuntimeError": 1, "KeyError": 1}
+    assert durations == {
+        "CancelledError": 1,
+        "RuntimeError": 1,
+        "KeyError": 1,
+        "_UsersOwn": 1,
+    }

@@ -194,7 +194,7 @@ def test_a_record_whose_time_is_past_year_9999_in_utc_is_named(
     assert main(["report", "--db", str(path)]) != 0
     err = capsys.readouterr().err
     assert "late.jsonl:1: " in err
-    assert "past the years a UTC time can hold" in err
+    assert "outside the years a UTC time can hold" in err
     assert "OverflowError" not in err
 
 

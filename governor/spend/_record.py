@@ -107,8 +107,8 @@ class SpendRecord:
                 object.__setattr__(self, "ts", self.ts.astimezone(UTC))
             except OverflowError:
                 raise ValueError(
-                    f"SpendRecord.ts {self.ts.isoformat()} is past the years "
-                    "a UTC time can hold (1 to 9999); fix the record's ts"
+                    f"SpendRecord.ts {self.ts.isoformat()} is outside the "
+                    "years a UTC time can hold (1 to 9999); fix the record's ts"
                 ) from None
         for name in MONEY_FIELDS:
             amount = getattr(self, name)

@@ -386,9 +386,15 @@ def public_type(error: BaseException) -> type[BaseException]:
     by the public class, the same for every adapter.
     """
     for cls in type(error).__mro__:
-        if not cls.__name__.startswith("_"):
+        if not (cls.__name__.startswith("_") and _is_governors(cls)):
             return cls
     return type(error)
+
+
+def _is_governors(cls: type) -> bool:
+    """Whether a class is the governor's own (a user's private error keeps
+    its name: it is the user's to show)."""
+    return cls.__module__ == "governor" or cls.__module__.startswith("governor.")
 
 
 def _exception_attributes(
