@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from governor import Governor, LoopDetected
 from governor.adapters.litellm import GovernedLiteLLM
 from governor.loops import LoopGuard
-from governor.loops._normalize import normalize_result
+from governor.loops._normalize import normalize_result, normalize_result_ids
 from governor.policies import Loops
 from governor.testing import OfflineAnswer, install_offline_provider, offline_model
 
@@ -52,6 +53,8 @@ RETRY_ERRORS: dict[str, Callable[[int], str]] = {
     "retry": lambda i: f"Error 503, retry {i + 1} of 40",
     "pid": lambda i: f"Error: address in use, pid {40000 + i}",
     "pytest-tmp": lambda i: f"FAILED: see /tmp/pytest-of-user/pytest-{i}/log.txt",
+    "trace-id-key": lambda i: f"Error 503 trace_id={_hex(i)} spans=12",
+    "pid-key": lambda i: f"Error: cannot kill pid={5000 + i * 13}",
 }
 
 
@@ -75,11 +78,18 @@ def test_the_same_failing_call_retried_is_stopped_by_repeat(
     assert (first[0], first[1].rule) == (4, "repeat")
 
 
-@pytest.mark.parametrize("error", RETRY_ERRORS.values(), ids=RETRY_ERRORS.keys())
+# Only clocks are masked between calls with other arguments: request ids,
+# attempt numbers, pids and the like are masked between calls with the same
+# arguments alone, as a walk over items prints a new one for each item.
+CLOCKS = ("epoch-fraction", "epoch-ms-fraction")
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
 def test_a_failing_call_retried_with_new_arguments_is_the_same_result(
-    error: Callable[[int], str],
+    clock: str,
 ) -> None:
     """New arguments each attempt, the same error: same_result on the 12th."""
+    error = RETRY_ERRORS[clock]
     calls = [
         ("fetch", {"url": "http://svc/api", "attempt": i}, error(i)) for i in range(30)
     ]
@@ -165,6 +175,53 @@ DISTINCT_WORK: dict[str, Callable[[int], tuple[str, Any, str]]] = {
         f"traceparent 00-{_hex(i)}-{_hex(7, 16)}-01: 3 spans, 1 error",
     ),
     "killed-pids": lambda i: ("kill", {"pid": 4000 + i}, f"killed pid {4000 + i}"),
+    # The arguments never name the request, trace, charge, process or attempt
+    # the result prints: paging, a cursor, one queue or job after another.
+    "request-pages": lambda i: (
+        "next_request",
+        {"page": i},
+        f"request_id: {_hex(i, 20)} status 200 path /api",
+    ),
+    "trace-cursor": lambda i: (
+        "next_trace",
+        {"cursor": i},
+        f"trace_id={_hex(i)} spans=12 status=ok",
+    ),
+    "charges-after": lambda i: (
+        "list_next",
+        {"after": f"ch_{i}"},
+        f"charge req_{_hex(i, 14)} succeeded amount 100",
+    ),
+    "traceparent-pages": lambda i: (
+        "next_span",
+        {"page": i},
+        f"traceparent 00-{_hex(i)}-{_hex(i + 99, 16)}-01 ok",
+    ),
+    "workers-per-queue": lambda i: (
+        "start_worker",
+        {"queue": f"q{i}"},
+        f"started worker for queue, pid {5000 + i * 13}",
+    ),
+    "jobs-killed": lambda i: (
+        "kill_job",
+        {"job": f"job-{i}"},
+        f"killed pid={5000 + i * 13}",
+    ),
+    "attempts-read": lambda i: (
+        "get_attempt",
+        {"n": i + 1},
+        f"attempt {i + 1}: passed",
+    ),
+    "pytest-runs": lambda i: (
+        "run_test",
+        {"name": f"test_{i}"},
+        f"PASSED see /tmp/pytest-of-u/pytest-{i}/log",
+    ),
+    "balances": lambda i: (
+        "get_balance",
+        {"account": f"A{i}"},
+        f"balance: {1234567890 + i * 1000}.{i:02d} USD",
+    ),
 }
 
 
@@ -201,3 +258,67 @@ def test_a_long_amount_keeps_its_fraction(amount: str) -> None:
         normalize_result(f"paid {a}", mask_volatile=True) for a in (amount, cents)
     }
     assert len(masked) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "at 1765012345.5",
+        '"ts": 1765012345.25',
+        "created_at=1765012345.5",
+        "createdAt: 1765012345678.5",
+        "Timestamp: 1765012345.12",
+        "expires 1765012345.9",
+        "took until 1765012345.123",
+        "done 1765012345.123456",
+    ],
+)
+def test_an_epoch_loses_its_fraction_with_a_time_label_or_three_digits(
+    text: str,
+) -> None:
+    """Milli- or microseconds, or a time label before it: an epoch clock."""
+    other = text[:-1] + str(9 - int(text[-1]))
+    assert "<id>" in normalize_result(text, mask_volatile=True)
+    masked = {normalize_result(t, mask_volatile=True) for t in (text, other)}
+    assert len(masked) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "balance: 1234567890.12 USD",
+        "paid 1765012345.5",
+        "total=1234567890123.45",
+        "format 1234567890.12",
+        "vat 1234567890.12",
+    ],
+)
+def test_an_epoch_like_amount_keeps_its_cents(text: str) -> None:
+    """One or two fractional digits and no time label: an amount, not a clock."""
+    cents = re.sub(r"\.(\d)", lambda m: f".{9 - int(m[1])}", text, count=1)
+    masked = {normalize_result(t, mask_volatile=True) for t in (text, cents)}
+    assert len(masked) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "any_args"),
+    [
+        (f"request id {_hex(1)}", f"request id {_hex(1)}"),
+        ("request id 1234567890123456", "request id <id>"),
+        (f"req_{_hex(2, 14)} ok", f"req_{_hex(2, 14)} ok"),
+        ("attempt 3 failed", "attempt 3 failed"),
+        ("attempt #3 failed", "attempt <counter> failed"),
+        ("pid 4012", "pid 4012"),
+        ("pid 4012345", "pid <id>"),
+        ("see /tmp/pytest-of-u/pytest-12/x", "see /tmp/pytest-of-u/pytest-12/x"),
+        ("pid 4012 at 12:00:01 in 0.5s", "pid 4012 at <time> in <duration>"),
+    ],
+)
+def test_the_attempts_tokens_are_kept_for_calls_with_other_arguments(
+    text: str, any_args: str
+) -> None:
+    """For same_result, the attempt's tokens read as they did before they were
+    masked; what was masked then still is."""
+    same_args, compared, _ = normalize_result_ids(text)
+    assert compared == any_args
+    assert same_args == normalize_result(text, mask_volatile=True)

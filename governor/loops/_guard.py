@@ -215,17 +215,20 @@ class LoopGuard:
         if result is None or name in self._exempt:
             return None
         norm_args = normalize_args(args)
+        ids: frozenset[str] | None = None
         if self._loops.mask_volatile:
-            norm_result, ids = normalize_result_ids(result)
+            # Request ids, pids and the like are masked for repeat, cycle and
+            # stale, whose calls share their arguments, not for same_result.
+            norm_result, any_args, ids = normalize_result_ids(result)
         else:
-            norm_result, ids = normalize_result(result, mask_volatile=False), None
+            norm_result = any_args = normalize_result(result, mask_volatile=False)
         key = digest("tool", name, norm_args, norm_result)
         label = f"{name}({_excerpt(norm_args)}) -> {_excerpt(norm_result)}"
         hit = self._tools.observe(key, label, step, tool=name)
         same = self._results.observe(
-            digest("result", name, norm_result),
+            digest("result", name, any_args),
             norm_args,
-            f"{name}(...) -> {_excerpt(norm_result)}",
+            f"{name}(...) -> {_excerpt(any_args)}",
             step,
             turn,
             new=ids is not None and self._new_item(name, norm_args, ids),

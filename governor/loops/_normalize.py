@@ -6,8 +6,11 @@ arguments never matter; with masking on, neither do the hex addresses, UUIDs,
 timestamps, durations, counters ("request #7", "attempt 3"), long numeric ids
 (six digits or more, epoch times, also with a fraction), request and trace
 ids, process ids and pytest's numbered temporary folders that make two
-identical outcomes print differently. Other hex runs (commit SHAs, checksums)
-are not masked: they name the work, not the attempt.
+identical outcomes print differently. The last four (and "attempt 3") number
+the attempt, yet also the item a walk over requests or processes is on: they
+are masked only where calls with the same arguments are compared. Other hex
+runs (commit SHAs, checksums) are not masked: they name the work, not the
+attempt.
 """
 
 from __future__ import annotations
@@ -43,40 +46,64 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # branch at every place.
 # A hex run is masked only where a label or a format says it numbers the
 # request or its trace (a W3C traceparent, "request_id=9f3c...", "req_9f3c..."):
-# a bare one may be a commit or a checksum, the item worked on. A number with a
-# fraction is masked only as an epoch: 10 or 13 digits starting with 1 before
-# the point (Unix seconds or milliseconds, 2001 to 2033), not any long amount
-# with cents.
-_VOLATILE = re.compile(
-    r"(?P<counter>#\d+\b)"
-    r"|\b(?:(?=[0-9a-fA-F])(?:"
+# a bare one may be a commit or a checksum, the item worked on. A number loses
+# its fraction only as an epoch: 10 or 13 digits starting with 1 before the
+# point (Unix seconds or milliseconds, 2001 to 2033) and three fractional
+# digits or more, or fewer after a time label ("ts": 1765012345.5), so an
+# amount keeps its cents.
+_COUNTER = r"(?P<counter>#\d+\b)"
+_UUID_TOKEN = (
     r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
     r"[0-9a-fA-F]{12}\b)"
-    r"|(?P<trace>[0-9a-fA-F]{2}-(?P<trace_v>[0-9a-fA-F]{32})-[0-9a-fA-F]{16}-"
-    r"[0-9a-fA-F]{2}\b))"
-    r"|(?=\d)(?:"
+)
+_TRACE = (
+    r"(?P<trace>[0-9a-fA-F]{2}-(?P<trace_v>[0-9a-fA-F]{32})-[0-9a-fA-F]{16}-"
+    r"[0-9a-fA-F]{2}\b)"
+)
+_DIGIT_LED = (
     r"(?P<addr>0x[0-9a-fA-F]{4,}\b)"
     r"|(?P<time>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?Z?"
     r"|\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)"
     r"|(?P<duration>\d+(?:\.\d+)?\s?(?:ms|us|µs|ns|s|sec|secs|seconds?|minutes?)\b)"
-    r"|(?P<id>1\d{9}(?:\d{3})?\.\d{1,9}\b|\d{6,}\b))"
-    r"|(?=[A-Za-z])(?:"
-    r"(?P<reqid>(?i:(?:request|req|trace|span|correlation)[ _-]?id\b)"
-    r"[\"']?\s?[:=]?\s?[\"']?(?P<reqid_v>(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{16,})\b"
-    r"|(?:req|request|trace|correlation)_(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{12,}\b)"
-    r"|(?P<attempt>(?i:attempts?|retry|retries)[\"']?\s?[:=]?\s?"
-    r"(?P<attempt_v>\d+)\b)"
-    r"|(?P<pid>(?i:pid)[\"']?\s?[:=]?\s?(?P<pid_v>\d+)\b)"
-    r"|(?P<tmp>pytest-of-[^\s/\\]+[/\\]pytest-(?P<tmp_v>\d+)\b)))"
+    r"|(?P<id>1\d{9}(?:\d{3})?\.\d{3,9}\b|\d{6,}\b)"
 )
+_SEP = r"[\"']?\s?[:=]?\s?"
+_EPOCH = (
+    r"(?P<epoch>(?:[A-Za-z]+[_.-]|[a-z]+(?=[A-Z]))?"
+    r"(?i:timestamp|time|ts|date|created|updated|modified|expires|expiry|at)"
+    rf"{_SEP}[\"']?(?P<epoch_v>1\d{{9}}(?:\d{{3}})?\.\d{{1,9}})\b)"
+)
+# Tokens that number the attempt and nothing else: masked only when calls
+# with the same arguments are compared (see normalize_result_ids).
+_ATTEMPT_LED = (
+    r"(?P<reqid>(?i:(?:request|req|trace|span|correlation)[ _-]?id\b)"
+    rf"{_SEP}[\"']?(?P<reqid_v>(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{{16,}})\b"
+    r"|(?:req|request|trace|correlation)_(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{12,}\b)"
+    rf"|(?P<attempt>(?i:attempts?|retry|retries){_SEP}(?P<attempt_v>\d+)\b)"
+    rf"|(?P<pid>(?i:pid){_SEP}(?P<pid_v>\d+)\b)"
+    r"|(?P<tmp>pytest-of-[^\s/\\]+[/\\]pytest-(?P<tmp_v>\d+)\b)"
+)
+_VOLATILE = re.compile(
+    rf"{_COUNTER}|\b(?:(?=[0-9a-fA-F])(?:{_UUID_TOKEN}|{_TRACE})"
+    rf"|(?=\d)(?:{_DIGIT_LED})|(?=[A-Za-z])(?:{_ATTEMPT_LED}|{_EPOCH}))"
+)
+# The same without the attempt's tokens, for calls with other arguments: a
+# walk over requests, traces or processes prints a new one for each item.
+_VOLATILE_ANY_ARGS = re.compile(
+    rf"{_COUNTER}|\b(?:(?=[0-9a-fA-F]){_UUID_TOKEN}"
+    rf"|(?=\d)(?:{_DIGIT_LED})|(?=[A-Za-z]){_EPOCH})"
+)
+_ATTEMPT_KINDS = frozenset(("reqid", "trace", "attempt", "pid", "tmp"))
 # Kinds whose match holds a label ("pid 4012"): only the value, the group
 # named ``<kind>_v``, is masked, so "pid <pid>" still reads as a process id.
-_LABELLED = frozenset(("reqid", "attempt", "pid", "tmp"))
+_LABELLED = frozenset(("reqid", "attempt", "pid", "tmp", "epoch"))
+# A labelled epoch reads as any other epoch: "ts": <id>.
+_SHOWN = {"epoch": "id"}
 
 
-# Masked tokens that can name an item (a ticket, an order, a user, a process),
-# not only a moment: a tool that acts on another item each call prints another.
-_ITEM_KINDS = frozenset(("uuid", "counter", "id", "pid"))
+# Masked tokens that can name an item (a ticket, an order, a user), not only a
+# moment: a tool that acts on another item each call prints another one.
+_ITEM_KINDS = frozenset(("uuid", "counter", "id", "epoch"))
 # ... unless a label says the token numbers the request or the attempt.
 _NOISE_LABEL = re.compile(
     r"\b(?:request|req|trace|span|correlation|session|attempt|retry|try|run)"
@@ -84,23 +111,20 @@ _NOISE_LABEL = re.compile(
     re.IGNORECASE,
 )
 _LABEL_CHARS = 24
-# Request and trace ids number the attempt, yet one the call's arguments name
-# is the item (a look-up of one request after another), so they are kept as
-# item ids; having no dash, they never count as a UUID no result showed.
-_REQUEST_KINDS = frozenset(("reqid", "trace"))
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
 def _mask(match: re.Match[str]) -> str:
     """The masked form of one volatile token, its label kept."""
     kind = match.lastgroup or ""
+    shown = _SHOWN.get(kind, kind)
     if kind in _LABELLED:
         value = f"{kind}_v"
         if match.group(value) is not None:
             text, start = match.group(), match.start()
             head, tail = match.start(value) - start, match.end(value) - start
-            return f"{text[:head]}<{kind}>{text[tail:]}"
-    return f"<{kind}>"
+            return f"{text[:head]}<{shown}>{text[tail:]}"
+    return f"<{shown}>"
 
 
 def _value(match: re.Match[str], kind: str) -> str:
@@ -156,31 +180,45 @@ def normalize_result(result: str, *, mask_volatile: bool) -> str:
     return normalize_text(result)
 
 
-def normalize_result_ids(result: str) -> tuple[str, frozenset[str]]:
-    """Return a masked, normalized tool result and the item ids masking hid.
+def normalize_result_ids(result: str) -> tuple[str, str, frozenset[str]]:
+    """Return a tool result masked two ways, normalized, and the item ids it holds.
 
-    The ids are the masked UUIDs (lower-cased), counters (``#4512`` as
-    ``4512``), process ids and long numbers (one with a fraction also by its
-    whole part) that no label before them calls a request, trace, session,
-    attempt or retry number: the tokens that may name the item a call acted
-    on. Request and trace ids that are not UUIDs are ids too (lower-cased, a
-    traceparent as its trace id): the guard takes them for an item only when
-    the call's arguments name them. One scan of the result does both.
+    The first form masks every volatile token and is for comparing calls made
+    with the same arguments: a retry that prints a new request id, attempt
+    number or pid each time gets the same result. The second leaves those
+    tokens (request and trace ids, traceparents, attempt and retry numbers,
+    pids, pytest's temporary folders) as they are, as far as they were not
+    masked otherwise (a number of six digits or more still is), and is for
+    comparing calls with other arguments: a walk over requests, traces or
+    processes prints a new one for each item, which is progress.
+
+    The ids are what the second form masked of UUIDs (lower-cased), counters
+    (``#4512`` as ``4512``) and long numbers (an epoch with a fraction also by
+    its whole part) that no label before them calls a request, trace,
+    session, attempt or retry number: the tokens that may name the item a
+    call acted on. A result with none of the attempt's tokens is scanned once.
     """
     ids: set[str] = set()
+    attempt = False
 
     def mask(match: re.Match[str]) -> str:
+        nonlocal attempt
         kind = match.lastgroup or ""
-        if kind in _REQUEST_KINDS or (
-            kind in _ITEM_KINDS and not _noise(result, match.start())
-        ):
+        if kind in _ATTEMPT_KINDS:
+            attempt = True
+        elif kind in _ITEM_KINDS and not _noise(result, match.start()):
             value = _value(match, kind).lower()
             # An epoch with a fraction also by its seconds, as an argument
             # may write "1765012345.50" as 1765012345.5.
             ids.update((value, value.partition(".")[0]))
         return _mask(match)
 
-    return normalize_text(_VOLATILE.sub(mask, result)), frozenset(ids)
+    same_args = normalize_text(_VOLATILE.sub(mask, result))
+    if not attempt:
+        return same_args, same_args, frozenset(ids)
+    ids.clear()
+    any_args = normalize_text(_VOLATILE_ANY_ARGS.sub(mask, result))
+    return same_args, any_args, frozenset(ids)
 
 
 def _noise(text: str, start: int) -> bool:

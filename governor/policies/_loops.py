@@ -177,9 +177,9 @@ class Loops(PolicyModel):
         description=(
             "True to ignore what changes on every attempt when comparing tool "
             "results (hex addresses, UUIDs, timestamps and epoch times, "
-            "durations, labelled request and trace ids, attempt counters, "
-            "process ids; docs/loops.md lists them); False compares them "
-            "verbatim"
+            "durations; and, between calls with the same arguments only, "
+            "labelled request and trace ids, attempt counters and process "
+            "ids; docs/loops.md lists them); False compares them verbatim"
         ),
     )
     exempt_tools: tuple[str, ...] = Field(
