@@ -53,6 +53,7 @@ from governor._errors import (
     StoreUnavailable,
     decimal_text,
 )
+from governor._forks import start_over_in_children
 from governor._leases import LeaseKeeper
 from governor._loopwatch import attempt_answered, loop_watch, nothing_to_judge
 from governor._money import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
@@ -257,6 +258,18 @@ class Governor:
             tuple[str, str, str | None, int],
             tuple[Attribution, dict[str, AttrValue]],
         ] = {}
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a cache lock of its own, and no calls settling.
+
+        A lock a parent thread held at the fork would stay held for good. The
+        calls that parent threads were settling settle in the parent: counted
+        here, they would keep the child's :meth:`close` waiting its whole
+        timeout for threads that are not in the child.
+        """
+        self._cache_lock = threading.Lock()
+        self._settling = {}
 
     # -- cache -----------------------------------------------------------
 

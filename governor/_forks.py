@@ -7,9 +7,9 @@ one of them held at the fork stays held there. Servers that import the app
 once and fork workers (gunicorn --preload, Celery prefork) would lose the
 child's records and renewals without a word. Parts with no thread of their
 own but a lock that other threads take (the in-memory ledger, the anomaly
-monitor, the Redis connections) would deadlock the child the same way. Each
-such part registers here and its ``_forget_parent()`` runs in the child right
-after the fork.
+monitor, the Redis connections, the response cache's stores and embedders)
+would deadlock the child the same way. Each such part registers here and its
+``_forget_parent()`` runs in the child right after the fork.
 """
 
 from __future__ import annotations

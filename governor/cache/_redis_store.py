@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from governor._errors import ConfigError
+from governor._forks import start_over_in_children
 from governor.cache._index import Vector, VectorIndex
 from governor.cache._types import CacheEntry
 
@@ -207,6 +208,9 @@ class RedisCacheStore:
 
     Thread-safe. Needs Redis 6.2 or later. A client made
     with ``decode_responses=True`` is refused: vectors are raw bytes.
+
+    Each process searches its own copy of the indexes' vectors; a forked
+    child reloads it from Redis.
     """
 
     def __init__(
@@ -240,6 +244,19 @@ class RedisCacheStore:
         self._rows = 0
         self._max_rows = 2 * max_entries + _MIRROR_SLACK
         self._lock = threading.Lock()
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own, and no mirrors yet.
+
+        A lock a parent thread held at the fork would stay held for good, and
+        a parent thread may have left a mirror half updated (its stream
+        position moved on, its rows not loaded yet): the child drops every
+        mirror, and each reloads from Redis when next searched.
+        """
+        self._lock = threading.Lock()
+        self._mirrors.clear()
+        self._rows = 0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisCacheStore:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from governor._forks import start_over_in_children
 from governor.cache._index import Vector, VectorIndex
 from governor.cache._types import CacheEntry
 
@@ -71,6 +72,9 @@ class MemoryCacheStore:
 
     Searches are exact: one float32 matrix-vector product over the index's
     rows. Expired entries are dropped when met and before any eviction.
+
+    A child forked from the process keeps the entries as they were at the
+    fork, unless a thread was changing them then: that child starts empty.
     """
 
     def __init__(
@@ -83,6 +87,21 @@ class MemoryCacheStore:
         self._indexes: dict[str, VectorIndex] = {}
         self._lock = threading.RLock()
         self._puts_since_sweep = 0
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own, and whole entries only.
+
+        A lock a parent thread held at the fork would stay held for good. That
+        thread may have been midway through a change, leaving an entry and
+        its index out of step: then the child starts with an empty cache.
+        """
+        was_free = self._lock.acquire(blocking=False)
+        self._lock = threading.RLock()
+        if not was_free:
+            self._slots.clear()
+            self._indexes.clear()
+            self._puts_since_sweep = 0
 
     def get(self, key: str, now: float) -> CacheEntry | None:
         """Return the live entry stored under ``key``, or None."""
