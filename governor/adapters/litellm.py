@@ -57,6 +57,9 @@ from governor._errors import (
 )
 from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
+from governor._slots import Held
+from governor._slots import arelease as arelease_slots
+from governor._slots import release as release_slots
 from governor._task import Task, current_task
 from governor.adapters._ceiling import TIME, OutputCeiling
 from governor.adapters._closing import close_dropped, running_loop
@@ -346,16 +349,23 @@ class GovernedLiteLLM:
             CascadeBudgetExceeded: no tier fitted the budget left.
         """
         runner, request = self._cascade_setup(messages, kwargs, "cascade")
+        answers = _RunAnswers()
+
+        def call(tier: Any, request: dict[str, Any]) -> Any:
+            return self._tier_call(tier, request, answers)
+
         with self._request_task(kwargs), _cascading(self.governor) as spend:
             request = _cascade_hinted(request)
             result = runner.run(
                 request,
-                call=self._tier_call,
+                call=call,
                 context_window=self._context_window,
                 count_tokens=_tier_tokens,
                 prompt_text=_last_user_text(messages),
                 rest_key=_tier_rest_key,
+                from_cache=_from_cache,
             )
+            answers.store(result)
             done: CascadeResult = self._on_result(result, spend, request)
             return done
 
@@ -364,17 +374,24 @@ class GovernedLiteLLM:
     ) -> CascadeResult:
         """Async form of :meth:`cascade`."""
         runner, request = self._cascade_setup(messages, kwargs, "acascade")
+        answers = _RunAnswers()
+
+        async def call(tier: Any, request: dict[str, Any]) -> Any:
+            return await self._atier_call(tier, request, answers)
+
         async with self._arequest_task(kwargs):
             with _cascading(self.governor) as spend:
                 request = _cascade_hinted(request)
                 result = await runner.arun(
                     request,
-                    call=self._atier_call,
+                    call=call,
                     context_window=self._context_window,
                     count_tokens=_tier_tokens,
                     prompt_text=_last_user_text(messages),
                     rest_key=_tier_rest_key,
+                    from_cache=_from_cache,
                 )
+                await answers.astore(result)
                 done: CascadeResult = self._on_result(result, spend, request)
                 return done
 
@@ -455,12 +472,19 @@ class GovernedLiteLLM:
         self._runners[id(policy)] = (policy, runner)
         return runner
 
-    def _tier_call(self, tier: Any, request: dict[str, Any]) -> Any:
-        response, cost = self._complete(_tier_kwargs(tier, request))
+    def _tier_call(
+        self, tier: Any, request: dict[str, Any], answers: _RunAnswers
+    ) -> Any:
+        """One attempt of a cascade run; its answer is stored in the response
+        cache only if the run accepts it (see :class:`_RunAnswers`)."""
+        response, cost = self._complete(_tier_kwargs(tier, request), answers)
         return _answer(response, cost)
 
-    async def _atier_call(self, tier: Any, request: dict[str, Any]) -> Any:
-        response, cost = await self._acomplete(_tier_kwargs(tier, request))
+    async def _atier_call(
+        self, tier: Any, request: dict[str, Any], answers: _RunAnswers
+    ) -> Any:
+        """Async form of :meth:`_tier_call`."""
+        response, cost = await self._acomplete(_tier_kwargs(tier, request), answers)
         return _answer(response, cost)
 
     def _context_window(self, tier: Any) -> int | None:
@@ -531,14 +555,20 @@ class GovernedLiteLLM:
             watch.after_answer(answer.text, task.model_calls)
         return result
 
-    def _complete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
+    def _complete(
+        self, kwargs: dict[str, Any], run: _RunAnswers | None = None
+    ) -> tuple[Any, Decimal]:
+        """One governed call; ``run`` is the cascade run it is a tier of."""
         kwargs = _escalated(kwargs)
         request = _request(kwargs)
         cache, lookup = self._lookup(kwargs, request)
         if lookup is not None and lookup.hit:
-            self.governor.record_cache_hit(request, lookup)
-            return _cached_response(lookup, kwargs), Decimal(0)
-        admission = self.governor.begin_call(request, recheck=_recheck(cache, lookup))
+            if run is None or run.fresh(lookup):
+                self.governor.record_cache_hit(request, lookup)
+                return _cached_response(lookup, kwargs), Decimal(0)
+            lookup = None  # the run has this answer already: ask the model
+        recheck = _recheck(cache, lookup, run)
+        admission = self.governor.begin_call(request, recheck=recheck)
         if admission.served is not None:  # stored while this call waited
             return _cached_response(admission.served, kwargs), Decimal(0)
         wants_usage = _asks_for_usage(kwargs)
@@ -561,20 +591,32 @@ class GovernedLiteLLM:
         except Exception as exc:  # answered, but unreadable: charge the hold
             _charged(exc, self.governor.end_call(admission, _unread(exc)))
             raise
-        cost = self.governor.end_call(admission, result)
-        if cache is not None:
-            _Saver(cache, lookup, kwargs).save(result, cost, _message(response))
+        if cache is None:
+            return response, self.governor.end_call(admission, result)
+        saver = _Saver(cache, lookup, kwargs)
+        if run is not None:  # a cascade tier's answer waits for the run's verdict
+            cost = self.governor.end_call(admission, result)
+            run.keep(response, saver, result, cost)
+            return response, cost
+        with _slots_kept(admission, saver):  # stored before the slots go back
+            cost = self.governor.end_call(admission, result)
+            saver.save(result, cost, _message(response))
         return response, cost
 
-    async def _acomplete(self, kwargs: dict[str, Any]) -> tuple[Any, Decimal]:
+    async def _acomplete(
+        self, kwargs: dict[str, Any], run: _RunAnswers | None = None
+    ) -> tuple[Any, Decimal]:
+        """Async form of :meth:`_complete`."""
         kwargs = _escalated(kwargs)
         request = _request(kwargs)
         cache, lookup = await self._alookup(kwargs, request)
         if lookup is not None and lookup.hit:
-            self.governor.record_cache_hit(request, lookup)
-            return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
+            if run is None or run.fresh(lookup):
+                self.governor.record_cache_hit(request, lookup)
+                return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
+            lookup = None  # the run has this answer already: ask the model
         admission = await self.governor.abegin_call(
-            request, recheck=_recheck(cache, lookup)
+            request, recheck=_recheck(cache, lookup, run)
         )
         if admission.served is not None:  # stored while this call waited
             hit = admission.served
@@ -601,10 +643,17 @@ class GovernedLiteLLM:
         except Exception as exc:  # answered, but unreadable: charge the hold
             _charged(exc, await self.governor.aend_call(admission, _unread(exc)))
             raise
-        cost = await self.governor.aend_call(admission, result)
-        if cache is not None:
-            saver = _Saver(cache, lookup, kwargs)
-            await asyncio.to_thread(saver.save, result, cost, _message(response))
+        if cache is None:
+            return response, await self.governor.aend_call(admission, result)
+        saver = _Saver(cache, lookup, kwargs)
+        if run is not None:  # a cascade tier's answer waits for the run's verdict
+            cost = await self.governor.aend_call(admission, result)
+            run.keep(response, saver, result, cost)
+            return response, cost
+        async with _aslots_kept(admission, saver):  # stored before they go back
+            cost = await self.governor.aend_call(admission, result)
+            message = _message(response)  # a store (Redis) and an embedding block
+            await asyncio.to_thread(saver.save, result, cost, message)
         return response, cost
 
     async def _alookup(
@@ -710,6 +759,106 @@ class _Saver:
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
         )
+
+    def keeps_slots(self) -> bool:
+        """True when the call's fan-out slots must wait for its answer's store.
+
+        A call that waited for one of them looks in the cache again (see
+        :func:`_recheck`) and must find the answer there. Only a miss the
+        cache was read for is looked at again; the store of one it was not
+        read for (``no-cache``) may embed the question through this governor,
+        a call that would wait for the very slots held here.
+        """
+        lookup = self.lookup
+        if self.cache is None or not getattr(lookup, "storable", False):
+            return False
+        return bool(getattr(getattr(lookup, "keys", None), "read", False))
+
+
+@contextlib.contextmanager
+def _slots_kept(admission: Admission, saver: _Saver) -> Iterator[None]:
+    """Give the call's fan-out slots back when the block ends, not when the
+    call is settled in it: its answer is stored in between.
+
+    A call queued behind a cap looks in the cache again once it has a slot,
+    so a burst of repeated requests pays for its first wave only. The slots
+    go back however the block ends; a call whose answer nobody would look
+    for (see :meth:`_Saver.keeps_slots`) gives them back as it settles.
+    """
+    if not saver.keeps_slots():
+        yield
+        return
+    held = admission.held
+    admission.held = Held([], held.wait_s)  # the settle gives back none
+    try:
+        yield
+    finally:
+        release_slots(held)
+
+
+@contextlib.asynccontextmanager
+async def _aslots_kept(admission: Admission, saver: _Saver) -> AsyncIterator[None]:
+    """Async form of :func:`_slots_kept`; a cancellation cannot keep the
+    slots taken."""
+    if not saver.keeps_slots():
+        yield
+        return
+    held = admission.held
+    admission.held = Held([], held.wait_s)
+    try:
+        yield
+    finally:
+        await arelease_slots(held)
+
+
+class _RunAnswers:
+    """The response cache's side of one cascade run.
+
+    A tier's answer is stored only once the run accepts it: a rejected one
+    is never served, neither to a later tier of the run (tiers that differ
+    only in sampling parameters share a semantic scope) nor to later runs.
+    A cached answer served to one attempt is not served to another of the
+    same run: the run's samples stay its own, and a check that compares
+    them (agreement) never counts one answer twice.
+    """
+
+    def __init__(self) -> None:
+        self._served: set[str] = set()
+        self._answered: list[tuple[Any, _Saver, CallResult, Decimal]] = []
+
+    def fresh(self, hit: Any) -> bool:
+        """True, noting it as served, for a hit this run has not been served."""
+        key = str(hit.key)
+        if key in self._served:
+            return False
+        self._served.add(key)
+        return True
+
+    def keep(
+        self, response: Any, saver: _Saver, result: CallResult, cost: Decimal
+    ) -> None:
+        """Hold a tier's answer until the run's verdict."""
+        self._answered.append((response, saver, result, cost))
+
+    def _accepted(self, result: Any) -> tuple[Any, _Saver, CallResult, Decimal] | None:
+        """The call that made the answer the run accepted; None for an answer
+        not accepted, or served from the cache."""
+        if not result.accepted:
+            return None
+        raw = result.answer.raw
+        return next((kept for kept in self._answered if kept[0] is raw), None)
+
+    def store(self, result: Any) -> None:
+        """Store the answer the run accepted, if a tier's call made it."""
+        accepted = self._accepted(result)
+        if accepted is not None:
+            response, saver, settled, cost = accepted
+            saver.save(settled, cost, _message(response))
+
+    async def astore(self, result: Any) -> None:
+        """Async form of :meth:`store`: a store (Redis) and an embedding block."""
+        if self._accepted(result) is not None:
+            await asyncio.to_thread(self.store, result)
 
 
 class Instrumentation:
@@ -2429,7 +2578,8 @@ def _premium_saving(
 def _accepted_seconds(result: Any) -> float | None:
     """How long the accepted attempt took, in seconds; None if not timed."""
     for attempt in reversed(result.attempts):
-        if attempt.sent and attempt.tier == result.tier.name:
+        answered = attempt.outcome in ("accepted", "rejected")  # a cached one too
+        if answered and attempt.tier == result.tier.name:
             started: int | None = attempt.started_ns
             ended: int | None = attempt.ended_ns
             if started is None or ended is None:
@@ -2490,6 +2640,12 @@ def _answer(response: Any, cost: Decimal) -> Any:
     )
 
 
+def _from_cache(answer: Any) -> bool:
+    """True for a tier's answer served from a cache: nothing was sent."""
+    hidden = getattr(answer.raw, "_hidden_params", None) or {}
+    return bool(hidden.get("cache_hit"))
+
+
 def _tool_calls(choice: Any) -> tuple[Any, ...]:
     """The first choice's tool calls, for the checks to judge."""
     from governor.cascade import ToolCall
@@ -2505,15 +2661,20 @@ def _tool_calls(choice: Any) -> tuple[Any, ...]:
     )
 
 
-def _recheck(cache: Any, lookup: Any) -> Callable[[], Any] | None:
+def _recheck(
+    cache: Any, lookup: Any, run: _RunAnswers | None = None
+) -> Callable[[], Any] | None:
     """Look again, once the call waited for a slot, for an answer another
-    call stored meanwhile (see :meth:`Governor.begin_call`)."""
+    call stored meanwhile (see :meth:`Governor.begin_call`); a cascade tier
+    is not served an answer its ``run`` was served already."""
     if cache is None or lookup is None:
         return None
 
     def again() -> Any:
         found = cache.recheck(lookup)
-        return found if found.hit else None
+        if not found.hit or (run is not None and not run.fresh(found)):
+            return None
+        return found
 
     return again
 
@@ -2686,6 +2847,11 @@ class _StreamSettler:
                 _TAIL_CHUNKS,
                 _TAIL_SECONDS,
             )
+
+    def end(self, result: CallResult) -> None:
+        """Settle the call, then store its answer, then give its slots back."""
+        with _slots_kept(self.admission, self.saver):
+            self.settle(self.governor.end_call(self.admission, result), result)
 
     def settle(self, cost: Decimal, result: CallResult) -> None:
         """After settling, keep a complete answer in the cache.
@@ -3676,7 +3842,7 @@ class _SyncStream(_StreamSettler):
                 return
             result = self.result()
             self._close_inner()
-            self.settle(self.governor.end_call(self.admission, result), result)
+            self.end(result)
 
     def __enter__(self) -> _SyncStream:
         return self
@@ -3716,7 +3882,7 @@ class _SyncStream(_StreamSettler):
             if self.admission.settled:
                 return
             result = self.result()
-            self.settle(self.governor.end_call(self.admission, result), result)
+            self.end(result)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -3979,8 +4145,7 @@ class _AsyncStream(_StreamSettler):
         if self.admission.settled:
             return
         try:
-            result = self.result()
-            self.settle(self.governor.end_call(self.admission, result), result)
+            self.end(self.result())
         finally:
             close_dropped(self.__dict__, self._loop)
 
@@ -4016,10 +4181,11 @@ class _AsyncStream(_StreamSettler):
         if self.admission.settled:
             return
         result = self.result()
-        cost = await self.governor.aend_call(self.admission, result)
-        message = self._to_cache(result)
-        if message is not None:  # a store (Redis) and an embedding block: a thread
-            await asyncio.to_thread(self.saver.save, result, cost, message)
+        async with _aslots_kept(self.admission, self.saver):  # stored first
+            cost = await self.governor.aend_call(self.admission, result)
+            message = self._to_cache(result)
+            if message is not None:  # a store (Redis) and an embedding block
+                await asyncio.to_thread(self.saver.save, result, cost, message)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -55,6 +55,7 @@ WaitStrategy = Callable[[int], float]
 ContextWindow = Callable[[Tier], "int | None"]
 CountTokens = Callable[[Tier, Any], int]
 RestKey = Callable[[Tier, Any], str]
+FromCache = Callable[[Answer], bool]
 
 # Kinds after which the model itself is suspect and rests for cooldown_s.
 _COOL_ON: frozenset[ErrorKind] = frozenset(RETRYABLE | {"auth", "not_found"})
@@ -119,6 +120,7 @@ class _Run:
 
     tiers: tuple[Tier, ...]
     rest_key: Callable[[Tier], str]
+    from_cache: FromCache | None = None
     attempts: list[Attempt] = field(default_factory=list)
     history: list[tuple[Tier, Answer]] = field(default_factory=list)
     sent: int = 0
@@ -210,6 +212,7 @@ class CascadeRunner:
         prompt_text: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rest_key: Callable[[Tier, R], str] | None = None,
+        from_cache: FromCache | None = None,
     ) -> CascadeResult:
         """Run one request through the cascade, blocking.
 
@@ -229,6 +232,9 @@ class CascadeRunner:
                 cooldown registry; by default :func:`cooldown_key` of the
                 tier's model and params. Give the call's own endpoint and
                 API key too when the request carries them.
+            from_cache: says whether ``call`` served an answer from a cache
+                instead of sending the request: its attempt is recorded with
+                ``sent=False`` and uses none of ``Retry.max_attempts``.
 
         Returns:
             The accepted answer, its tier and every attempt.
@@ -238,7 +244,7 @@ class CascadeRunner:
             CascadeExhausted: no tier gave an answer the policy accepts.
         """
         steps = self._steps(
-            request, context_window, count_tokens, prompt_text, rest_key
+            request, context_window, count_tokens, prompt_text, rest_key, from_cache
         )
         to_send: Any = None
         error: Exception | None = None
@@ -270,6 +276,7 @@ class CascadeRunner:
         prompt_text: str | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rest_key: Callable[[Tier, R], str] | None = None,
+        from_cache: FromCache | None = None,
     ) -> CascadeResult:
         """Run one request through the cascade without blocking the loop.
 
@@ -280,7 +287,7 @@ class CascadeRunner:
 
         do_sleep = sleep or asyncio.sleep
         steps = self._steps(
-            request, context_window, count_tokens, prompt_text, rest_key
+            request, context_window, count_tokens, prompt_text, rest_key, from_cache
         )
         to_send: Any = None
         error: Exception | None = None
@@ -311,11 +318,14 @@ class CascadeRunner:
         count_tokens: CountTokens | None,
         prompt_text: str | None,
         rest_key: RestKey | None,
+        from_cache: FromCache | None = None,
     ) -> _Steps:
         complexity, start = self._plan(prompt_text)
         key = rest_key or _tier_rest_key
         run = _Run(
-            tiers=self.policy.tiers[start:], rest_key=lambda tier: key(tier, request)
+            tiers=self.policy.tiers[start:],
+            rest_key=lambda tier: key(tier, request),
+            from_cache=from_cache,
         )
         probes = (request, context_window, count_tokens)
         found = yield from self._walk(run, run.tiers, probes, last_unchecked=True)
@@ -459,7 +469,10 @@ class CascadeRunner:
                 yield _Sleep(wait)
                 continue
             run.history.append((tier, answer))
-            run.pending = _sent(tier, answer, started, self._clock_ns())
+            sent = run.from_cache is None or not run.from_cache(answer)
+            if not sent:
+                run.sent -= 1  # served from a cache: no request went out
+            run.pending = _sent(tier, answer, started, self._clock_ns(), sent)
             return answer
 
     def _retry_wait(
@@ -560,7 +573,7 @@ class CascadeRunner:
         if run.history and self.policy.on_all_rejected == "return":
             tier, answer = run.history[-1]
             return self._result(run, tier, answer, False, start, complexity)
-        if run.skips["budget"] and run.sent == 0:
+        if run.skips["budget"] and run.sent == 0 and not run.history:
             raise CascadeBudgetExceeded(
                 run.attempts, tiers=names, refusal=run.refusal, spent_usd=spent
             )
@@ -644,9 +657,10 @@ class CascadeRunner:
         if checked is None:
             return f"raised by cascade tier {tier.name!r}; earlier attempts: {done}"
         cost = "" if checked.cost_usd is None else f", cost {checked.cost_usd} USD"
+        how = "sent and paid" if checked.sent else "served from a cache"
         return (
             f"raised by a check of cascade tier {tier.name!r} (its answer was "
-            f"sent and paid{cost}); earlier attempts: {done}"
+            f"{how}{cost}); earlier attempts: {done}"
         )
 
     def _result(
@@ -672,7 +686,7 @@ def _tiers_failed(attempts: Sequence[Attempt]) -> int:
     """How many tiers ended on a provider error (retries of one tier count once)."""
     last: dict[str, Attempt] = {}
     for attempt in attempts:
-        if attempt.sent:
+        if attempt.outcome != "skipped":  # a cached answer, too, ends a failure
             last[attempt.tier] = attempt
     return sum(1 for attempt in last.values() if attempt.outcome == "error")
 
@@ -745,13 +759,17 @@ def _skip(tier: Tier, reason: str, kind: ErrorKind | None = None) -> Attempt:
     )
 
 
-def _sent(tier: Tier, answer: Answer, started: int, ended: int) -> Attempt:
+def _sent(
+    tier: Tier, answer: Answer, started: int, ended: int, sent: bool = True
+) -> Attempt:
+    """An answered attempt, before its checks; ``sent`` False for an answer
+    served from a cache."""
     return Attempt(
         tier=tier.name,
         model=tier.model,
         outcome="accepted",
         reason="",
-        sent=True,
+        sent=sent,
         cost_usd=answer.cost_usd,
         started_ns=started,
         ended_ns=ended,
