@@ -111,7 +111,8 @@ class Attempt:
         outcome: ``accepted``, ``rejected`` (a check failed), ``error`` (the
             provider failed) or ``skipped`` (never sent).
         reason: why, in words, e.g. ``"rate_limit: retry after 2.0 s"``.
-        sent: True when the request went to the provider.
+        sent: True when the request went to the provider (False when the
+            attempt was skipped or answered from the response cache).
         cost_usd: the attempt's cost when known; None for errors the
             provider did not bill and for skips.
         error_kind: the classified provider error, for ``error`` and for
