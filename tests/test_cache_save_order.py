@@ -323,3 +323,38 @@ def test_only_the_accepted_answer_is_stored_and_a_served_tier_is_not_sent(
     assert second.answer.text == "a GOOD answer"
     assert second.attempts[1].cost_usd == 0
     assert second.cost_usd == first.attempts[0].cost_usd
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_answer_accepted_after_a_repeat_hit_is_stored_for_later_runs(
+    use_async: bool,
+) -> None:
+    """s2 is sent because its run was served that entry already (to s1); the
+    answer it gets and the run accepts is stored under s2's own keys, so
+    later runs are served it instead of paying for s2 each time."""
+    install_offline_provider(lambda m, msgs, t: "a rough draft", speed=0)
+    policy = Policy(
+        cache=Cache(embedder="hashing", partition_by=()),
+        cascade=Cascade(tiers=SAMPLED[:2], checks=[MatchCheck(pattern="GOOD")]),
+    )
+    gov = Governor(policy)
+    with gov.task():
+        GovernedLiteLLM(gov).completion(
+            model=MINI, messages=QUESTION, max_tokens=30, **SAMPLED[0].params
+        )
+    provider = install_offline_provider(lambda m, msgs, t: "a GOOD answer", speed=0)
+    try:
+        runs = []
+        for _ in range(3):
+            provider.clear_calls()
+            result = _cascade(gov, QUESTION, use_async)
+            attempts = [(a.tier, a.sent) for a in result.attempts]
+            runs.append((attempts, len(provider.calls)))
+    finally:
+        uninstall_offline_provider()
+    assert [attempts for attempts, _ in runs] == [
+        [("s1", False), ("s2", True)],
+        [("s1", False), ("s2", False)],
+        [("s1", False), ("s2", False)],
+    ]
+    assert [sent for _, sent in runs] == [1, 0, 0]

@@ -566,7 +566,7 @@ class GovernedLiteLLM:
             if run is None or run.fresh(lookup):
                 self.governor.record_cache_hit(request, lookup)
                 return _cached_response(lookup, kwargs), Decimal(0)
-            lookup = None  # the run has this answer already: ask the model
+            lookup = self._missed_again(cache, kwargs, request)
         recheck = _recheck(cache, lookup, run)
         admission = self.governor.begin_call(request, recheck=recheck)
         if admission.served is not None:  # stored while this call waited
@@ -614,7 +614,7 @@ class GovernedLiteLLM:
             if run is None or run.fresh(lookup):
                 self.governor.record_cache_hit(request, lookup)
                 return _cached_response(lookup, kwargs, is_async=True), Decimal(0)
-            lookup = None  # the run has this answer already: ask the model
+            lookup = self._missed_again(cache, kwargs, request)
         admission = await self.governor.abegin_call(
             request, recheck=_recheck(cache, lookup, run)
         )
@@ -696,6 +696,27 @@ class GovernedLiteLLM:
             partition=partition,
         )
         return cache, lookup
+
+    def _missed_again(
+        self, cache: Any, kwargs: Mapping[str, Any], request: CallRequest
+    ) -> Any:
+        """A miss for a hit its cascade run was served already: the model is
+        asked, and an answer the run accepts is stored under this request's
+        own keys (a later run then finds it)."""
+        from governor.cache import CacheMiss
+
+        policy = self.governor.policy_for(request)
+        partition = None
+        if policy.cache is not None:
+            partition = self.governor.cache_partition_for(request, policy.cache)
+        params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
+        keys = cache.keys(
+            model=str(kwargs["model"]),
+            messages=kwargs["messages"],
+            params=params,
+            partition=partition,
+        )
+        return CacheMiss("served_in_run", keys, storable=keys.write)
 
     def _model_verifier(self, model: str) -> Callable[[str, str, str], bool]:
         """Ask ``model`` whether a cached answer fits a new question.
