@@ -341,3 +341,52 @@ def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
     assert report.stop_reason == "error:ValueError"
     assert report.output_tokens == MAX_TOKENS
     assert gov.ledger.balance(f"task:{report.task_id}").reserved_nanos == 0
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_node_stopping_at_the_finish_reason_chunk_is_charged_what_arrived(
+    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Breaking out at the chunk that carries the finish reason (a common
+    "done" test) leaves nothing unread: no hold (it was charged 1000 output
+    tokens for 6), no warning."""
+    server.chunks = READ
+    model = ChatLiteLLM(
+        model="openai/gpt-4o-mini",
+        api_base=server.base_url,
+        api_key="sk-local",
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+    )
+
+    def read(state: State) -> State:
+        words = []
+        for chunk in model.stream([HumanMessage("Write an essay.")]):
+            words.append(str(chunk.content))
+            if chunk.response_metadata.get("finish_reason"):
+                break
+        return {"text": "".join(words)}
+
+    async def aread(state: State) -> State:
+        words = []
+        async for chunk in model.astream([HumanMessage("Write an essay.")]):
+            words.append(str(chunk.content))
+            if chunk.response_metadata.get("finish_reason"):
+                break
+        return {"text": "".join(words)}
+
+    builder = StateGraph(State)
+    builder.add_node("read", aread if use_async else read)
+    builder.add_edge(START, "read")
+    builder.add_edge("read", END)
+    gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
+    graph = govern(builder.compile(), gov)
+    output = asyncio.run(graph.ainvoke({})) if use_async else graph.invoke({})
+    assert output == {"text": " w0 w1 w2"}
+    report = graph.last_report
+    assert report is not None
+    assert report.output_tokens == READ_TOKENS
+    balance = gov.ledger.balance(f"task:{report.task_id}")
+    assert balance.reserved_nanos == 0
+    assert balance.spent_nanos == int(report.cost_usd * 10**9)
+    assert _warnings(caplog) == []

@@ -683,6 +683,9 @@ class _HandlerCore:
         self._branches: dict[UUID, tuple[Any, str]] = {}
         self._calls: dict[UUID, Admission] = {}
         self._streamed: dict[UUID, list[str]] = {}
+        # Streamed calls whose model said it had finished (a chunk with a
+        # finish reason): a node that stops reading there has read it all.
+        self._finished: set[UUID] = set()
         self._ceilings: dict[UUID, OutputCeiling] = {}
         self._steps: dict[UUID, tuple[str, str | None]] = {}
         # Calls being opened or settled right now, in neither ``_calls`` nor
@@ -947,7 +950,10 @@ class _HandlerCore:
             self._watch_streams(run_id)
         parts = list(_chunk_output(token, chunk))
         ending = self.task.ending
+        finished = _finish_reason(chunk) is not None
         with self._lock:
+            if finished:
+                self._finished.add(run_id)
             pieces = self._streamed.get(run_id)
             ceiling = self._ceilings.get(run_id)
             if pieces is not None:
@@ -1034,15 +1040,35 @@ class _HandlerCore:
     ) -> tuple[Admission, CallResult] | None:
         """Take the failed call off the open calls, with its result; settling
         it is up to the caller, who then calls :meth:`_done`."""
-        self._passed(run_id, error)
+        with self._lock:
+            finished = run_id in self._finished
+        self._passed(run_id, None if finished else error)
         taken = self._take(run_id)
         if taken is None:
             return None
         try:
+            if finished and isinstance(error, GeneratorExit):
+                return self._read_out(*taken)
             return self._cut_off(*taken, error)
         except BaseException:
             self._done()
             raise
+
+    def _read_out(
+        self, admission: Admission, text: str
+    ) -> tuple[Admission, CallResult]:
+        """A stream its node stopped reading at the model's last chunk (the
+        one with a finish reason): it was read out, so it is settled as an
+        answer, at a local count of what arrived, not at its hold."""
+        request = admission.request
+        usage = settled_usage(
+            None,
+            model=request.model,
+            messages=request.messages,
+            text=text,
+            extra_prompt=request.extra_prompt,
+        )
+        return admission, CallResult(usage=usage)
 
     def _cut_off(
         self,
@@ -1187,6 +1213,7 @@ class _HandlerCore:
         """Under the lock: drop the call's state; its admission, if it was
         open, and what it streamed."""
         self._ceilings.pop(run_id, None)
+        self._finished.discard(run_id)
         text = "".join(self._streamed.pop(run_id, []))
         return self._calls.pop(run_id, None), text
 
