@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -11,8 +10,8 @@ from typing import Any
 
 from governor._calls import message_fields, prompt_part_text
 from governor._errors import ConfigError
-from governor.pricing import Usage, usage_from_response
-from governor.pricing._usage import MOST_USAGE_TOKENS
+from governor.pricing import Usage
+from governor.pricing._usage import well_formed_usage
 
 __all__ = [
     "NOT_SENT_ATTRIBUTE",
@@ -239,58 +238,6 @@ def read_usage(
             exc,
         )
         return well_formed_usage(sent())
-
-
-def well_formed_usage(sent: object) -> Usage:
-    """What a malformed usage reports in well-formed fields, marked estimated.
-
-    Every count that is not a whole number >= 0 is left out (nested details
-    too) and the rest read as :func:`usage_from_response` reads a usage: a
-    side left out reads 0, which :func:`settled_usage` counts locally. Being
-    estimated, it gives :func:`settled_usage` no total to settle at.
-    """
-    try:
-        kept = usage_from_response(_counts_only(sent, _DETAIL_DEPTH))
-    except ConfigError:  # no field of a known shape is left
-        kept = Usage()
-    return dataclasses.replace(kept, estimated=True)
-
-
-# How deep a usage's details nest (usage, prompt_tokens_details,
-# cached_tokens_details): no reader looks deeper.
-_DETAIL_DEPTH = 3
-
-
-def _counts_only(fields: object, depth: int) -> dict[str, Any]:
-    """``fields`` as a dict of its well-formed counts and, ``depth`` levels
-    down, of its nested fields' (details) the same way."""
-    kept: dict[str, Any] = {}
-    for key, value in _fields_of(fields).items():
-        if _is_count(value):
-            kept[str(key)] = value
-        elif depth > 1 and _fields_of(value):
-            kept[str(key)] = _counts_only(value, depth - 1)
-    return kept
-
-
-def _fields_of(obj: object) -> Mapping[Any, Any]:
-    """A mapping's items, a Pydantic model's fields and extras, or a plain
-    object's attributes; nothing for a value (a number, a string)."""
-    if isinstance(obj, Mapping):
-        return obj
-    if hasattr(type(obj), "__pydantic_fields__"):
-        extra = getattr(obj, "__pydantic_extra__", None) or {}
-        return {**vars(obj), **extra}
-    return vars(obj) if hasattr(obj, "__dict__") else {}
-
-
-def _is_count(value: object) -> bool:
-    """True for a whole number from 0 to MOST_USAGE_TOKENS (an int or a
-    whole float), not a bool."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    whole = isinstance(value, int) or value.is_integer()
-    return whole and 0 <= value <= MOST_USAGE_TOKENS
 
 
 def total_tokens_of(usage: object) -> int:

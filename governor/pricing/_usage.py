@@ -26,6 +26,7 @@ LangChain        ``input_tokens`` includes ``input_token_details.cache_read``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -88,6 +89,57 @@ def _fields(obj: object) -> _Fields:
     if isinstance(obj, Mapping):
         return obj
     return _Attributes(obj)
+
+
+def well_formed_usage(sent: object) -> Usage:
+    """What a malformed usage reports in well-formed fields, marked estimated.
+
+    Every count :func:`usage_from_response` would refuse is left out (nested
+    details too) and the rest read as it reads a usage: a side left out reads
+    0, which the adapters count locally. Being estimated, it gives them no
+    total to settle at.
+    """
+    try:
+        kept = usage_from_response(_counts_only(sent, _DETAIL_DEPTH))
+    except ConfigError:  # no field of a known shape is left
+        kept = Usage()
+    return dataclasses.replace(kept, estimated=True)
+
+
+# How deep a usage's details nest (usage, prompt_tokens_details,
+# cached_tokens_details): no reader looks deeper.
+_DETAIL_DEPTH = 3
+
+
+def _counts_only(obj: object, depth: int) -> dict[str, Any]:
+    """``obj``'s well-formed counts and, ``depth`` levels down, its nested
+    fields' (details) the same way."""
+    kept: dict[str, Any] = {}
+    for key, value in _items(obj).items():
+        if _is_count(value):
+            kept[str(key)] = value
+        elif depth > 1 and _items(value):
+            kept[str(key)] = _counts_only(value, depth - 1)
+    return kept
+
+
+def _items(obj: object) -> Mapping[Any, Any]:
+    """A mapping's or a Pydantic model's fields, a plain object's attributes;
+    nothing for a value (a number, a string)."""
+    if isinstance(obj, Mapping) or hasattr(type(obj), "__pydantic_fields__"):
+        return _fields(obj)  # type: ignore[return-value]  # a Mapping here
+    return vars(obj) if hasattr(obj, "__dict__") else _NO_FIELDS
+
+
+def _is_count(value: object) -> bool:
+    """Whether ``value`` is a count :func:`_as_count` takes (None is not)."""
+    if value is None:
+        return False
+    try:
+        _as_count(value, "")
+    except ConfigError:
+        return False
+    return True
 
 
 def usage_from_response(obj: object) -> Usage:
