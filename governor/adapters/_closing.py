@@ -5,7 +5,7 @@ arrived. LiteLLM's stream inside it (its ``_inner``) stays open: LiteLLM
 keeps it in a reference cycle with its logging object, so the provider's
 connection streams on, billed, until a cyclic garbage collection. It is
 closed here instead, once only, whoever asks first: the dropped stream
-itself, or a LangGraph run watching it.
+itself, or a hang-up from sync code.
 
 A stream may be dropped inside the garbage collector, which may hold the
 HTTP pool's lock that closing takes: the closing is handed to a short
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -38,19 +37,6 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def close_when_dropped(stream: Any) -> weakref.finalize[Any, Any]:
-    """Watch a governed LiteLLM stream: once its reader drops it before its
-    end, close its provider stream (see :func:`close_dropped`).
-
-    The watch holds the stream's state, not the stream.
-    """
-    loop = running_loop() if hasattr(type(stream), "__anext__") else None
-    state = getattr(stream, "__dict__", {})
-    watch = weakref.finalize(stream, close_dropped, state, loop)
-    watch.atexit = False
-    return watch
 
 
 def close_dropped(

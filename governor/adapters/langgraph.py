@@ -22,7 +22,6 @@ import logging
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -64,7 +63,6 @@ from governor._errors import (
 from governor._loopwatch import loop_watch, state_digest, tool_call_output
 from governor._task import _CURRENT, Task, TaskReport, stop_reason_for
 from governor.adapters._ceiling import TIME, OutputCeiling
-from governor.adapters._closing import close_when_dropped
 from governor.adapters._interrupt import InterruptScope, register, unshare
 from governor.adapters._tokens import (
     count_prompt_tokens,
@@ -697,7 +695,7 @@ class _HandlerCore:
         # until its first token; and the LiteLLM streams watched since then
         # (see _watch_streams).
         self._passing: dict[UUID, frozenset[str] | None] = {}
-        self._watched: dict[str, weakref.finalize[Any, Any]] = {}
+        self._watched: set[str] = set()
         task.extras["parent_span"] = self.current_span
 
     # -- graph steps -----------------------------------------------------
@@ -1233,27 +1231,28 @@ class _HandlerCore:
         call started, and read already. A node that stops reading it
         (``break``) drops it; LiteLLM keeps the provider's connection in a
         reference cycle, streaming and billed until the garbage collector
-        runs. A watched stream's connection is closed once it is dropped
-        (see :func:`_closing.close_when_dropped`), and the run's end hangs up
-        on the watched streams still open (see :meth:`_watched_open`).
+        runs. A dropped stream closes its connection itself (the LiteLLM
+        adapter's streams do); the run's end hangs up on the watched streams
+        still open, which a node holds unread (see :meth:`_watched_open`).
         """
         with self._lock:
             before = self._passing.get(run_id)
             if before is None:  # not such a call, or watched already
                 return
             self._passing[run_id] = None
-            for call_id in [k for k, w in self._watched.items() if not w.alive]:
-                del self._watched[call_id]  # dropped or detached: done with
-        for call_id, stream in list(self.task.open_streams.items()):
-            if call_id in before or not getattr(stream, "chunks", None):
-                continue
-            with self._lock:
-                if call_id not in self._watched:
-                    self._watched[call_id] = close_when_dropped(stream)
+        open_now = list(self.task.open_streams.items())
+        mine = {
+            call_id
+            for call_id, stream in open_now
+            if call_id not in before and getattr(stream, "chunks", None)
+        }
+        with self._lock:  # streams closed since are done with
+            self._watched.intersection_update(call_id for call_id, _ in open_now)
+            self._watched.update(mine)
 
     def _passed(self, run_id: UUID, error: BaseException | None) -> None:
         """A call LiteLLM governs ended: warn if its node stopped reading it
-        (its stream is closed once dropped, see :meth:`_watch_streams`)."""
+        (its stream closes itself once dropped, see :meth:`_watch_streams`)."""
         if not self._passing:
             return
         with self._lock:
@@ -1267,16 +1266,11 @@ class _HandlerCore:
         them and still hold them (a completed run leaves other streams open,
         see :func:`_hang_up`). Their watch ends, and a warning says so."""
         with self._lock:
-            watched = list(self._watched.items())
+            watched = list(self._watched)
             self._watched.clear()
             self._passing.clear()
         streams = self.task.open_streams
-        left = []
-        for call_id, watch in watched:
-            stream = streams.get(call_id)
-            if stream is not None:
-                watch.detach()
-                left.append(stream)
+        left = [streams[call_id] for call_id in watched if call_id in streams]
         if left:
             _warn_unread(self.task, _CLOSED_EARLY)
         return left
