@@ -15,132 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import json
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import litellm
 import pytest
+from _sse_streams import CHUNKS, SSEServer, serving_without_gc
 
 from governor import Budget, Governor, Policy
 from governor._task import Task
 from governor.adapters.litellm import GovernedLiteLLM, instrument
 
-CHUNKS = 200
 MAX_TOKENS = 1000
 READ = 3  # chunks read before the stream is dropped: " w0 w1 w2", six tokens
 READ_TOKENS = 6
 IN_PRICE = Decimal("0.15e-6")  # gpt-4o-mini, per token
 OUT_PRICE = Decimal("0.6e-6")
-HANG_GUARD_S = 60.0
 MESSAGES = [{"role": "user", "content": "Write an essay."}]
 WAYS = ["governed", "instrumented"]
 
 
-class _Stream:
-    """What the server did for one streamed request."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.how = ""  # "hung up" or "finished"
-        self.ended = threading.Event()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _SSEServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        size = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(size))
-        record = _Stream()
-        self.server.streams.append(record)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for i in range(CHUNKS):
-                delta = {"content": f" w{i}"}
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                self._event({**_ENVELOPE, "model": body["model"], "choices": [choice]})
-                record.sent = i + 1
-                self.server.stopped.wait(0.02)
-            last = {"index": 0, "delta": {}, "finish_reason": "stop"}
-            self._event({**_ENVELOPE, "model": body["model"], "choices": [last]})
-            self._write(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-            record.how = "finished"
-        except OSError:  # BrokenPipeError, ConnectionResetError
-            record.how = "hung up"
-        finally:
-            self.close_connection = True
-            record.ended.set()
-
-    def _event(self, data: dict[str, Any]) -> None:
-        self._write(f"data: {json.dumps(data)}\n\n".encode())
-
-    def _write(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-
-_ENVELOPE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0}
-
-
-class _SSEServer(ThreadingHTTPServer):
-    """An OpenAI-style server streaming ``CHUNKS`` words, 20 ms apart."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.streams: list[_Stream] = []
-        self.stopped = threading.Event()
-
-    def request(self) -> dict[str, Any]:
-        """A streamed request to this server (without usage asked for)."""
-        return {
-            "model": "openai/gpt-4o-mini",
-            "messages": MESSAGES,
-            "api_base": f"http://127.0.0.1:{self.server_address[1]}/v1",
-            "api_key": "sk-local",
-            "max_tokens": MAX_TOKENS,
-            "stream": True,
-        }
-
-    def only_stream(self) -> _Stream:
-        """The one stream served, once it ended (a hang guard, no timing)."""
-        (stream,) = self.streams
-        assert stream.ended.wait(HANG_GUARD_S), "the provider's stream never ended"
-        return stream
+def _request(server: SSEServer) -> dict[str, Any]:
+    """A streamed request to ``server`` (without usage asked for)."""
+    return {
+        "model": "openai/gpt-4o-mini",
+        "messages": MESSAGES,
+        "api_base": server.base_url,
+        "api_key": "sk-local",
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+    }
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_SSEServer]:
-    """The server, with the garbage collector off: only the governor can
-    close a connection that LiteLLM keeps in a reference cycle."""
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SSEServer]:
     monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    sse = _SSEServer()
-    thread = threading.Thread(target=sse.serve_forever, daemon=True)
-    thread.start()
-    gc.disable()
-    try:
+    with serving_without_gc() as sse:
         yield sse
-    finally:
-        gc.enable()
-        gc.collect()
-        sse.stopped.set()
-        sse.shutdown()
-        sse.server_close()
 
 
 def _governing(gov: Governor, way: str) -> contextlib.AbstractContextManager[Any]:
@@ -184,18 +96,18 @@ def _assert_charged_what_arrived(gov: Governor, task: Task) -> None:
     assert balance.spent_nanos == int(cost * 10**9)
 
 
-def _assert_hung_up(server: _SSEServer) -> None:
+def _assert_hung_up(server: SSEServer) -> None:
     stream = server.only_stream()
     assert stream.how == "hung up"
     assert stream.sent < CHUNKS
 
 
 @pytest.mark.parametrize("way", WAYS)
-def test_a_dropped_sync_stream_is_closed(server: _SSEServer, way: str) -> None:
+def test_a_dropped_sync_stream_is_closed(server: SSEServer, way: str) -> None:
     """The provider sees the hang-up; the call is charged what arrived."""
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
     with _governing(gov, way), gov.task() as task:
-        stream = _completion(gov, way)(**server.request())
+        stream = _completion(gov, way)(**_request(server))
         assert _read(stream) == " w0 w1 w2"
         del stream
         _assert_hung_up(server)
@@ -203,13 +115,13 @@ def test_a_dropped_sync_stream_is_closed(server: _SSEServer, way: str) -> None:
 
 
 @pytest.mark.parametrize("way", WAYS)
-def test_a_dropped_async_stream_is_closed(server: _SSEServer, way: str) -> None:
+def test_a_dropped_async_stream_is_closed(server: SSEServer, way: str) -> None:
     """Closed on the stream's event loop, which goes on running."""
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
 
     async def run() -> Task:
         async with gov.atask() as task:
-            stream = await _acompletion(gov, way)(**server.request())
+            stream = await _acompletion(gov, way)(**_request(server))
             assert await _aread(stream) == " w0 w1 w2"
             del stream
             await asyncio.to_thread(_assert_hung_up, server)
@@ -222,7 +134,7 @@ def test_a_dropped_async_stream_is_closed(server: _SSEServer, way: str) -> None:
 
 @pytest.mark.parametrize("way", WAYS)
 def test_an_async_stream_hung_up_on_from_sync_code_is_closed(
-    server: _SSEServer, way: str
+    server: SSEServer, way: str
 ) -> None:
     """hang_up(), which cannot await, has the stream's event loop close it."""
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
@@ -230,7 +142,7 @@ def test_an_async_stream_hung_up_on_from_sync_code_is_closed(
 
     async def run() -> Task:
         async with gov.atask() as task:
-            stream = await _acompletion(gov, way)(**server.request())
+            stream = await _acompletion(gov, way)(**_request(server))
             kept.append(stream)
             assert await _aread(stream) == " w0 w1 w2"
             stream.hang_up()

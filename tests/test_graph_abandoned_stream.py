@@ -14,16 +14,13 @@ whether the client hung up before the end.
 from __future__ import annotations
 
 import asyncio
-import gc
-import json
 import logging
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypedDict
 
 import pytest
+from _sse_streams import CHUNKS, SSEServer, SSEStream, serving_without_gc
 from langchain_core.messages import HumanMessage
 from langchain_litellm import ChatLiteLLM
 from langgraph.graph import END, START, StateGraph
@@ -32,108 +29,17 @@ from governor import Budget, Governor, Policy, govern
 from governor.adapters import langgraph as graph_adapter
 from governor.adapters.litellm import instrument
 
-CHUNKS = 200
 MAX_TOKENS = 1000
 READ = 3  # chunks a node reads before it stops: " w0 w1 w2", six tokens
 READ_TOKENS = 6
 IN_PRICE = Decimal("0.15e-6")  # gpt-4o-mini, per token
 OUT_PRICE = Decimal("0.6e-6")
-HANG_GUARD_S = 60.0
-
-
-class _Stream:
-    """What the server did for one streamed request."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.how = ""  # "hung up" or "finished"
-        self.ended = threading.Event()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _SSEServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        size = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(size))
-        record = _Stream()
-        self.server.streams.append(record)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for i in range(self.server.chunks):
-                delta = {"content": f" w{i}"}
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                self._event({**_ENVELOPE, "model": body["model"], "choices": [choice]})
-                record.sent = i + 1
-                self.server.stopped.wait(0.02)
-            last = {"index": 0, "delta": {}, "finish_reason": "stop"}
-            self._event({**_ENVELOPE, "model": body["model"], "choices": [last]})
-            self._write(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-            record.how = "finished"
-        except OSError:  # BrokenPipeError, ConnectionResetError
-            record.how = "hung up"
-        finally:
-            self.close_connection = True
-            record.ended.set()
-
-    def _event(self, data: dict[str, Any]) -> None:
-        self._write(f"data: {json.dumps(data)}\n\n".encode())
-
-    def _write(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-
-_ENVELOPE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0}
-
-
-class _SSEServer(ThreadingHTTPServer):
-    """An OpenAI-style server streaming ``chunks`` words, 20 ms apart."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.chunks = CHUNKS
-        self.streams: list[_Stream] = []
-        self.stopped = threading.Event()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def only_stream(self) -> _Stream:
-        """The one stream served, once it ended (a hang guard, no timing)."""
-        (stream,) = self.streams
-        assert stream.ended.wait(HANG_GUARD_S), "the stream never ended"
-        return stream
 
 
 @pytest.fixture
-def server() -> Iterator[_SSEServer]:
-    """The server, with the garbage collector off: only the governor can
-    close a connection that LiteLLM keeps in a reference cycle."""
-    sse = _SSEServer()
-    thread = threading.Thread(target=sse.serve_forever, daemon=True)
-    thread.start()
-    gc.disable()
-    try:
+def server() -> Iterator[SSEServer]:
+    with serving_without_gc() as sse:
         yield sse
-    finally:
-        gc.enable()
-        gc.collect()
-        sse.stopped.set()
-        sse.shutdown()
-        sse.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +53,7 @@ class State(TypedDict, total=False):
 
 
 def _graph(
-    sse: _SSEServer,
+    sse: SSEServer,
     *,
     use_async: bool,
     keep: list[Any] | None = None,
@@ -205,7 +111,7 @@ def _graph(
     return builder.compile()
 
 
-def _run(graph: Any, sse: _SSEServer, *, use_async: bool) -> tuple[Any, _Stream]:
+def _run(graph: Any, sse: SSEServer, *, use_async: bool) -> tuple[Any, SSEStream]:
     """Run the graph; its output, and the server's stream once it ended.
 
     An async run waits for the stream on its event loop: a loop that ends
@@ -215,7 +121,7 @@ def _run(graph: Any, sse: _SSEServer, *, use_async: bool) -> tuple[Any, _Stream]
     if not use_async:
         return graph.invoke({}), sse.only_stream()
 
-    async def run() -> tuple[Any, _Stream]:
+    async def run() -> tuple[Any, SSEStream]:
         output = await graph.ainvoke({})
         return output, await asyncio.to_thread(sse.only_stream)
 
@@ -246,7 +152,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.mark.parametrize("use_async", [False, True])
 def test_an_instrumented_stream_a_node_breaks_out_of_is_closed(
-    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+    server: SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The provider's stream is closed, and the call charged what arrived."""
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
@@ -264,7 +170,7 @@ def test_an_instrumented_stream_a_node_breaks_out_of_is_closed(
 
 @pytest.mark.parametrize("use_async", [False, True])
 def test_an_instrumented_stream_a_node_keeps_unread_is_closed_at_the_end(
-    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+    server: SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node holding its stream unread past the run: the run's end hangs
     up on it, and its report charges what arrived."""
@@ -280,7 +186,7 @@ def test_an_instrumented_stream_a_node_keeps_unread_is_closed_at_the_end(
 
 
 def test_an_instrumented_stream_read_to_the_end_is_left_alone(
-    server: _SSEServer, caplog: pytest.LogCaptureFixture
+    server: SSEServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stream read out is charged as usual, without a warning."""
     server.chunks = READ
@@ -295,7 +201,7 @@ def test_an_instrumented_stream_read_to_the_end_is_left_alone(
 
 @pytest.mark.parametrize("use_async", [False, True])
 def test_a_stream_a_node_breaks_out_of_under_govern_alone_is_charged_its_hold(
-    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+    server: SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The handler cannot close ChatLiteLLM's connection, which streams on:
     the call is charged its hold, each time, with one warning."""
@@ -311,7 +217,7 @@ def test_a_stream_a_node_breaks_out_of_under_govern_alone_is_charged_its_hold(
 
 
 def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
-    server: _SSEServer,
+    server: SSEServer,
 ) -> None:
     """The traceback keeps the failed node's stream open: its hold is charged."""
     model = ChatLiteLLM(
@@ -345,7 +251,7 @@ def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
 
 @pytest.mark.parametrize("use_async", [False, True])
 def test_a_node_stopping_at_the_finish_reason_chunk_is_charged_what_arrived(
-    server: _SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
+    server: SSEServer, use_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Breaking out at the chunk that carries the finish reason (a common
     "done" test) leaves nothing unread: no hold (it was charged 1000 output
