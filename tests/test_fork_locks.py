@@ -11,20 +11,16 @@ and fails (the child's stack is dumped to stderr first).
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import os
-import signal
 import sqlite3
-import sys
 import threading
-import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _forking as forking
 import pytest
 
 from governor._recorder import SpendRecorder
@@ -49,55 +45,17 @@ LINE = Line("team:x", 10**9, None)
 
 def in_child(body: Callable[[], None]) -> None:
     """Fork; run ``body`` in the child; fail here if it raised or hung."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's report is its exit status
-        code = 1
-        try:
-            faulthandler.dump_traceback_later(CHILD_LIMIT_S - 2, exit=True)
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    status = wait_or_kill(pid)
-    assert status is not None, f"the child hung for {CHILD_LIMIT_S} s: killed"
-    assert os.waitstatus_to_exitcode(status) == 0, "the child failed: see stderr"
+    forking.in_child(body, limit_s=CHILD_LIMIT_S)
 
 
-def wait_or_kill(pid: int) -> int | None:
+def wait_or_kill(pid: int, limit_s: float = CHILD_LIMIT_S) -> int | None:
     """The child's wait status, or None if it had to be killed."""
-    deadline = time.monotonic() + CHILD_LIMIT_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
+    return forking.wait_or_kill(pid, limit_s)
 
 
-@contextmanager
-def held_by_another_thread(lock: threading.Lock) -> Iterator[None]:
+def held_by_another_thread(lock: Any) -> AbstractContextManager[None]:
     """Hold ``lock`` in a second thread for the duration of the block."""
-    taken = threading.Event()
-    done = threading.Event()
-
-    def hold() -> None:
-        with lock:
-            taken.set()
-            done.wait()
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert taken.wait(CHILD_LIMIT_S)
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    return forking.held_by_another_thread(lock, limit_s=CHILD_LIMIT_S)
 
 
 # -- the in-memory ledger --------------------------------------------------
