@@ -52,7 +52,7 @@ RETRY_ERRORS: dict[str, Callable[[int], str]] = {
     "attempt": lambda i: f"Error 503 (attempt {i + 1})",
     "retry": lambda i: f"Error 503, retry {i + 1} of 40",
     "pid": lambda i: f"Error: address in use, pid {40000 + i}",
-    "pytest-tmp": lambda i: f"FAILED: see /tmp/pytest-of-user/pytest-{i}/log.txt",
+    "pytest-tmp": lambda i: f"FAILED: see basetemp/pytest-of-user/pytest-{i}/log.txt",
     "trace-id-key": lambda i: f"Error 503 trace_id={_hex(i)} spans=12",
     "pid-key": lambda i: f"Error: cannot kill pid={5000 + i * 13}",
 }
@@ -215,7 +215,7 @@ DISTINCT_WORK: dict[str, Callable[[int], tuple[str, Any, str]]] = {
     "pytest-runs": lambda i: (
         "run_test",
         {"name": f"test_{i}"},
-        f"PASSED see /tmp/pytest-of-u/pytest-{i}/log",
+        f"PASSED see basetemp/pytest-of-u/pytest-{i}/log",
     ),
     "balances": lambda i: (
         "get_balance",
@@ -310,7 +310,7 @@ def test_an_epoch_like_amount_keeps_its_cents(text: str) -> None:
         ("attempt #3 failed", "attempt <counter> failed"),
         ("pid 4012", "pid 4012"),
         ("pid 4012345", "pid <id>"),
-        ("see /tmp/pytest-of-u/pytest-12/x", "see /tmp/pytest-of-u/pytest-12/x"),
+        ("see tmp/pytest-of-u/pytest-12/x", "see tmp/pytest-of-u/pytest-12/x"),
         ("pid 4012 at 12:00:01 in 0.5s", "pid 4012 at <time> in <duration>"),
     ],
 )
