@@ -105,6 +105,7 @@ _DRAIN_S = 5.0
 _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 _CLOSE_POLL_S = 0.01  # how often close() looks whether calls have settled
+_LAST_WRITE_S = 0.25  # the spend writer's time when close() is out of time
 _CLOSE_YIELDS = 3  # turns aclose() gives the loop before it looks
 _POLICY_FIXED = (
     "Governor.policy cannot be replaced: the governor's rate card, budget "
@@ -686,7 +687,8 @@ class Governor:
         the governor (``multiprocessing.Pool``) calls this at the end of
         each job.
         """
-        unsent = self._drain_store(_DRAIN_S if timeout_s is None else timeout_s)
+        time_left = _TimeLeft(timeout_s)
+        unsent = self._drain_store(time_left.stage_s())
         if unsent is not None:
             logger.warning(
                 "the budget store does not answer: %d settle(s) totalling $%s "
@@ -698,7 +700,7 @@ class Governor:
             )
         if self.recorder is None:
             return 0
-        return int(self.recorder.flush(timeout_s))
+        return int(self.recorder.flush(time_left.writer_s()))
 
     async def aflush(self, timeout_s: float | None = None) -> int:
         """Async form of :meth:`flush`, which never blocks the event loop.
@@ -724,29 +726,40 @@ class Governor:
         are written (not for this thread's own, which cannot progress
         meanwhile); in async code use :meth:`aclose`, which also waits for
         the calls the loop is settling. Alerts the anomaly monitor's webhook
-        still has to POST get up to ``timeout_s`` in all, or, when None, as
-        long as its receiver keeps answering (see ``WebhookHook.close``);
+        still has to POST get what is left of ``timeout_s``, or, when None,
+        as long as its receiver keeps answering (see ``WebhookHook.close``);
         those left then are dropped with a WARNING.
+
+        With ``timeout_s`` every stage (the wait for calls, the budget
+        store, the spend writer, the webhook) shares one deadline, so the
+        whole close takes about ``timeout_s`` at most (the spend writer
+        gets a quarter of a second even when the others used it all up).
         """
         # On an event loop's thread a wait would block the calls it waits for.
         return self._close(timeout_s, wait=asyncio._get_running_loop() is None)
 
-    def _close(self, timeout_s: float | None, *, wait: bool) -> int:
-        """:meth:`close`, waiting for calls under way first when ``wait``."""
+    def _close(
+        self, timeout_s: float | None, *, wait: bool, deadline: float | None = None
+    ) -> int:
+        """:meth:`close`, waiting for calls under way first when ``wait``.
+
+        With ``timeout_s``, every stage shares one deadline (``deadline``
+        when :meth:`aclose` set it before waiting for the loop's calls).
+        """
         # Taken by the first close and never released: an atomic "once".
         if not self._close_once.acquire(blocking=False):
             return 0
         self._closed = True
-        limit_s = _DRAIN_S if timeout_s is None else timeout_s
+        time_left = _TimeLeft(timeout_s, deadline)
         if wait:
-            self._wait_for_calls(limit_s)
-        unsent = self._drain_store(limit_s)
+            self._wait_for_calls(time_left.stage_s())
+        unsent = self._drain_store(time_left.stage_s())
         recorder = self.recorder
-        lost = 0 if recorder is None else int(recorder.close(timeout_s))
+        lost = 0 if recorder is None else int(recorder.close(time_left.writer_s()))
         self.recorder = None
         self._spend_closed = recorder is not None
         if self.monitor is not None:  # after the writer: its last alerts go out
-            self.monitor.close(timeout_s)
+            self.monitor.close(time_left.total_s())
         if unsent is not None:
             self._warn_unsent(unsent, recorder, lost)
         return lost
@@ -765,20 +778,23 @@ class Governor:
         if self._close_once.locked():
             return 0  # closed, or closing in another thread
         self._closed = True  # nothing new starts while the calls finish
+        time_left = _TimeLeft(timeout_s)
         try:
-            await self._await_calls(_DRAIN_S if timeout_s is None else timeout_s)
+            await self._await_calls(time_left.stage_s())
         except asyncio.CancelledError:
             # Cancelled while waiting: the close still happens, in a thread.
             closer = threading.Thread(
                 target=self._close,
                 args=(timeout_s,),
-                kwargs={"wait": False},
+                kwargs={"wait": False, "deadline": time_left.deadline},
                 name="governor-close",
                 daemon=True,
             )
             closer.start()
             raise
-        return await asyncio.to_thread(self._close, timeout_s, wait=False)
+        return await asyncio.to_thread(
+            self._close, timeout_s, wait=False, deadline=time_left.deadline
+        )
 
     def _wait_for_calls(self, limit_s: float) -> None:
         """Wait up to ``limit_s`` for calls other threads are making or
@@ -2711,6 +2727,38 @@ def _spend_target(spend: Any) -> Any:
         f"got {type(spend).__name__} {spend!r}. E.g. "
         "spend='.governor/spend.sqlite3' or spend=SQLiteSpendStore(path)"
     )
+
+
+class _TimeLeft:
+    """The time a close has left: one deadline for all its stages.
+
+    Without a timeout each stage keeps its own default (``_DRAIN_S`` for the
+    waits, None, meaning the stage's own rule, for the writer and webhook).
+    """
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, timeout_s: float | None, deadline: float | None = None) -> None:
+        if deadline is None and timeout_s is not None:
+            deadline = time.monotonic() + timeout_s
+        self.deadline = deadline
+
+    def stage_s(self) -> float:
+        """Seconds a waiting stage may take."""
+        left = self.total_s()
+        return _DRAIN_S if left is None else left
+
+    def total_s(self) -> float | None:
+        """Seconds left before the deadline (0 once past), or None."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def writer_s(self) -> float | None:
+        """Seconds for the spend writer: what is left, but never so little
+        that a store that answers cannot take the queued records."""
+        left = self.total_s()
+        return None if left is None else max(left, _LAST_WRITE_S)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

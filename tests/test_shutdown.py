@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from _switched_store import SwitchedStore
 
 from governor import Budget, Governor, Policy
 from governor._calls import CallRequest, CallResult
+from governor._engine import _LAST_WRITE_S
 from governor.pricing import Usage
 from governor.spend import JsonlSpendStore
 from governor.stores import FailoverLedger
@@ -170,3 +172,76 @@ def test_aflush_writes_the_queued_settles_without_blocking_the_loop() -> None:
     assert (unwritten, ledger.pending_settles, balance.spent_nanos) == (0, 0, 4_500)
     assert ticks > 0
     gov.close()
+
+
+class SlowLedger(CountingLedger):
+    """Uses all the time close() gives it, as a store that never answers does."""
+
+    given_s: list[float]
+
+    def drain(self, timeout_s: float) -> int:
+        self.given_s.append(timeout_s)
+        time.sleep(timeout_s)
+        return super().drain(0.0)
+
+
+def slow_governor(tmp_path: Path) -> tuple[Governor, SlowLedger, list[float | None]]:
+    """A governor whose budget store takes close()'s whole time, and the
+    times its spend writer is given."""
+    gov = governor_with_unsent_settle(str(tmp_path / "spend.jsonl"))
+    ledger = gov.ledger
+    assert isinstance(ledger, CountingLedger)
+    ledger.__class__ = SlowLedger
+    assert isinstance(ledger, SlowLedger)
+    ledger.given_s = []
+    writer_s: list[float | None] = []
+    recorder = gov.recorder
+    assert recorder is not None
+    close = recorder.close
+
+    def timed_close(timeout: float | None = None) -> int:
+        writer_s.append(timeout)
+        return close(timeout)
+
+    recorder.close = timed_close  # type: ignore[method-assign]
+    return gov, ledger, writer_s
+
+
+def test_close_stages_share_one_deadline(tmp_path: Path) -> None:
+    """A store that takes the whole timeout leaves the writer its minimum,
+    not a second full timeout; the record still reaches the spend file."""
+    gov, ledger, writer_s = slow_governor(tmp_path)
+    assert gov.close(timeout_s=0.4) == 0
+    assert ledger.given_s == [pytest.approx(0.4, abs=0.05)]
+    assert writer_s == [_LAST_WRITE_S]
+    assert (tmp_path / "spend.jsonl").read_text().count("\n") == 1
+
+
+def test_aclose_counts_its_wait_for_calls_against_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """A call another thread never ends uses up aclose's time: the store
+    then gets none of it, not a fresh timeout."""
+    import asyncio
+    import threading
+
+    gov, ledger, writer_s = slow_governor(tmp_path)
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=20)
+
+    begun, done = threading.Event(), threading.Event()
+
+    def open_a_call() -> None:
+        with gov.task(team="search"):
+            admission = gov.begin_call(request)
+            begun.set()
+            done.wait(5)  # still under way while aclose waits
+            gov.end_call(admission, CallResult(usage=USAGE))
+
+    thread = threading.Thread(target=open_a_call)
+    thread.start()
+    begun.wait(5)
+    asyncio.run(gov.aclose(timeout_s=0.3))
+    done.set()
+    thread.join(5)
+    assert ledger.given_s == [0.0]
+    assert writer_s == [_LAST_WRITE_S]
