@@ -64,10 +64,10 @@ def test_a_one_tier_weak_candidate_is_not_its_own_yardstick(
         capsys, _rows(tmp_path / "rows.jsonl"), _policy(tmp_path / "p.json", candidates)
     )
     assert (doc["policy"], doc["rows"], doc["note"]) == ("mixed/mid>strong", 10, None)
-    assert (doc["cost_usd"], doc["accuracy"]) == (0.025, 0.9)
+    assert (doc["cost_usd"], doc["accuracy"]) == ("0.025", 0.9)
     assert (doc["cost_ratio"], doc["quality_ratio"]) == (0.25, 0.9)
     assert doc["baselines"]["always-best"] == {
-        "cost_usd": 0.1,
+        "cost_usd": "0.1",
         "accuracy": 1.0,
         "model": "strong",
     }
@@ -93,7 +93,7 @@ def test_the_premium_model_is_the_best_last_tier_the_dearer_of_equals(
         1.0,
     )
     assert doc["baselines"]["always-best"] == {
-        "cost_usd": 0.2,
+        "cost_usd": "0.2",
         "accuracy": 1.0,
         "model": "strong2",
     }
@@ -116,7 +116,7 @@ def test_a_dominated_pick_gives_way_to_the_premium_of_another_candidate(
     doc = _eval(capsys, data, policy)
     assert (doc["policy"], doc["cost_usd"], doc["accuracy"]) == (
         "mixed/always-best",
-        0.105,
+        "0.105",
         1.0,
     )
     assert doc["baselines"]["always-best"]["model"] == "strong2"

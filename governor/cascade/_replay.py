@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
-from governor._errors import ConfigError
+from governor._errors import ConfigError, decimal_text
 from governor.cascade._errors import CascadeExhausted
 from governor.cascade._runner import CascadeRunner
 from governor.cascade._types import Answer
@@ -35,6 +35,8 @@ __all__ = [
     "report",
     "usable_rows",
 ]
+
+_NANO_USD: Final = Decimal("1e-9")
 
 RECORDED_JUDGE = "recorded-score"
 """The judge name that reads a row's recorded score (an oracle-like judge).
@@ -144,12 +146,13 @@ def _rounded(ratio: float | None) -> float | None:
     return None if ratio is None else round(ratio, 6)
 
 
-def _usd(value: Decimal) -> float:
-    # A report value, not arithmetic: rounded to the nano-dollar for JSON.
-    return float(value.quantize(Decimal("1e-9")))
+def _usd(value: Decimal) -> str:
+    """A report's amount as the decimal string other commands write,
+    rounded to the nano-dollar, e.g. ``"0.025"``."""
+    return decimal_text(value.quantize(_NANO_USD).normalize())
 
 
-def _summary_json(summary: Summary) -> dict[str, float]:
+def _summary_json(summary: Summary) -> dict[str, Any]:
     return {"cost_usd": _usd(summary.cost_usd), "accuracy": round(summary.accuracy, 6)}
 
 

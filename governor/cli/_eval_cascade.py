@@ -8,6 +8,7 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -295,8 +296,8 @@ def _text(result: Any, doc: dict[str, Any], args: argparse.Namespace) -> str:
         _read_line(doc),
         f"rows     {held} held out, {result.fit_rows} used to choose (seed "
         f"{args.seed})",
-        f"cascade  cost ${doc['cost_usd']:.4f}  accuracy {doc['accuracy']:.4f}  "
-        f"cost_ratio {_shown(doc['cost_ratio'])}  quality_ratio "
+        f"cascade  cost ${Decimal(doc['cost_usd']):.4f}  accuracy "
+        f"{doc['accuracy']:.4f}  cost_ratio {_shown(doc['cost_ratio'])}  quality_ratio "
         f"{_shown(doc['quality_ratio'])}",
     ]
     if doc["note"]:
@@ -304,7 +305,7 @@ def _text(result: Any, doc: dict[str, Any], args: argparse.Namespace) -> str:
     for name, base in doc["baselines"].items():
         model = f"  ({base['model']})" if base.get("model") else ""
         lines.append(
-            f"{name:<16} cost ${base['cost_usd']:.4f}  accuracy "
+            f"{name:<16} cost ${Decimal(base['cost_usd']):.4f}  accuracy "
             f"{base['accuracy']:.4f}{model}"
         )
     lines.append(f"final tier counts: {dict(result.report.final_tiers)}")
