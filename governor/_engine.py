@@ -242,6 +242,7 @@ class Governor:
         # Each line's balance as last read for warnings, and when the read began.
         self._warn_read: dict[str, _Read] = {}
         self.slots = SlotKeeper(self.ledger)
+        _import_for_calls(self.policy)
         self._leases = LeaseKeeper(self.ledger)
         self._caches: dict[Any, Any] = {}
         # Each Cache object seen, with its cache; the object is held, so its
@@ -2727,6 +2728,20 @@ def _spend_target(spend: Any) -> Any:
         f"got {type(spend).__name__} {spend!r}. E.g. "
         "spend='.governor/spend.sqlite3' or spend=SQLiteSpendStore(path)"
     )
+
+
+def _import_for_calls(policy: Policy) -> None:
+    """Import now the modules the policy's first calls would import.
+
+    A child forked while a parent thread was importing a module waits for
+    good on that module's import lock; a module imported here, before any
+    call, cannot be half-imported at a fork.
+    """
+    fanout = policy.fanout
+    if fanout.max_inflight_calls or fanout.scope_caps or fanout.max_branches:
+        import governor.stores._semaphore
+    if policy.cache is not None:
+        import governor.cache  # noqa: F401
 
 
 class _TimeLeft:
