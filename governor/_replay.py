@@ -736,7 +736,9 @@ def _check_source_text(path: Path) -> None:
 def _json_policy(path: Path) -> Policy:
     text = _check_utf8(path)
     try:
-        data = _unique_keys(json.loads(text, object_pairs_hook=_Pairs), "")
+        data = _unique_keys(
+            json.loads(text, object_pairs_hook=_Pairs, parse_float=json_number), ""
+        )
     except ValueError as exc:
         raise ConfigError(f"{path}: not a policy: {exc}") from exc
     if not isinstance(data, dict):
@@ -749,6 +751,22 @@ def _json_policy(path: Path) -> Policy:
         return Policy(**data)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path}: not a policy: {exc}") from exc
+
+
+def json_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or exponent, read without losing digits.
+
+    A float when it keeps the number as written (``0.993``, ``1e-7``): the
+    policy's money fields read a float by its shortest digits, the same
+    ones. Otherwise the exact :class:`~decimal.Decimal`, so that an amount
+    such as ``8426164.243672113``, which a float would move by a
+    nano-dollar, is kept, and one with digits past the ninth place is
+    refused, as it is when written as a string.
+    """
+    number = float(text)
+    if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
+        return number
+    return Decimal(text)
 
 
 class _Pairs(list[tuple[str, Any]]):

@@ -69,6 +69,31 @@ def test_json_policy_names_where_a_nested_key_repeats(tmp_path: Path) -> None:
         load_policy(str(policy))
 
 
+def test_json_policy_numbers_keep_every_digit_written(tmp_path: Path) -> None:
+    """An amount written as a JSON number is read as written: a float would
+    move 8426164.243672113 by a nano-dollar and round away the 22nd place."""
+    policy = tmp_path / "p.json"
+    policy.write_text(
+        '{"budgets": [{"scope": "team", "period": "month", '
+        '"max_usd": 8426164.243672113, "warn_at": [0.8]}, {"max_usd": 1e-7}], '
+        '"cache": {"similarity_threshold": 0.98}}',
+        encoding="utf-8",
+    )
+    loaded = load_policy(str(policy))
+    team, task = loaded.budgets
+    assert (team.max_usd, team.warn_at, task.max_usd) == (
+        Decimal("8426164.243672113"),
+        (0.8,),
+        Decimal("1E-7"),
+    )
+    assert loaded.cache is not None
+    assert loaded.cache.similarity_threshold == 0.98
+
+    policy.write_text('{"budgets": [{"max_usd": 0.1000000000000000000001}]}')
+    with pytest.raises(ConfigError, match="digits past the ninth decimal place"):
+        load_policy(str(policy))
+
+
 # 2. A budget key that no attribution value can equal.
 
 

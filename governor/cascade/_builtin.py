@@ -381,10 +381,14 @@ def load_policy(spec: str) -> NamedPolicy:
 def _from_json(path: Path) -> NamedPolicy:
     # A key given twice is refused, as in a Policy file: json.loads keeps the
     # last, so a second "tiers" would silently replace the first.
-    from governor._replay import _Pairs, _unique_keys
+    from governor._replay import _Pairs, _unique_keys, json_number
 
     try:
-        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
+        pairs = json.loads(
+            path.read_text(encoding="utf-8"),
+            object_pairs_hook=_Pairs,
+            parse_float=json_number,
+        )
     except ValueError as exc:
         raise ConfigError(f"{path}: not JSON: {exc}") from exc
     try:
