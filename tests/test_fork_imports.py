@@ -38,6 +38,4 @@ def test_the_modules_a_call_needs_are_imported_with_the_governor(
         timeout=120,
         check=False,
     )
-    assert (done.returncode, done.stdout.strip()) == (0, ",".join(modules)), (
-        done.stderr
-    )
+    assert (done.returncode, done.stdout.strip()) == (0, ",".join(modules)), done.stderr
