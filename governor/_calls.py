@@ -203,6 +203,9 @@ class Admission:
     settled: bool = False
     served: Any = None
     """The cache hit that answered the call instead of the model, if one did."""
+    stopped_before: bool = False
+    """The task had been stopped already when the call was admitted (a
+    fallback after a refusal): its stop is not this call's."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

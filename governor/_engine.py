@@ -1550,6 +1550,7 @@ class Governor:
             lines=tuple([line for _, line in pairs]),
             budgets=tuple([budget for budget, _ in pairs]),
             started_at=time.monotonic(),
+            stopped_before=task.stop_reason is not None,
         )
         if named is not None:
             admission.extras["attribution"] = named
@@ -2218,7 +2219,7 @@ class Governor:
             cost_usd=cost,
             cost_estimated=bool(usage.estimated),
             outcome=_outcome(error),
-            stop_reason=admission.task.stop_reason,
+            stop_reason=_own_stop(admission),
             latency_s=duration_s,
         )
 
@@ -2728,6 +2729,12 @@ def _spend_target(spend: Any) -> Any:
         f"got {type(spend).__name__} {spend!r}. E.g. "
         "spend='.governor/spend.sqlite3' or spend=SQLiteSpendStore(path)"
     )
+
+
+def _own_stop(admission: Admission) -> str | None:
+    """Why the task was stopped, when it was stopped while this call was
+    under way; None for a call admitted after the stop (a fallback)."""
+    return None if admission.stopped_before else admission.task.stop_reason
 
 
 def _import_for_calls(policy: Policy) -> None:

@@ -442,6 +442,32 @@ def test_a_refused_call_is_a_spend_record(tmp_path: Any) -> None:
     assert [r.outcome for r in records].count("ok") == len(records) - 1
 
 
+def test_only_the_call_that_stopped_the_task_carries_its_stop_reason(
+    tmp_path: Any,
+) -> None:
+    """A caller that falls back to a cheaper model after a refusal (LiteLLM's
+    Router does) makes calls after the stop: theirs is not the stop."""
+    from governor.spend import open_store
+
+    db = str(tmp_path / "spend.sqlite3")
+    gov = Governor(Policy(budgets=[Budget(max_usd="0.00003")]), spend=db)
+    llm = GovernedLiteLLM(gov)
+    with gov.task(team="search") as task:
+        with pytest.raises(BudgetExceeded):
+            llm.completion(
+                model="gpt-4o", messages=MESSAGES, mock_response="Paris", max_tokens=20
+            )
+        call(llm, max_tokens=5)  # the cheaper fallback still fits
+    gov.close()
+    records = list(open_store(db).query(None, None, {}))
+    got = [(r.model, r.outcome, r.stop_reason) for r in records]
+    assert task.stop_reason == "budget_exceeded"
+    assert got == [
+        ("gpt-4o", "refused", "budget_exceeded"),
+        ("gpt-4o-mini", "ok", None),
+    ]
+
+
 def test_a_failover_ledger_must_agree_with_an_explicit_failure_mode() -> None:
     """A caller's FailoverLedger(mode=...) never silently overrides the policy."""
     from governor import ConfigError
