@@ -66,9 +66,13 @@ class LeaseKeeper:
                 self._wake.set()  # a shorter lease than the thread waits for
 
     def discard(self, admission: Admission) -> None:
-        """Stop watching a settled call."""
+        """Stop watching a settled call; the thread ends once none is open."""
         with self._lock:
             self._open.pop(admission, None)
+            if not self._open and self._thread is not None:
+                # Woken now, not a third of a lease later: an idle thread
+                # would hold the ledger (and its connections) that long.
+                self._wake.set()
 
     def open_calls(self, *, other_than: int | None = None) -> int:
         """How many admitted calls are not settled yet; with ``other_than``,
