@@ -213,9 +213,12 @@ def _fail(args: argparse.Namespace, exc: GovernorError, status: int = 1) -> int:
 
 def _unreachable(args: argparse.Namespace, exc: Exception) -> str:
     """Advice for a command line, not the library's (which names a Policy)."""
-    from governor.stores._redis import redact_url
+    from governor.stores._redis import redact_url, refusal_advice
 
     url, source = _store_url(args)
+    reply = exc.__cause__
+    if reply is not None and refusal_advice(reply) is not None:
+        return _refused(args, exc, reply)
     cause = str(exc.__cause__ or exc).rstrip(".")
     return (
         f"cannot reach the Redis budget store at {redact_url(url)} ({source}): "
@@ -223,6 +226,22 @@ def _unreachable(args: argparse.Namespace, exc: Exception) -> str:
         f"Redis there, or pass --redis-url (or set {ENV_REDIS_URL}) to the store "
         "your services use. The in-memory store lives inside one process and "
         "cannot be read from here."
+    )
+
+
+def _refused(args: argparse.Namespace, exc: Exception, reply: BaseException) -> str:
+    """A store that answers but refuses the command (a Redis Cluster node, a
+    read-only replica, a full or misconfigured server): the server's reply and
+    what to change, without the library's advice on failure modes."""
+    from governor.stores._redis import cluster_advice, redact_url, refusal_advice
+
+    url, source = _store_url(args)
+    cause = getattr(exc, "cause", None) or str(reply)
+    advice = cluster_advice(reply, url) or refusal_advice(reply)
+    return (
+        f"the Redis budget store at {redact_url(url)} ({source}) refused the "
+        f"command: {cause.rstrip('.')}. {advice}; or pass --redis-url (or set "
+        f"{ENV_REDIS_URL}) to the store your services use."
     )
 
 

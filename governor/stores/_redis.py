@@ -18,14 +18,18 @@ Key layout (``ns`` is ``prefix + "{" + hash_tag + "}:"``, e.g.
     ns + "lines"           set: line keys, for listing (reserves prune it)
 
 Hash slots and Redis Cluster: every key carries the same hash tag, so every
-script touches one slot and runs unchanged on Redis Cluster and on managed
-Redis with cluster mode. Scripts also reach keys of the same slot that they
-derive from declared ones (the lines of an expired hold being reaped); Redis
-Cluster accepts that because the slot is the same. The trade-off: one tag puts
-all budget state of one ledger on one shard, so a single shard carries every
-reserve and settle (tens of thousands of scripts a second on one core). To
-spread load, give each tenant its own ledger with ``hash_tag=<org>``; then a
-call's lines must all belong to that tenant, and no budget can span tenants.
+script touches one slot, and a cluster proxy (or a managed endpoint) that
+routes each command by its keys' slot can serve the ledger. The client is not
+cluster-aware: it talks to the one endpoint of the URL and follows no
+redirects, so a URL that names a plain Redis Cluster node gets ``MOVED``,
+``ASK``, ``CROSSSLOT`` or ``CLUSTERDOWN`` for keys of other slots, and the
+step raises :class:`governor.StoreUnavailable` saying so. Scripts also reach
+keys of the same slot that they derive from declared ones (the lines of an
+expired hold being reaped). The trade-off: one tag puts all budget state of
+one ledger on one shard, so a single shard carries every reserve and settle
+(tens of thousands of scripts a second on one core). To spread load, give each
+tenant its own ledger with ``hash_tag=<org>``; then a call's lines must all
+belong to that tenant, and no budget can span tenants.
 
 Numbers: amounts are integer nano-dollars and tokens; Lua numbers are doubles,
 exact below 2**53, so a line's limit and spend must stay under about 9 million
@@ -34,10 +38,11 @@ dollars (checked on the way in).
 Failures: transient errors (connection refused or reset, timeouts, a replica
 being promoted) are retried with tenacity a bounded number of times; then the
 call raises :class:`governor.StoreUnavailable`. A server that refuses a step
-(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``, Lua scripts) or
-its credentials (``WRONGPASS``, ``NOAUTH``) raises it at once, naming the
-refusal and what to change; a connection setting redis-py refuses only when
-it connects raises :class:`governor.ConfigError`. Wrap the ledger in
+(``OOM`` at maxmemory, ``MISCONF``, ``NOPERM``, ``BUSY``, Lua scripts, a
+Redis Cluster node's redirects) or its credentials (``WRONGPASS``,
+``NOAUTH``) raises it at once, naming the refusal and what to change; a
+connection setting redis-py refuses only when it connects raises
+:class:`governor.ConfigError`. Wrap the ledger in
 :class:`~governor.stores.FailoverLedger` to choose fail-closed or fail-open.
 A full connection pool is no outage: a step that finds every connection busy
 for ``pool_timeout_s`` raises :class:`PoolExhausted` (not StoreUnavailable,
@@ -683,7 +688,7 @@ class RedisConnections:
     """
 
     def __init__(self, config: RedisConfig) -> None:
-        self.config = config
+        self.config = redis_config(config, "RedisConnections")
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         self._raw: redis.Redis | None = None
@@ -920,9 +925,13 @@ class RedisConnections:
                 "setting (0 to 15 by default)"
             )
         credentials = credentials_advice(exc, self.config.url)
+        cluster = cluster_advice(exc, self.config.url)
         if credentials is not None:
             what_happened = f"refused the credentials given for {what} (not retried)"
             advice = credentials
+        elif cluster is not None:
+            what_happened = self._cluster_refused(what, exc)
+            advice = cluster
         elif advice is None or isinstance(exc, redis.exceptions.ReadOnlyError):
             what_happened = (
                 f"did not answer {what} after {self.config.attempts} attempt(s)"
@@ -940,6 +949,13 @@ class RedisConnections:
         error.cause = f"{what} failed: {refused}{reason}"
         error.advice = advice
         return error
+
+    def _cluster_refused(self, what: str, exc: BaseException) -> str:
+        """How a Redis Cluster node turned ``what`` away: at once, or after
+        the retries its transient replies (``CLUSTERDOWN``, ``TRYAGAIN``) get."""
+        if isinstance(exc, _TRANSIENT) and self.config.attempts > 1:
+            return f"refused {what} in all {self.config.attempts} attempts"
+        return f"refused {what}"
 
     def close(self) -> None:
         """Close the sync pool's connections (async pools close with aclose)."""
@@ -1024,7 +1040,8 @@ class RedisLedger:
         """Make a ledger; nothing connects until the first step.
 
         Args:
-            config: a :class:`RedisConfig` or just a URL.
+            config: a :class:`RedisConfig` or just a URL (not a redis-py
+                client: the ledger makes and pools its own connections).
             prefix: put before every key, so deployments and tests can share a
                 server; must not contain braces.
             hash_tag: the Redis Cluster hash tag shared by all keys of this
@@ -1033,9 +1050,12 @@ class RedisLedger:
                 id is remembered, so a retried settle within this time counts
                 once and a late reserve of a released id holds nothing.
             connections: pools to share with other stores (semaphores).
+
+        Raises:
+            ConfigError: ``config`` is neither a URL nor a RedisConfig (a
+                redis-py client, say), or the prefix or hash tag holds braces.
         """
-        if isinstance(config, str):
-            config = RedisConfig(url=config)
+        config = redis_config(config, "RedisLedger")
         if any(c in prefix + hash_tag for c in "{}") or not hash_tag:
             raise ConfigError(
                 f"prefix {prefix!r} and hash_tag {hash_tag!r} must be free of "
@@ -1462,6 +1482,9 @@ def refusal_advice(exc: BaseException) -> str | None:
     """What to change when the server refused a step, or None if it did not."""
     if not isinstance(exc, redis.exceptions.ResponseError):
         return None
+    cluster = cluster_advice(exc)
+    if cluster is not None:
+        return cluster
     text = str(exc)
     code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
@@ -1477,6 +1500,75 @@ def refusal_advice(exc: BaseException) -> str | None:
     elif text.startswith(_DB_OUT_OF_RANGE):
         code = "DB"
     return _REFUSALS.get(str(code).upper())
+
+
+_CLUSTER_CODES: Final = frozenset(
+    {"MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN"}
+)
+"""Replies only a Redis Cluster node sends: redirects to the node that holds a
+key's slot, keys of several slots in one command, a slot no node serves."""
+_CLUSTER_SCRIPT: Final = re.compile(
+    r"non local key in a cluster node|do not hash to the same slot", re.IGNORECASE
+)
+"""How a cluster node refuses a script that reaches keys of other slots."""
+
+
+def cluster_advice(exc: BaseException, url: str = "") -> str | None:
+    """What to change when a Redis Cluster node turned a step away, or None.
+
+    The client speaks to the one endpoint of the URL and follows no cluster
+    redirects, so a plain cluster node serves the keys of its own slots only.
+    ``url`` (the store's) names the node in the advice.
+    """
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return None
+    text = str(exc)
+    code = str(getattr(exc, "status_code", None) or text.split(" ", 1)[0]).upper()
+    if code not in _CLUSTER_CODES and not _CLUSTER_SCRIPT.search(text):
+        return None
+    node = _node(url) if url else "This Redis"
+    return (
+        f"{node} is a Redis Cluster node, which serves only the keys of its "
+        "own hash slots: the governor's ledger runs multi-key Lua scripts and "
+        "needs one Redis endpoint that holds all its keys, and its client "
+        "does not follow cluster redirects. Point the URL at a standalone "
+        "Redis or primary, or at a cluster proxy that routes by hash tag "
+        "(see docs/budgets-redis.md, Redis Cluster)"
+    )
+
+
+def _node(url: str) -> str:
+    """The server a Redis URL names, without its credentials: host:port, or
+    the socket's path."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "unix":
+        return unquote(parts.path) or "The Redis socket"
+    host = parts.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{parts.port or 6379}"
+
+
+def redis_config(config: object, owner: str) -> RedisConfig:
+    """``config`` as a RedisConfig: a URL is wrapped, anything else refused.
+
+    Raises:
+        ConfigError: ``config`` is neither (a redis-py client, say); the
+            message shows the forms ``owner`` takes.
+    """
+    if isinstance(config, RedisConfig):
+        return config
+    if isinstance(config, str):
+        return RedisConfig(url=config)
+    given = f"{type(config).__module__}.{type(config).__qualname__}"
+    if isinstance(config, (redis.Redis, aredis.Redis)):
+        given = f"a redis-py client ({given}): it makes and pools its own connections"
+    raise ConfigError(
+        f"{owner} takes a Redis URL string or a RedisConfig, got {given}. Give "
+        "the URL of the server instead, e.g. "
+        f"{owner}('redis://:PASSWORD@127.0.0.1:6379/0'), or a RedisConfig for "
+        "pool settings, e.g. "
+        f"{owner}(RedisConfig(url='redis://...', max_connections=50))"
+    )
 
 
 _CHECK_CREDENTIALS: Final = (
