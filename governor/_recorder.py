@@ -35,6 +35,7 @@ from governor._forks import finish_before_forks, start_over_in_children
 
 if TYPE_CHECKING:
     from governor.spend import SpendRecord, SpendStore
+    from governor.spend._redis import WriteFailure
 
 __all__ = ["SpendRecorder"]
 
@@ -136,6 +137,8 @@ class SpendRecorder:
         self._retry_at = 0.0
         self._outage_written = 0
         self._outage_dropped = 0
+        # The last failed write's cause and advice, until a write succeeds.
+        self._failure: WriteFailure | None = None
         self._thread = threading.Thread(
             target=self._run, name="governor-spend-writer", daemon=True
         )
@@ -364,24 +367,46 @@ class SpendRecorder:
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
-        if self._down_since is None:
+        failure = _failure(self.store, exc)
+        first = self._down_since is None
+        if first:
             self._down_since = now
             self._backoff_s = self._retry_initial_s
             self._outage_written = 0
             self._trim()
+        else:
+            self._backoff_s = min(self._backoff_s * 2, self._retry_max_s)
+        if failure is not None and failure.refused and failure != self._failure:
+            self._warn_refused(exc, failure)
+        elif first:
             logger.warning(
                 "spend store %s is unreachable (%s); %d spend records wait in "
                 "memory (at most %d are kept, the oldest dropped beyond that) and "
-                "are retried with backoff",
+                "are retried with backoff%s",
                 self._where,
                 _reason(exc),
                 len(self._pending),
                 self.max_buffered,
+                f". {failure.advice}" if failure and failure.advice else "",
             )
-        else:
-            self._backoff_s = min(self._backoff_s * 2, self._retry_max_s)
+        self._failure = failure
         logger.debug("spend store %s: write failed", self._where, exc_info=exc)
         self._retry_at = now + self._backoff_s * random.uniform(0.5, 1.0)
+
+    def _warn_refused(self, exc: Exception, failure: WriteFailure) -> None:
+        """Say once that the store refuses the writes, why, and what to fix."""
+        logger.warning(
+            "spend store %s %s (%s). %s. Retrying cannot help until that is "
+            "fixed: %d spend records wait in memory (at most %d are kept) and "
+            "are retried with backoff, and are lost at close if the store still "
+            "refuses them",
+            self._where,
+            failure.refused,
+            _reason(exc),
+            failure.advice,
+            len(self._pending),
+            self.max_buffered,
+        )
 
     def _recovered(self) -> None:
         assert self._down_since is not None
@@ -394,6 +419,7 @@ class SpendRecorder:
         )
         self._report_dropped()
         self._down_since = None
+        self._failure = None
 
     def _report_dropped(self) -> None:
         if self._outage_dropped:
@@ -423,9 +449,10 @@ class SpendRecorder:
         if unwritten:
             logger.warning(
                 "spend recorder closed: %d spend records could not be written to "
-                "%s and are lost",
+                "%s and are lost%s",
                 unwritten,
                 self._where,
+                _lost_because(self._failure),
             )
         self._report_dropped()
         for waiting in (*markers, marker):
@@ -448,6 +475,28 @@ def _reopened(store: SpendStore) -> SpendStore:
     if type(store) is JsonlSpendStore:
         return JsonlSpendStore(store.path)
     return store
+
+
+def _failure(store: SpendStore | None, exc: Exception) -> WriteFailure | None:
+    """Why a write failed: a refusal (credentials, ACL rules) or an outage.
+
+    Only a Redis store tells the two apart; a failure of any other store
+    counts as an outage, with no advice (None).
+    """
+    from governor.spend._redis import RedisSpendStore, write_failure
+
+    if isinstance(store, RedisSpendStore):
+        return write_failure(exc, store.url)
+    return None
+
+
+def _lost_because(failure: WriteFailure | None) -> str:
+    """The cause and fix of the last failed write, for the records-lost line."""
+    if failure is None or failure.advice is None:
+        return ""
+    if failure.refused is None:
+        return f". {failure.advice}"
+    return f": the store {failure.refused}. {failure.advice}"
 
 
 def _left(deadline: float | None) -> float | None:

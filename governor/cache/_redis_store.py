@@ -24,6 +24,7 @@ from their sets when next searched.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -224,8 +225,10 @@ class RedisCacheStore:
         """Store entries through ``client`` under ``prefix``.
 
         Raises:
-            ConfigError: the client decodes responses to strings.
+            ConfigError: the client is not a synchronous redis-py client (a
+                URL, an asyncio client), or it decodes responses to strings.
         """
+        _check_client(client)
         kwargs = client.get_connection_kwargs()
         if kwargs.get("decode_responses"):
             raise ConfigError(
@@ -494,6 +497,35 @@ class RedisCacheStore:
                 dim,
                 corrupt[0],
             )
+
+
+_SYNC_CLIENT = (
+    "RedisCacheStore (Cache(store='redis'), redis_client=) needs a synchronous "
+    "redis.Redis client with decode_responses=False"
+)
+
+
+def _check_client(client: object) -> None:
+    """Refuse what is not a synchronous redis-py client, before any lookup.
+
+    An asyncio client's commands return coroutines, so every lookup would
+    miss; a URL has no connection at all.
+    """
+    if isinstance(client, str | bytes):
+        raise ConfigError(
+            f"{_SYNC_CLIENT}, got a string (a URL?): pass "
+            "redis.Redis.from_url(url) as redis_client=, or "
+            "RedisCacheStore.from_url(url) as store="
+        )
+    name = f"{type(client).__module__}.{type(client).__qualname__}"
+    if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
+        raise ConfigError(
+            f"{_SYNC_CLIENT}, got the asyncio client {name}: pass "
+            "redis.Redis.from_url(url) (the cache calls Redis from worker "
+            "threads, also for asyncio callers)"
+        )
+    if not callable(getattr(client, "get_connection_kwargs", None)):
+        raise ConfigError(f"{_SYNC_CLIENT}, got {name}: pass redis.Redis.from_url(url)")
 
 
 def _unit_row(blob: bytes, dim: int) -> Vector | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from governor.spend._record import SpendDataError, SpendRecord, load_json
 from governor.spend._store import (
@@ -153,6 +153,61 @@ class RedisSpendStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WriteFailure(NamedTuple):
+    """Why a spend write to Redis failed, as the spend writer logs it.
+
+    Attributes:
+        refused: what the server refused (``"refused the credentials"``),
+            or None for an outage, which retrying may get past.
+        advice: what to change, or None when there is nothing to suggest.
+    """
+
+    refused: str | None
+    advice: str | None
+
+
+def write_failure(exc: BaseException, url: str) -> WriteFailure:
+    """Tell a refusal of a spend write from an outage, with what to change.
+
+    Credentials the server refused, an ACL user lacking a command and the
+    other refusals the budget ledger knows (maxmemory, a read-only replica,
+    ...) stay refused however often the write is retried; the advice reuses
+    the ledger's, pointed at the spend store's URL. Anything else is an
+    outage, with advice only where there is a likely cause: a ``rediss://``
+    URL timing out against a server that does not speak TLS.
+    """
+    import redis as redis_lib
+
+    from governor.stores._redis import (
+        _CHECK_CREDENTIALS,
+        _reach_advice,
+        credentials_advice,
+        refusal_advice,
+    )
+
+    credentials = credentials_advice(exc, url)
+    if credentials is not None:
+        advice = credentials.replace(_CHECK_CREDENTIALS, _SPEND_URL)
+        return WriteFailure("refused the credentials", advice)
+    if isinstance(exc, redis_lib.exceptions.NoPermissionError):
+        return WriteFailure(
+            "refused a command to the ACL user",
+            "Grant the user the spend store's ACL rules listed in "
+            "docs/budgets-redis.md (Managed Redis), or name another user in "
+            f"{_SPEND_URL}",
+        )
+    refused = refusal_advice(exc)
+    if refused is not None:
+        return WriteFailure("refused the write", refused)
+    tls = url.lower().startswith("rediss:")
+    if tls and isinstance(exc, redis_lib.exceptions.TimeoutError):
+        return WriteFailure(None, _reach_advice(url, exc))
+    return WriteFailure(None, None)
+
+
+_SPEND_URL = "the spend store's URL (Governor(spend=...))"
 
 
 def _client_url(client: Any) -> str:
