@@ -49,6 +49,7 @@ from governor._errors import (
     ConfigError,
     GovernorClosed,
     GovernorError,
+    PriceUnknown,
     ScopeBlocked,
     StoreUnavailable,
     decimal_text,
@@ -1513,6 +1514,8 @@ class Governor:
         except GovernorError as exc:
             _not_sent(task, prompt_key)
             self._refused(task, exc.code, request.model)
+            if isinstance(exc, PriceUnknown):  # no call span names the model
+                self._refusal_event(task, {"model": request.model}, exc.code)
             if owns:
                 self.close_task(task)
             raise
@@ -1919,20 +1922,24 @@ class Governor:
             holds_lapse_s=_holds_lapse_s(refusal, holds_block, task.policy),
             resets_at=parse_line_key(balance.key).resets_at,
         )
-        self.telemetry.event(
-            task.span,
-            attr.EVENT_REFUSED,
-            {
-                "scope": balance.key,
-                "unit": refusal.unit,
-                "model": admission.request.model,
-                "requested": float(requested),
-                "left": float(error.left),
-            },
-        )
+        facts: dict[str, AttrValue] = {
+            "scope": balance.key,
+            "unit": refusal.unit,
+            "model": admission.request.model,
+            "requested": float(requested),
+            "left": float(error.left),
+        }
+        self._refusal_event(task, facts, BudgetExceeded.code)
         if admission.owns_task:
             self.close_task(task)
         raise error
+
+    def _refusal_event(
+        self, task: Task, facts: dict[str, AttrValue], reason: str
+    ) -> None:
+        """Put a refusal on its task's span: a ``governor.refused`` event
+        with the refused call's facts and the ``reason`` (the error code)."""
+        self.telemetry.event(task.span, attr.EVENT_REFUSED, {**facts, "reason": reason})
 
     def _refused(
         self,
@@ -2656,30 +2663,28 @@ class Governor:
         self.telemetry.end_span(admission.span, attributes, result.error)
 
     def _labels(self, admission: Admission) -> Mapping[str, AttrValue]:
-        """A call's metric labels, made once per operation, model, provider
-        and (frozen) attribution, and shared by the tasks that have them:
-        every call outside a task is a task of its own."""
+        """A call's metric labels, made once per operation, model (as metrics
+        name it: the models past the cap share one entry), provider and
+        (frozen) attribution, and shared by the tasks that have them: every
+        call outside a task is a task of its own."""
+        model = self.telemetry.metric_model(admission.request.model)
         if "attribution" in admission.extras:  # a tenant named by the call
-            return self._new_labels(admission)
+            return self._new_labels(admission, model)
         request, attribution = admission.request, admission.task.attribution
-        key = (
-            request.operation,
-            request.model,
-            admission.rate.provider,
-            id(attribution),
-        )
+        key = (request.operation, model, admission.rate.provider, id(attribution))
         entry = self._label_sets.get(key)
         if entry is None or entry[0] is not attribution:
             if len(self._label_sets) >= _TEMPLATE_MEMORY:
                 self._label_sets.clear()
-            entry = self._label_sets[key] = (attribution, self._new_labels(admission))
+            labels = self._new_labels(admission, model)
+            entry = self._label_sets[key] = (attribution, labels)
         return entry[1]
 
-    def _new_labels(self, admission: Admission) -> dict[str, AttrValue]:
+    def _new_labels(self, admission: Admission, model: str) -> dict[str, AttrValue]:
         """A call's metric labels: model, operation, provider, bounded attribution."""
         labels: dict[str, AttrValue] = {
             attr.GEN_AI_OPERATION_NAME: admission.request.operation,
-            attr.GEN_AI_REQUEST_MODEL: admission.request.model,
+            attr.GEN_AI_REQUEST_MODEL: model,
         }
         if admission.rate.provider:
             labels[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider

@@ -9,6 +9,7 @@ code they describe.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
+from governor._forks import start_over_in_children
 from governor.telemetry import attributes as attr
 from governor.telemetry._content import content_free_exception
 
@@ -24,7 +26,14 @@ if TYPE_CHECKING:
     from governor._task import Task, TaskReport
     from governor.policies import Attribution
 
-__all__ = ["DURATION_BUCKETS_S", "METRIC_ATTRIBUTES", "Telemetry", "metric_attributes"]
+__all__ = [
+    "DURATION_BUCKETS_S",
+    "METRIC_ATTRIBUTES",
+    "METRIC_MODELS_MAX",
+    "METRIC_MODEL_OTHER",
+    "Telemetry",
+    "metric_attributes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +63,19 @@ metric attributes they would make a time series each and soon pass the
 SDK's cardinality limit (2,000 series a metric), after which every new
 series, whatever its team, lands in one overflow series. Spans carry them.
 """
+
+METRIC_MODELS_MAX = 100
+"""How many distinct ``gen_ai.request.model`` values one governor's metrics name.
+
+The model is as the caller sends it: a gateway that passes on client-chosen
+names, or per-job fine-tune ids priced by ``Pricing(default=...)``, would
+otherwise make a series per name. The first this many names a governor
+records keep their name on its metrics; later new ones are counted as
+:data:`METRIC_MODEL_OTHER`. Spans keep the model as requested.
+"""
+
+METRIC_MODEL_OTHER = "other"
+"""The ``gen_ai.request.model`` metric value of the models past the cap."""
 
 
 class Telemetry:
@@ -109,6 +131,66 @@ class Telemetry:
                 "Tasks that did not complete: stopped by policy, by an error "
                 "(error:<ExceptionClass>), closed or cancelled early, or interrupted"
             ),
+        )
+        # The models named on metrics so far; read without the lock (a set
+        # lookup), which only the first sight of a model takes.
+        self._models: set[str] = set()
+        self._models_full = False
+        self._models_lock = threading.Lock()
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own (one a parent thread held at
+        the fork would stay held for good)."""
+        self._models_lock = threading.Lock()
+
+    def metric_model(self, model: str) -> str:
+        """``model`` as metrics name it: itself while the governor's metrics
+        have named fewer than :data:`METRIC_MODELS_MAX` models (or this one
+        already), else :data:`METRIC_MODEL_OTHER`."""
+        if model in self._models or model == METRIC_MODEL_OTHER:
+            return model
+        if self._models_full:
+            return METRIC_MODEL_OTHER
+        return self._admit_model(model)
+
+    def _admit_model(self, model: str) -> str:
+        with self._models_lock:
+            if model in self._models:
+                return model
+            if len(self._models) < METRIC_MODELS_MAX:
+                self._models.add(model)
+                return model
+            first = not self._models_full
+            self._models_full = True
+        if first:
+            logger.warning(
+                "metrics have named %d distinct models (gen_ai.request.model), "
+                "their limit; model %r and every later new model are counted "
+                "as gen_ai.request.model=%r on governor.cost, governor.tokens, "
+                "governor.refusals, the cache metrics and the call duration, "
+                "so their time series stay below the SDK's cardinality limit. "
+                "Spans still carry the full model name. If callers choose "
+                "model names (a gateway, per-job fine-tunes), map them to a "
+                "few names before the call to keep them apart on metrics",
+                METRIC_MODELS_MAX,
+                model,
+                METRIC_MODEL_OTHER,
+            )
+        return METRIC_MODEL_OTHER
+
+    def _bounded(self, labels: Mapping[str, AttrValue]) -> Mapping[str, AttrValue]:
+        """The labels a metric point carries: bounded attributes only, and
+        the model as :meth:`metric_model` names it (copied only to rename)."""
+        bounded = (
+            labels if labels.keys() <= METRIC_ATTRIBUTES else metric_attributes(labels)
+        )
+        model = bounded.get(attr.GEN_AI_REQUEST_MODEL)
+        if not isinstance(model, str) or model in self._models:
+            return bounded
+        named = self.metric_model(model)
+        return (
+            bounded if named == model else {**bounded, attr.GEN_AI_REQUEST_MODEL: named}
         )
 
     def tracing(self) -> bool:
@@ -267,18 +349,15 @@ class Telemetry:
     ) -> None:
         """Record one settled call's metrics.
 
-        Only the attributes in :data:`METRIC_ATTRIBUTES` are kept. Cost and
+        Only the attributes in :data:`METRIC_ATTRIBUTES` are kept, the model
+        as :meth:`metric_model` names it. Cost and
         tokens add no zero points: a failed call that was charged nothing
         adds to the duration only (with ``error.type``); one charged its hold
         counts that cost as any other call.
         """
         try:
             # The governor passes labels it bounded once per task: no copy.
-            bounded = (
-                labels
-                if labels.keys() <= METRIC_ATTRIBUTES
-                else metric_attributes(labels)
-            )
+            bounded = self._bounded(labels)
             if cost_usd:
                 self._cost.add(cost_usd, bounded)
             self._add_tokens(input_tokens, bounded, "input")
@@ -298,7 +377,7 @@ class Telemetry:
     def record_refusal(self, labels: Mapping[str, AttrValue]) -> None:
         """Count a call refused by policy (bounded attributes only)."""
         try:
-            self._refusals.add(1, metric_attributes(labels))
+            self._refusals.add(1, self._bounded(labels))
         except Exception:
             logger.warning("could not record a refusal metric", exc_info=True)
 
@@ -312,7 +391,7 @@ class Telemetry:
     def record_cache_hit(self, labels: Mapping[str, AttrValue], saved: float) -> None:
         """Count a cache hit and the money it saved (bounded attributes only)."""
         try:
-            bounded = metric_attributes(labels)
+            bounded = self._bounded(labels)
             self._cache_hits.add(1, bounded)
             if saved:
                 self._saved.add(saved, bounded)
