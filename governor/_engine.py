@@ -1652,18 +1652,32 @@ class Governor:
         return [(budget, line) for budget, line in extra if line.key not in taken]
 
     def check_tier_prices(self, policy: Policy) -> None:
-        """Refuse a cascade tier that nothing prices, before any call is made.
+        """Refuse a cascade tier or an escalation model that nothing prices,
+        before any call is made.
 
         Raises:
-            ConfigError: a tier's model is not in the price map, the
-                policy's pricing has no override or default for it and the
-                tier's ``params`` set no price of their own.
+            ConfigError: a tier's model, or ``Loops.escalate_to``, is not in
+                the price map, the policy's pricing has no override or
+                default for it and (for a tier) the tier's ``params`` set no
+                price of their own.
         """
+        self._check_escalation_price(policy)
         if policy.cascade is None:
             return
         from governor.cascade._prices import tier_rates
 
         self._check_tier_order(tier_rates(self.rate_card_for(policy), policy.cascade))
+
+    def _check_escalation_price(self, policy: Policy) -> None:
+        """Refuse a ``Loops.escalate_to`` model that nothing prices: the
+        escalated retry would fail mid-task with PriceUnknown."""
+        model = policy.loops.escalate_to
+        if model is None:
+            return
+        try:
+            self.rate_card_for(policy).rate(model)
+        except (PriceUnknown, ConfigError) as exc:
+            raise ConfigError(f"Loops.escalate_to {model!r}: {exc}") from exc
 
     def _check_tier_order(self, rates: Sequence[tuple[str, Rate]]) -> None:
         """Warn once when a tier costs more per token than the one after it."""

@@ -7,11 +7,12 @@ loop spliced into the runs is caught, after a median of three repeats.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from governor.policies._base import PolicyModel
+from governor._errors import PolicyError
+from governor.policies._base import FieldsError, PolicyModel, masked
 
 __all__ = ["LoopAction", "Loops"]
 
@@ -199,8 +200,10 @@ class Loops(PolicyModel):
     escalate_to: str | None = Field(
         default=None,
         description=(
-            "the model the retry after an escalation goes to; None: the tier "
-            "after the current model in the policy's cascade, else the same model"
+            "the model the retry after an escalation goes to, named as it is "
+            "called, without spaces around it (action='escalate' only); None: "
+            "the tier after the current model in the policy's cascade, else the "
+            "same model"
         ),
     )
 
@@ -215,3 +218,54 @@ class Loops(PolicyModel):
                     "called, e.g. 'wait_for_job'"
                 )
         return value
+
+    @field_validator("escalate_to")
+    @classmethod
+    def _a_model(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError(
+                "the escalation model must not be blank; give the model the "
+                "retry goes to, e.g. 'gpt-4o', or None for the cascade's next "
+                "tier"
+            )
+        if value != value.strip():
+            raise ValueError(
+                f"the escalation model {masked(value)!r} must not start or end "
+                f"with spaces (strip it first: {masked(value.strip())!r}): a "
+                "call names the model exactly, so no price or provider would "
+                "know it with them"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _escalate_to_escalates(self) -> Self:
+        if self.escalate_to is not None and self.action != "escalate":
+            raise FieldsError(
+                f"escalate_to only applies with action='escalate' (action is "
+                f"{self.action!r}, which never retries on another model); set "
+                "action='escalate', or leave escalate_to out",
+                ("escalate_to", "action"),
+                {"escalate_to": self.escalate_to, "action": self.action},
+            )
+        return self
+
+    def merged(self, override: Self) -> Self:
+        """Lay ``override`` over these settings, field by field.
+
+        As for every policy part, only the fields the override sets to other
+        than their defaults count. An override whose ``action`` is
+        ``'record'`` drops this part's ``escalate_to``, which only applies
+        with ``action='escalate'``.
+
+        Raises:
+            PolicyError: ``override`` is not a Loops.
+        """
+        if not isinstance(override, Loops):
+            raise PolicyError(f"cannot merge {type(override).__name__} into Loops")
+        base = self
+        acting = override.action if "action" in override._overriding() else None
+        if self.escalate_to is not None and acting not in (None, "escalate"):
+            base = self.model_copy(update={"escalate_to": None})
+        return super(Loops, base).merged(override)

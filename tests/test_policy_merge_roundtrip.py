@@ -1,0 +1,147 @@
+"""Equal policies merge equally, and Loops.escalate_to is checked when built.
+
+A policy read back from its own full dump (``model_dump_json``, or the JSON
+``governor policy show`` prints) has every field set; merged over a pack it
+must lay over exactly what the policy it was dumped from lays over, and so
+never reset a pack's ceilings to their defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from governor import Budget, ConfigError, Governor, Policy, PolicyError
+from governor.cli import main
+from governor.cli._policy import load_policy
+from governor.policies import Attribution, Cache, Fanout, Loops, Price, Pricing
+from governor.policies.packs import PACKS
+
+OVERRIDES = {
+    "team budget": Policy(
+        budgets=[Budget(scope="team", key="search", max_usd="5000", period="month")]
+    ),
+    "same budget line": Policy(
+        budgets=[Budget(scope="team", max_usd="5", period="month")]
+    ),
+    "nested parts": Policy(
+        loops=Loops(max_repeats=3, exempt_tools=("wait_for_job",)),
+        fanout=Fanout(max_branches=4),
+        attribution=Attribution(team="search", tags={"tier": "gold"}),
+        cache=Cache(max_temperature=0.5),
+    ),
+    "defaults set by hand": Policy(
+        name="default",
+        loops=Loops(max_model_calls=None, max_wall_s=None),
+        fanout=Fanout(max_inflight_calls=None, on_cap="wait"),
+        attribution=Attribution(environment=None),
+    ),
+}
+
+PACK_NAMES = sorted(PACKS)
+
+
+def _through_policy_show(
+    override: Policy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Policy:
+    """``override`` written as a minimal file, printed by ``policy show`` and
+    that output read back as the command line reads a ``.json`` policy."""
+    given = tmp_path / "given.json"
+    given.write_text(override.model_dump_json(exclude_unset=True), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["policy", "show", str(given)]) == 0
+    shown = tmp_path / "shown.json"
+    shown.write_text(capsys.readouterr().out, encoding="utf-8")
+    return load_policy(str(shown))
+
+
+@pytest.mark.parametrize("pack", PACK_NAMES)
+@pytest.mark.parametrize("kind", sorted(OVERRIDES))
+def test_a_json_round_trip_merges_like_the_original(pack: str, kind: str) -> None:
+    override = OVERRIDES[kind]
+    read_back = Policy.model_validate_json(override.model_dump_json())
+    assert read_back == override
+    base = PACKS[pack]()
+    assert base.merged(read_back) == base.merged(override)
+
+
+@pytest.mark.parametrize("pack", PACK_NAMES)
+@pytest.mark.parametrize("kind", sorted(OVERRIDES))
+def test_policy_show_json_merges_like_the_original(
+    pack: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    override = OVERRIDES[kind]
+    shown = _through_policy_show(override, tmp_path, capsys)
+    assert shown == override
+    base = PACKS[pack]()
+    assert base.merged(shown) == base.merged(override)
+
+
+def test_a_read_back_override_keeps_the_packs_runaway_ceilings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = PACKS["production"]()
+    shown = _through_policy_show(OVERRIDES["team budget"], tmp_path, capsys)
+    merged = base.merged(shown)
+    assert merged.loops.max_model_calls == base.loops.max_model_calls == 100
+    assert merged.loops.max_wall_s == base.loops.max_wall_s == 1800
+    assert merged.fanout.max_inflight_calls == base.fanout.max_inflight_calls == 16
+    assert merged.attribution.environment == "prod"
+    assert merged.name == "production"
+    assert len(merged.budgets) == len(base.budgets) + 1
+
+
+def test_a_field_set_to_its_default_keeps_the_base() -> None:
+    base = PACKS["production"](timezone="Europe/Paris")
+    merged = base.merged(OVERRIDES["defaults set by hand"])
+    assert merged == base
+    line = base.merged(OVERRIDES["same budget line"])
+    team = [b for b in line.budgets if b.scope == "team"]
+    assert [(b.max_usd, b.timezone) for b in team] == [(5, "Europe/Paris")]
+
+
+def test_a_default_is_put_back_by_building_anew() -> None:
+    base = PACKS["production"]()
+    lifted = base.model_copy(update={"loops": Loops()})
+    assert lifted.loops.max_model_calls is None
+
+
+# --- Loops.escalate_to -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4o ", " gpt-4o", "", "  "])
+def test_escalate_to_must_name_a_model_exactly(model: str) -> None:
+    with pytest.raises(PolicyError, match="escalate_to"):
+        Loops(action="escalate", escalate_to=model)
+
+
+@pytest.mark.parametrize("action", ["stop", "record"])
+def test_escalate_to_only_applies_with_action_escalate(action: str) -> None:
+    with pytest.raises(PolicyError, match="only applies with action='escalate'"):
+        Loops(action=action, escalate_to="gpt-4o")
+
+
+def test_no_pack_sets_escalate_to() -> None:
+    assert all(pack().loops.escalate_to is None for pack in PACKS.values())
+
+
+def test_an_override_that_records_drops_escalate_to() -> None:
+    base = Loops(action="escalate", escalate_to="gpt-4o")
+    recorded = base.merged(Loops(action="record"))
+    assert (recorded.action, recorded.escalate_to) == ("record", None)
+    kept = base.merged(Loops(max_repeats=3))
+    assert (kept.action, kept.escalate_to) == ("escalate", "gpt-4o")
+
+
+def test_an_unpriced_escalate_to_is_refused_when_the_governor_is_built() -> None:
+    policy = Policy(loops=Loops(action="escalate", escalate_to="no-such-model-xyz"))
+    with pytest.raises(ConfigError, match="escalate_to 'no-such-model-xyz'"):
+        Governor(policy)
+
+
+def test_a_priced_escalate_to_is_accepted() -> None:
+    pricing = Pricing(overrides={"my-model": Price()})
+    loops = Loops(action="escalate", escalate_to="my-model")
+    gov = Governor(Policy(loops=loops, pricing=pricing))
+    gov.close()
