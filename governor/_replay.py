@@ -11,9 +11,9 @@ policy may not serve them; their records carry no tokens, so they replay at no
 cost: a replay of cached traffic under a policy without a cache understates
 what that policy would pay by what the hits saved (``saved_usd``).
 
-The calls are replayed in recorded time order, tasks interleaved as they
-ran (each task open from its first call to its last), on the recorded
-clock: calendar and rolling budget windows and a task's wall time
+The calls are replayed in the order they started (a record's time, when
+the call finished, less its latency), tasks interleaved as they ran (each
+task open from its first call to its last), on the recorded clock: calendar and rolling budget windows and a task's wall time
 (``max_wall_s``) follow the records' times, not the time of the replay.
 Each call is charged to the scope values its own record names. A policy's
 cascade and response cache are not simulated (a warning says so).
@@ -148,7 +148,8 @@ class RecordedCall:
     """What a replay reads of one recorded call: a few hundred bytes where
     a :class:`SpendRecord` takes a few thousand, for replays of many calls.
 
-    ``at`` is the record's time in seconds since the epoch, ``values`` the
+    ``at`` is when the call started (its record's time, when it finished,
+    less its latency) in seconds since the epoch, ``values`` the
     scope values it names that today's rules accept, ``refused`` those it
     names that they refuse (``"a#b"``, ``" ab"``), and ``tags`` its tags, each
     as ``(name, value)`` pairs; the other attributes are the record's own.
@@ -201,7 +202,9 @@ def _compact(
     if isinstance(record, RecordedCall):
         return record
     call = RecordedCall()
-    call.at = record.ts.timestamp()
+    # Live, a call is charged to the window it was reserved in, when it
+    # started; a record's ts is when it finished.
+    call.at = record.ts.timestamp() - record.latency_s
     call.call_id = record.call_id
     call.task_id = shared.setdefault(record.task_id, record.task_id)
     call.model = shared.setdefault(record.model, record.model)

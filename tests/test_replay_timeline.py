@@ -219,3 +219,17 @@ def test_a_mean_of_huge_finite_qualities_stays_finite() -> None:
     nine = datetime(2025, 12, 5, 9, tzinfo=UTC)
     records = [call(nine, task, tags={"quality": "1e308"}) for task in ("T0", "T1")]
     assert replay(records, Policy()).quality == 1e308
+
+
+def test_a_call_is_replayed_in_the_window_it_started_in() -> None:
+    """Live, a call that starts at 23:59 and ends after midnight is charged
+    to the day it started: the replay charges the same day, so a day budget
+    that held live (one call a day) holds in the replay too."""
+    new_year = datetime(2026, 1, 1, tzinfo=UTC)
+    late = dataclasses.replace(
+        call(new_year + timedelta(seconds=30), "late"), latency_s=90.0
+    )
+    next_day = call(new_year + timedelta(minutes=5), "next")
+    day = Policy(budgets=[Budget(scope="team", max_usd="0.04", period="day")])
+    run = replay([late, next_day], day)
+    assert stops(run) == {"late": (1, None), "next": (1, None)}
