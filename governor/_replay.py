@@ -13,8 +13,9 @@ what that policy would pay by what the hits saved (``saved_usd``).
 
 The calls are replayed in the order they started (a record's time, when
 the call finished, less its latency), tasks interleaved as they ran (each
-task open from its first call to its last), on the recorded clock: calendar and rolling budget windows and a task's wall time
-(``max_wall_s``) follow the records' times, not the time of the replay.
+task open from its first call to its last), on the recorded clock:
+calendar and rolling budget windows and a task's wall time (``max_wall_s``)
+follow the records' times, not the time of the replay.
 Each call is charged to the scope values its own record names. A policy's
 cascade and response cache are not simulated (a warning says so).
 
