@@ -64,6 +64,7 @@ from governor._task import Task, current_task
 from governor.adapters._ceiling import TIME, OutputCeiling
 from governor.adapters._closing import close_dropped, running_loop
 from governor.adapters._embeddings import embedding_request, embedding_result
+from governor.adapters._refusals import note_refusal, raise_refusals
 from governor.adapters._tokens import (
     NOT_SENT_ATTRIBUTE,
     count_prompt_tokens,
@@ -97,6 +98,7 @@ __all__ = [
     "Instrumentation",
     "active_instrumentation",
     "instrument",
+    "raise_refusals",
 ]
 
 # Cascade runners kept per client (one per distinct cascade policy object).
@@ -215,8 +217,7 @@ class GovernedLiteLLM:
                     _falling_back(attempt, exc)
             return _retried(self._complete, last)
         except GovernorError as exc:
-            _not_retried(exc)
-            _raised_by(exc, self.governor)
+            _refused(exc, self.governor)
             raise
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
@@ -239,8 +240,7 @@ class GovernedLiteLLM:
                     _falling_back(attempt, exc)
             return await _aretried(self._acomplete, last)
         except GovernorError as exc:
-            _not_retried(exc)
-            _raised_by(exc, self.governor)
+            _refused(exc, self.governor)
             raise
 
     def embedding(self, *args: Any, **kwargs: Any) -> Any:
@@ -250,8 +250,7 @@ class GovernedLiteLLM:
         try:
             return self._embed(self._named("embedding", args, kwargs))
         except GovernorError as exc:
-            _not_retried(exc)
-            _raised_by(exc, self.governor)
+            _refused(exc, self.governor)
             raise
 
     def _embed(self, kwargs: dict[str, Any]) -> Any:
@@ -276,8 +275,7 @@ class GovernedLiteLLM:
         try:
             return await self._aembed(self._named("aembedding", args, kwargs))
         except GovernorError as exc:
-            _not_retried(exc)
-            _raised_by(exc, self.governor)
+            _refused(exc, self.governor)
             raise
 
     async def _aembed(self, kwargs: dict[str, Any]) -> Any:
@@ -2127,6 +2125,14 @@ def _next_tier(task: Any, model: str) -> str | None:
     if model in models and models.index(model) + 1 < len(models):
         return str(models[models.index(model) + 1])
     return None
+
+
+def _refused(error: GovernorError, governor: Governor) -> None:
+    """Ready a governed call's refusal to be raised: not retried by the
+    Router, marked as ``governor``'s, kept for a ``raise_refusals`` block."""
+    _not_retried(error)
+    _raised_by(error, governor)
+    note_refusal(error)
 
 
 # What LiteLLM's Router reads on a failed attempt's error as the retries it

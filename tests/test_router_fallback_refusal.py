@@ -1,0 +1,225 @@
+"""A Router fallback the budget refuses is raised as the governor's refusal.
+
+Real LiteLLM Router calls against ``governor.testing.StubServer`` on
+127.0.0.1: the first model group's model answers 500, its fallback group's
+model answers. When the governor refuses the fallback (its worst case does
+not fit the budget), LiteLLM's Router raises the first group's provider
+error; inside ``raise_refusals()`` the refusal is raised instead, chained
+from that error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+
+from governor import Budget, BudgetExceeded, Governor, Policy
+from governor.adapters.litellm import instrument, raise_refusals
+from governor.spend import SpendRecord
+from governor.testing import StubBehaviour, StubServer
+
+MESSAGES = [{"role": "user", "content": "Which planet is known as the red planet?"}]
+FAILING, FALLBACK = "gpt-4o-mini", "gpt-4o"
+# Room for the failing gpt-4o-mini call's worst case, not for gpt-4o's.
+TIGHT_USD = "0.0001"
+ANSWER = StubBehaviour(answer="Mars.", prompt_tokens=10, completion_tokens=2)
+# The answer's cost at gpt-4o's list prices ($2.50/M in, $10/M out).
+ANSWER_USD = Decimal(10) * Decimal("2.5e-6") + Decimal(2) * Decimal("10e-6")
+
+
+class _Records:
+    """A spend store that keeps the records in a list."""
+
+    def __init__(self) -> None:
+        self.records: list[SpendRecord] = []
+        self._lock = threading.Lock()
+
+    def record(self, rec: SpendRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+
+    def record_many(self, recs: Iterable[SpendRecord]) -> None:
+        with self._lock:
+            self.records.extend(recs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Iterator[SpendRecord]:
+        return iter(list(self.records))
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubServer]:
+    monkeypatch.setattr(litellm, "suppress_debug_info", True)
+    with StubServer(default=ANSWER) as stub:
+        stub.set_behaviour(FAILING, StubBehaviour(status=500))
+        yield stub
+
+
+def _router(server: StubServer) -> Any:
+    def deployment(group: str, model: str) -> dict[str, Any]:
+        params = {
+            "model": f"openai/{model}",
+            "api_base": server.base_url + "/v1",
+            "api_key": "sk-test",
+        }
+        return {"model_name": group, "litellm_params": params}
+
+    return litellm.Router(
+        model_list=[deployment("gpt-a", FAILING), deployment("gpt-b", FALLBACK)],
+        fallbacks=[{"gpt-a": ["gpt-b"]}],
+        num_retries=0,
+    )
+
+
+def _governor(max_usd: str) -> tuple[Governor, _Records]:
+    records = _Records()
+    return Governor(Policy(budgets=[Budget(max_usd=max_usd)]), spend=records), records
+
+
+def _ask(router: Any, how: str) -> Any:
+    request = {"model": "gpt-a", "messages": MESSAGES, "max_tokens": 20}
+    if how == "sync":
+        return router.completion(**request)
+    return asyncio.run(router.acompletion(**request))
+
+
+def _sent(server: StubServer) -> list[str]:
+    return [request.body["model"] for request in server.requests]
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_refused_fallback_is_raised_as_the_refusal(
+    server: StubServer, how: str
+) -> None:
+    gov, records = _governor(TIGHT_USD)
+    router = _router(server)
+    with instrument(gov), gov.task() as task:
+        with pytest.raises(BudgetExceeded) as caught, raise_refusals():
+            _ask(router, how)
+        report = task.report()
+    gov.close()
+    provider_error = caught.value.__cause__
+    assert isinstance(provider_error, litellm.InternalServerError)
+    assert caught.value.__context__ is provider_error
+    assert "would be exceeded by a call to 'openai/gpt-4o'" in str(caught.value)
+    assert _sent(server) == [FAILING]  # nothing went to the fallback
+    assert [(r.model, r.outcome, r.cost_usd) for r in records.records] == [
+        (f"openai/{FAILING}", "error", Decimal(0)),
+        (f"openai/{FALLBACK}", "refused", Decimal(0)),
+    ]
+    assert report.stop_reason == "budget_exceeded"
+    assert report.cost_usd == 0
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_outside_the_block_the_router_raises_its_provider_error(
+    server: StubServer, how: str
+) -> None:
+    gov, _ = _governor(TIGHT_USD)
+    router = _router(server)
+    with instrument(gov), gov.task() as task:
+        with pytest.raises(litellm.InternalServerError) as caught:
+            _ask(router, how)
+        assert not isinstance(caught.value, BudgetExceeded)
+        assert task.report().stop_reason == "budget_exceeded"  # the workaround
+    gov.close()
+    assert _sent(server) == [FAILING]
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_fallback_that_answers_is_returned(server: StubServer, how: str) -> None:
+    gov, records = _governor("1")
+    router = _router(server)
+    with instrument(gov), gov.task() as task:
+        with raise_refusals():
+            response = _ask(router, how)
+        report = task.report()
+    gov.close()
+    assert response.choices[0].message.content == "Mars."
+    assert _sent(server) == [FAILING, FALLBACK]
+    assert [(r.model, r.outcome) for r in records.records] == [
+        (f"openai/{FAILING}", "error"),
+        (f"openai/{FALLBACK}", "ok"),
+    ]
+    assert report.cost_usd == ANSWER_USD
+    assert report.stop_reason is None
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_provider_error_with_no_refusal_is_raised_unchanged(
+    server: StubServer, how: str
+) -> None:
+    server.set_behaviour(FALLBACK, StubBehaviour(status=500))
+    gov, records = _governor("1")
+    router = _router(server)
+    with instrument(gov), gov.task() as task:
+        with pytest.raises(litellm.InternalServerError) as caught, raise_refusals():
+            _ask(router, how)
+        report = task.report()
+    gov.close()
+    assert not isinstance(caught.value, BudgetExceeded)
+    assert _sent(server) == [FAILING, FALLBACK]
+    assert [r.outcome for r in records.records] == ["error", "error"]
+    assert report.stop_reason is None
+
+
+def test_a_refusal_in_another_block_is_not_raised(server: StubServer) -> None:
+    gov, _ = _governor(TIGHT_USD)
+    router = _router(server)
+    with instrument(gov), gov.task():
+        with pytest.raises(BudgetExceeded), raise_refusals():
+            _ask(router, "sync")
+        server.set_behaviour(FAILING, StubBehaviour(status=503))
+        with pytest.raises(litellm.ServiceUnavailableError), raise_refusals():
+            litellm.completion(
+                model=f"openai/{FAILING}",
+                messages=MESSAGES,
+                max_tokens=20,
+                api_base=server.base_url + "/v1",
+                api_key="sk-test",
+            )
+    gov.close()
+
+
+async def _refused_and_failed(router: Any, server: StubServer) -> list[str]:
+    """One task's Router call refused, another's plain call failing, at once."""
+
+    async def routed() -> str:
+        try:
+            with raise_refusals():
+                await router.acompletion(
+                    model="gpt-a", messages=MESSAGES, max_tokens=20
+                )
+        except Exception as exc:
+            return type(exc).__name__
+        return "answered"
+
+    async def plain() -> str:
+        try:
+            with raise_refusals():
+                await litellm.acompletion(
+                    model=f"openai/{FAILING}",
+                    messages=MESSAGES,
+                    max_tokens=20,
+                    api_base=server.base_url + "/v1",
+                    api_key="sk-test",
+                )
+        except Exception as exc:
+            return type(exc).__name__
+        return "answered"
+
+    return list(await asyncio.gather(routed(), plain(), routed(), plain()))
+
+
+def test_concurrent_blocks_keep_their_own_refusals(server: StubServer) -> None:
+    gov, _ = _governor(TIGHT_USD)
+    router = _router(server)
+    with instrument(gov), gov.task():
+        names = asyncio.run(_refused_and_failed(router, server))
+    gov.close()
+    assert names == ["BudgetExceeded", "InternalServerError"] * 2
