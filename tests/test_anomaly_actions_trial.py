@@ -245,7 +245,10 @@ def test_alerts_queued_for_a_hung_receiver_do_not_hold_the_exit(
     assert 1.0 <= float(waited_s) < 3.0, done.stderr
     before = done.stderr[: dropped.start()]  # the POST under way may fail after
     timed_out = before.count("; the alert was dropped")
-    assert timed_out + int(unsent) + (1 if under_way else 0) == 6, done.stderr
+    counted = timed_out + int(unsent)
+    # The POST under way may time out, and say so, just before close reports
+    # it as still under way: it is counted once either way.
+    assert counted == 6 or (under_way is not None and counted == 5), done.stderr
 
 
 def test_closing_the_governor_sends_the_monitors_queued_alerts(
