@@ -293,6 +293,26 @@ def test_rolling_line_forgets_spend_older_than_its_window(
     assert redis_ledger.reserve("h3", [line], 100, 0, 60) is None
 
 
+def test_a_rolling_line_lives_its_own_lease_once_no_hold_is_left(
+    redis_ledger: RedisLedger, redis_url: str
+) -> None:
+    """A line lives until its holds' deadline while a hold is live; once the
+    last is settled, its own lease (the window's, 5 s here), not the 900 s a
+    settled hold had (per-user rolling lines piled up for 15 minutes)."""
+    line = RollingLine("user:u#rolling:4s", 100, None, 5.0, 4.0)
+    client = redis.Redis.from_url(redis_url)
+    key = f"{redis_ledger.prefix}{{budgets}}:l:{line.key}"
+    try:
+        redis_ledger.reserve("h1", [line], 10, 0, 900)
+        redis_ledger.reserve("h2", [line], 10, 0, 900)
+        redis_ledger.settle("h1", [line.key], 10, 0)
+        assert client.pttl(key) > 800_000  # h2 is still live
+        redis_ledger.settle("h2", [line.key], 10, 0)
+        assert 0 < client.pttl(key) <= 5_000
+    finally:
+        client.close()
+
+
 def test_amounts_beyond_exact_range_are_refused(redis_ledger: RedisLedger) -> None:
     """Amounts past 2**53 would lose precision in Lua and raise ConfigError."""
     with pytest.raises(ConfigError, match="more than a Redis ledger can hold"):

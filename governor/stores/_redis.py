@@ -2020,7 +2020,7 @@ local nanos, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
 local made  -- the rolling windows the hold carried, read once when needed
 for i = 1, #KEYS - 3 do
   local key, lk = ARGV[5 + i], KEYS[3 + i]
-  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm', 'hd')
+  local cur = redis.call('HMGET', lk, 'sn', 'ttl', 'wm', 'hd', 'rn', 'rt')
   local rk = ns .. 'r:' .. key
   if not cur[1] then
     -- The line is gone (evicted, a restart, or lapsed with its hold): make
@@ -2050,7 +2050,12 @@ for i = 1, #KEYS - 3 do
     incr(rk, 'n' .. idx, nanos)
     incr(rk, 't' .. idx, tokens)
   end
-  if cur[2] then expire(lk, rk, life(cur[2], cur[4], now), cur[3]) end
+  -- With no live hold left on the line (none reserves anything), the
+  -- latest hold deadline no longer keeps it: a rolling line lives its own
+  -- lease, window_s x 61/60, not hold_ttl_s.
+  local hd = cur[4]
+  if tonumber(cur[5] or 0) <= 0 and tonumber(cur[6] or 0) <= 0 then hd = nil end
+  if cur[2] then expire(lk, rk, life(cur[2], hd, now), cur[3]) end
 end
 
 redis.call('DEL', KEYS[3])
