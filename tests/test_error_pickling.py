@@ -284,7 +284,8 @@ def test_amounts_print_without_exponent() -> None:
     error = _budget_refusal()
     assert str(error) == (
         "budget task:t-1 (usd) would be exceeded by a call to 'gpt-4o-mini': "
-        "needs up to 0.000025 usd, 0.000015 left of 200 (spent 199.99998, "
+        "needs up to 0.000025 usd (the most it can cost: its prompt and max_tokens), "
+        "0.000015 left of 200 (spent 199.99998, "
         "reserved by calls in flight 0.000005). The call was not sent. "
         f"{USD_ADVICE}"
     )
@@ -305,7 +306,10 @@ def test_tiny_amounts_print_without_exponent() -> None:
         requested=Decimal("1.5E-7"),
         model="gpt-4o-mini",
     )
-    assert "needs up to 0.00000015 usd, 0.0000001 left of 0.000001 " in str(error)
+    assert (
+        "needs up to 0.00000015 usd (the most it can cost: its prompt and "
+        "max_tokens), 0.0000001 left of 0.000001 "
+    ) in str(error)
     assert "(spent 0.0000009, " in str(error)
     assert "E-" not in str(error)
     assert error.to_dict()["spent"] == "0.0000009"
@@ -354,7 +358,8 @@ def test_usd_budget_of_200_refusal_prints_200() -> None:
     error = _refuse(policy, request, "t-200")
     assert str(error) == (
         "budget task:t-200 (usd) would be exceeded by a call to 'acme/big': "
-        "needs up to 500 usd, 200 left of 200 (spent 0, reserved by calls in "
+        "needs up to 500 usd (the most it can cost: its prompt and max_tokens), "
+        "200 left of 200 (spent 0, reserved by calls in "
         f"flight 0). The call was not sent. {USD_ADVICE}"
     )
     assert str(error.limit) == "200"
@@ -381,7 +386,8 @@ def test_token_budget_refusal_advises_token_remedies() -> None:
     assert error.unit == "tokens"
     assert str(error) == (
         "budget task:t-tok (tokens) would be exceeded by a call to 'acme/big': "
-        "needs up to 520 tokens, 100 left of 100 (spent 0, reserved by calls in "
+        "needs up to 520 tokens (the most it can cost: its prompt and max_tokens), "
+        "100 left of 100 (spent 0, reserved by calls in "
         f"flight 0). The call was not sent. {TOKEN_ADVICE}"
     )
     assert "cheaper model" not in str(error)
