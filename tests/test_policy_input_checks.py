@@ -94,6 +94,32 @@ def test_json_policy_numbers_keep_every_digit_written(tmp_path: Path) -> None:
         load_policy(str(policy))
 
 
+def test_long_json_numbers_reach_a_tier_as_floats(tmp_path: Path) -> None:
+    """Only money keeps every digit: a tier's params go to the provider as
+    JSON, which has no Decimal (every call on the tier failed to encode)."""
+    policy = tmp_path / "p.json"
+    policy.write_text(
+        '{"cascade": {"tiers": [{"name": "cheap", "model": "gpt-4o-mini", '
+        '"params": {"temperature": 0.1000000000000000000001, '
+        '"logit_bias": {"50256": -100.00000000000000000001}}}, '
+        '{"name": "top", "model": "gpt-4o"}], "checks": [{"kind": "json", '
+        '"json_schema": {"type": "number", "maximum": 1.00000000000000000001}}]}}',
+        encoding="utf-8",
+    )
+    loaded = load_policy(str(policy))
+    assert loaded.cascade is not None
+    params = dict(loaded.cascade.tiers[0].params)
+    assert (params["temperature"], dict(params["logit_bias"])) == (
+        0.1,
+        {"50256": -100.0},
+    )
+    assert type(params["temperature"]) is float
+    check = loaded.cascade.checks[0]
+    assert check.json_schema is not None
+    assert check.json_schema["maximum"] == 1.0
+    json.dumps(params)  # what the provider call does: no Decimal left
+
+
 # 2. A budget key that no attribution value can equal.
 
 

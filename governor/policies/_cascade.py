@@ -11,6 +11,7 @@ import math
 import re
 import weakref
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -98,6 +99,11 @@ class JsonCheck(PolicyModel):
         default=True,
         description="True to accept JSON wrapped in a ```json fenced block",
     )
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _json_schema_floats(cls, value: Any) -> Any:
+        return json_floats(value)
 
     @field_validator("json_schema")
     @classmethod
@@ -296,6 +302,11 @@ class Tier(PolicyModel):
             )
         return value
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_floats(cls, value: Any) -> Any:
+        return json_floats(value)
+
     @field_validator("params")
     @classmethod
     def _sendable_params(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -317,6 +328,22 @@ class Tier(PolicyModel):
                     f"{problem}, or leave it out"
                 )
         return value
+
+
+def json_floats(value: Any) -> Any:
+    """``value`` with every Decimal in it (nested too) made a float.
+
+    Params are sent to the provider as JSON and a schema compares JSON
+    numbers, and JSON has no Decimal: a Decimal given in Python, or a long
+    number a JSON policy file kept exact, would fail to encode at every call.
+    """
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {key: json_floats(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(json_floats(item) for item in value)
+    return value
 
 
 def _count(value: Any) -> str | None:
