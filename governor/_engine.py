@@ -1104,12 +1104,15 @@ class Governor:
         default its call could replace: that work is skipped for it.
         """
         effective = self.policy.merged(policy) if policy else self.policy
-        if effective.failure_mode != self.policy.failure_mode:
+        if policy is not None and policy.loops.escalate_to is not None:
+            self._check_escalation_price(effective)  # as Governor() does
+        asked = _other_failure_mode(policy, self.policy)
+        if asked is not None:
             logger.warning(
                 "a task policy sets failure_mode=%r but the governor's ledger "
                 "was built for %r; failure_mode applies per Governor, so make "
                 "a Governor with that policy instead",
-                effective.failure_mode,
+                asked,
                 self.policy.failure_mode,
             )
         named = Attribution(**scopes) if scopes else None
@@ -2748,6 +2751,18 @@ def _spend_target(spend: Any) -> Any:
         f"got {type(spend).__name__} {spend!r}. E.g. "
         "spend='.governor/spend.sqlite3' or spend=SQLiteSpendStore(path)"
     )
+
+
+def _other_failure_mode(override: Policy | None, base: Policy) -> str | None:
+    """The failure mode a task override sets when it is not the governor's.
+
+    Read from the override itself, not the merge: a merge drops a field set
+    to its default ("closed"), which the override asks for all the same.
+    """
+    if override is None or "failure_mode" not in override.model_fields_set:
+        return None
+    mode = override.failure_mode
+    return None if mode == base.failure_mode else mode
 
 
 def _own_stop(admission: Admission) -> str | None:

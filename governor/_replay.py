@@ -187,6 +187,10 @@ class RecordedCall:
     audio_cache_read_tokens: int
 
 
+# The longest a call can have run: a hold lapses after at most a week.
+_LONGEST_CALL_S = 7 * 86_400.0
+
+
 def recorded_calls(
     records: Iterable[SpendRecord | RecordedCall],
 ) -> list[RecordedCall]:
@@ -204,8 +208,9 @@ def _compact(
         return record
     call = RecordedCall()
     # Live, a call is charged to the window it was reserved in, when it
-    # started; a record's ts is when it finished.
-    call.at = record.ts.timestamp() - record.latency_s
+    # started; a record's ts is when it finished. A latency past any call's
+    # (a corrupt record) moves it back no further than that.
+    call.at = record.ts.timestamp() - min(record.latency_s, _LONGEST_CALL_S)
     call.call_id = record.call_id
     call.task_id = shared.setdefault(record.task_id, record.task_id)
     call.model = shared.setdefault(record.model, record.model)

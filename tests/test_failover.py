@@ -10,6 +10,7 @@ import pytest
 from _redis_fixtures import OwnRedis
 from _switched_store import SwitchedStore
 
+from governor import Governor, Policy
 from governor._errors import StoreUnavailable
 from governor.stores import Balance, Line, MemoryLedger, Refusal
 from governor.stores._failover import (
@@ -407,3 +408,31 @@ def test_a_caller_does_not_wait_on_another_threads_write_to_a_slow_store() -> No
     caller.join(5)
     assert (decided_while_hung, outcome) == (True, [None])
     assert _spent(store, "team:x") == 40
+
+
+@pytest.mark.parametrize(
+    ("governor_mode", "task_mode"), [("open", "closed"), ("closed", "open")]
+)
+def test_a_task_policy_asking_another_failure_mode_is_warned_of(
+    governor_mode: Literal["open", "closed"],
+    task_mode: Literal["open", "closed"],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Either way round, "closed" (the default) included: the task runs in
+    the governor's mode and the warning says how to get the other."""
+    gov = Governor(Policy(failure_mode=governor_mode))
+    other = Policy(failure_mode=task_mode)
+    same = Policy(name="same mode", failure_mode=governor_mode)
+    with caplog.at_level(logging.WARNING, logger="governor._engine"):
+        for policy in (other, same):
+            with gov.task(policy=policy):
+                pass
+    warned = [
+        r.getMessage() for r in caplog.records if "failure_mode" in r.getMessage()
+    ]
+    assert warned == [
+        f"a task policy sets failure_mode={task_mode!r} but the governor's ledger "
+        f"was built for {governor_mode!r}; failure_mode applies per Governor, so "
+        "make a Governor with that policy instead"
+    ]
+    gov.close()

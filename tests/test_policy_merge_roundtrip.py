@@ -145,3 +145,14 @@ def test_a_priced_escalate_to_is_accepted() -> None:
     loops = Loops(action="escalate", escalate_to="my-model")
     gov = Governor(Policy(loops=loops, pricing=pricing))
     gov.close()
+
+
+def test_an_unpriced_escalate_to_in_a_task_policy_is_refused_when_it_opens() -> None:
+    """A task override is checked as the governor's policy is, before its
+    first call, not at the escalated retry mid-task."""
+    gov = Governor(Policy())
+    loops = Loops(max_model_calls=2, action="escalate", escalate_to="no-such-model-zz")
+    task = gov.task(policy=Policy(loops=loops))
+    with pytest.raises(ConfigError, match="escalate_to 'no-such-model-zz'"):
+        task.__enter__()
+    gov.close()

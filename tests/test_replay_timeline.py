@@ -233,3 +233,12 @@ def test_a_call_is_replayed_in_the_window_it_started_in() -> None:
     day = Policy(budgets=[Budget(scope="team", max_usd="0.04", period="day")])
     run = replay([late, next_day], day)
     assert stops(run) == {"late": (1, None), "next": (1, None)}
+
+
+def test_a_corrupt_latency_moves_its_call_back_a_week_at_most() -> None:
+    """A latency no call can have (1e12 s) is not subtracted whole: the
+    replay runs, the call a week before its record's time at most."""
+    broken = dataclasses.replace(call(NOV_30, "broken"), latency_s=1e12)
+    day = Policy(budgets=[Budget(scope="team", max_usd="1", period="day")])
+    run = replay([broken, call(NOV_30, "fine")], day)
+    assert stops(run) == {"broken": (1, None), "fine": (1, None)}
