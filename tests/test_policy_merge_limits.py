@@ -223,8 +223,7 @@ def test_merging_packs_keeps_the_per_user_partition() -> None:
     merged = packs.customer_facing().merged(packs.batch())
     assert merged.cache is not None
     assert merged.cache.partition_by == ("org", "team", "user")
-    # batch's semantic=True is the default, so customer_facing's False stays
-    assert not merged.cache.semantic
+    assert merged.cache.semantic  # batch's other settings still win
 
 
 def test_a_cache_merge_keeps_the_scopes_of_both() -> None:

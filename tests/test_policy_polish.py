@@ -232,37 +232,27 @@ def test_a_ts_with_an_offset_is_still_read() -> None:
 # --- packs over packs ----------------------------------------------------------
 
 
-def test_a_pack_merged_over_another_lays_only_its_non_default_settings() -> None:
-    """A top pack's settings that differ from their defaults win; one at its
-    default (batch's on_cap='wait', semantic=True) keeps the lower pack's,
-    as it would were the pack read back from its own JSON dump."""
+def test_a_pack_merged_over_another_brings_its_own_behaviour() -> None:
     batch = packs.customer_facing().merged(packs.batch())
-    assert batch.fanout.on_cap == "refuse"  # 'wait' is the default
+    assert batch.fanout.on_cap == "wait"
     assert batch.fanout.wait_timeout_s == 600
     starter = packs.customer_facing().merged(packs.starter())
-    assert starter.fanout.on_cap == "refuse"
+    assert starter.fanout.on_cap == "wait"
     production = packs.customer_facing().merged(packs.production())
-    assert production.fanout.on_cap == "refuse"
+    assert production.fanout.on_cap == "wait"
     saver = packs.customer_facing().merged(packs.cost_saver())
     assert saver.cache is not None
-    assert not saver.cache.semantic  # semantic=True is the default
+    assert saver.cache.semantic
     assert saver.cache.exact
     assert saver.cache.safety_gate
     assert batch.cache is not None
-    # batch's partition never widens the base's
+    # batch's cache settings win, but its partition never widens the base's
     assert (batch.cache.semantic, batch.cache.partition_by) == (
-        False,
+        True,
         ("org", "team", "user"),
     )
     back = packs.batch().merged(packs.customer_facing())
     assert back.fanout.on_cap == "refuse"
-    assert back.cache is not None
-    assert not back.cache.semantic
-    # a setting at its default is taken by building anew
-    queued = batch.model_copy(
-        update={"fanout": batch.fanout.model_copy(update={"on_cap": "wait"})}
-    )
-    assert queued.fanout.on_cap == "wait"
 
 
 # --- messages ------------------------------------------------------------------

@@ -132,6 +132,13 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help=POLICY_HELP,
     )
     show.add_argument(
+        "--set-only",
+        action="store_true",
+        help="print only the fields the policy sets (a pack's, a file's), not "
+        "the defaults: read back, it merges over another policy as the "
+        "original does, where a full print would set every field",
+    )
+    show.add_argument(
         "--json",
         action="store_true",
         help="report an error as a JSON document on stdout too (the policy "
@@ -156,12 +163,16 @@ def _show(args: argparse.Namespace) -> int:
         policy = load_policy(args.spec)
     except ConfigError as exc:
         return fail(args, "governor policy", exc, 2)
-    print(json.dumps(as_json(policy), indent=2))
+    print(json.dumps(as_json(policy, set_only=args.set_only), indent=2))
     return 0
 
 
-def as_json(policy: Any) -> Any:
+def as_json(policy: Any, *, set_only: bool = False) -> Any:
     """A policy as JSON-ready data, every field, whatever it holds.
+
+    With ``set_only``, only the fields set explicitly, at every depth, so
+    that the policy read back merges as this one does (see
+    ``Policy.merged``).
 
     A callable (a cache verifier or embedder) is written as the placeholder
     ``"<callable module.qualname>"``, and any other value JSON has no form
@@ -173,6 +184,9 @@ def as_json(policy: Any) -> Any:
 
     from governor.policies._base import masked
 
+    if set_only:
+        data = policy.model_dump(mode="json", exclude_unset=True, fallback=_placeholder)
+        return masked(data)
     return masked(to_jsonable_python(policy, fallback=_placeholder))
 
 

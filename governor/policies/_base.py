@@ -11,7 +11,6 @@ from typing import Any, Final, NoReturn, Self
 from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 
 from governor._errors import PolicyError
 
@@ -649,15 +648,10 @@ class PolicyModel(BaseModel):
             return super().model_validate_json(json_data, **kwargs)
 
     def merged(self, override: Self) -> Self:
-        """Return a copy with the fields the override sets laid over.
+        """Return a copy with the fields the override set explicitly laid over.
 
-        A field of the override counts only when it is set to a value other
-        than the field's default, so equal policies merge equally: one read
-        back from its own full dump (every field set) merges like the one
-        dumped. Setting a field to its default (or None) never resets the
-        base's; to do that, build anew with ``model_copy(update={...})``.
-        Nested policy parts merge by the same rule; mappings merge key by
-        key; every other field the override sets replaces this one's.
+        Nested policy parts merge by the same rule; mappings merge key by key;
+        every other field the override set replaces this one's.
         """
         if not isinstance(override, type(self)):
             raise PolicyError(
@@ -665,32 +659,12 @@ class PolicyModel(BaseModel):
             )
         updates = {
             name: _merge_value(getattr(self, name), getattr(override, name))
-            for name in override._overriding()
+            for name in override.model_fields_set
         }
         return type(self)(**{**self._explicit(), **updates})
 
-    def _overriding(self) -> frozenset[str]:
-        """The fields this part lays over a base: those set, and not to the
-        field's default.
-
-        A field set to its default (or to None where that is the default)
-        counts as left out, whether it was given by hand or read back from a
-        full dump such as ``policy show`` prints.
-        """
-        fields = type(self).model_fields
-        return frozenset(
-            name
-            for name in self.model_fields_set
-            if getattr(self, name) != _default(fields[name])
-        )
-
     def _explicit(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
-
-
-def _default(field: FieldInfo) -> Any:
-    """The value a field takes when it is left out (a factory's, made anew)."""
-    return field.get_default(call_default_factory=True)
 
 
 def _bool_for_count(annotation: Any, value: Any) -> bool:

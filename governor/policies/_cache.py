@@ -185,11 +185,11 @@ class Cache(PolicyModel):
     def merged(self, override: Self) -> Self:
         """Lay ``override`` over this cache's settings, field by field.
 
-        Only the fields the override sets to other than their defaults
-        count, as for every policy part, save ``partition_by``: the result
-        keeps the scopes of both, this cache's first, then the override's new
-        ones, and a ``scope_by_*`` switch this cache turns on stays on, so a
-        merge never widens who shares answers (``("org", "team", "user")`` merged with
+        Only the fields the override set explicitly count, as for every
+        policy part, save ``partition_by``: the result keeps the scopes of
+        both, this cache's first, then the override's new ones, and a
+        ``scope_by_*`` switch this cache turns on stays on, so a merge never
+        widens who shares answers (``("org", "team", "user")`` merged with
         ``("org", "team")`` stays per user). To partition more widely, build
         the cache anew, e.g.
         ``cache.model_copy(update={"partition_by": ("org", "team")})``.
@@ -203,7 +203,7 @@ class Cache(PolicyModel):
             for name in _SCOPING
             if getattr(self, name) and not getattr(result, name)
         }
-        if "partition_by" in override._overriding():
+        if "partition_by" in override.model_fields_set:
             scopes = self.partition_by + tuple(
                 scope
                 for scope in override.partition_by

@@ -254,9 +254,9 @@ class Loops(PolicyModel):
     def merged(self, override: Self) -> Self:
         """Lay ``override`` over these settings, field by field.
 
-        As for every policy part, only the fields the override sets to other
-        than their defaults count. An override whose ``action`` is
-        ``'record'`` drops this part's ``escalate_to``, which only applies
+        As for every policy part, only the fields the override sets
+        explicitly count. An override that sets an ``action`` other than
+        ``'escalate'`` drops this part's ``escalate_to``, which only applies
         with ``action='escalate'``.
 
         Raises:
@@ -265,7 +265,7 @@ class Loops(PolicyModel):
         if not isinstance(override, Loops):
             raise PolicyError(f"cannot merge {type(override).__name__} into Loops")
         base = self
-        acting = override.action if "action" in override._overriding() else None
+        acting = override.action if "action" in override.model_fields_set else None
         if self.escalate_to is not None and acting not in (None, "escalate"):
             base = self.model_copy(update={"escalate_to": None})
         return super(Loops, base).merged(override)

@@ -795,12 +795,12 @@ class Policy(PolicyModel):
         base's budget of the same scope, key and period. The limits it sets
         (``max_usd``, ``max_tokens``) replace the base's, and a limit it
         leaves unset (or sets to None) keeps the base's, so a merge never
-        drops a limit; the other fields it sets to other than their
-        defaults (``warn_at``, ``timezone``) replace the base's, and the rest
-        are the base's. The base's other budgets are kept, the override's new ones
+        drops a limit; the other fields it set explicitly (``warn_at``,
+        ``timezone``) replace the base's, and those it left out are the
+        base's. The base's other budgets are kept, the override's new ones
         added. Every other part merges field by field, and only fields the
-        override sets to other than their defaults count (a cache's
-        ``partition_by`` keeps the scopes of both, see :meth:`Cache.merged`).
+        override set count (a cache's ``partition_by`` keeps the scopes of
+        both, see :meth:`Cache.merged`).
 
         To lift a limit, build the policy anew rather than merge, e.g.
         ``policy.model_copy(update={"budgets": [...]})``.
@@ -808,7 +808,7 @@ class Policy(PolicyModel):
         if not isinstance(override, Policy):
             raise PolicyError(f"cannot merge {type(override).__name__} into Policy")
         result = super().merged(override)
-        if "budgets" not in override._overriding():
+        if "budgets" not in override.model_fields_set:
             return result
         by_ident = {_budget_ident(b): b for b in self.budgets}
         for budget in override.budgets:
@@ -840,8 +840,11 @@ def with_limits_from(budget: Budget, base: Budget) -> Budget:
 
 def _merged_budget(base: Budget, override: Budget) -> Budget:
     """``override`` laid over ``base`` (a budget of the same ident) field by
-    field: the fields the override sets to other than their defaults win; a
-    limit it leaves unset or sets to None keeps the base's (a merge never
-    drops a limit)."""
-    kept = {name: getattr(override, name) for name in override._overriding()}
+    field: the fields the override set explicitly win, save a limit it sets
+    to None, which keeps the base's (a merge never drops a limit)."""
+    kept = {
+        name: getattr(override, name)
+        for name in override.model_fields_set
+        if not (name in _LIMITS and getattr(override, name) is None)
+    }
     return base.model_copy(update=kept) if kept else base

@@ -4,10 +4,10 @@ Each pack is a function that returns a :class:`~governor.policies.Policy`;
 its keyword arguments carry their units in their names and have defaults a
 first deployment can live with. A pack is a starting point: lay your own
 settings over it with :meth:`Policy.merged`, which replaces a pack's budget
-for the same scope, key and period and keeps the others. A pack merged over
-another lays over only its settings that differ from their defaults (its
-``on_cap='wait'`` does not replace the one below's ``'refuse'``); build a
-setting anew with ``model_copy(update={...})`` to take a default::
+for the same scope, key and period and keeps the others. Each pack sets
+explicitly every setting its description names (``on_cap`` included, even
+where it is the default), so a pack merged over another brings its own
+behaviour rather than keeping the one below::
 
     from governor.policies import Budget, Policy, packs
 
