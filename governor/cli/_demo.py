@@ -252,6 +252,8 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     spend = _open_spend(args, spend_target)
     if isinstance(spend, int):
         return spend
+    appending = _has_records(spend)
+    traces_appended = _has_content(Path(args.traces))
     research = _load(examples / "research.py", "governor_demo_research")
     math_tools = _load(examples / "math_tools.py", "governor_demo_math_tools")
     triage = _load(examples / "triage.py", "governor_demo_triage")
@@ -308,7 +310,10 @@ def _demo(args: argparse.Namespace, examples: Path) -> int:
     unwritten = sum(gov.close() for gov in governors)
     lost: int = exporter.lost
     shown = None if unwritten else spend_target
-    _print_table(args, rows, None if lost else traces, shown)
+    held = _count_records(spend) if shown is not None and appending else None
+    _print_table(
+        args, rows, None if lost else traces, shown, _Appended(traces_appended, held)
+    )
     if lost:
         print(
             f"governor demo: {lost} of {exporter.exported} spans could not be "
@@ -408,9 +413,7 @@ def _run_task(
             detail = outcome  # the --json row says what the text line says
     report = agent.last_report
     seconds = time.monotonic() - start
-    hits = f", {report.cache_hits} cache hits" if report.cache_hits else ""
-    calls = f"{report.calls} call{'' if report.calls == 1 else 's'}"
-    _say(args, f"  {outcome}, {calls}{hits}, ${report.cost_usd}")
+    _say(args, f"  {outcome}, {_calls_text(report)}")
     left = report.budget_left_usd
     return _Row(
         agent=label,
@@ -425,6 +428,18 @@ def _run_task(
         refused=report.refused,
         saved_usd=decimal_text(report.saved_usd),
         detail=detail,
+    )
+
+
+def _calls_text(report: Any) -> str:
+    """A task's calls and cost for its progress line: with cache hits, the
+    calls sent and those the cache answered, each with its money."""
+    calls = f"{report.calls} call{'' if report.calls == 1 else 's'}"
+    if not report.cache_hits:
+        return f"{calls}, ${report.cost_usd}"
+    return (
+        f"{calls} sent (${report.cost_usd}), {report.cache_hits} answered from "
+        f"the cache (saved ${report.saved_usd})"
     )
 
 
@@ -459,14 +474,51 @@ def _small_budget(policy: Any) -> Any:
     return Policy(name=f"{policy.name}-small", budgets=[Budget(max_usd="0.001")])
 
 
+@dataclass(frozen=True)
+class _Appended:
+    """What the run added to: whether the traces file held spans before it,
+    and how many calls the spend store holds now if it held some before."""
+
+    traces: bool = False
+    spend_total: int | None = None
+
+
+def _has_content(path: Path) -> bool:
+    """Whether ``path`` is a file with something in it already."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _has_records(store: AnySpendStore) -> bool:
+    """Whether the spend store holds a record already (False if unreadable)."""
+    try:
+        return next(iter(store.query()), None) is not None
+    except Exception:  # only the footer's wording depends on it
+        logging.getLogger(__name__).debug("spend store not read", exc_info=True)
+        return False
+
+
+def _count_records(store: AnySpendStore) -> int | None:
+    """How many calls the spend store holds, or None if it cannot be read."""
+    try:
+        return sum(1 for _ in store.query())
+    except Exception:  # only the footer's wording depends on it
+        logging.getLogger(__name__).debug("spend store not counted", exc_info=True)
+        return None
+
+
 def _print_table(
     args: argparse.Namespace,
     rows: list[_Row],
     traces: Path | None,
     spend: str | None,
+    appended: _Appended | None = None,
 ) -> None:
     """The tasks' table (or JSON); ``traces`` is None when spans were lost,
     ``spend`` when spend records were."""
+    appended = appended or _Appended()
     if args.json:
         written = None if traces is None else str(traces)
         out = {"tasks": [r.__dict__ for r in rows], "traces": written}
@@ -509,7 +561,8 @@ def _print_table(
         if row.detail and row.stop_reason != "completed":
             print(f"\n{row.agent} {row.task_id[:8]} was stopped: {row.detail}")
     if traces is not None:
-        print(f"\nTraces: {traces} (one JSON span per line).")
+        after = ", appended to earlier runs' spans" if appended.traces else ""
+        print(f"\nTraces: {traces} (one JSON span per line{after}).")
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
@@ -521,7 +574,17 @@ def _print_table(
             "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (see docs/tracing/)."
         )
     if spend is not None:
-        print(f"Spend: {spend}; by team and feature: governor report --db {spend}")
+        print(
+            f"Spend: {_spend_text(spend, appended.spend_total)}; by team and "
+            f"feature: governor report --db {spend}"
+        )
+
+
+def _spend_text(spend: str, total: int | None) -> str:
+    """The spend store, and what it holds in all when earlier runs wrote to it."""
+    if total is None:
+        return spend
+    return f"{spend} (appended to earlier runs: it now holds {total} calls in all)"
 
 
 def _summary(rows: list[_Row], total: object) -> str:

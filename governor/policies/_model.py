@@ -58,7 +58,10 @@ SCOPES: tuple[Scope, ...] = (
 ATTRIBUTION_FIELDS = ("team", "feature", "environment", "user", "session", "org")
 """The scopes an Attribution names (every scope but ``task``)."""
 
-_USD = "a non-negative number of US dollars as Decimal, int or str, e.g. '0.50'"
+_USD = (
+    "a non-negative number of US dollars as Decimal, int, str, or a float with "
+    "at most 9 decimal places, e.g. '0.50'"
+)
 _MAX_EXACT = 2**53 - 1
 """The largest whole number a shared ledger stores exactly (a double in Lua)."""
 MAX_BUDGET_USD = Decimal(_MAX_EXACT) / 10**9
