@@ -107,6 +107,7 @@ _MESSAGE_SLACK_TOKENS = 8
 _WARN_MEMORY = 10_000
 _CLOSE_POLL_S = 0.01  # how often close() looks whether calls have settled
 _LAST_WRITE_S = 0.25  # the spend writer's time when close() is out of time
+_LONGEST_CLOSE_S = 86_400.0  # what close(timeout_s=inf) waits at most
 _CLOSE_YIELDS = 3  # turns aclose() gives the loop before it looks
 _POLICY_FIXED = (
     "Governor.policy cannot be replaced: the governor's rate card, budget "
@@ -2785,6 +2786,14 @@ def _import_for_calls(policy: Policy) -> None:
         import governor.cache  # noqa: F401
 
 
+def _close_limit_s(timeout_s: float) -> float:
+    """A close timeout as a wait the clock and the queues can take: NaN and
+    negative ones are 0, infinite or huge ones a day."""
+    if math.isnan(timeout_s) or timeout_s < 0:
+        return 0.0
+    return min(timeout_s, _LONGEST_CLOSE_S)
+
+
 class _TimeLeft:
     """The time a close has left: one deadline for all its stages.
 
@@ -2796,7 +2805,7 @@ class _TimeLeft:
 
     def __init__(self, timeout_s: float | None, deadline: float | None = None) -> None:
         if deadline is None and timeout_s is not None:
-            deadline = time.monotonic() + timeout_s
+            deadline = time.monotonic() + _close_limit_s(timeout_s)
         self.deadline = deadline
 
     def stage_s(self) -> float:

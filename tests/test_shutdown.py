@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -245,3 +247,21 @@ def test_aclose_counts_its_wait_for_calls_against_the_timeout(
     thread.join(5)
     assert ledger.given_s == [0.0]
     assert writer_s == [_LAST_WRITE_S]
+
+
+@pytest.mark.parametrize("timeout_s", [math.inf, 1e300, math.nan, -5.0])
+def test_close_takes_any_timeout_and_writes_the_records(
+    timeout_s: float, tmp_path: Path
+) -> None:
+    """An infinite or huge timeout waits a day at most (it overflowed the
+    writer's queue and left the writer running); NaN and negative ones are 0."""
+    path = tmp_path / "spend.jsonl"
+    gov = governor_with_unsent_settle(str(path))
+    ledger = gov.ledger
+    assert isinstance(ledger, CountingLedger)
+    store = ledger.primary
+    assert isinstance(store, SwitchedStore)
+    store.down = False  # the store answers: the close is quick
+    assert gov.close(timeout_s=timeout_s) == 0
+    assert path.read_text().count("\n") == 1
+    assert "governor-spend-writer" not in [t.name for t in threading.enumerate()]
