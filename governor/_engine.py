@@ -811,16 +811,19 @@ class Governor:
 
     async def _await_calls(self, limit_s: float) -> None:
         """Async form of :meth:`_wait_for_calls`, which also waits for the
-        loop's slot releases (a cancelled call gives its slots back in a
-        task of its own)."""
+        calls other tasks of the loop are making (they go on while this one
+        waits) and the loop's slot releases (a cancelled call gives its
+        slots back in a task of its own)."""
         loop = asyncio.get_running_loop()
         here = threading.get_ident()
+        closing = asyncio.current_task()
+        but_task = None if closing is None else id(closing)
         for _ in range(_CLOSE_YIELDS):  # cancelled calls start settling
             await asyncio.sleep(0)
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline and (
             self._settling
-            or self._leases.open_calls(other_than=here)
+            or self._leases.open_calls(other_than=here, but_task=but_task)
             or releasing_on(loop)
         ):
             await asyncio.sleep(_CLOSE_POLL_S)

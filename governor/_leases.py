@@ -15,6 +15,7 @@ renewing them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -41,8 +42,9 @@ class LeaseKeeper:
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
-        # Each open call, with the thread it was admitted on.
-        self._open: weakref.WeakKeyDictionary[Admission, int] = (
+        # Each open call, with the thread it was admitted on and the id of
+        # the asyncio task that made it (None outside one).
+        self._open: weakref.WeakKeyDictionary[Admission, tuple[int, int | None]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -56,7 +58,7 @@ class LeaseKeeper:
         """Watch an admitted call until :meth:`discard`."""
         every_s = admission.task.policy.hold_ttl_s * _RENEW_FRACTION
         with self._lock:
-            self._open[admission] = threading.get_ident()
+            self._open[admission] = (threading.get_ident(), _asyncio_task())
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="governor-leases", daemon=True
@@ -74,13 +76,24 @@ class LeaseKeeper:
                 # would hold the ledger (and its connections) that long.
                 self._wake.set()
 
-    def open_calls(self, *, other_than: int | None = None) -> int:
-        """How many admitted calls are not settled yet; with ``other_than``,
-        only those admitted on other threads than that one."""
+    def open_calls(
+        self, *, other_than: int | None = None, but_task: int | None = None
+    ) -> int:
+        """How many admitted calls are not settled yet.
+
+        With ``other_than``, only those admitted on other threads than that
+        one, and, given ``but_task`` (an asyncio task's id), also that
+        thread's calls made by other asyncio tasks, which go on while that
+        task waits.
+        """
         with self._lock:
             if other_than is None:
                 return len(self._open)
-            return sum(1 for thread in self._open.values() if thread != other_than)
+            return sum(
+                1
+                for thread, task in self._open.values()
+                if thread != other_than or task not in (None, but_task)
+            )
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's calls, thread and locks.
@@ -139,3 +152,11 @@ class LeaseKeeper:
                     "expires after hold_ttl_s unless a later renewal works",
                     exc_info=True,
                 )
+
+
+def _asyncio_task() -> int | None:
+    """The id of the asyncio task running here, or None outside one."""
+    if asyncio._get_running_loop() is None:  # a sync call: no exception cost
+        return None
+    task = asyncio.current_task()
+    return None if task is None else id(task)

@@ -265,3 +265,33 @@ def test_close_takes_any_timeout_and_writes_the_records(
     assert gov.close(timeout_s=timeout_s) == 0
     assert path.read_text().count("\n") == 1
     assert "governor-spend-writer" not in [t.name for t in threading.enumerate()]
+
+
+def test_aclose_waits_for_a_call_another_task_of_the_loop_is_making(
+    tmp_path: Path,
+) -> None:
+    """A call awaited by another asyncio task goes on while aclose waits: its
+    spend record is written, not lost as a call of the closing thread."""
+    import asyncio
+
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(Policy(), spend=str(path))
+    request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=20)
+
+    async def slow_call(begun: asyncio.Event) -> None:
+        with gov.task(team="search"):
+            admission = gov.begin_call(request)
+            begun.set()
+            await asyncio.sleep(0.3)  # the provider answering
+            gov.end_call(admission, CallResult(usage=USAGE))
+
+    async def main() -> int:
+        begun = asyncio.Event()
+        call = asyncio.create_task(slow_call(begun))
+        await begun.wait()
+        lost = await gov.aclose(timeout_s=5)
+        await call
+        return lost
+
+    assert asyncio.run(main()) == 0
+    assert path.read_text().count("\n") == 1
