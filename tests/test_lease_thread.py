@@ -15,21 +15,21 @@ from governor.stores import MemoryLedger
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
 
 
-def lease_threads() -> int:
-    return sum(t.name == "governor-leases" for t in threading.enumerate())
+def renewer(gov: Governor) -> threading.Thread | None:
+    """The governor's own lease thread, if it has one."""
+    return gov._leases._thread
 
 
-def wait_until_no_lease_thread(limit_s: float = 10.0) -> int:
-    """Hang guard: the count once it reaches 0, or after ``limit_s``."""
-    deadline = time.monotonic() + limit_s
-    while lease_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return lease_threads()
+def ended(thread: threading.Thread | None, limit_s: float = 10.0) -> bool:
+    """Hang guard: whether ``thread`` ends within ``limit_s``."""
+    if thread is not None:
+        thread.join(limit_s)
+    return thread is None or not thread.is_alive()
 
 
 def test_no_lease_thread_outlives_the_calls_of_closed_governors() -> None:
-    assert wait_until_no_lease_thread() == 0  # none left by earlier tests
     ledgers: list[weakref.ref[MemoryLedger]] = []
+    threads: list[threading.Thread | None] = []
     for _ in range(5):
         ledger = MemoryLedger()
         ledgers.append(weakref.ref(ledger))
@@ -37,8 +37,10 @@ def test_no_lease_thread_outlives_the_calls_of_closed_governors() -> None:
             GovernedLiteLLM(gov).completion(
                 model="gpt-4o-mini", messages=MESSAGES, mock_response="Lima"
             )
+            threads.append(renewer(gov))
         del gov, ledger
-    assert wait_until_no_lease_thread() == 0
+    assert [thread is not None for thread in threads] == [True] * 5
+    assert [ended(thread) for thread in threads] == [True] * 5
     gc.collect()  # a governor's own reference cycles
     assert [ref() for ref in ledgers] == [None] * 5
 
@@ -52,8 +54,11 @@ def test_a_call_still_open_keeps_its_renewer() -> None:
             model="gpt-4o-mini", messages=MESSAGES, mock_response="Lima", stream=True
         )
         next(iter(stream))
-        assert lease_threads() == 1
+        thread = renewer(gov)
+        time.sleep(0.1)
+        assert thread is not None
+        assert thread.is_alive()
         for _ in stream:
             pass
-    assert wait_until_no_lease_thread() == 0
+    assert ended(thread)
     gov.close()
