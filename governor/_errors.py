@@ -233,8 +233,7 @@ class BudgetExceeded(GovernorHalt):
         message = (
             f"budget {scope} ({unit}) would be exceeded by a call to {model!r}: "
             f"needs up to {decimal_text(self.requested)} {unit} (the most it "
-            f"can cost: its prompt and max_tokens), {self._room_text()}. The "
-            "call was not sent. "
+            f"can cost), {self._room_text()}. The call was not sent. "
             f"{note}{advice or _budget_advice(unit)}"
         )
         super().__init__(

@@ -334,7 +334,7 @@ def test_a_refusal_message_keeps_held_room_and_never_a_negative_left() -> None:
         requested=Decimal(5),
         model="m1",
     )
-    assert "5 tokens, nothing left of 100 (spent 90, reserved by calls in " in str(
+    assert "5 tokens (the most it can cost), nothing left of 100 (spent 90, " in str(
         error
     )
     assert error.in_flight_only is True

@@ -284,7 +284,7 @@ def test_amounts_print_without_exponent() -> None:
     error = _budget_refusal()
     assert str(error) == (
         "budget task:t-1 (usd) would be exceeded by a call to 'gpt-4o-mini': "
-        "needs up to 0.000025 usd (the most it can cost: its prompt and max_tokens), "
+        "needs up to 0.000025 usd (the most it can cost), "
         "0.000015 left of 200 (spent 199.99998, "
         "reserved by calls in flight 0.000005). The call was not sent. "
         f"{USD_ADVICE}"
@@ -307,8 +307,7 @@ def test_tiny_amounts_print_without_exponent() -> None:
         model="gpt-4o-mini",
     )
     assert (
-        "needs up to 0.00000015 usd (the most it can cost: its prompt and "
-        "max_tokens), 0.0000001 left of 0.000001 "
+        "needs up to 0.00000015 usd (the most it can cost), 0.0000001 left of 0.000001 "
     ) in str(error)
     assert "(spent 0.0000009, " in str(error)
     assert "E-" not in str(error)
@@ -358,7 +357,7 @@ def test_usd_budget_of_200_refusal_prints_200() -> None:
     error = _refuse(policy, request, "t-200")
     assert str(error) == (
         "budget task:t-200 (usd) would be exceeded by a call to 'acme/big': "
-        "needs up to 500 usd (the most it can cost: its prompt and max_tokens), "
+        "needs up to 500 usd (the most it can cost), "
         "200 left of 200 (spent 0, reserved by calls in "
         f"flight 0). The call was not sent. {USD_ADVICE}"
     )
@@ -386,7 +385,7 @@ def test_token_budget_refusal_advises_token_remedies() -> None:
     assert error.unit == "tokens"
     assert str(error) == (
         "budget task:t-tok (tokens) would be exceeded by a call to 'acme/big': "
-        "needs up to 520 tokens (the most it can cost: its prompt and max_tokens), "
+        "needs up to 520 tokens (the most it can cost), "
         "100 left of 100 (spent 0, reserved by calls in "
         f"flight 0). The call was not sent. {TOKEN_ADVICE}"
     )
