@@ -1780,14 +1780,18 @@ class Governor:
         """The cache partition of a call, or None when it must skip the cache.
 
         A call outside any task while tasks are open (a worker thread that
-        did not inherit its task) that names none of the scopes the cache
-        partitions by would share one empty partition with every such call,
-        whatever tenant it serves: it is neither served nor stored.
+        did not inherit its task), or inside another governor's task (whose
+        tenant this governor does not charge it to), that names none of the
+        scopes the cache partitions by would share one empty partition with
+        every such call, whatever tenant it serves: it is neither served nor
+        stored.
         """
         values = self.scope_values_for(request)
         if not settings.partition_by or any(s in values for s in settings.partition_by):
             return values
         joined = self._joined_task(request)
+        if joined is None and _CURRENT.get() is not None:
+            return None  # another governor's task; its warning is logged once
         orphan = joined.extras.get("orphan") if joined is not None else True
         if self._open_tasks and orphan:
             self._warn_orphan_call()
@@ -1821,7 +1825,9 @@ class Governor:
             logger.warning(
                 "a task or call of governor %r started inside task %s of another "
                 "governor (%r): it is governed by its own governor alone, not "
-                "counted in that task nor held to its budgets. Make the calls "
+                "counted in that task nor held to its budgets, and a call of it "
+                "that names no tenant its response cache partitions by is "
+                "neither served from nor stored in that cache. Make the calls "
                 "through the governor that opened the task (one Governor per "
                 "process is the usual setup). Logged once.",
                 self.policy.name,

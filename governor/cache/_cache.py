@@ -124,7 +124,8 @@ class Stored:
     Attributes:
         stored: True when the answer was stored.
         reason: why it was not, or None: ``"not_storable"``, ``"too_long"``,
-            ``"store_error"``, or ``"unsupported_message"`` (not a plain
+            ``"store_error"``, ``"empty_answer"`` (no text, or white space
+            only), or ``"unsupported_message"`` (not a plain
             ``{"role": "assistant", "content": "<text>"}`` answer, e.g. one
             with tool calls).
         embedding_cost_usd: what embedding the question cost here (only when
@@ -329,7 +330,7 @@ class ResponseCache:
             miss: the :class:`CacheMiss` that :meth:`lookup` returned.
             message: the assistant message, ``{"role": "assistant",
                 "content": "<text>"}``; any other (tool calls, other
-                fields) is not stored.
+                fields) is not stored, nor is an empty or blank text.
             model: the model that answered.
             cost_usd: what the answer cost; reported as saved on later hits.
             input_tokens: prompt tokens of the call.
@@ -345,7 +346,10 @@ class ResponseCache:
             return Stored(False, "not_storable")
         if message_problem(dict(message)) is not None:
             return Stored(False, "unsupported_message")
-        if len(message_text(dict(message))) > self.policy.max_answer_chars:
+        text = message_text(dict(message))
+        if not text.strip():  # a provider's glitch, not an answer to serve again
+            return Stored(False, "empty_answer")
+        if len(text) > self.policy.max_answer_chars:
             return Stored(False, "too_long")
         if time.monotonic() < self._down_until:
             return Stored(False, "store_error")

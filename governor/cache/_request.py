@@ -201,9 +201,7 @@ def build_keys(
             _tools_part(kept) if options.scope_by_tools else "",
             _context_part(canon, last_user) if options.scope_by_context else "",
             {k: v for k, v in kept.items() if k not in _SAMPLING_PARAMS | _TOOL_PARAMS},
-            # Who asks ("name" on the message): "what is my balance?" from
-            # alice is not bob's question, as the exact key already says.
-            canon[last_user].get("name") if last_user is not None else None,
+            _asker_part(canon[last_user]) if last_user is not None else None,
         ]
     )
     if reason is None and not read and not write:
@@ -211,22 +209,43 @@ def build_keys(
     return CacheKeys(exact, scope, query, reason, skip, read, write, text)
 
 
+def _asker_part(asking: Mapping[str, Any]) -> Any:
+    """What the asking message brings besides its text: who asks ("name":
+    "what is my balance?" from alice is not bob's question) and what comes
+    with the question (an Ollama-style ``images`` list, a ``file_id``), as the
+    exact key already says. A message with no field but ``name`` keys as its
+    name alone, as it always has."""
+    fields = {k: v for k, v in asking.items() if k not in ("role", "content")}
+    return fields.get("name") if fields.keys() <= {"name"} else fields
+
+
 def _uncacheable(
     canon: list[dict[str, Any]], params: Mapping[str, Any], options: KeyOptions
 ) -> str | None:
     bound = options.max_temperature
-    if bound is not None and _too_hot(params.get("temperature"), bound):
+    if bound is not None and any(
+        _too_hot(value, bound) for value in _given(params, "temperature")
+    ):
         return "temperature"
-    if params.get("logprobs") or params.get("top_logprobs"):
+    if any(_given(params, "logprobs")) or any(_given(params, "top_logprobs")):
         return "logprobs"  # a cached answer has no log probabilities to replay
     if not canon:
         return "no_messages"
     last = canon[-1]
     if last["role"] in _TOOL_ROLES or (
-        last["role"] == "assistant" and last.get("tool_calls")
+        last["role"] == "assistant"
+        and (last.get("tool_calls") or last.get("function_call"))
     ):
-        return "pending_tool"
+        return "pending_tool"  # a legacy function_call waits for its result too
     return None
+
+
+def _given(params: Mapping[str, Any], name: str) -> list[Any]:
+    """The values given for ``name``, at the top level or in ``extra_body``
+    (merged into the body sent, so the provider obeys it as well)."""
+    body = params.get("extra_body")
+    places = (params, body) if isinstance(body, Mapping) else (params,)
+    return [place[name] for place in places if place.get(name) is not None]
 
 
 def _too_hot(temperature: Any, bound: float) -> bool:
