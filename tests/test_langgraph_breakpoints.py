@@ -159,6 +159,42 @@ def test_stream_and_batch_breakpoints_pause_as_interrupted() -> None:
     assert [r.stop_reason for r in paused.reports] == ["interrupted"] * 2
 
 
+def test_a_reader_that_stops_at_the_pause_leaves_it_interrupted() -> None:
+    """The usual approval loop breaks at the ``__interrupt__`` update: the
+    thread is paused, so the run is interrupted, not closed; a reader that
+    stops before the pause did cut the run off."""
+    agent = govern(_graph(interrupt_after=["a"]), Policy())
+    for chunk in agent.stream({"out": []}, _thread("t8"), stream_mode="updates"):
+        if "__interrupt__" in chunk:
+            break
+    assert agent.last_report is not None
+    assert agent.last_report.stop_reason == "interrupted"
+    assert agent.get_state(_thread("t8")).next == ("b",)
+
+    modes = agent.stream({"out": []}, _thread("t9"), stream_mode=["updates"])
+    for _mode, chunk in modes:
+        if "__interrupt__" in chunk:
+            break
+    modes.close()
+    assert agent.last_report.stop_reason == "interrupted"
+
+    early = agent.stream({"out": []}, _thread("t10"), stream_mode="updates")
+    next(early)  # node a's update: the run goes on after it
+    early.close()
+    assert agent.last_report.stop_reason == "closed"
+
+
+async def test_an_async_reader_that_stops_at_the_pause_leaves_it_interrupted() -> None:
+    agent = govern(_graph(sync_only=False, interrupt_before=["b"]), Policy())
+    stream = agent.astream({"out": []}, _thread("t11"), stream_mode="updates")
+    async for chunk in stream:
+        if "__interrupt__" in chunk:
+            break
+    await stream.aclose()
+    assert agent.last_report is not None
+    assert agent.last_report.stop_reason == "interrupted"
+
+
 def test_thread_id_with_hash_is_an_escaped_session() -> None:
     """``a#b`` runs as session ``a%23b``, which a session budget keyed so
     applies to; a session given in the metadata is still checked strictly."""

@@ -368,13 +368,16 @@ class GovernedGraph:
         # Open while the reader holds the stream: nodes run between reads.
         scope = InterruptScope(_end_interrupted, (task,))
         scope.open()
+        last: Any = None
         try:
             inner = self.graph.stream(input, config, **kwargs)
-            yield from _with_task(task, inner)
+            for last in _with_task(task, inner):
+                yield last
             completed = True
             if _breakpoints_set(self.graph, kwargs):
                 _note_pause(task, _paused_at(self.graph, config))
         except GeneratorExit:  # the reader stopped before the run ended
+            _note_pause(task, _announces_pause(last))
             task.stop_reason = task.stop_reason or _CLOSED
             raise
         except BaseException as exc:
@@ -414,6 +417,7 @@ class GovernedGraph:
         task, bound = self._start(config, is_async=True)
         items = _awith_task(task, source(bound))
         completed = False
+        item: Any = None
         try:
             async for item in items:
                 yield item
@@ -421,6 +425,7 @@ class GovernedGraph:
             if _breakpoints_set(self.graph, kwargs):
                 _note_pause(task, await _apaused_at(self.graph, bound))
         except GeneratorExit:  # the reader stopped before the run ended
+            _note_pause(task, _announces_pause(item))
             task.stop_reason = task.stop_reason or _CLOSED
             raise
         except BaseException as exc:  # an error, or the reader was cancelled
@@ -1908,6 +1913,19 @@ def _state_unread(error: Exception) -> None:
         type(error).__name__,
         error,
     )
+
+
+def _announces_pause(item: Any) -> bool:
+    """Whether a streamed item is LangGraph's ``__interrupt__`` update, the
+    last a run sends when it pauses (a breakpoint, ``interrupt()``): a
+    reader that stops there leaves the thread paused, not cut off.
+
+    The update is a mapping, alone or as the last part of a tuple (a
+    subgraph's namespace, the stream mode).
+    """
+    if isinstance(item, tuple) and item:
+        item = item[-1]
+    return isinstance(item, Mapping) and "__interrupt__" in item
 
 
 def _note_pause(task: Task, paused: bool | None) -> None:
