@@ -225,7 +225,6 @@ def test_aclose_counts_its_wait_for_calls_against_the_timeout(
     """A call another thread never ends uses up aclose's time: the store
     then gets none of it, not a fresh timeout."""
     import asyncio
-    import threading
 
     gov, ledger, writer_s = slow_governor(tmp_path)
     request = CallRequest(model="gpt-4o-mini", messages=MESSAGES, max_output_tokens=20)
@@ -262,9 +261,12 @@ def test_close_takes_any_timeout_and_writes_the_records(
     store = ledger.primary
     assert isinstance(store, SwitchedStore)
     store.down = False  # the store answers: the close is quick
+    recorder = gov.recorder
+    assert recorder is not None
     assert gov.close(timeout_s=timeout_s) == 0
     assert path.read_text().count("\n") == 1
-    assert "governor-spend-writer" not in [t.name for t in threading.enumerate()]
+    recorder._thread.join(10)  # hang guard
+    assert not recorder._thread.is_alive()
 
 
 def test_aclose_waits_for_a_call_another_task_of_the_loop_is_making(
