@@ -817,13 +817,12 @@ class Governor:
         loop = asyncio.get_running_loop()
         here = threading.get_ident()
         closing = asyncio.current_task()
-        but_task = None if closing is None else id(closing)
         for _ in range(_CLOSE_YIELDS):  # cancelled calls start settling
             await asyncio.sleep(0)
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline and (
             self._settling
-            or self._leases.open_calls(other_than=here, but_task=but_task)
+            or self._leases.open_calls(other_than=here, but_task=closing)
             or releasing_on(loop)
         ):
             await asyncio.sleep(_CLOSE_POLL_S)

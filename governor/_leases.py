@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from governor._forks import start_over_in_children
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from governor._calls import Admission
 
 __all__ = ["LeaseKeeper"]
+
+# The asyncio task that made a call, held weakly; None outside one.
+_TaskRef: TypeAlias = "weakref.ref[asyncio.Task[Any]] | None"
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +45,9 @@ class LeaseKeeper:
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
-        # Each open call, with the thread it was admitted on and the id of
-        # the asyncio task that made it (None outside one).
-        self._open: weakref.WeakKeyDictionary[Admission, tuple[int, int | None]] = (
+        # Each open call, with the thread it was admitted on and the asyncio
+        # task that made it (held weakly; None outside one).
+        self._open: weakref.WeakKeyDictionary[Admission, tuple[int, _TaskRef]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -77,22 +80,24 @@ class LeaseKeeper:
                 self._wake.set()
 
     def open_calls(
-        self, *, other_than: int | None = None, but_task: int | None = None
+        self, *, other_than: int | None = None, but_task: object = None
     ) -> int:
         """How many admitted calls are not settled yet.
 
         With ``other_than``, only those admitted on other threads than that
-        one, and, given ``but_task`` (an asyncio task's id), also that
-        thread's calls made by other asyncio tasks, which go on while that
-        task waits.
+        one, and, given ``but_task`` (an asyncio task), also that thread's
+        calls whose own asyncio task is still running and is not that one:
+        they go on while it waits. A stream whose task has returned it is
+        held by whoever reads it, perhaps the waiting task itself, so it is
+        not counted.
         """
         with self._lock:
             if other_than is None:
                 return len(self._open)
             return sum(
                 1
-                for thread, task in self._open.values()
-                if thread != other_than or task not in (None, but_task)
+                for thread, ref in self._open.values()
+                if thread != other_than or _runs_besides(ref, but_task)
             )
 
     def _forget_parent(self) -> None:
@@ -154,9 +159,15 @@ class LeaseKeeper:
                 )
 
 
-def _asyncio_task() -> int | None:
-    """The id of the asyncio task running here, or None outside one."""
+def _asyncio_task() -> weakref.ref[asyncio.Task[Any]] | None:
+    """The asyncio task running here, held weakly, or None outside one."""
     if asyncio._get_running_loop() is None:  # a sync call: no exception cost
         return None
     task = asyncio.current_task()
-    return None if task is None else id(task)
+    return None if task is None else weakref.ref(task)
+
+
+def _runs_besides(ref: weakref.ref[asyncio.Task[Any]] | None, other: object) -> bool:
+    """Whether ``ref``'s task is still running and is not ``other``."""
+    task = None if ref is None else ref()
+    return task is not None and task is not other and not task.done()

@@ -297,3 +297,35 @@ def test_aclose_waits_for_a_call_another_task_of_the_loop_is_making(
 
     assert asyncio.run(main()) == 0
     assert path.read_text().count("\n") == 1
+
+
+def test_aclose_does_not_wait_for_a_stream_the_closing_task_holds() -> None:
+    """A stream another task opened and handed back (create_task, wait_for)
+    is read by the closing task alone: waiting for it would take the whole
+    timeout for nothing."""
+    import asyncio
+
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    gov = Governor(Policy())
+    llm = GovernedLiteLLM(gov)
+
+    async def main() -> float:
+        stream = await asyncio.create_task(
+            llm.acompletion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                stream=True,
+                mock_response="hello world there",
+                max_tokens=10,
+            )
+        )
+        async for _chunk in stream:
+            break  # held open, unread
+        start = time.monotonic()
+        await gov.aclose(timeout_s=30)
+        waited = time.monotonic() - start
+        await stream.aclose()
+        return waited
+
+    assert asyncio.run(main()) < 10  # hang guard: it waited the 30 s before
