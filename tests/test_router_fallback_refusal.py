@@ -11,6 +11,7 @@ from that error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
@@ -223,3 +224,41 @@ def test_concurrent_blocks_keep_their_own_refusals(server: StubServer) -> None:
         names = asyncio.run(_refused_and_failed(router, server))
     gov.close()
     assert names == ["BudgetExceeded", "InternalServerError"] * 2
+
+
+def test_a_refusal_the_block_caught_is_not_raised_for_a_later_error() -> None:
+    """Code inside the block that catches a refusal and moves on gets its
+    own later errors as themselves, in this task and in the tasks it runs."""
+    gov = Governor(Policy(budgets=[Budget(max_usd=TIGHT_USD)]))
+    llm = litellm_client(gov)
+
+    def refused() -> None:
+        with contextlib.suppress(BudgetExceeded):  # handled: answered otherwise
+            llm.completion(
+                model="gpt-4o", messages=MESSAGES, max_tokens=1000, mock_response="x"
+            )
+
+    with pytest.raises(KeyError), gov.task(), raise_refusals():
+        refused()
+        {}["missing"]
+
+    async def in_tasks() -> None:
+        async def fails() -> None:
+            await asyncio.sleep(0.01)
+            raise ValueError("unrelated")
+
+        async def handles() -> None:
+            refused()
+
+        with raise_refusals():
+            await asyncio.gather(handles(), fails())
+
+    with pytest.raises(ValueError, match="unrelated"), gov.task():
+        asyncio.run(in_tasks())
+    gov.close()
+
+
+def litellm_client(gov: Governor) -> Any:
+    from governor.adapters.litellm import GovernedLiteLLM
+
+    return GovernedLiteLLM(gov)

@@ -49,9 +49,12 @@ def raise_refusals() -> Iterator[None]:
     If a governed call inside the block was refused (``BudgetExceeded``,
     ``LoopDetected``, ``ScopeBlocked``, ``SlotUnavailable``, any
     ``GovernorError``) and the block then raises an error that is not a
-    ``GovernorError`` (the Router's provider error), the last refusal is
-    raised instead, chained from that error (its ``__cause__``), so
-    ``except BudgetExceeded`` catches it and the traceback shows both. An
+    ``GovernorError`` but hides that refusal (the Router's provider error,
+    which quotes it or has it among its causes), the refusal is raised
+    instead, chained from that error (its ``__cause__``), so ``except
+    BudgetExceeded`` catches it and the traceback shows both. A refusal
+    the block's code caught and moved past is not raised for a later,
+    unrelated error. An
     answer, an error with no refusal before it, and a refusal raised as
     itself pass through unchanged. Works the same around ``await``.
     """
@@ -62,8 +65,35 @@ def raise_refusals() -> Iterator[None]:
     except GovernorError:
         raise
     except Exception as exc:
-        if not seen:
+        hidden = _hidden_in(exc, seen)
+        if hidden is None:
             raise
-        raise seen[-1] from exc
+        raise hidden from exc
     finally:
         _REFUSALS.reset(token)
+
+
+# Enough of a refusal's message to know it in the text of the error that
+# hides it (LiteLLM's Router quotes the fallback's error in its own).
+_QUOTED_CHARS = 60
+# How deep the causes of an error are searched for a refusal.
+_CHAIN_MOST = 16
+
+
+def _hidden_in(
+    error: BaseException, refusals: list[GovernorError]
+) -> GovernorError | None:
+    """The latest refusal that ``error`` hides: one in its chain of causes,
+    or one its text (or a cause's) quotes. A refusal the caller caught and
+    moved past is in neither, so an unrelated error is raised as itself."""
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and len(chain) < _CHAIN_MOST and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    texts = [str(link) for link in chain]
+    for refusal in reversed(refusals):
+        quoted = str(refusal)[:_QUOTED_CHARS]
+        if refusal in chain or any(quoted in text for text in texts):
+            return refusal
+    return None
