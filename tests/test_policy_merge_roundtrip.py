@@ -80,6 +80,22 @@ def test_policy_show_set_only_merges_like_the_original(
     assert base.merged(shown) == base.merged(override)
 
 
+@pytest.mark.parametrize("pack", PACK_NAMES)
+def test_every_pack_printed_set_only_reads_back_equal(
+    pack: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cascade's checks keep their kind, which tells them apart."""
+    capsys.readouterr()
+    assert main(["policy", "show", "--set-only", f"pack:{pack}"]) == 0
+    shown = tmp_path / "shown.json"
+    shown.write_text(capsys.readouterr().out, encoding="utf-8")
+    read_back = load_policy(str(shown))
+    assert read_back == PACKS[pack]()
+    assert PACKS["production"]().merged(read_back) == PACKS["production"]().merged(
+        PACKS[pack]()
+    )
+
+
 def test_a_read_back_override_keeps_the_packs_runaway_ceilings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

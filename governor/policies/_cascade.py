@@ -59,7 +59,18 @@ _DAY_S = 86_400.0
 """The longest wait a retry setting may ask for."""
 
 
-class NonEmptyCheck(PolicyModel):
+class _CheckModel(PolicyModel):
+    """A check: its ``kind`` always counts as set, since it tells the checks
+    apart when read back (a policy printed with only the fields it sets
+    would lose it, and its checks could not be read again)."""
+
+    @model_validator(mode="after")
+    def _kind_is_set(self) -> Self:
+        self.model_fields_set.add("kind")
+        return self
+
+
+class NonEmptyCheck(_CheckModel):
     """Reject an answer whose stripped text is shorter than ``min_chars``."""
 
     kind: Literal["non_empty"] = Field(
@@ -68,7 +79,7 @@ class NonEmptyCheck(PolicyModel):
     min_chars: int = Field(default=1, ge=1, description="a positive character count")
 
 
-class NotRefusalCheck(PolicyModel):
+class NotRefusalCheck(_CheckModel):
     """Reject an answer that opens like a refusal ("I can't help with that")."""
 
     kind: Literal["not_refusal"] = Field(
@@ -81,7 +92,7 @@ class NotRefusalCheck(PolicyModel):
     )
 
 
-class JsonCheck(PolicyModel):
+class JsonCheck(_CheckModel):
     """Accept only an answer that parses as JSON and, if given, fits a schema.
 
     The schema support is a documented subset of JSON Schema (see
@@ -115,7 +126,7 @@ class JsonCheck(PolicyModel):
         return value
 
 
-class AgreementCheck(PolicyModel):
+class AgreementCheck(_CheckModel):
     """Accept an answer that enough other samples agree with.
 
     The other samples are the answer's own extra choices (a tier sampled with
@@ -142,7 +153,7 @@ class AgreementCheck(PolicyModel):
     )
 
 
-class JudgeCheck(PolicyModel):
+class JudgeCheck(_CheckModel):
     """Accept an answer a judge scores at least ``min_score``."""
 
     kind: Literal["judge"] = Field(default="judge", description="the literal 'judge'")
@@ -154,7 +165,7 @@ class JudgeCheck(PolicyModel):
     min_score: float = Field(description="the lowest accepted score, e.g. 7.0")
 
 
-class LogprobCheck(PolicyModel):
+class LogprobCheck(_CheckModel):
     """Accept an answer whose mean token log-probability is high enough."""
 
     kind: Literal["logprob"] = Field(
@@ -169,7 +180,7 @@ class LogprobCheck(PolicyModel):
     )
 
 
-class MatchCheck(PolicyModel):
+class MatchCheck(_CheckModel):
     """Accept an answer that a regular expression finds (or does not find)."""
 
     kind: Literal["match"] = Field(default="match", description="the literal 'match'")
@@ -188,7 +199,7 @@ class MatchCheck(PolicyModel):
         return value
 
 
-class PythonCodeCheck(PolicyModel):
+class PythonCodeCheck(_CheckModel):
     """Accept an answer whose Python code parses (fenced blocks, else the text)."""
 
     kind: Literal["python"] = Field(
@@ -199,7 +210,7 @@ class PythonCodeCheck(PolicyModel):
     )
 
 
-class CallableCheck(PolicyModel):
+class CallableCheck(_CheckModel):
     """Any user check: a callable taking (answer, history) and returning a result."""
 
     kind: Literal["callable"] = Field(
@@ -211,7 +222,7 @@ class CallableCheck(PolicyModel):
     )
 
 
-class AnyOfCheck(PolicyModel):
+class AnyOfCheck(_CheckModel):
     """Accept an answer that passes at least one of the inner checks."""
 
     kind: Literal["any_of"] = Field(
