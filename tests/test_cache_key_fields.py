@@ -101,6 +101,28 @@ def test_the_asking_messages_other_fields_keep_semantic_scopes_apart() -> None:
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"id": "m1"},
+        {"timestamp": "2026-12-06T10:00:00Z"},
+        {"cache_control": {"type": "ephemeral"}},
+        {"name": None},
+        {"name": ""},
+    ],
+)
+def test_fields_that_change_per_request_keep_one_semantic_scope(
+    fields: dict[str, Any],
+) -> None:
+    """A message id (LangGraph gives every message one), a timestamp or a
+    provider's cache marker is not the question: the same question with or
+    without it is still served from the cache."""
+    assert scope(picture(**fields)) == scope(picture())
+    if "name" not in fields:
+        with_name = scope(picture(name="alice", **fields))
+        assert with_name == scope(picture(name="alice"))
+
+
+@pytest.mark.parametrize(
     ("body", "reason"),
     [
         ({"temperature": 1.9}, "temperature"),
@@ -134,7 +156,7 @@ def test_parameters_in_extra_body_are_held_to_the_cacheable_rules(
     assert (len(provider.sent), task.report().cache_hits) == (3, 1)
 
 
-@pytest.mark.parametrize("empty", ["", "  \n\t "])
+@pytest.mark.parametrize("empty", ["", "  \n\t ", "\u200b", " \ufeff\u2060 "])
 def test_an_empty_answer_is_not_stored(empty: str) -> None:
     """A provider's empty answer is not served to later requests, exact or
     semantic; the store says why it kept nothing."""

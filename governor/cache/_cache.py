@@ -124,8 +124,9 @@ class Stored:
     Attributes:
         stored: True when the answer was stored.
         reason: why it was not, or None: ``"not_storable"``, ``"too_long"``,
-            ``"store_error"``, ``"empty_answer"`` (no text, or white space
-            only), or ``"unsupported_message"`` (not a plain
+            ``"store_error"``, ``"empty_answer"`` (no text, or only white
+            space and invisible characters), or ``"unsupported_message"``
+            (not a plain
             ``{"role": "assistant", "content": "<text>"}`` answer, e.g. one
             with tool calls).
         embedding_cost_usd: what embedding the question cost here (only when
@@ -347,7 +348,7 @@ class ResponseCache:
         if message_problem(dict(message)) is not None:
             return Stored(False, "unsupported_message")
         text = message_text(dict(message))
-        if not text.strip():  # a provider's glitch, not an answer to serve again
+        if not _visible(text):  # a provider's glitch, not an answer to serve
             return Stored(False, "empty_answer")
         if len(text) > self.policy.max_answer_chars:
             return Stored(False, "too_long")
@@ -689,3 +690,9 @@ def _rivalled(matches: list[tuple[CacheEntry, float]], margin: float) -> bool:
         and normalize_query(entry.query or "").casefold() != same
         for entry, score in matches[1:]
     )
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` shows anything: not only white space and invisible
+    characters (a zero-width space, a byte-order mark)."""
+    return any(char.isprintable() and not char.isspace() for char in text)

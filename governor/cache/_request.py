@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from governor._calls import message_fields
 
@@ -215,8 +215,30 @@ def _asker_part(asking: Mapping[str, Any]) -> Any:
     with the question (an Ollama-style ``images`` list, a ``file_id``), as the
     exact key already says. A message with no field but ``name`` keys as its
     name alone, as it always has."""
-    fields = {k: v for k, v in asking.items() if k not in ("role", "content")}
+    fields = {
+        k: v
+        for k, v in asking.items()
+        if k not in _NOT_THE_QUESTION and v not in (None, "")
+    }
     return fields.get("name") if fields.keys() <= {"name"} else fields
+
+
+# Fields of a message that change with every request, or only tell a
+# provider how to bill it, not what is asked: a LangGraph message's id, a
+# timestamp, Anthropic's cache_control marker.
+_NOT_THE_QUESTION: Final = frozenset(
+    {
+        "role",
+        "content",
+        "id",
+        "message_id",
+        "timestamp",
+        "created",
+        "created_at",
+        "cache_control",
+        "metadata",
+    }
+)
 
 
 def _uncacheable(
