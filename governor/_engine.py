@@ -2797,9 +2797,13 @@ def _import_for_calls(policy: Policy) -> None:
 def _close_limit_s(timeout_s: float) -> float:
     """A close timeout as a wait the clock and the queues can take: NaN and
     negative ones are 0, infinite or huge ones a day."""
-    if math.isnan(timeout_s) or timeout_s < 0:
+    try:
+        seconds = float(timeout_s)
+    except OverflowError:  # an int past a float's range: a very long time
+        seconds = math.inf
+    if math.isnan(seconds) or seconds < 0:
         return 0.0
-    return min(timeout_s, _LONGEST_CLOSE_S)
+    return min(seconds, _LONGEST_CLOSE_S)
 
 
 class _TimeLeft:

@@ -126,7 +126,10 @@ def test_a_second_demo_says_it_appended_and_what_the_store_holds(
         held = sum(1 for _ in store.query())
     finally:
         store.close()
-    assert f"appended to earlier runs: it now holds {held} calls in all" in second
+    assert (
+        f"appended to earlier runs: it now holds {held} spend records in all, "
+        "calls sent, cache hits and refusals)"
+    ) in second
     assert "appended to earlier runs' spans" in second
 
 

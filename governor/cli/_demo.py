@@ -584,7 +584,10 @@ def _spend_text(spend: str, total: int | None) -> str:
     """The spend store, and what it holds in all when earlier runs wrote to it."""
     if total is None:
         return spend
-    return f"{spend} (appended to earlier runs: it now holds {total} calls in all)"
+    return (
+        f"{spend} (appended to earlier runs: it now holds {total} spend records "
+        "in all, calls sent, cache hits and refusals)"
+    )
 
 
 def _summary(rows: list[_Row], total: object) -> str:
