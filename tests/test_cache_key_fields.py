@@ -122,6 +122,35 @@ def test_fields_that_change_per_request_keep_one_semantic_scope(
         assert with_name == scope(picture(name="alice"))
 
 
+def test_message_ids_on_every_turn_leave_the_keys_alone() -> None:
+    """The same conversation rebuilt with new message ids (LangGraph gives
+    each message one) has the same exact and semantic keys."""
+
+    def conversation(tag: str) -> list[dict[str, Any]]:
+        turns = [
+            ("system", "Be brief."),
+            ("user", "What is the capital of Peru?"),
+            ("assistant", "Lima."),
+            ("user", "And its population?"),
+        ]
+        return [
+            {"role": role, "content": text, "id": f"{tag}-{n}", "timestamp": tag}
+            for n, (role, text) in enumerate(turns)
+        ]
+
+    def keys(messages: list[dict[str, Any]]) -> tuple[str, str]:
+        built = build_keys(
+            model="gpt-4o-mini",
+            messages=messages,
+            params={},
+            partition={},
+            options=KeyOptions(),
+        )
+        return built.exact, built.scope
+
+    assert keys(conversation("run-1")) == keys(conversation("run-2"))
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

@@ -88,6 +88,20 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 _KEYED_FIELDS = frozenset(
     {"role", "content", "name", "tool_calls", "tool_call_id", "function_call"}
 )
+# Fields of a message that change with every request, or only tell a
+# provider how to bill it, not what is asked: a LangGraph message's id, a
+# timestamp, Anthropic's cache_control marker. No key holds them.
+_PER_REQUEST_FIELDS: Final = frozenset(
+    {
+        "id",
+        "message_id",
+        "timestamp",
+        "created",
+        "created_at",
+        "cache_control",
+        "metadata",
+    }
+)
 _TOOL_ROLES = frozenset({"tool", "function"})
 # Compatibility forms that NFKC would fold into plain digits or letters while
 # they mean something else: "2³" is not "23", "①" is not "1", "1½" is not "11/2".
@@ -215,30 +229,8 @@ def _asker_part(asking: Mapping[str, Any]) -> Any:
     with the question (an Ollama-style ``images`` list, a ``file_id``), as the
     exact key already says. A message with no field but ``name`` keys as its
     name alone, as it always has."""
-    fields = {
-        k: v
-        for k, v in asking.items()
-        if k not in _NOT_THE_QUESTION and v not in (None, "")
-    }
+    fields = {k: v for k, v in asking.items() if k not in ("role", "content")}
     return fields.get("name") if fields.keys() <= {"name"} else fields
-
-
-# Fields of a message that change with every request, or only tell a
-# provider how to bill it, not what is asked: a LangGraph message's id, a
-# timestamp, Anthropic's cache_control marker.
-_NOT_THE_QUESTION: Final = frozenset(
-    {
-        "role",
-        "content",
-        "id",
-        "message_id",
-        "timestamp",
-        "created",
-        "created_at",
-        "cache_control",
-        "metadata",
-    }
-)
 
 
 def _uncacheable(
@@ -343,7 +335,9 @@ def _canonical_message(
     # Any other field may change the answer (an assistant "prefix" flag, an
     # earlier turn's reasoning_content or audio id); an empty one is no field.
     for field, value in message_fields(message):
-        if field not in _KEYED_FIELDS and not _empty(value):
+        if field in _KEYED_FIELDS or field in _PER_REQUEST_FIELDS:
+            continue
+        if not _empty(value):
             out[str(field)] = _canon(value)
     return out
 
