@@ -2799,8 +2799,8 @@ def _close_limit_s(timeout_s: float) -> float:
     negative ones are 0, infinite or huge ones a day."""
     try:
         seconds = float(timeout_s)
-    except OverflowError:  # an int past a float's range: a very long time
-        seconds = math.inf
+    except OverflowError:  # an int past a float's range, either way
+        seconds = math.inf if timeout_s > 0 else -math.inf
     if math.isnan(seconds) or seconds < 0:
         return 0.0
     return min(seconds, _LONGEST_CLOSE_S)

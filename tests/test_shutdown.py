@@ -248,7 +248,9 @@ def test_aclose_counts_its_wait_for_calls_against_the_timeout(
     assert writer_s == [_LAST_WRITE_S]
 
 
-@pytest.mark.parametrize("timeout_s", [math.inf, 1e300, 10**400, math.nan, -5.0])
+@pytest.mark.parametrize(
+    "timeout_s", [math.inf, 1e300, 10**400, math.nan, -5.0, -(10**400)]
+)
 def test_close_takes_any_timeout_and_writes_the_records(
     timeout_s: float, tmp_path: Path
 ) -> None:
@@ -329,3 +331,12 @@ def test_aclose_does_not_wait_for_a_stream_the_closing_task_holds() -> None:
         return waited
 
     assert asyncio.run(main()) < 10  # hang guard: it waited the 30 s before
+
+
+def test_a_close_timeout_past_a_floats_range_keeps_its_sign() -> None:
+    from governor._engine import _LONGEST_CLOSE_S, _close_limit_s
+
+    assert (_close_limit_s(10**400), _close_limit_s(-(10**400))) == (
+        _LONGEST_CLOSE_S,
+        0.0,
+    )
