@@ -262,3 +262,55 @@ def litellm_client(gov: Governor) -> Any:
     from governor.adapters.litellm import GovernedLiteLLM
 
     return GovernedLiteLLM(gov)
+
+
+def test_a_refusal_the_routers_error_does_not_quote_is_raised_too(
+    server: StubServer,
+) -> None:
+    """A refused fallback before another that fails: the Router quotes the
+    last failure only, and a task id it redacts changes the quote."""
+    other = "gpt-4.1-nano"
+    server.set_behaviour(other, StubBehaviour(status=500))
+    gov, _ = _governor(TIGHT_USD)
+
+    def deployment(group: str, model: str) -> dict[str, Any]:
+        params = {
+            "model": f"openai/{model}",
+            "api_base": server.base_url + "/v1",
+            "api_key": "sk-test",
+        }
+        return {"model_name": group, "litellm_params": params}
+
+    groups = [("gpt-a", FAILING), ("gpt-b", FALLBACK), ("gpt-c", other)]
+    chained = litellm.Router(
+        model_list=[deployment(group, model) for group, model in groups],
+        fallbacks=[{"gpt-a": ["gpt-b", "gpt-c"]}],
+        num_retries=0,
+    )
+    task_id = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"  # redacted by LiteLLM
+    with (
+        instrument(gov),
+        gov.task(task_id=task_id),
+        pytest.raises(BudgetExceeded) as caught,
+        raise_refusals(),
+    ):
+        _ask(chained, "sync")
+    gov.close()
+    assert isinstance(caught.value.__cause__, litellm.InternalServerError)
+    assert _sent(server) == [FAILING, other]
+
+
+def test_an_error_raised_from_none_after_a_caught_refusal_is_its_own() -> None:
+    class Fallback(Exception):
+        pass
+
+    gov = Governor(Policy(budgets=[Budget(max_usd=TIGHT_USD)]))
+    llm = litellm_client(gov)
+    with pytest.raises(Fallback), gov.task(), raise_refusals():
+        try:
+            llm.completion(
+                model="gpt-4o", messages=MESSAGES, max_tokens=1000, mock_response="x"
+            )
+        except BudgetExceeded:
+            raise Fallback("answered from a template") from None
+    gov.close()

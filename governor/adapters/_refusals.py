@@ -48,13 +48,15 @@ def raise_refusals() -> Iterator[None]:
 
     If a governed call inside the block was refused (``BudgetExceeded``,
     ``LoopDetected``, ``ScopeBlocked``, ``SlotUnavailable``, any
-    ``GovernorError``) and the block then raises an error that is not a
-    ``GovernorError`` but hides that refusal (the Router's provider error,
-    which quotes it or has it among its causes), the refusal is raised
-    instead, chained from that error (its ``__cause__``), so ``except
-    BudgetExceeded`` catches it and the traceback shows both. A refusal
-    the block's code caught and moved past is not raised for a later,
-    unrelated error. An
+    ``GovernorError``) and the block then raises a provider error (the
+    Router's, after its fallbacks), or an error with that refusal among its
+    causes, the latest refusal is raised instead, chained from that error
+    (its ``__cause__``), so ``except BudgetExceeded`` catches it and the
+    traceback shows both. An error of the block's own code (a ``KeyError``,
+    an error it raised ``from None`` after catching the refusal) is raised
+    as itself. Wrap the Router call alone: a refusal the block's code
+    caught is still raised in place of a later provider error in the same
+    block. An
     answer, an error with no refusal before it, and a refusal raised as
     itself pass through unchanged. Works the same around ``await``.
     """
@@ -73,27 +75,40 @@ def raise_refusals() -> Iterator[None]:
         _REFUSALS.reset(token)
 
 
-# Enough of a refusal's message to know it in the text of the error that
-# hides it (LiteLLM's Router quotes the fallback's error in its own).
-_QUOTED_CHARS = 60
 # How deep the causes of an error are searched for a refusal.
 _CHAIN_MOST = 16
+# Where the errors of a provider call come from: LiteLLM wraps every
+# provider's failure in its own exception types (some subclass openai's).
+_PROVIDER_MODULES = ("litellm", "openai", "httpx")
 
 
 def _hidden_in(
     error: BaseException, refusals: list[GovernorError]
 ) -> GovernorError | None:
-    """The latest refusal that ``error`` hides: one in its chain of causes,
-    or one its text (or a cause's) quotes. A refusal the caller caught and
-    moved past is in neither, so an unrelated error is raised as itself."""
+    """The refusal ``error`` hides, or None.
+
+    ``error`` hides a refusal that is among its causes, or, when it is a
+    provider error (LiteLLM's, as the Router raises after its fallbacks),
+    the latest refusal made in the block: the Router does not always quote
+    it. The block's own code raising its own error, even from a refusal it
+    caught (``raise ... from None``), hides none.
+    """
     chain: list[BaseException] = []
     link: BaseException | None = error
     while link is not None and len(chain) < _CHAIN_MOST and link not in chain:
         chain.append(link)
+        if link.__cause__ is None and link.__suppress_context__:
+            break
         link = link.__cause__ or link.__context__
-    texts = [str(link) for link in chain]
     for refusal in reversed(refusals):
-        quoted = str(refusal)[:_QUOTED_CHARS]
-        if refusal in chain or any(quoted in text for text in texts):
+        if refusal in chain:
             return refusal
+    if refusals and _from_a_provider(error):
+        return refusals[-1]
     return None
+
+
+def _from_a_provider(error: BaseException) -> bool:
+    """Whether ``error`` is a provider call's, as LiteLLM raises them."""
+    module = type(error).__module__ or ""
+    return module.split(".", 1)[0] in _PROVIDER_MODULES
