@@ -27,7 +27,7 @@ from governor._forks import start_over_in_children
 if TYPE_CHECKING:
     from governor._calls import Admission
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseKeeper", "note_reader"]
 
 # The asyncio task that made a call, held weakly; None outside one.
 _TaskRef: TypeAlias = "weakref.ref[asyncio.Task[Any]] | None"
@@ -87,17 +87,19 @@ class LeaseKeeper:
         With ``other_than``, only those admitted on other threads than that
         one, and, given ``but_task`` (an asyncio task), also that thread's
         calls whose own asyncio task is still running and is not that one:
-        they go on while it waits. A stream whose task has returned it is
-        held by whoever reads it, perhaps the waiting task itself, so it is
-        not counted.
+        they go on while it waits. A stream counts by the task that read it
+        last (see :func:`note_reader`); one its task returned and nobody has
+        read yet may be held by the waiting task itself, so it is not
+        counted.
         """
         with self._lock:
             if other_than is None:
                 return len(self._open)
             return sum(
                 1
-                for thread, ref in self._open.values()
-                if thread != other_than or _runs_besides(ref, but_task)
+                for admission, (thread, ref) in self._open.items()
+                if thread != other_than
+                or _runs_besides(admission.extras.get("reader", ref), but_task)
             )
 
     def _forget_parent(self) -> None:
@@ -165,6 +167,15 @@ def _asyncio_task() -> weakref.ref[asyncio.Task[Any]] | None:
         return None
     task = asyncio.current_task()
     return None if task is None else weakref.ref(task)
+
+
+def note_reader(admission: Admission) -> None:
+    """Remember the asyncio task reading a call's stream now, which may not
+    be the one that made the call."""
+    task = asyncio.current_task()
+    seen = admission.extras.get("reader")
+    if task is not None and (seen is None or seen() is not task):
+        admission.extras["reader"] = weakref.ref(task)
 
 
 def _runs_besides(ref: weakref.ref[asyncio.Task[Any]] | None, other: object) -> bool:

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _switched_store import SwitchedStore
@@ -340,3 +341,49 @@ def test_a_close_timeout_past_a_floats_range_keeps_its_sign() -> None:
         _LONGEST_CLOSE_S,
         0.0,
     )
+
+
+def test_aclose_waits_for_a_stream_another_running_task_reads(
+    tmp_path: Path,
+) -> None:
+    """A stream opened by a task that handed it on (a queue) and read by a
+    consumer still running goes on while aclose waits: its record is kept."""
+    import asyncio
+
+    from governor.adapters.litellm import GovernedLiteLLM
+    from governor.testing import StubBehaviour, StubServer
+
+    path = tmp_path / "spend.jsonl"
+    gov = Governor(Policy(), spend=str(path))
+    llm = GovernedLiteLLM(gov)
+
+    async def main(base: str) -> bool:
+        handed: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def producer() -> None:
+            stream = await llm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=MESSAGES,
+                stream=True,
+                api_base=base,
+                api_key="sk-test",
+            )
+            await handed.put(stream)
+
+        async def consumer() -> None:
+            stream = await handed.get()
+            async for _chunk in stream:
+                await asyncio.sleep(0.1)  # a slow reader
+
+        reading = asyncio.create_task(consumer())
+        await producer()
+        await asyncio.sleep(0.05)  # the consumer has started reading
+        await gov.aclose(timeout_s=10)
+        finished = reading.done()
+        await reading
+        return finished
+
+    answer = StubBehaviour(answer="one two three four five six")
+    with StubServer(default=answer) as server:
+        assert asyncio.run(main(server.base_url + "/v1")) is True
+    assert path.read_text().count("\n") == 1

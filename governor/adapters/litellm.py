@@ -55,6 +55,7 @@ from governor._errors import (
     PolicyError,
     UngovernedCall,
 )
+from governor._leases import note_reader
 from governor._loopwatch import loop_watch, tool_call_output
 from governor._money import nanos_to_usd
 from governor._slots import Held
@@ -4102,6 +4103,7 @@ class _AsyncStream(_StreamSettler):
         return self
 
     async def __anext__(self) -> Any:
+        note_reader(self.admission)
         chunk = await self._aread()
         while self._held_back(chunk):
             held = chunk
