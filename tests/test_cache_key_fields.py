@@ -54,15 +54,18 @@ def governed(*texts: str) -> tuple[Governor, GovernedLiteLLM, Provider]:
     return gov, GovernedLiteLLM(gov, completion=provider.completion), provider
 
 
-def scope(messages: list[dict[str, Any]]) -> str:
-    keys = build_keys(
+def keys_of(messages: list[dict[str, Any]], **params: Any) -> Any:
+    return build_keys(
         model="gpt-4o-mini",
         messages=messages,
-        params={},
+        params=params,
         partition={},
         options=KeyOptions(),
     )
-    return keys.scope
+
+
+def scope(messages: list[dict[str, Any]]) -> str:
+    return str(keys_of(messages).scope)
 
 
 def picture(**fields: Any) -> list[dict[str, Any]]:
@@ -138,17 +141,8 @@ def test_message_ids_on_every_turn_leave_the_keys_alone() -> None:
             for n, (role, text) in enumerate(turns)
         ]
 
-    def keys(messages: list[dict[str, Any]]) -> tuple[str, str]:
-        built = build_keys(
-            model="gpt-4o-mini",
-            messages=messages,
-            params={},
-            partition={},
-            options=KeyOptions(),
-        )
-        return built.exact, built.scope
-
-    assert keys(conversation("run-1")) == keys(conversation("run-2"))
+    first, second = keys_of(conversation("run-1")), keys_of(conversation("run-2"))
+    assert (first.exact, first.scope) == (second.exact, second.scope)
 
 
 @pytest.mark.parametrize(
@@ -165,14 +159,7 @@ def test_parameters_in_extra_body_are_held_to_the_cacheable_rules(
 ) -> None:
     """extra_body is merged into the body sent, so its temperature and
     logprobs bar the cache as they do at the top level."""
-    keys = build_keys(
-        model="gpt-4o-mini",
-        messages=picture(),
-        params={"extra_body": body},
-        partition={},
-        options=KeyOptions(),
-    )
-    assert keys.uncacheable == reason
+    assert keys_of(picture(), extra_body=body).uncacheable == reason
     gov, llm, provider = governed()
     with gov.task(team="t") as task:
         answers = [ask(llm, "Write a creative slogan.", extra_body=body)]
@@ -217,14 +204,7 @@ def test_a_pending_legacy_function_call_is_not_cached() -> None:
         {"role": "user", "content": "What is my balance?"},
         {"role": "assistant", "content": None, "function_call": call},
     ]
-    keys = build_keys(
-        model="gpt-4o-mini",
-        messages=messages,
-        params={},
-        partition={},
-        options=KeyOptions(),
-    )
-    assert keys.uncacheable == "pending_tool"
+    assert keys_of(messages).uncacheable == "pending_tool"
     gov, llm, provider = governed()
     with gov.task(team="t") as task:
         answers = [ask(llm, messages), ask(llm, messages)]

@@ -16,17 +16,17 @@ import asyncio
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import litellm
 import pytest
+from _list_spend_store import ListSpendStore
 
 from governor import Budget, Governor, Policy, UngovernedCall, attribute
 from governor.adapters.litellm import instrument
-from governor.spend import SpendRecord
 from governor.testing import StubBehaviour, StubServer
 
 CHAT = "openai/gpt-4o"
@@ -74,25 +74,6 @@ class _RateLimited(ThreadingHTTPServer):
 
     def base(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class _Records:
-    """A spend store that keeps the records in a list."""
-
-    def __init__(self) -> None:
-        self.records: list[SpendRecord] = []
-        self._lock = threading.Lock()
-
-    def record(self, rec: SpendRecord) -> None:
-        with self._lock:
-            self.records.append(rec)
-
-    def record_many(self, recs: Iterable[SpendRecord]) -> None:
-        with self._lock:
-            self.records.extend(recs)
-
-    def query(self, *args: Any, **kwargs: Any) -> Iterator[SpendRecord]:
-        return iter(list(self.records))
 
 
 @pytest.fixture
@@ -180,8 +161,8 @@ def test_an_embeddings_own_max_retries_is_kept(
     assert rate_limited.requests == 1 + 2
 
 
-def _team_governor(team_usd: str) -> tuple[Governor, _Records]:
-    records = _Records()
+def _team_governor(team_usd: str) -> tuple[Governor, ListSpendStore]:
+    records = ListSpendStore()
     policy = Policy(budgets=[Budget(max_usd=1), Budget(scope="team", max_usd=team_usd)])
     return Governor(policy, spend=records), records
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -53,6 +54,15 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.name == RECORDER and r.levelno == logging.WARNING
     ]
+
+
+def _one_record_lost(store: Any, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Submit a record to a store that refuses it; the recorder's warnings,
+    once its close has given the record up."""
+    recorder = SpendRecorder(store, **FAST)
+    recorder.submit(_record())
+    assert recorder.close(timeout=0.2) == 1
+    return _warnings(caplog)
 
 
 @pytest.fixture
@@ -178,10 +188,7 @@ def test_records_lost_to_a_refusal_say_why(
 ) -> None:
     caplog.set_level(logging.WARNING, logger=RECORDER)
     store = RedisSpendStore.from_url(_url(locked_redis, ""), prefix=redis_prefix)
-    recorder = SpendRecorder(store, **FAST)
-    recorder.submit(_record())
-    assert recorder.close(timeout=0.2) == 1
-    first, *_, lost = _warnings(caplog)
+    first, *_, lost = _one_record_lost(store, caplog)
     assert "refused the credentials" in first
     assert "requires a password and none was given" in first
     assert "are lost: the store refused the credentials" in lost
@@ -207,10 +214,7 @@ def test_a_missing_acl_rule_is_a_refusal_naming_the_docs(
     store = RedisSpendStore.from_url(
         _url(locked_redis, f"{user}:userpw"), prefix=redis_prefix
     )
-    recorder = SpendRecorder(store, **FAST)
-    recorder.submit(_record())
-    assert recorder.close(timeout=0.2) == 1
-    first, *_, lost = _warnings(caplog)
+    first, *_, lost = _one_record_lost(store, caplog)
     assert "refused a command to the ACL user" in first
     assert "NoPermissionError" in first
     assert "docs/budgets-redis.md (Managed Redis)" in first
@@ -223,10 +227,7 @@ def test_a_tls_url_against_a_plain_server_names_tls(
     """An outage as before (retried), but the warning names the likely cause."""
     caplog.set_level(logging.WARNING, logger=RECORDER)
     url = f"rediss://127.0.0.1:{own_redis.port}/0?socket_connect_timeout=0.3"
-    recorder = SpendRecorder(open_store(url, prefix=redis_prefix), **FAST)
-    recorder.submit(_record())
-    assert recorder.close(timeout=0.2) == 1
-    first = _warnings(caplog)[0]
+    first = _one_record_lost(open_store(url, prefix=redis_prefix), caplog)[0]
     assert "is unreachable" in first
     assert "A rediss:// URL speaks TLS" in first
 

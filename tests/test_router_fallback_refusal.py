@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import litellm
 import pytest
+from _list_spend_store import ListSpendStore
 
 from governor import Budget, BudgetExceeded, Governor, Policy
 from governor.adapters.litellm import instrument, raise_refusals
-from governor.spend import SpendRecord
 from governor.testing import StubBehaviour, StubServer
 
 MESSAGES = [{"role": "user", "content": "Which planet is known as the red planet?"}]
@@ -34,25 +33,6 @@ ANSWER = StubBehaviour(answer="Mars.", prompt_tokens=10, completion_tokens=2)
 ANSWER_USD = Decimal(10) * Decimal("2.5e-6") + Decimal(2) * Decimal("10e-6")
 
 
-class _Records:
-    """A spend store that keeps the records in a list."""
-
-    def __init__(self) -> None:
-        self.records: list[SpendRecord] = []
-        self._lock = threading.Lock()
-
-    def record(self, rec: SpendRecord) -> None:
-        with self._lock:
-            self.records.append(rec)
-
-    def record_many(self, recs: Iterable[SpendRecord]) -> None:
-        with self._lock:
-            self.records.extend(recs)
-
-    def query(self, *args: Any, **kwargs: Any) -> Iterator[SpendRecord]:
-        return iter(list(self.records))
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubServer]:
     monkeypatch.setattr(litellm, "suppress_debug_info", True)
@@ -61,7 +41,14 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubServer]:
         yield stub
 
 
-def _router(server: StubServer) -> Any:
+def _router(
+    server: StubServer,
+    groups: tuple[tuple[str, str], ...] = (("gpt-a", FAILING), ("gpt-b", FALLBACK)),
+    fallbacks: tuple[str, ...] = ("gpt-b",),
+) -> Any:
+    """A Router of ``groups`` (name, model) on the stub server; the first
+    group falls back to ``fallbacks`` in order."""
+
     def deployment(group: str, model: str) -> dict[str, Any]:
         params = {
             "model": f"openai/{model}",
@@ -71,14 +58,14 @@ def _router(server: StubServer) -> Any:
         return {"model_name": group, "litellm_params": params}
 
     return litellm.Router(
-        model_list=[deployment("gpt-a", FAILING), deployment("gpt-b", FALLBACK)],
-        fallbacks=[{"gpt-a": ["gpt-b"]}],
+        model_list=[deployment(group, model) for group, model in groups],
+        fallbacks=[{groups[0][0]: list(fallbacks)}],
         num_retries=0,
     )
 
 
-def _governor(max_usd: str) -> tuple[Governor, _Records]:
-    records = _Records()
+def _governor(max_usd: str) -> tuple[Governor, ListSpendStore]:
+    records = ListSpendStore()
     return Governor(Policy(budgets=[Budget(max_usd=max_usd)]), spend=records), records
 
 
@@ -272,21 +259,8 @@ def test_a_refusal_the_routers_error_does_not_quote_is_raised_too(
     other = "gpt-4.1-nano"
     server.set_behaviour(other, StubBehaviour(status=500))
     gov, _ = _governor(TIGHT_USD)
-
-    def deployment(group: str, model: str) -> dict[str, Any]:
-        params = {
-            "model": f"openai/{model}",
-            "api_base": server.base_url + "/v1",
-            "api_key": "sk-test",
-        }
-        return {"model_name": group, "litellm_params": params}
-
-    groups = [("gpt-a", FAILING), ("gpt-b", FALLBACK), ("gpt-c", other)]
-    chained = litellm.Router(
-        model_list=[deployment(group, model) for group, model in groups],
-        fallbacks=[{"gpt-a": ["gpt-b", "gpt-c"]}],
-        num_retries=0,
-    )
+    groups = (("gpt-a", FAILING), ("gpt-b", FALLBACK), ("gpt-c", other))
+    chained = _router(server, groups, fallbacks=("gpt-b", "gpt-c"))
     task_id = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"  # redacted by LiteLLM
     with (
         instrument(gov),
