@@ -235,3 +235,18 @@ def test_a_call_inside_another_governors_task_skips_the_cache(
     assert named == ["answer 3", "answer 3"]
     assert len(provider.sent) == 3
     assert "neither served from nor stored in that cache" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["\U0001fae8", "\u00e9", "\u4e2d"])
+def test_an_answer_of_one_visible_character_is_stored(text: str) -> None:
+    """A newer emoji this Python's Unicode tables do not know yet, an
+    accented letter or a Chinese character is an answer."""
+    cache = ResponseCache(CACHE)
+    miss = cache.lookup(model="gpt-4o-mini", messages=picture())
+    stored = cache.store(
+        miss,
+        message={"role": "assistant", "content": text},
+        model="gpt-4o-mini",
+        cost_usd=Decimal(0),
+    )
+    assert (stored.stored, stored.reason) == (True, None)

@@ -15,10 +15,11 @@ import asyncio
 import hashlib
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -693,6 +694,15 @@ def _rivalled(matches: list[tuple[CacheEntry, float]], margin: float) -> bool:
 
 
 def _visible(text: str) -> bool:
-    """Whether ``text`` shows anything: not only white space and invisible
-    characters (a zero-width space, a byte-order mark)."""
-    return any(char.isprintable() and not char.isspace() for char in text)
+    """Whether ``text`` shows anything: not only white space, control and
+    format characters (a zero-width space, a byte-order mark). A character
+    this Python's Unicode tables do not know yet (a newer emoji) shows."""
+    return any(
+        not char.isspace() and unicodedata.category(char) not in _INVISIBLE
+        for char in text
+    )
+
+
+# Unicode categories that draw nothing: controls, format characters,
+# separators.
+_INVISIBLE: Final = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
