@@ -309,6 +309,10 @@ def test_a_rolling_line_lives_its_own_lease_once_no_hold_is_left(
         assert client.pttl(key) > 800_000  # h2 is still live
         redis_ledger.settle("h2", [line.key], 10, 0)
         assert 0 < client.pttl(key) <= 5_000
+        redis_ledger.reserve("h3", [line], 10, 0, 900)
+        assert client.pttl(key) > 800_000
+        redis_ledger.release("h3")  # a cancelled call: the same once released
+        assert 0 < client.pttl(key) <= 5_000
     finally:
         client.close()
 

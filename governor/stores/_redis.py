@@ -2073,7 +2073,8 @@ return 1
 _RELEASE_LUA: Final = (
     _LUA_LIB
     + """
-if not drop_hold(ARGV[1], hold_of(KEYS[2])) then
+local h = hold_of(KEYS[2])
+if not drop_hold(ARGV[1], h) then
   if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('HSET', KEYS[2], 's', 'released')
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -2082,6 +2083,16 @@ if not drop_hold(ARGV[1], hold_of(KEYS[2])) then
 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[2])
+-- A line left with no live hold lives its own lease again, as after a
+-- settle, not until the deadline of the hold just released.
+local now = now_ms()
+for _, key in ipairs(cjson.decode(h[1])) do
+  local lk = ARGV[1] .. 'l:' .. key
+  local cur = redis.call('HMGET', lk, 'ttl', 'wm', 'rn', 'rt')
+  if cur[1] and tonumber(cur[3] or 0) <= 0 and tonumber(cur[4] or 0) <= 0 then
+    expire(lk, ARGV[1] .. 'r:' .. key, life(cur[1], nil, now), cur[2])
+  end
+end
 return 1
 """
 )
