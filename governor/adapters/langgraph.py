@@ -1008,13 +1008,7 @@ class _HandlerCore:
         model = _answering_model(response, request.model, stamped)
         text = _generated_text(response)
         reported = read_usage(lambda: _usage_of(response), request.model)
-        usage = settled_usage(
-            reported,
-            model=request.model,
-            messages=request.messages,
-            text=text,
-            extra_prompt=request.extra_prompt,
-        )
+        usage = _usage_for(request, text, reported)
         return CallResult(
             usage=usage,
             response_model=model,
@@ -1063,15 +1057,7 @@ class _HandlerCore:
         """A stream its node stopped reading at the model's last chunk (the
         one with a finish reason): it was read out, so it is settled as an
         answer, at a local count of what arrived, not at its hold."""
-        request = admission.request
-        usage = settled_usage(
-            None,
-            model=request.model,
-            messages=request.messages,
-            text=text,
-            extra_prompt=request.extra_prompt,
-        )
-        return admission, CallResult(usage=usage)
+        return admission, CallResult(usage=_usage_for(admission.request, text))
 
     def _cut_off(
         self,
@@ -1099,14 +1085,7 @@ class _HandlerCore:
             _warn_unread(self.task, _HELD)
             return admission, CallResult(error=error, charge_hold=True)
         if text:  # a stream cut off: the provider stops with the connection
-            request = admission.request
-            usage = settled_usage(
-                None,
-                model=request.model,
-                messages=request.messages,
-                text=text,
-                extra_prompt=request.extra_prompt,
-            )
+            usage = _usage_for(admission.request, text)
             return admission, CallResult(usage=usage, error=error)
         # Cut off after sending with nothing seen: it may be billed in full.
         cut_off = interrupted_after_sending(error)
@@ -2001,6 +1980,18 @@ async def _cancel(runs: Sequence[asyncio.Future[Any]]) -> None:
     for run in runs:
         run.cancel()
     await asyncio.gather(*runs, return_exceptions=True)
+
+
+def _usage_for(request: CallRequest, text: str, reported: Usage | None = None) -> Usage:
+    """A call's usage to settle at: what the model reported, its missing
+    sides counted locally from the request and the ``text`` it produced."""
+    return settled_usage(
+        reported,
+        model=request.model,
+        messages=request.messages,
+        text=text,
+        extra_prompt=request.extra_prompt,
+    )
 
 
 def _enter(task: Task) -> tuple[Any, ...]:
