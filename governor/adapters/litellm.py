@@ -687,14 +687,7 @@ class GovernedLiteLLM:
         cache = self.governor.cache_for(
             policy, verifier=verifier, embedding=self.embedding
         )
-        params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
-        lookup = cache.lookup(
-            model=str(kwargs["model"]),
-            messages=kwargs["messages"],
-            params=params,
-            partition=partition,
-        )
-        return cache, lookup
+        return cache, cache.lookup(**_cache_request(kwargs), partition=partition)
 
     def _missed_again(
         self, cache: Any, kwargs: Mapping[str, Any], request: CallRequest
@@ -708,13 +701,7 @@ class GovernedLiteLLM:
         partition = None
         if policy.cache is not None:
             partition = self.governor.cache_partition_for(request, policy.cache)
-        params = {k: v for k, v in kwargs.items() if k not in ("model", "messages")}
-        keys = cache.keys(
-            model=str(kwargs["model"]),
-            messages=kwargs["messages"],
-            params=params,
-            partition=partition,
-        )
+        keys = cache.keys(**_cache_request(kwargs), partition=partition)
         return CacheMiss("served_in_run", keys, storable=keys.write)
 
     def _model_verifier(self, model: str) -> Callable[[str, str, str], bool]:
@@ -2126,6 +2113,16 @@ def _next_tier(task: Any, model: str) -> str | None:
     if model in models and models.index(model) + 1 < len(models):
         return str(models[models.index(model) + 1])
     return None
+
+
+def _cache_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments as the response cache keys them: its model, its
+    messages and every other parameter."""
+    return {
+        "model": str(kwargs["model"]),
+        "messages": kwargs["messages"],
+        "params": {k: v for k, v in kwargs.items() if k not in ("model", "messages")},
+    }
 
 
 def _refused(error: GovernorError, governor: Governor) -> None:
