@@ -62,13 +62,7 @@ def _graph(
     """A graph whose node reads ``limit`` chunks of a model stream (all for
     None), then stops: it breaks out, or, with ``keep``, keeps the stream
     there unread."""
-    model = ChatLiteLLM(
-        model="openai/gpt-4o-mini",
-        api_base=sse.base_url,
-        api_key="sk-local",
-        max_tokens=MAX_TOKENS,
-        max_retries=0,
-    )
+    model = _model(sse)
 
     def read(state: State) -> State:
         words = []
@@ -104,10 +98,26 @@ def _graph(
         node = aread if use_async else read
     else:
         node = akeep if use_async else keep_unread
+    return _one_node(node)
+
+
+def _model(sse: SSEServer) -> ChatLiteLLM:
+    """The chat model the nodes stream from, on the test's SSE server."""
+    return ChatLiteLLM(
+        model="openai/gpt-4o-mini",
+        api_base=sse.base_url,
+        api_key="sk-local",
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+    )
+
+
+def _one_node(node: Any, name: str = "read") -> Any:
+    """A compiled graph that runs ``node``, named ``name``, once."""
     builder = StateGraph(State)
-    builder.add_node("read", node)
-    builder.add_edge(START, "read")
-    builder.add_edge("read", END)
+    builder.add_node(name, node)
+    builder.add_edge(START, name)
+    builder.add_edge(name, END)
     return builder.compile()
 
 
@@ -220,13 +230,7 @@ def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
     server: SSEServer,
 ) -> None:
     """The traceback keeps the failed node's stream open: its hold is charged."""
-    model = ChatLiteLLM(
-        model="openai/gpt-4o-mini",
-        api_base=server.base_url,
-        api_key="sk-local",
-        max_tokens=MAX_TOKENS,
-        max_retries=0,
-    )
+    model = _model(server)
 
     def fail(state: State) -> State:
         for i, _ in enumerate(model.stream([HumanMessage("Write an essay.")])):
@@ -234,12 +238,8 @@ def test_a_node_failing_mid_stream_under_govern_alone_is_charged_its_hold(
                 raise ValueError("no more")
         return {}
 
-    builder = StateGraph(State)
-    builder.add_node("fail", fail)
-    builder.add_edge(START, "fail")
-    builder.add_edge("fail", END)
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
-    graph = govern(builder.compile(), gov)
+    graph = govern(_one_node(fail, "fail"), gov)
     with pytest.raises(ValueError, match="no more"):
         graph.invoke({})
     report = graph.last_report
@@ -257,13 +257,7 @@ def test_a_node_stopping_at_the_finish_reason_chunk_is_charged_what_arrived(
     "done" test) leaves nothing unread: no hold (it was charged 1000 output
     tokens for 6), no warning."""
     server.chunks = READ
-    model = ChatLiteLLM(
-        model="openai/gpt-4o-mini",
-        api_base=server.base_url,
-        api_key="sk-local",
-        max_tokens=MAX_TOKENS,
-        max_retries=0,
-    )
+    model = _model(server)
 
     def read(state: State) -> State:
         words = []
@@ -281,12 +275,8 @@ def test_a_node_stopping_at_the_finish_reason_chunk_is_charged_what_arrived(
                 break
         return {"text": "".join(words)}
 
-    builder = StateGraph(State)
-    builder.add_node("read", aread if use_async else read)
-    builder.add_edge(START, "read")
-    builder.add_edge("read", END)
     gov = Governor(Policy(budgets=[Budget(max_usd=1)]))
-    graph = govern(builder.compile(), gov)
+    graph = govern(_one_node(aread if use_async else read), gov)
     output = asyncio.run(graph.ainvoke({})) if use_async else graph.invoke({})
     assert output == {"text": " w0 w1 w2"}
     report = graph.last_report
