@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from _cache_entries import entry
 
 from governor._errors import ConfigError
 from governor.cache import (
-    CacheEntry,
     CacheHit,
     CacheMiss,
     RedisCacheStore,
@@ -39,23 +39,6 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(redis_url)
     yield connection
     connection.close()
-
-
-def entry(
-    key: str, index: str | None = "ix", expires_at: float | None = None
-) -> CacheEntry:
-    return CacheEntry(
-        key=key,
-        index=index,
-        query=f"question {key}",
-        message={"role": "assistant", "content": f"answer {key}"},
-        model=MODEL,
-        cost_nanos=2500,
-        input_tokens=3,
-        output_tokens=4,
-        created_at=0.0,
-        expires_at=expires_at,
-    )
 
 
 def unit(*values: float) -> np.ndarray:

