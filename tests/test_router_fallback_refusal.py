@@ -288,3 +288,35 @@ def test_an_error_raised_from_none_after_a_caught_refusal_is_its_own() -> None:
         except BudgetExceeded:
             raise Fallback("answered from a template") from None
     gov.close()
+
+
+def test_an_error_of_the_refusals_handler_is_its_own() -> None:
+    """A bug in the handler of a caught refusal is raised as itself; an
+    error raised ``from`` the refusal stands for it."""
+
+    class AppError(Exception):
+        pass
+
+    gov = Governor(Policy(budgets=[Budget(max_usd=TIGHT_USD)]))
+    llm = litellm_client(gov)
+    config: dict[str, str] = {}
+
+    def ask() -> None:
+        llm.completion(
+            model="gpt-4o", messages=MESSAGES, max_tokens=1000, mock_response="x"
+        )
+
+    missing = pytest.raises(KeyError, match="fallback_model")
+    with missing, gov.task(), raise_refusals():
+        try:
+            ask()
+        except BudgetExceeded:
+            config["fallback_model"]
+
+    with pytest.raises(BudgetExceeded) as caught, gov.task(), raise_refusals():
+        try:
+            ask()
+        except BudgetExceeded as exc:
+            raise AppError("no budget left") from exc
+    gov.close()
+    assert isinstance(caught.value.__cause__, AppError)

@@ -53,10 +53,11 @@ def raise_refusals() -> Iterator[None]:
     causes, the latest refusal is raised instead, chained from that error
     (its ``__cause__``), so ``except BudgetExceeded`` catches it and the
     traceback shows both. An error of the block's own code (a ``KeyError``,
-    an error it raised ``from None`` after catching the refusal) is raised
-    as itself. Wrap the Router call alone: a refusal the block's code
-    caught is still raised in place of a later provider error in the same
-    block. An
+    even one raised while handling a refusal it caught, or an error it
+    raised ``from None``) is raised as itself; one it raised ``from`` the
+    refusal counts as hiding it. Wrap the Router call alone: a refusal the
+    block's code caught is still raised in place of a later provider error
+    in the same block. An
     answer, an error with no refusal before it, and a refusal raised as
     itself pass through unchanged. Works the same around ``await``.
     """
@@ -87,25 +88,36 @@ def _hidden_in(
 ) -> GovernorError | None:
     """The refusal ``error`` hides, or None.
 
-    ``error`` hides a refusal that is among its causes, or, when it is a
+    ``error`` hides a refusal that is among its causes (or, for provider
+    errors, the errors they were raised while handling), or, when it is a
     provider error (LiteLLM's, as the Router raises after its fallbacks),
     the latest refusal made in the block: the Router does not always quote
-    it. The block's own code raising its own error, even from a refusal it
-    caught (``raise ... from None``), hides none.
+    it. The block's own code raising its own error while handling a refusal
+    it caught (a ``KeyError`` of its handler, ``raise ... from None``)
+    hides none.
     """
     chain: list[BaseException] = []
     link: BaseException | None = error
     while link is not None and len(chain) < _CHAIN_MOST and link not in chain:
         chain.append(link)
-        if link.__cause__ is None and link.__suppress_context__:
-            break
-        link = link.__cause__ or link.__context__
+        link = link.__cause__ or _context_of(link)
     for refusal in reversed(refusals):
         if refusal in chain:
             return refusal
     if refusals and _from_a_provider(error):
         return refusals[-1]
     return None
+
+
+def _context_of(error: BaseException) -> BaseException | None:
+    """The error ``error`` was raised while handling, when that says it
+    hides it: only a provider error's, as the Router re-raises its first
+    failure while handling a fallback's. The block's own code raising an
+    error in an ``except`` for the refusal (a ``KeyError`` of its handler)
+    does not hide the refusal; one raised ``from`` it does (its cause)."""
+    if error.__suppress_context__ or not _from_a_provider(error):
+        return None
+    return error.__context__
 
 
 def _from_a_provider(error: BaseException) -> bool:
