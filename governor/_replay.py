@@ -773,9 +773,17 @@ def json_number(text: str) -> float | Decimal:
     refused, as it is when written as a string.
     """
     number = float(text)
-    if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
+    try:
+        exact = Decimal(text)
+    except ArithmeticError:
+        shown = text if len(text) <= 40 else f"{text[:37]}..."
+        raise ValueError(
+            f"the number {shown} has an exponent too large to read; "
+            "write the value within the range the field allows"
+        ) from None
+    if math.isfinite(number) and Decimal(repr(number)) == exact:
         return number
-    return Decimal(text)
+    return exact
 
 
 class _Pairs(list[tuple[str, Any]]):

@@ -19,6 +19,7 @@ from governor._calls import CallRequest
 from governor._errors import BudgetExceeded, ConfigError, PolicyError
 from governor._money import nanos_to_usd
 from governor._replay import load_policy
+from governor.cascade._builtin import load_policy as load_cascade_policy
 from governor.cli import main
 from governor.policies import (
     Budget,
@@ -118,6 +119,28 @@ def test_long_json_numbers_reach_a_tier_as_floats(tmp_path: Path) -> None:
     assert check.json_schema is not None
     assert check.json_schema["maximum"] == 1.0
     json.dumps(params)  # what the provider call does: no Decimal left
+
+
+@pytest.mark.parametrize(
+    "exponent", ["1e1000000000000000000", "1e-9999999999999999999"]
+)
+def test_a_json_number_with_a_huge_exponent_is_a_config_error(
+    tmp_path: Path, exponent: str
+) -> None:
+    """Past what a Decimal can read: an error saying so, not a crash."""
+    policy = tmp_path / "p.json"
+    policy.write_text(f'{{"hold_ttl_s": {exponent}}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="exponent too large to read"):
+        load_policy(str(policy))
+
+    tiers = tmp_path / "c.json"
+    tiers.write_text(
+        '{"tiers": [{"name": "a", "model": "gpt-4o-mini"}], "checks": '
+        f'[{{"kind": "json", "json_schema": {{"maximum": {exponent}}}}}]}}',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="exponent too large to read"):
+        load_cascade_policy(str(tiers))
 
 
 # 2. A budget key that no attribution value can equal.
