@@ -342,6 +342,25 @@ def test_log_lines_show_the_url_redacted(caplog: pytest.LogCaptureFixture) -> No
         assert secret not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("ftp://alice:s3cret@127.0.0.1/services/XYZ", "ftp://127.0.0.1/..."),
+        ("http://alice:s3cret@127.0.0.1:port/services/XYZ", "<unreadable host>"),
+        ("http://alice:s3/cret@127.0.0.1/services/XYZ?t=1", "<unreadable host>"),
+        ("http://[::1/services/XYZ", "<unreadable host>"),
+        ("https://alice:s3cret@/services/XYZ", "https:///..."),
+    ],
+)
+def test_a_bad_webhook_url_is_refused_redacted(url: str, shown: str) -> None:
+    """Refused by Anomalies, naming the field, without the URL's secrets."""
+    with pytest.raises(ConfigError, match="webhook_url: webhook URL") as caught:
+        Anomalies(webhook_url=url)
+    assert shown in str(caught.value)
+    for secret in ("s3", "cret", "alice", "services", "XYZ"):
+        assert secret not in str(caught.value)
+
+
 # -- 5. unblock refuses what names nothing, says what it lifted -----------------
 
 

@@ -472,7 +472,7 @@ def _redact(url: str) -> str:
     password holding ``/``, ``#`` or ``?``) the host is hidden too
     (``https://***/...``): part of the password may read as one.
     """
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, rest = url.strip().partition("://")
     if not sep or not _SCHEME.fullmatch(scheme):
         return "<not an http(s) URL>"
     try:

@@ -8,6 +8,7 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from governor._errors import ConfigError, PolicyError
 from governor.policies._base import PolicyModel
 
 __all__ = ["ALERT_SCOPES", "AlertScope", "Anomalies", "Metric"]
@@ -184,16 +185,17 @@ class Anomalies(PolicyModel):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
+        # The checks the webhook makes when built, here so that a bad URL is
+        # refused naming this field; a PolicyError so that the message shows
+        # the URL redacted, never its password, path or query.
         if value is None:
             return value
-        from urllib.parse import urlsplit
+        from governor.anomaly._actions import _split_credentials
 
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                "webhook_url must be an http:// or https:// URL with a host, "
-                "e.g. 'https://hooks.example.com/governor'"
-            )
+        try:
+            _split_credentials(value)
+        except ConfigError as exc:
+            raise PolicyError(str(exc)) from None
         return value
 
     @field_validator("interval_s", "burst_window_s", "cooldown_s")
