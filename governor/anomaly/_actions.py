@@ -340,12 +340,15 @@ class _Watch:
     The socket timeout bounds each read and write alone: a receiver that
     sends a byte now and then would hold a POST for ever. A watchdog thread
     shuts the connection's socket down at the deadline, so the read under
-    way ends at once.
+    way ends at once. The socket is kept when the connection opens it:
+    urllib takes it off the connection once the answer's head is read, and
+    the body is read from it after that.
     """
 
     def __init__(self, timeout_s: float) -> None:
         self.expired = False
         self._connection: http.client.HTTPConnection | None = None
+        self._socket: socket.socket | None = None
         self._done = threading.Event()
         threading.Thread(
             target=self._guard,
@@ -358,8 +361,16 @@ class _Watch:
         """Wrap ``http_class`` so that the connection it makes is watched."""
 
         def make(*args: Any, **kwargs: Any) -> Any:
-            self._connection = http_class(*args, **kwargs)
-            return self._connection
+            connection = http_class(*args, **kwargs)
+            connect = connection.connect
+
+            def connect_and_keep() -> None:
+                connect()
+                self._socket = connection.sock
+
+            connection.connect = connect_and_keep
+            self._connection = connection
+            return connection
 
         return make
 
@@ -376,12 +387,14 @@ class _Watch:
             self._done.wait(_CUT_EVERY_S)
 
     def _cut(self) -> None:
-        sock = getattr(self._connection, "sock", None)
-        if isinstance(sock, socket.socket):
-            # The plain socket's shutdown, also under TLS: it ends the read
-            # blocked in the other thread; OSError: not connected, or closed.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        # The connection's socket while it connects (TLS wraps it in another),
+        # the one kept from connecting while the answer's body is read.
+        for sock in (getattr(self._connection, "sock", None), self._socket):
+            if isinstance(sock, socket.socket):
+                # The plain socket's shutdown, also under TLS: it ends the read
+                # blocked in the other thread; OSError: not connected, closed.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _WatchedHTTP(urllib.request.HTTPHandler):
