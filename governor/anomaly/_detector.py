@@ -200,6 +200,7 @@ class _Series:
         "current_sq",
         "history",
         "index",
+        "late",
         "level",
         "level_intervals",
         "mean",
@@ -232,6 +233,9 @@ class _Series:
         # sums it gives the size of a typical call, the unit of count noise.
         self.squares: deque[int] = deque(maxlen=self.window)
         self.recent: deque[tuple[int, int]] = deque()
+        # Late observations in the burst window, in order of arrival: the
+        # latest time seen when each came (see add), its own stamp, amount.
+        self.late: deque[tuple[int, int, int]] = deque()
         self.recent_sum = 0
         self.mean = 0.0
         self.std = 0.0
@@ -330,27 +334,49 @@ class _Series:
     def add(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Count ``amount`` in the open interval and the burst window.
 
-        A late observation joins the burst window at the latest time the
-        series has seen, added to that time's entry, so the window stays in
-        time order and holds one entry per time: stamps stepped back pile up
-        in its sum (as in the open interval's) but not in memory.
+        A late observation (stamped before the latest time the series has
+        seen) joins the burst window at that latest time, and leaves it once
+        the window has moved on from that time or once the late stamps have
+        moved on from its own: traffic from a host whose clock is behind
+        keeps its own spacing, so calls spread over a minute never sum up as
+        if made within the window while no call on time moves it on.
         """
         self.current += amount
         self.current_sq += amount * amount
-        if self.recent and self.recent[-1][0] >= ts_us:
-            ts_us, earlier = self.recent[-1]
-            self.recent[-1] = (ts_us, earlier + amount)
+        self.recent_sum += amount
+        if self.recent and self.recent[-1][0] > ts_us:
+            self._add_late(ts_us, amount, burst_us)
+        elif self.recent and self.recent[-1][0] == ts_us:
+            self.recent[-1] = (ts_us, self.recent[-1][1] + amount)
         else:
             self.recent.append((ts_us, amount))
-        self.recent_sum += amount
-        while self.recent and self.recent[0][0] <= ts_us - burst_us:
+        newest = self.recent[-1][0]
+        while self.recent[0][0] <= newest - burst_us:
             self.recent_sum -= self.recent.popleft()[1]
+        late = self.late
+        while late and late[0][0] <= newest - burst_us:
+            self.recent_sum -= late.popleft()[2]
         self.peak = max(self.peak, self.recent_sum)
+
+    def _add_late(self, ts_us: int, amount: int, burst_us: int) -> None:
+        """Put a late observation in the burst window; drop the earlier late
+        ones whose stamps are a burst window or more behind its own."""
+        late, newest = self.late, self.recent[-1][0]
+        while late and late[0][1] <= ts_us - burst_us:
+            self.recent_sum -= late.popleft()[2]
+        if late and late[-1][:2] == (newest, ts_us):
+            late[-1] = (newest, ts_us, late[-1][2] + amount)
+        else:
+            late.append((newest, ts_us, amount))
 
     def window_sum(self, ts_us: int, burst_us: int) -> int:
         """Spend in the burst window that ends at ``ts_us``, leaving it as is."""
         total = self.recent_sum
         for seen_us, amount in self.recent:
+            if seen_us > ts_us - burst_us:
+                break
+            total -= amount
+        for seen_us, _, amount in self.late:
             if seen_us > ts_us - burst_us:
                 break
             total -= amount
