@@ -2625,7 +2625,6 @@ class Governor:
         attributes: dict[str, AttrValue] = {
             attr.GEN_AI_OPERATION_NAME: request.operation,
             attr.GEN_AI_REQUEST_MODEL: request.model,
-            attr.GEN_AI_REQUEST_MAX_TOKENS: admission.max_output_tokens,
             attr.TASK_ID: admission.task.id,
             attr.CALL_ID: admission.call_id,
             attr.CALL_RESERVED_USD: admission.hold_nanos / NANOS_PER_USD,
@@ -2634,6 +2633,8 @@ class Governor:
         }
         if admission.rate.provider:
             attributes[attr.GEN_AI_PROVIDER_NAME] = admission.rate.provider
+        if request.operation != "embeddings":  # an embedding writes nothing
+            attributes[attr.GEN_AI_REQUEST_MAX_TOKENS] = admission.max_output_tokens
         self.telemetry.set_attributes(span, attributes)
         self.telemetry.event(
             span,

@@ -54,6 +54,7 @@ def test_an_embedding_is_charged_at_its_input_price(
     assert span.attributes is not None
     assert span.attributes[attr.GEN_AI_OPERATION_NAME] == "embeddings"
     assert span.attributes[attr.GEN_AI_USAGE_INPUT_TOKENS] == tokens
+    assert attr.GEN_AI_REQUEST_MAX_TOKENS not in span.attributes  # writes none
 
 
 def test_an_embedding_the_budget_cannot_hold_is_refused_before_it_is_sent(
