@@ -12,7 +12,7 @@ import json
 import operator
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from governor._errors import ConfigError, PolicyError, PriceUnknown
 from governor.cascade._checks import resolve_callable
 from governor.cascade._datasets import PerToken, Prices
+from governor.cascade._prices import tier_prices
 from governor.cascade._replay import RECORDED_JUDGE
 from governor.cascade._types import Answer, CheckResult
 from governor.policies import Policy, Pricing
@@ -60,6 +61,8 @@ class NamedPolicy:
     ``pricing`` prices the models of data sets that record no cost
     (RouteLLM, Arena-Bench): its overrides and default come before the list
     prices of LiteLLM's map, as in a live :class:`~governor.policies.Policy`.
+    A tier's ``params`` prices (``input_cost_per_token`` and kin) price its
+    model there too, as they price its live calls (see :func:`price_table`).
     """
 
     name: str
@@ -154,25 +157,38 @@ JUDGE_PRICE_KEY = "gpt-4"
 _RATE_CARD_SOURCE = "governor.pricing.RateCard (LiteLLM's bundled price map)"
 
 
-def price_table(layout: str, pricing: Pricing | None = None) -> Prices:
+def price_table(
+    layout: str, pricing: Pricing | None = None, tiers: Iterable[Tier] = ()
+) -> Prices:
     """Return list prices for a cost-less layout, from governor's rate card.
 
-    A model is priced, first match wins, by an override in ``pricing``
-    under its data name, then by the price-map key its data name stands for
-    (:data:`GSM8K_PRICE_KEYS`, :data:`ARENA_PRICE_KEYS`), then as a live
-    :class:`~governor.pricing.RateCard` prices its name (overrides, the
-    price map, ``pricing.default``). A price of zero from an override or
-    the default is a free tier; a price-map entry of zero prices nothing,
-    as in live use (LiteLLM keeps such entries for self-hosted and retired
-    ids): price such a model in the policy, ``Price()`` for a free one.
+    A model is priced as a live :class:`~governor.policies.Policy` prices a
+    tier's calls, first match wins: by an override in ``pricing`` under its
+    data name, then under the price-map key its data name stands for
+    (:data:`GSM8K_PRICE_KEYS`, :data:`ARENA_PRICE_KEYS`), then by the prices
+    its tier's ``params`` set (``input_cost_per_token`` and kin) laid over
+    the price map's entry for that key, as ``pricing.call_prices`` takes
+    them, then by the price map, then by ``pricing.default``. A price of
+    zero from an override, the default or ``params`` is a free tier; a
+    price-map entry of zero prices nothing, as in live use (LiteLLM keeps
+    such entries for self-hosted and retired ids): price such a model in
+    the policy, ``Price()`` for a free one.
 
     Args:
         layout: ``"arena"``, or ``"routellm-gsm8k"`` for RouteLLM files.
         pricing: the policy's pricing; None for the price map alone.
+        tiers: the policy's tiers, whose ``params`` may price their model.
+            The data records one answer per model, so every tier of a model
+            must set the same prices (or none).
+
+    Raises:
+        ConfigError: the judge has no price, two tiers of one model set
+            different prices, or a tier's ``params`` set a price that is
+            not one.
     """
     keys = ARENA_PRICE_KEYS if layout == "arena" else GSM8K_PRICE_KEYS
-    lookup = _rate_lookup(keys, pricing)
-    judge = lookup(JUDGE_PRICE_KEY) if layout == "arena" else None
+    lookup = _rate_lookup(keys, pricing, _params_prices(tiers))
+    judge = _rate_lookup(keys, pricing)(JUDGE_PRICE_KEY) if layout == "arena" else None
     if isinstance(judge, str):
         raise ConfigError(
             f"Arena-Bench's judge {JUDGE_PRICE_KEY!r} has no price ({judge}); "
@@ -181,8 +197,36 @@ def price_table(layout: str, pricing: Pricing | None = None) -> Prices:
     return Prices({}, judge, _RATE_CARD_SOURCE, lookup)
 
 
+def _params_prices(tiers: Iterable[Tier]) -> dict[str, Mapping[str, Any]]:
+    """The prices tiers' ``params`` set, by model; one price per model.
+
+    Raises:
+        ConfigError: two tiers of one model set different prices (or one
+            sets prices and the other none).
+    """
+    found: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
+    for tier in tiers:
+        prices = tier_prices(tier)
+        seen = found.setdefault(tier.model, (tier.name, prices))
+        if seen[1] != prices:
+            raise ConfigError(
+                f"tiers {seen[0]!r} and {tier.name!r} both use {tier.model!r} "
+                f"but their params price it differently ({_shown(seen[1])} and "
+                f"{_shown(prices)}); a replay charges each model of the data "
+                "one price: give every tier of a model the same "
+                "input_cost_per_token and output_cost_per_token, or none"
+            )
+    return {model: prices for model, (_, prices) in found.items() if prices}
+
+
+def _shown(prices: Mapping[str, Any] | None) -> str:
+    return "none" if not prices else ", ".join(f"{k}={v}" for k, v in prices.items())
+
+
 def _rate_lookup(
-    keys: Mapping[str, str], pricing: Pricing | None
+    keys: Mapping[str, str],
+    pricing: Pricing | None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[str], PerToken | str]:
     """Price a data set's model name; see :func:`price_table` for the order."""
     from governor.pricing import RateCard
@@ -193,6 +237,7 @@ def _rate_lookup(
         if pricing
         else None
     )
+    given = params or {}
 
     def rate(model: str) -> Rate:
         key = keys.get(model, model)
@@ -201,7 +246,10 @@ def _rate_lookup(
                 return own.rate(model)  # the policy's price for the data name
             except PriceUnknown:
                 pass
-        return card.rate(key)
+        try:
+            return card.rate(key, given.get(model))
+        except ConfigError as exc:
+            raise ConfigError(f"the tier of {model!r}: {exc}") from exc
 
     def lookup(model: str) -> PerToken | str:
         try:

@@ -140,10 +140,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         png = _writable(args.png, args.data, args.policy)
         policy = _policy(args.policy)
+        tiers = [tier for _, c in policy.candidates for tier in c.tiers]
         loaded = read_rows(
-            Path(args.data), lambda layout: price_table(layout, policy.pricing)
+            Path(args.data), lambda layout: price_table(layout, policy.pricing, tiers)
         )
-        models = [tier.model for _, c in policy.candidates for tier in c.tiers]
+        models = [tier.model for tier in tiers]
         refuse_unanswered(loaded, models)
         refuse_unpriced(loaded, models, policy.name)
         rows, dropped = narrow_rows(policy, loaded.rows, loaded.unpriced)
