@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -271,6 +273,62 @@ def test_a_failed_jsonl_append_is_cut_back_so_the_retry_doubles_nothing(
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["call_id"] for line in lines] == [
         f"call-{i:04d}" for i in range(6)
+    ]
+
+
+_APPENDER = """
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from governor.spend import JsonlSpendStore, SpendRecord
+
+store = JsonlSpendStore(sys.argv[1])
+records = [
+    SpendRecord(ts=datetime(2026, 1, 1, tzinfo=UTC), task_id="other",
+                call_id=f"other-{i}", model="gpt-4o-mini", cost_usd=Decimal(0))
+    for i in range(5)
+]
+print("ready", flush=True)
+sys.stdin.readline()
+store.record_many(records)
+"""
+
+
+def test_a_failed_append_cuts_back_only_its_own_lines_with_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process appends while this one's write fails part way: the
+    cut takes this process's torn lines only, never the other's records."""
+    path = tmp_path / "shared.jsonl"
+    JsonlSpendStore(path).record_many([make(0)])
+    other = subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdin is not None
+    assert other.stdout is not None
+    assert other.stdout.readline() == "ready\n"
+
+    def disk_full_meanwhile(fd: int, data: bytes) -> None:
+        os.write(fd, data[:10])
+        torn = path.stat().st_size
+        print(file=other.stdin, flush=True)  # the other process appends now
+        waited = time.monotonic() + 2.0  # given the chance, not asserted
+        while path.stat().st_size == torn and time.monotonic() < waited:
+            time.sleep(0.01)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jsonl_module, "_write_all", disk_full_meanwhile)
+    with pytest.raises(OSError, match="No space"):
+        JsonlSpendStore(path).record_many([make(1), make(2), make(3)])
+    assert other.wait(timeout=30) == 0  # a hang guard
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["call_id"] for line in lines] == [
+        "call-0000",
+        *(f"other-{i}" for i in range(5)),
     ]
 
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -91,8 +92,9 @@ class JsonlSpendStore:
     """Spend records appended to a JSONL file (the trace format of ``docs/reports.md``).
 
     Writes append whole lines under a lock, so one process's threads never
-    interleave; other processes should write their own files. A batch is
-    appended whole or not at all. A repeated ``call_id`` is appended again,
+    interleave, and under an exclusive file lock (``flock``, on POSIX
+    systems), so several processes may append to one local file. A batch
+    is appended whole or not at all. A repeated ``call_id`` is appended again,
     but a query keeps only the first line of each ``call_id``, as the SQLite
     and Redis stores keep the first record, and logs a warning with the number
     skipped (also left in :attr:`skipped_duplicates`; set
@@ -125,7 +127,10 @@ class JsonlSpendStore:
         before the error is raised, so retrying the batch appends no record
         twice and leaves no torn line. Every record ends with a newline, and
         a file whose last line has none (cut short, or saved by an editor
-        without one) gets one first, so each record is a whole line.
+        without one) gets one first, so each record is a whole line. Several
+        processes may append to one file: each append holds an exclusive
+        lock on it (``flock``, on POSIX systems), so one process's cut never
+        takes another's records.
         """
         text = "".join(
             json.dumps(rec.to_json_dict(), separators=(",", ":")) + "\n" for rec in recs
@@ -141,6 +146,7 @@ class JsonlSpendStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, _APPEND_FLAGS, 0o666)
             try:
+                _hold_for_append(fd)
                 start = os.lseek(fd, 0, os.SEEK_END)
                 if start and is_sqlite_file(self.path):
                     raise ConfigError(
@@ -404,3 +410,14 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _hold_for_append(fd: int) -> None:
+    """Lock the file open on ``fd`` against other processes' appends until
+    ``fd`` is closed: its end, the newline check and a failed write's cut
+    are then this append's alone. Windows has no ``flock``: there an append
+    is locked within this process only."""
+    if sys.platform != "win32":
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
