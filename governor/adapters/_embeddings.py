@@ -2,11 +2,15 @@
 
 An embedding call has a prompt and no answer: each input text is one
 message, nothing is reserved for output, and the provider reports only
-prompt tokens. Inputs given as token ids are counted exactly.
+prompt tokens. Inputs given as token ids are counted exactly. A reported
+count that is malformed (negative, not a whole number, past a billion
+tokens) is not charged: the inputs are counted locally instead, as for an
+answer without usage.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,8 +18,11 @@ from governor._calls import EMBEDDINGS, CallRequest, CallResult
 from governor._errors import ConfigError
 from governor.adapters._tokens import count_text_tokens
 from governor.pricing import Usage
+from governor.pricing._usage import usage_count
 
 __all__ = ["embedding_request", "embedding_result"]
+
+logger = logging.getLogger(__name__)
 
 
 def embedding_request(
@@ -49,7 +56,7 @@ def embedding_request(
 
 def embedding_result(request: CallRequest, response: Any) -> CallResult:
     """What an embedding call used: the provider's prompt tokens, else counted."""
-    tokens = _reported_tokens(getattr(response, "usage", None))
+    tokens = _reported_tokens(getattr(response, "usage", None), request.model)
     estimated = tokens is None
     if tokens is None:
         counter = request.count_prompt_tokens
@@ -85,18 +92,31 @@ def _token_list(item: Any) -> bool:
     )
 
 
-def _reported_tokens(usage: Any) -> int | None:
+def _reported_tokens(usage: Any, model: str) -> int | None:
+    """The provider's prompt tokens (else its total), or None when it reported
+    none, or a malformed count (warned of, and its total not trusted)."""
     if usage is None:
         return None
-    for name in ("prompt_tokens", "total_tokens"):
-        value = (
-            usage.get(name)
-            if isinstance(usage, Mapping)
-            else getattr(usage, name, None)
+    try:
+        for name in ("prompt_tokens", "total_tokens"):
+            tokens = usage_count(_field(usage, name), name)
+            if tokens > 0:
+                return tokens
+    except ConfigError as exc:
+        logger.warning(
+            "the provider's usage for model %s is malformed (%s); the embedding "
+            "is charged a local token count of its inputs, not its "
+            "total_tokens, marked estimated",
+            model,
+            exc,
         )
-        if isinstance(value, int) and value > 0:
-            return value
     return None
+
+
+def _field(usage: Any, name: str) -> Any:
+    if isinstance(usage, Mapping):
+        return usage.get(name)
+    return getattr(usage, name, None)
 
 
 def _model(response: Any) -> str | None:

@@ -132,11 +132,11 @@ def _items(obj: object) -> Mapping[Any, Any]:
 
 
 def _is_count(value: object) -> bool:
-    """Whether ``value`` is a count :func:`_as_count` takes (None is not)."""
+    """Whether ``value`` is a count :func:`usage_count` takes (None is not)."""
     if value is None:
         return False
     try:
-        _as_count(value, "")
+        usage_count(value, "")
     except ConfigError:
         return False
     return True
@@ -236,8 +236,8 @@ def _from_openai(usage: _Fields) -> Usage:
         # cached_tokens_details as well as in audio_tokens.
         cached = _fields(prompt_details.get("cached_tokens_details"))
         audio_read = min(_count(cached, "audio_tokens"), cache_read)
-        audio_input = max(_as_count(audio_in, "audio_tokens") - audio_read, 0)
-        audio = (audio_input, _as_count(audio_out, "audio_tokens"), audio_read)
+        audio_input = max(usage_count(audio_in, "audio_tokens") - audio_read, 0)
+        audio = (audio_input, usage_count(audio_out, "audio_tokens"), audio_read)
     return _consistent(
         prompt=_count(usage, "prompt_tokens"),
         completion=_count(usage, "completion_tokens"),
@@ -326,7 +326,7 @@ def _langchain_audio(inputs: _Fields, outputs: _Fields) -> tuple[int, int, int] 
     audio_in, audio_out = inputs.get("audio"), outputs.get("audio")
     if not audio_in and not audio_out:
         return None
-    return _as_count(audio_in, "audio"), _as_count(audio_out, "audio"), 0
+    return usage_count(audio_in, "audio"), usage_count(audio_out, "audio"), 0
 
 
 def _from_anthropic(usage: _Fields) -> Usage:
@@ -371,7 +371,7 @@ _READERS: tuple[tuple[tuple[str, ...], Callable[[_Fields], Usage]], ...] = (
 
 
 def _count(fields: _Fields, key: str) -> int:
-    return _as_count(fields.get(key), key)
+    return usage_count(fields.get(key), key)
 
 
 MOST_USAGE_TOKENS = 10**9
@@ -379,7 +379,14 @@ MOST_USAGE_TOKENS = 10**9
 writes a billion tokens, so a larger figure is nonsense, not usage."""
 
 
-def _as_count(value: Any, key: str) -> int:
+def usage_count(value: Any, key: str) -> int:
+    """The token count a usage field ``key`` reports, 0 when it is None.
+
+    Raises:
+        ConfigError: the value is malformed: not a whole number (a bool, a
+            string, a fraction, not finite), negative, or past
+            :data:`MOST_USAGE_TOKENS`.
+    """
     if value is None:
         return 0
     if type(value) is int and 0 <= value <= MOST_USAGE_TOKENS:  # the usual case
@@ -402,7 +409,7 @@ def _first_count(*places: tuple[_Fields, str]) -> int:
     for fields, key in places:
         value = fields.get(key)
         if value is not None:
-            return _as_count(value, key)
+            return usage_count(value, key)
     return 0
 
 
