@@ -181,16 +181,14 @@ def write_failure(exc: BaseException, url: str) -> WriteFailure:
     import redis as redis_lib
 
     from governor.stores._redis import (
-        _CHECK_CREDENTIALS,
-        _reach_advice,
         credentials_advice,
+        reach_advice,
         refusal_advice,
     )
 
-    credentials = credentials_advice(exc, url)
+    credentials = credentials_advice(exc, url, where=_SPEND_URL)
     if credentials is not None:
-        advice = credentials.replace(_CHECK_CREDENTIALS, _SPEND_URL)
-        return WriteFailure("refused the credentials", advice)
+        return WriteFailure("refused the credentials", credentials)
     if isinstance(exc, redis_lib.exceptions.NoPermissionError):
         return WriteFailure(
             "refused a command to the ACL user",
@@ -203,7 +201,7 @@ def write_failure(exc: BaseException, url: str) -> WriteFailure:
         return WriteFailure("refused the write", refused)
     tls = url.lower().startswith("rediss:")
     if tls and isinstance(exc, redis_lib.exceptions.TimeoutError):
-        return WriteFailure(None, _reach_advice(url, exc))
+        return WriteFailure(None, reach_advice(url, exc))
     return WriteFailure(None, None)
 
 

@@ -938,7 +938,7 @@ class RedisConnections:
             )
         else:
             what_happened = f"refused {what}"
-        advice = advice or _reach_advice(self.config.url, exc)
+        advice = advice or reach_advice(self.config.url, exc)
         error = StoreUnavailable(
             f"the Redis store at {url} {what_happened}: {reason}. {advice}, or "
             "set Policy(failure_mode='open') to admit calls under a local "
@@ -1410,7 +1410,7 @@ class RedisLedger:
 _REACH_ADVICE: Final = "Check that Redis is running and reachable (URL, password, TLS)"
 
 
-def _reach_advice(url: str, exc: BaseException) -> str:
+def reach_advice(url: str, exc: BaseException) -> str:
     """The advice for an outage; a TLS URL timing out while it connects is
     most often TLS spoken to a server that does not speak it."""
     tls = urlsplit(url).scheme.lower() == "rediss"
@@ -1577,13 +1577,16 @@ _CHECK_CREDENTIALS: Final = (
 )
 
 
-def credentials_advice(exc: BaseException, url: str = "") -> str | None:
+def credentials_advice(
+    exc: BaseException, url: str = "", where: str = _CHECK_CREDENTIALS
+) -> str | None:
     """What to change when the server refused the credentials, or None.
 
     ``NOAUTH`` (no password given to a server that needs one), ``WRONGPASS``
     (a wrong user name or password, or a disabled user) and a password given
     to a server that has none stay refused however often they are sent.
-    ``url`` (the store's) shapes the example of a URL with a password.
+    ``url`` (the store's) shapes the example of a URL with a password;
+    ``where`` names the setting that holds the credentials.
     """
     if not isinstance(exc, redis.exceptions.AuthenticationError):
         return None
@@ -1592,18 +1595,18 @@ def credentials_advice(exc: BaseException, url: str = "") -> str | None:
     if code == "NOAUTH" or text.startswith("NOAUTH"):
         return (
             "Redis requires a password and none was given: put it in "
-            f"{_CHECK_CREDENTIALS}, as {_with_password(url, ':PASSWORD')} (or "
+            f"{where}, as {_with_password(url, ':PASSWORD')} (or "
             f"{_with_password(url, 'USER:PASSWORD')} for an ACL user)"
         )
     if "without any password configured" in text or "no password is set" in text:
         return (
             "A password was given but this Redis has none set for its default "
-            f"user: remove it from {_CHECK_CREDENTIALS}, or check that the URL "
+            f"user: remove it from {where}, or check that the URL "
             "points at the intended server"
         )
     return (
         "Check the user name and password in "
-        f"{_CHECK_CREDENTIALS} against the server's requirepass or ACL user "
+        f"{where} against the server's requirepass or ACL user "
         "(and that the user is enabled)"
     )
 
