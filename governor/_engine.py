@@ -216,6 +216,7 @@ class Governor:
         self._warned_streams = False
         self._warned_clash = False
         self._warned_over: set[str] = set()
+        self._warned_prompt: set[str] = set()  # models past their prompt hold
         self._warned_slow: set[str] = set()  # per-second models past max_call_s
         # The rate of a model that answered for another, by card and names.
         self._answered: dict[tuple[RateCard, str, str], Rate | None] = {}
@@ -2002,6 +2003,7 @@ class Governor:
             return admission.hold_nanos, _hold_usage(admission), "hold"
         usage = result.usage or Usage()
         self._check_over_ceiling(admission, usage)
+        self._check_over_prompt(admission, usage)
         if usage.total_tokens == 0 and admission.rate.usd_per_second is None:
             return 0, usage, admission.rate.source
         rate = admission.rate
@@ -2124,6 +2126,35 @@ class Governor:
             usage.completion_tokens,
             model,
             sent,
+        )
+
+    def _check_over_prompt(self, admission: Admission, usage: Usage) -> None:
+        """Say so when a provider reports more prompt tokens than were held.
+
+        The hold took the prompt's byte bound, or its local count plus the
+        margin; a provider or proxy that adds to the prompt (a system prompt
+        of its own) bills more. The call is charged what the provider reports
+        (that is the bill), so it can overrun the budget it was admitted
+        under; logged once a model. Not for usage counted locally.
+        """
+        held = _hold_usage(admission).prompt_tokens
+        model = admission.request.model
+        if usage.prompt_tokens <= held or model in self._warned_prompt:
+            return
+        if usage.estimated:  # the figure is the governor's, not the provider's
+            return
+        self._warned_prompt.add(model)
+        logger.warning(
+            "the provider reported %d prompt tokens for a call to %s whose "
+            "hold allowed %d for its prompt; it is charged as reported, which "
+            "can overrun its budgets. A provider or proxy that adds to the "
+            "prompt (a system prompt of its own) bills tokens the hold never "
+            "counted: send the prompt as the provider sees it (put what the "
+            "proxy adds in the messages), or leave room in the budgets for "
+            "what it adds. Logged once per model.",
+            usage.prompt_tokens,
+            model,
+            held,
         )
 
     def _finish(
