@@ -383,9 +383,10 @@ class Governor:
 
         A hit reserves nothing, but it is a call of its task: it is refused
         as a sent call would be when the task is stopped (by its loop guard,
-        or by a budget that refused one of its calls), its scope is blocked
-        or a ceiling of ``Loops`` is passed, and the loop guard judges its
-        prompt and, with the ``same_call`` rule, the prompt and answer pair.
+        or as its run ends), its scope is blocked or a ceiling of ``Loops``
+        is passed, and the loop guard judges its prompt and, with the
+        ``same_call`` rule, the prompt and answer pair. Budgets never refuse
+        a hit: it costs nothing, even in a task whose budget refused a call.
         The answer is not judged against earlier outputs: answers served
         again are alike by nature (a help desk cycling through its common
         questions, a fan-out of one question), not a sign of a loop.

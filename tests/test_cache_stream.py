@@ -230,10 +230,12 @@ def test_a_streamed_hit_has_the_attributes_of_litellm_s_stream(
     with gov.task() as task:
         list(llm.completion(**request))
         stream = asyncio.run(read_async()) if use_async else read_sync()
-    assert task.report().cache_hits == 1
+        again = asyncio.run(read_async()) if use_async else read_sync()
+    assert task.report().cache_hits == 2
     assert (stream.model, stream.custom_llm_provider) == ("gpt-4o-mini", None)
     assert stream.response_id == stream.chunks[0].id
     assert stream.response_id.startswith("chatcmpl-cache-")
+    assert again.response_id != stream.response_id  # one id per answer served
     rebuilt = litellm.stream_chunk_builder(stream.chunks)
     assert rebuilt.choices[0].message.content == TEXT
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -50,7 +51,7 @@ def replay_chunks(
     ``litellm.ModelResponseStream(**chunk)`` accepts each dict.
     """
     base = {
-        "id": f"chatcmpl-cache-{hit.key[:16]}",
+        "id": f"chatcmpl-cache-{uuid.uuid4().hex}",  # one per answer, as LiteLLM
         "object": "chat.completion.chunk",
         "created": int(time.time()) if created is None else created,
         "model": hit.model,
