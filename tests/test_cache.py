@@ -347,6 +347,36 @@ def test_an_ambiguous_match_misses() -> None:
     assert miss.reason == "ambiguous"
 
 
+def test_two_spellings_of_one_question_are_no_rivals() -> None:
+    """Case, a closing question mark and a space before it do not make a
+    second question; punctuation inside a word does ("C++", "C#")."""
+    degrees = {
+        "q": 0.0,
+        "What is in it?": 15.0,
+        "what is in it ?": -15.0,
+        "What is C++": 15.0,
+        "What is C#": -15.0,
+    }
+
+    def table(texts: list[str]) -> Vectors:
+        # Both cached questions 15 degrees from q: within the margin.
+        angles = np.radians([degrees[text] for text in texts])
+        return normalize_rows(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+
+    embedder = CallableEmbedder(table, threshold=0.95)
+    spellings = make(embedder=embedder, safety_gate=False)
+    fill(spellings, ask("What is in it?"))
+    fill(spellings, ask("what is in it ?"))
+    assert isinstance(spellings.lookup(model=MODEL, messages=ask("q")), CacheHit)
+
+    rivals = make(embedder=embedder, safety_gate=False)
+    fill(rivals, ask("What is C++"))
+    fill(rivals, ask("What is C#"))
+    miss = rivals.lookup(model=MODEL, messages=ask("q"))
+    assert isinstance(miss, CacheMiss)
+    assert miss.reason == "ambiguous"
+
+
 def test_a_refusing_verifier_turns_a_hit_into_a_miss() -> None:
     """The verifier sees the question, the cached question and the answer."""
     seen: list[tuple[str, str, str]] = []

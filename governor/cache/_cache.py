@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
@@ -685,12 +686,23 @@ def _rivalled(matches: list[tuple[CacheEntry, float]], margin: float) -> bool:
     stored twice (e.g. under two temperatures) is no rival.
     """
     best_entry, best_score = matches[0]
-    same = normalize_query(best_entry.query or "").casefold()
+    same = _spelling_folded(best_entry.query or "")
     return any(
-        score >= best_score - margin
-        and normalize_query(entry.query or "").casefold() != same
+        score >= best_score - margin and _spelling_folded(entry.query or "") != same
         for entry, score in matches[1:]
     )
+
+
+def _spelling_folded(question: str) -> str:
+    """``question`` with case, a space before punctuation and the closing
+    ``?``, ``.`` or ``!`` folded away: two spellings of one question
+    ("What is X?", "what is x") are no rivals. Punctuation inside stays
+    ("C++" and "C#" differ)."""
+    folded = _SPACE_BEFORE_MARK.sub(r"\1", normalize_query(question).casefold())
+    return folded.rstrip("?.! ")
+
+
+_SPACE_BEFORE_MARK = re.compile(r"[ \t]+([?.!,;:])")
 
 
 def _visible(text: str) -> bool:
