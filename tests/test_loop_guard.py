@@ -34,6 +34,9 @@ def test_identical_call_and_result_fires_repeat_after_max_repeats() -> None:
     assert [(v.rule, v.steps, v.repeats) for v in verdicts] == [
         ("repeat", (1, 2, 3, 4), 3)
     ]
+    assert "was made 4 times in a row, the same each time (3 repeats)" in (
+        verdicts[0].message
+    )
 
 
 def test_rerun_after_a_change_is_not_a_loop() -> None:

@@ -204,7 +204,10 @@ class Channel:
             repeats=run,
             labels=labels[-1:],
             steps=steps,
-            detail=f"{labels[-1]} came back the same {run} times in a row",
+            detail=(
+                f"{labels[-1]} was made {run + 1} times in a row, the same "
+                f"each time ({run} repeats)"
+            ),
             tools=self._tools(1),
         )
 
