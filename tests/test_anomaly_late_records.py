@@ -120,3 +120,20 @@ def test_stamps_stepped_back_keep_their_spacing_in_the_burst_window() -> None:
     series = detector._series[("all", "usd")]
     assert series.recent_sum == 8 * 1_000_000
     assert (len(series.recent), len(series.late)) == (4, 4)
+
+
+def test_stamps_that_keep_falling_keep_one_window_of_late_entries() -> None:
+    """A trace fed newest first: the burst window holds the calls within a
+    window of the latest late stamp, not every call fed (memory bounded)."""
+    settings = Anomalies()
+    detector = AnomalyDetector(settings)
+    start_us = int(T0.timestamp() * 1_000_000)
+    step_us = 10_000  # 10 ms between calls, falling
+    for i in range(3_000):
+        detector.observe_units(
+            "task:x", start_us - i * step_us, usd_nanos=1_000, tokens=10
+        )
+    series = detector._series[("task:x", "usd")]
+    in_window = int(settings.burst_window_s * 1_000_000) // step_us
+    assert len(series.late) == in_window
+    assert series.recent_sum == (in_window + 1) * 1_000  # and the first, on time

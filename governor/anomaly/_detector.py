@@ -360,9 +360,11 @@ class _Series:
 
     def _add_late(self, ts_us: int, amount: int, burst_us: int) -> None:
         """Put a late observation in the burst window; drop the earlier late
-        ones whose stamps are a burst window or more behind its own."""
+        ones whose stamps are a burst window or more from its own, behind it
+        or ahead of it (stamps that keep falling, a trace fed newest first,
+        keep one window of late entries, not every one)."""
         late, newest = self.late, self.recent[-1][0]
-        while late and late[0][1] <= ts_us - burst_us:
+        while late and abs(late[0][1] - ts_us) >= burst_us:
             self.recent_sum -= late.popleft()[2]
         if late and late[-1][:2] == (newest, ts_us):
             late[-1] = (newest, ts_us, late[-1][2] + amount)
