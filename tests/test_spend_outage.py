@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -328,6 +329,57 @@ def test_a_failed_append_cuts_back_only_its_own_lines_with_another_process(
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["call_id"] for line in lines] == [
         "call-0000",
+        *(f"other-{i}" for i in range(5)),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_an_append_keeps_no_lock_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked while this process appends (another thread's work)
+    holds a copy of the file's descriptor; other processes' appends must
+    not wait on it, nor the child's own on the parent's thread lock."""
+    path = tmp_path / "shared.jsonl"
+    store = JsonlSpendStore(path)
+    real_write_all = jsonl_module._write_all
+    children: list[int] = []
+
+    def fork_meanwhile(fd: int, data: bytes) -> None:
+        real_write_all(fd, data)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports by its exit status
+            try:
+                monkeypatch.setattr(jsonl_module, "_write_all", real_write_all)
+                store.record_many([make(20)])
+                time.sleep(30)  # an idle worker, alive while others append
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    monkeypatch.setattr(jsonl_module, "_write_all", fork_meanwhile)
+    store.record_many([make(0)])
+    monkeypatch.setattr(jsonl_module, "_write_all", real_write_all)
+    try:
+        waited = time.monotonic() + 30  # a hang guard: the child's own append
+        while len(path.read_text(encoding="utf-8").splitlines()) < 2:
+            assert time.monotonic() < waited, "the child's append hung"
+            time.sleep(0.01)
+        other = subprocess.run(
+            [sys.executable, "-c", _APPENDER, str(path)],
+            input="\n",
+            capture_output=True,
+            text=True,
+            timeout=30,  # a hang guard: it waited on the child's lock
+        )
+    finally:
+        os.kill(children[0], signal.SIGKILL)
+        os.waitpid(children[0], 0)
+    assert other.returncode == 0, other.stderr
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert sorted(json.loads(line)["call_id"] for line in lines) == [
+        "call-0000",
+        "call-0020",
         *(f"other-{i}" for i in range(5)),
     ]
 

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Literal
 
 from governor._errors import ConfigError
 from governor._files import SQLITE_HEADER
+from governor._forks import start_over_in_children
 from governor._textlines import open_bytes
 from governor.spend._record import SpendDataError, SpendRecord, load_json
 from governor.spend._store import (
@@ -115,6 +116,12 @@ class JsonlSpendStore:
         self.skipped_duplicates = 0
         # Whether a query that skips such lines logs a warning saying so.
         self.warn_duplicates = True
+        start_over_in_children(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own (the parent's may have been
+        held by one of its threads, appending, at the fork)."""
+        self._lock = threading.Lock()
 
     def record(self, rec: SpendRecord) -> None:
         """Append one record."""
@@ -166,7 +173,7 @@ class JsonlSpendStore:
                     os.ftruncate(fd, start)
                     raise
             finally:
-                os.close(fd)
+                _let_go(fd)
 
     def query(
         self,
@@ -414,10 +421,23 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _hold_for_append(fd: int) -> None:
     """Lock the file open on ``fd`` against other processes' appends until
-    ``fd`` is closed: its end, the newline check and a failed write's cut
+    :func:`_let_go`: its end, the newline check and a failed write's cut
     are then this append's alone. Windows has no ``flock``: there an append
     is locked within this process only."""
     if sys.platform != "win32":
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _let_go(fd: int) -> None:
+    """Unlock and close ``fd``. Unlocked first: a child forked during the
+    append holds a copy of ``fd``, which would keep the lock (and every
+    other process's appends waiting) for as long as the child lives."""
+    try:
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
