@@ -143,6 +143,24 @@ def test_tiers_of_one_model_must_agree_on_their_params_prices(
     )
 
 
+def test_one_price_written_two_ways_is_one_price(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.001, "0.001" and 1e-3 are the same price: no refusal."""
+    data = _routellm(tmp_path / "r.csv", [MIXTRAL, GPT4])
+    written = {"input_cost_per_token": "0.001", "output_cost_per_token": 2e-3}
+    tiers = [
+        {"name": "cold", "model": MIXTRAL, "params": PARAMS},
+        {"name": "warm", "model": MIXTRAL, "params": written},
+        GPT4,
+    ]
+    code, both, _ = _eval(capsys, data, _policy(tmp_path / "p.json", tiers))
+    alone = [tiers[0], GPT4]
+    _, one, _ = _eval(capsys, data, _policy(tmp_path / "q.json", alone))
+    assert code == 0
+    assert both["cost_usd"] == one["cost_usd"]
+
+
 def test_recorded_costs_are_charged_as_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

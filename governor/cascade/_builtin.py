@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,9 +169,11 @@ def price_table(
     (:data:`GSM8K_PRICE_KEYS`, :data:`ARENA_PRICE_KEYS`), then by the prices
     its tier's ``params`` set (``input_cost_per_token`` and kin) laid over
     the price map's entry for that key, as ``pricing.call_prices`` takes
-    them, then by the price map, then by ``pricing.default``. A price of
-    zero from an override, the default or ``params`` is a free tier; a
-    price-map entry of zero prices nothing, as in live use (LiteLLM keeps
+    them (by default none below the map's price), then by the price map,
+    then by ``pricing.default``. A price of zero from an override or the
+    default is a free tier, and so is one from ``params`` for a model the
+    price map lacks; a price-map entry of zero prices nothing, as in live
+    use (LiteLLM keeps
     such entries for self-hosted and retired ids): price such a model in
     the policy, ``Price()`` for a free one.
 
@@ -208,7 +211,7 @@ def _params_prices(tiers: Iterable[Tier]) -> dict[str, Mapping[str, Any]]:
     for tier in tiers:
         prices = tier_prices(tier)
         seen = found.setdefault(tier.model, (tier.name, prices))
-        if seen[1] != prices:
+        if _as_numbers(seen[1]) != _as_numbers(prices):
             raise ConfigError(
                 f"tiers {seen[0]!r} and {tier.name!r} both use {tier.model!r} "
                 f"but their params price it differently ({_shown(seen[1])} and "
@@ -217,6 +220,18 @@ def _params_prices(tiers: Iterable[Tier]) -> dict[str, Mapping[str, Any]]:
                 "input_cost_per_token and output_cost_per_token, or none"
             )
     return {model: prices for model, (_, prices) in found.items() if prices}
+
+
+def _as_numbers(prices: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``prices`` compared by value: ``0.001``, ``"0.001"`` and ``1e-3`` are
+    one price (a value that is no number stays as given, refused later)."""
+    numbers: dict[str, Any] = {}
+    for name, value in (prices or {}).items():
+        try:
+            numbers[name] = Decimal(str(value).strip())
+        except ArithmeticError:
+            numbers[name] = value
+    return numbers
 
 
 def _shown(prices: Mapping[str, Any] | None) -> str:
