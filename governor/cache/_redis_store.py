@@ -6,6 +6,10 @@ date from a per-index stream of additions, so a search costs one round trip
 plus a local matrix product. Removals need no log: a mirrored row whose entry
 is gone is dropped when a search meets it.
 
+Stores under one prefix share one eviction order, so a store with a smaller
+``max_entries`` or another ``eviction`` would evict the others' entries:
+:func:`settings_prefix` gives each pair of these settings its own prefix.
+
 Keys, under the prefix ``P``: ``P:e:<key>`` hash of entry JSON, vector and
 index; ``P:use`` sorted set ordering eviction; ``P:exp`` sorted set of expiry
 times; ``P:ixof`` hash naming each indexed key's index; ``P:ix:<index>`` set
@@ -43,11 +47,15 @@ from governor.cache._types import CacheEntry
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["RedisCacheStore"]
+__all__ = ["RedisCacheStore", "settings_prefix"]
 
 logger = logging.getLogger(__name__)
 
 _MIRRORED_INDEXES = 4096
+# The eviction settings whose keys stay right under the prefix: Cache's
+# defaults, where every cache kept its keys before they were kept apart.
+_PLAIN_MAX_ENTRIES = 10_000
+_PLAIN_EVICTION: Literal["lru"] = "lru"
 # Stored vectors are unit rows; float32 rounding keeps their norm far closer
 # to 1 than this, so a row off by more was not written by a cache.
 _NORM_TOLERANCE = 1e-3
@@ -219,10 +227,14 @@ class RedisCacheStore:
         client: redis.Redis,
         *,
         prefix: str = "governor:cache",
-        max_entries: int = 10_000,
-        eviction: Literal["lru", "lfu"] = "lru",
+        max_entries: int = _PLAIN_MAX_ENTRIES,
+        eviction: Literal["lru", "lfu"] = _PLAIN_EVICTION,
     ) -> None:
-        """Store entries through ``client`` under ``prefix``.
+        """Store entries through ``client`` under ``prefix``, as given.
+
+        Stores that share a prefix share one eviction order: give a store
+        with other ``max_entries`` or ``eviction`` its own prefix, e.g.
+        :func:`settings_prefix`, or its bound evicts the others' entries.
 
         Raises:
             ConfigError: the client is not a synchronous redis-py client (a
@@ -497,6 +509,23 @@ class RedisCacheStore:
                 dim,
                 corrupt[0],
             )
+
+
+def settings_prefix(
+    prefix: str, *, max_entries: int, eviction: Literal["lru", "lfu"]
+) -> str:
+    """The key prefix of a store with these eviction settings under ``prefix``.
+
+    ``max_entries`` and ``eviction`` are the settings the store's scripts
+    take per store (the bound of the shared ``P:use`` order, the length of
+    the index streams, and how ``P:use`` scores a use), so stores that differ
+    in them keep apart: ``P:<eviction>-<max_entries>``, e.g.
+    ``governor:cache:lfu-500``. The defaults (10,000 entries, LRU) keep
+    ``P`` itself, where their keys were before.
+    """
+    if max_entries == _PLAIN_MAX_ENTRIES and eviction == _PLAIN_EVICTION:
+        return prefix
+    return f"{prefix.removesuffix(':')}:{eviction}-{max_entries}"
 
 
 _SYNC_CLIENT = (
