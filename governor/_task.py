@@ -63,6 +63,8 @@ def stop_reason_for(exc: BaseException) -> str:
         return exc.code
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
         return "cancelled"  # Ctrl-C in a sync task, like cancelling an async one
+    if isinstance(exc, GeneratorExit):
+        return "closed"  # a generator holding the task, closed by its reader
     return f"error:{type(exc).__name__}"
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import litellm
 import pytest
+from opentelemetry.trace import StatusCode
 
 from conftest import MOCK_COST, CountingLiteLLM, SpanCapture
 from governor import (
@@ -327,6 +329,28 @@ def test_a_task_ended_by_any_exception_records_why(capture: SpanCapture) -> None
         call(llm, max_tokens=5)
         raise KeyError("missing")
     assert (task.report().calls, task.report().stop_reason) == (1, "error:KeyError")
+
+
+def test_a_task_in_a_generator_its_reader_closed_records_closed(
+    capture: SpanCapture,
+) -> None:
+    """A streaming handler's client went away: closed, not an error."""
+    gov, llm, _ = governed(Policy(), capture)
+    seen: list[Any] = []
+
+    def answers() -> Iterator[str]:
+        with gov.task() as task:
+            seen.append(task)
+            call(llm, max_tokens=5)
+            yield "first"
+            yield "second"
+
+    reader = answers()
+    assert next(reader) == "first"
+    reader.close()
+    assert seen[0].report().stop_reason == "closed"
+    [span] = capture.named("governor.task")
+    assert span.status.status_code is StatusCode.UNSET
 
 
 async def test_a_cancelled_async_task_records_cancelled(capture: SpanCapture) -> None:
