@@ -2987,9 +2987,12 @@ def _stream_finish_reasons(chunks: Sequence[Any]) -> tuple[str, ...]:
 
 
 def _add_saving(governor: Governor, task: Task, usd: Decimal) -> None:
-    """Add a cascade run's saving to its task's, and show the task's sum."""
+    """Add a cascade run's saving to its task's, and show the task's sum once
+    a run has added something (a run that saved exactly nothing sets none)."""
     total = task.add_cascade_saving(usd)
-    governor.telemetry.set_attributes(task.span, {attr.CASCADE_SAVED_USD: float(total)})
+    if usd:
+        saved = {attr.CASCADE_SAVED_USD: float(total)}
+        governor.telemetry.set_attributes(task.span, saved)
 
 
 @dataclasses.dataclass(slots=True)
