@@ -1106,9 +1106,14 @@ class Governor:
         """A started task, not counted as open (one-call tasks are not).
 
         A one-call task's values are its call's own, so none of them is a
-        default its call could replace: that work is skipped for it.
+        default its call could replace: that work is skipped for it. A
+        sub-task's policy is its parent's (the parent's override included)
+        with its own override laid over it; a top-level task's starts from
+        the governor's.
         """
-        effective = self.policy.merged(policy) if policy else self.policy
+        parent = self._own(_CURRENT.get())
+        inherited = self.policy if parent is None else parent.policy
+        effective = inherited.merged(policy) if policy else inherited
         if policy is not None and policy.loops.escalate_to is not None:
             self._check_escalation_price(effective)  # as Governor() does
         asked = _other_failure_mode(policy, self.policy)
@@ -1121,7 +1126,6 @@ class Governor:
                 self.policy.failure_mode,
             )
         named = Attribution(**scopes) if scopes else None
-        parent = self._own(_CURRENT.get())
         # A sub-task is charged where its parent is (team, user, ...) unless
         # it names its own values, in its policy or when opened: its spend
         # counts against both.

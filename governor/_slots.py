@@ -3,10 +3,12 @@
 A call takes, in a fixed order, the slot of every task above its own that
 caps its calls (``max_inflight_calls``, outermost first: a sub-task's calls
 count against its parent's cap), its task's slot, and one slot per capped
-scope (``scope_caps``), and gives all of them back when it is settled. Scope
-slots live in Redis when the ledger does, so the cap holds across processes;
-otherwise they are per process. The semaphore module loads redis-py, so it
-is imported only when a cap is set.
+scope (``scope_caps``), and gives all of them back when it is settled. The
+calls of one scope value share one semaphore, whatever their tasks' policies
+say; each call is admitted under the limit its own task's policy sets for
+that scope. Scope slots live in Redis when the ledger does, so the cap holds
+across processes; otherwise they are per process. The semaphore module loads
+redis-py, so it is imported only when a cap is set.
 
 A governor keeps the scope semaphores it has used most recently, about
 ``_SCOPES_KEPT`` of them: a Redis semaphore is a handle on state kept in
@@ -70,11 +72,12 @@ _NONE = Held([], 0.0)
 
 @dataclass(frozen=True, slots=True)
 class _Need:
-    """One slot a call needs: a task's own semaphore, or a scope's by key."""
+    """One slot a call needs: a task's own semaphore, or a scope's by key
+    with the limit its task's policy sets (None: the semaphore's own)."""
 
     semaphore: Semaphore | None
     key: str = ""
-    limit: int = 0
+    limit: int | None = None
 
 
 class SlotKeeper:
@@ -148,7 +151,7 @@ class SlotKeeper:
         """Take one slot; None when the failure mode skips its cap."""
         while True:
             semaphore = self._semaphore(need, task)
-            token = self._take(semaphore, timeout)
+            token = self._take(semaphore, timeout, need.limit)
             if token is None:
                 return None
             if self._kept(need, semaphore):
@@ -161,7 +164,7 @@ class SlotKeeper:
         """Async form of :meth:`_take_need`."""
         while True:
             semaphore = self._semaphore(need, task)
-            token = await self._atake(semaphore, timeout)
+            token = await self._atake(semaphore, timeout, need.limit)
             if token is None:
                 return None
             if self._kept(need, semaphore):
@@ -171,6 +174,7 @@ class SlotKeeper:
     def _semaphore(self, need: _Need, task: Task) -> Semaphore:
         if need.semaphore is not None:
             return need.semaphore
+        assert need.limit is not None
         return self._scope(need.key, need.limit, task)
 
     def _kept(self, need: _Need, semaphore: Semaphore) -> bool:
@@ -185,32 +189,37 @@ class SlotKeeper:
         with self._lock:
             return self._scopes.get(need.key) is semaphore
 
-    def _take(self, semaphore: Semaphore, timeout: float) -> str | None:
-        """A slot's token, or None when the failure mode skips its cap."""
+    def _take(
+        self, semaphore: Semaphore, timeout: float, limit: int | None = None
+    ) -> str | None:
+        """A slot's token, taken under ``limit`` (None: the semaphore's own),
+        or None when the failure mode skips its cap."""
         failover = self._failover(semaphore)
         if failover is None:
-            return semaphore.acquire(timeout)
+            return semaphore.acquire(timeout, limit=limit)
         if not failover.try_store():
             _skipped(failover, semaphore, None)
             return None
         try:
-            token = semaphore.acquire(timeout)
+            token = semaphore.acquire(timeout, limit=limit)
         except StoreUnavailable as exc:
             _skipped(failover, semaphore, exc)
             return None
         failover.store_answered()
         return token
 
-    async def _atake(self, semaphore: Semaphore, timeout: float) -> str | None:
+    async def _atake(
+        self, semaphore: Semaphore, timeout: float, limit: int | None = None
+    ) -> str | None:
         """Async form of :meth:`_take`."""
         failover = self._failover(semaphore)
         if failover is None:
-            return await semaphore.aacquire(timeout)
+            return await semaphore.aacquire(timeout, limit=limit)
         if not failover.try_store():
             _skipped(failover, semaphore, None)
             return None
         try:
-            token = await semaphore.aacquire(timeout)
+            token = await semaphore.aacquire(timeout, limit=limit)
         except StoreUnavailable as exc:
             _skipped(failover, semaphore, exc)
             return None

@@ -273,11 +273,13 @@ def test_a_semaphore_forgotten_before_its_slot_is_taken_is_looked_up_again(
     take = keeper._take
     forgotten: list[Any] = []
 
-    def forget_first(semaphore: Any, timeout: float) -> str | None:
+    def forget_first(
+        semaphore: Any, timeout: float, limit: int | None = None
+    ) -> str | None:
         if not forgotten:  # another thread forgets it just now
             with keeper._lock:
                 forgotten.append(keeper._scopes.pop("session:s1"))
-        return take(semaphore, timeout)
+        return take(semaphore, timeout, limit)
 
     monkeypatch.setattr(keeper, "_take", forget_first)
     with gov.task(session="s1") as task:

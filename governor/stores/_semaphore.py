@@ -60,8 +60,14 @@ class Semaphore(Protocol):
     key: str
     limit: int
 
-    def acquire(self, timeout_s: float | None = None) -> str:
-        """Take a slot and return its token."""
+    def acquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
+        """Take a slot and return its token.
+
+        ``limit`` caps this acquire alone (None: the semaphore's ``limit``):
+        it is granted only while fewer slots than that are taken.
+        """
         ...
 
     def release(self, token: str) -> None:
@@ -72,7 +78,9 @@ class Semaphore(Protocol):
         """Extend the slot's lease; False if the slot is gone."""
         ...
 
-    async def aacquire(self, timeout_s: float | None = None) -> str:
+    async def aacquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
         """Async form of :meth:`acquire`."""
         ...
 
@@ -100,13 +108,31 @@ class Semaphore(Protocol):
 class _SlotMixin:
     """``slot`` and ``aslot`` built on the acquire and release methods."""
 
-    def acquire(self, timeout_s: float | None = None) -> str:
+    limit: int
+
+    def _cap(self, limit: int | None) -> int:
+        """The limit one acquire is granted under: its own, else the
+        semaphore's."""
+        if limit is None:
+            return self.limit
+        if limit < 1:
+            raise ConfigError(
+                f"an acquire needs a limit of at least 1 slot, got {limit}; "
+                "pass None for the semaphore's own limit"
+            )
+        return limit
+
+    def acquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
         raise NotImplementedError
 
     def release(self, token: str) -> None:
         raise NotImplementedError
 
-    async def aacquire(self, timeout_s: float | None = None) -> str:
+    async def aacquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
         raise NotImplementedError
 
     async def arelease(self, token: str) -> None:
@@ -138,6 +164,7 @@ class _Waiter:
     future: asyncio.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     token: str | None = None
+    limit: int = 1
 
 
 class LocalSemaphore(_SlotMixin):
@@ -157,6 +184,7 @@ class LocalSemaphore(_SlotMixin):
         self._lock = threading.Lock()
         self._holders: set[str] = set()
         self._waiters: deque[_Waiter] = deque()
+        self._widest = 0  # at least every waiting acquire's limit
         start_over_in_children(self)
 
     def _forget_parent(self) -> None:
@@ -169,21 +197,30 @@ class LocalSemaphore(_SlotMixin):
         self._lock = threading.Lock()
         self._holders = set()
         self._waiters = deque()
+        self._widest = 0
 
     def in_use(self) -> int:
         """Return how many slots are taken now."""
         with self._lock:
             return len(self._holders)
 
-    def acquire(self, timeout_s: float | None = None) -> str:
-        """Take a slot, waiting up to ``timeout_s``; return its token."""
+    def acquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
+        """Take a slot, waiting up to ``timeout_s``; return its token.
+
+        ``limit`` caps this acquire alone (None: the semaphore's ``limit``):
+        it is granted while fewer slots than that are taken, first come,
+        first served among the waiters that can be granted.
+        """
+        cap = self._cap(limit)
         with self._lock:
-            if self._free_locked():
+            if self._free_locked(cap):
                 return self._grant_locked()
             if timeout_s is not None and timeout_s <= 0:
-                raise SlotUnavailable(self.key, self.limit, timeout_s)
-            waiter = _Waiter(event=threading.Event())
-            self._waiters.append(waiter)
+                raise SlotUnavailable(self.key, cap, timeout_s)
+            waiter = _Waiter(event=threading.Event(), limit=cap)
+            self._queue_locked(waiter)
         assert waiter.event is not None
         try:
             waiter.event.wait(timeout_s)
@@ -192,28 +229,32 @@ class LocalSemaphore(_SlotMixin):
             raise
         token = self._settle_waiter(waiter, keep=True)
         if token is None:
-            raise SlotUnavailable(
-                self.key, self.limit, timeout_s, blocking_loop=_on_a_loop()
-            )
+            raise SlotUnavailable(self.key, cap, timeout_s, blocking_loop=_on_a_loop())
         return token
 
-    async def aacquire(self, timeout_s: float | None = None) -> str:
-        """Take a slot without blocking the event loop; return its token."""
+    async def aacquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
+        """Take a slot without blocking the event loop; return its token.
+
+        ``limit`` is as in :meth:`acquire`.
+        """
+        cap = self._cap(limit)
         with self._lock:
-            if self._free_locked():
+            if self._free_locked(cap):
                 return self._grant_locked()
             if timeout_s is not None and timeout_s <= 0:
-                raise SlotUnavailable(self.key, self.limit, timeout_s)
+                raise SlotUnavailable(self.key, cap, timeout_s)
             loop = asyncio.get_running_loop()
-            waiter = _Waiter(future=loop.create_future(), loop=loop)
-            self._waiters.append(waiter)
+            waiter = _Waiter(future=loop.create_future(), loop=loop, limit=cap)
+            self._queue_locked(waiter)
         assert waiter.future is not None
         try:
             await asyncio.wait_for(waiter.future, timeout_s)
         except TimeoutError:
             token = self._settle_waiter(waiter, keep=True)
             if token is None:
-                raise SlotUnavailable(self.key, self.limit, timeout_s) from None
+                raise SlotUnavailable(self.key, cap, timeout_s) from None
             return token
         except BaseException:
             # Cancelled: a slot handed over meanwhile goes to the next waiter.
@@ -248,8 +289,13 @@ class LocalSemaphore(_SlotMixin):
         """Async form of :meth:`renew`."""
         return self.renew(token)
 
-    def _free_locked(self) -> bool:
-        return len(self._holders) < self.limit and not self._waiters
+    def _free_locked(self, cap: int) -> bool:
+        """Whether an acquire under ``cap`` may take a slot now.
+
+        Every waiter that a freed slot could serve was handed one, so those
+        still waiting cannot be served now: a newcomer that can goes first.
+        """
+        return len(self._holders) < cap
 
     def _grant_locked(self) -> str:
         token = new_id()
@@ -268,20 +314,38 @@ class LocalSemaphore(_SlotMixin):
             self._hand_on_locked()
             return None
 
+    def _queue_locked(self, waiter: _Waiter) -> None:
+        self._waiters.append(waiter)
+        self._widest = max(self._widest, waiter.limit)
+
     def _hand_on_locked(self) -> None:
-        while self._waiters and len(self._holders) < self.limit:
+        """Grant free slots to the waiters, in order, each under its limit.
+
+        Stops once no waiter's limit (``_widest`` bounds them) leaves room.
+        """
+        passed: list[_Waiter] = []
+        while self._waiters and len(self._holders) < self._widest:
             waiter = self._waiters.popleft()
-            waiter.token = self._grant_locked()
-            if waiter.event is not None:
-                waiter.event.set()
-                continue
-            assert waiter.loop is not None
-            assert waiter.future is not None
-            try:
-                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
-            except RuntimeError:
-                # Its loop is closed: nobody will take the slot.
-                self._holders.discard(waiter.token)
+            if len(self._holders) < waiter.limit:
+                self._wake_locked(waiter)
+            else:
+                passed.append(waiter)
+        self._waiters.extendleft(reversed(passed))
+        if not self._waiters:
+            self._widest = 0
+
+    def _wake_locked(self, waiter: _Waiter) -> None:
+        waiter.token = self._grant_locked()
+        if waiter.event is not None:
+            waiter.event.set()
+            return
+        assert waiter.loop is not None
+        assert waiter.future is not None
+        try:
+            waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+        except RuntimeError:
+            # Its loop is closed: nobody will take the slot.
+            self._holders.discard(waiter.token)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -312,7 +376,8 @@ class RedisSemaphore(_SlotMixin):
 
         Args:
             key: what the cap is on, e.g. ``"team:search"``.
-            limit: slots; every handle on the same key should use the same.
+            limit: slots, unless an acquire names its own ``limit``; every
+                handle on the same key counts the same slots.
             lease_s: how long a slot outlives a worker that died holding it;
                 it must outlast the call, or be renewed.
             config: a :class:`~governor.stores.RedisConfig` or a URL.
@@ -352,33 +417,44 @@ class RedisSemaphore(_SlotMixin):
     def try_acquire(self) -> str | None:
         """Take a slot if one is free now; return its token or None."""
         token = new_id()
-        return token if self._take(token) else None
+        return token if self._take(token, self.limit) else None
 
-    def acquire(self, timeout_s: float | None = None) -> str:
-        """Take a slot, polling up to ``timeout_s``; return its token."""
+    def acquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
+        """Take a slot, polling up to ``timeout_s``; return its token.
+
+        ``limit`` caps this acquire alone (None: the semaphore's ``limit``):
+        it is granted while fewer live slots than that are taken, by any
+        handle on the key.
+        """
+        cap = self._cap(limit)
         token = new_id()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pause = _POLL_FIRST_S
-        while not self._take(token):
+        while not self._take(token, cap):
             left = _left(deadline)
             if left is not None and left <= 0:
                 raise SlotUnavailable(
-                    self.key, self.limit, timeout_s, blocking_loop=_on_a_loop()
+                    self.key, cap, timeout_s, blocking_loop=_on_a_loop()
                 )
             time.sleep(_pause(pause, left))
             pause = min(pause * 2, _POLL_MAX_S)
         return token
 
-    async def aacquire(self, timeout_s: float | None = None) -> str:
+    async def aacquire(
+        self, timeout_s: float | None = None, *, limit: int | None = None
+    ) -> str:
         """Async form of :meth:`acquire`."""
+        cap = self._cap(limit)
         token = new_id()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pause = _POLL_FIRST_S
         try:
-            while not await self._atake(token):
+            while not await self._atake(token, cap):
                 left = _left(deadline)
                 if left is not None and left <= 0:
-                    raise SlotUnavailable(self.key, self.limit, timeout_s)
+                    raise SlotUnavailable(self.key, cap, timeout_s)
                 await asyncio.sleep(_pause(pause, left))
                 pause = min(pause * 2, _POLL_MAX_S)
         except asyncio.CancelledError:
@@ -473,10 +549,10 @@ class RedisSemaphore(_SlotMixin):
         reply = await self._conn.acall(lambda: script([self.redis_key], args), "renew")
         return bool(reply)
 
-    def _take(self, token: str) -> bool:
+    def _take(self, token: str, limit: int) -> bool:
         """Try for a slot once; a failed try is undone once Redis answers."""
         script = self._conn.script(_ACQUIRE_LUA)
-        args: list[str | int] = [token, self.limit, self._lease_ms]
+        args: list[str | int] = [token, limit, self._lease_ms]
         try:
             reply = self._conn.call(lambda: script([self.redis_key], args), "acquire")
         except StoreUnavailable as exc:
@@ -486,9 +562,9 @@ class RedisSemaphore(_SlotMixin):
         self._warned = False
         return bool(reply)
 
-    async def _atake(self, token: str) -> bool:
+    async def _atake(self, token: str, limit: int) -> bool:
         script = self._conn.ascript(_ACQUIRE_LUA)
-        args: list[str | int] = [token, self.limit, self._lease_ms]
+        args: list[str | int] = [token, limit, self._lease_ms]
         try:
             reply = await self._conn.acall(
                 lambda: script([self.redis_key], args), "acquire"
