@@ -207,6 +207,9 @@ def test_a_program_handler_that_chains_to_the_governors_is_called_once() -> None
     from governor.adapters._interrupt import InterruptScope
 
     before = signal.getsignal(signal.SIGINT)
+    # Python's own handler, whatever this run inherited: a shell starting a
+    # command in the background makes it ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     calls: list[int] = []
     first = InterruptScope(lambda task: None)
     first.open()
