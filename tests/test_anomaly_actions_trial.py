@@ -136,6 +136,26 @@ def drip_headers(handler: BaseHTTPRequestHandler, receiver: Receiver) -> None:
     handler.wfile.write(b"Content-Length: 0\r\n\r\n")
 
 
+def drip_body(size: int, every_s: float) -> Answer:
+    """An answer of 200 with a ``size``-byte body sent one byte every
+    ``every_s`` (until released)."""
+
+    def answer(handler: BaseHTTPRequestHandler, receiver: Receiver) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        for _ in range(size):
+            try:
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+            except OSError:
+                return  # the client hung up
+            if receiver.release.wait(every_s):
+                return
+
+    return answer
+
+
 def an_alert(scope: str = "team:search") -> Alert:
     return Alert(
         scope=scope,
@@ -174,6 +194,55 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout(
     assert 0.9 < took_s < 2.5, took_s
     assert "timed out" in caplog.text
     assert "webhook_timeout_s=1 s" in caplog.text
+
+
+def test_a_receiver_that_drips_its_body_is_cut_off_at_the_timeout(
+    serve: Callable[[Answer], Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte of the body every 0.1 s, well within the per-read timeout: the
+    POST is still cut off at timeout_s in all (10 s before) and logged."""
+    receiver = serve(drip_body(100, 0.1))
+    hook = WebhookHook(receiver.url(), timeout_s=0.5, blocking=True)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        hook(an_alert())
+    took_s = time.monotonic() - started
+    assert took_s < 2.5, f"the POST took {took_s:.1f} s with timeout_s=0.5"
+    assert len(receiver.seen) == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        f"anomaly webhook POST to http://127.0.0.1:{receiver.port}/... failed: "
+        "timed out: no whole answer within webhook_timeout_s=0.5 s; the alert "
+        "was dropped"
+    ]
+
+
+def test_a_background_post_to_a_dripping_receiver_ends_at_the_timeout(
+    serve: Callable[[Answer], Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background thread is freed at the timeout too: close() finds
+    nothing unsent and nothing under way."""
+    receiver = serve(drip_body(100, 0.1))
+    hook = WebhookHook(receiver.url(), timeout_s=0.5)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        hook(an_alert())
+        assert hook.close(timeout_s=5.0) == 0
+    assert len(receiver.seen) == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1, messages
+    expected = "failed: timed out: no whole answer within webhook_timeout_s=0.5 s"
+    assert expected in messages[0]
+
+
+def test_a_body_dripped_within_the_timeout_is_read_whole(
+    serve: Callable[[Answer], Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keeping the socket to cut does not cut a POST that ends in time."""
+    receiver = serve(drip_body(5, 0.01))
+    hook = WebhookHook(receiver.url(), timeout_s=5.0, blocking=True)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        hook(an_alert())
+    assert len(receiver.seen) == 1
+    assert caplog.records == []
 
 
 # -- 2. a bounded queue, and no long wait at exit ------------------------------
