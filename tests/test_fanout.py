@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any, TypedDict
 
 import pytest
+from _inflight import InFlightProvider
 
 from conftest import SpanCapture
 from governor import Fanout, Governor, Policy, Price, Pricing, govern
@@ -18,28 +18,6 @@ from governor.stores._semaphore import LocalSemaphore
 from governor.telemetry import attributes as attr
 
 MESSAGES = [{"role": "user", "content": "Count to three."}]
-
-
-class SlowProvider:
-    """Real litellm mock calls that take a while and count concurrency."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self._lock = threading.Lock()
-
-    async def acompletion(self, **kwargs: Any) -> Any:
-        import litellm
-
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        try:
-            await asyncio.sleep(0.05)
-            return await litellm.acompletion(**kwargs)
-        finally:
-            with self._lock:
-                self.now -= 1
 
 
 async def burst(llm: GovernedLiteLLM, count: int) -> list[str]:
@@ -60,7 +38,7 @@ async def burst(llm: GovernedLiteLLM, count: int) -> list[str]:
 
 def test_inflight_calls_per_task_wait_for_a_slot(capture: SpanCapture) -> None:
     """With on_cap='wait', at most N calls of a task run at once; all finish."""
-    provider = SlowProvider()
+    provider = InFlightProvider()
     gov = Governor(
         Policy(fanout=Fanout(max_inflight_calls=3)), tracer_provider=capture.provider
     )
@@ -80,7 +58,7 @@ def test_inflight_calls_per_task_wait_for_a_slot(capture: SpanCapture) -> None:
 
 def test_refuse_mode_raises_past_the_cap() -> None:
     """With on_cap='refuse', calls past the cap fail at once with a typed error."""
-    provider = SlowProvider()
+    provider = InFlightProvider()
     policy = Policy(fanout=Fanout(max_inflight_calls=2, on_cap="refuse"))
     gov = Governor(policy)
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
@@ -96,7 +74,7 @@ def test_refuse_mode_raises_past_the_cap() -> None:
 
 def test_scope_cap_spans_tasks() -> None:
     """A team cap limits calls in flight across every task of the team."""
-    provider = SlowProvider()
+    provider = InFlightProvider()
     policy = Policy(fanout=Fanout(scope_caps={"team": 2}))
     gov = Governor(policy)
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
@@ -116,7 +94,7 @@ def test_scope_cap_uses_redis_slots_with_a_redis_ledger(
     redis_url: str, redis_prefix: str
 ) -> None:
     """With a Redis ledger the scope cap is a Redis semaphore shared by workers."""
-    provider = SlowProvider()
+    provider = InFlightProvider()
     policy = Policy(fanout=Fanout(scope_caps={"team": 2}))
     workers = [
         Governor(policy, ledger=RedisLedger(redis_url, prefix=redis_prefix))
@@ -170,7 +148,7 @@ def test_sub_task_calls_count_against_the_parent_cap() -> None:
     Their spend counts against the parent's budgets; their calls used to
     bypass its cap (20 in flight under a cap of 3).
     """
-    provider = SlowProvider()
+    provider = InFlightProvider()
     gov = Governor(Policy(fanout=Fanout(max_inflight_calls=2)))
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
 

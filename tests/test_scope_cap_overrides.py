@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from _inflight import InFlightProvider
 
 from governor import Attribution, Fanout, Governor, Policy, govern
 from governor.adapters.litellm import GovernedLiteLLM
@@ -31,45 +32,6 @@ TEAM_CAP_5 = Policy(
 TEAM_CAP_2 = Policy(fanout=Fanout(scope_caps={"team": 2}))
 
 
-class Provider:
-    """Offline litellm calls that count how many are in flight.
-
-    Unless ``gate`` is open, each call waits for it, so a test holds calls
-    in flight as long as it needs them there.
-    """
-
-    def __init__(self, *, gated: bool = False) -> None:
-        self.now = 0
-        self.peak = 0
-        self.gate = asyncio.Event()
-        self._lock = threading.Lock()
-        if not gated:
-            self.gate.set()
-
-    async def acompletion(self, **kwargs: Any) -> Any:
-        import litellm
-
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        try:
-            await asyncio.sleep(0.05)
-            await self.gate.wait()
-            return await litellm.acompletion(**kwargs)
-        finally:
-            with self._lock:
-                self.now -= 1
-
-    async def reach(self, count: int) -> None:
-        """Return once ``count`` calls are in flight (hang guard: 10 s)."""
-
-        async def poll() -> None:
-            while self.now != count:
-                await asyncio.sleep(0.005)
-
-        await asyncio.wait_for(poll(), 10)
-
-
 async def _call(llm: GovernedLiteLLM) -> str:
     try:
         await llm.acompletion(
@@ -80,7 +42,9 @@ async def _call(llm: GovernedLiteLLM) -> str:
     return "ok"
 
 
-async def _peak(gov: Governor, provider: Provider, override: Policy | None) -> int:
+async def _peak(
+    gov: Governor, provider: InFlightProvider, override: Policy | None
+) -> int:
     """The most calls of one task in flight at once, out of a burst of 10."""
     provider.peak = 0
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
@@ -91,7 +55,7 @@ async def _peak(gov: Governor, provider: Provider, override: Policy | None) -> i
 
 
 def _peaks_in_order(gov: Governor, override_first: bool) -> dict[str, int]:
-    provider = Provider()
+    provider = InFlightProvider()
 
     async def run() -> dict[str, int]:
         order = [TEAM_CAP_2, None] if override_first else [None, TEAM_CAP_2]
@@ -147,7 +111,7 @@ def test_each_task_gets_its_own_scope_cap_on_redis(
 
 
 async def _hold(
-    gov: Governor, provider: Provider, override: Policy | None, n: int
+    gov: Governor, provider: InFlightProvider, override: Policy | None, n: int
 ) -> asyncio.Future[list[str]]:
     """Start ``n`` calls of a task that stay in flight until the gate opens."""
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
@@ -162,7 +126,9 @@ async def _hold(
     return held
 
 
-async def _one(gov: Governor, provider: Provider, override: Policy | None) -> str:
+async def _one(
+    gov: Governor, provider: InFlightProvider, override: Policy | None
+) -> str:
     """One call of a task of its own, while the others stay in flight.
 
     Refused, it ends at once; admitted, it reaches the provider, and the
@@ -189,7 +155,7 @@ def _shared_count(first: Governor, second: Governor) -> list[str]:
     Each governor takes the team's slots under one limit first, then under
     the other.
     """
-    provider = Provider(gated=True)
+    provider = InFlightProvider(gated=True)
 
     async def run() -> list[str]:
         defaults = await _hold(first, provider, None, 3)
@@ -248,7 +214,7 @@ def test_a_sub_task_starts_from_its_parents_override() -> None:
 def test_a_nested_task_keeps_its_parents_scope_cap() -> None:
     """Calls of a gov.task() opened inside a team:2 override task: 2 in flight."""
     gov = Governor(TEAM_CAP_5)
-    provider = Provider()
+    provider = InFlightProvider()
     llm = GovernedLiteLLM(gov, acompletion=provider.acompletion)
 
     async def run() -> list[str]:
