@@ -151,3 +151,31 @@ def test_default_settings_keep_their_keys_right_under_the_prefix(
     assert settings_prefix(f"{base}:", max_entries=2, eviction="lru") == (
         f"{base}:lru-2"
     )
+
+
+@pytest.mark.parametrize("cleared", ["governor", "override"])
+def test_clearing_a_governors_cache_clears_its_overrides_entries_too(
+    redis_url: str, redis_prefix: str, cleared: str
+) -> None:
+    """One key_prefix is one cache to clear, whatever settings stored what."""
+    from governor.testing import install_offline_provider
+
+    install_offline_provider(speed=0)
+    small = Policy(cache=Cache(store="redis", embedder="hashing", max_entries=50))
+    texts = ["What is the capital of Atlantis today?"]
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    try:
+        own = Policy(cache=Cache(store="redis", embedder="hashing"))
+        gov = Governor(own, ledger=ledger)
+        governed_hits(gov, texts, "t", small)
+        governed_hits(gov, texts, "t", None)
+        assert governed_hits(gov, texts, "t", small) == 1
+        gov.cache_for(gov.policy if cleared == "governor" else small).clear()
+        hits = (
+            governed_hits(gov, texts, "t", small),
+            governed_hits(gov, texts, "t", None),
+        )
+        gov.close()
+    finally:
+        ledger.close()
+    assert hits == (0, 0)

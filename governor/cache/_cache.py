@@ -654,16 +654,13 @@ def _default_store(policy: Cache, client: redis.Redis | None) -> CacheStore:
             "Cache(store='redis') needs a Redis client: pass redis_client= or a "
             "RedisCacheStore as store="
         )
-    from governor.cache._redis_store import RedisCacheStore, settings_prefix
+    from governor.cache._redis_store import RedisCacheStore
 
     # Caches with other bounds or eviction keep their entries apart: one
     # store's put would evict down to its own bound in a shared order.
-    prefix = settings_prefix(
-        policy.key_prefix, max_entries=policy.max_entries, eviction=policy.eviction
-    )
-    return RedisCacheStore(
+    return RedisCacheStore.for_settings(
         client,
-        prefix=prefix,
+        prefix=policy.key_prefix,
         max_entries=policy.max_entries,
         eviction=policy.eviction,
     )

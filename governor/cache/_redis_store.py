@@ -248,6 +248,9 @@ class RedisCacheStore:
             )
         self._redis = client
         self._p = prefix.removesuffix(":")
+        # The key_prefix of the Cache settings this store was made for (see
+        # for_settings), whose other settings' stores clear() empties too.
+        self._root: str | None = None
         self.max_entries = max_entries
         self.eviction = eviction
         self._put = client.register_script(_PUT)
@@ -345,21 +348,55 @@ class RedisCacheStore:
         """Return how many entries the shared store holds."""
         return int(self._redis.zcard(f"{self._p}:use"))
 
+    @classmethod
+    def for_settings(
+        cls,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        max_entries: int,
+        eviction: Literal["lru", "lfu"],
+    ) -> RedisCacheStore:
+        """The store of ``Cache(key_prefix=prefix, max_entries=...,
+        eviction=...)``: under :func:`settings_prefix`, and one whose
+        :meth:`clear` empties the stores of the prefix's other settings too,
+        so that clearing a governor's cache also clears what its task
+        overrides stored."""
+        store = cls(
+            client,
+            prefix=settings_prefix(prefix, max_entries=max_entries, eviction=eviction),
+            max_entries=max_entries,
+            eviction=eviction,
+        )
+        store._root = prefix.removesuffix(":")
+        return store
+
     def clear(self) -> None:
         """Delete this store's keys (and only those).
 
-        The keys of a store whose prefix extends this one (``P:v2``) stay.
+        The keys of a store whose prefix extends this one (``P:v2``) stay,
+        except those of the same key prefix's other settings for a store
+        made by :meth:`for_settings`.
         """
-        base = re.sub(r"([*?\[\]\\])", r"\\\1", self._p)
         with self._lock:
             for mirror in self._mirrors.values():
                 mirror.counted = False
             self._mirrors.clear()
             self._rows = 0
-        self._clear(
-            keys=[f"{self._p}:{name}" for name in _SINGLES],
-            args=[f"{base}:{family}*" for family in _FAMILIES],
-        )
+        keys, patterns = self._clear_targets()
+        self._clear(keys=keys, args=patterns)
+
+    def _clear_targets(self) -> tuple[list[str], list[str]]:
+        """The keys :meth:`clear` deletes, and the SCAN patterns it deletes."""
+        prefixes = [self._p] if self._root is None else [self._root]
+        keys = [f"{prefix}:{name}" for prefix in prefixes for name in _SINGLES]
+        patterns = [f"{_glob(p)}:{family}*" for p in prefixes for family in _FAMILIES]
+        if self._root is not None:
+            for eviction in ("lru", "lfu"):
+                other = f"{_glob(self._root)}:{eviction}-[0-9]*"
+                patterns += [f"{other}:{family}*" for family in _FAMILIES]
+                patterns += [f"{other}:{name}" for name in _SINGLES]
+        return keys, patterns
 
     def _read(self, key: str, raw: bytes | str | None) -> CacheEntry | None:
         """The entry stored under ``key``; None if none, or if it is unreadable.
@@ -509,6 +546,11 @@ class RedisCacheStore:
                 dim,
                 corrupt[0],
             )
+
+
+def _glob(prefix: str) -> str:
+    """``prefix`` with the characters SCAN's MATCH reads as a pattern escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
 
 
 def settings_prefix(
