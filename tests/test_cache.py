@@ -349,13 +349,18 @@ def test_an_ambiguous_match_misses() -> None:
 
 def test_two_spellings_of_one_question_are_no_rivals() -> None:
     """Case, a closing question mark and a space before it do not make a
-    second question; punctuation inside a word does ("C++", "C#")."""
+    second question; other punctuation does ("C++", "C#"), and so does a
+    mark after a number or another mark ("10!" is a factorial)."""
     degrees = {
         "q": 0.0,
         "What is in it?": 15.0,
         "what is in it ?": -15.0,
         "What is C++": 15.0,
         "What is C#": -15.0,
+        "Compute 10!": 15.0,
+        "Compute 10": -15.0,
+        "Explain cd ..": 15.0,
+        "Explain cd": -15.0,
     }
 
     def table(texts: list[str]) -> Vectors:
@@ -369,12 +374,17 @@ def test_two_spellings_of_one_question_are_no_rivals() -> None:
     fill(spellings, ask("what is in it ?"))
     assert isinstance(spellings.lookup(model=MODEL, messages=ask("q")), CacheHit)
 
-    rivals = make(embedder=embedder, safety_gate=False)
-    fill(rivals, ask("What is C++"))
-    fill(rivals, ask("What is C#"))
-    miss = rivals.lookup(model=MODEL, messages=ask("q"))
-    assert isinstance(miss, CacheMiss)
-    assert miss.reason == "ambiguous"
+    for one, other in [
+        ("What is C++", "What is C#"),
+        ("Compute 10!", "Compute 10"),
+        ("Explain cd ..", "Explain cd"),
+    ]:
+        rivals = make(embedder=embedder, safety_gate=False)
+        fill(rivals, ask(one))
+        fill(rivals, ask(other))
+        miss = rivals.lookup(model=MODEL, messages=ask("q"))
+        assert isinstance(miss, CacheMiss)
+        assert (one, miss.reason) == (one, "ambiguous")
 
 
 def test_a_refusing_verifier_turns_a_hit_into_a_miss() -> None:

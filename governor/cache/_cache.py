@@ -696,15 +696,15 @@ def _rivalled(matches: list[tuple[CacheEntry, float]], margin: float) -> bool:
 
 
 def _spelling_folded(question: str) -> str:
-    """``question`` with case, a space before punctuation and the closing
-    ``?``, ``.`` or ``!`` folded away: two spellings of one question
-    ("What is X?", "what is x") are no rivals. Punctuation inside stays
-    ("C++" and "C#" differ)."""
-    folded = _SPACE_BEFORE_MARK.sub(r"\1", normalize_query(question).casefold())
-    return folded.rstrip("?.! ")
+    """``question`` with case folded, and one closing ``?``, ``.`` or ``!``
+    right after a word's letter (a space between allowed) dropped: two
+    spellings of one question ("What is X?", "what is x") are no rivals.
+    A mark after a digit or another mark stays: "10!" is a factorial,
+    "cd .." a path, "a+?" a pattern."""
+    return _CLOSING_MARK.sub("", normalize_query(question).casefold())
 
 
-_SPACE_BEFORE_MARK = re.compile(r"[ \t]+([?.!,;:])")
+_CLOSING_MARK = re.compile(r"(?<=[^\W\d_])[ \t]*[?.!]$")
 
 
 def _visible(text: str) -> bool:
