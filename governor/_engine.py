@@ -969,7 +969,9 @@ class Governor:
 
         Args:
             task_id: the task's id; a random one if None.
-            policy: an override laid over the governor's policy for this task.
+            policy: an override laid over the governor's policy for this
+                task (over the policy of the task around it, for a task
+                opened inside another).
             attribution: who and what the spend is charged to; scope values
                 given as keywords (``team="search"``) are laid over it.
 
