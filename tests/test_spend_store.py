@@ -137,6 +137,16 @@ def test_unknown_filter_key_is_a_config_error(store: SpendStore) -> None:
         store.query(filters={"colour": "red"})
 
 
+def test_an_outcome_filter_no_call_can_have_is_a_config_error(
+    store: SpendStore,
+) -> None:
+    """A typo in an outcome matches nothing: said, not an empty report."""
+    with pytest.raises(ConfigError, match="outcome='refuse' matches no call"):
+        store.query(filters={"outcome": "refuse"})
+    store.record_many([make(1)])
+    assert [r.call_id for r in store.query(filters={"outcome": "ok"})] == ["call-1"]
+
+
 def test_naive_bound_is_a_config_error(store: SpendStore) -> None:
     """A query bound without a time zone is refused."""
     with pytest.raises(ConfigError, match="has no time zone"):

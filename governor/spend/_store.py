@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from governor._errors import ConfigError
 from governor.policies._model import as_name
-from governor.spend._record import SpendRecord
+from governor.spend._record import OUTCOMES, SpendRecord
 
 __all__ = [
     "FILTER_FIELDS",
@@ -79,6 +79,11 @@ def check_filters(filters: Filters | None) -> dict[str, str | None]:
                 f"{', '.join(FILTER_FIELDS)} or 'tag.<name>'"
             )
         composed = None if value is None else as_name(value)
+        if key == "outcome" and composed not in OUTCOMES:
+            raise ConfigError(
+                f"spend filter outcome={value!r} matches no call: an outcome "
+                f"is one of {', '.join(OUTCOMES)}"
+            )
         out[as_name(key)] = composed
     return out
 
