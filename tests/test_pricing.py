@@ -129,6 +129,24 @@ def test_unknown_model_is_refused_with_how_to_price_it() -> None:
     assert "Pricing(default=" in message
 
 
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("gpt-4o-mni", "gpt-4o-mini"),
+        ("offline/gpt-4o-mni", "offline/gpt-4o-mini"),
+        ("my-private-model", None),
+    ],
+)
+def test_a_model_name_one_letter_off_a_priced_one_is_suggested(
+    typo: str, meant: str | None
+) -> None:
+    """A typo is refused, saying the name it likely means; other names not."""
+    with pytest.raises(PriceUnknown) as caught:
+        RateCard().rate(typo)
+    hint = "" if meant is None else f"; did you mean {meant!r}?"
+    assert caught.value.reason.endswith(f"and no override prices it{hint}")
+
+
 def test_unknown_model_stays_unknown_on_later_calls() -> None:
     """The refusal is remembered and raised again, not turned into a price."""
     card = _card()

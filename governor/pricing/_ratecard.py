@@ -537,6 +537,8 @@ class RateCard:
         self._per_call: dict[Hashable, _CallRate] = {}
         # (model, field) pairs a call priced below the map, warned about once.
         self._warned: set[tuple[str, str]] = set()
+        # The priced name each unpriced name is likely a typo of, or None.
+        self._near: dict[str, str | None] = {}
         self._lock = threading.Lock()
         start_over_in_children(self)
 
@@ -629,17 +631,37 @@ class RateCard:
             return runtime
         if unpriced.default is not None:
             return unpriced.default
-        raise PriceUnknown(model, runtime or unpriced.reason or self._not_found())
+        reason = runtime or unpriced.reason or self._not_found(model)
+        raise PriceUnknown(model, reason)
 
-    def _not_found(self) -> str:
-        """Why a model found in no map is refused, naming the maps searched."""
+    def _not_found(self, model: str) -> str:
+        """Why a model found in no map is refused, naming the maps searched
+        and the name it may be a typo of."""
         if not self._reads_litellm:
-            return "not in the rate card's price map, and no override prices it"
-        searched = [f"as fetched from {self._url}"] if self._remote else []
-        if _litellm_model_cost() is not None:
-            searched.append("bundled or at run time in litellm.model_cost")
-        where = f" ({', or '.join(searched)})" if searched else ""
-        return f"not in LiteLLM's price map{where}, and no override prices it"
+            why = "not in the rate card's price map, and no override prices it"
+        else:
+            searched = [f"as fetched from {self._url}"] if self._remote else []
+            if _litellm_model_cost() is not None:
+                searched.append("bundled or at run time in litellm.model_cost")
+            where = f" ({', or '.join(searched)})" if searched else ""
+            why = f"not in LiteLLM's price map{where}, and no override prices it"
+        near = self._near_name(model)
+        return why if near is None else f"{why}; did you mean {near!r}?"
+
+    def _near_name(self, model: str) -> str | None:
+        """A priced name ``model`` is likely a typo of, with its prefix kept
+        (``offline/gpt-4o-mni``: ``offline/gpt-4o-mini``), or None."""
+        import difflib
+
+        head, slash, bare = model.rpartition("/")
+        if bare not in self._near:  # a refusal may come on every call
+            known = [name for name in self._entries() if "/" not in name]
+            found = difflib.get_close_matches(bare, known, n=1, cutoff=0.9)
+            if len(self._near) >= _NEAR_NAMES_KEPT:
+                self._near.clear()
+            self._near[bare] = found[0] if found and found[0] != bare else None
+        near = self._near[bare]
+        return None if near is None else f"{head}{slash}{near}"
 
     def _runtime_entry(self, model: str) -> tuple[str, Mapping[str, Any]] | None:
         """The entry ``litellm.model_cost`` holds for ``model`` now, if any."""
@@ -848,6 +870,8 @@ def _litellm_model_cost() -> Mapping[str, Any] | None:
 _PER_CALL_MEMORY = 256
 # Models and prices warned about as set below the map, per card.
 _WARNED_MEMORY = 1024
+# How many unpriced names a card keeps the likely typo of.
+_NEAR_NAMES_KEPT = 256
 
 #: The price fields a call may set that the governor reads, as LiteLLM names
 #: them (its ``CustomPricingLiteLLMParams``); long-context variants aside.
