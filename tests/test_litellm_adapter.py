@@ -843,6 +843,24 @@ def test_a_model_registered_with_a_negative_price_is_refused() -> None:
         litellm.model_cost.pop(name, None)
 
 
+def test_a_refused_unknown_model_prints_nothing_on_stdout(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The governor's provider look-ups keep LiteLLM's banner off stdout (a
+    program printing JSON there), and leave suppress_debug_info as found."""
+    from governor import PriceUnknown
+
+    before = litellm.suppress_debug_info
+    gov = Governor()
+    with gov.task(), pytest.raises(PriceUnknown, match="did you mean 'gpt-4o-mini'"):
+        GovernedLiteLLM(gov).completion(
+            model="gpt-4o-mni", messages=MESSAGES, mock_response="x", max_tokens=20
+        )
+    gov.close()
+    assert capfd.readouterr().out == ""
+    assert litellm.suppress_debug_info is before
+
+
 @pytest.mark.parametrize("where", ["litellm_params", "model_info"])
 def test_router_deployment_prices_price_its_calls(where: str) -> None:
     """A Router deployment priced in its litellm_params or model_info is

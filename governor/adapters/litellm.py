@@ -1278,7 +1278,8 @@ def _responses_provider(
         declared = declared_authenticating_provider(model)
     if isinstance(declared, str):
         return declared
-    _, provider, _, _ = litellm.get_llm_provider(model, api_base=api_base)
+    with _no_banner():
+        _, provider, _, _ = litellm.get_llm_provider(model, api_base=api_base)
     return str(provider)
 
 
@@ -1288,9 +1289,10 @@ def _bridged_by_config(model: str, kwargs: Mapping[str, Any]) -> bool:
     try:
         from litellm.utils import ProviderConfigManager
 
-        _, provider, _, _ = litellm.get_llm_provider(
-            model, custom_llm_provider=kwargs.get("custom_llm_provider")
-        )
+        with _no_banner():
+            _, provider, _, _ = litellm.get_llm_provider(
+                model, custom_llm_provider=kwargs.get("custom_llm_provider")
+            )
         config = ProviderConfigManager.get_provider_responses_api_config(
             provider=provider, model=model
         )
@@ -1854,7 +1856,8 @@ def _provider(kwargs: Mapping[str, Any]) -> str | None:
     found = _PROVIDERS.get(key)
     if found is None:
         try:
-            found = str(litellm.get_llm_provider(model=model, api_base=base)[1])
+            with _no_banner():
+                found = str(litellm.get_llm_provider(model=model, api_base=base)[1])
         except Exception:  # LiteLLM raises its own errors (and others) here
             return None
         if len(_PROVIDERS) >= _PROVIDER_MEMORY:
@@ -3368,11 +3371,12 @@ def _hooked_route(kwargs: Mapping[str, Any]) -> bool:
     if getattr(litellm, "model_fallbacks", None):
         return False
     try:
-        provider = litellm.get_llm_provider(
-            model=model,
-            custom_llm_provider=kwargs.get("custom_llm_provider"),
-            api_base=kwargs.get("api_base") or kwargs.get("base_url"),
-        )[1]
+        with _no_banner():
+            provider = litellm.get_llm_provider(
+                model=model,
+                custom_llm_provider=kwargs.get("custom_llm_provider"),
+                api_base=kwargs.get("api_base") or kwargs.get("base_url"),
+            )[1]
     except Exception:  # a model LiteLLM cannot place: not known
         return False
     return provider in _HOOKED_PROVIDERS and _python_route()
@@ -4218,3 +4222,29 @@ class _AsyncStream(_StreamSettler):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+# Provider look-ups the governor makes on its own account are questions: a
+# model LiteLLM cannot place is an answer, not a failure to announce. LiteLLM
+# prints a banner on stdout then (breaking a program that prints JSON there)
+# unless litellm.suppress_debug_info is set; it is set while any look-up runs
+# and put back as found once none does.
+_BANNER_LOCK = threading.Lock()
+_banner_quiet = {"depth": 0, "saved": False}
+
+
+@contextlib.contextmanager
+def _no_banner() -> Iterator[None]:
+    """Keep LiteLLM's "Provider List" banner off stdout in the block."""
+    with _BANNER_LOCK:
+        if _banner_quiet["depth"] == 0:
+            _banner_quiet["saved"] = bool(litellm.suppress_debug_info)
+            litellm.suppress_debug_info = True
+        _banner_quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BANNER_LOCK:
+            _banner_quiet["depth"] -= 1
+            if _banner_quiet["depth"] == 0:
+                litellm.suppress_debug_info = _banner_quiet["saved"]
