@@ -686,9 +686,13 @@ def load_policy(spec: str) -> Policy:
     path_text, _, name = spec.partition(":") if ".py:" in spec else (spec, "", "")
     path = Path(path_text)
     if not path.is_file():
+        from governor.policies.packs import PACKS
+
+        pack = spec.strip().lower().replace("-", "_")
+        hint = f"; did you mean 'pack:{pack}'?" if pack in PACKS else ""
         raise ConfigError(
             f"policy {spec!r} is not 'default', 'pack:NAME' or an existing "
-            ".json / .py file"
+            f".json / .py file{hint}"
         )
     suffix = path.suffix.lower()
     if suffix not in (".json", ".py"):

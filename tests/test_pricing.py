@@ -624,6 +624,16 @@ def test_cli_names_a_missing_policy_file(capsys: pytest.CaptureFixture[str]) -> 
     assert "is not 'default', 'pack:NAME' or an existing" in capsys.readouterr().err
 
 
+def test_cli_suggests_the_pack_a_bare_pack_name_means(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'production' is no file; 'pack:production' is what was meant."""
+    assert cli_main(["policy", "show", "production"]) == 2
+    assert capsys.readouterr().err.endswith("did you mean 'pack:production'?\n")
+    assert cli_main(["policy", "show", "Customer-Facing"]) == 2
+    assert "did you mean 'pack:customer_facing'?" in capsys.readouterr().err
+
+
 def test_worst_case_holds_output_at_the_dearer_audio_price() -> None:
     """A model that prices audio output dearer than text holds output at it."""
     rate = RateCard().rate("gpt-4o-audio-preview-2024-12-17")
