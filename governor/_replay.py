@@ -771,7 +771,9 @@ def json_number(text: str) -> float | Decimal:
 
     A float when it keeps the number as written (``0.993``, ``1e-7``): the
     policy's money fields read a float by its shortest digits, the same
-    ones. Otherwise the exact :class:`~decimal.Decimal`, so that an amount
+    ones; a whole number written with an exponent (``1e2``, ``1.5e2``) is
+    an int, so it reads as the same number written as text does (``100``,
+    not ``100.0``). Otherwise the exact :class:`~decimal.Decimal`, so that an amount
     such as ``8426164.243672113``, which a float would move by a
     nano-dollar, is kept, and one with digits past the ninth place is
     refused, as it is when written as a string.
@@ -786,6 +788,8 @@ def json_number(text: str) -> float | Decimal:
             "write the value within the range the field allows"
         ) from None
     if math.isfinite(number) and Decimal(repr(number)) == exact:
+        if number.is_integer() and "e" in text.lower() and abs(number) < 2**53:
+            return int(number)  # 1e2 is 100, as "1e2" written as text is
         return number
     return exact
 

@@ -122,6 +122,22 @@ def test_long_json_numbers_reach_a_tier_as_floats(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "read"),
+    [("1e2", "100"), ("1.5e2", "150"), ("100.0", "100.0"), ("1e-3", "0.001")],
+)
+def test_a_json_amount_reads_as_written(
+    tmp_path: Path, written: str, read: str
+) -> None:
+    """An exponent is written out as the same amount given as text is."""
+    policy = tmp_path / "p.json"
+    policy.write_text(f'{{"budgets": [{{"max_usd": {written}}}]}}', encoding="utf-8")
+    text = policy.with_name("t.json")
+    text.write_text(f'{{"budgets": [{{"max_usd": "{written}"}}]}}', encoding="utf-8")
+    loaded = load_policy(str(policy)).budgets[0].max_usd
+    assert (str(loaded), loaded) == (read, load_policy(str(text)).budgets[0].max_usd)
+
+
+@pytest.mark.parametrize(
     "exponent", ["1e1000000000000000000", "1e-9999999999999999999"]
 )
 def test_a_json_number_with_a_huge_exponent_is_a_config_error(
