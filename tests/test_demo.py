@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -141,3 +143,37 @@ def test_the_totals_line_names_what_the_spend_report_also_counts() -> None:
         "2 tasks, 7 model calls sent, $0.2; 4 answered from the cache and 1 "
         "refused before sending (the spend report counts all 12)"
     )
+
+
+def test_a_warning_to_the_same_pipe_starts_its_own_line(tmp_path: Path) -> None:
+    """stdout and stderr into one pipe (2>&1 | less): the loop guard's
+    warning does not land inside the runaway agent's progress line."""
+    files = [
+        "--traces",
+        str(tmp_path / "t.jsonl"),
+        "--spend-db",
+        str(tmp_path / "s.db"),
+    ]
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "governor",
+            "demo",
+            "--speed",
+            "0",
+            "--count",
+            "1",
+            *files,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,  # a hang guard
+        check=True,
+    ).stdout.splitlines()
+    progress = [line for line in shown if "rerun the same failing tests" in line]
+    warnings = [line for line in shown if "WARNING governor._loopwatch" in line]
+    assert len(progress) == 1
+    assert len(warnings) == 1
+    assert progress[0].rstrip().endswith("rerun the same failing tests forever")

@@ -675,13 +675,17 @@ class _OwnLineHandler(logging.Handler):
 
 
 def _one_screen() -> bool:
-    """Whether stdout and stderr show on one terminal, where a warning would
-    land inside a progress line (redirected, breaking the line would split
-    the row in the file instead)."""
+    """Whether stdout and stderr show in one place (a terminal, or one pipe
+    or file as with ``2>&1``), where a warning would land inside a progress
+    line (each sent elsewhere, breaking the line would split the row in the
+    stdout file instead)."""
     try:
-        return sys.stdout.isatty() and sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced or closed streams
+        if sys.stdout.isatty() and sys.stderr.isatty():
+            return True
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):  # replaced or closed streams
         return False
+    return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
 
 
 def _log_on_own_lines() -> None:
