@@ -69,6 +69,31 @@ def test_status_json_lists_every_line_with_its_figures(
     )
 
 
+@pytest.mark.parametrize(
+    ("scope", "shown", "code"),
+    [
+        ("team", ["team:search"], 0),
+        ("TEAM:search", ["team:search"], 0),
+        ("task:t1", ["task:t1"], 0),
+        ("user", [], 1),
+    ],
+)
+def test_status_shows_only_the_lines_a_scope_names(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+    scope: str,
+    shown: list[str],
+    code: int,
+) -> None:
+    """A kind, a scope or a line key narrows thousands of task lines down."""
+    _spend(redis_ledger)
+    got = main(["budget", "status", scope, "--json", *_store(redis_url, redis_prefix)])
+    lines = json.loads(capsys.readouterr().out)["lines"]
+    assert (got, [row["scope"] for row in lines]) == (code, shown)
+
+
 def test_status_text_shows_a_table(
     redis_ledger: RedisLedger,
     redis_url: str,

@@ -41,6 +41,15 @@ def register(sub: Any, name: str, help_text: str) -> None:
         "status",
         help="every budget line: its key, period, limit, spent, reserved, next reset",
     )
+    status.add_argument(
+        "scope",
+        metavar="SCOPE",
+        nargs="?",
+        type=given("a scope such as team or team:search"),
+        help="show only these lines: a kind ('team', 'task': every line of "
+        "that kind), a scope ('team:search': all its windows) or a line key "
+        "as the LINE KEY column shows it; every line when left out",
+    )
     _store_arguments(status)
     status.set_defaults(handler=_status)
     reset = actions.add_parser(
@@ -136,7 +145,8 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(args, exc, status=2)
     try:
-        keys = ledger.keys()
+        listed = ledger.keys()
+        keys = [key for key in listed if _shown(key, args.scope)]
         rows = [describe(key, ledger.balance(key)) for key in keys]
     except GovernorError as exc:
         return _fail(args, exc)
@@ -144,9 +154,18 @@ def _status(args: argparse.Namespace) -> int:
         ledger.close()
     if args.json:
         print(json.dumps({"prefix": args.prefix, "lines": rows}, indent=2))
+    elif rows:
+        print(_table(rows))
+    elif args.scope is not None:
+        print(
+            f"governor budget: no line matches {args.scope!r}; give a kind "
+            "('team'), a scope ('team:search') or a line key as 'governor "
+            "budget status' shows it",
+            file=sys.stderr,
+        )
     else:
-        print(_table(rows) if rows else _no_lines(args))
-    return 0
+        print(_no_lines(args))
+    return 1 if args.scope is not None and not rows else 0
 
 
 def _no_lines(args: argparse.Namespace) -> str:
@@ -191,12 +210,25 @@ def _reset(args: argparse.Namespace) -> int:
     return 0 if keys else 1
 
 
+def _shown(key: str, scope: str | None) -> bool:
+    """Whether ``status`` shows line ``key``: every line when ``scope`` is
+    None, a kind's lines for a kind (no ``:``), else as :func:`_matches`."""
+    if scope is None:
+        return True
+    if ":" not in scope:
+        from governor.policies._model import as_name
+
+        return key.startswith(as_name(scope).strip().lower() + ":")
+    return _matches(key, scope)
+
+
 def _matches(key: str, scope: str) -> bool:
     """Whether line ``key`` is ``scope``'s, any of its windows; names are
     kept composed (NFC), so a decomposed ``scope`` matches them too."""
     from governor.policies._model import as_name
 
-    scope = as_name(scope)
+    kind, _, value = as_name(scope).partition(":")
+    scope = f"{kind.strip().lower()}:{value.strip()}"  # 'Team : search' too
     return key == scope or key.startswith(scope + "#")
 
 
