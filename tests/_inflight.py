@@ -1,9 +1,11 @@
-"""A stand-in provider that counts the model calls in flight."""
+"""Counting what runs at once: a stand-in provider, and a counter for blocks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -44,3 +46,24 @@ class InFlightProvider:
                 await asyncio.sleep(0.005)
 
         await asyncio.wait_for(poll(), 10)
+
+
+class Peak:
+    """Counts how many blocks run at once, and the most that ever did."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count the block as running while it runs."""
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypedDict
 
 import litellm
 import pytest
+from _inflight import Peak
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -181,24 +182,18 @@ def test_batch_runs_one_task_per_input() -> None:
 
 def test_batch_runs_its_inputs_at_once_in_order_with_the_callers_attribution() -> None:
     """batch overlaps its invocations, keeps input order, carries attribution."""
-    import threading
     import time
 
     from governor import attribute
 
-    running = {"now": 0, "peak": 0}
-    lock = threading.Lock()
+    running = Peak()
 
     class Slow(ScriptedChatModel):
         def _generate(
             self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
         ) -> ChatResult:
-            with lock:
-                running["now"] += 1
-                running["peak"] = max(running["peak"], running["now"])
-            time.sleep(0.1)
-            with lock:
-                running["now"] -= 1
+            with running.held():
+                time.sleep(0.1)
             result = super()._generate(messages, stop, **kwargs)
             result.generations[0].message.content = str(messages[-1].content)
             return result
@@ -208,7 +203,7 @@ def test_batch_runs_its_inputs_at_once_in_order_with_the_callers_attribution() -
     with attribute(team="search"):
         out = graph.batch(inputs, {"max_concurrency": 3})
     assert [o["answers"] for o in out] == [["0"], ["1"], ["2"], ["3"]]
-    assert running["peak"] == 3
+    assert running.peak == 3
     assert {r.attribution.get("team") for r in graph.reports} == {"search"}
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from _inflight import InFlightProvider
+from _inflight import InFlightProvider, Peak
 
 from governor import Attribution, Fanout, Governor, Policy, govern
 from governor.adapters.litellm import GovernedLiteLLM
@@ -251,23 +250,18 @@ def _fan_out_graph(gov: Governor, node: Callable[[str], None]) -> Any:
 def test_a_graph_run_inside_an_override_task_keeps_its_max_branches() -> None:
     """A governed graph run inside a max_branches=2 override task fans out 2
     branches at a time, not the governor's 6."""
-    running = {"now": 0, "peak": 0}
-    lock = threading.Lock()
+    running = Peak()
 
     def node(_: str) -> None:
-        with lock:
-            running["now"] += 1
-            running["peak"] = max(running["peak"], running["now"])
-        time.sleep(0.05)
-        with lock:
-            running["now"] -= 1
+        with running.held():
+            time.sleep(0.05)
 
     gov = Governor(Policy(fanout=Fanout(max_branches=6)))
     graph = _fan_out_graph(gov, node)
     state = {"items": list("abcdefgh"), "done": []}
     with gov.task(policy=Policy(fanout=Fanout(max_branches=2))):
         out = graph.invoke(state)
-    assert (sorted(out["done"]), running["peak"]) == (list("abcdefgh"), 2)
-    running["peak"] = 0
+    assert (sorted(out["done"]), running.peak) == (list("abcdefgh"), 2)
+    running.peak = 0
     graph.invoke(state)
-    assert running["peak"] == 6
+    assert running.peak == 6
