@@ -163,6 +163,29 @@ def test_reset_zeroes_every_window_of_a_scope(
     assert (balance.spent_nanos, balance.reserved_nanos) == (0, 500_000)
 
 
+def test_reset_takes_a_task_id_with_spaces_as_given(
+    redis_ledger: RedisLedger,
+    redis_url: str,
+    redis_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'task: job' and 'task:job' are two tasks' lines: each resets alone."""
+    for task_id, hold in ((" job", "h1"), ("job", "h2")):
+        lines = [s.line() for s in lines_for([Budget(max_usd="1")], {}, task_id, NOW)]
+        redis_ledger.reserve(hold, lines, 1_000, 10, 600)
+        redis_ledger.settle(hold, [line.key for line in lines], 1_000, 10)
+    code = main(
+        ["budget", "reset", "task: job", "--json", *_store(redis_url, redis_prefix)]
+    )
+    assert (code, json.loads(capsys.readouterr().out)["reset"]) == (0, ["task: job"])
+    spent = {
+        key: balance.spent_nanos
+        for key in ("task: job", "task:job")
+        if (balance := redis_ledger.balance(key)) is not None
+    }
+    assert spent == {"task: job": 0, "task:job": 1_000}
+
+
 def test_reset_of_an_unknown_scope_fails(
     redis_ledger: RedisLedger,
     redis_url: str,

@@ -228,7 +228,9 @@ def _matches(key: str, scope: str) -> bool:
     from governor.policies._model import as_name
 
     kind, _, value = as_name(scope).partition(":")
-    scope = f"{kind.strip().lower()}:{value.strip()}"  # 'Team : search' too
+    # A kind is one of a few lower-case words ('Team:search' means it); the
+    # value is kept as given: a task id may begin or end with a space.
+    scope = f"{kind.strip().lower()}:{value}"
     return key == scope or key.startswith(scope + "#")
 
 
