@@ -179,3 +179,28 @@ def test_clearing_a_governors_cache_clears_its_overrides_entries_too(
     finally:
         ledger.close()
     assert hits == (0, 0)
+
+
+def test_clear_takes_the_settings_prefixes_exactly(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    """A store whose prefix only starts like a settings prefix is another's."""
+    from governor.cache._redis_store import RedisCacheStore
+
+    root = f"{redis_prefix}app"
+    ours = [f"{root}:e:k", f"{root}:use", f"{root}:lfu-500:e:k", f"{root}:lfu-500:use"]
+    others = [
+        f"{root}2:e:k",
+        f"{root}:v2:use",
+        f"{root}:lru-500:v2:e:k",
+        f"{root}:lru-500:v2:use",
+    ]
+    for key in ours + others:
+        client.set(key, b"1")
+    store = RedisCacheStore.for_settings(
+        client, prefix=root, max_entries=10_000, eviction="lru"
+    )
+    store.clear()
+    left = [key for key in ours + others if client.exists(key)]
+    client.delete(*others)
+    assert left == others

@@ -388,15 +388,27 @@ class RedisCacheStore:
 
     def _clear_targets(self) -> tuple[list[str], list[str]]:
         """The keys :meth:`clear` deletes, and the SCAN patterns it deletes."""
-        prefixes = [self._p] if self._root is None else [self._root]
+        prefixes = [self._p] if self._root is None else self._settings_prefixes()
         keys = [f"{prefix}:{name}" for prefix in prefixes for name in _SINGLES]
         patterns = [f"{_glob(p)}:{family}*" for p in prefixes for family in _FAMILIES]
-        if self._root is not None:
-            for eviction in ("lru", "lfu"):
-                other = f"{_glob(self._root)}:{eviction}-[0-9]*"
-                patterns += [f"{other}:{family}*" for family in _FAMILIES]
-                patterns += [f"{other}:{name}" for name in _SINGLES]
         return keys, patterns
+
+    def _settings_prefixes(self) -> list[str]:
+        """The key prefix this store was made for and each of its settings'
+        prefixes that holds keys now (``P:lfu-500``: exactly an eviction, a
+        dash and a bound, so a longer prefix such as ``P:lru-500:v2`` is
+        another store's, left alone)."""
+        assert self._root is not None
+        root = self._root
+        found = {root, self._p}
+        for name in _SINGLES:
+            match = f"{_glob(root)}:l[rf]u-*:{name}"
+            for raw in self._redis.scan_iter(match=match, count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                middle = key[len(root) + 1 : -(len(name) + 1)]
+                if _SETTINGS_PART.fullmatch(middle):
+                    found.add(f"{root}:{middle}")
+        return sorted(found)
 
     def _read(self, key: str, raw: bytes | str | None) -> CacheEntry | None:
         """The entry stored under ``key``; None if none, or if it is unreadable.
@@ -546,6 +558,9 @@ class RedisCacheStore:
                 dim,
                 corrupt[0],
             )
+
+
+_SETTINGS_PART = re.compile(r"l[rf]u-[1-9][0-9]*")
 
 
 def _glob(prefix: str) -> str:
