@@ -2144,11 +2144,12 @@ class Governor:
         (that is the bill), so it can overrun the budget it was admitted
         under; logged once a model. Not for usage counted locally.
         """
-        held = _hold_usage(admission).prompt_tokens
-        model = admission.request.model
-        if usage.prompt_tokens <= held or model in self._warned_prompt:
-            return
-        if usage.estimated:  # the figure is the governor's, not the provider's
+        request = admission.request
+        held = admission.hold_tokens - admission.max_output_tokens * request.choices
+        if usage.prompt_tokens <= held or usage.estimated:
+            return  # within the hold, or the governor's own figure
+        model = request.model
+        if model in self._warned_prompt:
             return
         self._warned_prompt.add(model)
         logger.warning(
