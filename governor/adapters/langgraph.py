@@ -832,6 +832,26 @@ class _HandlerCore:
 
     # -- model calls -----------------------------------------------------
 
+    def _call_task(self) -> Task:
+        """The task a model call starting now belongs to.
+
+        A node may open a sub-task of the run (``with gov.task(...)``): its
+        calls are the sub-task's (its admission, budgets, loop guard, report
+        and spend records), as its LiteLLM calls are. Any other task current
+        here (another governor's, one outside this run, one closed) leaves
+        the call to the run's task.
+        """
+        current = _CURRENT.get()
+        if (
+            current is None
+            or current is self.task
+            or current.owner is not self.governor
+            or current.closed
+            or not current._descends(self.task)
+        ):
+            return self.task
+        return current
+
     def _request(
         self,
         serialized: Mapping[str, Any] | None,
@@ -843,7 +863,12 @@ class _HandlerCore:
     ) -> tuple[CallRequest, tuple[str, ...]] | None:
         """The call to reserve, with the model names its chat model stamps on
         every answer (see :func:`_stamped_models`); None for a call this
-        handler does not govern."""
+        handler does not govern.
+
+        The call is the task's current at its start when that is a sub-task
+        of the run (see :meth:`_call_task`); the run ending refuses it all
+        the same.
+        """
         if self._foreign(metadata):
             return None
         if self.task.ending is not None:
@@ -851,6 +876,7 @@ class _HandlerCore:
         if _governed_by_litellm(serialized):
             self._pass_through(run_id)
             return None
+        task = self._call_task()
         params = dict(kwargs.get("invocation_params") or {})
         caller = _calling_model()
         settings = _call_settings(params, caller)
@@ -858,7 +884,7 @@ class _HandlerCore:
         step = meta.get("langgraph_step")
         model = _model_name(params, meta, caller)
         if model is None:
-            if self.task.policy.pricing.default is None:
+            if task.policy.pricing.default is None:
                 raise _unnamed_model()
             model = "unnamed"
         tools = params.get("tools")
@@ -880,7 +906,7 @@ class _HandlerCore:
                 else self._span_for(parent_run_id)
             ),
             extra_prompt=extra,
-            task=self.task,
+            task=task,
             step=int(step) if step is not None else None,
             node=meta.get("langgraph_node"),
             branch=meta.get("langgraph_checkpoint_ns"),
@@ -980,7 +1006,7 @@ class _HandlerCore:
             model=ceiling.model,
             reserved_tokens=ceiling.reserved_tokens,
             streamed_chars=ceiling.chars,
-            task_id=self.task.id,
+            task_id=(self.task if admission is None else admission.task).id,
             max_call_s=ceiling.max_call_s if out_of_time else None,
         )
 
@@ -1029,7 +1055,7 @@ class _HandlerCore:
         if request.branch is None or not checks:
             return
         step = request.step if request.step is not None else 0
-        watch = loop_watch(self.task, self.governor.telemetry)
+        watch = loop_watch(admission.task, self.governor.telemetry)
         watch.after_branch_call(result.output_text, step, checks[1])
 
     def _failed(
@@ -1082,7 +1108,7 @@ class _HandlerCore:
         if isinstance(error, _RunEnded):
             error = _Abandoned()
         if unread or isinstance(error, GeneratorExit):
-            _warn_unread(self.task, _HELD)
+            _warn_unread(admission.task, _HELD)
             return admission, CallResult(error=error, charge_hold=True)
         if text:  # a stream cut off: the provider stops with the connection
             usage = _usage_for(admission.request, text)
