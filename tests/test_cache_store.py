@@ -6,27 +6,11 @@ import logging
 
 import numpy as np
 import pytest
+from _cache_entries import entry
 
-from governor.cache import CacheEntry, MemoryCacheStore
+from governor.cache import MemoryCacheStore
 from governor.cache._embed import normalize_rows
 from governor.cache._index import PROJECT_AT, VectorIndex
-
-
-def entry(
-    key: str, index: str | None = "ix", expires_at: float | None = None
-) -> CacheEntry:
-    return CacheEntry(
-        key=key,
-        index=index,
-        query=f"question {key}",
-        message={"role": "assistant", "content": f"answer {key}"},
-        model="m",
-        cost_nanos=1000,
-        input_tokens=1,
-        output_tokens=1,
-        created_at=0.0,
-        expires_at=expires_at,
-    )
 
 
 def unit(*values: float) -> np.ndarray:
