@@ -13,14 +13,12 @@ from decimal import Decimal
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from _chat_models import CountingChat
+from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, Send, interrupt
-from pydantic import Field
 
 from governor import Budget, BudgetExceeded, LoopDetected, Policy, govern
 from governor.policies import Loops
@@ -64,36 +62,11 @@ def test_max_steps_counts_node_runs_not_supersteps() -> None:
     govern(builder.compile(), Policy(loops=Loops(max_steps=12))).invoke({"n": []})
 
 
-class _Fixed(BaseChatModel):
-    """gpt-4o-mini with max_tokens 10 that always says "Retrying now."."""
-
-    sent: list[int] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "fixed"
-
-    def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
-        return {
-            "ls_provider": "openai",
-            "ls_model_name": "gpt-4o-mini",
-            "ls_max_tokens": 10,
-        }
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
-    ) -> ChatResult:
-        self.sent.append(1)
-        return ChatResult(
-            generations=[ChatGeneration(message=AIMessage("Retrying now."))]
-        )
-
-
 class _Chat(TypedDict):
     messages: Annotated[list[BaseMessage], add_messages]
 
 
-def _paused_thread(model: _Fixed, calls: int, history: bool) -> Any:
+def _paused_thread(model: CountingChat, calls: int, history: bool) -> Any:
     """A graph that asks ``calls`` times, then waits for a human, in a loop."""
 
     def ask(state: _Chat) -> dict[str, Any]:
@@ -131,7 +104,7 @@ def _resume(agent: Any, thread: str, runs: int) -> int:
 
 def test_call_counters_start_again_at_each_resume() -> None:
     """max_model_calls=3, 2 calls a run: 8 resumes go through."""
-    model = _Fixed()
+    model = CountingChat(reply="Retrying now.")
     policy = Policy(loops=Loops(max_model_calls=3, **_RULES_OFF))
     agent = govern(_paused_thread(model, calls=2, history=False), policy)
     assert _resume(agent, "calls", runs=9) == 9
@@ -141,7 +114,7 @@ def test_call_counters_start_again_at_each_resume() -> None:
 
 def test_repeated_turns_carry_across_resumes() -> None:
     """The model fed its own answer once a run is stopped on the 4th resume."""
-    model = _Fixed()
+    model = CountingChat(reply="Retrying now.")
     policy = Policy(loops=Loops(**{**_RULES_OFF, "max_repeated_turns": 2}))
     agent = govern(_paused_thread(model, calls=1, history=True), policy)
     assert _resume(agent, "turns", runs=9) == 4
@@ -151,7 +124,7 @@ def test_repeated_turns_carry_across_resumes() -> None:
 
 def test_the_budget_is_shared_by_the_task_id() -> None:
     """Each run spends from the one budget of the thread's task id."""
-    model = _Fixed()
+    model = CountingChat(reply="Retrying now.")
     policy = Policy(
         budgets=[Budget(max_usd=Decimal("0.001"))], loops=Loops(**_RULES_OFF)
     )

@@ -14,11 +14,9 @@ import asyncio
 from typing import Any, TypedDict
 
 import pytest
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from _chat_models import CountingChat
+from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
-from pydantic import Field
 
 from governor import Budget, BudgetExceeded, Governor, Policy, Task, govern
 from governor.adapters.litellm import GovernedLiteLLM
@@ -28,35 +26,6 @@ PROMPT = "hi there, how are you today?"
 CALL_TOKENS = 18  # the prompt, and "answer N", counted locally
 TIGHT = Policy(name="sub", budgets=[Budget(scope="task", max_tokens=15)])
 ROOMY = Policy(name="sub", budgets=[Budget(scope="task", max_tokens=1000)])
-
-
-class Counted(BaseChatModel):
-    """gpt-4o-mini at max_tokens 10, answering offline; counts what is sent."""
-
-    sent: list[int] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "counted"
-
-    def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
-        return {
-            "ls_provider": "openai",
-            "ls_model_name": "gpt-4o-mini",
-            "ls_max_tokens": 10,
-        }
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
-    ) -> ChatResult:
-        self.sent.append(1)
-        answer = AIMessage(f"answer {len(self.sent)}")
-        return ChatResult(generations=[ChatGeneration(message=answer)])
-
-    async def _agenerate(
-        self, messages: list[BaseMessage], stop: Any = None, **kwargs: Any
-    ) -> ChatResult:
-        return self._generate(messages, stop, **kwargs)
 
 
 class State(TypedDict, total=False):
@@ -78,7 +47,7 @@ def _run(graph: Any, mode: str) -> None:
         asyncio.run(graph.ainvoke({}))
 
 
-def _call(model: Counted, mode: str) -> Any:
+def _call(model: CountingChat, mode: str) -> Any:
     """The node's chat model call, as a sync node makes it or an async one."""
     message = [HumanMessage(PROMPT)]
     return model.invoke(message) if mode == "sync" else model.ainvoke(message)
@@ -108,7 +77,7 @@ def test_the_sub_task_budget_refuses_the_chat_model_call_as_its_litellm_call(
     install_offline_provider(speed=0)
     gov = Governor(Policy(name="base"))
     llm = GovernedLiteLLM(gov)
-    model = Counted()
+    model = CountingChat()
     seen: dict[str, Any] = {}
 
     def litellm_call() -> None:
@@ -154,7 +123,7 @@ def test_sub_task_calls_are_reported_on_it_and_other_calls_on_the_run(
     mode: str,
 ) -> None:
     gov = Governor(Policy(name="base"))
-    model = Counted()
+    model = CountingChat()
     seen: dict[str, Any] = {}
 
     def sync_body() -> None:
@@ -185,7 +154,7 @@ def test_sub_task_calls_are_reported_on_it_and_other_calls_on_the_run(
 
 def test_a_task_of_another_governor_leaves_the_call_to_the_run() -> None:
     gov, other = Governor(Policy(name="base")), Governor(Policy(name="other"))
-    model = Counted()
+    model = CountingChat()
     seen: dict[str, Any] = {}
 
     def body() -> None:
