@@ -2144,11 +2144,10 @@ class Governor:
         (that is the bill), so it can overrun the budget it was admitted
         under; logged once a model. Not for usage counted locally.
         """
-        request = admission.request
-        held = admission.hold_tokens - admission.max_output_tokens * request.choices
+        held = _held_prompt_tokens(admission)
         if usage.prompt_tokens <= held or usage.estimated:
             return  # within the hold, or the governor's own figure
-        model = request.model
+        model = admission.request.model
         if model in self._warned_prompt:
             return
         self._warned_prompt.add(model)
@@ -3185,12 +3184,18 @@ def _holds_lapse_s(refusal: Refusal, holds_block: bool, policy: Policy) -> float
 
 def _hold_usage(admission: Admission) -> Usage:
     """The tokens of a call's hold, as estimated usage (the worst case)."""
-    output = admission.max_output_tokens * admission.request.choices
+    prompt = _held_prompt_tokens(admission)
     return Usage(
-        prompt_tokens=admission.hold_tokens - output,
-        completion_tokens=output,
+        prompt_tokens=prompt,
+        completion_tokens=admission.hold_tokens - prompt,
         estimated=True,
     )
+
+
+def _held_prompt_tokens(admission: Admission) -> int:
+    """The prompt's part of a call's hold: all of it but the output's."""
+    output = admission.max_output_tokens * admission.request.choices
+    return admission.hold_tokens - output
 
 
 def _other_rate(
